@@ -1,0 +1,335 @@
+//! The versioned wire envelope, and the one place payloads are encoded and decoded.
+//!
+//! Every payload is one version byte followed by a postcard body. Telemetry and events ride in
+//! an [`Envelope`]: `version · seq (varint) · time (varint, ms since the Unix epoch, UTC) ·
+//! body`. The topic names the terminal, and broker ACLs guarantee a terminal writes only its
+//! own topics, so the id is not repeated in every message (that would cost ~18 bytes each).
+//! Sequence numbers are per terminal and per [`Stream`], contiguous from 1, so a gap is visible.
+//!
+//! Decoding refuses oversize, truncated, trailing or malformed input with a [`DecodeError`]
+//! and never panics.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry::{MetricError, TelemetryBatch};
+use crate::topic::Channel;
+
+/// The wire version this crate writes and reads.
+pub const VERSION: u8 = 1;
+
+/// Largest payload a decoder accepts, in bytes.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// A sequence-numbered stream of a terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Stream {
+    Telemetry,
+    Events,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Telemetry, Stream::Events];
+
+    /// The channel the stream is published on.
+    pub fn channel(self) -> Channel {
+        match self {
+            Stream::Telemetry => Channel::Telemetry,
+            Stream::Events => Channel::Events,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Telemetry => "telemetry",
+            Stream::Events => "events",
+        }
+    }
+}
+
+/// A sequence-numbered, timestamped body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<B> {
+    /// Position in the terminal's stream, from 1.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch (UTC) when the body was produced.
+    pub time_ms: u64,
+    pub body: B,
+}
+
+/// Something a terminal reports once, in order, on its event stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Event {
+    /// The terminal software started.
+    Started { version: String },
+    /// A sensor stopped answering correctly.
+    SensorFault { sensor: String, detail: String },
+    /// A sensor that had failed answers correctly again.
+    SensorRecovered { sensor: String },
+}
+
+/// Why a payload could not be encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodeError(postcard::Error);
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot encode payload: {}", self.0)
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// Why a payload was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    Empty,
+    TooLong { len: usize, max: usize },
+    /// Written by a newer (or unknown) protocol version.
+    Version { found: u8 },
+    /// The body does not parse; `at` is the byte offset where parsing stopped, if known.
+    Malformed { what: &'static str },
+    /// Bytes left over after a complete body.
+    Trailing { count: usize },
+    /// Parsed, but a field holds a value the protocol does not allow.
+    Invalid(MetricError),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("empty payload"),
+            DecodeError::TooLong { len, max } => {
+                write!(f, "payload of {len} bytes exceeds the {max}-byte limit")
+            }
+            DecodeError::Version { found } => {
+                write!(f, "payload version {found}, this build reads version {VERSION}")
+            }
+            DecodeError::Malformed { what } => write!(f, "malformed payload: {what}"),
+            DecodeError::Trailing { count } => {
+                write!(f, "{count} unexpected bytes after the payload")
+            }
+            DecodeError::Invalid(e) => write!(f, "invalid payload: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+/// Encodes `value` as a versioned payload.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(VERSION);
+    postcard::to_extend(value, out).map_err(EncodeError)
+}
+
+/// Decodes a versioned payload: version byte, exactly one body, nothing after it.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(DecodeError::TooLong {
+            len: bytes.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    if version != VERSION {
+        return Err(DecodeError::Version { found: version });
+    }
+    let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
+        what: describe(&e),
+    })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Trailing { count: rest.len() });
+    }
+    Ok(value)
+}
+
+/// Decodes a telemetry envelope and checks its contents.
+pub fn decode_telemetry(bytes: &[u8]) -> Result<Envelope<TelemetryBatch>, DecodeError> {
+    let env: Envelope<TelemetryBatch> = decode(bytes)?;
+    env.body.validate().map_err(DecodeError::Invalid)?;
+    Ok(env)
+}
+
+/// Decodes an event envelope.
+pub fn decode_event(bytes: &[u8]) -> Result<Envelope<Event>, DecodeError> {
+    decode(bytes)
+}
+
+fn describe(e: &postcard::Error) -> &'static str {
+    use postcard::Error as E;
+    match e {
+        E::DeserializeUnexpectedEnd => "truncated",
+        E::DeserializeBadVarint => "bad varint",
+        E::DeserializeBadBool => "bad boolean",
+        E::DeserializeBadChar => "bad character",
+        E::DeserializeBadUtf8 => "bad UTF-8 in a string",
+        E::DeserializeBadOption => "bad option tag",
+        E::DeserializeBadEnum => "unknown enum variant",
+        E::DeserializeBadEncoding => "bad encoding",
+        _ => "does not parse",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decimal::Decimal;
+    use crate::telemetry::{Metric, Quality, Sample};
+    use alloc::vec;
+
+    fn batch() -> Envelope<TelemetryBatch> {
+        Envelope {
+            seq: 1,
+            time_ms: 1_763_798_400_000,
+            body: TelemetryBatch {
+                samples: vec![
+                    Sample {
+                        offset_ms: 0,
+                        metric: Metric::AirTemp,
+                        value: "23.45".parse().unwrap(),
+                        quality: None,
+                    },
+                    Sample {
+                        offset_ms: 250,
+                        metric: Metric::W01018,
+                        value: Decimal::from_int(42),
+                        quality: Some(Quality::Normal),
+                    },
+                    Sample {
+                        offset_ms: 300,
+                        metric: Metric::Code("a99054".into()),
+                        value: "-0.5".parse().unwrap(),
+                        quality: Some(Quality::Other(b'P')),
+                    },
+                ],
+            },
+        }
+    }
+
+    /// The wire format is a contract with every deployed terminal: these bytes must not change.
+    #[test]
+    fn golden_bytes_of_a_telemetry_envelope() {
+        let bytes = encode(&batch()).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                1, // version
+                1, // seq
+                128, 248, 206, 212, 170, 51, // time, varint
+                3,  // three samples
+                0, 10, 210, 36, 2, 0, // +0 ms, env.temp, 2345 (zigzag), scale 2, no flag
+                250, 1, 21, 84, 0, 1, 0, // +250 ms, w01018, 42, scale 0, flag N
+                172, 2, 0, 6, 97, 57, 57, 48, 53, 52, 9, 1, 1, 8, 80, // code "a99054", -5 /10, flag P
+            ]
+        );
+        assert_eq!(decode_telemetry(&bytes), Ok(batch()));
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let env = Envelope {
+            seq: 7,
+            time_ms: 5,
+            body: Event::SensorFault {
+                sensor: "sht3x@0x44".into(),
+                detail: "CRC mismatch".into(),
+            },
+        };
+        assert_eq!(decode_event(&encode(&env).unwrap()), Ok(env));
+    }
+
+    #[test]
+    fn refuses_bad_input_with_a_reason() {
+        let good = encode(&batch()).unwrap();
+        assert_eq!(decode_telemetry(&[]), Err(DecodeError::Empty));
+        assert_eq!(
+            decode_telemetry(&[9, 1, 1, 0]),
+            Err(DecodeError::Version { found: 9 })
+        );
+        assert_eq!(
+            decode_telemetry(&good[..good.len() - 1]),
+            Err(DecodeError::Malformed { what: "truncated" })
+        );
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(decode_telemetry(&long), Err(DecodeError::Trailing { count: 1 }));
+        let huge = vec![VERSION; MAX_PAYLOAD + 1];
+        assert!(matches!(
+            decode_telemetry(&huge),
+            Err(DecodeError::TooLong { .. })
+        ));
+        let mut bad_code = good.clone();
+        let at = bad_code.iter().position(|&b| b == b'a').unwrap();
+        bad_code[at] = b' ';
+        assert!(matches!(
+            decode_telemetry(&bad_code),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    fn arb_metric() -> impl proptest::strategy::Strategy<Value = Metric> {
+        use proptest::prelude::*;
+        let registered: Vec<Metric> = Metric::registered().cloned().collect();
+        prop_oneof![
+            proptest::sample::select(registered),
+            "[a-z][a-z0-9._-]{0,31}".prop_map(|s| Metric::from_name(&s).unwrap()),
+        ]
+    }
+
+    fn arb_envelope() -> impl proptest::strategy::Strategy<Value = Envelope<TelemetryBatch>> {
+        use proptest::prelude::*;
+        let sample = (
+            any::<u32>(),
+            arb_metric(),
+            any::<i64>(),
+            0u8..=18,
+            proptest::option::of(any::<u8>().prop_map(Quality::from_flag)),
+        )
+            .prop_map(|(offset_ms, metric, m, s, quality)| Sample {
+                offset_ms,
+                metric,
+                value: Decimal::new(m, s).unwrap(),
+                quality,
+            });
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(sample, 0..40),
+        )
+            .prop_map(|(seq, time_ms, samples)| Envelope {
+                seq,
+                time_ms,
+                body: TelemetryBatch { samples },
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn telemetry_round_trips(env in arb_envelope()) {
+            let bytes = encode(&env).unwrap();
+            proptest::prop_assert_eq!(decode_telemetry(&bytes), Ok(env));
+        }
+
+        #[test]
+        fn every_truncation_is_refused(env in arb_envelope()) {
+            let bytes = encode(&env).unwrap();
+            for cut in 0..bytes.len() {
+                proptest::prop_assert!(decode_telemetry(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode_telemetry(&bytes);
+            let _ = decode_event(&bytes);
+            let _ = crate::presence::Presence::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Sans-IO core of cuntong.
+//!
+//! Everything here is pure: no sockets, no files, no clocks. Time is passed in as milliseconds
+//! since the Unix epoch. The crate builds without `std` (with `alloc`), so the same code runs on
+//! the terminal, in the central service and in the simulator.
+//!
+//! - [`site`]: 12-digit administrative division codes, their levels and regions.
+//! - [`terminal_id`]: terminal identities (`<site>-<slug>`).
+//! - [`topic`]: the MQTT topic tree that mirrors the administrative hierarchy.
+//! - [`decimal`]: exact decimal values, as sensors and HJ 212 loggers report them.
+//! - [`telemetry`]: metrics, units, samples and batches.
+//! - [`envelope`]: the versioned, sequence-numbered wire envelope (postcard).
+//! - [`presence`]: the retained online/offline record of a terminal.
+//! - [`sampler`]: per-metric interval and deadband, and batching of samples.
+//!
+//! ```
+//! use cuntong_core::{site::{Level, SiteCode}, terminal_id::TerminalId, topic::{Channel, Topic}};
+//!
+//! let id: TerminalId = "130102001001-main".parse()?;
+//! assert_eq!(id.site().level(), Level::Village);
+//! let county: SiteCode = "130102000000".parse()?;
+//! assert!(county.contains(id.site()));
+//! assert_eq!(Topic::terminal(&id, Channel::Telemetry).to_string(), "ct/v1/t/13/01/02/001/001/main/tm");
+//! # Ok::<(), Box<dyn core::error::Error>>(())
+//! ```
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod decimal;
+pub mod envelope;
+pub mod presence;
+pub mod sampler;
+pub mod site;
+pub mod telemetry;
+pub mod terminal_id;
+pub mod topic;
