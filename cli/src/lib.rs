@@ -1,1 +1,12 @@
-//! placeholder
+//! The cuntong central CLI, as a library: the embedded broker, the central service, the history
+//! store and the fleet views. The `cuntong` binary is a thin layer over these.
+//!
+//! - [`broker`]: the embedded MQTT broker.
+//! - [`central`]: the collector service.
+//! - [`store`]: the history store (SQLite).
+//! - [`view`]: fleet tables and their `--json` form.
+
+pub mod broker;
+pub mod central;
+pub mod store;
+pub mod view;

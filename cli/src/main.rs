@@ -1,1 +1,388 @@
-fn main() {}
+//! `cuntong`: the central CLI.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use cuntong::central::{self, CentralOptions, CentralStats};
+use cuntong::store::{SqliteStore, Store};
+use cuntong::{broker, view};
+use cuntong_core::site::Region;
+use cuntong_core::telemetry::Metric;
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_firmware_sim::fleet::{Fleet, SimOptions, fleet_ids};
+use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::link::unix_ms;
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "cuntong: provincial video-conference and telemetry network, central tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded MQTT broker.
+    Broker {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: String,
+    },
+    /// Run the central-office service: collect every site's telemetry into the store.
+    Central {
+        #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
+        broker: String,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+    },
+    /// One row per terminal: level, online, last seen, latest metrics.
+    Sites {
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+        /// Region code prefix: 13, 1301, 130102, 130102001 or a full site code.
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The stored history of one terminal.
+    Telemetry {
+        #[arg(long)]
+        terminal: String,
+        #[arg(long)]
+        metric: Option<String>,
+        /// Only samples newer than this (e.g. 1h, 30m).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Broker, central service and a simulated county, in one process, with a live fleet table.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: String,
+        /// Number of simulated terminals.
+        #[arg(long, default_value_t = 12)]
+        sites: usize,
+        /// The simulated region.
+        #[arg(long, default_value = "130102")]
+        region: String,
+        /// How often each terminal samples and reports.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<String>,
+        /// The store (default: a new database in a temporary directory).
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+}
+
+/// Bad usage or input: one line naming the value, exit code 2.
+struct Usage(String);
+
+enum Failure {
+    Usage(Usage),
+    Runtime(String),
+}
+
+impl From<Usage> for Failure {
+    fn from(u: Usage) -> Failure {
+        Failure::Usage(u)
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(e.to_string())
+}
+
+fn parse<T>(flag: &str, value: &str) -> Result<T, Usage>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| Usage(format!("{flag} {value:?}: {e}")))
+}
+
+fn duration(flag: &str, value: &str) -> Result<Duration, Usage> {
+    cuntong_terminal::config::parse_duration(value).map_err(|e| Usage(format!("{flag}: {e}")))
+}
+
+fn default_db() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cuntong")
+        .join("central.db")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUNTONG_LOG")
+                .unwrap_or_else(|_| "info,rumqttd=off,cuntong_terminal=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(Usage(msg))) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Command) -> Result<(), Failure> {
+    match cmd {
+        Command::Broker { listen } => {
+            let addr: SocketAddr = parse("--listen", &listen)?;
+            broker::start(addr).map_err(fail)?;
+            if !broker::wait_ready(addr, Duration::from_secs(10)).await {
+                return Err(fail(format!(
+                    "the broker did not start listening on {addr}"
+                )));
+            }
+            eprintln!("broker listening on mqtt://{addr}");
+            shutdown_signal().await;
+            Ok(())
+        }
+        Command::Central { broker, db } => {
+            let opts = CentralOptions {
+                broker: parse("--broker", &broker)?,
+                db: db.unwrap_or_else(default_db),
+                client_id: format!("central-{}", std::process::id()),
+            };
+            eprintln!("central: {} -> {}", opts.broker, opts.db.display());
+            let stats = Arc::new(CentralStats::default());
+            let stop = CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                on_signal.cancel();
+            });
+            let report = tokio::spawn(report_stats(stats.clone(), stop.clone()));
+            let r = central::run(opts, stats, stop).await;
+            report.abort();
+            r.map_err(fail)
+        }
+        Command::Sites { db, region, json } => {
+            let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
+            let store = SqliteStore::open_existing(&db.unwrap_or_else(default_db)).map_err(fail)?;
+            let rows = store.sites(region.as_ref()).map_err(fail)?;
+            if json {
+                let out: Vec<view::SiteJson> = rows.iter().map(view::site_json).collect();
+                println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
+            } else {
+                print!("{}", view::sites_table(&rows, unix_ms()));
+            }
+            Ok(())
+        }
+        Command::Telemetry {
+            terminal,
+            metric,
+            since,
+            db,
+            json,
+        } => {
+            let id: TerminalId = parse("--terminal", &terminal)?;
+            let metric = metric
+                .map(|m| Metric::from_name(&m).map_err(|e| Usage(format!("--metric {m:?}: {e}"))))
+                .transpose()?;
+            let since_ms = since
+                .map(|s| duration("--since", &s))
+                .transpose()?
+                .map(|d| unix_ms().saturating_sub(d.as_millis() as u64));
+            let store = SqliteStore::open_existing(&db.unwrap_or_else(default_db)).map_err(fail)?;
+            let rows = store
+                .telemetry(&id, metric.as_ref(), since_ms)
+                .map_err(fail)?;
+            if json {
+                let out: Vec<view::SampleJson> = rows.iter().map(view::sample_json).collect();
+                println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
+            } else {
+                print!("{}", view::telemetry_table(&rows));
+            }
+            Ok(())
+        }
+        Command::Demo {
+            listen,
+            sites,
+            region,
+            interval,
+            duration: run_for,
+            db,
+        } => {
+            let addr: SocketAddr = parse("--listen", &listen)?;
+            let region: Region = parse("--region", &region)?;
+            let interval = duration("--interval", &interval)?;
+            let run_for = run_for.map(|d| duration("--duration", &d)).transpose()?;
+            if sites == 0 {
+                return Err(Usage("--sites must be at least 1".into()).into());
+            }
+            demo(addr, region, sites, interval, run_for, db).await
+        }
+    }
+}
+
+async fn demo(
+    addr: SocketAddr,
+    region: Region,
+    sites: usize,
+    interval: Duration,
+    run_for: Option<Duration>,
+    db: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let workdir = tempfile::Builder::new()
+        .prefix("cuntong-demo-")
+        .tempdir()
+        .map_err(fail)?;
+    let db = db.unwrap_or_else(|| workdir.path().join("central.db"));
+    broker::start(addr).map_err(fail)?;
+    if !broker::wait_ready(addr, Duration::from_secs(10)).await {
+        return Err(fail(format!(
+            "the broker did not start listening on {addr}"
+        )));
+    }
+    let broker_url: BrokerUrl = parse("--listen", &format!("mqtt://{addr}"))?;
+    eprintln!("broker   mqtt://{addr} (embedded)");
+    eprintln!("store    {}", db.display());
+
+    let stop = CancellationToken::new();
+    let stats = Arc::new(CentralStats::default());
+    let central = tokio::spawn(central::run(
+        CentralOptions {
+            broker: broker_url.clone(),
+            db: db.clone(),
+            client_id: "central-demo".into(),
+        },
+        stats.clone(),
+        stop.clone(),
+    ));
+    let fleet = Fleet::start(
+        fleet_ids(&region, sites),
+        &SimOptions {
+            broker: broker_url,
+            data_root: workdir.path().join("terminals"),
+            interval,
+            keep_alive: Duration::from_secs(10),
+            status_socket: false,
+        },
+    );
+    eprintln!(
+        "fleet    {sites} simulated terminals in region {region}, reporting every {interval:?}"
+    );
+
+    let deadline = run_for.map(|d| tokio::time::Instant::now() + d);
+    let live = std::io::stdout().is_terminal();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let reader = SqliteStore::open(&db).map_err(fail)?;
+    loop {
+        let done = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = done => break,
+            _ = tick.tick() => {
+                if live {
+                    let rows = reader.sites(None).map_err(fail)?;
+                    print!("\x1b[2J\x1b[H{}", view::sites_table(&rows, unix_ms()));
+                    println!(
+                        "stored {} messages ({} values), {} duplicates, {} rejected; Ctrl-C to stop",
+                        stats.get(|s| &s.stored), stats.get(|s| &s.values),
+                        stats.get(|s| &s.duplicates), stats.get(|s| &s.rejected)
+                    );
+                }
+            }
+        }
+    }
+    let failed = fleet.stop().await;
+    // Give central a moment to store the terminals' goodbyes, then stop it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let central_result = central.await;
+    let rows = reader.sites(None).map_err(fail)?;
+    print!("{}", view::sites_table(&rows, unix_ms()));
+    println!(
+        "stored {} messages ({} values), {} duplicates, {} rejected",
+        stats.get(|s| &s.stored),
+        stats.get(|s| &s.values),
+        stats.get(|s| &s.duplicates),
+        stats.get(|s| &s.rejected)
+    );
+    if let Some((id, e)) = failed.first() {
+        return Err(fail(format!("terminal {id}: {e}")));
+    }
+    match central_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(fail(e)),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+async fn report_stats(stats: Arc<CentralStats>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => tracing::info!(
+                received = stats.get(|s| &s.received),
+                stored = stats.get(|s| &s.stored),
+                duplicates = stats.get(|s| &s.duplicates),
+                rejected = stats.get(|s| &s.rejected),
+                "central"
+            ),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -35,7 +35,9 @@ pub struct Decimal {
 pub enum DecimalError {
     Empty,
     /// A character that does not belong in a decimal number, at 0-based byte `pos`.
-    BadChar { pos: usize },
+    BadChar {
+        pos: usize,
+    },
     /// More digits than fit in 64 bits, or more than 18 decimal places.
     OutOfRange,
 }
@@ -45,7 +47,11 @@ impl fmt::Display for DecimalError {
         match self {
             DecimalError::Empty => f.write_str("empty number"),
             DecimalError::BadChar { pos } => {
-                write!(f, "unexpected character at position {} of the number", pos + 1)
+                write!(
+                    f,
+                    "unexpected character at position {} of the number",
+                    pos + 1
+                )
             }
             DecimalError::OutOfRange => f.write_str("number out of range"),
         }
@@ -223,7 +229,10 @@ mod tests {
     #[test]
     fn rounds_half_away_from_zero() {
         assert_eq!(Decimal::from_f64(23.456, 2).unwrap().to_string(), "23.46");
-        assert_eq!(Decimal::from_f64(-23.455001, 2).unwrap().to_string(), "-23.46");
+        assert_eq!(
+            Decimal::from_f64(-23.455001, 2).unwrap().to_string(),
+            "-23.46"
+        );
         assert_eq!(Decimal::from_f64(f64::NAN, 2), None);
         assert_eq!(Decimal::from_f64(1e30, 0), None);
     }

@@ -90,13 +90,22 @@ impl core::error::Error for EncodeError {}
 #[non_exhaustive]
 pub enum DecodeError {
     Empty,
-    TooLong { len: usize, max: usize },
+    TooLong {
+        len: usize,
+        max: usize,
+    },
     /// Written by a newer (or unknown) protocol version.
-    Version { found: u8 },
+    Version {
+        found: u8,
+    },
     /// The body does not parse; `at` is the byte offset where parsing stopped, if known.
-    Malformed { what: &'static str },
+    Malformed {
+        what: &'static str,
+    },
     /// Bytes left over after a complete body.
-    Trailing { count: usize },
+    Trailing {
+        count: usize,
+    },
     /// Parsed, but a field holds a value the protocol does not allow.
     Invalid(MetricError),
 }
@@ -109,7 +118,10 @@ impl fmt::Display for DecodeError {
                 write!(f, "payload of {len} bytes exceeds the {max}-byte limit")
             }
             DecodeError::Version { found } => {
-                write!(f, "payload version {found}, this build reads version {VERSION}")
+                write!(
+                    f,
+                    "payload version {found}, this build reads version {VERSION}"
+                )
             }
             DecodeError::Malformed { what } => write!(f, "malformed payload: {what}"),
             DecodeError::Trailing { count } => {
@@ -141,9 +153,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::Version { found: version });
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
-        what: describe(&e),
-    })?;
+    let (value, rest) = postcard::take_from_bytes::<T>(body)
+        .map_err(|e| DecodeError::Malformed { what: describe(&e) })?;
     if !rest.is_empty() {
         return Err(DecodeError::Trailing { count: rest.len() });
     }
@@ -226,7 +237,8 @@ mod tests {
                 3,  // three samples
                 0, 10, 210, 36, 2, 0, // +0 ms, env.temp, 2345 (zigzag), scale 2, no flag
                 250, 1, 21, 84, 0, 1, 0, // +250 ms, w01018, 42, scale 0, flag N
-                172, 2, 0, 6, 97, 57, 57, 48, 53, 52, 9, 1, 1, 8, 80, // code "a99054", -5 /10, flag P
+                172, 2, 0, 6, 97, 57, 57, 48, 53, 52, 9, 1, 1, 8,
+                80, // code "a99054", -5 /10, flag P
             ]
         );
         assert_eq!(decode_telemetry(&bytes), Ok(batch()));
@@ -259,7 +271,10 @@ mod tests {
         );
         let mut long = good.clone();
         long.push(0);
-        assert_eq!(decode_telemetry(&long), Err(DecodeError::Trailing { count: 1 }));
+        assert_eq!(
+            decode_telemetry(&long),
+            Err(DecodeError::Trailing { count: 1 })
+        );
         let huge = vec![VERSION; MAX_PAYLOAD + 1];
         assert!(matches!(
             decode_telemetry(&huge),

@@ -65,7 +65,10 @@ impl fmt::Display for Level {
 #[non_exhaustive]
 pub enum SiteCodeError {
     /// A site code has exactly 12 digits; a region 2, 4, 6, 9 or 12.
-    Length { found: usize, expected: &'static str },
+    Length {
+        found: usize,
+        expected: &'static str,
+    },
     /// A character that is not an ASCII digit, at 0-based position `pos`.
     NotDigit { pos: usize, found: char },
     /// Province digits `00` do not name a province.
@@ -81,7 +84,11 @@ impl fmt::Display for SiteCodeError {
                 write!(f, "has {found} digits, expected {expected}")
             }
             SiteCodeError::NotDigit { pos, found } => {
-                write!(f, "character {found:?} at position {} is not a digit", pos + 1)
+                write!(
+                    f,
+                    "character {found:?} at position {} is not a digit",
+                    pos + 1
+                )
             }
             SiteCodeError::ZeroProvince => f.write_str("province digits 00 name no province"),
             SiteCodeError::Gap { zero, nonzero } => {
@@ -141,7 +148,9 @@ impl SiteCode {
         self.groups
             .iter()
             .zip(GROUP_WIDTHS)
-            .fold(0u64, |acc, (&g, w)| acc * 10u64.pow(w as u32) + u64::from(g))
+            .fold(0u64, |acc, (&g, w)| {
+                acc * 10u64.pow(w as u32) + u64::from(g)
+            })
     }
 
     /// The level: the lowest group that is not zero.
@@ -285,7 +294,9 @@ impl<'de> serde::Deserialize<'de> for SiteCode {
             rest /= m;
         }
         if rest != 0 {
-            return Err(serde::de::Error::custom("site code has more than 12 digits"));
+            return Err(serde::de::Error::custom(
+                "site code has more than 12 digits",
+            ));
         }
         SiteCode::from_groups(groups).map_err(serde::de::Error::custom)
     }
@@ -371,7 +382,12 @@ mod tests {
             .collect();
         assert_eq!(
             chain,
-            ["130102001000", "130102000000", "130100000000", "130000000000"]
+            [
+                "130102001000",
+                "130102000000",
+                "130100000000",
+                "130000000000"
+            ]
         );
         assert_eq!(code("130000000000").parent(), None);
     }
@@ -396,7 +412,10 @@ mod tests {
         );
         assert_eq!(
             "1301020010x1".parse::<SiteCode>(),
-            Err(SiteCodeError::NotDigit { pos: 10, found: 'x' })
+            Err(SiteCodeError::NotDigit {
+                pos: 10,
+                found: 'x'
+            })
         );
         assert_eq!(
             "000102001001".parse::<SiteCode>(),

@@ -171,7 +171,10 @@ impl fmt::Display for MetricError {
         match self {
             MetricError::Empty => f.write_str("metric name is empty"),
             MetricError::TooLong { len } => {
-                write!(f, "metric name has {len} characters, at most {MAX_CODE_LEN}")
+                write!(
+                    f,
+                    "metric name has {len} characters, at most {MAX_CODE_LEN}"
+                )
             }
             MetricError::BadChar { pos, found } => write!(
                 f,
@@ -219,7 +222,6 @@ impl Metric {
         validate_code(name)?;
         Ok(Metric::Code(String::from(name)))
     }
-
 }
 
 fn validate_code(name: &str) -> Result<(), MetricError> {

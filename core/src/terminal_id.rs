@@ -33,7 +33,10 @@ impl fmt::Display for SlugError {
         match self {
             SlugError::Empty => f.write_str("slug is empty"),
             SlugError::TooLong { len } => {
-                write!(f, "slug has {len} characters, at most {MAX_SLUG_LEN} allowed")
+                write!(
+                    f,
+                    "slug has {len} characters, at most {MAX_SLUG_LEN} allowed"
+                )
             }
             SlugError::BadChar { pos, found } => write!(
                 f,

@@ -66,10 +66,7 @@ impl Channel {
 
     /// True for channels the terminal writes.
     pub fn is_uplink(self) -> bool {
-        !matches!(
-            self,
-            Channel::Ack | Channel::Command | Channel::MeetingDown
-        )
+        !matches!(self, Channel::Ack | Channel::Command | Channel::MeetingDown)
     }
 
     fn from_segment(s: &str) -> Option<Channel> {
@@ -84,9 +81,13 @@ pub enum TopicError {
     /// Does not start with `ct/v1/`.
     Prefix,
     /// Wrong number of segments for its kind.
-    Segments { found: usize },
+    Segments {
+        found: usize,
+    },
     /// The segment of this level has the wrong width or is not digits.
-    SiteSegment { level: Level },
+    SiteSegment {
+        level: Level,
+    },
     Site(SiteCodeError),
     Slug(SlugError),
     UnknownChannel,

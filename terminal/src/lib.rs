@@ -1,1 +1,27 @@
-//! placeholder
+//! The cuntong terminal: the daemon that runs on each site's box.
+//!
+//! It samples site health and environmental sensors, batches the samples into sequence-numbered
+//! envelopes and publishes them to the broker, announces its presence (with a last will), and
+//! answers local status requests from the technician's `cuntong-terminal status`.
+//!
+//! - [`config`]: the TOML configuration, validated.
+//! - [`broker_url`]: `mqtt://host:port` addresses.
+//! - [`link`]: the MQTT link (reconnect, resubscribe, bounded queue).
+//! - [`daemon`]: the terminal's main loop.
+//! - [`sensors`]: sensor drivers over embedded-hal traits.
+//! - [`hardware`]: opening the configured sensors.
+//! - [`health`]: site health from `/proc`.
+//! - [`seq`]: durable sequence counters.
+//! - [`status`]: the local status socket.
+//! - [`check`]: the technician's on-site self-test.
+
+pub mod broker_url;
+pub mod check;
+pub mod config;
+pub mod daemon;
+pub mod hardware;
+pub mod health;
+pub mod link;
+pub mod sensors;
+pub mod seq;
+pub mod status;

@@ -1,1 +1,185 @@
-fn main() {}
+//! `cuntong-terminal`: the daemon of a site's box, its self-test and its status query.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use cuntong_terminal::config::TerminalConfig;
+use cuntong_terminal::daemon::{self, Hardware};
+use cuntong_terminal::health::ProcHealth;
+use cuntong_terminal::{check, hardware, status};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "cuntong site terminal: telemetry, presence and (later) meetings"
+)]
+struct Cli {
+    /// The terminal's configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/cuntong/terminal.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the config, probe each sensor, connect to the broker; one line per check.
+    Check {
+        /// How long to wait for the broker.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Ask the running daemon for its state over its local socket.
+    Status {
+        /// The daemon's socket (default: from the config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUNTONG_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    let load = || TerminalConfig::load(&cli.config);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Status { socket, json } => {
+            let path = match socket {
+                Some(p) => p,
+                None => match load() {
+                    Ok(cfg) => match cfg.status_socket {
+                        Some(p) => p,
+                        None => {
+                            eprintln!("error: the config disables the status socket");
+                            return ExitCode::from(2);
+                        }
+                    },
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            match status::request(&path).await {
+                Ok(report) if json => match serde_json::to_string_pretty(&report) {
+                    Ok(s) => {
+                        println!("{s}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Ok(report) => {
+                    print!(
+                        "{}",
+                        status::render(&report, cuntong_terminal::link::unix_ms())
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { timeout } => {
+            let cfg = match load() {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("FAIL  config                 {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let lines = check::run(&cfg, timeout).await;
+            for l in &lines {
+                println!("{l}");
+            }
+            if lines.iter().all(|l| l.pass) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Run => {
+            let cfg = match load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let hardware = Hardware {
+                sensors: cfg
+                    .sensors
+                    .iter()
+                    .map(|s| (hardware::open_or_retry(&s.kind), s.interval))
+                    .collect(),
+                health: Box::new(ProcHealth::new(&cfg.data_dir)),
+            };
+            let stop = CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                on_signal.cancel();
+            });
+            tracing::info!(terminal = %cfg.id, broker = %cfg.broker, "starting");
+            match daemon::run(cfg, hardware, stop).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,174 @@
+//! What `cuntong sites` and `cuntong telemetry` print, for people and as JSON.
+//!
+//! The JSON shapes are a contract: [`SiteJson`] and [`SampleJson`] are what scripts parse.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{SampleRow, SiteRow};
+
+/// One terminal in `cuntong sites --json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteJson {
+    pub terminal: String,
+    pub site: String,
+    pub level: String,
+    pub online: bool,
+    pub version: Option<String>,
+    /// RFC 3339, UTC.
+    pub last_seen: Option<String>,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One sample in `cuntong telemetry --json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleJson {
+    pub seq: u64,
+    /// RFC 3339 with milliseconds, UTC.
+    pub ts: String,
+    pub metric: String,
+    pub value: f64,
+    /// The value exactly as measured.
+    pub exact: String,
+}
+
+/// RFC 3339 (UTC) of a Unix millisecond time.
+pub fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn rfc3339_s(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub fn site_json(r: &SiteRow) -> SiteJson {
+    SiteJson {
+        terminal: r.terminal.clone(),
+        site: r.site.clone(),
+        level: r.level.clone(),
+        online: r.online,
+        version: r.version.clone(),
+        last_seen: r.last_seen_ms.map(rfc3339_s),
+        metrics: r.metrics.iter().cloned().collect(),
+    }
+}
+
+pub fn sample_json(r: &SampleRow) -> SampleJson {
+    SampleJson {
+        seq: r.seq,
+        ts: rfc3339_ms(r.ts_ms),
+        metric: r.metric.clone(),
+        value: r.value,
+        exact: r.exact.clone(),
+    }
+}
+
+/// Metric columns of the fleet table; `--json` has them all.
+const COLUMNS: [(&str, &str); 6] = [
+    ("env.temp", "TEMP°C"),
+    ("env.humidity", "RH%"),
+    ("cpu.load", "LOAD"),
+    ("mem.used", "MEM%"),
+    ("link.rtt", "RTT ms"),
+    ("outbox.depth", "OUTBOX"),
+];
+
+fn ago(now_ms: u64, ms: Option<u64>) -> String {
+    match ms {
+        None => "never".to_owned(),
+        Some(ms) => {
+            let s = now_ms.saturating_sub(ms) / 1000;
+            match s {
+                0..60 => format!("{s}s ago"),
+                60..3600 => format!("{}m ago", s / 60),
+                3600..86400 => format!("{}h ago", s / 3600),
+                _ => format!("{}d ago", s / 86400),
+            }
+        }
+    }
+}
+
+/// The fleet table.
+pub fn sites_table(rows: &[SiteRow], now_ms: u64) -> String {
+    let mut out = format!(
+        "{:<22} {:<10} {:<7} {:>9}",
+        "TERMINAL", "LEVEL", "STATE", "SEEN"
+    );
+    for (_, h) in COLUMNS {
+        out.push_str(&format!(" {h:>7}"));
+    }
+    out.push('\n');
+    for r in rows {
+        let state = if r.online { "online" } else { "OFFLINE" };
+        out.push_str(&format!(
+            "{:<22} {:<10} {:<7} {:>9}",
+            r.terminal,
+            r.level,
+            state,
+            ago(now_ms, r.last_seen_ms)
+        ));
+        for (m, _) in COLUMNS {
+            let v = r.metrics.iter().find(|(k, _)| k == m).map(|(_, v)| *v);
+            out.push_str(&match v {
+                Some(v) => format!(" {v:>7.1}"),
+                None => format!(" {:>7}", "-"),
+            });
+        }
+        out.push('\n');
+    }
+    let online = rows.iter().filter(|r| r.online).count();
+    out.push_str(&format!("{} terminals, {online} online\n", rows.len()));
+    out
+}
+
+/// The history table.
+pub fn telemetry_table(rows: &[SampleRow]) -> String {
+    let mut out = format!("{:<26} {:>8} {:<14} {}\n", "TIME", "SEQ", "METRIC", "VALUE");
+    for r in rows {
+        let unit = cuntong_core::telemetry::Metric::from_name(&r.metric)
+            .map(|m| m.unit().symbol())
+            .unwrap_or("");
+        out.push_str(&format!(
+            "{:<26} {:>8} {:<14} {} {unit}\n",
+            rfc3339_ms(r.ts_ms),
+            r.seq,
+            r.metric,
+            r.exact
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339_ms(1_763_798_400_123), "2025-11-22T08:00:00.123Z");
+        assert_eq!(rfc3339_s(1_763_798_400_123), "2025-11-22T08:00:00Z");
+    }
+
+    #[test]
+    fn the_table_shows_state_and_metrics() {
+        let row = SiteRow {
+            terminal: "130102001001-main".into(),
+            site: "130102001001".into(),
+            level: "village".into(),
+            online: false,
+            version: None,
+            last_seen_ms: Some(1_000),
+            metrics: vec![("env.temp".into(), 21.25)],
+        };
+        let t = sites_table(&[row], 121_000);
+        assert!(t.contains("130102001001-main"));
+        assert!(t.contains("OFFLINE"));
+        assert!(t.contains("2m ago"));
+        assert!(t.contains("21.2") || t.contains("21.3"));
+        assert!(t.ends_with("1 terminals, 0 online\n"));
+    }
+}

@@ -1,0 +1,213 @@
+//! Many simulated terminals in one process.
+//!
+//! Each terminal is the real terminal daemon ([`cuntong_terminal::daemon::run`]) with simulated
+//! hardware: an SHT3x on a simulated I2C bus and simulated health. Terminals are spread over
+//! the townships and villages (and, for larger regions, the counties and prefectures) of the
+//! region, deterministically, so the same command gives the same fleet.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cuntong_core::site::{Level, Region, SiteCode};
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::config::TerminalConfig;
+use cuntong_terminal::daemon::{self, Hardware, RunError};
+use cuntong_terminal::sensors::Sensor;
+use cuntong_terminal::sensors::sht3x::Sht3x;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::SimHealth;
+use crate::sht3x::{NoDelay, SimSht3x, SimSht3xControl};
+
+/// How many codes each level below the region root spreads over, from the top.
+const SPREAD: [u16; 4] = [4, 5, 8, 999];
+
+/// `count` terminal ids spread over `region`, the same for the same arguments.
+///
+/// Sites are filled breadth-first: the first terminals land in different prefectures,
+/// counties and townships before a township gets a second village. If the region is a single
+/// village, its terminals differ by slug (`main`, `t1`, `t2`, …).
+pub fn fleet_ids(region: &Region, count: usize) -> Vec<TerminalId> {
+    let root = region.root();
+    let depth = root.level().depth();
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        if depth == Level::Village.depth() {
+            let slug = if k == 0 {
+                "main".to_owned()
+            } else {
+                format!("t{k}")
+            };
+            if let Ok(slug) = slug.parse() {
+                out.push(TerminalId::new(root, slug));
+            }
+            continue;
+        }
+        let mut groups = root.groups();
+        let mut rest = k;
+        for level in depth + 1..5 {
+            let radix = usize::from(SPREAD[level - 1]);
+            let digit = if level == 4 { rest } else { rest % radix };
+            groups[level] = (digit % usize::from(SPREAD[3]) + 1) as u16;
+            if level < 4 {
+                rest /= radix;
+            }
+        }
+        let site = SiteCode::from_groups(groups);
+        let capacity: usize = SPREAD[depth..].iter().map(|&s| usize::from(s)).product();
+        let slug = if k < capacity {
+            "main".parse()
+        } else {
+            format!("t{k}").parse()
+        };
+        if let (Ok(site), Ok(slug)) = (site, slug) {
+            out.push(TerminalId::new(site, slug));
+        }
+    }
+    out
+}
+
+/// Options shared by every simulated terminal.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub broker: BrokerUrl,
+    /// Each terminal keeps its state in `<data_root>/<terminal id>`.
+    pub data_root: PathBuf,
+    /// How often health and sensors are sampled and a batch is sent.
+    pub interval: Duration,
+    pub keep_alive: Duration,
+    /// Serve a status socket per terminal (off for fleets).
+    pub status_socket: bool,
+}
+
+/// The configuration of one simulated terminal.
+pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
+    let data_dir = opts.data_root.join(id.to_string());
+    let mut cfg = TerminalConfig::new(id, opts.broker.clone(), data_dir);
+    cfg.keep_alive = opts.keep_alive;
+    cfg.health_interval = opts.interval;
+    cfg.batch_age = opts.interval;
+    cfg.batch_max = 64;
+    cfg.queue_capacity = 64;
+    if !opts.status_socket {
+        cfg.status_socket = None;
+    }
+    cfg
+}
+
+/// Simulated hardware for a terminal: an SHT3x on a simulated bus and simulated health.
+/// Returns the control handle of the sensor for fault injection.
+pub fn sim_hardware(seed: u64, interval: Duration) -> (Hardware, SimSht3xControl) {
+    let (device, control) = SimSht3x::new(0x44, seed);
+    let sensor: Box<dyn Sensor> = Box::new(Sht3x::new(device, NoDelay, 0x44));
+    let hardware = Hardware {
+        sensors: vec![(sensor, interval)],
+        health: Box::new(SimHealth::new(seed)),
+    };
+    (hardware, control)
+}
+
+/// A running fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    pub ids: Vec<TerminalId>,
+    pub controls: Vec<SimSht3xControl>,
+    tasks: JoinSet<(TerminalId, Result<(), RunError>)>,
+    stop: CancellationToken,
+}
+
+impl Fleet {
+    /// Starts `ids` as simulated terminals on the current runtime.
+    pub fn start(ids: Vec<TerminalId>, opts: &SimOptions) -> Fleet {
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut controls = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let cfg = sim_config(*id, opts);
+            let (hardware, control) = sim_hardware(i as u64 + 1, opts.interval);
+            controls.push(control);
+            let (stop, id) = (stop.clone(), *id);
+            tasks.spawn(async move { (id, daemon::run(cfg, hardware, stop).await) });
+        }
+        Fleet {
+            ids,
+            controls,
+            tasks,
+            stop,
+        }
+    }
+
+    /// Stops every terminal (each says goodbye) and reports the ones that failed.
+    pub async fn stop(mut self) -> Vec<(TerminalId, RunError)> {
+        self.stop.cancel();
+        let mut failed = Vec::new();
+        while let Some(r) = self.tasks.join_next().await {
+            if let Ok((id, Err(e))) = r {
+                failed.push((id, e));
+            }
+        }
+        failed
+    }
+
+    /// The first terminal that stopped with an error, if any (non-blocking).
+    pub fn try_failure(&mut self) -> Option<(TerminalId, RunError)> {
+        while let Some(r) = self.tasks.try_join_next() {
+            if let Ok((id, Err(e))) = r {
+                return Some((id, e));
+            }
+        }
+        None
+    }
+}
+
+/// The default place for simulator state.
+pub fn default_data_root() -> PathBuf {
+    dirs_data().join("cuntong").join("sim")
+}
+
+fn dirs_data() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(region: &str, n: usize) -> Vec<String> {
+        fleet_ids(&region.parse().unwrap(), n)
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_county_fleet_spreads_over_townships_first() {
+        let v = ids("130102", 10);
+        assert_eq!(v[0], "130102001001-main");
+        assert_eq!(v[1], "130102002001-main");
+        assert_eq!(v[8], "130102001002-main");
+        let mut unique = v.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 10);
+    }
+
+    #[test]
+    fn every_id_is_inside_the_region_and_unique() {
+        for region in ["13", "1301", "130102", "130102001", "130102001001"] {
+            let r: Region = region.parse().unwrap();
+            let v = fleet_ids(&r, 2000);
+            assert_eq!(v.len(), 2000, "{region}");
+            assert!(v.iter().all(|i| r.contains(i.site())));
+            let mut s: Vec<String> = v.iter().map(|i| i.to_string()).collect();
+            s.sort();
+            s.dedup();
+            assert_eq!(s.len(), 2000, "{region}");
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The terminal's configuration: a TOML file, validated into a typed [`TerminalConfig`].
+//!
+//! Every problem is reported with the key it concerns (`sensor[1].address: …`), so a
+//! technician can fix the file without reading code. Example:
+//!
+//! ```toml
+//! id = "130102001001-main"
+//! broker = "mqtt://10.0.0.1:1883"
+//! data_dir = "/var/lib/cuntong"
+//! keep_alive = "30s"
+//!
+//! [telemetry]
+//! health_interval = "60s"   # how often site health is sampled
+//! batch_max = 32            # samples per message at most
+//! batch_age = "60s"         # a sample waits at most this long for its batch
+//!
+//! [metric."env.temp"]
+//! interval = "60s"
+//! deadband = 0.2            # skip changes smaller than this
+//! max_silence = "15m"       # but send at least this often
+//!
+//! [[sensor]]
+//! kind = "sht3x"
+//! bus = "/dev/i2c-1"
+//! address = 0x44
+//! interval = "30s"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cuntong_core::sampler::MetricPolicy;
+use cuntong_core::telemetry::Metric;
+use cuntong_core::terminal_id::TerminalId;
+use serde::Deserialize;
+
+use crate::broker_url::BrokerUrl;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {key}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+/// How the terminal runs: identity, broker, storage, sampling and sensors.
+#[derive(Clone, Debug)]
+pub struct TerminalConfig {
+    pub id: TerminalId,
+    pub broker: BrokerUrl,
+    /// Where the terminal keeps its state (sequence counters, status socket).
+    pub data_dir: PathBuf,
+    /// MQTT keep-alive; the broker reports the terminal offline after 1.5 times it.
+    pub keep_alive: Duration,
+    /// Local status socket; `None` disables it.
+    pub status_socket: Option<PathBuf>,
+    pub health_interval: Duration,
+    pub batch_max: usize,
+    pub batch_age: Duration,
+    /// Messages waiting for the link, at most.
+    pub queue_capacity: usize,
+    /// Per-metric sampling policies; other metrics are sampled at their source's interval.
+    pub metrics: BTreeMap<Metric, MetricPolicy>,
+    pub sensors: Vec<SensorConfig>,
+}
+
+/// One sensor to poll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SensorConfig {
+    pub kind: SensorKind,
+    pub interval: Duration,
+}
+
+/// The sensor drivers the terminal has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SensorKind {
+    /// Sensirion SHT3x temperature/humidity on a Linux I2C bus.
+    Sht3x { bus: String, address: u8 },
+}
+
+impl SensorKind {
+    pub fn label(&self) -> String {
+        match self {
+            SensorKind::Sht3x { address, .. } => format!("sht3x@{address:#04x}"),
+        }
+    }
+}
+
+impl TerminalConfig {
+    /// A configuration with the defaults for everything but identity, broker and data dir.
+    pub fn new(id: TerminalId, broker: BrokerUrl, data_dir: PathBuf) -> TerminalConfig {
+        let status_socket = Some(data_dir.join("status.sock"));
+        TerminalConfig {
+            id,
+            broker,
+            data_dir,
+            keep_alive: Duration::from_secs(30),
+            status_socket,
+            health_interval: Duration::from_secs(60),
+            batch_max: 32,
+            batch_age: Duration::from_secs(60),
+            queue_capacity: 1024,
+            metrics: BTreeMap::new(),
+            sensors: Vec::new(),
+        }
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<TerminalConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        TerminalConfig::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<TerminalConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        let id: TerminalId = raw.id.parse().map_err(|e| invalid("id", format!("{e}")))?;
+        let broker: BrokerUrl = raw
+            .broker
+            .parse()
+            .map_err(|e| invalid("broker", format!("{e}")))?;
+        let mut cfg = TerminalConfig::new(id, broker, raw.data_dir);
+        if let Some(s) = raw.status_socket {
+            cfg.status_socket = if s.as_os_str().is_empty() {
+                None
+            } else {
+                Some(s)
+            };
+        }
+        let duration = |key: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s).map_err(|p| invalid(key, p)),
+        };
+        cfg.keep_alive = duration("keep_alive", &raw.keep_alive, cfg.keep_alive)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(65_535)).contains(&cfg.keep_alive) {
+            return Err(invalid(
+                "keep_alive",
+                "must be between 1s and 65535s".into(),
+            ));
+        }
+        let t = raw.telemetry;
+        cfg.health_interval = duration(
+            "telemetry.health_interval",
+            &t.health_interval,
+            cfg.health_interval,
+        )?;
+        cfg.batch_age = duration("telemetry.batch_age", &t.batch_age, cfg.batch_age)?;
+        if let Some(n) = t.batch_max {
+            if n == 0 || n > 1000 {
+                return Err(invalid(
+                    "telemetry.batch_max",
+                    format!("{n} is not between 1 and 1000"),
+                ));
+            }
+            cfg.batch_max = n;
+        }
+        if let Some(n) = t.queue {
+            if n == 0 {
+                return Err(invalid("telemetry.queue", "must be at least 1".into()));
+            }
+            cfg.queue_capacity = n;
+        }
+        for (name, m) in raw.metric {
+            let key = |field: &str| format!("metric.{name:?}.{field}");
+            let metric = Metric::from_name(&name)
+                .map_err(|e| invalid(&format!("metric.{name:?}"), e.to_string()))?;
+            let mut policy = MetricPolicy::every(&metric, cfg.health_interval.as_millis() as u64);
+            policy.interval_ms =
+                duration(&key("interval"), &m.interval, Duration::ZERO)?.as_millis() as u64;
+            if let Some(d) = m.deadband {
+                if !(d.is_finite() && d >= 0.0) {
+                    return Err(invalid(
+                        &key("deadband"),
+                        format!("{d} is not a non-negative number"),
+                    ));
+                }
+                policy.deadband = d;
+            }
+            let silence = duration(
+                &key("max_silence"),
+                &m.max_silence,
+                Duration::from_secs(900),
+            )?;
+            policy.max_silence_ms = silence.as_millis() as u64;
+            if let Some(dec) = m.decimals {
+                if dec > cuntong_core::decimal::MAX_SCALE {
+                    return Err(invalid(&key("decimals"), format!("{dec} is more than 18")));
+                }
+                policy.scale = dec;
+            }
+            cfg.metrics.insert(metric, policy);
+        }
+        for (i, s) in raw.sensor.into_iter().enumerate() {
+            let key = |field: &str| format!("sensor[{i}].{field}");
+            let interval = duration(&key("interval"), &s.interval, Duration::from_secs(60))?;
+            if interval.is_zero() {
+                return Err(invalid(&key("interval"), "must be more than 0s".into()));
+            }
+            let kind = match s.kind.as_str() {
+                "sht3x" => {
+                    let address = s.address.unwrap_or(0x44);
+                    if address != 0x44 && address != 0x45 {
+                        return Err(invalid(
+                            &key("address"),
+                            format!("{address:#04x} is not an SHT3x address (0x44 or 0x45)"),
+                        ));
+                    }
+                    let bus = s.bus.ok_or_else(|| {
+                        invalid(&key("bus"), "missing (e.g. \"/dev/i2c-1\")".into())
+                    })?;
+                    SensorKind::Sht3x { bus, address }
+                }
+                other => {
+                    return Err(invalid(
+                        &key("kind"),
+                        format!("unknown sensor kind {other:?} (known: sht3x)"),
+                    ));
+                }
+            };
+            cfg.sensors.push(SensorConfig { kind, interval });
+        }
+        Ok(cfg)
+    }
+}
+
+/// Parses a human duration such as `30s`, `5m` or `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. \"30s\", \"5m\""))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: String,
+    broker: String,
+    data_dir: PathBuf,
+    keep_alive: Option<String>,
+    status_socket: Option<PathBuf>,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+    #[serde(default)]
+    metric: BTreeMap<String, RawMetric>,
+    #[serde(default)]
+    sensor: Vec<RawSensor>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    health_interval: Option<String>,
+    batch_max: Option<usize>,
+    batch_age: Option<String>,
+    queue: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetric {
+    interval: Option<String>,
+    deadband: Option<f64>,
+    max_silence: Option<String>,
+    decimals: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSensor {
+    kind: String,
+    bus: Option<String>,
+    address: Option<u8>,
+    interval: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TerminalConfig, ConfigError> {
+        TerminalConfig::parse(text, Path::new("terminal.toml"))
+    }
+
+    const BASE: &str =
+        "id = \"130102001001-main\"\nbroker = \"mqtt://127.0.0.1:1883\"\ndata_dir = \"/tmp/x\"\n";
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("config.rs");
+        let start = doc.find("//! ```toml").unwrap();
+        let end = doc[start + 10..].find("//! ```").unwrap() + start + 10;
+        let text: String = doc[start..end]
+            .lines()
+            .skip(1)
+            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.sensors.len(), 1);
+        assert_eq!(cfg.sensors[0].interval, Duration::from_secs(30));
+        let p = &cfg.metrics[&Metric::AirTemp];
+        assert_eq!(
+            (p.interval_ms, p.deadband, p.max_silence_ms),
+            (60_000, 0.2, 900_000)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |extra: &str| parse(&format!("{BASE}{extra}")).unwrap_err().to_string();
+        assert_eq!(
+            err("keep_alive = \"soon\"\n")
+                .split(':')
+                .take(2)
+                .collect::<Vec<_>>(),
+            ["terminal.toml", " keep_alive"]
+        );
+        assert!(
+            err("[[sensor]]\nkind = \"sht3x\"\nbus = \"/dev/i2c-1\"\naddress = 0x50\n")
+                .contains("sensor[0].address: 0x50 is not an SHT3x address")
+        );
+        assert!(
+            err("[[sensor]]\nkind = \"bmp280\"\n").contains("sensor[0].kind: unknown sensor kind")
+        );
+        assert!(err("[metric.\"a b\"]\n").contains("metric.\"a b\""));
+        assert!(err("colour = 1\n").contains("unknown field `colour`"));
+        let bad_id =
+            parse("id = \"13-x\"\nbroker = \"mqtt://h\"\ndata_dir = \"/x\"\n").unwrap_err();
+        assert!(
+            bad_id
+                .to_string()
+                .starts_with("terminal.toml: id: site code has 2 digits")
+        );
+    }
+}

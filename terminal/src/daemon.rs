@@ -1,0 +1,364 @@
+//! The terminal daemon: samples health and sensors, batches samples, and publishes them over
+//! the link, while answering local status requests.
+//!
+//! [`run`] is the whole terminal; the binary and the simulator both call it, the simulator with
+//! simulated [`Hardware`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cuntong_core::envelope::{Envelope, Event, Stream, encode};
+use cuntong_core::presence::Presence;
+use cuntong_core::sampler::{Batcher, Sampler};
+use cuntong_core::telemetry::Metric;
+use cuntong_core::topic::{Channel, Topic};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TerminalConfig;
+use crate::health::HealthSource;
+use crate::link::{Link, LinkOptions, Message, unix_ms};
+use crate::sensors::{Sensor, SensorError};
+use crate::seq::{SeqError, SeqStore};
+use crate::status::{self, RECENT_ERRORS, SensorReport, SharedStatus, StatusReport};
+
+/// The software version terminals report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the terminal measures with.
+pub struct Hardware {
+    pub sensors: Vec<(Box<dyn Sensor>, Duration)>,
+    pub health: Box<dyn HealthSource>,
+}
+
+impl std::fmt::Debug for Hardware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.sensors.iter().map(|(s, _)| s.name()).collect();
+        f.debug_struct("Hardware").field("sensors", &names).finish()
+    }
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("sequence counters: {0}")]
+    Seq(#[from] SeqError),
+    #[error("cannot encode a message: {0}")]
+    Encode(#[from] cuntong_core::envelope::EncodeError),
+}
+
+/// The presence record of this run; `online: false` is the last will.
+fn presence(cfg: &TerminalConfig, started_ms: u64, online: bool) -> Result<Vec<u8>, RunError> {
+    Ok(encode(&Presence {
+        online,
+        version: VERSION.to_owned(),
+        started_ms,
+        keep_alive_s: cfg.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
+    })?)
+}
+
+/// The link options of a terminal: identity, will, presence, subscriptions.
+pub fn link_options(cfg: &TerminalConfig, started_ms: u64) -> Result<LinkOptions, RunError> {
+    let presence_topic = Topic::terminal(&cfg.id, Channel::Presence).to_string();
+    let mut opts = LinkOptions::new(cfg.id.to_string(), cfg.broker.clone());
+    opts.keep_alive = cfg.keep_alive;
+    opts.queue_capacity = cfg.queue_capacity;
+    opts.last_will =
+        Some(Message::new(presence_topic.clone(), presence(cfg, started_ms, false)?).retained());
+    opts.on_connect =
+        vec![Message::new(presence_topic, presence(cfg, started_ms, true)?).retained()];
+    opts.subscriptions = [Channel::Command, Channel::Ack, Channel::MeetingDown]
+        .into_iter()
+        .map(|c| Topic::terminal(&cfg.id, c))
+        .chain(Topic::broadcasts_for(cfg.id.site()))
+        .map(|t| t.to_string())
+        .collect();
+    Ok(opts)
+}
+
+struct SensorResult {
+    index: usize,
+    sensor: Box<dyn Sensor>,
+    result: Result<Vec<(Metric, f64)>, SensorError>,
+}
+
+/// Runs the terminal until `stop` fires.
+pub async fn run(
+    cfg: TerminalConfig,
+    hardware: Hardware,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    let started_ms = unix_ms();
+    let mut seqs = SeqStore::open(&cfg.data_dir)?;
+    let (link, mut incoming) = Link::start(link_options(&cfg, started_ms)?);
+    let mut daemon = Daemon {
+        sampler: Sampler::new(cfg.health_interval.as_millis() as u64),
+        batcher: Batcher::new(cfg.batch_max, cfg.batch_age.as_millis() as u64),
+        status: Arc::new(Mutex::new(StatusReport {
+            terminal: cfg.id.to_string(),
+            version: VERSION.to_owned(),
+            started_ms,
+            broker: cfg.broker.to_string(),
+            ..StatusReport::default()
+        })),
+        link: link.clone(),
+        cfg,
+    };
+    for (metric, policy) in &daemon.cfg.metrics {
+        daemon.sampler.set_policy(metric.clone(), policy.clone());
+    }
+
+    let status_task = daemon.cfg.status_socket.clone().map(|path| {
+        let (status, link, stop) = (daemon.status.clone(), link.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = status::serve(&path, status, link, stop).await {
+                tracing::warn!(path = %path.display(), error = %e, "status socket unavailable");
+            }
+        })
+    });
+
+    daemon.event(
+        &mut seqs,
+        Event::Started {
+            version: VERSION.to_owned(),
+        },
+    )?;
+
+    // Sensors are read on the blocking pool, one read at a time each, and come back here.
+    let (results_tx, mut results) = mpsc::channel::<SensorResult>(8);
+    let mut intervals = Vec::new();
+    let mut idle: Vec<Option<Box<dyn Sensor>>> = Vec::new();
+    for (sensor, every) in hardware.sensors {
+        daemon.with_status(|s| {
+            s.sensors.push(SensorReport {
+                name: sensor.name().to_owned(),
+                ..SensorReport::default()
+            })
+        });
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        intervals.push(tick);
+        idle.push(Some(sensor));
+    }
+    let mut health = hardware.health;
+    let mut health_tick = tokio::time::interval(daemon.cfg.health_interval);
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let ready: Vec<bool> = idle.iter().map(Option::is_some).collect();
+        let deadline = daemon.batcher.deadline().map(|d| {
+            let wait = Duration::from_millis(d.saturating_sub(unix_ms()));
+            tokio::time::Instant::now() + wait
+        });
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = health_tick.tick() => {
+                let now = unix_ms();
+                let mut readings = health.read();
+                let l = link.status();
+                if let Some(rtt) = l.rtt_ms {
+                    readings.push((Metric::LinkRtt, rtt));
+                }
+                readings.push((Metric::LinkLoss, l.ping_loss_percent));
+                readings.push((Metric::OutboxDepth, l.queued as f64));
+                readings.push((Metric::Dropped, l.dropped as f64));
+                daemon.offer(&readings, now);
+            }
+            i = next_tick(&mut intervals, &ready) => {
+                if let Some(mut sensor) = idle[i].take() {
+                    let tx = results_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let result = sensor.read();
+                        let _ = tx.blocking_send(SensorResult { index: i, sensor, result });
+                    });
+                }
+            }
+            Some(r) = results.recv() => {
+                let now = unix_ms();
+                let name = r.sensor.name().to_owned();
+                idle[r.index] = Some(r.sensor);
+                match r.result {
+                    Ok(readings) => {
+                        let recovered = daemon.sensor_ok(r.index, &readings, now);
+                        daemon.offer(&readings, now);
+                        if recovered {
+                            daemon.event(&mut seqs, Event::SensorRecovered { sensor: name })?;
+                        }
+                    }
+                    Err(e) => {
+                        let detail = e.to_string();
+                        let first = daemon.sensor_failed(r.index, &detail, now);
+                        if first {
+                            tracing::warn!(sensor = %name, error = %detail, "sensor fault");
+                            daemon.event(&mut seqs, Event::SensorFault { sensor: name, detail })?;
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {}
+            msg = incoming.recv() => {
+                match msg {
+                    Some(m) => tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "received"),
+                    None => break,
+                }
+            }
+        }
+        daemon.flush(&mut seqs, false)?;
+    }
+
+    // Orderly stop: send what is batched, say goodbye (a clean disconnect sends no will).
+    daemon.flush(&mut seqs, true)?;
+    let offline = Message::new(
+        Topic::terminal(&daemon.cfg.id, Channel::Presence).to_string(),
+        presence(&daemon.cfg, started_ms, false)?,
+    )
+    .retained();
+    if link.try_publish(offline).is_ok() {
+        let sent = link.status().published;
+        let drained = async {
+            while link.is_connected() && link.status().published <= sent {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+    }
+    link.shutdown();
+    if let Some(t) = status_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Waits for the first sensor whose interval ticks and which is not being read.
+async fn next_tick(intervals: &mut [tokio::time::Interval], ready: &[bool]) -> usize {
+    if intervals.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for (i, t) in intervals.iter_mut().enumerate() {
+            if ready[i] && t.poll_tick(cx).is_ready() {
+                return std::task::Poll::Ready(i);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Daemon {
+    cfg: TerminalConfig,
+    sampler: Sampler,
+    batcher: Batcher,
+    status: SharedStatus,
+    link: Link,
+}
+
+impl Daemon {
+    fn with_status(&self, f: impl FnOnce(&mut StatusReport)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn offer(&mut self, readings: &[(Metric, f64)], now: u64) {
+        let mut kept = Vec::new();
+        for (metric, value) in readings {
+            if let Some(v) = self.sampler.offer(metric, *value, now) {
+                kept.push((metric.name().to_owned(), v.to_f64()));
+                self.batcher.push(now, metric.clone(), v, None);
+            }
+        }
+        self.with_status(|s| s.latest.extend(kept));
+    }
+
+    /// Records a good read; true if the sensor had been failing.
+    fn sensor_ok(&self, index: usize, readings: &[(Metric, f64)], now: u64) -> bool {
+        let mut recovered = false;
+        self.with_status(|s| {
+            if let Some(r) = s.sensors.get_mut(index) {
+                recovered = !r.ok && r.last_error.is_some();
+                r.ok = true;
+                r.last_read_ms = Some(now);
+                r.last_error = None;
+                r.readings = readings
+                    .iter()
+                    .map(|(m, v)| (m.name().to_owned(), *v))
+                    .collect::<BTreeMap<_, _>>();
+            }
+        });
+        recovered
+    }
+
+    /// Records a failed read; true if the sensor had been fine (or never read).
+    fn sensor_failed(&self, index: usize, detail: &str, now: u64) -> bool {
+        let mut first = false;
+        self.with_status(|s| {
+            if let Some(r) = s.sensors.get_mut(index) {
+                first = r.last_error.is_none();
+                r.ok = false;
+                r.last_error = Some(detail.to_owned());
+            }
+            push_error(s, now, detail.to_owned());
+        });
+        first
+    }
+
+    /// Publishes every batch that is due (all pending ones if `all`).
+    fn flush(&mut self, seqs: &mut SeqStore, all: bool) -> Result<(), RunError> {
+        while (all && !self.batcher.is_empty()) || self.batcher.is_due(unix_ms()) {
+            let Some((time_ms, body)) = self.batcher.take() else {
+                break;
+            };
+            let seq = seqs.take(Stream::Telemetry)?;
+            let payload = encode(&Envelope { seq, time_ms, body })?;
+            self.send(Stream::Telemetry, seq, payload);
+        }
+        let next = [
+            (
+                Stream::Telemetry.as_str().to_owned(),
+                seqs.peek(Stream::Telemetry),
+            ),
+            (
+                Stream::Events.as_str().to_owned(),
+                seqs.peek(Stream::Events),
+            ),
+        ];
+        self.with_status(|s| s.next_seq = next.into_iter().collect());
+        Ok(())
+    }
+
+    fn event(&mut self, seqs: &mut SeqStore, event: Event) -> Result<(), RunError> {
+        let seq = seqs.take(Stream::Events)?;
+        let payload = encode(&Envelope {
+            seq,
+            time_ms: unix_ms(),
+            body: event,
+        })?;
+        self.send(Stream::Events, seq, payload);
+        Ok(())
+    }
+
+    fn send(&mut self, stream: Stream, seq: u64, payload: Vec<u8>) {
+        let topic = Topic::terminal(&self.cfg.id, stream.channel()).to_string();
+        if self.link.try_publish(Message::new(topic, payload)).is_err() {
+            let msg = format!("link queue full: {} seq {seq} dropped", stream.as_str());
+            tracing::warn!("{msg}");
+            self.with_status(|s| push_error(s, unix_ms(), msg));
+        }
+    }
+}
+
+fn push_error(s: &mut StatusReport, now: u64, msg: String) {
+    if s.recent_errors.len() == RECENT_ERRORS {
+        s.recent_errors.remove(0);
+    }
+    s.recent_errors.push((now, msg));
+}

@@ -1,0 +1,79 @@
+//! Turning the configured sensors into drivers on this box's buses.
+
+use cuntong_core::telemetry::Metric;
+
+use crate::config::SensorKind;
+use crate::sensors::{Sensor, SensorError};
+
+/// Opens the driver for a configured sensor.
+pub fn open(kind: &SensorKind) -> Result<Box<dyn Sensor>, SensorError> {
+    match kind {
+        #[cfg(all(target_os = "linux", feature = "linux-i2c"))]
+        SensorKind::Sht3x { bus, address } => crate::sensors::open_sht3x(bus, *address),
+        #[cfg(not(all(target_os = "linux", feature = "linux-i2c")))]
+        SensorKind::Sht3x { bus, .. } => Err(SensorError::Open {
+            path: bus.clone(),
+            detail: "this build has no Linux I2C support (feature linux-i2c)".into(),
+        }),
+    }
+}
+
+/// A sensor that could not be opened yet: every read tries to open it again and reports the
+/// error until it succeeds, so a loose cable shows up in status and events instead of
+/// stopping the terminal.
+#[derive(Debug)]
+pub struct Reopening {
+    kind: SensorKind,
+    name: String,
+    metrics: Vec<Metric>,
+    inner: Option<Box<dyn Sensor>>,
+}
+
+impl std::fmt::Debug for dyn Sensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sensor({})", self.name())
+    }
+}
+
+/// Opens a sensor, or returns one that keeps trying.
+pub fn open_or_retry(kind: &SensorKind) -> Box<dyn Sensor> {
+    let metrics = match kind {
+        SensorKind::Sht3x { .. } => vec![Metric::AirTemp, Metric::Humidity],
+    };
+    let inner = match open(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(sensor = %kind.label(), error = %e, "sensor not available; will retry");
+            None
+        }
+    };
+    Box::new(Reopening {
+        name: kind.label(),
+        kind: kind.clone(),
+        metrics,
+        inner,
+    })
+}
+
+impl Sensor for Reopening {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn metrics(&self) -> &[Metric] {
+        &self.metrics
+    }
+
+    fn read(&mut self) -> Result<Vec<(Metric, f64)>, SensorError> {
+        if self.inner.is_none() {
+            self.inner = Some(open(&self.kind)?);
+        }
+        match self.inner.as_mut() {
+            Some(s) => s.read(),
+            None => Err(SensorError::Open {
+                path: self.name.clone(),
+                detail: "not open".into(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The MQTT link: one connection to the broker, kept alive, never blocking its own event loop.
+//!
+//! rumqttc does the protocol; this module does what it leaves to its user:
+//! - **reconnect with back-off and jitter** (rumqttc retries at once, forever);
+//! - **resubscribe and re-announce** after every connect, since a clean session forgets both;
+//! - **never deadlock**: rumqttc's event loop must be polled for its request channel to drain,
+//!   so nothing that runs in the poll task ever waits on that channel. Publishes go through a
+//!   bounded queue owned by the link and drained by a separate sender task; when the queue is
+//!   full, [`Link::try_publish`] says so and the caller counts the loss.
+//!
+//! Incoming messages are handed to the owner through a bounded channel; a full channel slows
+//! the poll task down (back-pressure to the broker). The owner must therefore never *await*
+//! [`Link::publish`] while it is the only reader of that channel: use [`Link::try_publish`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker_url::BrokerUrl;
+
+/// A message to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+impl Message {
+    /// A QoS 1 message, not retained.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }
+    }
+
+    /// The same message, retained.
+    pub fn retained(mut self) -> Message {
+        self.retain = true;
+        self
+    }
+}
+
+/// A message received on a subscription.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+}
+
+/// Reconnect back-off: doubles from `min` to `max`, each wait drawn in `[d/2, d]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            min: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before reconnect attempt `attempt` (0 = first retry), with jitter.
+    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let base = self
+            .min
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        let half = base / 2;
+        half + rng.gen_range(Duration::ZERO..=half)
+    }
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct LinkOptions {
+    pub client_id: String,
+    pub broker: BrokerUrl,
+    pub keep_alive: Duration,
+    /// Published by the broker if this client vanishes.
+    pub last_will: Option<Message>,
+    /// Published after every successful connect (e.g. retained presence).
+    pub on_connect: Vec<Message>,
+    /// Subscribed after every successful connect.
+    pub subscriptions: Vec<String>,
+    /// Publishes waiting for the broker, at most.
+    pub queue_capacity: usize,
+    /// Received messages waiting for the owner, at most.
+    pub incoming_capacity: usize,
+    pub backoff: Backoff,
+    /// QoS 1 publishes in flight (sent, not yet acknowledged), at most.
+    pub inflight: u16,
+}
+
+impl LinkOptions {
+    pub fn new(client_id: impl Into<String>, broker: BrokerUrl) -> LinkOptions {
+        LinkOptions {
+            client_id: client_id.into(),
+            broker,
+            keep_alive: Duration::from_secs(30),
+            last_will: None,
+            on_connect: Vec::new(),
+            subscriptions: Vec::new(),
+            queue_capacity: 256,
+            incoming_capacity: 64,
+            backoff: Backoff::default(),
+            inflight: 32,
+        }
+    }
+}
+
+/// A snapshot of the link's state.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LinkStatus {
+    pub connected: bool,
+    /// Successful connects since start.
+    pub connects: u64,
+    /// Messages handed to the broker (sent on the socket).
+    pub published: u64,
+    /// Messages refused because the queue was full.
+    pub dropped: u64,
+    /// Messages waiting in the queue.
+    pub queued: usize,
+    /// Unix ms of the last message sent on the socket.
+    pub last_publish_ms: Option<u64>,
+    /// Round trip of the last keep-alive ping, in ms.
+    pub rtt_ms: Option<f64>,
+    /// Share of the last pings that got no answer, in percent.
+    pub ping_loss_percent: f64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    connected: AtomicBool,
+    connects: AtomicU64,
+    published: AtomicU64,
+    dropped: AtomicU64,
+    last_publish_ms: AtomicU64,
+    detail: Mutex<Detail>,
+}
+
+#[derive(Debug, Default)]
+struct Detail {
+    rtt_ms: Option<f64>,
+    /// Outcome of recent pings, newest last: true = answered.
+    pings: std::collections::VecDeque<bool>,
+    last_error: Option<String>,
+}
+
+const PING_WINDOW: usize = 20;
+
+/// Why a publish was not queued.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("link queue is full")]
+    Full,
+    #[error("link is shut down")]
+    Closed,
+}
+
+/// A running link. Cheap to clone; the link stops when [`Link::shutdown`] is called.
+#[derive(Clone, Debug)]
+pub struct Link {
+    queue: mpsc::Sender<Message>,
+    queue_capacity: usize,
+    shared: Arc<Shared>,
+    connected: watch::Receiver<u64>,
+    stop: CancellationToken,
+}
+
+impl Link {
+    /// Starts the link's tasks on the current tokio runtime. Returns the link and the
+    /// receiver of incoming messages.
+    pub fn start(opts: LinkOptions) -> (Link, mpsc::Receiver<Incoming>) {
+        let mut mqtt = MqttOptions::new(&opts.client_id, &opts.broker.host, opts.broker.port);
+        mqtt.set_keep_alive(opts.keep_alive);
+        mqtt.set_clean_session(true);
+        mqtt.set_inflight(opts.inflight.max(1));
+        let max_packet = cuntong_core::envelope::MAX_PAYLOAD + 1024;
+        mqtt.set_max_packet_size(max_packet, max_packet);
+        if let Some(w) = &opts.last_will {
+            mqtt.set_last_will(LastWill::new(&w.topic, w.payload.to_vec(), w.qos, w.retain));
+        }
+        let (client, eventloop) = AsyncClient::new(mqtt, 8);
+        let (queue_tx, queue_rx) = mpsc::channel(opts.queue_capacity.max(1));
+        let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
+        let (gen_tx, gen_rx) = watch::channel(0u64);
+        let shared = Arc::new(Shared::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(poll_task(
+            eventloop,
+            opts.backoff,
+            incoming_tx,
+            gen_tx,
+            shared.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(sender_task(
+            client,
+            queue_rx,
+            gen_rx.clone(),
+            opts.subscriptions,
+            opts.on_connect,
+            stop.clone(),
+        ));
+        let link = Link {
+            queue: queue_tx,
+            queue_capacity: opts.queue_capacity.max(1),
+            shared,
+            connected: gen_rx,
+            stop,
+        };
+        (link, incoming_rx)
+    }
+
+    /// Queues a message, waiting while the queue is full.
+    pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
+        self.queue.send(msg).await.map_err(|_| PublishError::Closed)
+    }
+
+    /// Queues a message if there is room; a refusal for lack of room is counted as dropped.
+    pub fn try_publish(&self, msg: Message) -> Result<(), PublishError> {
+        self.queue.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                PublishError::Full
+            }
+            mpsc::error::TrySendError::Closed(_) => PublishError::Closed,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the link has connected at least once (or `timeout` passes).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.connected.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|&g| g > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        let s = &self.shared;
+        let detail = s.detail.lock().map(|d| {
+            let lost = d.pings.iter().filter(|ok| !**ok).count();
+            let loss = if d.pings.is_empty() {
+                0.0
+            } else {
+                100.0 * lost as f64 / d.pings.len() as f64
+            };
+            (d.rtt_ms, loss, d.last_error.clone())
+        });
+        let (rtt_ms, ping_loss_percent, last_error) = detail.unwrap_or((None, 0.0, None));
+        let last = s.last_publish_ms.load(Ordering::Relaxed);
+        LinkStatus {
+            connected: s.connected.load(Ordering::Relaxed),
+            connects: s.connects.load(Ordering::Relaxed),
+            published: s.published.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            queued: self.queue_capacity - self.queue.capacity(),
+            last_publish_ms: (last > 0).then_some(last),
+            rtt_ms,
+            ping_loss_percent,
+            last_error,
+        }
+    }
+
+    /// Stops the link's tasks; queued messages that were not sent are discarded.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn poll_task(
+    mut eventloop: EventLoop,
+    backoff: Backoff,
+    incoming: mpsc::Sender<Incoming>,
+    generation: watch::Sender<u64>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut rng = rand::rngs::SmallRng::from_entropy();
+    let mut failures: u32 = 0;
+    let mut ping_sent: Option<Instant> = None;
+    let mut generation_no = 0u64;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                ping_sent = None;
+                shared.connected.store(true, Ordering::Relaxed);
+                shared.connects.fetch_add(1, Ordering::Relaxed);
+                generation_no += 1;
+                generation.send_replace(generation_no);
+                tracing::info!(connects = generation_no, "link connected");
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let msg = Incoming {
+                    topic: p.topic,
+                    payload: p.payload,
+                    retain: p.retain,
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = incoming.send(msg) => if r.is_err() { tracing::debug!("incoming receiver gone") },
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
+                shared.published.fetch_add(1, Ordering::Relaxed);
+                shared.last_publish_ms.store(unix_ms(), Ordering::Relaxed);
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::PingReq)) => {
+                if ping_sent.is_some() {
+                    record_ping(&shared, false, None);
+                }
+                ping_sent = Some(Instant::now());
+            }
+            Ok(Event::Incoming(Packet::PingResp)) => {
+                if let Some(t) = ping_sent.take() {
+                    record_ping(&shared, true, Some(t.elapsed().as_secs_f64() * 1000.0));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let was_connected = shared.connected.swap(false, Ordering::Relaxed);
+                if ping_sent.take().is_some() {
+                    record_ping(&shared, false, None);
+                }
+                if let Ok(mut d) = shared.detail.lock() {
+                    d.last_error = Some(e.to_string());
+                }
+                let wait = backoff.delay(failures, &mut rng);
+                failures = failures.saturating_add(1);
+                if was_connected {
+                    tracing::warn!(error = %e, "link lost; reconnecting in {wait:?}");
+                } else {
+                    tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    shared.connected.store(false, Ordering::Relaxed);
+}
+
+fn record_ping(shared: &Shared, answered: bool, rtt_ms: Option<f64>) {
+    if let Ok(mut d) = shared.detail.lock() {
+        if d.pings.len() == PING_WINDOW {
+            d.pings.pop_front();
+        }
+        d.pings.push_back(answered);
+        if rtt_ms.is_some() {
+            d.rtt_ms = rtt_ms;
+        }
+    }
+}
+
+async fn sender_task(
+    client: AsyncClient,
+    mut queue: mpsc::Receiver<Message>,
+    mut generation: watch::Receiver<u64>,
+    subscriptions: Vec<String>,
+    on_connect: Vec<Message>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            changed = generation.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // A new connection: the clean session has forgotten our subscriptions.
+                if !subscriptions.is_empty() {
+                    let filters = subscriptions
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    if client.subscribe_many(filters).await.is_err() {
+                        break;
+                    }
+                }
+                for m in &on_connect {
+                    if client.publish(&m.topic, m.qos, m.retain, m.payload.clone()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            msg = queue.recv() => {
+                let Some(m) = msg else { break };
+                if client.publish(m.topic, m.qos, m.retain, m.payload).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let b = Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+        };
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for (attempt, base) in [(0, 1), (1, 2), (2, 4), (3, 8), (4, 8), (30, 8)] {
+            let d = b.delay(attempt, &mut rng);
+            let base = Duration::from_secs(base);
+            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The local status interface: a Unix socket on which the running daemon answers
+//! `cuntong-terminal status`.
+//!
+//! Protocol: the client sends one line naming the request (`status`), the daemon answers with
+//! one line of JSON and closes. The JSON is a [`StatusReport`]; its shape is a contract
+//! (`--json` prints it unchanged).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::link::LinkStatus;
+
+/// How many recent errors the daemon remembers.
+pub const RECENT_ERRORS: usize = 10;
+
+/// What the daemon reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    pub terminal: String,
+    pub version: String,
+    /// Unix ms when the daemon started.
+    pub started_ms: u64,
+    pub broker: String,
+    pub link: LinkReport,
+    /// Next sequence number per stream.
+    pub next_seq: BTreeMap<String, u64>,
+    pub sensors: Vec<SensorReport>,
+    /// Latest sampled value of each metric.
+    pub latest: BTreeMap<String, f64>,
+    /// Newest last: (Unix ms, message).
+    pub recent_errors: Vec<(u64, String)>,
+}
+
+/// The link part of a status report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkReport {
+    pub connected: bool,
+    pub connects: u64,
+    pub published: u64,
+    pub dropped: u64,
+    /// Messages waiting to be sent (the outbox depth).
+    pub queued: usize,
+    pub last_publish_ms: Option<u64>,
+    pub rtt_ms: Option<f64>,
+    pub ping_loss_percent: f64,
+    pub last_error: Option<String>,
+}
+
+impl From<LinkStatus> for LinkReport {
+    fn from(s: LinkStatus) -> LinkReport {
+        LinkReport {
+            connected: s.connected,
+            connects: s.connects,
+            published: s.published,
+            dropped: s.dropped,
+            queued: s.queued,
+            last_publish_ms: s.last_publish_ms,
+            rtt_ms: s.rtt_ms,
+            ping_loss_percent: s.ping_loss_percent,
+            last_error: s.last_error,
+        }
+    }
+}
+
+/// One sensor in a status report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorReport {
+    pub name: String,
+    pub ok: bool,
+    /// Unix ms of the last good read.
+    pub last_read_ms: Option<u64>,
+    pub readings: BTreeMap<String, f64>,
+    pub last_error: Option<String>,
+}
+
+/// Where the daemon keeps its report; the server renders it on request.
+pub type SharedStatus = Arc<Mutex<StatusReport>>;
+
+/// Serves status requests on `path` until `stop` fires. A stale socket file is replaced.
+pub async fn serve(
+    path: &Path,
+    status: SharedStatus,
+    link: crate::link::Link,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "status socket accept failed");
+                    continue;
+                }
+            },
+        };
+        let report = status.lock().map(|s| s.clone()).unwrap_or_default();
+        let report = StatusReport {
+            link: link.status().into(),
+            ..report
+        };
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &report).await {
+                tracing::debug!(error = %e, "status client went away");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+async fn answer(stream: UnixStream, report: &StatusReport) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        BufReader::new(r).take(256).read_line(&mut line),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
+    let body = match line.trim() {
+        "status" => serde_json::to_string(report).map_err(std::io::Error::other)?,
+        other => serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+    };
+    w.write_all(body.as_bytes()).await?;
+    w.write_all(b"\n").await?;
+    w.shutdown().await
+}
+
+/// Asks the daemon listening on `path` for its status.
+pub async fn request(path: &Path) -> Result<StatusReport, String> {
+    let run = async {
+        let mut stream = UnixStream::connect(path).await.map_err(|e| {
+            format!(
+                "cannot reach the terminal daemon at {}: {e}",
+                path.display()
+            )
+        })?;
+        stream
+            .write_all(b"status\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str(&line).map_err(|e| format!("bad answer from the daemon: {e}"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .map_err(|_| format!("the terminal daemon at {} did not answer", path.display()))?
+}
+
+/// Renders a report for people: one aligned line per topic.
+pub fn render(r: &StatusReport, now_ms: u64) -> String {
+    let ago = |ms: u64| {
+        let secs = now_ms.saturating_sub(ms) / 1000;
+        format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(secs))
+        )
+    };
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<9} {v}\n"));
+    row(
+        "terminal",
+        format!(
+            "{} (v{}, started {})",
+            r.terminal,
+            r.version,
+            ago(r.started_ms)
+        ),
+    );
+    let l = &r.link;
+    let state = if l.connected {
+        "connected"
+    } else {
+        "DISCONNECTED"
+    };
+    let rtt = l.rtt_ms.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
+    row(
+        "broker",
+        format!(
+            "{} {state} ({} connects), rtt {rtt}, ping loss {:.0}%",
+            r.broker, l.connects, l.ping_loss_percent
+        ),
+    );
+    if let Some(e) = &l.last_error {
+        row("", format!("last link error: {e}"));
+    }
+    let last = l.last_publish_ms.map_or("never".to_owned(), ago);
+    row(
+        "publish",
+        format!(
+            "last {last}, {} sent, outbox {}, dropped {}",
+            l.published, l.queued, l.dropped
+        ),
+    );
+    let seqs: Vec<String> = r.next_seq.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    row("next seq", seqs.join(", "));
+    if r.sensors.is_empty() {
+        row("sensors", "(none configured)".to_owned());
+    }
+    for s in &r.sensors {
+        let values: Vec<String> = s.readings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let state = match (&s.last_error, s.ok) {
+            (Some(e), _) => format!("FAIL {e}"),
+            (None, true) => format!("ok   {}", values.join(" ")),
+            (None, false) => "not read yet".to_owned(),
+        };
+        row("sensor", format!("{:<12} {state}", s.name));
+    }
+    let latest: Vec<String> = r.latest.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    row("latest", latest.join(" "));
+    if r.recent_errors.is_empty() {
+        row("errors", "(none)".to_owned());
+    }
+    for (t, e) in &r.recent_errors {
+        row("error", format!("{} {e}", ago(*t)));
+    }
+    out
+}
