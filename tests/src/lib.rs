@@ -1,1 +1,251 @@
-//! placeholder
+//! Helpers for the end-to-end tests: the real binaries, real brokers, bounded waits.
+//!
+//! The binaries are the workspace's own build (`cargo build --workspace --bins` first; the
+//! test command does that). Every child process is killed when its handle drops, every wait
+//! polls a condition with a deadline, and every port is picked free by the OS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// Path of a workspace binary next to the test executable's `deps` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes; true if it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process that is killed (SIGKILL) when dropped. Its output goes to a log file.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(program: &Path, args: &[&str], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .env("CUNTONG_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Proc { child, log }
+    }
+
+    /// Kills the process at once (no goodbye), as a power cut would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Which broker a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    Embedded,
+    Mosquitto,
+}
+
+/// A running broker on a free port.
+#[derive(Debug)]
+pub struct Broker {
+    pub url: String,
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Broker {
+    pub fn start(kind: BrokerKind, dir: &Path) -> Broker {
+        let port = free_port();
+        let proc = match kind {
+            BrokerKind::Embedded => Proc::spawn(
+                &bin("cuntong"),
+                &["broker", "--listen", &format!("127.0.0.1:{port}")],
+                dir.join("broker.log"),
+            ),
+            BrokerKind::Mosquitto => {
+                let conf = dir.join("mosquitto.conf");
+                std::fs::write(
+                    &conf,
+                    format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+                )
+                .unwrap();
+                Proc::spawn(
+                    &mosquitto(),
+                    &["-c", conf.to_str().unwrap()],
+                    dir.join("mosquitto.log"),
+                )
+            }
+        };
+        let ready = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(ready, "{kind:?} broker did not listen: {}", proc.log_text());
+        Broker {
+            url: format!("mqtt://127.0.0.1:{port}"),
+            port,
+            _proc: proc,
+        }
+    }
+}
+
+/// The Mosquitto binary (the test command installs it).
+pub fn mosquitto() -> PathBuf {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("mosquitto is not installed (the test command installs it: apt-get install mosquitto)");
+}
+
+/// Runs a binary to completion.
+pub fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `cuntong sites --json`, parsed strictly.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub terminal: String,
+    pub site: String,
+    pub level: String,
+    pub online: bool,
+    pub version: Option<String>,
+    pub last_seen: Option<String>,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// `cuntong telemetry --json`, parsed strictly.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    pub seq: u64,
+    pub ts: String,
+    pub metric: String,
+    pub value: f64,
+    pub exact: String,
+}
+
+/// The fleet as the store sees it (empty if the store does not exist yet).
+pub fn sites(db: &Path, region: Option<&str>) -> Vec<Site> {
+    let mut args = vec!["sites", "--json", "--db", db.to_str().unwrap()];
+    if let Some(r) = region {
+        args.extend(["--region", r]);
+    }
+    let out = run(&bin("cuntong"), &args);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&out.stdout).expect("sites --json is an array of site objects")
+}
+
+/// A terminal's stored samples.
+pub fn telemetry(db: &Path, terminal: &str, metric: Option<&str>) -> Vec<Sample> {
+    let mut args = vec![
+        "telemetry",
+        "--json",
+        "--terminal",
+        terminal,
+        "--db",
+        db.to_str().unwrap(),
+    ];
+    if let Some(m) = metric {
+        args.extend(["--metric", m]);
+    }
+    let out = run(&bin("cuntong"), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("telemetry --json is an array of samples")
+}
+
+/// Starts `cuntong central` against `broker`, storing into `db`.
+pub fn central(broker: &Broker, db: &Path, dir: &Path) -> Proc {
+    Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "central",
+            "--broker",
+            &broker.url,
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        dir.join("central.log"),
+    )
+}

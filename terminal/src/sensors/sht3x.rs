@@ -3,6 +3,7 @@ use super::{Sensor, SensorError};
 use cuntong_core::telemetry::Metric;
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
+#[derive(Debug)]
 pub struct Sht3x<I, D> {
     i2c: I,
     delay: D,
