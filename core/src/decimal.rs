@@ -23,7 +23,7 @@ const POW10: [i64; 19] = {
 };
 
 /// `mantissa / 10^scale`, exactly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Decimal {
     mantissa: i64,
     scale: u8,
@@ -187,19 +187,6 @@ impl fmt::Display for Decimal {
             abs % p,
             width = usize::from(self.scale)
         )
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Decimal {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-        #[derive(serde::Deserialize)]
-        struct Raw {
-            mantissa: i64,
-            scale: u8,
-        }
-        let raw = Raw::deserialize(d)?;
-        Decimal::new(raw.mantissa, raw.scale)
-            .map_err(|_| serde::de::Error::custom("decimal scale above 18"))
     }
 }
 

@@ -16,7 +16,7 @@ use core::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::telemetry::{MetricError, TelemetryBatch};
+use crate::telemetry::{BodyError, TelemetryBatch, WireBatch};
 use crate::topic::Channel;
 
 /// The wire version this crate writes and reads.
@@ -98,7 +98,7 @@ pub enum DecodeError {
     Version {
         found: u8,
     },
-    /// The body does not parse; `at` is the byte offset where parsing stopped, if known.
+    /// The envelope does not parse.
     Malformed {
         what: &'static str,
     },
@@ -106,8 +106,8 @@ pub enum DecodeError {
     Trailing {
         count: usize,
     },
-    /// Parsed, but a field holds a value the protocol does not allow.
-    Invalid(MetricError),
+    /// The telemetry body inside the envelope is wrong.
+    Body(BodyError),
 }
 
 impl fmt::Display for DecodeError {
@@ -127,7 +127,7 @@ impl fmt::Display for DecodeError {
             DecodeError::Trailing { count } => {
                 write!(f, "{count} unexpected bytes after the payload")
             }
-            DecodeError::Invalid(e) => write!(f, "invalid payload: {e}"),
+            DecodeError::Body(e) => write!(f, "telemetry body: {e}"),
         }
     }
 }
@@ -163,9 +163,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 
 /// Decodes a telemetry envelope and checks its contents.
 pub fn decode_telemetry(bytes: &[u8]) -> Result<Envelope<TelemetryBatch>, DecodeError> {
-    let env: Envelope<TelemetryBatch> = decode(bytes)?;
-    env.body.validate().map_err(DecodeError::Invalid)?;
-    Ok(env)
+    let env: Envelope<WireBatch> = decode(bytes)?;
+    Ok(Envelope {
+        seq: env.seq,
+        time_ms: env.time_ms,
+        body: TelemetryBatch::read_wire(&env.body.0).map_err(DecodeError::Body)?,
+    })
 }
 
 /// Decodes an event envelope.
@@ -234,11 +237,13 @@ mod tests {
                 1, // version
                 1, // seq
                 128, 248, 206, 212, 170, 51, // time, varint
+                25, // body length
                 3,  // three samples
-                0, 10, 210, 36, 2, 0, // +0 ms, env.temp, 2345 (zigzag), scale 2, no flag
-                250, 1, 21, 84, 0, 1, 0, // +250 ms, w01018, 42, scale 0, flag N
-                172, 2, 0, 6, 97, 57, 57, 48, 53, 52, 9, 1, 1, 8,
-                80, // code "a99054", -5 /10, flag P
+                20, 210, 36, // env.temp (id 10), 2345 zigzag
+                43, 7, 250, 1, 0, 78,
+                84, // w01018 (id 21) + extras: +250 ms, scale 0, flag N, 42
+                1, 6, 97, 57, 57, 48, 53, 52, 7, 172, 2, 1, 80,
+                9, // "a99054", +300 ms, scale 1, P, -5
             ]
         );
         assert_eq!(decode_telemetry(&bytes), Ok(batch()));
@@ -283,9 +288,21 @@ mod tests {
         let mut bad_code = good.clone();
         let at = bad_code.iter().position(|&b| b == b'a').unwrap();
         bad_code[at] = b' ';
-        assert!(matches!(
+        assert_eq!(
             decode_telemetry(&bad_code),
-            Err(DecodeError::Invalid(_))
+            Err(DecodeError::Body(BodyError::BadCode {
+                sample: 2,
+                error: crate::telemetry::MetricError::BadChar { pos: 0, found: ' ' }
+            }))
+        );
+        let mut unknown = good.clone();
+        unknown[10] = 0x7e; // metric id 63, not registered
+        assert!(matches!(
+            decode_telemetry(&unknown),
+            Err(DecodeError::Body(BodyError::UnknownMetric {
+                sample: 0,
+                id: 63
+            }))
         ));
     }
 

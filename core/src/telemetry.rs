@@ -5,21 +5,23 @@
 //! [`Metric::Code`], a string escape, so a logger's unknown factor code is passed through
 //! unchanged. On the wire a registered metric is one byte.
 //!
-//! The registry is append-only: the position of a variant is its wire id.
+//! The registry is append-only: each metric's wire id is fixed forever.
+//!
+//! A batch has its own compact wire form (see [`TelemetryBatch::write_wire`] and
+//! `docs/protocol.md`): in the common case a sample is one byte of metric id and the value's
+//! mantissa, nothing else, because every byte counts on a metered rural link.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-
-use serde::{Deserialize, Serialize};
 
 use crate::decimal::Decimal;
 
 /// Longest metric name accepted as a [`Metric::Code`].
 pub const MAX_CODE_LEN: usize = 32;
 
-/// What a value measures. Variant order is the wire id: append only.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// What a value measures.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Metric {
     /// Any metric outside the registry, by name (e.g. an unlisted HJ 212 factor code).
@@ -118,43 +120,44 @@ impl fmt::Display for Unit {
     }
 }
 
-/// (metric, name, unit, default decimal places). Names are what users type and see.
-const REGISTRY: &[(Metric, &str, Unit, u8)] = &[
-    (Metric::Uptime, "uptime", Unit::Seconds, 0),
-    (Metric::CpuLoad, "cpu.load", Unit::One, 2),
-    (Metric::CpuTemp, "cpu.temp", Unit::Celsius, 1),
-    (Metric::MemUsed, "mem.used", Unit::Percent, 1),
-    (Metric::DiskUsed, "disk.used", Unit::Percent, 1),
-    (Metric::LinkRtt, "link.rtt", Unit::Milliseconds, 1),
-    (Metric::LinkLoss, "link.loss", Unit::Percent, 1),
-    (Metric::OutboxDepth, "outbox.depth", Unit::Count, 0),
-    (Metric::Dropped, "outbox.dropped", Unit::Count, 0),
-    (Metric::AirTemp, "env.temp", Unit::Celsius, 2),
-    (Metric::Humidity, "env.humidity", Unit::PercentRh, 2),
-    (Metric::Pm25, "env.pm25", Unit::MicrogramPerM3, 0),
-    (Metric::Pm10, "env.pm10", Unit::MicrogramPerM3, 0),
-    (Metric::Noise, "env.noise", Unit::DecibelA, 1),
-    (Metric::W00000, "w00000", Unit::LitrePerSecond, 2),
-    (Metric::W01001, "w01001", Unit::One, 2),
-    (Metric::W01009, "w01009", Unit::MilligramPerL, 1),
-    (Metric::W01010, "w01010", Unit::Celsius, 1),
-    (Metric::W01012, "w01012", Unit::MilligramPerL, 0),
-    (Metric::W01014, "w01014", Unit::MicrosiemensPerCm, 1),
-    (Metric::W01018, "w01018", Unit::MilligramPerL, 1),
-    (Metric::W01019, "w01019", Unit::MilligramPerL, 1),
-    (Metric::W21001, "w21001", Unit::MilligramPerL, 2),
-    (Metric::W21003, "w21003", Unit::MilligramPerL, 2),
-    (Metric::W21011, "w21011", Unit::MilligramPerL, 2),
-    (Metric::A00000, "a00000", Unit::CubicMetrePerSecond, 1),
-    (Metric::A01011, "a01011", Unit::MetrePerSecond, 2),
-    (Metric::A01012, "a01012", Unit::Celsius, 1),
-    (Metric::A19001, "a19001", Unit::Percent, 1),
-    (Metric::A21002, "a21002", Unit::MilligramPerM3, 1),
-    (Metric::A21005, "a21005", Unit::MilligramPerM3, 3),
-    (Metric::A21026, "a21026", Unit::MilligramPerM3, 2),
-    (Metric::A34002, "a34002", Unit::MicrogramPerM3, 3),
-    (Metric::A34004, "a34004", Unit::MicrogramPerM3, 3),
-    (Metric::A34013, "a34013", Unit::MilligramPerM3, 0),
+/// (metric, wire id, name, unit, default decimal places). Names are what users type and see.
+/// Wire ids are forever: append only, never reuse one.
+const REGISTRY: &[(Metric, u32, &str, Unit, u8)] = &[
+    (Metric::Uptime, 1, "uptime", Unit::Seconds, 0),
+    (Metric::CpuLoad, 2, "cpu.load", Unit::One, 2),
+    (Metric::CpuTemp, 3, "cpu.temp", Unit::Celsius, 1),
+    (Metric::MemUsed, 4, "mem.used", Unit::Percent, 1),
+    (Metric::DiskUsed, 5, "disk.used", Unit::Percent, 1),
+    (Metric::LinkRtt, 6, "link.rtt", Unit::Milliseconds, 1),
+    (Metric::LinkLoss, 7, "link.loss", Unit::Percent, 1),
+    (Metric::OutboxDepth, 8, "outbox.depth", Unit::Count, 0),
+    (Metric::Dropped, 9, "outbox.dropped", Unit::Count, 0),
+    (Metric::AirTemp, 10, "env.temp", Unit::Celsius, 2),
+    (Metric::Humidity, 11, "env.humidity", Unit::PercentRh, 2),
+    (Metric::Pm25, 12, "env.pm25", Unit::MicrogramPerM3, 0),
+    (Metric::Pm10, 13, "env.pm10", Unit::MicrogramPerM3, 0),
+    (Metric::Noise, 14, "env.noise", Unit::DecibelA, 1),
+    (Metric::W00000, 15, "w00000", Unit::LitrePerSecond, 2),
+    (Metric::W01001, 16, "w01001", Unit::One, 2),
+    (Metric::W01009, 17, "w01009", Unit::MilligramPerL, 1),
+    (Metric::W01010, 18, "w01010", Unit::Celsius, 1),
+    (Metric::W01012, 19, "w01012", Unit::MilligramPerL, 0),
+    (Metric::W01014, 20, "w01014", Unit::MicrosiemensPerCm, 1),
+    (Metric::W01018, 21, "w01018", Unit::MilligramPerL, 1),
+    (Metric::W01019, 22, "w01019", Unit::MilligramPerL, 1),
+    (Metric::W21001, 23, "w21001", Unit::MilligramPerL, 2),
+    (Metric::W21003, 24, "w21003", Unit::MilligramPerL, 2),
+    (Metric::W21011, 25, "w21011", Unit::MilligramPerL, 2),
+    (Metric::A00000, 26, "a00000", Unit::CubicMetrePerSecond, 1),
+    (Metric::A01011, 27, "a01011", Unit::MetrePerSecond, 2),
+    (Metric::A01012, 28, "a01012", Unit::Celsius, 1),
+    (Metric::A19001, 29, "a19001", Unit::Percent, 1),
+    (Metric::A21002, 30, "a21002", Unit::MilligramPerM3, 1),
+    (Metric::A21005, 31, "a21005", Unit::MilligramPerM3, 3),
+    (Metric::A21026, 32, "a21026", Unit::MilligramPerM3, 2),
+    (Metric::A34002, 33, "a34002", Unit::MicrogramPerM3, 3),
+    (Metric::A34004, 34, "a34004", Unit::MicrogramPerM3, 3),
+    (Metric::A34013, 35, "a34013", Unit::MilligramPerM3, 0),
 ];
 
 /// Why a metric name was refused.
@@ -188,7 +191,7 @@ impl fmt::Display for MetricError {
 impl core::error::Error for MetricError {}
 
 impl Metric {
-    fn entry(&self) -> Option<&'static (Metric, &'static str, Unit, u8)> {
+    fn entry(&self) -> Option<&'static (Metric, u32, &'static str, Unit, u8)> {
         REGISTRY.iter().find(|e| e.0 == *self)
     }
 
@@ -201,22 +204,32 @@ impl Metric {
     pub fn name(&self) -> &str {
         match self {
             Metric::Code(s) => s,
-            m => m.entry().map_or("", |e| e.1),
+            m => m.entry().map_or("", |e| e.2),
         }
     }
 
     pub fn unit(&self) -> Unit {
-        self.entry().map_or(Unit::Unknown, |e| e.2)
+        self.entry().map_or(Unit::Unknown, |e| e.3)
     }
 
     /// Default number of decimal places a reading of this metric is rounded to.
     pub fn default_scale(&self) -> u8 {
-        self.entry().map_or(3, |e| e.3)
+        self.entry().map_or(3, |e| e.4)
+    }
+
+    /// The wire id of a registered metric; `None` for a [`Metric::Code`].
+    pub fn id(&self) -> Option<u32> {
+        self.entry().map(|e| e.1)
+    }
+
+    /// The registered metric with that wire id.
+    pub fn from_id(id: u32) -> Option<Metric> {
+        REGISTRY.iter().find(|e| e.1 == id).map(|e| e.0.clone())
     }
 
     /// The registered metric of that name, or a [`Metric::Code`] for any other valid name.
     pub fn from_name(name: &str) -> Result<Metric, MetricError> {
-        if let Some(e) = REGISTRY.iter().find(|e| e.1 == name) {
+        if let Some(e) = REGISTRY.iter().find(|e| e.2 == name) {
             return Ok(e.0.clone());
         }
         validate_code(name)?;
@@ -248,7 +261,7 @@ impl fmt::Display for Metric {
 }
 
 /// Data quality, as HJ 212 flags it. `None` on a sample means normal and unflagged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Quality {
     /// N: normal.
@@ -304,7 +317,7 @@ impl Quality {
 }
 
 /// One measured value.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {
     /// Milliseconds after the envelope's time.
     pub offset_ms: u32,
@@ -314,18 +327,307 @@ pub struct Sample {
 }
 
 /// The body of a telemetry envelope: samples in time order.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TelemetryBatch {
     pub samples: Vec<Sample>,
 }
 
+/// Why a telemetry body was refused. `sample` is the 0-based index of the sample concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The body ends inside `what`, at byte `at`.
+    Truncated {
+        at: usize,
+        what: &'static str,
+    },
+    /// A varint longer than 10 bytes or beyond 64 bits, at byte `at`.
+    BadVarint {
+        at: usize,
+    },
+    /// More samples announced than a body can hold.
+    TooManySamples {
+        count: u64,
+    },
+    UnknownMetric {
+        sample: usize,
+        id: u64,
+    },
+    BadCode {
+        sample: usize,
+        error: MetricError,
+    },
+    BadScale {
+        sample: usize,
+        scale: u8,
+    },
+    /// An extras byte with unknown or no flags set.
+    BadExtras {
+        sample: usize,
+        extras: u8,
+    },
+    OffsetTooLarge {
+        sample: usize,
+    },
+    /// Bytes left after the last sample.
+    Trailing {
+        count: usize,
+    },
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::Truncated { at, what } => write!(f, "body ends at byte {at} inside {what}"),
+            BodyError::BadVarint { at } => write!(f, "bad varint at byte {at}"),
+            BodyError::TooManySamples { count } => write!(f, "{count} samples announced"),
+            BodyError::UnknownMetric { sample, id } => {
+                write!(f, "sample {sample}: unknown metric id {id}")
+            }
+            BodyError::BadCode { sample, error } => write!(f, "sample {sample}: {error}"),
+            BodyError::BadScale { sample, scale } => {
+                write!(f, "sample {sample}: scale {scale} above 18")
+            }
+            BodyError::BadExtras { sample, extras } => {
+                write!(f, "sample {sample}: bad extras byte {extras:#04x}")
+            }
+            BodyError::OffsetTooLarge { sample } => write!(f, "sample {sample}: offset too large"),
+            BodyError::Trailing { count } => write!(f, "{count} bytes after the last sample"),
+        }
+    }
+}
+
+impl core::error::Error for BodyError {}
+
+const EXTRA_OFFSET: u8 = 1;
+const EXTRA_SCALE: u8 = 2;
+const EXTRA_QUALITY: u8 = 4;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self, what: &'static str) -> Result<u8, BodyError> {
+        let b = *self
+            .bytes
+            .get(self.pos)
+            .ok_or(BodyError::Truncated { at: self.pos, what })?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64, BodyError> {
+        let start = self.pos;
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.byte(what)?;
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && bits > 1 {
+                return Err(BodyError::BadVarint { at: start });
+            }
+            v |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(BodyError::BadVarint { at: start })
+    }
+
+    fn slice(&mut self, n: usize, what: &'static str) -> Result<&[u8], BodyError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or(BodyError::Truncated {
+            at: self.bytes.len(),
+            what,
+        })?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+}
+
 impl TelemetryBatch {
-    /// Checks what serde cannot: metric codes are valid names.
+    /// Checks what the type cannot: metric codes are valid names.
     pub fn validate(&self) -> Result<(), MetricError> {
         self.samples.iter().try_for_each(|s| match &s.metric {
             Metric::Code(c) => validate_code(c),
             _ => Ok(()),
         })
+    }
+
+    /// Appends the batch's wire form to `out`:
+    ///
+    /// ```text
+    /// count varint, then per sample:
+    ///   key      varint  metric id << 1 | has-extras     (id 0: a name string follows)
+    ///   [name]   varint length + bytes                   (only for id 0)
+    ///   [extras] u8      1 offset · 2 scale · 4 quality  (only with has-extras)
+    ///   [offset] varint  ms after the envelope time      (only with extras & 1)
+    ///   [scale]  u8      decimal places                  (only with extras & 2; else the
+    ///                                                     metric's default scale)
+    ///   [flag]   u8      HJ 212 data flag letter         (only with extras & 4)
+    ///   value    zigzag varint mantissa
+    /// ```
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.samples.len() as u64);
+        for s in &self.samples {
+            let mut extras = 0u8;
+            if s.offset_ms != 0 {
+                extras |= EXTRA_OFFSET;
+            }
+            if s.value.scale() != s.metric.default_scale() {
+                extras |= EXTRA_SCALE;
+            }
+            if s.quality.is_some() {
+                extras |= EXTRA_QUALITY;
+            }
+            let id = u64::from(s.metric.id().unwrap_or(0));
+            put_varint(out, (id << 1) | u64::from(extras != 0));
+            if let Metric::Code(name) = &s.metric {
+                put_varint(out, name.len() as u64);
+                out.extend_from_slice(name.as_bytes());
+            }
+            if extras != 0 {
+                out.push(extras);
+            }
+            if extras & EXTRA_OFFSET != 0 {
+                put_varint(out, u64::from(s.offset_ms));
+            }
+            if extras & EXTRA_SCALE != 0 {
+                out.push(s.value.scale());
+            }
+            if let Some(q) = s.quality {
+                out.push(q.flag());
+            }
+            put_varint(out, zigzag(s.value.mantissa()));
+        }
+    }
+
+    /// Parses a batch's wire form; the whole of `bytes` must be one batch.
+    pub fn read_wire(bytes: &[u8]) -> Result<TelemetryBatch, BodyError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let count = r.varint("the sample count")?;
+        // Every sample takes at least two bytes.
+        if count > (bytes.len() / 2) as u64 {
+            return Err(BodyError::TooManySamples { count });
+        }
+        let mut samples = Vec::with_capacity(count as usize);
+        for sample in 0..count as usize {
+            let key = r.varint("a metric id")?;
+            let id = key >> 1;
+            let metric = if id == 0 {
+                let len = r.varint("a metric name length")?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&l| l <= MAX_CODE_LEN)
+                    .ok_or(BodyError::BadCode {
+                        sample,
+                        error: MetricError::TooLong {
+                            len: MAX_CODE_LEN + 1,
+                        },
+                    })?;
+                let raw = r.slice(len, "a metric name")?;
+                let name = core::str::from_utf8(raw).map_err(|_| BodyError::BadCode {
+                    sample,
+                    error: MetricError::BadChar { pos: 0, found: '?' },
+                })?;
+                validate_code(name).map_err(|error| BodyError::BadCode { sample, error })?;
+                Metric::Code(String::from(name))
+            } else {
+                u32::try_from(id)
+                    .ok()
+                    .and_then(Metric::from_id)
+                    .ok_or(BodyError::UnknownMetric { sample, id })?
+            };
+            let extras = if key & 1 == 1 {
+                r.byte("an extras byte")?
+            } else {
+                0
+            };
+            if key & 1 == 1
+                && (extras == 0 || extras & !(EXTRA_OFFSET | EXTRA_SCALE | EXTRA_QUALITY) != 0)
+            {
+                return Err(BodyError::BadExtras { sample, extras });
+            }
+            let offset_ms = if extras & EXTRA_OFFSET != 0 {
+                u32::try_from(r.varint("an offset")?)
+                    .map_err(|_| BodyError::OffsetTooLarge { sample })?
+            } else {
+                0
+            };
+            let scale = if extras & EXTRA_SCALE != 0 {
+                r.byte("a scale")?
+            } else {
+                metric.default_scale()
+            };
+            let quality = if extras & EXTRA_QUALITY != 0 {
+                Some(Quality::from_flag(r.byte("a quality flag")?))
+            } else {
+                None
+            };
+            let mantissa = unzigzag(r.varint("a value")?);
+            let value =
+                Decimal::new(mantissa, scale).map_err(|_| BodyError::BadScale { sample, scale })?;
+            samples.push(Sample {
+                offset_ms,
+                metric,
+                value,
+                quality,
+            });
+        }
+        if r.pos != bytes.len() {
+            return Err(BodyError::Trailing {
+                count: bytes.len() - r.pos,
+            });
+        }
+        Ok(TelemetryBatch { samples })
+    }
+}
+
+/// In an envelope, the batch travels as a postcard byte string holding its wire form.
+impl serde::Serialize for TelemetryBatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::with_capacity(8 + 4 * self.samples.len());
+        self.write_wire(&mut out);
+        s.serialize_bytes(&out)
+    }
+}
+
+/// The raw wire form of a batch, as carried in an envelope; [`TelemetryBatch::read_wire`]
+/// parses it with errors that say which sample is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireBatch(pub Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for WireBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<WireBatch, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = WireBatch;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a telemetry batch as bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<WireBatch, E> {
+                Ok(WireBatch(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V)
     }
 }
 
@@ -351,13 +653,15 @@ mod tests {
     }
 
     #[test]
-    fn every_registered_metric_has_a_unique_name() {
+    fn every_registered_metric_has_a_unique_name_and_id() {
         for (i, a) in REGISTRY.iter().enumerate() {
             for b in &REGISTRY[i + 1..] {
                 assert_ne!(a.1, b.1);
+                assert_ne!(a.2, b.2);
                 assert_ne!(a.0, b.0);
             }
-            assert_eq!(Metric::from_name(a.1).as_ref(), Ok(&a.0));
+            assert_eq!(Metric::from_name(a.2).as_ref(), Ok(&a.0));
+            assert_eq!(Metric::from_id(a.1), Some(a.0.clone()));
         }
     }
 
