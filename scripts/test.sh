@@ -28,6 +28,8 @@ echo "== lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== core without std"
 cargo build -p cuntong-core --no-default-features --locked
+echo "== fuzz targets compile"
+(cd core/fuzz && cargo check --bins --locked)
 echo "== build"
 cargo build --workspace --bins --locked
 echo "== tests"
