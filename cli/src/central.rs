@@ -3,6 +3,9 @@
 //!
 //! Decoding happens on the async side; a dedicated writer thread applies records to the store
 //! in groups (one transaction per group), so the store's latency never stalls the MQTT link.
+//! After each group commits, central confirms to each terminal what it has *stored*: the
+//! per-stream watermarks, published retained on the terminal's `ack` topic, coalesced to at
+//! most one message per terminal per `ack_interval`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +20,13 @@ use cuntong_terminal::link::{Incoming, Link, LinkOptions, unix_ms};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashMap;
+
+use cuntong_core::delivery::Watermarks;
+use cuntong_core::envelope::encode;
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_terminal::link::Message;
+
 use crate::store::{Record, SqliteStore, Store, StoreError};
 
 /// Records applied in one transaction, at most.
@@ -28,6 +38,19 @@ pub struct CentralOptions {
     pub broker: BrokerUrl,
     pub db: PathBuf,
     pub client_id: String,
+    /// How often confirmations go out (coalesced per terminal).
+    pub ack_interval: Duration,
+}
+
+impl CentralOptions {
+    pub fn new(broker: BrokerUrl, db: PathBuf, client_id: impl Into<String>) -> CentralOptions {
+        CentralOptions {
+            broker,
+            db,
+            client_id: client_id.into(),
+            ack_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Why central stopped with an error.
@@ -49,6 +72,8 @@ pub struct CentralStats {
     pub duplicates: AtomicU64,
     pub values: AtomicU64,
     pub rejected: AtomicU64,
+    /// Confirmations published.
+    pub acks: AtomicU64,
 }
 
 impl CentralStats {
@@ -124,16 +149,28 @@ pub async fn run(
     let (link, mut incoming) = Link::start(link_opts);
 
     let (records_tx, records_rx) = mpsc::channel::<Record>(GROUP * 2);
+    let (marks_tx, mut marks_rx) = mpsc::unbounded_channel::<Vec<(TerminalId, Watermarks)>>();
     let writer_stats = stats.clone();
     let writer_stop = stop.clone();
     let writer = std::thread::Builder::new()
         .name("central-store".to_owned())
-        .spawn(move || write_loop(store, records_rx, &writer_stats, &writer_stop))
+        .spawn(move || write_loop(store, records_rx, &marks_tx, &writer_stats, &writer_stop))
         .map_err(CentralError::Thread)?;
 
+    let mut to_confirm: HashMap<TerminalId, Watermarks> = HashMap::new();
+    let mut ack_tick = tokio::time::interval(opts.ack_interval);
+    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
+            Some(marks) = marks_rx.recv() => {
+                to_confirm.extend(marks);
+                continue;
+            }
+            _ = ack_tick.tick() => {
+                confirm(&link, &mut to_confirm, &stats);
+                continue;
+            }
             m = incoming.recv() => match m { Some(m) => m, None => break },
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
@@ -156,9 +193,30 @@ pub async fn run(
         .map_err(CentralError::Store)
 }
 
+/// Publishes the pending confirmations; those the link cannot take now wait for the next tick.
+fn confirm(link: &Link, pending: &mut HashMap<TerminalId, Watermarks>, stats: &CentralStats) {
+    let mut sent = Vec::new();
+    for (id, marks) in pending.iter() {
+        let Ok(payload) = encode(marks) else { continue };
+        let topic = Topic::terminal(id, Channel::Ack).to_string();
+        if link
+            .try_publish(Message::new(topic, payload).retained())
+            .is_err()
+        {
+            break;
+        }
+        sent.push(*id);
+        stats.acks.fetch_add(1, Ordering::Relaxed);
+    }
+    for id in sent {
+        pending.remove(&id);
+    }
+}
+
 fn write_loop(
     mut store: SqliteStore,
     mut rx: mpsc::Receiver<Record>,
+    marks: &mpsc::UnboundedSender<Vec<(TerminalId, Watermarks)>>,
     stats: &CentralStats,
     stop: &CancellationToken,
 ) -> Result<(), StoreError> {
@@ -176,6 +234,9 @@ fn write_loop(
         loop {
             match store.apply(&group) {
                 Ok(a) => {
+                    if !a.watermarks.is_empty() {
+                        let _ = marks.send(a.watermarks);
+                    }
                     stats.stored.fetch_add(a.stored, Ordering::Relaxed);
                     stats.duplicates.fetch_add(a.duplicates, Ordering::Relaxed);
                     stats.values.fetch_add(a.values, Ordering::Relaxed);
@@ -192,4 +253,175 @@ fn write_loop(
         group.clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use cuntong_core::envelope::{Envelope, Event};
+    use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
+
+    const TERMINAL: &str = "130102001001-main";
+    const TM: &str = "ct/v1/t/13/01/02/001/001/main/tm";
+    const EV: &str = "ct/v1/t/13/01/02/001/001/main/ev";
+    const PRESENCE: &str = "ct/v1/t/13/01/02/001/001/main/presence";
+
+    fn incoming(topic: &str, payload: Vec<u8>) -> Incoming {
+        Incoming {
+            topic: topic.to_owned(),
+            payload: Bytes::from(payload),
+            retain: false,
+        }
+    }
+
+    fn batch() -> Envelope<TelemetryBatch> {
+        Envelope {
+            seq: 7,
+            time_ms: 1_763_798_400_000,
+            body: TelemetryBatch {
+                samples: vec![Sample {
+                    offset_ms: 0,
+                    metric: Metric::AirTemp,
+                    value: "23.45".parse().unwrap(),
+                    quality: None,
+                }],
+            },
+        }
+    }
+
+    /// The reason, topic and payload of a rejected record; panics on anything else.
+    fn rejection(record: Option<Record>) -> (String, String, Bytes) {
+        match record {
+            Some(Record::Rejected {
+                topic,
+                received_ms,
+                reason,
+                payload,
+            }) => {
+                assert_eq!(received_ms, 99);
+                (reason, topic, payload)
+            }
+            other => panic!("expected a rejected record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_telemetry_payload_on_a_terminal_topic_becomes_a_telemetry_record() {
+        let payload = encode(&batch()).unwrap();
+        let record = to_record(incoming(TM, payload.clone()), 42);
+        let Some(Record::Telemetry {
+            terminal,
+            received_ms,
+            envelope,
+            raw,
+        }) = record
+        else {
+            panic!("expected a telemetry record, got {record:?}");
+        };
+        assert_eq!(terminal.to_string(), TERMINAL);
+        assert_eq!(received_ms, 42);
+        assert_eq!(envelope, batch());
+        assert_eq!(raw.as_ref(), payload.as_slice());
+    }
+
+    #[test]
+    fn an_event_payload_on_an_events_topic_becomes_an_event_record() {
+        let env = Envelope {
+            seq: 1,
+            time_ms: 5,
+            body: Event::Started {
+                version: "0.1.0".into(),
+            },
+        };
+        let record = to_record(incoming(EV, encode(&env).unwrap()), 42);
+        let Some(Record::Event {
+            terminal, envelope, ..
+        }) = record
+        else {
+            panic!("expected an event record, got {record:?}");
+        };
+        assert_eq!(terminal.to_string(), TERMINAL);
+        assert_eq!(envelope, env);
+    }
+
+    #[test]
+    fn garbage_on_a_telemetry_topic_is_rejected_naming_the_terminal_and_the_channel() {
+        let garbage = b"\x01not a telemetry envelope".to_vec();
+        let error = decode_telemetry(&garbage).unwrap_err();
+        let (reason, topic, payload) = rejection(to_record(incoming(TM, garbage.clone()), 99));
+        assert_eq!(reason, format!("{TERMINAL} tm: {error}"));
+        assert_eq!(topic, TM);
+        assert_eq!(payload.as_ref(), garbage.as_slice());
+
+        let (reason, _, _) = rejection(to_record(incoming(TM, Vec::new()), 99));
+        assert_eq!(reason, format!("{TERMINAL} tm: empty payload"));
+    }
+
+    #[test]
+    fn garbage_on_a_presence_topic_is_rejected_naming_the_channel() {
+        let (reason, topic, _) = rejection(to_record(incoming(PRESENCE, vec![9, 9, 9]), 99));
+        assert!(
+            reason.starts_with(&format!("{TERMINAL} presence: ")),
+            "{reason}"
+        );
+        assert_eq!(topic, PRESENCE);
+    }
+
+    #[test]
+    fn a_presence_payload_becomes_a_presence_record() {
+        let p = Presence {
+            online: true,
+            version: "0.1.0".into(),
+            started_ms: 1,
+            keep_alive_s: 30,
+        };
+        let record = to_record(incoming(PRESENCE, encode(&p).unwrap()), 42);
+        let Some(Record::Presence {
+            terminal, presence, ..
+        }) = record
+        else {
+            panic!("expected a presence record, got {record:?}");
+        };
+        assert_eq!(terminal.to_string(), TERMINAL);
+        assert_eq!(presence, p);
+    }
+
+    #[test]
+    fn an_empty_retained_presence_gives_nothing() {
+        let mut msg = incoming(PRESENCE, Vec::new());
+        msg.retain = true;
+        assert!(to_record(msg, 42).is_none());
+    }
+
+    #[test]
+    fn a_broadcast_topic_is_rejected_with_a_reason() {
+        let (reason, topic, _) = rejection(to_record(incoming("ct/v1/b/13/01/02", vec![1]), 99));
+        assert_eq!(reason, "unexpected topic ct/v1/b/13/01/02");
+        assert_eq!(topic, "ct/v1/b/13/01/02");
+    }
+
+    #[test]
+    fn an_unparsable_topic_is_rejected_with_a_reason() {
+        let (reason, topic, payload) =
+            rejection(to_record(incoming("ct/v2/t/whatever", vec![1, 2]), 99));
+        assert_eq!(reason, "topic does not start with ct/v1/");
+        assert_eq!(topic, "ct/v2/t/whatever");
+        assert_eq!(payload.as_ref(), [1, 2]);
+
+        let (reason, _, _) = rejection(to_record(
+            incoming("ct/v1/t/13/01/02/001/001/main/zz", vec![1]),
+            99,
+        ));
+        assert_eq!(reason, "topic unknown channel");
+    }
+
+    #[test]
+    fn a_channel_central_does_not_read_is_rejected() {
+        let (reason, _, _) = rejection(to_record(
+            incoming("ct/v1/t/13/01/02/001/001/main/ack", vec![1]),
+            99,
+        ));
+        assert_eq!(reason, "central does not read ack");
+    }
 }

@@ -177,11 +177,11 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Central { broker, db } => {
-            let opts = CentralOptions {
-                broker: parse("--broker", &broker)?,
-                db: db.unwrap_or_else(default_db),
-                client_id: format!("central-{}", std::process::id()),
-            };
+            let opts = CentralOptions::new(
+                parse("--broker", &broker)?,
+                db.unwrap_or_else(default_db),
+                format!("central-{}", std::process::id()),
+            );
             eprintln!("central: {} -> {}", opts.broker, opts.db.display());
             let stats = Arc::new(CentralStats::default());
             let stop = CancellationToken::new();
@@ -280,22 +280,15 @@ async fn demo(
     let stop = CancellationToken::new();
     let stats = Arc::new(CentralStats::default());
     let central = tokio::spawn(central::run(
-        CentralOptions {
-            broker: broker_url.clone(),
-            db: db.clone(),
-            client_id: "central-demo".into(),
-        },
+        CentralOptions::new(broker_url.clone(), db.clone(), "central-demo"),
         stats.clone(),
         stop.clone(),
     ));
     let fleet = Fleet::start(
         fleet_ids(&region, sites),
         &SimOptions {
-            broker: broker_url,
-            data_root: workdir.path().join("terminals"),
-            interval,
             keep_alive: Duration::from_secs(10),
-            status_socket: false,
+            ..SimOptions::new(broker_url, workdir.path().join("terminals"), interval)
         },
     );
     eprintln!(

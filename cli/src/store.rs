@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bytes::Bytes;
+use cuntong_core::delivery::Watermarks;
 use cuntong_core::envelope::{Envelope, Event, Stream, decode_telemetry};
 use cuntong_core::presence::Presence;
 use cuntong_core::site::Region;
@@ -67,7 +68,7 @@ pub enum Record {
 }
 
 /// What one group of writes did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     /// Messages stored for the first time.
     pub stored: u64,
@@ -75,6 +76,9 @@ pub struct Applied {
     pub duplicates: u64,
     /// Metric values in the newly stored telemetry.
     pub values: u64,
+    /// Terminals that sent something new or resent something old, with their watermarks
+    /// after the group: what central should confirm to them.
+    pub watermarks: Vec<(TerminalId, Watermarks)>,
 }
 
 /// One terminal in the fleet view.
@@ -152,6 +156,19 @@ CREATE TABLE IF NOT EXISTS latest (
     value    REAL NOT NULL,
     PRIMARY KEY (terminal, metric)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watermarks (
+    terminal  TEXT NOT NULL,
+    stream    INTEGER NOT NULL,
+    watermark INTEGER NOT NULL,
+    PRIMARY KEY (terminal, stream)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dropped (
+    terminal TEXT NOT NULL,
+    stream   INTEGER NOT NULL,
+    first    INTEGER NOT NULL,
+    last     INTEGER NOT NULL,
+    PRIMARY KEY (terminal, stream, first)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rejected (
     topic       TEXT NOT NULL,
     received_ms INTEGER NOT NULL,
@@ -202,12 +219,73 @@ fn touch(seen: &mut HashMap<String, (TerminalId, u64)>, id: &TerminalId, ms: u64
     e.1 = e.1.max(ms);
 }
 
+/// The stored watermark of (terminal, stream), advanced over stored records and reported drops
+/// if `advance`; returns it and whether it moved.
+fn advance_watermark(
+    tx: &rusqlite::Transaction<'_>,
+    terminal: &str,
+    stream: Stream,
+    advance: bool,
+) -> Result<(u64, bool), StoreError> {
+    let sid = stream_id(stream);
+    let start: u64 = tx
+        .prepare_cached("SELECT watermark FROM watermarks WHERE terminal = ?1 AND stream = ?2")?
+        .query_row(params![terminal, sid], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |v| v as u64);
+    if !advance {
+        return Ok((start, false));
+    }
+    let mut wm = start;
+    let mut gaps = tx.prepare_cached(
+        "SELECT max(last) FROM dropped WHERE terminal = ?1 AND stream = ?2 AND first <= ?3 AND last >= ?3",
+    )?;
+    let mut next = tx.prepare_cached(
+        "SELECT seq FROM messages WHERE terminal = ?1 AND stream = ?2 AND seq > ?3 ORDER BY seq LIMIT 1024",
+    )?;
+    loop {
+        let before = wm;
+        let covered: Option<i64> =
+            gaps.query_row(params![terminal, sid, (wm + 1) as i64], |r| r.get(0))?;
+        if let Some(last) = covered {
+            wm = wm.max(last as u64);
+        }
+        let seqs = next.query_map(params![terminal, sid, wm as i64], |r| r.get::<_, i64>(0))?;
+        for seq in seqs {
+            let seq = seq? as u64;
+            if seq != wm + 1 {
+                break;
+            }
+            wm = seq;
+        }
+        if wm == before {
+            break;
+        }
+    }
+    if wm != start {
+        tx.prepare_cached(
+            "INSERT INTO watermarks (terminal, stream, watermark) VALUES (?1, ?2, ?3)
+             ON CONFLICT (terminal, stream) DO UPDATE SET watermark = excluded.watermark",
+        )?
+        .execute(params![terminal, sid, wm as i64])?;
+    }
+    Ok((wm, wm != start))
+}
+
 impl Store for SqliteStore {
     fn apply(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
         let tx = self.conn.transaction()?;
         let mut applied = Applied::default();
         let mut seen: HashMap<String, (TerminalId, u64)> = HashMap::new();
         let mut latest: HashMap<(String, String), (u64, f64)> = HashMap::new();
+        // Terminals whose watermarks must be (re)published, and the streams that may advance.
+        let mut touched: HashMap<String, (TerminalId, [bool; 2])> = HashMap::new();
+        let mut touch_stream = |t: &TerminalId, s: Option<Stream>| {
+            let e = touched.entry(t.to_string()).or_insert((*t, [false; 2]));
+            if let Some(s) = s {
+                e.1[stream_id(s) as usize] = true;
+            }
+        };
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO messages (terminal, stream, seq, time_ms, received_ms, payload)
@@ -219,6 +297,10 @@ impl Store for SqliteStore {
                  ON CONFLICT (terminal) DO UPDATE SET online = excluded.online,
                     version = excluded.version, started_ms = excluded.started_ms,
                     keep_alive_s = excluded.keep_alive_s",
+            )?;
+            let mut dropped_stmt = tx.prepare_cached(
+                "INSERT INTO dropped (terminal, stream, first, last) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (terminal, stream, first) DO UPDATE SET last = max(last, excluded.last)",
             )?;
             let mut rejected = tx.prepare_cached(
                 "INSERT INTO rejected (topic, received_ms, reason, payload) VALUES (?1, ?2, ?3, ?4)",
@@ -243,8 +325,11 @@ impl Store for SqliteStore {
                         touch(&mut seen, terminal, *received_ms);
                         if n == 0 {
                             applied.duplicates += 1;
+                            // It resent: it may not have our watermark. Send it again.
+                            touch_stream(terminal, None);
                             continue;
                         }
+                        touch_stream(terminal, Some(Stream::Telemetry));
                         applied.stored += 1;
                         for s in &envelope.body.samples {
                             applied.values += 1;
@@ -278,8 +363,26 @@ impl Store for SqliteStore {
                         touch(&mut seen, terminal, *received_ms);
                         if n == 0 {
                             applied.duplicates += 1;
-                        } else {
-                            applied.stored += 1;
+                            touch_stream(terminal, None);
+                            continue;
+                        }
+                        applied.stored += 1;
+                        touch_stream(terminal, Some(Stream::Events));
+                        if let Event::Dropped {
+                            stream,
+                            first,
+                            last,
+                        } = envelope.body
+                        {
+                            if first <= last {
+                                dropped_stmt.execute(params![
+                                    terminal.to_string(),
+                                    stream_id(stream),
+                                    first as i64,
+                                    last as i64
+                                ])?;
+                                touch_stream(terminal, Some(stream));
+                            }
                         }
                     }
                     Record::Presence {
@@ -335,6 +438,16 @@ impl Store for SqliteStore {
             )?;
             for ((t, m), (ts, v)) in &latest {
                 latest_stmt.execute(params![t, m, *ts as i64, v])?;
+            }
+            drop(touch_stream);
+            for (id, (terminal, streams)) in &touched {
+                let mut marks = Watermarks::default();
+                for stream in Stream::ALL {
+                    let advance = streams[stream_id(stream) as usize];
+                    let (wm, _) = advance_watermark(&tx, id, stream, advance)?;
+                    marks.set(stream, wm);
+                }
+                applied.watermarks.push((*terminal, marks));
             }
         }
         tx.commit()?;
@@ -427,5 +540,584 @@ impl SqliteStore {
             )
             .optional()?;
         Ok(n.unwrap_or(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cuntong_core::envelope::encode;
+    use cuntong_core::telemetry::Sample;
+
+    /// 2025-11-22T08:00:00Z.
+    const T0: u64 = 1_763_798_400_000;
+
+    fn id(s: &str) -> TerminalId {
+        s.parse().unwrap()
+    }
+
+    fn sample(offset_ms: u32, metric: Metric, value: &str) -> Sample {
+        Sample {
+            offset_ms,
+            metric,
+            value: value.parse().unwrap(),
+            quality: None,
+        }
+    }
+
+    fn telemetry(
+        terminal: &str,
+        seq: u64,
+        time_ms: u64,
+        received_ms: u64,
+        samples: Vec<Sample>,
+    ) -> Record {
+        let envelope = Envelope {
+            seq,
+            time_ms,
+            body: TelemetryBatch { samples },
+        };
+        let raw = Bytes::from(encode(&envelope).unwrap());
+        Record::Telemetry {
+            terminal: id(terminal),
+            received_ms,
+            envelope,
+            raw,
+        }
+    }
+
+    /// A batch with one `env.temp` sample at the envelope's time.
+    fn temp(terminal: &str, seq: u64, time_ms: u64, value: &str) -> Record {
+        telemetry(
+            terminal,
+            seq,
+            time_ms,
+            time_ms,
+            vec![sample(0, Metric::AirTemp, value)],
+        )
+    }
+
+    fn event(terminal: &str, seq: u64, time_ms: u64) -> Record {
+        let envelope = Envelope {
+            seq,
+            time_ms,
+            body: Event::Started {
+                version: "0.1.0".into(),
+            },
+        };
+        let raw = Bytes::from(encode(&envelope).unwrap());
+        Record::Event {
+            terminal: id(terminal),
+            received_ms: time_ms,
+            envelope,
+            raw,
+        }
+    }
+
+    fn presence(terminal: &str, online: bool, received_ms: u64) -> Record {
+        Record::Presence {
+            terminal: id(terminal),
+            received_ms,
+            presence: Presence {
+                online,
+                version: "0.1.0".into(),
+                started_ms: T0,
+                keep_alive_s: 30,
+            },
+        }
+    }
+
+    fn rejected(received_ms: u64) -> Record {
+        Record::Rejected {
+            topic: "ct/v1/t/13/01/02/001/001/main/tm".into(),
+            received_ms,
+            reason: "130102001001-main tm: payload version 9, this build reads version 1".into(),
+            payload: Bytes::from_static(&[9, 0xde, 0xad]),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("central.db")).unwrap();
+        (dir, store)
+    }
+
+    fn site<'a>(rows: &'a [SiteRow], terminal: &str) -> &'a SiteRow {
+        rows.iter()
+            .find(|r| r.terminal == terminal)
+            .unwrap_or_else(|| panic!("{terminal} not in {rows:#?}"))
+    }
+
+    fn metric(row: &SiteRow, name: &str) -> Option<f64> {
+        row.metrics.iter().find(|(m, _)| m == name).map(|(_, v)| *v)
+    }
+
+    /// (seq, ts_ms, metric, exact) of each stored sample.
+    fn history(
+        store: &SqliteStore,
+        terminal: &str,
+        metric: Option<&Metric>,
+        since_ms: Option<u64>,
+    ) -> Vec<(u64, u64, String, String)> {
+        store
+            .telemetry(&id(terminal), metric, since_ms)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.seq, r.ts_ms, r.metric, r.exact))
+            .collect()
+    }
+
+    impl SqliteStore {
+        /// Every row of the `rejected` table, in insertion order.
+        fn rejected_rows(&self) -> Vec<(String, u64, String, Vec<u8>)> {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT topic, received_ms, reason, payload FROM rejected ORDER BY rowid")
+                .unwrap();
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        }
+    }
+
+    const A: &str = "130102001001-main";
+
+    /// (stored, duplicates, values) of a group.
+    fn counts(a: &Applied) -> (u64, u64, u64) {
+        (a.stored, a.duplicates, a.values)
+    }
+
+    #[test]
+    fn the_same_message_twice_in_one_group_is_stored_once() {
+        let (_dir, mut store) = open();
+        let first = telemetry(
+            A,
+            1,
+            T0,
+            T0,
+            vec![
+                sample(0, Metric::AirTemp, "23.45"),
+                sample(0, Metric::Humidity, "55.00"),
+            ],
+        );
+        let applied = store
+            .apply(&[first.clone(), first, temp(A, 2, T0 + 60_000, "23.50")])
+            .unwrap();
+        assert_eq!(counts(&applied), (2, 1, 3));
+        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 2);
+        let seqs: Vec<u64> = history(&store, A, None, None).iter().map(|s| s.0).collect();
+        assert_eq!(seqs, [1, 1, 2]);
+    }
+
+    #[test]
+    fn the_same_message_in_two_groups_is_stored_once_and_counted_as_a_duplicate() {
+        let (_dir, mut store) = open();
+        let batch = telemetry(
+            A,
+            1,
+            T0,
+            T0,
+            vec![
+                sample(0, Metric::AirTemp, "23.45"),
+                sample(500, Metric::Humidity, "55.00"),
+            ],
+        );
+        let first = store.apply(std::slice::from_ref(&batch)).unwrap();
+        assert_eq!(counts(&first), (1, 0, 2));
+        // The broker redelivers it later.
+        let again = store.apply(&[batch]).unwrap();
+        assert_eq!(counts(&again), (0, 1, 0));
+        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 1);
+        assert_eq!(history(&store, A, None, None).len(), 2);
+
+        let ev = event(A, 1, T0);
+        assert_eq!(store.apply(std::slice::from_ref(&ev)).unwrap().stored, 1);
+        assert_eq!(counts(&store.apply(&[ev]).unwrap()), (0, 1, 0));
+        assert_eq!(store.count(A, Stream::Events).unwrap(), 1);
+    }
+
+    #[test]
+    fn telemetry_and_events_with_the_same_seq_are_different_streams() {
+        let (_dir, mut store) = open();
+        let records = [temp(A, 1, T0, "23.45"), event(A, 1, T0)];
+        assert_eq!(counts(&store.apply(&records).unwrap()), (2, 0, 1));
+        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 1);
+        assert_eq!(store.count(A, Stream::Events).unwrap(), 1);
+        // Each is still de-duplicated within its own stream.
+        assert_eq!(counts(&store.apply(&records).unwrap()), (0, 2, 0));
+        // And the same seq on another terminal is another message.
+        let other = "130102001002-main";
+        assert_eq!(
+            store.apply(&[temp(other, 1, T0, "20.00")]).unwrap().stored,
+            1
+        );
+        assert_eq!(store.count(other, Stream::Telemetry).unwrap(), 1);
+        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 1);
+    }
+
+    #[test]
+    fn latest_keeps_the_newest_value_when_an_older_batch_arrives_after_a_newer_one() {
+        let (_dir, mut store) = open();
+        store.apply(&[temp(A, 2, T0 + 60_000, "25.00")]).unwrap();
+        // Backfill from the terminal's outbox: older, and it also carries humidity.
+        store
+            .apply(&[telemetry(
+                A,
+                1,
+                T0,
+                T0 + 61_000,
+                vec![
+                    sample(0, Metric::AirTemp, "20.00"),
+                    sample(0, Metric::Humidity, "55.00"),
+                ],
+            )])
+            .unwrap();
+        let rows = store.sites(None).unwrap();
+        assert_eq!(metric(site(&rows, A), "env.temp"), Some(25.0));
+        assert_eq!(metric(site(&rows, A), "env.humidity"), Some(55.0));
+
+        // A sample's own time (envelope time + offset) decides, not the envelope time.
+        store
+            .apply(&[telemetry(
+                A,
+                3,
+                T0 + 30_000,
+                T0 + 62_000,
+                vec![sample(40_000, Metric::AirTemp, "26.00")],
+            )])
+            .unwrap();
+        let rows = store.sites(None).unwrap();
+        assert_eq!(metric(site(&rows, A), "env.temp"), Some(26.0));
+    }
+
+    #[test]
+    fn latest_keeps_the_newest_value_when_both_batches_arrive_in_one_group_newest_first() {
+        let (_dir, mut store) = open();
+        store
+            .apply(&[temp(A, 2, T0 + 60_000, "25.00"), temp(A, 1, T0, "20.00")])
+            .unwrap();
+        let rows = store.sites(None).unwrap();
+        assert_eq!(metric(site(&rows, A), "env.temp"), Some(25.0));
+    }
+
+    #[test]
+    fn presence_sets_online_and_an_offline_will_does_not_move_last_seen() {
+        let (_dir, mut store) = open();
+        let row = |store: &SqliteStore| site(&store.sites(None).unwrap(), A).clone();
+
+        store.apply(&[presence(A, true, T0 + 1_000)]).unwrap();
+        let r = row(&store);
+        assert!(r.online);
+        assert_eq!(r.version.as_deref(), Some("0.1.0"));
+        assert_eq!(r.last_seen_ms, Some(T0 + 1_000));
+        assert_eq!(r.level, "village");
+        assert_eq!(r.site, "130102001001");
+
+        store
+            .apply(&[telemetry(
+                A,
+                1,
+                T0,
+                T0 + 5_000,
+                vec![sample(0, Metric::AirTemp, "23.45")],
+            )])
+            .unwrap();
+        assert_eq!(row(&store).last_seen_ms, Some(T0 + 5_000));
+
+        // The broker publishes the last will later; it says nothing about when we last heard.
+        store.apply(&[presence(A, false, T0 + 9_000)]).unwrap();
+        let r = row(&store);
+        assert!(!r.online);
+        assert_eq!(r.last_seen_ms, Some(T0 + 5_000));
+
+        store.apply(&[presence(A, true, T0 + 10_000)]).unwrap();
+        let r = row(&store);
+        assert!(r.online);
+        assert_eq!(r.last_seen_ms, Some(T0 + 10_000));
+    }
+
+    #[test]
+    fn a_terminal_first_heard_of_through_its_will_is_offline_and_never_seen() {
+        let (_dir, mut store) = open();
+        store.apply(&[presence(A, false, T0)]).unwrap();
+        let rows = store.sites(None).unwrap();
+        let r = site(&rows, A);
+        assert!(!r.online);
+        assert_eq!(r.last_seen_ms, None);
+    }
+
+    #[test]
+    fn last_seen_is_the_latest_received_time_whatever_the_arrival_order() {
+        let (_dir, mut store) = open();
+        let at = |seq: u64, received: u64| {
+            telemetry(
+                A,
+                seq,
+                T0,
+                received,
+                vec![sample(0, Metric::AirTemp, "23.45")],
+            )
+        };
+        // Within one group.
+        store
+            .apply(&[
+                at(1, T0 + 7_000),
+                at(2, T0 + 6_000),
+                event(A, 1, T0 + 2_000),
+            ])
+            .unwrap();
+        assert_eq!(
+            site(&store.sites(None).unwrap(), A).last_seen_ms,
+            Some(T0 + 7_000)
+        );
+        // Across groups: an earlier reception applied later does not go back in time.
+        store.apply(&[at(3, T0 + 3_000)]).unwrap();
+        assert_eq!(
+            site(&store.sites(None).unwrap(), A).last_seen_ms,
+            Some(T0 + 7_000)
+        );
+        // A redelivery is still news that the terminal is there.
+        store.apply(&[at(1, T0 + 8_000)]).unwrap();
+        assert_eq!(
+            site(&store.sites(None).unwrap(), A).last_seen_ms,
+            Some(T0 + 8_000)
+        );
+    }
+
+    #[test]
+    fn sites_filters_by_region_prefix_and_orders_by_terminal() {
+        let (_dir, mut store) = open();
+        let terminals = [
+            "140105001001-main",
+            "130201001001-main",
+            "130103002001-main",
+            "130102001002-main",
+            "130102001001-main",
+            "130102001001-aux",
+        ];
+        let records: Vec<Record> = terminals.iter().map(|t| presence(t, true, T0)).collect();
+        store.apply(&records).unwrap();
+
+        let select = |region: Option<&str>| -> Vec<String> {
+            let region: Option<Region> = region.map(|r| r.parse().unwrap());
+            store
+                .sites(region.as_ref())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.terminal)
+                .collect()
+        };
+        assert_eq!(
+            select(None),
+            [
+                "130102001001-aux",
+                "130102001001-main",
+                "130102001002-main",
+                "130103002001-main",
+                "130201001001-main",
+                "140105001001-main",
+            ]
+        );
+        assert_eq!(
+            select(Some("13")),
+            [
+                "130102001001-aux",
+                "130102001001-main",
+                "130102001002-main",
+                "130103002001-main",
+                "130201001001-main",
+            ]
+        );
+        assert_eq!(select(Some("14")), ["140105001001-main"]);
+        assert_eq!(
+            select(Some("1301")),
+            [
+                "130102001001-aux",
+                "130102001001-main",
+                "130102001002-main",
+                "130103002001-main",
+            ]
+        );
+        assert_eq!(
+            select(Some("130102")),
+            ["130102001001-aux", "130102001001-main", "130102001002-main",]
+        );
+        assert_eq!(select(Some("130103")), ["130103002001-main"]);
+        assert_eq!(
+            select(Some("130102001001")),
+            ["130102001001-aux", "130102001001-main"]
+        );
+        assert_eq!(select(Some("130102001002")), ["130102001002-main"]);
+        assert!(select(Some("15")).is_empty());
+        assert!(select(Some("130104")).is_empty());
+    }
+
+    #[test]
+    fn telemetry_returns_samples_oldest_first_with_their_own_timestamps_and_exact_text() {
+        let (_dir, mut store) = open();
+        // The newer batch arrives first.
+        store
+            .apply(&[
+                telemetry(
+                    A,
+                    2,
+                    T0 + 60_000,
+                    T0 + 61_000,
+                    vec![
+                        sample(0, Metric::AirTemp, "24.10"),
+                        sample(500, Metric::Humidity, "60.5"),
+                    ],
+                ),
+                event(A, 3, T0 + 1_000),
+                temp("130102001002-main", 1, T0 + 10, "99.99"),
+            ])
+            .unwrap();
+        store
+            .apply(&[telemetry(
+                A,
+                1,
+                T0,
+                T0 + 62_000,
+                vec![
+                    sample(0, Metric::AirTemp, "23.45"),
+                    sample(100, Metric::Humidity, "58.00"),
+                    sample(30_000, Metric::AirTemp, "23.40"),
+                ],
+            )])
+            .unwrap();
+
+        let row =
+            |seq: u64, ts: u64, m: &str, exact: &str| (seq, ts, m.to_owned(), exact.to_owned());
+        assert_eq!(
+            history(&store, A, None, None),
+            [
+                row(1, T0, "env.temp", "23.45"),
+                row(1, T0 + 100, "env.humidity", "58.00"),
+                row(1, T0 + 30_000, "env.temp", "23.40"),
+                row(2, T0 + 60_000, "env.temp", "24.10"),
+                row(2, T0 + 60_500, "env.humidity", "60.5"),
+            ]
+        );
+        let all = store.telemetry(&id(A), None, None).unwrap();
+        assert_eq!(all[0].value, 23.45);
+        assert_eq!(all[2].value, 23.4);
+
+        assert_eq!(
+            history(&store, A, Some(&Metric::AirTemp), None),
+            [
+                row(1, T0, "env.temp", "23.45"),
+                row(1, T0 + 30_000, "env.temp", "23.40"),
+                row(2, T0 + 60_000, "env.temp", "24.10"),
+            ]
+        );
+        // `since` is inclusive and applies to each sample's own time, not its batch's.
+        assert_eq!(
+            history(&store, A, None, Some(T0 + 30_000)),
+            [
+                row(1, T0 + 30_000, "env.temp", "23.40"),
+                row(2, T0 + 60_000, "env.temp", "24.10"),
+                row(2, T0 + 60_500, "env.humidity", "60.5"),
+            ]
+        );
+        assert_eq!(
+            history(&store, A, Some(&Metric::Humidity), Some(T0 + 101)),
+            [row(2, T0 + 60_500, "env.humidity", "60.5")]
+        );
+        assert!(history(&store, A, None, Some(T0 + 60_501)).is_empty());
+        assert!(history(&store, A, Some(&Metric::Pm25), None).is_empty());
+        assert!(history(&store, "130102001003-main", None, None).is_empty());
+    }
+
+    #[test]
+    fn a_rejected_record_is_kept_for_inspection() {
+        let (_dir, mut store) = open();
+        let applied = store.apply(&[rejected(T0 + 42)]).unwrap();
+        assert_eq!(counts(&applied), (0, 0, 0));
+        assert_eq!(
+            store.rejected_rows(),
+            [(
+                "ct/v1/t/13/01/02/001/001/main/tm".to_owned(),
+                T0 + 42,
+                "130102001001-main tm: payload version 9, this build reads version 1".to_owned(),
+                vec![9, 0xde, 0xad],
+            )]
+        );
+        // Rejected payloads are not de-duplicated: each arrival is evidence.
+        store.apply(&[rejected(T0 + 43)]).unwrap();
+        assert_eq!(store.rejected_rows().len(), 2);
+        // And they do not make up a terminal.
+        assert!(store.sites(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reopening_the_same_file_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("central.db");
+        let (sites_before, history_before) = {
+            let mut store = SqliteStore::open(&path).unwrap();
+            store
+                .apply(&[
+                    presence(A, true, T0),
+                    temp(A, 2, T0 + 60_000, "25.00"),
+                    telemetry(
+                        A,
+                        1,
+                        T0,
+                        T0 + 1_000,
+                        vec![
+                            sample(0, Metric::AirTemp, "23.45"),
+                            sample(100, Metric::Humidity, "58.00"),
+                        ],
+                    ),
+                    event(A, 1, T0),
+                    rejected(T0 + 42),
+                ])
+                .unwrap();
+            (
+                store.sites(None).unwrap(),
+                store.telemetry(&id(A), None, None).unwrap(),
+            )
+        };
+        assert_eq!(history_before.len(), 3);
+
+        let mut store = SqliteStore::open_existing(&path).unwrap();
+        assert_eq!(store.sites(None).unwrap(), sites_before);
+        assert_eq!(store.telemetry(&id(A), None, None).unwrap(), history_before);
+        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 2);
+        assert_eq!(store.count(A, Stream::Events).unwrap(), 1);
+        assert_eq!(store.rejected_rows().len(), 1);
+        let r = site(&sites_before, A);
+        assert!(r.online);
+        assert_eq!(metric(r, "env.temp"), Some(25.0));
+
+        // De-duplication and `latest` still hold after the restart.
+        assert_eq!(
+            counts(
+                &store
+                    .apply(&[temp(A, 1, T0, "23.45"), event(A, 1, T0)])
+                    .unwrap()
+            ),
+            (0, 2, 0)
+        );
+        store.apply(&[temp(A, 0, T0 - 60_000, "10.00")]).unwrap();
+        assert_eq!(
+            metric(site(&store.sites(None).unwrap(), A), "env.temp"),
+            Some(25.0)
+        );
+    }
+
+    #[test]
+    fn open_existing_refuses_a_missing_file_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.db");
+        let err = SqliteStore::open_existing(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("missing.db"),
+            "error should name the file: {err}"
+        );
+        assert!(!path.exists());
     }
 }

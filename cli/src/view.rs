@@ -20,6 +20,10 @@ pub struct SiteJson {
     pub version: Option<String>,
     /// RFC 3339, UTC.
     pub last_seen: Option<String>,
+    /// Records the terminal holds that central has not confirmed (as last reported).
+    pub outbox_depth: Option<u64>,
+    /// Records the terminal dropped unsent because its outbox was full (as last reported).
+    pub dropped: Option<u64>,
     pub metrics: BTreeMap<String, f64>,
 }
 
@@ -45,6 +49,10 @@ fn rfc3339_s(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+fn metric(r: &SiteRow, name: &str) -> Option<f64> {
+    r.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+}
+
 pub fn site_json(r: &SiteRow) -> SiteJson {
     SiteJson {
         terminal: r.terminal.clone(),
@@ -53,6 +61,8 @@ pub fn site_json(r: &SiteRow) -> SiteJson {
         online: r.online,
         version: r.version.clone(),
         last_seen: r.last_seen_ms.map(rfc3339_s),
+        outbox_depth: metric(r, "outbox.depth").map(|v| v as u64),
+        dropped: metric(r, "outbox.dropped").map(|v| v as u64),
         metrics: r.metrics.iter().cloned().collect(),
     }
 }

@@ -71,6 +71,13 @@ pub enum Event {
     SensorFault { sensor: String, detail: String },
     /// A sensor that had failed answers correctly again.
     SensorRecovered { sensor: String },
+    /// The outbox was full: records `first..=last` of `stream` were discarded unsent. Central
+    /// counts the range as accounted for, so its watermark can pass the gap.
+    Dropped {
+        stream: Stream,
+        first: u64,
+        last: u64,
+    },
 }
 
 /// Why a payload could not be encoded.

@@ -12,6 +12,7 @@
 //! - [`envelope`]: the versioned, sequence-numbered wire envelope (postcard).
 //! - [`presence`]: the retained online/offline record of a terminal.
 //! - [`sampler`]: per-metric interval and deadband, and batching of samples.
+//! - [`delivery`]: what to send when, until central confirms it stored it.
 //!
 //! ```
 //! use cuntong_core::{site::{Level, SiteCode}, terminal_id::TerminalId, topic::{Channel, Topic}};
@@ -28,6 +29,7 @@
 extern crate alloc;
 
 pub mod decimal;
+pub mod delivery;
 pub mod envelope;
 pub mod presence;
 pub mod sampler;

@@ -8,11 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cuntong_core::delivery::DeliveryConfig;
 use cuntong_core::site::{Level, Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::config::TerminalConfig;
 use cuntong_terminal::daemon::{self, Hardware, RunError};
+use cuntong_terminal::outbox::OutboxConfig;
 use cuntong_terminal::sensors::Sensor;
 use cuntong_terminal::sensors::sht3x::Sht3x;
 use tokio::task::JoinSet;
@@ -80,6 +82,24 @@ pub struct SimOptions {
     pub keep_alive: Duration,
     /// Serve a status socket per terminal (off for fleets).
     pub status_socket: bool,
+    /// Pacing and resending of the outbox.
+    pub delivery: DeliveryConfig,
+    /// Outbox byte budget.
+    pub outbox_budget: u64,
+}
+
+impl SimOptions {
+    pub fn new(broker: BrokerUrl, data_root: PathBuf, interval: Duration) -> SimOptions {
+        SimOptions {
+            broker,
+            data_root,
+            interval,
+            keep_alive: Duration::from_secs(30),
+            status_socket: false,
+            delivery: DeliveryConfig::default(),
+            outbox_budget: OutboxConfig::default().budget_bytes,
+        }
+    }
 }
 
 /// The configuration of one simulated terminal.
@@ -94,6 +114,8 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
     if !opts.status_socket {
         cfg.status_socket = None;
     }
+    cfg.delivery = opts.delivery;
+    cfg.outbox.budget_bytes = opts.outbox_budget;
     cfg
 }
 

@@ -8,7 +8,9 @@
 //! - [`sht3x`]: a simulated SHT3x temperature/humidity sensor with fault injection.
 //! - [`health`]: simulated site health (uptime, CPU, memory, disk).
 //! - [`fleet`]: many simulated terminals in one process, spread over a region.
+//! - [`proxy`]: a TCP proxy standing for the rural link, to cut or slow on command.
 
 pub mod fleet;
 pub mod health;
+pub mod proxy;
 pub mod sht3x;

@@ -1,24 +1,52 @@
-//! `cuntong-sim`: simulated terminals, one or a fleet, running the real terminal code.
+//! `cuntong-sim`: simulated terminals, one or a fleet, running the real terminal code; and the
+//! link proxy that tests cut and slow down.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_firmware_sim::fleet::{Fleet, SimOptions, default_data_root, fleet_ids};
+use cuntong_firmware_sim::proxy;
 use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::config::{parse_duration, parse_size};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "cuntong simulator: terminals with simulated hardware"
+    about = "cuntong simulator: terminals with simulated hardware, and a link to break"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Options every simulated terminal takes.
+#[derive(Args)]
+struct Common {
+    #[arg(long, env = "CUNTONG_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Sampling and batch interval.
+    #[arg(long, default_value = "10s")]
+    interval: String,
+    /// MQTT keep-alive.
+    #[arg(long, default_value = "30s")]
+    keep_alive: String,
+    /// Unconfirmed records are sent again after this long.
+    #[arg(long, default_value = "30s")]
+    resend_after: String,
+    /// Records per second at most when catching up (0: unlimited).
+    #[arg(long, default_value_t = 50)]
+    rate: u32,
+    /// Outbox byte budget (e.g. 16MiB); the oldest records are dropped beyond it.
+    #[arg(long, default_value = "16MiB")]
+    outbox_budget: String,
 }
 
 #[derive(Subcommand)]
@@ -28,34 +56,45 @@ enum Command {
         /// Terminal id, e.g. 130102001001-main.
         #[arg(long)]
         id: String,
-        #[arg(long, env = "CUNTONG_BROKER", default_value = "mqtt://127.0.0.1:1883")]
-        broker: String,
-        /// Where the terminal keeps its state.
+        /// Where the terminal keeps its state (in <data-dir>/<id>).
         #[arg(long)]
         data_dir: PathBuf,
-        /// Sampling and batch interval.
-        #[arg(long, default_value = "10s")]
-        interval: String,
-        /// MQTT keep-alive.
-        #[arg(long, default_value = "30s")]
-        keep_alive: String,
+        #[command(flatten)]
+        common: Common,
     },
     /// N terminals in one process, spread over the townships and villages of a region.
     Fleet {
-        #[arg(long, env = "CUNTONG_BROKER", default_value = "mqtt://127.0.0.1:1883")]
-        broker: String,
         /// Region code prefix: 13, 1301, 130102, 130102001 or 130102001001.
         #[arg(long)]
         region: String,
         #[arg(long, default_value_t = 10)]
         count: usize,
-        #[arg(long, default_value = "10s")]
-        interval: String,
-        #[arg(long, default_value = "30s")]
-        keep_alive: String,
         /// Where the terminals keep their state (one directory each).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A TCP proxy standing for the link between terminals and the broker, controlled over a
+    /// Unix socket (see `link`).
+    Proxy {
+        #[arg(long)]
+        listen: String,
+        /// The broker's address, host:port.
+        #[arg(long)]
+        upstream: String,
+        /// Control socket path.
+        #[arg(long)]
+        control: PathBuf,
+    },
+    /// Tell a running proxy to `cut`, `restore`, or `delay MS` the link.
+    Link {
+        #[arg(long)]
+        control: PathBuf,
+        /// cut | restore | delay
+        action: String,
+        /// Milliseconds, for `delay`.
+        value: Option<u64>,
     },
 }
 
@@ -66,7 +105,7 @@ fn usage(msg: String) -> ExitCode {
 }
 
 fn duration(flag: &str, s: &str) -> Result<Duration, String> {
-    cuntong_terminal::config::parse_duration(s)
+    parse_duration(s)
         .and_then(|d| {
             if d.is_zero() {
                 Err(format!("{s:?} must be more than zero"))
@@ -86,11 +125,6 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-
-    let (ids, opts) = match parse(cli.command) {
-        Ok(v) => v,
-        Err(msg) => return usage(msg),
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,77 +135,199 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let n = ids.len();
-        let mut fleet = Fleet::start(ids, &opts);
-        tracing::info!(terminals = n, broker = %opts.broker, "simulator running");
-        let stop = CancellationToken::new();
-        let signal = stop.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            signal.cancel();
-        });
-        let term = async {
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-            }
-        };
-        let failure = async {
-            loop {
-                if let Some(f) = fleet.try_failure() {
-                    return f;
+    match cli.command {
+        Command::Proxy {
+            listen,
+            upstream,
+            control,
+        } => {
+            let parse = |flag: &str, v: &str| {
+                v.parse::<SocketAddr>()
+                    .map_err(|e| format!("{flag} {v:?}: {e}"))
+            };
+            let (listen, upstream) =
+                match (parse("--listen", &listen), parse("--upstream", &upstream)) {
+                    (Ok(l), Ok(u)) => (l, u),
+                    (Err(e), _) | (_, Err(e)) => return usage(e),
+                };
+            runtime.block_on(run_proxy(listen, upstream, &control))
+        }
+        Command::Link {
+            control,
+            action,
+            value,
+        } => {
+            let line = match (action.as_str(), value) {
+                ("cut", None) | ("restore", None) => action.clone(),
+                ("delay", Some(ms)) => format!("delay {ms}"),
+                _ => {
+                    return usage(format!(
+                        "link action {action:?}: use cut, restore or delay MS"
+                    ));
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        };
-        let failed = tokio::select! {
-            _ = stop.cancelled() => None,
-            _ = term => None,
-            f = failure => Some(f),
-        };
-        let mut code = ExitCode::SUCCESS;
-        if let Some((id, e)) = failed {
-            eprintln!("error: terminal {id}: {e}");
-            code = ExitCode::FAILURE;
+            };
+            runtime.block_on(async {
+                match tell(&control, &line).await {
+                    Ok(answer) => {
+                        println!("{answer}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
         }
-        for (id, e) in fleet.stop().await {
-            eprintln!("error: terminal {id}: {e}");
-            code = ExitCode::FAILURE;
+        Command::Terminal { .. } | Command::Fleet { .. } => {
+            let (ids, opts) = match terminals(cli.command) {
+                Ok(v) => v,
+                Err(msg) => return usage(msg),
+            };
+            runtime.block_on(run_fleet(ids, opts))
         }
-        code
-    })
+    }
 }
 
-fn parse(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
-    let broker_of = |s: &str| s.parse::<BrokerUrl>().map_err(|e| format!("--broker: {e}"));
+async fn run_fleet(ids: Vec<TerminalId>, opts: SimOptions) -> ExitCode {
+    let n = ids.len();
+    let mut fleet = Fleet::start(ids, &opts);
+    tracing::info!(terminals = n, broker = %opts.broker, "simulator running");
+    let failure = async {
+        loop {
+            if let Some(f) = fleet.try_failure() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        f = failure => Some(f),
+    };
+    let mut code = ExitCode::SUCCESS;
+    if let Some((id, e)) = failed {
+        eprintln!("error: terminal {id}: {e}");
+        code = ExitCode::FAILURE;
+    }
+    for (id, e) in fleet.stop().await {
+        eprintln!("error: terminal {id}: {e}");
+        code = ExitCode::FAILURE;
+    }
+    code
+}
+
+async fn run_proxy(listen: SocketAddr, upstream: SocketAddr, control: &Path) -> ExitCode {
+    let p = match proxy::start(listen, upstream).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = std::fs::remove_file(control);
+    let listener = match UnixListener::bind(control) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: control socket {}: {e}", control.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "proxy {} -> {upstream}, control {}",
+        p.addr,
+        control.display()
+    );
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let (r, mut w) = stream.into_split();
+        let mut line = String::new();
+        if BufReader::new(r).read_line(&mut line).await.is_err() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let answer = match (words.next(), words.next().map(str::parse::<u64>)) {
+            (Some("cut"), None) => {
+                p.cut();
+                "cut".to_owned()
+            }
+            (Some("restore"), None) => {
+                p.restore();
+                "restored".to_owned()
+            }
+            (Some("delay"), Some(Ok(ms))) => {
+                p.set_delay(Duration::from_millis(ms));
+                format!("delay {ms} ms")
+            }
+            _ => format!("error: unknown command {:?}", line.trim()),
+        };
+        let _ = w.write_all(format!("{answer}\n").as_bytes()).await;
+    }
+    let _ = std::fs::remove_file(control);
+    ExitCode::SUCCESS
+}
+
+async fn tell(control: &Path, line: &str) -> Result<String, String> {
+    let mut s = UnixStream::connect(control)
+        .await
+        .map_err(|e| format!("cannot reach the proxy at {}: {e}", control.display()))?;
+    s.write_all(format!("{line}\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    BufReader::new(s)
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = answer.trim().to_owned();
+    if answer.starts_with("error") {
+        return Err(answer);
+    }
+    Ok(answer)
+}
+
+fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
+    let broker: BrokerUrl = common
+        .broker
+        .parse()
+        .map_err(|e| format!("--broker: {e}"))?;
+    let mut opts = SimOptions::new(broker, data_root, duration("--interval", &common.interval)?);
+    opts.keep_alive = duration("--keep-alive", &common.keep_alive)?;
+    opts.delivery.resend_after_ms =
+        duration("--resend-after", &common.resend_after)?.as_millis() as u64;
+    opts.delivery.rate_per_s = common.rate;
+    opts.outbox_budget =
+        parse_size(&common.outbox_budget).map_err(|e| format!("--outbox-budget: {e}"))?;
+    Ok(opts)
+}
+
+fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
     match cmd {
         Command::Terminal {
             id,
-            broker,
             data_dir,
-            interval,
-            keep_alive,
+            common,
         } => {
             let id: TerminalId = id.parse().map_err(|e| format!("--id {id:?}: {e}"))?;
             // The terminal keeps its state in <data-dir>/<id>, the same layout as a fleet's.
-            let opts = SimOptions {
-                broker: broker_of(&broker)?,
-                data_root: data_dir,
-                interval: duration("--interval", &interval)?,
-                keep_alive: duration("--keep-alive", &keep_alive)?,
-                status_socket: true,
-            };
+            let mut opts = options(&common, data_dir)?;
+            opts.status_socket = true;
             Ok((vec![id], opts))
         }
         Command::Fleet {
-            broker,
             region,
             count,
-            interval,
-            keep_alive,
             data_dir,
+            common,
         } => {
             let r: Region = region
                 .parse()
@@ -179,14 +335,26 @@ fn parse(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             if count == 0 {
                 return Err("--count must be at least 1".to_owned());
             }
-            let opts = SimOptions {
-                broker: broker_of(&broker)?,
-                data_root: data_dir.unwrap_or_else(default_data_root),
-                interval: duration("--interval", &interval)?,
-                keep_alive: duration("--keep-alive", &keep_alive)?,
-                status_socket: false,
-            };
+            let opts = options(&common, data_dir.unwrap_or_else(default_data_root))?;
             Ok((fleet_ids(&r, count), opts))
         }
+        Command::Proxy { .. } | Command::Link { .. } => {
+            Err("internal: not a terminal command".to_owned())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }

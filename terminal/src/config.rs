@@ -24,18 +24,30 @@
 //! bus = "/dev/i2c-1"
 //! address = 0x44
 //! interval = "30s"
+//!
+//! [outbox]
+//! budget = "16MiB"          # oldest records are dropped (and reported) beyond this
+//! sync = "1s"               # fsync at most this often; "always" after every record
+//!
+//! [delivery]
+//! rate = 50                 # records per second at most when catching up (0: unlimited)
+//! burst = 50
+//! order = "oldest-first"    # or "newest-first"
+//! resend_after = "30s"      # unconfirmed records are sent again after this
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cuntong_core::delivery::{DeliveryConfig, ReplayOrder};
 use cuntong_core::sampler::MetricPolicy;
 use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 use serde::Deserialize;
 
 use crate::broker_url::BrokerUrl;
+use crate::outbox::{OutboxConfig, SyncPolicy};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +86,8 @@ pub struct TerminalConfig {
     /// Per-metric sampling policies; other metrics are sampled at their source's interval.
     pub metrics: BTreeMap<Metric, MetricPolicy>,
     pub sensors: Vec<SensorConfig>,
+    pub outbox: OutboxConfig,
+    pub delivery: DeliveryConfig,
 }
 
 /// One sensor to poll.
@@ -114,6 +128,8 @@ impl TerminalConfig {
             queue_capacity: 1024,
             metrics: BTreeMap::new(),
             sensors: Vec::new(),
+            outbox: OutboxConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 
@@ -242,8 +258,79 @@ impl TerminalConfig {
             };
             cfg.sensors.push(SensorConfig { kind, interval });
         }
+        if let Some(b) = raw.outbox.budget {
+            let bytes = parse_size(&b).map_err(|p| invalid("outbox.budget", p))?;
+            if bytes < 4096 {
+                return Err(invalid("outbox.budget", format!("{b:?} is less than 4KiB")));
+            }
+            cfg.outbox.budget_bytes = bytes;
+        }
+        match raw.outbox.sync.as_deref() {
+            None => {}
+            Some("always") => cfg.outbox.sync = SyncPolicy::EveryRecord,
+            Some(d) => {
+                let d = parse_duration(d)
+                    .map_err(|p| invalid("outbox.sync", format!("{p}, or \"always\"")))?;
+                cfg.outbox.sync = SyncPolicy::Interval(d);
+            }
+        }
+        let d = raw.delivery;
+        if let Some(r) = d.rate {
+            cfg.delivery.rate_per_s = r;
+        }
+        if let Some(b) = d.burst {
+            if b == 0 {
+                return Err(invalid("delivery.burst", "must be at least 1".into()));
+            }
+            cfg.delivery.burst = b;
+        }
+        cfg.delivery.order = match d.order.as_deref() {
+            None | Some("oldest-first") => ReplayOrder::OldestFirst,
+            Some("newest-first") => ReplayOrder::NewestFirst,
+            Some(o) => {
+                return Err(invalid(
+                    "delivery.order",
+                    format!("{o:?} is not \"oldest-first\" or \"newest-first\""),
+                ));
+            }
+        };
+        let resend = duration(
+            "delivery.resend_after",
+            &d.resend_after,
+            Duration::from_secs(30),
+        )?;
+        if resend < Duration::from_secs(1) {
+            return Err(invalid(
+                "delivery.resend_after",
+                "must be at least 1s".into(),
+            ));
+        }
+        cfg.delivery.resend_after_ms = resend.as_millis() as u64;
         Ok(cfg)
     }
+}
+
+/// Parses a size such as `16MiB`, `512KiB`, `1GiB` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use e.g. \"16MiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "KB" => 1 << 10,
+        "M" | "MiB" | "MB" => 1 << 20,
+        "G" | "GiB" | "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses a human duration such as `30s`, `5m` or `1h 30m`.
@@ -266,6 +353,26 @@ struct RawConfig {
     metric: BTreeMap<String, RawMetric>,
     #[serde(default)]
     sensor: Vec<RawSensor>,
+    #[serde(default)]
+    outbox: RawOutbox,
+    #[serde(default)]
+    delivery: RawDelivery,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    budget: Option<String>,
+    sync: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    rate: Option<u32>,
+    burst: Option<u32>,
+    order: Option<String>,
+    resend_after: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -346,6 +453,10 @@ mod tests {
         );
         assert!(err("[metric.\"a b\"]\n").contains("metric.\"a b\""));
         assert!(err("colour = 1\n").contains("unknown field `colour`"));
+        assert!(
+            err("[outbox]\nbudget = \"lots\"\n").contains("outbox.budget: \"lots\" is not a size")
+        );
+        assert!(err("[delivery]\norder = \"random\"\n").contains("delivery.order"));
         let bad_id =
             parse("id = \"13-x\"\nbroker = \"mqtt://h\"\ndata_dir = \"/x\"\n").unwrap_err();
         assert!(

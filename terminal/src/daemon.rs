@@ -1,5 +1,6 @@
-//! The terminal daemon: samples health and sensors, batches samples, and publishes them over
-//! the link, while answering local status requests.
+//! The terminal daemon: samples health and sensors, batches samples, writes every batch and
+//! event to the durable outbox, and delivers the outbox over the link until central confirms
+//! it stored each record, while answering local status requests.
 //!
 //! [`run`] is the whole terminal; the binary and the simulator both call it, the simulator with
 //! simulated [`Hardware`].
@@ -8,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cuntong_core::delivery::{Delivery, Watermarks};
 use cuntong_core::envelope::{Envelope, Event, Stream, encode};
 use cuntong_core::presence::Presence;
 use cuntong_core::sampler::{Batcher, Sampler};
@@ -19,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TerminalConfig;
 use crate::health::HealthSource;
 use crate::link::{Link, LinkOptions, Message, unix_ms};
+use crate::outbox::{DroppedRange, Outbox, OutboxError};
 use crate::sensors::{Sensor, SensorError};
-use crate::seq::{SeqError, SeqStore};
-use crate::status::{self, RECENT_ERRORS, SensorReport, SharedStatus, StatusReport};
+use crate::status::{self, OutboxReport, RECENT_ERRORS, SensorReport, SharedStatus, StatusReport};
 
 /// The software version terminals report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -42,8 +44,8 @@ impl std::fmt::Debug for Hardware {
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("sequence counters: {0}")]
-    Seq(#[from] SeqError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
     #[error("cannot encode a message: {0}")]
     Encode(#[from] cuntong_core::envelope::EncodeError),
 }
@@ -90,9 +92,20 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), RunError> {
     let started_ms = unix_ms();
-    let mut seqs = SeqStore::open(&cfg.data_dir)?;
+    let (outbox, opened) = Outbox::open(&cfg.data_dir.join("outbox"), cfg.outbox)?;
+    let mut delivery = Delivery::new(cfg.delivery, started_ms);
+    for stream in Stream::ALL {
+        delivery.confirmed(stream, outbox.confirmed(stream));
+        for (seq, _) in outbox.pending(stream) {
+            delivery.queued(stream, seq);
+        }
+    }
     let (link, mut incoming) = Link::start(link_options(&cfg, started_ms)?);
+    let mut link_up = link.watch_connected();
+    let ack_topic = Topic::terminal(&cfg.id, Channel::Ack).to_string();
     let mut daemon = Daemon {
+        outbox,
+        delivery,
         sampler: Sampler::new(cfg.health_interval.as_millis() as u64),
         batcher: Batcher::new(cfg.batch_max, cfg.batch_age.as_millis() as u64),
         status: Arc::new(Mutex::new(StatusReport {
@@ -118,12 +131,24 @@ pub async fn run(
         })
     });
 
-    daemon.event(
-        &mut seqs,
-        Event::Started {
-            version: VERSION.to_owned(),
-        },
-    )?;
+    if opened.records > 0 {
+        tracing::info!(
+            records = opened.records,
+            "outbox recovered unconfirmed records"
+        );
+    }
+    for (path, at, cut) in &opened.damaged {
+        let msg = format!(
+            "outbox segment {} damaged at byte {at}: {cut} bytes discarded",
+            path.display()
+        );
+        tracing::warn!("{msg}");
+        daemon.with_status(|s| push_error(s, started_ms, msg));
+    }
+    daemon.report_dropped(&opened.skipped)?;
+    daemon.event(Event::Started {
+        version: VERSION.to_owned(),
+    })?;
 
     // Sensors are read on the blocking pool, one read at a time each, and come back here.
     let (results_tx, mut results) = mpsc::channel::<SensorResult>(8);
@@ -144,15 +169,30 @@ pub async fn run(
     let mut health = hardware.health;
     let mut health_tick = tokio::time::interval(daemon.cfg.health_interval);
     health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sync_tick = tokio::time::interval(Duration::from_secs(1));
+    sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let ready: Vec<bool> = idle.iter().map(Option::is_some).collect();
-        let deadline = daemon.batcher.deadline().map(|d| {
-            let wait = Duration::from_millis(d.saturating_sub(unix_ms()));
-            tokio::time::Instant::now() + wait
-        });
+        let now = unix_ms();
+        let deadline = [daemon.batcher.deadline(), daemon.delivery.next_wakeup(now)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| tokio::time::Instant::now() + Duration::from_millis(d.saturating_sub(now)));
         tokio::select! {
             _ = stop.cancelled() => break,
+            changed = link_up.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if *link_up.borrow_and_update() {
+                    daemon.delivery.link_up(unix_ms());
+                } else {
+                    daemon.delivery.link_down();
+                }
+            }
+            _ = sync_tick.tick() => daemon.outbox.flush()?,
             _ = health_tick.tick() => {
                 let now = unix_ms();
                 let mut readings = health.read();
@@ -161,8 +201,8 @@ pub async fn run(
                     readings.push((Metric::LinkRtt, rtt));
                 }
                 readings.push((Metric::LinkLoss, l.ping_loss_percent));
-                readings.push((Metric::OutboxDepth, l.queued as f64));
-                readings.push((Metric::Dropped, l.dropped as f64));
+                readings.push((Metric::OutboxDepth, daemon.outbox.len() as f64));
+                readings.push((Metric::Dropped, daemon.outbox.dropped_total() as f64));
                 daemon.offer(&readings, now);
             }
             i = next_tick(&mut intervals, &ready) => {
@@ -183,7 +223,7 @@ pub async fn run(
                         let recovered = daemon.sensor_ok(r.index, &readings, now);
                         daemon.offer(&readings, now);
                         if recovered {
-                            daemon.event(&mut seqs, Event::SensorRecovered { sensor: name })?;
+                            daemon.event(Event::SensorRecovered { sensor: name })?;
                         }
                     }
                     Err(e) => {
@@ -191,7 +231,7 @@ pub async fn run(
                         let first = daemon.sensor_failed(r.index, &detail, now);
                         if first {
                             tracing::warn!(sensor = %name, error = %detail, "sensor fault");
-                            daemon.event(&mut seqs, Event::SensorFault { sensor: name, detail })?;
+                            daemon.event(Event::SensorFault { sensor: name, detail })?;
                         }
                     }
                 }
@@ -199,16 +239,21 @@ pub async fn run(
             _ = sleep_until(deadline) => {}
             msg = incoming.recv() => {
                 match msg {
+                    Some(m) if m.topic == ack_topic => daemon.confirmed(&m.payload)?,
                     Some(m) => tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "received"),
                     None => break,
                 }
             }
         }
-        daemon.flush(&mut seqs, false)?;
+        daemon.flush(false)?;
+        daemon.pump();
     }
 
-    // Orderly stop: send what is batched, say goodbye (a clean disconnect sends no will).
-    daemon.flush(&mut seqs, true)?;
+    // Orderly stop: record what is batched (it is sent after the restart if not now), make
+    // the outbox durable, say goodbye (a clean disconnect sends no will).
+    daemon.flush(true)?;
+    daemon.pump();
+    daemon.outbox.flush()?;
     let offline = Message::new(
         Topic::terminal(&daemon.cfg.id, Channel::Presence).to_string(),
         presence(&daemon.cfg, started_ms, false)?,
@@ -255,6 +300,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 struct Daemon {
     cfg: TerminalConfig,
+    outbox: Outbox,
+    delivery: Delivery,
     sampler: Sampler,
     batcher: Batcher,
     status: SharedStatus,
@@ -311,48 +358,123 @@ impl Daemon {
         first
     }
 
-    /// Publishes every batch that is due (all pending ones if `all`).
-    fn flush(&mut self, seqs: &mut SeqStore, all: bool) -> Result<(), RunError> {
+    /// Records every batch that is due (all pending ones if `all`) in the outbox.
+    fn flush(&mut self, all: bool) -> Result<(), RunError> {
         while (all && !self.batcher.is_empty()) || self.batcher.is_due(unix_ms()) {
             let Some((time_ms, body)) = self.batcher.take() else {
                 break;
             };
-            let seq = seqs.take(Stream::Telemetry)?;
-            let payload = encode(&Envelope { seq, time_ms, body })?;
-            self.send(Stream::Telemetry, seq, payload);
+            let payload = |seq| {
+                encode(&Envelope {
+                    seq,
+                    time_ms,
+                    body: &body,
+                })
+            };
+            self.record(Stream::Telemetry, time_ms, payload)?;
         }
-        let next = [
-            (
-                Stream::Telemetry.as_str().to_owned(),
-                seqs.peek(Stream::Telemetry),
-            ),
-            (
-                Stream::Events.as_str().to_owned(),
-                seqs.peek(Stream::Events),
-            ),
-        ];
-        self.with_status(|s| s.next_seq = next.into_iter().collect());
+        self.refresh_outbox_status();
         Ok(())
     }
 
-    fn event(&mut self, seqs: &mut SeqStore, event: Event) -> Result<(), RunError> {
-        let seq = seqs.take(Stream::Events)?;
-        let payload = encode(&Envelope {
-            seq,
-            time_ms: unix_ms(),
-            body: event,
-        })?;
-        self.send(Stream::Events, seq, payload);
-        Ok(())
+    fn event(&mut self, event: Event) -> Result<(), RunError> {
+        let time_ms = unix_ms();
+        let payload = |seq| {
+            encode(&Envelope {
+                seq,
+                time_ms,
+                body: &event,
+            })
+        };
+        self.record(Stream::Events, time_ms, payload)
     }
 
-    fn send(&mut self, stream: Stream, seq: u64, payload: Vec<u8>) {
-        let topic = Topic::terminal(&self.cfg.id, stream.channel()).to_string();
-        if self.link.try_publish(Message::new(topic, payload)).is_err() {
-            let msg = format!("link queue full: {} seq {seq} dropped", stream.as_str());
+    /// Appends a record (its payload built for the seq the outbox assigns) and queues it for
+    /// delivery. Anything the append pushed out of a full outbox is reported as an event.
+    fn record(
+        &mut self,
+        stream: Stream,
+        time_ms: u64,
+        payload: impl Fn(u64) -> Result<Vec<u8>, cuntong_core::envelope::EncodeError>,
+    ) -> Result<(), RunError> {
+        let bytes = payload(self.outbox.next_seq(stream))?;
+        let (seq, dropped) = self.outbox.append(stream, time_ms, &bytes)?;
+        self.delivery.queued(stream, seq);
+        self.report_dropped(&dropped)
+    }
+
+    /// Tells delivery, the log, the status and central about records that left unsent.
+    fn report_dropped(&mut self, ranges: &[DroppedRange]) -> Result<(), RunError> {
+        for d in ranges {
+            self.delivery.dropped_upto(d.stream, d.last);
+            let msg = format!(
+                "outbox full: {} records of {} (seq {}..={}) dropped unsent",
+                d.count,
+                d.stream.as_str(),
+                d.first,
+                d.last
+            );
             tracing::warn!("{msg}");
             self.with_status(|s| push_error(s, unix_ms(), msg));
+            self.event(Event::Dropped {
+                stream: d.stream,
+                first: d.first,
+                last: d.last,
+            })?;
         }
+        Ok(())
+    }
+
+    /// Central's watermarks arrived: confirmed records leave the outbox.
+    fn confirmed(&mut self, payload: &[u8]) -> Result<(), RunError> {
+        let marks = match Watermarks::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a malformed acknowledgement");
+                return Ok(());
+            }
+        };
+        for stream in Stream::ALL {
+            let wm = marks.get(stream);
+            self.delivery.confirmed(stream, wm);
+            self.outbox.confirm(stream, wm)?;
+        }
+        self.refresh_outbox_status();
+        Ok(())
+    }
+
+    /// Hands the link whatever delivery says is due now.
+    fn pump(&mut self) {
+        let now = unix_ms();
+        while let Some((stream, seq)) = self.delivery.next_send(now) {
+            let Some(record) = self.outbox.get(stream, seq) else {
+                continue;
+            };
+            let topic = Topic::terminal(&self.cfg.id, stream.channel()).to_string();
+            let msg = Message::new(topic, record.payload.clone());
+            if self.link.try_publish(msg).is_err() {
+                // The link's queue is full: the record stays in the outbox for later.
+                self.delivery.not_sent(stream, seq);
+                break;
+            }
+        }
+    }
+
+    fn refresh_outbox_status(&self) {
+        let report = OutboxReport {
+            depth: self.outbox.len(),
+            bytes: self.outbox.bytes(),
+            dropped: self.outbox.dropped_total(),
+            next_seq: Stream::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), self.outbox.next_seq(*s)))
+                .collect(),
+            confirmed: Stream::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), self.outbox.confirmed(*s)))
+                .collect(),
+        };
+        self.with_status(|s| s.outbox = report);
     }
 }
 

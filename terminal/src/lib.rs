@@ -11,7 +11,7 @@
 //! - [`sensors`]: sensor drivers over embedded-hal traits.
 //! - [`hardware`]: opening the configured sensors.
 //! - [`health`]: site health from `/proc`.
-//! - [`seq`]: durable sequence counters.
+//! - [`outbox`]: the durable outbox (segment log with a CRC per record).
 //! - [`status`]: the local status socket.
 //! - [`check`]: the technician's on-site self-test.
 
@@ -22,6 +22,6 @@ pub mod daemon;
 pub mod hardware;
 pub mod health;
 pub mod link;
+pub mod outbox;
 pub mod sensors;
-pub mod seq;
 pub mod status;

@@ -1,12 +1,13 @@
 //! The MQTT link: one connection to the broker, kept alive, never blocking its own event loop.
 //!
 //! rumqttc does the protocol; this module does what it leaves to its user:
-//! - **reconnect with back-off and jitter** (rumqttc retries at once, forever);
+//! - **reconnect with back-off and jitter** (rumqttc retries at once, forever), and collapse
+//!   the back-off as soon as the broker's TCP port answers again;
 //! - **resubscribe and re-announce** after every connect, since a clean session forgets both;
 //! - **never deadlock**: rumqttc's event loop must be polled for its request channel to drain,
 //!   so nothing that runs in the poll task ever waits on that channel. Publishes go through a
 //!   bounded queue owned by the link and drained by a separate sender task; when the queue is
-//!   full, [`Link::try_publish`] says so and the caller counts the loss.
+//!   full, [`Link::try_publish`] says so and the caller keeps the message for later.
 //!
 //! Incoming messages are handed to the owner through a bounded channel; a full channel slows
 //! the poll task down (back-pressure to the broker). The owner must therefore never *await*
@@ -133,8 +134,6 @@ pub struct LinkStatus {
     pub connects: u64,
     /// Messages handed to the broker (sent on the socket).
     pub published: u64,
-    /// Messages refused because the queue was full.
-    pub dropped: u64,
     /// Messages waiting in the queue.
     pub queued: usize,
     /// Unix ms of the last message sent on the socket.
@@ -151,7 +150,6 @@ struct Shared {
     connected: AtomicBool,
     connects: AtomicU64,
     published: AtomicU64,
-    dropped: AtomicU64,
     last_publish_ms: AtomicU64,
     detail: Mutex<Detail>,
 }
@@ -182,6 +180,7 @@ pub struct Link {
     queue_capacity: usize,
     shared: Arc<Shared>,
     connected: watch::Receiver<u64>,
+    up: watch::Receiver<bool>,
     stop: CancellationToken,
 }
 
@@ -202,13 +201,16 @@ impl Link {
         let (queue_tx, queue_rx) = mpsc::channel(opts.queue_capacity.max(1));
         let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
         let (gen_tx, gen_rx) = watch::channel(0u64);
+        let (up_tx, up_rx) = watch::channel(false);
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();
         tokio::spawn(poll_task(
             eventloop,
+            opts.broker.clone(),
             opts.backoff,
             incoming_tx,
             gen_tx,
+            up_tx,
             shared.clone(),
             stop.clone(),
         ));
@@ -225,6 +227,7 @@ impl Link {
             queue_capacity: opts.queue_capacity.max(1),
             shared,
             connected: gen_rx,
+            up: up_rx,
             stop,
         };
         (link, incoming_rx)
@@ -235,15 +238,17 @@ impl Link {
         self.queue.send(msg).await.map_err(|_| PublishError::Closed)
     }
 
-    /// Queues a message if there is room; a refusal for lack of room is counted as dropped.
+    /// Queues a message if there is room.
     pub fn try_publish(&self, msg: Message) -> Result<(), PublishError> {
         self.queue.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                PublishError::Full
-            }
+            mpsc::error::TrySendError::Full(_) => PublishError::Full,
             mpsc::error::TrySendError::Closed(_) => PublishError::Closed,
         })
+    }
+
+    /// Follows the connection state: `true` while connected.
+    pub fn watch_connected(&self) -> watch::Receiver<bool> {
+        self.up.clone()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -275,7 +280,6 @@ impl Link {
             connected: s.connected.load(Ordering::Relaxed),
             connects: s.connects.load(Ordering::Relaxed),
             published: s.published.load(Ordering::Relaxed),
-            dropped: s.dropped.load(Ordering::Relaxed),
             queued: self.queue_capacity - self.queue.capacity(),
             last_publish_ms: (last > 0).then_some(last),
             rtt_ms,
@@ -299,9 +303,11 @@ pub fn unix_ms() -> u64 {
 
 async fn poll_task(
     mut eventloop: EventLoop,
+    broker: BrokerUrl,
     backoff: Backoff,
     incoming: mpsc::Sender<Incoming>,
     generation: watch::Sender<u64>,
+    up: watch::Sender<bool>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -322,6 +328,7 @@ async fn poll_task(
                 shared.connects.fetch_add(1, Ordering::Relaxed);
                 generation_no += 1;
                 generation.send_replace(generation_no);
+                up.send_replace(true);
                 tracing::info!(connects = generation_no, "link connected");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -353,6 +360,7 @@ async fn poll_task(
             Ok(_) => {}
             Err(e) => {
                 let was_connected = shared.connected.swap(false, Ordering::Relaxed);
+                up.send_replace(false);
                 if ping_sent.take().is_some() {
                     record_ping(&shared, false, None);
                 }
@@ -369,11 +377,28 @@ async fn poll_task(
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
+                    _ = uplink_back(&broker) => {
+                        // The broker answers again: no reason to wait out a long back-off.
+                        failures = 0;
+                    }
                 }
             }
         }
     }
     shared.connected.store(false, Ordering::Relaxed);
+    up.send_replace(false);
+}
+
+/// Returns once the broker's TCP port accepts a connection (checked every second): the
+/// terminal's own cheap check that the uplink is back.
+async fn uplink_back(broker: &BrokerUrl) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let probe = tokio::net::TcpStream::connect((broker.host.as_str(), broker.port));
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+            return;
+        }
+    }
 }
 
 fn record_ping(shared: &Shared, answered: bool, rtt_ms: Option<f64>) {

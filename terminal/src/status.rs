@@ -30,8 +30,7 @@ pub struct StatusReport {
     pub started_ms: u64,
     pub broker: String,
     pub link: LinkReport,
-    /// Next sequence number per stream.
-    pub next_seq: BTreeMap<String, u64>,
+    pub outbox: OutboxReport,
     pub sensors: Vec<SensorReport>,
     /// Latest sampled value of each metric.
     pub latest: BTreeMap<String, f64>,
@@ -46,8 +45,7 @@ pub struct LinkReport {
     pub connected: bool,
     pub connects: u64,
     pub published: u64,
-    pub dropped: u64,
-    /// Messages waiting to be sent (the outbox depth).
+    /// Messages handed to the link, waiting for the socket.
     pub queued: usize,
     pub last_publish_ms: Option<u64>,
     pub rtt_ms: Option<f64>,
@@ -61,7 +59,6 @@ impl From<LinkStatus> for LinkReport {
             connected: s.connected,
             connects: s.connects,
             published: s.published,
-            dropped: s.dropped,
             queued: s.queued,
             last_publish_ms: s.last_publish_ms,
             rtt_ms: s.rtt_ms,
@@ -69,6 +66,20 @@ impl From<LinkStatus> for LinkReport {
             last_error: s.last_error,
         }
     }
+}
+
+/// The outbox part of a status report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxReport {
+    /// Records central has not confirmed yet.
+    pub depth: usize,
+    pub bytes: u64,
+    /// Records discarded unsent because the outbox was full, since it was created.
+    pub dropped: u64,
+    /// Per stream: the next sequence number, and central's confirmed watermark.
+    pub next_seq: BTreeMap<String, u64>,
+    pub confirmed: BTreeMap<String, u64>,
 }
 
 /// One sensor in a status report.
@@ -210,12 +221,27 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
     row(
         "publish",
         format!(
-            "last {last}, {} sent, outbox {}, dropped {}",
-            l.published, l.queued, l.dropped
+            "last {last}, {} sent, {} waiting for the socket",
+            l.published, l.queued
         ),
     );
-    let seqs: Vec<String> = r.next_seq.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    row("next seq", seqs.join(", "));
+    let o = &r.outbox;
+    row(
+        "outbox",
+        format!(
+            "{} unconfirmed ({} bytes), {} dropped",
+            o.depth, o.bytes, o.dropped
+        ),
+    );
+    let seqs: Vec<String> = o
+        .next_seq
+        .iter()
+        .map(|(k, v)| {
+            let confirmed = o.confirmed.get(k).copied().unwrap_or(0);
+            format!("{k} next {v} confirmed {confirmed}")
+        })
+        .collect();
+    row("streams", seqs.join(", "));
     if r.sensors.is_empty() {
         row("sensors", "(none configured)".to_owned());
     }

@@ -186,6 +186,8 @@ pub struct Site {
     pub online: bool,
     pub version: Option<String>,
     pub last_seen: Option<String>,
+    pub outbox_depth: Option<u64>,
+    pub dropped: Option<u64>,
     pub metrics: BTreeMap<String, f64>,
 }
 

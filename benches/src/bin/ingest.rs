@@ -173,11 +173,7 @@ async fn central_ingest(
     let stats = Arc::new(CentralStats::default());
     let stop = CancellationToken::new();
     let task = tokio::spawn(central::run(
-        CentralOptions {
-            broker: broker.clone(),
-            db,
-            client_id: "bench-central".into(),
-        },
+        CentralOptions::new(broker.clone(), db, "bench-central"),
         stats.clone(),
         stop.clone(),
     ));

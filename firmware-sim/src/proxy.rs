@@ -1,0 +1,161 @@
+//! A TCP proxy that stands for the rural link between terminals and the broker, so tests can
+//! cut it, restore it and slow it down on command.
+//!
+//! While cut, established connections are closed and new ones are accepted and closed at once
+//! (as a dead uplink behind a working local router looks to the terminal). A delay adds
+//! latency to every chunk forwarded in either direction.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Control of a running proxy. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ProxyControl {
+    cut: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    /// Bumped on every cut, so live connections notice and close.
+    epoch: watch::Sender<u64>,
+    pub addr: SocketAddr,
+}
+
+impl ProxyControl {
+    /// Cuts the link: live connections close, new ones are refused.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    /// Adds this much latency to every forwarded chunk.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+/// Starts a proxy on `listen` forwarding to `upstream`, on the current runtime.
+pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<ProxyControl> {
+    let listener = TcpListener::bind(listen).await?;
+    let (epoch, _) = watch::channel(0u64);
+    let control = ProxyControl {
+        cut: Arc::new(AtomicBool::new(false)),
+        delay_ms: Arc::new(AtomicU64::new(0)),
+        epoch,
+        addr: listener.local_addr()?,
+    };
+    let c = control.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((down, _)) = listener.accept().await else {
+                continue;
+            };
+            if c.is_cut() {
+                drop(down);
+                continue;
+            }
+            let c = c.clone();
+            tokio::spawn(async move {
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                let mut cut = c.epoch.subscribe();
+                tokio::select! {
+                    _ = pipe(dr, uw, c.delay_ms.clone()) => {}
+                    _ = pipe(ur, dw, c.delay_ms.clone()) => {}
+                    _ = cut.changed() => {}
+                }
+            });
+        }
+    });
+    Ok(control)
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let delay = delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn forwards_until_cut_and_again_after_restore() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut b = [0u8; 64];
+                    while let Ok(n) = s.read(&mut b).await {
+                        if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let p = start("127.0.0.1:0".parse().unwrap(), echo_addr)
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+
+        p.cut();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "a cut closes live connections");
+        let mut fresh = TcpStream::connect(p.addr).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), fresh.read(&mut b))
+            .await
+            .unwrap();
+        assert!(
+            matches!(n, Ok(0) | Err(_)),
+            "a cut link refuses new connections"
+        );
+
+        p.restore();
+        let mut again = TcpStream::connect(p.addr).await.unwrap();
+        again.write_all(b"pong").await.unwrap();
+        again.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"pong");
+    }
+}

@@ -1,0 +1,805 @@
+//! The durable outbox: every telemetry batch and event is appended here, with its sequence
+//! number, before it is sent, and stays until central confirms it stored it.
+//!
+//! On disk: segment files `seg-<n>.log` in `<data_dir>/outbox/`, each a run of records
+//!
+//! ```text
+//! len u32 LE · crc32 u32 LE · stream u8 · seq u64 LE · time_ms u64 LE · payload (len − 17 bytes)
+//! ```
+//!
+//! where the CRC covers everything after it. A torn or corrupted tail is found by its CRC on
+//! open: every intact record is kept, the damage is reported and cut off, and the terminal goes
+//! on. A small state file (`outbox.state`, written atomically) keeps central's confirmed
+//! watermarks and the drop counters, so sequence numbers stay contiguous across restarts even
+//! when the log is empty.
+//!
+//! Each record is written with one `write` as soon as it is appended, so a killed process loses
+//! nothing the outbox accepted; `fsync` follows every record or at most every interval
+//! ([`SyncPolicy`]), which bounds what a power cut can take.
+//!
+//! The outbox is bounded by a byte budget. When an append exceeds it, the oldest segments are
+//! dropped: their telemetry is lost and the dropped ranges are returned so the caller can
+//! report them (counted, persisted, never silent); their events are carried over, because an
+//! event is what reports a loss.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cuntong_core::envelope::Stream;
+
+const HEADER: usize = 8;
+const BODY_FIXED: usize = 1 + 8 + 8;
+/// A record larger than this is corruption, not data.
+const MAX_RECORD: usize = 1 << 20;
+
+/// When appended records are forced to stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// `fsync` after every record: nothing accepted is lost even on power loss.
+    EveryRecord,
+    /// `fsync` at most this often (and on [`Outbox::flush`]): a power cut loses at most this
+    /// much; a killed process loses nothing.
+    Interval(Duration),
+}
+
+/// How big the outbox may grow and how it syncs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxConfig {
+    pub budget_bytes: u64,
+    pub segment_bytes: u64,
+    pub sync: SyncPolicy,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> OutboxConfig {
+        OutboxConfig {
+            budget_bytes: 16 * 1024 * 1024,
+            segment_bytes: 1024 * 1024,
+            sync: SyncPolicy::Interval(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Why the outbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("outbox state {path}: line {line}: {problem}")]
+    State {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("record of {len} bytes is larger than the outbox budget of {budget} bytes")]
+    TooLarge { len: usize, budget: u64 },
+}
+
+/// Records discarded unsent because the outbox was full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DroppedRange {
+    pub stream: Stream,
+    pub first: u64,
+    pub last: u64,
+    pub count: u64,
+}
+
+/// What opening found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Unconfirmed records recovered.
+    pub records: usize,
+    /// Damaged tails cut off: (segment file, byte offset where the damage starts, bytes cut).
+    pub damaged: Vec<(PathBuf, u64, u64)>,
+    /// Sequence numbers skipped because a damaged tail may have held them (and they may have
+    /// been sent before the damage): they are never reused, and the caller reports them.
+    pub skipped: Vec<DroppedRange>,
+}
+
+/// A record waiting for confirmation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub time_ms: u64,
+    pub payload: Vec<u8>,
+    segment: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    path: PathBuf,
+    bytes: u64,
+    /// Records in it not yet confirmed or dropped.
+    live: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct State {
+    confirmed: [u64; 2],
+    /// Highest seq dropped unsent, per stream.
+    dropped_upto: [u64; 2],
+    dropped_total: u64,
+}
+
+fn idx(s: Stream) -> usize {
+    match s {
+        Stream::Telemetry => 0,
+        Stream::Events => 1,
+    }
+}
+
+/// The durable outbox of one terminal.
+#[derive(Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    cfg: OutboxConfig,
+    segments: VecDeque<Segment>,
+    active: Option<File>,
+    records: [BTreeMap<u64, Record>; 2],
+    next: [u64; 2],
+    state: State,
+    bytes: u64,
+    unsynced: bool,
+    last_sync: Instant,
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox in `dir`, recovering every intact record.
+    pub fn open(dir: &Path, cfg: OutboxConfig) -> Result<(Outbox, OpenReport), OutboxError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| OutboxError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let state = read_state(&dir.join("outbox.state"))?;
+        let mut ids: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix("seg-")?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut ob = Outbox {
+            dir: dir.to_owned(),
+            cfg,
+            segments: VecDeque::new(),
+            active: None,
+            records: [BTreeMap::new(), BTreeMap::new()],
+            next: [1, 1],
+            state,
+            bytes: 0,
+            unsynced: false,
+            last_sync: Instant::now(),
+        };
+        let mut report = OpenReport::default();
+        let mut max_seq = [0u64; 2];
+        for id in ids {
+            let path = ob.segment_path(id);
+            let mut data = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(io(&path))?;
+            let mut pos = 0usize;
+            let mut live = 0usize;
+            while pos < data.len() {
+                let Some((stream, seq, time_ms, payload, len)) = parse_record(&data[pos..]) else {
+                    break;
+                };
+                let s = idx(stream);
+                max_seq[s] = max_seq[s].max(seq);
+                if seq > ob.state.confirmed[s] && seq > ob.state.dropped_upto[s] {
+                    live += 1;
+                    let record = Record {
+                        time_ms,
+                        payload: payload.to_vec(),
+                        segment: id,
+                    };
+                    // An event carried over just before a crash exists twice: the newer copy
+                    // counts, the older one no longer holds its segment.
+                    if let Some(older) = ob.records[s].insert(seq, record) {
+                        if let Some(g) = ob.segments.iter_mut().find(|g| g.id == older.segment) {
+                            g.live = g.live.saturating_sub(1);
+                        } else {
+                            live -= 1;
+                        }
+                    }
+                }
+                pos += len;
+            }
+            if pos < data.len() {
+                let cut = (data.len() - pos) as u64;
+                report.damaged.push((path.clone(), pos as u64, cut));
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                f.set_len(pos as u64).map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))?;
+            }
+            ob.bytes += pos as u64;
+            ob.segments.push_back(Segment {
+                id,
+                path,
+                bytes: pos as u64,
+                live,
+            });
+        }
+        for s in 0..2 {
+            ob.next[s] = max_seq[s]
+                .max(ob.state.confirmed[s])
+                .max(ob.state.dropped_upto[s])
+                + 1;
+        }
+        // A damaged tail held at most this many records, of either stream. Their numbers may
+        // have reached central before the damage, so none of them is handed out again.
+        let cut: u64 = report.damaged.iter().map(|d| d.2).sum();
+        let at_most = cut.div_ceil((HEADER + BODY_FIXED) as u64);
+        if at_most > 0 {
+            for (s, stream) in [(0, Stream::Telemetry), (1, Stream::Events)] {
+                let first = ob.next[s];
+                let last = first + at_most - 1;
+                report.skipped.push(DroppedRange {
+                    stream,
+                    first,
+                    last,
+                    count: at_most,
+                });
+                ob.state.dropped_upto[s] = last;
+                ob.next[s] = last + 1;
+            }
+            ob.write_state()?;
+        }
+        report.records = ob.records.iter().map(BTreeMap::len).sum();
+        ob.release_empty_segments()?;
+        Ok((ob, report))
+    }
+
+    fn segment_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("seg-{id:020}.log"))
+    }
+
+    fn io(&self, path: &Path) -> impl Fn(std::io::Error) -> OutboxError + use<> {
+        let path = path.to_owned();
+        move |source| OutboxError::Io {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// The sequence number the next record of `stream` gets.
+    pub fn next_seq(&self, stream: Stream) -> u64 {
+        self.next[idx(stream)]
+    }
+
+    /// Central's confirmed watermark of `stream`, as last recorded.
+    pub fn confirmed(&self, stream: Stream) -> u64 {
+        self.state.confirmed[idx(stream)]
+    }
+
+    /// Records discarded unsent since the outbox was created.
+    pub fn dropped_total(&self) -> u64 {
+        self.state.dropped_total
+    }
+
+    /// Records waiting for confirmation.
+    pub fn len(&self) -> usize {
+        self.records.iter().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The waiting records of a stream, in seq order.
+    pub fn pending(&self, stream: Stream) -> impl Iterator<Item = (u64, &Record)> {
+        self.records[idx(stream)].iter().map(|(s, r)| (*s, r))
+    }
+
+    pub fn get(&self, stream: Stream, seq: u64) -> Option<&Record> {
+        self.records[idx(stream)].get(&seq)
+    }
+
+    /// Appends a record, giving it the stream's next sequence number. If the budget is
+    /// exceeded, the oldest records are dropped and reported.
+    pub fn append(
+        &mut self,
+        stream: Stream,
+        time_ms: u64,
+        payload: &[u8],
+    ) -> Result<(u64, Vec<DroppedRange>), OutboxError> {
+        let len = HEADER + BODY_FIXED + payload.len();
+        if len as u64 > self.cfg.budget_bytes / 2 || len > MAX_RECORD {
+            return Err(OutboxError::TooLarge {
+                len,
+                budget: self.cfg.budget_bytes,
+            });
+        }
+        let segment_limit = self.cfg.segment_bytes.min(self.cfg.budget_bytes / 4).max(1);
+        let needs_new = match self.segments.back() {
+            Some(seg) => self.active.is_none() || seg.bytes + len as u64 > segment_limit,
+            None => true,
+        };
+        if needs_new {
+            self.roll()?;
+        }
+        let s = idx(stream);
+        let seq = self.next[s];
+        self.write_record(stream, seq, time_ms, payload)?;
+        self.next[s] = seq + 1;
+        match self.cfg.sync {
+            SyncPolicy::EveryRecord => self.flush()?,
+            SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.flush()?,
+            SyncPolicy::Interval(_) => {}
+        }
+        let dropped = self.enforce_budget()?;
+        Ok((seq, dropped))
+    }
+
+    /// Writes one record to the active segment and indexes it.
+    fn write_record(
+        &mut self,
+        stream: Stream,
+        seq: u64,
+        time_ms: u64,
+        payload: &[u8],
+    ) -> Result<(), OutboxError> {
+        let s = idx(stream);
+        let len = HEADER + BODY_FIXED + payload.len();
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(&((BODY_FIXED + payload.len()) as u32).to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        buf.push(s as u8);
+        buf.extend_from_slice(&seq.to_le_bytes());
+        buf.extend_from_slice(&time_ms.to_le_bytes());
+        buf.extend_from_slice(payload);
+        let crc = crc32fast::hash(&buf[HEADER..]);
+        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        let Some(seg) = self.segments.back_mut() else {
+            unreachable_segment()?
+        };
+        let path = seg.path.clone();
+        let file = self.active.as_mut().ok_or_else(|| OutboxError::Io {
+            path: path.clone(),
+            source: std::io::Error::other("no active segment"),
+        })?;
+        file.write_all(&buf).map_err(|source| OutboxError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        seg.bytes += len as u64;
+        seg.live += 1;
+        let id = seg.id;
+        self.bytes += len as u64;
+        self.records[s].insert(
+            seq,
+            Record {
+                time_ms,
+                payload: payload.to_vec(),
+                segment: id,
+            },
+        );
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Forces appended records to stable storage.
+    pub fn flush(&mut self) -> Result<(), OutboxError> {
+        if self.unsynced {
+            if let (Some(f), Some(seg)) = (self.active.as_ref(), self.segments.back()) {
+                f.sync_data().map_err(self.io(&seg.path))?;
+            }
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Central confirmed `stream` up to `watermark`: those records leave, and segments with
+    /// nothing left in them are deleted. Returns how many records left.
+    pub fn confirm(&mut self, stream: Stream, watermark: u64) -> Result<usize, OutboxError> {
+        let s = idx(stream);
+        if watermark <= self.state.confirmed[s] {
+            return Ok(0);
+        }
+        self.state.confirmed[s] = watermark;
+        // A watermark beyond what we ever sent means central knows more than we do (a reset
+        // terminal): continue after it.
+        self.next[s] = self.next[s].max(watermark + 1);
+        let keep = self.records[s].split_off(&(watermark + 1));
+        let gone = std::mem::replace(&mut self.records[s], keep);
+        for r in gone.values() {
+            if let Some(seg) = self.segments.iter_mut().find(|g| g.id == r.segment) {
+                seg.live = seg.live.saturating_sub(1);
+            }
+        }
+        // The state must be durable before the segments that held the records go.
+        self.write_state()?;
+        self.release_empty_segments()?;
+        Ok(gone.len())
+    }
+
+    fn roll(&mut self) -> Result<(), OutboxError> {
+        self.flush()?;
+        let id = self.segments.back().map_or(0, |s| s.id + 1);
+        let path = self.segment_path(id);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(self.io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io(&self.dir))?;
+        self.active = Some(file);
+        self.segments.push_back(Segment {
+            id,
+            path,
+            bytes: 0,
+            live: 0,
+        });
+        Ok(())
+    }
+
+    /// Deletes fully confirmed segments (never the one being appended to).
+    fn release_empty_segments(&mut self) -> Result<(), OutboxError> {
+        let active = if self.active.is_some() {
+            self.segments.back().map(|s| s.id)
+        } else {
+            None
+        };
+        let mut kept = VecDeque::with_capacity(self.segments.len());
+        while let Some(seg) = self.segments.pop_front() {
+            if seg.live == 0 && Some(seg.id) != active {
+                std::fs::remove_file(&seg.path).map_err(self.io(&seg.path))?;
+                self.bytes -= seg.bytes;
+            } else {
+                kept.push_back(seg);
+            }
+        }
+        self.segments = kept;
+        Ok(())
+    }
+
+    /// Drops the oldest segments while the outbox is over budget. Telemetry in them is lost
+    /// (and reported); events are carried over into the newest segment, since they are small
+    /// and one of them is what tells central about the loss.
+    fn enforce_budget(&mut self) -> Result<Vec<DroppedRange>, OutboxError> {
+        let mut dropped: Vec<DroppedRange> = Vec::new();
+        let mut carried: Vec<(u64, Record)> = Vec::new();
+        let mut doomed: Vec<Segment> = Vec::new();
+        let mut freed = 0u64;
+        let candidates: Vec<u64> = self
+            .segments
+            .iter()
+            .take(self.segments.len().saturating_sub(1))
+            .map(|g| g.id)
+            .collect();
+        for id in candidates {
+            if self.bytes - freed <= self.cfg.budget_bytes {
+                break;
+            }
+            let Some(pos) = self.segments.iter().position(|g| g.id == id) else {
+                continue;
+            };
+            let Some(seg) = self.segments.remove(pos) else {
+                continue;
+            };
+            let seqs: Vec<u64> = self.records[0]
+                .iter()
+                .filter(|(_, r)| r.segment == id)
+                .map(|(q, _)| *q)
+                .collect();
+            if let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) {
+                for q in &seqs {
+                    self.records[0].remove(q);
+                }
+                self.state.dropped_upto[0] = self.state.dropped_upto[0].max(last);
+                self.state.dropped_total += seqs.len() as u64;
+                let count = seqs.len() as u64;
+                match dropped.iter_mut().find(|d| d.last + 1 == first) {
+                    Some(d) => {
+                        d.last = last;
+                        d.count += count;
+                    }
+                    None => dropped.push(DroppedRange {
+                        stream: Stream::Telemetry,
+                        first,
+                        last,
+                        count,
+                    }),
+                }
+            }
+            let events: Vec<u64> = self.records[1]
+                .iter()
+                .filter(|(_, r)| r.segment == id)
+                .map(|(q, _)| *q)
+                .collect();
+            for q in events {
+                if let Some(r) = self.records[1].remove(&q) {
+                    carried.push((q, r));
+                }
+            }
+            freed += seg.bytes;
+            doomed.push(seg);
+        }
+        // Carried events are durable in their new place before their old one goes.
+        for (seq, r) in &carried {
+            self.write_record(Stream::Events, *seq, r.time_ms, &r.payload)?;
+        }
+        if !carried.is_empty() {
+            self.unsynced = true;
+            self.flush()?;
+        }
+        for seg in doomed {
+            std::fs::remove_file(&seg.path).map_err(self.io(&seg.path))?;
+            self.bytes -= seg.bytes;
+        }
+        if !dropped.is_empty() {
+            self.write_state()?;
+        }
+        Ok(dropped)
+    }
+
+    fn write_state(&self) -> Result<(), OutboxError> {
+        let path = self.dir.join("outbox.state");
+        let tmp = self.dir.join("outbox.state.tmp");
+        let st = &self.state;
+        let text = format!(
+            "confirmed-telemetry {}\nconfirmed-events {}\ndropped-upto-telemetry {}\ndropped-upto-events {}\ndropped-total {}\n",
+            st.confirmed[0],
+            st.confirmed[1],
+            st.dropped_upto[0],
+            st.dropped_upto[1],
+            st.dropped_total
+        );
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(self.io(&path))
+    }
+}
+
+fn unreachable_segment<T>() -> Result<T, OutboxError> {
+    Err(OutboxError::Io {
+        path: PathBuf::new(),
+        source: std::io::Error::other("outbox has no segment after rolling"),
+    })
+}
+
+/// One record at the start of `data`: (stream, seq, time, payload, total length), or `None`
+/// if it is truncated or fails its CRC.
+fn parse_record(data: &[u8]) -> Option<(Stream, u64, u64, &[u8], usize)> {
+    let len = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?) as usize;
+    if !(BODY_FIXED..=MAX_RECORD).contains(&len) {
+        return None;
+    }
+    let crc = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?);
+    let body = data.get(HEADER..HEADER + len)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let stream = match body[0] {
+        0 => Stream::Telemetry,
+        1 => Stream::Events,
+        _ => return None,
+    };
+    let seq = u64::from_le_bytes(body[1..9].try_into().ok()?);
+    let time_ms = u64::from_le_bytes(body[9..17].try_into().ok()?);
+    Some((stream, seq, time_ms, &body[BODY_FIXED..], HEADER + len))
+}
+
+fn read_state(path: &Path) -> Result<State, OutboxError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(source) => {
+            return Err(OutboxError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut st = State::default();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |problem: String| OutboxError::State {
+            path: path.to_owned(),
+            line: i + 1,
+            problem,
+        };
+        let (key, value) = line
+            .split_once(' ')
+            .ok_or_else(|| bad(format!("expected \"<key> <number>\", found {line:?}")))?;
+        let n: u64 = value
+            .parse()
+            .map_err(|_| bad(format!("{value:?} is not a number")))?;
+        match key {
+            "confirmed-telemetry" => st.confirmed[0] = n,
+            "confirmed-events" => st.confirmed[1] = n,
+            "dropped-upto-telemetry" => st.dropped_upto[0] = n,
+            "dropped-upto-events" => st.dropped_upto[1] = n,
+            "dropped-total" => st.dropped_total = n,
+            other => return Err(bad(format!("unknown key {other:?}"))),
+        }
+    }
+    Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(budget: u64) -> OutboxConfig {
+        OutboxConfig {
+            budget_bytes: budget,
+            segment_bytes: 1024 * 1024,
+            sync: SyncPolicy::EveryRecord,
+        }
+    }
+
+    fn seqs(ob: &Outbox, s: Stream) -> Vec<u64> {
+        ob.pending(s).map(|(q, _)| q).collect()
+    }
+
+    #[test]
+    fn records_survive_a_restart_in_order_with_their_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(report, OpenReport::default());
+        for i in 0..5u8 {
+            let (seq, dropped) = ob
+                .append(Stream::Telemetry, 1000 + u64::from(i), &[i; 10])
+                .unwrap();
+            assert_eq!(seq, u64::from(i) + 1);
+            assert!(dropped.is_empty());
+        }
+        assert_eq!(ob.append(Stream::Events, 7, b"ev").unwrap().0, 1);
+        drop(ob);
+        let (ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(report.records, 6);
+        assert_eq!(seqs(&ob, Stream::Telemetry), [1, 2, 3, 4, 5]);
+        assert_eq!(ob.get(Stream::Telemetry, 3).unwrap().payload, [2u8; 10]);
+        assert_eq!(ob.get(Stream::Telemetry, 3).unwrap().time_ms, 1002);
+        assert_eq!(ob.next_seq(Stream::Telemetry), 6);
+        assert_eq!(ob.next_seq(Stream::Events), 2);
+    }
+
+    #[test]
+    fn confirmed_records_leave_and_numbering_continues_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        for _ in 0..4 {
+            ob.append(Stream::Telemetry, 0, b"x").unwrap();
+        }
+        assert_eq!(ob.confirm(Stream::Telemetry, 3).unwrap(), 3);
+        assert_eq!(seqs(&ob, Stream::Telemetry), [4]);
+        assert_eq!(ob.confirm(Stream::Telemetry, 4).unwrap(), 1);
+        assert!(ob.is_empty());
+        drop(ob);
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(report.records, 0);
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, 5);
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_records_and_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4 KiB budget, 1 KiB segments, records of 100 + 25 bytes: 8 per segment.
+        let (mut ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();
+        let mut dropped = Vec::new();
+        for _ in 0..100 {
+            let (_, d) = ob.append(Stream::Telemetry, 0, &[0u8; 100]).unwrap();
+            dropped.extend(d);
+        }
+        assert!(ob.bytes() <= 4096);
+        let total: u64 = dropped.iter().map(|d| d.count).sum();
+        assert_eq!(total, ob.dropped_total());
+        let kept = seqs(&ob, Stream::Telemetry);
+        assert_eq!(kept.last(), Some(&100));
+        assert_eq!(
+            kept.len() as u64 + total,
+            100,
+            "every record is kept or counted"
+        );
+        assert_eq!(dropped[0].first, 1);
+        assert_eq!(dropped.last().unwrap().last + 1, kept[0]);
+        drop(ob);
+        let (ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();
+        assert_eq!(ob.dropped_total(), total);
+        assert_eq!(seqs(&ob, Stream::Telemetry), kept);
+    }
+
+    #[test]
+    fn events_are_carried_over_when_old_segments_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();
+        ob.append(Stream::Events, 0, b"started").unwrap();
+        let mut dropped = 0;
+        for _ in 0..200 {
+            dropped += ob.append(Stream::Telemetry, 0, &[0u8; 100]).unwrap().1.len();
+        }
+        assert!(dropped > 0);
+        assert_eq!(seqs(&ob, Stream::Events), [1], "the event outlived every drop");
+        assert_eq!(ob.get(Stream::Events, 1).unwrap().payload, b"started");
+        drop(ob);
+        let (ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();
+        assert_eq!(seqs(&ob, Stream::Events), [1], "and it is on disk");
+    }
+
+    #[test]
+    fn a_torn_write_is_cut_off_and_intact_records_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        for _ in 0..3 {
+            ob.append(Stream::Telemetry, 0, b"payload").unwrap();
+        }
+        drop(ob);
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .unwrap();
+        let full = std::fs::metadata(&seg).unwrap().len();
+        // Half of the third record reached the disk.
+        let record = full / 3;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(full - record / 2)
+            .unwrap();
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(seqs(&ob, Stream::Telemetry), [1, 2]);
+        assert_eq!(report.damaged.len(), 1);
+        assert_eq!(report.damaged[0].1, 2 * record);
+        // The damaged record's number may have reached central: it is never reused.
+        let skipped = &report.skipped[0];
+        assert_eq!((skipped.stream, skipped.first), (Stream::Telemetry, 3));
+        assert!(skipped.last >= 3);
+        assert_eq!(
+            ob.append(Stream::Telemetry, 0, b"next").unwrap().0,
+            skipped.last + 1
+        );
+    }
+
+    #[test]
+    fn a_flipped_bit_fails_the_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        for _ in 0..3 {
+            ob.append(Stream::Telemetry, 0, b"payload").unwrap();
+        }
+        drop(ob);
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .unwrap();
+        let mut data = std::fs::read(&seg).unwrap();
+        let record = data.len() / 3;
+        data[record + 20] ^= 0x04;
+        std::fs::write(&seg, &data).unwrap();
+        let (ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(seqs(&ob, Stream::Telemetry), [1]);
+        assert_eq!(report.damaged[0].2, 2 * record as u64);
+    }
+}

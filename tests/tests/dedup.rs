@@ -1,0 +1,191 @@
+//! Redelivery end to end: the same telemetry envelope published several times through a real
+//! Mosquitto broker is stored once by `cuntong central`, and a garbage payload neither stops
+//! central nor keeps it from storing what comes after.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cuntong_core::envelope::{Envelope, encode};
+use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
+use cuntong_e2e::{Broker, BrokerKind, central, run, sites, telemetry, wait_until};
+
+const TERMINAL: &str = "130102001001-main";
+const TOPIC: &str = "ct/v1/t/13/01/02/001/001/main/tm";
+const PROBE: &str = "130102001002-main";
+const PROBE_TOPIC: &str = "ct/v1/t/13/01/02/001/002/main/tm";
+
+/// 2025-11-22T08:00:00Z.
+const T0: u64 = 1_763_798_400_000;
+
+/// The Mosquitto command-line publisher (Debian package `mosquitto-clients`).
+fn mosquitto_pub() -> PathBuf {
+    for p in ["/usr/bin/mosquitto_pub", "/usr/local/bin/mosquitto_pub"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("mosquitto_pub is not installed (apt-get install mosquitto-clients)");
+}
+
+/// Publishes the contents of `file` on `topic` at QoS 1 and waits for the broker's PUBACK.
+fn publish(broker: &Broker, topic: &str, file: &Path) {
+    let out = run(
+        &mosquitto_pub(),
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "mosquitto_pub on {topic}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sample(offset_ms: u32, metric: Metric, value: &str) -> Sample {
+    Sample {
+        offset_ms,
+        metric,
+        value: value.parse().unwrap(),
+        quality: None,
+    }
+}
+
+/// Writes a telemetry envelope as its wire payload to `dir/name`.
+fn payload_file(dir: &Path, name: &str, seq: u64, time_ms: u64, samples: Vec<Sample>) -> PathBuf {
+    let env = Envelope {
+        seq,
+        time_ms,
+        body: TelemetryBatch { samples },
+    };
+    let path = dir.join(name);
+    std::fs::write(&path, encode(&env).unwrap()).unwrap();
+    path
+}
+
+/// (seq, ts, metric, exact) of each stored sample of the terminal, oldest first.
+fn stored(db: &Path) -> Vec<(u64, String, String, String)> {
+    telemetry(db, TERMINAL, None)
+        .into_iter()
+        .map(|s| (s.seq, s.ts, s.metric, s.exact))
+        .collect()
+}
+
+fn row(seq: u64, ts: &str, metric: &str, exact: &str) -> (u64, String, String, String) {
+    (seq, ts.to_owned(), metric.to_owned(), exact.to_owned())
+}
+
+#[test]
+fn a_redelivered_message_is_stored_once_and_garbage_does_not_stop_central() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("central.db");
+    let broker = Broker::start(BrokerKind::Mosquitto, dir.path());
+    let mut central = central(&broker, &db, dir.path());
+
+    // Central subscribes only once it is connected: publish a probe until it is stored.
+    let probe = payload_file(
+        dir.path(),
+        "probe.bin",
+        100,
+        T0,
+        vec![sample(0, Metric::AirTemp, "1.00")],
+    );
+    let subscribed = wait_until(Duration::from_secs(20), || {
+        publish(&broker, PROBE_TOPIC, &probe);
+        sites(&db, None).iter().any(|s| s.terminal == PROBE)
+    });
+    assert!(
+        subscribed,
+        "central never stored the probe: {}",
+        central.log_text()
+    );
+
+    let seq1 = payload_file(
+        dir.path(),
+        "seq1.bin",
+        1,
+        T0,
+        vec![
+            sample(0, Metric::AirTemp, "23.45"),
+            sample(250, Metric::Humidity, "55.10"),
+        ],
+    );
+    let seq2 = payload_file(
+        dir.path(),
+        "seq2.bin",
+        2,
+        T0 + 60_000,
+        vec![sample(0, Metric::AirTemp, "23.50")],
+    );
+    for _ in 0..3 {
+        publish(&broker, TOPIC, &seq1);
+    }
+    publish(&broker, TOPIC, &seq2);
+
+    let expected = [
+        row(1, "2025-11-22T08:00:00.000Z", "env.temp", "23.45"),
+        row(1, "2025-11-22T08:00:00.250Z", "env.humidity", "55.10"),
+        row(2, "2025-11-22T08:01:00.000Z", "env.temp", "23.50"),
+    ];
+    let stored_once = wait_until(Duration::from_secs(20), || stored(&db) == expected);
+    assert!(
+        stored_once,
+        "expected {expected:#?}, stored {:#?}\n{}",
+        stored(&db),
+        central.log_text()
+    );
+    let site = sites(&db, None)
+        .into_iter()
+        .find(|s| s.terminal == TERMINAL)
+        .expect("the terminal is in the fleet view");
+    assert_eq!(site.metrics.get("env.temp"), Some(&23.5));
+    assert_eq!(site.metrics.get("env.humidity"), Some(&55.1));
+
+    // Garbage on the same topic is rejected; central keeps running and stores what follows.
+    let garbage = dir.path().join("garbage.bin");
+    std::fs::write(&garbage, b"\x01this is not a telemetry envelope").unwrap();
+    publish(&broker, TOPIC, &garbage);
+    let seq3 = payload_file(
+        dir.path(),
+        "seq3.bin",
+        3,
+        T0 + 120_000,
+        vec![sample(0, Metric::AirTemp, "23.55")],
+    );
+    publish(&broker, TOPIC, &seq3);
+
+    let mut expected = expected.to_vec();
+    expected.push(row(3, "2025-11-22T08:02:00.000Z", "env.temp", "23.55"));
+    let after_garbage = wait_until(Duration::from_secs(20), || stored(&db) == expected);
+    assert!(
+        after_garbage,
+        "expected {expected:#?}, stored {:#?}\n{}",
+        stored(&db),
+        central.log_text()
+    );
+    assert!(
+        central.child.try_wait().unwrap().is_none(),
+        "central exited: {}",
+        central.log_text()
+    );
+    let rejected_logged = wait_until(Duration::from_secs(5), || {
+        central
+            .log_text()
+            .contains(&format!("rejected: {TERMINAL} tm:"))
+    });
+    assert!(
+        rejected_logged,
+        "central did not report the garbage: {}",
+        central.log_text()
+    );
+}
