@@ -439,7 +439,6 @@ impl Store for SqliteStore {
             for ((t, m), (ts, v)) in &latest {
                 latest_stmt.execute(params![t, m, *ts as i64, v])?;
             }
-            drop(touch_stream);
             for (id, (terminal, streams)) in &touched {
                 let mut marks = Watermarks::default();
                 for stream in Stream::ALL {

@@ -15,7 +15,7 @@ use crate::telemetry::{Metric, Quality, Sample, TelemetryBatch};
 /// How one metric is sampled.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricPolicy {
-    /// Readings closer together than this are skipped.
+    /// Readings closer together than this (less an eighth, for timer jitter) are skipped.
     pub interval_ms: u64,
     /// A reading within this distance of the last sample is skipped (0 sends every reading).
     pub deadband: f64,
@@ -78,7 +78,9 @@ impl Sampler {
         let decimal = Decimal::from_f64(value, policy.scale)?;
         if let Some(last) = self.last.get(metric) {
             let since = now_ms.saturating_sub(last.time_ms);
-            if since < policy.interval_ms {
+            // Readings come from timers that fire a little early or late; one that is due
+            // within an eighth of the interval counts as on time.
+            if since + policy.interval_ms / 8 < policy.interval_ms {
                 return None;
             }
             let moved = (decimal.to_f64() - last.value).abs();
@@ -179,6 +181,7 @@ mod tests {
         let t = Metric::AirTemp;
         assert_eq!(s.offer(&t, 20.04, 0), Some("20.0".parse().unwrap()));
         assert_eq!(s.offer(&t, 20.6, 500), None, "inside the interval");
+        assert_eq!(s.offer(&t, 20.6, 874), None, "early by more than an eighth");
         assert_eq!(s.offer(&t, 20.3, 1_000), None, "inside the deadband");
         assert_eq!(s.offer(&t, 20.6, 2_000), Some("20.6".parse().unwrap()));
         assert_eq!(s.offer(&t, 20.6, 11_999), None);
@@ -193,8 +196,11 @@ mod tests {
     fn metrics_without_a_policy_use_the_default_interval() {
         let mut s = Sampler::new(5_000);
         assert!(s.offer(&Metric::CpuLoad, 0.5, 0).is_some());
-        assert!(s.offer(&Metric::CpuLoad, 0.5, 4_999).is_none());
-        assert!(s.offer(&Metric::CpuLoad, 0.5, 5_000).is_some());
+        assert!(s.offer(&Metric::CpuLoad, 0.5, 4_000).is_none());
+        assert!(
+            s.offer(&Metric::CpuLoad, 0.5, 4_990).is_some(),
+            "a timer firing early"
+        );
         assert!(s.offer(&Metric::CpuLoad, f64::NAN, 10_000).is_none());
     }
 

@@ -209,10 +209,12 @@ impl Link {
             opts.broker.clone(),
             opts.backoff,
             incoming_tx,
-            gen_tx,
-            up_tx,
-            shared.clone(),
-            stop.clone(),
+            Signals {
+                generation: gen_tx,
+                up: up_tx,
+                shared: shared.clone(),
+                stop: stop.clone(),
+            },
         ));
         tokio::spawn(sender_task(
             client,
@@ -301,16 +303,29 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the poll task tells the rest of the link.
+struct Signals {
+    /// Bumped on every successful connect (the sender task resubscribes).
+    generation: watch::Sender<u64>,
+    /// Connected or not, for the owner.
+    up: watch::Sender<bool>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
 async fn poll_task(
     mut eventloop: EventLoop,
     broker: BrokerUrl,
     backoff: Backoff,
     incoming: mpsc::Sender<Incoming>,
-    generation: watch::Sender<u64>,
-    up: watch::Sender<bool>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
+    signals: Signals,
 ) {
+    let Signals {
+        generation,
+        up,
+        shared,
+        stop,
+    } = signals;
     let mut rng = rand::rngs::SmallRng::from_entropy();
     let mut failures: u32 = 0;
     let mut ping_sent: Option<Instant> = None;

@@ -235,10 +235,10 @@ impl Outbox {
                 live,
             });
         }
-        for s in 0..2 {
-            ob.next[s] = max_seq[s]
-                .max(ob.state.confirmed[s])
-                .max(ob.state.dropped_upto[s])
+        for (s, max) in max_seq.iter().enumerate() {
+            ob.next[s] = max
+                .max(&ob.state.confirmed[s])
+                .max(&ob.state.dropped_upto[s])
                 + 1;
         }
         // A damaged tail held at most this many records, of either stream. Their numbers may
@@ -735,10 +735,18 @@ mod tests {
         ob.append(Stream::Events, 0, b"started").unwrap();
         let mut dropped = 0;
         for _ in 0..200 {
-            dropped += ob.append(Stream::Telemetry, 0, &[0u8; 100]).unwrap().1.len();
+            dropped += ob
+                .append(Stream::Telemetry, 0, &[0u8; 100])
+                .unwrap()
+                .1
+                .len();
         }
         assert!(dropped > 0);
-        assert_eq!(seqs(&ob, Stream::Events), [1], "the event outlived every drop");
+        assert_eq!(
+            seqs(&ob, Stream::Events),
+            [1],
+            "the event outlived every drop"
+        );
         assert_eq!(ob.get(Stream::Events, 1).unwrap().payload, b"started");
         drop(ob);
         let (ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();

@@ -120,12 +120,16 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(kind: BrokerKind, dir: &Path) -> Broker {
-        let port = free_port();
+        Broker::start_on(kind, dir, free_port())
+    }
+
+    /// Starts a broker on a given port (to restart one where its clients expect it).
+    pub fn start_on(kind: BrokerKind, dir: &Path, port: u16) -> Broker {
         let proc = match kind {
             BrokerKind::Embedded => Proc::spawn(
                 &bin("cuntong"),
                 &["broker", "--listen", &format!("127.0.0.1:{port}")],
-                dir.join("broker.log"),
+                dir.join(format!("broker-{port}-{}.log", std::process::id())),
             ),
             BrokerKind::Mosquitto => {
                 let conf = dir.join("mosquitto.conf");
