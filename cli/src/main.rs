@@ -245,6 +245,9 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             let addr: SocketAddr = parse("--listen", &listen)?;
             let region: Region = parse("--region", &region)?;
             let interval = duration("--interval", &interval)?;
+            if interval.is_zero() {
+                return Err(Usage("--interval must be more than zero".into()).into());
+            }
             let run_for = run_for.map(|d| duration("--duration", &d)).transpose()?;
             if sites == 0 {
                 return Err(Usage("--sites must be at least 1".into()).into());

@@ -87,13 +87,13 @@ enum Command {
         #[arg(long)]
         control: PathBuf,
     },
-    /// Tell a running proxy to `cut`, `restore`, or `delay MS` the link.
+    /// Tell a running proxy to `cut`, `restore`, `delay MS` or `loss PERCENT` the link.
     Link {
         #[arg(long)]
         control: PathBuf,
-        /// cut | restore | delay
+        /// cut | restore | delay | loss
         action: String,
-        /// Milliseconds, for `delay`.
+        /// Milliseconds for `delay`, percent for `loss`.
         value: Option<u64>,
     },
 }
@@ -160,9 +160,10 @@ fn main() -> ExitCode {
             let line = match (action.as_str(), value) {
                 ("cut", None) | ("restore", None) => action.clone(),
                 ("delay", Some(ms)) => format!("delay {ms}"),
+                ("loss", Some(pct)) if pct <= 100 => format!("loss {pct}"),
                 _ => {
                     return usage(format!(
-                        "link action {action:?}: use cut, restore or delay MS"
+                        "link action {action:?}: use cut, restore, delay MS or loss PERCENT"
                     ));
                 }
             };
@@ -267,6 +268,10 @@ async fn run_proxy(listen: SocketAddr, upstream: SocketAddr, control: &Path) -> 
             (Some("delay"), Some(Ok(ms))) => {
                 p.set_delay(Duration::from_millis(ms));
                 format!("delay {ms} ms")
+            }
+            (Some("loss"), Some(Ok(pct))) => {
+                p.set_loss(pct);
+                format!("loss {}%", pct.min(100))
             }
             _ => format!("error: unknown command {:?}", line.trim()),
         };

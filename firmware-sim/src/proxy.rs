@@ -3,7 +3,8 @@
 //!
 //! While cut, established connections are closed and new ones are accepted and closed at once
 //! (as a dead uplink behind a working local router looks to the terminal). A delay adds
-//! latency to every chunk forwarded in either direction.
+//! latency to every chunk forwarded in either direction. Loss, as a lossy radio link shows
+//! itself to TCP, resets a connection with the given probability per forwarded chunk.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use tokio::sync::watch;
 pub struct ProxyControl {
     cut: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
+    /// Per-chunk probability of a reset, in percent.
+    loss_pct: Arc<AtomicU64>,
     /// Bumped on every cut, so live connections notice and close.
     epoch: watch::Sender<u64>,
     pub addr: SocketAddr,
@@ -39,6 +42,11 @@ impl ProxyControl {
         self.cut.load(Ordering::SeqCst)
     }
 
+    /// Resets connections with this probability (percent) per forwarded chunk.
+    pub fn set_loss(&self, percent: u64) {
+        self.loss_pct.store(percent.min(100), Ordering::SeqCst);
+    }
+
     /// Adds this much latency to every forwarded chunk.
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms
@@ -53,6 +61,7 @@ pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<
     let control = ProxyControl {
         cut: Arc::new(AtomicBool::new(false)),
         delay_ms: Arc::new(AtomicU64::new(0)),
+        loss_pct: Arc::new(AtomicU64::new(0)),
         epoch,
         addr: listener.local_addr()?,
     };
@@ -77,8 +86,8 @@ pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<
                 let (ur, uw) = up.into_split();
                 let mut cut = c.epoch.subscribe();
                 tokio::select! {
-                    _ = pipe(dr, uw, c.delay_ms.clone()) => {}
-                    _ = pipe(ur, dw, c.delay_ms.clone()) => {}
+                    _ = pipe(dr, uw, c.clone()) => {}
+                    _ = pipe(ur, dw, c.clone()) => {}
                     _ = cut.changed() => {}
                 }
             });
@@ -90,7 +99,7 @@ pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay_ms: Arc<AtomicU64>,
+    control: ProxyControl,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -98,7 +107,11 @@ async fn pipe(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let delay = delay_ms.load(Ordering::Relaxed);
+        let loss = control.loss_pct.load(Ordering::Relaxed);
+        if loss > 0 && rand::random::<u64>() % 100 < loss {
+            return;
+        }
+        let delay = control.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }

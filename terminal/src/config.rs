@@ -183,6 +183,18 @@ impl TerminalConfig {
             &t.health_interval,
             cfg.health_interval,
         )?;
+        if cfg.health_interval.is_zero() {
+            return Err(invalid(
+                "telemetry.health_interval",
+                "must be more than 0s".into(),
+            ));
+        }
+        if cfg.health_interval.is_zero() {
+            return Err(invalid(
+                "telemetry.health_interval",
+                "must be more than 0s".into(),
+            ));
+        }
         cfg.batch_age = duration("telemetry.batch_age", &t.batch_age, cfg.batch_age)?;
         if let Some(n) = t.batch_max {
             if n == 0 || n > 1000 {
@@ -457,6 +469,10 @@ mod tests {
             err("[outbox]\nbudget = \"lots\"\n").contains("outbox.budget: \"lots\" is not a size")
         );
         assert!(err("[delivery]\norder = \"random\"\n").contains("delivery.order"));
+        assert!(
+            err("[telemetry]\nhealth_interval = \"0s\"\n")
+                .contains("telemetry.health_interval: must be more than 0s")
+        );
         let bad_id =
             parse("id = \"13-x\"\nbroker = \"mqtt://h\"\ndata_dir = \"/x\"\n").unwrap_err();
         assert!(

@@ -1,5 +1,6 @@
-//! Durable delivery end to end: nothing is lost across broker restarts, link cuts and a
-//! terminal killed during an outage; a full outbox drops the oldest records and says so.
+//! Durable delivery end to end: nothing is lost across broker restarts, link cuts, a terminal
+//! killed during an outage and a slow, lossy link; a full outbox drops the oldest records and
+//! says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -52,10 +53,9 @@ impl Link {
     }
 
     fn set(&self, action: &str) {
-        let out = run(
-            &bin("cuntong-sim"),
-            &["link", "--control", self.control.to_str().unwrap(), action],
-        );
+        let mut args = vec!["link", "--control", self.control.to_str().unwrap()];
+        args.extend(action.split_whitespace());
+        let out = run(&bin("cuntong-sim"), &args);
         assert!(
             out.status.success(),
             "{}",
@@ -200,6 +200,16 @@ fn chaos(kind: BrokerKind) {
     terminals[0] = terminal(IDS[0], &link, &data, &[]);
     let_records_accumulate(&data, 20);
     link.set("restore");
+
+    // (d) A slow, lossy link: connections reset at random, every chunk delayed.
+    assert!(wait_until(Duration::from_secs(30), || IDS
+        .iter()
+        .all(|id| connected(&data, id))));
+    link.set("delay 150");
+    link.set("loss 5");
+    let_records_accumulate(&data, 30);
+    link.set("loss 0");
+    link.set("delay 0");
 
     // Every record each terminal produced up to now must reach the store, exactly once.
     let produced: Vec<u64> = IDS
