@@ -3,10 +3,12 @@
 //!
 //! - [`broker`]: the embedded MQTT broker.
 //! - [`central`]: the collector service.
+//! - [`hj212`]: HJ 212 frame tools for technicians.
 //! - [`store`]: the history store (SQLite).
 //! - [`view`]: fleet tables and their `--json` form.
 
 pub mod broker;
 pub mod central;
+pub mod hj212;
 pub mod store;
 pub mod view;

@@ -69,6 +69,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// HJ 212 frames: decode what a data logger sends, or build frames to send to one.
+    Hj212 {
+        #[command(subcommand)]
+        action: Hj212Action,
+    },
     /// Broker, central service and a simulated county, in one process, with a live fleet table.
     Demo {
         #[arg(long, default_value = "127.0.0.1:1883")]
@@ -88,6 +93,24 @@ enum Command {
         /// The store (default: a new database in a temporary directory).
         #[arg(long)]
         db: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Hj212Action {
+    /// Decode frames, one per line, from FILE or standard input (`-`); exit 1 if any is bad.
+    Decode {
+        #[arg(default_value = "-")]
+        file: String,
+        /// One JSON object per frame.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Encode frames from a JSON file (an object or an array of objects, as `decode --json`
+    /// prints them), computing the length and CRC.
+    Encode {
+        #[arg(long)]
+        json: PathBuf,
     },
 }
 
@@ -234,6 +257,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Hj212 { action } => hj212_tool(action),
         Command::Demo {
             listen,
             sites,
@@ -253,6 +277,66 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 return Err(Usage("--sites must be at least 1".into()).into());
             }
             demo(addr, region, sites, interval, run_for, db).await
+        }
+    }
+}
+
+fn hj212_tool(action: Hj212Action) -> Result<(), Failure> {
+    use cuntong::hj212::{FrameJson, decode_line, describe};
+    match action {
+        Hj212Action::Decode { file, json } => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(fail)?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| fail(format!("{file}: {e}")))?
+            };
+            let mut bad = 0;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                match decode_line(line) {
+                    Ok(p) if json => {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&FrameJson::from(&p)).map_err(fail)?
+                        )
+                    }
+                    Ok(p) => println!("frame {}:\n{}", i + 1, describe(&p)),
+                    Err(e) => {
+                        bad += 1;
+                        eprintln!("error: line {}: {e}", i + 1);
+                    }
+                }
+            }
+            if bad > 0 {
+                return Err(Failure::Runtime(format!("{bad} bad frame(s)")));
+            }
+            Ok(())
+        }
+        Hj212Action::Encode { json } => {
+            let text = std::fs::read_to_string(&json)
+                .map_err(|e| Usage(format!("--json {}: {e}", json.display())))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Usage(format!("--json {}: {e}", json.display())))?;
+            let items = match value {
+                serde_json::Value::Array(a) => a,
+                one => vec![one],
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                let frame: FrameJson = serde_json::from_value(item).map_err(|e| {
+                    Usage(format!("--json {} frame {}: {e}", json.display(), i + 1))
+                })?;
+                let packet = frame.to_packet().map_err(|e| {
+                    Usage(format!("--json {} frame {}: {e}", json.display(), i + 1))
+                })?;
+                print!(
+                    "{}",
+                    String::from_utf8_lossy(&cuntong_core::hj212::encode(&packet))
+                );
+            }
+            Ok(())
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct SampleRow {
     pub value: f64,
     /// The value exactly as measured (decimal text).
     pub exact: String,
+    /// The data flag the source gave (HJ 212: N, F, M, S, D, C, T, B…), if any.
+    pub flag: Option<char>,
 }
 
 /// A history store.
@@ -519,6 +521,7 @@ impl Store for SqliteStore {
                     metric: s.metric.name().to_owned(),
                     value: s.value.to_f64(),
                     exact: s.value.to_string(),
+                    flag: s.quality.map(|q| char::from(q.flag())),
                 });
             }
         }

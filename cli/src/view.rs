@@ -38,6 +38,8 @@ pub struct SampleJson {
     pub value: f64,
     /// The value exactly as measured.
     pub exact: String,
+    /// The source's data flag (HJ 212 N, F, M, S, D, C, T, B…); null when none was given.
+    pub flag: Option<String>,
 }
 
 /// RFC 3339 (UTC) of a Unix millisecond time.
@@ -74,6 +76,7 @@ pub fn sample_json(r: &SampleRow) -> SampleJson {
         metric: r.metric.clone(),
         value: r.value,
         exact: r.exact.clone(),
+        flag: r.flag.map(String::from),
     }
 }
 
@@ -137,16 +140,20 @@ pub fn sites_table(rows: &[SiteRow], now_ms: u64) -> String {
 
 /// The history table.
 pub fn telemetry_table(rows: &[SampleRow]) -> String {
-    let mut out = format!("{:<26} {:>8} {:<14} {}\n", "TIME", "SEQ", "METRIC", "VALUE");
+    let mut out = format!(
+        "{:<26} {:>8} {:<14} {:<4} {}\n",
+        "TIME", "SEQ", "METRIC", "FLAG", "VALUE"
+    );
     for r in rows {
         let unit = cuntong_core::telemetry::Metric::from_name(&r.metric)
             .map(|m| m.unit().symbol())
             .unwrap_or("");
         out.push_str(&format!(
-            "{:<26} {:>8} {:<14} {} {unit}\n",
+            "{:<26} {:>8} {:<14} {:<4} {} {unit}\n",
             rfc3339_ms(r.ts_ms),
             r.seq,
             r.metric,
+            r.flag.map_or(String::from("-"), String::from),
             r.exact
         ));
     }

@@ -13,6 +13,7 @@
 //! - [`presence`]: the retained online/offline record of a terminal.
 //! - [`sampler`]: per-metric interval and deadband, and batching of samples.
 //! - [`delivery`]: what to send when, until central confirms it stored it.
+//! - [`hj212`]: the HJ 212 frame codec (framing, CRC, fields, readings) for data loggers.
 //!
 //! ```
 //! use cuntong_core::{site::{Level, SiteCode}, terminal_id::TerminalId, topic::{Channel, Topic}};
@@ -31,6 +32,7 @@ extern crate alloc;
 pub mod decimal;
 pub mod delivery;
 pub mod envelope;
+pub mod hj212;
 pub mod presence;
 pub mod sampler;
 pub mod site;

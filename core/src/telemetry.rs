@@ -65,6 +65,9 @@ pub enum Metric {
     A34002,
     A34004,
     A34013,
+    // HJ 212 bridge health.
+    Hj212Frames,
+    Hj212Bad,
 }
 
 /// Unit of a metric.
@@ -158,6 +161,8 @@ const REGISTRY: &[(Metric, u32, &str, Unit, u8)] = &[
     (Metric::A34002, 33, "a34002", Unit::MicrogramPerM3, 3),
     (Metric::A34004, 34, "a34004", Unit::MicrogramPerM3, 3),
     (Metric::A34013, 35, "a34013", Unit::MilligramPerM3, 0),
+    (Metric::Hj212Frames, 36, "hj212.frames", Unit::Count, 0),
+    (Metric::Hj212Bad, 37, "hj212.bad", Unit::Count, 0),
 ];
 
 /// Why a metric name was refused.

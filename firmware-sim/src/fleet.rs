@@ -14,6 +14,7 @@ use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::config::TerminalConfig;
 use cuntong_terminal::daemon::{self, Hardware, RunError};
+use cuntong_terminal::hj212::Hj212Config;
 use cuntong_terminal::outbox::OutboxConfig;
 use cuntong_terminal::sensors::Sensor;
 use cuntong_terminal::sensors::sht3x::Sht3x;
@@ -86,6 +87,8 @@ pub struct SimOptions {
     pub delivery: DeliveryConfig,
     /// Outbox byte budget.
     pub outbox_budget: u64,
+    /// Listen for HJ 212 data loggers here (single terminals only).
+    pub hj212_listen: Option<std::net::SocketAddr>,
 }
 
 impl SimOptions {
@@ -98,6 +101,7 @@ impl SimOptions {
             status_socket: false,
             delivery: DeliveryConfig::default(),
             outbox_budget: OutboxConfig::default().budget_bytes,
+            hj212_listen: None,
         }
     }
 }
@@ -116,6 +120,10 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
     }
     cfg.delivery = opts.delivery;
     cfg.outbox.budget_bytes = opts.outbox_budget;
+    cfg.hj212 = opts.hj212_listen.map(|listen| Hj212Config {
+        listen,
+        loggers: Vec::new(),
+    });
     cfg
 }
 

@@ -7,9 +7,11 @@
 //!
 //! - [`sht3x`]: a simulated SHT3x temperature/humidity sensor with fault injection.
 //! - [`health`]: simulated site health (uptime, CPU, memory, disk).
+//! - [`datalogger`]: a simulated HJ 212 data logger.
 //! - [`fleet`]: many simulated terminals in one process, spread over a region.
 //! - [`proxy`]: a TCP proxy standing for the rural link, to cut or slow on command.
 
+pub mod datalogger;
 pub mod fleet;
 pub mod health;
 pub mod proxy;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_firmware_sim::fleet::{Fleet, SimOptions, default_data_root, fleet_ids};
-use cuntong_firmware_sim::proxy;
+use cuntong_firmware_sim::{datalogger, proxy};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::config::{parse_duration, parse_size};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -59,8 +59,36 @@ enum Command {
         /// Where the terminal keeps its state (in <data-dir>/<id>).
         #[arg(long)]
         data_dir: PathBuf,
+        /// Accept HJ 212 data loggers on this address (host:port).
+        #[arg(long)]
+        hj212_listen: Option<String>,
         #[command(flatten)]
         common: Common,
+    },
+    /// A simulated HJ 212 data logger uploading real-time water data to a terminal.
+    Datalogger {
+        /// The terminal's HJ 212 listener, host:port.
+        #[arg(long)]
+        connect: String,
+        /// Device code (MN).
+        #[arg(long, default_value = "010000A8900016F000169DC0")]
+        mn: String,
+        #[arg(long, default_value = "123456")]
+        password: String,
+        #[arg(long, default_value = "30s")]
+        interval: String,
+        /// Edition of the standard: 2017 or 2005.
+        #[arg(long, default_value = "2017")]
+        version: String,
+        /// Split every Nth upload into two packets (0: never).
+        #[arg(long, default_value_t = 5)]
+        split_every: u32,
+        /// Corrupt every Nth frame (0: never).
+        #[arg(long, default_value_t = 0)]
+        corrupt_every: u32,
+        /// Stop after this many uploads.
+        #[arg(long)]
+        uploads: Option<u64>,
     },
     /// N terminals in one process, spread over the townships and villages of a region.
     Fleet {
@@ -175,6 +203,47 @@ fn main() -> ExitCode {
                     }
                     Err(e) => {
                         eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Datalogger {
+            connect,
+            mn,
+            password,
+            interval,
+            version,
+            split_every,
+            corrupt_every,
+            uploads,
+        } => {
+            let opts = match logger_options(connect, mn, password, &interval, &version) {
+                Ok(o) => datalogger::LoggerOptions {
+                    split_every,
+                    corrupt_every,
+                    uploads,
+                    ..o
+                },
+                Err(e) => return usage(e),
+            };
+            runtime.block_on(async {
+                let stop = CancellationToken::new();
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    on_signal.cancel();
+                });
+                match datalogger::run(opts, stop).await {
+                    Ok(r) => {
+                        println!(
+                            "{} uploads, {} corrupted frames, {} acknowledgements",
+                            r.uploads, r.corrupted, r.acks
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: data logger: {e}");
                         ExitCode::FAILURE
                     }
                 }
@@ -300,6 +369,37 @@ async fn tell(control: &Path, line: &str) -> Result<String, String> {
     Ok(answer)
 }
 
+fn logger_options(
+    connect: String,
+    mn: String,
+    password: String,
+    interval: &str,
+    version: &str,
+) -> Result<datalogger::LoggerOptions, String> {
+    let connect: SocketAddr = connect
+        .parse()
+        .map_err(|e| format!("--connect {connect:?}: {e}"))?;
+    let edition = match version {
+        "2017" => datalogger::Edition::V2017,
+        "2005" => datalogger::Edition::V2005,
+        other => return Err(format!("--version {other:?}: use 2017 or 2005")),
+    };
+    if mn.is_empty() || !mn.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!("--mn {mn:?}: letters and digits only"));
+    }
+    Ok(datalogger::LoggerOptions {
+        connect,
+        mn,
+        password,
+        interval: duration("--interval", interval)?,
+        edition,
+        split_every: 0,
+        corrupt_every: 0,
+        uploads: None,
+        seed: 1,
+    })
+}
+
 fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     let broker: BrokerUrl = common
         .broker
@@ -312,6 +412,12 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     opts.delivery.rate_per_s = common.rate;
     opts.outbox_budget =
         parse_size(&common.outbox_budget).map_err(|e| format!("--outbox-budget: {e}"))?;
+    if opts.outbox_budget < 4096 {
+        return Err(format!(
+            "--outbox-budget {:?}: at least 4KiB",
+            common.outbox_budget
+        ));
+    }
     Ok(opts)
 }
 
@@ -320,12 +426,16 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
         Command::Terminal {
             id,
             data_dir,
+            hj212_listen,
             common,
         } => {
             let id: TerminalId = id.parse().map_err(|e| format!("--id {id:?}: {e}"))?;
             // The terminal keeps its state in <data-dir>/<id>, the same layout as a fleet's.
             let mut opts = options(&common, data_dir)?;
             opts.status_socket = true;
+            opts.hj212_listen = hj212_listen
+                .map(|a| a.parse().map_err(|e| format!("--hj212-listen {a:?}: {e}")))
+                .transpose()?;
             Ok((vec![id], opts))
         }
         Command::Fleet {
@@ -343,7 +453,7 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             let opts = options(&common, data_dir.unwrap_or_else(default_data_root))?;
             Ok((fleet_ids(&r, count), opts))
         }
-        Command::Proxy { .. } | Command::Link { .. } => {
+        Command::Proxy { .. } | Command::Link { .. } | Command::Datalogger { .. } => {
             Err("internal: not a terminal command".to_owned())
         }
     }

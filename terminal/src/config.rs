@@ -34,6 +34,14 @@
 //! burst = 50
 //! order = "oldest-first"    # or "newest-first"
 //! resend_after = "30s"      # unconfirmed records are sent again after this
+//!
+//! [hj212]                   # pollution-source data loggers (HJ 212) connect here
+//! listen = "0.0.0.0:6000"
+//!
+//! [[hj212.logger]]          # expected loggers; without any, every MN is accepted
+//! mn = "010000A8900016F000169DC0"
+//! password = "100000"
+//! factors = { "011" = "w01018" }   # factor code -> metric, beyond the built-in mapping
 //! ```
 
 use std::collections::BTreeMap;
@@ -47,6 +55,7 @@ use cuntong_core::terminal_id::TerminalId;
 use serde::Deserialize;
 
 use crate::broker_url::BrokerUrl;
+use crate::hj212::{Hj212Config, LoggerConfig};
 use crate::outbox::{OutboxConfig, SyncPolicy};
 
 /// Why a configuration was refused.
@@ -88,6 +97,8 @@ pub struct TerminalConfig {
     pub sensors: Vec<SensorConfig>,
     pub outbox: OutboxConfig,
     pub delivery: DeliveryConfig,
+    /// The HJ 212 listener, if data loggers report to this terminal.
+    pub hj212: Option<Hj212Config>,
 }
 
 /// One sensor to poll.
@@ -130,6 +141,7 @@ impl TerminalConfig {
             sensors: Vec::new(),
             outbox: OutboxConfig::default(),
             delivery: DeliveryConfig::default(),
+            hj212: None,
         }
     }
 
@@ -183,12 +195,6 @@ impl TerminalConfig {
             &t.health_interval,
             cfg.health_interval,
         )?;
-        if cfg.health_interval.is_zero() {
-            return Err(invalid(
-                "telemetry.health_interval",
-                "must be more than 0s".into(),
-            ));
-        }
         if cfg.health_interval.is_zero() {
             return Err(invalid(
                 "telemetry.health_interval",
@@ -318,6 +324,41 @@ impl TerminalConfig {
             ));
         }
         cfg.delivery.resend_after_ms = resend.as_millis() as u64;
+        if let Some(h) = raw.hj212 {
+            let listen = h.listen.parse().map_err(|e| {
+                invalid(
+                    "hj212.listen",
+                    format!("{:?} is not host:port ({e})", h.listen),
+                )
+            })?;
+            let mut loggers = Vec::new();
+            for (i, l) in h.logger.into_iter().enumerate() {
+                let key = |f: &str| format!("hj212.logger[{i}].{f}");
+                let valid_mn = !l.mn.is_empty()
+                    && l.mn.len() <= 24
+                    && l.mn.bytes().all(|b| b.is_ascii_alphanumeric());
+                if !valid_mn {
+                    let problem = format!(
+                        "{:?} is not a device code (1 to 24 letters and digits)",
+                        l.mn
+                    );
+                    return Err(invalid(&key("mn"), problem));
+                }
+                let mut factors = BTreeMap::new();
+                for (code, metric) in l.factors {
+                    let m = Metric::from_name(&metric).map_err(|e| {
+                        invalid(&format!("{}.{code:?}", key("factors")), e.to_string())
+                    })?;
+                    factors.insert(code, m);
+                }
+                loggers.push(LoggerConfig {
+                    mn: l.mn,
+                    password: l.password,
+                    factors,
+                });
+            }
+            cfg.hj212 = Some(Hj212Config { listen, loggers });
+        }
         Ok(cfg)
     }
 }
@@ -369,6 +410,24 @@ struct RawConfig {
     outbox: RawOutbox,
     #[serde(default)]
     delivery: RawDelivery,
+    hj212: Option<RawHj212>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHj212 {
+    listen: String,
+    #[serde(default)]
+    logger: Vec<RawLogger>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogger {
+    mn: String,
+    password: Option<String>,
+    #[serde(default)]
+    factors: BTreeMap<String, String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -444,6 +503,17 @@ mod tests {
             (p.interval_ms, p.deadband, p.max_silence_ms),
             (60_000, 0.2, 900_000)
         );
+        assert_eq!(cfg.outbox.budget_bytes, 16 << 20);
+        assert_eq!(
+            cfg.outbox.sync,
+            SyncPolicy::Interval(Duration::from_secs(1))
+        );
+        assert_eq!(cfg.delivery.order, ReplayOrder::OldestFirst);
+        assert_eq!(cfg.delivery.resend_after_ms, 30_000);
+        let hj = cfg.hj212.unwrap();
+        assert_eq!(hj.listen.port(), 6000);
+        assert_eq!(hj.loggers[0].password.as_deref(), Some("100000"));
+        assert_eq!(hj.loggers[0].factors["011"], Metric::W01018);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TerminalConfig;
 use crate::health::HealthSource;
+use crate::hj212::{self, Hj212Stats, HjSample};
 use crate::link::{Link, LinkOptions, Message, unix_ms};
 use crate::outbox::{DroppedRange, Outbox, OutboxError};
 use crate::sensors::{Sensor, SensorError};
@@ -145,10 +146,25 @@ pub async fn run(
         tracing::warn!("{msg}");
         daemon.with_status(|s| push_error(s, started_ms, msg));
     }
-    daemon.report_dropped(&opened.skipped)?;
+    daemon.report_dropped(&opened.skipped, "damaged outbox tail: may have held")?;
     daemon.event(Event::Started {
         version: VERSION.to_owned(),
     })?;
+
+    // Data loggers, if this terminal bridges HJ 212.
+    let hj_stats = Arc::new(Hj212Stats::default());
+    let (hj_tx, mut hj_rx) = mpsc::channel::<Vec<HjSample>>(64);
+    if let Some(hj) = daemon.cfg.hj212.clone() {
+        let (stats, stop) = (hj_stats.clone(), stop.clone());
+        tokio::spawn(async move {
+            let listen = hj.listen;
+            if let Err(e) = hj212::serve(hj, hj_tx, stats, stop).await {
+                tracing::error!(%listen, error = %e, "HJ 212 listener failed");
+            }
+        });
+    } else {
+        drop(hj_tx);
+    }
 
     // Sensors are read on the blocking pool, one read at a time each, and come back here.
     let (results_tx, mut results) = mpsc::channel::<SensorResult>(8);
@@ -169,7 +185,11 @@ pub async fn run(
     let mut health = hardware.health;
     let mut health_tick = tokio::time::interval(daemon.cfg.health_interval);
     health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sync_tick = tokio::time::interval(Duration::from_secs(1));
+    let sync_every = match daemon.cfg.outbox.sync {
+        crate::outbox::SyncPolicy::Interval(d) => d.max(Duration::from_millis(10)),
+        crate::outbox::SyncPolicy::EveryRecord => Duration::from_secs(3600),
+    };
+    let mut sync_tick = tokio::time::interval(sync_every);
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
@@ -203,6 +223,12 @@ pub async fn run(
                 readings.push((Metric::LinkLoss, l.ping_loss_percent));
                 readings.push((Metric::OutboxDepth, daemon.outbox.len() as f64));
                 readings.push((Metric::Dropped, daemon.outbox.dropped_total() as f64));
+                if daemon.cfg.hj212.is_some() {
+                    let frames = hj_stats.frames.load(std::sync::atomic::Ordering::Relaxed);
+                    let bad = hj_stats.bad_frames.load(std::sync::atomic::Ordering::Relaxed);
+                    readings.push((Metric::Hj212Frames, frames as f64));
+                    readings.push((Metric::Hj212Bad, bad as f64));
+                }
                 daemon.offer(&readings, now);
             }
             i = next_tick(&mut intervals, &ready) => {
@@ -236,6 +262,7 @@ pub async fn run(
                     }
                 }
             }
+            Some(batch) = hj_rx.recv() => daemon.logged(batch),
             _ = sleep_until(deadline) => {}
             msg = incoming.recv() => {
                 match msg {
@@ -326,6 +353,17 @@ impl Daemon {
         self.with_status(|s| s.latest.extend(kept));
     }
 
+    /// Values from a data logger: exact, with the logger's time and flags; no sampling policy
+    /// applies (the logger already decided what to report).
+    fn logged(&mut self, samples: Vec<HjSample>) {
+        let mut latest = Vec::with_capacity(samples.len());
+        for s in samples {
+            latest.push((s.metric.name().to_owned(), s.value.to_f64()));
+            self.batcher.push(s.time_ms, s.metric, s.value, s.quality);
+        }
+        self.with_status(|st| st.latest.extend(latest));
+    }
+
     /// Records a good read; true if the sensor had been failing.
     fn sensor_ok(&self, index: usize, readings: &[(Metric, f64)], now: u64) -> bool {
         let mut recovered = false;
@@ -400,15 +438,15 @@ impl Daemon {
         let bytes = payload(self.outbox.next_seq(stream))?;
         let (seq, dropped) = self.outbox.append(stream, time_ms, &bytes)?;
         self.delivery.queued(stream, seq);
-        self.report_dropped(&dropped)
+        self.report_dropped(&dropped, "outbox full: dropped unsent")
     }
 
     /// Tells delivery, the log, the status and central about records that left unsent.
-    fn report_dropped(&mut self, ranges: &[DroppedRange]) -> Result<(), RunError> {
+    fn report_dropped(&mut self, ranges: &[DroppedRange], why: &str) -> Result<(), RunError> {
         for d in ranges {
             self.delivery.dropped_upto(d.stream, d.last);
             let msg = format!(
-                "outbox full: {} records of {} (seq {}..={}) dropped unsent",
+                "{why} {} records of {} (seq {}..={}), reported as dropped",
                 d.count,
                 d.stream.as_str(),
                 d.first,
@@ -457,6 +495,7 @@ impl Daemon {
                 self.delivery.not_sent(stream, seq);
                 break;
             }
+            self.outbox.mark_sent(stream, seq);
         }
     }
 

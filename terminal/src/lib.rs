@@ -11,6 +11,7 @@
 //! - [`sensors`]: sensor drivers over embedded-hal traits.
 //! - [`hardware`]: opening the configured sensors.
 //! - [`health`]: site health from `/proc`.
+//! - [`hj212`]: the HJ 212 listener for pollution-source data loggers.
 //! - [`outbox`]: the durable outbox (segment log with a CRC per record).
 //! - [`status`]: the local status socket.
 //! - [`check`]: the technician's on-site self-test.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod hardware;
 pub mod health;
+pub mod hj212;
 pub mod link;
 pub mod outbox;
 pub mod sensors;

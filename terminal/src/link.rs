@@ -389,13 +389,16 @@ async fn poll_task(
                 } else {
                     tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
                 }
+                // If the broker's port did not even answer, watch for it to come back and cut the
+                // wait short then; if it answered but MQTT failed, wait out the back-off.
+                let unreachable = matches!(
+                    e,
+                    rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::Io(_)
+                ) && !was_connected;
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
-                    _ = uplink_back(&broker) => {
-                        // The broker answers again: no reason to wait out a long back-off.
-                        failures = 0;
-                    }
+                    _ = uplink_back(&broker), if unreachable => {}
                 }
             }
         }

@@ -77,7 +77,7 @@ pub enum OutboxError {
         line: usize,
         problem: String,
     },
-    #[error("record of {len} bytes is larger than the outbox budget of {budget} bytes")]
+    #[error("record of {len} bytes is larger than half the outbox budget of {budget} bytes")]
     TooLarge { len: usize, budget: u64 },
 }
 
@@ -145,6 +145,8 @@ pub struct Outbox {
     next: [u64; 2],
     state: State,
     bytes: u64,
+    /// Telemetry seqs handed to the link and not yet confirmed.
+    sent: std::collections::BTreeSet<u64>,
     unsynced: bool,
     last_sync: Instant,
 }
@@ -179,6 +181,7 @@ impl Outbox {
             next: [1, 1],
             state,
             bytes: 0,
+            sent: std::collections::BTreeSet::new(),
             unsynced: false,
             last_sync: Instant::now(),
         };
@@ -290,6 +293,15 @@ impl Outbox {
     /// Records discarded unsent since the outbox was created.
     pub fn dropped_total(&self) -> u64 {
         self.state.dropped_total
+    }
+
+    /// Notes that a telemetry record was handed to the link. If the budget later forces it out
+    /// before central confirms it, it is reported in the dropped range (so central's watermark
+    /// passes it) but not counted as lost, since it probably arrived.
+    pub fn mark_sent(&mut self, stream: Stream, seq: u64) {
+        if stream == Stream::Telemetry && self.records[0].contains_key(&seq) {
+            self.sent.insert(seq);
+        }
     }
 
     /// Records waiting for confirmation.
@@ -421,6 +433,9 @@ impl Outbox {
         // A watermark beyond what we ever sent means central knows more than we do (a reset
         // terminal): continue after it.
         self.next[s] = self.next[s].max(watermark + 1);
+        if stream == Stream::Telemetry {
+            self.sent = self.sent.split_off(&(watermark + 1));
+        }
         let keep = self.records[s].split_off(&(watermark + 1));
         let gone = std::mem::replace(&mut self.records[s], keep);
         for r in gone.values() {
@@ -506,12 +521,16 @@ impl Outbox {
                 .map(|(q, _)| *q)
                 .collect();
             if let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) {
+                let mut count = 0u64;
                 for q in &seqs {
                     self.records[0].remove(q);
+                    // A record that went out may well be stored already: it is not a loss.
+                    if !self.sent.remove(q) {
+                        count += 1;
+                    }
                 }
                 self.state.dropped_upto[0] = self.state.dropped_upto[0].max(last);
-                self.state.dropped_total += seqs.len() as u64;
-                let count = seqs.len() as u64;
+                self.state.dropped_total += count;
                 match dropped.iter_mut().find(|d| d.last + 1 == first) {
                     Some(d) => {
                         d.last = last;

@@ -204,6 +204,7 @@ pub struct Sample {
     pub metric: String,
     pub value: f64,
     pub exact: String,
+    pub flag: Option<String>,
 }
 
 /// The fleet as the store sees it (empty if the store does not exist yet).

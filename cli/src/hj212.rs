@@ -1,0 +1,157 @@
+//! `cuntong hj212`: tools for technicians debugging a data logger on site. `decode` turns
+//! frames (one per line, as captured from the wire) into fields or a precise error; `encode`
+//! builds frames from JSON, with the length and CRC computed.
+//!
+//! The JSON form is a contract: an object with `qn`, `st`, `cn`, `pw`, `mn`, `flag`, `pnum`,
+//! `pno` (strings as they appear in the frame, null when absent) and `cp`, an object of every CP
+//! `key=value` pair in frame order (`"DataTime": "20160801085857"`, `"w01018-Rtd": "194.200"`).
+
+use cuntong_core::hj212::{self, Packet};
+use serde::{Deserialize, Serialize};
+
+/// One frame as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameJson {
+    pub qn: Option<String>,
+    pub st: Option<String>,
+    pub cn: Option<String>,
+    pub pw: Option<String>,
+    pub mn: Option<String>,
+    pub flag: Option<String>,
+    pub pnum: Option<String>,
+    pub pno: Option<String>,
+    pub cp: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<&Packet> for FrameJson {
+    fn from(p: &Packet) -> FrameJson {
+        FrameJson {
+            qn: p.qn.clone(),
+            st: p.st.clone(),
+            cn: p.cn.clone(),
+            pw: p.pw.clone(),
+            mn: p.mn.clone(),
+            flag: p.flag.map(|f| f.to_string()),
+            pnum: p.pnum.map(|n| n.to_string()),
+            pno: p.pno.map(|n| n.to_string()),
+            cp: p
+                .cp
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        }
+    }
+}
+
+impl FrameJson {
+    /// The packet this JSON describes; errors name the field.
+    pub fn to_packet(&self) -> Result<Packet, String> {
+        let num = |name: &str, v: &Option<String>| -> Result<Option<u16>, String> {
+            v.as_ref()
+                .map(|s| {
+                    s.parse::<u16>()
+                        .map_err(|_| format!("{name}: {s:?} is not a number"))
+                })
+                .transpose()
+        };
+        let flag = num("flag", &self.flag)?
+            .map(|f| u8::try_from(f).map_err(|_| format!("flag: {f} is more than 255")))
+            .transpose()?;
+        let mut cp = Vec::with_capacity(self.cp.len());
+        for (k, v) in &self.cp {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                other => return Err(format!("cp.{k}: {other} is not a string or number")),
+            };
+            cp.push((k.clone(), v));
+        }
+        Ok(Packet {
+            qn: self.qn.clone(),
+            st: self.st.clone(),
+            cn: self.cn.clone(),
+            pw: self.pw.clone(),
+            mn: self.mn.clone(),
+            flag,
+            pnum: num("pnum", &self.pnum)?,
+            pno: num("pno", &self.pno)?,
+            cp,
+        })
+    }
+}
+
+/// Decodes one captured line (the trailing CR LF may be missing).
+pub fn decode_line(line: &str) -> Result<Packet, String> {
+    let mut frame = line.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
+    frame.extend_from_slice(b"\r\n");
+    hj212::decode(&frame).map_err(|e| e.to_string())
+}
+
+/// Every field of a packet, for people.
+pub fn describe(p: &Packet) -> String {
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: Option<String>| {
+        out.push_str(&format!(
+            "{k:<5} {}\n",
+            v.unwrap_or_else(|| "(absent)".into())
+        ));
+    };
+    field(&mut out, "QN", p.qn.clone());
+    field(&mut out, "ST", p.st.clone());
+    field(&mut out, "CN", p.cn.clone());
+    field(&mut out, "PW", p.pw.clone());
+    field(&mut out, "MN", p.mn.clone());
+    field(
+        &mut out,
+        "Flag",
+        p.flag.map(|f| {
+            format!(
+                "{f} ({:?}{}{})",
+                p.version(),
+                if p.needs_ack() {
+                    ", answer required"
+                } else {
+                    ""
+                },
+                if p.is_split() { ", split" } else { "" }
+            )
+        }),
+    );
+    if p.is_split() {
+        field(&mut out, "PNUM", p.pnum.map(|n| n.to_string()));
+        field(&mut out, "PNO", p.pno.map(|n| n.to_string()));
+    }
+    for (k, v) in &p.cp {
+        out.push_str(&format!("  {k} = {v}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;Flag=5;CP=&&RtdInterval=30&&1C80";
+
+    #[test]
+    fn the_standards_example_decodes_and_round_trips_through_json() {
+        let p = decode_line(EXAMPLE).unwrap();
+        let json = FrameJson::from(&p);
+        assert_eq!(json.cn.as_deref(), Some("1062"));
+        assert_eq!(json.flag.as_deref(), Some("5"));
+        assert_eq!(json.cp["RtdInterval"], "30");
+        let back = json.to_packet().unwrap();
+        assert_eq!(
+            String::from_utf8(hj212::encode(&back)).unwrap(),
+            format!("{EXAMPLE}\r\n")
+        );
+    }
+
+    #[test]
+    fn a_corrupted_line_gets_a_precise_error() {
+        let bad = EXAMPLE.replace("CN=1062", "CN=1063");
+        let err = decode_line(&bad).unwrap_err();
+        assert!(err.to_lowercase().contains("crc"), "{err}");
+    }
+}

@@ -1,0 +1,2283 @@
+//! HJ 212 frames: the Chinese environmental-monitoring data-transfer protocol that pollution
+//! source data loggers (数采仪) speak (HJ/T 212-2005, HJ 212-2017, HJ 212-2025).
+//!
+//! This module is the sans-IO codec: it cuts a byte stream into frames ([`next_frame`]), checks
+//! and parses one frame into a [`Packet`] ([`decode`]), writes a packet as a frame ([`encode`],
+//! [`try_encode`]), and reads what the bridge needs from a packet: the data time
+//! ([`Packet::data_time`]), the measured values ([`Packet::readings`]), the protocol version,
+//! and the answers the standard requires ([`Packet::data_ack`] and friends).
+//!
+//! # Frame
+//!
+//! ```text
+//! "##" | LLLL | data segment (0..=1024 bytes) | CCCC | "\r\n"
+//! ```
+//!
+//! `LLLL` is the length of the data segment in decimal, zero-padded to 4 digits. It counts raw
+//! bytes (the standard says characters; for non-ASCII UTF-8 text, byte-oriented devices count
+//! bytes, UTF-16 ones do not, and this codec counts and checks bytes). `CCCC` is the CRC of the
+//! data segment in hexadecimal, high byte first. The data segment is
+//!
+//! ```text
+//! QN=…;ST=…;CN=…;PW=…;MN=…;Flag=…;[PNUM=…;PNO=…;]CP=&&key=value;key=value,key=value&&
+//! ```
+//!
+//! Flag bits are `V5 V4 V3 V2 V1 V0 D A`: `A` asks for an answer, `D` says PNUM and PNO are
+//! present (a split packet), and the six `V` bits give the version: 0 for 2005, 1 for 2017, 2
+//! for 2025.
+//!
+//! # CRC
+//!
+//! [`crc16`] is the algorithm of the standard's Appendix A (the same in 2005 and 2017): the
+//! register starts at `0xFFFF`; for each byte, the register's high byte is XORed with the input
+//! byte and becomes the new register (the low byte is dropped), then 8 rounds of shift right,
+//! XOR `0xA001` when a 1 fell out. No final XOR. It is neither CRC-16/ARC nor CRC-16/MODBUS.
+//! The standard's example data segment gives `0x1C80` (its prose says `1C08`, a typo).
+//!
+//! # Strict and lenient
+//!
+//! Strict, because a frame that fails these is not a frame:
+//! - `##`, four decimal digits of length (at most 1024), exactly that many data bytes, four hex
+//!   digits of CRC (either case accepted, uppercase written), `\r\n`;
+//! - the CRC must match; the data segment must be UTF-8;
+//! - header fields are exactly `QN ST CN PW MN Flag PNUM PNO` (case-sensitive); an unknown or
+//!   repeated header field is an error, because a [`Packet`] could not carry it and silently
+//!   dropping it would hide a misspelt field; `Flag` is a number 0–255, `PNUM`/`PNO` numbers
+//!   1–65535 that come together with `1 <= PNO <= PNUM`, and Flag bit D requires them;
+//! - the data segment ends with `CP=&&…&&`, preceded by `;` (or `,`) unless it is the first
+//!   field;
+//! - no `=` or `&` inside a header value or a plain CP value, and no header value starting
+//!   with `//` (which would read as text in CP).
+//!
+//! Lenient, because real devices (and the standard's own examples) vary:
+//! - every header field is optional (2005 devices omit `QN` and `Flag`; the caller decides what
+//!   it needs), and header fields may come in any order ([`encode`] writes the standard order);
+//! - `ST`, `CN`, `PW`, `MN`, `QN` are opaque strings of any length (ST=101, 14-character 2005
+//!   MNs, 13-digit QNs); unknown codes pass through;
+//! - `,` is accepted where `;` belongs (and vice versa), empty items (`;;`, a trailing `;`) are
+//!   skipped, and spaces around keys and values are trimmed (`CP=&& PolId=w01018 &&`);
+//! - CP keys are kept as written, in order, duplicates included; unknown keys and suffixes pass
+//!   through. A value that starts with `//` is text and runs to the next `//`, so it may hold
+//!   `;`, `,`, `=` or `&` (`i11001-Info=//清洗管路//`).
+//!
+//! Numeric CP values are only interpreted by [`Packet::readings`], exactly (no rounding, no
+//! exponent); [`Packet::data_time`] reads `DataTime` as China Standard Time (UTC+8).
+//!
+//! A decoded packet re-encodes to a frame that decodes to the same packet (not necessarily the
+//! same bytes: separators, spaces and leading zeros are normalised). [`encode`] writes whatever
+//! it is given; [`try_encode`] refuses a packet that would not read back identically.
+//!
+//! ```
+//! use cuntong_core::hj212::{self, Version};
+//!
+//! let frame = b"##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;\
+//! MN=010000A8900016F000169DC0;Flag=5;CP=&&RtdInterval=30&&1C80\r\n";
+//! assert_eq!(hj212::next_frame(frame), hj212::Framing::Frame(frame.len()));
+//! let p = hj212::decode(frame)?;
+//! assert_eq!(p.cn.as_deref(), Some("1062"));
+//! assert_eq!(p.version(), Version::V2017);
+//! assert!(p.needs_ack());
+//! assert_eq!(p.get("RtdInterval"), Some("30"));
+//! assert_eq!(hj212::encode(&p), frame);
+//! # Ok::<(), hj212::Hj212Error>(())
+//! ```
+
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::{self, Write as _};
+use core::str::FromStr;
+
+use crate::decimal::Decimal;
+use crate::telemetry::{Metric, Quality};
+
+/// Largest data segment, in bytes.
+pub const MAX_DATA_LEN: usize = 1024;
+
+/// Bytes of a frame around its data segment: `##`, length, CRC, CR LF.
+pub const OVERHEAD: usize = 12;
+
+/// Largest frame, in bytes.
+pub const MAX_FRAME_LEN: usize = MAX_DATA_LEN + OVERHEAD;
+
+/// Command codes (CN). Field unit = data logger (现场机); host = platform (上位机).
+pub mod cn {
+    /// 设置超时时间及重发次数: set timeout and retries.
+    pub const SET_TIMEOUT: &str = "1000";
+    /// 提取/上传现场机时间: get or upload the field unit's time.
+    pub const GET_TIME: &str = "1011";
+    /// 设置现场机时间: set the field unit's time.
+    pub const SET_TIME: &str = "1012";
+    /// 现场机时间校准请求: the field unit asks for a time sync.
+    pub const TIME_SYNC_REQUEST: &str = "1013";
+    /// 提取/上传实时数据间隔.
+    pub const GET_RTD_INTERVAL: &str = "1061";
+    /// 设置实时数据间隔.
+    pub const SET_RTD_INTERVAL: &str = "1062";
+    /// 提取/上传分钟数据间隔.
+    pub const GET_MIN_INTERVAL: &str = "1063";
+    /// 设置分钟数据间隔.
+    pub const SET_MIN_INTERVAL: &str = "1064";
+    /// 设置现场机密码.
+    pub const SET_PASSWORD: &str = "1072";
+    /// Real-time data (`-Rtd`), upload or request.
+    pub const REALTIME: &str = "2011";
+    /// Stop real-time uploads.
+    pub const STOP_REALTIME: &str = "2012";
+    /// Treatment-equipment running status (`SBxxx-RS`).
+    pub const RUN_STATUS: &str = "2021";
+    /// Stop running-status uploads.
+    pub const STOP_RUN_STATUS: &str = "2022";
+    /// Daily data.
+    pub const DAILY: &str = "2031";
+    /// Daily equipment running time (`SBxxx-RT`).
+    pub const DAILY_RUN_TIME: &str = "2041";
+    /// Minute data (`-Min/-Avg/-Max/-Cou`).
+    pub const MINUTE: &str = "2051";
+    /// Hourly data.
+    pub const HOURLY: &str = "2061";
+    /// Data-logger power-on time (`RestartTime`).
+    pub const RESTART_TIME: &str = "2081";
+    /// 请求应答 (`QnRtn`): answers a host request.
+    pub const REQUEST_ANSWER: &str = "9011";
+    /// 执行结果 (`ExeRtn`).
+    pub const EXECUTION_RESULT: &str = "9012";
+    /// 通知应答: answers a notification.
+    pub const NOTIFICATION_ANSWER: &str = "9013";
+    /// 数据应答: answers a data upload.
+    pub const DATA_ACK: &str = "9014";
+
+    /// Whether `cn` is one of the data uploads (real-time, minute, hourly, daily).
+    pub fn is_data_upload(cn: &str) -> bool {
+        matches!(cn, REALTIME | MINUTE | HOURLY | DAILY)
+    }
+}
+
+/// System codes (ST).
+pub mod st {
+    /// 地表水质量监测 surface-water quality.
+    pub const SURFACE_WATER: &str = "21";
+    /// 空气质量监测 ambient air quality.
+    pub const AIR_QUALITY: &str = "22";
+    /// 大气环境污染源 air pollution source (flue gas).
+    pub const AIR_SOURCE: &str = "31";
+    /// 地表水体环境污染源 water pollution source (wastewater).
+    pub const WATER_SOURCE: &str = "32";
+    /// 系统交互 system interaction: every answer.
+    pub const INTERACTION: &str = "91";
+}
+
+/// Flag bits.
+pub mod flag {
+    /// A: the command needs an answer.
+    pub const ACK: u8 = 1;
+    /// D: the packet is split and carries PNUM and PNO.
+    pub const SPLIT: u8 = 2;
+}
+
+/// The result of looking for a frame at the start of a stream buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// The buffer holds (at most) the beginning of a frame: read more.
+    NeedMore,
+    /// The buffer starts with a frame of this total length, `##` and CR LF included. It is
+    /// framed (header, length, trailer) but not checked: pass it to [`decode`].
+    Frame(usize),
+    /// The first `n` bytes (n ≥ 1) cannot start a frame: discard them and look again.
+    Skip(usize),
+}
+
+/// Finds the next frame in `buf`, the bytes read so far from a stream transport.
+///
+/// A frame starts at `##`; its 4-digit length says where the trailer must be. Anything before
+/// the first `##`, or a `##` whose length is not 4 digits, above 1024, or not followed by CR LF
+/// where the length says, is skipped up to the next `##`. A final lone `#` is kept, since it
+/// may begin the next header. Never panics; `Frame(n)` and `Skip(n)` have `n <= buf.len()`.
+pub fn next_frame(buf: &[u8]) -> Framing {
+    if !buf.starts_with(b"##") {
+        return skip_to_header(buf, 0);
+    }
+    let len_field = buf.get(2..buf.len().min(6)).unwrap_or_default();
+    if len_field.iter().any(|b| !b.is_ascii_digit()) {
+        return skip_to_header(buf, 1);
+    }
+    if buf.len() < 6 {
+        return Framing::NeedMore;
+    }
+    let declared = digits_value(len_field);
+    if declared > MAX_DATA_LEN {
+        return skip_to_header(buf, 1);
+    }
+    let total = declared + OVERHEAD;
+    match buf.get(total - 2..total) {
+        None => Framing::NeedMore,
+        Some(b"\r\n") => Framing::Frame(total),
+        Some(_) => skip_to_header(buf, 1),
+    }
+}
+
+/// `Skip` to the first `##` at or after `from` (which is never at 0), keeping a final `#`.
+fn skip_to_header(buf: &[u8], from: usize) -> Framing {
+    let found = buf
+        .get(from..)
+        .and_then(|rest| rest.windows(2).position(|w| w == b"##"))
+        .map(|p| p + from);
+    match found {
+        Some(p) if p > 0 => Framing::Skip(p),
+        _ => {
+            let keep = usize::from(buf.last() == Some(&b'#'));
+            match buf.len() - keep {
+                0 => Framing::NeedMore,
+                n => Framing::Skip(n),
+            }
+        }
+    }
+}
+
+/// The value of ASCII decimal digits (the caller checked them).
+fn digits_value(d: &[u8]) -> usize {
+    d.iter()
+        .fold(0usize, |acc, &b| acc * 10 + usize::from(b - b'0'))
+}
+
+const CRC_TABLE: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut reg = i as u16;
+        let mut bit = 0;
+        while bit < 8 {
+            reg = if reg & 1 == 1 {
+                (reg >> 1) ^ 0xA001
+            } else {
+                reg >> 1
+            };
+            bit += 1;
+        }
+        t[i] = reg;
+        i += 1;
+    }
+    t
+};
+
+/// The CRC of HJ 212 Appendix A over `data` (the data segment only): initial `0xFFFF`, each
+/// step `reg = T[(reg >> 8) ^ byte]` with the reflected 0x8005 table, no final XOR.
+/// `crc16(b"123456789") == 0x2F80`; the empty segment gives `0xFFFF`.
+pub fn crc16(data: &[u8]) -> u16 {
+    data.iter().fold(0xFFFF, |reg, &b| {
+        CRC_TABLE[usize::from((reg >> 8) as u8 ^ b)]
+    })
+}
+
+/// One HJ 212 packet: the header fields as written, and CP as an ordered list of pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Packet {
+    /// Request id, `YYYYMMDDhhmmsszzz` by the standard; answers echo it.
+    pub qn: Option<String>,
+    /// System code ([`st`]).
+    pub st: Option<String>,
+    /// Command code ([`cn`]).
+    pub cn: Option<String>,
+    /// Access password.
+    pub pw: Option<String>,
+    /// Device id (24 hex characters in 2017, 14 characters in 2005).
+    pub mn: Option<String>,
+    /// Version, split and answer bits ([`flag`]).
+    pub flag: Option<u8>,
+    /// Total number of parts of a split packet.
+    pub pnum: Option<u16>,
+    /// This part's number, from 1.
+    pub pno: Option<u16>,
+    /// CP as written: the ordered list of `key=value` pairs (keys like "DataTime", "w01018-Rtd", "w01018-Flag", "RtdInterval").
+    pub cp: Vec<(String, String)>,
+}
+
+/// The protocol version a packet's Flag declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// HJ/T 212-2005: version bits 0, or no Flag at all.
+    V2005,
+    /// HJ 212-2017: version bits 1.
+    V2017,
+    /// HJ 212-2025: version bits 2.
+    V2025,
+    /// Version bits 3 to 63, not defined yet.
+    Unknown(u8),
+}
+
+impl Version {
+    /// The six version bits (Flag >> 2).
+    pub fn bits(self) -> u8 {
+        match self {
+            Version::V2005 => 0,
+            Version::V2017 => 1,
+            Version::V2025 => 2,
+            Version::Unknown(v) => v,
+        }
+    }
+
+    fn from_bits(v: u8) -> Version {
+        match v {
+            0 => Version::V2005,
+            1 => Version::V2017,
+            2 => Version::V2025,
+            v => Version::Unknown(v),
+        }
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Version::V2005 => f.write_str("HJ/T 212-2005"),
+            Version::V2017 => f.write_str("HJ 212-2017"),
+            Version::V2025 => f.write_str("HJ 212-2025"),
+            Version::Unknown(v) => write!(f, "HJ 212 version {v}"),
+        }
+    }
+}
+
+/// Request return codes (`QnRtn`, answer 9011).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QnRtn {
+    /// 1: ready to execute the request.
+    Ready,
+    /// 2: request rejected.
+    Rejected,
+    /// 3: wrong password.
+    BadPassword,
+    /// 4: wrong MN.
+    BadMn,
+    /// 5: wrong ST.
+    BadSt,
+    /// 6: wrong Flag.
+    BadFlag,
+    /// 7: wrong QN.
+    BadQn,
+    /// 8: wrong CN.
+    BadCn,
+    /// 9: CRC error.
+    BadCrc,
+    /// 100: unknown error.
+    Unknown,
+}
+
+impl QnRtn {
+    pub fn code(self) -> u16 {
+        match self {
+            QnRtn::Ready => 1,
+            QnRtn::Rejected => 2,
+            QnRtn::BadPassword => 3,
+            QnRtn::BadMn => 4,
+            QnRtn::BadSt => 5,
+            QnRtn::BadFlag => 6,
+            QnRtn::BadQn => 7,
+            QnRtn::BadCn => 8,
+            QnRtn::BadCrc => 9,
+            QnRtn::Unknown => 100,
+        }
+    }
+}
+
+/// Execution return codes (`ExeRtn`, answer 9012).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExeRtn {
+    /// 1: executed.
+    Success,
+    /// 2: failed, reason unknown.
+    Failed,
+    /// 3: request conditions wrong.
+    BadConditions,
+    /// 4: communication timeout.
+    Timeout,
+    /// 5: system busy.
+    Busy,
+    /// 6: system fault.
+    SystemFault,
+    /// 100: no data.
+    NoData,
+}
+
+impl ExeRtn {
+    pub fn code(self) -> u16 {
+        match self {
+            ExeRtn::Success => 1,
+            ExeRtn::Failed => 2,
+            ExeRtn::BadConditions => 3,
+            ExeRtn::Timeout => 4,
+            ExeRtn::Busy => 5,
+            ExeRtn::SystemFault => 6,
+            ExeRtn::NoData => 100,
+        }
+    }
+}
+
+/// One measured value of a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reading {
+    /// The factor code as written (`w01018`, `011`, `a34004`).
+    pub factor: String,
+    /// The value suffix (`Rtd`, `Avg`, `ZsRtd`, …).
+    pub suffix: String,
+    pub value: Decimal,
+    /// The factor's data flag, if the packet gives one.
+    pub flag: Option<Quality>,
+}
+
+/// CP key suffixes that carry a measured value: real-time, period statistics, converted (折算)
+/// values, noise values, equipment running time and running status.
+pub const VALUE_SUFFIXES: &[&str] = &[
+    "Rtd",
+    "Avg",
+    "Min",
+    "Max",
+    "Cou",
+    "ZsRtd",
+    "ZsAvg",
+    "ZsMin",
+    "ZsMax",
+    "Data",
+    "DayData",
+    "NightData",
+    "RT",
+    "RS",
+];
+
+/// Why a frame, a packet or one of its values was refused. Offsets are 0-based bytes from the
+/// frame's first `#`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Hj212Error {
+    /// The frame has `len` bytes, fewer than the 12 of the smallest frame.
+    Truncated { len: usize },
+    /// Byte `at` (0 or 1) is not `#`.
+    BadHeader { at: usize },
+    /// Byte `at` of the length field (2 to 5) is `found`, not a decimal digit.
+    BadLength { at: usize, found: u8 },
+    /// The length field (bytes 2 to 5) says more than 1024 bytes.
+    LengthTooLarge { declared: usize },
+    /// The length field says `declared` data bytes; the frame holds `actual`.
+    LengthMismatch { declared: usize, actual: usize },
+    /// Byte `at` should be CR (the second-last byte) or LF (the last byte).
+    BadTrailer { at: usize },
+    /// Byte `at` of the CRC field is `found`, not a hexadecimal digit.
+    BadCrcDigit { at: usize, found: u8 },
+    /// The CRC field at byte `at` says `found`; the data segment gives `expected`.
+    BadCrc {
+        at: usize,
+        expected: u16,
+        found: u16,
+    },
+    /// The data segment is not UTF-8 from byte `at`.
+    BadText { at: usize },
+    /// The header field `field` (as written) at byte `at` is wrong, for `reason`.
+    BadField {
+        at: usize,
+        field: String,
+        reason: &'static str,
+    },
+    /// CP is malformed at byte `at`.
+    BadCp { at: usize, detail: &'static str },
+    /// `DataTime` is not a valid `YYYYMMDDhhmmss` time at or after the Unix epoch.
+    BadDataTime { value: String },
+    /// The value of `key` is not a plain decimal (sign, digits, one point, at most 18 decimal
+    /// places, fits 64 bits; no exponent).
+    BadValue { key: String, value: String },
+    /// The data flag `key` is not one printable ASCII character.
+    BadFlag { key: String, value: String },
+}
+
+fn show_byte(b: u8) -> impl fmt::Display {
+    core::ascii::escape_default(b)
+}
+
+impl fmt::Display for Hj212Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hj212Error::Truncated { len } => write!(
+                f,
+                "frame of {len} bytes is shorter than the {OVERHEAD}-byte minimum"
+            ),
+            Hj212Error::BadHeader { at } => write!(f, "byte {at}: header is not \"##\""),
+            Hj212Error::BadLength { at, found } => write!(
+                f,
+                "byte {at}: length field has '{}', not a decimal digit",
+                show_byte(*found)
+            ),
+            Hj212Error::LengthTooLarge { declared } => write!(
+                f,
+                "byte 2: length field says {declared} bytes, more than {MAX_DATA_LEN}"
+            ),
+            Hj212Error::LengthMismatch { declared, actual } => write!(
+                f,
+                "byte 2: length field says {declared} data bytes, the frame holds {actual}"
+            ),
+            Hj212Error::BadTrailer { at } => {
+                write!(f, "byte {at}: frame does not end with CR LF")
+            }
+            Hj212Error::BadCrcDigit { at, found } => write!(
+                f,
+                "byte {at}: CRC field has '{}', not a hexadecimal digit",
+                show_byte(*found)
+            ),
+            Hj212Error::BadCrc {
+                at,
+                expected,
+                found,
+            } => write!(
+                f,
+                "byte {at}: CRC is {found:04X} but the data segment gives {expected:04X}"
+            ),
+            Hj212Error::BadText { at } => write!(f, "byte {at}: data segment is not UTF-8"),
+            Hj212Error::BadField { at, field, reason } => {
+                write!(f, "byte {at}: header field {field:?}: {reason}")
+            }
+            Hj212Error::BadCp { at, detail } => write!(f, "byte {at}: CP: {detail}"),
+            Hj212Error::BadDataTime { value } => write!(
+                f,
+                "DataTime {value:?} is not a valid YYYYMMDDhhmmss time after 1970"
+            ),
+            Hj212Error::BadValue { key, value } => write!(
+                f,
+                "{key}: {value:?} is not a plain decimal number (no exponent, at most 18 decimal places)"
+            ),
+            Hj212Error::BadFlag { key, value } => {
+                write!(f, "{key}: {value:?} is not a one-letter data flag")
+            }
+        }
+    }
+}
+
+impl core::error::Error for Hj212Error {}
+
+/// Checks one whole frame (`##LLLL…CCCC\r\n`) and parses it. Framing and CRC are strict, the
+/// fields lenient as the module documentation says. Never panics.
+pub fn decode(frame: &[u8]) -> Result<Packet, Hj212Error> {
+    for (at, &b) in frame.iter().enumerate().take(2) {
+        if b != b'#' {
+            return Err(Hj212Error::BadHeader { at });
+        }
+    }
+    for (at, &found) in frame.iter().enumerate().take(6).skip(2) {
+        if !found.is_ascii_digit() {
+            return Err(Hj212Error::BadLength { at, found });
+        }
+    }
+    if frame.len() < OVERHEAD {
+        return Err(Hj212Error::Truncated { len: frame.len() });
+    }
+    let declared = digits_value(&frame[2..6]);
+    if declared > MAX_DATA_LEN {
+        return Err(Hj212Error::LengthTooLarge { declared });
+    }
+    let actual = frame.len() - OVERHEAD;
+    if actual != declared {
+        return Err(Hj212Error::LengthMismatch { declared, actual });
+    }
+    let end = frame.len();
+    if frame[end - 2] != b'\r' {
+        return Err(Hj212Error::BadTrailer { at: end - 2 });
+    }
+    if frame[end - 1] != b'\n' {
+        return Err(Hj212Error::BadTrailer { at: end - 1 });
+    }
+    let crc_at = 6 + declared;
+    let mut found = 0u16;
+    for (i, &b) in frame[crc_at..crc_at + 4].iter().enumerate() {
+        let digit = (b as char).to_digit(16).ok_or(Hj212Error::BadCrcDigit {
+            at: crc_at + i,
+            found: b,
+        })?;
+        found = (found << 4) | digit as u16;
+    }
+    let data = &frame[6..crc_at];
+    let expected = crc16(data);
+    if found != expected {
+        return Err(Hj212Error::BadCrc {
+            at: crc_at,
+            expected,
+            found,
+        });
+    }
+    let text = core::str::from_utf8(data).map_err(|e| Hj212Error::BadText {
+        at: 6 + e.valid_up_to(),
+    })?;
+    parse_data(text, 6)
+}
+
+fn bad_field(at: usize, field: &str, reason: &'static str) -> Hj212Error {
+    Hj212Error::BadField {
+        at,
+        field: field.to_owned(),
+        reason,
+    }
+}
+
+/// A number of at most `max_digits` decimal digits, at most `max`.
+fn parse_number(s: &str, max_digits: usize, max: u32) -> Option<u32> {
+    if s.is_empty() || s.len() > max_digits || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let v = s
+        .bytes()
+        .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
+    (v <= max).then_some(v)
+}
+
+/// Parses the data segment `text`, which starts at frame byte `base`.
+fn parse_data(text: &str, base: usize) -> Result<Packet, Hj212Error> {
+    let cp_at = text.find("CP=&&").ok_or(Hj212Error::BadCp {
+        at: base + text.len(),
+        detail: "no CP=&& in the data segment",
+    })?;
+    if cp_at > 0 && !matches!(text.as_bytes()[cp_at - 1], b';' | b',') {
+        return Err(bad_field(base + cp_at, "CP", "no ';' before CP"));
+    }
+    let mut p = Packet::default();
+    // Offsets of Flag, PNUM and PNO, for the consistency errors below.
+    let (mut flag_at, mut pnum_at, mut pno_at) = (0, 0, 0);
+    let mut start = 0;
+    for piece in text[..cp_at].split([';', ',']) {
+        let lead = piece.len() - piece.trim_start_matches(' ').len();
+        let at = base + start + lead;
+        start += piece.len() + 1;
+        let item = piece.trim_matches(' ');
+        if item.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = item.split_once('=') else {
+            return Err(bad_field(at, item, "no '=' in the field"));
+        };
+        let (name, value) = (name.trim_matches(' '), value.trim_matches(' '));
+        if !plain_ok(value) {
+            return Err(bad_field(
+                at,
+                item,
+                "'=' or '&' in the value, or a value starting with //",
+            ));
+        }
+        let text_field = match name {
+            "QN" => Some(&mut p.qn),
+            "ST" => Some(&mut p.st),
+            "CN" => Some(&mut p.cn),
+            "PW" => Some(&mut p.pw),
+            "MN" => Some(&mut p.mn),
+            _ => None,
+        };
+        if let Some(slot) = text_field {
+            if slot.is_some() {
+                return Err(bad_field(at, item, "repeated field"));
+            }
+            *slot = Some(value.to_owned());
+            continue;
+        }
+        match name {
+            "Flag" => {
+                if p.flag.is_some() {
+                    return Err(bad_field(at, item, "repeated field"));
+                }
+                let v = parse_number(value, 3, 255)
+                    .ok_or_else(|| bad_field(at, item, "Flag is not a number 0-255"))?;
+                p.flag = Some(v as u8);
+                flag_at = at;
+            }
+            "PNUM" | "PNO" => {
+                let (slot, slot_at) = if name == "PNUM" {
+                    (&mut p.pnum, &mut pnum_at)
+                } else {
+                    (&mut p.pno, &mut pno_at)
+                };
+                if slot.is_some() {
+                    return Err(bad_field(at, item, "repeated field"));
+                }
+                let v = parse_number(value, 5, 65535)
+                    .ok_or_else(|| bad_field(at, item, "not a number 0-65535"))?;
+                *slot = Some(v as u16);
+                *slot_at = at;
+            }
+            _ => return Err(bad_field(at, item, "unknown header field")),
+        }
+    }
+    match (p.pnum, p.pno) {
+        (Some(_), None) => return Err(bad_field(pnum_at, "PNUM", "PNUM without PNO")),
+        (None, Some(_)) => return Err(bad_field(pno_at, "PNO", "PNO without PNUM")),
+        (Some(num), Some(no)) if no == 0 || no > num => {
+            return Err(bad_field(pno_at, "PNO", "PNO is not between 1 and PNUM"));
+        }
+        (None, None) if p.flag.is_some_and(|f| f & flag::SPLIT != 0) => {
+            return Err(bad_field(
+                flag_at,
+                "Flag",
+                "Flag says split (bit D) but PNUM and PNO are missing",
+            ));
+        }
+        _ => {}
+    }
+    let body_start = cp_at + 5;
+    if !text.ends_with("&&") || text.len() - 2 < body_start {
+        return Err(Hj212Error::BadCp {
+            at: base + cp_at,
+            detail: "CP does not end with && at the end of the data segment",
+        });
+    }
+    p.cp = parse_cp(&text[body_start..text.len() - 2], base + body_start)?;
+    Ok(p)
+}
+
+/// Parses the CP body (between `CP=&&` and the final `&&`), which starts at frame byte `base`.
+fn parse_cp(body: &str, base: usize) -> Result<Vec<(String, String)>, Hj212Error> {
+    let b = body.as_bytes();
+    let n = b.len();
+    let bad = |i: usize, detail: &'static str| Hj212Error::BadCp {
+        at: base + i,
+        detail,
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < n && matches!(b[i], b' ' | b';' | b',') {
+            i += 1;
+        }
+        if i == n {
+            return Ok(out);
+        }
+        let key_start = i;
+        while i < n && !matches!(b[i], b'=' | b';' | b',' | b'&') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'=') => {}
+            Some(b'&') => return Err(bad(i, "'&' in a key")),
+            _ => return Err(bad(key_start, "no '=' after the key")),
+        }
+        let key = body[key_start..i].trim_end_matches(' ');
+        if key.is_empty() {
+            return Err(bad(key_start, "empty key"));
+        }
+        i += 1;
+        while i < n && b[i] == b' ' {
+            i += 1;
+        }
+        let value_start = i;
+        let value = if body[i..].starts_with("//") {
+            let Some(close) = body[i + 2..].find("//") else {
+                return Err(bad(value_start, "text value without its closing //"));
+            };
+            i += 2 + close + 2;
+            let value = &body[value_start..i];
+            while i < n && b[i] == b' ' {
+                i += 1;
+            }
+            if i < n && !matches!(b[i], b';' | b',') {
+                return Err(bad(i, "text value not followed by ';' or ','"));
+            }
+            value
+        } else {
+            while i < n && !matches!(b[i], b';' | b',') {
+                if matches!(b[i], b'=' | b'&') {
+                    return Err(bad(i, "'=' or '&' in a value"));
+                }
+                i += 1;
+            }
+            body[value_start..i].trim_end_matches(' ')
+        };
+        out.push((key.to_owned(), value.to_owned()));
+    }
+}
+
+/// Writes `p` as a frame: fields in the standard order `QN;ST;CN;PW;MN;Flag;[PNUM;PNO;]CP=&&…&&`
+/// (absent ones left out), CP sub-items of one factor joined by `,` and items by `;`, the
+/// length as 4 digits and the CRC as 4 uppercase hex digits. Writes whatever it is given; see
+/// [`try_encode`] for a checked version.
+pub fn encode(p: &Packet) -> Vec<u8> {
+    let mut w = Writer::new(false);
+    w.packet(p);
+    w.finish()
+}
+
+/// Like [`encode`], but refuses a packet that [`decode`] would not read back identically:
+/// a header value or CP key or plain value with `;`, `,`, `=`, `&` or spaces at either end, a
+/// plain value starting with `//`, a text value (`//…//`) with `//` inside, an empty key,
+/// inconsistent PNUM/PNO/Flag, or a data segment over 1024 bytes. Offsets in the error are
+/// those of the frame that would have been written.
+pub fn try_encode(p: &Packet) -> Result<Vec<u8>, Hj212Error> {
+    let mut w = Writer::new(true);
+    w.packet(p);
+    if let Some(e) = w.error.take() {
+        return Err(e);
+    }
+    if w.data.len() > MAX_DATA_LEN {
+        return Err(Hj212Error::LengthTooLarge {
+            declared: w.data.len(),
+        });
+    }
+    Ok(w.finish())
+}
+
+/// Builds a data segment; when checking, remembers the first reason it would not decode back.
+struct Writer {
+    data: String,
+    check: bool,
+    error: Option<Hj212Error>,
+}
+
+/// A CP key that reads back as itself: not empty, no separators, no spaces at its ends.
+fn key_ok(s: &str) -> bool {
+    !s.is_empty() && !s.contains([';', ',', '=', '&']) && !s.starts_with(' ') && !s.ends_with(' ')
+}
+
+/// A value that reads back as itself outside a `//text//`: no separators, no spaces at its
+/// ends, and not starting with `//` (that would make it text).
+fn plain_ok(s: &str) -> bool {
+    (s.is_empty() || key_ok(s)) && !s.starts_with("//")
+}
+
+fn text_ok(s: &str) -> bool {
+    s.len() >= 4 && s.starts_with("//") && s[2..].find("//") == Some(s.len() - 4)
+}
+
+/// Joins CP pairs: `,` between sub-items of the same factor (`w01018-Rtd`, `w01018-Flag`),
+/// `;` between items.
+fn same_item(a: &str, b: &str) -> bool {
+    match (a.split_once('-'), b.split_once('-')) {
+        (Some((fa, _)), Some((fb, _))) => fa == fb,
+        _ => false,
+    }
+}
+
+impl Writer {
+    fn new(check: bool) -> Writer {
+        Writer {
+            data: String::with_capacity(128),
+            check,
+            error: None,
+        }
+    }
+
+    /// Frame offset of the next byte written.
+    fn at(&self) -> usize {
+        6 + self.data.len()
+    }
+
+    fn fail(&mut self, e: Hj212Error) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    fn field(&mut self, name: &str, value: &str) {
+        if self.check && !plain_ok(value) {
+            let at = self.at();
+            self.fail(Hj212Error::BadField {
+                at,
+                field: alloc::format!("{name}={value}"),
+                reason: "';', ',', '=', '&', a leading or trailing space, or a leading // in the value",
+            });
+        }
+        let _ = write!(self.data, "{name}={value};");
+    }
+
+    fn packet(&mut self, p: &Packet) {
+        let text = [
+            ("QN", &p.qn),
+            ("ST", &p.st),
+            ("CN", &p.cn),
+            ("PW", &p.pw),
+            ("MN", &p.mn),
+        ];
+        for (name, value) in text {
+            if let Some(v) = value {
+                self.field(name, v);
+            }
+        }
+        if let Some(f) = p.flag {
+            if self.check && f & flag::SPLIT != 0 && (p.pnum.is_none() || p.pno.is_none()) {
+                let at = self.at();
+                self.fail(bad_field(
+                    at,
+                    "Flag",
+                    "Flag says split (bit D) but PNUM and PNO are missing",
+                ));
+            }
+            let _ = write!(self.data, "Flag={f};");
+        }
+        if self.check {
+            let at = self.at();
+            match (p.pnum, p.pno) {
+                (Some(_), None) => self.fail(bad_field(at, "PNUM", "PNUM without PNO")),
+                (None, Some(_)) => self.fail(bad_field(at, "PNO", "PNO without PNUM")),
+                (Some(num), Some(no)) if no == 0 || no > num => {
+                    self.fail(bad_field(at, "PNO", "PNO is not between 1 and PNUM"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(n) = p.pnum {
+            let _ = write!(self.data, "PNUM={n};");
+        }
+        if let Some(n) = p.pno {
+            let _ = write!(self.data, "PNO={n};");
+        }
+        self.data.push_str("CP=&&");
+        let mut prev: Option<&str> = None;
+        for (key, value) in &p.cp {
+            if let Some(prev) = prev {
+                self.data.push(if same_item(prev, key) { ',' } else { ';' });
+            }
+            prev = Some(key.as_str());
+            if self.check {
+                let at = self.at();
+                if !key_ok(key) {
+                    self.fail(Hj212Error::BadCp {
+                        at,
+                        detail: "empty key, or ';', ',', '=', '&' or a leading or trailing space in a key",
+                    });
+                }
+                let ok = if value.starts_with("//") {
+                    text_ok(value)
+                } else {
+                    plain_ok(value)
+                };
+                if !ok {
+                    self.fail(Hj212Error::BadCp {
+                        at: at + key.len() + 1,
+                        detail: "value with ';', ',', '=', '&' or spaces at its ends, or a //text// with // inside",
+                    });
+                }
+            }
+            self.data.push_str(key);
+            self.data.push('=');
+            self.data.push_str(value);
+        }
+        self.data.push_str("&&");
+    }
+
+    fn finish(self) -> Vec<u8> {
+        let mut out = String::with_capacity(self.data.len() + OVERHEAD);
+        let _ = write!(
+            out,
+            "##{:04}{}{:04X}\r\n",
+            self.data.len(),
+            self.data,
+            crc16(self.data.as_bytes())
+        );
+        out.into_bytes()
+    }
+}
+
+impl Packet {
+    /// The version Flag declares; 2005 when there is no Flag (2005 devices omit it).
+    pub fn version(&self) -> Version {
+        Version::from_bits(self.flag.unwrap_or(0) >> 2)
+    }
+
+    /// Flag bit A: the sender wants an answer.
+    pub fn needs_ack(&self) -> bool {
+        self.flag.is_some_and(|f| f & flag::ACK != 0)
+    }
+
+    /// Flag bit D: this is one part of a split packet (PNUM, PNO).
+    pub fn is_split(&self) -> bool {
+        self.flag.is_some_and(|f| f & flag::SPLIT != 0)
+    }
+
+    /// The first CP value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.cp
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// CP `DataTime` (`YYYYMMDDhhmmss`, China Standard Time, UTC+8) as milliseconds since the
+    /// Unix epoch (UTC); `None` without a DataTime. For minute, hourly and daily data it is the
+    /// start of the period; for real-time data the sampling instant.
+    pub fn data_time(&self) -> Option<Result<u64, Hj212Error>> {
+        self.get("DataTime").map(parse_cst)
+    }
+
+    /// The measured values: one per CP key `<factor>-<suffix>` with a suffix of
+    /// [`VALUE_SUFFIXES`], in CP order, with the factor's data flag as quality.
+    ///
+    /// The flag is the nearest `<factor>-Flag` after the value, else the nearest before it;
+    /// when the factor has none, a bare `Flag` key (some devices write one) is used the same
+    /// way. 2005 flags (`P`, `0`–`3`) become [`Quality::Other`]. Values are parsed exactly;
+    /// a value that is not a plain decimal ([`Hj212Error::BadValue`]) or a flag that is not
+    /// one character ([`Hj212Error::BadFlag`]) fails the whole packet, naming the key.
+    pub fn readings(&self) -> Result<Vec<Reading>, Hj212Error> {
+        let mut out = Vec::new();
+        for (i, (key, value)) in self.cp.iter().enumerate() {
+            let Some((factor, suffix)) = key.split_once('-') else {
+                continue;
+            };
+            if factor.is_empty() || !VALUE_SUFFIXES.contains(&suffix) {
+                continue;
+            }
+            let parsed = Decimal::from_str(value).map_err(|_| Hj212Error::BadValue {
+                key: key.clone(),
+                value: value.clone(),
+            })?;
+            let own = |k: &str| {
+                k.strip_prefix(factor)
+                    .and_then(|r| r.strip_prefix('-'))
+                    .is_some_and(|s| s == "Flag")
+            };
+            let flag = match self
+                .nearest(i, own)
+                .or_else(|| self.nearest(i, |k| k == "Flag"))
+            {
+                None => None,
+                Some((k, v)) => match v.as_bytes() {
+                    [c] if c.is_ascii_graphic() => Some(Quality::from_flag(*c)),
+                    _ => {
+                        return Err(Hj212Error::BadFlag {
+                            key: k.clone(),
+                            value: v.clone(),
+                        });
+                    }
+                },
+            };
+            out.push(Reading {
+                factor: factor.to_owned(),
+                suffix: suffix.to_owned(),
+                value: parsed,
+                flag,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The nearest CP pair after index `i` whose key matches, else the nearest before it.
+    fn nearest(&self, i: usize, want: impl Fn(&str) -> bool) -> Option<&(String, String)> {
+        self.cp[i + 1..]
+            .iter()
+            .find(|(k, _)| want(k))
+            .or_else(|| self.cp[..i].iter().rev().find(|(k, _)| want(k)))
+    }
+
+    /// An answer to this packet with command `cn` and CP `cp`, by the standard's rules: ST=91,
+    /// the same PW and MN, Flag with the request's version bits and neither A nor D (Flag=4 for
+    /// 2017, 8 for 2025), and the request's QN. A 2005 request (no Flag, or version bits 0) is
+    /// answered the 2005 way: its QN, if it has one, is the first CP pair instead of a header
+    /// field, and Flag is written only if the request had one (as 0).
+    fn answer(&self, cn: &str, cp: Vec<(String, String)>) -> Packet {
+        let v2005 = self.version() == Version::V2005;
+        let mut all = Vec::with_capacity(cp.len() + 1);
+        if v2005 {
+            if let Some(qn) = &self.qn {
+                all.push(("QN".to_owned(), qn.clone()));
+            }
+        }
+        all.extend(cp);
+        Packet {
+            qn: if v2005 { None } else { self.qn.clone() },
+            st: Some(st::INTERACTION.to_owned()),
+            cn: Some(cn.to_owned()),
+            pw: self.pw.clone(),
+            mn: self.mn.clone(),
+            flag: self.flag.map(|f| f & !(flag::ACK | flag::SPLIT)),
+            pnum: None,
+            pno: None,
+            cp: all,
+        }
+    }
+
+    /// The data acknowledgement (9014, 数据应答) the standard requires when an upload's Flag
+    /// asks for an answer: `QN=<same>;ST=91;CN=9014;PW=<same>;MN=<same>;Flag=4;CP=&&&&` for
+    /// 2017 (see [`Packet::request_answer`] for the version rules). Each part of a split packet
+    /// is answered on its own, with its own QN.
+    pub fn data_ack(&self) -> Packet {
+        self.answer(cn::DATA_ACK, Vec::new())
+    }
+
+    /// The request answer (9011, 请求应答) a field unit sends for a host request:
+    /// `QN=<same>;ST=91;CN=9011;PW=<same>;MN=<same>;Flag=4;CP=&&QnRtn=1&&` for 2017. Answers
+    /// are built the same way for every version: ST=91, the same PW and MN, Flag with the
+    /// request's version bits and neither A nor D (4 for 2017, 8 for 2025), the request's QN.
+    /// A 2005 request (no Flag, or version bits 0) gets its QN as the first CP pair
+    /// (`CP=&&QN=…;QnRtn=1&&`) and a Flag only if it had one (then 0).
+    pub fn request_answer(&self, rtn: QnRtn) -> Packet {
+        self.answer(
+            cn::REQUEST_ANSWER,
+            alloc::vec![("QnRtn".to_owned(), alloc::format!("{}", rtn.code()))],
+        )
+    }
+
+    /// The execution result (9012, 执行结果): `…;CN=9012;…;CP=&&ExeRtn=1&&`, built like
+    /// [`Packet::request_answer`].
+    pub fn execution_result(&self, rtn: ExeRtn) -> Packet {
+        self.answer(
+            cn::EXECUTION_RESULT,
+            alloc::vec![("ExeRtn".to_owned(), alloc::format!("{}", rtn.code()))],
+        )
+    }
+
+    /// The notification answer (9013, 通知应答), with an empty CP, built like
+    /// [`Packet::request_answer`].
+    pub fn notification_answer(&self) -> Packet {
+        self.answer(cn::NOTIFICATION_ANSWER, Vec::new())
+    }
+}
+
+/// China Standard Time is UTC+8 all year.
+const CST_OFFSET_S: i64 = 8 * 3600;
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to the civil date `y-m-d` (proleptic Gregorian), counting in 400-year
+/// eras of 146097 days with years starting in March, so the leap day is the last day of a year.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let month_from_march = (m + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + d - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The civil date of `days` after 1970-01-01: the inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let d = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let m = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let y = year_of_era + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Parses `YYYYMMDDhhmmss` in China Standard Time (UTC+8) into milliseconds since the Unix
+/// epoch (UTC). Refuses anything but 14 digits, impossible dates and times (no leap seconds),
+/// and times before the epoch.
+pub fn parse_cst(s: &str) -> Result<u64, Hj212Error> {
+    let bad = || Hj212Error::BadDataTime {
+        value: s.to_owned(),
+    };
+    let b = s.as_bytes();
+    if b.len() != 14 || !b.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let num = |r: core::ops::Range<usize>| {
+        b[r].iter()
+            .fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0'))
+    };
+    let (y, mo, d) = (num(0..4), num(4..6), num(6..8));
+    let (h, mi, sec) = (num(8..10), num(10..12), num(12..14));
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59
+    {
+        return Err(bad());
+    }
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - CST_OFFSET_S;
+    u64::try_from(secs).map(|t| t * 1000).map_err(|_| bad())
+}
+
+/// Formats milliseconds since the Unix epoch as China Standard Time: `YYYYMMDDhhmmss`, or the
+/// QN form `YYYYMMDDhhmmsszzz` with `millis`. Years after 9999 take more digits.
+pub fn format_cst(unix_ms: u64, millis: bool) -> String {
+    let secs = (unix_ms / 1000) as i64 + CST_OFFSET_S;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let mut s = String::with_capacity(17);
+    let _ = write!(
+        s,
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+    if millis {
+        let _ = write!(s, "{:03}", unix_ms % 1000);
+    }
+    s
+}
+
+/// HJ/T 212-2005 factor codes with the 2017 code that replaced them (HJ 212-2017 Appendix B,
+/// column 原编码).
+const CODES_2005: &[(&str, &str)] = &[
+    ("B01", "w00000"),
+    ("001", "w01001"),
+    ("002", "w01002"),
+    ("003", "w01012"),
+    ("010", "w01017"),
+    ("011", "w01018"),
+    ("015", "w01020"),
+    ("020", "w20111"),
+    ("022", "w20115"),
+    ("023", "w20116"),
+    ("024", "w20117"),
+    ("026", "w20119"),
+    ("027", "w20120"),
+    ("065", "w21001"),
+    ("060", "w21003"),
+    ("101", "w21011"),
+    ("070", "w21016"),
+    ("080", "w22001"),
+    ("110", "w23002"),
+    ("B02", "a00000"),
+    ("S02", "a01011"),
+    ("S03", "a01012"),
+    ("S08", "a01013"),
+    ("S05", "a01014"),
+    ("S06", "a01015"),
+    ("S07", "a01016"),
+    ("S04", "a01017"),
+    ("30", "a05001"),
+    ("S01", "a19001"),
+    ("10", "a21001"),
+    ("03", "a21002"),
+    ("04", "a21005"),
+    ("08", "a21024"),
+    ("02", "a21026"),
+    ("05", "a21028"),
+    ("01", "a34013"),
+];
+
+/// 2017 factor codes that are registered cuntong metrics.
+const REGISTERED: &[(&str, Metric)] = &[
+    ("w00000", Metric::W00000),
+    ("w01001", Metric::W01001),
+    ("w01009", Metric::W01009),
+    ("w01010", Metric::W01010),
+    ("w01012", Metric::W01012),
+    ("w01014", Metric::W01014),
+    ("w01018", Metric::W01018),
+    ("w01019", Metric::W01019),
+    ("w21001", Metric::W21001),
+    ("w21003", Metric::W21003),
+    ("w21011", Metric::W21011),
+    ("a00000", Metric::A00000),
+    ("a01011", Metric::A01011),
+    ("a01012", Metric::A01012),
+    ("a19001", Metric::A19001),
+    ("a21002", Metric::A21002),
+    ("a21005", Metric::A21005),
+    ("a21026", Metric::A21026),
+    ("a34002", Metric::A34002),
+    ("a34004", Metric::A34004),
+    ("a34013", Metric::A34013),
+];
+
+/// The HJ 212-2017 code of an HJ/T 212-2005 factor code (`"011"` → `"w01018"`), if the 2017
+/// standard lists one.
+pub fn code_2017(factor_2005: &str) -> Option<&'static str> {
+    CODES_2005
+        .iter()
+        .find(|(old, _)| *old == factor_2005)
+        .map(|(_, new)| *new)
+}
+
+/// Maps a factor code (2017 "w01018", or 2005 "011"/"060"/"001"/"B01"...) to a registered cuntong metric when there is one; else Metric::Code(the 2017 code if the 2005 code is known, else the code as is).
+///
+/// The code is not checked as a metric name: a device's odd code (too long, other characters)
+/// comes back as it is, and [`Metric::from_name`] tells whether it can travel.
+pub fn metric_for(factor: &str) -> Metric {
+    let code = code_2017(factor).unwrap_or(factor);
+    REGISTERED
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or_else(|| Metric::Code(code.to_owned()), |(_, m)| m.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::string::ToString;
+    use alloc::vec;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &[u8] = b"##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;Flag=5;CP=&&RtdInterval=30&&1C80\r\n";
+
+    /// Builds a frame around `data` with its correct length and CRC.
+    fn frame(data: &str) -> Vec<u8> {
+        format!(
+            "##{:04}{data}{:04X}\r\n",
+            data.len(),
+            crc16(data.as_bytes())
+        )
+        .into_bytes()
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_owned())
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// The CRC written the way Appendix A describes it, bit by bit.
+    fn crc16_bitwise(data: &[u8]) -> u16 {
+        let mut reg: u16 = 0xFFFF;
+        for &b in data {
+            reg = (reg >> 8) ^ u16::from(b);
+            for _ in 0..8 {
+                let lsb = reg & 1;
+                reg >>= 1;
+                if lsb == 1 {
+                    reg ^= 0xA001;
+                }
+            }
+        }
+        reg
+    }
+
+    #[test]
+    fn hj212_crc_matches_the_standard() {
+        assert_eq!(crc16(&EXAMPLE[6..107]), 0x1C80);
+        assert_eq!(crc16(b"123456789"), 0x2F80);
+        assert_eq!(crc16(b""), 0xFFFF);
+        assert_eq!(CRC_TABLE[1], 0xC0C1);
+        assert_eq!(CRC_TABLE[255], 0x4040);
+        // The low byte of every CRC is one of eight values.
+        for t in CRC_TABLE {
+            assert!([0x00, 0x01, 0x40, 0x41, 0x80, 0x81, 0xC0, 0xC1].contains(&(t & 0xFF)));
+        }
+    }
+
+    #[test]
+    fn hj212_standard_example_decodes_and_reencodes_byte_for_byte() {
+        let p = decode(EXAMPLE).unwrap();
+        assert_eq!(
+            p,
+            Packet {
+                qn: s("20160801085857223"),
+                st: s("32"),
+                cn: s("1062"),
+                pw: s("100000"),
+                mn: s("010000A8900016F000169DC0"),
+                flag: Some(5),
+                pnum: None,
+                pno: None,
+                cp: pairs(&[("RtdInterval", "30")]),
+            }
+        );
+        assert_eq!(p.version(), Version::V2017);
+        assert!(p.needs_ack());
+        assert!(!p.is_split());
+        assert_eq!(encode(&p), EXAMPLE);
+        assert_eq!(try_encode(&p).unwrap(), EXAMPLE);
+        assert_eq!(next_frame(EXAMPLE), Framing::Frame(EXAMPLE.len()));
+    }
+
+    #[test]
+    fn hj212_lowercase_crc_is_accepted() {
+        let lower = String::from_utf8(EXAMPLE.to_vec())
+            .unwrap()
+            .replace("1C80", "1c80");
+        assert_eq!(decode(lower.as_bytes()), decode(EXAMPLE));
+        assert_eq!(encode(&decode(lower.as_bytes()).unwrap()), EXAMPLE);
+    }
+
+    #[test]
+    fn hj212_realtime_upload_2017() {
+        let data = "QN=20160801085857223;ST=32;CN=2011;PW=123456;MN=010000A8900016F000169DC0;Flag=5;\
+            CP=&&DataTime=20160801085857;w01018-Rtd=235.292750833832,w01018-Flag=N;\
+            w21003-Rtd=1.80,w21003-Flag=T;w00000-Rtd=-0.052,w00000-Flag=D;a99054-Rtd=7&&";
+        let f = frame(data);
+        assert_eq!(next_frame(&f), Framing::Frame(f.len()));
+        let p = decode(&f).unwrap();
+        assert_eq!(encode(&p), f, "the standard's separators are reproduced");
+        assert_eq!(p.cn.as_deref(), Some(cn::REALTIME));
+        assert!(cn::is_data_upload(p.cn.as_deref().unwrap()));
+        // 2016-08-01 08:58:57 in Beijing is 00:58:57 UTC.
+        assert_eq!(p.data_time(), Some(Ok(1_470_013_137_000)));
+        let r = p.readings().unwrap();
+        let got: Vec<_> = r
+            .iter()
+            .map(|r| {
+                (
+                    r.factor.as_str(),
+                    r.suffix.as_str(),
+                    r.value.to_string(),
+                    r.flag,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "w01018",
+                    "Rtd",
+                    "235.292750833832".to_string(),
+                    Some(Quality::Normal)
+                ),
+                (
+                    "w21003",
+                    "Rtd",
+                    "1.80".to_string(),
+                    Some(Quality::OverLimit)
+                ),
+                ("w00000", "Rtd", "-0.052".to_string(), Some(Quality::Fault)),
+                ("a99054", "Rtd", "7".to_string(), None),
+            ]
+        );
+        assert_eq!(metric_for("w01018"), Metric::W01018);
+        assert_eq!(metric_for("a99054"), Metric::Code("a99054".into()));
+    }
+
+    #[test]
+    fn hj212_minute_data_with_statistics() {
+        let data = "QN=20160801085857223;ST=32;CN=2051;PW=123456;MN=010000A8900016F000169DC0;Flag=4;\
+            CP=&&DataTime=20160801084000;w00000-Cou=10.5,w00000-Min=16.4,w00000-Avg=17.5,\
+            w00000-Max=20.1,w00000-Flag=N;w01001-Min=7.1,w01001-Avg=7.2,w01001-Max=7.3,\
+            w01001-ZsAvg=7.25,w01001-EFlag=A01,w01001-Flag=M&&";
+        let f = frame(data);
+        let p = decode(&f).unwrap();
+        assert_eq!(encode(&p), f);
+        assert!(!p.needs_ack());
+        let r = p.readings().unwrap();
+        assert_eq!(r.len(), 8);
+        assert_eq!(r[0].suffix, "Cou");
+        assert_eq!(r[0].value, Decimal::new(105, 1).unwrap());
+        assert_eq!(r[7].suffix, "ZsAvg");
+        assert_eq!(r[7].flag, Some(Quality::Maintenance));
+    }
+
+    #[test]
+    fn hj212_split_packet() {
+        let data = "QN=20160801085857534;ST=32;CN=2011;PW=123456;MN=010000A8900016F000169DC0;Flag=7;\
+            PNUM=2;PNO=1;CP=&&DataTime=20160801085857;w01018-Rtd=12.5,w01018-Flag=N&&";
+        let f = frame(data);
+        let p = decode(&f).unwrap();
+        assert!(p.is_split() && p.needs_ack());
+        assert_eq!((p.pnum, p.pno), (Some(2), Some(1)));
+        assert_eq!(encode(&p), f);
+        let ack = p.data_ack();
+        assert_eq!(ack.qn.as_deref(), Some("20160801085857534"));
+        assert_eq!((ack.flag, ack.pnum, ack.pno), (Some(4), None, None));
+    }
+
+    #[test]
+    fn hj212_2005_frame_without_qn_and_flag() {
+        let data = "ST=32;CN=2011;PW=123456;MN=LD130133000015;CP=&&DataTime=20160801085857;\
+            011-Rtd=42.1,011-Flag=N;060-Rtd=1.85,060-Flag=P;001-Rtd=7.20;B01-Rtd=12.50;\
+            831-Rtd=3&&";
+        let f = frame(data);
+        let p = decode(&f).unwrap();
+        assert_eq!((p.qn.as_deref(), p.flag), (None, None));
+        assert_eq!(p.version(), Version::V2005);
+        assert!(!p.needs_ack() && !p.is_split());
+        assert_eq!(encode(&p), f);
+        let metrics: Vec<_> = p
+            .readings()
+            .unwrap()
+            .iter()
+            .map(|r| (metric_for(&r.factor), r.flag))
+            .collect();
+        assert_eq!(
+            metrics,
+            vec![
+                (Metric::W01018, Some(Quality::Normal)),
+                (Metric::W21003, Some(Quality::Other(b'P'))),
+                (Metric::W01001, None),
+                (Metric::W00000, None),
+                (Metric::Code("831".into()), None),
+            ]
+        );
+        assert_eq!(metric_for("S03"), Metric::A01012);
+        assert_eq!(metric_for("110"), Metric::Code("w23002".into()));
+        assert_eq!(code_2017("02"), Some("a21026"));
+        assert_eq!(code_2017("w01018"), None);
+    }
+
+    #[test]
+    fn hj212_2025_frame() {
+        let data = "QN=20260105120000001;ST=31;CN=2011;PW=123456;MN=010000A8900016F000169DC0;Flag=9;\
+            CP=&&DataTime=20260105120000;a34004-Rtd=35,a34004-Flag=N&&";
+        let p = decode(&frame(data)).unwrap();
+        assert_eq!(p.version(), Version::V2025);
+        assert!(p.needs_ack());
+        assert_eq!(p.data_ack().flag, Some(8));
+        assert_eq!(metric_for("a34004"), Metric::A34004);
+        let p = Packet {
+            flag: Some(0b1111_0100),
+            ..p
+        };
+        assert_eq!(p.version(), Version::Unknown(61));
+        assert_eq!(Version::V2025.to_string(), "HJ 212-2025");
+    }
+
+    #[test]
+    fn hj212_data_ack_format() {
+        let p = decode(EXAMPLE).unwrap();
+        let ack = encode(&p.data_ack());
+        let want = frame(
+            "QN=20160801085857223;ST=91;CN=9014;PW=100000;MN=010000A8900016F000169DC0;Flag=4;CP=&&&&",
+        );
+        assert_eq!(ack, want);
+        assert!(!decode(&ack).unwrap().needs_ack());
+        assert_eq!(
+            encode(&p.request_answer(QnRtn::Ready)),
+            frame(
+                "QN=20160801085857223;ST=91;CN=9011;PW=100000;MN=010000A8900016F000169DC0;Flag=4;CP=&&QnRtn=1&&"
+            )
+        );
+        assert_eq!(
+            encode(&p.execution_result(ExeRtn::NoData)),
+            frame(
+                "QN=20160801085857223;ST=91;CN=9012;PW=100000;MN=010000A8900016F000169DC0;Flag=4;CP=&&ExeRtn=100&&"
+            )
+        );
+        assert_eq!(p.notification_answer().cn.as_deref(), Some("9013"));
+        // 2005: the request's QN goes into CP; Flag only if the request had one.
+        let old = decode(&frame(
+            "QN=20040516010101001;ST=32;CN=1072;PW=123456;MN=88888880000001;Flag=1;CP=&&NewPW=654321&&",
+        ))
+        .unwrap();
+        assert_eq!(
+            encode(&old.request_answer(QnRtn::BadPassword)),
+            frame(
+                "ST=91;CN=9011;PW=123456;MN=88888880000001;Flag=0;CP=&&QN=20040516010101001;QnRtn=3&&"
+            )
+        );
+        let no_flag = Packet { flag: None, ..old };
+        assert_eq!(
+            encode(&no_flag.data_ack()),
+            frame("ST=91;CN=9014;PW=123456;MN=88888880000001;CP=&&QN=20040516010101001&&")
+        );
+    }
+
+    #[test]
+    fn hj212_lenient_fields() {
+        // Comma in the header, spaces in CP, empty items, a text value with separators inside,
+        // fields out of order, leading zeros, duplicate keys, unknown ST/CN.
+        let data = "ST=101,QN=1470013137223;CN=3020;PW=123456;MN=A110000_0001;Flag=04;;\
+            CP=&& PolId=w01018 ;i11001-Info = //清洗管路;a=b&c// ,VaseNo=1 ;;e01001-Rtd=1.1;e01001-Rtd=2.2; &&";
+        let p = decode(&frame(data)).unwrap();
+        assert_eq!(p.st.as_deref(), Some("101"));
+        assert_eq!(p.qn.as_deref(), Some("1470013137223"));
+        assert_eq!(p.flag, Some(4));
+        assert_eq!(
+            p.cp,
+            pairs(&[
+                ("PolId", "w01018"),
+                ("i11001-Info", "//清洗管路;a=b&c//"),
+                ("VaseNo", "1"),
+                ("e01001-Rtd", "1.1"),
+                ("e01001-Rtd", "2.2"),
+            ])
+        );
+        let again = encode(&p);
+        assert_eq!(decode(&again).unwrap(), p);
+        assert_eq!(try_encode(&p).unwrap(), again);
+        assert_eq!(p.readings().unwrap().len(), 2);
+        // An empty CP, with a space in it.
+        let p = decode(&frame("ST=32;CN=2011;CP=&& &&")).unwrap();
+        assert!(p.cp.is_empty());
+        // Length counts bytes: 清 is three (19 characters, 21 bytes).
+        let f = frame("CP=&&i-Info=//清//&&");
+        assert_eq!(&f[2..6], b"0021");
+        assert!(decode(&f).is_ok());
+    }
+
+    #[test]
+    fn hj212_flags_nearest_and_bare() {
+        let p = Packet {
+            cp: pairs(&[
+                ("a-Rtd", "1"),
+                ("a-Flag", "N"),
+                ("a-Rtd", "2"),
+                ("a-Flag", "D"),
+                ("b-Rtd", "3"),
+                ("Flag", "M"),
+                ("c-Avg", "4"),
+            ]),
+            ..Packet::default()
+        };
+        let flags: Vec<_> = p.readings().unwrap().iter().map(|r| r.flag).collect();
+        assert_eq!(
+            flags,
+            vec![
+                Some(Quality::Normal),
+                Some(Quality::Fault),
+                Some(Quality::Maintenance),
+                Some(Quality::Maintenance),
+            ]
+        );
+    }
+
+    #[test]
+    fn hj212_values_are_exact_or_refused() {
+        let with = |v: &str| Packet {
+            cp: pairs(&[("w01018-Rtd", v)]),
+            ..Packet::default()
+        };
+        let r = with("0.000000000000000001").readings().unwrap();
+        assert_eq!(r[0].value, Decimal::new(1, 18).unwrap());
+        for bad in [
+            "1e3",
+            "1.0000000000000000001",
+            "99999999999999999999",
+            "",
+            "-",
+            "N/A",
+        ] {
+            assert_eq!(
+                with(bad).readings(),
+                Err(Hj212Error::BadValue {
+                    key: "w01018-Rtd".into(),
+                    value: bad.into()
+                }),
+                "{bad}"
+            );
+        }
+        let p = Packet {
+            cp: pairs(&[("w01018-Rtd", "1"), ("w01018-Flag", "NN")]),
+            ..Packet::default()
+        };
+        let e = p.readings().unwrap_err();
+        assert_eq!(
+            e,
+            Hj212Error::BadFlag {
+                key: "w01018-Flag".into(),
+                value: "NN".into()
+            }
+        );
+        assert!(e.to_string().contains("w01018-Flag"));
+        // Keys that are not values are not readings.
+        let p = Packet {
+            cp: pairs(&[
+                ("DataTime", "x"),
+                ("w01018-EFlag", "A01"),
+                ("w01018-SampleTime", "x"),
+                ("-Rtd", "1"),
+                ("L10-Da", "54.0"),
+            ]),
+            ..Packet::default()
+        };
+        assert_eq!(p.readings(), Ok(vec![]));
+    }
+
+    #[test]
+    fn hj212_data_time() {
+        let at = |t: &str| Packet {
+            cp: pairs(&[("DataTime", t)]),
+            ..Packet::default()
+        };
+        assert_eq!(at("19700101080000").data_time(), Some(Ok(0)));
+        assert_eq!(
+            at("20240229235959").data_time(),
+            Some(Ok(1_709_222_399_000))
+        );
+        assert_eq!(
+            at("21000301000000").data_time(),
+            Some(Ok(4_107_513_600_000))
+        );
+        for bad in [
+            "19700101075959",
+            "20230229000000",
+            "21000229000000",
+            "20241301000000",
+            "20240100000000",
+            "20240101240000",
+            "20240101006000",
+            "20240101000060",
+            "2024010100000",
+            "202401010000001",
+            "2024010100000a",
+            "+2024010100000",
+        ] {
+            assert_eq!(
+                at(bad).data_time(),
+                Some(Err(Hj212Error::BadDataTime { value: bad.into() })),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            at("20000229120000").data_time().map(|r| r.is_ok()),
+            Some(true)
+        );
+        assert_eq!(Packet::default().data_time(), None);
+        assert_eq!(format_cst(1_470_013_137_223, true), "20160801085857223");
+        assert_eq!(format_cst(0, false), "19700101080000");
+    }
+
+    #[test]
+    fn hj212_every_error_names_its_offset() {
+        use Hj212Error::*;
+        let ex = || EXAMPLE.to_vec();
+        let with = |i: usize, b: u8| {
+            let mut f = ex();
+            f[i] = b;
+            f
+        };
+        let cases: Vec<(Vec<u8>, Hj212Error)> = vec![
+            (b"##00".to_vec(), Truncated { len: 4 }),
+            (b"".to_vec(), Truncated { len: 0 }),
+            (with(0, b'$'), BadHeader { at: 0 }),
+            (with(1, b'$'), BadHeader { at: 1 }),
+            (with(4, b'x'), BadLength { at: 4, found: b'x' }),
+            (
+                frame("CP=&&&&").iter().copied().take(10).collect(),
+                Truncated { len: 10 },
+            ),
+            (with(2, b'2'), LengthTooLarge { declared: 2101 }),
+            (
+                with(5, b'2'),
+                LengthMismatch {
+                    declared: 102,
+                    actual: 101,
+                },
+            ),
+            (with(111, b'\n'), BadTrailer { at: 111 }),
+            (with(112, b'\r'), BadTrailer { at: 112 }),
+            (
+                with(109, b'G'),
+                BadCrcDigit {
+                    at: 109,
+                    found: b'G',
+                },
+            ),
+            (
+                with(110, b'1'),
+                BadCrc {
+                    at: 107,
+                    expected: 0x1C80,
+                    found: 0x1C81,
+                },
+            ),
+            (
+                {
+                    // An invalid UTF-8 pair, with a correct CRC.
+                    let data = [b"CP=&&a=".as_slice(), &[0xC3, 0x28], b"&&"].concat();
+                    [
+                        b"##0011".as_slice(),
+                        &data,
+                        format!("{:04X}\r\n", crc16(&data)).as_bytes(),
+                    ]
+                    .concat()
+                },
+                BadText { at: 13 },
+            ),
+            (
+                frame("ST=32;XX=1;CP=&&&&"),
+                BadField {
+                    at: 12,
+                    field: "XX=1".into(),
+                    reason: "unknown header field",
+                },
+            ),
+            (
+                frame("ST=32;ST=33;CP=&&&&"),
+                BadField {
+                    at: 12,
+                    field: "ST=33".into(),
+                    reason: "repeated field",
+                },
+            ),
+            (
+                frame("ST=32;Flag=256;CP=&&&&"),
+                BadField {
+                    at: 12,
+                    field: "Flag=256".into(),
+                    reason: "Flag is not a number 0-255",
+                },
+            ),
+            (
+                frame("ST;CP=&&&&"),
+                BadField {
+                    at: 6,
+                    field: "ST".into(),
+                    reason: "no '=' in the field",
+                },
+            ),
+            (
+                frame("PW=a=b;CP=&&&&"),
+                BadField {
+                    at: 6,
+                    field: "PW=a=b".into(),
+                    reason: "'=' or '&' in the value, or a value starting with //",
+                },
+            ),
+            (
+                frame("QN=//x;CP=&&&&"),
+                BadField {
+                    at: 6,
+                    field: "QN=//x".into(),
+                    reason: "'=' or '&' in the value, or a value starting with //",
+                },
+            ),
+            (
+                frame("Flag=5CP=&&&&"),
+                BadField {
+                    at: 12,
+                    field: "CP".into(),
+                    reason: "no ';' before CP",
+                },
+            ),
+            (
+                frame("Flag=6;CP=&&&&"),
+                BadField {
+                    at: 6,
+                    field: "Flag".into(),
+                    reason: "Flag says split (bit D) but PNUM and PNO are missing",
+                },
+            ),
+            (
+                frame("Flag=6;PNUM=2;CP=&&&&"),
+                BadField {
+                    at: 13,
+                    field: "PNUM".into(),
+                    reason: "PNUM without PNO",
+                },
+            ),
+            (
+                frame("PNO=1;CP=&&&&"),
+                BadField {
+                    at: 6,
+                    field: "PNO".into(),
+                    reason: "PNO without PNUM",
+                },
+            ),
+            (
+                frame("PNUM=2;PNO=3;CP=&&&&"),
+                BadField {
+                    at: 13,
+                    field: "PNO".into(),
+                    reason: "PNO is not between 1 and PNUM",
+                },
+            ),
+            (
+                frame("PNUM=70000;PNO=3;CP=&&&&"),
+                BadField {
+                    at: 6,
+                    field: "PNUM=70000".into(),
+                    reason: "not a number 0-65535",
+                },
+            ),
+            (
+                frame("ST=32;CN=2011"),
+                BadCp {
+                    at: 19,
+                    detail: "no CP=&& in the data segment",
+                },
+            ),
+            (
+                frame("ST=32;CP=&&a=1&"),
+                BadCp {
+                    at: 12,
+                    detail: "CP does not end with && at the end of the data segment",
+                },
+            ),
+            (
+                frame("CP=&&&"),
+                BadCp {
+                    at: 6,
+                    detail: "CP does not end with && at the end of the data segment",
+                },
+            ),
+            (
+                frame("CP=&&a=1;b&&"),
+                BadCp {
+                    at: 15,
+                    detail: "no '=' after the key",
+                },
+            ),
+            (
+                frame("CP=&&a=1;=2&&"),
+                BadCp {
+                    at: 15,
+                    detail: "empty key",
+                },
+            ),
+            (
+                frame("CP=&&a&b=1&&"),
+                BadCp {
+                    at: 12,
+                    detail: "'&' in a key",
+                },
+            ),
+            (
+                frame("CP=&&a=1=2&&"),
+                BadCp {
+                    at: 14,
+                    detail: "'=' or '&' in a value",
+                },
+            ),
+            (
+                frame("CP=&&a=//x;y&&"),
+                BadCp {
+                    at: 13,
+                    detail: "text value without its closing //",
+                },
+            ),
+            (
+                frame("CP=&&a=//x//y&&"),
+                BadCp {
+                    at: 18,
+                    detail: "text value not followed by ';' or ','",
+                },
+            ),
+        ];
+        for (f, want) in cases {
+            let got = decode(&f);
+            assert_eq!(
+                got.as_ref(),
+                Err(&want),
+                "{:?}",
+                String::from_utf8_lossy(&f)
+            );
+            // Every message says where.
+            let msg = want.to_string();
+            assert!(msg.contains("byte") || msg.contains("frame of"), "{msg}");
+        }
+        // Errors that only values can have.
+        let msg = BadDataTime { value: "x".into() }.to_string();
+        assert!(msg.contains("\"x\""));
+        assert!(
+            BadValue {
+                key: "k".into(),
+                value: "1e3".into()
+            }
+            .to_string()
+            .contains("1e3")
+        );
+    }
+
+    #[test]
+    fn hj212_try_encode_refuses_what_would_not_read_back() {
+        let ok = decode(EXAMPLE).unwrap();
+        let refused = [
+            Packet {
+                pw: s("a;b"),
+                ..ok.clone()
+            },
+            Packet {
+                mn: s(" x"),
+                ..ok.clone()
+            },
+            Packet {
+                flag: Some(7),
+                ..ok.clone()
+            },
+            Packet {
+                pnum: Some(1),
+                ..ok.clone()
+            },
+            Packet {
+                pnum: Some(1),
+                pno: Some(2),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("", "1")]),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("a", "1,2")]),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("a", "//x//y//")]),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("a", "//x")]),
+                ..ok.clone()
+            },
+            Packet {
+                cp: vec![("k".into(), "1".repeat(1100))],
+                ..ok.clone()
+            },
+        ];
+        for p in refused {
+            assert!(try_encode(&p).is_err(), "{p:?}");
+        }
+        let e = try_encode(&Packet {
+            pw: s("a;b"),
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            Hj212Error::BadField {
+                at: 41,
+                field: "PW=a;b".into(),
+                reason: "';', ',', '=', '&', a leading or trailing space, or a leading // in the value",
+            }
+        );
+    }
+
+    #[test]
+    fn hj212_every_single_byte_change_of_the_example_is_caught() {
+        let good = decode(EXAMPLE).unwrap();
+        for i in 0..EXAMPLE.len() {
+            for b in 0..=255u8 {
+                if b == EXAMPLE[i] {
+                    continue;
+                }
+                let mut f = EXAMPLE.to_vec();
+                f[i] = b;
+                let case_flip = (107..111).contains(&i) && b.eq_ignore_ascii_case(&EXAMPLE[i]);
+                match decode(&f) {
+                    Ok(p) => assert!(case_flip && p == good, "byte {i} = {b:#04x} not caught"),
+                    Err(_) => assert!(!case_flip),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hj212_framing_basics() {
+        assert_eq!(next_frame(b""), Framing::NeedMore);
+        assert_eq!(next_frame(b"#"), Framing::NeedMore);
+        assert_eq!(next_frame(b"##"), Framing::NeedMore);
+        assert_eq!(next_frame(b"##010"), Framing::NeedMore);
+        assert_eq!(next_frame(&EXAMPLE[..50]), Framing::NeedMore);
+        assert_eq!(next_frame(b"xy"), Framing::Skip(2));
+        assert_eq!(next_frame(b"xy#"), Framing::Skip(2));
+        assert_eq!(next_frame(b"xy##01"), Framing::Skip(2));
+        assert_eq!(next_frame(b"##x"), Framing::Skip(3));
+        assert_eq!(next_frame(b"###0101"), Framing::Skip(1));
+        assert_eq!(next_frame(b"##01a1##0"), Framing::Skip(6));
+        assert_eq!(next_frame(b"##1025"), Framing::Skip(6));
+        assert_eq!(next_frame(b"##81QN=1"), Framing::Skip(8));
+        // A stale length: no CR LF where it should be.
+        let mut stale = b"##0005CP=&&&&FFFF\r\n".to_vec();
+        stale.extend_from_slice(EXAMPLE);
+        assert_eq!(next_frame(&stale), Framing::Skip(19));
+        assert_eq!(next_frame(&stale[19..]), Framing::Frame(EXAMPLE.len()));
+        // A frame with a bad CRC is still a frame: decode says what is wrong.
+        let mut bad = EXAMPLE.to_vec();
+        bad[20] = b'X';
+        assert_eq!(next_frame(&bad), Framing::Frame(bad.len()));
+        assert!(matches!(decode(&bad), Err(Hj212Error::BadCrc { .. })));
+    }
+
+    /// Runs a receiver over `stream` delivered in chunks of `chunk` bytes; returns the frames.
+    fn receive(stream: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut frames = Vec::new();
+        for piece in stream.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match next_frame(&buf) {
+                    Framing::NeedMore => break,
+                    Framing::Skip(n) => {
+                        assert!(n >= 1 && n <= buf.len());
+                        buf.drain(..n);
+                    }
+                    Framing::Frame(n) => {
+                        assert!(n <= buf.len());
+                        frames.push(buf.drain(..n).collect());
+                    }
+                }
+            }
+        }
+        frames
+    }
+
+    fn header_value() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of("([0-9A-Za-z_#][0-9A-Za-z_#/]{0,23})?")
+    }
+
+    fn cp_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "-?[0-9]{1,6}(\\.[0-9]{1,6})?",
+            "[NFMSDCTBP]",
+            "([A-Za-z0-9.:_#-]([A-Za-z0-9 ./:_#-]{0,8}[A-Za-z0-9./:_#-])?)?",
+            "//[^/]{0,10}//",
+        ]
+    }
+
+    prop_compose! {
+        fn packet()(
+            qn in header_value(), st in header_value(), cn in header_value(),
+            pw in header_value(), mn in header_value(),
+            flag in proptest::option::of(any::<u8>()),
+            split in proptest::option::of((1u16..=9999).prop_flat_map(|n| (Just(n), 1..=n))),
+            cp in proptest::collection::vec(
+                ("[A-Za-z][A-Za-z0-9]{0,7}(-[A-Za-z]{1,6})?", cp_value()), 0..12),
+        ) -> Packet {
+            let flag = if split.is_none() { flag.map(|f| f & !flag::SPLIT) } else { flag };
+            Packet {
+                qn, st, cn, pw, mn, flag,
+                pnum: split.map(|s| s.0),
+                pno: split.map(|s| s.1),
+                cp,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn hj212_encode_decode_round_trips(p in packet()) {
+            let f = encode(&p);
+            prop_assert_eq!(try_encode(&p), Ok(f.clone()));
+            prop_assert_eq!(next_frame(&f), Framing::Frame(f.len()));
+            prop_assert_eq!(decode(&f), Ok(p.clone()));
+            let ack = encode(&p.data_ack());
+            prop_assert_eq!(decode(&ack), Ok(p.data_ack()));
+            let _ = p.readings();
+        }
+
+        #[test]
+        fn hj212_checked_packets_round_trip(
+            qn in proptest::option::of("[a-z;,=& /]{0,6}"),
+            mn in proptest::option::of("[a-z;,=& /]{0,6}"),
+            flag in proptest::option::of(any::<u8>()),
+            pnum in proptest::option::of(any::<u16>()),
+            pno in proptest::option::of(any::<u16>()),
+            cp in proptest::collection::vec(("[a-z;,=& /-]{0,6}", "[a-z;,=& /]{0,8}"), 0..6),
+        ) {
+            let p = Packet { qn, mn, flag, pnum, pno, cp, ..Packet::default() };
+            if let Ok(f) = try_encode(&p) {
+                prop_assert_eq!(decode(&f), Ok(p.clone()));
+                let ack = p.data_ack();
+                prop_assert_eq!(decode(&encode(&ack)), Ok(ack));
+            }
+        }
+
+        #[test]
+        fn hj212_any_single_byte_change_is_caught(p in packet(), mask in 1u8..=255) {
+            let f = encode(&p);
+            let crc = f.len() - 6..f.len() - 2;
+            for i in 0..f.len() {
+                let mut g = f.clone();
+                g[i] ^= mask;
+                let case_flip = crc.contains(&i) && g[i].eq_ignore_ascii_case(&f[i]);
+                match decode(&g) {
+                    Ok(q) => prop_assert!(case_flip && q == p, "byte {} ^ {:#04x} not caught", i, mask),
+                    Err(_) => prop_assert!(!case_flip),
+                }
+                let _ = next_frame(&g);
+            }
+        }
+
+        #[test]
+        fn hj212_next_frame_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..1200)) {
+            check_framing(&buf)?;
+        }
+
+        #[test]
+        fn hj212_next_frame_never_panics_on_near_frames(
+            buf in proptest::collection::vec(proptest::sample::select(b"##0123\r\nCP=&".to_vec()), 0..64)
+        ) {
+            check_framing(&buf)?;
+            let _ = decode(&buf);
+        }
+
+        #[test]
+        fn hj212_stream_yields_exactly_the_frames(
+            parts in proptest::collection::vec(
+                (packet(),
+                 proptest::collection::vec(any::<u8>().prop_filter("no #", |b| *b != b'#'), 0..40),
+                 any::<bool>()),
+                1..5),
+            chunk in 1usize..200,
+        ) {
+            let mut stream = Vec::new();
+            let mut want = Vec::new();
+            for (p, garbage, hash) in &parts {
+                stream.extend_from_slice(garbage);
+                if *hash {
+                    stream.push(b'#');
+                }
+                let f = encode(p);
+                stream.extend_from_slice(&f);
+                want.push(f);
+            }
+            prop_assert_eq!(&receive(&stream, stream.len()), &want);
+            prop_assert_eq!(&receive(&stream, chunk), &want);
+            for (f, (p, _, _)) in want.iter().zip(&parts) {
+                prop_assert_eq!(&decode(f), &Ok(p.clone()));
+            }
+        }
+
+        #[test]
+        fn hj212_whatever_decodes_reencodes_to_the_same_packet(
+            p in packet(),
+            edits in proptest::collection::vec((any::<usize>(), any::<bool>(), proptest::sample::select(vec![
+                "QN=", "ST=", "Flag=", "PNUM=", "PNO=", "CP=&&", "&&", ";", ",", "=", " ", "  ",
+                "//", "/", "&", "0", "7", "a", "-Flag", "w01018-Rtd=", "Flag=N", "\u{6e05}", "DataTime=",
+            ])), 0..6),
+        ) {
+            // Mutate a valid data segment, then frame it with the right length and CRC, so
+            // that the field parser (not the CRC) decides.
+            let f = encode(&p);
+            let mut data = String::from_utf8(f[6..f.len() - 6].to_vec()).unwrap();
+            for (at, replace, token) in edits {
+                let mut at = at % (data.len() + 1);
+                while !data.is_char_boundary(at) {
+                    at -= 1;
+                }
+                if replace && at < data.len() {
+                    let mut end = at + 1;
+                    while !data.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    data.replace_range(at..end, token);
+                } else {
+                    data.insert_str(at, token);
+                }
+            }
+            if data.len() <= MAX_DATA_LEN {
+                let f = frame(&data);
+                prop_assert_eq!(next_frame(&f), Framing::Frame(f.len()));
+                if let Ok(q) = decode(&f) {
+                    let again = encode(&q);
+                    prop_assert!(again.len() <= f.len());
+                    prop_assert_eq!(try_encode(&q), Ok(again.clone()));
+                    prop_assert_eq!(decode(&again), Ok(q.clone()));
+                    let ack = q.data_ack();
+                    prop_assert_eq!(decode(&encode(&ack)), Ok(ack));
+                    let _ = q.readings();
+                    let _ = q.data_time();
+                }
+            }
+        }
+
+        #[test]
+        fn hj212_time_formats_round_trip(ms in 0u64..253_402_271_999_000) {
+            let t = format_cst(ms, false);
+            prop_assert_eq!(parse_cst(&t), Ok(ms / 1000 * 1000));
+            prop_assert_eq!(format_cst(ms, true).len(), 17);
+        }
+    }
+
+    fn check_framing(buf: &[u8]) -> Result<(), TestCaseError> {
+        match next_frame(buf) {
+            Framing::NeedMore => {}
+            Framing::Skip(n) => prop_assert!(n >= 1 && n <= buf.len()),
+            Framing::Frame(n) => {
+                prop_assert!((OVERHEAD..=MAX_FRAME_LEN).contains(&n) && n <= buf.len());
+                prop_assert_eq!(&buf[n - 2..n], b"\r\n");
+                let _ = decode(&buf[..n]);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn hj212_crc_table_equals_the_bitwise_algorithm() {
+        let data: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+        for i in 0..data.len() {
+            assert_eq!(crc16(&data[..i]), crc16_bitwise(&data[..i]));
+        }
+        assert_eq!(crc16_bitwise(&EXAMPLE[6..107]), 0x1C80);
+    }
+}
