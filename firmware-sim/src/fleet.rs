@@ -121,7 +121,8 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
     cfg.delivery = opts.delivery;
     cfg.outbox.budget_bytes = opts.outbox_budget;
     cfg.hj212 = opts.hj212_listen.map(|listen| Hj212Config {
-        listen,
+        listen: Some(listen),
+        serial: None,
         loggers: Vec::new(),
     });
     cfg

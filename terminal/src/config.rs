@@ -37,6 +37,8 @@
 //!
 //! [hj212]                   # pollution-source data loggers (HJ 212) connect here
 //! listen = "0.0.0.0:6000"
+//! # serial = "/dev/ttyS1"   # and/or a logger wired to a serial port
+//! # baud = 9600
 //!
 //! [[hj212.logger]]          # expected loggers; without any, every MN is accepted
 //! mn = "010000A8900016F000169DC0"
@@ -55,7 +57,7 @@ use cuntong_core::terminal_id::TerminalId;
 use serde::Deserialize;
 
 use crate::broker_url::BrokerUrl;
-use crate::hj212::{Hj212Config, LoggerConfig};
+use crate::hj212::{Hj212Config, LoggerConfig, SerialConfig};
 use crate::outbox::{OutboxConfig, SyncPolicy};
 
 /// Why a configuration was refused.
@@ -325,12 +327,24 @@ impl TerminalConfig {
         }
         cfg.delivery.resend_after_ms = resend.as_millis() as u64;
         if let Some(h) = raw.hj212 {
-            let listen = h.listen.parse().map_err(|e| {
-                invalid(
-                    "hj212.listen",
-                    format!("{:?} is not host:port ({e})", h.listen),
-                )
-            })?;
+            let listen = h
+                .listen
+                .map(|l| {
+                    l.parse().map_err(|e| {
+                        invalid("hj212.listen", format!("{l:?} is not host:port ({e})"))
+                    })
+                })
+                .transpose()?;
+            let serial = h.serial.map(|path| SerialConfig {
+                path,
+                baud: h.baud.unwrap_or(9600),
+            });
+            if listen.is_none() && serial.is_none() {
+                return Err(invalid(
+                    "hj212",
+                    "needs listen = \"host:port\", serial = \"/dev/ttyS1\", or both".into(),
+                ));
+            }
             let mut loggers = Vec::new();
             for (i, l) in h.logger.into_iter().enumerate() {
                 let key = |f: &str| format!("hj212.logger[{i}].{f}");
@@ -357,7 +371,11 @@ impl TerminalConfig {
                     factors,
                 });
             }
-            cfg.hj212 = Some(Hj212Config { listen, loggers });
+            cfg.hj212 = Some(Hj212Config {
+                listen,
+                serial,
+                loggers,
+            });
         }
         Ok(cfg)
     }
@@ -416,7 +434,9 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHj212 {
-    listen: String,
+    listen: Option<String>,
+    serial: Option<String>,
+    baud: Option<u32>,
     #[serde(default)]
     logger: Vec<RawLogger>,
 }
@@ -511,7 +531,8 @@ mod tests {
         assert_eq!(cfg.delivery.order, ReplayOrder::OldestFirst);
         assert_eq!(cfg.delivery.resend_after_ms, 30_000);
         let hj = cfg.hj212.unwrap();
-        assert_eq!(hj.listen.port(), 6000);
+        assert_eq!(hj.listen.map(|l| l.port()), Some(6000));
+        assert_eq!(hj.serial, None);
         assert_eq!(hj.loggers[0].password.as_deref(), Some("100000"));
         assert_eq!(hj.loggers[0].factors["011"], Metric::W01018);
     }

@@ -159,7 +159,7 @@ pub async fn run(
         tokio::spawn(async move {
             let listen = hj.listen;
             if let Err(e) = hj212::serve(hj, hj_tx, stats, stop).await {
-                tracing::error!(%listen, error = %e, "HJ 212 listener failed");
+                tracing::error!(?listen, error = %e, "HJ 212 listener failed");
             }
         });
     } else {

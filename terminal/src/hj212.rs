@@ -1,6 +1,7 @@
-//! The HJ 212 bridge: a TCP listener that pollution-source data loggers (数采仪) connect to.
+//! The HJ 212 bridge: a TCP listener that pollution-source data loggers (数采仪) connect to,
+//! and/or a serial port (RS-232/485) a logger is wired to.
 //!
-//! Each connection is read as a byte stream and cut into frames by the core codec
+//! Each connection (or the serial line) is read as a byte stream and cut into frames by the core codec
 //! ([`cuntong_core::hj212::next_frame`]). Data uploads (real-time 2011, minute 2051, hourly
 //! 2061, daily 2031) become samples with the logger's DataTime as their time and the factor's
 //! flag as their quality; split packets are reassembled first. When a frame's Flag asks for it,
@@ -18,7 +19,7 @@ use cuntong_core::decimal::Decimal;
 use cuntong_core::hj212::{self, Framing, Packet};
 use cuntong_core::telemetry::{Metric, Quality};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,10 +37,20 @@ pub struct LoggerConfig {
     pub factors: BTreeMap<String, Metric>,
 }
 
-/// The listener's configuration.
+/// A logger on a serial line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerialConfig {
+    /// Device path, e.g. `/dev/ttyS1` or `/dev/ttyUSB0`.
+    pub path: String,
+    /// Baud rate (8 data bits, no parity, 1 stop bit, as loggers use).
+    pub baud: u32,
+}
+
+/// The bridge's configuration: a TCP listener, a serial line, or both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hj212Config {
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
+    pub serial: Option<SerialConfig>,
     /// Expected loggers; empty accepts every MN.
     pub loggers: Vec<LoggerConfig>,
 }
@@ -106,16 +117,24 @@ fn is_upload(p: &Packet) -> bool {
     )
 }
 
-/// Serves loggers until `stop` fires.
+/// Serves loggers (TCP and/or serial) until `stop` fires.
 pub async fn serve(
     cfg: Hj212Config,
     out: mpsc::Sender<Vec<HjSample>>,
     stats: Arc<Hj212Stats>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(cfg.listen).await?;
-    tracing::info!(listen = %cfg.listen, "HJ 212 listener up");
     let cfg = Arc::new(cfg);
+    if let Some(serial) = cfg.serial.clone() {
+        let (cfg, out, stats, stop) = (cfg.clone(), out.clone(), stats.clone(), stop.clone());
+        tokio::spawn(async move { serve_serial(&serial, &cfg, &out, &stats, &stop).await });
+    }
+    let Some(listen) = cfg.listen else {
+        stop.cancelled().await;
+        return Ok(());
+    };
+    let listener = TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "HJ 212 listener up");
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -130,9 +149,10 @@ pub async fn serve(
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let (cfg, out, stats, stop) = (cfg.clone(), out.clone(), stats.clone(), stop.clone());
         tokio::spawn(async move {
+            let name = peer.to_string();
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = connection(stream, peer, &cfg, &out, &stats) => {
+                r = connection(stream, &name, &cfg, &out, &stats) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "HJ 212 connection ended");
                     }
@@ -205,9 +225,51 @@ impl Splits {
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+/// Reads a logger on a serial line, reopening the port (every 5 s) when it fails or vanishes
+/// (a USB adapter unplugged), until `stop` fires.
+async fn serve_serial(
+    serial: &SerialConfig,
+    cfg: &Hj212Config,
+    out: &mpsc::Sender<Vec<HjSample>>,
+    stats: &Hj212Stats,
+    stop: &CancellationToken,
+) {
+    use tokio_serial::SerialPortBuilderExt;
+    let peer = format!("serial:{}", serial.path);
+    let mut reported = false;
+    loop {
+        match tokio_serial::new(&serial.path, serial.baud).open_native_async() {
+            Ok(port) => {
+                reported = false;
+                stats.connections.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(port = %serial.path, baud = serial.baud, "HJ 212 serial line open");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = connection(port, &peer, cfg, out, stats) => {
+                        if let Err(e) = r {
+                            tracing::warn!(port = %serial.path, error = %e, "HJ 212 serial line failed");
+                        }
+                    }
+                }
+            }
+            Err(e) if !reported => {
+                tracing::warn!(port = %serial.path, error = %e, "cannot open the HJ 212 serial port; retrying");
+                reported = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Reads frames from one logger's byte stream (a TCP connection or a serial line), answering
+/// it on the same stream.
+async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: &str,
     cfg: &Hj212Config,
     out: &mpsc::Sender<Vec<HjSample>>,
     stats: &Hj212Stats,
@@ -313,4 +375,119 @@ fn expected<'a>(cfg: &'a Hj212Config, p: &Packet) -> Result<Option<&'a LoggerCon
         }
     }
     Ok(Some(l))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(flag: u8) -> Packet {
+        Packet {
+            qn: Some("20260101120000000".into()),
+            st: Some("32".into()),
+            cn: Some(hj212::cn::REALTIME.into()),
+            pw: Some("123456".into()),
+            mn: Some("010000A8900016F000169DC0".into()),
+            flag: Some(flag),
+            pnum: None,
+            pno: None,
+            cp: vec![
+                ("DataTime".into(), "20260101120000".into()),
+                ("w01018-Rtd".into(), "12.50".into()),
+                ("w01018-Flag".into(), "T".into()),
+                ("w21003-Rtd".into(), "0.8".into()),
+            ],
+        }
+    }
+
+    /// A real pseudo-terminal pair stands for the RS-232 line.
+    #[tokio::test]
+    async fn a_logger_on_a_serial_line_is_read_and_answered() {
+        let (mut logger, port) = tokio_serial::SerialStream::pair().unwrap();
+        let cfg = Hj212Config {
+            listen: None,
+            serial: None,
+            loggers: Vec::new(),
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        let stats = Hj212Stats::default();
+        let test = async {
+            // Noise on the line first, then a frame that asks for an answer.
+            logger.write_all(b"\x00\xff##00x1junk").await.unwrap();
+            logger.write_all(&hj212::encode(&upload(5))).await.unwrap();
+            let samples = rx.recv().await.unwrap();
+            let mut answer = vec![0u8; 256];
+            let n = logger.read(&mut answer).await.unwrap();
+            (samples, answer[..n].to_vec())
+        };
+        let (samples, answer) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::select! {
+                r = test => r,
+                _ = connection(port, "serial:test", &cfg, &tx, &stats) => panic!("line closed"),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(samples.len(), 2);
+        let cod = &samples[0];
+        assert_eq!(cod.metric, Metric::W01018);
+        assert_eq!(cod.value.to_string(), "12.50");
+        assert_eq!(cod.quality, Some(Quality::OverLimit));
+        // 2026-01-01 12:00:00 in Beijing is 04:00:00 UTC.
+        assert_eq!(cod.time_ms, 1_767_240_000_000);
+        let ack = hj212::decode(&answer).unwrap();
+        assert_eq!(ack.cn.as_deref(), Some(hj212::cn::DATA_ACK));
+        assert_eq!(ack.qn, upload(5).qn);
+        assert!(
+            stats.bad_frames.load(Ordering::Relaxed) >= 1,
+            "the noise was counted"
+        );
+    }
+
+    #[test]
+    fn split_parts_reassemble_in_order_and_out_of_order_parts_are_refused() {
+        let part = |pno: u16, key: &str| {
+            let mut p = upload(7);
+            p.pnum = Some(2);
+            p.pno = Some(pno);
+            p.cp = vec![
+                ("DataTime".into(), "20260101120000".into()),
+                (key.into(), "1".into()),
+            ];
+            p
+        };
+        let mut splits = Splits::default();
+        let (one, two) = (part(1, "w01018-Rtd"), part(2, "w21003-Rtd"));
+        assert_eq!(splits.add(one.clone()), Ok(None));
+        let whole = splits.add(two.clone()).unwrap().unwrap();
+        let keys: Vec<&str> = whole.cp.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["DataTime", "w01018-Rtd", "w21003-Rtd"]);
+        assert!(splits.add(two).is_err(), "part 2 without part 1");
+        assert_eq!(splits.add(one), Ok(None));
+    }
+
+    #[test]
+    fn unexpected_loggers_and_wrong_passwords_are_refused() {
+        let cfg = Hj212Config {
+            listen: None,
+            serial: None,
+            loggers: vec![LoggerConfig {
+                mn: "010000A8900016F000169DC0".into(),
+                password: Some("654321".into()),
+                factors: BTreeMap::new(),
+            }],
+        };
+        let p = upload(4);
+        assert!(expected(&cfg, &p).unwrap_err().contains("wrong password"));
+        let mut other = p.clone();
+        other.mn = Some("X1".into());
+        assert!(
+            expected(&cfg, &other)
+                .unwrap_err()
+                .contains("not configured")
+        );
+        other.pw = Some("654321".into());
+        other.mn = p.mn.clone();
+        assert!(expected(&cfg, &other).unwrap().is_some());
+    }
 }
