@@ -40,6 +40,8 @@ pub struct CentralOptions {
     pub client_id: String,
     /// How often confirmations go out (coalesced per terminal).
     pub ack_interval: Duration,
+    /// Mutual TLS (central's bundle), for an `mqtts://` broker.
+    pub tls: Option<cuntong_terminal::tls::TlsFiles>,
 }
 
 impl CentralOptions {
@@ -49,6 +51,7 @@ impl CentralOptions {
             db,
             client_id: client_id.into(),
             ack_interval: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -62,6 +65,8 @@ pub enum CentralError {
     Thread(std::io::Error),
     #[error("the store thread crashed")]
     Crashed,
+    #[error(transparent)]
+    Tls(#[from] cuntong_terminal::tls::TlsError),
 }
 
 /// Counters of what central has done, shared with whoever wants to show them.
@@ -146,6 +151,11 @@ pub async fn run(
         .collect();
     link_opts.incoming_capacity = 1024;
     link_opts.keep_alive = Duration::from_secs(15);
+    link_opts.tls = opts
+        .tls
+        .as_ref()
+        .map(cuntong_terminal::tls::client_config)
+        .transpose()?;
     let (link, mut incoming) = Link::start(link_opts);
 
     let (records_tx, records_rx) = mpsc::channel::<Record>(GROUP * 2);

@@ -2,12 +2,14 @@
 //! store and the fleet views. The `cuntong` binary is a thin layer over these.
 //!
 //! - [`broker`]: the embedded MQTT broker.
+//! - [`ca`]: the fleet CA, provisioning bundles and broker ACLs.
 //! - [`central`]: the collector service.
 //! - [`hj212`]: HJ 212 frame tools for technicians.
 //! - [`store`]: the history store (SQLite).
 //! - [`view`]: fleet tables and their `--json` form.
 
 pub mod broker;
+pub mod ca;
 pub mod central;
 pub mod hj212;
 pub mod store;

@@ -44,6 +44,48 @@ enum Command {
         broker: String,
         #[arg(long, env = "CUNTONG_DB")]
         db: Option<PathBuf>,
+        /// Central's provisioning bundle (ca.pem, cert.pem, key.pem), for an mqtts:// broker.
+        #[arg(long)]
+        tls: Option<PathBuf>,
+    },
+    /// The fleet CA: `ca init`, `ca issue-server`.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// Issue a terminal's (or `central`'s) key, certificate and config as one bundle.
+    Provision {
+        /// Terminal id, or `central`.
+        id: String,
+        #[arg(long)]
+        ca: PathBuf,
+        /// The broker the terminal will use (mqtts://host:port).
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// A human label written into the config (site name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Issue again an id that was already provisioned.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the broker's ACL and configuration from the CA's inventory.
+    Acl {
+        #[arg(long)]
+        ca: PathBuf,
+        /// Only `mosquitto` for now.
+        #[arg(long, default_value = "mosquitto")]
+        format: String,
+        /// The TLS port the broker listens on.
+        #[arg(long, default_value_t = 8883)]
+        listen: u16,
+        /// The directory `ca issue-server` wrote.
+        #[arg(long)]
+        server: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// One row per terminal: level, online, last seen, latest metrics.
     Sites {
@@ -93,6 +135,24 @@ enum Command {
         /// The store (default: a new database in a temporary directory).
         #[arg(long)]
         db: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Create a fleet CA (key, self-signed certificate, inventory) in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue the broker's server certificate for a host name or IP address.
+    IssueServer {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -199,12 +259,19 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             shutdown_signal().await;
             Ok(())
         }
-        Command::Central { broker, db } => {
-            let opts = CentralOptions::new(
+        Command::Central { broker, db, tls } => {
+            let mut opts = CentralOptions::new(
                 parse("--broker", &broker)?,
                 db.unwrap_or_else(default_db),
                 format!("central-{}", std::process::id()),
             );
+            opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
+            if opts.broker.tls != opts.tls.is_some() {
+                return Err(Usage(format!(
+                    "--broker {broker:?} and --tls go together (mqtts:// needs --tls DIR)"
+                ))
+                .into());
+            }
             eprintln!("central: {} -> {}", opts.broker, opts.db.display());
             let stats = Arc::new(CentralStats::default());
             let stop = CancellationToken::new();
@@ -258,6 +325,61 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Hj212 { action } => hj212_tool(action),
+        Command::Ca { action } => match action {
+            CaAction::Init { dir } => {
+                cuntong::ca::init(&dir).map_err(fail)?;
+                println!("fleet CA created in {}", dir.display());
+                Ok(())
+            }
+            CaAction::IssueServer { ca, name, out } => {
+                cuntong::ca::issue_server(&ca, &name, &out).map_err(fail)?;
+                println!("server certificate for {name} in {}", out.display());
+                Ok(())
+            }
+        },
+        Command::Provision {
+            id,
+            ca,
+            broker,
+            out,
+            name,
+            force,
+        } => {
+            let url: BrokerUrl = parse("--broker", &broker)?;
+            if !url.tls {
+                return Err(Usage(format!(
+                    "--broker {broker:?}: provisioned terminals use mqtts://"
+                ))
+                .into());
+            }
+            if id != cuntong::ca::CENTRAL {
+                let _: TerminalId = parse("id", &id)?;
+            }
+            cuntong::ca::provision(&ca, &id, &url.to_string(), &out, name.as_deref(), force)
+                .map_err(fail)?;
+            println!("bundle for {id} in {}", out.display());
+            Ok(())
+        }
+        Command::Acl {
+            ca,
+            format,
+            listen,
+            server,
+            out,
+        } => {
+            if format != "mosquitto" {
+                return Err(
+                    Usage(format!("--format {format:?}: only mosquitto is supported")).into(),
+                );
+            }
+            cuntong::ca::write_mosquitto(&ca, listen, &server, &out).map_err(fail)?;
+            println!(
+                "{}/acl and {}/mosquitto.conf written",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Demo {
             listen,
             sites,

@@ -152,14 +152,22 @@ pub struct Fleet {
 impl Fleet {
     /// Starts `ids` as simulated terminals on the current runtime.
     pub fn start(ids: Vec<TerminalId>, opts: &SimOptions) -> Fleet {
+        let configs = ids.iter().map(|id| sim_config(*id, opts)).collect();
+        Fleet::start_configs(configs, opts.interval)
+    }
+
+    /// Starts terminals with the given configurations (e.g. provisioned ones) on simulated
+    /// hardware sampled every `interval`.
+    pub fn start_configs(configs: Vec<TerminalConfig>, interval: Duration) -> Fleet {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let mut controls = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let cfg = sim_config(*id, opts);
-            let (hardware, control) = sim_hardware(i as u64 + 1, opts.interval);
+        let mut controls = Vec::with_capacity(configs.len());
+        let mut ids = Vec::with_capacity(configs.len());
+        for (i, cfg) in configs.into_iter().enumerate() {
+            let (hardware, control) = sim_hardware(i as u64 + 1, interval);
             controls.push(control);
-            let (stop, id) = (stop.clone(), *id);
+            let (stop, id) = (stop.clone(), cfg.id);
+            ids.push(id);
             tasks.spawn(async move { (id, daemon::run(cfg, hardware, stop).await) });
         }
         Fleet {

@@ -54,11 +54,14 @@ enum Command {
     /// One terminal (the real terminal code) with simulated hardware.
     Terminal {
         /// Terminal id, e.g. 130102001001-main.
-        #[arg(long)]
-        id: String,
+        #[arg(long, required_unless_present = "config")]
+        id: Option<String>,
+        /// Run a provisioned terminal.toml instead (its id, broker, TLS and data dir).
+        #[arg(long, conflicts_with_all = ["id", "data_dir"])]
+        config: Option<PathBuf>,
         /// Where the terminal keeps its state (in <data-dir>/<id>).
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
         /// Accept HJ 212 data loggers on this address (host:port).
         #[arg(long)]
         hj212_listen: Option<String>,
@@ -249,6 +252,23 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Terminal {
+            config: Some(path),
+            common,
+            ..
+        } => {
+            let cfg = match cuntong_terminal::config::TerminalConfig::load(&path) {
+                Ok(c) => c,
+                Err(e) => return usage(e.to_string()),
+            };
+            let interval = match duration("--interval", &common.interval) {
+                Ok(d) => d,
+                Err(e) => return usage(e),
+            };
+            runtime.block_on(async move {
+                run_fleet_of(Fleet::start_configs(vec![cfg], interval)).await
+            })
+        }
         Command::Terminal { .. } | Command::Fleet { .. } => {
             let (ids, opts) = match terminals(cli.command) {
                 Ok(v) => v,
@@ -261,8 +281,12 @@ fn main() -> ExitCode {
 
 async fn run_fleet(ids: Vec<TerminalId>, opts: SimOptions) -> ExitCode {
     let n = ids.len();
-    let mut fleet = Fleet::start(ids, &opts);
+    let fleet = Fleet::start(ids, &opts);
     tracing::info!(terminals = n, broker = %opts.broker, "simulator running");
+    run_fleet_of(fleet).await
+}
+
+async fn run_fleet_of(mut fleet: Fleet) -> ExitCode {
     let failure = async {
         loop {
             if let Some(f) = fleet.try_failure() {
@@ -428,7 +452,11 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             data_dir,
             hj212_listen,
             common,
+            ..
         } => {
+            let (Some(id), Some(data_dir)) = (id, data_dir) else {
+                return Err("--id and --data-dir are needed without --config".to_owned());
+            };
             let id: TerminalId = id.parse().map_err(|e| format!("--id {id:?}: {e}"))?;
             // The terminal keeps its state in <data-dir>/<id>, the same layout as a fleet's.
             let mut opts = options(&common, data_dir)?;

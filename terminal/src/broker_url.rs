@@ -1,5 +1,5 @@
-//! Broker addresses as users write them: `mqtt://host[:port]`. (`mqtts://` is refused until
-//! the link speaks TLS, so a terminal never falls back to plain text unnoticed.)
+//! Broker addresses as users write them: `mqtt://host[:port]` or `mqtts://host[:port]` (TLS;
+//! the link then needs certificates and never falls back to plain text).
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,8 +28,6 @@ pub enum BrokerUrlError {
     Port { url: String, port: String },
     #[error("broker URL {0:?} must not have a path")]
     Path(String),
-    #[error("broker URL {0:?}: TLS (mqtts://) is not available in this build; use mqtt://")]
-    TlsUnavailable(String),
 }
 
 impl FromStr for BrokerUrl {
@@ -38,9 +36,8 @@ impl FromStr for BrokerUrl {
     fn from_str(s: &str) -> Result<BrokerUrl, BrokerUrlError> {
         let (tls, rest) = if let Some(r) = s.strip_prefix("mqtt://") {
             (false, r)
-        } else if s.starts_with("mqtts://") {
-            // Refused rather than silently connecting in plain text.
-            return Err(BrokerUrlError::TlsUnavailable(s.to_owned()));
+        } else if let Some(r) = s.strip_prefix("mqtts://") {
+            (true, r)
         } else {
             return Err(BrokerUrlError::Scheme(s.to_owned()));
         };
@@ -102,10 +99,8 @@ mod tests {
     fn parses_common_forms() {
         let u: BrokerUrl = "mqtt://127.0.0.1:1884".parse().unwrap();
         assert_eq!((u.host.as_str(), u.port, u.tls), ("127.0.0.1", 1884, false));
-        assert!(matches!(
-            "mqtts://broker.example".parse::<BrokerUrl>(),
-            Err(BrokerUrlError::TlsUnavailable(_))
-        ));
+        let u: BrokerUrl = "mqtts://broker.example".parse().unwrap();
+        assert_eq!((u.port, u.tls), (8883, true));
         let u: BrokerUrl = "mqtt://[::1]:1883".parse().unwrap();
         assert_eq!(u.host, "::1");
         assert_eq!(u.to_string(), "mqtt://[::1]:1883");

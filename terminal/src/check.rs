@@ -71,6 +71,18 @@ pub async fn run(cfg: &TerminalConfig, broker_timeout: Duration) -> Vec<CheckLin
 
     let mut opts = LinkOptions::new(format!("{}-check", cfg.id), cfg.broker.clone());
     opts.keep_alive = Duration::from_secs(5);
+    if let Some(files) = &cfg.tls {
+        match crate::tls::client_config(files) {
+            Ok(tls) => {
+                out.push(line(true, "certificates", files.cert.display().to_string()));
+                opts.tls = Some(tls);
+            }
+            Err(e) => {
+                out.push(line(false, "certificates", e.to_string()));
+                return out;
+            }
+        }
+    }
     let (link, _incoming) = Link::start(opts);
     let connected = link.wait_connected(broker_timeout).await;
     let status = link.status();

@@ -59,6 +59,7 @@ use serde::Deserialize;
 use crate::broker_url::BrokerUrl;
 use crate::hj212::{Hj212Config, LoggerConfig, SerialConfig};
 use crate::outbox::{OutboxConfig, SyncPolicy};
+use crate::tls::TlsFiles;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +102,8 @@ pub struct TerminalConfig {
     pub delivery: DeliveryConfig,
     /// The HJ 212 listener, if data loggers report to this terminal.
     pub hj212: Option<Hj212Config>,
+    /// Mutual TLS files (with an `mqtts://` broker).
+    pub tls: Option<TlsFiles>,
 }
 
 /// One sensor to poll.
@@ -144,6 +147,7 @@ impl TerminalConfig {
             outbox: OutboxConfig::default(),
             delivery: DeliveryConfig::default(),
             hj212: None,
+            tls: None,
         }
     }
 
@@ -326,6 +330,28 @@ impl TerminalConfig {
             ));
         }
         cfg.delivery.resend_after_ms = resend.as_millis() as u64;
+        // TLS file names are relative to the config file, so a bundle works wherever it lands.
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.tls = raw.tls.map(|t| TlsFiles {
+            ca: base.join(t.ca),
+            cert: base.join(t.cert),
+            key: base.join(t.key),
+        });
+        match (cfg.broker.tls, cfg.tls.is_some()) {
+            (true, false) => {
+                return Err(invalid(
+                    "tls",
+                    "an mqtts:// broker needs [tls] ca, cert and key".into(),
+                ));
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "broker",
+                    "[tls] is set, so the broker must be mqtts://".into(),
+                ));
+            }
+            _ => {}
+        }
         if let Some(h) = raw.hj212 {
             let listen = h
                 .listen
@@ -429,6 +455,15 @@ struct RawConfig {
     #[serde(default)]
     delivery: RawDelivery,
     hj212: Option<RawHj212>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]

@@ -49,6 +49,8 @@ pub enum RunError {
     Outbox(#[from] OutboxError),
     #[error("cannot encode a message: {0}")]
     Encode(#[from] cuntong_core::envelope::EncodeError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The presence record of this run; `online: false` is the last will.
@@ -67,6 +69,11 @@ pub fn link_options(cfg: &TerminalConfig, started_ms: u64) -> Result<LinkOptions
     let mut opts = LinkOptions::new(cfg.id.to_string(), cfg.broker.clone());
     opts.keep_alive = cfg.keep_alive;
     opts.queue_capacity = cfg.queue_capacity;
+    opts.tls = cfg
+        .tls
+        .as_ref()
+        .map(crate::tls::client_config)
+        .transpose()?;
     opts.last_will =
         Some(Message::new(presence_topic.clone(), presence(cfg, started_ms, false)?).retained());
     opts.on_connect =

@@ -15,6 +15,7 @@
 //! - [`outbox`]: the durable outbox (segment log with a CRC per record).
 //! - [`status`]: the local status socket.
 //! - [`check`]: the technician's on-site self-test.
+//! - [`tls`]: mutual TLS for the link.
 
 pub mod broker_url;
 pub mod check;
@@ -27,3 +28,4 @@ pub mod link;
 pub mod outbox;
 pub mod sensors;
 pub mod status;
+pub mod tls;

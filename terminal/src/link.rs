@@ -107,6 +107,8 @@ pub struct LinkOptions {
     pub backoff: Backoff,
     /// QoS 1 publishes in flight (sent, not yet acknowledged), at most.
     pub inflight: u16,
+    /// Mutual TLS; required when the broker URL is `mqtts://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl LinkOptions {
@@ -122,6 +124,7 @@ impl LinkOptions {
             incoming_capacity: 64,
             backoff: Backoff::default(),
             inflight: 32,
+            tls: None,
         }
     }
 }
@@ -194,6 +197,11 @@ impl Link {
         mqtt.set_inflight(opts.inflight.max(1));
         let max_packet = cuntong_core::envelope::MAX_PAYLOAD + 1024;
         mqtt.set_max_packet_size(max_packet, max_packet);
+        if let Some(tls) = &opts.tls {
+            mqtt.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
         if let Some(w) = &opts.last_will {
             mqtt.set_last_will(LastWill::new(&w.topic, w.payload.to_vec(), w.qos, w.retain));
         }

@@ -1,0 +1,74 @@
+//! Mutual TLS for the MQTT link: the fleet CA to verify the broker, and this client's
+//! certificate and key to prove who it is. rustls with exactly one crypto provider (ring),
+//! chosen explicitly, so start-up never depends on which providers happen to be linked.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Where a bundle's TLS files are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The fleet CA (`ca.pem`).
+    pub ca: PathBuf,
+    /// This client's certificate (`cert.pem`).
+    pub cert: PathBuf,
+    /// This client's private key (`key.pem`).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files of a provisioning bundle directory.
+    pub fn in_dir(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+}
+
+/// Why the TLS set-up failed. Key material is never printed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// The rustls client configuration for these files.
+pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&files.ca).map_err(|e| file_err(&files.ca, e))? {
+        let cert = cert.map_err(|e| file_err(&files.ca, e))?;
+        roots.add(cert).map_err(|e| file_err(&files.ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(&files.ca, "no certificate in the CA file"));
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| file_err(&files.cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(&files.cert, e))?;
+    if chain.is_empty() {
+        return Err(file_err(&files.cert, "no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|_| file_err(&files.key, "not a readable PEM private key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
