@@ -1,8 +1,10 @@
 //! The fleet CA: the keys and certificates of the broker, `central` and every terminal, the
 //! inventory of what was issued, and the broker's ACLs that follow from it.
 //!
-//! A CA directory holds `ca.pem`, `ca-key.pem` (mode 0600) and `inventory.json`. A terminal's
-//! bundle holds `ca.pem`, `cert.pem` (CN = terminal id), `key.pem` (0600) and `terminal.toml`;
+//! A CA directory holds `ca.pem`, `ca-key.pem` (mode 0600), the remote-command signing key
+//! `command-key.pk8` (Ed25519, 0600) with its public half `command.pub`, and `inventory.json`.
+//! A terminal's bundle holds `ca.pem`, `cert.pem` (CN = terminal id), `key.pem` (0600),
+//! `command.pub` and `terminal.toml`;
 //! it is everything a technician copies onto the box. Broker ACLs are generated from the
 //! inventory: each terminal may write only its own uplink topics and read only its own
 //! downlinks and its ancestors' broadcasts; `central` reads every site and writes the
@@ -103,6 +105,23 @@ pub fn init(dir: &Path) -> Result<(), CaError> {
         true,
     )?;
     write_file(&dir.join("ca.pem"), cert.pem().as_bytes(), false)?;
+    // The command key signs remote commands; terminals get its public half in their bundle.
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| CaError::Refused("cannot generate the command key".into()))?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| CaError::Refused("cannot read back the command key".into()))?;
+    write_file(&dir.join("command-key.pk8"), pkcs8.as_ref(), true)?;
+    let public: String = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    write_file(
+        &dir.join("command.pub"),
+        format!("{public}\n").as_bytes(),
+        false,
+    )?;
     save_inventory(dir, &Inventory::default())
 }
 
@@ -219,7 +238,14 @@ pub fn provision(
     write_file(&out.join("cert.pem"), cert.as_bytes(), false)?;
     write_file(&out.join("key.pem"), key.as_bytes(), true)?;
     let label = name.map(|n| format!("# {n}\n")).unwrap_or_default();
-    let tls = "[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
+    let mut tls = String::from("[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    let command_pub = ca_dir.join("command.pub");
+    if kind == "terminal" && command_pub.exists() {
+        std::fs::copy(&command_pub, out.join("command.pub")).map_err(io(&command_pub))?;
+        tls.push_str(
+            "\n[commands]\nkey = \"command.pub\"\n# reboot = [\"systemctl\", \"reboot\"]\n",
+        );
+    }
     if kind == "central" {
         let text = format!("{label}broker = \"{broker}\"\n\n{tls}");
         write_file(&out.join("central.toml"), text.as_bytes(), false)?;

@@ -4,6 +4,7 @@
 //! - [`broker`]: the embedded MQTT broker.
 //! - [`ca`]: the fleet CA, provisioning bundles and broker ACLs.
 //! - [`central`]: the collector service.
+//! - [`cmd`]: signed remote commands.
 //! - [`hj212`]: HJ 212 frame tools for technicians.
 //! - [`store`]: the history store (SQLite).
 //! - [`view`]: fleet tables and their `--json` form.
@@ -11,6 +12,7 @@
 pub mod broker;
 pub mod ca;
 pub mod central;
+pub mod cmd;
 pub mod hj212;
 pub mod store;
 pub mod view;

@@ -71,6 +71,36 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Send a signed command (ping, reboot, diag, logs, config-set KEY=VALUE) to a terminal or
+    /// to every terminal of a region, and print the answers.
+    Cmd {
+        /// `TERMINAL_ID COMMAND…`, or just `COMMAND…` with --region; COMMAND is ping, reboot,
+        /// diag, logs or config-set KEY=VALUE.
+        #[arg(required = true, num_args = 1..=3)]
+        words: Vec<String>,
+        /// Every terminal the store knows in this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// The CA directory with the command key.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
+        broker: String,
+        /// Central's bundle, for an mqtts:// broker.
+        #[arg(long)]
+        tls: Option<PathBuf>,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+        /// The command is void after this long (an offline terminal runs it on reconnect
+        /// until then).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+        /// How long to wait for answers.
+        #[arg(long, default_value = "10s")]
+        wait: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the broker's ACL and configuration from the CA's inventory.
     Acl {
         #[arg(long)]
@@ -325,6 +355,82 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Hj212 { action } => hj212_tool(action),
+        Command::Cmd {
+            words,
+            region,
+            ca,
+            broker,
+            tls,
+            db,
+            expires,
+            wait,
+            json,
+        } => {
+            let (terminal, command) = match (&region, words.split_first()) {
+                (None, Some((t, rest))) => (Some(t.clone()), rest.to_vec()),
+                _ => (None, words.clone()),
+            };
+            let action = cuntong::cmd::parse_action(&command).map_err(Usage)?;
+            let broker: BrokerUrl = parse("--broker", &broker)?;
+            let expires = duration("--expires", &expires)?;
+            let wait = duration("--wait", &wait)?;
+            let targets: Vec<TerminalId> = match (terminal, region) {
+                (Some(t), None) => vec![parse("terminal", &t)?],
+                (None, Some(r)) => {
+                    let region: Region = parse("--region", &r)?;
+                    let store =
+                        SqliteStore::open_existing(&db.unwrap_or_else(default_db)).map_err(fail)?;
+                    store
+                        .sites(Some(&region))
+                        .map_err(fail)?
+                        .iter()
+                        .filter_map(|s| s.terminal.parse().ok())
+                        .collect()
+                }
+                _ => return Err(Usage("give a terminal id or --region, not both".into()).into()),
+            };
+            if targets.is_empty() {
+                return Err(fail("no terminal in that region"));
+            }
+            let tls = match tls {
+                Some(dir) => Some(
+                    cuntong_terminal::tls::client_config(&cuntong_terminal::tls::TlsFiles::in_dir(
+                        &dir,
+                    ))
+                    .map_err(fail)?,
+                ),
+                None => None,
+            };
+            let key = cuntong::cmd::signing_key(&ca).map_err(fail)?;
+            let answers = cuntong::cmd::send(broker, tls, &key, &targets, &action, expires, wait)
+                .await
+                .map_err(fail)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answers).map_err(fail)?);
+            } else {
+                for a in &answers {
+                    let state = match a.ok {
+                        Some(true) => "ok",
+                        Some(false) => "FAIL",
+                        None => "no answer (queued until it expires)",
+                    };
+                    println!(
+                        "{:<22} {state}  {}",
+                        a.terminal,
+                        a.output.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            if answers.iter().all(|a| a.ok == Some(true)) {
+                Ok(())
+            } else {
+                Err(Failure::Runtime(format!(
+                    "{} of {} terminals did not run the command",
+                    answers.iter().filter(|a| a.ok != Some(true)).count(),
+                    answers.len()
+                )))
+            }
+        }
         Command::Ca { action } => match action {
             CaAction::Init { dir } => {
                 cuntong::ca::init(&dir).map_err(fail)?;

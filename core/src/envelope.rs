@@ -78,6 +78,11 @@ pub enum Event {
         first: u64,
         last: u64,
     },
+    /// A command was refused (bad signature, expired, replayed, not for this terminal):
+    /// a security event.
+    CommandRefused { action: String, reason: String },
+    /// A command ran.
+    CommandRun { action: String, ok: bool },
 }
 
 /// Why a payload could not be encoded.

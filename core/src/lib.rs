@@ -13,6 +13,7 @@
 //! - [`presence`]: the retained online/offline record of a terminal.
 //! - [`sampler`]: per-metric interval and deadband, and batching of samples.
 //! - [`delivery`]: what to send when, until central confirms it stored it.
+//! - [`command`]: signed remote commands and their results.
 //! - [`hj212`]: the HJ 212 frame codec (framing, CRC, fields, readings) for data loggers.
 //!
 //! ```
@@ -29,6 +30,7 @@
 
 extern crate alloc;
 
+pub mod command;
 pub mod decimal;
 pub mod delivery;
 pub mod envelope;

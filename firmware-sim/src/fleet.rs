@@ -12,7 +12,7 @@ use cuntong_core::delivery::DeliveryConfig;
 use cuntong_core::site::{Level, Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::BrokerUrl;
-use cuntong_terminal::config::TerminalConfig;
+use cuntong_terminal::config::{CommandsConfig, TerminalConfig};
 use cuntong_terminal::daemon::{self, Hardware, RunError};
 use cuntong_terminal::hj212::Hj212Config;
 use cuntong_terminal::outbox::OutboxConfig;
@@ -89,6 +89,8 @@ pub struct SimOptions {
     pub outbox_budget: u64,
     /// Listen for HJ 212 data loggers here (single terminals only).
     pub hj212_listen: Option<std::net::SocketAddr>,
+    /// The fleet's public command key; without it, commands are refused.
+    pub command_key: Option<PathBuf>,
 }
 
 impl SimOptions {
@@ -102,6 +104,7 @@ impl SimOptions {
             delivery: DeliveryConfig::default(),
             outbox_budget: OutboxConfig::default().budget_bytes,
             hj212_listen: None,
+            command_key: None,
         }
     }
 }
@@ -120,6 +123,10 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
     }
     cfg.delivery = opts.delivery;
     cfg.outbox.budget_bytes = opts.outbox_budget;
+    cfg.commands = opts
+        .command_key
+        .clone()
+        .map(|key| CommandsConfig { key, reboot: None });
     cfg.hj212 = opts.hj212_listen.map(|listen| Hj212Config {
         listen: Some(listen),
         serial: None,

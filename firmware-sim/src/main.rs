@@ -47,6 +47,9 @@ struct Common {
     /// Outbox byte budget (e.g. 16MiB); the oldest records are dropped beyond it.
     #[arg(long, default_value = "16MiB")]
     outbox_budget: String,
+    /// The fleet's public command key (`command.pub`); without it commands are refused.
+    #[arg(long)]
+    command_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -436,6 +439,7 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     opts.delivery.rate_per_s = common.rate;
     opts.outbox_budget =
         parse_size(&common.outbox_budget).map_err(|e| format!("--outbox-budget: {e}"))?;
+    opts.command_key = common.command_key.clone();
     if opts.outbox_budget < 4096 {
         return Err(format!(
             "--outbox-budget {:?}: at least 4KiB",

@@ -104,6 +104,17 @@ pub struct TerminalConfig {
     pub hj212: Option<Hj212Config>,
     /// Mutual TLS files (with an `mqtts://` broker).
     pub tls: Option<TlsFiles>,
+    /// Remote commands: the fleet's command key; without it, commands are refused.
+    pub commands: Option<CommandsConfig>,
+}
+
+/// How remote commands are checked and what `reboot` runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandsConfig {
+    /// The fleet's Ed25519 public command key (64 hex digits).
+    pub key: PathBuf,
+    /// The system command `reboot` runs (e.g. `["systemctl", "reboot"]`).
+    pub reboot: Option<Vec<String>>,
 }
 
 /// One sensor to poll.
@@ -148,6 +159,7 @@ impl TerminalConfig {
             delivery: DeliveryConfig::default(),
             hj212: None,
             tls: None,
+            commands: None,
         }
     }
 
@@ -337,6 +349,10 @@ impl TerminalConfig {
             cert: base.join(t.cert),
             key: base.join(t.key),
         });
+        cfg.commands = raw.commands.map(|c| CommandsConfig {
+            key: base.join(c.key),
+            reboot: c.reboot.filter(|r| !r.is_empty()),
+        });
         match (cfg.broker.tls, cfg.tls.is_some()) {
             (true, false) => {
                 return Err(invalid(
@@ -456,6 +472,14 @@ struct RawConfig {
     delivery: RawDelivery,
     hj212: Option<RawHj212>,
     tls: Option<RawTls>,
+    commands: Option<RawCommands>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommands {
+    key: PathBuf,
+    reboot: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

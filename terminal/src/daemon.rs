@@ -51,6 +51,8 @@ pub enum RunError {
     Encode(#[from] cuntong_core::envelope::EncodeError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("command key: {0}")]
+    CommandKey(#[from] crate::commands::GuardError),
 }
 
 /// The presence record of this run; `online: false` is the last will.
@@ -111,7 +113,16 @@ pub async fn run(
     let (link, mut incoming) = Link::start(link_options(&cfg, started_ms)?);
     let mut link_up = link.watch_connected();
     let ack_topic = Topic::terminal(&cfg.id, Channel::Ack).to_string();
+    let cmd_topic = Topic::terminal(&cfg.id, Channel::Command).to_string();
+    let guard = match &cfg.commands {
+        Some(c) => Some(
+            crate::commands::read_public_key(&c.key)
+                .and_then(|key| crate::commands::CommandGuard::open(cfg.id, key, &cfg.data_dir))?,
+        ),
+        None => None,
+    };
     let mut daemon = Daemon {
+        guard,
         outbox,
         delivery,
         sampler: Sampler::new(cfg.health_interval.as_millis() as u64),
@@ -274,6 +285,9 @@ pub async fn run(
             msg = incoming.recv() => {
                 match msg {
                     Some(m) if m.topic == ack_topic => daemon.confirmed(&m.payload)?,
+                    Some(m) if m.topic == cmd_topic && !m.payload.is_empty() => {
+                        daemon.command(&m.payload, m.retain)?;
+                    }
                     Some(m) => tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "received"),
                     None => break,
                 }
@@ -334,6 +348,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 struct Daemon {
     cfg: TerminalConfig,
+    guard: Option<crate::commands::CommandGuard>,
     outbox: Outbox,
     delivery: Delivery,
     sampler: Sampler,
@@ -485,6 +500,95 @@ impl Daemon {
             self.outbox.confirm(stream, wm)?;
         }
         self.refresh_outbox_status();
+        Ok(())
+    }
+
+    /// A command arrived: check it, run it if it passes, answer on `res`, and report it.
+    fn command(&mut self, payload: &[u8], retained: bool) -> Result<(), RunError> {
+        use cuntong_core::command::{Action, CommandResult, SignedCommand};
+        let now = unix_ms();
+        let decoded = SignedCommand::decode(payload)
+            .ok()
+            .and_then(|s| s.body().ok());
+        let (nonce, action) = decoded
+            .as_ref()
+            .map_or((0, "?"), |b| (b.nonce, b.action.name()));
+        let checked = match self.guard.as_mut() {
+            None => Err("this terminal has no command key configured".to_owned()),
+            // A retained command that already ran comes back after every reconnect.
+            Some(g) if retained && decoded.as_ref().is_some_and(|b| g.already_ran(b.nonce)) => {
+                return Ok(());
+            }
+            Some(g) => g.check(payload, now).map_err(|r| r.to_string()),
+        };
+        let (ok, output) = match checked {
+            Err(reason) => {
+                let msg = format!("command {action} refused: {reason}");
+                tracing::warn!("{msg}");
+                self.with_status(|s| push_error(s, now, msg));
+                self.event(Event::CommandRefused {
+                    action: action.to_owned(),
+                    reason: reason.clone(),
+                })?;
+                (false, format!("refused: {reason}"))
+            }
+            Ok(body) => {
+                let (ok, output) = match &body.action {
+                    Action::Ping => (true, "pong".to_owned()),
+                    Action::Diag => {
+                        let report = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+                        let report = StatusReport {
+                            link: self.link.status().into(),
+                            ..report
+                        };
+                        (true, serde_json::to_string(&report).unwrap_or_default())
+                    }
+                    Action::Logs => {
+                        let lines = self
+                            .status
+                            .lock()
+                            .map(|s| {
+                                s.recent_errors
+                                    .iter()
+                                    .map(|(t, e)| format!("{t} {e}"))
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            })
+                            .unwrap_or_default();
+                        (true, lines)
+                    }
+                    Action::Reboot => {
+                        match self.cfg.commands.as_ref().and_then(|c| c.reboot.clone()) {
+                            Some(argv) => match std::process::Command::new(&argv[0])
+                                .args(&argv[1..])
+                                .spawn()
+                            {
+                                Ok(_) => (true, format!("reboot started: {}", argv.join(" "))),
+                                Err(e) => (false, format!("reboot command failed: {e}")),
+                            },
+                            None => (false, "no reboot command configured".to_owned()),
+                        }
+                    }
+                    Action::ConfigSet { key, .. } => (
+                        false,
+                        format!(
+                            "config-set {key}: remote configuration is not supported by this terminal"
+                        ),
+                    ),
+                    _ => (false, "unknown action".to_owned()),
+                };
+                self.event(Event::CommandRun {
+                    action: body.action.name().to_owned(),
+                    ok,
+                })?;
+                (ok, output)
+            }
+        };
+        let result = CommandResult { nonce, ok, output };
+        let topic = Topic::terminal(&self.cfg.id, Channel::Result).to_string();
+        if let Ok(bytes) = encode(&result) {
+            let _ = self.link.try_publish(Message::new(topic, bytes));
+        }
         Ok(())
     }
 

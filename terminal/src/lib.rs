@@ -15,10 +15,12 @@
 //! - [`outbox`]: the durable outbox (segment log with a CRC per record).
 //! - [`status`]: the local status socket.
 //! - [`check`]: the technician's on-site self-test.
+//! - [`commands`]: verifying signed remote commands.
 //! - [`tls`]: mutual TLS for the link.
 
 pub mod broker_url;
 pub mod check;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod hardware;

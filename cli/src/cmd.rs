@@ -1,0 +1,167 @@
+//! `cuntong cmd`: signed remote commands to terminals, and their answers.
+//!
+//! Each command is signed with the fleet's command key (from the CA directory), carries a
+//! fresh nonce and an expiry, and is published *retained* on the terminal's command topic: a
+//! terminal that is offline finds it when it reconnects and runs it if it has not expired. The
+//! answers come back on the terminals' result topics; once a terminal answered, its retained
+//! command is cleared.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use cuntong_core::command::{Action, CommandBody, CommandResult, SignedCommand};
+use cuntong_core::envelope::encode;
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_core::topic::{Channel, Topic};
+use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::link::{Link, LinkOptions, Message, unix_ms};
+use ring::rand::SecureRandom;
+use ring::signature::Ed25519KeyPair;
+use serde::Serialize;
+
+/// One terminal's answer, as `--json` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Answer {
+    pub terminal: String,
+    pub nonce: u64,
+    /// `null` when the terminal did not answer in time (the command stays queued until it
+    /// expires).
+    pub ok: Option<bool>,
+    pub output: Option<String>,
+}
+
+/// Parses `ping`, `reboot`, `diag`, `logs` or `config-set KEY=VALUE`.
+pub fn parse_action(words: &[String]) -> Result<Action, String> {
+    match words {
+        [a] if a == "ping" => Ok(Action::Ping),
+        [a] if a == "reboot" => Ok(Action::Reboot),
+        [a] if a == "diag" => Ok(Action::Diag),
+        [a] if a == "logs" => Ok(Action::Logs),
+        [a, kv] if a == "config-set" => {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("config-set {kv:?}: expected KEY=VALUE"))?;
+            Ok(Action::ConfigSet {
+                key: k.to_owned(),
+                value: v.to_owned(),
+            })
+        }
+        other => Err(format!(
+            "command {:?}: use ping, reboot, diag, logs or config-set KEY=VALUE",
+            other.join(" ")
+        )),
+    }
+}
+
+/// Signs `action` for `target`, expiring after `expires`.
+pub fn sign(
+    key: &Ed25519KeyPair,
+    target: &str,
+    action: Action,
+    expires: Duration,
+) -> Result<(u64, Vec<u8>), String> {
+    let mut nonce = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| "no randomness for the nonce".to_owned())?;
+    let nonce = u64::from_le_bytes(nonce);
+    let now = unix_ms();
+    let body = encode(&CommandBody {
+        target: target.to_owned(),
+        nonce,
+        issued_ms: now,
+        expires_ms: now + expires.as_millis() as u64,
+        action,
+    })
+    .map_err(|e| e.to_string())?;
+    let signature = key.sign(&body).as_ref().to_vec();
+    let bytes = encode(&SignedCommand { body, signature }).map_err(|e| e.to_string())?;
+    Ok((nonce, bytes))
+}
+
+/// The fleet's command signing key from a CA directory.
+pub fn signing_key(ca_dir: &Path) -> Result<Ed25519KeyPair, String> {
+    let path = ca_dir.join("command-key.pk8");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ed25519KeyPair::from_pkcs8(&bytes)
+        .map_err(|_| format!("{}: not an Ed25519 key", path.display()))
+}
+
+/// Sends the command to every target and collects the answers for up to `wait`.
+pub async fn send(
+    broker: BrokerUrl,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    key: &Ed25519KeyPair,
+    targets: &[TerminalId],
+    action: &Action,
+    expires: Duration,
+    wait: Duration,
+) -> Result<Vec<Answer>, String> {
+    let mut opts = LinkOptions::new(format!("cuntong-cmd-{}", std::process::id()), broker);
+    opts.tls = tls;
+    opts.subscriptions = targets
+        .iter()
+        .map(|t| Topic::terminal(t, Channel::Result).to_string())
+        .collect();
+    opts.queue_capacity = targets.len() * 2 + 8;
+    let (link, mut incoming) = Link::start(opts);
+    if !link.wait_connected(Duration::from_secs(10)).await {
+        let why = link
+            .status()
+            .last_error
+            .unwrap_or_else(|| "no answer".into());
+        link.shutdown();
+        return Err(format!("cannot reach the broker: {why}"));
+    }
+    let mut pending: BTreeMap<u64, TerminalId> = BTreeMap::new();
+    let mut answers: BTreeMap<String, Answer> = BTreeMap::new();
+    for t in targets {
+        let (nonce, bytes) = sign(key, &t.to_string(), action.clone(), expires)?;
+        let topic = Topic::terminal(t, Channel::Command).to_string();
+        link.publish(Message::new(topic, bytes).retained())
+            .await
+            .map_err(|e| e.to_string())?;
+        pending.insert(nonce, *t);
+        answers.insert(
+            t.to_string(),
+            Answer {
+                terminal: t.to_string(),
+                nonce,
+                ok: None,
+                output: None,
+            },
+        );
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    while !pending.is_empty() {
+        let msg = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            m = incoming.recv() => match m { Some(m) => m, None => break },
+        };
+        let Ok(result) = CommandResult::decode(&msg.payload) else {
+            continue;
+        };
+        if let Some(t) = pending.remove(&result.nonce) {
+            if let Some(a) = answers.get_mut(&t.to_string()) {
+                a.ok = Some(result.ok);
+                a.output = Some(result.output);
+            }
+            // Answered: the retained copy has done its job.
+            let topic = Topic::terminal(&t, Channel::Command).to_string();
+            let _ = link
+                .publish(Message::new(topic, Vec::new()).retained())
+                .await;
+        }
+    }
+    // Let the clearing publishes go out before the link closes.
+    let sent = link.status().published;
+    let drained = async {
+        while link.status().queued > 0 || link.status().published <= sent {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+    link.shutdown();
+    Ok(answers.into_values().collect())
+}

@@ -1,0 +1,124 @@
+//! Remote commands from central staff to terminals, signed so that nobody else can command a
+//! terminal.
+//!
+//! A [`SignedCommand`] carries the encoded [`CommandBody`] and an Ed25519 signature over those
+//! exact bytes, made with the fleet's command key. The body names its target (a terminal id or
+//! a region prefix), a nonce, when it was issued and when it expires. The terminal verifies the
+//! signature, the target, the expiry and that the nonce is new before it runs anything, and
+//! answers on its `res` topic with a [`CommandResult`]. Signing and verifying need a crypto
+//! library and live at the edges; the types and their encoding live here.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{DecodeError, decode};
+
+/// What a command asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Action {
+    /// Answer "pong": is the terminal reachable and does it accept our key?
+    Ping,
+    /// Restart the box (a system command configured on the terminal).
+    Reboot,
+    /// Report the terminal's state (link, outbox, sensors).
+    Diag,
+    /// Change one configuration key.
+    ConfigSet { key: String, value: String },
+    /// Report the recent errors.
+    Logs,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Ping => "ping",
+            Action::Reboot => "reboot",
+            Action::Diag => "diag",
+            Action::ConfigSet { .. } => "config-set",
+            Action::Logs => "logs",
+        }
+    }
+}
+
+/// The signed part of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBody {
+    /// A terminal id (`130102001001-main`) or a region prefix (`130102`).
+    pub target: String,
+    /// Unique per command; a terminal runs each nonce at most once.
+    pub nonce: u64,
+    /// Unix ms.
+    pub issued_ms: u64,
+    /// Unix ms after which the command must not run.
+    pub expires_ms: u64,
+    pub action: Action,
+}
+
+/// A command as it travels: the encoded body and the signature over it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCommand {
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl SignedCommand {
+    pub fn decode(bytes: &[u8]) -> Result<SignedCommand, DecodeError> {
+        decode(bytes)
+    }
+
+    /// The body, once the signature has been checked by the caller.
+    pub fn body(&self) -> Result<CommandBody, DecodeError> {
+        decode(&self.body)
+    }
+}
+
+/// A terminal's answer, on its `res` topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub nonce: u64,
+    pub ok: bool,
+    /// The command's output, or why it was refused or failed.
+    pub output: String,
+}
+
+impl CommandResult {
+    pub fn decode(bytes: &[u8]) -> Result<CommandResult, DecodeError> {
+        decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::encode;
+
+    #[test]
+    fn commands_and_results_round_trip() {
+        let body = CommandBody {
+            target: "130102".into(),
+            nonce: 42,
+            issued_ms: 1,
+            expires_ms: 2,
+            action: Action::ConfigSet {
+                key: "telemetry.health_interval".into(),
+                value: "30s".into(),
+            },
+        };
+        let signed = SignedCommand {
+            body: encode(&body).unwrap(),
+            signature: alloc::vec![7; 64],
+        };
+        let back = SignedCommand::decode(&encode(&signed).unwrap()).unwrap();
+        assert_eq!(back.body().unwrap(), body);
+        let r = CommandResult {
+            nonce: 42,
+            ok: true,
+            output: "pong".into(),
+        };
+        assert_eq!(CommandResult::decode(&encode(&r).unwrap()), Ok(r));
+        assert!(SignedCommand::decode(&[1, 0xff]).is_err());
+    }
+}

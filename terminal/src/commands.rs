@@ -1,0 +1,215 @@
+//! Checking remote commands before anything runs: the fleet's Ed25519 signature over the exact
+//! body bytes, the target (this terminal, or a region it is in), the expiry, and a nonce never
+//! seen before. Seen nonces are kept on disk until their command expires, so a restart does
+//! not reopen the replay window.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use cuntong_core::command::{CommandBody, SignedCommand};
+use cuntong_core::site::Region;
+use cuntong_core::terminal_id::TerminalId;
+use ring::signature::{ED25519, UnparsedPublicKey};
+
+/// Commands issued this far in the future are refused (clocks differ, but not by this much).
+const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Why a command was refused. The text is what central sees; it never contains key material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("not for this terminal (target {0})")]
+    NotForMe(String),
+    #[error("expired")]
+    Expired,
+    #[error("issued in the future")]
+    FromTheFuture,
+    #[error("replayed (nonce already used)")]
+    Replayed,
+}
+
+/// Verifies commands for one terminal.
+#[derive(Debug)]
+pub struct CommandGuard {
+    id: TerminalId,
+    key: Vec<u8>,
+    state: PathBuf,
+    /// nonce → expiry (Unix ms).
+    seen: BTreeMap<u64, u64>,
+}
+
+/// Why the guard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("{path}: {detail}")]
+    File { path: PathBuf, detail: String },
+}
+
+/// Reads an Ed25519 public key file: 64 hex digits (what `cuntong ca init` writes).
+pub fn read_public_key(path: &Path) -> Result<Vec<u8>, GuardError> {
+    let err = |detail: String| GuardError::File {
+        path: path.to_owned(),
+        detail,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let hex = text.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(err("not an Ed25519 public key (64 hex digits)".into()));
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| err(e.to_string())))
+        .collect()
+}
+
+impl CommandGuard {
+    /// A guard with the fleet's public key, keeping seen nonces in `data_dir/commands.state`.
+    pub fn open(id: TerminalId, key: Vec<u8>, data_dir: &Path) -> Result<CommandGuard, GuardError> {
+        let state = data_dir.join("commands.state");
+        let mut seen = BTreeMap::new();
+        if let Ok(text) = std::fs::read_to_string(&state) {
+            for line in text.lines() {
+                let mut it = line.split_whitespace().map(str::parse::<u64>);
+                if let (Some(Ok(n)), Some(Ok(e))) = (it.next(), it.next()) {
+                    seen.insert(n, e);
+                }
+            }
+        }
+        Ok(CommandGuard {
+            id,
+            key,
+            state,
+            seen,
+        })
+    }
+
+    /// True if the nonce was used before (a retained copy coming back after a reconnect).
+    pub fn already_ran(&self, nonce: u64) -> bool {
+        self.seen.contains_key(&nonce)
+    }
+
+    /// Checks a command; on success its nonce is recorded (durably) before it is returned, so
+    /// it can run at most once.
+    pub fn check(&mut self, bytes: &[u8], now_ms: u64) -> Result<CommandBody, Refusal> {
+        let signed = SignedCommand::decode(bytes).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        UnparsedPublicKey::new(&ED25519, &self.key)
+            .verify(&signed.body, &signed.signature)
+            .map_err(|_| Refusal::BadSignature)?;
+        let body = signed
+            .body()
+            .map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let for_me = body.target == self.id.to_string()
+            || body
+                .target
+                .parse::<Region>()
+                .is_ok_and(|r| body.target.len() < 12 && r.contains(self.id.site()));
+        if !for_me {
+            return Err(Refusal::NotForMe(body.target));
+        }
+        if now_ms >= body.expires_ms {
+            return Err(Refusal::Expired);
+        }
+        if body.issued_ms > now_ms + MAX_CLOCK_SKEW_MS {
+            return Err(Refusal::FromTheFuture);
+        }
+        if self.seen.contains_key(&body.nonce) {
+            return Err(Refusal::Replayed);
+        }
+        self.seen.retain(|_, exp| *exp >= now_ms);
+        self.seen.insert(body.nonce, body.expires_ms);
+        if let Err(e) = self.save() {
+            // Without a durable record the command could run twice after a restart.
+            self.seen.remove(&body.nonce);
+            return Err(Refusal::Malformed(format!("cannot record the nonce: {e}")));
+        }
+        Ok(body)
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let tmp = self.state.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        for (n, e) in &self.seen {
+            writeln!(f, "{n} {e}")?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cuntong_core::command::Action;
+    use cuntong_core::envelope::encode;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    fn keypair() -> Ed25519KeyPair {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn sign(key: &Ed25519KeyPair, target: &str, nonce: u64, expires_ms: u64) -> Vec<u8> {
+        let body = encode(&CommandBody {
+            target: target.into(),
+            nonce,
+            issued_ms: 1_000,
+            expires_ms,
+            action: Action::Ping,
+        })
+        .unwrap();
+        let signature = key.sign(&body).as_ref().to_vec();
+        encode(&SignedCommand { body, signature }).unwrap()
+    }
+
+    #[test]
+    fn only_fresh_signed_commands_for_this_terminal_pass_and_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = keypair();
+        let id: TerminalId = "130102001001-main".parse().unwrap();
+        let mut g = CommandGuard::open(id, key.public_key().as_ref().to_vec(), dir.path()).unwrap();
+        assert!(
+            g.check(&sign(&key, "130102001001-main", 1, 10_000), 5_000)
+                .is_ok()
+        );
+        assert_eq!(
+            g.check(&sign(&key, "130102001001-main", 1, 10_000), 5_000),
+            Err(Refusal::Replayed)
+        );
+        assert!(
+            g.check(&sign(&key, "130102", 2, 10_000), 5_000).is_ok(),
+            "its county"
+        );
+        assert!(matches!(
+            g.check(&sign(&key, "130103", 3, 10_000), 5_000),
+            Err(Refusal::NotForMe(_))
+        ));
+        assert!(matches!(
+            g.check(&sign(&key, "130102002001-main", 4, 10_000), 5_000),
+            Err(Refusal::NotForMe(_))
+        ));
+        assert_eq!(
+            g.check(&sign(&key, "130102001001-main", 5, 4_000), 5_000),
+            Err(Refusal::Expired)
+        );
+        let other = keypair();
+        assert_eq!(
+            g.check(&sign(&other, "130102001001-main", 6, 10_000), 5_000),
+            Err(Refusal::BadSignature)
+        );
+        let mut tampered = sign(&key, "130102001001-main", 7, 10_000);
+        let at = tampered.len() - 70;
+        tampered[at] ^= 1;
+        assert!(g.check(&tampered, 5_000).is_err());
+        // The replay window survives a restart.
+        drop(g);
+        let mut g = CommandGuard::open(id, key.public_key().as_ref().to_vec(), dir.path()).unwrap();
+        assert_eq!(
+            g.check(&sign(&key, "130102001001-main", 1, 10_000), 5_000),
+            Err(Refusal::Replayed)
+        );
+    }
+}
