@@ -255,7 +255,44 @@ pub fn provision(
         );
         write_file(&out.join("terminal.toml"), text.as_bytes(), false)?;
     }
-    record(ca_dir, id, kind, true)
+    record(ca_dir, id, kind, true)?;
+    archive(out)
+}
+
+/// Writes `<out>.tar` beside the bundle directory: one file to carry to the site.
+fn archive(out: &Path) -> Result<(), CaError> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let path = out.with_file_name(format!("{name}.tar"));
+    let file = std::fs::File::create(&path).map_err(io(&path))?;
+    let mut tar = tar::Builder::new(file);
+    // Complete headers keep key.pem at 0600 when the technician unpacks the bundle.
+    tar.mode(tar::HeaderMode::Complete);
+    tar.append_dir_all(&name, out).map_err(io(&path))?;
+    tar.into_inner()
+        .and_then(|f| f.sync_all())
+        .map_err(io(&path))
+}
+
+/// One row of a batch file: `id,name` (name optional; a header row `id,...` is skipped).
+pub fn batch_rows(text: &str) -> Result<Vec<(String, Option<String>)>, CaError> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (i == 0 && line.starts_with("id")) {
+            continue;
+        }
+        let (id, name) = match line.split_once(',') {
+            Some((id, name)) => (id.trim(), Some(name.trim().trim_matches('"').to_owned())),
+            None => (line, None),
+        };
+        id.parse::<TerminalId>()
+            .map_err(|e| CaError::Refused(format!("line {}: terminal id {id:?}: {e}", i + 1)))?;
+        rows.push((id.to_owned(), name.filter(|n| !n.is_empty())));
+    }
+    Ok(rows)
 }
 
 /// The Mosquitto `acl_file` for everything in the inventory.
@@ -340,4 +377,86 @@ fn give_key_to_broker(key: &Path) -> Result<(), CaError> {
         std::os::unix::fs::chown(key, Some(uid), Some(gid)).map_err(io(key))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_bundle_holds_everything_and_keeps_its_key_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, out) = (dir.path().join("ca"), dir.path().join("site"));
+        init(&ca).unwrap();
+        assert!(init(&ca).is_err(), "an existing CA is never overwritten");
+        provision(
+            &ca,
+            "130102001001-main",
+            "mqtts://h:8883",
+            &out,
+            Some("Xinhua"),
+            false,
+        )
+        .unwrap();
+        for f in [
+            "ca.pem",
+            "cert.pem",
+            "key.pem",
+            "command.pub",
+            "terminal.toml",
+        ] {
+            assert!(out.join(f).exists(), "{f}");
+        }
+        let mode = std::fs::metadata(out.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let cfg =
+            cuntong_terminal::config::TerminalConfig::load(&out.join("terminal.toml")).unwrap();
+        assert_eq!(cfg.id.to_string(), "130102001001-main");
+        assert!(cfg.tls.is_some() && cfg.commands.is_some());
+        let mut archive =
+            tar::Archive::new(std::fs::File::open(dir.path().join("site.tar")).unwrap());
+        let key_mode = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("key.pem"))
+            .map(|e| e.header().mode().unwrap());
+        assert_eq!(key_mode.map(|m| m & 0o777), Some(0o600));
+        assert!(
+            provision(
+                &ca,
+                "130102001001-main",
+                "mqtts://h:8883",
+                &out,
+                None,
+                false
+            )
+            .is_err()
+        );
+        assert!(provision(&ca, "130102001001-main", "mqtts://h:8883", &out, None, true).is_ok());
+        let acl = mosquitto_acl(&inventory(&ca).unwrap());
+        assert!(acl.contains(
+            "user 130102001001-main\ntopic write ct/v1/t/13/01/02/001/001/main/presence"
+        ));
+    }
+
+    #[test]
+    fn batch_files_are_checked_row_by_row() {
+        let rows =
+            batch_rows("id,name\n130102001001-main,\"Xinhua\"\n\n130102002001-main\n").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].1.as_deref(), Some("Xinhua"));
+        assert_eq!(rows[1].1, None);
+        let err = batch_rows("130102001001-main\nnot-an-id\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("line 2: terminal id \"not-an-id\""),
+            "{err}"
+        );
+    }
 }

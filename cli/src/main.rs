@@ -55,8 +55,12 @@ enum Command {
     },
     /// Issue a terminal's (or `central`'s) key, certificate and config as one bundle.
     Provision {
-        /// Terminal id, or `central`.
-        id: String,
+        /// Terminal id, or `central` (or use --batch).
+        #[arg(required_unless_present = "batch")]
+        id: Option<String>,
+        /// A CSV of `id,name` rows: one bundle per terminal in `--out/<id>`.
+        #[arg(long, conflicts_with = "id")]
+        batch: Option<PathBuf>,
         #[arg(long)]
         ca: PathBuf,
         /// The broker the terminal will use (mqtts://host:port).
@@ -445,6 +449,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
         },
         Command::Provision {
             id,
+            batch,
             ca,
             broker,
             out,
@@ -458,6 +463,45 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 ))
                 .into());
             }
+            if let Some(file) = batch {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| Usage(format!("--batch {}: {e}", file.display())))?;
+                let rows = cuntong::ca::batch_rows(&text)
+                    .map_err(|e| Usage(format!("--batch {}: {e}", file.display())))?;
+                let bar = indicatif::ProgressBar::new(rows.len() as u64);
+                let mut failed = 0;
+                for (id, label) in &rows {
+                    let r = cuntong::ca::provision(
+                        &ca,
+                        id,
+                        &url.to_string(),
+                        &out.join(id),
+                        label.as_deref(),
+                        force,
+                    );
+                    if let Err(e) = r {
+                        bar.suspend(|| eprintln!("error: {id}: {e}"));
+                        failed += 1;
+                    }
+                    bar.inc(1);
+                }
+                bar.finish();
+                println!(
+                    "{} bundles in {}, {failed} failed",
+                    rows.len() - failed,
+                    out.display()
+                );
+                return if failed == 0 {
+                    Ok(())
+                } else {
+                    Err(Failure::Runtime(format!(
+                        "{failed} terminals not provisioned"
+                    )))
+                };
+            }
+            let Some(id) = id else {
+                return Err(Usage("give a terminal id or --batch FILE".into()).into());
+            };
             if id != cuntong::ca::CENTRAL {
                 let _: TerminalId = parse("id", &id)?;
             }
