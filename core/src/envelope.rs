@@ -83,6 +83,11 @@ pub enum Event {
     CommandRefused { action: String, reason: String },
     /// A command ran.
     CommandRun { action: String, ok: bool },
+    /// The terminal started again without having stopped cleanly (power cut, crash, watchdog).
+    UnexpectedRestart,
+    /// Configuration or key files changed since the terminal last ran (not by provisioning
+    /// through the terminal itself): a security event.
+    FilesChanged { files: Vec<String> },
 }
 
 /// Why a payload could not be encoded.

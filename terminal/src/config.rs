@@ -106,6 +106,8 @@ pub struct TerminalConfig {
     pub tls: Option<TlsFiles>,
     /// Remote commands: the fleet's command key; without it, commands are refused.
     pub commands: Option<CommandsConfig>,
+    /// The file this configuration was read from, if any.
+    pub source: Option<PathBuf>,
 }
 
 /// How remote commands are checked and what `reboot` runs.
@@ -160,6 +162,7 @@ impl TerminalConfig {
             hj212: None,
             tls: None,
             commands: None,
+            source: None,
         }
     }
 
@@ -169,7 +172,9 @@ impl TerminalConfig {
             path: path.to_owned(),
             source,
         })?;
-        TerminalConfig::parse(&text, path)
+        let mut cfg = TerminalConfig::parse(&text, path)?;
+        cfg.source = Some(path.to_owned());
+        Ok(cfg)
     }
 
     /// Parses and validates TOML text; `path` is only used in error messages.

@@ -168,6 +168,15 @@ pub async fn run(
     daemon.event(Event::Started {
         version: VERSION.to_owned(),
     })?;
+    match crate::integrity::on_start(&daemon.cfg) {
+        Ok(events) => {
+            for e in events {
+                tracing::warn!(event = ?e, "reported to central");
+                daemon.event(e)?;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "start-up integrity check failed"),
+    }
 
     // Data loggers, if this terminal bridges HJ 212.
     let hj_stats = Arc::new(Hj212Stats::default());
@@ -317,6 +326,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
     }
     link.shutdown();
+    crate::integrity::on_clean_stop(&daemon.cfg);
     if let Some(t) = status_task {
         let _ = t.await;
     }

@@ -12,6 +12,7 @@
 //! - [`hardware`]: opening the configured sensors.
 //! - [`health`]: site health from `/proc`.
 //! - [`hj212`]: the HJ 212 listener for pollution-source data loggers.
+//! - [`integrity`]: unclean restarts and changed config or key files.
 //! - [`outbox`]: the durable outbox (segment log with a CRC per record).
 //! - [`status`]: the local status socket.
 //! - [`check`]: the technician's on-site self-test.
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod hardware;
 pub mod health;
 pub mod hj212;
+pub mod integrity;
 pub mod link;
 pub mod outbox;
 pub mod sensors;

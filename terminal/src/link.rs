@@ -397,12 +397,12 @@ async fn poll_task(
                 } else {
                     tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
                 }
-                // If the broker's port did not even answer, watch for it to come back and cut the
-                // wait short then; if it answered but MQTT failed, wait out the back-off.
+                // After a network failure, watch for the uplink to come back and cut the wait
+                // short then; after a protocol failure, wait out the back-off.
                 let unreachable = matches!(
                     e,
                     rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::Io(_)
-                ) && !was_connected;
+                );
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -415,13 +415,24 @@ async fn poll_task(
     up.send_replace(false);
 }
 
-/// Returns once the broker's TCP port accepts a connection (checked every second): the
-/// terminal's own cheap check that the uplink is back.
+/// Returns once the broker answers like a broker again (checked every second): its TCP port
+/// accepts a connection and keeps it open, waiting for a CONNECT. A dead uplink behind a
+/// router that accepts and drops connections does not pass. The terminal's own cheap check
+/// that the uplink is back.
 async fn uplink_back(broker: &BrokerUrl) {
+    use tokio::io::AsyncReadExt;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let probe = tokio::net::TcpStream::connect((broker.host.as_str(), broker.port));
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+        let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(2), probe).await else {
+            continue;
+        };
+        let mut byte = [0u8; 1];
+        // A broker says nothing before CONNECT: silence means it is there and listening.
+        if tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte))
+            .await
+            .is_err()
+        {
             return;
         }
     }
