@@ -16,6 +16,7 @@ use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_firmware_sim::fleet::{Fleet, SimOptions, fleet_ids};
 use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::link::unix_ms;
 use tokio_util::sync::CancellationToken;
 
@@ -249,20 +250,13 @@ fn default_db() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUNTONG_LOG")
-                .unwrap_or_else(|_| "info,rumqttd=off,cuntong_terminal=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cuntong_terminal::daemon::process_runtime(
+        "info,rumqttd=off,cuntong_terminal=warn",
+        None,
+    ) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -721,20 +715,5 @@ async fn report_stats(stats: Arc<CentralStats>, stop: CancellationToken) {
                 "central"
             ),
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

@@ -13,6 +13,7 @@ use cuntong_firmware_sim::fleet::{Fleet, SimOptions, default_data_root, fleet_id
 use cuntong_firmware_sim::{datalogger, proxy};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::config::{parse_duration, parse_size};
+use cuntong_terminal::daemon::shutdown_signal;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -152,20 +153,10 @@ fn duration(flag: &str, s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CUNTONG_LOG")
-                .unwrap_or_else(|_| "warn,cuntong_sim=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cuntong_terminal::daemon::process_runtime("warn,cuntong_sim=info", None) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -488,20 +479,5 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
         Command::Proxy { .. } | Command::Link { .. } | Command::Datalogger { .. } => {
             Err("internal: not a terminal command".to_owned())
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }

@@ -26,6 +26,45 @@ use crate::outbox::{DroppedRange, Outbox, OutboxError};
 use crate::sensors::{Sensor, SensorError};
 use crate::status::{self, OutboxReport, RECENT_ERRORS, SensorReport, SharedStatus, StatusReport};
 
+/// What every cuntong binary does first: logs to stderr (filtered by `CUNTONG_LOG`, else
+/// `default_log`) and a tokio runtime (`workers` threads, or one per core).
+pub fn process_runtime(
+    default_log: &str,
+    workers: Option<usize>,
+) -> Result<tokio::runtime::Runtime, String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUNTONG_LOG")
+                .unwrap_or_else(|_| default_log.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Resolves on Ctrl-C or SIGTERM: how every cuntong binary is asked to stop.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
 /// The software version terminals report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
