@@ -677,12 +677,18 @@ async fn demo(
             }
         }
     }
+    // The fleet as it was running, then an orderly stop: terminals say goodbye, and central
+    // stores that before it stops (bounded, so a stuck broker cannot hang the demo).
+    let rows = reader.sites(None).map_err(fail)?;
     let failed = fleet.stop().await;
-    // Give central a moment to store the terminals' goodbyes, then stop it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all_offline = async {
+        while reader.sites(None).is_ok_and(|r| r.iter().any(|s| s.online)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), all_offline).await;
     stop.cancel();
     let central_result = central.await;
-    let rows = reader.sites(None).map_err(fail)?;
     print!("{}", view::sites_table(&rows, unix_ms()));
     println!(
         "stored {} messages ({} values), {} duplicates, {} rejected",
