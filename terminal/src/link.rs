@@ -397,12 +397,9 @@ async fn poll_task(
                 } else {
                     tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
                 }
-                // After a network failure, watch for the uplink to come back and cut the wait
-                // short then; after a protocol failure, wait out the back-off.
-                let unreachable = matches!(
-                    e,
-                    rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::Io(_)
-                );
+                // Unless the broker itself refused us (credentials, limits), watch for the uplink
+                // to answer again and cut the wait short then; a refusal waits out the back-off.
+                let unreachable = !matches!(e, rumqttc::ConnectionError::ConnectionRefused(_));
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}

@@ -229,10 +229,19 @@ fn chaos(kind: BrokerKind) {
         });
         let stored = stored_seqs(&db, id);
         let missing: Vec<u64> = (1..=*last).filter(|s| !stored.contains(s)).collect();
+        let i = IDS.iter().position(|x| x == id).unwrap_or(0);
         assert!(
             complete,
-            "{id}: {} of {last} stored, missing {missing:?}",
-            last - missing.len() as u64
+            "{id}: {} of {last} stored, missing {missing:?}\nstatus: {:#}\nlog tail:\n{}",
+            last - missing.len() as u64,
+            status(&data, id).unwrap_or_default(),
+            terminals[i]
+                .log_text()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         let report = status(&data, id).unwrap();
         assert_eq!(report["outbox"]["dropped"], 0, "{id} dropped records");
