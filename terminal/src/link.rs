@@ -4,6 +4,8 @@
 //! - **reconnect with back-off and jitter** (rumqttc retries at once, forever), and collapse
 //!   the back-off as soon as the broker's TCP port answers again;
 //! - **resubscribe and re-announce** after every connect, since a clean session forgets both;
+//! - **never wedge after a reconnect**: a publish stuck in rumqttc's packet-id collision slot
+//!   is dropped when the connection fails (the outbox sends it again);
 //! - **never deadlock**: rumqttc's event loop must be polled for its request channel to drain,
 //!   so nothing that runs in the poll task ever waits on that channel. Publishes go through a
 //!   bounded queue owned by the link and drained by a separate sender task; when the queue is
@@ -382,6 +384,11 @@ async fn poll_task(
             }
             Ok(_) => {}
             Err(e) => {
+                // rumqttc keeps a publish that collided on its packet id across a reconnect,
+                // although the new clean session will never acknowledge it: the event loop
+                // then stops taking requests and times out on every connection. Forget it;
+                // anything unconfirmed is sent again by the owner (the outbox).
+                eventloop.state.collision = None;
                 let was_connected = shared.connected.swap(false, Ordering::Relaxed);
                 up.send_replace(false);
                 if ping_sent.take().is_some() {
