@@ -67,6 +67,58 @@ pub enum Record {
     },
 }
 
+/// The identity and payload of a sequence-numbered message.
+struct Message<'a> {
+    terminal: &'a TerminalId,
+    stream: Stream,
+    seq: u64,
+    time_ms: u64,
+    received_ms: u64,
+    raw: &'a [u8],
+}
+
+impl Record {
+    fn message(&self) -> Option<Message<'_>> {
+        let (terminal, stream, seq, time_ms, received_ms, raw) = match self {
+            Record::Telemetry {
+                terminal,
+                received_ms,
+                envelope,
+                raw,
+            } => (
+                terminal,
+                Stream::Telemetry,
+                envelope.seq,
+                envelope.time_ms,
+                received_ms,
+                raw,
+            ),
+            Record::Event {
+                terminal,
+                received_ms,
+                envelope,
+                raw,
+            } => (
+                terminal,
+                Stream::Events,
+                envelope.seq,
+                envelope.time_ms,
+                received_ms,
+                raw,
+            ),
+            _ => return None,
+        };
+        Some(Message {
+            terminal,
+            stream,
+            seq,
+            time_ms,
+            received_ms: *received_ms,
+            raw,
+        })
+    }
+}
+
 /// What one group of writes did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -308,31 +360,31 @@ impl Store for SqliteStore {
                 "INSERT INTO rejected (topic, received_ms, reason, payload) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for r in records {
+                // A sequence-numbered message is stored once; a redelivery only counts.
+                if let Some(m) = r.message() {
+                    let n = insert.execute(params![
+                        m.terminal.to_string(),
+                        stream_id(m.stream),
+                        m.seq as i64,
+                        m.time_ms as i64,
+                        m.received_ms as i64,
+                        m.raw
+                    ])?;
+                    touch(&mut seen, m.terminal, m.received_ms);
+                    if n == 0 {
+                        applied.duplicates += 1;
+                        // It resent: it may not have our watermark. Send it again.
+                        touch_stream(m.terminal, None);
+                        continue;
+                    }
+                    applied.stored += 1;
+                    touch_stream(m.terminal, Some(m.stream));
+                }
                 match r {
                     Record::Telemetry {
-                        terminal,
-                        received_ms,
-                        envelope,
-                        raw,
+                        terminal, envelope, ..
                     } => {
                         let id = terminal.to_string();
-                        let n = insert.execute(params![
-                            id,
-                            stream_id(Stream::Telemetry),
-                            envelope.seq as i64,
-                            envelope.time_ms as i64,
-                            *received_ms as i64,
-                            raw.as_ref()
-                        ])?;
-                        touch(&mut seen, terminal, *received_ms);
-                        if n == 0 {
-                            applied.duplicates += 1;
-                            // It resent: it may not have our watermark. Send it again.
-                            touch_stream(terminal, None);
-                            continue;
-                        }
-                        touch_stream(terminal, Some(Stream::Telemetry));
-                        applied.stored += 1;
                         for s in &envelope.body.samples {
                             applied.values += 1;
                             let ts = envelope.time_ms + u64::from(s.offset_ms);
@@ -349,27 +401,8 @@ impl Store for SqliteStore {
                         }
                     }
                     Record::Event {
-                        terminal,
-                        received_ms,
-                        envelope,
-                        raw,
+                        terminal, envelope, ..
                     } => {
-                        let n = insert.execute(params![
-                            terminal.to_string(),
-                            stream_id(Stream::Events),
-                            envelope.seq as i64,
-                            envelope.time_ms as i64,
-                            *received_ms as i64,
-                            raw.as_ref()
-                        ])?;
-                        touch(&mut seen, terminal, *received_ms);
-                        if n == 0 {
-                            applied.duplicates += 1;
-                            touch_stream(terminal, None);
-                            continue;
-                        }
-                        applied.stored += 1;
-                        touch_stream(terminal, Some(Stream::Events));
                         if let Event::Dropped {
                             stream,
                             first,

@@ -587,7 +587,7 @@ impl Daemon {
                     Action::Diag => {
                         let report = self.status.lock().map(|s| s.clone()).unwrap_or_default();
                         let report = StatusReport {
-                            link: self.link.status().into(),
+                            link: self.link.status(),
                             ..report
                         };
                         (true, serde_json::to_string(&report).unwrap_or_default())

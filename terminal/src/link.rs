@@ -131,8 +131,9 @@ impl LinkOptions {
     }
 }
 
-/// A snapshot of the link's state.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+/// A snapshot of the link's state (also the `link` part of the terminal's status report).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LinkStatus {
     pub connected: bool,
     /// Successful connects since start.

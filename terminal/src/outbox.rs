@@ -675,6 +675,15 @@ mod tests {
         }
     }
 
+    /// A 3-record outbox has exactly one segment file.
+    fn only_segment(dir: &Path) -> PathBuf {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .unwrap()
+    }
+
     fn seqs(ob: &Outbox, s: Stream) -> Vec<u64> {
         ob.pending(s).map(|(q, _)| q).collect()
     }
@@ -780,11 +789,7 @@ mod tests {
             ob.append(Stream::Telemetry, 0, b"payload").unwrap();
         }
         drop(ob);
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "log"))
-            .unwrap();
+        let seg = only_segment(dir.path());
         let full = std::fs::metadata(&seg).unwrap().len();
         // Half of the third record reached the disk.
         let record = full / 3;
@@ -816,11 +821,7 @@ mod tests {
             ob.append(Stream::Telemetry, 0, b"payload").unwrap();
         }
         drop(ob);
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "log"))
-            .unwrap();
+        let seg = only_segment(dir.path());
         let mut data = std::fs::read(&seg).unwrap();
         let record = data.len() / 3;
         data[record + 20] ^= 0x04;

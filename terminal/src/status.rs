@@ -29,43 +29,13 @@ pub struct StatusReport {
     /// Unix ms when the daemon started.
     pub started_ms: u64,
     pub broker: String,
-    pub link: LinkReport,
+    pub link: LinkStatus,
     pub outbox: OutboxReport,
     pub sensors: Vec<SensorReport>,
     /// Latest sampled value of each metric.
     pub latest: BTreeMap<String, f64>,
     /// Newest last: (Unix ms, message).
     pub recent_errors: Vec<(u64, String)>,
-}
-
-/// The link part of a status report.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LinkReport {
-    pub connected: bool,
-    pub connects: u64,
-    pub published: u64,
-    /// Messages handed to the link, waiting for the socket.
-    pub queued: usize,
-    pub last_publish_ms: Option<u64>,
-    pub rtt_ms: Option<f64>,
-    pub ping_loss_percent: f64,
-    pub last_error: Option<String>,
-}
-
-impl From<LinkStatus> for LinkReport {
-    fn from(s: LinkStatus) -> LinkReport {
-        LinkReport {
-            connected: s.connected,
-            connects: s.connects,
-            published: s.published,
-            queued: s.queued,
-            last_publish_ms: s.last_publish_ms,
-            rtt_ms: s.rtt_ms,
-            ping_loss_percent: s.ping_loss_percent,
-            last_error: s.last_error,
-        }
-    }
 }
 
 /// The outbox part of a status report.
@@ -124,7 +94,7 @@ pub async fn serve(
         };
         let report = status.lock().map(|s| s.clone()).unwrap_or_default();
         let report = StatusReport {
-            link: link.status().into(),
+            link: link.status(),
             ..report
         };
         tokio::spawn(async move {
