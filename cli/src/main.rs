@@ -146,6 +146,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stored events of the fleet: starts, sensor faults, drops, commands and security events
+    /// (refused commands, TLS failures, changed files, unclean restarts).
+    Events {
+        #[arg(long)]
+        region: Option<String>,
+        /// Only events newer than this (e.g. 1h, 30m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only security events.
+        #[arg(long)]
+        security: bool,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// HJ 212 frames: decode what a data logger sends, or build frames to send to one.
     Hj212 {
         #[command(subcommand)]
@@ -322,6 +338,31 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
             } else {
                 print!("{}", view::sites_table(&rows, unix_ms()));
+            }
+            Ok(())
+        }
+        Command::Events {
+            region,
+            since,
+            security,
+            db,
+            json,
+        } => {
+            let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
+            let since_ms = since
+                .map(|s| duration("--since", &s))
+                .transpose()?
+                .map(|d| unix_ms().saturating_sub(d.as_millis() as u64));
+            let store = SqliteStore::open_existing(&db.unwrap_or_else(default_db)).map_err(fail)?;
+            let mut rows = store.events(region.as_ref(), since_ms).map_err(fail)?;
+            if security {
+                rows.retain(|r| r.event.is_security());
+            }
+            if json {
+                let out: Vec<view::EventJson> = rows.iter().map(view::event_json).collect();
+                println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
+            } else {
+                print!("{}", view::events_table(&rows));
             }
             Ok(())
         }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use cuntong_core::delivery::Watermarks;
-use cuntong_core::envelope::{Envelope, Event, Stream, decode_telemetry};
+use cuntong_core::envelope::{Envelope, Event, Stream, decode_event, decode_telemetry};
 use cuntong_core::presence::Presence;
 use cuntong_core::site::Region;
 use cuntong_core::telemetry::{Metric, TelemetryBatch};
@@ -159,6 +159,15 @@ pub struct SampleRow {
     pub flag: Option<char>,
 }
 
+/// One stored event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub terminal: String,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub event: Event,
+}
+
 /// A history store.
 pub trait Store: Send {
     /// Applies a group of records atomically.
@@ -172,6 +181,12 @@ pub trait Store: Send {
         metric: Option<&Metric>,
         since_ms: Option<u64>,
     ) -> Result<Vec<SampleRow>, StoreError>;
+    /// Stored events of the terminals in `region` (all if `None`), oldest first.
+    fn events(
+        &self,
+        region: Option<&Region>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<EventRow>, StoreError>;
 }
 
 /// The embedded SQLite store.
@@ -559,6 +574,50 @@ impl Store for SqliteStore {
             }
         }
         out.sort_by_key(|r| (r.ts_ms, r.seq));
+        Ok(out)
+    }
+
+    fn events(
+        &self,
+        region: Option<&Region>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        // A terminal id starts with its site code, so a region is a prefix of the id.
+        let prefix = region.map_or(String::new(), |r| r.prefix());
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT terminal, seq, payload FROM messages WHERE stream = ?1
+             AND substr(terminal, 1, length(?2)) = ?2 AND time_ms >= ?3
+             ORDER BY time_ms, terminal, seq",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                stream_id(Stream::Events),
+                prefix,
+                since_ms.unwrap_or(0) as i64
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (terminal, seq, payload) = row?;
+            let env = decode_event(&payload).map_err(|e| StoreError::Corrupt {
+                terminal: terminal.clone(),
+                seq: seq as u64,
+                detail: e.to_string(),
+            })?;
+            out.push(EventRow {
+                terminal,
+                seq: env.seq,
+                time_ms: env.time_ms,
+                event: env.body,
+            });
+        }
         Ok(out)
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{SampleRow, SiteRow};
+use crate::store::{EventRow, SampleRow, SiteRow};
 
 /// One terminal in `cuntong sites --json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +155,52 @@ pub fn telemetry_table(rows: &[SampleRow]) -> String {
             r.metric,
             r.flag.map_or(String::from("-"), String::from),
             r.exact
+        ));
+    }
+    out
+}
+
+/// `cuntong events --json`: one object per event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventJson {
+    pub terminal: String,
+    pub seq: u64,
+    /// RFC 3339 with milliseconds, UTC: when the terminal recorded it.
+    pub ts: String,
+    /// `started`, `sensor-fault`, `command-refused`, `tls-failure`, … (docs/operations.md).
+    pub kind: String,
+    /// True for security events (refused commands, TLS failures, changed files, unclean
+    /// restarts).
+    pub security: bool,
+    pub detail: String,
+}
+
+pub fn event_json(r: &EventRow) -> EventJson {
+    EventJson {
+        terminal: r.terminal.clone(),
+        seq: r.seq,
+        ts: rfc3339_ms(r.time_ms),
+        kind: r.event.kind().to_owned(),
+        security: r.event.is_security(),
+        detail: r.event.to_string(),
+    }
+}
+
+pub fn events_table(rows: &[EventRow]) -> String {
+    let mut out = format!(
+        "{:<26} {:<20} {:>6} {:<18} {}\n",
+        "TIME", "TERMINAL", "SEQ", "KIND", "DETAIL"
+    );
+    for r in rows {
+        let mark = if r.event.is_security() { "!" } else { " " };
+        out.push_str(&format!(
+            "{:<26} {:<20} {:>6} {mark}{:<17} {}\n",
+            rfc3339_ms(r.time_ms),
+            r.terminal,
+            r.seq,
+            r.event.kind(),
+            r.event
         ));
     }
     out

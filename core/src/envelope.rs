@@ -88,6 +88,64 @@ pub enum Event {
     /// Configuration or key files changed since the terminal last ran (not by provisioning
     /// through the terminal itself): a security event.
     FilesChanged { files: Vec<String> },
+    /// The TLS handshake with the broker failed (certificate not trusted, expired, refused by
+    /// the broker): a security event, reported once per episode.
+    TlsFailure { detail: String },
+}
+
+impl Event {
+    /// A short stable name of the kind of event (`command-refused`), for tables and JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::SensorFault { .. } => "sensor-fault",
+            Event::SensorRecovered { .. } => "sensor-recovered",
+            Event::Dropped { .. } => "dropped",
+            Event::CommandRefused { .. } => "command-refused",
+            Event::CommandRun { .. } => "command-run",
+            Event::UnexpectedRestart => "unexpected-restart",
+            Event::FilesChanged { .. } => "files-changed",
+            Event::TlsFailure { .. } => "tls-failure",
+        }
+    }
+
+    /// True for the events central staff must look at as possible tampering or attack.
+    pub fn is_security(&self) -> bool {
+        matches!(
+            self,
+            Event::CommandRefused { .. }
+                | Event::UnexpectedRestart
+                | Event::FilesChanged { .. }
+                | Event::TlsFailure { .. }
+        )
+    }
+}
+
+/// What happened, in words (without the kind).
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Started { version } => write!(f, "version {version}"),
+            Event::SensorFault { sensor, detail } => write!(f, "{sensor}: {detail}"),
+            Event::SensorRecovered { sensor } => f.write_str(sensor),
+            Event::Dropped {
+                stream,
+                first,
+                last,
+            } => write!(
+                f,
+                "{} seq {first}..={last} discarded unsent",
+                stream.as_str()
+            ),
+            Event::CommandRefused { action, reason } => write!(f, "{action}: {reason}"),
+            Event::CommandRun { action, ok } => {
+                write!(f, "{action}: {}", if *ok { "ok" } else { "failed" })
+            }
+            Event::UnexpectedRestart => f.write_str("previous run did not stop cleanly"),
+            Event::FilesChanged { files } => write!(f, "{}", files.join(", ")),
+            Event::TlsFailure { detail } => f.write_str(detail),
+        }
+    }
 }
 
 /// Why a payload could not be encoded.

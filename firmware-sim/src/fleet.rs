@@ -3,9 +3,12 @@
 //! Each terminal is the real terminal daemon ([`cuntong_terminal::daemon::run`]) with simulated
 //! hardware: an SHT3x on a simulated I2C bus and simulated health. Terminals are spread over
 //! the townships and villages (and, for larger regions, the counties and prefectures) of the
-//! region, deterministically, so the same command gives the same fleet.
+//! region, deterministically, so the same command gives the same fleet. `reboot` from central
+//! restarts a simulated terminal the way it restarts a box.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cuntong_core::delivery::DeliveryConfig;
@@ -14,6 +17,7 @@ use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::config::{CommandsConfig, TerminalConfig};
 use cuntong_terminal::daemon::{self, Hardware, RunError};
+use cuntong_terminal::hardware::Power;
 use cuntong_terminal::hj212::Hj212Config;
 use cuntong_terminal::outbox::OutboxConfig;
 use cuntong_terminal::sensors::Sensor;
@@ -135,16 +139,69 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
     cfg
 }
 
-/// Simulated hardware for a terminal: an SHT3x on a simulated bus and simulated health.
-/// Returns the control handle of the sensor for fault injection.
-pub fn sim_hardware(seed: u64, interval: Duration) -> (Hardware, SimSht3xControl) {
-    let (device, control) = SimSht3x::new(0x44, seed);
+/// How long a simulated box takes to come back after `reboot`.
+pub const SIM_BOOT_TIME: Duration = Duration::from_millis(500);
+
+/// The simulated box's power: `reboot` stops the running daemon in an orderly way (as
+/// `systemctl reboot` would) and [`run_rebooting`] starts it again after [`SIM_BOOT_TIME`].
+#[derive(Clone, Debug, Default)]
+pub struct SimPower {
+    run: CancellationToken,
+    requested: Arc<AtomicBool>,
+}
+
+impl Power for SimPower {
+    fn reboot(&mut self) -> Result<String, String> {
+        self.requested.store(true, Ordering::Relaxed);
+        self.run.cancel();
+        Ok(format!(
+            "simulated reboot: back in {} ms",
+            SIM_BOOT_TIME.as_millis()
+        ))
+    }
+}
+
+/// Simulated hardware for a terminal: an SHT3x on a simulated bus (controlled by `control`,
+/// which outlives reboots) and simulated health.
+pub fn sim_hardware(
+    seed: u64,
+    interval: Duration,
+    control: &SimSht3xControl,
+    power: Box<dyn Power>,
+) -> Hardware {
+    let device = SimSht3x::controlled_by(control, 0x44, seed);
     let sensor: Box<dyn Sensor> = Box::new(Sht3x::new(device, NoDelay, 0x44));
-    let hardware = Hardware {
+    Hardware {
         sensors: vec![(sensor, interval)],
         health: Box::new(SimHealth::new(seed)),
-    };
-    (hardware, control)
+        power,
+    }
+}
+
+/// Runs one simulated terminal until `stop`, rebooting it whenever central asks.
+pub async fn run_rebooting(
+    cfg: TerminalConfig,
+    seed: u64,
+    interval: Duration,
+    control: SimSht3xControl,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
+    loop {
+        let power = SimPower {
+            run: stop.child_token(),
+            requested: Arc::default(),
+        };
+        let hardware = sim_hardware(seed, interval, &control, Box::new(power.clone()));
+        daemon::run(cfg.clone(), hardware, power.run.clone()).await?;
+        if stop.is_cancelled() || !power.requested.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        tracing::info!(terminal = %cfg.id, "simulated reboot");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(SIM_BOOT_TIME) => {}
+        }
+    }
 }
 
 /// A running fleet.
@@ -171,11 +228,14 @@ impl Fleet {
         let mut controls = Vec::with_capacity(configs.len());
         let mut ids = Vec::with_capacity(configs.len());
         for (i, cfg) in configs.into_iter().enumerate() {
-            let (hardware, control) = sim_hardware(i as u64 + 1, interval);
-            controls.push(control);
+            let seed = i as u64 + 1;
+            let (_, control) = SimSht3x::new(0x44, seed);
+            controls.push(control.clone());
             let (stop, id) = (stop.clone(), cfg.id);
             ids.push(id);
-            tasks.spawn(async move { (id, daemon::run(cfg, hardware, stop).await) });
+            tasks.spawn(
+                async move { (id, run_rebooting(cfg, seed, interval, control, stop).await) },
+            );
         }
         Fleet {
             ids,

@@ -168,16 +168,25 @@ impl SimSht3x {
     /// A device at `address` (0x44 or 0x45 on a real board) whose readings follow `seed`,
     /// and the handle that controls it.
     pub fn new(address: u8, seed: u64) -> (SimSht3x, SimSht3xControl) {
-        let shared = Arc::new(Shared {
-            fault: AtomicU8::new(Fault::None.to_u8()),
-            base_temp_c: AtomicU64::new(DEFAULT_BASE_TEMP_C.to_bits()),
-            base_rh: AtomicU64::new(DEFAULT_BASE_RH.to_bits()),
-        });
+        let control = SimSht3xControl {
+            shared: Arc::new(Shared {
+                fault: AtomicU8::new(Fault::None.to_u8()),
+                base_temp_c: AtomicU64::new(DEFAULT_BASE_TEMP_C.to_bits()),
+                base_rh: AtomicU64::new(DEFAULT_BASE_RH.to_bits()),
+            }),
+        };
+        (SimSht3x::controlled_by(&control, address, seed), control)
+    }
+
+    /// A device (freshly powered on) controlled by an existing handle: the same sensor after
+    /// the simulated box restarted.
+    pub fn controlled_by(control: &SimSht3xControl, address: u8, seed: u64) -> SimSht3x {
+        let shared = Arc::clone(&control.shared);
         let mut rng = SmallRng::seed_from_u64(seed);
         let clock_s = rng.gen_range(0.0..DAY_S);
-        let device = SimSht3x {
+        SimSht3x {
             address,
-            shared: Arc::clone(&shared),
+            shared,
             rng,
             clock_s,
             walk_c: 0.0,
@@ -185,8 +194,7 @@ impl SimSht3x {
             status: STATUS_AFTER_RESET,
             pending: None,
             measurements: 0,
-        };
-        (device, SimSht3xControl { shared })
+        }
     }
 
     /// The address the device answers at.

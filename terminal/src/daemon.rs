@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TerminalConfig;
+use crate::hardware::Power;
 use crate::health::HealthSource;
 use crate::hj212::{self, Hj212Stats, HjSample};
 use crate::link::{Link, LinkOptions, Message, unix_ms};
@@ -72,6 +73,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Hardware {
     pub sensors: Vec<(Box<dyn Sensor>, Duration)>,
     pub health: Box<dyn HealthSource>,
+    /// What `reboot` does.
+    pub power: Box<dyn Power>,
 }
 
 impl std::fmt::Debug for Hardware {
@@ -162,6 +165,8 @@ pub async fn run(
     };
     let mut daemon = Daemon {
         guard,
+        power: hardware.power,
+        tls_episodes_seen: 0,
         outbox,
         delivery,
         sampler: Sampler::new(cfg.health_interval.as_millis() as u64),
@@ -176,9 +181,7 @@ pub async fn run(
         link: link.clone(),
         cfg,
     };
-    for (metric, policy) in &daemon.cfg.metrics {
-        daemon.sampler.set_policy(metric.clone(), policy.clone());
-    }
+    daemon.apply_sampling();
 
     let status_task = daemon.cfg.status_socket.clone().map(|path| {
         let (status, link, stop) = (daemon.status.clone(), link.clone(), stop.clone());
@@ -341,6 +344,11 @@ pub async fn run(
                 }
             }
         }
+        if health_tick.period() != daemon.cfg.health_interval {
+            health_tick = tokio::time::interval(daemon.cfg.health_interval);
+            health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        daemon.check_tls()?;
         daemon.flush(false)?;
         daemon.pump();
     }
@@ -398,6 +406,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 struct Daemon {
     cfg: TerminalConfig,
     guard: Option<crate::commands::CommandGuard>,
+    power: Box<dyn Power>,
+    /// TLS failure episodes of the link already reported.
+    tls_episodes_seen: u64,
     outbox: Outbox,
     delivery: Delivery,
     sampler: Sampler,
@@ -407,6 +418,27 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// (Re)builds the sampler from the configured interval and per-metric policies.
+    fn apply_sampling(&mut self) {
+        self.sampler = Sampler::new(self.cfg.health_interval.as_millis() as u64);
+        for (metric, policy) in &self.cfg.metrics {
+            self.sampler.set_policy(metric.clone(), policy.clone());
+        }
+    }
+
+    /// Reports TLS failures of the link as a security event, once per episode (a link that
+    /// keeps failing the same way is not a new event at each retry).
+    fn check_tls(&mut self) -> Result<(), RunError> {
+        let (episodes, detail) = self.link.tls_failures();
+        if episodes <= self.tls_episodes_seen {
+            return Ok(());
+        }
+        self.tls_episodes_seen = episodes;
+        tracing::warn!(error = %detail, "TLS failure on the link");
+        self.with_status(|s| push_error(s, unix_ms(), format!("TLS failure: {detail}")));
+        self.event(Event::TlsFailure { detail })
+    }
+
     fn with_status(&self, f: impl FnOnce(&mut StatusReport)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
@@ -606,24 +638,14 @@ impl Daemon {
                             .unwrap_or_default();
                         (true, lines)
                     }
-                    Action::Reboot => {
-                        match self.cfg.commands.as_ref().and_then(|c| c.reboot.clone()) {
-                            Some(argv) => match std::process::Command::new(&argv[0])
-                                .args(&argv[1..])
-                                .spawn()
-                            {
-                                Ok(_) => (true, format!("reboot started: {}", argv.join(" "))),
-                                Err(e) => (false, format!("reboot command failed: {e}")),
-                            },
-                            None => (false, "no reboot command configured".to_owned()),
-                        }
-                    }
-                    Action::ConfigSet { key, .. } => (
-                        false,
-                        format!(
-                            "config-set {key}: remote configuration is not supported by this terminal"
-                        ),
-                    ),
+                    Action::Reboot => match self.power.reboot() {
+                        Ok(done) => (true, done),
+                        Err(e) => (false, e),
+                    },
+                    Action::ConfigSet { key, value } => match self.config_set(key, value) {
+                        Ok(summary) => (true, summary),
+                        Err(e) => (false, format!("config-set {key}: {e}")),
+                    },
                     _ => (false, "unknown action".to_owned()),
                 };
                 self.event(Event::CommandRun {
@@ -639,6 +661,21 @@ impl Daemon {
             let _ = self.link.try_publish(Message::new(topic, bytes));
         }
         Ok(())
+    }
+
+    /// Changes one key of the configuration file; applies it now where the daemon can.
+    fn config_set(&mut self, key: &str, value: &str) -> Result<String, String> {
+        let Some(path) = self.cfg.source.clone() else {
+            return Err("this terminal runs without a configuration file".to_owned());
+        };
+        let change = crate::remote_config::set(&path, key, value)?;
+        tracing::info!("{}", change.summary);
+        if change.applies == crate::remote_config::Applies::Now {
+            self.cfg.health_interval = change.config.health_interval;
+            self.cfg.metrics = change.config.metrics;
+            self.apply_sampling();
+        }
+        Ok(change.summary)
     }
 
     /// Hands the link whatever delivery says is due now.

@@ -77,3 +77,54 @@ impl Sensor for Reopening {
         }
     }
 }
+
+/// How the box restarts itself when central sends `reboot`. The terminal binary runs the
+/// configured system command ([`SystemPower`]); the simulator restarts the simulated box.
+pub trait Power: Send {
+    /// Starts a restart and says what was done; the daemon answers central with it before
+    /// the box goes down.
+    fn reboot(&mut self) -> Result<String, String>;
+}
+
+/// Restarts the box with a system command (`[commands] reboot = ["systemctl", "reboot"]`).
+#[derive(Clone, Debug, Default)]
+pub struct SystemPower {
+    pub command: Option<Vec<String>>,
+}
+
+impl Power for SystemPower {
+    fn reboot(&mut self) -> Result<String, String> {
+        let Some((program, args)) = self.command.as_ref().and_then(|c| c.split_first()) else {
+            return Err("no reboot command configured ([commands] reboot)".to_owned());
+        };
+        match std::process::Command::new(program).args(args).spawn() {
+            Ok(_) => Ok(format!("reboot started: {program} {}", args.join(" "))
+                .trim_end()
+                .to_owned()),
+            Err(e) => Err(format!("reboot command {program} failed: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reboot_without_a_command_is_refused_and_a_failing_command_says_why() {
+        assert!(
+            SystemPower::default()
+                .reboot()
+                .unwrap_err()
+                .contains("no reboot command")
+        );
+        let mut p = SystemPower {
+            command: Some(vec!["/nonexistent/reboot".into()]),
+        };
+        assert!(p.reboot().unwrap_err().contains("/nonexistent/reboot"));
+        let mut p = SystemPower {
+            command: Some(vec!["true".into(), "now".into()]),
+        };
+        assert_eq!(p.reboot().unwrap(), "reboot started: true now");
+    }
+}

@@ -60,10 +60,30 @@ pub fn on_start(cfg: &TerminalConfig) -> std::io::Result<Vec<Event>> {
     if !changed.is_empty() {
         events.push(Event::FilesChanged { files: changed });
     }
-    let tmp = state.with_extension("tmp");
-    std::fs::write(&tmp, now)?;
-    std::fs::rename(&tmp, &state)?;
+    save_fingerprints(&state, &now)?;
     Ok(events)
+}
+
+/// Records the current fingerprint of `file` after the terminal changed it itself (remote
+/// configuration), so the next start does not report it as changed.
+pub fn accept_change(cfg: &TerminalConfig, file: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let state = cfg.data_dir.join("files.sha256");
+    let shown = file.display().to_string();
+    let mut lines: Vec<String> = std::fs::read_to_string(&state)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_once(' ').is_none_or(|(_, p)| p != shown))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    lines.push(format!("{} {shown}\n", fingerprint(file)));
+    save_fingerprints(&state, &lines.concat())
+}
+
+fn save_fingerprints(state: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = state.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, state)
 }
 
 /// Marks a clean stop.
@@ -108,5 +128,10 @@ mod tests {
             vec![],
             "the change is reported once"
         );
+        // A change the terminal made itself (remote configuration) is not tampering.
+        on_clean_stop(&cfg);
+        std::fs::write(&path, format!("{text}# set remotely\n")).unwrap();
+        accept_change(&cfg, &path).unwrap();
+        assert_eq!(on_start(&cfg).unwrap(), vec![]);
     }
 }

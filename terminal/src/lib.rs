@@ -17,6 +17,7 @@
 //! - [`status`]: the local status socket.
 //! - [`check`]: the technician's on-site self-test.
 //! - [`commands`]: verifying signed remote commands.
+//! - [`remote_config`]: `config-set` from central, validated and saved in place.
 //! - [`tls`]: mutual TLS for the link.
 
 pub mod broker_url;
@@ -30,6 +31,7 @@ pub mod hj212;
 pub mod integrity;
 pub mod link;
 pub mod outbox;
+pub mod remote_config;
 pub mod sensors;
 pub mod status;
 pub mod tls;

@@ -157,6 +157,9 @@ struct Shared {
     connects: AtomicU64,
     published: AtomicU64,
     last_publish_ms: AtomicU64,
+    /// Runs of TLS failures (certificate not trusted, expired, refused) since start; a run
+    /// ends when the link connects.
+    tls_episodes: AtomicU64,
     detail: Mutex<Detail>,
 }
 
@@ -166,6 +169,7 @@ struct Detail {
     /// Outcome of recent pings, newest last: true = answered.
     pings: std::collections::VecDeque<bool>,
     last_error: Option<String>,
+    last_tls_error: String,
 }
 
 const PING_WINDOW: usize = 20;
@@ -301,6 +305,17 @@ impl Link {
         }
     }
 
+    /// How many runs of TLS failures the link has had, and the latest failure.
+    pub fn tls_failures(&self) -> (u64, String) {
+        let detail = self
+            .shared
+            .detail
+            .lock()
+            .map(|d| d.last_tls_error.clone())
+            .unwrap_or_default();
+        (self.shared.tls_episodes.load(Ordering::Relaxed), detail)
+    }
+
     /// Stops the link's tasks; queued messages that were not sent are discarded.
     pub fn shutdown(&self) {
         self.stop.cancel();
@@ -341,6 +356,7 @@ async fn poll_task(
     let mut failures: u32 = 0;
     let mut ping_sent: Option<Instant> = None;
     let mut generation_no = 0u64;
+    let mut in_tls_episode = false;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => break,
@@ -349,6 +365,7 @@ async fn poll_task(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
+                in_tls_episode = false;
                 ping_sent = None;
                 shared.connected.store(true, Ordering::Relaxed);
                 shared.connects.fetch_add(1, Ordering::Relaxed);
@@ -395,8 +412,16 @@ async fn poll_task(
                 if ping_sent.take().is_some() {
                     record_ping(&shared, false, None);
                 }
+                let tls = tls_failure(&e);
                 if let Ok(mut d) = shared.detail.lock() {
                     d.last_error = Some(e.to_string());
+                    if let Some(t) = &tls {
+                        d.last_tls_error.clone_from(t);
+                    }
+                }
+                if tls.is_some() && !in_tls_episode {
+                    in_tls_episode = true;
+                    shared.tls_episodes.fetch_add(1, Ordering::Relaxed);
                 }
                 let wait = backoff.delay(failures, &mut rng);
                 failures = failures.saturating_add(1);
@@ -440,6 +465,23 @@ async fn uplink_back(broker: &BrokerUrl) {
         {
             return;
         }
+    }
+}
+
+/// The TLS failure behind a connection error, if it is one: rumqttc's own TLS errors, or a
+/// rustls error inside an I/O error (how a failed handshake surfaces).
+fn tls_failure(e: &rumqttc::ConnectionError) -> Option<String> {
+    fn rustls_in(e: &std::io::Error) -> Option<String> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(|r| r.to_string())
+    }
+    match e {
+        // A connection reset during the handshake is the link, not TLS.
+        rumqttc::ConnectionError::Tls(rumqttc::TlsError::Io(io))
+        | rumqttc::ConnectionError::Io(io) => rustls_in(io),
+        rumqttc::ConnectionError::Tls(t) => Some(t.to_string()),
+        _ => None,
     }
 }
 

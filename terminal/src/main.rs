@@ -140,6 +140,9 @@ async fn async_main(cli: Cli) -> ExitCode {
                     .map(|s| (hardware::open_or_retry(&s.kind), s.interval))
                     .collect(),
                 health: Box::new(ProcHealth::new(&cfg.data_dir)),
+                power: Box::new(hardware::SystemPower {
+                    command: cfg.commands.as_ref().and_then(|c| c.reboot.clone()),
+                }),
             };
             let stop = CancellationToken::new();
             let on_signal = stop.clone();

@@ -317,3 +317,166 @@ fn a_terminal_cannot_write_or_read_another_terminals_topics() {
         spy.text()
     );
 }
+
+/// `cuntong events --json` rows, strictly.
+fn events(db: &Path, security_only: bool) -> Vec<cuntong::view::EventJson> {
+    let mut args = vec!["events", "--json", "--db", db.to_str().unwrap()];
+    if security_only {
+        args.push("--security");
+    }
+    let out = run(&bin("cuntong"), &args);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+#[test]
+fn tls_failures_remote_configuration_and_reboots_reach_central_staff() {
+    let f = Fleet::provision();
+    let db = f.path("central.db");
+    let url = format!("mqtts://127.0.0.1:{}", f.port);
+    let central_bundle = f.path("central");
+    let _central = Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "central",
+            "--broker",
+            &url,
+            "--tls",
+            central_bundle.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        f.path("central.log"),
+    );
+    let cfg = f.path("a/terminal.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "data_dir = \"/var/lib/cuntong\"",
+        &format!("data_dir = {:?}", f.path("a-data")),
+    );
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[telemetry]\nhealth_interval = \"1s\"\nbatch_age = \"1s\"\n"),
+    )
+    .unwrap();
+
+    // The box trusts the wrong CA (a bad bundle): every handshake with the broker fails.
+    let d = |p: &str| f.path(p).to_str().unwrap().to_owned();
+    cuntong(&["ca", "init", "--dir", &d("rogue-ca")]);
+    let genuine = std::fs::read(f.path("a/ca.pem")).unwrap();
+    std::fs::copy(f.path("rogue-ca/ca.pem"), f.path("a/ca.pem")).unwrap();
+    let socket = f.path("a-data/status.sock");
+    let status = || {
+        let out = run(
+            &bin("cuntong-terminal"),
+            &["status", "--json", "--socket", socket.to_str().unwrap()],
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let mut terminal = Proc::spawn(
+        &bin("cuntong-sim"),
+        &["terminal", "--config", cfg.to_str().unwrap()],
+        f.path("a-1.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || status()["recent_errors"]
+            .to_string()
+            .contains("TLS failure")),
+        "{}",
+        terminal.log_text()
+    );
+    assert!(terminal.terminate(Duration::from_secs(10)).is_some());
+
+    // The technician puts the right CA back: the terminal connects and reports what happened.
+    std::fs::write(f.path("a/ca.pem"), genuine).unwrap();
+    let terminal = Proc::spawn(
+        &bin("cuntong-sim"),
+        &["terminal", "--config", cfg.to_str().unwrap()],
+        f.path("a-2.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let kinds: Vec<String> = events(&db, true).into_iter().map(|e| e.kind).collect();
+            kinds.contains(&"tls-failure".to_owned()) && kinds.contains(&"files-changed".to_owned())
+        }),
+        "{:?}\n{}",
+        events(&db, false),
+        terminal.log_text()
+    );
+    let security = events(&db, true);
+    let tls = security.iter().find(|e| e.kind == "tls-failure").unwrap();
+    assert_eq!(tls.terminal, A);
+    assert!(tls.detail.contains("certificate"), "{tls:?}");
+    assert_eq!(
+        security.iter().filter(|e| e.kind == "tls-failure").count(),
+        1,
+        "one event per episode, not one per retry: {security:?}"
+    );
+    assert!(
+        security
+            .iter()
+            .any(|e| e.kind == "files-changed" && e.detail.contains("ca.pem"))
+    );
+
+    let cmd = |words: &[&str]| {
+        let mut args = vec!["cmd", A];
+        args.extend_from_slice(words);
+        let ca = d("ca");
+        args.extend([
+            "--ca",
+            &ca,
+            "--broker",
+            &url,
+            "--tls",
+            central_bundle.to_str().unwrap(),
+            "--wait",
+            "10s",
+            "--json",
+        ]);
+        let out = run(&bin("cuntong"), &args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.success(),
+            v[0]["output"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+
+    // Remote configuration: saved in place, validated, applied; identity is not settable.
+    let (ok, output) = cmd(&["config-set", "telemetry.health_interval=2s"]);
+    assert!(ok, "{output}");
+    assert!(output.contains("applied now"), "{output}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("health_interval = \"2s\""), "{text}");
+    let (ok, output) = cmd(&["config-set", "telemetry.health_interval=soon"]);
+    assert!(
+        !ok && output.contains("telemetry.health_interval"),
+        "{output}"
+    );
+    let (ok, output) = cmd(&["config-set", "id=130102009009-main"]);
+    assert!(!ok && output.contains("provisioning"), "{output}");
+
+    // Reboot: answered, then the box goes down in order and comes back.
+    let started = |events: &[cuntong::view::EventJson]| {
+        events
+            .iter()
+            .filter(|e| e.terminal == A && e.kind == "started")
+            .count()
+    };
+    let before = started(&events(&db, false));
+    let (ok, output) = cmd(&["reboot"]);
+    assert!(ok && output.contains("reboot"), "{output}");
+    assert!(
+        wait_until(Duration::from_secs(30), || started(&events(&db, false))
+            > before),
+        "{}",
+        terminal.log_text()
+    );
+    // A sanctioned change and an orderly reboot are not security events.
+    let after = events(&db, true);
+    assert_eq!(
+        after
+            .iter()
+            .filter(|e| e.kind == "files-changed" || e.kind == "unexpected-restart")
+            .count(),
+        1,
+        "only the CA swap: {after:?}"
+    );
+}
