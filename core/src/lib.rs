@@ -15,6 +15,7 @@
 //! - [`delivery`]: what to send when, until central confirms it stored it.
 //! - [`command`]: signed remote commands and their results.
 //! - [`hj212`]: the HJ 212 frame codec (framing, CRC, fields, readings) for data loggers.
+//! - [`meeting`]: meetings, training broadcasts and calls: host and participant state machines.
 //!
 //! ```
 //! use cuntong_core::{site::{Level, SiteCode}, terminal_id::TerminalId, topic::{Channel, Topic}};
@@ -35,6 +36,7 @@ pub mod decimal;
 pub mod delivery;
 pub mod envelope;
 pub mod hj212;
+pub mod meeting;
 pub mod presence;
 pub mod sampler;
 pub mod site;

@@ -343,6 +343,19 @@ impl FromStr for Region {
     }
 }
 
+/// On the wire a region is its root site code.
+impl serde::Serialize for Region {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.root, s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Region {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Region, D::Error> {
+        <SiteCode as serde::Deserialize>::deserialize(d).map(Region::of)
+    }
+}
+
 impl fmt::Display for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.prefix())

@@ -164,6 +164,35 @@ impl fmt::Debug for TerminalId {
     }
 }
 
+/// On the wire a slug is a string, checked again when decoded.
+impl serde::Serialize for Slug {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Slug {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Slug, D::Error> {
+        let s = <alloc::string::String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// On the wire a terminal id is its site code (a varint) and its slug: about 7 bytes less than
+/// the text form.
+impl serde::Serialize for TerminalId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&(self.site, self.slug), s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TerminalId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TerminalId, D::Error> {
+        let (site, slug) = <(SiteCode, Slug) as serde::Deserialize>::deserialize(d)?;
+        Ok(TerminalId { site, slug })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

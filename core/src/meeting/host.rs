@@ -1,0 +1,699 @@
+//! The meeting host (inside `cuntong central`): owns a session's desired state, applies the
+//! chair's operations to it, and keeps each site's record from what the site reports.
+//!
+//! `op`, `uplink` and `tick` take the time and return what to do ([`HostOutput`]): publish
+//! the new state (retained, once per invited region), send a site its media plan, clear the
+//! retained copies at the end, and notices for whoever watches. The host is serialisable, so
+//! central stores it after every change and a restart loses nothing.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Answer, Downlink, Hand, Kind, MediaPlan, MeetingSpec, MeetingState, RollCall, Status, Tier,
+    Uplink,
+};
+use crate::site::Region;
+use crate::terminal_id::TerminalId;
+
+/// Timing and limits of a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostConfig {
+    /// How often joined sites repeat their status.
+    pub heartbeat_ms: u64,
+    /// A joined site not heard from for this long is unreachable.
+    pub unreachable_after_ms: u64,
+    /// Raised hands kept in the queue, at most.
+    pub max_hands: usize,
+    /// Individually muted (or, under mute-all, unmuted) sites, at most; beyond it the chair
+    /// mutes or unmutes everybody.
+    pub max_exceptions: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> HostConfig {
+        HostConfig {
+            heartbeat_ms: 10_000,
+            unreachable_after_ms: 30_000,
+            max_hands: 256,
+            max_exceptions: 2_048,
+        }
+    }
+}
+
+/// Where a site is, as the host knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SitePhase {
+    /// Invited; has not answered.
+    Invited,
+    Joined,
+    Left,
+    Declined,
+    /// Joined, but silent for longer than the host allows.
+    Unreachable,
+}
+
+impl SitePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SitePhase::Invited => "invited",
+            SitePhase::Joined => "joined",
+            SitePhase::Left => "left",
+            SitePhase::Declined => "declined",
+            SitePhase::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// What the host knows of one site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    pub phase: SitePhase,
+    pub tier: Option<Tier>,
+    pub rtp_port: u16,
+    /// Assigned at the first join, kept for the session.
+    pub ssrc: u32,
+    pub last_heard_ms: Option<u64>,
+    /// The newest state version the site says it applied.
+    pub seen: u64,
+    /// Whether the site says its microphone is off.
+    pub muted: Option<bool>,
+    /// The site's answer to a roll call; `answered_ms` is the site's true answer time (never
+    /// before the roll call opened, never after it reached the host).
+    pub answer: Option<Answer>,
+    /// The newest hand change applied.
+    hand_number: u32,
+    pub note: Option<String>,
+}
+
+impl SiteRecord {
+    fn new() -> SiteRecord {
+        SiteRecord {
+            phase: SitePhase::Invited,
+            tier: None,
+            rtp_port: 0,
+            ssrc: 0,
+            last_heard_ms: None,
+            seen: 0,
+            muted: None,
+            answer: None,
+            hand_number: 0,
+            note: None,
+        }
+    }
+}
+
+/// Who asks for an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operator {
+    /// The chair: everything.
+    Chair,
+    /// A delegated chair (a county chair in a province meeting): mute, unmute, floor and hands
+    /// of the sites in its region, and only those.
+    Delegate(Region),
+}
+
+/// What the chair (or a delegate) asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChairOp {
+    Start,
+    End,
+    /// Opens a new roll call (点名); answers to earlier ones no longer count.
+    RollCall,
+    CloseRollCall,
+    /// Gives a site the floor (允许发言) and lowers its hand.
+    Grant(TerminalId),
+    /// Takes the floor back.
+    Revoke,
+    Mute(TerminalId),
+    Unmute(TerminalId),
+    MuteAll,
+    UnmuteAll,
+    /// Shows one site to every site (广播), or the default again (`None`).
+    Broadcast(Option<TerminalId>),
+    LowerHand(TerminalId),
+}
+
+impl ChairOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChairOp::Start => "start",
+            ChairOp::End => "end",
+            ChairOp::RollCall => "rollcall",
+            ChairOp::CloseRollCall => "close-rollcall",
+            ChairOp::Grant(_) => "grant",
+            ChairOp::Revoke => "revoke",
+            ChairOp::Mute(_) => "mute",
+            ChairOp::Unmute(_) => "unmute",
+            ChairOp::MuteAll => "mute-all",
+            ChairOp::UnmuteAll => "unmute-all",
+            ChairOp::Broadcast(_) => "broadcast",
+            ChairOp::LowerHand(_) => "lower-hand",
+        }
+    }
+}
+
+/// Why an operation was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum OpError {
+    /// Only the chair may do this.
+    ChairOnly {
+        op: &'static str,
+    },
+    /// A delegate acted on a site outside its region.
+    OutsideScope {
+        target: TerminalId,
+        scope: Region,
+    },
+    NotInvited(TerminalId),
+    Ended,
+    /// The session has not started.
+    NotLive {
+        op: &'static str,
+    },
+    TooMany {
+        what: &'static str,
+        max: usize,
+    },
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::ChairOnly { op } => write!(f, "{op}: only the chair may do this"),
+            OpError::OutsideScope { target, scope } => {
+                write!(f, "{target} is outside the delegated region {scope}")
+            }
+            OpError::NotInvited(t) => write!(f, "{t} is not invited"),
+            OpError::Ended => f.write_str("the session has ended"),
+            OpError::NotLive { op } => write!(f, "{op}: the session has not started"),
+            OpError::TooMany { what, max } => write!(f, "more than {max} {what}"),
+        }
+    }
+}
+
+impl core::error::Error for OpError {}
+
+/// Something worth telling whoever watches the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Joined(TerminalId),
+    Declined(TerminalId, String),
+    Left(TerminalId),
+    Unreachable(TerminalId),
+    /// An unreachable site was heard again.
+    Back(TerminalId),
+    Answered {
+        site: TerminalId,
+        number: u32,
+        latency_ms: u64,
+    },
+    HandRaised(TerminalId),
+    HandLowered(TerminalId),
+}
+
+/// Who answered a roll call, and how fast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RollCallResults {
+    pub roll_call: RollCall,
+    /// Every known site with its latency in ms, `None` if it has not answered.
+    pub sites: Vec<(TerminalId, Option<u64>)>,
+}
+
+/// What the host asks its owner to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostOutput {
+    /// Publish this state, retained, on the meeting topic of every invitee.
+    Publish(alloc::boxed::Box<MeetingState>),
+    /// The session ended: clear the retained copies (after publishing the final state).
+    Clear,
+    /// Send a site a message on its own downlink.
+    Send(TerminalId, Downlink),
+    Notice(Notice),
+}
+
+/// The host of one session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Host {
+    cfg: HostConfig,
+    state: MeetingState,
+    sites: BTreeMap<TerminalId, SiteRecord>,
+    /// The session's SRTP master key and salt, handed to each admitted site.
+    srtp_key: Vec<u8>,
+    next_ssrc: u32,
+    created_ms: u64,
+    /// Where admitted sites send their media, if the session has a media point.
+    media_point: Option<String>,
+}
+
+impl Host {
+    /// A new session, scheduled: publish its state so the invitations go out. `srtp_key`
+    /// comes from the owner's secure random source.
+    pub fn new(
+        spec: MeetingSpec,
+        cfg: HostConfig,
+        srtp_key: Vec<u8>,
+        now_ms: u64,
+    ) -> (Host, Vec<HostOutput>) {
+        let state = MeetingState {
+            version: 1,
+            spec,
+            status: Status::Scheduled,
+            floor: None,
+            broadcast: None,
+            mute_all: false,
+            exceptions: Vec::new(),
+            roll_call: None,
+            hands: Vec::new(),
+        };
+        let mut host = Host {
+            cfg,
+            state,
+            sites: BTreeMap::new(),
+            srtp_key,
+            next_ssrc: 0x1000_0000,
+            created_ms: now_ms,
+            media_point: None,
+        };
+        if let Some(chair) = host.state.spec.chair {
+            host.sites.insert(chair, SiteRecord::new());
+        }
+        let out = alloc::vec![HostOutput::Publish(host.state.clone().into())];
+        (host, out)
+    }
+
+    pub fn state(&self) -> &MeetingState {
+        &self.state
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.cfg
+    }
+
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms
+    }
+
+    /// Every site the host knows (expected, joined, declined…), by id.
+    pub fn sites(&self) -> &BTreeMap<TerminalId, SiteRecord> {
+        &self.sites
+    }
+
+    /// Where admitted sites send media (a relay or media point), from the media plan.
+    pub fn set_media_point(&mut self, addr: Option<String>) {
+        self.media_point = addr;
+    }
+
+    /// Terminals known to be in the invited regions: they are listed as invited until they
+    /// answer, so a site that never answers shows up.
+    pub fn expect(&mut self, terminals: impl IntoIterator<Item = TerminalId>) {
+        for t in terminals {
+            if self.state.spec.invites(&t) {
+                self.sites.entry(t).or_insert_with(SiteRecord::new);
+            }
+        }
+    }
+
+    /// Applies a chair operation.
+    pub fn op(
+        &mut self,
+        by: &Operator,
+        op: ChairOp,
+        now_ms: u64,
+    ) -> Result<Vec<HostOutput>, OpError> {
+        if self.state.status == Status::Ended {
+            return Err(OpError::Ended);
+        }
+        let chair_only = || match by {
+            Operator::Chair => Ok(()),
+            Operator::Delegate(_) => Err(OpError::ChairOnly { op: op.name() }),
+        };
+        let live = |s: &MeetingState| {
+            if s.status == Status::Live {
+                Ok(())
+            } else {
+                Err(OpError::NotLive { op: op.name() })
+            }
+        };
+        let before = self.state.clone();
+        let mut out = Vec::new();
+        match op {
+            ChairOp::Start => {
+                chair_only()?;
+                self.state.status = Status::Live;
+            }
+            ChairOp::End => {
+                chair_only()?;
+                self.end(&mut out);
+                return Ok(out);
+            }
+            ChairOp::RollCall => {
+                chair_only()?;
+                live(&self.state)?;
+                let number = self.state.roll_call.map_or(0, |r| r.number) + 1;
+                self.state.roll_call = Some(RollCall {
+                    number,
+                    opened_ms: now_ms,
+                });
+            }
+            ChairOp::CloseRollCall => {
+                chair_only()?;
+                self.state.roll_call = None;
+            }
+            ChairOp::Grant(t) => {
+                self.check_target(by, &t)?;
+                live(&self.state)?;
+                self.state.floor = Some(t);
+                self.state.hands.retain(|h| *h != t);
+                if self.state.spec.floor_mutes_others {
+                    self.state.mute_all = true;
+                    self.state.exceptions.clear();
+                }
+            }
+            ChairOp::Revoke => {
+                if let (Operator::Delegate(_), Some(f)) = (by, self.state.floor) {
+                    self.check_target(by, &f)?;
+                }
+                self.state.floor = None;
+            }
+            ChairOp::Mute(t) => {
+                self.check_target(by, &t)?;
+                self.set_muted(&t, true)?;
+            }
+            ChairOp::Unmute(t) => {
+                self.check_target(by, &t)?;
+                self.set_muted(&t, false)?;
+            }
+            ChairOp::MuteAll | ChairOp::UnmuteAll => {
+                let muted = op == ChairOp::MuteAll;
+                match by {
+                    Operator::Chair => {
+                        // The chair and the speaker stay heard.
+                        self.state.mute_all = muted;
+                        self.state.exceptions.clear();
+                    }
+                    Operator::Delegate(region) => {
+                        let inside: Vec<TerminalId> = self
+                            .sites
+                            .keys()
+                            .filter(|t| region.contains(t.site()))
+                            .copied()
+                            .collect();
+                        for t in inside {
+                            self.set_muted(&t, muted)?;
+                        }
+                    }
+                }
+            }
+            ChairOp::Broadcast(t) => {
+                chair_only()?;
+                if let Some(t) = &t {
+                    self.check_target(by, t)?;
+                }
+                self.state.broadcast = t;
+            }
+            ChairOp::LowerHand(t) => {
+                self.check_target(by, &t)?;
+                self.state.hands.retain(|h| *h != t);
+            }
+        }
+        if self.state != before {
+            self.state.version = before.version + 1;
+            out.push(HostOutput::Publish(self.state.clone().into()));
+        }
+        Ok(out)
+    }
+
+    fn check_target(&self, by: &Operator, t: &TerminalId) -> Result<(), OpError> {
+        if !self.state.spec.invites(t) {
+            return Err(OpError::NotInvited(*t));
+        }
+        match by {
+            Operator::Delegate(scope) if !scope.contains(t.site()) => Err(OpError::OutsideScope {
+                target: *t,
+                scope: *scope,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn set_muted(&mut self, t: &TerminalId, muted: bool) -> Result<(), OpError> {
+        if muted && self.state.floor.as_ref() == Some(t) {
+            self.state.floor = None;
+        }
+        // Under mute-all the exceptions are the sites heard; otherwise the sites muted.
+        let listed = muted != self.state.mute_all;
+        let ex = &mut self.state.exceptions;
+        match (ex.binary_search(t), listed) {
+            (Err(at), true) => {
+                if ex.len() >= self.cfg.max_exceptions {
+                    return Err(OpError::TooMany {
+                        what: "individually muted or unmuted sites",
+                        max: self.cfg.max_exceptions,
+                    });
+                }
+                ex.insert(at, *t);
+            }
+            (Ok(at), false) => {
+                ex.remove(at);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut Vec<HostOutput>) {
+        self.state.status = Status::Ended;
+        self.state.roll_call = None;
+        self.state.floor = None;
+        self.state.hands.clear();
+        self.state.version += 1;
+        out.push(HostOutput::Publish(self.state.clone().into()));
+        out.push(HostOutput::Clear);
+    }
+
+    /// Handles a site's message.
+    pub fn uplink(&mut self, from: TerminalId, msg: Uplink, now_ms: u64) -> Vec<HostOutput> {
+        let mut out = Vec::new();
+        let meeting = self.state.spec.id;
+        if msg.meeting() != meeting {
+            return out;
+        }
+        if !self.state.spec.invites(&from) {
+            if matches!(msg, Uplink::Join { .. }) {
+                out.push(HostOutput::Send(
+                    from,
+                    Downlink::Refused {
+                        meeting,
+                        reason: "not invited".into(),
+                    },
+                ));
+            }
+            return out;
+        }
+        if self.state.status == Status::Ended {
+            if matches!(msg, Uplink::Join { .. }) {
+                out.push(HostOutput::Send(
+                    from,
+                    Downlink::Refused {
+                        meeting,
+                        reason: "the session has ended".into(),
+                    },
+                ));
+            }
+            return out;
+        }
+        let before = self.state.clone();
+        let rec = self.sites.entry(from).or_insert_with(SiteRecord::new);
+        match msg {
+            Uplink::Join { tier, rtp_port, .. } => {
+                rec.last_heard_ms = Some(now_ms);
+                if rec.phase != SitePhase::Joined {
+                    if rec.phase != SitePhase::Unreachable {
+                        out.push(HostOutput::Notice(Notice::Joined(from)));
+                    } else {
+                        out.push(HostOutput::Notice(Notice::Back(from)));
+                    }
+                    rec.phase = SitePhase::Joined;
+                }
+                rec.tier = Some(tier);
+                rec.rtp_port = rtp_port;
+                rec.note = None;
+                if rec.ssrc == 0 {
+                    rec.ssrc = self.next_ssrc;
+                    self.next_ssrc = self.next_ssrc.wrapping_add(1).max(1);
+                }
+                // Every join is answered with the plan: the site repeats its join until it
+                // has one, so the answer must be idempotent.
+                let plan = MediaPlan {
+                    ssrc: rec.ssrc,
+                    send_to: if tier == Tier::ReceiveOnly {
+                        None
+                    } else {
+                        self.media_point.clone()
+                    },
+                    srtp_key: self.srtp_key.clone(),
+                    tier,
+                };
+                out.push(HostOutput::Send(from, Downlink::Admitted { meeting, plan }));
+            }
+            Uplink::Status {
+                seen,
+                muted,
+                hand,
+                answer,
+                ..
+            } => {
+                if !matches!(rec.phase, SitePhase::Joined | SitePhase::Unreachable) {
+                    // A late copy from before the site left, or a site that has not joined.
+                    return out;
+                }
+                rec.last_heard_ms = Some(now_ms);
+                if rec.phase == SitePhase::Unreachable {
+                    rec.phase = SitePhase::Joined;
+                    out.push(HostOutput::Notice(Notice::Back(from)));
+                }
+                if seen >= rec.seen {
+                    rec.seen = seen;
+                    rec.muted = Some(muted);
+                }
+                let hand_change = self.apply_hand(from, hand);
+                out.extend(hand_change);
+                self.apply_answer(from, answer, now_ms, &mut out);
+            }
+            Uplink::Decline { reason, .. } => {
+                if rec.phase != SitePhase::Declined {
+                    rec.phase = SitePhase::Declined;
+                    rec.note = Some(reason.clone());
+                    out.push(HostOutput::Notice(Notice::Declined(from, reason)));
+                }
+                self.forget_site_in_state(&from);
+            }
+            Uplink::Leave { .. } => {
+                if rec.phase != SitePhase::Left {
+                    rec.phase = SitePhase::Left;
+                    out.push(HostOutput::Notice(Notice::Left(from)));
+                }
+                self.forget_site_in_state(&from);
+                if self.state.spec.kind == Kind::Call {
+                    // Either party hanging up ends a call.
+                    self.end(&mut out);
+                    return out;
+                }
+            }
+        }
+        if self.state != before {
+            self.state.version = before.version + 1;
+            out.push(HostOutput::Publish(self.state.clone().into()));
+        }
+        out
+    }
+
+    /// A site that left or declined no longer holds the floor or a raised hand.
+    fn forget_site_in_state(&mut self, t: &TerminalId) {
+        if self.state.floor.as_ref() == Some(t) {
+            self.state.floor = None;
+        }
+        self.state.hands.retain(|h| h != t);
+    }
+
+    fn apply_hand(&mut self, from: TerminalId, hand: Hand) -> Option<HostOutput> {
+        let rec = self.sites.get_mut(&from)?;
+        if hand.number <= rec.hand_number {
+            return None;
+        }
+        rec.hand_number = hand.number;
+        let queued = self.state.hands.contains(&from);
+        if hand.raised
+            && !queued
+            && self.state.floor != Some(from)
+            && self.state.hands.len() < self.cfg.max_hands
+        {
+            self.state.hands.push(from);
+            Some(HostOutput::Notice(Notice::HandRaised(from)))
+        } else if !hand.raised && queued {
+            self.state.hands.retain(|h| *h != from);
+            Some(HostOutput::Notice(Notice::HandLowered(from)))
+        } else {
+            None
+        }
+    }
+
+    fn apply_answer(
+        &mut self,
+        from: TerminalId,
+        answer: Option<Answer>,
+        now_ms: u64,
+        out: &mut Vec<HostOutput>,
+    ) {
+        let (Some(rc), Some(a), Some(rec)) =
+            (self.state.roll_call, answer, self.sites.get_mut(&from))
+        else {
+            return;
+        };
+        if a.number != rc.number || rec.answer.is_some_and(|x| x.number == rc.number) {
+            return;
+        }
+        let answered_ms = a.answered_ms.clamp(rc.opened_ms, now_ms.max(rc.opened_ms));
+        rec.answer = Some(Answer {
+            number: rc.number,
+            answered_ms,
+        });
+        out.push(HostOutput::Notice(Notice::Answered {
+            site: from,
+            number: rc.number,
+            latency_ms: answered_ms - rc.opened_ms,
+        }));
+    }
+
+    /// Marks joined sites that fell silent as unreachable.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<HostOutput> {
+        let mut out = Vec::new();
+        for (t, rec) in &mut self.sites {
+            if rec.phase == SitePhase::Joined
+                && rec
+                    .last_heard_ms
+                    .is_some_and(|h| now_ms.saturating_sub(h) > self.cfg.unreachable_after_ms)
+            {
+                rec.phase = SitePhase::Unreachable;
+                out.push(HostOutput::Notice(Notice::Unreachable(*t)));
+            }
+        }
+        out
+    }
+
+    /// The latest roll call, per known site: its latency if it answered.
+    pub fn roll_call_results(&self) -> Option<RollCallResults> {
+        let roll_call = self.state.roll_call?;
+        let rc = roll_call;
+        let rows = self
+            .sites
+            .iter()
+            .map(|(t, r)| {
+                let latency = r
+                    .answer
+                    .filter(|a| a.number == rc.number)
+                    .map(|a| a.answered_ms - rc.opened_ms);
+                (*t, latency)
+            })
+            .collect();
+        Some(RollCallResults {
+            roll_call,
+            sites: rows,
+        })
+    }
+
+    /// True when `t` applied the current state (it says so in its status).
+    pub fn converged(&self, t: &TerminalId) -> bool {
+        self.sites.get(t).is_some_and(|r| {
+            r.phase == SitePhase::Joined
+                && r.seen == self.state.version
+                && r.muted == Some(self.state.is_muted(t))
+        })
+    }
+}

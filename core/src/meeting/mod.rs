@@ -1,0 +1,484 @@
+//! Meetings, training broadcasts and video calls: the model, the messages on the wire, and the
+//! two sans-IO state machines that run them, [`host::Host`] (inside central) and
+//! [`participant::Participant`] (on every terminal).
+//!
+//! The chair's intent is **desired state with a version** ([`MeetingState`]), published
+//! retained once per invited region, never a stream of one-off commands: a site that was away
+//! when the chair muted it converges as soon as it reads the retained state again. Sites report
+//! their facts ([`Uplink::Status`]: the version they applied, mute, hand, roll-call answer) in
+//! idempotent messages that they repeat on every heartbeat, so lost, duplicated and reordered
+//! messages are harmless in both directions. Secrets (the SRTP key of the media plan) travel
+//! only on the per-terminal downlink ([`Downlink`]).
+
+pub mod host;
+pub mod participant;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{DecodeError, decode};
+use crate::site::Region;
+use crate::terminal_id::{Slug, SlugError, TerminalId};
+
+/// A meeting's id: `[a-z][a-z0-9]{0,15}`. It starts with a letter, so in a topic it can never
+/// be mistaken for a group of a site code.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MeetingId(Slug);
+
+/// Why a meeting id was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MeetingIdError {
+    /// Ids start with a letter a-z.
+    FirstNotLetter,
+    Slug(SlugError),
+}
+
+impl fmt::Display for MeetingIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MeetingIdError::FirstNotLetter => {
+                f.write_str("meeting id must start with a letter a-z")
+            }
+            MeetingIdError::Slug(e) => write!(f, "meeting id: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for MeetingIdError {}
+
+impl FromStr for MeetingId {
+    type Err = MeetingIdError;
+
+    fn from_str(s: &str) -> Result<MeetingId, MeetingIdError> {
+        let slug: Slug = s.parse().map_err(MeetingIdError::Slug)?;
+        if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(MeetingIdError::FirstNotLetter);
+        }
+        Ok(MeetingId(slug))
+    }
+}
+
+impl MeetingId {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for MeetingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for MeetingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MeetingId({self})")
+    }
+}
+
+/// The three kinds of session that share the machinery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// 会议: many sites under chair control.
+    Meeting,
+    /// 远程培训: one lecturer (the chair's terminal); every other site receives only, and
+    /// asks questions through the floor queue.
+    Training,
+    /// 可视电话: two parties; either may hang up, which ends the call.
+    Call,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Meeting => "meeting",
+            Kind::Training => "training",
+            Kind::Call => "call",
+        }
+    }
+}
+
+/// What a site does in a session, derived from the desired state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The chair's own terminal: always heard, seen by everybody unless a site is broadcast.
+    Chair,
+    /// Holds the floor (允许发言).
+    Speaker,
+    Participant,
+    /// Receives only (training audiences, and sites on thin links).
+    Listener,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Chair => "chair",
+            Role::Speaker => "speaker",
+            Role::Participant => "participant",
+            Role::Listener => "listener",
+        }
+    }
+}
+
+/// How much of a meeting a site's link carries, from its link telemetry and configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Tier {
+    Full,
+    /// Audio both ways, no video.
+    AudioOnly,
+    /// Receives audio (and video if it can), sends nothing.
+    ReceiveOnly,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Full => "full",
+            Tier::AudioOnly => "audio-only",
+            Tier::ReceiveOnly => "receive-only",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VideoCodec {
+    /// H.264 constrained baseline, 4:2:0 8-bit: every hardware decoder plays it.
+    H264,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AudioCodec {
+    Opus,
+    /// G.711 A-law, the interop fallback.
+    Pcma,
+}
+
+/// The video part of a media profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoProfile {
+    pub codec: VideoCodec,
+    pub width: u16,
+    pub height: u16,
+    pub fps: u8,
+    pub kbps: u32,
+}
+
+/// What a session's media looks like.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaProfile {
+    pub name: String,
+    pub video: Option<VideoProfile>,
+    pub audio: AudioCodec,
+    pub audio_kbps: u32,
+}
+
+impl MediaProfile {
+    /// The named profiles: `hd` (720p25, 1.5 Mbit/s), `sd` (360p25, 600 kbit/s), `low`
+    /// (180p15, 250 kbit/s), `audio` (Opus only).
+    pub const NAMES: [&'static str; 4] = ["hd", "sd", "low", "audio"];
+
+    pub fn named(name: &str) -> Option<MediaProfile> {
+        let video = |width, height, fps, kbps| {
+            Some(VideoProfile {
+                codec: VideoCodec::H264,
+                width,
+                height,
+                fps,
+                kbps,
+            })
+        };
+        let video = match name {
+            "hd" => video(1280, 720, 25, 1500),
+            "sd" => video(640, 360, 25, 600),
+            "low" => video(320, 180, 15, 250),
+            "audio" => None,
+            _ => return None,
+        };
+        Some(MediaProfile {
+            name: name.into(),
+            video,
+            audio: AudioCodec::Opus,
+            audio_kbps: 32,
+        })
+    }
+}
+
+/// Who is invited: everything in a region, or one terminal (calls, single guests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Invitee {
+    Region(Region),
+    Terminal(TerminalId),
+}
+
+impl Invitee {
+    pub fn includes(&self, t: &TerminalId) -> bool {
+        match self {
+            Invitee::Region(r) => r.contains(t.site()),
+            Invitee::Terminal(id) => id == t,
+        }
+    }
+}
+
+impl fmt::Display for Invitee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invitee::Region(r) => r.fmt(f),
+            Invitee::Terminal(t) => t.fmt(f),
+        }
+    }
+}
+
+impl FromStr for Invitee {
+    type Err = String;
+
+    /// A region code prefix (`130102`) or a terminal id (`130102001001-main`).
+    fn from_str(s: &str) -> Result<Invitee, String> {
+        if s.contains('-') {
+            s.parse()
+                .map(Invitee::Terminal)
+                .map_err(|e| alloc::format!("{s:?}: {e}"))
+        } else {
+            s.parse()
+                .map(Invitee::Region)
+                .map_err(|e| alloc::format!("{s:?}: {e}"))
+        }
+    }
+}
+
+/// What a session is, as the host created it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingSpec {
+    pub id: MeetingId,
+    pub kind: Kind,
+    pub title: String,
+    /// The chair's terminal (the lecturer of a training, the caller of a call), if it has one:
+    /// its stream is what every site sees unless another site is broadcast.
+    pub chair: Option<TerminalId>,
+    pub invitees: Vec<Invitee>,
+    /// Scheduled start (Unix ms); terminals accept scheduled sessions on their own, per their
+    /// configuration. `None`: ad hoc.
+    pub starts_ms: Option<u64>,
+    pub profile: MediaProfile,
+    /// Granting the floor mutes every other site (the chair excepted).
+    pub floor_mutes_others: bool,
+}
+
+impl MeetingSpec {
+    pub fn invites(&self, t: &TerminalId) -> bool {
+        self.chair.as_ref() == Some(t) || self.invitees.iter().any(|i| i.includes(t))
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Status {
+    /// Created; invitations are out, media has not started.
+    Scheduled,
+    Live,
+    Ended,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Scheduled => "scheduled",
+            Status::Live => "live",
+            Status::Ended => "ended",
+        }
+    }
+}
+
+/// An open roll call (点名).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollCall {
+    /// Increases with every roll call of the session.
+    pub number: u32,
+    pub opened_ms: u64,
+}
+
+/// The chair's desired state of a session: versioned, published retained, applied by every
+/// site. Each published version is complete, so applying the newest one is all a site does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingState {
+    /// Increases with every change; a site ignores versions at or below what it applied.
+    pub version: u64,
+    pub spec: MeetingSpec,
+    pub status: Status,
+    /// The site that holds the floor.
+    pub floor: Option<TerminalId>,
+    /// The site shown to every site instead of the chair (广播).
+    pub broadcast: Option<TerminalId>,
+    pub mute_all: bool,
+    /// Sorted. With `mute_all`: the sites still heard; without: the sites muted.
+    pub exceptions: Vec<TerminalId>,
+    pub roll_call: Option<RollCall>,
+    /// Raised hands (举手), oldest first.
+    pub hands: Vec<TerminalId>,
+}
+
+impl MeetingState {
+    pub fn decode(bytes: &[u8]) -> Result<MeetingState, DecodeError> {
+        decode(bytes)
+    }
+
+    /// A site's role now.
+    pub fn role_of(&self, t: &TerminalId) -> Role {
+        if self.spec.chair.as_ref() == Some(t) {
+            Role::Chair
+        } else if self.floor.as_ref() == Some(t) {
+            Role::Speaker
+        } else if self.spec.kind == Kind::Training {
+            Role::Listener
+        } else {
+            Role::Participant
+        }
+    }
+
+    /// Whether a site's microphone must be off now.
+    pub fn is_muted(&self, t: &TerminalId) -> bool {
+        match self.role_of(t) {
+            Role::Chair | Role::Speaker => false,
+            Role::Listener => true,
+            Role::Participant => self.mute_all != self.exceptions.binary_search(t).is_ok(),
+        }
+    }
+
+    /// The site every site shows: the broadcast site, else the speaker, else the chair.
+    pub fn shown(&self) -> Option<TerminalId> {
+        self.broadcast.or(self.floor).or(self.spec.chair)
+    }
+
+    /// What a site applies from this state.
+    pub fn desired_for(&self, t: &TerminalId) -> Applied {
+        Applied {
+            version: self.version,
+            muted: self.is_muted(t),
+            role: self.role_of(t),
+            shown: self.shown(),
+            hand: self.hands.contains(t),
+        }
+    }
+}
+
+/// What a participant has applied of a [`MeetingState`]; equal to
+/// [`MeetingState::desired_for`] once it converged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u64,
+    pub muted: bool,
+    pub role: Role,
+    pub shown: Option<TerminalId>,
+    /// The site's hand is in the chair's queue.
+    pub hand: bool,
+}
+
+/// A site's hand (举手): every raise or lower by the site takes a new number, so the host applies
+/// each change once and a repeated or late copy changes nothing (after the chair lowered a
+/// hand, the site's repeated status does not raise it again).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hand {
+    pub number: u32,
+    pub raised: bool,
+}
+
+/// A roll-call answer: the number of the roll call and when the site answered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub number: u32,
+    pub answered_ms: u64,
+}
+
+/// A terminal's meeting messages, on its `mt` uplink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Uplink {
+    /// Joining, with what the site can do. Repeated until the host admits the site.
+    Join {
+        meeting: MeetingId,
+        tier: Tier,
+        /// Where the site receives media (UDP port), 0 if it receives none yet.
+        rtp_port: u16,
+    },
+    /// The site's facts, sent on every change and repeated on every heartbeat.
+    Status {
+        meeting: MeetingId,
+        /// The state version the site applied.
+        seen: u64,
+        muted: bool,
+        hand: Hand,
+        /// The site's answer to the latest roll call it saw.
+        answer: Option<Answer>,
+    },
+    Decline {
+        meeting: MeetingId,
+        reason: String,
+    },
+    /// Leaves (hangs up a call, which ends it).
+    Leave {
+        meeting: MeetingId,
+    },
+}
+
+impl Uplink {
+    pub fn decode(bytes: &[u8]) -> Result<Uplink, DecodeError> {
+        decode(bytes)
+    }
+
+    pub fn meeting(&self) -> MeetingId {
+        match self {
+            Uplink::Join { meeting, .. }
+            | Uplink::Status { meeting, .. }
+            | Uplink::Decline { meeting, .. }
+            | Uplink::Leave { meeting } => *meeting,
+        }
+    }
+}
+
+/// Where and how a site sends and receives media. Holds the SRTP key: it travels only on the
+/// site's own downlink, and its `Debug` form hides the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaPlan {
+    /// The site's RTP synchronisation source.
+    pub ssrc: u32,
+    /// Where the site sends its media (a relay or the host's media point), if it sends.
+    pub send_to: Option<String>,
+    /// SRTP master key and salt (AES-128-CM: 16 + 14 bytes).
+    pub srtp_key: Vec<u8>,
+    pub tier: Tier,
+}
+
+impl fmt::Debug for MediaPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaPlan")
+            .field("ssrc", &self.ssrc)
+            .field("send_to", &self.send_to)
+            .field("srtp_key", &"(hidden)")
+            .field("tier", &self.tier)
+            .finish()
+    }
+}
+
+/// The host's messages to one terminal, on its `md` downlink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Downlink {
+    /// Joined: here is the media plan.
+    Admitted { meeting: MeetingId, plan: MediaPlan },
+    /// Not admitted (not invited, the session ended).
+    Refused { meeting: MeetingId, reason: String },
+}
+
+impl Downlink {
+    pub fn decode(bytes: &[u8]) -> Result<Downlink, DecodeError> {
+        decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests;

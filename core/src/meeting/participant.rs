@@ -1,0 +1,509 @@
+//! The participant (on every terminal): follows the sessions its site is invited to, joins
+//! them (on its own for scheduled ones, per configuration), applies the chair's desired state
+//! to the media engine, answers roll calls, raises and lowers its hand, and tells the host what
+//! it applied.
+//!
+//! [`Participant::handle`] takes an [`Input`] and the time and returns [`Output`]s: uplink
+//! messages to publish and [`MediaCommand`]s for the media engine. It repeats its join until
+//! admitted and its status on every heartbeat, so lost messages cost a heartbeat, never
+//! correctness; after a reconnect it re-announces itself and drops sessions whose retained
+//! state did not come back (they ended while it was away).
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::{
+    Answer, Applied, Downlink, Hand, Kind, MediaPlan, MediaProfile, MeetingId, MeetingState,
+    Status, Tier, Uplink,
+};
+use crate::terminal_id::TerminalId;
+
+/// Which invitations a terminal accepts without anybody at the box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptPolicy {
+    /// Scheduled sessions, when they start; ad hoc ones wait for the site's operator.
+    Scheduled,
+    /// Everything (unattended boxes, the simulator).
+    All,
+    /// Nothing: the operator accepts each one.
+    Manual,
+}
+
+/// How a participant behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParticipantConfig {
+    pub accept: AcceptPolicy,
+    /// How often a joined site repeats its status.
+    pub heartbeat_ms: u64,
+    /// How often an unanswered join is repeated.
+    pub join_retry_ms: u64,
+    /// What the link carries now.
+    pub tier: Tier,
+    /// Where this terminal receives media.
+    pub rtp_port: u16,
+}
+
+impl Default for ParticipantConfig {
+    fn default() -> ParticipantConfig {
+        ParticipantConfig {
+            accept: AcceptPolicy::Scheduled,
+            heartbeat_ms: 10_000,
+            join_retry_ms: 3_000,
+            tier: Tier::Full,
+            rtp_port: 0,
+        }
+    }
+}
+
+/// Where a session is for this site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Invited; not accepted (yet).
+    Invited,
+    /// Accepted; waiting for the host's media plan.
+    Joining,
+    Joined,
+    Declined,
+    Left,
+    Ended,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Invited => "invited",
+            Phase::Joining => "joining",
+            Phase::Joined => "joined",
+            Phase::Declined => "declined",
+            Phase::Left => "left",
+            Phase::Ended => "ended",
+        }
+    }
+}
+
+/// One session as this site sees it.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The newest desired state received.
+    pub state: MeetingState,
+    pub phase: Phase,
+    pub plan: Option<MediaPlan>,
+    /// What the media engine was last told; `None` while media is off.
+    pub applied: Option<Applied>,
+    /// The answer to the newest roll call seen.
+    pub answer: Option<Answer>,
+    pub hand: Hand,
+    last_join_ms: u64,
+    last_status_ms: u64,
+    /// The state version the last status reported.
+    reported: u64,
+    /// After a reconnect: the retained state must come back by then, or the session ended.
+    confirm_by: Option<u64>,
+}
+
+impl Session {
+    fn media_on(&self) -> bool {
+        self.phase == Phase::Joined && self.state.status == Status::Live && self.plan.is_some()
+    }
+}
+
+/// What the participant is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A retained meeting state arrived (on one of the site's meeting topics).
+    State(alloc::boxed::Box<MeetingState>),
+    /// A meeting topic's retained state was cleared: the session is over.
+    Cleared(MeetingId),
+    Downlink(Downlink),
+    /// Time passed (call at least every second or so).
+    Tick,
+    /// The link connected again.
+    Reconnected,
+    Accept(MeetingId),
+    Decline(MeetingId, String),
+    RaiseHand(MeetingId),
+    LowerHand(MeetingId),
+    Leave(MeetingId),
+    /// The link's capacity changed (from link telemetry): later joins use this tier, and
+    /// joined sessions join again with it.
+    SetTier(Tier),
+}
+
+/// What the media engine must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaCommand {
+    Start {
+        meeting: MeetingId,
+        plan: MediaPlan,
+        profile: MediaProfile,
+    },
+    /// Apply mute, role and the site shown.
+    Apply {
+        meeting: MeetingId,
+        applied: Applied,
+    },
+    Stop {
+        meeting: MeetingId,
+    },
+}
+
+/// What the participant asks its owner to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Publish on the terminal's `mt` uplink.
+    Send(Uplink),
+    Media(MediaCommand),
+}
+
+/// Whether `policy` accepts the session in `state` without the site's operator.
+fn auto_accepts(policy: AcceptPolicy, state: &MeetingState) -> bool {
+    match policy {
+        AcceptPolicy::All => true,
+        AcceptPolicy::Scheduled => {
+            state.spec.starts_ms.is_some()
+                && state.status == Status::Live
+                && state.spec.kind != Kind::Call
+        }
+        AcceptPolicy::Manual => false,
+    }
+}
+
+/// Ended sessions remembered (so that a stale copy does not bring one back), at most.
+const ENDED_KEPT: usize = 64;
+
+/// The meeting side of one terminal.
+#[derive(Clone, Debug)]
+pub struct Participant {
+    me: TerminalId,
+    cfg: ParticipantConfig,
+    sessions: BTreeMap<MeetingId, Session>,
+}
+
+impl Participant {
+    pub fn new(me: TerminalId, cfg: ParticipantConfig) -> Participant {
+        Participant {
+            me,
+            cfg,
+            sessions: BTreeMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> &TerminalId {
+        &self.me
+    }
+
+    pub fn sessions(&self) -> &BTreeMap<MeetingId, Session> {
+        &self.sessions
+    }
+
+    pub fn session(&self, id: &MeetingId) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    /// Handles one input at `now_ms`.
+    pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::State(state) => self.on_state(*state, now_ms, &mut out),
+            Input::Cleared(id) => self.end(&id, &mut out),
+            Input::Downlink(d) => self.on_downlink(d, now_ms, &mut out),
+            Input::Tick => self.on_tick(now_ms, &mut out),
+            Input::Reconnected => {
+                let deadline = now_ms + self.cfg.heartbeat_ms;
+                let ids: Vec<MeetingId> = self.sessions.keys().copied().collect();
+                for id in ids {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        if !matches!(s.phase, Phase::Ended | Phase::Declined | Phase::Left) {
+                            s.confirm_by = Some(deadline);
+                        }
+                    }
+                    self.announce(&id, now_ms, &mut out);
+                }
+            }
+            Input::Accept(id) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    if matches!(s.phase, Phase::Invited | Phase::Declined | Phase::Left)
+                        && s.state.status != Status::Ended
+                    {
+                        s.phase = Phase::Joining;
+                        s.last_join_ms = 0;
+                        self.announce(&id, now_ms, &mut out);
+                    }
+                }
+            }
+            Input::Decline(id, reason) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    if matches!(s.phase, Phase::Invited | Phase::Joining) {
+                        s.phase = Phase::Declined;
+                        out.push(Output::Send(Uplink::Decline {
+                            meeting: id,
+                            reason,
+                        }));
+                    }
+                }
+            }
+            Input::RaiseHand(id) | Input::LowerHand(id) => {
+                let raised = matches!(input, Input::RaiseHand(_));
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    if s.phase == Phase::Joined {
+                        s.hand = Hand {
+                            number: s.hand.number + 1,
+                            raised,
+                        };
+                        self.send_status(&id, now_ms, &mut out);
+                    }
+                }
+            }
+            Input::Leave(id) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    if matches!(s.phase, Phase::Joined | Phase::Joining) {
+                        s.phase = Phase::Left;
+                        out.push(Output::Send(Uplink::Leave { meeting: id }));
+                        if s.applied.take().is_some() {
+                            out.push(Output::Media(MediaCommand::Stop { meeting: id }));
+                        }
+                    }
+                }
+            }
+            Input::SetTier(tier) => {
+                if tier != self.cfg.tier {
+                    self.cfg.tier = tier;
+                    let joined: Vec<MeetingId> = self
+                        .sessions
+                        .iter()
+                        .filter(|(_, s)| s.phase == Phase::Joined)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in joined {
+                        if let Some(s) = self.sessions.get_mut(&id) {
+                            s.phase = Phase::Joining;
+                            s.last_join_ms = 0;
+                        }
+                        self.announce(&id, now_ms, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn on_state(&mut self, state: MeetingState, now_ms: u64, out: &mut Vec<Output>) {
+        if !state.spec.invites(&self.me) {
+            return;
+        }
+        let id = state.spec.id;
+        match self.sessions.get_mut(&id) {
+            Some(s) => {
+                s.confirm_by = None;
+                if state.version <= s.state.version || s.phase == Phase::Ended {
+                    return;
+                }
+                s.state = state;
+            }
+            None => {
+                if state.status == Status::Ended {
+                    return;
+                }
+                self.prune_ended();
+                self.sessions.insert(
+                    id,
+                    Session {
+                        state,
+                        phase: Phase::Invited,
+                        plan: None,
+                        applied: None,
+                        answer: None,
+                        hand: Hand::default(),
+                        last_join_ms: 0,
+                        last_status_ms: 0,
+                        reported: 0,
+                        confirm_by: None,
+                    },
+                );
+            }
+        }
+        let accept = self.cfg.accept;
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.state.status == Status::Ended {
+            self.end(&id, out);
+            return;
+        }
+        if s.phase == Phase::Invited && auto_accepts(accept, &s.state) {
+            s.phase = Phase::Joining;
+            s.last_join_ms = 0;
+            self.announce(&id, now_ms, out);
+            return;
+        }
+        self.converge(&id, now_ms, out);
+    }
+
+    fn on_downlink(&mut self, d: Downlink, now_ms: u64, out: &mut Vec<Output>) {
+        match d {
+            Downlink::Admitted { meeting, plan } => {
+                let Some(s) = self.sessions.get_mut(&meeting) else {
+                    return;
+                };
+                if !matches!(s.phase, Phase::Joining | Phase::Joined) {
+                    return;
+                }
+                if s.plan.as_ref() != Some(&plan) && s.applied.take().is_some() {
+                    // A new plan (another tier): restart the media with it.
+                    out.push(Output::Media(MediaCommand::Stop { meeting }));
+                }
+                s.phase = Phase::Joined;
+                s.plan = Some(plan);
+                self.converge(&meeting, now_ms, out);
+            }
+            Downlink::Refused { meeting, .. } => {
+                if let Some(s) = self.sessions.get_mut(&meeting) {
+                    if matches!(s.phase, Phase::Joining | Phase::Joined) {
+                        s.phase = Phase::Declined;
+                        if s.applied.take().is_some() {
+                            out.push(Output::Media(MediaCommand::Stop { meeting }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let ids: Vec<MeetingId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let Some(s) = self.sessions.get(&id) else {
+                continue;
+            };
+            if s.confirm_by.is_some_and(|t| now_ms >= t) {
+                // The retained state did not come back after the reconnect: it was cleared
+                // while this site was away.
+                self.end(&id, out);
+                continue;
+            }
+            match s.phase {
+                Phase::Joining if now_ms >= s.last_join_ms + self.cfg.join_retry_ms => {
+                    self.announce(&id, now_ms, out);
+                }
+                Phase::Joined if now_ms >= s.last_status_ms + self.cfg.heartbeat_ms => {
+                    self.send_status(&id, now_ms, out);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings the media engine and the host up to date with the session's state.
+    fn converge(&mut self, id: &MeetingId, now_ms: u64, out: &mut Vec<Output>) {
+        let me = self.me;
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if s.phase != Phase::Joined {
+            return;
+        }
+        let mut changed = false;
+        if let Some(rc) = s.state.roll_call {
+            if s.answer.is_none_or(|a| a.number != rc.number) {
+                // Answered when this site saw the roll call: for a site that was away, that
+                // is when it came back, and that is what the host records.
+                s.answer = Some(Answer {
+                    number: rc.number,
+                    answered_ms: now_ms,
+                });
+                changed = true;
+            }
+        }
+        if s.media_on() {
+            let desired = s.state.desired_for(&me);
+            if s.applied.is_none() {
+                if let Some(plan) = s.plan.clone() {
+                    out.push(Output::Media(MediaCommand::Start {
+                        meeting: *id,
+                        plan,
+                        profile: s.state.spec.profile.clone(),
+                    }));
+                }
+            }
+            if s.applied != Some(desired) {
+                out.push(Output::Media(MediaCommand::Apply {
+                    meeting: *id,
+                    applied: desired,
+                }));
+                s.applied = Some(desired);
+                changed = true;
+            }
+        } else if s.applied.take().is_some() {
+            out.push(Output::Media(MediaCommand::Stop { meeting: *id }));
+            changed = true;
+        }
+        if changed || s.last_status_ms == 0 || s.state.version != s.reported {
+            self.send_status(id, now_ms, out);
+        }
+    }
+
+    /// Says the site is here: its join while joining, its status once joined.
+    fn announce(&mut self, id: &MeetingId, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        match s.phase {
+            Phase::Joining => {
+                s.last_join_ms = now_ms;
+                out.push(Output::Send(Uplink::Join {
+                    meeting: *id,
+                    tier: self.cfg.tier,
+                    rtp_port: self.cfg.rtp_port,
+                }));
+            }
+            Phase::Joined => self.send_status(id, now_ms, out),
+            _ => {}
+        }
+    }
+
+    fn send_status(&mut self, id: &MeetingId, now_ms: u64, out: &mut Vec<Output>) {
+        let me = self.me;
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        s.last_status_ms = now_ms.max(1);
+        s.reported = s.state.version;
+        out.push(Output::Send(Uplink::Status {
+            meeting: *id,
+            seen: s.state.version,
+            muted: s.state.is_muted(&me),
+            hand: s.hand,
+            answer: s.answer,
+        }));
+    }
+
+    fn end(&mut self, id: &MeetingId, out: &mut Vec<Output>) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            if s.phase == Phase::Ended {
+                return;
+            }
+            // Media runs exactly while something is applied.
+            if s.applied.take().is_some() {
+                out.push(Output::Media(MediaCommand::Stop { meeting: *id }));
+            }
+            s.phase = Phase::Ended;
+            s.plan = None;
+            s.confirm_by = None;
+        }
+    }
+
+    fn prune_ended(&mut self) {
+        let ended: Vec<MeetingId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Ended)
+            .map(|(id, _)| *id)
+            .collect();
+        if ended.len() >= ENDED_KEPT {
+            for id in &ended[..ended.len() + 1 - ENDED_KEPT] {
+                self.sessions.remove(id);
+            }
+        }
+    }
+}

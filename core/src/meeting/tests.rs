@@ -1,0 +1,788 @@
+//! Host and participant together: unit tests of the rules, and a model-based property test of
+//! convergence under message loss, duplication, reordering and disconnects.
+#![allow(clippy::unwrap_used)]
+
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::host::{ChairOp, Host, HostConfig, HostOutput, Notice, OpError, Operator, SitePhase};
+use super::participant::{
+    AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase,
+};
+use super::*;
+use crate::envelope::encode;
+
+const HB: u64 = 10_000;
+
+fn t(s: &str) -> TerminalId {
+    s.parse().unwrap()
+}
+
+fn spec(kind: Kind, invite: &[&str], chair: Option<&str>) -> MeetingSpec {
+    MeetingSpec {
+        id: "m1".parse().unwrap(),
+        kind,
+        title: "防汛工作会议".into(),
+        chair: chair.map(t),
+        invitees: invite.iter().map(|s| s.parse().unwrap()).collect(),
+        starts_ms: Some(1_000),
+        profile: MediaProfile::named("sd").unwrap(),
+        floor_mutes_others: true,
+    }
+}
+
+fn host(kind: Kind, invite: &[&str]) -> Host {
+    Host::new(
+        spec(kind, invite, Some("130102000000-hall")),
+        HostConfig::default(),
+        vec![7; 30],
+        0,
+    )
+    .0
+}
+
+fn pcfg(accept: AcceptPolicy) -> ParticipantConfig {
+    ParticipantConfig {
+        accept,
+        heartbeat_ms: HB,
+        join_retry_ms: 3_000,
+        tier: Tier::Full,
+        rtp_port: 5004,
+    }
+}
+
+/// A lossless little world: one host, some participants, messages delivered at once.
+struct World {
+    host: Host,
+    sites: Vec<Participant>,
+    now: u64,
+    retained: Option<MeetingState>,
+    notices: Vec<Notice>,
+    media: Vec<(TerminalId, MediaCommand)>,
+}
+
+impl World {
+    fn new(host: Host, ids: &[&str], accept: AcceptPolicy) -> World {
+        let mut w = World {
+            retained: Some(host.state().clone()),
+            host,
+            sites: ids
+                .iter()
+                .map(|i| Participant::new(t(i), pcfg(accept)))
+                .collect(),
+            now: 1_000,
+            notices: Vec::new(),
+            media: Vec::new(),
+        };
+        let s = w.retained.clone().unwrap();
+        for i in 0..w.sites.len() {
+            w.deliver_to(i, Input::State(s.clone().into()));
+        }
+        w
+    }
+
+    fn op(&mut self, op: ChairOp) -> Result<(), OpError> {
+        let out = self.host.op(&Operator::Chair, op, self.now)?;
+        self.host_out(out);
+        Ok(())
+    }
+
+    fn host_out(&mut self, out: Vec<HostOutput>) {
+        for o in out {
+            match o {
+                HostOutput::Publish(s) => {
+                    self.retained = Some((*s).clone());
+                    for i in 0..self.sites.len() {
+                        self.deliver_to(i, Input::State(s.clone()));
+                    }
+                }
+                HostOutput::Clear => {
+                    self.retained = None;
+                    let id = self.host.state().spec.id;
+                    for i in 0..self.sites.len() {
+                        self.deliver_to(i, Input::Cleared(id));
+                    }
+                }
+                HostOutput::Send(to, d) => {
+                    if let Some(i) = self.sites.iter().position(|p| *p.id() == to) {
+                        self.deliver_to(i, Input::Downlink(d));
+                    }
+                }
+                HostOutput::Notice(n) => self.notices.push(n),
+            }
+        }
+    }
+
+    fn deliver_to(&mut self, i: usize, input: Input) {
+        let out = self.sites[i].handle(input, self.now);
+        let me = *self.sites[i].id();
+        for o in out {
+            match o {
+                Output::Send(up) => {
+                    let r = self.host.uplink(me, up, self.now);
+                    self.host_out(r);
+                }
+                Output::Media(m) => self.media.push((me, m)),
+            }
+        }
+    }
+
+    fn session(&self, i: usize) -> &participant::Session {
+        self.sites[i].session(&"m1".parse().unwrap()).unwrap()
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        let out = self.host.tick(self.now);
+        self.host_out(out);
+        for i in 0..self.sites.len() {
+            self.deliver_to(i, Input::Tick);
+        }
+    }
+}
+
+#[test]
+fn scheduled_meeting_is_joined_on_its_own_when_it_starts() {
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::Scheduled,
+    );
+    assert_eq!(w.session(0).phase, Phase::Invited, "not before it starts");
+    w.op(ChairOp::Start).unwrap();
+    assert_eq!(w.session(0).phase, Phase::Joined);
+    assert!(matches!(w.media[0].1, MediaCommand::Start { .. }));
+    assert!(w.host.converged(&t("130102001001-main")));
+    assert!(w.notices.contains(&Notice::Joined(t("130102001001-main"))));
+}
+
+#[test]
+fn late_site_gets_current_mute_state_on_reconnect() {
+    let v = t("130102001001-main");
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    // The site goes away; the chair mutes it and broadcasts another site meanwhile.
+    let away = w.sites.remove(0);
+    w.op(ChairOp::Mute(v)).unwrap();
+    w.op(ChairOp::Broadcast(Some(t("130102002001-main"))))
+        .unwrap();
+    w.advance(HB * 4);
+    assert_eq!(w.host.sites()[&v].phase, SitePhase::Unreachable);
+    w.sites.push(away);
+    // Back: the retained state arrives right after the reconnect.
+    w.deliver_to(0, Input::Reconnected);
+    let s = w.retained.clone().unwrap();
+    w.deliver_to(0, Input::State(s.into()));
+    let applied = w.session(0).applied.unwrap();
+    assert!(applied.muted);
+    assert_eq!(applied.shown, Some(t("130102002001-main")));
+    assert!(
+        w.host.converged(&v),
+        "the host knows at once, within one heartbeat"
+    );
+    assert_eq!(w.host.sites()[&v].phase, SitePhase::Joined);
+}
+
+#[test]
+fn roll_call_records_each_sites_true_answer_time() {
+    let (a, b) = (t("130102001001-main"), t("130102002001-main"));
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main", "130102002001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    let away = w.sites.remove(1);
+    w.advance(100);
+    w.op(ChairOp::RollCall).unwrap();
+    let opened = w.now;
+    w.sites.push(away);
+    w.advance(2_500);
+    w.deliver_to(1, Input::Reconnected);
+    let s = w.retained.clone().unwrap();
+    w.deliver_to(1, Input::State(s.into()));
+    let r = w.host.roll_call_results().unwrap();
+    let (rc, rows) = (r.roll_call, r.sites);
+    assert_eq!(rc.opened_ms, opened);
+    let latency = |x: &TerminalId| rows.iter().find(|(t, _)| t == x).unwrap().1;
+    assert_eq!(latency(&a), Some(0));
+    assert_eq!(latency(&b), Some(2_500), "answered when it came back");
+    assert_eq!(
+        latency(&t("130102000000-hall")),
+        None,
+        "the chair's box never joined"
+    );
+    // A new roll call: the old answers no longer count, everybody answers again.
+    w.advance(10);
+    w.op(ChairOp::RollCall).unwrap();
+    let r = w.host.roll_call_results().unwrap();
+    let (rc2, rows) = (r.roll_call, r.sites);
+    assert_eq!(rc2.number, rc.number + 1);
+    assert!(
+        rows.iter()
+            .filter(|(t, _)| *t != t_hall())
+            .all(|(_, l)| *l == Some(0))
+    );
+}
+
+fn t_hall() -> TerminalId {
+    t("130102000000-hall")
+}
+
+#[test]
+fn granting_the_floor_mutes_the_others_and_lowers_the_hand() {
+    let (a, b) = (t("130102001001-main"), t("130102002001-main"));
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main", "130102002001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    w.deliver_to(0, Input::RaiseHand("m1".parse().unwrap()));
+    assert_eq!(w.host.state().hands, vec![a]);
+    assert!(w.session(0).applied.unwrap().hand);
+    w.op(ChairOp::Grant(a)).unwrap();
+    let st = w.host.state().clone();
+    assert_eq!(st.floor, Some(a));
+    assert!(st.hands.is_empty());
+    assert!(!st.is_muted(&a) && st.is_muted(&b) && !st.is_muted(&t_hall()));
+    assert_eq!(w.session(0).applied.unwrap().role, Role::Speaker);
+    assert_eq!(
+        w.session(1).applied.unwrap().shown,
+        Some(a),
+        "the speaker is shown"
+    );
+    // The site's status keeps repeating its raise; the hand stays down.
+    w.advance(HB);
+    assert!(w.host.state().hands.is_empty());
+    w.op(ChairOp::Revoke).unwrap();
+    assert!(w.host.state().is_muted(&a), "mute-all still holds");
+}
+
+#[test]
+fn chair_lowering_a_hand_is_not_undone_by_repeated_status() {
+    let a = t("130102001001-main");
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    w.deliver_to(0, Input::RaiseHand("m1".parse().unwrap()));
+    w.op(ChairOp::LowerHand(a)).unwrap();
+    w.advance(HB);
+    w.advance(HB);
+    assert!(w.host.state().hands.is_empty());
+    assert!(!w.session(0).applied.unwrap().hand);
+    w.deliver_to(0, Input::RaiseHand("m1".parse().unwrap()));
+    assert_eq!(w.host.state().hands, vec![a], "raising again works");
+}
+
+#[test]
+fn a_delegate_controls_only_its_county() {
+    let mut h = host(Kind::Meeting, &["13"]);
+    h.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
+    let county = Operator::Delegate("130102".parse().unwrap());
+    h.expect([
+        t("130102001001-main"),
+        t("130102002001-main"),
+        t("130103001001-main"),
+    ]);
+    assert!(
+        h.op(&county, ChairOp::Mute(t("130102001001-main")), 2)
+            .is_ok()
+    );
+    assert_eq!(
+        h.op(&county, ChairOp::Mute(t("130103001001-main")), 3),
+        Err(OpError::OutsideScope {
+            target: t("130103001001-main"),
+            scope: "130102".parse().unwrap()
+        })
+    );
+    assert_eq!(
+        h.op(&county, ChairOp::End, 4),
+        Err(OpError::ChairOnly { op: "end" })
+    );
+    assert_eq!(
+        h.op(&county, ChairOp::RollCall, 4),
+        Err(OpError::ChairOnly { op: "rollcall" })
+    );
+    h.op(&county, ChairOp::MuteAll, 5).unwrap();
+    let st = h.state();
+    assert!(st.is_muted(&t("130102002001-main")));
+    assert!(
+        !st.is_muted(&t("130103001001-main")),
+        "the neighbouring county is untouched"
+    );
+    assert!(!st.mute_all);
+}
+
+#[test]
+fn either_party_hanging_up_ends_a_call() {
+    let caller = "130102001001-main";
+    let (h, _) = Host::new(
+        MeetingSpec {
+            kind: Kind::Call,
+            chair: Some(t(caller)),
+            invitees: vec![Invitee::Terminal(t("130102000000-hall"))],
+            starts_ms: None,
+            floor_mutes_others: false,
+            ..spec(Kind::Call, &[], None)
+        },
+        HostConfig::default(),
+        vec![1; 30],
+        0,
+    );
+    let mut w = World::new(
+        h,
+        &[caller, "130102000000-hall", "130102000000-other"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    assert_eq!(w.session(0).phase, Phase::Joined);
+    assert_eq!(w.session(1).phase, Phase::Joined);
+    assert!(
+        w.sites[2].sessions().is_empty(),
+        "not a party: never sees the call"
+    );
+    assert!(!w.host.state().is_muted(&t("130102000000-hall")));
+    w.deliver_to(1, Input::Leave("m1".parse().unwrap()));
+    assert_eq!(w.host.state().status, Status::Ended);
+    assert_eq!(w.session(0).phase, Phase::Ended);
+    assert!(w.retained.is_none(), "the retained state is cleared");
+    assert!(
+        w.media
+            .iter()
+            .any(|(who, m)| *who == t(caller) && matches!(m, MediaCommand::Stop { .. }))
+    );
+}
+
+#[test]
+fn training_audience_is_receive_only_until_given_the_floor() {
+    let a = t("130102001001-main");
+    let mut w = World::new(
+        host(Kind::Training, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    let applied = w.session(0).applied.unwrap();
+    assert_eq!(applied.role, Role::Listener);
+    assert!(applied.muted);
+    assert_eq!(applied.shown, Some(t_hall()), "the lecturer");
+    w.deliver_to(0, Input::RaiseHand("m1".parse().unwrap()));
+    w.op(ChairOp::Grant(a)).unwrap();
+    let applied = w.session(0).applied.unwrap();
+    assert_eq!(applied.role, Role::Speaker);
+    assert!(!applied.muted, "a question from the floor");
+}
+
+#[test]
+fn session_cleared_while_away_is_dropped_after_reconnect() {
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    let away = w.sites.remove(0);
+    w.op(ChairOp::End).unwrap();
+    w.sites.push(away);
+    w.deliver_to(0, Input::Reconnected);
+    assert_eq!(
+        w.session(0).phase,
+        Phase::Joined,
+        "not yet: the retained state may be coming"
+    );
+    w.advance(HB);
+    assert_eq!(w.session(0).phase, Phase::Ended);
+    assert!(matches!(
+        w.media.last().unwrap().1,
+        MediaCommand::Stop { .. }
+    ));
+}
+
+#[test]
+fn stale_and_duplicate_states_change_nothing() {
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    let old = w.retained.clone().unwrap();
+    w.op(ChairOp::MuteAll).unwrap();
+    let media = w.media.len();
+    w.deliver_to(0, Input::State(old.into()));
+    let s = w.retained.clone().unwrap();
+    w.deliver_to(0, Input::State(s.into()));
+    assert_eq!(
+        w.media.len(),
+        media,
+        "no media command for a stale or repeated state"
+    );
+    assert!(w.session(0).applied.unwrap().muted);
+    // A chair operation that changes nothing publishes nothing.
+    assert_eq!(
+        w.host
+            .op(&Operator::Chair, ChairOp::MuteAll, w.now)
+            .unwrap(),
+        vec![]
+    );
+}
+
+#[test]
+fn uninvited_sites_are_refused_and_ended_sessions_refuse_joins() {
+    let mut h = host(Kind::Meeting, &["130102"]);
+    let m: MeetingId = "m1".parse().unwrap();
+    let join = Uplink::Join {
+        meeting: m,
+        tier: Tier::Full,
+        rtp_port: 0,
+    };
+    let out = h.uplink(t("130103001001-main"), join.clone(), 5);
+    assert!(matches!(
+        &out[..],
+        [HostOutput::Send(_, Downlink::Refused { .. })]
+    ));
+    h.op(&Operator::Chair, ChairOp::End, 6).unwrap();
+    let out = h.uplink(t("130102001001-main"), join, 7);
+    assert!(matches!(
+        &out[..],
+        [HostOutput::Send(_, Downlink::Refused { .. })]
+    ));
+    assert_eq!(
+        h.op(&Operator::Chair, ChairOp::Start, 8),
+        Err(OpError::Ended)
+    );
+}
+
+#[test]
+fn a_thin_link_joins_receive_only_and_gets_no_send_address() {
+    let mut h = host(Kind::Meeting, &["130102"]);
+    h.set_media_point(Some("10.0.0.1:5004".into()));
+    let m: MeetingId = "m1".parse().unwrap();
+    let join = |tier| Uplink::Join {
+        meeting: m,
+        tier,
+        rtp_port: 5004,
+    };
+    let plan = |out: Vec<HostOutput>| match &out[..] {
+        [.., HostOutput::Send(_, Downlink::Admitted { plan, .. })] => plan.clone(),
+        other => panic!("{other:?}"),
+    };
+    let full = plan(h.uplink(t("130102001001-main"), join(Tier::Full), 1));
+    assert_eq!(full.send_to.as_deref(), Some("10.0.0.1:5004"));
+    let thin = plan(h.uplink(t("130102002001-main"), join(Tier::ReceiveOnly), 1));
+    assert_eq!(thin.send_to, None);
+    assert_ne!(full.ssrc, thin.ssrc);
+    assert!(
+        !alloc::format!("{thin:?}").contains("7, 7"),
+        "keys never in Debug output"
+    );
+}
+
+#[test]
+fn messages_round_trip_and_garbage_is_refused() {
+    let h = host(Kind::Meeting, &["130102", "130103001001-main"]);
+    let bytes = encode(h.state()).unwrap();
+    assert_eq!(MeetingState::decode(&bytes).unwrap(), *h.state());
+    let up = Uplink::Status {
+        meeting: "m1".parse().unwrap(),
+        seen: 3,
+        muted: true,
+        hand: Hand {
+            number: 2,
+            raised: true,
+        },
+        answer: Some(Answer {
+            number: 1,
+            answered_ms: 1_700_000_000_000,
+        }),
+    };
+    let bytes = encode(&up).unwrap();
+    assert!(bytes.len() < 20, "a status is small: {} bytes", bytes.len());
+    assert_eq!(Uplink::decode(&bytes).unwrap(), up);
+    for cut in 0..bytes.len() {
+        assert!(Uplink::decode(&bytes[..cut]).is_err());
+    }
+    assert!(MeetingId::from_str("1abc").is_err());
+    assert!(MeetingId::from_str("Abc").is_err());
+    assert_eq!(
+        "m20261201a".parse::<MeetingId>().unwrap().to_string(),
+        "m20261201a"
+    );
+}
+
+/// Model-based: random chair operations and site actions over a network that loses,
+/// duplicates and reorders messages and disconnects sites; then the network heals. Every site
+/// that stays connected long enough converges to the host's state, and the host knows it.
+mod convergence {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Op(u8, u8),
+        Deliver { pick: u16, fate: u8 },
+        Advance(u16),
+        Hand(u8, bool),
+        Disconnect(u8),
+        Reconnect(u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u8..12, 0u8..6).prop_map(|(k, t)| Step::Op(k, t)),
+            8 => (any::<u16>(), 0u8..10).prop_map(|(pick, fate)| Step::Deliver { pick, fate }),
+            2 => (0u16..15_000).prop_map(Step::Advance),
+            1 => (0u8..5, any::<bool>()).prop_map(|(p, r)| Step::Hand(p, r)),
+            1 => (0u8..5).prop_map(Step::Disconnect),
+            1 => (0u8..5).prop_map(Step::Reconnect),
+        ]
+    }
+
+    enum Msg {
+        Down(usize, Input),
+        Up(TerminalId, Uplink),
+    }
+
+    struct Net {
+        host: Host,
+        sites: Vec<Participant>,
+        online: Vec<bool>,
+        retained: Option<MeetingState>,
+        queue: Vec<Msg>,
+        now: u64,
+    }
+
+    const IDS: [&str; 5] = [
+        "130102001001-main",
+        "130102002001-main",
+        "130102003001-main",
+        "130102004001-main",
+        "130102000000-hall",
+    ];
+
+    impl Net {
+        fn host_out(&mut self, out: Vec<HostOutput>) {
+            for o in out {
+                match o {
+                    HostOutput::Publish(s) => {
+                        self.retained = Some((*s).clone());
+                        for i in 0..self.sites.len() {
+                            if self.online[i] {
+                                self.queue.push(Msg::Down(i, Input::State(s.clone())));
+                            }
+                        }
+                    }
+                    HostOutput::Clear => {
+                        self.retained = None;
+                        let id = self.host.state().spec.id;
+                        for i in 0..self.sites.len() {
+                            if self.online[i] {
+                                self.queue.push(Msg::Down(i, Input::Cleared(id)));
+                            }
+                        }
+                    }
+                    HostOutput::Send(to, d) => {
+                        if let Some(i) = self.sites.iter().position(|p| *p.id() == to) {
+                            if self.online[i] {
+                                self.queue.push(Msg::Down(i, Input::Downlink(d)));
+                            }
+                        }
+                    }
+                    HostOutput::Notice(_) => {}
+                }
+            }
+        }
+
+        fn site_in(&mut self, i: usize, input: Input) {
+            let me = *self.sites[i].id();
+            for o in self.sites[i].handle(input, self.now) {
+                if let Output::Send(up) = o {
+                    if self.online[i] {
+                        self.queue.push(Msg::Up(me, up));
+                    }
+                }
+            }
+        }
+
+        fn deliver(&mut self, m: Msg) {
+            match m {
+                Msg::Down(i, input) => {
+                    if self.online[i] {
+                        self.site_in(i, input);
+                    }
+                }
+                Msg::Up(from, up) => {
+                    let out = self.host.uplink(from, up, self.now);
+                    self.host_out(out);
+                }
+            }
+        }
+
+        /// A clean session: what the broker had queued for the site is gone with it.
+        fn disconnect(&mut self, i: usize) {
+            self.online[i] = false;
+            self.queue
+                .retain(|m| !matches!(m, Msg::Down(j, _) if *j == i));
+        }
+
+        fn reconnect(&mut self, i: usize) {
+            self.online[i] = true;
+            self.site_in(i, Input::Reconnected);
+            if let Some(s) = self.retained.clone() {
+                self.site_in(i, Input::State(s.into()));
+            }
+        }
+
+        fn advance(&mut self, ms: u64) {
+            self.now += ms;
+            let out = self.host.tick(self.now);
+            self.host_out(out);
+            for i in 0..self.sites.len() {
+                self.site_in(i, Input::Tick);
+            }
+        }
+    }
+
+    fn op(kind: u8, target: TerminalId) -> ChairOp {
+        match kind {
+            0 => ChairOp::Start,
+            1 => ChairOp::RollCall,
+            2 => ChairOp::CloseRollCall,
+            3 => ChairOp::Grant(target),
+            4 => ChairOp::Revoke,
+            5 => ChairOp::Mute(target),
+            6 => ChairOp::Unmute(target),
+            7 => ChairOp::MuteAll,
+            8 => ChairOp::UnmuteAll,
+            9 => ChairOp::Broadcast(Some(target)),
+            10 => ChairOp::LowerHand(target),
+            _ => ChairOp::Broadcast(None),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn every_site_that_stays_connected_converges(
+            steps in proptest::collection::vec(step(), 1..200),
+            end in proptest::bool::weighted(0.15),
+            mutes_others in any::<bool>(),
+        ) {
+            let mut s = spec(Kind::Meeting, &["130102"], Some("130102000000-hall"));
+            s.floor_mutes_others = mutes_others;
+            let (host, first) = Host::new(s, HostConfig::default(), vec![3; 30], 0);
+            let mut net = Net {
+                host,
+                sites: IDS.iter().map(|i| Participant::new(t(i), pcfg(AcceptPolicy::All))).collect(),
+                online: vec![true; IDS.len()],
+                retained: None,
+                queue: Vec::new(),
+                now: 1_000,
+            };
+            net.host_out(first);
+            let mid: MeetingId = "m1".parse().unwrap();
+            for st in steps {
+                match st {
+                    Step::Op(k, target) => {
+                        let target = t(IDS[usize::from(target) % IDS.len()]);
+                        if let Ok(out) = net.host.op(&Operator::Chair, op(k, target), net.now) {
+                            net.host_out(out);
+                        }
+                    }
+                    Step::Deliver { pick, fate } => {
+                        if !net.queue.is_empty() {
+                            let at = usize::from(pick) % net.queue.len();
+                            let m = net.queue.remove(at);
+                            match fate {
+                                // Lost: MQTT loses a QoS 1 message only with the connection,
+                                // so a site that loses a downlink message is disconnected
+                                // (until it reconnects); a lost uplink is just lost.
+                                0 | 1 => {
+                                    if let Msg::Down(i, _) = m {
+                                        net.disconnect(i);
+                                    }
+                                }
+                                // Duplicated: delivered now and again later.
+                                2 => {
+                                    let copy = match &m {
+                                        Msg::Down(i, input) => Msg::Down(*i, input.clone()),
+                                        Msg::Up(f, u) => Msg::Up(*f, u.clone()),
+                                    };
+                                    net.deliver(m);
+                                    net.queue.push(copy);
+                                }
+                                _ => net.deliver(m),
+                            }
+                        }
+                    }
+                    Step::Advance(ms) => net.advance(u64::from(ms)),
+                    Step::Hand(p, raised) => {
+                        let i = usize::from(p) % IDS.len();
+                        let input = if raised { Input::RaiseHand(mid) } else { Input::LowerHand(mid) };
+                        net.site_in(i, input);
+                    }
+                    Step::Disconnect(p) => net.disconnect(usize::from(p) % IDS.len()),
+                    Step::Reconnect(p) => {
+                        let i = usize::from(p) % IDS.len();
+                        if !net.online[i] {
+                            net.reconnect(i);
+                        }
+                    }
+                }
+            }
+            if end {
+                if let Ok(out) = net.host.op(&Operator::Chair, ChairOp::End, net.now) {
+                    net.host_out(out);
+                }
+            }
+            // The network heals: everybody reconnects, nothing is lost any more.
+            for i in 0..IDS.len() {
+                if !net.online[i] {
+                    net.reconnect(i);
+                }
+            }
+            for _ in 0..4 {
+                while !net.queue.is_empty() {
+                    let m = net.queue.remove(0);
+                    net.deliver(m);
+                }
+                net.advance(HB);
+            }
+            while !net.queue.is_empty() {
+                let m = net.queue.remove(0);
+                net.deliver(m);
+            }
+            let st = net.host.state().clone();
+            for p in &net.sites {
+                let me = *p.id();
+                let s = p.session(&mid);
+                if st.status == Status::Ended {
+                    prop_assert!(s.is_none_or(|s| s.phase == Phase::Ended && s.applied.is_none()),
+                        "{me}: still in an ended session");
+                    continue;
+                }
+                let s = s.unwrap();
+                prop_assert_eq!(s.state.version, st.version, "{} has an old state", me);
+                prop_assert_eq!(s.phase, Phase::Joined, "{} is not joined", me);
+                if st.status == Status::Live {
+                    prop_assert_eq!(s.applied, Some(st.desired_for(&me)), "{} did not converge", me);
+                }
+                prop_assert!(net.host.converged(&me), "the host does not know {} converged", me);
+                if let Some(rc) = st.roll_call {
+                    let a = net.host.sites()[&me].answer;
+                    prop_assert!(a.is_some_and(|a| a.number == rc.number), "{} did not answer", me);
+                }
+                prop_assert_eq!(net.host.sites()[&me].phase, SitePhase::Joined);
+            }
+        }
+    }
+}
