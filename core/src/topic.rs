@@ -11,6 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
+use crate::meeting::{Invitee, MeetingId, MeetingIdError};
 use crate::site::{Level, Region, SiteCode, SiteCodeError};
 use crate::terminal_id::{Slug, SlugError, TerminalId};
 
@@ -92,6 +93,7 @@ pub enum TopicError {
     Slug(SlugError),
     UnknownChannel,
     UnknownKind,
+    Meeting(MeetingIdError),
 }
 
 impl fmt::Display for TopicError {
@@ -105,7 +107,8 @@ impl fmt::Display for TopicError {
             TopicError::Site(e) => write!(f, "site code {e}"),
             TopicError::Slug(e) => e.fmt(f),
             TopicError::UnknownChannel => f.write_str("unknown channel"),
-            TopicError::UnknownKind => f.write_str("unknown topic kind (expected t or b)"),
+            TopicError::UnknownKind => f.write_str("unknown topic kind (expected t, b or m)"),
+            TopicError::Meeting(e) => e.fmt(f),
         }
     }
 }
@@ -119,6 +122,9 @@ pub enum Topic {
     Terminal { id: TerminalId, channel: Channel },
     /// `ct/v1/b/pp[/cc[/dd[/ttt[/vvv]]]]`: everything at and below the site.
     Broadcast(SiteCode),
+    /// A session's retained desired state for one invitee: `ct/v1/m/pp[/cc…]/ID` for an
+    /// invited region, `ct/v1/m/pp/cc/dd/ttt/vvv/slug/ID` for an invited terminal.
+    Meeting { invitee: Invitee, id: MeetingId },
 }
 
 impl Topic {
@@ -165,6 +171,25 @@ impl Topic {
                 }
                 Ok(Topic::Broadcast(site))
             }
+            Some("m") => {
+                let n = segs.len();
+                if !(3..=8).contains(&n) {
+                    return Err(TopicError::Segments { found: n });
+                }
+                let id: MeetingId = segs[n - 1].parse().map_err(TopicError::Meeting)?;
+                let invitee = if n == 8 {
+                    let site = parse_site(&segs[1..6])?;
+                    let slug: Slug = segs[6].parse().map_err(TopicError::Slug)?;
+                    Invitee::Terminal(TerminalId::new(site, slug))
+                } else {
+                    let site = parse_site(&segs[1..n - 1])?;
+                    if site.significant_groups().len() != n - 2 {
+                        return Err(TopicError::Segments { found: n });
+                    }
+                    Invitee::Region(Region::of(site))
+                };
+                Ok(Topic::Meeting { invitee, id })
+            }
             _ => Err(TopicError::UnknownKind),
         }
     }
@@ -199,8 +224,53 @@ impl fmt::Display for Topic {
                 write!(f, "{PREFIX}/b/")?;
                 site.write_path(f)
             }
+            Topic::Meeting { invitee, id } => {
+                write!(f, "{PREFIX}/m/")?;
+                match invitee {
+                    Invitee::Region(r) => r.root().write_path(f)?,
+                    Invitee::Terminal(t) => {
+                        t.site().write_full_path(f)?;
+                        write!(f, "/{}", t.slug())?;
+                    }
+                }
+                write!(f, "/{id}")
+            }
         }
     }
+}
+
+/// The subscription filters through which a terminal receives the sessions it is invited to:
+/// one per ancestor region and its own site (`ct/v1/m/13/+`, …, `ct/v1/m/13/01/02/001/001/+`)
+/// and one for itself (`ct/v1/m/13/01/02/001/001/main/+`). Retained, so a terminal that
+/// (re)connects learns every session in progress at once.
+pub fn meeting_filters(id: &TerminalId) -> Vec<String> {
+    let mut v: Vec<String> = Topic::broadcasts_for(id.site())
+        .into_iter()
+        .filter_map(|t| match t {
+            Topic::Broadcast(site) => {
+                let mut s = alloc::format!("{PREFIX}/m/");
+                let _ = site.write_path(&mut s);
+                s.push_str("/+");
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut own = alloc::format!("{PREFIX}/m/");
+    let _ = id.site().write_full_path(&mut own);
+    let _ = write!(own, "/{}/+", id.slug());
+    v.push(own);
+    v
+}
+
+/// Requests from a `cuntong` command (client `client`) to the central service.
+pub fn control_request(client: &str) -> String {
+    alloc::format!("{PREFIX}/c/req/{client}")
+}
+
+/// The central service's answers to client `client`.
+pub fn control_response(client: &str) -> String {
+    alloc::format!("{PREFIX}/c/res/{client}")
 }
 
 /// A subscription filter for `channel` of every terminal in `region` (all of them if `None`).
@@ -313,9 +383,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn meeting_topics_name_the_invitee_and_match_the_terminals_filters() {
+        let m: MeetingId = "m1".parse().unwrap();
+        let county = Topic::Meeting {
+            invitee: Invitee::Region("130102".parse().unwrap()),
+            id: m,
+        };
+        assert_eq!(county.to_string(), "ct/v1/m/13/01/02/m1");
+        let hall = Topic::Meeting {
+            invitee: Invitee::Terminal(id("130102000000-hall")),
+            id: m,
+        };
+        assert_eq!(hall.to_string(), "ct/v1/m/13/01/02/000/000/hall/m1");
+        for t in [county, hall] {
+            assert_eq!(Topic::parse(&t.to_string()), Ok(t));
+        }
+        let filters = meeting_filters(&id("130102001001-main"));
+        assert_eq!(filters[2], "ct/v1/m/13/01/02/+");
+        assert_eq!(filters[5], "ct/v1/m/13/01/02/001/001/main/+");
+        assert_eq!(filters.len(), 6);
+        // The hall's own topic is not matched by any village filter (one level per `+`).
+        let matches = |f: &str, t: &str| {
+            let (fs, ts): (Vec<&str>, Vec<&str>) = (f.split('/').collect(), t.split('/').collect());
+            fs.len() == ts.len() && fs.iter().zip(&ts).all(|(a, b)| *a == "+" || a == b)
+        };
+        assert!(filters.iter().any(|f| matches(f, "ct/v1/m/13/01/02/m1")));
+        assert!(
+            !filters
+                .iter()
+                .any(|f| matches(f, "ct/v1/m/13/01/02/000/000/hall/m1"))
+        );
+        assert_eq!(
+            Topic::parse("ct/v1/m/13/01/02/9x"),
+            Err(TopicError::Meeting(MeetingIdError::FirstNotLetter))
+        );
+        assert!(Topic::parse("ct/v1/m/13/01/00/m1").is_err());
+    }
+
     proptest::proptest! {
         #[test]
-        fn garbage_never_panics(s in "(ct/v1/)?[tb]?(/[0-9a-z+#]{0,4}){0,9}") {
+        fn garbage_never_panics(s in "(ct/v1/)?[tbm]?(/[0-9a-z+#]{0,4}){0,9}") {
             let _ = Topic::parse(&s);
         }
     }

@@ -210,7 +210,7 @@ impl MediaProfile {
 }
 
 /// Who is invited: everything in a region, or one terminal (calls, single guests).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Invitee {
     Region(Region),
     Terminal(TerminalId),
