@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cuntong_core::delivery::DeliveryConfig;
+use cuntong_core::meeting::MeetingState;
+use cuntong_core::meeting::participant::AcceptPolicy;
 use cuntong_core::site::{Level, Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::conference::{Console, Invitation, SignallingOnly};
 use cuntong_terminal::config::{CommandsConfig, TerminalConfig};
 use cuntong_terminal::daemon::{self, Hardware, RunError};
 use cuntong_terminal::hardware::Power;
@@ -95,6 +98,14 @@ pub struct SimOptions {
     pub hj212_listen: Option<std::net::SocketAddr>,
     /// The fleet's public command key; without it, commands are refused.
     pub command_key: Option<PathBuf>,
+    /// Which invitations the terminals accept on their own (all, by default).
+    pub meeting_accept: AcceptPolicy,
+    /// How often the terminals repeat their meeting status.
+    pub meeting_heartbeat: Duration,
+    /// Share of the terminals (0 to 100) that decline every invitation.
+    pub decline_percent: u8,
+    /// Share of the terminals (0 to 100) that raise their hand once joined.
+    pub hands_percent: u8,
 }
 
 impl SimOptions {
@@ -109,6 +120,10 @@ impl SimOptions {
             outbox_budget: OutboxConfig::default().budget_bytes,
             hj212_listen: None,
             command_key: None,
+            meeting_accept: AcceptPolicy::All,
+            meeting_heartbeat: Duration::from_secs(10),
+            decline_percent: 0,
+            hands_percent: 0,
         }
     }
 }
@@ -131,6 +146,8 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
         .command_key
         .clone()
         .map(|key| CommandsConfig { key, reboot: None });
+    cfg.meeting.accept = opts.meeting_accept;
+    cfg.meeting.heartbeat = opts.meeting_heartbeat;
     cfg.hj212 = opts.hj212_listen.map(|listen| Hj212Config {
         listen: Some(listen),
         serial: None,
@@ -161,13 +178,45 @@ impl Power for SimPower {
     }
 }
 
+/// The simulated people at a box: some decline every invitation, some raise their hand
+/// once they joined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimConsole {
+    pub declines: bool,
+    pub raises_hand: bool,
+}
+
+impl SimConsole {
+    /// The behaviour of the `index`-th terminal of a fleet: the given shares, spread evenly
+    /// and deterministically over the fleet.
+    pub fn for_index(index: usize, decline_percent: u8, hands_percent: u8) -> SimConsole {
+        let pick = |pct: u8, salt: usize| ((index * 7919 + salt) % 100) < usize::from(pct);
+        SimConsole {
+            declines: pick(decline_percent, 0),
+            raises_hand: pick(hands_percent, 53),
+        }
+    }
+}
+
+impl Console for SimConsole {
+    fn invited(&mut self, _state: &MeetingState) -> Option<Invitation> {
+        self.declines
+            .then(|| Invitation::Decline("simulated: nobody at the site".into()))
+    }
+
+    fn joined(&mut self, _state: &MeetingState) -> bool {
+        self.raises_hand
+    }
+}
+
 /// Simulated hardware for a terminal: an SHT3x on a simulated bus (controlled by `control`,
-/// which outlives reboots) and simulated health.
+/// which outlives reboots), simulated health, signalling-only media and `console`.
 pub fn sim_hardware(
     seed: u64,
     interval: Duration,
     control: &SimSht3xControl,
     power: Box<dyn Power>,
+    console: SimConsole,
 ) -> Hardware {
     let device = SimSht3x::controlled_by(control, 0x44, seed);
     let sensor: Box<dyn Sensor> = Box::new(Sht3x::new(device, NoDelay, 0x44));
@@ -175,6 +224,8 @@ pub fn sim_hardware(
         sensors: vec![(sensor, interval)],
         health: Box::new(SimHealth::new(seed)),
         power,
+        media: Box::new(SignallingOnly),
+        console: Box::new(console),
     }
 }
 
@@ -184,6 +235,7 @@ pub async fn run_rebooting(
     seed: u64,
     interval: Duration,
     control: SimSht3xControl,
+    console: SimConsole,
     stop: CancellationToken,
 ) -> Result<(), RunError> {
     loop {
@@ -191,7 +243,7 @@ pub async fn run_rebooting(
             run: stop.child_token(),
             requested: Arc::default(),
         };
-        let hardware = sim_hardware(seed, interval, &control, Box::new(power.clone()));
+        let hardware = sim_hardware(seed, interval, &control, Box::new(power.clone()), console);
         daemon::run(cfg.clone(), hardware, power.run.clone()).await?;
         if stop.is_cancelled() || !power.requested.load(Ordering::Relaxed) {
             return Ok(());
@@ -217,12 +269,20 @@ impl Fleet {
     /// Starts `ids` as simulated terminals on the current runtime.
     pub fn start(ids: Vec<TerminalId>, opts: &SimOptions) -> Fleet {
         let configs = ids.iter().map(|id| sim_config(*id, opts)).collect();
-        Fleet::start_configs(configs, opts.interval)
+        let consoles = (0..ids.len())
+            .map(|i| SimConsole::for_index(i, opts.decline_percent, opts.hands_percent))
+            .collect();
+        Fleet::start_configs(configs, opts.interval, consoles)
     }
 
     /// Starts terminals with the given configurations (e.g. provisioned ones) on simulated
-    /// hardware sampled every `interval`.
-    pub fn start_configs(configs: Vec<TerminalConfig>, interval: Duration) -> Fleet {
+    /// hardware sampled every `interval`, with the given console behaviour each (missing ones:
+    /// nobody declines, nobody raises a hand).
+    pub fn start_configs(
+        configs: Vec<TerminalConfig>,
+        interval: Duration,
+        consoles: Vec<SimConsole>,
+    ) -> Fleet {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut controls = Vec::with_capacity(configs.len());
@@ -232,10 +292,12 @@ impl Fleet {
             let (_, control) = SimSht3x::new(0x44, seed);
             controls.push(control.clone());
             let (stop, id) = (stop.clone(), cfg.id);
+            let console = consoles.get(i).copied().unwrap_or_default();
             ids.push(id);
-            tasks.spawn(
-                async move { (id, run_rebooting(cfg, seed, interval, control, stop).await) },
-            );
+            tasks.spawn(async move {
+                let result = run_rebooting(cfg, seed, interval, control, console, stop).await;
+                (id, result)
+            });
         }
         Fleet {
             ids,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use cuntong_core::meeting::participant::AcceptPolicy;
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_firmware_sim::fleet::{Fleet, SimOptions, default_data_root, fleet_ids};
@@ -51,6 +52,18 @@ struct Common {
     /// The fleet's public command key (`command.pub`); without it commands are refused.
     #[arg(long)]
     command_key: Option<PathBuf>,
+    /// Which meeting invitations the terminals accept on their own: all, scheduled, manual.
+    #[arg(long, default_value = "all")]
+    accept: String,
+    /// How often joined terminals repeat their meeting status.
+    #[arg(long, default_value = "10s")]
+    meeting_heartbeat: String,
+    /// Share of the terminals (percent) that decline every invitation.
+    #[arg(long, default_value_t = 0)]
+    decline_percent: u8,
+    /// Share of the terminals (percent) that raise their hand once joined.
+    #[arg(long, default_value_t = 0)]
+    hands_percent: u8,
 }
 
 #[derive(Subcommand)]
@@ -260,7 +273,7 @@ fn main() -> ExitCode {
                 Err(e) => return usage(e),
             };
             runtime.block_on(async move {
-                run_fleet_of(Fleet::start_configs(vec![cfg], interval)).await
+                run_fleet_of(Fleet::start_configs(vec![cfg], interval, Vec::new())).await
             })
         }
         Command::Terminal { .. } | Command::Fleet { .. } => {
@@ -431,6 +444,26 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     opts.outbox_budget =
         parse_size(&common.outbox_budget).map_err(|e| format!("--outbox-budget: {e}"))?;
     opts.command_key = common.command_key.clone();
+    opts.meeting_accept = match common.accept.as_str() {
+        "all" => AcceptPolicy::All,
+        "scheduled" => AcceptPolicy::Scheduled,
+        "manual" => AcceptPolicy::Manual,
+        other => return Err(format!("--accept {other:?}: use all, scheduled or manual")),
+    };
+    opts.meeting_heartbeat = duration("--meeting-heartbeat", &common.meeting_heartbeat)?;
+    if opts.meeting_heartbeat < Duration::from_millis(500) {
+        return Err("--meeting-heartbeat: at least 500ms".to_owned());
+    }
+    for (flag, pct) in [
+        ("--decline-percent", common.decline_percent),
+        ("--hands-percent", common.hands_percent),
+    ] {
+        if pct > 100 {
+            return Err(format!("{flag} {pct}: at most 100"));
+        }
+    }
+    opts.decline_percent = common.decline_percent;
+    opts.hands_percent = common.hands_percent;
     if opts.outbox_budget < 4096 {
         return Err(format!(
             "--outbox-budget {:?}: at least 4KiB",

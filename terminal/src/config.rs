@@ -35,6 +35,16 @@
 //! order = "oldest-first"    # or "newest-first"
 //! resend_after = "30s"      # unconfirmed records are sent again after this
 //!
+//! [meeting]
+//! accept = "scheduled"      # join scheduled sessions on their own; "all", or "manual"
+//! heartbeat = "10s"         # status repeated to the meeting host this often
+//! rtp_port = 5004           # where this box receives media
+//! # tier = "audio-only"     # fix the tier; otherwise it follows the link:
+//! audio_only_rtt = "400ms"  # round trip at or above which the box joins audio-only
+//! audio_only_loss = 5       # ping loss (%) at or above which it joins audio-only
+//! receive_only_rtt = "1s"
+//! receive_only_loss = 20
+//!
 //! [hj212]                   # pollution-source data loggers (HJ 212) connect here
 //! listen = "0.0.0.0:6000"
 //! # serial = "/dev/ttyS1"   # and/or a logger wired to a serial port
@@ -57,9 +67,12 @@ use cuntong_core::terminal_id::TerminalId;
 use serde::Deserialize;
 
 use crate::broker_url::BrokerUrl;
+use crate::conference::MeetingConfig;
 use crate::hj212::{Hj212Config, LoggerConfig, SerialConfig};
 use crate::outbox::{OutboxConfig, SyncPolicy};
 use crate::tls::TlsFiles;
+use cuntong_core::meeting::participant::AcceptPolicy;
+use cuntong_core::meeting::{Tier, TierThresholds};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +119,8 @@ pub struct TerminalConfig {
     pub tls: Option<TlsFiles>,
     /// Remote commands: the fleet's command key; without it, commands are refused.
     pub commands: Option<CommandsConfig>,
+    /// Taking part in meetings.
+    pub meeting: MeetingConfig,
     /// The file this configuration was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -162,6 +177,7 @@ impl TerminalConfig {
             hj212: None,
             tls: None,
             commands: None,
+            meeting: MeetingConfig::default(),
             source: None,
         }
     }
@@ -358,6 +374,7 @@ impl TerminalConfig {
             key: base.join(c.key),
             reboot: c.reboot.filter(|r| !r.is_empty()),
         });
+        cfg.meeting = meeting_config(raw.meeting, &invalid)?;
         match (cfg.broker.tls, cfg.tls.is_some()) {
             (true, false) => {
                 return Err(invalid(
@@ -478,6 +495,104 @@ struct RawConfig {
     hj212: Option<RawHj212>,
     tls: Option<RawTls>,
     commands: Option<RawCommands>,
+    #[serde(default)]
+    meeting: RawMeeting,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeeting {
+    accept: Option<String>,
+    heartbeat: Option<String>,
+    rtp_port: Option<u16>,
+    tier: Option<String>,
+    audio_only_rtt: Option<String>,
+    audio_only_loss: Option<f64>,
+    receive_only_rtt: Option<String>,
+    receive_only_loss: Option<f64>,
+}
+
+fn meeting_config(
+    raw: RawMeeting,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<MeetingConfig, ConfigError> {
+    let accept = match raw.accept.as_deref() {
+        None | Some("scheduled") => AcceptPolicy::Scheduled,
+        Some("all") => AcceptPolicy::All,
+        Some("manual") => AcceptPolicy::Manual,
+        Some(other) => {
+            return Err(invalid(
+                "meeting.accept",
+                format!("{other:?} is not one of \"scheduled\", \"all\", \"manual\""),
+            ));
+        }
+    };
+    let mut m = MeetingConfig {
+        accept,
+        ..MeetingConfig::default()
+    };
+    if let Some(h) = raw.heartbeat {
+        m.heartbeat = parse_duration(&h).map_err(|p| invalid("meeting.heartbeat", p))?;
+        if m.heartbeat < Duration::from_millis(500) {
+            return Err(invalid(
+                "meeting.heartbeat",
+                "must be at least 500ms".into(),
+            ));
+        }
+    }
+    if let Some(p) = raw.rtp_port {
+        m.rtp_port = p;
+    }
+    m.tier = match raw.tier.as_deref() {
+        None => None,
+        Some("full") => Some(Tier::Full),
+        Some("audio-only") => Some(Tier::AudioOnly),
+        Some("receive-only") => Some(Tier::ReceiveOnly),
+        Some(other) => {
+            return Err(invalid(
+                "meeting.tier",
+                format!("{other:?} is not one of \"full\", \"audio-only\", \"receive-only\""),
+            ));
+        }
+    };
+    let ms = |key: &str, v: Option<String>, default: f64| -> Result<f64, ConfigError> {
+        v.map_or(Ok(default), |s| {
+            parse_duration(&s)
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .map_err(|p| invalid(key, p))
+        })
+    };
+    let percent = |key: &str, v: Option<f64>, default: f64| -> Result<f64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(p) if (0.0..=100.0).contains(&p) => Ok(p),
+            Some(p) => Err(invalid(key, format!("{p} is not a percentage (0 to 100)"))),
+        }
+    };
+    let t = m.thresholds;
+    m.thresholds = TierThresholds {
+        audio_only_rtt_ms: ms(
+            "meeting.audio_only_rtt",
+            raw.audio_only_rtt,
+            t.audio_only_rtt_ms,
+        )?,
+        audio_only_loss_percent: percent(
+            "meeting.audio_only_loss",
+            raw.audio_only_loss,
+            t.audio_only_loss_percent,
+        )?,
+        receive_only_rtt_ms: ms(
+            "meeting.receive_only_rtt",
+            raw.receive_only_rtt,
+            t.receive_only_rtt_ms,
+        )?,
+        receive_only_loss_percent: percent(
+            "meeting.receive_only_loss",
+            raw.receive_only_loss,
+            t.receive_only_loss_percent,
+        )?,
+    };
+    Ok(m)
 }
 
 #[derive(Deserialize)]
@@ -594,6 +709,8 @@ mod tests {
         );
         assert_eq!(cfg.delivery.order, ReplayOrder::OldestFirst);
         assert_eq!(cfg.delivery.resend_after_ms, 30_000);
+        assert_eq!(cfg.meeting.accept, AcceptPolicy::Scheduled);
+        assert_eq!(cfg.meeting.thresholds.receive_only_rtt_ms, 1000.0);
         let hj = cfg.hj212.unwrap();
         assert_eq!(hj.listen.map(|l| l.port()), Some(6000));
         assert_eq!(hj.serial, None);
@@ -624,6 +741,10 @@ mod tests {
             err("[outbox]\nbudget = \"lots\"\n").contains("outbox.budget: \"lots\" is not a size")
         );
         assert!(err("[delivery]\norder = \"random\"\n").contains("delivery.order"));
+        assert!(err("[meeting]\naccept = \"maybe\"\n").contains("meeting.accept: \"maybe\""));
+        assert!(err("[meeting]\ntier = \"4k\"\n").contains("meeting.tier"));
+        assert!(err("[meeting]\naudio_only_loss = 150.0\n").contains("meeting.audio_only_loss"));
+        assert!(err("[meeting]\nheartbeat = \"1ms\"\n").contains("meeting.heartbeat"));
         assert!(
             err("[telemetry]\nhealth_interval = \"0s\"\n")
                 .contains("telemetry.health_interval: must be more than 0s")

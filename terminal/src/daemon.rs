@@ -18,6 +18,7 @@ use cuntong_core::topic::{Channel, Topic};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::conference::{Conference, Console, MediaEngine};
 use crate::config::TerminalConfig;
 use crate::hardware::Power;
 use crate::health::HealthSource;
@@ -75,6 +76,10 @@ pub struct Hardware {
     pub health: Box<dyn HealthSource>,
     /// What `reboot` does.
     pub power: Box<dyn Power>,
+    /// Sends and receives meeting media.
+    pub media: Box<dyn MediaEngine>,
+    /// The people at the box (buttons; the simulator's behaviour).
+    pub console: Box<dyn Console>,
 }
 
 impl std::fmt::Debug for Hardware {
@@ -127,6 +132,7 @@ pub fn link_options(cfg: &TerminalConfig, started_ms: u64) -> Result<LinkOptions
         .map(|c| Topic::terminal(&cfg.id, c))
         .chain(Topic::broadcasts_for(cfg.id.site()))
         .map(|t| t.to_string())
+        .chain(Conference::subscriptions(&cfg.id))
         .collect();
     Ok(opts)
 }
@@ -163,7 +169,14 @@ pub async fn run(
         ),
         None => None,
     };
+    let conference = Conference::new(
+        cfg.id,
+        cfg.meeting.clone(),
+        hardware.media,
+        hardware.console,
+    );
     let mut daemon = Daemon {
+        conference,
         guard,
         power: hardware.power,
         tls_episodes_seen: 0,
@@ -183,10 +196,11 @@ pub async fn run(
     };
     daemon.apply_sampling();
 
+    let (requests_tx, mut requests) = mpsc::channel::<status::OperatorCall>(8);
     let status_task = daemon.cfg.status_socket.clone().map(|path| {
         let (status, link, stop) = (daemon.status.clone(), link.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = status::serve(&path, status, link, stop).await {
+            if let Err(e) = status::serve(&path, status, link, requests_tx, stop).await {
                 tracing::warn!(path = %path.display(), error = %e, "status socket unavailable");
             }
         })
@@ -260,6 +274,8 @@ pub async fn run(
     };
     let mut sync_tick = tokio::time::interval(sync_every);
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut meeting_tick = tokio::time::interval(Duration::from_secs(1));
+    meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let ready: Vec<bool> = idle.iter().map(Option::is_some).collect();
@@ -277,11 +293,25 @@ pub async fn run(
                 }
                 if *link_up.borrow_and_update() {
                     daemon.delivery.link_up(unix_ms());
+                    let msgs = daemon.conference.reconnected(unix_ms());
+                    daemon.meeting_out(msgs);
                 } else {
                     daemon.delivery.link_down();
                 }
             }
             _ = sync_tick.tick() => daemon.outbox.flush()?,
+            _ = meeting_tick.tick() => {
+                let l = link.status();
+                let msgs = daemon.conference.tick(unix_ms(), l.rtt_ms, l.ping_loss_percent);
+                daemon.meeting_out(msgs);
+            }
+            Some((req, answer)) = requests.recv() => {
+                let result = daemon.conference.operator(req, unix_ms()).map(|(line, msgs)| {
+                    daemon.meeting_out(msgs);
+                    line
+                });
+                let _ = answer.send(result);
+            }
             _ = health_tick.tick() => {
                 let now = unix_ms();
                 let mut readings = health.read();
@@ -339,6 +369,7 @@ pub async fn run(
                     Some(m) if m.topic == cmd_topic && !m.payload.is_empty() => {
                         daemon.command(&m.payload, m.retain)?;
                     }
+                    Some(m) if daemon.conference_message(&m) => {}
                     Some(m) => tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "received"),
                     None => break,
                 }
@@ -405,6 +436,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 struct Daemon {
     cfg: TerminalConfig,
+    conference: Conference,
     guard: Option<crate::commands::CommandGuard>,
     power: Box<dyn Power>,
     /// TLS failure episodes of the link already reported.
@@ -418,6 +450,30 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// A meeting message (state, downlink): handled here; false if it is not one.
+    fn conference_message(&mut self, m: &crate::link::Incoming) -> bool {
+        match self.conference.on_message(&m.topic, &m.payload, unix_ms()) {
+            Some(msgs) => {
+                self.meeting_out(msgs);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Publishes what the participant says and refreshes the meetings in the status report.
+    /// Meeting messages are live: a lost one is repeated by the next heartbeat, so they go
+    /// straight to the link, not through the outbox.
+    fn meeting_out(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            if self.link.try_publish(m).is_err() {
+                tracing::debug!("link queue full: meeting message left to the next heartbeat");
+            }
+        }
+        let report = self.conference.report();
+        self.with_status(|s| s.meetings = report);
+    }
+
     /// (Re)builds the sampler from the configured interval and per-metric policies.
     fn apply_sampling(&mut self) {
         self.sampler = Sampler::new(self.cfg.health_interval.as_millis() as u64);

@@ -8,6 +8,7 @@
 //! - [`broker_url`]: `mqtt://host:port` addresses.
 //! - [`link`]: the MQTT link (reconnect, resubscribe, bounded queue).
 //! - [`daemon`]: the terminal's main loop.
+//! - [`conference`]: the meeting participant: invitations, joins, chair state, operator requests.
 //! - [`sensors`]: sensor drivers over embedded-hal traits.
 //! - [`hardware`]: opening the configured sensors.
 //! - [`health`]: site health from `/proc`.
@@ -23,6 +24,7 @@
 pub mod broker_url;
 pub mod check;
 pub mod commands;
+pub mod conference;
 pub mod config;
 pub mod daemon;
 pub mod hardware;

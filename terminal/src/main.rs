@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use cuntong_terminal::conference::{OperatorRequest, SignallingOnly, Unattended};
 use cuntong_terminal::config::TerminalConfig;
 use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::daemon::{self, Hardware};
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     version,
-    about = "cuntong site terminal: telemetry, presence and (later) meetings"
+    about = "cuntong site terminal: telemetry, presence, commands and meetings"
 )]
 struct Cli {
     /// The terminal's configuration file.
@@ -49,6 +50,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take part in a meeting from the box: accept, decline, raise or lower the hand, leave.
+    Meeting {
+        /// accept, decline, hand, lower or leave.
+        action: String,
+        /// The meeting id (as `status` shows it).
+        id: String,
+        /// Why (for decline).
+        reason: Vec<String>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Start a video call from this box to another terminal (e.g. the county office).
+    Call {
+        terminal: String,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,23 +83,52 @@ fn main() -> ExitCode {
 
 async fn async_main(cli: Cli) -> ExitCode {
     let load = || TerminalConfig::load(&cli.config);
+    let socket_path = |socket: Option<PathBuf>| -> Result<PathBuf, ExitCode> {
+        match socket {
+            Some(p) => Ok(p),
+            None => match load() {
+                Ok(cfg) => cfg.status_socket.ok_or_else(|| {
+                    eprintln!("error: the config disables the status socket");
+                    ExitCode::from(2)
+                }),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Err(ExitCode::from(2))
+                }
+            },
+        }
+    };
     match cli.command.unwrap_or(Command::Run) {
+        Command::Meeting {
+            action,
+            id,
+            reason,
+            socket,
+        } => {
+            let line = format!("meeting {action} {id} {}", reason.join(" "));
+            let req = match OperatorRequest::parse(&line) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            operator(socket_path(socket), &req).await
+        }
+        Command::Call { terminal, socket } => {
+            let req = match OperatorRequest::parse(&format!("call {terminal}")) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            operator(socket_path(socket), &req).await
+        }
         Command::Status { socket, json } => {
-            let path = match socket {
-                Some(p) => p,
-                None => match load() {
-                    Ok(cfg) => match cfg.status_socket {
-                        Some(p) => p,
-                        None => {
-                            eprintln!("error: the config disables the status socket");
-                            return ExitCode::from(2);
-                        }
-                    },
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
+            let path = match socket_path(socket) {
+                Ok(p) => p,
+                Err(code) => return code,
             };
             match status::request(&path).await {
                 Ok(report) if json => match serde_json::to_string_pretty(&report) {
@@ -143,6 +190,8 @@ async fn async_main(cli: Cli) -> ExitCode {
                 power: Box::new(hardware::SystemPower {
                     command: cfg.commands.as_ref().and_then(|c| c.reboot.clone()),
                 }),
+                media: Box::new(SignallingOnly),
+                console: Box::new(Unattended),
             };
             let stop = CancellationToken::new();
             let on_signal = stop.clone();
@@ -158,6 +207,24 @@ async fn async_main(cli: Cli) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Sends an operator's request to the running daemon and prints its answer.
+async fn operator(path: Result<PathBuf, ExitCode>, req: &OperatorRequest) -> ExitCode {
+    let path = match path {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match status::operator_request(&path, req).await {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -36,7 +36,16 @@ pub struct StatusReport {
     pub latest: BTreeMap<String, f64>,
     /// Newest last: (Unix ms, message).
     pub recent_errors: Vec<(u64, String)>,
+    /// The sessions this terminal is invited to or takes part in.
+    #[serde(default)]
+    pub meetings: Vec<crate::conference::MeetingReport>,
 }
+
+/// An operator's request from the socket, and where the daemon answers it.
+pub type OperatorCall = (
+    crate::conference::OperatorRequest,
+    tokio::sync::oneshot::Sender<Result<String, String>>,
+);
 
 /// The outbox part of a status report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -72,6 +81,7 @@ pub async fn serve(
     path: &Path,
     status: SharedStatus,
     link: crate::link::Link,
+    requests: tokio::sync::mpsc::Sender<OperatorCall>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     if path.exists() {
@@ -97,8 +107,9 @@ pub async fn serve(
             link: link.status(),
             ..report
         };
+        let requests = requests.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &report).await {
+            if let Err(e) = answer(stream, &report, &requests).await {
                 tracing::debug!(error = %e, "status client went away");
             }
         });
@@ -107,7 +118,11 @@ pub async fn serve(
     Ok(())
 }
 
-async fn answer(stream: UnixStream, report: &StatusReport) -> std::io::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    report: &StatusReport,
+    requests: &tokio::sync::mpsc::Sender<OperatorCall>,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     tokio::time::timeout(
@@ -118,7 +133,24 @@ async fn answer(stream: UnixStream, report: &StatusReport) -> std::io::Result<()
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
     let body = match line.trim() {
         "status" => serde_json::to_string(report).map_err(std::io::Error::other)?,
-        other => serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+        other => {
+            let result = match crate::conference::OperatorRequest::parse(other) {
+                Ok(req) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    match requests.send((req, tx)).await {
+                        Ok(()) => rx
+                            .await
+                            .unwrap_or_else(|_| Err("the daemon is stopping".into())),
+                        Err(_) => Err("the daemon is stopping".into()),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(answer) => serde_json::json!({ "ok": answer }).to_string(),
+                Err(e) => serde_json::json!({ "error": e }).to_string(),
+            }
+        }
     };
     w.write_all(body.as_bytes()).await?;
     w.write_all(b"\n").await?;
@@ -146,6 +178,42 @@ pub async fn request(path: &Path) -> Result<StatusReport, String> {
         serde_json::from_str(&line).map_err(|e| format!("bad answer from the daemon: {e}"))
     };
     tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .map_err(|_| format!("the terminal daemon at {} did not answer", path.display()))?
+}
+
+/// Sends an operator's request (`meeting hand m1`, `call 130102000000-hall`) to the daemon
+/// listening on `path`; returns its answer.
+pub async fn operator_request(
+    path: &Path,
+    req: &crate::conference::OperatorRequest,
+) -> Result<String, String> {
+    let run = async {
+        let mut stream = UnixStream::connect(path).await.map_err(|e| {
+            format!(
+                "cannot reach the terminal daemon at {}: {e}",
+                path.display()
+            )
+        })?;
+        let line = format!("{}\n", req.to_line());
+        stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&answer)
+            .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+        match (v["ok"].as_str(), v["error"].as_str()) {
+            (Some(ok), _) => Ok(ok.to_owned()),
+            (_, Some(e)) => Err(e.to_owned()),
+            _ => Err(format!("bad answer from the daemon: {answer}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .map_err(|_| format!("the terminal daemon at {} did not answer", path.display()))?
 }
@@ -223,6 +291,33 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
             (None, false) => "not read yet".to_owned(),
         };
         row("sensor", format!("{:<12} {state}", s.name));
+    }
+    for m in &r.meetings {
+        let mut flags = Vec::new();
+        if m.muted {
+            flags.push("muted".to_owned());
+        }
+        if m.hand_raised {
+            flags.push("hand raised".to_owned());
+        }
+        if let Some(t) = &m.tier {
+            flags.push(t.clone());
+        }
+        row(
+            "meeting",
+            format!(
+                "{} {} \"{}\" {} / {} as {} {}",
+                m.id,
+                m.kind,
+                m.title,
+                m.status,
+                m.phase,
+                m.role,
+                flags.join(", ")
+            )
+            .trim_end()
+            .to_owned(),
+        );
     }
     let latest: Vec<String> = r.latest.iter().map(|(k, v)| format!("{k}={v}")).collect();
     row("latest", latest.join(" "));

@@ -574,6 +574,8 @@ impl Host {
                 }
                 self.forget_site_in_state(&from);
             }
+            // Calls are created by central's meeting service, not by a running session.
+            Uplink::Call { .. } => {}
             Uplink::Leave { .. } => {
                 if rec.phase != SitePhase::Left {
                     rec.phase = SitePhase::Left;

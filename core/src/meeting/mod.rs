@@ -146,6 +146,41 @@ impl Tier {
     }
 }
 
+/// When a site's link is too weak for full media, judged from its link telemetry (keep-alive
+/// round trip and loss).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TierThresholds {
+    pub audio_only_rtt_ms: f64,
+    pub audio_only_loss_percent: f64,
+    pub receive_only_rtt_ms: f64,
+    pub receive_only_loss_percent: f64,
+}
+
+impl Default for TierThresholds {
+    fn default() -> TierThresholds {
+        TierThresholds {
+            audio_only_rtt_ms: 400.0,
+            audio_only_loss_percent: 5.0,
+            receive_only_rtt_ms: 1_000.0,
+            receive_only_loss_percent: 20.0,
+        }
+    }
+}
+
+impl TierThresholds {
+    /// The tier a link with this round trip (if measured) and loss carries.
+    pub fn tier(&self, rtt_ms: Option<f64>, loss_percent: f64) -> Tier {
+        let rtt = rtt_ms.unwrap_or(0.0);
+        if rtt >= self.receive_only_rtt_ms || loss_percent >= self.receive_only_loss_percent {
+            Tier::ReceiveOnly
+        } else if rtt >= self.audio_only_rtt_ms || loss_percent >= self.audio_only_loss_percent {
+            Tier::AudioOnly
+        } else {
+            Tier::Full
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VideoCodec {
     /// H.264 constrained baseline, 4:2:0 8-bit: every hardware decoder plays it.
@@ -423,6 +458,12 @@ pub enum Uplink {
     Leave {
         meeting: MeetingId,
     },
+    /// Starts a video call (可视电话) from this box to another terminal, under an id the
+    /// caller chose.
+    Call {
+        meeting: MeetingId,
+        to: TerminalId,
+    },
 }
 
 impl Uplink {
@@ -435,7 +476,8 @@ impl Uplink {
             Uplink::Join { meeting, .. }
             | Uplink::Status { meeting, .. }
             | Uplink::Decline { meeting, .. }
-            | Uplink::Leave { meeting } => *meeting,
+            | Uplink::Leave { meeting }
+            | Uplink::Call { meeting, .. } => *meeting,
         }
     }
 }

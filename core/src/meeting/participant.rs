@@ -125,6 +125,8 @@ pub enum Input {
     RaiseHand(MeetingId),
     LowerHand(MeetingId),
     Leave(MeetingId),
+    /// Asks central for a video call to another terminal (under a fresh id from the owner).
+    Call(MeetingId, TerminalId),
     /// The link's capacity changed (from link telemetry): later joins use this tier, and
     /// joined sessions join again with it.
     SetTier(Tier),
@@ -156,8 +158,12 @@ pub enum Output {
     Media(MediaCommand),
 }
 
-/// Whether `policy` accepts the session in `state` without the site's operator.
-fn auto_accepts(policy: AcceptPolicy, state: &MeetingState) -> bool {
+/// Whether `policy` accepts the session in `state` without the site's operator. The chair's
+/// own box always joins its sessions (a caller joins its call).
+fn auto_accepts(policy: AcceptPolicy, me: &TerminalId, state: &MeetingState) -> bool {
+    if state.spec.chair.as_ref() == Some(me) && state.status == Status::Live {
+        return true;
+    }
     match policy {
         AcceptPolicy::All => true,
         AcceptPolicy::Scheduled => {
@@ -266,6 +272,7 @@ impl Participant {
                     }
                 }
             }
+            Input::Call(meeting, to) => out.push(Output::Send(Uplink::Call { meeting, to })),
             Input::SetTier(tier) => {
                 if tier != self.cfg.tier {
                     self.cfg.tier = tier;
@@ -323,7 +330,7 @@ impl Participant {
                 );
             }
         }
-        let accept = self.cfg.accept;
+        let (accept, me) = (self.cfg.accept, self.me);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -331,7 +338,7 @@ impl Participant {
             self.end(&id, out);
             return;
         }
-        if s.phase == Phase::Invited && auto_accepts(accept, &s.state) {
+        if s.phase == Phase::Invited && auto_accepts(accept, &me, &s.state) {
             s.phase = Phase::Joining;
             s.last_join_ms = 0;
             self.announce(&id, now_ms, out);

@@ -488,6 +488,31 @@ fn a_thin_link_joins_receive_only_and_gets_no_send_address() {
 }
 
 #[test]
+fn weak_links_join_audio_only_or_receive_only() {
+    let th = TierThresholds::default();
+    assert_eq!(th.tier(Some(40.0), 0.0), Tier::Full);
+    assert_eq!(th.tier(None, 0.0), Tier::Full, "not measured yet");
+    assert_eq!(th.tier(Some(450.0), 0.0), Tier::AudioOnly);
+    assert_eq!(th.tier(Some(40.0), 6.0), Tier::AudioOnly);
+    assert_eq!(th.tier(Some(1_200.0), 0.0), Tier::ReceiveOnly);
+    assert_eq!(th.tier(Some(40.0), 25.0), Tier::ReceiveOnly);
+    // A joined site whose link degrades joins again with the lower tier.
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    w.deliver_to(0, Input::SetTier(Tier::AudioOnly));
+    assert_eq!(
+        w.host.sites()[&t("130102001001-main")].tier,
+        Some(Tier::AudioOnly)
+    );
+    assert_eq!(w.session(0).plan.as_ref().unwrap().tier, Tier::AudioOnly);
+    assert_eq!(w.session(0).phase, Phase::Joined);
+}
+
+#[test]
 fn messages_round_trip_and_garbage_is_refused() {
     let h = host(Kind::Meeting, &["130102", "130103001001-main"]);
     let bytes = encode(h.state()).unwrap();

@@ -1,0 +1,431 @@
+//! The conference participant on the box: the core's [`Participant`] wired to the link (the
+//! meeting topics of the site's regions, the `md` downlink, the `mt` uplink), to a
+//! [`MediaEngine`], to the people at the box ([`Console`]: buttons, or the simulator's
+//! behaviour) and to the operator's requests through the status socket.
+//!
+//! The bandwidth tier follows the link telemetry: when the keep-alive round trip or loss
+//! crosses the configured thresholds the site joins (or joins again) audio-only or
+//! receive-only, and the host and the status report say so.
+
+use std::time::Duration;
+
+use cuntong_core::envelope::encode;
+use cuntong_core::meeting::participant::{
+    AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase, Session,
+};
+use cuntong_core::meeting::{
+    Applied, Downlink, MediaPlan, MediaProfile, MeetingId, MeetingState, Tier, TierThresholds,
+};
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_core::topic::{Channel, Topic, meeting_filters};
+use serde::{Deserialize, Serialize};
+
+use crate::link::Message;
+
+/// How the terminal takes part in meetings (`[meeting]` in the config).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeetingConfig {
+    pub accept: AcceptPolicy,
+    pub heartbeat: Duration,
+    /// Where this box receives media.
+    pub rtp_port: u16,
+    /// A fixed tier (a box known to sit on a thin line), instead of following the link.
+    pub tier: Option<Tier>,
+    pub thresholds: TierThresholds,
+}
+
+impl Default for MeetingConfig {
+    fn default() -> MeetingConfig {
+        MeetingConfig {
+            accept: AcceptPolicy::Scheduled,
+            heartbeat: Duration::from_secs(10),
+            rtp_port: 5004,
+            tier: None,
+            thresholds: TierThresholds::default(),
+        }
+    }
+}
+
+/// Sends and receives a session's audio and video. The GStreamer engine implements it with
+/// real pipelines; [`SignallingOnly`] takes part in the signalling without media.
+pub trait MediaEngine: Send {
+    fn start(&mut self, meeting: MeetingId, plan: &MediaPlan, profile: &MediaProfile);
+    /// Mute or unmute the microphone, change role, show another site.
+    fn apply(&mut self, meeting: MeetingId, applied: &Applied);
+    fn stop(&mut self, meeting: MeetingId);
+}
+
+/// Takes part in meetings without sending or receiving media (boxes without a camera, and
+/// builds without the media engine).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignallingOnly;
+
+impl MediaEngine for SignallingOnly {
+    fn start(&mut self, meeting: MeetingId, plan: &MediaPlan, profile: &MediaProfile) {
+        tracing::info!(%meeting, ssrc = plan.ssrc, tier = plan.tier.as_str(), profile = %profile.name, "media plan received (signalling only)");
+    }
+
+    fn apply(&mut self, meeting: MeetingId, applied: &Applied) {
+        tracing::debug!(%meeting, muted = applied.muted, role = applied.role.as_str(), "meeting state applied");
+    }
+
+    fn stop(&mut self, meeting: MeetingId) {
+        tracing::info!(%meeting, "media stopped");
+    }
+}
+
+/// What the people at the box do on their own: a real box leaves everything to its
+/// operator's requests ([`Unattended`]); the simulator declines or raises hands.
+pub trait Console: Send {
+    /// A new invitation arrived: accept, decline, or leave it to the accept policy.
+    fn invited(&mut self, _state: &MeetingState) -> Option<Invitation> {
+        None
+    }
+    /// The site joined a live session: raise the hand?
+    fn joined(&mut self, _state: &MeetingState) -> bool {
+        false
+    }
+}
+
+/// A console's answer to an invitation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invitation {
+    Accept,
+    Decline(String),
+}
+
+/// Nobody at the box: the accept policy and the operator's requests decide.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unattended;
+
+impl Console for Unattended {}
+
+/// A request from the box's operator (`cuntong-terminal meeting …`, `cuntong-terminal call`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorRequest {
+    Accept(MeetingId),
+    Decline(MeetingId, String),
+    RaiseHand(MeetingId),
+    LowerHand(MeetingId),
+    Leave(MeetingId),
+    Call(TerminalId),
+}
+
+impl OperatorRequest {
+    /// Parses a status-socket line: `meeting accept|decline|hand|lower|leave ID [REASON]` or
+    /// `call TERMINAL`.
+    pub fn parse(line: &str) -> Result<OperatorRequest, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let id = |s: &str| {
+            s.parse::<MeetingId>()
+                .map_err(|e| format!("meeting id {s:?}: {e}"))
+        };
+        match words.as_slice() {
+            ["meeting", "accept", m] => Ok(OperatorRequest::Accept(id(m)?)),
+            ["meeting", "decline", m, reason @ ..] => {
+                Ok(OperatorRequest::Decline(id(m)?, reason.join(" ")))
+            }
+            ["meeting", "hand", m] => Ok(OperatorRequest::RaiseHand(id(m)?)),
+            ["meeting", "lower", m] => Ok(OperatorRequest::LowerHand(id(m)?)),
+            ["meeting", "leave", m] => Ok(OperatorRequest::Leave(id(m)?)),
+            ["call", t] => t
+                .parse()
+                .map(OperatorRequest::Call)
+                .map_err(|e| format!("terminal {t:?}: {e}")),
+            _ => Err(format!(
+                "unknown request {line:?} (meeting accept|decline|hand|lower|leave ID, call TERMINAL)"
+            )),
+        }
+    }
+
+    /// The line [`OperatorRequest::parse`] reads.
+    pub fn to_line(&self) -> String {
+        match self {
+            OperatorRequest::Accept(m) => format!("meeting accept {m}"),
+            OperatorRequest::Decline(m, r) => format!("meeting decline {m} {r}"),
+            OperatorRequest::RaiseHand(m) => format!("meeting hand {m}"),
+            OperatorRequest::LowerHand(m) => format!("meeting lower {m}"),
+            OperatorRequest::Leave(m) => format!("meeting leave {m}"),
+            OperatorRequest::Call(t) => format!("call {t}"),
+        }
+    }
+}
+
+/// One session in the status report (`meetings` in `cuntong-terminal status --json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingReport {
+    pub id: String,
+    pub kind: String,
+    pub title: String,
+    /// `scheduled`, `live` or `ended`.
+    pub status: String,
+    /// `invited`, `joining`, `joined`, `declined`, `left` or `ended`.
+    pub phase: String,
+    pub version: u64,
+    pub role: String,
+    pub muted: bool,
+    pub tier: Option<String>,
+    /// The site shown on screen.
+    pub shown: Option<String>,
+    pub hand_raised: bool,
+    /// The roll call this site answered last.
+    pub answered_roll_call: Option<u32>,
+}
+
+/// The participant of one terminal and everything around it.
+pub struct Conference {
+    me: TerminalId,
+    participant: Participant,
+    engine: Box<dyn MediaEngine>,
+    console: Box<dyn Console>,
+    cfg: MeetingConfig,
+    uplink: String,
+    downlink: String,
+    next_call: u32,
+}
+
+impl std::fmt::Debug for Conference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conference")
+            .field("me", &self.me)
+            .field("sessions", &self.participant.sessions().len())
+            .finish()
+    }
+}
+
+impl Conference {
+    pub fn new(
+        me: TerminalId,
+        cfg: MeetingConfig,
+        engine: Box<dyn MediaEngine>,
+        console: Box<dyn Console>,
+    ) -> Conference {
+        let pcfg = ParticipantConfig {
+            accept: cfg.accept,
+            heartbeat_ms: cfg.heartbeat.as_millis() as u64,
+            join_retry_ms: (cfg.heartbeat.as_millis() as u64 / 3).max(500),
+            tier: cfg.tier.unwrap_or(Tier::Full),
+            rtp_port: cfg.rtp_port,
+        };
+        Conference {
+            me,
+            participant: Participant::new(me, pcfg),
+            engine,
+            console,
+            cfg,
+            uplink: Topic::terminal(&me, Channel::MeetingUp).to_string(),
+            downlink: Topic::terminal(&me, Channel::MeetingDown).to_string(),
+            next_call: 0,
+        }
+    }
+
+    /// The topic filters the link must subscribe to.
+    pub fn subscriptions(me: &TerminalId) -> Vec<String> {
+        meeting_filters(me)
+    }
+
+    /// Handles a received message if it is a meeting message; `None` if it is not one.
+    pub fn on_message(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Option<Vec<Message>> {
+        let input = if topic == self.downlink {
+            match Downlink::decode(payload) {
+                Ok(d) => Input::Downlink(d),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "ignoring a malformed meeting downlink");
+                    return Some(Vec::new());
+                }
+            }
+        } else {
+            let Ok(Topic::Meeting { id, .. }) = Topic::parse(topic) else {
+                return None;
+            };
+            if payload.is_empty() {
+                Input::Cleared(id)
+            } else {
+                match MeetingState::decode(payload) {
+                    Ok(s) if s.spec.id == id => Input::State(Box::new(s)),
+                    Ok(_) => {
+                        tracing::warn!(%topic, "ignoring a meeting state filed under another id");
+                        return Some(Vec::new());
+                    }
+                    Err(e) => {
+                        tracing::warn!(%topic, error = %e, "ignoring a malformed meeting state");
+                        return Some(Vec::new());
+                    }
+                }
+            }
+        };
+        Some(self.handle(input, now_ms))
+    }
+
+    /// The link connected again: re-announce, and expect the retained states back.
+    pub fn reconnected(&mut self, now_ms: u64) -> Vec<Message> {
+        self.handle(Input::Reconnected, now_ms)
+    }
+
+    /// Time passed; `rtt_ms` and `loss_percent` are the link's latest telemetry.
+    pub fn tick(&mut self, now_ms: u64, rtt_ms: Option<f64>, loss_percent: f64) -> Vec<Message> {
+        let tier = self
+            .cfg
+            .tier
+            .unwrap_or_else(|| self.cfg.thresholds.tier(rtt_ms, loss_percent));
+        let mut out = self.handle(Input::SetTier(tier), now_ms);
+        out.extend(self.handle(Input::Tick, now_ms));
+        out
+    }
+
+    /// An operator's request; answers with a line for the operator.
+    pub fn operator(
+        &mut self,
+        req: OperatorRequest,
+        now_ms: u64,
+    ) -> Result<(String, Vec<Message>), String> {
+        let known = |m: &MeetingId| {
+            self.participant
+                .session(m)
+                .map(|s| s.phase)
+                .ok_or_else(|| format!("no session {m} on this terminal"))
+        };
+        let (input, answer) = match req {
+            OperatorRequest::Accept(m) => {
+                known(&m)?;
+                (Input::Accept(m), format!("accepted {m}"))
+            }
+            OperatorRequest::Decline(m, r) => {
+                known(&m)?;
+                (Input::Decline(m, r), format!("declined {m}"))
+            }
+            OperatorRequest::RaiseHand(m) => {
+                if known(&m)? != Phase::Joined {
+                    return Err(format!("{m}: not joined"));
+                }
+                (Input::RaiseHand(m), format!("hand raised in {m}"))
+            }
+            OperatorRequest::LowerHand(m) => {
+                known(&m)?;
+                (Input::LowerHand(m), format!("hand lowered in {m}"))
+            }
+            OperatorRequest::Leave(m) => {
+                known(&m)?;
+                (Input::Leave(m), format!("left {m}"))
+            }
+            OperatorRequest::Call(to) => {
+                if to == self.me {
+                    return Err("a terminal cannot call itself".into());
+                }
+                self.next_call += 1;
+                let id: MeetingId = format!("c{}{:x}", now_ms % 1_000_000_000, self.next_call)
+                    .parse()
+                    .map_err(|e| format!("call id: {e}"))?;
+                (Input::Call(id, to), format!("calling {to} ({id})"))
+            }
+        };
+        Ok((answer, self.handle(input, now_ms)))
+    }
+
+    /// Every session this terminal knows, for the status report.
+    pub fn report(&self) -> Vec<MeetingReport> {
+        self.participant
+            .sessions()
+            .iter()
+            .map(|(id, s)| report(&self.me, id, s))
+            .collect()
+    }
+
+    fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Message> {
+        let mut pending = vec![input];
+        let mut out = Vec::new();
+        while let Some(input) = pending.pop() {
+            let before: Vec<(MeetingId, Phase)> = self
+                .participant
+                .sessions()
+                .iter()
+                .map(|(id, s)| (*id, s.phase))
+                .collect();
+            for o in self.participant.handle(input, now_ms) {
+                match o {
+                    Output::Send(up) => match encode(&up) {
+                        Ok(bytes) => out.push(Message::new(self.uplink.clone(), bytes)),
+                        Err(e) => tracing::warn!(error = %e, "cannot encode a meeting uplink"),
+                    },
+                    Output::Media(MediaCommand::Start {
+                        meeting,
+                        plan,
+                        profile,
+                    }) => self.engine.start(meeting, &plan, &profile),
+                    Output::Media(MediaCommand::Apply { meeting, applied }) => {
+                        self.engine.apply(meeting, &applied)
+                    }
+                    Output::Media(MediaCommand::Stop { meeting }) => self.engine.stop(meeting),
+                }
+            }
+            // The console reacts to new invitations and to joining.
+            for (id, s) in self.participant.sessions() {
+                let was = before.iter().find(|(b, _)| b == id).map(|(_, p)| *p);
+                match (was, s.phase) {
+                    (None, Phase::Invited) => match self.console.invited(&s.state) {
+                        Some(Invitation::Accept) => pending.push(Input::Accept(*id)),
+                        Some(Invitation::Decline(r)) => pending.push(Input::Decline(*id, r)),
+                        None => {}
+                    },
+                    (Some(p), Phase::Joined)
+                        if p != Phase::Joined && self.console.joined(&s.state) =>
+                    {
+                        pending.push(Input::RaiseHand(*id));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}
+
+fn report(me: &TerminalId, id: &MeetingId, s: &Session) -> MeetingReport {
+    let desired = s.state.desired_for(me);
+    MeetingReport {
+        id: id.to_string(),
+        kind: s.state.spec.kind.as_str().to_owned(),
+        title: s.state.spec.title.clone(),
+        status: s.state.status.as_str().to_owned(),
+        phase: s.phase.as_str().to_owned(),
+        version: s.state.version,
+        role: desired.role.as_str().to_owned(),
+        muted: s.applied.map_or(desired.muted, |a| a.muted),
+        tier: s.plan.as_ref().map(|p| p.tier.as_str().to_owned()),
+        shown: desired.shown.map(|t| t.to_string()),
+        hand_raised: desired.hand,
+        answered_roll_call: s.answer.map(|a| a.number),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_requests_parse_and_print_back() {
+        for line in [
+            "meeting accept m1",
+            "meeting decline m1 no staff today",
+            "meeting hand m1",
+            "meeting lower m1",
+            "meeting leave m1",
+            "call 130102000000-hall",
+        ] {
+            let r = OperatorRequest::parse(line).unwrap();
+            assert_eq!(r.to_line(), line);
+        }
+        assert!(
+            OperatorRequest::parse("meeting hand 1x")
+                .unwrap_err()
+                .contains("meeting id")
+        );
+        assert!(
+            OperatorRequest::parse("call nobody")
+                .unwrap_err()
+                .contains("terminal")
+        );
+        assert!(OperatorRequest::parse("dance").is_err());
+    }
+}
