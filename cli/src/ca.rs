@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_core::topic::{Channel, PREFIX, Topic, region_filter};
+use cuntong_core::topic::{Channel, PREFIX, Topic, meeting_filters, region_filter};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -314,7 +314,7 @@ pub fn mosquitto_acl(inv: &Inventory) -> String {
         out.push_str(&format!("topic readwrite {}\n", all(c)));
     }
     out.push_str(&format!(
-        "topic write {PREFIX}/b/#\ntopic write {PREFIX}/m/#\n"
+        "topic write {PREFIX}/b/#\ntopic readwrite {PREFIX}/m/#\ntopic readwrite {PREFIX}/c/#\n"
     ));
     for i in inv.issued.iter().filter(|i| i.kind == "terminal") {
         let Ok(id) = i.name.parse::<TerminalId>() else {
@@ -329,7 +329,10 @@ pub fn mosquitto_acl(inv: &Inventory) -> String {
         for b in Topic::broadcasts_for(id.site()) {
             out.push_str(&format!("topic read {b}\n"));
         }
-        out.push_str(&format!("topic read {PREFIX}/m/#\n"));
+        // Only the sessions its regions, or it alone, are invited to.
+        for f in meeting_filters(&id) {
+            out.push_str(&format!("topic read {f}\n"));
+        }
     }
     out
 }

@@ -1,5 +1,6 @@
-//! `cuntong central`: the central-office service. For now it collects: it subscribes to every
-//! site's telemetry, events and presence, checks and de-duplicates what arrives, and stores it.
+//! `cuntong central`: the central-office service. It collects (every site's telemetry, events
+//! and presence, checked, de-duplicated and stored) and it hosts the meetings
+//! ([`crate::meetings`]).
 //!
 //! Decoding happens on the async side; a dedicated writer thread applies records to the store
 //! in groups (one transaction per group), so the store's latency never stalls the MQTT link.
@@ -27,6 +28,7 @@ use cuntong_core::envelope::encode;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::link::Message;
 
+use crate::meetings::MeetingService;
 use crate::store::{Record, SqliteStore, Store, StoreError};
 
 /// Records applied in one transaction, at most.
@@ -144,12 +146,15 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), CentralError> {
     let store = SqliteStore::open(&opts.db)?;
+    let mut meetings = MeetingService::open(&opts.db)?;
     let mut link_opts = LinkOptions::new(opts.client_id.clone(), opts.broker.clone());
     link_opts.subscriptions = [Channel::Presence, Channel::Telemetry, Channel::Events]
         .into_iter()
         .map(|c| region_filter(None, Some(c)))
+        .chain(MeetingService::subscriptions())
         .collect();
     link_opts.incoming_capacity = 1024;
+    link_opts.queue_capacity = 8192;
     link_opts.keep_alive = Duration::from_secs(15);
     link_opts.tls = opts
         .tls
@@ -170,9 +175,33 @@ pub async fn run(
     let mut to_confirm: HashMap<TerminalId, Watermarks> = HashMap::new();
     let mut ack_tick = tokio::time::interval(opts.ack_interval);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut meeting_tick = tokio::time::interval(Duration::from_millis(200));
+    meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_meeting_tick = 0;
+    let mut link_up = link.watch_connected();
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
+            changed = link_up.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if *link_up.borrow_and_update() {
+                    meetings.republish();
+                    meetings.drain(&link);
+                }
+                continue;
+            }
+            _ = meeting_tick.tick() => {
+                // Publish what waits often; run the hosts' clocks once a second.
+                let now = unix_ms();
+                if now >= last_meeting_tick + 1000 {
+                    last_meeting_tick = now;
+                    meetings.tick(now);
+                }
+                meetings.drain(&link);
+                continue;
+            }
             Some(marks) = marks_rx.recv() => {
                 to_confirm.extend(marks);
                 continue;
@@ -184,6 +213,10 @@ pub async fn run(
             m = incoming.recv() => match m { Some(m) => m, None => break },
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
+        if meetings.on_message(&msg, unix_ms()) {
+            meetings.drain(&link);
+            continue;
+        }
         let Some(record) = to_record(msg, unix_ms()) else {
             continue;
         };
@@ -194,6 +227,9 @@ pub async fn run(
         if records_tx.send(record).await.is_err() {
             break;
         }
+    }
+    if let Err(e) = meetings.save() {
+        tracing::error!(error = %e, "cannot save meetings at shutdown");
     }
     link.shutdown();
     drop(records_tx);

@@ -6,6 +6,9 @@
 //! - [`central`]: the collector service.
 //! - [`cmd`]: signed remote commands.
 //! - [`hj212`]: HJ 212 frame tools for technicians.
+//! - [`meetings`]: the meeting host inside `central`.
+//! - [`meeting_api`]: what `cuntong meeting …` and the host say to each other.
+//! - [`meeting_cli`]: the `cuntong meeting …` and `cuntong call` clients.
 //! - [`store`]: the history store (SQLite).
 //! - [`view`]: fleet tables and their `--json` form.
 
@@ -14,5 +17,8 @@ pub mod ca;
 pub mod central;
 pub mod cmd;
 pub mod hj212;
+pub mod meeting_api;
+pub mod meeting_cli;
+pub mod meetings;
 pub mod store;
 pub mod view;

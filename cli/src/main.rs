@@ -7,10 +7,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use cuntong::central::{self, CentralOptions, CentralStats};
+use cuntong::meeting_api::{RequestBody, ResponseBody};
+use cuntong::meeting_cli::{self, MeetingClient};
 use cuntong::store::{SqliteStore, Store};
 use cuntong::{broker, view};
+use cuntong_core::meeting::{Invitee, MediaProfile};
 use cuntong_core::site::Region;
 use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
@@ -162,6 +165,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Meetings, training broadcasts: create, control and watch them (the host runs inside
+    /// `cuntong central`).
+    Meeting {
+        #[command(subcommand)]
+        action: MeetingAction,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Start a two-party video call (可视电话) to a terminal.
+    Call {
+        terminal: String,
+        /// The calling terminal (e.g. the county office's room box); without it the call is
+        /// between the central office and the terminal.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// HJ 212 frames: decode what a data logger sends, or build frames to send to one.
     Hj212 {
         #[command(subcommand)]
@@ -222,6 +245,106 @@ enum Hj212Action {
     Encode {
         #[arg(long)]
         json: PathBuf,
+    },
+}
+
+/// How a meeting command reaches the meeting host.
+#[derive(Args)]
+struct Conn {
+    #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER, global = true)]
+    broker: String,
+    /// Central's bundle, for an mqtts:// broker.
+    #[arg(long, global = true)]
+    tls: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum MeetingAction {
+    /// Create a meeting (or, with --kind training, a training broadcast); prints its id.
+    Create {
+        #[arg(long)]
+        title: String,
+        /// Region codes and terminal ids, comma separated: 130102,130103001001-main.
+        #[arg(long, value_delimiter = ',', required = true)]
+        invite: Vec<String>,
+        /// Scheduled start: RFC 3339 (2026-12-01T09:00:00+08:00) or +DURATION from now.
+        /// Terminals join scheduled sessions on their own when they start.
+        #[arg(long)]
+        at: Option<String>,
+        /// Media profile: hd, sd, low or audio.
+        #[arg(long, default_value = "sd")]
+        profile: String,
+        /// meeting or training.
+        #[arg(long, default_value = "meeting")]
+        kind: String,
+        /// The chair's (the lecturer's) terminal.
+        #[arg(long)]
+        chair: Option<String>,
+        /// Granting the floor does not mute the other sites.
+        #[arg(long)]
+        keep_audio_on_grant: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    Start {
+        id: String,
+    },
+    /// End the session: every site leaves, the retained state is cleared.
+    End {
+        id: String,
+    },
+    /// Per invited terminal: state, role, muted, last roll-call answer.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call the roll (点名) and wait for the answers.
+    Rollcall {
+        id: String,
+        #[arg(long, default_value = "10s")]
+        timeout: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant the floor to a terminal, or revoke it.
+    Floor {
+        id: String,
+        /// grant or revoke.
+        action: String,
+        terminal: Option<String>,
+    },
+    Mute {
+        id: String,
+        terminal: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    Unmute {
+        id: String,
+        terminal: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one terminal to every site (--off: back to the chair or the speaker).
+    Broadcast {
+        id: String,
+        terminal: Option<String>,
+        #[arg(long)]
+        off: bool,
+    },
+    /// Lower a terminal's raised hand.
+    Lower {
+        id: String,
+        terminal: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live view of joins, hands and roll-call answers, until the session ends.
+    Watch {
+        id: String,
     },
 }
 
@@ -338,6 +461,39 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
             } else {
                 print!("{}", view::sites_table(&rows, unix_ms()));
+            }
+            Ok(())
+        }
+        Command::Meeting { action, conn } => meeting(action, conn).await,
+        Command::Call {
+            terminal,
+            from,
+            json,
+            conn,
+        } => {
+            let to: TerminalId = parse("terminal", &terminal)?;
+            let from: Option<TerminalId> = from.map(|f| parse("--from", &f)).transpose()?;
+            let mut client = meeting_client(&conn).await?;
+            let body = RequestBody::Create {
+                title: match &from {
+                    Some(f) => format!("call {f} → {to}"),
+                    None => format!("call central → {to}"),
+                },
+                kind: "call".into(),
+                invite: vec![to.to_string()],
+                at_ms: None,
+                profile: "sd".into(),
+                chair: from.map(|f| f.to_string()),
+                floor_mutes_others: false,
+            };
+            let answer = client.ask(body, meeting_cli::ANSWER).await;
+            client.close();
+            match answer.map_err(fail)? {
+                ResponseBody::Created { id } if json => {
+                    println!("{}", serde_json::json!({ "id": id }));
+                }
+                ResponseBody::Created { id } => println!("{id}"),
+                other => return Err(fail(format!("unexpected answer {other:?}"))),
             }
             Ok(())
         }
@@ -586,6 +742,188 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             demo(addr, region, sites, interval, run_for, db).await
         }
     }
+}
+
+async fn meeting_client(conn: &Conn) -> Result<MeetingClient, Failure> {
+    let broker: BrokerUrl = parse("--broker", &conn.broker)?;
+    let tls = match &conn.tls {
+        Some(dir) => Some(
+            cuntong_terminal::tls::client_config(&cuntong_terminal::tls::TlsFiles::in_dir(dir))
+                .map_err(fail)?,
+        ),
+        None => None,
+    };
+    MeetingClient::connect(broker, tls).await.map_err(fail)
+}
+
+async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
+    use MeetingAction as A;
+    let terminal = |t: Option<String>, what: &str| -> Result<String, Failure> {
+        let t = t.ok_or_else(|| Usage(format!("{what} needs a terminal id")))?;
+        let id: TerminalId = parse("terminal", &t)?;
+        Ok(id.to_string())
+    };
+    // Validate everything before connecting.
+    let (op, target): (Option<&str>, Option<String>) = match &action {
+        A::Start { .. } => (Some("start"), None),
+        A::End { .. } => (Some("end"), None),
+        A::Floor {
+            action,
+            terminal: t,
+            ..
+        } => match action.as_str() {
+            "grant" => (Some("grant"), Some(terminal(t.clone(), "floor grant")?)),
+            "revoke" => (Some("revoke"), None),
+            other => return Err(Usage(format!("floor {other:?}: use grant or revoke")).into()),
+        },
+        A::Mute { all: true, .. } => (Some("mute-all"), None),
+        A::Mute { terminal: t, .. } => (Some("mute"), Some(terminal(t.clone(), "mute")?)),
+        A::Unmute { all: true, .. } => (Some("unmute-all"), None),
+        A::Unmute { terminal: t, .. } => (Some("unmute"), Some(terminal(t.clone(), "unmute")?)),
+        A::Broadcast { off: true, .. } => (Some("broadcast"), None),
+        A::Broadcast { terminal: t, .. } => {
+            (Some("broadcast"), Some(terminal(t.clone(), "broadcast")?))
+        }
+        A::Lower { terminal: t, .. } => (
+            Some("lower-hand"),
+            Some(terminal(Some(t.clone()), "lower")?),
+        ),
+        _ => (None, None),
+    };
+    let create = match &action {
+        A::Create {
+            title,
+            invite,
+            at,
+            profile,
+            kind,
+            chair,
+            keep_audio_on_grant,
+            ..
+        } => {
+            for i in invite {
+                parse::<Invitee>("--invite", i)?;
+            }
+            if !matches!(kind.as_str(), "meeting" | "training") {
+                return Err(Usage(format!("--kind {kind:?}: use meeting or training")).into());
+            }
+            if MediaProfile::named(profile).is_none() {
+                return Err(Usage(format!(
+                    "--profile {profile:?}: use one of {}",
+                    MediaProfile::NAMES.join(", ")
+                ))
+                .into());
+            }
+            if let Some(c) = chair {
+                parse::<TerminalId>("--chair", c)?;
+            }
+            let at_ms = at.as_deref().map(start_time).transpose()?;
+            Some(RequestBody::Create {
+                title: title.clone(),
+                kind: kind.clone(),
+                invite: invite.clone(),
+                at_ms,
+                profile: profile.clone(),
+                chair: chair.clone(),
+                floor_mutes_others: !keep_audio_on_grant,
+            })
+        }
+        _ => None,
+    };
+    let timeout = match &action {
+        A::Rollcall { timeout, .. } => Some(duration("--timeout", timeout)?),
+        _ => None,
+    };
+    let mut client = meeting_client(&conn).await?;
+    let result = async {
+        match action {
+            A::Create { json, .. } => {
+                let body = create.ok_or_else(|| fail("internal: no create request"))?;
+                match client.ask(body, meeting_cli::ANSWER).await.map_err(fail)? {
+                    ResponseBody::Created { id } if json => {
+                        println!("{}", serde_json::json!({ "id": id }));
+                    }
+                    ResponseBody::Created { id } => println!("{id}"),
+                    other => return Err(fail(format!("unexpected answer {other:?}"))),
+                }
+            }
+            A::Status { id, json } => {
+                let s = client.status(&id).await.map_err(fail)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s.sites).map_err(fail)?);
+                } else {
+                    print!("{}", meeting_cli::status_table(&s));
+                }
+            }
+            A::Rollcall { id, json, .. } => {
+                let rows = client
+                    .roll_call(&id, timeout.unwrap_or(Duration::from_secs(10)))
+                    .await
+                    .map_err(fail)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows).map_err(fail)?);
+                } else {
+                    print!("{}", meeting_cli::roll_call_table(&rows));
+                }
+            }
+            A::List { json } => {
+                let rows = client.list().await.map_err(fail)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows).map_err(fail)?);
+                } else {
+                    print!("{}", meeting_cli::list_table(&rows));
+                }
+            }
+            A::Watch { id } => {
+                let mut last: Option<cuntong::meeting_api::MeetingStatus> = None;
+                loop {
+                    let s = client.status(&id).await.map_err(fail)?;
+                    for line in meeting_cli::changes(last.as_ref(), &s) {
+                        println!("{} {line}", view::rfc3339_ms(unix_ms()));
+                    }
+                    if s.meeting.status == "ended" {
+                        break;
+                    }
+                    last = Some(s);
+                    tokio::select! {
+                        _ = shutdown_signal() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            A::Start { id }
+            | A::End { id }
+            | A::Floor { id, .. }
+            | A::Mute { id, .. }
+            | A::Unmute { id, .. }
+            | A::Broadcast { id, .. }
+            | A::Lower { id, .. } => {
+                let op = op.ok_or_else(|| fail("internal: no operation"))?;
+                let version = client.op(&id, op, target).await.map_err(fail)?;
+                println!("{id}: {op} done (state v{version})");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    client.close();
+    result
+}
+
+/// `--at`: RFC 3339, or `+DURATION` from now.
+fn start_time(s: &str) -> Result<u64, Usage> {
+    if let Some(rel) = s.strip_prefix('+') {
+        return Ok(unix_ms() + duration("--at", rel)?.as_millis() as u64);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .ok_or_else(|| {
+            Usage(format!(
+                "--at {s:?}: use RFC 3339 (2026-12-01T09:00:00Z) or +DURATION (+10m)"
+            ))
+        })
 }
 
 fn hj212_tool(action: Hj212Action) -> Result<(), Failure> {

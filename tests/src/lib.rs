@@ -242,6 +242,60 @@ pub fn telemetry(db: &Path, terminal: &str, metric: Option<&str>) -> Vec<Sample>
     serde_json::from_slice(&out.stdout).expect("telemetry --json is an array of samples")
 }
 
+/// The link between terminals and the broker, as a `cuntong-sim proxy` the test controls.
+#[derive(Debug)]
+pub struct LinkProxy {
+    control: PathBuf,
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl LinkProxy {
+    pub fn start(dir: &Path, broker_port: u16) -> LinkProxy {
+        let port = free_port();
+        let control = dir.join(format!("link-{port}.sock"));
+        let proc = Proc::spawn(
+            &bin("cuntong-sim"),
+            &[
+                "proxy",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &format!("127.0.0.1:{broker_port}"),
+                "--control",
+                control.to_str().unwrap(),
+            ],
+            dir.join(format!("proxy-{port}.log")),
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || control.exists()),
+            "{}",
+            proc.log_text()
+        );
+        LinkProxy {
+            control,
+            port,
+            _proc: proc,
+        }
+    }
+
+    /// `cut`, `restore`, `delay MS` or `loss PERCENT`.
+    pub fn set(&self, action: &str) {
+        let mut args = vec!["link", "--control", self.control.to_str().unwrap()];
+        args.extend(action.split_whitespace());
+        let out = run(&bin("cuntong-sim"), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
 /// Starts `cuntong central` against `broker`, storing into `db`.
 pub fn central(broker: &Broker, db: &Path, dir: &Path) -> Proc {
     Proc::spawn(

@@ -4,10 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central, free_port, run, telemetry, wait_until};
+use cuntong_e2e::{
+    Broker, BrokerKind, LinkProxy as Link, Proc, bin, central, free_port, run, telemetry,
+    wait_until,
+};
 use serde_json::Value;
 
 const IDS: [&str; 3] = [
@@ -16,65 +19,14 @@ const IDS: [&str; 3] = [
     "130102003001-main",
 ];
 
-/// The link between the terminals and the broker, as a proxy the test controls.
-struct Link {
-    control: PathBuf,
-    port: u16,
-    _proc: Proc,
-}
-
-impl Link {
-    fn start(dir: &Path, broker_port: u16) -> Link {
-        let port = free_port();
-        let control = dir.join("link.sock");
-        let proc = Proc::spawn(
-            &bin("cuntong-sim"),
-            &[
-                "proxy",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--upstream",
-                &format!("127.0.0.1:{broker_port}"),
-                "--control",
-                control.to_str().unwrap(),
-            ],
-            dir.join("proxy.log"),
-        );
-        assert!(
-            wait_until(Duration::from_secs(10), || control.exists()),
-            "{}",
-            proc.log_text()
-        );
-        Link {
-            control,
-            port,
-            _proc: proc,
-        }
-    }
-
-    fn set(&self, action: &str) {
-        let mut args = vec!["link", "--control", self.control.to_str().unwrap()];
-        args.extend(action.split_whitespace());
-        let out = run(&bin("cuntong-sim"), &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
 fn terminal(id: &str, link: &Link, data: &Path, extra: &[&str]) -> Proc {
+    let url = link.url();
     let mut args = vec![
         "terminal",
         "--id",
         id,
         "--broker",
-        &link.url_owned(),
+        &url,
         "--data-dir",
         data.to_str().unwrap(),
         "--interval",
@@ -90,16 +42,6 @@ fn terminal(id: &str, link: &Link, data: &Path, extra: &[&str]) -> Proc {
     let log = data.join(format!("{id}.log"));
     std::fs::create_dir_all(data).unwrap();
     Proc::spawn(&bin("cuntong-sim"), &args, log)
-}
-
-trait UrlOwned {
-    fn url_owned(&self) -> &'static str;
-}
-
-impl UrlOwned for Link {
-    fn url_owned(&self) -> &'static str {
-        Box::leak(self.url().into_boxed_str())
-    }
 }
 
 /// The terminal's own status report, if its daemon answers.

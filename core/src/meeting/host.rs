@@ -468,6 +468,11 @@ impl Host {
     }
 
     fn end(&mut self, out: &mut Vec<HostOutput>) {
+        for rec in self.sites.values_mut() {
+            if matches!(rec.phase, SitePhase::Joined | SitePhase::Unreachable) {
+                rec.phase = SitePhase::Left;
+            }
+        }
         self.state.status = Status::Ended;
         self.state.roll_call = None;
         self.state.floor = None;

@@ -356,6 +356,12 @@ fn either_party_hanging_up_ends_a_call() {
     assert_eq!(w.session(0).phase, Phase::Ended);
     assert!(w.retained.is_none(), "the retained state is cleared");
     assert!(
+        w.host
+            .sites()
+            .values()
+            .all(|r| r.phase != SitePhase::Joined)
+    );
+    assert!(
         w.media
             .iter()
             .any(|(who, m)| *who == t(caller) && matches!(m, MediaCommand::Stop { .. }))

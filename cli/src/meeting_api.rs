@@ -1,0 +1,139 @@
+//! What `cuntong meeting …` commands and the meeting host inside `cuntong central` say to
+//! each other, through the broker: a [`Request`] on `ct/v1/c/req/CLIENT`, a [`Response`] on
+//! `ct/v1/c/res/CLIENT`. JSON: this is control traffic between central tools, not the metered
+//! hot path, and readable on the wire is worth more here than a few bytes.
+//!
+//! The `--json` outputs of the commands ([`SiteJson`], [`RollCallJson`], [`MeetingJson`]) are
+//! a documented contract (`docs/operations.md`).
+
+use serde::{Deserialize, Serialize};
+
+/// A command's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Chosen by the client; the response carries it back.
+    pub id: u64,
+    pub body: RequestBody,
+}
+
+/// What a command asks the meeting host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RequestBody {
+    Create {
+        title: String,
+        /// `meeting`, `training` or `call`.
+        kind: String,
+        /// Region codes and terminal ids.
+        invite: Vec<String>,
+        /// Scheduled start, Unix ms; the host starts it then on its own.
+        at_ms: Option<u64>,
+        profile: String,
+        /// The chair's (lecturer's, caller's) terminal.
+        chair: Option<String>,
+        /// Granting the floor mutes the other sites.
+        floor_mutes_others: bool,
+    },
+    /// A chair operation: `start`, `end`, `rollcall`, `grant`, `revoke`, `mute`, `unmute`,
+    /// `mute-all`, `unmute-all`, `broadcast`, `lower-hand`; `terminal` where it needs one.
+    Op {
+        meeting: String,
+        op: String,
+        terminal: Option<String>,
+    },
+    Status {
+        meeting: String,
+    },
+    RollCall {
+        meeting: String,
+    },
+    List,
+}
+
+/// The host's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub id: u64,
+    /// Why the request failed; `None` on success.
+    pub error: Option<String>,
+    pub body: ResponseBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseBody {
+    None,
+    Created {
+        id: String,
+    },
+    /// The session's state version after an operation.
+    Done {
+        version: u64,
+    },
+    Status(Box<MeetingStatus>),
+    RollCall(Vec<RollCallJson>),
+    List(Vec<MeetingJson>),
+}
+
+/// A session with its sites, as the host knows them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingStatus {
+    pub meeting: MeetingJson,
+    pub floor: Option<String>,
+    pub broadcast: Option<String>,
+    pub mute_all: bool,
+    pub hands: Vec<String>,
+    /// The open roll call's number, if one is open.
+    pub roll_call: Option<u32>,
+    pub sites: Vec<SiteJson>,
+}
+
+/// `cuntong meeting status ID --json`: one object per invited terminal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteJson {
+    pub terminal: String,
+    /// `invited`, `joined`, `left`, `declined` or `unreachable`.
+    pub state: String,
+    /// `chair`, `speaker`, `participant` or `listener`.
+    pub role: String,
+    pub muted: bool,
+    /// When the site last answered a roll call (RFC 3339), or null.
+    pub last_answer: Option<String>,
+    /// The site reported applying the chair's current state (version and mute).
+    pub converged: bool,
+}
+
+/// `cuntong meeting rollcall ID --json`: one object per invited terminal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollCallJson {
+    pub terminal: String,
+    pub present: bool,
+    /// From the roll call's opening to the site's answer; null if it did not answer.
+    pub latency_ms: Option<u64>,
+}
+
+/// `cuntong meeting list --json`: one object per session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingJson {
+    pub id: String,
+    pub title: String,
+    /// `meeting`, `training` or `call`.
+    pub kind: String,
+    /// `scheduled`, `live` or `ended`.
+    pub status: String,
+    pub version: u64,
+    pub invited: Vec<String>,
+    pub chair: Option<String>,
+    /// Sites that joined (and have not left).
+    pub joined: usize,
+    /// RFC 3339.
+    pub created: String,
+    /// Scheduled start, RFC 3339.
+    pub starts: Option<String>,
+}

@@ -1,0 +1,384 @@
+//! The `cuntong meeting …` and `cuntong call` clients: each command connects to the broker,
+//! sends one [`Request`] to the meeting host inside `cuntong central` and waits for its
+//! [`Response`]; `rollcall` and `watch` poll.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cuntong_core::topic::{control_request, control_response};
+use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::link::{Incoming, Link, LinkOptions, Message};
+use ring::rand::SecureRandom;
+use tokio::sync::mpsc;
+
+use crate::meeting_api::{
+    MeetingJson, MeetingStatus, Request, RequestBody, Response, ResponseBody, RollCallJson,
+};
+
+/// A connection to the meeting host.
+#[derive(Debug)]
+pub struct MeetingClient {
+    link: Link,
+    incoming: mpsc::Receiver<Incoming>,
+    client: String,
+    next: u64,
+}
+
+impl MeetingClient {
+    /// Connects; the client's answers arrive on its own response topic.
+    pub async fn connect(
+        broker: BrokerUrl,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<MeetingClient, String> {
+        let mut salt = [0u8; 4];
+        ring::rand::SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| "no randomness for the client id".to_owned())?;
+        let client = format!(
+            "cuntong-meeting-{}-{:08x}",
+            std::process::id(),
+            u32::from_le_bytes(salt)
+        );
+        let mut opts = LinkOptions::new(client.clone(), broker);
+        opts.tls = tls;
+        opts.subscriptions = vec![control_response(&client)];
+        let (link, incoming) = Link::start(opts);
+        if !link.wait_connected(Duration::from_secs(10)).await {
+            let why = link
+                .status()
+                .last_error
+                .unwrap_or_else(|| "no answer".into());
+            link.shutdown();
+            return Err(format!("cannot reach the broker: {why}"));
+        }
+        Ok(MeetingClient {
+            link,
+            incoming,
+            client,
+            next: 0,
+        })
+    }
+
+    /// Sends a request and waits up to `timeout` for its answer.
+    pub async fn ask(
+        &mut self,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<ResponseBody, String> {
+        self.next += 1;
+        let req = Request {
+            id: self.next,
+            body,
+        };
+        let bytes = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        self.link
+            .try_publish(Message::new(control_request(&self.client), bytes))
+            .map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(format!(
+                        "no answer from the meeting host within {} (is `cuntong central` running?)",
+                        humantime::format_duration(timeout)
+                    ));
+                }
+                m = self.incoming.recv() => m.ok_or("the link closed")?,
+            };
+            let Ok(resp) = serde_json::from_slice::<Response>(&msg.payload) else {
+                continue;
+            };
+            if resp.id != req.id {
+                continue;
+            }
+            return match resp.error {
+                Some(e) => Err(e),
+                None => Ok(resp.body),
+            };
+        }
+    }
+
+    pub async fn status(&mut self, meeting: &str) -> Result<MeetingStatus, String> {
+        match self
+            .ask(
+                RequestBody::Status {
+                    meeting: meeting.to_owned(),
+                },
+                ANSWER,
+            )
+            .await?
+        {
+            ResponseBody::Status(s) => Ok(*s),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// Opens a roll call and waits until every invited site answered or `timeout` passed.
+    pub async fn roll_call(
+        &mut self,
+        meeting: &str,
+        timeout: Duration,
+    ) -> Result<Vec<RollCallJson>, String> {
+        self.op(meeting, "rollcall", None).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let rows = match self
+                .ask(
+                    RequestBody::RollCall {
+                        meeting: meeting.to_owned(),
+                    },
+                    ANSWER,
+                )
+                .await?
+            {
+                ResponseBody::RollCall(rows) => rows,
+                other => return Err(format!("unexpected answer {other:?}")),
+            };
+            if rows.iter().all(|r| r.present) || tokio::time::Instant::now() >= deadline {
+                return Ok(rows);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A chair operation; answers the state version it produced.
+    pub async fn op(
+        &mut self,
+        meeting: &str,
+        op: &str,
+        terminal: Option<String>,
+    ) -> Result<u64, String> {
+        match self
+            .ask(
+                RequestBody::Op {
+                    meeting: meeting.to_owned(),
+                    op: op.to_owned(),
+                    terminal,
+                },
+                ANSWER,
+            )
+            .await?
+        {
+            ResponseBody::Done { version } => Ok(version),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    pub async fn list(&mut self) -> Result<Vec<MeetingJson>, String> {
+        match self.ask(RequestBody::List, ANSWER).await? {
+            ResponseBody::List(v) => Ok(v),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    pub fn close(self) {
+        self.link.shutdown();
+    }
+}
+
+/// How long a command waits for the host's answer.
+pub const ANSWER: Duration = Duration::from_secs(10);
+
+/// `meeting status` for people.
+pub fn status_table(s: &MeetingStatus) -> String {
+    let m = &s.meeting;
+    let mut out = format!(
+        "{} {} \"{}\" {} (v{}), {} joined of {} known\n",
+        m.id,
+        m.kind,
+        m.title,
+        m.status,
+        m.version,
+        m.joined,
+        s.sites.len()
+    );
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    out.push_str(&format!(
+        "floor {}  broadcast {}  mute-all {}  hands {}  roll call {}\n",
+        or_dash(&s.floor),
+        or_dash(&s.broadcast),
+        if s.mute_all { "on" } else { "off" },
+        if s.hands.is_empty() {
+            "-".to_owned()
+        } else {
+            s.hands.join(",")
+        },
+        s.roll_call.map_or("-".to_owned(), |n| format!("#{n}"))
+    ));
+    out.push_str(&format!(
+        "{:<20} {:<12} {:<12} {:<6} {}\n",
+        "TERMINAL", "STATE", "ROLE", "MUTED", "LAST ANSWER"
+    ));
+    for site in &s.sites {
+        out.push_str(&format!(
+            "{:<20} {:<12} {:<12} {:<6} {}\n",
+            site.terminal,
+            site.state,
+            site.role,
+            if site.muted { "yes" } else { "no" },
+            or_dash(&site.last_answer)
+        ));
+    }
+    out
+}
+
+/// `meeting rollcall` for people.
+pub fn roll_call_table(rows: &[RollCallJson]) -> String {
+    let present = rows.iter().filter(|r| r.present).count();
+    let mut latencies: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
+    latencies.sort_unstable();
+    let pct = |p: f64| -> String {
+        if latencies.is_empty() {
+            return "-".into();
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        format!("{} ms", latencies[i])
+    };
+    let mut out = format!(
+        "{present} of {} present; answer time p50 {} p99 {}\n",
+        rows.len(),
+        pct(0.5),
+        pct(0.99)
+    );
+    out.push_str(&format!(
+        "{:<20} {:<8} {}\n",
+        "TERMINAL", "PRESENT", "LATENCY"
+    ));
+    for r in rows {
+        out.push_str(&format!(
+            "{:<20} {:<8} {}\n",
+            r.terminal,
+            if r.present { "yes" } else { "NO" },
+            r.latency_ms.map_or("-".to_owned(), |l| format!("{l} ms"))
+        ));
+    }
+    out
+}
+
+/// `meeting list` for people.
+pub fn list_table(rows: &[MeetingJson]) -> String {
+    let mut out = format!(
+        "{:<18} {:<9} {:<10} {:>6}  {:<24} {}\n",
+        "ID", "KIND", "STATUS", "JOINED", "CREATED", "TITLE"
+    );
+    for m in rows {
+        out.push_str(&format!(
+            "{:<18} {:<9} {:<10} {:>6}  {:<24} {}\n",
+            m.id, m.kind, m.status, m.joined, m.created, m.title
+        ));
+    }
+    out
+}
+
+/// What changed between two snapshots of a session, one line per change (for `watch`).
+pub fn changes(before: Option<&MeetingStatus>, now: &MeetingStatus) -> Vec<String> {
+    let mut out = Vec::new();
+    let old: BTreeMap<&str, &crate::meeting_api::SiteJson> = before
+        .map(|b| b.sites.iter().map(|s| (s.terminal.as_str(), s)).collect())
+        .unwrap_or_default();
+    for s in &now.sites {
+        match old.get(s.terminal.as_str()) {
+            Some(o) if o.state == s.state && o.last_answer == s.last_answer => {}
+            Some(o) if o.state == s.state => out.push(format!(
+                "{} answered the roll call at {}",
+                s.terminal,
+                s.last_answer.clone().unwrap_or_default()
+            )),
+            _ => out.push(format!("{} {}", s.terminal, s.state)),
+        }
+    }
+    let old_hands: Vec<&String> = before.map(|b| b.hands.iter().collect()).unwrap_or_default();
+    for h in &now.hands {
+        if !old_hands.contains(&h) {
+            out.push(format!("{h} raised a hand"));
+        }
+    }
+    if before.is_none_or(|b| b.floor != now.floor) {
+        if let Some(f) = &now.floor {
+            out.push(format!("{f} has the floor"));
+        }
+    }
+    if before.is_none_or(|b| b.meeting.status != now.meeting.status) {
+        out.push(format!("session {}", now.meeting.status));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meeting_api::SiteJson;
+
+    fn status(sites: Vec<SiteJson>, hands: Vec<String>) -> MeetingStatus {
+        MeetingStatus {
+            meeting: MeetingJson {
+                id: "m1".into(),
+                title: "t".into(),
+                kind: "meeting".into(),
+                status: "live".into(),
+                version: 3,
+                invited: vec!["130102".into()],
+                chair: None,
+                joined: 1,
+                created: "2026-12-01T08:00:00.000Z".into(),
+                starts: None,
+            },
+            floor: None,
+            broadcast: None,
+            mute_all: false,
+            hands,
+            roll_call: None,
+            sites,
+        }
+    }
+
+    fn site(state: &str, answer: Option<&str>) -> SiteJson {
+        SiteJson {
+            terminal: "130102001001-main".into(),
+            state: state.into(),
+            role: "participant".into(),
+            muted: false,
+            last_answer: answer.map(str::to_owned),
+            converged: true,
+        }
+    }
+
+    #[test]
+    fn watch_lines_name_joins_answers_and_hands() {
+        let a = status(vec![site("invited", None)], vec![]);
+        let b = status(vec![site("joined", None)], vec!["130102001001-main".into()]);
+        let c = status(
+            vec![site("joined", Some("2026-12-01T08:00:01.000Z"))],
+            vec!["130102001001-main".into()],
+        );
+        assert_eq!(
+            changes(Some(&a), &b),
+            [
+                "130102001001-main joined",
+                "130102001001-main raised a hand"
+            ]
+        );
+        assert_eq!(
+            changes(Some(&b), &c),
+            ["130102001001-main answered the roll call at 2026-12-01T08:00:01.000Z"]
+        );
+        assert!(changes(Some(&c), &c).is_empty());
+    }
+
+    #[test]
+    fn the_roll_call_table_gives_percentiles() {
+        let rows: Vec<RollCallJson> = (0..100)
+            .map(|i| RollCallJson {
+                terminal: format!("130102001{i:03}-main"),
+                present: i < 99,
+                latency_ms: (i < 99).then_some(i as u64 * 10),
+            })
+            .collect();
+        let t = roll_call_table(&rows);
+        assert!(
+            t.starts_with("99 of 100 present; answer time p50 490 ms p99 970 ms"),
+            "{t}"
+        );
+    }
+}

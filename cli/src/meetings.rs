@@ -1,0 +1,591 @@
+//! The meeting host inside `cuntong central`: one [`Host`] per session, fed by the sites'
+//! `mt` uplinks and by the requests of `cuntong meeting …` commands, its outputs published
+//! through central's link (states retained once per invitee, media plans on each site's own
+//! `md` downlink). Every session is kept in the store (`meetings` table, the host as it is)
+//! and reloaded at start, so a restart of central loses no meeting; on every (re)connect the
+//! live states are published again, in case the broker lost its retained copies.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+use std::str::FromStr;
+
+use cuntong_core::envelope::{decode, encode};
+use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Notice, Operator};
+use cuntong_core::meeting::{
+    Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Status, Uplink,
+};
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_core::topic::{Channel, Topic, control_request, control_response, region_filter};
+use cuntong_terminal::link::{Incoming, Link, Message};
+use ring::rand::SecureRandom;
+use rusqlite::{Connection, params};
+
+use crate::meeting_api::{
+    MeetingJson, MeetingStatus, Request, RequestBody, Response, ResponseBody, RollCallJson,
+    SiteJson,
+};
+use crate::store::StoreError;
+use crate::view::rfc3339_ms;
+
+/// Ended sessions stay in memory (for `status` and `list`) this long; the store keeps them.
+const ENDED_KEPT_MS: u64 = 24 * 3600 * 1000;
+/// Messages waiting for room in the link's queue, at most.
+const OUTBOUND_MAX: usize = 200_000;
+
+/// Every session central hosts.
+pub struct MeetingService {
+    hosts: BTreeMap<MeetingId, Host>,
+    db: Connection,
+    dirty: BTreeSet<MeetingId>,
+    outbound: VecDeque<Message>,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for MeetingService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeetingService")
+            .field("sessions", &self.hosts.len())
+            .field("outbound", &self.outbound.len())
+            .finish()
+    }
+}
+
+/// The topics a session's state is published on: one per invitee, and the chair's own if no
+/// invitee covers it.
+pub fn state_topics(spec: &MeetingSpec) -> Vec<String> {
+    let mut topics: Vec<String> = spec
+        .invitees
+        .iter()
+        .map(|i| {
+            Topic::Meeting {
+                invitee: *i,
+                id: spec.id,
+            }
+            .to_string()
+        })
+        .collect();
+    if let Some(chair) = spec.chair {
+        if !spec.invitees.iter().any(|i| i.includes(&chair)) {
+            topics.push(
+                Topic::Meeting {
+                    invitee: Invitee::Terminal(chair),
+                    id: spec.id,
+                }
+                .to_string(),
+            );
+        }
+    }
+    topics
+}
+
+impl MeetingService {
+    /// Opens the sessions kept in the store at `db` (the same file as the history).
+    pub fn open(db: &Path) -> Result<MeetingService, StoreError> {
+        let conn = Connection::open(db).map_err(|source| StoreError::Open {
+            path: db.display().to_string(),
+            source,
+        })?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS meetings (
+                 id         TEXT PRIMARY KEY,
+                 status     TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 host       BLOB NOT NULL
+             ) WITHOUT ROWID;",
+        )?;
+        let mut hosts = BTreeMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT id, host FROM meetings WHERE status != 'ended'")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            for row in rows {
+                let (id, blob) = row?;
+                match (MeetingId::from_str(&id), decode::<Host>(&blob)) {
+                    (Ok(mid), Ok(host)) => {
+                        hosts.insert(mid, host);
+                    }
+                    (_, Err(e)) => {
+                        tracing::error!(meeting = %id, error = %e, "stored meeting no longer decodes; left in the store")
+                    }
+                    (Err(e), _) => {
+                        tracing::error!(meeting = %id, error = %e, "stored meeting has a bad id")
+                    }
+                }
+            }
+        }
+        if !hosts.is_empty() {
+            tracing::info!(sessions = hosts.len(), "meetings restored from the store");
+        }
+        Ok(MeetingService {
+            hosts,
+            db: conn,
+            dirty: BTreeSet::new(),
+            outbound: VecDeque::new(),
+            next_id: 0,
+        })
+    }
+
+    /// What central subscribes to for meetings.
+    pub fn subscriptions() -> Vec<String> {
+        vec![
+            region_filter(None, Some(Channel::MeetingUp)),
+            control_request("+"),
+        ]
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.values()
+    }
+
+    /// Handles a message if it is one for the meeting host; false if it is not.
+    pub fn on_message(&mut self, msg: &Incoming, now_ms: u64) -> bool {
+        if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
+            self.on_request(client, &msg.payload, now_ms);
+            return true;
+        }
+        let Ok(Topic::Terminal {
+            id,
+            channel: Channel::MeetingUp,
+        }) = Topic::parse(&msg.topic)
+        else {
+            return false;
+        };
+        match Uplink::decode(&msg.payload) {
+            Ok(Uplink::Call { meeting, to }) => self.call(id, meeting, to, now_ms),
+            Ok(up) => {
+                let mid = up.meeting();
+                if let Some(host) = self.hosts.get_mut(&mid) {
+                    let out = host.uplink(id, up, now_ms);
+                    self.dirty.insert(mid);
+                    self.apply(mid, out);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(terminal = %id, error = %e, "ignoring a malformed meeting uplink")
+            }
+        }
+        true
+    }
+
+    /// A terminal calls another: a two-party session, live at once.
+    fn call(&mut self, from: TerminalId, id: MeetingId, to: TerminalId, now_ms: u64) {
+        if self.hosts.contains_key(&id) {
+            return; // a repeated request
+        }
+        let spec = MeetingSpec {
+            id,
+            kind: Kind::Call,
+            title: format!("call {from} → {to}"),
+            chair: Some(from),
+            invitees: vec![Invitee::Terminal(to)],
+            starts_ms: None,
+            profile: MediaProfile::named("sd").unwrap_or_else(|| MediaProfile {
+                name: "sd".into(),
+                video: None,
+                audio: cuntong_core::meeting::AudioCodec::Opus,
+                audio_kbps: 32,
+            }),
+            floor_mutes_others: false,
+        };
+        if let Err(e) = self.create(spec, now_ms, true) {
+            tracing::warn!(%from, %to, error = %e, "call refused");
+        }
+    }
+
+    fn create(&mut self, spec: MeetingSpec, now_ms: u64, start: bool) -> Result<MeetingId, String> {
+        let id = spec.id;
+        if self.hosts.contains_key(&id) {
+            return Err(format!("a session {id} exists already"));
+        }
+        let mut key = vec![0u8; 30];
+        ring::rand::SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| "no randomness for the SRTP key".to_owned())?;
+        let (mut host, out) = Host::new(spec, HostConfig::default(), key, now_ms);
+        host.expect(self.known_terminals());
+        self.hosts.insert(id, host);
+        self.dirty.insert(id);
+        self.apply(id, out);
+        if start {
+            self.op(id, ChairOp::Start, now_ms)?;
+        }
+        tracing::info!(meeting = %id, "session created");
+        Ok(id)
+    }
+
+    fn op(&mut self, id: MeetingId, op: ChairOp, now_ms: u64) -> Result<u64, String> {
+        let host = self
+            .hosts
+            .get_mut(&id)
+            .ok_or_else(|| format!("no session {id}"))?;
+        let out = host
+            .op(&Operator::Chair, op, now_ms)
+            .map_err(|e| e.to_string())?;
+        let version = host.state().version;
+        self.dirty.insert(id);
+        self.apply(id, out);
+        Ok(version)
+    }
+
+    /// Every terminal the store knows (they are listed as invited until they answer).
+    fn known_terminals(&self) -> Vec<TerminalId> {
+        let rows = self
+            .db
+            .prepare_cached("SELECT terminal FROM terminals")
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            });
+        match rows {
+            Ok(v) => v.iter().filter_map(|t| t.parse().ok()).collect(),
+            // A store without the history tables yet: nobody is known.
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, id: MeetingId, out: Vec<HostOutput>) {
+        for o in out {
+            match o {
+                HostOutput::Publish(state) => self.publish_state(&state),
+                HostOutput::Clear => {
+                    if let Some(h) = self.hosts.get(&id) {
+                        for topic in state_topics(&h.state().spec) {
+                            self.push(Message::new(topic, Vec::new()).retained());
+                        }
+                    }
+                }
+                HostOutput::Send(to, d) => match encode(&d) {
+                    Ok(bytes) => {
+                        let topic = Topic::terminal(&to, Channel::MeetingDown).to_string();
+                        self.push(Message::new(topic, bytes));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot encode a meeting downlink"),
+                },
+                HostOutput::Notice(n) => log_notice(&id, &n),
+            }
+        }
+    }
+
+    fn publish_state(&mut self, state: &MeetingState) {
+        match encode(state) {
+            Ok(bytes) => {
+                for topic in state_topics(&state.spec) {
+                    self.push(Message::new(topic, bytes.clone()).retained());
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a meeting state"),
+        }
+    }
+
+    fn push(&mut self, m: Message) {
+        if self.outbound.len() >= OUTBOUND_MAX {
+            // Sites repeat what they need (joins, statuses); states are republished on the
+            // next change or reconnect.
+            tracing::warn!("meeting outbound queue full: dropping the oldest message");
+            self.outbound.pop_front();
+        }
+        self.outbound.push_back(m);
+    }
+
+    /// Hands the link as much as it takes now; the rest waits for the next call.
+    pub fn drain(&mut self, link: &Link) {
+        while let Some(m) = self.outbound.pop_front() {
+            if let Err(e) = link.try_publish(m.clone()) {
+                if e == cuntong_terminal::link::PublishError::Full {
+                    self.outbound.push_front(m);
+                }
+                break;
+            }
+        }
+    }
+
+    /// Central (re)connected: publish every live state again.
+    pub fn republish(&mut self) {
+        let states: Vec<MeetingState> = self
+            .hosts
+            .values()
+            .filter(|h| h.state().status != Status::Ended)
+            .map(|h| h.state().clone())
+            .collect();
+        for s in states {
+            self.publish_state(&s);
+        }
+    }
+
+    /// Once a second or so: unreachable sites, scheduled starts, saving what changed.
+    pub fn tick(&mut self, now_ms: u64) {
+        let ids: Vec<MeetingId> = self.hosts.keys().copied().collect();
+        for id in ids {
+            let Some(host) = self.hosts.get_mut(&id) else {
+                continue;
+            };
+            let due = host.state().status == Status::Scheduled
+                && host.state().spec.starts_ms.is_some_and(|t| t <= now_ms);
+            let out = host.tick(now_ms);
+            if !out.is_empty() {
+                self.dirty.insert(id);
+            }
+            self.apply(id, out);
+            if due {
+                if let Err(e) = self.op(id, ChairOp::Start, now_ms) {
+                    tracing::warn!(meeting = %id, error = %e, "scheduled start failed");
+                }
+            }
+        }
+        self.hosts.retain(|_, h| {
+            h.state().status != Status::Ended
+                || now_ms.saturating_sub(h.created_ms()) < ENDED_KEPT_MS
+        });
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "cannot save meetings; retrying at the next tick");
+        }
+    }
+
+    /// Writes the changed sessions to the store, in one transaction.
+    pub fn save(&mut self) -> Result<(), StoreError> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO meetings (id, status, created_ms, host) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, host = excluded.host",
+            )?;
+            for id in &self.dirty {
+                let Some(h) = self.hosts.get(id) else {
+                    continue;
+                };
+                let Ok(blob) = encode(h) else { continue };
+                stmt.execute(params![
+                    id.to_string(),
+                    h.state().status.as_str(),
+                    h.created_ms() as i64,
+                    blob
+                ])?;
+            }
+        }
+        tx.commit()?;
+        self.dirty.clear();
+        Ok(())
+    }
+
+    fn on_request(&mut self, client: &str, payload: &[u8], now_ms: u64) {
+        let req: Request = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%client, error = %e, "ignoring a malformed meeting request");
+                return;
+            }
+        };
+        let (error, body) = match self.answer(req.body, now_ms) {
+            Ok(body) => (None, body),
+            Err(e) => (Some(e), ResponseBody::None),
+        };
+        let resp = Response {
+            id: req.id,
+            error,
+            body,
+        };
+        match serde_json::to_vec(&resp) {
+            Ok(bytes) => self.push(Message::new(control_response(client), bytes)),
+            Err(e) => tracing::error!(error = %e, "cannot encode a meeting response"),
+        }
+    }
+
+    fn answer(&mut self, body: RequestBody, now_ms: u64) -> Result<ResponseBody, String> {
+        let find = |s: &Self, m: &str| -> Result<MeetingId, String> {
+            let id: MeetingId = m.parse().map_err(|e| format!("{m:?}: {e}"))?;
+            if s.hosts.contains_key(&id) {
+                Ok(id)
+            } else {
+                Err(format!("no session {id}"))
+            }
+        };
+        match body {
+            RequestBody::Create {
+                title,
+                kind,
+                invite,
+                at_ms,
+                profile,
+                chair,
+                floor_mutes_others,
+            } => {
+                let kind = match kind.as_str() {
+                    "meeting" => Kind::Meeting,
+                    "training" => Kind::Training,
+                    "call" => Kind::Call,
+                    other => return Err(format!("kind {other:?}: use meeting, training or call")),
+                };
+                let invitees = invite
+                    .iter()
+                    .map(|s| Invitee::from_str(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if invitees.is_empty() {
+                    return Err("invite at least one region or terminal".into());
+                }
+                let profile = MediaProfile::named(&profile).ok_or_else(|| {
+                    format!(
+                        "profile {profile:?}: use one of {}",
+                        MediaProfile::NAMES.join(", ")
+                    )
+                })?;
+                let chair = chair
+                    .map(|c| {
+                        c.parse::<TerminalId>()
+                            .map_err(|e| format!("chair {c:?}: {e}"))
+                    })
+                    .transpose()?;
+                if kind == Kind::Training && chair.is_none() {
+                    return Err("a training needs its lecturer's terminal (--chair)".into());
+                }
+                self.next_id += 1;
+                let id: MeetingId = format!("m{:x}{}", now_ms / 1000, self.next_id)
+                    .parse()
+                    .map_err(|e| format!("meeting id: {e}"))?;
+                let spec = MeetingSpec {
+                    id,
+                    kind,
+                    title,
+                    chair,
+                    invitees,
+                    starts_ms: at_ms,
+                    profile,
+                    floor_mutes_others,
+                };
+                let id = self.create(spec, now_ms, kind == Kind::Call)?;
+                Ok(ResponseBody::Created { id: id.to_string() })
+            }
+            RequestBody::Op {
+                meeting,
+                op,
+                terminal,
+            } => {
+                let id = find(self, &meeting)?;
+                let target = || -> Result<TerminalId, String> {
+                    let t = terminal
+                        .as_deref()
+                        .ok_or_else(|| format!("{op} needs a terminal"))?;
+                    t.parse().map_err(|e| format!("terminal {t:?}: {e}"))
+                };
+                let op = match op.as_str() {
+                    "start" => ChairOp::Start,
+                    "end" => ChairOp::End,
+                    "rollcall" => ChairOp::RollCall,
+                    "close-rollcall" => ChairOp::CloseRollCall,
+                    "grant" => ChairOp::Grant(target()?),
+                    "revoke" => ChairOp::Revoke,
+                    "mute" => ChairOp::Mute(target()?),
+                    "unmute" => ChairOp::Unmute(target()?),
+                    "mute-all" => ChairOp::MuteAll,
+                    "unmute-all" => ChairOp::UnmuteAll,
+                    "broadcast" => {
+                        ChairOp::Broadcast(terminal.as_deref().map(|_| target()).transpose()?)
+                    }
+                    "lower-hand" => ChairOp::LowerHand(target()?),
+                    other => return Err(format!("unknown operation {other:?}")),
+                };
+                let version = self.op(id, op, now_ms)?;
+                Ok(ResponseBody::Done { version })
+            }
+            RequestBody::Status { meeting } => {
+                let id = find(self, &meeting)?;
+                Ok(ResponseBody::Status(Box::new(status(&self.hosts[&id]))))
+            }
+            RequestBody::RollCall { meeting } => {
+                let id = find(self, &meeting)?;
+                let host = &self.hosts[&id];
+                let results = host
+                    .roll_call_results()
+                    .ok_or_else(|| format!("{id}: no roll call is open"))?;
+                Ok(ResponseBody::RollCall(
+                    results
+                        .sites
+                        .iter()
+                        .filter(|(t, _)| host.state().spec.chair.as_ref() != Some(t))
+                        .map(|(t, latency)| RollCallJson {
+                            terminal: t.to_string(),
+                            present: latency.is_some(),
+                            latency_ms: *latency,
+                        })
+                        .collect(),
+                ))
+            }
+            RequestBody::List => Ok(ResponseBody::List(
+                self.hosts.values().map(meeting_json).collect(),
+            )),
+        }
+    }
+}
+
+fn log_notice(id: &MeetingId, n: &Notice) {
+    match n {
+        Notice::Joined(t) => tracing::debug!(meeting = %id, terminal = %t, "joined"),
+        Notice::Declined(t, why) => {
+            tracing::info!(meeting = %id, terminal = %t, reason = %why, "declined")
+        }
+        Notice::Left(t) => tracing::debug!(meeting = %id, terminal = %t, "left"),
+        Notice::Unreachable(t) => tracing::info!(meeting = %id, terminal = %t, "unreachable"),
+        Notice::Back(t) => tracing::info!(meeting = %id, terminal = %t, "back"),
+        Notice::Answered {
+            site,
+            number,
+            latency_ms,
+        } => {
+            tracing::debug!(meeting = %id, terminal = %site, number, latency_ms, "roll call answered")
+        }
+        Notice::HandRaised(t) => tracing::info!(meeting = %id, terminal = %t, "hand raised"),
+        Notice::HandLowered(t) => tracing::debug!(meeting = %id, terminal = %t, "hand lowered"),
+    }
+}
+
+/// A session as `list` shows it.
+pub fn meeting_json(h: &Host) -> MeetingJson {
+    let s = h.state();
+    MeetingJson {
+        id: s.spec.id.to_string(),
+        title: s.spec.title.clone(),
+        kind: s.spec.kind.as_str().to_owned(),
+        status: s.status.as_str().to_owned(),
+        version: s.version,
+        invited: s.spec.invitees.iter().map(|i| i.to_string()).collect(),
+        chair: s.spec.chair.map(|c| c.to_string()),
+        joined: h
+            .sites()
+            .values()
+            .filter(|r| r.phase == cuntong_core::meeting::host::SitePhase::Joined)
+            .count(),
+        created: rfc3339_ms(h.created_ms()),
+        starts: s.spec.starts_ms.map(rfc3339_ms),
+    }
+}
+
+/// A session with its sites, as `status` shows it.
+pub fn status(h: &Host) -> MeetingStatus {
+    let s = h.state();
+    MeetingStatus {
+        meeting: meeting_json(h),
+        floor: s.floor.map(|t| t.to_string()),
+        broadcast: s.broadcast.map(|t| t.to_string()),
+        mute_all: s.mute_all,
+        hands: s.hands.iter().map(|t| t.to_string()).collect(),
+        roll_call: s.roll_call.map(|r| r.number),
+        sites: h
+            .sites()
+            .iter()
+            .map(|(t, r)| SiteJson {
+                terminal: t.to_string(),
+                state: r.phase.as_str().to_owned(),
+                role: s.role_of(t).as_str().to_owned(),
+                muted: s.is_muted(t),
+                last_answer: r.answer.map(|a| rfc3339_ms(a.answered_ms)),
+                converged: h.converged(t),
+            })
+            .collect(),
+    }
+}
