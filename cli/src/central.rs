@@ -44,6 +44,8 @@ pub struct CentralOptions {
     pub ack_interval: Duration,
     /// Mutual TLS (central's bundle), for an `mqtts://` broker.
     pub tls: Option<cuntong_terminal::tls::TlsFiles>,
+    /// How often the sites of a new session repeat their status.
+    pub meeting_heartbeat: Duration,
 }
 
 impl CentralOptions {
@@ -54,6 +56,7 @@ impl CentralOptions {
             client_id: client_id.into(),
             ack_interval: Duration::from_secs(1),
             tls: None,
+            meeting_heartbeat: Duration::from_secs(10),
         }
     }
 }
@@ -146,7 +149,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), CentralError> {
     let store = SqliteStore::open(&opts.db)?;
-    let mut meetings = MeetingService::open(&opts.db)?;
+    let mut meetings = MeetingService::open(&opts.db, opts.meeting_heartbeat)?;
     let mut link_opts = LinkOptions::new(opts.client_id.clone(), opts.broker.clone());
     link_opts.subscriptions = [Channel::Presence, Channel::Telemetry, Channel::Events]
         .into_iter()

@@ -51,6 +51,9 @@ enum Command {
         /// Central's provisioning bundle (ca.pem, cert.pem, key.pem), for an mqtts:// broker.
         #[arg(long)]
         tls: Option<PathBuf>,
+        /// How often the sites of a meeting repeat their status (three missed: unreachable).
+        #[arg(long, default_value = "10s")]
+        meeting_heartbeat: String,
     },
     /// The fleet CA: `ca init`, `ca issue-server`.
     Ca {
@@ -426,12 +429,21 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             shutdown_signal().await;
             Ok(())
         }
-        Command::Central { broker, db, tls } => {
+        Command::Central {
+            broker,
+            db,
+            tls,
+            meeting_heartbeat,
+        } => {
             let mut opts = CentralOptions::new(
                 parse("--broker", &broker)?,
                 db.unwrap_or_else(default_db),
                 format!("central-{}", std::process::id()),
             );
+            opts.meeting_heartbeat = duration("--meeting-heartbeat", &meeting_heartbeat)?;
+            if opts.meeting_heartbeat < Duration::from_millis(500) {
+                return Err(Usage("--meeting-heartbeat: at least 500ms".into()).into());
+            }
             opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
             if opts.broker.tls != opts.tls.is_some() {
                 return Err(Usage(format!(

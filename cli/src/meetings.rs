@@ -35,6 +35,8 @@ const OUTBOUND_MAX: usize = 200_000;
 /// Every session central hosts.
 pub struct MeetingService {
     hosts: BTreeMap<MeetingId, Host>,
+    /// The heartbeat new sessions get.
+    heartbeat_ms: u32,
     db: Connection,
     dirty: BTreeSet<MeetingId>,
     outbound: VecDeque<Message>,
@@ -79,8 +81,9 @@ pub fn state_topics(spec: &MeetingSpec) -> Vec<String> {
 }
 
 impl MeetingService {
-    /// Opens the sessions kept in the store at `db` (the same file as the history).
-    pub fn open(db: &Path) -> Result<MeetingService, StoreError> {
+    /// Opens the sessions kept in the store at `db` (the same file as the history); new
+    /// sessions ask their sites for a status every `heartbeat`.
+    pub fn open(db: &Path, heartbeat: std::time::Duration) -> Result<MeetingService, StoreError> {
         let conn = Connection::open(db).map_err(|source| StoreError::Open {
             path: db.display().to_string(),
             source,
@@ -122,6 +125,7 @@ impl MeetingService {
         }
         Ok(MeetingService {
             hosts,
+            heartbeat_ms: heartbeat.as_millis().clamp(500, u128::from(u32::MAX)) as u32,
             db: conn,
             dirty: BTreeSet::new(),
             outbound: VecDeque::new(),
@@ -190,6 +194,7 @@ impl MeetingService {
                 audio_kbps: 32,
             }),
             floor_mutes_others: false,
+            heartbeat_ms: self.heartbeat_ms,
         };
         if let Err(e) = self.create(spec, now_ms, true) {
             tracing::warn!(%from, %to, error = %e, "call refused");
@@ -457,6 +462,7 @@ impl MeetingService {
                     starts_ms: at_ms,
                     profile,
                     floor_mutes_others,
+                    heartbeat_ms: self.heartbeat_ms,
                 };
                 let id = self.create(spec, now_ms, kind == Kind::Call)?;
                 Ok(ResponseBody::Created { id: id.to_string() })

@@ -100,8 +100,6 @@ pub struct SimOptions {
     pub command_key: Option<PathBuf>,
     /// Which invitations the terminals accept on their own (all, by default).
     pub meeting_accept: AcceptPolicy,
-    /// How often the terminals repeat their meeting status.
-    pub meeting_heartbeat: Duration,
     /// Share of the terminals (0 to 100) that decline every invitation.
     pub decline_percent: u8,
     /// Share of the terminals (0 to 100) that raise their hand once joined.
@@ -121,7 +119,6 @@ impl SimOptions {
             hj212_listen: None,
             command_key: None,
             meeting_accept: AcceptPolicy::All,
-            meeting_heartbeat: Duration::from_secs(10),
             decline_percent: 0,
             hands_percent: 0,
         }
@@ -147,7 +144,6 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
         .clone()
         .map(|key| CommandsConfig { key, reboot: None });
     cfg.meeting.accept = opts.meeting_accept;
-    cfg.meeting.heartbeat = opts.meeting_heartbeat;
     cfg.hj212 = opts.hj212_listen.map(|listen| Hj212Config {
         listen: Some(listen),
         serial: None,

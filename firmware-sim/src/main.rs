@@ -55,9 +55,6 @@ struct Common {
     /// Which meeting invitations the terminals accept on their own: all, scheduled, manual.
     #[arg(long, default_value = "all")]
     accept: String,
-    /// How often joined terminals repeat their meeting status.
-    #[arg(long, default_value = "10s")]
-    meeting_heartbeat: String,
     /// Share of the terminals (percent) that decline every invitation.
     #[arg(long, default_value_t = 0)]
     decline_percent: u8,
@@ -450,10 +447,6 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
         "manual" => AcceptPolicy::Manual,
         other => return Err(format!("--accept {other:?}: use all, scheduled or manual")),
     };
-    opts.meeting_heartbeat = duration("--meeting-heartbeat", &common.meeting_heartbeat)?;
-    if opts.meeting_heartbeat < Duration::from_millis(500) {
-        return Err("--meeting-heartbeat: at least 500ms".to_owned());
-    }
     for (flag, pct) in [
         ("--decline-percent", common.decline_percent),
         ("--hands-percent", common.hands_percent),

@@ -7,8 +7,6 @@
 //! crosses the configured thresholds the site joins (or joins again) audio-only or
 //! receive-only, and the host and the status report say so.
 
-use std::time::Duration;
-
 use cuntong_core::envelope::encode;
 use cuntong_core::meeting::participant::{
     AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase, Session,
@@ -26,7 +24,6 @@ use crate::link::Message;
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeetingConfig {
     pub accept: AcceptPolicy,
-    pub heartbeat: Duration,
     /// Where this box receives media.
     pub rtp_port: u16,
     /// A fixed tier (a box known to sit on a thin line), instead of following the link.
@@ -38,7 +35,6 @@ impl Default for MeetingConfig {
     fn default() -> MeetingConfig {
         MeetingConfig {
             accept: AcceptPolicy::Scheduled,
-            heartbeat: Duration::from_secs(10),
             rtp_port: 5004,
             tier: None,
             thresholds: TierThresholds::default(),
@@ -203,8 +199,8 @@ impl Conference {
     ) -> Conference {
         let pcfg = ParticipantConfig {
             accept: cfg.accept,
-            heartbeat_ms: cfg.heartbeat.as_millis() as u64,
-            join_retry_ms: (cfg.heartbeat.as_millis() as u64 / 3).max(500),
+            reconnect_grace_ms: 10_000,
+            join_retry_ms: 3_000,
             tier: cfg.tier.unwrap_or(Tier::Full),
             rtp_port: cfg.rtp_port,
         };

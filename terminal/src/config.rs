@@ -37,7 +37,6 @@
 //!
 //! [meeting]
 //! accept = "scheduled"      # join scheduled sessions on their own; "all", or "manual"
-//! heartbeat = "10s"         # status repeated to the meeting host this often
 //! rtp_port = 5004           # where this box receives media
 //! # tier = "audio-only"     # fix the tier; otherwise it follows the link:
 //! audio_only_rtt = "400ms"  # round trip at or above which the box joins audio-only
@@ -503,7 +502,6 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMeeting {
     accept: Option<String>,
-    heartbeat: Option<String>,
     rtp_port: Option<u16>,
     tier: Option<String>,
     audio_only_rtt: Option<String>,
@@ -531,15 +529,6 @@ fn meeting_config(
         accept,
         ..MeetingConfig::default()
     };
-    if let Some(h) = raw.heartbeat {
-        m.heartbeat = parse_duration(&h).map_err(|p| invalid("meeting.heartbeat", p))?;
-        if m.heartbeat < Duration::from_millis(500) {
-            return Err(invalid(
-                "meeting.heartbeat",
-                "must be at least 500ms".into(),
-            ));
-        }
-    }
     if let Some(p) = raw.rtp_port {
         m.rtp_port = p;
     }
@@ -744,7 +733,7 @@ mod tests {
         assert!(err("[meeting]\naccept = \"maybe\"\n").contains("meeting.accept: \"maybe\""));
         assert!(err("[meeting]\ntier = \"4k\"\n").contains("meeting.tier"));
         assert!(err("[meeting]\naudio_only_loss = 150.0\n").contains("meeting.audio_only_loss"));
-        assert!(err("[meeting]\nheartbeat = \"1ms\"\n").contains("meeting.heartbeat"));
+        assert!(err("[meeting]\nheartbeat = \"1s\"\n").contains("unknown field"));
         assert!(
             err("[telemetry]\nhealth_interval = \"0s\"\n")
                 .contains("telemetry.health_interval: must be more than 0s")

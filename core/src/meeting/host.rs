@@ -23,10 +23,8 @@ use crate::terminal_id::TerminalId;
 /// Timing and limits of a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostConfig {
-    /// How often joined sites repeat their status.
-    pub heartbeat_ms: u64,
-    /// A joined site not heard from for this long is unreachable.
-    pub unreachable_after_ms: u64,
+    /// A joined site not heard from for this many of the session's heartbeats is unreachable.
+    pub unreachable_after_heartbeats: u32,
     /// Raised hands kept in the queue, at most.
     pub max_hands: usize,
     /// Individually muted (or, under mute-all, unmuted) sites, at most; beyond it the chair
@@ -37,8 +35,7 @@ pub struct HostConfig {
 impl Default for HostConfig {
     fn default() -> HostConfig {
         HostConfig {
-            heartbeat_ms: 10_000,
-            unreachable_after_ms: 30_000,
+            unreachable_after_heartbeats: 3,
             max_hands: 256,
             max_exceptions: 2_048,
         }
@@ -661,11 +658,13 @@ impl Host {
     /// Marks joined sites that fell silent as unreachable.
     pub fn tick(&mut self, now_ms: u64) -> Vec<HostOutput> {
         let mut out = Vec::new();
+        let silence = u64::from(self.state.spec.heartbeat_ms)
+            * u64::from(self.cfg.unreachable_after_heartbeats.max(1));
         for (t, rec) in &mut self.sites {
             if rec.phase == SitePhase::Joined
                 && rec
                     .last_heard_ms
-                    .is_some_and(|h| now_ms.saturating_sub(h) > self.cfg.unreachable_after_ms)
+                    .is_some_and(|h| now_ms.saturating_sub(h) > silence)
             {
                 rec.phase = SitePhase::Unreachable;
                 out.push(HostOutput::Notice(Notice::Unreachable(*t)));

@@ -302,6 +302,9 @@ pub struct MeetingSpec {
     pub profile: MediaProfile,
     /// Granting the floor mutes every other site (the chair excepted).
     pub floor_mutes_others: bool,
+    /// How often joined sites repeat their status; a site silent for three heartbeats is
+    /// unreachable. The host sets it, so every site of a session keeps the same pace.
+    pub heartbeat_ms: u32,
 }
 
 impl MeetingSpec {

@@ -5,7 +5,7 @@
 //!
 //! [`Participant::handle`] takes an [`Input`] and the time and returns [`Output`]s: uplink
 //! messages to publish and [`MediaCommand`]s for the media engine. It repeats its join until
-//! admitted and its status on every heartbeat, so lost messages cost a heartbeat, never
+//! admitted and its status on every heartbeat of the session (the host sets the pace), so lost messages cost a heartbeat, never
 //! correctness; after a reconnect it re-announces itself and drops sessions whose retained
 //! state did not come back (they ended while it was away).
 
@@ -34,8 +34,9 @@ pub enum AcceptPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParticipantConfig {
     pub accept: AcceptPolicy,
-    /// How often a joined site repeats its status.
-    pub heartbeat_ms: u64,
+    /// After a reconnect, how long the retained states have to come back before the sessions
+    /// they do not bring back are taken as ended.
+    pub reconnect_grace_ms: u64,
     /// How often an unanswered join is repeated.
     pub join_retry_ms: u64,
     /// What the link carries now.
@@ -48,7 +49,7 @@ impl Default for ParticipantConfig {
     fn default() -> ParticipantConfig {
         ParticipantConfig {
             accept: AcceptPolicy::Scheduled,
-            heartbeat_ms: 10_000,
+            reconnect_grace_ms: 10_000,
             join_retry_ms: 3_000,
             tier: Tier::Full,
             rtp_port: 0,
@@ -216,7 +217,7 @@ impl Participant {
             Input::Downlink(d) => self.on_downlink(d, now_ms, &mut out),
             Input::Tick => self.on_tick(now_ms, &mut out),
             Input::Reconnected => {
-                let deadline = now_ms + self.cfg.heartbeat_ms;
+                let deadline = now_ms + self.cfg.reconnect_grace_ms;
                 let ids: Vec<MeetingId> = self.sessions.keys().copied().collect();
                 for id in ids {
                     if let Some(s) = self.sessions.get_mut(&id) {
@@ -393,7 +394,10 @@ impl Participant {
                 Phase::Joining if now_ms >= s.last_join_ms + self.cfg.join_retry_ms => {
                     self.announce(&id, now_ms, out);
                 }
-                Phase::Joined if now_ms >= s.last_status_ms + self.cfg.heartbeat_ms => {
+                Phase::Joined
+                    if now_ms
+                        >= s.last_status_ms + u64::from(s.state.spec.heartbeat_ms).max(500) =>
+                {
                     self.send_status(&id, now_ms, out);
                 }
                 _ => {}

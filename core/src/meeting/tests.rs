@@ -29,6 +29,7 @@ fn spec(kind: Kind, invite: &[&str], chair: Option<&str>) -> MeetingSpec {
         starts_ms: Some(1_000),
         profile: MediaProfile::named("sd").unwrap(),
         floor_mutes_others: true,
+        heartbeat_ms: HB as u32,
     }
 }
 
@@ -45,7 +46,7 @@ fn host(kind: Kind, invite: &[&str]) -> Host {
 fn pcfg(accept: AcceptPolicy) -> ParticipantConfig {
     ParticipantConfig {
         accept,
-        heartbeat_ms: HB,
+        reconnect_grace_ms: HB,
         join_retry_ms: 3_000,
         tier: Tier::Full,
         rtp_port: 5004,
