@@ -1,0 +1,253 @@
+//! Meetings end to end against Mosquitto: 200 simulated terminals of a county join a county
+//! meeting and answer a roll call; ten of them lose their link mid-meeting and are muted and
+//! taken off the broadcast while away; back, they converge to the chair's state within one
+//! heartbeat; the end tears everything down and clears the retained state.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use cuntong::meeting_api::{RollCallJson, SiteJson};
+use cuntong_e2e::{Broker, BrokerKind, LinkProxy, Proc, bin, run, sites, wait_until};
+
+/// The county the meeting invites.
+const COUNTY: &str = "130102";
+/// The township whose ten villages are cut off (none of the first fleet's sites is in it).
+const AWAY: &str = "130102009";
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+fn cuntong(broker: &str, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--broker", broker]);
+    run(&bin("cuntong"), &all)
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(broker: &str, id: &str) -> Vec<SiteJson> {
+    let out = cuntong(broker, &["meeting", "status", id, "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn fleet(broker: &str, region: &str, count: usize, data: &Path, log: &Path) -> Proc {
+    Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "fleet",
+            "--broker",
+            broker,
+            "--region",
+            region,
+            "--count",
+            &count.to_string(),
+            "--interval",
+            "5s",
+            "--keep-alive",
+            "2s",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        log.to_path_buf(),
+    )
+}
+
+/// Retained messages under the meeting tree, as `topic payload-length` lines, read with a
+/// marker so that an empty answer means "nothing retained", not "not subscribed yet".
+fn retained_meeting_topics(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let marker = "ct/v1/m/13/zzmarker";
+    let publish = |payload: &[&str]| {
+        let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-t", marker, "-r", "-q", "1"];
+        args.extend_from_slice(payload);
+        assert!(run(Path::new("mosquitto_pub"), &args).status.success());
+    };
+    publish(&["-m", "marker"]);
+    let out = run(
+        Path::new("mosquitto_sub"),
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "ct/v1/m/#",
+            "--retained-only",
+            "-W",
+            "2",
+            "-F",
+            "%t %l",
+        ],
+    );
+    publish(&["-n"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with(marker)),
+        "the retained marker did not come back: {text}"
+    );
+    lines.into_iter().filter(|l| !l.starts_with(marker)).collect()
+}
+
+#[test]
+fn a_county_meeting_of_200_sites_converges_after_a_link_cut_and_tears_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let url = broker.url.clone();
+    let db = d.join("central.db");
+    let central = Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "central",
+            "--broker",
+            &url,
+            "--db",
+            db.to_str().unwrap(),
+            "--meeting-heartbeat",
+            "2s",
+        ],
+        d.join("central.log"),
+    );
+    // 190 sites straight to the broker, 10 behind a link the test cuts.
+    let link = LinkProxy::start(d, broker.port);
+    let _near = fleet(&url, COUNTY, 190, &d.join("near"), &d.join("near.log"));
+    let away_fleet = fleet(&link.url(), AWAY, 10, &d.join("away"), &d.join("away.log"));
+    assert!(
+        wait_until(Duration::from_secs(60), || sites(&db, Some(COUNTY))
+            .iter()
+            .filter(|s| s.online)
+            .count()
+            == 200),
+        "not all 200 terminals came online:\n{}",
+        away_fleet.log_text()
+    );
+
+    let created = ok(cuntong(
+        &url,
+        &[
+            "meeting",
+            "create",
+            "--title",
+            "全县防汛工作会议",
+            "--invite",
+            COUNTY,
+            "--json",
+        ],
+    ));
+    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(cuntong(&url, &["meeting", "start", &id]));
+    let all_joined = |rows: &[SiteJson]| {
+        rows.len() == 200 && rows.iter().all(|s| s.state == "joined" && s.converged)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || all_joined(&status(&url, &id))),
+        "{}",
+        central.log_text()
+    );
+
+    // Roll call: every site answers.
+    let out = ok(cuntong(
+        &url,
+        &["meeting", "rollcall", &id, "--timeout", "20s", "--json"],
+    ));
+    let rows: Vec<RollCallJson> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 200);
+    assert_eq!(
+        rows.iter().filter(|r| r.present).count(),
+        200,
+        "absent: {:?}",
+        rows.iter().filter(|r| !r.present).collect::<Vec<_>>()
+    );
+    assert!(rows.iter().all(|r| r.latency_ms.is_some()));
+
+    // One of the ten is broadcast to everybody; then their link is cut.
+    let away: Vec<String> = sites(&db, Some(AWAY))
+        .into_iter()
+        .map(|s| s.terminal)
+        .collect();
+    assert_eq!(away.len(), 10);
+    ok(cuntong(&url, &["meeting", "broadcast", &id, &away[0]]));
+    assert!(wait_until(Duration::from_secs(10), || all_joined(
+        &status(&url, &id)
+    )));
+    link.set("cut");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let rows = status(&url, &id);
+            rows.iter()
+                .filter(|s| away.contains(&s.terminal))
+                .all(|s| s.state == "unreachable")
+        }),
+        "the cut sites are not reported unreachable"
+    );
+
+    // While they are away the chair mutes them and ends the broadcast.
+    for t in &away {
+        ok(cuntong(&url, &["meeting", "mute", &id, t]));
+    }
+    ok(cuntong(&url, &["meeting", "broadcast", &id, "--off"]));
+    let rows = status(&url, &id);
+    assert!(
+        rows.iter()
+            .filter(|s| away.contains(&s.terminal))
+            .all(|s| s.muted && !s.converged),
+        "they cannot have applied it yet: {rows:?}"
+    );
+
+    // Back: each converges as soon as it is heard again, within one heartbeat.
+    link.set("restore");
+    let mut back: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut converged: BTreeMap<String, Instant> = BTreeMap::new();
+    let done = wait_until(Duration::from_secs(30), || {
+        let now = Instant::now();
+        for s in status(&url, &id)
+            .into_iter()
+            .filter(|s| away.contains(&s.terminal))
+        {
+            if s.state == "joined" {
+                back.entry(s.terminal.clone()).or_insert(now);
+            }
+            if s.converged && s.muted {
+                converged.entry(s.terminal.clone()).or_insert(now);
+            }
+        }
+        converged.len() == away.len()
+    });
+    assert!(done, "converged: {converged:?}\n{}", away_fleet.log_text());
+    for t in &away {
+        let lag = converged[t].saturating_duration_since(back[t]);
+        assert!(
+            lag <= HEARTBEAT,
+            "{t} took {lag:?} after it was back to apply the chair's state"
+        );
+    }
+    assert!(all_joined(&status(&url, &id)), "the other 190 stayed put");
+
+    // The retained state is there while the meeting runs, and gone after the end.
+    let live = retained_meeting_topics(broker.port);
+    assert_eq!(live.len(), 1, "one state for the one invited region: {live:?}");
+    assert!(live[0].starts_with(&format!("ct/v1/m/13/01/02/{id} ")));
+    ok(cuntong(&url, &["meeting", "end", &id]));
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&url, &id)
+            .iter()
+            .all(|s| s.state == "left")),
+        "not everybody left"
+    );
+    assert!(
+        retained_meeting_topics(broker.port).is_empty(),
+        "the retained state was not cleared"
+    );
+}
