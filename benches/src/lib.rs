@@ -3,9 +3,12 @@
 //! - `wire-size`: bytes of a telemetry message, postcard envelope vs the common JSON shape.
 //! - `ingest`: central's storing rate as a ratio to a bare subscriber's receive rate.
 //! - `fleet-load`: a simulated fleet's connect time and memory per terminal.
+//! - `rollcall`: a province meeting's roll call and invite fan-out, beside a bare MQTT round.
 //! - `benches/codec.rs` (criterion): encode/decode speed of the envelope.
 //!
 //! `docs/benchmarks.md` records the figures and the commands that reproduce them.
+
+pub mod harness;
 
 use cuntong_core::decimal::Decimal;
 use cuntong_core::envelope::Envelope;

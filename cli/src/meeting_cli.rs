@@ -228,13 +228,7 @@ pub fn roll_call_table(rows: &[RollCallJson]) -> String {
     let present = rows.iter().filter(|r| r.present).count();
     let mut latencies: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
     latencies.sort_unstable();
-    let pct = |p: f64| -> String {
-        if latencies.is_empty() {
-            return "-".into();
-        }
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        format!("{} ms", latencies[i])
-    };
+    let pct = |p: f64| quantile(&latencies, p).map_or("-".to_owned(), |v| format!("{v} ms"));
     let mut out = format!(
         "{present} of {} present; answer time p50 {} p99 {}\n",
         rows.len(),
@@ -254,6 +248,15 @@ pub fn roll_call_table(rows: &[RollCallJson]) -> String {
         ));
     }
     out
+}
+
+/// The `p` quantile (0 to 1) of sorted values, nearest rank.
+pub fn quantile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied()
 }
 
 /// `meeting list` for people.

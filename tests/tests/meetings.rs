@@ -66,7 +66,17 @@ fn retained_meeting_topics(port: u16) -> Vec<String> {
     let port = port.to_string();
     let marker = "ct/v1/m/13/zzmarker";
     let publish = |payload: &[&str]| {
-        let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-t", marker, "-r", "-q", "1"];
+        let mut args = vec![
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            marker,
+            "-r",
+            "-q",
+            "1",
+        ];
         args.extend_from_slice(payload);
         assert!(run(Path::new("mosquitto_pub"), &args).status.success());
     };
@@ -94,7 +104,10 @@ fn retained_meeting_topics(port: u16) -> Vec<String> {
         lines.iter().any(|l| l.starts_with(marker)),
         "the retained marker did not come back: {text}"
     );
-    lines.into_iter().filter(|l| !l.starts_with(marker)).collect()
+    lines
+        .into_iter()
+        .filter(|l| !l.starts_with(marker))
+        .collect()
 }
 
 #[test]
@@ -179,9 +192,9 @@ fn a_county_meeting_of_200_sites_converges_after_a_link_cut_and_tears_down() {
         .collect();
     assert_eq!(away.len(), 10);
     ok(cuntong(&url, &["meeting", "broadcast", &id, &away[0]]));
-    assert!(wait_until(Duration::from_secs(10), || all_joined(
-        &status(&url, &id)
-    )));
+    assert!(wait_until(Duration::from_secs(10), || all_joined(&status(
+        &url, &id
+    ))));
     link.set("cut");
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -237,7 +250,11 @@ fn a_county_meeting_of_200_sites_converges_after_a_link_cut_and_tears_down() {
 
     // The retained state is there while the meeting runs, and gone after the end.
     let live = retained_meeting_topics(broker.port);
-    assert_eq!(live.len(), 1, "one state for the one invited region: {live:?}");
+    assert_eq!(
+        live.len(),
+        1,
+        "one state for the one invited region: {live:?}"
+    );
     assert!(live[0].starts_with(&format!("ct/v1/m/13/01/02/{id} ")));
     ok(cuntong(&url, &["meeting", "end", &id]));
     assert!(

@@ -9,13 +9,12 @@
 //! ```
 //! The harness runs the release binaries next to itself, on ports of its own, and stops them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use cuntong::store::{SqliteStore, Store};
+use cuntong_benches::harness::{Proc, bin, free_port, rss_kib, spawn, wait_for};
 use rumqttc::{AsyncClient, MqttOptions};
 
 #[derive(Parser)]
@@ -28,66 +27,6 @@ struct Args {
     bare_clients: Option<usize>,
     #[arg(long, hide = true)]
     broker: Option<String>,
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().context("harness path")?.join(name);
-    if !path.exists() {
-        bail!(
-            "{} missing: cargo build --release --workspace --bins",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
-    let out = std::fs::File::create(log)?;
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
-    Ok(Proc(child))
-}
-
-/// Resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
 }
 
 /// Baseline mode: N bare rumqttc clients, each polled by its own task, doing nothing else.
