@@ -4,7 +4,12 @@
 //! hot path, and readable on the wire is worth more here than a few bytes.
 //!
 //! The `--json` outputs of the commands ([`SiteJson`], [`RollCallJson`], [`MeetingJson`]) are
-//! a documented contract (`docs/operations.md`).
+//! a documented contract (`docs/operations.md`). Site lists come in pages of [`PAGE`] sites
+//! (the client asks for the next page after the last terminal it has), so no message grows
+//! with the size of the meeting.
+
+/// Sites per page of a status or roll-call answer.
+pub const PAGE: usize = 200;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,11 +47,15 @@ pub enum RequestBody {
         op: String,
         terminal: Option<String>,
     },
+    /// The session and a page of its sites: those after terminal `after`.
     Status {
         meeting: String,
+        after: Option<String>,
     },
+    /// The latest roll call: counts and a page of sites after terminal `after`.
     RollCall {
         meeting: String,
+        after: Option<String>,
     },
     List,
 }
@@ -73,7 +82,13 @@ pub enum ResponseBody {
         version: u64,
     },
     Status(Box<MeetingStatus>),
-    RollCall(Vec<RollCallJson>),
+    RollCall {
+        present: usize,
+        total: usize,
+        rows: Vec<RollCallJson>,
+        /// Ask again with `after` = this for the next page.
+        next: Option<String>,
+    },
     List(Vec<MeetingJson>),
 }
 
@@ -88,7 +103,10 @@ pub struct MeetingStatus {
     pub hands: Vec<String>,
     /// The open roll call's number, if one is open.
     pub roll_call: Option<u32>,
+    /// A page of the sites, by terminal id.
     pub sites: Vec<SiteJson>,
+    /// Ask again with `after` = this for the next page.
+    pub next: Option<String>,
 }
 
 /// `cuntong meeting status ID --json`: one object per invited terminal.

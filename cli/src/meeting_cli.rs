@@ -99,18 +99,71 @@ impl MeetingClient {
         }
     }
 
+    /// The session with all its sites (fetched page by page).
     pub async fn status(&mut self, meeting: &str) -> Result<MeetingStatus, String> {
-        match self
-            .ask(
-                RequestBody::Status {
-                    meeting: meeting.to_owned(),
-                },
-                ANSWER,
-            )
-            .await?
-        {
-            ResponseBody::Status(s) => Ok(*s),
-            other => Err(format!("unexpected answer {other:?}")),
+        let mut all: Option<MeetingStatus> = None;
+        let mut after = None;
+        loop {
+            let page = match self
+                .ask(
+                    RequestBody::Status {
+                        meeting: meeting.to_owned(),
+                        after: after.take(),
+                    },
+                    ANSWER,
+                )
+                .await?
+            {
+                ResponseBody::Status(s) => *s,
+                other => return Err(format!("unexpected answer {other:?}")),
+            };
+            after.clone_from(&page.next);
+            match &mut all {
+                None => all = Some(page),
+                Some(a) => a.sites.extend(page.sites),
+            }
+            if after.is_none() {
+                break;
+            }
+        }
+        let mut s = all.ok_or("no answer")?;
+        s.next = None;
+        Ok(s)
+    }
+
+    /// The latest roll call: (present, total) and, with `rows`, every site's answer.
+    async fn roll_call_page(
+        &mut self,
+        meeting: &str,
+        rows: bool,
+    ) -> Result<(usize, usize, Vec<RollCallJson>), String> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            match self
+                .ask(
+                    RequestBody::RollCall {
+                        meeting: meeting.to_owned(),
+                        after: after.take(),
+                    },
+                    ANSWER,
+                )
+                .await?
+            {
+                ResponseBody::RollCall {
+                    present,
+                    total,
+                    rows: page,
+                    next,
+                } => {
+                    out.extend(page);
+                    if !rows || next.is_none() {
+                        return Ok((present, total, out));
+                    }
+                    after = next;
+                }
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
         }
     }
 
@@ -123,22 +176,11 @@ impl MeetingClient {
         self.op(meeting, "rollcall", None).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let rows = match self
-                .ask(
-                    RequestBody::RollCall {
-                        meeting: meeting.to_owned(),
-                    },
-                    ANSWER,
-                )
-                .await?
-            {
-                ResponseBody::RollCall(rows) => rows,
-                other => return Err(format!("unexpected answer {other:?}")),
-            };
-            if rows.iter().all(|r| r.present) || tokio::time::Instant::now() >= deadline {
-                return Ok(rows);
+            let (present, total, _) = self.roll_call_page(meeting, false).await?;
+            if present >= total || tokio::time::Instant::now() >= deadline {
+                return Ok(self.roll_call_page(meeting, true).await?.2);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -333,6 +375,7 @@ mod tests {
             hands,
             roll_call: None,
             sites,
+            next: None,
         }
     }
 

@@ -21,7 +21,7 @@ use ring::rand::SecureRandom;
 use rusqlite::{Connection, params};
 
 use crate::meeting_api::{
-    MeetingJson, MeetingStatus, Request, RequestBody, Response, ResponseBody, RollCallJson,
+    MeetingJson, MeetingStatus, PAGE, Request, RequestBody, Response, ResponseBody, RollCallJson,
     SiteJson,
 };
 use crate::store::StoreError;
@@ -499,28 +499,42 @@ impl MeetingService {
                 let version = self.op(id, op, now_ms)?;
                 Ok(ResponseBody::Done { version })
             }
-            RequestBody::Status { meeting } => {
+            RequestBody::Status { meeting, after } => {
                 let id = find(self, &meeting)?;
-                Ok(ResponseBody::Status(Box::new(status(&self.hosts[&id]))))
+                let after = after.map(|a| parse_terminal(&a)).transpose()?;
+                Ok(ResponseBody::Status(Box::new(status(
+                    &self.hosts[&id],
+                    after,
+                ))))
             }
-            RequestBody::RollCall { meeting } => {
+            RequestBody::RollCall { meeting, after } => {
                 let id = find(self, &meeting)?;
+                let after = after.map(|a| parse_terminal(&a)).transpose()?;
                 let host = &self.hosts[&id];
                 let results = host
                     .roll_call_results()
                     .ok_or_else(|| format!("{id}: no roll call is open"))?;
-                Ok(ResponseBody::RollCall(
-                    results
-                        .sites
+                let chair = host.state().spec.chair;
+                let sites: Vec<&(TerminalId, Option<u64>)> = results
+                    .sites
+                    .iter()
+                    .filter(|(t, _)| chair.as_ref() != Some(t))
+                    .collect();
+                let present = sites.iter().filter(|(_, l)| l.is_some()).count();
+                let (page, next) = page(&sites, |(t, _)| t, after);
+                Ok(ResponseBody::RollCall {
+                    present,
+                    total: sites.len(),
+                    rows: page
                         .iter()
-                        .filter(|(t, _)| host.state().spec.chair.as_ref() != Some(t))
                         .map(|(t, latency)| RollCallJson {
                             terminal: t.to_string(),
                             present: latency.is_some(),
                             latency_ms: *latency,
                         })
                         .collect(),
-                ))
+                    next,
+                })
             }
             RequestBody::List => Ok(ResponseBody::List(
                 self.hosts.values().map(meeting_json).collect(),
@@ -571,9 +585,28 @@ pub fn meeting_json(h: &Host) -> MeetingJson {
     }
 }
 
-/// A session with its sites, as `status` shows it.
-pub fn status(h: &Host) -> MeetingStatus {
+fn parse_terminal(s: &str) -> Result<TerminalId, String> {
+    s.parse().map_err(|e| format!("terminal {s:?}: {e}"))
+}
+
+/// The page of `items` (sorted by terminal) after `after`, and the cursor of the next page.
+fn page<'a, T>(
+    items: &'a [T],
+    key: impl Fn(&T) -> &TerminalId,
+    after: Option<TerminalId>,
+) -> (&'a [T], Option<String>) {
+    let start = after.map_or(0, |a| items.partition_point(|i| *key(i) <= a));
+    let end = (start + PAGE).min(items.len());
+    let next = (end < items.len()).then(|| key(&items[end - 1]).to_string());
+    (&items[start..end], next)
+}
+
+/// A session with a page of its sites (those after `after`), as `status` shows it.
+pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
     let s = h.state();
+    let sites: Vec<(&TerminalId, &cuntong_core::meeting::host::SiteRecord)> =
+        h.sites().iter().collect();
+    let (sites, next) = page(&sites, |(t, _)| t, after);
     MeetingStatus {
         meeting: meeting_json(h),
         floor: s.floor.map(|t| t.to_string()),
@@ -581,8 +614,8 @@ pub fn status(h: &Host) -> MeetingStatus {
         mute_all: s.mute_all,
         hands: s.hands.iter().map(|t| t.to_string()).collect(),
         roll_call: s.roll_call.map(|r| r.number),
-        sites: h
-            .sites()
+        next,
+        sites: sites
             .iter()
             .map(|(t, r)| SiteJson {
                 terminal: t.to_string(),
@@ -593,5 +626,62 @@ pub fn status(h: &Host) -> MeetingStatus {
                 converged: h.converged(t),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_cover_every_site_once_in_order() {
+        let ids: Vec<TerminalId> = (1..=450)
+            .map(|i| {
+                format!("130102{:03}{:03}-main", 1 + i / 999, 1 + i % 999)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let (items, next) = page(&ids, |t| t, after);
+            seen.extend_from_slice(items);
+            pages += 1;
+            match next {
+                Some(n) => after = Some(n.parse().unwrap()),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen, ids);
+        assert_eq!(page(&ids[..0], |t| t, None), (&ids[..0], None));
+    }
+
+    #[test]
+    fn a_session_is_published_once_per_invitee_and_for_a_chair_outside_them() {
+        let spec = MeetingSpec {
+            id: "m1".parse().unwrap(),
+            kind: Kind::Meeting,
+            title: "t".into(),
+            chair: Some("130000000000-hall".parse().unwrap()),
+            invitees: vec![
+                "130102".parse().unwrap(),
+                "130103001001-main".parse().unwrap(),
+            ],
+            starts_ms: None,
+            profile: MediaProfile::named("sd").unwrap(),
+            floor_mutes_others: true,
+            heartbeat_ms: 10_000,
+        };
+        assert_eq!(
+            state_topics(&spec),
+            [
+                "ct/v1/m/13/01/02/m1",
+                "ct/v1/m/13/01/03/001/001/main/m1",
+                "ct/v1/m/13/00/00/000/000/hall/m1"
+            ]
+        );
     }
 }
