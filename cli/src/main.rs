@@ -1032,12 +1032,32 @@ async fn demo(
         fleet_ids(&region, sites),
         &SimOptions {
             keep_alive: Duration::from_secs(10),
-            ..SimOptions::new(broker_url, workdir.path().join("terminals"), interval)
+            ..SimOptions::new(
+                broker_url.clone(),
+                workdir.path().join("terminals"),
+                interval,
+            )
         },
     );
     eprintln!(
         "fleet    {sites} simulated terminals in region {region}, reporting every {interval:?}"
     );
+    // A meeting of the region once the fleet is online: every site joins and answers a roll call.
+    let meeting_line = Arc::new(std::sync::Mutex::new(String::from(
+        "meeting  (waiting for the fleet)",
+    )));
+    let meeting = {
+        let (line, db, url) = (meeting_line.clone(), db.clone(), broker_url.clone());
+        tokio::spawn(async move {
+            let result = demo_meeting(url, &db, region, sites, &line).await;
+            if let Err(e) = &result {
+                if let Ok(mut l) = line.lock() {
+                    *l = format!("meeting  failed: {e}");
+                }
+            }
+            result.ok()
+        })
+    };
 
     let deadline = run_for.map(|d| tokio::time::Instant::now() + d);
     let live = std::io::stdout().is_terminal();
@@ -1064,6 +1084,9 @@ async fn demo(
                         stats.get(|s| &s.stored), stats.get(|s| &s.values),
                         stats.get(|s| &s.duplicates), stats.get(|s| &s.rejected)
                     );
+                    if let Ok(l) = meeting_line.lock() {
+                        println!("{l}");
+                    }
                 }
             }
         }
@@ -1071,6 +1094,13 @@ async fn demo(
     // The fleet as it was running, then an orderly stop: terminals say goodbye, and central
     // stores that before it stops (bounded, so a stuck broker cannot hang the demo).
     let rows = reader.sites(None).map_err(fail)?;
+    // End the meeting (if it got that far) before the sites go.
+    if let Ok(Ok(Some((mut client, id)))) =
+        tokio::time::timeout(Duration::from_secs(1), meeting).await
+    {
+        let _ = client.op(&id, "end", None).await;
+        client.close();
+    }
     let failed = fleet.stop().await;
     let all_offline = async {
         while reader.sites(None).is_ok_and(|r| r.iter().any(|s| s.online)) {
@@ -1088,6 +1118,9 @@ async fn demo(
         stats.get(|s| &s.duplicates),
         stats.get(|s| &s.rejected)
     );
+    if let Ok(l) = meeting_line.lock() {
+        println!("{l}");
+    }
     if let Some((id, e)) = failed.first() {
         return Err(fail(format!("terminal {id}: {e}")));
     }
@@ -1096,6 +1129,72 @@ async fn demo(
         Ok(Err(e)) => Err(fail(e)),
         Err(e) => Err(fail(e)),
     }
+}
+
+/// The demo's meeting: once central knows the fleet, a meeting of the region; every site joins
+/// and answers a roll call. Keeps `line` up to date; returns the client and the meeting id.
+async fn demo_meeting(
+    broker: BrokerUrl,
+    db: &std::path::Path,
+    region: Region,
+    sites: usize,
+    line: &std::sync::Mutex<String>,
+) -> Result<(MeetingClient, String), String> {
+    let set = |text: String| {
+        if let Ok(mut l) = line.lock() {
+            *l = text;
+        }
+    };
+    let known = || {
+        SqliteStore::open_existing(db)
+            .and_then(|s| s.sites(Some(&region)))
+            .map_or(0, |r| r.iter().filter(|s| s.online).count())
+    };
+    let started = tokio::time::Instant::now();
+    while known() < sites && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut client = MeetingClient::connect(broker, None).await?;
+    let created = client
+        .ask(
+            RequestBody::Create {
+                title: format!("{region} 演示会议 (demo meeting)"),
+                kind: "meeting".into(),
+                invite: vec![region.to_string()],
+                at_ms: None,
+                profile: "sd".into(),
+                chair: None,
+                floor_mutes_others: true,
+            },
+            meeting_cli::ANSWER,
+        )
+        .await?;
+    let ResponseBody::Created { id } = created else {
+        return Err(format!("unexpected answer {created:?}"));
+    };
+    client.op(&id, "start", None).await?;
+    let began = tokio::time::Instant::now();
+    let joined = loop {
+        let s = client.status(&id).await?;
+        let j = s.sites.iter().filter(|x| x.state == "joined").count();
+        set(format!("meeting  {id}: {j} of {sites} joined"));
+        if j >= sites || began.elapsed() > Duration::from_secs(30) {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let rows = client.roll_call(&id, Duration::from_secs(10)).await?;
+    let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
+    lat.sort_unstable();
+    let ms = |p| meeting_cli::quantile(&lat, p).map_or("-".to_owned(), |v| format!("{v} ms"));
+    set(format!(
+        "meeting  {id}: {joined} of {sites} joined; roll call {} of {} present, answer p50 {} p99 {} (cuntong meeting status {id})",
+        lat.len(),
+        rows.len(),
+        ms(0.5),
+        ms(0.99)
+    ));
+    Ok((client, id))
 }
 
 async fn report_stats(stats: Arc<CentralStats>, stop: CancellationToken) {

@@ -590,11 +590,11 @@ fn parse_terminal(s: &str) -> Result<TerminalId, String> {
 }
 
 /// The page of `items` (sorted by terminal) after `after`, and the cursor of the next page.
-fn page<'a, T>(
-    items: &'a [T],
+fn page<T>(
+    items: &[T],
     key: impl Fn(&T) -> &TerminalId,
     after: Option<TerminalId>,
-) -> (&'a [T], Option<String>) {
+) -> (&[T], Option<String>) {
     let start = after.map_or(0, |a| items.partition_point(|i| *key(i) <= a));
     let end = (start + PAGE).min(items.len());
     let next = (end < items.len()).then(|| key(&items[end - 1]).to_string());
