@@ -341,6 +341,18 @@ enum MeetingAction {
         id: String,
         terminal: String,
     },
+    /// Make a site's box a delegated chair for a region (a county office in a province
+    /// meeting): from the box it mutes, unmutes, grants the floor and lowers hands there only.
+    Delegate {
+        id: String,
+        terminal: String,
+        /// The region it controls (default: the county of its site).
+        #[arg(long, conflicts_with = "revoke")]
+        region: Option<String>,
+        /// Take the delegation back.
+        #[arg(long)]
+        revoke: bool,
+    },
     List {
         #[arg(long)]
         json: bool,
@@ -800,6 +812,10 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
             Some("lower-hand"),
             Some(terminal(Some(t.clone()), "lower")?),
         ),
+        A::Delegate { terminal: t, .. } => (
+            Some("delegate"),
+            Some(terminal(Some(t.clone()), "delegate")?),
+        ),
         _ => (None, None),
     };
     let create = match &action {
@@ -839,6 +855,22 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
                 chair: chair.clone(),
                 floor_mutes_others: !keep_audio_on_grant,
             })
+        }
+        _ => None,
+    };
+    let region = match &action {
+        A::Delegate { revoke: true, .. } => None,
+        A::Delegate {
+            region: Some(r), ..
+        } => Some(parse::<Region>("--region", r)?.to_string()),
+        A::Delegate { terminal: t, .. } => {
+            // The county of the box's site (or the site's own region above county level).
+            let id: TerminalId = parse("terminal", t)?;
+            let county = id
+                .site()
+                .at_level(cuntong_core::site::Level::County)
+                .unwrap_or(*id.site());
+            Some(Region::of(county).to_string())
         }
         _ => None,
     };
@@ -909,9 +941,10 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
             | A::Mute { id, .. }
             | A::Unmute { id, .. }
             | A::Broadcast { id, .. }
-            | A::Lower { id, .. } => {
+            | A::Lower { id, .. }
+            | A::Delegate { id, .. } => {
                 let op = op.ok_or_else(|| fail("internal: no operation"))?;
-                let version = client.op(&id, op, target).await.map_err(fail)?;
+                let version = client.op_in(&id, op, target, region).await.map_err(fail)?;
                 println!("{id}: {op} done (state v{version})");
             }
         }

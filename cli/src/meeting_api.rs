@@ -41,11 +41,14 @@ pub enum RequestBody {
         floor_mutes_others: bool,
     },
     /// A chair operation: `start`, `end`, `rollcall`, `grant`, `revoke`, `mute`, `unmute`,
-    /// `mute-all`, `unmute-all`, `broadcast`, `lower-hand`; `terminal` where it needs one.
+    /// `mute-all`, `unmute-all`, `broadcast`, `lower-hand`, `delegate` (with `region`, or
+    /// without it to take the delegation back); `terminal` where it needs one.
     Op {
         meeting: String,
         op: String,
         terminal: Option<String>,
+        #[serde(default)]
+        region: Option<String>,
     },
     /// The session and a page of its sites: those after terminal `after`.
     Status {

@@ -191,12 +191,24 @@ impl MeetingClient {
         op: &str,
         terminal: Option<String>,
     ) -> Result<u64, String> {
+        self.op_in(meeting, op, terminal, None).await
+    }
+
+    /// A chair operation with a region (`delegate`).
+    pub async fn op_in(
+        &mut self,
+        meeting: &str,
+        op: &str,
+        terminal: Option<String>,
+        region: Option<String>,
+    ) -> Result<u64, String> {
         match self
             .ask(
                 RequestBody::Op {
                     meeting: meeting.to_owned(),
                     op: op.to_owned(),
                     terminal,
+                    region,
                 },
                 ANSWER,
             )

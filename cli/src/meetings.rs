@@ -160,6 +160,7 @@ impl MeetingService {
         };
         match Uplink::decode(&msg.payload) {
             Ok(Uplink::Call { meeting, to }) => self.call(id, meeting, to, now_ms),
+            Ok(Uplink::Chair { meeting, op }) => self.delegated(id, meeting, op, now_ms),
             Ok(up) => {
                 let mid = up.meeting();
                 if let Some(host) = self.hosts.get_mut(&mid) {
@@ -173,6 +174,28 @@ impl MeetingService {
             }
         }
         true
+    }
+
+    /// A delegated chair's box asks for an operation; it gets an answer either way.
+    fn delegated(&mut self, from: TerminalId, meeting: MeetingId, op: ChairOp, now_ms: u64) {
+        let Some(host) = self.hosts.get_mut(&meeting) else {
+            return;
+        };
+        let (out, error) = match host.op_by_site(from, op, now_ms) {
+            Ok(out) => (out, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        if let Some(e) = &error {
+            tracing::info!(%meeting, terminal = %from, op = op.name(), error = %e, "delegated operation refused");
+        }
+        self.dirty.insert(meeting);
+        self.apply(meeting, out);
+        let answer = cuntong_core::meeting::Downlink::Answer {
+            meeting,
+            op: op.name().to_owned(),
+            error,
+        };
+        self.apply(meeting, vec![HostOutput::Send(from, answer)]);
     }
 
     /// A terminal calls another: a two-party session, live at once.
@@ -471,6 +494,7 @@ impl MeetingService {
                 meeting,
                 op,
                 terminal,
+                region,
             } => {
                 let id = find(self, &meeting)?;
                 let target = || -> Result<TerminalId, String> {
@@ -494,6 +518,13 @@ impl MeetingService {
                         ChairOp::Broadcast(terminal.as_deref().map(|_| target()).transpose()?)
                     }
                     "lower-hand" => ChairOp::LowerHand(target()?),
+                    "delegate" => ChairOp::Delegate(
+                        target()?,
+                        region
+                            .as_deref()
+                            .map(|r| r.parse().map_err(|e| format!("region {r:?}: {e}")))
+                            .transpose()?,
+                    ),
                     other => return Err(format!("unknown operation {other:?}")),
                 };
                 let version = self.op(id, op, now_ms)?;

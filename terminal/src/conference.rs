@@ -8,6 +8,7 @@
 //! receive-only, and the host and the status report say so.
 
 use cuntong_core::envelope::encode;
+use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::participant::{
     AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase, Session,
 };
@@ -105,11 +106,46 @@ pub enum OperatorRequest {
     LowerHand(MeetingId),
     Leave(MeetingId),
     Call(TerminalId),
+    /// A chair operation, for a box the chair made a delegated chair (a county office).
+    Chair(MeetingId, ChairOp),
+}
+
+/// The chair operations a delegated chair's box can ask for, by the name the operator types.
+fn chair_op(name: &str, target: Option<TerminalId>) -> Result<ChairOp, String> {
+    let needs = |t: Option<TerminalId>| t.ok_or_else(|| format!("{name} needs a terminal id"));
+    Ok(match name {
+        "mute" => ChairOp::Mute(needs(target)?),
+        "unmute" => ChairOp::Unmute(needs(target)?),
+        "grant" => ChairOp::Grant(needs(target)?),
+        "lower" => ChairOp::LowerHand(needs(target)?),
+        "revoke" => ChairOp::Revoke,
+        "mute-all" => ChairOp::MuteAll,
+        "unmute-all" => ChairOp::UnmuteAll,
+        other => {
+            return Err(format!(
+                "chair operation {other:?}: mute|unmute|grant|lower TERMINAL, revoke, mute-all, unmute-all"
+            ));
+        }
+    })
+}
+
+/// The operator's words for a chair operation (what [`chair_op`] reads).
+fn chair_words(op: &ChairOp) -> String {
+    match op {
+        ChairOp::Mute(t) => format!("mute {t}"),
+        ChairOp::Unmute(t) => format!("unmute {t}"),
+        ChairOp::Grant(t) => format!("grant {t}"),
+        ChairOp::LowerHand(t) => format!("lower {t}"),
+        ChairOp::Revoke => "revoke".into(),
+        ChairOp::MuteAll => "mute-all".into(),
+        ChairOp::UnmuteAll => "unmute-all".into(),
+        other => other.name().into(),
+    }
 }
 
 impl OperatorRequest {
-    /// Parses a status-socket line: `meeting accept|decline|hand|lower|leave ID [REASON]` or
-    /// `call TERMINAL`.
+    /// Parses a status-socket line: `meeting accept|decline|hand|lower|leave ID [REASON]`,
+    /// `meeting chair ID OP [TERMINAL]` or `call TERMINAL`.
     pub fn parse(line: &str) -> Result<OperatorRequest, String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let id = |s: &str| {
@@ -124,12 +160,19 @@ impl OperatorRequest {
             ["meeting", "hand", m] => Ok(OperatorRequest::RaiseHand(id(m)?)),
             ["meeting", "lower", m] => Ok(OperatorRequest::LowerHand(id(m)?)),
             ["meeting", "leave", m] => Ok(OperatorRequest::Leave(id(m)?)),
+            ["meeting", "chair", m, op, rest @ ..] if rest.len() <= 1 => {
+                let target = rest
+                    .first()
+                    .map(|t| t.parse().map_err(|e| format!("terminal {t:?}: {e}")))
+                    .transpose()?;
+                Ok(OperatorRequest::Chair(id(m)?, chair_op(op, target)?))
+            }
             ["call", t] => t
                 .parse()
                 .map(OperatorRequest::Call)
                 .map_err(|e| format!("terminal {t:?}: {e}")),
             _ => Err(format!(
-                "unknown request {line:?} (meeting accept|decline|hand|lower|leave ID, call TERMINAL)"
+                "unknown request {line:?} (meeting accept|decline|hand|lower|leave ID, meeting chair ID OP [TERMINAL], call TERMINAL)"
             )),
         }
     }
@@ -143,6 +186,7 @@ impl OperatorRequest {
             OperatorRequest::LowerHand(m) => format!("meeting lower {m}"),
             OperatorRequest::Leave(m) => format!("meeting leave {m}"),
             OperatorRequest::Call(t) => format!("call {t}"),
+            OperatorRequest::Chair(m, op) => format!("meeting chair {m} {}", chair_words(op)),
         }
     }
 }
@@ -167,6 +211,9 @@ pub struct MeetingReport {
     pub hand_raised: bool,
     /// The roll call this site answered last.
     pub answered_roll_call: Option<u32>,
+    /// The host's answer to this box's last chair operation (`mute: ok`, `mute: refused: …`).
+    #[serde(default)]
+    pub chair_answer: Option<String>,
 }
 
 /// The participant of one terminal and everything around it.
@@ -305,6 +352,14 @@ impl Conference {
                 known(&m)?;
                 (Input::Leave(m), format!("left {m}"))
             }
+            OperatorRequest::Chair(m, op) => {
+                known(&m)?;
+                let words = chair_words(&op);
+                (
+                    Input::Chair(m, op),
+                    format!("{words} sent to the host of {m} (its answer shows in status)"),
+                )
+            }
             OperatorRequest::Call(to) => {
                 if to == self.me {
                     return Err("a terminal cannot call itself".into());
@@ -392,6 +447,10 @@ fn report(me: &TerminalId, id: &MeetingId, s: &Session) -> MeetingReport {
         shown: desired.shown.map(|t| t.to_string()),
         hand_raised: desired.hand,
         answered_roll_call: s.answer.map(|a| a.number),
+        chair_answer: s.chair_answer.as_ref().map(|(op, error)| match error {
+            None => format!("{op}: ok"),
+            Some(e) => format!("{op}: refused: {e}"),
+        }),
     }
 }
 
@@ -407,6 +466,9 @@ mod tests {
             "meeting hand m1",
             "meeting lower m1",
             "meeting leave m1",
+            "meeting chair m1 mute 130102001001-main",
+            "meeting chair m1 revoke",
+            "meeting chair m1 mute-all",
             "call 130102000000-hall",
         ] {
             let r = OperatorRequest::parse(line).unwrap();

@@ -50,13 +50,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Take part in a meeting from the box: accept, decline, raise or lower the hand, leave.
+    /// Take part in a meeting from the box: accept, decline, raise or lower the hand, leave;
+    /// `chair ID OP [TERMINAL]` for a box the chair made a delegated chair.
     Meeting {
-        /// accept, decline, hand, lower or leave.
+        /// accept, decline, hand, lower, leave or chair.
         action: String,
         /// The meeting id (as `status` shows it).
         id: String,
-        /// Why (for decline).
+        /// Why (for decline); OP [TERMINAL] for chair (mute, unmute, grant, lower TERMINAL;
+        /// revoke, mute-all, unmute-all).
         reason: Vec<String>,
         #[arg(long)]
         socket: Option<PathBuf>,

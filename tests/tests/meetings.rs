@@ -268,3 +268,180 @@ fn a_county_meeting_of_200_sites_converges_after_a_link_cut_and_tears_down() {
         "the retained state was not cleared"
     );
 }
+
+/// One simulated box with its status socket, for the operator's commands.
+struct BoxSim {
+    socket: std::path::PathBuf,
+    _proc: Proc,
+}
+
+impl BoxSim {
+    fn start(id: &str, broker: &str, d: &Path) -> BoxSim {
+        let data = d.join(id);
+        let proc = Proc::spawn(
+            &bin("cuntong-sim"),
+            &[
+                "terminal",
+                "--id",
+                id,
+                "--broker",
+                broker,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--interval",
+                "2s",
+            ],
+            d.join(format!("{id}.log")),
+        );
+        BoxSim {
+            socket: data.join(id).join("status.sock"),
+            _proc: proc,
+        }
+    }
+
+    /// `cuntong-terminal ARGS --socket …`: the operator at the box.
+    fn operator(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--socket", self.socket.to_str().unwrap()]);
+        run(&bin("cuntong-terminal"), &all)
+    }
+
+    fn meetings(&self) -> Vec<serde_json::Value> {
+        let out = self.operator(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["meetings"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_village_calls_its_county_office_and_a_county_box_chairs_its_county() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let url = broker.url.clone();
+    let db = d.join("central.db");
+    let central = Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "central",
+            "--broker",
+            &url,
+            "--db",
+            db.to_str().unwrap(),
+            "--meeting-heartbeat",
+            "1s",
+        ],
+        d.join("central.log"),
+    );
+    let village = BoxSim::start("130102001001-main", &url, d);
+    let hall = BoxSim::start("130102000000-hall", &url, d);
+    let _other_county = BoxSim::start("130103001001-main", &url, d);
+    assert!(
+        wait_until(Duration::from_secs(30), || sites(&db, None)
+            .iter()
+            .filter(|s| s.online)
+            .count()
+            == 3),
+        "the three boxes did not come online"
+    );
+
+    // 可视电话: the village point calls its county office from its box; the office's box
+    // (unattended, so it accepts) joins; the office hangs up, which ends the call.
+    let out = ok(village.operator(&["call", "130102000000-hall"]));
+    let call = out
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_matches(|c| c == '(' || c == ')')
+        .to_owned();
+    let joined = |b: &BoxSim| {
+        b.meetings()
+            .iter()
+            .any(|m| m["id"] == call.as_str() && m["kind"] == "call" && m["phase"] == "joined")
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || joined(&village)
+            && joined(&hall)),
+        "call {call}: {:?} / {:?}\n{}",
+        village.meetings(),
+        hall.meetings(),
+        central.log_text()
+    );
+    ok(hall.operator(&["meeting", "leave", &call]));
+    assert!(
+        wait_until(Duration::from_secs(10), || village
+            .meetings()
+            .iter()
+            .any(|m| m["id"] == call.as_str() && m["phase"] == "ended")),
+        "hanging up did not end the call for the caller: {:?}",
+        village.meetings()
+    );
+
+    // A prefecture meeting; the county office's box is made the chair of its county.
+    let created = ok(cuntong(
+        &url,
+        &[
+            "meeting",
+            "create",
+            "--title",
+            "全市会议",
+            "--invite",
+            "1301",
+            "--json",
+        ],
+    ));
+    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(cuntong(&url, &["meeting", "start", &id]));
+    ok(cuntong(
+        &url,
+        &["meeting", "delegate", &id, "130102000000-hall"],
+    ));
+    let muted = |t: &str| {
+        status(&url, &id)
+            .iter()
+            .any(|s| s.terminal == t && s.muted && s.converged)
+    };
+    assert!(wait_until(Duration::from_secs(15), || {
+        status(&url, &id)
+            .iter()
+            .filter(|s| s.state == "joined")
+            .count()
+            == 3
+    }));
+    ok(hall.operator(&["meeting", "chair", &id, "mute", "130102001001-main"]));
+    assert!(
+        wait_until(Duration::from_secs(10), || muted("130102001001-main")),
+        "the delegate could not mute a village of its county"
+    );
+    ok(hall.operator(&["meeting", "chair", &id, "mute", "130103001001-main"]));
+    let answer = || {
+        hall.meetings()
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .map(|m| m["chair_answer"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || answer()
+            .contains("outside the delegated region")),
+        "answer: {}",
+        answer()
+    );
+    assert!(
+        !muted("130103001001-main"),
+        "the neighbouring county was muted"
+    );
+    // The village box itself is no delegate.
+    ok(village.operator(&["meeting", "chair", &id, "unmute", "130102001001-main"]));
+    assert!(wait_until(Duration::from_secs(10), || village
+        .meetings()
+        .iter()
+        .any(|m| m["chair_answer"]
+            .as_str()
+            .is_some_and(|a| a.contains("not a delegated chair")))));
+    assert!(muted("130102001001-main"));
+    ok(cuntong(&url, &["meeting", "end", &id]));
+}

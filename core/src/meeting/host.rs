@@ -133,6 +133,9 @@ pub enum ChairOp {
     /// Shows one site to every site (广播), or the default again (`None`).
     Broadcast(Option<TerminalId>),
     LowerHand(TerminalId),
+    /// Makes a site's terminal a delegated chair for `region` (a county office's box in a
+    /// province meeting), or takes that back (`None`).
+    Delegate(TerminalId, Option<Region>),
 }
 
 impl ChairOp {
@@ -150,6 +153,7 @@ impl ChairOp {
             ChairOp::UnmuteAll => "unmute-all",
             ChairOp::Broadcast(_) => "broadcast",
             ChairOp::LowerHand(_) => "lower-hand",
+            ChairOp::Delegate(..) => "delegate",
         }
     }
 }
@@ -168,6 +172,8 @@ pub enum OpError {
         scope: Region,
     },
     NotInvited(TerminalId),
+    /// A site asked for a chair operation without being a delegated chair of the session.
+    NotDelegate(TerminalId),
     Ended,
     /// The session has not started.
     NotLive {
@@ -190,6 +196,7 @@ impl fmt::Display for OpError {
             OpError::Ended => f.write_str("the session has ended"),
             OpError::NotLive { op } => write!(f, "{op}: the session has not started"),
             OpError::TooMany { what, max } => write!(f, "more than {max} {what}"),
+            OpError::NotDelegate(t) => write!(f, "{t} is not a delegated chair of this session"),
         }
     }
 }
@@ -246,6 +253,8 @@ pub struct Host {
     created_ms: u64,
     /// Where admitted sites send their media, if the session has a media point.
     media_point: Option<String>,
+    /// Delegated chairs: a site's terminal and the region it controls.
+    delegates: BTreeMap<TerminalId, Region>,
 }
 
 impl Host {
@@ -276,6 +285,7 @@ impl Host {
             next_ssrc: 0x1000_0000,
             created_ms: now_ms,
             media_point: None,
+            delegates: BTreeMap::new(),
         };
         if let Some(chair) = host.state.spec.chair {
             host.sites.insert(chair, SiteRecord::new());
@@ -418,12 +428,39 @@ impl Host {
                 self.check_target(by, &t)?;
                 self.state.hands.retain(|h| *h != t);
             }
+            ChairOp::Delegate(t, region) => {
+                chair_only()?;
+                match region {
+                    Some(r) => self.delegates.insert(t, r),
+                    None => self.delegates.remove(&t),
+                };
+            }
         }
         if self.state != before {
             self.state.version = before.version + 1;
             out.push(HostOutput::Publish(self.state.clone().into()));
         }
         Ok(out)
+    }
+
+    /// A chair operation asked for by a site's own terminal: allowed only to a delegated
+    /// chair, within its region.
+    pub fn op_by_site(
+        &mut self,
+        from: TerminalId,
+        op: ChairOp,
+        now_ms: u64,
+    ) -> Result<Vec<HostOutput>, OpError> {
+        let region = *self
+            .delegates
+            .get(&from)
+            .ok_or(OpError::NotDelegate(from))?;
+        self.op(&Operator::Delegate(region), op, now_ms)
+    }
+
+    /// The delegated chairs and their regions.
+    pub fn delegates(&self) -> &BTreeMap<TerminalId, Region> {
+        &self.delegates
     }
 
     fn check_target(&self, by: &Operator, t: &TerminalId) -> Result<(), OpError> {
@@ -576,8 +613,9 @@ impl Host {
                 }
                 self.forget_site_in_state(&from);
             }
-            // Calls are created by central's meeting service, not by a running session.
-            Uplink::Call { .. } => {}
+            // Calls are created by central's meeting service, not by a running session, and
+            // a delegate's operations go through `op_by_site`, which answers them.
+            Uplink::Call { .. } | Uplink::Chair { .. } => {}
             Uplink::Leave { .. } => {
                 if rec.phase != SitePhase::Left {
                     rec.phase = SitePhase::Left;

@@ -467,6 +467,12 @@ pub enum Uplink {
         meeting: MeetingId,
         to: TerminalId,
     },
+    /// A chair operation from a delegated chair's own box (a county office in a province
+    /// meeting); the host answers with [`Downlink::Answer`].
+    Chair {
+        meeting: MeetingId,
+        op: host::ChairOp,
+    },
 }
 
 impl Uplink {
@@ -480,7 +486,8 @@ impl Uplink {
             | Uplink::Status { meeting, .. }
             | Uplink::Decline { meeting, .. }
             | Uplink::Leave { meeting }
-            | Uplink::Call { meeting, .. } => *meeting,
+            | Uplink::Call { meeting, .. }
+            | Uplink::Chair { meeting, .. } => *meeting,
         }
     }
 }
@@ -517,6 +524,12 @@ pub enum Downlink {
     Admitted { meeting: MeetingId, plan: MediaPlan },
     /// Not admitted (not invited, the session ended).
     Refused { meeting: MeetingId, reason: String },
+    /// The answer to a delegated chair's operation: `error` is why it was refused.
+    Answer {
+        meeting: MeetingId,
+        op: String,
+        error: Option<String>,
+    },
 }
 
 impl Downlink {

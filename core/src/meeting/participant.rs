@@ -95,6 +95,9 @@ pub struct Session {
     /// The answer to the newest roll call seen.
     pub answer: Option<Answer>,
     pub hand: Hand,
+    /// The host's answer to this box's last chair operation: the operation, and why it was
+    /// refused if it was.
+    pub chair_answer: Option<(String, Option<String>)>,
     last_join_ms: u64,
     last_status_ms: u64,
     /// The state version the last status reported.
@@ -128,6 +131,8 @@ pub enum Input {
     Leave(MeetingId),
     /// Asks central for a video call to another terminal (under a fresh id from the owner).
     Call(MeetingId, TerminalId),
+    /// A chair operation from this box, which is a delegated chair of the session.
+    Chair(MeetingId, super::host::ChairOp),
     /// The link's capacity changed (from link telemetry): later joins use this tier, and
     /// joined sessions join again with it.
     SetTier(Tier),
@@ -274,6 +279,11 @@ impl Participant {
                 }
             }
             Input::Call(meeting, to) => out.push(Output::Send(Uplink::Call { meeting, to })),
+            Input::Chair(meeting, op) => {
+                if self.sessions.contains_key(&meeting) {
+                    out.push(Output::Send(Uplink::Chair { meeting, op }));
+                }
+            }
             Input::SetTier(tier) => {
                 if tier != self.cfg.tier {
                     self.cfg.tier = tier;
@@ -323,6 +333,7 @@ impl Participant {
                         applied: None,
                         answer: None,
                         hand: Hand::default(),
+                        chair_answer: None,
                         last_join_ms: 0,
                         last_status_ms: 0,
                         reported: 0,
@@ -364,6 +375,11 @@ impl Participant {
                 s.phase = Phase::Joined;
                 s.plan = Some(plan);
                 self.converge(&meeting, now_ms, out);
+            }
+            Downlink::Answer { meeting, op, error } => {
+                if let Some(s) = self.sessions.get_mut(&meeting) {
+                    s.chair_answer = Some((op, error));
+                }
             }
             Downlink::Refused { meeting, .. } => {
                 if let Some(s) = self.sessions.get_mut(&meeting) {

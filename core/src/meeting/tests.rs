@@ -324,6 +324,48 @@ fn a_delegate_controls_only_its_county() {
 }
 
 #[test]
+fn a_county_box_delegated_by_the_chair_controls_its_county_from_the_box() {
+    let hall = t("130102000000-hall");
+    let mut h = host(Kind::Meeting, &["13"]);
+    h.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
+    let mute = |x: &str| ChairOp::Mute(t(x));
+    assert_eq!(
+        h.op_by_site(hall, mute("130102001001-main"), 2),
+        Err(OpError::NotDelegate(hall)),
+        "not before the chair delegates"
+    );
+    h.op(
+        &Operator::Chair,
+        ChairOp::Delegate(hall, Some("130102".parse().unwrap())),
+        3,
+    )
+    .unwrap();
+    assert!(h.op_by_site(hall, mute("130102001001-main"), 4).is_ok());
+    assert!(h.state().is_muted(&t("130102001001-main")));
+    assert!(matches!(
+        h.op_by_site(hall, mute("130103001001-main"), 5),
+        Err(OpError::OutsideScope { .. })
+    ));
+    assert!(
+        matches!(
+            h.op_by_site(
+                hall,
+                ChairOp::Delegate(hall, Some("13".parse().unwrap())),
+                6
+            ),
+            Err(OpError::ChairOnly { .. })
+        ),
+        "a delegate cannot widen its own region"
+    );
+    h.op(&Operator::Chair, ChairOp::Delegate(hall, None), 7)
+        .unwrap();
+    assert_eq!(
+        h.op_by_site(hall, mute("130102002001-main"), 8),
+        Err(OpError::NotDelegate(hall))
+    );
+}
+
+#[test]
 fn either_party_hanging_up_ends_a_call() {
     let caller = "130102001001-main";
     let (h, _) = Host::new(
