@@ -40,7 +40,6 @@ pub struct MeetingService {
     db: Connection,
     dirty: BTreeSet<MeetingId>,
     outbound: VecDeque<Message>,
-    next_id: u64,
 }
 
 impl std::fmt::Debug for MeetingService {
@@ -129,7 +128,6 @@ impl MeetingService {
             db: conn,
             dirty: BTreeSet::new(),
             outbound: VecDeque::new(),
-            next_id: 0,
         })
     }
 
@@ -200,8 +198,23 @@ impl MeetingService {
 
     /// A terminal calls another: a two-party session, live at once.
     fn call(&mut self, from: TerminalId, id: MeetingId, to: TerminalId, now_ms: u64) {
-        if self.hosts.contains_key(&id) {
-            return; // a repeated request
+        if let Some(h) = self.hosts.get(&id) {
+            if h.state().spec.chair != Some(from) {
+                self.refuse(from, id, "that id is taken; call again");
+            }
+            return; // the caller's repeated request
+        }
+        let stored = self
+            .db
+            .query_row(
+                "SELECT count(*) FROM meetings WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_or(1);
+        if stored != 0 {
+            self.refuse(from, id, "that id is taken; call again");
+            return;
         }
         let spec = MeetingSpec {
             id,
@@ -222,6 +235,14 @@ impl MeetingService {
         if let Err(e) = self.create(spec, now_ms, true) {
             tracing::warn!(%from, %to, error = %e, "call refused");
         }
+    }
+
+    fn refuse(&mut self, to: TerminalId, meeting: MeetingId, reason: &str) {
+        let d = cuntong_core::meeting::Downlink::Refused {
+            meeting,
+            reason: reason.to_owned(),
+        };
+        self.apply(meeting, vec![HostOutput::Send(to, d)]);
     }
 
     fn create(&mut self, spec: MeetingSpec, now_ms: u64, start: bool) -> Result<MeetingId, String> {
@@ -257,6 +278,32 @@ impl MeetingService {
         self.dirty.insert(id);
         self.apply(id, out);
         Ok(version)
+    }
+
+    /// A new session id: `m`, the time in seconds and a random suffix (hex), never one in
+    /// memory or in the store.
+    fn fresh_id(&self, now_ms: u64) -> Result<MeetingId, String> {
+        for _ in 0..16 {
+            let mut salt = [0u8; 2];
+            ring::rand::SystemRandom::new()
+                .fill(&mut salt)
+                .map_err(|_| "no randomness for the meeting id".to_owned())?;
+            let id: MeetingId = format!("m{:x}{:04x}", now_ms / 1000, u16::from_le_bytes(salt))
+                .parse()
+                .map_err(|e| format!("meeting id: {e}"))?;
+            let stored = self
+                .db
+                .query_row(
+                    "SELECT count(*) FROM meetings WHERE id = ?1",
+                    [id.to_string()],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(|e| format!("store: {e}"))?;
+            if stored == 0 && !self.hosts.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+        Err("cannot find a free meeting id".into())
     }
 
     /// Every terminal the store knows (they are listed as invited until they answer).
@@ -472,10 +519,7 @@ impl MeetingService {
                 if kind == Kind::Training && chair.is_none() {
                     return Err("a training needs its lecturer's terminal (--chair)".into());
                 }
-                self.next_id += 1;
-                let id: MeetingId = format!("m{:x}{}", now_ms / 1000, self.next_id)
-                    .parse()
-                    .map_err(|e| format!("meeting id: {e}"))?;
+                let id = self.fresh_id(now_ms)?;
                 let spec = MeetingSpec {
                     id,
                     kind,
@@ -663,6 +707,78 @@ pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_survive_a_restart_of_central_and_ended_ones_stay_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("central.db");
+        let hb = std::time::Duration::from_secs(10);
+        let mut svc = MeetingService::open(&db, hb).unwrap();
+        let create = |svc: &mut MeetingService, title: &str| {
+            let body = RequestBody::Create {
+                title: title.into(),
+                kind: "meeting".into(),
+                invite: vec!["130102".into()],
+                at_ms: None,
+                profile: "sd".into(),
+                chair: None,
+                floor_mutes_others: true,
+            };
+            match svc.answer(body, 1_000).unwrap() {
+                ResponseBody::Created { id } => id,
+                other => panic!("{other:?}"),
+            }
+        };
+        let a = create(&mut svc, "a");
+        let b = create(&mut svc, "b");
+        assert_ne!(a, b);
+        let op = |svc: &mut MeetingService, id: &str, op: &str, t: Option<&str>| {
+            svc.answer(
+                RequestBody::Op {
+                    meeting: id.into(),
+                    op: op.into(),
+                    terminal: t.map(str::to_owned),
+                    region: None,
+                },
+                2_000,
+            )
+        };
+        op(&mut svc, &a, "start", None).unwrap();
+        op(&mut svc, &a, "mute", Some("130102001001-main")).unwrap();
+        op(&mut svc, &b, "end", None).unwrap();
+        assert!(
+            op(&mut svc, &a, "dance", None)
+                .unwrap_err()
+                .contains("unknown operation")
+        );
+        assert!(
+            op(&mut svc, &a, "mute", None)
+                .unwrap_err()
+                .contains("needs a terminal")
+        );
+        svc.save().unwrap();
+        drop(svc);
+
+        let mut again = MeetingService::open(&db, hb).unwrap();
+        let live: Vec<&Host> = again.sessions().collect();
+        assert_eq!(live.len(), 1, "the ended session is not reloaded");
+        let st = live[0].state();
+        assert_eq!(st.spec.id.to_string(), a);
+        assert_eq!(st.status, Status::Live);
+        assert!(st.is_muted(&"130102001001-main".parse().unwrap()));
+        // Reconnecting publishes the live state again, retained, on its invitee's topic.
+        again.republish();
+        let m = again.outbound.pop_front().unwrap();
+        assert_eq!(m.topic, format!("ct/v1/m/13/01/02/{a}"));
+        assert!(m.retain);
+        let ended: String = again
+            .db
+            .query_row("SELECT status FROM meetings WHERE id = ?1", [&b], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(ended, "ended");
+    }
 
     #[test]
     fn pages_cover_every_site_once_in_order() {

@@ -68,6 +68,9 @@ pub enum Metric {
     // HJ 212 bridge health.
     Hj212Frames,
     Hj212Bad,
+    // Meetings.
+    /// Sessions the terminal has joined and that are live.
+    MeetingsJoined,
 }
 
 /// Unit of a metric.
@@ -163,6 +166,7 @@ const REGISTRY: &[(Metric, u32, &str, Unit, u8)] = &[
     (Metric::A34013, 35, "a34013", Unit::MilligramPerM3, 0),
     (Metric::Hj212Frames, 36, "hj212.frames", Unit::Count, 0),
     (Metric::Hj212Bad, 37, "hj212.bad", Unit::Count, 0),
+    (Metric::MeetingsJoined, 38, "meeting.joined", Unit::Count, 0),
 ];
 
 /// Why a metric name was refused.

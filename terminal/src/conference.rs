@@ -225,7 +225,6 @@ pub struct Conference {
     cfg: MeetingConfig,
     uplink: String,
     downlink: String,
-    next_call: u32,
 }
 
 impl std::fmt::Debug for Conference {
@@ -259,7 +258,6 @@ impl Conference {
             cfg,
             uplink: Topic::terminal(&me, Channel::MeetingUp).to_string(),
             downlink: Topic::terminal(&me, Channel::MeetingDown).to_string(),
-            next_call: 0,
         }
     }
 
@@ -364,14 +362,24 @@ impl Conference {
                 if to == self.me {
                     return Err("a terminal cannot call itself".into());
                 }
-                self.next_call += 1;
-                let id: MeetingId = format!("c{}{:x}", now_ms % 1_000_000_000, self.next_call)
+                let id: MeetingId = format!("c{:08x}", rand::random::<u32>())
                     .parse()
                     .map_err(|e| format!("call id: {e}"))?;
                 (Input::Call(id, to), format!("calling {to} ({id})"))
             }
         };
         Ok((answer, self.handle(input, now_ms)))
+    }
+
+    /// Live sessions this terminal has joined (the `meeting.joined` metric).
+    pub fn joined(&self) -> usize {
+        self.participant
+            .sessions()
+            .values()
+            .filter(|s| {
+                s.phase == Phase::Joined && s.state.status == cuntong_core::meeting::Status::Live
+            })
+            .count()
     }
 
     /// Every session this terminal knows, for the status report.
