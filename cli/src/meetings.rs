@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::str::FromStr;
 
-use cuntong_core::envelope::{decode, encode};
+use cuntong_core::envelope::encode;
 use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Notice, Operator};
 use cuntong_core::meeting::{
     Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Status, Uplink,
@@ -29,6 +29,10 @@ use crate::view::rfc3339_ms;
 
 /// Ended sessions stay in memory (for `status` and `list`) this long; the store keeps them.
 const ENDED_KEPT_MS: u64 = 24 * 3600 * 1000;
+/// Calls a terminal may have in progress at once.
+const CALLS_PER_TERMINAL: usize = 4;
+/// Regions and terminals one session invites, at most (each is a state copy per change).
+const MAX_INVITEES: usize = 256;
 /// Messages waiting for room in the link's queue, at most.
 const OUTBOUND_MAX: usize = 200_000;
 
@@ -106,8 +110,10 @@ impl MeetingService {
             })?;
             for row in rows {
                 let (id, blob) = row?;
-                match (MeetingId::from_str(&id), decode::<Host>(&blob)) {
-                    (Ok(mid), Ok(host)) => {
+                match (MeetingId::from_str(&id), Host::from_store(&blob)) {
+                    (Ok(mid), Ok(mut host)) => {
+                        // Versions published after the last save may be lost with the crash.
+                        host.restored(cuntong_terminal::link::unix_ms());
                         hosts.insert(mid, host);
                     }
                     (_, Err(e)) => {
@@ -122,11 +128,12 @@ impl MeetingService {
         if !hosts.is_empty() {
             tracing::info!(sessions = hosts.len(), "meetings restored from the store");
         }
+        let dirty = hosts.keys().copied().collect();
         Ok(MeetingService {
             hosts,
             heartbeat_ms: heartbeat.as_millis().clamp(500, u128::from(u32::MAX)) as u32,
             db: conn,
-            dirty: BTreeSet::new(),
+            dirty,
             outbound: VecDeque::new(),
         })
     }
@@ -214,6 +221,19 @@ impl MeetingService {
             .unwrap_or(1);
         if stored != 0 {
             self.refuse(from, id, "that id is taken; call again");
+            return;
+        }
+        let calling = self
+            .hosts
+            .values()
+            .filter(|h| {
+                h.state().spec.kind == Kind::Call
+                    && h.state().status != Status::Ended
+                    && h.state().spec.chair == Some(from)
+            })
+            .count();
+        if calling >= CALLS_PER_TERMINAL {
+            self.refuse(from, id, "too many calls in progress from this terminal");
             return;
         }
         let spec = MeetingSpec {
@@ -411,13 +431,15 @@ impl MeetingService {
                 }
             }
         }
-        self.hosts.retain(|_, h| {
-            h.state().status != Status::Ended
-                || now_ms.saturating_sub(h.created_ms()) < ENDED_KEPT_MS
-        });
+        // Save first: a session leaves memory only once its end is in the store.
         if let Err(e) = self.save() {
             tracing::error!(error = %e, "cannot save meetings; retrying at the next tick");
+            return;
         }
+        self.hosts.retain(|_, h| {
+            h.ended_ms()
+                .is_none_or(|end| now_ms.saturating_sub(end) < ENDED_KEPT_MS)
+        });
     }
 
     /// Writes the changed sessions to the store, in one transaction.
@@ -435,7 +457,13 @@ impl MeetingService {
                 let Some(h) = self.hosts.get(id) else {
                     continue;
                 };
-                let Ok(blob) = encode(h) else { continue };
+                let blob = match h.to_store() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(meeting = %id, error = %e, "cannot encode a meeting for the store");
+                        continue;
+                    }
+                };
                 stmt.execute(params![
                     id.to_string(),
                     h.state().status.as_str(),
@@ -503,6 +531,12 @@ impl MeetingService {
                     .collect::<Result<Vec<_>, _>>()?;
                 if invitees.is_empty() {
                     return Err("invite at least one region or terminal".into());
+                }
+                if invitees.len() > MAX_INVITEES {
+                    return Err(format!(
+                        "{} invitees: at most {MAX_INVITEES} (invite a region instead of its sites)",
+                        invitees.len()
+                    ));
                 }
                 let profile = MediaProfile::named(&profile).ok_or_else(|| {
                     format!(

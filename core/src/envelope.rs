@@ -218,13 +218,18 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
 
 /// Decodes a versioned payload: version byte, exactly one body, nothing after it.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if bytes.len() > MAX_PAYLOAD {
         return Err(DecodeError::TooLong {
             len: bytes.len(),
             max: MAX_PAYLOAD,
         });
     }
+    decode_stored(bytes)
+}
+
+/// Decodes a payload kept in local storage (no wire size limit; otherwise as [`decode`]).
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if version != VERSION {
         return Err(DecodeError::Version { found: version });
     }

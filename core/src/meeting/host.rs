@@ -20,6 +20,9 @@ use super::{
 use crate::site::Region;
 use crate::terminal_id::TerminalId;
 
+/// How long a call rings before it ends unanswered.
+pub const CALL_RING_MS: u64 = 60_000;
+
 /// Timing and limits of a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostConfig {
@@ -255,6 +258,10 @@ pub struct Host {
     media_point: Option<String>,
     /// Delegated chairs: a site's terminal and the region it controls.
     delegates: BTreeMap<TerminalId, Region>,
+    /// Roll calls opened so far (the next one's number is one more).
+    roll_calls: u32,
+    live_since_ms: Option<u64>,
+    ended_ms: Option<u64>,
 }
 
 impl Host {
@@ -286,6 +293,9 @@ impl Host {
             created_ms: now_ms,
             media_point: None,
             delegates: BTreeMap::new(),
+            roll_calls: 0,
+            live_since_ms: None,
+            ended_ms: None,
         };
         if let Some(chair) = host.state.spec.chair {
             host.sites.insert(chair, SiteRecord::new());
@@ -304,6 +314,28 @@ impl Host {
 
     pub fn created_ms(&self) -> u64 {
         self.created_ms
+    }
+
+    /// When the session ended, if it has.
+    pub fn ended_ms(&self) -> Option<u64> {
+        self.ended_ms
+    }
+
+    /// After the host was restored from the store: its newest published versions may not have
+    /// been saved, so jump the version past anything published before (to the current time in
+    /// ms, which no counted version reaches), so sites take the restored state as newest.
+    pub fn restored(&mut self, now_ms: u64) {
+        self.state.version = (self.state.version + 1).max(now_ms);
+    }
+
+    /// The session's state as stored (no size limit: a province meeting's site records
+    /// exceed a wire message).
+    pub fn to_store(&self) -> Result<Vec<u8>, crate::envelope::EncodeError> {
+        crate::envelope::encode(self)
+    }
+
+    pub fn from_store(bytes: &[u8]) -> Result<Host, crate::envelope::DecodeError> {
+        crate::envelope::decode_stored(bytes)
     }
 
     /// Every site the host knows (expected, joined, declined…), by id.
@@ -349,22 +381,47 @@ impl Host {
         };
         let before = self.state.clone();
         let mut out = Vec::new();
+        if let ChairOp::End = op {
+            chair_only()?;
+            self.end(now_ms, &mut out);
+            return Ok(out);
+        }
+        // An operation applies whole or not at all: a refusal part-way leaves no change.
+        if let Err(e) = self.apply_op(by, op, now_ms, chair_only, live) {
+            self.state = before;
+            return Err(e);
+        }
+        if self.state != before {
+            self.state.version = before.version + 1;
+            out.push(HostOutput::Publish(self.state.clone().into()));
+        }
+        Ok(out)
+    }
+
+    fn apply_op(
+        &mut self,
+        by: &Operator,
+        op: ChairOp,
+        now_ms: u64,
+        chair_only: impl Fn() -> Result<(), OpError>,
+        live: impl Fn(&MeetingState) -> Result<(), OpError>,
+    ) -> Result<(), OpError> {
         match op {
             ChairOp::Start => {
                 chair_only()?;
+                if self.state.status != Status::Live {
+                    self.live_since_ms = Some(now_ms);
+                }
                 self.state.status = Status::Live;
             }
-            ChairOp::End => {
-                chair_only()?;
-                self.end(&mut out);
-                return Ok(out);
-            }
+            ChairOp::End => chair_only()?,
             ChairOp::RollCall => {
                 chair_only()?;
                 live(&self.state)?;
-                let number = self.state.roll_call.map_or(0, |r| r.number) + 1;
+                // Never reused, even after a close: old answers must not count again.
+                self.roll_calls += 1;
                 self.state.roll_call = Some(RollCall {
-                    number,
+                    number: self.roll_calls,
                     opened_ms: now_ms,
                 });
             }
@@ -375,12 +432,34 @@ impl Host {
             ChairOp::Grant(t) => {
                 self.check_target(by, &t)?;
                 live(&self.state)?;
+                match by {
+                    Operator::Chair => {
+                        if self.state.spec.floor_mutes_others {
+                            self.state.mute_all = true;
+                            self.state.exceptions.clear();
+                        }
+                    }
+                    Operator::Delegate(region) => {
+                        // A delegate never takes the floor from another region's speaker,
+                        // and mutes only its own region.
+                        if let Some(f) = self.state.floor {
+                            self.check_target(by, &f)?;
+                        }
+                        if self.state.spec.floor_mutes_others {
+                            let inside: Vec<TerminalId> = self
+                                .sites
+                                .keys()
+                                .filter(|x| region.contains(x.site()) && **x != t)
+                                .copied()
+                                .collect();
+                            for x in inside {
+                                self.set_muted(&x, true)?;
+                            }
+                        }
+                    }
+                }
                 self.state.floor = Some(t);
                 self.state.hands.retain(|h| *h != t);
-                if self.state.spec.floor_mutes_others {
-                    self.state.mute_all = true;
-                    self.state.exceptions.clear();
-                }
             }
             ChairOp::Revoke => {
                 if let (Operator::Delegate(_), Some(f)) = (by, self.state.floor) {
@@ -436,11 +515,7 @@ impl Host {
                 };
             }
         }
-        if self.state != before {
-            self.state.version = before.version + 1;
-            out.push(HostOutput::Publish(self.state.clone().into()));
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// A chair operation asked for by a site's own terminal: allowed only to a delegated
@@ -501,7 +576,8 @@ impl Host {
         Ok(())
     }
 
-    fn end(&mut self, out: &mut Vec<HostOutput>) {
+    fn end(&mut self, now_ms: u64, out: &mut Vec<HostOutput>) {
+        self.ended_ms = Some(now_ms);
         for rec in self.sites.values_mut() {
             if matches!(rec.phase, SitePhase::Joined | SitePhase::Unreachable) {
                 rec.phase = SitePhase::Left;
@@ -589,7 +665,10 @@ impl Host {
                 ..
             } => {
                 if !matches!(rec.phase, SitePhase::Joined | SitePhase::Unreachable) {
-                    // A late copy from before the site left, or a site that has not joined.
+                    // The site thinks it is in, the host does not (a late copy of a status
+                    // from before it left, a join the host never saw): ask it to join again.
+                    // A site that really left ignores this.
+                    out.push(HostOutput::Send(from, Downlink::Rejoin { meeting }));
                     return out;
                 }
                 rec.last_heard_ms = Some(now_ms);
@@ -612,6 +691,11 @@ impl Host {
                     out.push(HostOutput::Notice(Notice::Declined(from, reason)));
                 }
                 self.forget_site_in_state(&from);
+                if self.state.spec.kind == Kind::Call {
+                    // The callee declined: the call is over.
+                    self.end(now_ms, &mut out);
+                    return out;
+                }
             }
             // Calls are created by central's meeting service, not by a running session, and
             // a delegate's operations go through `op_by_site`, which answers them.
@@ -624,7 +708,7 @@ impl Host {
                 self.forget_site_in_state(&from);
                 if self.state.spec.kind == Kind::Call {
                     // Either party hanging up ends a call.
-                    self.end(&mut out);
+                    self.end(now_ms, &mut out);
                     return out;
                 }
             }
@@ -689,13 +773,24 @@ impl Host {
         out.push(HostOutput::Notice(Notice::Answered {
             site: from,
             number: rc.number,
-            latency_ms: answered_ms - rc.opened_ms,
+            latency_ms: answered_ms.saturating_sub(rc.opened_ms),
         }));
     }
 
-    /// Marks joined sites that fell silent as unreachable.
+    /// Marks joined sites that fell silent as unreachable; ends a call nobody answered within
+    /// [`CALL_RING_MS`].
     pub fn tick(&mut self, now_ms: u64) -> Vec<HostOutput> {
         let mut out = Vec::new();
+        if self.state.spec.kind == Kind::Call && self.state.status == Status::Live {
+            let answered = self.sites.iter().any(|(t, r)| {
+                self.state.spec.chair.as_ref() != Some(t) && r.phase == SitePhase::Joined
+            });
+            let ringing_since = self.live_since_ms.unwrap_or(self.created_ms);
+            if !answered && now_ms.saturating_sub(ringing_since) > CALL_RING_MS {
+                self.end(now_ms, &mut out);
+                return out;
+            }
+        }
         let silence = u64::from(self.state.spec.heartbeat_ms)
             * u64::from(self.cfg.unreachable_after_heartbeats.max(1));
         for (t, rec) in &mut self.sites {
@@ -722,7 +817,7 @@ impl Host {
                 let latency = r
                     .answer
                     .filter(|a| a.number == rc.number)
-                    .map(|a| a.answered_ms - rc.opened_ms);
+                    .map(|a| a.answered_ms.saturating_sub(rc.opened_ms));
                 (*t, latency)
             })
             .collect();

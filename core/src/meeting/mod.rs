@@ -530,6 +530,9 @@ pub enum Downlink {
         op: String,
         error: Option<String>,
     },
+    /// The host does not hold this site as joined (it missed the join, or a late status
+    /// crossed a leave): join again if you mean to be in.
+    Rejoin { meeting: MeetingId },
 }
 
 impl Downlink {

@@ -226,7 +226,7 @@ impl Participant {
                 let ids: Vec<MeetingId> = self.sessions.keys().copied().collect();
                 for id in ids {
                     if let Some(s) = self.sessions.get_mut(&id) {
-                        if !matches!(s.phase, Phase::Ended | Phase::Declined | Phase::Left) {
+                        if s.phase != Phase::Ended {
                             s.confirm_by = Some(deadline);
                         }
                     }
@@ -252,6 +252,9 @@ impl Participant {
                             meeting: id,
                             reason,
                         }));
+                        if s.applied.take().is_some() {
+                            out.push(Output::Media(MediaCommand::Stop { meeting: id }));
+                        }
                     }
                 }
             }
@@ -259,8 +262,11 @@ impl Participant {
                 let raised = matches!(input, Input::RaiseHand(_));
                 if let Some(s) = self.sessions.get_mut(&id) {
                     if s.phase == Phase::Joined {
+                        // Numbers only grow, across restarts too (the seconds since the epoch
+                        // are a floor), so the host never takes a raise for an old one.
+                        let floor = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
                         s.hand = Hand {
-                            number: s.hand.number + 1,
+                            number: s.hand.number.saturating_add(1).max(floor),
                             raised,
                         };
                         self.send_status(&id, now_ms, &mut out);
@@ -376,6 +382,15 @@ impl Participant {
                 s.plan = Some(plan);
                 self.converge(&meeting, now_ms, out);
             }
+            Downlink::Rejoin { meeting } => {
+                if let Some(s) = self.sessions.get_mut(&meeting) {
+                    if s.phase == Phase::Joined {
+                        s.phase = Phase::Joining;
+                        s.last_join_ms = 0;
+                        self.announce(&meeting, now_ms, out);
+                    }
+                }
+            }
             Downlink::Answer { meeting, op, error } => {
                 if let Some(s) = self.sessions.get_mut(&meeting) {
                     s.chair_answer = Some((op, error));
@@ -401,9 +416,12 @@ impl Participant {
                 continue;
             };
             if s.confirm_by.is_some_and(|t| now_ms >= t) {
-                // The retained state did not come back after the reconnect: it was cleared
-                // while this site was away.
+                // The retained state did not come back after the reconnect: most likely it
+                // was cleared while this site was away. Forget the session without a
+                // tombstone, so that if it was only late (a broker restart lost the retained
+                // copies until central publishes them again) it comes back as new.
                 self.end(&id, out);
+                self.sessions.remove(&id);
                 continue;
             }
             match s.phase {
@@ -496,10 +514,12 @@ impl Participant {
         };
         s.last_status_ms = now_ms.max(1);
         s.reported = s.state.version;
+        // What the media engine was told, while media runs; the chair's intent otherwise.
+        let muted = s.applied.map_or(s.state.is_muted(&me), |a| a.muted);
         out.push(Output::Send(Uplink::Status {
             meeting: *id,
             seen: s.state.version,
-            muted: s.state.is_muted(&me),
+            muted,
             hand: s.hand,
             answer: s.answer,
         }));

@@ -449,11 +449,128 @@ fn session_cleared_while_away_is_dropped_after_reconnect() {
         "not yet: the retained state may be coming"
     );
     w.advance(HB);
-    assert_eq!(w.session(0).phase, Phase::Ended);
+    assert!(w.sites[0].sessions().is_empty(), "dropped");
     assert!(matches!(
         w.media.last().unwrap().1,
         MediaCommand::Stop { .. }
     ));
+    // Had it only been late (a broker restart), it comes back as new and is joined again.
+    let mut late = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    late.op(ChairOp::Start).unwrap();
+    late.deliver_to(0, Input::Reconnected);
+    late.advance(HB);
+    assert!(late.sites[0].sessions().is_empty());
+    let s = late.retained.clone().unwrap();
+    late.deliver_to(0, Input::State(s.into()));
+    assert_eq!(late.session(0).phase, Phase::Joined);
+    assert!(late.host.converged(&t("130102001001-main")));
+}
+
+#[test]
+fn a_restored_host_outranks_what_it_published_before_the_crash_and_keeps_big_meetings() {
+    let mut h = host(Kind::Meeting, &["13"]);
+    h.expect((1..=5000).map(|i| t(&format!("130102{:03}{:03}-main", 1 + i / 999, 1 + i % 999))));
+    let saved = h.to_store().unwrap();
+    assert!(
+        saved.len() > crate::envelope::MAX_PAYLOAD,
+        "bigger than a wire message"
+    );
+    h.op(&Operator::Chair, ChairOp::Start, 5).unwrap();
+    h.op(&Operator::Chair, ChairOp::MuteAll, 6).unwrap();
+    let published = h.state().version;
+    // Crash: the last two versions were published but never saved.
+    let mut back = Host::from_store(&saved).unwrap();
+    back.restored(1_700_000_000_000);
+    assert_eq!(back.sites().len(), 5001, "5,000 sites and the chair");
+    assert!(back.state().version > published);
+    assert!(Host::from_store(&saved[..saved.len() - 1]).is_err());
+}
+
+#[test]
+fn a_status_the_host_cannot_place_asks_the_site_to_join_again() {
+    let a = t("130102001001-main");
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    // The host lost the join (restored from an older save): the site's next status brings it back.
+    let (fresh, _) = Host::new(
+        spec(Kind::Meeting, &["130102"], Some("130102000000-hall")),
+        HostConfig::default(),
+        vec![7; 30],
+        0,
+    );
+    let mut fresh = fresh;
+    fresh.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
+    fresh.restored(w.now);
+    w.host = fresh;
+    assert_ne!(
+        w.host.sites().get(&a).map(|r| r.phase),
+        Some(SitePhase::Joined)
+    );
+    w.advance(HB);
+    assert_eq!(w.host.sites()[&a].phase, SitePhase::Joined);
+    let s = w.host.state().clone();
+    w.deliver_to(0, Input::State(s.into()));
+    assert!(w.host.converged(&a));
+}
+
+#[test]
+fn a_roll_call_after_a_closed_one_takes_a_new_number() {
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    w.op(ChairOp::RollCall).unwrap();
+    w.op(ChairOp::CloseRollCall).unwrap();
+    w.advance(100);
+    w.op(ChairOp::RollCall).unwrap();
+    let r = w.host.roll_call_results().unwrap();
+    assert_eq!(r.roll_call.number, 2);
+    assert_eq!(
+        r.sites
+            .iter()
+            .find(|(x, _)| *x == t("130102001001-main"))
+            .unwrap()
+            .1,
+        Some(0)
+    );
+}
+
+#[test]
+fn a_delegate_never_mutes_or_takes_the_floor_outside_its_region() {
+    let mut h = host(Kind::Meeting, &["13"]);
+    h.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
+    h.expect([
+        t("130102001001-main"),
+        t("130102002001-main"),
+        t("130103001001-main"),
+    ]);
+    let county = Operator::Delegate("130102".parse().unwrap());
+    h.op(&Operator::Chair, ChairOp::Grant(t("130103001001-main")), 2)
+        .unwrap();
+    let before = h.state().clone();
+    assert!(matches!(
+        h.op(&county, ChairOp::Grant(t("130102001001-main")), 3),
+        Err(OpError::OutsideScope { .. })
+    ));
+    assert_eq!(*h.state(), before, "a refused operation changes nothing");
+    h.op(&Operator::Chair, ChairOp::Revoke, 4).unwrap();
+    h.op(&Operator::Chair, ChairOp::UnmuteAll, 5).unwrap();
+    h.op(&county, ChairOp::Grant(t("130102001001-main")), 6)
+        .unwrap();
+    let st = h.state();
+    assert!(!st.mute_all, "the others' audio is the chair's business");
+    assert!(st.is_muted(&t("130102002001-main")));
+    assert!(!st.is_muted(&t("130103001001-main")));
 }
 
 #[test]
@@ -603,11 +720,21 @@ mod convergence {
     #[derive(Clone, Debug)]
     enum Step {
         Op(u8, u8),
-        Deliver { pick: u16, fate: u8 },
+        Deliver {
+            pick: u16,
+            fate: u8,
+        },
         Advance(u16),
         Hand(u8, bool),
         Disconnect(u8),
-        Reconnect(u8),
+        /// Reconnects; with `true` the retained state comes later, through the lossy network.
+        Reconnect(u8, bool),
+        Leave(u8),
+        Accept(u8),
+        /// Central saves its host to the store.
+        Save,
+        /// Central crashes and restarts from what it last saved, then publishes it again.
+        Restart,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -617,7 +744,11 @@ mod convergence {
             2 => (0u16..15_000).prop_map(Step::Advance),
             1 => (0u8..5, any::<bool>()).prop_map(|(p, r)| Step::Hand(p, r)),
             1 => (0u8..5).prop_map(Step::Disconnect),
-            1 => (0u8..5).prop_map(Step::Reconnect),
+            1 => (0u8..5, any::<bool>()).prop_map(|(p, late)| Step::Reconnect(p, late)),
+            1 => (0u8..5).prop_map(Step::Leave),
+            1 => (0u8..5).prop_map(Step::Accept),
+            1 => Just(Step::Save),
+            1 => Just(Step::Restart),
         ]
     }
 
@@ -708,11 +839,15 @@ mod convergence {
                 .retain(|m| !matches!(m, Msg::Down(j, _) if *j == i));
         }
 
-        fn reconnect(&mut self, i: usize) {
+        fn reconnect(&mut self, i: usize, late: bool) {
             self.online[i] = true;
             self.site_in(i, Input::Reconnected);
             if let Some(s) = self.retained.clone() {
-                self.site_in(i, Input::State(s.into()));
+                if late {
+                    self.queue.push(Msg::Down(i, Input::State(s.into())));
+                } else {
+                    self.site_in(i, Input::State(s.into()));
+                }
             }
         }
 
@@ -763,6 +898,7 @@ mod convergence {
                 now: 1_000,
             };
             net.host_out(first);
+            let mut saved = net.host.to_store().unwrap();
             let mid: MeetingId = "m1".parse().unwrap();
             for st in steps {
                 match st {
@@ -805,11 +941,29 @@ mod convergence {
                         net.site_in(i, input);
                     }
                     Step::Disconnect(p) => net.disconnect(usize::from(p) % IDS.len()),
-                    Step::Reconnect(p) => {
+                    Step::Reconnect(p, late) => {
                         let i = usize::from(p) % IDS.len();
                         if !net.online[i] {
-                            net.reconnect(i);
+                            net.reconnect(i, late);
                         }
+                    }
+                    Step::Leave(p) => net.site_in(usize::from(p) % IDS.len(), Input::Leave(mid)),
+                    Step::Accept(p) => net.site_in(usize::from(p) % IDS.len(), Input::Accept(mid)),
+                    Step::Save => saved = net.host.to_store().unwrap(),
+                    Step::Restart => {
+                        // A restart takes a while.
+                        net.now += 1_000;
+                        let mut host = Host::from_store(&saved).unwrap();
+                        host.restored(net.now);
+                        net.host = host;
+                        // Central publishes every live state again when it is back.
+                        let st = net.host.state().clone();
+                        let out = if st.status == Status::Ended {
+                            vec![HostOutput::Publish(st.into()), HostOutput::Clear]
+                        } else {
+                            vec![HostOutput::Publish(st.into())]
+                        };
+                        net.host_out(out);
                     }
                 }
             }
@@ -818,11 +972,13 @@ mod convergence {
                     net.host_out(out);
                 }
             }
-            // The network heals: everybody reconnects, nothing is lost any more.
+            // The network heals: everybody reconnects, nothing is lost any more, and the
+            // operators of the sites that left or declined accept again.
             for i in 0..IDS.len() {
                 if !net.online[i] {
-                    net.reconnect(i);
+                    net.reconnect(i, false);
                 }
+                net.site_in(i, Input::Accept(mid));
             }
             for _ in 0..4 {
                 while !net.queue.is_empty() {
