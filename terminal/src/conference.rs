@@ -14,6 +14,7 @@ use cuntong_core::meeting::participant::{
 };
 use cuntong_core::meeting::{
     Applied, Downlink, MediaPlan, MediaProfile, MeetingId, MeetingState, Tier, TierThresholds,
+    TierTracker,
 };
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic, meeting_filters};
@@ -223,6 +224,7 @@ pub struct Conference {
     engine: Box<dyn MediaEngine>,
     console: Box<dyn Console>,
     cfg: MeetingConfig,
+    tiers: TierTracker,
     uplink: String,
     downlink: String,
 }
@@ -255,6 +257,7 @@ impl Conference {
             participant: Participant::new(me, pcfg),
             engine,
             console,
+            tiers: TierTracker::new(cfg.tier.unwrap_or(Tier::Full)),
             cfg,
             uplink: Topic::terminal(&me, Channel::MeetingUp).to_string(),
             downlink: Topic::terminal(&me, Channel::MeetingDown).to_string(),
@@ -306,10 +309,12 @@ impl Conference {
 
     /// Time passed; `rtt_ms` and `loss_percent` are the link's latest telemetry.
     pub fn tick(&mut self, now_ms: u64, rtt_ms: Option<f64>, loss_percent: f64) -> Vec<Message> {
-        let tier = self
-            .cfg
-            .tier
-            .unwrap_or_else(|| self.cfg.thresholds.tier(rtt_ms, loss_percent));
+        let tier = match self.cfg.tier {
+            Some(fixed) => fixed,
+            None => self
+                .tiers
+                .observe(self.cfg.thresholds.tier(rtt_ms, loss_percent), now_ms),
+        };
         let mut out = self.handle(Input::SetTier(tier), now_ms);
         out.extend(self.handle(Input::Tick, now_ms));
         out

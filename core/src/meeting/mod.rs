@@ -181,6 +181,57 @@ impl TierThresholds {
     }
 }
 
+/// Follows the measured tier with hysteresis, so a link hovering near a threshold does not
+/// restart the media at every reading: a worse tier is taken once it held for `degrade_ms`, a
+/// better one once it held for `recover_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierTracker {
+    current: Tier,
+    candidate: Option<(Tier, u64)>,
+    pub degrade_ms: u64,
+    pub recover_ms: u64,
+}
+
+impl TierTracker {
+    pub fn new(initial: Tier) -> TierTracker {
+        TierTracker {
+            current: initial,
+            candidate: None,
+            degrade_ms: 3_000,
+            recover_ms: 30_000,
+        }
+    }
+
+    pub fn current(&self) -> Tier {
+        self.current
+    }
+
+    /// A new measurement at `now_ms`; returns the tier to use.
+    pub fn observe(&mut self, measured: Tier, now_ms: u64) -> Tier {
+        if measured == self.current {
+            self.candidate = None;
+            return self.current;
+        }
+        let since = match self.candidate {
+            Some((t, since)) if t == measured => since,
+            _ => {
+                self.candidate = Some((measured, now_ms));
+                now_ms
+            }
+        };
+        let hold = if measured > self.current {
+            self.degrade_ms
+        } else {
+            self.recover_ms
+        };
+        if now_ms.saturating_sub(since) >= hold {
+            self.current = measured;
+            self.candidate = None;
+        }
+        self.current
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VideoCodec {
     /// H.264 constrained baseline, 4:2:0 8-bit: every hardware decoder plays it.

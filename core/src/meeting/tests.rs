@@ -679,6 +679,37 @@ fn weak_links_join_audio_only_or_receive_only() {
 }
 
 #[test]
+fn the_tier_follows_the_link_with_hysteresis() {
+    let mut tr = TierTracker::new(Tier::Full);
+    assert_eq!(
+        tr.observe(Tier::AudioOnly, 0),
+        Tier::Full,
+        "one bad reading is not enough"
+    );
+    assert_eq!(tr.observe(Tier::Full, 1_000), Tier::Full);
+    assert_eq!(tr.observe(Tier::AudioOnly, 2_000), Tier::Full);
+    assert_eq!(
+        tr.observe(Tier::AudioOnly, 5_000),
+        Tier::AudioOnly,
+        "held 3 s: degrade"
+    );
+    assert_eq!(tr.observe(Tier::Full, 6_000), Tier::AudioOnly);
+    assert_eq!(
+        tr.observe(Tier::Full, 20_000),
+        Tier::AudioOnly,
+        "recovering takes longer"
+    );
+    assert_eq!(tr.observe(Tier::Full, 36_000), Tier::Full);
+    assert_eq!(tr.observe(Tier::ReceiveOnly, 37_000), Tier::Full);
+    assert_eq!(
+        tr.observe(Tier::AudioOnly, 38_000),
+        Tier::Full,
+        "a different reading restarts the wait"
+    );
+    assert_eq!(tr.observe(Tier::AudioOnly, 41_000), Tier::AudioOnly);
+}
+
+#[test]
 fn messages_round_trip_and_garbage_is_refused() {
     let h = host(Kind::Meeting, &["130102", "130103001001-main"]);
     let bytes = encode(h.state()).unwrap();
