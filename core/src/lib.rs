@@ -14,6 +14,7 @@
 //! - [`sampler`]: per-metric interval and deadband, and batching of samples.
 //! - [`delivery`]: what to send when, until central confirms it stored it.
 //! - [`command`]: signed remote commands and their results.
+//! - [`alarm`]: alarm rules, parent-aware suppression and the alarm lifecycle.
 //! - [`hj212`]: the HJ 212 frame codec (framing, CRC, fields, readings) for data loggers.
 //! - [`meeting`]: meetings, training broadcasts and calls: host and participant state machines.
 //!
@@ -31,6 +32,7 @@
 
 extern crate alloc;
 
+pub mod alarm;
 pub mod command;
 pub mod decimal;
 pub mod delivery;

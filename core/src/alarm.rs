@@ -1,0 +1,948 @@
+//! Alarms central staff can trust: a terminal offline after a grace period, stale data,
+//! thresholds with separate raise and clear levels and a minimum duration (hysteresis, so a
+//! value hovering at its limit does not flap), an outbox dropping data — and parent-aware
+//! suppression: when every terminal of a township (or a county…) is offline, that is one
+//! root-cause alarm for the region with the terminals listed under it, not an alarm storm.
+//!
+//! [`AlarmEngine`] is sans-IO: it is told what central learns ([`Observation`]) and the time,
+//! and answers with the [`AlarmChange`]s to store and notify. Condition alarms (offline, stale,
+//! threshold) clear when their condition ends; event alarms (data dropped) clear when someone
+//! acknowledges them.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::site::{Region, SiteCode};
+use crate::telemetry::Metric;
+use crate::terminal_id::TerminalId;
+
+/// What an alarm is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlarmKind {
+    Offline,
+    Stale,
+    Threshold,
+    Dropping,
+}
+
+impl AlarmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmKind::Offline => "offline",
+            AlarmKind::Stale => "stale",
+            AlarmKind::Threshold => "threshold",
+            AlarmKind::Dropping => "dropping",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Severity {
+    Info,
+    Warning,
+    Major,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        [
+            Severity::Info,
+            Severity::Warning,
+            Severity::Major,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// active → acknowledged → cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmState {
+    Active,
+    Acknowledged,
+    Cleared,
+}
+
+impl AlarmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmState::Active => "active",
+            AlarmState::Acknowledged => "acknowledged",
+            AlarmState::Cleared => "cleared",
+        }
+    }
+}
+
+/// What an alarm names: a terminal, or a region for a root-cause alarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Subject {
+    Terminal(TerminalId),
+    Region(SiteCode),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Terminal(t) => t.fmt(f),
+            Subject::Region(s) => Region::of(*s).fmt(f),
+        }
+    }
+}
+
+/// One alarm and its life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alarm {
+    pub id: u64,
+    pub kind: AlarmKind,
+    pub subject: Subject,
+    pub severity: Severity,
+    pub state: AlarmState,
+    pub raised_ms: u64,
+    /// In words: `offline since …`, `env.temp 36.2 ≥ 35 for 5 min`.
+    pub detail: String,
+    /// The metric, for stale and threshold alarms.
+    pub metric: Option<String>,
+    /// Who acknowledged it, and when.
+    pub acknowledged: Option<(String, u64)>,
+    pub cleared_ms: Option<u64>,
+    /// For a root-cause alarm: the terminals whose own alarms it stands for.
+    pub suppressed: Vec<TerminalId>,
+}
+
+/// A threshold on a metric, with hysteresis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThresholdRule {
+    pub metric: Metric,
+    /// Only terminals in this region (all if `None`).
+    pub region: Option<Region>,
+    /// Raise when the value is at or beyond `raise` (above it if `above`, else below it)…
+    pub above: bool,
+    pub raise: f64,
+    /// …and clear only when it is back at or behind `clear`.
+    pub clear: f64,
+    /// The value must stay beyond `raise` this long before the alarm is raised.
+    pub min_duration_ms: u64,
+    pub severity: Severity,
+}
+
+/// A metric that must keep coming.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaleRule {
+    pub metric: Metric,
+    pub region: Option<Region>,
+    /// An online terminal that reported the metric before but not for this long is stale.
+    pub after_ms: u64,
+    pub severity: Severity,
+}
+
+/// What raises alarms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlarmRules {
+    /// A terminal is offline this long before it is an alarm (links blink).
+    pub offline_grace_ms: u64,
+    pub offline_severity: Severity,
+    /// A region whose terminals (at least this many) are all offline is one root-cause alarm.
+    pub root_cause_min: usize,
+    pub thresholds: Vec<ThresholdRule>,
+    pub stale: Vec<StaleRule>,
+    /// Raise an alarm when a terminal reports data dropped from its full outbox.
+    pub dropping: bool,
+}
+
+impl Default for AlarmRules {
+    fn default() -> AlarmRules {
+        AlarmRules {
+            offline_grace_ms: 120_000,
+            offline_severity: Severity::Major,
+            root_cause_min: 2,
+            thresholds: Vec::new(),
+            stale: Vec::new(),
+            dropping: true,
+        }
+    }
+}
+
+/// What central learned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// A terminal exists (central knows it from its store), online or not.
+    Known {
+        terminal: TerminalId,
+        online: bool,
+        since_ms: u64,
+    },
+    Presence {
+        terminal: TerminalId,
+        online: bool,
+    },
+    Sample {
+        terminal: TerminalId,
+        metric: Metric,
+        value: f64,
+        at_ms: u64,
+    },
+    /// The terminal's outbox dropped `count` records.
+    Dropped {
+        terminal: TerminalId,
+        count: u64,
+    },
+}
+
+/// What changed, to store and to notify.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlarmChange {
+    Raised(Alarm),
+    /// Acknowledged, or its suppressed list changed.
+    Updated(Alarm),
+    Cleared(Alarm),
+}
+
+impl AlarmChange {
+    pub fn alarm(&self) -> &Alarm {
+        match self {
+            AlarmChange::Raised(a) | AlarmChange::Updated(a) | AlarmChange::Cleared(a) => a,
+        }
+    }
+}
+
+/// Why an acknowledgement failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckError {
+    NoSuchAlarm(u64),
+    AlreadyCleared(u64),
+}
+
+impl fmt::Display for AckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AckError::NoSuchAlarm(id) => write!(f, "no alarm {id}"),
+            AckError::AlreadyCleared(id) => write!(f, "alarm {id} is already cleared"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct TerminalState {
+    online: bool,
+    /// Since when it is offline.
+    offline_since: Option<u64>,
+    /// When each metric was last seen.
+    seen: BTreeMap<Metric, u64>,
+    /// Per threshold rule: since when the value is beyond `raise`.
+    breaching: BTreeMap<usize, u64>,
+}
+
+/// The key of an alarm that a condition owns (at most one active alarm per key).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Offline(Subject),
+    Stale(TerminalId, Metric),
+    Threshold(TerminalId, usize),
+}
+
+/// Evaluates the rules over what central learns.
+#[derive(Clone, Debug)]
+pub struct AlarmEngine {
+    rules: AlarmRules,
+    terminals: BTreeMap<TerminalId, TerminalState>,
+    alarms: BTreeMap<u64, Alarm>,
+    /// Active condition alarms by what raised them.
+    open: BTreeMap<Key, u64>,
+    next_id: u64,
+}
+
+impl AlarmEngine {
+    /// An engine with `rules`, continuing from the alarms the store holds (ids go on from
+    /// the highest).
+    pub fn new(rules: AlarmRules, stored: Vec<Alarm>) -> AlarmEngine {
+        let mut e = AlarmEngine {
+            rules,
+            terminals: BTreeMap::new(),
+            alarms: BTreeMap::new(),
+            open: BTreeMap::new(),
+            next_id: 1,
+        };
+        for a in stored {
+            e.next_id = e.next_id.max(a.id + 1);
+            if a.state != AlarmState::Cleared {
+                if let Some(k) = key_of(&e.rules, &a) {
+                    e.open.insert(k, a.id);
+                }
+            }
+            e.alarms.insert(a.id, a);
+        }
+        e
+    }
+
+    /// Alarms not cleared, oldest first.
+    pub fn active(&self) -> impl Iterator<Item = &Alarm> {
+        self.alarms
+            .values()
+            .filter(|a| a.state != AlarmState::Cleared)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Alarm> {
+        self.alarms.get(&id)
+    }
+
+    /// Takes in one observation.
+    pub fn observe(&mut self, obs: Observation, now_ms: u64) -> Vec<AlarmChange> {
+        let mut out = Vec::new();
+        match obs {
+            Observation::Known {
+                terminal,
+                online,
+                since_ms,
+            } => {
+                let t = self.terminals.entry(terminal).or_default();
+                t.online = online;
+                t.offline_since = (!online).then_some(since_ms);
+            }
+            Observation::Presence { terminal, online } => {
+                let t = self.terminals.entry(terminal).or_default();
+                if online {
+                    t.online = true;
+                    t.offline_since = None;
+                } else if t.online || t.offline_since.is_none() {
+                    t.online = false;
+                    t.offline_since = Some(now_ms);
+                }
+                // Offline alarms are evaluated (with the grace period and suppression) on tick.
+            }
+            Observation::Sample {
+                terminal,
+                metric,
+                value,
+                at_ms,
+            } => {
+                let t = self.terminals.entry(terminal).or_default();
+                let seen = t.seen.entry(metric.clone()).or_insert(at_ms);
+                *seen = (*seen).max(at_ms);
+                if let Some(id) = self.open.remove(&Key::Stale(terminal, metric.clone())) {
+                    self.clear(id, now_ms, &mut out);
+                }
+                self.threshold(terminal, &metric, value, at_ms, now_ms, &mut out);
+            }
+            Observation::Dropped { terminal, count } => {
+                if self.rules.dropping && count > 0 {
+                    let alarm = self.new_alarm(
+                        AlarmKind::Dropping,
+                        Subject::Terminal(terminal),
+                        Severity::Warning,
+                        now_ms,
+                        format!("outbox full: {count} records dropped unsent"),
+                        None,
+                    );
+                    out.push(AlarmChange::Raised(alarm));
+                }
+            }
+        }
+        out
+    }
+
+    fn threshold(
+        &mut self,
+        terminal: TerminalId,
+        metric: &Metric,
+        value: f64,
+        at_ms: u64,
+        now_ms: u64,
+        out: &mut Vec<AlarmChange>,
+    ) {
+        let rules: Vec<(usize, ThresholdRule)> = self
+            .rules
+            .thresholds
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.metric == *metric && r.region.is_none_or(|g| g.contains(terminal.site()))
+            })
+            .map(|(i, r)| (i, r.clone()))
+            .collect();
+        for (i, rule) in rules {
+            let beyond_raise = if rule.above {
+                value >= rule.raise
+            } else {
+                value <= rule.raise
+            };
+            let back_to_clear = if rule.above {
+                value <= rule.clear
+            } else {
+                value >= rule.clear
+            };
+            let key = Key::Threshold(terminal, i);
+            if let Some(&id) = self.open.get(&key) {
+                if back_to_clear {
+                    self.open.remove(&key);
+                    self.clear(id, now_ms, out);
+                }
+                continue;
+            }
+            let Some(t) = self.terminals.get_mut(&terminal) else {
+                continue;
+            };
+            if !beyond_raise {
+                t.breaching.remove(&i);
+                continue;
+            }
+            let since = *t.breaching.entry(i).or_insert(at_ms);
+            if at_ms.saturating_sub(since) >= rule.min_duration_ms {
+                t.breaching.remove(&i);
+                let cmp = if rule.above { "≥" } else { "≤" };
+                let alarm = self.new_alarm(
+                    AlarmKind::Threshold,
+                    Subject::Terminal(terminal),
+                    rule.severity,
+                    now_ms,
+                    format!(
+                        "{} {value} {cmp} {} for {} s",
+                        metric.name(),
+                        rule.raise,
+                        at_ms.saturating_sub(since) / 1000
+                    ),
+                    Some(metric.name().to_string()),
+                );
+                self.open.insert(key, alarm.id);
+                out.push(AlarmChange::Raised(alarm));
+            }
+        }
+    }
+
+    /// Evaluates what depends on time: offline terminals (with suppression) and stale data.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<AlarmChange> {
+        let mut out = Vec::new();
+        self.offline(now_ms, &mut out);
+        self.stale(now_ms, &mut out);
+        out
+    }
+
+    fn offline(&mut self, now_ms: u64, out: &mut Vec<AlarmChange>) {
+        let grace = self.rules.offline_grace_ms;
+        let down: BTreeSet<TerminalId> = self
+            .terminals
+            .iter()
+            .filter(|(_, t)| {
+                !t.online
+                    && t.offline_since
+                        .is_some_and(|s| now_ms.saturating_sub(s) >= grace)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        // Per region (every ancestor of a terminal's site): terminals known and down.
+        let mut counts: BTreeMap<SiteCode, (usize, usize)> = BTreeMap::new();
+        for id in self.terminals.keys() {
+            for a in id.site().ancestors() {
+                let c = counts.entry(a).or_default();
+                c.0 += 1;
+                if down.contains(id) {
+                    c.1 += 1;
+                }
+            }
+        }
+        // Each down terminal is under the highest region that is down as a whole, if any.
+        let mut wanted: BTreeMap<Subject, Vec<TerminalId>> = BTreeMap::new();
+        for id in &down {
+            let root = id
+                .site()
+                .ancestors()
+                .filter(|a| {
+                    counts.get(a).is_some_and(|&(known, d)| {
+                        known == d && known >= self.rules.root_cause_min.max(2)
+                    })
+                })
+                .last();
+            let subject = root.map_or(Subject::Terminal(*id), Subject::Region);
+            wanted.entry(subject).or_default().push(*id);
+        }
+        // Clear what is no longer wanted.
+        let stale_keys: Vec<(Key, u64)> = self
+            .open
+            .iter()
+            .filter(|(k, _)| matches!(k, Key::Offline(s) if !wanted.contains_key(s)))
+            .map(|(k, id)| (k.clone(), *id))
+            .collect();
+        for (k, id) in stale_keys {
+            self.open.remove(&k);
+            self.clear(id, now_ms, out);
+        }
+        // Raise what is new, update what changed.
+        for (subject, terminals) in wanted {
+            let key = Key::Offline(subject);
+            let suppressed = match subject {
+                Subject::Region(_) => terminals.clone(),
+                Subject::Terminal(_) => Vec::new(),
+            };
+            match self.open.get(&key).copied() {
+                Some(id) => {
+                    if let Some(a) = self.alarms.get_mut(&id) {
+                        if a.suppressed != suppressed {
+                            a.suppressed = suppressed;
+                            a.detail = offline_detail(&subject, terminals.len());
+                            out.push(AlarmChange::Updated(a.clone()));
+                        }
+                    }
+                }
+                None => {
+                    let severity = match subject {
+                        Subject::Region(_) => Severity::Critical,
+                        Subject::Terminal(_) => self.rules.offline_severity,
+                    };
+                    let mut alarm = self.new_alarm(
+                        AlarmKind::Offline,
+                        subject,
+                        severity,
+                        now_ms,
+                        offline_detail(&subject, terminals.len()),
+                        None,
+                    );
+                    alarm.suppressed = suppressed;
+                    self.alarms.insert(alarm.id, alarm.clone());
+                    self.open.insert(key, alarm.id);
+                    out.push(AlarmChange::Raised(alarm));
+                }
+            }
+        }
+    }
+
+    fn stale(&mut self, now_ms: u64, out: &mut Vec<AlarmChange>) {
+        let rules = self.rules.stale.clone();
+        let mut raise = Vec::new();
+        for (id, t) in &self.terminals {
+            if !t.online {
+                continue; // offline covers it
+            }
+            for rule in &rules {
+                if rule.region.is_some_and(|g| !g.contains(id.site())) {
+                    continue;
+                }
+                let key = Key::Stale(*id, rule.metric.clone());
+                if self.open.contains_key(&key) {
+                    continue;
+                }
+                if let Some(&last) = t.seen.get(&rule.metric) {
+                    if now_ms.saturating_sub(last) > rule.after_ms {
+                        raise.push((key, *id, rule.clone(), last));
+                    }
+                }
+            }
+        }
+        for (key, id, rule, last) in raise {
+            let alarm = self.new_alarm(
+                AlarmKind::Stale,
+                Subject::Terminal(id),
+                rule.severity,
+                now_ms,
+                format!(
+                    "{} not reported for {} s",
+                    rule.metric.name(),
+                    now_ms.saturating_sub(last) / 1000
+                ),
+                Some(rule.metric.name().to_string()),
+            );
+            self.open.insert(key, alarm.id);
+            out.push(AlarmChange::Raised(alarm));
+        }
+    }
+
+    /// Someone at the duty office acknowledged an alarm. Event alarms (data dropped) are
+    /// cleared by it; condition alarms stay until their condition ends.
+    pub fn acknowledge(
+        &mut self,
+        id: u64,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<Vec<AlarmChange>, AckError> {
+        let a = self.alarms.get_mut(&id).ok_or(AckError::NoSuchAlarm(id))?;
+        if a.state == AlarmState::Cleared {
+            return Err(AckError::AlreadyCleared(id));
+        }
+        a.state = AlarmState::Acknowledged;
+        a.acknowledged = Some((by.to_string(), now_ms));
+        let mut out = alloc::vec![AlarmChange::Updated(a.clone())];
+        if a.kind == AlarmKind::Dropping {
+            self.clear(id, now_ms, &mut out);
+        }
+        Ok(out)
+    }
+
+    fn new_alarm(
+        &mut self,
+        kind: AlarmKind,
+        subject: Subject,
+        severity: Severity,
+        now_ms: u64,
+        detail: String,
+        metric: Option<String>,
+    ) -> Alarm {
+        let alarm = Alarm {
+            id: self.next_id,
+            kind,
+            subject,
+            severity,
+            state: AlarmState::Active,
+            raised_ms: now_ms,
+            detail,
+            metric,
+            acknowledged: None,
+            cleared_ms: None,
+            suppressed: Vec::new(),
+        };
+        self.next_id += 1;
+        self.alarms.insert(alarm.id, alarm.clone());
+        alarm
+    }
+
+    fn clear(&mut self, id: u64, now_ms: u64, out: &mut Vec<AlarmChange>) {
+        if let Some(a) = self.alarms.get_mut(&id) {
+            if a.state != AlarmState::Cleared {
+                a.state = AlarmState::Cleared;
+                a.cleared_ms = Some(now_ms);
+                out.push(AlarmChange::Cleared(a.clone()));
+            }
+        }
+        // Cleared alarms live on in the store; memory keeps the open ones.
+        self.alarms.remove(&id);
+    }
+}
+
+fn offline_detail(subject: &Subject, n: usize) -> String {
+    match subject {
+        Subject::Region(r) => format!(
+            "all {n} terminals of {} ({}) offline: likely its uplink",
+            Region::of(*r),
+            r.level()
+        ),
+        Subject::Terminal(_) => "offline".to_string(),
+    }
+}
+
+/// The condition key of a stored, open alarm (so a restart goes on with it).
+fn key_of(rules: &AlarmRules, a: &Alarm) -> Option<Key> {
+    match (a.kind, a.subject) {
+        (AlarmKind::Offline, s) => Some(Key::Offline(s)),
+        (AlarmKind::Stale, Subject::Terminal(t)) => {
+            let m = Metric::from_name(a.metric.as_deref()?).ok()?;
+            Some(Key::Stale(t, m))
+        }
+        (AlarmKind::Threshold, Subject::Terminal(t)) => {
+            let m = Metric::from_name(a.metric.as_deref()?).ok()?;
+            let i = rules.thresholds.iter().position(|r| r.metric == m)?;
+            Some(Key::Threshold(t, i))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn t(s: &str) -> TerminalId {
+        s.parse().unwrap()
+    }
+
+    fn engine(rules: AlarmRules, ids: &[&str]) -> AlarmEngine {
+        let mut e = AlarmEngine::new(rules, Vec::new());
+        for id in ids {
+            e.observe(
+                Observation::Known {
+                    terminal: t(id),
+                    online: true,
+                    since_ms: 0,
+                },
+                0,
+            );
+        }
+        e
+    }
+
+    const TOWNSHIP: [&str; 3] = [
+        "130102009001-main",
+        "130102009002-main",
+        "130102009003-main",
+    ];
+
+    #[test]
+    fn a_township_uplink_failure_is_one_root_cause_alarm_not_a_storm() {
+        let mut ids = TOWNSHIP.to_vec();
+        ids.push("130102001001-main");
+        let mut e = engine(AlarmRules::default(), &ids);
+        for id in TOWNSHIP {
+            e.observe(
+                Observation::Presence {
+                    terminal: t(id),
+                    online: false,
+                },
+                1_000,
+            );
+        }
+        assert!(e.tick(60_000).is_empty(), "within the grace period");
+        let out = e.tick(121_000);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let a = out[0].alarm();
+        assert_eq!(a.kind, AlarmKind::Offline);
+        assert_eq!(a.subject, Subject::Region("130102009000".parse().unwrap()));
+        assert_eq!(a.subject.to_string(), "130102009");
+        assert_eq!(a.severity, Severity::Critical);
+        assert_eq!(a.suppressed.len(), 3);
+        assert!(e.tick(125_000).is_empty(), "raised once");
+        // One village comes back: the others are alarms of their own now.
+        e.observe(
+            Observation::Presence {
+                terminal: t(TOWNSHIP[0]),
+                online: true,
+            },
+            130_000,
+        );
+        let out = e.tick(131_000);
+        let cleared: Vec<_> = out
+            .iter()
+            .filter(|c| matches!(c, AlarmChange::Cleared(_)))
+            .collect();
+        let raised: Vec<_> = out
+            .iter()
+            .filter(|c| matches!(c, AlarmChange::Raised(_)))
+            .map(|c| c.alarm().subject)
+            .collect();
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(
+            raised,
+            vec![
+                Subject::Terminal(t(TOWNSHIP[1])),
+                Subject::Terminal(t(TOWNSHIP[2]))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_terminal_offline_is_its_own_alarm_and_clears_when_back() {
+        let mut e = engine(AlarmRules::default(), &TOWNSHIP);
+        let off = |e: &mut AlarmEngine, online, at| {
+            e.observe(
+                Observation::Presence {
+                    terminal: t(TOWNSHIP[1]),
+                    online,
+                },
+                at,
+            )
+        };
+        off(&mut e, false, 0);
+        off(&mut e, true, 30_000);
+        assert!(
+            e.tick(200_000).is_empty(),
+            "a blink within the grace is nothing"
+        );
+        off(&mut e, false, 200_000);
+        let out = e.tick(330_000);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].alarm().subject, Subject::Terminal(t(TOWNSHIP[1])));
+        assert!(out[0].alarm().suppressed.is_empty());
+        off(&mut e, true, 340_000);
+        let out = e.tick(341_000);
+        assert!(matches!(&out[..], [AlarmChange::Cleared(a)] if a.cleared_ms == Some(341_000)));
+        assert_eq!(e.active().count(), 0);
+    }
+
+    fn temp_rule() -> ThresholdRule {
+        ThresholdRule {
+            metric: Metric::AirTemp,
+            region: None,
+            above: true,
+            raise: 30.0,
+            clear: 28.0,
+            min_duration_ms: 60_000,
+            severity: Severity::Major,
+        }
+    }
+
+    #[test]
+    fn a_value_hovering_at_its_threshold_does_not_flap() {
+        let rules = AlarmRules {
+            thresholds: vec![temp_rule()],
+            ..AlarmRules::default()
+        };
+        let mut e = engine(rules, &TOWNSHIP);
+        let id = t(TOWNSHIP[0]);
+        let mut changes = Vec::new();
+        // Hovering 29.9 / 30.1 every 10 s: never 60 s beyond 30, so never raised.
+        for i in 0..60u64 {
+            let value = if i % 2 == 0 { 30.1 } else { 29.9 };
+            changes.extend(e.observe(
+                Observation::Sample {
+                    terminal: id,
+                    metric: Metric::AirTemp,
+                    value,
+                    at_ms: i * 10_000,
+                },
+                i * 10_000,
+            ));
+        }
+        assert!(changes.is_empty(), "{changes:?}");
+        // Beyond 30 for a minute: raised once; hovering 29–31 afterwards keeps it, no flapping.
+        for i in 0..=6u64 {
+            changes.extend(e.observe(
+                Observation::Sample {
+                    terminal: id,
+                    metric: Metric::AirTemp,
+                    value: 31.0,
+                    at_ms: 600_000 + i * 10_000,
+                },
+                600_000 + i * 10_000,
+            ));
+        }
+        for i in 0..30u64 {
+            let value = if i % 2 == 0 { 29.0 } else { 30.5 };
+            changes.extend(e.observe(
+                Observation::Sample {
+                    terminal: id,
+                    metric: Metric::AirTemp,
+                    value,
+                    at_ms: 700_000 + i * 10_000,
+                },
+                700_000 + i * 10_000,
+            ));
+        }
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(matches!(changes[0], AlarmChange::Raised(_)));
+        // Back to 28: cleared.
+        let out = e.observe(
+            Observation::Sample {
+                terminal: id,
+                metric: Metric::AirTemp,
+                value: 27.5,
+                at_ms: 1_100_000,
+            },
+            1_100_000,
+        );
+        assert!(matches!(&out[..], [AlarmChange::Cleared(_)]));
+    }
+
+    #[test]
+    fn stale_data_raises_and_a_new_sample_clears_it() {
+        let rules = AlarmRules {
+            stale: vec![StaleRule {
+                metric: Metric::AirTemp,
+                region: None,
+                after_ms: 300_000,
+                severity: Severity::Warning,
+            }],
+            ..AlarmRules::default()
+        };
+        let mut e = engine(rules, &TOWNSHIP);
+        let sample = |e: &mut AlarmEngine, at| {
+            e.observe(
+                Observation::Sample {
+                    terminal: t(TOWNSHIP[0]),
+                    metric: Metric::AirTemp,
+                    value: 20.0,
+                    at_ms: at,
+                },
+                at,
+            )
+        };
+        sample(&mut e, 0);
+        assert!(e.tick(200_000).is_empty());
+        let out = e.tick(301_000);
+        assert_eq!(out.len(), 1, "only the terminal that reported it: {out:?}");
+        assert_eq!(out[0].alarm().kind, AlarmKind::Stale);
+        assert!(e.tick(400_000).is_empty());
+        assert!(matches!(
+            &sample(&mut e, 410_000)[..],
+            [AlarmChange::Cleared(_)]
+        ));
+    }
+
+    #[test]
+    fn acknowledging_is_recorded_and_clears_event_alarms_only() {
+        let mut e = engine(AlarmRules::default(), &TOWNSHIP);
+        let out = e.observe(
+            Observation::Dropped {
+                terminal: t(TOWNSHIP[0]),
+                count: 40,
+            },
+            5,
+        );
+        let id = out[0].alarm().id;
+        let out = e.acknowledge(id, "duty officer Li", 9).unwrap();
+        assert!(
+            matches!(&out[..], [AlarmChange::Updated(a), AlarmChange::Cleared(_)]
+            if a.acknowledged == Some(("duty officer Li".into(), 9)))
+        );
+        assert_eq!(e.acknowledge(id, "x", 10), Err(AckError::NoSuchAlarm(id)));
+        e.observe(
+            Observation::Presence {
+                terminal: t(TOWNSHIP[0]),
+                online: false,
+            },
+            0,
+        );
+        let raised = e.tick(200_000);
+        let off = raised[0].alarm().id;
+        let out = e.acknowledge(off, "Li", 200_001).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(e.get(off).unwrap().state, AlarmState::Acknowledged);
+        assert_eq!(e.acknowledge(999, "x", 1), Err(AckError::NoSuchAlarm(999)));
+    }
+
+    #[test]
+    fn a_restarted_engine_goes_on_with_the_stored_alarms() {
+        let mut e = engine(AlarmRules::default(), &TOWNSHIP);
+        e.observe(
+            Observation::Presence {
+                terminal: t(TOWNSHIP[0]),
+                online: false,
+            },
+            0,
+        );
+        let raised = e.tick(200_000);
+        let stored: Vec<Alarm> = raised.iter().map(|c| c.alarm().clone()).collect();
+        let mut again = AlarmEngine::new(AlarmRules::default(), stored);
+        for id in TOWNSHIP {
+            again.observe(
+                Observation::Known {
+                    terminal: t(id),
+                    online: id != TOWNSHIP[0],
+                    since_ms: 0,
+                },
+                200_500,
+            );
+        }
+        assert!(again.tick(201_000).is_empty(), "not raised twice");
+        again.observe(
+            Observation::Presence {
+                terminal: t(TOWNSHIP[0]),
+                online: true,
+            },
+            202_000,
+        );
+        assert!(matches!(
+            &again.tick(202_500)[..],
+            [AlarmChange::Cleared(_)]
+        ));
+        let next = again.observe(
+            Observation::Dropped {
+                terminal: t(TOWNSHIP[1]),
+                count: 1,
+            },
+            203_000,
+        );
+        assert!(next[0].alarm().id > raised[0].alarm().id, "ids go on");
+    }
+}
