@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use cuntong_core::envelope::{decode_event, decode_telemetry};
 use cuntong_core::presence::Presence;
-use cuntong_core::topic::{Channel, Topic, region_filter};
+use cuntong_core::topic::{Channel, Topic, control_request, control_response, region_filter};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::link::{Incoming, Link, LinkOptions, unix_ms};
 use tokio::sync::mpsc;
@@ -28,6 +28,8 @@ use cuntong_core::envelope::encode;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::link::Message;
 
+use crate::alarms::{AlarmConfig, AlarmService};
+use crate::control::{Request, RequestBody, Response, ResponseBody};
 use crate::meetings::MeetingService;
 use crate::store::{Record, SqliteStore, Store, StoreError};
 
@@ -46,6 +48,8 @@ pub struct CentralOptions {
     pub tls: Option<cuntong_terminal::tls::TlsFiles>,
     /// How often the sites of a new session repeat their status.
     pub meeting_heartbeat: Duration,
+    /// Alarm rules and notification hooks.
+    pub alarms: AlarmConfig,
 }
 
 impl CentralOptions {
@@ -57,6 +61,7 @@ impl CentralOptions {
             ack_interval: Duration::from_secs(1),
             tls: None,
             meeting_heartbeat: Duration::from_secs(10),
+            alarms: AlarmConfig::default(),
         }
     }
 }
@@ -150,11 +155,13 @@ pub async fn run(
 ) -> Result<(), CentralError> {
     let store = SqliteStore::open(&opts.db)?;
     let mut meetings = MeetingService::open(&opts.db, opts.meeting_heartbeat)?;
+    let mut alarms = AlarmService::open(&opts.db, opts.alarms.clone(), unix_ms())?;
     let mut link_opts = LinkOptions::new(opts.client_id.clone(), opts.broker.clone());
     link_opts.subscriptions = [Channel::Presence, Channel::Telemetry, Channel::Events]
         .into_iter()
         .map(|c| region_filter(None, Some(c)))
         .chain(MeetingService::subscriptions())
+        .chain([control_request("+")])
         .collect();
     link_opts.incoming_capacity = 1024;
     link_opts.queue_capacity = 8192;
@@ -201,6 +208,7 @@ pub async fn run(
                 if now >= last_meeting_tick + 1000 {
                     last_meeting_tick = now;
                     meetings.tick(now);
+                    alarms.tick(now);
                 }
                 meetings.drain(&link);
                 continue;
@@ -216,6 +224,11 @@ pub async fn run(
             m = incoming.recv() => match m { Some(m) => m, None => break },
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
+            control(&mut meetings, &mut alarms, client, &msg.payload, unix_ms());
+            meetings.drain(&link);
+            continue;
+        }
         if meetings.on_message(&msg, unix_ms()) {
             meetings.drain(&link);
             continue;
@@ -227,6 +240,7 @@ pub async fn run(
             tracing::warn!("rejected: {reason}");
             stats.rejected.fetch_add(1, Ordering::Relaxed);
         }
+        alarms.record(&record, unix_ms());
         if records_tx.send(record).await.is_err() {
             break;
         }
@@ -240,6 +254,42 @@ pub async fn run(
         .join()
         .map_err(|_| CentralError::Crashed)?
         .map_err(CentralError::Store)
+}
+
+/// Answers a request of a `cuntong` command (`meeting …`, `alarms ack`) on its response topic.
+fn control(
+    meetings: &mut MeetingService,
+    alarms: &mut AlarmService,
+    client: &str,
+    payload: &[u8],
+    now_ms: u64,
+) {
+    let req: Request = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(%client, error = %e, "ignoring a malformed request");
+            return;
+        }
+    };
+    let result = match req.body {
+        RequestBody::AckAlarm { id, by } => alarms
+            .acknowledge(id, &by, now_ms)
+            .map(|()| ResponseBody::None),
+        other => meetings.answer(other, now_ms),
+    };
+    let (error, body) = match result {
+        Ok(body) => (None, body),
+        Err(e) => (Some(e), ResponseBody::None),
+    };
+    let resp = Response {
+        id: req.id,
+        error,
+        body,
+    };
+    match serde_json::to_vec(&resp) {
+        Ok(bytes) => meetings.push(Message::new(control_response(client), bytes)),
+        Err(e) => tracing::error!(error = %e, "cannot encode a response"),
+    }
 }
 
 /// Publishes the pending confirmations; those the link cannot take now wait for the next tick.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use cuntong::central::{self, CentralOptions, CentralStats};
-use cuntong::meeting_api::{RequestBody, ResponseBody};
-use cuntong::meeting_cli::{self, MeetingClient};
+use cuntong::control::{RequestBody, ResponseBody};
+use cuntong::meeting_cli::{self, CentralClient};
 use cuntong::store::{SqliteStore, Store};
 use cuntong::{broker, view};
 use cuntong_core::meeting::{Invitee, MediaProfile};
@@ -54,6 +54,24 @@ enum Command {
         /// How often the sites of a meeting repeat their status (three missed: unreachable).
         #[arg(long, default_value = "10s")]
         meeting_heartbeat: String,
+        /// Alarm rules and notification hooks (TOML; see docs/operations.md). Without it:
+        /// offline after 2 minutes, with root-cause suppression, and dropped data.
+        #[arg(long)]
+        alarms: Option<PathBuf>,
+    },
+    /// Alarms: `cuntong alarms [--region CODE] [--active] [--json]`, `cuntong alarms ack ID`.
+    Alarms {
+        #[command(subcommand)]
+        action: Option<AlarmAction>,
+        #[arg(long)]
+        region: Option<String>,
+        /// Only alarms not cleared.
+        #[arg(long)]
+        active: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
     },
     /// The fleet CA: `ca init`, `ca issue-server`.
     Ca {
@@ -262,6 +280,19 @@ struct Conn {
 }
 
 #[derive(Subcommand)]
+enum AlarmAction {
+    /// Acknowledge an alarm (through `cuntong central`, which owns the alarms).
+    Ack {
+        id: u64,
+        /// Who acknowledges (recorded with the alarm).
+        #[arg(long, env = "USER")]
+        by: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
 enum MeetingAction {
     /// Create a meeting (or, with --kind training, a training broadcast); prints its id.
     Create {
@@ -446,6 +477,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             db,
             tls,
             meeting_heartbeat,
+            alarms,
         } => {
             let mut opts = CentralOptions::new(
                 parse("--broker", &broker)?,
@@ -453,6 +485,9 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 format!("central-{}", std::process::id()),
             );
             opts.meeting_heartbeat = duration("--meeting-heartbeat", &meeting_heartbeat)?;
+            if let Some(path) = alarms {
+                opts.alarms = cuntong::alarms::AlarmConfig::load(&path).map_err(Usage)?;
+            }
             if opts.meeting_heartbeat < Duration::from_millis(500) {
                 return Err(Usage("--meeting-heartbeat: at least 500ms".into()).into());
             }
@@ -489,6 +524,41 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Meeting { action, conn } => meeting(action, conn).await,
+        Command::Alarms {
+            action: Some(AlarmAction::Ack { id, by, conn }),
+            ..
+        } => {
+            let mut client = meeting_client(&conn).await?;
+            let answer = client
+                .ask(RequestBody::AckAlarm { id, by }, meeting_cli::ANSWER)
+                .await;
+            client.close();
+            answer.map_err(fail)?;
+            println!("alarm {id} acknowledged");
+            Ok(())
+        }
+        Command::Alarms {
+            action: None,
+            region,
+            active,
+            json,
+            db,
+        } => {
+            let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
+            let db = db.unwrap_or_else(default_db);
+            if !db.exists() {
+                return Err(fail(format!("no store at {}", db.display())));
+            }
+            let rows = cuntong::alarms::list(&db, region.as_ref(), active).map_err(fail)?;
+            if json {
+                let out: Vec<cuntong::alarms::AlarmJson> =
+                    rows.iter().map(cuntong::alarms::AlarmJson::of).collect();
+                println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
+            } else {
+                print!("{}", cuntong::alarms::table(&rows));
+            }
+            Ok(())
+        }
         Command::Call {
             terminal,
             from,
@@ -768,7 +838,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
     }
 }
 
-async fn meeting_client(conn: &Conn) -> Result<MeetingClient, Failure> {
+async fn meeting_client(conn: &Conn) -> Result<CentralClient, Failure> {
     let broker: BrokerUrl = parse("--broker", &conn.broker)?;
     let tls = match &conn.tls {
         Some(dir) => Some(
@@ -777,7 +847,7 @@ async fn meeting_client(conn: &Conn) -> Result<MeetingClient, Failure> {
         ),
         None => None,
     };
-    MeetingClient::connect(broker, tls).await.map_err(fail)
+    CentralClient::connect(broker, tls).await.map_err(fail)
 }
 
 async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
@@ -919,7 +989,7 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
                 }
             }
             A::Watch { id } => {
-                let mut last: Option<cuntong::meeting_api::MeetingStatus> = None;
+                let mut last: Option<cuntong::control::MeetingStatus> = None;
                 loop {
                     let s = client.status(&id).await.map_err(fail)?;
                     for line in meeting_cli::changes(last.as_ref(), &s) {
@@ -1172,7 +1242,7 @@ async fn demo_meeting(
     region: Region,
     sites: usize,
     line: &std::sync::Mutex<String>,
-) -> Result<(MeetingClient, String), String> {
+) -> Result<(CentralClient, String), String> {
     let set = |text: String| {
         if let Ok(mut l) = line.lock() {
             *l = text;
@@ -1187,7 +1257,7 @@ async fn demo_meeting(
     while known() < sites && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let mut client = MeetingClient::connect(broker, None).await?;
+    let mut client = CentralClient::connect(broker, None).await?;
     let created = client
         .ask(
             RequestBody::Create {

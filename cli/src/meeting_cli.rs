@@ -12,25 +12,25 @@ use cuntong_terminal::link::{Incoming, Link, LinkOptions, Message};
 use ring::rand::SecureRandom;
 use tokio::sync::mpsc;
 
-use crate::meeting_api::{
+use crate::control::{
     MeetingJson, MeetingStatus, Request, RequestBody, Response, ResponseBody, RollCallJson,
 };
 
 /// A connection to the meeting host.
 #[derive(Debug)]
-pub struct MeetingClient {
+pub struct CentralClient {
     link: Link,
     incoming: mpsc::Receiver<Incoming>,
     client: String,
     next: u64,
 }
 
-impl MeetingClient {
+impl CentralClient {
     /// Connects; the client's answers arrive on its own response topic.
     pub async fn connect(
         broker: BrokerUrl,
         tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> Result<MeetingClient, String> {
+    ) -> Result<CentralClient, String> {
         let mut salt = [0u8; 4];
         ring::rand::SystemRandom::new()
             .fill(&mut salt)
@@ -52,7 +52,7 @@ impl MeetingClient {
             link.shutdown();
             return Err(format!("cannot reach the broker: {why}"));
         }
-        Ok(MeetingClient {
+        Ok(CentralClient {
             link,
             incoming,
             client,
@@ -331,7 +331,7 @@ pub fn list_table(rows: &[MeetingJson]) -> String {
 /// What changed between two snapshots of a session, one line per change (for `watch`).
 pub fn changes(before: Option<&MeetingStatus>, now: &MeetingStatus) -> Vec<String> {
     let mut out = Vec::new();
-    let old: BTreeMap<&str, &crate::meeting_api::SiteJson> = before
+    let old: BTreeMap<&str, &crate::control::SiteJson> = before
         .map(|b| b.sites.iter().map(|s| (s.terminal.as_str(), s)).collect())
         .unwrap_or_default();
     for s in &now.sites {
@@ -365,7 +365,7 @@ pub fn changes(before: Option<&MeetingStatus>, now: &MeetingStatus) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meeting_api::SiteJson;
+    use crate::control::SiteJson;
 
     fn status(sites: Vec<SiteJson>, hands: Vec<String>) -> MeetingStatus {
         MeetingStatus {

@@ -15,14 +15,13 @@ use cuntong_core::meeting::{
     Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Status, Uplink,
 };
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_core::topic::{Channel, Topic, control_request, control_response, region_filter};
+use cuntong_core::topic::{Channel, Topic, region_filter};
 use cuntong_terminal::link::{Incoming, Link, Message};
 use ring::rand::SecureRandom;
 use rusqlite::{Connection, params};
 
-use crate::meeting_api::{
-    MeetingJson, MeetingStatus, PAGE, Request, RequestBody, Response, ResponseBody, RollCallJson,
-    SiteJson,
+use crate::control::{
+    MeetingJson, MeetingStatus, PAGE, RequestBody, ResponseBody, RollCallJson, SiteJson,
 };
 use crate::store::StoreError;
 use crate::view::rfc3339_ms;
@@ -140,10 +139,7 @@ impl MeetingService {
 
     /// What central subscribes to for meetings.
     pub fn subscriptions() -> Vec<String> {
-        vec![
-            region_filter(None, Some(Channel::MeetingUp)),
-            control_request("+"),
-        ]
+        vec![region_filter(None, Some(Channel::MeetingUp))]
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &Host> {
@@ -152,10 +148,6 @@ impl MeetingService {
 
     /// Handles a message if it is one for the meeting host; false if it is not.
     pub fn on_message(&mut self, msg: &Incoming, now_ms: u64) -> bool {
-        if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
-            self.on_request(client, &msg.payload, now_ms);
-            return true;
-        }
         let Ok(Topic::Terminal {
             id,
             channel: Channel::MeetingUp,
@@ -376,7 +368,8 @@ impl MeetingService {
         }
     }
 
-    fn push(&mut self, m: Message) {
+    /// Queues a message on central's outbound queue (drained as the link takes it).
+    pub fn push(&mut self, m: Message) {
         if self.outbound.len() >= OUTBOUND_MAX {
             // Sites repeat what they need (joins, statuses); states are republished on the
             // next change or reconnect.
@@ -477,30 +470,8 @@ impl MeetingService {
         Ok(())
     }
 
-    fn on_request(&mut self, client: &str, payload: &[u8], now_ms: u64) {
-        let req: Request = match serde_json::from_slice(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%client, error = %e, "ignoring a malformed meeting request");
-                return;
-            }
-        };
-        let (error, body) = match self.answer(req.body, now_ms) {
-            Ok(body) => (None, body),
-            Err(e) => (Some(e), ResponseBody::None),
-        };
-        let resp = Response {
-            id: req.id,
-            error,
-            body,
-        };
-        match serde_json::to_vec(&resp) {
-            Ok(bytes) => self.push(Message::new(control_response(client), bytes)),
-            Err(e) => tracing::error!(error = %e, "cannot encode a meeting response"),
-        }
-    }
-
-    fn answer(&mut self, body: RequestBody, now_ms: u64) -> Result<ResponseBody, String> {
+    /// Answers a `cuntong meeting …` request.
+    pub fn answer(&mut self, body: RequestBody, now_ms: u64) -> Result<ResponseBody, String> {
         let find = |s: &Self, m: &str| -> Result<MeetingId, String> {
             let id: MeetingId = m.parse().map_err(|e| format!("{m:?}: {e}"))?;
             if s.hosts.contains_key(&id) {
@@ -648,6 +619,7 @@ impl MeetingService {
             RequestBody::List => Ok(ResponseBody::List(
                 self.hosts.values().map(meeting_json).collect(),
             )),
+            RequestBody::AckAlarm { .. } => Err("not a meeting request".into()),
         }
     }
 }

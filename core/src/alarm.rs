@@ -457,6 +457,7 @@ impl AlarmEngine {
         }
         // Each down terminal is under the highest region that is down as a whole, if any.
         let mut wanted: BTreeMap<Subject, Vec<TerminalId>> = BTreeMap::new();
+        let mut placed: BTreeSet<TerminalId> = BTreeSet::new();
         for id in &down {
             let root = id
                 .site()
@@ -467,8 +468,32 @@ impl AlarmEngine {
                     })
                 })
                 .last();
-            let subject = root.map_or(Subject::Terminal(*id), Subject::Region);
-            wanted.entry(subject).or_default().push(*id);
+            if let Some(r) = root {
+                wanted.entry(Subject::Region(r)).or_default().push(*id);
+                placed.insert(*id);
+            }
+        }
+        // A region coming back terminal by terminal stays one alarm: an open root-cause alarm
+        // keeps those of its terminals that are still down (no storm on recovery either).
+        for (k, alarm_id) in &self.open {
+            let Key::Offline(subject @ Subject::Region(_)) = k else {
+                continue;
+            };
+            if let Some(a) = self.alarms.get(alarm_id) {
+                let still: Vec<TerminalId> = a
+                    .suppressed
+                    .iter()
+                    .filter(|t| down.contains(t) && !placed.contains(t))
+                    .copied()
+                    .collect();
+                if !still.is_empty() {
+                    placed.extend(still.iter().copied());
+                    wanted.entry(*subject).or_default().extend(still);
+                }
+            }
+        }
+        for id in down.difference(&placed) {
+            wanted.entry(Subject::Terminal(*id)).or_default().push(*id);
         }
         // Clear what is no longer wanted.
         let stale_keys: Vec<(Key, u64)> = self
@@ -703,32 +728,65 @@ mod tests {
         assert_eq!(a.severity, Severity::Critical);
         assert_eq!(a.suppressed.len(), 3);
         assert!(e.tick(125_000).is_empty(), "raised once");
-        // One village comes back: the others are alarms of their own now.
-        e.observe(
-            Observation::Presence {
-                terminal: t(TOWNSHIP[0]),
-                online: true,
-            },
-            130_000,
+        // The villages come back one by one: still one alarm, listing those still down.
+        let back = |e: &mut AlarmEngine, i: usize, at| {
+            e.observe(
+                Observation::Presence {
+                    terminal: t(TOWNSHIP[i]),
+                    online: true,
+                },
+                at,
+            );
+            e.tick(at + 1)
+        };
+        let out = back(&mut e, 0, 130_000);
+        assert!(
+            matches!(&out[..], [AlarmChange::Updated(a)] if a.suppressed.len() == 2),
+            "{out:?}"
         );
-        let out = e.tick(131_000);
-        let cleared: Vec<_> = out
-            .iter()
-            .filter(|c| matches!(c, AlarmChange::Cleared(_)))
-            .collect();
-        let raised: Vec<_> = out
+        assert!(matches!(
+            &back(&mut e, 1, 131_000)[..],
+            [AlarmChange::Updated(_)]
+        ));
+        assert!(matches!(
+            &back(&mut e, 2, 132_000)[..],
+            [AlarmChange::Cleared(_)]
+        ));
+        assert_eq!(e.active().count(), 0);
+    }
+
+    #[test]
+    fn a_county_going_down_after_its_township_is_one_county_alarm() {
+        let mut ids = TOWNSHIP.to_vec();
+        ids.extend(["130102001001-main", "130103001001-main"]);
+        let mut e = engine(AlarmRules::default(), &ids);
+        let down = |e: &mut AlarmEngine, id: &str, at| {
+            e.observe(
+                Observation::Presence {
+                    terminal: t(id),
+                    online: false,
+                },
+                at,
+            )
+        };
+        for id in TOWNSHIP {
+            down(&mut e, id, 0);
+        }
+        let first = e.tick(121_000);
+        assert_eq!(first[0].alarm().subject.to_string(), "130102009");
+        down(&mut e, "130102001001-main", 130_000);
+        let out = e.tick(251_000);
+        let raised: Vec<String> = out
             .iter()
             .filter(|c| matches!(c, AlarmChange::Raised(_)))
-            .map(|c| c.alarm().subject)
+            .map(|c| c.alarm().subject.to_string())
             .collect();
-        assert_eq!(cleared.len(), 1);
-        assert_eq!(
-            raised,
-            vec![
-                Subject::Terminal(t(TOWNSHIP[1])),
-                Subject::Terminal(t(TOWNSHIP[2]))
-            ]
+        assert_eq!(raised, ["130102"], "{out:?}");
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, AlarmChange::Cleared(a) if a.id == first[0].alarm().id))
         );
+        assert_eq!(e.active().count(), 1);
     }
 
     #[test]

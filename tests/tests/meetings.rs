@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use cuntong::meeting_api::{RollCallJson, SiteJson};
+use cuntong::control::{RollCallJson, SiteJson};
 use cuntong_e2e::{Broker, BrokerKind, LinkProxy, Proc, bin, run, sites, wait_until};
 
 /// The county the meeting invites.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use cuntong::meeting_api::RequestBody;
-use cuntong::meeting_cli::{MeetingClient, quantile};
+use cuntong::control::RequestBody;
+use cuntong::meeting_cli::{CentralClient, quantile};
 use cuntong::store::{SqliteStore, Store};
 use cuntong_benches::harness::{Proc, bin, free_port, spawn, wait_for};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -264,7 +264,7 @@ fn main() -> anyhow::Result<()> {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        let mut client = MeetingClient::connect(url.parse()?, None)
+        let mut client = CentralClient::connect(url.parse()?, None)
             .await
             .map_err(anyhow::Error::msg)?;
         let created = client
@@ -283,7 +283,7 @@ fn main() -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
         let id = match created {
-            cuntong::meeting_api::ResponseBody::Created { id } => id,
+            cuntong::control::ResponseBody::Created { id } => id,
             other => bail!("unexpected answer {other:?}"),
         };
         tokio::time::sleep(Duration::from_secs(1)).await;

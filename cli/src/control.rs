@@ -1,5 +1,5 @@
-//! What `cuntong meeting …` commands and the meeting host inside `cuntong central` say to
-//! each other, through the broker: a [`Request`] on `ct/v1/c/req/CLIENT`, a [`Response`] on
+//! What `cuntong` commands (`meeting …`, `alarms ack`) and the `cuntong central` service say
+//! to each other, through the broker: a [`Request`] on `ct/v1/c/req/CLIENT`, a [`Response`] on
 //! `ct/v1/c/res/CLIENT`. JSON: this is control traffic between central tools, not the metered
 //! hot path, and readable on the wire is worth more here than a few bytes.
 //!
@@ -61,6 +61,11 @@ pub enum RequestBody {
         after: Option<String>,
     },
     List,
+    /// The duty office acknowledges an alarm.
+    AckAlarm {
+        id: u64,
+        by: String,
+    },
 }
 
 /// The host's answer.

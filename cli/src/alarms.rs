@@ -1,0 +1,624 @@
+//! The alarm service inside `cuntong central`: the core's [`AlarmEngine`] fed with what central
+//! receives (presence, samples, dropped-data events), its changes kept in the store (`alarms`
+//! table, read by `cuntong alarms`) and handed to the notification hooks; and the rules file.
+//!
+//! Rules (`cuntong central --alarms rules.toml`):
+//!
+//! ```toml
+//! dropping = true             # an alarm when a terminal's outbox drops data
+//!
+//! [offline]
+//! grace = "2m"                # offline this long before it is an alarm
+//! severity = "major"
+//! root_cause_min = 2          # a region with this many terminals, all offline: one alarm
+//!
+//! [[threshold]]
+//! metric = "env.temp"
+//! above = 35.0                # or below = 5.0
+//! clear = 32.0                # back under this clears it (hysteresis)
+//! for = "5m"                  # beyond the limit this long before it is raised
+//! severity = "major"
+//! region = "130102"           # only there (default: everywhere)
+//!
+//! [[stale]]
+//! metric = "env.temp"
+//! after = "15m"
+//! severity = "warning"
+//!
+//! [[hook]]                    # run on every change, the alarm as JSON on stdin
+//! command = ["/usr/local/bin/duty-sms", "--office", "130102"]
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use cuntong_core::alarm::{
+    Alarm, AlarmChange, AlarmEngine, AlarmRules, Observation, Severity, StaleRule, ThresholdRule,
+};
+use cuntong_core::envelope::Event;
+use cuntong_core::site::Region;
+use cuntong_core::telemetry::Metric;
+use cuntong_core::terminal_id::TerminalId;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::store::{Record, StoreError};
+use crate::view::rfc3339_ms;
+
+/// A rules file and its hooks.
+#[derive(Clone, Debug, Default)]
+pub struct AlarmConfig {
+    pub rules: AlarmRules,
+    /// Commands run on every alarm change, the alarm's JSON on stdin.
+    pub hooks: Vec<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    dropping: Option<bool>,
+    #[serde(default)]
+    offline: RawOffline,
+    #[serde(default)]
+    threshold: Vec<RawThreshold>,
+    #[serde(default)]
+    stale: Vec<RawStale>,
+    #[serde(default)]
+    hook: Vec<RawHook>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOffline {
+    grace: Option<String>,
+    severity: Option<String>,
+    root_cause_min: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThreshold {
+    metric: String,
+    above: Option<f64>,
+    below: Option<f64>,
+    clear: f64,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    severity: Option<String>,
+    region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStale {
+    metric: String,
+    after: String,
+    severity: Option<String>,
+    region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    command: Vec<String>,
+}
+
+impl AlarmConfig {
+    /// Reads a rules file; every problem names the key (`threshold[0].clear: …`).
+    pub fn load(path: &Path) -> Result<AlarmConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        AlarmConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<AlarmConfig, String> {
+        let raw: RawRules = toml::from_str(text).map_err(|e| e.to_string().replace('\n', " "))?;
+        let duration = |key: &str, v: &str| {
+            cuntong_terminal::config::parse_duration(v)
+                .map(|d| d.as_millis() as u64)
+                .map_err(|e| format!("{key}: {e}"))
+        };
+        let severity = |key: &str, v: Option<String>, default: Severity| match v {
+            None => Ok(default),
+            Some(s) => Severity::parse(&s).ok_or_else(|| {
+                format!("{key}: {s:?} is not one of info, warning, major, critical")
+            }),
+        };
+        let metric =
+            |key: &str, v: &str| Metric::from_name(v).map_err(|e| format!("{key}: {v:?}: {e}"));
+        let region = |key: &str, v: Option<String>| {
+            v.map(|r| {
+                r.parse::<Region>()
+                    .map_err(|e| format!("{key}: {r:?}: {e}"))
+            })
+            .transpose()
+        };
+        let mut rules = AlarmRules::default();
+        if let Some(d) = raw.dropping {
+            rules.dropping = d;
+        }
+        if let Some(g) = raw.offline.grace {
+            rules.offline_grace_ms = duration("offline.grace", &g)?;
+        }
+        rules.offline_severity =
+            severity("offline.severity", raw.offline.severity, Severity::Major)?;
+        if let Some(n) = raw.offline.root_cause_min {
+            if n < 2 {
+                return Err("offline.root_cause_min: at least 2".into());
+            }
+            rules.root_cause_min = n;
+        }
+        for (i, t) in raw.threshold.into_iter().enumerate() {
+            let key = |f: &str| format!("threshold[{i}].{f}");
+            let (above, raise) = match (t.above, t.below) {
+                (Some(a), None) => (true, a),
+                (None, Some(b)) => (false, b),
+                _ => return Err(format!("{}: give either above or below", key("above"))),
+            };
+            if (above && t.clear > raise) || (!above && t.clear < raise) {
+                return Err(format!(
+                    "{}: {} must be on the normal side of {raise}",
+                    key("clear"),
+                    t.clear
+                ));
+            }
+            rules.thresholds.push(ThresholdRule {
+                metric: metric(&key("metric"), &t.metric)?,
+                region: region(&key("region"), t.region)?,
+                above,
+                raise,
+                clear: t.clear,
+                min_duration_ms: match t.for_ {
+                    Some(d) => duration(&key("for"), &d)?,
+                    None => 0,
+                },
+                severity: severity(&key("severity"), t.severity, Severity::Major)?,
+            });
+        }
+        for (i, s) in raw.stale.into_iter().enumerate() {
+            let key = |f: &str| format!("stale[{i}].{f}");
+            rules.stale.push(StaleRule {
+                metric: metric(&key("metric"), &s.metric)?,
+                region: region(&key("region"), s.region)?,
+                after_ms: duration(&key("after"), &s.after)?,
+                severity: severity(&key("severity"), s.severity, Severity::Warning)?,
+            });
+        }
+        let mut hooks = Vec::new();
+        for (i, h) in raw.hook.into_iter().enumerate() {
+            if h.command.is_empty() {
+                return Err(format!("hook[{i}].command: empty"));
+            }
+            hooks.push(h.command);
+        }
+        Ok(AlarmConfig { rules, hooks })
+    }
+}
+
+/// `cuntong alarms --json`: one object per alarm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmJson {
+    pub id: u64,
+    /// `offline`, `stale`, `threshold` or `dropping`.
+    pub kind: String,
+    /// A terminal id, or a region code for a root-cause alarm.
+    pub subject: String,
+    /// `info`, `warning`, `major` or `critical`.
+    pub severity: String,
+    /// `active`, `acknowledged` or `cleared`.
+    pub state: String,
+    /// RFC 3339.
+    pub raised_at: String,
+    /// The terminals a root-cause alarm stands for.
+    pub suppressed: Vec<String>,
+    pub detail: String,
+    pub metric: Option<String>,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<String>,
+    pub cleared_at: Option<String>,
+}
+
+impl AlarmJson {
+    pub fn of(a: &Alarm) -> AlarmJson {
+        AlarmJson {
+            id: a.id,
+            kind: a.kind.as_str().to_owned(),
+            subject: a.subject.to_string(),
+            severity: a.severity.as_str().to_owned(),
+            state: a.state.as_str().to_owned(),
+            raised_at: rfc3339_ms(a.raised_ms),
+            suppressed: a.suppressed.iter().map(|t| t.to_string()).collect(),
+            detail: a.detail.clone(),
+            metric: a.metric.clone(),
+            acknowledged_by: a.acknowledged.as_ref().map(|(by, _)| by.clone()),
+            acknowledged_at: a.acknowledged.as_ref().map(|(_, at)| rfc3339_ms(*at)),
+            cleared_at: a.cleared_ms.map(rfc3339_ms),
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alarms (
+    id         INTEGER PRIMARY KEY,
+    subject    TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    raised_ms  INTEGER NOT NULL,
+    alarm      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alarms_by_state ON alarms (state, raised_ms);
+";
+
+/// Hook runs waiting, at most; beyond it changes are logged but not handed to the hooks.
+const HOOK_QUEUE: usize = 1024;
+
+/// The alarms of central.
+pub struct AlarmService {
+    engine: AlarmEngine,
+    db: Connection,
+    hooks: Option<mpsc::Sender<Alarm>>,
+}
+
+impl std::fmt::Debug for AlarmService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlarmService")
+            .field("active", &self.engine.active().count())
+            .finish()
+    }
+}
+
+impl AlarmService {
+    /// Opens the alarms kept in the store at `db` and the terminals it knows; starts the hook
+    /// runner on the current runtime if there are hooks.
+    pub fn open(db: &Path, config: AlarmConfig, now_ms: u64) -> Result<AlarmService, StoreError> {
+        let conn = Connection::open(db).map_err(|source| StoreError::Open {
+            path: db.display().to_string(),
+            source,
+        })?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let stored = open_alarms(&conn)?;
+        let mut engine = AlarmEngine::new(config.rules, stored);
+        let known: Vec<(String, bool, Option<i64>)> = conn
+            .prepare("SELECT terminal, online, last_seen_ms FROM terminals")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .unwrap_or_default();
+        for (t, online, seen) in known {
+            if let Ok(terminal) = t.parse::<TerminalId>() {
+                engine.observe(
+                    Observation::Known {
+                        terminal,
+                        online,
+                        since_ms: seen.map_or(now_ms, |s| s as u64),
+                    },
+                    now_ms,
+                );
+            }
+        }
+        let hooks = (!config.hooks.is_empty()).then(|| {
+            let (tx, rx) = mpsc::channel(HOOK_QUEUE);
+            tokio::spawn(run_hooks(config.hooks, rx));
+            tx
+        });
+        Ok(AlarmService {
+            engine,
+            db: conn,
+            hooks,
+        })
+    }
+
+    /// Feeds what a received record says.
+    pub fn record(&mut self, record: &Record, now_ms: u64) {
+        for obs in observations(record) {
+            let changes = self.engine.observe(obs, now_ms);
+            self.changed(changes);
+        }
+    }
+
+    /// Once a second: offline terminals (after the grace, with suppression), stale data.
+    pub fn tick(&mut self, now_ms: u64) {
+        let changes = self.engine.tick(now_ms);
+        self.changed(changes);
+    }
+
+    /// The duty office acknowledges alarm `id`.
+    pub fn acknowledge(&mut self, id: u64, by: &str, now_ms: u64) -> Result<(), String> {
+        if by.trim().is_empty() {
+            return Err("say who acknowledges (--by NAME)".into());
+        }
+        let changes = self
+            .engine
+            .acknowledge(id, by, now_ms)
+            .map_err(|e| e.to_string())?;
+        self.changed(changes);
+        Ok(())
+    }
+
+    fn changed(&mut self, changes: Vec<AlarmChange>) {
+        for c in changes {
+            let a = c.alarm();
+            match &c {
+                AlarmChange::Raised(_) => tracing::warn!(
+                    id = a.id, kind = a.kind.as_str(), subject = %a.subject,
+                    severity = a.severity.as_str(), suppressed = a.suppressed.len(),
+                    "alarm: {}", a.detail
+                ),
+                AlarmChange::Updated(_) => {
+                    tracing::info!(id = a.id, state = a.state.as_str(), "alarm updated")
+                }
+                AlarmChange::Cleared(_) => {
+                    tracing::info!(id = a.id, subject = %a.subject, "alarm cleared")
+                }
+            }
+            if let Err(e) = save(&self.db, a) {
+                tracing::error!(id = a.id, error = %e, "cannot store an alarm change");
+            }
+            if let Some(tx) = &self.hooks {
+                if tx.try_send(a.clone()).is_err() {
+                    tracing::warn!(
+                        id = a.id,
+                        "alarm hooks are behind: this change is not notified"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What the alarm engine learns from a received record.
+pub fn observations(record: &Record) -> Vec<Observation> {
+    match record {
+        Record::Telemetry {
+            terminal, envelope, ..
+        } => envelope
+            .body
+            .samples
+            .iter()
+            .map(|s| Observation::Sample {
+                terminal: *terminal,
+                metric: s.metric.clone(),
+                value: s.value.to_f64(),
+                at_ms: envelope.time_ms + u64::from(s.offset_ms),
+            })
+            .collect(),
+        Record::Presence {
+            terminal, presence, ..
+        } => vec![Observation::Presence {
+            terminal: *terminal,
+            online: presence.online,
+        }],
+        Record::Event {
+            terminal, envelope, ..
+        } => match envelope.body {
+            Event::Dropped { first, last, .. } if last >= first => vec![Observation::Dropped {
+                terminal: *terminal,
+                count: last - first + 1,
+            }],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+fn save(db: &Connection, a: &Alarm) -> Result<(), StoreError> {
+    let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt {
+        terminal: a.subject.to_string(),
+        seq: a.id,
+        detail: e.to_string(),
+    })?;
+    db.execute(
+        "INSERT INTO alarms (id, subject, kind, state, raised_ms, alarm) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, alarm = excluded.alarm",
+        params![
+            a.id as i64,
+            a.subject.to_string(),
+            a.kind.as_str(),
+            a.state.as_str(),
+            a.raised_ms as i64,
+            json
+        ],
+    )?;
+    Ok(())
+}
+
+fn open_alarms(db: &Connection) -> Result<Vec<Alarm>, StoreError> {
+    let mut stmt = db.prepare("SELECT alarm FROM alarms WHERE state != 'cleared' ORDER BY id")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        match serde_json::from_str::<Alarm>(&r?) {
+            Ok(a) => out.push(a),
+            Err(e) => {
+                tracing::error!(error = %e, "a stored alarm no longer decodes; left in the store")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The stored alarms for `cuntong alarms`: in `region` (by subject), active ones only if asked,
+/// newest first.
+pub fn list(db: &Path, region: Option<&Region>, active: bool) -> Result<Vec<Alarm>, StoreError> {
+    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open {
+            path: db.display().to_string(),
+            source,
+        })?;
+    let prefix = region.map_or(String::new(), |r| r.prefix());
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alarms'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT alarm FROM alarms WHERE substr(subject, 1, length(?1)) = ?1
+         AND (?2 = 0 OR state != 'cleared') ORDER BY id DESC",
+    )?;
+    let rows = stmt.query_map(params![prefix, active as i64], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let text = r?;
+        let a: Alarm = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            terminal: "alarms".into(),
+            seq: 0,
+            detail: e.to_string(),
+        })?;
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// `cuntong alarms` for people.
+pub fn table(alarms: &[Alarm]) -> String {
+    let mut out = format!(
+        "{:>5}  {:<9} {:<20} {:<9} {:<13} {:<24} {}\n",
+        "ID", "KIND", "SUBJECT", "SEVERITY", "STATE", "RAISED", "DETAIL"
+    );
+    for a in alarms {
+        let mut detail = a.detail.clone();
+        if !a.suppressed.is_empty() {
+            detail.push_str(&format!(" [{} suppressed]", a.suppressed.len()));
+        }
+        if let Some((by, _)) = &a.acknowledged {
+            detail.push_str(&format!(" (ack: {by})"));
+        }
+        out.push_str(&format!(
+            "{:>5}  {:<9} {:<20} {:<9} {:<13} {:<24} {}\n",
+            a.id,
+            a.kind.as_str(),
+            a.subject.to_string(),
+            a.severity.as_str(),
+            a.state.as_str(),
+            rfc3339_ms(a.raised_ms),
+            detail
+        ));
+    }
+    out
+}
+
+/// Runs every hook for every change, in order, each up to three times (1 s, 2 s apart).
+async fn run_hooks(hooks: Vec<Vec<String>>, mut rx: mpsc::Receiver<Alarm>) {
+    while let Some(alarm) = rx.recv().await {
+        let Ok(json) = serde_json::to_vec(&AlarmJson::of(&alarm)) else {
+            continue;
+        };
+        for hook in &hooks {
+            let mut delay = Duration::from_secs(1);
+            for attempt in 1..=3 {
+                match run_hook(hook, &json).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 3 => {
+                        tracing::warn!(hook = %hook[0], attempt, error = %e, "alarm hook failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    Err(e) => {
+                        tracing::error!(hook = %hook[0], id = alarm.id, error = %e, "alarm hook failed; giving up")
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_hook(hook: &[String], json: &[u8]) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let (program, args) = hook.split_first().ok_or("empty hook")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(json).await.map_err(|e| e.to_string())?;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .map_err(|_| "timed out after 30 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("exited with {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cuntong_core::alarm::{AlarmKind, AlarmState, Subject};
+
+    #[test]
+    fn the_documented_rules_parse() {
+        let doc = include_str!("alarms.rs");
+        let start = doc.find("//! ```toml").unwrap();
+        let end = doc[start + 10..].find("//! ```").unwrap() + start + 10;
+        let text: String = doc[start..end]
+            .lines()
+            .skip(1)
+            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = AlarmConfig::parse(&text).unwrap();
+        assert_eq!(cfg.rules.offline_grace_ms, 120_000);
+        assert_eq!(cfg.rules.thresholds[0].raise, 35.0);
+        assert_eq!(cfg.rules.thresholds[0].min_duration_ms, 300_000);
+        assert_eq!(cfg.rules.stale[0].after_ms, 900_000);
+        assert_eq!(cfg.hooks[0][0], "/usr/local/bin/duty-sms");
+    }
+
+    #[test]
+    fn bad_rules_name_the_key() {
+        let err = |t: &str| AlarmConfig::parse(t).unwrap_err();
+        assert!(err("[offline]\ngrace = \"soon\"\n").contains("offline.grace"));
+        assert!(
+            err("[[threshold]]\nmetric = \"env.temp\"\nabove = 30.0\nclear = 31.0\n")
+                .contains("threshold[0].clear")
+        );
+        assert!(
+            err("[[threshold]]\nmetric = \"env.temp\"\nclear = 31.0\n").contains("above or below")
+        );
+        assert!(
+            err("[[stale]]\nmetric = \"no such\"\nafter = \"1m\"\n").contains("stale[0].metric")
+        );
+        assert!(
+            err("[[threshold]]\nmetric = \"env.temp\"\nabove = 3.0\nclear = 1.0\nseverity = \"dire\"\n")
+                .contains("threshold[0].severity")
+        );
+        assert!(err("colour = 1\n").contains("unknown field"));
+    }
+
+    #[test]
+    fn json_names_the_subject_and_what_is_suppressed() {
+        let a = Alarm {
+            id: 7,
+            kind: AlarmKind::Offline,
+            subject: Subject::Region("130102009000".parse().unwrap()),
+            severity: Severity::Critical,
+            state: AlarmState::Acknowledged,
+            raised_ms: 1_763_798_400_000,
+            detail: "all 3 terminals offline".into(),
+            metric: None,
+            acknowledged: Some(("Li".into(), 1_763_798_460_000)),
+            cleared_ms: None,
+            suppressed: vec!["130102009001-main".parse().unwrap()],
+        };
+        let j = AlarmJson::of(&a);
+        assert_eq!(j.subject, "130102009");
+        assert_eq!(j.state, "acknowledged");
+        assert_eq!(j.raised_at, "2025-11-22T08:00:00.000Z");
+        assert_eq!(j.suppressed, ["130102009001-main"]);
+        assert_eq!(j.acknowledged_by.as_deref(), Some("Li"));
+    }
+}

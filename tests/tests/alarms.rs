@@ -1,0 +1,270 @@
+//! Alarms end to end against Mosquitto: a township's uplink fails → exactly one root-cause
+//! alarm, no per-village storm, neither while it is down nor while it comes back; the duty
+//! office acknowledges it and it clears when the township is back; a value hovering at its
+//! threshold raises one alarm and does not flap.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use cuntong::alarms::AlarmJson;
+use cuntong_core::envelope::{Envelope, encode};
+use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
+use cuntong_e2e::{Broker, BrokerKind, LinkProxy, Proc, bin, run, sites, wait_until};
+
+fn alarms(db: &Path, active: bool) -> Vec<AlarmJson> {
+    let mut args = vec!["alarms", "--json", "--db", db.to_str().unwrap()];
+    if active {
+        args.push("--active");
+    }
+    let out = run(&bin("cuntong"), &args);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn central(broker: &Broker, db: &Path, rules: &Path, d: &Path) -> Proc {
+    Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "central",
+            "--broker",
+            &broker.url,
+            "--db",
+            db.to_str().unwrap(),
+            "--alarms",
+            rules.to_str().unwrap(),
+        ],
+        d.join("central.log"),
+    )
+}
+
+fn fleet(broker: &str, region: &str, count: usize, d: &Path, name: &str) -> Proc {
+    Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "fleet",
+            "--broker",
+            broker,
+            "--region",
+            region,
+            "--count",
+            &count.to_string(),
+            "--interval",
+            "2s",
+            "--keep-alive",
+            "2s",
+            "--data-dir",
+            d.join(name).to_str().unwrap(),
+        ],
+        d.join(format!("{name}.log")),
+    )
+}
+
+#[test]
+fn a_township_uplink_failure_is_one_alarm_acknowledged_and_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let rules = d.join("rules.toml");
+    // The hook records every change, as the duty office's SMS gateway would receive it.
+    let hooked = d.join("hooked.jsonl");
+    std::fs::write(
+        &rules,
+        format!(
+            "[offline]\ngrace = \"2s\"\n\n[[hook]]\ncommand = [\"sh\", \"-c\", \"cat >> {} && echo >> {}\"]\n",
+            hooked.display(),
+            hooked.display()
+        ),
+    )
+    .unwrap();
+    let db = d.join("central.db");
+    let central = central(&broker, &db, &rules, d);
+    let link = LinkProxy::start(d, broker.port);
+    let _near = fleet(&broker.url, "130102", 6, d, "near");
+    let _township = fleet(&link.url(), "130102009", 4, d, "township");
+    assert!(
+        wait_until(Duration::from_secs(30), || sites(&db, None)
+            .iter()
+            .filter(|s| s.online)
+            .count()
+            == 10),
+        "{}",
+        central.log_text()
+    );
+    let villages: Vec<String> = sites(&db, Some("130102009"))
+        .into_iter()
+        .map(|s| s.terminal)
+        .collect();
+    assert_eq!(villages.len(), 4);
+
+    link.set("cut");
+    assert!(
+        wait_until(Duration::from_secs(30), || alarms(&db, true)
+            .iter()
+            .any(|a| a.kind == "offline" && a.subject == "130102009")),
+        "no root-cause alarm: {:?}\n{}",
+        alarms(&db, false),
+        central.log_text()
+    );
+    let active = alarms(&db, true);
+    assert_eq!(active.len(), 1, "one alarm, not a storm: {active:?}");
+    let root = &active[0];
+    assert_eq!(root.severity, "critical");
+    let mut suppressed = root.suppressed.clone();
+    suppressed.sort();
+    assert_eq!(suppressed, villages);
+
+    // The duty office acknowledges it.
+    let by = "值班员 Li";
+    ok(run(
+        &bin("cuntong"),
+        &[
+            "alarms",
+            "ack",
+            &root.id.to_string(),
+            "--by",
+            by,
+            "--broker",
+            &broker.url,
+        ],
+    ));
+    assert!(wait_until(Duration::from_secs(10), || alarms(&db, true)
+        .iter()
+        .any(|a| a.id == root.id
+            && a.state == "acknowledged"
+            && a.acknowledged_by.as_deref() == Some(by))));
+    let unknown = run(
+        &bin("cuntong"),
+        &[
+            "alarms",
+            "ack",
+            "99999",
+            "--by",
+            by,
+            "--broker",
+            &broker.url,
+        ],
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no alarm 99999"));
+
+    // The township comes back: the alarm clears, and no village ever had an alarm of its own.
+    link.set("restore");
+    assert!(
+        wait_until(Duration::from_secs(30), || alarms(&db, false)
+            .iter()
+            .any(|a| a.id == root.id && a.state == "cleared")),
+        "{:?}",
+        alarms(&db, false)
+    );
+    let all = alarms(&db, false);
+    assert!(
+        all.iter().all(|a| !villages.contains(&a.subject)),
+        "a per-village alarm: {all:?}"
+    );
+    assert_eq!(all.len(), 1, "{all:?}");
+    // The hook saw it raised, acknowledged and cleared.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&hooked).unwrap_or_default();
+        ["\"active\"", "\"acknowledged\"", "\"cleared\""]
+            .iter()
+            .all(|s| text.contains(s))
+    }));
+}
+
+/// A telemetry envelope for one `env.temp` reading, as a terminal would send it.
+fn reading(seq: u64, value: &str) -> Vec<u8> {
+    encode(&Envelope {
+        seq,
+        time_ms: 1_763_798_400_000 + seq * 10_000,
+        body: TelemetryBatch {
+            samples: vec![Sample {
+                offset_ms: 0,
+                metric: Metric::AirTemp,
+                value: value.parse().unwrap(),
+                quality: None,
+            }],
+        },
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_value_hovering_at_its_threshold_raises_one_alarm_and_does_not_flap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let rules = d.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[threshold]]\nmetric = \"env.temp\"\nabove = 30.0\nclear = 28.0\nfor = \"20s\"\nseverity = \"major\"\n",
+    )
+    .unwrap();
+    let db = d.join("central.db");
+    let central = central(&broker, &db, &rules, d);
+    assert!(wait_until(Duration::from_secs(10), || db.exists()));
+    let topic = "ct/v1/t/13/01/02/001/001/test/tm";
+    let port = broker.port.to_string();
+    let publish = |seq: u64, value: &str| {
+        let file = d.join(format!("tm-{seq}.bin"));
+        std::fs::write(&file, reading(seq, value)).unwrap();
+        ok(run(
+            Path::new("mosquitto_pub"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        ));
+    };
+    let stored = |n: usize| {
+        wait_until(Duration::from_secs(10), || {
+            cuntong_e2e::telemetry(&db, "130102001001-test", None).len() >= n
+        })
+    };
+    // Readings every 10 s (by their own clock): hovering 29.9 / 30.1 never holds 20 s beyond.
+    let hover = [
+        "30.1", "29.9", "30.2", "29.8", "30.1", "29.9", "30.3", "29.7",
+    ];
+    for (i, v) in hover.iter().enumerate() {
+        publish(i as u64 + 1, v);
+    }
+    assert!(stored(hover.len()), "{}", central.log_text());
+    assert!(alarms(&db, false).is_empty(), "{:?}", alarms(&db, false));
+    // Beyond 30 for 20 s: raised once; hovering between 28 and 31 then keeps it, no flapping.
+    let then = [
+        "31.0", "31.2", "31.1", "29.0", "30.5", "28.5", "30.9", "29.1",
+    ];
+    for (i, v) in then.iter().enumerate() {
+        publish(100 + i as u64, v);
+    }
+    assert!(stored(hover.len() + then.len()));
+    let a = alarms(&db, false);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0].kind, "threshold");
+    assert_eq!(a[0].subject, "130102001001-test");
+    assert_eq!(a[0].state, "active");
+    assert_eq!(a[0].metric.as_deref(), Some("env.temp"));
+    // Back to 28: cleared.
+    publish(200, "27.5");
+    assert!(wait_until(Duration::from_secs(10), || alarms(&db, false)
+        .first()
+        .is_some_and(|a| a.state == "cleared")));
+    assert_eq!(alarms(&db, false).len(), 1);
+}
