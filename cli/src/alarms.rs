@@ -33,12 +33,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use cuntong_core::alarm::{
-    Alarm, AlarmChange, AlarmEngine, AlarmRules, Observation, Severity, StaleRule, ThresholdRule,
+    Alarm, AlarmChange, AlarmEngine, AlarmKind, AlarmRules, Observation, Severity, StaleRule,
+    Subject, TerminalNotice, ThresholdRule,
 };
 use cuntong_core::envelope::Event;
 use cuntong_core::site::Region;
 use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
+use cuntong_core::topic::{Channel, Topic};
+use cuntong_terminal::link::Message;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -258,6 +261,8 @@ pub struct AlarmService {
     engine: AlarmEngine,
     db: Connection,
     hooks: Option<mpsc::Sender<Alarm>>,
+    /// Notices for terminals (duty reports acknowledged), for central to publish.
+    outbound: Vec<Message>,
 }
 
 impl std::fmt::Debug for AlarmService {
@@ -308,6 +313,7 @@ impl AlarmService {
             engine,
             db: conn,
             hooks,
+            outbound: Vec::new(),
         })
     }
 
@@ -334,8 +340,29 @@ impl AlarmService {
             .engine
             .acknowledge(id, by, now_ms)
             .map_err(|e| e.to_string())?;
+        // A duty report's site sees who acknowledged it.
+        if let Some(AlarmChange::Updated(a)) = changes.first() {
+            if let (AlarmKind::DutyReport, Subject::Terminal(t), Some(report)) =
+                (a.kind, a.subject, a.report)
+            {
+                let notice = TerminalNotice::DutyReportAcknowledged {
+                    report,
+                    by: by.to_owned(),
+                    at_ms: now_ms,
+                };
+                if let Ok(bytes) = cuntong_core::envelope::encode(&notice) {
+                    let topic = Topic::terminal(&t, Channel::Notice).to_string();
+                    self.outbound.push(Message::new(topic, bytes));
+                }
+            }
+        }
         self.changed(changes);
         Ok(())
+    }
+
+    /// Messages for terminals waiting to be published.
+    pub fn take_outbound(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outbound)
     }
 
     fn changed(&mut self, changes: Vec<AlarmChange>) {
@@ -397,6 +424,16 @@ pub fn observations(record: &Record) -> Vec<Observation> {
             Event::Dropped { first, last, .. } if last >= first => vec![Observation::Dropped {
                 terminal: *terminal,
                 count: last - first + 1,
+            }],
+            Event::DutyReport {
+                report,
+                ref kind,
+                ref text,
+            } => vec![Observation::DutyReport {
+                terminal: *terminal,
+                report,
+                kind: kind.clone(),
+                text: text.clone(),
             }],
             _ => Vec::new(),
         },
@@ -557,7 +594,7 @@ async fn run_hook(hook: &[String], json: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cuntong_core::alarm::{AlarmKind, AlarmState, Subject};
+    use cuntong_core::alarm::AlarmState;
 
     #[test]
     fn the_documented_rules_parse() {
@@ -613,6 +650,7 @@ mod tests {
             acknowledged: Some(("Li".into(), 1_763_798_460_000)),
             cleared_ms: None,
             suppressed: vec!["130102009001-main".parse().unwrap()],
+            report: None,
         };
         let j = AlarmJson::of(&a);
         assert_eq!(j.subject, "130102009");

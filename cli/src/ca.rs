@@ -310,7 +310,12 @@ pub fn mosquitto_acl(inv: &Inventory) -> String {
     ] {
         out.push_str(&format!("topic read {}\n", all(c)));
     }
-    for c in [Channel::Ack, Channel::Command, Channel::MeetingDown] {
+    for c in [
+        Channel::Ack,
+        Channel::Command,
+        Channel::MeetingDown,
+        Channel::Notice,
+    ] {
         out.push_str(&format!("topic readwrite {}\n", all(c)));
     }
     out.push_str(&format!(

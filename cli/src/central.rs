@@ -226,6 +226,9 @@ pub async fn run(
         stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
             control(&mut meetings, &mut alarms, client, &msg.payload, unix_ms());
+            for m in alarms.take_outbound() {
+                meetings.push(m);
+            }
             meetings.drain(&link);
             continue;
         }

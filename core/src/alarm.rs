@@ -28,6 +28,8 @@ pub enum AlarmKind {
     Stale,
     Threshold,
     Dropping,
+    /// A site's operator raised a duty report.
+    DutyReport,
 }
 
 impl AlarmKind {
@@ -37,7 +39,13 @@ impl AlarmKind {
             AlarmKind::Stale => "stale",
             AlarmKind::Threshold => "threshold",
             AlarmKind::Dropping => "dropping",
+            AlarmKind::DutyReport => "duty-report",
         }
+    }
+
+    /// Event alarms clear when acknowledged; condition alarms when their condition ends.
+    pub fn is_event(self) -> bool {
+        matches!(self, AlarmKind::Dropping | AlarmKind::DutyReport)
     }
 }
 
@@ -123,6 +131,23 @@ pub struct Alarm {
     pub cleared_ms: Option<u64>,
     /// For a root-cause alarm: the terminals whose own alarms it stands for.
     pub suppressed: Vec<TerminalId>,
+    /// For a duty report: the terminal's number for it.
+    #[serde(default)]
+    pub report: Option<u64>,
+}
+
+/// What central tells a terminal on its `nt` topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TerminalNotice {
+    /// The duty office acknowledged the terminal's duty report `report`.
+    DutyReportAcknowledged { report: u64, by: String, at_ms: u64 },
+}
+
+impl TerminalNotice {
+    pub fn decode(bytes: &[u8]) -> Result<TerminalNotice, crate::envelope::DecodeError> {
+        crate::envelope::decode(bytes)
+    }
 }
 
 /// A threshold on a metric, with hysteresis.
@@ -201,6 +226,13 @@ pub enum Observation {
     Dropped {
         terminal: TerminalId,
         count: u64,
+    },
+    /// A duty report from the site.
+    DutyReport {
+        terminal: TerminalId,
+        report: u64,
+        kind: String,
+        text: String,
     },
 }
 
@@ -338,6 +370,31 @@ impl AlarmEngine {
                     self.clear(id, now_ms, &mut out);
                 }
                 self.threshold(terminal, &metric, value, at_ms, now_ms, &mut out);
+            }
+            Observation::DutyReport {
+                terminal,
+                report,
+                kind,
+                text,
+            } => {
+                let office = terminal
+                    .site()
+                    .at_level(crate::site::Level::County)
+                    .map_or_else(
+                        || terminal.site().to_string(),
+                        |c| Region::of(c).to_string(),
+                    );
+                let mut alarm = self.new_alarm(
+                    AlarmKind::DutyReport,
+                    Subject::Terminal(terminal),
+                    Severity::Critical,
+                    now_ms,
+                    format!("{kind}: {text} (for the duty office of {office})"),
+                    None,
+                );
+                alarm.report = Some(report);
+                self.alarms.insert(alarm.id, alarm.clone());
+                out.push(AlarmChange::Raised(alarm));
             }
             Observation::Dropped { terminal, count } => {
                 if self.rules.dropping && count > 0 {
@@ -600,7 +657,7 @@ impl AlarmEngine {
         a.state = AlarmState::Acknowledged;
         a.acknowledged = Some((by.to_string(), now_ms));
         let mut out = alloc::vec![AlarmChange::Updated(a.clone())];
-        if a.kind == AlarmKind::Dropping {
+        if a.kind.is_event() {
             self.clear(id, now_ms, &mut out);
         }
         Ok(out)
@@ -627,6 +684,7 @@ impl AlarmEngine {
             acknowledged: None,
             cleared_ms: None,
             suppressed: Vec::new(),
+            report: None,
         };
         self.next_id += 1;
         self.alarms.insert(alarm.id, alarm.clone());

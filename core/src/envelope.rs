@@ -91,6 +91,14 @@ pub enum Event {
     /// The TLS handshake with the broker failed (certificate not trusted, expired, refused by
     /// the broker): a security event, reported once per episode.
     TlsFailure { detail: String },
+    /// A duty report (值班报告 / emergency report) raised at the site, by its operator or its
+    /// button: a critical alarm for the duty office above it.
+    DutyReport {
+        /// The terminal's number for it (its acknowledgement names it).
+        report: u64,
+        kind: String,
+        text: String,
+    },
 }
 
 impl Event {
@@ -106,6 +114,7 @@ impl Event {
             Event::UnexpectedRestart => "unexpected-restart",
             Event::FilesChanged { .. } => "files-changed",
             Event::TlsFailure { .. } => "tls-failure",
+            Event::DutyReport { .. } => "duty-report",
         }
     }
 
@@ -144,6 +153,7 @@ impl fmt::Display for Event {
             Event::UnexpectedRestart => f.write_str("previous run did not stop cleanly"),
             Event::FilesChanged { files } => write!(f, "{}", files.join(", ")),
             Event::TlsFailure { detail } => f.write_str(detail),
+            Event::DutyReport { report, kind, text } => write!(f, "#{report} {kind}: {text}"),
         }
     }
 }

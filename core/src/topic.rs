@@ -37,10 +37,12 @@ pub enum Channel {
     Command,
     /// Per-terminal meeting downlink: media plan, keys.
     MeetingDown,
+    /// Central's notices to the terminal: a duty report acknowledged.
+    Notice,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 8] = [
+    pub const ALL: [Channel; 9] = [
         Channel::Presence,
         Channel::Telemetry,
         Channel::Events,
@@ -49,6 +51,7 @@ impl Channel {
         Channel::Ack,
         Channel::Command,
         Channel::MeetingDown,
+        Channel::Notice,
     ];
 
     /// The last topic segment.
@@ -62,12 +65,16 @@ impl Channel {
             Channel::Ack => "ack",
             Channel::Command => "cmd",
             Channel::MeetingDown => "md",
+            Channel::Notice => "nt",
         }
     }
 
     /// True for channels the terminal writes.
     pub fn is_uplink(self) -> bool {
-        !matches!(self, Channel::Ack | Channel::Command | Channel::MeetingDown)
+        !matches!(
+            self,
+            Channel::Ack | Channel::Command | Channel::MeetingDown | Channel::Notice
+        )
     }
 
     fn from_segment(s: &str) -> Option<Channel> {

@@ -127,13 +127,18 @@ pub fn link_options(cfg: &TerminalConfig, started_ms: u64) -> Result<LinkOptions
         Some(Message::new(presence_topic.clone(), presence(cfg, started_ms, false)?).retained());
     opts.on_connect =
         vec![Message::new(presence_topic, presence(cfg, started_ms, true)?).retained()];
-    opts.subscriptions = [Channel::Command, Channel::Ack, Channel::MeetingDown]
-        .into_iter()
-        .map(|c| Topic::terminal(&cfg.id, c))
-        .chain(Topic::broadcasts_for(cfg.id.site()))
-        .map(|t| t.to_string())
-        .chain(Conference::subscriptions(&cfg.id))
-        .collect();
+    opts.subscriptions = [
+        Channel::Command,
+        Channel::Ack,
+        Channel::MeetingDown,
+        Channel::Notice,
+    ]
+    .into_iter()
+    .map(|c| Topic::terminal(&cfg.id, c))
+    .chain(Topic::broadcasts_for(cfg.id.site()))
+    .map(|t| t.to_string())
+    .chain(Conference::subscriptions(&cfg.id))
+    .collect();
     Ok(opts)
 }
 
@@ -162,6 +167,7 @@ pub async fn run(
     let mut link_up = link.watch_connected();
     let ack_topic = Topic::terminal(&cfg.id, Channel::Ack).to_string();
     let cmd_topic = Topic::terminal(&cfg.id, Channel::Command).to_string();
+    let notice_topic = Topic::terminal(&cfg.id, Channel::Notice).to_string();
     let guard = match &cfg.commands {
         Some(c) => Some(
             crate::commands::read_public_key(&c.key)
@@ -306,10 +312,15 @@ pub async fn run(
                 daemon.meeting_out(msgs);
             }
             Some((req, answer)) = requests.recv() => {
-                let result = daemon.conference.operator(req, unix_ms()).map(|(line, msgs)| {
-                    daemon.meeting_out(msgs);
-                    line
-                });
+                let result = match req {
+                    status::LocalRequest::Conference(r) => {
+                        daemon.conference.operator(r, unix_ms()).map(|(line, msgs)| {
+                            daemon.meeting_out(msgs);
+                            line
+                        })
+                    }
+                    status::LocalRequest::DutyReport { kind, text } => daemon.duty_report(kind, text),
+                };
                 let _ = answer.send(result);
             }
             _ = health_tick.tick() => {
@@ -370,6 +381,7 @@ pub async fn run(
                     Some(m) if m.topic == cmd_topic && !m.payload.is_empty() => {
                         daemon.command(&m.payload, m.retain)?;
                     }
+                    Some(m) if m.topic == notice_topic => daemon.notice(&m.payload),
                     Some(m) if daemon.conference_message(&m) => {}
                     Some(m) => tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "received"),
                     None => break,
@@ -451,6 +463,52 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// The operator raised a duty report: an event, ahead of all telemetry in the outbox.
+    fn duty_report(&mut self, kind: String, text: String) -> Result<String, String> {
+        let report = unix_ms();
+        self.event(Event::DutyReport {
+            report,
+            kind: kind.clone(),
+            text: text.clone(),
+        })
+        .map_err(|e| format!("cannot record the report: {e}"))?;
+        self.with_status(|s| {
+            if s.duty_reports.len() == status::DUTY_REPORTS_KEPT {
+                s.duty_reports.remove(0);
+            }
+            s.duty_reports.push(status::DutyReportStatus {
+                report,
+                kind,
+                text,
+                raised_ms: report,
+                acknowledged_by: None,
+                acknowledged_ms: None,
+            });
+        });
+        self.pump();
+        Ok(format!(
+            "duty report #{report} recorded; it goes to the duty office first (see status)"
+        ))
+    }
+
+    /// A notice from central (a duty report acknowledged).
+    fn notice(&mut self, payload: &[u8]) {
+        use cuntong_core::alarm::TerminalNotice;
+        match TerminalNotice::decode(payload) {
+            Ok(TerminalNotice::DutyReportAcknowledged { report, by, at_ms }) => {
+                tracing::info!(report, %by, "duty report acknowledged");
+                self.with_status(|s| {
+                    if let Some(d) = s.duty_reports.iter_mut().find(|d| d.report == report) {
+                        d.acknowledged_by = Some(by);
+                        d.acknowledged_ms = Some(at_ms);
+                    }
+                });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed notice"),
+        }
+    }
+
     /// A meeting message (state, downlink): handled here; false if it is not one.
     fn conference_message(&mut self, m: &crate::link::Incoming) -> bool {
         match self.conference.on_message(&m.topic, &m.payload, unix_ms()) {

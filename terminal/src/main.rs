@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use cuntong_terminal::conference::{OperatorRequest, SignallingOnly, Unattended};
+use cuntong_terminal::conference::{SignallingOnly, Unattended};
 use cuntong_terminal::config::TerminalConfig;
 use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::daemon::{self, Hardware};
 use cuntong_terminal::health::ProcHealth;
+use cuntong_terminal::status::LocalRequest;
 use cuntong_terminal::{check, hardware, status};
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +64,17 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Raise a duty report (值班报告) for the duty office above this site; it shows as a
+    /// critical alarm there, and its acknowledgement in `status`.
+    Report {
+        /// What it is about: flood, fire, power, … (a-z, 0-9, -).
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        text: String,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Start a video call from this box to another terminal (e.g. the county office).
     Call {
         terminal: String,
@@ -108,7 +120,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             socket,
         } => {
             let line = format!("meeting {action} {id} {}", reason.join(" "));
-            let req = match OperatorRequest::parse(&line) {
+            let req = match LocalRequest::parse(line.trim_end()) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -118,7 +130,21 @@ async fn async_main(cli: Cli) -> ExitCode {
             operator(socket_path(socket), &req).await
         }
         Command::Call { terminal, socket } => {
-            let req = match OperatorRequest::parse(&format!("call {terminal}")) {
+            let req = match LocalRequest::parse(&format!("call {terminal}")) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            operator(socket_path(socket), &req).await
+        }
+        Command::Report { kind, text, socket } => {
+            if text.contains('\n') {
+                eprintln!("error: report text: one line");
+                return ExitCode::from(2);
+            }
+            let req = match LocalRequest::parse(&format!("report {kind} {text}")) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -214,7 +240,7 @@ async fn async_main(cli: Cli) -> ExitCode {
 }
 
 /// Sends an operator's request to the running daemon and prints its answer.
-async fn operator(path: Result<PathBuf, ExitCode>, req: &OperatorRequest) -> ExitCode {
+async fn operator(path: Result<PathBuf, ExitCode>, req: &LocalRequest) -> ExitCode {
     let path = match path {
         Ok(p) => p,
         Err(code) => return code,

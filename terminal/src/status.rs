@@ -39,11 +39,75 @@ pub struct StatusReport {
     /// The sessions this terminal is invited to or takes part in.
     #[serde(default)]
     pub meetings: Vec<crate::conference::MeetingReport>,
+    /// Duty reports raised here, newest last, with their acknowledgement by the duty office.
+    #[serde(default)]
+    pub duty_reports: Vec<DutyReportStatus>,
+}
+
+/// A duty report and whether the duty office acknowledged it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DutyReportStatus {
+    pub report: u64,
+    pub kind: String,
+    pub text: String,
+    /// Unix ms.
+    pub raised_ms: u64,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_ms: Option<u64>,
+}
+
+/// Duty reports the status keeps, at most.
+pub const DUTY_REPORTS_KEPT: usize = 20;
+
+/// What the box's operator asks the daemon over the socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalRequest {
+    Conference(crate::conference::OperatorRequest),
+    /// `report KIND TEXT…`: a duty report for the duty office above the site.
+    DutyReport {
+        kind: String,
+        text: String,
+    },
+}
+
+impl LocalRequest {
+    pub fn parse(line: &str) -> Result<LocalRequest, String> {
+        if let Some(rest) = line.strip_prefix("report ") {
+            let (kind, text) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+            if kind.is_empty()
+                || kind.len() > 32
+                || !kind
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(format!(
+                    "report kind {kind:?}: 1 to 32 of a-z, 0-9 and - (e.g. flood, fire, power)"
+                ));
+            }
+            let text = text.trim();
+            if text.is_empty() || text.chars().count() > 500 {
+                return Err("report text: 1 to 500 characters".into());
+            }
+            return Ok(LocalRequest::DutyReport {
+                kind: kind.to_owned(),
+                text: text.to_owned(),
+            });
+        }
+        crate::conference::OperatorRequest::parse(line).map(LocalRequest::Conference)
+    }
+
+    pub fn to_line(&self) -> String {
+        match self {
+            LocalRequest::Conference(r) => r.to_line(),
+            LocalRequest::DutyReport { kind, text } => format!("report {kind} {text}"),
+        }
+    }
 }
 
 /// An operator's request from the socket, and where the daemon answers it.
 pub type OperatorCall = (
-    crate::conference::OperatorRequest,
+    LocalRequest,
     tokio::sync::oneshot::Sender<Result<String, String>>,
 );
 
@@ -134,7 +198,7 @@ async fn answer(
     let body = match line.trim() {
         "status" => serde_json::to_string(report).map_err(std::io::Error::other)?,
         other => {
-            let result = match crate::conference::OperatorRequest::parse(other) {
+            let result = match LocalRequest::parse(other) {
                 Ok(req) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     match requests.send((req, tx)).await {
@@ -184,10 +248,7 @@ pub async fn request(path: &Path) -> Result<StatusReport, String> {
 
 /// Sends an operator's request (`meeting hand m1`, `call 130102000000-hall`) to the daemon
 /// listening on `path`; returns its answer.
-pub async fn operator_request(
-    path: &Path,
-    req: &crate::conference::OperatorRequest,
-) -> Result<String, String> {
+pub async fn operator_request(path: &Path, req: &LocalRequest) -> Result<String, String> {
     let run = async {
         let mut stream = UnixStream::connect(path).await.map_err(|e| {
             format!(
@@ -291,6 +352,22 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
             (None, false) => "not read yet".to_owned(),
         };
         row("sensor", format!("{:<12} {state}", s.name));
+    }
+    for d in &r.duty_reports {
+        let state = match (&d.acknowledged_by, d.acknowledged_ms) {
+            (Some(by), Some(at)) => format!("acknowledged by {by} {}", ago(at)),
+            _ => "waiting for the duty office".to_owned(),
+        };
+        row(
+            "duty",
+            format!(
+                "#{} {}: {} ({}) — {state}",
+                d.report,
+                d.kind,
+                d.text,
+                ago(d.raised_ms)
+            ),
+        );
     }
     for m in &r.meetings {
         let mut flags = Vec::new();

@@ -268,3 +268,108 @@ fn a_value_hovering_at_its_threshold_raises_one_alarm_and_does_not_flap() {
         .is_some_and(|a| a.state == "cleared")));
     assert_eq!(alarms(&db, false).len(), 1);
 }
+
+#[test]
+fn a_duty_report_from_a_village_reaches_the_county_duty_office_and_its_ack_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let rules = d.join("rules.toml");
+    std::fs::write(&rules, "").unwrap();
+    let db = d.join("central.db");
+    let central = central(&broker, &db, &rules, d);
+    let id = "130102001001-main";
+    let _box = Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "terminal",
+            "--id",
+            id,
+            "--broker",
+            &broker.url,
+            "--data-dir",
+            d.join("box").to_str().unwrap(),
+            "--interval",
+            "2s",
+        ],
+        d.join("box.log"),
+    );
+    let socket = d.join("box").join(id).join("status.sock");
+    assert!(wait_until(Duration::from_secs(20), || sites(&db, None)
+        .iter()
+        .any(|s| s.online)));
+    let operator = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--socket", socket.to_str().unwrap()]);
+        run(&bin("cuntong-terminal"), &all)
+    };
+    let bad = operator(&["report", "--kind", "Flood!", "--text", "x"]);
+    assert_eq!(bad.status.code(), Some(2), "bad input");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("report kind \"Flood!\""));
+    ok(operator(&[
+        "report",
+        "--kind",
+        "flood",
+        "--text",
+        "河堤渗水，需要支援",
+    ]));
+    let county = || {
+        let out = run(
+            &bin("cuntong"),
+            &[
+                "alarms",
+                "--json",
+                "--region",
+                "130102",
+                "--db",
+                db.to_str().unwrap(),
+            ],
+        );
+        serde_json::from_slice::<Vec<AlarmJson>>(&out.stdout).unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || county()
+            .iter()
+            .any(|a| a.kind == "duty-report")),
+        "{}",
+        central.log_text()
+    );
+    let report = county()
+        .into_iter()
+        .find(|a| a.kind == "duty-report")
+        .unwrap();
+    assert_eq!(report.severity, "critical");
+    assert_eq!(report.subject, id);
+    assert!(report.detail.contains("河堤渗水"), "{report:?}");
+    assert!(
+        report.detail.contains("duty office of 130102"),
+        "{report:?}"
+    );
+    ok(run(
+        &bin("cuntong"),
+        &[
+            "alarms",
+            "ack",
+            &report.id.to_string(),
+            "--by",
+            "县值班室",
+            "--broker",
+            &broker.url,
+        ],
+    ));
+    let acked = || {
+        let out = operator(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["duty_reports"][0]["acknowledged_by"] == "县值班室"
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), acked),
+        "the box does not show the acknowledgement"
+    );
+    assert!(
+        county()
+            .iter()
+            .any(|a| a.id == report.id && a.state == "cleared"),
+        "acknowledged reports are done"
+    );
+}
