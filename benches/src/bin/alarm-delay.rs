@@ -1,0 +1,166 @@
+//! From a terminal going offline to its alarm in central's store, with a fleet of 2,000
+//! simulated terminals reporting to the same central, against Mosquitto.
+//!
+//! Two ways to go offline: an orderly stop (the terminal says goodbye: the floor is ~0) and a
+//! power cut (`kill -9`: the broker notices after 1.5 × the keep-alive, 7.5 s here, the floor).
+//! The grace period is set to 0 so the figures are the pipeline's own; add `[offline] grace`.
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! ./target/release/alarm-delay --count 2000
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cuntong::store::{SqliteStore, Store};
+use cuntong_benches::harness::{Proc, bin, free_port, spawn, wait_for};
+
+#[derive(Parser)]
+struct Args {
+    /// Simulated terminals besides the one that goes offline.
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+}
+
+const VICTIM: &str = "140102001001-main";
+
+fn victim(url: &str, d: &Path) -> anyhow::Result<Proc> {
+    spawn(
+        &bin("cuntong-sim")?,
+        &[
+            "terminal",
+            "--id",
+            VICTIM,
+            "--broker",
+            url,
+            "--data-dir",
+            d.join("victim").to_str().context("path")?,
+            "--interval",
+            "10s",
+            "--keep-alive",
+            "5s",
+        ],
+        &d.join("victim.log"),
+    )
+}
+
+/// Waits for the victim's offline alarm to be active (`true`) or gone (`false`).
+fn alarm_is(db: &Path, active: bool, timeout: Duration) -> Option<Duration> {
+    wait_for(timeout, || {
+        cuntong::alarms::list(db, None, true)
+            .map(|v| v.iter().any(|a| a.subject.to_string() == VICTIM) == active)
+            .unwrap_or(false)
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let port = free_port()?;
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let conf = d.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 100000\nmax_inflight_messages 1000\n"
+        ),
+    )?;
+    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("mosquitto is not installed")?;
+    let _broker = spawn(
+        Path::new(exe),
+        &["-c", conf.to_str().context("path")?],
+        &d.join("broker.log"),
+    )?;
+    if wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .is_none()
+    {
+        bail!("mosquitto did not start");
+    }
+    let rules = d.join("rules.toml");
+    std::fs::write(&rules, "[offline]\ngrace = \"0s\"\n")?;
+    let db = d.join("central.db");
+    let _central = spawn(
+        &bin("cuntong")?,
+        &[
+            "central",
+            "--broker",
+            &url,
+            "--db",
+            db.to_str().context("path")?,
+            "--alarms",
+            rules.to_str().context("path")?,
+        ],
+        &d.join("central.log"),
+    )?;
+    wait_for(Duration::from_secs(10), || db.exists());
+    let _fleet = spawn(
+        &bin("cuntong-sim")?,
+        &[
+            "fleet",
+            "--broker",
+            &url,
+            "--region",
+            "13",
+            "--count",
+            &args.count.to_string(),
+            "--interval",
+            "10s",
+            "--data-dir",
+            d.join("fleet").to_str().context("path")?,
+        ],
+        &d.join("fleet.log"),
+    )?;
+    let store = SqliteStore::open(&db)?;
+    let online = || {
+        store
+            .sites(None)
+            .map(|s| s.iter().filter(|r| r.online).count())
+            .unwrap_or(0)
+    };
+    let mut v = victim(&url, d)?;
+    if wait_for(Duration::from_secs(180), || online() > args.count).is_none() {
+        bail!("only {} terminals online", online());
+    }
+    println!(
+        "offline → alarm with {} simulated terminals reporting, Mosquitto, grace 0",
+        args.count
+    );
+
+    // Orderly stop: SIGTERM, the terminal publishes its offline presence itself.
+    std::process::Command::new("kill")
+        .args(["-TERM", &v.0.id().to_string()])
+        .status()?;
+    let orderly =
+        alarm_is(&db, true, Duration::from_secs(30)).context("no alarm after an orderly stop")?;
+    println!(
+        "  orderly stop  → alarm   {:>6} ms   (floor ~0: the goodbye is immediate)",
+        orderly.as_millis()
+    );
+    drop(v);
+    v = victim(&url, d)?;
+    alarm_is(&db, false, Duration::from_secs(60)).context("the alarm did not clear")?;
+
+    // Power cut: the broker notices after 1.5 × keep-alive (7.5 s).
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = v.0.kill();
+    let _ = v.0.wait();
+    let cut = alarm_is(&db, true, Duration::from_secs(60)).context("no alarm after kill -9")?;
+    let floor = Duration::from_millis(7_500);
+    println!(
+        "  kill -9       → alarm   {:>6} ms   floor {} ms (broker keep-alive detection)   ratio {:.2}",
+        cut.as_millis(),
+        floor.as_millis(),
+        cut.as_secs_f64() / floor.as_secs_f64()
+    );
+    Ok(())
+}
