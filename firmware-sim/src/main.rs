@@ -193,12 +193,12 @@ fn main() -> ExitCode {
             value,
         } => {
             let line = match (action.as_str(), value) {
-                ("cut", None) | ("restore", None) => action.clone(),
+                ("cut", None) | ("stall", None) | ("restore", None) => action.clone(),
                 ("delay", Some(ms)) => format!("delay {ms}"),
                 ("loss", Some(pct)) if pct <= 100 => format!("loss {pct}"),
                 _ => {
                     return usage(format!(
-                        "link action {action:?}: use cut, restore, delay MS or loss PERCENT"
+                        "link action {action:?}: use cut, stall, restore, delay MS or loss PERCENT"
                     ));
                 }
             };
@@ -357,6 +357,10 @@ async fn run_proxy(listen: SocketAddr, upstream: SocketAddr, control: &Path) -> 
             (Some("cut"), None) => {
                 p.cut();
                 "cut".to_owned()
+            }
+            (Some("stall"), None) => {
+                p.stall();
+                "stalled".to_owned()
             }
             (Some("restore"), None) => {
                 p.restore();

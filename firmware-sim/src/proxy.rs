@@ -2,7 +2,9 @@
 //! cut it, restore it and slow it down on command.
 //!
 //! While cut, established connections are closed and new ones are accepted and closed at once
-//! (as a dead uplink behind a working local router looks to the terminal). A delay adds
+//! (as a dead uplink behind a working local router looks to the terminal). While stalled,
+//! connections stay open but nothing gets through in either direction (a power cut at the far
+//! end, a dead radio link: no FIN, no RST; only keep-alives notice). A delay adds
 //! latency to every chunk forwarded in either direction. Loss, as a lossy radio link shows
 //! itself to TCP, resets a connection with the given probability per forwarded chunk.
 
@@ -19,6 +21,7 @@ use tokio::sync::watch;
 #[derive(Clone, Debug)]
 pub struct ProxyControl {
     cut: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     /// Per-chunk probability of a reset, in percent.
     loss_pct: Arc<AtomicU64>,
@@ -34,8 +37,14 @@ impl ProxyControl {
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    /// Stalls the link: connections stay open, nothing passes, until `restore`.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
     }
 
     pub fn is_cut(&self) -> bool {
@@ -60,6 +69,7 @@ pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<
     let (epoch, _) = watch::channel(0u64);
     let control = ProxyControl {
         cut: Arc::new(AtomicBool::new(false)),
+        stalled: Arc::new(AtomicBool::new(false)),
         delay_ms: Arc::new(AtomicU64::new(0)),
         loss_pct: Arc::new(AtomicU64::new(0)),
         epoch,
@@ -107,6 +117,9 @@ async fn pipe(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if control.stalled.load(Ordering::Relaxed) {
+            continue; // swallowed by the dead link
+        }
         let loss = control.loss_pct.load(Ordering::Relaxed);
         if loss > 0 && rand::random::<u64>() % 100 < loss {
             return;
@@ -170,5 +183,15 @@ mod tests {
         again.write_all(b"pong").await.unwrap();
         again.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"pong");
+
+        // Stalled: the connection stays open and silent; restored, it carries again.
+        p.stall();
+        again.write_all(b"lost").await.unwrap();
+        let silent = tokio::time::timeout(Duration::from_millis(300), again.read(&mut b)).await;
+        assert!(silent.is_err(), "nothing comes back, and nothing closes");
+        p.restore();
+        again.write_all(b"back").await.unwrap();
+        again.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"back");
     }
 }

@@ -1,9 +1,11 @@
 //! From a terminal going offline to its alarm in central's store, with a fleet of 2,000
 //! simulated terminals reporting to the same central, against Mosquitto.
 //!
-//! Two ways to go offline: an orderly stop (the terminal says goodbye: the floor is ~0) and a
-//! power cut (`kill -9`: the broker notices after 1.5 × the keep-alive, 7.5 s here, the floor).
-//! The grace period is set to 0 so the figures are the pipeline's own; add `[offline] grace`.
+//! Three ways to go offline: an orderly stop (the terminal says goodbye), a crash (`kill -9`:
+//! the OS closes the socket, the broker publishes the will at once), and a dead link (the
+//! proxy stalls: no FIN, no RST; the broker notices after 1.5 × the keep-alive, 7.5 s here,
+//! the floor). The grace period is 0 so the figures are the pipeline's own; add
+//! `[offline] grace`. Central evaluates offline alarms once a second, so up to 1 s comes on top.
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
@@ -154,13 +156,52 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let _ = v.0.kill();
     let _ = v.0.wait();
-    let cut = alarm_is(&db, true, Duration::from_secs(60)).context("no alarm after kill -9")?;
+    let crash = alarm_is(&db, true, Duration::from_secs(60)).context("no alarm after kill -9")?;
+    println!(
+        "  kill -9       → alarm   {:>6} ms   (floor ~0: the OS closes the socket, the will goes at once)",
+        crash.as_millis()
+    );
+    drop(v);
+
+    // A dead link: the victim behind a proxy that stalls.
+    let proxy_port = free_port()?;
+    let control = d.join("link.sock");
+    let _proxy = spawn(
+        &bin("cuntong-sim")?,
+        &[
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{proxy_port}"),
+            "--upstream",
+            &format!("127.0.0.1:{port}"),
+            "--control",
+            control.to_str().context("path")?,
+        ],
+        &d.join("proxy.log"),
+    )?;
+    wait_for(Duration::from_secs(10), || control.exists()).context("proxy")?;
+    let _v = victim(&format!("mqtt://127.0.0.1:{proxy_port}"), d)?;
+    alarm_is(&db, false, Duration::from_secs(60)).context("the alarm did not clear")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let stall = std::process::Command::new(bin("cuntong-sim")?)
+        .args([
+            "link",
+            "--control",
+            control.to_str().context("path")?,
+            "stall",
+        ])
+        .status()?;
+    if !stall.success() {
+        bail!("cannot stall the link");
+    }
+    let dead =
+        alarm_is(&db, true, Duration::from_secs(60)).context("no alarm after the link died")?;
     let floor = Duration::from_millis(7_500);
     println!(
-        "  kill -9       → alarm   {:>6} ms   floor {} ms (broker keep-alive detection)   ratio {:.2}",
-        cut.as_millis(),
+        "  dead link     → alarm   {:>6} ms   floor {} ms (1.5 × keep-alive)   ratio {:.2}",
+        dead.as_millis(),
         floor.as_millis(),
-        cut.as_secs_f64() / floor.as_secs_f64()
+        dead.as_secs_f64() / floor.as_secs_f64()
     );
     Ok(())
 }
