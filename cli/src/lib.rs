@@ -8,6 +8,7 @@
 //! - [`cmd`]: signed remote commands.
 //! - [`hj212`]: HJ 212 frame tools for technicians.
 //! - [`meetings`]: the meeting host inside `central`.
+//! - [`monitor`]: the live terminal view (`cuntong monitor`).
 //! - [`control`]: what `cuntong` commands and `central` say to each other.
 //! - [`meeting_cli`]: the `cuntong meeting …` and `cuntong call` clients.
 //! - [`store`]: the history store (SQLite).
@@ -22,5 +23,6 @@ pub mod control;
 pub mod hj212;
 pub mod meeting_cli;
 pub mod meetings;
+pub mod monitor;
 pub mod store;
 pub mod view;

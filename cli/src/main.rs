@@ -59,6 +59,14 @@ enum Command {
         #[arg(long)]
         alarms: Option<PathBuf>,
     },
+    /// Live view of the fleet: the region tree with counts, a terminal's recent values, the
+    /// active alarms and the meetings in progress (reads the store; q quits).
+    Monitor {
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+    },
     /// Alarms: `cuntong alarms [--region CODE] [--active] [--json]`, `cuntong alarms ack ID`.
     Alarms {
         #[command(subcommand)]
@@ -524,6 +532,20 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Meeting { action, conn } => meeting(action, conn).await,
+        Command::Monitor { region, db } => {
+            let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
+            let db = db.unwrap_or_else(default_db);
+            if !db.exists() {
+                return Err(fail(format!("no store at {}", db.display())));
+            }
+            if !std::io::stdout().is_terminal() {
+                return Err(Usage(
+                    "monitor needs a terminal (use `sites` or `alarms --json` in scripts)".into(),
+                )
+                .into());
+            }
+            tokio::task::block_in_place(|| cuntong::monitor::run(&db, region)).map_err(fail)
+        }
         Command::Alarms {
             action: Some(AlarmAction::Ack { id, by, conn }),
             ..
