@@ -406,15 +406,20 @@ fn draw_regions(
         [
             Constraint::Length(20),
             Constraint::Length(11),
-            Constraint::Length(8),
-            Constraint::Length(10),
+            Constraint::Length(12),
+            Constraint::Length(12),
             Constraint::Length(8),
             Constraint::Length(9),
         ],
     )
     .header(
         Row::new(vec![
-            "REGION", "LEVEL", "TOTAL", "ONLINE", "OFFLINE", "ALARMING",
+            "NAME",
+            "LEVEL",
+            "TOTAL|STATE",
+            "ONLINE|SEEN",
+            "OFFLINE",
+            "ALARMING",
         ])
         .style(Style::default().add_modifier(Modifier::BOLD)),
     )
