@@ -38,6 +38,7 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
         [a] if a == "reboot" => Ok(Action::Reboot),
         [a] if a == "diag" => Ok(Action::Diag),
         [a] if a == "logs" => Ok(Action::Logs),
+        [a] if a == "readiness" => Ok(Action::Readiness),
         [a, kv] if a == "config-set" => {
             let (k, v) = kv
                 .split_once('=')

@@ -9,6 +9,7 @@
 //! - [`hj212`]: HJ 212 frame tools for technicians.
 //! - [`meetings`]: the meeting host inside `central`.
 //! - [`monitor`]: the live terminal view (`cuntong monitor`).
+//! - [`readiness`]: the pre-meeting self-check of terminals (`cuntong readiness`).
 //! - [`control`]: what `cuntong` commands and `central` say to each other.
 //! - [`meeting_cli`]: the `cuntong meeting …` and `cuntong call` clients.
 //! - [`store`]: the history store (SQLite).
@@ -24,5 +25,6 @@ pub mod hj212;
 pub mod meeting_cli;
 pub mod meetings;
 pub mod monitor;
+pub mod readiness;
 pub mod store;
 pub mod view;

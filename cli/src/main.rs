@@ -59,6 +59,28 @@ enum Command {
         #[arg(long)]
         alarms: Option<PathBuf>,
     },
+    /// Before a meeting: every terminal of the meeting (or region) checks its camera,
+    /// microphone, link, clock and disk; a ready / not-ready table, kept in the store.
+    Readiness {
+        #[arg(long, conflicts_with = "region", required_unless_present = "region")]
+        meeting: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// The CA directory with the command key.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
+        broker: String,
+        #[arg(long)]
+        tls: Option<PathBuf>,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+        /// How long to wait for answers.
+        #[arg(long, default_value = "15s")]
+        wait: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Live view of the fleet: the region tree with counts, a terminal's recent values, the
     /// active alarms and the meetings in progress (reads the store; q quits).
     Monitor {
@@ -532,6 +554,69 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Meeting { action, conn } => meeting(action, conn).await,
+        Command::Readiness {
+            meeting,
+            region,
+            ca,
+            broker,
+            tls,
+            db,
+            wait,
+            json,
+        } => {
+            let broker: BrokerUrl = parse("--broker", &broker)?;
+            let wait = duration("--wait", &wait)?;
+            let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
+            let db = db.unwrap_or_else(default_db);
+            let targets: Vec<TerminalId> = match (&meeting, &region) {
+                (Some(m), _) => cuntong::readiness::meeting_terminals(&db, m).map_err(fail)?,
+                (None, Some(r)) => SqliteStore::open_existing(&db)
+                    .map_err(fail)?
+                    .sites(Some(r))
+                    .map_err(fail)?
+                    .iter()
+                    .filter_map(|s| s.terminal.parse().ok())
+                    .collect(),
+                (None, None) => {
+                    return Err(Usage("give --meeting ID or --region CODE".into()).into());
+                }
+            };
+            if targets.is_empty() {
+                return Err(fail("no terminal to ask"));
+            }
+            let tls = match tls {
+                Some(dir) => Some(
+                    cuntong_terminal::tls::client_config(&cuntong_terminal::tls::TlsFiles::in_dir(
+                        &dir,
+                    ))
+                    .map_err(fail)?,
+                ),
+                None => None,
+            };
+            let key = cuntong::cmd::signing_key(&ca).map_err(fail)?;
+            let answers = cuntong::cmd::send(
+                broker,
+                tls,
+                &key,
+                &targets,
+                &cuntong_core::command::Action::Readiness,
+                Duration::from_secs(120),
+                wait,
+            )
+            .await
+            .map_err(fail)?;
+            let rows = cuntong::readiness::rows(&answers);
+            cuntong::readiness::save(&db, &rows, unix_ms()).map_err(fail)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).map_err(fail)?);
+            } else {
+                print!("{}", cuntong::readiness::table(&rows));
+            }
+            if rows.iter().any(|r| r.ready.is_none()) {
+                return Err(fail("some terminals did not answer"));
+            }
+            Ok(())
+        }
         Command::Monitor { region, db } => {
             let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
             let db = db.unwrap_or_else(default_db);

@@ -537,6 +537,10 @@ impl MeetingService {
                     heartbeat_ms: self.heartbeat_ms,
                 };
                 let id = self.create(spec, now_ms, kind == Kind::Call)?;
+                // In the store before the answer: other commands (readiness) look it up there.
+                if let Err(e) = self.save() {
+                    tracing::error!(error = %e, "cannot save the new session; retrying at the next tick");
+                }
                 Ok(ResponseBody::Created { id: id.to_string() })
             }
             RequestBody::Op {

@@ -29,6 +29,8 @@ pub enum Action {
     ConfigSet { key: String, value: String },
     /// Report the recent errors.
     Logs,
+    /// Pre-meeting readiness: camera, microphone, link, clock, disk ([`Readiness`] as JSON).
+    Readiness,
 }
 
 impl Action {
@@ -39,6 +41,7 @@ impl Action {
             Action::Diag => "diag",
             Action::ConfigSet { .. } => "config-set",
             Action::Logs => "logs",
+            Action::Readiness => "readiness",
         }
     }
 }
@@ -72,6 +75,31 @@ impl SignedCommand {
     /// The body, once the signature has been checked by the caller.
     pub fn body(&self) -> Result<CommandBody, DecodeError> {
         decode(&self.body)
+    }
+}
+
+/// One self-check of a terminal before a meeting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `camera`, `microphone`, `link`, `clock`, `disk`.
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// A terminal's answer to [`Action::Readiness`] (in [`CommandResult::output`], as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Readiness {
+    pub fn of(checks: Vec<Check>) -> Readiness {
+        Readiness {
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
     }
 }
 

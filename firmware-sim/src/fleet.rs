@@ -12,17 +12,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cuntong_core::delivery::DeliveryConfig;
-use cuntong_core::meeting::MeetingState;
 use cuntong_core::meeting::participant::AcceptPolicy;
+use cuntong_core::meeting::{Applied, MediaPlan, MediaProfile, MeetingId, MeetingState};
 use cuntong_core::site::{Level, Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::BrokerUrl;
-use cuntong_terminal::conference::{Console, Invitation, SignallingOnly};
+use cuntong_terminal::conference::{Console, Invitation, MediaEngine, SignallingOnly};
 use cuntong_terminal::config::{CommandsConfig, TerminalConfig};
 use cuntong_terminal::daemon::{self, Hardware, RunError};
 use cuntong_terminal::hardware::Power;
 use cuntong_terminal::hj212::Hj212Config;
 use cuntong_terminal::outbox::OutboxConfig;
+use cuntong_terminal::readiness::CaptureDevices;
 use cuntong_terminal::sensors::Sensor;
 use cuntong_terminal::sensors::sht3x::Sht3x;
 use tokio::task::JoinSet;
@@ -205,6 +206,32 @@ impl Console for SimConsole {
     }
 }
 
+/// The simulator's media: signalling only, with a simulated camera and microphone (the test
+/// sources the media engine will use).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimMedia;
+
+impl MediaEngine for SimMedia {
+    fn start(&mut self, meeting: MeetingId, plan: &MediaPlan, profile: &MediaProfile) {
+        SignallingOnly.start(meeting, plan, profile);
+    }
+
+    fn apply(&mut self, meeting: MeetingId, applied: &Applied) {
+        SignallingOnly.apply(meeting, applied);
+    }
+
+    fn stop(&mut self, meeting: MeetingId) {
+        SignallingOnly.stop(meeting);
+    }
+
+    fn capture_devices(&self) -> CaptureDevices {
+        CaptureDevices {
+            camera: Some("videotestsrc (simulated)".into()),
+            microphone: Some("audiotestsrc (simulated)".into()),
+        }
+    }
+}
+
 /// Simulated hardware for a terminal: an SHT3x on a simulated bus (controlled by `control`,
 /// which outlives reboots), simulated health, signalling-only media and `console`.
 pub fn sim_hardware(
@@ -220,7 +247,7 @@ pub fn sim_hardware(
         sensors: vec![(sensor, interval)],
         health: Box::new(SimHealth::new(seed)),
         power,
-        media: Box::new(SignallingOnly),
+        media: Box::new(SimMedia),
         console: Box::new(console),
     }
 }

@@ -51,6 +51,10 @@ pub trait MediaEngine: Send {
     /// Mute or unmute the microphone, change role, show another site.
     fn apply(&mut self, meeting: MeetingId, applied: &Applied);
     fn stop(&mut self, meeting: MeetingId);
+    /// What it captures with (for the readiness check): by default the box's own devices.
+    fn capture_devices(&self) -> crate::readiness::CaptureDevices {
+        crate::readiness::local_devices()
+    }
 }
 
 /// Takes part in meetings without sending or receiving media (boxes without a camera, and
@@ -374,6 +378,15 @@ impl Conference {
             }
         };
         Ok((answer, self.handle(input, now_ms)))
+    }
+
+    /// The media engine's capture devices.
+    pub fn capture_devices(&self) -> crate::readiness::CaptureDevices {
+        self.engine.capture_devices()
+    }
+
+    pub fn thresholds(&self) -> &TierThresholds {
+        &self.cfg.thresholds
     }
 
     /// Live sessions this terminal has joined (the `meeting.joined` metric).

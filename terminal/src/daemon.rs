@@ -753,6 +753,19 @@ impl Daemon {
                             .unwrap_or_default();
                         (true, lines)
                     }
+                    Action::Readiness => {
+                        let checks = crate::readiness::checks(
+                            &self.conference.capture_devices(),
+                            &self.link.status(),
+                            self.conference.thresholds(),
+                            &self.cfg.data_dir,
+                            self.cfg.outbox.budget_bytes,
+                            body.issued_ms,
+                            now,
+                        );
+                        let r = cuntong_core::command::Readiness::of(checks);
+                        (true, serde_json::to_string(&r).unwrap_or_default())
+                    }
                     Action::Reboot => match self.power.reboot() {
                         Ok(done) => (true, done),
                         Err(e) => (false, e),

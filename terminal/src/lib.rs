@@ -18,6 +18,7 @@
 //! - [`status`]: the local status socket.
 //! - [`check`]: the technician's on-site self-test.
 //! - [`commands`]: verifying signed remote commands.
+//! - [`readiness`]: the pre-meeting self-check.
 //! - [`remote_config`]: `config-set` from central, validated and saved in place.
 //! - [`tls`]: mutual TLS for the link.
 
@@ -33,6 +34,7 @@ pub mod hj212;
 pub mod integrity;
 pub mod link;
 pub mod outbox;
+pub mod readiness;
 pub mod remote_config;
 pub mod sensors;
 pub mod status;

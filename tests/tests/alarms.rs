@@ -373,3 +373,90 @@ fn a_duty_report_from_a_village_reaches_the_county_duty_office_and_its_ack_comes
         "acknowledged reports are done"
     );
 }
+
+#[test]
+fn before_a_meeting_every_invited_terminal_checks_itself_and_the_results_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let ca = d.join("ca");
+    ok(run(
+        &bin("cuntong"),
+        &["ca", "init", "--dir", ca.to_str().unwrap()],
+    ));
+    let rules = d.join("rules.toml");
+    std::fs::write(&rules, "").unwrap();
+    let db = d.join("central.db");
+    let _central = central(&broker, &db, &rules, d);
+    let _fleet = Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "fleet",
+            "--broker",
+            &broker.url,
+            "--region",
+            "130102",
+            "--count",
+            "3",
+            "--interval",
+            "2s",
+            "--data-dir",
+            d.join("fleet").to_str().unwrap(),
+            "--command-key",
+            ca.join("command.pub").to_str().unwrap(),
+        ],
+        d.join("fleet.log"),
+    );
+    assert!(wait_until(Duration::from_secs(20), || sites(&db, None)
+        .iter()
+        .filter(|s| s.online)
+        .count()
+        == 3));
+    let created = ok(run(
+        &bin("cuntong"),
+        &[
+            "meeting",
+            "create",
+            "--title",
+            "会前检查",
+            "--invite",
+            "130102",
+            "--json",
+            "--broker",
+            &broker.url,
+        ],
+    ));
+    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = ok(run(
+        &bin("cuntong"),
+        &[
+            "readiness",
+            "--meeting",
+            &id,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--broker",
+            &broker.url,
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let rows: Vec<cuntong::readiness::ReadinessJson> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r.ready, Some(true), "{r:?}");
+        let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["camera", "microphone", "link", "clock", "disk"]);
+    }
+    let kept: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM readiness WHERE ready = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(kept, 3, "the results are kept in the store");
+}
