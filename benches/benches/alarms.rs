@@ -63,7 +63,7 @@ fn rules() -> AlarmRules {
 fn fleet() -> (AlarmEngine, Vec<TerminalId>) {
     let region: Region = "13".parse().unwrap();
     let ids = fleet_ids(&region, 2000);
-    let mut e = AlarmEngine::new(rules(), Vec::new());
+    let mut e = AlarmEngine::new(rules(), Vec::new(), 0);
     for (i, id) in ids.iter().enumerate() {
         e.observe(
             Observation::Known {

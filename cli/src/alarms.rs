@@ -284,7 +284,9 @@ impl AlarmService {
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let stored = open_alarms(&conn)?;
-        let mut engine = AlarmEngine::new(config.rules, stored);
+        let last_id: i64 =
+            conn.query_row("SELECT coalesce(max(id), 0) FROM alarms", [], |r| r.get(0))?;
+        let mut engine = AlarmEngine::new(config.rules, stored, last_id.max(0) as u64);
         let known: Vec<(String, bool, Option<i64>)> = conn
             .prepare("SELECT terminal, online, last_seen_ms FROM terminals")
             .and_then(|mut s| {
@@ -293,28 +295,32 @@ impl AlarmService {
             })
             .unwrap_or_default();
         for (t, online, seen) in known {
-            if let Ok(terminal) = t.parse::<TerminalId>() {
+            // A terminal never heard from is not known to be anything yet.
+            if let (Ok(terminal), Some(seen)) = (t.parse::<TerminalId>(), seen) {
                 engine.observe(
                     Observation::Known {
                         terminal,
                         online,
-                        since_ms: seen.map_or(now_ms, |s| s as u64),
+                        since_ms: seen.max(0) as u64,
                     },
                     now_ms,
                 );
             }
         }
+        let retired = engine.retire_orphans(now_ms);
         let hooks = (!config.hooks.is_empty()).then(|| {
             let (tx, rx) = mpsc::channel(HOOK_QUEUE);
             tokio::spawn(run_hooks(config.hooks, rx));
             tx
         });
-        Ok(AlarmService {
+        let mut service = AlarmService {
             engine,
             db: conn,
             hooks,
             outbound: Vec::new(),
-        })
+        };
+        service.changed(retired);
+        Ok(service)
     }
 
     /// Feeds what a received record says.
@@ -336,10 +342,22 @@ impl AlarmService {
         if by.trim().is_empty() {
             return Err("say who acknowledges (--by NAME)".into());
         }
-        let changes = self
-            .engine
-            .acknowledge(id, by, now_ms)
-            .map_err(|e| e.to_string())?;
+        let changes = match self.engine.acknowledge(id, by, now_ms) {
+            Ok(c) => c,
+            Err(cuntong_core::alarm::AckError::NoSuchAlarm(_)) => {
+                let stored: Option<String> = self
+                    .db
+                    .query_row("SELECT state FROM alarms WHERE id = ?1", [id as i64], |r| {
+                        r.get(0)
+                    })
+                    .ok();
+                return Err(match stored {
+                    Some(_) => format!("alarm {id} is already cleared"),
+                    None => format!("no alarm {id}"),
+                });
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         // A duty report's site sees who acknowledged it.
         if let Some(AlarmChange::Updated(a)) = changes.first() {
             if let (AlarmKind::DutyReport, Subject::Terminal(t), Some(report)) =
@@ -409,7 +427,7 @@ pub fn observations(record: &Record) -> Vec<Observation> {
                 terminal: *terminal,
                 metric: s.metric.clone(),
                 value: s.value.to_f64(),
-                at_ms: envelope.time_ms + u64::from(s.offset_ms),
+                at_ms: envelope.time_ms.saturating_add(u64::from(s.offset_ms)),
             })
             .collect(),
         Record::Presence {
@@ -479,7 +497,12 @@ fn open_alarms(db: &Connection) -> Result<Vec<Alarm>, StoreError> {
 
 /// The stored alarms for `cuntong alarms`: in `region` (by subject), active ones only if asked,
 /// newest first.
-pub fn list(db: &Path, region: Option<&Region>, active: bool) -> Result<Vec<Alarm>, StoreError> {
+pub fn list(
+    db: &Path,
+    region: Option<&Region>,
+    active: bool,
+    limit: usize,
+) -> Result<Vec<Alarm>, StoreError> {
     let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|source| StoreError::Open {
             path: db.display().to_string(),
@@ -498,9 +521,12 @@ pub fn list(db: &Path, region: Option<&Region>, active: bool) -> Result<Vec<Alar
     }
     let mut stmt = conn.prepare(
         "SELECT alarm FROM alarms WHERE substr(subject, 1, length(?1)) = ?1
-         AND (?2 = 0 OR state != 'cleared') ORDER BY id DESC",
+         AND (?2 = 0 OR state != 'cleared') ORDER BY id DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![prefix, active as i64], |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(
+        params![prefix, active as i64, limit.min(i64::MAX as usize) as i64],
+        |r| r.get::<_, String>(0),
+    )?;
     let mut out = Vec::new();
     for r in rows {
         let text = r?;
@@ -577,13 +603,20 @@ async fn run_hook(hook: &[String], json: &[u8]) -> Result<(), String> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| e.to_string())?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(json).await.map_err(|e| e.to_string())?;
-    }
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    let stdin = child.stdin.take();
+    let run = async {
+        if let Some(mut stdin) = stdin {
+            // A hook that does not read its input is fine: only its exit status counts.
+            match stdin.write_all(json).await {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.to_string()),
+                _ => {}
+            }
+        }
+        child.wait().await.map_err(|e| e.to_string())
+    };
+    let status = tokio::time::timeout(Duration::from_secs(30), run)
         .await
-        .map_err(|_| "timed out after 30 s".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| "timed out after 30 s".to_owned())??;
     if status.success() {
         Ok(())
     } else {
@@ -651,6 +684,8 @@ mod tests {
             cleared_ms: None,
             suppressed: vec!["130102009001-main".parse().unwrap()],
             report: None,
+            rule: None,
+            dropped: 0,
         };
         let j = AlarmJson::of(&a);
         assert_eq!(j.subject, "130102009");

@@ -98,6 +98,9 @@ enum Command {
         /// Only alarms not cleared.
         #[arg(long)]
         active: bool,
+        /// The newest this many.
+        #[arg(long, default_value_t = 500)]
+        limit: usize,
         #[arg(long)]
         json: bool,
         #[arg(long, env = "CUNTONG_DB")]
@@ -648,6 +651,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             action: None,
             region,
             active,
+            limit,
             json,
             db,
         } => {
@@ -656,7 +660,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             if !db.exists() {
                 return Err(fail(format!("no store at {}", db.display())));
             }
-            let rows = cuntong::alarms::list(&db, region.as_ref(), active).map_err(fail)?;
+            let rows = cuntong::alarms::list(&db, region.as_ref(), active, limit).map_err(fail)?;
             if json {
                 let out: Vec<cuntong::alarms::AlarmJson> =
                     rows.iter().map(cuntong::alarms::AlarmJson::of).collect();

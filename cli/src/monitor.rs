@@ -64,7 +64,7 @@ impl Snapshot {
     pub fn read(db: &Path) -> Result<Snapshot, StoreError> {
         let store = SqliteStore::open_existing(db)?;
         let sites = store.sites(None)?;
-        let alarms = crate::alarms::list(db, None, true)?;
+        let alarms = crate::alarms::list(db, None, true, 10_000)?;
         let meetings = live_meetings(db).unwrap_or_default();
         Ok(Snapshot {
             sites,
@@ -571,6 +571,8 @@ mod tests {
                 cleared_ms: None,
                 suppressed: township_down.iter().map(|t| t.parse().unwrap()).collect(),
                 report: None,
+                rule: None,
+                dropped: 0,
             }],
             meetings: vec![LiveMeeting {
                 id: "m1".into(),

@@ -134,6 +134,12 @@ pub struct Alarm {
     /// For a duty report: the terminal's number for it.
     #[serde(default)]
     pub report: Option<u64>,
+    /// For a threshold alarm: its rule (metric, direction, level, region).
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// For a dropping alarm: records dropped so far.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// What central tells a terminal on its `nt` topic.
@@ -297,18 +303,39 @@ pub struct AlarmEngine {
     /// Active condition alarms by what raised them.
     open: BTreeMap<Key, u64>,
     next_id: u64,
+    /// Duty reports already raised (a terminal resends until central confirms it stored them).
+    seen_reports: BTreeSet<(TerminalId, u64)>,
+}
+
+/// Duty reports remembered for de-duplication, at most.
+const SEEN_REPORTS: usize = 10_000;
+
+/// How a threshold rule is recognised in a stored alarm, across restarts and rule edits.
+fn rule_signature(r: &ThresholdRule) -> String {
+    format!(
+        "{}{}{}@{}",
+        r.metric.name(),
+        if r.above { '>' } else { '<' },
+        r.raise,
+        r.region.map_or(String::new(), |g| g.to_string())
+    )
 }
 
 impl AlarmEngine {
     /// An engine with `rules`, continuing from the alarms the store holds (ids go on from
     /// the highest).
-    pub fn new(rules: AlarmRules, stored: Vec<Alarm>) -> AlarmEngine {
+    ///
+    /// `last_id` is the highest id ever given (cleared alarms included), so ids are never
+    /// reused. A stored condition alarm whose rule is no longer in `rules` is cleared by
+    /// [`AlarmEngine::retire_orphans`].
+    pub fn new(rules: AlarmRules, stored: Vec<Alarm>, last_id: u64) -> AlarmEngine {
         let mut e = AlarmEngine {
             rules,
             terminals: BTreeMap::new(),
             alarms: BTreeMap::new(),
             open: BTreeMap::new(),
-            next_id: 1,
+            next_id: last_id + 1,
+            seen_reports: BTreeSet::new(),
         };
         for a in stored {
             e.next_id = e.next_id.max(a.id + 1);
@@ -316,10 +343,32 @@ impl AlarmEngine {
                 if let Some(k) = key_of(&e.rules, &a) {
                     e.open.insert(k, a.id);
                 }
+                if let (AlarmKind::DutyReport, Subject::Terminal(t), Some(r)) =
+                    (a.kind, a.subject, a.report)
+                {
+                    e.seen_reports.insert((t, r));
+                }
             }
             e.alarms.insert(a.id, a);
         }
         e
+    }
+
+    /// Clears the restored condition alarms that nothing can clear any more (their rule was
+    /// removed from the rules file).
+    pub fn retire_orphans(&mut self, now_ms: u64) -> Vec<AlarmChange> {
+        let owned: BTreeSet<u64> = self.open.values().copied().collect();
+        let orphans: Vec<u64> = self
+            .alarms
+            .values()
+            .filter(|a| !a.kind.is_event() && !owned.contains(&a.id))
+            .map(|a| a.id)
+            .collect();
+        let mut out = Vec::new();
+        for id in orphans {
+            self.clear(id, now_ms, &mut out);
+        }
+        out
     }
 
     /// Alarms not cleared, oldest first.
@@ -347,13 +396,17 @@ impl AlarmEngine {
                 t.offline_since = (!online).then_some(since_ms);
             }
             Observation::Presence { terminal, online } => {
-                let t = self.terminals.entry(terminal).or_default();
                 if online {
+                    let t = self.terminals.entry(terminal).or_default();
                     t.online = true;
                     t.offline_since = None;
-                } else if t.online || t.offline_since.is_none() {
-                    t.online = false;
-                    t.offline_since = Some(now_ms);
+                } else if let Some(t) = self.terminals.get_mut(&terminal) {
+                    // Only a terminal known to central goes offline (a stray retained offline
+                    // record of a decommissioned id is not an alarm).
+                    if t.online {
+                        t.online = false;
+                        t.offline_since = Some(now_ms);
+                    }
                 }
                 // Offline alarms are evaluated (with the grace period and suppression) on tick.
             }
@@ -363,11 +416,14 @@ impl AlarmEngine {
                 value,
                 at_ms,
             } => {
+                let watched = self.rules.stale.iter().any(|r| r.metric == metric);
                 let t = self.terminals.entry(terminal).or_default();
-                let seen = t.seen.entry(metric.clone()).or_insert(at_ms);
-                *seen = (*seen).max(at_ms);
-                if let Some(id) = self.open.remove(&Key::Stale(terminal, metric.clone())) {
-                    self.clear(id, now_ms, &mut out);
+                if watched {
+                    // Central's clock: a terminal's clock may be off, its data backfilled.
+                    t.seen.insert(metric.clone(), now_ms);
+                    if let Some(id) = self.open.remove(&Key::Stale(terminal, metric.clone())) {
+                        self.clear(id, now_ms, &mut out);
+                    }
                 }
                 self.threshold(terminal, &metric, value, at_ms, now_ms, &mut out);
             }
@@ -377,6 +433,16 @@ impl AlarmEngine {
                 kind,
                 text,
             } => {
+                if !self.seen_reports.insert((terminal, report)) {
+                    return out; // a resent copy
+                }
+                if self.seen_reports.len() > SEEN_REPORTS {
+                    // Report numbers are the terminal's clock: forget the oldest.
+                    if let Some(oldest) = self.seen_reports.iter().min_by_key(|(_, r)| *r).copied()
+                    {
+                        self.seen_reports.remove(&oldest);
+                    }
+                }
                 let office = terminal
                     .site()
                     .at_level(crate::site::Level::County)
@@ -397,8 +463,18 @@ impl AlarmEngine {
                 out.push(AlarmChange::Raised(alarm));
             }
             Observation::Dropped { terminal, count } => {
-                if self.rules.dropping && count > 0 {
-                    let alarm = self.new_alarm(
+                // One open alarm per terminal, counting up, rather than one per report.
+                let open = self.alarms.values_mut().find(|a| {
+                    a.kind == AlarmKind::Dropping
+                        && a.subject == Subject::Terminal(terminal)
+                        && a.state != AlarmState::Cleared
+                });
+                if let Some(a) = open {
+                    a.dropped = a.dropped.saturating_add(count);
+                    a.detail = format!("outbox full: {} records dropped unsent", a.dropped);
+                    out.push(AlarmChange::Updated(a.clone()));
+                } else if self.rules.dropping && count > 0 {
+                    let mut alarm = self.new_alarm(
                         AlarmKind::Dropping,
                         Subject::Terminal(terminal),
                         Severity::Warning,
@@ -406,6 +482,8 @@ impl AlarmEngine {
                         format!("outbox full: {count} records dropped unsent"),
                         None,
                     );
+                    alarm.dropped = count;
+                    self.alarms.insert(alarm.id, alarm.clone());
                     out.push(AlarmChange::Raised(alarm));
                 }
             }
@@ -475,6 +553,9 @@ impl AlarmEngine {
                     ),
                     Some(metric.name().to_string()),
                 );
+                let mut alarm = alarm;
+                alarm.rule = Some(rule_signature(&rule));
+                self.alarms.insert(alarm.id, alarm.clone());
                 self.open.insert(key, alarm.id);
                 out.push(AlarmChange::Raised(alarm));
             }
@@ -603,6 +684,19 @@ impl AlarmEngine {
     }
 
     fn stale(&mut self, now_ms: u64, out: &mut Vec<AlarmChange>) {
+        // An offline terminal's data is not stale, it is the offline alarm's (or its region's).
+        let offline_stale: Vec<(Key, u64)> = self
+            .open
+            .iter()
+            .filter(|(k, _)| {
+                matches!(k, Key::Stale(t, _) if self.terminals.get(t).is_some_and(|s| !s.online))
+            })
+            .map(|(k, id)| (k.clone(), *id))
+            .collect();
+        for (k, id) in offline_stale {
+            self.open.remove(&k);
+            self.clear(id, now_ms, out);
+        }
         let rules = self.rules.stale.clone();
         let mut raise = Vec::new();
         for (id, t) in &self.terminals {
@@ -685,6 +779,8 @@ impl AlarmEngine {
             cleared_ms: None,
             suppressed: Vec::new(),
             report: None,
+            rule: None,
+            dropped: 0,
         };
         self.next_id += 1;
         self.alarms.insert(alarm.id, alarm.clone());
@@ -724,8 +820,11 @@ fn key_of(rules: &AlarmRules, a: &Alarm) -> Option<Key> {
             Some(Key::Stale(t, m))
         }
         (AlarmKind::Threshold, Subject::Terminal(t)) => {
-            let m = Metric::from_name(a.metric.as_deref()?).ok()?;
-            let i = rules.thresholds.iter().position(|r| r.metric == m)?;
+            let sig = a.rule.as_deref()?;
+            let i = rules
+                .thresholds
+                .iter()
+                .position(|r| rule_signature(r) == sig)?;
             Some(Key::Threshold(t, i))
         }
         _ => None,
@@ -742,7 +841,7 @@ mod tests {
     }
 
     fn engine(rules: AlarmRules, ids: &[&str]) -> AlarmEngine {
-        let mut e = AlarmEngine::new(rules, Vec::new());
+        let mut e = AlarmEngine::new(rules, Vec::new(), 0);
         for id in ids {
             e.observe(
                 Observation::Known {
@@ -1018,6 +1117,116 @@ mod tests {
     }
 
     #[test]
+    fn resent_reports_raise_nothing_new_and_drops_add_up_in_one_alarm() {
+        let mut e = engine(AlarmRules::default(), &TOWNSHIP);
+        let report = |e: &mut AlarmEngine| {
+            e.observe(
+                Observation::DutyReport {
+                    terminal: t(TOWNSHIP[0]),
+                    report: 77,
+                    kind: "flood".into(),
+                    text: "x".into(),
+                },
+                1,
+            )
+        };
+        assert_eq!(report(&mut e).len(), 1);
+        assert!(report(&mut e).is_empty(), "a resent copy");
+        let drop = |e: &mut AlarmEngine, n| {
+            e.observe(
+                Observation::Dropped {
+                    terminal: t(TOWNSHIP[1]),
+                    count: n,
+                },
+                2,
+            )
+        };
+        assert!(matches!(&drop(&mut e, 10)[..], [AlarmChange::Raised(_)]));
+        let out = drop(&mut e, 5);
+        assert!(
+            matches!(&out[..], [AlarmChange::Updated(a)] if a.dropped == 15),
+            "{out:?}"
+        );
+        assert_eq!(e.active().count(), 2);
+    }
+
+    #[test]
+    fn a_stray_offline_record_of_an_unknown_terminal_is_no_alarm() {
+        let mut e = engine(AlarmRules::default(), &TOWNSHIP);
+        e.observe(
+            Observation::Presence {
+                terminal: t("130199001001-old"),
+                online: false,
+            },
+            0,
+        );
+        assert!(e.tick(500_000).is_empty());
+    }
+
+    #[test]
+    fn a_restored_threshold_alarm_keeps_its_own_rule_and_one_whose_rule_is_gone_clears() {
+        let low = ThresholdRule {
+            above: false,
+            raise: 5.0,
+            clear: 8.0,
+            min_duration_ms: 0,
+            ..temp_rule()
+        };
+        let rules = AlarmRules {
+            thresholds: vec![temp_rule(), low.clone()],
+            ..AlarmRules::default()
+        };
+        let mut e = engine(rules.clone(), &TOWNSHIP);
+        let sample = |e: &mut AlarmEngine, v, at| {
+            e.observe(
+                Observation::Sample {
+                    terminal: t(TOWNSHIP[0]),
+                    metric: Metric::AirTemp,
+                    value: v,
+                    at_ms: at,
+                },
+                at,
+            )
+        };
+        let raised = sample(&mut e, 3.0, 0);
+        assert_eq!(raised.len(), 1);
+        let stored = vec![raised[0].alarm().clone()];
+        let mut again = AlarmEngine::new(rules, stored.clone(), 10);
+        assert!(
+            sample(&mut again, 3.0, 1_000).is_empty(),
+            "still the low alarm, not cleared by the high rule"
+        );
+        assert!(matches!(
+            &sample(&mut again, 9.0, 2_000)[..],
+            [AlarmChange::Cleared(_)]
+        ));
+        let mut edited = AlarmEngine::new(
+            AlarmRules {
+                thresholds: vec![temp_rule()],
+                ..AlarmRules::default()
+            },
+            stored,
+            10,
+        );
+        assert!(matches!(
+            &edited.retire_orphans(3_000)[..],
+            [AlarmChange::Cleared(_)]
+        ));
+        let next = edited.observe(
+            Observation::Dropped {
+                terminal: t(TOWNSHIP[0]),
+                count: 1,
+            },
+            4_000,
+        );
+        assert_eq!(
+            next[0].alarm().id,
+            11,
+            "ids go on after the highest ever given"
+        );
+    }
+
+    #[test]
     fn a_restarted_engine_goes_on_with_the_stored_alarms() {
         let mut e = engine(AlarmRules::default(), &TOWNSHIP);
         e.observe(
@@ -1029,7 +1238,7 @@ mod tests {
         );
         let raised = e.tick(200_000);
         let stored: Vec<Alarm> = raised.iter().map(|c| c.alarm().clone()).collect();
-        let mut again = AlarmEngine::new(AlarmRules::default(), stored);
+        let mut again = AlarmEngine::new(AlarmRules::default(), stored, 0);
         for id in TOWNSHIP {
             again.observe(
                 Observation::Known {

@@ -37,6 +37,9 @@ pub fn local_devices() -> CaptureDevices {
 /// roll-call answer times and command expiry depend on them.
 pub const MAX_CLOCK_OFFSET_MS: i64 = 2_000;
 
+/// A readiness command older than this has expired, so a clock this far ahead shows.
+pub const MAX_COMMAND_AGE_MS: i64 = 120_000;
+
 /// Disk free for the outbox, at least this many times its budget.
 const DISK_BUDGETS: u64 = 2;
 
@@ -77,12 +80,20 @@ pub fn checks(
             tier.as_str()
         ),
     );
-    // The command was signed at `issued_ms` by central's clock and took some transit time.
+    // The command was signed at `issued_ms` by central's clock and spent some time on its way
+    // (queued while the box was away, even): arriving *before* it was signed is certainly a
+    // clock behind; arriving later than a command may live is certainly a clock ahead.
     let offset = now_ms as i64 - issued_ms as i64;
     let clock = check(
         "clock",
-        offset.abs() <= MAX_CLOCK_OFFSET_MS,
-        format!("{offset:+} ms from central (transit included)"),
+        (-MAX_CLOCK_OFFSET_MS..=MAX_COMMAND_AGE_MS).contains(&offset),
+        if offset < -MAX_CLOCK_OFFSET_MS {
+            format!("{} ms behind central", -offset)
+        } else if offset > MAX_COMMAND_AGE_MS {
+            format!("{offset} ms ahead of central")
+        } else {
+            format!("{offset:+} ms from central (transit included)")
+        },
     );
     let disk = match rustix::fs::statvfs(data_dir) {
         Ok(st) => {
@@ -138,8 +149,8 @@ mod tests {
             &th,
             dir.path(),
             u64::MAX / 4,
-            10_000,
             20_000,
+            10_000,
         );
         let failed: Vec<&str> = bad
             .iter()
@@ -148,6 +159,15 @@ mod tests {
             .collect();
         assert_eq!(failed, ["camera", "microphone", "link", "clock", "disk"]);
         assert!(bad[2].detail.contains("audio-only"), "{:?}", bad[2]);
-        assert!(bad[3].detail.contains("+10000 ms"));
+        assert!(
+            bad[3].detail.contains("10000 ms behind central"),
+            "{:?}",
+            bad[3]
+        );
+        let late = checks(&devices, &good, &th, dir.path(), 1 << 20, 10_000, 70_000);
+        assert!(
+            late[3].ok,
+            "a command that waited a minute says nothing of the clock"
+        );
     }
 }
