@@ -263,6 +263,8 @@ pub struct AlarmService {
     hooks: Option<mpsc::Sender<Alarm>>,
     /// Notices for terminals (duty reports acknowledged), for central to publish.
     outbound: Vec<Message>,
+    /// Central's link was down since the last tick.
+    deaf: bool,
 }
 
 impl std::fmt::Debug for AlarmService {
@@ -318,6 +320,7 @@ impl AlarmService {
             db: conn,
             hooks,
             outbound: Vec::new(),
+            deaf: false,
         };
         service.changed(retired);
         Ok(service)
@@ -332,7 +335,16 @@ impl AlarmService {
     }
 
     /// Once a second: offline terminals (after the grace, with suppression), stale data.
-    pub fn tick(&mut self, now_ms: u64) {
+    /// Nothing is judged while central's own link is down (it hears nobody then); when it is
+    /// back, stale-data clocks start over.
+    pub fn tick(&mut self, now_ms: u64, link_up: bool) {
+        if !link_up {
+            self.deaf = true;
+            return;
+        }
+        if std::mem::take(&mut self.deaf) {
+            self.engine.resume(now_ms);
+        }
         let changes = self.engine.tick(now_ms);
         self.changed(changes);
     }

@@ -208,7 +208,7 @@ pub async fn run(
                 if now >= last_meeting_tick + 1000 {
                     last_meeting_tick = now;
                     meetings.tick(now);
-                    alarms.tick(now);
+                    alarms.tick(now, link.is_connected());
                 }
                 meetings.drain(&link);
                 continue;

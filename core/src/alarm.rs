@@ -562,6 +562,17 @@ impl AlarmEngine {
         }
     }
 
+    /// Central could not hear anything for a while (its own link was down) and hears again:
+    /// data that did not come meanwhile is not the terminals' fault, so stale-data clocks start
+    /// over from now.
+    pub fn resume(&mut self, now_ms: u64) {
+        for t in self.terminals.values_mut() {
+            for seen in t.seen.values_mut() {
+                *seen = now_ms;
+            }
+        }
+    }
+
     /// Evaluates what depends on time: offline terminals (with suppression) and stale data.
     pub fn tick(&mut self, now_ms: u64) -> Vec<AlarmChange> {
         let mut out = Vec::new();
@@ -1047,6 +1058,37 @@ mod tests {
             1_100_000,
         );
         assert!(matches!(&out[..], [AlarmChange::Cleared(_)]));
+    }
+
+    #[test]
+    fn data_missed_while_central_was_deaf_is_not_stale() {
+        let rules = AlarmRules {
+            stale: vec![StaleRule {
+                metric: Metric::AirTemp,
+                region: None,
+                after_ms: 300_000,
+                severity: Severity::Warning,
+            }],
+            ..AlarmRules::default()
+        };
+        let mut e = engine(rules, &TOWNSHIP);
+        e.observe(
+            Observation::Sample {
+                terminal: t(TOWNSHIP[0]),
+                metric: Metric::AirTemp,
+                value: 20.0,
+                at_ms: 0,
+            },
+            0,
+        );
+        // Central's link was down from 100 s to 500 s; it resumes.
+        e.resume(500_000);
+        assert!(e.tick(600_000).is_empty());
+        assert_eq!(
+            e.tick(801_000).len(),
+            1,
+            "stale again only 300 s after resuming"
+        );
     }
 
     #[test]
