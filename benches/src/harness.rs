@@ -72,3 +72,100 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
     }
     None
 }
+
+/// A broker on `port`: `mosquitto` (with the queue limits `cuntong acl` writes: central takes
+/// every site's answer at once) or `embedded` (`cuntong broker`), listening when it returns.
+pub fn broker(kind: &str, port: u16, dir: &Path) -> anyhow::Result<Proc> {
+    let proc = match kind {
+        "mosquitto" => {
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                     max_queued_messages 100000\nmax_inflight_messages 1000\n"
+                ),
+            )?;
+            let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .context("mosquitto is not installed (apt-get install mosquitto)")?;
+            spawn(
+                Path::new(exe),
+                &["-c", conf.to_str().context("path")?],
+                &dir.join("broker.log"),
+            )?
+        }
+        "embedded" => spawn(
+            &bin("cuntong")?,
+            &["broker", "--listen", &format!("127.0.0.1:{port}")],
+            &dir.join("broker.log"),
+        )?,
+        other => bail!("--broker {other:?}: mosquitto or embedded"),
+    };
+    if wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .is_none()
+    {
+        bail!("the broker did not start");
+    }
+    Ok(proc)
+}
+
+/// `cuntong central` on `url` storing into `db` (with `extra` arguments), once its store exists.
+pub fn central(url: &str, db: &Path, extra: &[&str], dir: &Path) -> anyhow::Result<Proc> {
+    let mut args = vec![
+        "central",
+        "--broker",
+        url,
+        "--db",
+        db.to_str().context("path")?,
+    ];
+    args.extend_from_slice(extra);
+    let proc = spawn(&bin("cuntong")?, &args, &dir.join("central.log"))?;
+    wait_for(Duration::from_secs(10), || db.exists());
+    Ok(proc)
+}
+
+/// `cuntong-sim fleet` of `count` terminals in `region`, sampling every `interval`.
+pub fn sim_fleet(
+    url: &str,
+    region: &str,
+    count: usize,
+    interval: &str,
+    dir: &Path,
+) -> anyhow::Result<Proc> {
+    let data = dir.join(format!("fleet-{region}-{count}"));
+    spawn(
+        &bin("cuntong-sim")?,
+        &[
+            "fleet",
+            "--broker",
+            url,
+            "--region",
+            region,
+            "--count",
+            &count.to_string(),
+            "--interval",
+            interval,
+            "--data-dir",
+            data.to_str().context("path")?,
+        ],
+        &dir.join(format!("fleet-{region}-{count}.log")),
+    )
+}
+
+/// Waits until central's store shows at least `n` terminals online; how long it took.
+pub fn wait_online(db: &Path, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
+    use cuntong::store::{SqliteStore, Store};
+    let store = SqliteStore::open(db)?;
+    let online = || {
+        store
+            .sites(None)
+            .map(|s| s.iter().filter(|r| r.online).count())
+            .unwrap_or(0)
+    };
+    wait_for(timeout, || online() >= n)
+        .with_context(|| format!("only {} of {n} terminals online", online()))
+}

@@ -106,15 +106,7 @@ pub async fn send(
         .map(|t| Topic::terminal(t, Channel::Result).to_string())
         .collect();
     opts.queue_capacity = targets.len() * 2 + 8;
-    let (link, mut incoming) = Link::start(opts);
-    if !link.wait_connected(Duration::from_secs(10)).await {
-        let why = link
-            .status()
-            .last_error
-            .unwrap_or_else(|| "no answer".into());
-        link.shutdown();
-        return Err(format!("cannot reach the broker: {why}"));
-    }
+    let (link, mut incoming) = Link::connect(opts, Duration::from_secs(10)).await?;
     let mut pending: BTreeMap<u64, TerminalId> = BTreeMap::new();
     let mut answers: BTreeMap<String, Answer> = BTreeMap::new();
     for t in targets {

@@ -587,15 +587,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             if targets.is_empty() {
                 return Err(fail("no terminal to ask"));
             }
-            let tls = match tls {
-                Some(dir) => Some(
-                    cuntong_terminal::tls::client_config(&cuntong_terminal::tls::TlsFiles::in_dir(
-                        &dir,
-                    ))
-                    .map_err(fail)?,
-                ),
-                None => None,
-            };
+            let tls = tls_bundle(tls.as_deref())?;
             let key = cuntong::cmd::signing_key(&ca).map_err(fail)?;
             let answers = cuntong::cmd::send(
                 broker,
@@ -792,15 +784,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             if targets.is_empty() {
                 return Err(fail("no terminal in that region"));
             }
-            let tls = match tls {
-                Some(dir) => Some(
-                    cuntong_terminal::tls::client_config(&cuntong_terminal::tls::TlsFiles::in_dir(
-                        &dir,
-                    ))
-                    .map_err(fail)?,
-                ),
-                None => None,
-            };
+            let tls = tls_bundle(tls.as_deref())?;
             let key = cuntong::cmd::signing_key(&ca).map_err(fail)?;
             let answers = cuntong::cmd::send(broker, tls, &key, &targets, &action, expires, wait)
                 .await
@@ -951,14 +935,17 @@ async fn run(cmd: Command) -> Result<(), Failure> {
 
 async fn meeting_client(conn: &Conn) -> Result<CentralClient, Failure> {
     let broker: BrokerUrl = parse("--broker", &conn.broker)?;
-    let tls = match &conn.tls {
-        Some(dir) => Some(
-            cuntong_terminal::tls::client_config(&cuntong_terminal::tls::TlsFiles::in_dir(dir))
-                .map_err(fail)?,
-        ),
-        None => None,
-    };
+    let tls = tls_bundle(conn.tls.as_deref())?;
     CentralClient::connect(broker, tls).await.map_err(fail)
+}
+
+/// The client TLS configuration of a bundle directory (`--tls DIR`), if one is given.
+fn tls_bundle(dir: Option<&std::path::Path>) -> Result<Option<Arc<rustls::ClientConfig>>, Failure> {
+    dir.map(|d| {
+        cuntong_terminal::tls::client_config(&cuntong_terminal::tls::TlsFiles::in_dir(d))
+            .map_err(fail)
+    })
+    .transpose()
 }
 
 async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {

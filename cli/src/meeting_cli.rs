@@ -43,15 +43,7 @@ impl CentralClient {
         let mut opts = LinkOptions::new(client.clone(), broker);
         opts.tls = tls;
         opts.subscriptions = vec![control_response(&client)];
-        let (link, incoming) = Link::start(opts);
-        if !link.wait_connected(Duration::from_secs(10)).await {
-            let why = link
-                .status()
-                .last_error
-                .unwrap_or_else(|| "no answer".into());
-            link.shutdown();
-            return Err(format!("cannot reach the broker: {why}"));
-        }
+        let (link, incoming) = Link::connect(opts, Duration::from_secs(10)).await?;
         Ok(CentralClient {
             link,
             incoming,

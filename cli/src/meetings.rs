@@ -203,15 +203,7 @@ impl MeetingService {
             }
             return; // the caller's repeated request
         }
-        let stored = self
-            .db
-            .query_row(
-                "SELECT count(*) FROM meetings WHERE id = ?1",
-                [id.to_string()],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap_or(1);
-        if stored != 0 {
+        if self.in_store(&id).unwrap_or(true) {
             self.refuse(from, id, "that id is taken; call again");
             return;
         }
@@ -292,6 +284,18 @@ impl MeetingService {
         Ok(version)
     }
 
+    /// Whether the store holds a session (live or ended) under `id`.
+    fn in_store(&self, id: &MeetingId) -> Result<bool, String> {
+        self.db
+            .query_row(
+                "SELECT count(*) FROM meetings WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| format!("store: {e}"))
+    }
+
     /// A new session id: `m`, the time in seconds and a random suffix (hex), never one in
     /// memory or in the store.
     fn fresh_id(&self, now_ms: u64) -> Result<MeetingId, String> {
@@ -303,15 +307,7 @@ impl MeetingService {
             let id: MeetingId = format!("m{:x}{:04x}", now_ms / 1000, u16::from_le_bytes(salt))
                 .parse()
                 .map_err(|e| format!("meeting id: {e}"))?;
-            let stored = self
-                .db
-                .query_row(
-                    "SELECT count(*) FROM meetings WHERE id = ?1",
-                    [id.to_string()],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(|e| format!("store: {e}"))?;
-            if stored == 0 && !self.hosts.contains_key(&id) {
+            if !self.in_store(&id)? && !self.hosts.contains_key(&id) {
                 return Ok(id);
             }
         }

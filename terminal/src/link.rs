@@ -250,6 +250,24 @@ impl Link {
         (link, incoming_rx)
     }
 
+    /// Starts the link and waits up to `timeout` for it to connect once (for commands that
+    /// have nothing to do without the broker); the error says why it did not.
+    pub async fn connect(
+        opts: LinkOptions,
+        timeout: Duration,
+    ) -> Result<(Link, mpsc::Receiver<Incoming>), String> {
+        let (link, incoming) = Link::start(opts);
+        if !link.wait_connected(timeout).await {
+            let why = link
+                .status()
+                .last_error
+                .unwrap_or_else(|| "no answer".into());
+            link.shutdown();
+            return Err(format!("cannot reach the broker: {why}"));
+        }
+        Ok((link, incoming))
+    }
+
     /// Queues a message, waiting while the queue is full.
     pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
         self.queue.send(msg).await.map_err(|_| PublishError::Closed)

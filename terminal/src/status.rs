@@ -223,32 +223,25 @@ async fn answer(
 
 /// Asks the daemon listening on `path` for its status.
 pub async fn request(path: &Path) -> Result<StatusReport, String> {
-    let run = async {
-        let mut stream = UnixStream::connect(path).await.map_err(|e| {
-            format!(
-                "cannot reach the terminal daemon at {}: {e}",
-                path.display()
-            )
-        })?;
-        stream
-            .write_all(b"status\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut line)
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_str(&line).map_err(|e| format!("bad answer from the daemon: {e}"))
-    };
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .map_err(|_| format!("the terminal daemon at {} did not answer", path.display()))?
+    let answer = exchange(path, "status", Duration::from_secs(5)).await?;
+    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
 }
 
 /// Sends an operator's request (`meeting hand m1`, `call 130102000000-hall`) to the daemon
 /// listening on `path`; returns its answer.
 pub async fn operator_request(path: &Path, req: &LocalRequest) -> Result<String, String> {
+    let answer = exchange(path, &req.to_line(), Duration::from_secs(10)).await?;
+    let v: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))?;
+    match (v["ok"].as_str(), v["error"].as_str()) {
+        (Some(ok), _) => Ok(ok.to_owned()),
+        (_, Some(e)) => Err(e.to_owned()),
+        _ => Err(format!("bad answer from the daemon: {answer}")),
+    }
+}
+
+/// One request line to the daemon's socket and its one answer line, within `timeout`.
+async fn exchange(path: &Path, line: &str, timeout: Duration) -> Result<String, String> {
     let run = async {
         let mut stream = UnixStream::connect(path).await.map_err(|e| {
             format!(
@@ -256,9 +249,8 @@ pub async fn operator_request(path: &Path, req: &LocalRequest) -> Result<String,
                 path.display()
             )
         })?;
-        let line = format!("{}\n", req.to_line());
         stream
-            .write_all(line.as_bytes())
+            .write_all(format!("{line}\n").as_bytes())
             .await
             .map_err(|e| e.to_string())?;
         let mut answer = String::new();
@@ -266,15 +258,9 @@ pub async fn operator_request(path: &Path, req: &LocalRequest) -> Result<String,
             .read_line(&mut answer)
             .await
             .map_err(|e| e.to_string())?;
-        let v: serde_json::Value = serde_json::from_str(&answer)
-            .map_err(|e| format!("bad answer from the daemon: {e}"))?;
-        match (v["ok"].as_str(), v["error"].as_str()) {
-            (Some(ok), _) => Ok(ok.to_owned()),
-            (_, Some(e)) => Err(e.to_owned()),
-            _ => Err(format!("bad answer from the daemon: {answer}")),
-        }
+        Ok(answer)
     };
-    tokio::time::timeout(Duration::from_secs(10), run)
+    tokio::time::timeout(timeout, run)
         .await
         .map_err(|_| format!("the terminal daemon at {} did not answer", path.display()))?
 }

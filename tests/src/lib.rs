@@ -298,15 +298,42 @@ impl LinkProxy {
 
 /// Starts `cuntong central` against `broker`, storing into `db`.
 pub fn central(broker: &Broker, db: &Path, dir: &Path) -> Proc {
+    central_with(broker, db, dir, &[])
+}
+
+/// `cuntong central` with `extra` arguments (`--alarms FILE`, `--meeting-heartbeat 2s`).
+pub fn central_with(broker: &Broker, db: &Path, dir: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "central",
+        "--broker",
+        &broker.url,
+        "--db",
+        db.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&bin("cuntong"), &args, dir.join("central.log"))
+}
+
+/// `cuntong-sim fleet` of `count` terminals in `region` on `broker` (a URL: the broker's or a
+/// link proxy's), sampling every 2 s with a 2 s keep-alive; state in `dir/name`.
+pub fn sim_fleet(broker: &str, region: &str, count: usize, dir: &Path, name: &str) -> Proc {
     Proc::spawn(
-        &bin("cuntong"),
+        &bin("cuntong-sim"),
         &[
-            "central",
+            "fleet",
             "--broker",
-            &broker.url,
-            "--db",
-            db.to_str().unwrap(),
+            broker,
+            "--region",
+            region,
+            "--count",
+            &count.to_string(),
+            "--interval",
+            "2s",
+            "--keep-alive",
+            "2s",
+            "--data-dir",
+            dir.join(name).to_str().unwrap(),
         ],
-        dir.join("central.log"),
+        dir.join(format!("{name}.log")),
     )
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use cuntong::alarms::AlarmJson;
 use cuntong_core::envelope::{Envelope, encode};
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
-use cuntong_e2e::{Broker, BrokerKind, LinkProxy, Proc, bin, run, sites, wait_until};
+use cuntong_e2e::{
+    Broker, BrokerKind, LinkProxy, Proc, bin, central_with, run, sim_fleet, sites, wait_until,
+};
 
 fn alarms(db: &Path, active: bool) -> Vec<AlarmJson> {
     let mut args = vec!["alarms", "--json", "--db", db.to_str().unwrap()];
@@ -32,41 +34,7 @@ fn ok(out: Output) -> String {
 }
 
 fn central(broker: &Broker, db: &Path, rules: &Path, d: &Path) -> Proc {
-    Proc::spawn(
-        &bin("cuntong"),
-        &[
-            "central",
-            "--broker",
-            &broker.url,
-            "--db",
-            db.to_str().unwrap(),
-            "--alarms",
-            rules.to_str().unwrap(),
-        ],
-        d.join("central.log"),
-    )
-}
-
-fn fleet(broker: &str, region: &str, count: usize, d: &Path, name: &str) -> Proc {
-    Proc::spawn(
-        &bin("cuntong-sim"),
-        &[
-            "fleet",
-            "--broker",
-            broker,
-            "--region",
-            region,
-            "--count",
-            &count.to_string(),
-            "--interval",
-            "2s",
-            "--keep-alive",
-            "2s",
-            "--data-dir",
-            d.join(name).to_str().unwrap(),
-        ],
-        d.join(format!("{name}.log")),
-    )
+    central_with(broker, db, d, &["--alarms", rules.to_str().unwrap()])
 }
 
 #[test]
@@ -89,8 +57,8 @@ fn a_township_uplink_failure_is_one_alarm_acknowledged_and_cleared() {
     let db = d.join("central.db");
     let central = central(&broker, &db, &rules, d);
     let link = LinkProxy::start(d, broker.port);
-    let _near = fleet(&broker.url, "130102", 6, d, "near");
-    let _township = fleet(&link.url(), "130102009", 4, d, "township");
+    let _near = sim_fleet(&broker.url, "130102", 6, d, "near");
+    let _township = sim_fleet(&link.url(), "130102009", 4, d, "township");
     assert!(
         wait_until(Duration::from_secs(30), || sites(&db, None)
             .iter()

@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cuntong::control::{RollCallJson, SiteJson};
-use cuntong_e2e::{Broker, BrokerKind, LinkProxy, Proc, bin, run, sites, wait_until};
+use cuntong_e2e::{Broker, BrokerKind, LinkProxy, Proc, bin, run, sim_fleet, sites, wait_until};
 
 /// The county the meeting invites.
 const COUNTY: &str = "130102";
@@ -36,28 +36,6 @@ fn ok(out: Output) -> String {
 fn status(broker: &str, id: &str) -> Vec<SiteJson> {
     let out = cuntong(broker, &["meeting", "status", id, "--json"]);
     serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
-fn fleet(broker: &str, region: &str, count: usize, data: &Path, log: &Path) -> Proc {
-    Proc::spawn(
-        &bin("cuntong-sim"),
-        &[
-            "fleet",
-            "--broker",
-            broker,
-            "--region",
-            region,
-            "--count",
-            &count.to_string(),
-            "--interval",
-            "5s",
-            "--keep-alive",
-            "2s",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        log.to_path_buf(),
-    )
 }
 
 /// Retained messages under the meeting tree, as `topic payload-length` lines, read with a
@@ -132,8 +110,8 @@ fn a_county_meeting_of_200_sites_converges_after_a_link_cut_and_tears_down() {
     );
     // 190 sites straight to the broker, 10 behind a link the test cuts.
     let link = LinkProxy::start(d, broker.port);
-    let _near = fleet(&url, COUNTY, 190, &d.join("near"), &d.join("near.log"));
-    let away_fleet = fleet(&link.url(), AWAY, 10, &d.join("away"), &d.join("away.log"));
+    let _near = sim_fleet(&url, COUNTY, 190, d, "near");
+    let away_fleet = sim_fleet(&link.url(), AWAY, 10, d, "away");
     assert!(
         wait_until(Duration::from_secs(60), || sites(&db, Some(COUNTY))
             .iter()

@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use cuntong::store::{SqliteStore, Store};
-use cuntong_benches::harness::{Proc, bin, free_port, spawn, wait_for};
+use cuntong_benches::harness::{
+    Proc, bin, broker, central, free_port, sim_fleet, spawn, wait_for, wait_online,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -64,75 +65,15 @@ fn main() -> anyhow::Result<()> {
     let d = dir.path();
     let port = free_port()?;
     let url = format!("mqtt://127.0.0.1:{port}");
-    let conf = d.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 100000\nmax_inflight_messages 1000\n"
-        ),
-    )?;
-    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("mosquitto is not installed")?;
-    let _broker = spawn(
-        Path::new(exe),
-        &["-c", conf.to_str().context("path")?],
-        &d.join("broker.log"),
-    )?;
-    if wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .is_none()
-    {
-        bail!("mosquitto did not start");
-    }
+    let _broker = broker("mosquitto", port, d)?;
     let rules = d.join("rules.toml");
     std::fs::write(&rules, "[offline]\ngrace = \"0s\"\n")?;
     let db = d.join("central.db");
-    let _central = spawn(
-        &bin("cuntong")?,
-        &[
-            "central",
-            "--broker",
-            &url,
-            "--db",
-            db.to_str().context("path")?,
-            "--alarms",
-            rules.to_str().context("path")?,
-        ],
-        &d.join("central.log"),
-    )?;
-    wait_for(Duration::from_secs(10), || db.exists());
-    let _fleet = spawn(
-        &bin("cuntong-sim")?,
-        &[
-            "fleet",
-            "--broker",
-            &url,
-            "--region",
-            "13",
-            "--count",
-            &args.count.to_string(),
-            "--interval",
-            "10s",
-            "--data-dir",
-            d.join("fleet").to_str().context("path")?,
-        ],
-        &d.join("fleet.log"),
-    )?;
-    let store = SqliteStore::open(&db)?;
-    let online = || {
-        store
-            .sites(None)
-            .map(|s| s.iter().filter(|r| r.online).count())
-            .unwrap_or(0)
-    };
+    let rules_arg = rules.to_str().context("path")?;
+    let _central = central(&url, &db, &["--alarms", rules_arg], d)?;
+    let _fleet = sim_fleet(&url, "13", args.count, "10s", d)?;
     let mut v = victim(&url, d)?;
-    if wait_for(Duration::from_secs(180), || online() > args.count).is_none() {
-        bail!("only {} terminals online", online());
-    }
+    wait_online(&db, args.count + 1, Duration::from_secs(180))?;
     println!(
         "offline → alarm with {} simulated terminals reporting, Mosquitto, grace 0",
         args.count

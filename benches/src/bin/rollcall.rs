@@ -18,12 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use cuntong::control::RequestBody;
 use cuntong::meeting_cli::{CentralClient, quantile};
-use cuntong::store::{SqliteStore, Store};
-use cuntong_benches::harness::{Proc, bin, free_port, spawn, wait_for};
+use cuntong_benches::harness::{broker, central, free_port, sim_fleet, spawn, wait_online};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[derive(Parser)]
@@ -109,45 +108,6 @@ async fn bare_round(url: &str, n: usize, round: u32) -> anyhow::Result<Vec<u64>>
     Ok(latencies)
 }
 
-fn start_broker(kind: &str, port: u16, d: &std::path::Path) -> anyhow::Result<Proc> {
-    let proc = match kind {
-        "mosquitto" => {
-            let conf = d.join("mosquitto.conf");
-            // Central receives every site's answer at once: let Mosquitto queue them.
-            std::fs::write(
-                &conf,
-                format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                     max_queued_messages 100000\nmax_inflight_messages 1000\n"
-                ),
-            )?;
-            let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-                .into_iter()
-                .find(|p| std::path::Path::new(p).exists())
-                .context("mosquitto is not installed (apt-get install mosquitto)")?;
-            spawn(
-                std::path::Path::new(exe),
-                &["-c", conf.to_str().context("path")?],
-                &d.join("broker.log"),
-            )?
-        }
-        "embedded" => spawn(
-            &bin("cuntong")?,
-            &["broker", "--listen", &format!("127.0.0.1:{port}")],
-            &d.join("broker.log"),
-        )?,
-        other => bail!("--broker {other:?}: mosquitto or embedded"),
-    };
-    if wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .is_none()
-    {
-        bail!("the broker did not start");
-    }
-    Ok(proc)
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(n) = args.bare_responders {
@@ -158,7 +118,7 @@ fn main() -> anyhow::Result<()> {
     let d = dir.path();
     let port = free_port()?;
     let url = format!("mqtt://127.0.0.1:{port}");
-    let _broker = start_broker(&args.broker, port, d)?;
+    let _broker = broker(&args.broker, port, d)?;
     let rt = tokio::runtime::Runtime::new()?;
     println!(
         "roll call of {n} simulated sites, {} broker, this machine ({} cores)",
@@ -201,45 +161,9 @@ fn main() -> anyhow::Result<()> {
 
     // The fleet and central.
     let db = d.join("central.db");
-    let _central = spawn(
-        &bin("cuntong")?,
-        &[
-            "central",
-            "--broker",
-            &url,
-            "--db",
-            db.to_str().context("path")?,
-        ],
-        &d.join("central.log"),
-    )?;
-    wait_for(Duration::from_secs(10), || db.exists());
-    let _fleet = spawn(
-        &bin("cuntong-sim")?,
-        &[
-            "fleet",
-            "--broker",
-            &url,
-            "--region",
-            "13",
-            "--count",
-            &n.to_string(),
-            "--interval",
-            "60s",
-            "--data-dir",
-            d.join("sim").to_str().context("path")?,
-        ],
-        &d.join("fleet.log"),
-    )?;
-    let store = SqliteStore::open(&db)?;
-    let online = || {
-        store
-            .sites(None)
-            .map(|s| s.iter().filter(|r| r.online).count())
-            .unwrap_or(0)
-    };
-    if wait_for(Duration::from_secs(180), || online() >= n).is_none() {
-        bail!("only {} of {n} terminals came online", online());
-    }
+    let _central = central(&url, &db, &[], d)?;
+    let _fleet = sim_fleet(&url, "13", n, "60s", d)?;
+    wait_online(&db, n, Duration::from_secs(180))?;
 
     rt.block_on(async {
         // Counts what central publishes on the meeting tree and the sites' downlinks.
