@@ -10,7 +10,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cuntong::control::{RollCallJson, SiteJson};
-use cuntong_e2e::{Broker, BrokerKind, LinkProxy, Proc, bin, run, sim_fleet, sites, wait_until};
+use cuntong_e2e::{
+    Broker, BrokerKind, LinkProxy, Proc, bin, central_with, run, sim_fleet, sites, wait_until,
+};
 
 /// The county the meeting invites.
 const COUNTY: &str = "130102";
@@ -95,19 +97,7 @@ fn a_county_meeting_of_200_sites_converges_after_a_link_cut_and_tears_down() {
     let broker = Broker::start(BrokerKind::Mosquitto, d);
     let url = broker.url.clone();
     let db = d.join("central.db");
-    let central = Proc::spawn(
-        &bin("cuntong"),
-        &[
-            "central",
-            "--broker",
-            &url,
-            "--db",
-            db.to_str().unwrap(),
-            "--meeting-heartbeat",
-            "2s",
-        ],
-        d.join("central.log"),
-    );
+    let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "2s"]);
     // 190 sites straight to the broker, 10 behind a link the test cuts.
     let link = LinkProxy::start(d, broker.port);
     let _near = sim_fleet(&url, COUNTY, 190, d, "near");
@@ -298,19 +288,7 @@ fn a_village_calls_its_county_office_and_a_county_box_chairs_its_county() {
     let broker = Broker::start(BrokerKind::Mosquitto, d);
     let url = broker.url.clone();
     let db = d.join("central.db");
-    let central = Proc::spawn(
-        &bin("cuntong"),
-        &[
-            "central",
-            "--broker",
-            &url,
-            "--db",
-            db.to_str().unwrap(),
-            "--meeting-heartbeat",
-            "1s",
-        ],
-        d.join("central.log"),
-    );
+    let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "1s"]);
     let village = BoxSim::start("130102001001-main", &url, d);
     let hall = BoxSim::start("130102000000-hall", &url, d);
     let _other_county = BoxSim::start("130103001001-main", &url, d);

@@ -66,6 +66,22 @@ impl Fleet {
         self.path("ca/ca.pem")
     }
 
+    /// Terminal A's bundle config, as a technician would use it, with this test's data
+    /// directory and a fast sampling pace.
+    fn terminal_config(&self) -> PathBuf {
+        let cfg = self.path("a/terminal.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "data_dir = \"/var/lib/cuntong\"",
+            &format!("data_dir = {:?}", self.path("a-data")),
+        );
+        std::fs::write(
+            &cfg,
+            format!("{text}\n[telemetry]\nhealth_interval = \"1s\"\nbatch_age = \"1s\"\n"),
+        )
+        .unwrap();
+        cfg
+    }
+
     /// A CA, the broker's certificate, central and two terminals, the generated Mosquitto
     /// configuration, and Mosquitto running it as generated.
     fn provision() -> Fleet {
@@ -151,16 +167,7 @@ fn a_provisioned_terminal_reports_over_mutual_tls() {
         f.path("central.log"),
     );
     // The field procedure: the bundle's own terminal.toml, with this test's data directory.
-    let cfg = f.path("a/terminal.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "data_dir = \"/var/lib/cuntong\"",
-        &format!("data_dir = {:?}", f.path("a-data")),
-    );
-    std::fs::write(
-        &cfg,
-        format!("{text}\n[telemetry]\nhealth_interval = \"1s\"\nbatch_age = \"1s\"\n"),
-    )
-    .unwrap();
+    let cfg = f.terminal_config();
     let terminal = Proc::spawn(
         &bin("cuntong-sim"),
         &["terminal", "--config", cfg.to_str().unwrap()],
@@ -347,16 +354,7 @@ fn tls_failures_remote_configuration_and_reboots_reach_central_staff() {
         ],
         f.path("central.log"),
     );
-    let cfg = f.path("a/terminal.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "data_dir = \"/var/lib/cuntong\"",
-        &format!("data_dir = {:?}", f.path("a-data")),
-    );
-    std::fs::write(
-        &cfg,
-        format!("{text}\n[telemetry]\nhealth_interval = \"1s\"\nbatch_age = \"1s\"\n"),
-    )
-    .unwrap();
+    let cfg = f.terminal_config();
 
     // The box trusts the wrong CA (a bad bundle): every handshake with the broker fails.
     let d = |p: &str| f.path(p).to_str().unwrap().to_owned();
