@@ -157,7 +157,9 @@ fn status_reports_the_running_daemon() {
             return false;
         }
         report = serde_json::from_slice(&out.stdout).unwrap();
-        report["link"]["connected"] == true && report["link"]["published"].as_u64() >= Some(2)
+        report["link"]["connected"] == true
+            && report["link"]["published"].as_u64() >= Some(2)
+            && report["latest"]["uptime"].as_f64().is_some()
     });
     assert!(published, "{report:#}\n{}", daemon.log_text());
     assert_eq!(report["terminal"], "130102001001-main");
