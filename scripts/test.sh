@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (as root) or a developer's box.
-# Installs what is missing (Mosquitto for the broker tests), then checks formatting, lints,
-# the no_std build of the core, and runs every test against the real binaries and brokers.
+# Installs what is missing (Mosquitto for the broker tests, Chromium for the dashboard's
+# browser test), then checks formatting, lints, the no_std build of the core, and runs every
+# test against the real binaries and brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# The dashboard's browser test: Debian's Chromium driven through ChromeDriver.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "installing: ${need_apt[*]}"

@@ -27,6 +27,9 @@
 //!
 //! [[hook]]                    # run on every change, the alarm as JSON on stdin
 //! command = ["/usr/local/bin/duty-sms", "--office", "130102"]
+//!
+//! [[hook]]                    # or POSTed (application/json) to a web hook
+//! url = "https://chat.example.gov.cn/hooks/duty"
 //! ```
 
 use std::path::Path;
@@ -53,8 +56,40 @@ use crate::view::rfc3339_ms;
 #[derive(Clone, Debug, Default)]
 pub struct AlarmConfig {
     pub rules: AlarmRules,
-    /// Commands run on every alarm change, the alarm's JSON on stdin.
-    pub hooks: Vec<Vec<String>>,
+    /// Told of every alarm change.
+    pub hooks: Vec<Hook>,
+}
+
+/// Where an alarm change is told: the alarm as [`AlarmJson`], each change in order, up to three
+/// tries, 30 s each.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Hook {
+    /// A program and its arguments, the JSON on stdin; success is exit status 0.
+    Command(Vec<String>),
+    /// An HTTP(S) POST of the JSON; success is a 2xx answer.
+    Webhook(String),
+}
+
+impl Hook {
+    /// How logs name the hook: the program, or the web hook's scheme and host only (a web
+    /// hook's path and query often carry its secret token).
+    pub fn name(&self) -> String {
+        match self {
+            Hook::Command(c) => c.first().cloned().unwrap_or_default(),
+            Hook::Webhook(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                let host = host.rsplit('@').next().unwrap_or_default();
+                format!("{scheme}://{host}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hook({})", self.name())
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -104,7 +139,8 @@ struct RawStale {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHook {
-    command: Vec<String>,
+    command: Option<Vec<String>>,
+    url: Option<String>,
 }
 
 impl AlarmConfig {
@@ -189,10 +225,22 @@ impl AlarmConfig {
         }
         let mut hooks = Vec::new();
         for (i, h) in raw.hook.into_iter().enumerate() {
-            if h.command.is_empty() {
-                return Err(format!("hook[{i}].command: empty"));
-            }
-            hooks.push(h.command);
+            hooks.push(match (h.command, h.url) {
+                (Some(c), None) if c.is_empty() => {
+                    return Err(format!("hook[{i}].command: empty"));
+                }
+                (Some(c), None) => Hook::Command(c),
+                (None, Some(url)) => {
+                    let lower = url.to_ascii_lowercase();
+                    if !(lower.starts_with("http://") || lower.starts_with("https://"))
+                        || url.contains(char::is_whitespace)
+                    {
+                        return Err(format!("hook[{i}].url: {url:?} is not an http(s) URL"));
+                    }
+                    Hook::Webhook(url)
+                }
+                _ => return Err(format!("hook[{i}]: one of command or url")),
+            });
         }
         Ok(AlarmConfig { rules, hooks })
     }
@@ -581,7 +629,7 @@ pub fn table(alarms: &[Alarm]) -> String {
 }
 
 /// Runs every hook for every change, in order, each up to three times (1 s, 2 s apart).
-async fn run_hooks(hooks: Vec<Vec<String>>, mut rx: mpsc::Receiver<Alarm>) {
+async fn run_hooks(hooks: Vec<Hook>, mut rx: mpsc::Receiver<Alarm>) {
     while let Some(alarm) = rx.recv().await {
         let Ok(json) = serde_json::to_vec(&AlarmJson::of(&alarm)) else {
             continue;
@@ -589,15 +637,19 @@ async fn run_hooks(hooks: Vec<Vec<String>>, mut rx: mpsc::Receiver<Alarm>) {
         for hook in &hooks {
             let mut delay = Duration::from_secs(1);
             for attempt in 1..=3 {
-                match run_hook(hook, &json).await {
+                let result = match hook {
+                    Hook::Command(c) => run_command(c, &json).await,
+                    Hook::Webhook(url) => post(url, &json).await,
+                };
+                match result {
                     Ok(()) => break,
                     Err(e) if attempt < 3 => {
-                        tracing::warn!(hook = %hook[0], attempt, error = %e, "alarm hook failed; retrying");
+                        tracing::warn!(hook = %hook.name(), attempt, error = %e, "alarm hook failed; retrying");
                         tokio::time::sleep(delay).await;
                         delay *= 2;
                     }
                     Err(e) => {
-                        tracing::error!(hook = %hook[0], id = alarm.id, error = %e, "alarm hook failed; giving up")
+                        tracing::error!(hook = %hook.name(), id = alarm.id, error = %e, "alarm hook failed; giving up")
                     }
                 }
             }
@@ -605,7 +657,10 @@ async fn run_hooks(hooks: Vec<Vec<String>>, mut rx: mpsc::Receiver<Alarm>) {
     }
 }
 
-async fn run_hook(hook: &[String], json: &[u8]) -> Result<(), String> {
+/// How long one try of a hook may take.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn run_command(hook: &[String], json: &[u8]) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
     let (program, args) = hook.split_first().ok_or("empty hook")?;
     let mut child = tokio::process::Command::new(program)
@@ -626,7 +681,7 @@ async fn run_hook(hook: &[String], json: &[u8]) -> Result<(), String> {
         }
         child.wait().await.map_err(|e| e.to_string())
     };
-    let status = tokio::time::timeout(Duration::from_secs(30), run)
+    let status = tokio::time::timeout(HOOK_TIMEOUT, run)
         .await
         .map_err(|_| "timed out after 30 s".to_owned())??;
     if status.success() {
@@ -634,6 +689,40 @@ async fn run_hook(hook: &[String], json: &[u8]) -> Result<(), String> {
     } else {
         Err(format!("exited with {status}"))
     }
+}
+
+/// POSTs the alarm to a web hook (on a blocking thread: the HTTP client is synchronous).
+async fn post(url: &str, json: &[u8]) -> Result<(), String> {
+    let (url, body) = (url.to_owned(), json.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(HOOK_TIMEOUT))
+            .http_status_as_error(false)
+            .user_agent(concat!("cuntong/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let resp = agent
+            .post(&url)
+            .content_type("application/json")
+            .send(&body[..])
+            // ureq's errors can quote the URL; say only what kind of failure it was.
+            .map_err(|e| match e {
+                ureq::Error::Io(e) => format!("cannot reach it: {}", e.kind()),
+                ureq::Error::Timeout(_) => "timed out after 30 s".to_owned(),
+                ureq::Error::Tls(e) => format!("TLS: {e}"),
+                ureq::Error::Rustls(e) => format!("TLS: {e}"),
+                ureq::Error::HostNotFound => "host not found".to_owned(),
+                ureq::Error::ConnectionFailed => "connection failed".to_owned(),
+                _ => "request failed".to_owned(),
+            })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", resp.status()))
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 #[cfg(test)]
@@ -657,7 +746,15 @@ mod tests {
         assert_eq!(cfg.rules.thresholds[0].raise, 35.0);
         assert_eq!(cfg.rules.thresholds[0].min_duration_ms, 300_000);
         assert_eq!(cfg.rules.stale[0].after_ms, 900_000);
-        assert_eq!(cfg.hooks[0][0], "/usr/local/bin/duty-sms");
+        assert_eq!(
+            cfg.hooks[0],
+            Hook::Command(vec![
+                "/usr/local/bin/duty-sms".into(),
+                "--office".into(),
+                "130102".into()
+            ])
+        );
+        assert_eq!(cfg.hooks[1].name(), "https://chat.example.gov.cn");
     }
 
     #[test]
@@ -679,6 +776,15 @@ mod tests {
                 .contains("threshold[0].severity")
         );
         assert!(err("colour = 1\n").contains("unknown field"));
+        assert!(err("[[hook]]\nurl = \"ftp://x\"\n").contains("hook[0].url"));
+        assert!(err("[[hook]]\n").contains("hook[0]: one of command or url"));
+    }
+
+    #[test]
+    fn a_web_hook_is_logged_without_its_token() {
+        let hook = Hook::Webhook("https://user:secret@chat.example/hooks/T0K3N?key=abc".into());
+        assert_eq!(hook.name(), "https://chat.example");
+        assert!(!format!("{hook:?}").contains("T0K3N"));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct CentralOptions {
     pub meeting_heartbeat: Duration,
     /// Alarm rules and notification hooks.
     pub alarms: AlarmConfig,
+    /// Where the web dashboard listens, if it is served.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl CentralOptions {
@@ -62,6 +64,7 @@ impl CentralOptions {
             tls: None,
             meeting_heartbeat: Duration::from_secs(10),
             alarms: AlarmConfig::default(),
+            http: None,
         }
     }
 }
@@ -77,6 +80,11 @@ pub enum CentralError {
     Crashed,
     #[error(transparent)]
     Tls(#[from] cuntong_terminal::tls::TlsError),
+    #[error("dashboard: cannot listen on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Counters of what central has done, shared with whoever wants to show them.
@@ -156,6 +164,17 @@ pub async fn run(
     let store = SqliteStore::open(&opts.db)?;
     let mut meetings = MeetingService::open(&opts.db, opts.meeting_heartbeat)?;
     let mut alarms = AlarmService::open(&opts.db, opts.alarms.clone(), unix_ms())?;
+    if let Some(addr) = opts.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| CentralError::Http { addr, source })?;
+        let (db, stop) = (opts.db.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::dashboard::serve_on(listener, db, stop).await {
+                tracing::error!(error = %e, "the dashboard stopped");
+            }
+        });
+    }
     let mut link_opts = LinkOptions::new(opts.client_id.clone(), opts.broker.clone());
     link_opts.subscriptions = [Channel::Presence, Channel::Telemetry, Channel::Events]
         .into_iter()

@@ -6,6 +6,7 @@
 //! - [`ca`]: the fleet CA, provisioning bundles and broker ACLs.
 //! - [`central`]: the collector service.
 //! - [`cmd`]: signed remote commands.
+//! - [`dashboard`]: the web dashboard (`cuntong central --http`).
 //! - [`hj212`]: HJ 212 frame tools for technicians.
 //! - [`meetings`]: the meeting host inside `central`.
 //! - [`monitor`]: the live terminal view (`cuntong monitor`).
@@ -21,6 +22,7 @@ pub mod ca;
 pub mod central;
 pub mod cmd;
 pub mod control;
+pub mod dashboard;
 pub mod hj212;
 pub mod meeting_cli;
 pub mod meetings;

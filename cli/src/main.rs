@@ -58,6 +58,9 @@ enum Command {
         /// offline after 2 minutes, with root-cause suppression, and dropped data.
         #[arg(long)]
         alarms: Option<PathBuf>,
+        /// Serve the web dashboard on this address (`127.0.0.1:8080`; read-only).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// Before a meeting: every terminal of the meeting (or region) checks its camera,
     /// microphone, link, clock and disk; a ready / not-ready table, kept in the store.
@@ -263,6 +266,9 @@ enum Command {
         /// The store (default: a new database in a temporary directory).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Where the web dashboard listens.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        http: String,
     },
 }
 
@@ -511,6 +517,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             tls,
             meeting_heartbeat,
             alarms,
+            http,
         } => {
             let mut opts = CentralOptions::new(
                 parse("--broker", &broker)?,
@@ -525,6 +532,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 return Err(Usage("--meeting-heartbeat: at least 500ms".into()).into());
             }
             opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
+            opts.http = http.map(|a| parse("--http", &a)).transpose()?;
             if opts.broker.tls != opts.tls.is_some() {
                 return Err(Usage(format!(
                     "--broker {broker:?} and --tls go together (mqtts:// needs --tls DIR)"
@@ -532,6 +540,9 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 .into());
             }
             eprintln!("central: {} -> {}", opts.broker, opts.db.display());
+            if let Some(addr) = opts.http {
+                eprintln!("dashboard: http://{addr}/");
+            }
             let stats = Arc::new(CentralStats::default());
             let stop = CancellationToken::new();
             let on_signal = stop.clone();
@@ -917,8 +928,10 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             interval,
             duration: run_for,
             db,
+            http,
         } => {
             let addr: SocketAddr = parse("--listen", &listen)?;
+            let http: SocketAddr = parse("--http", &http)?;
             let region: Region = parse("--region", &region)?;
             let interval = duration("--interval", &interval)?;
             if interval.is_zero() {
@@ -928,7 +941,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             if sites == 0 {
                 return Err(Usage("--sites must be at least 1".into()).into());
             }
-            demo(addr, region, sites, interval, run_for, db).await
+            demo(addr, http, region, sites, interval, run_for, db).await
         }
     }
 }
@@ -1201,6 +1214,7 @@ fn hj212_tool(action: Hj212Action) -> Result<(), Failure> {
 
 async fn demo(
     addr: SocketAddr,
+    http: SocketAddr,
     region: Region,
     sites: usize,
     interval: Duration,
@@ -1224,8 +1238,12 @@ async fn demo(
 
     let stop = CancellationToken::new();
     let stats = Arc::new(CentralStats::default());
-    let central = tokio::spawn(central::run(
-        CentralOptions::new(broker_url.clone(), db.clone(), "central-demo"),
+    eprintln!("web      http://{http}/ (dashboard)");
+    let mut central = tokio::spawn(central::run(
+        CentralOptions {
+            http: Some(http),
+            ..CentralOptions::new(broker_url.clone(), db.clone(), "central-demo")
+        },
         stats.clone(),
         stop.clone(),
     ));
@@ -1266,6 +1284,8 @@ async fn demo(
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let reader = SqliteStore::open(&db).map_err(fail)?;
+    // Central ending on its own (it could not listen, say) ends the demo.
+    let mut central_ended = None;
     loop {
         let done = async {
             match deadline {
@@ -1276,6 +1296,10 @@ async fn demo(
         tokio::select! {
             _ = &mut signal => break,
             _ = done => break,
+            r = &mut central => {
+                central_ended = Some(r);
+                break;
+            }
             _ = tick.tick() => {
                 if live {
                     let rows = reader.sites(None).map_err(fail)?;
@@ -1310,7 +1334,10 @@ async fn demo(
     };
     let _ = tokio::time::timeout(Duration::from_secs(3), all_offline).await;
     stop.cancel();
-    let central_result = central.await;
+    let central_result = match central_ended {
+        Some(r) => r,
+        None => central.await,
+    };
     print!("{}", view::sites_table(&rows, unix_ms()));
     println!(
         "stored {} messages ({} values), {} duplicates, {} rejected",

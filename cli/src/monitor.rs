@@ -53,7 +53,7 @@ pub struct LiveMeeting {
 }
 
 /// Everything the monitor shows, read from the store.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     pub sites: Vec<SiteRow>,
     pub alarms: Vec<Alarm>,

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+pub mod browser;
+
 /// Path of a workspace binary next to the test executable's `deps` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -336,4 +338,70 @@ pub fn sim_fleet(broker: &str, region: &str, count: usize, dir: &Path, name: &st
         ],
         dir.join(format!("{name}.log")),
     )
+}
+
+/// A web hook endpoint on a free port: it records the body of every POST it answers with
+/// 2xx; the first `fail_first` requests get a 500 (so retries are exercised).
+#[derive(Debug)]
+pub struct WebhookReceiver {
+    pub url: String,
+    pub bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl WebhookReceiver {
+    pub fn start(path: &str, fail_first: usize) -> WebhookReceiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, r, want) = (bodies.clone(), refused.clone(), path.to_owned());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                let _ = reader.read_line(&mut request_line);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let right = request_line.starts_with(&format!("POST {want} "));
+                let status = if !right || r.load(Ordering::SeqCst) < fail_first {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    "500 Internal Server Error"
+                } else {
+                    b.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    "200 OK"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        WebhookReceiver {
+            url,
+            bodies,
+            refused,
+        }
+    }
+
+    pub fn received(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
 }

@@ -12,7 +12,8 @@ use cuntong::alarms::AlarmJson;
 use cuntong_core::envelope::{Envelope, encode};
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
 use cuntong_e2e::{
-    Broker, BrokerKind, LinkProxy, Proc, bin, central_with, run, sim_fleet, sites, wait_until,
+    Broker, BrokerKind, LinkProxy, Proc, WebhookReceiver, bin, central_with, run, sim_fleet, sites,
+    wait_until,
 };
 
 fn alarms(db: &Path, active: bool) -> Vec<AlarmJson> {
@@ -45,12 +46,15 @@ fn a_township_uplink_failure_is_one_alarm_acknowledged_and_cleared() {
     let rules = d.join("rules.toml");
     // The hook records every change, as the duty office's SMS gateway would receive it.
     let hooked = d.join("hooked.jsonl");
+    // And the county's chat system takes them as a web hook (refusing the first try).
+    let webhook = WebhookReceiver::start("/hooks/duty-T0K3N", 1);
     std::fs::write(
         &rules,
         format!(
-            "[offline]\ngrace = \"2s\"\n\n[[hook]]\ncommand = [\"sh\", \"-c\", \"cat >> {} && echo >> {}\"]\n",
+            "[offline]\ngrace = \"2s\"\n\n[[hook]]\ncommand = [\"sh\", \"-c\", \"cat >> {} && echo >> {}\"]\n\n[[hook]]\nurl = \"{}\"\n",
             hooked.display(),
-            hooked.display()
+            hooked.display(),
+            webhook.url
         ),
     )
     .unwrap();
@@ -140,13 +144,31 @@ fn a_township_uplink_failure_is_one_alarm_acknowledged_and_cleared() {
         "a per-village alarm: {all:?}"
     );
     assert_eq!(all.len(), 1, "{all:?}");
-    // The hook saw it raised, acknowledged and cleared.
+    // The hooks saw it raised, acknowledged and cleared; the web hook after one retry.
     assert!(wait_until(Duration::from_secs(10), || {
         let text = std::fs::read_to_string(&hooked).unwrap_or_default();
         ["\"active\"", "\"acknowledged\"", "\"cleared\""]
             .iter()
             .all(|s| text.contains(s))
     }));
+    assert!(
+        wait_until(Duration::from_secs(15), || webhook.received().len() >= 3),
+        "{:?}",
+        webhook.received()
+    );
+    // In order (an acknowledged alarm changes again as its villages come back one by one).
+    let mut states: Vec<String> = webhook
+        .received()
+        .iter()
+        .map(|b| serde_json::from_str::<AlarmJson>(b).unwrap())
+        .inspect(|a| assert_eq!(a.id, root.id))
+        .map(|a| a.state)
+        .collect();
+    states.dedup();
+    assert_eq!(states, ["active", "acknowledged", "cleared"]);
+    assert_eq!(webhook.refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Its secret path is not in central's log.
+    assert!(!central.log_text().contains("T0K3N"));
 }
 
 /// A telemetry envelope for one `env.temp` reading, as a terminal would send it.

@@ -1,0 +1,163 @@
+//! The web dashboard in a real headless browser (Debian's Chromium through ChromeDriver): the
+//! page served by `cuntong central --http` loads, shows the simulated fleet, and updates by
+//! itself (no reload) when a terminal goes offline; the region tree counts it at the county;
+//! a terminal's history is drawn as charts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use cuntong_e2e::browser::Browser;
+use cuntong_e2e::{Broker, BrokerKind, central_with, free_port, sim_fleet, sites, wait_until};
+use serde_json::Value;
+
+const ROWS: &str = "return Array.from(document.querySelectorAll('#terminals tr[data-terminal]'))
+    .map(r => [r.dataset.terminal, r.dataset.online]);";
+
+fn rows(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r[0].as_str().unwrap().to_owned(),
+                        r[1].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_dashboard_shows_the_fleet_and_updates_when_a_terminal_goes_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let db = d.join("central.db");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let central = central_with(&broker, &db, d, &["--http", &addr]);
+    let _township = sim_fleet(&broker.url, "130102001", 3, d, "township");
+    let mut village = sim_fleet(&broker.url, "130102001009", 1, d, "village");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            sites(&db, None).iter().filter(|s| s.online).count() == 4
+        }),
+        "the fleet did not come online: {}",
+        central.log_text()
+    );
+
+    let browser = Browser::start(d);
+    browser.open(&format!("http://{addr}/#r=130102001"));
+    // The page's own marker: still there at the end means the page was never reloaded.
+    browser.eval("window.cuntongTestMarker = 42; return null;");
+    let all_online = browser
+        .wait_for(Duration::from_secs(20), ROWS, |v| {
+            let r = rows(v);
+            r.len() == 4 && r.iter().all(|(_, online)| online == "true")
+        })
+        .unwrap_or_else(|v| panic!("the page did not show 4 online terminals: {v}"));
+    let ids: Vec<String> = rows(&all_online).into_iter().map(|(id, _)| id).collect();
+    assert!(ids.contains(&"130102001009-main".to_owned()), "{ids:?}");
+    let summary = browser.eval(
+        "const s = document.getElementById('summary').dataset; return [s.terminals, s.online, s.offline];",
+    );
+    assert_eq!(summary, serde_json::json!(["4", "4", "0"]));
+    assert_eq!(
+        browser.eval("return document.getElementById('link').textContent;"),
+        serde_json::json!("live")
+    );
+
+    // The village's terminal stops: the page shows it offline by itself.
+    village.kill();
+    let after = browser
+        .wait_for(Duration::from_secs(30), ROWS, |v| {
+            rows(v)
+                .iter()
+                .any(|(id, online)| id == "130102001009-main" && online == "false")
+        })
+        .unwrap_or_else(|v| panic!("the page did not show the village offline: {v}"));
+    let offline: Vec<String> = rows(&after)
+        .into_iter()
+        .filter(|(_, online)| online == "false")
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(offline, vec!["130102001009-main".to_owned()]);
+    assert_eq!(
+        browser.eval("return window.cuntongTestMarker;"),
+        serde_json::json!(42),
+        "the page was reloaded"
+    );
+
+    // Up to the county (in the page, no reload): the township's row counts the offline one.
+    browser.eval("location.hash = 'r=130102'; return null;");
+    let township = browser
+        .wait_for(
+            Duration::from_secs(10),
+            "const r = document.querySelector('#regions tr[data-region=\"130102001\"]');
+             return r ? Array.from(r.cells).slice(2, 5).map(c => c.textContent) : null;",
+            |v| v == &serde_json::json!(["4", "3", "1"]),
+        )
+        .unwrap_or_else(|v| panic!("the county view did not count the township: {v}"));
+    assert_eq!(township, serde_json::json!(["4", "3", "1"]));
+
+    // A terminal's history as charts.
+    browser.eval("location.hash = 'r=130102001&t=130102001001-main'; return null;");
+    let charts = browser
+        .wait_for(
+            Duration::from_secs(10),
+            "return Array.from(document.querySelectorAll('#charts figure[data-metric]'))
+                .filter(f => f.querySelector('polyline')).map(f => f.dataset.metric);",
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().any(|m| m == "env.temp"))
+            },
+        )
+        .unwrap_or_else(|v| panic!("no history charts: {v}"));
+    assert!(
+        charts.as_array().unwrap().iter().any(|m| m == "cpu.load"),
+        "{charts}"
+    );
+    assert_eq!(
+        browser.eval("return window.cuntongTestMarker;"),
+        serde_json::json!(42)
+    );
+}
+
+#[test]
+fn the_dashboard_refuses_a_bad_region_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Embedded, d);
+    let db = d.join("central.db");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let central = central_with(&broker, &db, d, &["--http", &addr]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str| {
+        agent
+            .get(&format!("http://{addr}{path}"))
+            .call()
+            .ok()
+            .map(|mut r| (r.status().as_u16(), r.body_mut().read_to_string().unwrap()))
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || get("/").is_some()),
+        "the dashboard did not listen: {}",
+        central.log_text()
+    );
+    let (status, page) = get("/").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("app.js"));
+    let (status, body) = get("/api/view?region=12x").unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("12x"), "{body}");
+    let (status, body) = get("/api/terminal/130102001001-main").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("130102001001-main"), "{body}");
+    let (status, body) = get("/api/terminal/130102001001-main?hours=1000").unwrap();
+    assert_eq!(status, 400, "{body}");
+}
