@@ -732,15 +732,7 @@ mod tests {
 
     #[test]
     fn the_documented_rules_parse() {
-        let doc = include_str!("alarms.rs");
-        let start = doc.find("//! ```toml").unwrap();
-        let end = doc[start + 10..].find("//! ```").unwrap() + start + 10;
-        let text: String = doc[start..end]
-            .lines()
-            .skip(1)
-            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = cuntong_terminal::config::documented_example(include_str!("alarms.rs")).unwrap();
         let cfg = AlarmConfig::parse(&text).unwrap();
         assert_eq!(cfg.rules.offline_grace_ms, 120_000);
         assert_eq!(cfg.rules.thresholds[0].raise, 35.0);

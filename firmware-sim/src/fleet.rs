@@ -6,6 +6,7 @@
 //! region, deterministically, so the same command gives the same fleet. `reboot` from central
 //! restarts a simulated terminal the way it restarts a box.
 
+use cuntong_terminal::duty_button::{DutyButton, DutyButtonConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,6 +106,8 @@ pub struct SimOptions {
     pub decline_percent: u8,
     /// Share of the terminals (0 to 100) that raise their hand once joined.
     pub hands_percent: u8,
+    /// Give each terminal a duty button (its line: the file `duty-button` in its data dir).
+    pub duty_button: bool,
 }
 
 impl SimOptions {
@@ -122,6 +125,7 @@ impl SimOptions {
             meeting_accept: AcceptPolicy::All,
             decline_percent: 0,
             hands_percent: 0,
+            duty_button: false,
         }
     }
 }
@@ -150,7 +154,44 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
         serial: None,
         loggers: Vec::new(),
     });
+    if opts.duty_button {
+        cfg.duty_button = Some(DutyButtonConfig::default());
+    }
     cfg
+}
+
+/// The simulated duty button's line: the file `duty-button` in the terminal's data directory,
+/// holding `1` (high) or `0` (low), as a Linux GPIO `value` file does. A missing file is high
+/// (an active-low button not pressed).
+#[derive(Debug)]
+pub struct FilePin(pub PathBuf);
+
+/// The line's file could not be read.
+#[derive(Debug)]
+pub struct FilePinError(pub std::io::Error);
+
+impl embedded_hal::digital::Error for FilePinError {
+    fn kind(&self) -> embedded_hal::digital::ErrorKind {
+        embedded_hal::digital::ErrorKind::Other
+    }
+}
+
+impl embedded_hal::digital::ErrorType for FilePin {
+    type Error = FilePinError;
+}
+
+impl embedded_hal::digital::InputPin for FilePin {
+    fn is_high(&mut self) -> Result<bool, FilePinError> {
+        match std::fs::read(&self.0) {
+            Ok(v) => Ok(v.first() != Some(&b'0')),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(FilePinError(e)),
+        }
+    }
+
+    fn is_low(&mut self) -> Result<bool, FilePinError> {
+        self.is_high().map(|h| !h)
+    }
 }
 
 /// How long a simulated box takes to come back after `reboot`.
@@ -249,6 +290,7 @@ pub fn sim_hardware(
         power,
         media: Box::new(SimMedia),
         console: Box::new(console),
+        duty_button: None,
     }
 }
 
@@ -266,7 +308,11 @@ pub async fn run_rebooting(
             run: stop.child_token(),
             requested: Arc::default(),
         };
-        let hardware = sim_hardware(seed, interval, &control, Box::new(power.clone()), console);
+        let mut hardware = sim_hardware(seed, interval, &control, Box::new(power.clone()), console);
+        hardware.duty_button = cfg
+            .duty_button
+            .as_ref()
+            .map(|b| DutyButton::new(FilePin(cfg.data_dir.join("duty-button")), b));
         daemon::run(cfg.clone(), hardware, power.run.clone()).await?;
         if stop.is_cancelled() || !power.requested.load(Ordering::Relaxed) {
             return Ok(());

@@ -79,6 +79,10 @@ enum Command {
         /// Accept HJ 212 data loggers on this address (host:port).
         #[arg(long)]
         hj212_listen: Option<String>,
+        /// A duty button: the file <data-dir>/<id>/duty-button stands for its line (write 0
+        /// to press it, 1 to release it).
+        #[arg(long)]
+        duty_button: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -476,6 +480,7 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             id,
             data_dir,
             hj212_listen,
+            duty_button,
             common,
             ..
         } => {
@@ -486,6 +491,7 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             // The terminal keeps its state in <data-dir>/<id>, the same layout as a fleet's.
             let mut opts = options(&common, data_dir)?;
             opts.status_socket = true;
+            opts.duty_button = duty_button;
             opts.hj212_listen = hj212_listen
                 .map(|a| a.parse().map_err(|e| format!("--hj212-listen {a:?}: {e}")))
                 .transpose()?;

@@ -120,6 +120,8 @@ pub struct TerminalConfig {
     pub commands: Option<CommandsConfig>,
     /// Taking part in meetings.
     pub meeting: MeetingConfig,
+    /// The duty button, if the box has one.
+    pub duty_button: Option<crate::duty_button::DutyButtonConfig>,
     /// The file this configuration was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -177,6 +179,7 @@ impl TerminalConfig {
             tls: None,
             commands: None,
             meeting: MeetingConfig::default(),
+            duty_button: None,
             source: None,
         }
     }
@@ -440,8 +443,51 @@ impl TerminalConfig {
                 loggers,
             });
         }
+        if let Some(b) = raw.duty_button {
+            let default = crate::duty_button::DutyButtonConfig::default();
+            let duration = |key: &str, v: Option<String>, default: Duration| {
+                v.map(|v| parse_duration(&v).map_err(|e| invalid(key, e)))
+                    .transpose()
+                    .map(|d| d.unwrap_or(default))
+            };
+            let kind = b.kind.unwrap_or(default.kind);
+            let text = b.text.unwrap_or(default.text);
+            crate::status::check_report(&kind, text.trim()).map_err(|e| {
+                let key = if e.starts_with("report kind") {
+                    "kind"
+                } else {
+                    "text"
+                };
+                invalid(&format!("duty_button.{key}"), e)
+            })?;
+            cfg.duty_button = Some(crate::duty_button::DutyButtonConfig {
+                chip: b.chip.unwrap_or(default.chip),
+                line: b.line,
+                active_low: b.active_low.unwrap_or(default.active_low),
+                hold: duration("duty_button.hold", b.hold, default.hold)?,
+                cooldown: duration("duty_button.cooldown", b.cooldown, default.cooldown)?,
+                kind,
+                text: text.trim().to_owned(),
+            });
+        }
         Ok(cfg)
     }
+}
+
+/// The first TOML example (a ```` ```toml ```` block) in a module's `//!` documentation, as
+/// TOML text. The tests of every configuration file parse the documented example with it, so
+/// the documentation stays true.
+pub fn documented_example(source: &str) -> Option<String> {
+    let start = source.find("//! ```toml")?;
+    let rest = &source[start..];
+    let body = rest
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("//! ```"));
+    let text: Vec<&str> = body
+        .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
+        .collect();
+    Some(text.join("\n"))
 }
 
 /// Parses a size such as `16MiB`, `512KiB`, `1GiB` or a plain number of bytes.
@@ -496,6 +542,19 @@ struct RawConfig {
     commands: Option<RawCommands>,
     #[serde(default)]
     meeting: RawMeeting,
+    duty_button: Option<RawDutyButton>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDutyButton {
+    chip: Option<PathBuf>,
+    line: u32,
+    active_low: Option<bool>,
+    hold: Option<String>,
+    cooldown: Option<String>,
+    kind: Option<String>,
+    text: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -674,15 +733,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses() {
-        let doc = include_str!("config.rs");
-        let start = doc.find("//! ```toml").unwrap();
-        let end = doc[start + 10..].find("//! ```").unwrap() + start + 10;
-        let text: String = doc[start..end]
-            .lines()
-            .skip(1)
-            .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = documented_example(include_str!("config.rs")).unwrap();
         let cfg = parse(&text).unwrap();
         assert_eq!(cfg.sensors.len(), 1);
         assert_eq!(cfg.sensors[0].interval, Duration::from_secs(30));
@@ -705,6 +756,22 @@ mod tests {
         assert_eq!(hj.serial, None);
         assert_eq!(hj.loggers[0].password.as_deref(), Some("100000"));
         assert_eq!(hj.loggers[0].factors["011"], Metric::W01018);
+    }
+
+    #[test]
+    fn the_duty_button_documented_with_its_module_parses() {
+        let text = documented_example(include_str!("duty_button.rs")).unwrap();
+        let cfg = parse(&format!("{BASE}{text}\n")).unwrap();
+        let b = cfg.duty_button.unwrap();
+        assert_eq!(
+            (b.line, b.active_low, b.kind.as_str()),
+            (17, true, "emergency")
+        );
+        assert_eq!(b.hold, Duration::from_secs(1));
+        let err = |extra: &str| parse(&format!("{BASE}{extra}")).unwrap_err().to_string();
+        assert!(err("[duty_button]\nline = 3\nkind = \"SOS!\"\n").contains("duty_button.kind"));
+        assert!(err("[duty_button]\nline = 3\nhold = \"long\"\n").contains("duty_button.hold"));
+        assert!(err("[duty_button]\nchip = \"/dev/gpiochip0\"\n").contains("line"));
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct Hardware {
     pub media: Box<dyn MediaEngine>,
     /// The people at the box (buttons; the simulator's behaviour).
     pub console: Box<dyn Console>,
+    /// The duty button, if the box has one.
+    pub duty_button: Option<crate::duty_button::DutyButton>,
 }
 
 impl std::fmt::Debug for Hardware {
@@ -282,6 +284,9 @@ pub async fn run(
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut meeting_tick = tokio::time::interval(Duration::from_secs(1));
     meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut button = hardware.duty_button;
+    let mut button_tick = tokio::time::interval(crate::duty_button::POLL);
+    button_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     loop {
         let ready: Vec<bool> = idle.iter().map(Option::is_some).collect();
@@ -306,6 +311,17 @@ pub async fn run(
                 }
             }
             _ = sync_tick.tick() => daemon.outbox.flush()?,
+            _ = button_tick.tick(), if button.is_some() => {
+                if let Some(b) = button.as_mut()
+                    && b.poll(unix_ms())
+                {
+                    let (kind, text) = (b.kind.clone(), b.text.clone());
+                    match daemon.duty_report(kind, text) {
+                        Ok(line) => tracing::info!("duty button: {line}"),
+                        Err(e) => tracing::error!("duty button: {e}"),
+                    }
+                }
+            }
             _ = meeting_tick.tick() => {
                 let l = link.status();
                 let msgs = daemon.conference.tick(unix_ms(), l.rtt_ms, l.ping_loss_percent);

@@ -28,6 +28,7 @@ pub mod commands;
 pub mod conference;
 pub mod config;
 pub mod daemon;
+pub mod duty_button;
 pub mod hardware;
 pub mod health;
 pub mod hj212;

@@ -11,7 +11,7 @@ use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::daemon::{self, Hardware};
 use cuntong_terminal::health::ProcHealth;
 use cuntong_terminal::status::LocalRequest;
-use cuntong_terminal::{check, hardware, status};
+use cuntong_terminal::{check, duty_button, hardware, status};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -220,6 +220,13 @@ async fn async_main(cli: Cli) -> ExitCode {
                 }),
                 media: Box::new(SignallingOnly),
                 console: Box::new(Unattended),
+                duty_button: match cfg.duty_button.as_ref().map(duty_button::open).transpose() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
             };
             let stop = CancellationToken::new();
             let on_signal = stop.clone();

@@ -71,24 +71,31 @@ pub enum LocalRequest {
     },
 }
 
+/// A duty report's kind (`flood`, `fire`, `power`: 1 to 32 of a-z, 0-9 and -) and text (1 to
+/// 500 characters), as the operator's command and the duty button's configuration give them.
+pub fn check_report(kind: &str, text: &str) -> Result<(), String> {
+    if kind.is_empty()
+        || kind.len() > 32
+        || !kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "report kind {kind:?}: 1 to 32 of a-z, 0-9 and - (e.g. flood, fire, power)"
+        ));
+    }
+    if text.is_empty() || text.chars().count() > 500 {
+        return Err("report text: 1 to 500 characters".into());
+    }
+    Ok(())
+}
+
 impl LocalRequest {
     pub fn parse(line: &str) -> Result<LocalRequest, String> {
         if let Some(rest) = line.strip_prefix("report ") {
             let (kind, text) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
-            if kind.is_empty()
-                || kind.len() > 32
-                || !kind
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
-                return Err(format!(
-                    "report kind {kind:?}: 1 to 32 of a-z, 0-9 and - (e.g. flood, fire, power)"
-                ));
-            }
             let text = text.trim();
-            if text.is_empty() || text.chars().count() > 500 {
-                return Err("report text: 1 to 500 characters".into());
-            }
+            check_report(kind, text)?;
             return Ok(LocalRequest::DutyReport {
                 kind: kind.to_owned(),
                 text: text.to_owned(),

@@ -290,6 +290,7 @@ fn a_duty_report_from_a_village_reaches_the_county_duty_office_and_its_ack_comes
             d.join("box").to_str().unwrap(),
             "--interval",
             "2s",
+            "--duty-button",
         ],
         d.join("box.log"),
     );
@@ -371,6 +372,29 @@ fn a_duty_report_from_a_village_reaches_the_county_duty_office_and_its_ack_comes
             .any(|a| a.id == report.id && a.state == "cleared"),
         "acknowledged reports are done"
     );
+
+    // Nobody at a keyboard: the box's duty button (active low) is pressed and held.
+    let line = d.join("box").join(id).join("duty-button");
+    std::fs::write(&line, "0").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || county()
+            .iter()
+            .any(|a| a.kind == "duty-report" && a.state == "active")),
+        "the duty button raised no report: {}",
+        central.log_text()
+    );
+    std::fs::write(&line, "1").unwrap();
+    let pressed: Vec<AlarmJson> = county()
+        .into_iter()
+        .filter(|a| a.kind == "duty-report" && a.state == "active")
+        .collect();
+    assert_eq!(pressed.len(), 1, "one press, one report: {pressed:?}");
+    assert_eq!(pressed[0].subject, id);
+    assert_eq!(pressed[0].severity, "critical");
+    assert!(pressed[0].detail.contains("duty button"), "{pressed:?}");
+    let out = operator(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["duty_reports"][1]["kind"], "emergency", "{v}");
 }
 
 #[test]
