@@ -40,6 +40,7 @@ fn rules() -> AlarmRules {
                 clear: 70.0,
                 min_duration_ms: 300_000,
                 severity: Severity::Major,
+                during_meeting: false,
             })
             .collect(),
         stale: vec![

@@ -12,6 +12,10 @@
 //! severity = "major"
 //! root_cause_min = 2          # a region with this many terminals, all offline: one alarm
 //!
+//! [[uplink]]                  # the sites of 130102 reach the network through this box:
+//! terminal = "130102000000-relay"
+//! serves = "130102"           # while it is offline, theirs are listed under its alarm
+//!
 //! [[threshold]]
 //! metric = "env.temp"
 //! above = 35.0                # or below = 5.0
@@ -19,6 +23,12 @@
 //! for = "5m"                  # beyond the limit this long before it is raised
 //! severity = "major"
 //! region = "130102"           # only there (default: everywhere)
+//!
+//! [[media]]                 # during meetings (replaces the built-in media.loss ≥ 5 % and
+//! metric = "media.loss"       # media.jitter ≥ 80 ms, each for 10 s): media-degraded
+//! above = 8.0
+//! clear = 3.0
+//! for = "15s"
 //!
 //! [[stale]]
 //! metric = "env.temp"
@@ -37,7 +47,7 @@ use std::time::Duration;
 
 use cuntong_core::alarm::{
     Alarm, AlarmChange, AlarmEngine, AlarmKind, AlarmRules, Observation, Severity, StaleRule,
-    Subject, TerminalNotice, ThresholdRule,
+    Subject, TerminalNotice, ThresholdRule, Uplink,
 };
 use cuntong_core::envelope::Event;
 use cuntong_core::site::Region;
@@ -101,9 +111,20 @@ struct RawRules {
     #[serde(default)]
     threshold: Vec<RawThreshold>,
     #[serde(default)]
+    media: Vec<RawThreshold>,
+    #[serde(default)]
     stale: Vec<RawStale>,
     #[serde(default)]
     hook: Vec<RawHook>,
+    #[serde(default)]
+    uplink: Vec<RawUplink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    terminal: String,
+    serves: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -187,32 +208,55 @@ impl AlarmConfig {
             }
             rules.root_cause_min = n;
         }
-        for (i, t) in raw.threshold.into_iter().enumerate() {
-            let key = |f: &str| format!("threshold[{i}].{f}");
-            let (above, raise) = match (t.above, t.below) {
-                (Some(a), None) => (true, a),
-                (None, Some(b)) => (false, b),
-                _ => return Err(format!("{}: give either above or below", key("above"))),
-            };
-            if (above && t.clear > raise) || (!above && t.clear < raise) {
-                return Err(format!(
-                    "{}: {} must be on the normal side of {raise}",
-                    key("clear"),
-                    t.clear
-                ));
+        // Rules given for media during meetings replace the built-in ones.
+        if !raw.media.is_empty() {
+            rules.thresholds.retain(|r| !r.during_meeting);
+        }
+        let sections = [
+            ("threshold", false, raw.threshold),
+            ("media", true, raw.media),
+        ];
+        for (section, during_meeting, list) in sections {
+            for (i, t) in list.into_iter().enumerate() {
+                let key = |f: &str| format!("{section}[{i}].{f}");
+                let (above, raise) = match (t.above, t.below) {
+                    (Some(a), None) => (true, a),
+                    (None, Some(b)) => (false, b),
+                    _ => return Err(format!("{}: give either above or below", key("above"))),
+                };
+                if (above && t.clear > raise) || (!above && t.clear < raise) {
+                    return Err(format!(
+                        "{}: {} must be on the normal side of {raise}",
+                        key("clear"),
+                        t.clear
+                    ));
+                }
+                rules.thresholds.push(ThresholdRule {
+                    metric: metric(&key("metric"), &t.metric)?,
+                    region: region(&key("region"), t.region)?,
+                    above,
+                    raise,
+                    clear: t.clear,
+                    min_duration_ms: match t.for_ {
+                        Some(d) => duration(&key("for"), &d)?,
+                        None => 0,
+                    },
+                    severity: severity(&key("severity"), t.severity, Severity::Major)?,
+                    during_meeting,
+                });
             }
-            rules.thresholds.push(ThresholdRule {
-                metric: metric(&key("metric"), &t.metric)?,
-                region: region(&key("region"), t.region)?,
-                above,
-                raise,
-                clear: t.clear,
-                min_duration_ms: match t.for_ {
-                    Some(d) => duration(&key("for"), &d)?,
-                    None => 0,
-                },
-                severity: severity(&key("severity"), t.severity, Severity::Major)?,
-            });
+        }
+        for (i, u) in raw.uplink.into_iter().enumerate() {
+            let key = |f: &str| format!("uplink[{i}].{f}");
+            let terminal: TerminalId = u
+                .terminal
+                .parse()
+                .map_err(|e| format!("{} {:?}: {e}", key("terminal"), u.terminal))?;
+            let serves: Region = u
+                .serves
+                .parse()
+                .map_err(|e| format!("{} {:?}: {e}", key("serves"), u.serves))?;
+            rules.uplinks.push(Uplink { terminal, serves });
         }
         for (i, s) in raw.stale.into_iter().enumerate() {
             let key = |f: &str| format!("stale[{i}].{f}");
@@ -251,7 +295,7 @@ impl AlarmConfig {
 #[serde(deny_unknown_fields)]
 pub struct AlarmJson {
     pub id: u64,
-    /// `offline`, `stale`, `threshold` or `dropping`.
+    /// `offline`, `stale`, `threshold`, `dropping`, `duty-report` or `media-degraded`.
     pub kind: String,
     /// A terminal id, or a region code for a root-cause alarm.
     pub subject: String,
@@ -735,8 +779,17 @@ mod tests {
         let text = cuntong_terminal::config::documented_example(include_str!("alarms.rs")).unwrap();
         let cfg = AlarmConfig::parse(&text).unwrap();
         assert_eq!(cfg.rules.offline_grace_ms, 120_000);
-        assert_eq!(cfg.rules.thresholds[0].raise, 35.0);
-        assert_eq!(cfg.rules.thresholds[0].min_duration_ms, 300_000);
+        let [temp, media] = &cfg.rules.thresholds[..] else {
+            panic!("{:?}", cfg.rules.thresholds);
+        };
+        assert_eq!((temp.raise, temp.min_duration_ms), (35.0, 300_000));
+        assert!(!temp.during_meeting);
+        assert_eq!((media.metric.name(), media.raise), ("media.loss", 8.0));
+        assert!(media.during_meeting);
+        assert_eq!(
+            AlarmConfig::parse("").unwrap().rules.thresholds,
+            ThresholdRule::media_defaults()
+        );
         assert_eq!(cfg.rules.stale[0].after_ms, 900_000);
         assert_eq!(
             cfg.hooks[0],
@@ -747,6 +800,11 @@ mod tests {
             ])
         );
         assert_eq!(cfg.hooks[1].name(), "https://chat.example.gov.cn");
+        assert_eq!(
+            cfg.rules.uplinks[0].terminal.to_string(),
+            "130102000000-relay"
+        );
+        assert_eq!(cfg.rules.uplinks[0].serves.prefix(), "130102");
     }
 
     #[test]
@@ -770,6 +828,9 @@ mod tests {
         assert!(err("colour = 1\n").contains("unknown field"));
         assert!(err("[[hook]]\nurl = \"ftp://x\"\n").contains("hook[0].url"));
         assert!(err("[[hook]]\n").contains("hook[0]: one of command or url"));
+        assert!(
+            err("[[uplink]]\nterminal = \"x\"\nserves = \"13\"\n").contains("uplink[0].terminal")
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! thresholds with separate raise and clear levels and a minimum duration (hysteresis, so a
 //! value hovering at its limit does not flap), an outbox dropping data — and parent-aware
 //! suppression: when every terminal of a township (or a county…) is offline, that is one
-//! root-cause alarm for the region with the terminals listed under it, not an alarm storm.
+//! root-cause alarm for the region with the terminals listed under it, not an alarm storm; and
+//! when an uplink terminal (a county box the villages reach the network through, a relay) is
+//! offline, the terminals behind it that are offline are listed under its alarm.
 //!
 //! [`AlarmEngine`] is sans-IO: it is told what central learns ([`Observation`]) and the time,
 //! and answers with the [`AlarmChange`]s to store and notify. Condition alarms (offline, stale,
@@ -30,6 +32,8 @@ pub enum AlarmKind {
     Dropping,
     /// A site's operator raised a duty report.
     DutyReport,
+    /// A site's media is degraded while it is in a meeting.
+    MediaDegraded,
 }
 
 impl AlarmKind {
@@ -40,6 +44,7 @@ impl AlarmKind {
             AlarmKind::Threshold => "threshold",
             AlarmKind::Dropping => "dropping",
             AlarmKind::DutyReport => "duty-report",
+            AlarmKind::MediaDegraded => "media-degraded",
         }
     }
 
@@ -170,6 +175,30 @@ pub struct ThresholdRule {
     /// The value must stay beyond `raise` this long before the alarm is raised.
     pub min_duration_ms: u64,
     pub severity: Severity,
+    /// Judged only while the terminal is in a meeting (`meeting.joined` ≥ 1): a
+    /// `media-degraded` alarm, cleared when the value is back or the meeting is over.
+    pub during_meeting: bool,
+}
+
+impl ThresholdRule {
+    /// The built-in media rules: receive loss ≥ 5 % (clear under 2 %) and jitter ≥ 80 ms (clear
+    /// under 40 ms), each for 10 s, while in a meeting.
+    pub fn media_defaults() -> Vec<ThresholdRule> {
+        let rule = |metric, raise, clear, severity| ThresholdRule {
+            metric,
+            region: None,
+            above: true,
+            raise,
+            clear,
+            min_duration_ms: 10_000,
+            severity,
+            during_meeting: true,
+        };
+        alloc::vec![
+            rule(Metric::MediaLoss, 5.0, 2.0, Severity::Major),
+            rule(Metric::MediaJitter, 80.0, 40.0, Severity::Warning),
+        ]
+    }
 }
 
 /// A metric that must keep coming.
@@ -194,6 +223,16 @@ pub struct AlarmRules {
     pub stale: Vec<StaleRule>,
     /// Raise an alarm when a terminal reports data dropped from its full outbox.
     pub dropping: bool,
+    /// Terminals through which a region reaches the network.
+    pub uplinks: Vec<Uplink>,
+}
+
+/// A terminal through which the terminals of `serves` reach the network (or their media):
+/// while it is offline, those that are offline are its alarm's, not their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub terminal: TerminalId,
+    pub serves: Region,
 }
 
 impl Default for AlarmRules {
@@ -202,9 +241,10 @@ impl Default for AlarmRules {
             offline_grace_ms: 120_000,
             offline_severity: Severity::Major,
             root_cause_min: 2,
-            thresholds: Vec::new(),
+            thresholds: ThresholdRule::media_defaults(),
             stale: Vec::new(),
             dropping: true,
+            uplinks: Vec::new(),
         }
     }
 }
@@ -284,6 +324,8 @@ struct TerminalState {
     seen: BTreeMap<Metric, u64>,
     /// Per threshold rule: since when the value is beyond `raise`.
     breaching: BTreeMap<usize, u64>,
+    /// In a meeting, as its last `meeting.joined` said.
+    in_meeting: bool,
 }
 
 /// The key of an alarm that a condition owns (at most one active alarm per key).
@@ -313,7 +355,8 @@ const SEEN_REPORTS: usize = 10_000;
 /// How a threshold rule is recognised in a stored alarm, across restarts and rule edits.
 fn rule_signature(r: &ThresholdRule) -> String {
     format!(
-        "{}{}{}@{}",
+        "{}{}{}{}@{}",
+        if r.during_meeting { "meeting:" } else { "" },
         r.metric.name(),
         if r.above { '>' } else { '<' },
         r.raise,
@@ -407,6 +450,8 @@ impl AlarmEngine {
                         t.online = false;
                         t.offline_since = Some(now_ms);
                     }
+                    // Gone from the meeting with its link: its offline alarm tells the rest.
+                    self.meeting_over(terminal, now_ms, &mut out);
                 }
                 // Offline alarms are evaluated (with the grace period and suppression) on tick.
             }
@@ -423,6 +468,16 @@ impl AlarmEngine {
                     t.seen.insert(metric.clone(), now_ms);
                     if let Some(id) = self.open.remove(&Key::Stale(terminal, metric.clone())) {
                         self.clear(id, now_ms, &mut out);
+                    }
+                }
+                if metric == Metric::MeetingsJoined {
+                    let in_meeting = value >= 1.0;
+                    let was = self.terminals.get(&terminal).is_some_and(|t| t.in_meeting);
+                    if was && !in_meeting {
+                        self.meeting_over(terminal, now_ms, &mut out);
+                    }
+                    if let Some(t) = self.terminals.get_mut(&terminal) {
+                        t.in_meeting = in_meeting;
                     }
                 }
                 self.threshold(terminal, &metric, value, at_ms, now_ms, &mut out);
@@ -511,16 +566,20 @@ impl AlarmEngine {
             .map(|(i, r)| (i, r.clone()))
             .collect();
         for (i, rule) in rules {
-            let beyond_raise = if rule.above {
-                value >= rule.raise
-            } else {
-                value <= rule.raise
-            };
-            let back_to_clear = if rule.above {
-                value <= rule.clear
-            } else {
-                value >= rule.clear
-            };
+            let judged =
+                !rule.during_meeting || self.terminals.get(&terminal).is_some_and(|t| t.in_meeting);
+            let beyond_raise = judged
+                && if rule.above {
+                    value >= rule.raise
+                } else {
+                    value <= rule.raise
+                };
+            let back_to_clear = !judged
+                || if rule.above {
+                    value <= rule.clear
+                } else {
+                    value >= rule.clear
+                };
             let key = Key::Threshold(terminal, i);
             if let Some(&id) = self.open.get(&key) {
                 if back_to_clear {
@@ -540,8 +599,13 @@ impl AlarmEngine {
             if at_ms.saturating_sub(since) >= rule.min_duration_ms {
                 t.breaching.remove(&i);
                 let cmp = if rule.above { "≥" } else { "≤" };
+                let kind = if rule.during_meeting {
+                    AlarmKind::MediaDegraded
+                } else {
+                    AlarmKind::Threshold
+                };
                 let alarm = self.new_alarm(
-                    AlarmKind::Threshold,
+                    kind,
                     Subject::Terminal(terminal),
                     rule.severity,
                     now_ms,
@@ -559,6 +623,29 @@ impl AlarmEngine {
                 self.open.insert(key, alarm.id);
                 out.push(AlarmChange::Raised(alarm));
             }
+        }
+    }
+
+    /// The terminal left its last meeting (or went offline): its media alarms are over.
+    fn meeting_over(&mut self, terminal: TerminalId, now_ms: u64, out: &mut Vec<AlarmChange>) {
+        let media: Vec<(Key, u64)> = self
+            .open
+            .iter()
+            .filter(|(k, _)| {
+                matches!(k, Key::Threshold(t, i) if *t == terminal
+                    && self.rules.thresholds.get(*i).is_some_and(|r| r.during_meeting))
+            })
+            .map(|(k, id)| (k.clone(), *id))
+            .collect();
+        for (k, id) in media {
+            self.open.remove(&k);
+            self.clear(id, now_ms, out);
+        }
+        if let Some(t) = self.terminals.get_mut(&terminal) {
+            t.in_meeting = false;
+            let rules = &self.rules.thresholds;
+            t.breaching
+                .retain(|i, _| rules.get(*i).is_some_and(|r| !r.during_meeting));
         }
     }
 
@@ -593,10 +680,10 @@ impl AlarmEngine {
             })
             .map(|(id, _)| *id)
             .collect();
-        // Per region (every ancestor of a terminal's site): terminals known and down.
+        // Per region (a terminal's site and every site above it): terminals known and down.
         let mut counts: BTreeMap<SiteCode, (usize, usize)> = BTreeMap::new();
         for id in self.terminals.keys() {
-            for a in id.site().ancestors() {
+            for a in core::iter::once(*id.site()).chain(id.site().ancestors()) {
                 let c = counts.entry(a).or_default();
                 c.0 += 1;
                 if down.contains(id) {
@@ -604,45 +691,69 @@ impl AlarmEngine {
                 }
             }
         }
-        // Each down terminal is under the highest region that is down as a whole, if any.
-        let mut wanted: BTreeMap<Subject, Vec<TerminalId>> = BTreeMap::new();
-        let mut placed: BTreeSet<TerminalId> = BTreeSet::new();
-        for id in &down {
-            let root = id
-                .site()
-                .ancestors()
-                .filter(|a| {
-                    counts.get(a).is_some_and(|&(known, d)| {
-                        known == d && known >= self.rules.root_cause_min.max(2)
-                    })
-                })
-                .last();
-            if let Some(r) = root {
-                wanted.entry(Subject::Region(r)).or_default().push(*id);
-                placed.insert(*id);
-            }
-        }
-        // A region coming back terminal by terminal stays one alarm: an open root-cause alarm
-        // keeps those of its terminals that are still down (no storm on recovery either).
+        // The highest region each down terminal is in that is down as a whole, if any.
+        let min = self.rules.root_cause_min.max(2);
+        let region_root: BTreeMap<TerminalId, SiteCode> = down
+            .iter()
+            .filter_map(|id| {
+                core::iter::once(*id.site())
+                    .chain(id.site().ancestors())
+                    .filter(|a| counts.get(a).is_some_and(|&(k, d)| k == d && k >= min))
+                    .last()
+                    .map(|r| (*id, r))
+            })
+            .collect();
+        // How far out an explanation reaches: a region's level, or what an uplink serves.
+        let uplink_depth = |u: &Uplink| u.serves.root().level().depth();
+        let down_uplinks: Vec<&Uplink> = self
+            .rules
+            .uplinks
+            .iter()
+            .filter(|u| down.contains(&u.terminal))
+            .collect();
+        // A region (or the sites behind an uplink) coming back terminal by terminal stays one
+        // alarm: an open root-cause alarm keeps those of its terminals still down (no storm on
+        // recovery either), unless something further out explains them now.
+        let mut open_root: BTreeMap<TerminalId, (usize, Subject)> = BTreeMap::new();
         for (k, alarm_id) in &self.open {
-            let Key::Offline(subject @ Subject::Region(_)) = k else {
+            let (Key::Offline(subject), Some(a)) = (k, self.alarms.get(alarm_id)) else {
                 continue;
             };
-            if let Some(a) = self.alarms.get(alarm_id) {
-                let still: Vec<TerminalId> = a
-                    .suppressed
-                    .iter()
-                    .filter(|t| down.contains(t) && !placed.contains(t))
-                    .copied()
-                    .collect();
-                if !still.is_empty() {
-                    placed.extend(still.iter().copied());
-                    wanted.entry(*subject).or_default().extend(still);
+            let depth = match subject {
+                Subject::Region(r) => r.level().depth(),
+                Subject::Terminal(t) => {
+                    match self.rules.uplinks.iter().find(|u| u.terminal == *t) {
+                        Some(u) => uplink_depth(u),
+                        None => continue,
+                    }
+                }
+            };
+            for t in a.suppressed.iter().filter(|t| down.contains(t)) {
+                let e = open_root.entry(*t).or_insert((depth, *subject));
+                if depth < e.0 {
+                    *e = (depth, *subject);
                 }
             }
         }
-        for id in down.difference(&placed) {
-            wanted.entry(Subject::Terminal(*id)).or_default().push(*id);
+        // Each down terminal goes under the outermost explanation: at the same reach an open
+        // alarm first, then an uplink, then a region; with none, it is its own alarm.
+        let mut wanted: BTreeMap<Subject, Vec<TerminalId>> = BTreeMap::new();
+        for id in &down {
+            let mut candidates: Vec<(usize, u8, Subject)> = Vec::new();
+            if let Some((d, subject)) = open_root.get(id) {
+                candidates.push((*d, 0, *subject));
+            }
+            for u in down_uplinks.iter().filter(|u| u.serves.contains(id.site())) {
+                candidates.push((uplink_depth(u), 1, Subject::Terminal(u.terminal)));
+            }
+            if let Some(r) = region_root.get(id) {
+                candidates.push((r.level().depth(), 2, Subject::Region(*r)));
+            }
+            let subject = candidates
+                .into_iter()
+                .min_by_key(|(d, rank, _)| (*d, *rank))
+                .map_or(Subject::Terminal(*id), |(_, _, s)| s);
+            wanted.entry(subject).or_default().push(*id);
         }
         // Clear what is no longer wanted.
         let stale_keys: Vec<(Key, u64)> = self
@@ -658,33 +769,36 @@ impl AlarmEngine {
         // Raise what is new, update what changed.
         for (subject, terminals) in wanted {
             let key = Key::Offline(subject);
-            let suppressed = match subject {
-                Subject::Region(_) => terminals.clone(),
-                Subject::Terminal(_) => Vec::new(),
+            let suppressed: Vec<TerminalId> = terminals
+                .iter()
+                .filter(|t| subject != Subject::Terminal(**t))
+                .copied()
+                .collect();
+            let itself_down = matches!(subject, Subject::Terminal(t) if down.contains(&t));
+            // A root cause (a region, an uplink with sites behind it) is critical.
+            let severity = if suppressed.is_empty() {
+                self.rules.offline_severity
+            } else {
+                Severity::Critical
             };
+            let detail = offline_detail(&subject, itself_down, suppressed.len());
             match self.open.get(&key).copied() {
                 Some(id) => {
                     if let Some(a) = self.alarms.get_mut(&id) {
-                        if a.suppressed != suppressed {
+                        if a.suppressed != suppressed || a.detail != detail {
                             a.suppressed = suppressed;
-                            a.detail = offline_detail(&subject, terminals.len());
+                            a.detail = detail;
+                            // Escalates when sites fall behind it; never lowered while open.
+                            if severity > a.severity {
+                                a.severity = severity;
+                            }
                             out.push(AlarmChange::Updated(a.clone()));
                         }
                     }
                 }
                 None => {
-                    let severity = match subject {
-                        Subject::Region(_) => Severity::Critical,
-                        Subject::Terminal(_) => self.rules.offline_severity,
-                    };
-                    let mut alarm = self.new_alarm(
-                        AlarmKind::Offline,
-                        subject,
-                        severity,
-                        now_ms,
-                        offline_detail(&subject, terminals.len()),
-                        None,
-                    );
+                    let mut alarm =
+                        self.new_alarm(AlarmKind::Offline, subject, severity, now_ms, detail, None);
                     alarm.suppressed = suppressed;
                     self.alarms.insert(alarm.id, alarm.clone());
                     self.open.insert(key, alarm.id);
@@ -811,14 +925,21 @@ impl AlarmEngine {
     }
 }
 
-fn offline_detail(subject: &Subject, n: usize) -> String {
+/// `itself_down`: the subject terminal is offline; `behind`: the terminals listed under it.
+fn offline_detail(subject: &Subject, itself_down: bool, behind: usize) -> String {
     match subject {
         Subject::Region(r) => format!(
-            "all {n} terminals of {} ({}) offline: likely its uplink",
+            "all {behind} terminals of {} ({}) offline: likely its uplink",
             Region::of(*r),
             r.level()
         ),
-        Subject::Terminal(_) => "offline".to_string(),
+        Subject::Terminal(_) if behind == 0 => "offline".to_string(),
+        Subject::Terminal(_) if itself_down => {
+            format!("uplink offline, with {behind} terminals behind it")
+        }
+        Subject::Terminal(_) => {
+            format!("uplink back; {behind} terminals behind it still offline")
+        }
     }
 }
 
@@ -830,7 +951,7 @@ fn key_of(rules: &AlarmRules, a: &Alarm) -> Option<Key> {
             let m = Metric::from_name(a.metric.as_deref()?).ok()?;
             Some(Key::Stale(t, m))
         }
-        (AlarmKind::Threshold, Subject::Terminal(t)) => {
+        (AlarmKind::Threshold | AlarmKind::MediaDegraded, Subject::Terminal(t)) => {
             let sig = a.rule.as_deref()?;
             let i = rules
                 .thresholds
@@ -924,6 +1045,123 @@ mod tests {
     }
 
     #[test]
+    fn an_uplink_terminal_offline_stands_for_the_sites_behind_it() {
+        let relay = "130102000000-relay";
+        let mut ids = TOWNSHIP.to_vec();
+        // One site elsewhere in the city stays online (else the city is the root cause).
+        ids.extend([
+            relay,
+            "130102001001-main",
+            "130103001001-main",
+            "130104001001-main",
+        ]);
+        let rules = AlarmRules {
+            uplinks: vec![Uplink {
+                terminal: t(relay),
+                serves: "130102".parse().unwrap(),
+            }],
+            ..AlarmRules::default()
+        };
+        let mut e = engine(rules, &ids);
+        let presence = |e: &mut AlarmEngine, id: &str, online: bool, at: u64| {
+            e.observe(
+                Observation::Presence {
+                    terminal: t(id),
+                    online,
+                },
+                at,
+            );
+        };
+        // The relay alone: its own alarm, no root cause.
+        presence(&mut e, relay, false, 1_000);
+        let out = e.tick(121_000);
+        assert!(
+            matches!(&out[..], [AlarmChange::Raised(a)] if a.suppressed.is_empty() && a.severity == Severity::Major),
+            "{out:?}"
+        );
+        // The county's sites behind it drop too (the township as a whole among them): one
+        // alarm, the relay's, escalated, listing them; the other county's site is not in it.
+        for id in TOWNSHIP
+            .iter()
+            .chain(&["130102001001-main", "130103001001-main"])
+        {
+            presence(&mut e, id, false, 122_000);
+        }
+        let out = e.tick(243_000);
+        let relay_alarm = out
+            .iter()
+            .map(AlarmChange::alarm)
+            .find(|a| a.subject == Subject::Terminal(t(relay)))
+            .unwrap();
+        assert_eq!(relay_alarm.severity, Severity::Critical);
+        assert_eq!(relay_alarm.suppressed.len(), 4);
+        assert!(relay_alarm.detail.contains("4 terminals behind it"));
+        let subjects: Vec<String> = e.active().map(|a| a.subject.to_string()).collect();
+        assert_eq!(subjects.len(), 2, "{subjects:?}");
+        assert!(subjects.contains(&"130103001001-main".to_owned()));
+        // The relay comes back before its sites: still one alarm until they are back.
+        presence(&mut e, relay, true, 250_000);
+        let out = e.tick(250_001);
+        assert!(
+            matches!(&out[..], [AlarmChange::Updated(a)] if a.suppressed.len() == 4 && a.detail.contains("uplink back")),
+            "{out:?}"
+        );
+        for id in TOWNSHIP.iter().chain(&["130102001001-main"]) {
+            presence(&mut e, id, true, 251_000);
+        }
+        let out = e.tick(251_001);
+        assert!(
+            matches!(&out[..], [AlarmChange::Cleared(a)] if a.subject == Subject::Terminal(t(relay))),
+            "{out:?}"
+        );
+        assert_eq!(
+            e.active().count(),
+            1,
+            "the other county's site is still its own"
+        );
+    }
+
+    #[test]
+    fn media_degraded_is_judged_only_during_a_meeting_and_ends_with_it() {
+        let id = t("130102001001-main");
+        let mut e = engine(AlarmRules::default(), &["130102001001-main"]);
+        let sample = |e: &mut AlarmEngine, metric: Metric, value: f64, at: u64| {
+            e.observe(
+                Observation::Sample {
+                    terminal: id,
+                    metric,
+                    value,
+                    at_ms: at,
+                },
+                at,
+            )
+        };
+        // Lossy, but in no meeting: nothing (the loss of an idle box is nobody's problem).
+        for at in (0..30_000).step_by(5_000) {
+            assert!(sample(&mut e, Metric::MediaLoss, 12.0, at).is_empty());
+        }
+        // In a meeting: 12 % for 10 s is media degraded, raised once.
+        assert!(sample(&mut e, Metric::MeetingsJoined, 1.0, 30_000).is_empty());
+        let mut raised = Vec::new();
+        for at in (30_000..50_000).step_by(5_000) {
+            raised.extend(sample(&mut e, Metric::MediaLoss, 12.0, at));
+        }
+        assert!(
+            matches!(&raised[..], [AlarmChange::Raised(a)] if a.kind == AlarmKind::MediaDegraded
+                && a.severity == Severity::Major && a.metric.as_deref() == Some("media.loss")),
+            "{raised:?}"
+        );
+        // 3 % is between the levels: it stays; the meeting ending clears it.
+        assert!(sample(&mut e, Metric::MediaLoss, 3.0, 50_000).is_empty());
+        let out = sample(&mut e, Metric::MeetingsJoined, 0.0, 55_000);
+        assert!(
+            matches!(&out[..], [AlarmChange::Cleared(a)] if a.kind == AlarmKind::MediaDegraded),
+            "{out:?}"
+        );
+        assert_eq!(e.active().count(), 0);
+    }
+
+    #[test]
     fn a_county_going_down_after_its_township_is_one_county_alarm() {
         let mut ids = TOWNSHIP.to_vec();
         ids.extend(["130102001001-main", "130103001001-main"]);
@@ -995,6 +1233,7 @@ mod tests {
             clear: 28.0,
             min_duration_ms: 60_000,
             severity: Severity::Major,
+            during_meeting: false,
         }
     }
 

@@ -71,6 +71,17 @@ pub enum Metric {
     // Meetings.
     /// Sessions the terminal has joined and that are live.
     MeetingsJoined,
+    // Meeting media (what the box receives, over the last interval).
+    /// RTP packets lost.
+    MediaLoss,
+    /// RTP interarrival jitter (RFC 3550).
+    MediaJitter,
+    /// Media received.
+    MediaRx,
+    /// Media sent.
+    MediaTx,
+    /// Video frames decoded.
+    MediaFrames,
 }
 
 /// Unit of a metric.
@@ -93,6 +104,7 @@ pub enum Unit {
     CubicMetrePerSecond,
     MetrePerSecond,
     MicrosiemensPerCm,
+    KilobitPerSecond,
     /// Not known (metrics outside the registry).
     Unknown,
 }
@@ -115,6 +127,7 @@ impl Unit {
             Unit::CubicMetrePerSecond => "m³/s",
             Unit::MetrePerSecond => "m/s",
             Unit::MicrosiemensPerCm => "µS/cm",
+            Unit::KilobitPerSecond => "kbit/s",
             Unit::Unknown => "",
         }
     }
@@ -167,6 +180,17 @@ const REGISTRY: &[(Metric, u32, &str, Unit, u8)] = &[
     (Metric::Hj212Frames, 36, "hj212.frames", Unit::Count, 0),
     (Metric::Hj212Bad, 37, "hj212.bad", Unit::Count, 0),
     (Metric::MeetingsJoined, 38, "meeting.joined", Unit::Count, 0),
+    (Metric::MediaLoss, 39, "media.loss", Unit::Percent, 1),
+    (
+        Metric::MediaJitter,
+        40,
+        "media.jitter",
+        Unit::Milliseconds,
+        1,
+    ),
+    (Metric::MediaRx, 41, "media.rx", Unit::KilobitPerSecond, 0),
+    (Metric::MediaTx, 42, "media.tx", Unit::KilobitPerSecond, 0),
+    (Metric::MediaFrames, 43, "media.frames", Unit::Count, 0),
 ];
 
 /// Why a metric name was refused.
