@@ -173,16 +173,24 @@ fn a_township_uplink_failure_is_one_alarm_acknowledged_and_cleared() {
 
 /// A telemetry envelope for one `env.temp` reading, as a terminal would send it.
 fn reading(seq: u64, value: &str) -> Vec<u8> {
+    batch(seq, &[(Metric::AirTemp, value)])
+}
+
+/// A telemetry envelope of one moment's values, its clock 10 s on per `seq`.
+fn batch(seq: u64, values: &[(Metric, &str)]) -> Vec<u8> {
     encode(&Envelope {
         seq,
         time_ms: 1_763_798_400_000 + seq * 10_000,
         body: TelemetryBatch {
-            samples: vec![Sample {
-                offset_ms: 0,
-                metric: Metric::AirTemp,
-                value: value.parse().unwrap(),
-                quality: None,
-            }],
+            samples: values
+                .iter()
+                .map(|(metric, value)| Sample {
+                    offset_ms: 0,
+                    metric: metric.clone(),
+                    value: value.parse().unwrap(),
+                    quality: None,
+                })
+                .collect(),
         },
     })
     .unwrap()
@@ -202,11 +210,10 @@ fn a_value_hovering_at_its_threshold_raises_one_alarm_and_does_not_flap() {
     let db = d.join("central.db");
     let central = central(&broker, &db, &rules, d);
     assert!(wait_until(Duration::from_secs(10), || db.exists()));
-    let topic = "ct/v1/t/13/01/02/001/001/test/tm";
     let port = broker.port.to_string();
-    let publish = |seq: u64, value: &str| {
+    let publish_to = |topic: &str, seq: u64, payload: Vec<u8>| {
         let file = d.join(format!("tm-{seq}.bin"));
-        std::fs::write(&file, reading(seq, value)).unwrap();
+        std::fs::write(&file, payload).unwrap();
         ok(run(
             Path::new("mosquitto_pub"),
             &[
@@ -222,6 +229,9 @@ fn a_value_hovering_at_its_threshold_raises_one_alarm_and_does_not_flap() {
                 file.to_str().unwrap(),
             ],
         ));
+    };
+    let publish = |seq: u64, value: &str| {
+        publish_to("ct/v1/t/13/01/02/001/001/test/tm", seq, reading(seq, value))
     };
     let stored = |n: usize| {
         wait_until(Duration::from_secs(10), || {
@@ -266,6 +276,36 @@ fn a_value_hovering_at_its_threshold_raises_one_alarm_and_does_not_flap() {
         .first()
         .is_some_and(|a| a.state == "cleared")));
     assert_eq!(alarms(&db, false).len(), 1);
+
+    // Another site in a meeting receives lossy media (12 %) for 10 s: media degraded (the
+    // built-in rule, untouched by this rules file); the meeting over, it clears.
+    let site = "ct/v1/t/13/01/02/001/002/test/tm";
+    let joined = |seq, loss| {
+        batch(
+            seq,
+            &[(Metric::MeetingsJoined, "1"), (Metric::MediaLoss, loss)],
+        )
+    };
+    publish_to(site, 300, joined(300, "12"));
+    publish_to(site, 301, joined(301, "12.5"));
+    let media = || {
+        alarms(&db, false)
+            .into_iter()
+            .find(|a| a.kind == "media-degraded")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || media().is_some()),
+        "{:?}",
+        alarms(&db, false)
+    );
+    let m = media().unwrap();
+    assert_eq!(
+        (m.subject.as_str(), m.state.as_str(), m.metric.as_deref()),
+        ("130102001002-test", "active", Some("media.loss"))
+    );
+    publish_to(site, 302, batch(302, &[(Metric::MeetingsJoined, "0")]));
+    assert!(wait_until(Duration::from_secs(10), || media()
+        .is_some_and(|a| a.state == "cleared")));
 }
 
 #[test]
