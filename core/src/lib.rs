@@ -17,6 +17,7 @@
 //! - [`alarm`]: alarm rules, parent-aware suppression and the alarm lifecycle.
 //! - [`hj212`]: the HJ 212 frame codec (framing, CRC, fields, readings) for data loggers.
 //! - [`meeting`]: meetings, training broadcasts and calls: host and participant state machines.
+//! - [`media`]: RTP/RTCP headers for forwarding, and a relay's forwarding table.
 //!
 //! ```
 //! use cuntong_core::{site::{Level, SiteCode}, terminal_id::TerminalId, topic::{Channel, Topic}};
@@ -38,6 +39,7 @@ pub mod decimal;
 pub mod delivery;
 pub mod envelope;
 pub mod hj212;
+pub mod media;
 pub mod meeting;
 pub mod presence;
 pub mod sampler;

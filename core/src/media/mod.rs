@@ -1,0 +1,6 @@
+//! Meeting media as the core sees it: RTP and RTCP packets as a relay reads them ([`rtp`]) and
+//! a relay's forwarding table ([`routes`]). Encoding and decoding are the terminal's media
+//! engine's (GStreamer); forwarding is the relay's (`cuntong_terminal::relay`).
+
+pub mod routes;
+pub mod rtp;
