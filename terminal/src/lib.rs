@@ -19,6 +19,8 @@
 //! - [`check`]: the technician's on-site self-test.
 //! - [`commands`]: verifying signed remote commands.
 //! - [`readiness`]: the pre-meeting self-check.
+//! - [`relay`]: the relay role: RTP/RTCP forwarding for the sites under a county or city point.
+//! - [`duty_button`]: the GPIO duty button.
 //! - [`remote_config`]: `config-set` from central, validated and saved in place.
 //! - [`tls`]: mutual TLS for the link.
 
@@ -36,6 +38,7 @@ pub mod integrity;
 pub mod link;
 pub mod outbox;
 pub mod readiness;
+pub mod relay;
 pub mod remote_config;
 pub mod sensors;
 pub mod status;
