@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (as root) or a developer's box.
 # Installs what is missing (Mosquitto for the broker tests, Chromium for the dashboard's
-# browser test), then checks formatting, lints, the no_std build of the core, and runs every
+# browser test, GStreamer and ffmpeg for media), then checks formatting, lints, the no_std build of the core, and runs every
 # test against the real binaries and brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,15 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The dashboard's browser test: Debian's Chromium driven through ChromeDriver.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# Meeting media: GStreamer's libraries (for the build) and plugins (for the pipelines: x264,
+# openh264, libav, SRTP, RTP), and ffmpeg for the interop test.
+if command -v dpkg >/dev/null 2>&1; then
+    for p in libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base \
+        gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
+        gstreamer1.0-libav ffmpeg; do
+        dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
+    done
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "installing: ${need_apt[*]}"

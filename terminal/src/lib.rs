@@ -19,6 +19,7 @@
 //! - [`check`]: the technician's on-site self-test.
 //! - [`commands`]: verifying signed remote commands.
 //! - [`readiness`]: the pre-meeting self-check.
+//! - [`media`]: the GStreamer media engine (feature `media`).
 //! - [`relay`]: the relay role: RTP/RTCP forwarding for the sites under a county or city point.
 //! - [`duty_button`]: the GPIO duty button.
 //! - [`remote_config`]: `config-set` from central, validated and saved in place.
@@ -36,6 +37,8 @@ pub mod health;
 pub mod hj212;
 pub mod integrity;
 pub mod link;
+#[cfg(feature = "media")]
+pub mod media;
 pub mod outbox;
 pub mod readiness;
 pub mod relay;

@@ -1,7 +1,7 @@
 //! Session descriptions (SDP, RFC 4566) of the streams cuntong sends, so that any standard
 //! player — ffmpeg, VLC, a hardware room system — can open one: H.264 as RFC 6184 describes it
 //! (constrained baseline, packetization mode 1), Opus as RFC 7587 (48 kHz, 2 channels on the
-//! wire), G.711 with its static payload types, and, for SRTP, the key as an RFC 4568 `crypto`
+//! wire), G.711 A-law with its static payload type, and, for SRTP, the key as an RFC 4568 `crypto`
 //! attribute.
 
 use alloc::format;
@@ -9,15 +9,7 @@ use alloc::string::String;
 use base64::Engine;
 use core::net::IpAddr;
 
-/// The audio codec of a stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AudioCodec {
-    Opus,
-    /// G.711 µ-law, static payload type 0.
-    Pcmu,
-    /// G.711 A-law, static payload type 8.
-    Pcma,
-}
+pub use crate::meeting::AudioCodec;
 
 /// An H.264 video stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +33,6 @@ impl Audio {
     fn payload_type(&self) -> u8 {
         match self.codec {
             AudioCodec::Opus => self.payload_type,
-            AudioCodec::Pcmu => 0,
             AudioCodec::Pcma => 8,
         }
     }
@@ -120,7 +111,6 @@ impl Description<'_> {
                     line(format!("a=rtpmap:{pt} opus/48000/2"));
                     line(format!("a=fmtp:{pt} minptime=10;useinbandfec=1"));
                 }
-                AudioCodec::Pcmu => line(format!("a=rtpmap:{pt} PCMU/8000")),
                 AudioCodec::Pcma => line(format!("a=rtpmap:{pt} PCMA/8000")),
             }
             line(String::from("a=recvonly"));

@@ -640,8 +640,9 @@ impl Host {
                 rec.rtp_port = rtp_port;
                 rec.note = None;
                 if rec.ssrc == 0 {
-                    rec.ssrc = self.next_ssrc;
-                    self.next_ssrc = self.next_ssrc.wrapping_add(1).max(1);
+                    // In pairs: video on the even SSRC, audio on the next (media::audio_ssrc).
+                    rec.ssrc = self.next_ssrc & !1;
+                    self.next_ssrc = self.next_ssrc.wrapping_add(2).max(2);
                 }
                 // Every join is answered with the plan: the site repeats its join until it
                 // has one, so the answer must be idempotent.

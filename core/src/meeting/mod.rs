@@ -547,7 +547,8 @@ impl Uplink {
 /// site's own downlink, and its `Debug` form hides the key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaPlan {
-    /// The site's RTP synchronisation source.
+    /// The site's RTP synchronisation source for video (even); its audio is the next one
+    /// ([`crate::media::audio_ssrc`]).
     pub ssrc: u32,
     /// Where the site sends its media (a relay or the host's media point), if it sends.
     pub send_to: Option<String>,

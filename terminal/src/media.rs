@@ -1,0 +1,639 @@
+//! The media engine: a site's audio and video through GStreamer pipelines (cargo feature
+//! `media`), built element by element with typed properties, never from strings.
+//!
+//! Sending: camera (`v4l2src`) or `videotestsrc` → scale/rate to the profile → H.264
+//! constrained baseline 4:2:0 (hardware `v4l2h264enc` when present, else `x264enc` tuned for
+//! zero latency, else `openh264enc`) → RTP (RFC 6184, SPS/PPS with every keyframe) → SRTP →
+//! UDP; microphone (ALSA) or `audiotestsrc` → Opus (RFC 7587) → RTP → SRTP → UDP, to the
+//! site's relay. Receiving: UDP → SRTP (the meeting's key for every SSRC) → one branch per
+//! stream (jitter buffer → depayload → decode → display, or discard in tests), with counters
+//! per stream: packets, losses, jitter, bytes, frames decoded.
+//!
+//! Video arrives on the site's `rtp_port`, audio on `rtp_port + 2`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+/// Payload types: H.264 and Opus are dynamic (as the SDP says); G.711 A-law is static 8.
+pub const VIDEO_PT: u8 = 96;
+pub const OPUS_PT: u8 = 111;
+pub const PCMA_PT: u8 = 8;
+
+/// Why media could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("GStreamer: {0}")]
+    Init(String),
+    #[error("GStreamer element {0} is missing (install the GStreamer plugins)")]
+    Missing(String),
+    #[error("GStreamer pipeline: {0}")]
+    Pipeline(String),
+    #[error("the SRTP key must be 30 bytes (AES-128 key and salt), not {0}")]
+    Key(usize),
+}
+
+impl From<gst::glib::BoolError> for MediaError {
+    fn from(e: gst::glib::BoolError) -> MediaError {
+        MediaError::Pipeline(e.to_string())
+    }
+}
+
+impl From<gst::StateChangeError> for MediaError {
+    fn from(e: gst::StateChangeError) -> MediaError {
+        MediaError::Pipeline(e.to_string())
+    }
+}
+
+/// Initialises GStreamer (once; later calls do nothing).
+pub fn init() -> Result<(), MediaError> {
+    gst::init().map_err(|e| MediaError::Init(e.to_string()))
+}
+
+fn make(factory: &str) -> Result<gst::Element, MediaError> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| MediaError::Missing(factory.to_owned()))
+}
+
+/// An element with its properties set.
+fn make_with(
+    factory: &str,
+    props: &[(&str, gst::glib::Value)],
+) -> Result<gst::Element, MediaError> {
+    let mut b = gst::ElementFactory::make(factory);
+    for (name, value) in props {
+        b = b.property(name, value.clone());
+    }
+    b.build()
+        .map_err(|_| MediaError::Missing(factory.to_owned()))
+}
+
+/// The first of `factories` this machine has.
+fn first_available(factories: &[&str]) -> Result<gst::Element, MediaError> {
+    factories
+        .iter()
+        .find_map(|f| gst::ElementFactory::make(f).build().ok())
+        .ok_or_else(|| MediaError::Missing(factories.join(" or ")))
+}
+
+/// What the box captures from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// Test patterns and tones (simulator, tests).
+    Test,
+    /// A V4L2 camera and an ALSA microphone (`None`: the system default).
+    Devices {
+        camera: Option<String>,
+        microphone: Option<String>,
+    },
+}
+
+/// What the box does with what it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Playback {
+    /// Decode and count, show nothing (tests, the simulator, a headless relay).
+    Discard,
+    /// The screen and the speaker.
+    Play,
+}
+
+/// What a site sends at its tier: video (w, h, fps, kbit/s) and audio (codec, kbit/s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendSettings {
+    pub video: Option<(u32, u32, u32, u32)>,
+    pub audio: Option<(AudioCodec, u32)>,
+}
+
+impl SendSettings {
+    pub fn for_tier(profile: &MediaProfile, tier: Tier) -> SendSettings {
+        let video = profile
+            .video
+            .as_ref()
+            .filter(|_| tier == Tier::Full)
+            .map(|v| {
+                (
+                    u32::from(v.width),
+                    u32::from(v.height),
+                    u32::from(v.fps),
+                    v.kbps,
+                )
+            });
+        let audio = (tier != Tier::ReceiveOnly).then_some((profile.audio, profile.audio_kbps));
+        SendSettings { video, audio }
+    }
+}
+
+/// Bytes counted at a pad.
+fn count_bytes(pad: &gst::Pad, counter: Arc<AtomicU64>) {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
+            counter.fetch_add(b.size() as u64, Ordering::Relaxed);
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+fn srtp_key(key: &[u8]) -> Result<gst::Buffer, MediaError> {
+    if key.len() != 30 {
+        return Err(MediaError::Key(key.len()));
+    }
+    Ok(gst::Buffer::from_slice(key.to_vec()))
+}
+
+/// Logs the pipeline's errors and warnings as they come (from GStreamer's own thread).
+fn watch_bus(pipeline: &gst::Pipeline, what: &'static str) {
+    if let Some(bus) = pipeline.bus() {
+        bus.set_sync_handler(move |_, msg| {
+            match msg.view() {
+                gst::MessageView::Error(e) => {
+                    tracing::error!(pipeline = what, error = %e.error(), debug = ?e.debug(), "media error")
+                }
+                gst::MessageView::Warning(w) => {
+                    tracing::warn!(pipeline = what, warning = %w.error(), "media warning")
+                }
+                _ => {}
+            }
+            gst::BusSyncReply::Drop
+        });
+    }
+}
+
+/// A site's outgoing media.
+#[derive(Debug)]
+pub struct Sender {
+    pipeline: gst::Pipeline,
+    volume: Option<gst::Element>,
+    encoder: Option<(gst::Element, String)>,
+    pub bytes: Arc<AtomicU64>,
+}
+
+impl Sender {
+    /// Starts sending to `to` with SSRCs `ssrc` (video) and `ssrc + 1` (audio), under SRTP
+    /// with `key` (plain RTP without one: for a viewer's player, on a trusted network).
+    pub fn start(
+        capture: &Capture,
+        settings: SendSettings,
+        ssrc: u32,
+        key: Option<&[u8]>,
+        to: SocketAddr,
+    ) -> Result<Sender, MediaError> {
+        init()?;
+        let pipeline = gst::Pipeline::with_name("send");
+        let bytes = Arc::new(AtomicU64::new(0));
+        let key = key.map(srtp_key).transpose()?;
+        let sink = |name: &str| -> Result<gst::Element, MediaError> {
+            let s = gst::ElementFactory::make("udpsink")
+                .name(name)
+                .property("host", to.ip().to_string())
+                .property("port", i32::from(to.port()))
+                .property("sync", false)
+                .property("async", false)
+                .build()
+                .map_err(|_| MediaError::Missing("udpsink".into()))?;
+            if let Some(pad) = s.static_pad("sink") {
+                count_bytes(&pad, bytes.clone());
+            }
+            Ok(s)
+        };
+        // SRTP, or a pass-through for plain RTP.
+        let srtp = || -> Result<gst::Element, MediaError> {
+            match &key {
+                Some(k) => make_with("srtpenc", &[("key", k.clone().to_value())]),
+                None => make("identity"),
+            }
+        };
+        let mut encoder = None;
+        if let Some((w, h, fps, kbps)) = settings.video {
+            let src = match capture {
+                Capture::Test => gst::ElementFactory::make("videotestsrc")
+                    .property("is-live", true)
+                    .property_from_str("pattern", "ball")
+                    .build()
+                    .map_err(|_| MediaError::Missing("videotestsrc".into()))?,
+                Capture::Devices { camera, .. } => {
+                    let s = make("v4l2src")?;
+                    if let Some(c) = camera {
+                        s.set_property("device", c);
+                    }
+                    s
+                }
+            };
+            let raw = gst::Caps::builder("video/x-raw")
+                .field("width", w as i32)
+                .field("height", h as i32)
+                .field("framerate", gst::Fraction::new(fps as i32, 1))
+                .field("format", "I420")
+                .build();
+            let (enc, factory) = video_encoder(kbps, fps)?;
+            let h264 = gst::Caps::builder("video/x-h264")
+                .field("profile", "constrained-baseline")
+                .build();
+            let pay = make_with(
+                "rtph264pay",
+                &[
+                    ("pt", (u32::from(VIDEO_PT)).to_value()),
+                    ("ssrc", ssrc.to_value()),
+                    ("config-interval", (-1i32).to_value()),
+                    ("mtu", 1200u32.to_value()),
+                ],
+            )?;
+            let chain = [
+                src,
+                make("videoconvert")?,
+                make("videoscale")?,
+                make("videorate")?,
+                capsfilter(&raw)?,
+                enc.clone(),
+                capsfilter(&h264)?,
+                pay,
+                srtp()?,
+                sink("video-out")?,
+            ];
+            pipeline.add_many(&chain)?;
+            gst::Element::link_many(&chain)?;
+            encoder = Some((enc, factory));
+        }
+        let mut volume = None;
+        if let Some((codec, kbps)) = settings.audio {
+            let src = match capture {
+                Capture::Test => make_with(
+                    "audiotestsrc",
+                    &[("is-live", true.to_value()), ("volume", 0.3f64.to_value())],
+                )?,
+                Capture::Devices { microphone, .. } => {
+                    let s = make("alsasrc")?;
+                    if let Some(m) = microphone {
+                        s.set_property("device", m);
+                    }
+                    s
+                }
+            };
+            let vol = make("volume")?;
+            let audio_ssrc = cuntong_core::media::audio_ssrc(ssrc);
+            let (rate, enc, pay) = match codec {
+                AudioCodec::Opus => (
+                    48_000,
+                    make_with("opusenc", &[("bitrate", ((kbps * 1000) as i32).to_value())])?,
+                    make_with(
+                        "rtpopuspay",
+                        &[
+                            ("pt", (u32::from(OPUS_PT)).to_value()),
+                            ("ssrc", audio_ssrc.to_value()),
+                        ],
+                    )?,
+                ),
+                AudioCodec::Pcma => (
+                    8_000,
+                    make("alawenc")?,
+                    make_with(
+                        "rtppcmapay",
+                        &[
+                            ("pt", (u32::from(PCMA_PT)).to_value()),
+                            ("ssrc", audio_ssrc.to_value()),
+                        ],
+                    )?,
+                ),
+            };
+            let caps = gst::Caps::builder("audio/x-raw")
+                .field("rate", rate)
+                .field("channels", 1i32)
+                .build();
+            let chain = [
+                src,
+                vol.clone(),
+                make("audioconvert")?,
+                make("audioresample")?,
+                capsfilter(&caps)?,
+                enc,
+                pay,
+                srtp()?,
+                sink("audio-out")?,
+            ];
+            pipeline.add_many(&chain)?;
+            gst::Element::link_many(&chain)?;
+            volume = Some(vol);
+        }
+        watch_bus(&pipeline, "send");
+        pipeline.set_state(gst::State::Playing)?;
+        Ok(Sender {
+            pipeline,
+            volume,
+            encoder,
+            bytes,
+        })
+    }
+
+    /// Mutes or unmutes the microphone (the stream goes on, silent: no renegotiation).
+    pub fn set_muted(&self, muted: bool) {
+        if let Some(v) = &self.volume {
+            v.set_property("mute", muted);
+        }
+    }
+
+    /// The video encoder's target bitrate, changed while sending.
+    pub fn set_video_kbps(&self, kbps: u32) {
+        if let Some((enc, factory)) = &self.encoder {
+            match factory.as_str() {
+                "x264enc" => enc.set_property("bitrate", kbps),
+                "openh264enc" => enc.set_property("bitrate", kbps * 1000),
+                _ => {}
+            }
+        }
+    }
+
+    /// The encoder in use (`x264enc`, `openh264enc`, `v4l2h264enc`).
+    pub fn encoder(&self) -> Option<&str> {
+        self.encoder.as_ref().map(|(_, f)| f.as_str())
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn capsfilter(caps: &gst::Caps) -> Result<gst::Element, MediaError> {
+    make_with("capsfilter", &[("caps", caps.to_value())])
+}
+
+/// The H.264 encoder for this machine: hardware first, then x264 (zero latency), then
+/// openh264; keyframes every two seconds, no B-frames (baseline).
+fn video_encoder(kbps: u32, fps: u32) -> Result<(gst::Element, String), MediaError> {
+    if let Ok(e) = gst::ElementFactory::make("v4l2h264enc").build() {
+        return Ok((e, "v4l2h264enc".into()));
+    }
+    if let Ok(e) = gst::ElementFactory::make("x264enc")
+        .property("bitrate", kbps)
+        .property_from_str("tune", "zerolatency")
+        .property_from_str("speed-preset", "ultrafast")
+        .property("key-int-max", fps * 2)
+        .property("bframes", 0u32)
+        .build()
+    {
+        return Ok((e, "x264enc".into()));
+    }
+    let e = gst::ElementFactory::make("openh264enc")
+        .property("bitrate", kbps * 1000)
+        .property("gop-size", fps * 2)
+        .build()
+        .map_err(|_| MediaError::Missing("v4l2h264enc, x264enc or openh264enc".into()))?;
+    Ok((e, "openh264enc".into()))
+}
+
+/// What arrived of one stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub ssrc: u32,
+    pub video: bool,
+    /// Frames (video) or audio buffers decoded.
+    pub decoded: u64,
+    pub packets: u64,
+    pub lost: u64,
+    /// Mean interarrival jitter, microseconds.
+    pub jitter_us: u64,
+}
+
+/// The branches of a receiver: one per (is video, SSRC).
+type Branches = Mutex<BTreeMap<(bool, u32), Arc<Branch>>>;
+
+#[derive(Debug, Default)]
+struct Branch {
+    decoded: AtomicU64,
+    jitterbuffer: Mutex<Option<gst::Element>>,
+}
+
+/// A site's incoming media: every stream the relay sends it, decoded.
+#[derive(Debug)]
+pub struct Receiver {
+    pipeline: gst::Pipeline,
+    branches: Arc<Branches>,
+    pub bytes: Arc<AtomicU64>,
+    video_port: u16,
+    audio_port: u16,
+}
+
+impl Receiver {
+    /// Listens on `video_port` and `video_port + 2` (0: any free ports) for SRTP under `key`;
+    /// the jitter buffers hold `latency_ms`.
+    pub fn start(
+        video_port: u16,
+        key: &[u8],
+        playback: Playback,
+        latency_ms: u32,
+        audio: AudioCodec,
+    ) -> Result<Receiver, MediaError> {
+        init()?;
+        let key = srtp_key(key)?;
+        let pipeline = gst::Pipeline::with_name("receive");
+        let branches: Arc<Branches> = Arc::default();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let audio_port = if video_port == 0 { 0 } else { video_port + 2 };
+        let mut sources = Vec::with_capacity(2);
+        for (video, port) in [(true, video_port), (false, audio_port)] {
+            let caps = if video {
+                gst::Caps::builder("application/x-srtp")
+                    .field("media", "video")
+                    .field("clock-rate", 90_000i32)
+                    .field("encoding-name", "H264")
+                    .field("payload", i32::from(VIDEO_PT))
+                    .build()
+            } else {
+                let (rate, name, pt) = match audio {
+                    AudioCodec::Opus => (48_000i32, "OPUS", OPUS_PT),
+                    AudioCodec::Pcma => (8_000, "PCMA", PCMA_PT),
+                };
+                gst::Caps::builder("application/x-srtp")
+                    .field("media", "audio")
+                    .field("clock-rate", rate)
+                    .field("encoding-name", name)
+                    .field("payload", i32::from(pt))
+                    .build()
+            };
+            let src = make_with(
+                "udpsrc",
+                &[
+                    ("port", (i32::from(port)).to_value()),
+                    ("caps", caps.to_value()),
+                ],
+            )?;
+            if let Some(pad) = src.static_pad("src") {
+                count_bytes(&pad, bytes.clone());
+            }
+            let dec = make("srtpdec")?;
+            let k = key.clone();
+            dec.connect("request-key", false, move |_| {
+                let caps = gst::Caps::builder("application/x-srtp")
+                    .field("srtp-key", &k)
+                    .field("srtp-cipher", "aes-128-icm")
+                    .field("srtp-auth", "hmac-sha1-80")
+                    .field("srtcp-cipher", "aes-128-icm")
+                    .field("srtcp-auth", "hmac-sha1-80")
+                    .build();
+                Some(caps.to_value())
+            });
+            let demux = make("rtpssrcdemux")?;
+            pipeline.add_many([&src, &dec, &demux])?;
+            src.link(&dec)?;
+            dec.link_pads(Some("rtp_src"), &demux, Some("sink"))?;
+            let (pl, br) = (pipeline.downgrade(), branches.clone());
+            demux.connect("new-ssrc-pad", false, move |args| {
+                let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok())?;
+                let pad = args.get(2).and_then(|v| v.get::<gst::Pad>().ok())?;
+                let pipeline = pl.upgrade()?;
+                if let Err(e) = add_branch(
+                    &pipeline, &pad, ssrc, video, playback, latency_ms, audio, &br,
+                ) {
+                    tracing::error!(ssrc, error = %e, "cannot decode a new stream");
+                }
+                None
+            });
+            sources.push(src);
+        }
+        watch_bus(&pipeline, "receive");
+        pipeline.set_state(gst::State::Playing)?;
+        // The ports bound (with port 0, free ones the sources took).
+        let bound = |i: usize| {
+            sources
+                .get(i)
+                .map_or(0, |s| u16::try_from(s.property::<i32>("port")).unwrap_or(0))
+        };
+        let (video_port, audio_port) = (bound(0), bound(1));
+        Ok(Receiver {
+            pipeline,
+            branches,
+            bytes,
+            video_port,
+            audio_port,
+        })
+    }
+
+    pub fn video_port(&self) -> u16 {
+        self.video_port
+    }
+
+    pub fn audio_port(&self) -> u16 {
+        self.audio_port
+    }
+
+    /// Frames of video decoded so far from stream `ssrc`.
+    pub fn frames(&self, ssrc: u32) -> u64 {
+        self.stream(true, ssrc).map_or(0, |s| s.decoded)
+    }
+
+    /// Audio buffers decoded so far from stream `ssrc` (its audio SSRC).
+    pub fn audio_buffers(&self, ssrc: u32) -> u64 {
+        self.stream(false, ssrc).map_or(0, |s| s.decoded)
+    }
+
+    fn stream(&self, video: bool, ssrc: u32) -> Option<StreamStats> {
+        self.streams()
+            .into_iter()
+            .find(|s| s.video == video && s.ssrc == ssrc)
+    }
+
+    /// Every stream that arrived.
+    pub fn streams(&self) -> Vec<StreamStats> {
+        let branches = self.branches.lock().unwrap_or_else(PoisonError::into_inner);
+        branches
+            .iter()
+            .map(|(&(video, ssrc), b)| {
+                let mut s = StreamStats {
+                    ssrc,
+                    video,
+                    decoded: b.decoded.load(Ordering::Relaxed),
+                    ..StreamStats::default()
+                };
+                let jb = b
+                    .jitterbuffer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(stats) = jb.as_ref().map(|j| j.property::<gst::Structure>("stats")) {
+                    s.packets = stats.get::<u64>("num-pushed").unwrap_or(0);
+                    s.lost = stats.get::<u64>("num-lost").unwrap_or(0);
+                    s.jitter_us = stats.get::<u64>("avg-jitter").unwrap_or(0) / 1000;
+                }
+                s
+            })
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// One arriving stream: jitter buffer → depayload → decode → sink, counting decoded buffers.
+#[allow(clippy::too_many_arguments)]
+fn add_branch(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    ssrc: u32,
+    video: bool,
+    playback: Playback,
+    latency_ms: u32,
+    audio: AudioCodec,
+    branches: &Branches,
+) -> Result<(), MediaError> {
+    let jb = make_with("rtpjitterbuffer", &[("latency", latency_ms.to_value())])?;
+    let (depay, decoder, sink) = if video {
+        (
+            make("rtph264depay")?,
+            first_available(&["v4l2h264dec", "avdec_h264", "openh264dec"])?,
+            match playback {
+                Playback::Discard => make_with("fakesink", &[("sync", false.to_value())])?,
+                Playback::Play => make("autovideosink")?,
+            },
+        )
+    } else {
+        let (depay, dec) = match audio {
+            AudioCodec::Opus => (make("rtpopusdepay")?, make("opusdec")?),
+            AudioCodec::Pcma => (make("rtppcmadepay")?, make("alawdec")?),
+        };
+        (
+            depay,
+            dec,
+            match playback {
+                Playback::Discard => make_with("fakesink", &[("sync", false.to_value())])?,
+                Playback::Play => make("autoaudiosink")?,
+            },
+        )
+    };
+    let branch = Arc::new(Branch::default());
+    if let Some(out) = decoder.static_pad("src") {
+        let b = branch.clone();
+        out.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            b.decoded.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    let chain = [jb.clone(), depay, decoder, sink];
+    pipeline.add_many(&chain)?;
+    gst::Element::link_many(&chain)?;
+    for e in &chain {
+        e.sync_state_with_parent()?;
+    }
+    let sinkpad = jb
+        .static_pad("sink")
+        .ok_or_else(|| MediaError::Pipeline("jitter buffer has no sink pad".into()))?;
+    pad.link(&sinkpad)
+        .map_err(|e| MediaError::Pipeline(format!("{e:?}")))?;
+    *branch
+        .jitterbuffer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(jb);
+    branches
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert((video, ssrc), branch);
+    tracing::info!(ssrc, video, "receiving a new stream");
+    Ok(())
+}

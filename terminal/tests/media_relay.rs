@@ -1,0 +1,213 @@
+//! Real GStreamer pipelines through a real relay on loopback: the chair's video and audio
+//! reach three villages (frames decoded counted at each), the floor switches which village's
+//! stream the others receive, and a stream under the wrong SRTP key is rejected.
+#![cfg(feature = "media")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cuntong_core::media::audio_ssrc;
+use cuntong_core::media::routes::Routes;
+use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
+use cuntong_terminal::media::{Capture, Playback, Receiver, SendSettings, Sender};
+use cuntong_terminal::relay::Relay;
+
+const KEY: [u8; 30] = [7; 30];
+
+fn wait(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn settings() -> SendSettings {
+    SendSettings::for_tier(&MediaProfile::named("low").unwrap(), Tier::Full)
+}
+
+#[test]
+fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejected() {
+    let villages: Vec<Receiver> = (0..3)
+        .map(|_| Receiver::start(0, &KEY, Playback::Discard, 50, AudioCodec::Opus).unwrap())
+        .collect();
+    for v in &villages {
+        assert!(v.video_port() != 0 && v.audio_port() != 0, "{v:?}");
+    }
+    let relay = Relay::start(local(0), Routes::new(None)).unwrap();
+    let route = |ssrc: u32, to: &[&Receiver]| {
+        relay.update(|r| {
+            r.forward(ssrc, to.iter().map(|v| local(v.video_port())).collect());
+            r.forward(
+                audio_ssrc(ssrc),
+                to.iter().map(|v| local(v.audio_port())).collect(),
+            );
+        })
+    };
+    let chair_ssrc = 0x1000_0000;
+    route(chair_ssrc, &villages.iter().collect::<Vec<_>>());
+    let chair = Sender::start(
+        &Capture::Test,
+        settings(),
+        chair_ssrc,
+        Some(&KEY),
+        relay.local_addr(),
+    )
+    .unwrap();
+    assert!(chair.encoder().is_some());
+
+    let all_have = |ssrc: u32, which: &[&Receiver]| {
+        which
+            .iter()
+            .all(|v| v.frames(ssrc) >= 10 && v.audio_buffers(audio_ssrc(ssrc)) >= 10)
+    };
+    assert!(
+        wait(Duration::from_secs(30), || all_have(
+            chair_ssrc,
+            &villages.iter().collect::<Vec<_>>()
+        )),
+        "the chair did not reach every village: {:?}",
+        villages.iter().map(Receiver::streams).collect::<Vec<_>>()
+    );
+
+    // The floor goes to village 0: its stream reaches the two others, not itself.
+    let speaker_ssrc = 0x1000_0002;
+    route(speaker_ssrc, &[&villages[1], &villages[2]]);
+    let _speaker = Sender::start(
+        &Capture::Test,
+        settings(),
+        speaker_ssrc,
+        Some(&KEY),
+        relay.local_addr(),
+    )
+    .unwrap();
+    assert!(
+        wait(Duration::from_secs(30), || all_have(
+            speaker_ssrc,
+            &[&villages[1], &villages[2]]
+        )),
+        "the speaker did not reach the others: {:?}",
+        villages.iter().map(Receiver::streams).collect::<Vec<_>>()
+    );
+    assert_eq!(villages[0].frames(speaker_ssrc), 0);
+
+    // A stream under another key reaches every village through the relay and is rejected.
+    let intruder_ssrc = 0x1000_0004;
+    route(intruder_ssrc, &villages.iter().collect::<Vec<_>>());
+    let forwarded_before = relay.stats().get(|s| &s.forwarded);
+    let chair_before = villages[0].frames(chair_ssrc);
+    let _intruder = Sender::start(
+        &Capture::Test,
+        settings(),
+        intruder_ssrc,
+        Some(&[9; 30]),
+        relay.local_addr(),
+    )
+    .unwrap();
+    assert!(wait(Duration::from_secs(20), || {
+        relay.stats().get(|s| &s.forwarded) > forwarded_before + 300
+            && villages[0].frames(chair_ssrc) > chair_before + 20
+    }));
+    for v in &villages {
+        assert_eq!(v.frames(intruder_ssrc), 0, "{:?}", v.streams());
+        assert_eq!(v.audio_buffers(audio_ssrc(intruder_ssrc)), 0);
+    }
+}
+
+/// Debian's ffmpeg opens the stream from nothing but its SDP, and sees H.264 constrained
+/// baseline 4:2:0 and Opus.
+#[test]
+fn a_stock_ffmpeg_decodes_a_stream_from_its_sdp() {
+    use cuntong_core::media::sdp::{Audio, Description, Video};
+    let free = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (video_port, audio_port) = (free(), free());
+    let sdp = Description {
+        name: "meeting m1: 130102001001-main",
+        address: std::net::IpAddr::from([127, 0, 0, 1]),
+        video: Some(Video {
+            port: video_port,
+            payload_type: 96,
+            level: 31,
+        }),
+        audio: Some(Audio {
+            port: audio_port,
+            codec: AudioCodec::Opus,
+            payload_type: 111,
+        }),
+        srtp_key: None,
+        session_id: 1,
+        version: 1,
+    }
+    .render();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("view.sdp");
+    std::fs::write(&file, &sdp).unwrap();
+    let ffmpeg = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-protocol_whitelist",
+            "file,udp,rtp",
+            "-i",
+        ])
+        .arg(&file)
+        .args(["-frames:v", "20", "-f", "null", "-"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg (the test command installs it)");
+    // Video to one port and audio to the other, as a relay forwards a view.
+    let ssrc = 0x2000_0000;
+    let (w, h, fps, kbps) = settings().video.unwrap();
+    let video_only = SendSettings {
+        video: Some((w, h, fps, kbps)),
+        audio: None,
+    };
+    let audio_only = SendSettings {
+        video: None,
+        audio: settings().audio,
+    };
+    let _v = Sender::start(&Capture::Test, video_only, ssrc, None, local(video_port)).unwrap();
+    let _a = Sender::start(&Capture::Test, audio_only, ssrc, None, local(audio_port)).unwrap();
+    let out = wait_output(ffmpeg, Duration::from_secs(30));
+    assert!(out.contains("Video: h264 (Constrained Baseline)"), "{out}");
+    assert!(out.contains("yuv420p"), "{out}");
+    assert!(out.contains("Audio: opus"), "{out}");
+    assert!(
+        out.contains("frame=   20") || out.contains("frame=20"),
+        "{out}"
+    );
+}
+
+/// The child's stderr once it exits (killed after `timeout`).
+fn wait_output(mut child: std::process::Child, timeout: Duration) -> String {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut text);
+    }
+    let _ = child.wait();
+    text
+}
