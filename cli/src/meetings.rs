@@ -330,7 +330,11 @@ impl MeetingService {
         }
     }
 
-    fn apply(&mut self, id: MeetingId, out: Vec<HostOutput>) {
+    fn apply(&mut self, id: MeetingId, mut out: Vec<HostOutput>) {
+        // Whatever changed may change where media flows: new plans, relay tables.
+        if let Some(h) = self.hosts.get_mut(&id) {
+            out.extend(h.media_updates());
+        }
         for o in out {
             match o {
                 HostOutput::Publish(state) => self.publish_state(&state),

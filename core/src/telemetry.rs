@@ -82,6 +82,8 @@ pub enum Metric {
     MediaTx,
     /// Video frames decoded.
     MediaFrames,
+    /// Video streams being decoded (the chair's, the speaker's…).
+    MediaStreams,
 }
 
 /// Unit of a metric.
@@ -191,6 +193,7 @@ const REGISTRY: &[(Metric, u32, &str, Unit, u8)] = &[
     (Metric::MediaRx, 41, "media.rx", Unit::KilobitPerSecond, 0),
     (Metric::MediaTx, 42, "media.tx", Unit::KilobitPerSecond, 0),
     (Metric::MediaFrames, 43, "media.frames", Unit::Count, 0),
+    (Metric::MediaStreams, 44, "media.streams", Unit::Count, 0),
 ];
 
 /// Why a metric name was refused.

@@ -6,7 +6,6 @@
 //! region, deterministically, so the same command gives the same fleet. `reboot` from central
 //! restarts a simulated terminal the way it restarts a box.
 
-use cuntong_terminal::duty_button::{DutyButton, DutyButtonConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +20,7 @@ use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::conference::{Console, Invitation, MediaEngine, SignallingOnly};
 use cuntong_terminal::config::{CommandsConfig, TerminalConfig};
 use cuntong_terminal::daemon::{self, Hardware, RunError};
+use cuntong_terminal::duty_button::{DutyButton, DutyButtonConfig};
 use cuntong_terminal::hardware::Power;
 use cuntong_terminal::hj212::Hj212Config;
 use cuntong_terminal::outbox::OutboxConfig;
@@ -108,6 +108,9 @@ pub struct SimOptions {
     pub hands_percent: u8,
     /// Give each terminal a duty button (its line: the file `duty-button` in its data dir).
     pub duty_button: bool,
+    /// Real media (GStreamer, test sources, nothing shown) on loopback; a fleet of a county or
+    /// more gets a relay at each county and at the region's own level.
+    pub media: bool,
 }
 
 impl SimOptions {
@@ -126,6 +129,7 @@ impl SimOptions {
             decline_percent: 0,
             hands_percent: 0,
             duty_button: false,
+            media: false,
         }
     }
 }
@@ -157,7 +161,53 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
     if opts.duty_button {
         cfg.duty_button = Some(DutyButtonConfig::default());
     }
+    if opts.media {
+        cfg.meeting.media_host = Some("127.0.0.1".into());
+        cfg.meeting.rtp_port = free_udp_pair().unwrap_or(0);
+        if id.slug().as_str() == RELAY_SLUG {
+            if let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()) {
+                cfg.meeting.relay = Some((s, s.to_string()));
+            }
+        }
+    }
     cfg
+}
+
+/// The slug of a simulated relay terminal (`130102000000-relay`).
+pub const RELAY_SLUG: &str = "relay";
+
+/// The relays of a media fleet of `region`: one at each county of `ids`, and one at the
+/// region's own level if it is a county or above.
+pub fn relay_ids(region: &Region, ids: &[TerminalId]) -> Vec<TerminalId> {
+    let Ok(slug) = RELAY_SLUG.parse() else {
+        return Vec::new();
+    };
+    let mut sites: Vec<SiteCode> = ids
+        .iter()
+        .filter_map(|id| id.site().at_level(Level::County))
+        .collect();
+    if region.root().level() <= Level::County {
+        sites.push(region.root());
+    }
+    sites.sort();
+    sites.dedup();
+    sites
+        .into_iter()
+        .map(|s| TerminalId::new(s, slug))
+        .collect()
+}
+
+/// An even UDP port free on loopback with the one after next free too (video and audio).
+fn free_udp_pair() -> Option<u16> {
+    for _ in 0..64 {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+        let p = a.local_addr().ok()?.port();
+        if p % 2 == 0 && p < u16::MAX - 2 && std::net::UdpSocket::bind(("127.0.0.1", p + 2)).is_ok()
+        {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// The simulated duty button's line: the file `duty-button` in the terminal's data directory,
@@ -309,6 +359,19 @@ pub async fn run_rebooting(
             requested: Arc::default(),
         };
         let mut hardware = sim_hardware(seed, interval, &control, Box::new(power.clone()), console);
+        #[cfg(feature = "media")]
+        if cfg.meeting.media_host.is_some() {
+            use cuntong_terminal::media::{Capture, GstEngine, Playback};
+            match GstEngine::new(
+                cfg.id,
+                Capture::Test,
+                Playback::Discard,
+                cfg.meeting.rtp_port,
+            ) {
+                Ok(e) => hardware.media = Box::new(e),
+                Err(e) => tracing::error!(terminal = %cfg.id, error = %e, "no media"),
+            }
+        }
         hardware.duty_button = cfg
             .duty_button
             .as_ref()

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use cuntong_core::meeting::participant::AcceptPolicy;
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_firmware_sim::fleet::{Fleet, SimOptions, default_data_root, fleet_ids};
+use cuntong_firmware_sim::fleet::{Fleet, SimOptions, default_data_root, fleet_ids, relay_ids};
 use cuntong_firmware_sim::{datalogger, proxy};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::config::{parse_duration, parse_size};
@@ -61,6 +61,10 @@ struct Common {
     /// Share of the terminals (percent) that raise their hand once joined.
     #[arg(long, default_value_t = 0)]
     hands_percent: u8,
+    /// Real meeting media (GStreamer with test sources) on loopback; a fleet of a county or
+    /// more includes a relay at each county (and at the region's level).
+    #[arg(long)]
+    media: bool,
 }
 
 #[derive(Subcommand)]
@@ -465,6 +469,7 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     }
     opts.decline_percent = common.decline_percent;
     opts.hands_percent = common.hands_percent;
+    opts.media = common.media;
     if opts.outbox_budget < 4096 {
         return Err(format!(
             "--outbox-budget {:?}: at least 4KiB",
@@ -510,7 +515,11 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
                 return Err("--count must be at least 1".to_owned());
             }
             let opts = options(&common, data_dir.unwrap_or_else(default_data_root))?;
-            Ok((fleet_ids(&r, count), opts))
+            let ids = fleet_ids(&r, count);
+            if opts.media {
+                return Ok((relay_ids(&r, &ids).into_iter().chain(ids).collect(), opts));
+            }
+            Ok((ids, opts))
         }
         Command::Proxy { .. } | Command::Link { .. } | Command::Datalogger { .. } => {
             Err("internal: not a terminal command".to_owned())

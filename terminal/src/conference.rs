@@ -8,10 +8,12 @@
 //! receive-only, and the host and the status report say so.
 
 use cuntong_core::envelope::encode;
+use cuntong_core::media::routes::Routes;
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::participant::{
     AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase, Session,
 };
+use cuntong_core::meeting::relays::RelayPlan;
 use cuntong_core::meeting::{
     Applied, Downlink, MediaPlan, MediaProfile, MeetingId, MeetingState, Tier, TierThresholds,
     TierTracker,
@@ -31,6 +33,10 @@ pub struct MeetingConfig {
     /// A fixed tier (a box known to sit on a thin line), instead of following the link.
     pub tier: Option<Tier>,
     pub thresholds: TierThresholds,
+    /// The address this box's relay reaches it at (its media arrives at `rtp_port` there).
+    pub media_host: Option<String>,
+    /// The relay role: where it listens, and the address sites send to.
+    pub relay: Option<(std::net::SocketAddr, String)>,
 }
 
 impl Default for MeetingConfig {
@@ -40,6 +46,8 @@ impl Default for MeetingConfig {
             rtp_port: 5004,
             tier: None,
             thresholds: TierThresholds::default(),
+            media_host: None,
+            relay: None,
         }
     }
 }
@@ -54,6 +62,10 @@ pub trait MediaEngine: Send {
     /// What it captures with (for the readiness check): by default the box's own devices.
     fn capture_devices(&self) -> crate::readiness::CaptureDevices {
         crate::readiness::local_devices()
+    }
+    /// What the media did since the last sample (`media.*` metrics); nothing without media.
+    fn sample(&mut self) -> Vec<(cuntong_core::telemetry::Metric, f64)> {
+        Vec::new()
     }
 }
 
@@ -231,6 +243,9 @@ pub struct Conference {
     tiers: TierTracker,
     uplink: String,
     downlink: String,
+    /// The relay role, if this box has one, and what each session asks it to forward.
+    relay: Option<crate::relay::Relay>,
+    relay_plans: std::collections::BTreeMap<MeetingId, RelayPlan>,
 }
 
 impl std::fmt::Debug for Conference {
@@ -249,12 +264,28 @@ impl Conference {
         engine: Box<dyn MediaEngine>,
         console: Box<dyn Console>,
     ) -> Conference {
+        let relay = cfg.relay.as_ref().and_then(|(listen, advertise)| {
+            match crate::relay::Relay::start(*listen, Routes::new(None)) {
+                Ok(r) => {
+                    tracing::info!(%listen, %advertise, "relaying media for the sites below");
+                    Some(r)
+                }
+                Err(e) => {
+                    tracing::error!(%listen, error = %e, "cannot start the relay; not relaying");
+                    None
+                }
+            }
+        });
         let pcfg = ParticipantConfig {
             accept: cfg.accept,
             reconnect_grace_ms: 10_000,
             join_retry_ms: 3_000,
             tier: cfg.tier.unwrap_or(Tier::Full),
             rtp_port: cfg.rtp_port,
+            media_host: cfg.media_host.clone(),
+            relay: relay
+                .as_ref()
+                .and_then(|_| cfg.relay.as_ref().map(|(_, a)| a.clone())),
         };
         Conference {
             me,
@@ -265,7 +296,44 @@ impl Conference {
             cfg,
             uplink: Topic::terminal(&me, Channel::MeetingUp).to_string(),
             downlink: Topic::terminal(&me, Channel::MeetingDown).to_string(),
+            relay,
+            relay_plans: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// The media's figures since the last call (for telemetry).
+    pub fn media_sample(&mut self) -> Vec<(cuntong_core::telemetry::Metric, f64)> {
+        self.engine.sample()
+    }
+
+    /// The relay role's counters, if this box relays.
+    pub fn relay_stats(&self) -> Option<&crate::relay::RelayStats> {
+        self.relay.as_ref().map(crate::relay::Relay::stats)
+    }
+
+    /// Sets the relay's forwarding to what the sessions' plans say together.
+    fn apply_relay_plans(&mut self) {
+        let Some(relay) = &self.relay else { return };
+        let addr = |a: &str| match a.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                tracing::warn!(address = a, "a relay destination is not ip:port; skipped");
+                None
+            }
+        };
+        let mut routes = Routes::new(
+            self.relay_plans
+                .values()
+                .find_map(|p| p.upstream.as_deref().and_then(addr)),
+        );
+        for plan in self.relay_plans.values() {
+            for (ssrc, dests) in &plan.routes {
+                for d in dests.iter().filter_map(|d| addr(d)) {
+                    routes.add(*ssrc, d);
+                }
+            }
+        }
+        relay.update(|r| *r = routes);
     }
 
     /// The topic filters the link must subscribe to.
@@ -433,7 +501,16 @@ impl Conference {
                     Output::Media(MediaCommand::Apply { meeting, applied }) => {
                         self.engine.apply(meeting, &applied)
                     }
-                    Output::Media(MediaCommand::Stop { meeting }) => self.engine.stop(meeting),
+                    Output::Media(MediaCommand::Stop { meeting }) => {
+                        self.engine.stop(meeting);
+                        if self.relay_plans.remove(&meeting).is_some() {
+                            self.apply_relay_plans();
+                        }
+                    }
+                    Output::Media(MediaCommand::Relay { meeting, plan }) => {
+                        self.relay_plans.insert(meeting, plan);
+                        self.apply_relay_plans();
+                    }
                 }
             }
             // The console reacts to new invitations and to joining.

@@ -43,6 +43,9 @@
 //! audio_only_loss = 5       # ping loss (%) at or above which it joins audio-only
 //! receive_only_rtt = "1s"
 //! receive_only_loss = 20
+//! media_host = "10.13.2.21"  # the address this box's relay sends its media to
+//! # relay = "0.0.0.0:6000"  # a county/city point: relay media for the sites below
+//! # relay_advertise = "10.13.2.21:6000"  # where they send (default media_host and relay's port)
 //!
 //! [hj212]                   # pollution-source data loggers (HJ 212) connect here
 //! listen = "0.0.0.0:6000"
@@ -567,6 +570,9 @@ struct RawMeeting {
     audio_only_loss: Option<f64>,
     receive_only_rtt: Option<String>,
     receive_only_loss: Option<f64>,
+    media_host: Option<String>,
+    relay: Option<String>,
+    relay_advertise: Option<String>,
 }
 
 fn meeting_config(
@@ -640,6 +646,41 @@ fn meeting_config(
             t.receive_only_loss_percent,
         )?,
     };
+    if let Some(h) = raw.media_host {
+        if h.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "meeting.media_host",
+                format!("{h:?} is not an IP address"),
+            ));
+        }
+        m.media_host = Some(h);
+    }
+    if let Some(r) = raw.relay {
+        let listen: std::net::SocketAddr = r
+            .parse()
+            .map_err(|e| invalid("meeting.relay", format!("{r:?} is not ip:port ({e})")))?;
+        let advertise = match (raw.relay_advertise, &m.media_host) {
+            (Some(a), _) => a
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.to_string())
+                .map_err(|e| {
+                    invalid(
+                        "meeting.relay_advertise",
+                        format!("{a:?} is not ip:port ({e})"),
+                    )
+                })?,
+            (None, Some(h)) => cuntong_core::meeting::relays::address(h, listen.port()),
+            (None, None) if !listen.ip().is_unspecified() => listen.to_string(),
+            (None, None) => {
+                return Err(invalid(
+                    "meeting.relay",
+                    "listening on every address: say where sites send (relay_advertise or media_host)"
+                        .into(),
+                ));
+            }
+        };
+        m.relay = Some((listen, advertise));
+    }
     Ok(m)
 }
 

@@ -349,6 +349,7 @@ pub async fn run(
                 readings.push((Metric::LinkLoss, l.ping_loss_percent));
                 readings.push((Metric::OutboxDepth, daemon.outbox.len() as f64));
                 readings.push((Metric::Dropped, daemon.outbox.dropped_total() as f64));
+                readings.extend(daemon.conference.media_sample());
                 readings.push((Metric::MeetingsJoined, daemon.conference.joined() as f64));
                 if daemon.cfg.hj212.is_some() {
                     let frames = hj_stats.frames.load(std::sync::atomic::Ordering::Relaxed);

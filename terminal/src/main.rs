@@ -218,7 +218,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 power: Box::new(hardware::SystemPower {
                     command: cfg.commands.as_ref().and_then(|c| c.reboot.clone()),
                 }),
-                media: Box::new(SignallingOnly),
+                media: media_engine(&cfg),
                 console: Box::new(Unattended),
                 duty_button: match cfg.duty_button.as_ref().map(duty_button::open).transpose() {
                     Ok(b) => b,
@@ -262,4 +262,25 @@ async fn operator(path: Result<PathBuf, ExitCode>, req: &LocalRequest) -> ExitCo
             ExitCode::FAILURE
         }
     }
+}
+
+/// The box's media engine: GStreamer with its camera, microphone, screen and speaker, or
+/// signalling only if this build or this box has no media.
+fn media_engine(cfg: &TerminalConfig) -> Box<dyn cuntong_terminal::conference::MediaEngine> {
+    #[cfg(feature = "media")]
+    {
+        use cuntong_terminal::media::{Capture, GstEngine, Playback};
+        let capture = Capture::Devices {
+            camera: None,
+            microphone: None,
+        };
+        match GstEngine::new(cfg.id, capture, Playback::Play, cfg.meeting.rtp_port) {
+            Ok(e) => return Box::new(e),
+            Err(e) => {
+                tracing::error!(error = %e, "no media on this box; meetings are signalling only")
+            }
+        }
+    }
+    let _ = cfg;
+    Box::new(SignallingOnly)
 }

@@ -637,3 +637,225 @@ fn add_branch(
     tracing::info!(ssrc, video, "receiving a new stream");
     Ok(())
 }
+
+/// A session's media on this box.
+#[derive(Debug)]
+struct Session {
+    plan: cuntong_core::meeting::MediaPlan,
+    settings: SendSettings,
+    receiver: Option<Receiver>,
+    sender: Option<Sender>,
+    muted: bool,
+}
+
+/// The media engine of a box: receives every session it joins, sends while the site is a
+/// source (the chair, the floor holder, the broadcast site) and its tier allows.
+#[derive(Debug)]
+pub struct GstEngine {
+    me: cuntong_core::terminal_id::TerminalId,
+    capture: Capture,
+    playback: Playback,
+    rtp_port: u16,
+    latency_ms: u32,
+    sessions: BTreeMap<cuntong_core::meeting::MeetingId, Session>,
+    /// Counters at the last sample: (rx bytes, tx bytes, decoded frames per stream).
+    last: (u64, u64, BTreeMap<u32, u64>),
+    last_sample: Option<std::time::Instant>,
+}
+
+impl GstEngine {
+    /// Fails if GStreamer cannot start here (the box then takes part without media).
+    pub fn new(
+        me: cuntong_core::terminal_id::TerminalId,
+        capture: Capture,
+        playback: Playback,
+        rtp_port: u16,
+    ) -> Result<GstEngine, MediaError> {
+        init()?;
+        Ok(GstEngine {
+            me,
+            capture,
+            playback,
+            rtp_port,
+            latency_ms: 60,
+            sessions: BTreeMap::new(),
+            last: (0, 0, BTreeMap::new()),
+            last_sample: None,
+        })
+    }
+
+    fn update_sender(&mut self, meeting: cuntong_core::meeting::MeetingId, sending: bool) {
+        let Some(s) = self.sessions.get_mut(&meeting) else {
+            return;
+        };
+        let to = s
+            .plan
+            .send_to
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        match (sending, to, s.sender.is_some()) {
+            (true, Some(to), false) => {
+                let nothing = s.settings.video.is_none() && s.settings.audio.is_none();
+                if nothing {
+                    return;
+                }
+                match Sender::start(
+                    &self.capture,
+                    s.settings,
+                    s.plan.ssrc,
+                    Some(&s.plan.srtp_key),
+                    to,
+                ) {
+                    Ok(sender) => {
+                        sender.set_muted(s.muted);
+                        tracing::info!(%meeting, %to, encoder = ?sender.encoder(), "sending media");
+                        s.sender = Some(sender);
+                    }
+                    Err(e) => tracing::error!(%meeting, error = %e, "cannot send media"),
+                }
+            }
+            (false, _, true) => {
+                s.sender = None;
+                tracing::info!(%meeting, "stopped sending media");
+            }
+            _ => {}
+        }
+    }
+}
+
+impl crate::conference::MediaEngine for GstEngine {
+    fn start(
+        &mut self,
+        meeting: cuntong_core::meeting::MeetingId,
+        plan: &cuntong_core::meeting::MediaPlan,
+        profile: &MediaProfile,
+    ) {
+        let receiver = match Receiver::start(
+            self.rtp_port,
+            &plan.srtp_key,
+            self.playback,
+            self.latency_ms,
+            profile.audio,
+        ) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(%meeting, port = self.rtp_port, error = %e, "cannot receive media");
+                None
+            }
+        };
+        tracing::info!(%meeting, ssrc = plan.ssrc, tier = plan.tier.as_str(), profile = %profile.name, "media started");
+        self.sessions.insert(
+            meeting,
+            Session {
+                plan: plan.clone(),
+                settings: SendSettings::for_tier(profile, plan.tier),
+                receiver,
+                sender: None,
+                muted: true,
+            },
+        );
+    }
+
+    fn apply(
+        &mut self,
+        meeting: cuntong_core::meeting::MeetingId,
+        applied: &cuntong_core::meeting::Applied,
+    ) {
+        use cuntong_core::meeting::Role;
+        let sending =
+            matches!(applied.role, Role::Chair | Role::Speaker) || applied.shown == Some(self.me);
+        if let Some(s) = self.sessions.get_mut(&meeting) {
+            s.muted = applied.muted;
+            if let Some(sender) = &s.sender {
+                sender.set_muted(applied.muted);
+            }
+        }
+        self.update_sender(meeting, sending);
+    }
+
+    fn stop(&mut self, meeting: cuntong_core::meeting::MeetingId) {
+        if self.sessions.remove(&meeting).is_some() {
+            tracing::info!(%meeting, "media stopped");
+        }
+    }
+
+    fn capture_devices(&self) -> crate::readiness::CaptureDevices {
+        match &self.capture {
+            Capture::Test => crate::readiness::CaptureDevices {
+                camera: Some("videotestsrc (test source)".into()),
+                microphone: Some("audiotestsrc (test source)".into()),
+            },
+            Capture::Devices { camera, microphone } => {
+                let found = crate::readiness::local_devices();
+                crate::readiness::CaptureDevices {
+                    camera: camera.clone().or(found.camera),
+                    microphone: microphone.clone().or(found.microphone),
+                }
+            }
+        }
+    }
+
+    fn sample(&mut self) -> Vec<(cuntong_core::telemetry::Metric, f64)> {
+        use cuntong_core::telemetry::Metric;
+        let now = std::time::Instant::now();
+        let elapsed = self
+            .last_sample
+            .replace(now)
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        let (mut rx, mut tx, mut packets, mut lost, mut jitter) = (0, 0, 0u64, 0u64, 0u64);
+        let mut frames = BTreeMap::new();
+        let mut streams = 0;
+        for s in self.sessions.values() {
+            if let Some(r) = &s.receiver {
+                rx += r.bytes.load(Ordering::Relaxed);
+                for st in r.streams() {
+                    packets += st.packets;
+                    lost += st.lost;
+                    jitter = jitter.max(st.jitter_us);
+                    if st.video {
+                        frames.insert(st.ssrc, st.decoded);
+                    }
+                }
+            }
+            if let Some(snd) = &s.sender {
+                tx += snd.bytes.load(Ordering::Relaxed);
+            }
+        }
+        if self.sessions.is_empty() {
+            self.last = (0, 0, BTreeMap::new());
+            return Vec::new();
+        }
+        let mut decoded_now = 0;
+        for (ssrc, n) in &frames {
+            let before = self.last.2.get(ssrc).copied().unwrap_or(0);
+            if *n > before {
+                streams += 1;
+                decoded_now += n - before;
+            }
+        }
+        let kbps = |now: u64, before: u64| {
+            if elapsed > 0.0 {
+                now.saturating_sub(before) as f64 * 8.0 / 1000.0 / elapsed
+            } else {
+                0.0
+            }
+        };
+        let out = vec![
+            (
+                Metric::MediaLoss,
+                if packets + lost > 0 {
+                    100.0 * lost as f64 / (packets + lost) as f64
+                } else {
+                    0.0
+                },
+            ),
+            (Metric::MediaJitter, jitter as f64 / 1000.0),
+            (Metric::MediaRx, kbps(rx, self.last.0).round()),
+            (Metric::MediaTx, kbps(tx, self.last.1).round()),
+            (Metric::MediaFrames, decoded_now as f64),
+            (Metric::MediaStreams, f64::from(streams)),
+        ];
+        self.last = (rx, tx, frames);
+        out
+    }
+}

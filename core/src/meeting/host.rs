@@ -6,6 +6,7 @@
 //! retained copies at the end, and notices for whoever watches. The host is serialisable, so
 //! central stores it after every change and a restart loses nothing.
 
+use super::relays::{self, RelayPlan, SiteMedia, Topology};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -88,6 +89,11 @@ pub struct SiteRecord {
     /// The newest hand change applied.
     hand_number: u32,
     pub note: Option<String>,
+    /// Where its relay reaches it, and its own relay address if it is one (from its join).
+    #[serde(default)]
+    pub media_host: Option<String>,
+    #[serde(default)]
+    pub relay: Option<String>,
 }
 
 impl SiteRecord {
@@ -103,6 +109,8 @@ impl SiteRecord {
             answer: None,
             hand_number: 0,
             note: None,
+            media_host: None,
+            relay: None,
         }
     }
 }
@@ -253,6 +261,11 @@ pub struct Host {
     /// The session's SRTP master key and salt, handed to each admitted site.
     srtp_key: Vec<u8>,
     next_ssrc: u32,
+    /// The plan each joined site was last given, and what each relay was last told.
+    #[serde(default)]
+    admitted: BTreeMap<TerminalId, MediaPlan>,
+    #[serde(default)]
+    relay_plans: BTreeMap<TerminalId, RelayPlan>,
     created_ms: u64,
     /// Where admitted sites send their media, if the session has a media point.
     media_point: Option<String>,
@@ -290,6 +303,8 @@ impl Host {
             sites: BTreeMap::new(),
             srtp_key,
             next_ssrc: 0x1000_0000,
+            admitted: BTreeMap::new(),
+            relay_plans: BTreeMap::new(),
             created_ms: now_ms,
             media_point: None,
             delegates: BTreeMap::new(),
@@ -344,6 +359,94 @@ impl Host {
     }
 
     /// Where admitted sites send media (a relay or media point), from the media plan.
+    /// The media flow now: each joined site's relay, each relay's forwarding.
+    fn topology(&self) -> Topology {
+        let sites: Vec<SiteMedia> = self
+            .sites
+            .iter()
+            .filter(|(_, r)| r.phase == SitePhase::Joined && r.ssrc != 0)
+            .map(|(id, r)| SiteMedia {
+                id: *id,
+                ssrc: r.ssrc,
+                receives_at: r
+                    .media_host
+                    .clone()
+                    .filter(|_| r.rtp_port != 0)
+                    .map(|h| (h, r.rtp_port)),
+                relay: r.relay.clone(),
+            })
+            .collect();
+        let sources: Vec<TerminalId> = [
+            self.state.spec.chair,
+            self.state.broadcast,
+            self.state.floor,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        relays::topology(&sites, &sources)
+    }
+
+    /// A joined site's media plan: its SSRC, the session key, and where it sends (its relay,
+    /// else the session's media point; nowhere at the receive-only tier).
+    fn plan_for(&self, site: &TerminalId, topology: &Topology) -> Option<MediaPlan> {
+        let rec = self.sites.get(site)?;
+        let tier = rec.tier?;
+        Some(MediaPlan {
+            ssrc: rec.ssrc,
+            send_to: if tier == Tier::ReceiveOnly {
+                None
+            } else {
+                topology
+                    .send_to
+                    .get(site)
+                    .cloned()
+                    .or_else(|| self.media_point.clone())
+            },
+            srtp_key: self.srtp_key.clone(),
+            tier,
+        })
+    }
+
+    /// What the media flow's changes ask for: a new plan to each joined site whose relay
+    /// changed, the forwarding table to each relay whose table changed. Call after every
+    /// change (the central service does, after each uplink, operation and tick).
+    pub fn media_updates(&mut self) -> Vec<HostOutput> {
+        let mut out = Vec::new();
+        if self.state.status == Status::Ended {
+            self.admitted.clear();
+            self.relay_plans.clear();
+            return out;
+        }
+        let meeting = self.state.spec.id;
+        let topology = self.topology();
+        let joined: Vec<TerminalId> = self
+            .sites
+            .iter()
+            .filter(|(_, r)| r.phase == SitePhase::Joined)
+            .map(|(id, _)| *id)
+            .collect();
+        self.admitted.retain(|id, _| joined.contains(id));
+        for id in &joined {
+            let Some(plan) = self.plan_for(id, &topology) else {
+                continue;
+            };
+            if self.admitted.get(id).is_some_and(|p| *p != plan) {
+                self.admitted.insert(*id, plan.clone());
+                out.push(HostOutput::Send(*id, Downlink::Admitted { meeting, plan }));
+            }
+        }
+        self.relay_plans
+            .retain(|id, _| topology.relays.contains_key(id));
+        for (id, plan) in topology.relays {
+            if self.relay_plans.get(&id) != Some(&plan) {
+                self.relay_plans.insert(id, plan.clone());
+                out.push(HostOutput::Send(id, Downlink::Relay { meeting, plan }));
+            }
+        }
+        out
+    }
+
     pub fn set_media_point(&mut self, addr: Option<String>) {
         self.media_point = addr;
     }
@@ -626,7 +729,13 @@ impl Host {
         let before = self.state.clone();
         let rec = self.sites.entry(from).or_insert_with(SiteRecord::new);
         match msg {
-            Uplink::Join { tier, rtp_port, .. } => {
+            Uplink::Join {
+                tier,
+                rtp_port,
+                media_host,
+                relay,
+                ..
+            } => {
                 rec.last_heard_ms = Some(now_ms);
                 if rec.phase != SitePhase::Joined {
                     if rec.phase != SitePhase::Unreachable {
@@ -638,6 +747,8 @@ impl Host {
                 }
                 rec.tier = Some(tier);
                 rec.rtp_port = rtp_port;
+                rec.media_host = media_host;
+                rec.relay = relay;
                 rec.note = None;
                 if rec.ssrc == 0 {
                     // In pairs: video on the even SSRC, audio on the next (media::audio_ssrc).
@@ -646,17 +757,11 @@ impl Host {
                 }
                 // Every join is answered with the plan: the site repeats its join until it
                 // has one, so the answer must be idempotent.
-                let plan = MediaPlan {
-                    ssrc: rec.ssrc,
-                    send_to: if tier == Tier::ReceiveOnly {
-                        None
-                    } else {
-                        self.media_point.clone()
-                    },
-                    srtp_key: self.srtp_key.clone(),
-                    tier,
-                };
-                out.push(HostOutput::Send(from, Downlink::Admitted { meeting, plan }));
+                let plan = self.plan_for(&from, &self.topology());
+                if let Some(plan) = plan {
+                    self.admitted.insert(from, plan.clone());
+                    out.push(HostOutput::Send(from, Downlink::Admitted { meeting, plan }));
+                }
             }
             Uplink::Status {
                 seen,

@@ -12,6 +12,7 @@
 
 pub mod host;
 pub mod participant;
+pub mod relays;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -493,6 +494,10 @@ pub enum Uplink {
         tier: Tier,
         /// Where the site receives media (UDP port), 0 if it receives none yet.
         rtp_port: u16,
+        /// The address its relay reaches it at (the port is `rtp_port`).
+        media_host: Option<String>,
+        /// If the site is a relay: where it receives the streams it forwards (`host:port`).
+        relay: Option<String>,
     },
     /// The site's facts, sent on every change and repeated on every heartbeat.
     Status {
@@ -585,6 +590,11 @@ pub enum Downlink {
     /// The host does not hold this site as joined (it missed the join, or a late status
     /// crossed a leave): join again if you mean to be in.
     Rejoin { meeting: MeetingId },
+    /// To a relay: what to forward where (sent again whenever it changes).
+    Relay {
+        meeting: MeetingId,
+        plan: relays::RelayPlan,
+    },
 }
 
 impl Downlink {

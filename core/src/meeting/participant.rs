@@ -31,7 +31,7 @@ pub enum AcceptPolicy {
 }
 
 /// How a participant behaves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParticipantConfig {
     pub accept: AcceptPolicy,
     /// After a reconnect, how long the retained states have to come back before the sessions
@@ -43,6 +43,10 @@ pub struct ParticipantConfig {
     pub tier: Tier,
     /// Where this terminal receives media.
     pub rtp_port: u16,
+    /// The address its relay reaches it at.
+    pub media_host: Option<String>,
+    /// Where its relay role receives, if it is a relay.
+    pub relay: Option<String>,
 }
 
 impl Default for ParticipantConfig {
@@ -53,6 +57,8 @@ impl Default for ParticipantConfig {
             join_retry_ms: 3_000,
             tier: Tier::Full,
             rtp_port: 0,
+            media_host: None,
+            relay: None,
         }
     }
 }
@@ -153,6 +159,11 @@ pub enum MediaCommand {
     },
     Stop {
         meeting: MeetingId,
+    },
+    /// This box relays: forward by `plan`.
+    Relay {
+        meeting: MeetingId,
+        plan: super::relays::RelayPlan,
     },
 }
 
@@ -382,6 +393,11 @@ impl Participant {
                 s.plan = Some(plan);
                 self.converge(&meeting, now_ms, out);
             }
+            Downlink::Relay { meeting, plan } => {
+                if self.sessions.contains_key(&meeting) {
+                    out.push(Output::Media(MediaCommand::Relay { meeting, plan }));
+                }
+            }
             Downlink::Rejoin { meeting } => {
                 if let Some(s) = self.sessions.get_mut(&meeting) {
                     if s.phase == Phase::Joined {
@@ -500,6 +516,8 @@ impl Participant {
                     meeting: *id,
                     tier: self.cfg.tier,
                     rtp_port: self.cfg.rtp_port,
+                    media_host: self.cfg.media_host.clone(),
+                    relay: self.cfg.relay.clone(),
                 }));
             }
             Phase::Joined => self.send_status(id, now_ms, out),

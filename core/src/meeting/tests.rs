@@ -50,6 +50,8 @@ fn pcfg(accept: AcceptPolicy) -> ParticipantConfig {
         join_retry_ms: 3_000,
         tier: Tier::Full,
         rtp_port: 5004,
+        media_host: None,
+        relay: None,
     }
 }
 
@@ -610,6 +612,8 @@ fn uninvited_sites_are_refused_and_ended_sessions_refuse_joins() {
         meeting: m,
         tier: Tier::Full,
         rtp_port: 0,
+        media_host: None,
+        relay: None,
     };
     let out = h.uplink(t("130103001001-main"), join.clone(), 5);
     assert!(matches!(
@@ -637,6 +641,8 @@ fn a_thin_link_joins_receive_only_and_gets_no_send_address() {
         meeting: m,
         tier,
         rtp_port: 5004,
+        media_host: None,
+        relay: None,
     };
     let plan = |out: Vec<HostOutput>| match &out[..] {
         [.., HostOutput::Send(_, Downlink::Admitted { plan, .. })] => plan.clone(),

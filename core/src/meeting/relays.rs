@@ -1,0 +1,271 @@
+//! Where media flows in a session: relays by hierarchy. Each joined site sends to the nearest
+//! relay above it (a county point for its villages, a city point for its counties…; a relay box
+//! sends its own media to itself); each relay forwards the session's sources — the chair, the
+//! broadcast site, the floor holder — down to its sites and child relays and up to its own
+//! relay, never back the way a stream came. A province meeting thus cascades province → city
+//! → county → village, and a stream crosses each link once. Only the sources' streams are
+//! routed: every other site sends nothing and gets no upstream slot.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::audio_ssrc;
+use crate::site::Region;
+use crate::terminal_id::TerminalId;
+
+/// What a relay is told: where reports go up, and where each stream goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayPlan {
+    /// The relay above (`host:port`), if any.
+    pub upstream: Option<String>,
+    /// (SSRC, destinations `host:port`), by SSRC.
+    pub routes: Vec<(u32, Vec<String>)>,
+}
+
+/// A joined site as far as media goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteMedia {
+    pub id: TerminalId,
+    /// Its video SSRC (audio is the next one).
+    pub ssrc: u32,
+    /// Where it receives: host and video port (audio on the port after next).
+    pub receives_at: Option<(String, u16)>,
+    /// Its relay's address, if the site is a relay.
+    pub relay: Option<String>,
+}
+
+/// The media flow of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// Where each site sends (its relay), if it has one.
+    pub send_to: BTreeMap<TerminalId, String>,
+    pub relays: BTreeMap<TerminalId, RelayPlan>,
+}
+
+/// `host:port`, with brackets for an IPv6 host.
+pub fn address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Lays out the flow of `sources`' streams through the relays among `sites`.
+pub fn topology(sites: &[SiteMedia], sources: &[TerminalId]) -> Topology {
+    let by_id: BTreeMap<&TerminalId, &SiteMedia> = sites.iter().map(|s| (&s.id, s)).collect();
+    // The relay above a site: the relay at the deepest site that contains it, itself excluded.
+    let parent = |id: &TerminalId| -> Option<&SiteMedia> {
+        sites
+            .iter()
+            .filter(|r| r.relay.is_some() && r.id != *id)
+            .filter(|r| Region::of(*r.id.site()).contains(id.site()))
+            .max_by_key(|r| (r.id.site().level().depth(), r.id))
+    };
+    // The relays a site's stream passes on its way up: its own (if it is one), then each above.
+    let chain = |id: &TerminalId| -> Vec<TerminalId> {
+        let mut out = Vec::new();
+        let mut at = by_id.get(id).copied();
+        if at.is_some_and(|s| s.relay.is_some()) {
+            out.push(*id);
+        }
+        while let Some(s) = at {
+            match parent(&s.id) {
+                Some(p) if !out.contains(&p.id) => {
+                    out.push(p.id);
+                    at = Some(p);
+                }
+                _ => break,
+            }
+        }
+        out
+    };
+    let mut t = Topology::default();
+    for s in sites {
+        let to = if s.relay.is_some() {
+            s.relay.clone()
+        } else {
+            parent(&s.id).and_then(|p| p.relay.clone())
+        };
+        if let Some(to) = to {
+            t.send_to.insert(s.id, to);
+        }
+    }
+    let sources: Vec<&SiteMedia> = {
+        let mut seen = BTreeSet::new();
+        sources
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .filter_map(|id| by_id.get(id).copied())
+            .collect()
+    };
+    for r in sites.iter().filter(|s| s.relay.is_some()) {
+        let children: Vec<&SiteMedia> = sites
+            .iter()
+            .filter(|c| c.id != r.id && parent(&c.id).is_some_and(|p| p.id == r.id))
+            .collect();
+        let up = parent(&r.id);
+        let mut plan = RelayPlan {
+            upstream: up.and_then(|u| u.relay.clone()),
+            routes: Vec::new(),
+        };
+        for src in &sources {
+            let passes = chain(&src.id);
+            let from_below = passes.contains(&r.id);
+            // The relay's own box watches too, then its sites, then its child relays (unless
+            // the stream came up through one).
+            let mut receivers: Vec<&SiteMedia> = Vec::new();
+            if r.id != src.id {
+                receivers.push(r);
+            }
+            let mut relays: Vec<String> = Vec::new();
+            for c in children.iter().filter(|c| c.id != src.id) {
+                match &c.relay {
+                    Some(addr) if !passes.contains(&c.id) => relays.push(addr.clone()),
+                    Some(_) => {}
+                    None => receivers.push(c),
+                }
+            }
+            let (mut video, mut audio) = (Vec::new(), Vec::new());
+            for s in receivers {
+                if let Some((host, port)) = &s.receives_at {
+                    video.push(address(host, *port));
+                    audio.push(address(host, port.saturating_add(2)));
+                }
+            }
+            video.extend(relays.iter().cloned());
+            audio.extend(relays);
+            if from_below {
+                if let Some(u) = up.and_then(|u| u.relay.clone()) {
+                    video.push(u.clone());
+                    audio.push(u);
+                }
+            }
+            if !video.is_empty() {
+                plan.routes.push((src.ssrc, video));
+                plan.routes.push((audio_ssrc(src.ssrc), audio));
+            }
+        }
+        plan.routes.sort();
+        t.relays.insert(r.id, plan);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::borrow::ToOwned;
+    use alloc::vec;
+
+    fn site(id: &str, ssrc: u32, port: u16, relay: Option<&str>) -> SiteMedia {
+        SiteMedia {
+            id: id.parse().unwrap(),
+            ssrc,
+            receives_at: Some(("10.0.0.1".to_owned(), port)),
+            relay: relay.map(ToOwned::to_owned),
+        }
+    }
+
+    fn t(s: &str) -> TerminalId {
+        s.parse().unwrap()
+    }
+
+    fn routes(plan: &RelayPlan, ssrc: u32) -> Vec<&str> {
+        plan.routes
+            .iter()
+            .find(|(s, _)| *s == ssrc)
+            .map(|(_, d)| d.iter().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    /// A county relay (the county office's box, also the chair) and three villages.
+    fn county() -> Vec<SiteMedia> {
+        vec![
+            site("130102000000-office", 100, 5004, Some("10.0.1.1:6000")),
+            site("130102001001-main", 102, 5004, None),
+            site("130102001002-main", 104, 5004, None),
+            site("130102002001-main", 106, 5004, None),
+        ]
+    }
+
+    #[test]
+    fn a_county_meeting_goes_through_the_county_relay() {
+        let chair = t("130102000000-office");
+        let topo = topology(&county(), &[chair]);
+        // Everyone sends to the relay (the relay box to itself).
+        assert!(topo.send_to.values().all(|a| a == "10.0.1.1:6000"));
+        assert_eq!(topo.send_to.len(), 4);
+        let plan = &topo.relays[&chair];
+        assert_eq!(plan.upstream, None);
+        // The chair's video to the three villages, audio to their audio ports.
+        assert_eq!(routes(plan, 100).len(), 3);
+        assert!(routes(plan, 101).iter().all(|a| a.ends_with(":5006")));
+        // Nobody else is routed.
+        assert_eq!(plan.routes.len(), 2);
+    }
+
+    #[test]
+    fn the_floor_holders_stream_reaches_the_others_and_not_itself() {
+        let chair = t("130102000000-office");
+        let speaker = t("130102001001-main");
+        let mut sites = county();
+        for (i, s) in sites.iter_mut().enumerate() {
+            s.receives_at = Some((format!("10.0.0.{i}"), 5004));
+        }
+        let topo = topology(&sites, &[chair, speaker, chair]);
+        let plan = &topo.relays[&chair];
+        // The speaker's stream: to the relay's own box and the two other villages.
+        assert_eq!(
+            routes(plan, 102),
+            ["10.0.0.0:5004", "10.0.0.2:5004", "10.0.0.3:5004"]
+        );
+        assert_eq!(plan.routes.len(), 4, "chair and speaker, video and audio");
+    }
+
+    #[test]
+    fn a_province_meeting_cascades_and_a_stream_never_goes_back_up_its_way() {
+        let sites = vec![
+            site("130000000000-hall", 10, 5004, Some("10.1.0.1:6000")),
+            site("130100000000-relay", 12, 5004, Some("10.2.0.1:6000")),
+            site("130102000000-relay", 14, 5004, Some("10.3.0.1:6000")),
+            site("130102001001-main", 16, 5004, None),
+            site("130105000000-relay", 18, 5004, Some("10.4.0.1:6000")),
+        ];
+        let hall = t("130000000000-hall");
+        let village = t("130102001001-main");
+        let topo = topology(&sites, &[hall, village]);
+        // The village sends to its county, the county relay to the city, the city to the hall.
+        assert_eq!(topo.send_to[&village], "10.3.0.1:6000");
+        let city = &topo.relays[&t("130100000000-relay")];
+        assert_eq!(city.upstream.as_deref(), Some("10.1.0.1:6000"));
+        let county = &topo.relays[&t("130102000000-relay")];
+        assert_eq!(county.upstream.as_deref(), Some("10.2.0.1:6000"));
+        // The hall's stream: the city forwards it to its box and both county relays.
+        assert_eq!(
+            routes(city, 10),
+            ["10.0.0.1:5004", "10.3.0.1:6000", "10.4.0.1:6000"]
+        );
+        // The village's stream: its county sends it up (and to its own box), the city sends it
+        // up and to the other county, not back to the county it came from.
+        assert_eq!(routes(county, 16), ["10.0.0.1:5004", "10.2.0.1:6000"]);
+        assert_eq!(
+            routes(city, 16),
+            ["10.0.0.1:5004", "10.4.0.1:6000", "10.1.0.1:6000"]
+        );
+        // The hall's relay sends the village's stream to its own box only (nothing above).
+        assert_eq!(routes(&topo.relays[&hall], 16), ["10.0.0.1:5004"]);
+    }
+
+    #[test]
+    fn without_relays_nobody_has_a_relay_to_send_to() {
+        let sites = vec![site("130102001001-main", 2, 5004, None)];
+        let topo = topology(&sites, &[t("130102001001-main")]);
+        assert!(topo.send_to.is_empty() && topo.relays.is_empty());
+        assert_eq!(address("fd00::1", 5004), "[fd00::1]:5004");
+    }
+}

@@ -1,0 +1,152 @@
+//! Meeting media end to end (Mosquitto, real GStreamer pipelines with test sources): a county
+//! meeting chaired from the county office's box, which is also the county's relay; the host
+//! assigns it as the relay of the three villages; the chair's video and audio reach every
+//! village (frames decoded, reported in telemetry); granting the floor to a village switches
+//! the speaker: its stream reaches the two other villages and the chair, not itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central_with, run, sites, wait_until};
+
+const RELAY: &str = "130102000000-relay";
+const SPEAKER: &str = "130102001001-main";
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Each terminal's latest value of `metric`.
+fn latest(db: &Path, metric: &str) -> Vec<(String, f64)> {
+    sites(db, None)
+        .into_iter()
+        .map(|s| {
+            let v = s.metrics.get(metric).copied().unwrap_or(-1.0);
+            (s.terminal, v)
+        })
+        .collect()
+}
+
+#[test]
+fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switches_the_speaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let db = d.join("central.db");
+    let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "2s"]);
+    let fleet = Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "fleet",
+            "--broker",
+            &broker.url,
+            "--region",
+            "130102",
+            "--count",
+            "3",
+            "--interval",
+            "2s",
+            "--keep-alive",
+            "2s",
+            "--media",
+            "--data-dir",
+            d.join("fleet").to_str().unwrap(),
+        ],
+        d.join("fleet.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || sites(&db, None)
+            .iter()
+            .filter(|s| s.online)
+            .count()
+            == 4),
+        "the county relay and three villages: {:?}\n{}",
+        sites(&db, None),
+        fleet.log_text()
+    );
+    let cuntong = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--broker", &broker.url]);
+        run(&bin("cuntong"), &all)
+    };
+    let id = ok(cuntong(&[
+        "meeting",
+        "create",
+        "--title",
+        "县务会",
+        "--invite",
+        "130102",
+        "--profile",
+        "low",
+        "--chair",
+        RELAY,
+    ]))
+    .trim()
+    .to_owned();
+    ok(cuntong(&["meeting", "start", &id]));
+
+    // Every village decodes the chair's stream, and only it; the chair's box sends.
+    let villages: Vec<String> = sites(&db, None)
+        .into_iter()
+        .map(|s| s.terminal)
+        .filter(|t| t != RELAY)
+        .collect();
+    assert_eq!(villages.len(), 3);
+    let receiving = |want_streams: f64, who: &[String]| {
+        let frames = latest(&db, "media.frames");
+        let streams = latest(&db, "media.streams");
+        who.iter().all(|t| {
+            frames.iter().any(|(x, v)| x == t && *v >= 10.0)
+                && streams.iter().any(|(x, v)| x == t && *v == want_streams)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), || receiving(1.0, &villages)),
+        "the chair did not reach every village: frames {:?} streams {:?}\n{}",
+        latest(&db, "media.frames"),
+        latest(&db, "media.streams"),
+        central.log_text()
+    );
+    assert!(
+        latest(&db, "media.tx")
+            .iter()
+            .any(|(t, v)| t == RELAY && *v > 20.0),
+        "{:?}",
+        latest(&db, "media.tx")
+    );
+    assert!(
+        latest(&db, "media.rx")
+            .iter()
+            .filter(|(t, _)| t != RELAY)
+            .all(|(_, v)| *v > 20.0),
+        "{:?}",
+        latest(&db, "media.rx")
+    );
+
+    // The floor to one village: the two others now decode two streams (chair and speaker),
+    // the chair's box the speaker's, the speaker only the chair's.
+    ok(cuntong(&["meeting", "floor", &id, "grant", SPEAKER]));
+    let others: Vec<String> = villages.iter().filter(|t| *t != SPEAKER).cloned().collect();
+    assert!(
+        wait_until(Duration::from_secs(40), || receiving(2.0, &others)
+            && receiving(1.0, &[SPEAKER.to_owned(), RELAY.to_owned()])),
+        "the speaker did not switch: streams {:?}",
+        latest(&db, "media.streams")
+    );
+    assert!(
+        latest(&db, "media.tx")
+            .iter()
+            .any(|(t, v)| t == SPEAKER && *v > 20.0)
+    );
+    // Nobody lost media on the way (loopback).
+    for (t, loss) in latest(&db, "media.loss") {
+        assert!(loss < 5.0, "{t}: {loss} % lost");
+    }
+}
