@@ -28,6 +28,16 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The stdout of a command that must have succeeded (its stderr in the failure message).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

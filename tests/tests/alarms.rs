@@ -5,15 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use cuntong::alarms::AlarmJson;
 use cuntong_core::envelope::{Envelope, encode};
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
 use cuntong_e2e::{
-    Broker, BrokerKind, LinkProxy, Proc, WebhookReceiver, bin, central_with, run, sim_fleet, sites,
-    wait_until,
+    Broker, BrokerKind, LinkProxy, Proc, WebhookReceiver, bin, central_with, ok, run, sim_fleet,
+    sites, wait_until,
 };
 
 fn alarms(db: &Path, active: bool) -> Vec<AlarmJson> {
@@ -23,15 +22,6 @@ fn alarms(db: &Path, active: bool) -> Vec<AlarmJson> {
     }
     let out = run(&bin("cuntong"), &args);
     serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn central(broker: &Broker, db: &Path, rules: &Path, d: &Path) -> Proc {

@@ -6,22 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
-use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central_with, run, sites, wait_until};
+use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central_with, ok, run, sites, wait_until};
 
 const RELAY: &str = "130102000000-relay";
 const SPEAKER: &str = "130102001001-main";
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Each terminal's latest value of `metric`.
 fn latest(db: &Path, metric: &str) -> Vec<(String, f64)> {

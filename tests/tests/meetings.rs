@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cuntong::control::{RollCallJson, SiteJson};
 use cuntong_e2e::{
-    Broker, BrokerKind, LinkProxy, Proc, bin, central_with, run, sim_fleet, sites, wait_until,
+    Broker, BrokerKind, LinkProxy, Proc, bin, central_with, ok, run, sim_fleet, sites, wait_until,
 };
 
 /// The county the meeting invites.
@@ -24,15 +24,6 @@ fn cuntong(broker: &str, args: &[&str]) -> Output {
     let mut all = args.to_vec();
     all.extend(["--broker", broker]);
     run(&bin("cuntong"), &all)
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn status(broker: &str, id: &str) -> Vec<SiteJson> {
