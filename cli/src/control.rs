@@ -61,6 +61,14 @@ pub enum RequestBody {
         after: Option<String>,
     },
     List,
+    /// A viewer of a site's stream at `to` (`host:port`; audio two ports up), or, with
+    /// `stop`, no longer.
+    View {
+        meeting: String,
+        terminal: String,
+        to: String,
+        stop: bool,
+    },
     /// The duty office acknowledges an alarm.
     AckAlarm {
         id: u64,
@@ -98,6 +106,8 @@ pub enum ResponseBody {
         next: Option<String>,
     },
     List(Vec<MeetingJson>),
+    /// The stream's description for a player (SDP).
+    Sdp(String),
 }
 
 /// A session with its sites, as the host knows them.

@@ -380,6 +380,18 @@ enum MeetingAction {
         #[arg(long)]
         json: bool,
     },
+    /// Have the meeting's relays also send a terminal's stream, as plain RTP, to a player
+    /// (an operations console, a recorder, a room system) at HOST:PORT (audio at PORT+2);
+    /// prints its SDP for ffmpeg or VLC.
+    View {
+        id: String,
+        terminal: String,
+        #[arg(long, value_name = "HOST:PORT")]
+        to: String,
+        /// Stop the view.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Grant the floor to a terminal, or revoke it.
     Floor {
         id: String,
@@ -1055,6 +1067,9 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
         }
         _ => None,
     };
+    if let A::View { to, .. } = &action {
+        let _: SocketAddr = parse("--to", to)?;
+    }
     let timeout = match &action {
         A::Rollcall { timeout, .. } => Some(duration("--timeout", timeout)?),
         _ => None,
@@ -1089,6 +1104,24 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
                     println!("{}", serde_json::to_string_pretty(&rows).map_err(fail)?);
                 } else {
                     print!("{}", meeting_cli::roll_call_table(&rows));
+                }
+            }
+            A::View {
+                id,
+                terminal,
+                to,
+                stop,
+            } => {
+                let body = RequestBody::View {
+                    meeting: id,
+                    terminal,
+                    to,
+                    stop,
+                };
+                match client.ask(body, meeting_cli::ANSWER).await.map_err(fail)? {
+                    ResponseBody::Sdp(sdp) if !stop => print!("{sdp}"),
+                    ResponseBody::Sdp(_) => {}
+                    other => return Err(fail(format!("unexpected answer {other:?}"))),
                 }
             }
             A::List { json } => {

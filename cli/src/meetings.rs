@@ -623,9 +623,55 @@ impl MeetingService {
             RequestBody::List => Ok(ResponseBody::List(
                 self.hosts.values().map(meeting_json).collect(),
             )),
+            RequestBody::View {
+                meeting,
+                terminal,
+                to,
+                stop,
+            } => {
+                let id = find(self, &meeting)?;
+                let site = parse_terminal(&terminal)?;
+                let viewer: std::net::SocketAddr = to
+                    .parse()
+                    .map_err(|e| format!("--to {to:?}: not ip:port ({e})"))?;
+                let host = self
+                    .hosts
+                    .get_mut(&id)
+                    .ok_or_else(|| format!("no session {id}"))?;
+                host.set_view(site, viewer.to_string(), !stop)?;
+                let sdp = view_sdp(host.state(), &site, viewer);
+                self.apply(id, Vec::new());
+                Ok(ResponseBody::Sdp(sdp))
+            }
             RequestBody::AckAlarm { .. } => Err("not a meeting request".into()),
         }
     }
+}
+
+/// The plain-RTP description of a site's view for a player at `to`: video there, audio two
+/// ports up, as the session's profile sends them.
+fn view_sdp(state: &MeetingState, site: &TerminalId, to: std::net::SocketAddr) -> String {
+    use cuntong_core::media::sdp::{Audio, Description, Video};
+    let profile = &state.spec.profile;
+    Description {
+        name: &format!("{} {}: {site}", state.spec.id, state.spec.title),
+        address: to.ip(),
+        video: profile.video.map(|_| Video {
+            port: to.port(),
+            payload_type: cuntong_core::media::VIDEO_PT,
+            // 720p25 at most: level 3.1 covers every profile.
+            level: 31,
+        }),
+        audio: Some(Audio {
+            port: to.port().saturating_add(2),
+            codec: profile.audio,
+            payload_type: cuntong_core::media::OPUS_PT,
+        }),
+        srtp_key: None,
+        session_id: u64::from(site.site().groups()[4]) << 16 | u64::from(to.port()),
+        version: state.version,
+    }
+    .render()
 }
 
 fn log_notice(id: &MeetingId, n: &Notice) {

@@ -198,7 +198,7 @@ pub fn relay_ids(region: &Region, ids: &[TerminalId]) -> Vec<TerminalId> {
 }
 
 /// An even UDP port free on loopback with the one after next free too (video and audio).
-fn free_udp_pair() -> Option<u16> {
+pub fn free_udp_pair() -> Option<u16> {
     for _ in 0..64 {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
         let p = a.local_addr().ok()?.port();

@@ -67,6 +67,17 @@ pub trait MediaEngine: Send {
     fn sample(&mut self) -> Vec<(cuntong_core::telemetry::Metric, f64)> {
         Vec::new()
     }
+    /// On a relay box: strips SRTP from stream `ssrc` of `meeting` for a viewer at `to`; the
+    /// local addresses (video, audio) the relay routes the stream to. `None` without media.
+    fn open_view(
+        &mut self,
+        _meeting: MeetingId,
+        _ssrc: u32,
+        _to: std::net::SocketAddr,
+    ) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+        None
+    }
+    fn close_view(&mut self, _meeting: MeetingId, _ssrc: u32, _to: std::net::SocketAddr) {}
 }
 
 /// Takes part in meetings without sending or receiving media (boxes without a camera, and
@@ -246,7 +257,11 @@ pub struct Conference {
     /// The relay role, if this box has one, and what each session asks it to forward.
     relay: Option<crate::relay::Relay>,
     relay_plans: std::collections::BTreeMap<MeetingId, RelayPlan>,
+    /// Views being served: (meeting, SSRC, viewer) → where the relay sends the stream locally.
+    views: std::collections::BTreeMap<ViewKey, (std::net::SocketAddr, std::net::SocketAddr)>,
 }
+
+type ViewKey = (MeetingId, u32, std::net::SocketAddr);
 
 impl std::fmt::Debug for Conference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -298,6 +313,7 @@ impl Conference {
             downlink: Topic::terminal(&me, Channel::MeetingDown).to_string(),
             relay,
             relay_plans: std::collections::BTreeMap::new(),
+            views: std::collections::BTreeMap::new(),
         }
     }
 
@@ -311,8 +327,43 @@ impl Conference {
         self.relay.as_ref().map(crate::relay::Relay::stats)
     }
 
-    /// Sets the relay's forwarding to what the sessions' plans say together.
+    /// Sets the relay's forwarding to what the sessions' plans say together, with the views
+    /// they ask for.
     fn apply_relay_plans(&mut self) {
+        if self.relay.is_none() {
+            return;
+        }
+        // Views: open the new ones, close those no plan asks for any more.
+        let wanted: Vec<ViewKey> = self
+            .relay_plans
+            .iter()
+            .flat_map(|(m, p)| {
+                p.views
+                    .iter()
+                    .filter_map(move |(ssrc, to)| Some((*m, *ssrc, to.parse().ok()?)))
+            })
+            .collect();
+        let gone: Vec<ViewKey> = self
+            .views
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.views.remove(&k);
+            self.engine.close_view(k.0, k.1, k.2);
+        }
+        for k in wanted {
+            if !self.views.contains_key(&k) {
+                match self.engine.open_view(k.0, k.1, k.2) {
+                    Some(local) => {
+                        tracing::info!(meeting = %k.0, ssrc = k.1, to = %k.2, "serving a view");
+                        self.views.insert(k, local);
+                    }
+                    None => tracing::warn!(meeting = %k.0, to = %k.2, "cannot serve a view"),
+                }
+            }
+        }
         let Some(relay) = &self.relay else { return };
         let addr = |a: &str| match a.parse::<std::net::SocketAddr>() {
             Ok(a) => Some(a),
@@ -332,6 +383,10 @@ impl Conference {
                     routes.add(*ssrc, d);
                 }
             }
+        }
+        for ((_, ssrc, _), (video, audio)) in &self.views {
+            routes.add(*ssrc, *video);
+            routes.add(cuntong_core::media::audio_ssrc(*ssrc), *audio);
         }
         relay.update(|r| *r = routes);
     }

@@ -20,10 +20,7 @@ use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-/// Payload types: H.264 and Opus are dynamic (as the SDP says); G.711 A-law is static 8.
-pub const VIDEO_PT: u8 = 96;
-pub const OPUS_PT: u8 = 111;
-pub const PCMA_PT: u8 = 8;
+use cuntong_core::media::{OPUS_PT, PCMA_PT, VIDEO_PT};
 
 /// Why media could not start.
 #[derive(Debug, thiserror::Error)]
@@ -437,47 +434,10 @@ impl Receiver {
         let audio_port = if video_port == 0 { 0 } else { video_port + 2 };
         let mut sources = Vec::with_capacity(2);
         for (video, port) in [(true, video_port), (false, audio_port)] {
-            let caps = if video {
-                gst::Caps::builder("application/x-srtp")
-                    .field("media", "video")
-                    .field("clock-rate", 90_000i32)
-                    .field("encoding-name", "H264")
-                    .field("payload", i32::from(VIDEO_PT))
-                    .build()
-            } else {
-                let (rate, name, pt) = match audio {
-                    AudioCodec::Opus => (48_000i32, "OPUS", OPUS_PT),
-                    AudioCodec::Pcma => (8_000, "PCMA", PCMA_PT),
-                };
-                gst::Caps::builder("application/x-srtp")
-                    .field("media", "audio")
-                    .field("clock-rate", rate)
-                    .field("encoding-name", name)
-                    .field("payload", i32::from(pt))
-                    .build()
-            };
-            let src = make_with(
-                "udpsrc",
-                &[
-                    ("port", (i32::from(port)).to_value()),
-                    ("caps", caps.to_value()),
-                ],
-            )?;
+            let (src, dec) = srtp_input(port, video, audio, &key)?;
             if let Some(pad) = src.static_pad("src") {
                 count_bytes(&pad, bytes.clone());
             }
-            let dec = make("srtpdec")?;
-            let k = key.clone();
-            dec.connect("request-key", false, move |_| {
-                let caps = gst::Caps::builder("application/x-srtp")
-                    .field("srtp-key", &k)
-                    .field("srtp-cipher", "aes-128-icm")
-                    .field("srtp-auth", "hmac-sha1-80")
-                    .field("srtcp-cipher", "aes-128-icm")
-                    .field("srtcp-auth", "hmac-sha1-80")
-                    .build();
-                Some(caps.to_value())
-            });
             let demux = make("rtpssrcdemux")?;
             pipeline.add_many([&src, &dec, &demux])?;
             src.link(&dec)?;
@@ -571,6 +531,107 @@ impl Drop for Receiver {
     }
 }
 
+/// A UDP source of SRTP on `port` (0: a free one) and its decrypter, which takes `key` for
+/// every SSRC that arrives; not yet in a pipeline.
+fn srtp_input(
+    port: u16,
+    video: bool,
+    audio: AudioCodec,
+    key: &gst::Buffer,
+) -> Result<(gst::Element, gst::Element), MediaError> {
+    let caps = if video {
+        gst::Caps::builder("application/x-srtp")
+            .field("media", "video")
+            .field("clock-rate", 90_000i32)
+            .field("encoding-name", "H264")
+            .field("payload", i32::from(VIDEO_PT))
+            .build()
+    } else {
+        let (rate, name, pt) = match audio {
+            AudioCodec::Opus => (48_000i32, "OPUS", OPUS_PT),
+            AudioCodec::Pcma => (8_000, "PCMA", PCMA_PT),
+        };
+        gst::Caps::builder("application/x-srtp")
+            .field("media", "audio")
+            .field("clock-rate", rate)
+            .field("encoding-name", name)
+            .field("payload", i32::from(pt))
+            .build()
+    };
+    let src = make_with(
+        "udpsrc",
+        &[
+            ("port", (i32::from(port)).to_value()),
+            ("caps", caps.to_value()),
+        ],
+    )?;
+    let dec = make("srtpdec")?;
+    let k = key.clone();
+    dec.connect("request-key", false, move |_| {
+        let caps = gst::Caps::builder("application/x-srtp")
+            .field("srtp-key", &k)
+            .field("srtp-cipher", "aes-128-icm")
+            .field("srtp-auth", "hmac-sha1-80")
+            .field("srtcp-cipher", "aes-128-icm")
+            .field("srtcp-auth", "hmac-sha1-80")
+            .build();
+        Some(caps.to_value())
+    });
+    Ok((src, dec))
+}
+
+/// A view of one stream for a player: SRTP in (the relay routes the stream here), plain RTP
+/// out to the viewer (video to its port, audio two ports up).
+#[derive(Debug)]
+pub struct Unwrap {
+    pipeline: gst::Pipeline,
+    pub video_in: u16,
+    pub audio_in: u16,
+}
+
+impl Unwrap {
+    pub fn start(key: &[u8], audio: AudioCodec, to: SocketAddr) -> Result<Unwrap, MediaError> {
+        init()?;
+        let key = srtp_key(key)?;
+        let pipeline = gst::Pipeline::with_name("view");
+        let mut sources = Vec::new();
+        for (video, port) in [(true, to.port()), (false, to.port().saturating_add(2))] {
+            let (src, dec) = srtp_input(0, video, audio, &key)?;
+            let sink = make_with(
+                "udpsink",
+                &[
+                    ("host", to.ip().to_string().to_value()),
+                    ("port", i32::from(port).to_value()),
+                    ("sync", false.to_value()),
+                    ("async", false.to_value()),
+                ],
+            )?;
+            pipeline.add_many([&src, &dec, &sink])?;
+            src.link(&dec)?;
+            dec.link_pads(Some("rtp_src"), &sink, Some("sink"))?;
+            sources.push(src);
+        }
+        watch_bus(&pipeline, "view");
+        pipeline.set_state(gst::State::Playing)?;
+        let port = |i: usize| {
+            sources
+                .get(i)
+                .map_or(0, |s| u16::try_from(s.property::<i32>("port")).unwrap_or(0))
+        };
+        Ok(Unwrap {
+            video_in: port(0),
+            audio_in: port(1),
+            pipeline,
+        })
+    }
+}
+
+impl Drop for Unwrap {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
 /// One arriving stream: jitter buffer → depayload → decode → sink, counting decoded buffers.
 #[allow(clippy::too_many_arguments)]
 fn add_branch(
@@ -646,6 +707,7 @@ struct Session {
     receiver: Option<Receiver>,
     sender: Option<Sender>,
     muted: bool,
+    audio: AudioCodec,
 }
 
 /// The media engine of a box: receives every session it joins, sends while the site is a
@@ -658,6 +720,7 @@ pub struct GstEngine {
     rtp_port: u16,
     latency_ms: u32,
     sessions: BTreeMap<cuntong_core::meeting::MeetingId, Session>,
+    views: BTreeMap<(cuntong_core::meeting::MeetingId, u32, SocketAddr), Unwrap>,
     /// Counters at the last sample: (rx bytes, tx bytes, decoded frames per stream).
     last: (u64, u64, BTreeMap<u32, u64>),
     last_sample: Option<std::time::Instant>,
@@ -679,6 +742,7 @@ impl GstEngine {
             rtp_port,
             latency_ms: 60,
             sessions: BTreeMap::new(),
+            views: BTreeMap::new(),
             last: (0, 0, BTreeMap::new()),
             last_sample: None,
         })
@@ -752,6 +816,7 @@ impl crate::conference::MediaEngine for GstEngine {
                 receiver,
                 sender: None,
                 muted: true,
+                audio: profile.audio,
             },
         );
     }
@@ -762,8 +827,10 @@ impl crate::conference::MediaEngine for GstEngine {
         applied: &cuntong_core::meeting::Applied,
     ) {
         use cuntong_core::meeting::Role;
-        let sending =
-            matches!(applied.role, Role::Chair | Role::Speaker) || applied.shown == Some(self.me);
+        let viewed = self.sessions.get(&meeting).is_some_and(|s| s.plan.viewed);
+        let sending = matches!(applied.role, Role::Chair | Role::Speaker)
+            || applied.shown == Some(self.me)
+            || viewed;
         if let Some(s) = self.sessions.get_mut(&meeting) {
             s.muted = applied.muted;
             if let Some(sender) = &s.sender {
@@ -773,7 +840,33 @@ impl crate::conference::MediaEngine for GstEngine {
         self.update_sender(meeting, sending);
     }
 
+    fn open_view(
+        &mut self,
+        meeting: cuntong_core::meeting::MeetingId,
+        ssrc: u32,
+        to: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let s = self.sessions.get(&meeting)?;
+        match Unwrap::start(&s.plan.srtp_key, s.audio, to) {
+            Ok(u) => {
+                let local = |p| SocketAddr::from(([127, 0, 0, 1], p));
+                let ports = (local(u.video_in), local(u.audio_in));
+                self.views.insert((meeting, ssrc, to), u);
+                Some(ports)
+            }
+            Err(e) => {
+                tracing::error!(%meeting, %to, error = %e, "cannot serve a view");
+                None
+            }
+        }
+    }
+
+    fn close_view(&mut self, meeting: cuntong_core::meeting::MeetingId, ssrc: u32, to: SocketAddr) {
+        self.views.remove(&(meeting, ssrc, to));
+    }
+
     fn stop(&mut self, meeting: cuntong_core::meeting::MeetingId) {
+        self.views.retain(|(m, _, _), _| *m != meeting);
         if self.sessions.remove(&meeting).is_some() {
             tracing::info!(%meeting, "media stopped");
         }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central_with, ok, run, sites, wait_until};
+use cuntong_firmware_sim::fleet::free_udp_pair;
 
 const RELAY: &str = "130102000000-relay";
 const SPEAKER: &str = "130102001001-main";
@@ -139,4 +140,58 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
     for (t, loss) in latest(&db, "media.loss") {
         assert!(loss < 5.0, "{t}: {loss} % lost");
     }
+
+    // An operations console views a village that is not speaking: the county relay strips
+    // SRTP and sends it plain; Debian's ffmpeg opens it from the printed SDP alone.
+    let viewed = villages.iter().find(|t| *t != SPEAKER).unwrap();
+    let port = free_udp_pair().unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let bad = cuntong(&["meeting", "view", &id, viewed, "--to", "console:1"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad --to is a usage error");
+    let sdp = ok(cuntong(&["meeting", "view", &id, viewed, "--to", &to]));
+    assert!(sdp.starts_with("v=0\r\n"), "{sdp}");
+    assert!(sdp.contains(&format!("m=video {port} RTP/AVP 96")), "{sdp}");
+    let file = d.join("view.sdp");
+    std::fs::write(&file, &sdp).unwrap();
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-protocol_whitelist",
+            "file,udp,rtp",
+            "-i",
+        ])
+        .arg(&file)
+        .args(["-frames:v", "30", "-f", "null", "-"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffmpeg (the test command installs it)");
+    let text = bounded_output(out, Duration::from_secs(40));
+    assert!(
+        text.contains("Video: h264 (Constrained Baseline)"),
+        "{text}"
+    );
+    assert!(text.contains("yuv420p"), "{text}");
+    assert!(text.contains("Audio: opus"), "{text}");
+    assert!(text.contains("frame=   30"), "{text}");
+    ok(cuntong(&[
+        "meeting", "view", &id, viewed, "--to", &to, "--stop",
+    ]));
+}
+
+/// A child's stderr once it exits, killed after `timeout`.
+fn bounded_output(mut child: std::process::Child, timeout: Duration) -> String {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut text);
+    }
+    let _ = child.wait();
+    text
 }

@@ -2,6 +2,11 @@
 //! relay's forwarding table ([`routes`]) and the standard descriptions of streams ([`sdp`]). Encoding and decoding are the terminal's media
 //! engine's (GStreamer); forwarding is the relay's (`cuntong_terminal::relay`).
 
+/// RTP payload types: H.264 and Opus are dynamic (the SDP names them), G.711 A-law static.
+pub const VIDEO_PT: u8 = 96;
+pub const OPUS_PT: u8 = 111;
+pub const PCMA_PT: u8 = 8;
+
 /// A site's audio SSRC: the one after its (even) video SSRC.
 pub fn audio_ssrc(video_ssrc: u32) -> u32 {
     video_ssrc | 1

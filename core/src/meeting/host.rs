@@ -266,6 +266,9 @@ pub struct Host {
     admitted: BTreeMap<TerminalId, MediaPlan>,
     #[serde(default)]
     relay_plans: BTreeMap<TerminalId, RelayPlan>,
+    /// Viewers of sites (`cuntong meeting view`): `host:port` each.
+    #[serde(default)]
+    views: BTreeMap<TerminalId, Vec<String>>,
     created_ms: u64,
     /// Where admitted sites send their media, if the session has a media point.
     media_point: Option<String>,
@@ -305,6 +308,7 @@ impl Host {
             next_ssrc: 0x1000_0000,
             admitted: BTreeMap::new(),
             relay_plans: BTreeMap::new(),
+            views: BTreeMap::new(),
             created_ms: now_ms,
             media_point: None,
             delegates: BTreeMap::new(),
@@ -384,7 +388,12 @@ impl Host {
         .into_iter()
         .flatten()
         .collect();
-        relays::topology(&sites, &sources)
+        let views: Vec<(TerminalId, String)> = self
+            .views
+            .iter()
+            .flat_map(|(t, to)| to.iter().map(|v| (*t, v.clone())))
+            .collect();
+        relays::topology(&sites, &sources, &views)
     }
 
     /// A joined site's media plan: its SSRC, the session key, and where it sends (its relay,
@@ -405,7 +414,39 @@ impl Host {
             },
             srtp_key: self.srtp_key.clone(),
             tier,
+            viewed: self.views.contains_key(site),
         })
+    }
+
+    /// Adds (or, with `on` false, removes) a viewer of `site` at `to` (`host:port`): the relay
+    /// its stream reaches first strips SRTP and sends it there as plain RTP. The site must be
+    /// in the session and behind a relay.
+    pub fn set_view(&mut self, site: TerminalId, to: String, on: bool) -> Result<(), String> {
+        if !on {
+            if let Some(v) = self.views.get_mut(&site) {
+                v.retain(|x| *x != to);
+                if v.is_empty() {
+                    self.views.remove(&site);
+                }
+            }
+            return Ok(());
+        }
+        if !self
+            .sites
+            .get(&site)
+            .is_some_and(|r| r.phase == SitePhase::Joined)
+        {
+            return Err(format!("{site} has not joined {}", self.state.spec.id));
+        }
+        let topology = self.topology();
+        if !topology.send_to.contains_key(&site) {
+            return Err(format!("{site} has no relay to view it through"));
+        }
+        let v = self.views.entry(site).or_default();
+        if !v.contains(&to) {
+            v.push(to);
+        }
+        Ok(())
     }
 
     /// What the media flow's changes ask for: a new plan to each joined site whose relay

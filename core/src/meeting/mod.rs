@@ -560,6 +560,8 @@ pub struct MediaPlan {
     /// SRTP master key and salt (AES-128-CM: 16 + 14 bytes).
     pub srtp_key: Vec<u8>,
     pub tier: Tier,
+    /// Somebody views this site (`cuntong meeting view`): send even when not a source.
+    pub viewed: bool,
 }
 
 impl fmt::Debug for MediaPlan {
@@ -569,6 +571,7 @@ impl fmt::Debug for MediaPlan {
             .field("send_to", &self.send_to)
             .field("srtp_key", &"(hidden)")
             .field("tier", &self.tier)
+            .field("viewed", &self.viewed)
             .finish()
     }
 }

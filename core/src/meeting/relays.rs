@@ -24,6 +24,9 @@ pub struct RelayPlan {
     pub upstream: Option<String>,
     /// (SSRC, destinations `host:port`), by SSRC.
     pub routes: Vec<(u32, Vec<String>)>,
+    /// Streams that arrive here first and are viewed: (video SSRC, the viewer's `host:port`).
+    /// The relay strips SRTP for the viewer (plain RTP: video there, audio two ports up).
+    pub views: Vec<(u32, String)>,
 }
 
 /// A joined site as far as media goes.
@@ -46,6 +49,17 @@ pub struct Topology {
     pub relays: BTreeMap<TerminalId, RelayPlan>,
 }
 
+impl Topology {
+    /// The relay a site's stream reaches first (itself, for a relay).
+    pub fn first_relay(&self, sites: &[SiteMedia], site: &TerminalId) -> Option<TerminalId> {
+        let to = self.send_to.get(site)?;
+        sites
+            .iter()
+            .find(|s| s.relay.as_ref() == Some(to))
+            .map(|s| s.id)
+    }
+}
+
 /// `host:port`, with brackets for an IPv6 host.
 pub fn address(host: &str, port: u16) -> String {
     if host.contains(':') {
@@ -55,8 +69,13 @@ pub fn address(host: &str, port: u16) -> String {
     }
 }
 
-/// Lays out the flow of `sources`' streams through the relays among `sites`.
-pub fn topology(sites: &[SiteMedia], sources: &[TerminalId]) -> Topology {
+/// Lays out the flow of `sources`' streams through the relays among `sites`, and hands each
+/// of `views` (a site, a viewer) to the relay its stream reaches first.
+pub fn topology(
+    sites: &[SiteMedia],
+    sources: &[TerminalId],
+    views: &[(TerminalId, String)],
+) -> Topology {
     let by_id: BTreeMap<&TerminalId, &SiteMedia> = sites.iter().map(|s| (&s.id, s)).collect();
     // The relay above a site: the relay at the deepest site that contains it, itself excluded.
     let parent = |id: &TerminalId| -> Option<&SiteMedia> {
@@ -112,6 +131,7 @@ pub fn topology(sites: &[SiteMedia], sources: &[TerminalId]) -> Topology {
         let mut plan = RelayPlan {
             upstream: up.and_then(|u| u.relay.clone()),
             routes: Vec::new(),
+            views: Vec::new(),
         };
         for src in &sources {
             let passes = chain(&src.id);
@@ -152,6 +172,18 @@ pub fn topology(sites: &[SiteMedia], sources: &[TerminalId]) -> Topology {
         }
         plan.routes.sort();
         t.relays.insert(r.id, plan);
+    }
+    for (site, to) in views {
+        let Some(ssrc) = by_id.get(site).map(|s| s.ssrc) else {
+            continue;
+        };
+        if let Some(r) = t.first_relay(sites, site) {
+            if let Some(plan) = t.relays.get_mut(&r) {
+                plan.views.push((ssrc, to.clone()));
+                plan.views.sort();
+                plan.views.dedup();
+            }
+        }
     }
     t
 }
@@ -196,7 +228,7 @@ mod tests {
     #[test]
     fn a_county_meeting_goes_through_the_county_relay() {
         let chair = t("130102000000-office");
-        let topo = topology(&county(), &[chair]);
+        let topo = topology(&county(), &[chair], &[]);
         // Everyone sends to the relay (the relay box to itself).
         assert!(topo.send_to.values().all(|a| a == "10.0.1.1:6000"));
         assert_eq!(topo.send_to.len(), 4);
@@ -217,7 +249,7 @@ mod tests {
         for (i, s) in sites.iter_mut().enumerate() {
             s.receives_at = Some((format!("10.0.0.{i}"), 5004));
         }
-        let topo = topology(&sites, &[chair, speaker, chair]);
+        let topo = topology(&sites, &[chair, speaker, chair], &[]);
         let plan = &topo.relays[&chair];
         // The speaker's stream: to the relay's own box and the two other villages.
         assert_eq!(
@@ -238,7 +270,7 @@ mod tests {
         ];
         let hall = t("130000000000-hall");
         let village = t("130102001001-main");
-        let topo = topology(&sites, &[hall, village]);
+        let topo = topology(&sites, &[hall, village], &[]);
         // The village sends to its county, the county relay to the city, the city to the hall.
         assert_eq!(topo.send_to[&village], "10.3.0.1:6000");
         let city = &topo.relays[&t("130100000000-relay")];
@@ -262,9 +294,21 @@ mod tests {
     }
 
     #[test]
+    fn a_view_goes_to_the_relay_the_stream_reaches_first() {
+        let village = t("130102001002-main");
+        let topo = topology(&county(), &[], &[(village, "10.9.9.9:7000".to_owned())]);
+        let plan = &topo.relays[&t("130102000000-office")];
+        assert_eq!(plan.views, [(104, "10.9.9.9:7000".to_owned())]);
+        assert!(
+            plan.routes.is_empty(),
+            "nobody else receives a viewed-only site"
+        );
+    }
+
+    #[test]
     fn without_relays_nobody_has_a_relay_to_send_to() {
         let sites = vec![site("130102001001-main", 2, 5004, None)];
-        let topo = topology(&sites, &[t("130102001001-main")]);
+        let topo = topology(&sites, &[t("130102001001-main")], &[]);
         assert!(topo.send_to.is_empty() && topo.relays.is_empty());
         assert_eq!(address("fd00::1", 5004), "[fd00::1]:5004");
     }
