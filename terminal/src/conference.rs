@@ -78,6 +78,8 @@ pub trait MediaEngine: Send {
         None
     }
     fn close_view(&mut self, _meeting: MeetingId, _ssrc: u32, _to: std::net::SocketAddr) {}
+    /// The link now (keep-alive round trip, ping loss), once a second: adapt the bitrate.
+    fn link(&mut self, _rtt_ms: Option<f64>, _loss_percent: f64) {}
 }
 
 /// Takes part in meetings without sending or receiving media (boxes without a camera, and
@@ -442,6 +444,7 @@ impl Conference {
                 .tiers
                 .observe(self.cfg.thresholds.tier(rtt_ms, loss_percent), now_ms),
         };
+        self.engine.link(rtt_ms, loss_percent);
         let mut out = self.handle(Input::SetTier(tier), now_ms);
         out.extend(self.handle(Input::Tick, now_ms));
         out

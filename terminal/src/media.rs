@@ -384,6 +384,24 @@ fn video_encoder(kbps: u32, fps: u32) -> Result<(gst::Element, String), MediaErr
     Ok((e, "openh264enc".into()))
 }
 
+/// The share of its profile's video bitrate a site sends on a link with this round trip and
+/// loss: all on a clean link, less as loss and delay grow (the tier takes over beyond).
+pub fn video_share(rtt_ms: Option<f64>, loss_percent: f64) -> f64 {
+    let by_loss = if loss_percent >= 5.0 {
+        0.5
+    } else if loss_percent >= 2.0 {
+        0.75
+    } else {
+        1.0
+    };
+    let by_rtt = match rtt_ms {
+        Some(r) if r >= 300.0 => 0.5,
+        Some(r) if r >= 150.0 => 0.75,
+        _ => 1.0,
+    };
+    f64::min(by_loss, by_rtt)
+}
+
 /// What arrived of one stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamStats {
@@ -476,6 +494,27 @@ impl Receiver {
 
     pub fn video_port(&self) -> u16 {
         self.video_port
+    }
+
+    /// Sizes each stream's jitter buffer from the jitter measured on it: three times the mean
+    /// interarrival jitter plus 20 ms for the decoder, between 30 and 200 ms (a fixed 200 ms
+    /// would be most of a meeting's latency budget on a good link).
+    pub fn fit_latency(&self) {
+        let branches = self.branches.lock().unwrap_or_else(PoisonError::into_inner);
+        for b in branches.values() {
+            let jb = b
+                .jitterbuffer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(jb) = jb.as_ref() else { continue };
+            let stats = jb.property::<gst::Structure>("stats");
+            let jitter_ms = stats.get::<u64>("avg-jitter").unwrap_or(0) / 1_000_000;
+            let want = (3 * jitter_ms + 20).clamp(30, 200) as u32;
+            let now = jb.property::<u32>("latency");
+            if now.abs_diff(want) >= 10 {
+                jb.set_property("latency", want);
+            }
+        }
     }
 
     pub fn audio_port(&self) -> u16 {
@@ -721,6 +760,10 @@ pub struct GstEngine {
     latency_ms: u32,
     sessions: BTreeMap<cuntong_core::meeting::MeetingId, Session>,
     views: BTreeMap<(cuntong_core::meeting::MeetingId, u32, SocketAddr), Unwrap>,
+    /// Share of the profile's video bitrate sent now (the link decides), and since when the
+    /// link has been good enough to raise it.
+    video_share: f64,
+    good_since: Option<std::time::Instant>,
     /// Counters at the last sample: (rx bytes, tx bytes, decoded frames per stream).
     last: (u64, u64, BTreeMap<u32, u64>),
     last_sample: Option<std::time::Instant>,
@@ -743,6 +786,8 @@ impl GstEngine {
             latency_ms: 60,
             sessions: BTreeMap::new(),
             views: BTreeMap::new(),
+            video_share: 1.0,
+            good_since: None,
             last: (0, 0, BTreeMap::new()),
             last_sample: None,
         })
@@ -888,6 +933,37 @@ impl crate::conference::MediaEngine for GstEngine {
         }
     }
 
+    fn link(&mut self, rtt_ms: Option<f64>, loss_percent: f64) {
+        let target = video_share(rtt_ms, loss_percent);
+        let now = std::time::Instant::now();
+        // Down at once, up again only after 10 s of a better link (and a step at a time).
+        let share = if target < self.video_share {
+            self.good_since = None;
+            target
+        } else if target > self.video_share {
+            let since = *self.good_since.get_or_insert(now);
+            if now.duration_since(since) >= std::time::Duration::from_secs(10) {
+                self.good_since = None;
+                (self.video_share + 0.25).min(target)
+            } else {
+                self.video_share
+            }
+        } else {
+            self.good_since = None;
+            self.video_share
+        };
+        if share != self.video_share {
+            self.video_share = share;
+            for (meeting, s) in &self.sessions {
+                if let (Some(sender), Some((_, _, _, kbps))) = (&s.sender, s.settings.video) {
+                    let k = (f64::from(kbps) * share).round() as u32;
+                    sender.set_video_kbps(k);
+                    tracing::info!(%meeting, kbps = k, "video bitrate follows the link");
+                }
+            }
+        }
+    }
+
     fn sample(&mut self) -> Vec<(cuntong_core::telemetry::Metric, f64)> {
         use cuntong_core::telemetry::Metric;
         let now = std::time::Instant::now();
@@ -917,6 +993,11 @@ impl crate::conference::MediaEngine for GstEngine {
         if self.sessions.is_empty() {
             self.last = (0, 0, BTreeMap::new());
             return Vec::new();
+        }
+        for s in self.sessions.values() {
+            if let Some(r) = &s.receiver {
+                r.fit_latency();
+            }
         }
         let mut decoded_now = 0;
         for (ssrc, n) in &frames {
@@ -950,5 +1031,32 @@ impl crate::conference::MediaEngine for GstEngine {
         ];
         self.last = (rx, tx, frames);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_video_bitrate_follows_loss_and_delay() {
+        assert_eq!(video_share(Some(20.0), 0.0), 1.0);
+        assert_eq!(video_share(None, 3.0), 0.75);
+        assert_eq!(video_share(Some(200.0), 0.5), 0.75);
+        assert_eq!(video_share(Some(400.0), 1.0), 0.5);
+        assert_eq!(video_share(Some(20.0), 9.0), 0.5);
+    }
+
+    #[test]
+    fn the_tier_decides_what_a_site_sends() {
+        let sd = MediaProfile::named("sd").unwrap();
+        assert_eq!(
+            SendSettings::for_tier(&sd, Tier::Full).video,
+            Some((640, 360, 25, 600))
+        );
+        let audio_only = SendSettings::for_tier(&sd, Tier::AudioOnly);
+        assert!(audio_only.video.is_none() && audio_only.audio.is_some());
+        let receive_only = SendSettings::for_tier(&sd, Tier::ReceiveOnly);
+        assert!(receive_only.video.is_none() && receive_only.audio.is_none());
     }
 }
