@@ -128,7 +128,7 @@ pub struct MeetingStatus {
 }
 
 /// `cuntong meeting status ID --json`: one object per invited terminal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteJson {
     pub terminal: String,
@@ -141,6 +141,25 @@ pub struct SiteJson {
     pub last_answer: Option<String>,
     /// The site reported applying the chair's current state (version and mute).
     pub converged: bool,
+    /// Its media, from its latest telemetry (null before it reported any).
+    #[serde(default)]
+    pub media: Option<MediaJson>,
+}
+
+/// A site's media as its telemetry last said.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaJson {
+    pub sending: bool,
+    pub receiving: bool,
+    pub rx_kbps: f64,
+    pub tx_kbps: f64,
+    pub loss_percent: f64,
+    pub jitter_ms: f64,
+    /// Video frames decoded in its last interval.
+    pub frames: f64,
+    /// Video streams it decodes (the chair's, the speaker's).
+    pub streams: f64,
 }
 
 /// `cuntong meeting rollcall ID --json`: one object per invited terminal.

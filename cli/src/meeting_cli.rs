@@ -253,17 +253,24 @@ pub fn status_table(s: &MeetingStatus) -> String {
         s.roll_call.map_or("-".to_owned(), |n| format!("#{n}"))
     ));
     out.push_str(&format!(
-        "{:<20} {:<12} {:<12} {:<6} {}\n",
-        "TERMINAL", "STATE", "ROLE", "MUTED", "LAST ANSWER"
+        "{:<20} {:<12} {:<12} {:<6} {:<25} {}\n",
+        "TERMINAL", "STATE", "ROLE", "MUTED", "LAST ANSWER", "MEDIA"
     ));
     for site in &s.sites {
+        let media = site.media.as_ref().map_or("-".to_owned(), |m| {
+            format!(
+                "in {:.0} / out {:.0} kbit/s, {} stream(s), {:.1} % lost, {:.0} ms jitter",
+                m.rx_kbps, m.tx_kbps, m.streams, m.loss_percent, m.jitter_ms
+            )
+        });
         out.push_str(&format!(
-            "{:<20} {:<12} {:<12} {:<6} {}\n",
+            "{:<20} {:<12} {:<12} {:<6} {:<25} {}\n",
             site.terminal,
             site.state,
             site.role,
             if site.muted { "yes" } else { "no" },
-            or_dash(&site.last_answer)
+            or_dash(&site.last_answer),
+            media
         ));
     }
     out
@@ -391,6 +398,7 @@ mod tests {
             muted: false,
             last_answer: answer.map(str::to_owned),
             converged: true,
+            media: None,
         }
     }
 

@@ -586,10 +586,13 @@ impl MeetingService {
             RequestBody::Status { meeting, after } => {
                 let id = find(self, &meeting)?;
                 let after = after.map(|a| parse_terminal(&a)).transpose()?;
-                Ok(ResponseBody::Status(Box::new(status(
-                    &self.hosts[&id],
-                    after,
-                ))))
+                let mut st = status(&self.hosts[&id], after);
+                for site in &mut st.sites {
+                    if site.state == "joined" {
+                        site.media = self.media_of(&site.terminal);
+                    }
+                }
+                Ok(ResponseBody::Status(Box::new(st)))
             }
             RequestBody::RollCall { meeting, after } => {
                 let id = find(self, &meeting)?;
@@ -645,6 +648,35 @@ impl MeetingService {
             }
             RequestBody::AckAlarm { .. } => Err("not a meeting request".into()),
         }
+    }
+}
+
+impl MeetingService {
+    /// A site's media from its latest telemetry in the store, if it reported any.
+    fn media_of(&self, terminal: &str) -> Option<crate::control::MediaJson> {
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT metric, value FROM latest WHERE terminal = ?1 AND metric LIKE 'media.%'",
+            )
+            .ok()?;
+        let values: BTreeMap<String, f64> = stmt
+            .query_map([terminal], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ok()?
+            .filter_map(Result::ok)
+            .collect();
+        let v = |m: &str| values.get(m).copied();
+        let (rx, tx) = (v("media.rx")?, v("media.tx").unwrap_or(0.0));
+        Some(crate::control::MediaJson {
+            sending: tx > 0.0,
+            receiving: rx > 0.0,
+            rx_kbps: rx,
+            tx_kbps: tx,
+            loss_percent: v("media.loss").unwrap_or(0.0),
+            jitter_ms: v("media.jitter").unwrap_or(0.0),
+            frames: v("media.frames").unwrap_or(0.0),
+            streams: v("media.streams").unwrap_or(0.0),
+        })
     }
 }
 
@@ -755,6 +787,7 @@ pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
                 muted: s.is_muted(t),
                 last_answer: r.answer.map(|a| rfc3339_ms(a.answered_ms)),
                 converged: h.converged(t),
+                media: None,
             })
             .collect(),
     }

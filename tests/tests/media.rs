@@ -136,6 +136,20 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
             .iter()
             .any(|(t, v)| t == SPEAKER && *v > 20.0)
     );
+    // The chair sees it in the meeting's status too.
+    let status: Vec<cuntong::control::SiteJson> =
+        serde_json::from_str(&ok(cuntong(&["meeting", "status", &id, "--json"]))).unwrap();
+    let speaker = status.iter().find(|s| s.terminal == SPEAKER).unwrap();
+    let media = speaker.media.as_ref().expect("the speaker's media");
+    assert!(media.sending && media.receiving, "{media:?}");
+    assert!(
+        status
+            .iter()
+            .filter(|s| others.contains(&s.terminal))
+            .all(|s| s.media.as_ref().is_some_and(|m| m.receiving && !m.sending)),
+        "{status:?}"
+    );
+
     // Nobody lost media on the way (loopback).
     for (t, loss) in latest(&db, "media.loss") {
         assert!(loss < 5.0, "{t}: {loss} % lost");
