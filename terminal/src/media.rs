@@ -105,7 +105,12 @@ pub enum Playback {
 pub struct SendSettings {
     pub video: Option<(u32, u32, u32, u32)>,
     pub audio: Option<(AudioCodec, u32)>,
+    /// Keep the time each video frame left the camera (for latency measurements).
+    pub log_frames: bool,
 }
+
+/// Times of video frames, in order.
+pub type FrameLog = Arc<Mutex<Vec<std::time::Instant>>>;
 
 impl SendSettings {
     pub fn for_tier(profile: &MediaProfile, tier: Tier) -> SendSettings {
@@ -122,7 +127,11 @@ impl SendSettings {
                 )
             });
         let audio = (tier != Tier::ReceiveOnly).then_some((profile.audio, profile.audio_kbps));
-        SendSettings { video, audio }
+        SendSettings {
+            video,
+            audio,
+            log_frames: false,
+        }
     }
 }
 
@@ -168,6 +177,8 @@ pub struct Sender {
     volume: Option<gst::Element>,
     encoder: Option<(gst::Element, String)>,
     pub bytes: Arc<AtomicU64>,
+    /// When each video frame went to the encoder (with `log_frames`).
+    pub captured: FrameLog,
 }
 
 impl Sender {
@@ -184,6 +195,7 @@ impl Sender {
         let pipeline = gst::Pipeline::with_name("send");
         let bytes = Arc::new(AtomicU64::new(0));
         let key = key.map(srtp_key).transpose()?;
+        let captured = FrameLog::default();
         let sink = |name: &str| -> Result<gst::Element, MediaError> {
             let s = gst::ElementFactory::make("udpsink")
                 .name(name)
@@ -240,12 +252,24 @@ impl Sender {
                     ("mtu", 1200u32.to_value()),
                 ],
             )?;
+            let raw_filter = capsfilter(&raw)?;
+            if settings.log_frames {
+                if let Some(pad) = raw_filter.static_pad("src") {
+                    let log = captured.clone();
+                    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                        log.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(std::time::Instant::now());
+                        gst::PadProbeReturn::Ok
+                    });
+                }
+            }
             let chain = [
                 src,
                 make("videoconvert")?,
                 make("videoscale")?,
                 make("videorate")?,
-                capsfilter(&raw)?,
+                raw_filter,
                 enc.clone(),
                 capsfilter(&h264)?,
                 pay,
@@ -323,6 +347,7 @@ impl Sender {
             volume,
             encoder,
             bytes,
+            captured,
         })
     }
 
@@ -422,6 +447,8 @@ type Branches = Mutex<BTreeMap<(bool, u32), Arc<Branch>>>;
 struct Branch {
     decoded: AtomicU64,
     jitterbuffer: Mutex<Option<gst::Element>>,
+    /// When each frame came out of the decoder, if the receiver logs frames.
+    times: FrameLog,
 }
 
 /// A site's incoming media: every stream the relay sends it, decoded.
@@ -432,6 +459,7 @@ pub struct Receiver {
     pub bytes: Arc<AtomicU64>,
     video_port: u16,
     audio_port: u16,
+    log_frames: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
@@ -449,6 +477,7 @@ impl Receiver {
         let pipeline = gst::Pipeline::with_name("receive");
         let branches: Arc<Branches> = Arc::default();
         let bytes = Arc::new(AtomicU64::new(0));
+        let log_frames = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let audio_port = if video_port == 0 { 0 } else { video_port + 2 };
         let mut sources = Vec::with_capacity(2);
         for (video, port) in [(true, video_port), (false, audio_port)] {
@@ -460,13 +489,13 @@ impl Receiver {
             pipeline.add_many([&src, &dec, &demux])?;
             src.link(&dec)?;
             dec.link_pads(Some("rtp_src"), &demux, Some("sink"))?;
-            let (pl, br) = (pipeline.downgrade(), branches.clone());
+            let (pl, br, log) = (pipeline.downgrade(), branches.clone(), log_frames.clone());
             demux.connect("new-ssrc-pad", false, move |args| {
                 let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok())?;
                 let pad = args.get(2).and_then(|v| v.get::<gst::Pad>().ok())?;
                 let pipeline = pl.upgrade()?;
                 if let Err(e) = add_branch(
-                    &pipeline, &pad, ssrc, video, playback, latency_ms, audio, &br,
+                    &pipeline, &pad, ssrc, video, playback, latency_ms, audio, &br, &log,
                 ) {
                     tracing::error!(ssrc, error = %e, "cannot decode a new stream");
                 }
@@ -489,6 +518,23 @@ impl Receiver {
             bytes,
             video_port,
             audio_port,
+            log_frames,
+        })
+    }
+
+    /// From now on, keep the time each decoded frame comes out (for latency measurements).
+    pub fn log_frames(&self) {
+        self.log_frames.store(true, Ordering::Relaxed);
+    }
+
+    /// When each video frame of stream `ssrc` was decoded, since `log_frames`.
+    pub fn frame_times(&self, ssrc: u32) -> Vec<std::time::Instant> {
+        let branches = self.branches.lock().unwrap_or_else(PoisonError::into_inner);
+        branches.get(&(true, ssrc)).map_or(Vec::new(), |b| {
+            b.times
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
         })
     }
 
@@ -682,6 +728,7 @@ fn add_branch(
     latency_ms: u32,
     audio: AudioCodec,
     branches: &Branches,
+    log_frames: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), MediaError> {
     let jb = make_with("rtpjitterbuffer", &[("latency", latency_ms.to_value())])?;
     let (depay, decoder, sink) = if video {
@@ -710,8 +757,15 @@ fn add_branch(
     let branch = Arc::new(Branch::default());
     if let Some(out) = decoder.static_pad("src") {
         let b = branch.clone();
+        let log = log_frames.clone();
         out.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             b.decoded.fetch_add(1, Ordering::Relaxed);
+            if log.load(Ordering::Relaxed) {
+                b.times
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(std::time::Instant::now());
+            }
             gst::PadProbeReturn::Ok
         });
     }
