@@ -8,6 +8,7 @@
 
 use super::relays::{self, RelayPlan, SiteMedia, Topology};
 use alloc::collections::BTreeMap;
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
