@@ -105,18 +105,22 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
         latest(&db, "media.streams"),
         central.log_text()
     );
+    // Terminals report on their own clocks: what one says may come a batch after another.
+    let reported = |metric: &str, who: &[String], ok: &dyn Fn(f64) -> bool| {
+        wait_until(Duration::from_secs(20), || {
+            let values = latest(&db, metric);
+            who.iter()
+                .all(|t| values.iter().any(|(x, v)| x == t && ok(*v)))
+        })
+    };
+    let relay = [RELAY.to_owned()];
     assert!(
-        latest(&db, "media.tx")
-            .iter()
-            .any(|(t, v)| t == RELAY && *v > 20.0),
-        "{:?}",
+        reported("media.tx", &relay, &|v| v > 20.0),
+        "the chair's box does not send: {:?}",
         latest(&db, "media.tx")
     );
     assert!(
-        latest(&db, "media.rx")
-            .iter()
-            .filter(|(t, _)| t != RELAY)
-            .all(|(_, v)| *v > 20.0),
+        reported("media.rx", &villages, &|v| v > 20.0),
         "{:?}",
         latest(&db, "media.rx")
     );
@@ -132,22 +136,25 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
         latest(&db, "media.streams")
     );
     assert!(
+        reported("media.tx", &[SPEAKER.to_owned()], &|v| v > 20.0),
+        "the speaker does not send: {:?}",
         latest(&db, "media.tx")
-            .iter()
-            .any(|(t, v)| t == SPEAKER && *v > 20.0)
     );
     // The chair sees it in the meeting's status too.
-    let status: Vec<cuntong::control::SiteJson> =
-        serde_json::from_str(&ok(cuntong(&["meeting", "status", &id, "--json"]))).unwrap();
-    let speaker = status.iter().find(|s| s.terminal == SPEAKER).unwrap();
-    let media = speaker.media.as_ref().expect("the speaker's media");
-    assert!(media.sending && media.receiving, "{media:?}");
+    let status = || -> Vec<cuntong::control::SiteJson> {
+        serde_json::from_str(&ok(cuntong(&["meeting", "status", &id, "--json"]))).unwrap()
+    };
+    let shows = |s: &[cuntong::control::SiteJson]| {
+        s.iter().all(|site| match site.media.as_ref() {
+            Some(m) if site.terminal == SPEAKER => m.sending && m.receiving,
+            Some(m) if others.contains(&site.terminal) => m.receiving && !m.sending,
+            _ => site.terminal == RELAY,
+        })
+    };
     assert!(
-        status
-            .iter()
-            .filter(|s| others.contains(&s.terminal))
-            .all(|s| s.media.as_ref().is_some_and(|m| m.receiving && !m.sending)),
-        "{status:?}"
+        wait_until(Duration::from_secs(20), || shows(&status())),
+        "{:?}",
+        status()
     );
 
     // Nobody lost media on the way (loopback).
