@@ -555,16 +555,19 @@ impl Conference {
                         meeting,
                         plan,
                         profile,
-                    }) => self.engine.start(meeting, &plan, &profile),
-                    Output::Media(MediaCommand::Apply { meeting, applied }) => {
-                        self.engine.apply(meeting, &applied)
-                    }
-                    Output::Media(MediaCommand::Stop { meeting }) => {
-                        self.engine.stop(meeting);
-                        if self.relay_plans.remove(&meeting).is_some() {
+                    }) => {
+                        self.engine.start(meeting, &plan, &profile);
+                        // Views wait for the session's media (the key) to be there.
+                        if self.relay_plans.contains_key(&meeting) {
                             self.apply_relay_plans();
                         }
                     }
+                    Output::Media(MediaCommand::Apply { meeting, applied }) => {
+                        self.engine.apply(meeting, &applied)
+                    }
+                    // A media restart (a new plan) keeps the relay's table: the sites below
+                    // still need it. It goes when the session does (below).
+                    Output::Media(MediaCommand::Stop { meeting }) => self.engine.stop(meeting),
                     Output::Media(MediaCommand::Relay { meeting, plan }) => {
                         self.relay_plans.insert(meeting, plan);
                         self.apply_relay_plans();
@@ -588,6 +591,16 @@ impl Conference {
                     _ => {}
                 }
             }
+        }
+        let sessions = self.participant.sessions();
+        let before = self.relay_plans.len();
+        self.relay_plans.retain(|m, _| {
+            sessions
+                .get(m)
+                .is_some_and(|s| matches!(s.phase, Phase::Joining | Phase::Joined))
+        });
+        if self.relay_plans.len() != before {
+            self.apply_relay_plans();
         }
         out
     }

@@ -285,6 +285,8 @@ pub async fn run(
     let mut meeting_tick = tokio::time::interval(Duration::from_secs(1));
     meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut button = hardware.duty_button;
+    // The button's timing is monotonic: a clock step must not swallow a call for help.
+    let button_clock = std::time::Instant::now();
     let mut button_tick = tokio::time::interval(crate::duty_button::POLL);
     button_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
@@ -313,7 +315,7 @@ pub async fn run(
             _ = sync_tick.tick() => daemon.outbox.flush()?,
             _ = button_tick.tick(), if button.is_some() => {
                 if let Some(b) = button.as_mut()
-                    && b.poll(unix_ms())
+                    && b.poll(button_clock.elapsed().as_millis() as u64)
                 {
                     let (kind, text) = (b.kind.clone(), b.text.clone());
                     match daemon.duty_report(kind, text) {

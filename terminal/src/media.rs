@@ -179,6 +179,10 @@ pub struct Sender {
     pub bytes: Arc<AtomicU64>,
     /// When each video frame went to the encoder (with `log_frames`).
     pub captured: FrameLog,
+    /// Valves before the encoders: closed while the site is not a source, so its packets'
+    /// sequence numbers (and SRTP indexes) simply go on when it sends again.
+    gates: Vec<gst::Element>,
+    active: bool,
 }
 
 impl Sender {
@@ -196,6 +200,7 @@ impl Sender {
         let bytes = Arc::new(AtomicU64::new(0));
         let key = key.map(srtp_key).transpose()?;
         let captured = FrameLog::default();
+        let mut gates = Vec::new();
         let sink = |name: &str| -> Result<gst::Element, MediaError> {
             let s = gst::ElementFactory::make("udpsink")
                 .name(name)
@@ -264,12 +269,15 @@ impl Sender {
                     });
                 }
             }
+            let gate = make("valve")?;
+            gates.push(gate.clone());
             let chain = [
                 src,
                 make("videoconvert")?,
                 make("videoscale")?,
                 make("videorate")?,
                 raw_filter,
+                gate,
                 enc.clone(),
                 capsfilter(&h264)?,
                 pay,
@@ -325,8 +333,11 @@ impl Sender {
                 .field("rate", rate)
                 .field("channels", 1i32)
                 .build();
+            let gate = make("valve")?;
+            gates.push(gate.clone());
             let chain = [
                 src,
+                gate,
                 vol.clone(),
                 make("audioconvert")?,
                 make("audioresample")?,
@@ -348,7 +359,31 @@ impl Sender {
             encoder,
             bytes,
             captured,
+            gates,
+            active: true,
         })
+    }
+
+    /// Sends, or holds the streams back (nothing goes out, nothing is encoded). Sending again
+    /// starts with a keyframe, for the sites that have not seen one yet.
+    /// True if it changed.
+    pub fn set_active(&mut self, on: bool) -> bool {
+        if on == self.active {
+            return false;
+        }
+        self.active = on;
+        for g in &self.gates {
+            g.set_property("drop", !on);
+        }
+        if on {
+            if let Some(pad) = self.encoder.as_ref().and_then(|(e, _)| e.static_pad("src")) {
+                let ask = gst::Structure::builder("GstForceKeyUnit")
+                    .field("all-headers", true)
+                    .build();
+                pad.send_event(gst::event::CustomUpstream::new(ask));
+            }
+        }
+        true
     }
 
     /// Mutes or unmutes the microphone (the stream goes on, silent: no renegotiation).
@@ -851,37 +886,38 @@ impl GstEngine {
         let Some(s) = self.sessions.get_mut(&meeting) else {
             return;
         };
-        let to = s
-            .plan
-            .send_to
-            .as_deref()
-            .and_then(|a| a.parse::<SocketAddr>().ok());
-        match (sending, to, s.sender.is_some()) {
-            (true, Some(to), false) => {
-                let nothing = s.settings.video.is_none() && s.settings.audio.is_none();
-                if nothing {
-                    return;
-                }
-                match Sender::start(
-                    &self.capture,
-                    s.settings,
-                    s.plan.ssrc,
-                    Some(&s.plan.srtp_key),
-                    to,
-                ) {
-                    Ok(sender) => {
-                        sender.set_muted(s.muted);
-                        tracing::info!(%meeting, %to, encoder = ?sender.encoder(), "sending media");
-                        s.sender = Some(sender);
-                    }
-                    Err(e) => tracing::error!(%meeting, error = %e, "cannot send media"),
-                }
+        let to = s.plan.send_to.as_deref().and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                tracing::error!(%meeting, send_to = a, "the relay's address is not ip:port; not sending");
+                None
             }
-            (false, _, true) => {
-                s.sender = None;
-                tracing::info!(%meeting, "stopped sending media");
+        });
+        if let Some(sender) = s.sender.as_mut() {
+            if sender.set_active(sending) {
+                tracing::info!(%meeting, sending, "media sending changed");
             }
-            _ => {}
+            return;
+        }
+        if let (true, Some(to)) = (sending, to) {
+            let nothing = s.settings.video.is_none() && s.settings.audio.is_none();
+            if nothing {
+                return;
+            }
+            match Sender::start(
+                &self.capture,
+                s.settings,
+                s.plan.ssrc,
+                Some(&s.plan.srtp_key),
+                to,
+            ) {
+                Ok(sender) => {
+                    sender.set_muted(s.muted);
+                    tracing::info!(%meeting, %to, encoder = ?sender.encoder(), "sending media");
+                    s.sender = Some(sender);
+                }
+                Err(e) => tracing::error!(%meeting, error = %e, "cannot send media"),
+            }
         }
     }
 }

@@ -157,6 +157,21 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
         status()
     );
 
+    // The floor taken back and given again: the speaker holds its stream back, then resumes it
+    // (the same stream going on, starting with a keyframe for the others).
+    ok(cuntong(&["meeting", "floor", &id, "revoke"]));
+    assert!(
+        wait_until(Duration::from_secs(30), || receiving(1.0, &others)),
+        "the speaker's stream did not stop: {:?}",
+        latest(&db, "media.streams")
+    );
+    ok(cuntong(&["meeting", "floor", &id, "grant", SPEAKER]));
+    assert!(
+        wait_until(Duration::from_secs(30), || receiving(2.0, &others)),
+        "the speaker's stream did not resume: {:?}",
+        latest(&db, "media.streams")
+    );
+
     // Nobody lost media on the way (loopback).
     for (t, loss) in latest(&db, "media.loss") {
         assert!(loss < 5.0, "{t}: {loss} % lost");

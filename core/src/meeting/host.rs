@@ -116,6 +116,15 @@ impl SiteRecord {
     }
 }
 
+/// The first SSRC of a session: from its (random) key, even, never 0.
+fn srtp_start(key: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    for (i, x) in key.iter().take(4).enumerate() {
+        b[i] = *x;
+    }
+    (u32::from_be_bytes(b) & !1).max(2)
+}
+
 /// Who asks for an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Operator {
@@ -301,12 +310,15 @@ impl Host {
             roll_call: None,
             hands: Vec::new(),
         };
+        let next_ssrc = srtp_start(&srtp_key);
         let mut host = Host {
             cfg,
             state,
             sites: BTreeMap::new(),
             srtp_key,
-            next_ssrc: 0x1000_0000,
+            // Sessions' SSRCs start apart (from the session's random key), so relays serving
+            // two sessions at once do not mix their streams.
+            next_ssrc,
             admitted: BTreeMap::new(),
             relay_plans: BTreeMap::new(),
             views: BTreeMap::new(),
@@ -473,7 +485,8 @@ impl Host {
             let Some(plan) = self.plan_for(id, &topology) else {
                 continue;
             };
-            if self.admitted.get(id).is_some_and(|p| *p != plan) {
+            // Changed, or never given (a site back from unreachable missed the changes).
+            if self.admitted.get(id) != Some(&plan) {
                 self.admitted.insert(*id, plan.clone());
                 out.push(HostOutput::Send(*id, Downlink::Admitted { meeting, plan }));
             }
@@ -792,11 +805,13 @@ impl Host {
                 rec.media_host = media_host;
                 rec.relay = relay;
                 rec.note = None;
-                if rec.ssrc == 0 {
-                    // In pairs: video on the even SSRC, audio on the next (media::audio_ssrc).
-                    rec.ssrc = self.next_ssrc & !1;
-                    self.next_ssrc = self.next_ssrc.wrapping_add(2).max(2);
-                }
+                // A fresh SSRC pair for every join (video even, audio the next: media::
+                // audio_ssrc): a site that joins again has restarted its media, and its new
+                // packets must never reuse an SRTP index under the session key.
+                rec.ssrc = self.next_ssrc & !1;
+                self.next_ssrc = self.next_ssrc.wrapping_add(2).max(2);
+                // A relay that joins again has lost its table: it gets it again.
+                self.relay_plans.remove(&from);
                 // Every join is answered with the plan: the site repeats its join until it
                 // has one, so the answer must be idempotent.
                 let plan = self.plan_for(&from, &self.topology());

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::media::audio_ssrc;
-use crate::site::Region;
+use crate::site::SiteCode;
 use crate::terminal_id::TerminalId;
 
 /// What a relay is told: where reports go up, and where each stream goes.
@@ -77,14 +77,47 @@ pub fn topology(
     views: &[(TerminalId, String)],
 ) -> Topology {
     let by_id: BTreeMap<&TerminalId, &SiteMedia> = sites.iter().map(|s| (&s.id, s)).collect();
-    // The relay above a site: the relay at the deepest site that contains it, itself excluded.
-    let parent = |id: &TerminalId| -> Option<&SiteMedia> {
-        sites
-            .iter()
-            .filter(|r| r.relay.is_some() && r.id != *id)
-            .filter(|r| Region::of(*r.id.site()).contains(id.site()))
-            .max_by_key(|r| (r.id.site().level().depth(), r.id))
-    };
+    // The relays by the site they sit at, first by id.
+    let mut relays_at: BTreeMap<SiteCode, Vec<&SiteMedia>> = BTreeMap::new();
+    for r in sites.iter().filter(|s| s.relay.is_some()) {
+        relays_at.entry(*r.id.site()).or_default().push(r);
+    }
+    for rs in relays_at.values_mut() {
+        rs.sort_by_key(|r| r.id);
+    }
+    // The relay above each site: at its own site one that sorts before it (several relays at one
+    // site form a chain, never a loop), else the first at the nearest site above.
+    let parents: BTreeMap<TerminalId, &SiteMedia> = sites
+        .iter()
+        .filter_map(|s| {
+            let here = relays_at
+                .get(s.id.site())
+                .and_then(|rs| rs.iter().rfind(|r| r.id < s.id).copied())
+                .or_else(|| {
+                    // A plain site is served by a relay at its own site.
+                    (s.relay.is_none())
+                        .then(|| {
+                            relays_at
+                                .get(s.id.site())
+                                .and_then(|rs| rs.first().copied())
+                        })
+                        .flatten()
+                });
+            let p = here.or_else(|| {
+                s.id.site()
+                    .ancestors()
+                    .find_map(|a| relays_at.get(&a).and_then(|rs| rs.first().copied()))
+            })?;
+            Some((s.id, p))
+        })
+        .collect();
+    let parent = |id: &TerminalId| -> Option<&SiteMedia> { parents.get(id).copied() };
+    let mut children_of: BTreeMap<TerminalId, Vec<&SiteMedia>> = BTreeMap::new();
+    for s in sites {
+        if let Some(p) = parent(&s.id) {
+            children_of.entry(p.id).or_default().push(s);
+        }
+    }
     // The relays a site's stream passes on its way up: its own (if it is one), then each above.
     let chain = |id: &TerminalId| -> Vec<TerminalId> {
         let mut out = Vec::new();
@@ -123,10 +156,7 @@ pub fn topology(
             .collect()
     };
     for r in sites.iter().filter(|s| s.relay.is_some()) {
-        let children: Vec<&SiteMedia> = sites
-            .iter()
-            .filter(|c| c.id != r.id && parent(&c.id).is_some_and(|p| p.id == r.id))
-            .collect();
+        let children: &[&SiteMedia] = children_of.get(&r.id).map_or(&[], Vec::as_slice);
         let up = parent(&r.id);
         let mut plan = RelayPlan {
             upstream: up.and_then(|u| u.relay.clone()),
@@ -303,6 +333,25 @@ mod tests {
             plan.routes.is_empty(),
             "nobody else receives a viewed-only site"
         );
+    }
+
+    #[test]
+    fn two_relays_at_one_site_form_a_chain_not_a_loop() {
+        let sites = vec![
+            site("130100000000-relay", 10, 5004, Some("10.2.0.1:6000")),
+            site("130102000000-a", 12, 5004, Some("10.3.0.1:6000")),
+            site("130102000000-b", 14, 5004, Some("10.3.0.2:6000")),
+            site("130102001001-main", 16, 5004, None),
+        ];
+        let topo = topology(&sites, &[t("130100000000-relay")], &[]);
+        let a = &topo.relays[&t("130102000000-a")];
+        let b = &topo.relays[&t("130102000000-b")];
+        assert_eq!(a.upstream.as_deref(), Some("10.2.0.1:6000"));
+        assert_eq!(b.upstream.as_deref(), Some("10.3.0.1:6000"));
+        // The city's stream: city → a → b and the village; a does not send it back up.
+        assert!(routes(a, 10).contains(&"10.3.0.2:6000"));
+        assert!(!routes(a, 10).contains(&"10.2.0.1:6000"));
+        assert!(!routes(b, 10).contains(&"10.3.0.1:6000"));
     }
 
     #[test]
