@@ -116,6 +116,10 @@ impl SiteRecord {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// The first SSRC of a session: from its (random) key, even, never 0.
 fn srtp_start(key: &[u8]) -> u32 {
     let mut b = [0u8; 4];
@@ -279,6 +283,10 @@ pub struct Host {
     /// Viewers of sites (`cuntong meeting view`): `host:port` each.
     #[serde(default)]
     views: BTreeMap<TerminalId, Vec<String>>,
+    /// Something media depends on changed since the last `media_updates` (membership, the
+    /// sources, views); a restored host lays everything out again.
+    #[serde(skip, default = "yes")]
+    media_dirty: bool,
     created_ms: u64,
     /// Where admitted sites send their media, if the session has a media point.
     media_point: Option<String>,
@@ -322,6 +330,7 @@ impl Host {
             admitted: BTreeMap::new(),
             relay_plans: BTreeMap::new(),
             views: BTreeMap::new(),
+            media_dirty: true,
             created_ms: now_ms,
             media_point: None,
             delegates: BTreeMap::new(),
@@ -436,6 +445,7 @@ impl Host {
     /// in the session and behind a relay.
     pub fn set_view(&mut self, site: TerminalId, to: String, on: bool) -> Result<(), String> {
         if !on {
+            self.media_dirty = true;
             if let Some(v) = self.views.get_mut(&site) {
                 v.retain(|x| *x != to);
                 if v.is_empty() {
@@ -455,6 +465,7 @@ impl Host {
         if !topology.send_to.contains_key(&site) {
             return Err(format!("{site} has no relay to view it through"));
         }
+        self.media_dirty = true;
         let v = self.views.entry(site).or_default();
         if !v.contains(&to) {
             v.push(to);
@@ -472,6 +483,10 @@ impl Host {
             self.relay_plans.clear();
             return out;
         }
+        if !self.media_dirty {
+            return out;
+        }
+        self.media_dirty = false;
         let meeting = self.state.spec.id;
         let topology = self.topology();
         let joined: Vec<TerminalId> = self
@@ -552,6 +567,7 @@ impl Host {
         if self.state != before {
             self.state.version = before.version + 1;
             out.push(HostOutput::Publish(self.state.clone().into()));
+            self.media_dirty = true;
         }
         Ok(out)
     }
@@ -782,6 +798,13 @@ impl Host {
             return out;
         }
         let before = self.state.clone();
+        let phase_before = self.sites.get(&from).map(|r| r.phase);
+        if matches!(
+            msg,
+            Uplink::Join { .. } | Uplink::Leave { .. } | Uplink::Decline { .. }
+        ) {
+            self.media_dirty = true;
+        }
         let rec = self.sites.entry(from).or_insert_with(SiteRecord::new);
         match msg {
             Uplink::Join {
@@ -880,6 +903,9 @@ impl Host {
             self.state.version = before.version + 1;
             out.push(HostOutput::Publish(self.state.clone().into()));
         }
+        if self.state != before || self.sites.get(&from).map(|r| r.phase) != phase_before {
+            self.media_dirty = true;
+        }
         out
     }
 
@@ -964,6 +990,7 @@ impl Host {
             {
                 rec.phase = SitePhase::Unreachable;
                 out.push(HostOutput::Notice(Notice::Unreachable(*t)));
+                self.media_dirty = true;
             }
         }
         out

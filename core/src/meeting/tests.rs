@@ -633,6 +633,64 @@ fn uninvited_sites_are_refused_and_ended_sessions_refuse_joins() {
 }
 
 #[test]
+fn the_county_hall_relays_for_its_villages_and_the_tables_go_out_when_they_change_only() {
+    let mut h = host(Kind::Meeting, &["130102"]);
+    h.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
+    let m: MeetingId = "m1".parse().unwrap();
+    let join = |relay: Option<&str>| Uplink::Join {
+        meeting: m,
+        tier: Tier::Full,
+        rtp_port: 5004,
+        media_host: Some("10.0.0.9".into()),
+        relay: relay.map(Into::into),
+    };
+    let hall = t("130102000000-hall");
+    let village = t("130102001001-main");
+    let mut out = h.uplink(hall, join(Some("10.0.0.1:6000")), 2);
+    out.extend(h.uplink(village, join(None), 3));
+    out.extend(h.media_updates());
+    // The village is told to send to the hall's relay; the hall gets its table.
+    let plan = out.iter().find_map(|o| match o {
+        HostOutput::Send(to, Downlink::Admitted { plan, .. }) if *to == village => Some(plan),
+        _ => None,
+    });
+    assert_eq!(
+        plan.and_then(|p| p.send_to.as_deref()),
+        Some("10.0.0.1:6000")
+    );
+    let table = out.iter().find_map(|o| match o {
+        HostOutput::Send(to, Downlink::Relay { plan, .. }) if *to == hall => Some(plan),
+        _ => None,
+    });
+    let hall_ssrc = h.sites()[&hall].ssrc;
+    assert!(
+        table.is_some_and(|p| p
+            .routes
+            .iter()
+            .any(|(s, d)| *s == hall_ssrc && d == &vec!["10.0.0.9:5004".to_string()])),
+        "{out:?}"
+    );
+    // A status that changes nothing lays out nothing.
+    let status = Uplink::Status {
+        meeting: m,
+        seen: h.state().version,
+        muted: false,
+        hand: Hand::default(),
+        answer: None,
+    };
+    h.uplink(village, status, 4);
+    assert!(h.media_updates().is_empty());
+    // The relay box restarts and joins again: its table is sent again, its SSRC is new.
+    h.uplink(hall, join(Some("10.0.0.1:6000")), 5);
+    let out = h.media_updates();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, HostOutput::Send(to, Downlink::Relay { .. }) if *to == hall))
+    );
+    assert_ne!(h.sites()[&hall].ssrc, hall_ssrc, "no SRTP index may repeat");
+}
+
+#[test]
 fn a_thin_link_joins_receive_only_and_gets_no_send_address() {
     let mut h = host(Kind::Meeting, &["130102"]);
     h.set_media_point(Some("10.0.0.1:5004".into()));
