@@ -69,15 +69,8 @@ enum Command {
         meeting: Option<String>,
         #[arg(long)]
         region: Option<String>,
-        /// The CA directory with the command key.
-        #[arg(long)]
-        ca: PathBuf,
-        #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
-        broker: String,
-        #[arg(long)]
-        tls: Option<PathBuf>,
-        #[arg(long, env = "CUNTONG_DB")]
-        db: Option<PathBuf>,
+        #[command(flatten)]
+        signing: Signing,
         /// How long to wait for answers.
         #[arg(long, default_value = "15s")]
         wait: String,
@@ -146,16 +139,8 @@ enum Command {
         /// Every terminal the store knows in this region.
         #[arg(long)]
         region: Option<String>,
-        /// The CA directory with the command key.
-        #[arg(long)]
-        ca: PathBuf,
-        #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
-        broker: String,
-        /// Central's bundle, for an mqtts:// broker.
-        #[arg(long)]
-        tls: Option<PathBuf>,
-        #[arg(long, env = "CUNTONG_DB")]
-        db: Option<PathBuf>,
+        #[command(flatten)]
+        signing: Signing,
         /// The command is void after this long (an offline terminal runs it on reconnect
         /// until then).
         #[arg(long, default_value = "1h")]
@@ -306,6 +291,60 @@ enum Hj212Action {
         #[arg(long)]
         json: PathBuf,
     },
+}
+
+/// How a signed command reaches terminals: signed with the fleet CA's command key, carried by
+/// the broker, its targets found in the store for a region.
+#[derive(Args)]
+struct Signing {
+    /// The CA directory with the command key.
+    #[arg(long)]
+    ca: PathBuf,
+    #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
+    broker: String,
+    /// Central's bundle, for an mqtts:// broker.
+    #[arg(long)]
+    tls: Option<PathBuf>,
+    #[arg(long, env = "CUNTONG_DB")]
+    db: Option<PathBuf>,
+}
+
+impl Signing {
+    /// Refuses a bad `--broker` before anything is looked up.
+    fn check(&self) -> Result<(), Usage> {
+        parse::<BrokerUrl>("--broker", &self.broker).map(|_| ())
+    }
+
+    fn db(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(default_db)
+    }
+
+    /// Every terminal the store knows in `region`.
+    fn terminals_in(&self, region: &Region) -> Result<Vec<TerminalId>, Failure> {
+        Ok(SqliteStore::open_existing(&self.db())
+            .map_err(fail)?
+            .sites(Some(region))
+            .map_err(fail)?
+            .iter()
+            .filter_map(|s| s.terminal.parse().ok())
+            .collect())
+    }
+
+    /// Signs `action` for `targets`, sends it and collects the answers.
+    async fn send(
+        &self,
+        targets: &[TerminalId],
+        action: &cuntong_core::command::Action,
+        expires: Duration,
+        wait: Duration,
+    ) -> Result<Vec<cuntong::cmd::Answer>, Failure> {
+        let broker: BrokerUrl = parse("--broker", &self.broker)?;
+        let tls = tls_bundle(self.tls.as_deref())?;
+        let key = cuntong::cmd::signing_key(&self.ca).map_err(fail)?;
+        cuntong::cmd::send(broker, tls, &key, targets, action, expires, wait)
+            .await
+            .map_err(fail)
+    }
 }
 
 /// How a meeting command reaches the meeting host.
@@ -583,26 +622,17 @@ async fn run(cmd: Command) -> Result<(), Failure> {
         Command::Readiness {
             meeting,
             region,
-            ca,
-            broker,
-            tls,
-            db,
+            signing,
             wait,
             json,
         } => {
-            let broker: BrokerUrl = parse("--broker", &broker)?;
+            signing.check()?;
             let wait = duration("--wait", &wait)?;
             let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
-            let db = db.unwrap_or_else(default_db);
+            let db = signing.db();
             let targets: Vec<TerminalId> = match (&meeting, &region) {
                 (Some(m), _) => cuntong::readiness::meeting_terminals(&db, m).map_err(fail)?,
-                (None, Some(r)) => SqliteStore::open_existing(&db)
-                    .map_err(fail)?
-                    .sites(Some(r))
-                    .map_err(fail)?
-                    .iter()
-                    .filter_map(|s| s.terminal.parse().ok())
-                    .collect(),
+                (None, Some(r)) => signing.terminals_in(r)?,
                 (None, None) => {
                     return Err(Usage("give --meeting ID or --region CODE".into()).into());
                 }
@@ -610,19 +640,14 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             if targets.is_empty() {
                 return Err(fail("no terminal to ask"));
             }
-            let tls = tls_bundle(tls.as_deref())?;
-            let key = cuntong::cmd::signing_key(&ca).map_err(fail)?;
-            let answers = cuntong::cmd::send(
-                broker,
-                tls,
-                &key,
-                &targets,
-                &cuntong_core::command::Action::Readiness,
-                Duration::from_secs(120),
-                wait,
-            )
-            .await
-            .map_err(fail)?;
+            let answers = signing
+                .send(
+                    &targets,
+                    &cuntong_core::command::Action::Readiness,
+                    Duration::from_secs(120),
+                    wait,
+                )
+                .await?;
             let rows = cuntong::readiness::rows(&answers);
             cuntong::readiness::save(&db, &rows, unix_ms()).map_err(fail)?;
             if json {
@@ -773,10 +798,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
         Command::Cmd {
             words,
             region,
-            ca,
-            broker,
-            tls,
-            db,
+            signing,
             expires,
             wait,
             json,
@@ -786,32 +808,21 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 _ => (None, words.clone()),
             };
             let action = cuntong::cmd::parse_action(&command).map_err(Usage)?;
-            let broker: BrokerUrl = parse("--broker", &broker)?;
+            signing.check()?;
             let expires = duration("--expires", &expires)?;
             let wait = duration("--wait", &wait)?;
             let targets: Vec<TerminalId> = match (terminal, region) {
                 (Some(t), None) => vec![parse("terminal", &t)?],
                 (None, Some(r)) => {
                     let region: Region = parse("--region", &r)?;
-                    let store =
-                        SqliteStore::open_existing(&db.unwrap_or_else(default_db)).map_err(fail)?;
-                    store
-                        .sites(Some(&region))
-                        .map_err(fail)?
-                        .iter()
-                        .filter_map(|s| s.terminal.parse().ok())
-                        .collect()
+                    signing.terminals_in(&region)?
                 }
                 _ => return Err(Usage("give a terminal id or --region, not both".into()).into()),
             };
             if targets.is_empty() {
                 return Err(fail("no terminal in that region"));
             }
-            let tls = tls_bundle(tls.as_deref())?;
-            let key = cuntong::cmd::signing_key(&ca).map_err(fail)?;
-            let answers = cuntong::cmd::send(broker, tls, &key, &targets, &action, expires, wait)
-                .await
-                .map_err(fail)?;
+            let answers = signing.send(&targets, &action, expires, wait).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&answers).map_err(fail)?);
             } else {

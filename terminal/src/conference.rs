@@ -78,7 +78,8 @@ pub trait MediaEngine: Send {
         None
     }
     fn close_view(&mut self, _meeting: MeetingId, _ssrc: u32, _to: std::net::SocketAddr) {}
-    /// The link now (keep-alive round trip, ping loss), once a second: adapt the bitrate.
+    /// The link now (keep-alive round trip, ping loss), once a second: adapt the bitrate and
+    /// the jitter buffers.
     fn link(&mut self, _rtt_ms: Option<f64>, _loss_percent: f64) {}
 }
 

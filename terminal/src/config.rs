@@ -455,14 +455,9 @@ impl TerminalConfig {
             };
             let kind = b.kind.unwrap_or(default.kind);
             let text = b.text.unwrap_or(default.text);
-            crate::status::check_report(&kind, text.trim()).map_err(|e| {
-                let key = if e.starts_with("report kind") {
-                    "kind"
-                } else {
-                    "text"
-                };
-                invalid(&format!("duty_button.{key}"), e)
-            })?;
+            crate::status::check_report_kind(&kind).map_err(|e| invalid("duty_button.kind", e))?;
+            crate::status::check_report_text(text.trim())
+                .map_err(|e| invalid("duty_button.text", e))?;
             cfg.duty_button = Some(crate::duty_button::DutyButtonConfig {
                 chip: b.chip.unwrap_or(default.chip),
                 line: b.line,

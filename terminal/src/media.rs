@@ -540,13 +540,7 @@ impl Receiver {
         }
         watch_bus(&pipeline, "receive");
         pipeline.set_state(gst::State::Playing)?;
-        // The ports bound (with port 0, free ones the sources took).
-        let bound = |i: usize| {
-            sources
-                .get(i)
-                .map_or(0, |s| u16::try_from(s.property::<i32>("port")).unwrap_or(0))
-        };
-        let (video_port, audio_port) = (bound(0), bound(1));
+        let (video_port, audio_port) = (bound_port(&sources, 0), bound_port(&sources, 1));
         Ok(Receiver {
             pipeline,
             branches,
@@ -651,6 +645,13 @@ impl Drop for Receiver {
     }
 }
 
+/// The port the `i`th of `sources` (UDP sources, playing) bound: with port 0, a free one.
+fn bound_port(sources: &[gst::Element], i: usize) -> u16 {
+    sources
+        .get(i)
+        .map_or(0, |s| u16::try_from(s.property::<i32>("port")).unwrap_or(0))
+}
+
 /// A UDP source of SRTP on `port` (0: a free one) and its decrypter, which takes `key` for
 /// every SSRC that arrives; not yet in a pipeline.
 fn srtp_input(
@@ -733,14 +734,9 @@ impl Unwrap {
         }
         watch_bus(&pipeline, "view");
         pipeline.set_state(gst::State::Playing)?;
-        let port = |i: usize| {
-            sources
-                .get(i)
-                .map_or(0, |s| u16::try_from(s.property::<i32>("port")).unwrap_or(0))
-        };
         Ok(Unwrap {
-            video_in: port(0),
-            audio_in: port(1),
+            video_in: bound_port(&sources, 0),
+            audio_in: bound_port(&sources, 1),
             pipeline,
         })
     }
@@ -1024,6 +1020,11 @@ impl crate::conference::MediaEngine for GstEngine {
     }
 
     fn link(&mut self, rtt_ms: Option<f64>, loss_percent: f64) {
+        for s in self.sessions.values() {
+            if let Some(r) = &s.receiver {
+                r.fit_latency();
+            }
+        }
         let target = video_share(rtt_ms, loss_percent);
         let now = std::time::Instant::now();
         // Down at once, up again only after 10 s of a better link (and a step at a time).
@@ -1083,11 +1084,6 @@ impl crate::conference::MediaEngine for GstEngine {
         if self.sessions.is_empty() {
             self.last = (0, 0, BTreeMap::new());
             return Vec::new();
-        }
-        for s in self.sessions.values() {
-            if let Some(r) = &s.receiver {
-                r.fit_latency();
-            }
         }
         let mut decoded_now = 0;
         for (ssrc, n) in &frames {

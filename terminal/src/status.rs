@@ -71,9 +71,9 @@ pub enum LocalRequest {
     },
 }
 
-/// A duty report's kind (`flood`, `fire`, `power`: 1 to 32 of a-z, 0-9 and -) and text (1 to
-/// 500 characters), as the operator's command and the duty button's configuration give them.
-pub fn check_report(kind: &str, text: &str) -> Result<(), String> {
+/// A duty report's kind (`flood`, `fire`, `power`: 1 to 32 of a-z, 0-9 and -), as the
+/// operator's command and the duty button's configuration give it.
+pub fn check_report_kind(kind: &str) -> Result<(), String> {
     if kind.is_empty()
         || kind.len() > 32
         || !kind
@@ -84,6 +84,11 @@ pub fn check_report(kind: &str, text: &str) -> Result<(), String> {
             "report kind {kind:?}: 1 to 32 of a-z, 0-9 and - (e.g. flood, fire, power)"
         ));
     }
+    Ok(())
+}
+
+/// A duty report's text: 1 to 500 characters.
+pub fn check_report_text(text: &str) -> Result<(), String> {
     if text.is_empty() || text.chars().count() > 500 {
         return Err("report text: 1 to 500 characters".into());
     }
@@ -95,7 +100,8 @@ impl LocalRequest {
         if let Some(rest) = line.strip_prefix("report ") {
             let (kind, text) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
             let text = text.trim();
-            check_report(kind, text)?;
+            check_report_kind(kind)?;
+            check_report_text(text)?;
             return Ok(LocalRequest::DutyReport {
                 kind: kind.to_owned(),
                 text: text.to_owned(),

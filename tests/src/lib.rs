@@ -329,25 +329,37 @@ pub fn central_with(broker: &Broker, db: &Path, dir: &Path, extra: &[&str]) -> P
 /// `cuntong-sim fleet` of `count` terminals in `region` on `broker` (a URL: the broker's or a
 /// link proxy's), sampling every 2 s with a 2 s keep-alive; state in `dir/name`.
 pub fn sim_fleet(broker: &str, region: &str, count: usize, dir: &Path, name: &str) -> Proc {
-    Proc::spawn(
-        &bin("cuntong-sim"),
-        &[
-            "fleet",
-            "--broker",
-            broker,
-            "--region",
-            region,
-            "--count",
-            &count.to_string(),
-            "--interval",
-            "2s",
-            "--keep-alive",
-            "2s",
-            "--data-dir",
-            dir.join(name).to_str().unwrap(),
-        ],
-        dir.join(format!("{name}.log")),
-    )
+    sim_fleet_with(broker, region, count, dir, name, &[])
+}
+
+/// [`sim_fleet`] with `extra` arguments (`--media`, `--command-key FILE`).
+pub fn sim_fleet_with(
+    broker: &str,
+    region: &str,
+    count: usize,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Proc {
+    let count = count.to_string();
+    let data = dir.join(name);
+    let mut args = vec![
+        "fleet",
+        "--broker",
+        broker,
+        "--region",
+        region,
+        "--count",
+        &count,
+        "--interval",
+        "2s",
+        "--keep-alive",
+        "2s",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&bin("cuntong-sim"), &args, dir.join(format!("{name}.log")))
 }
 
 /// A web hook endpoint on a free port: it records the body of every POST it answers with

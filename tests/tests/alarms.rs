@@ -12,7 +12,7 @@ use cuntong_core::envelope::{Envelope, encode};
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
 use cuntong_e2e::{
     Broker, BrokerKind, LinkProxy, Proc, WebhookReceiver, bin, central_with, ok, run, sim_fleet,
-    sites, wait_until,
+    sim_fleet_with, sites, wait_until,
 };
 
 fn alarms(db: &Path, active: bool) -> Vec<AlarmJson> {
@@ -441,24 +441,14 @@ fn before_a_meeting_every_invited_terminal_checks_itself_and_the_results_are_kep
     std::fs::write(&rules, "").unwrap();
     let db = d.join("central.db");
     let _central = central(&broker, &db, &rules, d);
-    let _fleet = Proc::spawn(
-        &bin("cuntong-sim"),
-        &[
-            "fleet",
-            "--broker",
-            &broker.url,
-            "--region",
-            "130102",
-            "--count",
-            "3",
-            "--interval",
-            "2s",
-            "--data-dir",
-            d.join("fleet").to_str().unwrap(),
-            "--command-key",
-            ca.join("command.pub").to_str().unwrap(),
-        ],
-        d.join("fleet.log"),
+    let key = ca.join("command.pub");
+    let _fleet = sim_fleet_with(
+        &broker.url,
+        "130102",
+        3,
+        d,
+        "fleet",
+        &["--command-key", key.to_str().unwrap()],
     );
     assert!(wait_until(Duration::from_secs(20), || sites(&db, None)
         .iter()

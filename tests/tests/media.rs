@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central_with, ok, run, sites, wait_until};
+use cuntong_e2e::{
+    Broker, BrokerKind, bin, central_with, ok, run, sim_fleet_with, sites, wait_until,
+};
 use cuntong_firmware_sim::fleet::free_udp_pair;
 
 const RELAY: &str = "130102000000-relay";
@@ -32,26 +34,7 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
     let broker = Broker::start(BrokerKind::Mosquitto, d);
     let db = d.join("central.db");
     let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "2s"]);
-    let fleet = Proc::spawn(
-        &bin("cuntong-sim"),
-        &[
-            "fleet",
-            "--broker",
-            &broker.url,
-            "--region",
-            "130102",
-            "--count",
-            "3",
-            "--interval",
-            "2s",
-            "--keep-alive",
-            "2s",
-            "--media",
-            "--data-dir",
-            d.join("fleet").to_str().unwrap(),
-        ],
-        d.join("fleet.log"),
-    );
+    let fleet = sim_fleet_with(&broker.url, "130102", 3, d, "fleet", &["--media"]);
     assert!(
         wait_until(Duration::from_secs(30), || sites(&db, None)
             .iter()
