@@ -550,6 +550,27 @@ impl fmt::Display for Hj212Error {
 
 impl core::error::Error for Hj212Error {}
 
+impl Hj212Error {
+    /// The frame byte the error is at, if it is at one.
+    pub fn at(&self) -> Option<usize> {
+        match self {
+            Hj212Error::BadHeader { at }
+            | Hj212Error::BadLength { at, .. }
+            | Hj212Error::BadTrailer { at }
+            | Hj212Error::BadCrcDigit { at, .. }
+            | Hj212Error::BadCrc { at, .. }
+            | Hj212Error::BadText { at }
+            | Hj212Error::BadField { at, .. }
+            | Hj212Error::BadCp { at, .. } => Some(*at),
+            Hj212Error::LengthTooLarge { .. } | Hj212Error::LengthMismatch { .. } => Some(2),
+            Hj212Error::Truncated { .. }
+            | Hj212Error::BadDataTime { .. }
+            | Hj212Error::BadValue { .. }
+            | Hj212Error::BadFlag { .. } => None,
+        }
+    }
+}
+
 /// Checks one whole frame (`##LLLL…CCCC\r\n`) and parses it. Framing and CRC are strict, the
 /// fields lenient as the module documentation says. Never panics.
 pub fn decode(frame: &[u8]) -> Result<Packet, Hj212Error> {
@@ -787,19 +808,22 @@ fn parse_cp(body: &str, base: usize) -> Result<Vec<(String, String)>, Hj212Error
 
 /// Writes `p` as a frame: fields in the standard order `QN;ST;CN;PW;MN;Flag;[PNUM;PNO;]CP=&&…&&`
 /// (absent ones left out), CP sub-items of one factor joined by `,` and items by `;`, the
-/// length as 4 digits and the CRC as 4 uppercase hex digits. Writes whatever it is given; see
-/// [`try_encode`] for a checked version.
+/// length as 4 digits and the CRC as 4 uppercase hex digits. Writes whatever it is given, so
+/// only for packets built by code from checked parts; see [`try_encode`] for the checked
+/// version.
 pub fn encode(p: &Packet) -> Vec<u8> {
     let mut w = Writer::new(false);
     w.packet(p);
     w.finish()
 }
 
-/// Like [`encode`], but refuses a packet that [`decode`] would not read back identically:
-/// a header value or CP key or plain value with `;`, `,`, `=`, `&` or spaces at either end, a
-/// plain value starting with `//`, a text value (`//…//`) with `//` inside, an empty key,
+/// Like [`encode`], but refuses a packet that [`decode`] would not read back identically or
+/// that the standard does not allow: a header value or CP key or plain value with `;`, `,`,
+/// `=`, `&`, `#`, anything but printable ASCII, or spaces at either end, a plain value starting
+/// with `//`, a text value (`//…//`) with `//`, `#` or a control character inside, an empty key,
 /// inconsistent PNUM/PNO/Flag, or a data segment over 1024 bytes. Offsets in the error are
-/// those of the frame that would have been written.
+/// those of the frame that would have been written. Use it for anything from outside (a
+/// technician's JSON, a configuration).
 pub fn try_encode(p: &Packet) -> Result<Vec<u8>, Hj212Error> {
     let mut w = Writer::new(true);
     w.packet(p);
@@ -821,19 +845,36 @@ struct Writer {
     error: Option<Hj212Error>,
 }
 
-/// A CP key that reads back as itself: not empty, no separators, no spaces at its ends.
+/// What the frame syntax reserves: the separators `;` and `,`, `=`, the CP marker `&`, and `#`,
+/// which starts a frame (a receiver hunting for the next frame must not find one inside a
+/// value).
+const RESERVED: [char; 5] = [';', ',', '=', '&', '#'];
+
+/// A CP key that reads back as itself: not empty, printable ASCII (the standard's codes are),
+/// nothing reserved, no spaces at its ends.
 fn key_ok(s: &str) -> bool {
-    !s.is_empty() && !s.contains([';', ',', '=', '&']) && !s.starts_with(' ') && !s.ends_with(' ')
+    !s.is_empty()
+        && s.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+        && !s.contains(RESERVED)
+        && !s.starts_with(' ')
+        && !s.ends_with(' ')
 }
 
-/// A value that reads back as itself outside a `//text//`: no separators, no spaces at its
-/// ends, and not starting with `//` (that would make it text).
+/// A header value or plain CP value that reads back as itself: as a key (but may be empty),
+/// and not starting with `//` (that would make it text).
 fn plain_ok(s: &str) -> bool {
     (s.is_empty() || key_ok(s)) && !s.starts_with("//")
 }
 
+/// A `//text//` value (the one place non-ASCII text, `;`, `,`, `=` and `&` may go) that reads
+/// back as itself: no `//` inside, no `#`, no control characters (CR LF end a frame for
+/// line-based tools).
 fn text_ok(s: &str) -> bool {
-    s.len() >= 4 && s.starts_with("//") && s[2..].find("//") == Some(s.len() - 4)
+    s.len() >= 4
+        && s.starts_with("//")
+        && s[2..].find("//") == Some(s.len() - 4)
+        && !s.contains('#')
+        && !s.chars().any(char::is_control)
 }
 
 /// Joins CP pairs: `,` between sub-items of the same factor (`w01018-Rtd`, `w01018-Flag`),
@@ -871,7 +912,7 @@ impl Writer {
             self.fail(Hj212Error::BadField {
                 at,
                 field: alloc::format!("{name}={value}"),
-                reason: "';', ',', '=', '&', a leading or trailing space, or a leading // in the value",
+                reason: "';', ',', '=', '&', '#', a character other than printable ASCII, a leading or trailing space, or a leading // in the value",
             });
         }
         let _ = write!(self.data, "{name}={value};");
@@ -930,7 +971,7 @@ impl Writer {
                 if !key_ok(key) {
                     self.fail(Hj212Error::BadCp {
                         at,
-                        detail: "empty key, or ';', ',', '=', '&' or a leading or trailing space in a key",
+                        detail: "empty key, or ';', ',', '=', '&', '#', a character other than printable ASCII, or a leading or trailing space in a key",
                     });
                 }
                 let ok = if value.starts_with("//") {
@@ -941,7 +982,7 @@ impl Writer {
                 if !ok {
                     self.fail(Hj212Error::BadCp {
                         at: at + key.len() + 1,
-                        detail: "value with ';', ',', '=', '&' or spaces at its ends, or a //text// with // inside",
+                        detail: "value with ';', ',', '=', '&', '#', a character other than printable ASCII or spaces at its ends (only a //text// may hold those but '#'), or a //text// with // or a control character inside",
                     });
                 }
             }
@@ -2003,7 +2044,57 @@ mod tests {
                 cp: vec![("k".into(), "1".repeat(1100))],
                 ..ok.clone()
             },
+            // One value that would read as fields of its own, or start a frame, or not be
+            // what the standard allows where it is.
+            Packet {
+                mn: s("x;MN=EVIL"),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("a", "1;MN=EVIL")]),
+                ..ok.clone()
+            },
+            Packet {
+                mn: s("a##0101"),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("a#", "1")]),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("a", "//x#y//")]),
+                ..ok.clone()
+            },
+            Packet {
+                mn: s("站点"),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("因子", "1")]),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("a", "1\r\n")]),
+                ..ok.clone()
+            },
+            Packet {
+                cp: pairs(&[("a", "//x\ny//")]),
+                ..ok.clone()
+            },
+            Packet {
+                cp: vec![("k".into(), "1".repeat(5000))],
+                ..ok.clone()
+            },
         ];
+        // Text values may hold what the standard lets text hold.
+        assert!(
+            try_encode(&Packet {
+                cp: pairs(&[("i11001-Info", "//清洗管路; a=b & c//")]),
+                ..ok.clone()
+            })
+            .is_ok()
+        );
         for p in refused {
             assert!(try_encode(&p).is_err(), "{p:?}");
         }
@@ -2017,7 +2108,7 @@ mod tests {
             Hj212Error::BadField {
                 at: 41,
                 field: "PW=a;b".into(),
-                reason: "';', ',', '=', '&', a leading or trailing space, or a leading // in the value",
+                reason: "';', ',', '=', '&', '#', a character other than printable ASCII, a leading or trailing space, or a leading // in the value",
             }
         );
     }
@@ -2092,15 +2183,27 @@ mod tests {
     }
 
     fn header_value() -> impl Strategy<Value = Option<String>> {
-        proptest::option::of("([0-9A-Za-z_#][0-9A-Za-z_#/]{0,23})?")
+        proptest::option::of("([0-9A-Za-z_][0-9A-Za-z_/]{0,23})?")
+    }
+
+    /// Strings an outsider might hand the encoder: reserved characters, CR LF, other scripts,
+    /// text markers, lengths past a frame.
+    fn hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9;,=&# /\\r\\n\\t站-]{0,10}",
+            "//[a-z;,=&# /\\r\\n站]{0,10}//",
+            "[a-z0-9]{0,8}",
+            "[0-9]{1000,1030}",
+            any::<String>(),
+        ]
     }
 
     fn cp_value() -> impl Strategy<Value = String> {
         prop_oneof![
             "-?[0-9]{1,6}(\\.[0-9]{1,6})?",
             "[NFMSDCTBP]",
-            "([A-Za-z0-9.:_#-]([A-Za-z0-9 ./:_#-]{0,8}[A-Za-z0-9./:_#-])?)?",
-            "//[^/]{0,10}//",
+            "([A-Za-z0-9.:_-]([A-Za-z0-9 ./:_-]{0,8}[A-Za-z0-9./:_-])?)?",
+            "//[^/#\\p{Cc}]{0,10}//",
         ]
     }
 
@@ -2149,6 +2252,32 @@ mod tests {
                 prop_assert_eq!(decode(&f), Ok(p.clone()));
                 let ack = p.data_ack();
                 prop_assert_eq!(decode(&encode(&ack)), Ok(ack));
+            }
+        }
+
+        #[test]
+        fn hj212_whatever_try_encode_accepts_is_one_clean_frame_that_decodes_to_the_same_packet(
+            head in proptest::collection::vec(proptest::option::of(hostile()), 5),
+            flag in proptest::option::of(any::<u8>()),
+            pnum in proptest::option::of(1u16..4),
+            pno in proptest::option::of(1u16..4),
+            cp in proptest::collection::vec((hostile(), hostile()), 0..6),
+        ) {
+            let p = Packet {
+                qn: head[0].clone(), st: head[1].clone(), cn: head[2].clone(),
+                pw: head[3].clone(), mn: head[4].clone(), flag, pnum, pno, cp,
+            };
+            if let Ok(f) = try_encode(&p) {
+                prop_assert!(f.len() <= MAX_FRAME_LEN);
+                prop_assert_eq!(next_frame(&f), Framing::Frame(f.len()));
+                prop_assert!(!f[2..].contains(&b'#'), "no frame start inside the frame");
+                let body = &f[..f.len() - 2];
+                prop_assert!(!body.iter().any(|b| b.is_ascii_control()), "no control bytes");
+                let decoded = decode(&f);
+                prop_assert_eq!(decoded, Ok(p.clone()));
+                for v in [&p.qn, &p.st, &p.cn, &p.pw, &p.mn].into_iter().flatten() {
+                    prop_assert!(v.is_ascii(), "header values are ASCII");
+                }
             }
         }
 
@@ -2241,7 +2370,11 @@ mod tests {
                 if let Ok(q) = decode(&f) {
                     let again = encode(&q);
                     prop_assert!(again.len() <= f.len());
-                    prop_assert_eq!(try_encode(&q), Ok(again.clone()));
+                    // The checked encoder writes the same frame, or refuses what the standard
+                    // does not allow (non-ASCII outside text, say) though the decoder took it.
+                    if let Ok(checked) = try_encode(&q) {
+                        prop_assert_eq!(checked, again.clone());
+                    }
                     prop_assert_eq!(decode(&again), Ok(q.clone()));
                     let ack = q.data_ack();
                     prop_assert_eq!(decode(&encode(&ack)), Ok(ack));
