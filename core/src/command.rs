@@ -60,6 +60,19 @@ pub struct CommandBody {
     pub action: Action,
 }
 
+/// The shortest lifetime central gives a command (`cuntong cmd --expires`): one minute.
+pub const MIN_LIFETIME_MS: u64 = 60 * 1000;
+/// The longest lifetime a command may have (from issued to expiry): 30 days. Terminals refuse
+/// longer-lived ones: a command stays usable, and its nonce must be kept, until it expires.
+pub const MAX_LIFETIME_MS: u64 = 30 * 24 * 3600 * 1000;
+
+impl CommandBody {
+    /// From issued to expiry (zero if it expires before it is issued).
+    pub fn lifetime_ms(&self) -> u64 {
+        self.expires_ms.saturating_sub(self.issued_ms)
+    }
+}
+
 /// A command as it travels: the encoded body and the signature over it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedCommand {

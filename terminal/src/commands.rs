@@ -1,13 +1,13 @@
 //! Checking remote commands before anything runs: the fleet's Ed25519 signature over the exact
-//! body bytes, the target (this terminal, or a region it is in), the expiry, and a nonce never
-//! seen before. Seen nonces are kept on disk until their command expires, so a restart does
+//! body bytes, the target (this terminal, or a region it is in), the expiry (and a lifetime of
+//! at most [`MAX_LIFETIME_MS`]), and a nonce never seen before. Seen nonces are kept on disk until their command expires, so a restart does
 //! not reopen the replay window.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cuntong_core::command::{CommandBody, SignedCommand};
+use cuntong_core::command::{CommandBody, MAX_LIFETIME_MS, SignedCommand};
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
 use ring::signature::{ED25519, UnparsedPublicKey};
@@ -30,6 +30,8 @@ pub enum Refusal {
     FromTheFuture,
     #[error("replayed (nonce already used)")]
     Replayed,
+    #[error("valid for {lifetime_ms} ms, longer than the 30 days a command may live")]
+    TooLong { lifetime_ms: u64 },
 }
 
 /// Verifies commands for one terminal.
@@ -112,8 +114,13 @@ impl CommandGuard {
         if now_ms >= body.expires_ms {
             return Err(Refusal::Expired);
         }
-        if body.issued_ms > now_ms + MAX_CLOCK_SKEW_MS {
+        if body.issued_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
             return Err(Refusal::FromTheFuture);
+        }
+        if body.lifetime_ms() > MAX_LIFETIME_MS {
+            return Err(Refusal::TooLong {
+                lifetime_ms: body.lifetime_ms(),
+            });
         }
         if self.seen.contains_key(&body.nonce) {
             return Err(Refusal::Replayed);
@@ -211,5 +218,25 @@ mod tests {
             g.check(&sign(&key, "130102001001-main", 1, 10_000), 5_000),
             Err(Refusal::Replayed)
         );
+    }
+
+    #[test]
+    fn a_command_valid_for_longer_than_thirty_days_is_refused_even_when_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = keypair();
+        let id: TerminalId = "130102001001-main".parse().unwrap();
+        let mut g = CommandGuard::open(id, key.public_key().as_ref().to_vec(), dir.path()).unwrap();
+        // Issued at 1_000 (see `sign`): exactly 30 days passes, a millisecond more does not.
+        let at_limit = 1_000 + MAX_LIFETIME_MS;
+        assert!(g.check(&sign(&key, "130102", 1, at_limit), 5_000).is_ok());
+        for (nonce, expires) in [(2, at_limit + 1), (3, u64::MAX)] {
+            assert_eq!(
+                g.check(&sign(&key, "130102", nonce, expires), 5_000),
+                Err(Refusal::TooLong {
+                    lifetime_ms: expires - 1_000
+                })
+            );
+            assert!(!g.already_ran(nonce), "a refused nonce is not kept");
+        }
     }
 }
