@@ -24,6 +24,10 @@ use crate::terminal_id::TerminalId;
 
 /// How long a call rings before it ends unanswered.
 pub const CALL_RING_MS: u64 = 60_000;
+/// How long a call goes on without its calling box in it (one that never joins, or fell
+/// silent) before it ends: the caller's box joins its call at once, and nobody may ring a
+/// box from a call they are not on.
+pub const CALLER_ABSENT_MS: u64 = 15_000;
 
 /// Timing and limits of a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -862,7 +866,11 @@ impl Host {
                     rec.phase = SitePhase::Joined;
                     out.push(HostOutput::Notice(Notice::Back(from)));
                 }
-                if seen >= rec.seen {
+                // A site can only have applied a version the host published: a larger `seen`
+                // is refused (it would pass for every later version), as is an older status
+                // arriving late.
+                let published = self.state.version;
+                if seen <= published && (seen >= rec.seen || rec.seen > published) {
                     rec.seen = seen;
                     rec.muted = Some(muted);
                 }
@@ -967,10 +975,24 @@ impl Host {
     }
 
     /// Marks joined sites that fell silent as unreachable; ends a call nobody answered within
-    /// [`CALL_RING_MS`].
+    /// [`CALL_RING_MS`], and one whose calling box has not been in it for [`CALLER_ABSENT_MS`].
     pub fn tick(&mut self, now_ms: u64) -> Vec<HostOutput> {
         let mut out = Vec::new();
         if self.state.spec.kind == Kind::Call && self.state.status == Status::Live {
+            if let Some(caller) = self.state.spec.chair {
+                let rec = self.sites.get(&caller);
+                let present = rec.is_some_and(|r| r.phase == SitePhase::Joined);
+                let since = rec
+                    .and_then(|r| r.last_heard_ms)
+                    .into_iter()
+                    .chain(self.live_since_ms)
+                    .max()
+                    .unwrap_or(self.created_ms);
+                if !present && now_ms.saturating_sub(since) > CALLER_ABSENT_MS {
+                    self.end(now_ms, &mut out);
+                    return out;
+                }
+            }
             let answered = self.sites.iter().any(|(t, r)| {
                 self.state.spec.chair.as_ref() != Some(t) && r.phase == SitePhase::Joined
             });

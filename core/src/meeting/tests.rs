@@ -414,6 +414,108 @@ fn either_party_hanging_up_ends_a_call() {
 }
 
 #[test]
+fn a_status_claiming_a_version_the_host_never_published_does_not_stick() {
+    let v = t("130102001001-main");
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102001001-main"],
+        AcceptPolicy::All,
+    );
+    w.op(ChairOp::Start).unwrap();
+    assert!(w.host.converged(&v));
+    let mid: MeetingId = "m1".parse().unwrap();
+    for seen in [u64::MAX, w.host.state().version + 1] {
+        let forged = Uplink::Status {
+            meeting: mid,
+            seen,
+            muted: true,
+            hand: Hand {
+                number: 0,
+                raised: false,
+            },
+            answer: None,
+        };
+        let out = w.host.uplink(v, forged, w.now);
+        w.host_out(out);
+        assert!(
+            w.host.sites()[&v].seen <= w.host.state().version,
+            "seen {seen} taken"
+        );
+    }
+    // The chair changes the state; the site applies it and says so: the host knows.
+    w.op(ChairOp::Mute(v)).unwrap();
+    assert_eq!(w.session(0).state.version, w.host.state().version);
+    assert!(
+        w.host.converged(&v),
+        "the forged status left the site unconverged"
+    );
+}
+
+#[test]
+fn a_call_its_caller_never_joins_ends_soon_even_if_the_callee_answered() {
+    let caller = t("130102001001-main");
+    let callee = "130102000000-hall";
+    let (h, _) = Host::new(
+        MeetingSpec {
+            kind: Kind::Call,
+            chair: Some(caller),
+            invitees: vec![Invitee::Terminal(t(callee))],
+            starts_ms: None,
+            floor_mutes_others: false,
+            ..spec(Kind::Call, &[], None)
+        },
+        HostConfig::default(),
+        vec![1; 30],
+        0,
+    );
+    // Only the callee's box is there (it auto-accepts); the "caller" only placed the call.
+    let mut w = World::new(h, &[callee], AcceptPolicy::All);
+    w.op(ChairOp::Start).unwrap();
+    assert_eq!(w.session(0).phase, Phase::Joined, "the callee answered");
+    w.advance(host::CALLER_ABSENT_MS);
+    assert_eq!(w.host.state().status, Status::Live, "not before the bound");
+    w.advance(1);
+    assert_eq!(w.host.state().status, Status::Ended);
+    assert_eq!(w.session(0).phase, Phase::Ended, "the callee's box hung up");
+}
+
+#[test]
+fn a_call_with_both_parties_in_it_goes_on_and_ends_when_the_caller_falls_silent() {
+    let caller = "130102001001-main";
+    let callee = "130102000000-hall";
+    let (h, _) = Host::new(
+        MeetingSpec {
+            kind: Kind::Call,
+            chair: Some(t(caller)),
+            invitees: vec![Invitee::Terminal(t(callee))],
+            starts_ms: None,
+            floor_mutes_others: false,
+            ..spec(Kind::Call, &[], None)
+        },
+        HostConfig::default(),
+        vec![1; 30],
+        0,
+    );
+    let mut w = World::new(h, &[caller, callee], AcceptPolicy::All);
+    w.op(ChairOp::Start).unwrap();
+    for _ in 0..40 {
+        w.advance(HB / 2);
+    }
+    assert_eq!(
+        w.host.state().status,
+        Status::Live,
+        "a call of 200 s goes on"
+    );
+    // The caller's box goes away without hanging up: the call ends once it is unreachable
+    // and absent for the bound.
+    w.sites.remove(0);
+    for _ in 0..20 {
+        w.advance(HB / 2);
+    }
+    assert_eq!(w.host.state().status, Status::Ended);
+}
+
+#[test]
 fn training_audience_is_receive_only_until_given_the_floor() {
     let a = t("130102001001-main");
     let mut w = World::new(
@@ -830,6 +932,9 @@ mod convergence {
         Save,
         /// Central crashes and restarts from what it last saved, then publishes it again.
         Restart,
+        /// A status with any version number at all in a site's name (a broken or hostile
+        /// box), into the network like any uplink.
+        Forge(u8, u64, bool),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -844,6 +949,8 @@ mod convergence {
             1 => (0u8..5).prop_map(Step::Accept),
             1 => Just(Step::Save),
             1 => Just(Step::Restart),
+            1 => (0u8..5, prop_oneof![any::<u64>(), 0u64..40, Just(u64::MAX)], any::<bool>())
+                .prop_map(|(p, seen, muted)| Step::Forge(p, seen, muted)),
         ]
     }
 
@@ -1045,6 +1152,12 @@ mod convergence {
                     Step::Leave(p) => net.site_in(usize::from(p) % IDS.len(), Input::Leave(mid)),
                     Step::Accept(p) => net.site_in(usize::from(p) % IDS.len(), Input::Accept(mid)),
                     Step::Save => saved = net.host.to_store().unwrap(),
+                    Step::Forge(p, seen, muted) => {
+                        let from = t(IDS[usize::from(p) % IDS.len()]);
+                        let hand = Hand { number: 0, raised: false };
+                        let up = Uplink::Status { meeting: mid, seen, muted, hand, answer: None };
+                        net.queue.push(Msg::Up(from, up));
+                    }
                     Step::Restart => {
                         // A restart takes a while.
                         net.now += 1_000;
