@@ -607,11 +607,7 @@ pub fn list(
     active: bool,
     limit: usize,
 ) -> Result<Vec<Alarm>, StoreError> {
-    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|source| StoreError::Open {
-            path: db.display().to_string(),
-            source,
-        })?;
+    let conn = crate::store::open_read_only(db)?;
     let prefix = region.map_or(String::new(), |r| r.prefix());
     let exists: bool = conn
         .query_row(

@@ -72,7 +72,7 @@ pub fn sign(
         target: target.to_owned(),
         nonce,
         issued_ms: now,
-        expires_ms: now + expires.as_millis() as u64,
+        expires_ms: now.saturating_add(u64::try_from(expires.as_millis()).unwrap_or(u64::MAX)),
         action,
     })
     .map_err(|e| e.to_string())?;

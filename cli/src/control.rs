@@ -180,7 +180,7 @@ pub struct MeetingJson {
     pub title: String,
     /// `meeting`, `training` or `call`.
     pub kind: String,
-    /// `scheduled`, `live` or `ended`.
+    /// `scheduled`, `live`, `ended`, or `unusable` (a stored session central skipped).
     pub status: String,
     pub version: u64,
     pub invited: Vec<String>,
@@ -191,4 +191,8 @@ pub struct MeetingJson {
     pub created: String,
     /// Scheduled start, RFC 3339.
     pub starts: Option<String>,
+    /// Why central cannot host this stored session (status `unusable`; `meeting end` retires
+    /// it); absent for every other session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }

@@ -221,7 +221,7 @@ fn concerns(alarm: &Alarm, region: Option<&Region>) -> bool {
 
 /// The terminal `id` with its samples since `since_ms`.
 fn terminal(db: &std::path::Path, id: &TerminalId, since_ms: u64) -> Result<TerminalJson, String> {
-    let store = SqliteStore::open_existing(db).map_err(|e| e.to_string())?;
+    let store = SqliteStore::open_read_only(db).map_err(|e| e.to_string())?;
     let row = store
         .sites(Some(&Region::of(*id.site())))
         .map_err(|e| e.to_string())?

@@ -81,11 +81,40 @@ impl FrameJson {
     }
 }
 
-/// Decodes one captured line (the trailing CR LF may be missing).
-pub fn decode_line(line: &str) -> Result<Packet, String> {
-    let mut frame = line.trim_end_matches(['\r', '\n']).as_bytes().to_vec();
+/// Decodes one captured line, as bytes (the trailing CR LF may be missing; a byte that is not
+/// UTF-8 is an error at its offset, like any other). An error never points past the line: a
+/// line that stops before its frame does says so.
+pub fn decode_line(line: &[u8]) -> Result<Packet, String> {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\r' | b'\n') {
+        end -= 1;
+    }
+    let mut frame = line[..end].to_vec();
     frame.extend_from_slice(b"\r\n");
-    hj212::decode(&frame).map_err(|e| e.to_string())
+    hj212::decode(&frame).map_err(|e| match e {
+        hj212::Hj212Error::Truncated { .. } => format!(
+            "the line has {end} bytes, fewer than the {} of the smallest frame (CR LF not counted)",
+            hj212::OVERHEAD - 2
+        ),
+        hj212::Hj212Error::LengthMismatch { declared, .. }
+            if end < declared + hj212::OVERHEAD - 2 =>
+        {
+            format!(
+                "the line has {end} bytes, but its length field says {declared} data bytes (a frame of {} bytes before CR LF)",
+                declared + hj212::OVERHEAD - 2
+            )
+        }
+        e if e.at().is_some_and(|at| at >= end) => {
+            format!("the line ends after {end} bytes, before its frame does")
+        }
+        e => e.to_string(),
+    })
+}
+
+/// Encodes a technician's frame, refusing what the decoder would not read back as the same
+/// packet or the standard does not allow (see [`hj212::try_encode`]).
+pub fn encode_checked(p: &Packet) -> Result<Vec<u8>, String> {
+    hj212::try_encode(p).map_err(|e| e.to_string())
 }
 
 /// Every field of a packet, for people.
@@ -136,7 +165,7 @@ mod tests {
 
     #[test]
     fn the_standards_example_decodes_and_round_trips_through_json() {
-        let p = decode_line(EXAMPLE).unwrap();
+        let p = decode_line(EXAMPLE.as_bytes()).unwrap();
         let json = FrameJson::from(&p);
         assert_eq!(json.cn.as_deref(), Some("1062"));
         assert_eq!(json.flag.as_deref(), Some("5"));
@@ -151,7 +180,27 @@ mod tests {
     #[test]
     fn a_corrupted_line_gets_a_precise_error() {
         let bad = EXAMPLE.replace("CN=1062", "CN=1063");
-        let err = decode_line(&bad).unwrap_err();
+        let err = decode_line(bad.as_bytes()).unwrap_err();
         assert!(err.to_lowercase().contains("crc"), "{err}");
+    }
+
+    #[test]
+    fn a_short_line_is_named_as_short_never_by_the_cr_lf_it_lacks() {
+        for line in ["##", "##01", "##0101QN=2016", &EXAMPLE[..EXAMPLE.len() - 2]] {
+            let err = decode_line(line.as_bytes()).unwrap_err();
+            assert!(
+                !err.contains("\\r") && !err.contains("CR LF\""),
+                "{line}: {err}"
+            );
+            assert!(err.contains("the line"), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_an_error_at_its_offset() {
+        let mut line = EXAMPLE.as_bytes().to_vec();
+        line[20] = 0xff;
+        let err = decode_line(&line).unwrap_err();
+        assert!(err.contains("byte"), "{err}");
     }
 }

@@ -13,11 +13,11 @@ use cuntong::control::{RequestBody, ResponseBody};
 use cuntong::meeting_cli::{self, CentralClient};
 use cuntong::store::{SqliteStore, Store};
 use cuntong::{broker, view};
-use cuntong_core::meeting::{Invitee, MediaProfile};
+use cuntong_core::meeting::{Invitee, MediaProfile, MeetingId};
 use cuntong_core::site::Region;
 use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_firmware_sim::fleet::{Fleet, SimOptions, fleet_ids};
+use cuntong_firmware_sim::fleet::{Fleet, MAX_FLEET, SimOptions, fleet_ids};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::link::unix_ms;
@@ -321,7 +321,7 @@ impl Signing {
 
     /// Every terminal the store knows in `region`.
     fn terminals_in(&self, region: &Region) -> Result<Vec<TerminalId>, Failure> {
-        Ok(SqliteStore::open_existing(&self.db())
+        Ok(SqliteStore::open_read_only(&self.db())
             .map_err(fail)?
             .sites(Some(region))
             .map_err(fail)?
@@ -512,8 +512,26 @@ where
         .map_err(|e| Usage(format!("{flag} {value:?}: {e}")))
 }
 
+/// A duration flag (at most 100 years: see `parse_duration`).
 fn duration(flag: &str, value: &str) -> Result<Duration, Usage> {
     cuntong_terminal::config::parse_duration(value).map_err(|e| Usage(format!("{flag}: {e}")))
+}
+
+/// A duration flag for which zero means nothing (a wait, an interval, a window).
+fn positive(flag: &str, value: &str) -> Result<Duration, Usage> {
+    match duration(flag, value)? {
+        d if d.is_zero() => Err(Usage(format!("{flag}: {value:?} must be more than zero"))),
+        d => Ok(d),
+    }
+}
+
+/// A text flag that must say something (a title, a name).
+fn not_empty<'a>(flag: &str, value: &'a str) -> Result<&'a str, Usage> {
+    if value.trim().is_empty() {
+        Err(Usage(format!("{flag} {value:?}: must not be empty")))
+    } else {
+        Ok(value)
+    }
 }
 
 fn default_db() -> PathBuf {
@@ -576,6 +594,12 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 format!("central-{}", std::process::id()),
             );
             opts.meeting_heartbeat = duration("--meeting-heartbeat", &meeting_heartbeat)?;
+            if opts.meeting_heartbeat > Duration::from_secs(3600) {
+                return Err(Usage(format!(
+                    "--meeting-heartbeat {meeting_heartbeat:?}: at most 1h"
+                ))
+                .into());
+            }
             if let Some(path) = alarms {
                 opts.alarms = cuntong::alarms::AlarmConfig::load(&path).map_err(Usage)?;
             }
@@ -608,7 +632,8 @@ async fn run(cmd: Command) -> Result<(), Failure> {
         }
         Command::Sites { db, region, json } => {
             let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
-            let store = SqliteStore::open_existing(&db.unwrap_or_else(default_db)).map_err(fail)?;
+            let store =
+                SqliteStore::open_read_only(&db.unwrap_or_else(default_db)).map_err(fail)?;
             let rows = store.sites(region.as_ref()).map_err(fail)?;
             if json {
                 let out: Vec<view::SiteJson> = rows.iter().map(view::site_json).collect();
@@ -627,8 +652,11 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             json,
         } => {
             signing.check()?;
-            let wait = duration("--wait", &wait)?;
+            let wait = positive("--wait", &wait)?;
             let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
+            if let Some(m) = &meeting {
+                parse::<MeetingId>("--meeting", m)?;
+            }
             let db = signing.db();
             let targets: Vec<TerminalId> = match (&meeting, &region) {
                 (Some(m), _) => cuntong::readiness::meeting_terminals(&db, m).map_err(fail)?,
@@ -663,9 +691,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
         Command::Monitor { region, db } => {
             let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
             let db = db.unwrap_or_else(default_db);
-            if !db.exists() {
-                return Err(fail(format!("no store at {}", db.display())));
-            }
+            cuntong::store::open_read_only(&db).map_err(fail)?;
             if !std::io::stdout().is_terminal() {
                 return Err(Usage(
                     "monitor needs a terminal (use `sites` or `alarms --json` in scripts)".into(),
@@ -696,10 +722,10 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             db,
         } => {
             let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
-            let db = db.unwrap_or_else(default_db);
-            if !db.exists() {
-                return Err(fail(format!("no store at {}", db.display())));
+            if limit == 0 {
+                return Err(Usage("--limit 0: at least 1".into()).into());
             }
+            let db = db.unwrap_or_else(default_db);
             let rows = cuntong::alarms::list(&db, region.as_ref(), active, limit).map_err(fail)?;
             if json {
                 let out: Vec<cuntong::alarms::AlarmJson> =
@@ -751,10 +777,11 @@ async fn run(cmd: Command) -> Result<(), Failure> {
         } => {
             let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
             let since_ms = since
-                .map(|s| duration("--since", &s))
+                .map(|s| positive("--since", &s))
                 .transpose()?
                 .map(|d| unix_ms().saturating_sub(d.as_millis() as u64));
-            let store = SqliteStore::open_existing(&db.unwrap_or_else(default_db)).map_err(fail)?;
+            let store =
+                SqliteStore::open_read_only(&db.unwrap_or_else(default_db)).map_err(fail)?;
             let mut rows = store.events(region.as_ref(), since_ms).map_err(fail)?;
             if security {
                 rows.retain(|r| r.event.is_security());
@@ -779,10 +806,11 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 .map(|m| Metric::from_name(&m).map_err(|e| Usage(format!("--metric {m:?}: {e}"))))
                 .transpose()?;
             let since_ms = since
-                .map(|s| duration("--since", &s))
+                .map(|s| positive("--since", &s))
                 .transpose()?
                 .map(|d| unix_ms().saturating_sub(d.as_millis() as u64));
-            let store = SqliteStore::open_existing(&db.unwrap_or_else(default_db)).map_err(fail)?;
+            let store =
+                SqliteStore::open_read_only(&db.unwrap_or_else(default_db)).map_err(fail)?;
             let rows = store
                 .telemetry(&id, metric.as_ref(), since_ms)
                 .map_err(fail)?;
@@ -809,8 +837,8 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             };
             let action = cuntong::cmd::parse_action(&command).map_err(Usage)?;
             signing.check()?;
-            let expires = duration("--expires", &expires)?;
-            let wait = duration("--wait", &wait)?;
+            let expires = lifetime(&expires)?;
+            let wait = positive("--wait", &wait)?;
             let targets: Vec<TerminalId> = match (terminal, region) {
                 (Some(t), None) => vec![parse("terminal", &t)?],
                 (None, Some(r)) => {
@@ -856,6 +884,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 Ok(())
             }
             CaAction::IssueServer { ca, name, out } => {
+                not_empty("--name", &name)?;
                 cuntong::ca::issue_server(&ca, &name, &out).map_err(fail)?;
                 println!("server certificate for {name} in {}", out.display());
                 Ok(())
@@ -956,13 +985,10 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             let addr: SocketAddr = parse("--listen", &listen)?;
             let http: SocketAddr = parse("--http", &http)?;
             let region: Region = parse("--region", &region)?;
-            let interval = duration("--interval", &interval)?;
-            if interval.is_zero() {
-                return Err(Usage("--interval must be more than zero".into()).into());
-            }
-            let run_for = run_for.map(|d| duration("--duration", &d)).transpose()?;
-            if sites == 0 {
-                return Err(Usage("--sites must be at least 1".into()).into());
+            let interval = positive("--interval", &interval)?;
+            let run_for = run_for.map(|d| positive("--duration", &d)).transpose()?;
+            if !(1..=MAX_FLEET).contains(&sites) {
+                return Err(Usage(format!("--sites {sites}: 1 to {MAX_FLEET}")).into());
             }
             demo(addr, http, region, sites, interval, run_for, db).await
         }
@@ -992,6 +1018,23 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
         Ok(id.to_string())
     };
     // Validate everything before connecting.
+    match &action {
+        A::Create { .. } | A::List { .. } => {}
+        A::Start { id }
+        | A::End { id }
+        | A::Status { id, .. }
+        | A::Rollcall { id, .. }
+        | A::View { id, .. }
+        | A::Floor { id, .. }
+        | A::Mute { id, .. }
+        | A::Unmute { id, .. }
+        | A::Broadcast { id, .. }
+        | A::Lower { id, .. }
+        | A::Delegate { id, .. }
+        | A::Watch { id } => {
+            parse::<MeetingId>("meeting id", id)?;
+        }
+    }
     let (op, target): (Option<&str>, Option<String>) = match &action {
         A::Start { .. } => (Some("start"), None),
         A::End { .. } => (Some("end"), None),
@@ -1033,6 +1076,7 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
             keep_audio_on_grant,
             ..
         } => {
+            cuntong::meetings::check_title(title).map_err(|e| Usage(format!("--title: {e}")))?;
             for i in invite {
                 parse::<Invitee>("--invite", i)?;
             }
@@ -1049,7 +1093,10 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
             if let Some(c) = chair {
                 parse::<TerminalId>("--chair", c)?;
             }
-            let at_ms = at.as_deref().map(start_time).transpose()?;
+            let at_ms = at
+                .as_deref()
+                .map(|at| start_time(at, unix_ms()))
+                .transpose()?;
             Some(RequestBody::Create {
                 title: title.clone(),
                 kind: kind.clone(),
@@ -1082,7 +1129,7 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
         let _: SocketAddr = parse("--to", to)?;
     }
     let timeout = match &action {
-        A::Rollcall { timeout, .. } => Some(duration("--timeout", timeout)?),
+        A::Rollcall { timeout, .. } => Some(positive("--timeout", timeout)?),
         _ => None,
     };
     let mut client = meeting_client(&conn).await?;
@@ -1180,36 +1227,61 @@ async fn meeting(action: MeetingAction, conn: Conn) -> Result<(), Failure> {
     result
 }
 
-/// `--at`: RFC 3339, or `+DURATION` from now.
-fn start_time(s: &str) -> Result<u64, Usage> {
-    if let Some(rel) = s.strip_prefix('+') {
-        return Ok(unix_ms() + duration("--at", rel)?.as_millis() as u64);
+/// `--at`: RFC 3339, or `+DURATION` from now; no further ahead than central schedules.
+fn start_time(s: &str, now_ms: u64) -> Result<u64, Usage> {
+    let bad = |why: String| Usage(format!("--at {s:?}: {why}"));
+    let at_ms = if let Some(rel) = s.strip_prefix('+') {
+        let ahead = cuntong_terminal::config::parse_duration(rel).map_err(bad)?;
+        if ahead.is_zero() {
+            return Err(bad("a start from now is later than now".into()));
+        }
+        now_ms.saturating_add(u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX))
+    } else {
+        humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .ok_or_else(|| {
+                Usage(format!(
+                    "--at {s:?}: use RFC 3339 (2026-12-01T09:00:00Z) or +DURATION (+10m)"
+                ))
+            })?
+    };
+    cuntong::meetings::check_start(at_ms, now_ms).map_err(bad)?;
+    Ok(at_ms)
+}
+
+/// `cmd --expires`: within what terminals accept.
+fn lifetime(value: &str) -> Result<Duration, Usage> {
+    use cuntong_core::command::{MAX_LIFETIME_MS, MIN_LIFETIME_MS};
+    let d = duration("--expires", value)?;
+    let range = Duration::from_millis(MIN_LIFETIME_MS)..=Duration::from_millis(MAX_LIFETIME_MS);
+    if !range.contains(&d) {
+        return Err(Usage(format!(
+            "--expires {value:?}: from 1m to 30d (terminals refuse longer-lived commands)"
+        )));
     }
-    humantime::parse_rfc3339_weak(s)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .ok_or_else(|| {
-            Usage(format!(
-                "--at {s:?}: use RFC 3339 (2026-12-01T09:00:00Z) or +DURATION (+10m)"
-            ))
-        })
+    Ok(d)
 }
 
 fn hj212_tool(action: Hj212Action) -> Result<(), Failure> {
-    use cuntong::hj212::{FrameJson, decode_line, describe};
+    use cuntong::hj212::{FrameJson, decode_line, describe, encode_checked};
     match action {
         Hj212Action::Decode { file, json } => {
-            let text = if file == "-" {
-                std::io::read_to_string(std::io::stdin()).map_err(fail)?
+            let bytes = if file == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map_err(fail)?;
+                b
             } else {
-                std::fs::read_to_string(&file).map_err(|e| fail(format!("{file}: {e}")))?
+                std::fs::read(&file).map_err(|e| Usage(format!("{file}: {e}")))?
             };
             let mut bad = 0;
-            for (i, line) in text
-                .lines()
+            // Line by line, as bytes: one bad line (not UTF-8, say) is reported by its number
+            // and the others still decode.
+            for (i, line) in bytes
+                .split(|&b| b == b'\n')
                 .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
+                .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
             {
                 match decode_line(line) {
                     Ok(p) if json => {
@@ -1239,6 +1311,8 @@ fn hj212_tool(action: Hj212Action) -> Result<(), Failure> {
                 serde_json::Value::Array(a) => a,
                 one => vec![one],
             };
+            // Every frame checked before any is written.
+            let mut out = String::new();
             for (i, item) in items.into_iter().enumerate() {
                 let frame: FrameJson = serde_json::from_value(item).map_err(|e| {
                     Usage(format!("--json {} frame {}: {e}", json.display(), i + 1))
@@ -1246,11 +1320,12 @@ fn hj212_tool(action: Hj212Action) -> Result<(), Failure> {
                 let packet = frame.to_packet().map_err(|e| {
                     Usage(format!("--json {} frame {}: {e}", json.display(), i + 1))
                 })?;
-                print!(
-                    "{}",
-                    String::from_utf8_lossy(&cuntong_core::hj212::encode(&packet))
-                );
+                let frame = encode_checked(&packet).map_err(|e| {
+                    Usage(format!("--json {} frame {}: {e}", json.display(), i + 1))
+                })?;
+                out.push_str(&String::from_utf8_lossy(&frame));
             }
+            print!("{out}");
             Ok(())
         }
     }
@@ -1418,7 +1493,7 @@ async fn demo_meeting(
         }
     };
     let known = || {
-        SqliteStore::open_existing(db)
+        SqliteStore::open_read_only(db)
             .and_then(|s| s.sites(Some(&region)))
             .map_or(0, |r| r.iter().filter(|s| s.online).count())
     };

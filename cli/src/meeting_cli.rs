@@ -320,9 +320,16 @@ pub fn list_table(rows: &[MeetingJson]) -> String {
     );
     for m in rows {
         out.push_str(&format!(
-            "{:<18} {:<9} {:<10} {:>6}  {:<24} {}\n",
+            "{:<18} {:<9} {:<10} {:>6}  {:<24} {}",
             m.id, m.kind, m.status, m.joined, m.created, m.title
         ));
+        if let Some(p) = &m.problem {
+            out.push_str(&format!(
+                " (cannot be used: {p}; `meeting end {}` retires it)",
+                m.id
+            ));
+        }
+        out.push('\n');
     }
     out
 }
@@ -379,6 +386,7 @@ mod tests {
                 joined: 1,
                 created: "2026-12-01T08:00:00.000Z".into(),
                 starts: None,
+                problem: None,
             },
             floor: None,
             broadcast: None,

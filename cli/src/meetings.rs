@@ -4,6 +4,10 @@
 //! `md` downlink). Every session is kept in the store (`meetings` table, the host as it is)
 //! and reloaded at start, so a restart of central loses no meeting; on every (re)connect the
 //! live states are published again, in case the broker lost its retained copies.
+//!
+//! A stored session central cannot host (its record does not decode, or its times are out of
+//! range) does not stop central: it is skipped, logged once and listed by `meeting list` with
+//! its problem, and `meeting end` retires it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
@@ -24,7 +28,7 @@ use crate::control::{
     MeetingJson, MeetingStatus, PAGE, RequestBody, ResponseBody, RollCallJson, SiteJson,
 };
 use crate::store::StoreError;
-use crate::view::rfc3339_ms;
+use crate::view::{LAST_MS, rfc3339_ms};
 
 /// Ended sessions stay in memory (for `status` and `list`) this long; the store keeps them.
 const ENDED_KEPT_MS: u64 = 24 * 3600 * 1000;
@@ -34,10 +38,39 @@ const CALLS_PER_TERMINAL: usize = 4;
 const MAX_INVITEES: usize = 256;
 /// Messages waiting for room in the link's queue, at most.
 const OUTBOUND_MAX: usize = 200_000;
+/// How far ahead a session may be scheduled.
+pub const SCHEDULE_AHEAD_MS: u64 = 366 * 24 * 3600 * 1000;
+/// A session's title, at most (characters): it travels in every state the sites receive.
+pub const TITLE_MAX: usize = 200;
+
+/// A title central hosts: something to show, and not too long.
+pub fn check_title(title: &str) -> Result<(), String> {
+    if title.trim().is_empty() {
+        return Err("a session needs a title".into());
+    }
+    if title.chars().count() > TITLE_MAX {
+        return Err(format!("a title has at most {TITLE_MAX} characters"));
+    }
+    if title.chars().any(char::is_control) {
+        return Err("a title is one line of text (no control characters)".into());
+    }
+    Ok(())
+}
+
+/// A scheduled start central hosts: at most [`SCHEDULE_AHEAD_MS`] after `now_ms`.
+pub fn check_start(at_ms: u64, now_ms: u64) -> Result<(), String> {
+    if at_ms > now_ms.saturating_add(SCHEDULE_AHEAD_MS) {
+        return Err("a session is scheduled at most a year (366 days) ahead".into());
+    }
+    Ok(())
+}
 
 /// Every session central hosts.
 pub struct MeetingService {
     hosts: BTreeMap<MeetingId, Host>,
+    /// Stored sessions central cannot host, skipped at start, by the id in their row: as
+    /// `meeting list` shows them (status `unusable`, with their problem).
+    unusable: BTreeMap<String, MeetingJson>,
     /// The heartbeat new sessions get.
     heartbeat_ms: u32,
     db: Connection,
@@ -49,6 +82,7 @@ impl std::fmt::Debug for MeetingService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeetingService")
             .field("sessions", &self.hosts.len())
+            .field("unusable", &self.unusable.len())
             .field("outbound", &self.outbound.len())
             .finish()
     }
@@ -102,27 +136,59 @@ impl MeetingService {
              ) WITHOUT ROWID;",
         )?;
         let mut hosts = BTreeMap::new();
+        let mut unusable = BTreeMap::new();
         {
-            let mut stmt = conn.prepare("SELECT id, host FROM meetings WHERE status != 'ended'")?;
+            use rusqlite::types::Value;
+            // Any value in any column: one bad row must not keep central from starting.
+            let mut stmt =
+                conn.prepare("SELECT id, host, created_ms FROM meetings WHERE status != 'ended'")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                Ok((
+                    r.get::<_, Value>(0)?,
+                    r.get::<_, Value>(1)?,
+                    r.get::<_, Value>(2)?,
+                ))
             })?;
             for row in rows {
-                let (id, blob) = row?;
-                match (MeetingId::from_str(&id), Host::from_store(&blob)) {
-                    (Ok(mid), Ok(mut host)) => {
+                let (id, blob, created) = row?;
+                match restore(&id, &blob) {
+                    Ok((mid, mut host)) => {
                         // Versions published after the last save may be lost with the crash.
                         host.restored(cuntong_terminal::link::unix_ms());
                         hosts.insert(mid, host);
                     }
-                    (_, Err(e)) => {
-                        tracing::error!(meeting = %id, error = %e, "stored meeting no longer decodes; left in the store")
-                    }
-                    (Err(e), _) => {
-                        tracing::error!(meeting = %id, error = %e, "stored meeting has a bad id")
+                    Err((id, problem, json)) => {
+                        tracing::error!(meeting = %id, %problem, "a stored session cannot be used: skipped (`cuntong meeting end {id}` retires it)");
+                        let json = json.unwrap_or_else(|| MeetingJson {
+                            id: id.clone(),
+                            title: String::new(),
+                            kind: String::new(),
+                            status: "unusable".into(),
+                            version: 0,
+                            invited: Vec::new(),
+                            chair: None,
+                            joined: 0,
+                            created: match created {
+                                Value::Integer(ms) => rfc3339_ms(u64::try_from(ms).unwrap_or(0)),
+                                other => text_of(&other),
+                            },
+                            starts: None,
+                            problem: None,
+                        });
+                        let json = MeetingJson {
+                            problem: Some(problem),
+                            ..json
+                        };
+                        unusable.insert(id, json);
                     }
                 }
             }
+        }
+        if !unusable.is_empty() {
+            tracing::warn!(
+                sessions = unusable.len(),
+                "stored sessions skipped (see `cuntong meeting list`)"
+            );
         }
         if !hosts.is_empty() {
             tracing::info!(sessions = hosts.len(), "meetings restored from the store");
@@ -130,6 +196,7 @@ impl MeetingService {
         let dirty = hosts.keys().copied().collect();
         Ok(MeetingService {
             hosts,
+            unusable,
             heartbeat_ms: heartbeat.as_millis().clamp(500, u128::from(u32::MAX)) as u32,
             db: conn,
             dirty,
@@ -282,6 +349,16 @@ impl MeetingService {
         self.dirty.insert(id);
         self.apply(id, out);
         Ok(version)
+    }
+
+    /// Marks an unusable stored session ended, so it is not loaded again.
+    fn retire(&mut self, id: &str) -> Result<(), String> {
+        self.db
+            .execute("UPDATE meetings SET status = 'ended' WHERE id = ?1", [id])
+            .map_err(|e| format!("store: {e}"))?;
+        self.unusable.remove(id);
+        tracing::info!(meeting = %id, "unusable stored session retired");
+        Ok(())
     }
 
     /// Whether the store holds a session (live or ended) under `id`.
@@ -473,6 +550,12 @@ impl MeetingService {
     /// Answers a `cuntong meeting …` request.
     pub fn answer(&mut self, body: RequestBody, now_ms: u64) -> Result<ResponseBody, String> {
         let find = |s: &Self, m: &str| -> Result<MeetingId, String> {
+            if let Some(u) = s.unusable.get(m) {
+                return Err(format!(
+                    "{m}: the stored session cannot be used ({}); `meeting end {m}` retires it",
+                    u.problem.as_deref().unwrap_or("?")
+                ));
+            }
             let id: MeetingId = m.parse().map_err(|e| format!("{m:?}: {e}"))?;
             if s.hosts.contains_key(&id) {
                 Ok(id)
@@ -490,6 +573,10 @@ impl MeetingService {
                 chair,
                 floor_mutes_others,
             } => {
+                check_title(&title)?;
+                if let Some(at) = at_ms {
+                    check_start(at, now_ms)?;
+                }
                 let kind = match kind.as_str() {
                     "meeting" => Kind::Meeting,
                     "training" => Kind::Training,
@@ -542,6 +629,12 @@ impl MeetingService {
                     tracing::error!(error = %e, "cannot save the new session; retrying at the next tick");
                 }
                 Ok(ResponseBody::Created { id: id.to_string() })
+            }
+            RequestBody::Op { meeting, op, .. }
+                if op == "end" && self.unusable.contains_key(&meeting) =>
+            {
+                self.retire(&meeting)?;
+                Ok(ResponseBody::Done { version: 0 })
             }
             RequestBody::Op {
                 meeting,
@@ -624,7 +717,11 @@ impl MeetingService {
                 })
             }
             RequestBody::List => Ok(ResponseBody::List(
-                self.hosts.values().map(meeting_json).collect(),
+                self.hosts
+                    .values()
+                    .map(meeting_json)
+                    .chain(self.unusable.values().cloned())
+                    .collect(),
             )),
             RequestBody::View {
                 meeting,
@@ -745,6 +842,66 @@ pub fn meeting_json(h: &Host) -> MeetingJson {
             .count(),
         created: rfc3339_ms(h.created_ms()),
         starts: s.spec.starts_ms.map(rfc3339_ms),
+        problem: None,
+    }
+}
+
+/// A stored row as a session central can host, or its id, what is wrong and (if the session
+/// decodes) how `list` shows it.
+#[allow(clippy::type_complexity)]
+fn restore(
+    id: &rusqlite::types::Value,
+    blob: &rusqlite::types::Value,
+) -> Result<(MeetingId, Host), (String, String, Option<MeetingJson>)> {
+    use rusqlite::types::Value;
+    let text = text_of(id);
+    let Value::Text(id) = id else {
+        return Err((text, "its id is not text".into(), None));
+    };
+    let mid = MeetingId::from_str(id).map_err(|e| (text.clone(), format!("bad id: {e}"), None))?;
+    let Value::Blob(blob) = blob else {
+        return Err((text, "no session record".into(), None));
+    };
+    let host = Host::from_store(blob).map_err(|e| {
+        (
+            text.clone(),
+            format!("the record no longer decodes: {e}"),
+            None,
+        )
+    })?;
+    let problem = if host.created_ms() > LAST_MS {
+        Some(format!(
+            "created at {} ms, past year 9999",
+            host.created_ms()
+        ))
+    } else {
+        match host.state().spec.starts_ms {
+            Some(at) if at > LAST_MS => Some(format!("scheduled at {at} ms, past year 9999")),
+            _ => None,
+        }
+    };
+    match problem {
+        Some(p) => Err((
+            text,
+            p,
+            Some(MeetingJson {
+                status: "unusable".into(),
+                ..meeting_json(&host)
+            }),
+        )),
+        None => Ok((mid, host)),
+    }
+}
+
+/// A stored value as text, for messages.
+fn text_of(v: &rusqlite::types::Value) -> String {
+    use rusqlite::types::Value;
+    match v {
+        Value::Null => "(null)".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(t) => t.clone(),
+        Value::Blob(b) => format!("({} bytes)", b.len()),
     }
 }
 
@@ -867,6 +1024,80 @@ mod tests {
             })
             .unwrap();
         assert_eq!(ended, "ended");
+    }
+
+    #[test]
+    fn stored_sessions_central_cannot_use_are_listed_and_retired_never_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("central.db");
+        let hb = std::time::Duration::from_secs(10);
+        drop(MeetingService::open(&db, hb).unwrap());
+        let spec = |id: &str, starts_ms| MeetingSpec {
+            id: id.parse().unwrap(),
+            kind: Kind::Meeting,
+            title: "t".into(),
+            chair: None,
+            invitees: vec!["130102".parse().unwrap()],
+            starts_ms,
+            profile: MediaProfile::named("sd").unwrap(),
+            floor_mutes_others: true,
+            heartbeat_ms: 10_000,
+        };
+        let blob = |id: &str, starts_ms| {
+            let (h, _) = Host::new(spec(id, starts_ms), HostConfig::default(), vec![1; 30], 5);
+            h.to_store().unwrap()
+        };
+        let conn = Connection::open(&db).unwrap();
+        let put = |id: &dyn rusqlite::ToSql, host: &dyn rusqlite::ToSql| {
+            conn.execute(
+                "INSERT INTO meetings (id, status, created_ms, host) VALUES (?1, 'live', 5, ?2)",
+                params![id, host],
+            )
+            .unwrap();
+        };
+        put(&"mok", &blob("mok", Some(1_000)));
+        put(&"mfar", &blob("mfar", Some(u64::MAX)));
+        put(&"mjunk", &vec![0xffu8; 3]);
+        put(&"Bad Id", &blob("mok", None));
+        put(&7, &"text, not a record");
+        drop(conn);
+
+        let mut svc = MeetingService::open(&db, hb).unwrap();
+        assert_eq!(svc.sessions().count(), 1);
+        let ResponseBody::List(rows) = svc.answer(RequestBody::List, 10).unwrap() else {
+            panic!("not a list");
+        };
+        assert_eq!(rows.len(), 5, "{rows:?}");
+        for r in rows.iter().filter(|r| r.id != "mok") {
+            assert_eq!(r.status, "unusable", "{r:?}");
+            assert!(r.problem.is_some(), "{r:?}");
+        }
+        let op = |svc: &mut MeetingService, id: &str, op: &str| {
+            svc.answer(
+                RequestBody::Op {
+                    meeting: id.into(),
+                    op: op.into(),
+                    terminal: None,
+                    region: None,
+                },
+                10,
+            )
+        };
+        let e = op(&mut svc, "mfar", "start").unwrap_err();
+        assert!(e.contains("meeting end mfar"), "{e}");
+        op(&mut svc, "mfar", "end").unwrap();
+        op(&mut svc, "mjunk", "end").unwrap();
+        assert!(
+            op(&mut svc, "mfar", "end").is_err(),
+            "retired: no longer there"
+        );
+        drop(svc);
+        let mut again = MeetingService::open(&db, hb).unwrap();
+        let ResponseBody::List(rows) = again.answer(RequestBody::List, 10).unwrap() else {
+            panic!("not a list");
+        };
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["mok", "7", "Bad Id"]);
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn read(db: &Path) -> Result<Snapshot, StoreError> {
-        let store = SqliteStore::open_existing(db)?;
+        let store = SqliteStore::open_read_only(db)?;
         let sites = store.sites(None)?;
         let alarms = crate::alarms::list(db, None, true, 10_000)?;
         let meetings = live_meetings(db).unwrap_or_default();
@@ -139,9 +139,8 @@ impl Snapshot {
 }
 
 /// The live sessions in the store.
-fn live_meetings(db: &Path) -> Result<Vec<LiveMeeting>, rusqlite::Error> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+fn live_meetings(db: &Path) -> Result<Vec<LiveMeeting>, StoreError> {
+    let conn = crate::store::open_read_only(db)?;
     let mut stmt = conn.prepare("SELECT host FROM meetings WHERE status = 'live'")?;
     let blobs: Vec<Vec<u8>> = stmt
         .query_map([], |r| r.get(0))?
@@ -218,7 +217,7 @@ impl View {
         else {
             return;
         };
-        let Ok(store) = SqliteStore::open_existing(db) else {
+        let Ok(store) = SqliteStore::open_read_only(db) else {
             return;
         };
         let since = cuntong_terminal::link::unix_ms().saturating_sub(3_600_000);

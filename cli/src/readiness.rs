@@ -25,8 +25,7 @@ pub struct ReadinessJson {
 
 /// The terminals a meeting knows (invited and expected, joined or not), from the store.
 pub fn meeting_terminals(db: &Path, meeting: &str) -> Result<Vec<TerminalId>, String> {
-    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("{}: {e}", db.display()))?;
+    let conn = crate::store::open_read_only(db).map_err(|e| e.to_string())?;
     let blob: Vec<u8> = conn
         .query_row("SELECT host FROM meetings WHERE id = ?1", [meeting], |r| {
             r.get(0)

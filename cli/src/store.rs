@@ -35,6 +35,42 @@ pub enum StoreError {
         seq: u64,
         detail: String,
     },
+    #[error(
+        "no store at {path} yet (`cuntong central` creates it there; --db PATH or CUNTONG_DB for another)"
+    )]
+    Missing { path: String },
+}
+
+/// Opens the store at `path` for reading only: the one way every read command (`sites`,
+/// `telemetry`, `events`, `alarms`, `monitor`, `readiness`, the dashboard) opens it, while
+/// central writes. Never creates anything; a missing file, or one central never set up, is
+/// [`StoreError::Missing`] naming where it looked.
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let missing = || StoreError::Missing {
+        path: path.display().to_string(),
+    };
+    if !path.is_file() {
+        return Err(missing());
+    }
+    let open_err = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'terminals'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(open_err)?;
+    if tables == 0 {
+        return Err(missing());
+    }
+    Ok(conn)
 }
 
 /// One thing to store, already decoded and checked by the collector.
@@ -271,15 +307,11 @@ impl SqliteStore {
         Ok(SqliteStore { conn })
     }
 
-    /// Opens the database read-only use (queries from the CLI while central writes).
-    pub fn open_existing(path: &Path) -> Result<SqliteStore, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Open {
-                path: path.display().to_string(),
-                source: rusqlite::Error::InvalidPath(path.to_owned()),
-            });
-        }
-        SqliteStore::open(path)
+    /// Opens the store for reading only (see [`open_read_only`]).
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        Ok(SqliteStore {
+            conn: open_read_only(path)?,
+        })
     }
 }
 
@@ -1177,7 +1209,7 @@ mod tests {
         };
         assert_eq!(history_before.len(), 3);
 
-        let mut store = SqliteStore::open_existing(&path).unwrap();
+        let mut store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.sites(None).unwrap(), sites_before);
         assert_eq!(store.telemetry(&id(A), None, None).unwrap(), history_before);
         assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 2);
@@ -1204,14 +1236,23 @@ mod tests {
     }
 
     #[test]
-    fn open_existing_refuses_a_missing_file_and_creates_nothing() {
+    fn reading_a_missing_store_names_where_it_looked_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing.db");
-        let err = SqliteStore::open_existing(&path).unwrap_err();
+        let err = SqliteStore::open_read_only(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
         assert!(
-            err.to_string().contains("missing.db"),
-            "error should name the file: {err}"
+            err.to_string().contains("no store at") && err.to_string().contains("missing.db"),
+            "error should say there is no store and name the file: {err}"
         );
         assert!(!path.exists());
+        // A file central never set up (here: empty) is no store either, and stays untouched.
+        std::fs::write(&path, b"").unwrap();
+        let err = SqliteStore::open_read_only(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // A directory is not a store.
+        let err = open_read_only(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
     }
 }

@@ -3,7 +3,7 @@
 //! The JSON shapes are a contract: [`SiteJson`] and [`SampleJson`] are what scripts parse.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,13 +42,25 @@ pub struct SampleJson {
     pub flag: Option<String>,
 }
 
-/// RFC 3339 (UTC) of a Unix millisecond time.
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+pub const LAST_MS: u64 = 253_402_300_799_999;
+
+/// RFC 3339 (UTC) of a Unix millisecond time. Never fails: a time past [`LAST_MS`] (a
+/// corrupt or hostile stored or received value) is written as such, not as a date. Every
+/// timestamp central prints or answers goes through here.
 pub fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    rfc3339(ms, |t| humantime::format_rfc3339_millis(t).to_string())
 }
 
 fn rfc3339_s(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    rfc3339(ms, |t| humantime::format_rfc3339_seconds(t).to_string())
+}
+
+fn rfc3339(ms: u64, format: impl Fn(SystemTime) -> String) -> String {
+    match UNIX_EPOCH.checked_add(Duration::from_millis(ms)) {
+        Some(t) if ms <= LAST_MS => format(t),
+        _ => format!("(out of range: {ms} ms after 1970)"),
+    }
 }
 
 fn metric(r: &SiteRow, name: &str) -> Option<f64> {
@@ -214,6 +226,15 @@ mod tests {
     fn times_are_rfc3339_utc() {
         assert_eq!(rfc3339_ms(1_763_798_400_123), "2025-11-22T08:00:00.123Z");
         assert_eq!(rfc3339_s(1_763_798_400_123), "2025-11-22T08:00:00Z");
+    }
+
+    #[test]
+    fn times_past_year_9999_are_written_as_out_of_range_not_a_panic() {
+        assert_eq!(rfc3339_ms(LAST_MS), "9999-12-31T23:59:59.999Z");
+        for ms in [LAST_MS + 1, 360_000_000_000_000_000, u64::MAX] {
+            assert!(rfc3339_ms(ms).contains("out of range"), "{ms}");
+            assert!(rfc3339_s(ms).contains("out of range"), "{ms}");
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ use crate::sht3x::{NoDelay, SimSht3x, SimSht3xControl};
 /// How many codes each level below the region root spreads over, from the top.
 const SPREAD: [u16; 4] = [4, 5, 8, 999];
 
+/// The most terminals one simulator process runs (`fleet --count`, `cuntong demo --sites`).
+pub const MAX_FLEET: usize = 100_000;
+
 /// `count` terminal ids spread over `region`, the same for the same arguments.
 ///
 /// Sites are filled breadth-first: the first terminals land in different prefectures,

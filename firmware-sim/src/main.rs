@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use cuntong_core::meeting::participant::AcceptPolicy;
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_firmware_sim::fleet::{Fleet, SimOptions, default_data_root, fleet_ids, relay_ids};
+use cuntong_firmware_sim::fleet::{
+    Fleet, MAX_FLEET, SimOptions, default_data_root, fleet_ids, relay_ids,
+};
 use cuntong_firmware_sim::{datalogger, proxy};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::config::{parse_duration, parse_size};
@@ -151,6 +153,9 @@ enum Command {
     },
 }
 
+/// The longest delay `link delay MS` adds (a minute: longer is a cut).
+const MAX_DELAY_MS: u64 = 60_000;
+
 /// A bad argument: one line naming the value, exit code 2.
 fn usage(msg: String) -> ExitCode {
     eprintln!("error: {msg}");
@@ -202,8 +207,14 @@ fn main() -> ExitCode {
         } => {
             let line = match (action.as_str(), value) {
                 ("cut", None) | ("stall", None) | ("restore", None) => action.clone(),
-                ("delay", Some(ms)) => format!("delay {ms}"),
+                ("delay", Some(ms)) if ms <= MAX_DELAY_MS => format!("delay {ms}"),
+                ("delay", Some(ms)) => {
+                    return usage(format!("link delay {ms}: at most {MAX_DELAY_MS} ms"));
+                }
                 ("loss", Some(pct)) if pct <= 100 => format!("loss {pct}"),
+                ("loss", Some(pct)) => {
+                    return usage(format!("link loss {pct}: a percentage, 0 to 100"));
+                }
                 _ => {
                     return usage(format!(
                         "link action {action:?}: use cut, stall, restore, delay MS or loss PERCENT"
@@ -447,6 +458,13 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
         .map_err(|e| format!("--broker: {e}"))?;
     let mut opts = SimOptions::new(broker, data_root, duration("--interval", &common.interval)?);
     opts.keep_alive = duration("--keep-alive", &common.keep_alive)?;
+    // What MQTT can say (whole seconds, 16 bits), as a terminal's config allows.
+    if !(Duration::from_secs(1)..=Duration::from_secs(65_535)).contains(&opts.keep_alive) {
+        return Err(format!(
+            "--keep-alive {:?}: from 1s to 65535s",
+            common.keep_alive
+        ));
+    }
     opts.delivery.resend_after_ms =
         duration("--resend-after", &common.resend_after)?.as_millis() as u64;
     opts.delivery.rate_per_s = common.rate;
@@ -511,8 +529,8 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             let r: Region = region
                 .parse()
                 .map_err(|e| format!("--region {region:?}: {e}"))?;
-            if count == 0 {
-                return Err("--count must be at least 1".to_owned());
+            if !(1..=MAX_FLEET).contains(&count) {
+                return Err(format!("--count {count}: 1 to {MAX_FLEET}"));
             }
             let opts = options(&common, data_dir.unwrap_or_else(default_data_root))?;
             let ids = fleet_ids(&r, count);

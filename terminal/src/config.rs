@@ -513,9 +513,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Parses a human duration such as `30s`, `5m` or `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. \"30s\", \"5m\""))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. \"30s\", \"5m\""))?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than 100 years"));
+    }
+    Ok(d)
 }
+
+/// The longest duration any setting or flag takes (100 years): longer is a mistake, and
+/// anything up to it can be added to the current time, and counted in u64 milliseconds,
+/// without overflow or leaving the years a date can be written in.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

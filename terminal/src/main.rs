@@ -39,7 +39,7 @@ enum Command {
     /// Validate the config, probe each sensor, connect to the broker; one line per check.
     Check {
         /// How long to wait for the broker.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = cuntong_terminal::config::parse_duration)]
         timeout: Duration,
     },
     /// Ask the running daemon for its state over its local socket.

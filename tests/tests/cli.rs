@@ -185,3 +185,273 @@ fn status_reports_the_running_daemon() {
         "daemon did not stop cleanly"
     );
 }
+
+/// A broker nobody listens on: a command that validated its arguments only after connecting
+/// would fail there (exit 1), not with exit 2.
+const NOWHERE: &str = "mqtt://127.0.0.1:1";
+
+#[test]
+fn times_durations_and_counts_out_of_range_are_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let db = db.to_str().unwrap();
+    let create = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut a = vec![
+            "meeting", "create", "--broker", NOWHERE, "--invite", "130102",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    // A start that cannot be written as a date, or is absurdly far, or means nothing.
+    for at in [
+        "+99999999999h",
+        "+100000000000000000000h",
+        "+400d",
+        "+0s",
+        "10000-01-01T00:00:00Z",
+        "2999-01-01T00:00:00Z",
+    ] {
+        assert_usage_error("cuntong", &create(&["--title", "x", "--at", at]), at);
+    }
+    assert_usage_error(
+        "cuntong",
+        &create(&["--title", "", "--at", "+1h"]),
+        "--title",
+    );
+    assert_usage_error("cuntong", &create(&["--title", "  "]), "--title");
+    let long = "会".repeat(201);
+    let mut args = create(&["--title"]);
+    args.push(&long);
+    assert_usage_error("cuntong", &args, "--title");
+    assert_usage_error(
+        "cuntong",
+        &["meeting", "start", "", "--broker", NOWHERE],
+        "meeting id",
+    );
+    assert_usage_error(
+        "cuntong",
+        &[
+            "meeting",
+            "rollcall",
+            "m1",
+            "--timeout",
+            "0s",
+            "--broker",
+            NOWHERE,
+        ],
+        "--timeout",
+    );
+    // Signed commands live from a minute to 30 days.
+    for expires in ["100000h", "31d", "0s", "30s"] {
+        assert_usage_error(
+            "cuntong",
+            &[
+                "cmd",
+                "130102001001-main",
+                "ping",
+                "--ca",
+                db,
+                "--broker",
+                NOWHERE,
+                "--expires",
+                expires,
+            ],
+            expires,
+        );
+    }
+    assert_usage_error(
+        "cuntong",
+        &[
+            "cmd",
+            "130102001001-main",
+            "ping",
+            "--ca",
+            db,
+            "--broker",
+            NOWHERE,
+            "--wait",
+            "0s",
+        ],
+        "--wait",
+    );
+    assert_usage_error(
+        "cuntong",
+        &["ca", "issue-server", "--ca", db, "--name", "", "--out", db],
+        "--name",
+    );
+    for since in ["99999999999h", "0s"] {
+        assert_usage_error("cuntong", &["events", "--db", db, "--since", since], since);
+    }
+    assert_usage_error(
+        "cuntong",
+        &["alarms", "--db", db, "--limit", "0"],
+        "--limit",
+    );
+    assert_usage_error(
+        "cuntong",
+        &["demo", "--sites", "99999999999"],
+        "99999999999",
+    );
+    assert_usage_error(
+        "cuntong",
+        &["central", "--db", db, "--meeting-heartbeat", "99999999999h"],
+        "99999999999h",
+    );
+    assert_usage_error(
+        "cuntong-sim",
+        &["fleet", "--region", "130102", "--count", "99999999999"],
+        "99999999999",
+    );
+    assert_usage_error(
+        "cuntong-sim",
+        &["fleet", "--region", "130102", "--interval", "99999999999h"],
+        "99999999999h",
+    );
+    assert_usage_error(
+        "cuntong-sim",
+        &["fleet", "--region", "130102", "--keep-alive", "100000s"],
+        "--keep-alive",
+    );
+    assert_usage_error(
+        "cuntong-sim",
+        &["link", "--control", db, "loss", "101"],
+        "101",
+    );
+    assert_usage_error(
+        "cuntong-sim",
+        &["link", "--control", db, "delay", "99999999999"],
+        "99999999999",
+    );
+    let out = run(
+        &bin("cuntong-terminal"),
+        &["--config", db, "check", "--timeout", "99999999999h"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("99999999999h"));
+    assert!(!std::path::Path::new(db).exists(), "nothing was created");
+}
+
+#[test]
+fn every_read_command_says_there_is_no_store_yet_and_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere").join("central.db");
+    let db = missing.to_str().unwrap();
+    let ca = dir.path().to_str().unwrap();
+    let commands: [&[&str]; 8] = [
+        &["sites", "--db", db],
+        &["telemetry", "--db", db, "--terminal", "130102001001-main"],
+        &["events", "--db", db],
+        &["alarms", "--db", db],
+        &["monitor", "--db", db],
+        &[
+            "readiness",
+            "--meeting",
+            "m1",
+            "--db",
+            db,
+            "--ca",
+            ca,
+            "--broker",
+            NOWHERE,
+        ],
+        &[
+            "readiness",
+            "--region",
+            "130102",
+            "--db",
+            db,
+            "--ca",
+            ca,
+            "--broker",
+            NOWHERE,
+        ],
+        &[
+            "cmd", "--region", "130102", "ping", "--db", db, "--ca", ca, "--broker", NOWHERE,
+        ],
+    ];
+    for args in commands {
+        let out = run(&bin("cuntong"), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no store at") && stderr.contains(db),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    }
+    // An empty file where the store should be is no store either, and stays as it was.
+    std::fs::create_dir_all(missing.parent().unwrap()).unwrap();
+    std::fs::write(&missing, b"").unwrap();
+    let out = run(&bin("cuntong"), &["sites", "--db", db]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
+    assert_eq!(std::fs::metadata(&missing).unwrap().len(), 0);
+}
+
+#[test]
+fn hj212_encode_refuses_what_its_decoder_would_misread_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("frames.json");
+    let good = serde_json::json!({"qn": null, "st": "32", "cn": "2011", "pw": "123456",
+        "mn": "A1", "flag": "5", "pnum": null, "pno": null, "cp": {"w01018-Rtd": "1.5"}});
+    let long = "9".repeat(5000);
+    for (field, value) in [
+        ("mn", "x;MN=EVIL"),
+        ("pw", "a##0101"),
+        ("mn", "站点"),
+        ("st", "3\r\n2"),
+        ("cp", long.as_str()),
+        ("cp", "1;MN=EVIL"),
+    ] {
+        let mut bad = good.clone();
+        if field == "cp" {
+            bad["cp"]["w01018-Rtd"] = value.into();
+        } else {
+            bad[field] = value.into();
+        }
+        std::fs::write(&json, serde_json::to_vec(&[&good, &bad]).unwrap()).unwrap();
+        let out = run(
+            &bin("cuntong"),
+            &["hj212", "encode", "--json", json.to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{field}={value:?}: {stderr}");
+        assert!(stderr.contains("frame 2"), "{stderr}");
+        assert!(out.stdout.is_empty(), "nothing written, not even frame 1");
+    }
+}
+
+#[test]
+fn hj212_decode_names_each_bad_line_and_decodes_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = b"##0101QN=20160801085857223;ST=32;CN=1062;PW=100000;MN=010000A8900016F000169DC0;Flag=5;CP=&&RtdInterval=30&&1C80";
+    // The same frame with one byte of its data not UTF-8, its CRC right.
+    let mut data = good[6..good.len() - 4].to_vec();
+    data[24] = 0xff;
+    let mut not_utf8 = format!("##{:04}", data.len()).into_bytes();
+    not_utf8.extend_from_slice(&data);
+    not_utf8.extend_from_slice(format!("{:04X}", cuntong_core::hj212::crc16(&data)).as_bytes());
+    let mut text = Vec::new();
+    for line in [&good[..], &not_utf8, b"##", &good[..]] {
+        text.extend_from_slice(line);
+        text.extend_from_slice(b"\r\n");
+    }
+    let file = dir.path().join("capture.txt");
+    std::fs::write(&file, &text).unwrap();
+    let out = run(
+        &bin("cuntong"),
+        &["hj212", "decode", file.to_str().unwrap()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stdout.contains("frame 1:") && stdout.contains("frame 4:"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("line 2: byte 30"), "{stderr}");
+    assert!(stderr.contains("line 3:"), "{stderr}");
+    assert!(
+        !stderr.contains("\\r") && !stderr.contains("CR LF\""),
+        "no mention of bytes that are not there: {stderr}"
+    );
+}

@@ -392,3 +392,147 @@ fn a_village_calls_its_county_office_and_a_county_box_chairs_its_county() {
     assert!(muted("130102001001-main"));
     ok(cuntong(&url, &["meeting", "end", &id]));
 }
+
+#[test]
+fn a_stored_meeting_central_cannot_use_is_skipped_listed_and_ended_while_central_keeps_running() {
+    use cuntong::control::MeetingJson;
+    use cuntong_core::meeting::host::{Host, HostConfig};
+    use cuntong_core::meeting::{Kind, MediaProfile, MeetingSpec};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Embedded, d);
+    let url = broker.url.clone();
+    let db = d.join("central.db");
+    let start_central = |n: usize| {
+        Proc::spawn(
+            &bin("cuntong"),
+            &["central", "--broker", &url, "--db", db.to_str().unwrap()],
+            d.join(format!("central-{n}.log")),
+        )
+    };
+    let list = || -> Option<Vec<MeetingJson>> {
+        let out = cuntong(&url, &["meeting", "list", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    };
+
+    // A healthy scheduled meeting; central sets up its store.
+    let mut central = start_central(1);
+    let mut good = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = cuntong(
+                &url,
+                &[
+                    "meeting", "create", "--title", "例会", "--invite", COUNTY, "--at", "+1h",
+                ],
+            );
+            good = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            out.status.success()
+        }),
+        "{}",
+        central.log_text()
+    );
+    assert!(central.terminate(Duration::from_secs(10)).is_some());
+
+    // Two rows central cannot use, written straight into the store: a meeting scheduled past
+    // year 9999 (what `--at +99999999999h` stored before it was refused) and one that no
+    // longer decodes.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let far = now + 99_999_999_999 * 3_600_000;
+    let (host, _) = Host::new(
+        MeetingSpec {
+            id: "mfar".parse().unwrap(),
+            kind: Kind::Meeting,
+            title: "x".into(),
+            chair: None,
+            invitees: vec![COUNTY.parse().unwrap()],
+            starts_ms: Some(far),
+            profile: MediaProfile::named("sd").unwrap(),
+            floor_mutes_others: true,
+            heartbeat_ms: 10_000,
+        },
+        HostConfig::default(),
+        vec![7; 30],
+        now,
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let insert = "INSERT INTO meetings (id, status, created_ms, host) VALUES (?1, ?2, ?3, ?4)";
+    conn.execute(
+        insert,
+        rusqlite::params!["mfar", "scheduled", now as i64, host.to_store().unwrap()],
+    )
+    .unwrap();
+    conn.execute(
+        insert,
+        rusqlite::params!["mjunk", "live", now as i64, b"not a session".to_vec()],
+    )
+    .unwrap();
+    drop(conn);
+
+    // Central starts with them, answers, and lists them with what is wrong; again after a
+    // power cut.
+    for n in 2..=3 {
+        let mut central = start_central(n);
+        let mut rows = Vec::new();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                rows = list().unwrap_or_default();
+                rows.len() == 3
+            }),
+            "{rows:?}\n{}",
+            central.log_text()
+        );
+        let row = |id: &str| rows.iter().find(|m| m.id == id).unwrap().clone();
+        assert_eq!(row(&good).status, "scheduled");
+        assert_eq!(row(&good).problem, None);
+        let far = row("mfar");
+        assert_eq!(far.status, "unusable");
+        assert!(far.problem.as_deref().unwrap().contains("9999"), "{far:?}");
+        assert!(row("mjunk").problem.is_some());
+        let human = ok(cuntong(&url, &["meeting", "list"]));
+        assert!(
+            human.contains("mfar") && human.contains("cannot be used"),
+            "{human}"
+        );
+        // The other requests answer, naming the problem.
+        let status = cuntong(&url, &["meeting", "status", "mfar"]);
+        assert_eq!(status.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&status.stderr).contains("meeting end mfar"));
+        assert!(
+            central.child.try_wait().unwrap().is_none(),
+            "central stopped:\n{}",
+            central.log_text()
+        );
+        let log = central.log_text();
+        assert_eq!(
+            log.matches("a stored session cannot be used").count(),
+            2,
+            "{log}"
+        );
+        central.kill();
+    }
+
+    // `meeting end` retires them for good.
+    let mut central = start_central(4);
+    assert!(wait_until(Duration::from_secs(20), || list().is_some()));
+    for id in ["mfar", "mjunk"] {
+        ok(cuntong(&url, &["meeting", "end", id]));
+    }
+    let ids = |rows: Vec<MeetingJson>| rows.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(ids(list().unwrap()), [good.clone()]);
+    central.kill();
+    let mut central = start_central(5);
+    let mut rows = Vec::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        rows = list().unwrap_or_default();
+        !rows.is_empty()
+    }));
+    assert_eq!(ids(rows), [good]);
+    assert!(central.child.try_wait().unwrap().is_none());
+}
