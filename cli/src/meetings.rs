@@ -151,35 +151,16 @@ impl MeetingService {
             })?;
             for row in rows {
                 let (id, blob, created) = row?;
-                match restore(&id, &blob) {
+                match restore(&id, &blob, &created) {
                     Ok((mid, mut host)) => {
                         // Versions published after the last save may be lost with the crash.
                         host.restored(cuntong_terminal::link::unix_ms());
                         hosts.insert(mid, host);
                     }
-                    Err((id, problem, json)) => {
+                    Err(json) => {
+                        let (id, problem) = (&json.id, json.problem.as_deref().unwrap_or(""));
                         tracing::error!(meeting = %id, %problem, "a stored session cannot be used: skipped (`cuntong meeting end {id}` retires it)");
-                        let json = json.unwrap_or_else(|| MeetingJson {
-                            id: id.clone(),
-                            title: String::new(),
-                            kind: String::new(),
-                            status: "unusable".into(),
-                            version: 0,
-                            invited: Vec::new(),
-                            chair: None,
-                            joined: 0,
-                            created: match created {
-                                Value::Integer(ms) => rfc3339_ms(u64::try_from(ms).unwrap_or(0)),
-                                other => text_of(&other),
-                            },
-                            starts: None,
-                            problem: None,
-                        });
-                        let json = MeetingJson {
-                            problem: Some(problem),
-                            ..json
-                        };
-                        unusable.insert(id, json);
+                        unusable.insert(json.id.clone(), *json);
                     }
                 }
             }
@@ -846,29 +827,50 @@ pub fn meeting_json(h: &Host) -> MeetingJson {
     }
 }
 
-/// A stored row as a session central can host, or its id, what is wrong and (if the session
-/// decodes) how `list` shows it.
-#[allow(clippy::type_complexity)]
+/// A stored row as a session central can host, or as `list` shows one it cannot: status
+/// `unusable`, with its problem.
 fn restore(
     id: &rusqlite::types::Value,
     blob: &rusqlite::types::Value,
-) -> Result<(MeetingId, Host), (String, String, Option<MeetingJson>)> {
+    created: &rusqlite::types::Value,
+) -> Result<(MeetingId, Host), Box<MeetingJson>> {
     use rusqlite::types::Value;
-    let text = text_of(id);
-    let Value::Text(id) = id else {
-        return Err((text, "its id is not text".into(), None));
+    let unusable = |problem: String, host: Option<&Host>| {
+        let json = match host {
+            Some(h) => meeting_json(h),
+            None => MeetingJson {
+                id: text_of(id),
+                title: String::new(),
+                kind: String::new(),
+                status: String::new(),
+                version: 0,
+                invited: Vec::new(),
+                chair: None,
+                joined: 0,
+                created: match created {
+                    Value::Integer(ms) => rfc3339_ms(u64::try_from(*ms).unwrap_or(0)),
+                    other => text_of(other),
+                },
+                starts: None,
+                problem: None,
+            },
+        };
+        Box::new(MeetingJson {
+            id: text_of(id),
+            status: "unusable".into(),
+            problem: Some(problem),
+            ..json
+        })
     };
-    let mid = MeetingId::from_str(id).map_err(|e| (text.clone(), format!("bad id: {e}"), None))?;
+    let Value::Text(text) = id else {
+        return Err(unusable("its id is not text".into(), None));
+    };
+    let mid = MeetingId::from_str(text).map_err(|e| unusable(format!("bad id: {e}"), None))?;
     let Value::Blob(blob) = blob else {
-        return Err((text, "no session record".into(), None));
+        return Err(unusable("no session record".into(), None));
     };
-    let host = Host::from_store(blob).map_err(|e| {
-        (
-            text.clone(),
-            format!("the record no longer decodes: {e}"),
-            None,
-        )
-    })?;
+    let host = Host::from_store(blob)
+        .map_err(|e| unusable(format!("the record no longer decodes: {e}"), None))?;
     let problem = if host.created_ms() > LAST_MS {
         Some(format!(
             "created at {} ms, past year 9999",
@@ -881,14 +883,7 @@ fn restore(
         }
     };
     match problem {
-        Some(p) => Err((
-            text,
-            p,
-            Some(MeetingJson {
-                status: "unusable".into(),
-                ..meeting_json(&host)
-            }),
-        )),
+        Some(p) => Err(unusable(p, Some(&host))),
         None => Ok((mid, host)),
     }
 }
