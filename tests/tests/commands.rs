@@ -90,16 +90,23 @@ fn commands_are_verified_before_they_run() {
     assert_eq!(v[0]["ok"], false);
     assert_eq!(v[0]["output"], "refused: bad signature");
 
-    // Expired on arrival.
+    // `cuntong cmd` gives no command a lifetime terminals refuse (exit 2, nothing sent).
     let out = cmd(&ca, &["--wait", "5s", "--expires", "0s"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v[0]["output"], "refused: expired", "{v}");
+    assert_eq!(out.status.code(), Some(2));
 
-    // The same signed bytes twice (not retained): the first runs, the second is a replay.
+    // Signed by the fleet's key but sent around `cuntong cmd`: the same bytes twice (not
+    // retained): the first runs, the second is a replay; one expired on arrival; one valid
+    // for longer than 30 days.
     let key = cuntong::cmd::signing_key(&ca).unwrap();
-    let (_, bytes) = cuntong::cmd::sign(&key, ID, Action::Ping, Duration::from_secs(60)).unwrap();
-    let payload = d.join("signed.bin");
-    std::fs::write(&payload, &bytes).unwrap();
+    let signed = |name: &str, lifetime: Duration| {
+        let (_, bytes) = cuntong::cmd::sign(&key, ID, Action::Ping, lifetime).unwrap();
+        let path = d.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        path
+    };
+    let payload = signed("signed.bin", Duration::from_secs(60));
+    let expired = signed("expired.bin", Duration::ZERO);
+    let too_long = signed("too-long.bin", Duration::from_secs(31 * 24 * 3600));
     let port = broker.port.to_string();
     let seen = d.join("results.hex");
     let _sub = Proc::spawn(
@@ -128,7 +135,7 @@ fn commands_are_verified_before_they_run() {
         );
         lines().contains(marker)
     }));
-    for _ in 0..2 {
+    for file in [&payload, &payload, &expired, &too_long] {
         let p = run(
             Path::new("mosquitto_pub"),
             &[
@@ -141,7 +148,7 @@ fn commands_are_verified_before_they_run() {
                 "-q",
                 "1",
                 "-f",
-                payload.to_str().unwrap(),
+                file.to_str().unwrap(),
             ],
         );
         assert!(p.status.success());
@@ -154,7 +161,7 @@ fn commands_are_verified_before_they_run() {
             .collect()
     };
     assert!(
-        wait_until(Duration::from_secs(15), || answers().len() >= 2),
+        wait_until(Duration::from_secs(15), || answers().len() >= 4),
         "{}",
         lines()
     );
@@ -167,13 +174,18 @@ fn commands_are_verified_before_they_run() {
             CommandResult::decode(&bytes).unwrap()
         })
         .collect();
-    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results.len(), 4, "{results:?}");
     assert!(results[0].ok && results[0].output == "pong");
     assert!(!results[1].ok && results[1].output == "refused: replayed (nonce already used)");
+    assert!(!results[2].ok && results[2].output == "refused: expired");
+    assert!(
+        !results[3].ok && results[3].output.contains("longer than the 30 days"),
+        "{results:?}"
+    );
 
     // Every refusal is reported (status here; the outbox carries them to central as events).
     let errors = status_errors(&socket);
-    for reason in ["bad signature", "expired", "replayed"] {
+    for reason in ["bad signature", "expired", "replayed", "30 days"] {
         assert!(errors.contains(reason), "{reason} not reported: {errors}");
     }
 }
