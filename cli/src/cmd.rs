@@ -43,6 +43,9 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| format!("config-set {kv:?}: expected KEY=VALUE"))?;
+            if k.trim().is_empty() {
+                return Err(format!("config-set {kv:?}: the KEY is empty"));
+            }
             Ok(Action::ConfigSet {
                 key: k.to_owned(),
                 value: v.to_owned(),

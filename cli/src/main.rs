@@ -704,6 +704,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             action: Some(AlarmAction::Ack { id, by, conn }),
             ..
         } => {
+            not_empty("--by", &by)?;
             let mut client = meeting_client(&conn).await?;
             let answer = client
                 .ask(RequestBody::AckAlarm { id, by }, meeting_cli::ANSWER)
@@ -900,6 +901,9 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             force,
         } => {
             let url: BrokerUrl = parse("--broker", &broker)?;
+            if let Some(n) = &name {
+                not_empty("--name", n)?;
+            }
             if !url.tls {
                 return Err(Usage(format!(
                     "--broker {broker:?}: provisioned terminals use mqtts://"
@@ -960,6 +964,11 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             server,
             out,
         } => {
+            if listen == 0 {
+                return Err(
+                    Usage("--listen 0: the broker needs a port (1 to 65535)".into()).into(),
+                );
+            }
             if format != "mosquitto" {
                 return Err(
                     Usage(format!("--format {format:?}: only mosquitto is supported")).into(),

@@ -244,6 +244,9 @@ fn main() -> ExitCode {
             corrupt_every,
             uploads,
         } => {
+            if uploads == Some(0) {
+                return usage("--uploads 0: at least 1 (leave it out to run until stopped)".into());
+            }
             let opts = match logger_options(connect, mn, password, &interval, &version) {
                 Ok(o) => datalogger::LoggerOptions {
                     split_every,
@@ -437,6 +440,9 @@ fn logger_options(
     };
     if mn.is_empty() || !mn.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(format!("--mn {mn:?}: letters and digits only"));
+    }
+    if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!("--password {password:?}: letters and digits only"));
     }
     Ok(datalogger::LoggerOptions {
         connect,

@@ -297,7 +297,11 @@ pub async fn run(
             .into_iter()
             .flatten()
             .min()
-            .map(|d| tokio::time::Instant::now() + Duration::from_millis(d.saturating_sub(now)));
+            // No deadline rather than a panic for one past what an Instant holds.
+            .and_then(|d| {
+                tokio::time::Instant::now()
+                    .checked_add(Duration::from_millis(d.saturating_sub(now)))
+            });
         tokio::select! {
             _ = stop.cancelled() => break,
             changed = link_up.changed() => {

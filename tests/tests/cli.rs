@@ -455,3 +455,69 @@ fn hj212_decode_names_each_bad_line_and_decodes_the_others() {
         "no mention of bytes that are not there: {stderr}"
     );
 }
+
+#[test]
+fn empty_or_unusable_arguments_are_refused_naming_the_flag_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x");
+    let db = db.to_str().unwrap();
+    assert_usage_error(
+        "cuntong",
+        &["alarms", "ack", "1", "--by", "", "--broker", NOWHERE],
+        "--by",
+    );
+    assert_usage_error(
+        "cuntong",
+        &[
+            "provision",
+            "130102001001-main",
+            "--ca",
+            db,
+            "--broker",
+            "mqtts://h:8883",
+            "--out",
+            db,
+            "--name",
+            " ",
+        ],
+        "--name",
+    );
+    assert_usage_error(
+        "cuntong",
+        &[
+            "acl", "--ca", db, "--server", db, "--out", db, "--listen", "0",
+        ],
+        "--listen",
+    );
+    assert_usage_error(
+        "cuntong",
+        &[
+            "cmd",
+            "130102001001-main",
+            "config-set",
+            "=30s",
+            "--ca",
+            db,
+            "--broker",
+            NOWHERE,
+        ],
+        "=30s",
+    );
+    assert_usage_error(
+        "cuntong-sim",
+        &[
+            "datalogger",
+            "--connect",
+            "127.0.0.1:1",
+            "--password",
+            "1;MN=X",
+        ],
+        "--password",
+    );
+    assert_usage_error(
+        "cuntong-sim",
+        &["datalogger", "--connect", "127.0.0.1:1", "--uploads", "0"],
+        "--uploads",
+    );
+    assert!(!std::path::Path::new(db).exists(), "nothing was created");
+}
