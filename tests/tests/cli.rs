@@ -84,6 +84,32 @@ fn a_bad_terminal_config_names_the_key_and_exits_2() {
     assert!(stderr.contains("often"), "{stderr}");
 }
 
+#[test]
+fn a_terminal_config_duration_past_100_years_names_the_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("terminal.toml");
+    std::fs::write(
+        &cfg,
+        "id = \"130102001001-main\"\nbroker = \"mqtt://127.0.0.1:1\"\ndata_dir = \"/tmp\"\n\n[telemetry]\nhealth_interval = \"99999999999h\"\n",
+    )
+    .unwrap();
+    // `check` (bounded: it gives up on the broker after a second) validates as the daemon.
+    let out = run(
+        &bin("cuntong-terminal"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "check",
+            "--timeout",
+            "1s",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("health_interval"), "{text}");
+    assert!(text.contains("99999999999h"), "{text}");
+}
+
 fn write_config(dir: &std::path::Path, broker: &str, sensor: bool) -> std::path::PathBuf {
     let cfg = dir.join("terminal.toml");
     let mut text = format!(
