@@ -1242,7 +1242,9 @@ fn start_time(s: &str, now_ms: u64) -> Result<u64, Usage> {
     let at_ms = if let Some(rel) = s.strip_prefix('+') {
         let ahead = cuntong_terminal::config::parse_duration(rel).map_err(bad)?;
         if ahead.is_zero() {
-            return Err(bad("a start from now is later than now".into()));
+            return Err(bad(
+                "must be later than now (to start now, `meeting start ID`)".into(),
+            ));
         }
         now_ms.saturating_add(u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX))
     } else {
