@@ -14,6 +14,9 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The dashboard's browser test: Debian's Chromium driven through ChromeDriver.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# Chinese names on the dashboard: a CJK font, so the page (and its screenshots) show them.
+[ -d /usr/share/fonts/opentype/noto ] && ls /usr/share/fonts/opentype/noto/NotoSansCJK* >/dev/null 2>&1 \
+    || need_apt+=(fonts-noto-cjk)
 # Meeting media: GStreamer's libraries (for the build) and plugins (for the pipelines: x264,
 # openh264, libav, SRTP, RTP), and ffmpeg for the interop test.
 if command -v dpkg >/dev/null 2>&1; then

@@ -59,8 +59,9 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::store::{Record, StoreError};
-use crate::view::rfc3339_ms;
+use crate::names::Names;
+use crate::store::{NamesCache, Record, SqliteStore, StoreError};
+use crate::view::{pad, rfc3339_ms};
 
 /// A rules file and its hooks.
 #[derive(Clone, Debug, Default)]
@@ -299,6 +300,10 @@ pub struct AlarmJson {
     pub kind: String,
     /// A terminal id, or a region code for a root-cause alarm.
     pub subject: String,
+    /// The subject's name (a terminal's, or the region's official name; `(unnamed)`).
+    pub name: String,
+    /// The official names from the province down to the subject's site, space-separated.
+    pub region_path: String,
     /// `info`, `warning`, `major` or `critical`.
     pub severity: String,
     /// `active`, `acknowledged` or `cleared`.
@@ -315,11 +320,13 @@ pub struct AlarmJson {
 }
 
 impl AlarmJson {
-    pub fn of(a: &Alarm) -> AlarmJson {
+    pub fn of(a: &Alarm, names: &Names) -> AlarmJson {
         AlarmJson {
             id: a.id,
             kind: a.kind.as_str().to_owned(),
             subject: a.subject.to_string(),
+            name: names.subject(&a.subject).to_owned(),
+            region_path: names.subject_path(&a.subject),
             severity: a.severity.as_str().to_owned(),
             state: a.state.as_str().to_owned(),
             raised_at: rfc3339_ms(a.raised_ms),
@@ -404,7 +411,7 @@ impl AlarmService {
         let retired = engine.retire_orphans(now_ms);
         let hooks = (!config.hooks.is_empty()).then(|| {
             let (tx, rx) = mpsc::channel(HOOK_QUEUE);
-            tokio::spawn(run_hooks(config.hooks, rx));
+            tokio::spawn(run_hooks(config.hooks, rx, db.to_owned()));
             tx
         });
         let mut service = AlarmService {
@@ -641,10 +648,17 @@ pub fn list(
 }
 
 /// `cuntong alarms` for people.
-pub fn table(alarms: &[Alarm]) -> String {
+pub fn table(alarms: &[Alarm], names: &Names) -> String {
     let mut out = format!(
-        "{:>5}  {:<9} {:<20} {:<9} {:<13} {:<24} {}\n",
-        "ID", "KIND", "SUBJECT", "SEVERITY", "STATE", "RAISED", "DETAIL"
+        "{:>5}  {:<9} {:<20} {} {:<9} {:<13} {:<24} {}\n",
+        "ID",
+        "KIND",
+        "SUBJECT",
+        pad("NAME", 16),
+        "SEVERITY",
+        "STATE",
+        "RAISED",
+        "DETAIL"
     );
     for a in alarms {
         let mut detail = a.detail.clone();
@@ -655,10 +669,11 @@ pub fn table(alarms: &[Alarm]) -> String {
             detail.push_str(&format!(" (ack: {by})"));
         }
         out.push_str(&format!(
-            "{:>5}  {:<9} {:<20} {:<9} {:<13} {:<24} {}\n",
+            "{:>5}  {:<9} {:<20} {} {:<9} {:<13} {:<24} {}\n",
             a.id,
             a.kind.as_str(),
             a.subject.to_string(),
+            pad(names.subject(&a.subject), 16),
             a.severity.as_str(),
             a.state.as_str(),
             rfc3339_ms(a.raised_ms),
@@ -669,9 +684,14 @@ pub fn table(alarms: &[Alarm]) -> String {
 }
 
 /// Runs every hook for every change, in order, each up to three times (1 s, 2 s apart).
-async fn run_hooks(hooks: Vec<Hook>, mut rx: mpsc::Receiver<Alarm>) {
+async fn run_hooks(hooks: Vec<Hook>, mut rx: mpsc::Receiver<Alarm>, db: std::path::PathBuf) {
+    let mut names = NamesCache::default();
     while let Some(alarm) = rx.recv().await {
-        let Ok(json) = serde_json::to_vec(&AlarmJson::of(&alarm)) else {
+        // Names as the store has them now (the shipped ones if it cannot be read).
+        let current = SqliteStore::open_read_only(&db)
+            .and_then(|s| names.get(&s))
+            .unwrap_or_default();
+        let Ok(json) = serde_json::to_vec(&AlarmJson::of(&alarm, &current)) else {
             continue;
         };
         for hook in &hooks {
@@ -854,7 +874,7 @@ mod tests {
             rule: None,
             dropped: 0,
         };
-        let j = AlarmJson::of(&a);
+        let j = AlarmJson::of(&a, &Names::shipped());
         assert_eq!(j.subject, "130102009");
         assert_eq!(j.state, "acknowledged");
         assert_eq!(j.raised_at, "2025-11-22T08:00:00.000Z");

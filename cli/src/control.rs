@@ -132,6 +132,9 @@ pub struct MeetingStatus {
 #[serde(deny_unknown_fields)]
 pub struct SiteJson {
     pub terminal: String,
+    /// The terminal's name (as in `cuntong sites --json`).
+    #[serde(default)]
+    pub name: String,
     /// `invited`, `joined`, `left`, `declined` or `unreachable`.
     pub state: String,
     /// `chair`, `speaker`, `participant` or `listener`.
@@ -167,6 +170,9 @@ pub struct MediaJson {
 #[serde(deny_unknown_fields)]
 pub struct RollCallJson {
     pub terminal: String,
+    /// The terminal's name (as in `cuntong sites --json`).
+    #[serde(default)]
+    pub name: String,
     pub present: bool,
     /// From the roll call's opening to the site's answer; null if it did not answer.
     pub latency_ms: Option<u64>,

@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alarms::AlarmJson;
 use crate::monitor::{Entry, Snapshot};
-use crate::store::{SqliteStore, Store};
+use crate::names::Names;
+use crate::store::{NamesCache, SqliteStore, Store};
 use crate::view::rfc3339_ms;
 
 /// How often the store is read for the live views.
@@ -52,8 +53,12 @@ const APP_CSS: &str = include_str!("dashboard/app.css");
 pub struct ViewJson {
     /// The region's code prefix (`130102`), `null` for the whole network.
     pub region: Option<String>,
+    /// The region's official name (`长安区`), `null` for the whole network.
+    pub name: Option<String>,
     /// The regions above it, outermost first (code prefixes).
     pub parents: Vec<String>,
+    /// Their names, in the same order.
+    pub parent_names: Vec<String>,
     pub totals: Counts,
     /// Child regions at the next level, with their counts.
     pub regions: Vec<RegionJson>,
@@ -77,6 +82,7 @@ pub struct Counts {
 pub struct RegionJson {
     pub code: String,
     pub level: String,
+    pub name: String,
     #[serde(flatten)]
     pub counts: Counts,
 }
@@ -84,6 +90,7 @@ pub struct RegionJson {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TerminalRowJson {
     pub id: String,
+    pub name: String,
     pub online: bool,
     pub alarming: bool,
     /// RFC 3339.
@@ -104,6 +111,9 @@ pub struct MeetingJson {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TerminalJson {
     pub id: String,
+    pub name: String,
+    /// The official names from the province down to its site.
+    pub region_path: String,
     pub online: bool,
     pub version: Option<String>,
     pub last_seen: Option<String>,
@@ -114,6 +124,7 @@ pub struct TerminalJson {
 
 /// Builds the view of `region` from a snapshot of the store.
 pub fn view(snap: &Snapshot, region: Option<&Region>) -> ViewJson {
+    let names = &snap.names;
     let mut totals = Counts::default();
     let mut regions = Vec::new();
     let mut terminals = Vec::new();
@@ -140,6 +151,7 @@ pub fn view(snap: &Snapshot, region: Option<&Region>) -> ViewJson {
                 regions.push(RegionJson {
                     code: Region::of(code).prefix(),
                     level: code.level().as_str().to_owned(),
+                    name: names.name(&code).to_owned(),
                     counts,
                 });
             }
@@ -159,6 +171,7 @@ pub fn view(snap: &Snapshot, region: Option<&Region>) -> ViewJson {
                     },
                 );
                 terminals.push(TerminalRowJson {
+                    name: names.terminal_str(&id).to_owned(),
                     metrics: metrics
                         .get(id.as_str())
                         .map(|m| m.iter().cloned().collect())
@@ -172,15 +185,20 @@ pub fn view(snap: &Snapshot, region: Option<&Region>) -> ViewJson {
         }
     }
     let mut parents = Vec::new();
+    let mut parent_names = Vec::new();
     let mut up = region.and_then(|r| r.root().parent());
     while let Some(code) = up {
         parents.push(Region::of(code).prefix());
+        parent_names.push(names.name(&code).to_owned());
         up = code.parent();
     }
     parents.reverse();
+    parent_names.reverse();
     ViewJson {
         region: region.map(Region::prefix),
+        name: region.map(|r| names.name(&r.root()).to_owned()),
         parents,
+        parent_names,
         totals,
         regions,
         terminals,
@@ -188,7 +206,7 @@ pub fn view(snap: &Snapshot, region: Option<&Region>) -> ViewJson {
             .alarms
             .iter()
             .filter(|a| concerns(a, region))
-            .map(AlarmJson::of)
+            .map(|a| AlarmJson::of(a, names))
             .collect(),
         meetings: snap
             .meetings
@@ -220,7 +238,12 @@ fn concerns(alarm: &Alarm, region: Option<&Region>) -> bool {
 }
 
 /// The terminal `id` with its samples since `since_ms`.
-fn terminal(db: &std::path::Path, id: &TerminalId, since_ms: u64) -> Result<TerminalJson, String> {
+fn terminal(
+    db: &std::path::Path,
+    id: &TerminalId,
+    since_ms: u64,
+    names: &Names,
+) -> Result<TerminalJson, String> {
     let store = SqliteStore::open_read_only(db).map_err(|e| e.to_string())?;
     let row = store
         .sites(Some(&Region::of(*id.site())))
@@ -243,10 +266,12 @@ fn terminal(db: &std::path::Path, id: &TerminalId, since_ms: u64) -> Result<Term
         .map_err(|e| e.to_string())?
         .iter()
         .filter(|a| a.subject == Subject::Terminal(*id) || a.suppressed.iter().any(|t| t == id))
-        .map(AlarmJson::of)
+        .map(|a| AlarmJson::of(a, names))
         .collect();
     Ok(TerminalJson {
         id: row.terminal,
+        name: names.terminal(id).to_owned(),
+        region_path: names.path(id.site()),
         online: row.online,
         version: row.version,
         last_seen: row.last_seen_ms.map(rfc3339_ms),
@@ -334,6 +359,7 @@ pub async fn serve_on(
 
 /// Reads the store once a second and hands every changed snapshot to the open pages.
 async fn refresh(db: PathBuf, tx: watch::Sender<Arc<Snapshot>>, stop: CancellationToken) {
+    let names = Arc::new(std::sync::Mutex::new(NamesCache::default()));
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
@@ -343,7 +369,14 @@ async fn refresh(db: PathBuf, tx: watch::Sender<Arc<Snapshot>>, stop: Cancellati
             _ = tick.tick() => {}
         }
         let path = db.clone();
-        match tokio::task::spawn_blocking(move || Snapshot::read(&path)).await {
+        let names = names.clone();
+        let read = move || {
+            let mut names = names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Snapshot::read(&path, &mut names)
+        };
+        match tokio::task::spawn_blocking(read).await {
             Ok(Ok(snap)) => {
                 warned = false;
                 tx.send_if_modified(|old| {
@@ -435,7 +468,8 @@ async fn terminal_detail(
     }
     let since = cuntong_terminal::link::unix_ms().saturating_sub(hours * 3_600_000);
     let db = app.db.clone();
-    tokio::task::spawn_blocking(move || terminal(&db, &id, since))
+    let names = app.snapshots.borrow().names.clone();
+    tokio::task::spawn_blocking(move || terminal(&db, &id, since, &names))
         .await
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map(Json)
@@ -505,6 +539,7 @@ mod tests {
                 joined: 2,
                 known: 3,
             }],
+            ..Snapshot::default()
         }
     }
 

@@ -27,6 +27,8 @@ pub mod hj212;
 pub mod meeting_cli;
 pub mod meetings;
 pub mod monitor;
+pub mod names;
 pub mod readiness;
+pub mod regions;
 pub mod store;
 pub mod view;

@@ -122,12 +122,16 @@ enum Command {
         broker: String,
         #[arg(long)]
         out: PathBuf,
-        /// A human label written into the config (site name).
+        /// The terminal's name, shown instead of its site's official name wherever central
+        /// shows it (kept in the store at --db) and written into the config.
         #[arg(long)]
         name: Option<String>,
         /// Issue again an id that was already provisioned.
         #[arg(long)]
         force: bool,
+        /// The store that keeps the terminals' names.
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
     },
     /// Send a signed command (ping, reboot, diag, logs, config-set KEY=VALUE) to a terminal or
     /// to every terminal of a region, and print the answers.
@@ -166,6 +170,12 @@ enum Command {
         server: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Official names of division codes: `regions show 130102`, `regions search 长安`,
+    /// `regions import villages.csv`.
+    Regions {
+        #[command(subcommand)]
+        action: cuntong::regions::RegionsAction,
     },
     /// One row per terminal: level, online, last seen, latest metrics.
     Sites {
@@ -534,6 +544,26 @@ fn not_empty<'a>(flag: &str, value: &'a str) -> Result<&'a str, Usage> {
     }
 }
 
+/// Keeps the names terminals were provisioned with in the store, for every view of central;
+/// a store that cannot be written is reported, not fatal (the bundles are made).
+fn remember_names(db: &std::path::Path, rows: &[(String, Option<String>)]) {
+    let named: Vec<(TerminalId, &str)> = rows
+        .iter()
+        .filter_map(|(id, name)| Some((id.parse().ok()?, name.as_deref()?)))
+        .collect();
+    if named.is_empty() {
+        return;
+    }
+    let saved = SqliteStore::open(db).and_then(|mut store| {
+        named
+            .iter()
+            .try_for_each(|(id, name)| store.set_terminal_name(id, name))
+    });
+    if let Err(e) = saved {
+        eprintln!("warning: the names were not kept in the store: {e}");
+    }
+}
+
 fn default_db() -> PathBuf {
     dirs::data_dir()
         .unwrap_or_else(std::env::temp_dir)
@@ -630,16 +660,24 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             report.abort();
             r.map_err(fail)
         }
+        Command::Regions { action } => {
+            cuntong::regions::run(action, &default_db()).map_err(|e| match e {
+                cuntong::regions::RegionsError::Usage(m) => Failure::Usage(Usage(m)),
+                cuntong::regions::RegionsError::Failed(m) => Failure::Runtime(m),
+            })
+        }
         Command::Sites { db, region, json } => {
             let region: Option<Region> = region.map(|r| parse("--region", &r)).transpose()?;
             let store =
                 SqliteStore::open_read_only(&db.unwrap_or_else(default_db)).map_err(fail)?;
             let rows = store.sites(region.as_ref()).map_err(fail)?;
+            let names = store.names().map_err(fail)?;
             if json {
-                let out: Vec<view::SiteJson> = rows.iter().map(view::site_json).collect();
+                let out: Vec<view::SiteJson> =
+                    rows.iter().map(|r| view::site_json(r, &names)).collect();
                 println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
             } else {
-                print!("{}", view::sites_table(&rows, unix_ms()));
+                print!("{}", view::sites_table(&rows, unix_ms(), &names));
             }
             Ok(())
         }
@@ -728,12 +766,17 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             }
             let db = db.unwrap_or_else(default_db);
             let rows = cuntong::alarms::list(&db, region.as_ref(), active, limit).map_err(fail)?;
+            let names = SqliteStore::open_read_only(&db)
+                .and_then(|s| s.names())
+                .map_err(fail)?;
             if json {
-                let out: Vec<cuntong::alarms::AlarmJson> =
-                    rows.iter().map(cuntong::alarms::AlarmJson::of).collect();
+                let out: Vec<cuntong::alarms::AlarmJson> = rows
+                    .iter()
+                    .map(|a| cuntong::alarms::AlarmJson::of(a, &names))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
             } else {
-                print!("{}", cuntong::alarms::table(&rows));
+                print!("{}", cuntong::alarms::table(&rows, &names));
             }
             Ok(())
         }
@@ -787,11 +830,13 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             if security {
                 rows.retain(|r| r.event.is_security());
             }
+            let names = store.names().map_err(fail)?;
             if json {
-                let out: Vec<view::EventJson> = rows.iter().map(view::event_json).collect();
+                let out: Vec<view::EventJson> =
+                    rows.iter().map(|r| view::event_json(r, &names)).collect();
                 println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
             } else {
-                print!("{}", view::events_table(&rows));
+                print!("{}", view::events_table(&rows, &names));
             }
             Ok(())
         }
@@ -899,7 +944,9 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             out,
             name,
             force,
+            db,
         } => {
+            let db = db.unwrap_or_else(default_db);
             let url: BrokerUrl = parse("--broker", &broker)?;
             if let Some(n) = &name {
                 not_empty("--name", n)?;
@@ -933,6 +980,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                     bar.inc(1);
                 }
                 bar.finish();
+                remember_names(&db, &rows);
                 println!(
                     "{} bundles in {}, {failed} failed",
                     rows.len() - failed,
@@ -954,6 +1002,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             }
             cuntong::ca::provision(&ca, &id, &url.to_string(), &out, name.as_deref(), force)
                 .map_err(fail)?;
+            remember_names(&db, &[(id.clone(), name)]);
             println!("bundle for {id} in {}", out.display());
             Ok(())
         }
@@ -1414,6 +1463,7 @@ async fn demo(
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let reader = SqliteStore::open(&db).map_err(fail)?;
+    let names = reader.names().map_err(fail)?;
     // Central ending on its own (it could not listen, say) ends the demo.
     let mut central_ended = None;
     loop {
@@ -1433,7 +1483,7 @@ async fn demo(
             _ = tick.tick() => {
                 if live {
                     let rows = reader.sites(None).map_err(fail)?;
-                    print!("\x1b[2J\x1b[H{}", view::sites_table(&rows, unix_ms()));
+                    print!("\x1b[2J\x1b[H{}", view::sites_table(&rows, unix_ms(), &names));
                     println!(
                         "stored {} messages ({} values), {} duplicates, {} rejected; Ctrl-C to stop",
                         stats.get(|s| &s.stored), stats.get(|s| &s.values),
@@ -1468,7 +1518,7 @@ async fn demo(
         Some(r) => r,
         None => central.await,
     };
-    print!("{}", view::sites_table(&rows, unix_ms()));
+    print!("{}", view::sites_table(&rows, unix_ms(), &names));
     println!(
         "stored {} messages ({} values), {} duplicates, {} rejected",
         stats.get(|s| &s.stored),

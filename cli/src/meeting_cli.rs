@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::control::{
     MeetingJson, MeetingStatus, Request, RequestBody, Response, ResponseBody, RollCallJson,
 };
+use crate::view::pad;
 
 /// A connection to the meeting host.
 #[derive(Debug)]
@@ -253,8 +254,14 @@ pub fn status_table(s: &MeetingStatus) -> String {
         s.roll_call.map_or("-".to_owned(), |n| format!("#{n}"))
     ));
     out.push_str(&format!(
-        "{:<20} {:<12} {:<12} {:<6} {:<25} {}\n",
-        "TERMINAL", "STATE", "ROLE", "MUTED", "LAST ANSWER", "MEDIA"
+        "{:<20} {} {:<12} {:<12} {:<6} {:<25} {}\n",
+        "TERMINAL",
+        pad("NAME", 16),
+        "STATE",
+        "ROLE",
+        "MUTED",
+        "LAST ANSWER",
+        "MEDIA"
     ));
     for site in &s.sites {
         let media = site.media.as_ref().map_or("-".to_owned(), |m| {
@@ -264,8 +271,9 @@ pub fn status_table(s: &MeetingStatus) -> String {
             )
         });
         out.push_str(&format!(
-            "{:<20} {:<12} {:<12} {:<6} {:<25} {}\n",
+            "{:<20} {} {:<12} {:<12} {:<6} {:<25} {}\n",
             site.terminal,
+            pad(&site.name, 16),
             site.state,
             site.role,
             if site.muted { "yes" } else { "no" },
@@ -289,15 +297,16 @@ pub fn roll_call_table(rows: &[RollCallJson]) -> String {
         pct(0.99)
     );
     out.push_str(&format!(
-        "{:<20} {:<8} {}\n",
-        "TERMINAL", "PRESENT", "LATENCY"
+        "{:<20} {:<8} {:<10} {}\n",
+        "TERMINAL", "PRESENT", "LATENCY", "NAME"
     ));
     for r in rows {
         out.push_str(&format!(
-            "{:<20} {:<8} {}\n",
+            "{:<20} {:<8} {:<10} {}\n",
             r.terminal,
             if r.present { "yes" } else { "NO" },
-            r.latency_ms.map_or("-".to_owned(), |l| format!("{l} ms"))
+            r.latency_ms.map_or("-".to_owned(), |l| format!("{l} ms")),
+            r.name
         ));
     }
     out
@@ -401,6 +410,7 @@ mod tests {
     fn site(state: &str, answer: Option<&str>) -> SiteJson {
         SiteJson {
             terminal: "130102001001-main".into(),
+            name: "棉一东社区居民委员会".into(),
             state: state.into(),
             role: "participant".into(),
             muted: false,
@@ -437,6 +447,7 @@ mod tests {
         let rows: Vec<RollCallJson> = (0..100)
             .map(|i| RollCallJson {
                 terminal: format!("130102001{i:03}-main"),
+                name: String::new(),
                 present: i < 99,
                 latency_ms: (i < 99).then_some(i as u64 * 10),
             })

@@ -27,7 +27,7 @@ use rusqlite::{Connection, params};
 use crate::control::{
     MeetingJson, MeetingStatus, PAGE, RequestBody, ResponseBody, RollCallJson, SiteJson,
 };
-use crate::store::StoreError;
+use crate::store::{NamesCache, StoreError};
 use crate::view::{LAST_MS, rfc3339_ms};
 
 /// Ended sessions stay in memory (for `status` and `list`) this long; the store keeps them.
@@ -74,6 +74,8 @@ pub struct MeetingService {
     /// The heartbeat new sessions get.
     heartbeat_ms: u32,
     db: Connection,
+    /// Names of the sites, for the status and roll call answers.
+    names: NamesCache,
     dirty: BTreeSet<MeetingId>,
     outbound: VecDeque<Message>,
 }
@@ -180,6 +182,7 @@ impl MeetingService {
             unusable,
             heartbeat_ms: heartbeat.as_millis().clamp(500, u128::from(u32::MAX)) as u32,
             db: conn,
+            names: NamesCache::default(),
             dirty,
             outbound: VecDeque::new(),
         })
@@ -660,8 +663,10 @@ impl MeetingService {
             RequestBody::Status { meeting, after } => {
                 let id = find(self, &meeting)?;
                 let after = after.map(|a| parse_terminal(&a)).transpose()?;
+                let names = self.names.get_from(&self.db).unwrap_or_default();
                 let mut st = status(&self.hosts[&id], after);
                 for site in &mut st.sites {
+                    site.name = names.terminal_str(&site.terminal).to_owned();
                     if site.state == "joined" {
                         site.media = self.media_of(&site.terminal);
                     }
@@ -683,6 +688,7 @@ impl MeetingService {
                     .collect();
                 let present = sites.iter().filter(|(_, l)| l.is_some()).count();
                 let (page, next) = page(&sites, |(t, _)| t, after);
+                let names = self.names.get_from(&self.db).unwrap_or_default();
                 Ok(ResponseBody::RollCall {
                     present,
                     total: sites.len(),
@@ -690,6 +696,7 @@ impl MeetingService {
                         .iter()
                         .map(|(t, latency)| RollCallJson {
                             terminal: t.to_string(),
+                            name: names.terminal(t).to_owned(),
                             present: latency.is_some(),
                             latency_ms: *latency,
                         })
@@ -934,6 +941,7 @@ pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
             .iter()
             .map(|(t, r)| SiteJson {
                 terminal: t.to_string(),
+                name: String::new(),
                 state: r.phase.as_str().to_owned(),
                 role: s.role_of(t).as_str().to_owned(),
                 muted: s.is_muted(t),

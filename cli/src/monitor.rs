@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cuntong_core::alarm::{Alarm, Subject};
@@ -24,7 +25,8 @@ use ratatui::widgets::{
     Block, Borders, List, ListItem, Paragraph, Row, Sparkline, Table, TableState,
 };
 
-use crate::store::{SiteRow, SqliteStore, Store, StoreError};
+use crate::names::Names;
+use crate::store::{NamesCache, SiteRow, SqliteStore, Store, StoreError};
 
 /// One row of the region view: a child region with its counts, or a terminal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,15 +55,28 @@ pub struct LiveMeeting {
 }
 
 /// Everything the monitor shows, read from the store.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub sites: Vec<SiteRow>,
     pub alarms: Vec<Alarm>,
     pub meetings: Vec<LiveMeeting>,
+    /// Names of the codes and terminals (shared between snapshots while they do not change).
+    pub names: Arc<Names>,
+}
+
+/// Snapshots are equal when they show the same; names are compared by identity, since a
+/// [`NamesCache`] hands out the same names until they change.
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Snapshot) -> bool {
+        self.sites == other.sites
+            && self.alarms == other.alarms
+            && self.meetings == other.meetings
+            && Arc::ptr_eq(&self.names, &other.names)
+    }
 }
 
 impl Snapshot {
-    pub fn read(db: &Path) -> Result<Snapshot, StoreError> {
+    pub fn read(db: &Path, names: &mut NamesCache) -> Result<Snapshot, StoreError> {
         let store = SqliteStore::open_read_only(db)?;
         let sites = store.sites(None)?;
         let alarms = crate::alarms::list(db, None, true, 10_000)?;
@@ -70,6 +85,7 @@ impl Snapshot {
             sites,
             alarms,
             meetings,
+            names: names.get(&store)?,
         })
     }
 
@@ -258,7 +274,7 @@ pub fn draw(frame: &mut Frame, snap: &Snapshot, view: &View, now_ms: u64) {
         .filter(|s| s.online && view.region.is_none_or(|r| s.site.starts_with(&r.prefix())))
         .count();
     let place = view.region.map_or("all regions".to_owned(), |r| {
-        format!("region {r} ({})", r.root().level())
+        format!("{} {r} ({})", snap.names.path(&r.root()), r.root().level())
     });
     frame.render_widget(
         Paragraph::new(format!(
@@ -275,7 +291,7 @@ pub fn draw(frame: &mut Frame, snap: &Snapshot, view: &View, now_ms: u64) {
         .split(rows[1]);
     match &view.terminal {
         Some(t) => draw_terminal(frame, cols[0], snap, view, t, now_ms),
-        None => draw_regions(frame, cols[0], &entries, view.selected, now_ms),
+        None => draw_regions(frame, cols[0], &entries, &snap.names, view.selected, now_ms),
     }
     let side = Layout::default()
         .direction(Direction::Vertical)
@@ -292,10 +308,11 @@ pub fn draw(frame: &mut Frame, snap: &Snapshot, view: &View, now_ms: u64) {
             };
             ListItem::new(Line::styled(
                 format!(
-                    "#{} {} {} {}{}",
+                    "#{} {} {} {} {}{}",
                     a.id,
                     a.kind.as_str(),
                     a.subject,
+                    snap.names.subject(&a.subject),
                     a.detail,
                     if a.suppressed.is_empty() {
                         String::new()
@@ -343,6 +360,7 @@ fn draw_regions(
     frame: &mut Frame,
     area: ratatui::layout::Rect,
     entries: &[Entry],
+    names: &Names,
     selected: usize,
     now_ms: u64,
 ) {
@@ -364,6 +382,7 @@ fn draw_regions(
                 };
                 Row::new(vec![
                     Region::of(*code).to_string(),
+                    names.name(code).to_owned(),
                     code.level().to_string(),
                     total.to_string(),
                     online.to_string(),
@@ -390,6 +409,7 @@ fn draw_regions(
                 });
                 Row::new(vec![
                     id.clone(),
+                    names.terminal_str(id).to_owned(),
                     "terminal".to_owned(),
                     if *online { "online" } else { "OFFLINE" }.to_owned(),
                     seen,
@@ -403,7 +423,8 @@ fn draw_regions(
     let table = Table::new(
         rows,
         [
-            Constraint::Length(20),
+            Constraint::Length(18),
+            Constraint::Length(16),
             Constraint::Length(11),
             Constraint::Length(12),
             Constraint::Length(12),
@@ -413,6 +434,7 @@ fn draw_regions(
     )
     .header(
         Row::new(vec![
+            "CODE",
             "NAME",
             "LEVEL",
             "TOTAL|STATE",
@@ -493,9 +515,10 @@ pub fn run(db: &Path, region: Option<Region>) -> Result<(), String> {
         ..View::default()
     };
     let mut terminal = ratatui::try_init().map_err(|e| format!("cannot open the terminal: {e}"))?;
+    let mut names = NamesCache::default();
     let result = (|| -> Result<(), String> {
         loop {
-            let snap = Snapshot::read(db).map_err(|e| e.to_string())?;
+            let snap = Snapshot::read(db, &mut names).map_err(|e| e.to_string())?;
             let entries = snap.entries(view.region.as_ref());
             terminal
                 .draw(|f| draw(f, &snap, &view, cuntong_terminal::link::unix_ms()))
@@ -579,6 +602,7 @@ mod tests {
                 joined: 4,
                 known: 6,
             }],
+            ..Snapshot::default()
         }
     }
 
@@ -668,10 +692,13 @@ mod tests {
             .map(|c| c.symbol())
             .collect();
         for want in [
-            "region 130102 (county): 5 terminals, 3 online, 2 offline; 1 active alarms",
+            "130102 (county): 5 terminals, 3 online, 2 offline; 1 active alarms",
             "130102009",
             "township",
-            "#4 offline 130102009",
+            "#4 offline 130102009 (unnamed)",
+            // Wide characters take two cells: the test buffer shows the second as a space.
+            "河 北 省  石 家 庄 市  长 安 区",
+            "建 北 街 道",
             "m1",
             "4/6 joined",
         ] {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::Names;
 use crate::store::{EventRow, SampleRow, SiteRow};
 
 /// One terminal in `cuntong sites --json`.
@@ -16,6 +17,11 @@ pub struct SiteJson {
     pub terminal: String,
     pub site: String,
     pub level: String,
+    /// The terminal's name: given at provisioning, else its site's official name, else
+    /// `(unnamed)`.
+    pub name: String,
+    /// The official names from the province down to the site, space-separated.
+    pub region_path: String,
     pub online: bool,
     pub version: Option<String>,
     /// RFC 3339, UTC.
@@ -63,15 +69,23 @@ fn rfc3339(ms: u64, format: impl Fn(SystemTime) -> String) -> String {
     }
 }
 
+/// `text` padded with spaces to `width` terminal columns (CJK characters take two).
+pub fn pad(text: &str, width: usize) -> String {
+    let w = unicode_width::UnicodeWidthStr::width(text);
+    format!("{text}{}", " ".repeat(width.saturating_sub(w)))
+}
+
 fn metric(r: &SiteRow, name: &str) -> Option<f64> {
     r.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
 }
 
-pub fn site_json(r: &SiteRow) -> SiteJson {
+pub fn site_json(r: &SiteRow, names: &Names) -> SiteJson {
     SiteJson {
         terminal: r.terminal.clone(),
         site: r.site.clone(),
         level: r.level.clone(),
+        name: names.terminal_str(&r.terminal).to_owned(),
+        region_path: names.path_str(&r.site),
         online: r.online,
         version: r.version.clone(),
         last_seen: r.last_seen_ms.map(rfc3339_s),
@@ -118,7 +132,7 @@ fn ago(now_ms: u64, ms: Option<u64>) -> String {
 }
 
 /// The fleet table.
-pub fn sites_table(rows: &[SiteRow], now_ms: u64) -> String {
+pub fn sites_table(rows: &[SiteRow], now_ms: u64, names: &Names) -> String {
     let mut out = format!(
         "{:<22} {:<10} {:<7} {:>9}",
         "TERMINAL", "LEVEL", "STATE", "SEEN"
@@ -126,7 +140,7 @@ pub fn sites_table(rows: &[SiteRow], now_ms: u64) -> String {
     for (_, h) in COLUMNS {
         out.push_str(&format!(" {h:>7}"));
     }
-    out.push('\n');
+    out.push_str(" NAME\n");
     for r in rows {
         let state = if r.online { "online" } else { "OFFLINE" };
         out.push_str(&format!(
@@ -143,6 +157,8 @@ pub fn sites_table(rows: &[SiteRow], now_ms: u64) -> String {
                 None => format!(" {:>7}", "-"),
             });
         }
+        out.push(' ');
+        out.push_str(names.terminal_str(&r.terminal));
         out.push('\n');
     }
     let online = rows.iter().filter(|r| r.online).count();
@@ -177,6 +193,8 @@ pub fn telemetry_table(rows: &[SampleRow]) -> String {
 #[serde(deny_unknown_fields)]
 pub struct EventJson {
     pub terminal: String,
+    /// The terminal's name (as in `sites --json`).
+    pub name: String,
     pub seq: u64,
     /// RFC 3339 with milliseconds, UTC: when the terminal recorded it.
     pub ts: String,
@@ -188,9 +206,10 @@ pub struct EventJson {
     pub detail: String,
 }
 
-pub fn event_json(r: &EventRow) -> EventJson {
+pub fn event_json(r: &EventRow, names: &Names) -> EventJson {
     EventJson {
         terminal: r.terminal.clone(),
+        name: names.terminal_str(&r.terminal).to_owned(),
         seq: r.seq,
         ts: rfc3339_ms(r.time_ms),
         kind: r.event.kind().to_owned(),
@@ -199,19 +218,20 @@ pub fn event_json(r: &EventRow) -> EventJson {
     }
 }
 
-pub fn events_table(rows: &[EventRow]) -> String {
+pub fn events_table(rows: &[EventRow], names: &Names) -> String {
     let mut out = format!(
-        "{:<26} {:<20} {:>6} {:<18} {}\n",
-        "TIME", "TERMINAL", "SEQ", "KIND", "DETAIL"
+        "{:<26} {:<20} {:>6} {:<18} {:<16} {}\n",
+        "TIME", "TERMINAL", "SEQ", "KIND", "NAME", "DETAIL"
     );
     for r in rows {
         let mark = if r.event.is_security() { "!" } else { " " };
         out.push_str(&format!(
-            "{:<26} {:<20} {:>6} {mark}{:<17} {}\n",
+            "{:<26} {:<20} {:>6} {mark}{:<17} {} {}\n",
             rfc3339_ms(r.time_ms),
             r.terminal,
             r.seq,
             r.event.kind(),
+            pad(names.terminal_str(&r.terminal), 16),
             r.event
         ));
     }
@@ -248,7 +268,7 @@ mod tests {
             last_seen_ms: Some(1_000),
             metrics: vec![("env.temp".into(), 21.25)],
         };
-        let t = sites_table(&[row], 121_000);
+        let t = sites_table(&[row], 121_000, &Names::shipped());
         assert!(t.contains("130102001001-main"));
         assert!(t.contains("OFFLINE"));
         assert!(t.contains("2m ago"));

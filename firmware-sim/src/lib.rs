@@ -12,6 +12,7 @@
 //! - [`proxy`]: a TCP proxy standing for the rural link, to cut or slow on command.
 
 pub mod datalogger;
+pub mod divisions;
 pub mod fleet;
 pub mod health;
 pub mod proxy;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use cuntong_core::meeting::participant::AcceptPolicy;
-use cuntong_core::site::Region;
-use cuntong_core::terminal_id::TerminalId;
+use cuntong_core::site::{Level, Region, SiteCode};
+use cuntong_core::terminal_id::{Slug, TerminalId};
 use cuntong_firmware_sim::fleet::{
     Fleet, MAX_FLEET, SimOptions, default_data_root, fleet_ids, relay_ids,
 };
@@ -122,8 +122,13 @@ enum Command {
         /// Region code prefix: 13, 1301, 130102, 130102001 or 130102001001.
         #[arg(long)]
         region: String,
-        #[arg(long, default_value_t = 10)]
-        count: usize,
+        /// How many terminals (default 10); with --codes, at most this many of the list's.
+        #[arg(long)]
+        count: Option<usize>,
+        /// A division list in CSV (the national list's villages.csv): one terminal (`-main`)
+        /// per village code of the list inside --region, with its real code.
+        #[arg(long, value_name = "CSV")]
+        codes: Option<PathBuf>,
         /// Where the terminals keep their state (one directory each).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -503,6 +508,37 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     Ok(opts)
 }
 
+/// One terminal for each village code of `file` inside `region` (in code order), at most
+/// `count`.
+fn listed_villages(
+    file: &Path,
+    region: &Region,
+    count: Option<usize>,
+) -> Result<Vec<TerminalId>, String> {
+    let rows = cuntong_firmware_sim::divisions::read(file).map_err(|e| format!("--codes {e}"))?;
+    let main: Slug = "main"
+        .parse()
+        .map_err(|e| format!("internal: slug main: {e}"))?;
+    let mut sites: Vec<SiteCode> = rows
+        .into_iter()
+        .map(|(code, _)| code)
+        .filter(|c| c.level() == Level::Village && region.contains(c))
+        .collect();
+    sites.sort();
+    sites.dedup();
+    if sites.is_empty() {
+        return Err(format!(
+            "--codes {}: no village of region {region} in the list",
+            file.display()
+        ));
+    }
+    sites.truncate(count.unwrap_or(usize::MAX));
+    Ok(sites
+        .into_iter()
+        .map(|site| TerminalId::new(site, main))
+        .collect())
+}
+
 fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
     match cmd {
         Command::Terminal {
@@ -529,17 +565,24 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
         Command::Fleet {
             region,
             count,
+            codes,
             data_dir,
             common,
         } => {
             let r: Region = region
                 .parse()
                 .map_err(|e| format!("--region {region:?}: {e}"))?;
-            if !(1..=MAX_FLEET).contains(&count) {
-                return Err(format!("--count {count}: 1 to {MAX_FLEET}"));
+            if count.is_some_and(|c| !(1..=MAX_FLEET).contains(&c)) {
+                return Err(format!(
+                    "--count {}: 1 to {MAX_FLEET}",
+                    count.unwrap_or_default()
+                ));
             }
             let opts = options(&common, data_dir.unwrap_or_else(default_data_root))?;
-            let ids = fleet_ids(&r, count);
+            let ids = match codes {
+                Some(file) => listed_villages(&file, &r, count)?,
+                None => fleet_ids(&r, count.unwrap_or(10)),
+            };
             if opts.media {
                 return Ok((relay_ids(&r, &ids).into_iter().chain(ids).collect(), opts));
             }

@@ -199,6 +199,8 @@ pub struct Site {
     pub terminal: String,
     pub site: String,
     pub level: String,
+    pub name: String,
+    pub region_path: String,
     pub online: bool,
     pub version: Option<String>,
     pub last_seen: Option<String>,

@@ -1,7 +1,7 @@
 //! The web dashboard in a real headless browser (Debian's Chromium through ChromeDriver): the
 //! page served by `cuntong central --http` loads, shows the simulated fleet, and updates by
-//! itself (no reload) when a terminal goes offline; the region tree counts it at the county;
-//! a terminal's history is drawn as charts.
+//! itself (no reload) when a terminal goes offline; the region tree counts it at the county
+//! and reads the official names (长安区, 河北省); a terminal's history is drawn as charts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -95,11 +95,35 @@ fn the_dashboard_shows_the_fleet_and_updates_when_a_terminal_goes_offline() {
         .wait_for(
             Duration::from_secs(10),
             "const r = document.querySelector('#regions tr[data-region=\"130102001\"]');
-             return r ? Array.from(r.cells).slice(2, 5).map(c => c.textContent) : null;",
+             return r ? Array.from(r.cells).slice(3, 6).map(c => c.textContent) : null;",
             |v| v == &serde_json::json!(["4", "3", "1"]),
         )
         .unwrap_or_else(|v| panic!("the county view did not count the township: {v}"));
     assert_eq!(township, serde_json::json!(["4", "3", "1"]));
+    // People read names: the township's official name in its row, the county's and the
+    // province's in the tree's path and title.
+    let names = browser.eval(
+        "const r = document.querySelector('#regions tr[data-region=\"130102001\"]');
+         return [r.cells[0].textContent, document.getElementById('crumbs').textContent,
+                 document.getElementById('tree-title').textContent];",
+    );
+    assert_eq!(names[0], "建北街道", "{names}");
+    let crumbs = names[1].as_str().unwrap();
+    assert!(
+        crumbs.contains("河北省") && crumbs.contains("石家庄市") && crumbs.contains("长安区"),
+        "{crumbs}"
+    );
+    assert!(names[2].as_str().unwrap().contains("长安区"), "{names}");
+    // The whole network: the province by its name.
+    browser.eval("location.hash = ''; return null;");
+    browser
+        .wait_for(
+            Duration::from_secs(10),
+            "const r = document.querySelector('#regions tr[data-region=\"13\"]');
+             return r ? r.cells[0].textContent : null;",
+            |v| v == "河北省",
+        )
+        .unwrap_or_else(|v| panic!("the province is not shown by its name: {v}"));
 
     // A terminal's history as charts.
     browser.eval("location.hash = 'r=130102001&t=130102001001-main'; return null;");

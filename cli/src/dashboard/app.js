@@ -59,10 +59,10 @@ function render(v) {
   document.body.dataset.region = v.region || "";
   const crumbs = $("crumbs");
   crumbs.replaceChildren(el("a", { href: "#", onclick: (e) => { e.preventDefault(); go("", ""); } }, "All"));
-  for (const p of v.parents) {
-    crumbs.append(" › ", el("a", { href: "#r=" + p }, p));
-  }
-  if (v.region) crumbs.append(" › ", el("span", {}, v.region));
+  v.parents.forEach((p, i) => {
+    crumbs.append(" › ", el("a", { href: "#r=" + p, title: p }, v.parent_names[i] || p));
+  });
+  if (v.region) crumbs.append(" › ", el("span", { title: v.region }, v.name || v.region));
 
   const t = v.totals;
   const summary = $("summary");
@@ -76,7 +76,7 @@ function render(v) {
     el("b", { class: t.offline ? "offline" : "" }, t.offline), " offline · ",
     el("b", { class: t.alarming ? "alarming" : "" }, t.alarming), " alarming");
 
-  $("tree-title").textContent = v.region ? "Region " + v.region : "Whole network";
+  $("tree-title").textContent = v.region ? (v.name || "") + " " + v.region : "Whole network";
   const regions = $("regions");
   regions.hidden = v.regions.length === 0;
   regions.tBodies[0].replaceChildren(...v.regions.map((r) => {
@@ -86,7 +86,8 @@ function render(v) {
     fill.style.width = pct + "%";
     bar.append(fill);
     return el("tr", { "data-region": r.code, onclick: () => go(r.code, "") },
-      el("td", {}, el("a", { href: "#r=" + r.code }, r.code)),
+      el("td", { class: "name" }, el("a", { href: "#r=" + r.code }, r.name)),
+      el("td", { class: "muted" }, r.code),
       el("td", {}, r.level),
       el("td", {}, r.terminals),
       el("td", { class: "online" }, r.online),
@@ -100,7 +101,8 @@ function render(v) {
   terminals.tBodies[0].replaceChildren(...v.terminals.map((s) => el("tr",
     { "data-terminal": s.id, "data-online": String(s.online), "data-alarming": String(s.alarming),
       onclick: () => go(place.region, s.id) },
-    el("td", {}, s.id),
+    el("td", { class: "name" }, s.name),
+    el("td", { class: "muted" }, s.id),
     el("td", { class: s.online ? (s.alarming ? "alarming" : "online") : "offline" },
       s.online ? (s.alarming ? "alarm" : "online") : "offline"),
     el("td", { class: "muted" }, ago(s.last_seen)),
@@ -121,7 +123,8 @@ function render(v) {
 function alarmItem(a) {
   const li = el("li", { "data-alarm": a.id, "data-kind": a.kind, "data-subject": a.subject },
     el("span", { class: "sev-" + a.severity }, a.severity), " ",
-    a.kind, " · ", el("a", { href: subjectLink(a.subject) }, a.subject), " ",
+    a.kind, " · ", el("a", { href: subjectLink(a.subject), title: a.region_path }, a.name), " ",
+    el("span", { class: "muted" }, a.subject), " ",
     el("span", { class: "muted" }, a.state + ", " + ago(a.raised_at)));
   if (a.detail) li.append(el("div", { class: "muted" }, a.detail));
   if (a.acknowledged_by) li.append(el("div", { class: "muted" }, "acknowledged by " + a.acknowledged_by));
@@ -146,7 +149,8 @@ async function loadDetail() {
     if (!r.ok) throw new Error(await r.text());
     const t = await r.json();
     if (place.terminal !== id) return;
-    $("detail-title").textContent = t.id;
+    $("detail-title").textContent = t.name + " " + t.id;
+    $("detail-title").title = t.region_path;
     $("detail").dataset.terminal = t.id;
     $("detail-info").textContent = (t.online ? "online" : "offline") + " · last seen " + ago(t.last_seen) +
       (t.version ? " · version " + t.version : "");

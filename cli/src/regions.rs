@@ -1,0 +1,125 @@
+//! `cuntong regions`: the names of division codes for technicians and central staff.
+//! `import FILE.csv` loads names (a province's villages, say) into the store; `show CODE` and
+//! `search TEXT` print code, level, name and path.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use cuntong_core::site::Region;
+
+use crate::names::{Division, Names};
+use crate::store::{SqliteStore, StoreError};
+use crate::view::pad;
+
+#[derive(Debug, Subcommand)]
+pub enum RegionsAction {
+    /// Load official names from a CSV with a header naming `code` and `name` columns (the
+    /// national list's villages.csv, or a province's subset of it) into the store.
+    Import {
+        file: PathBuf,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+    },
+    /// A code's level, name and path.
+    Show {
+        code: String,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Codes whose name contains TEXT (or whose code starts with it), provinces first.
+    Search {
+        text: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why a `regions` command failed: bad input (exit 2) or the store.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionsError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Runs a `regions` command; `default_db` is the store used without `--db`.
+pub fn run(action: RegionsAction, default_db: &Path) -> Result<(), RegionsError> {
+    let db_or = |db: Option<PathBuf>| db.unwrap_or_else(|| default_db.to_owned());
+    match action {
+        RegionsAction::Import { file, db } => {
+            let rows = cuntong_firmware_sim::divisions::read(&file)
+                .map_err(|e| RegionsError::Usage(e.to_string()))?;
+            let db = db_or(db);
+            let mut store =
+                SqliteStore::open(&db).map_err(|e| RegionsError::Failed(e.to_string()))?;
+            let n = store
+                .import_names(&rows)
+                .map_err(|e| RegionsError::Failed(e.to_string()))?;
+            println!("{n} names imported into {}", db.display());
+            Ok(())
+        }
+        RegionsAction::Show { code, db, json } => {
+            let region: Region = code
+                .parse()
+                .map_err(|e| RegionsError::Usage(format!("code {code:?}: {e}")))?;
+            let d = names(&db_or(db))?.division(&region.root());
+            print(&[d], json)
+        }
+        RegionsAction::Search {
+            text,
+            limit,
+            db,
+            json,
+        } => {
+            if text.trim().is_empty() {
+                return Err(RegionsError::Usage(
+                    "search: give part of a name or code".into(),
+                ));
+            }
+            let found = names(&db_or(db))?.search(&text, limit);
+            if found.is_empty() && !json {
+                return Err(RegionsError::Failed(format!(
+                    "no division matches {text:?}"
+                )));
+            }
+            print(&found, json)
+        }
+    }
+}
+
+/// The shipped names, with the store's if there is a store.
+fn names(db: &Path) -> Result<Names, RegionsError> {
+    match SqliteStore::open_read_only(db).and_then(|s| s.names()) {
+        Ok(names) => Ok(names),
+        Err(StoreError::Missing { .. }) => Ok(Names::shipped()),
+        Err(e) => Err(RegionsError::Failed(e.to_string())),
+    }
+}
+
+fn print(rows: &[Division], json: bool) -> Result<(), RegionsError> {
+    if json {
+        let text =
+            serde_json::to_string_pretty(rows).map_err(|e| RegionsError::Failed(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("{:<13} {:<10} {} PATH", "CODE", "LEVEL", pad("NAME", 20));
+    for d in rows {
+        println!(
+            "{:<13} {:<10} {} {}",
+            d.code,
+            d.level,
+            pad(&d.name, 20),
+            d.path
+        );
+    }
+    Ok(())
+}

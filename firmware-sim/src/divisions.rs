@@ -1,0 +1,126 @@
+//! The national list of division codes in CSV (`code,name,…` with a header, as the public
+//! list's `villages.csv` or a province's subset of it): what `cuntong regions import` loads
+//! into central's store and what `cuntong-sim fleet --codes` starts terminals for.
+
+use std::io::Read;
+use std::path::Path;
+
+use cuntong_core::site::{Region, SiteCode};
+
+/// Why a names file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Csv { path: String, source: csv::Error },
+    #[error("{path} line {line}: {problem}")]
+    Row {
+        path: String,
+        line: u64,
+        problem: String,
+    },
+    #[error("{path}: the header has no `code` and `name` columns (found: {found})")]
+    Header { path: String, found: String },
+}
+
+/// Reads a division list in CSV (`code,name,…` with a header, as the national list's
+/// `villages.csv`): (code, name) of every row. Codes of any level are taken; a bad row is an
+/// error naming its line, and nothing is taken from a file with one.
+pub fn read(path: &Path) -> Result<Vec<(SiteCode, String)>, ImportError> {
+    let shown = path.display().to_string();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|source| ImportError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        ImportError::Row {
+            path: shown.clone(),
+            line: line as u64,
+            problem: "not UTF-8".into(),
+        }
+    })?;
+    parse(&shown, text.trim_start_matches('\u{feff}'))
+}
+
+fn parse(path: &str, text: &str) -> Result<Vec<(SiteCode, String)>, ImportError> {
+    let csv_err = |source| ImportError::Csv {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(csv_err)?.clone();
+    let column = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let (Some(code_at), Some(name_at)) = (column("code"), column("name")) else {
+        return Err(ImportError::Header {
+            path: path.to_owned(),
+            found: headers.iter().collect::<Vec<_>>().join(","),
+        });
+    };
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(csv_err)?;
+        let line = record.position().map_or(0, |p| p.line());
+        let bad = |problem: String| ImportError::Row {
+            path: path.to_owned(),
+            line,
+            problem,
+        };
+        let code = record.get(code_at).unwrap_or("").trim();
+        let name = record.get(name_at).unwrap_or("").trim();
+        let site = code
+            .parse::<Region>()
+            .map_err(|e| bad(format!("code {code:?}: {e}")))?
+            .root();
+        if name.is_empty() {
+            return Err(bad(format!("code {code}: the name is empty")));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(bad(format!("code {code}: the name has control characters")));
+        }
+        rows.push((site, name.to_owned()));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(s: &str) -> SiteCode {
+        s.parse::<Region>().unwrap().root()
+    }
+
+    #[test]
+    fn quoted_names_are_read_and_a_bad_row_is_named_by_its_line() {
+        let good = "code,name,streetCode\n130102001001,\"多福巷,社区\",130102001\n";
+        let rows = parse("v.csv", good).unwrap();
+        assert_eq!(rows, vec![(code("130102001001"), "多福巷,社区".to_owned())]);
+        let bad = "code,name\n130102001001,甲\n1301020010x1,乙\n";
+        let e = parse("v.csv", bad).unwrap_err().to_string();
+        assert!(e.starts_with("v.csv line 3: code \"1301020010x1\""), "{e}");
+        let e = parse("v.csv", "id,label\n1,2\n").unwrap_err().to_string();
+        assert!(e.contains("no `code` and `name` columns"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_naming_the_line() {
+        let dir = std::env::temp_dir().join(format!("divisions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.csv");
+        std::fs::write(&path, b"code,name\n130102001001,\xff\n").unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.ends_with("line 2: not UTF-8"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
