@@ -55,15 +55,22 @@ pub fn run(action: RegionsAction, default_db: &Path) -> Result<(), RegionsError>
     let db_or = |db: Option<PathBuf>| db.unwrap_or_else(|| default_db.to_owned());
     match action {
         RegionsAction::Import { file, db } => {
-            let rows = cuntong_firmware_sim::divisions::read(&file)
+            let list = cuntong_firmware_sim::divisions::read(&file)
                 .map_err(|e| RegionsError::Usage(e.to_string()))?;
             let db = db_or(db);
             let mut store =
                 SqliteStore::open(&db).map_err(|e| RegionsError::Failed(e.to_string()))?;
             let n = store
-                .import_names(&rows)
+                .import_names(&list.rows)
                 .map_err(|e| RegionsError::Failed(e.to_string()))?;
             println!("{n} names imported into {}", db.display());
+            if list.unaddressable > 0 {
+                println!(
+                    "{} rows left out: codes with zero digits above set ones (townships of \
+                     prefectures without counties) are not site codes",
+                    list.unaddressable
+                );
+            }
             Ok(())
         }
         RegionsAction::Show { code, db, json } => {

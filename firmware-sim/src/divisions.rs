@@ -5,7 +5,17 @@
 use std::io::Read;
 use std::path::Path;
 
-use cuntong_core::site::{Region, SiteCode};
+use cuntong_core::site::{Region, SiteCode, SiteCodeError};
+
+/// What a division list holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Divisions {
+    /// (code, name) of every row, in the file's order.
+    pub rows: Vec<(SiteCode, String)>,
+    /// Rows whose code has a zero group above a set one (东莞, 中山 and 儋州 have townships but
+    /// no counties): official, but not addressable as site codes, so left out.
+    pub unaddressable: usize,
+}
 
 /// Why a names file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +40,7 @@ pub enum ImportError {
 /// Reads a division list in CSV (`code,name,…` with a header, as the national list's
 /// `villages.csv`): (code, name) of every row. Codes of any level are taken; a bad row is an
 /// error naming its line, and nothing is taken from a file with one.
-pub fn read(path: &Path) -> Result<Vec<(SiteCode, String)>, ImportError> {
+pub fn read(path: &Path) -> Result<Divisions, ImportError> {
     let shown = path.display().to_string();
     let mut bytes = Vec::new();
     std::fs::File::open(path)
@@ -51,7 +61,7 @@ pub fn read(path: &Path) -> Result<Vec<(SiteCode, String)>, ImportError> {
     parse(&shown, text.trim_start_matches('\u{feff}'))
 }
 
-fn parse(path: &str, text: &str) -> Result<Vec<(SiteCode, String)>, ImportError> {
+fn parse(path: &str, text: &str) -> Result<Divisions, ImportError> {
     let csv_err = |source| ImportError::Csv {
         path: path.to_owned(),
         source,
@@ -67,7 +77,7 @@ fn parse(path: &str, text: &str) -> Result<Vec<(SiteCode, String)>, ImportError>
             found: headers.iter().collect::<Vec<_>>().join(","),
         });
     };
-    let mut rows = Vec::new();
+    let mut list = Divisions::default();
     for record in reader.records() {
         let record = record.map_err(csv_err)?;
         let line = record.position().map_or(0, |p| p.line());
@@ -78,19 +88,25 @@ fn parse(path: &str, text: &str) -> Result<Vec<(SiteCode, String)>, ImportError>
         };
         let code = record.get(code_at).unwrap_or("").trim();
         let name = record.get(name_at).unwrap_or("").trim();
-        let site = code
-            .parse::<Region>()
-            .map_err(|e| bad(format!("code {code:?}: {e}")))?
-            .root();
+        let site = match code.parse::<Region>() {
+            Ok(region) => region.root(),
+            // An official code with a zero group above a set one (the townships of the
+            // prefectures without counties) has no place in the site hierarchy: skipped.
+            Err(SiteCodeError::Gap { .. }) => {
+                list.unaddressable += 1;
+                continue;
+            }
+            Err(e) => return Err(bad(format!("code {code:?}: {e}"))),
+        };
         if name.is_empty() {
             return Err(bad(format!("code {code}: the name is empty")));
         }
         if name.chars().any(char::is_control) {
             return Err(bad(format!("code {code}: the name has control characters")));
         }
-        rows.push((site, name.to_owned()));
+        list.rows.push((site, name.to_owned()));
     }
-    Ok(rows)
+    Ok(list)
 }
 
 #[cfg(test)]
@@ -104,13 +120,24 @@ mod tests {
     #[test]
     fn quoted_names_are_read_and_a_bad_row_is_named_by_its_line() {
         let good = "code,name,streetCode\n130102001001,\"多福巷,社区\",130102001\n";
-        let rows = parse("v.csv", good).unwrap();
-        assert_eq!(rows, vec![(code("130102001001"), "多福巷,社区".to_owned())]);
+        let list = parse("v.csv", good).unwrap();
+        assert_eq!(
+            list.rows,
+            vec![(code("130102001001"), "多福巷,社区".to_owned())]
+        );
         let bad = "code,name\n130102001001,甲\n1301020010x1,乙\n";
         let e = parse("v.csv", bad).unwrap_err().to_string();
         assert!(e.starts_with("v.csv line 3: code \"1301020010x1\""), "{e}");
         let e = parse("v.csv", "id,label\n1,2\n").unwrap_err().to_string();
         assert!(e.contains("no `code` and `name` columns"), "{e}");
+    }
+
+    #[test]
+    fn codes_without_a_county_are_counted_and_left_out() {
+        let text = "code,name\n441900003001,\"东莞的村\"\n130102001001,甲\n";
+        let list = parse("v.csv", text).unwrap();
+        assert_eq!(list.rows, vec![(code("130102001001"), "甲".to_owned())]);
+        assert_eq!(list.unaddressable, 1);
     }
 
     #[test]

@@ -520,6 +520,7 @@ fn listed_villages(
         .parse()
         .map_err(|e| format!("internal: slug main: {e}"))?;
     let mut sites: Vec<SiteCode> = rows
+        .rows
         .into_iter()
         .map(|(code, _)| code)
         .filter(|c| c.level() == Level::Village && region.contains(c))
