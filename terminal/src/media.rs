@@ -9,16 +9,22 @@
 //! stream (jitter buffer → depayload → decode → display, or discard in tests), with counters
 //! per stream: packets, losses, jitter, bytes, frames decoded.
 //!
-//! Video arrives on the site's `rtp_port`, audio on `rtp_port + 2`.
+//! Video arrives on the site's `rtp_port`, audio on `rtp_port + 2`, and a site sends from those
+//! very sockets (symmetric RTP, RFC 4961): its relay forwards its streams only from there. The
+//! receive sockets answer the relay's consent probes (STUN Binding Requests, RFC 7983 demux)
+//! themselves, so media comes only to a site that asked for it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cuntong_core::media::stun::{self, Responder};
 use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use gstreamer_net::gio;
+use gstreamer_net::gio::prelude::*;
 
 use cuntong_core::media::{OPUS_PT, PCMA_PT, VIDEO_PT};
 
@@ -187,13 +193,16 @@ pub struct Sender {
 
 impl Sender {
     /// Starts sending to `to` with SSRCs `ssrc` (video) and `ssrc + 1` (audio), under SRTP
-    /// with `key` (plain RTP without one: for a viewer's player, on a trusted network).
+    /// with `key` (plain RTP without one: for a viewer's player, on a trusted network). With
+    /// `from`, video goes out of its video socket and audio out of its audio socket (where the
+    /// relay expects the site's streams); without, from any free port.
     pub fn start(
         capture: &Capture,
         settings: SendSettings,
         ssrc: u32,
         key: Option<&[u8]>,
         to: SocketAddr,
+        from: Option<&Receiver>,
     ) -> Result<Sender, MediaError> {
         init()?;
         let pipeline = gst::Pipeline::with_name("send");
@@ -201,13 +210,18 @@ impl Sender {
         let key = key.map(srtp_key).transpose()?;
         let captured = FrameLog::default();
         let mut gates = Vec::new();
-        let sink = |name: &str| -> Result<gst::Element, MediaError> {
-            let s = gst::ElementFactory::make("udpsink")
+        let sink = |name: &str, socket: Option<gio::Socket>| -> Result<gst::Element, MediaError> {
+            let mut b = gst::ElementFactory::make("udpsink")
                 .name(name)
                 .property("host", to.ip().to_string())
                 .property("port", i32::from(to.port()))
                 .property("sync", false)
-                .property("async", false)
+                .property("async", false);
+            if let Some(socket) = socket {
+                // The receiver owns the socket and closes it.
+                b = b.property("socket", socket).property("close-socket", false);
+            }
+            let s = b
                 .build()
                 .map_err(|_| MediaError::Missing("udpsink".into()))?;
             if let Some(pad) = s.static_pad("sink") {
@@ -282,7 +296,7 @@ impl Sender {
                 capsfilter(&h264)?,
                 pay,
                 srtp()?,
-                sink("video-out")?,
+                sink("video-out", from.and_then(|r| r.socket(true)))?,
             ];
             pipeline.add_many(&chain)?;
             gst::Element::link_many(&chain)?;
@@ -345,7 +359,7 @@ impl Sender {
                 enc,
                 pay,
                 srtp()?,
-                sink("audio-out")?,
+                sink("audio-out", from.and_then(|r| r.socket(false)))?,
             ];
             pipeline.add_many(&chain)?;
             gst::Element::link_many(&chain)?;
@@ -490,6 +504,8 @@ struct Branch {
 #[derive(Debug)]
 pub struct Receiver {
     pipeline: gst::Pipeline,
+    /// The UDP sources: video, audio.
+    sources: Vec<gst::Element>,
     branches: Arc<Branches>,
     pub bytes: Arc<AtomicU64>,
     video_port: u16,
@@ -543,12 +559,20 @@ impl Receiver {
         let (video_port, audio_port) = (bound_port(&sources, 0), bound_port(&sources, 1));
         Ok(Receiver {
             pipeline,
+            sources,
             branches,
             bytes,
             video_port,
             audio_port,
             log_frames,
         })
+    }
+
+    /// The socket video (or audio) arrives on: the site's streams leave from it too.
+    pub fn socket(&self, video: bool) -> Option<gio::Socket> {
+        self.sources
+            .get(usize::from(!video))
+            .and_then(|s| s.property::<Option<gio::Socket>>("used-socket"))
     }
 
     /// From now on, keep the time each decoded frame comes out (for latency measurements).
@@ -686,6 +710,7 @@ fn srtp_input(
             ("caps", caps.to_value()),
         ],
     )?;
+    answer_consent_probes(&src);
     let dec = make("srtpdec")?;
     let k = key.clone();
     dec.connect("request-key", false, move |_| {
@@ -699,6 +724,49 @@ fn srtp_input(
         Some(caps.to_value())
     });
     Ok((src, dec))
+}
+
+/// Makes a UDP source answer STUN Binding Requests (a relay's consent probes) from its own
+/// socket, at a bounded rate, and drop every STUN datagram before it reaches the decrypter.
+fn answer_consent_probes(src: &gst::Element) {
+    let Some(pad) = src.static_pad("src") else {
+        return;
+    };
+    let udpsrc = src.downgrade();
+    let responder = Mutex::new(Responder::new());
+    let epoch = std::time::Instant::now();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Ok(data) = buffer.map_readable() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if !stun::is_stun(data.as_slice()) {
+            return gst::PadProbeReturn::Ok;
+        }
+        let from = buffer
+            .meta::<gstreamer_net::NetAddressMeta>()
+            .and_then(|m| m.addr().downcast::<gio::InetSocketAddress>().ok());
+        let socket = udpsrc
+            .upgrade()
+            .and_then(|s| s.property::<Option<gio::Socket>>("used-socket"));
+        if let (Some(from), Some(socket)) = (from, socket) {
+            let now_ms = epoch.elapsed().as_millis() as u64;
+            let answer = responder
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .answer(data.as_slice(), SocketAddr::from(from.clone()), now_ms);
+            if let Some(answer) = answer {
+                if let Err(e) =
+                    socket.send_to(Some(&from), answer.as_bytes(), gio::Cancellable::NONE)
+                {
+                    tracing::debug!(error = %e, "cannot answer a consent probe");
+                }
+            }
+        }
+        gst::PadProbeReturn::Drop
+    });
 }
 
 /// A view of one stream for a player: SRTP in (the relay routes the stream here), plain RTP
@@ -828,8 +896,9 @@ fn add_branch(
 struct Session {
     plan: cuntong_core::meeting::MediaPlan,
     settings: SendSettings,
-    receiver: Option<Receiver>,
+    /// Dropped before the receiver, whose sockets it sends from.
     sender: Option<Sender>,
+    receiver: Option<Receiver>,
     muted: bool,
     audio: AudioCodec,
 }
@@ -900,12 +969,16 @@ impl GstEngine {
             if nothing {
                 return;
             }
+            if s.receiver.is_none() {
+                tracing::warn!(%meeting, "no receive sockets to send from: the relay will drop what this box sends");
+            }
             match Sender::start(
                 &self.capture,
                 s.settings,
                 s.plan.ssrc,
                 Some(&s.plan.srtp_key),
                 to,
+                s.receiver.as_ref(),
             ) {
                 Ok(sender) => {
                     sender.set_muted(s.muted);

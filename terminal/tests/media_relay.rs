@@ -1,7 +1,9 @@
-//! Real GStreamer pipelines through a real relay on loopback: the chair's video and audio
-//! reach three villages (frames decoded counted at each), the floor switches which village's
-//! stream the others receive, and a stream under the wrong SRTP key is rejected. (The players'
-//! side — ffmpeg opening a view from its SDP — is in the end-to-end tests, tests/media.rs.)
+//! Real GStreamer pipelines through a real relay on loopback: the villages' receive sockets
+//! answer the relay's consent probes and the sites send from them; the chair's video and audio
+//! reach three villages (frames decoded counted at each) and nothing reaches an address that
+//! never answered; the floor switches which village's stream the others receive, and a stream
+//! under the wrong SRTP key is rejected. (The players' side — ffmpeg opening a view from its
+//! SDP — is in the end-to-end tests, tests/media.rs.)
 #![cfg(feature = "media")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -43,9 +45,14 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
     for v in &villages {
         assert!(v.video_port() != 0 && v.audio_port() != 0, "{v:?}");
     }
+    // Someone else's address, named as a receive address: it never answers a probe.
+    let foreign = std::net::UdpSocket::bind(local(0)).unwrap();
     let relay = Relay::start(local(0), Routes::new(None)).unwrap();
-    let route = |ssrc: u32, to: &[&Receiver]| {
+    // A stream from `from`'s ports to `to`'s.
+    let route = |ssrc: u32, from: &Receiver, to: &[&Receiver]| {
         relay.update(|r| {
+            r.expect(ssrc, local(from.video_port()));
+            r.expect(audio_ssrc(ssrc), local(from.audio_port()));
             r.forward(ssrc, to.iter().map(|v| local(v.video_port())).collect());
             r.forward(
                 audio_ssrc(ssrc),
@@ -53,14 +60,17 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
             );
         })
     };
+    let chair_rx = Receiver::start(0, &KEY, Playback::Discard, 50, AudioCodec::Opus).unwrap();
     let chair_ssrc = 0x1000_0000;
-    route(chair_ssrc, &villages.iter().collect::<Vec<_>>());
+    route(chair_ssrc, &chair_rx, &villages.iter().collect::<Vec<_>>());
+    relay.update(|r| r.add(chair_ssrc, foreign.local_addr().unwrap()));
     let chair = Sender::start(
         &Capture::Test,
         settings(),
         chair_ssrc,
         Some(&KEY),
         relay.local_addr(),
+        Some(&chair_rx),
     )
     .unwrap();
     assert!(chair.encoder().is_some());
@@ -75,19 +85,34 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
             chair_ssrc,
             &villages.iter().collect::<Vec<_>>()
         )),
-        "the chair did not reach every village: {:?}",
-        villages.iter().map(Receiver::streams).collect::<Vec<_>>()
+        "the chair did not reach every village: {:?} {:?}",
+        villages.iter().map(Receiver::streams).collect::<Vec<_>>(),
+        relay.stats()
     );
+    // The address that never answered got probes (STUN, first byte 0–3), never media.
+    foreign
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = foreign.recv(&mut buf) {
+        assert!(
+            n == 20 && buf[0] <= 3,
+            "{n}-byte datagram at a foreign address"
+        );
+    }
+    assert!(relay.stats().get(|s| &s.unconsented) > 10);
+    assert_eq!(relay.stats().get(|s| &s.forged), 0);
 
     // The floor goes to village 0: its stream reaches the two others, not itself.
     let speaker_ssrc = 0x1000_0002;
-    route(speaker_ssrc, &[&villages[1], &villages[2]]);
+    route(speaker_ssrc, &villages[0], &[&villages[1], &villages[2]]);
     let _speaker = Sender::start(
         &Capture::Test,
         settings(),
         speaker_ssrc,
         Some(&KEY),
         relay.local_addr(),
+        Some(&villages[0]),
     )
     .unwrap();
     assert!(
@@ -101,8 +126,13 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
     assert_eq!(villages[0].frames(speaker_ssrc), 0);
 
     // A stream under another key reaches every village through the relay and is rejected.
+    let intruder_rx = Receiver::start(0, &KEY, Playback::Discard, 50, AudioCodec::Opus).unwrap();
     let intruder_ssrc = 0x1000_0004;
-    route(intruder_ssrc, &villages.iter().collect::<Vec<_>>());
+    route(
+        intruder_ssrc,
+        &intruder_rx,
+        &villages.iter().collect::<Vec<_>>(),
+    );
     let forwarded_before = relay.stats().get(|s| &s.forwarded);
     let chair_before = villages[0].frames(chair_ssrc);
     let _intruder = Sender::start(
@@ -111,6 +141,7 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
         intruder_ssrc,
         Some(&[9; 30]),
         relay.local_addr(),
+        Some(&intruder_rx),
     )
     .unwrap();
     assert!(wait(Duration::from_secs(20), || {
