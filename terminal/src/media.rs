@@ -830,28 +830,35 @@ fn add_branch(
     log_frames: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), MediaError> {
     let jb = make_with("rtpjitterbuffer", &[("latency", latency_ms.to_value())])?;
+    // A sink added to a playing pipeline must not wait for its first buffer (preroll): the
+    // whole pipeline would pause until it came, and a video stream joined mid-way (its first
+    // keyframe withheld until the site consented, or sent before the site was routed) has
+    // no frame to give until its jitter buffer, paused too, lets the next keyframe through.
+    let make_sink = |discard: &str, play: &str| -> Result<gst::Element, MediaError> {
+        match playback {
+            Playback::Discard => make_with(
+                discard,
+                &[("sync", false.to_value()), ("async", false.to_value())],
+            ),
+            Playback::Play => {
+                let s = make(play)?;
+                s.set_property("async-handling", true);
+                Ok(s)
+            }
+        }
+    };
     let (depay, decoder, sink) = if video {
         (
             make("rtph264depay")?,
             first_available(&["v4l2h264dec", "avdec_h264", "openh264dec"])?,
-            match playback {
-                Playback::Discard => make_with("fakesink", &[("sync", false.to_value())])?,
-                Playback::Play => make("autovideosink")?,
-            },
+            make_sink("fakesink", "autovideosink")?,
         )
     } else {
         let (depay, dec) = match audio {
             AudioCodec::Opus => (make("rtpopusdepay")?, make("opusdec")?),
             AudioCodec::Pcma => (make("rtppcmadepay")?, make("alawdec")?),
         };
-        (
-            depay,
-            dec,
-            match playback {
-                Playback::Discard => make_with("fakesink", &[("sync", false.to_value())])?,
-                Playback::Play => make("autoaudiosink")?,
-            },
-        )
+        (depay, dec, make_sink("fakesink", "autoaudiosink")?)
     };
     let branch = Arc::new(Branch::default());
     if let Some(out) = decoder.static_pad("src") {

@@ -1,9 +1,10 @@
 //! Real GStreamer pipelines through a real relay on loopback: the villages' receive sockets
 //! answer the relay's consent probes and the sites send from them; the chair's video and audio
 //! reach three villages (frames decoded counted at each) and nothing reaches an address that
-//! never answered; the floor switches which village's stream the others receive, and a stream
-//! under the wrong SRTP key is rejected. (The players' side — ffmpeg opening a view from its
-//! SDP — is in the end-to-end tests, tests/media.rs.)
+//! never answered; the floor switches which village's stream the others receive (and the chair
+//! routed to it mid-stream decodes it too), and a stream under the wrong SRTP key is rejected.
+//! (The players' side — ffmpeg opening a view from its SDP — is in the end-to-end tests,
+//! tests/media.rs.)
 #![cfg(feature = "media")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -122,6 +123,23 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
         )),
         "the speaker did not reach the others: {:?}",
         villages.iter().map(Receiver::streams).collect::<Vec<_>>()
+    );
+    // The chair's box is routed the speaker's stream only now, mid-way (as when its relay's
+    // table changes after the speaker started): it still decodes it, from the next keyframe.
+    relay.update(|r| {
+        r.add(speaker_ssrc, local(chair_rx.video_port()));
+        r.add(audio_ssrc(speaker_ssrc), local(chair_rx.audio_port()));
+    });
+    assert!(
+        wait(Duration::from_secs(30), || all_have(
+            speaker_ssrc,
+            &[&villages[1], &villages[2], &chair_rx]
+        )),
+        "the speaker did not reach the others and the chair (which sends from the same \
+         sockets): {:?} {:?} {:?}",
+        villages.iter().map(Receiver::streams).collect::<Vec<_>>(),
+        chair_rx.streams(),
+        relay.stats()
     );
     assert_eq!(villages[0].frames(speaker_ssrc), 0);
 

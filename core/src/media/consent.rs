@@ -244,7 +244,10 @@ mod tests {
         c.watch([addr(6000)]);
         assert!(!c.granted(&to, 1));
         let probes = c.probes(1, &mut ids);
-        assert_eq!(probes.iter().map(|(a, _)| *a).collect::<Vec<_>>(), [addr(6000)]);
+        assert_eq!(
+            probes.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+            [addr(6000)]
+        );
         assert!(!c.answered(to, &id_of(&p), 2));
     }
 }

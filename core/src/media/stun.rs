@@ -225,9 +225,7 @@ impl Responder {
         let Ok(Message::BindingRequest { id }) = decode(datagram) else {
             return None;
         };
-        let elapsed = self
-            .last_ms
-            .map_or(0, |last| now_ms.saturating_sub(last));
+        let elapsed = self.last_ms.map_or(0, |last| now_ms.saturating_sub(last));
         self.last_ms = Some(now_ms.max(self.last_ms.unwrap_or(0)));
         self.tokens_milli = self
             .tokens_milli
@@ -271,12 +269,17 @@ mod tests {
         assert_eq!(&b[..4], &[0x01, 0x01, 0x00, 0x0c]);
         assert_eq!(
             &b[20..32],
-            &[0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43]
+            &[
+                0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43
+            ]
         );
         assert_eq!(decode(b), Ok(Message::BindingSuccess { id: ID }));
         let v6 = binding_success(&ID, "[2001:db8::1]:5004".parse().unwrap());
         assert_eq!(v6.as_bytes().len(), MAX_RESPONSE);
-        assert_eq!(decode(v6.as_bytes()), Ok(Message::BindingSuccess { id: ID }));
+        assert_eq!(
+            decode(v6.as_bytes()),
+            Ok(Message::BindingSuccess { id: ID })
+        );
     }
 
     #[test]
@@ -339,12 +342,19 @@ mod tests {
         assert_eq!(r.answer(b"\x80\x60rtp", from, 0), None);
         let req = binding_request(&ID);
         // A burst, then nothing more in the same instant.
-        let answered = (0..100).filter(|_| r.answer(&req, from, 1_000).is_some()).count();
+        let answered = (0..100)
+            .filter(|_| r.answer(&req, from, 1_000).is_some())
+            .count();
         assert_eq!(answered as u64, Responder::BURST);
         // A second later, a second's worth; a clock going back gives nothing new.
-        let answered = (0..100).filter(|_| r.answer(&req, from, 2_000).is_some()).count();
+        let answered = (0..100)
+            .filter(|_| r.answer(&req, from, 2_000).is_some())
+            .count();
         assert_eq!(answered as u64, Responder::PER_SECOND);
         assert_eq!(r.answer(&req, from, 500), None);
-        assert_eq!(r.answer(&req, from, 2_100), Some(binding_success(&ID, from)));
+        assert_eq!(
+            r.answer(&req, from, 2_100),
+            Some(binding_success(&ID, from))
+        );
     }
 }
