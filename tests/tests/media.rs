@@ -217,7 +217,6 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
 fn lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(broker: &str, id: &str, d: &Path) {
     use cuntong_core::envelope::encode;
     use cuntong_core::media::rtp::{Packet, classify};
-    use cuntong_core::media::stun::{Message, binding_success, decode};
     use cuntong_core::meeting::{Hand, Tier, Uplink};
     use cuntong_core::terminal_id::TerminalId;
     use cuntong_core::topic::{Channel, Topic};
@@ -245,53 +244,11 @@ fn lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(broker: &str, id: &s
             ],
         ));
     };
-    /// What arrived at a pair of sockets (video port, audio port two up), answering the relay's
-    /// probes if `answer`.
-    struct Pair {
-        base: u16,
-        got: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
-        stop: Arc<AtomicBool>,
-    }
-    let pair = |answer: bool| -> Pair {
-        let base = free_udp_pair().unwrap();
-        let sockets: Vec<UdpSocket> = [base, base + 2]
-            .iter()
-            .map(|p| {
-                let s = UdpSocket::bind(("127.0.0.1", *p)).unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-                s
-            })
-            .collect();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, st) = (got.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !st.load(Ordering::Relaxed) {
-                for s in &sockets {
-                    while let Ok((n, from)) = s.recv_from(&mut buf) {
-                        if let (true, Ok(Message::BindingRequest { id })) =
-                            (answer, decode(&buf[..n]))
-                        {
-                            s.send_to(binding_success(&id, from).as_bytes(), from)
-                                .unwrap();
-                        }
-                        g.lock().unwrap().push((from, buf[..n].to_vec()));
-                    }
-                }
-            }
-        });
-        Pair { base, got, stop }
-    };
-    let media_of = |p: &Pair| -> Vec<(SocketAddr, Vec<u8>)> {
-        let got = p.got.lock().unwrap();
-        got.iter().filter(|(_, b)| b[0] >= 128).cloned().collect()
-    };
-    let foreign = pair(false);
-    let willing = pair(true);
+    let foreign = FakeReceiver::start(false);
+    let willing = FakeReceiver::start(true);
     let liar: TerminalId = "130102003001-liar".parse().unwrap();
     let honest: TerminalId = "130102003002-honest".parse().unwrap();
-    let join = |who: &TerminalId, p: &Pair| {
+    let join = |who: &TerminalId, p: &FakeReceiver| {
         publish(
             who,
             &Uplink::Join {
@@ -329,14 +286,15 @@ fn lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(broker: &str, id: &s
     assert!(
         wait_until(Duration::from_secs(30), || {
             heartbeat();
-            media_of(&willing).len() >= 100
+            willing.media().len() >= 100
         }),
         "the address that answers probes got no media: {} datagrams",
-        willing.got.lock().unwrap().len()
+        willing.all().len()
     );
     // The relay and a routed SSRC (the chair's or the speaker's), from what the willing
     // address received.
-    let (relay, ssrc) = media_of(&willing)
+    let (relay, ssrc) = willing
+        .media()
         .iter()
         .find_map(|(from, b)| match classify(b) {
             Ok(Packet::Rtp { ssrc, .. }) => Some((*from, ssrc)),
@@ -355,20 +313,20 @@ fn lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(broker: &str, id: &s
         forger.send_to(&p, relay).unwrap();
     }
     // The real streams go on meanwhile, the forgeries nowhere.
-    let before = media_of(&willing).len();
+    let before = willing.media().len();
     assert!(wait_until(Duration::from_secs(10), || {
         heartbeat();
-        media_of(&willing).len() >= before + 50
+        willing.media().len() >= before + 50
     }));
-    let forged = |p: &Pair| {
-        media_of(p)
+    let forged = |p: &FakeReceiver| {
+        p.media()
             .iter()
             .filter(|(_, b)| b.windows(MARK.len()).any(|w| w == MARK))
             .count()
     };
     assert_eq!(forged(&willing), 0, "forged RTP was forwarded");
     // The address that never answered: some probes (STUN, 20 bytes), no media at all.
-    let at_foreign = foreign.got.lock().unwrap().clone();
+    let at_foreign = foreign.all();
     assert!(
         at_foreign.iter().all(|(_, b)| b.len() == 20 && b[0] <= 3),
         "media reached an address that never asked for it: {} datagrams, {} not probes",
@@ -377,10 +335,72 @@ fn lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(broker: &str, id: &s
     );
     assert!(!at_foreign.is_empty(), "the relay did probe it");
     assert!(at_foreign.len() < 30, "{} probes", at_foreign.len());
-    foreign.stop.store(true, Ordering::Relaxed);
-    willing.stop.store(true, Ordering::Relaxed);
     for who in [&liar, &honest] {
         publish(who, &Uplink::Leave { meeting });
+    }
+}
+
+/// A datagram and where it came from.
+type Datagram = (SocketAddr, Vec<u8>);
+
+/// A pair of UDP sockets where a site would receive (video port, audio two up) that records
+/// what arrives, answering the relay's consent probes if told to; it stops when dropped.
+struct FakeReceiver {
+    base: u16,
+    got: Arc<Mutex<Vec<Datagram>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeReceiver {
+    fn start(answer: bool) -> FakeReceiver {
+        use cuntong_core::media::stun::{Message, binding_success, decode};
+        let base = free_udp_pair().unwrap();
+        let sockets: Vec<UdpSocket> = [base, base + 2]
+            .iter()
+            .map(|p| {
+                let s = UdpSocket::bind(("127.0.0.1", *p)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                s
+            })
+            .collect();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, st) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                for s in &sockets {
+                    while let Ok((n, from)) = s.recv_from(&mut buf) {
+                        if let (true, Ok(Message::BindingRequest { id })) =
+                            (answer, decode(&buf[..n]))
+                        {
+                            s.send_to(binding_success(&id, from).as_bytes(), from)
+                                .unwrap();
+                        }
+                        g.lock().unwrap().push((from, buf[..n].to_vec()));
+                    }
+                }
+            }
+        });
+        FakeReceiver { base, got, stop }
+    }
+
+    /// Everything that arrived.
+    fn all(&self) -> Vec<Datagram> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// What arrived of RTP and RTCP (first byte 128–191), not STUN.
+    fn media(&self) -> Vec<Datagram> {
+        let mut all = self.all();
+        all.retain(|(_, b)| b.first().is_some_and(|f| *f >= 128));
+        all
+    }
+}
+
+impl Drop for FakeReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -184,7 +184,7 @@ pub fn topology(
             // Where the stream reaches this relay from: the site itself (the first relay on
             // its way up), the relay below on its way up, or the relay above.
             let came_from = match passes.iter().position(|p| *p == r.id) {
-                Some(0) => Some(Origin::Site(*src)),
+                Some(0) => Some(Origin::Site(src)),
                 Some(i) => passes
                     .get(i - 1)
                     .and_then(|below| by_id.get(below))
