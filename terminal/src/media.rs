@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cuntong_core::media::stun::{self, Responder};
+use cuntong_core::media::consent::Consent;
+use cuntong_core::media::stun::{self, Message, Responder};
 use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -192,7 +193,8 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Starts sending to `to` with SSRCs `ssrc` (video) and `ssrc + 1` (audio), under SRTP
+    /// Sets up sending to `to` with SSRCs `ssrc` (video) and `ssrc + 1` (audio), held back until
+    /// [`Sender::set_active`] lets it go, under SRTP
     /// with `key` (plain RTP without one: for a viewer's player, on a trusted network). With
     /// `from`, video goes out of its video socket and audio out of its audio socket (where the
     /// relay expects the site's streams); without, from any free port.
@@ -283,7 +285,7 @@ impl Sender {
                     });
                 }
             }
-            let gate = make("valve")?;
+            let gate = make_with("valve", &[("drop", true.to_value())])?;
             gates.push(gate.clone());
             let chain = [
                 src,
@@ -347,7 +349,7 @@ impl Sender {
                 .field("rate", rate)
                 .field("channels", 1i32)
                 .build();
-            let gate = make("valve")?;
+            let gate = make_with("valve", &[("drop", true.to_value())])?;
             gates.push(gate.clone());
             let chain = [
                 src,
@@ -374,7 +376,7 @@ impl Sender {
             bytes,
             captured,
             gates,
-            active: true,
+            active: false,
         })
     }
 
@@ -506,6 +508,9 @@ pub struct Receiver {
     pipeline: gst::Pipeline,
     /// The UDP sources: video, audio.
     sources: Vec<gst::Element>,
+    /// Whether the address this site sends to wants its media (answers its probes).
+    consent: Arc<Mutex<Consent>>,
+    epoch: std::time::Instant,
     branches: Arc<Branches>,
     pub bytes: Arc<AtomicU64>,
     video_port: u16,
@@ -531,8 +536,11 @@ impl Receiver {
         let log_frames = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let audio_port = if video_port == 0 { 0 } else { video_port + 2 };
         let mut sources = Vec::with_capacity(2);
+        let consent = Arc::new(Mutex::new(Consent::new()));
+        let epoch = std::time::Instant::now();
         for (video, port) in [(true, video_port), (false, audio_port)] {
             let (src, dec) = srtp_input(port, video, audio, &key)?;
+            answer_consent_probes(&src, consent.clone(), epoch);
             if let Some(pad) = src.static_pad("src") {
                 count_bytes(&pad, bytes.clone());
             }
@@ -560,12 +568,39 @@ impl Receiver {
         Ok(Receiver {
             pipeline,
             sources,
+            consent,
+            epoch,
             branches,
             bytes,
             video_port,
             audio_port,
             log_frames,
         })
+    }
+
+    /// Whether `to` (the relay this site sends to) wants its media: probes it (from the video
+    /// socket, whose answers come back here) as often as consent asks, and says whether it
+    /// answered lately. A relay address comes from another terminal's join, so it could be
+    /// anyone's: media goes there only while it answers.
+    pub fn consented(&self, to: SocketAddr) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let probes = {
+            let mut c = self.consent.lock().unwrap_or_else(PoisonError::into_inner);
+            c.watch([to]);
+            c.probes(now, rand::random)
+        };
+        if let Some(socket) = self.socket(true) {
+            for (a, probe) in probes {
+                let a = gio::InetSocketAddress::from(a);
+                if let Err(e) = socket.send_to(Some(&a), probe, gio::Cancellable::NONE) {
+                    tracing::debug!(error = %e, "cannot probe the relay");
+                }
+            }
+        }
+        self.consent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .granted(&to, now)
     }
 
     /// The socket video (or audio) arrives on: the site's streams leave from it too.
@@ -710,7 +745,6 @@ fn srtp_input(
             ("caps", caps.to_value()),
         ],
     )?;
-    answer_consent_probes(&src);
     let dec = make("srtpdec")?;
     let k = key.clone();
     dec.connect("request-key", false, move |_| {
@@ -726,15 +760,19 @@ fn srtp_input(
     Ok((src, dec))
 }
 
-/// Makes a UDP source answer STUN Binding Requests (a relay's consent probes) from its own
-/// socket, at a bounded rate, and drop every STUN datagram before it reaches the decrypter.
-fn answer_consent_probes(src: &gst::Element) {
+/// Makes a UDP source handle STUN itself, from its own socket: it answers Binding Requests
+/// (its relay's consent probes) at a bounded rate, records in `consent` the answers to this
+/// site's own probes, and drops every STUN datagram before it reaches the decrypter.
+fn answer_consent_probes(
+    src: &gst::Element,
+    consent: Arc<Mutex<Consent>>,
+    epoch: std::time::Instant,
+) {
     let Some(pad) = src.static_pad("src") else {
         return;
     };
     let udpsrc = src.downgrade();
     let responder = Mutex::new(Responder::new());
-    let epoch = std::time::Instant::now();
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
             return gst::PadProbeReturn::Ok;
@@ -745,25 +783,37 @@ fn answer_consent_probes(src: &gst::Element) {
         if !stun::is_stun(data.as_slice()) {
             return gst::PadProbeReturn::Ok;
         }
-        let from = buffer
+        let Some(from) = buffer
             .meta::<gstreamer_net::NetAddressMeta>()
-            .and_then(|m| m.addr().downcast::<gio::InetSocketAddress>().ok());
-        let socket = udpsrc
-            .upgrade()
-            .and_then(|s| s.property::<Option<gio::Socket>>("used-socket"));
-        if let (Some(from), Some(socket)) = (from, socket) {
-            let now_ms = epoch.elapsed().as_millis() as u64;
-            let answer = responder
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .answer(data.as_slice(), SocketAddr::from(from.clone()), now_ms);
-            if let Some(answer) = answer {
-                if let Err(e) =
-                    socket.send_to(Some(&from), answer.as_bytes(), gio::Cancellable::NONE)
-                {
-                    tracing::debug!(error = %e, "cannot answer a consent probe");
+            .and_then(|m| m.addr().downcast::<gio::InetSocketAddress>().ok())
+        else {
+            return gst::PadProbeReturn::Drop;
+        };
+        let now_ms = epoch.elapsed().as_millis() as u64;
+        match stun::decode(data.as_slice()) {
+            Ok(Message::BindingRequest { .. }) => {
+                let answer = responder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .answer(data.as_slice(), SocketAddr::from(from.clone()), now_ms);
+                let socket = udpsrc
+                    .upgrade()
+                    .and_then(|s| s.property::<Option<gio::Socket>>("used-socket"));
+                if let (Some(answer), Some(socket)) = (answer, socket) {
+                    if let Err(e) =
+                        socket.send_to(Some(&from), answer.as_bytes(), gio::Cancellable::NONE)
+                    {
+                        tracing::debug!(error = %e, "cannot answer a consent probe");
+                    }
                 }
             }
+            Ok(Message::BindingSuccess { id }) => {
+                consent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .answered(SocketAddr::from(from), &id, now_ms);
+            }
+            Err(_) => {}
         }
         gst::PadProbeReturn::Drop
     });
@@ -786,6 +836,9 @@ impl Unwrap {
         let mut sources = Vec::new();
         for (video, port) in [(true, to.port()), (false, to.port().saturating_add(2))] {
             let (src, dec) = srtp_input(0, video, audio, &key)?;
+            // The relay of this box sends here; it needs no consent, but STUN must not reach
+            // the decrypter.
+            answer_consent_probes(&src, Arc::default(), std::time::Instant::now());
             let sink = make_with(
                 "udpsink",
                 &[
@@ -905,6 +958,8 @@ struct Session {
     settings: SendSettings,
     /// Dropped before the receiver, whose sockets it sends from.
     sender: Option<Sender>,
+    /// The site is a source (its role asks it to send), whether or not its relay consents.
+    sending: bool,
     receiver: Option<Receiver>,
     muted: bool,
     audio: AudioCodec,
@@ -954,30 +1009,41 @@ impl GstEngine {
         })
     }
 
+    /// Sends while the site is a source and its relay answers its consent probes; holds the
+    /// streams back otherwise (called on every change, and every second to probe again).
     fn update_sender(&mut self, meeting: cuntong_core::meeting::MeetingId, sending: bool) {
         let Some(s) = self.sessions.get_mut(&meeting) else {
             return;
         };
+        let changed = s.sending != sending;
+        s.sending = sending;
         let to = s.plan.send_to.as_deref().and_then(|a| match a.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                tracing::error!(%meeting, send_to = a, "the relay's address is not ip:port; not sending");
+                if changed {
+                    tracing::error!(%meeting, send_to = a, "the relay's address is not ip:port; not sending");
+                }
                 None
             }
         });
-        if let Some(sender) = s.sender.as_mut() {
-            if sender.set_active(sending) {
-                tracing::info!(%meeting, sending, "media sending changed");
+        let (Some(to), true) = (to, sending) else {
+            if let Some(sender) = s.sender.as_mut() {
+                if sender.set_active(false) {
+                    tracing::info!(%meeting, sending = false, "media sending changed");
+                }
             }
             return;
-        }
-        if let (true, Some(to)) = (sending, to) {
-            let nothing = s.settings.video.is_none() && s.settings.audio.is_none();
-            if nothing {
-                return;
+        };
+        let Some(receiver) = s.receiver.as_ref() else {
+            if changed {
+                tracing::error!(%meeting, "no receive sockets to send from; not sending");
             }
-            if s.receiver.is_none() {
-                tracing::warn!(%meeting, "no receive sockets to send from: the relay will drop what this box sends");
+            return;
+        };
+        let consented = receiver.consented(to);
+        if s.sender.is_none() {
+            if s.settings.video.is_none() && s.settings.audio.is_none() {
+                return;
             }
             match Sender::start(
                 &self.capture,
@@ -985,14 +1051,26 @@ impl GstEngine {
                 s.plan.ssrc,
                 Some(&s.plan.srtp_key),
                 to,
-                s.receiver.as_ref(),
+                Some(receiver),
             ) {
                 Ok(sender) => {
                     sender.set_muted(s.muted);
                     tracing::info!(%meeting, %to, encoder = ?sender.encoder(), "sending media");
                     s.sender = Some(sender);
                 }
-                Err(e) => tracing::error!(%meeting, error = %e, "cannot send media"),
+                Err(e) => {
+                    tracing::error!(%meeting, error = %e, "cannot send media");
+                    return;
+                }
+            }
+        }
+        if let Some(sender) = s.sender.as_mut() {
+            if sender.set_active(consented) {
+                if consented {
+                    tracing::info!(%meeting, %to, sending = true, "media sending changed");
+                } else {
+                    tracing::warn!(%meeting, %to, "holding media back: the relay does not answer its consent probes");
+                }
             }
         }
     }
@@ -1026,6 +1104,7 @@ impl crate::conference::MediaEngine for GstEngine {
                 settings: SendSettings::for_tier(profile, plan.tier),
                 receiver,
                 sender: None,
+                sending: false,
                 muted: true,
                 audio: profile.audio,
             },
@@ -1100,6 +1179,16 @@ impl crate::conference::MediaEngine for GstEngine {
     }
 
     fn link(&mut self, rtt_ms: Option<f64>, loss_percent: f64) {
+        // Consent to the relays sent to: probe again, hold back or go on.
+        let sending: Vec<_> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.sending)
+            .map(|(m, _)| *m)
+            .collect();
+        for meeting in sending {
+            self.update_sender(meeting, true);
+        }
         for s in self.sessions.values() {
             if let Some(r) = &s.receiver {
                 r.fit_latency();

@@ -19,7 +19,7 @@ use cuntong_terminal::relay::Relay;
 
 const KEY: [u8; 30] = [7; 30];
 
-fn wait(timeout: Duration, cond: impl Fn() -> bool) -> bool {
+fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if cond() {
@@ -65,7 +65,7 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
     let chair_ssrc = 0x1000_0000;
     route(chair_ssrc, &chair_rx, &villages.iter().collect::<Vec<_>>());
     relay.update(|r| r.add(chair_ssrc, foreign.local_addr().unwrap()));
-    let chair = Sender::start(
+    let mut chair = Sender::start(
         &Capture::Test,
         settings(),
         chair_ssrc,
@@ -74,6 +74,7 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
         Some(&chair_rx),
     )
     .unwrap();
+    assert!(chair.set_active(true), "a sender starts held back");
     assert!(chair.encoder().is_some());
 
     let all_have = |ssrc: u32, which: &[&Receiver]| {
@@ -107,7 +108,7 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
     // The floor goes to village 0: its stream reaches the two others, not itself.
     let speaker_ssrc = 0x1000_0002;
     route(speaker_ssrc, &villages[0], &[&villages[1], &villages[2]]);
-    let _speaker = Sender::start(
+    let mut speaker = Sender::start(
         &Capture::Test,
         settings(),
         speaker_ssrc,
@@ -116,6 +117,7 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
         Some(&villages[0]),
     )
     .unwrap();
+    speaker.set_active(true);
     assert!(
         wait(Duration::from_secs(30), || all_have(
             speaker_ssrc,
@@ -153,7 +155,7 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
     );
     let forwarded_before = relay.stats().get(|s| &s.forwarded);
     let chair_before = villages[0].frames(chair_ssrc);
-    let _intruder = Sender::start(
+    let mut intruder = Sender::start(
         &Capture::Test,
         settings(),
         intruder_ssrc,
@@ -162,6 +164,7 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
         Some(&intruder_rx),
     )
     .unwrap();
+    intruder.set_active(true);
     assert!(wait(Duration::from_secs(20), || {
         relay.stats().get(|s| &s.forwarded) > forwarded_before + 300
             && villages[0].frames(chair_ssrc) > chair_before + 20
@@ -170,4 +173,73 @@ fn the_chair_reaches_every_village_the_floor_switches_and_a_wrong_key_is_rejecte
         assert_eq!(v.frames(intruder_ssrc), 0, "{:?}", v.streams());
         assert_eq!(v.audio_buffers(audio_ssrc(intruder_ssrc)), 0);
     }
+}
+
+/// The address a site sends to comes from another terminal's join (a relay names itself), so
+/// it could be anyone's: the engine holds its streams back until that address answers its
+/// probes, and sends once it does.
+#[test]
+fn a_site_sends_only_to_a_relay_address_that_answers_its_probes() {
+    use cuntong_core::meeting::{Applied, MediaPlan, MeetingId, Role};
+    use cuntong_terminal::conference::MediaEngine;
+    use cuntong_terminal::media::GstEngine;
+
+    let stranger = std::net::UdpSocket::bind(local(0)).unwrap();
+    let meeting: MeetingId = "m1".parse().unwrap();
+    let plan = |to: SocketAddr| MediaPlan {
+        ssrc: 0x2000_0000,
+        send_to: Some(to.to_string()),
+        srtp_key: KEY.to_vec(),
+        tier: Tier::Full,
+        viewed: false,
+    };
+    let chair = Applied {
+        version: 1,
+        muted: false,
+        role: Role::Chair,
+        shown: None,
+        hand: false,
+    };
+    let mut engine = GstEngine::new(
+        "130102000000-office".parse().unwrap(),
+        Capture::Test,
+        Playback::Discard,
+        0,
+    )
+    .unwrap();
+    let profile = MediaProfile::named("low").unwrap();
+    engine.start(meeting, &plan(stranger.local_addr().unwrap()), &profile);
+    engine.apply(meeting, &chair);
+    // Five seconds of being the chair, probing every second: the stranger gets a few 20-byte
+    // probes, never media.
+    stranger
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (mut probes, end) = (0, Instant::now() + Duration::from_secs(5));
+    while Instant::now() < end {
+        engine.link(None, 0.0);
+        while let Ok(n) = stranger.recv(&mut buf) {
+            assert!(
+                n == 20 && buf[0] <= 3,
+                "{n}-byte datagram sent to a stranger"
+            );
+            probes += 1;
+        }
+    }
+    assert!((1..=8).contains(&probes), "{probes} probes");
+    engine.stop(meeting);
+
+    // A relay answers: the chair's streams reach it, from where it was told they come from.
+    let relay = Relay::start(local(0), Routes::new(None)).unwrap();
+    engine.start(meeting, &plan(relay.local_addr()), &profile);
+    engine.apply(meeting, &chair);
+    assert!(
+        wait(Duration::from_secs(20), || {
+            engine.link(None, 0.0);
+            relay.stats().get(|s| &s.received) > 100
+        }),
+        "{:?}",
+        relay.stats()
+    );
 }

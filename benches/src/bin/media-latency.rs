@@ -92,7 +92,8 @@ fn glass(
 ) -> anyhow::Result<(Vec<Duration>, usize, usize)> {
     rx.log_frames();
     let key = [5u8; 30];
-    let tx = Sender::start(&Capture::Test, settings, ssrc, Some(&key), to, Some(from))?;
+    let mut tx = Sender::start(&Capture::Test, settings, ssrc, Some(&key), to, Some(from))?;
+    tx.set_active(true);
     std::thread::sleep(Duration::from_secs(seconds));
     let captured = tx.captured.lock().map(|v| v.clone()).unwrap_or_default();
     drop(tx);
