@@ -381,17 +381,26 @@ impl Conference {
                 .find_map(|p| p.upstream.as_deref().and_then(addr)),
         );
         for plan in self.relay_plans.values() {
+            for (ssrc, from) in &plan.sources {
+                if let Some(from) = addr(from) {
+                    routes.expect(*ssrc, from);
+                }
+            }
             for (ssrc, dests) in &plan.routes {
                 for d in dests.iter().filter_map(|d| addr(d)) {
                     routes.add(*ssrc, d);
                 }
             }
         }
+        // The view pipelines are this box's own: they need no consent.
         for ((_, ssrc, _), (video, audio)) in &self.views {
+            routes.vouch(*video);
+            routes.vouch(*audio);
             routes.add(*ssrc, *video);
             routes.add(cuntong_core::media::audio_ssrc(*ssrc), *audio);
         }
-        relay.update(|r| *r = routes);
+        // Consent already given carries over to the new table.
+        relay.update(|r| r.set_table(routes));
     }
 
     /// The topic filters the link must subscribe to.

@@ -9,16 +9,23 @@
 //! stream (jitter buffer → depayload → decode → display, or discard in tests), with counters
 //! per stream: packets, losses, jitter, bytes, frames decoded.
 //!
-//! Video arrives on the site's `rtp_port`, audio on `rtp_port + 2`.
+//! Video arrives on the site's `rtp_port`, audio on `rtp_port + 2`, and a site sends from those
+//! very sockets (symmetric RTP, RFC 4961): its relay forwards its streams only from there. The
+//! receive sockets answer the relay's consent probes (STUN Binding Requests, RFC 7983 demux)
+//! themselves, so media comes only to a site that asked for it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cuntong_core::media::consent::Consent;
+use cuntong_core::media::stun::{self, Message, Responder};
 use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use gstreamer_net::gio;
+use gstreamer_net::gio::prelude::*;
 
 use cuntong_core::media::{OPUS_PT, PCMA_PT, VIDEO_PT};
 
@@ -186,14 +193,18 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Starts sending to `to` with SSRCs `ssrc` (video) and `ssrc + 1` (audio), under SRTP
-    /// with `key` (plain RTP without one: for a viewer's player, on a trusted network).
+    /// Sets up sending to `to` with SSRCs `ssrc` (video) and `ssrc + 1` (audio), held back until
+    /// [`Sender::set_active`] lets it go, under SRTP
+    /// with `key` (plain RTP without one: for a viewer's player, on a trusted network). With
+    /// `from`, video goes out of its video socket and audio out of its audio socket (where the
+    /// relay expects the site's streams); without, from any free port.
     pub fn start(
         capture: &Capture,
         settings: SendSettings,
         ssrc: u32,
         key: Option<&[u8]>,
         to: SocketAddr,
+        from: Option<&Receiver>,
     ) -> Result<Sender, MediaError> {
         init()?;
         let pipeline = gst::Pipeline::with_name("send");
@@ -201,13 +212,18 @@ impl Sender {
         let key = key.map(srtp_key).transpose()?;
         let captured = FrameLog::default();
         let mut gates = Vec::new();
-        let sink = |name: &str| -> Result<gst::Element, MediaError> {
-            let s = gst::ElementFactory::make("udpsink")
+        let sink = |name: &str, socket: Option<gio::Socket>| -> Result<gst::Element, MediaError> {
+            let mut b = gst::ElementFactory::make("udpsink")
                 .name(name)
                 .property("host", to.ip().to_string())
                 .property("port", i32::from(to.port()))
                 .property("sync", false)
-                .property("async", false)
+                .property("async", false);
+            if let Some(socket) = socket {
+                // The receiver owns the socket and closes it.
+                b = b.property("socket", socket).property("close-socket", false);
+            }
+            let s = b
                 .build()
                 .map_err(|_| MediaError::Missing("udpsink".into()))?;
             if let Some(pad) = s.static_pad("sink") {
@@ -269,7 +285,7 @@ impl Sender {
                     });
                 }
             }
-            let gate = make("valve")?;
+            let gate = make_with("valve", &[("drop", true.to_value())])?;
             gates.push(gate.clone());
             let chain = [
                 src,
@@ -282,7 +298,7 @@ impl Sender {
                 capsfilter(&h264)?,
                 pay,
                 srtp()?,
-                sink("video-out")?,
+                sink("video-out", from.and_then(|r| r.socket(true)))?,
             ];
             pipeline.add_many(&chain)?;
             gst::Element::link_many(&chain)?;
@@ -333,7 +349,7 @@ impl Sender {
                 .field("rate", rate)
                 .field("channels", 1i32)
                 .build();
-            let gate = make("valve")?;
+            let gate = make_with("valve", &[("drop", true.to_value())])?;
             gates.push(gate.clone());
             let chain = [
                 src,
@@ -345,7 +361,7 @@ impl Sender {
                 enc,
                 pay,
                 srtp()?,
-                sink("audio-out")?,
+                sink("audio-out", from.and_then(|r| r.socket(false)))?,
             ];
             pipeline.add_many(&chain)?;
             gst::Element::link_many(&chain)?;
@@ -360,7 +376,7 @@ impl Sender {
             bytes,
             captured,
             gates,
-            active: true,
+            active: false,
         })
     }
 
@@ -490,6 +506,11 @@ struct Branch {
 #[derive(Debug)]
 pub struct Receiver {
     pipeline: gst::Pipeline,
+    /// The UDP sources: video, audio.
+    sources: Vec<gst::Element>,
+    /// Whether the address this site sends to wants its media (answers its probes).
+    consent: Arc<Mutex<Consent>>,
+    epoch: std::time::Instant,
     branches: Arc<Branches>,
     pub bytes: Arc<AtomicU64>,
     video_port: u16,
@@ -515,8 +536,11 @@ impl Receiver {
         let log_frames = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let audio_port = if video_port == 0 { 0 } else { video_port + 2 };
         let mut sources = Vec::with_capacity(2);
+        let consent = Arc::new(Mutex::new(Consent::new()));
+        let epoch = std::time::Instant::now();
         for (video, port) in [(true, video_port), (false, audio_port)] {
             let (src, dec) = srtp_input(port, video, audio, &key)?;
+            answer_consent_probes(&src, consent.clone(), epoch);
             if let Some(pad) = src.static_pad("src") {
                 count_bytes(&pad, bytes.clone());
             }
@@ -543,12 +567,47 @@ impl Receiver {
         let (video_port, audio_port) = (bound_port(&sources, 0), bound_port(&sources, 1));
         Ok(Receiver {
             pipeline,
+            sources,
+            consent,
+            epoch,
             branches,
             bytes,
             video_port,
             audio_port,
             log_frames,
         })
+    }
+
+    /// Whether `to` (the relay this site sends to) wants its media: probes it (from the video
+    /// socket, whose answers come back here) as often as consent asks, and says whether it
+    /// answered lately. A relay address comes from another terminal's join, so it could be
+    /// anyone's: media goes there only while it answers.
+    pub fn consented(&self, to: SocketAddr) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let probes = {
+            let mut c = self.consent.lock().unwrap_or_else(PoisonError::into_inner);
+            c.watch([to]);
+            c.probes(now, rand::random)
+        };
+        if let Some(socket) = self.socket(true) {
+            for (a, probe) in probes {
+                let a = gio::InetSocketAddress::from(a);
+                if let Err(e) = socket.send_to(Some(&a), probe, gio::Cancellable::NONE) {
+                    tracing::debug!(error = %e, "cannot probe the relay");
+                }
+            }
+        }
+        self.consent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .granted(&to, now)
+    }
+
+    /// The socket video (or audio) arrives on: the site's streams leave from it too.
+    pub fn socket(&self, video: bool) -> Option<gio::Socket> {
+        self.sources
+            .get(usize::from(!video))
+            .and_then(|s| s.property::<Option<gio::Socket>>("used-socket"))
     }
 
     /// From now on, keep the time each decoded frame comes out (for latency measurements).
@@ -701,6 +760,65 @@ fn srtp_input(
     Ok((src, dec))
 }
 
+/// Makes a UDP source handle STUN itself, from its own socket: it answers Binding Requests
+/// (its relay's consent probes) at a bounded rate, records in `consent` the answers to this
+/// site's own probes, and drops every STUN datagram before it reaches the decrypter.
+fn answer_consent_probes(
+    src: &gst::Element,
+    consent: Arc<Mutex<Consent>>,
+    epoch: std::time::Instant,
+) {
+    let Some(pad) = src.static_pad("src") else {
+        return;
+    };
+    let udpsrc = src.downgrade();
+    let responder = Mutex::new(Responder::new());
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Ok(data) = buffer.map_readable() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if !stun::is_stun(data.as_slice()) {
+            return gst::PadProbeReturn::Ok;
+        }
+        let Some(from) = buffer
+            .meta::<gstreamer_net::NetAddressMeta>()
+            .and_then(|m| m.addr().downcast::<gio::InetSocketAddress>().ok())
+        else {
+            return gst::PadProbeReturn::Drop;
+        };
+        let now_ms = epoch.elapsed().as_millis() as u64;
+        match stun::decode(data.as_slice()) {
+            Ok(Message::BindingRequest { .. }) => {
+                let answer = responder
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .answer(data.as_slice(), SocketAddr::from(from.clone()), now_ms);
+                let socket = udpsrc
+                    .upgrade()
+                    .and_then(|s| s.property::<Option<gio::Socket>>("used-socket"));
+                if let (Some(answer), Some(socket)) = (answer, socket) {
+                    if let Err(e) =
+                        socket.send_to(Some(&from), answer.as_bytes(), gio::Cancellable::NONE)
+                    {
+                        tracing::debug!(error = %e, "cannot answer a consent probe");
+                    }
+                }
+            }
+            Ok(Message::BindingSuccess { id }) => {
+                consent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .answered(SocketAddr::from(from), &id, now_ms);
+            }
+            Err(_) => {}
+        }
+        gst::PadProbeReturn::Drop
+    });
+}
+
 /// A view of one stream for a player: SRTP in (the relay routes the stream here), plain RTP
 /// out to the viewer (video to its port, audio two ports up).
 #[derive(Debug)]
@@ -718,6 +836,9 @@ impl Unwrap {
         let mut sources = Vec::new();
         for (video, port) in [(true, to.port()), (false, to.port().saturating_add(2))] {
             let (src, dec) = srtp_input(0, video, audio, &key)?;
+            // The relay of this box sends here; it needs no consent, but STUN must not reach
+            // the decrypter.
+            answer_consent_probes(&src, Arc::default(), std::time::Instant::now());
             let sink = make_with(
                 "udpsink",
                 &[
@@ -762,28 +883,35 @@ fn add_branch(
     log_frames: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), MediaError> {
     let jb = make_with("rtpjitterbuffer", &[("latency", latency_ms.to_value())])?;
+    // A sink added to a playing pipeline must not wait for its first buffer (preroll): the
+    // whole pipeline would pause until it came, and a video stream joined mid-way (its first
+    // keyframe withheld until the site consented, or sent before the site was routed) has
+    // no frame to give until its jitter buffer, paused too, lets the next keyframe through.
+    let make_sink = |discard: &str, play: &str| -> Result<gst::Element, MediaError> {
+        match playback {
+            Playback::Discard => make_with(
+                discard,
+                &[("sync", false.to_value()), ("async", false.to_value())],
+            ),
+            Playback::Play => {
+                let s = make(play)?;
+                s.set_property("async-handling", true);
+                Ok(s)
+            }
+        }
+    };
     let (depay, decoder, sink) = if video {
         (
             make("rtph264depay")?,
             first_available(&["v4l2h264dec", "avdec_h264", "openh264dec"])?,
-            match playback {
-                Playback::Discard => make_with("fakesink", &[("sync", false.to_value())])?,
-                Playback::Play => make("autovideosink")?,
-            },
+            make_sink("fakesink", "autovideosink")?,
         )
     } else {
         let (depay, dec) = match audio {
             AudioCodec::Opus => (make("rtpopusdepay")?, make("opusdec")?),
             AudioCodec::Pcma => (make("rtppcmadepay")?, make("alawdec")?),
         };
-        (
-            depay,
-            dec,
-            match playback {
-                Playback::Discard => make_with("fakesink", &[("sync", false.to_value())])?,
-                Playback::Play => make("autoaudiosink")?,
-            },
-        )
+        (depay, dec, make_sink("fakesink", "autoaudiosink")?)
     };
     let branch = Arc::new(Branch::default());
     if let Some(out) = decoder.static_pad("src") {
@@ -828,8 +956,11 @@ fn add_branch(
 struct Session {
     plan: cuntong_core::meeting::MediaPlan,
     settings: SendSettings,
-    receiver: Option<Receiver>,
+    /// Dropped before the receiver, whose sockets it sends from.
     sender: Option<Sender>,
+    /// The site is a source (its role asks it to send), whether or not its relay consents.
+    sending: bool,
+    receiver: Option<Receiver>,
     muted: bool,
     audio: AudioCodec,
 }
@@ -878,26 +1009,40 @@ impl GstEngine {
         })
     }
 
+    /// Sends while the site is a source and its relay answers its consent probes; holds the
+    /// streams back otherwise (called on every change, and every second to probe again).
     fn update_sender(&mut self, meeting: cuntong_core::meeting::MeetingId, sending: bool) {
         let Some(s) = self.sessions.get_mut(&meeting) else {
             return;
         };
+        let changed = s.sending != sending;
+        s.sending = sending;
         let to = s.plan.send_to.as_deref().and_then(|a| match a.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                tracing::error!(%meeting, send_to = a, "the relay's address is not ip:port; not sending");
+                if changed {
+                    tracing::error!(%meeting, send_to = a, "the relay's address is not ip:port; not sending");
+                }
                 None
             }
         });
-        if let Some(sender) = s.sender.as_mut() {
-            if sender.set_active(sending) {
-                tracing::info!(%meeting, sending, "media sending changed");
+        let (Some(to), true) = (to, sending) else {
+            if let Some(sender) = s.sender.as_mut() {
+                if sender.set_active(false) {
+                    tracing::info!(%meeting, sending = false, "media sending changed");
+                }
             }
             return;
-        }
-        if let (true, Some(to)) = (sending, to) {
-            let nothing = s.settings.video.is_none() && s.settings.audio.is_none();
-            if nothing {
+        };
+        let Some(receiver) = s.receiver.as_ref() else {
+            if changed {
+                tracing::error!(%meeting, "no receive sockets to send from; not sending");
+            }
+            return;
+        };
+        let consented = receiver.consented(to);
+        if s.sender.is_none() {
+            if s.settings.video.is_none() && s.settings.audio.is_none() {
                 return;
             }
             match Sender::start(
@@ -906,13 +1051,26 @@ impl GstEngine {
                 s.plan.ssrc,
                 Some(&s.plan.srtp_key),
                 to,
+                Some(receiver),
             ) {
                 Ok(sender) => {
                     sender.set_muted(s.muted);
                     tracing::info!(%meeting, %to, encoder = ?sender.encoder(), "sending media");
                     s.sender = Some(sender);
                 }
-                Err(e) => tracing::error!(%meeting, error = %e, "cannot send media"),
+                Err(e) => {
+                    tracing::error!(%meeting, error = %e, "cannot send media");
+                    return;
+                }
+            }
+        }
+        if let Some(sender) = s.sender.as_mut() {
+            if sender.set_active(consented) {
+                if consented {
+                    tracing::info!(%meeting, %to, sending = true, "media sending changed");
+                } else {
+                    tracing::warn!(%meeting, %to, "holding media back: the relay does not answer its consent probes");
+                }
             }
         }
     }
@@ -946,6 +1104,7 @@ impl crate::conference::MediaEngine for GstEngine {
                 settings: SendSettings::for_tier(profile, plan.tier),
                 receiver,
                 sender: None,
+                sending: false,
                 muted: true,
                 audio: profile.audio,
             },
@@ -1020,6 +1179,16 @@ impl crate::conference::MediaEngine for GstEngine {
     }
 
     fn link(&mut self, rtt_ms: Option<f64>, loss_percent: f64) {
+        // Consent to the relays sent to: probe again, hold back or go on.
+        let sending: Vec<_> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.sending)
+            .map(|(m, _)| *m)
+            .collect();
+        for meeting in sending {
+            self.update_sender(meeting, true);
+        }
         for s in self.sessions.values() {
             if let Some(r) = &s.receiver {
                 r.fit_latency();

@@ -3,9 +3,17 @@
 //! assigns it as the relay of the three villages; the chair's video and audio reach every
 //! village (frames decoded, reported in telemetry); granting the floor to a village switches
 //! the speaker: its stream reaches the two other villages and the chair, not itself.
+//!
+//! Against a site that lies: one that names someone else's address as its receive address
+//! gets that address a few consent probes and no media, while an address that answers the
+//! relay's probes gets the streams; RTP forged with a routed SSRC from another address is not
+//! forwarded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cuntong_e2e::{
@@ -115,8 +123,9 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
     assert!(
         wait_until(Duration::from_secs(40), || receiving(2.0, &others)
             && receiving(1.0, &[SPEAKER.to_owned(), RELAY.to_owned()])),
-        "the speaker did not switch: streams {:?}",
-        latest(&db, "media.streams")
+        "the speaker did not switch: streams {:?} frames {:?}",
+        latest(&db, "media.streams"),
+        latest(&db, "media.frames"),
     );
     assert!(
         reported("media.tx", &[SPEAKER.to_owned()], &|v| v > 20.0),
@@ -197,6 +206,202 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
     ok(cuntong(&[
         "meeting", "view", &id, viewed, "--to", &to, "--stop",
     ]));
+
+    lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(&broker.url, &id, d);
+}
+
+/// Two terminals of the county join the live meeting `id` by hand (published as they would):
+/// one names as its receive address a pair of sockets that never answer STUN (someone else's
+/// address), the other a pair that answers the relay's probes. Only the second gets media;
+/// then RTP with a routed SSRC sent to the relay from another socket reaches nobody.
+fn lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(broker: &str, id: &str, d: &Path) {
+    use cuntong_core::envelope::encode;
+    use cuntong_core::media::rtp::{Packet, classify};
+    use cuntong_core::meeting::{Hand, Tier, Uplink};
+    use cuntong_core::terminal_id::TerminalId;
+    use cuntong_core::topic::{Channel, Topic};
+
+    let port = broker.rsplit(':').next().unwrap().to_owned();
+    let meeting = id.parse().unwrap();
+    let publish = |who: &TerminalId, msg: &Uplink| {
+        let file = d.join(format!("uplink-{}.bin", who.slug()));
+        std::fs::write(&file, encode(msg).unwrap()).unwrap();
+        let topic = Topic::terminal(who, Channel::MeetingUp).to_string();
+        let file = file.to_str().unwrap();
+        ok(run(
+            Path::new("mosquitto_pub"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                &topic,
+                "-q",
+                "1",
+                "-f",
+                file,
+            ],
+        ));
+    };
+    let foreign = FakeReceiver::start(false);
+    let willing = FakeReceiver::start(true);
+    let liar: TerminalId = "130102003001-liar".parse().unwrap();
+    let honest: TerminalId = "130102003002-honest".parse().unwrap();
+    let join = |who: &TerminalId, p: &FakeReceiver| {
+        publish(
+            who,
+            &Uplink::Join {
+                meeting,
+                tier: Tier::ReceiveOnly,
+                rtp_port: p.base,
+                media_host: Some("127.0.0.1".into()),
+                relay: None,
+            },
+        )
+    };
+    // Joined, and kept in with a status a second (the host drops a silent site).
+    let keep_in = |who: &TerminalId| {
+        publish(
+            who,
+            &Uplink::Status {
+                meeting,
+                seen: 0,
+                muted: true,
+                hand: Hand::default(),
+                answer: None,
+            },
+        )
+    };
+    join(&liar, &foreign);
+    join(&honest, &willing);
+    let mut tick = 0;
+    let mut heartbeat = || {
+        tick += 1;
+        if tick % 10 == 0 {
+            keep_in(&liar);
+            keep_in(&honest);
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            heartbeat();
+            willing.media().len() >= 100
+        }),
+        "the address that answers probes got no media: {} datagrams",
+        willing.all().len()
+    );
+    // The relay and a routed SSRC (the chair's or the speaker's), from what the willing
+    // address received.
+    let (relay, ssrc) = willing
+        .media()
+        .iter()
+        .find_map(|(from, b)| match classify(b) {
+            Ok(Packet::Rtp { ssrc, .. }) => Some((*from, ssrc)),
+            _ => None,
+        })
+        .unwrap();
+    // 100 packets with that SSRC, from a socket that is not its sender's.
+    const MARK: &[u8] = b"forged-by-the-test-0123456789";
+    let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for seq in 0..100u16 {
+        let mut p = vec![0x80, 96];
+        p.extend(seq.to_be_bytes());
+        p.extend(0u32.to_be_bytes());
+        p.extend(ssrc.to_be_bytes());
+        p.extend(MARK);
+        forger.send_to(&p, relay).unwrap();
+    }
+    // The real streams go on meanwhile, the forgeries nowhere.
+    let before = willing.media().len();
+    assert!(wait_until(Duration::from_secs(10), || {
+        heartbeat();
+        willing.media().len() >= before + 50
+    }));
+    let forged = |p: &FakeReceiver| {
+        p.media()
+            .iter()
+            .filter(|(_, b)| b.windows(MARK.len()).any(|w| w == MARK))
+            .count()
+    };
+    assert_eq!(forged(&willing), 0, "forged RTP was forwarded");
+    // The address that never answered: some probes (STUN, 20 bytes), no media at all.
+    let at_foreign = foreign.all();
+    assert!(
+        at_foreign.iter().all(|(_, b)| b.len() == 20 && b[0] <= 3),
+        "media reached an address that never asked for it: {} datagrams, {} not probes",
+        at_foreign.len(),
+        at_foreign.iter().filter(|(_, b)| b[0] > 3).count()
+    );
+    assert!(!at_foreign.is_empty(), "the relay did probe it");
+    assert!(at_foreign.len() < 30, "{} probes", at_foreign.len());
+    for who in [&liar, &honest] {
+        publish(who, &Uplink::Leave { meeting });
+    }
+}
+
+/// A datagram and where it came from.
+type Datagram = (SocketAddr, Vec<u8>);
+
+/// A pair of UDP sockets where a site would receive (video port, audio two up) that records
+/// what arrives, answering the relay's consent probes if told to; it stops when dropped.
+struct FakeReceiver {
+    base: u16,
+    got: Arc<Mutex<Vec<Datagram>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeReceiver {
+    fn start(answer: bool) -> FakeReceiver {
+        use cuntong_core::media::stun::{Message, binding_success, decode};
+        let base = free_udp_pair().unwrap();
+        let sockets: Vec<UdpSocket> = [base, base + 2]
+            .iter()
+            .map(|p| {
+                let s = UdpSocket::bind(("127.0.0.1", *p)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                s
+            })
+            .collect();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, st) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                for s in &sockets {
+                    while let Ok((n, from)) = s.recv_from(&mut buf) {
+                        if let (true, Ok(Message::BindingRequest { id })) =
+                            (answer, decode(&buf[..n]))
+                        {
+                            s.send_to(binding_success(&id, from).as_bytes(), from)
+                                .unwrap();
+                        }
+                        g.lock().unwrap().push((from, buf[..n].to_vec()));
+                    }
+                }
+            }
+        });
+        FakeReceiver { base, got, stop }
+    }
+
+    /// Everything that arrived.
+    fn all(&self) -> Vec<Datagram> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// What arrived of RTP and RTCP (first byte 128–191), not STUN.
+    fn media(&self) -> Vec<Datagram> {
+        let mut all = self.all();
+        all.retain(|(_, b)| b.first().is_some_and(|f| *f >= 128));
+        all
+    }
+}
+
+impl Drop for FakeReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A child's stderr once it exits, killed after `timeout`.

@@ -52,11 +52,11 @@ fn ms(d: Duration) -> f64 {
 /// One-way times of `n` packets sent to `to` and read at `rx`.
 fn one_way(
     n: u32,
+    tx: &UdpSocket,
     to: SocketAddr,
     rx: &UdpSocket,
     epoch: Instant,
 ) -> anyhow::Result<Vec<Duration>> {
-    let tx = UdpSocket::bind("127.0.0.1:0")?;
     rx.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut out = Vec::with_capacity(n as usize);
     let mut buf = [0u8; 2048];
@@ -80,10 +80,11 @@ fn one_way(
     Ok(out)
 }
 
-/// Glass-to-glass times of a test source sent to `to` (the relay, or the receiver itself) and
-/// decoded by `rx`: frame k into the encoder ↔ frame k out of the decoder.
+/// Glass-to-glass times of a test source sent from `from`'s sockets to `to` (the relay, or the
+/// receiver itself) and decoded by `rx`: frame k into the encoder ↔ frame k out of the decoder.
 fn glass(
     rx: &Receiver,
+    from: &Receiver,
     to: SocketAddr,
     ssrc: u32,
     settings: SendSettings,
@@ -91,7 +92,8 @@ fn glass(
 ) -> anyhow::Result<(Vec<Duration>, usize, usize)> {
     rx.log_frames();
     let key = [5u8; 30];
-    let tx = Sender::start(&Capture::Test, settings, ssrc, Some(&key), to)?;
+    let mut tx = Sender::start(&Capture::Test, settings, ssrc, Some(&key), to, Some(from))?;
+    tx.set_active(true);
     std::thread::sleep(Duration::from_secs(seconds));
     let captured = tx.captured.lock().map(|v| v.clone()).unwrap_or_default();
     drop(tx);
@@ -118,11 +120,15 @@ fn main() -> anyhow::Result<()> {
 
     // One relay hop.
     let rx = UdpSocket::bind("127.0.0.1:0")?;
-    let direct = one_way(args.packets, rx.local_addr()?, &rx, epoch)?;
+    let tx = UdpSocket::bind("127.0.0.1:0")?;
+    let direct = one_way(args.packets, &tx, rx.local_addr()?, &rx, epoch)?;
     let mut routes = Routes::new(None);
+    routes.expect(7, tx.local_addr()?);
+    // The measuring socket does not answer consent probes: vouched for.
+    routes.vouch(rx.local_addr()?);
     routes.forward(7, vec![rx.local_addr()?]);
     let relay = Relay::start("127.0.0.1:0".parse()?, routes)?;
-    let hopped = one_way(args.packets, relay.local_addr(), &rx, epoch)?;
+    let hopped = one_way(args.packets, &tx, relay.local_addr(), &rx, epoch)?;
     drop(relay);
     println!("one relay hop ({} packets of 1,200 bytes):", args.packets);
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
@@ -142,12 +148,17 @@ fn main() -> anyhow::Result<()> {
     settings.log_frames = true;
     let key = [5u8; 30];
     let codec = profile.audio;
+    // The sending site's own receive sockets, which it sends from.
+    let site = Receiver::start(0, &key, Playback::Discard, args.jitter_buffer, codec)?;
     let straight_rx = Receiver::start(0, &key, Playback::Discard, args.jitter_buffer, codec)?;
     let to = SocketAddr::from(([127, 0, 0, 1], straight_rx.video_port()));
-    let (straight, c1, d1) = glass(&straight_rx, to, 0x100, settings, args.seconds)?;
+    let (straight, c1, d1) = glass(&straight_rx, &site, to, 0x100, settings, args.seconds)?;
     drop(straight_rx);
     let relayed_rx = Receiver::start(0, &key, Playback::Discard, args.jitter_buffer, codec)?;
     let mut routes = Routes::new(None);
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    routes.expect(0x200, local(site.video_port()));
+    routes.expect(audio_ssrc(0x200), local(site.audio_port()));
     routes.forward(
         0x200,
         vec![SocketAddr::from(([127, 0, 0, 1], relayed_rx.video_port()))],
@@ -159,6 +170,7 @@ fn main() -> anyhow::Result<()> {
     let relay = Relay::start("127.0.0.1:0".parse()?, routes)?;
     let (relayed, c2, d2) = glass(
         &relayed_rx,
+        &site,
         relay.local_addr(),
         0x200,
         settings,

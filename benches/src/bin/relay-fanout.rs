@@ -183,11 +183,16 @@ fn main() -> anyhow::Result<()> {
     for &n in &args.sites {
         // The relay.
         let sites = Sites::start(n)?;
+        let source = UdpSocket::bind("127.0.0.1:0")?;
         let mut routes = Routes::new(None);
+        routes.expect(1, source.local_addr()?);
+        // The benchmark's sites do not answer consent probes: vouched for.
+        for a in &sites.addrs {
+            routes.vouch(*a);
+        }
         routes.forward(1, sites.addrs.clone());
         let relay = Relay::start("127.0.0.1:0".parse()?, routes)?;
         let tid = tid_of("relay")?;
-        let source = UdpSocket::bind("127.0.0.1:0")?;
         let to = relay.local_addr();
         let cpu0 = thread_cpu(tid)?;
         let t0 = Instant::now();

@@ -1,6 +1,8 @@
-//! Meeting media as the core sees it: RTP and RTCP packets as a relay reads them ([`rtp`]), a
-//! relay's forwarding table ([`routes`]) and the standard descriptions of streams ([`sdp`]). Encoding and decoding are the terminal's media
-//! engine's (GStreamer); forwarding is the relay's (`cuntong_terminal::relay`).
+//! Meeting media as the core sees it: RTP and RTCP packets as a relay reads them ([`rtp`]), the
+//! STUN messages that prove an address wants media ([`stun`], [`consent`]), a relay's
+//! forwarding table ([`routes`]) and the standard descriptions of streams ([`sdp`]). Encoding
+//! and decoding are the terminal's media engine's (GStreamer); forwarding is the relay's
+//! (`cuntong_terminal::relay`).
 
 /// RTP payload types: H.264 and Opus are dynamic (the SDP names them), G.711 A-law static.
 pub const VIDEO_PT: u8 = 96;
@@ -12,6 +14,8 @@ pub fn audio_ssrc(video_ssrc: u32) -> u32 {
     video_ssrc | 1
 }
 
+pub mod consent;
 pub mod routes;
 pub mod rtp;
 pub mod sdp;
+pub mod stun;

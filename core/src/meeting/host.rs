@@ -515,7 +515,7 @@ impl Host {
         for (id, plan) in topology.relays {
             if self.relay_plans.get(&id) != Some(&plan) {
                 self.relay_plans.insert(id, plan.clone());
-                out.push(HostOutput::Send(id, Downlink::Relay { meeting, plan }));
+                out.push(HostOutput::Send(id, Downlink::Forward { meeting, plan }));
             }
         }
         out

@@ -593,8 +593,14 @@ pub enum Downlink {
     /// The host does not hold this site as joined (it missed the join, or a late status
     /// crossed a leave): join again if you mean to be in.
     Rejoin { meeting: MeetingId },
-    /// To a relay: what to forward where (sent again whenever it changes).
+    /// An older host's table for a relay, without sources. Never sent any more; a relay
+    /// ignores it (it cannot tell the streams from forgeries without their sources).
     Relay {
+        meeting: MeetingId,
+        plan: relays::UnsourcedRelayPlan,
+    },
+    /// To a relay: what to forward from where to where (sent again whenever it changes).
+    Forward {
         meeting: MeetingId,
         plan: relays::RelayPlan,
     },

@@ -393,7 +393,9 @@ impl Participant {
                 s.plan = Some(plan);
                 self.converge(&meeting, now_ms, out);
             }
-            Downlink::Relay { meeting, plan } => {
+            // An older host's table names no sources: forwarding by it would pass forgeries.
+            Downlink::Relay { .. } => {}
+            Downlink::Forward { meeting, plan } => {
                 if self.sessions.contains_key(&meeting) {
                     out.push(Output::Media(MediaCommand::Relay { meeting, plan }));
                 }

@@ -17,7 +17,7 @@ use crate::media::audio_ssrc;
 use crate::site::SiteCode;
 use crate::terminal_id::TerminalId;
 
-/// What a relay is told: where reports go up, and where each stream goes.
+/// What a relay is told: where reports go up, where each stream comes from and where it goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayPlan {
     /// The relay above (`host:port`), if any.
@@ -26,6 +26,20 @@ pub struct RelayPlan {
     pub routes: Vec<(u32, Vec<String>)>,
     /// Streams that arrive here first and are viewed: (video SSRC, the viewer's `host:port`).
     /// The relay strips SRTP for the viewer (plain RTP: video there, audio two ports up).
+    pub views: Vec<(u32, String)>,
+    /// (SSRC, `host:port` it comes from), by SSRC, for every stream routed or viewed here: a
+    /// site's own streams from its receive ports (sites send from where they receive: video
+    /// from its video port, audio from its audio port), the others from the relay below or
+    /// above they pass. The relay forwards a stream from there only.
+    pub sources: Vec<(u32, String)>,
+}
+
+/// An older host's table (`Downlink::Relay`), which names no sources: a relay refuses it,
+/// since it could not tell a stream from a forgery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsourcedRelayPlan {
+    pub upstream: Option<String>,
+    pub routes: Vec<(u32, Vec<String>)>,
     pub views: Vec<(u32, String)>,
 }
 
@@ -162,10 +176,22 @@ pub fn topology(
             upstream: up.and_then(|u| u.relay.clone()),
             routes: Vec::new(),
             views: Vec::new(),
+            sources: Vec::new(),
         };
         for src in &sources {
             let passes = chain(&src.id);
             let from_below = passes.contains(&r.id);
+            // Where the stream reaches this relay from: the site itself (the first relay on
+            // its way up), the relay below on its way up, or the relay above.
+            let came_from = match passes.iter().position(|p| *p == r.id) {
+                Some(0) => Some(Origin::Site(src)),
+                Some(i) => passes
+                    .get(i - 1)
+                    .and_then(|below| by_id.get(below))
+                    .and_then(|b| b.relay.clone())
+                    .map(Origin::Relay),
+                None => up.and_then(|u| u.relay.clone()).map(Origin::Relay),
+            };
             // The relay's own box watches too, then its sites, then its child relays (unless
             // the stream came up through one).
             let mut receivers: Vec<&SiteMedia> = Vec::new();
@@ -198,24 +224,60 @@ pub fn topology(
             if !video.is_empty() {
                 plan.routes.push((src.ssrc, video));
                 plan.routes.push((audio_ssrc(src.ssrc), audio));
+                if let Some(from) = &came_from {
+                    plan.sources.extend(from.pair(src.ssrc));
+                }
             }
         }
         plan.routes.sort();
+        plan.sources.sort();
         t.relays.insert(r.id, plan);
     }
     for (site, to) in views {
-        let Some(ssrc) = by_id.get(site).map(|s| s.ssrc) else {
+        let Some(s) = by_id.get(site).copied() else {
             continue;
         };
         if let Some(r) = t.first_relay(sites, site) {
             if let Some(plan) = t.relays.get_mut(&r) {
-                plan.views.push((ssrc, to.clone()));
+                plan.views.push((s.ssrc, to.clone()));
                 plan.views.sort();
                 plan.views.dedup();
+                // The first relay gets the viewed site's streams from the site itself.
+                plan.sources.extend(Origin::Site(s).pair(s.ssrc));
+                plan.sources.sort();
+                plan.sources.dedup();
             }
         }
     }
     t
+}
+
+/// Where a stream reaches a relay from.
+enum Origin<'a> {
+    /// From the site that sends it: video from its receive port, audio two ports up.
+    Site(&'a SiteMedia),
+    /// From a relay (both streams of the pair from its one address).
+    Relay(String),
+}
+
+impl Origin<'_> {
+    /// The sources of a site's pair (video SSRC `ssrc`): none for a site that named no
+    /// receive address (its streams are not forwarded).
+    fn pair(&self, ssrc: u32) -> Vec<(u32, String)> {
+        match self {
+            Origin::Site(s) => s
+                .receives_at
+                .as_ref()
+                .map(|(host, port)| {
+                    alloc::vec![
+                        (ssrc, address(host, *port)),
+                        (audio_ssrc(ssrc), address(host, port.saturating_add(2))),
+                    ]
+                })
+                .unwrap_or_default(),
+            Origin::Relay(a) => alloc::vec![(ssrc, a.clone()), (audio_ssrc(ssrc), a.clone())],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -243,6 +305,13 @@ mod tests {
             .find(|(s, _)| *s == ssrc)
             .map(|(_, d)| d.iter().map(String::as_str).collect())
             .unwrap_or_default()
+    }
+
+    fn source(plan: &RelayPlan, ssrc: u32) -> Option<&str> {
+        plan.sources
+            .iter()
+            .find(|(s, _)| *s == ssrc)
+            .map(|(_, a)| a.as_str())
     }
 
     /// A county relay (the county office's box, also the chair) and three villages.
@@ -324,11 +393,50 @@ mod tests {
     }
 
     #[test]
+    fn each_relay_is_told_where_each_stream_it_routes_comes_from() {
+        let mut sites = vec![
+            site("130000000000-hall", 10, 5004, Some("10.1.0.1:6000")),
+            site("130100000000-relay", 12, 5004, Some("10.2.0.1:6000")),
+            site("130102000000-relay", 14, 5004, Some("10.3.0.1:6000")),
+            site("130102001001-main", 16, 5004, None),
+            site("130105000000-relay", 18, 5004, Some("10.4.0.1:6000")),
+        ];
+        sites[3].receives_at = Some(("10.9.0.7".to_owned(), 5010));
+        sites[0].receives_at = Some(("10.1.0.1".to_owned(), 5004));
+        let (hall, city, county) = (
+            t("130000000000-hall"),
+            t("130100000000-relay"),
+            t("130102000000-relay"),
+        );
+        let topo = topology(&sites, &[hall, t("130102001001-main")], &[]);
+        // The village's pair: at its county from its own receive ports (it sends from them),
+        // at the city from the county relay, at the hall from the city relay.
+        let c = &topo.relays[&county];
+        assert_eq!(source(c, 16), Some("10.9.0.7:5010"));
+        assert_eq!(source(c, 17), Some("10.9.0.7:5012"));
+        assert_eq!(source(&topo.relays[&city], 16), Some("10.3.0.1:6000"));
+        assert_eq!(source(&topo.relays[&hall], 17), Some("10.2.0.1:6000"));
+        // The hall's pair: at the hall from its own box, below from the relay above.
+        assert_eq!(source(&topo.relays[&hall], 10), Some("10.1.0.1:5004"));
+        assert_eq!(source(&topo.relays[&city], 11), Some("10.1.0.1:6000"));
+        assert_eq!(source(c, 10), Some("10.2.0.1:6000"));
+        // Every routed stream has its source, and nothing else has one.
+        for plan in topo.relays.values() {
+            let routed: Vec<u32> = plan.routes.iter().map(|(s, _)| *s).collect();
+            let sourced: Vec<u32> = plan.sources.iter().map(|(s, _)| *s).collect();
+            assert_eq!(routed, sourced);
+        }
+    }
+
+    #[test]
     fn a_view_goes_to_the_relay_the_stream_reaches_first() {
         let village = t("130102001002-main");
         let topo = topology(&county(), &[], &[(village, "10.9.9.9:7000".to_owned())]);
         let plan = &topo.relays[&t("130102000000-office")];
         assert_eq!(plan.views, [(104, "10.9.9.9:7000".to_owned())]);
+        // The relay takes the viewed site's pair from the site's own ports only.
+        assert_eq!(source(plan, 104), Some("10.0.0.1:5004"));
+        assert_eq!(source(plan, 105), Some("10.0.0.1:5006"));
         assert!(
             plan.routes.is_empty(),
             "nobody else receives a viewed-only site"

@@ -761,7 +761,7 @@ fn the_county_hall_relays_for_its_villages_and_the_tables_go_out_when_they_chang
         Some("10.0.0.1:6000")
     );
     let table = out.iter().find_map(|o| match o {
-        HostOutput::Send(to, Downlink::Relay { plan, .. }) if *to == hall => Some(plan),
+        HostOutput::Send(to, Downlink::Forward { plan, .. }) if *to == hall => Some(plan),
         _ => None,
     });
     let hall_ssrc = h.sites()[&hall].ssrc;
@@ -771,6 +771,14 @@ fn the_county_hall_relays_for_its_villages_and_the_tables_go_out_when_they_chang
             .iter()
             .any(|(s, d)| *s == hall_ssrc && d == &vec!["10.0.0.9:5004".to_string()])),
         "{out:?}"
+    );
+    // The hall's own stream is forwarded only from the ports its box receives on.
+    assert_eq!(
+        table.map(|p| p.sources.clone()),
+        Some(vec![
+            (hall_ssrc, "10.0.0.9:5004".to_string()),
+            (hall_ssrc | 1, "10.0.0.9:5006".to_string())
+        ])
     );
     // A status that changes nothing lays out nothing.
     let status = Uplink::Status {
@@ -787,7 +795,7 @@ fn the_county_hall_relays_for_its_villages_and_the_tables_go_out_when_they_chang
     let out = h.media_updates();
     assert!(
         out.iter()
-            .any(|o| matches!(o, HostOutput::Send(to, Downlink::Relay { .. }) if *to == hall))
+            .any(|o| matches!(o, HostOutput::Send(to, Downlink::Forward { .. }) if *to == hall))
     );
     assert_ne!(h.sites()[&hall].ssrc, hall_ssrc, "no SRTP index may repeat");
 }
@@ -899,11 +907,65 @@ fn messages_round_trip_and_garbage_is_refused() {
     for cut in 0..bytes.len() {
         assert!(Uplink::decode(&bytes[..cut]).is_err());
     }
+    // A relay's table, byte for byte: variant 5, then the meeting, upstream, routes, views and
+    // sources (each a varint count of entries).
+    let table = Downlink::Forward {
+        meeting: "m1".parse().unwrap(),
+        plan: relays::RelayPlan {
+            upstream: None,
+            routes: vec![(2, vec!["10.0.0.1:5004".into()])],
+            views: vec![],
+            sources: vec![(2, "10.0.0.2:6000".into())],
+        },
+    };
+    let bytes = encode(&table).unwrap();
+    let mut golden = vec![1, 5, 2, b'm', b'1', 0, 1, 2, 1, 13];
+    golden.extend(b"10.0.0.1:5004");
+    golden.extend([0, 1, 2, 13]);
+    golden.extend(b"10.0.0.2:6000");
+    assert_eq!(bytes, golden);
+    assert_eq!(Downlink::decode(&bytes).unwrap(), table);
     assert!(MeetingId::from_str("1abc").is_err());
     assert!(MeetingId::from_str("Abc").is_err());
     assert_eq!(
         "m20261201a".parse::<MeetingId>().unwrap().to_string(),
         "m20261201a"
+    );
+}
+
+#[test]
+fn a_relay_takes_a_table_with_sources_and_ignores_an_older_hosts_without() {
+    let me = t("130102000000-hall");
+    let mut p = Participant::new(me, pcfg(AcceptPolicy::All));
+    let h = host(Kind::Meeting, &["130102"]);
+    let m = h.state().spec.id;
+    let mut live = h.state().clone();
+    live.status = Status::Live;
+    p.handle(Input::State(Box::new(live)), 1);
+    let old = Downlink::Relay {
+        meeting: m,
+        plan: relays::UnsourcedRelayPlan {
+            upstream: None,
+            routes: vec![(2, vec!["10.0.0.1:5004".into()])],
+            views: vec![],
+        },
+    };
+    assert!(p.handle(Input::Downlink(old), 2).is_empty());
+    let plan = relays::RelayPlan {
+        sources: vec![(2, "10.0.0.2:5004".into())],
+        routes: vec![(2, vec!["10.0.0.1:5004".into()])],
+        ..relays::RelayPlan::default()
+    };
+    let out = p.handle(
+        Input::Downlink(Downlink::Forward {
+            meeting: m,
+            plan: plan.clone(),
+        }),
+        3,
+    );
+    assert_eq!(
+        out,
+        [Output::Media(MediaCommand::Relay { meeting: m, plan })]
     );
 }
 
