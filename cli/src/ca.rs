@@ -354,7 +354,6 @@ fn write_crl(ca_dir: &Path, inv: &Inventory) -> Result<(), CaError> {
     write_file(&ca_dir.join(CRL), crl.pem()?.as_bytes(), false)
 }
 
-
 /// Issues the broker's server certificate for `name` (a host name or IP address) into `out`:
 /// `server.pem`, `server-key.pem`, `ca.pem`.
 pub fn issue_server(ca_dir: &Path, name: &str, out: &Path) -> Result<(), CaError> {
@@ -646,7 +645,10 @@ mod tests {
         let ca = dir.path().join("ca");
         init(&ca).unwrap();
         let empty_crl = std::fs::read_to_string(ca.join(CRL)).unwrap();
-        assert!(empty_crl.starts_with("-----BEGIN X509 CRL-----"), "{empty_crl}");
+        assert!(
+            empty_crl.starts_with("-----BEGIN X509 CRL-----"),
+            "{empty_crl}"
+        );
         let (a, b) = ("130102001001-main", "130102002001-main");
         for id in [a, b, "central", "central-ops"] {
             provision(&ca, id, "mqtts://h:8883", &dir.path().join(id), None, false).unwrap();
@@ -667,8 +669,14 @@ mod tests {
         let inv = inventory(&ca).unwrap();
         assert_ne!(serial(a), first, "a new certificate");
         assert_eq!(inv.revoked.len(), 1);
-        assert_eq!((inv.revoked[0].name.as_str(), &inv.revoked[0].serial), (a, &first));
-        assert!(mosquitto_acl(&inv).contains(&format!("user {a}\n")), "replaced, not removed");
+        assert_eq!(
+            (inv.revoked[0].name.as_str(), &inv.revoked[0].serial),
+            (a, &first)
+        );
+        assert!(
+            mosquitto_acl(&inv).contains(&format!("user {a}\n")),
+            "replaced, not removed"
+        );
 
         revoke(&ca, b).unwrap();
         let inv = inventory(&ca).unwrap();
@@ -686,7 +694,13 @@ mod tests {
         for ok in ["central", "central-ops", "central-2", "central-a-b"] {
             assert!(is_central(ok), "{ok}");
         }
-        for not in ["central-", "central-OPS", "centrals", "central-x/y", "130102001001-main"] {
+        for not in [
+            "central-",
+            "central-OPS",
+            "centrals",
+            "central-x/y",
+            "130102001001-main",
+        ] {
             assert!(!is_central(not), "{not}");
         }
         assert!(!is_central(&format!("central-{}", "x".repeat(33))));
@@ -714,7 +728,10 @@ mod tests {
         ] {
             assert!(lines.contains(&want), "{want} missing:\n{conf}");
         }
-        let limit = format!("max_packet_size {}", cuntong_terminal::link::MAX_BROKER_PACKET);
+        let limit = format!(
+            "max_packet_size {}",
+            cuntong_terminal::link::MAX_BROKER_PACKET
+        );
         assert!(lines.contains(&limit.as_str()), "{conf}");
         // What a broker we configure delivers never cuts a client's link.
         const {

@@ -575,8 +575,14 @@ mod tests {
     #[test]
     fn retained_junk_on_a_terminals_uplink_is_cleared_and_nothing_else() {
         // A refused presence, retained or live, and anything retained on the other uplinks.
-        assert_eq!(retained_junk(PRESENCE, true, true).as_deref(), Some(PRESENCE));
-        assert_eq!(retained_junk(PRESENCE, false, true).as_deref(), Some(PRESENCE));
+        assert_eq!(
+            retained_junk(PRESENCE, true, true).as_deref(),
+            Some(PRESENCE)
+        );
+        assert_eq!(
+            retained_junk(PRESENCE, false, true).as_deref(),
+            Some(PRESENCE)
+        );
         assert_eq!(retained_junk(TM, true, false).as_deref(), Some(TM));
         assert_eq!(retained_junk(EV, false, true).as_deref(), Some(EV));
         // A valid presence is the protocol; valid live messages leave nothing.

@@ -291,10 +291,7 @@ impl Link {
                 .and_then(|d| d.last_cause.clone())
                 .unwrap_or_else(|| "no answer".into());
             link.shutdown();
-            return Err(format!(
-                "cannot reach the broker at {}: {why}",
-                link.broker
-            ));
+            return Err(format!("cannot reach the broker at {}: {why}", link.broker));
         }
         Ok((link, incoming))
     }
