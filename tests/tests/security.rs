@@ -467,6 +467,14 @@ fn tls_failures_remote_configuration_and_reboots_reach_central_staff() {
         "{}",
         terminal.log_text()
     );
+    // The log names it too, once.
+    let said = format!("cannot reach the broker at {}: TLS failure: ", f.url());
+    assert_eq!(
+        terminal.log_text().matches(&said).count(),
+        1,
+        "{}",
+        terminal.log_text()
+    );
     assert!(terminal.terminate(Duration::from_secs(10)).is_some());
 
     // The technician puts the right CA back: the terminal connects and reports what happened.
