@@ -97,6 +97,8 @@ pub struct CentralStats {
     pub rejected: AtomicU64,
     /// Confirmations published.
     pub acks: AtomicU64,
+    /// Messages the link refused for being larger than the protocol allows.
+    pub oversized: AtomicU64,
 }
 
 impl CentralStats {
@@ -252,6 +254,7 @@ pub async fn run(
                 let now = unix_ms();
                 if now >= last_meeting_tick + 1000 {
                     last_meeting_tick = now;
+                    stats.oversized.store(link.status().refused_oversized, Ordering::Relaxed);
                     meetings.tick(now);
                     alarms.tick(now, link.is_connected());
                 }

@@ -1508,6 +1508,7 @@ async fn report_stats(stats: Arc<CentralStats>, stop: CancellationToken) {
                 stored = stats.get(|s| &s.stored),
                 duplicates = stats.get(|s| &s.duplicates),
                 rejected = stats.get(|s| &s.rejected),
+                oversized = stats.get(|s| &s.oversized),
                 "central"
             ),
         }

@@ -681,10 +681,12 @@ fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere()
     }
     assert!(f.publish("a", &["-t", A_PRESENCE, "-m", "junk", "-r", "-q", "1"]));
     // Central keeps storing and confirming B's data, B stays on its first connection.
-    let before = b_seen();
+    let confirmed = || f.status("b")["outbox"]["confirmed"]["telemetry"].as_u64();
+    let (before, confirmed_before) = (b_seen(), confirmed());
     assert!(
-        wait_until(Duration::from_secs(20), || b_seen() > before),
-        "central stopped storing: {}",
+        wait_until(Duration::from_secs(20), || b_seen() > before
+            && confirmed() > confirmed_before),
+        "central stopped storing or confirming: {}",
         central.log_text()
     );
     let status = f.status("b");
