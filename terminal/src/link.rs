@@ -416,9 +416,6 @@ async fn poll_task(
                     .lock()
                     .ok()
                     .and_then(|mut d| d.last_cause.take());
-                if after_failure.is_some() {
-                    tracing::warn!("connected to the broker at {broker}");
-                }
                 failures = 0;
                 in_tls_episode = false;
                 ping_sent = None;
@@ -427,7 +424,15 @@ async fn poll_task(
                 generation_no += 1;
                 generation.send_replace(generation_no);
                 up.send_replace(true);
-                tracing::info!(connects = generation_no, "link connected");
+                if after_failure.is_some() {
+                    // Said at the level the failure was.
+                    tracing::warn!(
+                        connects = generation_no,
+                        "connected to the broker at {broker}"
+                    );
+                } else {
+                    tracing::info!(connects = generation_no, "link connected");
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() > MAX_PAYLOAD => {
                 // Nothing in the protocol is this big: refuse it, keep the link.
