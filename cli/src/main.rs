@@ -109,7 +109,8 @@ enum Command {
     },
     /// Issue a terminal's (or `central`'s) key, certificate and config as one bundle.
     Provision {
-        /// Terminal id, or `central` (or use --batch).
+        /// Terminal id, `central`, or `central-NAME` for each further process of the central
+        /// office that connects (a second instance, the operator's commands); or use --batch.
         #[arg(required_unless_present = "batch")]
         id: Option<String>,
         /// A CSV of `id,name` rows: one bundle per terminal in `--out/<id>`.
@@ -310,7 +311,8 @@ struct Signing {
     ca: PathBuf,
     #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
     broker: String,
-    /// Central's bundle, for an mqtts:// broker.
+    /// A central identity's bundle for an mqtts:// broker: one of its own (`central-ops`), not
+    /// the running service's, since the broker keeps one session per identity.
     #[arg(long)]
     tls: Option<PathBuf>,
     #[arg(long, env = "CUNTONG_DB")]
@@ -362,7 +364,8 @@ impl Signing {
 struct Conn {
     #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER, global = true)]
     broker: String,
-    /// Central's bundle, for an mqtts:// broker.
+    /// A central identity's bundle for an mqtts:// broker: one of its own (`central-ops`), not
+    /// the running service's, since the broker keeps one session per identity.
     #[arg(long, global = true)]
     tls: Option<PathBuf>,
 }
