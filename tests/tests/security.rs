@@ -157,13 +157,14 @@ impl Fleet {
         regenerate(self.dir.path(), self.port);
     }
 
-    /// Mosquitto as generated, on this fleet's port.
+    /// Mosquitto as generated, on this fleet's port (each run logs to a file of its own).
     fn start_broker(dir: &Path, port: u16) -> Proc {
         let conf = dir.join("broker/mosquitto.conf");
+        let runs = std::fs::read_dir(dir).unwrap().count();
         let broker = Proc::spawn(
             &mosquitto(),
             &["-c", conf.to_str().unwrap()],
-            dir.join(format!("mosquitto-{}.log", free_port())),
+            dir.join(format!("mosquitto-{runs}.log")),
         );
         assert!(
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
