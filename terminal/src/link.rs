@@ -649,6 +649,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_failures_are_described_as_a_person_reads_them() {
+        use rumqttc::ConnectionError as E;
+        let io = |kind| E::Io(std::io::Error::from(kind));
+        assert_eq!(
+            describe(&io(std::io::ErrorKind::ConnectionRefused), None),
+            "connection refused"
+        );
+        assert_eq!(
+            describe(&io(std::io::ErrorKind::ConnectionReset), None),
+            "connection reset by the broker"
+        );
+        let refused = E::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized);
+        assert_eq!(
+            describe(&refused, None),
+            "the broker refused the connection (NotAuthorized)"
+        );
+        let tls = rumqttc::TlsError::Io(std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        )));
+        let tls = E::Tls(tls);
+        let failure = tls_failure(&tls);
+        assert!(failure.is_some(), "a handshake failure is a TLS failure");
+        assert!(
+            describe(&tls, failure.as_deref()).starts_with("TLS failure: invalid peer certificate"),
+            "{}",
+            describe(&tls, failure.as_deref())
+        );
+    }
+
+    #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
         let b = Backoff {
             min: Duration::from_secs(1),
