@@ -941,6 +941,12 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             cuntong::ca::provision(&ca, &id, &url.to_string(), &out, name.as_deref(), force)
                 .map_err(fail)?;
             println!("bundle for {id} in {}", out.display());
+            if force {
+                println!(
+                    "any earlier certificate of {id} is on {}: run `cuntong acl` and reload the broker (SIGHUP)",
+                    ca.join(cuntong::ca::CRL).display()
+                );
+            }
             Ok(())
         }
         Command::Acl {
