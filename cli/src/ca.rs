@@ -513,7 +513,10 @@ pub fn mosquitto_conf(port: u16, server: &Path, acl: &Path, crl: &Path, data: &P
          persistence true\npersistence_location {}/\nautosave_interval 60\n\
          # central takes every site's answers at once (roll calls, reconnect storms)\n\
          max_queued_messages 100000\nmax_inflight_messages 1000\n\
-         # nothing in the protocol is larger; a client sending more is disconnected\n\
+         # nothing in the protocol is larger: a bigger message is dropped, not retained or\n\
+         # delivered (Mosquitto notes that it prefers max_packet_size; that one is for packets)\n\
+         message_size_limit {max_payload}\n\
+         # a client sending a bigger packet is disconnected\n\
          max_packet_size {max_packet}\n\
          listener {port}\ncafile {}\ncertfile {}\nkeyfile {}\ncrlfile {}\n\
          require_certificate true\nuse_identity_as_username true\nuse_username_as_clientid true\n\
@@ -525,6 +528,7 @@ pub fn mosquitto_conf(port: u16, server: &Path, acl: &Path, crl: &Path, data: &P
         crl.display(),
         acl.display(),
         max_packet = cuntong_terminal::link::MAX_BROKER_PACKET,
+        max_payload = cuntong_terminal::link::MAX_PAYLOAD,
     )
 }
 
@@ -732,6 +736,8 @@ mod tests {
             "max_packet_size {}",
             cuntong_terminal::link::MAX_BROKER_PACKET
         );
+        assert!(lines.contains(&limit.as_str()), "{conf}");
+        let limit = format!("message_size_limit {}", cuntong_terminal::link::MAX_PAYLOAD);
         assert!(lines.contains(&limit.as_str()), "{conf}");
         // What a broker we configure delivers never cuts a client's link.
         const {

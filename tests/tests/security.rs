@@ -672,13 +672,18 @@ fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere()
     );
     // Box A leaves more than the protocol allows, retained, on its presence, a meeting and a
     // command topic, and a small retained junk on its presence.
-    let big = f.path("big");
+    // Far over (the broker disconnects the sender), and just over the payload limit (the
+    // broker drops the message).
+    let (big, just_over) = (f.path("big"), f.path("just-over"));
     std::fs::write(&big, vec![b'x'; 200 * 1024]).unwrap();
+    std::fs::write(&just_over, vec![b'z'; 64 * 1024 + 100]).unwrap();
     for topic in [A_PRESENCE, COUNTY_MEETING, A_CMD] {
-        let _ = f.publish(
-            "a",
-            &["-t", topic, "-f", big.to_str().unwrap(), "-r", "-q", "1"],
-        );
+        for file in [&big, &just_over] {
+            let _ = f.publish(
+                "a",
+                &["-t", topic, "-f", file.to_str().unwrap(), "-r", "-q", "1"],
+            );
+        }
     }
     assert!(f.publish("a", &["-t", A_PRESENCE, "-m", "junk", "-r", "-q", "1"]));
     // Central keeps storing and confirming B's data, B stays on its first connection.
@@ -717,7 +722,7 @@ fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere()
     assert!(
         wait_until(Duration::from_secs(15), || {
             let r = retained();
-            !r.contains("junk") && !r.contains("xxxx")
+            !r.contains("junk") && !r.contains("xxxx") && !r.contains("zzzz")
         }),
         "retained: {}",
         retained()
