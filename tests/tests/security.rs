@@ -21,6 +21,7 @@ const B_CMD: &str = "ct/v1/t/13/01/02/002/001/main/cmd";
 const A_CMD: &str = "ct/v1/t/13/01/02/001/001/main/cmd";
 const A_RES: &str = "ct/v1/t/13/01/02/001/001/main/res";
 const A_PRESENCE: &str = "ct/v1/t/13/01/02/001/001/main/presence";
+const A_EVENTS: &str = "ct/v1/t/13/01/02/001/001/main/ev";
 /// A meeting topic every terminal of county 130102 reads.
 const COUNTY_MEETING: &str = "ct/v1/m/13/01/02/x";
 /// Central's second identity, for the operator's commands while the service runs.
@@ -677,7 +678,7 @@ fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere()
     let (big, just_over) = (f.path("big"), f.path("just-over"));
     std::fs::write(&big, vec![b'x'; 200 * 1024]).unwrap();
     std::fs::write(&just_over, vec![b'z'; 64 * 1024 + 100]).unwrap();
-    for topic in [A_PRESENCE, COUNTY_MEETING, A_CMD] {
+    for topic in [A_PRESENCE, A_EVENTS, COUNTY_MEETING, A_CMD] {
         for file in [&big, &just_over] {
             let _ = f.publish(
                 "a",
@@ -708,6 +709,8 @@ fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere()
                 "-t",
                 A_PRESENCE,
                 "-t",
+                A_EVENTS,
+                "-t",
                 COUNTY_MEETING,
                 "-t",
                 A_CMD,
@@ -724,8 +727,11 @@ fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere()
             let r = retained();
             !r.contains("junk") && !r.contains("xxxx") && !r.contains("zzzz")
         }),
-        "retained: {}",
+        "retained: {:?}",
         retained()
+            .lines()
+            .map(|l| l.chars().take(80).collect::<String>())
+            .collect::<Vec<_>>()
     );
     let log = central.log_text();
     assert!(!log.contains("lost the broker"), "{log}");
