@@ -7,6 +7,10 @@
 //! After each group commits, central confirms to each terminal what it has *stored*: the
 //! per-stream watermarks, published retained on the terminal's `ack` topic, coalesced to at
 //! most one message per terminal per `ack_interval`.
+//!
+//! What a terminal may leave retained on its uplinks where the protocol retains nothing (a
+//! refused message, anything retained but a valid presence) is cleared ([`retained_junk`]),
+//! so later subscribers do not receive it: MQTT ACLs cannot deny the retain flag.
 
 use std::path::PathBuf;
 use std::sync::Arc;
