@@ -23,7 +23,9 @@ pub enum BrokerError {
 pub fn config(listen: SocketAddr, max_connections: usize) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
-        max_payload_size: cuntong_core::envelope::MAX_PAYLOAD + 1024,
+        // Read as a packet limit: a client sending more is disconnected (as Mosquitto's
+        // `max_packet_size` in the generated configuration).
+        max_payload_size: cuntong_terminal::link::MAX_BROKER_PACKET,
         max_inflight_count: 256,
         auth: None,
         external_auth: None,

@@ -9,6 +9,13 @@
 //! inventory: each terminal may write only its own uplink topics and read only its own
 //! downlinks and its ancestors' broadcasts; `central` reads every site and writes the
 //! downlinks.
+//!
+//! Every certificate gets a random serial number, recorded in the inventory. Revoking an
+//! identity (`cuntong ca revoke`, or issuing it again with `--force`) puts the serial on the
+//! CA's certificate revocation list `crl.pem`, which the generated broker configuration uses.
+//! Each process that connects needs an identity of its own, since the broker takes the client
+//! id from the certificate: `central` for the service, `central-NAME` for each further
+//! instance or operator's workstation.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,8 +23,9 @@ use std::path::{Path, PathBuf};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, PREFIX, Topic, meeting_filters, region_filter};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 
@@ -48,21 +56,49 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CaError + use<> {
     }
 }
 
-/// What the CA issued.
+/// What the CA issued, and what it revoked.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     pub issued: Vec<Issued>,
+    /// Certificates no longer valid (on the CRL).
+    #[serde(default)]
+    pub revoked: Vec<Revoked>,
 }
 
 /// One issued identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issued {
-    /// Terminal id, `central`, or a broker host name.
+    /// Terminal id, `central` (or `central-NAME`), or a broker host name.
     pub name: String,
     /// `terminal`, `central` or `server`.
     pub kind: String,
     /// Unix ms.
     pub issued_ms: u64,
+    /// The certificate's serial number in hex (absent for certificates issued before serials
+    /// were recorded; those cannot be revoked one by one).
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+/// One revoked certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub name: String,
+    /// Serial number in hex.
+    pub serial: String,
+    /// Unix ms.
+    pub revoked_ms: u64,
+}
+
+/// Whether `name` is an identity of the central office: `central`, or `central-NAME` (NAME of
+/// 1 to 32 characters `a-z0-9-`) for each further instance or workstation.
+pub fn is_central(name: &str) -> bool {
+    name == CENTRAL
+        || name.strip_prefix("central-").is_some_and(|n| {
+            (1..=32).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), CaError> {
@@ -105,6 +141,7 @@ pub fn init(dir: &Path) -> Result<(), CaError> {
         true,
     )?;
     write_file(&dir.join("ca.pem"), cert.pem().as_bytes(), false)?;
+    write_crl(dir, &Inventory::default())?;
     // The command key signs remote commands; terminals get its public half in their bundle.
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
@@ -144,19 +181,32 @@ fn save_inventory(dir: &Path, inv: &Inventory) -> Result<(), CaError> {
     write_file(&path, text.as_bytes(), false)
 }
 
-/// Issues a certificate signed by the CA in `ca_dir`; returns (cert PEM, key PEM, CA PEM).
-fn issue(
-    ca_dir: &Path,
-    common_name: &str,
-    sans: Vec<String>,
-    usage: ExtendedKeyUsagePurpose,
-) -> Result<(String, String, String), CaError> {
+/// The CA in `ca_dir` as an issuer, and its certificate's PEM.
+fn issuer(ca_dir: &Path) -> Result<(Issuer<'static, KeyPair>, String), CaError> {
     let ca_pem_path = ca_dir.join("ca.pem");
     let ca_key_path = ca_dir.join("ca-key.pem");
     let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(io(&ca_pem_path))?;
     let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    Ok((Issuer::from_ca_cert_pem(&ca_pem, ca_key)?, ca_pem))
+}
+
+/// A certificate issued by the CA: its PEM, its key's PEM, the CA's PEM, its serial in hex.
+struct IssuedCert {
+    cert: String,
+    key: String,
+    ca: String,
+    serial: String,
+}
+
+/// Issues a certificate signed by the CA in `ca_dir`, with a fresh random serial number.
+fn issue(
+    ca_dir: &Path,
+    common_name: &str,
+    sans: Vec<String>,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<IssuedCert, CaError> {
+    let (issuer, ca) = issuer(ca_dir)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(sans)?;
     params
@@ -165,30 +215,143 @@ fn issue(
     params.extended_key_usages = vec![usage];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let mut serial = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+        .map_err(|_| CaError::Refused("no randomness for a serial number".into()))?;
+    serial[0] &= 0x7f; // a positive number, as RFC 5280 asks
+    serial[0] |= 0x40; // and always 16 bytes long
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
     let cert = params.signed_by(&key, &issuer)?;
-    Ok((cert.pem(), key.serialize_pem(), ca_pem))
+    Ok(IssuedCert {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        ca,
+        serial: hex(&serial),
+    })
 }
 
-fn record(ca_dir: &Path, name: &str, kind: &str, force: bool) -> Result<(), CaError> {
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Records a new certificate for `name`; one it replaces goes on the CRL.
+fn record(ca_dir: &Path, name: &str, kind: &str, serial: String) -> Result<(), CaError> {
     let mut inv = inventory(ca_dir)?;
-    let existing = inv
+    let now = now_ms();
+    let entry = Issued {
+        name: name.to_owned(),
+        kind: kind.to_owned(),
+        issued_ms: now,
+        serial: Some(serial),
+    };
+    match inv
         .issued
         .iter()
-        .position(|i| i.name == name && i.kind == kind);
-    match (existing, force) {
-        (Some(_), false) if kind != "server" => {
-            return Err(CaError::Refused(format!(
-                "{name} was already provisioned (use --force to issue it again)"
-            )));
+        .position(|i| i.name == name && i.kind == kind)
+    {
+        Some(i) => {
+            let old = std::mem::replace(&mut inv.issued[i], entry);
+            if let Some(serial) = old.serial {
+                inv.revoked.push(Revoked {
+                    name: old.name,
+                    serial,
+                    revoked_ms: now,
+                });
+            }
         }
-        (Some(i), _) => inv.issued[i].issued_ms = now_ms(),
-        (None, _) => inv.issued.push(Issued {
-            name: name.to_owned(),
-            kind: kind.to_owned(),
-            issued_ms: now_ms(),
-        }),
+        None => inv.issued.push(entry),
     }
-    save_inventory(ca_dir, &inv)
+    save_inventory(ca_dir, &inv)?;
+    write_crl(ca_dir, &inv)
+}
+
+/// Revokes every certificate issued to `name` (a terminal id or a central identity): they go
+/// on the CRL, and the identity leaves the inventory (and so the generated ACL).
+pub fn revoke(ca_dir: &Path, name: &str) -> Result<(), CaError> {
+    let mut inv = inventory(ca_dir)?;
+    let (gone, kept): (Vec<Issued>, Vec<Issued>) = inv
+        .issued
+        .into_iter()
+        .partition(|i| i.name == name && i.kind != "server");
+    inv.issued = kept;
+    if gone.is_empty() {
+        return Err(CaError::Refused(format!(
+            "{name} was never provisioned by this CA"
+        )));
+    }
+    let now = now_ms();
+    let mut unknown = false;
+    for i in gone {
+        match i.serial {
+            Some(serial) => inv.revoked.push(Revoked {
+                name: i.name,
+                serial,
+                revoked_ms: now,
+            }),
+            None => unknown = true,
+        }
+    }
+    save_inventory(ca_dir, &inv)?;
+    write_crl(ca_dir, &inv)?;
+    if unknown {
+        return Err(CaError::Refused(format!(
+            "{name}: a certificate issued before serial numbers were recorded cannot be put on \
+             the CRL; {name} is out of the ACL, but replace the CA to lock that certificate out"
+        )));
+    }
+    Ok(())
+}
+
+/// The CA's certificate revocation list.
+pub const CRL: &str = "crl.pem";
+
+/// Writes the CA's CRL (`crl.pem`) listing every revoked serial. It stays valid until the CA
+/// expires: a broker refuses every client once its CRL is out of date.
+fn write_crl(ca_dir: &Path, inv: &Inventory) -> Result<(), CaError> {
+    let (issuer, _) = issuer(ca_dir)?;
+    // Midnight (UTC) of the day of `ms`: CRL times, never in the future.
+    let date_of = |ms: u64| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let text = humantime::format_rfc3339_seconds(at).to_string();
+        let num = |r: std::ops::Range<usize>| text.get(r).and_then(|t| t.parse::<u16>().ok());
+        let day = |r| num(r).and_then(|n| u8::try_from(n).ok()).unwrap_or(1);
+        rcgen::date_time_ymd(i32::from(num(0..4).unwrap_or(1970)), day(5..7), day(8..10))
+    };
+    let mut revoked_certs = Vec::new();
+    for r in &inv.revoked {
+        let Some(serial) = unhex(&r.serial) else {
+            return Err(CaError::Inventory {
+                path: ca_dir.join("inventory.json"),
+                detail: format!("revoked serial {:?} of {} is not hex", r.serial, r.name),
+            });
+        };
+        revoked_certs.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial),
+            revocation_time: date_of(r.revoked_ms),
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let params = CertificateRevocationListParams {
+        this_update: date_of(now_ms()),
+        next_update: rcgen::date_time_ymd(2046, 1, 1),
+        crl_number: SerialNumber::from(now_ms()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer)?;
+    write_file(&ca_dir.join(CRL), crl.pem()?.as_bytes(), false)
 }
 
 /// Issues the broker's server certificate for `name` (a host name or IP address) into `out`:
@@ -198,12 +361,12 @@ pub fn issue_server(ca_dir: &Path, name: &str, out: &Path) -> Result<(), CaError
     if name != "localhost" && name != "127.0.0.1" {
         sans.push("localhost".to_owned());
     }
-    let (cert, key, ca) = issue(ca_dir, name, sans, ExtendedKeyUsagePurpose::ServerAuth)?;
+    let c = issue(ca_dir, name, sans, ExtendedKeyUsagePurpose::ServerAuth)?;
     std::fs::create_dir_all(out).map_err(io(out))?;
-    write_file(&out.join("server.pem"), cert.as_bytes(), false)?;
-    write_file(&out.join("server-key.pem"), key.as_bytes(), true)?;
-    write_file(&out.join("ca.pem"), ca.as_bytes(), false)?;
-    record(ca_dir, name, "server", true)
+    write_file(&out.join("server.pem"), c.cert.as_bytes(), false)?;
+    write_file(&out.join("server-key.pem"), c.key.as_bytes(), true)?;
+    write_file(&out.join("ca.pem"), c.ca.as_bytes(), false)?;
+    record(ca_dir, name, "server", c.serial)
 }
 
 /// Provisions a terminal (or `central`) into the bundle directory `out`.
@@ -215,7 +378,7 @@ pub fn provision(
     name: Option<&str>,
     force: bool,
 ) -> Result<(), CaError> {
-    let kind = if id == CENTRAL {
+    let kind = if is_central(id) {
         "central"
     } else {
         id.parse::<TerminalId>()
@@ -232,11 +395,11 @@ pub fn provision(
             "{id} was already provisioned (use --force to issue it again)"
         )));
     }
-    let (cert, key, ca) = issue(ca_dir, id, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
+    let c = issue(ca_dir, id, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
     std::fs::create_dir_all(out).map_err(io(out))?;
-    write_file(&out.join("ca.pem"), ca.as_bytes(), false)?;
-    write_file(&out.join("cert.pem"), cert.as_bytes(), false)?;
-    write_file(&out.join("key.pem"), key.as_bytes(), true)?;
+    write_file(&out.join("ca.pem"), c.ca.as_bytes(), false)?;
+    write_file(&out.join("cert.pem"), c.cert.as_bytes(), false)?;
+    write_file(&out.join("key.pem"), c.key.as_bytes(), true)?;
     let label = name.map(|n| format!("# {n}\n")).unwrap_or_default();
     let mut tls = String::from("[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
     let command_pub = ca_dir.join("command.pub");
@@ -255,7 +418,7 @@ pub fn provision(
         );
         write_file(&out.join("terminal.toml"), text.as_bytes(), false)?;
     }
-    record(ca_dir, id, kind, true)?;
+    record(ca_dir, id, kind, c.serial)?;
     archive(out)
 }
 
@@ -300,27 +463,24 @@ pub fn mosquitto_acl(inv: &Inventory) -> String {
     let all = |c: Channel| region_filter(None, Some(c));
     let mut out =
         String::from("# Generated by `cuntong acl` from the CA inventory. Do not edit.\n");
-    out.push_str(&format!("\nuser {CENTRAL}\n"));
-    for c in [
-        Channel::Presence,
-        Channel::Telemetry,
-        Channel::Events,
-        Channel::MeetingUp,
-        Channel::Result,
-    ] {
-        out.push_str(&format!("topic read {}\n", all(c)));
+    let mut centrals = vec![CENTRAL];
+    centrals.extend(
+        inv.issued
+            .iter()
+            .filter(|i| i.kind == "central" && i.name != CENTRAL && is_central(&i.name))
+            .map(|i| i.name.as_str()),
+    );
+    for name in centrals {
+        out.push_str(&format!("\nuser {name}\n"));
+        // Every channel: central reads the uplinks (and clears retained junk on them) and
+        // writes the downlinks.
+        for c in Channel::ALL {
+            out.push_str(&format!("topic readwrite {}\n", all(c)));
+        }
+        out.push_str(&format!(
+            "topic write {PREFIX}/b/#\ntopic readwrite {PREFIX}/m/#\ntopic readwrite {PREFIX}/c/#\n"
+        ));
     }
-    for c in [
-        Channel::Ack,
-        Channel::Command,
-        Channel::MeetingDown,
-        Channel::Notice,
-    ] {
-        out.push_str(&format!("topic readwrite {}\n", all(c)));
-    }
-    out.push_str(&format!(
-        "topic write {PREFIX}/b/#\ntopic readwrite {PREFIX}/m/#\ntopic readwrite {PREFIX}/c/#\n"
-    ));
     for i in inv.issued.iter().filter(|i| i.kind == "terminal") {
         let Ok(id) = i.name.parse::<TerminalId>() else {
             continue;
@@ -342,35 +502,64 @@ pub fn mosquitto_acl(inv: &Inventory) -> String {
     out
 }
 
-/// Writes `acl` and `mosquitto.conf` into `out`: a TLS listener on `port` that requires a
-/// client certificate from the fleet CA and uses its CN as the user name.
+/// The `mosquitto.conf` of a TLS listener on `port`: a client certificate from the fleet CA
+/// is required, not revoked (`crl`), and its CN is both the user name (for the ACL) and the
+/// client id (so no one takes over another's session); messages larger than the protocol
+/// allows are refused; retained messages and queued commands survive a restart (`data`).
+pub fn mosquitto_conf(port: u16, server: &Path, acl: &Path, crl: &Path, data: &Path) -> String {
+    format!(
+        "# Generated by `cuntong acl`. Reload (SIGHUP) after regenerating: ACL and CRL.\n\
+         per_listener_settings false\nallow_anonymous false\n\
+         persistence true\npersistence_location {}/\nautosave_interval 60\n\
+         # central takes every site's answers at once (roll calls, reconnect storms)\n\
+         max_queued_messages 100000\nmax_inflight_messages 1000\n\
+         # nothing in the protocol is larger: a bigger message is dropped, not retained or\n\
+         # delivered (Mosquitto notes that it prefers max_packet_size; that one is for packets)\n\
+         message_size_limit {max_payload}\n\
+         # a client sending a bigger packet is disconnected\n\
+         max_packet_size {max_packet}\n\
+         listener {port}\ncafile {}\ncertfile {}\nkeyfile {}\ncrlfile {}\n\
+         require_certificate true\nuse_identity_as_username true\nuse_username_as_clientid true\n\
+         acl_file {}\n",
+        data.display(),
+        server.join("ca.pem").display(),
+        server.join("server.pem").display(),
+        server.join("server-key.pem").display(),
+        crl.display(),
+        acl.display(),
+        max_packet = cuntong_terminal::link::MAX_BROKER_PACKET,
+        max_payload = cuntong_terminal::link::MAX_PAYLOAD,
+    )
+}
+
+/// Writes `acl`, `crl.pem` (the CA's revocation list), `mosquitto.conf` and the persistence
+/// directory `data/` into `out`.
 pub fn write_mosquitto(ca_dir: &Path, port: u16, server: &Path, out: &Path) -> Result<(), CaError> {
     let inv = inventory(ca_dir)?;
     std::fs::create_dir_all(out).map_err(io(out))?;
     let acl = out.join("acl");
     write_file(&acl, mosquitto_acl(&inv).as_bytes(), false)?;
+    // A CA made before revocation existed has no CRL yet.
+    let ca_crl = ca_dir.join(CRL);
+    if !ca_crl.exists() {
+        write_crl(ca_dir, &inv)?;
+    }
+    let crl = out.join(CRL);
+    std::fs::copy(&ca_crl, &crl).map_err(io(&ca_crl))?;
+    let data = out.join("data");
+    std::fs::create_dir_all(&data).map_err(io(&data))?;
     let abs = |p: &Path| std::fs::canonicalize(p).map_err(io(p));
     let server = abs(server)?;
-    let acl = abs(&acl)?;
-    let conf = format!(
-        "# Generated by `cuntong acl`.\nper_listener_settings false\nallow_anonymous false\npersistence false\n\
-         # central takes every site's answers at once (roll calls, reconnect storms)\n\
-         max_queued_messages 100000\nmax_inflight_messages 1000\n\
-         listener {port}\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
-         use_identity_as_username true\nacl_file {}\n",
-        server.join("ca.pem").display(),
-        server.join("server.pem").display(),
-        server.join("server-key.pem").display(),
-        acl.display()
-    );
+    let conf = mosquitto_conf(port, &server, &abs(&acl)?, &abs(&crl)?, &abs(&data)?);
     write_file(&out.join("mosquitto.conf"), conf.as_bytes(), false)?;
-    give_key_to_broker(&server.join("server-key.pem"))
+    give_to_broker(&server.join("server-key.pem"))?;
+    give_to_broker(&data)
 }
 
-/// Mosquitto started as root drops to the `mosquitto` user before it reads its key, so the
-/// server key (mode 0600) must belong to that user. Done when this runs as root and the user
-/// exists; otherwise the key stays as it is.
-fn give_key_to_broker(key: &Path) -> Result<(), CaError> {
+/// Mosquitto started as root drops to the `mosquitto` user before it reads its key and writes
+/// its state, so the server key (mode 0600) and the persistence directory must belong to that
+/// user. Done when this runs as root and the user exists; otherwise they stay as they are.
+fn give_to_broker(key: &Path) -> Result<(), CaError> {
     let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
         return Ok(());
     };
@@ -452,6 +641,120 @@ mod tests {
         assert!(acl.contains(
             "user 130102001001-main\ntopic write ct/v1/t/13/01/02/001/001/main/presence"
         ));
+    }
+
+    #[test]
+    fn reissuing_or_revoking_puts_the_old_certificate_on_the_crl_and_revoked_ids_leave_the_acl() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init(&ca).unwrap();
+        let empty_crl = std::fs::read_to_string(ca.join(CRL)).unwrap();
+        assert!(
+            empty_crl.starts_with("-----BEGIN X509 CRL-----"),
+            "{empty_crl}"
+        );
+        let (a, b) = ("130102001001-main", "130102002001-main");
+        for id in [a, b, "central", "central-ops"] {
+            provision(&ca, id, "mqtts://h:8883", &dir.path().join(id), None, false).unwrap();
+        }
+        let serial = |id: &str| {
+            inventory(&ca)
+                .unwrap()
+                .issued
+                .iter()
+                .find(|i| i.name == id)
+                .and_then(|i| i.serial.clone())
+                .unwrap()
+        };
+        let first = serial(a);
+        assert_eq!(first.len(), 32, "16 random bytes");
+        assert_ne!(first, serial(b));
+        provision(&ca, a, "mqtts://h:8883", &dir.path().join("a2"), None, true).unwrap();
+        let inv = inventory(&ca).unwrap();
+        assert_ne!(serial(a), first, "a new certificate");
+        assert_eq!(inv.revoked.len(), 1);
+        assert_eq!(
+            (inv.revoked[0].name.as_str(), &inv.revoked[0].serial),
+            (a, &first)
+        );
+        assert!(
+            mosquitto_acl(&inv).contains(&format!("user {a}\n")),
+            "replaced, not removed"
+        );
+
+        revoke(&ca, b).unwrap();
+        let inv = inventory(&ca).unwrap();
+        assert_eq!(inv.revoked.len(), 2);
+        let acl = mosquitto_acl(&inv);
+        assert!(!acl.contains(&format!("user {b}")), "{acl}");
+        assert!(acl.contains("user central\n") && acl.contains("user central-ops\n"));
+        assert!(std::fs::read_to_string(ca.join(CRL)).unwrap() != empty_crl);
+        let err = revoke(&ca, b).unwrap_err().to_string();
+        assert!(err.contains("never provisioned"), "{err}");
+    }
+
+    #[test]
+    fn central_identities_are_central_or_central_and_a_name() {
+        for ok in ["central", "central-ops", "central-2", "central-a-b"] {
+            assert!(is_central(ok), "{ok}");
+        }
+        for not in [
+            "central-",
+            "central-OPS",
+            "centrals",
+            "central-x/y",
+            "130102001001-main",
+        ] {
+            assert!(!is_central(not), "{not}");
+        }
+        assert!(!is_central(&format!("central-{}", "x".repeat(33))));
+    }
+
+    #[test]
+    fn the_generated_broker_configuration_binds_ids_to_certificates_and_bounds_messages() {
+        let conf = mosquitto_conf(
+            8883,
+            Path::new("/srv/server"),
+            Path::new("/srv/b/acl"),
+            Path::new("/srv/b/crl.pem"),
+            Path::new("/srv/b/data"),
+        );
+        let lines: Vec<&str> = conf.lines().collect();
+        for want in [
+            "require_certificate true",
+            "use_identity_as_username true",
+            "use_username_as_clientid true",
+            "crlfile /srv/b/crl.pem",
+            "persistence true",
+            "persistence_location /srv/b/data/",
+            "acl_file /srv/b/acl",
+            "allow_anonymous false",
+        ] {
+            assert!(lines.contains(&want), "{want} missing:\n{conf}");
+        }
+        let limit = format!(
+            "max_packet_size {}",
+            cuntong_terminal::link::MAX_BROKER_PACKET
+        );
+        assert!(lines.contains(&limit.as_str()), "{conf}");
+        let limit = format!("message_size_limit {}", cuntong_terminal::link::MAX_PAYLOAD);
+        assert!(lines.contains(&limit.as_str()), "{conf}");
+        // What a broker we configure delivers never cuts a client's link.
+        const {
+            assert!(
+                cuntong_core::envelope::MAX_PAYLOAD < cuntong_terminal::link::MAX_BROKER_PACKET
+            );
+            assert!(
+                cuntong_terminal::link::MAX_BROKER_PACKET
+                    < cuntong_terminal::link::MAX_RECEIVED_PACKET
+            );
+        }
+        let embedded = crate::broker::config("127.0.0.1:1883".parse().unwrap(), 10);
+        let v4 = embedded.v4.unwrap();
+        assert_eq!(
+            v4["1"].connections.max_payload_size,
+            cuntong_terminal::link::MAX_BROKER_PACKET
+        );
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! After each group commits, central confirms to each terminal what it has *stored*: the
 //! per-stream watermarks, published retained on the terminal's `ack` topic, coalesced to at
 //! most one message per terminal per `ack_interval`.
+//!
+//! What a terminal may leave retained on its uplinks where the protocol retains nothing (a
+//! refused message, anything retained but a valid presence) is cleared ([`retained_junk`]),
+//! so later subscribers do not receive it: MQTT ACLs cannot deny the retain flag.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,6 +101,8 @@ pub struct CentralStats {
     pub rejected: AtomicU64,
     /// Confirmations published.
     pub acks: AtomicU64,
+    /// Messages the link refused for being larger than the protocol allows.
+    pub oversized: AtomicU64,
 }
 
 impl CentralStats {
@@ -152,6 +158,32 @@ pub fn to_record(msg: Incoming, received_ms: u64) -> Option<Record> {
             format!("central does not read {}", other.as_str()),
             msg,
         )),
+    }
+}
+
+/// The topic to clear, if a message on it may leave junk retained that every later
+/// subscriber would receive. On a terminal's uplink the protocol retains nothing but a valid
+/// presence, so central clears (publishes an empty retained message on; the generated ACL
+/// lets it) the uplink of every message it refuses, retained or not (a live message does not
+/// say whether it was retained), and of every retained message on an uplink but presence.
+/// `retained`: the message came from the broker's store. Empty messages are never junk.
+pub fn retained_junk(topic: &str, retained: bool, refused: bool) -> Option<String> {
+    let Ok(Topic::Terminal { channel, .. }) = Topic::parse(topic) else {
+        return None;
+    };
+    let junk = channel.is_uplink() && (refused || (retained && channel != Channel::Presence));
+    junk.then(|| topic.to_owned())
+}
+
+fn clear_retained_junk(link: &Link, topic: &str, retained: bool, refused: bool) {
+    if let Some(junk) = retained_junk(topic, retained, refused) {
+        tracing::warn!(topic = %junk, "clearing what a terminal may have left retained on its uplink");
+        if link
+            .try_publish(Message::new(junk, Vec::new()).retained())
+            .is_err()
+        {
+            tracing::warn!(%topic, "the link is full: a retained message may stay until the next connect");
+        }
     }
 }
 
@@ -226,6 +258,7 @@ pub async fn run(
                 let now = unix_ms();
                 if now >= last_meeting_tick + 1000 {
                     last_meeting_tick = now;
+                    stats.oversized.store(link.status().refused_oversized, Ordering::Relaxed);
                     meetings.tick(now);
                     alarms.tick(now, link.is_connected());
                 }
@@ -251,13 +284,22 @@ pub async fn run(
             meetings.drain(&link);
             continue;
         }
+        // What a terminal may have left retained on its uplink (cleared below if junk).
+        let left = (!msg.payload.is_empty()).then(|| (msg.topic.clone(), msg.retain));
         if meetings.on_message(&msg, unix_ms()) {
             meetings.drain(&link);
+            if let Some((topic, retained)) = left {
+                clear_retained_junk(&link, &topic, retained, false);
+            }
             continue;
         }
         let Some(record) = to_record(msg, unix_ms()) else {
             continue;
         };
+        if let Some((topic, retained)) = left {
+            let refused = matches!(record, Record::Rejected { .. });
+            clear_retained_junk(&link, &topic, retained, refused);
+        }
         if let Record::Rejected { reason, .. } = &record {
             tracing::warn!("rejected: {reason}");
             stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -535,6 +577,31 @@ mod tests {
             99,
         ));
         assert_eq!(reason, "topic unknown channel");
+    }
+
+    #[test]
+    fn retained_junk_on_a_terminals_uplink_is_cleared_and_nothing_else() {
+        // A refused presence, retained or live, and anything retained on the other uplinks.
+        assert_eq!(
+            retained_junk(PRESENCE, true, true).as_deref(),
+            Some(PRESENCE)
+        );
+        assert_eq!(
+            retained_junk(PRESENCE, false, true).as_deref(),
+            Some(PRESENCE)
+        );
+        assert_eq!(retained_junk(TM, true, false).as_deref(), Some(TM));
+        assert_eq!(retained_junk(EV, false, true).as_deref(), Some(EV));
+        // A valid presence is the protocol; valid live messages leave nothing.
+        assert_eq!(retained_junk(PRESENCE, true, false), None);
+        assert_eq!(retained_junk(TM, false, false), None);
+        // Downlinks and other trees are central's own.
+        assert_eq!(
+            retained_junk("ct/v1/t/13/01/02/001/001/main/ack", true, true),
+            None
+        );
+        assert_eq!(retained_junk("ct/v1/b/13/01/02", true, true), None);
+        assert_eq!(retained_junk("elsewhere", true, true), None);
     }
 
     #[test]

@@ -102,14 +102,15 @@ enum Command {
         #[arg(long, env = "CUNTONG_DB")]
         db: Option<PathBuf>,
     },
-    /// The fleet CA: `ca init`, `ca issue-server`.
+    /// The fleet CA: `ca init`, `ca issue-server`, `ca revoke`.
     Ca {
         #[command(subcommand)]
         action: CaAction,
     },
     /// Issue a terminal's (or `central`'s) key, certificate and config as one bundle.
     Provision {
-        /// Terminal id, or `central` (or use --batch).
+        /// Terminal id, `central`, or `central-NAME` for each further process of the central
+        /// office that connects (a second instance, the operator's commands); or use --batch.
         #[arg(required_unless_present = "batch")]
         id: Option<String>,
         /// A CSV of `id,name` rows: one bundle per terminal in `--out/<id>`.
@@ -283,6 +284,14 @@ enum CaAction {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Revoke a terminal's (or a central identity's) certificates: they go on the CA's CRL
+    /// and the identity leaves the ACL. Then run `cuntong acl` and reload the broker.
+    Revoke {
+        /// Terminal id, `central` or `central-NAME`.
+        id: String,
+        #[arg(long)]
+        ca: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,7 +321,8 @@ struct Signing {
     ca: PathBuf,
     #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
     broker: String,
-    /// Central's bundle, for an mqtts:// broker.
+    /// A central identity's bundle for an mqtts:// broker: one of its own (`central-ops`), not
+    /// the running service's, since the broker keeps one session per identity.
     #[arg(long)]
     tls: Option<PathBuf>,
     #[arg(long, env = "CUNTONG_DB")]
@@ -320,9 +330,10 @@ struct Signing {
 }
 
 impl Signing {
-    /// Refuses a bad `--broker` before anything is looked up.
+    /// Refuses a bad `--broker` (or one without its `--tls`) before anything is looked up.
     fn check(&self) -> Result<(), Usage> {
-        parse::<BrokerUrl>("--broker", &self.broker).map(|_| ())
+        let url = parse::<BrokerUrl>("--broker", &self.broker)?;
+        tls_goes_with(&self.broker, &url, self.tls.is_some())
     }
 
     fn db(&self) -> PathBuf {
@@ -348,6 +359,7 @@ impl Signing {
         expires: Duration,
         wait: Duration,
     ) -> Result<Vec<cuntong::cmd::Answer>, Failure> {
+        self.check()?;
         let broker: BrokerUrl = parse("--broker", &self.broker)?;
         let tls = tls_bundle(self.tls.as_deref())?;
         let key = cuntong::cmd::signing_key(&self.ca).map_err(fail)?;
@@ -362,7 +374,8 @@ impl Signing {
 struct Conn {
     #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER, global = true)]
     broker: String,
-    /// Central's bundle, for an mqtts:// broker.
+    /// A central identity's bundle for an mqtts:// broker: one of its own (`central-ops`), not
+    /// the running service's, since the broker keeps one session per identity.
     #[arg(long, global = true)]
     tls: Option<PathBuf>,
 }
@@ -636,14 +649,9 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             if opts.meeting_heartbeat < Duration::from_millis(500) {
                 return Err(Usage("--meeting-heartbeat: at least 500ms".into()).into());
             }
+            tls_goes_with(&broker, &opts.broker, tls.is_some())?;
             opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
             opts.http = http.map(|a| parse("--http", &a)).transpose()?;
-            if opts.broker.tls != opts.tls.is_some() {
-                return Err(Usage(format!(
-                    "--broker {broker:?} and --tls go together (mqtts:// needs --tls DIR)"
-                ))
-                .into());
-            }
             eprintln!("central: {} -> {}", opts.broker, opts.db.display());
             if let Some(addr) = opts.http {
                 eprintln!("dashboard: http://{addr}/");
@@ -935,6 +943,17 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 println!("server certificate for {name} in {}", out.display());
                 Ok(())
             }
+            CaAction::Revoke { id, ca } => {
+                if !cuntong::ca::is_central(&id) {
+                    let _: TerminalId = parse("id", &id)?;
+                }
+                cuntong::ca::revoke(&ca, &id).map_err(fail)?;
+                println!(
+                    "{id} revoked: {} updated; run `cuntong acl` and reload the broker (SIGHUP)",
+                    ca.join(cuntong::ca::CRL).display()
+                );
+                Ok(())
+            }
         },
         Command::Provision {
             id,
@@ -997,13 +1016,19 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             let Some(id) = id else {
                 return Err(Usage("give a terminal id or --batch FILE".into()).into());
             };
-            if id != cuntong::ca::CENTRAL {
+            if !cuntong::ca::is_central(&id) {
                 let _: TerminalId = parse("id", &id)?;
             }
             cuntong::ca::provision(&ca, &id, &url.to_string(), &out, name.as_deref(), force)
                 .map_err(fail)?;
             remember_names(&db, &[(id.clone(), name)]);
             println!("bundle for {id} in {}", out.display());
+            if force {
+                println!(
+                    "any earlier certificate of {id} is on {}: run `cuntong acl` and reload the broker (SIGHUP)",
+                    ca.join(cuntong::ca::CRL).display()
+                );
+            }
             Ok(())
         }
         Command::Acl {
@@ -1055,8 +1080,20 @@ async fn run(cmd: Command) -> Result<(), Failure> {
 
 async fn meeting_client(conn: &Conn) -> Result<CentralClient, Failure> {
     let broker: BrokerUrl = parse("--broker", &conn.broker)?;
+    tls_goes_with(&conn.broker, &broker, conn.tls.is_some())?;
     let tls = tls_bundle(conn.tls.as_deref())?;
     CentralClient::connect(broker, tls).await.map_err(fail)
+}
+
+/// An `mqtts://` broker needs a `--tls` bundle, and a bundle needs `mqtts://`: nothing falls
+/// back to plain text, and nothing tries TLS on a plain port.
+fn tls_goes_with(text: &str, broker: &BrokerUrl, tls: bool) -> Result<(), Usage> {
+    if broker.tls == tls {
+        return Ok(());
+    }
+    Err(Usage(format!(
+        "--broker {text:?} and --tls go together (mqtts:// needs --tls DIR)"
+    )))
 }
 
 /// The client TLS configuration of a bundle directory (`--tls DIR`), if one is given.
@@ -1616,6 +1653,7 @@ async fn report_stats(stats: Arc<CentralStats>, stop: CancellationToken) {
                 stored = stats.get(|s| &s.stored),
                 duplicates = stats.get(|s| &s.duplicates),
                 rejected = stats.get(|s| &s.rejected),
+                oversized = stats.get(|s| &s.oversized),
                 "central"
             ),
         }

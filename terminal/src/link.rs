@@ -11,6 +11,13 @@
 //!   bounded queue owned by the link and drained by a separate sender task; when the queue is
 //!   full, [`Link::try_publish`] says so and the caller keeps the message for later.
 //!
+//! - **survive whatever the broker delivers**: rumqttc drops the connection over an incoming
+//!   packet above its limit, so the limit is set far above what any broker configuration we
+//!   generate lets through ([`MAX_BROKER_PACKET`] < [`MAX_RECEIVED_PACKET`]); a message above
+//!   what the protocol needs ([`MAX_PAYLOAD`]) is refused here and counted, and the link stays;
+//! - **tell a person why it cannot connect**, once and again only when the cause changes
+//!   ("cannot reach the broker at mqtt://…: connection refused", TLS failures named as such).
+//!
 //! Incoming messages are handed to the owner through a bounded channel; a full channel slows
 //! the poll task down (back-pressure to the broker). The owner must therefore never *await*
 //! [`Link::publish`] while it is the only reader of that channel: use [`Link::try_publish`].
@@ -26,6 +33,17 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker_url::BrokerUrl;
+pub use cuntong_core::envelope::MAX_PAYLOAD;
+
+/// The largest MQTT packet a broker we configure accepts or delivers (Mosquitto's
+/// `max_packet_size`, the embedded broker's limit): the largest payload of the protocol
+/// plus room for the topic and the headers.
+pub const MAX_BROKER_PACKET: usize = MAX_PAYLOAD + 1024;
+
+/// The largest MQTT packet the link reads without dropping the connection: far above
+/// [`MAX_BROKER_PACKET`], so that nothing a broker delivers can cut the link; messages above
+/// [`MAX_PAYLOAD`] are then refused and counted. A broker must not deliver more than this.
+pub const MAX_RECEIVED_PACKET: usize = 1024 * 1024;
 
 /// A message to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +167,9 @@ pub struct LinkStatus {
     /// Share of the last pings that got no answer, in percent.
     pub ping_loss_percent: f64,
     pub last_error: Option<String>,
+    /// Received messages refused for being larger than the protocol allows.
+    #[serde(default)]
+    pub refused_oversized: u64,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +178,7 @@ struct Shared {
     connects: AtomicU64,
     published: AtomicU64,
     last_publish_ms: AtomicU64,
+    refused_oversized: AtomicU64,
     /// Runs of TLS failures (certificate not trusted, expired, refused) since start; a run
     /// ends when the link connects.
     tls_episodes: AtomicU64,
@@ -169,6 +191,8 @@ struct Detail {
     /// Outcome of recent pings, newest last: true = answered.
     pings: std::collections::VecDeque<bool>,
     last_error: Option<String>,
+    /// The last connection failure as a person reads it ([`describe`]).
+    last_cause: Option<String>,
     last_tls_error: String,
 }
 
@@ -192,6 +216,7 @@ pub struct Link {
     connected: watch::Receiver<u64>,
     up: watch::Receiver<bool>,
     stop: CancellationToken,
+    broker: BrokerUrl,
 }
 
 impl Link {
@@ -202,8 +227,7 @@ impl Link {
         mqtt.set_keep_alive(opts.keep_alive);
         mqtt.set_clean_session(true);
         mqtt.set_inflight(opts.inflight.max(1));
-        let max_packet = cuntong_core::envelope::MAX_PAYLOAD + 1024;
-        mqtt.set_max_packet_size(max_packet, max_packet);
+        mqtt.set_max_packet_size(MAX_RECEIVED_PACKET, MAX_BROKER_PACKET);
         if let Some(tls) = &opts.tls {
             mqtt.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(tls.clone()),
@@ -246,6 +270,7 @@ impl Link {
             connected: gen_rx,
             up: up_rx,
             stop,
+            broker: opts.broker,
         };
         (link, incoming_rx)
     }
@@ -259,11 +284,14 @@ impl Link {
         let (link, incoming) = Link::start(opts);
         if !link.wait_connected(timeout).await {
             let why = link
-                .status()
-                .last_error
+                .shared
+                .detail
+                .lock()
+                .ok()
+                .and_then(|d| d.last_cause.clone())
                 .unwrap_or_else(|| "no answer".into());
             link.shutdown();
-            return Err(format!("cannot reach the broker: {why}"));
+            return Err(format!("cannot reach the broker at {}: {why}", link.broker));
         }
         Ok((link, incoming))
     }
@@ -320,6 +348,7 @@ impl Link {
             rtt_ms,
             ping_loss_percent,
             last_error,
+            refused_oversized: s.refused_oversized.load(Ordering::Relaxed),
         }
     }
 
@@ -382,6 +411,11 @@ async fn poll_task(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let after_failure = shared
+                    .detail
+                    .lock()
+                    .ok()
+                    .and_then(|mut d| d.last_cause.take());
                 failures = 0;
                 in_tls_episode = false;
                 ping_sent = None;
@@ -390,7 +424,27 @@ async fn poll_task(
                 generation_no += 1;
                 generation.send_replace(generation_no);
                 up.send_replace(true);
-                tracing::info!(connects = generation_no, "link connected");
+                if after_failure.is_some() {
+                    // Said at the level the failure was.
+                    tracing::warn!(
+                        connects = generation_no,
+                        "connected to the broker at {broker}"
+                    );
+                } else {
+                    tracing::info!(connects = generation_no, "link connected");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() > MAX_PAYLOAD => {
+                // Nothing in the protocol is this big: refuse it, keep the link.
+                let n = shared.refused_oversized.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        topic = %p.topic,
+                        bytes = p.payload.len(),
+                        refused = n,
+                        "refused a message larger than the protocol allows ({MAX_PAYLOAD} bytes)"
+                    );
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let msg = Incoming {
@@ -431,20 +485,29 @@ async fn poll_task(
                     record_ping(&shared, false, None);
                 }
                 let tls = tls_failure(&e);
-                if let Ok(mut d) = shared.detail.lock() {
+                let cause = describe(&e, tls.as_deref());
+                let cause_changed = if let Ok(mut d) = shared.detail.lock() {
                     d.last_error = Some(e.to_string());
                     if let Some(t) = &tls {
                         d.last_tls_error.clone_from(t);
                     }
-                }
+                    let changed = was_connected || d.last_cause.as_deref() != Some(&cause);
+                    d.last_cause = Some(cause.clone());
+                    changed
+                } else {
+                    false
+                };
                 if tls.is_some() && !in_tls_episode {
                     in_tls_episode = true;
                     shared.tls_episodes.fetch_add(1, Ordering::Relaxed);
                 }
                 let wait = backoff.delay(failures, &mut rng);
                 failures = failures.saturating_add(1);
+                // A person sees each cause once (and again when it changes), not every retry.
                 if was_connected {
-                    tracing::warn!(error = %e, "link lost; reconnecting in {wait:?}");
+                    tracing::warn!("lost the broker at {broker}: {cause}; reconnecting");
+                } else if cause_changed {
+                    tracing::warn!("cannot reach the broker at {broker}: {cause}; retrying");
                 } else {
                     tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
                 }
@@ -500,6 +563,30 @@ fn tls_failure(e: &rumqttc::ConnectionError) -> Option<String> {
         | rumqttc::ConnectionError::Io(io) => rustls_in(io),
         rumqttc::ConnectionError::Tls(t) => Some(t.to_string()),
         _ => None,
+    }
+}
+
+/// A connection failure as a person reads it: "connection refused", "TLS failure: …", "the
+/// broker refused the connection (…)".
+fn describe(e: &rumqttc::ConnectionError, tls: Option<&str>) -> String {
+    use rumqttc::ConnectionError as E;
+    use std::io::ErrorKind as K;
+    if let Some(t) = tls {
+        return format!("TLS failure: {t}");
+    }
+    let io = |io: &std::io::Error| match io.kind() {
+        K::ConnectionRefused => "connection refused".to_owned(),
+        K::ConnectionReset => "connection reset by the broker".to_owned(),
+        K::ConnectionAborted => "connection aborted".to_owned(),
+        K::TimedOut => "timed out".to_owned(),
+        K::UnexpectedEof => "the broker closed the connection".to_owned(),
+        _ => io.to_string(),
+    };
+    match e {
+        E::Io(e) | E::Tls(rumqttc::TlsError::Io(e)) => io(e),
+        E::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
+        E::NetworkTimeout => "no answer (timed out)".to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -560,6 +647,36 @@ async fn sender_task(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_failures_are_described_as_a_person_reads_them() {
+        use rumqttc::ConnectionError as E;
+        let io = |kind| E::Io(std::io::Error::from(kind));
+        assert_eq!(
+            describe(&io(std::io::ErrorKind::ConnectionRefused), None),
+            "connection refused"
+        );
+        assert_eq!(
+            describe(&io(std::io::ErrorKind::ConnectionReset), None),
+            "connection reset by the broker"
+        );
+        let refused = E::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized);
+        assert_eq!(
+            describe(&refused, None),
+            "the broker refused the connection (NotAuthorized)"
+        );
+        let tls = rumqttc::TlsError::Io(std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        )));
+        let tls = E::Tls(tls);
+        let failure = tls_failure(&tls);
+        assert!(failure.is_some(), "a handshake failure is a TLS failure");
+        assert!(
+            describe(&tls, failure.as_deref()).starts_with("TLS failure: invalid peer certificate"),
+            "{}",
+            describe(&tls, failure.as_deref())
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {

@@ -1,7 +1,10 @@
 //! Provisioning and the broker's protection, against a real Mosquitto started with the
 //! TLS and ACL configuration `cuntong acl` generates: a provisioned terminal reports over
 //! mutual TLS; clients without a certificate or with another CA's are refused; a terminal's
-//! credentials can neither write another terminal's topics nor read its commands.
+//! credentials can neither write another terminal's topics nor read its commands, nor take
+//! over another client's session; revoked certificates are refused after a reload; a waiting
+//! command survives a broker restart; no message a box sends cuts anyone else's link or stays
+//! retained as junk.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -9,13 +12,20 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use cuntong_e2e::{Proc, bin, free_port, mosquitto, run, sites, wait_until};
+use cuntong_e2e::{Broker, BrokerKind, Proc, bin, free_port, mosquitto, run, sites, wait_until};
 
 const A: &str = "130102001001-main";
 const B: &str = "130102002001-main";
 const B_TM: &str = "ct/v1/t/13/01/02/002/001/main/tm";
 const B_CMD: &str = "ct/v1/t/13/01/02/002/001/main/cmd";
 const A_CMD: &str = "ct/v1/t/13/01/02/001/001/main/cmd";
+const A_RES: &str = "ct/v1/t/13/01/02/001/001/main/res";
+const A_PRESENCE: &str = "ct/v1/t/13/01/02/001/001/main/presence";
+const A_EVENTS: &str = "ct/v1/t/13/01/02/001/001/main/ev";
+/// A meeting topic every terminal of county 130102 reads.
+const COUNTY_MEETING: &str = "ct/v1/m/13/01/02/x";
+/// Central's second identity, for the operator's commands while the service runs.
+const OPS: &str = "central-ops";
 
 fn cuntong(args: &[&str]) {
     let out = run(&bin("cuntong"), args);
@@ -54,7 +64,7 @@ fn client(tool: &str, port: u16, ca: &Path, bundle: Option<&Path>, args: &[&str]
 struct Fleet {
     dir: tempfile::TempDir,
     port: u16,
-    _broker: Proc,
+    broker: Proc,
 }
 
 impl Fleet {
@@ -62,17 +72,25 @@ impl Fleet {
         self.dir.path().join(p)
     }
 
+    fn d(&self, p: &str) -> String {
+        self.path(p).to_str().unwrap().to_owned()
+    }
+
     fn ca(&self) -> PathBuf {
         self.path("ca/ca.pem")
     }
 
-    /// Terminal A's bundle config, as a technician would use it, with this test's data
-    /// directory and a fast sampling pace.
-    fn terminal_config(&self) -> PathBuf {
-        let cfg = self.path("a/terminal.toml");
+    fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    /// A terminal's bundle config (`a` or `b`), as a technician would use it, with this
+    /// test's data directory and a fast sampling pace.
+    fn terminal_config(&self, bundle: &str) -> PathBuf {
+        let cfg = self.path(&format!("{bundle}/terminal.toml"));
         let text = std::fs::read_to_string(&cfg).unwrap().replace(
             "data_dir = \"/var/lib/cuntong\"",
-            &format!("data_dir = {:?}", self.path("a-data")),
+            &format!("data_dir = {:?}", self.path(&format!("{bundle}-data"))),
         );
         std::fs::write(
             &cfg,
@@ -82,8 +100,100 @@ impl Fleet {
         cfg
     }
 
-    /// A CA, the broker's certificate, central and two terminals, the generated Mosquitto
-    /// configuration, and Mosquitto running it as generated.
+    /// A terminal's daemon (simulated hardware) running its bundle's config.
+    fn terminal(&self, bundle: &str, log: &str) -> Proc {
+        let cfg = self.terminal_config(bundle);
+        Proc::spawn(
+            &bin("cuntong-sim"),
+            &["terminal", "--config", cfg.to_str().unwrap()],
+            self.path(log),
+        )
+    }
+
+    /// A terminal's status report (`null` while its daemon does not answer).
+    fn status(&self, bundle: &str) -> serde_json::Value {
+        let socket = self.path(&format!("{bundle}-data/status.sock"));
+        let out = run(
+            &bin("cuntong-terminal"),
+            &["status", "--json", "--socket", socket.to_str().unwrap()],
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// `cuntong central` with its own bundle.
+    fn central(&self, db: &Path) -> Proc {
+        Proc::spawn(
+            &bin("cuntong"),
+            &[
+                "central",
+                "--broker",
+                &self.url(),
+                "--tls",
+                &self.d("central"),
+                "--db",
+                db.to_str().unwrap(),
+            ],
+            self.path("central.log"),
+        )
+    }
+
+    /// `cuntong cmd TERMINAL WORDS…` from the operator's identity; (success, first output).
+    fn cmd(&self, terminal: &str, words: &[&str], wait: &str) -> (bool, String) {
+        let mut args = vec!["cmd", terminal];
+        args.extend_from_slice(words);
+        let (ca, ops, url) = (self.d("ca"), self.d(OPS), self.url());
+        args.extend([
+            "--ca", &ca, "--broker", &url, "--tls", &ops, "--wait", wait, "--json",
+        ]);
+        let out = run(&bin("cuntong"), &args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.success(),
+            v[0]["output"].as_str().unwrap_or("").to_owned(),
+        )
+    }
+
+    /// Regenerates the broker's ACL and CRL from the CA (after provisioning or revoking).
+    fn regenerate(&self) {
+        regenerate(self.dir.path(), self.port);
+    }
+
+    /// Mosquitto as generated, on this fleet's port (each run logs to a file of its own).
+    fn start_broker(dir: &Path, port: u16) -> Proc {
+        let conf = dir.join("broker/mosquitto.conf");
+        let runs = std::fs::read_dir(dir).unwrap().count();
+        let broker = Proc::spawn(
+            &mosquitto(),
+            &["-c", conf.to_str().unwrap()],
+            dir.join(format!("mosquitto-{runs}.log")),
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "{}",
+            broker.log_text()
+        );
+        broker
+    }
+
+    /// Stops Mosquitto in order (as a service manager does) and starts it again.
+    fn restart_broker(&mut self) {
+        assert!(self.broker.terminate(Duration::from_secs(10)).is_some());
+        self.broker = Fleet::start_broker(self.dir.path(), self.port);
+    }
+
+    /// Asks Mosquitto to reload its configuration, ACL and CRL (SIGHUP).
+    fn reload_broker(&self) {
+        let pid = self.broker.child.id().to_string();
+        assert!(run(Path::new("kill"), &["-HUP", &pid]).status.success());
+    }
+
+    /// A CA, the broker's certificate, central (and the operator's second central identity)
+    /// and two terminals, the generated Mosquitto configuration, and Mosquitto running it as
+    /// generated.
     fn provision() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         // Mosquitto drops to its own user: it must be able to reach its files.
@@ -102,7 +212,7 @@ impl Fleet {
             "--out",
             &d("server"),
         ]);
-        for (id, out) in [("central", "central"), (A, "a"), (B, "b")] {
+        for (id, out) in [("central", "central"), (OPS, OPS), (A, "a"), (B, "b")] {
             cuntong(&[
                 "provision",
                 id,
@@ -114,60 +224,50 @@ impl Fleet {
                 &d(out),
             ]);
         }
-        cuntong(&[
-            "acl",
-            "--ca",
-            &d("ca"),
-            "--format",
-            "mosquitto",
-            "--listen",
-            &port.to_string(),
-            "--server",
-            &d("server"),
-            "--out",
-            &d("broker"),
-        ]);
-        let broker = Proc::spawn(
-            &mosquitto(),
-            &["-c", &d("broker/mosquitto.conf")],
-            dir.path().join("mosquitto.log"),
-        );
-        assert!(
-            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "{}",
-            broker.log_text()
-        );
-        Fleet {
-            dir,
-            port,
-            _broker: broker,
-        }
+        regenerate(dir.path(), port);
+        let broker = Fleet::start_broker(dir.path(), port);
+        Fleet { dir, port, broker }
     }
+
+    /// Publishes with a bundle's certificate (`-i ID` etc. in `args`); true if it went through.
+    fn publish(&self, bundle: &str, args: &[&str]) -> bool {
+        client(
+            "mosquitto_pub",
+            self.port,
+            &self.ca(),
+            Some(&self.path(bundle)),
+            args,
+        )
+        .status
+        .success()
+    }
+}
+
+/// `cuntong acl` into `dir/broker`, from the CA in `dir/ca`, for a listener on `port`.
+fn regenerate(dir: &Path, port: u16) {
+    let d = |p: &str| dir.join(p).to_str().unwrap().to_owned();
+    cuntong(&[
+        "acl",
+        "--ca",
+        &d("ca"),
+        "--format",
+        "mosquitto",
+        "--listen",
+        &port.to_string(),
+        "--server",
+        &d("server"),
+        "--out",
+        &d("broker"),
+    ]);
 }
 
 #[test]
 fn a_provisioned_terminal_reports_over_mutual_tls() {
     let f = Fleet::provision();
     let db = f.path("central.db");
-    let _central = Proc::spawn(
-        &bin("cuntong"),
-        &[
-            "central",
-            "--broker",
-            &format!("mqtts://127.0.0.1:{}", f.port),
-            "--tls",
-            f.path("central").to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ],
-        f.path("central.log"),
-    );
+    let _central = f.central(&db);
     // The field procedure: the bundle's own terminal.toml, with this test's data directory.
-    let cfg = f.terminal_config();
+    let cfg = f.terminal_config("a");
     let terminal = Proc::spawn(
         &bin("cuntong-sim"),
         &["terminal", "--config", cfg.to_str().unwrap()],
@@ -252,8 +352,9 @@ impl Listener {
         Listener { out, _proc: proc }
     }
 
+    /// What arrived so far (binary payloads included, lossily).
     fn text(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
     }
 
     /// Publishes `marker` (with a bundle allowed to) until this listener has received it, so
@@ -293,6 +394,7 @@ fn a_terminal_cannot_write_or_read_another_terminals_topics() {
 
     // Central listens on B's telemetry. A's forgery is published (and acknowledged: MQTT 3.1.1
     // has no refusal), then B publishes: B's message arrives, A's never does.
+    // (Each client with an identity of its own: the broker keeps one session per identity.)
     let central = Listener::start(&f, "central", &[B_TM], "central-sub");
     central.sync(&f, "b", B_TM, "ready-1");
     publish("a", B_TM, "forged by A");
@@ -307,11 +409,11 @@ fn a_terminal_cannot_write_or_read_another_terminals_topics() {
     // know its subscription is in place), does not.
     let owner = Listener::start(&f, "b", &[B_CMD], "b-sub");
     let spy = Listener::start(&f, "a", &[B_CMD, A_CMD], "a-sub");
-    owner.sync(&f, "central", B_CMD, "ping-b1");
-    spy.sync(&f, "central", A_CMD, "ping-a1");
-    publish("central", B_CMD, "reboot");
-    owner.sync(&f, "central", B_CMD, "ping-b2");
-    spy.sync(&f, "central", A_CMD, "ping-a2");
+    owner.sync(&f, OPS, B_CMD, "ping-b1");
+    spy.sync(&f, OPS, A_CMD, "ping-a1");
+    publish(OPS, B_CMD, "reboot");
+    owner.sync(&f, OPS, B_CMD, "ping-b2");
+    spy.sync(&f, OPS, A_CMD, "ping-a2");
     assert!(owner.text().contains("reboot"));
     assert!(
         !spy.text().contains("reboot"),
@@ -339,22 +441,8 @@ fn events(db: &Path, security_only: bool) -> Vec<cuntong::view::EventJson> {
 fn tls_failures_remote_configuration_and_reboots_reach_central_staff() {
     let f = Fleet::provision();
     let db = f.path("central.db");
-    let url = format!("mqtts://127.0.0.1:{}", f.port);
-    let central_bundle = f.path("central");
-    let _central = Proc::spawn(
-        &bin("cuntong"),
-        &[
-            "central",
-            "--broker",
-            &url,
-            "--tls",
-            central_bundle.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ],
-        f.path("central.log"),
-    );
-    let cfg = f.terminal_config();
+    let _central = f.central(&db);
+    let cfg = f.terminal_config("a");
 
     // The box trusts the wrong CA (a bad bundle): every handshake with the broker fails.
     let d = |p: &str| f.path(p).to_str().unwrap().to_owned();
@@ -378,6 +466,14 @@ fn tls_failures_remote_configuration_and_reboots_reach_central_staff() {
         wait_until(Duration::from_secs(20), || status()["recent_errors"]
             .to_string()
             .contains("TLS failure")),
+        "{}",
+        terminal.log_text()
+    );
+    // The log names it too, once.
+    let said = format!("cannot reach the broker at {}: TLS failure: ", f.url());
+    assert_eq!(
+        terminal.log_text().matches(&said).count(),
+        1,
         "{}",
         terminal.log_text()
     );
@@ -414,28 +510,7 @@ fn tls_failures_remote_configuration_and_reboots_reach_central_staff() {
             .any(|e| e.kind == "files-changed" && e.detail.contains("ca.pem"))
     );
 
-    let cmd = |words: &[&str]| {
-        let mut args = vec!["cmd", A];
-        args.extend_from_slice(words);
-        let ca = d("ca");
-        args.extend([
-            "--ca",
-            &ca,
-            "--broker",
-            &url,
-            "--tls",
-            central_bundle.to_str().unwrap(),
-            "--wait",
-            "10s",
-            "--json",
-        ]);
-        let out = run(&bin("cuntong"), &args);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (
-            out.status.success(),
-            v[0]["output"].as_str().unwrap_or("").to_owned(),
-        )
-    };
+    let cmd = |words: &[&str]| f.cmd(A, words, "10s");
 
     // Remote configuration: saved in place, validated, applied; identity is not settable.
     let (ok, output) = cmd(&["config-set", "telemetry.health_interval=2s"]);
@@ -477,4 +552,351 @@ fn tls_failures_remote_configuration_and_reboots_reach_central_staff() {
         1,
         "only the CA swap: {after:?}"
     );
+}
+
+#[test]
+fn a_box_using_another_clients_id_does_not_take_over_its_session() {
+    let f = Fleet::provision();
+    let db = f.path("central.db");
+    let central = f.central(&db);
+    let b = f.terminal("b", "b.log");
+    let connected_once =
+        |v: &serde_json::Value| v["link"]["connected"] == true && v["link"]["connects"] == 1;
+    assert!(
+        wait_until(Duration::from_secs(30), || connected_once(&f.status("b"))
+            && sites(&db, None).iter().any(|s| s.terminal == B && s.online)),
+        "{}",
+        b.log_text()
+    );
+    // Box A connects, again and again, claiming B's client id, central's and the operator's.
+    for _ in 0..3 {
+        for id in [B, "central", OPS, "central-1"] {
+            assert!(f.publish("a", &["-i", id, "-t", A_PRESENCE, "-m", "", "-q", "1"]));
+        }
+    }
+    // A round trip through B and the operator's identity: B answers on its first connection,
+    // and central never lost the broker.
+    let (ok, output) = f.cmd(B, &["ping"], "10s");
+    assert!(ok && output == "pong", "{output}");
+    let status = f.status("b");
+    assert!(
+        connected_once(&status),
+        "B was kicked off: {}",
+        status["link"]
+    );
+    let log = central.log_text();
+    assert!(
+        !log.contains("lost the broker"),
+        "central was kicked off:\n{log}"
+    );
+}
+
+#[test]
+fn a_revoked_certificate_is_refused_after_a_reload_and_its_replacement_is_accepted() {
+    let f = Fleet::provision();
+    let a_alive = || f.publish("a", &["-t", A_PRESENCE, "-m", "", "-q", "1"]);
+    assert!(a_alive(), "the first certificate works");
+    // A is replaced (a new box, the old one stolen); B is taken out of service.
+    cuntong(&[
+        "provision",
+        A,
+        "--ca",
+        &f.d("ca"),
+        "--broker",
+        &f.url(),
+        "--out",
+        &f.d("a-new"),
+        "--force",
+    ]);
+    let out = run(&bin("cuntong"), &["ca", "revoke", B, "--ca", &f.d("ca")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.regenerate();
+    f.reload_broker();
+    let b_alive = || f.publish("b", &["-t", B_TM, "-m", "", "-q", "1"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !a_alive() && !b_alive()),
+        "old certificates still accepted after the reload"
+    );
+    assert!(f.publish("a-new", &["-t", A_PRESENCE, "-m", "", "-q", "1"]));
+    // Revoking an id that was never issued, or a bad id, says so.
+    let out = run(
+        &bin("cuntong"),
+        &["ca", "revoke", "130102009009-main", "--ca", &f.d("ca")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never provisioned"));
+    let out = run(
+        &bin("cuntong"),
+        &["ca", "revoke", "nobody", "--ca", &f.d("ca")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_command_waiting_for_an_offline_box_survives_a_broker_restart() {
+    let mut f = Fleet::provision();
+    // A is offline: the command waits, retained, at the broker.
+    let (ok, _) = f.cmd(A, &["ping"], "1s");
+    assert!(!ok, "nobody answered");
+    f.restart_broker();
+    let answers = Listener::start(&f, "central", &[A_RES], "a-res");
+    answers.sync(&f, OPS, A_RES, "listening");
+    let a = f.terminal("a", "a.log");
+    assert!(
+        wait_until(Duration::from_secs(30), || answers.text().contains("pong")),
+        "the command did not survive the restart: {:?}\n{}",
+        answers.text(),
+        a.log_text()
+    );
+}
+
+#[test]
+fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere() {
+    let f = Fleet::provision();
+    let db = f.path("central.db");
+    let central = f.central(&db);
+    let b = f.terminal("b", "b.log");
+    let b_seen = || {
+        sites(&db, None)
+            .into_iter()
+            .find(|s| s.terminal == B)
+            .and_then(|s| s.last_seen)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || b_seen().is_some()),
+        "{}",
+        b.log_text()
+    );
+    // Box A leaves more than the protocol allows, retained, on its presence, a meeting and a
+    // command topic, and a small retained junk on its presence.
+    // Far over (the broker disconnects the sender), and just over the payload limit (the
+    // broker drops the message).
+    let (big, just_over) = (f.path("big"), f.path("just-over"));
+    std::fs::write(&big, vec![b'x'; 200 * 1024]).unwrap();
+    std::fs::write(&just_over, vec![b'z'; 64 * 1024 + 100]).unwrap();
+    for topic in [A_PRESENCE, A_EVENTS, COUNTY_MEETING, A_CMD] {
+        for file in [&big, &just_over] {
+            let _ = f.publish(
+                "a",
+                &["-t", topic, "-f", file.to_str().unwrap(), "-r", "-q", "1"],
+            );
+        }
+    }
+    assert!(f.publish("a", &["-t", A_PRESENCE, "-m", "junk", "-r", "-q", "1"]));
+    // Central keeps storing and confirming B's data, B stays on its first connection.
+    let confirmed = || f.status("b")["outbox"]["confirmed"]["telemetry"].as_u64();
+    let (before, confirmed_before) = (b_seen(), confirmed());
+    assert!(
+        wait_until(Duration::from_secs(20), || b_seen() > before
+            && confirmed() > confirmed_before),
+        "central stopped storing or confirming: {}",
+        central.log_text()
+    );
+    let status = f.status("b");
+    assert_eq!(status["link"]["connects"], 1, "{}", status["link"]);
+    // Nothing of it is retained for a later subscriber (central clears the junk).
+    let retained = || {
+        let out = client(
+            "mosquitto_sub",
+            f.port,
+            &f.ca(),
+            Some(&f.path(OPS)),
+            &[
+                "-t",
+                A_PRESENCE,
+                "-t",
+                A_EVENTS,
+                "-t",
+                COUNTY_MEETING,
+                "-t",
+                A_CMD,
+                "--retained-only",
+                "-W",
+                "2",
+                "-v",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let r = retained();
+            !r.contains("junk") && !r.contains("xxxx") && !r.contains("zzzz")
+        }),
+        "retained: {:?}",
+        retained()
+            .lines()
+            .map(|l| l.chars().take(80).collect::<String>())
+            .collect::<Vec<_>>()
+    );
+    let log = central.log_text();
+    assert!(!log.contains("lost the broker"), "{log}");
+}
+
+#[test]
+fn a_message_larger_than_the_protocol_allows_is_refused_without_cutting_the_link() {
+    // A broker that limits nothing (not one we configure): links must still hold.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let db = d.join("central.db");
+    let central = cuntong_e2e::central(&broker, &db, d);
+    let data = d.join("t");
+    let terminal = Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "terminal",
+            "--id",
+            A,
+            "--broker",
+            &broker.url,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--interval",
+            "1s",
+        ],
+        d.join("terminal.log"),
+    );
+    let socket = data.join(A).join("status.sock");
+    let status = || {
+        let out = run(
+            &bin("cuntong-terminal"),
+            &["status", "--json", "--socket", socket.to_str().unwrap()],
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let last_seen = || sites(&db, None).into_iter().find_map(|s| s.last_seen);
+    assert!(
+        wait_until(Duration::from_secs(30), || status()["link"]["connected"]
+            == true
+            && last_seen().is_some()),
+        "{}\n{}",
+        terminal.log_text(),
+        central.log_text()
+    );
+    let big = d.join("big");
+    std::fs::write(&big, vec![b'x'; 200 * 1024]).unwrap();
+    let port = broker.port.to_string();
+    for topic in [A_PRESENCE, A_CMD, COUNTY_MEETING] {
+        let out = run(
+            Path::new("mosquitto_pub"),
+            &[
+                "-p",
+                &port,
+                "-t",
+                topic,
+                "-f",
+                big.to_str().unwrap(),
+                "-r",
+                "-q",
+                "1",
+            ],
+        );
+        assert!(out.status.success());
+    }
+    // The terminal refuses both of its own, central the presence: counted, and logged.
+    assert!(
+        wait_until(
+            Duration::from_secs(10),
+            || status()["link"]["refused_oversized"] == 2
+                && central.log_text().contains("refused a message larger")
+        ),
+        "{}\n{}",
+        status(),
+        central.log_text()
+    );
+    // Both on their first connection; central still stores what the terminal sends.
+    let before = last_seen();
+    assert!(wait_until(Duration::from_secs(20), || last_seen() > before));
+    assert_eq!(status()["link"]["connects"], 1, "{}", status());
+    let log = central.log_text();
+    assert!(!log.contains("lost the broker"), "{log}");
+}
+
+/// Runs `program args` with `CUNTONG_LOG` set to `log` (or unset: the default level) until
+/// `done` holds for its output (at most 20 s); returns the output.
+fn output_until(
+    program: &Path,
+    args: &[&str],
+    log: Option<&str>,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.log");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    match log {
+        Some(l) => command.env("CUNTONG_LOG", l),
+        None => command.env_remove("CUNTONG_LOG"),
+    };
+    let mut child = command.spawn().unwrap();
+    let text = || std::fs::read_to_string(&path).unwrap_or_default();
+    wait_until(Duration::from_secs(20), || done(&text()));
+    let _ = child.kill();
+    let _ = child.wait();
+    text()
+}
+
+#[test]
+fn central_and_terminals_say_once_why_they_cannot_reach_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", free_port()); // nothing listens there
+    let db = dir.path().join("central.db");
+    let cfg = dir.path().join("terminal.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "id = \"{A}\"\nbroker = \"{url}\"\ndata_dir = {:?}\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let line = format!("cannot reach the broker at {url}: connection refused");
+    let central = ["central", "--broker", &url, "--db", db.to_str().unwrap()];
+    let terminal = ["--config", cfg.to_str().unwrap()];
+    for (program, args) in [
+        (bin("cuntong"), &central[..]),
+        (bin("cuntong-terminal"), &terminal[..]),
+    ] {
+        // At the default level, a person is told.
+        let text = output_until(&program, args, None, |t| t.contains(&line));
+        assert!(text.contains(&line), "{program:?}: {text}");
+        // And once: after several retries (seen at debug level), still one line.
+        let debug = "info,cuntong_terminal::link=debug";
+        let text = output_until(&program, args, Some(debug), |t| {
+            t.matches("connect failed; retrying").count() >= 3
+        });
+        assert!(
+            text.matches("connect failed; retrying").count() >= 3,
+            "{text}"
+        );
+        assert_eq!(text.matches("cannot reach the broker").count(), 1, "{text}");
+    }
+}
+
+#[test]
+fn commands_to_a_tls_broker_without_a_bundle_say_so_before_connecting() {
+    for args in [
+        vec!["cmd", A, "ping", "--ca", "/nonexistent"],
+        vec!["alarms", "ack", "1", "--by", "someone"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--broker", "mqtts://127.0.0.1:1"]);
+        let out = run(&bin("cuntong"), &all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{all:?}: {err}");
+        assert!(
+            err.contains("--broker \"mqtts://127.0.0.1:1\" and --tls go together"),
+            "{all:?}: {err}"
+        );
+    }
 }
