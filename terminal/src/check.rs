@@ -103,7 +103,10 @@ pub fn startup(cfg: &TerminalConfig) -> Startup {
                     format!("{} line {}", b.chip.display(), b.line),
                 )
             }
-            Err(e) => line(false, "duty button", e),
+            Err(e) => {
+                let e = e.strip_prefix("duty button: ").unwrap_or(&e).to_owned();
+                line(false, "duty button", e)
+            }
         });
     }
 

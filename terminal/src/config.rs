@@ -557,6 +557,8 @@ pub fn toml_problem(text: &str, e: &toml::de::Error) -> (Option<usize>, String, 
         return (line, in_table(&k), format!("unknown key{known}"));
     }
     if let Some(k) = quoted("missing field `") {
+        // A key missing from the top level has no line; one missing from a table, the table's.
+        let line = line.filter(|_| !table.is_empty());
         return (line, in_table(&k), "missing (it is required)".to_owned());
     }
     let key = match &key_on_line {
@@ -966,9 +968,9 @@ mod tests {
             assert!(!e.contains("TOML parse error"), "{e:?}");
         }
         let missing = parse("broker = \"mqtt://h\"\ndata_dir = \"/x\"\n").unwrap_err();
-        assert!(
-            missing.to_string().contains("id: missing (it is required)"),
-            "{missing}"
+        assert_eq!(
+            missing.to_string(),
+            "terminal.toml: id: missing (it is required)"
         );
     }
 
