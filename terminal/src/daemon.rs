@@ -214,7 +214,8 @@ pub async fn run(
     let (requests_tx, mut requests) = mpsc::channel::<status::OperatorCall>(8);
     let status_task = daemon.cfg.status_socket.clone().map(|path| {
         let (status, link, stop) = (daemon.status.clone(), link.clone(), stop.clone());
-        let descriptors = descriptors.clone();
+        // Its clients come out of the reserve, so no other listener can starve it.
+        let descriptors = Descriptors::new(status::MAX_CLIENTS);
         tokio::spawn(async move {
             if let Err(e) =
                 status::serve(&path, status, link, requests_tx, &descriptors, stop).await

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::throttle::LogLimiter;
 
-/// Descriptors kept for the link, the outbox, media, sensors and the runtime itself, beyond
-/// those open at start.
+/// Descriptors kept for the link, the outbox, media, sensors, the status socket's clients and
+/// the runtime itself, beyond those open at start.
 pub const RESERVE: u64 = 128;
 
 /// The descriptors all listeners together may hold for their connections.
