@@ -207,8 +207,8 @@ pub async fn run(
         cfg,
     };
     daemon.apply_sampling();
-    // Connections to the daemon's listeners share what the open-files limit leaves after a
-    // reserve for the link, the outbox and media.
+    // Connections to the HJ 212 listener take what the open-files limit leaves after a
+    // reserve for the link, the outbox, media and the status socket.
     let descriptors = Descriptors::from_limit();
 
     let (requests_tx, mut requests) = mpsc::channel::<status::OperatorCall>(8);
