@@ -2,8 +2,8 @@
 //! and the start-up checks the daemon itself refuses to run without.
 //!
 //! [`startup`] is the one place that decides whether the daemon may start: the configuration
-//! (already parsed and validated), a writable data directory, the command key file, the TLS
-//! files and the duty button's GPIO line. The daemon calls it before anything else and refuses
+//! (already parsed and validated), a writable data directory, a readable outbox state, the
+//! command key file, the TLS files and the duty button's GPIO line. The daemon calls it before anything else and refuses
 //! to start (exit 2) on any failure; `check` prints the same lines, then probes each sensor and
 //! the broker. Each check prints one pass/fail line; `check` exits 2 when the daemon would
 //! refuse to start, 1 when only a sensor or the broker failed.
@@ -76,6 +76,12 @@ pub fn startup(cfg: &TerminalConfig) -> Startup {
             "data dir",
             format!("{}: cannot write there: {e}", cfg.data_dir.display()),
         ),
+    });
+
+    let outbox = cfg.data_dir.join("outbox");
+    lines.push(match crate::outbox::Outbox::check(&outbox) {
+        Ok(()) => line(true, "outbox", outbox.display().to_string()),
+        Err(e) => line(false, "outbox", e.to_string()),
     });
 
     if let Some(c) = &cfg.commands {

@@ -316,6 +316,12 @@ impl Outbox {
         Ok((ob, report))
     }
 
+    /// Checks, without changing anything, that an outbox in `dir` (if there is one) can be
+    /// opened: its state file reads. (Damaged segments are repaired on open, not refused.)
+    pub fn check(dir: &Path) -> Result<(), OutboxError> {
+        read_state(&dir.join("outbox.state")).map(|_| ())
+    }
+
     fn segment_path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("seg-{id:020}.log"))
     }

@@ -46,6 +46,13 @@ fn check_says_the_daemon_will_refuse_to_start_exactly_when_it_does() {
     std::fs::write(&garbage_key, "not a key\n").unwrap();
     let a_file = d.join("a-file");
     std::fs::write(&a_file, "").unwrap();
+    let damaged = d.join("damaged");
+    std::fs::create_dir_all(damaged.join("outbox")).unwrap();
+    std::fs::write(
+        damaged.join("outbox/outbox.state"),
+        "confirmed-telemetry lots\n",
+    )
+    .unwrap();
     let url = broker.url.as_str();
     // (name, broker, data dir (None: the case's own), extra TOML, the daemon refuses)
     let cases: Vec<(&str, &str, Option<String>, String, bool)> = vec![
@@ -95,6 +102,13 @@ fn check_says_the_daemon_will_refuse_to_start_exactly_when_it_does() {
             "an empty data_dir",
             url,
             Some(String::new()),
+            String::new(),
+            true,
+        ),
+        (
+            "a damaged outbox state",
+            url,
+            Some(damaged.display().to_string()),
             String::new(),
             true,
         ),
