@@ -10,6 +10,12 @@
 //! its alarms and its samples of the last N hours, 1 to 168).
 //!
 //! The dashboard only reads; it changes nothing in the fleet.
+//!
+//! It serves at most [`MAX_CLIENTS`] connections at once (an open page holds one), within what
+//! central's open-files limit leaves after a reserve for its broker link and store, and closes
+//! one that does not send its request headers within 10 s; connections beyond are closed at
+//! once and accept errors back off ([`cuntong_terminal::listen`]), so a flood of connections
+//! cannot cut central off its broker.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -38,6 +44,9 @@ use crate::monitor::{Entry, Snapshot};
 use crate::names::Names;
 use crate::store::{NamesCache, SqliteStore, Store};
 use crate::view::rfc3339_ms;
+
+/// Connections served at once.
+pub const MAX_CLIENTS: usize = 64;
 
 /// How often the store is read for the live views.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -352,9 +361,24 @@ pub async fn serve_on(
         .route("/api/terminal/:id", get(terminal_detail))
         .with_state(app);
     tracing::info!(addr = %listener.local_addr()?, "dashboard listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    let descriptors = cuntong_terminal::listen::Descriptors::from_limit();
+    let gate = cuntong_terminal::listen::Gate::new("dashboard", MAX_CLIENTS, &descriptors);
+    cuntong_terminal::listen::serve(listener, gate, stop, move |stream, peer| {
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(io, service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "dashboard connection ended");
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// Reads the store once a second and hands every changed snapshot to the open pages.
@@ -603,6 +627,54 @@ mod tests {
         assert!(concerns(&a, Some(&"130102001".parse().unwrap())));
         assert!(concerns(&a, Some(&"13".parse().unwrap())));
         assert!(!concerns(&a, Some(&"130203".parse().unwrap())));
+    }
+
+    /// A flood of held connections gets no more than [`MAX_CLIENTS`] places: the others are
+    /// closed at once, and once the flood lets go the page is served again.
+    #[tokio::test]
+    async fn a_flood_of_held_connections_is_capped_and_the_page_is_served_after_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_on(listener, dir.path().join("none.db"), stop.clone()));
+        let test = async {
+            let mut all = Vec::new();
+            for _ in 0..MAX_CLIENTS + 50 {
+                all.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+            // Let the server take them all (it waits 10 s for a request on a held one).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (mut held, mut closed) = (Vec::new(), 0);
+            for mut c in all {
+                let mut b = [0u8; 1];
+                // A held place waits for a request; a refused connection is closed at once.
+                match tokio::time::timeout(Duration::from_millis(20), c.read(&mut b)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+                    _ => held.push(c),
+                }
+            }
+            assert_eq!(held.len(), MAX_CLIENTS);
+            assert_eq!(closed, 50);
+            drop(held);
+            loop {
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let _ = c
+                    .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .await;
+                let mut answer = Vec::new();
+                let _ = c.read_to_end(&mut answer).await;
+                if answer.starts_with(b"HTTP/1.1 200") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), test)
+            .await
+            .unwrap();
+        stop.cancel();
     }
 
     #[test]

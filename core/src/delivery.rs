@@ -10,6 +10,11 @@
 //!   sent again (central stores each (terminal, stream, seq) once, so this is harmless);
 //! - a record leaves when the watermark passes it.
 //!
+//! A watermark is believed only up to the highest seq this terminal has assigned: central
+//! cannot have stored a record that was never numbered, so a watermark beyond it is forged (or
+//! meant for another box) and is refused ([`Confirmation::Beyond`]) instead of silencing the
+//! terminal. The caller reports it as a security event.
+//!
 //! The caller feeds events in ([`Delivery::queued`], [`Delivery::confirmed`],
 //! [`Delivery::link_up`], …) with the current time, asks [`Delivery::next_send`] what to send,
 //! and sleeps until [`Delivery::next_wakeup`].
@@ -81,10 +86,25 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// What a watermark from central did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// It moved forward: records up to it leave.
+    Advanced,
+    /// It is not beyond the current watermark: nothing changes.
+    Stale,
+    /// It is beyond the highest seq this terminal ever assigned (`assigned`): refused, nothing
+    /// changes. Central cannot have stored what was never numbered, so it is forged.
+    Beyond { assigned: u64 },
+}
+
 #[derive(Clone, Debug, Default)]
 struct StreamState {
     /// Everything at or below is confirmed.
     watermark: u64,
+    /// The highest seq ever assigned (queued, or known from the outbox): the most a true
+    /// watermark can be.
+    assigned: u64,
     /// In the outbox, not sent (or to be sent again).
     unsent: BTreeSet<u64>,
     /// Sent, not confirmed: seq → when.
@@ -95,8 +115,9 @@ struct StreamState {
 
 impl StreamState {
     fn forget_upto(&mut self, seq: u64) {
-        self.unsent = self.unsent.split_off(&(seq + 1));
-        self.in_flight = self.in_flight.split_off(&(seq + 1));
+        let after = seq.saturating_add(1);
+        self.unsent = self.unsent.split_off(&after);
+        self.in_flight = self.in_flight.split_off(&after);
         while self.sent_order.front().is_some_and(|&(_, s)| s <= seq) {
             self.sent_order.pop_front();
         }
@@ -164,25 +185,46 @@ impl Delivery {
     /// A record is in the outbox and waits to be sent.
     pub fn queued(&mut self, stream: Stream, seq: u64) {
         let st = self.stream(stream);
+        st.assigned = st.assigned.max(seq);
         if seq > st.watermark && !st.in_flight.contains_key(&seq) {
             st.unsent.insert(seq);
         }
     }
 
-    /// Central confirmed everything up to `watermark`; returns true if it moved.
-    pub fn confirmed(&mut self, stream: Stream, watermark: u64) -> bool {
+    /// Every seq up to `seq` has been assigned (what the outbox remembers at start, including
+    /// records already confirmed or dropped).
+    pub fn assigned_upto(&mut self, stream: Stream, seq: u64) {
         let st = self.stream(stream);
+        st.assigned = st.assigned.max(seq);
+    }
+
+    /// The highest seq assigned so far: the most a watermark may be.
+    pub fn assigned(&self, stream: Stream) -> u64 {
+        self.stream_ref(stream).assigned
+    }
+
+    /// Central says everything up to `watermark` is stored. Believed only up to the highest
+    /// seq assigned; see [`Confirmation`].
+    pub fn confirmed(&mut self, stream: Stream, watermark: u64) -> Confirmation {
+        let st = self.stream(stream);
+        if watermark > st.assigned {
+            return Confirmation::Beyond {
+                assigned: st.assigned,
+            };
+        }
         if watermark <= st.watermark {
-            return false;
+            return Confirmation::Stale;
         }
         st.watermark = watermark;
         st.forget_upto(watermark);
-        true
+        Confirmation::Advanced
     }
 
     /// Records up to `seq` left the outbox without confirmation (dropped when it was full).
     pub fn dropped_upto(&mut self, stream: Stream, seq: u64) {
-        self.stream(stream).forget_upto(seq);
+        let st = self.stream(stream);
+        st.assigned = st.assigned.max(seq);
+        st.forget_upto(seq);
     }
 
     /// The link came up: everything not confirmed is sent again.
@@ -363,7 +405,7 @@ mod tests {
         d.queued(Stream::Telemetry, 2);
         d.link_up(0);
         assert_eq!(drain(&mut d, 0).len(), 2);
-        assert!(d.confirmed(Stream::Telemetry, 1));
+        assert_eq!(d.confirmed(Stream::Telemetry, 1), Confirmation::Advanced);
         assert_eq!(d.next_wakeup(0), Some(30_000));
         assert_eq!(d.next_send(29_999), None);
         assert_eq!(d.next_send(30_000), Some((Stream::Telemetry, 2)));
@@ -391,8 +433,8 @@ mod tests {
         for s in 1..=5 {
             d.queued(Stream::Telemetry, s);
         }
-        assert!(d.confirmed(Stream::Telemetry, 3));
-        assert!(!d.confirmed(Stream::Telemetry, 2));
+        assert_eq!(d.confirmed(Stream::Telemetry, 3), Confirmation::Advanced);
+        assert_eq!(d.confirmed(Stream::Telemetry, 2), Confirmation::Stale);
         assert_eq!(d.watermark(Stream::Telemetry), 3);
         d.queued(Stream::Telemetry, 2); // a stale duplicate is ignored
         d.link_up(0);
@@ -428,7 +470,78 @@ mod tests {
         assert_eq!(d.next_send(0), Some((Stream::Telemetry, 1)));
     }
 
+    #[test]
+    fn a_watermark_beyond_what_was_assigned_is_refused_and_changes_nothing() {
+        let mut d = Delivery::new(unpaced(), 0);
+        d.assigned_upto(Stream::Telemetry, 10);
+        for s in 11..=12 {
+            d.queued(Stream::Telemetry, s);
+        }
+        d.queued(Stream::Events, 1);
+        for forged in [13, 1_000_000, u64::MAX] {
+            assert_eq!(
+                d.confirmed(Stream::Telemetry, forged),
+                Confirmation::Beyond { assigned: 12 }
+            );
+        }
+        assert_eq!(
+            d.confirmed(Stream::Events, u64::MAX),
+            Confirmation::Beyond { assigned: 1 }
+        );
+        assert_eq!(d.watermark(Stream::Telemetry), 0);
+        d.link_up(0);
+        assert_eq!(drain(&mut d, 0).len(), 3, "everything is still sent");
+        // Records numbered after the refusal are sent and confirmed as usual.
+        d.queued(Stream::Telemetry, 13);
+        assert_eq!(drain(&mut d, 0), [(Stream::Telemetry, 13)]);
+        assert_eq!(d.confirmed(Stream::Telemetry, 13), Confirmation::Advanced);
+        assert_eq!(d.unconfirmed(), 1, "the event is left");
+    }
+
+    #[test]
+    fn dropped_ranges_count_as_assigned() {
+        let mut d = Delivery::new(unpaced(), 0);
+        d.dropped_upto(Stream::Telemetry, 7);
+        assert_eq!(d.assigned(Stream::Telemetry), 7);
+        assert_eq!(d.confirmed(Stream::Telemetry, 7), Confirmation::Advanced);
+    }
+
     proptest::proptest! {
+        /// Model: forged watermarks (anything beyond the last seq assigned) mixed into any
+        /// history are refused, never move the watermark, and never stop a record from being
+        /// sent; true ones still confirm.
+        #[test]
+        fn forged_watermarks_never_silence_the_terminal(
+            ops in proptest::collection::vec((0u8..5, proptest::num::u64::ANY), 1..200)
+        ) {
+            let mut d = Delivery::new(unpaced(), 0);
+            let mut next = 1u64;
+            let mut confirmed = 0u64;
+            for (op, value) in ops {
+                match op {
+                    0 | 1 => { d.queued(Stream::Telemetry, next); next += 1; }
+                    2 => {
+                        let forged = (next - 1).saturating_add(1 + value % 1_000).max(value);
+                        let r = d.confirmed(Stream::Telemetry, forged);
+                        proptest::prop_assert_eq!(r, Confirmation::Beyond { assigned: next - 1 });
+                    }
+                    3 if next > 1 => {
+                        let wm = value % next;
+                        let r = d.confirmed(Stream::Telemetry, wm);
+                        proptest::prop_assert_eq!(r == Confirmation::Advanced, wm > confirmed);
+                        confirmed = confirmed.max(wm);
+                    }
+                    _ => d.link_up(0),
+                }
+                proptest::prop_assert_eq!(d.watermark(Stream::Telemetry), confirmed);
+                proptest::prop_assert!(d.watermark(Stream::Telemetry) < next);
+            }
+            d.link_up(0);
+            let sent: Vec<u64> = drain(&mut d, 0).into_iter().map(|x| x.1).collect();
+            let expected: Vec<u64> = (confirmed + 1..next).collect();
+            proptest::prop_assert_eq!(sent, expected);
+        }
+
         /// Model: whatever happens, once the link stays up every queued record that central has
         /// not confirmed is sent, nothing at or below the watermark is ever sent, and after a
         /// final confirmation nothing is left.

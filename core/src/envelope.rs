@@ -99,6 +99,14 @@ pub enum Event {
         kind: String,
         text: String,
     },
+    /// An acknowledgement claimed `stream` stored up to `watermark`, beyond the highest seq the
+    /// terminal ever assigned (`assigned`): refused as forged (or meant for another box), or
+    /// found persisted by an older version and repaired at start. A security event.
+    AckRefused {
+        stream: Stream,
+        watermark: u64,
+        assigned: u64,
+    },
 }
 
 impl Event {
@@ -115,6 +123,7 @@ impl Event {
             Event::FilesChanged { .. } => "files-changed",
             Event::TlsFailure { .. } => "tls-failure",
             Event::DutyReport { .. } => "duty-report",
+            Event::AckRefused { .. } => "ack-refused",
         }
     }
 
@@ -126,6 +135,7 @@ impl Event {
                 | Event::UnexpectedRestart
                 | Event::FilesChanged { .. }
                 | Event::TlsFailure { .. }
+                | Event::AckRefused { .. }
         )
     }
 }
@@ -154,6 +164,15 @@ impl fmt::Display for Event {
             Event::FilesChanged { files } => write!(f, "{}", files.join(", ")),
             Event::TlsFailure { detail } => f.write_str(detail),
             Event::DutyReport { report, kind, text } => write!(f, "#{report} {kind}: {text}"),
+            Event::AckRefused {
+                stream,
+                watermark,
+                assigned,
+            } => write!(
+                f,
+                "{} watermark {watermark} refused: only seq 1..={assigned} were ever sent",
+                stream.as_str()
+            ),
         }
     }
 }
@@ -350,6 +369,34 @@ mod tests {
             },
         };
         assert_eq!(decode_event(&encode(&env).unwrap()), Ok(env));
+    }
+
+    #[test]
+    fn a_refused_acknowledgement_has_golden_bytes_and_is_a_security_event() {
+        let env = Envelope {
+            seq: 1,
+            time_ms: 2,
+            body: Event::AckRefused {
+                stream: Stream::Telemetry,
+                watermark: u64::MAX,
+                assigned: 300,
+            },
+        };
+        let bytes = encode(&env).unwrap();
+        // version, seq, time, variant 10, stream 0, watermark (10-byte varint), assigned.
+        assert_eq!(
+            bytes,
+            [
+                1, 1, 2, 10, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 1, 172, 2
+            ]
+        );
+        assert_eq!(decode_event(&bytes), Ok(env.clone()));
+        assert!(env.body.is_security());
+        assert_eq!(env.body.kind(), "ack-refused");
+        assert_eq!(
+            env.body.to_string(),
+            "telemetry watermark 18446744073709551615 refused: only seq 1..=300 were ever sent"
+        );
     }
 
     #[test]

@@ -46,4 +46,5 @@ pub mod sampler;
 pub mod site;
 pub mod telemetry;
 pub mod terminal_id;
+pub mod throttle;
 pub mod topic;

@@ -156,11 +156,9 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
         .clone()
         .map(|key| CommandsConfig { key, reboot: None });
     cfg.meeting.accept = opts.meeting_accept;
-    cfg.hj212 = opts.hj212_listen.map(|listen| Hj212Config {
-        listen: Some(listen),
-        serial: None,
-        loggers: Vec::new(),
-    });
+    cfg.hj212 = opts
+        .hj212_listen
+        .map(|listen| Hj212Config::new(Some(listen), None));
     if opts.duty_button {
         cfg.duty_button = Some(DutyButtonConfig::default());
     }

@@ -369,10 +369,22 @@ async fn run_proxy(listen: SocketAddr, upstream: SocketAddr, control: &Path) -> 
         shutdown_signal().await;
         on_signal.cancel();
     });
+    let mut errors = 0u32;
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
-            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            a = listener.accept() => match a {
+                Ok((s, _)) => {
+                    errors = 0;
+                    s
+                }
+                Err(_) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    errors = errors.saturating_add(1);
+                    tokio::time::sleep(cuntong_terminal::listen::backoff(errors)).await;
+                    continue;
+                }
+            },
         };
         let (r, mut w) = stream.into_split();
         let mut line = String::new();

@@ -77,9 +77,19 @@ pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<
     };
     let c = control.clone();
     tokio::spawn(async move {
+        let mut errors = 0u32;
         loop {
-            let Ok((down, _)) = listener.accept().await else {
-                continue;
+            let down = match listener.accept().await {
+                Ok((down, _)) => {
+                    errors = 0;
+                    down
+                }
+                // Out of descriptors, say: wait rather than spin.
+                Err(_) => {
+                    errors = errors.saturating_add(1);
+                    tokio::time::sleep(cuntong_terminal::listen::backoff(errors)).await;
+                    continue;
+                }
             };
             if c.is_cut() {
                 drop(down);

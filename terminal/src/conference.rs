@@ -262,6 +262,8 @@ pub struct Conference {
     relay_plans: std::collections::BTreeMap<MeetingId, RelayPlan>,
     /// Views being served: (meeting, SSRC, viewer) → where the relay sends the stream locally.
     views: std::collections::BTreeMap<ViewKey, (std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Lines logged per received message (a flood of bad ones costs a line a minute).
+    log: crate::throttle::LogLimiter,
 }
 
 type ViewKey = (MeetingId, u32, std::net::SocketAddr);
@@ -317,6 +319,7 @@ impl Conference {
             relay,
             relay_plans: std::collections::BTreeMap::new(),
             views: std::collections::BTreeMap::new(),
+            log: crate::throttle::LogLimiter::default(),
         }
     }
 
@@ -414,7 +417,9 @@ impl Conference {
             match Downlink::decode(payload) {
                 Ok(d) => Input::Downlink(d),
                 Err(e) => {
-                    tracing::warn!(%topic, error = %e, "ignoring a malformed meeting downlink");
+                    if let Some(more) = self.log.allow("malformed downlink") {
+                        tracing::warn!(%topic, error = %e, "ignoring a malformed meeting downlink{more}");
+                    }
                     return Some(Vec::new());
                 }
             }
@@ -428,11 +433,15 @@ impl Conference {
                 match MeetingState::decode(payload) {
                     Ok(s) if s.spec.id == id => Input::State(Box::new(s)),
                     Ok(_) => {
-                        tracing::warn!(%topic, "ignoring a meeting state filed under another id");
+                        if let Some(more) = self.log.allow("state under another id") {
+                            tracing::warn!(%topic, "ignoring a meeting state filed under another id{more}");
+                        }
                         return Some(Vec::new());
                     }
                     Err(e) => {
-                        tracing::warn!(%topic, error = %e, "ignoring a malformed meeting state");
+                        if let Some(more) = self.log.allow("malformed state") {
+                            tracing::warn!(%topic, error = %e, "ignoring a malformed meeting state{more}");
+                        }
                         return Some(Vec::new());
                     }
                 }
@@ -641,6 +650,46 @@ fn report(me: &TerminalId, id: &MeetingId, s: &Session) -> MeetingReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flood_of_malformed_meeting_messages_costs_one_log_line_per_kind() {
+        let id: TerminalId = "130102001001-main".parse().unwrap();
+        let mut c = Conference::new(
+            id,
+            MeetingConfig::default(),
+            Box::new(SignallingOnly),
+            Box::new(Unattended),
+        );
+        let down = Topic::terminal(&id, Channel::MeetingDown).to_string();
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..1_000 {
+                assert_eq!(c.on_message(&down, b"\xff junk", 0), Some(Vec::new()));
+            }
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("malformed meeting downlink"), "{text}");
+    }
 
     #[test]
     fn operator_requests_parse_and_print_back() {

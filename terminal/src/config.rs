@@ -49,6 +49,8 @@
 //!
 //! [hj212]                   # pollution-source data loggers (HJ 212) connect here
 //! listen = "0.0.0.0:6000"
+//! max_connections = 4       # loggers served at once (1 to 1024); more are closed at once
+//! idle_timeout = "10m"      # a connection silent this long is closed
 //! # serial = "/dev/ttyS1"   # and/or a logger wired to a serial port
 //! # baud = 9600
 //!
@@ -84,8 +86,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Syntax { path: PathBuf, message: String },
+    /// The TOML parser refused the file: a syntax error, a value of the wrong type, an
+    /// unknown or a missing key. `line` is where (1-based), when the parser says.
+    #[error("{path}: {}{key}: {problem}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Syntax {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        problem: String,
+    },
     #[error("{path}: {key}: {problem}")]
     Invalid {
         path: PathBuf,
@@ -200,9 +209,14 @@ impl TerminalConfig {
 
     /// Parses and validates TOML text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<TerminalConfig, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, key, problem) = toml_problem(text, &e);
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                key,
+                problem,
+            }
         })?;
         let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -214,6 +228,12 @@ impl TerminalConfig {
             .broker
             .parse()
             .map_err(|e| invalid("broker", format!("{e}")))?;
+        if raw.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "data_dir",
+                "empty: say where the terminal keeps its state (e.g. \"/var/lib/cuntong\")".into(),
+            ));
+        }
         let mut cfg = TerminalConfig::new(id, broker, raw.data_dir);
         if let Some(s) = raw.status_socket {
             cfg.status_socket = if s.as_os_str().is_empty() {
@@ -414,7 +434,20 @@ impl TerminalConfig {
                     "needs listen = \"host:port\", serial = \"/dev/ttyS1\", or both".into(),
                 ));
             }
-            let mut loggers = Vec::new();
+            let mut hj = Hj212Config::new(listen, serial);
+            if let Some(n) = h.max_connections {
+                if !(1..=1024).contains(&n) {
+                    return Err(invalid(
+                        "hj212.max_connections",
+                        format!("{n} is not between 1 and 1024"),
+                    ));
+                }
+                hj.max_connections = n;
+            }
+            hj.idle_timeout = duration("hj212.idle_timeout", &h.idle_timeout, hj.idle_timeout)?;
+            if hj.idle_timeout < Duration::from_secs(1) {
+                return Err(invalid("hj212.idle_timeout", "must be at least 1s".into()));
+            }
             for (i, l) in h.logger.into_iter().enumerate() {
                 let key = |f: &str| format!("hj212.logger[{i}].{f}");
                 let valid_mn = !l.mn.is_empty()
@@ -434,17 +467,13 @@ impl TerminalConfig {
                     })?;
                     factors.insert(code, m);
                 }
-                loggers.push(LoggerConfig {
+                hj.loggers.push(LoggerConfig {
                     mn: l.mn,
                     password: l.password,
                     factors,
                 });
             }
-            cfg.hj212 = Some(Hj212Config {
-                listen,
-                serial,
-                loggers,
-            });
+            cfg.hj212 = Some(hj);
         }
         if let Some(b) = raw.duty_button {
             let default = crate::duty_button::DutyButtonConfig::default();
@@ -470,6 +499,81 @@ impl TerminalConfig {
         }
         Ok(cfg)
     }
+}
+
+/// A TOML parser error in the words of the validated errors: (line, key, problem), the key
+/// with its table (`sensor[1].address`, `hj212.logger[0].mn`), instead of the parser's
+/// multi-line dump with its list of every field.
+pub fn toml_problem(text: &str, e: &toml::de::Error) -> (Option<usize>, String, String) {
+    let message = e.message().trim();
+    let at = e.span().map(|s| s.start.min(text.len()));
+    let line = at.map(|a| text[..a].matches('\n').count() + 1);
+    // The table the error is in: the last header at or above its line, with its index for
+    // an array of tables.
+    let mut table = String::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut key_on_line = None;
+    for (i, raw_line) in text.lines().enumerate() {
+        if line.is_none_or(|l| i + 1 > l) {
+            break;
+        }
+        let l = raw_line.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_owned();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_owned();
+        }
+        if line == Some(i + 1) {
+            key_on_line = l
+                .split_once('=')
+                .map(|(k, _)| k.trim().to_owned())
+                .filter(|k| !k.is_empty() && !k.starts_with('['));
+        }
+    }
+    let in_table = |k: &str| {
+        if table.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{table}.{k}")
+        }
+    };
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|r| r.split('`').next())
+            .map(str::to_owned)
+    };
+    if let Some(k) = quoted("unknown field `") {
+        let known = message
+            .split_once("expected ")
+            .map(|(_, rest)| {
+                let rest = rest.trim_start_matches("one of ").replace('`', "");
+                format!(" (known here: {rest})")
+            })
+            .unwrap_or_default();
+        return (line, in_table(&k), format!("unknown key{known}"));
+    }
+    if let Some(k) = quoted("missing field `") {
+        // A key missing from the top level has no line; one missing from a table, the table's.
+        let line = line.filter(|_| !table.is_empty());
+        return (line, in_table(&k), "missing (it is required)".to_owned());
+    }
+    let key = match &key_on_line {
+        Some(k) => in_table(k),
+        None if table.is_empty() => "(file)".to_owned(),
+        None => table.clone(),
+    };
+    let problem = match message.strip_prefix("invalid type: ") {
+        Some(rest) => match rest.split_once(", expected ") {
+            Some((found, expected)) => format!("wrong type: expected {expected}, found {found}"),
+            None => format!("wrong type: {rest}"),
+        },
+        None => message.lines().last().unwrap_or(message).to_owned(),
+    };
+    (line, key, problem)
 }
 
 /// The first TOML example (a ```` ```toml ```` block) in a module's `//!` documentation, as
@@ -709,6 +813,8 @@ struct RawHj212 {
     listen: Option<String>,
     serial: Option<String>,
     baud: Option<u32>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<String>,
     #[serde(default)]
     logger: Vec<RawLogger>,
 }
@@ -799,6 +905,8 @@ mod tests {
         let hj = cfg.hj212.unwrap();
         assert_eq!(hj.listen.map(|l| l.port()), Some(6000));
         assert_eq!(hj.serial, None);
+        assert_eq!(hj.max_connections, 4);
+        assert_eq!(hj.idle_timeout, Duration::from_secs(600));
         assert_eq!(hj.loggers[0].password.as_deref(), Some("100000"));
         assert_eq!(hj.loggers[0].factors["011"], Metric::W01018);
     }
@@ -819,6 +927,62 @@ mod tests {
         assert!(err("[duty_button]\nchip = \"/dev/gpiochip0\"\n").contains("line"));
     }
 
+    /// The parser's own refusals name the table, the key and the line, in one line, as the
+    /// validated errors do.
+    #[test]
+    fn parser_errors_name_the_line_the_table_and_the_key() {
+        let err = |extra: &str| parse(&format!("{BASE}{extra}")).unwrap_err().to_string();
+        let cases = [
+            // Wrong type.
+            (
+                "[outbox]\nbudget = 5\n",
+                "terminal.toml: line 5: outbox.budget: wrong type: expected a string, found integer `5`",
+            ),
+            (
+                "[[sensor]]\nkind = \"sht3x\"\n[[sensor]]\nkind = \"sht3x\"\naddress = \"0x44\"\n",
+                "terminal.toml: line 8: sensor[1].address: wrong type: expected u8, found string \"0x44\"",
+            ),
+            (
+                "keep_alive = 30\n",
+                "terminal.toml: line 4: keep_alive: wrong type",
+            ),
+            // Unknown key.
+            (
+                "[[hj212.logger]]\nmn = \"X1\"\npasword = \"1\"\n",
+                "terminal.toml: line 6: hj212.logger[0].pasword: unknown key (known here: mn, password, factors)",
+            ),
+            (
+                "[delivery]\nspeed = 3\n",
+                "terminal.toml: line 5: delivery.speed: unknown key",
+            ),
+            // Missing key.
+            (
+                "[[sensor]]\ninterval = \"1s\"\n",
+                "terminal.toml: line 4: sensor[0].kind: missing (it is required)",
+            ),
+            (
+                "[duty_button]\nhold = \"1s\"\n",
+                "duty_button.line: missing",
+            ),
+            // Plain syntax.
+            ("[meeting\n", "terminal.toml: line 4: "),
+        ];
+        for (extra, expected) in cases {
+            let e = err(extra);
+            assert!(e.contains(expected), "{extra:?} gave {e:?}");
+            assert!(
+                !e.contains('\n') && !e.contains(" | "),
+                "one line, no dump: {e:?}"
+            );
+            assert!(!e.contains("TOML parse error"), "{e:?}");
+        }
+        let missing = parse("broker = \"mqtt://h\"\ndata_dir = \"/x\"\n").unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "terminal.toml: id: missing (it is required)"
+        );
+    }
+
     #[test]
     fn errors_name_the_key() {
         let err = |extra: &str| parse(&format!("{BASE}{extra}")).unwrap_err().to_string();
@@ -837,7 +1001,7 @@ mod tests {
             err("[[sensor]]\nkind = \"bmp280\"\n").contains("sensor[0].kind: unknown sensor kind")
         );
         assert!(err("[metric.\"a b\"]\n").contains("metric.\"a b\""));
-        assert!(err("colour = 1\n").contains("unknown field `colour`"));
+        assert!(err("colour = 1\n").starts_with("terminal.toml: line 4: colour: unknown key"));
         assert!(
             err("[outbox]\nbudget = \"lots\"\n").contains("outbox.budget: \"lots\" is not a size")
         );
@@ -845,7 +1009,7 @@ mod tests {
         assert!(err("[meeting]\naccept = \"maybe\"\n").contains("meeting.accept: \"maybe\""));
         assert!(err("[meeting]\ntier = \"4k\"\n").contains("meeting.tier"));
         assert!(err("[meeting]\naudio_only_loss = 150.0\n").contains("meeting.audio_only_loss"));
-        assert!(err("[meeting]\nheartbeat = \"1s\"\n").contains("unknown field"));
+        assert!(err("[meeting]\nheartbeat = \"1s\"\n").contains("meeting.heartbeat: unknown key"));
         assert!(
             err("[telemetry]\nhealth_interval = \"0s\"\n")
                 .contains("telemetry.health_interval: must be more than 0s")

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cuntong_core::delivery::{Delivery, Watermarks};
+use cuntong_core::delivery::{Confirmation, Delivery, Watermarks};
 use cuntong_core::envelope::{Envelope, Event, Stream, encode};
 use cuntong_core::presence::Presence;
 use cuntong_core::sampler::{Batcher, Sampler};
@@ -24,9 +24,11 @@ use crate::hardware::Power;
 use crate::health::HealthSource;
 use crate::hj212::{self, Hj212Stats, HjSample};
 use crate::link::{Link, LinkOptions, Message, unix_ms};
+use crate::listen::Descriptors;
 use crate::outbox::{DroppedRange, Outbox, OutboxError};
 use crate::sensors::{Sensor, SensorError};
 use crate::status::{self, OutboxReport, RECENT_ERRORS, SensorReport, SharedStatus, StatusReport};
+use crate::throttle::LogLimiter;
 
 /// What every cuntong binary does first: logs to stderr (filtered by `CUNTONG_LOG`, else
 /// `default_log`) and a tokio runtime (`workers` threads, or one per core).
@@ -160,6 +162,7 @@ pub async fn run(
     let (outbox, opened) = Outbox::open(&cfg.data_dir.join("outbox"), cfg.outbox)?;
     let mut delivery = Delivery::new(cfg.delivery, started_ms);
     for stream in Stream::ALL {
+        delivery.assigned_upto(stream, outbox.next_seq(stream).saturating_sub(1));
         delivery.confirmed(stream, outbox.confirmed(stream));
         for (seq, _) in outbox.pending(stream) {
             delivery.queued(stream, seq);
@@ -200,15 +203,23 @@ pub async fn run(
             ..StatusReport::default()
         })),
         link: link.clone(),
+        log: LogLimiter::default(),
         cfg,
     };
     daemon.apply_sampling();
+    // Connections to the HJ 212 listener take what the open-files limit leaves after a
+    // reserve for the link, the outbox, media and the status socket.
+    let descriptors = Descriptors::from_limit();
 
     let (requests_tx, mut requests) = mpsc::channel::<status::OperatorCall>(8);
     let status_task = daemon.cfg.status_socket.clone().map(|path| {
         let (status, link, stop) = (daemon.status.clone(), link.clone(), stop.clone());
+        // Its clients come out of the reserve, so no other listener can starve it.
+        let descriptors = Descriptors::new(status::MAX_CLIENTS);
         tokio::spawn(async move {
-            if let Err(e) = status::serve(&path, status, link, requests_tx, stop).await {
+            if let Err(e) =
+                status::serve(&path, status, link, requests_tx, &descriptors, stop).await
+            {
                 tracing::warn!(path = %path.display(), error = %e, "status socket unavailable");
             }
         })
@@ -229,6 +240,19 @@ pub async fn run(
         daemon.with_status(|s| push_error(s, started_ms, msg));
     }
     daemon.report_dropped(&opened.skipped, "damaged outbox tail: may have held")?;
+    for r in &opened.repaired {
+        tracing::warn!(
+            stream = r.stream.as_str(),
+            watermark = r.watermark,
+            assigned = r.assigned,
+            "the outbox held a watermark beyond the last seq ever sent (a forged acknowledgement): set back, its records are sent again"
+        );
+        daemon.event(Event::AckRefused {
+            stream: r.stream,
+            watermark: r.watermark,
+            assigned: r.assigned,
+        })?;
+    }
     daemon.event(Event::Started {
         version: VERSION.to_owned(),
     })?;
@@ -247,9 +271,10 @@ pub async fn run(
     let (hj_tx, mut hj_rx) = mpsc::channel::<Vec<HjSample>>(64);
     if let Some(hj) = daemon.cfg.hj212.clone() {
         let (stats, stop) = (hj_stats.clone(), stop.clone());
+        let descriptors = descriptors.clone();
         tokio::spawn(async move {
             let listen = hj.listen;
-            if let Err(e) = hj212::serve(hj, hj_tx, stats, stop).await {
+            if let Err(e) = hj212::serve(hj, hj_tx, stats, &descriptors, stop).await {
                 tracing::error!(?listen, error = %e, "HJ 212 listener failed");
             }
         });
@@ -483,6 +508,8 @@ struct Daemon {
     batcher: Batcher,
     status: SharedStatus,
     link: Link,
+    /// Lines logged per incoming message (a flood of them costs a line a minute).
+    log: LogLimiter,
 }
 
 impl Daemon {
@@ -528,7 +555,11 @@ impl Daemon {
                 });
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "ignoring a malformed notice"),
+            Err(e) => {
+                if let Some(more) = self.log.allow("malformed notice") {
+                    tracing::warn!(error = %e, "ignoring a malformed notice{more}");
+                }
+            }
         }
     }
 
@@ -704,19 +735,42 @@ impl Daemon {
         Ok(())
     }
 
-    /// Central's watermarks arrived: confirmed records leave the outbox.
+    /// Central's watermarks arrived: confirmed records leave the outbox. A watermark beyond
+    /// the last seq ever numbered is refused and reported as a security event (one a minute
+    /// per stream at most: a retained forgery comes back at every reconnect).
     fn confirmed(&mut self, payload: &[u8]) -> Result<(), RunError> {
         let marks = match Watermarks::decode(payload) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring a malformed acknowledgement");
+                if let Some(more) = self.log.allow("malformed acknowledgement") {
+                    tracing::warn!(error = %e, "ignoring a malformed acknowledgement{more}");
+                }
                 return Ok(());
             }
         };
         for stream in Stream::ALL {
-            let wm = marks.get(stream);
-            self.delivery.confirmed(stream, wm);
-            self.outbox.confirm(stream, wm)?;
+            let watermark = marks.get(stream);
+            match self.delivery.confirmed(stream, watermark) {
+                Confirmation::Advanced => {
+                    self.outbox.confirm(stream, watermark)?;
+                }
+                Confirmation::Stale => {}
+                Confirmation::Beyond { assigned } => {
+                    let Some(more) = self.log.allow(&format!("ack refused {}", stream.as_str()))
+                    else {
+                        continue;
+                    };
+                    let event = Event::AckRefused {
+                        stream,
+                        watermark,
+                        assigned,
+                    };
+                    let msg = format!("acknowledgement refused: {event}");
+                    tracing::warn!("{msg}{more}");
+                    self.with_status(|s| push_error(s, unix_ms(), msg));
+                    self.event(event)?;
+                }
+            }
         }
         self.refresh_outbox_status();
         Ok(())
@@ -743,7 +797,9 @@ impl Daemon {
         let (ok, output) = match checked {
             Err(reason) => {
                 let msg = format!("command {action} refused: {reason}");
-                tracing::warn!("{msg}");
+                if let Some(more) = self.log.allow("command refused") {
+                    tracing::warn!("{msg}{more}");
+                }
                 self.with_status(|s| push_error(s, now, msg));
                 self.event(Event::CommandRefused {
                     action: action.to_owned(),

@@ -6,10 +6,16 @@
 //! 2061, daily 2031) become samples with the logger's DataTime as their time and the factor's
 //! flag as their quality; split packets are reassembled first. When a frame's Flag asks for it,
 //! the logger gets the data acknowledgement (9014) the standard requires. A bad frame is
-//! counted, logged once per kind of error, and skipped: it never closes the connection or
+//! counted, logged (throttled, below), and skipped: it never closes the connection or
 //! affects other loggers.
+//!
+//! The TCP listener serves at most `max_connections` loggers at once (a site has one or two)
+//! and closes a connection idle for `idle_timeout`; connections beyond are closed at once (see
+//! [`crate::listen`]), so a flood of connections cannot take the descriptors the broker link
+//! needs. Complaints are logged through one [`LogLimiter`] per bridge: the first of each kind,
+//! then at most one a minute with the count of the others.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +29,18 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::listen::{Descriptors, Gate};
+use crate::throttle::LogLimiter;
+
 /// Longest time a split packet waits for its missing parts.
 const SPLIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Loggers served at once by default (a site has one or two).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4;
+
+/// A logger connection silent this long is closed by default (loggers report at least every
+/// few minutes, and reconnect when they next have data).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A logger the terminal expects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +69,24 @@ pub struct Hj212Config {
     pub serial: Option<SerialConfig>,
     /// Expected loggers; empty accepts every MN.
     pub loggers: Vec<LoggerConfig>,
+    /// TCP connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// A TCP connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Hj212Config {
+    /// A bridge on a TCP listener and/or a serial line, accepting every logger, with the
+    /// default limits.
+    pub fn new(listen: Option<SocketAddr>, serial: Option<SerialConfig>) -> Hj212Config {
+        Hj212Config {
+            listen,
+            serial,
+            loggers: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// One value from a logger, ready for the batcher.
@@ -117,49 +151,58 @@ fn is_upload(p: &Packet) -> bool {
     )
 }
 
-/// Serves loggers (TCP and/or serial) until `stop` fires.
+/// Serves loggers (TCP and/or serial) until `stop` fires; TCP connections take their
+/// descriptors from `descriptors`.
 pub async fn serve(
     cfg: Hj212Config,
     out: mpsc::Sender<Vec<HjSample>>,
     stats: Arc<Hj212Stats>,
+    descriptors: &Descriptors,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let cfg = Arc::new(cfg);
+    let log = Arc::new(LogLimiter::default());
     if let Some(serial) = cfg.serial.clone() {
-        let (cfg, out, stats, stop) = (cfg.clone(), out.clone(), stats.clone(), stop.clone());
-        tokio::spawn(async move { serve_serial(&serial, &cfg, &out, &stats, &stop).await });
+        let (cfg, out, stats, log, stop) = (
+            cfg.clone(),
+            out.clone(),
+            stats.clone(),
+            log.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move { serve_serial(&serial, &cfg, &out, &stats, &log, &stop).await });
     }
     let Some(listen) = cfg.listen else {
         stop.cancelled().await;
         return Ok(());
     };
     let listener = TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "HJ 212 listener up");
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HJ 212 accept failed");
-                    continue;
-                }
-            },
-        };
+    tracing::info!(%listen, max_connections = cfg.max_connections, "HJ 212 listener up");
+    let gate = Gate::new("HJ 212", cfg.max_connections, descriptors);
+    let serve_stop = stop.clone();
+    crate::listen::serve(listener, gate, serve_stop, move |stream, peer| {
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (cfg, out, stats, stop) = (cfg.clone(), out.clone(), stats.clone(), stop.clone());
-        tokio::spawn(async move {
-            let name = peer.to_string();
+        let (cfg, out, stats, log, stop) = (
+            cfg.clone(),
+            out.clone(),
+            stats.clone(),
+            log.clone(),
+            stop.clone(),
+        );
+        async move {
+            let idle = Some(cfg.idle_timeout);
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = connection(stream, &name, &cfg, &out, &stats) => {
+                r = connection(stream, &peer, &cfg, &out, &stats, &log, idle) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "HJ 212 connection ended");
                     }
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// Parts of split packets being reassembled, by (MN, CN). The standard gives every part its
@@ -232,6 +275,7 @@ async fn serve_serial(
     cfg: &Hj212Config,
     out: &mpsc::Sender<Vec<HjSample>>,
     stats: &Hj212Stats,
+    log: &LogLimiter,
     stop: &CancellationToken,
 ) {
     use tokio_serial::SerialPortBuilderExt;
@@ -245,7 +289,7 @@ async fn serve_serial(
                 tracing::info!(port = %serial.path, baud = serial.baud, "HJ 212 serial line open");
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = connection(port, &peer, cfg, out, stats) => {
+                    r = connection(port, &peer, cfg, out, stats, log, None) => {
                         if let Err(e) = r {
                             tracing::warn!(port = %serial.path, error = %e, "HJ 212 serial line failed");
                         }
@@ -266,27 +310,42 @@ async fn serve_serial(
 }
 
 /// Reads frames from one logger's byte stream (a TCP connection or a serial line), answering
-/// it on the same stream.
+/// it on the same stream; a stream silent for `idle` ends with `TimedOut`.
 async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     peer: &str,
     cfg: &Hj212Config,
     out: &mpsc::Sender<Vec<HjSample>>,
     stats: &Hj212Stats,
+    log: &LogLimiter,
+    idle: Option<Duration>,
 ) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     let mut splits = Splits::default();
-    let mut logged: BTreeSet<String> = BTreeSet::new();
-    let mut complain = |what: String, stats: &Hj212Stats| {
+    let complain = |what: String, stats: &Hj212Stats| {
         stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-        let kind: String = what.chars().take_while(|c| *c != ':').collect();
-        if logged.insert(kind) {
-            tracing::warn!(%peer, "HJ 212: {what} (further errors of this kind are counted, not logged)");
+        // The kind of complaint: its words before the detail, without numbers.
+        let kind: String = what
+            .chars()
+            .take_while(|c| *c != ':')
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        if let Some(more) = log.allow(&kind) {
+            tracing::warn!(%peer, "HJ 212: {what}{more}");
         }
     };
     loop {
-        let n = stream.read(&mut chunk).await?;
+        let read = stream.read(&mut chunk);
+        let n = match idle {
+            Some(idle) => tokio::time::timeout(idle, read).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("nothing received for {idle:?}: closed"),
+                )
+            })??,
+            None => read.await?,
+        };
         if n == 0 {
             return Ok(());
         }
@@ -404,13 +463,10 @@ mod tests {
     #[tokio::test]
     async fn a_logger_on_a_serial_line_is_read_and_answered() {
         let (mut logger, port) = tokio_serial::SerialStream::pair().unwrap();
-        let cfg = Hj212Config {
-            listen: None,
-            serial: None,
-            loggers: Vec::new(),
-        };
+        let cfg = Hj212Config::new(None, None);
         let (tx, mut rx) = mpsc::channel(8);
         let stats = Hj212Stats::default();
+        let log = LogLimiter::default();
         let test = async {
             // Noise on the line first, then a frame that asks for an answer.
             logger.write_all(b"\x00\xff##00x1junk").await.unwrap();
@@ -423,7 +479,7 @@ mod tests {
         let (samples, answer) = tokio::time::timeout(Duration::from_secs(10), async {
             tokio::select! {
                 r = test => r,
-                _ = connection(port, "serial:test", &cfg, &tx, &stats) => panic!("line closed"),
+                _ = connection(port, "serial:test", &cfg, &tx, &stats, &log, None) => panic!("line closed"),
             }
         })
         .await
@@ -442,6 +498,28 @@ mod tests {
             stats.bad_frames.load(Ordering::Relaxed) >= 1,
             "the noise was counted"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+        let (_logger, port) = tokio::io::duplex(1024);
+        let cfg = Hj212Config::new(None, None);
+        let (tx, _rx) = mpsc::channel(8);
+        let stats = Hj212Stats::default();
+        let idle = Duration::from_secs(600);
+        let started = tokio::time::Instant::now();
+        let r = connection(
+            port,
+            "test",
+            &cfg,
+            &tx,
+            &stats,
+            &LogLimiter::default(),
+            Some(idle),
+        )
+        .await;
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), idle);
     }
 
     #[test]
@@ -469,13 +547,12 @@ mod tests {
     #[test]
     fn unexpected_loggers_and_wrong_passwords_are_refused() {
         let cfg = Hj212Config {
-            listen: None,
-            serial: None,
             loggers: vec![LoggerConfig {
                 mn: "010000A8900016F000169DC0".into(),
                 password: Some("654321".into()),
                 factors: BTreeMap::new(),
             }],
+            ..Hj212Config::new(None, None)
         };
         let p = upload(4);
         assert!(expected(&cfg, &p).unwrap_err().contains("wrong password"));

@@ -37,6 +37,7 @@ pub mod health;
 pub mod hj212;
 pub mod integrity;
 pub mod link;
+pub mod listen;
 #[cfg(feature = "media")]
 pub mod media;
 pub mod outbox;
@@ -45,4 +46,5 @@ pub mod relay;
 pub mod remote_config;
 pub mod sensors;
 pub mod status;
+pub mod throttle;
 pub mod tls;

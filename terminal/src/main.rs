@@ -11,7 +11,7 @@ use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::daemon::{self, Hardware};
 use cuntong_terminal::health::ProcHealth;
 use cuntong_terminal::status::LocalRequest;
-use cuntong_terminal::{check, duty_button, hardware, status};
+use cuntong_terminal::{check, hardware, status};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -194,7 +194,10 @@ async fn async_main(cli: Cli) -> ExitCode {
             for l in &lines {
                 println!("{l}");
             }
-            if lines.iter().all(|l| l.pass) {
+            if lines.iter().any(|l| !l.pass && l.needed_to_start) {
+                // The daemon would refuse to start with this configuration.
+                ExitCode::from(2)
+            } else if lines.iter().all(|l| l.pass) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -208,6 +211,12 @@ async fn async_main(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // The same start-up checks as `check`: refuse now, not halfway through.
+            let startup = check::startup(&cfg);
+            if let Some(why) = startup.refusal() {
+                eprintln!("error: cannot start: {why}");
+                return ExitCode::from(2);
+            }
             let hardware = Hardware {
                 sensors: cfg
                     .sensors
@@ -220,13 +229,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 }),
                 media: media_engine(&cfg),
                 console: Box::new(Unattended),
-                duty_button: match cfg.duty_button.as_ref().map(duty_button::open).transpose() {
-                    Ok(b) => b,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
+                duty_button: startup.duty_button,
             };
             let stop = CancellationToken::new();
             let on_signal = stop.clone();

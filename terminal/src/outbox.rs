@@ -10,8 +10,10 @@
 //! where the CRC covers everything after it. A torn or corrupted tail is found by its CRC on
 //! open: every intact record is kept, the damage is reported and cut off, and the terminal goes
 //! on. A small state file (`outbox.state`, written atomically) keeps central's confirmed
-//! watermarks and the drop counters, so sequence numbers stay contiguous across restarts even
-//! when the log is empty.
+//! watermarks, the drop counters and the highest seq numbered, so sequence numbers stay
+//! contiguous across restarts even when the log is empty. A watermark is never recorded beyond
+//! the highest seq numbered (central cannot have stored more); one found there on open (an
+//! older version accepted a forged acknowledgement) is set back and reported.
 //!
 //! Each record is written with one `write` as soon as it is appended, so a killed process loses
 //! nothing the outbox accepted; `fsync` follows every record or at most every interval
@@ -34,6 +36,9 @@ const HEADER: usize = 8;
 const BODY_FIXED: usize = 1 + 8 + 8;
 /// A record larger than this is corruption, not data.
 const MAX_RECORD: usize = 1 << 20;
+/// More records than any terminal numbers (one a millisecond for 8,900 years): a watermark
+/// beyond it in an old state file was forged.
+const MAX_PLAUSIBLE_SEQ: u64 = 1 << 48;
 
 /// When appended records are forced to stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +105,18 @@ pub struct OpenReport {
     /// Sequence numbers skipped because a damaged tail may have held them (and they may have
     /// been sent before the damage): they are never reused, and the caller reports them.
     pub skipped: Vec<DroppedRange>,
+    /// Watermarks found persisted beyond what this outbox ever numbered (accepted by an older
+    /// version from a forged acknowledgement): set back, so the records are sent again.
+    pub repaired: Vec<RepairedWatermark>,
+}
+
+/// A persisted watermark that claimed more than was ever numbered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepairedWatermark {
+    pub stream: Stream,
+    pub watermark: u64,
+    /// The highest seq this outbox had numbered.
+    pub assigned: u64,
 }
 
 /// A record waiting for confirmation.
@@ -122,6 +139,10 @@ struct Segment {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct State {
     confirmed: [u64; 2],
+    /// Highest seq ever assigned, per stream: no watermark may pass it.
+    assigned: [u64; 2],
+    /// False for a state file written by a version that did not record `assigned`.
+    assigned_known: bool,
     /// Highest seq dropped unsent, per stream.
     dropped_upto: [u64; 2],
     dropped_total: u64,
@@ -186,7 +207,10 @@ impl Outbox {
             last_sync: Instant::now(),
         };
         let mut report = OpenReport::default();
+        // First the intact length of each segment and the highest seq in it, then (with the
+        // watermarks checked against that) the records still waiting.
         let mut max_seq = [0u64; 2];
+        let mut segments = Vec::with_capacity(ids.len());
         for id in ids {
             let path = ob.segment_path(id);
             let mut data = Vec::new();
@@ -194,13 +218,50 @@ impl Outbox {
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(io(&path))?;
             let mut pos = 0usize;
-            let mut live = 0usize;
-            while pos < data.len() {
-                let Some((stream, seq, time_ms, payload, len)) = parse_record(&data[pos..]) else {
-                    break;
-                };
+            while let Some((stream, seq, _, _, len)) = parse_record(&data[pos..]) {
                 let s = idx(stream);
                 max_seq[s] = max_seq[s].max(seq);
+                pos += len;
+            }
+            if pos < data.len() {
+                let cut = (data.len() - pos) as u64;
+                report.damaged.push((path.clone(), pos as u64, cut));
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                f.set_len(pos as u64).map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))?;
+                data.truncate(pos);
+            }
+            segments.push((id, path, data));
+        }
+        for (s, stream) in [(0, Stream::Telemetry), (1, Stream::Events)] {
+            let st = &mut ob.state;
+            // What this outbox has numbered. A state file of an older version does not say:
+            // its watermark counts too, unless no terminal could have numbered that much.
+            let mut assigned = max_seq[s].max(st.dropped_upto[s]).max(st.assigned[s]);
+            if !st.assigned_known && st.confirmed[s] <= MAX_PLAUSIBLE_SEQ {
+                assigned = assigned.max(st.confirmed[s]);
+            }
+            if st.confirmed[s] > assigned {
+                // A forged acknowledgement an older version accepted: everything still here
+                // after the last reported drop is sent again (central stores each seq once).
+                report.repaired.push(RepairedWatermark {
+                    stream,
+                    watermark: st.confirmed[s],
+                    assigned,
+                });
+                st.confirmed[s] = st.dropped_upto[s].min(assigned);
+            }
+            st.assigned[s] = assigned;
+            ob.next[s] = assigned.saturating_add(1);
+        }
+        for (id, path, data) in segments {
+            let mut pos = 0usize;
+            let mut live = 0usize;
+            while let Some((stream, seq, time_ms, payload, len)) = parse_record(&data[pos..]) {
+                let s = idx(stream);
                 if seq > ob.state.confirmed[s] && seq > ob.state.dropped_upto[s] {
                     live += 1;
                     let record = Record {
@@ -220,16 +281,6 @@ impl Outbox {
                 }
                 pos += len;
             }
-            if pos < data.len() {
-                let cut = (data.len() - pos) as u64;
-                report.damaged.push((path.clone(), pos as u64, cut));
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                f.set_len(pos as u64).map_err(io(&path))?;
-                f.sync_all().map_err(io(&path))?;
-            }
             ob.bytes += pos as u64;
             ob.segments.push_back(Segment {
                 id,
@@ -237,12 +288,6 @@ impl Outbox {
                 bytes: pos as u64,
                 live,
             });
-        }
-        for (s, max) in max_seq.iter().enumerate() {
-            ob.next[s] = max
-                .max(&ob.state.confirmed[s])
-                .max(&ob.state.dropped_upto[s])
-                + 1;
         }
         // A damaged tail held at most this many records, of either stream. Their numbers may
         // have reached central before the damage, so none of them is handed out again.
@@ -259,13 +304,22 @@ impl Outbox {
                     count: at_most,
                 });
                 ob.state.dropped_upto[s] = last;
+                ob.state.assigned[s] = last;
                 ob.next[s] = last + 1;
             }
-            ob.write_state()?;
         }
+        // From here on the state says what was numbered, before any segment that showed it
+        // is released.
+        ob.write_state()?;
         report.records = ob.records.iter().map(BTreeMap::len).sum();
         ob.release_empty_segments()?;
         Ok((ob, report))
+    }
+
+    /// Checks, without changing anything, that an outbox in `dir` (if there is one) can be
+    /// opened: its state file reads. (Damaged segments are repaired on open, not refused.)
+    pub fn check(dir: &Path) -> Result<(), OutboxError> {
+        read_state(&dir.join("outbox.state")).map(|_| ())
     }
 
     fn segment_path(&self, id: u64) -> PathBuf {
@@ -423,16 +477,14 @@ impl Outbox {
     }
 
     /// Central confirmed `stream` up to `watermark`: those records leave, and segments with
-    /// nothing left in them are deleted. Returns how many records left.
+    /// nothing left in them are deleted. Returns how many records left. A watermark beyond the
+    /// last seq this outbox numbered changes nothing (it cannot be true; the caller reports it).
     pub fn confirm(&mut self, stream: Stream, watermark: u64) -> Result<usize, OutboxError> {
         let s = idx(stream);
-        if watermark <= self.state.confirmed[s] {
+        if watermark <= self.state.confirmed[s] || watermark >= self.next[s] {
             return Ok(0);
         }
         self.state.confirmed[s] = watermark;
-        // A watermark beyond what we ever sent means central knows more than we do (a reset
-        // terminal): continue after it.
-        self.next[s] = self.next[s].max(watermark + 1);
         if stream == Stream::Telemetry {
             self.sent = self.sent.split_off(&(watermark + 1));
         }
@@ -580,12 +632,14 @@ impl Outbox {
         let tmp = self.dir.join("outbox.state.tmp");
         let st = &self.state;
         let text = format!(
-            "confirmed-telemetry {}\nconfirmed-events {}\ndropped-upto-telemetry {}\ndropped-upto-events {}\ndropped-total {}\n",
+            "confirmed-telemetry {}\nconfirmed-events {}\ndropped-upto-telemetry {}\ndropped-upto-events {}\ndropped-total {}\nassigned-telemetry {}\nassigned-events {}\n",
             st.confirmed[0],
             st.confirmed[1],
             st.dropped_upto[0],
             st.dropped_upto[1],
-            st.dropped_total
+            st.dropped_total,
+            self.next[0] - 1,
+            self.next[1] - 1,
         );
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -657,6 +711,8 @@ fn read_state(path: &Path) -> Result<State, OutboxError> {
             "dropped-upto-telemetry" => st.dropped_upto[0] = n,
             "dropped-upto-events" => st.dropped_upto[1] = n,
             "dropped-total" => st.dropped_total = n,
+            "assigned-telemetry" => (st.assigned[0], st.assigned_known) = (n, true),
+            "assigned-events" => (st.assigned[1], st.assigned_known) = (n, true),
             other => return Err(bad(format!("unknown key {other:?}"))),
         }
     }
@@ -811,6 +867,77 @@ mod tests {
             ob.append(Stream::Telemetry, 0, b"next").unwrap().0,
             skipped.last + 1
         );
+    }
+
+    #[test]
+    fn a_watermark_beyond_the_last_seq_is_never_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        for _ in 0..3 {
+            ob.append(Stream::Telemetry, 0, b"x").unwrap();
+        }
+        for forged in [4, 1 << 40, u64::MAX] {
+            assert_eq!(ob.confirm(Stream::Telemetry, forged).unwrap(), 0);
+            assert_eq!(ob.confirm(Stream::Events, forged).unwrap(), 0);
+        }
+        assert_eq!(ob.confirmed(Stream::Telemetry), 0);
+        assert_eq!(seqs(&ob, Stream::Telemetry), [1, 2, 3]);
+        assert_eq!(ob.confirm(Stream::Telemetry, 2).unwrap(), 2);
+        drop(ob);
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert!(report.repaired.is_empty());
+        assert_eq!(seqs(&ob, Stream::Telemetry), [3]);
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, 4);
+    }
+
+    #[test]
+    fn a_forged_watermark_persisted_by_an_older_version_is_repaired_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        for _ in 0..3 {
+            ob.append(Stream::Telemetry, 0, b"x").unwrap();
+        }
+        drop(ob);
+        // What an older version wrote after accepting `ack` u64::MAX (no `assigned` lines).
+        std::fs::write(
+            dir.path().join("outbox.state"),
+            format!(
+                "confirmed-telemetry {}\nconfirmed-events 0\ndropped-upto-telemetry 0\ndropped-upto-events 0\ndropped-total 0\n",
+                u64::MAX
+            ),
+        )
+        .unwrap();
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(
+            report.repaired,
+            [RepairedWatermark {
+                stream: Stream::Telemetry,
+                watermark: u64::MAX,
+                assigned: 3
+            }]
+        );
+        assert_eq!(ob.confirmed(Stream::Telemetry), 0);
+        assert_eq!(seqs(&ob, Stream::Telemetry), [1, 2, 3], "sent again");
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, 4);
+        drop(ob);
+        let (_, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert!(report.repaired.is_empty(), "repaired once, for good");
+    }
+
+    #[test]
+    fn an_older_state_file_with_a_true_watermark_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Everything up to 500 confirmed and its segments gone, as an older version left it.
+        std::fs::write(
+            dir.path().join("outbox.state"),
+            "confirmed-telemetry 500\nconfirmed-events 7\ndropped-upto-telemetry 0\ndropped-upto-events 0\ndropped-total 0\n",
+        )
+        .unwrap();
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert!(report.repaired.is_empty());
+        assert_eq!(ob.confirmed(Stream::Telemetry), 500);
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, 501);
+        assert_eq!(ob.append(Stream::Events, 0, b"e").unwrap().0, 8);
     }
 
     #[test]

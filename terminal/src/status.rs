@@ -4,6 +4,9 @@
 //! Protocol: the client sends one line naming the request (`status`), the daemon answers with
 //! one line of JSON and closes. The JSON is a [`StatusReport`]; its shape is a contract
 //! (`--json` prints it unchanged).
+//!
+//! At most [`MAX_CLIENTS`] clients are served at once, each for at most 15 s, so a stuck or
+//! flooding client cannot take the descriptors the broker link needs (see [`crate::listen`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::link::LinkStatus;
+use crate::listen::{Descriptors, Gate};
 
 /// How many recent errors the daemon remembers.
 pub const RECENT_ERRORS: usize = 10;
@@ -153,12 +157,21 @@ pub struct SensorReport {
 /// Where the daemon keeps its report; the server renders it on request.
 pub type SharedStatus = Arc<Mutex<StatusReport>>;
 
-/// Serves status requests on `path` until `stop` fires. A stale socket file is replaced.
+/// Status clients served at once; more are closed at once (a person asks now and then).
+pub const MAX_CLIENTS: usize = 16;
+
+/// Longest time one client may take, request and answer (an operator's request waits for the
+/// daemon's answer).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Serves status requests on `path` until `stop` fires; clients take their descriptors from
+/// `descriptors`. A stale socket file is replaced.
 pub async fn serve(
     path: &Path,
     status: SharedStatus,
     link: crate::link::Link,
     requests: tokio::sync::mpsc::Sender<OperatorCall>,
+    descriptors: &Descriptors,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     if path.exists() {
@@ -168,29 +181,23 @@ pub async fn serve(
         std::fs::create_dir_all(dir)?;
     }
     let listener = UnixListener::bind(path)?;
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "status socket accept failed");
-                    continue;
-                }
-            },
-        };
+    let gate = Gate::new("status socket", MAX_CLIENTS, descriptors);
+    crate::listen::serve(listener, gate, stop, |stream, _| {
         let report = status.lock().map(|s| s.clone()).unwrap_or_default();
         let report = StatusReport {
             link: link.status(),
             ..report
         };
         let requests = requests.clone();
-        tokio::spawn(async move {
-            if let Err(e) = answer(stream, &report, &requests).await {
-                tracing::debug!(error = %e, "status client went away");
+        async move {
+            match tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &report, &requests)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "status client went away"),
+                Err(_) => tracing::debug!("status client too slow: closed"),
             }
-        });
-    }
+        }
+    })
+    .await;
     let _ = std::fs::remove_file(path);
     Ok(())
 }
