@@ -22,6 +22,7 @@ use cuntong_core::presence::Presence;
 use cuntong_core::topic::{Channel, Topic, control_request, control_response, region_filter};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::link::{Incoming, Link, LinkOptions, unix_ms};
+use cuntong_terminal::throttle::LogLimiter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -175,14 +176,17 @@ pub fn retained_junk(topic: &str, retained: bool, refused: bool) -> Option<Strin
     junk.then(|| topic.to_owned())
 }
 
-fn clear_retained_junk(link: &Link, topic: &str, retained: bool, refused: bool) {
+fn clear_retained_junk(link: &Link, log: &LogLimiter, topic: &str, retained: bool, refused: bool) {
     if let Some(junk) = retained_junk(topic, retained, refused) {
-        tracing::warn!(topic = %junk, "clearing what a terminal may have left retained on its uplink");
+        if let Some(more) = log.allow("clearing junk") {
+            tracing::warn!(topic = %junk, "clearing what a terminal may have left retained on its uplink{more}");
+        }
         if link
             .try_publish(Message::new(junk, Vec::new()).retained())
             .is_err()
+            && let Some(more) = log.allow("link full")
         {
-            tracing::warn!(%topic, "the link is full: a retained message may stay until the next connect");
+            tracing::warn!(%topic, "the link is full: a retained message may stay until the next connect{more}");
         }
     }
 }
@@ -196,6 +200,7 @@ pub async fn run(
     let store = SqliteStore::open(&opts.db)?;
     let mut meetings = MeetingService::open(&opts.db, opts.meeting_heartbeat)?;
     let mut alarms = AlarmService::open(&opts.db, opts.alarms.clone(), unix_ms())?;
+    let log = LogLimiter::default();
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -277,7 +282,14 @@ pub async fn run(
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
-            control(&mut meetings, &mut alarms, client, &msg.payload, unix_ms());
+            control(
+                &mut meetings,
+                &mut alarms,
+                &log,
+                client,
+                &msg.payload,
+                unix_ms(),
+            );
             for m in alarms.take_outbound() {
                 meetings.push(m);
             }
@@ -289,7 +301,7 @@ pub async fn run(
         if meetings.on_message(&msg, unix_ms()) {
             meetings.drain(&link);
             if let Some((topic, retained)) = left {
-                clear_retained_junk(&link, &topic, retained, false);
+                clear_retained_junk(&link, &log, &topic, retained, false);
             }
             continue;
         }
@@ -298,10 +310,13 @@ pub async fn run(
         };
         if let Some((topic, retained)) = left {
             let refused = matches!(record, Record::Rejected { .. });
-            clear_retained_junk(&link, &topic, retained, refused);
+            clear_retained_junk(&link, &log, &topic, retained, refused);
         }
         if let Record::Rejected { reason, .. } = &record {
-            tracing::warn!("rejected: {reason}");
+            // A flood of bad messages costs a line a minute (the counter has them all).
+            if let Some(more) = log.allow("rejected") {
+                tracing::warn!("rejected: {reason}{more}");
+            }
             stats.rejected.fetch_add(1, Ordering::Relaxed);
         }
         alarms.record(&record, unix_ms());
@@ -324,6 +339,7 @@ pub async fn run(
 fn control(
     meetings: &mut MeetingService,
     alarms: &mut AlarmService,
+    log: &LogLimiter,
     client: &str,
     payload: &[u8],
     now_ms: u64,
@@ -331,7 +347,9 @@ fn control(
     let req: Request = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(%client, error = %e, "ignoring a malformed request");
+            if let Some(more) = log.allow("malformed request") {
+                tracing::warn!(%client, error = %e, "ignoring a malformed request{more}");
+            }
             return;
         }
     };

@@ -188,4 +188,41 @@ fn a_redelivered_message_is_stored_once_and_garbage_does_not_stop_central() {
         "central did not report the garbage: {}",
         central.log_text()
     );
+
+    // A flood of garbage is refused and counted, and costs the log a line, not a line each.
+    let mut flood = std::process::Command::new(mosquitto_pub())
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+        .args(["-t", TOPIC, "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = flood.stdin.take().unwrap();
+        for i in 0..300 {
+            writeln!(stdin, "garbage number {i}").unwrap();
+        }
+    }
+    assert!(flood.wait().unwrap().success());
+    let seq4 = payload_file(
+        dir.path(),
+        "seq4.bin",
+        4,
+        T0 + 180_000,
+        vec![sample(0, Metric::AirTemp, "23.60")],
+    );
+    publish(&broker, TOPIC, &seq4);
+    // One topic, QoS 1: the broker delivers in order, so seq 4 stored means the flood is in.
+    expected.push(row(4, "2025-11-22T08:03:00.000Z", "env.temp", "23.60"));
+    assert!(
+        wait_until(Duration::from_secs(20), || stored(&db) == expected),
+        "seq 4 after the flood was not stored: {}",
+        central.log_text()
+    );
+    let lines = central.log_text().matches("rejected: ").count();
+    assert!(
+        lines <= 2,
+        "{lines} log lines for 301 rejected messages: {}",
+        central.log_text()
+    );
 }
