@@ -129,6 +129,34 @@ fn a_county_meeting_of_200_sites_converges_after_a_link_cut_and_tears_down() {
         central.log_text()
     );
 
+    // Sites are listed with their names: a village's imported official name, "(unnamed)"
+    // for the others.
+    let named = status(&url, &id)[0].terminal.clone();
+    let code = named.split('-').next().unwrap().to_owned();
+    let csv = d.join("villages.csv");
+    std::fs::write(&csv, format!("code,name\n{code},\"演示村村委会\"\n")).unwrap();
+    ok(std::process::Command::new(cuntong_e2e::bin("cuntong"))
+        .args(["regions", "import", csv.to_str().unwrap(), "--db"])
+        .arg(&db)
+        .output()
+        .unwrap());
+    let name_of = |rows: &[SiteJson], t: &str| {
+        rows.iter()
+            .find(|s| s.terminal == t)
+            .map(|s| s.name.clone())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || name_of(
+            &status(&url, &id),
+            &named
+        )
+        .as_deref()
+            == Some("演示村村委会")),
+        "{:?}",
+        name_of(&status(&url, &id), &named)
+    );
+    assert!(status(&url, &id).iter().all(|s| !s.name.is_empty()));
+
     // Roll call: every site answers.
     let out = ok(cuntong(
         &url,
@@ -136,6 +164,10 @@ fn a_county_meeting_of_200_sites_converges_after_a_link_cut_and_tears_down() {
     ));
     let rows: Vec<RollCallJson> = serde_json::from_str(&out).unwrap();
     assert_eq!(rows.len(), 200);
+    assert!(
+        rows.iter()
+            .any(|r| r.terminal == named && r.name == "演示村村委会")
+    );
     assert_eq!(
         rows.iter().filter(|r| r.present).count(),
         200,
