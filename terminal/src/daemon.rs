@@ -31,7 +31,8 @@ use crate::status::{self, OutboxReport, RECENT_ERRORS, SensorReport, SharedStatu
 use crate::throttle::LogLimiter;
 
 /// What every cuntong binary does first: logs to stderr (filtered by `CUNTONG_LOG`, else
-/// `default_log`) and a tokio runtime (`workers` threads, or one per core).
+/// `default_log`; coloured only when stderr is a terminal, so files, pipes and journald get
+/// plain text) and a tokio runtime (`workers` threads, or one per core).
 pub fn process_runtime(
     default_log: &str,
     workers: Option<usize>,
@@ -42,6 +43,7 @@ pub fn process_runtime(
                 .unwrap_or_else(|_| default_log.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
