@@ -850,6 +850,39 @@ mod tests {
     }
 
     #[test]
+    fn a_numbering_start_is_not_dropped_data() {
+        let event = |body| {
+            let envelope = cuntong_core::envelope::Envelope {
+                seq: 1_763_798_400_000,
+                time_ms: 1_763_798_400_000,
+                body,
+            };
+            let raw = bytes::Bytes::from(cuntong_core::envelope::encode(&envelope).unwrap());
+            Record::Event {
+                terminal: "130102001001-main".parse().unwrap(),
+                received_ms: 1_763_798_400_000,
+                envelope,
+                raw,
+            }
+        };
+        let stream = cuntong_core::envelope::Stream::Telemetry;
+        let from = event(Event::NumberingFrom {
+            stream,
+            first: 1_763_798_400_000,
+        });
+        assert!(observations(&from).is_empty());
+        let dropped = event(Event::Dropped {
+            stream,
+            first: 5,
+            last: 6,
+        });
+        assert!(matches!(
+            observations(&dropped)[..],
+            [Observation::Dropped { count: 2, .. }]
+        ));
+    }
+
+    #[test]
     fn a_web_hook_is_logged_without_its_token() {
         let hook = Hook::Webhook("https://user:secret@chat.example/hooks/T0K3N?key=abc".into());
         assert_eq!(hook.name(), "https://chat.example");

@@ -350,6 +350,12 @@ CREATE TABLE IF NOT EXISTS dropped (
     last     INTEGER NOT NULL,
     PRIMARY KEY (terminal, stream, first)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS numbering (
+    terminal TEXT NOT NULL,
+    stream   INTEGER NOT NULL,
+    first    INTEGER NOT NULL,
+    PRIMARY KEY (terminal, stream)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS division_names (
     code INTEGER PRIMARY KEY,
     name TEXT NOT NULL
@@ -408,8 +414,9 @@ fn touch(seen: &mut HashMap<String, (TerminalId, u64)>, id: &TerminalId, ms: u64
     e.1 = e.1.max(ms);
 }
 
-/// The stored watermark of (terminal, stream), advanced over stored records and reported drops
-/// if `advance`; returns it and whether it moved.
+/// The stored watermark of (terminal, stream), advanced over stored records, reported drops and
+/// the seqs below where the terminal's numbering starts (`numbering`: an earlier box's, or
+/// never used; not lost) if `advance`; returns it and whether it moved.
 fn advance_watermark(
     tx: &rusqlite::Transaction<'_>,
     terminal: &str,
@@ -427,7 +434,11 @@ fn advance_watermark(
     }
     let mut wm = start;
     let mut gaps = tx.prepare_cached(
-        "SELECT max(last) FROM dropped WHERE terminal = ?1 AND stream = ?2 AND first <= ?3 AND last >= ?3",
+        "SELECT max(last) FROM (
+            SELECT last FROM dropped WHERE terminal = ?1 AND stream = ?2 AND first <= ?3 AND last >= ?3
+            UNION ALL
+            SELECT first - 1 FROM numbering WHERE terminal = ?1 AND stream = ?2 AND first - 1 >= ?3
+         )",
     )?;
     let mut next = tx.prepare_cached(
         "SELECT seq FROM messages WHERE terminal = ?1 AND stream = ?2 AND seq > ?3 ORDER BY seq LIMIT 1024",
@@ -491,6 +502,10 @@ impl Store for SqliteStore {
                 "INSERT INTO dropped (terminal, stream, first, last) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (terminal, stream, first) DO UPDATE SET last = max(last, excluded.last)",
             )?;
+            let mut numbering_stmt = tx.prepare_cached(
+                "INSERT INTO numbering (terminal, stream, first) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (terminal, stream) DO UPDATE SET first = max(first, excluded.first)",
+            )?;
             let mut rejected = tx.prepare_cached(
                 "INSERT INTO rejected (topic, received_ms, reason, payload) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -537,24 +552,34 @@ impl Store for SqliteStore {
                     }
                     Record::Event {
                         terminal, envelope, ..
-                    } => {
-                        if let Event::Dropped {
+                    } => match envelope.body {
+                        Event::Dropped {
                             stream,
                             first,
                             last,
-                        } = envelope.body
-                        {
-                            if first <= last {
-                                dropped_stmt.execute(params![
+                        } if first <= last => {
+                            dropped_stmt.execute(params![
+                                terminal.to_string(),
+                                stream_id(stream),
+                                first as i64,
+                                last as i64
+                            ])?;
+                            touch_stream(terminal, Some(stream));
+                        }
+                        // Applied before the watermarks below advance, so the events stream
+                        // passes the gap the announcement itself follows.
+                        Event::NumberingFrom { stream, first } => {
+                            if let Ok(first) = i64::try_from(first) {
+                                numbering_stmt.execute(params![
                                     terminal.to_string(),
                                     stream_id(stream),
-                                    first as i64,
-                                    last as i64
+                                    first
                                 ])?;
                                 touch_stream(terminal, Some(stream));
                             }
                         }
-                    }
+                        _ => {}
+                    },
                     Record::Presence {
                         terminal,
                         received_ms,
@@ -857,13 +882,14 @@ mod tests {
     }
 
     fn event(terminal: &str, seq: u64, time_ms: u64) -> Record {
-        let envelope = Envelope {
-            seq,
-            time_ms,
-            body: Event::Started {
-                version: "0.1.0".into(),
-            },
+        let started = Event::Started {
+            version: "0.1.0".into(),
         };
+        event_of(terminal, seq, time_ms, started)
+    }
+
+    fn event_of(terminal: &str, seq: u64, time_ms: u64, body: Event) -> Record {
+        let envelope = Envelope { seq, time_ms, body };
         let raw = Bytes::from(encode(&envelope).unwrap());
         Record::Event {
             terminal: id(terminal),
@@ -947,6 +973,100 @@ mod tests {
     /// (stored, duplicates, values) of a group.
     fn counts(a: &Applied) -> (u64, u64, u64) {
         (a.stored, a.duplicates, a.values)
+    }
+
+    /// The watermarks a group published for `terminal`.
+    fn marks(applied: &Applied, terminal: &str) -> Option<Watermarks> {
+        applied
+            .watermarks
+            .iter()
+            .find(|(t, _)| t.to_string() == terminal)
+            .map(|(_, m)| *m)
+    }
+
+    #[test]
+    fn a_replacement_box_numbering_from_its_start_is_stored_and_confirmed_without_a_loss() {
+        let (_dir, mut store) = open();
+        // The old box: telemetry 1..=3 and one event, all confirmed.
+        let old: Vec<Record> = (1..=3)
+            .map(|q| temp(A, q, T0 + q, "20.00"))
+            .chain([event(A, 1, T0)])
+            .collect();
+        let applied = store.apply(&old).unwrap();
+        let confirmed = Watermarks {
+            telemetry: 3,
+            events: 1,
+        };
+        assert_eq!(marks(&applied, A), Some(confirmed));
+        // The replacement numbers from its clock; its telemetry may come before its
+        // announcement: stored, but the watermark waits.
+        let b = T0 + 86_400_000;
+        let applied = store
+            .apply(&[temp(A, b, b, "21.00"), temp(A, b + 1, b + 1, "21.50")])
+            .unwrap();
+        assert_eq!(counts(&applied), (2, 0, 2));
+        assert_eq!(marks(&applied, A), Some(confirmed));
+        // Its first events say where each stream starts: the events stream passes the gap
+        // the announcement itself follows, in the same group.
+        let from = |stream| Event::NumberingFrom { stream, first: b };
+        let applied = store
+            .apply(&[
+                event_of(A, b, b, from(Stream::Events)),
+                event_of(A, b + 1, b, from(Stream::Telemetry)),
+            ])
+            .unwrap();
+        assert_eq!(
+            marks(&applied, A),
+            Some(Watermarks {
+                telemetry: b + 1,
+                events: b + 1,
+            })
+        );
+        assert_eq!(
+            store.count(A, Stream::Telemetry).unwrap(),
+            5,
+            "nothing lost"
+        );
+        let seqs: Vec<u64> = history(&store, A, None, None).iter().map(|s| s.0).collect();
+        assert_eq!(seqs, [1, 2, 3, b, b + 1]);
+        // The seqs below the start are no reported loss.
+        let drops: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM dropped", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(drops, 0);
+        // And a second replacement later passes the first one's numbers too.
+        let c = b + 86_400_000;
+        let applied = store
+            .apply(&[
+                event_of(
+                    A,
+                    c,
+                    c,
+                    Event::NumberingFrom {
+                        stream: Stream::Events,
+                        first: c,
+                    },
+                ),
+                event_of(
+                    A,
+                    c + 1,
+                    c,
+                    Event::NumberingFrom {
+                        stream: Stream::Telemetry,
+                        first: c,
+                    },
+                ),
+                temp(A, c, c, "22.00"),
+            ])
+            .unwrap();
+        assert_eq!(
+            marks(&applied, A),
+            Some(Watermarks {
+                telemetry: c,
+                events: c + 1,
+            })
+        );
     }
 
     #[test]

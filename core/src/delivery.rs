@@ -10,6 +10,10 @@
 //!   sent again (central stores each (terminal, stream, seq) once, so this is harmless);
 //! - a record leaves when the watermark passes it.
 //!
+//! A new box numbers from the clock (see [`crate::envelope::Event::NumberingFrom`]): its
+//! delivery starts with everything below that assigned and confirmed, so the retained
+//! watermark of a box it replaced is stale, not forged.
+//!
 //! A watermark is believed only up to the highest seq this terminal has assigned: central
 //! cannot have stored a record that was never numbered, so a watermark beyond it is forged (or
 //! meant for another box) and is refused ([`Confirmation::Beyond`]) instead of silencing the
@@ -496,6 +500,32 @@ mod tests {
         assert_eq!(drain(&mut d, 0), [(Stream::Telemetry, 13)]);
         assert_eq!(d.confirmed(Stream::Telemetry, 13), Confirmation::Advanced);
         assert_eq!(d.unconfirmed(), 1, "the event is left");
+    }
+
+    #[test]
+    fn a_box_numbering_from_its_start_takes_an_older_box_watermark_as_stale() {
+        // A replacement box's outbox starts at its clock: everything below is not its own.
+        let start = 1_763_798_400_000;
+        let mut d = Delivery::new(unpaced(), 0);
+        d.assigned_upto(Stream::Telemetry, start - 1);
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, start - 1),
+            Confirmation::Advanced
+        );
+        d.queued(Stream::Telemetry, start);
+        // The retained watermark of the box it replaced: true, old, and no forgery.
+        assert_eq!(d.confirmed(Stream::Telemetry, 5_000), Confirmation::Stale);
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, start + 1),
+            Confirmation::Beyond { assigned: start }
+        );
+        d.link_up(0);
+        assert_eq!(drain(&mut d, 0), [(Stream::Telemetry, start)]);
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, start),
+            Confirmation::Advanced
+        );
+        assert_eq!(d.unconfirmed(), 0);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! an [`Envelope`]: `version · seq (varint) · time (varint, ms since the Unix epoch, UTC) ·
 //! body`. The topic names the terminal, and broker ACLs guarantee a terminal writes only its
 //! own topics, so the id is not repeated in every message (that would cost ~18 bytes each).
-//! Sequence numbers are per terminal and per [`Stream`], contiguous from 1, so a gap is visible.
+//! Sequence numbers are per terminal and per [`Stream`], contiguous, so a gap is visible. A box
+//! numbers each stream from the Unix time in milliseconds at which its outbox was created, and
+//! says so with [`Event::NumberingFrom`], so a replacement box under the same id never reuses a
+//! seq its predecessor sent.
 //!
 //! Decoding refuses oversize, truncated, trailing or malformed input with a [`DecodeError`]
 //! and never panics.
@@ -54,7 +57,7 @@ impl Stream {
 /// A sequence-numbered, timestamped body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<B> {
-    /// Position in the terminal's stream, from 1.
+    /// Position in the terminal's stream (see [`Event::NumberingFrom`]).
     pub seq: u64,
     /// Milliseconds since the Unix epoch (UTC) when the body was produced.
     pub time_ms: u64,
@@ -107,6 +110,12 @@ pub enum Event {
         watermark: u64,
         assigned: u64,
     },
+    /// The box numbers `stream` from `first`: its outbox was created then (a new or replaced
+    /// box, or a wiped data directory) and took the Unix time in milliseconds as its start, so
+    /// none of its seqs collides with one an earlier box under this id sent. Central counts
+    /// `1..first` of the stream as accounted for (not as lost data), so its watermark passes
+    /// them. The first events of a new outbox, one per stream.
+    NumberingFrom { stream: Stream, first: u64 },
 }
 
 impl Event {
@@ -124,6 +133,7 @@ impl Event {
             Event::TlsFailure { .. } => "tls-failure",
             Event::DutyReport { .. } => "duty-report",
             Event::AckRefused { .. } => "ack-refused",
+            Event::NumberingFrom { .. } => "numbering-from",
         }
     }
 
@@ -173,6 +183,9 @@ impl fmt::Display for Event {
                 "{} watermark {watermark} refused: only seq 1..={assigned} were ever sent",
                 stream.as_str()
             ),
+            Event::NumberingFrom { stream, first } => {
+                write!(f, "{} numbered from seq {first}", stream.as_str())
+            }
         }
     }
 }
@@ -396,6 +409,34 @@ mod tests {
         assert_eq!(
             env.body.to_string(),
             "telemetry watermark 18446744073709551615 refused: only seq 1..=300 were ever sent"
+        );
+    }
+
+    #[test]
+    fn the_start_of_numbering_has_golden_bytes_and_is_not_a_security_event() {
+        let env = Envelope {
+            seq: 1_763_798_400_000,
+            time_ms: 1_763_798_400_000,
+            body: Event::NumberingFrom {
+                stream: Stream::Events,
+                first: 1_763_798_400_000,
+            },
+        };
+        let bytes = encode(&env).unwrap();
+        // version, seq, time, variant 11, stream 1, first: varints of 1763798400000.
+        let start = [128, 248, 206, 212, 170, 51];
+        let mut expected = vec![1];
+        expected.extend(start);
+        expected.extend(start);
+        expected.extend([11, 1]);
+        expected.extend(start);
+        assert_eq!(bytes, expected);
+        assert_eq!(decode_event(&bytes), Ok(env.clone()));
+        assert!(!env.body.is_security());
+        assert_eq!(env.body.kind(), "numbering-from");
+        assert_eq!(
+            env.body.to_string(),
+            "events numbered from seq 1763798400000"
         );
     }
 

@@ -241,6 +241,15 @@ pub async fn run(
         tracing::warn!("{msg}");
         daemon.with_status(|s| push_error(s, started_ms, msg));
     }
+    // A new outbox numbers from the clock: central learns where, before anything else.
+    for &(stream, first) in &opened.numbering_from {
+        tracing::info!(
+            stream = stream.as_str(),
+            first,
+            "new outbox: numbering starts at the clock"
+        );
+        daemon.event(Event::NumberingFrom { stream, first })?;
+    }
     daemon.report_dropped(&opened.skipped, "damaged outbox tail: may have held")?;
     for r in &opened.repaired {
         tracing::warn!(
@@ -910,6 +919,10 @@ impl Daemon {
             depth: self.outbox.len(),
             bytes: self.outbox.bytes(),
             dropped: self.outbox.dropped_total(),
+            first_seq: Stream::ALL
+                .iter()
+                .map(|s| (s.as_str().to_owned(), self.outbox.first_seq(*s)))
+                .collect(),
             next_seq: Stream::ALL
                 .iter()
                 .map(|s| (s.as_str().to_owned(), self.outbox.next_seq(*s)))

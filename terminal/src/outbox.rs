@@ -10,10 +10,17 @@
 //! where the CRC covers everything after it. A torn or corrupted tail is found by its CRC on
 //! open: every intact record is kept, the damage is reported and cut off, and the terminal goes
 //! on. A small state file (`outbox.state`, written atomically) keeps central's confirmed
-//! watermarks, the drop counters and the highest seq numbered, so sequence numbers stay
-//! contiguous across restarts even when the log is empty. A watermark is never recorded beyond
-//! the highest seq numbered (central cannot have stored more); one found there on open (an
-//! older version accepted a forged acknowledgement) is set back and reported.
+//! watermarks, the drop counters, where numbering started and the highest seq numbered, so
+//! sequence numbers stay contiguous across restarts even when the log is empty. A watermark is
+//! never recorded beyond the highest seq numbered (central cannot have stored more); one found
+//! there on open (an older version accepted a forged acknowledgement) is set back and reported.
+//!
+//! A new outbox (a new or replaced box, or a wiped data directory) numbers each stream from
+//! the Unix time in milliseconds at its creation, not from 1: an earlier box under the same id
+//! numbered below that (it would have to number more than one record a millisecond to reach
+//! it), so central never takes the new box's records for ones it stored already. The caller
+//! announces the start ([`OpenReport::numbering_from`]) so central's watermark can pass the
+//! seqs below it.
 //!
 //! Each record is written with one `write` as soon as it is appended, so a killed process loses
 //! nothing the outbox accepted; `fsync` follows every record or at most every interval
@@ -108,6 +115,10 @@ pub struct OpenReport {
     /// Watermarks found persisted beyond what this outbox ever numbered (accepted by an older
     /// version from a forged acknowledgement): set back, so the records are sent again.
     pub repaired: Vec<RepairedWatermark>,
+    /// Where each stream's numbering starts, when central has not been told yet (the outbox
+    /// is new, or nothing was numbered since it was created): the caller announces these as
+    /// the first events, so central's watermark passes the seqs below them.
+    pub numbering_from: Vec<(Stream, u64)>,
 }
 
 /// A persisted watermark that claimed more than was ever numbered.
@@ -136,8 +147,10 @@ struct Segment {
     live: usize,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
+    /// The first seq this outbox numbered, per stream: 1, or the clock when it was created.
+    first: [u64; 2],
     confirmed: [u64; 2],
     /// Highest seq ever assigned, per stream: no watermark may pass it.
     assigned: [u64; 2],
@@ -146,6 +159,42 @@ struct State {
     /// Highest seq dropped unsent, per stream.
     dropped_upto: [u64; 2],
     dropped_total: u64,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            first: [1; 2],
+            confirmed: [0; 2],
+            assigned: [0; 2],
+            assigned_known: false,
+            dropped_upto: [0; 2],
+            dropped_total: 0,
+        }
+    }
+}
+
+impl State {
+    /// The state of a new outbox: each stream numbers from `first`, and nothing below it is
+    /// this box's to send.
+    fn numbering_from(first: u64) -> State {
+        let first = first.max(1);
+        State {
+            first: [first; 2],
+            confirmed: [first - 1; 2],
+            assigned: [first - 1; 2],
+            assigned_known: true,
+            ..State::default()
+        }
+    }
+}
+
+/// The Unix time in milliseconds (at least 1): where a new outbox starts numbering.
+fn clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .max(1)
 }
 
 fn idx(s: Stream) -> usize {
@@ -193,6 +242,12 @@ impl Outbox {
             })
             .collect();
         ids.sort_unstable();
+        // No state and no records: this outbox is created now, and numbers from the clock.
+        let state = match state {
+            Some(st) => st,
+            None if ids.is_empty() => State::numbering_from(clock_ms()),
+            None => State::default(),
+        };
         let mut ob = Outbox {
             dir: dir.to_owned(),
             cfg,
@@ -289,6 +344,14 @@ impl Outbox {
                 live,
             });
         }
+        // Nothing numbered on the events stream since the clock start: not announced yet.
+        let events = idx(Stream::Events);
+        if ob.state.first[events] > 1 && ob.next[events] == ob.state.first[events] {
+            report.numbering_from = [Stream::Events, Stream::Telemetry]
+                .into_iter()
+                .map(|s| (s, ob.state.first[idx(s)]))
+                .collect();
+        }
         // A damaged tail held at most this many records, of either stream. Their numbers may
         // have reached central before the damage, so none of them is handed out again.
         let cut: u64 = report.damaged.iter().map(|d| d.2).sum();
@@ -332,6 +395,12 @@ impl Outbox {
             path: path.clone(),
             source,
         }
+    }
+
+    /// The first sequence number this outbox gave (or gives) `stream`: 1, or the clock when it
+    /// was created.
+    pub fn first_seq(&self, stream: Stream) -> u64 {
+        self.state.first[idx(stream)]
     }
 
     /// The sequence number the next record of `stream` gets.
@@ -632,7 +701,9 @@ impl Outbox {
         let tmp = self.dir.join("outbox.state.tmp");
         let st = &self.state;
         let text = format!(
-            "confirmed-telemetry {}\nconfirmed-events {}\ndropped-upto-telemetry {}\ndropped-upto-events {}\ndropped-total {}\nassigned-telemetry {}\nassigned-events {}\n",
+            "first-telemetry {}\nfirst-events {}\nconfirmed-telemetry {}\nconfirmed-events {}\ndropped-upto-telemetry {}\ndropped-upto-events {}\ndropped-total {}\nassigned-telemetry {}\nassigned-events {}\n",
+            st.first[0],
+            st.first[1],
             st.confirmed[0],
             st.confirmed[1],
             st.dropped_upto[0],
@@ -681,10 +752,11 @@ fn parse_record(data: &[u8]) -> Option<(Stream, u64, u64, &[u8], usize)> {
     Some((stream, seq, time_ms, &body[BODY_FIXED..], HEADER + len))
 }
 
-fn read_state(path: &Path) -> Result<State, OutboxError> {
+/// The state file, or `None` if there is none.
+fn read_state(path: &Path) -> Result<Option<State>, OutboxError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(OutboxError::Io {
                 path: path.to_owned(),
@@ -706,6 +778,8 @@ fn read_state(path: &Path) -> Result<State, OutboxError> {
             .parse()
             .map_err(|_| bad(format!("{value:?} is not a number")))?;
         match key {
+            "first-telemetry" => st.first[0] = n.max(1),
+            "first-events" => st.first[1] = n.max(1),
             "confirmed-telemetry" => st.confirmed[0] = n,
             "confirmed-events" => st.confirmed[1] = n,
             "dropped-upto-telemetry" => st.dropped_upto[0] = n,
@@ -716,7 +790,7 @@ fn read_state(path: &Path) -> Result<State, OutboxError> {
             other => return Err(bad(format!("unknown key {other:?}"))),
         }
     }
-    Ok(st)
+    Ok(Some(st))
 }
 
 #[cfg(test)]
@@ -744,44 +818,119 @@ mod tests {
         ob.pending(s).map(|(q, _)| q).collect()
     }
 
+    /// `n` seqs from `first`.
+    fn run(first: u64, n: u64) -> Vec<u64> {
+        (first..first + n).collect()
+    }
+
+    #[test]
+    fn a_created_outbox_numbers_each_stream_from_the_clock_and_announces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = clock_ms();
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        let after = clock_ms();
+        let base = ob.next_seq(Stream::Events);
+        assert!(
+            (before..=after).contains(&base),
+            "{before} <= {base} <= {after}"
+        );
+        assert_eq!(ob.next_seq(Stream::Telemetry), base);
+        assert_eq!(ob.first_seq(Stream::Telemetry), base);
+        assert_eq!(
+            report.numbering_from,
+            [(Stream::Events, base), (Stream::Telemetry, base)]
+        );
+        // Nothing below the start is this box's: it is neither waiting nor claimable.
+        assert_eq!(ob.confirmed(Stream::Telemetry), base - 1);
+        assert_eq!(ob.confirm(Stream::Telemetry, 500).unwrap(), 0);
+        assert_eq!(ob.confirmed(Stream::Telemetry), base - 1);
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"x").unwrap().0, base);
+        // Not announced yet (no event numbered): a restart still says so.
+        drop(ob);
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(report.numbering_from.len(), 2);
+        assert_eq!(ob.append(Stream::Events, 0, b"from").unwrap().0, base);
+        drop(ob);
+        let (_, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert!(report.numbering_from.is_empty(), "announced once");
+    }
+
+    #[test]
+    fn a_reopened_outbox_continues_its_numbering_even_when_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        let base = ob.next_seq(Stream::Telemetry);
+        ob.append(Stream::Events, 0, b"from").unwrap();
+        for _ in 0..3 {
+            ob.append(Stream::Telemetry, 0, b"x").unwrap();
+        }
+        assert_eq!(ob.confirm(Stream::Telemetry, base + 2).unwrap(), 3);
+        assert_eq!(ob.confirm(Stream::Events, base).unwrap(), 1);
+        assert!(ob.is_empty());
+        drop(ob);
+        // Later, when the clock is far ahead: the numbering goes on where it was.
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert!(report.numbering_from.is_empty());
+        assert_eq!(ob.first_seq(Stream::Telemetry), base);
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, base + 3);
+        assert_eq!(ob.append(Stream::Events, 0, b"e").unwrap().0, base + 1);
+    }
+
+    #[test]
+    fn an_outbox_an_older_version_numbered_from_1_keeps_its_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("outbox.state"),
+            "confirmed-telemetry 40\nconfirmed-events 3\ndropped-upto-telemetry 0\ndropped-upto-events 0\ndropped-total 0\nassigned-telemetry 41\nassigned-events 3\n",
+        )
+        .unwrap();
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert!(report.numbering_from.is_empty());
+        assert_eq!(ob.first_seq(Stream::Telemetry), 1);
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, 42);
+        assert_eq!(ob.append(Stream::Events, 0, b"e").unwrap().0, 4);
+    }
+
     #[test]
     fn records_survive_a_restart_in_order_with_their_payloads() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
-        assert_eq!(report, OpenReport::default());
+        assert_eq!((report.records, report.damaged.len()), (0, 0));
+        let b = ob.next_seq(Stream::Telemetry);
         for i in 0..5u8 {
             let (seq, dropped) = ob
                 .append(Stream::Telemetry, 1000 + u64::from(i), &[i; 10])
                 .unwrap();
-            assert_eq!(seq, u64::from(i) + 1);
+            assert_eq!(seq, b + u64::from(i));
             assert!(dropped.is_empty());
         }
-        assert_eq!(ob.append(Stream::Events, 7, b"ev").unwrap().0, 1);
+        let e = ob.append(Stream::Events, 7, b"ev").unwrap().0;
         drop(ob);
         let (ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
         assert_eq!(report.records, 6);
-        assert_eq!(seqs(&ob, Stream::Telemetry), [1, 2, 3, 4, 5]);
-        assert_eq!(ob.get(Stream::Telemetry, 3).unwrap().payload, [2u8; 10]);
-        assert_eq!(ob.get(Stream::Telemetry, 3).unwrap().time_ms, 1002);
-        assert_eq!(ob.next_seq(Stream::Telemetry), 6);
-        assert_eq!(ob.next_seq(Stream::Events), 2);
+        assert_eq!(seqs(&ob, Stream::Telemetry), run(b, 5));
+        assert_eq!(ob.get(Stream::Telemetry, b + 2).unwrap().payload, [2u8; 10]);
+        assert_eq!(ob.get(Stream::Telemetry, b + 2).unwrap().time_ms, 1002);
+        assert_eq!(ob.next_seq(Stream::Telemetry), b + 5);
+        assert_eq!(ob.next_seq(Stream::Events), e + 1);
     }
 
     #[test]
     fn confirmed_records_leave_and_numbering_continues_after_them() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        let b = ob.next_seq(Stream::Telemetry);
         for _ in 0..4 {
             ob.append(Stream::Telemetry, 0, b"x").unwrap();
         }
-        assert_eq!(ob.confirm(Stream::Telemetry, 3).unwrap(), 3);
-        assert_eq!(seqs(&ob, Stream::Telemetry), [4]);
-        assert_eq!(ob.confirm(Stream::Telemetry, 4).unwrap(), 1);
+        assert_eq!(ob.confirm(Stream::Telemetry, b + 2).unwrap(), 3);
+        assert_eq!(seqs(&ob, Stream::Telemetry), [b + 3]);
+        assert_eq!(ob.confirm(Stream::Telemetry, b + 3).unwrap(), 1);
         assert!(ob.is_empty());
         drop(ob);
         let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
         assert_eq!(report.records, 0);
-        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, 5);
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, b + 4);
     }
 
     #[test]
@@ -789,6 +938,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // 4 KiB budget, 1 KiB segments, records of 100 + 25 bytes: 8 per segment.
         let (mut ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();
+        let b = ob.next_seq(Stream::Telemetry);
         let mut dropped = Vec::new();
         for _ in 0..100 {
             let (_, d) = ob.append(Stream::Telemetry, 0, &[0u8; 100]).unwrap();
@@ -798,13 +948,13 @@ mod tests {
         let total: u64 = dropped.iter().map(|d| d.count).sum();
         assert_eq!(total, ob.dropped_total());
         let kept = seqs(&ob, Stream::Telemetry);
-        assert_eq!(kept.last(), Some(&100));
+        assert_eq!(kept.last(), Some(&(b + 99)));
         assert_eq!(
             kept.len() as u64 + total,
             100,
             "every record is kept or counted"
         );
-        assert_eq!(dropped[0].first, 1);
+        assert_eq!(dropped[0].first, b);
         assert_eq!(dropped.last().unwrap().last + 1, kept[0]);
         drop(ob);
         let (ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();
@@ -816,7 +966,7 @@ mod tests {
     fn events_are_carried_over_when_old_segments_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();
-        ob.append(Stream::Events, 0, b"started").unwrap();
+        let e = ob.append(Stream::Events, 0, b"started").unwrap().0;
         let mut dropped = 0;
         for _ in 0..200 {
             dropped += ob
@@ -828,19 +978,20 @@ mod tests {
         assert!(dropped > 0);
         assert_eq!(
             seqs(&ob, Stream::Events),
-            [1],
+            [e],
             "the event outlived every drop"
         );
-        assert_eq!(ob.get(Stream::Events, 1).unwrap().payload, b"started");
+        assert_eq!(ob.get(Stream::Events, e).unwrap().payload, b"started");
         drop(ob);
         let (ob, _) = Outbox::open(dir.path(), cfg(4096)).unwrap();
-        assert_eq!(seqs(&ob, Stream::Events), [1], "and it is on disk");
+        assert_eq!(seqs(&ob, Stream::Events), [e], "and it is on disk");
     }
 
     #[test]
     fn a_torn_write_is_cut_off_and_intact_records_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        let b = ob.next_seq(Stream::Telemetry);
         for _ in 0..3 {
             ob.append(Stream::Telemetry, 0, b"payload").unwrap();
         }
@@ -856,13 +1007,13 @@ mod tests {
             .set_len(full - record / 2)
             .unwrap();
         let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
-        assert_eq!(seqs(&ob, Stream::Telemetry), [1, 2]);
+        assert_eq!(seqs(&ob, Stream::Telemetry), run(b, 2));
         assert_eq!(report.damaged.len(), 1);
         assert_eq!(report.damaged[0].1, 2 * record);
         // The damaged record's number may have reached central: it is never reused.
         let skipped = &report.skipped[0];
-        assert_eq!((skipped.stream, skipped.first), (Stream::Telemetry, 3));
-        assert!(skipped.last >= 3);
+        assert_eq!((skipped.stream, skipped.first), (Stream::Telemetry, b + 2));
+        assert!(skipped.last >= b + 2);
         assert_eq!(
             ob.append(Stream::Telemetry, 0, b"next").unwrap().0,
             skipped.last + 1
@@ -873,26 +1024,29 @@ mod tests {
     fn a_watermark_beyond_the_last_seq_is_never_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        let b = ob.next_seq(Stream::Telemetry);
         for _ in 0..3 {
             ob.append(Stream::Telemetry, 0, b"x").unwrap();
         }
-        for forged in [4, 1 << 40, u64::MAX] {
+        for forged in [b + 3, 1 << 50, u64::MAX] {
             assert_eq!(ob.confirm(Stream::Telemetry, forged).unwrap(), 0);
             assert_eq!(ob.confirm(Stream::Events, forged).unwrap(), 0);
         }
-        assert_eq!(ob.confirmed(Stream::Telemetry), 0);
-        assert_eq!(seqs(&ob, Stream::Telemetry), [1, 2, 3]);
-        assert_eq!(ob.confirm(Stream::Telemetry, 2).unwrap(), 2);
+        assert_eq!(ob.confirmed(Stream::Telemetry), b - 1);
+        assert_eq!(seqs(&ob, Stream::Telemetry), run(b, 3));
+        assert_eq!(ob.confirm(Stream::Telemetry, b + 1).unwrap(), 2);
         drop(ob);
         let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
         assert!(report.repaired.is_empty());
-        assert_eq!(seqs(&ob, Stream::Telemetry), [3]);
-        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, 4);
+        assert_eq!(seqs(&ob, Stream::Telemetry), [b + 2]);
+        assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, b + 3);
     }
 
     #[test]
     fn a_forged_watermark_persisted_by_an_older_version_is_repaired_on_open() {
         let dir = tempfile::tempdir().unwrap();
+        // An outbox an older version created: numbered from 1.
+        std::fs::write(dir.path().join("outbox.state"), "").unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
         for _ in 0..3 {
             ob.append(Stream::Telemetry, 0, b"x").unwrap();
@@ -944,6 +1098,7 @@ mod tests {
     fn a_flipped_bit_fails_the_crc() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        let b = ob.next_seq(Stream::Telemetry);
         for _ in 0..3 {
             ob.append(Stream::Telemetry, 0, b"payload").unwrap();
         }
@@ -954,7 +1109,7 @@ mod tests {
         data[record + 20] ^= 0x04;
         std::fs::write(&seg, &data).unwrap();
         let (ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
-        assert_eq!(seqs(&ob, Stream::Telemetry), [1]);
+        assert_eq!(seqs(&ob, Stream::Telemetry), [b]);
         assert_eq!(report.damaged[0].2, 2 * record as u64);
     }
 }

@@ -137,7 +137,10 @@ pub struct OutboxReport {
     pub bytes: u64,
     /// Records discarded unsent because the outbox was full, since it was created.
     pub dropped: u64,
-    /// Per stream: the next sequence number, and central's confirmed watermark.
+    /// Per stream: where this outbox's numbering started (1, or the clock when it was
+    /// created), the next sequence number, and central's confirmed watermark.
+    #[serde(default)]
+    pub first_seq: BTreeMap<String, u64>,
     pub next_seq: BTreeMap<String, u64>,
     pub confirmed: BTreeMap<String, u64>,
 }

@@ -64,6 +64,11 @@ fn next_seq(v: &Value) -> Option<u64> {
     v["outbox"]["next_seq"]["telemetry"].as_u64()
 }
 
+/// Where the terminal's numbering started (its clock when its outbox was created).
+fn first_seq(v: &Value) -> Option<u64> {
+    v["outbox"]["first_seq"]["telemetry"].as_u64()
+}
+
 fn confirmed(v: &Value) -> Option<u64> {
     v["outbox"]["confirmed"]["telemetry"].as_u64()
 }
@@ -154,28 +159,29 @@ fn chaos(kind: BrokerKind) {
     link.set("delay 0");
 
     // Every record each terminal produced up to now must reach the store, exactly once.
-    let produced: Vec<u64> = IDS
+    let produced: Vec<(u64, u64)> = IDS
         .iter()
         .map(|id| {
             let mut n = None;
             assert!(wait_until(Duration::from_secs(10), || {
-                n = field(&data, id, next_seq);
+                n = status(&data, id).and_then(|v| Some((first_seq(&v)?, next_seq(&v)? - 1)));
                 n.is_some()
             }));
-            n.unwrap() - 1
+            n.unwrap()
         })
         .collect();
-    for (id, last) in IDS.iter().zip(&produced) {
+    for (id, &(first, last)) in IDS.iter().zip(&produced) {
+        let count = last + 1 - first;
         let complete = wait_until(Duration::from_secs(60), || {
-            stored_seqs(&db, id).range(1..=*last).count() as u64 == *last
+            stored_seqs(&db, id).range(first..=last).count() as u64 == count
         });
         let stored = stored_seqs(&db, id);
-        let missing: Vec<u64> = (1..=*last).filter(|s| !stored.contains(s)).collect();
+        let missing: Vec<u64> = (first..=last).filter(|s| !stored.contains(s)).collect();
         let i = IDS.iter().position(|x| x == id).unwrap_or(0);
         assert!(
             complete,
-            "{id}: {} of {last} stored, missing {missing:?}\nstatus: {:#}\nlog tail:\n{}",
-            last - missing.len() as u64,
+            "{id}: {} of {count} stored, missing {missing:?}\nstatus: {:#}\nlog tail:\n{}",
+            count - missing.len() as u64,
             status(&data, id).unwrap_or_default(),
             terminals[i]
                 .log_text()
@@ -188,7 +194,7 @@ fn chaos(kind: BrokerKind) {
         let report = status(&data, id).unwrap();
         assert_eq!(report["outbox"]["dropped"], 0, "{id} dropped records");
         println!(
-            "{kind:?} {id}: seq 1..={last} all stored, 0 gaps, 0 duplicates (store keys are unique), 0 dropped"
+            "{kind:?} {id}: seq {first}..={last} all stored, 0 gaps, 0 duplicates (store keys are unique), 0 dropped"
         );
     }
     drop(terminals);
@@ -246,8 +252,11 @@ fn a_full_outbox_drops_the_oldest_records_and_reports_exactly_the_gap() {
     let report = status(&data, id).unwrap();
     let dropped = report["outbox"]["dropped"].as_u64().unwrap();
     let watermark = confirmed(&report).unwrap();
+    let first = first_seq(&report).unwrap();
     let stored = stored_seqs(&db, id);
-    let missing: Vec<u64> = (1..=watermark).filter(|s| !stored.contains(s)).collect();
+    let missing: Vec<u64> = (first..=watermark)
+        .filter(|s| !stored.contains(s))
+        .collect();
     assert_eq!(
         missing.len() as u64,
         dropped,
