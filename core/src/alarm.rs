@@ -968,6 +968,18 @@ mod tests {
     use super::*;
     use alloc::vec;
 
+    #[test]
+    fn every_terminal_notice_has_pinned_bytes() {
+        crate::envelope::golden::assert_pinned(&[(
+            TerminalNotice::DutyReportAcknowledged {
+                report: 2,
+                by: "duty".into(),
+                at_ms: 1_763_798_400_000,
+            },
+            "010002046475747980f8ced4aa33",
+        )]);
+    }
+
     fn t(s: &str) -> TerminalId {
         s.parse().unwrap()
     }

@@ -136,6 +136,73 @@ mod tests {
     use super::*;
     use crate::envelope::encode;
 
+    /// Every action, the signed command around a body, and a result, byte for byte.
+    #[test]
+    fn every_command_message_has_pinned_bytes() {
+        use crate::envelope::golden::assert_pinned;
+        let body = |action| CommandBody {
+            target: "130102".into(),
+            nonce: 42,
+            issued_ms: 1_763_798_400_000,
+            expires_ms: 1_763_798_460_000,
+            action,
+        };
+        assert_pinned(&[
+            (
+                body(Action::Ping),
+                "01063133303130322a80f8ced4aa33e0ccd2d4aa3300",
+            ),
+            (
+                body(Action::Reboot),
+                "01063133303130322a80f8ced4aa33e0ccd2d4aa3301",
+            ),
+            (
+                body(Action::Diag),
+                "01063133303130322a80f8ced4aa33e0ccd2d4aa3302",
+            ),
+            (
+                body(Action::ConfigSet {
+                    key: "tier".into(),
+                    value: "full".into(),
+                }),
+                "01063133303130322a80f8ced4aa33e0ccd2d4aa330304746965720466756c6c",
+            ),
+            (
+                body(Action::Logs),
+                "01063133303130322a80f8ced4aa33e0ccd2d4aa3304",
+            ),
+            (
+                body(Action::Readiness),
+                "01063133303130322a80f8ced4aa33e0ccd2d4aa3305",
+            ),
+        ]);
+        assert_pinned(&[(
+            SignedCommand {
+                body: encode(&body(Action::Ping)).unwrap(),
+                signature: alloc::vec![0xa5; 64],
+            },
+            "011601063133303130322a80f8ced4aa33e0ccd2d4aa330040a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5",
+        )]);
+        assert_pinned(&[
+            (
+                CommandResult {
+                    nonce: 42,
+                    ok: true,
+                    output: "pong".into(),
+                },
+                "012a0104706f6e67",
+            ),
+            (
+                CommandResult {
+                    nonce: 43,
+                    ok: false,
+                    output: "expired".into(),
+                },
+                "012b000765787069726564",
+            ),
+        ]);
+    }
+
     #[test]
     fn commands_and_results_round_trip() {
         let body = CommandBody {

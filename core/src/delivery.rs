@@ -348,6 +348,20 @@ mod tests {
     use super::*;
     use alloc::vec::Vec;
 
+    #[test]
+    fn watermarks_have_pinned_bytes() {
+        crate::envelope::golden::assert_pinned(&[
+            (Watermarks::default(), "010000"),
+            (
+                Watermarks {
+                    telemetry: 300,
+                    events: 1_763_798_400_000,
+                },
+                "01ac0280f8ced4aa33",
+            ),
+        ]);
+    }
+
     fn unpaced() -> DeliveryConfig {
         DeliveryConfig {
             rate_per_s: 0,

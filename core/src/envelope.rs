@@ -313,6 +313,58 @@ fn describe(e: &postcard::Error) -> &'static str {
     }
 }
 
+/// Test support: pins the exact bytes of wire messages, so a reordered enum variant or field
+/// cannot silently change what deployed terminals read. Each module that defines a message
+/// keeps a table of (value, hex) cases beside its tests.
+#[cfg(test)]
+pub(crate) mod golden {
+    use alloc::string::String;
+    use core::fmt::{Debug, Write};
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// Lower-case hex without separators.
+    pub(crate) fn hex(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for b in bytes {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+
+    /// Every value encodes to exactly its pinned hex (whitespace in it ignored) and those
+    /// bytes decode back to the value. A mismatch lists every case that changed, with the
+    /// bytes the code writes now.
+    pub(crate) fn assert_pinned<T>(cases: &[(T, &str)])
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let mut changed = String::new();
+        for (i, (value, pinned)) in cases.iter().enumerate() {
+            let bytes = super::encode(value).unwrap();
+            let pinned: String = pinned.chars().filter(|c| !c.is_whitespace()).collect();
+            let now = hex(&bytes);
+            if now != pinned {
+                let _ = writeln!(
+                    changed,
+                    "case {i}: {value:?}\n  pinned {pinned}\n  now    {now}"
+                );
+                continue;
+            }
+            assert_eq!(
+                super::decode::<T>(&bytes).as_ref(),
+                Ok(value),
+                "case {i} does not decode back"
+            );
+        }
+        assert!(
+            changed.is_empty(),
+            "wire bytes changed (restore the format, or bump VERSION on purpose):\n{changed}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +421,108 @@ mod tests {
             ]
         );
         assert_eq!(decode_telemetry(&bytes), Ok(batch()));
+    }
+
+    /// Every event variant, byte for byte: the variant index is the wire identity.
+    #[test]
+    fn every_event_variant_has_pinned_bytes() {
+        let env = |body| Envelope {
+            seq: 7,
+            time_ms: 1_763_798_400_000,
+            body,
+        };
+        super::golden::assert_pinned(&[
+            (
+                env(Event::Started {
+                    version: "0.1.0".into(),
+                }),
+                "010780f8ced4aa330005302e312e30",
+            ),
+            (
+                env(Event::SensorFault {
+                    sensor: "sht3x".into(),
+                    detail: "crc".into(),
+                }),
+                "010780f8ced4aa330105736874337803637263",
+            ),
+            (
+                env(Event::SensorRecovered {
+                    sensor: "sht3x".into(),
+                }),
+                "010780f8ced4aa3302057368743378",
+            ),
+            (
+                env(Event::Dropped {
+                    stream: Stream::Telemetry,
+                    first: 3,
+                    last: 300,
+                }),
+                "010780f8ced4aa33030003ac02",
+            ),
+            (
+                env(Event::CommandRefused {
+                    action: "reboot".into(),
+                    reason: "replayed".into(),
+                }),
+                "010780f8ced4aa3304067265626f6f74087265706c61796564",
+            ),
+            (
+                env(Event::CommandRun {
+                    action: "ping".into(),
+                    ok: true,
+                }),
+                "010780f8ced4aa33050470696e6701",
+            ),
+            (env(Event::UnexpectedRestart), "010780f8ced4aa3306"),
+            (
+                env(Event::FilesChanged {
+                    files: vec!["a.toml".into(), "k".into()],
+                }),
+                "010780f8ced4aa33070206612e746f6d6c016b",
+            ),
+            (
+                env(Event::TlsFailure {
+                    detail: "expired".into(),
+                }),
+                "010780f8ced4aa33080765787069726564",
+            ),
+            (
+                env(Event::DutyReport {
+                    report: 2,
+                    kind: "fire".into(),
+                    text: "\u{706b}".into(),
+                }),
+                "010780f8ced4aa330902046669726503e781ab",
+            ),
+            (
+                env(Event::AckRefused {
+                    stream: Stream::Events,
+                    watermark: 9,
+                    assigned: 8,
+                }),
+                "010780f8ced4aa330a010908",
+            ),
+            (
+                env(Event::NumberingFrom {
+                    stream: Stream::Events,
+                    first: 1,
+                }),
+                "010780f8ced4aa330b0101",
+            ),
+        ]);
+    }
+
+    /// The version byte is the one docs/protocol.md states: changing it is a protocol change
+    /// made on purpose, together with the document.
+    #[test]
+    fn the_wire_version_is_the_one_the_protocol_document_states() {
+        let doc = include_str!("../../docs/protocol.md");
+        let stated = alloc::format!("**version byte** (currently `{VERSION}`)");
+        assert!(
+            doc.contains(&stated),
+            "docs/protocol.md does not say {stated:?}"
+        );
+        assert_eq!(encode(&()).unwrap(), [VERSION]);
     }
 
     #[test]

@@ -34,6 +34,20 @@ mod tests {
     use crate::envelope::encode;
 
     #[test]
+    fn online_and_offline_records_have_pinned_bytes() {
+        let p = |online| Presence {
+            online,
+            version: "0.1.0".into(),
+            started_ms: 1_763_798_400_000,
+            keep_alive_s: 30,
+        };
+        crate::envelope::golden::assert_pinned(&[
+            (p(true), "010105302e312e3080f8ced4aa331e"),
+            (p(false), "010005302e312e3080f8ced4aa331e"),
+        ]);
+    }
+
+    #[test]
     fn round_trips() {
         let p = Presence {
             online: true,

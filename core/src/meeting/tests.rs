@@ -1286,3 +1286,227 @@ mod convergence {
         }
     }
 }
+
+/// Every uplink, downlink and chair operation variant, and the desired state with every kind,
+/// status, invitee form and audio codec, byte for byte: the variant indexes and field order
+/// are what deployed terminals read.
+#[test]
+fn every_meeting_message_has_pinned_bytes() {
+    use crate::envelope::golden::assert_pinned;
+    let m: MeetingId = "m1".parse().unwrap();
+    let site = t("130102001001-main");
+    let county: Region = "130102".parse().unwrap();
+    let chair = |op| Uplink::Chair { meeting: m, op };
+    let join = |tier, relay: Option<&str>| Uplink::Join {
+        meeting: m,
+        tier,
+        rtp_port: 5004,
+        media_host: Some("10.0.0.1".into()),
+        relay: relay.map(Into::into),
+    };
+    assert_pinned(&[
+        (
+            join(Tier::Full, Some("10.0.0.1:6000")),
+            "0100026d31008c27010831302e302e302e31010d31302e302e302e313a36303030",
+        ),
+        (
+            join(Tier::AudioOnly, None),
+            "0100026d31018c27010831302e302e302e3100",
+        ),
+        (
+            join(Tier::ReceiveOnly, None),
+            "0100026d31028c27010831302e302e302e3100",
+        ),
+        (
+            Uplink::Status {
+                meeting: m,
+                seen: 3,
+                muted: true,
+                hand: Hand {
+                    number: 2,
+                    raised: true,
+                },
+                answer: Some(Answer {
+                    number: 1,
+                    answered_ms: 1_763_798_400_000,
+                }),
+            },
+            "0101026d3103010201010180f8ced4aa33",
+        ),
+        (
+            Uplink::Status {
+                meeting: m,
+                seen: 0,
+                muted: false,
+                hand: Hand::default(),
+                answer: None,
+            },
+            "0101026d310000000000",
+        ),
+        (
+            Uplink::Decline {
+                meeting: m,
+                reason: "busy".into(),
+            },
+            "0102026d310462757379",
+        ),
+        (Uplink::Leave { meeting: m }, "0103026d31"),
+        (
+            Uplink::Call {
+                meeting: m,
+                to: site,
+            },
+            "0104026d31e9fabbd5e403046d61696e",
+        ),
+        (chair(ChairOp::Start), "0105026d3100"),
+        (chair(ChairOp::End), "0105026d3101"),
+        (chair(ChairOp::RollCall), "0105026d3102"),
+        (chair(ChairOp::CloseRollCall), "0105026d3103"),
+        (
+            chair(ChairOp::Grant(site)),
+            "0105026d3104e9fabbd5e403046d61696e",
+        ),
+        (chair(ChairOp::Revoke), "0105026d3105"),
+        (
+            chair(ChairOp::Mute(site)),
+            "0105026d3106e9fabbd5e403046d61696e",
+        ),
+        (
+            chair(ChairOp::Unmute(site)),
+            "0105026d3107e9fabbd5e403046d61696e",
+        ),
+        (chair(ChairOp::MuteAll), "0105026d3108"),
+        (chair(ChairOp::UnmuteAll), "0105026d3109"),
+        (
+            chair(ChairOp::Broadcast(Some(site))),
+            "0105026d310a01e9fabbd5e403046d61696e",
+        ),
+        (chair(ChairOp::Broadcast(None)), "0105026d310a00"),
+        (
+            chair(ChairOp::LowerHand(site)),
+            "0105026d310be9fabbd5e403046d61696e",
+        ),
+        (
+            chair(ChairOp::Delegate(site, Some(county))),
+            "0105026d310ce9fabbd5e403046d61696e0180f3bbd5e403",
+        ),
+        (
+            chair(ChairOp::Delegate(site, None)),
+            "0105026d310ce9fabbd5e403046d61696e00",
+        ),
+    ]);
+    assert_pinned(&[
+        (
+            Downlink::Admitted {
+                meeting: m,
+                plan: MediaPlan {
+                    ssrc: 2,
+                    send_to: Some("10.0.0.1:6000".into()),
+                    srtp_key: vec![7; 30],
+                    tier: Tier::Full,
+                    viewed: false,
+                },
+            },
+            "0100026d3102010d31302e302e302e313a363030301e0707070707070707070707070707070707070707070707070707070707070000",
+        ),
+        (
+            Downlink::Refused {
+                meeting: m,
+                reason: "ended".into(),
+            },
+            "0101026d3105656e646564",
+        ),
+        (
+            Downlink::Answer {
+                meeting: m,
+                op: "mute".into(),
+                error: None,
+            },
+            "0102026d31046d75746500",
+        ),
+        (
+            Downlink::Answer {
+                meeting: m,
+                op: "start".into(),
+                error: Some("chair only".into()),
+            },
+            "0102026d31057374617274010a6368616972206f6e6c79",
+        ),
+        (Downlink::Rejoin { meeting: m }, "0103026d31"),
+        (
+            Downlink::Relay {
+                meeting: m,
+                plan: relays::UnsourcedRelayPlan {
+                    upstream: Some("10.0.0.9:6000".into()),
+                    routes: vec![(2, vec!["10.0.0.1:5004".into()])],
+                    views: vec![(2, "10.0.0.3:7000".into())],
+                },
+            },
+            "0104026d31010d31302e302e302e393a363030300102010d31302e302e302e313a3530303401020d31302e302e302e333a37303030",
+        ),
+        (
+            Downlink::Forward {
+                meeting: m,
+                plan: relays::RelayPlan {
+                    upstream: Some("10.0.0.9:6000".into()),
+                    routes: vec![(2, vec!["10.0.0.1:5004".into()])],
+                    views: vec![(2, "10.0.0.3:7000".into())],
+                    sources: vec![(2, "10.0.0.2:6000".into())],
+                },
+            },
+            "0105026d31010d31302e302e302e393a363030300102010d31302e302e302e313a3530303401020d31302e302e302e333a3730303001020d31302e302e302e323a36303030",
+        ),
+    ]);
+    let state = |kind, status, profile: MediaProfile| MeetingState {
+        version: 5,
+        spec: MeetingSpec {
+            id: m,
+            kind,
+            title: "t".into(),
+            chair: Some(t("130102000000-hall")),
+            invitees: vec![Invitee::Region(county), Invitee::Terminal(site)],
+            starts_ms: Some(1_763_798_400_000),
+            profile,
+            floor_mutes_others: true,
+            heartbeat_ms: 10_000,
+        },
+        status,
+        floor: Some(site),
+        broadcast: None,
+        mute_all: true,
+        exceptions: vec![site],
+        roll_call: Some(RollCall {
+            number: 1,
+            opened_ms: 1_763_798_400_000,
+        }),
+        hands: vec![site],
+    };
+    let pcma = MediaProfile {
+        name: "g711".into(),
+        video: None,
+        audio: AudioCodec::Pcma,
+        audio_kbps: 64,
+    };
+    assert_pinned(&[
+        (
+            state(
+                Kind::Meeting,
+                Status::Scheduled,
+                MediaProfile::named("sd").unwrap(),
+            ),
+            "0105026d310001740180f3bbd5e4030468616c6c020080f3bbd5e40301e9fabbd5e403046d61696e0180f8ced4aa3302736401008005e80219d804002001904e0001e9fabbd5e403046d61696e000101e9fabbd5e403046d61696e010180f8ced4aa3301e9fabbd5e403046d61696e",
+        ),
+        (
+            state(
+                Kind::Training,
+                Status::Live,
+                MediaProfile::named("audio").unwrap(),
+            ),
+            "0105026d310101740180f3bbd5e4030468616c6c020080f3bbd5e40301e9fabbd5e403046d61696e0180f8ced4aa3305617564696f00002001904e0101e9fabbd5e403046d61696e000101e9fabbd5e403046d61696e010180f8ced4aa3301e9fabbd5e403046d61696e",
+        ),
+        (
+            state(Kind::Call, Status::Ended, pcma),
+            "0105026d310201740180f3bbd5e4030468616c6c020080f3bbd5e40301e9fabbd5e403046d61696e0180f8ced4aa33046737313100014001904e0201e9fabbd5e403046d61696e000101e9fabbd5e403046d61696e010180f8ced4aa3301e9fabbd5e403046d61696e",
+        ),
+    ]);
+}
