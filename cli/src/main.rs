@@ -1,6 +1,8 @@
 //! `cuntong`: the central CLI.
 
 use std::io::IsTerminal;
+
+use cuntong_terminal::{print, println};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

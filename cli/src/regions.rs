@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use cuntong_terminal::println;
+
 use clap::Subcommand;
 use cuntong_core::site::Region;
 

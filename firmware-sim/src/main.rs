@@ -2,6 +2,8 @@
 //! link proxy that tests cut and slow down.
 
 use std::net::SocketAddr;
+
+use cuntong_terminal::println;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;

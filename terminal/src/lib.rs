@@ -46,5 +46,6 @@ pub mod relay;
 pub mod remote_config;
 pub mod sensors;
 pub mod status;
+pub mod stdout;
 pub mod throttle;
 pub mod tls;

@@ -1,6 +1,8 @@
 //! `cuntong-terminal`: the daemon of a site's box, its self-test and its status query.
 
 use std::path::PathBuf;
+
+use cuntong_terminal::{print, println};
 use std::process::ExitCode;
 use std::time::Duration;
 

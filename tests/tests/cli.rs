@@ -547,3 +547,28 @@ fn empty_or_unusable_arguments_are_refused_naming_the_flag_before_connecting() {
     );
     assert!(!std::path::Path::new(db).exists(), "nothing was created");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    // `cuntong regions search 街道 | head -1`: far more than a pipe buffer of rows.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("none.db");
+    let mut child = std::process::Command::new(bin("cuntong"))
+        .args(["regions", "search", "街道", "--limit", "100000", "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("CODE"), "{first}");
+    // The reader is gone (dropped above): the command ends as if by SIGPIPE, with no panic.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
