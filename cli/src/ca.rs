@@ -17,7 +17,6 @@
 //! id from the certificate: `central` for the service, `central-NAME` for each further
 //! instance or operator's workstation.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cuntong_core::terminal_id::TerminalId;
@@ -102,15 +101,13 @@ pub fn is_central(name: &str) -> bool {
 }
 
 fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), CaError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    use cuntong_terminal::atomic;
     if secret {
-        opts.mode(0o600);
+        atomic::write_secret(path, data)
+    } else {
+        atomic::write(path, data)
     }
-    let mut f = opts.open(path).map_err(io(path))?;
-    f.write_all(data).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    .map_err(io(path))
 }
 
 fn now_ms() -> u64 {

@@ -4,7 +4,6 @@
 //! not reopen the replay window.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cuntong_core::command::{CommandBody, MAX_LIFETIME_MS, SignedCommand};
@@ -71,15 +70,9 @@ impl CommandGuard {
     /// A guard with the fleet's public key, keeping seen nonces in `data_dir/commands.state`.
     pub fn open(id: TerminalId, key: Vec<u8>, data_dir: &Path) -> Result<CommandGuard, GuardError> {
         let state = data_dir.join("commands.state");
-        let mut seen = BTreeMap::new();
-        if let Ok(text) = std::fs::read_to_string(&state) {
-            for line in text.lines() {
-                let mut it = line.split_whitespace().map(str::parse::<u64>);
-                if let (Some(Ok(n)), Some(Ok(e))) = (it.next(), it.next()) {
-                    seen.insert(n, e);
-                }
-            }
-        }
+        let seen = std::fs::read_to_string(&state)
+            .map(|text| parse_window(&text))
+            .unwrap_or_default();
         Ok(CommandGuard {
             id,
             key,
@@ -136,14 +129,24 @@ impl CommandGuard {
     }
 
     fn save(&self) -> std::io::Result<()> {
-        let tmp = self.state.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        for (n, e) in &self.seen {
-            writeln!(f, "{n} {e}")?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.state)
+        crate::atomic::write(&self.state, window_text(&self.seen).as_bytes())
     }
+}
+
+/// The nonce window as stored: one `nonce expiry` per line.
+fn window_text(seen: &BTreeMap<u64, u64>) -> String {
+    seen.iter().map(|(n, e)| format!("{n} {e}\n")).collect()
+}
+
+fn parse_window(text: &str) -> BTreeMap<u64, u64> {
+    let mut seen = BTreeMap::new();
+    for line in text.lines() {
+        let mut it = line.split_whitespace().map(str::parse::<u64>);
+        if let (Some(Ok(n)), Some(Ok(e))) = (it.next(), it.next()) {
+            seen.insert(n, e);
+        }
+    }
+    seen
 }
 
 #[cfg(test)]
@@ -218,6 +221,58 @@ mod tests {
             g.check(&sign(&key, "130102001001-main", 1, 10_000), 5_000),
             Err(Refusal::Replayed)
         );
+    }
+
+    #[test]
+    fn a_power_cut_while_saving_the_nonce_window_never_loses_an_accepted_nonce() {
+        use crate::atomic::{Mode, replace, sim::Sim};
+        let path = Path::new("/data/commands.state");
+        // Nonces 1 and 2 were accepted (saved) before; nonce 3 is being accepted now, while
+        // nonce 1's command expires and leaves the window.
+        let before = BTreeMap::from([(1, 100), (2, 300)]);
+        let after = BTreeMap::from([(2, 300), (3, 400)]);
+        for cut in 0..=4 {
+            let mut sim = Sim::new(path, Some(window_text(&before).as_bytes()), cut);
+            let accepted = replace(&mut sim, path, window_text(&after).as_bytes(), Mode::Keep);
+            for found in sim.after_cut(path) {
+                let window = parse_window(&String::from_utf8(found.unwrap_or_default()).unwrap());
+                assert!(
+                    window.contains_key(&2),
+                    "cut after {cut} steps lost nonce 2"
+                );
+                if accepted.is_ok() {
+                    assert_eq!(window, after, "an accepted nonce 3 came back without it");
+                } else {
+                    assert!(
+                        window == before || window == after,
+                        "cut after {cut}: {window:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_command_whose_nonce_cannot_be_stored_is_refused_and_not_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = keypair();
+        let id: TerminalId = "130102001001-main".parse().unwrap();
+        let mut g = CommandGuard::open(id, key.public_key().as_ref().to_vec(), dir.path()).unwrap();
+        // The temporary file cannot be created: the window cannot be saved.
+        std::fs::create_dir(dir.path().join("commands.state.tmp")).unwrap();
+        let refused = g.check(&sign(&key, "130102001001-main", 1, 10_000), 5_000);
+        assert!(
+            matches!(&refused, Err(Refusal::Malformed(m)) if m.contains("cannot record the nonce")),
+            "{refused:?}"
+        );
+        assert!(!g.already_ran(1));
+        std::fs::remove_dir(dir.path().join("commands.state.tmp")).unwrap();
+        assert!(
+            g.check(&sign(&key, "130102001001-main", 1, 10_000), 5_000)
+                .is_ok()
+        );
+        let g = CommandGuard::open(id, key.public_key().as_ref().to_vec(), dir.path()).unwrap();
+        assert!(g.already_ran(1), "the accepted nonce is on disk");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub fn on_start(cfg: &TerminalConfig) -> std::io::Result<Vec<Event>> {
     if !changed.is_empty() {
         events.push(Event::FilesChanged { files: changed });
     }
-    save_fingerprints(&state, &now)?;
+    crate::atomic::write(&state, now.as_bytes())?;
     Ok(events)
 }
 
@@ -77,13 +77,7 @@ pub fn accept_change(cfg: &TerminalConfig, file: &Path) -> std::io::Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     lines.push(format!("{} {shown}\n", fingerprint(file)));
-    save_fingerprints(&state, &lines.concat())
-}
-
-fn save_fingerprints(state: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = state.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, state)
+    crate::atomic::write(&state, lines.concat().as_bytes())
 }
 
 /// Marks a clean stop.

@@ -4,6 +4,7 @@
 //! envelopes and publishes them to the broker, announces its presence (with a last will), and
 //! answers local status requests from the technician's `cuntong-terminal status`.
 //!
+//! - [`atomic`]: replacing small state files atomically and durably.
 //! - [`config`]: the TOML configuration, validated.
 //! - [`broker_url`]: `mqtt://host:port` addresses.
 //! - [`link`]: the MQTT link (reconnect, resubscribe, bounded queue).
@@ -25,6 +26,7 @@
 //! - [`remote_config`]: `config-set` from central, validated and saved in place.
 //! - [`tls`]: mutual TLS for the link.
 
+pub mod atomic;
 pub mod broker_url;
 pub mod check;
 pub mod commands;

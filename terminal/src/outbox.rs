@@ -698,7 +698,6 @@ impl Outbox {
 
     fn write_state(&self) -> Result<(), OutboxError> {
         let path = self.dir.join("outbox.state");
-        let tmp = self.dir.join("outbox.state.tmp");
         let st = &self.state;
         let text = format!(
             "first-telemetry {}\nfirst-events {}\nconfirmed-telemetry {}\nconfirmed-events {}\ndropped-upto-telemetry {}\ndropped-upto-events {}\ndropped-total {}\nassigned-telemetry {}\nassigned-events {}\n",
@@ -712,14 +711,7 @@ impl Outbox {
             self.next[0] - 1,
             self.next[1] - 1,
         );
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(self.io(&path))
+        crate::atomic::write(&path, text.as_bytes()).map_err(self.io(&path))
     }
 }
 

@@ -6,7 +6,6 @@
 //! Identity, storage and security settings (`id`, `data_dir`, `[tls]`, `[commands]`) are not
 //! remotely settable: they change only by provisioning a new bundle.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::TerminalConfig;
@@ -116,12 +115,8 @@ fn write_replacing(path: &Path, text: &str) -> std::io::Result<()> {
         s.push(suffix);
         PathBuf::from(s)
     };
-    let tmp = with_suffix(".tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::copy(path, with_suffix(".prev"))?;
-    std::fs::rename(&tmp, path)
+    crate::atomic::write(&with_suffix(".prev"), &std::fs::read(path)?)?;
+    crate::atomic::write(path, text.as_bytes())
 }
 
 #[cfg(test)]
