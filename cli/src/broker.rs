@@ -211,7 +211,10 @@ mod tests {
             ("central:hunter2\n\ncentral:hunter2\n", 3),
         ] {
             let e = parse(text).unwrap_err();
-            assert!(e.starts_with(&format!("users.txt:{line}: ")), "{text:?}: {e}");
+            assert!(
+                e.starts_with(&format!("users.txt:{line}: ")),
+                "{text:?}: {e}"
+            );
             assert!(!e.contains("hunter2"), "{text:?}: {e}");
         }
         assert!(parse("# nobody\n").unwrap_err().contains("no users"));

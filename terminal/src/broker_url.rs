@@ -119,7 +119,9 @@ impl FromStr for BrokerUrl {
                     .map_or(userinfo, |(u, _)| u);
                 let bad = || BrokerUrlError::Credentials(s.to_owned());
                 let (user, password) = typed.split_once(':').ok_or_else(bad)?;
-                let username = percent_decode(user).filter(|u| !u.is_empty()).ok_or_else(bad)?;
+                let username = percent_decode(user)
+                    .filter(|u| !u.is_empty())
+                    .ok_or_else(bad)?;
                 let password = percent_decode(password).ok_or_else(bad)?;
                 (Some(Credentials { username, password }), host)
             }
@@ -213,7 +215,10 @@ mod tests {
     fn takes_user_and_password_and_never_shows_the_password() {
         let u: BrokerUrl = "mqtt://central:s3cr%40t%3Ax@[::1]:1884".parse().unwrap();
         let c = u.credentials.clone().unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("central", "s3cr@t:x"));
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("central", "s3cr@t:x")
+        );
         assert_eq!((u.host.as_str(), u.port), ("::1", 1884));
         // '@' in a raw password works too (the host follows the last '@').
         let raw: BrokerUrl = "mqtt://u:p@ss@h".parse().unwrap();

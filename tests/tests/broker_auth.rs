@@ -117,7 +117,9 @@ fn only_clients_with_a_listed_password_use_the_broker_and_no_log_shows_a_passwor
     });
     assert!(refused, "{}", bad_sim.log_text());
     assert!(
-        sites(&db, None).iter().all(|s| !s.terminal.starts_with("130103")),
+        sites(&db, None)
+            .iter()
+            .all(|s| !s.terminal.starts_with("130103")),
         "a terminal with a wrong password was stored"
     );
 
@@ -127,8 +129,16 @@ fn only_clients_with_a_listed_password_use_the_broker_and_no_log_shows_a_passwor
         ("sim", sim.log_text()),
         ("bad sim", bad_sim.log_text()),
     ] {
-        for secret in [CENTRAL_PASSWORD, "c3ntral-Pa55%3Aword", SIM_PASSWORD, "Wr0ngPa55"] {
-            assert!(!log.contains(secret), "the {name} log shows a password:\n{log}");
+        for secret in [
+            CENTRAL_PASSWORD,
+            "c3ntral-Pa55%3Aword",
+            SIM_PASSWORD,
+            "Wr0ngPa55",
+        ] {
+            assert!(
+                !log.contains(secret),
+                "the {name} log shows a password:\n{log}"
+            );
         }
     }
 }
