@@ -167,3 +167,37 @@ fn a_bad_or_readable_users_file_is_refused_naming_file_and_line() {
     let missing = dir.path().join("absent");
     assert!(refuse(missing.to_str().unwrap()).contains("absent"));
 }
+
+#[test]
+fn a_refused_broker_url_is_quoted_without_its_password() {
+    for (program, args) in [
+        (
+            "cuntong",
+            vec!["central", "--broker", "mqtt://u:hunter2@h:0"],
+        ),
+        (
+            "cuntong",
+            vec!["central", "--broker", "mqtts://u:hunter2@h"],
+        ),
+        (
+            "cuntong",
+            vec!["central", "--broker", "mqtt://u:hun/ter2@h/x"],
+        ),
+        (
+            "cuntong-sim",
+            vec![
+                "fleet",
+                "--region",
+                "130102",
+                "--broker",
+                "mqtt://u:hunter2@h:0",
+            ],
+        ),
+    ] {
+        let out = run(&bin(program), &args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("u:***@h"), "{args:?}: {err}");
+        assert!(!err.contains("ter2"), "{args:?}: {err}");
+    }
+}
