@@ -746,7 +746,7 @@ mod tests {
                     < cuntong_terminal::link::MAX_RECEIVED_PACKET
             );
         }
-        let embedded = crate::broker::config("127.0.0.1:1883".parse().unwrap(), 10);
+        let embedded = crate::broker::config("127.0.0.1:1883".parse().unwrap(), 10, None);
         let v4 = embedded.v4.unwrap();
         assert_eq!(
             v4["1"].connections.max_payload_size,

@@ -39,10 +39,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the embedded MQTT broker.
+    /// Run the embedded MQTT broker (open to every client unless --auth is given).
     Broker {
         #[arg(long, default_value = "127.0.0.1:1883")]
         listen: String,
+        /// Only the users in FILE may connect: `username:password` a line, `#` comments; plain
+        /// passwords, so the file must be mode 0600. Clients give them in the broker URL,
+        /// `mqtt://user:password@host:port`.
+        #[arg(long, value_name = "FILE")]
+        auth: Option<PathBuf>,
     },
     /// Run the central-office service: collect every site's telemetry into the store.
     Central {
@@ -532,9 +537,11 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
+    // A broker URL's password never reaches the terminal.
+    let shown = cuntong_terminal::broker_url::redact(value);
     value
         .parse()
-        .map_err(|e| Usage(format!("{flag} {value:?}: {e}")))
+        .map_err(|e| Usage(format!("{flag} {shown:?}: {e}")))
 }
 
 /// A duration flag (at most 100 years: see `parse_duration`).
@@ -613,15 +620,22 @@ fn main() -> ExitCode {
 
 async fn run(cmd: Command) -> Result<(), Failure> {
     match cmd {
-        Command::Broker { listen } => {
+        Command::Broker { listen, auth } => {
             let addr: SocketAddr = parse("--listen", &listen)?;
-            broker::start(addr).map_err(fail)?;
+            let users = auth
+                .map(|file| broker::load_users(&file).map_err(|e| Usage(format!("--auth: {e}"))))
+                .transpose()?;
+            let users_note = match &users {
+                Some(u) => format!(" ({} users may log in)", u.len()),
+                None => " (open: no authentication)".to_owned(),
+            };
+            broker::start(addr, users).map_err(fail)?;
             if !broker::wait_ready(addr, Duration::from_secs(10)).await {
                 return Err(fail(format!(
                     "the broker did not start listening on {addr}"
                 )));
             }
-            eprintln!("broker listening on mqtt://{addr}");
+            eprintln!("broker listening on mqtt://{addr}{users_note}");
             shutdown_signal().await;
             Ok(())
         }
@@ -974,7 +988,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             }
             if !url.tls {
                 return Err(Usage(format!(
-                    "--broker {broker:?}: provisioned terminals use mqtts://"
+                    "--broker {url}: provisioned terminals use mqtts://"
                 ))
                 .into());
             }
@@ -1093,6 +1107,7 @@ fn tls_goes_with(text: &str, broker: &BrokerUrl, tls: bool) -> Result<(), Usage>
     if broker.tls == tls {
         return Ok(());
     }
+    let text = cuntong_terminal::broker_url::redact(text);
     Err(Usage(format!(
         "--broker {text:?} and --tls go together (mqtts:// needs --tls DIR)"
     )))
@@ -1444,14 +1459,14 @@ async fn demo(
         .tempdir()
         .map_err(fail)?;
     let db = db.unwrap_or_else(|| workdir.path().join("central.db"));
-    broker::start(addr).map_err(fail)?;
+    broker::start(addr, None).map_err(fail)?;
     if !broker::wait_ready(addr, Duration::from_secs(10)).await {
         return Err(fail(format!(
             "the broker did not start listening on {addr}"
         )));
     }
     let broker_url: BrokerUrl = parse("--listen", &format!("mqtt://{addr}"))?;
-    eprintln!("broker   mqtt://{addr} (embedded)");
+    eprintln!("broker   mqtt://{addr} (embedded, open: no authentication)");
     eprintln!("store    {}", db.display());
 
     let stop = CancellationToken::new();

@@ -1,5 +1,9 @@
-//! Broker addresses as users write them: `mqtt://host[:port]` or `mqtts://host[:port]` (TLS;
-//! the link then needs certificates and never falls back to plain text).
+//! Broker addresses as users write them: `mqtt://[user:password@]host[:port]` or
+//! `mqtts://…` (TLS; the link then needs certificates and never falls back to plain text).
+//!
+//! The user name and password (percent-encoded where they hold `@`, `:`, `/` or `%`) are sent
+//! in MQTT CONNECT. They never leave this module in text: a URL displays, debugs and reports
+//! errors as `mqtt://user:***@host:port`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,11 +14,66 @@ pub const MQTT_PORT: u16 = 1883;
 pub const MQTTS_PORT: u16 = 8883;
 
 /// A parsed broker URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
     pub tls: bool,
+    /// The user name and password to log in with, if the URL gives them.
+    pub credentials: Option<Credentials>,
+}
+
+/// An MQTT user name and password. Shown without the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:***", self.username)
+    }
+}
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// `text` with the password of a `scheme://user:password@…` URL replaced by `***`, so an
+/// error message can quote what the user typed.
+pub fn redact(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    // Up to the last '@', so a password holding '/' or '@' is hidden whole.
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return text.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => text.to_owned(),
+    }
+}
+
+/// Decodes `%XX` escapes; None for a malformed escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Why a broker URL was refused.
@@ -28,12 +87,17 @@ pub enum BrokerUrlError {
     Port { url: String, port: String },
     #[error("broker URL {0:?} must not have a path")]
     Path(String),
+    #[error("broker URL {0:?} must give user:password@ (percent-encoded, non-empty user)")]
+    Credentials(String),
 }
 
 impl FromStr for BrokerUrl {
     type Err = BrokerUrlError;
 
-    fn from_str(s: &str) -> Result<BrokerUrl, BrokerUrlError> {
+    fn from_str(text: &str) -> Result<BrokerUrl, BrokerUrlError> {
+        // Errors quote the URL without its password.
+        let shown = redact(text);
+        let s = shown.as_str();
         let (tls, rest) = if let Some(r) = s.strip_prefix("mqtt://") {
             (false, r)
         } else if let Some(r) = s.strip_prefix("mqtts://") {
@@ -45,6 +109,23 @@ impl FromStr for BrokerUrl {
         if rest.contains('/') {
             return Err(BrokerUrlError::Path(s.to_owned()));
         }
+        let (credentials, rest) = match rest.rsplit_once('@') {
+            None => (None, rest),
+            Some((userinfo, host)) => {
+                // The password as typed, from the unredacted text.
+                let typed = text
+                    .split_once("://")
+                    .and_then(|(_, r)| r.rsplit_once('@'))
+                    .map_or(userinfo, |(u, _)| u);
+                let bad = || BrokerUrlError::Credentials(s.to_owned());
+                let (user, password) = typed.split_once(':').ok_or_else(bad)?;
+                let username = percent_decode(user)
+                    .filter(|u| !u.is_empty())
+                    .ok_or_else(bad)?;
+                let password = percent_decode(password).ok_or_else(bad)?;
+                (Some(Credentials { username, password }), host)
+            }
+        };
         // [v6]:port, host:port or host
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (h, after) = v6
@@ -76,6 +157,7 @@ impl FromStr for BrokerUrl {
             host: host.to_owned(),
             port,
             tls,
+            credentials,
         })
     }
 }
@@ -83,10 +165,14 @@ impl FromStr for BrokerUrl {
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://")?;
+        if let Some(c) = &self.credentials {
+            write!(f, "{c:?}@")?;
+        }
         if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+            write!(f, "[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
+            write!(f, "{}:{}", self.host, self.port)
         }
     }
 }
@@ -123,5 +209,45 @@ mod tests {
                 .to_string(),
             "broker URL \"mqtt://h:99999\" has a bad port \"99999\""
         );
+    }
+
+    #[test]
+    fn takes_user_and_password_and_never_shows_the_password() {
+        let u: BrokerUrl = "mqtt://central:s3cr%40t%3Ax@[::1]:1884".parse().unwrap();
+        let c = u.credentials.clone().unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("central", "s3cr@t:x")
+        );
+        assert_eq!((u.host.as_str(), u.port), ("::1", 1884));
+        // '@' in a raw password works too (the host follows the last '@').
+        let raw: BrokerUrl = "mqtt://u:p@ss@h".parse().unwrap();
+        assert_eq!(raw.credentials.unwrap().password, "p@ss");
+        for shown in [u.to_string(), format!("{u:?}"), format!("{c:?}")] {
+            assert!(!shown.contains("s3cr"), "{shown}");
+        }
+        assert_eq!(u.to_string(), "mqtt://central:***@[::1]:1884");
+    }
+
+    #[test]
+    fn errors_about_a_url_with_a_password_do_not_quote_the_password() {
+        for bad in [
+            "mqtt://u:hunter2@h:0",
+            "mqtt://u:hunter2@h/path",
+            "http://u:hunter2@h",
+            "mqtt://u:hunter2@",
+            "mqtt://:hunter2@h",
+            "mqtt://u:hunter2%zz@h",
+            "mqtt://u:hun/ter2@h:99999",
+        ] {
+            let e = bad.parse::<BrokerUrl>().unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{bad}: {e}");
+            assert!(e.contains("u:***@") || e.contains(":***@"), "{bad}: {e}");
+        }
+        assert!(matches!(
+            "mqtt://nopassword@h".parse::<BrokerUrl>(),
+            Err(BrokerUrlError::Credentials(_))
+        ));
+        assert_eq!(redact("mqtt://h:1883"), "mqtt://h:1883");
     }
 }

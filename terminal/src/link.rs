@@ -228,6 +228,9 @@ impl Link {
         mqtt.set_clean_session(true);
         mqtt.set_inflight(opts.inflight.max(1));
         mqtt.set_max_packet_size(MAX_RECEIVED_PACKET, MAX_BROKER_PACKET);
+        if let Some(c) = &opts.broker.credentials {
+            mqtt.set_credentials(&c.username, &c.password);
+        }
         if let Some(tls) = &opts.tls {
             mqtt.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(tls.clone()),
