@@ -222,7 +222,7 @@ fn main() -> anyhow::Result<()> {
     let url: BrokerUrl = match args.broker.as_str() {
         "embedded" => {
             let addr = free_addr()?;
-            cuntong::broker::start(addr)?;
+            cuntong::broker::start(addr, None)?;
             format!("mqtt://{addr}").parse()?
         }
         "mosquitto" => {

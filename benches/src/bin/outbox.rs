@@ -115,7 +115,7 @@ fn replay(args: &Args) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        cuntong::broker::start(addr)?;
+        cuntong::broker::start(addr, None)?;
         if !cuntong::broker::wait_ready(addr, Duration::from_secs(10)).await {
             bail!("broker did not start");
         }
