@@ -612,8 +612,7 @@ fn main() -> ExitCode {
 async fn run(cmd: Command) -> Result<(), Failure> {
     match cmd {
         Command::Broker { listen } => {
-            let addr: SocketAddr = parse("--listen", &listen)?;
-            broker::start(addr).map_err(fail)?;
+            let addr = broker::start(parse("--listen", &listen)?).map_err(fail)?;
             if !broker::wait_ready(addr, Duration::from_secs(10)).await {
                 return Err(fail(format!(
                     "the broker did not start listening on {addr}"
@@ -653,9 +652,6 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
             opts.http = http.map(|a| parse("--http", &a)).transpose()?;
             eprintln!("central: {} -> {}", opts.broker, opts.db.display());
-            if let Some(addr) = opts.http {
-                eprintln!("dashboard: http://{addr}/");
-            }
             let stats = Arc::new(CentralStats::default());
             let stop = CancellationToken::new();
             let on_signal = stop.clone();
@@ -1442,7 +1438,7 @@ async fn demo(
         .tempdir()
         .map_err(fail)?;
     let db = db.unwrap_or_else(|| workdir.path().join("central.db"));
-    broker::start(addr).map_err(fail)?;
+    let addr = broker::start(addr).map_err(fail)?;
     if !broker::wait_ready(addr, Duration::from_secs(10)).await {
         return Err(fail(format!(
             "the broker did not start listening on {addr}"
@@ -1454,7 +1450,6 @@ async fn demo(
 
     let stop = CancellationToken::new();
     let stats = Arc::new(CentralStats::default());
-    eprintln!("web      http://{http}/ (dashboard)");
     let mut central = tokio::spawn(central::run(
         CentralOptions {
             http: Some(http),

@@ -212,6 +212,90 @@ fn status_reports_the_running_daemon() {
     );
 }
 
+/// An MQTT 3.1.1 CONNECT's answer from whatever listens at `addr`: the CONNACK's 4 bytes.
+fn mqtt_connack(addr: std::net::SocketAddr) -> [u8; 4] {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Fixed header, "MQTT" level 4, clean session, keep-alive 60 s, client id "p".
+    s.write_all(&[
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'p',
+    ])
+    .unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).unwrap();
+    ack
+}
+
+#[test]
+fn listeners_on_port_0_report_the_port_they_bound_and_serve_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Proc::spawn(
+        &bin("cuntong"),
+        &["broker", "--listen", "127.0.0.1:0"],
+        d.join("broker.log"),
+    );
+    let mqtt = broker.bound("broker listening on ");
+    assert_ne!(mqtt.port(), 0);
+    assert_eq!(mqtt_connack(mqtt), [0x20, 2, 0, 0], "{}", broker.log_text());
+
+    let control = d.join("link.sock");
+    let proxy = Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &mqtt.to_string(),
+            "--control",
+            control.to_str().unwrap(),
+        ],
+        d.join("proxy.log"),
+    );
+    let through = proxy.bound("proxy listening on ");
+    assert_ne!(through.port(), 0);
+    assert_eq!(through.ip(), mqtt.ip());
+    // The broker answers through the proxy.
+    assert_eq!(
+        mqtt_connack(through),
+        [0x20, 2, 0, 0],
+        "{}",
+        proxy.log_text()
+    );
+
+    let db = d.join("central.db");
+    let central = Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "central",
+            "--broker",
+            &format!("mqtt://{mqtt}"),
+            "--db",
+            db.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        d.join("central.log"),
+    );
+    let http = central.bound("dashboard: ");
+    assert_ne!(http.port(), 0);
+    let mut page = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            page = ureq::get(&format!("http://{http}/"))
+                .call()
+                .ok()
+                .map(|r| r.status().as_u16());
+            page.is_some()
+        }),
+        "the dashboard did not answer at {http}: {}",
+        central.log_text()
+    );
+    assert_eq!(page, Some(200));
+}
+
 /// A broker nobody listens on: a command that validated its arguments only after connecting
 /// would fail there (exit 1), not with exit 2.
 const NOWHERE: &str = "mqtt://127.0.0.1:1";
