@@ -296,6 +296,49 @@ fn listeners_on_port_0_report_the_port_they_bound_and_serve_there() {
     assert_eq!(page, Some(200));
 }
 
+#[test]
+fn the_terminal_reports_its_hj212_and_relay_ports_bound_on_port_0_in_its_log_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(BrokerKind::Embedded, dir.path());
+    let cfg = write_config(dir.path(), &broker.url, false);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[hj212]\nlisten = \"127.0.0.1:0\"\n");
+    text.push_str("\n[meeting]\nmedia_host = \"127.0.0.1\"\nrelay = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let daemon = Proc::spawn(
+        &bin("cuntong-terminal"),
+        &["--config", cfg],
+        dir.path().join("t.log"),
+    );
+    let hj = daemon.bound("hj212 listening on ");
+    let relay = daemon.bound("relay listening on ");
+    assert_ne!(hj.port(), 0);
+    assert_ne!(relay.port(), 0);
+    assert!(
+        std::net::TcpStream::connect_timeout(&hj, Duration::from_secs(5)).is_ok(),
+        "{}",
+        daemon.log_text()
+    );
+    let mut report = serde_json::Value::Null;
+    let reported = wait_until(Duration::from_secs(20), || {
+        let out = run(
+            &bin("cuntong-terminal"),
+            &["status", "--config", cfg, "--json"],
+        );
+        if out.status.success() {
+            report = serde_json::from_slice(&out.stdout).unwrap();
+        }
+        report["listening"]["hj212"] == hj.to_string()
+    });
+    assert!(reported, "{report:#}\n{}", daemon.log_text());
+    assert_eq!(
+        report["listening"]["relay"],
+        relay.to_string(),
+        "{report:#}"
+    );
+}
+
 /// A broker nobody listens on: a command that validated its arguments only after connecting
 /// would fail there (exit 1), not with exit 2.
 const NOWHERE: &str = "mqtt://127.0.0.1:1";
