@@ -1445,7 +1445,7 @@ async fn demo(
         )));
     }
     let broker_url: BrokerUrl = parse("--listen", &format!("mqtt://{addr}"))?;
-    eprintln!("broker   mqtt://{addr} (embedded)");
+    eprintln!("broker listening on mqtt://{addr} (embedded)");
     eprintln!("store    {}", db.display());
 
     let stop = CancellationToken::new();

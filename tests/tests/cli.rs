@@ -297,6 +297,41 @@ fn listeners_on_port_0_report_the_port_they_bound_and_serve_there() {
 }
 
 #[test]
+fn the_demo_on_port_0_reports_its_broker_and_dashboard_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let demo = Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--sites",
+            "1",
+            "--duration",
+            "1m",
+            "--db",
+            d.join("demo.db").to_str().unwrap(),
+        ],
+        d.join("demo.log"),
+    );
+    let mqtt = demo.bound("broker listening on ");
+    assert_eq!(mqtt_connack(mqtt), [0x20, 2, 0, 0], "{}", demo.log_text());
+    let http = demo.bound("dashboard: ");
+    assert!(
+        wait_until(Duration::from_secs(10), || ureq::get(&format!(
+            "http://{http}/"
+        ))
+        .call()
+        .is_ok_and(|r| r.status() == 200)),
+        "the dashboard did not answer at {http}: {}",
+        demo.log_text()
+    );
+}
+
+#[test]
 fn the_terminal_reports_its_hj212_and_relay_ports_bound_on_port_0_in_its_log_and_status() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(BrokerKind::Embedded, dir.path());
