@@ -150,17 +150,19 @@ pub fn config(listen: SocketAddr, max_connections: usize, users: Option<Users>) 
     }
 }
 
-/// Starts the broker on its own threads and returns once the address is known to be free.
-/// The broker runs until the process exits. With `users` a client must log in as one of them.
-pub fn start(listen: SocketAddr, users: Option<Users>) -> Result<(), BrokerError> {
-    // rumqttd reports a failed bind only in its log; check the address first.
-    TcpListener::bind(listen)
+/// Starts the broker on its own threads and returns the address it listens on (port 0 in
+/// `listen` picks a free port). The broker runs until the process exits. With `users` a client
+/// must log in as one of them.
+pub fn start(listen: SocketAddr, users: Option<Users>) -> Result<SocketAddr, BrokerError> {
+    // rumqttd binds by address and reports a failed bind only in its log: bind here first,
+    // which checks the address and resolves port 0, then hand the port over at once.
+    let bound = TcpListener::bind(listen)
+        .and_then(|l| l.local_addr())
         .map_err(|source| BrokerError::Listen {
             addr: listen,
             source,
-        })
-        .map(drop)?;
-    let mut broker = Broker::new(config(listen, 20_000, users));
+        })?;
+    let mut broker = Broker::new(config(bound, 20_000, users));
     std::thread::Builder::new()
         .name("broker".to_owned())
         .spawn(move || {
@@ -169,7 +171,7 @@ pub fn start(listen: SocketAddr, users: Option<Users>) -> Result<(), BrokerError
             }
         })
         .map_err(BrokerError::Thread)?;
-    Ok(())
+    Ok(bound)
 }
 
 /// Waits until something accepts TCP connections on `addr`.

@@ -205,6 +205,11 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| CentralError::Http { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| CentralError::Http { addr, source })?;
+        // One plain line for operators and scripts (port 0 in `--http` picks a free port).
+        eprintln!("dashboard: http://{bound}/");
         let (db, stop) = (opts.db.clone(), stop.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::dashboard::serve_on(listener, db, stop).await {

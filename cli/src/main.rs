@@ -629,7 +629,7 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 Some(u) => format!(" ({} users may log in)", u.len()),
                 None => " (open: no authentication)".to_owned(),
             };
-            broker::start(addr, users).map_err(fail)?;
+            let addr = broker::start(addr, users).map_err(fail)?;
             if !broker::wait_ready(addr, Duration::from_secs(10)).await {
                 return Err(fail(format!(
                     "the broker did not start listening on {addr}"
@@ -669,9 +669,6 @@ async fn run(cmd: Command) -> Result<(), Failure> {
             opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
             opts.http = http.map(|a| parse("--http", &a)).transpose()?;
             eprintln!("central: {} -> {}", opts.broker, opts.db.display());
-            if let Some(addr) = opts.http {
-                eprintln!("dashboard: http://{addr}/");
-            }
             let stats = Arc::new(CentralStats::default());
             let stop = CancellationToken::new();
             let on_signal = stop.clone();
@@ -1459,19 +1456,18 @@ async fn demo(
         .tempdir()
         .map_err(fail)?;
     let db = db.unwrap_or_else(|| workdir.path().join("central.db"));
-    broker::start(addr, None).map_err(fail)?;
+    let addr = broker::start(addr, None).map_err(fail)?;
     if !broker::wait_ready(addr, Duration::from_secs(10)).await {
         return Err(fail(format!(
             "the broker did not start listening on {addr}"
         )));
     }
     let broker_url: BrokerUrl = parse("--listen", &format!("mqtt://{addr}"))?;
-    eprintln!("broker   mqtt://{addr} (embedded, open: no authentication)");
+    eprintln!("broker listening on mqtt://{addr} (embedded, open: no authentication)");
     eprintln!("store    {}", db.display());
 
     let stop = CancellationToken::new();
     let stats = Arc::new(CentralStats::default());
-    eprintln!("web      http://{http}/ (dashboard)");
     let mut central = tokio::spawn(central::run(
         CentralOptions {
             http: Some(http),

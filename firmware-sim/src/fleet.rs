@@ -166,9 +166,9 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
         cfg.meeting.media_host = Some("127.0.0.1".into());
         cfg.meeting.rtp_port = free_udp_pair().unwrap_or(0);
         if id.slug().as_str() == RELAY_SLUG {
-            if let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()) {
-                cfg.meeting.relay = Some((s, s.to_string()));
-            }
+            // Port 0: the relay picks its port and advertises the one it bound.
+            let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            cfg.meeting.relay = Some((any, any.to_string()));
         }
     }
     cfg

@@ -361,7 +361,7 @@ async fn run_proxy(listen: SocketAddr, upstream: SocketAddr, control: &Path) -> 
         }
     };
     eprintln!(
-        "proxy {} -> {upstream}, control {}",
+        "proxy listening on {} -> {upstream}, control {}",
         p.addr,
         control.display()
     );

@@ -284,10 +284,10 @@ impl Conference {
         engine: Box<dyn MediaEngine>,
         console: Box<dyn Console>,
     ) -> Conference {
-        let relay = cfg.relay.as_ref().and_then(|(listen, advertise)| {
+        let relay = cfg.relay.as_ref().and_then(|(listen, _)| {
             match crate::relay::Relay::start(*listen, Routes::new(None)) {
                 Ok(r) => {
-                    tracing::info!(%listen, %advertise, "relaying media for the sites below");
+                    eprintln!("relay listening on {}", r.local_addr());
                     Some(r)
                 }
                 Err(e) => {
@@ -296,6 +296,20 @@ impl Conference {
                 }
             }
         });
+        // Sites send where the relay actually listens: port 0 in the configuration becomes the
+        // port bound.
+        let advertise = relay.as_ref().zip(cfg.relay.as_ref()).map(|(r, (_, a))| {
+            match a.parse::<std::net::SocketAddr>() {
+                Ok(mut at) if at.port() == 0 => {
+                    at.set_port(r.local_addr().port());
+                    at.to_string()
+                }
+                _ => a.clone(),
+            }
+        });
+        if let Some(a) = &advertise {
+            tracing::info!(advertise = %a, "relaying media for the sites below");
+        }
         let pcfg = ParticipantConfig {
             accept: cfg.accept,
             reconnect_grace_ms: 10_000,
@@ -303,9 +317,7 @@ impl Conference {
             tier: cfg.tier.unwrap_or(Tier::Full),
             rtp_port: cfg.rtp_port,
             media_host: cfg.media_host.clone(),
-            relay: relay
-                .as_ref()
-                .and_then(|_| cfg.relay.as_ref().map(|(_, a)| a.clone())),
+            relay: advertise,
         };
         Conference {
             me,
@@ -326,6 +338,11 @@ impl Conference {
     /// The media's figures since the last call (for telemetry).
     pub fn media_sample(&mut self) -> Vec<(cuntong_core::telemetry::Metric, f64)> {
         self.engine.sample()
+    }
+
+    /// Where the relay listens, if this box relays.
+    pub fn relay_addr(&self) -> Option<std::net::SocketAddr> {
+        self.relay.as_ref().map(crate::relay::Relay::local_addr)
     }
 
     /// The relay role's counters, if this box relays.

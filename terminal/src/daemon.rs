@@ -188,6 +188,11 @@ pub async fn run(
         hardware.media,
         hardware.console,
     );
+    let listening = conference
+        .relay_addr()
+        .map(|a| ("relay".to_owned(), a.to_string()))
+        .into_iter()
+        .collect();
     let mut daemon = Daemon {
         conference,
         guard,
@@ -202,6 +207,7 @@ pub async fn run(
             version: VERSION.to_owned(),
             started_ms,
             broker: cfg.broker.to_string(),
+            listening,
             ..StatusReport::default()
         })),
         link: link.clone(),
@@ -283,9 +289,15 @@ pub async fn run(
     if let Some(hj) = daemon.cfg.hj212.clone() {
         let (stats, stop) = (hj_stats.clone(), stop.clone());
         let descriptors = descriptors.clone();
+        let status = daemon.status.clone();
+        let on_listening = move |addr: std::net::SocketAddr| {
+            if let Ok(mut s) = status.lock() {
+                s.listening.insert("hj212".to_owned(), addr.to_string());
+            }
+        };
         tokio::spawn(async move {
             let listen = hj.listen;
-            if let Err(e) = hj212::serve(hj, hj_tx, stats, &descriptors, stop).await {
+            if let Err(e) = hj212::serve(hj, hj_tx, stats, &descriptors, stop, on_listening).await {
                 tracing::error!(?listen, error = %e, "HJ 212 listener failed");
             }
         });

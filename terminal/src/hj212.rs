@@ -152,13 +152,15 @@ fn is_upload(p: &Packet) -> bool {
 }
 
 /// Serves loggers (TCP and/or serial) until `stop` fires; TCP connections take their
-/// descriptors from `descriptors`.
+/// descriptors from `descriptors`. Once the listener is bound (port 0 picks a free port), it
+/// reports its address in one line on stderr and to `on_listening`.
 pub async fn serve(
     cfg: Hj212Config,
     out: mpsc::Sender<Vec<HjSample>>,
     stats: Arc<Hj212Stats>,
     descriptors: &Descriptors,
     stop: CancellationToken,
+    on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> std::io::Result<()> {
     let cfg = Arc::new(cfg);
     let log = Arc::new(LogLimiter::default());
@@ -177,7 +179,10 @@ pub async fn serve(
         return Ok(());
     };
     let listener = TcpListener::bind(listen).await?;
-    tracing::info!(%listen, max_connections = cfg.max_connections, "HJ 212 listener up");
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, max_connections = cfg.max_connections, "HJ 212 listener up");
+    eprintln!("hj212 listening on {bound}");
+    on_listening(bound);
     let gate = Gate::new("HJ 212", cfg.max_connections, descriptors);
     let serve_stop = stop.clone();
     crate::listen::serve(listener, gate, serve_stop, move |stream, peer| {

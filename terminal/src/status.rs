@@ -46,6 +46,10 @@ pub struct StatusReport {
     /// Duty reports raised here, newest last, with their acknowledgement by the duty office.
     #[serde(default)]
     pub duty_reports: Vec<DutyReportStatus>,
+    /// Where this daemon listens, once bound: `hj212` (data loggers) and `relay` (media),
+    /// as ip:port (the port actually bound when the configuration says port 0).
+    #[serde(default)]
+    pub listening: BTreeMap<String, String>,
 }
 
 /// A duty report and whether the duty office acknowledged it.

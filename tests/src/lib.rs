@@ -2,11 +2,12 @@
 //!
 //! The binaries are the workspace's own build (`cargo build --workspace --bins` first; the
 //! test command does that). Every child process is killed when its handle drops, every wait
-//! polls a condition with a deadline, and every port is picked free by the OS.
+//! polls a condition with a deadline, and every port is picked by the OS: a binary started on
+//! port 0 reports the port it bound on stderr, read back with [`Proc::bound`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -38,7 +39,10 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A TCP port that was free a moment ago.
+/// A TCP port that was free a moment ago. Another process may take it before it is used:
+/// only for what must know its port before it starts (Mosquitto's configuration file, a
+/// broker restarted where its clients expect it, an address that must refuse). Start our own
+/// binaries on port 0 and read the port back with [`Proc::bound`].
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -107,6 +111,34 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address the process reports it bound, from the first log line starting with
+    /// `prefix` (`"broker listening on "`, `"dashboard: "`): the next word, without a
+    /// `scheme://` or a trailing `/`. Waits up to 10 s for the line.
+    pub fn bound(&self, prefix: &str) -> SocketAddr {
+        let mut found = None;
+        let reported = wait_until(Duration::from_secs(10), || {
+            found = self.log_text().lines().find_map(|l| {
+                let word = l.strip_prefix(prefix)?.split_whitespace().next()?;
+                let addr = word.split_once("://").map_or(word, |(_, a)| a);
+                addr.trim_end_matches('/').parse().ok()
+            });
+            found.is_some()
+        });
+        assert!(
+            reported,
+            "{} did not report {prefix:?} and an address: {}",
+            self.log.display(),
+            self.log_text()
+        );
+        found.unwrap()
+    }
+}
+
+/// A number unique in this test process, for log and socket names.
+fn unique() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Drop for Proc {
@@ -122,7 +154,7 @@ pub enum BrokerKind {
     Mosquitto,
 }
 
-/// A running broker on a free port.
+/// A running broker on a port the OS picked.
 #[derive(Debug)]
 pub struct Broker {
     pub url: String,
@@ -131,17 +163,23 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The embedded broker on port 0 (it reports the port it bound); Mosquitto on a free port,
+    /// since its configuration file names the port.
     pub fn start(kind: BrokerKind, dir: &Path) -> Broker {
-        Broker::start_on(kind, dir, free_port())
+        match kind {
+            BrokerKind::Embedded => Broker::start_on(kind, dir, 0),
+            BrokerKind::Mosquitto => Broker::start_on(kind, dir, free_port()),
+        }
     }
 
-    /// Starts a broker on a given port (to restart one where its clients expect it).
+    /// Starts a broker on a given port (to restart one where its clients expect it); port 0
+    /// for the embedded broker picks one.
     pub fn start_on(kind: BrokerKind, dir: &Path, port: u16) -> Broker {
         let proc = match kind {
             BrokerKind::Embedded => Proc::spawn(
                 &bin("cuntong"),
                 &["broker", "--listen", &format!("127.0.0.1:{port}")],
-                dir.join(format!("broker-{port}-{}.log", std::process::id())),
+                dir.join(format!("broker-{}-{}.log", std::process::id(), unique())),
             ),
             BrokerKind::Mosquitto => {
                 let conf = dir.join("mosquitto.conf");
@@ -156,6 +194,11 @@ impl Broker {
                     dir.join("mosquitto.log"),
                 )
             }
+        };
+        // The embedded broker reports its address once it accepts connections.
+        let port = match kind {
+            BrokerKind::Embedded => proc.bound("broker listening on ").port(),
+            BrokerKind::Mosquitto => port,
         };
         let ready = wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -266,26 +309,23 @@ pub struct LinkProxy {
 
 impl LinkProxy {
     pub fn start(dir: &Path, broker_port: u16) -> LinkProxy {
-        let port = free_port();
-        let control = dir.join(format!("link-{port}.sock"));
+        let n = unique();
+        let control = dir.join(format!("link-{n}.sock"));
         let proc = Proc::spawn(
             &bin("cuntong-sim"),
             &[
                 "proxy",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
                 "--upstream",
                 &format!("127.0.0.1:{broker_port}"),
                 "--control",
                 control.to_str().unwrap(),
             ],
-            dir.join(format!("proxy-{port}.log")),
+            dir.join(format!("proxy-{n}.log")),
         );
-        assert!(
-            wait_until(Duration::from_secs(10), || control.exists()),
-            "{}",
-            proc.log_text()
-        );
+        // The proxy reports its address once its control socket is up.
+        let port = proc.bound("proxy listening on ").port();
         LinkProxy {
             control,
             port,

@@ -212,6 +212,168 @@ fn status_reports_the_running_daemon() {
     );
 }
 
+/// An MQTT 3.1.1 CONNECT's answer from whatever listens at `addr`: the CONNACK's 4 bytes.
+fn mqtt_connack(addr: std::net::SocketAddr) -> [u8; 4] {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Fixed header, "MQTT" level 4, clean session, keep-alive 60 s, client id "p".
+    s.write_all(&[
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'p',
+    ])
+    .unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).unwrap();
+    ack
+}
+
+#[test]
+fn listeners_on_port_0_report_the_port_they_bound_and_serve_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Proc::spawn(
+        &bin("cuntong"),
+        &["broker", "--listen", "127.0.0.1:0"],
+        d.join("broker.log"),
+    );
+    let mqtt = broker.bound("broker listening on ");
+    assert_ne!(mqtt.port(), 0);
+    assert_eq!(mqtt_connack(mqtt), [0x20, 2, 0, 0], "{}", broker.log_text());
+
+    let control = d.join("link.sock");
+    let proxy = Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &mqtt.to_string(),
+            "--control",
+            control.to_str().unwrap(),
+        ],
+        d.join("proxy.log"),
+    );
+    let through = proxy.bound("proxy listening on ");
+    assert_ne!(through.port(), 0);
+    assert_eq!(through.ip(), mqtt.ip());
+    // The broker answers through the proxy.
+    assert_eq!(
+        mqtt_connack(through),
+        [0x20, 2, 0, 0],
+        "{}",
+        proxy.log_text()
+    );
+
+    let db = d.join("central.db");
+    let central = Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "central",
+            "--broker",
+            &format!("mqtt://{mqtt}"),
+            "--db",
+            db.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        d.join("central.log"),
+    );
+    let http = central.bound("dashboard: ");
+    assert_ne!(http.port(), 0);
+    let mut page = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            page = ureq::get(&format!("http://{http}/"))
+                .call()
+                .ok()
+                .map(|r| r.status().as_u16());
+            page.is_some()
+        }),
+        "the dashboard did not answer at {http}: {}",
+        central.log_text()
+    );
+    assert_eq!(page, Some(200));
+}
+
+#[test]
+fn the_demo_on_port_0_reports_its_broker_and_dashboard_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let demo = Proc::spawn(
+        &bin("cuntong"),
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--sites",
+            "1",
+            "--duration",
+            "1m",
+            "--db",
+            d.join("demo.db").to_str().unwrap(),
+        ],
+        d.join("demo.log"),
+    );
+    let mqtt = demo.bound("broker listening on ");
+    assert_eq!(mqtt_connack(mqtt), [0x20, 2, 0, 0], "{}", demo.log_text());
+    let http = demo.bound("dashboard: ");
+    assert!(
+        wait_until(Duration::from_secs(10), || ureq::get(&format!(
+            "http://{http}/"
+        ))
+        .call()
+        .is_ok_and(|r| r.status() == 200)),
+        "the dashboard did not answer at {http}: {}",
+        demo.log_text()
+    );
+}
+
+#[test]
+fn the_terminal_reports_its_hj212_and_relay_ports_bound_on_port_0_in_its_log_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(BrokerKind::Embedded, dir.path());
+    let cfg = write_config(dir.path(), &broker.url, false);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[hj212]\nlisten = \"127.0.0.1:0\"\n");
+    text.push_str("\n[meeting]\nmedia_host = \"127.0.0.1\"\nrelay = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let daemon = Proc::spawn(
+        &bin("cuntong-terminal"),
+        &["--config", cfg],
+        dir.path().join("t.log"),
+    );
+    let hj = daemon.bound("hj212 listening on ");
+    let relay = daemon.bound("relay listening on ");
+    assert_ne!(hj.port(), 0);
+    assert_ne!(relay.port(), 0);
+    assert!(
+        std::net::TcpStream::connect_timeout(&hj, Duration::from_secs(5)).is_ok(),
+        "{}",
+        daemon.log_text()
+    );
+    let mut report = serde_json::Value::Null;
+    let reported = wait_until(Duration::from_secs(20), || {
+        let out = run(
+            &bin("cuntong-terminal"),
+            &["status", "--config", cfg, "--json"],
+        );
+        if out.status.success() {
+            report = serde_json::from_slice(&out.stdout).unwrap();
+        }
+        report["listening"]["hj212"] == hj.to_string()
+    });
+    assert!(reported, "{report:#}\n{}", daemon.log_text());
+    assert_eq!(
+        report["listening"]["relay"],
+        relay.to_string(),
+        "{report:#}"
+    );
+}
+
 /// A broker nobody listens on: a command that validated its arguments only after connecting
 /// would fail there (exit 1), not with exit 2.
 const NOWHERE: &str = "mqtt://127.0.0.1:1";

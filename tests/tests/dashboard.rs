@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use cuntong_e2e::browser::Browser;
-use cuntong_e2e::{Broker, BrokerKind, central_with, free_port, sim_fleet, sites, wait_until};
+use cuntong_e2e::{Broker, BrokerKind, central_with, sim_fleet, sites, wait_until};
 use serde_json::Value;
 
 const ROWS: &str = "return Array.from(document.querySelectorAll('#terminals tr[data-terminal]'))
@@ -34,9 +34,8 @@ fn the_dashboard_shows_the_fleet_and_updates_when_a_terminal_goes_offline() {
     let d = dir.path();
     let broker = Broker::start(BrokerKind::Mosquitto, d);
     let db = d.join("central.db");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let central = central_with(&broker, &db, d, &["--http", &addr]);
+    let central = central_with(&broker, &db, d, &["--http", "127.0.0.1:0"]);
+    let addr = central.bound("dashboard: ");
     let _township = sim_fleet(&broker.url, "130102001", 3, d, "township");
     let mut village = sim_fleet(&broker.url, "130102001009", 1, d, "village");
     assert!(
@@ -127,9 +126,10 @@ fn the_dashboard_shows_the_fleet_and_updates_when_a_terminal_goes_offline() {
 
     // A terminal's history as charts.
     browser.eval("location.hash = 'r=130102001&t=130102001001-main'; return null;");
+    // The page fetches the history again every 10 s: allow for one fetch before the samples.
     let charts = browser
         .wait_for(
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             "return Array.from(document.querySelectorAll('#charts figure[data-metric]'))
                 .filter(f => f.querySelector('polyline')).map(f => f.dataset.metric);",
             |v| {
@@ -154,9 +154,8 @@ fn the_dashboard_refuses_a_bad_region_naming_it() {
     let d = dir.path();
     let broker = Broker::start(BrokerKind::Embedded, d);
     let db = d.join("central.db");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let central = central_with(&broker, &db, d, &["--http", &addr]);
+    let central = central_with(&broker, &db, d, &["--http", "127.0.0.1:0"]);
+    let addr = central.bound("dashboard: ");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use cuntong_e2e::{
-    Broker, BrokerKind, Proc, bin, central, free_port, run, sites, telemetry, wait_until,
-};
+use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central, run, sites, telemetry, wait_until};
 
 #[test]
 fn logger_values_reach_the_store_with_their_time_and_flags() {
@@ -17,7 +15,6 @@ fn logger_values_reach_the_store_with_their_time_and_flags() {
     let broker = Broker::start(BrokerKind::Mosquitto, d);
     let _central = central(&broker, &db, d);
     let id = "130102001001-main";
-    let hj = format!("127.0.0.1:{}", free_port());
     let terminal = Proc::spawn(
         &bin("cuntong-sim"),
         &[
@@ -31,18 +28,11 @@ fn logger_values_reach_the_store_with_their_time_and_flags() {
             "--interval",
             "200ms",
             "--hj212-listen",
-            &hj,
+            "127.0.0.1:0",
         ],
         d.join("terminal.log"),
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
-            &hj
-        )
-        .is_ok()),
-        "{}",
-        terminal.log_text()
-    );
+    let hj = terminal.bound("hj212 listening on ").to_string();
     // 12 uploads, every 3rd split into two packets, every 4th frame corrupted.
     let out = run(
         &bin("cuntong-sim"),
