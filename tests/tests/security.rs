@@ -94,7 +94,10 @@ impl Fleet {
         );
         std::fs::write(
             &cfg,
-            format!("{text}\n[telemetry]\nhealth_interval = \"1s\"\nbatch_age = \"1s\"\n"),
+            // Resent after 3 s: what a box sent before central subscribed arrives soon.
+            format!(
+                "{text}\n[telemetry]\nhealth_interval = \"1s\"\nbatch_age = \"1s\"\n\n[delivery]\nresend_after = \"3s\"\n"
+            ),
         )
         .unwrap();
         cfg
@@ -666,8 +669,12 @@ fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere()
             .find(|s| s.terminal == B)
             .and_then(|s| s.last_seen)
     };
+    let confirmed = || f.status("b")["outbox"]["confirmed"]["telemetry"].as_u64();
+    // B's data is being confirmed (its start of numbering has reached central) before A acts.
+    let first = || f.status("b")["outbox"]["first_seq"]["telemetry"].as_u64();
     assert!(
-        wait_until(Duration::from_secs(30), || b_seen().is_some()),
+        wait_until(Duration::from_secs(30), || b_seen().is_some()
+            && first().is_some_and(|s| confirmed() >= Some(s))),
         "{}",
         b.log_text()
     );
@@ -688,7 +695,6 @@ fn oversized_or_junk_messages_from_a_box_cut_no_link_and_stay_retained_nowhere()
     }
     assert!(f.publish("a", &["-t", A_PRESENCE, "-m", "junk", "-r", "-q", "1"]));
     // Central keeps storing and confirming B's data, B stays on its first connection.
-    let confirmed = || f.status("b")["outbox"]["confirmed"]["telemetry"].as_u64();
     let (before, confirmed_before) = (b_seen(), confirmed());
     assert!(
         wait_until(Duration::from_secs(20), || b_seen() > before
