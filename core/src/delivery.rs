@@ -118,6 +118,14 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// Everything sent and not confirmed goes back to be sent again.
+    fn requeue_in_flight(&mut self) {
+        let flying: alloc::vec::Vec<u64> = self.in_flight.keys().copied().collect();
+        self.unsent.extend(flying);
+        self.in_flight.clear();
+        self.sent_order.clear();
+    }
+
     fn forget_upto(&mut self, seq: u64) {
         let after = seq.saturating_add(1);
         self.unsent = self.unsent.split_off(&after);
@@ -216,7 +224,15 @@ impl Delivery {
                 assigned: st.assigned,
             };
         }
-        if watermark <= st.watermark {
+        if watermark < st.watermark {
+            // Central is behind what it confirmed before, or below where this box's numbering
+            // starts: it has not got the event that covers the range (the start of numbering
+            // of a new box, sent before central subscribed, say). The events in flight go
+            // again now rather than after `resend_after`.
+            self.events.requeue_in_flight();
+            return Confirmation::Stale;
+        }
+        if watermark == st.watermark {
             return Confirmation::Stale;
         }
         st.watermark = watermark;
@@ -235,11 +251,7 @@ impl Delivery {
     pub fn link_up(&mut self, _now_ms: u64) {
         self.link_up = true;
         for s in Stream::ALL {
-            let st = self.stream(s);
-            let flying: alloc::vec::Vec<u64> = st.in_flight.keys().copied().collect();
-            st.unsent.extend(flying);
-            st.in_flight.clear();
-            st.sent_order.clear();
+            self.stream(s).requeue_in_flight();
         }
     }
 
@@ -486,6 +498,41 @@ mod tests {
         assert_eq!(d.next_send(0), Some((Stream::Telemetry, 1)));
         d.not_sent(Stream::Telemetry, 1);
         assert_eq!(d.next_send(0), Some((Stream::Telemetry, 1)));
+    }
+
+    #[test]
+    fn a_watermark_behind_the_boxs_own_sends_the_events_in_flight_again_at_once() {
+        // A new box numbers from 1_000; central, which missed its start-of-numbering event,
+        // acknowledges what it had (0).
+        let mut d = Delivery::new(DeliveryConfig::default(), 0);
+        for s in Stream::ALL {
+            d.assigned_upto(s, 999);
+            assert_eq!(d.confirmed(s, 999), Confirmation::Advanced);
+        }
+        d.link_up(0);
+        d.queued(Stream::Events, 1_000);
+        d.queued(Stream::Telemetry, 1_000);
+        assert_eq!(d.next_send(10), Some((Stream::Events, 1_000)));
+        assert_eq!(d.next_send(10), Some((Stream::Telemetry, 1_000)));
+        assert_eq!(d.next_send(20), None, "nothing is due before resend_after");
+        assert_eq!(d.confirmed(Stream::Telemetry, 0), Confirmation::Stale);
+        assert_eq!(
+            d.next_send(30),
+            Some((Stream::Events, 1_000)),
+            "the event goes again now"
+        );
+        assert_eq!(
+            d.next_send(30),
+            None,
+            "telemetry central already has is not resent"
+        );
+        // Central caught up: nothing more.
+        assert_eq!(d.confirmed(Stream::Events, 1_000), Confirmation::Advanced);
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, 1_000),
+            Confirmation::Advanced
+        );
+        assert_eq!(d.unconfirmed(), 0);
     }
 
     #[test]
