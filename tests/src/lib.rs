@@ -163,6 +163,26 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Publishes the contents of `file` on `topic` at QoS 1 (retained if asked) with
+    /// Mosquitto's command-line client, as any client of this (plain, loopback) broker can;
+    /// true once the broker acknowledged it.
+    pub fn publish_file(&self, topic: &str, file: &Path, retained: bool) -> bool {
+        let port = self.port.to_string();
+        let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic];
+        args.extend(["-f", file.to_str().unwrap_or_default()]);
+        if retained {
+            args.push("-r");
+        }
+        let out = run(Path::new("mosquitto_pub"), &args);
+        if !out.status.success() {
+            eprintln!(
+                "mosquitto_pub on {topic}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out.status.success()
+    }
+
     /// The embedded broker on port 0 (it reports the port it bound); Mosquitto on a free port,
     /// since its configuration file names the port.
     pub fn start(kind: BrokerKind, dir: &Path) -> Broker {

@@ -76,32 +76,6 @@ fn confirmed_beyond(data: &Path, db: &Path, after: u64, t: &Proc) {
     );
 }
 
-/// Publishes `file` retained on `topic`, as any client of the broker can.
-fn publish_retained(broker: &Broker, topic: &str, file: &Path) {
-    let port = broker.port.to_string();
-    let out = run(
-        Path::new("mosquitto_pub"),
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-q",
-            "1",
-            "-r",
-            "-t",
-            topic,
-            "-f",
-            file.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn events(db: &Path, only_security: bool) -> Vec<cuntong::view::EventJson> {
     let db = db.to_str().unwrap();
     let mut args = vec!["events", "--json", "--db", db];
@@ -135,7 +109,7 @@ fn a_forged_acknowledgement_is_refused_reported_and_never_silences_the_terminal(
         events: u64::MAX,
     };
     std::fs::write(&forged, encode(&marks).unwrap()).unwrap();
-    publish_retained(&broker, ACK, &forged);
+    assert!(broker.publish_file(ACK, &forged, true));
 
     // Central staff see it as a security event.
     let reported = wait_until(Duration::from_secs(30), || {
@@ -155,7 +129,7 @@ fn a_forged_acknowledgement_is_refused_reported_and_never_silences_the_terminal(
     let before_stop = telemetry_seq(&data, "next_seq").unwrap();
     assert!(t.terminate(Duration::from_secs(10)).is_some());
     // The forgery again, waiting for the terminal when it comes back.
-    publish_retained(&broker, ACK, &forged);
+    assert!(broker.publish_file(ACK, &forged, true));
     let t = terminal(&broker, &data, "terminal-2.log");
     let before = wait_until(Duration::from_secs(20), || outbox(&data).is_some());
     assert!(before, "{}", t.log_text());

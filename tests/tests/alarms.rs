@@ -200,25 +200,10 @@ fn a_value_hovering_at_its_threshold_raises_one_alarm_and_does_not_flap() {
     let db = d.join("central.db");
     let central = central(&broker, &db, &rules, d);
     assert!(wait_until(Duration::from_secs(10), || db.exists()));
-    let port = broker.port.to_string();
     let publish_to = |topic: &str, seq: u64, payload: Vec<u8>| {
         let file = d.join(format!("tm-{seq}.bin"));
         std::fs::write(&file, payload).unwrap();
-        ok(run(
-            Path::new("mosquitto_pub"),
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                topic,
-                "-q",
-                "1",
-                "-f",
-                file.to_str().unwrap(),
-            ],
-        ));
+        assert!(broker.publish_file(topic, &file, false));
     };
     let publish = |seq: u64, value: &str| {
         publish_to("ct/v1/t/13/01/02/001/001/test/tm", seq, reading(seq, value))

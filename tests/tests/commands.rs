@@ -136,22 +136,7 @@ fn commands_are_verified_before_they_run() {
         lines().contains(marker)
     }));
     for file in [&payload, &payload, &expired, &too_long] {
-        let p = run(
-            Path::new("mosquitto_pub"),
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                CMD,
-                "-q",
-                "1",
-                "-f",
-                file.to_str().unwrap(),
-            ],
-        );
-        assert!(p.status.success());
+        assert!(broker.publish_file(CMD, file, false));
     }
     let answers = || -> Vec<String> {
         lines()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cuntong_core::envelope::{Envelope, encode};
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
-use cuntong_e2e::{Broker, BrokerKind, central, run, sites, telemetry, wait_until};
+use cuntong_e2e::{Broker, BrokerKind, central, sites, telemetry, wait_until};
 
 const TERMINAL: &str = "130102001001-main";
 const TOPIC: &str = "ct/v1/t/13/01/02/001/001/main/tm";
@@ -26,30 +26,6 @@ fn mosquitto_pub() -> PathBuf {
         }
     }
     panic!("mosquitto_pub is not installed (apt-get install mosquitto-clients)");
-}
-
-/// Publishes the contents of `file` on `topic` at QoS 1 and waits for the broker's PUBACK.
-fn publish(broker: &Broker, topic: &str, file: &Path) {
-    let out = run(
-        &mosquitto_pub(),
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-            file.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "mosquitto_pub on {topic}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn sample(offset_ms: u32, metric: Metric, value: &str) -> Sample {
@@ -101,7 +77,7 @@ fn a_redelivered_message_is_stored_once_and_garbage_does_not_stop_central() {
         vec![sample(0, Metric::AirTemp, "1.00")],
     );
     let subscribed = wait_until(Duration::from_secs(20), || {
-        publish(&broker, PROBE_TOPIC, &probe);
+        assert!(broker.publish_file(PROBE_TOPIC, &probe, false));
         sites(&db, None).iter().any(|s| s.terminal == PROBE)
     });
     assert!(
@@ -128,9 +104,9 @@ fn a_redelivered_message_is_stored_once_and_garbage_does_not_stop_central() {
         vec![sample(0, Metric::AirTemp, "23.50")],
     );
     for _ in 0..3 {
-        publish(&broker, TOPIC, &seq1);
+        assert!(broker.publish_file(TOPIC, &seq1, false));
     }
-    publish(&broker, TOPIC, &seq2);
+    assert!(broker.publish_file(TOPIC, &seq2, false));
 
     let expected = [
         row(1, "2025-11-22T08:00:00.000Z", "env.temp", "23.45"),
@@ -154,7 +130,7 @@ fn a_redelivered_message_is_stored_once_and_garbage_does_not_stop_central() {
     // Garbage on the same topic is rejected; central keeps running and stores what follows.
     let garbage = dir.path().join("garbage.bin");
     std::fs::write(&garbage, b"\x01this is not a telemetry envelope").unwrap();
-    publish(&broker, TOPIC, &garbage);
+    assert!(broker.publish_file(TOPIC, &garbage, false));
     let seq3 = payload_file(
         dir.path(),
         "seq3.bin",
@@ -162,7 +138,7 @@ fn a_redelivered_message_is_stored_once_and_garbage_does_not_stop_central() {
         T0 + 120_000,
         vec![sample(0, Metric::AirTemp, "23.55")],
     );
-    publish(&broker, TOPIC, &seq3);
+    assert!(broker.publish_file(TOPIC, &seq3, false));
 
     let mut expected = expected.to_vec();
     expected.push(row(3, "2025-11-22T08:02:00.000Z", "env.temp", "23.55"));
@@ -211,7 +187,7 @@ fn a_redelivered_message_is_stored_once_and_garbage_does_not_stop_central() {
         T0 + 180_000,
         vec![sample(0, Metric::AirTemp, "23.60")],
     );
-    publish(&broker, TOPIC, &seq4);
+    assert!(broker.publish_file(TOPIC, &seq4, false));
     // One topic, QoS 1: the broker delivers in order, so seq 4 stored means the flood is in.
     expected.push(row(4, "2025-11-22T08:03:00.000Z", "env.temp", "23.60"));
     assert!(
