@@ -162,43 +162,38 @@ pub async fn serve(
     stop: CancellationToken,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> std::io::Result<()> {
-    let cfg = Arc::new(cfg);
-    let log = Arc::new(LogLimiter::default());
-    if let Some(serial) = cfg.serial.clone() {
-        let (cfg, out, stats, log, stop) = (
-            cfg.clone(),
-            out.clone(),
-            stats.clone(),
-            log.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move { serve_serial(&serial, &cfg, &out, &stats, &log, &stop).await });
+    let shared = Shared {
+        cfg: Arc::new(cfg),
+        out,
+        stats,
+        log: Arc::new(LogLimiter::default()),
+    };
+    if let Some(serial) = shared.cfg.serial.clone() {
+        let (s, stop) = (shared.clone(), stop.clone());
+        tokio::spawn(async move {
+            serve_serial(&serial, &s.cfg, &s.out, &s.stats, &s.log, &stop).await
+        });
     }
-    let Some(listen) = cfg.listen else {
+    let Some(listen) = shared.cfg.listen else {
         stop.cancelled().await;
         return Ok(());
     };
     let listener = TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
-    tracing::info!(%bound, max_connections = cfg.max_connections, "HJ 212 listener up");
+    let max_connections = shared.cfg.max_connections;
+    tracing::info!(%bound, max_connections, "HJ 212 listener up");
     eprintln!("hj212 listening on {bound}");
     on_listening(bound);
-    let gate = Gate::new("HJ 212", cfg.max_connections, descriptors);
+    let gate = Gate::new("HJ 212", max_connections, descriptors);
     let serve_stop = stop.clone();
     crate::listen::serve(listener, gate, serve_stop, move |stream, peer| {
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (cfg, out, stats, log, stop) = (
-            cfg.clone(),
-            out.clone(),
-            stats.clone(),
-            log.clone(),
-            stop.clone(),
-        );
+        shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let (s, stop) = (shared.clone(), stop.clone());
         async move {
-            let idle = Some(cfg.idle_timeout);
+            let idle = Some(s.cfg.idle_timeout);
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = connection(stream, &peer, &cfg, &out, &stats, &log, idle) => {
+                r = connection(stream, &peer, &s.cfg, &s.out, &s.stats, &s.log, idle) => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "HJ 212 connection ended");
                     }
@@ -208,6 +203,15 @@ pub async fn serve(
     })
     .await;
     Ok(())
+}
+
+/// What every serial and TCP connection of one listener shares.
+#[derive(Clone)]
+struct Shared {
+    cfg: Arc<Hj212Config>,
+    out: mpsc::Sender<Vec<HjSample>>,
+    stats: Arc<Hj212Stats>,
+    log: Arc<LogLimiter>,
 }
 
 /// Parts of split packets being reassembled, by (MN, CN). The standard gives every part its
