@@ -43,6 +43,7 @@
 //! ```
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cuntong_core::alarm::{
@@ -55,12 +56,11 @@ use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic};
 use cuntong_terminal::link::Message;
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::names::Names;
-use crate::store::{NamesCache, Record, SqliteStore, StoreError};
+use crate::store::{Record, SqliteStore, StateWriter, StoreError};
 use crate::view::{pad, rfc3339_ms};
 
 /// A rules file and its hooks.
@@ -340,25 +340,14 @@ impl AlarmJson {
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS alarms (
-    id         INTEGER PRIMARY KEY,
-    subject    TEXT NOT NULL,
-    kind       TEXT NOT NULL,
-    state      TEXT NOT NULL,
-    raised_ms  INTEGER NOT NULL,
-    alarm      TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alarms_by_state ON alarms (state, raised_ms);
-";
-
 /// Hook runs waiting, at most; beyond it changes are logged but not handed to the hooks.
 const HOOK_QUEUE: usize = 1024;
 
 /// The alarms of central.
 pub struct AlarmService {
     engine: AlarmEngine,
-    db: Connection,
+    /// Where the changes are written (the store thread).
+    writer: StateWriter,
     hooks: Option<mpsc::Sender<Alarm>>,
     /// Notices for terminals (duty reports acknowledged), for central to publish.
     outbound: Vec<Message>,
@@ -375,48 +364,38 @@ impl std::fmt::Debug for AlarmService {
 }
 
 impl AlarmService {
-    /// Opens the alarms kept in the store at `db` and the terminals it knows; starts the hook
-    /// runner on the current runtime if there are hooks.
-    pub fn open(db: &Path, config: AlarmConfig, now_ms: u64) -> Result<AlarmService, StoreError> {
-        let conn = Connection::open(db).map_err(|source| StoreError::Open {
-            path: db.display().to_string(),
-            source,
-        })?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        let stored = open_alarms(&conn)?;
-        let last_id: i64 =
-            conn.query_row("SELECT coalesce(max(id), 0) FROM alarms", [], |r| r.get(0))?;
-        let mut engine = AlarmEngine::new(config.rules, stored, last_id.max(0) as u64);
-        let known: Vec<(String, bool, Option<i64>)> = conn
-            .prepare("SELECT terminal, online, last_seen_ms FROM terminals")
-            .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect::<Result<_, _>>()
-            })
-            .unwrap_or_default();
-        for (t, online, seen) in known {
-            // A terminal never heard from is not known to be anything yet.
-            if let (Ok(terminal), Some(seen)) = (t.parse::<TerminalId>(), seen) {
-                engine.observe(
-                    Observation::Known {
-                        terminal,
-                        online,
-                        since_ms: seen.max(0) as u64,
-                    },
-                    now_ms,
-                );
-            }
+    /// Carries on with the alarms kept in `store` and the terminals it knows (read once,
+    /// before central's loop starts); writes through `writer`; starts the hook runner on the
+    /// current runtime if there are hooks, naming sites as `names` has them.
+    pub fn open(
+        store: &SqliteStore,
+        config: AlarmConfig,
+        writer: StateWriter,
+        names: watch::Receiver<Arc<Names>>,
+        now_ms: u64,
+    ) -> Result<AlarmService, StoreError> {
+        let stored = store.open_alarms()?;
+        let mut engine = AlarmEngine::new(config.rules, stored.alarms, stored.last_id);
+        // A terminal never heard from is not known to be anything yet.
+        for k in store.known_terminals()? {
+            engine.observe(
+                Observation::Known {
+                    terminal: k.terminal,
+                    online: k.online,
+                    since_ms: k.last_seen_ms,
+                },
+                now_ms,
+            );
         }
         let retired = engine.retire_orphans(now_ms);
         let hooks = (!config.hooks.is_empty()).then(|| {
             let (tx, rx) = mpsc::channel(HOOK_QUEUE);
-            tokio::spawn(run_hooks(config.hooks, rx, db.to_owned()));
+            tokio::spawn(run_hooks(config.hooks, rx, names));
             tx
         });
         let mut service = AlarmService {
             engine,
-            db: conn,
+            writer,
             hooks,
             outbound: Vec::new(),
             deaf: false,
@@ -455,16 +434,12 @@ impl AlarmService {
         }
         let changes = match self.engine.acknowledge(id, by, now_ms) {
             Ok(c) => c,
+            // The engine holds every alarm not cleared; ids are given in order.
             Err(cuntong_core::alarm::AckError::NoSuchAlarm(_)) => {
-                let stored: Option<String> = self
-                    .db
-                    .query_row("SELECT state FROM alarms WHERE id = ?1", [id as i64], |r| {
-                        r.get(0)
-                    })
-                    .ok();
-                return Err(match stored {
-                    Some(_) => format!("alarm {id} is already cleared"),
-                    None => format!("no alarm {id}"),
+                return Err(if id >= 1 && id <= self.engine.last_id() {
+                    format!("alarm {id} is already cleared")
+                } else {
+                    format!("no alarm {id}")
                 });
             }
             Err(e) => return Err(e.to_string()),
@@ -495,6 +470,13 @@ impl AlarmService {
     }
 
     fn changed(&mut self, changes: Vec<AlarmChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let alarms: Vec<Alarm> = changes.iter().map(|c| c.alarm().clone()).collect();
+        if let Err(e) = self.writer.alarms(alarms) {
+            tracing::error!(error = %e, "cannot store alarm changes");
+        }
         for c in changes {
             let a = c.alarm();
             match &c {
@@ -509,9 +491,6 @@ impl AlarmService {
                 AlarmChange::Cleared(_) => {
                     tracing::info!(id = a.id, subject = %a.subject, "alarm cleared")
                 }
-            }
-            if let Err(e) = save(&self.db, a) {
-                tracing::error!(id = a.id, error = %e, "cannot store an alarm change");
             }
             if let Some(tx) = &self.hooks {
                 if tx.try_send(a.clone()).is_err() {
@@ -570,83 +549,6 @@ pub fn observations(record: &Record) -> Vec<Observation> {
     }
 }
 
-fn save(db: &Connection, a: &Alarm) -> Result<(), StoreError> {
-    let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt {
-        terminal: a.subject.to_string(),
-        seq: a.id,
-        detail: e.to_string(),
-    })?;
-    db.execute(
-        "INSERT INTO alarms (id, subject, kind, state, raised_ms, alarm) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (id) DO UPDATE SET state = excluded.state, alarm = excluded.alarm",
-        params![
-            a.id as i64,
-            a.subject.to_string(),
-            a.kind.as_str(),
-            a.state.as_str(),
-            a.raised_ms as i64,
-            json
-        ],
-    )?;
-    Ok(())
-}
-
-fn open_alarms(db: &Connection) -> Result<Vec<Alarm>, StoreError> {
-    let mut stmt = db.prepare("SELECT alarm FROM alarms WHERE state != 'cleared' ORDER BY id")?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    let mut out = Vec::new();
-    for r in rows {
-        match serde_json::from_str::<Alarm>(&r?) {
-            Ok(a) => out.push(a),
-            Err(e) => {
-                tracing::error!(error = %e, "a stored alarm no longer decodes; left in the store")
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The stored alarms for `cuntong alarms`: in `region` (by subject), active ones only if asked,
-/// newest first.
-pub fn list(
-    db: &Path,
-    region: Option<&Region>,
-    active: bool,
-    limit: usize,
-) -> Result<Vec<Alarm>, StoreError> {
-    let conn = crate::store::open_read_only(db)?;
-    let prefix = region.map_or(String::new(), |r| r.prefix());
-    let exists: bool = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alarms'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n > 0)?;
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let mut stmt = conn.prepare(
-        "SELECT alarm FROM alarms WHERE substr(subject, 1, length(?1)) = ?1
-         AND (?2 = 0 OR state != 'cleared') ORDER BY id DESC LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(
-        params![prefix, active as i64, limit.min(i64::MAX as usize) as i64],
-        |r| r.get::<_, String>(0),
-    )?;
-    let mut out = Vec::new();
-    for r in rows {
-        let text = r?;
-        let a: Alarm = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-            terminal: "alarms".into(),
-            seq: 0,
-            detail: e.to_string(),
-        })?;
-        out.push(a);
-    }
-    Ok(out)
-}
-
 /// `cuntong alarms` for people.
 pub fn table(alarms: &[Alarm], names: &Names) -> String {
     let mut out = format!(
@@ -684,13 +586,14 @@ pub fn table(alarms: &[Alarm], names: &Names) -> String {
 }
 
 /// Runs every hook for every change, in order, each up to three times (1 s, 2 s apart).
-async fn run_hooks(hooks: Vec<Hook>, mut rx: mpsc::Receiver<Alarm>, db: std::path::PathBuf) {
-    let mut names = NamesCache::default();
+async fn run_hooks(
+    hooks: Vec<Hook>,
+    mut rx: mpsc::Receiver<Alarm>,
+    names: watch::Receiver<Arc<Names>>,
+) {
     while let Some(alarm) = rx.recv().await {
-        // Names as the store has them now (the shipped ones if it cannot be read).
-        let current = SqliteStore::open_read_only(&db)
-            .and_then(|s| names.get(&s))
-            .unwrap_or_default();
+        // Names as the store has them now.
+        let current = names.borrow().clone();
         let Ok(json) = serde_json::to_vec(&AlarmJson::of(&alarm, &current)) else {
             continue;
         };

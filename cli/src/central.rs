@@ -36,10 +36,7 @@ use cuntong_terminal::link::Message;
 use crate::alarms::{AlarmConfig, AlarmService};
 use crate::control::{Request, RequestBody, Response, ResponseBody};
 use crate::meetings::MeetingService;
-use crate::store::{Record, SqliteStore, Store, StoreError};
-
-/// Records applied in one transaction, at most.
-const GROUP: usize = 4096;
+use crate::store::{GROUP, Record, SqliteStore, StoreError, Writer};
 
 /// How central connects and where it stores.
 #[derive(Clone, Debug)]
@@ -79,10 +76,6 @@ impl CentralOptions {
 pub enum CentralError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot start the store thread: {0}")]
-    Thread(std::io::Error),
-    #[error("the store thread crashed")]
-    Crashed,
     #[error(transparent)]
     Tls(#[from] cuntong_terminal::tls::TlsError),
     #[error("dashboard: cannot listen on {addr}: {source}")]
@@ -198,8 +191,42 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), CentralError> {
     let store = SqliteStore::open(&opts.db)?;
-    let mut meetings = MeetingService::open(&opts.db, opts.meeting_heartbeat)?;
-    let mut alarms = AlarmService::open(&opts.db, opts.alarms.clone(), unix_ms())?;
+    let (records_tx, records_rx) = mpsc::channel::<Record>(GROUP * 2);
+    let (marks_tx, mut marks_rx) = mpsc::unbounded_channel::<Vec<(TerminalId, Watermarks)>>();
+    // What the services need of the store is read here, once, before the loop; from then on
+    // they only hand the store thread what to write.
+    let reader = SqliteStore::open(&opts.db)?;
+    let writer_stats = stats.clone();
+    let writer = Writer::start(
+        store,
+        records_rx,
+        move |a| {
+            if !a.watermarks.is_empty() {
+                let _ = marks_tx.send(a.watermarks);
+            }
+            writer_stats.stored.fetch_add(a.stored, Ordering::Relaxed);
+            writer_stats
+                .duplicates
+                .fetch_add(a.duplicates, Ordering::Relaxed);
+            writer_stats.values.fetch_add(a.values, Ordering::Relaxed);
+        },
+        stop.clone(),
+    )
+    .map_err(StoreError::Thread)?;
+    let mut meetings = MeetingService::open(
+        &reader,
+        opts.meeting_heartbeat,
+        writer.state.clone(),
+        writer.names.clone(),
+    )?;
+    let mut alarms = AlarmService::open(
+        &reader,
+        opts.alarms.clone(),
+        writer.state.clone(),
+        writer.names.clone(),
+        unix_ms(),
+    )?;
+    drop(reader);
     let log = LogLimiter::default();
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -233,15 +260,6 @@ pub async fn run(
         .map(cuntong_terminal::tls::client_config)
         .transpose()?;
     let (link, mut incoming) = Link::start(link_opts);
-
-    let (records_tx, records_rx) = mpsc::channel::<Record>(GROUP * 2);
-    let (marks_tx, mut marks_rx) = mpsc::unbounded_channel::<Vec<(TerminalId, Watermarks)>>();
-    let writer_stats = stats.clone();
-    let writer_stop = stop.clone();
-    let writer = std::thread::Builder::new()
-        .name("central-store".to_owned())
-        .spawn(move || write_loop(store, records_rx, &marks_tx, &writer_stats, &writer_stop))
-        .map_err(CentralError::Thread)?;
 
     let mut to_confirm: HashMap<TerminalId, Watermarks> = HashMap::new();
     let mut ack_tick = tokio::time::interval(opts.ack_interval);
@@ -325,6 +343,7 @@ pub async fn run(
             stats.rejected.fetch_add(1, Ordering::Relaxed);
         }
         alarms.record(&record, unix_ms());
+        meetings.record(&record);
         if records_tx.send(record).await.is_err() {
             break;
         }
@@ -333,11 +352,12 @@ pub async fn run(
         tracing::error!(error = %e, "cannot save meetings at shutdown");
     }
     link.shutdown();
-    drop(records_tx);
-    writer
-        .join()
-        .map_err(|_| CentralError::Crashed)?
-        .map_err(CentralError::Store)
+    // The store thread writes everything handed over, then stops.
+    drop((records_tx, meetings, alarms));
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|_| StoreError::Crashed)??;
+    Ok(())
 }
 
 /// Answers a request of a `cuntong` command (`meeting …`, `alarms ack`) on its response topic.
@@ -397,48 +417,6 @@ fn confirm(link: &Link, pending: &mut HashMap<TerminalId, Watermarks>, stats: &C
     for id in sent {
         pending.remove(&id);
     }
-}
-
-fn write_loop(
-    mut store: SqliteStore,
-    mut rx: mpsc::Receiver<Record>,
-    marks: &mpsc::UnboundedSender<Vec<(TerminalId, Watermarks)>>,
-    stats: &CentralStats,
-    stop: &CancellationToken,
-) -> Result<(), StoreError> {
-    let mut group = Vec::with_capacity(GROUP);
-    while let Some(first) = rx.blocking_recv() {
-        group.push(first);
-        while group.len() < GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        // A failed write keeps the group and tries again: nothing received is dropped.
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match store.apply(&group) {
-                Ok(a) => {
-                    if !a.watermarks.is_empty() {
-                        let _ = marks.send(a.watermarks);
-                    }
-                    stats.stored.fetch_add(a.stored, Ordering::Relaxed);
-                    stats.duplicates.fetch_add(a.duplicates, Ordering::Relaxed);
-                    stats.values.fetch_add(a.values, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) if !stop.is_cancelled() => {
-                    tracing::error!(error = %e, records = group.len(), "store write failed; retrying in {delay:?}");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        group.clear();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -271,7 +271,8 @@ fn terminal(
         points.sort_by_key(|p| p.0);
         thin(points, MAX_POINTS);
     }
-    let alarms = crate::alarms::list(db, Some(&Region::of(*id.site())), false, 200)
+    let alarms = store
+        .alarms(Some(&Region::of(*id.site())), false, 200)
         .map_err(|e| e.to_string())?
         .iter()
         .filter(|a| a.subject == Subject::Terminal(*id) || a.suppressed.iter().any(|t| t == id))

@@ -786,7 +786,9 @@ async fn run(cmd: Command) -> Result<(), Failure> {
                 return Err(Usage("--limit 0: at least 1".into()).into());
             }
             let db = db.unwrap_or_else(default_db);
-            let rows = cuntong::alarms::list(&db, region.as_ref(), active, limit).map_err(fail)?;
+            let rows = SqliteStore::open_read_only(&db)
+                .and_then(|s| s.alarms(region.as_ref(), active, limit))
+                .map_err(fail)?;
             let names = SqliteStore::open_read_only(&db)
                 .and_then(|s| s.names())
                 .map_err(fail)?;

@@ -10,8 +10,8 @@
 //! its problem, and `meeting end` retires it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cuntong_core::envelope::encode;
 use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Notice, Operator};
@@ -22,12 +22,13 @@ use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic, region_filter};
 use cuntong_terminal::link::{Incoming, Link, Message};
 use ring::rand::SecureRandom;
-use rusqlite::{Connection, params};
+use tokio::sync::watch;
 
 use crate::control::{
     MeetingJson, MeetingStatus, PAGE, RequestBody, ResponseBody, RollCallJson, SiteJson,
 };
-use crate::store::{NamesCache, StoreError};
+use crate::names::Names;
+use crate::store::{MeetingRow, Record, SqliteStore, StateWriter, StoreError, StoredMeeting};
 use crate::view::{LAST_MS, rfc3339_ms};
 
 /// Ended sessions stay in memory (for `status` and `list`) this long; the store keeps them.
@@ -73,9 +74,16 @@ pub struct MeetingService {
     unusable: BTreeMap<String, MeetingJson>,
     /// The heartbeat new sessions get.
     heartbeat_ms: u32,
-    db: Connection,
+    /// Where the sessions are written (the store thread).
+    writer: StateWriter,
+    /// Every session id the store holds (ended ones too): a new session never reuses one.
+    stored: BTreeSet<String>,
+    /// Every terminal central has heard of (they are listed as invited until they answer).
+    known: BTreeSet<TerminalId>,
+    /// The newest media figures each site reported (`media.*`), with their times.
+    media: BTreeMap<TerminalId, BTreeMap<String, (u64, f64)>>,
     /// Names of the sites, for the status and roll call answers.
-    names: NamesCache,
+    names: watch::Receiver<Arc<Names>>,
     dirty: BTreeSet<MeetingId>,
     outbound: VecDeque<Message>,
 }
@@ -119,51 +127,27 @@ pub fn state_topics(spec: &MeetingSpec) -> Vec<String> {
 }
 
 impl MeetingService {
-    /// Opens the sessions kept in the store at `db` (the same file as the history); new
-    /// sessions ask their sites for a status every `heartbeat`.
-    pub fn open(db: &Path, heartbeat: std::time::Duration) -> Result<MeetingService, StoreError> {
-        let conn = Connection::open(db).map_err(|source| StoreError::Open {
-            path: db.display().to_string(),
-            source,
-        })?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS meetings (
-                 id         TEXT PRIMARY KEY,
-                 status     TEXT NOT NULL,
-                 created_ms INTEGER NOT NULL,
-                 host       BLOB NOT NULL
-             ) WITHOUT ROWID;",
-        )?;
+    /// Carries on with the sessions kept in `store` (read once, before central's loop starts);
+    /// writes through `writer`; new sessions ask their sites for a status every `heartbeat`.
+    pub fn open(
+        store: &SqliteStore,
+        heartbeat: std::time::Duration,
+        writer: StateWriter,
+        names: watch::Receiver<Arc<Names>>,
+    ) -> Result<MeetingService, StoreError> {
         let mut hosts = BTreeMap::new();
         let mut unusable = BTreeMap::new();
-        {
-            use rusqlite::types::Value;
-            // Any value in any column: one bad row must not keep central from starting.
-            let mut stmt =
-                conn.prepare("SELECT id, host, created_ms FROM meetings WHERE status != 'ended'")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, Value>(0)?,
-                    r.get::<_, Value>(1)?,
-                    r.get::<_, Value>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (id, blob, created) = row?;
-                match restore(&id, &blob, &created) {
-                    Ok((mid, mut host)) => {
-                        // Versions published after the last save may be lost with the crash.
-                        host.restored(cuntong_terminal::link::unix_ms());
-                        hosts.insert(mid, host);
-                    }
-                    Err(json) => {
-                        let (id, problem) = (&json.id, json.problem.as_deref().unwrap_or(""));
-                        tracing::error!(meeting = %id, %problem, "a stored session cannot be used: skipped (`cuntong meeting end {id}` retires it)");
-                        unusable.insert(json.id.clone(), *json);
-                    }
+        for row in store.unended_meetings()? {
+            match restore(row) {
+                Ok((mid, mut host)) => {
+                    // Versions published after the last save may be lost with the crash.
+                    host.restored(cuntong_terminal::link::unix_ms());
+                    hosts.insert(mid, host);
+                }
+                Err(json) => {
+                    let (id, problem) = (&json.id, json.problem.as_deref().unwrap_or(""));
+                    tracing::error!(meeting = %id, %problem, "a stored session cannot be used: skipped (`cuntong meeting end {id}` retires it)");
+                    unusable.insert(json.id.clone(), *json);
                 }
             }
         }
@@ -181,8 +165,11 @@ impl MeetingService {
             hosts,
             unusable,
             heartbeat_ms: heartbeat.as_millis().clamp(500, u128::from(u32::MAX)) as u32,
-            db: conn,
-            names: NamesCache::default(),
+            writer,
+            stored: store.meeting_ids()?.into_iter().collect(),
+            known: store.terminal_ids()?.into_iter().collect(),
+            media: BTreeMap::new(),
+            names,
             dirty,
             outbound: VecDeque::new(),
         })
@@ -254,7 +241,7 @@ impl MeetingService {
             }
             return; // the caller's repeated request
         }
-        if self.in_store(&id).unwrap_or(true) {
+        if self.in_store(&id) {
             self.refuse(from, id, "that id is taken; call again");
             return;
         }
@@ -310,8 +297,9 @@ impl MeetingService {
             .fill(&mut key)
             .map_err(|_| "no randomness for the SRTP key".to_owned())?;
         let (mut host, out) = Host::new(spec, HostConfig::default(), key, now_ms);
-        host.expect(self.known_terminals());
+        host.expect(self.known.iter().copied());
         self.hosts.insert(id, host);
+        self.stored.insert(id.as_str().to_owned());
         self.dirty.insert(id);
         self.apply(id, out);
         if start {
@@ -337,24 +325,48 @@ impl MeetingService {
 
     /// Marks an unusable stored session ended, so it is not loaded again.
     fn retire(&mut self, id: &str) -> Result<(), String> {
-        self.db
-            .execute("UPDATE meetings SET status = 'ended' WHERE id = ?1", [id])
-            .map_err(|e| format!("store: {e}"))?;
+        self.writer
+            .retire_meeting(id.to_owned())
+            .map_err(|e| e.to_string())?;
         self.unusable.remove(id);
         tracing::info!(meeting = %id, "unusable stored session retired");
         Ok(())
     }
 
     /// Whether the store holds a session (live or ended) under `id`.
-    fn in_store(&self, id: &MeetingId) -> Result<bool, String> {
-        self.db
-            .query_row(
-                "SELECT count(*) FROM meetings WHERE id = ?1",
-                [id.to_string()],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| format!("store: {e}"))
+    fn in_store(&self, id: &MeetingId) -> bool {
+        self.stored.contains(id.as_str())
+    }
+
+    /// Takes in what a received record says of its terminal: that it exists, and its media.
+    pub fn record(&mut self, record: &Record) {
+        let terminal = match record {
+            Record::Telemetry { terminal, .. }
+            | Record::Event { terminal, .. }
+            | Record::Presence { terminal, .. } => terminal,
+            Record::Rejected { .. } => return,
+        };
+        if !self.known.contains(terminal) {
+            self.known.insert(*terminal);
+        }
+        let Record::Telemetry { envelope, .. } = record else {
+            return;
+        };
+        for s in &envelope.body.samples {
+            let name = s.metric.name();
+            if !name.starts_with("media.") {
+                continue;
+            }
+            let ts = envelope.time_ms.saturating_add(u64::from(s.offset_ms));
+            let latest = self.media.entry(*terminal).or_default();
+            match latest.get_mut(name) {
+                Some(v) if v.0 > ts => {}
+                Some(v) => *v = (ts, s.value.to_f64()),
+                None => {
+                    latest.insert(name.to_owned(), (ts, s.value.to_f64()));
+                }
+            }
+        }
     }
 
     /// A new session id: `m`, the time in seconds and a random suffix (hex), never one in
@@ -368,27 +380,11 @@ impl MeetingService {
             let id: MeetingId = format!("m{:x}{:04x}", now_ms / 1000, u16::from_le_bytes(salt))
                 .parse()
                 .map_err(|e| format!("meeting id: {e}"))?;
-            if !self.in_store(&id)? && !self.hosts.contains_key(&id) {
+            if !self.in_store(&id) && !self.hosts.contains_key(&id) {
                 return Ok(id);
             }
         }
         Err("cannot find a free meeting id".into())
-    }
-
-    /// Every terminal the store knows (they are listed as invited until they answer).
-    fn known_terminals(&self) -> Vec<TerminalId> {
-        let rows = self
-            .db
-            .prepare_cached("SELECT terminal FROM terminals")
-            .and_then(|mut s| {
-                s.query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<String>, _>>()
-            });
-        match rows {
-            Ok(v) => v.iter().filter_map(|t| t.parse().ok()).collect(),
-            // A store without the history tables yet: nobody is known.
-            Err(_) => Vec::new(),
-        }
     }
 
     fn apply(&mut self, id: MeetingId, mut out: Vec<HostOutput>) {
@@ -485,9 +481,10 @@ impl MeetingService {
                 }
             }
         }
-        // Save first: a session leaves memory only once its end is in the store.
+        // Save first: a session leaves memory only once its end is handed to the store thread
+        // (which writes what it is handed, in order, retrying until it is written).
         if let Err(e) = self.save() {
-            tracing::error!(error = %e, "cannot save meetings; retrying at the next tick");
+            tracing::error!(error = %e, "cannot save meetings");
             return;
         }
         self.hosts.retain(|_, h| {
@@ -496,37 +493,29 @@ impl MeetingService {
         });
     }
 
-    /// Writes the changed sessions to the store, in one transaction.
-    pub fn save(&mut self) -> Result<(), StoreError> {
+    /// Hands the changed sessions to the store thread, written there in one transaction.
+    pub fn save(&mut self) -> Result<(), crate::store::WriterGone> {
         if self.dirty.is_empty() {
             return Ok(());
         }
-        let tx = self.db.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO meetings (id, status, created_ms, host) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, host = excluded.host",
-            )?;
-            for id in &self.dirty {
-                let Some(h) = self.hosts.get(id) else {
-                    continue;
-                };
-                let blob = match h.to_store() {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(meeting = %id, error = %e, "cannot encode a meeting for the store");
-                        continue;
-                    }
-                };
-                stmt.execute(params![
-                    id.to_string(),
-                    h.state().status.as_str(),
-                    h.created_ms() as i64,
-                    blob
-                ])?;
+        let mut rows = Vec::with_capacity(self.dirty.len());
+        for id in &self.dirty {
+            let Some(h) = self.hosts.get(id) else {
+                continue;
+            };
+            match h.to_store() {
+                Ok(record) => rows.push(MeetingRow {
+                    id: *id,
+                    status: h.state().status.as_str(),
+                    created_ms: h.created_ms(),
+                    record,
+                }),
+                Err(e) => {
+                    tracing::error!(meeting = %id, error = %e, "cannot encode a meeting for the store")
+                }
             }
         }
-        tx.commit()?;
+        self.writer.meetings(rows)?;
         self.dirty.clear();
         Ok(())
     }
@@ -663,12 +652,12 @@ impl MeetingService {
             RequestBody::Status { meeting, after } => {
                 let id = find(self, &meeting)?;
                 let after = after.map(|a| parse_terminal(&a)).transpose()?;
-                let names = self.names.get_from(&self.db).unwrap_or_default();
+                let names = self.names.borrow().clone();
                 let mut st = status(&self.hosts[&id], after);
                 for site in &mut st.sites {
                     site.name = names.terminal_str(&site.terminal).to_owned();
                     if site.state == "joined" {
-                        site.media = self.media_of(&site.terminal);
+                        site.media = site.terminal.parse().ok().and_then(|t| self.media_of(&t));
                     }
                 }
                 Ok(ResponseBody::Status(Box::new(st)))
@@ -688,7 +677,7 @@ impl MeetingService {
                     .collect();
                 let present = sites.iter().filter(|(_, l)| l.is_some()).count();
                 let (page, next) = page(&sites, |(t, _)| t, after);
-                let names = self.names.get_from(&self.db).unwrap_or_default();
+                let names = self.names.borrow().clone();
                 Ok(ResponseBody::RollCall {
                     present,
                     total: sites.len(),
@@ -737,20 +726,10 @@ impl MeetingService {
 }
 
 impl MeetingService {
-    /// A site's media from its latest telemetry in the store, if it reported any.
-    fn media_of(&self, terminal: &str) -> Option<crate::control::MediaJson> {
-        let mut stmt = self
-            .db
-            .prepare_cached(
-                "SELECT metric, value FROM latest WHERE terminal = ?1 AND metric LIKE 'media.%'",
-            )
-            .ok()?;
-        let values: BTreeMap<String, f64> = stmt
-            .query_map([terminal], |r| Ok((r.get(0)?, r.get(1)?)))
-            .ok()?
-            .filter_map(Result::ok)
-            .collect();
-        let v = |m: &str| values.get(m).copied();
+    /// A site's media from its latest telemetry, if it reported any.
+    fn media_of(&self, terminal: &TerminalId) -> Option<crate::control::MediaJson> {
+        let values = self.media.get(terminal)?;
+        let v = |m: &str| values.get(m).map(|(_, v)| *v);
         let (rx, tx) = (v("media.rx")?, v("media.tx").unwrap_or(0.0));
         Some(crate::control::MediaJson {
             sending: tx > 0.0,
@@ -836,17 +815,15 @@ pub fn meeting_json(h: &Host) -> MeetingJson {
 
 /// A stored row as a session central can host, or as `list` shows one it cannot: status
 /// `unusable`, with its problem.
-fn restore(
-    id: &rusqlite::types::Value,
-    blob: &rusqlite::types::Value,
-    created: &rusqlite::types::Value,
-) -> Result<(MeetingId, Host), Box<MeetingJson>> {
-    use rusqlite::types::Value;
+fn restore(row: StoredMeeting) -> Result<(MeetingId, Host), Box<MeetingJson>> {
+    let id_text = match &row.id {
+        Ok(t) | Err(t) => t.clone(),
+    };
     let unusable = |problem: String, host: Option<&Host>| {
         let json = match host {
             Some(h) => meeting_json(h),
             None => MeetingJson {
-                id: text_of(id),
+                id: id_text.clone(),
                 title: String::new(),
                 kind: String::new(),
                 status: String::new(),
@@ -854,26 +831,26 @@ fn restore(
                 invited: Vec::new(),
                 chair: None,
                 joined: 0,
-                created: match created {
-                    Value::Integer(ms) => rfc3339_ms(u64::try_from(*ms).unwrap_or(0)),
-                    other => text_of(other),
+                created: match &row.created_ms {
+                    Ok(ms) => rfc3339_ms(u64::try_from(*ms).unwrap_or(0)),
+                    Err(text) => text.clone(),
                 },
                 starts: None,
                 problem: None,
             },
         };
         Box::new(MeetingJson {
-            id: text_of(id),
+            id: id_text.clone(),
             status: "unusable".into(),
             problem: Some(problem),
             ..json
         })
     };
-    let Value::Text(text) = id else {
+    let Ok(text) = &row.id else {
         return Err(unusable("its id is not text".into(), None));
     };
     let mid = MeetingId::from_str(text).map_err(|e| unusable(format!("bad id: {e}"), None))?;
-    let Value::Blob(blob) = blob else {
+    let Ok(blob) = &row.record else {
         return Err(unusable("no session record".into(), None));
     };
     let host = Host::from_store(blob)
@@ -892,18 +869,6 @@ fn restore(
     match problem {
         Some(p) => Err(unusable(p, Some(&host))),
         None => Ok((mid, host)),
-    }
-}
-
-/// A stored value as text, for messages.
-fn text_of(v: &rusqlite::types::Value) -> String {
-    use rusqlite::types::Value;
-    match v {
-        Value::Null => "(null)".into(),
-        Value::Integer(i) => i.to_string(),
-        Value::Real(f) => f.to_string(),
-        Value::Text(t) => t.clone(),
-        Value::Blob(b) => format!("({} bytes)", b.len()),
     }
 }
 
@@ -956,13 +921,41 @@ pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Writer;
+    use rusqlite::{Connection, params};
+
+    /// The meeting host on the store at `db`, with a store thread of its own.
+    fn open(db: &std::path::Path, heartbeat: std::time::Duration) -> MeetingService {
+        let store = SqliteStore::open(db).unwrap();
+        let (_records, none) = tokio::sync::mpsc::channel(1);
+        let writer = Writer::start(
+            SqliteStore::open(db).unwrap(),
+            none,
+            |_| {},
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        MeetingService::open(
+            &store,
+            heartbeat,
+            writer.state.clone(),
+            writer.names.clone(),
+        )
+        .unwrap()
+    }
+
+    /// Hands the service's changes to its store thread and waits until they are written.
+    fn save(svc: &mut MeetingService) {
+        svc.save().unwrap();
+        svc.writer.flush().unwrap();
+    }
 
     #[test]
     fn sessions_survive_a_restart_of_central_and_ended_ones_stay_in_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("central.db");
         let hb = std::time::Duration::from_secs(10);
-        let mut svc = MeetingService::open(&db, hb).unwrap();
+        let mut svc = open(&db, hb);
         let create = |svc: &mut MeetingService, title: &str| {
             let body = RequestBody::Create {
                 title: title.into(),
@@ -1005,10 +998,10 @@ mod tests {
                 .unwrap_err()
                 .contains("needs a terminal")
         );
-        svc.save().unwrap();
+        save(&mut svc);
         drop(svc);
 
-        let mut again = MeetingService::open(&db, hb).unwrap();
+        let mut again = open(&db, hb);
         let live: Vec<&Host> = again.sessions().collect();
         assert_eq!(live.len(), 1, "the ended session is not reloaded");
         let st = live[0].state();
@@ -1020,13 +1013,13 @@ mod tests {
         let m = again.outbound.pop_front().unwrap();
         assert_eq!(m.topic, format!("ct/v1/m/13/01/02/{a}"));
         assert!(m.retain);
-        let ended: String = again
-            .db
-            .query_row("SELECT status FROM meetings WHERE id = ?1", [&b], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(ended, "ended");
+        let stored = SqliteStore::open_read_only(&db)
+            .unwrap()
+            .meeting(&b)
+            .unwrap()
+            .expect("the ended session is kept in the store");
+        let ended = Host::from_store(&stored).unwrap();
+        assert_eq!(ended.state().status, Status::Ended);
     }
 
     #[test]
@@ -1034,7 +1027,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("central.db");
         let hb = std::time::Duration::from_secs(10);
-        drop(MeetingService::open(&db, hb).unwrap());
+        drop(SqliteStore::open(&db).unwrap());
         let spec = |id: &str, starts_ms| MeetingSpec {
             id: id.parse().unwrap(),
             kind: Kind::Meeting,
@@ -1065,7 +1058,7 @@ mod tests {
         put(&7, &"text, not a record");
         drop(conn);
 
-        let mut svc = MeetingService::open(&db, hb).unwrap();
+        let mut svc = open(&db, hb);
         assert_eq!(svc.sessions().count(), 1);
         let ResponseBody::List(rows) = svc.answer(RequestBody::List, 10).unwrap() else {
             panic!("not a list");
@@ -1094,8 +1087,9 @@ mod tests {
             op(&mut svc, "mfar", "end").is_err(),
             "retired: no longer there"
         );
+        save(&mut svc);
         drop(svc);
-        let mut again = MeetingService::open(&db, hb).unwrap();
+        let mut again = open(&db, hb);
         let ResponseBody::List(rows) = again.answer(RequestBody::List, 10).unwrap() else {
             panic!("not a list");
         };

@@ -79,8 +79,8 @@ impl Snapshot {
     pub fn read(db: &Path, names: &mut NamesCache) -> Result<Snapshot, StoreError> {
         let store = SqliteStore::open_read_only(db)?;
         let sites = store.sites(None)?;
-        let alarms = crate::alarms::list(db, None, true, 10_000)?;
-        let meetings = live_meetings(db).unwrap_or_default();
+        let alarms = store.alarms(None, true, 10_000)?;
+        let meetings = live_meetings(&store).unwrap_or_default();
         Ok(Snapshot {
             sites,
             alarms,
@@ -155,13 +155,9 @@ impl Snapshot {
 }
 
 /// The live sessions in the store.
-fn live_meetings(db: &Path) -> Result<Vec<LiveMeeting>, StoreError> {
-    let conn = crate::store::open_read_only(db)?;
-    let mut stmt = conn.prepare("SELECT host FROM meetings WHERE status = 'live'")?;
-    let blobs: Vec<Vec<u8>> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(blobs
+fn live_meetings(store: &SqliteStore) -> Result<Vec<LiveMeeting>, StoreError> {
+    Ok(store
+        .live_meetings()?
         .iter()
         .filter_map(|b| Host::from_store(b).ok())
         .filter(|h| h.state().status == Status::Live)

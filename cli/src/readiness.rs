@@ -7,11 +7,10 @@ use std::path::Path;
 use cuntong_core::command::{Check, Readiness};
 use cuntong_core::meeting::host::Host;
 use cuntong_core::terminal_id::TerminalId;
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::Answer;
-use crate::store::StoreError;
+use crate::store::{SqliteStore, StoreError};
 
 /// `cuntong readiness --json`: one object per terminal asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,12 +24,10 @@ pub struct ReadinessJson {
 
 /// The terminals a meeting knows (invited and expected, joined or not), from the store.
 pub fn meeting_terminals(db: &Path, meeting: &str) -> Result<Vec<TerminalId>, String> {
-    let conn = crate::store::open_read_only(db).map_err(|e| e.to_string())?;
-    let blob: Vec<u8> = conn
-        .query_row("SELECT host FROM meetings WHERE id = ?1", [meeting], |r| {
-            r.get(0)
-        })
-        .map_err(|_| format!("no meeting {meeting} in the store"))?;
+    let blob = SqliteStore::open_read_only(db)
+        .and_then(|s| s.meeting(meeting))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no meeting {meeting} in the store"))?;
     let host = Host::from_store(&blob).map_err(|e| format!("meeting {meeting}: {e}"))?;
     Ok(host.sites().keys().copied().collect())
 }
@@ -71,30 +68,14 @@ pub fn rows(answers: &[Answer]) -> Vec<ReadinessJson> {
 
 /// Keeps the results in the store.
 pub fn save(db: &Path, rows: &[ReadinessJson], at_ms: u64) -> Result<(), StoreError> {
-    let mut conn = Connection::open(db).map_err(|source| StoreError::Open {
-        path: db.display().to_string(),
-        source,
-    })?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS readiness (
-             terminal TEXT NOT NULL,
-             at_ms    INTEGER NOT NULL,
-             ready    INTEGER,
-             result   TEXT NOT NULL,
-             PRIMARY KEY (terminal, at_ms)
-         ) WITHOUT ROWID;",
-    )?;
-    let tx = conn.transaction()?;
-    for r in rows {
-        let json = serde_json::to_string(r).unwrap_or_default();
-        tx.execute(
-            "INSERT OR REPLACE INTO readiness (terminal, at_ms, ready, result) VALUES (?1, ?2, ?3, ?4)",
-            params![r.terminal, at_ms as i64, r.ready.map(i64::from), json],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
+    let rows: Vec<(String, Option<bool>, String)> = rows
+        .iter()
+        .map(|r| {
+            let json = serde_json::to_string(r).unwrap_or_default();
+            (r.terminal.clone(), r.ready, json)
+        })
+        .collect();
+    SqliteStore::open(db)?.save_readiness(&rows, at_ms)
 }
 
 /// The table for people: one row per terminal, one column per check.
@@ -176,7 +157,7 @@ mod tests {
         let db = dir.path().join("c.db");
         save(&db, &r, 5).unwrap();
         save(&db, &r, 6).unwrap();
-        let n: i64 = Connection::open(&db)
+        let n: i64 = rusqlite::Connection::open(&db)
             .unwrap()
             .query_row("SELECT count(*) FROM readiness", [], |x| x.get(0))
             .unwrap();

@@ -425,6 +425,12 @@ impl AlarmEngine {
         self.alarms.get(&id)
     }
 
+    /// The highest id given so far (0 if none): an id at or below it that is not
+    /// [`active`](Self::active) names a cleared alarm.
+    pub fn last_id(&self) -> u64 {
+        self.next_id - 1
+    }
+
     /// Takes in one observation.
     pub fn observe(&mut self, obs: Observation, now_ms: u64) -> Vec<AlarmChange> {
         let mut out = Vec::new();

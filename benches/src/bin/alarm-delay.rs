@@ -53,7 +53,8 @@ fn victim(url: &str, d: &Path) -> anyhow::Result<Proc> {
 /// Waits for the victim's offline alarm to be active (`true`) or gone (`false`).
 fn alarm_is(db: &Path, active: bool, timeout: Duration) -> Option<Duration> {
     wait_for(timeout, || {
-        cuntong::alarms::list(db, None, true, 10_000)
+        cuntong::store::SqliteStore::open_read_only(db)
+            .and_then(|s| s.alarms(None, true, 10_000))
             .map(|v| v.iter().any(|a| a.subject.to_string() == VICTIM) == active)
             .unwrap_or(false)
     })

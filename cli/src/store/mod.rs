@@ -19,8 +19,15 @@ use cuntong_core::telemetry::{Metric, TelemetryBatch};
 use cuntong_core::terminal_id::TerminalId;
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod alarms;
+mod meetings;
 mod names;
+mod schema;
+mod writer;
+pub use alarms::{KnownTerminal, OpenAlarms};
+pub use meetings::{MeetingRow, StoredMeeting};
 pub use names::NamesCache;
+pub use writer::{GROUP, StateWriter, Writer, WriterGone};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +44,18 @@ pub enum StoreError {
         terminal: String,
         seq: u64,
         detail: String,
+    },
+    #[error("cannot start the store thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the store thread crashed")]
+    Crashed,
+    #[error(
+        "database {path} was written by a newer cuntong (store version {found}; this one knows up to {known}): upgrade cuntong"
+    )]
+    Newer {
+        path: String,
+        found: u32,
+        known: u32,
     },
     #[error(
         "no store at {path} yet (`cuntong central` creates it there; --db PATH or CUNTONG_DB for another)"
@@ -74,6 +93,31 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
         return Err(missing());
     }
     Ok(conn)
+}
+
+/// True if the store has table `name` (a store written by an older central, read-only here,
+/// may not have the newer ones yet).
+fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        params![name],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// The text range `[from, to)` of the ids (terminal ids, site codes, alarm subjects) in
+/// `region`, everything if `None`: ids in a region start with its code and go on with a digit
+/// or `-`, both below `:`. As a range, the filter uses the index on the column.
+fn region_range(region: Option<&Region>) -> (String, String) {
+    match region {
+        Some(r) => {
+            let prefix = r.prefix();
+            let to = format!("{prefix}:");
+            (prefix, to)
+        }
+        None => (String::new(), char::MAX.to_string()),
+    }
 }
 
 /// One thing to store, already decoded and checked by the collector.
@@ -234,75 +278,6 @@ pub struct SqliteStore {
     conn: Connection,
 }
 
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
-CREATE TABLE IF NOT EXISTS terminals (
-    terminal     TEXT PRIMARY KEY,
-    site         TEXT NOT NULL,
-    level        TEXT NOT NULL,
-    online       INTEGER NOT NULL DEFAULT 0,
-    version      TEXT,
-    started_ms   INTEGER,
-    keep_alive_s INTEGER,
-    last_seen_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS messages (
-    terminal    TEXT NOT NULL,
-    stream      INTEGER NOT NULL,
-    seq         INTEGER NOT NULL,
-    time_ms     INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    payload     BLOB NOT NULL,
-    PRIMARY KEY (terminal, stream, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS messages_by_time ON messages (terminal, stream, time_ms);
-CREATE TABLE IF NOT EXISTS latest (
-    terminal TEXT NOT NULL,
-    metric   TEXT NOT NULL,
-    ts_ms    INTEGER NOT NULL,
-    value    REAL NOT NULL,
-    PRIMARY KEY (terminal, metric)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS watermarks (
-    terminal  TEXT NOT NULL,
-    stream    INTEGER NOT NULL,
-    watermark INTEGER NOT NULL,
-    PRIMARY KEY (terminal, stream)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dropped (
-    terminal TEXT NOT NULL,
-    stream   INTEGER NOT NULL,
-    first    INTEGER NOT NULL,
-    last     INTEGER NOT NULL,
-    PRIMARY KEY (terminal, stream, first)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS numbering (
-    terminal TEXT NOT NULL,
-    stream   INTEGER NOT NULL,
-    first    INTEGER NOT NULL,
-    PRIMARY KEY (terminal, stream)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS division_names (
-    code INTEGER PRIMARY KEY,
-    name TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS terminal_names (
-    terminal TEXT PRIMARY KEY,
-    name     TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rejected (
-    topic       TEXT NOT NULL,
-    received_ms INTEGER NOT NULL,
-    reason      TEXT NOT NULL,
-    payload     BLOB NOT NULL
-);
-";
-
 fn stream_id(s: Stream) -> i64 {
     match s {
         Stream::Telemetry => 0,
@@ -321,10 +296,10 @@ impl SqliteStore {
             // A missing directory shows up as the open error below.
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        schema::migrate(&mut conn, &path.display().to_string())?;
         Ok(SqliteStore { conn })
     }
 
@@ -576,31 +551,36 @@ impl Store for SqliteStore {
     }
 
     fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError> {
-        let prefix = region.map_or(String::new(), |r| r.prefix());
+        let (from, to) = region_range(region);
+        // One query: each terminal's row, followed by its metrics (none: one row of NULLs).
         let mut stmt = self.conn.prepare_cached(
-            "SELECT terminal, site, level, online, version, last_seen_ms FROM terminals
-             WHERE substr(site, 1, length(?1)) = ?1 ORDER BY terminal",
+            "SELECT t.terminal, t.site, t.level, t.online, t.version, t.last_seen_ms,
+                    l.metric, l.value
+             FROM terminals t LEFT JOIN latest l ON l.terminal = t.terminal
+             WHERE t.site >= ?1 AND t.site < ?2 ORDER BY t.terminal, l.metric",
         )?;
-        let mut rows: Vec<SiteRow> = stmt
-            .query_map(params![prefix], |r| {
-                Ok(SiteRow {
-                    terminal: r.get(0)?,
+        let mut rows: Vec<SiteRow> = Vec::new();
+        let mut q = stmt.query(params![from, to])?;
+        while let Some(r) = q.next()? {
+            let terminal: String = r.get(0)?;
+            if rows.last().is_none_or(|s| s.terminal != terminal) {
+                rows.push(SiteRow {
+                    terminal,
                     site: r.get(1)?,
                     level: r.get(2)?,
                     online: r.get(3)?,
                     version: r.get(4)?,
                     last_seen_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
                     metrics: Vec::new(),
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut latest = self.conn.prepare_cached(
-            "SELECT metric, value FROM latest WHERE terminal = ?1 ORDER BY metric",
-        )?;
-        for row in &mut rows {
-            row.metrics = latest
-                .query_map(params![row.terminal], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
+                });
+            }
+            if let (Some(metric), Some(value), Some(site)) = (
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<f64>>(7)?,
+                rows.last_mut(),
+            ) {
+                site.metrics.push((metric, value));
+            }
         }
         Ok(rows)
     }
@@ -654,17 +634,18 @@ impl Store for SqliteStore {
         region: Option<&Region>,
         since_ms: Option<u64>,
     ) -> Result<Vec<EventRow>, StoreError> {
-        // A terminal id starts with its site code, so a region is a prefix of the id.
-        let prefix = region.map_or(String::new(), |r| r.prefix());
+        // A terminal id starts with its site code, so a region is a range of ids.
+        let (from, to) = region_range(region);
         let mut stmt = self.conn.prepare_cached(
             "SELECT terminal, seq, payload FROM messages WHERE stream = ?1
-             AND substr(terminal, 1, length(?2)) = ?2 AND time_ms >= ?3
+             AND terminal >= ?2 AND terminal < ?3 AND time_ms >= ?4
              ORDER BY time_ms, terminal, seq",
         )?;
         let rows = stmt.query_map(
             params![
                 stream_id(Stream::Events),
-                prefix,
+                from,
+                to,
                 since_ms.unwrap_or(0) as i64
             ],
             |r| {

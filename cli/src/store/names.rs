@@ -8,7 +8,7 @@ use cuntong_core::site::SiteCode;
 use cuntong_core::terminal_id::TerminalId;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, StoreError};
+use super::{SqliteStore, StoreError, has_table};
 use crate::names::Names;
 
 impl SqliteStore {
@@ -65,17 +65,6 @@ fn bump_names_version(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> 
         [],
     )?;
     Ok(())
-}
-
-/// True if the store has table `name` (a store written by an older central, read-only here,
-/// may not have the newer ones yet).
-fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    let n: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        params![name],
-        |r| r.get(0),
-    )?;
-    Ok(n > 0)
 }
 
 fn names_version(conn: &Connection) -> Result<i64, StoreError> {

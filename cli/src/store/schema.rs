@@ -1,0 +1,196 @@
+//! The SQLite store's schema and its versioned migrations: every table central keeps (history,
+//! names, meetings, alarms, readiness) is created here and nowhere else. The store's version is
+//! SQLite's `user_version`; opening for writing applies the migrations it lacks, each in one
+//! transaction, in order. A migration is only ever appended: a released one never changes.
+//!
+//! Version 1 is the schema as it was before versions were counted (every statement is
+//! `IF NOT EXISTS`), so a store written then is adopted as it is.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// The migrations, in order: index `i` takes the store from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: history, names, meetings, alarms, readiness.
+    "
+CREATE TABLE IF NOT EXISTS terminals (
+    terminal     TEXT PRIMARY KEY,
+    site         TEXT NOT NULL,
+    level        TEXT NOT NULL,
+    online       INTEGER NOT NULL DEFAULT 0,
+    version      TEXT,
+    started_ms   INTEGER,
+    keep_alive_s INTEGER,
+    last_seen_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS messages (
+    terminal    TEXT NOT NULL,
+    stream      INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    time_ms     INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    payload     BLOB NOT NULL,
+    PRIMARY KEY (terminal, stream, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (terminal, stream, time_ms);
+CREATE TABLE IF NOT EXISTS latest (
+    terminal TEXT NOT NULL,
+    metric   TEXT NOT NULL,
+    ts_ms    INTEGER NOT NULL,
+    value    REAL NOT NULL,
+    PRIMARY KEY (terminal, metric)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watermarks (
+    terminal  TEXT NOT NULL,
+    stream    INTEGER NOT NULL,
+    watermark INTEGER NOT NULL,
+    PRIMARY KEY (terminal, stream)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dropped (
+    terminal TEXT NOT NULL,
+    stream   INTEGER NOT NULL,
+    first    INTEGER NOT NULL,
+    last     INTEGER NOT NULL,
+    PRIMARY KEY (terminal, stream, first)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS numbering (
+    terminal TEXT NOT NULL,
+    stream   INTEGER NOT NULL,
+    first    INTEGER NOT NULL,
+    PRIMARY KEY (terminal, stream)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS division_names (
+    code INTEGER PRIMARY KEY,
+    name TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS terminal_names (
+    terminal TEXT PRIMARY KEY,
+    name     TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected (
+    topic       TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    payload     BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meetings (
+    id         TEXT PRIMARY KEY,
+    status     TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    host       BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alarms (
+    id         INTEGER PRIMARY KEY,
+    subject    TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    raised_ms  INTEGER NOT NULL,
+    alarm      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alarms_by_state ON alarms (state, raised_ms);
+CREATE TABLE IF NOT EXISTS readiness (
+    terminal TEXT NOT NULL,
+    at_ms    INTEGER NOT NULL,
+    ready    INTEGER,
+    result   TEXT NOT NULL,
+    PRIMARY KEY (terminal, at_ms)
+) WITHOUT ROWID;
+",
+    // 2: region filters (a site code range) and alarm lists by subject use an index.
+    "
+CREATE INDEX terminals_by_site ON terminals (site);
+CREATE INDEX alarms_by_subject ON alarms (subject, id);
+",
+];
+
+/// The version this build writes.
+pub const VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The store's version (0: a new file, or one from before versions were counted).
+pub fn version(conn: &Connection) -> Result<u32, StoreError> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok(u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+/// Brings the store at `path` (open on `conn`) to [`VERSION`]; refuses a store a newer
+/// cuntong wrote, which this one could damage.
+pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    let mut at = version(conn)?;
+    if at > VERSION {
+        return Err(StoreError::Newer {
+            path: path.to_owned(),
+            found: at,
+            known: VERSION,
+        });
+    }
+    while at < VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(MIGRATIONS[at as usize])?;
+        // `user_version` takes no bound parameter; `at + 1` is a number of ours.
+        tx.execute_batch(&format!("PRAGMA user_version = {}", at + 1))?;
+        tx.commit()?;
+        at += 1;
+        tracing::debug!(version = at, "store migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_store_gets_every_migration_and_a_second_open_changes_nothing() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, ":memory:").unwrap();
+        assert_eq!(version(&conn).unwrap(), VERSION);
+        migrate(&mut conn, ":memory:").unwrap();
+        assert_eq!(version(&conn).unwrap(), VERSION);
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'terminals_by_site'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 1);
+    }
+
+    #[test]
+    fn a_store_from_before_versions_were_counted_is_adopted_with_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        // Version 1's tables as an unversioned store had them, with a row.
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute(
+            "INSERT INTO meetings (id, status, created_ms, host) VALUES ('m', 'live', 1, x'00')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(version(&conn).unwrap(), 0);
+        migrate(&mut conn, ":memory:").unwrap();
+        assert_eq!(version(&conn).unwrap(), VERSION);
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM meetings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_store_written_by_a_newer_cuntong_is_refused_naming_both_versions() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("PRAGMA user_version = {}", VERSION + 3))
+            .unwrap();
+        let e = migrate(&mut conn, "/srv/central.db")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/srv/central.db"), "{e}");
+        assert!(e.contains(&(VERSION + 3).to_string()), "{e}");
+        assert!(e.contains(&VERSION.to_string()), "{e}");
+    }
+}
