@@ -568,3 +568,78 @@ fn a_stored_meeting_central_cannot_use_is_skipped_listed_and_ended_while_central
     assert_eq!(ids(rows), [good]);
     assert!(central.child.try_wait().unwrap().is_none());
 }
+
+#[test]
+fn a_store_held_by_another_writer_keeps_no_chair_waiting_and_loses_no_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Embedded, d);
+    let url = broker.url.clone();
+    let db = d.join("central.db");
+    let central = Proc::spawn(
+        &bin("cuntong"),
+        &["central", "--broker", &url, "--db", db.to_str().unwrap()],
+        d.join("central.log"),
+    );
+    let mut id = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = cuntong(
+                &url,
+                &[
+                    "meeting", "create", "--title", "例会", "--invite", COUNTY, "--at", "+1h",
+                ],
+            );
+            id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            out.status.success()
+        }),
+        "{}",
+        central.log_text()
+    );
+    let stored_status = || -> Option<String> {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()?;
+        conn.query_row("SELECT status FROM meetings WHERE id = ?1", [&id], |r| {
+            r.get(0)
+        })
+        .ok()
+    };
+    assert!(wait_until(Duration::from_secs(10), || stored_status()
+        .as_deref()
+        == Some("scheduled")));
+
+    // Another program holds the store's write lock for longer than any write waits for it.
+    let mut other = rusqlite::Connection::open(&db).unwrap();
+    let lock = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .unwrap();
+    // The meeting host writes every second; none of it may hold up an answer.
+    for op in ["start", "status", "mute", "status"] {
+        let args: Vec<&str> = match op {
+            "mute" => vec!["meeting", "mute", &id, "--all"],
+            other => vec!["meeting", other, &id],
+        };
+        let asked = Instant::now();
+        let out = cuntong(&url, &args);
+        let took = asked.elapsed();
+        assert!(
+            out.status.success(),
+            "{op}: {out:?}\n{}",
+            central.log_text()
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "{op} took {took:?} while the store was locked"
+        );
+    }
+    assert_eq!(stored_status().as_deref(), Some("scheduled"));
+    drop(lock);
+    // Once the store is free again, what changed meanwhile is written.
+    assert!(
+        wait_until(Duration::from_secs(20), || stored_status().as_deref()
+            == Some("live")),
+        "{}",
+        central.log_text()
+    );
+}
