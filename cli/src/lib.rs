@@ -1,6 +1,8 @@
 //! The cuntong central CLI, as a library: the embedded broker, the central service, the history
-//! store and the fleet views. The `cuntong` binary is a thin layer over these.
+//! store and the fleet views, and the commands over them. The `cuntong` binary is a thin layer
+//! over [`commands`].
 //!
+//! What the service and the commands are made of:
 //! - [`alarms`]: the alarm service inside `central`, its rules file, `cuntong alarms`.
 //! - [`broker`]: the embedded MQTT broker.
 //! - [`ca`]: the fleet CA, provisioning bundles and broker ACLs.
@@ -12,23 +14,24 @@
 //! - [`monitor`]: the live terminal view (`cuntong monitor`).
 //! - [`readiness`]: the pre-meeting self-check of terminals (`cuntong readiness`).
 //! - [`control`]: what `cuntong` commands and `central` say to each other.
-//! - [`meeting_cli`]: the `cuntong meeting …` and `cuntong call` clients.
 //! - [`store`]: the history store (SQLite).
 //! - [`view`]: fleet tables and their `--json` form.
+//!
+//! The client side: [`commands`], one module per command family (`meeting …` and `call`, the
+//! read commands, `ca`, `cmd`, …) with its arguments and its `run`.
 
 pub mod alarms;
 pub mod broker;
 pub mod ca;
 pub mod central;
 pub mod cmd;
+pub mod commands;
 pub mod control;
 pub mod dashboard;
 pub mod hj212;
-pub mod meeting_cli;
 pub mod meetings;
 pub mod monitor;
 pub mod names;
 pub mod readiness;
-pub mod regions;
 pub mod store;
 pub mod view;

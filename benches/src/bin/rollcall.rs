@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
+use cuntong::commands::meeting::{CentralClient, quantile};
 use cuntong::control::RequestBody;
-use cuntong::meeting_cli::{CentralClient, quantile};
 use cuntong_benches::harness::{broker, central, free_port, sim_fleet, spawn, wait_online};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 

@@ -9,6 +9,7 @@ use cuntong_terminal::println;
 use clap::Subcommand;
 use cuntong_core::site::Region;
 
+use super::common::{Failure, Usage, default_db, fail};
 use crate::names::{Division, Names};
 use crate::store::{SqliteStore, StoreError};
 use crate::view::pad;
@@ -43,28 +44,15 @@ pub enum RegionsAction {
     },
 }
 
-/// Why a `regions` command failed: bad input (exit 2) or the store.
-#[derive(Debug, thiserror::Error)]
-pub enum RegionsError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// Runs a `regions` command; `default_db` is the store used without `--db`.
-pub fn run(action: RegionsAction, default_db: &Path) -> Result<(), RegionsError> {
-    let db_or = |db: Option<PathBuf>| db.unwrap_or_else(|| default_db.to_owned());
+pub fn run(action: RegionsAction) -> Result<(), Failure> {
+    let db_or = |db: Option<PathBuf>| db.unwrap_or_else(default_db);
     match action {
         RegionsAction::Import { file, db } => {
-            let list = cuntong_firmware_sim::divisions::read(&file)
-                .map_err(|e| RegionsError::Usage(e.to_string()))?;
+            let list =
+                cuntong_firmware_sim::divisions::read(&file).map_err(|e| Usage(e.to_string()))?;
             let db = db_or(db);
-            let mut store =
-                SqliteStore::open(&db).map_err(|e| RegionsError::Failed(e.to_string()))?;
-            let n = store
-                .import_names(&list.rows)
-                .map_err(|e| RegionsError::Failed(e.to_string()))?;
+            let mut store = SqliteStore::open(&db).map_err(fail)?;
+            let n = store.import_names(&list.rows).map_err(fail)?;
             println!("{n} names imported into {}", db.display());
             if list.unaddressable > 0 {
                 println!(
@@ -78,7 +66,7 @@ pub fn run(action: RegionsAction, default_db: &Path) -> Result<(), RegionsError>
         RegionsAction::Show { code, db, json } => {
             let region: Region = code
                 .parse()
-                .map_err(|e| RegionsError::Usage(format!("code {code:?}: {e}")))?;
+                .map_err(|e| Usage(format!("code {code:?}: {e}")))?;
             let d = names(&db_or(db))?.division(&region.root());
             print(&[d], json)
         }
@@ -89,15 +77,11 @@ pub fn run(action: RegionsAction, default_db: &Path) -> Result<(), RegionsError>
             json,
         } => {
             if text.trim().is_empty() {
-                return Err(RegionsError::Usage(
-                    "search: give part of a name or code".into(),
-                ));
+                return Err(Usage("search: give part of a name or code".into()).into());
             }
             let found = names(&db_or(db))?.search(&text, limit);
             if found.is_empty() && !json {
-                return Err(RegionsError::Failed(format!(
-                    "no division matches {text:?}"
-                )));
+                return Err(fail(format!("no division matches {text:?}")));
             }
             print(&found, json)
         }
@@ -105,18 +89,17 @@ pub fn run(action: RegionsAction, default_db: &Path) -> Result<(), RegionsError>
 }
 
 /// The shipped names, with the store's if there is a store.
-fn names(db: &Path) -> Result<Names, RegionsError> {
+fn names(db: &Path) -> Result<Names, Failure> {
     match SqliteStore::open_read_only(db).and_then(|s| s.names()) {
         Ok(names) => Ok(names),
         Err(StoreError::Missing { .. }) => Ok(Names::shipped()),
-        Err(e) => Err(RegionsError::Failed(e.to_string())),
+        Err(e) => Err(fail(e)),
     }
 }
 
-fn print(rows: &[Division], json: bool) -> Result<(), RegionsError> {
+fn print(rows: &[Division], json: bool) -> Result<(), Failure> {
     if json {
-        let text =
-            serde_json::to_string_pretty(rows).map_err(|e| RegionsError::Failed(e.to_string()))?;
+        let text = serde_json::to_string_pretty(rows).map_err(fail)?;
         println!("{text}");
         return Ok(());
     }

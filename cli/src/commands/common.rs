@@ -1,0 +1,206 @@
+//! What the commands share: the failure that becomes the exit code, flag parsing that names the
+//! flag, the default store, and the two ways a command reaches the fleet: [`Conn`] to the
+//! meeting host inside `cuntong central`, [`Signing`] for signed commands to terminals.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use cuntong_core::site::Region;
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_terminal::broker_url::BrokerUrl;
+
+use crate::commands::meeting::CentralClient;
+use crate::store::{SqliteStore, Store};
+
+/// The broker a command uses without `--broker` (or `$CUNTONG_BROKER`).
+pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+
+/// Bad usage or input: one line naming the value, exit code 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+/// Why a command failed: bad usage or input (exit code 2) or anything else (exit code 1).
+#[derive(Debug)]
+pub enum Failure {
+    Usage(Usage),
+    Runtime(String),
+}
+
+impl Failure {
+    /// 2 for bad usage or input, 1 for the rest.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Usage(_) => ExitCode::from(2),
+            Failure::Runtime(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(Usage(msg)) | Failure::Runtime(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl From<Usage> for Failure {
+    fn from(u: Usage) -> Failure {
+        Failure::Usage(u)
+    }
+}
+
+/// A failure that is not the user's: exit code 1.
+pub fn fail(e: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(e.to_string())
+}
+
+/// A flag's value as `T`, or a [`Usage`] naming the flag and the value.
+pub fn parse<T>(flag: &str, value: &str) -> Result<T, Usage>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    // A broker URL's password never reaches the terminal.
+    let shown = cuntong_terminal::broker_url::redact(value);
+    value
+        .parse()
+        .map_err(|e| Usage(format!("{flag} {shown:?}: {e}")))
+}
+
+/// `--region`, if given.
+pub fn region(value: Option<String>) -> Result<Option<Region>, Usage> {
+    value.map(|r| parse("--region", &r)).transpose()
+}
+
+/// A duration flag (at most 100 years: see `parse_duration`).
+pub fn duration(flag: &str, value: &str) -> Result<Duration, Usage> {
+    cuntong_terminal::config::parse_duration(value).map_err(|e| Usage(format!("{flag}: {e}")))
+}
+
+/// A duration flag for which zero means nothing (a wait, an interval, a window).
+pub fn positive(flag: &str, value: &str) -> Result<Duration, Usage> {
+    match duration(flag, value)? {
+        d if d.is_zero() => Err(Usage(format!("{flag}: {value:?} must be more than zero"))),
+        d => Ok(d),
+    }
+}
+
+/// A text flag that must say something (a title, a name).
+pub fn not_empty<'a>(flag: &str, value: &'a str) -> Result<&'a str, Usage> {
+    if value.trim().is_empty() {
+        Err(Usage(format!("{flag} {value:?}: must not be empty")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// The store a command uses without `--db` (or `$CUNTONG_DB`).
+pub fn default_db() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cuntong")
+        .join("central.db")
+}
+
+/// An `mqtts://` broker needs a `--tls` bundle, and a bundle needs `mqtts://`: nothing falls
+/// back to plain text, and nothing tries TLS on a plain port.
+pub fn tls_goes_with(text: &str, broker: &BrokerUrl, tls: bool) -> Result<(), Usage> {
+    if broker.tls == tls {
+        return Ok(());
+    }
+    let text = cuntong_terminal::broker_url::redact(text);
+    Err(Usage(format!(
+        "--broker {text:?} and --tls go together (mqtts:// needs --tls DIR)"
+    )))
+}
+
+/// The client TLS configuration of a bundle directory (`--tls DIR`), if one is given.
+pub fn tls_bundle(dir: Option<&Path>) -> Result<Option<Arc<rustls::ClientConfig>>, Failure> {
+    dir.map(|d| {
+        cuntong_terminal::tls::client_config(&cuntong_terminal::tls::TlsFiles::in_dir(d))
+            .map_err(fail)
+    })
+    .transpose()
+}
+
+/// How a meeting command reaches the meeting host.
+#[derive(Debug, Args)]
+pub struct Conn {
+    #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER, global = true)]
+    pub broker: String,
+    /// A central identity's bundle for an mqtts:// broker: one of its own (`central-ops`), not
+    /// the running service's, since the broker keeps one session per identity.
+    #[arg(long, global = true)]
+    pub tls: Option<PathBuf>,
+}
+
+impl Conn {
+    /// Connects to the broker, for the meeting host.
+    pub async fn connect(&self) -> Result<CentralClient, Failure> {
+        let broker: BrokerUrl = parse("--broker", &self.broker)?;
+        tls_goes_with(&self.broker, &broker, self.tls.is_some())?;
+        let tls = tls_bundle(self.tls.as_deref())?;
+        CentralClient::connect(broker, tls).await.map_err(fail)
+    }
+}
+
+/// How a signed command reaches terminals: signed with the fleet CA's command key, carried by
+/// the broker, its targets found in the store for a region.
+#[derive(Debug, Args)]
+pub struct Signing {
+    /// The CA directory with the command key.
+    #[arg(long)]
+    pub ca: PathBuf,
+    #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// A central identity's bundle for an mqtts:// broker: one of its own (`central-ops`), not
+    /// the running service's, since the broker keeps one session per identity.
+    #[arg(long)]
+    pub tls: Option<PathBuf>,
+    #[arg(long, env = "CUNTONG_DB")]
+    pub db: Option<PathBuf>,
+}
+
+impl Signing {
+    /// Refuses a bad `--broker` (or one without its `--tls`) before anything is looked up.
+    pub fn check(&self) -> Result<(), Usage> {
+        let url = parse::<BrokerUrl>("--broker", &self.broker)?;
+        tls_goes_with(&self.broker, &url, self.tls.is_some())
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(default_db)
+    }
+
+    /// Every terminal the store knows in `region`.
+    pub fn terminals_in(&self, region: &Region) -> Result<Vec<TerminalId>, Failure> {
+        Ok(SqliteStore::open_read_only(&self.db())
+            .map_err(fail)?
+            .sites(Some(region))
+            .map_err(fail)?
+            .iter()
+            .filter_map(|s| s.terminal.parse().ok())
+            .collect())
+    }
+
+    /// Signs `action` for `targets`, sends it and collects the answers.
+    pub async fn send(
+        &self,
+        targets: &[TerminalId],
+        action: &cuntong_core::command::Action,
+        expires: Duration,
+        wait: Duration,
+    ) -> Result<Vec<crate::cmd::Answer>, Failure> {
+        self.check()?;
+        let broker: BrokerUrl = parse("--broker", &self.broker)?;
+        let tls = tls_bundle(self.tls.as_deref())?;
+        let key = crate::cmd::signing_key(&self.ca).map_err(fail)?;
+        crate::cmd::send(broker, tls, &key, targets, action, expires, wait)
+            .await
+            .map_err(fail)
+    }
+}

@@ -1,0 +1,122 @@
+//! The read commands over the store: `cuntong sites` (one row per terminal), `telemetry` (a
+//! terminal's history) and `events` (the fleet's events). Their tables and `--json` forms are
+//! [`crate::view`].
+
+use std::path::PathBuf;
+
+use clap::Args;
+use cuntong_core::telemetry::Metric;
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_terminal::link::unix_ms;
+use cuntong_terminal::{print, println};
+
+use super::common::{Failure, Usage, default_db, fail, parse, positive, region};
+use crate::store::{SqliteStore, Store};
+use crate::view;
+
+#[derive(Debug, Args)]
+pub struct SitesArgs {
+    #[arg(long, env = "CUNTONG_DB")]
+    db: Option<PathBuf>,
+    /// Region code prefix: 13, 1301, 130102, 130102001 or a full site code.
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TelemetryArgs {
+    #[arg(long)]
+    terminal: String,
+    #[arg(long)]
+    metric: Option<String>,
+    /// Only samples newer than this (e.g. 1h, 30m).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long, env = "CUNTONG_DB")]
+    db: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[arg(long)]
+    region: Option<String>,
+    /// Only events newer than this (e.g. 1h, 30m).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only security events.
+    #[arg(long)]
+    security: bool,
+    #[arg(long, env = "CUNTONG_DB")]
+    db: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--since`: the Unix ms that far back from now.
+fn since_ms(since: Option<String>) -> Result<Option<u64>, Usage> {
+    Ok(since
+        .map(|s| positive("--since", &s))
+        .transpose()?
+        .map(|d| unix_ms().saturating_sub(d.as_millis() as u64)))
+}
+
+fn print_json<T: serde::Serialize>(rows: &[T]) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(rows).map_err(fail)?);
+    Ok(())
+}
+
+pub fn run_sites(args: SitesArgs) -> Result<(), Failure> {
+    let region = region(args.region)?;
+    let store = SqliteStore::open_read_only(&args.db.unwrap_or_else(default_db)).map_err(fail)?;
+    let rows = store.sites(region.as_ref()).map_err(fail)?;
+    let names = store.names().map_err(fail)?;
+    if args.json {
+        let out: Vec<view::SiteJson> = rows.iter().map(|r| view::site_json(r, &names)).collect();
+        print_json(&out)
+    } else {
+        print!("{}", view::sites_table(&rows, unix_ms(), &names));
+        Ok(())
+    }
+}
+
+pub fn run_telemetry(args: TelemetryArgs) -> Result<(), Failure> {
+    let id: TerminalId = parse("--terminal", &args.terminal)?;
+    let metric = args
+        .metric
+        .map(|m| Metric::from_name(&m).map_err(|e| Usage(format!("--metric {m:?}: {e}"))))
+        .transpose()?;
+    let since_ms = since_ms(args.since)?;
+    let store = SqliteStore::open_read_only(&args.db.unwrap_or_else(default_db)).map_err(fail)?;
+    let rows = store
+        .telemetry(&id, metric.as_ref(), since_ms)
+        .map_err(fail)?;
+    if args.json {
+        let out: Vec<view::SampleJson> = rows.iter().map(view::sample_json).collect();
+        print_json(&out)
+    } else {
+        print!("{}", view::telemetry_table(&rows));
+        Ok(())
+    }
+}
+
+pub fn run_events(args: EventsArgs) -> Result<(), Failure> {
+    let region = region(args.region)?;
+    let since_ms = since_ms(args.since)?;
+    let store = SqliteStore::open_read_only(&args.db.unwrap_or_else(default_db)).map_err(fail)?;
+    let mut rows = store.events(region.as_ref(), since_ms).map_err(fail)?;
+    if args.security {
+        rows.retain(|r| r.event.is_security());
+    }
+    let names = store.names().map_err(fail)?;
+    if args.json {
+        let out: Vec<view::EventJson> = rows.iter().map(|r| view::event_json(r, &names)).collect();
+        print_json(&out)
+    } else {
+        print!("{}", view::events_table(&rows, &names));
+        Ok(())
+    }
+}

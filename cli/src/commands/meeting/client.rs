@@ -1,0 +1,226 @@
+//! The connection of `cuntong meeting …`, `cuntong call` and `cuntong alarms ack` to the
+//! meeting host inside `cuntong central`: each request is one [`Request`] on the client's
+//! request topic, answered by one [`Response`] on its response topic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cuntong_core::topic::{control_request, control_response};
+use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::link::{Incoming, Link, LinkOptions, Message};
+use ring::rand::SecureRandom;
+use tokio::sync::mpsc;
+
+use crate::control::{
+    MeetingJson, MeetingStatus, Request, RequestBody, Response, ResponseBody, RollCallJson,
+};
+
+/// A connection to the meeting host.
+#[derive(Debug)]
+pub struct CentralClient {
+    link: Link,
+    incoming: mpsc::Receiver<Incoming>,
+    client: String,
+    next: u64,
+}
+
+impl CentralClient {
+    /// Connects; the client's answers arrive on its own response topic.
+    pub async fn connect(
+        broker: BrokerUrl,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<CentralClient, String> {
+        let mut salt = [0u8; 4];
+        ring::rand::SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| "no randomness for the client id".to_owned())?;
+        let client = format!(
+            "cuntong-meeting-{}-{:08x}",
+            std::process::id(),
+            u32::from_le_bytes(salt)
+        );
+        let mut opts = LinkOptions::new(client.clone(), broker);
+        opts.tls = tls;
+        opts.subscriptions = vec![control_response(&client)];
+        let (link, incoming) = Link::connect(opts, Duration::from_secs(10)).await?;
+        Ok(CentralClient {
+            link,
+            incoming,
+            client,
+            next: 0,
+        })
+    }
+
+    /// Sends a request and waits up to `timeout` for its answer.
+    pub async fn ask(
+        &mut self,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<ResponseBody, String> {
+        self.next += 1;
+        let req = Request {
+            id: self.next,
+            body,
+        };
+        let bytes = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        self.link
+            .try_publish(Message::new(control_request(&self.client), bytes))
+            .map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(format!(
+                        "no answer from the meeting host within {} (is `cuntong central` running?)",
+                        humantime::format_duration(timeout)
+                    ));
+                }
+                m = self.incoming.recv() => m.ok_or("the link closed")?,
+            };
+            let Ok(resp) = serde_json::from_slice::<Response>(&msg.payload) else {
+                continue;
+            };
+            if resp.id != req.id {
+                continue;
+            }
+            return match resp.error {
+                Some(e) => Err(e),
+                None => Ok(resp.body),
+            };
+        }
+    }
+
+    /// The session with all its sites (fetched page by page).
+    pub async fn status(&mut self, meeting: &str) -> Result<MeetingStatus, String> {
+        let mut all: Option<MeetingStatus> = None;
+        let mut after = None;
+        loop {
+            let page = match self
+                .ask(
+                    RequestBody::Status {
+                        meeting: meeting.to_owned(),
+                        after: after.take(),
+                    },
+                    ANSWER,
+                )
+                .await?
+            {
+                ResponseBody::Status(s) => *s,
+                other => return Err(format!("unexpected answer {other:?}")),
+            };
+            after.clone_from(&page.next);
+            match &mut all {
+                None => all = Some(page),
+                Some(a) => a.sites.extend(page.sites),
+            }
+            if after.is_none() {
+                break;
+            }
+        }
+        let mut s = all.ok_or("no answer")?;
+        s.next = None;
+        Ok(s)
+    }
+
+    /// The latest roll call: (present, total) and, with `rows`, every site's answer.
+    async fn roll_call_page(
+        &mut self,
+        meeting: &str,
+        rows: bool,
+    ) -> Result<(usize, usize, Vec<RollCallJson>), String> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            match self
+                .ask(
+                    RequestBody::RollCall {
+                        meeting: meeting.to_owned(),
+                        after: after.take(),
+                    },
+                    ANSWER,
+                )
+                .await?
+            {
+                ResponseBody::RollCall {
+                    present,
+                    total,
+                    rows: page,
+                    next,
+                } => {
+                    out.extend(page);
+                    if !rows || next.is_none() {
+                        return Ok((present, total, out));
+                    }
+                    after = next;
+                }
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+    }
+
+    /// Opens a roll call and waits until every invited site answered or `timeout` passed.
+    pub async fn roll_call(
+        &mut self,
+        meeting: &str,
+        timeout: Duration,
+    ) -> Result<Vec<RollCallJson>, String> {
+        self.op(meeting, "rollcall", None).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (present, total, _) = self.roll_call_page(meeting, false).await?;
+            if present >= total || tokio::time::Instant::now() >= deadline {
+                return Ok(self.roll_call_page(meeting, true).await?.2);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A chair operation; answers the state version it produced.
+    pub async fn op(
+        &mut self,
+        meeting: &str,
+        op: &str,
+        terminal: Option<String>,
+    ) -> Result<u64, String> {
+        self.op_in(meeting, op, terminal, None).await
+    }
+
+    /// A chair operation with a region (`delegate`).
+    pub async fn op_in(
+        &mut self,
+        meeting: &str,
+        op: &str,
+        terminal: Option<String>,
+        region: Option<String>,
+    ) -> Result<u64, String> {
+        match self
+            .ask(
+                RequestBody::Op {
+                    meeting: meeting.to_owned(),
+                    op: op.to_owned(),
+                    terminal,
+                    region,
+                },
+                ANSWER,
+            )
+            .await?
+        {
+            ResponseBody::Done { version } => Ok(version),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    pub async fn list(&mut self) -> Result<Vec<MeetingJson>, String> {
+        match self.ask(RequestBody::List, ANSWER).await? {
+            ResponseBody::List(v) => Ok(v),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    pub fn close(self) {
+        self.link.shutdown();
+    }
+}
+
+/// How long a command waits for the host's answer.
+pub const ANSWER: Duration = Duration::from_secs(10);

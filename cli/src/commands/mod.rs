@@ -1,0 +1,122 @@
+//! The `cuntong` commands: one module per command family, each with its arguments and its
+//! `run`. What they share (failures and exit codes, flag parsing, the connection to the
+//! meeting host, signed commands) is in [`common`]. The services they start or talk to
+//! (`central` with its meeting host, alarm service, dashboard and store; the broker) are the
+//! crate's other modules.
+//!
+//! - [`broker`]: `broker`, the embedded MQTT broker.
+//! - [`central`]: `central`, the central-office service.
+//! - [`ca`]: `ca`, `provision`, `acl`.
+//! - [`cmd`]: `cmd`, signed commands to terminals.
+//! - [`readiness`]: `readiness`, the pre-meeting self-check.
+//! - [`history`]: `sites`, `telemetry`, `events`, read from the store.
+//! - [`alarms`]: `alarms`, `alarms ack`.
+//! - [`monitor`]: `monitor`, the live view.
+//! - [`meeting`]: `meeting …`, `call`.
+//! - [`regions`]: `regions`, names of division codes.
+//! - [`hj212`]: `hj212`, frame tools.
+//! - [`demo`]: `demo`, everything in one process.
+
+pub mod alarms;
+pub mod broker;
+pub mod ca;
+pub mod central;
+pub mod cmd;
+pub mod common;
+pub mod demo;
+pub mod history;
+pub mod hj212;
+pub mod meeting;
+pub mod monitor;
+pub mod readiness;
+pub mod regions;
+
+use clap::{Parser, Subcommand};
+
+pub use common::{Failure, Usage};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "cuntong: provincial video-conference and telemetry network, central tools"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the embedded MQTT broker (open to every client unless --auth is given).
+    Broker(broker::BrokerArgs),
+    /// Run the central-office service: collect every site's telemetry into the store.
+    Central(central::CentralArgs),
+    /// Before a meeting: every terminal of the meeting (or region) checks its camera,
+    /// microphone, link, clock and disk; a ready / not-ready table, kept in the store.
+    Readiness(readiness::ReadinessArgs),
+    /// Live view of the fleet: the region tree with counts, a terminal's recent values, the
+    /// active alarms and the meetings in progress (reads the store; q quits).
+    Monitor(monitor::MonitorArgs),
+    /// Alarms: `cuntong alarms [--region CODE] [--active] [--json]`, `cuntong alarms ack ID`.
+    Alarms(alarms::AlarmsArgs),
+    /// The fleet CA: `ca init`, `ca issue-server`, `ca revoke`.
+    Ca {
+        #[command(subcommand)]
+        action: ca::CaAction,
+    },
+    /// Issue a terminal's (or `central`'s) key, certificate and config as one bundle.
+    Provision(ca::ProvisionArgs),
+    /// Send a signed command (ping, reboot, diag, logs, config-set KEY=VALUE) to a terminal or
+    /// to every terminal of a region, and print the answers.
+    Cmd(cmd::CmdArgs),
+    /// Write the broker's ACL and configuration from the CA's inventory.
+    Acl(ca::AclArgs),
+    /// Official names of division codes: `regions show 130102`, `regions search 长安`,
+    /// `regions import villages.csv`.
+    Regions {
+        #[command(subcommand)]
+        action: regions::RegionsAction,
+    },
+    /// One row per terminal: level, online, last seen, latest metrics.
+    Sites(history::SitesArgs),
+    /// The stored history of one terminal.
+    Telemetry(history::TelemetryArgs),
+    /// Stored events of the fleet: starts, sensor faults, drops, commands and security events
+    /// (refused commands, TLS failures, changed files, unclean restarts).
+    Events(history::EventsArgs),
+    /// Meetings, training broadcasts: create, control and watch them (the host runs inside
+    /// `cuntong central`).
+    Meeting(meeting::MeetingArgs),
+    /// Start a two-party video call (可视电话) to a terminal.
+    Call(meeting::CallArgs),
+    /// HJ 212 frames: decode what a data logger sends, or build frames to send to one.
+    Hj212 {
+        #[command(subcommand)]
+        action: hj212::Hj212Action,
+    },
+    /// Broker, central service and a simulated county, in one process, with a live fleet table.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs a command.
+pub async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Broker(a) => broker::run(a).await,
+        Command::Central(a) => central::run(a).await,
+        Command::Readiness(a) => readiness::run(a).await,
+        Command::Monitor(a) => monitor::run(a),
+        Command::Alarms(a) => alarms::run(a).await,
+        Command::Ca { action } => ca::run_ca(action),
+        Command::Provision(a) => ca::run_provision(a),
+        Command::Cmd(a) => cmd::run(a).await,
+        Command::Acl(a) => ca::run_acl(a),
+        Command::Regions { action } => regions::run(action),
+        Command::Sites(a) => history::run_sites(a),
+        Command::Telemetry(a) => history::run_telemetry(a),
+        Command::Events(a) => history::run_events(a),
+        Command::Meeting(a) => meeting::run(a).await,
+        Command::Call(a) => meeting::run_call(a).await,
+        Command::Hj212 { action } => hj212::run(action),
+        Command::Demo(a) => demo::run(a).await,
+    }
+}
