@@ -190,7 +190,7 @@ pub async fn run(
     stats: Arc<CentralStats>,
     stop: CancellationToken,
 ) -> Result<(), CentralError> {
-    let store = SqliteStore::open(&opts.db)?;
+    let store = SqliteStore::open_for_central(&opts.db)?;
     let (records_tx, records_rx) = mpsc::channel::<Record>(GROUP * 2);
     let (marks_tx, mut marks_rx) = mpsc::unbounded_channel::<Vec<(TerminalId, Watermarks)>>();
     // What the services need of the store is read here, once, before the loop; from then on

@@ -98,6 +98,11 @@ impl Proc {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+        self.exited_within(timeout)
+    }
+
+    /// The exit status, if the process ends by itself within `timeout`.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             if let Ok(Some(s)) = self.child.try_wait() {

@@ -734,3 +734,50 @@ fn output_into_a_closed_pipe_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[test]
+fn a_second_central_on_one_sqlite_store_refuses_to_start_and_the_store_is_free_once_the_first_stops()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Embedded, d);
+    let db = d.join("central.db");
+    let start = |n: usize| {
+        Proc::spawn(
+            &bin("cuntong"),
+            &[
+                "central",
+                "--broker",
+                &broker.url,
+                "--db",
+                db.to_str().unwrap(),
+            ],
+            d.join(format!("central-{n}.log")),
+        )
+    };
+    let connected = |p: &Proc| {
+        wait_until(Duration::from_secs(20), || {
+            p.log_text().contains("link connected")
+        })
+    };
+    let mut first = start(1);
+    assert!(connected(&first), "{}", first.log_text());
+
+    let mut second = start(2);
+    let status = second.exited_within(Duration::from_secs(15));
+    let log = second.log_text();
+    assert!(
+        status.is_some_and(|s| s.code() == Some(1)),
+        "{status:?}\n{log}"
+    );
+    assert!(log.contains("in use by another `cuntong central`"), "{log}");
+    assert!(log.contains(db.to_str().unwrap()), "{log}");
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first carries on"
+    );
+
+    assert!(first.terminate(Duration::from_secs(10)).is_some());
+    let third = start(3);
+    assert!(connected(&third), "{}", third.log_text());
+}

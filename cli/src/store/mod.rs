@@ -39,12 +39,21 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("database {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("stored message of {terminal} seq {seq} no longer decodes: {detail}")]
     Corrupt {
         terminal: String,
         seq: u64,
         detail: String,
     },
+    #[error(
+        "database {path} is in use by another `cuntong central`: an SQLite store has one; several central instances share a PostgreSQL store (--db postgres://…)"
+    )]
+    InUse { path: String },
     #[error("cannot start the store thread: {0}")]
     Thread(std::io::Error),
     #[error("the store thread crashed")]
@@ -276,6 +285,9 @@ pub trait Store: Send {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    /// The file, locked, while this is central's store (SQLite's own locks are on other
+    /// descriptors: this lock says only "a central writes here").
+    _central: Option<std::fs::File>,
 }
 
 fn stream_id(s: Stream) -> i64 {
@@ -300,13 +312,40 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         schema::migrate(&mut conn, &path.display().to_string())?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn,
+            _central: None,
+        })
+    }
+
+    /// Opens the store for the one `cuntong central` it may have: holds a lock on the file
+    /// for as long as the store lives, and refuses a file another central holds.
+    pub fn open_for_central(path: &Path) -> Result<SqliteStore, StoreError> {
+        let store = SqliteStore::open(path)?;
+        let file = std::fs::File::open(path).map_err(|e| StoreError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        match file.try_lock() {
+            Ok(()) => Ok(SqliteStore {
+                _central: Some(file),
+                ..store
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+                path: path.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
     }
 
     /// Opens the store for reading only (see [`open_read_only`]).
     pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
         Ok(SqliteStore {
             conn: open_read_only(path)?,
+            _central: None,
         })
     }
 }
