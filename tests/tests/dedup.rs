@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cuntong_core::envelope::{Envelope, encode};
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
-use cuntong_e2e::{Broker, BrokerKind, central, sites, telemetry, wait_until};
+use cuntong_e2e::{Broker, BrokerKind, bin, central, run, sim_fleet, sites, telemetry, wait_until};
 
 const TERMINAL: &str = "130102001001-main";
 const TOPIC: &str = "ct/v1/t/13/01/02/001/001/main/tm";
@@ -201,4 +201,61 @@ fn a_redelivered_message_is_stored_once_and_garbage_does_not_stop_central() {
         "{lines} log lines for 301 rejected messages: {}",
         central.log_text()
     );
+}
+
+#[test]
+fn a_backup_taken_while_central_stores_holds_the_fleet_and_never_overwrites_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Embedded, d);
+    let db = d.join("central.db");
+    let _central = central(&broker, &db, d);
+    let _fleet = sim_fleet(&broker.url, "130102", 5, d, "fleet");
+    assert!(wait_until(Duration::from_secs(30), || sites(&db, None)
+        .iter()
+        .filter(|s| s.online && !s.metrics.is_empty())
+        .count()
+        == 5));
+
+    // Taken while central writes.
+    let copy = d.join("backup.db");
+    let out = run(
+        &bin("cuntong"),
+        &[
+            "backup",
+            "--to",
+            copy.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("of 5 terminals"), "{said}");
+    let backed: Vec<String> = sites(&copy, None).into_iter().map(|s| s.terminal).collect();
+    assert_eq!(backed.len(), 5, "{backed:?}");
+    assert_eq!(
+        backed,
+        sites(&db, None)
+            .into_iter()
+            .map(|s| s.terminal)
+            .collect::<Vec<_>>()
+    );
+    assert!(!telemetry(&copy, &backed[0], None).is_empty());
+
+    // A second backup to the same file is refused and the first is untouched.
+    let before = std::fs::read(&copy).unwrap();
+    let again = run(
+        &bin("cuntong"),
+        &[
+            "backup",
+            "--to",
+            copy.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
 }

@@ -15,9 +15,11 @@
 //! - [`meeting`]: `meeting …`, `call`.
 //! - [`regions`]: `regions`, names of division codes.
 //! - [`hj212`]: `hj212`, frame tools.
+//! - [`backup`]: `backup`, a copy of the SQLite store while central runs.
 //! - [`demo`]: `demo`, everything in one process.
 
 pub mod alarms;
+pub mod backup;
 pub mod broker;
 pub mod ca;
 pub mod central;
@@ -94,6 +96,8 @@ pub enum Command {
         #[command(subcommand)]
         action: hj212::Hj212Action,
     },
+    /// A consistent copy of the SQLite store, taken while central runs.
+    Backup(backup::BackupArgs),
     /// Broker, central service and a simulated county, in one process, with a live fleet table.
     Demo(demo::DemoArgs),
 }
@@ -117,6 +121,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Meeting(a) => meeting::run(a).await,
         Command::Call(a) => meeting::run_call(a).await,
         Command::Hj212 { action } => hj212::run(action),
+        Command::Backup(a) => backup::run(a),
         Command::Demo(a) => demo::run(a).await,
     }
 }

@@ -714,7 +714,75 @@ impl Store for SqliteStore {
     }
 }
 
+/// What a backup holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupSummary {
+    pub messages: u64,
+    pub terminals: u64,
+    pub version: u32,
+}
+
 impl SqliteStore {
+    /// Copies the store to `to` while others write to it (SQLite's online backup, a page
+    /// step at a time), checks the copy (`PRAGMA integrity_check`) under a temporary name next
+    /// to `to`, and only then gives it its name (never one a file has).
+    pub fn backup_to(&self, to: &Path) -> Result<BackupSummary, StoreError> {
+        let at = |source| StoreError::Open {
+            path: to.display().to_string(),
+            source,
+        };
+        let mut part = to.as_os_str().to_owned();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        let _ = std::fs::remove_file(&part);
+        let result = (|| {
+            let mut copy = Connection::open(&part).map_err(at)?;
+            {
+                let backup = rusqlite::backup::Backup::new(&self.conn, &mut copy).map_err(at)?;
+                backup
+                    .run_to_completion(256, std::time::Duration::from_millis(5), None)
+                    .map_err(at)?;
+            }
+            let check: String = copy
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .map_err(at)?;
+            if check != "ok" {
+                return Err(StoreError::Corrupt {
+                    terminal: to.display().to_string(),
+                    seq: 0,
+                    detail: format!("the copy fails its integrity check: {check}"),
+                });
+            }
+            let count = |sql: &str| -> Result<u64, StoreError> {
+                Ok(copy
+                    .query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map_err(at)?
+                    .max(0) as u64)
+            };
+            Ok(BackupSummary {
+                messages: count("SELECT count(*) FROM messages")?,
+                terminals: count("SELECT count(*) FROM terminals")?,
+                version: schema::version(&copy)?,
+            })
+        })();
+        match result {
+            Ok(summary) => {
+                // A link, not a rename: a file that appeared at `to` meanwhile is kept.
+                let linked = std::fs::hard_link(&part, to);
+                let _ = std::fs::remove_file(&part);
+                linked.map_err(|source| StoreError::Io {
+                    path: to.display().to_string(),
+                    source,
+                })?;
+                Ok(summary)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&part);
+                Err(e)
+            }
+        }
+    }
+
     /// Number of messages stored for a terminal and stream (used by tests and benches).
     pub fn count(&self, terminal: &str, stream: Stream) -> Result<u64, StoreError> {
         let n: Option<i64> = self
