@@ -177,6 +177,107 @@ impl fmt::Display for BrokerUrl {
     }
 }
 
+/// The brokers a client may use, in order of preference: one, or the nodes of a cluster (a
+/// client moves to the next when the one it uses fails). Written as one URL, as URLs separated
+/// by commas, or (TOML) as a list. All use TLS or none does: a list never falls back to plain
+/// text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Brokers(Vec<BrokerUrl>);
+
+/// Why a list of brokers was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BrokersError {
+    #[error("no broker given")]
+    Empty,
+    #[error(transparent)]
+    Url(#[from] BrokerUrlError),
+    #[error("brokers {tls} and {plain}: either every broker is mqtts:// or none is")]
+    MixedTls { tls: String, plain: String },
+}
+
+impl Brokers {
+    pub fn new(list: Vec<BrokerUrl>) -> Result<Brokers, BrokersError> {
+        let first = list.first().ok_or(BrokersError::Empty)?;
+        if let Some(other) = list.iter().find(|b| b.tls != first.tls) {
+            let (tls, plain) = if first.tls {
+                (first, other)
+            } else {
+                (other, first)
+            };
+            return Err(BrokersError::MixedTls {
+                tls: tls.to_string(),
+                plain: plain.to_string(),
+            });
+        }
+        Ok(Brokers(list))
+    }
+
+    /// The preferred broker.
+    pub fn first(&self) -> &BrokerUrl {
+        &self.0[0]
+    }
+
+    /// Broker `i`, counting round the list.
+    pub fn get(&self, i: usize) -> &BrokerUrl {
+        &self.0[i % self.0.len()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether the brokers use TLS (all do, or none).
+    pub fn tls(&self) -> bool {
+        self.first().tls
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &BrokerUrl> {
+        self.0.iter()
+    }
+}
+
+impl From<BrokerUrl> for Brokers {
+    fn from(url: BrokerUrl) -> Brokers {
+        Brokers(vec![url])
+    }
+}
+
+impl FromStr for Brokers {
+    type Err = BrokersError;
+
+    fn from_str(text: &str) -> Result<Brokers, BrokersError> {
+        let list = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<BrokerUrl>, _>>()?;
+        Brokers::new(list)
+    }
+}
+
+impl fmt::Display for Brokers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            b.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Brokers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +350,39 @@ mod tests {
             Err(BrokerUrlError::Credentials(_))
         ));
         assert_eq!(redact("mqtt://h:1883"), "mqtt://h:1883");
+    }
+
+    #[test]
+    fn a_list_of_brokers_parses_in_order_and_shows_no_password() {
+        let b: Brokers = "mqtts://u:secret@a:8883, mqtts://b".parse().unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.first().host, "a");
+        assert_eq!(b.get(1).host, "b");
+        assert_eq!(b.get(2).host, "a", "round the list");
+        assert!(b.tls());
+        assert_eq!(b.to_string(), "mqtts://u:***@a:8883,mqtts://b:8883");
+        let one: Brokers = "mqtt://h:1883".parse().unwrap();
+        assert_eq!(
+            one,
+            Brokers::from("mqtt://h:1883".parse::<BrokerUrl>().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_list_mixing_tls_and_plain_or_holding_a_bad_url_or_nothing_is_refused_naming_it() {
+        let e = "mqtts://a, mqtt://b"
+            .parse::<Brokers>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mqtts://a:8883") && e.contains("mqtt://b:1883"),
+            "{e}"
+        );
+        let e = "mqtt://a, http://b"
+            .parse::<Brokers>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://b"), "{e}");
+        assert_eq!(" , ".parse::<Brokers>(), Err(BrokersError::Empty));
     }
 }

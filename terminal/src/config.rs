@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! id = "130102001001-main"
-//! broker = "mqtt://10.0.0.1:1883"
+//! broker = "mqtt://10.0.0.1:1883"   # or a cluster's nodes: ["mqtts://a:8883", "mqtts://b:8883"]
 //! data_dir = "/var/lib/cuntong"
 //! keep_alive = "30s"
 //!
@@ -70,7 +70,7 @@ use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 use serde::Deserialize;
 
-use crate::broker_url::BrokerUrl;
+use crate::broker_url::{BrokerUrl, Brokers};
 use crate::conference::MeetingConfig;
 use crate::hj212::{Hj212Config, LoggerConfig, SerialConfig};
 use crate::outbox::{OutboxConfig, SyncPolicy};
@@ -107,7 +107,8 @@ pub enum ConfigError {
 #[derive(Clone, Debug)]
 pub struct TerminalConfig {
     pub id: TerminalId,
-    pub broker: BrokerUrl,
+    /// The broker, or a cluster's nodes in order of preference.
+    pub broker: Brokers,
     /// Where the terminal keeps its state (sequence counters, status socket).
     pub data_dir: PathBuf,
     /// MQTT keep-alive; the broker reports the terminal offline after 1.5 times it.
@@ -171,11 +172,11 @@ impl SensorKind {
 
 impl TerminalConfig {
     /// A configuration with the defaults for everything but identity, broker and data dir.
-    pub fn new(id: TerminalId, broker: BrokerUrl, data_dir: PathBuf) -> TerminalConfig {
+    pub fn new(id: TerminalId, broker: impl Into<Brokers>, data_dir: PathBuf) -> TerminalConfig {
         let status_socket = Some(data_dir.join("status.sock"));
         TerminalConfig {
             id,
-            broker,
+            broker: broker.into(),
             data_dir,
             keep_alive: Duration::from_secs(30),
             status_socket,
@@ -224,9 +225,9 @@ impl TerminalConfig {
             problem,
         };
         let id: TerminalId = raw.id.parse().map_err(|e| invalid("id", format!("{e}")))?;
-        let broker: BrokerUrl = raw
+        let broker = raw
             .broker
-            .parse()
+            .brokers()
             .map_err(|e| invalid("broker", format!("{e}")))?;
         if raw.data_dir.as_os_str().is_empty() {
             return Err(invalid(
@@ -400,7 +401,7 @@ impl TerminalConfig {
             reboot: c.reboot.filter(|r| !r.is_empty()),
         });
         cfg.meeting = meeting_config(raw.meeting, &invalid)?;
-        match (cfg.broker.tls, cfg.tls.is_some()) {
+        match (cfg.broker.tls(), cfg.tls.is_some()) {
             (true, false) => {
                 return Err(invalid(
                     "tls",
@@ -630,11 +631,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// without overflow or leaving the years a date can be written in.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// `broker = "URL"` or `broker = ["URL", …]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBrokers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawBrokers {
+    fn brokers(&self) -> Result<Brokers, crate::broker_url::BrokersError> {
+        match self {
+            RawBrokers::One(url) => url.parse(),
+            RawBrokers::Many(urls) => Brokers::new(
+                urls.iter()
+                    .map(|u| u.parse())
+                    .collect::<Result<Vec<BrokerUrl>, _>>()?,
+            ),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     id: String,
-    broker: String,
+    broker: RawBrokers,
     data_dir: PathBuf,
     keep_alive: Option<String>,
     status_socket: Option<PathBuf>,

@@ -32,7 +32,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS}
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker_url::BrokerUrl;
+use crate::broker_url::{BrokerUrl, Brokers};
 pub use cuntong_core::envelope::MAX_PAYLOAD;
 
 /// The largest MQTT packet a broker we configure accepts or delivers (Mosquitto's
@@ -112,7 +112,9 @@ impl Backoff {
 #[derive(Clone, Debug)]
 pub struct LinkOptions {
     pub client_id: String,
-    pub broker: BrokerUrl,
+    /// The broker, or a cluster's nodes in order of preference: a lost or unreachable one is
+    /// left for the next at once; only a whole round of failures backs off.
+    pub brokers: Brokers,
     pub keep_alive: Duration,
     /// Published by the broker if this client vanishes.
     pub last_will: Option<Message>,
@@ -132,10 +134,10 @@ pub struct LinkOptions {
 }
 
 impl LinkOptions {
-    pub fn new(client_id: impl Into<String>, broker: BrokerUrl) -> LinkOptions {
+    pub fn new(client_id: impl Into<String>, brokers: impl Into<Brokers>) -> LinkOptions {
         LinkOptions {
             client_id: client_id.into(),
-            broker,
+            brokers: brokers.into(),
             keep_alive: Duration::from_secs(30),
             last_will: None,
             on_connect: Vec::new(),
@@ -170,6 +172,9 @@ pub struct LinkStatus {
     /// Received messages refused for being larger than the protocol allows.
     #[serde(default)]
     pub refused_oversized: u64,
+    /// The broker connected to (or tried next), when the link has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -193,6 +198,8 @@ struct Detail {
     last_error: Option<String>,
     /// The last connection failure as a person reads it ([`describe`]).
     last_cause: Option<String>,
+    /// The broker in use or tried next, when there are several.
+    broker: Option<String>,
     last_tls_error: String,
 }
 
@@ -216,30 +223,53 @@ pub struct Link {
     connected: watch::Receiver<u64>,
     up: watch::Receiver<bool>,
     stop: CancellationToken,
-    broker: BrokerUrl,
+    brokers: Brokers,
+}
+
+/// What every connection of a link is made with, whichever broker it goes to.
+#[derive(Clone)]
+struct Connect {
+    client_id: String,
+    keep_alive: Duration,
+    inflight: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    last_will: Option<Message>,
+}
+
+impl Connect {
+    fn options(&self, broker: &BrokerUrl) -> MqttOptions {
+        let mut mqtt = MqttOptions::new(&self.client_id, &broker.host, broker.port);
+        mqtt.set_keep_alive(self.keep_alive);
+        mqtt.set_clean_session(true);
+        mqtt.set_inflight(self.inflight.max(1));
+        mqtt.set_max_packet_size(MAX_RECEIVED_PACKET, MAX_BROKER_PACKET);
+        if let Some(c) = &broker.credentials {
+            mqtt.set_credentials(&c.username, &c.password);
+        }
+        if let Some(tls) = &self.tls {
+            mqtt.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
+        }
+        if let Some(w) = &self.last_will {
+            mqtt.set_last_will(LastWill::new(&w.topic, w.payload.to_vec(), w.qos, w.retain));
+        }
+        mqtt
+    }
 }
 
 impl Link {
     /// Starts the link's tasks on the current tokio runtime. Returns the link and the
     /// receiver of incoming messages.
     pub fn start(opts: LinkOptions) -> (Link, mpsc::Receiver<Incoming>) {
-        let mut mqtt = MqttOptions::new(&opts.client_id, &opts.broker.host, opts.broker.port);
-        mqtt.set_keep_alive(opts.keep_alive);
-        mqtt.set_clean_session(true);
-        mqtt.set_inflight(opts.inflight.max(1));
-        mqtt.set_max_packet_size(MAX_RECEIVED_PACKET, MAX_BROKER_PACKET);
-        if let Some(c) = &opts.broker.credentials {
-            mqtt.set_credentials(&c.username, &c.password);
-        }
-        if let Some(tls) = &opts.tls {
-            mqtt.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls.clone()),
-            ));
-        }
-        if let Some(w) = &opts.last_will {
-            mqtt.set_last_will(LastWill::new(&w.topic, w.payload.to_vec(), w.qos, w.retain));
-        }
-        let (client, eventloop) = AsyncClient::new(mqtt, 8);
+        let connect = Connect {
+            client_id: opts.client_id,
+            keep_alive: opts.keep_alive,
+            inflight: opts.inflight,
+            tls: opts.tls,
+            last_will: opts.last_will,
+        };
+        let (client, eventloop) = AsyncClient::new(connect.options(opts.brokers.first()), 8);
         let (queue_tx, queue_rx) = mpsc::channel(opts.queue_capacity.max(1));
         let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
         let (gen_tx, gen_rx) = watch::channel(0u64);
@@ -248,7 +278,7 @@ impl Link {
         let stop = CancellationToken::new();
         tokio::spawn(poll_task(
             eventloop,
-            opts.broker.clone(),
+            (opts.brokers.clone(), connect),
             opts.backoff,
             incoming_tx,
             Signals {
@@ -273,7 +303,7 @@ impl Link {
             connected: gen_rx,
             up: up_rx,
             stop,
-            broker: opts.broker,
+            brokers: opts.brokers,
         };
         (link, incoming_rx)
     }
@@ -294,7 +324,10 @@ impl Link {
                 .and_then(|d| d.last_cause.clone())
                 .unwrap_or_else(|| "no answer".into());
             link.shutdown();
-            return Err(format!("cannot reach the broker at {}: {why}", link.broker));
+            return Err(format!(
+                "cannot reach the broker at {}: {why}",
+                link.brokers
+            ));
         }
         Ok((link, incoming))
     }
@@ -338,9 +371,10 @@ impl Link {
             } else {
                 100.0 * lost as f64 / d.pings.len() as f64
             };
-            (d.rtt_ms, loss, d.last_error.clone())
+            (d.rtt_ms, loss, d.last_error.clone(), d.broker.clone())
         });
-        let (rtt_ms, ping_loss_percent, last_error) = detail.unwrap_or((None, 0.0, None));
+        let (rtt_ms, ping_loss_percent, last_error, broker) =
+            detail.unwrap_or((None, 0.0, None, None));
         let last = s.last_publish_ms.load(Ordering::Relaxed);
         LinkStatus {
             connected: s.connected.load(Ordering::Relaxed),
@@ -352,6 +386,8 @@ impl Link {
             ping_loss_percent,
             last_error,
             refused_oversized: s.refused_oversized.load(Ordering::Relaxed),
+            broker: broker
+                .or_else(|| (self.brokers.len() > 1).then(|| self.brokers.first().to_string())),
         }
     }
 
@@ -391,7 +427,7 @@ struct Signals {
 
 async fn poll_task(
     mut eventloop: EventLoop,
-    broker: BrokerUrl,
+    (brokers, connect): (Brokers, Connect),
     backoff: Backoff,
     incoming: mpsc::Sender<Incoming>,
     signals: Signals,
@@ -407,7 +443,10 @@ async fn poll_task(
     let mut ping_sent: Option<Instant> = None;
     let mut generation_no = 0u64;
     let mut in_tls_episode = false;
+    // The broker connected to, or tried next (an index round `brokers`).
+    let mut current = 0usize;
     loop {
+        let broker = brokers.get(current).clone();
         let event = tokio::select! {
             _ = stop.cancelled() => break,
             e = eventloop.poll() => e,
@@ -504,8 +543,18 @@ async fn poll_task(
                     in_tls_episode = true;
                     shared.tls_episodes.fetch_add(1, Ordering::Relaxed);
                 }
-                let wait = backoff.delay(failures, &mut rng);
+                // The next broker of a cluster is tried at once; a whole round of failures
+                // backs off as one broker's failures do.
+                let round = failures / brokers.len().max(1) as u32;
+                let wait = backoff.delay(round, &mut rng);
                 failures = failures.saturating_add(1);
+                if brokers.len() > 1 {
+                    current = (current + 1) % brokers.len();
+                    eventloop.mqtt_options = connect.options(brokers.get(current));
+                    if let Ok(mut d) = shared.detail.lock() {
+                        d.broker = Some(brokers.get(current).to_string());
+                    }
+                }
                 // A person sees each cause once (and again when it changes), not every retry.
                 if was_connected {
                     tracing::warn!("lost the broker at {broker}: {cause}; reconnecting");
@@ -520,7 +569,7 @@ async fn poll_task(
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
-                    _ = uplink_back(&broker), if unreachable => {}
+                    _ = uplink_back(brokers.get(current)), if unreachable => {}
                 }
             }
         }
