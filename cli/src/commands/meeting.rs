@@ -235,10 +235,6 @@ impl Plan {
             let t = t.ok_or_else(|| Usage(format!("{what} needs a terminal id")))?;
             parse("terminal", &t)
         };
-        let op = |id: &str, op: &dyn Fn() -> Result<ChairOp, Usage>| -> Result<Plan, Failure> {
-            let id = meeting(id)?;
-            Ok(Plan::Op { id, op: op()? })
-        };
         Ok(match action {
             A::Create {
                 title,
@@ -288,44 +284,81 @@ impl Plan {
                 };
                 Plan::Create { body, json }
             }
-            A::Start { id } => op(&id, &|| Ok(ChairOp::Start))?,
-            A::End { id } => op(&id, &|| Ok(ChairOp::End))?,
+            // The meeting id is checked first (struct fields are evaluated in order), as it
+            // comes first on the command line.
+            A::Start { id } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::Start,
+            },
+            A::End { id } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::End,
+            },
             A::Floor {
                 id,
                 action,
                 terminal: t,
-            } => op(&id, &|| match action.as_str() {
-                "grant" => Ok(ChairOp::Grant(terminal(t.clone(), "floor grant")?)),
-                "revoke" => Ok(ChairOp::Revoke),
-                other => Err(Usage(format!("floor {other:?}: use grant or revoke"))),
-            })?,
-            A::Mute { id, all: true, .. } => op(&id, &|| Ok(ChairOp::MuteAll))?,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: match action.as_str() {
+                    "grant" => ChairOp::Grant(terminal(t, "floor grant")?),
+                    "revoke" => ChairOp::Revoke,
+                    other => {
+                        return Err(Usage(format!("floor {other:?}: use grant or revoke")).into());
+                    }
+                },
+            },
             A::Mute {
-                id, terminal: t, ..
-            } => op(&id, &|| Ok(ChairOp::Mute(terminal(t.clone(), "mute")?)))?,
-            A::Unmute { id, all: true, .. } => op(&id, &|| Ok(ChairOp::UnmuteAll))?,
+                id,
+                terminal: t,
+                all,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: if all {
+                    ChairOp::MuteAll
+                } else {
+                    ChairOp::Mute(terminal(t, "mute")?)
+                },
+            },
             A::Unmute {
-                id, terminal: t, ..
-            } => op(&id, &|| Ok(ChairOp::Unmute(terminal(t.clone(), "unmute")?)))?,
-            A::Broadcast { id, off: true, .. } => op(&id, &|| Ok(ChairOp::Broadcast(None)))?,
+                id,
+                terminal: t,
+                all,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: if all {
+                    ChairOp::UnmuteAll
+                } else {
+                    ChairOp::Unmute(terminal(t, "unmute")?)
+                },
+            },
             A::Broadcast {
-                id, terminal: t, ..
-            } => op(&id, &|| {
-                Ok(ChairOp::Broadcast(Some(terminal(t.clone(), "broadcast")?)))
-            })?,
-            A::Lower { id, terminal: t } => op(&id, &|| {
-                Ok(ChairOp::LowerHand(terminal(Some(t.clone()), "lower")?))
-            })?,
+                id,
+                terminal: t,
+                off,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::Broadcast(if off {
+                    None
+                } else {
+                    Some(terminal(t, "broadcast")?)
+                }),
+            },
+            A::Lower { id, terminal: t } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::LowerHand(terminal(Some(t), "lower")?),
+            },
             A::Delegate {
                 id,
                 terminal: t,
                 region,
                 revoke,
-            } => op(&id, &|| {
-                let box_id = terminal(Some(t.clone()), "delegate")?;
-                let region = match &region {
+            } => {
+                let id = meeting(&id)?;
+                let box_id = terminal(Some(t), "delegate")?;
+                let region = match region {
                     _ if revoke => None,
-                    Some(r) => Some(parse::<Region>("--region", r)?),
+                    Some(r) => Some(parse::<Region>("--region", &r)?),
                     // The county of the box's site (or the site's own region above county
                     // level).
                     None => Some(Region::of(
@@ -335,8 +368,11 @@ impl Plan {
                             .unwrap_or(*box_id.site()),
                     )),
                 };
-                Ok(ChairOp::Delegate(box_id, region))
-            })?,
+                Plan::Op {
+                    id,
+                    op: ChairOp::Delegate(box_id, region),
+                }
+            }
             A::Status { id, json } => Plan::Status {
                 id: meeting(&id)?,
                 json,
