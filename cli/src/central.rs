@@ -34,7 +34,7 @@ use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::link::Message;
 
 use crate::alarms::{AlarmConfig, AlarmService};
-use crate::control::{Request, RequestBody, Response, ResponseBody};
+use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody};
 use crate::meetings::MeetingService;
 use crate::store::{GROUP, Record, SqliteStore, StoreError, Writer};
 
@@ -381,7 +381,8 @@ fn control(
     let result = match req.body {
         RequestBody::AckAlarm { id, by } => alarms
             .acknowledge(id, &by, now_ms)
-            .map(|()| ResponseBody::None),
+            .map(|()| ResponseBody::None)
+            .map_err(ControlError::Alarm),
         other => meetings.answer(other, now_ms),
     };
     let (error, body) = match result {

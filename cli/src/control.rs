@@ -1,17 +1,29 @@
-//! What `cuntong` commands (`meeting …`, `alarms ack`) and the `cuntong central` service say
-//! to each other, through the broker: a [`Request`] on `ct/v1/c/req/CLIENT`, a [`Response`] on
-//! `ct/v1/c/res/CLIENT`. JSON: this is control traffic between central tools, not the metered
-//! hot path, and readable on the wire is worth more here than a few bytes.
+//! What `cuntong` commands (`meeting …`, `call`, `alarms ack`) and the `cuntong central`
+//! service say to each other, through the broker: a [`Request`] on `ct/v1/c/req/CLIENT`, a
+//! [`Response`] on `ct/v1/c/res/CLIENT`. JSON: this is control traffic between central tools,
+//! not the metered hot path, and readable on the wire is worth more here than a few bytes.
+//!
+//! Requests carry core's typed values: meeting ids, terminal ids, regions and invitees in their
+//! text form (`m1`, `130102001001-main`, `130102`), the chair's operation as
+//! [`ChairOp`] (`"start"`, `{"grant": "130102001001-main"}`, …), the session's [`Kind`] and
+//! [`MediaProfile`] by name; a value that does not parse fails the whole request, as does an
+//! unknown field. A refusal is a [`ControlError`]. `docs/protocol.md` describes the form; the
+//! `*_pinned_json` tests below hold it.
 //!
 //! The `--json` outputs of the commands ([`SiteJson`], [`RollCallJson`], [`MeetingJson`]) are
 //! a documented contract (`docs/operations.md`). Site lists come in pages of [`PAGE`] sites
 //! (the client asks for the next page after the last terminal it has), so no message grows
 //! with the size of the meeting.
 
+use std::net::SocketAddr;
+
+use cuntong_core::meeting::host::ChairOp;
+use cuntong_core::meeting::{Invitee, Kind, MediaProfile, MeetingId};
+use cuntong_core::terminal_id::TerminalId;
+use serde::{Deserialize, Serialize};
+
 /// Sites per page of a status or roll-call answer.
 pub const PAGE: usize = 200;
-
-use serde::{Deserialize, Serialize};
 
 /// A command's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,51 +34,58 @@ pub struct Request {
     pub body: RequestBody,
 }
 
-/// What a command asks the meeting host.
+/// What a command asks the meeting host (or, `AckAlarm`, the alarm service).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RequestBody {
     Create {
         title: String,
-        /// `meeting`, `training` or `call`.
-        kind: String,
+        #[serde(with = "text")]
+        kind: Kind,
         /// Region codes and terminal ids.
-        invite: Vec<String>,
+        #[serde(with = "text::vec")]
+        invite: Vec<Invitee>,
         /// Scheduled start, Unix ms; the host starts it then on its own.
         at_ms: Option<u64>,
-        profile: String,
+        /// By name: `hd`, `sd`, `low`, `audio`.
+        #[serde(with = "profile")]
+        profile: MediaProfile,
         /// The chair's (lecturer's, caller's) terminal.
-        chair: Option<String>,
+        #[serde(with = "text::option")]
+        chair: Option<TerminalId>,
         /// Granting the floor mutes the other sites.
         floor_mutes_others: bool,
     },
-    /// A chair operation: `start`, `end`, `rollcall`, `grant`, `revoke`, `mute`, `unmute`,
-    /// `mute-all`, `unmute-all`, `broadcast`, `lower-hand`, `delegate` (with `region`, or
-    /// without it to take the delegation back); `terminal` where it needs one.
+    /// A chair operation.
     Op {
-        meeting: String,
-        op: String,
-        terminal: Option<String>,
-        #[serde(default)]
-        region: Option<String>,
+        #[serde(with = "text")]
+        meeting: MeetingId,
+        #[serde(with = "chair_op")]
+        op: ChairOp,
     },
     /// The session and a page of its sites: those after terminal `after`.
     Status {
-        meeting: String,
-        after: Option<String>,
+        #[serde(with = "text")]
+        meeting: MeetingId,
+        #[serde(with = "text::option")]
+        after: Option<TerminalId>,
     },
     /// The latest roll call: counts and a page of sites after terminal `after`.
     RollCall {
-        meeting: String,
-        after: Option<String>,
+        #[serde(with = "text")]
+        meeting: MeetingId,
+        #[serde(with = "text::option")]
+        after: Option<TerminalId>,
     },
     List,
     /// A viewer of a site's stream at `to` (`host:port`; audio two ports up), or, with
     /// `stop`, no longer.
     View {
-        meeting: String,
-        terminal: String,
-        to: String,
+        #[serde(with = "text")]
+        meeting: MeetingId,
+        #[serde(with = "text")]
+        terminal: TerminalId,
+        to: SocketAddr,
         stop: bool,
     },
     /// The duty office acknowledges an alarm.
@@ -82,8 +101,60 @@ pub enum RequestBody {
 pub struct Response {
     pub id: u64,
     /// Why the request failed; `None` on success.
-    pub error: Option<String>,
+    pub error: Option<ControlError>,
     pub body: ResponseBody,
+}
+
+/// Why central refused a request. The text is what the command prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No session has this id.
+    #[error("no session {0}")]
+    NoSuchMeeting(#[serde(with = "text")] MeetingId),
+    /// A stored session central cannot host (`meeting list` shows why); `meeting end` retires
+    /// it.
+    #[error(
+        "{meeting}: the stored session cannot be used ({problem}); `meeting end {meeting}` retires it"
+    )]
+    Unusable {
+        #[serde(with = "text")]
+        meeting: MeetingId,
+        problem: String,
+    },
+    /// The roll-call results of a session with no roll call.
+    #[error("{0}: no roll call is open")]
+    NoRollCall(#[serde(with = "text")] MeetingId),
+    /// A value central does not take (a title, a start, the invitees), with why.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The session refused the operation as it stands (ended, not started, the site has not
+    /// joined, …).
+    #[error("{0}")]
+    Refused(String),
+    /// The alarm service refused the acknowledgement (no such alarm, already cleared, …).
+    #[error("{0}")]
+    Alarm(String),
+    /// Central could not do it (its store, its randomness).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ControlError {
+    /// The request named something that is not there or is not valid: the asker's mistake,
+    /// exit code 2 for a command.
+    pub fn is_bad_request(&self) -> bool {
+        match self {
+            ControlError::NoSuchMeeting(_)
+            | ControlError::NoRollCall(_)
+            | ControlError::BadRequest(_) => true,
+            ControlError::Unusable { .. }
+            | ControlError::Refused(_)
+            | ControlError::Alarm(_)
+            | ControlError::Failed(_) => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,7 +162,8 @@ pub struct Response {
 pub enum ResponseBody {
     None,
     Created {
-        id: String,
+        #[serde(with = "text")]
+        id: MeetingId,
     },
     /// The session's state version after an operation.
     Done {
@@ -103,13 +175,13 @@ pub enum ResponseBody {
         total: usize,
         rows: Vec<RollCallJson>,
         /// Ask again with `after` = this for the next page.
-        next: Option<String>,
+        #[serde(with = "text::option")]
+        next: Option<TerminalId>,
     },
     List(Vec<MeetingJson>),
     /// The stream's description for a player (SDP).
     Sdp(String),
 }
-
 /// A session with its sites, as the host knows them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,7 +196,8 @@ pub struct MeetingStatus {
     /// A page of the sites, by terminal id.
     pub sites: Vec<SiteJson>,
     /// Ask again with `after` = this for the next page.
-    pub next: Option<String>,
+    #[serde(with = "text::option")]
+    pub next: Option<TerminalId>,
 }
 
 /// `cuntong meeting status ID --json`: one object per invited terminal.
@@ -203,6 +276,181 @@ pub struct MeetingJson {
     pub problem: Option<String>,
 }
 
+/// Core values on the wire in their text form (`Display`, `FromStr`): core's own serde form is
+/// postcard's compact one (a terminal id as a site number and a slug), and this protocol is
+/// read by people. A value that does not parse is an error naming it.
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// A value serialized as its text.
+    struct AsText<'a, T>(&'a T);
+
+    impl<T: Display> Serialize for AsText<'_, T> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(self.0)
+        }
+    }
+
+    fn parse<T, E>(s: &str) -> Result<T, E>
+    where
+        T: FromStr,
+        T::Err: Display,
+        E: Error,
+    {
+        s.parse().map_err(|e| E::custom(format!("{s:?}: {e}")))
+    }
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        parse(&String::deserialize(d)?)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<T: Display, S: Serializer>(
+            v: &Option<T>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            v.as_ref().map(AsText).serialize(s)
+        }
+
+        pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+        where
+            T: FromStr,
+            T::Err: Display,
+            D: Deserializer<'de>,
+        {
+            Option::<String>::deserialize(d)?
+                .map(|s| parse(&s))
+                .transpose()
+        }
+    }
+
+    pub mod vec {
+        use super::*;
+
+        pub fn serialize<T: Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(AsText))
+        }
+
+        pub fn deserialize<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
+        where
+            T: FromStr,
+            T::Err: Display,
+            D: Deserializer<'de>,
+        {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|s| parse(s))
+                .collect()
+        }
+    }
+}
+
+/// A media profile on the wire: its name.
+mod profile {
+    use cuntong_core::meeting::MediaProfile;
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &MediaProfile, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&p.name)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MediaProfile, D::Error> {
+        let name = String::deserialize(d)?;
+        MediaProfile::named(&name).ok_or_else(|| {
+            D::Error::custom(format!(
+                "profile {name:?}: use one of {}",
+                MediaProfile::NAMES.join(", ")
+            ))
+        })
+    }
+}
+
+/// A chair operation on the wire: its name (as [`ChairOp::name`]), with its terminal where it
+/// has one: `"start"`, `{"grant": "130102001001-main"}`, `{"broadcast": null}`,
+/// `{"delegate": {"terminal": "130102001001-main", "region": "130102"}}`.
+mod chair_op {
+    use cuntong_core::meeting::host::ChairOp;
+    use cuntong_core::site::Region;
+    use cuntong_core::terminal_id::TerminalId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+    enum Wire {
+        Start,
+        End,
+        Rollcall,
+        CloseRollcall,
+        Grant(#[serde(with = "super::text")] TerminalId),
+        Revoke,
+        Mute(#[serde(with = "super::text")] TerminalId),
+        Unmute(#[serde(with = "super::text")] TerminalId),
+        MuteAll,
+        UnmuteAll,
+        Broadcast(#[serde(with = "super::text::option")] Option<TerminalId>),
+        LowerHand(#[serde(with = "super::text")] TerminalId),
+        Delegate {
+            #[serde(with = "super::text")]
+            terminal: TerminalId,
+            #[serde(with = "super::text::option")]
+            region: Option<Region>,
+        },
+    }
+
+    pub fn serialize<S: Serializer>(op: &ChairOp, s: S) -> Result<S::Ok, S::Error> {
+        match *op {
+            ChairOp::Start => Wire::Start,
+            ChairOp::End => Wire::End,
+            ChairOp::RollCall => Wire::Rollcall,
+            ChairOp::CloseRollCall => Wire::CloseRollcall,
+            ChairOp::Grant(t) => Wire::Grant(t),
+            ChairOp::Revoke => Wire::Revoke,
+            ChairOp::Mute(t) => Wire::Mute(t),
+            ChairOp::Unmute(t) => Wire::Unmute(t),
+            ChairOp::MuteAll => Wire::MuteAll,
+            ChairOp::UnmuteAll => Wire::UnmuteAll,
+            ChairOp::Broadcast(t) => Wire::Broadcast(t),
+            ChairOp::LowerHand(t) => Wire::LowerHand(t),
+            ChairOp::Delegate(terminal, region) => Wire::Delegate { terminal, region },
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ChairOp, D::Error> {
+        Ok(match Wire::deserialize(d)? {
+            Wire::Start => ChairOp::Start,
+            Wire::End => ChairOp::End,
+            Wire::Rollcall => ChairOp::RollCall,
+            Wire::CloseRollcall => ChairOp::CloseRollCall,
+            Wire::Grant(t) => ChairOp::Grant(t),
+            Wire::Revoke => ChairOp::Revoke,
+            Wire::Mute(t) => ChairOp::Mute(t),
+            Wire::Unmute(t) => ChairOp::Unmute(t),
+            Wire::MuteAll => ChairOp::MuteAll,
+            Wire::UnmuteAll => ChairOp::UnmuteAll,
+            Wire::Broadcast(t) => ChairOp::Broadcast(t),
+            Wire::LowerHand(t) => ChairOp::LowerHand(t),
+            Wire::Delegate { terminal, region } => ChairOp::Delegate(terminal, region),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,52 +492,97 @@ mod tests {
         }
     }
 
-    /// Every request variant, byte for byte: the central service and the commands of another
-    /// release must keep understanding each other.
+    /// Every request variant, every chair operation among them, byte for byte: the central
+    /// service and the commands of another release must keep understanding each other.
     #[test]
     fn every_request_has_pinned_json() {
         let req = |body| Request { id: 7, body };
+        let m1: MeetingId = "m1".parse().unwrap();
+        let site: TerminalId = "130102001001-main".parse().unwrap();
+        let op = |op| req(RequestBody::Op { meeting: m1, op });
+        let op_json =
+            |op: &str| format!(r#"{{"id":7,"body":{{"op":{{"meeting":"m1","op":{op}}}}}}}"#);
+        let ops = [
+            (ChairOp::Start, r#""start""#),
+            (ChairOp::End, r#""end""#),
+            (ChairOp::RollCall, r#""rollcall""#),
+            (ChairOp::CloseRollCall, r#""close-rollcall""#),
+            (ChairOp::Grant(site), r#"{"grant":"130102001001-main"}"#),
+            (ChairOp::Revoke, r#""revoke""#),
+            (ChairOp::Mute(site), r#"{"mute":"130102001001-main"}"#),
+            (ChairOp::Unmute(site), r#"{"unmute":"130102001001-main"}"#),
+            (ChairOp::MuteAll, r#""mute-all""#),
+            (ChairOp::UnmuteAll, r#""unmute-all""#),
+            (
+                ChairOp::Broadcast(Some(site)),
+                r#"{"broadcast":"130102001001-main"}"#,
+            ),
+            (ChairOp::Broadcast(None), r#"{"broadcast":null}"#),
+            (
+                ChairOp::LowerHand(site),
+                r#"{"lower-hand":"130102001001-main"}"#,
+            ),
+            (
+                ChairOp::Delegate(site, Some("130102".parse().unwrap())),
+                r#"{"delegate":{"terminal":"130102001001-main","region":"130102"}}"#,
+            ),
+            (
+                ChairOp::Delegate(site, None),
+                r#"{"delegate":{"terminal":"130102001001-main","region":null}}"#,
+            ),
+        ];
+        for (o, _) in &ops {
+            // The wire name is the operation's own name.
+            assert!(
+                ops.iter()
+                    .any(|(_, json)| json.contains(&format!("\"{}\"", o.name()))),
+                "{o:?}"
+            );
+        }
+        let ops: Vec<(Request, String)> = ops
+            .into_iter()
+            .map(|(o, json)| (op(o), op_json(json)))
+            .collect();
+        let ops: Vec<(Request, &str)> = ops.iter().map(|(r, j)| (r.clone(), j.as_str())).collect();
+        assert_pinned(&ops);
         assert_pinned(&[
             (
                 req(RequestBody::Create {
                     title: "flood".into(),
-                    kind: "meeting".into(),
-                    invite: vec!["130102".into(), "130102001001-main".into()],
+                    kind: Kind::Meeting,
+                    invite: vec![
+                        "130102".parse().unwrap(),
+                        "130102001001-main".parse().unwrap(),
+                    ],
                     at_ms: Some(1_763_798_400_000),
-                    profile: "sd".into(),
-                    chair: Some("130102000000-hall".into()),
+                    profile: MediaProfile::named("sd").unwrap(),
+                    chair: Some("130102000000-hall".parse().unwrap()),
                     floor_mutes_others: true,
                 }),
                 r#"{"id":7,"body":{"create":{"title":"flood","kind":"meeting","invite":["130102","130102001001-main"],"at_ms":1763798400000,"profile":"sd","chair":"130102000000-hall","floor_mutes_others":true}}}"#,
             ),
             (
-                req(RequestBody::Op {
-                    meeting: "m1".into(),
-                    op: "delegate".into(),
-                    terminal: Some("130102001001-main".into()),
-                    region: Some("130102".into()),
+                req(RequestBody::Create {
+                    title: "call".into(),
+                    kind: Kind::Call,
+                    invite: vec!["130102001001-main".parse().unwrap()],
+                    at_ms: None,
+                    profile: MediaProfile::named("audio").unwrap(),
+                    chair: None,
+                    floor_mutes_others: false,
                 }),
-                r#"{"id":7,"body":{"op":{"meeting":"m1","op":"delegate","terminal":"130102001001-main","region":"130102"}}}"#,
-            ),
-            (
-                req(RequestBody::Op {
-                    meeting: "m1".into(),
-                    op: "start".into(),
-                    terminal: None,
-                    region: None,
-                }),
-                r#"{"id":7,"body":{"op":{"meeting":"m1","op":"start","terminal":null,"region":null}}}"#,
+                r#"{"id":7,"body":{"create":{"title":"call","kind":"call","invite":["130102001001-main"],"at_ms":null,"profile":"audio","chair":null,"floor_mutes_others":false}}}"#,
             ),
             (
                 req(RequestBody::Status {
-                    meeting: "m1".into(),
-                    after: Some("130102001001-main".into()),
+                    meeting: m1,
+                    after: Some(site),
                 }),
                 r#"{"id":7,"body":{"status":{"meeting":"m1","after":"130102001001-main"}}}"#,
             ),
             (
                 req(RequestBody::RollCall {
-                    meeting: "m1".into(),
+                    meeting: m1,
                     after: None,
                 }),
                 r#"{"id":7,"body":{"roll_call":{"meeting":"m1","after":null}}}"#,
@@ -297,9 +590,9 @@ mod tests {
             (req(RequestBody::List), r#"{"id":7,"body":"list"}"#),
             (
                 req(RequestBody::View {
-                    meeting: "m1".into(),
-                    terminal: "130102001001-main".into(),
-                    to: "127.0.0.1:5000".into(),
+                    meeting: m1,
+                    terminal: site,
+                    to: "127.0.0.1:5000".parse().unwrap(),
                     stop: false,
                 }),
                 r#"{"id":7,"body":{"view":{"meeting":"m1","terminal":"130102001001-main","to":"127.0.0.1:5000","stop":false}}}"#,
@@ -312,6 +605,82 @@ mod tests {
                 r#"{"id":7,"body":{"ack_alarm":{"id":12,"by":"duty"}}}"#,
             ),
         ]);
+    }
+
+    /// A request with a field central does not know, or with a value that is not what its
+    /// field holds, is refused whole, naming the value; none of them panics.
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let refused = [
+            // Unknown fields, at every level.
+            (r#"{"id":7,"body":"list","extra":1}"#, "extra"),
+            (
+                r#"{"id":7,"body":{"status":{"meeting":"m1","after":null,"page":2}}}"#,
+                "page",
+            ),
+            (
+                r#"{"id":7,"body":{"op":{"meeting":"m1","op":"start","terminal":null}}}"#,
+                "terminal",
+            ),
+            (
+                r#"{"id":7,"body":{"op":{"meeting":"m1","op":{"delegate":{"terminal":"130102001001-main","region":null,"x":1}}}}}"#,
+                "x",
+            ),
+            // Values that are not what they say.
+            (
+                r#"{"id":7,"body":{"status":{"meeting":"NOPE","after":null}}}"#,
+                "NOPE",
+            ),
+            (
+                r#"{"id":7,"body":{"status":{"meeting":"1m","after":null}}}"#,
+                "1m",
+            ),
+            (
+                r#"{"id":7,"body":{"roll_call":{"meeting":"m1","after":"main"}}}"#,
+                "main",
+            ),
+            (
+                r#"{"id":7,"body":{"op":{"meeting":"m1","op":"dance"}}}"#,
+                "dance",
+            ),
+            (
+                r#"{"id":7,"body":{"op":{"meeting":"m1","op":{"mute":"x-main"}}}}"#,
+                "x-main",
+            ),
+            // A mute names its terminal.
+            (
+                r#"{"id":7,"body":{"op":{"meeting":"m1","op":"mute"}}}"#,
+                "variant",
+            ),
+            (
+                r#"{"id":7,"body":{"op":{"meeting":"m1","op":{"delegate":{"terminal":"130102001001-main","region":"1"}}}}}"#,
+                "\"1\"",
+            ),
+            (
+                r#"{"id":7,"body":{"create":{"title":"t","kind":"party","invite":["13"],"at_ms":null,"profile":"sd","chair":null,"floor_mutes_others":true}}}"#,
+                "party",
+            ),
+            (
+                r#"{"id":7,"body":{"create":{"title":"t","kind":"meeting","invite":["13","99x"],"at_ms":null,"profile":"sd","chair":null,"floor_mutes_others":true}}}"#,
+                "99x",
+            ),
+            (
+                r#"{"id":7,"body":{"create":{"title":"t","kind":"meeting","invite":["13"],"at_ms":null,"profile":"4k","chair":null,"floor_mutes_others":true}}}"#,
+                "4k",
+            ),
+            (
+                r#"{"id":7,"body":{"view":{"meeting":"m1","terminal":"130102001001-main","to":"nowhere","stop":false}}}"#,
+                "",
+            ),
+        ];
+        for (json, named) in refused {
+            let e = serde_json::from_str::<Request>(json)
+                .expect_err(json)
+                .to_string();
+            assert!(e.contains(named), "{json}: {e}");
+        }
+        let answer = r#"{"id":7,"error":{"no_such_meeting":"m1","why":"x"},"body":"none"}"#;
+        assert!(serde_json::from_str::<Response>(answer).is_err());
     }
 
     /// Every response variant, byte for byte.
@@ -352,15 +721,13 @@ mod tests {
         };
         assert_pinned(&[
             (
-                Response {
-                    id: 7,
-                    error: Some("no meeting m9".into()),
-                    body: ResponseBody::None,
-                },
-                r#"{"id":7,"error":"no meeting m9","body":"none"}"#,
+                res(ResponseBody::None),
+                r#"{"id":7,"error":null,"body":"none"}"#,
             ),
             (
-                res(ResponseBody::Created { id: "m1".into() }),
+                res(ResponseBody::Created {
+                    id: "m1".parse().unwrap(),
+                }),
                 r#"{"id":7,"error":null,"body":{"created":{"id":"m1"}}}"#,
             ),
             (
@@ -389,7 +756,7 @@ mod tests {
                             latency_ms: None,
                         },
                     ],
-                    next: Some("130102001002-main".into()),
+                    next: Some("130102001002-main".parse().unwrap()),
                 }),
                 r#"{"id":7,"error":null,"body":{"roll_call":{"present":1,"total":2,"rows":[{"terminal":"130102001001-main","name":"Main St","present":true,"latency_ms":1200},{"terminal":"130102001002-main","name":"","present":false,"latency_ms":null}],"next":"130102001002-main"}}}"#,
             ),
@@ -407,5 +774,77 @@ mod tests {
                 r#"{"id":7,"error":null,"body":{"sdp":"v=0\r\nm=video 5000 RTP/AVP 96\r\n"}}"#,
             ),
         ]);
+    }
+
+    /// Every refusal, byte for byte, with the text the command prints and the exit code it
+    /// maps to (2: the request named what is not there, or is not valid).
+    #[test]
+    fn every_error_has_pinned_json_text_and_exit_class() {
+        let m9: MeetingId = "m9".parse().unwrap();
+        let cases = [
+            (
+                ControlError::NoSuchMeeting(m9),
+                r#"{"no_such_meeting":"m9"}"#,
+                "no session m9",
+                true,
+            ),
+            (
+                ControlError::Unusable {
+                    meeting: m9,
+                    problem: "bad record".into(),
+                },
+                r#"{"unusable":{"meeting":"m9","problem":"bad record"}}"#,
+                "m9: the stored session cannot be used (bad record); `meeting end m9` retires it",
+                false,
+            ),
+            (
+                ControlError::NoRollCall(m9),
+                r#"{"no_roll_call":"m9"}"#,
+                "m9: no roll call is open",
+                true,
+            ),
+            (
+                ControlError::BadRequest("a session needs a title".into()),
+                r#"{"bad_request":"a session needs a title"}"#,
+                "a session needs a title",
+                true,
+            ),
+            (
+                ControlError::Refused("the session has ended".into()),
+                r#"{"refused":"the session has ended"}"#,
+                "the session has ended",
+                false,
+            ),
+            (
+                ControlError::Alarm("no alarm 3".into()),
+                r#"{"alarm":"no alarm 3"}"#,
+                "no alarm 3",
+                false,
+            ),
+            (
+                ControlError::Failed("store: disk full".into()),
+                r#"{"failed":"store: disk full"}"#,
+                "store: disk full",
+                false,
+            ),
+        ];
+        let mut pinned = Vec::new();
+        for (e, json, text, bad) in &cases {
+            assert_eq!(e.to_string(), *text);
+            assert_eq!(e.is_bad_request(), *bad, "{e:?}");
+            pinned.push((
+                Response {
+                    id: 7,
+                    error: Some(e.clone()),
+                    body: ResponseBody::None,
+                },
+                format!(r#"{{"id":7,"error":{json},"body":"none"}}"#),
+            ));
+        }
+        let pinned: Vec<(Response, &str)> = pinned
+            .iter()
+            .map(|(r, j)| (r.clone(), j.as_str()))
+            .collect();
+        assert_pinned(&pinned);
     }
 }

@@ -25,7 +25,8 @@ use ring::rand::SecureRandom;
 use tokio::sync::watch;
 
 use crate::control::{
-    MeetingJson, MeetingStatus, PAGE, RequestBody, ResponseBody, RollCallJson, SiteJson,
+    ControlError, MeetingJson, MeetingStatus, PAGE, RequestBody, ResponseBody, RollCallJson,
+    SiteJson,
 };
 use crate::names::Names;
 use crate::store::{MeetingRow, Record, SqliteStore, StateWriter, StoreError, StoredMeeting};
@@ -287,15 +288,22 @@ impl MeetingService {
         self.apply(meeting, vec![HostOutput::Send(to, d)]);
     }
 
-    fn create(&mut self, spec: MeetingSpec, now_ms: u64, start: bool) -> Result<MeetingId, String> {
+    fn create(
+        &mut self,
+        spec: MeetingSpec,
+        now_ms: u64,
+        start: bool,
+    ) -> Result<MeetingId, ControlError> {
         let id = spec.id;
         if self.hosts.contains_key(&id) {
-            return Err(format!("a session {id} exists already"));
+            return Err(ControlError::Failed(format!(
+                "a session {id} exists already"
+            )));
         }
         let mut key = vec![0u8; 30];
         ring::rand::SystemRandom::new()
             .fill(&mut key)
-            .map_err(|_| "no randomness for the SRTP key".to_owned())?;
+            .map_err(|_| ControlError::Failed("no randomness for the SRTP key".to_owned()))?;
         let (mut host, out) = Host::new(spec, HostConfig::default(), key, now_ms);
         host.expect(self.known.iter().copied());
         self.hosts.insert(id, host);
@@ -309,14 +317,14 @@ impl MeetingService {
         Ok(id)
     }
 
-    fn op(&mut self, id: MeetingId, op: ChairOp, now_ms: u64) -> Result<u64, String> {
+    fn op(&mut self, id: MeetingId, op: ChairOp, now_ms: u64) -> Result<u64, ControlError> {
         let host = self
             .hosts
             .get_mut(&id)
-            .ok_or_else(|| format!("no session {id}"))?;
+            .ok_or(ControlError::NoSuchMeeting(id))?;
         let out = host
             .op(&Operator::Chair, op, now_ms)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ControlError::Refused(e.to_string()))?;
         let version = host.state().version;
         self.dirty.insert(id);
         self.apply(id, out);
@@ -521,21 +529,7 @@ impl MeetingService {
     }
 
     /// Answers a `cuntong meeting …` request.
-    pub fn answer(&mut self, body: RequestBody, now_ms: u64) -> Result<ResponseBody, String> {
-        let find = |s: &Self, m: &str| -> Result<MeetingId, String> {
-            if let Some(u) = s.unusable.get(m) {
-                return Err(format!(
-                    "{m}: the stored session cannot be used ({}); `meeting end {m}` retires it",
-                    u.problem.as_deref().unwrap_or("?")
-                ));
-            }
-            let id: MeetingId = m.parse().map_err(|e| format!("{m:?}: {e}"))?;
-            if s.hosts.contains_key(&id) {
-                Ok(id)
-            } else {
-                Err(format!("no session {id}"))
-            }
-        };
+    pub fn answer(&mut self, body: RequestBody, now_ms: u64) -> Result<ResponseBody, ControlError> {
         match body {
             RequestBody::Create {
                 title,
@@ -546,51 +540,32 @@ impl MeetingService {
                 chair,
                 floor_mutes_others,
             } => {
-                check_title(&title)?;
+                let bad = ControlError::BadRequest;
+                check_title(&title).map_err(bad)?;
                 if let Some(at) = at_ms {
-                    check_start(at, now_ms)?;
+                    check_start(at, now_ms).map_err(bad)?;
                 }
-                let kind = match kind.as_str() {
-                    "meeting" => Kind::Meeting,
-                    "training" => Kind::Training,
-                    "call" => Kind::Call,
-                    other => return Err(format!("kind {other:?}: use meeting, training or call")),
-                };
-                let invitees = invite
-                    .iter()
-                    .map(|s| Invitee::from_str(s))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if invitees.is_empty() {
-                    return Err("invite at least one region or terminal".into());
+                if invite.is_empty() {
+                    return Err(bad("invite at least one region or terminal".into()));
                 }
-                if invitees.len() > MAX_INVITEES {
-                    return Err(format!(
+                if invite.len() > MAX_INVITEES {
+                    return Err(bad(format!(
                         "{} invitees: at most {MAX_INVITEES} (invite a region instead of its sites)",
-                        invitees.len()
+                        invite.len()
+                    )));
+                }
+                if kind == Kind::Training && chair.is_none() {
+                    return Err(bad(
+                        "a training needs its lecturer's terminal (--chair)".into()
                     ));
                 }
-                let profile = MediaProfile::named(&profile).ok_or_else(|| {
-                    format!(
-                        "profile {profile:?}: use one of {}",
-                        MediaProfile::NAMES.join(", ")
-                    )
-                })?;
-                let chair = chair
-                    .map(|c| {
-                        c.parse::<TerminalId>()
-                            .map_err(|e| format!("chair {c:?}: {e}"))
-                    })
-                    .transpose()?;
-                if kind == Kind::Training && chair.is_none() {
-                    return Err("a training needs its lecturer's terminal (--chair)".into());
-                }
-                let id = self.fresh_id(now_ms)?;
+                let id = self.fresh_id(now_ms).map_err(ControlError::Failed)?;
                 let spec = MeetingSpec {
                     id,
                     kind,
                     title,
                     chair,
-                    invitees,
+                    invitees: invite,
                     starts_ms: at_ms,
                     profile,
                     floor_mutes_others,
@@ -601,57 +576,23 @@ impl MeetingService {
                 if let Err(e) = self.save() {
                     tracing::error!(error = %e, "cannot save the new session; retrying at the next tick");
                 }
-                Ok(ResponseBody::Created { id: id.to_string() })
-            }
-            RequestBody::Op { meeting, op, .. }
-                if op == "end" && self.unusable.contains_key(&meeting) =>
-            {
-                self.retire(&meeting)?;
-                Ok(ResponseBody::Done { version: 0 })
+                Ok(ResponseBody::Created { id })
             }
             RequestBody::Op {
                 meeting,
-                op,
-                terminal,
-                region,
-            } => {
-                let id = find(self, &meeting)?;
-                let target = || -> Result<TerminalId, String> {
-                    let t = terminal
-                        .as_deref()
-                        .ok_or_else(|| format!("{op} needs a terminal"))?;
-                    t.parse().map_err(|e| format!("terminal {t:?}: {e}"))
-                };
-                let op = match op.as_str() {
-                    "start" => ChairOp::Start,
-                    "end" => ChairOp::End,
-                    "rollcall" => ChairOp::RollCall,
-                    "close-rollcall" => ChairOp::CloseRollCall,
-                    "grant" => ChairOp::Grant(target()?),
-                    "revoke" => ChairOp::Revoke,
-                    "mute" => ChairOp::Mute(target()?),
-                    "unmute" => ChairOp::Unmute(target()?),
-                    "mute-all" => ChairOp::MuteAll,
-                    "unmute-all" => ChairOp::UnmuteAll,
-                    "broadcast" => {
-                        ChairOp::Broadcast(terminal.as_deref().map(|_| target()).transpose()?)
-                    }
-                    "lower-hand" => ChairOp::LowerHand(target()?),
-                    "delegate" => ChairOp::Delegate(
-                        target()?,
-                        region
-                            .as_deref()
-                            .map(|r| r.parse().map_err(|e| format!("region {r:?}: {e}")))
-                            .transpose()?,
-                    ),
-                    other => return Err(format!("unknown operation {other:?}")),
-                };
+                op: ChairOp::End,
+            } if self.unusable.contains_key(meeting.as_str()) => {
+                self.retire(meeting.as_str())
+                    .map_err(ControlError::Failed)?;
+                Ok(ResponseBody::Done { version: 0 })
+            }
+            RequestBody::Op { meeting, op } => {
+                let id = self.find(meeting)?;
                 let version = self.op(id, op, now_ms)?;
                 Ok(ResponseBody::Done { version })
             }
             RequestBody::Status { meeting, after } => {
-                let id = find(self, &meeting)?;
-                let after = after.map(|a| parse_terminal(&a)).transpose()?;
+                let id = self.find(meeting)?;
                 let names = self.names.borrow().clone();
                 let mut st = status(&self.hosts[&id], after);
                 for site in &mut st.sites {
@@ -663,12 +604,11 @@ impl MeetingService {
                 Ok(ResponseBody::Status(Box::new(st)))
             }
             RequestBody::RollCall { meeting, after } => {
-                let id = find(self, &meeting)?;
-                let after = after.map(|a| parse_terminal(&a)).transpose()?;
+                let id = self.find(meeting)?;
                 let host = &self.hosts[&id];
                 let results = host
                     .roll_call_results()
-                    .ok_or_else(|| format!("{id}: no roll call is open"))?;
+                    .ok_or(ControlError::NoRollCall(id))?;
                 let chair = host.state().spec.chair;
                 let sites: Vec<&(TerminalId, Option<u64>)> = results
                     .sites
@@ -706,21 +646,35 @@ impl MeetingService {
                 to,
                 stop,
             } => {
-                let id = find(self, &meeting)?;
-                let site = parse_terminal(&terminal)?;
-                let viewer: std::net::SocketAddr = to
-                    .parse()
-                    .map_err(|e| format!("--to {to:?}: not ip:port ({e})"))?;
+                let id = self.find(meeting)?;
                 let host = self
                     .hosts
                     .get_mut(&id)
-                    .ok_or_else(|| format!("no session {id}"))?;
-                host.set_view(site, viewer.to_string(), !stop)?;
-                let sdp = view_sdp(host.state(), &site, viewer);
+                    .ok_or(ControlError::NoSuchMeeting(id))?;
+                host.set_view(terminal, to.to_string(), !stop)
+                    .map_err(ControlError::Refused)?;
+                let sdp = view_sdp(host.state(), &terminal, to);
                 self.apply(id, Vec::new());
                 Ok(ResponseBody::Sdp(sdp))
             }
-            RequestBody::AckAlarm { .. } => Err("not a meeting request".into()),
+            RequestBody::AckAlarm { .. } => {
+                Err(ControlError::Failed("not a meeting request".into()))
+            }
+        }
+    }
+
+    /// The session a request names, if central hosts it.
+    fn find(&self, id: MeetingId) -> Result<MeetingId, ControlError> {
+        if let Some(u) = self.unusable.get(id.as_str()) {
+            return Err(ControlError::Unusable {
+                meeting: id,
+                problem: u.problem.clone().unwrap_or_else(|| "?".into()),
+            });
+        }
+        if self.hosts.contains_key(&id) {
+            Ok(id)
+        } else {
+            Err(ControlError::NoSuchMeeting(id))
         }
     }
 }
@@ -872,19 +826,15 @@ fn restore(row: StoredMeeting) -> Result<(MeetingId, Host), Box<MeetingJson>> {
     }
 }
 
-fn parse_terminal(s: &str) -> Result<TerminalId, String> {
-    s.parse().map_err(|e| format!("terminal {s:?}: {e}"))
-}
-
 /// The page of `items` (sorted by terminal) after `after`, and the cursor of the next page.
 fn page<T>(
     items: &[T],
     key: impl Fn(&T) -> &TerminalId,
     after: Option<TerminalId>,
-) -> (&[T], Option<String>) {
+) -> (&[T], Option<TerminalId>) {
     let start = after.map_or(0, |a| items.partition_point(|i| *key(i) <= a));
     let end = (start + PAGE).min(items.len());
-    let next = (end < items.len()).then(|| key(&items[end - 1]).to_string());
+    let next = (end < items.len()).then(|| *key(&items[end - 1]));
     (&items[start..end], next)
 }
 
@@ -959,10 +909,10 @@ mod tests {
         let create = |svc: &mut MeetingService, title: &str| {
             let body = RequestBody::Create {
                 title: title.into(),
-                kind: "meeting".into(),
-                invite: vec!["130102".into()],
+                kind: Kind::Meeting,
+                invite: vec!["130102".parse().unwrap()],
                 at_ms: None,
-                profile: "sd".into(),
+                profile: MediaProfile::named("sd").unwrap(),
                 chair: None,
                 floor_mutes_others: true,
             };
@@ -974,29 +924,17 @@ mod tests {
         let a = create(&mut svc, "a");
         let b = create(&mut svc, "b");
         assert_ne!(a, b);
-        let op = |svc: &mut MeetingService, id: &str, op: &str, t: Option<&str>| {
-            svc.answer(
-                RequestBody::Op {
-                    meeting: id.into(),
-                    op: op.into(),
-                    terminal: t.map(str::to_owned),
-                    region: None,
-                },
-                2_000,
-            )
+        let op = |svc: &mut MeetingService, meeting: MeetingId, op: ChairOp| {
+            svc.answer(RequestBody::Op { meeting, op }, 2_000)
         };
-        op(&mut svc, &a, "start", None).unwrap();
-        op(&mut svc, &a, "mute", Some("130102001001-main")).unwrap();
-        op(&mut svc, &b, "end", None).unwrap();
-        assert!(
-            op(&mut svc, &a, "dance", None)
-                .unwrap_err()
-                .contains("unknown operation")
-        );
-        assert!(
-            op(&mut svc, &a, "mute", None)
-                .unwrap_err()
-                .contains("needs a terminal")
+        op(&mut svc, a, ChairOp::Start).unwrap();
+        let site: TerminalId = "130102001001-main".parse().unwrap();
+        op(&mut svc, a, ChairOp::Mute(site)).unwrap();
+        op(&mut svc, b, ChairOp::End).unwrap();
+        let nope: MeetingId = "nope".parse().unwrap();
+        assert_eq!(
+            op(&mut svc, nope, ChairOp::Start),
+            Err(ControlError::NoSuchMeeting(nope))
         );
         save(&mut svc);
         drop(svc);
@@ -1005,7 +943,7 @@ mod tests {
         let live: Vec<&Host> = again.sessions().collect();
         assert_eq!(live.len(), 1, "the ended session is not reloaded");
         let st = live[0].state();
-        assert_eq!(st.spec.id.to_string(), a);
+        assert_eq!(st.spec.id, a);
         assert_eq!(st.status, Status::Live);
         assert!(st.is_muted(&"130102001001-main".parse().unwrap()));
         // Reconnecting publishes the live state again, retained, on its invitee's topic.
@@ -1015,7 +953,7 @@ mod tests {
         assert!(m.retain);
         let stored = SqliteStore::open_read_only(&db)
             .unwrap()
-            .meeting(&b)
+            .meeting(b.as_str())
             .unwrap()
             .expect("the ended session is kept in the store");
         let ended = Host::from_store(&stored).unwrap();
@@ -1068,23 +1006,21 @@ mod tests {
             assert_eq!(r.status, "unusable", "{r:?}");
             assert!(r.problem.is_some(), "{r:?}");
         }
-        let op = |svc: &mut MeetingService, id: &str, op: &str| {
-            svc.answer(
-                RequestBody::Op {
-                    meeting: id.into(),
-                    op: op.into(),
-                    terminal: None,
-                    region: None,
-                },
-                10,
-            )
+        let op = |svc: &mut MeetingService, id: &str, op: ChairOp| {
+            let meeting = id.parse().unwrap();
+            svc.answer(RequestBody::Op { meeting, op }, 10)
         };
-        let e = op(&mut svc, "mfar", "start").unwrap_err();
-        assert!(e.contains("meeting end mfar"), "{e}");
-        op(&mut svc, "mfar", "end").unwrap();
-        op(&mut svc, "mjunk", "end").unwrap();
+        let e = op(&mut svc, "mfar", ChairOp::Start).unwrap_err();
         assert!(
-            op(&mut svc, "mfar", "end").is_err(),
+            matches!(e, ControlError::Unusable { .. }) && !e.is_bad_request(),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("meeting end mfar"), "{e}");
+        op(&mut svc, "mfar", ChairOp::End).unwrap();
+        op(&mut svc, "mjunk", ChairOp::End).unwrap();
+        assert_eq!(
+            op(&mut svc, "mfar", ChairOp::End),
+            Err(ControlError::NoSuchMeeting("mfar".parse().unwrap())),
             "retired: no longer there"
         );
         save(&mut svc);
@@ -1114,7 +1050,7 @@ mod tests {
             seen.extend_from_slice(items);
             pages += 1;
             match next {
-                Some(n) => after = Some(n.parse().unwrap()),
+                Some(n) => after = Some(n),
                 None => break,
             }
         }

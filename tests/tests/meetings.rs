@@ -643,3 +643,73 @@ fn a_store_held_by_another_writer_keeps_no_chair_waiting_and_loses_no_change() {
         central.log_text()
     );
 }
+
+#[test]
+fn a_meeting_that_is_not_there_is_named_and_exits_2_while_a_refusal_of_one_that_is_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Not even a meeting id: refused before anything connects.
+    let out = cuntong("mqtt://127.0.0.1:1", &["meeting", "status", "NOPE"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"NOPE\""));
+
+    let broker = Broker::start(BrokerKind::Embedded, d);
+    let url = broker.url.clone();
+    let db = d.join("central.db");
+    let central = central_with(&broker, &db, d, &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || cuntong(
+            &url,
+            &["meeting", "list"]
+        )
+        .status
+        .success()),
+        "{}",
+        central.log_text()
+    );
+    // A well-formed id central does not host, whatever is asked of it.
+    for args in [
+        &["meeting", "status", "nope"][..],
+        &["meeting", "status", "nope", "--json"],
+        &["meeting", "start", "nope"],
+        &["meeting", "end", "nope"],
+        &["meeting", "mute", "nope", "--all"],
+        &["meeting", "floor", "nope", "grant", "130102001001-main"],
+        &["meeting", "delegate", "nope", "130102001001-main"],
+        &["meeting", "rollcall", "nope"],
+        &["meeting", "watch", "nope"],
+        &[
+            "meeting",
+            "view",
+            "nope",
+            "130102001001-main",
+            "--to",
+            "127.0.0.1:5000",
+        ],
+    ] {
+        let out = cuntong(&url, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim(), "error: no session nope", "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // A value central does not take is bad input too.
+    let out = cuntong(
+        &url,
+        &[
+            "meeting", "create", "--title", "培训", "--invite", COUNTY, "--kind", "training",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--chair"));
+    // A meeting that is there but refuses what is asked, as it stands, is not.
+    let id = ok(cuntong(
+        &url,
+        &["meeting", "create", "--title", "例会", "--invite", COUNTY],
+    ));
+    let id = id.trim();
+    ok(cuntong(&url, &["meeting", "end", id]));
+    let out = cuntong(&url, &["meeting", "start", id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ended"));
+}

@@ -18,11 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Parser;
 use cuntong::commands::meeting::{CentralClient, quantile};
 use cuntong::control::RequestBody;
 use cuntong_benches::harness::{broker, central, free_port, sim_fleet, spawn, wait_online};
+use cuntong_core::meeting::host::ChairOp;
+use cuntong_core::meeting::{Kind, MediaProfile};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[derive(Parser)]
@@ -195,17 +197,16 @@ fn main() -> anyhow::Result<()> {
             .ask(
                 RequestBody::Create {
                     title: "全省视频会议".into(),
-                    kind: "meeting".into(),
-                    invite: vec!["13".into()],
+                    kind: Kind::Meeting,
+                    invite: vec!["13".parse().map_err(anyhow::Error::msg)?],
                     at_ms: None,
-                    profile: "sd".into(),
+                    profile: MediaProfile::named("sd").context("no sd profile")?,
                     chair: None,
                     floor_mutes_others: true,
                 },
                 Duration::from_secs(30),
             )
-            .await
-            .map_err(anyhow::Error::msg)?;
+            .await?;
         let id = match created {
             cuntong::control::ResponseBody::Created { id } => id,
             other => bail!("unexpected answer {other:?}"),
@@ -213,9 +214,9 @@ fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = states.load(Ordering::Relaxed);
         let started = Instant::now();
-        client.op(&id, "start", None).await.map_err(anyhow::Error::msg)?;
+        client.op(id, ChairOp::Start).await?;
         let joined = loop {
-            let s = client.status(&id).await.map_err(anyhow::Error::msg)?;
+            let s = client.status(id).await?;
             let j = s.sites.iter().filter(|x| x.state == "joined").count();
             if j >= n || started.elapsed() > Duration::from_secs(120) {
                 break j;
@@ -234,10 +235,7 @@ fn main() -> anyhow::Result<()> {
         );
 
         let asked = Instant::now();
-        let rows = client
-            .roll_call(&id, Duration::from_secs(60))
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let rows = client.roll_call(id, Duration::from_secs(60)).await?;
         let wall = asked.elapsed();
         let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
         lat.sort_unstable();
@@ -255,7 +253,7 @@ fn main() -> anyhow::Result<()> {
             all as f64 / base.0.max(1) as f64,
             p99 as f64 / base.1.max(1) as f64
         );
-        client.op(&id, "end", None).await.map_err(anyhow::Error::msg)?;
+        client.op(id, ChairOp::End).await?;
         client.close();
         Ok::<(), anyhow::Error>(())
     })?;

@@ -55,7 +55,7 @@ async fn ack(id: u64, by: String, conn: &Conn) -> Result<(), Failure> {
     let mut client = conn.connect().await?;
     let answer = client.ask(RequestBody::AckAlarm { id, by }, ANSWER).await;
     client.close();
-    answer.map_err(fail)?;
+    answer?;
     println!("alarm {id} acknowledged");
     Ok(())
 }

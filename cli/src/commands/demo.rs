@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use cuntong_core::meeting::host::ChairOp;
+use cuntong_core::meeting::{Invitee, Kind, MediaProfile, MeetingId};
 use cuntong_core::site::Region;
 use cuntong_firmware_sim::fleet::{Fleet, MAX_FLEET, SimOptions, fleet_ids};
 use cuntong_terminal::broker_url::BrokerUrl;
@@ -175,7 +177,7 @@ async fn demo(
     if let Ok(Ok(Some((mut client, id)))) =
         tokio::time::timeout(Duration::from_secs(1), meeting).await
     {
-        let _ = client.op(&id, "end", None).await;
+        let _ = client.op(id, ChairOp::End).await;
         client.close();
     }
     let failed = fleet.stop().await;
@@ -219,7 +221,7 @@ async fn demo_meeting(
     region: Region,
     sites: usize,
     line: &std::sync::Mutex<String>,
-) -> Result<(CentralClient, String), String> {
+) -> Result<(CentralClient, MeetingId), Failure> {
     let set = |text: String| {
         if let Ok(mut l) = line.lock() {
             *l = text;
@@ -234,15 +236,16 @@ async fn demo_meeting(
     while known() < sites && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let mut client = CentralClient::connect(broker, None).await?;
+    let mut client = CentralClient::connect(broker, None).await.map_err(fail)?;
+    let profile = MediaProfile::named("sd").ok_or_else(|| fail("internal: no sd profile"))?;
     let created = client
         .ask(
             RequestBody::Create {
                 title: format!("{region} 演示会议 (demo meeting)"),
-                kind: "meeting".into(),
-                invite: vec![region.to_string()],
+                kind: Kind::Meeting,
+                invite: vec![Invitee::Region(region)],
                 at_ms: None,
-                profile: "sd".into(),
+                profile,
                 chair: None,
                 floor_mutes_others: true,
             },
@@ -250,12 +253,12 @@ async fn demo_meeting(
         )
         .await?;
     let ResponseBody::Created { id } = created else {
-        return Err(format!("unexpected answer {created:?}"));
+        return Err(fail(format!("unexpected answer {created:?}")));
     };
-    client.op(&id, "start", None).await?;
+    client.op(id, ChairOp::Start).await?;
     let began = tokio::time::Instant::now();
     let joined = loop {
-        let s = client.status(&id).await?;
+        let s = client.status(id).await?;
         let j = s.sites.iter().filter(|x| x.state == "joined").count();
         set(format!("meeting  {id}: {j} of {sites} joined"));
         if j >= sites || began.elapsed() > Duration::from_secs(30) {
@@ -263,7 +266,7 @@ async fn demo_meeting(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let rows = client.roll_call(&id, Duration::from_secs(10)).await?;
+    let rows = client.roll_call(id, Duration::from_secs(10)).await?;
     let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
     lat.sort_unstable();
     let ms = |p| quantile(&lat, p).map_or("-".to_owned(), |v| format!("{v} ms"));

@@ -9,14 +9,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use cuntong_core::meeting::{Invitee, MediaProfile, MeetingId};
+use cuntong_core::meeting::host::ChairOp;
+use cuntong_core::meeting::{Invitee, Kind, MediaProfile, MeetingId};
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::link::unix_ms;
 use cuntong_terminal::{print, println};
 
-pub use client::{ANSWER, CentralClient};
+pub use client::{ANSWER, CentralClient, ClientError};
 pub use tables::quantile;
 
 use super::common::{Conn, Failure, Usage, fail, parse, positive};
@@ -161,29 +162,30 @@ pub struct CallArgs {
 pub async fn run_call(args: CallArgs) -> Result<(), Failure> {
     let to: TerminalId = parse("terminal", &args.terminal)?;
     let from: Option<TerminalId> = args.from.map(|f| parse("--from", &f)).transpose()?;
+    let profile = MediaProfile::named("sd").ok_or_else(|| fail("internal: no sd profile"))?;
     let mut client = args.conn.connect().await?;
     let body = RequestBody::Create {
         title: match &from {
             Some(f) => format!("call {f} → {to}"),
             None => format!("call central → {to}"),
         },
-        kind: "call".into(),
-        invite: vec![to.to_string()],
+        kind: Kind::Call,
+        invite: vec![Invitee::Terminal(to)],
         at_ms: None,
-        profile: "sd".into(),
-        chair: from.map(|f| f.to_string()),
+        profile,
+        chair: from,
         floor_mutes_others: false,
     };
     let answer = client.ask(body, ANSWER).await;
     client.close();
-    print_created(answer.map_err(fail)?, args.json)
+    print_created(answer?, args.json)
 }
 
 /// The id of a created session, alone or as `{"id": …}`.
 fn print_created(answer: ResponseBody, json: bool) -> Result<(), Failure> {
     match answer {
         ResponseBody::Created { id } if json => {
-            println!("{}", serde_json::json!({ "id": id }));
+            println!("{}", serde_json::json!({ "id": id.as_str() }));
         }
         ResponseBody::Created { id } => println!("{id}"),
         other => return Err(fail(format!("unexpected answer {other:?}"))),
@@ -191,156 +193,236 @@ fn print_created(answer: ResponseBody, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub async fn run(args: MeetingArgs) -> Result<(), Failure> {
-    let MeetingArgs { action, conn } = args;
-    use MeetingAction as A;
-    let terminal = |t: Option<String>, what: &str| -> Result<String, Failure> {
-        let t = t.ok_or_else(|| Usage(format!("{what} needs a terminal id")))?;
-        let id: TerminalId = parse("terminal", &t)?;
-        Ok(id.to_string())
-    };
-    // Validate everything before connecting.
-    match &action {
-        A::Create { .. } | A::List { .. } => {}
-        A::Start { id }
-        | A::End { id }
-        | A::Status { id, .. }
-        | A::Rollcall { id, .. }
-        | A::View { id, .. }
-        | A::Floor { id, .. }
-        | A::Mute { id, .. }
-        | A::Unmute { id, .. }
-        | A::Broadcast { id, .. }
-        | A::Lower { id, .. }
-        | A::Delegate { id, .. }
-        | A::Watch { id } => {
-            parse::<MeetingId>("meeting id", id)?;
-        }
+/// A meeting command with every value checked, ready to send.
+enum Plan {
+    Create {
+        body: RequestBody,
+        json: bool,
+    },
+    Op {
+        id: MeetingId,
+        op: ChairOp,
+    },
+    Status {
+        id: MeetingId,
+        json: bool,
+    },
+    Rollcall {
+        id: MeetingId,
+        timeout: Duration,
+        json: bool,
+    },
+    View {
+        id: MeetingId,
+        terminal: TerminalId,
+        to: SocketAddr,
+        stop: bool,
+    },
+    List {
+        json: bool,
+    },
+    Watch {
+        id: MeetingId,
+    },
+}
+
+impl Plan {
+    /// Checks every value of `action`, before anything connects.
+    fn of(action: MeetingAction) -> Result<Plan, Failure> {
+        use MeetingAction as A;
+        let meeting = |id: &str| parse::<MeetingId>("meeting id", id);
+        let terminal = |t: Option<String>, what: &str| -> Result<TerminalId, Usage> {
+            let t = t.ok_or_else(|| Usage(format!("{what} needs a terminal id")))?;
+            parse("terminal", &t)
+        };
+        Ok(match action {
+            A::Create {
+                title,
+                invite,
+                at,
+                profile,
+                kind,
+                chair,
+                keep_audio_on_grant,
+                json,
+            } => {
+                crate::meetings::check_title(&title).map_err(|e| Usage(format!("--title: {e}")))?;
+                let invite = invite
+                    .iter()
+                    .map(|i| parse::<Invitee>("--invite", i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let kind = match kind.as_str() {
+                    "meeting" => Kind::Meeting,
+                    "training" => Kind::Training,
+                    _ => {
+                        return Err(
+                            Usage(format!("--kind {kind:?}: use meeting or training")).into()
+                        );
+                    }
+                };
+                let profile = MediaProfile::named(&profile).ok_or_else(|| {
+                    Usage(format!(
+                        "--profile {profile:?}: use one of {}",
+                        MediaProfile::NAMES.join(", ")
+                    ))
+                })?;
+                let chair = chair
+                    .map(|c| parse::<TerminalId>("--chair", &c))
+                    .transpose()?;
+                let at_ms = at
+                    .as_deref()
+                    .map(|at| start_time(at, unix_ms()))
+                    .transpose()?;
+                let body = RequestBody::Create {
+                    title,
+                    kind,
+                    invite,
+                    at_ms,
+                    profile,
+                    chair,
+                    floor_mutes_others: !keep_audio_on_grant,
+                };
+                Plan::Create { body, json }
+            }
+            // The meeting id is checked first (struct fields are evaluated in order), as it
+            // comes first on the command line.
+            A::Start { id } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::Start,
+            },
+            A::End { id } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::End,
+            },
+            A::Floor {
+                id,
+                action,
+                terminal: t,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: match action.as_str() {
+                    "grant" => ChairOp::Grant(terminal(t, "floor grant")?),
+                    "revoke" => ChairOp::Revoke,
+                    other => {
+                        return Err(Usage(format!("floor {other:?}: use grant or revoke")).into());
+                    }
+                },
+            },
+            A::Mute {
+                id,
+                terminal: t,
+                all,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: if all {
+                    ChairOp::MuteAll
+                } else {
+                    ChairOp::Mute(terminal(t, "mute")?)
+                },
+            },
+            A::Unmute {
+                id,
+                terminal: t,
+                all,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: if all {
+                    ChairOp::UnmuteAll
+                } else {
+                    ChairOp::Unmute(terminal(t, "unmute")?)
+                },
+            },
+            A::Broadcast {
+                id,
+                terminal: t,
+                off,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::Broadcast(if off {
+                    None
+                } else {
+                    Some(terminal(t, "broadcast")?)
+                }),
+            },
+            A::Lower { id, terminal: t } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::LowerHand(terminal(Some(t), "lower")?),
+            },
+            A::Delegate {
+                id,
+                terminal: t,
+                region,
+                revoke,
+            } => {
+                let id = meeting(&id)?;
+                let box_id = terminal(Some(t), "delegate")?;
+                let region = match region {
+                    _ if revoke => None,
+                    Some(r) => Some(parse::<Region>("--region", &r)?),
+                    // The county of the box's site (or the site's own region above county
+                    // level).
+                    None => Some(Region::of(
+                        box_id
+                            .site()
+                            .at_level(cuntong_core::site::Level::County)
+                            .unwrap_or(*box_id.site()),
+                    )),
+                };
+                Plan::Op {
+                    id,
+                    op: ChairOp::Delegate(box_id, region),
+                }
+            }
+            A::Status { id, json } => Plan::Status {
+                id: meeting(&id)?,
+                json,
+            },
+            A::Rollcall { id, timeout, json } => Plan::Rollcall {
+                id: meeting(&id)?,
+                timeout: positive("--timeout", &timeout)?,
+                json,
+            },
+            A::View {
+                id,
+                terminal: t,
+                to,
+                stop,
+            } => Plan::View {
+                id: meeting(&id)?,
+                terminal: terminal(Some(t), "view")?,
+                to: parse("--to", &to)?,
+                stop,
+            },
+            A::List { json } => Plan::List { json },
+            A::Watch { id } => Plan::Watch { id: meeting(&id)? },
+        })
     }
-    let (op, target): (Option<&str>, Option<String>) = match &action {
-        A::Start { .. } => (Some("start"), None),
-        A::End { .. } => (Some("end"), None),
-        A::Floor {
-            action,
-            terminal: t,
-            ..
-        } => match action.as_str() {
-            "grant" => (Some("grant"), Some(terminal(t.clone(), "floor grant")?)),
-            "revoke" => (Some("revoke"), None),
-            other => return Err(Usage(format!("floor {other:?}: use grant or revoke")).into()),
-        },
-        A::Mute { all: true, .. } => (Some("mute-all"), None),
-        A::Mute { terminal: t, .. } => (Some("mute"), Some(terminal(t.clone(), "mute")?)),
-        A::Unmute { all: true, .. } => (Some("unmute-all"), None),
-        A::Unmute { terminal: t, .. } => (Some("unmute"), Some(terminal(t.clone(), "unmute")?)),
-        A::Broadcast { off: true, .. } => (Some("broadcast"), None),
-        A::Broadcast { terminal: t, .. } => {
-            (Some("broadcast"), Some(terminal(t.clone(), "broadcast")?))
-        }
-        A::Lower { terminal: t, .. } => (
-            Some("lower-hand"),
-            Some(terminal(Some(t.clone()), "lower")?),
-        ),
-        A::Delegate { terminal: t, .. } => (
-            Some("delegate"),
-            Some(terminal(Some(t.clone()), "delegate")?),
-        ),
-        _ => (None, None),
-    };
-    let create = match &action {
-        A::Create {
-            title,
-            invite,
-            at,
-            profile,
-            kind,
-            chair,
-            keep_audio_on_grant,
-            ..
-        } => {
-            crate::meetings::check_title(title).map_err(|e| Usage(format!("--title: {e}")))?;
-            for i in invite {
-                parse::<Invitee>("--invite", i)?;
+
+    /// Sends the request (or, `rollcall` and `watch`, the requests) and prints the answers.
+    async fn run(self, client: &mut CentralClient) -> Result<(), Failure> {
+        match self {
+            Plan::Create { body, json } => print_created(client.ask(body, ANSWER).await?, json)?,
+            Plan::Op { id, op } => {
+                let version = client.op(id, op).await?;
+                println!("{id}: {} done (state v{version})", op.name());
             }
-            if !matches!(kind.as_str(), "meeting" | "training") {
-                return Err(Usage(format!("--kind {kind:?}: use meeting or training")).into());
-            }
-            if MediaProfile::named(profile).is_none() {
-                return Err(Usage(format!(
-                    "--profile {profile:?}: use one of {}",
-                    MediaProfile::NAMES.join(", ")
-                ))
-                .into());
-            }
-            if let Some(c) = chair {
-                parse::<TerminalId>("--chair", c)?;
-            }
-            let at_ms = at
-                .as_deref()
-                .map(|at| start_time(at, unix_ms()))
-                .transpose()?;
-            Some(RequestBody::Create {
-                title: title.clone(),
-                kind: kind.clone(),
-                invite: invite.clone(),
-                at_ms,
-                profile: profile.clone(),
-                chair: chair.clone(),
-                floor_mutes_others: !keep_audio_on_grant,
-            })
-        }
-        _ => None,
-    };
-    let region = match &action {
-        A::Delegate { revoke: true, .. } => None,
-        A::Delegate {
-            region: Some(r), ..
-        } => Some(parse::<Region>("--region", r)?.to_string()),
-        A::Delegate { terminal: t, .. } => {
-            // The county of the box's site (or the site's own region above county level).
-            let id: TerminalId = parse("terminal", t)?;
-            let county = id
-                .site()
-                .at_level(cuntong_core::site::Level::County)
-                .unwrap_or(*id.site());
-            Some(Region::of(county).to_string())
-        }
-        _ => None,
-    };
-    if let A::View { to, .. } = &action {
-        let _: SocketAddr = parse("--to", to)?;
-    }
-    let timeout = match &action {
-        A::Rollcall { timeout, .. } => Some(positive("--timeout", timeout)?),
-        _ => None,
-    };
-    let mut client = conn.connect().await?;
-    let result = async {
-        match action {
-            A::Create { json, .. } => {
-                let body = create.ok_or_else(|| fail("internal: no create request"))?;
-                print_created(client.ask(body, ANSWER).await.map_err(fail)?, json)?;
-            }
-            A::Status { id, json } => {
-                let s = client.status(&id).await.map_err(fail)?;
+            Plan::Status { id, json } => {
+                let s = client.status(id).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&s.sites).map_err(fail)?);
                 } else {
                     print!("{}", tables::status_table(&s));
                 }
             }
-            A::Rollcall { id, json, .. } => {
-                let rows = client
-                    .roll_call(&id, timeout.unwrap_or(Duration::from_secs(10)))
-                    .await
-                    .map_err(fail)?;
+            Plan::Rollcall { id, timeout, json } => {
+                let rows = client.roll_call(id, timeout).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&rows).map_err(fail)?);
                 } else {
                     print!("{}", tables::roll_call_table(&rows));
                 }
             }
-            A::View {
+            Plan::View {
                 id,
                 terminal,
                 to,
@@ -352,24 +434,24 @@ pub async fn run(args: MeetingArgs) -> Result<(), Failure> {
                     to,
                     stop,
                 };
-                match client.ask(body, ANSWER).await.map_err(fail)? {
+                match client.ask(body, ANSWER).await? {
                     ResponseBody::Sdp(sdp) if !stop => print!("{sdp}"),
                     ResponseBody::Sdp(_) => {}
                     other => return Err(fail(format!("unexpected answer {other:?}"))),
                 }
             }
-            A::List { json } => {
-                let rows = client.list().await.map_err(fail)?;
+            Plan::List { json } => {
+                let rows = client.list().await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&rows).map_err(fail)?);
                 } else {
                     print!("{}", tables::list_table(&rows));
                 }
             }
-            A::Watch { id } => {
+            Plan::Watch { id } => {
                 let mut last: Option<MeetingStatus> = None;
                 loop {
-                    let s = client.status(&id).await.map_err(fail)?;
+                    let s = client.status(id).await?;
                     for line in tables::changes(last.as_ref(), &s) {
                         println!("{} {line}", view::rfc3339_ms(unix_ms()));
                     }
@@ -383,22 +465,15 @@ pub async fn run(args: MeetingArgs) -> Result<(), Failure> {
                     }
                 }
             }
-            A::Start { id }
-            | A::End { id }
-            | A::Floor { id, .. }
-            | A::Mute { id, .. }
-            | A::Unmute { id, .. }
-            | A::Broadcast { id, .. }
-            | A::Lower { id, .. }
-            | A::Delegate { id, .. } => {
-                let op = op.ok_or_else(|| fail("internal: no operation"))?;
-                let version = client.op_in(&id, op, target, region).await.map_err(fail)?;
-                println!("{id}: {op} done (state v{version})");
-            }
         }
         Ok(())
     }
-    .await;
+}
+
+pub async fn run(args: MeetingArgs) -> Result<(), Failure> {
+    let plan = Plan::of(args.action)?;
+    let mut client = args.conn.connect().await?;
+    let result = plan.run(&mut client).await;
     client.close();
     result
 }

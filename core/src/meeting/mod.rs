@@ -104,6 +104,24 @@ impl Kind {
     }
 }
 
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    /// `meeting`, `training` or `call`.
+    fn from_str(s: &str) -> Result<Kind, String> {
+        [Kind::Meeting, Kind::Training, Kind::Call]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| alloc::format!("kind {s:?}: use meeting, training or call"))
+    }
+}
+
 /// What a site does in a session, derived from the desired state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {

@@ -1510,3 +1510,15 @@ fn every_meeting_message_has_pinned_bytes() {
         ),
     ]);
 }
+
+#[test]
+fn a_session_kind_reads_back_from_its_name_and_nothing_else_is_a_kind() {
+    for k in [Kind::Meeting, Kind::Training, Kind::Call] {
+        assert_eq!(k.to_string(), k.as_str());
+        assert_eq!(k.as_str().parse::<Kind>(), Ok(k));
+    }
+    for bad in ["", "Meeting", "party", "call "] {
+        let e = bad.parse::<Kind>().unwrap_err();
+        assert!(e.contains(&alloc::format!("{bad:?}")), "{e}");
+    }
+}

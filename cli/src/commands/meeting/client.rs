@@ -5,15 +5,47 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cuntong_core::meeting::MeetingId;
+use cuntong_core::meeting::host::ChairOp;
+use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{control_request, control_response};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::link::{Incoming, Link, LinkOptions, Message};
 use ring::rand::SecureRandom;
 use tokio::sync::mpsc;
 
+use crate::commands::common::{Failure, Usage};
 use crate::control::{
-    MeetingJson, MeetingStatus, Request, RequestBody, Response, ResponseBody, RollCallJson,
+    ControlError, MeetingJson, MeetingStatus, Request, RequestBody, Response, ResponseBody,
+    RollCallJson,
 };
+
+/// How long a command waits for the host's answer.
+pub const ANSWER: Duration = Duration::from_secs(10);
+
+/// Why a request got no useful answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Central answered with a refusal.
+    #[error("{0}")]
+    Refused(ControlError),
+    /// No answer in time, or the link failed.
+    #[error("{0}")]
+    Link(String),
+    /// An answer of another kind than the request asks for.
+    #[error("unexpected answer {0:?}")]
+    Unexpected(Box<ResponseBody>),
+}
+
+impl From<ClientError> for Failure {
+    /// A request naming what is not there, or not valid, is bad input (exit code 2).
+    fn from(e: ClientError) -> Failure {
+        match e {
+            ClientError::Refused(e) if e.is_bad_request() => Failure::Usage(Usage(e.to_string())),
+            other => Failure::Runtime(other.to_string()),
+        }
+    }
+}
 
 /// A connection to the meeting host.
 #[derive(Debug)]
@@ -56,26 +88,26 @@ impl CentralClient {
         &mut self,
         body: RequestBody,
         timeout: Duration,
-    ) -> Result<ResponseBody, String> {
+    ) -> Result<ResponseBody, ClientError> {
         self.next += 1;
         let req = Request {
             id: self.next,
             body,
         };
-        let bytes = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(&req).map_err(|e| ClientError::Link(e.to_string()))?;
         self.link
             .try_publish(Message::new(control_request(&self.client), bytes))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ClientError::Link(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(format!(
+                    return Err(ClientError::Link(format!(
                         "no answer from the meeting host within {} (is `cuntong central` running?)",
                         humantime::format_duration(timeout)
-                    ));
+                    )));
                 }
-                m = self.incoming.recv() => m.ok_or("the link closed")?,
+                m = self.incoming.recv() => m.ok_or_else(|| ClientError::Link("the link closed".into()))?,
             };
             let Ok(resp) = serde_json::from_slice::<Response>(&msg.payload) else {
                 continue;
@@ -84,31 +116,25 @@ impl CentralClient {
                 continue;
             }
             return match resp.error {
-                Some(e) => Err(e),
+                Some(e) => Err(ClientError::Refused(e)),
                 None => Ok(resp.body),
             };
         }
     }
 
     /// The session with all its sites (fetched page by page).
-    pub async fn status(&mut self, meeting: &str) -> Result<MeetingStatus, String> {
+    pub async fn status(&mut self, meeting: MeetingId) -> Result<MeetingStatus, ClientError> {
         let mut all: Option<MeetingStatus> = None;
         let mut after = None;
         loop {
             let page = match self
-                .ask(
-                    RequestBody::Status {
-                        meeting: meeting.to_owned(),
-                        after: after.take(),
-                    },
-                    ANSWER,
-                )
+                .ask(RequestBody::Status { meeting, after }, ANSWER)
                 .await?
             {
                 ResponseBody::Status(s) => *s,
-                other => return Err(format!("unexpected answer {other:?}")),
+                other => return Err(ClientError::Unexpected(Box::new(other))),
             };
-            after.clone_from(&page.next);
+            after = page.next;
             match &mut all {
                 None => all = Some(page),
                 Some(a) => a.sites.extend(page.sites),
@@ -117,7 +143,7 @@ impl CentralClient {
                 break;
             }
         }
-        let mut s = all.ok_or("no answer")?;
+        let mut s = all.ok_or_else(|| ClientError::Link("no answer".into()))?;
         s.next = None;
         Ok(s)
     }
@@ -125,20 +151,14 @@ impl CentralClient {
     /// The latest roll call: (present, total) and, with `rows`, every site's answer.
     async fn roll_call_page(
         &mut self,
-        meeting: &str,
+        meeting: MeetingId,
         rows: bool,
-    ) -> Result<(usize, usize, Vec<RollCallJson>), String> {
+    ) -> Result<(usize, usize, Vec<RollCallJson>), ClientError> {
         let mut out = Vec::new();
-        let mut after = None;
+        let mut after: Option<TerminalId> = None;
         loop {
             match self
-                .ask(
-                    RequestBody::RollCall {
-                        meeting: meeting.to_owned(),
-                        after: after.take(),
-                    },
-                    ANSWER,
-                )
+                .ask(RequestBody::RollCall { meeting, after }, ANSWER)
                 .await?
             {
                 ResponseBody::RollCall {
@@ -153,7 +173,7 @@ impl CentralClient {
                     }
                     after = next;
                 }
-                other => return Err(format!("unexpected answer {other:?}")),
+                other => return Err(ClientError::Unexpected(Box::new(other))),
             }
         }
     }
@@ -161,10 +181,10 @@ impl CentralClient {
     /// Opens a roll call and waits until every invited site answered or `timeout` passed.
     pub async fn roll_call(
         &mut self,
-        meeting: &str,
+        meeting: MeetingId,
         timeout: Duration,
-    ) -> Result<Vec<RollCallJson>, String> {
-        self.op(meeting, "rollcall", None).await?;
+    ) -> Result<Vec<RollCallJson>, ClientError> {
+        self.op(meeting, ChairOp::RollCall).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (present, total, _) = self.roll_call_page(meeting, false).await?;
@@ -176,44 +196,17 @@ impl CentralClient {
     }
 
     /// A chair operation; answers the state version it produced.
-    pub async fn op(
-        &mut self,
-        meeting: &str,
-        op: &str,
-        terminal: Option<String>,
-    ) -> Result<u64, String> {
-        self.op_in(meeting, op, terminal, None).await
-    }
-
-    /// A chair operation with a region (`delegate`).
-    pub async fn op_in(
-        &mut self,
-        meeting: &str,
-        op: &str,
-        terminal: Option<String>,
-        region: Option<String>,
-    ) -> Result<u64, String> {
-        match self
-            .ask(
-                RequestBody::Op {
-                    meeting: meeting.to_owned(),
-                    op: op.to_owned(),
-                    terminal,
-                    region,
-                },
-                ANSWER,
-            )
-            .await?
-        {
+    pub async fn op(&mut self, meeting: MeetingId, op: ChairOp) -> Result<u64, ClientError> {
+        match self.ask(RequestBody::Op { meeting, op }, ANSWER).await? {
             ResponseBody::Done { version } => Ok(version),
-            other => Err(format!("unexpected answer {other:?}")),
+            other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }
 
-    pub async fn list(&mut self) -> Result<Vec<MeetingJson>, String> {
+    pub async fn list(&mut self) -> Result<Vec<MeetingJson>, ClientError> {
         match self.ask(RequestBody::List, ANSWER).await? {
             ResponseBody::List(v) => Ok(v),
-            other => Err(format!("unexpected answer {other:?}")),
+            other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }
 
@@ -221,6 +214,3 @@ impl CentralClient {
         self.link.shutdown();
     }
 }
-
-/// How long a command waits for the host's answer.
-pub const ANSWER: Duration = Duration::from_secs(10);
