@@ -445,19 +445,18 @@ impl AlarmService {
             Err(e) => return Err(e.to_string()),
         };
         // A duty report's site sees who acknowledged it.
-        if let Some(AlarmChange::Updated(a)) = changes.first() {
-            if let (AlarmKind::DutyReport, Subject::Terminal(t), Some(report)) =
+        if let Some(AlarmChange::Updated(a)) = changes.first()
+            && let (AlarmKind::DutyReport, Subject::Terminal(t), Some(report)) =
                 (a.kind, a.subject, a.report)
-            {
-                let notice = TerminalNotice::DutyReportAcknowledged {
-                    report,
-                    by: by.to_owned(),
-                    at_ms: now_ms,
-                };
-                if let Ok(bytes) = cuntong_core::envelope::encode(&notice) {
-                    let topic = Topic::terminal(&t, Channel::Notice).to_string();
-                    self.outbound.push(Message::new(topic, bytes));
-                }
+        {
+            let notice = TerminalNotice::DutyReportAcknowledged {
+                report,
+                by: by.to_owned(),
+                at_ms: now_ms,
+            };
+            if let Ok(bytes) = cuntong_core::envelope::encode(&notice) {
+                let topic = Topic::terminal(&t, Channel::Notice).to_string();
+                self.outbound.push(Message::new(topic, bytes));
             }
         }
         self.changed(changes);
@@ -492,13 +491,13 @@ impl AlarmService {
                     tracing::info!(id = a.id, subject = %a.subject, "alarm cleared")
                 }
             }
-            if let Some(tx) = &self.hooks {
-                if tx.try_send(a.clone()).is_err() {
-                    tracing::warn!(
-                        id = a.id,
-                        "alarm hooks are behind: this change is not notified"
-                    );
-                }
+            if let Some(tx) = &self.hooks
+                && tx.try_send(a.clone()).is_err()
+            {
+                tracing::warn!(
+                    id = a.id,
+                    "alarm hooks are behind: this change is not notified"
+                );
             }
         }
     }

@@ -113,16 +113,16 @@ pub fn state_topics(spec: &MeetingSpec) -> Vec<String> {
             .to_string()
         })
         .collect();
-    if let Some(chair) = spec.chair {
-        if !spec.invitees.iter().any(|i| i.includes(&chair)) {
-            topics.push(
-                Topic::Meeting {
-                    invitee: Invitee::Terminal(chair),
-                    id: spec.id,
-                }
-                .to_string(),
-            );
-        }
+    if let Some(chair) = spec.chair
+        && !spec.invitees.iter().any(|i| i.includes(&chair))
+    {
+        topics.push(
+            Topic::Meeting {
+                invitee: Invitee::Terminal(chair),
+                id: spec.id,
+            }
+            .to_string(),
+        );
     }
     topics
 }
@@ -483,10 +483,8 @@ impl MeetingService {
                 self.dirty.insert(id);
             }
             self.apply(id, out);
-            if due {
-                if let Err(e) = self.op(id, ChairOp::Start, now_ms) {
-                    tracing::warn!(meeting = %id, error = %e, "scheduled start failed");
-                }
+            if due && let Err(e) = self.op(id, ChairOp::Start, now_ms) {
+                tracing::warn!(meeting = %id, error = %e, "scheduled start failed");
             }
         }
         // Save first: a session leaves memory only once its end is handed to the store thread

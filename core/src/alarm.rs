@@ -790,16 +790,16 @@ impl AlarmEngine {
             let detail = offline_detail(&subject, itself_down, suppressed.len());
             match self.open.get(&key).copied() {
                 Some(id) => {
-                    if let Some(a) = self.alarms.get_mut(&id) {
-                        if a.suppressed != suppressed || a.detail != detail {
-                            a.suppressed = suppressed;
-                            a.detail = detail;
-                            // Escalates when sites fall behind it; never lowered while open.
-                            if severity > a.severity {
-                                a.severity = severity;
-                            }
-                            out.push(AlarmChange::Updated(a.clone()));
+                    if let Some(a) = self.alarms.get_mut(&id)
+                        && (a.suppressed != suppressed || a.detail != detail)
+                    {
+                        a.suppressed = suppressed;
+                        a.detail = detail;
+                        // Escalates when sites fall behind it; never lowered while open.
+                        if severity > a.severity {
+                            a.severity = severity;
                         }
+                        out.push(AlarmChange::Updated(a.clone()));
                     }
                 }
                 None => {
@@ -842,10 +842,10 @@ impl AlarmEngine {
                 if self.open.contains_key(&key) {
                     continue;
                 }
-                if let Some(&last) = t.seen.get(&rule.metric) {
-                    if now_ms.saturating_sub(last) > rule.after_ms {
-                        raise.push((key, *id, rule.clone(), last));
-                    }
+                if let Some(&last) = t.seen.get(&rule.metric)
+                    && now_ms.saturating_sub(last) > rule.after_ms
+                {
+                    raise.push((key, *id, rule.clone(), last));
                 }
             }
         }
@@ -919,12 +919,12 @@ impl AlarmEngine {
     }
 
     fn clear(&mut self, id: u64, now_ms: u64, out: &mut Vec<AlarmChange>) {
-        if let Some(a) = self.alarms.get_mut(&id) {
-            if a.state != AlarmState::Cleared {
-                a.state = AlarmState::Cleared;
-                a.cleared_ms = Some(now_ms);
-                out.push(AlarmChange::Cleared(a.clone()));
-            }
+        if let Some(a) = self.alarms.get_mut(&id)
+            && a.state != AlarmState::Cleared
+        {
+            a.state = AlarmState::Cleared;
+            a.cleared_ms = Some(now_ms);
+            out.push(AlarmChange::Cleared(a.clone()));
         }
         // Cleared alarms live on in the store; memory keeps the open ones.
         self.alarms.remove(&id);

@@ -1104,10 +1104,8 @@ impl Packet {
     fn answer(&self, cn: &str, cp: Vec<(String, String)>) -> Packet {
         let v2005 = self.version() == Version::V2005;
         let mut all = Vec::with_capacity(cp.len() + 1);
-        if v2005 {
-            if let Some(qn) = &self.qn {
-                all.push(("QN".to_owned(), qn.clone()));
-            }
+        if v2005 && let Some(qn) = &self.qn {
+            all.push(("QN".to_owned(), qn.clone()));
         }
         all.extend(cp);
         Packet {

@@ -145,7 +145,7 @@ pub async fn run(opts: LoggerOptions, stop: CancellationToken) -> std::io::Resul
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
                 let packet = upload(&opts, &mut rng, now);
-                let parts = if opts.split_every > 0 && n % u64::from(opts.split_every) == 0 {
+                let parts = if opts.split_every > 0 && n.is_multiple_of(u64::from(opts.split_every)) {
                     split(&packet)
                 } else {
                     vec![packet]
@@ -154,7 +154,7 @@ pub async fn run(opts: LoggerOptions, stop: CancellationToken) -> std::io::Resul
                 for part in parts {
                     frames += 1;
                     let mut bytes = hj212::encode(&part);
-                    if opts.corrupt_every > 0 && frames % u64::from(opts.corrupt_every) == 0 {
+                    if opts.corrupt_every > 0 && frames.is_multiple_of(u64::from(opts.corrupt_every)) {
                         // Flip a bit inside the data segment: the CRC must catch it.
                         let at = rng.gen_range(6..bytes.len() - 6);
                         bytes[at] ^= 0x01;

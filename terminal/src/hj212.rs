@@ -437,10 +437,10 @@ fn expected<'a>(cfg: &'a Hj212Config, p: &Packet) -> Result<Option<&'a LoggerCon
     let Some(l) = cfg.loggers.iter().find(|l| l.mn == mn) else {
         return Err(format!("unexpected logger: MN {mn:?} is not configured"));
     };
-    if let Some(pw) = &l.password {
-        if p.pw.as_deref() != Some(pw.as_str()) {
-            return Err(format!("wrong password: logger {mn:?}"));
-        }
+    if let Some(pw) = &l.password
+        && p.pw.as_deref() != Some(pw.as_str())
+    {
+        return Err(format!("wrong password: logger {mn:?}"));
     }
     Ok(Some(l))
 }

@@ -274,16 +274,16 @@ impl Sender {
                 ],
             )?;
             let raw_filter = capsfilter(&raw)?;
-            if settings.log_frames {
-                if let Some(pad) = raw_filter.static_pad("src") {
-                    let log = captured.clone();
-                    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                        log.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push(std::time::Instant::now());
-                        gst::PadProbeReturn::Ok
-                    });
-                }
+            if settings.log_frames
+                && let Some(pad) = raw_filter.static_pad("src")
+            {
+                let log = captured.clone();
+                pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    log.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(std::time::Instant::now());
+                    gst::PadProbeReturn::Ok
+                });
             }
             let gate = make_with("valve", &[("drop", true.to_value())])?;
             gates.push(gate.clone());
@@ -391,13 +391,11 @@ impl Sender {
         for g in &self.gates {
             g.set_property("drop", !on);
         }
-        if on {
-            if let Some(pad) = self.encoder.as_ref().and_then(|(e, _)| e.static_pad("src")) {
-                let ask = gst::Structure::builder("GstForceKeyUnit")
-                    .field("all-headers", true)
-                    .build();
-                pad.send_event(gst::event::CustomUpstream::new(ask));
-            }
+        if on && let Some(pad) = self.encoder.as_ref().and_then(|(e, _)| e.static_pad("src")) {
+            let ask = gst::Structure::builder("GstForceKeyUnit")
+                .field("all-headers", true)
+                .build();
+            pad.send_event(gst::event::CustomUpstream::new(ask));
         }
         true
     }
@@ -799,12 +797,11 @@ fn answer_consent_probes(
                 let socket = udpsrc
                     .upgrade()
                     .and_then(|s| s.property::<Option<gio::Socket>>("used-socket"));
-                if let (Some(answer), Some(socket)) = (answer, socket) {
-                    if let Err(e) =
+                if let (Some(answer), Some(socket)) = (answer, socket)
+                    && let Err(e) =
                         socket.send_to(Some(&from), answer.as_bytes(), gio::Cancellable::NONE)
-                    {
-                        tracing::debug!(error = %e, "cannot answer a consent probe");
-                    }
+                {
+                    tracing::debug!(error = %e, "cannot answer a consent probe");
                 }
             }
             Ok(Message::BindingSuccess { id }) => {
@@ -1027,10 +1024,10 @@ impl GstEngine {
             }
         });
         let (Some(to), true) = (to, sending) else {
-            if let Some(sender) = s.sender.as_mut() {
-                if sender.set_active(false) {
-                    tracing::info!(%meeting, sending = false, "media sending changed");
-                }
+            if let Some(sender) = s.sender.as_mut()
+                && sender.set_active(false)
+            {
+                tracing::info!(%meeting, sending = false, "media sending changed");
             }
             return;
         };
@@ -1064,13 +1061,13 @@ impl GstEngine {
                 }
             }
         }
-        if let Some(sender) = s.sender.as_mut() {
-            if sender.set_active(consented) {
-                if consented {
-                    tracing::info!(%meeting, %to, sending = true, "media sending changed");
-                } else {
-                    tracing::warn!(%meeting, %to, "holding media back: the relay does not answer its consent probes");
-                }
+        if let Some(sender) = s.sender.as_mut()
+            && sender.set_active(consented)
+        {
+            if consented {
+                tracing::info!(%meeting, %to, sending = true, "media sending changed");
+            } else {
+                tracing::warn!(%meeting, %to, "holding media back: the relay does not answer its consent probes");
             }
         }
     }

@@ -249,10 +249,10 @@ impl Loop {
         let now = self.now_ms();
         match stun::decode(datagram) {
             Ok(Message::BindingRequest { .. }) => {
-                if let Some(answer) = responder.answer(datagram, from, now) {
-                    if self.socket.send_to(answer.as_bytes(), from).is_ok() {
-                        self.count(|s| &s.answered, 1);
-                    }
+                if let Some(answer) = responder.answer(datagram, from, now)
+                    && self.socket.send_to(answer.as_bytes(), from).is_ok()
+                {
+                    self.count(|s| &s.answered, 1);
                 }
             }
             Ok(Message::BindingSuccess { id }) => {

@@ -122,10 +122,10 @@ async fn demo(
         let (line, db, url) = (meeting_line.clone(), db.clone(), broker_url.clone());
         tokio::spawn(async move {
             let result = demo_meeting(url, &db, region, sites, &line).await;
-            if let Err(e) = &result {
-                if let Ok(mut l) = line.lock() {
-                    *l = format!("meeting  failed: {e}");
-                }
+            if let Err(e) = &result
+                && let Ok(mut l) = line.lock()
+            {
+                *l = format!("meeting  failed: {e}");
             }
             result.ok()
         })

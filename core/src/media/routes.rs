@@ -143,11 +143,11 @@ impl Routes {
 
     /// Removes one destination from stream `ssrc`.
     pub fn remove(&mut self, ssrc: u32, to: SocketAddr) {
-        if let Some(s) = self.streams.get_mut(&ssrc) {
-            if let Some(i) = s.to.iter().position(|a| *a == to) {
-                s.to.remove(i);
-                count(&mut self.peers, to, false);
-            }
+        if let Some(s) = self.streams.get_mut(&ssrc)
+            && let Some(i) = s.to.iter().position(|a| *a == to)
+        {
+            s.to.remove(i);
+            count(&mut self.peers, to, false);
         }
         self.settle(ssrc);
     }

@@ -236,62 +236,61 @@ impl Participant {
                 let deadline = now_ms + self.cfg.reconnect_grace_ms;
                 let ids: Vec<MeetingId> = self.sessions.keys().copied().collect();
                 for id in ids {
-                    if let Some(s) = self.sessions.get_mut(&id) {
-                        if s.phase != Phase::Ended {
-                            s.confirm_by = Some(deadline);
-                        }
+                    if let Some(s) = self.sessions.get_mut(&id)
+                        && s.phase != Phase::Ended
+                    {
+                        s.confirm_by = Some(deadline);
                     }
                     self.announce(&id, now_ms, &mut out);
                 }
             }
             Input::Accept(id) => {
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    if matches!(s.phase, Phase::Invited | Phase::Declined | Phase::Left)
-                        && s.state.status != Status::Ended
-                    {
-                        s.phase = Phase::Joining;
-                        s.last_join_ms = 0;
-                        self.announce(&id, now_ms, &mut out);
-                    }
+                if let Some(s) = self.sessions.get_mut(&id)
+                    && matches!(s.phase, Phase::Invited | Phase::Declined | Phase::Left)
+                    && s.state.status != Status::Ended
+                {
+                    s.phase = Phase::Joining;
+                    s.last_join_ms = 0;
+                    self.announce(&id, now_ms, &mut out);
                 }
             }
             Input::Decline(id, reason) => {
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    if matches!(s.phase, Phase::Invited | Phase::Joining) {
-                        s.phase = Phase::Declined;
-                        out.push(Output::Send(Uplink::Decline {
-                            meeting: id,
-                            reason,
-                        }));
-                        if s.applied.take().is_some() {
-                            out.push(Output::Media(MediaCommand::Stop { meeting: id }));
-                        }
+                if let Some(s) = self.sessions.get_mut(&id)
+                    && matches!(s.phase, Phase::Invited | Phase::Joining)
+                {
+                    s.phase = Phase::Declined;
+                    out.push(Output::Send(Uplink::Decline {
+                        meeting: id,
+                        reason,
+                    }));
+                    if s.applied.take().is_some() {
+                        out.push(Output::Media(MediaCommand::Stop { meeting: id }));
                     }
                 }
             }
             Input::RaiseHand(id) | Input::LowerHand(id) => {
                 let raised = matches!(input, Input::RaiseHand(_));
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    if s.phase == Phase::Joined {
-                        // Numbers only grow, across restarts too (the seconds since the epoch
-                        // are a floor), so the host never takes a raise for an old one.
-                        let floor = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-                        s.hand = Hand {
-                            number: s.hand.number.saturating_add(1).max(floor),
-                            raised,
-                        };
-                        self.send_status(&id, now_ms, &mut out);
-                    }
+                if let Some(s) = self.sessions.get_mut(&id)
+                    && s.phase == Phase::Joined
+                {
+                    // Numbers only grow, across restarts too (the seconds since the epoch
+                    // are a floor), so the host never takes a raise for an old one.
+                    let floor = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+                    s.hand = Hand {
+                        number: s.hand.number.saturating_add(1).max(floor),
+                        raised,
+                    };
+                    self.send_status(&id, now_ms, &mut out);
                 }
             }
             Input::Leave(id) => {
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    if matches!(s.phase, Phase::Joined | Phase::Joining) {
-                        s.phase = Phase::Left;
-                        out.push(Output::Send(Uplink::Leave { meeting: id }));
-                        if s.applied.take().is_some() {
-                            out.push(Output::Media(MediaCommand::Stop { meeting: id }));
-                        }
+                if let Some(s) = self.sessions.get_mut(&id)
+                    && matches!(s.phase, Phase::Joined | Phase::Joining)
+                {
+                    s.phase = Phase::Left;
+                    out.push(Output::Send(Uplink::Leave { meeting: id }));
+                    if s.applied.take().is_some() {
+                        out.push(Output::Media(MediaCommand::Stop { meeting: id }));
                     }
                 }
             }
@@ -401,12 +400,12 @@ impl Participant {
                 }
             }
             Downlink::Rejoin { meeting } => {
-                if let Some(s) = self.sessions.get_mut(&meeting) {
-                    if s.phase == Phase::Joined {
-                        s.phase = Phase::Joining;
-                        s.last_join_ms = 0;
-                        self.announce(&meeting, now_ms, out);
-                    }
+                if let Some(s) = self.sessions.get_mut(&meeting)
+                    && s.phase == Phase::Joined
+                {
+                    s.phase = Phase::Joining;
+                    s.last_join_ms = 0;
+                    self.announce(&meeting, now_ms, out);
                 }
             }
             Downlink::Answer { meeting, op, error } => {
@@ -415,12 +414,12 @@ impl Participant {
                 }
             }
             Downlink::Refused { meeting, .. } => {
-                if let Some(s) = self.sessions.get_mut(&meeting) {
-                    if matches!(s.phase, Phase::Joining | Phase::Joined) {
-                        s.phase = Phase::Declined;
-                        if s.applied.take().is_some() {
-                            out.push(Output::Media(MediaCommand::Stop { meeting }));
-                        }
+                if let Some(s) = self.sessions.get_mut(&meeting)
+                    && matches!(s.phase, Phase::Joining | Phase::Joined)
+                {
+                    s.phase = Phase::Declined;
+                    if s.applied.take().is_some() {
+                        out.push(Output::Media(MediaCommand::Stop { meeting }));
                     }
                 }
             }
@@ -467,27 +466,27 @@ impl Participant {
             return;
         }
         let mut changed = false;
-        if let Some(rc) = s.state.roll_call {
-            if s.answer.is_none_or(|a| a.number != rc.number) {
-                // Answered when this site saw the roll call: for a site that was away, that
-                // is when it came back, and that is what the host records.
-                s.answer = Some(Answer {
-                    number: rc.number,
-                    answered_ms: now_ms,
-                });
-                changed = true;
-            }
+        if let Some(rc) = s.state.roll_call
+            && s.answer.is_none_or(|a| a.number != rc.number)
+        {
+            // Answered when this site saw the roll call: for a site that was away, that
+            // is when it came back, and that is what the host records.
+            s.answer = Some(Answer {
+                number: rc.number,
+                answered_ms: now_ms,
+            });
+            changed = true;
         }
         if s.media_on() {
             let desired = s.state.desired_for(&me);
-            if s.applied.is_none() {
-                if let Some(plan) = s.plan.clone() {
-                    out.push(Output::Media(MediaCommand::Start {
-                        meeting: *id,
-                        plan,
-                        profile: s.state.spec.profile.clone(),
-                    }));
-                }
+            if s.applied.is_none()
+                && let Some(plan) = s.plan.clone()
+            {
+                out.push(Output::Media(MediaCommand::Start {
+                    meeting: *id,
+                    plan,
+                    profile: s.state.spec.profile.clone(),
+                }));
             }
             if s.applied != Some(desired) {
                 out.push(Output::Media(MediaCommand::Apply {

@@ -215,11 +215,9 @@ pub fn topology(
             }
             video.extend(relays.iter().cloned());
             audio.extend(relays);
-            if from_below {
-                if let Some(u) = up.and_then(|u| u.relay.clone()) {
-                    video.push(u.clone());
-                    audio.push(u);
-                }
+            if from_below && let Some(u) = up.and_then(|u| u.relay.clone()) {
+                video.push(u.clone());
+                audio.push(u);
             }
             if !video.is_empty() {
                 plan.routes.push((src.ssrc, video));
@@ -237,16 +235,16 @@ pub fn topology(
         let Some(s) = by_id.get(site).copied() else {
             continue;
         };
-        if let Some(r) = t.first_relay(sites, site) {
-            if let Some(plan) = t.relays.get_mut(&r) {
-                plan.views.push((s.ssrc, to.clone()));
-                plan.views.sort();
-                plan.views.dedup();
-                // The first relay gets the viewed site's streams from the site itself.
-                plan.sources.extend(Origin::Site(s).pair(s.ssrc));
-                plan.sources.sort();
-                plan.sources.dedup();
-            }
+        if let Some(r) = t.first_relay(sites, site)
+            && let Some(plan) = t.relays.get_mut(&r)
+        {
+            plan.views.push((s.ssrc, to.clone()));
+            plan.views.sort();
+            plan.views.dedup();
+            // The first relay gets the viewed site's streams from the site itself.
+            plan.sources.extend(Origin::Site(s).pair(s.ssrc));
+            plan.sources.sort();
+            plan.sources.dedup();
         }
     }
     t

@@ -1060,10 +1060,10 @@ mod convergence {
                         }
                     }
                     HostOutput::Send(to, d) => {
-                        if let Some(i) = self.sites.iter().position(|p| *p.id() == to) {
-                            if self.online[i] {
-                                self.queue.push(Msg::Down(i, Input::Downlink(d)));
-                            }
+                        if let Some(i) = self.sites.iter().position(|p| *p.id() == to)
+                            && self.online[i]
+                        {
+                            self.queue.push(Msg::Down(i, Input::Downlink(d)));
                         }
                     }
                     HostOutput::Notice(_) => {}
@@ -1074,10 +1074,10 @@ mod convergence {
         fn site_in(&mut self, i: usize, input: Input) {
             let me = *self.sites[i].id();
             for o in self.sites[i].handle(input, self.now) {
-                if let Output::Send(up) = o {
-                    if self.online[i] {
-                        self.queue.push(Msg::Up(me, up));
-                    }
+                if let Output::Send(up) = o
+                    && self.online[i]
+                {
+                    self.queue.push(Msg::Up(me, up));
                 }
             }
         }
@@ -1237,11 +1237,10 @@ mod convergence {
                     }
                 }
             }
-            if end {
-                if let Ok(out) = net.host.op(&Operator::Chair, ChairOp::End, net.now) {
+            if end
+                && let Ok(out) = net.host.op(&Operator::Chair, ChairOp::End, net.now) {
                     net.host_out(out);
                 }
-            }
             // The network heals: everybody reconnects, nothing is lost any more, and the
             // operators of the sites that left or declined accept again.
             for i in 0..IDS.len() {

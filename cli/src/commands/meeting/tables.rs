@@ -145,10 +145,10 @@ pub fn changes(before: Option<&MeetingStatus>, now: &MeetingStatus) -> Vec<Strin
             out.push(format!("{h} raised a hand"));
         }
     }
-    if before.is_none_or(|b| b.floor != now.floor) {
-        if let Some(f) = &now.floor {
-            out.push(format!("{f} has the floor"));
-        }
+    if before.is_none_or(|b| b.floor != now.floor)
+        && let Some(f) = &now.floor
+    {
+        out.push(format!("{f} has the floor"));
     }
     if before.is_none_or(|b| b.meeting.status != now.meeting.status) {
         out.push(format!("session {}", now.meeting.status));
