@@ -388,6 +388,36 @@ fn a_reported_drop_is_passed_by_the_watermark_and_a_late_copy_of_a_dropped_seq_i
 }
 
 #[test]
+fn the_watermark_passes_long_runs_and_waits_at_the_first_gap_however_the_seqs_arrive() {
+    on_both(|db| {
+        let mut store = db.open();
+        let run = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Record> {
+            seqs.map(|q| temp(A, q, T0 + q, "1.00")).collect()
+        };
+        // 2..=300 first: nothing to confirm without 1.
+        let a = store.apply(&run(2..=300)).unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 0);
+        // 1 alone passes the whole run at once.
+        let a = store.apply(&run(1..=1)).unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 300);
+        // A run of 5,000 in one group, newest first, with 4,000 missing: stops before it.
+        let mut group = run(301..=5_300);
+        group.retain(|r| !matches!(r, Record::Telemetry { envelope, .. } if envelope.seq == 4_000));
+        group.reverse();
+        let a = store.apply(&group).unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 3_999);
+        let a = store.apply(&run(4_000..=4_000)).unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 5_300);
+        // Short runs group after group.
+        for g in 0..5 {
+            let first = 5_301 + g * 3;
+            let a = store.apply(&run(first..=first + 2)).unwrap();
+            assert_eq!(marks(&a, A).unwrap().telemetry, first + 2);
+        }
+    });
+}
+
+#[test]
 fn the_same_message_twice_in_one_group_is_stored_once() {
     on_both(|db| {
         let mut store = db.open();

@@ -122,62 +122,86 @@ CREATE TABLE rejected (
 );
 -- The watermarks of a group's (terminal, stream) pairs, given sorted: each advanced (if asked)
 -- under its row's lock over stored seqs, reported drops and the seqs below where the terminal's
--- numbering starts, exactly as the SQLite store does it.
+-- numbering starts, exactly as the SQLite store does it. Most pairs only move over a short run
+-- of new seqs: that is one statement for all of them; the others (a run longer than 64, drops
+-- or a numbering start ahead) take the general loop.
 CREATE FUNCTION advance_watermarks(p_terminals text[], p_streams smallint[], p_advance boolean[])
 RETURNS TABLE (o_terminal text, o_stream smallint, o_watermark bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-    t text;
-    s smallint;
-    start bigint;
+    r record;
     wm bigint;
     before bigint;
     covered bigint;
     next_seq bigint;
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(p_terminals, 1), 0) LOOP
-        t := p_terminals[i];
-        s := p_streams[i];
-        IF p_advance[i] THEN
-            SELECT w.watermark INTO start FROM watermarks w
-                WHERE w.terminal = t AND w.stream = s FOR UPDATE;
-            IF NOT FOUND THEN
-                INSERT INTO watermarks (terminal, stream, watermark) VALUES (t, s, 0)
-                    ON CONFLICT DO NOTHING;
-                SELECT w.watermark INTO start FROM watermarks w
-                    WHERE w.terminal = t AND w.stream = s FOR UPDATE;
-            END IF;
-            wm := start;
+    INSERT INTO watermarks (terminal, stream, watermark)
+        SELECT u.t, u.s, 0 FROM unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
+        WHERE u.a ORDER BY u.t COLLATE "C", u.s
+        ON CONFLICT DO NOTHING;
+    -- Locked in order; what the statements below read is what committed before.
+    PERFORM 1 FROM watermarks w
+        JOIN unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
+            ON w.terminal = u.t AND w.stream = u.s
+        WHERE u.a ORDER BY w.terminal, w.stream FOR UPDATE OF w;
+    FOR r IN
+        WITH cur AS (
+            SELECT u.t, u.s, u.a, coalesce(w.watermark, 0) AS wm
+            FROM unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
+            LEFT JOIN watermarks w ON w.terminal = u.t AND w.stream = u.s
+        ), fast AS (
+            SELECT c.t, c.s, c.a, c.wm, coalesce(run.last, c.wm) AS new_wm,
+                c.a AND (coalesce(run.last - c.wm = 64, false)
+                    OR EXISTS (SELECT 1 FROM dropped d
+                        WHERE d.terminal = c.t AND d.stream = c.s AND d.last > c.wm)
+                    OR EXISTS (SELECT 1 FROM numbering n
+                        WHERE n.terminal = c.t AND n.stream = c.s AND n.first - 1 > c.wm)
+                ) AS slow
+            FROM cur c CROSS JOIN LATERAL (
+                SELECT max(x.seq) FILTER (WHERE x.seq - x.rn = c.wm) AS last FROM (
+                    SELECT k.seq, row_number() OVER (ORDER BY k.seq) AS rn FROM (
+                        SELECT k.seq FROM message_keys k
+                        WHERE c.a AND k.terminal = c.t AND k.stream = c.s AND k.seq > c.wm
+                        ORDER BY k.seq LIMIT 64
+                    ) k
+                ) x
+            ) run
+        ), moved AS (
+            UPDATE watermarks w SET watermark = f.new_wm FROM fast f
+            WHERE f.a AND NOT f.slow AND f.new_wm <> f.wm AND w.terminal = f.t AND w.stream = f.s
+        )
+        SELECT * FROM fast
+    LOOP
+        wm := r.new_wm;
+        IF r.slow THEN
+            wm := r.wm;
             LOOP
                 before := wm;
                 EXIT WHEN wm = 9223372036854775807;
                 SELECT max(x.last) INTO covered FROM (
-                    SELECT d.last FROM dropped d WHERE d.terminal = t AND d.stream = s
+                    SELECT d.last FROM dropped d WHERE d.terminal = r.t AND d.stream = r.s
                         AND d.first <= wm + 1 AND d.last >= wm + 1
                     UNION ALL
-                    SELECT n.first - 1 FROM numbering n WHERE n.terminal = t AND n.stream = s
+                    SELECT n.first - 1 FROM numbering n WHERE n.terminal = r.t AND n.stream = r.s
                         AND n.first - 1 >= wm + 1
                 ) x;
                 IF covered IS NOT NULL THEN
                     wm := greatest(wm, covered);
                 END IF;
                 FOR next_seq IN SELECT k.seq FROM message_keys k
-                    WHERE k.terminal = t AND k.stream = s AND k.seq > wm ORDER BY k.seq LIMIT 1024
+                    WHERE k.terminal = r.t AND k.stream = r.s AND k.seq > wm ORDER BY k.seq LIMIT 1024
                 LOOP
                     EXIT WHEN next_seq <> wm + 1;
                     wm := next_seq;
                 END LOOP;
                 EXIT WHEN wm = before;
             END LOOP;
-            IF wm <> start THEN
-                UPDATE watermarks w SET watermark = wm WHERE w.terminal = t AND w.stream = s;
+            IF wm <> r.wm THEN
+                UPDATE watermarks w SET watermark = wm WHERE w.terminal = r.t AND w.stream = r.s;
             END IF;
-        ELSE
-            SELECT w.watermark INTO wm FROM watermarks w WHERE w.terminal = t AND w.stream = s;
-            wm := coalesce(wm, 0);
         END IF;
-        o_terminal := t;
-        o_stream := s;
+        o_terminal := r.t;
+        o_stream := r.s;
         o_watermark := wm;
         RETURN NEXT;
     END LOOP;
