@@ -75,12 +75,13 @@ CREATE TABLE messages (
     PRIMARY KEY (terminal, stream, time_ms, seq)
 ) PARTITION BY RANGE (time_ms);
 CREATE TABLE messages_default PARTITION OF messages DEFAULT;
+-- The newest value of each metric of a terminal, in one row per terminal (a province's fleet
+-- view reads one row a terminal): the metrics in name order, each value's time and value.
 CREATE TABLE latest (
-    terminal text COLLATE "C" NOT NULL,
-    metric   text COLLATE "C" NOT NULL,
-    ts_ms    bigint NOT NULL,
-    value    double precision NOT NULL,
-    PRIMARY KEY (terminal, metric)
+    terminal text COLLATE "C" PRIMARY KEY,
+    metrics  text[] COLLATE "C" NOT NULL,
+    ts_ms    bigint[] NOT NULL,
+    vals     double precision[] NOT NULL
 );
 CREATE TABLE watermarks (
     terminal  text COLLATE "C" NOT NULL,
@@ -913,11 +914,27 @@ fn write_rows(
             ts.push(*at);
             v.push(*value);
         }
+        // Per terminal: the values of the group merged into the stored ones, a metric's newer
+        // value replacing the older (the group's on a tie).
         tx.execute(
-            "INSERT INTO latest (terminal, metric, ts_ms, value)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[])
-             ON CONFLICT (terminal, metric) DO UPDATE SET ts_ms = excluded.ts_ms,
-                value = excluded.value WHERE excluded.ts_ms >= latest.ts_ms",
+            r#"INSERT INTO latest AS l (terminal, metrics, ts_ms, vals)
+             SELECT t, array_agg(m ORDER BY m COLLATE "C"), array_agg(ts ORDER BY m COLLATE "C"),
+                array_agg(v ORDER BY m COLLATE "C")
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[]) AS u(t, m, ts, v)
+             GROUP BY t ORDER BY t COLLATE "C"
+             ON CONFLICT (terminal) DO UPDATE SET (metrics, ts_ms, vals) = (
+                SELECT array_agg(x.m ORDER BY x.m COLLATE "C"), array_agg(x.ts ORDER BY x.m COLLATE "C"),
+                    array_agg(x.v ORDER BY x.m COLLATE "C")
+                FROM (
+                    SELECT DISTINCT ON (a.m COLLATE "C") a.m, a.ts, a.v FROM (
+                        SELECT o.m, o.ts, o.v, 0 AS src
+                        FROM unnest(l.metrics, l.ts_ms, l.vals) AS o(m, ts, v)
+                        UNION ALL
+                        SELECT n.m, n.ts, n.v, 1
+                        FROM unnest(excluded.metrics, excluded.ts_ms, excluded.vals) AS n(m, ts, v)
+                    ) a ORDER BY a.m COLLATE "C", a.ts DESC, a.src DESC
+                ) x
+             )"#,
             &[&t, &m, &ts, &v],
         )?;
     }
@@ -990,16 +1007,13 @@ impl Store for PgStore {
         } else {
             ("WHERE t.site >= $1 AND t.site < $2", vec![&prefix, &end])
         };
-        // One query: each terminal with its newest values, ordered by metric.
+        // One query: each terminal with its newest values (in metric order).
         let sql = format!(
             "SELECT t.terminal, t.site, t.level, t.online, t.version, t.last_seen_ms,
-                coalesce(array_agg(l.metric ORDER BY l.metric) FILTER (WHERE l.metric IS NOT NULL),
-                    '{{}}'),
-                coalesce(array_agg(l.value ORDER BY l.metric) FILTER (WHERE l.metric IS NOT NULL),
-                    '{{}}')
+                coalesce(l.metrics, '{{}}'), coalesce(l.vals, '{{}}')
              FROM terminals t LEFT JOIN latest l ON l.terminal = t.terminal
              {filter}
-             GROUP BY t.terminal ORDER BY t.terminal"
+             ORDER BY t.terminal"
         );
         let rows = self
             .client
