@@ -13,7 +13,7 @@
 //! - [`readiness`]: the pre-meeting self-check of terminals (`cuntong readiness`).
 //! - [`control`]: what `cuntong` commands and `central` say to each other.
 //! - [`meeting_cli`]: the `cuntong meeting …` and `cuntong call` clients.
-//! - [`store`]: the history store (SQLite).
+//! - [`store`]: the history store (SQLite, or PostgreSQL).
 //! - [`view`]: fleet tables and their `--json` form.
 
 pub mod alarms;

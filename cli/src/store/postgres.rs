@@ -420,10 +420,18 @@ impl PgStore {
             at: format!("{at}, connecting"),
             source,
         })?;
-        Ok(PgStore {
+        let store = PgStore {
             client: RefCell::new(client),
             at,
-        })
+        };
+        // The driver logs the server's notices ("relation staging already exists, skipping"
+        // every group); warnings and errors are enough.
+        store
+            .client
+            .borrow_mut()
+            .batch_execute("SET client_min_messages = warning")
+            .map_err(store.err("configuring the session"))?;
+        Ok(store)
     }
 
     /// Maps a driver error to one naming the database and what was being done.
