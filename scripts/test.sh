@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (as root) or a developer's box.
-# Installs what is missing (Mosquitto for the broker tests, Chromium for the dashboard's
-# browser test, GStreamer and ffmpeg for media), then checks formatting, lints, the no_std build of the core, and runs every
+# Installs what is missing (Mosquitto for the broker tests, PostgreSQL for the store's,
+# Chromium for the dashboard's browser test, GStreamer and ffmpeg for media), then checks formatting, lints, the no_std build of the core, and runs every
 # test against the real binaries and brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,9 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # Chinese names on the dashboard: a CJK font, so the page (and its screenshots) show them.
 [ -d /usr/share/fonts/opentype/noto ] && ls /usr/share/fonts/opentype/noto/NotoSansCJK* >/dev/null 2>&1 \
     || need_apt+=(fonts-noto-cjk)
+# The store's tests on PostgreSQL: Debian's server (a throwaway cluster per test run, started
+# as the `postgres` user).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # Meeting media: GStreamer's libraries (for the build) and plugins (for the pipelines: x264,
 # openh264, libav, SRTP, RTP), and ffmpeg for the interop test.
 if command -v dpkg >/dev/null 2>&1; then

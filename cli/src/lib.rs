@@ -14,7 +14,7 @@
 //! - [`monitor`]: the live terminal view (`cuntong monitor`).
 //! - [`readiness`]: the pre-meeting self-check of terminals (`cuntong readiness`).
 //! - [`control`]: what `cuntong` commands and `central` say to each other.
-//! - [`store`]: the history store (SQLite).
+//! - [`store`]: the history store (SQLite, or PostgreSQL).
 //! - [`view`]: fleet tables and their `--json` form.
 //!
 //! The client side: [`commands`], one module per command family (`meeting …` and `call`, the

@@ -1,6 +1,8 @@
 //! The central history store.
 //!
-//! [`Store`] is the seam (PostgreSQL can follow); [`SqliteStore`] is the embedded default.
+//! [`Store`] is the seam; [`SqliteStore`] is the embedded default and [`PgStore`]
+//! (`postgres.rs`) the PostgreSQL backend, both with the same results. [`Database`] says which
+//! one (`--db PATH` or `--db postgres://…`) and opens it.
 //! Each message is stored once per (terminal, stream, seq): the primary key is the
 //! de-duplication, so a broker's redelivery is harmless. Telemetry is kept as the terminal
 //! sent it (the postcard envelope, exact decimals and original timestamps), one row per
@@ -8,7 +10,9 @@
 //! view. Writes are applied in groups, one transaction per group.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use bytes::Bytes;
 use cuntong_core::delivery::Watermarks;
@@ -22,11 +26,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 mod alarms;
 mod meetings;
 mod names;
+mod postgres;
 mod schema;
 mod writer;
 pub use alarms::{KnownTerminal, OpenAlarms};
 pub use meetings::{MeetingRow, StoredMeeting};
 pub use names::NamesCache;
+pub use postgres::PgStore;
 pub use writer::{GROUP, StateWriter, Writer, WriterGone};
 
 /// Why the store failed.
@@ -70,6 +76,79 @@ pub enum StoreError {
         "no store at {path} yet (`cuntong central` creates it there; --db PATH or CUNTONG_DB for another)"
     )]
     Missing { path: String },
+    /// A PostgreSQL error; `at` is the database (its URL without the password) and what was
+    /// being done.
+    #[error("PostgreSQL {at}: {}", postgres::describe(source))]
+    Postgres {
+        at: String,
+        source: ::postgres::Error,
+    },
+    #[error(
+        "the store at {at} has schema version {found}, newer than this build's {known}: upgrade cuntong"
+    )]
+    NewerSchema { at: String, found: i64, known: i64 },
+}
+
+/// Where central's store is: a SQLite file (the embedded default) or a PostgreSQL database.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl FromStr for Database {
+    type Err = std::convert::Infallible;
+
+    /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else a file path.
+    fn from_str(s: &str) -> Result<Database, Self::Err> {
+        let lower = s.get(..13).unwrap_or(s).to_ascii_lowercase();
+        Ok(
+            if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+                Database::Postgres(s.to_owned())
+            } else {
+                Database::Sqlite(PathBuf::from(s))
+            },
+        )
+    }
+}
+
+/// A path as is; a URL without its password (logs and errors carry no secrets).
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+        }
+    }
+}
+
+impl Database {
+    /// Opens (creating or migrating if needed) the store for central to write.
+    pub fn open(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            Database::Sqlite(path) => Box::new(SqliteStore::open(path)?),
+            Database::Postgres(url) => Box::new(PgStore::open(url)?),
+        })
+    }
+
+    /// Opens the store for reading only (the read commands); never creates anything, and a
+    /// store central never set up is [`StoreError::Missing`].
+    pub fn open_read_only(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            Database::Sqlite(path) => Box::new(SqliteStore::open_read_only(path)?),
+            Database::Postgres(url) => Box::new(PgStore::open_read_only(url)?),
+        })
+    }
 }
 
 /// Opens the store at `path` for reading only: the one way every read command (`sites`,
@@ -644,25 +723,7 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (seq, payload) = row?;
-            let env = decode_telemetry(&payload).map_err(|e| StoreError::Corrupt {
-                terminal: id.clone(),
-                seq: seq as u64,
-                detail: e.to_string(),
-            })?;
-            for s in env.body.samples {
-                let ts = env.time_ms + u64::from(s.offset_ms);
-                if (ts as i64) < since || metric.is_some_and(|m| *m != s.metric) {
-                    continue;
-                }
-                out.push(SampleRow {
-                    seq: env.seq,
-                    ts_ms: ts,
-                    metric: s.metric.name().to_owned(),
-                    value: s.value.to_f64(),
-                    exact: s.value.to_string(),
-                    flag: s.quality.map(|q| char::from(q.flag())),
-                });
-            }
+            push_samples(&mut out, &id, seq, &payload, metric, since)?;
         }
         out.sort_by_key(|r| (r.ts_ms, r.seq));
         Ok(out)
@@ -698,20 +759,57 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (terminal, seq, payload) = row?;
-            let env = decode_event(&payload).map_err(|e| StoreError::Corrupt {
-                terminal: terminal.clone(),
-                seq: seq as u64,
-                detail: e.to_string(),
-            })?;
-            out.push(EventRow {
-                terminal,
-                seq: env.seq,
-                time_ms: env.time_ms,
-                event: env.body,
-            });
+            out.push(event_row(terminal, seq, &payload)?);
         }
         Ok(out)
     }
+}
+
+/// Appends the samples of a stored telemetry message (`seq` as stored) at or after `since`
+/// (of `metric` if given) to `out`: both backends read history this way.
+fn push_samples(
+    out: &mut Vec<SampleRow>,
+    terminal: &str,
+    seq: i64,
+    payload: &[u8],
+    metric: Option<&Metric>,
+    since: i64,
+) -> Result<(), StoreError> {
+    let env = decode_telemetry(payload).map_err(|e| StoreError::Corrupt {
+        terminal: terminal.to_owned(),
+        seq: seq as u64,
+        detail: e.to_string(),
+    })?;
+    for s in env.body.samples {
+        let ts = env.time_ms + u64::from(s.offset_ms);
+        if (ts as i64) < since || metric.is_some_and(|m| *m != s.metric) {
+            continue;
+        }
+        out.push(SampleRow {
+            seq: env.seq,
+            ts_ms: ts,
+            metric: s.metric.name().to_owned(),
+            value: s.value.to_f64(),
+            exact: s.value.to_string(),
+            flag: s.quality.map(|q| char::from(q.flag())),
+        });
+    }
+    Ok(())
+}
+
+/// A stored event message as a row.
+fn event_row(terminal: String, seq: i64, payload: &[u8]) -> Result<EventRow, StoreError> {
+    let env = decode_event(payload).map_err(|e| StoreError::Corrupt {
+        terminal: terminal.clone(),
+        seq: seq as u64,
+        detail: e.to_string(),
+    })?;
+    Ok(EventRow {
+        terminal,
+        seq: env.seq,
+        time_ms: env.time_ms,
+        event: env.body,
+    })
 }
 
 /// What a backup holds.
@@ -797,685 +895,4 @@ impl SqliteStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use cuntong_core::envelope::encode;
-    use cuntong_core::telemetry::Sample;
-
-    /// 2025-11-22T08:00:00Z.
-    const T0: u64 = 1_763_798_400_000;
-
-    fn id(s: &str) -> TerminalId {
-        s.parse().unwrap()
-    }
-
-    fn sample(offset_ms: u32, metric: Metric, value: &str) -> Sample {
-        Sample {
-            offset_ms,
-            metric,
-            value: value.parse().unwrap(),
-            quality: None,
-        }
-    }
-
-    fn telemetry(
-        terminal: &str,
-        seq: u64,
-        time_ms: u64,
-        received_ms: u64,
-        samples: Vec<Sample>,
-    ) -> Record {
-        let envelope = Envelope {
-            seq,
-            time_ms,
-            body: TelemetryBatch { samples },
-        };
-        let raw = Bytes::from(encode(&envelope).unwrap());
-        Record::Telemetry {
-            terminal: id(terminal),
-            received_ms,
-            envelope,
-            raw,
-        }
-    }
-
-    /// A batch with one `env.temp` sample at the envelope's time.
-    fn temp(terminal: &str, seq: u64, time_ms: u64, value: &str) -> Record {
-        telemetry(
-            terminal,
-            seq,
-            time_ms,
-            time_ms,
-            vec![sample(0, Metric::AirTemp, value)],
-        )
-    }
-
-    fn event(terminal: &str, seq: u64, time_ms: u64) -> Record {
-        let started = Event::Started {
-            version: "0.1.0".into(),
-        };
-        event_of(terminal, seq, time_ms, started)
-    }
-
-    fn event_of(terminal: &str, seq: u64, time_ms: u64, body: Event) -> Record {
-        let envelope = Envelope { seq, time_ms, body };
-        let raw = Bytes::from(encode(&envelope).unwrap());
-        Record::Event {
-            terminal: id(terminal),
-            received_ms: time_ms,
-            envelope,
-            raw,
-        }
-    }
-
-    fn presence(terminal: &str, online: bool, received_ms: u64) -> Record {
-        Record::Presence {
-            terminal: id(terminal),
-            received_ms,
-            presence: Presence {
-                online,
-                version: "0.1.0".into(),
-                started_ms: T0,
-                keep_alive_s: 30,
-            },
-        }
-    }
-
-    fn rejected(received_ms: u64) -> Record {
-        Record::Rejected {
-            topic: "ct/v1/t/13/01/02/001/001/main/tm".into(),
-            received_ms,
-            reason: "130102001001-main tm: payload version 9, this build reads version 1".into(),
-            payload: Bytes::from_static(&[9, 0xde, 0xad]),
-        }
-    }
-
-    fn open() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("central.db")).unwrap();
-        (dir, store)
-    }
-
-    fn site<'a>(rows: &'a [SiteRow], terminal: &str) -> &'a SiteRow {
-        rows.iter()
-            .find(|r| r.terminal == terminal)
-            .unwrap_or_else(|| panic!("{terminal} not in {rows:#?}"))
-    }
-
-    fn metric(row: &SiteRow, name: &str) -> Option<f64> {
-        row.metrics.iter().find(|(m, _)| m == name).map(|(_, v)| *v)
-    }
-
-    /// (seq, ts_ms, metric, exact) of each stored sample.
-    fn history(
-        store: &SqliteStore,
-        terminal: &str,
-        metric: Option<&Metric>,
-        since_ms: Option<u64>,
-    ) -> Vec<(u64, u64, String, String)> {
-        store
-            .telemetry(&id(terminal), metric, since_ms)
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.seq, r.ts_ms, r.metric, r.exact))
-            .collect()
-    }
-
-    impl SqliteStore {
-        /// Every row of the `rejected` table, in insertion order.
-        fn rejected_rows(&self) -> Vec<(String, u64, String, Vec<u8>)> {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT topic, received_ms, reason, payload FROM rejected ORDER BY rowid")
-                .unwrap();
-            stmt.query_map([], |r| {
-                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-        }
-    }
-
-    const A: &str = "130102001001-main";
-
-    /// (stored, duplicates, values) of a group.
-    fn counts(a: &Applied) -> (u64, u64, u64) {
-        (a.stored, a.duplicates, a.values)
-    }
-
-    /// The watermarks a group published for `terminal`.
-    fn marks(applied: &Applied, terminal: &str) -> Option<Watermarks> {
-        applied
-            .watermarks
-            .iter()
-            .find(|(t, _)| t.to_string() == terminal)
-            .map(|(_, m)| *m)
-    }
-
-    #[test]
-    fn a_replacement_box_numbering_from_its_start_is_stored_and_confirmed_without_a_loss() {
-        let (_dir, mut store) = open();
-        // The old box: telemetry 1..=3 and one event, all confirmed.
-        let old: Vec<Record> = (1..=3)
-            .map(|q| temp(A, q, T0 + q, "20.00"))
-            .chain([event(A, 1, T0)])
-            .collect();
-        let applied = store.apply(&old).unwrap();
-        let confirmed = Watermarks {
-            telemetry: 3,
-            events: 1,
-        };
-        assert_eq!(marks(&applied, A), Some(confirmed));
-        // The replacement numbers from its clock; its telemetry may come before its
-        // announcement: stored, but the watermark waits.
-        let b = T0 + 86_400_000;
-        let applied = store
-            .apply(&[temp(A, b, b, "21.00"), temp(A, b + 1, b + 1, "21.50")])
-            .unwrap();
-        assert_eq!(counts(&applied), (2, 0, 2));
-        assert_eq!(marks(&applied, A), Some(confirmed));
-        // Its first events say where each stream starts: the events stream passes the gap
-        // the announcement itself follows, in the same group.
-        let from = |stream| Event::NumberingFrom { stream, first: b };
-        let applied = store
-            .apply(&[
-                event_of(A, b, b, from(Stream::Events)),
-                event_of(A, b + 1, b, from(Stream::Telemetry)),
-            ])
-            .unwrap();
-        assert_eq!(
-            marks(&applied, A),
-            Some(Watermarks {
-                telemetry: b + 1,
-                events: b + 1,
-            })
-        );
-        assert_eq!(
-            store.count(A, Stream::Telemetry).unwrap(),
-            5,
-            "nothing lost"
-        );
-        let seqs: Vec<u64> = history(&store, A, None, None).iter().map(|s| s.0).collect();
-        assert_eq!(seqs, [1, 2, 3, b, b + 1]);
-        // The seqs below the start are no reported loss.
-        let drops: i64 = store
-            .conn
-            .query_row("SELECT count(*) FROM dropped", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(drops, 0);
-        // And a second replacement later passes the first one's numbers too.
-        let c = b + 86_400_000;
-        let applied = store
-            .apply(&[
-                event_of(
-                    A,
-                    c,
-                    c,
-                    Event::NumberingFrom {
-                        stream: Stream::Events,
-                        first: c,
-                    },
-                ),
-                event_of(
-                    A,
-                    c + 1,
-                    c,
-                    Event::NumberingFrom {
-                        stream: Stream::Telemetry,
-                        first: c,
-                    },
-                ),
-                temp(A, c, c, "22.00"),
-            ])
-            .unwrap();
-        assert_eq!(
-            marks(&applied, A),
-            Some(Watermarks {
-                telemetry: c,
-                events: c + 1,
-            })
-        );
-    }
-
-    #[test]
-    fn the_same_message_twice_in_one_group_is_stored_once() {
-        let (_dir, mut store) = open();
-        let first = telemetry(
-            A,
-            1,
-            T0,
-            T0,
-            vec![
-                sample(0, Metric::AirTemp, "23.45"),
-                sample(0, Metric::Humidity, "55.00"),
-            ],
-        );
-        let applied = store
-            .apply(&[first.clone(), first, temp(A, 2, T0 + 60_000, "23.50")])
-            .unwrap();
-        assert_eq!(counts(&applied), (2, 1, 3));
-        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 2);
-        let seqs: Vec<u64> = history(&store, A, None, None).iter().map(|s| s.0).collect();
-        assert_eq!(seqs, [1, 1, 2]);
-    }
-
-    #[test]
-    fn the_same_message_in_two_groups_is_stored_once_and_counted_as_a_duplicate() {
-        let (_dir, mut store) = open();
-        let batch = telemetry(
-            A,
-            1,
-            T0,
-            T0,
-            vec![
-                sample(0, Metric::AirTemp, "23.45"),
-                sample(500, Metric::Humidity, "55.00"),
-            ],
-        );
-        let first = store.apply(std::slice::from_ref(&batch)).unwrap();
-        assert_eq!(counts(&first), (1, 0, 2));
-        // The broker redelivers it later.
-        let again = store.apply(&[batch]).unwrap();
-        assert_eq!(counts(&again), (0, 1, 0));
-        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 1);
-        assert_eq!(history(&store, A, None, None).len(), 2);
-
-        let ev = event(A, 1, T0);
-        assert_eq!(store.apply(std::slice::from_ref(&ev)).unwrap().stored, 1);
-        assert_eq!(counts(&store.apply(&[ev]).unwrap()), (0, 1, 0));
-        assert_eq!(store.count(A, Stream::Events).unwrap(), 1);
-    }
-
-    #[test]
-    fn telemetry_and_events_with_the_same_seq_are_different_streams() {
-        let (_dir, mut store) = open();
-        let records = [temp(A, 1, T0, "23.45"), event(A, 1, T0)];
-        assert_eq!(counts(&store.apply(&records).unwrap()), (2, 0, 1));
-        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 1);
-        assert_eq!(store.count(A, Stream::Events).unwrap(), 1);
-        // Each is still de-duplicated within its own stream.
-        assert_eq!(counts(&store.apply(&records).unwrap()), (0, 2, 0));
-        // And the same seq on another terminal is another message.
-        let other = "130102001002-main";
-        assert_eq!(
-            store.apply(&[temp(other, 1, T0, "20.00")]).unwrap().stored,
-            1
-        );
-        assert_eq!(store.count(other, Stream::Telemetry).unwrap(), 1);
-        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 1);
-    }
-
-    #[test]
-    fn latest_keeps_the_newest_value_when_an_older_batch_arrives_after_a_newer_one() {
-        let (_dir, mut store) = open();
-        store.apply(&[temp(A, 2, T0 + 60_000, "25.00")]).unwrap();
-        // Backfill from the terminal's outbox: older, and it also carries humidity.
-        store
-            .apply(&[telemetry(
-                A,
-                1,
-                T0,
-                T0 + 61_000,
-                vec![
-                    sample(0, Metric::AirTemp, "20.00"),
-                    sample(0, Metric::Humidity, "55.00"),
-                ],
-            )])
-            .unwrap();
-        let rows = store.sites(None).unwrap();
-        assert_eq!(metric(site(&rows, A), "env.temp"), Some(25.0));
-        assert_eq!(metric(site(&rows, A), "env.humidity"), Some(55.0));
-
-        // A sample's own time (envelope time + offset) decides, not the envelope time.
-        store
-            .apply(&[telemetry(
-                A,
-                3,
-                T0 + 30_000,
-                T0 + 62_000,
-                vec![sample(40_000, Metric::AirTemp, "26.00")],
-            )])
-            .unwrap();
-        let rows = store.sites(None).unwrap();
-        assert_eq!(metric(site(&rows, A), "env.temp"), Some(26.0));
-    }
-
-    #[test]
-    fn latest_keeps_the_newest_value_when_both_batches_arrive_in_one_group_newest_first() {
-        let (_dir, mut store) = open();
-        store
-            .apply(&[temp(A, 2, T0 + 60_000, "25.00"), temp(A, 1, T0, "20.00")])
-            .unwrap();
-        let rows = store.sites(None).unwrap();
-        assert_eq!(metric(site(&rows, A), "env.temp"), Some(25.0));
-    }
-
-    #[test]
-    fn presence_sets_online_and_an_offline_will_does_not_move_last_seen() {
-        let (_dir, mut store) = open();
-        let row = |store: &SqliteStore| site(&store.sites(None).unwrap(), A).clone();
-
-        store.apply(&[presence(A, true, T0 + 1_000)]).unwrap();
-        let r = row(&store);
-        assert!(r.online);
-        assert_eq!(r.version.as_deref(), Some("0.1.0"));
-        assert_eq!(r.last_seen_ms, Some(T0 + 1_000));
-        assert_eq!(r.level, "village");
-        assert_eq!(r.site, "130102001001");
-
-        store
-            .apply(&[telemetry(
-                A,
-                1,
-                T0,
-                T0 + 5_000,
-                vec![sample(0, Metric::AirTemp, "23.45")],
-            )])
-            .unwrap();
-        assert_eq!(row(&store).last_seen_ms, Some(T0 + 5_000));
-
-        // The broker publishes the last will later; it says nothing about when we last heard.
-        store.apply(&[presence(A, false, T0 + 9_000)]).unwrap();
-        let r = row(&store);
-        assert!(!r.online);
-        assert_eq!(r.last_seen_ms, Some(T0 + 5_000));
-
-        store.apply(&[presence(A, true, T0 + 10_000)]).unwrap();
-        let r = row(&store);
-        assert!(r.online);
-        assert_eq!(r.last_seen_ms, Some(T0 + 10_000));
-    }
-
-    #[test]
-    fn a_terminal_first_heard_of_through_its_will_is_offline_and_never_seen() {
-        let (_dir, mut store) = open();
-        store.apply(&[presence(A, false, T0)]).unwrap();
-        let rows = store.sites(None).unwrap();
-        let r = site(&rows, A);
-        assert!(!r.online);
-        assert_eq!(r.last_seen_ms, None);
-    }
-
-    #[test]
-    fn last_seen_is_the_latest_received_time_whatever_the_arrival_order() {
-        let (_dir, mut store) = open();
-        let at = |seq: u64, received: u64| {
-            telemetry(
-                A,
-                seq,
-                T0,
-                received,
-                vec![sample(0, Metric::AirTemp, "23.45")],
-            )
-        };
-        // Within one group.
-        store
-            .apply(&[
-                at(1, T0 + 7_000),
-                at(2, T0 + 6_000),
-                event(A, 1, T0 + 2_000),
-            ])
-            .unwrap();
-        assert_eq!(
-            site(&store.sites(None).unwrap(), A).last_seen_ms,
-            Some(T0 + 7_000)
-        );
-        // Across groups: an earlier reception applied later does not go back in time.
-        store.apply(&[at(3, T0 + 3_000)]).unwrap();
-        assert_eq!(
-            site(&store.sites(None).unwrap(), A).last_seen_ms,
-            Some(T0 + 7_000)
-        );
-        // A redelivery is still news that the terminal is there.
-        store.apply(&[at(1, T0 + 8_000)]).unwrap();
-        assert_eq!(
-            site(&store.sites(None).unwrap(), A).last_seen_ms,
-            Some(T0 + 8_000)
-        );
-    }
-
-    #[test]
-    fn sites_filters_by_region_prefix_and_orders_by_terminal() {
-        let (_dir, mut store) = open();
-        let terminals = [
-            "140105001001-main",
-            "130201001001-main",
-            "130103002001-main",
-            "130102001002-main",
-            "130102001001-main",
-            "130102001001-aux",
-        ];
-        let records: Vec<Record> = terminals.iter().map(|t| presence(t, true, T0)).collect();
-        store.apply(&records).unwrap();
-
-        let select = |region: Option<&str>| -> Vec<String> {
-            let region: Option<Region> = region.map(|r| r.parse().unwrap());
-            store
-                .sites(region.as_ref())
-                .unwrap()
-                .into_iter()
-                .map(|r| r.terminal)
-                .collect()
-        };
-        assert_eq!(
-            select(None),
-            [
-                "130102001001-aux",
-                "130102001001-main",
-                "130102001002-main",
-                "130103002001-main",
-                "130201001001-main",
-                "140105001001-main",
-            ]
-        );
-        assert_eq!(
-            select(Some("13")),
-            [
-                "130102001001-aux",
-                "130102001001-main",
-                "130102001002-main",
-                "130103002001-main",
-                "130201001001-main",
-            ]
-        );
-        assert_eq!(select(Some("14")), ["140105001001-main"]);
-        assert_eq!(
-            select(Some("1301")),
-            [
-                "130102001001-aux",
-                "130102001001-main",
-                "130102001002-main",
-                "130103002001-main",
-            ]
-        );
-        assert_eq!(
-            select(Some("130102")),
-            ["130102001001-aux", "130102001001-main", "130102001002-main",]
-        );
-        assert_eq!(select(Some("130103")), ["130103002001-main"]);
-        assert_eq!(
-            select(Some("130102001001")),
-            ["130102001001-aux", "130102001001-main"]
-        );
-        assert_eq!(select(Some("130102001002")), ["130102001002-main"]);
-        assert!(select(Some("15")).is_empty());
-        assert!(select(Some("130104")).is_empty());
-    }
-
-    #[test]
-    fn telemetry_returns_samples_oldest_first_with_their_own_timestamps_and_exact_text() {
-        let (_dir, mut store) = open();
-        // The newer batch arrives first.
-        store
-            .apply(&[
-                telemetry(
-                    A,
-                    2,
-                    T0 + 60_000,
-                    T0 + 61_000,
-                    vec![
-                        sample(0, Metric::AirTemp, "24.10"),
-                        sample(500, Metric::Humidity, "60.5"),
-                    ],
-                ),
-                event(A, 3, T0 + 1_000),
-                temp("130102001002-main", 1, T0 + 10, "99.99"),
-            ])
-            .unwrap();
-        store
-            .apply(&[telemetry(
-                A,
-                1,
-                T0,
-                T0 + 62_000,
-                vec![
-                    sample(0, Metric::AirTemp, "23.45"),
-                    sample(100, Metric::Humidity, "58.00"),
-                    sample(30_000, Metric::AirTemp, "23.40"),
-                ],
-            )])
-            .unwrap();
-
-        let row =
-            |seq: u64, ts: u64, m: &str, exact: &str| (seq, ts, m.to_owned(), exact.to_owned());
-        assert_eq!(
-            history(&store, A, None, None),
-            [
-                row(1, T0, "env.temp", "23.45"),
-                row(1, T0 + 100, "env.humidity", "58.00"),
-                row(1, T0 + 30_000, "env.temp", "23.40"),
-                row(2, T0 + 60_000, "env.temp", "24.10"),
-                row(2, T0 + 60_500, "env.humidity", "60.5"),
-            ]
-        );
-        let all = store.telemetry(&id(A), None, None).unwrap();
-        assert_eq!(all[0].value, 23.45);
-        assert_eq!(all[2].value, 23.4);
-
-        assert_eq!(
-            history(&store, A, Some(&Metric::AirTemp), None),
-            [
-                row(1, T0, "env.temp", "23.45"),
-                row(1, T0 + 30_000, "env.temp", "23.40"),
-                row(2, T0 + 60_000, "env.temp", "24.10"),
-            ]
-        );
-        // `since` is inclusive and applies to each sample's own time, not its batch's.
-        assert_eq!(
-            history(&store, A, None, Some(T0 + 30_000)),
-            [
-                row(1, T0 + 30_000, "env.temp", "23.40"),
-                row(2, T0 + 60_000, "env.temp", "24.10"),
-                row(2, T0 + 60_500, "env.humidity", "60.5"),
-            ]
-        );
-        assert_eq!(
-            history(&store, A, Some(&Metric::Humidity), Some(T0 + 101)),
-            [row(2, T0 + 60_500, "env.humidity", "60.5")]
-        );
-        assert!(history(&store, A, None, Some(T0 + 60_501)).is_empty());
-        assert!(history(&store, A, Some(&Metric::Pm25), None).is_empty());
-        assert!(history(&store, "130102001003-main", None, None).is_empty());
-    }
-
-    #[test]
-    fn a_rejected_record_is_kept_for_inspection() {
-        let (_dir, mut store) = open();
-        let applied = store.apply(&[rejected(T0 + 42)]).unwrap();
-        assert_eq!(counts(&applied), (0, 0, 0));
-        assert_eq!(
-            store.rejected_rows(),
-            [(
-                "ct/v1/t/13/01/02/001/001/main/tm".to_owned(),
-                T0 + 42,
-                "130102001001-main tm: payload version 9, this build reads version 1".to_owned(),
-                vec![9, 0xde, 0xad],
-            )]
-        );
-        // Rejected payloads are not de-duplicated: each arrival is evidence.
-        store.apply(&[rejected(T0 + 43)]).unwrap();
-        assert_eq!(store.rejected_rows().len(), 2);
-        // And they do not make up a terminal.
-        assert!(store.sites(None).unwrap().is_empty());
-    }
-
-    #[test]
-    fn reopening_the_same_file_keeps_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("central.db");
-        let (sites_before, history_before) = {
-            let mut store = SqliteStore::open(&path).unwrap();
-            store
-                .apply(&[
-                    presence(A, true, T0),
-                    temp(A, 2, T0 + 60_000, "25.00"),
-                    telemetry(
-                        A,
-                        1,
-                        T0,
-                        T0 + 1_000,
-                        vec![
-                            sample(0, Metric::AirTemp, "23.45"),
-                            sample(100, Metric::Humidity, "58.00"),
-                        ],
-                    ),
-                    event(A, 1, T0),
-                    rejected(T0 + 42),
-                ])
-                .unwrap();
-            (
-                store.sites(None).unwrap(),
-                store.telemetry(&id(A), None, None).unwrap(),
-            )
-        };
-        assert_eq!(history_before.len(), 3);
-
-        let mut store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.sites(None).unwrap(), sites_before);
-        assert_eq!(store.telemetry(&id(A), None, None).unwrap(), history_before);
-        assert_eq!(store.count(A, Stream::Telemetry).unwrap(), 2);
-        assert_eq!(store.count(A, Stream::Events).unwrap(), 1);
-        assert_eq!(store.rejected_rows().len(), 1);
-        let r = site(&sites_before, A);
-        assert!(r.online);
-        assert_eq!(metric(r, "env.temp"), Some(25.0));
-
-        // De-duplication and `latest` still hold after the restart.
-        assert_eq!(
-            counts(
-                &store
-                    .apply(&[temp(A, 1, T0, "23.45"), event(A, 1, T0)])
-                    .unwrap()
-            ),
-            (0, 2, 0)
-        );
-        store.apply(&[temp(A, 0, T0 - 60_000, "10.00")]).unwrap();
-        assert_eq!(
-            metric(site(&store.sites(None).unwrap(), A), "env.temp"),
-            Some(25.0)
-        );
-    }
-
-    #[test]
-    fn reading_a_missing_store_names_where_it_looked_and_creates_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("missing.db");
-        let err = SqliteStore::open_read_only(&path).unwrap_err();
-        assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("no store at") && err.to_string().contains("missing.db"),
-            "error should say there is no store and name the file: {err}"
-        );
-        assert!(!path.exists());
-        // A file central never set up (here: empty) is no store either, and stays untouched.
-        std::fs::write(&path, b"").unwrap();
-        let err = SqliteStore::open_read_only(&path).unwrap_err();
-        assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
-        // A directory is not a store.
-        let err = open_read_only(dir.path()).unwrap_err();
-        assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
-    }
-}
+// The store's behaviour is tested on both backends in tests/tests/store.rs.

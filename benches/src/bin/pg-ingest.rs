@@ -1,0 +1,202 @@
+//! The store on PostgreSQL: how fast `PgStore` stores groups of telemetry, as a ratio to a bare
+//! binary COPY of the same rows into a plain table (no key, no index) in the same run on the
+//! same server, and the embedded SQLite store beside it with the same groups. Then the fleet
+//! view of the whole region (`sites --region 13`) on both.
+//!
+//! ```sh
+//! cargo run --release -p cuntong-benches --bin pg-ingest
+//! cargo run --release -p cuntong-benches --bin pg-ingest -- --terminals 5000 --minutes 60
+//! ```
+//!
+//! It starts a throwaway cluster (Debian's PostgreSQL, as the `postgres` user when root) with
+//! PostgreSQL's durable defaults (`--fast`: no fsync), or uses `--db postgres://…`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use cuntong::store::{PgStore, Record, SqliteStore, Store};
+use cuntong_benches::typical_batch;
+use cuntong_core::envelope::encode;
+use cuntong_core::site::Region;
+use cuntong_e2e::postgres::Postgres;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
+use postgres::{Client, NoTls};
+
+#[derive(Parser)]
+struct Args {
+    /// Terminals, each sending one message a minute.
+    #[arg(long, default_value_t = 2_000)]
+    terminals: usize,
+    /// Minutes of the fleet's telemetry to store.
+    #[arg(long, default_value_t = 100)]
+    minutes: u64,
+    /// Records per group (one transaction each), as central's writer groups them.
+    #[arg(long, default_value_t = 4_096)]
+    group: usize,
+    /// A throwaway cluster without fsync (tests' settings) instead of the durable defaults.
+    #[arg(long)]
+    fast: bool,
+    /// An existing (empty) PostgreSQL database instead of a throwaway cluster.
+    #[arg(long)]
+    db: Option<String>,
+}
+
+/// 2025-11-22T08:00:00Z.
+const T0: u64 = 1_763_798_400_000;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let region: Region = "13".parse()?;
+    let ids = cuntong_firmware_sim::fleet::fleet_ids(&region, args.terminals);
+    // The fleet's minutes in arrival order: every terminal's message of a minute, then the next.
+    let mut records = Vec::with_capacity(ids.len() * args.minutes as usize);
+    for minute in 0..args.minutes {
+        for id in &ids {
+            let time_ms = T0 + minute * 60_000;
+            let envelope = typical_batch(minute + 1, time_ms);
+            let raw = Bytes::from(encode(&envelope)?);
+            records.push(Record::Telemetry {
+                terminal: *id,
+                received_ms: time_ms + 150,
+                envelope,
+                raw,
+            });
+        }
+    }
+    let groups: Vec<&[Record]> = records.chunks(args.group).collect();
+    let n = records.len() as f64;
+
+    let cluster;
+    let (bare_url, store_url) = match &args.db {
+        Some(url) => (url.clone(), url.clone()),
+        None => {
+            let settings: &[(&str, &str)] = if args.fast {
+                &[("fsync", "off"), ("synchronous_commit", "off")]
+            } else {
+                &[]
+            };
+            cluster = Postgres::start_with(settings).map_err(anyhow::Error::msg)?;
+            (cluster.fresh_database(), cluster.fresh_database())
+        }
+    };
+    println!(
+        "{} messages of 8 metrics from {} terminals in groups of {} ({} PostgreSQL server)",
+        records.len(),
+        ids.len(),
+        args.group,
+        if args.fast { "fsync off" } else { "durable" }
+    );
+
+    // Baseline: the same rows, binary COPY into a plain table, one transaction per group.
+    let mut bare = Client::connect(&bare_url, NoTls).context("connecting")?;
+    bare.batch_execute(
+        "CREATE TABLE bare (terminal text, stream smallint, seq bigint, time_ms bigint,
+            received_ms bigint, payload bytea)",
+    )?;
+    let start = Instant::now();
+    for group in &groups {
+        let mut tx = bare.transaction()?;
+        let sink = tx.copy_in(
+            "COPY bare (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY",
+        )?;
+        let types = [
+            Type::TEXT,
+            Type::INT2,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::BYTEA,
+        ];
+        let mut w = BinaryCopyInWriter::new(sink, &types);
+        for r in group.iter() {
+            if let Record::Telemetry {
+                terminal,
+                received_ms,
+                envelope,
+                raw,
+            } = r
+            {
+                w.write(&[
+                    &terminal.to_string(),
+                    &0i16,
+                    &(envelope.seq as i64),
+                    &(envelope.time_ms as i64),
+                    &(*received_ms as i64),
+                    &raw.as_ref(),
+                ])?;
+            }
+        }
+        w.finish()?;
+        tx.commit()?;
+    }
+    let bare_rate = n / start.elapsed().as_secs_f64();
+
+    let mut pg = PgStore::open(&store_url)?;
+    let pg_rate = ingest(&mut pg, &groups)?;
+    // Sanity: everything stored once.
+    let stored = pg.count(
+        &ids[0].to_string(),
+        cuntong_core::envelope::Stream::Telemetry,
+    )?;
+    anyhow::ensure!(
+        stored == args.minutes,
+        "PgStore stored {stored} of one terminal"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let mut lite = SqliteStore::open(&dir.path().join("central.db"))?;
+    let lite_rate = ingest(&mut lite, &groups)?;
+
+    let pg_sites = time_sites(&pg, &region)?;
+    let lite_sites = time_sites(&lite, &region)?;
+
+    println!("  bare binary COPY    {bare_rate:>10.0} msg/s  (baseline)");
+    println!(
+        "  PgStore             {pg_rate:>10.0} msg/s  {:>10.0} values/s  ratio {:.2}",
+        pg_rate * 8.0,
+        pg_rate / bare_rate
+    );
+    println!(
+        "  SqliteStore         {lite_rate:>10.0} msg/s  {:>10.0} values/s  PostgreSQL/SQLite {:.2}",
+        lite_rate * 8.0,
+        pg_rate / lite_rate
+    );
+    println!(
+        "  sites --region 13   PostgreSQL {:>8.1} ms   SQLite {:>8.1} ms   ({} terminals)",
+        ms(pg_sites),
+        ms(lite_sites),
+        ids.len()
+    );
+    Ok(())
+}
+
+/// Stores every group; messages per second.
+fn ingest(store: &mut dyn Store, groups: &[&[Record]]) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut stored = 0;
+    for group in groups {
+        stored += store.apply(group)?.stored;
+    }
+    let total: usize = groups.iter().map(|g| g.len()).sum();
+    anyhow::ensure!(stored == total as u64, "stored {stored} of {total}");
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The best of three reads of the region's fleet view.
+fn time_sites(store: &dyn Store, region: &Region) -> anyhow::Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let rows = store.sites(Some(region))?;
+        best = best.min(start.elapsed());
+        anyhow::ensure!(!rows.is_empty(), "no sites");
+    }
+    Ok(best)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}

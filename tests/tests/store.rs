@@ -1,0 +1,1392 @@
+//! The history store's behaviour, each case run on both backends: the embedded SQLite store
+//! and the PostgreSQL store on a throwaway cluster ([`Postgres::shared`], a fresh database per
+//! case). Both must give the same results for the same records: stored and duplicate counts,
+//! watermarks, the fleet view, history and events. Then what only PostgreSQL has: several
+//! connections storing at once, day partitions and retention, migrations.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use cuntong::store::{Applied, Database, PgStore, Record, SiteRow, SqliteStore, Store, StoreError};
+use cuntong_core::delivery::Watermarks;
+use cuntong_core::envelope::{Envelope, Event, Stream, encode};
+use cuntong_core::presence::Presence;
+use cuntong_core::site::Region;
+use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_e2e::postgres::Postgres;
+
+/// 2025-11-22T08:00:00Z.
+const T0: u64 = 1_763_798_400_000;
+const DAY: u64 = 86_400_000;
+const A: &str = "130102001001-main";
+
+// ---------------------------------------------------------------------------------------------
+// The backends.
+
+/// One backend's store for one case.
+struct Db {
+    name: &'static str,
+    database: Database,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn sqlite() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    Db {
+        name: "SQLite",
+        database: Database::Sqlite(dir.path().join("central.db")),
+        _dir: Some(dir),
+    }
+}
+
+fn postgres() -> Db {
+    Db {
+        name: "PostgreSQL",
+        database: Database::Postgres(Postgres::shared().fresh_database()),
+        _dir: None,
+    }
+}
+
+/// Runs `case` on a new store of each backend; what it gave on each, SQLite's first.
+fn on_both<T>(mut case: impl FnMut(&Db) -> T) -> Vec<T> {
+    [sqlite(), postgres()]
+        .iter()
+        .map(|db| {
+            eprintln!("-- on {}", db.name);
+            case(db)
+        })
+        .collect()
+}
+
+impl Db {
+    fn open(&self) -> Box<dyn Store> {
+        self.database.open().unwrap()
+    }
+
+    fn path(&self) -> PathBuf {
+        match &self.database {
+            Database::Sqlite(p) => p.clone(),
+            Database::Postgres(_) => unreachable!(),
+        }
+    }
+
+    fn url(&self) -> &str {
+        match &self.database {
+            Database::Postgres(u) => u,
+            Database::Sqlite(_) => unreachable!(),
+        }
+    }
+
+    /// Messages stored for `terminal` on `stream`.
+    fn count(&self, terminal: &str, stream: Stream) -> u64 {
+        match &self.database {
+            Database::Sqlite(p) => SqliteStore::open_read_only(p)
+                .unwrap()
+                .count(terminal, stream),
+            Database::Postgres(u) => PgStore::open_read_only(u).unwrap().count(terminal, stream),
+        }
+        .unwrap()
+    }
+
+    /// An integer the database computes (both dialects read these the same).
+    fn scalar(&self, sql: &str) -> i64 {
+        match &self.database {
+            Database::Sqlite(p) => rusqlite::Connection::open(p)
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Database::Postgres(u) => ::postgres::Client::connect(u, ::postgres::NoTls)
+                .unwrap()
+                .query_one(sql, &[])
+                .unwrap()
+                .get(0),
+        }
+    }
+
+    /// Every rejected record, oldest first.
+    fn rejected_rows(&self) -> Vec<(String, u64, String, Vec<u8>)> {
+        match &self.database {
+            Database::Sqlite(p) => {
+                let conn = rusqlite::Connection::open(p).unwrap();
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT topic, received_ms, reason, payload FROM rejected ORDER BY rowid",
+                    )
+                    .unwrap();
+                stmt.query_map([], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+            }
+            Database::Postgres(u) => ::postgres::Client::connect(u, ::postgres::NoTls)
+                .unwrap()
+                .query(
+                    "SELECT topic, received_ms, reason, payload FROM rejected ORDER BY id",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get(2), r.get(3)))
+                .collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records.
+
+fn id(s: &str) -> TerminalId {
+    s.parse().unwrap()
+}
+
+fn sample(offset_ms: u32, metric: Metric, value: &str) -> Sample {
+    Sample {
+        offset_ms,
+        metric,
+        value: value.parse().unwrap(),
+        quality: None,
+    }
+}
+
+fn telemetry(
+    terminal: &str,
+    seq: u64,
+    time_ms: u64,
+    received_ms: u64,
+    samples: Vec<Sample>,
+) -> Record {
+    let envelope = Envelope {
+        seq,
+        time_ms,
+        body: TelemetryBatch { samples },
+    };
+    let raw = Bytes::from(encode(&envelope).unwrap());
+    Record::Telemetry {
+        terminal: id(terminal),
+        received_ms,
+        envelope,
+        raw,
+    }
+}
+
+/// A batch with one `env.temp` sample at the envelope's time.
+fn temp(terminal: &str, seq: u64, time_ms: u64, value: &str) -> Record {
+    telemetry(
+        terminal,
+        seq,
+        time_ms,
+        time_ms,
+        vec![sample(0, Metric::AirTemp, value)],
+    )
+}
+
+fn event(terminal: &str, seq: u64, time_ms: u64) -> Record {
+    let started = Event::Started {
+        version: "0.1.0".into(),
+    };
+    event_of(terminal, seq, time_ms, started)
+}
+
+fn event_of(terminal: &str, seq: u64, time_ms: u64, body: Event) -> Record {
+    let envelope = Envelope { seq, time_ms, body };
+    let raw = Bytes::from(encode(&envelope).unwrap());
+    Record::Event {
+        terminal: id(terminal),
+        received_ms: time_ms,
+        envelope,
+        raw,
+    }
+}
+
+fn presence(terminal: &str, online: bool, received_ms: u64) -> Record {
+    Record::Presence {
+        terminal: id(terminal),
+        received_ms,
+        presence: Presence {
+            online,
+            version: "0.1.0".into(),
+            started_ms: T0,
+            keep_alive_s: 30,
+        },
+    }
+}
+
+fn rejected(received_ms: u64) -> Record {
+    Record::Rejected {
+        topic: "ct/v1/t/13/01/02/001/001/main/tm".into(),
+        received_ms,
+        reason: "130102001001-main tm: payload version 9, this build reads version 1".into(),
+        payload: Bytes::from_static(&[9, 0xde, 0xad]),
+    }
+}
+
+fn site<'a>(rows: &'a [SiteRow], terminal: &str) -> &'a SiteRow {
+    rows.iter()
+        .find(|r| r.terminal == terminal)
+        .unwrap_or_else(|| panic!("{terminal} not in {rows:#?}"))
+}
+
+fn metric(row: &SiteRow, name: &str) -> Option<f64> {
+    row.metrics.iter().find(|(m, _)| m == name).map(|(_, v)| *v)
+}
+
+/// (seq, ts_ms, metric, exact) of each stored sample.
+fn history(
+    store: &dyn Store,
+    terminal: &str,
+    metric: Option<&Metric>,
+    since_ms: Option<u64>,
+) -> Vec<(u64, u64, String, String)> {
+    store
+        .telemetry(&id(terminal), metric, since_ms)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.ts_ms, r.metric, r.exact))
+        .collect()
+}
+
+/// (stored, duplicates, values) of a group.
+fn counts(a: &Applied) -> (u64, u64, u64) {
+    (a.stored, a.duplicates, a.values)
+}
+
+/// The watermarks a group published for `terminal`.
+fn marks(applied: &Applied, terminal: &str) -> Option<Watermarks> {
+    applied
+        .watermarks
+        .iter()
+        .find(|(t, _)| t.to_string() == terminal)
+        .map(|(_, m)| *m)
+}
+
+/// A group's result with its watermarks in terminal order (backends may list them in any).
+fn sorted(mut a: Applied) -> Applied {
+    a.watermarks.sort_by_key(|(t, _)| t.to_string());
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same behaviour on both backends.
+
+#[test]
+fn a_replacement_box_numbering_from_its_start_is_stored_and_confirmed_without_a_loss() {
+    on_both(|db| {
+        let mut store = db.open();
+        // The old box: telemetry 1..=3 and one event, all confirmed.
+        let old: Vec<Record> = (1..=3)
+            .map(|q| temp(A, q, T0 + q, "20.00"))
+            .chain([event(A, 1, T0)])
+            .collect();
+        let applied = store.apply(&old).unwrap();
+        let confirmed = Watermarks {
+            telemetry: 3,
+            events: 1,
+        };
+        assert_eq!(marks(&applied, A), Some(confirmed));
+        // The replacement numbers from its clock; its telemetry may come before its
+        // announcement: stored, but the watermark waits.
+        let b = T0 + DAY;
+        let applied = store
+            .apply(&[temp(A, b, b, "21.00"), temp(A, b + 1, b + 1, "21.50")])
+            .unwrap();
+        assert_eq!(counts(&applied), (2, 0, 2));
+        assert_eq!(marks(&applied, A), Some(confirmed));
+        // Its first events say where each stream starts: the events stream passes the gap
+        // the announcement itself follows, in the same group.
+        let from = |stream| Event::NumberingFrom { stream, first: b };
+        let applied = store
+            .apply(&[
+                event_of(A, b, b, from(Stream::Events)),
+                event_of(A, b + 1, b, from(Stream::Telemetry)),
+            ])
+            .unwrap();
+        assert_eq!(
+            marks(&applied, A),
+            Some(Watermarks {
+                telemetry: b + 1,
+                events: b + 1,
+            })
+        );
+        assert_eq!(db.count(A, Stream::Telemetry), 5, "nothing lost");
+        let seqs: Vec<u64> = history(&*store, A, None, None)
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, b, b + 1]);
+        // The seqs below the start are no reported loss.
+        assert_eq!(db.scalar("SELECT count(*) FROM dropped"), 0);
+        // And a second replacement later passes the first one's numbers too.
+        let c = b + DAY;
+        let from = |stream| Event::NumberingFrom { stream, first: c };
+        let applied = store
+            .apply(&[
+                event_of(A, c, c, from(Stream::Events)),
+                event_of(A, c + 1, c, from(Stream::Telemetry)),
+                temp(A, c, c, "22.00"),
+            ])
+            .unwrap();
+        assert_eq!(
+            marks(&applied, A),
+            Some(Watermarks {
+                telemetry: c,
+                events: c + 1,
+            })
+        );
+    });
+}
+
+#[test]
+fn a_reported_drop_is_passed_by_the_watermark_and_a_late_copy_of_a_dropped_seq_is_still_stored() {
+    on_both(|db| {
+        let mut store = db.open();
+        let applied = store
+            .apply(&[temp(A, 1, T0, "1.00"), temp(A, 2, T0 + 1, "2.00")])
+            .unwrap();
+        assert_eq!(marks(&applied, A).unwrap().telemetry, 2);
+        // 6 arrives; 3..=5 are missing: the watermark waits.
+        let applied = store.apply(&[temp(A, 6, T0 + 6, "6.00")]).unwrap();
+        assert_eq!(marks(&applied, A).unwrap().telemetry, 2);
+        // The box reports it dropped 3..=4 (its outbox overflowed): passed, waiting for 5.
+        let drop = |first, last| Event::Dropped {
+            stream: Stream::Telemetry,
+            first,
+            last,
+        };
+        let applied = store.apply(&[event_of(A, 1, T0, drop(3, 4))]).unwrap();
+        assert_eq!(
+            marks(&applied, A),
+            Some(Watermarks {
+                telemetry: 4,
+                events: 1
+            })
+        );
+        // A wider report of the same start widens it and passes 5 and 6.
+        let applied = store.apply(&[event_of(A, 2, T0, drop(3, 5))]).unwrap();
+        assert_eq!(
+            marks(&applied, A),
+            Some(Watermarks {
+                telemetry: 6,
+                events: 2
+            })
+        );
+        // A late copy of a dropped seq is kept (it is data), the watermark stays.
+        let applied = store.apply(&[temp(A, 4, T0 + 4, "4.00")]).unwrap();
+        assert_eq!(counts(&applied), (1, 0, 1));
+        assert_eq!(marks(&applied, A).unwrap().telemetry, 6);
+        // A backwards report (first > last) is ignored.
+        let applied = store.apply(&[event_of(A, 3, T0, drop(9, 7))]).unwrap();
+        assert_eq!(counts(&applied), (1, 0, 0));
+        assert_eq!(marks(&applied, A).unwrap().telemetry, 6);
+        assert_eq!(db.scalar("SELECT count(*) FROM dropped"), 1);
+        assert_eq!(db.scalar("SELECT max(last) FROM dropped"), 5);
+        assert_eq!(db.count(A, Stream::Telemetry), 4);
+    });
+}
+
+#[test]
+fn the_watermark_passes_long_runs_and_waits_at_the_first_gap_however_the_seqs_arrive() {
+    on_both(|db| {
+        let mut store = db.open();
+        let run = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Record> {
+            seqs.map(|q| temp(A, q, T0 + q, "1.00")).collect()
+        };
+        // 2..=300 first: nothing to confirm without 1.
+        let a = store.apply(&run(2..=300)).unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 0);
+        // 1 alone passes the whole run at once.
+        let a = store.apply(&run(1..=1)).unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 300);
+        // A run of 5,000 in one group, newest first, with 4,000 missing: stops before it.
+        let mut group = run(301..=5_300);
+        group.retain(|r| !matches!(r, Record::Telemetry { envelope, .. } if envelope.seq == 4_000));
+        group.reverse();
+        let a = store.apply(&group).unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 3_999);
+        let a = store.apply(&run(4_000..=4_000)).unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 5_300);
+        // Short runs group after group.
+        for g in 0..5 {
+            let first = 5_301 + g * 3;
+            let a = store.apply(&run(first..=first + 2)).unwrap();
+            assert_eq!(marks(&a, A).unwrap().telemetry, first + 2);
+        }
+    });
+}
+
+#[test]
+fn the_same_message_twice_in_one_group_is_stored_once() {
+    on_both(|db| {
+        let mut store = db.open();
+        let first = telemetry(
+            A,
+            1,
+            T0,
+            T0,
+            vec![
+                sample(0, Metric::AirTemp, "23.45"),
+                sample(0, Metric::Humidity, "55.00"),
+            ],
+        );
+        let applied = store
+            .apply(&[first.clone(), first, temp(A, 2, T0 + 60_000, "23.50")])
+            .unwrap();
+        assert_eq!(counts(&applied), (2, 1, 3));
+        assert_eq!(db.count(A, Stream::Telemetry), 2);
+        let seqs: Vec<u64> = history(&*store, A, None, None)
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(seqs, [1, 1, 2]);
+        // The first copy in a group is the one stored.
+        let a = temp(A, 3, T0 + 120_000, "30.00");
+        let b = temp(A, 3, T0 + 120_000, "99.99");
+        assert_eq!(counts(&store.apply(&[a, b]).unwrap()), (1, 1, 1));
+        let last = history(&*store, A, None, Some(T0 + 120_000));
+        assert_eq!(last, [(3, T0 + 120_000, "env.temp".into(), "30.00".into())]);
+    });
+}
+
+#[test]
+fn the_same_message_in_two_groups_is_stored_once_and_counted_as_a_duplicate() {
+    on_both(|db| {
+        let mut store = db.open();
+        let batch = telemetry(
+            A,
+            1,
+            T0,
+            T0,
+            vec![
+                sample(0, Metric::AirTemp, "23.45"),
+                sample(500, Metric::Humidity, "55.00"),
+            ],
+        );
+        let first = store.apply(std::slice::from_ref(&batch)).unwrap();
+        assert_eq!(counts(&first), (1, 0, 2));
+        // The broker redelivers it later.
+        let again = store.apply(&[batch]).unwrap();
+        assert_eq!(counts(&again), (0, 1, 0));
+        assert_eq!(db.count(A, Stream::Telemetry), 1);
+        assert_eq!(history(&*store, A, None, None).len(), 2);
+
+        let ev = event(A, 1, T0);
+        assert_eq!(store.apply(std::slice::from_ref(&ev)).unwrap().stored, 1);
+        assert_eq!(counts(&store.apply(&[ev]).unwrap()), (0, 1, 0));
+        assert_eq!(db.count(A, Stream::Events), 1);
+    });
+}
+
+#[test]
+fn redelivered_overlapping_groups_count_stored_and_duplicates_exactly_and_alike_on_both_backends() {
+    // Groups of a few terminals' seqs, each resent in part with the next: the same sequence
+    // of groups on both backends gives the same results, group by group.
+    let terminals = ["130102001001-main", "130102001002-main", "130201001001-aux"];
+    let mut groups: Vec<Vec<Record>> = Vec::new();
+    let mut x: u64 = 7;
+    for g in 0..40u64 {
+        let mut group = Vec::new();
+        for _ in 0..25 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let t = terminals[(x >> 33) as usize % terminals.len()];
+            let seq = 1 + (x >> 40) % (g * 5 + 10);
+            let at = T0 + seq * 60_000;
+            if (x >> 20).is_multiple_of(5) {
+                group.push(event(t, seq, at));
+            } else {
+                group.push(temp(t, seq, at, &format!("{}.{:02}", seq % 40, x % 100)));
+            }
+        }
+        groups.push(group);
+    }
+    let results = on_both(|db| {
+        let mut store = db.open();
+        let applied: Vec<Applied> = groups
+            .iter()
+            .map(|g| sorted(store.apply(g).unwrap()))
+            .collect();
+        let stored: u64 = applied.iter().map(|a| a.stored).sum();
+        let duplicates: u64 = applied.iter().map(|a| a.duplicates).sum();
+        let mut unique = std::collections::BTreeSet::new();
+        for r in groups.iter().flatten() {
+            let (t, s, q) = match r {
+                Record::Telemetry {
+                    terminal, envelope, ..
+                } => (terminal.to_string(), 0, envelope.seq),
+                Record::Event {
+                    terminal, envelope, ..
+                } => (terminal.to_string(), 1, envelope.seq),
+                _ => unreachable!(),
+            };
+            unique.insert((t, s, q));
+        }
+        assert_eq!(stored, unique.len() as u64);
+        assert_eq!(stored + duplicates, 40 * 25);
+        let in_store: u64 = terminals
+            .iter()
+            .map(|t| db.count(t, Stream::Telemetry) + db.count(t, Stream::Events))
+            .sum();
+        assert_eq!(in_store, stored);
+        applied
+    });
+    assert_eq!(results[0], results[1], "SQLite and PostgreSQL differ");
+}
+
+#[test]
+fn telemetry_and_events_with_the_same_seq_are_different_streams() {
+    on_both(|db| {
+        let mut store = db.open();
+        let records = [temp(A, 1, T0, "23.45"), event(A, 1, T0)];
+        assert_eq!(counts(&store.apply(&records).unwrap()), (2, 0, 1));
+        assert_eq!(db.count(A, Stream::Telemetry), 1);
+        assert_eq!(db.count(A, Stream::Events), 1);
+        // Each is still de-duplicated within its own stream.
+        assert_eq!(counts(&store.apply(&records).unwrap()), (0, 2, 0));
+        // And the same seq on another terminal is another message.
+        let other = "130102001002-main";
+        assert_eq!(
+            store.apply(&[temp(other, 1, T0, "20.00")]).unwrap().stored,
+            1
+        );
+        assert_eq!(db.count(other, Stream::Telemetry), 1);
+        assert_eq!(db.count(A, Stream::Telemetry), 1);
+    });
+}
+
+#[test]
+fn latest_keeps_the_newest_value_when_an_older_batch_arrives_after_a_newer_one() {
+    on_both(|db| {
+        let mut store = db.open();
+        store.apply(&[temp(A, 2, T0 + 60_000, "25.00")]).unwrap();
+        // Backfill from the terminal's outbox: older, and it also carries humidity.
+        store
+            .apply(&[telemetry(
+                A,
+                1,
+                T0,
+                T0 + 61_000,
+                vec![
+                    sample(0, Metric::AirTemp, "20.00"),
+                    sample(0, Metric::Humidity, "55.00"),
+                ],
+            )])
+            .unwrap();
+        let rows = store.sites(None).unwrap();
+        assert_eq!(metric(site(&rows, A), "env.temp"), Some(25.0));
+        assert_eq!(metric(site(&rows, A), "env.humidity"), Some(55.0));
+
+        // A sample's own time (envelope time + offset) decides, not the envelope time.
+        store
+            .apply(&[telemetry(
+                A,
+                3,
+                T0 + 30_000,
+                T0 + 62_000,
+                vec![sample(40_000, Metric::AirTemp, "26.00")],
+            )])
+            .unwrap();
+        let rows = store.sites(None).unwrap();
+        assert_eq!(metric(site(&rows, A), "env.temp"), Some(26.0));
+    });
+}
+
+#[test]
+fn latest_keeps_the_newest_value_when_both_batches_arrive_in_one_group_newest_first() {
+    on_both(|db| {
+        let mut store = db.open();
+        store
+            .apply(&[temp(A, 2, T0 + 60_000, "25.00"), temp(A, 1, T0, "20.00")])
+            .unwrap();
+        let rows = store.sites(None).unwrap();
+        assert_eq!(metric(site(&rows, A), "env.temp"), Some(25.0));
+    });
+}
+
+#[test]
+fn presence_sets_online_and_an_offline_will_does_not_move_last_seen() {
+    on_both(|db| {
+        let mut store = db.open();
+        let row = |store: &dyn Store| site(&store.sites(None).unwrap(), A).clone();
+
+        store.apply(&[presence(A, true, T0 + 1_000)]).unwrap();
+        let r = row(&*store);
+        assert!(r.online);
+        assert_eq!(r.version.as_deref(), Some("0.1.0"));
+        assert_eq!(r.last_seen_ms, Some(T0 + 1_000));
+        assert_eq!(r.level, "village");
+        assert_eq!(r.site, "130102001001");
+
+        store
+            .apply(&[telemetry(
+                A,
+                1,
+                T0,
+                T0 + 5_000,
+                vec![sample(0, Metric::AirTemp, "23.45")],
+            )])
+            .unwrap();
+        assert_eq!(row(&*store).last_seen_ms, Some(T0 + 5_000));
+
+        // The broker publishes the last will later; it says nothing about when we last heard.
+        store.apply(&[presence(A, false, T0 + 9_000)]).unwrap();
+        let r = row(&*store);
+        assert!(!r.online);
+        assert_eq!(r.last_seen_ms, Some(T0 + 5_000));
+        // Telemetry does not change what presence said, nor its version.
+        store.apply(&[temp(A, 2, T0, "1.00")]).unwrap();
+        let r = row(&*store);
+        assert!(!r.online);
+        assert_eq!(r.version.as_deref(), Some("0.1.0"));
+
+        store.apply(&[presence(A, true, T0 + 10_000)]).unwrap();
+        let r = row(&*store);
+        assert!(r.online);
+        assert_eq!(r.last_seen_ms, Some(T0 + 10_000));
+        // Within one group the last presence wins.
+        store
+            .apply(&[
+                presence(A, false, T0 + 11_000),
+                presence(A, true, T0 + 12_000),
+            ])
+            .unwrap();
+        assert!(row(&*store).online);
+        store
+            .apply(&[
+                presence(A, true, T0 + 13_000),
+                presence(A, false, T0 + 14_000),
+            ])
+            .unwrap();
+        let r = row(&*store);
+        assert!(!r.online);
+        assert_eq!(r.last_seen_ms, Some(T0 + 13_000));
+    });
+}
+
+#[test]
+fn a_terminal_first_heard_of_through_its_will_is_offline_and_never_seen() {
+    on_both(|db| {
+        let mut store = db.open();
+        store.apply(&[presence(A, false, T0)]).unwrap();
+        let rows = store.sites(None).unwrap();
+        let r = site(&rows, A);
+        assert!(!r.online);
+        assert_eq!(r.last_seen_ms, None);
+        // One first heard of through its data is offline (no presence yet), with no version.
+        store
+            .apply(&[temp("130102001002-main", 1, T0, "1.00")])
+            .unwrap();
+        let rows = store.sites(None).unwrap();
+        let r = site(&rows, "130102001002-main");
+        assert!(!r.online);
+        assert_eq!(r.version, None);
+        assert_eq!(r.last_seen_ms, Some(T0));
+    });
+}
+
+#[test]
+fn last_seen_is_the_latest_received_time_whatever_the_arrival_order() {
+    on_both(|db| {
+        let mut store = db.open();
+        let at = |seq: u64, received: u64| {
+            telemetry(
+                A,
+                seq,
+                T0,
+                received,
+                vec![sample(0, Metric::AirTemp, "23.45")],
+            )
+        };
+        let seen = |store: &dyn Store| site(&store.sites(None).unwrap(), A).last_seen_ms;
+        // Within one group.
+        store
+            .apply(&[
+                at(1, T0 + 7_000),
+                at(2, T0 + 6_000),
+                event(A, 1, T0 + 2_000),
+            ])
+            .unwrap();
+        assert_eq!(seen(&*store), Some(T0 + 7_000));
+        // Across groups: an earlier reception applied later does not go back in time.
+        store.apply(&[at(3, T0 + 3_000)]).unwrap();
+        assert_eq!(seen(&*store), Some(T0 + 7_000));
+        // A redelivery is still news that the terminal is there.
+        store.apply(&[at(1, T0 + 8_000)]).unwrap();
+        assert_eq!(seen(&*store), Some(T0 + 8_000));
+    });
+}
+
+#[test]
+fn sites_filters_by_region_prefix_and_orders_by_terminal() {
+    on_both(|db| {
+        let mut store = db.open();
+        let terminals = [
+            "140105001001-main",
+            "130201001001-main",
+            "130103002001-main",
+            "130102001002-main",
+            "130102001001-main",
+            "130102001001-aux",
+            "130199001001-main",
+            "139901001001-main",
+        ];
+        let records: Vec<Record> = terminals.iter().map(|t| presence(t, true, T0)).collect();
+        store.apply(&records).unwrap();
+
+        let select = |region: Option<&str>| -> Vec<String> {
+            let region: Option<Region> = region.map(|r| r.parse().unwrap());
+            store
+                .sites(region.as_ref())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.terminal)
+                .collect()
+        };
+        assert_eq!(
+            select(None),
+            [
+                "130102001001-aux",
+                "130102001001-main",
+                "130102001002-main",
+                "130103002001-main",
+                "130199001001-main",
+                "130201001001-main",
+                "139901001001-main",
+                "140105001001-main",
+            ]
+        );
+        assert_eq!(
+            select(Some("13")),
+            [
+                "130102001001-aux",
+                "130102001001-main",
+                "130102001002-main",
+                "130103002001-main",
+                "130199001001-main",
+                "130201001001-main",
+                "139901001001-main",
+            ]
+        );
+        assert_eq!(select(Some("14")), ["140105001001-main"]);
+        assert_eq!(
+            select(Some("1301")),
+            [
+                "130102001001-aux",
+                "130102001001-main",
+                "130102001002-main",
+                "130103002001-main",
+                "130199001001-main",
+            ]
+        );
+        assert_eq!(
+            select(Some("130102")),
+            ["130102001001-aux", "130102001001-main", "130102001002-main",]
+        );
+        assert_eq!(select(Some("130103")), ["130103002001-main"]);
+        assert_eq!(select(Some("130199")), ["130199001001-main"]);
+        assert_eq!(select(Some("1399")), ["139901001001-main"]);
+        assert_eq!(
+            select(Some("130102001001")),
+            ["130102001001-aux", "130102001001-main"]
+        );
+        assert_eq!(select(Some("130102001002")), ["130102001002-main"]);
+        assert!(select(Some("15")).is_empty());
+        assert!(select(Some("130104")).is_empty());
+    });
+}
+
+#[test]
+fn sites_gives_each_terminal_its_newest_values_in_metric_order_and_none_to_a_silent_one() {
+    let views = on_both(|db| {
+        let mut store = db.open();
+        let b = "130102001002-main";
+        store
+            .apply(&[
+                presence("130102001003-main", true, T0),
+                telemetry(
+                    A,
+                    1,
+                    T0,
+                    T0,
+                    vec![
+                        sample(0, Metric::Humidity, "55.00"),
+                        sample(0, Metric::AirTemp, "20.50"),
+                        sample(0, Metric::CpuLoad, "0.42"),
+                    ],
+                ),
+                temp(b, 1, T0, "18.25"),
+                presence(b, true, T0 + 1),
+            ])
+            .unwrap();
+        let rows = store.sites(None).unwrap();
+        assert_eq!(
+            site(&rows, A).metrics,
+            [
+                ("cpu.load".to_owned(), 0.42),
+                ("env.humidity".to_owned(), 55.0),
+                ("env.temp".to_owned(), 20.5),
+            ]
+        );
+        assert_eq!(site(&rows, b).metrics, [("env.temp".to_owned(), 18.25)]);
+        assert!(site(&rows, "130102001003-main").metrics.is_empty());
+        let region: Region = "130102".parse().unwrap();
+        assert_eq!(store.sites(Some(&region)).unwrap(), rows);
+        rows
+    });
+    assert_eq!(views[0], views[1], "SQLite and PostgreSQL differ");
+}
+
+#[test]
+fn telemetry_returns_samples_oldest_first_with_their_own_timestamps_and_exact_text() {
+    on_both(|db| {
+        let mut store = db.open();
+        // The newer batch arrives first.
+        store
+            .apply(&[
+                telemetry(
+                    A,
+                    2,
+                    T0 + 60_000,
+                    T0 + 61_000,
+                    vec![
+                        sample(0, Metric::AirTemp, "24.10"),
+                        sample(500, Metric::Humidity, "60.5"),
+                    ],
+                ),
+                event(A, 3, T0 + 1_000),
+                temp("130102001002-main", 1, T0 + 10, "99.99"),
+            ])
+            .unwrap();
+        store
+            .apply(&[telemetry(
+                A,
+                1,
+                T0,
+                T0 + 62_000,
+                vec![
+                    sample(0, Metric::AirTemp, "23.45"),
+                    sample(100, Metric::Humidity, "58.00"),
+                    sample(30_000, Metric::AirTemp, "23.40"),
+                ],
+            )])
+            .unwrap();
+
+        let row =
+            |seq: u64, ts: u64, m: &str, exact: &str| (seq, ts, m.to_owned(), exact.to_owned());
+        assert_eq!(
+            history(&*store, A, None, None),
+            [
+                row(1, T0, "env.temp", "23.45"),
+                row(1, T0 + 100, "env.humidity", "58.00"),
+                row(1, T0 + 30_000, "env.temp", "23.40"),
+                row(2, T0 + 60_000, "env.temp", "24.10"),
+                row(2, T0 + 60_500, "env.humidity", "60.5"),
+            ]
+        );
+        let all = store.telemetry(&id(A), None, None).unwrap();
+        assert_eq!(all[0].value, 23.45);
+        assert_eq!(all[2].value, 23.4);
+
+        assert_eq!(
+            history(&*store, A, Some(&Metric::AirTemp), None),
+            [
+                row(1, T0, "env.temp", "23.45"),
+                row(1, T0 + 30_000, "env.temp", "23.40"),
+                row(2, T0 + 60_000, "env.temp", "24.10"),
+            ]
+        );
+        // `since` is inclusive and applies to each sample's own time, not its batch's.
+        assert_eq!(
+            history(&*store, A, None, Some(T0 + 30_000)),
+            [
+                row(1, T0 + 30_000, "env.temp", "23.40"),
+                row(2, T0 + 60_000, "env.temp", "24.10"),
+                row(2, T0 + 60_500, "env.humidity", "60.5"),
+            ]
+        );
+        assert_eq!(
+            history(&*store, A, Some(&Metric::Humidity), Some(T0 + 101)),
+            [row(2, T0 + 60_500, "env.humidity", "60.5")]
+        );
+        assert!(history(&*store, A, None, Some(T0 + 60_501)).is_empty());
+        assert!(history(&*store, A, Some(&Metric::Pm25), None).is_empty());
+        assert!(history(&*store, "130102001003-main", None, None).is_empty());
+    });
+}
+
+#[test]
+fn events_of_a_region_since_a_time_are_the_same_on_both_backends() {
+    let all = on_both(|db| {
+        let mut store = db.open();
+        store
+            .apply(&[
+                event("130102001001-main", 2, T0 + 2_000),
+                event("130102001001-main", 1, T0 + 1_000),
+                event("130102001002-main", 1, T0 + 1_000),
+                event("130201001001-main", 1, T0 + 500),
+                event("140105001001-main", 1, T0 + 3_000),
+                temp("130102001001-main", 1, T0, "1.00"),
+            ])
+            .unwrap();
+        let of = |region: Option<&str>, since: Option<u64>| -> Vec<(String, u64, u64)> {
+            let region: Option<Region> = region.map(|r| r.parse().unwrap());
+            store
+                .events(region.as_ref(), since)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.terminal, e.seq, e.time_ms))
+                .collect()
+        };
+        let e = |t: &str, seq, at| (t.to_owned(), seq, at);
+        assert_eq!(
+            of(None, None),
+            [
+                e("130201001001-main", 1, T0 + 500),
+                e("130102001001-main", 1, T0 + 1_000),
+                e("130102001002-main", 1, T0 + 1_000),
+                e("130102001001-main", 2, T0 + 2_000),
+                e("140105001001-main", 1, T0 + 3_000),
+            ]
+        );
+        assert_eq!(
+            of(Some("1301"), Some(T0 + 1_000)),
+            [
+                e("130102001001-main", 1, T0 + 1_000),
+                e("130102001002-main", 1, T0 + 1_000),
+                e("130102001001-main", 2, T0 + 2_000),
+            ]
+        );
+        assert_eq!(
+            of(Some("130102001001"), None),
+            [
+                e("130102001001-main", 1, T0 + 1_000),
+                e("130102001001-main", 2, T0 + 2_000),
+            ]
+        );
+        assert!(of(Some("15"), None).is_empty());
+        let events = store.events(None, None).unwrap();
+        assert!(matches!(events[0].event, Event::Started { .. }));
+        events
+    });
+    assert_eq!(all[0], all[1], "SQLite and PostgreSQL differ");
+}
+
+#[test]
+fn a_rejected_record_is_kept_for_inspection() {
+    on_both(|db| {
+        let mut store = db.open();
+        let applied = store.apply(&[rejected(T0 + 42)]).unwrap();
+        assert_eq!(counts(&applied), (0, 0, 0));
+        assert_eq!(
+            db.rejected_rows(),
+            [(
+                "ct/v1/t/13/01/02/001/001/main/tm".to_owned(),
+                T0 + 42,
+                "130102001001-main tm: payload version 9, this build reads version 1".to_owned(),
+                vec![9, 0xde, 0xad],
+            )]
+        );
+        // Rejected payloads are not de-duplicated: each arrival is evidence.
+        store.apply(&[rejected(T0 + 43)]).unwrap();
+        assert_eq!(db.rejected_rows().len(), 2);
+        // And they do not make up a terminal.
+        assert!(store.sites(None).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn reopening_the_same_store_keeps_everything() {
+    on_both(|db| {
+        let (sites_before, history_before) = {
+            let mut store = db.open();
+            store
+                .apply(&[
+                    presence(A, true, T0),
+                    temp(A, 2, T0 + 60_000, "25.00"),
+                    telemetry(
+                        A,
+                        1,
+                        T0,
+                        T0 + 1_000,
+                        vec![
+                            sample(0, Metric::AirTemp, "23.45"),
+                            sample(100, Metric::Humidity, "58.00"),
+                        ],
+                    ),
+                    event(A, 1, T0),
+                    rejected(T0 + 42),
+                ])
+                .unwrap();
+            (
+                store.sites(None).unwrap(),
+                store.telemetry(&id(A), None, None).unwrap(),
+            )
+        };
+        assert_eq!(history_before.len(), 3);
+
+        let mut store = db.open();
+        assert_eq!(store.sites(None).unwrap(), sites_before);
+        assert_eq!(store.telemetry(&id(A), None, None).unwrap(), history_before);
+        assert_eq!(db.count(A, Stream::Telemetry), 2);
+        assert_eq!(db.count(A, Stream::Events), 1);
+        assert_eq!(db.rejected_rows().len(), 1);
+        let r = site(&sites_before, A);
+        assert!(r.online);
+        assert_eq!(metric(r, "env.temp"), Some(25.0));
+
+        // De-duplication and `latest` still hold after the restart.
+        assert_eq!(
+            counts(
+                &store
+                    .apply(&[temp(A, 1, T0, "23.45"), event(A, 1, T0)])
+                    .unwrap()
+            ),
+            (0, 2, 0)
+        );
+        store.apply(&[temp(A, 0, T0 - 60_000, "10.00")]).unwrap();
+        assert_eq!(
+            metric(site(&store.sites(None).unwrap(), A), "env.temp"),
+            Some(25.0)
+        );
+        // And the read-only view sees the same.
+        let read = db.database.open_read_only().unwrap();
+        assert_eq!(read.sites(None).unwrap(), store.sites(None).unwrap());
+    });
+}
+
+#[test]
+fn names_imported_and_given_to_terminals_are_read_back_and_bump_the_version() {
+    use cuntong_core::site::SiteCode;
+    let code: SiteCode = "130102001001".parse().unwrap();
+    let county: SiteCode = "130102000000".parse().unwrap();
+    let rows = [
+        (code, "旧名".to_owned()),
+        (county, "长安区".to_owned()),
+        (code, "东村".to_owned()),
+    ];
+    // SQLite.
+    let dir = tempfile::tempdir().unwrap();
+    let mut lite = SqliteStore::open(&dir.path().join("central.db")).unwrap();
+    // PostgreSQL.
+    let mut pg = PgStore::open(&Postgres::shared().fresh_database()).unwrap();
+    assert_eq!(lite.names_version().unwrap(), 0);
+    assert_eq!(pg.names_version().unwrap(), 0);
+    assert_eq!(lite.import_names(&rows).unwrap(), 3);
+    assert_eq!(pg.import_names(&rows).unwrap(), 3);
+    lite.set_terminal_name(&id(A), "村委会").unwrap();
+    pg.set_terminal_name(&id(A), "村委会").unwrap();
+    assert_eq!(lite.names_version().unwrap(), 2);
+    assert_eq!(pg.names_version().unwrap(), 2);
+    for names in [lite.names().unwrap(), pg.names().unwrap()] {
+        assert_eq!(names.lookup(&code), Some("东村"));
+        assert_eq!(names.lookup(&county), Some("长安区"));
+        assert_eq!(names.terminal(&id(A)), "村委会");
+        assert_eq!(names.path(&code), lite.names().unwrap().path(&code));
+    }
+}
+
+#[test]
+fn reading_a_store_central_never_set_up_names_where_it_looked_and_creates_nothing() {
+    // SQLite: a missing file, or an empty one.
+    let db = sqlite();
+    let err = db.database.open_read_only().err().unwrap();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("no store at") && err.to_string().contains("central.db"),
+        "error should say there is no store and name the file: {err}"
+    );
+    assert!(!db.path().exists());
+    // A file central never set up (here: empty) is no store either, and stays untouched.
+    std::fs::write(db.path(), b"").unwrap();
+    let err = db.database.open_read_only().err().unwrap();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
+    assert_eq!(std::fs::metadata(db.path()).unwrap().len(), 0);
+    // A directory is not a store.
+    let dir = Database::Sqlite(db.path().parent().unwrap().to_owned());
+    let err = dir.open_read_only().err().unwrap();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
+    // PostgreSQL: an empty database stays empty.
+    let db = postgres();
+    let err = db.database.open_read_only().err().unwrap();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
+    assert!(err.to_string().contains(db.url()), "{err}");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        0
+    );
+    // And a read-only store refuses to write.
+    drop(db.open());
+    let mut read = db.database.open_read_only().unwrap();
+    let err = read.apply(&[presence(A, true, T0)]).unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the backends are chosen by.
+
+#[test]
+fn a_postgres_url_is_postgresql_and_anything_else_a_file_and_no_password_is_ever_shown() {
+    let db: Database = "postgres://cuntong:s3cret@db.example:5432/central"
+        .parse()
+        .unwrap();
+    assert!(matches!(&db, Database::Postgres(u) if u.contains("s3cret")));
+    assert_eq!(
+        db.to_string(),
+        "postgres://cuntong:***@db.example:5432/central"
+    );
+    assert!(!format!("{db:?}").contains("s3cret"));
+    let db: Database = "postgresql://u@h/d?password=hunter2".parse().unwrap();
+    assert!(matches!(db, Database::Postgres(_)));
+    assert!(!db.to_string().contains("hunter2"), "{db}");
+    let db: Database = "/var/lib/cuntong/central.db".parse().unwrap();
+    assert_eq!(db, Database::Sqlite("/var/lib/cuntong/central.db".into()));
+    let db: Database = "postgres.db".parse().unwrap();
+    assert!(matches!(db, Database::Sqlite(_)));
+    // An unreachable server's error names it, without the password.
+    let port = cuntong_e2e::free_port();
+    let url = format!("postgres://u:s3cret@127.0.0.1:{port}/d");
+    let err = url.parse::<Database>().unwrap().open().err().unwrap();
+    let text = err.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several writers at once.
+
+/// Stores each list of seqs of terminal `A` from a connection of its own, all at once, in
+/// groups of 50; gives (stored, duplicates, the highest watermark any group confirmed).
+fn store_at_once(db: &Db, writers: Vec<Vec<u64>>) -> (u64, u64, u64) {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(writers.len()));
+    let threads: Vec<_> = writers
+        .into_iter()
+        .map(|seqs| {
+            let mut store = db.open();
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let (mut stored, mut duplicates, mut best) = (0, 0, 0);
+                for chunk in seqs.chunks(50) {
+                    let group: Vec<Record> = chunk
+                        .iter()
+                        .map(|q| temp(A, *q, T0 + q * 1_000, "1.00"))
+                        .collect();
+                    let a = store.apply(&group).unwrap();
+                    stored += a.stored;
+                    duplicates += a.duplicates;
+                    best = best.max(marks(&a, A).unwrap().telemetry);
+                }
+                (stored, duplicates, best)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0, 0), |acc, r| {
+            (acc.0 + r.0, acc.1 + r.1, acc.2.max(r.2))
+        })
+}
+
+/// The watermark a resend of seq 1 of `A` is answered with: the stored one.
+fn stored_watermark(db: &Db) -> u64 {
+    let a = db.open().apply(&[temp(A, 1, T0 + 1_000, "1.00")]).unwrap();
+    assert_eq!(counts(&a), (0, 1, 0));
+    marks(&a, A).unwrap().telemetry
+}
+
+/// Two connections (two central instances) store groups of one terminal at the same time:
+/// each seq is stored once, duplicates are counted exactly, and the watermark is the
+/// contiguous maximum whichever group commits last (a group advances it only after the groups
+/// it could not see have committed).
+#[test]
+fn two_connections_storing_groups_of_one_terminal_at_once_store_every_seq_once_and_confirm_all() {
+    const N: u64 = 4_000;
+    on_both(|db| {
+        drop(db.open());
+        // Interleaved: one writer takes the odd seqs, the other the even ones; every group's
+        // neighbours are being stored by the other writer at that moment.
+        let odd = (1..=N).filter(|q| q % 2 == 1).collect();
+        let even = (1..=N).filter(|q| q.is_multiple_of(2)).collect();
+        let (stored, duplicates, best) = store_at_once(db, vec![odd, even]);
+        assert_eq!((stored, duplicates), (N, 0));
+        assert_eq!(best, N, "the last group to commit confirms everything");
+        assert_eq!(stored_watermark(db), N);
+
+        // Overlapping: both send all of the next N seqs, in opposite orders, and a third
+        // every third one.
+        let next: Vec<u64> = (N + 1..=2 * N).collect();
+        let back = next.iter().rev().copied().collect();
+        let thirds: Vec<u64> = next
+            .iter()
+            .copied()
+            .filter(|q| q.is_multiple_of(3))
+            .collect();
+        let sent = 2 * N + thirds.len() as u64;
+        let (stored, duplicates, best) = store_at_once(db, vec![next, back, thirds]);
+        assert_eq!(stored, N, "each seq stored once");
+        assert_eq!(
+            duplicates,
+            sent - N,
+            "every other copy counted as a duplicate"
+        );
+        assert_eq!(best, 2 * N);
+        assert_eq!(db.count(A, Stream::Telemetry), 2 * N);
+        assert_eq!(stored_watermark(db), 2 * N);
+    });
+}
+
+/// Groups of many terminals from several connections at once, each group's terminals in
+/// another order: they wait for each other's row locks but never deadlock, and every
+/// terminal ends confirmed up to its last seq.
+#[test]
+fn concurrent_groups_of_many_terminals_in_different_orders_all_commit_and_confirm_everything() {
+    let db = postgres();
+    drop(db.open());
+    let terminals: Vec<String> = (1..=40).map(|i| format!("130102001{i:03}-main")).collect();
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let mut store = db.open();
+            let terminals = terminals.clone();
+            std::thread::spawn(move || {
+                let mut confirmed = std::collections::BTreeMap::new();
+                for round in 0..30u64 {
+                    // Every writer sends every seq of every terminal, in its own order.
+                    let mut order = terminals.clone();
+                    order.rotate_left(((w * 7 + round) % 40) as usize);
+                    if w % 2 == 1 {
+                        order.reverse();
+                    }
+                    let group: Vec<Record> = order
+                        .iter()
+                        .flat_map(|t| {
+                            [
+                                temp(t, round + 1, T0 + round * 60_000, "1.00"),
+                                presence(t, true, T0 + round),
+                            ]
+                        })
+                        .collect();
+                    let a = store.apply(&group).unwrap();
+                    for (t, m) in a.watermarks {
+                        let e = confirmed.entry(t.to_string()).or_insert(0);
+                        *e = m.telemetry.max(*e);
+                    }
+                }
+                confirmed
+            })
+        })
+        .collect();
+    let mut best = std::collections::BTreeMap::<String, u64>::new();
+    for w in writers {
+        for (t, m) in w.join().unwrap() {
+            let e = best.entry(t).or_insert(0);
+            *e = m.max(*e);
+        }
+    }
+    for t in &terminals {
+        assert_eq!(db.count(t, Stream::Telemetry), 30, "{t}");
+        assert_eq!(best.get(t), Some(&30), "{t}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL: partitions, retention, migrations.
+
+#[test]
+fn each_day_is_a_partition_of_its_own_and_retention_drops_only_whole_days_before_the_cut() {
+    let db = postgres();
+    let mut pg = PgStore::open(db.url()).unwrap();
+    // 2025-11-22, -23, -24, and a clock off by a millennium that no day partition takes.
+    let day0 = T0 - T0 % DAY;
+    pg.apply(&[
+        temp(A, 1, day0 + 1_000, "1.00"),
+        temp(A, 2, day0 + DAY + 1_000, "2.00"),
+        temp(A, 3, day0 + 2 * DAY + 1_000, "3.00"),
+        event(A, 1, day0 + DAY - 1),
+    ])
+    .unwrap();
+    pg.apply(&[temp(A, 4, 400_000_000_000_000, "4.00")])
+        .unwrap();
+    assert_eq!(
+        pg.partitions().unwrap(),
+        [
+            "messages_p20251122",
+            "messages_p20251123",
+            "messages_p20251124"
+        ]
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM messages_default"), 1);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM messages_p20251123"),
+        1,
+        "a message is in the partition of its own time"
+    );
+
+    // The cut in the middle of the 23rd: only the 22nd goes, the 23rd is kept whole.
+    assert_eq!(pg.drop_before(day0 + DAY + DAY / 2).unwrap(), 1);
+    assert_eq!(
+        pg.partitions().unwrap(),
+        ["messages_p20251123", "messages_p20251124"]
+    );
+    let seqs: Vec<u64> = history(&pg, A, None, None).iter().map(|s| s.0).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(pg.count(A, Stream::Telemetry).unwrap(), 3);
+    assert_eq!(pg.count(A, Stream::Events).unwrap(), 0);
+    // Their keys went with them; the others still de-duplicate.
+    assert_eq!(db.scalar("SELECT count(*) FROM message_keys"), 3);
+    assert_eq!(
+        counts(&pg.apply(&[temp(A, 2, day0 + DAY + 1_000, "2.00")]).unwrap()),
+        (0, 1, 0)
+    );
+    // The watermark a terminal was given does not go back.
+    let a = pg
+        .apply(&[temp(A, 3, day0 + 2 * DAY + 1_000, "3.00")])
+        .unwrap();
+    assert_eq!(marks(&a, A).unwrap().telemetry, 4);
+    // Nothing before the cut any more: dropping again drops nothing.
+    assert_eq!(pg.drop_before(day0 + DAY + DAY / 2).unwrap(), 0);
+    assert_eq!(pg.drop_before(day0 + 3 * DAY).unwrap(), 2);
+    assert!(pg.partitions().unwrap().is_empty());
+    assert_eq!(db.scalar("SELECT count(*) FROM messages_default"), 1);
+}
+
+#[test]
+fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
+    let db = postgres();
+    drop(db.open());
+    drop(db.open());
+    assert_eq!(db.scalar("SELECT count(*) FROM schema_migrations"), 1);
+    assert_eq!(
+        db.scalar("SELECT max(version)::bigint FROM schema_migrations"),
+        1
+    );
+    // Two instances starting at once on an empty database.
+    let fresh = postgres();
+    let openers: Vec<_> = (0..3)
+        .map(|_| {
+            let url = fresh.url().to_owned();
+            std::thread::spawn(move || PgStore::open(&url).map(drop))
+        })
+        .collect();
+    for o in openers {
+        o.join().unwrap().unwrap();
+    }
+    assert_eq!(fresh.scalar("SELECT count(*) FROM schema_migrations"), 1);
+    // A store a newer cuntong migrated is not written by this one.
+    let mut c = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    c.batch_execute("INSERT INTO schema_migrations (version) VALUES (99)")
+        .unwrap();
+    let err = PgStore::open(db.url()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 99, .. }),
+        "{err}"
+    );
+    let err = PgStore::open_read_only(db.url()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 99, .. }),
+        "{err}"
+    );
+}
