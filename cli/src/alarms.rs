@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::names::Names;
-use crate::store::{Record, SqliteStore, StateWriter, StoreError};
+use crate::store::{Record, StateWriter, Store, StoreError};
 use crate::view::{pad, rfc3339_ms};
 
 /// A rules file and its hooks.
@@ -368,7 +368,7 @@ impl AlarmService {
     /// before central's loop starts); writes through `writer`; starts the hook runner on the
     /// current runtime if there are hooks, naming sites as `names` has them.
     pub fn open(
-        store: &SqliteStore,
+        store: &dyn Store,
         config: AlarmConfig,
         writer: StateWriter,
         names: watch::Receiver<Arc<Names>>,

@@ -12,7 +12,6 @@
 //! refused message, anything retained but a valid presence) is cleared ([`retained_junk`]),
 //! so later subscribers do not receive it: MQTT ACLs cannot deny the retain flag.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -36,13 +35,13 @@ use cuntong_terminal::link::Message;
 use crate::alarms::{AlarmConfig, AlarmService};
 use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody};
 use crate::meetings::MeetingService;
-use crate::store::{GROUP, Record, SqliteStore, StoreError, Writer};
+use crate::store::{Database, Record, StoreError, Writer};
 
 /// How central connects and where it stores.
 #[derive(Clone, Debug)]
 pub struct CentralOptions {
     pub broker: BrokerUrl,
-    pub db: PathBuf,
+    pub db: Database,
     pub client_id: String,
     /// How often confirmations go out (coalesced per terminal).
     pub ack_interval: Duration,
@@ -57,7 +56,7 @@ pub struct CentralOptions {
 }
 
 impl CentralOptions {
-    pub fn new(broker: BrokerUrl, db: PathBuf, client_id: impl Into<String>) -> CentralOptions {
+    pub fn new(broker: BrokerUrl, db: Database, client_id: impl Into<String>) -> CentralOptions {
         CentralOptions {
             broker,
             db,
@@ -190,43 +189,54 @@ pub async fn run(
     stats: Arc<CentralStats>,
     stop: CancellationToken,
 ) -> Result<(), CentralError> {
-    let store = SqliteStore::open_for_central(&opts.db)?;
-    let (records_tx, records_rx) = mpsc::channel::<Record>(GROUP * 2);
     let (marks_tx, mut marks_rx) = mpsc::unbounded_channel::<Vec<(TerminalId, Watermarks)>>();
-    // What the services need of the store is read here, once, before the loop; from then on
-    // they only hand the store thread what to write.
-    let reader = SqliteStore::open(&opts.db)?;
+    // The store is opened, and what the services need of it read, once, off the runtime (the
+    // PostgreSQL client must not run on it); from then on the services only hand the store
+    // thread what to write.
     let writer_stats = stats.clone();
-    let writer = Writer::start(
-        store,
-        records_rx,
-        move |a| {
-            if !a.watermarks.is_empty() {
-                let _ = marks_tx.send(a.watermarks);
-            }
-            writer_stats.stored.fetch_add(a.stored, Ordering::Relaxed);
-            writer_stats
-                .duplicates
-                .fetch_add(a.duplicates, Ordering::Relaxed);
-            writer_stats.values.fetch_add(a.values, Ordering::Relaxed);
-        },
-        stop.clone(),
-    )
-    .map_err(StoreError::Thread)?;
-    let mut meetings = MeetingService::open(
-        &reader,
+    let (db, heartbeat, alarm_config, writer_stop) = (
+        opts.db.clone(),
         opts.meeting_heartbeat,
-        writer.state.clone(),
-        writer.names.clone(),
-    )?;
-    let mut alarms = AlarmService::open(
-        &reader,
         opts.alarms.clone(),
-        writer.state.clone(),
-        writer.names.clone(),
-        unix_ms(),
-    )?;
-    drop(reader);
+        stop.clone(),
+    );
+    let runtime = tokio::runtime::Handle::current();
+    let (writer, mut meetings, mut alarms) = tokio::task::spawn_blocking(move || {
+        let store = db.open_for_central()?;
+        let reader = db.open()?;
+        let writer = Writer::start(
+            store,
+            move |a| {
+                if !a.watermarks.is_empty() {
+                    let _ = marks_tx.send(a.watermarks);
+                }
+                writer_stats.stored.fetch_add(a.stored, Ordering::Relaxed);
+                writer_stats
+                    .duplicates
+                    .fetch_add(a.duplicates, Ordering::Relaxed);
+                writer_stats.values.fetch_add(a.values, Ordering::Relaxed);
+            },
+            writer_stop,
+        )?;
+        let meetings = MeetingService::open(
+            reader.as_ref(),
+            heartbeat,
+            writer.state.clone(),
+            writer.names.clone(),
+        )?;
+        let _in_runtime = runtime.enter();
+        let alarms = AlarmService::open(
+            reader.as_ref(),
+            alarm_config,
+            writer.state.clone(),
+            writer.names.clone(),
+            unix_ms(),
+        )?;
+        Ok::<_, StoreError>((writer, meetings, alarms))
+    })
+    .await
+    .map_err(|_| StoreError::Crashed)??;
+    let records_tx = writer.records.clone();
     let log = LogLimiter::default();
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr)

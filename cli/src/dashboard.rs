@@ -20,7 +20,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alarms::AlarmJson;
 use crate::monitor::{Entry, Snapshot};
 use crate::names::Names;
-use crate::store::{NamesCache, SqliteStore, Store};
+use crate::store::{Database, NamesCache};
 use crate::view::rfc3339_ms;
 
 /// Connections served at once.
@@ -248,12 +247,12 @@ fn concerns(alarm: &Alarm, region: Option<&Region>) -> bool {
 
 /// The terminal `id` with its samples since `since_ms`.
 fn terminal(
-    db: &std::path::Path,
+    db: &Database,
     id: &TerminalId,
     since_ms: u64,
     names: &Names,
 ) -> Result<TerminalJson, String> {
-    let store = SqliteStore::open_read_only(db).map_err(|e| e.to_string())?;
+    let store = db.open_read_only().map_err(|e| e.to_string())?;
     let row = store
         .sites(Some(&Region::of(*id.site())))
         .map_err(|e| e.to_string())?
@@ -302,7 +301,7 @@ fn thin(points: &mut Vec<(u64, f64)>, max: usize) {
 
 #[derive(Clone)]
 struct App {
-    db: Arc<PathBuf>,
+    db: Arc<Database>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 }
 
@@ -331,7 +330,7 @@ fn region_param(q: &RegionQuery) -> Result<Option<Region>, Refusal> {
 /// Serves the dashboard on `addr` until `stop` fires. Fails only if it cannot listen.
 pub async fn serve(
     addr: SocketAddr,
-    db: PathBuf,
+    db: Database,
     stop: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -341,7 +340,7 @@ pub async fn serve(
 /// Serves the dashboard on a bound listener.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
-    db: PathBuf,
+    db: Database,
     stop: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -383,7 +382,7 @@ pub async fn serve_on(
 }
 
 /// Reads the store once a second and hands every changed snapshot to the open pages.
-async fn refresh(db: PathBuf, tx: watch::Sender<Arc<Snapshot>>, stop: CancellationToken) {
+async fn refresh(db: Database, tx: watch::Sender<Arc<Snapshot>>, stop: CancellationToken) {
     let names = Arc::new(std::sync::Mutex::new(NamesCache::default()));
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -639,7 +638,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(serve_on(listener, dir.path().join("none.db"), stop.clone()));
+        tokio::spawn(serve_on(
+            listener,
+            Database::Sqlite(dir.path().join("none.db")),
+            stop.clone(),
+        ));
         let test = async {
             let mut all = Vec::new();
             for _ in 0..MAX_CLIENTS + 50 {

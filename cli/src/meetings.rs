@@ -29,7 +29,7 @@ use crate::control::{
     SiteJson,
 };
 use crate::names::Names;
-use crate::store::{MeetingRow, Record, SqliteStore, StateWriter, StoreError, StoredMeeting};
+use crate::store::{MeetingRow, Record, StateWriter, Store, StoreError, StoredMeeting};
 use crate::view::{LAST_MS, rfc3339_ms};
 
 /// Ended sessions stay in memory (for `status` and `list`) this long; the store keeps them.
@@ -131,7 +131,7 @@ impl MeetingService {
     /// Carries on with the sessions kept in `store` (read once, before central's loop starts);
     /// writes through `writer`; new sessions ask their sites for a status every `heartbeat`.
     pub fn open(
-        store: &SqliteStore,
+        store: &dyn Store,
         heartbeat: std::time::Duration,
         writer: StateWriter,
         names: watch::Receiver<Arc<Names>>,
@@ -869,16 +869,14 @@ pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Writer;
+    use crate::store::{SqliteStore, Writer};
     use rusqlite::{Connection, params};
 
     /// The meeting host on the store at `db`, with a store thread of its own.
     fn open(db: &std::path::Path, heartbeat: std::time::Duration) -> MeetingService {
         let store = SqliteStore::open(db).unwrap();
-        let (_records, none) = tokio::sync::mpsc::channel(1);
         let writer = Writer::start(
-            SqliteStore::open(db).unwrap(),
-            none,
+            Box::new(SqliteStore::open(db).unwrap()),
             |_| {},
             tokio_util::sync::CancellationToken::new(),
         )

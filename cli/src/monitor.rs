@@ -7,7 +7,6 @@
 //! Keys: ↑/↓ select, Enter drill down, Backspace/Esc up, q quit.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use ratatui::widgets::{
 };
 
 use crate::names::Names;
-use crate::store::{NamesCache, SiteRow, SqliteStore, Store, StoreError};
+use crate::store::{Database, NamesCache, SiteRow, Store, StoreError};
 
 /// One row of the region view: a child region with its counts, or a terminal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,16 +75,17 @@ impl PartialEq for Snapshot {
 }
 
 impl Snapshot {
-    pub fn read(db: &Path, names: &mut NamesCache) -> Result<Snapshot, StoreError> {
-        let store = SqliteStore::open_read_only(db)?;
+    pub fn read(db: &Database, names: &mut NamesCache) -> Result<Snapshot, StoreError> {
+        let store = db.open_read_only()?;
+        let store = store.as_ref();
         let sites = store.sites(None)?;
         let alarms = store.alarms(None, true, 10_000)?;
-        let meetings = live_meetings(&store).unwrap_or_default();
+        let meetings = live_meetings(store).unwrap_or_default();
         Ok(Snapshot {
             sites,
             alarms,
             meetings,
-            names: names.get(&store)?,
+            names: names.get(store)?,
         })
     }
 
@@ -155,7 +155,7 @@ impl Snapshot {
 }
 
 /// The live sessions in the store.
-fn live_meetings(store: &SqliteStore) -> Result<Vec<LiveMeeting>, StoreError> {
+fn live_meetings(store: &dyn Store) -> Result<Vec<LiveMeeting>, StoreError> {
     Ok(store
         .live_meetings()?
         .iter()
@@ -196,7 +196,7 @@ const SPARK: [Metric; 4] = [
 
 impl View {
     /// Enter on the selected row.
-    pub fn enter(&mut self, entries: &[Entry], db: &Path) {
+    pub fn enter(&mut self, entries: &[Entry], db: &Database) {
         match entries.get(self.selected) {
             Some(Entry::Region { code, .. }) => {
                 self.region = Some(Region::of(*code));
@@ -220,7 +220,7 @@ impl View {
     }
 
     /// Reads the last hour of the terminal in detail.
-    pub fn load_history(&mut self, db: &Path) {
+    pub fn load_history(&mut self, db: &Database) {
         self.history.clear();
         let Some(id) = self
             .terminal
@@ -229,7 +229,7 @@ impl View {
         else {
             return;
         };
-        let Ok(store) = SqliteStore::open_read_only(db) else {
+        let Ok(store) = db.open_read_only() else {
             return;
         };
         let since = cuntong_terminal::link::unix_ms().saturating_sub(3_600_000);
@@ -504,7 +504,7 @@ fn draw_terminal(
 }
 
 /// Runs the monitor until `q`.
-pub fn run(db: &Path, region: Option<Region>) -> Result<(), String> {
+pub fn run(db: &Database, region: Option<Region>) -> Result<(), String> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
     let mut view = View {
         region,
@@ -660,10 +660,10 @@ mod tests {
         };
         let rows = snap.entries(v.region.as_ref());
         v.selected = 2;
-        v.enter(&rows, Path::new("/nonexistent.db"));
+        v.enter(&rows, &Database::Sqlite("/nonexistent.db".into()));
         assert_eq!(v.region, Some("130102009".parse().unwrap()));
         let rows = snap.entries(v.region.as_ref());
-        v.enter(&rows, Path::new("/nonexistent.db"));
+        v.enter(&rows, &Database::Sqlite("/nonexistent.db".into()));
         assert_eq!(v.terminal.as_deref(), Some("130102009001-main"));
         v.back();
         assert_eq!(v.terminal, None);

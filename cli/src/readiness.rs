@@ -2,15 +2,13 @@
 //! itself — camera, microphone, link, clock, disk — when asked by a signed `readiness` command;
 //! the answers are shown as a ready / not-ready table and kept in the store (`readiness`).
 
-use std::path::Path;
-
 use cuntong_core::command::{Check, Readiness};
 use cuntong_core::meeting::host::Host;
 use cuntong_core::terminal_id::TerminalId;
 use serde::{Deserialize, Serialize};
 
 use crate::cmd::Answer;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{Database, StoreError};
 
 /// `cuntong readiness --json`: one object per terminal asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,8 +21,9 @@ pub struct ReadinessJson {
 }
 
 /// The terminals a meeting knows (invited and expected, joined or not), from the store.
-pub fn meeting_terminals(db: &Path, meeting: &str) -> Result<Vec<TerminalId>, String> {
-    let blob = SqliteStore::open_read_only(db)
+pub fn meeting_terminals(db: &Database, meeting: &str) -> Result<Vec<TerminalId>, String> {
+    let blob = db
+        .open_read_only()
         .and_then(|s| s.meeting(meeting))
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no meeting {meeting} in the store"))?;
@@ -67,7 +66,7 @@ pub fn rows(answers: &[Answer]) -> Vec<ReadinessJson> {
 }
 
 /// Keeps the results in the store.
-pub fn save(db: &Path, rows: &[ReadinessJson], at_ms: u64) -> Result<(), StoreError> {
+pub fn save(db: &Database, rows: &[ReadinessJson], at_ms: u64) -> Result<(), StoreError> {
     let rows: Vec<(String, Option<bool>, String)> = rows
         .iter()
         .map(|r| {
@@ -75,7 +74,7 @@ pub fn save(db: &Path, rows: &[ReadinessJson], at_ms: u64) -> Result<(), StoreEr
             (r.terminal.clone(), r.ready, json)
         })
         .collect();
-    SqliteStore::open(db)?.save_readiness(&rows, at_ms)
+    db.open()?.save_readiness(&rows, at_ms)
 }
 
 /// The table for people: one row per terminal, one column per check.
@@ -155,8 +154,9 @@ mod tests {
         assert!(t.contains("no answer"));
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("c.db");
-        save(&db, &r, 5).unwrap();
-        save(&db, &r, 6).unwrap();
+        let store = Database::Sqlite(db.clone());
+        save(&store, &r, 5).unwrap();
+        save(&store, &r, 6).unwrap();
         let n: i64 = rusqlite::Connection::open(&db)
             .unwrap()
             .query_row("SELECT count(*) FROM readiness", [], |x| x.get(0))

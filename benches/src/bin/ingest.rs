@@ -173,7 +173,11 @@ async fn central_ingest(
     let stats = Arc::new(CentralStats::default());
     let stop = CancellationToken::new();
     let task = tokio::spawn(central::run(
-        CentralOptions::new(broker.clone(), db, "bench-central"),
+        CentralOptions::new(
+            broker.clone(),
+            cuntong::store::Database::Sqlite(db),
+            "bench-central",
+        ),
         stats.clone(),
         stop.clone(),
     ));

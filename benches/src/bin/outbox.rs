@@ -124,7 +124,11 @@ fn replay(args: &Args) -> anyhow::Result<()> {
         let stats = Arc::new(CentralStats::default());
         let stop = CancellationToken::new();
         let central = tokio::spawn(central::run(
-            CentralOptions::new(url.clone(), db.clone(), "bench-central"),
+            CentralOptions::new(
+                url.clone(),
+                cuntong::store::Database::Sqlite(db.clone()),
+                "bench-central",
+            ),
             stats.clone(),
             stop.clone(),
         ));

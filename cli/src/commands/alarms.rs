@@ -1,16 +1,14 @@
 //! `cuntong alarms`: the stored alarms, and `alarms ack ID` through the alarm service inside
 //! `cuntong central`, which owns them ([`crate::alarms`]).
 
-use std::path::PathBuf;
-
 use clap::{Args, Subcommand};
 use cuntong_terminal::{print, println};
 
-use super::common::{Conn, Failure, Usage, default_db, fail, not_empty, region};
+use super::common::{Conn, Failure, Usage, database, fail, not_empty, off_runtime, region};
 use super::meeting::ANSWER;
 use crate::alarms::{self, AlarmJson};
 use crate::control::RequestBody;
-use crate::store::SqliteStore;
+use crate::store::Database;
 
 #[derive(Debug, Args)]
 pub struct AlarmsArgs {
@@ -27,7 +25,7 @@ pub struct AlarmsArgs {
     #[arg(long)]
     json: bool,
     #[arg(long, env = "CUNTONG_DB")]
-    db: Option<PathBuf>,
+    db: Option<Database>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,7 +44,7 @@ enum AlarmAction {
 pub async fn run(args: AlarmsArgs) -> Result<(), Failure> {
     match args.action {
         Some(AlarmAction::Ack { id, by, conn }) => ack(id, by, &conn).await,
-        None => list(args),
+        None => off_runtime(|| list(args)),
     }
 }
 
@@ -65,8 +63,7 @@ fn list(args: AlarmsArgs) -> Result<(), Failure> {
     if args.limit == 0 {
         return Err(Usage("--limit 0: at least 1".into()).into());
     }
-    let db = args.db.unwrap_or_else(default_db);
-    let store = SqliteStore::open_read_only(&db).map_err(fail)?;
+    let store = database(args.db).open_read_only().map_err(fail)?;
     let rows = store
         .alarms(region.as_ref(), args.active, args.limit)
         .map_err(fail)?;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::Args;
 use cuntong_terminal::println;
 
-use super::common::{Failure, Usage, default_db, fail};
-use crate::store::SqliteStore;
+use super::common::{Failure, Usage, database, fail};
+use crate::store::{Database, SqliteStore};
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
@@ -16,7 +16,7 @@ pub struct BackupArgs {
     #[arg(long)]
     to: PathBuf,
     #[arg(long, env = "CUNTONG_DB")]
-    db: Option<PathBuf>,
+    db: Option<Database>,
 }
 
 pub fn run(args: BackupArgs) -> Result<(), Failure> {
@@ -27,8 +27,18 @@ pub fn run(args: BackupArgs) -> Result<(), Failure> {
         ))
         .into());
     }
-    let db = args.db.unwrap_or_else(default_db);
-    let store = SqliteStore::open_read_only(&db).map_err(fail)?;
+    let path = match database(args.db) {
+        Database::Sqlite(path) => path,
+        Database::Postgres(_) => {
+            return Err(Usage(
+                "--db postgres://…: a PostgreSQL store is backed up with PostgreSQL's own tools \
+                 (pg_basebackup, pg_dump; docs/operations.md)"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let store = SqliteStore::open_read_only(&path).map_err(fail)?;
     let copied = store.backup_to(&args.to).map_err(fail)?;
     println!(
         "{}: {} messages of {} terminals, store version {}",

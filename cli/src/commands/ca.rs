@@ -2,16 +2,16 @@
 //! and the broker configuration that follows from its inventory. The CA itself is
 //! [`crate::ca`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::println;
 
-use super::common::{Failure, Usage, default_db, fail, not_empty, parse};
+use super::common::{Failure, Usage, database, fail, not_empty, parse};
 use crate::ca;
-use crate::store::SqliteStore;
+use crate::store::Database;
 
 #[derive(Debug, Subcommand)]
 pub enum CaAction {
@@ -64,7 +64,7 @@ pub struct ProvisionArgs {
     force: bool,
     /// The store that keeps the terminals' names.
     #[arg(long, env = "CUNTONG_DB")]
-    db: Option<PathBuf>,
+    db: Option<Database>,
 }
 
 #[derive(Debug, Args)]
@@ -130,7 +130,7 @@ pub fn run_provision(args: ProvisionArgs) -> Result<(), Failure> {
         force,
         db,
     } = args;
-    let db = db.unwrap_or_else(default_db);
+    let db = database(db);
     let url: BrokerUrl = parse("--broker", &broker)?;
     if let Some(n) = &name {
         not_empty("--name", n)?;
@@ -219,7 +219,7 @@ pub fn run_acl(args: AclArgs) -> Result<(), Failure> {
 
 /// Keeps the names terminals were provisioned with in the store, for every view of central;
 /// a store that cannot be written is reported, not fatal (the bundles are made).
-fn remember_names(db: &Path, rows: &[(String, Option<String>)]) {
+fn remember_names(db: &Database, rows: &[(String, Option<String>)]) {
     let named: Vec<(TerminalId, &str)> = rows
         .iter()
         .filter_map(|(id, name)| Some((id.parse().ok()?, name.as_deref()?)))
@@ -227,7 +227,7 @@ fn remember_names(db: &Path, rows: &[(String, Option<String>)]) {
     if named.is_empty() {
         return;
     }
-    let saved = SqliteStore::open(db).and_then(|mut store| {
+    let saved = db.open().and_then(|mut store| {
         named
             .iter()
             .try_for_each(|(id, name)| store.set_terminal_name(id, name))

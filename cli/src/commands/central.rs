@@ -10,16 +10,17 @@ use cuntong_terminal::daemon::shutdown_signal;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{
-    DEFAULT_BROKER, Failure, Usage, default_db, duration, fail, parse, tls_goes_with,
+    DEFAULT_BROKER, Failure, Usage, database, duration, fail, parse, tls_goes_with,
 };
 use crate::central::{self, CentralOptions, CentralStats};
+use crate::store::Database;
 
 #[derive(Debug, Args)]
 pub struct CentralArgs {
     #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
     broker: String,
     #[arg(long, env = "CUNTONG_DB")]
-    db: Option<PathBuf>,
+    db: Option<Database>,
     /// Central's provisioning bundle (ca.pem, cert.pem, key.pem), for an mqtts:// broker.
     #[arg(long)]
     tls: Option<PathBuf>,
@@ -48,7 +49,7 @@ impl CentralArgs {
         } = self;
         let mut opts = CentralOptions::new(
             parse("--broker", &broker)?,
-            db.unwrap_or_else(default_db),
+            database(db),
             format!("central-{}", std::process::id()),
         );
         opts.meeting_heartbeat = duration("--meeting-heartbeat", &meeting_heartbeat)?;
@@ -72,7 +73,7 @@ impl CentralArgs {
 
 pub async fn run(args: CentralArgs) -> Result<(), Failure> {
     let opts = args.options()?;
-    eprintln!("central: {} -> {}", opts.broker, opts.db.display());
+    eprintln!("central: {} -> {}", opts.broker, opts.db);
     let stats = Arc::new(CentralStats::default());
     let stop = CancellationToken::new();
     let on_signal = stop.clone();

@@ -13,7 +13,7 @@ use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::BrokerUrl;
 
 use crate::commands::meeting::CentralClient;
-use crate::store::{SqliteStore, Store};
+use crate::store::Database;
 
 /// The broker a command uses without `--broker` (or `$CUNTONG_BROKER`).
 pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
@@ -106,6 +106,18 @@ pub fn default_db() -> PathBuf {
         .join("central.db")
 }
 
+/// The store `--db` (or `$CUNTONG_DB`) names: a file, or a `postgres://` URL; the default file
+/// without it.
+pub fn database(db: Option<Database>) -> Database {
+    db.unwrap_or_else(|| Database::Sqlite(default_db()))
+}
+
+/// Runs `f`, which talks to the store, off the async runtime: the PostgreSQL client runs a
+/// runtime of its own, which must not be entered from inside another.
+pub fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// An `mqtts://` broker needs a `--tls` bundle, and a bundle needs `mqtts://`: nothing falls
 /// back to plain text, and nothing tries TLS on a plain port.
 pub fn tls_goes_with(text: &str, broker: &BrokerUrl, tls: bool) -> Result<(), Usage> {
@@ -162,7 +174,7 @@ pub struct Signing {
     #[arg(long)]
     pub tls: Option<PathBuf>,
     #[arg(long, env = "CUNTONG_DB")]
-    pub db: Option<PathBuf>,
+    pub db: Option<Database>,
 }
 
 impl Signing {
@@ -172,16 +184,15 @@ impl Signing {
         tls_goes_with(&self.broker, &url, self.tls.is_some())
     }
 
-    pub fn db(&self) -> PathBuf {
-        self.db.clone().unwrap_or_else(default_db)
+    pub fn db(&self) -> Database {
+        database(self.db.clone())
     }
 
     /// Every terminal the store knows in `region`.
     pub fn terminals_in(&self, region: &Region) -> Result<Vec<TerminalId>, Failure> {
-        Ok(SqliteStore::open_read_only(&self.db())
-            .map_err(fail)?
-            .sites(Some(region))
-            .map_err(fail)?
+        let sites =
+            off_runtime(|| self.db().open_read_only()?.sites(Some(region))).map_err(fail)?;
+        Ok(sites
             .iter()
             .filter_map(|s| s.terminal.parse().ok())
             .collect())

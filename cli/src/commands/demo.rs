@@ -23,7 +23,7 @@ use super::meeting::{ANSWER, CentralClient, quantile};
 use crate::broker;
 use crate::central::{self, CentralOptions, CentralStats};
 use crate::control::{RequestBody, ResponseBody};
-use crate::store::{SqliteStore, Store};
+use crate::store::{Database, SqliteStore, Store};
 use crate::view;
 
 #[derive(Debug, Args)]
@@ -95,7 +95,11 @@ async fn demo(
     let mut central = tokio::spawn(central::run(
         CentralOptions {
             http: Some(http),
-            ..CentralOptions::new(broker_url.clone(), db.clone(), "central-demo")
+            ..CentralOptions::new(
+                broker_url.clone(),
+                Database::Sqlite(db.clone()),
+                "central-demo",
+            )
         },
         stats.clone(),
         stop.clone(),

@@ -2,22 +2,20 @@
 //! terminal's history) and `events` (the fleet's events). Their tables and `--json` forms are
 //! [`crate::view`].
 
-use std::path::PathBuf;
-
 use clap::Args;
 use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::link::unix_ms;
 use cuntong_terminal::{print, println};
 
-use super::common::{Failure, Usage, default_db, fail, parse, positive, region};
-use crate::store::{SqliteStore, Store};
+use super::common::{Failure, Usage, database, fail, parse, positive, region};
+use crate::store::Database;
 use crate::view;
 
 #[derive(Debug, Args)]
 pub struct SitesArgs {
     #[arg(long, env = "CUNTONG_DB")]
-    db: Option<PathBuf>,
+    db: Option<Database>,
     /// Region code prefix: 13, 1301, 130102, 130102001 or a full site code.
     #[arg(long)]
     region: Option<String>,
@@ -35,7 +33,7 @@ pub struct TelemetryArgs {
     #[arg(long)]
     since: Option<String>,
     #[arg(long, env = "CUNTONG_DB")]
-    db: Option<PathBuf>,
+    db: Option<Database>,
     #[arg(long)]
     json: bool,
 }
@@ -51,7 +49,7 @@ pub struct EventsArgs {
     #[arg(long)]
     security: bool,
     #[arg(long, env = "CUNTONG_DB")]
-    db: Option<PathBuf>,
+    db: Option<Database>,
     #[arg(long)]
     json: bool,
 }
@@ -71,7 +69,7 @@ fn print_json<T: serde::Serialize>(rows: &[T]) -> Result<(), Failure> {
 
 pub fn run_sites(args: SitesArgs) -> Result<(), Failure> {
     let region = region(args.region)?;
-    let store = SqliteStore::open_read_only(&args.db.unwrap_or_else(default_db)).map_err(fail)?;
+    let store = database(args.db).open_read_only().map_err(fail)?;
     let rows = store.sites(region.as_ref()).map_err(fail)?;
     let names = store.names().map_err(fail)?;
     if args.json {
@@ -90,7 +88,7 @@ pub fn run_telemetry(args: TelemetryArgs) -> Result<(), Failure> {
         .map(|m| Metric::from_name(&m).map_err(|e| Usage(format!("--metric {m:?}: {e}"))))
         .transpose()?;
     let since_ms = since_ms(args.since)?;
-    let store = SqliteStore::open_read_only(&args.db.unwrap_or_else(default_db)).map_err(fail)?;
+    let store = database(args.db).open_read_only().map_err(fail)?;
     let rows = store
         .telemetry(&id, metric.as_ref(), since_ms)
         .map_err(fail)?;
@@ -106,7 +104,7 @@ pub fn run_telemetry(args: TelemetryArgs) -> Result<(), Failure> {
 pub fn run_events(args: EventsArgs) -> Result<(), Failure> {
     let region = region(args.region)?;
     let since_ms = since_ms(args.since)?;
-    let store = SqliteStore::open_read_only(&args.db.unwrap_or_else(default_db)).map_err(fail)?;
+    let store = database(args.db).open_read_only().map_err(fail)?;
     let mut rows = store.events(region.as_ref(), since_ms).map_err(fail)?;
     if args.security {
         rows.retain(|r| r.event.is_security());

@@ -10,7 +10,7 @@ use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::link::unix_ms;
 use cuntong_terminal::{print, println};
 
-use super::common::{Failure, Signing, Usage, fail, parse, positive, region};
+use super::common::{Failure, Signing, Usage, fail, off_runtime, parse, positive, region};
 
 #[derive(Debug, Args)]
 pub struct ReadinessArgs {
@@ -43,7 +43,9 @@ pub async fn run(args: ReadinessArgs) -> Result<(), Failure> {
     }
     let db = signing.db();
     let targets: Vec<TerminalId> = match (&meeting, &region) {
-        (Some(m), _) => crate::readiness::meeting_terminals(&db, m).map_err(fail)?,
+        (Some(m), _) => {
+            off_runtime(|| crate::readiness::meeting_terminals(&db, m)).map_err(fail)?
+        }
         (None, Some(r)) => signing.terminals_in(r)?,
         (None, None) => {
             return Err(Usage("give --meeting ID or --region CODE".into()).into());
@@ -61,7 +63,7 @@ pub async fn run(args: ReadinessArgs) -> Result<(), Failure> {
         )
         .await?;
     let rows = crate::readiness::rows(&answers);
-    crate::readiness::save(&db, &rows, unix_ms()).map_err(fail)?;
+    off_runtime(|| crate::readiness::save(&db, &rows, unix_ms())).map_err(fail)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows).map_err(fail)?);
     } else {

@@ -2,16 +2,16 @@
 //! `import FILE.csv` loads names (a province's villages, say) into the store; `show CODE` and
 //! `search TEXT` print code, level, name and path.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cuntong_terminal::println;
 
 use clap::Subcommand;
 use cuntong_core::site::Region;
 
-use super::common::{Failure, Usage, default_db, fail};
+use super::common::{Failure, Usage, database, fail};
 use crate::names::{Division, Names};
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{Database, StoreError};
 use crate::view::pad;
 
 #[derive(Debug, Subcommand)]
@@ -21,13 +21,13 @@ pub enum RegionsAction {
     Import {
         file: PathBuf,
         #[arg(long, env = "CUNTONG_DB")]
-        db: Option<PathBuf>,
+        db: Option<Database>,
     },
     /// A code's level, name and path.
     Show {
         code: String,
         #[arg(long, env = "CUNTONG_DB")]
-        db: Option<PathBuf>,
+        db: Option<Database>,
         #[arg(long)]
         json: bool,
     },
@@ -38,22 +38,21 @@ pub enum RegionsAction {
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long, env = "CUNTONG_DB")]
-        db: Option<PathBuf>,
+        db: Option<Database>,
         #[arg(long)]
         json: bool,
     },
 }
 
 pub fn run(action: RegionsAction) -> Result<(), Failure> {
-    let db_or = |db: Option<PathBuf>| db.unwrap_or_else(default_db);
     match action {
         RegionsAction::Import { file, db } => {
             let list =
                 cuntong_firmware_sim::divisions::read(&file).map_err(|e| Usage(e.to_string()))?;
-            let db = db_or(db);
-            let mut store = SqliteStore::open(&db).map_err(fail)?;
+            let db = database(db);
+            let mut store = db.open().map_err(fail)?;
             let n = store.import_names(&list.rows).map_err(fail)?;
-            println!("{n} names imported into {}", db.display());
+            println!("{n} names imported into {db}");
             if list.unaddressable > 0 {
                 println!(
                     "{} rows left out: codes with zero digits above set ones (townships of \
@@ -67,7 +66,7 @@ pub fn run(action: RegionsAction) -> Result<(), Failure> {
             let region: Region = code
                 .parse()
                 .map_err(|e| Usage(format!("code {code:?}: {e}")))?;
-            let d = names(&db_or(db))?.division(&region.root());
+            let d = names(&database(db))?.division(&region.root());
             print(&[d], json)
         }
         RegionsAction::Search {
@@ -79,7 +78,7 @@ pub fn run(action: RegionsAction) -> Result<(), Failure> {
             if text.trim().is_empty() {
                 return Err(Usage("search: give part of a name or code".into()).into());
             }
-            let found = names(&db_or(db))?.search(&text, limit);
+            let found = names(&database(db))?.search(&text, limit);
             if found.is_empty() && !json {
                 return Err(fail(format!("no division matches {text:?}")));
             }
@@ -89,8 +88,8 @@ pub fn run(action: RegionsAction) -> Result<(), Failure> {
 }
 
 /// The shipped names, with the store's if there is a store.
-fn names(db: &Path) -> Result<Names, Failure> {
-    match SqliteStore::open_read_only(db).and_then(|s| s.names()) {
+fn names(db: &Database) -> Result<Names, Failure> {
+    match db.open_read_only().and_then(|s| s.names()) {
         Ok(names) => Ok(names),
         Err(StoreError::Missing { .. }) => Ok(Names::shipped()),
         Err(e) => Err(fail(e)),

@@ -25,10 +25,20 @@ pub struct KnownTerminal {
     pub last_seen_ms: u64,
 }
 
-fn decode(text: &str) -> Result<Alarm, StoreError> {
+/// An alarm as stored (JSON), back; both backends read alarms this way.
+pub(super) fn decode_alarm(text: &str) -> Result<Alarm, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
         terminal: "alarms".into(),
         seq: 0,
+        detail: e.to_string(),
+    })
+}
+
+/// An alarm as stored: JSON, beside the columns lists filter on.
+pub(super) fn encode_alarm(a: &Alarm) -> Result<String, StoreError> {
+    serde_json::to_string(a).map_err(|e| StoreError::Corrupt {
+        terminal: a.subject.to_string(),
+        seq: a.id,
         detail: e.to_string(),
     })
 }
@@ -42,7 +52,7 @@ impl SqliteStore {
             .prepare("SELECT alarm FROM alarms WHERE state != 'cleared' ORDER BY id")?;
         let mut alarms = Vec::new();
         for text in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            match decode(&text?) {
+            match decode_alarm(&text?) {
                 Ok(a) => alarms.push(a),
                 Err(e) => {
                     tracing::error!(error = %e, "a stored alarm no longer decodes; left in the store")
@@ -68,11 +78,7 @@ impl SqliteStore {
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, alarm = excluded.alarm",
             )?;
             for a in alarms {
-                let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt {
-                    terminal: a.subject.to_string(),
-                    seq: a.id,
-                    detail: e.to_string(),
-                })?;
+                let json = encode_alarm(a)?;
                 stmt.execute(params![
                     i64::try_from(a.id).unwrap_or(i64::MAX),
                     a.subject.to_string(),
@@ -114,7 +120,7 @@ impl SqliteStore {
         )?;
         let mut out = Vec::new();
         for text in rows {
-            out.push(decode(&text?)?);
+            out.push(decode_alarm(&text?)?);
         }
         Ok(out)
     }

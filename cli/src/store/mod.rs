@@ -15,13 +15,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use bytes::Bytes;
+use cuntong_core::alarm::Alarm;
 use cuntong_core::delivery::Watermarks;
 use cuntong_core::envelope::{Envelope, Event, Stream, decode_event, decode_telemetry};
 use cuntong_core::presence::Presence;
-use cuntong_core::site::Region;
+use cuntong_core::site::{Region, SiteCode};
 use cuntong_core::telemetry::{Metric, TelemetryBatch};
 use cuntong_core::terminal_id::TerminalId;
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::names::Names;
 
 mod alarms;
 mod meetings;
@@ -30,10 +33,11 @@ mod postgres;
 mod schema;
 mod writer;
 pub use alarms::{KnownTerminal, OpenAlarms};
+use alarms::{decode_alarm, encode_alarm};
 pub use meetings::{MeetingRow, StoredMeeting};
 pub use names::NamesCache;
 pub use postgres::PgStore;
-pub use writer::{GROUP, StateWriter, Writer, WriterGone};
+pub use writer::{GROUP, RecordSender, StateWriter, Writer, WriterGone};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,14 +68,6 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("the store thread crashed")]
     Crashed,
-    #[error(
-        "database {path} was written by a newer cuntong (store version {found}; this one knows up to {known}): upgrade cuntong"
-    )]
-    Newer {
-        path: String,
-        found: u32,
-        known: u32,
-    },
     #[error(
         "no store at {path} yet (`cuntong central` creates it there; --db PATH or CUNTONG_DB for another)"
     )]
@@ -133,6 +129,15 @@ impl fmt::Debug for Database {
 }
 
 impl Database {
+    /// Opens the store for the `cuntong central` writing it: an SQLite file takes one (see
+    /// [`SqliteStore::open_for_central`]); a PostgreSQL database is shared by several.
+    pub fn open_for_central(&self) -> Result<Box<dyn Store>, StoreError> {
+        Ok(match self {
+            Database::Sqlite(path) => Box::new(SqliteStore::open_for_central(path)?),
+            Database::Postgres(url) => Box::new(PgStore::open(url)?),
+        })
+    }
+
     /// Opens (creating or migrating if needed) the store for central to write.
     pub fn open(&self) -> Result<Box<dyn Store>, StoreError> {
         Ok(match self {
@@ -339,8 +344,11 @@ pub struct EventRow {
     pub event: Event,
 }
 
-/// A history store.
+/// Central's store: everything central keeps, whichever database keeps it. Both backends give
+/// the same results for the same calls.
 pub trait Store: Send {
+    // The history.
+
     /// Applies a group of records atomically.
     fn apply(&mut self, records: &[Record]) -> Result<Applied, StoreError>;
     /// The fleet view, optionally limited to a region, ordered by terminal id.
@@ -358,6 +366,59 @@ pub trait Store: Send {
         region: Option<&Region>,
         since_ms: Option<u64>,
     ) -> Result<Vec<EventRow>, StoreError>;
+    /// Every terminal the store knows.
+    fn terminal_ids(&self) -> Result<Vec<TerminalId>, StoreError>;
+    /// Every terminal heard from, with whether it was online and when it was last seen.
+    fn known_terminals(&self) -> Result<Vec<KnownTerminal>, StoreError>;
+
+    // Names.
+
+    /// Stores official names of division codes, replacing earlier ones of the same codes, in
+    /// one transaction; returns how many were stored.
+    fn import_names(&mut self, rows: &[(SiteCode, String)]) -> Result<u64, StoreError>;
+    /// Gives a terminal a name of its own (from provisioning with `--name`).
+    fn set_terminal_name(&mut self, terminal: &TerminalId, name: &str) -> Result<(), StoreError>;
+    /// Changes whenever names are imported or a terminal is named.
+    fn names_version(&self) -> Result<i64, StoreError>;
+    /// The imported division names and the terminals' own names.
+    fn names(&self) -> Result<Names, StoreError>;
+
+    // Meetings.
+
+    /// The sessions not ended, for the meeting host to carry on with.
+    fn unended_meetings(&self) -> Result<Vec<StoredMeeting>, StoreError>;
+    /// Every session id stored, ended ones too.
+    fn meeting_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// The records of the sessions stored as live.
+    fn live_meetings(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The record of session `id`, if it is stored.
+    fn meeting(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes sessions, in one transaction.
+    fn save_meetings(&mut self, rows: &[MeetingRow]) -> Result<(), StoreError>;
+    /// Marks a stored session ended (one central cannot use), so it is not loaded again.
+    fn retire_meeting(&mut self, id: &str) -> Result<(), StoreError>;
+    /// Keeps readiness answers: per terminal, whether it was ready (`None`: no answer) and the
+    /// answer as JSON, at `at_ms`.
+    fn save_readiness(
+        &mut self,
+        rows: &[(String, Option<bool>, String)],
+        at_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    // Alarms.
+
+    /// The alarms not cleared and the last id given.
+    fn open_alarms(&self) -> Result<OpenAlarms, StoreError>;
+    /// Writes alarm changes (the newest state of each), in one transaction.
+    fn save_alarms(&mut self, alarms: &[Alarm]) -> Result<(), StoreError>;
+    /// The stored alarms whose subject is in `region` (all if `None`), active ones only if
+    /// asked, newest first, at most `limit`.
+    fn alarms(
+        &self,
+        region: Option<&Region>,
+        active: bool,
+        limit: usize,
+    ) -> Result<Vec<Alarm>, StoreError>;
 }
 
 /// The embedded SQLite store.
@@ -493,6 +554,64 @@ fn advance_watermark(
 }
 
 impl Store for SqliteStore {
+    fn terminal_ids(&self) -> Result<Vec<TerminalId>, StoreError> {
+        SqliteStore::terminal_ids(self)
+    }
+    fn known_terminals(&self) -> Result<Vec<KnownTerminal>, StoreError> {
+        SqliteStore::known_terminals(self)
+    }
+    fn import_names(&mut self, rows: &[(SiteCode, String)]) -> Result<u64, StoreError> {
+        SqliteStore::import_names(self, rows)
+    }
+    fn set_terminal_name(&mut self, terminal: &TerminalId, name: &str) -> Result<(), StoreError> {
+        SqliteStore::set_terminal_name(self, terminal, name)
+    }
+    fn names_version(&self) -> Result<i64, StoreError> {
+        SqliteStore::names_version(self)
+    }
+    fn names(&self) -> Result<Names, StoreError> {
+        SqliteStore::names(self)
+    }
+    fn unended_meetings(&self) -> Result<Vec<StoredMeeting>, StoreError> {
+        SqliteStore::unended_meetings(self)
+    }
+    fn meeting_ids(&self) -> Result<Vec<String>, StoreError> {
+        SqliteStore::meeting_ids(self)
+    }
+    fn live_meetings(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        SqliteStore::live_meetings(self)
+    }
+    fn meeting(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        SqliteStore::meeting(self, id)
+    }
+    fn save_meetings(&mut self, rows: &[MeetingRow]) -> Result<(), StoreError> {
+        SqliteStore::save_meetings(self, rows)
+    }
+    fn retire_meeting(&mut self, id: &str) -> Result<(), StoreError> {
+        SqliteStore::retire_meeting(self, id)
+    }
+    fn save_readiness(
+        &mut self,
+        rows: &[(String, Option<bool>, String)],
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        SqliteStore::save_readiness(self, rows, at_ms)
+    }
+    fn open_alarms(&self) -> Result<OpenAlarms, StoreError> {
+        SqliteStore::open_alarms(self)
+    }
+    fn save_alarms(&mut self, alarms: &[Alarm]) -> Result<(), StoreError> {
+        SqliteStore::save_alarms(self, alarms)
+    }
+    fn alarms(
+        &self,
+        region: Option<&Region>,
+        active: bool,
+        limit: usize,
+    ) -> Result<Vec<Alarm>, StoreError> {
+        SqliteStore::alarms(self, region, active, limit)
+    }
+
     fn apply(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
         let tx = self.conn.transaction()?;
         let mut applied = Applied::default();

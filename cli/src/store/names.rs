@@ -8,7 +8,7 @@ use cuntong_core::site::SiteCode;
 use cuntong_core::terminal_id::TerminalId;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, StoreError, has_table};
+use super::{SqliteStore, Store, StoreError, has_table};
 use crate::names::Names;
 
 impl SqliteStore {
@@ -107,15 +107,10 @@ pub struct NamesCache {
 }
 
 impl NamesCache {
-    pub fn get(&mut self, store: &SqliteStore) -> Result<std::sync::Arc<Names>, StoreError> {
-        self.get_from(&store.conn)
-    }
-
-    /// The same on a connection of a service that shares the store's file (the meeting host).
-    pub fn get_from(&mut self, conn: &Connection) -> Result<std::sync::Arc<Names>, StoreError> {
-        let version = names_version(conn)?;
+    pub fn get(&mut self, store: &dyn Store) -> Result<std::sync::Arc<Names>, StoreError> {
+        let version = store.names_version()?;
         if self.version != Some(version) {
-            self.names = std::sync::Arc::new(load_names(conn)?);
+            self.names = std::sync::Arc::new(store.names()?);
             self.version = Some(version);
         }
         Ok(self.names.clone())

@@ -37,10 +37,12 @@ use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 
 use super::{
-    Applied, EventRow, Record, SampleRow, SiteRow, Store, StoreError, event_row, push_samples,
+    Applied, EventRow, KnownTerminal, MeetingRow, OpenAlarms, Record, SampleRow, SiteRow, Store,
+    StoreError, StoredMeeting, decode_alarm, encode_alarm, event_row, push_samples, region_range,
     stream_id,
 };
 use crate::names::Names;
+use cuntong_core::alarm::Alarm;
 
 /// The schema, one version per step, in order: append, never edit a released step.
 pub const MIGRATIONS: &[&str] = &[
@@ -208,6 +210,33 @@ BEGIN
     END LOOP;
 END
 $$;
+"#,
+    // 2: the meeting host's sessions, the alarms and the readiness answers.
+    r#"
+CREATE TABLE meetings (
+    id         text COLLATE "C" PRIMARY KEY,
+    status     text NOT NULL,
+    created_ms bigint NOT NULL,
+    host       bytea NOT NULL
+);
+CREATE INDEX meetings_by_status ON meetings (status);
+CREATE TABLE alarms (
+    id        bigint PRIMARY KEY,
+    subject   text COLLATE "C" NOT NULL,
+    kind      text NOT NULL,
+    state     text NOT NULL,
+    raised_ms bigint NOT NULL,
+    alarm     text NOT NULL
+);
+CREATE INDEX alarms_by_state ON alarms (state, raised_ms);
+CREATE INDEX alarms_by_subject ON alarms (subject, id);
+CREATE TABLE readiness (
+    terminal text COLLATE "C" NOT NULL,
+    at_ms    bigint NOT NULL,
+    ready    boolean,
+    result   text NOT NULL,
+    PRIMARY KEY (terminal, at_ms)
+);
 "#,
 ];
 
@@ -388,6 +417,9 @@ impl Rows {
 }
 
 impl PgStore {
+    /// The schema version this build writes.
+    pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
     /// Connects to the database at `url`, applying the migrations it lacks.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
         let mut store = PgStore::connect(url)?;
@@ -991,6 +1023,224 @@ fn transient(e: &StoreError) -> bool {
 }
 
 impl Store for PgStore {
+    fn terminal_ids(&self) -> Result<Vec<TerminalId>, StoreError> {
+        let rows = self
+            .client
+            .borrow_mut()
+            .query("SELECT terminal FROM terminals", &[])
+            .map_err(self.err("reading the terminals"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<_, &str>(0).parse().ok())
+            .collect())
+    }
+
+    fn known_terminals(&self) -> Result<Vec<KnownTerminal>, StoreError> {
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(
+                "SELECT terminal, online, last_seen_ms FROM terminals
+                 WHERE last_seen_ms IS NOT NULL",
+                &[],
+            )
+            .map_err(self.err("reading the terminals"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(KnownTerminal {
+                    terminal: r.get::<_, &str>(0).parse().ok()?,
+                    online: r.get(1),
+                    last_seen_ms: r.get::<_, i64>(2).max(0) as u64,
+                })
+            })
+            .collect())
+    }
+
+    fn import_names(&mut self, rows: &[(SiteCode, String)]) -> Result<u64, StoreError> {
+        PgStore::import_names(self, rows)
+    }
+
+    fn set_terminal_name(&mut self, terminal: &TerminalId, name: &str) -> Result<(), StoreError> {
+        PgStore::set_terminal_name(self, terminal, name)
+    }
+
+    fn names_version(&self) -> Result<i64, StoreError> {
+        PgStore::names_version(self)
+    }
+
+    fn names(&self) -> Result<Names, StoreError> {
+        PgStore::names(self)
+    }
+
+    fn unended_meetings(&self) -> Result<Vec<StoredMeeting>, StoreError> {
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(
+                "SELECT id, host, created_ms FROM meetings WHERE status <> 'ended'",
+                &[],
+            )
+            .map_err(self.err("reading the meetings"))?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredMeeting {
+                id: Ok(r.get(0)),
+                record: Ok(r.get(1)),
+                created_ms: Ok(r.get(2)),
+            })
+            .collect())
+    }
+
+    fn meeting_ids(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .client
+            .borrow_mut()
+            .query("SELECT id FROM meetings", &[])
+            .map_err(self.err("reading the meetings"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn live_meetings(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let rows = self
+            .client
+            .borrow_mut()
+            .query("SELECT host FROM meetings WHERE status = 'live'", &[])
+            .map_err(self.err("reading the meetings"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn meeting(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .client
+            .borrow_mut()
+            .query_opt("SELECT host FROM meetings WHERE id = $1", &[&id])
+            .map_err(self.err("reading a meeting"))?
+            .map(|r| r.get(0)))
+    }
+
+    fn save_meetings(&mut self, rows: &[MeetingRow]) -> Result<(), StoreError> {
+        let err = self.err("storing meetings");
+        let mut tx = self.client.get_mut().transaction().map_err(&err)?;
+        for m in rows {
+            tx.execute(
+                "INSERT INTO meetings (id, status, created_ms, host) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, host = excluded.host",
+                &[
+                    &m.id.as_str(),
+                    &m.status,
+                    &i64::try_from(m.created_ms).unwrap_or(i64::MAX),
+                    &m.record,
+                ],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
+    fn retire_meeting(&mut self, id: &str) -> Result<(), StoreError> {
+        self.client
+            .get_mut()
+            .execute("UPDATE meetings SET status = 'ended' WHERE id = $1", &[&id])
+            .map_err(self.err("retiring a meeting"))?;
+        Ok(())
+    }
+
+    fn save_readiness(
+        &mut self,
+        rows: &[(String, Option<bool>, String)],
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let err = self.err("storing readiness answers");
+        let at = i64::try_from(at_ms).unwrap_or(i64::MAX);
+        let mut tx = self.client.get_mut().transaction().map_err(&err)?;
+        for (terminal, ready, json) in rows {
+            tx.execute(
+                "INSERT INTO readiness (terminal, at_ms, ready, result) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (terminal, at_ms) DO UPDATE SET ready = excluded.ready,
+                    result = excluded.result",
+                &[terminal, &at, ready, json],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
+    fn open_alarms(&self) -> Result<OpenAlarms, StoreError> {
+        let err = self.err("reading the alarms");
+        let mut client = self.client.borrow_mut();
+        let mut alarms = Vec::new();
+        for r in client
+            .query(
+                "SELECT alarm FROM alarms WHERE state <> 'cleared' ORDER BY id",
+                &[],
+            )
+            .map_err(&err)?
+        {
+            match decode_alarm(r.get(0)) {
+                Ok(a) => alarms.push(a),
+                Err(e) => {
+                    tracing::error!(error = %e, "a stored alarm no longer decodes; left in the store")
+                }
+            }
+        }
+        let last_id: i64 = client
+            .query_one("SELECT coalesce(max(id), 0) FROM alarms", &[])
+            .map_err(&err)?
+            .get(0);
+        Ok(OpenAlarms {
+            alarms,
+            last_id: last_id.max(0) as u64,
+        })
+    }
+
+    fn save_alarms(&mut self, alarms: &[Alarm]) -> Result<(), StoreError> {
+        let err = self.err("storing alarms");
+        let mut tx = self.client.get_mut().transaction().map_err(&err)?;
+        for a in alarms {
+            let json = encode_alarm(a)?;
+            tx.execute(
+                "INSERT INTO alarms (id, subject, kind, state, raised_ms, alarm)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, alarm = excluded.alarm",
+                &[
+                    &i64::try_from(a.id).unwrap_or(i64::MAX),
+                    &a.subject.to_string(),
+                    &a.kind.as_str(),
+                    &a.state.as_str(),
+                    &i64::try_from(a.raised_ms).unwrap_or(i64::MAX),
+                    &json,
+                ],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
+    }
+
+    fn alarms(
+        &self,
+        region: Option<&Region>,
+        active: bool,
+        limit: usize,
+    ) -> Result<Vec<Alarm>, StoreError> {
+        let (from, to) = region_range(region);
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(
+                "SELECT alarm FROM alarms WHERE subject >= $1 AND subject < $2
+                 AND (NOT $3 OR state <> 'cleared') ORDER BY id DESC LIMIT $4",
+                &[
+                    &from,
+                    &to,
+                    &active,
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .map_err(self.err("reading the alarms"))?;
+        rows.iter().map(|r| decode_alarm(r.get(0))).collect()
+    }
+
     fn apply(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
         self.ensure_partitions(
             records

@@ -121,24 +121,27 @@ pub fn version(conn: &Connection) -> Result<u32, StoreError> {
 /// cuntong wrote, which this one could damage.
 pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    let mut at = version(conn)?;
-    if at > VERSION {
-        return Err(StoreError::Newer {
-            path: path.to_owned(),
-            found: at,
-            known: VERSION,
-        });
-    }
-    while at < VERSION {
-        let tx = conn.transaction()?;
+    loop {
+        // The version is read under the write lock, so two processes opening one store at
+        // once apply each step once.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let at = version(&tx)?;
+        if at > VERSION {
+            return Err(StoreError::NewerSchema {
+                at: path.to_owned(),
+                found: at.into(),
+                known: VERSION.into(),
+            });
+        }
+        if at == VERSION {
+            return Ok(());
+        }
         tx.execute_batch(MIGRATIONS[at as usize])?;
         // `user_version` takes no bound parameter; `at + 1` is a number of ours.
         tx.execute_batch(&format!("PRAGMA user_version = {}", at + 1))?;
         tx.commit()?;
-        at += 1;
-        tracing::debug!(version = at, "store migrated");
+        tracing::debug!(version = at + 1, "store migrated");
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -160,6 +163,28 @@ mod tests {
             )
             .unwrap();
         assert_eq!(indexes, 1);
+    }
+
+    #[test]
+    fn two_processes_opening_a_new_store_at_once_apply_each_step_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut conn = Connection::open(&path).unwrap();
+                    conn.busy_timeout(std::time::Duration::from_secs(10))
+                        .unwrap();
+                    migrate(&mut conn, "c.db")
+                })
+            })
+            .collect();
+        for o in opens {
+            o.join().unwrap().unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(version(&conn).unwrap(), VERSION);
     }
 
     #[test]

@@ -6,19 +6,26 @@
 //! and tried again, so nothing handed over is lost; every write is applied in the order it was
 //! handed over. Between writes the thread looks for new names (imported by `cuntong regions
 //! import`, given by `provision --name`) and hands them to the services.
+//!
+//! The thread blocks on a doorbell, not on an async runtime: the PostgreSQL client runs a
+//! runtime of its own, which must not be entered from another.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::mpsc::{Receiver as Bell, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
 
 use cuntong_core::alarm::Alarm;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Applied, MeetingRow, NamesCache, Record, SqliteStore, Store, StoreError};
+use super::{Applied, MeetingRow, NamesCache, Record, Store, StoreError};
 use crate::names::Names;
 
 /// Records applied in one transaction, at most.
 pub const GROUP: usize = 4096;
+
+/// Records waiting for the store thread, at most (then ingest waits: back-pressure).
+const RECORDS_QUEUED: usize = GROUP * 2;
 
 /// How often the thread looks for changed names.
 const NAMES_EVERY: Duration = Duration::from_secs(1);
@@ -33,10 +40,29 @@ enum StateWrite {
     Flush(std::sync::mpsc::Sender<()>),
 }
 
+/// Wakes the store thread when something is handed over.
+#[derive(Clone, Debug)]
+struct Ring(SyncSender<()>);
+
+impl Ring {
+    fn ring(&self) {
+        // Full: it is ringing already.
+        let _ = self.0.try_send(());
+    }
+}
+
 /// Where central's services hand their state to the store thread. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct StateWriter {
     tx: mpsc::UnboundedSender<StateWrite>,
+    ring: Ring,
+}
+
+/// Where central hands the store thread what it received.
+#[derive(Clone, Debug)]
+pub struct RecordSender {
+    tx: mpsc::Sender<Record>,
+    ring: Ring,
 }
 
 /// The store thread has stopped: nothing more can be written.
@@ -68,7 +94,18 @@ impl StateWriter {
     }
 
     fn send(&self, w: StateWrite) -> Result<(), WriterGone> {
-        self.tx.send(w).map_err(|_| WriterGone)
+        self.tx.send(w).map_err(|_| WriterGone)?;
+        self.ring.ring();
+        Ok(())
+    }
+}
+
+impl RecordSender {
+    /// Hands over a record, waiting while the queue is full.
+    pub async fn send(&self, record: Record) -> Result<(), WriterGone> {
+        self.tx.send(record).await.map_err(|_| WriterGone)?;
+        self.ring.ring();
+        Ok(())
     }
 }
 
@@ -76,90 +113,116 @@ impl StateWriter {
 #[derive(Debug)]
 pub struct Writer {
     pub state: StateWriter,
+    pub records: RecordSender,
     /// The store's names, as the thread last read them.
     pub names: watch::Receiver<Arc<Names>>,
     thread: std::thread::JoinHandle<Result<(), StoreError>>,
 }
 
 impl Writer {
-    /// Starts the thread on `store`. It applies `records` in groups, tells `applied` what each
-    /// group did, and stops once `records` is closed and every [`StateWriter`] is dropped;
-    /// a write that fails after `stop` fires ends it with that error.
+    /// Starts the thread on `store`. It applies records in groups and tells `applied` what
+    /// each group did, and stops once every [`RecordSender`] and [`StateWriter`] is dropped
+    /// and what they handed over is written; a write that fails after `stop` fires ends it
+    /// with that error.
     pub fn start(
-        mut store: SqliteStore,
-        records: mpsc::Receiver<Record>,
+        mut store: Box<dyn Store>,
         mut applied: impl FnMut(Applied) + Send + 'static,
         stop: CancellationToken,
-    ) -> std::io::Result<Writer> {
-        let (tx, state) = mpsc::unbounded_channel();
+    ) -> Result<Writer, StoreError> {
+        let (state_tx, state) = mpsc::unbounded_channel();
+        let (records_tx, records) = mpsc::channel(RECORDS_QUEUED);
+        let (ring, bell) = std::sync::mpsc::sync_channel(1);
+        let ring = Ring(ring);
         let mut cache = NamesCache::default();
-        let first = cache.get(&store).unwrap_or_default();
+        let first = cache.get(store.as_ref())?;
         let (names_tx, names) = watch::channel(first);
         let thread = std::thread::Builder::new()
             .name("central-store".to_owned())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .map_err(StoreError::Thread)?;
-                rt.block_on(run(
-                    &mut store,
+                let queues = Queues {
                     records,
                     state,
+                    bell,
+                };
+                run(
+                    store.as_mut(),
+                    queues,
                     &mut applied,
                     (&mut cache, &names_tx),
                     &stop,
-                ))
-            })?;
+                )
+            })
+            .map_err(StoreError::Thread)?;
         Ok(Writer {
-            state: StateWriter { tx },
+            state: StateWriter {
+                tx: state_tx,
+                ring: ring.clone(),
+            },
+            records: RecordSender {
+                tx: records_tx,
+                ring,
+            },
             names,
             thread,
         })
     }
 
-    /// Waits for the thread to finish (drop every [`StateWriter`] and the records' sender
-    /// first).
+    /// Waits for the thread to finish (drop every [`StateWriter`] and [`RecordSender`] first).
     pub fn join(self) -> Result<(), StoreError> {
-        drop(self.state);
+        drop((self.state, self.records));
         self.thread.join().map_err(|_| StoreError::Crashed)?
     }
 }
 
-async fn run(
-    store: &mut SqliteStore,
-    mut records: mpsc::Receiver<Record>,
-    mut state: mpsc::UnboundedReceiver<StateWrite>,
+struct Queues {
+    records: mpsc::Receiver<Record>,
+    state: mpsc::UnboundedReceiver<StateWrite>,
+    bell: Bell<()>,
+}
+
+fn run(
+    store: &mut dyn Store,
+    mut q: Queues,
     applied: &mut impl FnMut(Applied),
     (cache, names): (&mut NamesCache, &watch::Sender<Arc<Names>>),
     stop: &CancellationToken,
 ) -> Result<(), StoreError> {
     let mut group = Vec::with_capacity(GROUP);
-    let (mut records_open, mut state_open) = (true, true);
-    let mut names_tick = tokio::time::interval(NAMES_EVERY);
-    names_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while records_open || state_open {
-        tokio::select! {
-            biased;
-            w = state.recv(), if state_open => match w {
-                Some(w) => write_state(store, w, stop)?,
-                None => state_open = false,
-            },
-            r = records.recv(), if records_open => match r {
-                Some(first) => {
-                    group.push(first);
-                    while group.len() < GROUP {
-                        match records.try_recv() {
-                            Ok(r) => group.push(r),
-                            Err(_) => break,
-                        }
-                    }
-                    applied(retrying(stop, "records", group.len(), || store.apply(&group))?);
-                    group.clear();
+    let mut names_read = Instant::now();
+    loop {
+        // The services' state first, then one group of records.
+        let mut state_open = true;
+        loop {
+            match q.state.try_recv() {
+                Ok(w) => write_state(store, w, stop)?,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    state_open = false;
+                    break;
                 }
-                None => records_open = false,
-            },
-            _ = names_tick.tick() => match cache.get(store) {
+            }
+        }
+        let mut records_open = true;
+        while group.len() < GROUP {
+            match q.records.try_recv() {
+                Ok(r) => group.push(r),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    records_open = false;
+                    break;
+                }
+            }
+        }
+        let worked = !group.is_empty();
+        if worked {
+            applied(retrying(stop, "records", group.len(), || {
+                store.apply(&group)
+            })?);
+            group.clear();
+        }
+        if names_read.elapsed() >= NAMES_EVERY {
+            names_read = Instant::now();
+            match cache.get(store) {
                 Ok(current) => {
                     names.send_if_modified(|n| {
                         let changed = !Arc::ptr_eq(n, &current);
@@ -167,15 +230,27 @@ async fn run(
                         changed
                     });
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read the names; keeping the ones read before"),
-            },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the names; keeping the ones read before")
+                }
+            }
+        }
+        if worked {
+            continue;
+        }
+        if !state_open && !records_open {
+            return Ok(());
+        }
+        // Woken by a hand-over, or to look at the names. Once every sender is gone the bell
+        // no longer waits, and the queues report closed when they are empty.
+        if let Err(RecvTimeoutError::Disconnected) = q.bell.recv_timeout(NAMES_EVERY) {
+            continue;
         }
     }
-    Ok(())
 }
 
 fn write_state(
-    store: &mut SqliteStore,
+    store: &mut dyn Store,
     w: StateWrite,
     stop: &CancellationToken,
 ) -> Result<(), StoreError> {
