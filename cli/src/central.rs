@@ -37,6 +37,9 @@ use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody}
 use crate::meetings::MeetingService;
 use crate::store::{Database, Record, StoreError, Writer};
 
+/// How long an answer to a command waits for what the command changed to be stored.
+const ANSWER_WAITS_FOR_STORE: Duration = Duration::from_secs(1);
+
 /// How central connects and where it stores.
 #[derive(Clone, Debug)]
 pub struct CentralOptions {
@@ -237,6 +240,7 @@ pub async fn run(
     .await
     .map_err(|_| StoreError::Crashed)??;
     let records_tx = writer.records.clone();
+    let writer_state = writer.state.clone();
     let log = LogLimiter::default();
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -315,7 +319,7 @@ pub async fn run(
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
-            control(
+            let answer = control(
                 &mut meetings,
                 &mut alarms,
                 &log,
@@ -327,6 +331,21 @@ pub async fn run(
                 meetings.push(m);
             }
             meetings.drain(&link);
+            // What the request changed is handed to the store thread now, and the answer goes
+            // out once it is written: an operation a chair was told is done survives a crash
+            // of central (and is there for the instance that takes over). A store that is slow
+            // or away holds the answer up for a second at most; the operation has taken effect
+            // for the sites anyway, and is written when the store is back.
+            if let Err(e) = meetings.save() {
+                tracing::error!(error = %e, "cannot save meetings");
+            }
+            if let Some(answer) = answer {
+                let (written, link) = (writer_state.written(), link.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(ANSWER_WAITS_FOR_STORE, written).await;
+                    let _ = link.publish(answer).await;
+                });
+            }
             continue;
         }
         // What a terminal may have left retained on its uplink (cleared below if junk).
@@ -363,14 +382,15 @@ pub async fn run(
     }
     link.shutdown();
     // The store thread writes everything handed over, then stops.
-    drop((records_tx, meetings, alarms));
+    drop((records_tx, writer_state, meetings, alarms));
     tokio::task::spawn_blocking(move || writer.join())
         .await
         .map_err(|_| StoreError::Crashed)??;
     Ok(())
 }
 
-/// Answers a request of a `cuntong` command (`meeting …`, `alarms ack`) on its response topic.
+/// The answer to a request of a `cuntong` command (`meeting …`, `alarms ack`), for its
+/// response topic; `None` for a request that cannot be read.
 fn control(
     meetings: &mut MeetingService,
     alarms: &mut AlarmService,
@@ -378,14 +398,14 @@ fn control(
     client: &str,
     payload: &[u8],
     now_ms: u64,
-) {
+) -> Option<Message> {
     let req: Request = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => {
             if let Some(more) = log.allow("malformed request") {
                 tracing::warn!(%client, error = %e, "ignoring a malformed request{more}");
             }
-            return;
+            return None;
         }
     };
     let result = match req.body {
@@ -405,8 +425,11 @@ fn control(
         body,
     };
     match serde_json::to_vec(&resp) {
-        Ok(bytes) => meetings.push(Message::new(control_response(client), bytes)),
-        Err(e) => tracing::error!(error = %e, "cannot encode a response"),
+        Ok(bytes) => Some(Message::new(control_response(client), bytes)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a response");
+            None
+        }
     }
 }
 

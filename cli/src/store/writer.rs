@@ -38,6 +38,8 @@ enum StateWrite {
     RetireMeeting(String),
     /// Answered once everything handed over before it is written.
     Flush(std::sync::mpsc::Sender<()>),
+    /// The same, for an async waiter.
+    Written(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Wakes the store thread when something is handed over.
@@ -91,6 +93,15 @@ impl StateWriter {
         let (tx, rx) = std::sync::mpsc::channel();
         self.send(StateWrite::Flush(tx))?;
         rx.recv().map_err(|_| WriterGone)
+    }
+
+    /// Resolves once everything handed over so far is written (an error if the thread stops
+    /// first).
+    pub fn written(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A stopped thread drops the sender, which the receiver reports.
+        let _ = self.send(StateWrite::Written(tx));
+        rx
     }
 
     fn send(&self, w: StateWrite) -> Result<(), WriterGone> {
@@ -265,6 +276,10 @@ fn write_state(
             retrying(stop, "meetings", 1, || store.retire_meeting(&id))
         }
         StateWrite::Flush(done) => {
+            let _ = done.send(());
+            Ok(())
+        }
+        StateWrite::Written(done) => {
             let _ = done.send(());
             Ok(())
         }
