@@ -44,7 +44,9 @@ use crate::names::Names;
 
 /// The schema, one version per step, in order: append, never edit a released step.
 pub const MIGRATIONS: &[&str] = &[
-    // 1: the tables of the SQLite store, messages partitioned by day.
+    // 1: the tables of the SQLite store, messages partitioned by day. The tables every group
+    // updates (terminals, latest, watermarks) leave room in their pages (fillfactor), so that
+    // an update stays in its page and leaves the indexes alone.
     r#"
 CREATE TABLE terminals (
     terminal     text COLLATE "C" PRIMARY KEY,
@@ -55,7 +57,7 @@ CREATE TABLE terminals (
     started_ms   bigint,
     keep_alive_s bigint,
     last_seen_ms bigint
-);
+) WITH (fillfactor = 50);
 CREATE INDEX terminals_by_site ON terminals (site);
 CREATE TABLE message_keys (
     terminal text COLLATE "C" NOT NULL,
@@ -82,13 +84,13 @@ CREATE TABLE latest (
     metrics  text[] COLLATE "C" NOT NULL,
     ts_ms    bigint[] NOT NULL,
     vals     double precision[] NOT NULL
-);
+) WITH (fillfactor = 50);
 CREATE TABLE watermarks (
     terminal  text COLLATE "C" NOT NULL,
     stream    smallint NOT NULL,
     watermark bigint NOT NULL,
     PRIMARY KEY (terminal, stream)
-);
+) WITH (fillfactor = 50);
 CREATE TABLE dropped (
     terminal text COLLATE "C" NOT NULL,
     stream   smallint NOT NULL,
@@ -915,36 +917,7 @@ fn write_rows(
         )?;
     }
     if !rows.latest.is_empty() {
-        let (mut t, mut m, mut ts, mut v) = (vec![], vec![], vec![], vec![]);
-        for ((terminal, metric), (at, value)) in &rows.latest {
-            t.push(terminal.as_str());
-            m.push(metric.as_str());
-            ts.push(*at);
-            v.push(*value);
-        }
-        // Per terminal: the values of the group merged into the stored ones, a metric's newer
-        // value replacing the older (the group's on a tie).
-        tx.execute(
-            r#"INSERT INTO latest AS l (terminal, metrics, ts_ms, vals)
-             SELECT t, array_agg(m ORDER BY m COLLATE "C"), array_agg(ts ORDER BY m COLLATE "C"),
-                array_agg(v ORDER BY m COLLATE "C")
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[]) AS u(t, m, ts, v)
-             GROUP BY t ORDER BY t COLLATE "C"
-             ON CONFLICT (terminal) DO UPDATE SET (metrics, ts_ms, vals) = (
-                SELECT array_agg(x.m ORDER BY x.m COLLATE "C"), array_agg(x.ts ORDER BY x.m COLLATE "C"),
-                    array_agg(x.v ORDER BY x.m COLLATE "C")
-                FROM (
-                    SELECT DISTINCT ON (a.m COLLATE "C") a.m, a.ts, a.v FROM (
-                        SELECT o.m, o.ts, o.v, 0 AS src
-                        FROM unnest(l.metrics, l.ts_ms, l.vals) AS o(m, ts, v)
-                        UNION ALL
-                        SELECT n.m, n.ts, n.v, 1
-                        FROM unnest(excluded.metrics, excluded.ts_ms, excluded.vals) AS n(m, ts, v)
-                    ) a ORDER BY a.m COLLATE "C", a.ts DESC, a.src DESC
-                ) x
-             )"#,
-            &[&t, &m, &ts, &v],
-        )?;
+        write_latest(tx, &rows.latest)?;
     }
     if !rows.touched.is_empty() {
         let (mut t, mut s, mut adv) = (vec![], vec![], vec![]);
@@ -979,6 +952,61 @@ fn write_rows(
             applied.watermarks.push((*terminal, marks));
         }
     }
+    Ok(())
+}
+
+/// Merges a group's newest values into the stored ones, a metric's newer value replacing the
+/// older (the group's on a tie), one row per terminal. Read, merged here and written back: the
+/// terminals' rows, locked by this transaction already, keep other groups of the same
+/// terminals waiting meanwhile.
+fn write_latest(
+    tx: &mut Transaction<'_>,
+    group: &BTreeMap<(String, String), (i64, f64)>,
+) -> Result<(), ::postgres::Error> {
+    let mut merged: BTreeMap<&str, BTreeMap<String, (i64, f64)>> = BTreeMap::new();
+    for (terminal, _) in group.keys() {
+        merged.entry(terminal.as_str()).or_default();
+    }
+    let terminals: Vec<&str> = merged.keys().copied().collect();
+    for row in tx.query(
+        "SELECT terminal, metrics, ts_ms, vals FROM latest WHERE terminal = ANY($1)",
+        &[&terminals],
+    )? {
+        let terminal: &str = row.get(0);
+        let metrics: Vec<String> = row.get(1);
+        let ts: Vec<i64> = row.get(2);
+        let vals: Vec<f64> = row.get(3);
+        if let Some(m) = merged.get_mut(terminal) {
+            m.extend(metrics.into_iter().zip(ts.into_iter().zip(vals)));
+        }
+    }
+    for ((terminal, metric), (at, value)) in group {
+        if let Some(m) = merged.get_mut(terminal.as_str()) {
+            let e = m.entry(metric.clone()).or_insert((*at, *value));
+            if *at >= e.0 {
+                *e = (*at, *value);
+            }
+        }
+    }
+    let (mut t, mut m, mut ts, mut v) = (vec![], vec![], vec![], vec![]);
+    for (terminal, metrics) in &merged {
+        for (metric, (at, value)) in metrics {
+            t.push(*terminal);
+            m.push(metric.as_str());
+            ts.push(*at);
+            v.push(*value);
+        }
+    }
+    tx.execute(
+        r#"INSERT INTO latest (terminal, metrics, ts_ms, vals)
+         SELECT t, array_agg(m ORDER BY m COLLATE "C"), array_agg(ts ORDER BY m COLLATE "C"),
+            array_agg(v ORDER BY m COLLATE "C")
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[]) AS u(t, m, ts, v)
+         GROUP BY t ORDER BY t COLLATE "C"
+         ON CONFLICT (terminal) DO UPDATE SET metrics = excluded.metrics,
+            ts_ms = excluded.ts_ms, vals = excluded.vals"#,
+        &[&t, &m, &ts, &v],
+    )?;
     Ok(())
 }
 
