@@ -14,8 +14,11 @@
 //!   several connections storing one terminal's records at once.
 //! - Every row lock a group takes is taken in one order (keys, drops, numbering starts,
 //!   terminals, latest values, watermarks; each sorted), so concurrent groups wait for each
-//!   other but never deadlock; a watermark is advanced under its row's lock, after the
-//!   group's own inserts, so it only passes records committed by then or in this transaction.
+//!   other but never deadlock. Every group upserts the row in `terminals` of each terminal it
+//!   touches before it reads or writes that terminal's newest values and watermarks: that row
+//!   lock lets one group at a time past that point for a terminal, so a watermark, advanced
+//!   after the group's own inserts, only passes records committed by then or in this
+//!   transaction, and the newest values are merged without a lost update.
 //! - Text keys use the "C" collation: byte order like SQLite's, and region filters are index
 //!   ranges on the site code.
 //!
@@ -124,8 +127,10 @@ CREATE TABLE rejected (
     payload     bytea NOT NULL
 );
 -- The watermarks of a group's (terminal, stream) pairs, given sorted: each advanced (if asked)
--- under its row's lock over stored seqs, reported drops and the seqs below where the terminal's
--- numbering starts, exactly as the SQLite store does it. Most pairs only move over a short run
+-- over stored seqs, reported drops and the seqs below where the terminal's numbering starts,
+-- exactly as the SQLite store does it. The caller holds the terminals' rows in `terminals`
+-- locked: no other group of these terminals is between its inserts and its commit, and what
+-- committed before is what these statements read. Most pairs only move over a short run
 -- of new seqs: that is one statement for all of them; the others (a run longer than 64, drops
 -- or a numbering start ahead) take the general loop.
 CREATE FUNCTION advance_watermarks(p_terminals text[], p_streams smallint[], p_advance boolean[])
@@ -142,11 +147,6 @@ BEGIN
         SELECT u.t, u.s, 0 FROM unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
         WHERE u.a ORDER BY u.t COLLATE "C", u.s
         ON CONFLICT DO NOTHING;
-    -- Locked in order; what the statements below read is what committed before.
-    PERFORM 1 FROM watermarks w
-        JOIN unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
-            ON w.terminal = u.t AND w.stream = u.s
-        WHERE u.a ORDER BY w.terminal, w.stream FOR UPDATE OF w;
     FOR r IN
         WITH cur AS (
             SELECT u.t, u.s, u.a, coalesce(w.watermark, 0) AS wm
@@ -889,6 +889,8 @@ fn write_rows(
             keep_alive.push(p.map(|p| p.3));
             seen.push(row.last_seen);
         }
+        // Every terminal the group touches has its row here, locked from now to the commit:
+        // other groups of these terminals wait before their newest values and watermarks.
         // A row without presence has no start time: it only moves last_seen.
         tx.execute(
             "INSERT INTO terminals AS t
