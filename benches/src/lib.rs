@@ -2,6 +2,7 @@
 //!
 //! - `wire-size`: bytes of a telemetry message, postcard envelope vs the common JSON shape.
 //! - `ingest`: central's storing rate as a ratio to a bare subscriber's receive rate.
+//! - `pg-ingest`: the store on PostgreSQL against a bare binary COPY, SQLite beside it.
 //! - `fleet-load`: a simulated fleet's connect time and memory per terminal.
 //! - `rollcall`: a province meeting's roll call and invite fan-out, beside a bare MQTT round.
 //! - `benches/codec.rs` (criterion): encode/decode speed of the envelope.

@@ -67,7 +67,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let groups: Vec<&[Record]> = records.chunks(args.group).collect();
-    let n = records.len() as f64;
 
     let cluster;
     let (bare_url, store_url) = match &args.db {
@@ -90,49 +89,19 @@ fn main() -> anyhow::Result<()> {
         if args.fast { "fsync off" } else { "durable" }
     );
 
-    // Baseline: the same rows, binary COPY into a plain table, one transaction per group.
+    // Baseline: the same rows, binary COPY into a plain table, one transaction per group. And,
+    // to see what the one key every exact store needs costs, into a table keyed like
+    // `message_keys`.
     let mut bare = Client::connect(&bare_url, NoTls).context("connecting")?;
     bare.batch_execute(
         "CREATE TABLE bare (terminal text, stream smallint, seq bigint, time_ms bigint,
-            received_ms bigint, payload bytea)",
+            received_ms bigint, payload bytea);
+         CREATE TABLE keyed (terminal text COLLATE \"C\", stream smallint, seq bigint,
+            time_ms bigint, received_ms bigint, payload bytea,
+            PRIMARY KEY (terminal, stream, seq))",
     )?;
-    let start = Instant::now();
-    for group in &groups {
-        let mut tx = bare.transaction()?;
-        let sink = tx.copy_in(
-            "COPY bare (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY",
-        )?;
-        let types = [
-            Type::TEXT,
-            Type::INT2,
-            Type::INT8,
-            Type::INT8,
-            Type::INT8,
-            Type::BYTEA,
-        ];
-        let mut w = BinaryCopyInWriter::new(sink, &types);
-        for r in group.iter() {
-            if let Record::Telemetry {
-                terminal,
-                received_ms,
-                envelope,
-                raw,
-            } = r
-            {
-                w.write(&[
-                    &terminal.to_string(),
-                    &0i16,
-                    &(envelope.seq as i64),
-                    &(envelope.time_ms as i64),
-                    &(*received_ms as i64),
-                    &raw.as_ref(),
-                ])?;
-            }
-        }
-        w.finish()?;
-        tx.commit()?;
-    }
-    let bare_rate = n / start.elapsed().as_secs_f64();
+    let bare_rate = copy_rate(&mut bare, "bare", &groups)?;
+    let keyed_rate = copy_rate(&mut bare, "keyed", &groups)?;
 
     let mut pg = PgStore::open(&store_url)?;
     let pg_rate = ingest(&mut pg, &groups)?;
@@ -155,6 +124,10 @@ fn main() -> anyhow::Result<()> {
 
     println!("  bare binary COPY    {bare_rate:>10.0} msg/s  (baseline)");
     println!(
+        "  COPY, keyed table   {keyed_rate:>10.0} msg/s  ratio {:.2}",
+        keyed_rate / bare_rate
+    );
+    println!(
         "  PgStore             {pg_rate:>10.0} msg/s  {:>10.0} values/s  ratio {:.2}",
         pg_rate * 8.0,
         pg_rate / bare_rate
@@ -171,6 +144,49 @@ fn main() -> anyhow::Result<()> {
         ids.len()
     );
     Ok(())
+}
+
+/// Binary COPY of every group into `table`, one transaction each; rows per second.
+fn copy_rate(client: &mut Client, table: &str, groups: &[&[Record]]) -> anyhow::Result<f64> {
+    let types = [
+        Type::TEXT,
+        Type::INT2,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::BYTEA,
+    ];
+    let start = Instant::now();
+    let mut rows = 0;
+    for group in groups {
+        let mut tx = client.transaction()?;
+        let sink = tx.copy_in(&format!(
+            "COPY {table} (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY"
+        ))?;
+        let mut w = BinaryCopyInWriter::new(sink, &types);
+        for r in group.iter() {
+            if let Record::Telemetry {
+                terminal,
+                received_ms,
+                envelope,
+                raw,
+            } = r
+            {
+                w.write(&[
+                    &terminal.to_string(),
+                    &0i16,
+                    &(envelope.seq as i64),
+                    &(envelope.time_ms as i64),
+                    &(*received_ms as i64),
+                    &raw.as_ref(),
+                ])?;
+                rows += 1;
+            }
+        }
+        w.finish()?;
+        tx.commit()?;
+    }
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Stores every group; messages per second.

@@ -14,8 +14,11 @@
 //!   several connections storing one terminal's records at once.
 //! - Every row lock a group takes is taken in one order (keys, drops, numbering starts,
 //!   terminals, latest values, watermarks; each sorted), so concurrent groups wait for each
-//!   other but never deadlock; a watermark is advanced under its row's lock, after the
-//!   group's own inserts, so it only passes records committed by then or in this transaction.
+//!   other but never deadlock. Every group upserts the row in `terminals` of each terminal it
+//!   touches before it reads or writes that terminal's newest values and watermarks: that row
+//!   lock lets one group at a time past that point for a terminal, so a watermark, advanced
+//!   after the group's own inserts, only passes records committed by then or in this
+//!   transaction, and the newest values are merged without a lost update.
 //! - Text keys use the "C" collation: byte order like SQLite's, and region filters are index
 //!   ranges on the site code.
 //!
@@ -46,7 +49,9 @@ use cuntong_core::alarm::Alarm;
 
 /// The schema, one version per step, in order: append, never edit a released step.
 pub const MIGRATIONS: &[&str] = &[
-    // 1: the tables of the SQLite store, messages partitioned by day.
+    // 1: the tables of the SQLite store, messages partitioned by day. The tables every group
+    // updates (terminals, latest, watermarks) leave room in their pages (fillfactor), so that
+    // an update stays in its page and leaves the indexes alone.
     r#"
 CREATE TABLE terminals (
     terminal     text COLLATE "C" PRIMARY KEY,
@@ -57,7 +62,7 @@ CREATE TABLE terminals (
     started_ms   bigint,
     keep_alive_s bigint,
     last_seen_ms bigint
-);
+) WITH (fillfactor = 50);
 CREATE INDEX terminals_by_site ON terminals (site);
 CREATE TABLE message_keys (
     terminal text COLLATE "C" NOT NULL,
@@ -84,13 +89,13 @@ CREATE TABLE latest (
     metrics  text[] COLLATE "C" NOT NULL,
     ts_ms    bigint[] NOT NULL,
     vals     double precision[] NOT NULL
-);
+) WITH (fillfactor = 50);
 CREATE TABLE watermarks (
     terminal  text COLLATE "C" NOT NULL,
     stream    smallint NOT NULL,
     watermark bigint NOT NULL,
     PRIMARY KEY (terminal, stream)
-);
+) WITH (fillfactor = 50);
 CREATE TABLE dropped (
     terminal text COLLATE "C" NOT NULL,
     stream   smallint NOT NULL,
@@ -124,8 +129,10 @@ CREATE TABLE rejected (
     payload     bytea NOT NULL
 );
 -- The watermarks of a group's (terminal, stream) pairs, given sorted: each advanced (if asked)
--- under its row's lock over stored seqs, reported drops and the seqs below where the terminal's
--- numbering starts, exactly as the SQLite store does it. Most pairs only move over a short run
+-- over stored seqs, reported drops and the seqs below where the terminal's numbering starts,
+-- exactly as the SQLite store does it. The caller holds the terminals' rows in `terminals`
+-- locked: no other group of these terminals is between its inserts and its commit, and what
+-- committed before is what these statements read. Most pairs only move over a short run
 -- of new seqs: that is one statement for all of them; the others (a run longer than 64, drops
 -- or a numbering start ahead) take the general loop.
 CREATE FUNCTION advance_watermarks(p_terminals text[], p_streams smallint[], p_advance boolean[])
@@ -142,11 +149,6 @@ BEGIN
         SELECT u.t, u.s, 0 FROM unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
         WHERE u.a ORDER BY u.t COLLATE "C", u.s
         ON CONFLICT DO NOTHING;
-    -- Locked in order; what the statements below read is what committed before.
-    PERFORM 1 FROM watermarks w
-        JOIN unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
-            ON w.terminal = u.t AND w.stream = u.s
-        WHERE u.a ORDER BY w.terminal, w.stream FOR UPDATE OF w;
     FOR r IN
         WITH cur AS (
             SELECT u.t, u.s, u.a, coalesce(w.watermark, 0) AS wm
@@ -919,6 +921,8 @@ fn write_rows(
             keep_alive.push(p.map(|p| p.3));
             seen.push(row.last_seen);
         }
+        // Every terminal the group touches has its row here, locked from now to the commit:
+        // other groups of these terminals wait before their newest values and watermarks.
         // A row without presence has no start time: it only moves last_seen.
         tx.execute(
             "INSERT INTO terminals AS t
@@ -947,36 +951,7 @@ fn write_rows(
         )?;
     }
     if !rows.latest.is_empty() {
-        let (mut t, mut m, mut ts, mut v) = (vec![], vec![], vec![], vec![]);
-        for ((terminal, metric), (at, value)) in &rows.latest {
-            t.push(terminal.as_str());
-            m.push(metric.as_str());
-            ts.push(*at);
-            v.push(*value);
-        }
-        // Per terminal: the values of the group merged into the stored ones, a metric's newer
-        // value replacing the older (the group's on a tie).
-        tx.execute(
-            r#"INSERT INTO latest AS l (terminal, metrics, ts_ms, vals)
-             SELECT t, array_agg(m ORDER BY m COLLATE "C"), array_agg(ts ORDER BY m COLLATE "C"),
-                array_agg(v ORDER BY m COLLATE "C")
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[]) AS u(t, m, ts, v)
-             GROUP BY t ORDER BY t COLLATE "C"
-             ON CONFLICT (terminal) DO UPDATE SET (metrics, ts_ms, vals) = (
-                SELECT array_agg(x.m ORDER BY x.m COLLATE "C"), array_agg(x.ts ORDER BY x.m COLLATE "C"),
-                    array_agg(x.v ORDER BY x.m COLLATE "C")
-                FROM (
-                    SELECT DISTINCT ON (a.m COLLATE "C") a.m, a.ts, a.v FROM (
-                        SELECT o.m, o.ts, o.v, 0 AS src
-                        FROM unnest(l.metrics, l.ts_ms, l.vals) AS o(m, ts, v)
-                        UNION ALL
-                        SELECT n.m, n.ts, n.v, 1
-                        FROM unnest(excluded.metrics, excluded.ts_ms, excluded.vals) AS n(m, ts, v)
-                    ) a ORDER BY a.m COLLATE "C", a.ts DESC, a.src DESC
-                ) x
-             )"#,
-            &[&t, &m, &ts, &v],
-        )?;
+        write_latest(tx, &rows.latest)?;
     }
     if !rows.touched.is_empty() {
         let (mut t, mut s, mut adv) = (vec![], vec![], vec![]);
@@ -1011,6 +986,61 @@ fn write_rows(
             applied.watermarks.push((*terminal, marks));
         }
     }
+    Ok(())
+}
+
+/// Merges a group's newest values into the stored ones, a metric's newer value replacing the
+/// older (the group's on a tie), one row per terminal. Read, merged here and written back: the
+/// terminals' rows, locked by this transaction already, keep other groups of the same
+/// terminals waiting meanwhile.
+fn write_latest(
+    tx: &mut Transaction<'_>,
+    group: &BTreeMap<(String, String), (i64, f64)>,
+) -> Result<(), ::postgres::Error> {
+    let mut merged: BTreeMap<&str, BTreeMap<String, (i64, f64)>> = BTreeMap::new();
+    for (terminal, _) in group.keys() {
+        merged.entry(terminal.as_str()).or_default();
+    }
+    let terminals: Vec<&str> = merged.keys().copied().collect();
+    for row in tx.query(
+        "SELECT terminal, metrics, ts_ms, vals FROM latest WHERE terminal = ANY($1)",
+        &[&terminals],
+    )? {
+        let terminal: &str = row.get(0);
+        let metrics: Vec<String> = row.get(1);
+        let ts: Vec<i64> = row.get(2);
+        let vals: Vec<f64> = row.get(3);
+        if let Some(m) = merged.get_mut(terminal) {
+            m.extend(metrics.into_iter().zip(ts.into_iter().zip(vals)));
+        }
+    }
+    for ((terminal, metric), (at, value)) in group {
+        if let Some(m) = merged.get_mut(terminal.as_str()) {
+            let e = m.entry(metric.clone()).or_insert((*at, *value));
+            if *at >= e.0 {
+                *e = (*at, *value);
+            }
+        }
+    }
+    let (mut t, mut m, mut ts, mut v) = (vec![], vec![], vec![], vec![]);
+    for (terminal, metrics) in &merged {
+        for (metric, (at, value)) in metrics {
+            t.push(*terminal);
+            m.push(metric.as_str());
+            ts.push(*at);
+            v.push(*value);
+        }
+    }
+    tx.execute(
+        r#"INSERT INTO latest (terminal, metrics, ts_ms, vals)
+         SELECT t, array_agg(m ORDER BY m COLLATE "C"), array_agg(ts ORDER BY m COLLATE "C"),
+            array_agg(v ORDER BY m COLLATE "C")
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[]) AS u(t, m, ts, v)
+         GROUP BY t ORDER BY t COLLATE "C"
+         ON CONFLICT (terminal) DO UPDATE SET metrics = excluded.metrics,
+            ts_ms = excluded.ts_ms, vals = excluded.vals"#,
+        &[&t, &m, &ts, &v],
+    )?;
     Ok(())
 }
 
