@@ -36,6 +36,7 @@ use crate::alarms::{AlarmConfig, AlarmService};
 use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody};
 use crate::meetings::MeetingService;
 use crate::store::{Database, Record, StoreError, Writer};
+use cuntong_core::lease::{self, Answer, Lease, Tenure};
 
 /// How long an answer to a command waits for what the command changed to be stored.
 const ANSWER_WAITS_FOR_STORE: Duration = Duration::from_secs(1);
@@ -56,6 +57,8 @@ pub struct CentralOptions {
     pub alarms: AlarmConfig,
     /// Where the web dashboard listens, if it is served.
     pub http: Option<std::net::SocketAddr>,
+    /// The lease on the host role (several instances on one PostgreSQL store).
+    pub lease: Lease,
 }
 
 impl CentralOptions {
@@ -69,6 +72,7 @@ impl CentralOptions {
             meeting_heartbeat: Duration::from_secs(10),
             alarms: AlarmConfig::default(),
             http: None,
+            lease: Lease::default(),
         }
     }
 }
@@ -186,6 +190,103 @@ fn clear_retained_junk(link: &Link, log: &LogLimiter, topic: &str, retained: boo
     }
 }
 
+/// The lease on the roles only one instance plays at a time.
+const HOST_ROLE: &str = "host";
+
+/// The roles only one central instance plays at a time, played by the one that holds the
+/// lease on them: the meeting host (with its scheduled sessions) and the alarm engine (with its
+/// hooks).
+struct Roles {
+    meetings: MeetingService,
+    alarms: AlarmService,
+}
+
+impl Roles {
+    /// Loads the roles' state from the store (blocking: the meetings and alarms as stored).
+    fn load(
+        store: &dyn crate::store::Store,
+        opts: &CentralOptions,
+        writer: &Writer,
+    ) -> Result<Roles, StoreError> {
+        Ok(Roles {
+            meetings: MeetingService::open(
+                store,
+                opts.meeting_heartbeat,
+                writer.state.clone(),
+                writer.names.clone(),
+            )?,
+            alarms: AlarmService::open(
+                store,
+                opts.alarms.clone(),
+                writer.state.clone(),
+                writer.names.clone(),
+                unix_ms(),
+            )?,
+        })
+    }
+}
+
+/// This instance's name in the store's lease and instance tables: host and process.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "central".to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
+/// Asks the store for the host lease every renewal period, on a connection of its own (so a
+/// renewal never waits behind ingest), and records this instance as at work; sends each answer
+/// with the time it was asked.
+fn lease_loop(
+    db: Database,
+    instance: String,
+    started_ms: u64,
+    lease: Lease,
+    answers: mpsc::UnboundedSender<(Answer, u64)>,
+    stop: CancellationToken,
+) {
+    let mut store: Option<Box<dyn crate::store::Store>> = None;
+    let log = LogLimiter::default();
+    while !stop.is_cancelled() {
+        let asked = unix_ms();
+        if store.is_none() {
+            store = db.open().ok();
+        }
+        let answer = match store.as_mut().map(|s| s.take_lease(HOST_ROLE, &instance, lease.ttl_ms)) {
+            Some(Ok(Some(epoch))) => Answer::Held { epoch },
+            Some(Ok(None)) => Answer::Taken,
+            Some(Err(e)) => {
+                if let Some(more) = log.allow("lease") {
+                    tracing::warn!(error = %e, "cannot renew the host lease{more}");
+                }
+                store = None;
+                Answer::Failed
+            }
+            None => Answer::Failed,
+        };
+        let roles = if matches!(answer, Answer::Held { .. }) {
+            HOST_ROLE
+        } else {
+            ""
+        };
+        if let Some(s) = store.as_mut()
+            && let Err(e) = s.instance_seen(&instance, roles, started_ms)
+            && let Some(more) = log.allow("instance")
+        {
+            tracing::warn!(error = %e, "cannot record this instance{more}");
+        }
+        if answers.send((answer, asked)).is_err() {
+            return;
+        }
+        let next = std::time::Instant::now() + Duration::from_millis(lease.renew_every_ms);
+        while std::time::Instant::now() < next && !stop.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Runs central until `stop` fires.
 pub async fn run(
     opts: CentralOptions,
@@ -193,20 +294,20 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), CentralError> {
     let (marks_tx, mut marks_rx) = mpsc::unbounded_channel::<Vec<(TerminalId, Watermarks)>>();
-    // The store is opened, and what the services need of it read, once, off the runtime (the
-    // PostgreSQL client must not run on it); from then on the services only hand the store
-    // thread what to write.
+    let instance = instance_name();
+    let started_ms = unix_ms();
+    let mut tenure = Tenure::new(opts.lease);
+    // The store is opened off the runtime (the PostgreSQL client must not run on it); the host
+    // lease is asked for once, and the roles' state read if it is granted, before the link
+    // starts; from then on the roles only hand the store thread what to write.
     let writer_stats = stats.clone();
-    let (db, heartbeat, alarm_config, writer_stop) = (
-        opts.db.clone(),
-        opts.meeting_heartbeat,
-        opts.alarms.clone(),
-        stop.clone(),
-    );
+    let (setup_opts, writer_stop, setup_instance) =
+        (opts.clone(), stop.clone(), instance.clone());
     let runtime = tokio::runtime::Handle::current();
-    let (writer, mut meetings, mut alarms) = tokio::task::spawn_blocking(move || {
-        let store = db.open_for_central()?;
-        let reader = db.open()?;
+    let (writer, first, asked) = tokio::task::spawn_blocking(move || {
+        let opts = setup_opts;
+        let store = opts.db.open_for_central()?;
+        let mut reader = opts.db.open()?;
         let writer = Writer::start(
             store,
             move |a| {
@@ -221,26 +322,44 @@ pub async fn run(
             },
             writer_stop,
         )?;
-        let meetings = MeetingService::open(
-            reader.as_ref(),
-            heartbeat,
-            writer.state.clone(),
-            writer.names.clone(),
-        )?;
-        let _in_runtime = runtime.enter();
-        let alarms = AlarmService::open(
-            reader.as_ref(),
-            alarm_config,
-            writer.state.clone(),
-            writer.names.clone(),
-            unix_ms(),
-        )?;
-        Ok::<_, StoreError>((writer, meetings, alarms))
+        let asked = unix_ms();
+        let held = reader.take_lease(HOST_ROLE, &setup_instance, opts.lease.ttl_ms)?;
+        let first = match held {
+            Some(epoch) => {
+                let _in_runtime = runtime.enter();
+                Some((epoch, Roles::load(reader.as_ref(), &opts, &writer)?))
+            }
+            None => None,
+        };
+        Ok::<_, StoreError>((writer, first, asked))
     })
     .await
     .map_err(|_| StoreError::Crashed)??;
+    let mut roles = None;
+    match first {
+        Some((epoch, loaded)) => {
+            if let Some(lease::Change::Start { .. }) =
+                tenure.answered(Answer::Held { epoch }, asked, unix_ms())
+            {
+                tracing::info!(%instance, epoch, "holding the host role");
+                roles = Some(loaded);
+            }
+        }
+        None => tracing::info!(%instance, "another instance holds the host role: standing by"),
+    }
+    let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
+    {
+        let (db, instance, lease, stop) = (opts.db.clone(), instance.clone(), opts.lease, stop.clone());
+        std::thread::Builder::new()
+            .name("central-lease".to_owned())
+            .spawn(move || lease_loop(db, instance, started_ms, lease, lease_tx, stop))
+            .map_err(StoreError::Thread)?;
+    }
+    // Roles loaded after a takeover arrive here, with the epoch they were loaded for.
+    let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel::<(u64, Roles)>();
     let records_tx = writer.records.clone();
     let writer_state = writer.state.clone();
+    let writer = Arc::new(writer);
     let log = LogLimiter::default();
     if let Some(addr) = opts.http {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -282,6 +401,32 @@ pub async fn run(
     meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_meeting_tick = 0;
     let mut link_up = link.watch_connected();
+    // What the tenure says to do, applied in one place.
+    let change_roles = |change: lease::Change, roles: &mut Option<Roles>| match change {
+        lease::Change::Start { epoch } => {
+            tracing::warn!(%instance, epoch, "taking over the host role: loading meetings and alarms");
+            let (opts, writer, loaded_tx) = (opts.clone(), writer.clone(), loaded_tx.clone());
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let _in_runtime = runtime.enter();
+                match opts
+                    .db
+                    .open()
+                    .and_then(|s| Roles::load(s.as_ref(), &opts, &writer))
+                {
+                    Ok(r) => {
+                        let _ = loaded_tx.send((epoch, r));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot load the host role's state"),
+                }
+            });
+        }
+        lease::Change::Stop { epoch } => {
+            if roles.take().is_some() {
+                tracing::warn!(%instance, epoch, "the host role is no longer ours: standing by");
+            }
+        }
+    };
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
@@ -289,22 +434,43 @@ pub async fn run(
                 if changed.is_err() {
                     break;
                 }
-                if *link_up.borrow_and_update() {
-                    meetings.republish();
-                    meetings.drain(&link);
+                if *link_up.borrow_and_update() && let Some(r) = roles.as_mut() {
+                    r.meetings.republish();
+                    r.meetings.drain(&link);
+                }
+                continue;
+            }
+            Some((answer, asked)) = lease_rx.recv() => {
+                if let Some(change) = tenure.answered(answer, asked, unix_ms()) {
+                    change_roles(change, &mut roles);
+                }
+                continue;
+            }
+            Some((epoch, mut loaded)) = loaded_rx.recv() => {
+                // Only if the role is still ours, under the epoch it was loaded for.
+                if tenure.epoch() == Some(epoch) {
+                    tracing::warn!(%instance, epoch, "holding the host role");
+                    loaded.meetings.republish();
+                    loaded.meetings.drain(&link);
+                    roles = Some(loaded);
                 }
                 continue;
             }
             _ = meeting_tick.tick() => {
                 // Publish what waits often; run the hosts' clocks once a second.
                 let now = unix_ms();
-                if now >= last_meeting_tick + 1000 {
-                    last_meeting_tick = now;
-                    stats.oversized.store(link.status().refused_oversized, Ordering::Relaxed);
-                    meetings.tick(now);
-                    alarms.tick(now, link.is_connected());
+                if let Some(change) = tenure.tick(now) {
+                    change_roles(change, &mut roles);
                 }
-                meetings.drain(&link);
+                if let Some(r) = roles.as_mut() {
+                    if now >= last_meeting_tick + 1000 {
+                        last_meeting_tick = now;
+                        r.meetings.tick(now);
+                        r.alarms.tick(now, link.is_connected());
+                    }
+                    r.meetings.drain(&link);
+                }
+                stats.oversized.store(link.status().refused_oversized, Ordering::Relaxed);
                 continue;
             }
             Some(marks) = marks_rx.recv() => {
@@ -319,24 +485,26 @@ pub async fn run(
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
+            // The instance holding the host role answers; the others stand by.
+            let Some(r) = roles.as_mut() else { continue };
             let answer = control(
-                &mut meetings,
-                &mut alarms,
+                &mut r.meetings,
+                &mut r.alarms,
                 &log,
                 client,
                 &msg.payload,
                 unix_ms(),
             );
-            for m in alarms.take_outbound() {
-                meetings.push(m);
+            for m in r.alarms.take_outbound() {
+                r.meetings.push(m);
             }
-            meetings.drain(&link);
+            r.meetings.drain(&link);
             // What the request changed is handed to the store thread now, and the answer goes
             // out once it is written: an operation a chair was told is done survives a crash
             // of central (and is there for the instance that takes over). A store that is slow
             // or away holds the answer up for a second at most; the operation has taken effect
             // for the sites anyway, and is written when the store is back.
-            if let Err(e) = meetings.save() {
+            if let Err(e) = r.meetings.save() {
                 tracing::error!(error = %e, "cannot save meetings");
             }
             if let Some(answer) = answer {
@@ -350,8 +518,12 @@ pub async fn run(
         }
         // What a terminal may have left retained on its uplink (cleared below if junk).
         let left = (!msg.payload.is_empty()).then(|| (msg.topic.clone(), msg.retain));
-        if meetings.on_message(&msg, unix_ms()) {
-            meetings.drain(&link);
+        if MeetingService::is_meeting_uplink(&msg) {
+            if let Some(r) = roles.as_mut()
+                && r.meetings.on_message(&msg, unix_ms())
+            {
+                r.meetings.drain(&link);
+            }
             if let Some((topic, retained)) = left {
                 clear_retained_junk(&link, &log, &topic, retained, false);
             }
@@ -371,18 +543,23 @@ pub async fn run(
             }
             stats.rejected.fetch_add(1, Ordering::Relaxed);
         }
-        alarms.record(&record, unix_ms());
-        meetings.record(&record);
+        if let Some(r) = roles.as_mut() {
+            r.alarms.record(&record, unix_ms());
+            r.meetings.record(&record);
+        }
         if records_tx.send(record).await.is_err() {
             break;
         }
     }
-    if let Err(e) = meetings.save() {
+    if let Some(r) = roles.as_mut()
+        && let Err(e) = r.meetings.save()
+    {
         tracing::error!(error = %e, "cannot save meetings at shutdown");
     }
     link.shutdown();
     // The store thread writes everything handed over, then stops.
-    drop((records_tx, writer_state, meetings, alarms));
+    drop((records_tx, writer_state, roles, change_roles, loaded_rx));
+    let writer = Arc::try_unwrap(writer).map_err(|_| StoreError::Crashed)?;
     tokio::task::spawn_blocking(move || writer.join())
         .await
         .map_err(|_| StoreError::Crashed)??;

@@ -36,6 +36,7 @@ extern crate alloc;
 pub mod alarm;
 pub mod command;
 pub mod decimal;
+pub mod lease;
 pub mod delivery;
 pub mod envelope;
 pub mod hj212;

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Subcommand};
+use cuntong_terminal::println;
+
+use crate::view::rfc3339_ms;
 use cuntong_terminal::daemon::shutdown_signal;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +19,10 @@ use crate::central::{self, CentralOptions, CentralStats};
 use crate::store::Database;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CentralArgs {
+    #[command(subcommand)]
+    action: Option<CentralAction>,
     #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
     broker: String,
     #[arg(long, env = "CUNTONG_DB")]
@@ -36,10 +42,83 @@ pub struct CentralArgs {
     http: Option<String>,
 }
 
+#[derive(Debug, Subcommand)]
+enum CentralAction {
+    /// The central instances at work on the store, and which holds the host role (meeting
+    /// host, alarm engine).
+    Status {
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<Database>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cuntong central status --json`: one object per instance.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceJson {
+    pub instance: String,
+    /// `host` while it holds the meeting host and alarm engine; empty for a standby.
+    pub roles: Vec<String>,
+    /// RFC 3339 with milliseconds, UTC.
+    pub started_at: String,
+    pub last_seen: String,
+}
+
+/// An instance not seen for this long is shown as gone.
+const GONE_AFTER_MS: u64 = 10_000;
+
+fn status(db: Option<Database>, json: bool) -> Result<(), Failure> {
+    let (rows, now) = database(db)
+        .open_read_only()
+        .and_then(|s| s.instances())
+        .map_err(fail)?;
+    if json {
+        let out: Vec<InstanceJson> = rows
+            .iter()
+            .map(|r| InstanceJson {
+                instance: r.instance.clone(),
+                roles: r
+                    .roles
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                started_at: rfc3339_ms(r.started_ms),
+                last_seen: rfc3339_ms(r.last_seen_ms),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<8} {:<24} LAST SEEN",
+        "INSTANCE", "ROLES", "STARTED"
+    );
+    for r in &rows {
+        let ago = now.saturating_sub(r.last_seen_ms);
+        let seen = if ago > GONE_AFTER_MS {
+            format!("{}s ago (gone)", ago / 1000)
+        } else {
+            format!("{}s ago", ago / 1000)
+        };
+        let roles = if r.roles.is_empty() { "standby" } else { &r.roles };
+        println!(
+            "{:<32} {:<8} {:<24} {seen}",
+            r.instance,
+            roles,
+            rfc3339_ms(r.started_ms)
+        );
+    }
+    Ok(())
+}
+
 impl CentralArgs {
     /// The service's options, every flag checked.
     pub fn options(self) -> Result<CentralOptions, Usage> {
         let CentralArgs {
+            action: _,
             broker,
             db,
             tls,
@@ -71,7 +150,10 @@ impl CentralArgs {
     }
 }
 
-pub async fn run(args: CentralArgs) -> Result<(), Failure> {
+pub async fn run(mut args: CentralArgs) -> Result<(), Failure> {
+    if let Some(CentralAction::Status { db, json }) = args.action.take() {
+        return super::common::off_runtime(|| status(db, json));
+    }
     let opts = args.options()?;
     eprintln!("central: {} -> {}", opts.broker, opts.db);
     let stats = Arc::new(CentralStats::default());

@@ -27,12 +27,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::names::Names;
 
 mod alarms;
+mod instances;
 mod meetings;
 mod names;
 mod postgres;
 mod schema;
 mod writer;
 pub use alarms::{KnownTerminal, OpenAlarms};
+pub use instances::InstanceRow;
 use alarms::{decode_alarm, encode_alarm};
 pub use meetings::{MeetingRow, StoredMeeting};
 pub use names::NamesCache;
@@ -419,6 +421,27 @@ pub trait Store: Send {
         active: bool,
         limit: usize,
     ) -> Result<Vec<Alarm>, StoreError>;
+
+    // Several central instances.
+
+    /// Takes or renews the lease on `role` for `holder`, for `ttl_ms` on the store's clock:
+    /// the epoch (it grows each time the role changes hands) if `holder` holds it now, `None`
+    /// if another instance does.
+    fn take_lease(
+        &mut self,
+        role: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Records that `instance` is at work (now, on the store's clock), holding `roles`.
+    fn instance_seen(
+        &mut self,
+        instance: &str,
+        roles: &str,
+        started_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// The instances as last seen, and the store's clock now.
+    fn instances(&self) -> Result<(Vec<InstanceRow>, u64), StoreError>;
 }
 
 /// The embedded SQLite store.
@@ -554,6 +577,25 @@ fn advance_watermark(
 }
 
 impl Store for SqliteStore {
+    fn take_lease(
+        &mut self,
+        role: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        SqliteStore::take_lease(self, role, holder, ttl_ms)
+    }
+    fn instance_seen(
+        &mut self,
+        instance: &str,
+        roles: &str,
+        started_ms: u64,
+    ) -> Result<(), StoreError> {
+        SqliteStore::instance_seen(self, instance, roles, started_ms)
+    }
+    fn instances(&self) -> Result<(Vec<InstanceRow>, u64), StoreError> {
+        SqliteStore::instances(self)
+    }
     fn terminal_ids(&self) -> Result<Vec<TerminalId>, StoreError> {
         SqliteStore::terminal_ids(self)
     }

@@ -40,7 +40,7 @@ use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 
 use super::{
-    Applied, EventRow, KnownTerminal, MeetingRow, OpenAlarms, Record, SampleRow, SiteRow, Store,
+    Applied, EventRow, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, Record, SampleRow, SiteRow, Store,
     StoreError, StoredMeeting, decode_alarm, encode_alarm, event_row, push_samples, region_range,
     stream_id,
 };
@@ -238,6 +238,22 @@ CREATE TABLE readiness (
     ready    boolean,
     result   text NOT NULL,
     PRIMARY KEY (terminal, at_ms)
+);
+"#,
+    // 3: singleton roles held through leases (on the database's clock), and the central
+    // instances at work.
+    r#"
+CREATE TABLE leases (
+    role       text PRIMARY KEY,
+    holder     text NOT NULL,
+    epoch      bigint NOT NULL,
+    expires_ms bigint NOT NULL
+);
+CREATE TABLE instances (
+    instance     text COLLATE "C" PRIMARY KEY,
+    roles        text NOT NULL,
+    started_ms   bigint NOT NULL,
+    last_seen_ms bigint NOT NULL
 );
 "#,
 ];
@@ -1052,7 +1068,86 @@ fn transient(e: &StoreError) -> bool {
     ))
 }
 
+/// PostgreSQL's clock in Unix ms.
+const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
 impl Store for PgStore {
+    fn take_lease(
+        &mut self,
+        role: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let row = self
+            .client
+            .get_mut()
+            .query_opt(
+                &format!(
+                    "INSERT INTO leases (role, holder, epoch, expires_ms) VALUES ($1, $2, 1, {NOW} + $3)
+                     ON CONFLICT (role) DO UPDATE SET
+                        epoch = CASE WHEN leases.holder = excluded.holder
+                                THEN leases.epoch ELSE leases.epoch + 1 END,
+                        holder = excluded.holder,
+                        expires_ms = excluded.expires_ms
+                     WHERE leases.holder = excluded.holder OR leases.expires_ms < {NOW}
+                     RETURNING epoch"
+                ),
+                &[&role, &holder, &ttl],
+            )
+            .map_err(self.err("taking a lease"))?;
+        Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn instance_seen(
+        &mut self,
+        instance: &str,
+        roles: &str,
+        started_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.client
+            .get_mut()
+            .execute(
+                &format!(
+                    "INSERT INTO instances (instance, roles, started_ms, last_seen_ms)
+                     VALUES ($1, $2, $3, {NOW})
+                     ON CONFLICT (instance) DO UPDATE SET roles = excluded.roles,
+                        last_seen_ms = excluded.last_seen_ms"
+                ),
+                &[
+                    &instance,
+                    &roles,
+                    &i64::try_from(started_ms).unwrap_or(i64::MAX),
+                ],
+            )
+            .map_err(self.err("recording an instance"))?;
+        Ok(())
+    }
+
+    fn instances(&self) -> Result<(Vec<InstanceRow>, u64), StoreError> {
+        let err = self.err("reading the instances");
+        let mut client = self.client.borrow_mut();
+        let rows = client
+            .query(
+                "SELECT instance, roles, started_ms, last_seen_ms FROM instances ORDER BY instance",
+                &[],
+            )
+            .map_err(&err)?
+            .iter()
+            .map(|r| InstanceRow {
+                instance: r.get(0),
+                roles: r.get(1),
+                started_ms: r.get::<_, i64>(2).max(0) as u64,
+                last_seen_ms: r.get::<_, i64>(3).max(0) as u64,
+            })
+            .collect();
+        let now: i64 = client
+            .query_one(&format!("SELECT {NOW}"), &[])
+            .map_err(&err)?
+            .get(0);
+        Ok((rows, now.max(0) as u64))
+    }
+
     fn terminal_ids(&self) -> Result<Vec<TerminalId>, StoreError> {
         let rows = self
             .client

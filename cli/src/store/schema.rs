@@ -106,6 +106,21 @@ CREATE TABLE IF NOT EXISTS readiness (
 CREATE INDEX terminals_by_site ON terminals (site);
 CREATE INDEX alarms_by_subject ON alarms (subject, id);
 ",
+    // 3: singleton roles held through leases, and the central instances at work.
+    "
+CREATE TABLE leases (
+    role       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE instances (
+    instance     TEXT PRIMARY KEY,
+    roles        TEXT NOT NULL,
+    started_ms   INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+",
 ];
 
 /// The version this build writes.

@@ -1,0 +1,92 @@
+//! The instances part of the store: leases on the roles only one central instance may play at
+//! a time (`leases`: holder, epoch, expiry on the store's clock) and the instances at work
+//! (`instances`, for `cuntong central status`). The store's clock decides expiry, so the
+//! instances' clocks need not agree.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{SqliteStore, StoreError};
+
+/// A central instance as it last reported itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceRow {
+    pub instance: String,
+    /// The roles it held when last seen (comma-separated; empty: a standby).
+    pub roles: String,
+    pub started_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+/// SQLite's clock in Unix ms.
+const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+impl SqliteStore {
+    pub fn take_lease(
+        &mut self,
+        role: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let epoch: Option<i64> = self
+            .conn
+            .query_row(
+                &format!(
+                    "INSERT INTO leases (role, holder, epoch, expires_ms) VALUES (?1, ?2, 1, {NOW} + ?3)
+                     ON CONFLICT (role) DO UPDATE SET
+                        epoch = CASE WHEN leases.holder = excluded.holder
+                                THEN leases.epoch ELSE leases.epoch + 1 END,
+                        holder = excluded.holder,
+                        expires_ms = excluded.expires_ms
+                     WHERE leases.holder = excluded.holder OR leases.expires_ms < {NOW}
+                     RETURNING epoch"
+                ),
+                params![role, holder, ttl],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(epoch.map(|e| e.max(0) as u64))
+    }
+
+    pub fn instance_seen(
+        &mut self,
+        instance: &str,
+        roles: &str,
+        started_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO instances (instance, roles, started_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, {NOW})
+                 ON CONFLICT (instance) DO UPDATE SET roles = excluded.roles,
+                    last_seen_ms = excluded.last_seen_ms"
+            ),
+            params![
+                instance,
+                roles,
+                i64::try_from(started_ms).unwrap_or(i64::MAX)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn instances(&self) -> Result<(Vec<InstanceRow>, u64), StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT instance, roles, started_ms, last_seen_ms FROM instances ORDER BY instance",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(InstanceRow {
+                    instance: r.get(0)?,
+                    roles: r.get(1)?,
+                    started_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                    last_seen_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let now: i64 = self
+            .conn
+            .query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))?;
+        Ok((rows, now.max(0) as u64))
+    }
+}
