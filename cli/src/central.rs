@@ -20,7 +20,7 @@ use std::time::Duration;
 use cuntong_core::envelope::{decode_event, decode_telemetry};
 use cuntong_core::presence::Presence;
 use cuntong_core::topic::{Channel, Topic, control_request, control_response, region_filter};
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::link::{Incoming, Link, LinkOptions, unix_ms};
 use cuntong_terminal::throttle::LogLimiter;
 use tokio::sync::mpsc;
@@ -41,7 +41,8 @@ use crate::store::{GROUP, Record, SqliteStore, StoreError, Writer};
 /// How central connects and where it stores.
 #[derive(Clone, Debug)]
 pub struct CentralOptions {
-    pub broker: BrokerUrl,
+    /// The broker, or a cluster's nodes in order of preference.
+    pub broker: Brokers,
     pub db: PathBuf,
     pub client_id: String,
     /// How often confirmations go out (coalesced per terminal).
@@ -57,9 +58,13 @@ pub struct CentralOptions {
 }
 
 impl CentralOptions {
-    pub fn new(broker: BrokerUrl, db: PathBuf, client_id: impl Into<String>) -> CentralOptions {
+    pub fn new(
+        broker: impl Into<Brokers>,
+        db: PathBuf,
+        client_id: impl Into<String>,
+    ) -> CentralOptions {
         CentralOptions {
-            broker,
+            broker: broker.into(),
             db,
             client_id: client_id.into(),
             ack_interval: Duration::from_secs(1),

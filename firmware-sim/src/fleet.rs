@@ -16,7 +16,7 @@ use cuntong_core::meeting::participant::AcceptPolicy;
 use cuntong_core::meeting::{Applied, MediaPlan, MediaProfile, MeetingId, MeetingState};
 use cuntong_core::site::{Level, Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::conference::{Console, Invitation, MediaEngine, SignallingOnly};
 use cuntong_terminal::config::{CommandsConfig, TerminalConfig};
 use cuntong_terminal::daemon::{self, Hardware, RunError};
@@ -87,7 +87,8 @@ pub fn fleet_ids(region: &Region, count: usize) -> Vec<TerminalId> {
 /// Options shared by every simulated terminal.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
-    pub broker: BrokerUrl,
+    /// The broker, or a cluster's nodes in order of preference.
+    pub broker: Brokers,
     /// Each terminal keeps its state in `<data_root>/<terminal id>`.
     pub data_root: PathBuf,
     /// How often health and sensors are sampled and a batch is sent.
@@ -117,9 +118,9 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
-    pub fn new(broker: BrokerUrl, data_root: PathBuf, interval: Duration) -> SimOptions {
+    pub fn new(broker: impl Into<Brokers>, data_root: PathBuf, interval: Duration) -> SimOptions {
         SimOptions {
-            broker,
+            broker: broker.into(),
             data_root,
             interval,
             keep_alive: Duration::from_secs(30),

@@ -16,7 +16,7 @@ use cuntong_firmware_sim::fleet::{
     Fleet, MAX_FLEET, SimOptions, default_data_root, fleet_ids, relay_ids,
 };
 use cuntong_firmware_sim::{datalogger, proxy};
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::{Brokers, redact};
 use cuntong_terminal::config::{parse_duration, parse_size};
 use cuntong_terminal::daemon::shutdown_signal;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -36,8 +36,15 @@ struct Cli {
 /// Options every simulated terminal takes.
 #[derive(Args)]
 struct Common {
-    #[arg(long, env = "CUNTONG_BROKER", default_value = "mqtt://127.0.0.1:1883")]
-    broker: String,
+    /// The broker URL; a cluster's nodes: repeat the flag or separate URLs by commas, in order
+    /// of preference.
+    #[arg(
+        long,
+        env = "CUNTONG_BROKER",
+        default_value = "mqtt://127.0.0.1:1883",
+        value_name = "URL"
+    )]
+    broker: Vec<String>,
     /// Sampling and batch interval.
     #[arg(long, default_value = "10s")]
     interval: String,
@@ -477,10 +484,10 @@ fn logger_options(
 }
 
 fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
-    let broker: BrokerUrl = common
-        .broker
+    let text = common.broker.join(",");
+    let broker: Brokers = text
         .parse()
-        .map_err(|e| format!("--broker: {e}"))?;
+        .map_err(|e| format!("--broker {:?}: {e}", redact(&text)))?;
     let mut opts = SimOptions::new(broker, data_root, duration("--interval", &common.interval)?);
     opts.keep_alive = duration("--keep-alive", &common.keep_alive)?;
     // What MQTT can say (whole seconds, 16 bits), as a terminal's config allows.

@@ -949,6 +949,35 @@ mod tests {
         assert!(err("[duty_button]\nchip = \"/dev/gpiochip0\"\n").contains("line"));
     }
 
+    #[test]
+    fn a_list_of_brokers_parses_in_order_and_a_mixed_or_empty_list_is_refused_naming_the_key() {
+        let list = |urls: &str| {
+            format!("id = \"130102001001-main\"\nbroker = {urls}\ndata_dir = \"/x\"\n")
+        };
+        let cfg = parse(&list(r#"["mqtt://a:1883", "mqtt://b:1884", "mqtt://c"]"#)).unwrap();
+        let hosts: Vec<_> = cfg
+            .broker
+            .iter()
+            .map(|b| (b.host.as_str(), b.port))
+            .collect();
+        assert_eq!(hosts, [("a", 1883), ("b", 1884), ("c", 1883)]);
+        for bad in [
+            r#"["mqtts://a:8883", "mqtt://b:1883"]"#,
+            r#"["mqtt://a:1883", "http://b"]"#,
+            "[]",
+        ] {
+            let e = parse(&list(bad)).unwrap_err().to_string();
+            assert!(e.starts_with("terminal.toml: broker: "), "{bad}: {e}");
+        }
+        let mixed = parse(&list(r#"["mqtts://a:8883", "mqtt://b:1883"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            mixed.contains("mqtts://a:8883") && mixed.contains("mqtt://b:1883"),
+            "{mixed}"
+        );
+    }
+
     /// The parser's own refusals name the table, the key and the line, in one line, as the
     /// validated errors do.
     #[test]

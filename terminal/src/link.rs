@@ -730,6 +730,100 @@ mod tests {
         );
     }
 
+    /// A stand-in broker on a loopback port: accepts connections, answers each CONNECT with a
+    /// CONNACK and keeps the connection until `drop_all` fires, then closes them and stops
+    /// listening (as a killed node does).
+    async fn fake_broker(drop_all: CancellationToken) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = tokio::select! {
+                    _ = drop_all.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let drop_all = drop_all.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let _ = socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                    tokio::select! {
+                        _ = drop_all.cancelled() => {}
+                        _ = async { while socket.read(&mut buf).await.unwrap_or(0) > 0 {} } => {}
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// A port on which nothing listens: connections to it are refused.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn cluster_link(ports: &[u16]) -> Link {
+        let list = ports
+            .iter()
+            .map(|p| format!("mqtt://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut opts = LinkOptions::new("failover-test", list.parse::<Brokers>().unwrap());
+        opts.keep_alive = Duration::from_secs(60);
+        // A back-off far above the bounds below: only moving on at once passes.
+        opts.backoff = Backoff {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+        };
+        Link::start(opts).0
+    }
+
+    async fn connected_to(link: &Link, port: u16, within: Duration) -> bool {
+        let want = format!("mqtt://127.0.0.1:{port}");
+        tokio::time::timeout(within, async {
+            while !(link.is_connected() && link.status().broker.as_deref() == Some(&want)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_first_broker_is_left_for_the_next_without_backing_off() {
+        let up = fake_broker(CancellationToken::new()).await;
+        let link = cluster_link(&[closed_port(), up]);
+        assert!(
+            connected_to(&link, up, Duration::from_secs(5)).await,
+            "{:?}",
+            link.status()
+        );
+        assert_eq!(link.status().connects, 1);
+        link.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_lost_broker_is_left_for_the_next_at_once() {
+        let kill_a = CancellationToken::new();
+        let a = fake_broker(kill_a.clone()).await;
+        let b = fake_broker(CancellationToken::new()).await;
+        let link = cluster_link(&[a, b]);
+        assert!(connected_to(&link, a, Duration::from_secs(5)).await);
+        // The node dies: its connections close and its port refuses.
+        kill_a.cancel();
+        assert!(
+            connected_to(&link, b, Duration::from_secs(5)).await,
+            "{:?}",
+            link.status()
+        );
+        assert_eq!(link.status().connects, 2);
+        link.shutdown();
+    }
+
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
         let b = Backoff {

@@ -9,15 +9,13 @@ use clap::Args;
 use cuntong_terminal::daemon::shutdown_signal;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{
-    DEFAULT_BROKER, Failure, Usage, default_db, duration, fail, parse, tls_goes_with,
-};
+use super::common::{BrokerArgs, Failure, Usage, default_db, duration, fail, parse};
 use crate::central::{self, CentralOptions, CentralStats};
 
 #[derive(Debug, Args)]
 pub struct CentralArgs {
-    #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
-    broker: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
     #[arg(long, env = "CUNTONG_DB")]
     db: Option<PathBuf>,
     /// Central's provisioning bundle (ca.pem, cert.pem, key.pem), for an mqtts:// broker.
@@ -47,7 +45,7 @@ impl CentralArgs {
             http,
         } = self;
         let mut opts = CentralOptions::new(
-            parse("--broker", &broker)?,
+            broker.with_tls(tls.is_some())?,
             db.unwrap_or_else(default_db),
             format!("central-{}", std::process::id()),
         );
@@ -63,7 +61,6 @@ impl CentralArgs {
         if opts.meeting_heartbeat < Duration::from_millis(500) {
             return Err(Usage("--meeting-heartbeat: at least 500ms".into()));
         }
-        tls_goes_with(&broker, &opts.broker, tls.is_some())?;
         opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
         opts.http = http.map(|a| parse("--http", &a)).transpose()?;
         Ok(opts)

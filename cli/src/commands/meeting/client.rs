@@ -9,7 +9,7 @@ use cuntong_core::meeting::MeetingId;
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{control_request, control_response};
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::link::{Incoming, Link, LinkOptions, Message};
 use ring::rand::SecureRandom;
 use tokio::sync::mpsc;
@@ -59,7 +59,7 @@ pub struct CentralClient {
 impl CentralClient {
     /// Connects; the client's answers arrive on its own response topic.
     pub async fn connect(
-        broker: BrokerUrl,
+        broker: impl Into<Brokers>,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<CentralClient, String> {
         let mut salt = [0u8; 4];
