@@ -45,6 +45,8 @@ pub struct CentralOptions {
     pub broker: Brokers,
     pub db: PathBuf,
     pub client_id: String,
+    /// The QoS of central's subscriptions (1; 0 on a NATS cluster).
+    pub subscribe_qos: rumqttc::QoS,
     /// How often confirmations go out (coalesced per terminal).
     pub ack_interval: Duration,
     /// Mutual TLS (central's bundle), for an `mqtts://` broker.
@@ -67,6 +69,7 @@ impl CentralOptions {
             broker: broker.into(),
             db,
             client_id: client_id.into(),
+            subscribe_qos: rumqttc::QoS::AtLeastOnce,
             ack_interval: Duration::from_secs(1),
             tls: None,
             meeting_heartbeat: Duration::from_secs(10),
@@ -256,6 +259,7 @@ pub async fn run(
         .chain(MeetingService::subscriptions())
         .chain([control_request("+")])
         .collect();
+    link_opts.subscribe_qos = opts.subscribe_qos;
     link_opts.incoming_capacity = 1024;
     link_opts.queue_capacity = 8192;
     link_opts.keep_alive = Duration::from_secs(15);

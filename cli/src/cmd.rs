@@ -94,7 +94,7 @@ pub fn signing_key(ca_dir: &Path) -> Result<Ed25519KeyPair, String> {
 
 /// Sends the command to every target and collects the answers for up to `wait`.
 pub async fn send(
-    broker: Brokers,
+    (broker, subscribe_qos): (Brokers, cuntong_terminal::link::QoS),
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     key: &Ed25519KeyPair,
     targets: &[TerminalId],
@@ -104,6 +104,7 @@ pub async fn send(
 ) -> Result<Vec<Answer>, String> {
     let mut opts = LinkOptions::new(format!("cuntong-cmd-{}", std::process::id()), broker);
     opts.tls = tls;
+    opts.subscribe_qos = subscribe_qos;
     opts.subscriptions = targets
         .iter()
         .map(|t| Topic::terminal(t, Channel::Result).to_string())

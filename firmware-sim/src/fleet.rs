@@ -94,6 +94,8 @@ pub struct SimOptions {
     /// How often health and sensors are sampled and a batch is sent.
     pub interval: Duration,
     pub keep_alive: Duration,
+    /// The QoS of the terminals' subscriptions (1; 0 on a NATS cluster).
+    pub subscribe_qos: cuntong_terminal::link::QoS,
     /// Serve a status socket per terminal (off for fleets).
     pub status_socket: bool,
     /// Pacing and resending of the outbox.
@@ -124,6 +126,7 @@ impl SimOptions {
             data_root,
             interval,
             keep_alive: Duration::from_secs(30),
+            subscribe_qos: cuntong_terminal::link::QoS::AtLeastOnce,
             status_socket: false,
             delivery: DeliveryConfig::default(),
             outbox_budget: OutboxConfig::default().budget_bytes,
@@ -143,6 +146,7 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
     let data_dir = opts.data_root.join(id.to_string());
     let mut cfg = TerminalConfig::new(id, opts.broker.clone(), data_dir);
     cfg.keep_alive = opts.keep_alive;
+    cfg.subscribe_qos = opts.subscribe_qos;
     cfg.health_interval = opts.interval;
     cfg.batch_age = opts.interval;
     cfg.batch_max = 64;

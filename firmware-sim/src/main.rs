@@ -51,6 +51,9 @@ struct Common {
     /// MQTT keep-alive.
     #[arg(long, default_value = "30s")]
     keep_alive: String,
+    /// QoS of the terminals' subscriptions: 1, or 0 on a NATS cluster (docs/operations.md).
+    #[arg(long, default_value_t = 1)]
+    subscribe_qos: u8,
     /// Unconfirmed records are sent again after this long.
     #[arg(long, default_value = "30s")]
     resend_after: String,
@@ -490,6 +493,8 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
         .map_err(|e| format!("--broker {:?}: {e}", redact(&text)))?;
     let mut opts = SimOptions::new(broker, data_root, duration("--interval", &common.interval)?);
     opts.keep_alive = duration("--keep-alive", &common.keep_alive)?;
+    opts.subscribe_qos = cuntong_terminal::link::subscribe_qos(common.subscribe_qos)
+        .map_err(|e| format!("--subscribe-qos {e}"))?;
     // What MQTT can say (whole seconds, 16 bits), as a terminal's config allows.
     if !(Duration::from_secs(1)..=Duration::from_secs(65_535)).contains(&opts.keep_alive) {
         return Err(format!(

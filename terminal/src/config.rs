@@ -8,6 +8,7 @@
 //! broker = "mqtt://10.0.0.1:1883"   # or a cluster's nodes: ["mqtts://a:8883", "mqtts://b:8883"]
 //! data_dir = "/var/lib/cuntong"
 //! keep_alive = "30s"
+//! subscribe_qos = 1                 # 0 on a NATS cluster (docs/operations.md, "Broker cluster")
 //!
 //! [telemetry]
 //! health_interval = "60s"   # how often site health is sampled
@@ -113,6 +114,8 @@ pub struct TerminalConfig {
     pub data_dir: PathBuf,
     /// MQTT keep-alive; the broker reports the terminal offline after 1.5 times it.
     pub keep_alive: Duration,
+    /// The QoS of the terminal's subscriptions (1; 0 on a NATS cluster).
+    pub subscribe_qos: rumqttc::QoS,
     /// Local status socket; `None` disables it.
     pub status_socket: Option<PathBuf>,
     pub health_interval: Duration,
@@ -179,6 +182,7 @@ impl TerminalConfig {
             broker: broker.into(),
             data_dir,
             keep_alive: Duration::from_secs(30),
+            subscribe_qos: rumqttc::QoS::AtLeastOnce,
             status_socket,
             health_interval: Duration::from_secs(60),
             batch_max: 32,
@@ -253,6 +257,10 @@ impl TerminalConfig {
                 "keep_alive",
                 "must be between 1s and 65535s".into(),
             ));
+        }
+        if let Some(q) = raw.subscribe_qos {
+            cfg.subscribe_qos =
+                crate::link::subscribe_qos(q).map_err(|e| invalid("subscribe_qos", e))?;
         }
         let t = raw.telemetry;
         cfg.health_interval = duration(
@@ -659,6 +667,7 @@ struct RawConfig {
     broker: RawBrokers,
     data_dir: PathBuf,
     keep_alive: Option<String>,
+    subscribe_qos: Option<u8>,
     status_socket: Option<PathBuf>,
     #[serde(default)]
     telemetry: RawTelemetry,

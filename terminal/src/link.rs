@@ -32,12 +32,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker_url::{BrokerUrl, Brokers};
 pub use cuntong_core::envelope::MAX_PAYLOAD;
+/// MQTT QoS, as [`LinkOptions::subscribe_qos`] takes it.
+pub use rumqttc::QoS;
 
 /// The largest MQTT packet a broker we configure accepts or delivers (Mosquitto's
 /// `max_packet_size`, the embedded broker's limit): the largest payload of the protocol
@@ -126,6 +128,11 @@ pub struct LinkOptions {
     pub on_connect: Vec<Message>,
     /// Subscribed after every successful connect.
     pub subscriptions: Vec<String>,
+    /// The QoS the subscriptions ask for: 1, or 0 for a broker where a QoS 1 subscription is
+    /// costly to set up (NATS: a JetStream consumer each). Nothing depends on QoS 1 delivery
+    /// from the broker: what must arrive is confirmed end to end (outbox and watermarks,
+    /// retained and repeated meeting state).
+    pub subscribe_qos: QoS,
     /// Publishes waiting for the broker, at most.
     pub queue_capacity: usize,
     /// Received messages waiting for the owner, at most.
@@ -146,6 +153,7 @@ impl LinkOptions {
             last_will: None,
             on_connect: Vec::new(),
             subscriptions: Vec::new(),
+            subscribe_qos: QoS::AtLeastOnce,
             queue_capacity: 256,
             incoming_capacity: 64,
             backoff: Backoff::default(),
@@ -300,7 +308,7 @@ impl Link {
             client,
             queue_rx,
             (gen_rx.clone(), refused_rx),
-            opts.subscriptions,
+            (opts.subscriptions, opts.subscribe_qos),
             opts.on_connect,
             stop.clone(),
         ));
@@ -680,14 +688,23 @@ fn record_ping(shared: &Shared, answered: bool, rtt_ms: Option<f64>) {
     }
 }
 
+/// The subscription QoS a setting or flag gives: 0 or 1.
+pub fn subscribe_qos(n: u8) -> Result<QoS, String> {
+    match n {
+        0 => Ok(QoS::AtMostOnce),
+        1 => Ok(QoS::AtLeastOnce),
+        n => Err(format!("{n}: must be 0 or 1")),
+    }
+}
+
 /// Subscribes to every filter in one SUBSCRIBE (so a SUBACK's codes follow `filters`).
-async fn subscribe_all(client: &AsyncClient, filters: &[String]) -> bool {
+async fn subscribe_all(client: &AsyncClient, (filters, qos): &(Vec<String>, QoS)) -> bool {
     if filters.is_empty() {
         return true;
     }
     let filters = filters
         .iter()
-        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), *qos));
     client.subscribe_many(filters).await.is_ok()
 }
 
@@ -700,7 +717,7 @@ async fn sender_task(
     client: AsyncClient,
     mut queue: mpsc::Receiver<Message>,
     (mut generation, mut refused): (watch::Receiver<u64>, watch::Receiver<u64>),
-    subscriptions: Vec<String>,
+    subscriptions: (Vec<String>, QoS),
     on_connect: Vec<Message>,
     stop: CancellationToken,
 ) {

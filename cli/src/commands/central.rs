@@ -49,6 +49,7 @@ impl CentralArgs {
             db.unwrap_or_else(default_db),
             format!("central-{}", std::process::id()),
         );
+        opts.subscribe_qos = broker.subscribe_qos()?;
         opts.meeting_heartbeat = duration("--meeting-heartbeat", &meeting_heartbeat)?;
         if opts.meeting_heartbeat > Duration::from_secs(3600) {
             return Err(Usage(format!(

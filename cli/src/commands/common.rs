@@ -11,6 +11,7 @@ use clap::Args;
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::broker_url::Brokers;
+use cuntong_terminal::link::QoS;
 
 use crate::commands::meeting::CentralClient;
 use crate::store::{SqliteStore, Store};
@@ -33,6 +34,16 @@ pub struct BrokerArgs {
         global = true
     )]
     pub urls: Vec<String>,
+    /// QoS of the subscriptions: 1, or 0 on a NATS cluster, where each QoS 1 subscription is
+    /// a JetStream consumer (docs/operations.md, "Broker cluster").
+    #[arg(
+        long,
+        env = "CUNTONG_SUBSCRIBE_QOS",
+        default_value_t = 1,
+        value_name = "0|1",
+        global = true
+    )]
+    pub subscribe_qos: u8,
 }
 
 impl BrokerArgs {
@@ -44,6 +55,12 @@ impl BrokerArgs {
     /// The brokers, or a [`Usage`] naming `--broker` and the value (without its password).
     pub fn brokers(&self) -> Result<Brokers, Usage> {
         parse("--broker", &self.text())
+    }
+
+    /// `--subscribe-qos`, checked.
+    pub fn subscribe_qos(&self) -> Result<QoS, Usage> {
+        cuntong_terminal::link::subscribe_qos(self.subscribe_qos)
+            .map_err(|e| Usage(format!("--subscribe-qos {e}")))
     }
 
     /// The brokers, checked to go with `--tls` (given or not): see [`tls_goes_with`].
@@ -179,7 +196,10 @@ impl Conn {
     pub async fn connect(&self) -> Result<CentralClient, Failure> {
         let brokers = self.broker.with_tls(self.tls.is_some())?;
         let tls = tls_bundle(self.tls.as_deref())?;
-        CentralClient::connect(brokers, tls).await.map_err(fail)
+        let qos = self.broker.subscribe_qos()?;
+        CentralClient::connect(brokers, tls, qos)
+            .await
+            .map_err(fail)
     }
 }
 
@@ -232,7 +252,8 @@ impl Signing {
         let brokers = self.broker.with_tls(self.tls.is_some())?;
         let tls = tls_bundle(self.tls.as_deref())?;
         let key = crate::cmd::signing_key(&self.ca).map_err(fail)?;
-        crate::cmd::send(brokers, tls, &key, targets, action, expires, wait)
+        let qos = self.broker.subscribe_qos()?;
+        crate::cmd::send((brokers, qos), tls, &key, targets, action, expires, wait)
             .await
             .map_err(fail)
     }

@@ -61,6 +61,7 @@ impl CentralClient {
     pub async fn connect(
         broker: impl Into<Brokers>,
         tls: Option<Arc<rustls::ClientConfig>>,
+        subscribe_qos: cuntong_terminal::link::QoS,
     ) -> Result<CentralClient, String> {
         let mut salt = [0u8; 4];
         ring::rand::SystemRandom::new()
@@ -73,6 +74,7 @@ impl CentralClient {
         );
         let mut opts = LinkOptions::new(client.clone(), broker);
         opts.tls = tls;
+        opts.subscribe_qos = subscribe_qos;
         opts.subscriptions = vec![control_response(&client)];
         let (link, incoming) = Link::connect(opts, Duration::from_secs(10)).await?;
         Ok(CentralClient {
