@@ -959,7 +959,7 @@ mod tests {
     }
 
     #[test]
-    fn a_list_of_brokers_parses_in_order_and_a_mixed_or_empty_list_is_refused_naming_the_key() {
+    fn a_list_of_brokers_and_the_subscription_qos_parse_and_bad_ones_are_refused_naming_the_key() {
         let list = |urls: &str| {
             format!("id = \"130102001001-main\"\nbroker = {urls}\ndata_dir = \"/x\"\n")
         };
@@ -978,6 +978,17 @@ mod tests {
             let e = parse(&list(bad)).unwrap_err().to_string();
             assert!(e.starts_with("terminal.toml: broker: "), "{bad}: {e}");
         }
+        let qos = |v: &str| parse(&format!("{BASE}subscribe_qos = {v}\n"));
+        assert_eq!(qos("0").unwrap().subscribe_qos, rumqttc::QoS::AtMostOnce);
+        assert_eq!(
+            parse(BASE).unwrap().subscribe_qos,
+            rumqttc::QoS::AtLeastOnce
+        );
+        let e = qos("2").unwrap_err().to_string();
+        assert!(
+            e.starts_with("terminal.toml: subscribe_qos: 2: must be 0 or 1"),
+            "{e}"
+        );
         let mixed = parse(&list(r#"["mqtts://a:8883", "mqtt://b:1883"]"#))
             .unwrap_err()
             .to_string();
