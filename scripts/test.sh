@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (as root) or a developer's box.
-# Installs what is missing (Mosquitto for the broker tests, PostgreSQL for the store's,
-# Chromium for the dashboard's browser test, GStreamer and ffmpeg for media), then checks formatting, lints, the no_std build of the core, and runs every
-# test against the real binaries and brokers.
+# Installs what is missing (Mosquitto for the broker tests, NATS for the broker cluster test,
+# PostgreSQL for the store's, Chromium for the dashboard's browser test, GStreamer and ffmpeg
+# for media), then checks formatting, lints, the no_std build of the core, and runs every test
+# against the real binaries and brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# The broker cluster test: three NATS nodes (JetStream with its MQTT listener).
+[ -x /usr/sbin/nats-server ] || [ -x /usr/bin/nats-server ] || need_apt+=(nats-server)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The dashboard's browser test: Debian's Chromium driven through ChromeDriver.

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, PREFIX, Topic, meeting_filters, region_filter};
+use cuntong_terminal::broker_url::Brokers;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
@@ -366,11 +367,12 @@ pub fn issue_server(ca_dir: &Path, name: &str, out: &Path) -> Result<(), CaError
     record(ca_dir, name, "server", c.serial)
 }
 
-/// Provisions a terminal (or `central`) into the bundle directory `out`.
+/// Provisions a terminal (or `central`) into the bundle directory `out`; its config names
+/// `broker` (a cluster's nodes as a list).
 pub fn provision(
     ca_dir: &Path,
     id: &str,
-    broker: &str,
+    broker: &Brokers,
     out: &Path,
     name: Option<&str>,
     force: bool,
@@ -398,6 +400,17 @@ pub fn provision(
     write_file(&out.join("cert.pem"), c.cert.as_bytes(), false)?;
     write_file(&out.join("key.pem"), c.key.as_bytes(), true)?;
     let label = name.map(|n| format!("# {n}\n")).unwrap_or_default();
+    let broker = match broker.len() {
+        1 => format!("\"{}\"", broker.first()),
+        _ => format!(
+            "[{}]",
+            broker
+                .iter()
+                .map(|b| format!("\"{b}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let mut tls = String::from("[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
     let command_pub = ca_dir.join("command.pub");
     if kind == "terminal" && command_pub.exists() {
@@ -407,11 +420,11 @@ pub fn provision(
         );
     }
     if kind == "central" {
-        let text = format!("{label}broker = \"{broker}\"\n\n{tls}");
+        let text = format!("{label}broker = {broker}\n\n{tls}");
         write_file(&out.join("central.toml"), text.as_bytes(), false)?;
     } else {
         let text = format!(
-            "{label}id = \"{id}\"\nbroker = \"{broker}\"\ndata_dir = \"/var/lib/cuntong\"\n\n{tls}"
+            "{label}id = \"{id}\"\nbroker = {broker}\ndata_dir = \"/var/lib/cuntong\"\n\n{tls}"
         );
         write_file(&out.join("terminal.toml"), text.as_bytes(), false)?;
     }
@@ -581,6 +594,18 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn a_bundle_for_a_cluster_names_every_node_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, out) = (dir.path().join("ca"), dir.path().join("site"));
+        init(&ca).unwrap();
+        let nodes: Brokers = "mqtts://a:8883,mqtts://b:8883,mqtts://c".parse().unwrap();
+        provision(&ca, "130102001001-main", &nodes, &out, None, false).unwrap();
+        let cfg =
+            cuntong_terminal::config::TerminalConfig::load(&out.join("terminal.toml")).unwrap();
+        assert_eq!(cfg.broker, nodes);
+    }
+
+    #[test]
     fn a_bundle_holds_everything_and_keeps_its_key_private() {
         let dir = tempfile::tempdir().unwrap();
         let (ca, out) = (dir.path().join("ca"), dir.path().join("site"));
@@ -589,7 +614,7 @@ mod tests {
         provision(
             &ca,
             "130102001001-main",
-            "mqtts://h:8883",
+            &"mqtts://h:8883".parse().unwrap(),
             &out,
             Some("Xinhua"),
             false,
@@ -626,14 +651,24 @@ mod tests {
             provision(
                 &ca,
                 "130102001001-main",
-                "mqtts://h:8883",
+                &"mqtts://h:8883".parse().unwrap(),
                 &out,
                 None,
                 false
             )
             .is_err()
         );
-        assert!(provision(&ca, "130102001001-main", "mqtts://h:8883", &out, None, true).is_ok());
+        assert!(
+            provision(
+                &ca,
+                "130102001001-main",
+                &"mqtts://h:8883".parse().unwrap(),
+                &out,
+                None,
+                true
+            )
+            .is_ok()
+        );
         let acl = mosquitto_acl(&inventory(&ca).unwrap());
         assert!(acl.contains(
             "user 130102001001-main\ntopic write ct/v1/t/13/01/02/001/001/main/presence"
@@ -652,7 +687,15 @@ mod tests {
         );
         let (a, b) = ("130102001001-main", "130102002001-main");
         for id in [a, b, "central", "central-ops"] {
-            provision(&ca, id, "mqtts://h:8883", &dir.path().join(id), None, false).unwrap();
+            provision(
+                &ca,
+                id,
+                &"mqtts://h:8883".parse().unwrap(),
+                &dir.path().join(id),
+                None,
+                false,
+            )
+            .unwrap();
         }
         let serial = |id: &str| {
             inventory(&ca)
@@ -666,7 +709,15 @@ mod tests {
         let first = serial(a);
         assert_eq!(first.len(), 32, "16 random bytes");
         assert_ne!(first, serial(b));
-        provision(&ca, a, "mqtts://h:8883", &dir.path().join("a2"), None, true).unwrap();
+        provision(
+            &ca,
+            a,
+            &"mqtts://h:8883".parse().unwrap(),
+            &dir.path().join("a2"),
+            None,
+            true,
+        )
+        .unwrap();
         let inv = inventory(&ca).unwrap();
         assert_ne!(serial(a), first, "a new certificate");
         assert_eq!(inv.revoked.len(), 1);

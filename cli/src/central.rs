@@ -19,7 +19,7 @@ use std::time::Duration;
 use cuntong_core::envelope::{decode_event, decode_telemetry};
 use cuntong_core::presence::Presence;
 use cuntong_core::topic::{Channel, Topic, control_request, control_response, region_filter};
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::link::{Incoming, Link, LinkOptions, unix_ms};
 use cuntong_terminal::throttle::LogLimiter;
 use tokio::sync::mpsc;
@@ -44,9 +44,12 @@ const ANSWER_WAITS_FOR_STORE: Duration = Duration::from_secs(1);
 /// How central connects and where it stores.
 #[derive(Clone, Debug)]
 pub struct CentralOptions {
-    pub broker: BrokerUrl,
+    /// The broker, or a cluster's nodes in order of preference.
+    pub broker: Brokers,
     pub db: Database,
     pub client_id: String,
+    /// The QoS of central's subscriptions (1; 0 on a NATS cluster).
+    pub subscribe_qos: rumqttc::QoS,
     /// How often confirmations go out (coalesced per terminal).
     pub ack_interval: Duration,
     /// Mutual TLS (central's bundle), for an `mqtts://` broker.
@@ -62,11 +65,16 @@ pub struct CentralOptions {
 }
 
 impl CentralOptions {
-    pub fn new(broker: BrokerUrl, db: Database, client_id: impl Into<String>) -> CentralOptions {
+    pub fn new(
+        broker: impl Into<Brokers>,
+        db: Database,
+        client_id: impl Into<String>,
+    ) -> CentralOptions {
         CentralOptions {
-            broker,
+            broker: broker.into(),
             db,
             client_id: client_id.into(),
+            subscribe_qos: rumqttc::QoS::AtLeastOnce,
             ack_interval: Duration::from_secs(1),
             tls: None,
             meeting_heartbeat: Duration::from_secs(10),
@@ -254,7 +262,10 @@ fn lease_loop(
         if store.is_none() {
             store = db.open().ok();
         }
-        let answer = match store.as_mut().map(|s| s.take_lease(HOST_ROLE, &instance, lease.ttl_ms)) {
+        let answer = match store
+            .as_mut()
+            .map(|s| s.take_lease(HOST_ROLE, &instance, lease.ttl_ms))
+        {
             Some(Ok(Some(epoch))) => Answer::Held { epoch },
             Some(Ok(None)) => Answer::Taken,
             Some(Err(e)) => {
@@ -301,8 +312,7 @@ pub async fn run(
     // lease is asked for once, and the roles' state read if it is granted, before the link
     // starts; from then on the roles only hand the store thread what to write.
     let writer_stats = stats.clone();
-    let (setup_opts, writer_stop, setup_instance) =
-        (opts.clone(), stop.clone(), instance.clone());
+    let (setup_opts, writer_stop, setup_instance) = (opts.clone(), stop.clone(), instance.clone());
     let runtime = tokio::runtime::Handle::current();
     let (writer, first, asked) = tokio::task::spawn_blocking(move || {
         let opts = setup_opts;
@@ -349,7 +359,8 @@ pub async fn run(
     }
     let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
     {
-        let (db, instance, lease, stop) = (opts.db.clone(), instance.clone(), opts.lease, stop.clone());
+        let (db, instance, lease, stop) =
+            (opts.db.clone(), instance.clone(), opts.lease, stop.clone());
         std::thread::Builder::new()
             .name("central-lease".to_owned())
             .spawn(move || lease_loop(db, instance, started_ms, lease, lease_tx, stop))
@@ -384,6 +395,7 @@ pub async fn run(
         .chain(MeetingService::subscriptions())
         .chain([control_request("+")])
         .collect();
+    link_opts.subscribe_qos = opts.subscribe_qos;
     link_opts.incoming_capacity = 1024;
     link_opts.queue_capacity = 8192;
     link_opts.keep_alive = Duration::from_secs(15);

@@ -14,7 +14,7 @@ use cuntong_core::command::{Action, CommandBody, CommandResult, SignedCommand};
 use cuntong_core::envelope::encode;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic};
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::link::{Link, LinkOptions, Message, unix_ms};
 use ring::rand::SecureRandom;
 use ring::signature::Ed25519KeyPair;
@@ -94,7 +94,7 @@ pub fn signing_key(ca_dir: &Path) -> Result<Ed25519KeyPair, String> {
 
 /// Sends the command to every target and collects the answers for up to `wait`.
 pub async fn send(
-    broker: BrokerUrl,
+    (broker, subscribe_qos): (Brokers, cuntong_terminal::link::QoS),
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     key: &Ed25519KeyPair,
     targets: &[TerminalId],
@@ -104,6 +104,7 @@ pub async fn send(
 ) -> Result<Vec<Answer>, String> {
     let mut opts = LinkOptions::new(format!("cuntong-cmd-{}", std::process::id()), broker);
     opts.tls = tls;
+    opts.subscribe_qos = subscribe_qos;
     opts.subscriptions = targets
         .iter()
         .map(|t| Topic::terminal(t, Channel::Result).to_string())

@@ -16,7 +16,7 @@ use cuntong_core::meeting::participant::AcceptPolicy;
 use cuntong_core::meeting::{Applied, MediaPlan, MediaProfile, MeetingId, MeetingState};
 use cuntong_core::site::{Level, Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::conference::{Console, Invitation, MediaEngine, SignallingOnly};
 use cuntong_terminal::config::{CommandsConfig, TerminalConfig};
 use cuntong_terminal::daemon::{self, Hardware, RunError};
@@ -87,12 +87,15 @@ pub fn fleet_ids(region: &Region, count: usize) -> Vec<TerminalId> {
 /// Options shared by every simulated terminal.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
-    pub broker: BrokerUrl,
+    /// The broker, or a cluster's nodes in order of preference.
+    pub broker: Brokers,
     /// Each terminal keeps its state in `<data_root>/<terminal id>`.
     pub data_root: PathBuf,
     /// How often health and sensors are sampled and a batch is sent.
     pub interval: Duration,
     pub keep_alive: Duration,
+    /// The QoS of the terminals' subscriptions (1; 0 on a NATS cluster).
+    pub subscribe_qos: cuntong_terminal::link::QoS,
     /// Serve a status socket per terminal (off for fleets).
     pub status_socket: bool,
     /// Pacing and resending of the outbox.
@@ -117,12 +120,13 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
-    pub fn new(broker: BrokerUrl, data_root: PathBuf, interval: Duration) -> SimOptions {
+    pub fn new(broker: impl Into<Brokers>, data_root: PathBuf, interval: Duration) -> SimOptions {
         SimOptions {
-            broker,
+            broker: broker.into(),
             data_root,
             interval,
             keep_alive: Duration::from_secs(30),
+            subscribe_qos: cuntong_terminal::link::QoS::AtLeastOnce,
             status_socket: false,
             delivery: DeliveryConfig::default(),
             outbox_budget: OutboxConfig::default().budget_bytes,
@@ -142,6 +146,7 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
     let data_dir = opts.data_root.join(id.to_string());
     let mut cfg = TerminalConfig::new(id, opts.broker.clone(), data_dir);
     cfg.keep_alive = opts.keep_alive;
+    cfg.subscribe_qos = opts.subscribe_qos;
     cfg.health_interval = opts.interval;
     cfg.batch_age = opts.interval;
     cfg.batch_max = 64;

@@ -16,7 +16,7 @@ use cuntong_firmware_sim::fleet::{
     Fleet, MAX_FLEET, SimOptions, default_data_root, fleet_ids, relay_ids,
 };
 use cuntong_firmware_sim::{datalogger, proxy};
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::{Brokers, redact};
 use cuntong_terminal::config::{parse_duration, parse_size};
 use cuntong_terminal::daemon::shutdown_signal;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -36,14 +36,24 @@ struct Cli {
 /// Options every simulated terminal takes.
 #[derive(Args)]
 struct Common {
-    #[arg(long, env = "CUNTONG_BROKER", default_value = "mqtt://127.0.0.1:1883")]
-    broker: String,
+    /// The broker URL; a cluster's nodes: repeat the flag or separate URLs by commas, in order
+    /// of preference.
+    #[arg(
+        long,
+        env = "CUNTONG_BROKER",
+        default_value = "mqtt://127.0.0.1:1883",
+        value_name = "URL"
+    )]
+    broker: Vec<String>,
     /// Sampling and batch interval.
     #[arg(long, default_value = "10s")]
     interval: String,
     /// MQTT keep-alive.
     #[arg(long, default_value = "30s")]
     keep_alive: String,
+    /// QoS of the terminals' subscriptions: 1, or 0 on a NATS cluster (docs/operations.md).
+    #[arg(long, default_value_t = 1)]
+    subscribe_qos: u8,
     /// Unconfirmed records are sent again after this long.
     #[arg(long, default_value = "30s")]
     resend_after: String,
@@ -477,12 +487,14 @@ fn logger_options(
 }
 
 fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
-    let broker: BrokerUrl = common
-        .broker
+    let text = common.broker.join(",");
+    let broker: Brokers = text
         .parse()
-        .map_err(|e| format!("--broker: {e}"))?;
+        .map_err(|e| format!("--broker {:?}: {e}", redact(&text)))?;
     let mut opts = SimOptions::new(broker, data_root, duration("--interval", &common.interval)?);
     opts.keep_alive = duration("--keep-alive", &common.keep_alive)?;
+    opts.subscribe_qos = cuntong_terminal::link::subscribe_qos(common.subscribe_qos)
+        .map_err(|e| format!("--subscribe-qos {e}"))?;
     // What MQTT can say (whole seconds, 16 bits), as a terminal's config allows.
     if !(Duration::from_secs(1)..=Duration::from_secs(65_535)).contains(&opts.keep_alive) {
         return Err(format!(

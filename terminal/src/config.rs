@@ -8,6 +8,7 @@
 //! broker = "mqtt://10.0.0.1:1883"   # or a cluster's nodes: ["mqtts://a:8883", "mqtts://b:8883"]
 //! data_dir = "/var/lib/cuntong"
 //! keep_alive = "30s"
+//! subscribe_qos = 1                 # 0 on a NATS cluster (docs/operations.md, "Broker cluster")
 //!
 //! [telemetry]
 //! health_interval = "60s"   # how often site health is sampled
@@ -113,6 +114,8 @@ pub struct TerminalConfig {
     pub data_dir: PathBuf,
     /// MQTT keep-alive; the broker reports the terminal offline after 1.5 times it.
     pub keep_alive: Duration,
+    /// The QoS of the terminal's subscriptions (1; 0 on a NATS cluster).
+    pub subscribe_qos: rumqttc::QoS,
     /// Local status socket; `None` disables it.
     pub status_socket: Option<PathBuf>,
     pub health_interval: Duration,
@@ -179,6 +182,7 @@ impl TerminalConfig {
             broker: broker.into(),
             data_dir,
             keep_alive: Duration::from_secs(30),
+            subscribe_qos: rumqttc::QoS::AtLeastOnce,
             status_socket,
             health_interval: Duration::from_secs(60),
             batch_max: 32,
@@ -253,6 +257,10 @@ impl TerminalConfig {
                 "keep_alive",
                 "must be between 1s and 65535s".into(),
             ));
+        }
+        if let Some(q) = raw.subscribe_qos {
+            cfg.subscribe_qos =
+                crate::link::subscribe_qos(q).map_err(|e| invalid("subscribe_qos", e))?;
         }
         let t = raw.telemetry;
         cfg.health_interval = duration(
@@ -659,6 +667,7 @@ struct RawConfig {
     broker: RawBrokers,
     data_dir: PathBuf,
     keep_alive: Option<String>,
+    subscribe_qos: Option<u8>,
     status_socket: Option<PathBuf>,
     #[serde(default)]
     telemetry: RawTelemetry,
@@ -947,6 +956,46 @@ mod tests {
         assert!(err("[duty_button]\nline = 3\nkind = \"SOS!\"\n").contains("duty_button.kind"));
         assert!(err("[duty_button]\nline = 3\nhold = \"long\"\n").contains("duty_button.hold"));
         assert!(err("[duty_button]\nchip = \"/dev/gpiochip0\"\n").contains("line"));
+    }
+
+    #[test]
+    fn a_list_of_brokers_and_the_subscription_qos_parse_and_bad_ones_are_refused_naming_the_key() {
+        let list = |urls: &str| {
+            format!("id = \"130102001001-main\"\nbroker = {urls}\ndata_dir = \"/x\"\n")
+        };
+        let cfg = parse(&list(r#"["mqtt://a:1883", "mqtt://b:1884", "mqtt://c"]"#)).unwrap();
+        let hosts: Vec<_> = cfg
+            .broker
+            .iter()
+            .map(|b| (b.host.as_str(), b.port))
+            .collect();
+        assert_eq!(hosts, [("a", 1883), ("b", 1884), ("c", 1883)]);
+        for bad in [
+            r#"["mqtts://a:8883", "mqtt://b:1883"]"#,
+            r#"["mqtt://a:1883", "http://b"]"#,
+            "[]",
+        ] {
+            let e = parse(&list(bad)).unwrap_err().to_string();
+            assert!(e.starts_with("terminal.toml: broker: "), "{bad}: {e}");
+        }
+        let qos = |v: &str| parse(&format!("{BASE}subscribe_qos = {v}\n"));
+        assert_eq!(qos("0").unwrap().subscribe_qos, rumqttc::QoS::AtMostOnce);
+        assert_eq!(
+            parse(BASE).unwrap().subscribe_qos,
+            rumqttc::QoS::AtLeastOnce
+        );
+        let e = qos("2").unwrap_err().to_string();
+        assert!(
+            e.starts_with("terminal.toml: subscribe_qos: 2: must be 0 or 1"),
+            "{e}"
+        );
+        let mixed = parse(&list(r#"["mqtts://a:8883", "mqtt://b:1883"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            mixed.contains("mqtts://a:8883") && mixed.contains("mqtt://b:1883"),
+            "{mixed}"
+        );
     }
 
     /// The parser's own refusals name the table, the key and the line, in one line, as the

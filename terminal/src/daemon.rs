@@ -123,6 +123,7 @@ pub fn link_options(cfg: &TerminalConfig, started_ms: u64) -> Result<LinkOptions
     let presence_topic = Topic::terminal(&cfg.id, Channel::Presence).to_string();
     let mut opts = LinkOptions::new(cfg.id.to_string(), cfg.broker.clone());
     opts.keep_alive = cfg.keep_alive;
+    opts.subscribe_qos = cfg.subscribe_qos;
     opts.queue_capacity = cfg.queue_capacity;
     opts.tls = cfg
         .tls

@@ -4,6 +4,10 @@
 //! - **reconnect with back-off and jitter** (rumqttc retries at once, forever), and collapse
 //!   the back-off as soon as the broker's TCP port answers again;
 //! - **resubscribe and re-announce** after every connect, since a clean session forgets both;
+//! - **subscribe again when the broker refused**: a SUBACK with a failure code (a cluster node
+//!   that cannot set the subscription up yet, e.g. NATS while its JetStream elects leaders after
+//!   a node's death) is retried with back-off until the broker takes it, instead of leaving the
+//!   link connected and deaf;
 //! - **never wedge after a reconnect**: a publish stuck in rumqttc's packet-id collision slot
 //!   is dropped when the connection fails (the outbox sends it again);
 //! - **never deadlock**: rumqttc's event loop must be polled for its request channel to drain,
@@ -28,12 +32,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker_url::{BrokerUrl, Brokers};
 pub use cuntong_core::envelope::MAX_PAYLOAD;
+/// MQTT QoS, as [`LinkOptions::subscribe_qos`] takes it.
+pub use rumqttc::QoS;
 
 /// The largest MQTT packet a broker we configure accepts or delivers (Mosquitto's
 /// `max_packet_size`, the embedded broker's limit): the largest payload of the protocol
@@ -122,6 +128,11 @@ pub struct LinkOptions {
     pub on_connect: Vec<Message>,
     /// Subscribed after every successful connect.
     pub subscriptions: Vec<String>,
+    /// The QoS the subscriptions ask for: 1, or 0 for a broker where a QoS 1 subscription is
+    /// costly to set up (NATS: a JetStream consumer each). Nothing depends on QoS 1 delivery
+    /// from the broker: what must arrive is confirmed end to end (outbox and watermarks,
+    /// retained and repeated meeting state).
+    pub subscribe_qos: QoS,
     /// Publishes waiting for the broker, at most.
     pub queue_capacity: usize,
     /// Received messages waiting for the owner, at most.
@@ -142,6 +153,7 @@ impl LinkOptions {
             last_will: None,
             on_connect: Vec::new(),
             subscriptions: Vec::new(),
+            subscribe_qos: QoS::AtLeastOnce,
             queue_capacity: 256,
             incoming_capacity: 64,
             backoff: Backoff::default(),
@@ -184,6 +196,8 @@ struct Shared {
     published: AtomicU64,
     last_publish_ms: AtomicU64,
     refused_oversized: AtomicU64,
+    /// SUBACKs with a refused subscription since start.
+    refused_subscriptions: AtomicU64,
     /// Runs of TLS failures (certificate not trusted, expired, refused) since start; a run
     /// ends when the link connects.
     tls_episodes: AtomicU64,
@@ -274,6 +288,7 @@ impl Link {
         let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let (up_tx, up_rx) = watch::channel(false);
+        let (refused_tx, refused_rx) = watch::channel(0u64);
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();
         tokio::spawn(poll_task(
@@ -284,6 +299,7 @@ impl Link {
             Signals {
                 generation: gen_tx,
                 up: up_tx,
+                refused: refused_tx,
                 shared: shared.clone(),
                 stop: stop.clone(),
             },
@@ -291,8 +307,8 @@ impl Link {
         tokio::spawn(sender_task(
             client,
             queue_rx,
-            gen_rx.clone(),
-            opts.subscriptions,
+            (gen_rx.clone(), refused_rx),
+            (opts.subscriptions, opts.subscribe_qos),
             opts.on_connect,
             stop.clone(),
         ));
@@ -421,6 +437,8 @@ struct Signals {
     generation: watch::Sender<u64>,
     /// Connected or not, for the owner.
     up: watch::Sender<bool>,
+    /// Bumped when the broker refuses a subscription (the sender task subscribes again).
+    refused: watch::Sender<u64>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 }
@@ -435,6 +453,7 @@ async fn poll_task(
     let Signals {
         generation,
         up,
+        refused,
         shared,
         stop,
     } = signals;
@@ -475,6 +494,21 @@ async fn poll_task(
                 } else {
                     tracing::info!(connects = generation_no, "link connected");
                 }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack)))
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                let n = shared.refused_subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        refused = n,
+                        "the broker at {broker} refused a subscription; subscribing again"
+                    );
+                }
+                refused.send_modify(|r| *r += 1);
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() > MAX_PAYLOAD => {
                 // Nothing in the protocol is this big: refuse it, keep the link.
@@ -654,14 +688,41 @@ fn record_ping(shared: &Shared, answered: bool, rtt_ms: Option<f64>) {
     }
 }
 
+/// The subscription QoS a setting or flag gives: 0 or 1.
+pub fn subscribe_qos(n: u8) -> Result<QoS, String> {
+    match n {
+        0 => Ok(QoS::AtMostOnce),
+        1 => Ok(QoS::AtLeastOnce),
+        n => Err(format!("{n}: must be 0 or 1")),
+    }
+}
+
+/// Subscribes to every filter in one SUBSCRIBE (so a SUBACK's codes follow `filters`).
+async fn subscribe_all(client: &AsyncClient, (filters, qos): &(Vec<String>, QoS)) -> bool {
+    if filters.is_empty() {
+        return true;
+    }
+    let filters = filters
+        .iter()
+        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), *qos));
+    client.subscribe_many(filters).await.is_ok()
+}
+
+/// The first wait before subscribing again after a refusal; it doubles up to
+/// [`RESUBSCRIBE_MAX`] while the broker keeps refusing, and starts over on a new connection.
+const RESUBSCRIBE_MIN: Duration = Duration::from_millis(500);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(30);
+
 async fn sender_task(
     client: AsyncClient,
     mut queue: mpsc::Receiver<Message>,
-    mut generation: watch::Receiver<u64>,
-    subscriptions: Vec<String>,
+    (mut generation, mut refused): (watch::Receiver<u64>, watch::Receiver<u64>),
+    subscriptions: (Vec<String>, QoS),
     on_connect: Vec<Message>,
     stop: CancellationToken,
 ) {
+    let subscriptions = Arc::new(subscriptions);
+    let mut retry_wait = RESUBSCRIBE_MIN;
     loop {
         tokio::select! {
             biased;
@@ -670,20 +731,42 @@ async fn sender_task(
                 if changed.is_err() {
                     break;
                 }
+                retry_wait = RESUBSCRIBE_MIN;
                 // A new connection: the clean session has forgotten our subscriptions.
-                if !subscriptions.is_empty() {
-                    let filters = subscriptions
-                        .iter()
-                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                    if client.subscribe_many(filters).await.is_err() {
-                        break;
-                    }
+                if !subscribe_all(&client, &subscriptions).await {
+                    break;
                 }
                 for m in &on_connect {
                     if client.publish(&m.topic, m.qos, m.retain, m.payload.clone()).await.is_err() {
                         break;
                     }
                 }
+            }
+            changed = refused.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // Subscribe again after a wait, on this connection only (a new one
+                // subscribes anyway); publishing goes on meanwhile.
+                let (client, filters, stop) = (client.clone(), subscriptions.clone(), stop.clone());
+                let (mut connection, wait) = (generation.clone(), retry_wait);
+                let this = *connection.borrow_and_update();
+                retry_wait = (retry_wait * 2).min(RESUBSCRIBE_MAX);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = async {
+                            while connection.changed().await.is_ok() {
+                                if *connection.borrow() != this {
+                                    break;
+                                }
+                            }
+                        } => {}
+                        _ = tokio::time::sleep(wait) => {
+                            subscribe_all(&client, &filters).await;
+                        }
+                    }
+                });
             }
             msg = queue.recv() => {
                 let Some(m) = msg else { break };
@@ -728,6 +811,186 @@ mod tests {
             "{}",
             describe(&tls, failure.as_deref())
         );
+    }
+
+    /// A stand-in broker on a loopback port: accepts connections, answers each CONNECT with a
+    /// CONNACK and keeps the connection until `drop_all` fires, then closes them and stops
+    /// listening (as a killed node does).
+    async fn fake_broker(drop_all: CancellationToken) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = tokio::select! {
+                    _ = drop_all.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let drop_all = drop_all.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let _ = socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                    tokio::select! {
+                        _ = drop_all.cancelled() => {}
+                        _ = async { while socket.read(&mut buf).await.unwrap_or(0) > 0 {} } => {}
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// A port on which nothing listens: connections to it are refused.
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn cluster_link(ports: &[u16]) -> Link {
+        let list = ports
+            .iter()
+            .map(|p| format!("mqtt://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut opts = LinkOptions::new("failover-test", list.parse::<Brokers>().unwrap());
+        opts.keep_alive = Duration::from_secs(60);
+        // A back-off far above the bounds below: only moving on at once passes.
+        opts.backoff = Backoff {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+        };
+        Link::start(opts).0
+    }
+
+    async fn connected_to(link: &Link, port: u16, within: Duration) -> bool {
+        let want = format!("mqtt://127.0.0.1:{port}");
+        tokio::time::timeout(within, async {
+            while !(link.is_connected() && link.status().broker.as_deref() == Some(&want)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_first_broker_is_left_for_the_next_without_backing_off() {
+        let up = fake_broker(CancellationToken::new()).await;
+        let link = cluster_link(&[closed_port(), up]);
+        assert!(
+            connected_to(&link, up, Duration::from_secs(5)).await,
+            "{:?}",
+            link.status()
+        );
+        assert_eq!(link.status().connects, 1);
+        link.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_lost_broker_is_left_for_the_next_at_once() {
+        let kill_a = CancellationToken::new();
+        let a = fake_broker(kill_a.clone()).await;
+        let b = fake_broker(CancellationToken::new()).await;
+        let link = cluster_link(&[a, b]);
+        assert!(connected_to(&link, a, Duration::from_secs(5)).await);
+        // The node dies: its connections close and its port refuses.
+        kill_a.cancel();
+        assert!(
+            connected_to(&link, b, Duration::from_secs(5)).await,
+            "{:?}",
+            link.status()
+        );
+        assert_eq!(link.status().connects, 2);
+        link.shutdown();
+    }
+
+    /// A stand-in broker that speaks just enough MQTT for a link: CONNACK, PINGRESP, and a
+    /// SUBACK refusing every filter of the first `refusals` SUBSCRIBEs, granting the rest.
+    /// Counts the SUBSCRIBEs it got.
+    async fn refusing_broker(refusals: usize) -> (u16, Arc<AtomicU64>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let subscribes = Arc::new(AtomicU64::new(0));
+        let seen = subscribes.clone();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            loop {
+                let mut header = [0u8; 1];
+                if socket.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let (mut len, mut shift) = (0usize, 0);
+                loop {
+                    let mut b = [0u8; 1];
+                    if socket.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    len |= usize::from(b[0] & 0x7f) << shift;
+                    shift += 7;
+                    if b[0] & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if socket.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                let reply = match header[0] >> 4 {
+                    1 => vec![0x20, 0x02, 0x00, 0x00],
+                    12 => vec![0xd0, 0x00],
+                    8 => {
+                        // Packet id, then (length-prefixed filter, QoS) pairs.
+                        let n = seen.fetch_add(1, Ordering::SeqCst) as usize;
+                        let (mut i, mut filters) = (2, 0u8);
+                        while i + 2 <= body.len() {
+                            i += 2 + usize::from(u16::from_be_bytes([body[i], body[i + 1]])) + 1;
+                            filters += 1;
+                        }
+                        let code = if n < refusals { 0x80 } else { 0x01 };
+                        let mut r = vec![0x90, 2 + filters, body[0], body[1]];
+                        r.extend(std::iter::repeat_n(code, usize::from(filters)));
+                        r
+                    }
+                    _ => Vec::new(),
+                };
+                if socket.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (port, subscribes)
+    }
+
+    #[tokio::test]
+    async fn a_subscription_the_broker_refused_is_made_again_on_the_same_connection() {
+        let (port, subscribes) = refusing_broker(2).await;
+        let mut opts = LinkOptions::new(
+            "resubscribe-test",
+            format!("mqtt://127.0.0.1:{port}")
+                .parse::<BrokerUrl>()
+                .unwrap(),
+        );
+        opts.subscriptions = vec!["ct/v1/a/#".into(), "ct/v1/b".into()];
+        let (link, _incoming) = Link::start(opts);
+        let granted = tokio::time::timeout(Duration::from_secs(5), async {
+            while subscribes.load(Ordering::SeqCst) < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            granted.is_ok(),
+            "subscribed {} times: {:?}",
+            subscribes.load(Ordering::SeqCst),
+            link.status()
+        );
+        let status = link.status();
+        assert!(status.connected && status.connects == 1, "{status:?}");
+        link.shutdown();
     }
 
     #[test]

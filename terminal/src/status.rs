@@ -319,13 +319,19 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
         "DISCONNECTED"
     };
     let rtt = l.rtt_ms.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
+    // Of a cluster's nodes, the one in use (or tried next); then the list.
     row(
         "broker",
         format!(
             "{} {state} ({} connects), rtt {rtt}, ping loss {:.0}%",
-            r.broker, l.connects, l.ping_loss_percent
+            l.broker.as_deref().unwrap_or(&r.broker),
+            l.connects,
+            l.ping_loss_percent
         ),
     );
+    if l.broker.is_some() {
+        row("", format!("nodes: {}", r.broker));
+    }
     if let Some(e) = &l.last_error {
         row("", format!("last link error: {e}"));
     }
@@ -418,4 +424,36 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
         row("error", format!("{} {e}", ago(*t)));
     }
     out
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_the_cluster_node_in_use_and_the_list_of_nodes() {
+        let mut r = StatusReport {
+            broker: "mqtt://a:1883,mqtt://b:1883".into(),
+            ..StatusReport::default()
+        };
+        r.link.connected = true;
+        r.link.broker = Some("mqtt://b:1883".into());
+        let text = render(&r, 0);
+        assert!(text.contains("broker    mqtt://b:1883 connected"), "{text}");
+        assert!(
+            text.contains("nodes: mqtt://a:1883,mqtt://b:1883"),
+            "{text}"
+        );
+        // One broker: shown as before, no list.
+        let one = StatusReport {
+            broker: "mqtt://a:1883".into(),
+            ..StatusReport::default()
+        };
+        let text = render(&one, 0);
+        assert!(
+            text.contains("broker    mqtt://a:1883 DISCONNECTED"),
+            "{text}"
+        );
+        assert!(!text.contains("nodes:"), "{text}");
+    }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 pub mod browser;
+pub mod nats;
 pub mod postgres;
 
 /// Path of a workspace binary next to the test executable's `deps` directory.

@@ -25,6 +25,7 @@ use cuntong::control::RequestBody;
 use cuntong_benches::harness::{broker, central, free_port, sim_fleet, spawn, wait_online};
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::{Kind, MediaProfile};
+use cuntong_terminal::broker_url::Brokers;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[derive(Parser)]
@@ -190,7 +191,7 @@ fn main() -> anyhow::Result<()> {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        let mut client = CentralClient::connect(url.parse()?, None)
+        let mut client = CentralClient::connect(url.parse::<Brokers>()?, None, QoS::AtLeastOnce)
             .await
             .map_err(anyhow::Error::msg)?;
         let created = client

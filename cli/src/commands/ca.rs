@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::println;
 
 use super::common::{Failure, Usage, database, fail, not_empty, parse};
@@ -50,9 +50,10 @@ pub struct ProvisionArgs {
     batch: Option<PathBuf>,
     #[arg(long)]
     ca: PathBuf,
-    /// The broker the terminal will use (mqtts://host:port).
-    #[arg(long)]
-    broker: String,
+    /// The broker the terminal will use (mqtts://host:port); a cluster's nodes: repeat the
+    /// flag or separate URLs by commas, in order of preference.
+    #[arg(long, required = true, value_name = "URL")]
+    broker: Vec<String>,
     #[arg(long)]
     out: PathBuf,
     /// The terminal's name, shown instead of its site's official name wherever central
@@ -131,11 +132,11 @@ pub fn run_provision(args: ProvisionArgs) -> Result<(), Failure> {
         db,
     } = args;
     let db = database(db);
-    let url: BrokerUrl = parse("--broker", &broker)?;
+    let url: Brokers = parse("--broker", &broker.join(","))?;
     if let Some(n) = &name {
         not_empty("--name", n)?;
     }
-    if !url.tls {
+    if !url.tls() {
         return Err(Usage(format!(
             "--broker {url}: provisioned terminals use mqtts://"
         ))
@@ -149,14 +150,7 @@ pub fn run_provision(args: ProvisionArgs) -> Result<(), Failure> {
         let bar = indicatif::ProgressBar::new(rows.len() as u64);
         let mut failed = 0;
         for (id, label) in &rows {
-            let r = ca::provision(
-                &ca_dir,
-                id,
-                &url.to_string(),
-                &out.join(id),
-                label.as_deref(),
-                force,
-            );
+            let r = ca::provision(&ca_dir, id, &url, &out.join(id), label.as_deref(), force);
             if let Err(e) = r {
                 bar.suspend(|| eprintln!("error: {id}: {e}"));
                 failed += 1;
@@ -182,7 +176,7 @@ pub fn run_provision(args: ProvisionArgs) -> Result<(), Failure> {
         return Err(Usage("give a terminal id or --batch FILE".into()).into());
     };
     identity(&id)?;
-    ca::provision(&ca_dir, &id, &url.to_string(), &out, name.as_deref(), force).map_err(fail)?;
+    ca::provision(&ca_dir, &id, &url, &out, name.as_deref(), force).map_err(fail)?;
     remember_names(&db, &[(id.clone(), name)]);
     println!("bundle for {id} in {}", out.display());
     if force {

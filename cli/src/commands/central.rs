@@ -12,9 +12,7 @@ use crate::view::rfc3339_ms;
 use cuntong_terminal::daemon::shutdown_signal;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{
-    DEFAULT_BROKER, Failure, Usage, database, duration, fail, parse, tls_goes_with,
-};
+use super::common::{BrokerArgs, Failure, Usage, database, duration, fail, parse};
 use crate::central::{self, CentralOptions, CentralStats};
 use crate::store::Database;
 
@@ -23,8 +21,8 @@ use crate::store::Database;
 pub struct CentralArgs {
     #[command(subcommand)]
     action: Option<CentralAction>,
-    #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
-    broker: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
     #[arg(long, env = "CUNTONG_DB")]
     db: Option<Database>,
     /// Central's provisioning bundle (ca.pem, cert.pem, key.pem), for an mqtts:// broker.
@@ -103,7 +101,11 @@ fn status(db: Option<Database>, json: bool) -> Result<(), Failure> {
         } else {
             format!("{}s ago", ago / 1000)
         };
-        let roles = if r.roles.is_empty() { "standby" } else { &r.roles };
+        let roles = if r.roles.is_empty() {
+            "standby"
+        } else {
+            &r.roles
+        };
         println!(
             "{:<32} {:<8} {:<24} {seen}",
             r.instance,
@@ -127,10 +129,11 @@ impl CentralArgs {
             http,
         } = self;
         let mut opts = CentralOptions::new(
-            parse("--broker", &broker)?,
+            broker.with_tls(tls.is_some())?,
             database(db),
             format!("central-{}", std::process::id()),
         );
+        opts.subscribe_qos = broker.subscribe_qos()?;
         opts.meeting_heartbeat = duration("--meeting-heartbeat", &meeting_heartbeat)?;
         if opts.meeting_heartbeat > Duration::from_secs(3600) {
             return Err(Usage(format!(
@@ -143,7 +146,6 @@ impl CentralArgs {
         if opts.meeting_heartbeat < Duration::from_millis(500) {
             return Err(Usage("--meeting-heartbeat: at least 500ms".into()));
         }
-        tls_goes_with(&broker, &opts.broker, tls.is_some())?;
         opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
         opts.http = http.map(|a| parse("--http", &a)).transpose()?;
         Ok(opts)

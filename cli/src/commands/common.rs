@@ -10,13 +10,66 @@ use std::time::Duration;
 use clap::Args;
 use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
+use cuntong_terminal::link::QoS;
 
 use crate::commands::meeting::CentralClient;
 use crate::store::Database;
 
 /// The broker a command uses without `--broker` (or `$CUNTONG_BROKER`).
 pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+
+/// `--broker`, repeated and/or as a comma list (`$CUNTONG_BROKER` as a comma list): the
+/// brokers in order of preference, a cluster's nodes. Each flag that takes brokers has this
+/// type, so all of them read a list the same way.
+#[derive(Clone, Debug, Args)]
+pub struct BrokerArgs {
+    /// The broker URL (mqtt:// or mqtts://); a cluster's nodes: repeat the flag or separate
+    /// URLs by commas, in order of preference.
+    #[arg(
+        long = "broker",
+        env = "CUNTONG_BROKER",
+        default_value = DEFAULT_BROKER,
+        value_name = "URL",
+        global = true
+    )]
+    pub urls: Vec<String>,
+    /// QoS of the subscriptions: 1, or 0 on a NATS cluster, where each QoS 1 subscription is
+    /// a JetStream consumer (docs/operations.md, "Broker cluster").
+    #[arg(
+        long,
+        env = "CUNTONG_SUBSCRIBE_QOS",
+        default_value_t = 1,
+        value_name = "0|1",
+        global = true
+    )]
+    pub subscribe_qos: u8,
+}
+
+impl BrokerArgs {
+    /// What was given, as one comma list (URLs with their passwords: not for showing).
+    fn text(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// The brokers, or a [`Usage`] naming `--broker` and the value (without its password).
+    pub fn brokers(&self) -> Result<Brokers, Usage> {
+        parse("--broker", &self.text())
+    }
+
+    /// `--subscribe-qos`, checked.
+    pub fn subscribe_qos(&self) -> Result<QoS, Usage> {
+        cuntong_terminal::link::subscribe_qos(self.subscribe_qos)
+            .map_err(|e| Usage(format!("--subscribe-qos {e}")))
+    }
+
+    /// The brokers, checked to go with `--tls` (given or not): see [`tls_goes_with`].
+    pub fn with_tls(&self, tls: bool) -> Result<Brokers, Usage> {
+        let brokers = self.brokers()?;
+        tls_goes_with(&brokers, tls)?;
+        Ok(brokers)
+    }
+}
 
 /// Bad usage or input: one line naming the value, exit code 2.
 #[derive(Debug)]
@@ -120,13 +173,13 @@ pub fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
 
 /// An `mqtts://` broker needs a `--tls` bundle, and a bundle needs `mqtts://`: nothing falls
 /// back to plain text, and nothing tries TLS on a plain port.
-pub fn tls_goes_with(text: &str, broker: &BrokerUrl, tls: bool) -> Result<(), Usage> {
-    if broker.tls == tls {
+pub fn tls_goes_with(brokers: &Brokers, tls: bool) -> Result<(), Usage> {
+    if brokers.tls() == tls {
         return Ok(());
     }
-    let text = cuntong_terminal::broker_url::redact(text);
     Err(Usage(format!(
-        "--broker {text:?} and --tls go together (mqtts:// needs --tls DIR)"
+        "--broker {:?} and --tls go together (mqtts:// needs --tls DIR)",
+        brokers.to_string()
     )))
 }
 
@@ -142,8 +195,8 @@ pub fn tls_bundle(dir: Option<&Path>) -> Result<Option<Arc<rustls::ClientConfig>
 /// How a meeting command reaches the meeting host.
 #[derive(Debug, Args)]
 pub struct Conn {
-    #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER, global = true)]
-    pub broker: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// A central identity's bundle for an mqtts:// broker: one of its own (`central-ops`), not
     /// the running service's, since the broker keeps one session per identity.
     #[arg(long, global = true)]
@@ -153,10 +206,12 @@ pub struct Conn {
 impl Conn {
     /// Connects to the broker, for the meeting host.
     pub async fn connect(&self) -> Result<CentralClient, Failure> {
-        let broker: BrokerUrl = parse("--broker", &self.broker)?;
-        tls_goes_with(&self.broker, &broker, self.tls.is_some())?;
+        let brokers = self.broker.with_tls(self.tls.is_some())?;
         let tls = tls_bundle(self.tls.as_deref())?;
-        CentralClient::connect(broker, tls).await.map_err(fail)
+        let qos = self.broker.subscribe_qos()?;
+        CentralClient::connect(brokers, tls, qos)
+            .await
+            .map_err(fail)
     }
 }
 
@@ -167,8 +222,8 @@ pub struct Signing {
     /// The CA directory with the command key.
     #[arg(long)]
     pub ca: PathBuf,
-    #[arg(long, env = "CUNTONG_BROKER", default_value = DEFAULT_BROKER)]
-    pub broker: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// A central identity's bundle for an mqtts:// broker: one of its own (`central-ops`), not
     /// the running service's, since the broker keeps one session per identity.
     #[arg(long)]
@@ -180,8 +235,7 @@ pub struct Signing {
 impl Signing {
     /// Refuses a bad `--broker` (or one without its `--tls`) before anything is looked up.
     pub fn check(&self) -> Result<(), Usage> {
-        let url = parse::<BrokerUrl>("--broker", &self.broker)?;
-        tls_goes_with(&self.broker, &url, self.tls.is_some())
+        self.broker.with_tls(self.tls.is_some()).map(drop)
     }
 
     pub fn db(&self) -> Database {
@@ -206,12 +260,73 @@ impl Signing {
         expires: Duration,
         wait: Duration,
     ) -> Result<Vec<crate::cmd::Answer>, Failure> {
-        self.check()?;
-        let broker: BrokerUrl = parse("--broker", &self.broker)?;
+        let brokers = self.broker.with_tls(self.tls.is_some())?;
         let tls = tls_bundle(self.tls.as_deref())?;
         let key = crate::cmd::signing_key(&self.ca).map_err(fail)?;
-        crate::cmd::send(broker, tls, &key, targets, action, expires, wait)
+        let qos = self.broker.subscribe_qos()?;
+        crate::cmd::send((brokers, qos), tls, &key, targets, action, expires, wait)
             .await
             .map_err(fail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        broker: BrokerArgs,
+    }
+
+    fn brokers(args: &[&str]) -> Result<Brokers, Usage> {
+        let cmd = Cmd::try_parse_from(std::iter::once("cmd").chain(args.iter().copied()))
+            .map_err(|e| Usage(e.to_string()))?;
+        cmd.broker.brokers()
+    }
+
+    #[test]
+    fn broker_flags_repeated_or_as_a_comma_list_give_the_nodes_in_order() {
+        let hosts = |b: Brokers| b.iter().map(|u| u.host.clone()).collect::<Vec<_>>();
+        let repeated = brokers(&["--broker", "mqtt://a", "--broker", "mqtt://b:1884"]).unwrap();
+        assert_eq!(hosts(repeated.clone()), ["a", "b"]);
+        let listed = brokers(&["--broker", "mqtt://a, mqtt://b:1884"]).unwrap();
+        assert_eq!(listed, repeated);
+        let mixed = brokers(&["--broker", "mqtt://a,mqtt://b:1884", "--broker", "mqtt://c"]);
+        assert_eq!(hosts(mixed.unwrap()), ["a", "b", "c"]);
+        assert_eq!(brokers(&[]).unwrap().to_string(), DEFAULT_BROKER);
+    }
+
+    #[test]
+    fn a_bad_or_mixed_broker_list_is_refused_naming_the_flag_and_hiding_passwords() {
+        let Err(Usage(e)) = brokers(&["--broker", "mqtts://u:hunter2@a", "--broker", "mqtt://b"])
+        else {
+            panic!("a list mixing TLS and plain text was taken")
+        };
+        assert!(
+            e.starts_with("--broker ") && e.contains("mqtt://b:1883"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let Err(Usage(e)) = brokers(&["--broker", "mqtt://a,http://b"]) else {
+            panic!("a list holding a bad URL was taken")
+        };
+        assert!(e.starts_with("--broker ") && e.contains("http://b"), "{e}");
+    }
+
+    #[test]
+    fn a_tls_bundle_goes_with_a_list_of_mqtts_brokers_only() {
+        let tls: Brokers = "mqtts://a,mqtts://b".parse().unwrap();
+        let plain: Brokers = "mqtt://a,mqtt://b".parse().unwrap();
+        assert!(tls_goes_with(&tls, true).is_ok());
+        assert!(tls_goes_with(&plain, false).is_ok());
+        for (b, given) in [(&tls, false), (&plain, true)] {
+            let Err(Usage(e)) = tls_goes_with(b, given) else {
+                panic!("{b} with --tls {given} was taken")
+            };
+            assert!(e.contains("--tls"), "{e}");
+        }
     }
 }

@@ -240,7 +240,9 @@ async fn demo_meeting(
     while known() < sites && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let mut client = CentralClient::connect(broker, None).await.map_err(fail)?;
+    let mut client = CentralClient::connect(broker, None, cuntong_terminal::link::QoS::AtLeastOnce)
+        .await
+        .map_err(fail)?;
     let profile = MediaProfile::named("sd").ok_or_else(|| fail("internal: no sd profile"))?;
     let created = client
         .ask(

@@ -40,9 +40,9 @@ use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 
 use super::{
-    Applied, EventRow, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, Record, SampleRow, SiteRow, Store,
-    StoreError, StoredMeeting, decode_alarm, encode_alarm, event_row, push_samples, region_range,
-    stream_id,
+    Applied, EventRow, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, Record, SampleRow,
+    SiteRow, Store, StoreError, StoredMeeting, decode_alarm, encode_alarm, event_row, push_samples,
+    region_range, stream_id,
 };
 use crate::names::Names;
 use cuntong_core::alarm::Alarm;

@@ -9,7 +9,7 @@ use cuntong_core::meeting::MeetingId;
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{control_request, control_response};
-use cuntong_terminal::broker_url::BrokerUrl;
+use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::link::{Incoming, Link, LinkOptions, Message};
 use ring::rand::SecureRandom;
 use tokio::sync::mpsc;
@@ -59,8 +59,9 @@ pub struct CentralClient {
 impl CentralClient {
     /// Connects; the client's answers arrive on its own response topic.
     pub async fn connect(
-        broker: BrokerUrl,
+        broker: impl Into<Brokers>,
         tls: Option<Arc<rustls::ClientConfig>>,
+        subscribe_qos: cuntong_terminal::link::QoS,
     ) -> Result<CentralClient, String> {
         let mut salt = [0u8; 4];
         ring::rand::SystemRandom::new()
@@ -73,6 +74,7 @@ impl CentralClient {
         );
         let mut opts = LinkOptions::new(client.clone(), broker);
         opts.tls = tls;
+        opts.subscribe_qos = subscribe_qos;
         opts.subscriptions = vec![control_response(&client)];
         let (link, incoming) = Link::connect(opts, Duration::from_secs(10)).await?;
         Ok(CentralClient {
