@@ -277,13 +277,8 @@ fn lease_loop(
             }
             None => Answer::Failed,
         };
-        let roles = if matches!(answer, Answer::Held { .. }) {
-            HOST_ROLE
-        } else {
-            ""
-        };
         if let Some(s) = store.as_mut()
-            && let Err(e) = s.instance_seen(&instance, roles, started_ms)
+            && let Err(e) = s.instance_seen(&instance, started_ms)
             && let Some(more) = log.allow("instance")
         {
             tracing::warn!(error = %e, "cannot record this instance{more}");

@@ -11,7 +11,7 @@ use super::{SqliteStore, StoreError};
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstanceRow {
     pub instance: String,
-    /// The roles it held when last seen (comma-separated; empty: a standby).
+    /// The roles whose lease it holds now (comma-separated; empty: a standby, or gone).
     pub roles: String,
     pub started_ms: u64,
     pub last_seen_ms: u64,
@@ -48,32 +48,24 @@ impl SqliteStore {
         Ok(epoch.map(|e| e.max(0) as u64))
     }
 
-    pub fn instance_seen(
-        &mut self,
-        instance: &str,
-        roles: &str,
-        started_ms: u64,
-    ) -> Result<(), StoreError> {
+    pub fn instance_seen(&mut self, instance: &str, started_ms: u64) -> Result<(), StoreError> {
         self.conn.execute(
             &format!(
-                "INSERT INTO instances (instance, roles, started_ms, last_seen_ms)
-                 VALUES (?1, ?2, ?3, {NOW})
-                 ON CONFLICT (instance) DO UPDATE SET roles = excluded.roles,
-                    last_seen_ms = excluded.last_seen_ms"
+                "INSERT INTO instances (instance, started_ms, last_seen_ms) VALUES (?1, ?2, {NOW})
+                 ON CONFLICT (instance) DO UPDATE SET last_seen_ms = excluded.last_seen_ms"
             ),
-            params![
-                instance,
-                roles,
-                i64::try_from(started_ms).unwrap_or(i64::MAX)
-            ],
+            params![instance, i64::try_from(started_ms).unwrap_or(i64::MAX)],
         )?;
         Ok(())
     }
 
     pub fn instances(&self) -> Result<(Vec<InstanceRow>, u64), StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT instance, roles, started_ms, last_seen_ms FROM instances ORDER BY instance",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT i.instance, coalesce(group_concat(l.role, ','), ''), i.started_ms,
+                    i.last_seen_ms
+             FROM instances i LEFT JOIN leases l ON l.holder = i.instance AND l.expires_ms >= {NOW}
+             GROUP BY i.instance ORDER BY i.instance"
+        ))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(InstanceRow {

@@ -433,14 +433,10 @@ pub trait Store: Send {
         holder: &str,
         ttl_ms: u64,
     ) -> Result<Option<u64>, StoreError>;
-    /// Records that `instance` is at work (now, on the store's clock), holding `roles`.
-    fn instance_seen(
-        &mut self,
-        instance: &str,
-        roles: &str,
-        started_ms: u64,
-    ) -> Result<(), StoreError>;
-    /// The instances as last seen, and the store's clock now.
+    /// Records that `instance` is at work (now, on the store's clock).
+    fn instance_seen(&mut self, instance: &str, started_ms: u64) -> Result<(), StoreError>;
+    /// The instances as last seen, with the roles whose lease each holds now, and the store's
+    /// clock now.
     fn instances(&self) -> Result<(Vec<InstanceRow>, u64), StoreError>;
 }
 
@@ -585,13 +581,8 @@ impl Store for SqliteStore {
     ) -> Result<Option<u64>, StoreError> {
         SqliteStore::take_lease(self, role, holder, ttl_ms)
     }
-    fn instance_seen(
-        &mut self,
-        instance: &str,
-        roles: &str,
-        started_ms: u64,
-    ) -> Result<(), StoreError> {
-        SqliteStore::instance_seen(self, instance, roles, started_ms)
+    fn instance_seen(&mut self, instance: &str, started_ms: u64) -> Result<(), StoreError> {
+        SqliteStore::instance_seen(self, instance, started_ms)
     }
     fn instances(&self) -> Result<(Vec<InstanceRow>, u64), StoreError> {
         SqliteStore::instances(self)

@@ -251,7 +251,6 @@ CREATE TABLE leases (
 );
 CREATE TABLE instances (
     instance     text COLLATE "C" PRIMARY KEY,
-    roles        text NOT NULL,
     started_ms   bigint NOT NULL,
     last_seen_ms bigint NOT NULL
 );
@@ -1099,26 +1098,15 @@ impl Store for PgStore {
         Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
     }
 
-    fn instance_seen(
-        &mut self,
-        instance: &str,
-        roles: &str,
-        started_ms: u64,
-    ) -> Result<(), StoreError> {
+    fn instance_seen(&mut self, instance: &str, started_ms: u64) -> Result<(), StoreError> {
         self.client
             .get_mut()
             .execute(
                 &format!(
-                    "INSERT INTO instances (instance, roles, started_ms, last_seen_ms)
-                     VALUES ($1, $2, $3, {NOW})
-                     ON CONFLICT (instance) DO UPDATE SET roles = excluded.roles,
-                        last_seen_ms = excluded.last_seen_ms"
+                    "INSERT INTO instances (instance, started_ms, last_seen_ms) VALUES ($1, $2, {NOW})
+                     ON CONFLICT (instance) DO UPDATE SET last_seen_ms = excluded.last_seen_ms"
                 ),
-                &[
-                    &instance,
-                    &roles,
-                    &i64::try_from(started_ms).unwrap_or(i64::MAX),
-                ],
+                &[&instance, &i64::try_from(started_ms).unwrap_or(i64::MAX)],
             )
             .map_err(self.err("recording an instance"))?;
         Ok(())
@@ -1129,7 +1117,13 @@ impl Store for PgStore {
         let mut client = self.client.borrow_mut();
         let rows = client
             .query(
-                "SELECT instance, roles, started_ms, last_seen_ms FROM instances ORDER BY instance",
+                &format!(
+                    "SELECT i.instance, coalesce(string_agg(l.role, ',' ORDER BY l.role), ''),
+                        i.started_ms, i.last_seen_ms
+                     FROM instances i
+                     LEFT JOIN leases l ON l.holder = i.instance AND l.expires_ms >= {NOW}
+                     GROUP BY i.instance ORDER BY i.instance"
+                ),
                 &[],
             )
             .map_err(&err)?

@@ -116,7 +116,6 @@ CREATE TABLE leases (
 ) WITHOUT ROWID;
 CREATE TABLE instances (
     instance     TEXT PRIMARY KEY,
-    roles        TEXT NOT NULL,
     started_ms   INTEGER NOT NULL,
     last_seen_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
