@@ -62,6 +62,8 @@ pub struct CentralOptions {
     pub http: Option<std::net::SocketAddr>,
     /// The lease on the host role (several instances on one PostgreSQL store).
     pub lease: Lease,
+    /// How long the history is kept (`--retain`); forever if `None`.
+    pub retain: Option<Duration>,
 }
 
 impl CentralOptions {
@@ -81,6 +83,7 @@ impl CentralOptions {
             alarms: AlarmConfig::default(),
             http: None,
             lease: Lease::default(),
+            retain: None,
         }
     }
 }
@@ -197,6 +200,9 @@ fn clear_retained_junk(link: &Link, log: &LogLimiter, topic: &str, retained: boo
         }
     }
 }
+
+/// How often the host forgets history older than `--retain`.
+const RETENTION_EVERY_MS: u64 = 3_600_000;
 
 /// The lease on the roles only one instance plays at a time.
 const HOST_ROLE: &str = "host";
@@ -407,6 +413,7 @@ pub async fn run(
     let mut meeting_tick = tokio::time::interval(Duration::from_millis(200));
     meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_meeting_tick = 0;
+    let mut last_retention: u64 = 0;
     let mut link_up = link.watch_connected();
     // What the tenure says to do, applied in one place.
     let change_roles = |change: lease::Change, roles: &mut Option<Roles>| match change {
@@ -474,6 +481,16 @@ pub async fn run(
                         last_meeting_tick = now;
                         r.meetings.tick(now);
                         r.alarms.tick(now, link.is_connected());
+                    }
+                    // Retention is the host's too: once an hour, and after taking over.
+                    if let Some(keep) = opts.retain
+                        && now >= last_retention.saturating_add(RETENTION_EVERY_MS)
+                    {
+                        last_retention = now;
+                        let cut = now.saturating_sub(keep.as_millis() as u64);
+                        if writer_state.drop_before(cut).is_err() {
+                            break;
+                        }
                     }
                     r.meetings.drain(&link);
                 }

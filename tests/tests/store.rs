@@ -1396,3 +1396,72 @@ fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn retention_forgets_whole_days_before_the_cut_and_keeps_what_was_confirmed_on_both_backends() {
+    on_both(|db| {
+        let mut store = db.open();
+        let a = store
+            .apply(&[
+                temp(A, 1, T0 + 1_000, "1.00"),
+                temp(A, 2, T0 + DAY + 1_000, "2.00"),
+                temp(A, 3, T0 + 2 * DAY + 1_000, "3.00"),
+            ])
+            .unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+        // The cut falls inside the second day: only the first goes.
+        assert!(
+            store.drop_before(T0 + DAY + DAY / 2).unwrap() >= 1,
+            "{}",
+            db.name
+        );
+        let seqs: Vec<u64> = history(store.as_ref(), A, None, None)
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(seqs, [2, 3], "{}", db.name);
+        // What was confirmed stays confirmed.
+        let a = store
+            .apply(&[temp(A, 4, T0 + 2 * DAY + 2_000, "4.00")])
+            .unwrap();
+        assert_eq!(marks(&a, A).unwrap().telemetry, 4, "{}", db.name);
+    });
+}
+
+#[test]
+fn a_lease_is_held_by_one_holder_renewed_under_its_epoch_and_taken_over_with_a_new_one_once_it_expires()
+ {
+    on_both(|db| {
+        let mut a = db.open();
+        let mut b = db.open();
+        let first = a.take_lease("host", "a", 60_000).unwrap();
+        assert!(first.is_some(), "{}", db.name);
+        assert_eq!(
+            b.take_lease("host", "b", 60_000).unwrap(),
+            None,
+            "{}",
+            db.name
+        );
+        assert_eq!(a.take_lease("host", "a", 60_000).unwrap(), first, "renewed");
+        // A lease of no time has expired by the next request: another takes it, epoch up.
+        assert_eq!(a.take_lease("host", "a", 0).unwrap(), first);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let taken = b.take_lease("host", "b", 60_000).unwrap();
+        assert_eq!(taken, first.map(|e| e + 1), "{}", db.name);
+        assert_eq!(
+            a.take_lease("host", "a", 60_000).unwrap(),
+            None,
+            "{}",
+            db.name
+        );
+        // Instances, with the roles whose lease they hold now.
+        a.instance_seen("a", T0).unwrap();
+        b.instance_seen("b", T0).unwrap();
+        let (rows, _now) = a.instances().unwrap();
+        let roles: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.instance.as_str(), r.roles.as_str()))
+            .collect();
+        assert_eq!(roles, [("a", ""), ("b", "host")], "{}", db.name);
+    });
+}

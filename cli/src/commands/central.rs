@@ -38,6 +38,10 @@ pub struct CentralArgs {
     /// Serve the web dashboard on this address (`127.0.0.1:8080`; read-only).
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Keep the history this long (e.g. `400d`, at least a day); older days are dropped, once
+    /// an hour, by the instance holding the host role. Without it: kept forever.
+    #[arg(long, value_name = "DURATION")]
+    retain: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +131,7 @@ impl CentralArgs {
             meeting_heartbeat,
             alarms,
             http,
+            retain,
         } = self;
         let mut opts = CentralOptions::new(
             broker.with_tls(tls.is_some())?,
@@ -148,6 +153,13 @@ impl CentralArgs {
         }
         opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
         opts.http = http.map(|a| parse("--http", &a)).transpose()?;
+        if let Some(r) = retain {
+            let keep = duration("--retain", &r)?;
+            if keep < Duration::from_secs(24 * 3600) {
+                return Err(Usage(format!("--retain {r:?}: at least 1d")));
+            }
+            opts.retain = Some(keep);
+        }
         Ok(opts)
     }
 }

@@ -422,6 +422,12 @@ pub trait Store: Send {
         limit: usize,
     ) -> Result<Vec<Alarm>, StoreError>;
 
+    /// Forgets the history before `cut_ms` (`cuntong central --retain`), in whole UTC days (a
+    /// day reaching past the cut is kept whole): PostgreSQL drops the days' partitions,
+    /// SQLite deletes their rows. Returns how many it dropped: days (PostgreSQL), messages
+    /// (SQLite). Watermarks stay: what was confirmed stays confirmed.
+    fn drop_before(&mut self, cut_ms: u64) -> Result<u64, StoreError>;
+
     // Several central instances.
 
     /// Takes or renews the lease on `role` for `holder`, for `ttl_ms` on the store's clock:
@@ -573,6 +579,14 @@ fn advance_watermark(
 }
 
 impl Store for SqliteStore {
+    fn drop_before(&mut self, cut_ms: u64) -> Result<u64, StoreError> {
+        const DAY_MS: u64 = 86_400_000;
+        let day = i64::try_from(cut_ms - cut_ms % DAY_MS).unwrap_or(i64::MAX);
+        let n = self
+            .conn
+            .execute("DELETE FROM messages WHERE time_ms < ?1", [day])?;
+        Ok(n as u64)
+    }
     fn take_lease(
         &mut self,
         role: &str,

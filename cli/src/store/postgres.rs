@@ -1071,6 +1071,10 @@ fn transient(e: &StoreError) -> bool {
 const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 impl Store for PgStore {
+    fn drop_before(&mut self, cut_ms: u64) -> Result<u64, StoreError> {
+        PgStore::drop_before(self, cut_ms)
+    }
+
     fn take_lease(
         &mut self,
         role: &str,

@@ -36,6 +36,8 @@ enum StateWrite {
     Meetings(Vec<MeetingRow>),
     Alarms(Vec<Alarm>),
     RetireMeeting(String),
+    /// Forget the history before this time (retention).
+    DropBefore(u64),
     /// Answered once everything handed over before it is written.
     Flush(std::sync::mpsc::Sender<()>),
     /// The same, for an async waiter.
@@ -86,6 +88,11 @@ impl StateWriter {
     /// A stored session central cannot use, to mark ended.
     pub fn retire_meeting(&self, id: String) -> Result<(), WriterGone> {
         self.send(StateWrite::RetireMeeting(id))
+    }
+
+    /// The history before `cut_ms` to forget (retention).
+    pub fn drop_before(&self, cut_ms: u64) -> Result<(), WriterGone> {
+        self.send(StateWrite::DropBefore(cut_ms))
     }
 
     /// Waits (blocking the calling thread) until everything handed over so far is written.
@@ -274,6 +281,14 @@ fn write_state(
         }
         StateWrite::RetireMeeting(id) => {
             retrying(stop, "meetings", 1, || store.retire_meeting(&id))
+        }
+        StateWrite::DropBefore(cut_ms) => {
+            // Once: the next round tries again anyway.
+            match store.drop_before(cut_ms) {
+                Ok(n) => tracing::info!(dropped = n, cut_ms, "old history dropped (--retain)"),
+                Err(e) => tracing::error!(error = %e, "cannot drop old history (--retain)"),
+            }
+            Ok(())
         }
         StateWrite::Flush(done) => {
             let _ = done.send(());
