@@ -217,22 +217,25 @@ struct Roles {
 
 impl Roles {
     /// Loads the roles' state from the store (blocking: the meetings and alarms as stored).
+    /// Everything they write is fenced by `epoch`.
     fn load(
         store: &dyn crate::store::Store,
         opts: &CentralOptions,
         writer: &Writer,
+        epoch: u64,
     ) -> Result<Roles, StoreError> {
+        let state = writer.state.fenced(HOST_ROLE, epoch);
         Ok(Roles {
             meetings: MeetingService::open(
                 store,
                 opts.meeting_heartbeat,
-                writer.state.clone(),
+                state.clone(),
                 writer.names.clone(),
             )?,
             alarms: AlarmService::open(
                 store,
                 opts.alarms.clone(),
-                writer.state.clone(),
+                state,
                 writer.names.clone(),
                 unix_ms(),
             )?,
@@ -338,7 +341,7 @@ pub async fn run(
         let first = match held {
             Some(epoch) => {
                 let _in_runtime = runtime.enter();
-                Some((epoch, Roles::load(reader.as_ref(), &opts, &writer)?))
+                Some((epoch, Roles::load(reader.as_ref(), &opts, &writer, epoch)?))
             }
             None => None,
         };
@@ -426,7 +429,7 @@ pub async fn run(
                 match opts
                     .db
                     .open()
-                    .and_then(|s| Roles::load(s.as_ref(), &opts, &writer))
+                    .and_then(|s| Roles::load(s.as_ref(), &opts, &writer, epoch))
                 {
                     Ok(r) => {
                         let _ = loaded_tx.send((epoch, r));

@@ -1465,3 +1465,52 @@ fn a_lease_is_held_by_one_holder_renewed_under_its_epoch_and_taken_over_with_a_n
         assert_eq!(roles, [("a", ""), ("b", "host")], "{}", db.name);
     });
 }
+
+#[test]
+fn a_write_made_under_a_former_epoch_is_refused_and_the_new_holders_state_stays() {
+    use cuntong::store::{Fence, MeetingRow};
+    on_both(|db| {
+        let mut store = db.open();
+        let old = store.take_lease("host", "a", 0).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let new = store.take_lease("host", "b", 60_000).unwrap().unwrap();
+        assert_eq!(new, old + 1, "{}", db.name);
+        let fence = |epoch| Fence {
+            role: "host",
+            epoch,
+        };
+        let row = MeetingRow {
+            id: "m1".parse().unwrap(),
+            status: "live",
+            created_ms: T0,
+            record: vec![1, 2, 3],
+        };
+        store
+            .save_meetings(std::slice::from_ref(&row), Some(&fence(new)))
+            .unwrap();
+        let stale = MeetingRow {
+            status: "ended",
+            record: vec![9],
+            ..row
+        };
+        let e = store
+            .save_meetings(&[stale], Some(&fence(old)))
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Fenced { epoch, current: Some(c), .. } if epoch == old && c == new),
+            "{}: {e}",
+            db.name
+        );
+        assert_eq!(
+            store.meeting("m1").unwrap(),
+            Some(vec![1, 2, 3]),
+            "{}",
+            db.name
+        );
+        assert!(matches!(
+            store.save_alarms(&[], Some(&fence(old))),
+            Err(StoreError::Fenced { .. })
+        ));
+        store.save_alarms(&[], Some(&fence(new))).unwrap();
+    });
+}

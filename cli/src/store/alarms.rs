@@ -8,7 +8,7 @@ use cuntong_core::site::Region;
 use cuntong_core::terminal_id::TerminalId;
 use rusqlite::params;
 
-use super::{SqliteStore, StoreError, has_table, region_range};
+use super::{Fence, SqliteStore, StoreError, has_table, instances::check_fence, region_range};
 
 /// The alarms the engine starts with: those not cleared, and the highest id ever given.
 #[derive(Clone, Debug, Default)]
@@ -69,8 +69,13 @@ impl SqliteStore {
     }
 
     /// Writes alarm changes (the newest state of each), in one transaction.
-    pub fn save_alarms(&mut self, alarms: &[Alarm]) -> Result<(), StoreError> {
+    pub fn save_alarms(
+        &mut self,
+        alarms: &[Alarm],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        check_fence(&tx, fence)?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO alarms (id, subject, kind, state, raised_ms, alarm)

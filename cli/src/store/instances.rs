@@ -17,6 +17,36 @@ pub struct InstanceRow {
     pub last_seen_ms: u64,
 }
 
+/// The lease a state write is made under: the write is refused once the role has passed to
+/// another holder (a new epoch), so a holder cut off from the others cannot overwrite what its
+/// successor keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub role: &'static str,
+    pub epoch: u64,
+}
+
+/// Refuses the write of transaction `tx` unless `fence`'s epoch is the role's now.
+pub(super) fn check_fence(
+    tx: &rusqlite::Transaction<'_>,
+    fence: Option<&Fence>,
+) -> Result<(), StoreError> {
+    let Some(f) = fence else { return Ok(()) };
+    let current: Option<i64> = tx
+        .query_row("SELECT epoch FROM leases WHERE role = ?1", [f.role], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match current {
+        Some(e) if e.max(0) as u64 == f.epoch => Ok(()),
+        other => Err(StoreError::Fenced {
+            role: f.role,
+            epoch: f.epoch,
+            current: other.map(|e| e.max(0) as u64),
+        }),
+    }
+}
+
 /// SQLite's clock in Unix ms.
 const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 

@@ -7,7 +7,7 @@ use cuntong_core::meeting::MeetingId;
 use rusqlite::params;
 use rusqlite::types::Value;
 
-use super::{SqliteStore, StoreError};
+use super::{Fence, SqliteStore, StoreError, instances::check_fence};
 
 /// A session to write: the host's record as [`Host::to_store`] gives it.
 ///
@@ -114,8 +114,13 @@ impl SqliteStore {
     }
 
     /// Writes sessions, in one transaction.
-    pub fn save_meetings(&mut self, rows: &[MeetingRow]) -> Result<(), StoreError> {
+    pub fn save_meetings(
+        &mut self,
+        rows: &[MeetingRow],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        check_fence(&tx, fence)?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO meetings (id, status, created_ms, host) VALUES (?1, ?2, ?3, ?4)

@@ -35,7 +35,7 @@ mod schema;
 mod writer;
 pub use alarms::{KnownTerminal, OpenAlarms};
 use alarms::{decode_alarm, encode_alarm};
-pub use instances::InstanceRow;
+pub use instances::{Fence, InstanceRow};
 pub use meetings::{MeetingRow, StoredMeeting};
 pub use names::NamesCache;
 pub use postgres::PgStore;
@@ -66,6 +66,14 @@ pub enum StoreError {
         "database {path} is in use by another `cuntong central`: an SQLite store has one; several central instances share a PostgreSQL store (--db postgres://…)"
     )]
     InUse { path: String },
+    #[error(
+        "the {role} role has passed on (this write was made under epoch {epoch}, the role is at {current:?} now): refused"
+    )]
+    Fenced {
+        role: &'static str,
+        epoch: u64,
+        current: Option<u64>,
+    },
     #[error("cannot start the store thread: {0}")]
     Thread(std::io::Error),
     #[error("the store thread crashed")]
@@ -395,8 +403,13 @@ pub trait Store: Send {
     fn live_meetings(&self) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The record of session `id`, if it is stored.
     fn meeting(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Writes sessions, in one transaction.
-    fn save_meetings(&mut self, rows: &[MeetingRow]) -> Result<(), StoreError>;
+    /// Writes sessions, in one transaction; under `fence`, only while its epoch is the role's
+    /// ([`StoreError::Fenced`] otherwise).
+    fn save_meetings(
+        &mut self,
+        rows: &[MeetingRow],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError>;
     /// Marks a stored session ended (one central cannot use), so it is not loaded again.
     fn retire_meeting(&mut self, id: &str) -> Result<(), StoreError>;
     /// Keeps readiness answers: per terminal, whether it was ready (`None`: no answer) and the
@@ -411,8 +424,9 @@ pub trait Store: Send {
 
     /// The alarms not cleared and the last id given.
     fn open_alarms(&self) -> Result<OpenAlarms, StoreError>;
-    /// Writes alarm changes (the newest state of each), in one transaction.
-    fn save_alarms(&mut self, alarms: &[Alarm]) -> Result<(), StoreError>;
+    /// Writes alarm changes (the newest state of each), in one transaction; under `fence`, only
+    /// while its epoch is the role's.
+    fn save_alarms(&mut self, alarms: &[Alarm], fence: Option<&Fence>) -> Result<(), StoreError>;
     /// The stored alarms whose subject is in `region` (all if `None`), active ones only if
     /// asked, newest first, at most `limit`.
     fn alarms(
@@ -631,8 +645,12 @@ impl Store for SqliteStore {
     fn meeting(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         SqliteStore::meeting(self, id)
     }
-    fn save_meetings(&mut self, rows: &[MeetingRow]) -> Result<(), StoreError> {
-        SqliteStore::save_meetings(self, rows)
+    fn save_meetings(
+        &mut self,
+        rows: &[MeetingRow],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        SqliteStore::save_meetings(self, rows, fence)
     }
     fn retire_meeting(&mut self, id: &str) -> Result<(), StoreError> {
         SqliteStore::retire_meeting(self, id)
@@ -647,8 +665,8 @@ impl Store for SqliteStore {
     fn open_alarms(&self) -> Result<OpenAlarms, StoreError> {
         SqliteStore::open_alarms(self)
     }
-    fn save_alarms(&mut self, alarms: &[Alarm]) -> Result<(), StoreError> {
-        SqliteStore::save_alarms(self, alarms)
+    fn save_alarms(&mut self, alarms: &[Alarm], fence: Option<&Fence>) -> Result<(), StoreError> {
+        SqliteStore::save_alarms(self, alarms, fence)
     }
     fn alarms(
         &self,

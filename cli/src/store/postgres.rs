@@ -40,9 +40,9 @@ use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 
 use super::{
-    Applied, EventRow, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, Record, SampleRow,
-    SiteRow, Store, StoreError, StoredMeeting, decode_alarm, encode_alarm, event_row, push_samples,
-    region_range, stream_id,
+    Applied, EventRow, Fence, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, Record,
+    SampleRow, SiteRow, Store, StoreError, StoredMeeting, decode_alarm, encode_alarm, event_row,
+    push_samples, region_range, stream_id,
 };
 use crate::names::Names;
 use cuntong_core::alarm::Alarm;
@@ -1067,6 +1067,42 @@ fn transient(e: &StoreError) -> bool {
     ))
 }
 
+/// Why a fenced write was refused: the role passed on, or the check itself failed.
+enum FenceError {
+    Fenced(StoreError),
+    Db(::postgres::Error),
+}
+
+impl FenceError {
+    fn or_else(self, err: impl Fn(::postgres::Error) -> StoreError) -> StoreError {
+        match self {
+            FenceError::Fenced(e) => e,
+            FenceError::Db(e) => err(e),
+        }
+    }
+}
+
+/// Refuses the write of `tx` unless `fence`'s epoch is the role's now (the lease row is read
+/// under a share lock: it cannot pass on before `tx` commits).
+fn check_fence(tx: &mut Transaction<'_>, fence: Option<&Fence>) -> Result<(), FenceError> {
+    let Some(f) = fence else { return Ok(()) };
+    let current: Option<i64> = tx
+        .query_opt(
+            "SELECT epoch FROM leases WHERE role = $1 FOR SHARE",
+            &[&f.role],
+        )
+        .map_err(FenceError::Db)?
+        .map(|r| r.get(0));
+    match current {
+        Some(e) if e.max(0) as u64 == f.epoch => Ok(()),
+        other => Err(FenceError::Fenced(StoreError::Fenced {
+            role: f.role,
+            epoch: f.epoch,
+            current: other.map(|e| e.max(0) as u64),
+        })),
+    }
+}
+
 /// PostgreSQL's clock in Unix ms.
 const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -1242,9 +1278,14 @@ impl Store for PgStore {
             .map(|r| r.get(0)))
     }
 
-    fn save_meetings(&mut self, rows: &[MeetingRow]) -> Result<(), StoreError> {
+    fn save_meetings(
+        &mut self,
+        rows: &[MeetingRow],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
         let err = self.err("storing meetings");
         let mut tx = self.client.get_mut().transaction().map_err(&err)?;
+        check_fence(&mut tx, fence).map_err(|e| e.or_else(&err))?;
         for m in rows {
             tx.execute(
                 "INSERT INTO meetings (id, status, created_ms, host) VALUES ($1, $2, $3, $4)
@@ -1317,9 +1358,10 @@ impl Store for PgStore {
         })
     }
 
-    fn save_alarms(&mut self, alarms: &[Alarm]) -> Result<(), StoreError> {
+    fn save_alarms(&mut self, alarms: &[Alarm], fence: Option<&Fence>) -> Result<(), StoreError> {
         let err = self.err("storing alarms");
         let mut tx = self.client.get_mut().transaction().map_err(&err)?;
+        check_fence(&mut tx, fence).map_err(|e| e.or_else(&err))?;
         for a in alarms {
             let json = encode_alarm(a)?;
             tx.execute(

@@ -18,7 +18,7 @@ use cuntong_core::alarm::Alarm;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Applied, MeetingRow, NamesCache, Record, Store, StoreError};
+use super::{Applied, Fence, MeetingRow, NamesCache, Record, Store, StoreError};
 use crate::names::Names;
 
 /// Records applied in one transaction, at most.
@@ -33,8 +33,8 @@ const NAMES_EVERY: Duration = Duration::from_secs(1);
 /// A change of a service's state.
 #[derive(Debug)]
 enum StateWrite {
-    Meetings(Vec<MeetingRow>),
-    Alarms(Vec<Alarm>),
+    Meetings(Vec<MeetingRow>, Option<Fence>),
+    Alarms(Vec<Alarm>, Option<Fence>),
     RetireMeeting(String),
     /// Forget the history before this time (retention).
     DropBefore(u64),
@@ -60,6 +60,8 @@ impl Ring {
 pub struct StateWriter {
     tx: mpsc::UnboundedSender<StateWrite>,
     ring: Ring,
+    /// The lease the writes are made under, if any.
+    fence: Option<Fence>,
 }
 
 /// Where central hands the store thread what it received.
@@ -75,14 +77,23 @@ pub struct RecordSender {
 pub struct WriterGone;
 
 impl StateWriter {
+    /// The same writer, its meetings and alarms written only while `role` is at `epoch`:
+    /// once the role passes on, what this one still hands over is refused by the store.
+    pub fn fenced(&self, role: &'static str, epoch: u64) -> StateWriter {
+        StateWriter {
+            fence: Some(Fence { role, epoch }),
+            ..self.clone()
+        }
+    }
+
     /// Sessions to write (their newest state).
     pub fn meetings(&self, rows: Vec<MeetingRow>) -> Result<(), WriterGone> {
-        self.send(StateWrite::Meetings(rows))
+        self.send(StateWrite::Meetings(rows, self.fence))
     }
 
     /// Alarm changes to write.
     pub fn alarms(&self, alarms: Vec<Alarm>) -> Result<(), WriterGone> {
-        self.send(StateWrite::Alarms(alarms))
+        self.send(StateWrite::Alarms(alarms, self.fence))
     }
 
     /// A stored session central cannot use, to mark ended.
@@ -175,6 +186,7 @@ impl Writer {
             state: StateWriter {
                 tx: state_tx,
                 ring: ring.clone(),
+                fence: None,
             },
             records: RecordSender {
                 tx: records_tx,
@@ -273,12 +285,12 @@ fn write_state(
     stop: &CancellationToken,
 ) -> Result<(), StoreError> {
     match w {
-        StateWrite::Meetings(rows) => {
-            retrying(stop, "meetings", rows.len(), || store.save_meetings(&rows))
-        }
-        StateWrite::Alarms(alarms) => {
-            retrying(stop, "alarms", alarms.len(), || store.save_alarms(&alarms))
-        }
+        StateWrite::Meetings(rows, fence) => fenced(retrying(stop, "meetings", rows.len(), || {
+            store.save_meetings(&rows, fence.as_ref())
+        })),
+        StateWrite::Alarms(alarms, fence) => fenced(retrying(stop, "alarms", alarms.len(), || {
+            store.save_alarms(&alarms, fence.as_ref())
+        })),
         StateWrite::RetireMeeting(id) => {
             retrying(stop, "meetings", 1, || store.retire_meeting(&id))
         }
@@ -301,7 +313,19 @@ fn write_state(
     }
 }
 
-/// Runs `write` until it succeeds, waiting longer after each failure (up to 10 s); once `stop`
+/// A write refused because its role passed on is dropped (its holder has stopped acting, or
+/// soon will): not retried, not an error of the store thread.
+fn fenced(result: Result<(), StoreError>) -> Result<(), StoreError> {
+    match result {
+        Err(e @ StoreError::Fenced { .. }) => {
+            tracing::warn!(error = %e, "a write of a former role holder dropped");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Runs `write` until it succeeds (or its role has passed on), waiting longer after each failure (up to 10 s); once `stop`
 /// has fired, a failure is the end.
 fn retrying<T>(
     stop: &CancellationToken,
@@ -313,6 +337,7 @@ fn retrying<T>(
     loop {
         match write() {
             Ok(t) => return Ok(t),
+            Err(e @ StoreError::Fenced { .. }) => return Err(e),
             Err(e) if !stop.is_cancelled() => {
                 tracing::error!(error = %e, what, count, "store write failed; retrying in {delay:?}");
                 std::thread::sleep(delay);
