@@ -1022,24 +1022,42 @@ fn write_latest(
             }
         }
     }
-    let (mut t, mut m, mut ts, mut v) = (vec![], vec![], vec![], vec![]);
-    for (terminal, metrics) in &merged {
-        for (metric, (at, value)) in metrics {
-            t.push(*terminal);
-            m.push(metric.as_str());
-            ts.push(*at);
-            v.push(*value);
+    // One row per terminal, binary-COPied as arrays (no per-value rows to aggregate on the
+    // server), then upserted in terminal order.
+    tx.batch_execute(
+        r#"CREATE TEMP TABLE IF NOT EXISTS latest_in (
+            terminal text COLLATE "C" NOT NULL,
+            metrics  text[] COLLATE "C" NOT NULL,
+            ts_ms    bigint[] NOT NULL,
+            vals     double precision[] NOT NULL
+        ) ON COMMIT DELETE ROWS"#,
+    )?;
+    {
+        let sink =
+            tx.copy_in("COPY latest_in (terminal, metrics, ts_ms, vals) FROM STDIN BINARY")?;
+        let mut w = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::TEXT,
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::FLOAT8_ARRAY,
+            ],
+        );
+        for (terminal, metrics) in &merged {
+            let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
+            let ts: Vec<i64> = metrics.values().map(|e| e.0).collect();
+            let vals: Vec<f64> = metrics.values().map(|e| e.1).collect();
+            w.write(&[terminal, &names, &ts, &vals])?;
         }
+        w.finish()?;
     }
     tx.execute(
         r#"INSERT INTO latest (terminal, metrics, ts_ms, vals)
-         SELECT t, array_agg(m ORDER BY m COLLATE "C"), array_agg(ts ORDER BY m COLLATE "C"),
-            array_agg(v ORDER BY m COLLATE "C")
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[]) AS u(t, m, ts, v)
-         GROUP BY t ORDER BY t COLLATE "C"
+         SELECT terminal, metrics, ts_ms, vals FROM latest_in ORDER BY terminal
          ON CONFLICT (terminal) DO UPDATE SET metrics = excluded.metrics,
             ts_ms = excluded.ts_ms, vals = excluded.vals"#,
-        &[&t, &m, &ts, &v],
+        &[],
     )?;
     Ok(())
 }
