@@ -380,6 +380,8 @@ struct Rows {
     latest: BTreeMap<(String, String), (i64, f64)>,
     /// Per terminal: its id and which streams may advance.
     touched: BTreeMap<String, (TerminalId, [bool; 2])>,
+    /// Per (terminal, stream): the seqs this group stored.
+    stored: BTreeMap<(String, i16), Vec<i64>>,
     rejected: Vec<(String, i64, String, Vec<u8>)>,
 }
 
@@ -698,6 +700,10 @@ impl PgStore {
                 }
                 applied.stored += 1;
                 rows.touch(m.terminal, Some(m.stream));
+                rows.stored
+                    .entry((m.terminal.to_string(), stream_id(m.stream) as i16))
+                    .or_default()
+                    .push(m.seq as i64);
             }
             match r {
                 Record::Telemetry {
@@ -954,39 +960,130 @@ fn write_rows(
         write_latest(tx, &rows.latest)?;
     }
     if !rows.touched.is_empty() {
+        // The pairs whose watermark this group's own run of seqs moves (nearly all of them,
+        // one statement), then the others through the general function, then the rest read.
+        let mut marks = advance_runs(tx, &rows.stored)?;
         let (mut t, mut s, mut adv) = (vec![], vec![], vec![]);
+        let (mut rt, mut rs) = (vec![], vec![]);
         for (id, (_, streams)) in &rows.touched {
             for stream in Stream::ALL {
-                t.push(id.as_str());
-                s.push(stream_id(stream) as i16);
-                adv.push(streams[stream_id(stream) as usize]);
+                let sid = stream_id(stream) as i16;
+                if marks.contains_key(&(id.clone(), sid)) {
+                    continue;
+                }
+                if streams[stream_id(stream) as usize] {
+                    t.push(id.as_str());
+                    s.push(sid);
+                    adv.push(true);
+                } else {
+                    rt.push(id.as_str());
+                    rs.push(sid);
+                }
             }
         }
-        let marks = tx.query(
-            "SELECT o_terminal, o_stream, o_watermark FROM advance_watermarks($1, $2, $3)",
-            &[&t, &s, &adv],
-        )?;
-        let mut by_terminal: BTreeMap<String, Watermarks> = BTreeMap::new();
-        for r in marks {
-            let terminal: String = r.get(0);
-            let stream: i16 = r.get(1);
-            let wm: i64 = r.get(2);
-            let stream = if stream == 0 {
+        let mut rest = Vec::new();
+        if !t.is_empty() {
+            rest.extend(tx.query(
+                "SELECT o_terminal, o_stream, o_watermark FROM advance_watermarks($1, $2, $3)",
+                &[&t, &s, &adv],
+            )?);
+        }
+        if !rt.is_empty() {
+            rest.extend(tx.query(
+                "SELECT w.terminal, w.stream, w.watermark
+                 FROM unnest($1::text[], $2::smallint[]) AS u(t, s)
+                 JOIN watermarks w ON w.terminal = u.t AND w.stream = u.s",
+                &[&rt, &rs],
+            )?);
+        }
+        marks.extend(rest.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))));
+        let mut by_terminal: BTreeMap<&str, Watermarks> = BTreeMap::new();
+        for ((terminal, stream), wm) in &marks {
+            let stream = if *stream == 0 {
                 Stream::Telemetry
             } else {
                 Stream::Events
             };
             by_terminal
-                .entry(terminal)
+                .entry(terminal.as_str())
                 .or_default()
-                .set(stream, wm as u64);
+                .set(stream, *wm as u64);
         }
         for (id, (terminal, _)) in &rows.touched {
-            let marks = by_terminal.get(id).copied().unwrap_or_default();
+            let marks = by_terminal.get(id.as_str()).copied().unwrap_or_default();
             applied.watermarks.push((*terminal, marks));
         }
     }
     Ok(())
+}
+
+/// Moves, in one statement, the watermark of each (terminal, stream) pair whose seqs stored by
+/// this group start right after it: to the end of the group's run from there, when nothing
+/// stored before continues that run and no drop or numbering start lies ahead of the watermark
+/// (exactly what the general `advance_watermarks` would find then). Returns the pairs moved;
+/// the others are left to `advance_watermarks`. The caller holds the terminals' rows locked.
+fn advance_runs(
+    tx: &mut Transaction<'_>,
+    stored: &BTreeMap<(String, i16), Vec<i64>>,
+) -> Result<BTreeMap<(String, i16), i64>, ::postgres::Error> {
+    let (mut t, mut s, mut lo, mut hi) = (vec![], vec![], vec![], vec![]);
+    for ((terminal, stream), seqs) in stored {
+        let Some((first, last)) = first_run(seqs) else {
+            continue;
+        };
+        // Seqs beyond i64 (stored as negative numbers) and the ends of the range never join
+        // a run here: the general function takes them.
+        if first < 1 || last == i64::MAX {
+            continue;
+        }
+        t.push(terminal.as_str());
+        s.push(*stream);
+        lo.push(first);
+        hi.push(last);
+    }
+    if t.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let rows = tx.query(
+        "WITH g AS (
+            SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::bigint[])
+                AS g(t, s, lo, hi)
+         ), fast AS (
+            SELECT g.t, g.s, g.hi FROM g
+            JOIN watermarks w ON w.terminal = g.t AND w.stream = g.s
+            WHERE w.watermark = g.lo - 1
+              AND NOT EXISTS (SELECT 1 FROM message_keys k
+                  WHERE k.terminal = g.t AND k.stream = g.s AND k.seq = g.hi + 1)
+              AND NOT EXISTS (SELECT 1 FROM dropped d
+                  WHERE d.terminal = g.t AND d.stream = g.s AND d.last > w.watermark)
+              AND NOT EXISTS (SELECT 1 FROM numbering n
+                  WHERE n.terminal = g.t AND n.stream = g.s AND n.first - 1 > w.watermark)
+         )
+         UPDATE watermarks w SET watermark = f.hi FROM fast f
+         WHERE w.terminal = f.t AND w.stream = f.s
+         RETURNING w.terminal, w.stream, w.watermark",
+        &[&t, &s, &lo, &hi],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}
+
+/// The lowest of `seqs` and the end of the run of consecutive seqs from it.
+fn first_run(seqs: &[i64]) -> Option<(i64, i64)> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let first = *sorted.first()?;
+    let mut last = first;
+    for &seq in &sorted[1..] {
+        if seq != last + 1 {
+            break;
+        }
+        last = seq;
+    }
+    Some((first, last))
 }
 
 /// Merges a group's newest values into the stored ones, a metric's newer value replacing the
