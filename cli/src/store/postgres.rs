@@ -377,11 +377,12 @@ struct Rows {
     numbering: BTreeMap<(String, i16), i64>,
     /// Per terminal: (site, level), the last presence in the group, the latest reception.
     terminals: BTreeMap<String, TerminalRow>,
-    latest: BTreeMap<(String, String), (i64, f64)>,
+    /// Per terminal: the newest time and value of each metric in the group.
+    latest: BTreeMap<String, BTreeMap<String, (i64, f64)>>,
     /// Per terminal: its id and which streams may advance.
     touched: BTreeMap<String, (TerminalId, [bool; 2])>,
-    /// Per (terminal, stream): the seqs this group stored.
-    stored: BTreeMap<(String, i16), Vec<i64>>,
+    /// Per terminal: the seqs this group stored, per stream.
+    stored: BTreeMap<String, [Vec<i64>; 2]>,
     rejected: Vec<(String, i64, String, Vec<u8>)>,
 }
 
@@ -404,18 +405,48 @@ impl Rows {
             })
     }
 
-    fn seen(&mut self, t: &TerminalId, ms: u64) {
-        let row = self.terminal(t);
-        row.last_seen = Some(row.last_seen.map_or(ms as i64, |v| v.max(ms as i64)));
+    /// `id` is `t` as text (made once a record: the maps are looked up without allocating).
+    fn seen(&mut self, id: &str, t: &TerminalId, ms: u64) {
+        let ms = ms as i64;
+        if let Some(row) = self.terminals.get_mut(id) {
+            row.last_seen = Some(row.last_seen.map_or(ms, |v| v.max(ms)));
+            return;
+        }
+        self.terminal(t).last_seen = Some(ms);
     }
 
-    fn touch(&mut self, t: &TerminalId, stream: Option<Stream>) {
-        let e = self
-            .touched
-            .entry(t.to_string())
-            .or_insert((*t, [false; 2]));
-        if let Some(s) = stream {
+    fn touch(&mut self, id: &str, t: &TerminalId, stream: Option<Stream>) {
+        if !self.touched.contains_key(id) {
+            self.touched.insert(id.to_owned(), (*t, [false; 2]));
+        }
+        if let (Some(s), Some(e)) = (stream, self.touched.get_mut(id)) {
             e.1[stream_id(s) as usize] = true;
+        }
+    }
+
+    fn stored(&mut self, id: &str, stream: Stream, seq: u64) {
+        if !self.stored.contains_key(id) {
+            self.stored.insert(id.to_owned(), Default::default());
+        }
+        if let Some(seqs) = self.stored.get_mut(id) {
+            seqs[stream_id(stream) as usize].push(seq as i64);
+        }
+    }
+
+    /// Keeps the newer of a metric's values (the later one of the group on a tie).
+    fn latest(&mut self, id: &str, metric: &str, ts: i64, v: f64) {
+        if !self.latest.contains_key(id) {
+            self.latest.insert(id.to_owned(), BTreeMap::new());
+        }
+        let Some(metrics) = self.latest.get_mut(id) else {
+            return;
+        };
+        match metrics.get_mut(metric) {
+            Some(e) if ts as u64 >= e.0 as u64 => *e = (ts, v),
+            Some(_) => {}
+            None => {
+                metrics.insert(metric.to_owned(), (ts, v));
+            }
         }
     }
 }
@@ -691,39 +722,27 @@ impl PgStore {
             if let Some(m) = r.message() {
                 let new = stored.get(ord).copied().unwrap_or(false);
                 ord += 1;
-                rows.seen(m.terminal, m.received_ms);
+                let id = m.terminal.to_string();
+                rows.seen(&id, m.terminal, m.received_ms);
                 if !new {
                     applied.duplicates += 1;
                     // It resent: it may not have our watermark. Send it again.
-                    rows.touch(m.terminal, None);
+                    rows.touch(&id, m.terminal, None);
                     continue;
                 }
                 applied.stored += 1;
-                rows.touch(m.terminal, Some(m.stream));
-                rows.stored
-                    .entry((m.terminal.to_string(), stream_id(m.stream) as i16))
-                    .or_default()
-                    .push(m.seq as i64);
-            }
-            match r {
-                Record::Telemetry {
-                    terminal, envelope, ..
-                } => {
-                    let id = terminal.to_string();
+                rows.touch(&id, m.terminal, Some(m.stream));
+                rows.stored(&id, m.stream, m.seq);
+                if let Record::Telemetry { envelope, .. } = r {
                     for s in &envelope.body.samples {
                         applied.values += 1;
                         let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
-                        let v = s.value.to_f64();
-                        rows.latest
-                            .entry((id.clone(), s.metric.name().to_owned()))
-                            .and_modify(|e| {
-                                if ts as u64 >= e.0 as u64 {
-                                    *e = (ts, v)
-                                }
-                            })
-                            .or_insert((ts, v));
+                        rows.latest(&id, s.metric.name(), ts, s.value.to_f64());
                     }
                 }
+            }
+            match r {
+                Record::Telemetry { .. } => {}
                 Record::Event {
                     terminal, envelope, ..
                 } => match envelope.body {
@@ -735,7 +754,7 @@ impl PgStore {
                         let key = (terminal.to_string(), stream_id(stream) as i16, first as i64);
                         let e = rows.dropped.entry(key).or_insert(last as i64);
                         *e = (*e).max(last as i64);
-                        rows.touch(terminal, Some(stream));
+                        rows.touch(&terminal.to_string(), terminal, Some(stream));
                     }
                     // Applied before the watermarks below advance, so the events stream
                     // passes the gap the announcement itself follows.
@@ -744,7 +763,7 @@ impl PgStore {
                             let key = (terminal.to_string(), stream_id(stream) as i16);
                             let e = rows.numbering.entry(key).or_insert(first);
                             *e = (*e).max(first);
-                            rows.touch(terminal, Some(stream));
+                            rows.touch(&terminal.to_string(), terminal, Some(stream));
                         }
                     }
                     _ => {}
@@ -761,7 +780,7 @@ impl PgStore {
                         i64::from(p.keep_alive_s),
                     ));
                     if p.online {
-                        rows.seen(terminal, *received_ms);
+                        rows.seen(&terminal.to_string(), terminal, *received_ms);
                     }
                 }
                 Record::Rejected {
@@ -1024,22 +1043,24 @@ fn write_rows(
 /// the others are left to `advance_watermarks`. The caller holds the terminals' rows locked.
 fn advance_runs(
     tx: &mut Transaction<'_>,
-    stored: &BTreeMap<(String, i16), Vec<i64>>,
+    stored: &BTreeMap<String, [Vec<i64>; 2]>,
 ) -> Result<BTreeMap<(String, i16), i64>, ::postgres::Error> {
     let (mut t, mut s, mut lo, mut hi) = (vec![], vec![], vec![], vec![]);
-    for ((terminal, stream), seqs) in stored {
-        let Some((first, last)) = first_run(seqs) else {
-            continue;
-        };
-        // Seqs beyond i64 (stored as negative numbers) and the ends of the range never join
-        // a run here: the general function takes them.
-        if first < 1 || last == i64::MAX {
-            continue;
+    for (terminal, streams) in stored {
+        for (stream, seqs) in streams.iter().enumerate() {
+            let Some((first, last)) = first_run(seqs) else {
+                continue;
+            };
+            // Seqs beyond i64 (stored as negative numbers) and the ends of the range never
+            // join a run here: the general function takes them.
+            if first < 1 || last == i64::MAX {
+                continue;
+            }
+            t.push(terminal.as_str());
+            s.push(stream as i16);
+            lo.push(first);
+            hi.push(last);
         }
-        t.push(terminal.as_str());
-        s.push(*stream);
-        lo.push(first);
-        hi.push(last);
     }
     if t.is_empty() {
         return Ok(BTreeMap::new());
@@ -1092,12 +1113,12 @@ fn first_run(seqs: &[i64]) -> Option<(i64, i64)> {
 /// terminals waiting meanwhile.
 fn write_latest(
     tx: &mut Transaction<'_>,
-    group: &BTreeMap<(String, String), (i64, f64)>,
+    group: &BTreeMap<String, BTreeMap<String, (i64, f64)>>,
 ) -> Result<(), ::postgres::Error> {
-    let mut merged: BTreeMap<&str, BTreeMap<String, (i64, f64)>> = BTreeMap::new();
-    for (terminal, _) in group.keys() {
-        merged.entry(terminal.as_str()).or_default();
-    }
+    let mut merged: BTreeMap<&str, BTreeMap<String, (i64, f64)>> = group
+        .keys()
+        .map(|terminal| (terminal.as_str(), BTreeMap::new()))
+        .collect();
     let terminals: Vec<&str> = merged.keys().copied().collect();
     for row in tx.query(
         "SELECT terminal, metrics, ts_ms, vals FROM latest WHERE terminal = ANY($1)",
@@ -1111,11 +1132,21 @@ fn write_latest(
             m.extend(metrics.into_iter().zip(ts.into_iter().zip(vals)));
         }
     }
-    for ((terminal, metric), (at, value)) in group {
-        if let Some(m) = merged.get_mut(terminal.as_str()) {
-            let e = m.entry(metric.clone()).or_insert((*at, *value));
-            if *at >= e.0 {
-                *e = (*at, *value);
+    for (terminal, metrics) in group {
+        let Some(m) = merged.get_mut(terminal.as_str()) else {
+            continue;
+        };
+        if m.is_empty() {
+            m.clone_from(metrics);
+            continue;
+        }
+        for (metric, &(at, value)) in metrics {
+            match m.get_mut(metric) {
+                Some(e) if at >= e.0 => *e = (at, value),
+                Some(_) => {}
+                None => {
+                    m.insert(metric.clone(), (at, value));
+                }
             }
         }
     }
