@@ -19,6 +19,11 @@
 //!   lock lets one group at a time past that point for a terminal, so a watermark, advanced
 //!   after the group's own inserts, only passes records committed by then or in this
 //!   transaction, and the newest values are merged without a lost update.
+//! - Per group, one statement a table: a watermark the group's own run of seqs moves (the
+//!   common case) is set in one statement for all terminals, the general `advance_watermarks`
+//!   only runs for the pairs with a gap, a drop or a numbering start ahead; the newest values
+//!   go as one row a terminal (binary COPY of arrays into a staging table, then one upsert).
+//!   The bounds of this ingest against a bare COPY are in docs/benchmarks.md.
 //! - Text keys use the "C" collation: byte order like SQLite's, and region filters are index
 //!   ranges on the site code.
 //!
