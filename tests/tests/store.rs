@@ -418,6 +418,68 @@ fn the_watermark_passes_long_runs_and_waits_at_the_first_gap_however_the_seqs_ar
 }
 
 #[test]
+fn a_run_right_after_the_watermark_joins_seqs_stored_before_and_meets_drops_and_numbering_starts_alike_on_both_backends()
+ {
+    let got = on_both(|db| {
+        let mut store = db.open();
+        let mut telemetry = |records: &[Record]| {
+            let a = store.apply(records).unwrap();
+            marks(&a, A).unwrap().telemetry
+        };
+        let drop = |first, last| Event::Dropped {
+            stream: Stream::Telemetry,
+            first,
+            last,
+        };
+        let from = |first| Event::NumberingFrom {
+            stream: Stream::Telemetry,
+            first,
+        };
+        let mut seen = vec![telemetry(&[temp(A, 1, T0 + 1, "1.00")])];
+        // 3 and 4 wait for 2; 2 alone passes them.
+        seen.push(telemetry(&[
+            temp(A, 3, T0 + 3, "1.00"),
+            temp(A, 4, T0 + 4, "1.00"),
+        ]));
+        seen.push(telemetry(&[temp(A, 2, T0 + 2, "1.00")]));
+        // 6 and 8 wait; a group of 5 and 7 fills both gaps.
+        seen.push(telemetry(&[
+            temp(A, 8, T0 + 8, "1.00"),
+            temp(A, 6, T0 + 6, "1.00"),
+        ]));
+        seen.push(telemetry(&[
+            temp(A, 7, T0 + 7, "1.00"),
+            temp(A, 5, T0 + 5, "1.00"),
+        ]));
+        // A drop of 10..=11 and 12 wait for 9; 9 passes the drop and 12.
+        seen.push(telemetry(&[event_of(A, 1, T0, drop(10, 11))]));
+        seen.push(telemetry(&[temp(A, 12, T0 + 12, "1.00")]));
+        seen.push(telemetry(&[temp(A, 9, T0 + 9, "1.00")]));
+        // The next seq with a drop ahead of it in the same group, then with a numbering start.
+        seen.push(telemetry(&[
+            temp(A, 13, T0 + 13, "1.00"),
+            event_of(A, 2, T0, drop(14, 20)),
+        ]));
+        seen.push(telemetry(&[
+            temp(A, 21, T0 + 21, "1.00"),
+            event_of(A, 3, T0, from(50)),
+        ]));
+        // And plain runs after all that, one alone and one of three.
+        seen.push(telemetry(&[temp(A, 50, T0 + 50, "1.00")]));
+        seen.push(telemetry(&[
+            temp(A, 53, T0 + 53, "1.00"),
+            temp(A, 51, T0 + 51, "1.00"),
+            temp(A, 52, T0 + 52, "1.00"),
+        ]));
+        // A redelivery moves nothing.
+        seen.push(telemetry(&[temp(A, 52, T0 + 52, "1.00")]));
+        seen
+    });
+    assert_eq!(got[0], [1, 1, 4, 4, 8, 8, 8, 12, 20, 49, 50, 53, 53]);
+    assert_eq!(got[0], got[1], "SQLite and PostgreSQL");
+}
+
+#[test]
 fn the_same_message_twice_in_one_group_is_stored_once() {
     on_both(|db| {
         let mut store = db.open();

@@ -19,6 +19,11 @@
 //!   lock lets one group at a time past that point for a terminal, so a watermark, advanced
 //!   after the group's own inserts, only passes records committed by then or in this
 //!   transaction, and the newest values are merged without a lost update.
+//! - Per group, one statement a table: a watermark the group's own run of seqs moves (the
+//!   common case) is set in one statement for all terminals, the general `advance_watermarks`
+//!   only runs for the pairs with a gap, a drop or a numbering start ahead; the newest values
+//!   go as one row a terminal (binary COPY of arrays into a staging table, then one upsert).
+//!   The bounds of this ingest against a bare COPY are in docs/benchmarks.md.
 //! - Text keys use the "C" collation: byte order like SQLite's, and region filters are index
 //!   ranges on the site code.
 //!
@@ -392,9 +397,12 @@ struct Rows {
     numbering: BTreeMap<(String, i16), i64>,
     /// Per terminal: (site, level), the last presence in the group, the latest reception.
     terminals: BTreeMap<String, TerminalRow>,
-    latest: BTreeMap<(String, String), (i64, f64)>,
+    /// Per terminal: the newest time and value of each metric in the group.
+    latest: BTreeMap<String, BTreeMap<String, (i64, f64)>>,
     /// Per terminal: its id and which streams may advance.
     touched: BTreeMap<String, (TerminalId, [bool; 2])>,
+    /// Per terminal: the seqs this group stored, per stream.
+    stored: BTreeMap<String, [Vec<i64>; 2]>,
     rejected: Vec<(String, i64, String, Vec<u8>)>,
 }
 
@@ -417,18 +425,48 @@ impl Rows {
             })
     }
 
-    fn seen(&mut self, t: &TerminalId, ms: u64) {
-        let row = self.terminal(t);
-        row.last_seen = Some(row.last_seen.map_or(ms as i64, |v| v.max(ms as i64)));
+    /// `id` is `t` as text (made once a record: the maps are looked up without allocating).
+    fn seen(&mut self, id: &str, t: &TerminalId, ms: u64) {
+        let ms = ms as i64;
+        if let Some(row) = self.terminals.get_mut(id) {
+            row.last_seen = Some(row.last_seen.map_or(ms, |v| v.max(ms)));
+            return;
+        }
+        self.terminal(t).last_seen = Some(ms);
     }
 
-    fn touch(&mut self, t: &TerminalId, stream: Option<Stream>) {
-        let e = self
-            .touched
-            .entry(t.to_string())
-            .or_insert((*t, [false; 2]));
-        if let Some(s) = stream {
+    fn touch(&mut self, id: &str, t: &TerminalId, stream: Option<Stream>) {
+        if !self.touched.contains_key(id) {
+            self.touched.insert(id.to_owned(), (*t, [false; 2]));
+        }
+        if let (Some(s), Some(e)) = (stream, self.touched.get_mut(id)) {
             e.1[stream_id(s) as usize] = true;
+        }
+    }
+
+    fn stored(&mut self, id: &str, stream: Stream, seq: u64) {
+        if !self.stored.contains_key(id) {
+            self.stored.insert(id.to_owned(), Default::default());
+        }
+        if let Some(seqs) = self.stored.get_mut(id) {
+            seqs[stream_id(stream) as usize].push(seq as i64);
+        }
+    }
+
+    /// Keeps the newer of a metric's values (the later one of the group on a tie).
+    fn latest(&mut self, id: &str, metric: &str, ts: i64, v: f64) {
+        if !self.latest.contains_key(id) {
+            self.latest.insert(id.to_owned(), BTreeMap::new());
+        }
+        let Some(metrics) = self.latest.get_mut(id) else {
+            return;
+        };
+        match metrics.get_mut(metric) {
+            Some(e) if ts as u64 >= e.0 as u64 => *e = (ts, v),
+            Some(_) => {}
+            None => {
+                metrics.insert(metric.to_owned(), (ts, v));
+            }
         }
     }
 }
@@ -704,35 +742,27 @@ impl PgStore {
             if let Some(m) = r.message() {
                 let new = stored.get(ord).copied().unwrap_or(false);
                 ord += 1;
-                rows.seen(m.terminal, m.received_ms);
+                let id = m.terminal.to_string();
+                rows.seen(&id, m.terminal, m.received_ms);
                 if !new {
                     applied.duplicates += 1;
                     // It resent: it may not have our watermark. Send it again.
-                    rows.touch(m.terminal, None);
+                    rows.touch(&id, m.terminal, None);
                     continue;
                 }
                 applied.stored += 1;
-                rows.touch(m.terminal, Some(m.stream));
-            }
-            match r {
-                Record::Telemetry {
-                    terminal, envelope, ..
-                } => {
-                    let id = terminal.to_string();
+                rows.touch(&id, m.terminal, Some(m.stream));
+                rows.stored(&id, m.stream, m.seq);
+                if let Record::Telemetry { envelope, .. } = r {
                     for s in &envelope.body.samples {
                         applied.values += 1;
                         let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
-                        let v = s.value.to_f64();
-                        rows.latest
-                            .entry((id.clone(), s.metric.name().to_owned()))
-                            .and_modify(|e| {
-                                if ts as u64 >= e.0 as u64 {
-                                    *e = (ts, v)
-                                }
-                            })
-                            .or_insert((ts, v));
+                        rows.latest(&id, s.metric.name(), ts, s.value.to_f64());
                     }
                 }
+            }
+            match r {
+                Record::Telemetry { .. } => {}
                 Record::Event {
                     terminal, envelope, ..
                 } => match envelope.body {
@@ -744,7 +774,7 @@ impl PgStore {
                         let key = (terminal.to_string(), stream_id(stream) as i16, first as i64);
                         let e = rows.dropped.entry(key).or_insert(last as i64);
                         *e = (*e).max(last as i64);
-                        rows.touch(terminal, Some(stream));
+                        rows.touch(&terminal.to_string(), terminal, Some(stream));
                     }
                     // Applied before the watermarks below advance, so the events stream
                     // passes the gap the announcement itself follows.
@@ -753,7 +783,7 @@ impl PgStore {
                             let key = (terminal.to_string(), stream_id(stream) as i16);
                             let e = rows.numbering.entry(key).or_insert(first);
                             *e = (*e).max(first);
-                            rows.touch(terminal, Some(stream));
+                            rows.touch(&terminal.to_string(), terminal, Some(stream));
                         }
                     }
                     _ => {}
@@ -770,7 +800,7 @@ impl PgStore {
                         i64::from(p.keep_alive_s),
                     ));
                     if p.online {
-                        rows.seen(terminal, *received_ms);
+                        rows.seen(&terminal.to_string(), terminal, *received_ms);
                     }
                 }
                 Record::Rejected {
@@ -969,39 +999,132 @@ fn write_rows(
         write_latest(tx, &rows.latest)?;
     }
     if !rows.touched.is_empty() {
+        // The pairs whose watermark this group's own run of seqs moves (nearly all of them,
+        // one statement), then the others through the general function, then the rest read.
+        let mut marks = advance_runs(tx, &rows.stored)?;
         let (mut t, mut s, mut adv) = (vec![], vec![], vec![]);
+        let (mut rt, mut rs) = (vec![], vec![]);
         for (id, (_, streams)) in &rows.touched {
             for stream in Stream::ALL {
-                t.push(id.as_str());
-                s.push(stream_id(stream) as i16);
-                adv.push(streams[stream_id(stream) as usize]);
+                let sid = stream_id(stream) as i16;
+                if marks.contains_key(&(id.clone(), sid)) {
+                    continue;
+                }
+                if streams[stream_id(stream) as usize] {
+                    t.push(id.as_str());
+                    s.push(sid);
+                    adv.push(true);
+                } else {
+                    rt.push(id.as_str());
+                    rs.push(sid);
+                }
             }
         }
-        let marks = tx.query(
-            "SELECT o_terminal, o_stream, o_watermark FROM advance_watermarks($1, $2, $3)",
-            &[&t, &s, &adv],
-        )?;
-        let mut by_terminal: BTreeMap<String, Watermarks> = BTreeMap::new();
-        for r in marks {
-            let terminal: String = r.get(0);
-            let stream: i16 = r.get(1);
-            let wm: i64 = r.get(2);
-            let stream = if stream == 0 {
+        let mut rest = Vec::new();
+        if !t.is_empty() {
+            rest.extend(tx.query(
+                "SELECT o_terminal, o_stream, o_watermark FROM advance_watermarks($1, $2, $3)",
+                &[&t, &s, &adv],
+            )?);
+        }
+        if !rt.is_empty() {
+            rest.extend(tx.query(
+                "SELECT w.terminal, w.stream, w.watermark
+                 FROM unnest($1::text[], $2::smallint[]) AS u(t, s)
+                 JOIN watermarks w ON w.terminal = u.t AND w.stream = u.s",
+                &[&rt, &rs],
+            )?);
+        }
+        marks.extend(rest.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))));
+        let mut by_terminal: BTreeMap<&str, Watermarks> = BTreeMap::new();
+        for ((terminal, stream), wm) in &marks {
+            let stream = if *stream == 0 {
                 Stream::Telemetry
             } else {
                 Stream::Events
             };
             by_terminal
-                .entry(terminal)
+                .entry(terminal.as_str())
                 .or_default()
-                .set(stream, wm as u64);
+                .set(stream, *wm as u64);
         }
         for (id, (terminal, _)) in &rows.touched {
-            let marks = by_terminal.get(id).copied().unwrap_or_default();
+            let marks = by_terminal.get(id.as_str()).copied().unwrap_or_default();
             applied.watermarks.push((*terminal, marks));
         }
     }
     Ok(())
+}
+
+/// Moves, in one statement, the watermark of each (terminal, stream) pair whose seqs stored by
+/// this group start right after it: to the end of the group's run from there, when nothing
+/// stored before continues that run and no drop or numbering start lies ahead of the watermark
+/// (exactly what the general `advance_watermarks` would find then). Returns the pairs moved;
+/// the others are left to `advance_watermarks`. The caller holds the terminals' rows locked.
+fn advance_runs(
+    tx: &mut Transaction<'_>,
+    stored: &BTreeMap<String, [Vec<i64>; 2]>,
+) -> Result<BTreeMap<(String, i16), i64>, ::postgres::Error> {
+    let (mut t, mut s, mut lo, mut hi) = (vec![], vec![], vec![], vec![]);
+    for (terminal, streams) in stored {
+        for (stream, seqs) in streams.iter().enumerate() {
+            let Some((first, last)) = first_run(seqs) else {
+                continue;
+            };
+            // Seqs beyond i64 (stored as negative numbers) and the ends of the range never
+            // join a run here: the general function takes them.
+            if first < 1 || last == i64::MAX {
+                continue;
+            }
+            t.push(terminal.as_str());
+            s.push(stream as i16);
+            lo.push(first);
+            hi.push(last);
+        }
+    }
+    if t.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let rows = tx.query(
+        "WITH g AS (
+            SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::bigint[])
+                AS g(t, s, lo, hi)
+         ), fast AS (
+            SELECT g.t, g.s, g.hi FROM g
+            JOIN watermarks w ON w.terminal = g.t AND w.stream = g.s
+            WHERE w.watermark = g.lo - 1
+              AND NOT EXISTS (SELECT 1 FROM message_keys k
+                  WHERE k.terminal = g.t AND k.stream = g.s AND k.seq = g.hi + 1)
+              AND NOT EXISTS (SELECT 1 FROM dropped d
+                  WHERE d.terminal = g.t AND d.stream = g.s AND d.last > w.watermark)
+              AND NOT EXISTS (SELECT 1 FROM numbering n
+                  WHERE n.terminal = g.t AND n.stream = g.s AND n.first - 1 > w.watermark)
+         )
+         UPDATE watermarks w SET watermark = f.hi FROM fast f
+         WHERE w.terminal = f.t AND w.stream = f.s
+         RETURNING w.terminal, w.stream, w.watermark",
+        &[&t, &s, &lo, &hi],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}
+
+/// The lowest of `seqs` and the end of the run of consecutive seqs from it.
+fn first_run(seqs: &[i64]) -> Option<(i64, i64)> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let first = *sorted.first()?;
+    let mut last = first;
+    for &seq in &sorted[1..] {
+        if seq != last + 1 {
+            break;
+        }
+        last = seq;
+    }
+    Some((first, last))
 }
 
 /// Merges a group's newest values into the stored ones, a metric's newer value replacing the
@@ -1010,12 +1133,12 @@ fn write_rows(
 /// terminals waiting meanwhile.
 fn write_latest(
     tx: &mut Transaction<'_>,
-    group: &BTreeMap<(String, String), (i64, f64)>,
+    group: &BTreeMap<String, BTreeMap<String, (i64, f64)>>,
 ) -> Result<(), ::postgres::Error> {
-    let mut merged: BTreeMap<&str, BTreeMap<String, (i64, f64)>> = BTreeMap::new();
-    for (terminal, _) in group.keys() {
-        merged.entry(terminal.as_str()).or_default();
-    }
+    let mut merged: BTreeMap<&str, BTreeMap<String, (i64, f64)>> = group
+        .keys()
+        .map(|terminal| (terminal.as_str(), BTreeMap::new()))
+        .collect();
     let terminals: Vec<&str> = merged.keys().copied().collect();
     for row in tx.query(
         "SELECT terminal, metrics, ts_ms, vals FROM latest WHERE terminal = ANY($1)",
@@ -1029,32 +1152,60 @@ fn write_latest(
             m.extend(metrics.into_iter().zip(ts.into_iter().zip(vals)));
         }
     }
-    for ((terminal, metric), (at, value)) in group {
-        if let Some(m) = merged.get_mut(terminal.as_str()) {
-            let e = m.entry(metric.clone()).or_insert((*at, *value));
-            if *at >= e.0 {
-                *e = (*at, *value);
+    for (terminal, metrics) in group {
+        let Some(m) = merged.get_mut(terminal.as_str()) else {
+            continue;
+        };
+        if m.is_empty() {
+            m.clone_from(metrics);
+            continue;
+        }
+        for (metric, &(at, value)) in metrics {
+            match m.get_mut(metric) {
+                Some(e) if at >= e.0 => *e = (at, value),
+                Some(_) => {}
+                None => {
+                    m.insert(metric.clone(), (at, value));
+                }
             }
         }
     }
-    let (mut t, mut m, mut ts, mut v) = (vec![], vec![], vec![], vec![]);
-    for (terminal, metrics) in &merged {
-        for (metric, (at, value)) in metrics {
-            t.push(*terminal);
-            m.push(metric.as_str());
-            ts.push(*at);
-            v.push(*value);
+    // One row per terminal, binary-COPied as arrays (no per-value rows to aggregate on the
+    // server), then upserted in terminal order.
+    tx.batch_execute(
+        r#"CREATE TEMP TABLE IF NOT EXISTS latest_in (
+            terminal text COLLATE "C" NOT NULL,
+            metrics  text[] COLLATE "C" NOT NULL,
+            ts_ms    bigint[] NOT NULL,
+            vals     double precision[] NOT NULL
+        ) ON COMMIT DELETE ROWS"#,
+    )?;
+    {
+        let sink =
+            tx.copy_in("COPY latest_in (terminal, metrics, ts_ms, vals) FROM STDIN BINARY")?;
+        let mut w = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::TEXT,
+                Type::TEXT_ARRAY,
+                Type::INT8_ARRAY,
+                Type::FLOAT8_ARRAY,
+            ],
+        );
+        for (terminal, metrics) in &merged {
+            let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
+            let ts: Vec<i64> = metrics.values().map(|e| e.0).collect();
+            let vals: Vec<f64> = metrics.values().map(|e| e.1).collect();
+            w.write(&[terminal, &names, &ts, &vals])?;
         }
+        w.finish()?;
     }
     tx.execute(
         r#"INSERT INTO latest (terminal, metrics, ts_ms, vals)
-         SELECT t, array_agg(m ORDER BY m COLLATE "C"), array_agg(ts ORDER BY m COLLATE "C"),
-            array_agg(v ORDER BY m COLLATE "C")
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::float8[]) AS u(t, m, ts, v)
-         GROUP BY t ORDER BY t COLLATE "C"
+         SELECT terminal, metrics, ts_ms, vals FROM latest_in ORDER BY terminal
          ON CONFLICT (terminal) DO UPDATE SET metrics = excluded.metrics,
             ts_ms = excluded.ts_ms, vals = excluded.vals"#,
-        &[&t, &m, &ts, &v],
+        &[],
     )?;
     Ok(())
 }
