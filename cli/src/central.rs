@@ -64,6 +64,9 @@ pub struct CentralOptions {
     pub lease: Lease,
     /// How long the history is kept (`--retain`); forever if `None`.
     pub retain: Option<Duration>,
+    /// The shared-subscription group the instances share ingest in (`--share-ingest`), on a
+    /// broker with MQTT shared subscriptions; every instance receives everything if `None`.
+    pub share_ingest: Option<String>,
 }
 
 impl CentralOptions {
@@ -84,6 +87,7 @@ impl CentralOptions {
             http: None,
             lease: Lease::default(),
             retain: None,
+            share_ingest: None,
         }
     }
 }
@@ -199,6 +203,24 @@ fn clear_retained_junk(link: &Link, log: &LogLimiter, topic: &str, retained: boo
             tracing::warn!(%topic, "the link is full: a retained message may stay until the next connect{more}");
         }
     }
+}
+
+/// What central subscribes to for ingest: every terminal's presence, telemetry and events. In a
+/// shared-ingest `group` the telemetry and events are shared subscriptions (`$share/GROUP/…`):
+/// the broker gives each message to one instance of the group. Presence stays whole, for
+/// every instance: it is retained (a shared subscription gets no retained messages) and each
+/// instance's view of who is online comes from it.
+pub fn ingest_subscriptions(group: Option<&str>) -> Vec<String> {
+    [Channel::Presence, Channel::Telemetry, Channel::Events]
+        .into_iter()
+        .map(|c| {
+            let filter = region_filter(None, Some(c));
+            match group {
+                Some(g) if c != Channel::Presence => format!("$share/{g}/{filter}"),
+                _ => filter,
+            }
+        })
+        .collect()
 }
 
 /// How often the host forgets history older than `--retain`.
@@ -393,9 +415,8 @@ pub async fn run(
         });
     }
     let mut link_opts = LinkOptions::new(opts.client_id.clone(), opts.broker.clone());
-    link_opts.subscriptions = [Channel::Presence, Channel::Telemetry, Channel::Events]
+    link_opts.subscriptions = ingest_subscriptions(opts.share_ingest.as_deref())
         .into_iter()
-        .map(|c| region_filter(None, Some(c)))
         .chain(MeetingService::subscriptions())
         .chain([control_request("+")])
         .collect();

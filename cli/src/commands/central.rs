@@ -42,6 +42,11 @@ pub struct CentralArgs {
     /// an hour, by the instance holding the host role. Without it: kept forever.
     #[arg(long, value_name = "DURATION")]
     retain: Option<String>,
+    /// Share ingest with the other instances of this group (`central`): telemetry and events
+    /// are MQTT shared subscriptions, each message to one instance (a broker with `$share`:
+    /// Mosquitto 2, EMQX; not NATS 2.9).
+    #[arg(long, value_name = "GROUP")]
+    share_ingest: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +137,7 @@ impl CentralArgs {
             alarms,
             http,
             retain,
+            share_ingest,
         } = self;
         let mut opts = CentralOptions::new(
             broker.with_tls(tls.is_some())?,
@@ -159,6 +165,14 @@ impl CentralArgs {
                 return Err(Usage(format!("--retain {r:?}: at least 1d")));
             }
             opts.retain = Some(keep);
+        }
+        if let Some(g) = share_ingest {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                return Err(Usage(format!(
+                    "--share-ingest {g:?}: a group name (no '/', '+' or '#')"
+                )));
+            }
+            opts.share_ingest = Some(g);
         }
         Ok(opts)
     }
