@@ -1493,39 +1493,46 @@ fn retention_forgets_whole_days_before_the_cut_and_keeps_what_was_confirmed_on_b
 #[test]
 fn a_lease_is_held_by_one_holder_renewed_under_its_epoch_and_taken_over_with_a_new_one_once_it_expires()
  {
-    on_both(|db| {
-        let mut a = db.open();
-        let mut b = db.open();
-        let first = a.take_lease("host", "a", 60_000).unwrap();
-        assert!(first.is_some(), "{}", db.name);
-        assert_eq!(
-            b.take_lease("host", "b", 60_000).unwrap(),
-            None,
-            "{}",
-            db.name
-        );
-        assert_eq!(a.take_lease("host", "a", 60_000).unwrap(), first, "renewed");
-        // A lease of no time has expired by the next request: another takes it, epoch up.
-        assert_eq!(a.take_lease("host", "a", 0).unwrap(), first);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        let taken = b.take_lease("host", "b", 60_000).unwrap();
-        assert_eq!(taken, first.map(|e| e + 1), "{}", db.name);
-        assert_eq!(
-            a.take_lease("host", "a", 60_000).unwrap(),
-            None,
-            "{}",
-            db.name
-        );
-        // Instances, with the roles whose lease they hold now.
-        a.instance_seen("a", T0).unwrap();
-        b.instance_seen("b", T0).unwrap();
-        let (rows, _now) = a.instances().unwrap();
-        let roles: Vec<(&str, &str)> = rows
-            .iter()
-            .map(|r| (r.instance.as_str(), r.roles.as_str()))
-            .collect();
-        assert_eq!(roles, [("a", ""), ("b", "host")], "{}", db.name);
-    });
+    // Several instances share a PostgreSQL store.
+    let db = postgres();
+    let mut a = db.open();
+    let mut b = db.open();
+    let first = a.take_lease("host", "a", 60_000).unwrap();
+    assert!(first.is_some());
+    assert_eq!(b.take_lease("host", "b", 60_000).unwrap(), None);
+    assert_eq!(a.take_lease("host", "a", 60_000).unwrap(), first, "renewed");
+    // A lease of no time has expired by the next request: another takes it, epoch up.
+    assert_eq!(a.take_lease("host", "a", 0).unwrap(), first);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let taken = b.take_lease("host", "b", 60_000).unwrap();
+    assert_eq!(taken, first.map(|e| e + 1));
+    assert_eq!(a.take_lease("host", "a", 60_000).unwrap(), None);
+    // Instances, with the roles whose lease they hold now.
+    a.instance_seen("a", T0).unwrap();
+    b.instance_seen("b", T0).unwrap();
+    let (rows, _now) = a.instances().unwrap();
+    let roles: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.instance.as_str(), r.roles.as_str()))
+        .collect();
+    assert_eq!(roles, [("a", ""), ("b", "host")]);
+}
+
+#[test]
+fn the_one_central_of_an_sqlite_store_takes_the_lease_at_once_from_a_predecessor_that_died() {
+    let db = sqlite();
+    let mut before = db.open();
+    let first = before
+        .take_lease("host", "crashed/1", 60_000)
+        .unwrap()
+        .unwrap();
+    drop(before);
+    // Restarted: the file lock already says it is the only central.
+    let mut now = db.open();
+    assert_eq!(
+        now.take_lease("host", "restarted/2", 60_000).unwrap(),
+        Some(first + 1)
+    );
 }
 
 #[test]

@@ -51,6 +51,10 @@ pub(super) fn check_fence(
 const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
 impl SqliteStore {
+    /// An SQLite store has one central (the file lock of [`SqliteStore::open_for_central`]),
+    /// so the lease always goes to the one asking: a central restarted after a crash takes the
+    /// host role at once instead of waiting for its predecessor's lease to run out. The epoch
+    /// still grows when the holder changes.
     pub fn take_lease(
         &mut self,
         role: &str,
@@ -68,7 +72,6 @@ impl SqliteStore {
                                 THEN leases.epoch ELSE leases.epoch + 1 END,
                         holder = excluded.holder,
                         expires_ms = excluded.expires_ms
-                     WHERE leases.holder = excluded.holder OR leases.expires_ms < {NOW}
                      RETURNING epoch"
                 ),
                 params![role, holder, ttl],
