@@ -353,6 +353,8 @@ pub struct AlarmService {
     outbound: Vec<Message>,
     /// Central's link was down since the last tick.
     deaf: bool,
+    /// Alarm changes handed to the store thread so far.
+    handed: u64,
 }
 
 impl std::fmt::Debug for AlarmService {
@@ -399,6 +401,7 @@ impl AlarmService {
             hooks,
             outbound: Vec::new(),
             deaf: false,
+            handed: 0,
         };
         service.changed(retired);
         Ok(service)
@@ -463,6 +466,11 @@ impl AlarmService {
         Ok(())
     }
 
+    /// How many alarm changes were handed to the store thread so far.
+    pub fn handed_over(&self) -> u64 {
+        self.handed
+    }
+
     /// Messages for terminals waiting to be published.
     pub fn take_outbound(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.outbound)
@@ -473,6 +481,7 @@ impl AlarmService {
             return;
         }
         let alarms: Vec<Alarm> = changes.iter().map(|c| c.alarm().clone()).collect();
+        self.handed += alarms.len() as u64;
         if let Err(e) = self.writer.alarms(alarms) {
             tracing::error!(error = %e, "cannot store alarm changes");
         }

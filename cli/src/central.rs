@@ -35,7 +35,7 @@ use cuntong_terminal::link::Message;
 use crate::alarms::{AlarmConfig, AlarmService};
 use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody};
 use crate::meetings::MeetingService;
-use crate::store::{Database, Record, StoreError, Writer};
+use crate::store::{Database, Record, StoreError, TrySendError, Writer};
 use cuntong_core::lease::{self, Answer, Lease, Tenure};
 
 /// How long an answer to a command waits for what the command changed to be stored.
@@ -223,6 +223,12 @@ pub fn ingest_subscriptions(group: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// Received records waiting for room in the store thread's queue, at most: while the store is
+/// behind (a province replaying its outboxes, a slow disk), the loop reads on this far, so
+/// commands and meeting uplinks do not wait behind the records; beyond it, nothing more is read
+/// until the store catches up (back-pressure to the broker).
+const LOOKAHEAD: usize = 50_000;
+
 /// How often the host forgets history older than `--retain`.
 const RETENTION_EVERY_MS: u64 = 3_600_000;
 
@@ -333,7 +339,12 @@ pub async fn run(
     let (marks_tx, mut marks_rx) = mpsc::unbounded_channel::<Vec<(TerminalId, Watermarks)>>();
     let instance = instance_name();
     let started_ms = unix_ms();
-    let mut tenure = Tenure::new(opts.lease);
+    // An SQLite store has one central (its file lock): the role is its own, busy store or not.
+    let lease = match opts.db {
+        Database::Sqlite(_) => Lease::sole(),
+        Database::Postgres(_) => opts.lease,
+    };
+    let mut tenure = Tenure::new(lease);
     // The store is opened off the runtime (the PostgreSQL client must not run on it); the host
     // lease is asked for once, and the roles' state read if it is granted, before the link
     // starts; from then on the roles only hand the store thread what to write.
@@ -359,7 +370,7 @@ pub async fn run(
             writer_stop,
         )?;
         let asked = unix_ms();
-        let held = reader.take_lease(HOST_ROLE, &setup_instance, opts.lease.ttl_ms)?;
+        let held = reader.take_lease(HOST_ROLE, &setup_instance, lease.ttl_ms)?;
         let first = match held {
             Some(epoch) => {
                 let _in_runtime = runtime.enter();
@@ -385,8 +396,7 @@ pub async fn run(
     }
     let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
     {
-        let (db, instance, lease, stop) =
-            (opts.db.clone(), instance.clone(), opts.lease, stop.clone());
+        let (db, instance, stop) = (opts.db.clone(), instance.clone(), stop.clone());
         std::thread::Builder::new()
             .name("central-lease".to_owned())
             .spawn(move || lease_loop(db, instance, started_ms, lease, lease_tx, stop))
@@ -438,6 +448,7 @@ pub async fn run(
     meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_meeting_tick = 0;
     let mut last_retention: u64 = 0;
+    let mut ahead: std::collections::VecDeque<Record> = std::collections::VecDeque::new();
     let mut link_up = link.watch_connected();
     // What the tenure says to do, applied in one place.
     let change_roles = |change: lease::Change, roles: &mut Option<Roles>| match change {
@@ -529,12 +540,25 @@ pub async fn run(
                 confirm(&link, &mut to_confirm, &stats);
                 continue;
             }
-            m = incoming.recv() => match m { Some(m) => m, None => break },
+            room = records_tx.room(), if !ahead.is_empty() => {
+                match room {
+                    Ok(room) => {
+                        if let Some(r) = ahead.pop_front() {
+                            room.send(r);
+                        }
+                    }
+                    Err(_) => break,
+                }
+                continue;
+            }
+            // Beyond LOOKAHEAD records waiting, back-pressure: nothing more is read.
+            m = incoming.recv(), if ahead.len() < LOOKAHEAD => match m { Some(m) => m, None => break },
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
             // The instance holding the host role answers; the others stand by.
             let Some(r) = roles.as_mut() else { continue };
+            let alarms_before = r.alarms.handed_over();
             let answer = control(
                 &mut r.meetings,
                 &mut r.alarms,
@@ -552,13 +576,22 @@ pub async fn run(
             // of central (and is there for the instance that takes over). A store that is slow
             // or away holds the answer up for a second at most; the operation has taken effect
             // for the sites anyway, and is written when the store is back.
-            if let Err(e) = r.meetings.save() {
-                tracing::error!(error = %e, "cannot save meetings");
-            }
+            // A request that changed nothing (a status, a roll call's results) is answered at
+            // once.
+            let changed = match r.meetings.save() {
+                Ok(saved) => saved || r.alarms.handed_over() != alarms_before,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot save meetings");
+                    false
+                }
+            };
             if let Some(answer) = answer {
-                let (written, link) = (writer_state.written(), link.clone());
+                let link = link.clone();
+                let written = changed.then(|| writer_state.written());
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(ANSWER_WAITS_FOR_STORE, written).await;
+                    if let Some(written) = written {
+                        let _ = tokio::time::timeout(ANSWER_WAITS_FOR_STORE, written).await;
+                    }
                     let _ = link.publish(answer).await;
                 });
             }
@@ -595,8 +628,16 @@ pub async fn run(
             r.alarms.record(&record, unix_ms());
             r.meetings.record(&record);
         }
-        if records_tx.send(record).await.is_err() {
-            break;
+        // Records wait in `ahead` while the store thread is behind, so the loop keeps reading:
+        // commands and meeting uplinks behind them are answered at once.
+        if ahead.is_empty() {
+            match records_tx.try_send(record) {
+                Ok(()) => {}
+                Err(TrySendError::Full(r)) => ahead.push_back(*r),
+                Err(TrySendError::Gone) => break,
+            }
+        } else {
+            ahead.push_back(record);
         }
     }
     if let Some(r) = roles.as_mut()
@@ -605,7 +646,12 @@ pub async fn run(
         tracing::error!(error = %e, "cannot save meetings at shutdown");
     }
     link.shutdown();
-    // The store thread writes everything handed over, then stops.
+    // What waited is handed over; the store thread writes everything, then stops.
+    for r in ahead {
+        if records_tx.send(r).await.is_err() {
+            break;
+        }
+    }
     drop((records_tx, writer_state, roles, change_roles, loaded_rx));
     let writer = Arc::try_unwrap(writer).map_err(|_| StoreError::Crashed)?;
     tokio::task::spawn_blocking(move || writer.join())

@@ -510,10 +510,11 @@ impl MeetingService {
         });
     }
 
-    /// Hands the changed sessions to the store thread, written there in one transaction.
-    pub fn save(&mut self) -> Result<(), crate::store::WriterGone> {
+    /// Hands the changed sessions to the store thread, written there in one transaction;
+    /// whether there were any.
+    pub fn save(&mut self) -> Result<bool, crate::store::WriterGone> {
         if self.dirty.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut rows = Vec::with_capacity(self.dirty.len());
         for id in &self.dirty {
@@ -534,7 +535,7 @@ impl MeetingService {
         }
         self.writer.meetings(rows)?;
         self.dirty.clear();
-        Ok(())
+        Ok(true)
     }
 
     /// Answers a `cuntong meeting …` request.

@@ -39,7 +39,7 @@ pub use instances::{Fence, InstanceRow};
 pub use meetings::{MeetingRow, StoredMeeting};
 pub use names::NamesCache;
 pub use postgres::PgStore;
-pub use writer::{GROUP, RecordSender, StateWriter, Writer, WriterGone};
+pub use writer::{GROUP, RecordSender, StateWriter, TrySendError, Writer, WriterGone};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]

@@ -136,6 +136,49 @@ impl RecordSender {
         self.ring.ring();
         Ok(())
     }
+
+    /// Hands over a record if the queue has room; gives it back if not.
+    pub fn try_send(&self, record: Record) -> Result<(), TrySendError> {
+        match self.tx.try_send(record) {
+            Ok(()) => {
+                self.ring.ring();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(r)) => Err(TrySendError::Full(Box::new(r))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TrySendError::Gone),
+        }
+    }
+
+    /// Waits until the queue has room for one record.
+    pub async fn room(&self) -> Result<RecordPermit<'_>, WriterGone> {
+        let permit = self.tx.reserve().await.map_err(|_| WriterGone)?;
+        Ok(RecordPermit {
+            permit,
+            ring: &self.ring,
+        })
+    }
+}
+
+/// Why a record was not handed over at once.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// The queue is full; the record, back.
+    Full(Box<Record>),
+    Gone,
+}
+
+/// Room for one record in the store thread's queue.
+#[derive(Debug)]
+pub struct RecordPermit<'a> {
+    permit: mpsc::Permit<'a, Record>,
+    ring: &'a Ring,
+}
+
+impl RecordPermit<'_> {
+    pub fn send(self, record: Record) {
+        self.permit.send(record);
+        self.ring.ring();
+    }
 }
 
 /// The running store thread.
