@@ -1,0 +1,686 @@
+//! The PostgreSQL backend of the history store: [`PgStore`], with the same results as
+//! [`SqliteStore`](super::SqliteStore) for the same records, for a province's fleet and for
+//! several central instances writing at once.
+//!
+//! - Schema: [`MIGRATIONS`], the one ordered list of steps; `schema_migrations` records the
+//!   versions applied, each step in its own transaction, so a later version only appends.
+//! - `messages` is partitioned by day on `time_ms` (a partition created on demand before a group
+//!   is stored, and a DEFAULT partition for times no day partition takes, so nothing is
+//!   refused); [`PgStore::drop_before`] drops whole days. The partitioned primary key must
+//!   include `time_ms`, so the de-duplication by (terminal, stream, seq) is the separate
+//!   `message_keys` table: a group is binary-COPied into a temporary staging table, its keys
+//!   inserted with `ON CONFLICT DO NOTHING RETURNING`, and only the returned ones copied into
+//!   `messages`, all in one transaction: stored and duplicate counts are exact, also with
+//!   several connections storing one terminal's records at once.
+//! - Every row lock a group takes is taken in one order (keys, drops, numbering starts,
+//!   terminals, latest values, watermarks; each sorted), so concurrent groups wait for each
+//!   other but never deadlock. Every group upserts the row in `terminals` of each terminal it
+//!   touches before it reads or writes that terminal's newest values and watermarks: that row
+//!   lock lets one group at a time past that point for a terminal, so a watermark, advanced
+//!   after the group's own inserts, only passes records committed by then or in this
+//!   transaction, and the newest values are merged without a lost update.
+//! - Per group, one statement a table: a watermark the group's own run of seqs moves (the
+//!   common case) is set in one statement for all terminals, the general `advance_watermarks`
+//!   only runs for the pairs with a gap, a drop or a numbering start ahead; the newest values
+//!   go as one row a terminal (binary COPY of arrays into a staging table, then one upsert).
+//!   The bounds of this ingest against a bare COPY are in docs/benchmarks.md.
+//! - Text keys use the "C" collation: byte order like SQLite's, and region filters are index
+//!   ranges on the site code.
+//!
+//! The client is the synchronous `postgres` crate: call it from a thread of its own or
+//! `spawn_blocking`, never on a tokio worker (it runs its own runtime and would panic).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ::postgres::error::SqlState;
+use ::postgres::types::ToSql;
+use ::postgres::{Client, NoTls};
+use cuntong_core::envelope::Stream;
+use cuntong_core::site::{Region, SiteCode};
+use cuntong_core::telemetry::Metric;
+use cuntong_core::terminal_id::TerminalId;
+
+use super::{
+    Applied, EventRow, Fence, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, Record,
+    SampleRow, SiteRow, Store, StoreError, StoredMeeting, event_row, push_samples, stream_id,
+};
+use crate::names::Names;
+use cuntong_core::alarm::Alarm;
+
+mod ingest;
+mod schema;
+mod state;
+
+use ingest::transient;
+pub use schema::MIGRATIONS;
+
+/// The key of the advisory lock that serialises schema changes (migrations, partitions
+/// created or dropped) between instances; it guards DDL only, never data.
+const DDL_LOCK: i64 = 0x6375_6e74_6f6e_6701;
+
+const DAY_MS: i64 = 86_400_000;
+/// Days with a partition of their own: 1970-01-01 up to 9999-12-31; any other time (a clock
+/// off by centuries, a wrapped value) goes to the DEFAULT partition.
+const LAST_DAY: i64 = 2_932_896;
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    client: RefCell<Client>,
+    /// The URL without its password, for errors.
+    at: String,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("at", &self.at).finish()
+    }
+}
+
+/// `url` without its password (in the user info or a `password=` parameter).
+pub(super) fn redact(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = &out[rest..rest + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
+/// A PostgreSQL error with the server's message (the driver's own Display says only "db
+/// error"), or the chain of causes of a connection error.
+pub(super) fn describe(e: &::postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.to_string();
+    }
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// The name and time range of the day partition holding `time_ms`, if a day partition does.
+fn day_partition(time_ms: i64) -> Option<(String, i64, i64)> {
+    let day = time_ms.div_euclid(DAY_MS);
+    if !(0..=LAST_DAY).contains(&day) {
+        return None;
+    }
+    let (y, m, d) = civil_from_days(day);
+    Some((
+        format!("messages_p{y:04}{m:02}{d:02}"),
+        day * DAY_MS,
+        (day + 1) * DAY_MS,
+    ))
+}
+
+/// The day range of a partition named by [`day_partition`].
+fn partition_range(name: &str) -> Option<(i64, i64)> {
+    let digits = name.strip_prefix("messages_p")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let y: i64 = digits[..4].parse().ok()?;
+    let m: u32 = digits[4..6].parse().ok()?;
+    let d: u32 = digits[6..].parse().ok()?;
+    let day = days_from_civil(y, m, d);
+    Some((day * DAY_MS, (day + 1) * DAY_MS))
+}
+
+/// (year, month, day) of a day counted from 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = y - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The exclusive upper bound of the strings starting with `prefix` (in byte order): the
+/// prefix with its last character incremented. Region prefixes are digits.
+fn prefix_end(prefix: &str) -> String {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    if let Some(last) = chars.pop() {
+        chars.push(char::from_u32(u32::from(last) + 1).unwrap_or(char::MAX));
+    }
+    chars.into_iter().collect()
+}
+
+impl PgStore {
+    /// The schema version this build writes.
+    pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+    /// Connects to the database at `url`, applying the migrations it lacks.
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        let mut store = PgStore::connect(url)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Connects for reading only (every transaction read-only): never changes the schema, and
+    /// a database central never set up is [`StoreError::Missing`].
+    pub fn open_read_only(url: &str) -> Result<PgStore, StoreError> {
+        let store = PgStore::connect(url)?;
+        let version = store.schema_version()?;
+        if version == 0 {
+            return Err(StoreError::Missing {
+                path: store.at.clone(),
+            });
+        }
+        store.check_known(version)?;
+        store
+            .client
+            .borrow_mut()
+            .batch_execute("SET default_transaction_read_only = on")
+            .map_err(store.err("setting the session read-only"))?;
+        Ok(store)
+    }
+
+    fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let at = redact(url);
+        let client = Client::connect(url, NoTls).map_err(|source| StoreError::Postgres {
+            at: format!("{at}, connecting"),
+            source,
+        })?;
+        let store = PgStore {
+            client: RefCell::new(client),
+            at,
+        };
+        // The driver logs the server's notices ("relation staging already exists, skipping"
+        // every group); warnings and errors are enough.
+        store
+            .client
+            .borrow_mut()
+            .batch_execute("SET client_min_messages = warning")
+            .map_err(store.err("configuring the session"))?;
+        Ok(store)
+    }
+
+    /// Maps a driver error to one naming the database and what was being done.
+    fn err(&self, what: &str) -> impl Fn(::postgres::Error) -> StoreError + use<> {
+        let at = format!("{}, {what}", self.at);
+        move |source| StoreError::Postgres {
+            at: at.clone(),
+            source,
+        }
+    }
+
+    /// The newest schema version applied (0: none).
+    fn schema_version(&self) -> Result<i64, StoreError> {
+        let err = self.err("reading the schema version");
+        let mut client = self.client.borrow_mut();
+        let exists: bool = client
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .map_err(&err)?
+            .get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let v: i32 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .map_err(&err)?
+            .get(0);
+        Ok(v.into())
+    }
+
+    fn check_known(&self, version: i64) -> Result<(), StoreError> {
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::NewerSchema {
+                at: self.at.clone(),
+                found: version,
+                known,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies the steps of [`MIGRATIONS`] not applied yet, each in its own transaction,
+    /// one instance at a time.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        for (i, step) in MIGRATIONS.iter().enumerate() {
+            let version = i as i32 + 1;
+            let err = self.err(&format!("applying schema version {version}"));
+            let client = self.client.get_mut();
+            let mut tx = client.transaction().map_err(&err)?;
+            tx.query("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+                .map_err(&err)?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version    integer PRIMARY KEY,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                 )",
+            )
+            .map_err(&err)?;
+            let newest: i32 = tx
+                .query_one(
+                    "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                    &[],
+                )
+                .map_err(&err)?
+                .get(0);
+            if newest > MIGRATIONS.len() as i32 {
+                return Err(StoreError::NewerSchema {
+                    at: self.at.clone(),
+                    found: newest.into(),
+                    known: MIGRATIONS.len() as i64,
+                });
+            }
+            if newest >= version {
+                continue;
+            }
+            tx.batch_execute(step).map_err(&err)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the day partitions of `time_ms` values that have none yet.
+    fn ensure_partitions(&mut self, times: impl Iterator<Item = i64>) -> Result<(), StoreError> {
+        let mut wanted: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for t in times {
+            if let Some((name, lo, hi)) = day_partition(t) {
+                wanted.entry(name).or_insert((lo, hi));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let err = self.err("creating day partitions of messages");
+        let client = self.client.get_mut();
+        let names: Vec<&str> = wanted.keys().map(String::as_str).collect();
+        let missing: Vec<String> = client
+            .query(
+                "SELECT n FROM unnest($1::text[]) n WHERE to_regclass(n) IS NULL",
+                &[&names],
+            )
+            .map_err(&err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut tx = client.transaction().map_err(&err)?;
+        tx.query("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+            .map_err(&err)?;
+        for name in &missing {
+            let (lo, hi) = wanted[name];
+            let create = format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF messages FOR VALUES FROM ({lo}) TO ({hi})"
+            );
+            let mut sp = tx.transaction().map_err(&err)?;
+            match sp.batch_execute(&create) {
+                Ok(()) => sp.commit().map_err(&err)?,
+                // Rows of that day already in the DEFAULT partition (the day was dropped by
+                // retention while a late record arrived): they and the day stay there.
+                Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => {
+                    sp.rollback().map_err(&err)?
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// Drops the day partitions of `messages` entirely before `cut_ms` (and their keys);
+    /// returns how many. A day reaching past the cut is kept whole.
+    pub fn drop_before(&mut self, cut_ms: u64) -> Result<u64, StoreError> {
+        let cut = i64::try_from(cut_ms).unwrap_or(i64::MAX);
+        let err = self.err("dropping old partitions of messages");
+        let client = self.client.get_mut();
+        let mut tx = client.transaction().map_err(&err)?;
+        tx.query("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
+            .map_err(&err)?;
+        let parts: Vec<String> = tx
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'messages'::regclass ORDER BY 1",
+                &[],
+            )
+            .map_err(&err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut dropped = 0;
+        for name in parts {
+            let Some((lo, hi)) = partition_range(&name) else {
+                continue;
+            };
+            if hi > cut {
+                continue;
+            }
+            tx.batch_execute(&format!("DROP TABLE {name}"))
+                .map_err(&err)?;
+            tx.execute(
+                "DELETE FROM message_keys WHERE time_ms >= $1 AND time_ms < $2",
+                &[&lo, &hi],
+            )
+            .map_err(&err)?;
+            dropped += 1;
+        }
+        tx.commit().map_err(&err)?;
+        Ok(dropped)
+    }
+
+    /// The day partitions of `messages`, oldest first (for tests and operators).
+    pub fn partitions(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .client
+            .borrow_mut()
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'messages'::regclass AND c.relname <> 'messages_default'
+                 ORDER BY 1",
+                &[],
+            )
+            .map_err(self.err("listing partitions of messages"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Number of messages stored for a terminal and stream (used by tests and benches).
+    pub fn count(&self, terminal: &str, stream: Stream) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .client
+            .borrow_mut()
+            .query_one(
+                "SELECT count(*) FROM messages WHERE terminal = $1 AND stream = $2",
+                &[&terminal, &(stream_id(stream) as i16)],
+            )
+            .map_err(self.err("counting messages"))?
+            .get(0);
+        Ok(n as u64)
+    }
+}
+
+impl Store for PgStore {
+    fn drop_before(&mut self, cut_ms: u64) -> Result<u64, StoreError> {
+        PgStore::drop_before(self, cut_ms)
+    }
+
+    fn take_lease(
+        &mut self,
+        role: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        PgStore::take_lease(self, role, holder, ttl_ms)
+    }
+    fn instance_seen(&mut self, instance: &str, started_ms: u64) -> Result<(), StoreError> {
+        PgStore::instance_seen(self, instance, started_ms)
+    }
+    fn instances(&self) -> Result<(Vec<InstanceRow>, u64), StoreError> {
+        PgStore::instances(self)
+    }
+    fn terminal_ids(&self) -> Result<Vec<TerminalId>, StoreError> {
+        PgStore::terminal_ids(self)
+    }
+    fn known_terminals(&self) -> Result<Vec<KnownTerminal>, StoreError> {
+        PgStore::known_terminals(self)
+    }
+    fn import_names(&mut self, rows: &[(SiteCode, String)]) -> Result<u64, StoreError> {
+        PgStore::import_names(self, rows)
+    }
+    fn set_terminal_name(&mut self, terminal: &TerminalId, name: &str) -> Result<(), StoreError> {
+        PgStore::set_terminal_name(self, terminal, name)
+    }
+    fn names_version(&self) -> Result<i64, StoreError> {
+        PgStore::names_version(self)
+    }
+    fn names(&self) -> Result<Names, StoreError> {
+        PgStore::names(self)
+    }
+    fn unended_meetings(&self) -> Result<Vec<StoredMeeting>, StoreError> {
+        PgStore::unended_meetings(self)
+    }
+    fn meeting_ids(&self) -> Result<Vec<String>, StoreError> {
+        PgStore::meeting_ids(self)
+    }
+    fn live_meetings(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        PgStore::live_meetings(self)
+    }
+    fn meeting(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        PgStore::meeting(self, id)
+    }
+    fn save_meetings(
+        &mut self,
+        rows: &[MeetingRow],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        PgStore::save_meetings(self, rows, fence)
+    }
+    fn retire_meeting(&mut self, id: &str) -> Result<(), StoreError> {
+        PgStore::retire_meeting(self, id)
+    }
+    fn save_readiness(
+        &mut self,
+        rows: &[(String, Option<bool>, String)],
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        PgStore::save_readiness(self, rows, at_ms)
+    }
+    fn open_alarms(&self) -> Result<OpenAlarms, StoreError> {
+        PgStore::open_alarms(self)
+    }
+    fn save_alarms(&mut self, alarms: &[Alarm], fence: Option<&Fence>) -> Result<(), StoreError> {
+        PgStore::save_alarms(self, alarms, fence)
+    }
+    fn alarms(
+        &self,
+        region: Option<&Region>,
+        active: bool,
+        limit: usize,
+    ) -> Result<Vec<Alarm>, StoreError> {
+        PgStore::alarms(self, region, active, limit)
+    }
+
+    fn apply(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
+        self.ensure_partitions(
+            records
+                .iter()
+                .filter_map(Record::message)
+                .map(|m| m.time_ms as i64),
+        )?;
+        let mut attempt = 0;
+        loop {
+            match self.apply_once(records) {
+                Err(e) if transient(&e) && attempt < 3 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError> {
+        let prefix = region.map_or(String::new(), |r| r.prefix());
+        let end = prefix_end(&prefix);
+        let (filter, params): (&str, Vec<&(dyn ToSql + Sync)>) = if prefix.is_empty() {
+            ("", vec![])
+        } else {
+            ("WHERE t.site >= $1 AND t.site < $2", vec![&prefix, &end])
+        };
+        // One query: each terminal with its newest values (in metric order).
+        let sql = format!(
+            "SELECT t.terminal, t.site, t.level, t.online, t.version, t.last_seen_ms,
+                coalesce(l.metrics, '{{}}'), coalesce(l.vals, '{{}}')
+             FROM terminals t LEFT JOIN latest l ON l.terminal = t.terminal
+             {filter}
+             ORDER BY t.terminal"
+        );
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(&sql, &params)
+            .map_err(self.err("reading the fleet view"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let names: Vec<String> = r.get(6);
+                let values: Vec<f64> = r.get(7);
+                SiteRow {
+                    terminal: r.get(0),
+                    site: r.get(1),
+                    level: r.get(2),
+                    online: r.get(3),
+                    version: r.get(4),
+                    last_seen_ms: r.get::<_, Option<i64>>(5).map(|v| v as u64),
+                    metrics: names.into_iter().zip(values).collect(),
+                }
+            })
+            .collect())
+    }
+
+    fn telemetry(
+        &self,
+        terminal: &TerminalId,
+        metric: Option<&Metric>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<SampleRow>, StoreError> {
+        let since = since_ms.unwrap_or(0) as i64;
+        let id = terminal.to_string();
+        // As in SQLite: look back a day for batches that started before `since`.
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(
+                "SELECT seq, payload FROM messages WHERE terminal = $1 AND stream = $2
+                 AND time_ms >= $3::bigint - 86400000 ORDER BY time_ms, seq",
+                &[&id, &(stream_id(Stream::Telemetry) as i16), &since],
+            )
+            .map_err(self.err("reading telemetry"))?;
+        let mut out = Vec::new();
+        for r in &rows {
+            push_samples(&mut out, &id, r.get(0), r.get(1), metric, since)?;
+        }
+        out.sort_by_key(|r| (r.ts_ms, r.seq));
+        Ok(out)
+    }
+
+    fn events(
+        &self,
+        region: Option<&Region>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        // A terminal id starts with its site code, so a region is a range of ids.
+        let prefix = region.map_or(String::new(), |r| r.prefix());
+        let end = prefix_end(&prefix);
+        let stream = stream_id(Stream::Events) as i16;
+        let since = since_ms.unwrap_or(0) as i64;
+        let (filter, params): (&str, Vec<&(dyn ToSql + Sync)>) = if prefix.is_empty() {
+            ("", vec![&stream, &since])
+        } else {
+            (
+                "AND terminal >= $3 AND terminal < $4",
+                vec![&stream, &since, &prefix, &end],
+            )
+        };
+        let sql = format!(
+            "SELECT terminal, seq, payload FROM messages WHERE stream = $1 AND time_ms >= $2
+             {filter} ORDER BY time_ms, terminal, seq"
+        );
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(&sql, &params)
+            .map_err(self.err("reading events"))?;
+        rows.iter()
+            .map(|r| event_row(r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_partitions_are_named_by_their_utc_date_and_cover_exactly_that_day() {
+        // 2025-11-22T08:00:00Z.
+        let (name, lo, hi) = day_partition(1_763_798_400_000).unwrap();
+        assert_eq!(name, "messages_p20251122");
+        assert_eq!((lo, hi), (1_763_769_600_000, 1_763_856_000_000));
+        assert_eq!(partition_range(&name), Some((lo, hi)));
+        assert_eq!(day_partition(0).unwrap().0, "messages_p19700101");
+        assert_eq!(day_partition(lo).unwrap().0, name);
+        assert_eq!(day_partition(lo - 1).unwrap().0, "messages_p20251121");
+        let (last, _, _) = day_partition(LAST_DAY * DAY_MS).unwrap();
+        assert_eq!(last, "messages_p99991231");
+        assert!(day_partition((LAST_DAY + 1) * DAY_MS).is_none());
+        assert!(day_partition(-1).is_none());
+        for day in [0, 59, 60, 365, 10_956, 11_016, 20_414, LAST_DAY] {
+            let (name, lo, _) = day_partition(day * DAY_MS).unwrap();
+            assert_eq!(partition_range(&name).map(|r| r.0), Some(lo), "{name}");
+        }
+        assert_eq!(partition_range("messages_default"), None);
+    }
+
+    #[test]
+    fn a_url_shows_no_password() {
+        assert_eq!(
+            redact("postgres://cuntong:s3cret@db:5432/central"),
+            "postgres://cuntong:***@db:5432/central"
+        );
+        assert_eq!(
+            redact("postgresql://u@h/db?sslmode=disable&password=x"),
+            "postgresql://u@h/db?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            redact("postgres://u@127.0.0.1:5/db"),
+            "postgres://u@127.0.0.1:5/db"
+        );
+        assert_eq!(redact("postgres://u:p:q@h@x/db"), "postgres://u:***@x/db");
+    }
+
+    #[test]
+    fn a_region_prefix_ends_where_its_last_digit_is_incremented() {
+        assert_eq!(prefix_end("13"), "14");
+        assert_eq!(prefix_end("1309"), "130:");
+        assert_eq!(prefix_end(""), "");
+    }
+}

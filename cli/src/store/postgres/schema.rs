@@ -1,0 +1,211 @@
+//! The PostgreSQL store's schema: the one ordered list of migration steps.
+
+/// The schema, one version per step, in order: append, never edit a released step.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the tables of the SQLite store, messages partitioned by day. The tables every group
+    // updates (terminals, latest, watermarks) leave room in their pages (fillfactor), so that
+    // an update stays in its page and leaves the indexes alone.
+    r#"
+CREATE TABLE terminals (
+    terminal     text COLLATE "C" PRIMARY KEY,
+    site         text COLLATE "C" NOT NULL,
+    level        text NOT NULL,
+    online       boolean NOT NULL DEFAULT false,
+    version      text,
+    started_ms   bigint,
+    keep_alive_s bigint,
+    last_seen_ms bigint
+) WITH (fillfactor = 50);
+CREATE INDEX terminals_by_site ON terminals (site);
+CREATE TABLE message_keys (
+    terminal text COLLATE "C" NOT NULL,
+    stream   smallint NOT NULL,
+    seq      bigint NOT NULL,
+    time_ms  bigint NOT NULL,
+    PRIMARY KEY (terminal, stream, seq)
+);
+CREATE INDEX message_keys_by_time ON message_keys USING brin (time_ms);
+CREATE TABLE messages (
+    terminal    text COLLATE "C" NOT NULL,
+    stream      smallint NOT NULL,
+    seq         bigint NOT NULL,
+    time_ms     bigint NOT NULL,
+    received_ms bigint NOT NULL,
+    payload     bytea NOT NULL,
+    PRIMARY KEY (terminal, stream, time_ms, seq)
+) PARTITION BY RANGE (time_ms);
+CREATE TABLE messages_default PARTITION OF messages DEFAULT;
+-- The newest value of each metric of a terminal, in one row per terminal (a province's fleet
+-- view reads one row a terminal): the metrics in name order, each value's time and value.
+CREATE TABLE latest (
+    terminal text COLLATE "C" PRIMARY KEY,
+    metrics  text[] COLLATE "C" NOT NULL,
+    ts_ms    bigint[] NOT NULL,
+    vals     double precision[] NOT NULL
+) WITH (fillfactor = 50);
+CREATE TABLE watermarks (
+    terminal  text COLLATE "C" NOT NULL,
+    stream    smallint NOT NULL,
+    watermark bigint NOT NULL,
+    PRIMARY KEY (terminal, stream)
+) WITH (fillfactor = 50);
+CREATE TABLE dropped (
+    terminal text COLLATE "C" NOT NULL,
+    stream   smallint NOT NULL,
+    first    bigint NOT NULL,
+    last     bigint NOT NULL,
+    PRIMARY KEY (terminal, stream, first)
+);
+CREATE TABLE numbering (
+    terminal text COLLATE "C" NOT NULL,
+    stream   smallint NOT NULL,
+    first    bigint NOT NULL,
+    PRIMARY KEY (terminal, stream)
+);
+CREATE TABLE division_names (
+    code bigint PRIMARY KEY,
+    name text NOT NULL
+);
+CREATE TABLE terminal_names (
+    terminal text COLLATE "C" PRIMARY KEY,
+    name     text NOT NULL
+);
+CREATE TABLE counters (
+    name  text PRIMARY KEY,
+    value bigint NOT NULL
+);
+CREATE TABLE rejected (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic       text NOT NULL,
+    received_ms bigint NOT NULL,
+    reason      text NOT NULL,
+    payload     bytea NOT NULL
+);
+-- The watermarks of a group's (terminal, stream) pairs, given sorted: each advanced (if asked)
+-- over stored seqs, reported drops and the seqs below where the terminal's numbering starts,
+-- exactly as the SQLite store does it. The caller holds the terminals' rows in `terminals`
+-- locked: no other group of these terminals is between its inserts and its commit, and what
+-- committed before is what these statements read. Most pairs only move over a short run
+-- of new seqs: that is one statement for all of them; the others (a run longer than 64, drops
+-- or a numbering start ahead) take the general loop.
+CREATE FUNCTION advance_watermarks(p_terminals text[], p_streams smallint[], p_advance boolean[])
+RETURNS TABLE (o_terminal text, o_stream smallint, o_watermark bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    wm bigint;
+    before bigint;
+    covered bigint;
+    next_seq bigint;
+BEGIN
+    INSERT INTO watermarks (terminal, stream, watermark)
+        SELECT u.t, u.s, 0 FROM unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
+        WHERE u.a ORDER BY u.t COLLATE "C", u.s
+        ON CONFLICT DO NOTHING;
+    FOR r IN
+        WITH cur AS (
+            SELECT u.t, u.s, u.a, coalesce(w.watermark, 0) AS wm
+            FROM unnest(p_terminals, p_streams, p_advance) AS u(t, s, a)
+            LEFT JOIN watermarks w ON w.terminal = u.t AND w.stream = u.s
+        ), fast AS (
+            SELECT c.t, c.s, c.a, c.wm, coalesce(run.last, c.wm) AS new_wm,
+                c.a AND (coalesce(run.last - c.wm = 64, false)
+                    OR EXISTS (SELECT 1 FROM dropped d
+                        WHERE d.terminal = c.t AND d.stream = c.s AND d.last > c.wm)
+                    OR EXISTS (SELECT 1 FROM numbering n
+                        WHERE n.terminal = c.t AND n.stream = c.s AND n.first - 1 > c.wm)
+                ) AS slow
+            FROM cur c CROSS JOIN LATERAL (
+                SELECT max(x.seq) FILTER (WHERE x.seq - x.rn = c.wm) AS last FROM (
+                    SELECT k.seq, row_number() OVER (ORDER BY k.seq) AS rn FROM (
+                        SELECT k.seq FROM message_keys k
+                        WHERE c.a AND k.terminal = c.t AND k.stream = c.s AND k.seq > c.wm
+                        ORDER BY k.seq LIMIT 64
+                    ) k
+                ) x
+            ) run
+        ), moved AS (
+            UPDATE watermarks w SET watermark = f.new_wm FROM fast f
+            WHERE f.a AND NOT f.slow AND f.new_wm <> f.wm AND w.terminal = f.t AND w.stream = f.s
+        )
+        SELECT * FROM fast
+    LOOP
+        wm := r.new_wm;
+        IF r.slow THEN
+            wm := r.wm;
+            LOOP
+                before := wm;
+                EXIT WHEN wm = 9223372036854775807;
+                SELECT max(x.last) INTO covered FROM (
+                    SELECT d.last FROM dropped d WHERE d.terminal = r.t AND d.stream = r.s
+                        AND d.first <= wm + 1 AND d.last >= wm + 1
+                    UNION ALL
+                    SELECT n.first - 1 FROM numbering n WHERE n.terminal = r.t AND n.stream = r.s
+                        AND n.first - 1 >= wm + 1
+                ) x;
+                IF covered IS NOT NULL THEN
+                    wm := greatest(wm, covered);
+                END IF;
+                FOR next_seq IN SELECT k.seq FROM message_keys k
+                    WHERE k.terminal = r.t AND k.stream = r.s AND k.seq > wm ORDER BY k.seq LIMIT 1024
+                LOOP
+                    EXIT WHEN next_seq <> wm + 1;
+                    wm := next_seq;
+                END LOOP;
+                EXIT WHEN wm = before;
+            END LOOP;
+            IF wm <> r.wm THEN
+                UPDATE watermarks w SET watermark = wm WHERE w.terminal = r.t AND w.stream = r.s;
+            END IF;
+        END IF;
+        o_terminal := r.t;
+        o_stream := r.s;
+        o_watermark := wm;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+"#,
+    // 2: the meeting host's sessions, the alarms and the readiness answers.
+    r#"
+CREATE TABLE meetings (
+    id         text COLLATE "C" PRIMARY KEY,
+    status     text NOT NULL,
+    created_ms bigint NOT NULL,
+    host       bytea NOT NULL
+);
+CREATE INDEX meetings_by_status ON meetings (status);
+CREATE TABLE alarms (
+    id        bigint PRIMARY KEY,
+    subject   text COLLATE "C" NOT NULL,
+    kind      text NOT NULL,
+    state     text NOT NULL,
+    raised_ms bigint NOT NULL,
+    alarm     text NOT NULL
+);
+CREATE INDEX alarms_by_state ON alarms (state, raised_ms);
+CREATE INDEX alarms_by_subject ON alarms (subject, id);
+CREATE TABLE readiness (
+    terminal text COLLATE "C" NOT NULL,
+    at_ms    bigint NOT NULL,
+    ready    boolean,
+    result   text NOT NULL,
+    PRIMARY KEY (terminal, at_ms)
+);
+"#,
+    // 3: singleton roles held through leases (on the database's clock), and the central
+    // instances at work.
+    r#"
+CREATE TABLE leases (
+    role       text PRIMARY KEY,
+    holder     text NOT NULL,
+    epoch      bigint NOT NULL,
+    expires_ms bigint NOT NULL
+);
+CREATE TABLE instances (
+    instance     text COLLATE "C" PRIMARY KEY,
+    started_ms   bigint NOT NULL,
+    last_seen_ms bigint NOT NULL
+);
+"#,
+];
