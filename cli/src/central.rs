@@ -557,43 +557,8 @@ pub async fn run(
         stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
             // The instance holding the host role answers; the others stand by.
-            let Some(r) = roles.as_mut() else { continue };
-            let alarms_before = r.alarms.handed_over();
-            let answer = control(
-                &mut r.meetings,
-                &mut r.alarms,
-                &log,
-                client,
-                &msg.payload,
-                unix_ms(),
-            );
-            for m in r.alarms.take_outbound() {
-                r.meetings.push(m);
-            }
-            r.meetings.drain(&link);
-            // What the request changed is handed to the store thread now, and the answer goes
-            // out once it is written: an operation a chair was told is done survives a crash
-            // of central (and is there for the instance that takes over). A store that is slow
-            // or away holds the answer up for a second at most; the operation has taken effect
-            // for the sites anyway, and is written when the store is back.
-            // A request that changed nothing (a status, a roll call's results) is answered at
-            // once.
-            let changed = match r.meetings.save() {
-                Ok(saved) => saved || r.alarms.handed_over() != alarms_before,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot save meetings");
-                    false
-                }
-            };
-            if let Some(answer) = answer {
-                let link = link.clone();
-                let written = changed.then(|| writer_state.written());
-                tokio::spawn(async move {
-                    if let Some(written) = written {
-                        let _ = tokio::time::timeout(ANSWER_WAITS_FOR_STORE, written).await;
-                    }
-                    let _ = link.publish(answer).await;
-                });
+            if let Some(r) = roles.as_mut() {
+                answer_command(r, &link, &writer_state, &log, client, &msg.payload);
             }
             continue;
         }
@@ -658,6 +623,52 @@ pub async fn run(
         .await
         .map_err(|_| StoreError::Crashed)??;
     Ok(())
+}
+
+/// Answers a command's request (`meeting …`, `alarms ack`) as the holder of the host role.
+/// What the request changed is handed to the store thread now, and the answer goes out once it
+/// is written: an operation a chair was told is done survives a crash of central (and is there
+/// for the instance that takes over). A store that is slow or away holds the answer up for a
+/// second at most (the operation has taken effect for the sites anyway, and is written when the
+/// store is back); a request that changed nothing is answered at once.
+fn answer_command(
+    roles: &mut Roles,
+    link: &Link,
+    state: &crate::store::StateWriter,
+    log: &LogLimiter,
+    client: &str,
+    payload: &[u8],
+) {
+    let alarms_before = roles.alarms.handed_over();
+    let answer = control(
+        &mut roles.meetings,
+        &mut roles.alarms,
+        log,
+        client,
+        payload,
+        unix_ms(),
+    );
+    for m in roles.alarms.take_outbound() {
+        roles.meetings.push(m);
+    }
+    roles.meetings.drain(link);
+    let changed = match roles.meetings.save() {
+        Ok(saved) => saved || roles.alarms.handed_over() != alarms_before,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot save meetings");
+            false
+        }
+    };
+    if let Some(answer) = answer {
+        let link = link.clone();
+        let written = changed.then(|| state.written());
+        tokio::spawn(async move {
+            if let Some(written) = written {
+                let _ = tokio::time::timeout(ANSWER_WAITS_FOR_STORE, written).await;
+            }
+            let _ = link.publish(answer).await;
+        });
+    }
 }
 
 /// The answer to a request of a `cuntong` command (`meeting …`, `alarms ack`), for its
