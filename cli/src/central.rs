@@ -118,6 +118,8 @@ pub struct CentralStats {
     pub acks: AtomicU64,
     /// Messages the link refused for being larger than the protocol allows.
     pub oversized: AtomicU64,
+    /// Records not kept while the store was too far behind (their terminals send them again).
+    pub shed: AtomicU64,
 }
 
 impl CentralStats {
@@ -223,11 +225,15 @@ pub fn ingest_subscriptions(group: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// Received records waiting for room in the store thread's queue, at most: while the store is
-/// behind (a province replaying its outboxes, a slow disk), the loop reads on this far, so
-/// commands and meeting uplinks do not wait behind the records; beyond it, nothing more is read
-/// until the store catches up (back-pressure to the broker).
+/// Received records waiting for room in the store thread's queue: while the store is behind
+/// (a province replaying its outboxes, a slow disk), the loop reads on, so commands and meeting
+/// uplinks never wait behind records. Beyond this many, what a terminal sends again until it
+/// is confirmed (telemetry and events, from its outbox) is not kept but shed and counted: no
+/// confirmation comes for it, so the terminal sends it again later (the delivery protocol's
+/// back-pressure), and the link to the broker is never stalled. Presence, which is not sent
+/// again, is kept up to [`LOOKAHEAD_PRESENCE`].
 const LOOKAHEAD: usize = 50_000;
+const LOOKAHEAD_PRESENCE: usize = 2 * LOOKAHEAD;
 
 /// How often the host forgets history older than `--retain`.
 const RETENTION_EVERY_MS: u64 = 3_600_000;
@@ -527,6 +533,7 @@ pub async fn run(
                             break;
                         }
                     }
+                    r.meetings.lay_out();
                     r.meetings.drain(&link);
                 }
                 stats.oversized.store(link.status().refused_oversized, Ordering::Relaxed);
@@ -551,8 +558,7 @@ pub async fn run(
                 }
                 continue;
             }
-            // Beyond LOOKAHEAD records waiting, back-pressure: nothing more is read.
-            m = incoming.recv(), if ahead.len() < LOOKAHEAD => match m { Some(m) => m, None => break },
+            m = incoming.recv() => match m { Some(m) => m, None => break },
         };
         stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
@@ -568,6 +574,11 @@ pub async fn run(
             if let Some(r) = roles.as_mut()
                 && r.meetings.on_message(&msg, unix_ms())
             {
+                // Joins are answered by a layout of their session: once nothing more waits
+                // (in a join storm, by the meeting tick, every 200 ms).
+                if incoming.is_empty() {
+                    r.meetings.lay_out();
+                }
                 r.meetings.drain(&link);
             }
             if let Some((topic, retained)) = left {
@@ -595,6 +606,17 @@ pub async fn run(
         }
         // Records wait in `ahead` while the store thread is behind, so the loop keeps reading:
         // commands and meeting uplinks behind them are answered at once.
+        if shed(&record, ahead.len()) {
+            let n = stats.shed.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(more) = log.allow("shed") {
+                tracing::warn!(
+                    shed = n,
+                    "the store is {} records behind: shedding what terminals send again{more}",
+                    ahead.len()
+                );
+            }
+            continue;
+        }
         if ahead.is_empty() {
             match records_tx.try_send(record) {
                 Ok(()) => {}
@@ -625,6 +647,16 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether a record is shed rather than kept, with `waiting` records ahead of it.
+fn shed(record: &Record, waiting: usize) -> bool {
+    match record {
+        Record::Presence { .. } => waiting >= LOOKAHEAD_PRESENCE,
+        Record::Telemetry { .. } | Record::Event { .. } | Record::Rejected { .. } => {
+            waiting >= LOOKAHEAD
+        }
+    }
+}
+
 /// Answers a command's request (`meeting …`, `alarms ack`) as the holder of the host role.
 /// What the request changed is handed to the store thread now, and the answer goes out once it
 /// is written: an operation a chair was told is done survives a crash of central (and is there
@@ -651,6 +683,7 @@ fn answer_command(
     for m in roles.alarms.take_outbound() {
         roles.meetings.push(m);
     }
+    roles.meetings.lay_out();
     roles.meetings.drain(link);
     let changed = match roles.meetings.save() {
         Ok(saved) => saved || roles.alarms.handed_over() != alarms_before,
@@ -707,7 +740,7 @@ fn control(
         body,
     };
     match serde_json::to_vec(&resp) {
-        Ok(bytes) => Some(Message::new(control_response(client), bytes)),
+        Ok(bytes) => Some(Message::new(control_response(client), bytes).urgent()),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a response");
             None

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use cuntong_core::envelope::encode;
 use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Notice, Operator};
 use cuntong_core::meeting::{
-    Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Status, Uplink,
+    Downlink, Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Status, Uplink,
 };
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic, region_filter};
@@ -86,7 +86,56 @@ pub struct MeetingService {
     /// Names of the sites, for the status and roll call answers.
     names: watch::Receiver<Arc<Names>>,
     dirty: BTreeSet<MeetingId>,
-    outbound: VecDeque<Message>,
+    outbound: Outbound,
+}
+
+/// What the meeting service has to publish, in two lanes: the urgent (states, answers) go to
+/// the link's urgent lane ahead of the bulk (media plans, relay tables), so a chair's
+/// operation reaches the sites at once even while thousands of plans wait.
+#[derive(Default)]
+struct Outbound {
+    urgent: VecDeque<Message>,
+    bulk: VecDeque<Message>,
+}
+
+impl Outbound {
+    fn len(&self) -> usize {
+        self.urgent.len() + self.bulk.len()
+    }
+
+    fn push(&mut self, m: Message) {
+        let lane = if m.urgent {
+            &mut self.urgent
+        } else {
+            &mut self.bulk
+        };
+        if lane.len() >= OUTBOUND_MAX {
+            // Sites repeat what they need (joins, statuses); states are republished on the
+            // next change or reconnect.
+            tracing::warn!("meeting outbound queue full: dropping the oldest message");
+            lane.pop_front();
+        }
+        lane.push_back(m);
+    }
+
+    #[cfg(test)]
+    fn pop_front(&mut self) -> Option<Message> {
+        self.urgent.pop_front().or_else(|| self.bulk.pop_front())
+    }
+
+    /// Hands the link as much as it takes now, each lane in order; the rest waits.
+    fn drain(&mut self, link: &Link) {
+        for lane in [&mut self.urgent, &mut self.bulk] {
+            while let Some(m) = lane.pop_front() {
+                if let Err(e) = link.try_publish(m.clone()) {
+                    if e == cuntong_terminal::link::PublishError::Full {
+                        lane.push_front(m);
+                    }
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for MeetingService {
@@ -172,7 +221,7 @@ impl MeetingService {
             media: BTreeMap::new(),
             names,
             dirty,
-            outbound: VecDeque::new(),
+            outbound: Outbound::default(),
         })
     }
 
@@ -406,25 +455,40 @@ impl MeetingService {
         Err("cannot find a free meeting id".into())
     }
 
-    fn apply(&mut self, id: MeetingId, mut out: Vec<HostOutput>) {
-        // Whatever changed may change where media flows: new plans, relay tables.
-        if let Some(h) = self.hosts.get_mut(&id) {
-            out.extend(h.media_updates());
+    /// Lays out the media of every session something changed in since the last call: the
+    /// plans joins are waiting for, new relay tables. One call serves any number of changes,
+    /// so the caller calls it when its queue of incoming messages runs empty (and at least on
+    /// each tick), not after each message: a province's join storm then costs a layout per
+    /// batch, not one per site.
+    pub fn lay_out(&mut self) {
+        let ids: Vec<MeetingId> = self.hosts.keys().copied().collect();
+        for id in ids {
+            if let Some(h) = self.hosts.get_mut(&id) {
+                let out = h.media_updates();
+                self.apply(id, out);
+            }
         }
+    }
+
+    fn apply(&mut self, id: MeetingId, out: Vec<HostOutput>) {
         for o in out {
             match o {
                 HostOutput::Publish(state) => self.publish_state(&state),
                 HostOutput::Clear => {
                     if let Some(h) = self.hosts.get(&id) {
                         for topic in state_topics(&h.state().spec) {
-                            self.push(Message::new(topic, Vec::new()).retained());
+                            self.push(Message::new(topic, Vec::new()).retained().urgent());
                         }
                     }
                 }
                 HostOutput::Send(to, d) => match encode(&d) {
                     Ok(bytes) => {
                         let topic = Topic::terminal(&to, Channel::MeetingDown).to_string();
-                        self.push(Message::new(topic, bytes));
+                        // Plans and relay tables are the bulk of a start; the rest is urgent.
+                        let bulk =
+                            matches!(d, Downlink::Admitted { .. } | Downlink::Forward { .. });
+                        let m = Message::new(topic, bytes);
+                        self.push(if bulk { m } else { m.urgent() });
                     }
                     Err(e) => tracing::error!(error = %e, "cannot encode a meeting downlink"),
                 },
@@ -437,7 +501,7 @@ impl MeetingService {
         match encode(state) {
             Ok(bytes) => {
                 for topic in state_topics(&state.spec) {
-                    self.push(Message::new(topic, bytes.clone()).retained());
+                    self.push(Message::new(topic, bytes.clone()).retained().urgent());
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a meeting state"),
@@ -446,25 +510,12 @@ impl MeetingService {
 
     /// Queues a message on central's outbound queue (drained as the link takes it).
     pub fn push(&mut self, m: Message) {
-        if self.outbound.len() >= OUTBOUND_MAX {
-            // Sites repeat what they need (joins, statuses); states are republished on the
-            // next change or reconnect.
-            tracing::warn!("meeting outbound queue full: dropping the oldest message");
-            self.outbound.pop_front();
-        }
-        self.outbound.push_back(m);
+        self.outbound.push(m);
     }
 
     /// Hands the link as much as it takes now; the rest waits for the next call.
     pub fn drain(&mut self, link: &Link) {
-        while let Some(m) = self.outbound.pop_front() {
-            if let Err(e) = link.try_publish(m.clone()) {
-                if e == cuntong_terminal::link::PublishError::Full {
-                    self.outbound.push_front(m);
-                }
-                break;
-            }
-        }
+        self.outbound.drain(link);
     }
 
     /// Central (re)connected: publish every live state again.
@@ -498,6 +549,7 @@ impl MeetingService {
                 tracing::warn!(meeting = %id, error = %e, "scheduled start failed");
             }
         }
+        self.lay_out();
         // Save first: a session leaves memory only once its end is handed to the store thread
         // (which writes what it is handed, in order, retrying until it is written).
         if let Err(e) = self.save() {
@@ -906,6 +958,25 @@ mod tests {
     fn save(svc: &mut MeetingService) {
         svc.save().unwrap();
         svc.writer.flush().unwrap();
+    }
+
+    #[test]
+    fn states_and_answers_go_out_ahead_of_waiting_plans_each_lane_in_order() {
+        let mut out = Outbound::default();
+        for k in 0..3 {
+            out.push(Message::new(format!("plan/{k}"), Vec::new()));
+        }
+        out.push(Message::new("state/1", Vec::new()).retained().urgent());
+        out.push(Message::new("plan/3", Vec::new()));
+        out.push(Message::new("state/2", Vec::new()).retained().urgent());
+        assert_eq!(out.len(), 6);
+        let order: Vec<String> = std::iter::from_fn(|| out.pop_front())
+            .map(|m| m.topic)
+            .collect();
+        assert_eq!(
+            order,
+            ["state/1", "state/2", "plan/0", "plan/1", "plan/2", "plan/3"]
+        );
     }
 
     #[test]

@@ -584,7 +584,7 @@ impl Conference {
             for o in self.participant.handle(input, now_ms) {
                 match o {
                     Output::Send(up) => match encode(&up) {
-                        Ok(bytes) => out.push(Message::new(self.uplink.clone(), bytes)),
+                        Ok(bytes) => out.push(Message::new(self.uplink.clone(), bytes).urgent()),
                         Err(e) => tracing::warn!(error = %e, "cannot encode a meeting uplink"),
                     },
                     Output::Media(MediaCommand::Start {

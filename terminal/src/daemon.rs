@@ -889,7 +889,7 @@ impl Daemon {
         let result = CommandResult { nonce, ok, output };
         let topic = Topic::terminal(&self.cfg.id, Channel::Result).to_string();
         if let Ok(bytes) = encode(&result) {
-            let _ = self.link.try_publish(Message::new(topic, bytes));
+            let _ = self.link.try_publish(Message::new(topic, bytes).urgent());
         }
         Ok(())
     }

@@ -58,6 +58,10 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// Goes ahead of every message that is not: answers a person waits for, and what a
+    /// meeting's sites must hear now, never wait behind bulk work (thousands of media plans,
+    /// a fleet's confirmations).
+    pub urgent: bool,
 }
 
 impl Message {
@@ -68,7 +72,14 @@ impl Message {
             payload: payload.into(),
             qos: QoS::AtLeastOnce,
             retain: false,
+            urgent: false,
         }
+    }
+
+    /// The same message, sent ahead of the link's bulk queue.
+    pub fn urgent(mut self) -> Message {
+        self.urgent = true;
+        self
     }
 
     /// The same message, retained.
@@ -232,6 +243,8 @@ pub enum PublishError {
 #[derive(Clone, Debug)]
 pub struct Link {
     queue: mpsc::Sender<Message>,
+    /// The urgent lane, drained before `queue`.
+    urgent: mpsc::Sender<Message>,
     queue_capacity: usize,
     shared: Arc<Shared>,
     connected: watch::Receiver<u64>,
@@ -285,6 +298,7 @@ impl Link {
         };
         let (client, eventloop) = AsyncClient::new(connect.options(opts.brokers.first()), 8);
         let (queue_tx, queue_rx) = mpsc::channel(opts.queue_capacity.max(1));
+        let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_CAPACITY);
         let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let (up_tx, up_rx) = watch::channel(false);
@@ -306,7 +320,7 @@ impl Link {
         ));
         tokio::spawn(sender_task(
             client,
-            queue_rx,
+            (urgent_rx, queue_rx),
             (gen_rx.clone(), refused_rx),
             (opts.subscriptions, opts.subscribe_qos),
             opts.on_connect,
@@ -314,6 +328,7 @@ impl Link {
         ));
         let link = Link {
             queue: queue_tx,
+            urgent: urgent_tx,
             queue_capacity: opts.queue_capacity.max(1),
             shared,
             connected: gen_rx,
@@ -350,18 +365,29 @@ impl Link {
 
     /// Queues a message, waiting while the queue is full.
     pub async fn publish(&self, msg: Message) -> Result<(), PublishError> {
-        self.queue.send(msg).await.map_err(|_| PublishError::Closed)
+        self.lane(&msg)
+            .send(msg)
+            .await
+            .map_err(|_| PublishError::Closed)
     }
 
     /// Queues a message if there is room.
     pub fn try_publish(&self, msg: Message) -> Result<(), PublishError> {
-        self.queue.try_send(msg).map_err(|e| match e {
+        self.lane(&msg).try_send(msg).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PublishError::Full,
             mpsc::error::TrySendError::Closed(_) => PublishError::Closed,
         })
     }
 
     /// Follows the connection state: `true` while connected.
+    fn lane(&self, msg: &Message) -> &mpsc::Sender<Message> {
+        if msg.urgent {
+            &self.urgent
+        } else {
+            &self.queue
+        }
+    }
+
     pub fn watch_connected(&self) -> watch::Receiver<bool> {
         self.up.clone()
     }
@@ -713,9 +739,12 @@ async fn subscribe_all(client: &AsyncClient, (filters, qos): &(Vec<String>, QoS)
 const RESUBSCRIBE_MIN: Duration = Duration::from_millis(500);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(30);
 
+/// Urgent messages waiting, at most: a few people's answers and meetings' states.
+const URGENT_CAPACITY: usize = 256;
+
 async fn sender_task(
     client: AsyncClient,
-    mut queue: mpsc::Receiver<Message>,
+    (mut urgent, mut queue): (mpsc::Receiver<Message>, mpsc::Receiver<Message>),
     (mut generation, mut refused): (watch::Receiver<u64>, watch::Receiver<u64>),
     subscriptions: (Vec<String>, QoS),
     on_connect: Vec<Message>,
@@ -767,6 +796,13 @@ async fn sender_task(
                         }
                     }
                 });
+            }
+            // Urgent first: biased, this arm is tried before the bulk queue's.
+            msg = urgent.recv() => {
+                let Some(m) = msg else { break };
+                if client.publish(m.topic, m.qos, m.retain, m.payload).await.is_err() {
+                    break;
+                }
             }
             msg = queue.recv() => {
                 let Some(m) = msg else { break };

@@ -210,6 +210,7 @@ async fn report_stats(stats: Arc<CentralStats>, stop: CancellationToken) {
                 duplicates = stats.get(|s| &s.duplicates),
                 rejected = stats.get(|s| &s.rejected),
                 oversized = stats.get(|s| &s.oversized),
+                shed = stats.get(|s| &s.shed),
                 "central"
             ),
         }

@@ -478,8 +478,10 @@ impl Host {
     }
 
     /// What the media flow's changes ask for: a new plan to each joined site whose relay
-    /// changed, the forwarding table to each relay whose table changed. Call after every
-    /// change (the central service does, after each uplink, operation and tick).
+    /// changed or who joined since, the forwarding table to each relay whose table changed.
+    /// Call after a batch of changes: a join is answered here, so call it soon after (the
+    /// central service does whenever its incoming queue runs empty, and at least every 200 ms
+    /// while it does not). Its cost grows with the session, not with the changes since.
     pub fn media_updates(&mut self) -> Vec<HostOutput> {
         let mut out = Vec::new();
         if self.state.status == Status::Ended {
@@ -499,7 +501,9 @@ impl Host {
             .filter(|(_, r)| r.phase == SitePhase::Joined)
             .map(|(id, _)| *id)
             .collect();
-        self.admitted.retain(|id, _| joined.contains(id));
+        let sites = &self.sites;
+        self.admitted
+            .retain(|id, _| sites.get(id).is_some_and(|r| r.phase == SitePhase::Joined));
         for id in &joined {
             let Some(plan) = self.plan_for(id, &topology) else {
                 continue;
@@ -839,13 +843,10 @@ impl Host {
                 self.next_ssrc = self.next_ssrc.wrapping_add(2).max(2);
                 // A relay that joins again has lost its table: it gets it again.
                 self.relay_plans.remove(&from);
-                // Every join is answered with the plan: the site repeats its join until it
-                // has one, so the answer must be idempotent.
-                let plan = self.plan_for(&from, &self.topology());
-                if let Some(plan) = plan {
-                    self.admitted.insert(from, plan.clone());
-                    out.push(HostOutput::Send(from, Downlink::Admitted { meeting, plan }));
-                }
+                // Every join is answered with the plan, by the next `media_updates`: the site
+                // repeats its join until it has one, so the answer must be idempotent. Laying
+                // the session out once for many joins keeps a join storm of a province linear.
+                self.admitted.remove(&from);
             }
             Uplink::Status {
                 seen,

@@ -86,7 +86,8 @@ impl World {
     }
 
     fn op(&mut self, op: ChairOp) -> Result<(), OpError> {
-        let out = self.host.op(&Operator::Chair, op, self.now)?;
+        let mut out = self.host.op(&Operator::Chair, op, self.now)?;
+        out.extend(self.host.media_updates());
         self.host_out(out);
         Ok(())
     }
@@ -123,7 +124,9 @@ impl World {
         for o in out {
             match o {
                 Output::Send(up) => {
-                    let r = self.host.uplink(me, up, self.now);
+                    // Laid out after each message, as central does when nothing else waits.
+                    let mut r = self.host.uplink(me, up, self.now);
+                    r.extend(self.host.media_updates());
                     self.host_out(r);
                 }
                 Output::Media(m) => self.media.push((me, m)),
@@ -137,7 +140,8 @@ impl World {
 
     fn advance(&mut self, ms: u64) {
         self.now += ms;
-        let out = self.host.tick(self.now);
+        let mut out = self.host.tick(self.now);
+        out.extend(self.host.media_updates());
         self.host_out(out);
         for i in 0..self.sites.len() {
             self.deliver_to(i, Input::Tick);
@@ -816,9 +820,11 @@ fn a_thin_link_joins_receive_only_and_gets_no_send_address() {
         [.., HostOutput::Send(_, Downlink::Admitted { plan, .. })] => plan.clone(),
         other => panic!("{other:?}"),
     };
-    let full = plan(h.uplink(t("130102001001-main"), join(Tier::Full), 1));
+    h.uplink(t("130102001001-main"), join(Tier::Full), 1);
+    let full = plan(h.media_updates());
     assert_eq!(full.send_to.as_deref(), Some("10.0.0.1:5004"));
-    let thin = plan(h.uplink(t("130102002001-main"), join(Tier::ReceiveOnly), 1));
+    h.uplink(t("130102002001-main"), join(Tier::ReceiveOnly), 1);
+    let thin = plan(h.media_updates());
     assert_eq!(thin.send_to, None);
     assert_ne!(full.ssrc, thin.ssrc);
     assert!(
@@ -1117,7 +1123,9 @@ mod convergence {
 
         fn advance(&mut self, ms: u64) {
             self.now += ms;
-            let out = self.host.tick(self.now);
+            // Joins are answered by a layout, which in a storm comes only with the tick.
+            let mut out = self.host.tick(self.now);
+            out.extend(self.host.media_updates());
             self.host_out(out);
             for i in 0..self.sites.len() {
                 self.site_in(i, Input::Tick);
