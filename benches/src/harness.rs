@@ -77,25 +77,7 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Dur
 /// every site's answer at once) or `embedded` (`cuntong broker`), listening when it returns.
 pub fn broker(kind: &str, port: u16, dir: &Path) -> anyhow::Result<Proc> {
     let proc = match kind {
-        "mosquitto" => {
-            let conf = dir.join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                     max_queued_messages 100000\nmax_inflight_messages 1000\n"
-                ),
-            )?;
-            let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-                .into_iter()
-                .find(|p| Path::new(p).exists())
-                .context("mosquitto is not installed (apt-get install mosquitto)")?;
-            spawn(
-                Path::new(exe),
-                &["-c", conf.to_str().context("path")?],
-                &dir.join("broker.log"),
-            )?
-        }
+        "mosquitto" => return mosquitto("broker", port, "", dir),
         "embedded" => spawn(
             &bin("cuntong")?,
             &["broker", "--listen", &format!("127.0.0.1:{port}")],
@@ -103,28 +85,51 @@ pub fn broker(kind: &str, port: u16, dir: &Path) -> anyhow::Result<Proc> {
         )?,
         other => bail!("--broker {other:?}: mosquitto or embedded"),
     };
+    listening(port, proc)
+}
+
+/// A Mosquitto named `name` on `port` with the queue limits `cuntong acl` writes and `extra`
+/// configuration (a bridge), listening when it returns; configuration and log in `dir`.
+pub fn mosquitto(name: &str, port: u16, extra: &str, dir: &Path) -> anyhow::Result<Proc> {
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 100000\nmax_inflight_messages 1000\n{extra}"
+        ),
+    )?;
+    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("mosquitto is not installed (apt-get install mosquitto)")?;
+    let proc = spawn(
+        Path::new(exe),
+        &["-c", conf.to_str().context("path")?],
+        &dir.join(format!("{name}.log")),
+    )?;
+    listening(port, proc)
+}
+
+fn listening(port: u16, proc: Proc) -> anyhow::Result<Proc> {
     if wait_for(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .is_none()
     {
-        bail!("the broker did not start");
+        bail!("the broker on port {port} did not start");
     }
     Ok(proc)
 }
 
-/// `cuntong central` on `url` storing into `db` (with `extra` arguments), once its store exists.
-pub fn central(url: &str, db: &Path, extra: &[&str], dir: &Path) -> anyhow::Result<Proc> {
-    let mut args = vec![
-        "central",
-        "--broker",
-        url,
-        "--db",
-        db.to_str().context("path")?,
-    ];
+/// `cuntong central` on `url` storing into `db` (an SQLite file or a `postgres://` URL, with
+/// `extra` arguments), once its store exists.
+pub fn central(url: &str, db: &str, extra: &[&str], dir: &Path) -> anyhow::Result<Proc> {
+    let mut args = vec!["central", "--broker", url, "--db", db];
     args.extend_from_slice(extra);
     let proc = spawn(&bin("cuntong")?, &args, &dir.join("central.log"))?;
-    wait_for(Duration::from_secs(10), || db.exists());
+    let store: cuntong::store::Database = db.parse()?;
+    wait_for(Duration::from_secs(10), || store.open_read_only().is_ok());
     Ok(proc)
 }
 
@@ -156,10 +161,10 @@ pub fn sim_fleet(
     )
 }
 
-/// Waits until central's store shows at least `n` terminals online; how long it took.
-pub fn wait_online(db: &Path, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
-    use cuntong::store::{SqliteStore, Store};
-    let store = SqliteStore::open(db)?;
+/// Waits until central's store (a file or a `postgres://` URL) shows at least `n` terminals
+/// online; how long it took.
+pub fn wait_online(db: &str, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
+    let store = db.parse::<cuntong::store::Database>()?.open_read_only()?;
     let online = || {
         store
             .sites(None)
@@ -168,4 +173,124 @@ pub fn wait_online(db: &Path, n: usize, timeout: Duration) -> anyhow::Result<Dur
     };
     wait_for(timeout, || online() >= n)
         .with_context(|| format!("only {} of {n} terminals online", online()))
+}
+
+/// A plain MQTT client's options for the broker at `url`.
+pub fn mqtt_options(id: String, url: &str) -> anyhow::Result<rumqttc::MqttOptions> {
+    let url: cuntong_terminal::broker_url::BrokerUrl = url.parse()?;
+    let mut opts = rumqttc::MqttOptions::new(id, &url.host, url.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    Ok(opts)
+}
+
+/// What a meeting inviting a whole region measured.
+#[derive(Debug)]
+pub struct MeetingRun {
+    /// Sites joined, and how long from the start until all had.
+    pub joined: usize,
+    pub join_time: Duration,
+    /// State publishes on the meeting tree for the start, and per-site media plans seen.
+    pub start_states: u64,
+    pub plans: u64,
+    /// The roll call: sites present of those asked; the host's answer latencies (all, p50,
+    /// p99, ms); when the command saw it complete.
+    pub present: usize,
+    pub asked: usize,
+    pub all_ms: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub command: Duration,
+}
+
+/// Creates and starts a meeting inviting `region` through central on `url`, waits (at most
+/// 120 s) until `n` sites have joined, runs a roll call, and ends the meeting.
+pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result<MeetingRun> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use cuntong::commands::meeting::{CentralClient, quantile};
+    use cuntong::control::{RequestBody, ResponseBody};
+    use cuntong_core::meeting::host::ChairOp;
+    use cuntong_core::meeting::{Kind, MediaProfile};
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+
+    // Counts what central publishes on the meeting tree and the sites' downlinks.
+    let states = Arc::new(AtomicU64::new(0));
+    let plans = Arc::new(AtomicU64::new(0));
+    let (watcher, mut wl) = AsyncClient::new(mqtt_options("bench-watcher".into(), url)?, 64);
+    watcher.subscribe("ct/v1/m/#", QoS::AtMostOnce).await?;
+    watcher
+        .subscribe("ct/v1/t/+/+/+/+/+/+/md", QoS::AtMostOnce)
+        .await?;
+    let (s2, p2) = (states.clone(), plans.clone());
+    let watching = tokio::spawn(async move {
+        while let Ok(ev) = wl.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                if p.topic.starts_with("ct/v1/m/") {
+                    s2.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    p2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let brokers: cuntong_terminal::broker_url::Brokers = url.parse()?;
+    let mut client = CentralClient::connect(brokers, None, QoS::AtLeastOnce)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let created = client
+        .ask(
+            RequestBody::Create {
+                title: "全省视频会议".into(),
+                kind: Kind::Meeting,
+                invite: vec![region.parse().map_err(anyhow::Error::msg)?],
+                at_ms: None,
+                profile: MediaProfile::named("sd").context("no sd profile")?,
+                chair: None,
+                floor_mutes_others: true,
+            },
+            Duration::from_secs(30),
+        )
+        .await?;
+    let id = match created {
+        ResponseBody::Created { id } => id,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = states.load(Ordering::Relaxed);
+    let started = Instant::now();
+    client.op(id, ChairOp::Start).await?;
+    let joined = loop {
+        let s = client.status(id).await?;
+        let j = s.sites.iter().filter(|x| x.state == "joined").count();
+        if j >= n || started.elapsed() > Duration::from_secs(120) {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let join_time = started.elapsed();
+    let start_states = states.load(Ordering::Relaxed) - before;
+
+    let asked = Instant::now();
+    let rows = client.roll_call(id, Duration::from_secs(60)).await?;
+    let command = asked.elapsed();
+    let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
+    lat.sort_unstable();
+    client.op(id, ChairOp::End).await?;
+    client.close();
+    watching.abort();
+    Ok(MeetingRun {
+        joined,
+        join_time,
+        start_states,
+        plans: plans.load(Ordering::Relaxed),
+        present: rows.iter().filter(|r| r.present).count(),
+        asked: rows.len(),
+        all_ms: lat.last().copied().unwrap_or(0),
+        p50_ms: quantile(&lat, 0.5).unwrap_or(0),
+        p99_ms: quantile(&lat, 0.99).unwrap_or(0),
+        command,
+    })
 }

@@ -141,6 +141,10 @@ enum Command {
         /// per village code of the list inside --region, with its real code.
         #[arg(long, value_name = "CSV")]
         codes: Option<PathBuf>,
+        /// With --codes, only the K-th of N equal parts of the region's villages (`2/4`): a
+        /// province's fleet as several processes, each under the open-files limit.
+        #[arg(long, value_name = "K/N", requires = "codes")]
+        part: Option<Part>,
         /// Where the terminals keep their state (one directory each).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -534,11 +538,44 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     Ok(opts)
 }
 
-/// One terminal for each village code of `file` inside `region` (in code order), at most
-/// `count`.
+/// The K-th of N equal parts of a list (`--part K/N`, 1 ≤ K ≤ N).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Part {
+    k: usize,
+    n: usize,
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Part, String> {
+        let parsed = s
+            .split_once('/')
+            .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)));
+        match parsed {
+            Some((k, n)) if (1..=n).contains(&k) => Ok(Part { k, n }),
+            _ => Err(format!("{s:?} is not K/N with 1 <= K <= N")),
+        }
+    }
+}
+
+impl Part {
+    /// This part of `items`: the parts of a list cover it once, in order, sizes within one.
+    fn of<T>(self, mut items: Vec<T>) -> Vec<T> {
+        let len = items.len();
+        let (start, end) = (len * (self.k - 1) / self.n, len * self.k / self.n);
+        items.truncate(end);
+        items.drain(..start);
+        items
+    }
+}
+
+/// One terminal for each village code of `file` inside `region` (in code order), only those of
+/// `part` if given, at most `count`.
 fn listed_villages(
     file: &Path,
     region: &Region,
+    part: Option<Part>,
     count: Option<usize>,
 ) -> Result<Vec<TerminalId>, String> {
     let rows = cuntong_firmware_sim::divisions::read(file).map_err(|e| format!("--codes {e}"))?;
@@ -553,10 +590,15 @@ fn listed_villages(
         .collect();
     sites.sort();
     sites.dedup();
+    if let Some(p) = part {
+        sites = p.of(sites);
+    }
     if sites.is_empty() {
         return Err(format!(
-            "--codes {}: no village of region {region} in the list",
-            file.display()
+            "--codes {}: no village of region {region} in the list{}",
+            file.display(),
+            part.map(|p| format!(" (part {}/{})", p.k, p.n))
+                .unwrap_or_default()
         ));
     }
     sites.truncate(count.unwrap_or(usize::MAX));
@@ -593,6 +635,7 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             region,
             count,
             codes,
+            part,
             data_dir,
             common,
         } => {
@@ -607,7 +650,7 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             }
             let opts = options(&common, data_dir.unwrap_or_else(default_data_root))?;
             let ids = match codes {
-                Some(file) => listed_villages(&file, &r, count)?,
+                Some(file) => listed_villages(&file, &r, part, count)?,
                 None => fleet_ids(&r, count.unwrap_or(10)),
             };
             if opts.media {
@@ -617,6 +660,27 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
         }
         Command::Proxy { .. } | Command::Link { .. } | Command::Datalogger { .. } => {
             Err("internal: not a terminal command".to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Part;
+
+    #[test]
+    fn the_parts_of_a_list_cover_it_once_in_order_and_bad_parts_are_refused() {
+        for (len, n) in [(54_145, 11), (10, 3), (2, 5), (0, 2), (7, 1)] {
+            let items: Vec<usize> = (0..len).collect();
+            let parts: Vec<Vec<usize>> = (1..=n).map(|k| Part { k, n }.of(items.clone())).collect();
+            assert_eq!(parts.concat(), items, "{len} in {n}");
+            let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{sizes:?}");
+        }
+        assert_eq!("2/4".parse(), Ok(Part { k: 2, n: 4 }));
+        for bad in ["0/4", "5/4", "1/0", "1", "a/b", "1/2/3", ""] {
+            assert!(bad.parse::<Part>().is_err(), "{bad:?}");
         }
     }
 }

