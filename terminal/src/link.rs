@@ -603,8 +603,7 @@ async fn poll_task(
                     in_tls_episode = true;
                     shared.tls_episodes.fetch_add(1, Ordering::Relaxed);
                 }
-                // The next broker of a cluster is tried at once; a whole round of failures
-                // backs off as one broker's failures do.
+                // A whole round of a cluster's failures backs off as one broker's failures do.
                 let round = failures / brokers.len().max(1) as u32;
                 let wait = backoff.delay(round, &mut rng);
                 failures = failures.saturating_add(1);
@@ -623,13 +622,35 @@ async fn poll_task(
                 } else {
                     tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
                 }
-                // Unless the broker itself refused us (credentials, limits), watch for the uplink
-                // to answer again and cut the wait short then; a refusal waits out the back-off.
-                let unreachable = !matches!(e, rumqttc::ConnectionError::ConnectionRefused(_));
-                tokio::select! {
+                // When nothing answered at all (no broker listening, no route), watch for the
+                // uplink to answer again and cut the wait short then. A broker that answered and
+                // then timed out, dropped us or refused us is there but busy (a province
+                // reconnecting at once) or unwilling: retrying the moment its port accepts would
+                // keep it so, so those wait out their jittered back-off.
+                let unreachable = matches!(
+                    &e,
+                    rumqttc::ConnectionError::Io(io) if io.kind() != std::io::ErrorKind::TimedOut
+                );
+                // Within a round of a cluster's nodes, the next is tried at once.
+                if brokers.len() > 1 && !failures.is_multiple_of(brokers.len() as u32) {
+                    continue;
+                }
+                let waiting = Instant::now();
+                let back = tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = uplink_back(brokers.get(current)), if unreachable => {}
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = uplink_back(brokers.get(current)), if unreachable => true,
+                };
+                if back {
+                    // A restarted broker's port answers every terminal of a province in the
+                    // same second: each waits a random part of what is left of its back-off
+                    // (at most HERD_SPREAD), so they come back spread out, not as one storm.
+                    let left = wait.saturating_sub(waiting.elapsed()).min(HERD_SPREAD);
+                    let spread = rng.gen_range(Duration::ZERO..=left);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(spread) => {}
+                    }
                 }
             }
         }
@@ -637,6 +658,10 @@ async fn poll_task(
     shared.connected.store(false, Ordering::Relaxed);
     up.send_replace(false);
 }
+
+/// The longest a terminal waits, once its broker answers again, before connecting: spreads a
+/// fleet's reconnects after a broker restart.
+const HERD_SPREAD: Duration = Duration::from_secs(10);
 
 /// Returns once the broker answers like a broker again (checked every second): its TCP port
 /// accepts a connection and keeps it open, waiting for a CONNECT. A dead uplink behind a
@@ -910,6 +935,51 @@ mod tests {
         })
         .await
         .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_accepts_and_never_answers_is_retried_after_the_back_off_not_probed() {
+        use tokio::io::AsyncReadExt;
+        // A busy broker: it accepts connections and answers none of them.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connects, silent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (c, q) = (connects.clone(), silent.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (c, q) = (c.clone(), q.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    let first = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buf));
+                    match first.await {
+                        Ok(Ok(n)) if n > 0 => {
+                            c.fetch_add(1, Ordering::Relaxed);
+                            while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+                        }
+                        _ => {
+                            q.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let mut opts = LinkOptions::new(
+            "busy-test",
+            format!("mqtt://127.0.0.1:{port}")
+                .parse::<Brokers>()
+                .unwrap(),
+        );
+        opts.backoff = Backoff {
+            min: Duration::from_secs(20),
+            max: Duration::from_secs(20),
+        };
+        let link = Link::start(opts).0;
+        // The connect times out after 5 s; a probe would find the port open within a second
+        // and connect again at once. The back-off waits at least 10 s.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert_eq!(connects.load(Ordering::Relaxed), 1, "{:?}", link.status());
+        assert_eq!(silent.load(Ordering::Relaxed), 0, "probe connections");
+        link.shutdown();
     }
 
     #[tokio::test]

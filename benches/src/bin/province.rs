@@ -87,7 +87,8 @@ fn prefecture_broker(
         .collect::<Vec<_>>()
         .join("/");
     let bridge = format!(
-        "connection province\naddress 127.0.0.1:{province_port}\ncleansession true\n\
+        "connection province-{prefecture}\naddress 127.0.0.1:{province_port}\n\
+         remote_clientid bridge-{prefecture}\ncleansession true\n\
          try_private true\nnotifications false\nrestart_timeout 1\n\
          max_queued_messages 100000\n\
          topic ct/v1/t/{path}/# both 1\ntopic ct/v1/m/# in 1\n"
