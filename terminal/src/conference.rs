@@ -551,6 +551,12 @@ impl Conference {
         &self.cfg.thresholds
     }
 
+    /// No session at all: the clock only follows the link's tier, which needs no second-by-
+    /// second tick.
+    pub fn idle(&self) -> bool {
+        self.participant.sessions().is_empty()
+    }
+
     /// Live sessions this terminal has joined (the `meeting.joined` metric).
     pub fn joined(&self) -> usize {
         self.participant

@@ -74,6 +74,11 @@ pub async fn shutdown_signal() {
 /// The software version terminals report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// How often the meeting clock runs while the terminal is in or invited to a session (status
+/// heartbeats, join retries), and while it knows none (only the link's tier is followed).
+const MEETING_TICK: Duration = Duration::from_secs(1);
+const MEETING_IDLE_TICK: Duration = Duration::from_secs(5);
+
 /// What the terminal measures with.
 pub struct Hardware {
     pub sensors: Vec<(Box<dyn Sensor>, Duration)>,
@@ -331,8 +336,7 @@ pub async fn run(
     };
     let mut sync_tick = tokio::time::interval(sync_every);
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut meeting_tick = tokio::time::interval(Duration::from_secs(1));
-    meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_meeting_tick = tokio::time::Instant::now();
     let mut button = hardware.duty_button;
     // The button's timing is monotonic: a clock step must not swallow a call for help.
     let button_clock = std::time::Instant::now();
@@ -340,6 +344,14 @@ pub async fn run(
     button_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     loop {
+        // A terminal wakes only when it has something to do: a province's fleet of simulated
+        // terminals on one box, and a real box's power budget, both notice.
+        let meeting_at = last_meeting_tick
+            + if daemon.conference.idle() {
+                MEETING_IDLE_TICK
+            } else {
+                MEETING_TICK
+            };
         let ready: Vec<bool> = idle.iter().map(Option::is_some).collect();
         let now = unix_ms();
         let deadline = [daemon.batcher.deadline(), daemon.delivery.next_wakeup(now)]
@@ -365,7 +377,7 @@ pub async fn run(
                     daemon.delivery.link_down();
                 }
             }
-            _ = sync_tick.tick() => daemon.outbox.flush()?,
+            _ = sync_tick.tick(), if daemon.outbox.unsynced() => daemon.outbox.flush()?,
             _ = button_tick.tick(), if button.is_some() => {
                 if let Some(b) = button.as_mut()
                     && b.poll(button_clock.elapsed().as_millis() as u64)
@@ -377,7 +389,8 @@ pub async fn run(
                     }
                 }
             }
-            _ = meeting_tick.tick() => {
+            _ = tokio::time::sleep_until(meeting_at) => {
+                last_meeting_tick = tokio::time::Instant::now();
                 let l = link.status();
                 let msgs = daemon.conference.tick(unix_ms(), l.rtt_ms, l.ping_loss_percent);
                 daemon.meeting_out(msgs);

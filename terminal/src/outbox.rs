@@ -534,6 +534,11 @@ impl Outbox {
     }
 
     /// Forces appended records to stable storage.
+    /// Whether records were written since the last sync (a flush has something to do).
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
     pub fn flush(&mut self) -> Result<(), OutboxError> {
         if self.unsynced {
             if let (Some(f), Some(seg)) = (self.active.as_ref(), self.segments.back()) {
