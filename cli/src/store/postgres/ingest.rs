@@ -1,8 +1,13 @@
-//! Storing a group of records on PostgreSQL: the messages binary-COPied through a staging
-//! table and de-duplicated by their keys, then the drops, numbering starts, terminals, newest
-//! values and watermarks, each table by one statement with its keys in order.
+//! Storing a group of records on PostgreSQL. The group first takes the row in `terminals` of
+//! each terminal it touches (upserted in terminal order: the lock that lets one group at a time
+//! past this point for a terminal), then reads what it needs of those terminals — the runs of
+//! seqs stored and the watermark of each stream (`streams`), the drops and numbering starts
+//! ahead of the watermarks, the newest values — and decides here which of its messages are new:
+//! a seq inside a stored run is a duplicate. Only the new messages are binary-COPied into
+//! `messages`; the runs, watermarks, drops, numbering starts and newest values are written back,
+//! one statement a table, all in the group's one transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ::postgres::Transaction;
 use ::postgres::binary_copy::BinaryCopyInWriter;
@@ -15,85 +20,227 @@ use cuntong_core::terminal_id::TerminalId;
 use super::PgStore;
 use crate::store::{Applied, Record, StoreError, stream_id};
 
-/// What a group writes besides its messages, gathered so that each table is written by one
-/// statement with its keys in order.
-#[derive(Default)]
-struct Rows {
-    dropped: BTreeMap<(String, i16, i64), i64>,
-    numbering: BTreeMap<(String, i16), i64>,
-    /// Per terminal: (site, level), the last presence in the group, the latest reception.
-    terminals: BTreeMap<String, TerminalRow>,
-    /// Per terminal: the newest time and value of each metric in the group.
-    latest: BTreeMap<String, BTreeMap<String, (i64, f64)>>,
-    /// Per terminal: its id and which streams may advance.
-    touched: BTreeMap<String, (TerminalId, [bool; 2])>,
-    /// Per terminal: the seqs this group stored, per stream.
-    stored: BTreeMap<String, [Vec<i64>; 2]>,
-    rejected: Vec<(String, i64, String, Vec<u8>)>,
+/// The seqs of one (terminal, stream) stored so far, as runs `first..=last` in order and
+/// apart (two runs never touch). Seqs are as stored: one beyond `i64` is a negative number.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Runs(Vec<(i64, i64)>);
+
+impl Runs {
+    /// The runs of a stored array (first and last of each run), put in order and merged
+    /// whatever it holds.
+    pub(super) fn from_flat(flat: &[i64]) -> Runs {
+        let mut pairs: Vec<(i64, i64)> = flat
+            .chunks_exact(2)
+            .filter(|c| c[0] <= c[1])
+            .map(|c| (c[0], c[1]))
+            .collect();
+        pairs.sort_unstable();
+        let mut runs: Vec<(i64, i64)> = Vec::with_capacity(pairs.len());
+        for (first, last) in pairs {
+            match runs.last_mut() {
+                Some(run) if first <= run.1.saturating_add(1) => run.1 = run.1.max(last),
+                _ => runs.push((first, last)),
+            }
+        }
+        Runs(runs)
+    }
+
+    /// The array stored: first and last of each run.
+    pub(super) fn flat(&self) -> impl Iterator<Item = i64> + '_ {
+        self.0.iter().flat_map(|&(first, last)| [first, last])
+    }
+
+    /// Adds `seq`: false if it was stored already.
+    pub(super) fn insert(&mut self, seq: i64) -> bool {
+        let runs = &mut self.0;
+        // Nearly always: the seq after the last run, or later.
+        match runs.last_mut() {
+            None => {
+                runs.push((seq, seq));
+                return true;
+            }
+            Some(last) if seq > last.1 => {
+                if seq == last.1 + 1 {
+                    last.1 = seq;
+                } else {
+                    runs.push((seq, seq));
+                }
+                return true;
+            }
+            Some(_) => {}
+        }
+        // The first run ending at or after `seq` (there is one: the last).
+        let i = runs.partition_point(|r| r.1 < seq);
+        if runs[i].0 <= seq {
+            return false;
+        }
+        let joins_next = seq + 1 == runs[i].0;
+        let joins_previous = i > 0 && runs[i - 1].1 + 1 == seq;
+        match (joins_previous, joins_next) {
+            (true, true) => {
+                runs[i - 1].1 = runs[i].1;
+                runs.remove(i);
+            }
+            (true, false) => runs[i - 1].1 = seq,
+            (false, true) => runs[i].0 = seq,
+            (false, false) => runs.insert(i, (seq, seq)),
+        }
+        true
+    }
+
+    /// The last seq of the run holding `seq`, if one does.
+    pub(super) fn end_of(&self, seq: i64) -> Option<i64> {
+        let i = self.0.partition_point(|r| r.1 < seq);
+        self.0.get(i).filter(|r| r.0 <= seq).map(|r| r.1)
+    }
 }
 
-struct TerminalRow {
+/// `watermark` advanced over the stored seqs, the reported drops and the seqs below where the
+/// numbering starts (an earlier box's, or never used; not lost), exactly as the SQLite store
+/// advances it: repeatedly past a drop or numbering start covering the next seq, then to the end
+/// of the run holding it.
+pub(super) fn advance(
+    mut watermark: i64,
+    runs: &Runs,
+    drops: &[(i64, i64)],
+    numbering: Option<i64>,
+) -> i64 {
+    loop {
+        let before = watermark;
+        let Some(next) = watermark.checked_add(1) else {
+            break;
+        };
+        let covered = drops
+            .iter()
+            .filter(|d| d.0 <= next && d.1 >= next)
+            .map(|d| d.1)
+            .chain(numbering.map(|n| n - 1).filter(|&n| n >= next))
+            .max();
+        if let Some(covered) = covered {
+            watermark = watermark.max(covered);
+        }
+        if let Some(end) = watermark.checked_add(1).and_then(|n| runs.end_of(n)) {
+            watermark = end;
+        }
+        if watermark == before {
+            return watermark;
+        }
+    }
+    watermark
+}
+
+/// A (terminal, stream) as the group finds it and leaves it.
+#[derive(Default)]
+struct Pair {
+    /// The watermark stored (0: none yet).
+    watermark: i64,
+    runs: Runs,
+    /// The drops reported that reach past the stored watermark, and where the numbering starts
+    /// if that is past it (stored and this group's).
+    drops: Vec<(i64, i64)>,
+    numbering: Option<i64>,
+    /// This group stored a seq, or brought a drop or a numbering start: the watermark may move.
+    advance: bool,
+    /// This group added seqs to the runs.
+    grew: bool,
+}
+
+/// A terminal the group brings something of.
+struct Terminal {
+    id: TerminalId,
     site: String,
     level: &'static str,
+    /// The last presence in the group: (online, version, started, keep-alive).
     presence: Option<(bool, String, i64, i64)>,
+    /// The latest reception in the group.
     last_seen: Option<i64>,
+    /// It sent messages (new or not): its watermarks are published again.
+    touched: bool,
+    /// It sent telemetry: its newest values are read.
+    telemetry: bool,
+    streams: [Pair; 2],
+    /// The newest time and value of each metric in the group's new telemetry.
+    latest: BTreeMap<String, (i64, f64)>,
 }
 
-impl Rows {
-    fn terminal(&mut self, t: &TerminalId) -> &mut TerminalRow {
-        self.terminals
-            .entry(t.to_string())
-            .or_insert_with(|| TerminalRow {
-                site: t.site().to_string(),
-                level: t.site().level().as_str(),
-                presence: None,
-                last_seen: None,
-            })
+impl Terminal {
+    fn new(id: TerminalId) -> Terminal {
+        Terminal {
+            id,
+            site: id.site().to_string(),
+            level: id.site().level().as_str(),
+            presence: None,
+            last_seen: None,
+            touched: false,
+            telemetry: false,
+            streams: Default::default(),
+            latest: BTreeMap::new(),
+        }
     }
 
-    /// `id` is `t` as text (made once a record: the maps are looked up without allocating).
-    fn seen(&mut self, id: &str, t: &TerminalId, ms: u64) {
+    fn seen(&mut self, ms: u64) {
         let ms = ms as i64;
-        if let Some(row) = self.terminals.get_mut(id) {
-            row.last_seen = Some(row.last_seen.map_or(ms, |v| v.max(ms)));
-            return;
-        }
-        self.terminal(t).last_seen = Some(ms);
-    }
-
-    fn touch(&mut self, id: &str, t: &TerminalId, stream: Option<Stream>) {
-        if !self.touched.contains_key(id) {
-            self.touched.insert(id.to_owned(), (*t, [false; 2]));
-        }
-        if let (Some(s), Some(e)) = (stream, self.touched.get_mut(id)) {
-            e.1[stream_id(s) as usize] = true;
-        }
-    }
-
-    fn stored(&mut self, id: &str, stream: Stream, seq: u64) {
-        if !self.stored.contains_key(id) {
-            self.stored.insert(id.to_owned(), Default::default());
-        }
-        if let Some(seqs) = self.stored.get_mut(id) {
-            seqs[stream_id(stream) as usize].push(seq as i64);
-        }
+        self.last_seen = Some(self.last_seen.map_or(ms, |v| v.max(ms)));
     }
 
     /// Keeps the newer of a metric's values (the later one of the group on a tie).
-    fn latest(&mut self, id: &str, metric: &str, ts: i64, v: f64) {
-        if !self.latest.contains_key(id) {
-            self.latest.insert(id.to_owned(), BTreeMap::new());
-        }
-        let Some(metrics) = self.latest.get_mut(id) else {
-            return;
-        };
-        match metrics.get_mut(metric) {
+    fn latest(&mut self, metric: &str, ts: i64, v: f64) {
+        match self.latest.get_mut(metric) {
             Some(e) if ts as u64 >= e.0 as u64 => *e = (ts, v),
             Some(_) => {}
             None => {
-                metrics.insert(metric.to_owned(), (ts, v));
+                self.latest.insert(metric.to_owned(), (ts, v));
             }
         }
+    }
+}
+
+/// What a group writes, gathered so that each table is written by one statement with its keys
+/// in order.
+#[derive(Default)]
+struct Rows {
+    /// The terminals in terminal order (the lock order), and where each is.
+    terminals: Vec<(String, Terminal)>,
+    index: HashMap<TerminalId, usize>,
+    dropped: BTreeMap<(String, i16, i64), i64>,
+    numbering: BTreeMap<(String, i16), i64>,
+    rejected: Vec<(String, i64, String, Vec<u8>)>,
+}
+
+impl Rows {
+    /// The terminals of `records`, in terminal order.
+    fn new(records: &[Record]) -> Rows {
+        let mut by_name: BTreeMap<String, Terminal> = BTreeMap::new();
+        let mut known: HashMap<TerminalId, String> = HashMap::new();
+        for r in records {
+            let t = match r {
+                Record::Telemetry { terminal, .. }
+                | Record::Event { terminal, .. }
+                | Record::Presence { terminal, .. } => terminal,
+                Record::Rejected { .. } => continue,
+            };
+            if !known.contains_key(t) {
+                let name = t.to_string();
+                by_name.insert(name.clone(), Terminal::new(*t));
+                known.insert(*t, name);
+            }
+        }
+        let terminals: Vec<(String, Terminal)> = by_name.into_iter().collect();
+        let index = terminals
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| (t.id, i))
+            .collect();
+        Rows {
+            terminals,
+            index,
+            ..Rows::default()
+        }
+    }
+
+    fn terminal(&mut self, id: &TerminalId) -> Option<&mut (String, Terminal)> {
+        let i = *self.index.get(id)?;
+        self.terminals.get_mut(i)
     }
 }
 
@@ -103,75 +250,35 @@ impl PgStore {
         let err = self.err("storing a group");
         let client = self.client.get_mut();
         let mut tx = client.transaction().map_err(&err)?;
-        let stored = copy_messages(&mut tx, records).map_err(&err)?;
-
         let mut applied = Applied::default();
-        let mut rows = Rows::default();
-        let mut ord = 0usize;
+        let mut rows = Rows::new(records);
+
+        // What does not depend on which messages are new: receptions, presence, rejections.
         for r in records {
-            // A sequence-numbered message is stored once; a redelivery only counts.
             if let Some(m) = r.message() {
-                let new = stored.get(ord).copied().unwrap_or(false);
-                ord += 1;
-                let id = m.terminal.to_string();
-                rows.seen(&id, m.terminal, m.received_ms);
-                if !new {
-                    applied.duplicates += 1;
-                    // It resent: it may not have our watermark. Send it again.
-                    rows.touch(&id, m.terminal, None);
-                    continue;
+                if let Some((_, t)) = rows.terminal(m.terminal) {
+                    t.seen(m.received_ms);
+                    t.touched = true;
+                    t.telemetry |= m.stream == Stream::Telemetry;
                 }
-                applied.stored += 1;
-                rows.touch(&id, m.terminal, Some(m.stream));
-                rows.stored(&id, m.stream, m.seq);
-                if let Record::Telemetry { envelope, .. } = r {
-                    for s in &envelope.body.samples {
-                        applied.values += 1;
-                        let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
-                        rows.latest(&id, s.metric.name(), ts, s.value.to_f64());
-                    }
-                }
+                continue;
             }
             match r {
-                Record::Telemetry { .. } => {}
-                Record::Event {
-                    terminal, envelope, ..
-                } => match envelope.body {
-                    Event::Dropped {
-                        stream,
-                        first,
-                        last,
-                    } if first <= last => {
-                        let key = (terminal.to_string(), stream_id(stream) as i16, first as i64);
-                        let e = rows.dropped.entry(key).or_insert(last as i64);
-                        *e = (*e).max(last as i64);
-                        rows.touch(&terminal.to_string(), terminal, Some(stream));
-                    }
-                    // Applied before the watermarks below advance, so the events stream
-                    // passes the gap the announcement itself follows.
-                    Event::NumberingFrom { stream, first } => {
-                        if let Ok(first) = i64::try_from(first) {
-                            let key = (terminal.to_string(), stream_id(stream) as i16);
-                            let e = rows.numbering.entry(key).or_insert(first);
-                            *e = (*e).max(first);
-                            rows.touch(&terminal.to_string(), terminal, Some(stream));
-                        }
-                    }
-                    _ => {}
-                },
                 Record::Presence {
                     terminal,
                     received_ms,
                     presence: p,
                 } => {
-                    rows.terminal(terminal).presence = Some((
-                        p.online,
-                        p.version.clone(),
-                        p.started_ms as i64,
-                        i64::from(p.keep_alive_s),
-                    ));
-                    if p.online {
-                        rows.seen(&terminal.to_string(), terminal, *received_ms);
+                    if let Some((_, t)) = rows.terminal(terminal) {
+                        t.presence = Some((
+                            p.online,
+                            p.version.clone(),
+                            p.started_ms as i64,
+                            i64::from(p.keep_alive_s),
+                        ));
+                        if p.online {
+                            t.seen(*received_ms);
+                        }
                     }
                 }
                 Record::Rejected {
@@ -185,109 +292,279 @@ impl PgStore {
                     reason.clone(),
                     payload.to_vec(),
                 )),
+                _ => {}
             }
         }
-        write_rows(&mut tx, &rows, &mut applied).map_err(&err)?;
+        lock_terminals(&mut tx, &rows).map_err(&err)?;
+        let stored_latest = read_state(&mut tx, &mut rows).map_err(&err)?;
+
+        // Which messages are new, in the group's order (the first of several copies is the one
+        // stored): a seq in a stored run is a duplicate.
+        let mut new = Vec::new();
+        for r in records {
+            let Some(m) = r.message() else {
+                continue;
+            };
+            let Some(i) = rows.index.get(m.terminal).copied() else {
+                continue;
+            };
+            let sid = stream_id(m.stream) as usize;
+            let pair = &mut rows.terminals[i].1.streams[sid];
+            if !pair.runs.insert(m.seq as i64) {
+                // It resent: it may not have our watermark (its terminal is touched: sent
+                // again).
+                applied.duplicates += 1;
+                continue;
+            }
+            pair.grew = true;
+            pair.advance = true;
+            applied.stored += 1;
+            new.push((i, m));
+            match r {
+                Record::Telemetry { envelope, .. } => {
+                    let t = &mut rows.terminals[i].1;
+                    for s in &envelope.body.samples {
+                        applied.values += 1;
+                        let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
+                        t.latest(s.metric.name(), ts, s.value.to_f64());
+                    }
+                }
+                Record::Event { envelope, .. } => match envelope.body {
+                    Event::Dropped {
+                        stream,
+                        first,
+                        last,
+                    } if first <= last => {
+                        let (name, t) = &mut rows.terminals[i];
+                        let sid = stream_id(stream) as i16;
+                        let pair = &mut t.streams[sid as usize];
+                        pair.drops.push((first as i64, last as i64));
+                        pair.advance = true;
+                        let e = rows
+                            .dropped
+                            .entry((name.clone(), sid, first as i64))
+                            .or_insert(last as i64);
+                        *e = (*e).max(last as i64);
+                    }
+                    // Applied before the watermarks below advance, so the events stream
+                    // passes the gap the announcement itself follows.
+                    Event::NumberingFrom { stream, first } => {
+                        if let Ok(first) = i64::try_from(first) {
+                            let (name, t) = &mut rows.terminals[i];
+                            let sid = stream_id(stream) as i16;
+                            let pair = &mut t.streams[sid as usize];
+                            pair.numbering = Some(pair.numbering.map_or(first, |n| n.max(first)));
+                            pair.advance = true;
+                            let e = rows.numbering.entry((name.clone(), sid)).or_insert(first);
+                            *e = (*e).max(first);
+                        }
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        copy_messages(&mut tx, &rows, &new).map_err(&err)?;
+        write_rows(&mut tx, &mut rows, stored_latest, &mut applied).map_err(&err)?;
         tx.commit().map_err(&err)?;
         Ok(applied)
     }
 }
 
-/// COPYs the group's messages into the staging table and stores those not stored before;
-/// returns, for each message of the group in order, whether this group stored it (the first
-/// of several copies in one group is the one stored).
-fn copy_messages(
-    tx: &mut Transaction<'_>,
-    records: &[Record],
-) -> Result<Vec<bool>, ::postgres::Error> {
-    let messages: Vec<_> = records.iter().filter_map(Record::message).collect();
-    if messages.is_empty() {
-        return Ok(Vec::new());
-    }
-    tx.batch_execute(
-        r#"CREATE TEMP TABLE IF NOT EXISTS staging (
-            ord         integer NOT NULL,
-            terminal    text COLLATE "C" NOT NULL,
-            stream      smallint NOT NULL,
-            seq         bigint NOT NULL,
-            time_ms     bigint NOT NULL,
-            received_ms bigint NOT NULL,
-            payload     bytea NOT NULL
-        ) ON COMMIT DELETE ROWS"#,
-    )?;
-    {
-        let sink = tx.copy_in(
-            "COPY staging (ord, terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY",
-        )?;
-        let mut w = BinaryCopyInWriter::new(
-            sink,
-            &[
-                Type::INT4,
-                Type::TEXT,
-                Type::INT2,
-                Type::INT8,
-                Type::INT8,
-                Type::INT8,
-                Type::BYTEA,
-            ],
-        );
-        for (i, m) in messages.iter().enumerate() {
-            let terminal = m.terminal.to_string();
-            w.write(&[
-                &(i as i32),
-                &terminal,
-                &(stream_id(m.stream) as i16),
-                &(m.seq as i64),
-                &(m.time_ms as i64),
-                &(m.received_ms as i64),
-                &m.raw,
-            ])?;
-        }
-        w.finish()?;
-    }
-    // Keys in order, so that groups storing the same terminal at once wait for each other
-    // instead of deadlocking.
-    let rows = tx.query(
-        "WITH new AS (
-            INSERT INTO message_keys (terminal, stream, seq, time_ms)
-            SELECT DISTINCT ON (terminal, stream, seq) terminal, stream, seq, time_ms
-            FROM staging ORDER BY terminal, stream, seq, ord
-            ON CONFLICT DO NOTHING
-            RETURNING terminal, stream, seq
-         ), firsts AS (
-            SELECT DISTINCT ON (s.terminal, s.stream, s.seq) s.*
-            FROM staging s JOIN new USING (terminal, stream, seq)
-            ORDER BY s.terminal, s.stream, s.seq, s.ord
-         ), stored AS (
-            INSERT INTO messages (terminal, stream, seq, time_ms, received_ms, payload)
-            SELECT terminal, stream, seq, time_ms, received_ms, payload FROM firsts
-         )
-         SELECT ord FROM firsts",
-        &[],
-    )?;
-    let mut stored = vec![false; messages.len()];
-    for r in rows {
-        let ord: i32 = r.get(0);
-        if let Some(s) = stored.get_mut(ord as usize) {
-            *s = true;
-        }
-    }
-    Ok(stored)
-}
-
-/// Writes what a group changes besides its messages, table by table in the lock order, and
-/// sets the watermarks of the terminals it touched.
-fn write_rows(
-    tx: &mut Transaction<'_>,
-    rows: &Rows,
-    applied: &mut Applied,
-) -> Result<(), ::postgres::Error> {
+/// Writes the rejected records, then upserts the row in `terminals` of every terminal of the
+/// group, in terminal order: locked from now to the commit, so that other groups of these
+/// terminals wait before they read their runs, watermarks and newest values. A row without
+/// presence has no start time: it only moves last_seen.
+fn lock_terminals(tx: &mut Transaction<'_>, rows: &Rows) -> Result<(), ::postgres::Error> {
     for (topic, received, reason, payload) in &rows.rejected {
         tx.execute(
             "INSERT INTO rejected (topic, received_ms, reason, payload) VALUES ($1, $2, $3, $4)",
             &[topic, received, reason, payload],
         )?;
     }
+    if rows.terminals.is_empty() {
+        return Ok(());
+    }
+    let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    let mut online = Vec::new();
+    let mut version: Vec<Option<&str>> = Vec::new();
+    let mut started: Vec<Option<i64>> = Vec::new();
+    let mut keep_alive: Vec<Option<i64>> = Vec::new();
+    let mut seen: Vec<Option<i64>> = Vec::new();
+    for (name, t) in &rows.terminals {
+        cols.0.push(name);
+        cols.1.push(&t.site);
+        cols.2.push(t.level);
+        let p = t.presence.as_ref();
+        online.push(p.is_some_and(|p| p.0));
+        version.push(p.map(|p| p.1.as_str()));
+        started.push(p.map(|p| p.2));
+        keep_alive.push(p.map(|p| p.3));
+        seen.push(t.last_seen);
+    }
+    tx.execute(
+        "INSERT INTO terminals AS t
+            (terminal, site, level, online, version, started_ms, keep_alive_s, last_seen_ms)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
+            $6::bigint[], $7::bigint[], $8::bigint[])
+         ON CONFLICT (terminal) DO UPDATE SET
+            online = CASE WHEN excluded.started_ms IS NULL THEN t.online ELSE excluded.online END,
+            version = CASE WHEN excluded.started_ms IS NULL THEN t.version
+                ELSE excluded.version END,
+            keep_alive_s = CASE WHEN excluded.started_ms IS NULL THEN t.keep_alive_s
+                ELSE excluded.keep_alive_s END,
+            started_ms = coalesce(excluded.started_ms, t.started_ms),
+            last_seen_ms = CASE WHEN excluded.last_seen_ms IS NULL THEN t.last_seen_ms
+                ELSE greatest(coalesce(t.last_seen_ms, 0), excluded.last_seen_ms) END",
+        &[
+            &cols.0,
+            &cols.1,
+            &cols.2,
+            &online,
+            &version,
+            &started,
+            &keep_alive,
+            &seen,
+        ],
+    )?;
+    Ok(())
+}
+
+/// The stored newest values of a terminal: metric → (time, value).
+type Latest = BTreeMap<String, (i64, f64)>;
+
+/// Reads, under the terminals' locks (each statement sees what committed before it), the runs
+/// and watermarks of the touched terminals' streams, the drops and numbering starts ahead of
+/// those watermarks, and the newest values of the terminals that sent telemetry.
+fn read_state(
+    tx: &mut Transaction<'_>,
+    rows: &mut Rows,
+) -> Result<HashMap<usize, Latest>, ::postgres::Error> {
+    let touched: Vec<&str> = rows
+        .terminals
+        .iter()
+        .filter(|(_, t)| t.touched)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if touched.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let streams = tx.query(
+        "SELECT terminal, stream, watermark, runs FROM streams WHERE terminal = ANY($1)",
+        &[&touched],
+    )?;
+    let gaps = tx.query(
+        "SELECT d.terminal, d.stream, d.first, d.last FROM dropped d
+         LEFT JOIN streams w ON w.terminal = d.terminal AND w.stream = d.stream
+         WHERE d.terminal = ANY($1) AND d.last > coalesce(w.watermark, 0)
+         UNION ALL
+         SELECT n.terminal, n.stream, n.first, NULL FROM numbering n
+         LEFT JOIN streams w ON w.terminal = n.terminal AND w.stream = n.stream
+         WHERE n.terminal = ANY($1) AND n.first - 1 > coalesce(w.watermark, 0)",
+        &[&touched],
+    )?;
+    let telemetry: Vec<&str> = rows
+        .terminals
+        .iter()
+        .filter(|(_, t)| t.telemetry)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let latest = if telemetry.is_empty() {
+        Vec::new()
+    } else {
+        tx.query(
+            "SELECT terminal, metrics, ts_ms, vals FROM latest WHERE terminal = ANY($1)",
+            &[&telemetry],
+        )?
+    };
+    let position = |rows: &Rows, name: &str| {
+        rows.terminals
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+    };
+    for r in &streams {
+        let (Some(i), Ok(sid)) = (position(rows, r.get(0)), usize::try_from(r.get::<_, i16>(1)))
+        else {
+            continue;
+        };
+        if let Some(pair) = rows.terminals[i].1.streams.get_mut(sid) {
+            pair.watermark = r.get(2);
+            pair.runs = Runs::from_flat(&r.get::<_, Vec<i64>>(3));
+        }
+    }
+    for r in &gaps {
+        let (Some(i), Ok(sid)) = (position(rows, r.get(0)), usize::try_from(r.get::<_, i16>(1)))
+        else {
+            continue;
+        };
+        if let Some(pair) = rows.terminals[i].1.streams.get_mut(sid) {
+            let first: i64 = r.get(2);
+            match r.get::<_, Option<i64>>(3) {
+                Some(last) => pair.drops.push((first, last)),
+                None => pair.numbering = Some(pair.numbering.map_or(first, |n| n.max(first))),
+            }
+        }
+    }
+    let mut stored = HashMap::new();
+    for r in &latest {
+        let Some(i) = position(rows, r.get(0)) else {
+            continue;
+        };
+        let metrics: Vec<String> = r.get(1);
+        let ts: Vec<i64> = r.get(2);
+        let vals: Vec<f64> = r.get(3);
+        stored.insert(i, metrics.into_iter().zip(ts.into_iter().zip(vals)).collect());
+    }
+    Ok(stored)
+}
+
+/// Binary-COPies the group's new messages into `messages` (each lands in its day's partition).
+fn copy_messages(
+    tx: &mut Transaction<'_>,
+    rows: &Rows,
+    new: &[(usize, crate::store::Message<'_>)],
+) -> Result<(), ::postgres::Error> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let sink = tx.copy_in(
+        "COPY messages (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY",
+    )?;
+    let mut w = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::TEXT,
+            Type::INT2,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::BYTEA,
+        ],
+    );
+    for (i, m) in new {
+        w.write(&[
+            &rows.terminals[*i].0,
+            &(stream_id(m.stream) as i16),
+            &(m.seq as i64),
+            &(m.time_ms as i64),
+            &(m.received_ms as i64),
+            &m.raw,
+        ])?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// Writes what the group changes besides its messages, table by table in terminal order: the
+/// drops and numbering starts, the newest values, then the runs and watermarks of each stream
+/// (advanced here over what the runs, drops and numbering starts now cover), and gives the
+/// touched terminals their watermarks.
+fn write_rows(
+    tx: &mut Transaction<'_>,
+    rows: &mut Rows,
+    stored_latest: HashMap<usize, Latest>,
+    applied: &mut Applied,
+) -> Result<(), ::postgres::Error> {
     if !rows.dropped.is_empty() {
         let (mut t, mut s, mut f, mut l) = (vec![], vec![], vec![], vec![]);
         for ((terminal, stream, first), last) in &rows.dropped {
@@ -319,219 +596,72 @@ fn write_rows(
             &[&t, &s, &f],
         )?;
     }
-    if !rows.terminals.is_empty() {
-        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-        let mut online = Vec::new();
-        let mut version: Vec<Option<&str>> = Vec::new();
-        let mut started: Vec<Option<i64>> = Vec::new();
-        let mut keep_alive: Vec<Option<i64>> = Vec::new();
-        let mut seen: Vec<Option<i64>> = Vec::new();
-        for (terminal, row) in &rows.terminals {
-            cols.0.push(terminal);
-            cols.1.push(&row.site);
-            cols.2.push(row.level);
-            let p = row.presence.as_ref();
-            online.push(p.is_some_and(|p| p.0));
-            version.push(p.map(|p| p.1.as_str()));
-            started.push(p.map(|p| p.2));
-            keep_alive.push(p.map(|p| p.3));
-            seen.push(row.last_seen);
+    write_latest(tx, rows, stored_latest)?;
+
+    // The runs and watermarks: one row a stream that grew or whose watermark moved.
+    let (mut t, mut s, mut wm, mut lo, mut hi) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut flat: Vec<i64> = Vec::new();
+    for (name, terminal) in &mut rows.terminals {
+        if !terminal.touched {
+            continue;
         }
-        // Every terminal the group touches has its row here, locked from now to the commit:
-        // other groups of these terminals wait before their newest values and watermarks.
-        // A row without presence has no start time: it only moves last_seen.
-        tx.execute(
-            "INSERT INTO terminals AS t
-                (terminal, site, level, online, version, started_ms, keep_alive_s, last_seen_ms)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
-                $6::bigint[], $7::bigint[], $8::bigint[])
-             ON CONFLICT (terminal) DO UPDATE SET
-                online = CASE WHEN excluded.started_ms IS NULL THEN t.online ELSE excluded.online END,
-                version = CASE WHEN excluded.started_ms IS NULL THEN t.version
-                    ELSE excluded.version END,
-                keep_alive_s = CASE WHEN excluded.started_ms IS NULL THEN t.keep_alive_s
-                    ELSE excluded.keep_alive_s END,
-                started_ms = coalesce(excluded.started_ms, t.started_ms),
-                last_seen_ms = CASE WHEN excluded.last_seen_ms IS NULL THEN t.last_seen_ms
-                    ELSE greatest(coalesce(t.last_seen_ms, 0), excluded.last_seen_ms) END",
-            &[
-                &cols.0,
-                &cols.1,
-                &cols.2,
-                &online,
-                &version,
-                &started,
-                &keep_alive,
-                &seen,
-            ],
-        )?;
-    }
-    if !rows.latest.is_empty() {
-        write_latest(tx, &rows.latest)?;
-    }
-    if !rows.touched.is_empty() {
-        // The pairs whose watermark this group's own run of seqs moves (nearly all of them,
-        // one statement), then the others through the general function, then the rest read.
-        let mut marks = advance_runs(tx, &rows.stored)?;
-        let (mut t, mut s, mut adv) = (vec![], vec![], vec![]);
-        let (mut rt, mut rs) = (vec![], vec![]);
-        for (id, (_, streams)) in &rows.touched {
-            for stream in Stream::ALL {
-                let sid = stream_id(stream) as i16;
-                if marks.contains_key(&(id.clone(), sid)) {
-                    continue;
-                }
-                if streams[stream_id(stream) as usize] {
-                    t.push(id.as_str());
-                    s.push(sid);
-                    adv.push(true);
-                } else {
-                    rt.push(id.as_str());
-                    rs.push(sid);
-                }
-            }
-        }
-        let mut rest = Vec::new();
-        if !t.is_empty() {
-            rest.extend(tx.query(
-                "SELECT o_terminal, o_stream, o_watermark FROM advance_watermarks($1, $2, $3)",
-                &[&t, &s, &adv],
-            )?);
-        }
-        if !rt.is_empty() {
-            rest.extend(tx.query(
-                "SELECT w.terminal, w.stream, w.watermark
-                 FROM unnest($1::text[], $2::smallint[]) AS u(t, s)
-                 JOIN watermarks w ON w.terminal = u.t AND w.stream = u.s",
-                &[&rt, &rs],
-            )?);
-        }
-        marks.extend(rest.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))));
-        let mut by_terminal: BTreeMap<&str, Watermarks> = BTreeMap::new();
-        for ((terminal, stream), wm) in &marks {
-            let stream = if *stream == 0 {
-                Stream::Telemetry
+        let mut marks = Watermarks::default();
+        for stream in Stream::ALL {
+            let sid = stream_id(stream) as usize;
+            let pair = &mut terminal.streams[sid];
+            let moved = if pair.advance {
+                let to = advance(pair.watermark, &pair.runs, &pair.drops, pair.numbering);
+                let moved = to != pair.watermark;
+                pair.watermark = to;
+                moved
             } else {
-                Stream::Events
+                false
             };
-            by_terminal
-                .entry(terminal.as_str())
-                .or_default()
-                .set(stream, *wm as u64);
+            marks.set(stream, pair.watermark.max(0) as u64);
+            if !(moved || pair.grew) {
+                continue;
+            }
+            t.push(name.as_str());
+            s.push(sid as i16);
+            wm.push(pair.watermark);
+            lo.push(flat.len() as i32 + 1);
+            flat.extend(pair.runs.flat());
+            hi.push(flat.len() as i32);
         }
-        for (id, (terminal, _)) in &rows.touched {
-            let marks = by_terminal.get(id.as_str()).copied().unwrap_or_default();
-            applied.watermarks.push((*terminal, marks));
-        }
+        applied.watermarks.push((terminal.id, marks));
+    }
+    if !t.is_empty() {
+        tx.execute(
+            "INSERT INTO streams AS w (terminal, stream, watermark, runs)
+             SELECT u.t, u.s, u.w, ($4::bigint[])[u.lo:u.hi]
+             FROM unnest($1::text[], $2::smallint[], $3::bigint[], $5::int[], $6::int[])
+                AS u(t, s, w, lo, hi)
+             ON CONFLICT (terminal, stream)
+             DO UPDATE SET watermark = excluded.watermark, runs = excluded.runs",
+            &[&t, &s, &wm, &flat, &lo, &hi],
+        )?;
     }
     Ok(())
 }
 
-/// Moves, in one statement, the watermark of each (terminal, stream) pair whose seqs stored by
-/// this group start right after it: to the end of the group's run from there, when nothing
-/// stored before continues that run and no drop or numbering start lies ahead of the watermark
-/// (exactly what the general `advance_watermarks` would find then). Returns the pairs moved;
-/// the others are left to `advance_watermarks`. The caller holds the terminals' rows locked.
-fn advance_runs(
-    tx: &mut Transaction<'_>,
-    stored: &BTreeMap<String, [Vec<i64>; 2]>,
-) -> Result<BTreeMap<(String, i16), i64>, ::postgres::Error> {
-    let (mut t, mut s, mut lo, mut hi) = (vec![], vec![], vec![], vec![]);
-    for (terminal, streams) in stored {
-        for (stream, seqs) in streams.iter().enumerate() {
-            let Some((first, last)) = first_run(seqs) else {
-                continue;
-            };
-            // Seqs beyond i64 (stored as negative numbers) and the ends of the range never
-            // join a run here: the general function takes them.
-            if first < 1 || last == i64::MAX {
-                continue;
-            }
-            t.push(terminal.as_str());
-            s.push(stream as i16);
-            lo.push(first);
-            hi.push(last);
-        }
-    }
-    if t.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let rows = tx.query(
-        "WITH g AS (
-            SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::bigint[])
-                AS g(t, s, lo, hi)
-         ), fast AS (
-            SELECT g.t, g.s, g.hi FROM g
-            JOIN watermarks w ON w.terminal = g.t AND w.stream = g.s
-            WHERE w.watermark = g.lo - 1
-              AND NOT EXISTS (SELECT 1 FROM message_keys k
-                  WHERE k.terminal = g.t AND k.stream = g.s AND k.seq = g.hi + 1)
-              AND NOT EXISTS (SELECT 1 FROM dropped d
-                  WHERE d.terminal = g.t AND d.stream = g.s AND d.last > w.watermark)
-              AND NOT EXISTS (SELECT 1 FROM numbering n
-                  WHERE n.terminal = g.t AND n.stream = g.s AND n.first - 1 > w.watermark)
-         )
-         UPDATE watermarks w SET watermark = f.hi FROM fast f
-         WHERE w.terminal = f.t AND w.stream = f.s
-         RETURNING w.terminal, w.stream, w.watermark",
-        &[&t, &s, &lo, &hi],
-    )?;
-    Ok(rows
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect())
-}
-
-/// The lowest of `seqs` and the end of the run of consecutive seqs from it.
-fn first_run(seqs: &[i64]) -> Option<(i64, i64)> {
-    let mut sorted = seqs.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let first = *sorted.first()?;
-    let mut last = first;
-    for &seq in &sorted[1..] {
-        if seq != last + 1 {
-            break;
-        }
-        last = seq;
-    }
-    Some((first, last))
-}
-
-/// Merges a group's newest values into the stored ones, a metric's newer value replacing the
-/// older (the group's on a tie), one row per terminal. Read, merged here and written back: the
-/// terminals' rows, locked by this transaction already, keep other groups of the same
-/// terminals waiting meanwhile.
+/// Merges the group's newest values into the stored ones (read under the terminals' locks), a
+/// metric's newer value replacing the older (the group's on a tie), and writes back one row
+/// per terminal with new values.
 fn write_latest(
     tx: &mut Transaction<'_>,
-    group: &BTreeMap<String, BTreeMap<String, (i64, f64)>>,
+    rows: &Rows,
+    mut stored: HashMap<usize, Latest>,
 ) -> Result<(), ::postgres::Error> {
-    let mut merged: BTreeMap<&str, BTreeMap<String, (i64, f64)>> = group
-        .keys()
-        .map(|terminal| (terminal.as_str(), BTreeMap::new()))
-        .collect();
-    let terminals: Vec<&str> = merged.keys().copied().collect();
-    for row in tx.query(
-        "SELECT terminal, metrics, ts_ms, vals FROM latest WHERE terminal = ANY($1)",
-        &[&terminals],
-    )? {
-        let terminal: &str = row.get(0);
-        let metrics: Vec<String> = row.get(1);
-        let ts: Vec<i64> = row.get(2);
-        let vals: Vec<f64> = row.get(3);
-        if let Some(m) = merged.get_mut(terminal) {
-            m.extend(metrics.into_iter().zip(ts.into_iter().zip(vals)));
+    let mut merged: Vec<(&str, Latest)> = Vec::new();
+    for (i, (name, t)) in rows.terminals.iter().enumerate() {
+        if t.latest.is_empty() {
+            continue;
         }
-    }
-    for (terminal, metrics) in group {
-        let Some(m) = merged.get_mut(terminal.as_str()) else {
+        let Some(mut m) = stored.remove(&i).filter(|m| !m.is_empty()) else {
+            merged.push((name, t.latest.clone()));
             continue;
         };
-        if m.is_empty() {
-            m.clone_from(metrics);
-            continue;
-        }
-        for (metric, &(at, value)) in metrics {
+        for (metric, &(at, value)) in &t.latest {
             match m.get_mut(metric) {
                 Some(e) if at >= e.0 => *e = (at, value),
                 Some(_) => {}
@@ -540,6 +670,10 @@ fn write_latest(
                 }
             }
         }
+        merged.push((name, m));
+    }
+    if merged.is_empty() {
+        return Ok(());
     }
     // One row per terminal, binary-COPied as arrays (no per-value rows to aggregate on the
     // server), then upserted in terminal order.

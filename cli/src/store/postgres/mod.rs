@@ -389,7 +389,7 @@ impl PgStore {
             .collect();
         let mut dropped = 0;
         for name in parts {
-            let Some((lo, hi)) = partition_range(&name) else {
+            let Some((_, hi)) = partition_range(&name) else {
                 continue;
             };
             if hi > cut {
@@ -397,11 +397,6 @@ impl PgStore {
             }
             tx.batch_execute(&format!("DROP TABLE {name}"))
                 .map_err(&err)?;
-            tx.execute(
-                "DELETE FROM message_keys WHERE time_ms >= $1 AND time_ms < $2",
-                &[&lo, &hi],
-            )
-            .map_err(&err)?;
             dropped += 1;
         }
         tx.commit().map_err(&err)?;

@@ -208,4 +208,41 @@ CREATE TABLE instances (
     last_seen_ms bigint NOT NULL
 );
 "#,
+    // 4: de-duplication by runs of seqs instead of a key a message. `streams` holds, for each
+    // (terminal, stream), the watermark confirmed and the runs of seqs stored (first, last of
+    // each run, in order, apart), read and rewritten by a group under its terminals' row locks;
+    // `message_keys`, `watermarks` and the SQL watermark function go. `messages` keeps no key:
+    // its day partitions are written in arrival order and found by time (BRIN), the rows of
+    // one terminal by the index of (terminal, stream, time_ms) every day partition gets once
+    // the day is over (`PgStore::index_closed_days`), and by a scan of the open day.
+    r#"
+CREATE TABLE streams (
+    terminal  text COLLATE "C" NOT NULL,
+    stream    smallint NOT NULL,
+    watermark bigint NOT NULL,
+    runs      bigint[] NOT NULL,
+    PRIMARY KEY (terminal, stream)
+) WITH (fillfactor = 50);
+WITH numbered AS (
+    SELECT terminal, stream, seq,
+        seq::numeric - row_number() OVER (PARTITION BY terminal, stream ORDER BY seq) AS island
+    FROM message_keys
+), islands AS (
+    SELECT terminal, stream, min(seq) AS first, max(seq) AS last
+    FROM numbered GROUP BY terminal, stream, island
+), runs AS (
+    SELECT i.terminal, i.stream, array_agg(b.v ORDER BY i.first, b.o) AS runs
+    FROM islands i CROSS JOIN LATERAL unnest(ARRAY[i.first, i.last]) WITH ORDINALITY AS b(v, o)
+    GROUP BY i.terminal, i.stream
+)
+INSERT INTO streams (terminal, stream, watermark, runs)
+SELECT coalesce(w.terminal, r.terminal), coalesce(w.stream, r.stream),
+    coalesce(w.watermark, 0), coalesce(r.runs, '{}')
+FROM watermarks w FULL JOIN runs r ON r.terminal = w.terminal AND r.stream = w.stream;
+DROP FUNCTION advance_watermarks(text[], smallint[], boolean[]);
+DROP TABLE watermarks;
+DROP TABLE message_keys;
+ALTER TABLE messages DROP CONSTRAINT messages_pkey;
+CREATE INDEX messages_by_time ON messages USING brin (time_ms);
+"#,
 ];
