@@ -479,6 +479,51 @@ fn a_run_right_after_the_watermark_joins_seqs_stored_before_and_meets_drops_and_
     assert_eq!(got[0], got[1], "SQLite and PostgreSQL");
 }
 
+/// What PostgreSQL keeps as runs of seqs, SQLite as one row a message: duplicates inside a
+/// stored run and at either end of it, new seqs right before, right after, between and joining
+/// two runs, copies of one seq in one group, counted and confirmed alike.
+#[test]
+fn a_copy_inside_or_at_the_ends_of_a_stored_run_is_a_duplicate_and_new_seqs_join_runs_alike_on_both_backends()
+ {
+    let got = on_both(|db| {
+        let mut store = db.open();
+        let mut apply = |seqs: &[u64]| {
+            let group: Vec<Record> = seqs.iter().map(|q| temp(A, *q, T0 + q, "1.00")).collect();
+            let a = store.apply(&group).unwrap();
+            (a.stored, a.duplicates, marks(&a, A).unwrap().telemetry)
+        };
+        let got = vec![
+            // Runs 1..=5, 10..=12 and 20.
+            apply(&[1, 2, 3, 4, 5, 10, 11, 12, 20]),
+            // Both ends and the inside of each run, twice in one group.
+            apply(&[1, 5, 3, 10, 12, 11, 20, 20, 1]),
+            // Right after the first run, right before the second, alone between, and a copy.
+            apply(&[6, 9, 15, 15]),
+            // 7 and 8 join the first two runs; 13, 14 and 16..=19 join the rest, in reverse.
+            apply(&[8, 7]),
+            apply(&[19, 18, 17, 16, 14, 13]),
+            // Everything again: all duplicates.
+            apply(&(1..=20).collect::<Vec<_>>()),
+            apply(&[21, 20, 22]),
+        ];
+        assert_eq!(db.count(A, Stream::Telemetry), 22, "{}", db.name);
+        got
+    });
+    assert_eq!(
+        got[0],
+        [
+            (9, 0, 5),
+            (0, 9, 5),
+            (3, 1, 6),
+            (2, 0, 12),
+            (6, 0, 20),
+            (0, 20, 20),
+            (2, 1, 22),
+        ]
+    );
+    assert_eq!(got[0], got[1], "SQLite and PostgreSQL");
+}
+
 #[test]
 fn the_same_message_twice_in_one_group_is_stored_once() {
     on_both(|db| {
@@ -1399,17 +1444,11 @@ fn each_day_is_a_partition_of_its_own_and_retention_drops_only_whole_days_before
     assert_eq!(seqs, [2, 3, 4]);
     assert_eq!(pg.count(A, Stream::Telemetry).unwrap(), 3);
     assert_eq!(pg.count(A, Stream::Events).unwrap(), 0);
-    // The runs of seqs stored stay: the kept days still de-duplicate, and a late copy of a
-    // dropped day is known as seen and not stored again.
+    // The runs of seqs stored stay: the kept days still de-duplicate.
     assert_eq!(
         counts(&pg.apply(&[temp(A, 2, day0 + DAY + 1_000, "2.00")]).unwrap()),
         (0, 1, 0)
     );
-    assert_eq!(
-        counts(&pg.apply(&[temp(A, 1, day0 + 1_000, "1.00")]).unwrap()),
-        (0, 1, 0)
-    );
-    assert_eq!(db.scalar("SELECT count(*) FROM messages_default"), 1);
     // The watermark a terminal was given does not go back.
     let a = pg
         .apply(&[temp(A, 3, day0 + 2 * DAY + 1_000, "3.00")])
@@ -1420,6 +1459,12 @@ fn each_day_is_a_partition_of_its_own_and_retention_drops_only_whole_days_before
     assert_eq!(pg.drop_before(day0 + 3 * DAY).unwrap(), 2);
     assert!(pg.partitions().unwrap().is_empty());
     assert_eq!(db.scalar("SELECT count(*) FROM messages_default"), 1);
+    // A late copy of a dropped day is known as seen: not stored again.
+    assert_eq!(
+        counts(&pg.apply(&[temp(A, 1, day0 + 1_000, "1.00")]).unwrap()),
+        (0, 1, 0)
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM messages"), 1);
 }
 
 #[test]
@@ -1462,6 +1507,81 @@ fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
         matches!(err, StoreError::NewerSchema { found: 99, .. }),
         "{err}"
     );
+}
+
+/// A store written by the schema before runs (a key a message in `message_keys`, the
+/// watermarks in `watermarks`) keeps everything through the migration: the keys become runs
+/// (gaps kept, seqs beyond i64 too), resends of what was stored stay duplicates, and a seq
+/// filling a gap moves the watermark over the runs after it.
+#[test]
+fn a_store_of_message_keys_is_migrated_to_runs_and_keeps_de_duplicating_and_confirming() {
+    let db = postgres();
+    let mut c = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    c.batch_execute(
+        "CREATE TABLE schema_migrations (
+            version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .unwrap();
+    for (i, step) in PgStore::MIGRATIONS[..3].iter().enumerate() {
+        c.batch_execute(step).unwrap();
+        c.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .unwrap();
+    }
+    // A: telemetry 1..=3 and 5..=6, confirmed up to 3; events 1; a seq beyond i64 (stored as
+    // a negative number). B: events 2 only.
+    let day0 = (T0 - T0 % DAY) as i64;
+    c.batch_execute(&format!(
+        "CREATE TABLE messages_p20251122 PARTITION OF messages
+            FOR VALUES FROM ({day0}) TO ({});
+         INSERT INTO message_keys (terminal, stream, seq, time_ms) VALUES
+            ('{A}', 0, 1, {day0}), ('{A}', 0, 2, {day0}), ('{A}', 0, 3, {day0}),
+            ('{A}', 0, 5, {day0}), ('{A}', 0, 6, {day0}), ('{A}', 1, 1, {day0}),
+            ('{A}', 0, -9223372036854775808, {day0}), ('130102001002-main', 1, 2, {day0});
+         INSERT INTO watermarks VALUES ('{A}', 0, 3), ('{A}', 1, 1);",
+        day0 + DAY as i64
+    ))
+    .unwrap();
+    drop(c);
+
+    let mut pg = PgStore::open(db.url()).unwrap();
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM schema_migrations"),
+        PgStore::SCHEMA_VERSION
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM streams WHERE terminal = '{A}' AND stream = 0
+             AND runs = '{{-9223372036854775808,-9223372036854775808,1,3,5,6}}' AND watermark = 3"
+        )),
+        1
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM streams WHERE terminal = '130102001002-main'
+             AND runs = '{2,2}' AND watermark = 0"
+        ),
+        1
+    );
+    assert_eq!(
+        db.scalar("SELECT (to_regclass('message_keys') IS NULL)::int::bigint"),
+        1
+    );
+    // Resends of what was stored are duplicates, the one beyond i64 too.
+    let resend: Vec<Record> = [1, 3, 5, 6, 1 << 63]
+        .iter()
+        .map(|q| temp(A, *q, T0 + 1, "1.00"))
+        .collect();
+    let a = pg.apply(&resend).unwrap();
+    assert_eq!(counts(&a), (0, 5, 0));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+    // 4 fills the gap: on to 6.
+    let a = pg.apply(&[temp(A, 4, T0 + 1, "1.00")]).unwrap();
+    assert_eq!(counts(&a), (1, 0, 1));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 6);
+    assert_eq!(marks(&a, A).unwrap().events, 1);
 }
 
 #[test]

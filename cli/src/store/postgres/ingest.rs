@@ -483,8 +483,10 @@ fn read_state(
             .ok()
     };
     for r in &streams {
-        let (Some(i), Ok(sid)) = (position(rows, r.get(0)), usize::try_from(r.get::<_, i16>(1)))
-        else {
+        let (Some(i), Ok(sid)) = (
+            position(rows, r.get(0)),
+            usize::try_from(r.get::<_, i16>(1)),
+        ) else {
             continue;
         };
         if let Some(pair) = rows.terminals[i].1.streams.get_mut(sid) {
@@ -493,8 +495,10 @@ fn read_state(
         }
     }
     for r in &gaps {
-        let (Some(i), Ok(sid)) = (position(rows, r.get(0)), usize::try_from(r.get::<_, i16>(1)))
-        else {
+        let (Some(i), Ok(sid)) = (
+            position(rows, r.get(0)),
+            usize::try_from(r.get::<_, i16>(1)),
+        ) else {
             continue;
         };
         if let Some(pair) = rows.terminals[i].1.streams.get_mut(sid) {
@@ -513,7 +517,10 @@ fn read_state(
         let metrics: Vec<String> = r.get(1);
         let ts: Vec<i64> = r.get(2);
         let vals: Vec<f64> = r.get(3);
-        stored.insert(i, metrics.into_iter().zip(ts.into_iter().zip(vals)).collect());
+        stored.insert(
+            i,
+            metrics.into_iter().zip(ts.into_iter().zip(vals)).collect(),
+        );
     }
     Ok(stored)
 }
@@ -721,4 +728,87 @@ pub(super) fn transient(e: &StoreError) -> bool {
         source.code(),
         Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(seqs: &[i64]) -> Runs {
+        let mut r = Runs::default();
+        for &s in seqs {
+            r.insert(s);
+        }
+        r
+    }
+
+    #[test]
+    fn a_seq_inside_or_at_either_end_of_a_run_is_already_stored_and_one_between_runs_is_new() {
+        let mut r = runs(&[1, 2, 3, 4, 5, 10, 11, 12]);
+        assert_eq!(r.0, [(1, 5), (10, 12)]);
+        for seq in [1, 3, 5, 10, 11, 12] {
+            assert!(!r.insert(seq), "{seq} is stored");
+        }
+        assert_eq!(r.0, [(1, 5), (10, 12)]);
+        // Next to the end of a run, next to the start of one, alone, and joining two.
+        assert!(r.insert(6));
+        assert!(r.insert(9));
+        assert!(r.insert(20));
+        assert_eq!(r.0, [(1, 6), (9, 12), (20, 20)]);
+        assert!(r.insert(7));
+        assert!(r.insert(8));
+        assert_eq!(r.0, [(1, 12), (20, 20)]);
+        assert!(r.insert(0) && r.insert(-5) && r.insert(19));
+        assert_eq!(r.0, [(-5, -5), (0, 12), (19, 20)]);
+    }
+
+    #[test]
+    fn seqs_in_any_order_make_the_same_runs_as_in_order() {
+        let want = runs(&(1..=200).filter(|s| s % 17 != 0).collect::<Vec<_>>());
+        let mut shuffled: Vec<i64> = (1..=200).filter(|s| s % 17 != 0).collect();
+        // A fixed permutation: reversed halves interleaved.
+        shuffled.reverse();
+        let (a, b) = shuffled.split_at(shuffled.len() / 2);
+        let mixed: Vec<i64> = b.iter().zip(a).flat_map(|(x, y)| [*x, *y]).collect();
+        let mut r = runs(&mixed);
+        for s in &b[a.len()..] {
+            r.insert(*s);
+        }
+        assert_eq!(r, want);
+        assert_eq!(r.0.len(), 12);
+    }
+
+    #[test]
+    fn stored_runs_are_read_in_order_merged_and_without_reversed_pairs() {
+        let r = Runs::from_flat(&[10, 12, 1, 5, 6, 7, 4, 4, 20, 19, 30]);
+        assert_eq!(r.0, [(1, 7), (10, 12)]);
+        assert_eq!(r.flat().collect::<Vec<_>>(), [1, 7, 10, 12]);
+        assert_eq!(Runs::from_flat(&[i64::MAX - 1, i64::MAX, 5, 6]).0.len(), 2);
+        assert_eq!(r.end_of(1), Some(7));
+        assert_eq!(r.end_of(7), Some(7));
+        assert_eq!(r.end_of(8), None);
+        assert_eq!(r.end_of(11), Some(12));
+        assert_eq!(r.end_of(13), None);
+    }
+
+    #[test]
+    fn the_watermark_goes_to_the_end_of_the_run_after_it_and_through_drops_and_numbering_starts() {
+        let r = runs(&[1, 2, 3, 7, 8, 20]);
+        assert_eq!(advance(0, &r, &[], None), 3);
+        assert_eq!(advance(3, &r, &[], None), 3, "4 is missing");
+        // 4..=6 reported lost: on to the end of the next run.
+        assert_eq!(advance(0, &r, &[(4, 6)], None), 8);
+        // A drop overlapping what is stored, and another one further on.
+        assert_eq!(advance(0, &r, &[(2, 5), (6, 6), (9, 19)], None), 20);
+        // The numbering starts at 10: 9 and below are passed.
+        assert_eq!(advance(0, &r, &[], Some(10)), 9);
+        assert_eq!(advance(0, &r, &[], Some(20)), 20);
+        // Not below the stored watermark, and never past the last seq there is.
+        assert_eq!(advance(50, &r, &[(1, 40)], None), 50);
+        let top = runs(&[i64::MAX - 1, i64::MAX]);
+        assert_eq!(advance(i64::MAX - 2, &top, &[], None), i64::MAX);
+        assert_eq!(advance(i64::MAX, &top, &[], None), i64::MAX);
+        // Seqs beyond i64 (stored negative) are never reached.
+        assert_eq!(advance(0, &runs(&[-3, -2, 1]), &[], None), 1);
+    }
 }

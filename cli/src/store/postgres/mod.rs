@@ -186,6 +186,8 @@ fn prefix_end(prefix: &str) -> String {
 impl PgStore {
     /// The schema version this build writes.
     pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+    /// The schema's steps, in order (a test migrates a store of an older version).
+    pub const MIGRATIONS: &'static [&'static str] = MIGRATIONS;
 
     /// Connects to the database at `url`, applying the migrations it lacks.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
