@@ -682,44 +682,48 @@ fn write_latest(
     if merged.is_empty() {
         return Ok(());
     }
-    // One row per terminal, binary-COPied as arrays (no per-value rows to aggregate on the
-    // server), then upserted in terminal order.
-    tx.batch_execute(
-        r#"CREATE TEMP TABLE IF NOT EXISTS latest_in (
-            terminal text COLLATE "C" NOT NULL,
-            metrics  text[] COLLATE "C" NOT NULL,
-            ts_ms    bigint[] NOT NULL,
-            vals     double precision[] NOT NULL
-        ) ON COMMIT DELETE ROWS"#,
-    )?;
-    {
-        let sink =
-            tx.copy_in("COPY latest_in (terminal, metrics, ts_ms, vals) FROM STDIN BINARY")?;
-        let mut w = BinaryCopyInWriter::new(
-            sink,
-            &[
-                Type::TEXT,
-                Type::TEXT_ARRAY,
-                Type::INT8_ARRAY,
-                Type::FLOAT8_ARRAY,
-            ],
-        );
-        for (terminal, metrics) in &merged {
-            let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
-            let ts: Vec<i64> = metrics.values().map(|e| e.0).collect();
-            let vals: Vec<f64> = metrics.values().map(|e| e.1).collect();
-            w.write(&[terminal, &names, &ts, &vals])?;
-        }
-        w.finish()?;
+    // One row per terminal, upserted in terminal order from arrays: the numbers sliced out of
+    // one flat array each, the metric names as one array literal a terminal (a text array
+    // cannot be sliced without walking it).
+    let (mut terminals, mut names, mut lo, mut hi) = (vec![], vec![], vec![], vec![]);
+    let (mut ts, mut vals): (Vec<i64>, Vec<f64>) = (vec![], vec![]);
+    for (terminal, metrics) in &merged {
+        terminals.push(*terminal);
+        names.push(array_literal(metrics.keys()));
+        lo.push(ts.len() as i32 + 1);
+        ts.extend(metrics.values().map(|e| e.0));
+        vals.extend(metrics.values().map(|e| e.1));
+        hi.push(ts.len() as i32);
     }
     tx.execute(
         r#"INSERT INTO latest (terminal, metrics, ts_ms, vals)
-         SELECT terminal, metrics, ts_ms, vals FROM latest_in ORDER BY terminal
+         SELECT u.t, u.m::text[], ($3::bigint[])[u.lo:u.hi], ($4::float8[])[u.lo:u.hi]
+         FROM unnest($1::text[], $2::text[], $5::int[], $6::int[]) AS u(t, m, lo, hi)
          ON CONFLICT (terminal) DO UPDATE SET metrics = excluded.metrics,
             ts_ms = excluded.ts_ms, vals = excluded.vals"#,
-        &[],
+        &[&terminals, &names, &ts, &vals, &lo, &hi],
     )?;
     Ok(())
+}
+
+/// A PostgreSQL array literal of `items`, each quoted.
+fn array_literal<'a>(items: impl Iterator<Item = &'a String>) -> String {
+    let mut out = String::from("{");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 /// Whether a failed group is worth trying again as a whole (it was rolled back).
@@ -776,6 +780,17 @@ mod tests {
         }
         assert_eq!(r, want);
         assert_eq!(r.0.len(), 12);
+    }
+
+    #[test]
+    fn metric_names_are_quoted_in_an_array_literal_whatever_they_hold() {
+        let names = ["air.temp", "a,b", "{x}", "say \"hi\"", "back\\slash", "NULL", ""]
+            .map(String::from);
+        assert_eq!(
+            array_literal(names.iter()),
+            r#"{"air.temp","a,b","{x}","say \"hi\"","back\\slash","NULL",""}"#
+        );
+        assert_eq!(array_literal([].iter()), "{}");
     }
 
     #[test]

@@ -31,7 +31,7 @@
 //! `spawn_blocking`, never on a tokio worker (it runs its own runtime and would panic).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use ::postgres::error::SqlState;
@@ -70,6 +70,10 @@ pub struct PgStore {
     client: RefCell<Client>,
     /// The URL without its password, for errors.
     at: String,
+    /// The day partitions this connection found or created (not asked about again; a day
+    /// another instance drops meanwhile is behind the retention cut, and what still comes for
+    /// it goes to the DEFAULT partition).
+    days: HashSet<String>,
 }
 
 impl fmt::Debug for PgStore {
@@ -224,6 +228,7 @@ impl PgStore {
         let store = PgStore {
             client: RefCell::new(client),
             at,
+            days: HashSet::new(),
         };
         // The driver logs the server's notices ("relation staging already exists, skipping"
         // every group); warnings and errors are enough.
@@ -325,8 +330,16 @@ impl PgStore {
     /// Creates the day partitions of `time_ms` values that have none yet.
     fn ensure_partitions(&mut self, times: impl Iterator<Item = i64>) -> Result<(), StoreError> {
         let mut wanted: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut last_day = None;
         for t in times {
-            if let Some((name, lo, hi)) = day_partition(t) {
+            let day = t.div_euclid(DAY_MS);
+            if last_day == Some(day) {
+                continue;
+            }
+            last_day = Some(day);
+            if let Some((name, lo, hi)) = day_partition(t)
+                && !self.days.contains(&name)
+            {
                 wanted.entry(name).or_insert((lo, hi));
             }
         }
@@ -346,6 +359,7 @@ impl PgStore {
             .map(|r| r.get(0))
             .collect();
         if missing.is_empty() {
+            self.days.extend(wanted.into_keys());
             return Ok(());
         }
         let mut tx = client.transaction().map_err(&err)?;
@@ -367,7 +381,9 @@ impl PgStore {
                 Err(e) => return Err(err(e)),
             }
         }
-        tx.commit().map_err(&err)
+        tx.commit().map_err(&err)?;
+        self.days.extend(wanted.into_keys());
+        Ok(())
     }
 
     /// Drops the day partitions of `messages` entirely before `cut_ms` (and their keys);
@@ -399,6 +415,7 @@ impl PgStore {
             }
             tx.batch_execute(&format!("DROP TABLE {name}"))
                 .map_err(&err)?;
+            self.days.remove(&name);
             dropped += 1;
         }
         tx.commit().map_err(&err)?;
