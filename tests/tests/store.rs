@@ -1510,9 +1510,9 @@ fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
 }
 
 /// A store written by the schema before runs (a key a message in `message_keys`, the
-/// watermarks in `watermarks`) keeps everything through the migration: the keys become runs
-/// (gaps kept, seqs beyond i64 too), resends of what was stored stay duplicates, and a seq
-/// filling a gap moves the watermark over the runs after it.
+/// watermarks in `watermarks`, the newest values in `latest`) keeps everything through the
+/// migration: the keys become runs (gaps kept, seqs beyond i64 too), resends of what was
+/// stored stay duplicates, and a seq filling a gap moves the watermark over the runs after it.
 #[test]
 fn a_store_of_message_keys_is_migrated_to_runs_and_keeps_de_duplicating_and_confirming() {
     let db = postgres();
@@ -1540,7 +1540,10 @@ fn a_store_of_message_keys_is_migrated_to_runs_and_keeps_de_duplicating_and_conf
             ('{A}', 0, 1, {day0}), ('{A}', 0, 2, {day0}), ('{A}', 0, 3, {day0}),
             ('{A}', 0, 5, {day0}), ('{A}', 0, 6, {day0}), ('{A}', 1, 1, {day0}),
             ('{A}', 0, -9223372036854775808, {day0}), ('130102001002-main', 1, 2, {day0});
-         INSERT INTO watermarks VALUES ('{A}', 0, 3), ('{A}', 1, 1);",
+         INSERT INTO watermarks VALUES ('{A}', 0, 3), ('{A}', 1, 1);
+         INSERT INTO latest VALUES ('{A}', '{{env.temp}}', '{{{day0}}}', '{{21.5}}');
+         INSERT INTO terminals (terminal, site, level) VALUES
+            ('{A}', '130102001001', 'village'), ('130102001002-main', '130102001002', 'village');",
         day0 + DAY as i64
     ))
     .unwrap();
@@ -1553,22 +1556,28 @@ fn a_store_of_message_keys_is_migrated_to_runs_and_keeps_de_duplicating_and_conf
     );
     assert_eq!(
         db.scalar(&format!(
-            "SELECT count(*) FROM streams WHERE terminal = '{A}' AND stream = 0
-             AND runs = '{{-9223372036854775808,-9223372036854775808,1,3,5,6}}' AND watermark = 3"
+            "SELECT count(*) FROM terminals WHERE terminal = '{A}'
+             AND telemetry_runs = '{{-9223372036854775808,-9223372036854775808,1,3,5,6}}'
+             AND telemetry_wm = 3 AND events_runs = '{{1,1}}' AND events_wm = 1"
         )),
         1
     );
     assert_eq!(
         db.scalar(
-            "SELECT count(*) FROM streams WHERE terminal = '130102001002-main'
-             AND runs = '{2,2}' AND watermark = 0"
+            "SELECT count(*) FROM terminals WHERE terminal = '130102001002-main'
+             AND events_runs = '{2,2}' AND events_wm = 0 AND telemetry_runs = '{}'"
         ),
         1
     );
     assert_eq!(
-        db.scalar("SELECT (to_regclass('message_keys') IS NULL)::int::bigint"),
-        1
+        db.scalar(
+            "SELECT count(*) FROM pg_class
+             WHERE relname IN ('message_keys', 'watermarks', 'latest')"
+        ),
+        0
     );
+    let sites = pg.sites(None).unwrap();
+    assert_eq!(metric(site(&sites, A), "env.temp"), Some(21.5));
     // Resends of what was stored are duplicates, the one beyond i64 too.
     let resend: Vec<Record> = [1, 3, 5, 6, 1 << 63]
         .iter()

@@ -141,9 +141,10 @@ struct Pair {
     numbering: Option<i64>,
     /// This group stored a seq, or brought a drop or a numbering start: the watermark may move.
     advance: bool,
-    /// This group added seqs to the runs.
-    grew: bool,
 }
+
+/// The newest values of a terminal: metric → (time, value).
+type Latest = BTreeMap<String, (i64, f64)>;
 
 /// A terminal the group brings something of.
 struct Terminal {
@@ -156,11 +157,16 @@ struct Terminal {
     last_seen: Option<i64>,
     /// It sent messages (new or not): its watermarks are published again.
     touched: bool,
-    /// It sent telemetry: its newest values are read.
-    telemetry: bool,
+    /// The revision of its row as read (0: no row, or one never written by a group).
+    revision: i64,
     streams: [Pair; 2],
+    /// Its newest values as read.
+    stored: Latest,
     /// The newest time and value of each metric in the group's new telemetry.
-    latest: BTreeMap<String, (i64, f64)>,
+    latest: Latest,
+    /// This group changes its runs, watermarks or newest values: its row is written under the
+    /// revision read.
+    changed: bool,
 }
 
 impl Terminal {
@@ -172,9 +178,11 @@ impl Terminal {
             presence: None,
             last_seen: None,
             touched: false,
-            telemetry: false,
+            revision: 0,
             streams: Default::default(),
-            latest: BTreeMap::new(),
+            stored: Latest::new(),
+            latest: Latest::new(),
+            changed: false,
         }
     }
 
@@ -242,11 +250,33 @@ impl Rows {
         let i = *self.index.get(id)?;
         self.terminals.get_mut(i)
     }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.terminals
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+    }
+}
+
+/// How a group takes its terminals' rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Take {
+    /// Read without locks, written only if no other group wrote them meanwhile (each row's
+    /// revision is still the one read); otherwise the group is rolled back and tried again.
+    Optimistic,
+    /// Read and locked (`FOR UPDATE`, in terminal order) until the commit: the retry after a
+    /// group lost a race, which cannot lose it again.
+    Locked,
 }
 
 impl PgStore {
-    /// One attempt at storing a group (see [`Store::apply`]).
-    pub(super) fn apply_once(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
+    /// One attempt at storing a group (see [`Store::apply`]); `None` if another group wrote
+    /// one of its terminals between its read and its write (nothing was stored: try again).
+    pub(super) fn apply_once(
+        &mut self,
+        records: &[Record],
+        take: Take,
+    ) -> Result<Option<Applied>, StoreError> {
         let err = self.err("storing a group");
         let client = self.client.get_mut();
         let mut tx = client.transaction().map_err(&err)?;
@@ -259,7 +289,6 @@ impl PgStore {
                 if let Some((_, t)) = rows.terminal(m.terminal) {
                     t.seen(m.received_ms);
                     t.touched = true;
-                    t.telemetry |= m.stream == Stream::Telemetry;
                 }
                 continue;
             }
@@ -295,11 +324,11 @@ impl PgStore {
                 _ => {}
             }
         }
-        lock_terminals(&mut tx, &rows).map_err(&err)?;
-        let stored_latest = read_state(&mut tx, &mut rows).map_err(&err)?;
+        read_state(&mut tx, &mut rows, take).map_err(&err)?;
 
         // Which messages are new, in the group's order (the first of several copies is the one
-        // stored): a seq in a stored run is a duplicate.
+        // stored): a seq in a stored run is a duplicate. Runs only grow, so a seq found in one
+        // read before another group's commit is a duplicate still.
         let mut new = Vec::new();
         for r in records {
             let Some(m) = r.message() else {
@@ -309,20 +338,19 @@ impl PgStore {
                 continue;
             };
             let sid = stream_id(m.stream) as usize;
-            let pair = &mut rows.terminals[i].1.streams[sid];
-            if !pair.runs.insert(m.seq as i64) {
+            let t = &mut rows.terminals[i].1;
+            if !t.streams[sid].runs.insert(m.seq as i64) {
                 // It resent: it may not have our watermark (its terminal is touched: sent
                 // again).
                 applied.duplicates += 1;
                 continue;
             }
-            pair.grew = true;
-            pair.advance = true;
+            t.streams[sid].advance = true;
+            t.changed = true;
             applied.stored += 1;
             new.push((i, m));
             match r {
                 Record::Telemetry { envelope, .. } => {
-                    let t = &mut rows.terminals[i].1;
                     for s in &envelope.body.samples {
                         applied.values += 1;
                         let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
@@ -364,82 +392,32 @@ impl PgStore {
                 _ => {}
             }
         }
+        write_gaps(&mut tx, &rows).map_err(&err)?;
         copy_messages(&mut tx, &rows, &new).map_err(&err)?;
-        write_rows(&mut tx, &mut rows, stored_latest, &mut applied).map_err(&err)?;
+        if !write_terminals(&mut tx, &mut rows, &mut applied).map_err(&err)? {
+            tx.rollback().map_err(&err)?;
+            return Ok(None);
+        }
         tx.commit().map_err(&err)?;
-        Ok(applied)
+        Ok(Some(applied))
     }
 }
 
-/// Writes the rejected records, then upserts the row in `terminals` of every terminal of the
-/// group, in terminal order: locked from now to the commit, so that other groups of these
-/// terminals wait before they read their runs, watermarks and newest values. A row without
-/// presence has no start time: it only moves last_seen.
-fn lock_terminals(tx: &mut Transaction<'_>, rows: &Rows) -> Result<(), ::postgres::Error> {
+/// Reads the rows in `terminals` of the group's terminals (the runs and watermarks of their
+/// streams, their newest values, the revision), and the drops and numbering starts ahead of
+/// those watermarks. [`Take::Locked`] first creates the rows missing and locks them all in
+/// terminal order, so that no other group writes them before this one commits.
+fn read_state(
+    tx: &mut Transaction<'_>,
+    rows: &mut Rows,
+    take: Take,
+) -> Result<(), ::postgres::Error> {
     for (topic, received, reason, payload) in &rows.rejected {
         tx.execute(
             "INSERT INTO rejected (topic, received_ms, reason, payload) VALUES ($1, $2, $3, $4)",
             &[topic, received, reason, payload],
         )?;
     }
-    if rows.terminals.is_empty() {
-        return Ok(());
-    }
-    let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-    let mut online = Vec::new();
-    let mut version: Vec<Option<&str>> = Vec::new();
-    let mut started: Vec<Option<i64>> = Vec::new();
-    let mut keep_alive: Vec<Option<i64>> = Vec::new();
-    let mut seen: Vec<Option<i64>> = Vec::new();
-    for (name, t) in &rows.terminals {
-        cols.0.push(name);
-        cols.1.push(&t.site);
-        cols.2.push(t.level);
-        let p = t.presence.as_ref();
-        online.push(p.is_some_and(|p| p.0));
-        version.push(p.map(|p| p.1.as_str()));
-        started.push(p.map(|p| p.2));
-        keep_alive.push(p.map(|p| p.3));
-        seen.push(t.last_seen);
-    }
-    tx.execute(
-        "INSERT INTO terminals AS t
-            (terminal, site, level, online, version, started_ms, keep_alive_s, last_seen_ms)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
-            $6::bigint[], $7::bigint[], $8::bigint[])
-         ON CONFLICT (terminal) DO UPDATE SET
-            online = CASE WHEN excluded.started_ms IS NULL THEN t.online ELSE excluded.online END,
-            version = CASE WHEN excluded.started_ms IS NULL THEN t.version
-                ELSE excluded.version END,
-            keep_alive_s = CASE WHEN excluded.started_ms IS NULL THEN t.keep_alive_s
-                ELSE excluded.keep_alive_s END,
-            started_ms = coalesce(excluded.started_ms, t.started_ms),
-            last_seen_ms = CASE WHEN excluded.last_seen_ms IS NULL THEN t.last_seen_ms
-                ELSE greatest(coalesce(t.last_seen_ms, 0), excluded.last_seen_ms) END",
-        &[
-            &cols.0,
-            &cols.1,
-            &cols.2,
-            &online,
-            &version,
-            &started,
-            &keep_alive,
-            &seen,
-        ],
-    )?;
-    Ok(())
-}
-
-/// The stored newest values of a terminal: metric → (time, value).
-type Latest = BTreeMap<String, (i64, f64)>;
-
-/// Reads, under the terminals' locks (each statement sees what committed before it), the runs
-/// and watermarks of the touched terminals' streams, the drops and numbering starts ahead of
-/// those watermarks, and the newest values of the terminals that sent telemetry.
-fn read_state(
-    tx: &mut Transaction<'_>,
-    rows: &mut Rows,
-) -> Result<HashMap<usize, Latest>, ::postgres::Error> {
     let touched: Vec<&str> = rows
         .terminals
         .iter()
@@ -447,56 +425,65 @@ fn read_state(
         .map(|(name, _)| name.as_str())
         .collect();
     if touched.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(());
     }
-    let streams = tx.query(
-        "SELECT terminal, stream, watermark, runs FROM streams WHERE terminal = ANY($1)",
+    if take == Take::Locked {
+        let (mut sites, mut levels) = (vec![], vec![]);
+        for (_, t) in rows.terminals.iter().filter(|(_, t)| t.touched) {
+            sites.push(t.site.as_str());
+            levels.push(t.level);
+        }
+        tx.execute(
+            "INSERT INTO terminals (terminal, site, level)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT (terminal) DO NOTHING",
+            &[&touched, &sites, &levels],
+        )?;
+    }
+    let lock = match take {
+        Take::Optimistic => "",
+        Take::Locked => "ORDER BY terminal FOR UPDATE",
+    };
+    let state = tx.query(
+        &format!(
+            "SELECT terminal, revision, telemetry_wm, telemetry_runs, events_wm, events_runs,
+                metrics, ts_ms, vals
+             FROM terminals WHERE terminal = ANY($1) {lock}"
+        ),
         &[&touched],
     )?;
     let gaps = tx.query(
         "SELECT d.terminal, d.stream, d.first, d.last FROM dropped d
-         LEFT JOIN streams w ON w.terminal = d.terminal AND w.stream = d.stream
-         WHERE d.terminal = ANY($1) AND d.last > coalesce(w.watermark, 0)
+         LEFT JOIN terminals t ON t.terminal = d.terminal
+         WHERE d.terminal = ANY($1) AND d.last > CASE d.stream
+            WHEN 0 THEN coalesce(t.telemetry_wm, 0) ELSE coalesce(t.events_wm, 0) END
          UNION ALL
          SELECT n.terminal, n.stream, n.first, NULL FROM numbering n
-         LEFT JOIN streams w ON w.terminal = n.terminal AND w.stream = n.stream
-         WHERE n.terminal = ANY($1) AND n.first - 1 > coalesce(w.watermark, 0)",
+         LEFT JOIN terminals t ON t.terminal = n.terminal
+         WHERE n.terminal = ANY($1) AND n.first - 1 > CASE n.stream
+            WHEN 0 THEN coalesce(t.telemetry_wm, 0) ELSE coalesce(t.events_wm, 0) END",
         &[&touched],
     )?;
-    let telemetry: Vec<&str> = rows
-        .terminals
-        .iter()
-        .filter(|(_, t)| t.telemetry)
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let latest = if telemetry.is_empty() {
-        Vec::new()
-    } else {
-        tx.query(
-            "SELECT terminal, metrics, ts_ms, vals FROM latest WHERE terminal = ANY($1)",
-            &[&telemetry],
-        )?
-    };
-    let position = |rows: &Rows, name: &str| {
-        rows.terminals
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-    };
-    for r in &streams {
-        let (Some(i), Ok(sid)) = (
-            position(rows, r.get(0)),
-            usize::try_from(r.get::<_, i16>(1)),
-        ) else {
+    for r in &state {
+        let Some(i) = rows.position(r.get(0)) else {
             continue;
         };
-        if let Some(pair) = rows.terminals[i].1.streams.get_mut(sid) {
-            pair.watermark = r.get(2);
-            pair.runs = Runs::from_flat(&r.get::<_, Vec<i64>>(3));
+        let t = &mut rows.terminals[i].1;
+        t.revision = r.get(1);
+        for (sid, col) in [(0, 2), (1, 4)] {
+            t.streams[sid].watermark = r.get(col);
+            t.streams[sid].runs = Runs::from_flat(&r.get::<_, Vec<i64>>(col + 1));
+        }
+        let metrics: Option<Vec<String>> = r.get(6);
+        let ts: Option<Vec<i64>> = r.get(7);
+        let vals: Option<Vec<f64>> = r.get(8);
+        if let (Some(metrics), Some(ts), Some(vals)) = (metrics, ts, vals) {
+            t.stored = metrics.into_iter().zip(ts.into_iter().zip(vals)).collect();
         }
     }
     for r in &gaps {
         let (Some(i), Ok(sid)) = (
-            position(rows, r.get(0)),
+            rows.position(r.get(0)),
             usize::try_from(r.get::<_, i16>(1)),
         ) else {
             continue;
@@ -509,20 +496,44 @@ fn read_state(
             }
         }
     }
-    let mut stored = HashMap::new();
-    for r in &latest {
-        let Some(i) = position(rows, r.get(0)) else {
-            continue;
-        };
-        let metrics: Vec<String> = r.get(1);
-        let ts: Vec<i64> = r.get(2);
-        let vals: Vec<f64> = r.get(3);
-        stored.insert(
-            i,
-            metrics.into_iter().zip(ts.into_iter().zip(vals)).collect(),
-        );
+    Ok(())
+}
+
+/// Writes the drops and numbering starts the group brought, each table by one statement in
+/// key order.
+fn write_gaps(tx: &mut Transaction<'_>, rows: &Rows) -> Result<(), ::postgres::Error> {
+    if !rows.dropped.is_empty() {
+        let (mut t, mut s, mut f, mut l) = (vec![], vec![], vec![], vec![]);
+        for ((terminal, stream, first), last) in &rows.dropped {
+            t.push(terminal.as_str());
+            s.push(*stream);
+            f.push(*first);
+            l.push(*last);
+        }
+        tx.execute(
+            "INSERT INTO dropped (terminal, stream, first, last)
+             SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::bigint[])
+             ON CONFLICT (terminal, stream, first)
+             DO UPDATE SET last = greatest(dropped.last, excluded.last)",
+            &[&t, &s, &f, &l],
+        )?;
     }
-    Ok(stored)
+    if !rows.numbering.is_empty() {
+        let (mut t, mut s, mut f) = (vec![], vec![], vec![]);
+        for ((terminal, stream), first) in &rows.numbering {
+            t.push(terminal.as_str());
+            s.push(*stream);
+            f.push(*first);
+        }
+        tx.execute(
+            "INSERT INTO numbering (terminal, stream, first)
+             SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[])
+             ON CONFLICT (terminal, stream)
+             DO UPDATE SET first = greatest(numbering.first, excluded.first)",
+            &[&t, &s, &f],
+        )?;
+    }
+    Ok(())
 }
 
 /// Binary-COPies the group's new messages into `messages` (each lands in its day's partition).
@@ -562,148 +573,157 @@ fn copy_messages(
     Ok(())
 }
 
-/// Writes what the group changes besides its messages, table by table in terminal order: the
-/// drops and numbering starts, the newest values, then the runs and watermarks of each stream
-/// (advanced here over what the runs, drops and numbering starts now cover), and gives the
-/// touched terminals their watermarks.
-fn write_rows(
-    tx: &mut Transaction<'_>,
-    rows: &mut Rows,
-    stored_latest: HashMap<usize, Latest>,
-    applied: &mut Applied,
-) -> Result<(), ::postgres::Error> {
-    if !rows.dropped.is_empty() {
-        let (mut t, mut s, mut f, mut l) = (vec![], vec![], vec![], vec![]);
-        for ((terminal, stream, first), last) in &rows.dropped {
-            t.push(terminal.as_str());
-            s.push(*stream);
-            f.push(*first);
-            l.push(*last);
-        }
-        tx.execute(
-            "INSERT INTO dropped (terminal, stream, first, last)
-             SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::bigint[])
-             ON CONFLICT (terminal, stream, first)
-             DO UPDATE SET last = greatest(dropped.last, excluded.last)",
-            &[&t, &s, &f, &l],
-        )?;
-    }
-    if !rows.numbering.is_empty() {
-        let (mut t, mut s, mut f) = (vec![], vec![], vec![]);
-        for ((terminal, stream), first) in &rows.numbering {
-            t.push(terminal.as_str());
-            s.push(*stream);
-            f.push(*first);
-        }
-        tx.execute(
-            "INSERT INTO numbering (terminal, stream, first)
-             SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[])
-             ON CONFLICT (terminal, stream)
-             DO UPDATE SET first = greatest(numbering.first, excluded.first)",
-            &[&t, &s, &f],
-        )?;
-    }
-    write_latest(tx, rows, stored_latest)?;
-
-    // The runs and watermarks: one row a stream that grew or whose watermark moved.
-    let (mut t, mut s, mut wm, mut lo, mut hi) = (vec![], vec![], vec![], vec![], vec![]);
-    let mut flat: Vec<i64> = Vec::new();
-    for (name, terminal) in &mut rows.terminals {
-        if !terminal.touched {
-            continue;
-        }
-        let mut marks = Watermarks::default();
-        for stream in Stream::ALL {
-            let sid = stream_id(stream) as usize;
-            let pair = &mut terminal.streams[sid];
-            let moved = if pair.advance {
-                let to = advance(pair.watermark, &pair.runs, &pair.drops, pair.numbering);
-                let moved = to != pair.watermark;
-                pair.watermark = to;
-                moved
-            } else {
-                false
-            };
-            marks.set(stream, pair.watermark.max(0) as u64);
-            if !(moved || pair.grew) {
-                continue;
-            }
-            t.push(name.as_str());
-            s.push(sid as i16);
-            wm.push(pair.watermark);
-            lo.push(flat.len() as i32 + 1);
-            flat.extend(pair.runs.flat());
-            hi.push(flat.len() as i32);
-        }
-        applied.watermarks.push((terminal.id, marks));
-    }
-    if !t.is_empty() {
-        tx.execute(
-            "INSERT INTO streams AS w (terminal, stream, watermark, runs)
-             SELECT u.t, u.s, u.w, ($4::bigint[])[u.lo:u.hi]
-             FROM unnest($1::text[], $2::smallint[], $3::bigint[], $5::int[], $6::int[])
-                AS u(t, s, w, lo, hi)
-             ON CONFLICT (terminal, stream)
-             DO UPDATE SET watermark = excluded.watermark, runs = excluded.runs",
-            &[&t, &s, &wm, &flat, &lo, &hi],
-        )?;
-    }
-    Ok(())
+/// Appends `items` to `flat`; the 1-based bounds of the slice they take there.
+fn push_slice<T>(flat: &mut Vec<T>, items: impl IntoIterator<Item = T>) -> (i32, i32) {
+    let lo = flat.len() as i32 + 1;
+    flat.extend(items);
+    (lo, flat.len() as i32)
 }
 
-/// Merges the group's newest values into the stored ones (read under the terminals' locks), a
-/// metric's newer value replacing the older (the group's on a tie), and writes back one row
-/// per terminal with new values.
-fn write_latest(
+/// Advances the watermarks of the touched terminals' streams, gives those terminals their
+/// watermarks, and upserts the row of every terminal of the group in one statement, in
+/// terminal order: presence and last reception merged with what is stored; the runs,
+/// watermarks and newest values (merged here: a metric's newer value replaces the older, the
+/// group's on a tie) of the terminals they changed for, under the revision read. False if one
+/// of those rows was written by another group since it was read.
+fn write_terminals(
     tx: &mut Transaction<'_>,
-    rows: &Rows,
-    mut stored: HashMap<usize, Latest>,
-) -> Result<(), ::postgres::Error> {
-    let mut merged: Vec<(&str, Latest)> = Vec::new();
-    for (i, (name, t)) in rows.terminals.iter().enumerate() {
+    rows: &mut Rows,
+    applied: &mut Applied,
+) -> Result<bool, ::postgres::Error> {
+    if rows.terminals.is_empty() {
+        return Ok(true);
+    }
+    let n = rows.terminals.len();
+    let mut names: Vec<&str> = Vec::with_capacity(n);
+    let mut sites: Vec<&str> = Vec::with_capacity(n);
+    let mut levels: Vec<&str> = Vec::with_capacity(n);
+    let mut online = Vec::with_capacity(n);
+    let mut version: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut started: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut keep_alive: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut seen: Vec<Option<i64>> = Vec::with_capacity(n);
+    // 0: this row's state is not written (only presence and last reception are).
+    let mut revision: Vec<i64> = Vec::with_capacity(n);
+    let mut marks: [Vec<i64>; 2] = Default::default();
+    // The runs of both streams, and the newest values, each row's a slice of one flat array.
+    let mut runs: Vec<i64> = Vec::new();
+    let mut run_bounds: [(Vec<i32>, Vec<i32>); 2] = Default::default();
+    let mut metrics: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut values: Vec<(i64, f64)> = Vec::new();
+    let mut value_bounds: (Vec<i32>, Vec<i32>) = Default::default();
+    for (name, t) in &mut rows.terminals {
+        let mut wm = Watermarks::default();
+        for stream in Stream::ALL {
+            let pair = &mut t.streams[stream_id(stream) as usize];
+            if pair.advance {
+                let to = advance(pair.watermark, &pair.runs, &pair.drops, pair.numbering);
+                t.changed |= to != pair.watermark;
+                pair.watermark = to;
+            }
+            wm.set(stream, pair.watermark.max(0) as u64);
+        }
+        if t.touched {
+            applied.watermarks.push((t.id, wm));
+        }
+        names.push(name);
+        sites.push(&t.site);
+        levels.push(t.level);
+        let p = t.presence.as_ref();
+        online.push(p.is_some_and(|p| p.0));
+        version.push(p.map(|p| p.1.as_str()));
+        started.push(p.map(|p| p.2));
+        keep_alive.push(p.map(|p| p.3));
+        seen.push(t.last_seen);
+        revision.push(if t.changed { t.revision + 1 } else { 0 });
+        for (sid, pair) in t.streams.iter().enumerate() {
+            marks[sid].push(pair.watermark);
+            let (lo, hi) = push_slice(&mut runs, pair.runs.flat());
+            run_bounds[sid].0.push(lo);
+            run_bounds[sid].1.push(hi);
+        }
         if t.latest.is_empty() {
+            metrics.push(None);
+            value_bounds.0.push(1);
+            value_bounds.1.push(0);
             continue;
         }
-        let Some(mut m) = stored.remove(&i).filter(|m| !m.is_empty()) else {
-            merged.push((name, t.latest.clone()));
-            continue;
-        };
         for (metric, &(at, value)) in &t.latest {
-            match m.get_mut(metric) {
+            match t.stored.get_mut(metric) {
                 Some(e) if at >= e.0 => *e = (at, value),
                 Some(_) => {}
                 None => {
-                    m.insert(metric.clone(), (at, value));
+                    t.stored.insert(metric.clone(), (at, value));
                 }
             }
         }
-        merged.push((name, m));
+        metrics.push(Some(array_literal(t.stored.keys())));
+        let (lo, hi) = push_slice(&mut values, t.stored.values().copied());
+        value_bounds.0.push(lo);
+        value_bounds.1.push(hi);
     }
-    if merged.is_empty() {
-        return Ok(());
-    }
-    // One row per terminal, upserted in terminal order from arrays: the numbers sliced out of
-    // one flat array each, the metric names as one array literal a terminal (a text array
-    // cannot be sliced without walking it).
-    let (mut terminals, mut names, mut lo, mut hi) = (vec![], vec![], vec![], vec![]);
-    let (mut ts, mut vals): (Vec<i64>, Vec<f64>) = (vec![], vec![]);
-    for (terminal, metrics) in &merged {
-        terminals.push(*terminal);
-        names.push(array_literal(metrics.keys()));
-        lo.push(ts.len() as i32 + 1);
-        ts.extend(metrics.values().map(|e| e.0));
-        vals.extend(metrics.values().map(|e| e.1));
-        hi.push(ts.len() as i32);
-    }
-    tx.execute(
-        r#"INSERT INTO latest (terminal, metrics, ts_ms, vals)
-         SELECT u.t, u.m::text[], ($3::bigint[])[u.lo:u.hi], ($4::float8[])[u.lo:u.hi]
-         FROM unnest($1::text[], $2::text[], $5::int[], $6::int[]) AS u(t, m, lo, hi)
-         ON CONFLICT (terminal) DO UPDATE SET metrics = excluded.metrics,
-            ts_ms = excluded.ts_ms, vals = excluded.vals"#,
-        &[&terminals, &names, &ts, &vals, &lo, &hi],
+    let (ts, vals): (Vec<i64>, Vec<f64>) = values.into_iter().unzip();
+    let written = tx.execute(
+        r#"INSERT INTO terminals AS t (terminal, site, level, online, version, started_ms,
+            keep_alive_s, last_seen_ms, revision, telemetry_wm, events_wm, telemetry_runs,
+            events_runs, metrics, ts_ms, vals)
+         SELECT u.terminal, u.site, u.level, u.online, u.version, u.started, u.keep_alive,
+            u.seen, u.revision, u.twm, u.ewm, ($12::bigint[])[u.tlo:u.thi],
+            ($12::bigint[])[u.elo:u.ehi], u.metrics::text[], ($18::bigint[])[u.vlo:u.vhi],
+            ($19::float8[])[u.vlo:u.vhi]
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
+            $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
+            $11::bigint[], $13::int[], $14::int[], $15::int[], $16::int[], $17::text[],
+            $20::int[], $21::int[])
+            AS u(terminal, site, level, online, version, started, keep_alive, seen, revision,
+                twm, ewm, tlo, thi, elo, ehi, metrics, vlo, vhi)
+         ON CONFLICT (terminal) DO UPDATE SET
+            online = CASE WHEN excluded.started_ms IS NULL THEN t.online ELSE excluded.online END,
+            version = CASE WHEN excluded.started_ms IS NULL THEN t.version
+                ELSE excluded.version END,
+            keep_alive_s = CASE WHEN excluded.started_ms IS NULL THEN t.keep_alive_s
+                ELSE excluded.keep_alive_s END,
+            started_ms = coalesce(excluded.started_ms, t.started_ms),
+            last_seen_ms = CASE WHEN excluded.last_seen_ms IS NULL THEN t.last_seen_ms
+                ELSE greatest(coalesce(t.last_seen_ms, 0), excluded.last_seen_ms) END,
+            revision = CASE WHEN excluded.revision = 0 THEN t.revision ELSE excluded.revision END,
+            telemetry_wm = CASE WHEN excluded.revision = 0 THEN t.telemetry_wm
+                ELSE excluded.telemetry_wm END,
+            events_wm = CASE WHEN excluded.revision = 0 THEN t.events_wm
+                ELSE excluded.events_wm END,
+            telemetry_runs = CASE WHEN excluded.revision = 0 THEN t.telemetry_runs
+                ELSE excluded.telemetry_runs END,
+            events_runs = CASE WHEN excluded.revision = 0 THEN t.events_runs
+                ELSE excluded.events_runs END,
+            metrics = CASE WHEN excluded.metrics IS NULL THEN t.metrics ELSE excluded.metrics END,
+            ts_ms = CASE WHEN excluded.metrics IS NULL THEN t.ts_ms ELSE excluded.ts_ms END,
+            vals = CASE WHEN excluded.metrics IS NULL THEN t.vals ELSE excluded.vals END
+         WHERE excluded.revision = 0 OR t.revision = excluded.revision - 1"#,
+        &[
+            &names,
+            &sites,
+            &levels,
+            &online,
+            &version,
+            &started,
+            &keep_alive,
+            &seen,
+            &revision,
+            &marks[0],
+            &marks[1],
+            &runs,
+            &run_bounds[0].0,
+            &run_bounds[0].1,
+            &run_bounds[1].0,
+            &run_bounds[1].1,
+            &metrics,
+            &ts,
+            &vals,
+            &value_bounds.0,
+            &value_bounds.1,
+        ],
     )?;
-    Ok(())
+    Ok(written == n as u64)
 }
 
 /// A PostgreSQL array literal of `items`, each quoted.

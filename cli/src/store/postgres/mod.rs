@@ -53,7 +53,7 @@ mod ingest;
 mod schema;
 mod state;
 
-use ingest::transient;
+use ingest::{Take, transient};
 pub use schema::MIGRATIONS;
 
 /// The key of the advisory lock that serialises schema changes (migrations, partitions
@@ -542,12 +542,23 @@ impl Store for PgStore {
                 .filter_map(Record::message)
                 .map(|m| m.time_ms as i64),
         )?;
+        // Optimistic first; a group that lost a race to another writer of one of its
+        // terminals is tried again holding their rows.
+        let mut take = Take::Optimistic;
         let mut attempt = 0;
         loop {
-            match self.apply_once(records) {
-                Err(e) if transient(&e) && attempt < 3 => attempt += 1,
-                other => return other,
+            match self.apply_once(records, take) {
+                Ok(Some(applied)) => return Ok(applied),
+                Ok(None) if attempt < 8 => take = Take::Locked,
+                Err(e) if transient(&e) && attempt < 8 => {}
+                Ok(None) => {
+                    return Err(StoreError::Contended {
+                        at: self.at.clone(),
+                    });
+                }
+                Err(e) => return Err(e),
             }
+            attempt += 1;
         }
     }
 
@@ -562,8 +573,8 @@ impl Store for PgStore {
         // One query: each terminal with its newest values (in metric order).
         let sql = format!(
             "SELECT t.terminal, t.site, t.level, t.online, t.version, t.last_seen_ms,
-                coalesce(l.metrics, '{{}}'), coalesce(l.vals, '{{}}')
-             FROM terminals t LEFT JOIN latest l ON l.terminal = t.terminal
+                coalesce(t.metrics, '{{}}'), coalesce(t.vals, '{{}}')
+             FROM terminals t
              {filter}
              ORDER BY t.terminal"
         );
