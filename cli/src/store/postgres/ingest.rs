@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use ::postgres::Transaction;
 use ::postgres::binary_copy::BinaryCopyInWriter;
 use ::postgres::error::SqlState;
-use ::postgres::types::Type;
+use ::postgres::types::{ToSql, Type};
 use cuntong_core::delivery::Watermarks;
 use cuntong_core::envelope::{Event, Stream};
 use cuntong_core::terminal_id::TerminalId;
@@ -157,7 +157,8 @@ struct Terminal {
     last_seen: Option<i64>,
     /// It sent messages (new or not): its watermarks are published again.
     touched: bool,
-    /// The revision of its row as read (0: no row, or one never written by a group).
+    /// Its row was found, and its revision then.
+    exists: bool,
     revision: i64,
     streams: [Pair; 2],
     /// Its newest values as read.
@@ -178,6 +179,7 @@ impl Terminal {
             presence: None,
             last_seen: None,
             touched: false,
+            exists: false,
             revision: 0,
             streams: Default::default(),
             stored: Latest::new(),
@@ -418,26 +420,22 @@ fn read_state(
             &[topic, received, reason, payload],
         )?;
     }
-    let touched: Vec<&str> = rows
-        .terminals
-        .iter()
-        .filter(|(_, t)| t.touched)
-        .map(|(name, _)| name.as_str())
-        .collect();
-    if touched.is_empty() {
+    if rows.terminals.is_empty() {
         return Ok(());
     }
+    let names: Vec<&str> = rows.terminals.iter().map(|(n, _)| n.as_str()).collect();
     if take == Take::Locked {
-        let (mut sites, mut levels) = (vec![], vec![]);
-        for (_, t) in rows.terminals.iter().filter(|(_, t)| t.touched) {
-            sites.push(t.site.as_str());
-            levels.push(t.level);
-        }
+        let sites: Vec<&str> = rows
+            .terminals
+            .iter()
+            .map(|(_, t)| t.site.as_str())
+            .collect();
+        let levels: Vec<&str> = rows.terminals.iter().map(|(_, t)| t.level).collect();
         tx.execute(
             "INSERT INTO terminals (terminal, site, level)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
              ON CONFLICT (terminal) DO NOTHING",
-            &[&touched, &sites, &levels],
+            &[&names, &sites, &levels],
         )?;
     }
     let lock = match take {
@@ -450,10 +448,19 @@ fn read_state(
                 metrics, ts_ms, vals
              FROM terminals WHERE terminal = ANY($1) {lock}"
         ),
-        &[&touched],
+        &[&names],
     )?;
-    let gaps = tx.query(
-        "SELECT d.terminal, d.stream, d.first, d.last FROM dropped d
+    let touched: Vec<&str> = rows
+        .terminals
+        .iter()
+        .filter(|(_, t)| t.touched)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let gaps = if touched.is_empty() {
+        Vec::new()
+    } else {
+        tx.query(
+            "SELECT d.terminal, d.stream, d.first, d.last FROM dropped d
          LEFT JOIN terminals t ON t.terminal = d.terminal
          WHERE d.terminal = ANY($1) AND d.last > CASE d.stream
             WHEN 0 THEN coalesce(t.telemetry_wm, 0) ELSE coalesce(t.events_wm, 0) END
@@ -462,13 +469,15 @@ fn read_state(
          LEFT JOIN terminals t ON t.terminal = n.terminal
          WHERE n.terminal = ANY($1) AND n.first - 1 > CASE n.stream
             WHEN 0 THEN coalesce(t.telemetry_wm, 0) ELSE coalesce(t.events_wm, 0) END",
-        &[&touched],
-    )?;
+            &[&touched],
+        )?
+    };
     for r in &state {
         let Some(i) = rows.position(r.get(0)) else {
             continue;
         };
         let t = &mut rows.terminals[i].1;
+        t.exists = true;
         t.revision = r.get(1);
         for (sid, col) in [(0, 2), (1, 4)] {
             t.streams[sid].watermark = r.get(col);
@@ -482,10 +491,8 @@ fn read_state(
         }
     }
     for r in &gaps {
-        let (Some(i), Ok(sid)) = (
-            rows.position(r.get(0)),
-            usize::try_from(r.get::<_, i16>(1)),
-        ) else {
+        let (Some(i), Ok(sid)) = (rows.position(r.get(0)), usize::try_from(r.get::<_, i16>(1)))
+        else {
             continue;
         };
         if let Some(pair) = rows.terminals[i].1.streams.get_mut(sid) {
@@ -580,39 +587,115 @@ fn push_slice<T>(flat: &mut Vec<T>, items: impl IntoIterator<Item = T>) -> (i32,
     (lo, flat.len() as i32)
 }
 
+/// The columns of some terminals' rows, as arrays a statement unnests (one element a row); the
+/// runs of both streams and the newest values as slices of one flat array each.
+#[derive(Default)]
+struct Columns<'a> {
+    names: Vec<&'a str>,
+    sites: Vec<&'a str>,
+    levels: Vec<&'a str>,
+    online: Vec<bool>,
+    version: Vec<Option<&'a str>>,
+    started: Vec<Option<i64>>,
+    keep_alive: Vec<Option<i64>>,
+    seen: Vec<Option<i64>>,
+    /// 0: the row's state is not written (only presence and last reception are).
+    revision: Vec<i64>,
+    marks: [Vec<i64>; 2],
+    runs: Vec<i64>,
+    run_bounds: [(Vec<i32>, Vec<i32>); 2],
+    /// The metric names as an array literal; `None`: the newest values are not written.
+    metrics: Vec<Option<String>>,
+    ts: Vec<i64>,
+    vals: Vec<f64>,
+    value_bounds: (Vec<i32>, Vec<i32>),
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, name: &'a str, t: &'a Terminal) {
+        self.names.push(name);
+        self.sites.push(&t.site);
+        self.levels.push(t.level);
+        let p = t.presence.as_ref();
+        self.online.push(p.is_some_and(|p| p.0));
+        self.version.push(p.map(|p| p.1.as_str()));
+        self.started.push(p.map(|p| p.2));
+        self.keep_alive.push(p.map(|p| p.3));
+        self.seen.push(t.last_seen);
+        self.revision
+            .push(if t.changed { t.revision + 1 } else { 0 });
+        for (sid, pair) in t.streams.iter().enumerate() {
+            self.marks[sid].push(pair.watermark);
+            let (lo, hi) = push_slice(&mut self.runs, pair.runs.flat());
+            self.run_bounds[sid].0.push(lo);
+            self.run_bounds[sid].1.push(hi);
+        }
+        if t.latest.is_empty() {
+            self.metrics.push(None);
+            self.value_bounds.0.push(1);
+            self.value_bounds.1.push(0);
+            return;
+        }
+        self.metrics.push(Some(array_literal(t.stored.keys())));
+        let (lo, hi) = push_slice(&mut self.ts, t.stored.values().map(|e| e.0));
+        self.vals.extend(t.stored.values().map(|e| e.1));
+        self.value_bounds.0.push(lo);
+        self.value_bounds.1.push(hi);
+    }
+
+    /// The statement's parameters, in the order of [`Columns::ROWS`].
+    fn params(&self) -> [&(dyn ToSql + Sync); 21] {
+        [
+            &self.names,
+            &self.sites,
+            &self.levels,
+            &self.online,
+            &self.version,
+            &self.started,
+            &self.keep_alive,
+            &self.seen,
+            &self.revision,
+            &self.marks[0],
+            &self.marks[1],
+            &self.runs,
+            &self.run_bounds[0].0,
+            &self.run_bounds[0].1,
+            &self.run_bounds[1].0,
+            &self.run_bounds[1].1,
+            &self.metrics,
+            &self.ts,
+            &self.vals,
+            &self.value_bounds.0,
+            &self.value_bounds.1,
+        ]
+    }
+
+    /// The rows of [`Columns::params`], as a query to select from.
+    const ROWS: &'static str = r#"
+        SELECT u.terminal, u.site, u.level, u.online, u.version, u.started, u.keep_alive,
+            u.seen, u.revision, u.twm, u.ewm, ($12::bigint[])[u.tlo:u.thi] AS truns,
+            ($12::bigint[])[u.elo:u.ehi] AS eruns, u.metrics::text[] AS metrics,
+            ($18::bigint[])[u.vlo:u.vhi] AS ts, ($19::float8[])[u.vlo:u.vhi] AS vals
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
+            $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
+            $11::bigint[], $13::int[], $14::int[], $15::int[], $16::int[], $17::text[],
+            $20::int[], $21::int[])
+            AS u(terminal, site, level, online, version, started, keep_alive, seen, revision,
+                twm, ewm, tlo, thi, elo, ehi, metrics, vlo, vhi)"#;
+}
+
 /// Advances the watermarks of the touched terminals' streams, gives those terminals their
-/// watermarks, and upserts the row of every terminal of the group in one statement, in
-/// terminal order: presence and last reception merged with what is stored; the runs,
-/// watermarks and newest values (merged here: a metric's newer value replaces the older, the
-/// group's on a tie) of the terminals they changed for, under the revision read. False if one
-/// of those rows was written by another group since it was read.
+/// watermarks, merges the newest values (a metric's newer value replaces the older, the
+/// group's on a tie), and writes the row of every terminal of the group: presence and last
+/// reception merged with what is stored; the runs, watermarks and newest values of the
+/// terminals they changed for, under the revision read. An existing row is updated, a new one
+/// inserted. False if another group wrote or created one of the rows since it was read.
 fn write_terminals(
     tx: &mut Transaction<'_>,
     rows: &mut Rows,
     applied: &mut Applied,
 ) -> Result<bool, ::postgres::Error> {
-    if rows.terminals.is_empty() {
-        return Ok(true);
-    }
-    let n = rows.terminals.len();
-    let mut names: Vec<&str> = Vec::with_capacity(n);
-    let mut sites: Vec<&str> = Vec::with_capacity(n);
-    let mut levels: Vec<&str> = Vec::with_capacity(n);
-    let mut online = Vec::with_capacity(n);
-    let mut version: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut started: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut keep_alive: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut seen: Vec<Option<i64>> = Vec::with_capacity(n);
-    // 0: this row's state is not written (only presence and last reception are).
-    let mut revision: Vec<i64> = Vec::with_capacity(n);
-    let mut marks: [Vec<i64>; 2] = Default::default();
-    // The runs of both streams, and the newest values, each row's a slice of one flat array.
-    let mut runs: Vec<i64> = Vec::new();
-    let mut run_bounds: [(Vec<i32>, Vec<i32>); 2] = Default::default();
-    let mut metrics: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut values: Vec<(i64, f64)> = Vec::new();
-    let mut value_bounds: (Vec<i32>, Vec<i32>) = Default::default();
-    for (name, t) in &mut rows.terminals {
+    for (_, t) in &mut rows.terminals {
         let mut wm = Watermarks::default();
         for stream in Stream::ALL {
             let pair = &mut t.streams[stream_id(stream) as usize];
@@ -626,28 +709,6 @@ fn write_terminals(
         if t.touched {
             applied.watermarks.push((t.id, wm));
         }
-        names.push(name);
-        sites.push(&t.site);
-        levels.push(t.level);
-        let p = t.presence.as_ref();
-        online.push(p.is_some_and(|p| p.0));
-        version.push(p.map(|p| p.1.as_str()));
-        started.push(p.map(|p| p.2));
-        keep_alive.push(p.map(|p| p.3));
-        seen.push(t.last_seen);
-        revision.push(if t.changed { t.revision + 1 } else { 0 });
-        for (sid, pair) in t.streams.iter().enumerate() {
-            marks[sid].push(pair.watermark);
-            let (lo, hi) = push_slice(&mut runs, pair.runs.flat());
-            run_bounds[sid].0.push(lo);
-            run_bounds[sid].1.push(hi);
-        }
-        if t.latest.is_empty() {
-            metrics.push(None);
-            value_bounds.0.push(1);
-            value_bounds.1.push(0);
-            continue;
-        }
         for (metric, &(at, value)) in &t.latest {
             match t.stored.get_mut(metric) {
                 Some(e) if at >= e.0 => *e = (at, value),
@@ -657,73 +718,63 @@ fn write_terminals(
                 }
             }
         }
-        metrics.push(Some(array_literal(t.stored.keys())));
-        let (lo, hi) = push_slice(&mut values, t.stored.values().copied());
-        value_bounds.0.push(lo);
-        value_bounds.1.push(hi);
     }
-    let (ts, vals): (Vec<i64>, Vec<f64>) = values.into_iter().unzip();
-    let written = tx.execute(
-        r#"INSERT INTO terminals AS t (terminal, site, level, online, version, started_ms,
-            keep_alive_s, last_seen_ms, revision, telemetry_wm, events_wm, telemetry_runs,
-            events_runs, metrics, ts_ms, vals)
-         SELECT u.terminal, u.site, u.level, u.online, u.version, u.started, u.keep_alive,
-            u.seen, u.revision, u.twm, u.ewm, ($12::bigint[])[u.tlo:u.thi],
-            ($12::bigint[])[u.elo:u.ehi], u.metrics::text[], ($18::bigint[])[u.vlo:u.vhi],
-            ($19::float8[])[u.vlo:u.vhi]
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
-            $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[], $13::int[], $14::int[], $15::int[], $16::int[], $17::text[],
-            $20::int[], $21::int[])
-            AS u(terminal, site, level, online, version, started, keep_alive, seen, revision,
-                twm, ewm, tlo, thi, elo, ehi, metrics, vlo, vhi)
-         ON CONFLICT (terminal) DO UPDATE SET
-            online = CASE WHEN excluded.started_ms IS NULL THEN t.online ELSE excluded.online END,
-            version = CASE WHEN excluded.started_ms IS NULL THEN t.version
-                ELSE excluded.version END,
-            keep_alive_s = CASE WHEN excluded.started_ms IS NULL THEN t.keep_alive_s
-                ELSE excluded.keep_alive_s END,
-            started_ms = coalesce(excluded.started_ms, t.started_ms),
-            last_seen_ms = CASE WHEN excluded.last_seen_ms IS NULL THEN t.last_seen_ms
-                ELSE greatest(coalesce(t.last_seen_ms, 0), excluded.last_seen_ms) END,
-            revision = CASE WHEN excluded.revision = 0 THEN t.revision ELSE excluded.revision END,
-            telemetry_wm = CASE WHEN excluded.revision = 0 THEN t.telemetry_wm
-                ELSE excluded.telemetry_wm END,
-            events_wm = CASE WHEN excluded.revision = 0 THEN t.events_wm
-                ELSE excluded.events_wm END,
-            telemetry_runs = CASE WHEN excluded.revision = 0 THEN t.telemetry_runs
-                ELSE excluded.telemetry_runs END,
-            events_runs = CASE WHEN excluded.revision = 0 THEN t.events_runs
-                ELSE excluded.events_runs END,
-            metrics = CASE WHEN excluded.metrics IS NULL THEN t.metrics ELSE excluded.metrics END,
-            ts_ms = CASE WHEN excluded.metrics IS NULL THEN t.ts_ms ELSE excluded.ts_ms END,
-            vals = CASE WHEN excluded.metrics IS NULL THEN t.vals ELSE excluded.vals END
-         WHERE excluded.revision = 0 OR t.revision = excluded.revision - 1"#,
-        &[
-            &names,
-            &sites,
-            &levels,
-            &online,
-            &version,
-            &started,
-            &keep_alive,
-            &seen,
-            &revision,
-            &marks[0],
-            &marks[1],
-            &runs,
-            &run_bounds[0].0,
-            &run_bounds[0].1,
-            &run_bounds[1].0,
-            &run_bounds[1].1,
-            &metrics,
-            &ts,
-            &vals,
-            &value_bounds.0,
-            &value_bounds.1,
-        ],
-    )?;
-    Ok(written == n as u64)
+    let (mut update, mut insert) = (Columns::default(), Columns::default());
+    for (name, t) in &rows.terminals {
+        if t.exists {
+            update.push(name, t);
+        } else {
+            insert.push(name, t);
+        }
+    }
+    if !update.names.is_empty() {
+        let updated = tx.execute(
+            &format!(
+                "UPDATE terminals AS t SET
+                    online = CASE WHEN u.started IS NULL THEN t.online ELSE u.online END,
+                    version = CASE WHEN u.started IS NULL THEN t.version ELSE u.version END,
+                    keep_alive_s = CASE WHEN u.started IS NULL THEN t.keep_alive_s
+                        ELSE u.keep_alive END,
+                    started_ms = coalesce(u.started, t.started_ms),
+                    last_seen_ms = CASE WHEN u.seen IS NULL THEN t.last_seen_ms
+                        ELSE greatest(coalesce(t.last_seen_ms, 0), u.seen) END,
+                    revision = CASE WHEN u.revision = 0 THEN t.revision ELSE u.revision END,
+                    telemetry_wm = CASE WHEN u.revision = 0 THEN t.telemetry_wm ELSE u.twm END,
+                    events_wm = CASE WHEN u.revision = 0 THEN t.events_wm ELSE u.ewm END,
+                    telemetry_runs = CASE WHEN u.revision = 0 THEN t.telemetry_runs
+                        ELSE u.truns END,
+                    events_runs = CASE WHEN u.revision = 0 THEN t.events_runs ELSE u.eruns END,
+                    metrics = CASE WHEN u.metrics IS NULL THEN t.metrics ELSE u.metrics END,
+                    ts_ms = CASE WHEN u.metrics IS NULL THEN t.ts_ms ELSE u.ts END,
+                    vals = CASE WHEN u.metrics IS NULL THEN t.vals ELSE u.vals END
+                 FROM ({}) AS u
+                 WHERE t.terminal = u.terminal
+                   AND (u.revision = 0 OR t.revision = u.revision - 1)",
+                Columns::ROWS
+            ),
+            &update.params(),
+        )?;
+        if updated != update.names.len() as u64 {
+            return Ok(false);
+        }
+    }
+    if !insert.names.is_empty() {
+        let inserted = tx.execute(
+            &format!(
+                "INSERT INTO terminals (terminal, site, level, online, version, started_ms,
+                    keep_alive_s, last_seen_ms, revision, telemetry_wm, events_wm,
+                    telemetry_runs, events_runs, metrics, ts_ms, vals)
+                 {}
+                 ON CONFLICT (terminal) DO NOTHING",
+                Columns::ROWS
+            ),
+            &insert.params(),
+        )?;
+        if inserted != insert.names.len() as u64 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A PostgreSQL array literal of `items`, each quoted.
@@ -804,8 +855,16 @@ mod tests {
 
     #[test]
     fn metric_names_are_quoted_in_an_array_literal_whatever_they_hold() {
-        let names = ["air.temp", "a,b", "{x}", "say \"hi\"", "back\\slash", "NULL", ""]
-            .map(String::from);
+        let names = [
+            "air.temp",
+            "a,b",
+            "{x}",
+            "say \"hi\"",
+            "back\\slash",
+            "NULL",
+            "",
+        ]
+        .map(String::from);
         assert_eq!(
             array_literal(names.iter()),
             r#"{"air.temp","a,b","{x}","say \"hi\"","back\\slash","NULL",""}"#
