@@ -61,6 +61,8 @@ pub use schema::MIGRATIONS;
 const DDL_LOCK: i64 = 0x6375_6e74_6f6e_6701;
 
 const DAY_MS: i64 = 86_400_000;
+/// Groups stored between two summaries of the new ranges of the BRIN index of `messages`.
+const SUMMARISE_EVERY: u32 = 16;
 /// Days with a partition of their own: 1970-01-01 up to 9999-12-31; any other time (a clock
 /// off by centuries, a wrapped value) goes to the DEFAULT partition.
 const LAST_DAY: i64 = 2_932_896;
@@ -74,6 +76,8 @@ pub struct PgStore {
     /// another instance drops meanwhile is behind the retention cut, and what still comes for
     /// it goes to the DEFAULT partition).
     days: HashSet<String>,
+    /// Groups stored since the new ranges of the BRIN index of `messages` were summarised.
+    unsummarised: u32,
 }
 
 impl fmt::Debug for PgStore {
@@ -229,6 +233,7 @@ impl PgStore {
             client: RefCell::new(client),
             at,
             days: HashSet::new(),
+            unsummarised: 0,
         };
         // The driver logs the server's notices ("relation staging already exists, skipping"
         // every group); warnings and errors are enough.
@@ -422,6 +427,20 @@ impl PgStore {
         Ok(dropped)
     }
 
+    /// Summarises the ranges of pages of `messages` its BRIN index has no summary of yet (a
+    /// range without one is read by every query). Outside any group's transaction; a failure
+    /// only leaves those ranges to be read whole.
+    fn summarise(&mut self) {
+        let done = self.client.get_mut().query(
+            "SELECT brin_summarize_new_values(i.inhrelid::regclass)
+             FROM pg_inherits i WHERE i.inhparent = 'messages_brin'::regclass",
+            &[],
+        );
+        if let Err(e) = done {
+            tracing::warn!(at = %self.at, error = %describe(&e), "cannot summarise the index of messages");
+        }
+    }
+
     /// The day partitions of `messages`, oldest first (for tests and operators).
     pub fn partitions(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
@@ -548,7 +567,14 @@ impl Store for PgStore {
         let mut attempt = 0;
         loop {
             match self.apply_once(records, take) {
-                Ok(Some(applied)) => return Ok(applied),
+                Ok(Some(applied)) => {
+                    self.unsummarised += 1;
+                    if self.unsummarised >= SUMMARISE_EVERY {
+                        self.unsummarised = 0;
+                        self.summarise();
+                    }
+                    return Ok(applied);
+                }
                 Ok(None) if attempt < 8 => take = Take::Locked,
                 Err(e) if transient(&e) && attempt < 8 => {}
                 Ok(None) => {

@@ -214,7 +214,9 @@ CREATE TABLE instances (
     // (from `latest`), and a revision that each such write moves on (a group writes a row only
     // under the revision it read). `message_keys` (made into runs), `watermarks`, `latest` and
     // the SQL watermark function go. `messages` keeps no key: its day partitions are written
-    // in arrival order and read by time through a BRIN index.
+    // in arrival order, each group's rows in terminal order, and read through a BRIN index of
+    // (terminal, time) over ranges of 4 pages: a terminal's rows are found in the few pages of
+    // each group that hold them (`PgStore` summarises the new ranges as it goes).
     r#"
 ALTER TABLE terminals
     ADD COLUMN revision bigint NOT NULL DEFAULT 0,
@@ -254,6 +256,6 @@ DROP TABLE watermarks;
 DROP TABLE message_keys;
 DROP TABLE latest;
 ALTER TABLE messages DROP CONSTRAINT messages_pkey;
-CREATE INDEX messages_by_time ON messages USING brin (time_ms) WITH (autosummarize = on);
+CREATE INDEX messages_brin ON messages USING brin (terminal, time_ms) WITH (pages_per_range = 4);
 "#,
 ];
