@@ -9,10 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ::postgres::Transaction;
 use ::postgres::binary_copy::BinaryCopyInWriter;
 use ::postgres::error::SqlState;
 use ::postgres::types::{ToSql, Type};
+use ::postgres::{Statement, Transaction};
 use cuntong_core::delivery::Watermarks;
 use cuntong_core::envelope::{Event, Stream};
 use cuntong_core::terminal_id::TerminalId;
@@ -260,6 +260,22 @@ impl Rows {
     }
 }
 
+/// The statements a connection has prepared, by their text: each of a group's statements is
+/// parsed once a connection, not once a group.
+#[derive(Default)]
+pub(super) struct Prepared(HashMap<String, Statement>);
+
+impl Prepared {
+    fn get(&mut self, tx: &mut Transaction<'_>, sql: &str) -> Result<Statement, ::postgres::Error> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = tx.prepare(sql)?;
+        self.0.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
 /// How a group takes its terminals' rows.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Take {
@@ -281,6 +297,7 @@ impl PgStore {
     ) -> Result<Option<Applied>, StoreError> {
         let err = self.err("storing a group");
         let client = self.client.get_mut();
+        let prepared = &mut self.prepared;
         let mut tx = client.transaction().map_err(&err)?;
         let mut applied = Applied::default();
         let mut rows = Rows::new(records);
@@ -326,7 +343,7 @@ impl PgStore {
                 _ => {}
             }
         }
-        read_state(&mut tx, &mut rows, take).map_err(&err)?;
+        read_state(&mut tx, prepared, &mut rows, take).map_err(&err)?;
 
         // Which messages are new, in the group's order (the first of several copies is the one
         // stored): a seq in a stored run is a duplicate. Runs only grow, so a seq found in one
@@ -394,12 +411,12 @@ impl PgStore {
                 _ => {}
             }
         }
-        write_gaps(&mut tx, &rows).map_err(&err)?;
+        write_gaps(&mut tx, prepared, &rows).map_err(&err)?;
         // In terminal order (each terminal's in the group's): the BRIN index of a day finds a
         // terminal's rows in the few pages of each group that hold them.
         new.sort_by_key(|(i, _)| *i);
         copy_messages(&mut tx, &rows, &new).map_err(&err)?;
-        if !write_terminals(&mut tx, &mut rows, &mut applied).map_err(&err)? {
+        if !write_terminals(&mut tx, prepared, &mut rows, &mut applied).map_err(&err)? {
             tx.rollback().map_err(&err)?;
             return Ok(None);
         }
@@ -414,14 +431,16 @@ impl PgStore {
 /// terminal order, so that no other group writes them before this one commits.
 fn read_state(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     rows: &mut Rows,
     take: Take,
 ) -> Result<(), ::postgres::Error> {
     for (topic, received, reason, payload) in &rows.rejected {
-        tx.execute(
+        let statement = prepared.get(
+            tx,
             "INSERT INTO rejected (topic, received_ms, reason, payload) VALUES ($1, $2, $3, $4)",
-            &[topic, received, reason, payload],
         )?;
+        tx.execute(&statement, &[topic, received, reason, payload])?;
     }
     if rows.terminals.is_empty() {
         return Ok(());
@@ -434,25 +453,27 @@ fn read_state(
             .map(|(_, t)| t.site.as_str())
             .collect();
         let levels: Vec<&str> = rows.terminals.iter().map(|(_, t)| t.level).collect();
-        tx.execute(
+        let statement = prepared.get(
+            tx,
             "INSERT INTO terminals (terminal, site, level)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
              ON CONFLICT (terminal) DO NOTHING",
-            &[&names, &sites, &levels],
         )?;
+        tx.execute(&statement, &[&names, &sites, &levels])?;
     }
     let lock = match take {
         Take::Optimistic => "",
         Take::Locked => "ORDER BY terminal FOR UPDATE",
     };
-    let state = tx.query(
+    let statement = prepared.get(
+        tx,
         &format!(
             "SELECT terminal, revision, telemetry_wm, telemetry_runs, events_wm, events_runs,
                 metrics, ts_ms, vals
              FROM terminals WHERE terminal = ANY($1) {lock}"
         ),
-        &[&names],
     )?;
+    let state = tx.query(&statement, &[&names])?;
     let touched: Vec<&str> = rows
         .terminals
         .iter()
@@ -462,7 +483,8 @@ fn read_state(
     let gaps = if touched.is_empty() {
         Vec::new()
     } else {
-        tx.query(
+        let statement = prepared.get(
+            tx,
             "SELECT d.terminal, d.stream, d.first, d.last FROM dropped d
          LEFT JOIN terminals t ON t.terminal = d.terminal
          WHERE d.terminal = ANY($1) AND d.last > CASE d.stream
@@ -472,8 +494,8 @@ fn read_state(
          LEFT JOIN terminals t ON t.terminal = n.terminal
          WHERE n.terminal = ANY($1) AND n.first - 1 > CASE n.stream
             WHEN 0 THEN coalesce(t.telemetry_wm, 0) ELSE coalesce(t.events_wm, 0) END",
-            &[&touched],
-        )?
+        )?;
+        tx.query(&statement, &[&touched])?
     };
     for r in &state {
         let Some(i) = rows.position(r.get(0)) else {
@@ -511,7 +533,11 @@ fn read_state(
 
 /// Writes the drops and numbering starts the group brought, each table by one statement in
 /// key order.
-fn write_gaps(tx: &mut Transaction<'_>, rows: &Rows) -> Result<(), ::postgres::Error> {
+fn write_gaps(
+    tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
+    rows: &Rows,
+) -> Result<(), ::postgres::Error> {
     if !rows.dropped.is_empty() {
         let (mut t, mut s, mut f, mut l) = (vec![], vec![], vec![], vec![]);
         for ((terminal, stream, first), last) in &rows.dropped {
@@ -520,13 +546,14 @@ fn write_gaps(tx: &mut Transaction<'_>, rows: &Rows) -> Result<(), ::postgres::E
             f.push(*first);
             l.push(*last);
         }
-        tx.execute(
+        let statement = prepared.get(
+            tx,
             "INSERT INTO dropped (terminal, stream, first, last)
              SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[], $4::bigint[])
              ON CONFLICT (terminal, stream, first)
              DO UPDATE SET last = greatest(dropped.last, excluded.last)",
-            &[&t, &s, &f, &l],
         )?;
+        tx.execute(&statement, &[&t, &s, &f, &l])?;
     }
     if !rows.numbering.is_empty() {
         let (mut t, mut s, mut f) = (vec![], vec![], vec![]);
@@ -535,13 +562,14 @@ fn write_gaps(tx: &mut Transaction<'_>, rows: &Rows) -> Result<(), ::postgres::E
             s.push(*stream);
             f.push(*first);
         }
-        tx.execute(
+        let statement = prepared.get(
+            tx,
             "INSERT INTO numbering (terminal, stream, first)
              SELECT * FROM unnest($1::text[], $2::smallint[], $3::bigint[])
              ON CONFLICT (terminal, stream)
              DO UPDATE SET first = greatest(numbering.first, excluded.first)",
-            &[&t, &s, &f],
         )?;
+        tx.execute(&statement, &[&t, &s, &f])?;
     }
     Ok(())
 }
@@ -695,6 +723,7 @@ impl<'a> Columns<'a> {
 /// inserted. False if another group wrote or created one of the rows since it was read.
 fn write_terminals(
     tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
     rows: &mut Rows,
     applied: &mut Applied,
 ) -> Result<bool, ::postgres::Error> {
@@ -731,7 +760,8 @@ fn write_terminals(
         }
     }
     if !update.names.is_empty() {
-        let updated = tx.execute(
+        let statement = prepared.get(
+            tx,
             &format!(
                 "UPDATE terminals AS t SET
                     online = CASE WHEN u.started IS NULL THEN t.online ELSE u.online END,
@@ -755,14 +785,15 @@ fn write_terminals(
                    AND (u.revision = 0 OR t.revision = u.revision - 1)",
                 Columns::ROWS
             ),
-            &update.params(),
         )?;
+        let updated = tx.execute(&statement, &update.params())?;
         if updated != update.names.len() as u64 {
             return Ok(false);
         }
     }
     if !insert.names.is_empty() {
-        let inserted = tx.execute(
+        let statement = prepared.get(
+            tx,
             &format!(
                 "INSERT INTO terminals (terminal, site, level, online, version, started_ms,
                     keep_alive_s, last_seen_ms, revision, telemetry_wm, events_wm,
@@ -771,8 +802,8 @@ fn write_terminals(
                  ON CONFLICT (terminal) DO NOTHING",
                 Columns::ROWS
             ),
-            &insert.params(),
         )?;
+        let inserted = tx.execute(&statement, &insert.params())?;
         if inserted != insert.names.len() as u64 {
             return Ok(false);
         }

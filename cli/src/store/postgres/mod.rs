@@ -53,7 +53,7 @@ mod ingest;
 mod schema;
 mod state;
 
-use ingest::{Take, transient};
+use ingest::{Prepared, Take, transient};
 pub use schema::MIGRATIONS;
 
 /// The key of the advisory lock that serialises schema changes (migrations, partitions
@@ -76,6 +76,8 @@ pub struct PgStore {
     /// another instance drops meanwhile is behind the retention cut, and what still comes for
     /// it goes to the DEFAULT partition).
     days: HashSet<String>,
+    /// The statements of a group, prepared once.
+    prepared: Prepared,
     /// Groups stored since the new ranges of the BRIN index of `messages` were summarised.
     unsummarised: u32,
 }
@@ -233,6 +235,7 @@ impl PgStore {
             client: RefCell::new(client),
             at,
             days: HashSet::new(),
+            prepared: Prepared::default(),
             unsummarised: 0,
         };
         // The driver logs the server's notices ("relation staging already exists, skipping"
