@@ -1401,6 +1401,74 @@ fn concurrent_groups_of_many_terminals_in_different_orders_all_commit_and_confir
     }
 }
 
+/// Another instance in the middle of a group of terminal `A` (its row written, not committed)
+/// while this one stores `A`'s seq `seq`: waits until this store's group is blocked on that row,
+/// then kills the other instance's connection (`commit` false) or lets it commit its claim that
+/// seqs 1..=2 are stored; returns what this store's group gave.
+fn against_an_instance_mid_group(db: &Db, seq: u64, commit: bool) -> Applied {
+    let mut other = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    other.batch_execute("BEGIN").unwrap();
+    other
+        .execute(
+            "UPDATE terminals SET revision = revision + 1, telemetry_runs = '{1,2}',
+                telemetry_wm = 2 WHERE terminal = $1",
+            &[&A],
+        )
+        .unwrap();
+    let mut store = db.open();
+    let group = std::thread::spawn(move || store.apply(&[temp(A, seq, T0 + seq, "1.00")]).unwrap());
+    // Bounded: until this store's group waits for the other's row lock.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while db.scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND datname = current_database()",
+    ) == 0
+    {
+        assert!(std::time::Instant::now() < end, "the group never waited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if commit {
+        other.batch_execute("COMMIT").unwrap();
+    } else {
+        // Killed mid-transaction: the server rolls its group back.
+        drop(other);
+    }
+    group.join().unwrap()
+}
+
+/// Two instances storing one terminal at once, one of them killed in the middle of its group:
+/// nothing of the killed group counts (the other's group, which waited for it, confirms only
+/// what is stored); and when it commits instead, the waiting group is rolled back and stored
+/// again on top of it, with exact counts either way.
+#[test]
+fn a_group_waiting_on_an_instance_killed_mid_group_confirms_only_what_is_stored() {
+    let db = postgres();
+    let mut store = db.open();
+    assert_eq!(
+        counts(&store.apply(&[temp(A, 1, T0 + 1, "1.00")]).unwrap()),
+        (1, 0, 1)
+    );
+
+    // Killed: its claim on 2 is gone; 3 is stored, the watermark stays at 1.
+    let a = against_an_instance_mid_group(&db, 3, false);
+    assert_eq!(counts(&a), (1, 0, 1));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 1);
+    let a = store.apply(&[temp(A, 2, T0 + 2, "1.00")]).unwrap();
+    assert_eq!(counts(&a), (1, 0, 1));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+    assert_eq!(db.count(A, Stream::Telemetry), 3);
+
+    // Committed: the waiting group sees the other's runs once it is tried again.
+    let db = postgres();
+    let mut store = db.open();
+    store.apply(&[temp(A, 1, T0 + 1, "1.00")]).unwrap();
+    let a = against_an_instance_mid_group(&db, 3, true);
+    assert_eq!(counts(&a), (1, 0, 1));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+    let a = store.apply(&[temp(A, 2, T0 + 2, "1.00")]).unwrap();
+    assert_eq!(counts(&a), (0, 1, 0), "the other instance stored 2");
+}
+
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: partitions, retention, migrations.
 
