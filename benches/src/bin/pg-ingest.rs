@@ -91,9 +91,10 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Baseline: the same rows, binary COPY into a plain table, one transaction per group. And,
-    // to see what the keys cost, into a table keyed like `message_keys` (the one key every
-    // exact store needs), and into one with that key and the index telemetry is read by (the
-    // key of `messages`): what PgStore's messages alone cost before any per-terminal work.
+    // to see what a key a message costs, into a table keyed by (terminal, stream, seq) (what
+    // de-duplication by a key a message needs), and into one with that key and an index by
+    // (terminal, stream, time, seq) (the two keys of the store before runs of seqs): the floors
+    // under any store with a per-message B-tree.
     let mut bare = Client::connect(&bare_url, NoTls).context("connecting")?;
     bare.batch_execute(
         "CREATE TABLE bare (terminal text, stream smallint, seq bigint, time_ms bigint,

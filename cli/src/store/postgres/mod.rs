@@ -6,24 +6,22 @@
 //!   versions applied, each step in its own transaction, so a later version only appends.
 //! - `messages` is partitioned by day on `time_ms` (a partition created on demand before a group
 //!   is stored, and a DEFAULT partition for times no day partition takes, so nothing is
-//!   refused); [`PgStore::drop_before`] drops whole days. The partitioned primary key must
-//!   include `time_ms`, so the de-duplication by (terminal, stream, seq) is the separate
-//!   `message_keys` table: a group is binary-COPied into a temporary staging table, its keys
-//!   inserted with `ON CONFLICT DO NOTHING RETURNING`, and only the returned ones copied into
-//!   `messages`, all in one transaction: stored and duplicate counts are exact, also with
-//!   several connections storing one terminal's records at once.
-//! - Every row lock a group takes is taken in one order (keys, drops, numbering starts,
-//!   terminals, latest values, watermarks; each sorted), so concurrent groups wait for each
-//!   other but never deadlock. Every group upserts the row in `terminals` of each terminal it
-//!   touches before it reads or writes that terminal's newest values and watermarks: that row
-//!   lock lets one group at a time past that point for a terminal, so a watermark, advanced
-//!   after the group's own inserts, only passes records committed by then or in this
-//!   transaction, and the newest values are merged without a lost update.
-//! - Per group, one statement a table: a watermark the group's own run of seqs moves (the
-//!   common case) is set in one statement for all terminals, the general `advance_watermarks`
-//!   only runs for the pairs with a gap, a drop or a numbering start ahead; the newest values
-//!   go as one row a terminal (binary COPY of arrays into a staging table, then one upsert).
-//!   The bounds of this ingest against a bare COPY are in docs/benchmarks.md.
+//!   refused); [`PgStore::drop_before`] drops whole days. It has no per-message key: a group's
+//!   rows are binary-COPied in terminal order and found through a BRIN index of (terminal,
+//!   time) over ranges of 4 pages, summarised every [`SUMMARISE_EVERY`] groups.
+//! - De-duplication is by runs of seqs: each terminal's row in `terminals` holds, per stream,
+//!   the runs of seqs stored and the watermark, and its newest values. A group reads its
+//!   terminals' rows, decides which of its messages are new (a seq in a stored run is a
+//!   duplicate), COPies only those, and writes each row back under the `revision` it read, all
+//!   in one transaction: stored and duplicate counts are exact, and a watermark never passes a
+//!   record that is not committed, also with several connections storing one terminal's
+//!   records at once. A group that finds a row written since it read it is rolled back whole
+//!   and tried again holding its terminals' rows (`FOR UPDATE`, in terminal order, after the
+//!   drops and numbering starts, each in key order: groups holding rows wait for each other
+//!   but never deadlock; two optimistic groups that do are rolled back by PostgreSQL and tried
+//!   again like that). Runs outlive retention: a late copy of a dropped day is still a
+//!   duplicate. The bounds of this ingest against a bare COPY are in
+//!   docs/benchmarks.md.
 //! - Text keys use the "C" collation: byte order like SQLite's, and region filters are index
 //!   ranges on the site code.
 //!
