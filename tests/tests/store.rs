@@ -1535,6 +1535,35 @@ fn each_day_is_a_partition_of_its_own_and_retention_drops_only_whole_days_before
     assert_eq!(db.scalar("SELECT count(*) FROM messages"), 1);
 }
 
+/// Ranges of pages of `messages` without a BRIN summary are read by every query: the store
+/// summarises the new ones every 16 groups, so after the 16th none is left (and after the 15th
+/// some are, so the check means something).
+#[test]
+fn the_store_summarises_the_new_ranges_of_the_index_of_messages_as_it_goes() {
+    let unsummarised_after = |groups: u64| {
+        let db = postgres();
+        let mut store = db.open();
+        for g in 0..groups {
+            let group: Vec<Record> = (1..=40)
+                .flat_map(|t| {
+                    let terminal = format!("130102001{t:03}-main");
+                    (0..20).map(move |k| {
+                        let seq = g * 20 + k + 1;
+                        temp(&terminal, seq, T0 + seq * 1_000, "21.50")
+                    })
+                })
+                .collect();
+            assert_eq!(store.apply(&group).unwrap().stored, 800);
+        }
+        db.scalar(
+            "SELECT sum(brin_summarize_new_values(x.indexrelid::regclass))::bigint
+             FROM pg_index x WHERE x.indrelid = 'messages_p20251122'::regclass",
+        )
+    };
+    assert!(unsummarised_after(15) > 0);
+    assert_eq!(unsummarised_after(16), 0);
+}
+
 #[test]
 fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
     let db = postgres();

@@ -76,8 +76,10 @@ pub struct PgStore {
     days: HashSet<String>,
     /// The statements of a group, prepared once.
     prepared: Prepared,
-    /// Groups stored since the new ranges of the BRIN index of `messages` were summarised.
+    /// Groups stored since the new ranges of the BRIN index of `messages` were summarised, and
+    /// the day partitions they wrote.
     unsummarised: u32,
+    written: HashSet<String>,
 }
 
 impl fmt::Debug for PgStore {
@@ -235,6 +237,7 @@ impl PgStore {
             days: HashSet::new(),
             prepared: Prepared::default(),
             unsummarised: 0,
+            written: HashSet::new(),
         };
         // The driver logs the server's notices ("relation staging already exists, skipping"
         // every group); warnings and errors are enough.
@@ -343,9 +346,13 @@ impl PgStore {
                 continue;
             }
             last_day = Some(day);
-            if let Some((name, lo, hi)) = day_partition(t)
-                && !self.days.contains(&name)
-            {
+            let Some((name, lo, hi)) = day_partition(t) else {
+                continue;
+            };
+            if !self.written.contains(&name) {
+                self.written.insert(name.clone());
+            }
+            if !self.days.contains(&name) {
                 wanted.entry(name).or_insert((lo, hi));
             }
         }
@@ -428,14 +435,19 @@ impl PgStore {
         Ok(dropped)
     }
 
-    /// Summarises the ranges of pages of `messages` its BRIN index has no summary of yet (a
-    /// range without one is read by every query). Outside any group's transaction; a failure
-    /// only leaves those ranges to be read whole.
+    /// Summarises the ranges of pages of the partitions written since the last time (and the
+    /// DEFAULT one) that their BRIN index has no summary of yet (a range without one is read by
+    /// every query). Outside any group's transaction; a failure only leaves those ranges to be
+    /// read whole.
     fn summarise(&mut self) {
+        let mut parts: Vec<String> = self.written.drain().collect();
+        parts.push("messages_default".to_owned());
         let done = self.client.get_mut().query(
-            "SELECT brin_summarize_new_values(i.inhrelid::regclass)
-             FROM pg_inherits i WHERE i.inhparent = 'messages_brin'::regclass",
-            &[],
+            "SELECT brin_summarize_new_values(x.indexrelid::regclass)
+             FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indexrelid
+             WHERE i.inhparent = 'messages_brin'::regclass
+               AND x.indrelid IN (SELECT to_regclass(n)::oid FROM unnest($1::text[]) n)",
+            &[&parts],
         );
         if let Err(e) = done {
             tracing::warn!(at = %self.at, error = %describe(&e), "cannot summarise the index of messages");
