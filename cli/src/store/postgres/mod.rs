@@ -574,8 +574,7 @@ impl Store for PgStore {
                 .filter_map(Record::message)
                 .map(|m| m.time_ms as i64),
         )?;
-        // Optimistic first; a group that lost a race to another writer of one of its
-        // terminals is tried again holding their rows.
+        // Optimistic first.
         let mut take = Take::Optimistic;
         let mut attempt = 0;
         loop {
@@ -588,8 +587,10 @@ impl Store for PgStore {
                     }
                     return Ok(applied);
                 }
+                // Lost a race, or a deadlock between optimistic groups: again, holding the
+                // rows in terminal order.
                 Ok(None) if attempt < 8 => take = Take::Locked,
-                Err(e) if transient(&e) && attempt < 8 => {}
+                Err(e) if transient(&e) && attempt < 8 => take = Take::Locked,
                 Ok(None) => {
                     return Err(StoreError::Contended {
                         at: self.at.clone(),
