@@ -1469,6 +1469,44 @@ fn a_group_waiting_on_an_instance_killed_mid_group_confirms_only_what_is_stored(
     assert_eq!(counts(&a), (0, 1, 0), "the other instance stored 2");
 }
 
+/// Each instance remembers the rows of the terminals it stored; what another instance stored
+/// since is found out when writing: a resend to the first instance is answered with the
+/// watermark as it is now, and a seq the other stored is a duplicate, however the groups go.
+#[test]
+fn an_instance_that_remembers_a_terminal_answers_with_what_another_instance_stored_since() {
+    let db = postgres();
+    let (mut x, mut y) = (db.open(), db.open());
+    let group = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Record> {
+        seqs.map(|q| temp(A, q, T0 + q, "1.00")).collect()
+    };
+    let a = x.apply(&group(1..=3)).unwrap();
+    assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+    let a = y.apply(&group(4..=6)).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, A).unwrap().telemetry),
+        ((3, 0, 3), 6)
+    );
+    // A resend only: the watermark as it is now, not as `x` last saw it.
+    let a = x.apply(&group(2..=2)).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, A).unwrap().telemetry),
+        ((0, 1, 0), 6)
+    );
+    // `y` stores on; `x` gets a group of old and new seqs.
+    y.apply(&group(7..=8)).unwrap();
+    let a = x.apply(&group(5..=10)).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, A).unwrap().telemetry),
+        ((2, 4, 2), 10)
+    );
+    let a = y.apply(&group(10..=11)).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, A).unwrap().telemetry),
+        ((1, 1, 1), 11)
+    );
+    assert_eq!(db.count(A, Stream::Telemetry), 11);
+}
+
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: partitions, retention, migrations.
 

@@ -146,6 +146,19 @@ struct Pair {
 /// The newest values of a terminal: metric → (time, value).
 type Latest = BTreeMap<String, (i64, f64)>;
 
+/// What a connection knows of a terminal's row as of the revision it last read or wrote: its
+/// streams (watermark, runs, the drops and numbering start ahead) and newest values. A group
+/// takes it instead of reading the row; its write, under that revision, finds out whether it
+/// was still the row's (if not, the group is tried again reading the row).
+pub(super) struct Known {
+    revision: i64,
+    streams: [Pair; 2],
+    stored: Latest,
+}
+
+/// The rows a connection knows, by terminal.
+pub(super) type KnownRows = HashMap<String, Known>;
+
 /// A terminal the group brings something of.
 struct Terminal {
     id: TerminalId,
@@ -157,8 +170,10 @@ struct Terminal {
     last_seen: Option<i64>,
     /// It sent messages (new or not): its watermarks are published again.
     touched: bool,
-    /// Its row was found, and its revision then.
+    /// Its row was found (read, or known to the connection), and its revision then.
     exists: bool,
+    /// Its row was known to the connection, not read.
+    known: bool,
     revision: i64,
     streams: [Pair; 2],
     /// Its newest values as read.
@@ -180,6 +195,7 @@ impl Terminal {
             last_seen: None,
             touched: false,
             exists: false,
+            known: false,
             revision: 0,
             streams: Default::default(),
             stored: Latest::new(),
@@ -298,6 +314,7 @@ impl PgStore {
         let err = self.err("storing a group");
         let client = self.client.get_mut();
         let prepared = &mut self.prepared;
+        let known = &mut self.known;
         let mut tx = client.transaction().map_err(&err)?;
         let mut applied = Applied::default();
         let mut rows = Rows::new(records);
@@ -341,6 +358,20 @@ impl PgStore {
                     payload.to_vec(),
                 )),
                 _ => {}
+            }
+        }
+        // The rows this connection knows (taken out: put back only once committed), unless
+        // the group is tried again after a race, which reads them all.
+        for (name, t) in &mut rows.terminals {
+            let Some(k) = known.remove(name) else {
+                continue;
+            };
+            if take == Take::Optimistic {
+                t.exists = true;
+                t.known = true;
+                t.revision = k.revision;
+                t.streams = k.streams;
+                t.stored = k.stored;
             }
         }
         read_state(&mut tx, prepared, &mut rows, take).map_err(&err)?;
@@ -421,6 +452,28 @@ impl PgStore {
             return Ok(None);
         }
         tx.commit().map_err(&err)?;
+        for (name, t) in rows.terminals {
+            let revision = if t.changed || t.touched {
+                t.revision + 1
+            } else {
+                t.revision
+            };
+            let mut streams = t.streams;
+            for pair in &mut streams {
+                pair.advance = false;
+                let wm = pair.watermark;
+                pair.drops.retain(|d| d.1 > wm);
+                pair.numbering = pair.numbering.filter(|n| n - 1 > wm);
+            }
+            known.insert(
+                name,
+                Known {
+                    revision,
+                    streams,
+                    stored: t.stored,
+                },
+            );
+        }
         Ok(Some(applied))
     }
 }
@@ -445,14 +498,19 @@ fn read_state(
     if rows.terminals.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = rows.terminals.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = rows
+        .terminals
+        .iter()
+        .filter(|(_, t)| !t.known)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
     if take == Take::Locked {
-        let sites: Vec<&str> = rows
-            .terminals
-            .iter()
-            .map(|(_, t)| t.site.as_str())
-            .collect();
-        let levels: Vec<&str> = rows.terminals.iter().map(|(_, t)| t.level).collect();
+        let unknown = rows.terminals.iter().filter(|(_, t)| !t.known);
+        let sites: Vec<&str> = unknown.clone().map(|(_, t)| t.site.as_str()).collect();
+        let levels: Vec<&str> = unknown.map(|(_, t)| t.level).collect();
         let statement = prepared.get(
             tx,
             "INSERT INTO terminals (terminal, site, level)
@@ -477,7 +535,7 @@ fn read_state(
     let touched: Vec<&str> = rows
         .terminals
         .iter()
-        .filter(|(_, t)| t.touched)
+        .filter(|(_, t)| t.touched && !t.known)
         .map(|(name, _)| name.as_str())
         .collect();
     let gaps = if touched.is_empty() {
@@ -653,8 +711,13 @@ impl<'a> Columns<'a> {
         self.started.push(p.map(|p| p.2));
         self.keep_alive.push(p.map(|p| p.3));
         self.seen.push(t.last_seen);
-        self.revision
-            .push(if t.changed { t.revision + 1 } else { 0 });
+        // A terminal the group brought messages of is written under the revision read even if
+        // nothing of its state changed: the watermark it is given is then the row's.
+        self.revision.push(if t.changed || t.touched {
+            t.revision + 1
+        } else {
+            0
+        });
         for (sid, pair) in t.streams.iter().enumerate() {
             self.marks[sid].push(pair.watermark);
             let (lo, hi) = push_slice(&mut self.runs, pair.runs.flat());

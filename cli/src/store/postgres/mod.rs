@@ -51,7 +51,7 @@ mod ingest;
 mod schema;
 mod state;
 
-use ingest::{Prepared, Take, transient};
+use ingest::{KnownRows, Prepared, Take, transient};
 pub use schema::MIGRATIONS;
 
 /// The key of the advisory lock that serialises schema changes (migrations, partitions
@@ -76,6 +76,8 @@ pub struct PgStore {
     days: HashSet<String>,
     /// The statements of a group, prepared once.
     prepared: Prepared,
+    /// The rows of `terminals` this connection last read or wrote.
+    known: KnownRows,
     /// Groups stored since the new ranges of the BRIN index of `messages` were summarised, and
     /// the day partitions they wrote.
     unsummarised: u32,
@@ -236,6 +238,7 @@ impl PgStore {
             at,
             days: HashSet::new(),
             prepared: Prepared::default(),
+            known: KnownRows::new(),
             unsummarised: 0,
             written: HashSet::new(),
         };
