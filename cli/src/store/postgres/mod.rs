@@ -11,9 +11,10 @@
 //!   time) over ranges of 4 pages, summarised every [`SUMMARISE_EVERY`] groups.
 //! - De-duplication is by runs of seqs: each terminal's row in `terminals` holds, per stream,
 //!   the runs of seqs stored and the watermark, and its newest values. A group reads its
-//!   terminals' rows, decides which of its messages are new (a seq in a stored run is a
-//!   duplicate), COPies only those, and writes each row back under the `revision` it read, all
-//!   in one transaction: stored and duplicate counts are exact, and a watermark never passes a
+//!   terminals' rows (those the connection does not remember as of its last read or write),
+//!   decides which of its messages are new (a seq in a stored run is a duplicate), COPies only
+//!   those, and writes each row back under the `revision` it read or remembered, all in one
+//!   transaction: stored and duplicate counts are exact, and a watermark never passes a
 //!   record that is not committed, also with several connections storing one terminal's
 //!   records at once. A group that finds a row written since it read it is rolled back whole
 //!   and tried again holding its terminals' rows (`FOR UPDATE`, in terminal order, after the
