@@ -1,11 +1,10 @@
-//! Storing a group of records on PostgreSQL. The group first takes the row in `terminals` of
-//! each terminal it touches (upserted in terminal order: the lock that lets one group at a time
-//! past this point for a terminal), then reads what it needs of those terminals — the runs of
-//! seqs stored and the watermark of each stream (`streams`), the drops and numbering starts
-//! ahead of the watermarks, the newest values — and decides here which of its messages are new:
-//! a seq inside a stored run is a duplicate. Only the new messages are binary-COPied into
-//! `messages`; the runs, watermarks, drops, numbering starts and newest values are written back,
-//! one statement a table, all in the group's one transaction.
+//! Storing a group of records on PostgreSQL. The group takes the rows in `terminals` of its
+//! terminals — the runs of seqs stored and the watermark of each stream, the newest values and
+//! the revision — as the connection remembers them or read (with the drops and numbering starts
+//! ahead of the watermarks), and decides here which of its messages are new: a seq inside a
+//! stored run is a duplicate. Only the new messages are binary-COPied into `messages`; the
+//! drops and numbering starts are upserted, and each terminal's row is written back once, under
+//! the revision taken ([`Take`]), all in the group's one transaction.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -243,8 +243,7 @@ impl PgStore {
             unsummarised: 0,
             written: HashSet::new(),
         };
-        // The driver logs the server's notices ("relation staging already exists, skipping"
-        // every group); warnings and errors are enough.
+        // The driver logs the server's notices; warnings and errors are enough.
         store
             .client
             .borrow_mut()
