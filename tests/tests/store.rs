@@ -479,6 +479,51 @@ fn a_run_right_after_the_watermark_joins_seqs_stored_before_and_meets_drops_and_
     assert_eq!(got[0], got[1], "SQLite and PostgreSQL");
 }
 
+/// What PostgreSQL keeps as runs of seqs, SQLite as one row a message: duplicates inside a
+/// stored run and at either end of it, new seqs right before, right after, between and joining
+/// two runs, copies of one seq in one group, counted and confirmed alike.
+#[test]
+fn a_copy_inside_or_at_the_ends_of_a_stored_run_is_a_duplicate_and_new_seqs_join_runs_alike_on_both_backends()
+ {
+    let got = on_both(|db| {
+        let mut store = db.open();
+        let mut apply = |seqs: &[u64]| {
+            let group: Vec<Record> = seqs.iter().map(|q| temp(A, *q, T0 + q, "1.00")).collect();
+            let a = store.apply(&group).unwrap();
+            (a.stored, a.duplicates, marks(&a, A).unwrap().telemetry)
+        };
+        let got = vec![
+            // Runs 1..=5, 10..=12 and 20.
+            apply(&[1, 2, 3, 4, 5, 10, 11, 12, 20]),
+            // Both ends and the inside of each run, twice in one group.
+            apply(&[1, 5, 3, 10, 12, 11, 20, 20, 1]),
+            // Right after the first run, right before the second, alone between, and a copy.
+            apply(&[6, 9, 15, 15]),
+            // 7 and 8 join the first two runs; 13, 14 and 16..=19 join the rest, in reverse.
+            apply(&[8, 7]),
+            apply(&[19, 18, 17, 16, 14, 13]),
+            // Everything again: all duplicates.
+            apply(&(1..=20).collect::<Vec<_>>()),
+            apply(&[21, 20, 22]),
+        ];
+        assert_eq!(db.count(A, Stream::Telemetry), 22, "{}", db.name);
+        got
+    });
+    assert_eq!(
+        got[0],
+        [
+            (9, 0, 5),
+            (0, 9, 5),
+            (3, 1, 6),
+            (2, 0, 12),
+            (6, 0, 20),
+            (0, 20, 20),
+            (2, 1, 22),
+        ]
+    );
+    assert_eq!(got[0], got[1], "SQLite and PostgreSQL");
+}
+
 #[test]
 fn the_same_message_twice_in_one_group_is_stored_once() {
     on_both(|db| {
@@ -1356,6 +1401,112 @@ fn concurrent_groups_of_many_terminals_in_different_orders_all_commit_and_confir
     }
 }
 
+/// Another instance in the middle of a group of terminal `A` (its row written, not committed)
+/// while this one stores `A`'s seq `seq`: waits until this store's group is blocked on that row,
+/// then kills the other instance's connection (`commit` false) or lets it commit its claim that
+/// seqs 1..=2 are stored; returns what this store's group gave.
+fn against_an_instance_mid_group(db: &Db, seq: u64, commit: bool) -> Applied {
+    let mut other = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    other.batch_execute("BEGIN").unwrap();
+    other
+        .execute(
+            "UPDATE terminals SET revision = revision + 1, telemetry_runs = '{1,2}',
+                telemetry_wm = 2 WHERE terminal = $1",
+            &[&A],
+        )
+        .unwrap();
+    let mut store = db.open();
+    let group = std::thread::spawn(move || store.apply(&[temp(A, seq, T0 + seq, "1.00")]).unwrap());
+    // Bounded: until this store's group waits for the other's row lock.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while db.scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND datname = current_database()",
+    ) == 0
+    {
+        assert!(std::time::Instant::now() < end, "the group never waited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if commit {
+        other.batch_execute("COMMIT").unwrap();
+    } else {
+        // Killed mid-transaction: the server rolls its group back.
+        drop(other);
+    }
+    group.join().unwrap()
+}
+
+/// Two instances storing one terminal at once, one of them killed in the middle of its group:
+/// nothing of the killed group counts (the other's group, which waited for it, confirms only
+/// what is stored); and when it commits instead, the waiting group is rolled back and stored
+/// again on top of it, with exact counts either way.
+#[test]
+fn a_group_waiting_on_an_instance_killed_mid_group_confirms_only_what_is_stored() {
+    let db = postgres();
+    let mut store = db.open();
+    assert_eq!(
+        counts(&store.apply(&[temp(A, 1, T0 + 1, "1.00")]).unwrap()),
+        (1, 0, 1)
+    );
+
+    // Killed: its claim on 2 is gone; 3 is stored, the watermark stays at 1.
+    let a = against_an_instance_mid_group(&db, 3, false);
+    assert_eq!(counts(&a), (1, 0, 1));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 1);
+    let a = store.apply(&[temp(A, 2, T0 + 2, "1.00")]).unwrap();
+    assert_eq!(counts(&a), (1, 0, 1));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+    assert_eq!(db.count(A, Stream::Telemetry), 3);
+
+    // Committed: the waiting group sees the other's runs once it is tried again.
+    let db = postgres();
+    let mut store = db.open();
+    store.apply(&[temp(A, 1, T0 + 1, "1.00")]).unwrap();
+    let a = against_an_instance_mid_group(&db, 3, true);
+    assert_eq!(counts(&a), (1, 0, 1));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+    let a = store.apply(&[temp(A, 2, T0 + 2, "1.00")]).unwrap();
+    assert_eq!(counts(&a), (0, 1, 0), "the other instance stored 2");
+}
+
+/// Each instance remembers the rows of the terminals it stored; what another instance stored
+/// since is found out when writing: a resend to the first instance is answered with the
+/// watermark as it is now, and a seq the other stored is a duplicate, however the groups go.
+#[test]
+fn an_instance_that_remembers_a_terminal_answers_with_what_another_instance_stored_since() {
+    let db = postgres();
+    let (mut x, mut y) = (db.open(), db.open());
+    let group = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Record> {
+        seqs.map(|q| temp(A, q, T0 + q, "1.00")).collect()
+    };
+    let a = x.apply(&group(1..=3)).unwrap();
+    assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+    let a = y.apply(&group(4..=6)).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, A).unwrap().telemetry),
+        ((3, 0, 3), 6)
+    );
+    // A resend only: the watermark as it is now, not as `x` last saw it.
+    let a = x.apply(&group(2..=2)).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, A).unwrap().telemetry),
+        ((0, 1, 0), 6)
+    );
+    // `y` stores on; `x` gets a group of old and new seqs.
+    y.apply(&group(7..=8)).unwrap();
+    let a = x.apply(&group(5..=10)).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, A).unwrap().telemetry),
+        ((2, 4, 2), 10)
+    );
+    let a = y.apply(&group(10..=11)).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, A).unwrap().telemetry),
+        ((1, 1, 1), 11)
+    );
+    assert_eq!(db.count(A, Stream::Telemetry), 11);
+}
+
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: partitions, retention, migrations.
 
@@ -1399,8 +1550,7 @@ fn each_day_is_a_partition_of_its_own_and_retention_drops_only_whole_days_before
     assert_eq!(seqs, [2, 3, 4]);
     assert_eq!(pg.count(A, Stream::Telemetry).unwrap(), 3);
     assert_eq!(pg.count(A, Stream::Events).unwrap(), 0);
-    // Their keys went with them; the others still de-duplicate.
-    assert_eq!(db.scalar("SELECT count(*) FROM message_keys"), 3);
+    // The runs of seqs stored stay: the kept days still de-duplicate.
     assert_eq!(
         counts(&pg.apply(&[temp(A, 2, day0 + DAY + 1_000, "2.00")]).unwrap()),
         (0, 1, 0)
@@ -1415,6 +1565,41 @@ fn each_day_is_a_partition_of_its_own_and_retention_drops_only_whole_days_before
     assert_eq!(pg.drop_before(day0 + 3 * DAY).unwrap(), 2);
     assert!(pg.partitions().unwrap().is_empty());
     assert_eq!(db.scalar("SELECT count(*) FROM messages_default"), 1);
+    // A late copy of a dropped day is known as seen: not stored again.
+    assert_eq!(
+        counts(&pg.apply(&[temp(A, 1, day0 + 1_000, "1.00")]).unwrap()),
+        (0, 1, 0)
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM messages"), 1);
+}
+
+/// Ranges of pages of `messages` without a BRIN summary are read by every query: the store
+/// summarises the new ones every 16 groups, so after the 16th none is left (and after the 15th
+/// some are, so the check means something).
+#[test]
+fn the_store_summarises_the_new_ranges_of_the_index_of_messages_as_it_goes() {
+    let unsummarised_after = |groups: u64| {
+        let db = postgres();
+        let mut store = db.open();
+        for g in 0..groups {
+            let group: Vec<Record> = (1..=40)
+                .flat_map(|t| {
+                    let terminal = format!("130102001{t:03}-main");
+                    (0..20).map(move |k| {
+                        let seq = g * 20 + k + 1;
+                        temp(&terminal, seq, T0 + seq * 1_000, "21.50")
+                    })
+                })
+                .collect();
+            assert_eq!(store.apply(&group).unwrap().stored, 800);
+        }
+        db.scalar(
+            "SELECT sum(brin_summarize_new_values(x.indexrelid::regclass))::bigint
+             FROM pg_index x WHERE x.indrelid = 'messages_p20251122'::regclass",
+        )
+    };
+    assert!(unsummarised_after(15) > 0);
+    assert_eq!(unsummarised_after(16), 0);
 }
 
 #[test]
@@ -1457,6 +1642,90 @@ fn migrations_are_applied_once_and_a_newer_schema_is_refused() {
         matches!(err, StoreError::NewerSchema { found: 99, .. }),
         "{err}"
     );
+}
+
+/// A store written by the schema before runs (a key a message in `message_keys`, the
+/// watermarks in `watermarks`, the newest values in `latest`) keeps everything through the
+/// migration: the keys become runs (gaps kept, seqs beyond i64 too), resends of what was
+/// stored stay duplicates, and a seq filling a gap moves the watermark over the runs after it.
+#[test]
+fn a_store_of_message_keys_is_migrated_to_runs_and_keeps_de_duplicating_and_confirming() {
+    let db = postgres();
+    let mut c = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    c.batch_execute(
+        "CREATE TABLE schema_migrations (
+            version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .unwrap();
+    for (i, step) in PgStore::MIGRATIONS[..3].iter().enumerate() {
+        c.batch_execute(step).unwrap();
+        c.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .unwrap();
+    }
+    // A: telemetry 1..=3 and 5..=6, confirmed up to 3; events 1; a seq beyond i64 (stored as
+    // a negative number). B: events 2 only.
+    let day0 = (T0 - T0 % DAY) as i64;
+    c.batch_execute(&format!(
+        "CREATE TABLE messages_p20251122 PARTITION OF messages
+            FOR VALUES FROM ({day0}) TO ({});
+         INSERT INTO message_keys (terminal, stream, seq, time_ms) VALUES
+            ('{A}', 0, 1, {day0}), ('{A}', 0, 2, {day0}), ('{A}', 0, 3, {day0}),
+            ('{A}', 0, 5, {day0}), ('{A}', 0, 6, {day0}), ('{A}', 1, 1, {day0}),
+            ('{A}', 0, -9223372036854775808, {day0}), ('130102001002-main', 1, 2, {day0});
+         INSERT INTO watermarks VALUES ('{A}', 0, 3), ('{A}', 1, 1);
+         INSERT INTO latest VALUES ('{A}', '{{env.temp}}', '{{{day0}}}', '{{21.5}}');
+         INSERT INTO terminals (terminal, site, level) VALUES
+            ('{A}', '130102001001', 'village'), ('130102001002-main', '130102001002', 'village');",
+        day0 + DAY as i64
+    ))
+    .unwrap();
+    drop(c);
+
+    let mut pg = PgStore::open(db.url()).unwrap();
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM schema_migrations"),
+        PgStore::SCHEMA_VERSION
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT count(*) FROM terminals WHERE terminal = '{A}'
+             AND telemetry_runs = '{{-9223372036854775808,-9223372036854775808,1,3,5,6}}'
+             AND telemetry_wm = 3 AND events_runs = '{{1,1}}' AND events_wm = 1"
+        )),
+        1
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM terminals WHERE terminal = '130102001002-main'
+             AND events_runs = '{2,2}' AND events_wm = 0 AND telemetry_runs = '{}'"
+        ),
+        1
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM pg_class
+             WHERE relname IN ('message_keys', 'watermarks', 'latest')"
+        ),
+        0
+    );
+    let sites = pg.sites(None).unwrap();
+    assert_eq!(metric(site(&sites, A), "env.temp"), Some(21.5));
+    // Resends of what was stored are duplicates, the one beyond i64 too.
+    let resend: Vec<Record> = [1, 3, 5, 6, 1 << 63]
+        .iter()
+        .map(|q| temp(A, *q, T0 + 1, "1.00"))
+        .collect();
+    let a = pg.apply(&resend).unwrap();
+    assert_eq!(counts(&a), (0, 5, 0));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 3);
+    // 4 fills the gap: on to 6.
+    let a = pg.apply(&[temp(A, 4, T0 + 1, "1.00")]).unwrap();
+    assert_eq!(counts(&a), (1, 0, 1));
+    assert_eq!(marks(&a, A).unwrap().telemetry, 6);
+    assert_eq!(marks(&a, A).unwrap().events, 1);
 }
 
 #[test]

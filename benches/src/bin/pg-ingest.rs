@@ -1,7 +1,8 @@
 //! The store on PostgreSQL: how fast `PgStore` stores groups of telemetry, as a ratio to a bare
 //! binary COPY of the same rows into a plain table (no key, no index) in the same run on the
 //! same server, and the embedded SQLite store beside it with the same groups. Then the fleet
-//! view of the whole region (`sites --region 13`) on both.
+//! view of the whole region (`sites --region 13`) and one terminal's history (all of it, and
+//! its last hour) on both.
 //!
 //! ```sh
 //! cargo run --release -p cuntong-benches --bin pg-ingest
@@ -90,9 +91,10 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Baseline: the same rows, binary COPY into a plain table, one transaction per group. And,
-    // to see what the keys cost, into a table keyed like `message_keys` (the one key every
-    // exact store needs), and into one with that key and the index telemetry is read by (the
-    // key of `messages`): what PgStore's messages alone cost before any per-terminal work.
+    // to see what a key a message costs, into a table keyed by (terminal, stream, seq) (what
+    // de-duplication by a key a message needs), and into one with that key and an index by
+    // (terminal, stream, time, seq) (the two keys of the store before runs of seqs): the floors
+    // under any store with a per-message B-tree.
     let mut bare = Client::connect(&bare_url, NoTls).context("connecting")?;
     bare.batch_execute(
         "CREATE TABLE bare (terminal text, stream smallint, seq bigint, time_ms bigint,
@@ -125,8 +127,17 @@ fn main() -> anyhow::Result<()> {
     let mut lite = SqliteStore::open(&dir.path().join("central.db"))?;
     let lite_rate = ingest(&mut lite, &groups)?;
 
+    // The statistics autovacuum gathers on a table this size within a minute: without them
+    // the planner reads a partition whole instead of through its BRIN index.
+    Client::connect(&store_url, NoTls)?.batch_execute("ANALYZE messages")?;
     let pg_sites = time_sites(&pg, &region)?;
     let lite_sites = time_sites(&lite, &region)?;
+    // One terminal's history: all of it, and its last hour.
+    let last_hour = T0 + args.minutes.saturating_sub(60) * 60_000;
+    let pg_history = time_history(&pg, &ids[ids.len() / 2], None)?;
+    let lite_history = time_history(&lite, &ids[ids.len() / 2], None)?;
+    let pg_hour = time_history(&pg, &ids[ids.len() / 2], Some(last_hour))?;
+    let lite_hour = time_history(&lite, &ids[ids.len() / 2], Some(last_hour))?;
 
     println!("  bare binary COPY    {bare_rate:>10.0} msg/s  (baseline)");
     println!(
@@ -153,7 +164,34 @@ fn main() -> anyhow::Result<()> {
         ms(lite_sites),
         ids.len()
     );
+    println!(
+        "  telemetry, one terminal, all {} min   PostgreSQL {:>8.1} ms   SQLite {:>8.1} ms",
+        args.minutes,
+        ms(pg_history),
+        ms(lite_history)
+    );
+    println!(
+        "  telemetry, one terminal, last hour   PostgreSQL {:>8.1} ms   SQLite {:>8.1} ms",
+        ms(pg_hour),
+        ms(lite_hour)
+    );
     Ok(())
+}
+
+/// The best of three reads of one terminal's telemetry since `since_ms`.
+fn time_history(
+    store: &dyn Store,
+    terminal: &cuntong_core::terminal_id::TerminalId,
+    since_ms: Option<u64>,
+) -> anyhow::Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let rows = store.telemetry(terminal, None, since_ms)?;
+        best = best.min(start.elapsed());
+        anyhow::ensure!(!rows.is_empty(), "no telemetry");
+    }
+    Ok(best)
 }
 
 /// Binary COPY of every group into `table`, one transaction each; rows per second.

@@ -70,6 +70,10 @@ pub enum StoreError {
         "database {path} is in use by another `cuntong central`: an SQLite store has one; several central instances share a PostgreSQL store (--db postgres://…)"
     )]
     InUse { path: String },
+    /// A group of records that kept losing races to other writers of its terminals (each try
+    /// rolled back whole).
+    #[error("database {at}: a group of records kept meeting other writers of its terminals")]
+    Contended { at: String },
     #[error(
         "the {role} role has passed on (this write was made under epoch {epoch}, the role is at {current:?} now): refused"
     )]

@@ -6,24 +6,23 @@
 //!   versions applied, each step in its own transaction, so a later version only appends.
 //! - `messages` is partitioned by day on `time_ms` (a partition created on demand before a group
 //!   is stored, and a DEFAULT partition for times no day partition takes, so nothing is
-//!   refused); [`PgStore::drop_before`] drops whole days. The partitioned primary key must
-//!   include `time_ms`, so the de-duplication by (terminal, stream, seq) is the separate
-//!   `message_keys` table: a group is binary-COPied into a temporary staging table, its keys
-//!   inserted with `ON CONFLICT DO NOTHING RETURNING`, and only the returned ones copied into
-//!   `messages`, all in one transaction: stored and duplicate counts are exact, also with
-//!   several connections storing one terminal's records at once.
-//! - Every row lock a group takes is taken in one order (keys, drops, numbering starts,
-//!   terminals, latest values, watermarks; each sorted), so concurrent groups wait for each
-//!   other but never deadlock. Every group upserts the row in `terminals` of each terminal it
-//!   touches before it reads or writes that terminal's newest values and watermarks: that row
-//!   lock lets one group at a time past that point for a terminal, so a watermark, advanced
-//!   after the group's own inserts, only passes records committed by then or in this
-//!   transaction, and the newest values are merged without a lost update.
-//! - Per group, one statement a table: a watermark the group's own run of seqs moves (the
-//!   common case) is set in one statement for all terminals, the general `advance_watermarks`
-//!   only runs for the pairs with a gap, a drop or a numbering start ahead; the newest values
-//!   go as one row a terminal (binary COPY of arrays into a staging table, then one upsert).
-//!   The bounds of this ingest against a bare COPY are in docs/benchmarks.md.
+//!   refused); [`PgStore::drop_before`] drops whole days. It has no per-message key: a group's
+//!   rows are binary-COPied in terminal order and found through a BRIN index of (terminal,
+//!   time) over ranges of 4 pages, summarised every [`SUMMARISE_EVERY`] groups.
+//! - De-duplication is by runs of seqs: each terminal's row in `terminals` holds, per stream,
+//!   the runs of seqs stored and the watermark, and its newest values. A group reads its
+//!   terminals' rows (those the connection does not remember as of its last read or write),
+//!   decides which of its messages are new (a seq in a stored run is a duplicate), COPies only
+//!   those, and writes each row back under the `revision` it read or remembered, all in one
+//!   transaction: stored and duplicate counts are exact, and a watermark never passes a
+//!   record that is not committed, also with several connections storing one terminal's
+//!   records at once. A group that finds a row written since it read it is rolled back whole
+//!   and tried again holding its terminals' rows (`FOR UPDATE`, in terminal order, after the
+//!   drops and numbering starts, each in key order: groups holding rows wait for each other
+//!   but never deadlock; two optimistic groups that do are rolled back by PostgreSQL and tried
+//!   again like that). Runs outlive retention: a late copy of a dropped day is still a
+//!   duplicate. The bounds of this ingest against a bare COPY are in
+//!   docs/benchmarks.md.
 //! - Text keys use the "C" collation: byte order like SQLite's, and region filters are index
 //!   ranges on the site code.
 //!
@@ -31,7 +30,7 @@
 //! `spawn_blocking`, never on a tokio worker (it runs its own runtime and would panic).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use ::postgres::error::SqlState;
@@ -53,7 +52,7 @@ mod ingest;
 mod schema;
 mod state;
 
-use ingest::transient;
+use ingest::{KnownRows, Prepared, Take, transient};
 pub use schema::MIGRATIONS;
 
 /// The key of the advisory lock that serialises schema changes (migrations, partitions
@@ -61,6 +60,8 @@ pub use schema::MIGRATIONS;
 const DDL_LOCK: i64 = 0x6375_6e74_6f6e_6701;
 
 const DAY_MS: i64 = 86_400_000;
+/// Groups stored between two summaries of the new ranges of the BRIN index of `messages`.
+const SUMMARISE_EVERY: u32 = 16;
 /// Days with a partition of their own: 1970-01-01 up to 9999-12-31; any other time (a clock
 /// off by centuries, a wrapped value) goes to the DEFAULT partition.
 const LAST_DAY: i64 = 2_932_896;
@@ -70,6 +71,18 @@ pub struct PgStore {
     client: RefCell<Client>,
     /// The URL without its password, for errors.
     at: String,
+    /// The day partitions this connection found or created (not asked about again; a day
+    /// another instance drops meanwhile is behind the retention cut, and what still comes for
+    /// it goes to the DEFAULT partition).
+    days: HashSet<String>,
+    /// The statements of a group, prepared once.
+    prepared: Prepared,
+    /// The rows of `terminals` this connection last read or wrote.
+    known: KnownRows,
+    /// Groups stored since the new ranges of the BRIN index of `messages` were summarised, and
+    /// the day partitions they wrote.
+    unsummarised: u32,
+    written: HashSet<String>,
 }
 
 impl fmt::Debug for PgStore {
@@ -186,6 +199,8 @@ fn prefix_end(prefix: &str) -> String {
 impl PgStore {
     /// The schema version this build writes.
     pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+    /// The schema's steps, in order (a test migrates a store of an older version).
+    pub const MIGRATIONS: &'static [&'static str] = MIGRATIONS;
 
     /// Connects to the database at `url`, applying the migrations it lacks.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
@@ -222,9 +237,13 @@ impl PgStore {
         let store = PgStore {
             client: RefCell::new(client),
             at,
+            days: HashSet::new(),
+            prepared: Prepared::default(),
+            known: KnownRows::new(),
+            unsummarised: 0,
+            written: HashSet::new(),
         };
-        // The driver logs the server's notices ("relation staging already exists, skipping"
-        // every group); warnings and errors are enough.
+        // The driver logs the server's notices; warnings and errors are enough.
         store
             .client
             .borrow_mut()
@@ -323,8 +342,20 @@ impl PgStore {
     /// Creates the day partitions of `time_ms` values that have none yet.
     fn ensure_partitions(&mut self, times: impl Iterator<Item = i64>) -> Result<(), StoreError> {
         let mut wanted: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut last_day = None;
         for t in times {
-            if let Some((name, lo, hi)) = day_partition(t) {
+            let day = t.div_euclid(DAY_MS);
+            if last_day == Some(day) {
+                continue;
+            }
+            last_day = Some(day);
+            let Some((name, lo, hi)) = day_partition(t) else {
+                continue;
+            };
+            if !self.written.contains(&name) {
+                self.written.insert(name.clone());
+            }
+            if !self.days.contains(&name) {
                 wanted.entry(name).or_insert((lo, hi));
             }
         }
@@ -344,6 +375,7 @@ impl PgStore {
             .map(|r| r.get(0))
             .collect();
         if missing.is_empty() {
+            self.days.extend(wanted.into_keys());
             return Ok(());
         }
         let mut tx = client.transaction().map_err(&err)?;
@@ -365,7 +397,9 @@ impl PgStore {
                 Err(e) => return Err(err(e)),
             }
         }
-        tx.commit().map_err(&err)
+        tx.commit().map_err(&err)?;
+        self.days.extend(wanted.into_keys());
+        Ok(())
     }
 
     /// Drops the day partitions of `messages` entirely before `cut_ms` (and their keys);
@@ -389,7 +423,7 @@ impl PgStore {
             .collect();
         let mut dropped = 0;
         for name in parts {
-            let Some((lo, hi)) = partition_range(&name) else {
+            let Some((_, hi)) = partition_range(&name) else {
                 continue;
             };
             if hi > cut {
@@ -397,15 +431,30 @@ impl PgStore {
             }
             tx.batch_execute(&format!("DROP TABLE {name}"))
                 .map_err(&err)?;
-            tx.execute(
-                "DELETE FROM message_keys WHERE time_ms >= $1 AND time_ms < $2",
-                &[&lo, &hi],
-            )
-            .map_err(&err)?;
+            self.days.remove(&name);
             dropped += 1;
         }
         tx.commit().map_err(&err)?;
         Ok(dropped)
+    }
+
+    /// Summarises the ranges of pages of the partitions written since the last time (and the
+    /// DEFAULT one) that their BRIN index has no summary of yet (a range without one is read by
+    /// every query). Outside any group's transaction; a failure only leaves those ranges to be
+    /// read whole.
+    fn summarise(&mut self) {
+        let mut parts: Vec<String> = self.written.drain().collect();
+        parts.push("messages_default".to_owned());
+        let done = self.client.get_mut().query(
+            "SELECT brin_summarize_new_values(x.indexrelid::regclass)
+             FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indexrelid
+             WHERE i.inhparent = 'messages_brin'::regclass
+               AND x.indrelid IN (SELECT to_regclass(n)::oid FROM unnest($1::text[]) n)",
+            &[&parts],
+        );
+        if let Err(e) = done {
+            tracing::warn!(at = %self.at, error = %describe(&e), "cannot summarise the index of messages");
+        }
     }
 
     /// The day partitions of `messages`, oldest first (for tests and operators).
@@ -528,12 +577,31 @@ impl Store for PgStore {
                 .filter_map(Record::message)
                 .map(|m| m.time_ms as i64),
         )?;
+        // Optimistic first.
+        let mut take = Take::Optimistic;
         let mut attempt = 0;
         loop {
-            match self.apply_once(records) {
-                Err(e) if transient(&e) && attempt < 3 => attempt += 1,
-                other => return other,
+            match self.apply_once(records, take) {
+                Ok(Some(applied)) => {
+                    self.unsummarised += 1;
+                    if self.unsummarised >= SUMMARISE_EVERY {
+                        self.unsummarised = 0;
+                        self.summarise();
+                    }
+                    return Ok(applied);
+                }
+                // Lost a race, or a deadlock between optimistic groups: again, holding the
+                // rows in terminal order.
+                Ok(None) if attempt < 8 => take = Take::Locked,
+                Err(e) if transient(&e) && attempt < 8 => take = Take::Locked,
+                Ok(None) => {
+                    return Err(StoreError::Contended {
+                        at: self.at.clone(),
+                    });
+                }
+                Err(e) => return Err(e),
             }
+            attempt += 1;
         }
     }
 
@@ -548,8 +616,8 @@ impl Store for PgStore {
         // One query: each terminal with its newest values (in metric order).
         let sql = format!(
             "SELECT t.terminal, t.site, t.level, t.online, t.version, t.last_seen_ms,
-                coalesce(l.metrics, '{{}}'), coalesce(l.vals, '{{}}')
-             FROM terminals t LEFT JOIN latest l ON l.terminal = t.terminal
+                coalesce(t.metrics, '{{}}'), coalesce(t.vals, '{{}}')
+             FROM terminals t
              {filter}
              ORDER BY t.terminal"
         );
