@@ -119,10 +119,10 @@ fn delivery(url: &str) -> anyhow::Result<(i64, i64, i64, i64)> {
     let mut c = postgres::Client::connect(url, postgres::NoTls)?;
     let row = c.query_one(
         "SELECT count(*), coalesce(sum(n), 0)::bigint, coalesce(sum(hi - lo + 1 - n), 0)::bigint,
-                count(*) FILTER (WHERE w.watermark IS DISTINCT FROM hi)
+                count(*) FILTER (WHERE t.telemetry_wm IS DISTINCT FROM hi)
          FROM (SELECT terminal, count(*) AS n, min(seq) AS lo, max(seq) AS hi
                FROM messages WHERE stream = 0 GROUP BY terminal) m
-         LEFT JOIN watermarks w ON w.terminal = m.terminal AND w.stream = 0",
+         LEFT JOIN terminals t ON t.terminal = m.terminal",
         &[],
     )?;
     Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
