@@ -209,6 +209,21 @@ pub struct MeetingRun {
     pub command: Duration,
 }
 
+impl MeetingRun {
+    /// The roll call in one line.
+    pub fn roll_call(&self) -> String {
+        format!(
+            "roll call               all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; the command saw it after {} ms)",
+            self.all_ms,
+            self.p50_ms,
+            self.p99_ms,
+            self.present,
+            self.asked,
+            self.command.as_millis()
+        )
+    }
+}
+
 /// Creates and starts a meeting inviting `region` through central on `url`, waits (at most
 /// 120 s) until `n` sites have joined, runs a roll call, and ends the meeting.
 pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result<MeetingRun> {
