@@ -29,6 +29,25 @@ pub const CALL_RING_MS: u64 = 60_000;
 /// box from a call they are not on.
 pub const CALLER_ABSENT_MS: u64 = 15_000;
 
+/// The statuses a second a whole session may ask of its sites. A session with more joined
+/// sites than this many heartbeats' worth slows its heartbeat (see [`Host::media_updates`]),
+/// so that a province of 54,000 villages does not send central 5,400 statuses a second.
+pub const STATUS_BUDGET_PER_S: u64 = 1_000;
+/// The slowest heartbeat pacing sets.
+pub const MAX_HEARTBEAT_MS: u32 = 300_000;
+
+/// The heartbeat a session of `joined` sites keeps, starting from `heartbeat_ms`: doubled until
+/// the sites' statuses stay within [`STATUS_BUDGET_PER_S`] (at most [`MAX_HEARTBEAT_MS`]). It
+/// grows in steps so that a join storm changes the state a few times, not at every join.
+pub fn paced_heartbeat_ms(heartbeat_ms: u32, joined: usize) -> u32 {
+    let needed = (joined as u64).saturating_mul(1_000) / STATUS_BUDGET_PER_S;
+    let mut hb = heartbeat_ms.max(1);
+    while u64::from(hb) < needed && hb < MAX_HEARTBEAT_MS {
+        hb = hb.saturating_mul(2).min(MAX_HEARTBEAT_MS);
+    }
+    hb.max(heartbeat_ms)
+}
+
 /// Timing and limits of a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostConfig {
@@ -478,7 +497,10 @@ impl Host {
     }
 
     /// What the media flow's changes ask for: a new plan to each joined site whose relay
-    /// changed or who joined since, the forwarding table to each relay whose table changed.
+    /// changed or who joined since, the forwarding table to each relay whose table changed,
+    /// and a new state when the session outgrew its heartbeat ([`paced_heartbeat_ms`]: the
+    /// heartbeat only grows during a session, so no site is ever judged by a faster pace than
+    /// the one it was given).
     /// Call after a batch of changes: a join is answered here, so call it soon after (the
     /// central service does whenever its incoming queue runs empty, and at least every 200 ms
     /// while it does not). Its cost grows with the session, not with the changes since.
@@ -501,6 +523,12 @@ impl Host {
             .filter(|(_, r)| r.phase == SitePhase::Joined)
             .map(|(id, _)| *id)
             .collect();
+        let paced = paced_heartbeat_ms(self.state.spec.heartbeat_ms, joined.len());
+        if paced != self.state.spec.heartbeat_ms {
+            self.state.spec.heartbeat_ms = paced;
+            self.state.version += 1;
+            out.push(HostOutput::Publish(self.state.clone().into()));
+        }
         let sites = &self.sites;
         self.admitted
             .retain(|id, _| sites.get(id).is_some_and(|r| r.phase == SitePhase::Joined));
@@ -1022,22 +1050,21 @@ impl Host {
     /// The latest roll call, per known site: its latency if it answered.
     pub fn roll_call_results(&self) -> Option<RollCallResults> {
         let roll_call = self.state.roll_call?;
-        let rc = roll_call;
-        let rows = self
+        let sites = self
             .sites
             .iter()
-            .map(|(t, r)| {
-                let latency = r
-                    .answer
-                    .filter(|a| a.number == rc.number)
-                    .map(|a| a.answered_ms.saturating_sub(rc.opened_ms));
-                (*t, latency)
-            })
+            .map(|(t, r)| (*t, self.roll_call_latency(r)))
             .collect();
-        Some(RollCallResults {
-            roll_call,
-            sites: rows,
-        })
+        Some(RollCallResults { roll_call, sites })
+    }
+
+    /// How long after the latest roll call opened `site` answered it; `None` if it has not
+    /// (or there is no roll call).
+    pub fn roll_call_latency(&self, site: &SiteRecord) -> Option<u64> {
+        let rc = self.state.roll_call?;
+        site.answer
+            .filter(|a| a.number == rc.number)
+            .map(|a| a.answered_ms.saturating_sub(rc.opened_ms))
     }
 
     /// True when `t` applied the current state (it says so in its status).

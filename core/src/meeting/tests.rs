@@ -1529,3 +1529,77 @@ fn a_session_kind_reads_back_from_its_name_and_nothing_else_is_a_kind() {
         assert!(e.contains(&alloc::format!("{bad:?}")), "{e}");
     }
 }
+
+#[test]
+fn a_province_session_slows_its_heartbeat_as_it_grows_and_never_speeds_it_up() {
+    use super::host::{STATUS_BUDGET_PER_S, paced_heartbeat_ms};
+    let mut h = host(Kind::Meeting, &["13"]);
+    h.op(&Operator::Chair, ChairOp::Start, 5).unwrap();
+    let m: MeetingId = "m1".parse().unwrap();
+    let join = Uplink::Join {
+        meeting: m,
+        tier: Tier::Full,
+        rtp_port: 0,
+        media_host: None,
+        relay: None,
+    };
+    let site = |i: usize| {
+        t(&format!(
+            "13{:02}01{:03}{:03}-main",
+            1 + i / 999_000 % 11,
+            1 + i / 999 % 999,
+            1 + i % 999
+        ))
+    };
+    let mut versions = Vec::new();
+    let mut now = 10;
+    for batch in 0..27 {
+        for i in batch * 2_000..(batch + 1) * 2_000 {
+            h.uplink(site(i), join.clone(), now);
+        }
+        now += 200;
+        for o in h.media_updates() {
+            if let HostOutput::Publish(s) = o {
+                versions.push((s.version, s.spec.heartbeat_ms));
+            }
+        }
+        let joined = (batch + 1) * 2_000;
+        let hb = u64::from(h.state().spec.heartbeat_ms);
+        // Every heartbeat's statuses fit the budget, and no faster than the session began.
+        assert!(
+            joined as u64 * 1_000 / hb <= STATUS_BUDGET_PER_S,
+            "{joined} sites at {hb} ms"
+        );
+        assert!(hb >= HB, "{joined} sites at {hb} ms");
+    }
+    // 54,000 sites: 10 s → 20 s → 40 s → 80 s, each change one state publish.
+    assert_eq!(
+        versions.iter().map(|v| v.1).collect::<Vec<_>>(),
+        [20_000, 40_000, 80_000]
+    );
+    assert!(versions.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(
+        paced_heartbeat_ms(10_000, 0),
+        10_000,
+        "small sessions keep their pace"
+    );
+    assert_eq!(
+        paced_heartbeat_ms(80_000, 10),
+        80_000,
+        "a session never speeds up again"
+    );
+    // Sites are judged by the slower pace: quiet for two of the old heartbeats is no silence.
+    now += 3 * HB;
+    assert!(
+        !h.tick(now)
+            .iter()
+            .any(|o| matches!(o, HostOutput::Notice(Notice::Unreachable(_)))),
+        "no site is unreachable after 30 s of an 80 s heartbeat"
+    );
+    now += 3 * 80_000;
+    assert!(
+        h.tick(now)
+            .iter()
+            .any(|o| matches!(o, HostOutput::Notice(Notice::Unreachable(_))))
+    );
+}
