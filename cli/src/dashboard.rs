@@ -361,7 +361,7 @@ pub async fn serve_on(
         .route("/api/terminal/:id", get(terminal_detail))
         .with_state(app);
     tracing::info!(addr = %listener.local_addr()?, "dashboard listening");
-    let descriptors = cuntong_terminal::listen::Descriptors::from_limit();
+    let descriptors = cuntong_terminal::listen::Descriptors::process();
     let gate = cuntong_terminal::listen::Gate::new("dashboard", MAX_CLIENTS, &descriptors);
     cuntong_terminal::listen::serve(listener, gate, stop, move |stream, peer| {
         let service = hyper_util::service::TowerToHyperService::new(router.clone());

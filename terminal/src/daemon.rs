@@ -221,9 +221,9 @@ pub async fn run(
         cfg,
     };
     daemon.apply_sampling();
-    // Connections to the HJ 212 listener take what the open-files limit leaves after a
-    // reserve for the link, the outbox, media and the status socket.
-    let descriptors = Descriptors::from_limit();
+    // Connections to the HJ 212 listener take what the process's open-files limit leaves
+    // after a reserve for the link, the outbox, media and the status socket.
+    let descriptors = Descriptors::process();
 
     let (requests_tx, mut requests) = mpsc::channel::<status::OperatorCall>(8);
     let status_task = daemon.cfg.status_socket.clone().map(|path| {

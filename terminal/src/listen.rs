@@ -37,22 +37,30 @@ pub struct Descriptors {
 }
 
 impl Descriptors {
-    /// From this process's open-files limit: the soft limit, less what is open now, less the
-    /// [`RESERVE`] (at least one).
-    pub fn from_limit() -> Descriptors {
-        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(u64::MAX);
-        let open = std::fs::read_dir("/proc/self/fd").map_or(32, |d| d.count() as u64);
-        let total = Descriptors::budget(limit, open);
-        tracing::debug!(
-            limit,
-            open,
-            reserve = RESERVE,
-            for_connections = total,
-            "descriptor budget"
-        );
-        Descriptors::new(total)
+    /// The budget of this process, shared by every daemon it runs: from its open-files limit,
+    /// the soft limit less what was open when first asked, less the [`RESERVE`] (at least one).
+    /// Counted once per process: a simulator running thousands of terminals in one process
+    /// neither lists its thousands of descriptors at every terminal's start nor hands each
+    /// terminal a budget of its own out of the one limit they share.
+    pub fn process() -> Descriptors {
+        static PROCESS: std::sync::OnceLock<Descriptors> = std::sync::OnceLock::new();
+        PROCESS
+            .get_or_init(|| {
+                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                    .current
+                    .unwrap_or(u64::MAX);
+                let open = std::fs::read_dir("/proc/self/fd").map_or(32, |d| d.count() as u64);
+                let total = Descriptors::budget(limit, open);
+                tracing::debug!(
+                    limit,
+                    open,
+                    reserve = RESERVE,
+                    for_connections = total,
+                    "descriptor budget"
+                );
+                Descriptors::new(total)
+            })
+            .clone()
     }
 
     /// What `limit` leaves for connections with `open` descriptors open.
