@@ -133,6 +133,11 @@ pub struct LinkOptions {
     /// left for the next at once; only a whole round of failures backs off.
     pub brokers: Brokers,
     pub keep_alive: Duration,
+    /// How long a connect may take, from the TCP handshake to the broker's CONNACK (and a
+    /// write to a connected broker). Long enough for a TLS handshake over a slow rural link and
+    /// for a broker taking a province's reconnects: a terminal that gives up on a broker still
+    /// working on its connect leaves that work wasted and asks for it again.
+    pub connect_timeout: Duration,
     /// Published by the broker if this client vanishes.
     pub last_will: Option<Message>,
     /// Published after every successful connect (e.g. retained presence).
@@ -161,6 +166,7 @@ impl LinkOptions {
             client_id: client_id.into(),
             brokers: brokers.into(),
             keep_alive: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(15),
             last_will: None,
             on_connect: Vec::new(),
             subscriptions: Vec::new(),
@@ -296,7 +302,10 @@ impl Link {
             tls: opts.tls,
             last_will: opts.last_will,
         };
-        let (client, eventloop) = AsyncClient::new(connect.options(opts.brokers.first()), 8);
+        let (client, mut eventloop) = AsyncClient::new(connect.options(opts.brokers.first()), 8);
+        eventloop
+            .network_options
+            .set_connection_timeout(opts.connect_timeout.as_secs().max(1));
         let (queue_tx, queue_rx) = mpsc::channel(opts.queue_capacity.max(1));
         let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_CAPACITY);
         let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
@@ -973,6 +982,7 @@ mod tests {
             min: Duration::from_secs(20),
             max: Duration::from_secs(20),
         };
+        opts.connect_timeout = Duration::from_secs(5);
         let link = Link::start(opts).0;
         // The connect times out after 5 s; a probe would find the port open within a second
         // and connect again at once. The back-off waits at least 10 s.
