@@ -8,6 +8,10 @@
 //!   limit (20,000 here).
 //! - **The fleet as several processes**: `cuntong-sim fleet --codes FILE --region
 //!   <prefecture> --part K/N`, at most `--per-fleet` terminals each, on its prefecture's broker.
+//! - **The simulators at a lower priority** (`nice -n 10`): in the field every box has its own
+//!   CPU; here they share two cores with the brokers and central.
+//! - **The simulators' outboxes on tmpfs** (`/dev/shm`, `--fleet-data` to move them): in the
+//!   field each box writes its own storage.
 //! - **Central on PostgreSQL** (a throwaway cluster of Debian's PostgreSQL 15 unless `--db`),
 //!   with its dashboard.
 //!
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use cuntong_benches::harness::{
-    Proc, bin, central, free_port, mosquitto, region_meeting, rss_kib, spawn, wait_for, wait_online,
+    Proc, bin, central, cpu_seconds, free_port, mosquitto, region_meeting, rss_kib, spawn, wait_for,
 };
 use cuntong_e2e::postgres::Postgres;
 
@@ -54,6 +58,12 @@ struct Args {
     /// Where the configurations and logs go (default: a temporary directory, removed after).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Where the simulated boxes keep their outboxes (default: a temporary directory in
+    /// `/dev/shm` where there is one). In the field each box writes its own storage; 54,145
+    /// outboxes on one ext4 disk would measure the disk's inode allocator instead (three
+    /// times the simulators' CPU here).
+    #[arg(long)]
+    fleet_data: Option<PathBuf>,
 }
 
 /// The prefectures of `region` in the list, and their villages.
@@ -96,6 +106,33 @@ fn prefecture_broker(
     mosquitto(&format!("broker-{prefecture}"), port, &bridge, dir)
 }
 
+/// The processes whose CPU time is reported for each phase.
+const PROCESSES: [&str; 5] = [
+    "cuntong-sim",
+    "mosquitto",
+    "cuntong",
+    "postgres",
+    "province",
+];
+
+/// The CPU seconds each of [`PROCESSES`] used since `before`, as one line.
+fn cpu_since(before: &[f64], wall: Duration) -> String {
+    let now = cpu_seconds(&PROCESSES);
+    let used: Vec<f64> = now.iter().zip(before).map(|(a, b)| a - b).collect();
+    let total: f64 = used.iter().sum();
+    let parts: Vec<String> = PROCESSES
+        .iter()
+        .zip(&used)
+        .map(|(name, s)| format!("{name} {s:.0} s"))
+        .collect();
+    format!(
+        "CPU {total:.0} s in {:.0} s of wall time ({:.2} cores): {}",
+        wall.as_secs_f64(),
+        total / wall.as_secs_f64().max(0.001),
+        parts.join(", ")
+    )
+}
+
 /// One GET over HTTP/1.1; the status line and how long the whole answer took.
 fn get(addr: &str, path: &str) -> anyhow::Result<(String, Duration, usize)> {
     let t = Instant::now();
@@ -112,6 +149,24 @@ fn get(addr: &str, path: &str) -> anyhow::Result<(String, Duration, usize)> {
         .unwrap_or_default()
         .to_owned();
     Ok((status, t.elapsed(), body.len()))
+}
+
+/// Waits until `n` terminals are online in the store at `url`, counting once a second (a
+/// count, not the province's site list: the poll must not load the store it measures).
+fn wait_all_online(url: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
+    let start = Instant::now();
+    let mut online = 0;
+    while start.elapsed() < timeout {
+        online = c
+            .query_one("SELECT count(*) FROM terminals WHERE online", &[])?
+            .get::<_, i64>(0);
+        if online >= n as i64 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    bail!("only {online} of {n} terminals online")
 }
 
 /// (terminals, stored, gaps, newest not yet confirmed) of the telemetry in the store.
@@ -163,16 +218,35 @@ fn main() -> anyhow::Result<()> {
     let central_proc = central(&url, &db, &["--http", &http], d)?;
 
     // The fleet: several processes per prefecture where it has more villages than one takes.
+    let cpu_start = cpu_seconds(&PROCESSES);
     let started = Instant::now();
     let mut fleets = Vec::new();
     let codes = args.codes.to_str().context("path")?;
+    let shm = std::path::Path::new("/dev/shm");
+    let fleet_temp = match &args.fleet_data {
+        Some(_) => None,
+        None if shm.is_dir() => Some(tempfile::tempdir_in(shm)?),
+        None => None,
+    };
+    let fleet_data = match (&args.fleet_data, &fleet_temp) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(t)) => t.path().to_owned(),
+        (None, None) => d.to_owned(),
+    };
     for (p, villages) in &prefectures {
         let parts = villages.div_ceil(args.per_fleet.max(1));
         for k in 1..=parts {
-            let data = d.join(format!("fleet-{p}-{k}"));
+            let data = fleet_data.join(format!("fleet-{p}-{k}"));
+            // The simulated boxes run at a lower priority: in the field each has a CPU of its
+            // own, and here 54,145 of them would otherwise take the cores from the brokers
+            // and central they are meant to load.
+            let sim = bin("cuntong-sim")?;
             fleets.push(spawn(
-                &bin("cuntong-sim")?,
+                std::path::Path::new("nice"),
                 &[
+                    "-n",
+                    "10",
+                    sim.to_str().context("path")?,
                     "fleet",
                     "--broker",
                     &prefecture_urls[p],
@@ -206,12 +280,13 @@ fn main() -> anyhow::Result<()> {
         prefectures.len(),
         fleets.len()
     );
-    wait_online(&db, n, Duration::from_secs(600))?;
+    wait_all_online(&db, n, Duration::from_secs(600))?;
     let online = started.elapsed();
     println!(
         "  all {n} online           {:>7.1} s   (target < 120 s)",
         online.as_secs_f64()
     );
+    println!("  {}", cpu_since(&cpu_start, online));
     let rss = |procs: &[Proc]| -> u64 { procs.iter().filter_map(|p| rss_kib(p.0.id()).ok()).sum() };
     let fleet_kib = rss(&fleets);
     println!(
@@ -225,6 +300,7 @@ fn main() -> anyhow::Result<()> {
 
     // The province meeting.
     let rt = tokio::runtime::Runtime::new()?;
+    let (cpu_meeting, meeting_started) = (cpu_seconds(&PROCESSES), Instant::now());
     let m = rt.block_on(region_meeting(&url, &args.region, n))?;
     println!(
         "  meeting start → all joined {:>6} ms   ({} of {n} joined; {} state publishes, {} media plans)",
@@ -234,6 +310,7 @@ fn main() -> anyhow::Result<()> {
         m.plans
     );
     println!("  {}   (target < 5 s)", m.roll_call());
+    println!("  {}", cpu_since(&cpu_meeting, meeting_started.elapsed()));
 
     // The store read over the whole province.
     let region_arg = args.region.as_str();
@@ -266,7 +343,7 @@ fn main() -> anyhow::Result<()> {
 
     // Steady reporting: every record stored, none missing, the newest confirmed.
     let (_, before, _, _) = delivery(&db)?;
-    let steady = Instant::now();
+    let (cpu_steady, steady) = (cpu_seconds(&PROCESSES), Instant::now());
     std::thread::sleep(Duration::from_secs(args.minutes * 60));
     let (terminals, after, gaps, _) = delivery(&db)?;
     let window = steady.elapsed();
@@ -282,6 +359,7 @@ fn main() -> anyhow::Result<()> {
         stored as f64 / n as f64 / (window.as_secs_f64() / 60.0),
         confirmed.is_some()
     );
+    println!("  {}", cpu_since(&cpu_steady, window));
     let ingest_s = n as f64 / 60.0;
     println!("  ingest                  {ingest_s:.0} messages/s at one a minute per terminal");
     Ok(())
