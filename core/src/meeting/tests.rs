@@ -710,17 +710,22 @@ fn stale_and_duplicate_states_change_nothing() {
     );
 }
 
-#[test]
-fn uninvited_sites_are_refused_and_ended_sessions_refuse_joins() {
-    let mut h = host(Kind::Meeting, &["130102"]);
-    let m: MeetingId = "m1".parse().unwrap();
-    let join = Uplink::Join {
-        meeting: m,
+/// A join at full tier, receiving no media yet, from a site that relays nothing.
+fn full_join(meeting: MeetingId) -> Uplink {
+    Uplink::Join {
+        meeting,
         tier: Tier::Full,
         rtp_port: 0,
         media_host: None,
         relay: None,
-    };
+    }
+}
+
+#[test]
+fn uninvited_sites_are_refused_and_ended_sessions_refuse_joins() {
+    let mut h = host(Kind::Meeting, &["130102"]);
+    let m: MeetingId = "m1".parse().unwrap();
+    let join = full_join(m);
     let out = h.uplink(t("130103001001-main"), join.clone(), 5);
     assert!(matches!(
         &out[..],
@@ -1536,13 +1541,7 @@ fn a_province_session_slows_its_heartbeat_as_it_grows_and_never_speeds_it_up() {
     let mut h = host(Kind::Meeting, &["13"]);
     h.op(&Operator::Chair, ChairOp::Start, 5).unwrap();
     let m: MeetingId = "m1".parse().unwrap();
-    let join = Uplink::Join {
-        meeting: m,
-        tier: Tier::Full,
-        rtp_port: 0,
-        media_host: None,
-        relay: None,
-    };
+    let join = full_join(m);
     let site = |i: usize| {
         t(&format!(
             "13{:02}01{:03}{:03}-main",
