@@ -198,14 +198,25 @@ pub fn sim_fleet(
 /// Waits until central's store (a file or a `postgres://` URL) shows at least `n` terminals
 /// online; how long it took.
 pub fn wait_online(db: &str, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
+    // A count where the store is PostgreSQL, not the province's site list: the poll must not
+    // load the store it measures.
+    let mut pg = if db.starts_with("postgres://") {
+        Some(postgres::Client::connect(db, postgres::NoTls)?)
+    } else {
+        None
+    };
     let store = db.parse::<cuntong::store::Database>()?.open_read_only()?;
-    let online = || {
-        store
+    let mut online = || match &mut pg {
+        Some(c) => c
+            .query_one("SELECT count(*) FROM terminals WHERE online", &[])
+            .map_or(0, |r| r.get::<_, i64>(0) as usize),
+        None => store
             .sites(None)
             .map(|s| s.iter().filter(|r| r.online).count())
-            .unwrap_or(0)
+            .unwrap_or(0),
     };
-    // Once a second: a province's site list is not read ten times a second while it connects.
+    // Once a second: a province's terminals are not counted ten times a second while they
+    // connect.
     let start = Instant::now();
     while start.elapsed() < timeout {
         if online() >= n {
@@ -258,6 +269,35 @@ impl MeetingRun {
     }
 }
 
+/// Creates a meeting (standard definition, no chair terminal) titled `title` inviting
+/// `region` through `client`; its id.
+pub async fn create_meeting(
+    client: &mut cuntong::commands::meeting::CentralClient,
+    title: &str,
+    region: &str,
+) -> anyhow::Result<cuntong_core::meeting::MeetingId> {
+    use cuntong::control::{RequestBody, ResponseBody};
+    use cuntong_core::meeting::{Kind, MediaProfile};
+    let created = client
+        .ask(
+            RequestBody::Create {
+                title: title.into(),
+                kind: Kind::Meeting,
+                invite: vec![region.parse().map_err(anyhow::Error::msg)?],
+                at_ms: None,
+                profile: MediaProfile::named("sd").context("no sd profile")?,
+                chair: None,
+                floor_mutes_others: true,
+            },
+            Duration::from_secs(30),
+        )
+        .await?;
+    match created {
+        ResponseBody::Created { id } => Ok(id),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
 /// Creates and starts a meeting inviting `region` through central on `url`, waits (at most
 /// 120 s) until `n` sites have joined, runs a roll call, and ends the meeting.
 pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result<MeetingRun> {
@@ -265,9 +305,7 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use cuntong::commands::meeting::{CentralClient, quantile};
-    use cuntong::control::{RequestBody, ResponseBody};
     use cuntong_core::meeting::host::ChairOp;
-    use cuntong_core::meeting::{Kind, MediaProfile};
     use rumqttc::{AsyncClient, Event, Packet, QoS};
 
     // Counts what central publishes on the meeting tree and the sites' downlinks.
@@ -296,24 +334,7 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     let mut client = CentralClient::connect(brokers, None, QoS::AtLeastOnce)
         .await
         .map_err(anyhow::Error::msg)?;
-    let created = client
-        .ask(
-            RequestBody::Create {
-                title: "全省视频会议".into(),
-                kind: Kind::Meeting,
-                invite: vec![region.parse().map_err(anyhow::Error::msg)?],
-                at_ms: None,
-                profile: MediaProfile::named("sd").context("no sd profile")?,
-                chair: None,
-                floor_mutes_others: true,
-            },
-            Duration::from_secs(30),
-        )
-        .await?;
-    let id = match created {
-        ResponseBody::Created { id } => id,
-        other => bail!("unexpected answer {other:?}"),
-    };
+    let id = create_meeting(&mut client, "全省视频会议", region).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = states.load(Ordering::Relaxed);
     let started = Instant::now();

@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use cuntong_benches::harness::{
-    Proc, bin, central, cpu_seconds, free_port, mosquitto, region_meeting, rss_kib, spawn, wait_for,
+    Proc, bin, central, cpu_seconds, free_port, mosquitto, region_meeting, rss_kib, spawn,
+    wait_for, wait_online,
 };
 use cuntong_e2e::postgres::Postgres;
 
@@ -151,24 +152,6 @@ fn get(addr: &str, path: &str) -> anyhow::Result<(String, Duration, usize)> {
     Ok((status, t.elapsed(), body.len()))
 }
 
-/// Waits until `n` terminals are online in the store at `url`, counting once a second (a
-/// count, not the province's site list: the poll must not load the store it measures).
-fn wait_all_online(url: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
-    let mut c = postgres::Client::connect(url, postgres::NoTls)?;
-    let start = Instant::now();
-    let mut online = 0;
-    while start.elapsed() < timeout {
-        online = c
-            .query_one("SELECT count(*) FROM terminals WHERE online", &[])?
-            .get::<_, i64>(0);
-        if online >= n as i64 {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    bail!("only {online} of {n} terminals online")
-}
-
 /// (terminals, stored, gaps, newest not yet confirmed) of the telemetry in the store.
 fn delivery(url: &str) -> anyhow::Result<(i64, i64, i64, i64)> {
     let mut c = postgres::Client::connect(url, postgres::NoTls)?;
@@ -280,7 +263,7 @@ fn main() -> anyhow::Result<()> {
         prefectures.len(),
         fleets.len()
     );
-    wait_all_online(&db, n, Duration::from_secs(600))?;
+    wait_online(&db, n, Duration::from_secs(600))?;
     let online = started.elapsed();
     println!(
         "  all {n} online           {:>7.1} s   (target < 120 s)",

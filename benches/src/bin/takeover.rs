@@ -17,9 +17,11 @@ use clap::Parser;
 use cuntong::commands::central::InstanceJson;
 use cuntong::commands::meeting::{CentralClient, quantile};
 use cuntong::control::{RequestBody, ResponseBody};
-use cuntong_benches::harness::{Proc, bin, broker, free_port, sim_fleet, spawn, wait_for};
+use cuntong_benches::harness::{
+    Proc, bin, broker, create_meeting, free_port, sim_fleet, spawn, wait_for,
+};
+use cuntong_core::meeting::MeetingId;
 use cuntong_core::meeting::host::ChairOp;
-use cuntong_core::meeting::{Kind, MediaProfile, MeetingId};
 use cuntong_e2e::postgres::Postgres;
 
 #[derive(Parser)]
@@ -97,23 +99,7 @@ fn main() -> anyhow::Result<()> {
         let mut client = CentralClient::connect(url.parse::<cuntong_terminal::broker_url::Brokers>()?, None, rumqttc::QoS::AtLeastOnce)
             .await
             .map_err(anyhow::Error::msg)?;
-        let created = client
-            .ask(
-                RequestBody::Create {
-                    title: "县防汛例会".into(),
-                    kind: Kind::Meeting,
-                    invite: vec!["130102".parse().map_err(anyhow::Error::msg)?],
-                    at_ms: None,
-                    profile: MediaProfile::named("sd").context("no sd profile")?,
-                    chair: None,
-                    floor_mutes_others: true,
-                },
-                Duration::from_secs(10),
-            )
-            .await?;
-        let ResponseBody::Created { id } = created else {
-            bail!("unexpected answer {created:?}");
-        };
+        let id = create_meeting(&mut client, "县防汛例会", "130102").await?;
         client.op(id, ChairOp::Start).await?;
 
         // Baseline: the same operation with the holder alive.
