@@ -436,11 +436,19 @@ impl MeetingService {
                 HostOutput::Send(to, d) => match encode(&d) {
                     Ok(bytes) => {
                         let topic = Topic::terminal(&to, Channel::MeetingDown).to_string();
-                        // Plans and relay tables are the bulk of a start; the rest is urgent.
-                        let bulk =
-                            matches!(d, Downlink::Admitted { .. } | Downlink::Forward { .. });
+                        // Plans and relay tables are the bulk of a start, each the whole of
+                        // its kind for its site and meeting; the rest is urgent.
+                        let whole = match &d {
+                            Downlink::Admitted { meeting, .. } => Some((meeting, "plan")),
+                            Downlink::Forward { meeting, .. } => Some((meeting, "relay")),
+                            _ => None,
+                        };
+                        let key = whole.map(|(meeting, kind)| format!("{topic} {meeting} {kind}"));
                         let m = Message::new(topic, bytes);
-                        self.push(if bulk { m } else { m.urgent() });
+                        match key {
+                            Some(key) => self.outbound.push_replacing(key, m),
+                            None => self.push(m.urgent()),
+                        }
                     }
                     Err(e) => tracing::error!(error = %e, "cannot encode a meeting downlink"),
                 },

@@ -2,7 +2,7 @@
 //! messages (states, answers) ahead of the bulk (media plans, relay tables), the bulk keeping
 //! only the latest message per topic.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use cuntong_terminal::link::{Link, Message};
 
@@ -15,53 +15,77 @@ const OUTBOUND_MAX: usize = 200_000;
 #[derive(Default)]
 pub(super) struct Outbound {
     urgent: VecDeque<Message>,
-    bulk: Latest,
+    bulk: Bulk,
     /// Says when a lane overflows, once a minute rather than once a message.
     log: cuntong_terminal::throttle::LogLimiter,
 }
 
-/// The bulk lane: a plan or relay table supersedes the one still waiting for the same site,
-/// in its place. A province's sites re-join while their plans wait behind each other, and
-/// each re-join lays out a new plan; without this the waiting plans multiply until the lane
-/// overflows.
+/// The bulk lane, in order. A message pushed with a key (a site's plan or relay table for a
+/// meeting) carries the whole of what it says: the next one with the same key replaces it in
+/// its place while it waits. A province's sites re-join while their plans wait behind each
+/// other, and each re-join lays out a new plan; without this the waiting plans multiply
+/// until the lane overflows. Messages without a key each count and are never replaced.
 #[derive(Default)]
-struct Latest {
-    order: VecDeque<String>,
-    waiting: std::collections::HashMap<String, Message>,
+struct Bulk {
+    order: VecDeque<Entry>,
+    keyed: HashMap<String, Message>,
 }
 
-impl Latest {
+enum Entry {
+    Plain(Message),
+    Keyed(String),
+}
+
+impl Bulk {
     fn len(&self) -> usize {
         self.order.len()
     }
 
-    /// Queues `m`, or replaces what waits for its topic; false if it was full.
-    fn push(&mut self, m: Message) -> bool {
-        if let Some(w) = self.waiting.get_mut(&m.topic) {
-            *w = m;
-            return true;
-        }
+    /// Queues `m`, or replaces what waits under `key`; false if the lane was full (its oldest
+    /// message dropped).
+    fn push(&mut self, key: Option<String>, m: Message) -> bool {
+        let entry = match key {
+            Some(key) => {
+                if let Some(waiting) = self.keyed.get_mut(&key) {
+                    *waiting = m;
+                    return true;
+                }
+                self.keyed.insert(key.clone(), m);
+                Entry::Keyed(key)
+            }
+            None => Entry::Plain(m),
+        };
         let full = self.order.len() >= OUTBOUND_MAX;
-        if full && let Some(oldest) = self.order.pop_front() {
-            self.waiting.remove(&oldest);
+        // The oldest entry goes, plain or keyed.
+        if full && let Some(Entry::Keyed(oldest)) = self.order.pop_front() {
+            self.keyed.remove(&oldest);
         }
-        self.order.push_back(m.topic.clone());
-        self.waiting.insert(m.topic.clone(), m);
+        self.order.push_back(entry);
         !full
     }
 
-    fn pop_front(&mut self) -> Option<Message> {
-        while let Some(topic) = self.order.pop_front() {
-            if let Some(m) = self.waiting.remove(&topic) {
-                return Some(m);
+    fn pop_front(&mut self) -> Option<(Option<String>, Message)> {
+        while let Some(entry) = self.order.pop_front() {
+            match entry {
+                Entry::Plain(m) => return Some((None, m)),
+                Entry::Keyed(key) => {
+                    if let Some(m) = self.keyed.remove(&key) {
+                        return Some((Some(key), m));
+                    }
+                }
             }
         }
         None
     }
 
-    fn push_front(&mut self, m: Message) {
-        self.order.push_front(m.topic.clone());
-        self.waiting.insert(m.topic.clone(), m);
+    fn push_front(&mut self, key: Option<String>, m: Message) {
+        self.order.push_front(match key {
+            Some(key) => {
+                self.keyed.insert(key.clone(), m);
+                Entry::Keyed(key)
+            }
+            None => Entry::Plain(m),
+        });
     }
 }
 
@@ -70,7 +94,18 @@ impl Outbound {
         self.urgent.len() + self.bulk.len()
     }
 
+    /// Queues `m` in its lane (urgent or bulk); each message counts.
     pub(super) fn push(&mut self, m: Message) {
+        self.queue(None, m);
+    }
+
+    /// Queues `m` on the bulk lane in place of what still waits under `key`: for messages
+    /// that carry the whole of something (a site's plan for a meeting, a relay's table).
+    pub(super) fn push_replacing(&mut self, key: String, m: Message) {
+        self.queue(Some(key), m);
+    }
+
+    fn queue(&mut self, key: Option<String>, m: Message) {
         // Sites repeat what they need (joins, statuses); states are republished on the next
         // change or reconnect: the oldest waiting message is the one to drop.
         let kept = if m.urgent {
@@ -81,7 +116,7 @@ impl Outbound {
             self.urgent.push_back(m);
             !full
         } else {
-            self.bulk.push(m)
+            self.bulk.push(key, m)
         };
         if !kept && let Some(more) = self.log.allow("outbound full") {
             tracing::warn!("meeting outbound queue full: dropping the oldest message{more}");
@@ -90,7 +125,9 @@ impl Outbound {
 
     #[cfg(test)]
     pub(super) fn pop_front(&mut self) -> Option<Message> {
-        self.urgent.pop_front().or_else(|| self.bulk.pop_front())
+        self.urgent
+            .pop_front()
+            .or_else(|| self.bulk.pop_front().map(|(_, m)| m))
     }
 
     /// Hands the link as much as it takes now, each lane in order; the rest waits.
@@ -104,10 +141,10 @@ impl Outbound {
                 return;
             }
         }
-        while let Some(m) = self.bulk.pop_front() {
+        while let Some((key, m)) = self.bulk.pop_front() {
             if let Err(e) = link.try_publish(m.clone()) {
                 if e == PublishError::Full {
-                    self.bulk.push_front(m);
+                    self.bulk.push_front(key, m);
                 }
                 return;
             }
@@ -143,24 +180,50 @@ mod tests {
         let mut out = Outbound::default();
         for round in 0..5u8 {
             for k in 0..3 {
-                out.push(Message::new(format!("plan/{k}"), vec![round]));
+                let m = Message::new(format!("md/{k}"), vec![round]);
+                out.push_replacing(format!("md/{k} plan"), m);
             }
         }
         out.push(Message::new("answer/1", vec![1]).urgent());
         out.push(Message::new("answer/1", vec![2]).urgent());
         assert_eq!(out.len(), 5, "three plans, and both answers");
-        let order: Vec<(String, Vec<u8>)> = std::iter::from_fn(|| out.pop_front())
-            .map(|m| (m.topic, m.payload.to_vec()))
-            .collect();
         assert_eq!(
-            order,
+            drained(&mut out),
             [
                 ("answer/1".to_owned(), vec![1]),
                 ("answer/1".to_owned(), vec![2]),
-                ("plan/0".to_owned(), vec![4]),
-                ("plan/1".to_owned(), vec![4]),
-                ("plan/2".to_owned(), vec![4]),
+                ("md/0".to_owned(), vec![4]),
+                ("md/1".to_owned(), vec![4]),
+                ("md/2".to_owned(), vec![4]),
             ]
         );
+    }
+
+    #[test]
+    fn only_a_message_of_the_same_key_replaces_one_others_on_its_topic_all_go_out() {
+        let mut out = Outbound::default();
+        // A relay's plan and its relay table share its downlink topic; so do two notices.
+        out.push_replacing("md/r m1 plan".into(), Message::new("md/r", vec![1]));
+        out.push_replacing("md/r m1 relay".into(), Message::new("md/r", vec![2]));
+        out.push_replacing("md/r m2 plan".into(), Message::new("md/r", vec![3]));
+        out.push(Message::new("nt/r", vec![4]));
+        out.push(Message::new("nt/r", vec![5]));
+        out.push_replacing("md/r m1 relay".into(), Message::new("md/r", vec![6]));
+        assert_eq!(
+            drained(&mut out),
+            [
+                ("md/r".to_owned(), vec![1]),
+                ("md/r".to_owned(), vec![6]),
+                ("md/r".to_owned(), vec![3]),
+                ("nt/r".to_owned(), vec![4]),
+                ("nt/r".to_owned(), vec![5]),
+            ]
+        );
+    }
+
+    fn drained(out: &mut Outbound) -> Vec<(String, Vec<u8>)> {
+        std::iter::from_fn(|| out.pop_front())
+            .map(|m| (m.topic, m.payload.to_vec()))
+            .collect()
     }
 }
