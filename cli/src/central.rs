@@ -439,7 +439,9 @@ pub async fn run(
     link_opts.subscribe_qos = opts.subscribe_qos;
     link_opts.incoming_capacity = 1024;
     link_opts.queue_capacity = 8192;
-    link_opts.keep_alive = Duration::from_secs(15);
+    // A ping's answer waits behind what the broker sent before it: a province's join storm
+    // must not cost central its connection (and the chair its answers).
+    link_opts.keep_alive = Duration::from_secs(30);
     link_opts.tls = opts
         .tls
         .as_ref()

@@ -34,6 +34,7 @@
 extern crate alloc;
 
 pub mod alarm;
+pub mod backoff;
 pub mod command;
 pub mod decimal;
 pub mod delivery;

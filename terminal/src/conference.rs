@@ -313,7 +313,7 @@ impl Conference {
         let pcfg = ParticipantConfig {
             accept: cfg.accept,
             reconnect_grace_ms: 10_000,
-            join_retry_ms: 3_000,
+            join_retry: cuntong_core::meeting::participant::JOIN_RETRY,
             tier: cfg.tier.unwrap_or(Tier::Full),
             rtp_port: cfg.rtp_port,
             media_host: cfg.media_host.clone(),

@@ -97,33 +97,7 @@ pub struct Incoming {
     pub retain: bool,
 }
 
-/// Reconnect back-off: doubles from `min` to `max`, each wait drawn in `[d/2, d]`.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before reconnect attempt `attempt` (0 = first retry), with jitter.
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(1u32 << attempt.min(20))
-            .min(self.max);
-        let half = base / 2;
-        half + rng.gen_range(Duration::ZERO..=half)
-    }
-}
+pub use cuntong_core::backoff::Backoff;
 
 /// How to connect.
 #[derive(Clone, Debug)]
@@ -614,7 +588,7 @@ async fn poll_task(
                 }
                 // A whole round of a cluster's failures backs off as one broker's failures do.
                 let round = failures / brokers.len().max(1) as u32;
-                let wait = backoff.delay(round, &mut rng);
+                let wait = backoff.delay(round, rng.r#gen());
                 failures = failures.saturating_add(1);
                 if brokers.len() > 1 {
                     current = (current + 1) % brokers.len();
@@ -1107,19 +1081,5 @@ mod tests {
         let status = link.status();
         assert!(status.connected && status.connects == 1, "{status:?}");
         link.shutdown();
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap() {
-        let b = Backoff {
-            min: Duration::from_secs(1),
-            max: Duration::from_secs(8),
-        };
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        for (attempt, base) in [(0, 1), (1, 2), (2, 4), (3, 8), (4, 8), (30, 8)] {
-            let d = b.delay(attempt, &mut rng);
-            let base = Duration::from_secs(base);
-            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
-        }
     }
 }

@@ -131,9 +131,36 @@ pub fn version(conn: &Connection) -> Result<u32, StoreError> {
     Ok(u32::try_from(v).unwrap_or(u32::MAX))
 }
 
+/// How long opening waits for other processes opening or migrating the same store.
+const MIGRATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Brings the store at `path` (open on `conn`) to [`VERSION`]; refuses a store a newer
 /// cuntong wrote, which this one could damage.
+///
+/// Several processes may open a new store at once (central and a read command, two
+/// instances). SQLite answers some of those races "busy" at once rather than through the
+/// connection's busy handler (switching a new file to WAL, a write lock wanted over a stale
+/// snapshot), so a busy step is tried again, for up to [`MIGRATE_WAIT`].
 pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + MIGRATE_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match migrate_once(conn, path) {
+            Err(StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            done => return done,
+        }
+    }
+}
+
+fn migrate_once(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
     loop {
         // The version is read under the write lock, so two processes opening one store at
@@ -181,9 +208,16 @@ mod tests {
 
     #[test]
     fn two_processes_opening_a_new_store_at_once_apply_each_step_once() {
+        // Many rounds: the races SQLite answers "busy" at once are rare in any one.
+        for _ in 0..20 {
+            opening_a_new_store_at_once(8);
+        }
+    }
+
+    fn opening_a_new_store_at_once(processes: usize) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        let opens: Vec<_> = (0..4)
+        let opens: Vec<_> = (0..processes)
             .map(|_| {
                 let path = path.clone();
                 std::thread::spawn(move || {

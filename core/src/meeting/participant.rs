@@ -5,18 +5,21 @@
 //!
 //! [`Participant::handle`] takes an [`Input`] and the time and returns [`Output`]s: uplink
 //! messages to publish and [`MediaCommand`]s for the media engine. It repeats its join until
-//! admitted and its status on every heartbeat of the session (the host sets the pace), so lost messages cost a heartbeat, never
+//! admitted (backing off, each site at its own pace) and its status on every heartbeat of the
+//! session (the host sets the pace), so lost messages cost a retry, never
 //! correctness; after a reconnect it re-announces itself and drops sessions whose retained
 //! state did not come back (they ended while it was away).
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::time::Duration;
 
 use super::{
     Answer, Applied, Downlink, Hand, Kind, MediaPlan, MediaProfile, MeetingId, MeetingState,
     Status, Tier, Uplink,
 };
+use crate::backoff::{Backoff, spread};
 use crate::terminal_id::TerminalId;
 
 /// Which invitations a terminal accepts without anybody at the box.
@@ -30,6 +33,12 @@ pub enum AcceptPolicy {
     Manual,
 }
 
+/// The default for [`ParticipantConfig::join_retry`].
+pub const JOIN_RETRY: Backoff = Backoff {
+    min: Duration::from_secs(3),
+    max: Duration::from_secs(60),
+};
+
 /// How a participant behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParticipantConfig {
@@ -37,8 +46,10 @@ pub struct ParticipantConfig {
     /// After a reconnect, how long the retained states have to come back before the sessions
     /// they do not bring back are taken as ended.
     pub reconnect_grace_ms: u64,
-    /// How often an unanswered join is repeated.
-    pub join_retry_ms: u64,
+    /// When an unanswered join is repeated: from 3 s, doubling to a minute, each site at its
+    /// own point of the range. A province's 54,000 sites waiting for their plans at a fixed
+    /// 3 s would send 18,000 joins a second to a host busy laying them out.
+    pub join_retry: Backoff,
     /// What the link carries now.
     pub tier: Tier,
     /// Where this terminal receives media.
@@ -54,7 +65,7 @@ impl Default for ParticipantConfig {
         ParticipantConfig {
             accept: AcceptPolicy::Scheduled,
             reconnect_grace_ms: 10_000,
-            join_retry_ms: 3_000,
+            join_retry: JOIN_RETRY,
             tier: Tier::Full,
             rtp_port: 0,
             media_host: None,
@@ -104,7 +115,9 @@ pub struct Session {
     /// The host's answer to this box's last chair operation: the operation, and why it was
     /// refused if it was.
     pub chair_answer: Option<(String, Option<String>)>,
-    last_join_ms: u64,
+    /// Joins sent since the site last started joining, and when the next is due.
+    joins_sent: u32,
+    next_join_ms: u64,
     last_status_ms: u64,
     /// The state version the last status reported.
     reported: u64,
@@ -113,6 +126,13 @@ pub struct Session {
 }
 
 impl Session {
+    /// Joining (again) from the start: a join now, the retries from the shortest wait.
+    fn start_joining(&mut self) {
+        self.phase = Phase::Joining;
+        self.joins_sent = 0;
+        self.next_join_ms = 0;
+    }
+
     fn media_on(&self) -> bool {
         self.phase == Phase::Joined && self.state.status == Status::Live && self.plan.is_some()
     }
@@ -249,8 +269,7 @@ impl Participant {
                     && matches!(s.phase, Phase::Invited | Phase::Declined | Phase::Left)
                     && s.state.status != Status::Ended
                 {
-                    s.phase = Phase::Joining;
-                    s.last_join_ms = 0;
+                    s.start_joining();
                     self.announce(&id, now_ms, &mut out);
                 }
             }
@@ -311,8 +330,7 @@ impl Participant {
                         .collect();
                     for id in joined {
                         if let Some(s) = self.sessions.get_mut(&id) {
-                            s.phase = Phase::Joining;
-                            s.last_join_ms = 0;
+                            s.start_joining();
                         }
                         self.announce(&id, now_ms, &mut out);
                     }
@@ -350,7 +368,8 @@ impl Participant {
                         answer: None,
                         hand: Hand::default(),
                         chair_answer: None,
-                        last_join_ms: 0,
+                        joins_sent: 0,
+                        next_join_ms: 0,
                         last_status_ms: 0,
                         reported: 0,
                         confirm_by: None,
@@ -367,8 +386,7 @@ impl Participant {
             return;
         }
         if s.phase == Phase::Invited && auto_accepts(accept, &me, &s.state) {
-            s.phase = Phase::Joining;
-            s.last_join_ms = 0;
+            s.start_joining();
             self.announce(&id, now_ms, out);
             return;
         }
@@ -403,8 +421,7 @@ impl Participant {
                 if let Some(s) = self.sessions.get_mut(&meeting)
                     && s.phase == Phase::Joined
                 {
-                    s.phase = Phase::Joining;
-                    s.last_join_ms = 0;
+                    s.start_joining();
                     self.announce(&meeting, now_ms, out);
                 }
             }
@@ -442,7 +459,7 @@ impl Participant {
                 continue;
             }
             match s.phase {
-                Phase::Joining if now_ms >= s.last_join_ms + self.cfg.join_retry_ms => {
+                Phase::Joining if now_ms >= s.next_join_ms => {
                     self.announce(&id, now_ms, out);
                 }
                 Phase::Joined
@@ -507,12 +524,19 @@ impl Participant {
 
     /// Says the site is here: its join while joining, its status once joined.
     fn announce(&mut self, id: &MeetingId, now_ms: u64, out: &mut Vec<Output>) {
+        let me = self.me;
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
         match s.phase {
             Phase::Joining => {
-                s.last_join_ms = now_ms;
+                let wait = self
+                    .cfg
+                    .join_retry
+                    .delay(s.joins_sent, spread(&(me, id, s.joins_sent)));
+                s.joins_sent = s.joins_sent.saturating_add(1);
+                s.next_join_ms =
+                    now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
                 out.push(Output::Send(Uplink::Join {
                     meeting: *id,
                     tier: self.cfg.tier,

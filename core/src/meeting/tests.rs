@@ -47,7 +47,7 @@ fn pcfg(accept: AcceptPolicy) -> ParticipantConfig {
     ParticipantConfig {
         accept,
         reconnect_grace_ms: HB,
-        join_retry_ms: 3_000,
+        join_retry: participant::JOIN_RETRY,
         tier: Tier::Full,
         rtp_port: 5004,
         media_host: None,
@@ -627,6 +627,94 @@ fn a_status_the_host_cannot_place_asks_the_site_to_join_again() {
     let s = w.host.state().clone();
     w.deliver_to(0, Input::State(s.into()));
     assert!(w.host.converged(&a));
+}
+
+/// A started session and its state, as the sites receive it.
+fn live(invite: &[&str]) -> (Host, alloc::boxed::Box<MeetingState>) {
+    let mut h = host(Kind::Meeting, invite);
+    let out = h.op(&Operator::Chair, ChairOp::Start, 1_000).unwrap();
+    let state = out
+        .into_iter()
+        .find_map(|o| match o {
+            HostOutput::Publish(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    (h, state)
+}
+
+/// When a participant sends its joins over `ms` of ticks every 100 ms, nothing answering.
+fn join_times(p: &mut Participant, from: u64, ms: u64) -> Vec<u64> {
+    (from..from + ms)
+        .step_by(100)
+        .filter(|now| {
+            p.handle(Input::Tick, *now)
+                .iter()
+                .any(|o| matches!(o, Output::Send(Uplink::Join { .. })))
+        })
+        .collect()
+}
+
+#[test]
+fn unanswered_joins_back_off_to_a_minute_each_site_at_its_own_pace_and_start_over_when_asked() {
+    let (mut host, state) = live(&["130102"]);
+    let sites: Vec<Participant> = (1..=200)
+        .map(|k| {
+            let mut p =
+                Participant::new(t(&format!("130102{k:03}001-main")), pcfg(AcceptPolicy::All));
+            let out = p.handle(Input::State(state.clone()), 1_000);
+            assert!(
+                out.iter()
+                    .any(|o| matches!(o, Output::Send(Uplink::Join { .. })))
+            );
+            p
+        })
+        .collect();
+    let mut first_retries = Vec::new();
+    for mut p in sites {
+        let mut times = vec![1_000];
+        times.extend(join_times(&mut p, 1_100, 600_000));
+        // Each wait is within the upper half of its doubling: 3, 6, 12, 24, 48, then 60 s.
+        for (k, pair) in times.windows(2).enumerate() {
+            let full = 3_000u64.saturating_mul(1 << k.min(10)).min(60_000);
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap + 100 >= full / 2 && gap <= full + 100,
+                "retry {k} of {}: {gap} ms ({times:?})",
+                p.id()
+            );
+        }
+        assert!(
+            (13..=22).contains(&times.len()),
+            "{} joins in 10 min",
+            times.len()
+        );
+        first_retries.push(times[1]);
+        // Asked to join again after being admitted: a join at once, the retries short again.
+        let meeting = state.spec.id;
+        let mut out = host.uplink(*p.id(), full_join(meeting), 700_000);
+        out.extend(host.media_updates());
+        let plan = out
+            .into_iter()
+            .find_map(|o| match o {
+                HostOutput::Send(_, d @ Downlink::Admitted { .. }) => Some(d),
+                _ => None,
+            })
+            .unwrap();
+        p.handle(Input::Downlink(plan), 700_000);
+        assert_eq!(p.session(&meeting).unwrap().phase, Phase::Joined);
+        let out = p.handle(Input::Downlink(Downlink::Rejoin { meeting }), 700_000);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Send(Uplink::Join { .. })))
+        );
+        let again = join_times(&mut p, 700_100, 3_100);
+        assert_eq!(again.len(), 1, "the first retry within 3 s: {again:?}");
+    }
+    // The sites' first retries spread over [2.5 s, 4 s], not in one instant.
+    first_retries.sort_unstable();
+    first_retries.dedup();
+    assert!(first_retries.len() >= 12, "{first_retries:?}");
 }
 
 #[test]
@@ -1262,7 +1350,9 @@ mod convergence {
                 }
                 net.site_in(i, Input::Accept(mid));
             }
-            for _ in 0..4 {
+            // Within four heartbeats, and the longest a site waits between joins.
+            let heal = 4 * HB + participant::JOIN_RETRY.max.as_millis() as u64;
+            for _ in 0..heal.div_ceil(HB) {
                 while !net.queue.is_empty() {
                     let m = net.queue.remove(0);
                     net.deliver(m);
