@@ -342,6 +342,13 @@ pub async fn run(
     let button_clock = std::time::Instant::now();
     let mut button_tick = tokio::time::interval(crate::duty_button::POLL);
     button_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Under systemd: ready now (the config was valid, the outbox is open), then a ping from
+    // this loop, so that a loop that hangs is restarted.
+    let service = crate::service::Service::from_env();
+    let ping_every = service.ping_every();
+    let mut watchdog_tick = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
+    watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    service.ready(&format!("terminal {}", daemon.cfg.id));
 
     loop {
         // A terminal wakes only when it has something to do: a province's fleet of simulated
@@ -364,7 +371,11 @@ pub async fn run(
                     .checked_add(Duration::from_millis(d.saturating_sub(now)))
             });
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => {
+                service.stopping();
+                break;
+            }
+            _ = watchdog_tick.tick(), if ping_every.is_some() => service.alive(),
             changed = link_up.changed() => {
                 if changed.is_err() {
                     break;

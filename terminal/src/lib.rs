@@ -47,6 +47,7 @@ pub mod readiness;
 pub mod relay;
 pub mod remote_config;
 pub mod sensors;
+pub mod service;
 pub mod status;
 pub mod stdout;
 pub mod throttle;

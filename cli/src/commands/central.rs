@@ -26,26 +26,26 @@ pub struct CentralArgs {
     #[arg(long, env = "CUNTONG_DB")]
     db: Option<Database>,
     /// Central's provisioning bundle (ca.pem, cert.pem, key.pem), for an mqtts:// broker.
-    #[arg(long)]
+    #[arg(long, env = "CUNTONG_TLS")]
     tls: Option<PathBuf>,
     /// How often the sites of a meeting repeat their status (three missed: unreachable).
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = "10s", env = "CUNTONG_MEETING_HEARTBEAT")]
     meeting_heartbeat: String,
     /// Alarm rules and notification hooks (TOML; see docs/operations.md). Without it:
     /// offline after 2 minutes, with root-cause suppression, and dropped data.
-    #[arg(long)]
+    #[arg(long, env = "CUNTONG_ALARMS")]
     alarms: Option<PathBuf>,
     /// Serve the web dashboard on this address (`127.0.0.1:8080`; read-only).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "CUNTONG_HTTP")]
     http: Option<String>,
     /// Keep the history this long (e.g. `400d`, at least a day); older days are dropped, once
     /// an hour, by the instance holding the host role. Without it: kept forever.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", env = "CUNTONG_RETAIN")]
     retain: Option<String>,
     /// Share ingest with the other instances of this group (`central`): telemetry and events
     /// are MQTT shared subscriptions, each message to one instance (a broker with `$share`:
     /// Mosquitto 2, EMQX; not NATS 2.9).
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", env = "CUNTONG_SHARE_INGEST")]
     share_ingest: Option<String>,
 }
 
