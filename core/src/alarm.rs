@@ -282,6 +282,19 @@ pub enum Observation {
     },
 }
 
+impl Observation {
+    /// The terminal this came from, if it was a message of the terminal's own (a sample, a
+    /// report) rather than what central or the broker says of it.
+    pub fn heard_from(&self) -> Option<TerminalId> {
+        match self {
+            Observation::Sample { terminal, .. }
+            | Observation::DutyReport { terminal, .. }
+            | Observation::Dropped { terminal, .. } => Some(*terminal),
+            Observation::Known { .. } | Observation::Presence { .. } => None,
+        }
+    }
+}
+
 /// What changed, to store and to notify.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AlarmChange {
@@ -434,6 +447,14 @@ impl AlarmEngine {
     /// Takes in one observation.
     pub fn observe(&mut self, obs: Observation, now_ms: u64) -> Vec<AlarmChange> {
         let mut out = Vec::new();
+        if let Some(terminal) = obs.heard_from() {
+            // A terminal heard from is connected, whatever presence said last: its online
+            // presence is published once a connect, and a broker may drop it on its way
+            // (to a subscriber it finds slow), while what a terminal sends again arrives.
+            let t = self.terminals.entry(terminal).or_default();
+            t.online = true;
+            t.offline_since = None;
+        }
         match obs {
             Observation::Known {
                 terminal,
@@ -1240,6 +1261,57 @@ mod tests {
         let out = e.tick(341_000);
         assert!(matches!(&out[..], [AlarmChange::Cleared(a)] if a.cleared_ms == Some(341_000)));
         assert_eq!(e.active().count(), 0);
+    }
+
+    #[test]
+    fn a_terminal_heard_from_after_its_online_presence_was_lost_is_online_again() {
+        let mut e = engine(AlarmRules::default(), &TOWNSHIP);
+        let me = t(TOWNSHIP[1]);
+        e.observe(
+            Observation::Presence {
+                terminal: me,
+                online: false,
+            },
+            0,
+        );
+        // It reconnected; its online presence never arrived, but its data does.
+        e.observe(
+            Observation::Sample {
+                terminal: me,
+                metric: Metric::CpuTemp,
+                value: 40.0,
+                at_ms: 1_000,
+            },
+            1_000,
+        );
+        assert!(
+            e.tick(600_000).is_empty(),
+            "no offline alarm for a terminal sending data"
+        );
+        // Gone again for good: the alarm comes after the grace.
+        e.observe(
+            Observation::Presence {
+                terminal: me,
+                online: false,
+            },
+            600_000,
+        );
+        let out = e.tick(900_000);
+        assert!(matches!(&out[..], [AlarmChange::Raised(a)] if a.subject == Subject::Terminal(me)));
+        // A dropped-records report says it is back, and the alarm clears.
+        e.observe(
+            Observation::Dropped {
+                terminal: me,
+                count: 1,
+            },
+            900_500,
+        );
+        let out = e.tick(901_000);
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, AlarmChange::Cleared(a) if a.kind == AlarmKind::Offline)),
+            "{out:?}"
+        );
     }
 
     fn temp_rule() -> ThresholdRule {

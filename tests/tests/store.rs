@@ -774,6 +774,45 @@ fn presence_sets_online_and_an_offline_will_does_not_move_last_seen() {
 }
 
 #[test]
+fn a_terminal_heard_from_after_its_will_is_online_though_its_online_presence_was_lost() {
+    on_both(|db| {
+        let mut store = db.open();
+        let online = |store: &dyn Store| site(&store.sites(None).unwrap(), A).online;
+        store.apply(&[presence(A, true, T0)]).unwrap();
+        store.apply(&[presence(A, false, T0 + 5_000)]).unwrap();
+        assert!(!online(&*store));
+        // Data it sent before the will, stored after it: still offline.
+        let before = |seq| {
+            telemetry(
+                A,
+                seq,
+                T0,
+                T0 + 4_000,
+                vec![sample(0, Metric::AirTemp, "1")],
+            )
+        };
+        store.apply(&[before(1)]).unwrap();
+        assert!(!online(&*store));
+        // It reconnected; the broker dropped its online presence; its data arrives.
+        let after = |seq, at| telemetry(A, seq, T0, at, vec![sample(0, Metric::AirTemp, "2")]);
+        store.apply(&[after(2, T0 + 8_000)]).unwrap();
+        assert!(online(&*store));
+        // Within one group: a will, then data received after it (online), or before (not).
+        store
+            .apply(&[presence(A, false, T0 + 9_000), after(3, T0 + 9_500)])
+            .unwrap();
+        assert!(online(&*store));
+        store
+            .apply(&[after(4, T0 + 9_800), presence(A, false, T0 + 10_000)])
+            .unwrap();
+        assert!(!online(&*store));
+        // A resent copy (a duplicate) received after the will counts: the box sent it again.
+        store.apply(&[after(4, T0 + 12_000)]).unwrap();
+        assert!(online(&*store));
+    });
+}
+
+#[test]
 fn a_terminal_first_heard_of_through_its_will_is_offline_and_never_seen() {
     on_both(|db| {
         let mut store = db.open();
@@ -782,13 +821,14 @@ fn a_terminal_first_heard_of_through_its_will_is_offline_and_never_seen() {
         let r = site(&rows, A);
         assert!(!r.online);
         assert_eq!(r.last_seen_ms, None);
-        // One first heard of through its data is offline (no presence yet), with no version.
+        // One first heard of through its data is online (its presence was lost), with no
+        // version yet.
         store
             .apply(&[temp("130102001002-main", 1, T0, "1.00")])
             .unwrap();
         let rows = store.sites(None).unwrap();
         let r = site(&rows, "130102001002-main");
-        assert!(!r.online);
+        assert!(r.online);
         assert_eq!(r.version, None);
         assert_eq!(r.last_seen_ms, Some(T0));
     });

@@ -325,6 +325,12 @@ pub trait Store: Send {
     // The history.
 
     /// Applies a group of records atomically.
+    ///
+    /// A terminal is online from its online presence, and offline from its offline presence
+    /// (its will), unless central received a message of it after that: the online presence is
+    /// published once a connect and a broker may drop it (to a subscriber it finds slow),
+    /// while telemetry and events are sent again until stored. A broker queues a client's
+    /// messages in order, so a message received after the will was sent on a later connection.
     fn apply(&mut self, records: &[Record]) -> Result<Applied, StoreError>;
     /// The fleet view, optionally limited to a region, ordered by terminal id.
     fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError>;

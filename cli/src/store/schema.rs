@@ -120,6 +120,11 @@ CREATE TABLE instances (
     last_seen_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 ",
+    // 4: when central received a terminal's last offline presence: a message received after it
+    // says the terminal is online again, even if its online presence was lost on the way.
+    "
+ALTER TABLE terminals ADD COLUMN offline_ms INTEGER;
+",
 ];
 
 /// The version this build writes.

@@ -288,11 +288,13 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut presence = tx.prepare_cached(
-                "INSERT INTO terminals (terminal, site, level, online, version, started_ms, keep_alive_s)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO terminals (terminal, site, level, online, version, started_ms,
+                    keep_alive_s, offline_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (terminal) DO UPDATE SET online = excluded.online,
                     version = excluded.version, started_ms = excluded.started_ms,
-                    keep_alive_s = excluded.keep_alive_s",
+                    keep_alive_s = excluded.keep_alive_s,
+                    offline_ms = coalesce(excluded.offline_ms, offline_ms)",
             )?;
             let mut dropped_stmt = tx.prepare_cached(
                 "INSERT INTO dropped (terminal, stream, first, last) VALUES (?1, ?2, ?3, ?4)
@@ -388,7 +390,8 @@ impl Store for SqliteStore {
                             p.online,
                             p.version,
                             p.started_ms as i64,
-                            i64::from(p.keep_alive_s)
+                            i64::from(p.keep_alive_s),
+                            (!p.online).then_some(*received_ms as i64)
                         ])?;
                         if p.online {
                             touch(&mut seen, terminal, *received_ms);
@@ -409,10 +412,15 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            // Heard from after its last offline presence: online, even if the online presence
+            // of its new connection was lost (see `Store::apply`).
             let mut seen_stmt = tx.prepare_cached(
-                "INSERT INTO terminals (terminal, site, level, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO terminals (terminal, site, level, online, last_seen_ms)
+                 VALUES (?1, ?2, ?3, 1, ?4)
                  ON CONFLICT (terminal) DO UPDATE SET
-                    last_seen_ms = max(coalesce(last_seen_ms, 0), excluded.last_seen_ms)",
+                    last_seen_ms = max(coalesce(last_seen_ms, 0), excluded.last_seen_ms),
+                    online = CASE WHEN excluded.last_seen_ms > coalesce(offline_ms, 0) THEN 1
+                        ELSE online END",
             )?;
             for (id, (t, ms)) in &seen {
                 seen_stmt.execute(params![

@@ -165,8 +165,10 @@ struct Terminal {
     level: &'static str,
     /// The last presence in the group: (online, version, started, keep-alive).
     presence: Option<(bool, String, i64, i64)>,
-    /// The latest reception in the group.
+    /// The latest reception in the group (a message, an online presence).
     last_seen: Option<i64>,
+    /// The latest reception of an offline presence in the group.
+    offline: Option<i64>,
     /// It sent messages (new or not): its watermarks are published again.
     touched: bool,
     /// Its row was found (read, or known to the connection), and its revision then.
@@ -192,6 +194,7 @@ impl Terminal {
             level: id.site().level().as_str(),
             presence: None,
             last_seen: None,
+            offline: None,
             touched: false,
             exists: false,
             known: false,
@@ -206,6 +209,19 @@ impl Terminal {
     fn seen(&mut self, ms: u64) {
         let ms = ms as i64;
         self.last_seen = Some(self.last_seen.map_or(ms, |v| v.max(ms)));
+    }
+
+    /// Online after the group, from what the group holds (see `Store::apply`): its last
+    /// presence, unless it was heard from after an offline one; without a presence, heard
+    /// from at all. (A row's stored state joins in the statement.)
+    fn online(&self) -> bool {
+        let heard_after = self
+            .last_seen
+            .is_some_and(|s| s > self.offline.unwrap_or(0));
+        match &self.presence {
+            Some(p) => p.0 || heard_after,
+            None => heard_after,
+        }
     }
 
     /// Keeps the newer of a metric's values (the later one of the group on a tie).
@@ -342,6 +358,9 @@ impl PgStore {
                         ));
                         if p.online {
                             t.seen(*received_ms);
+                        } else {
+                            let at = *received_ms as i64;
+                            t.offline = Some(t.offline.map_or(at, |v| v.max(at)));
                         }
                     }
                 }
@@ -683,6 +702,7 @@ struct Columns<'a> {
     sites: Vec<&'a str>,
     levels: Vec<&'a str>,
     online: Vec<bool>,
+    offline: Vec<Option<i64>>,
     version: Vec<Option<&'a str>>,
     started: Vec<Option<i64>>,
     keep_alive: Vec<Option<i64>>,
@@ -705,7 +725,8 @@ impl<'a> Columns<'a> {
         self.sites.push(&t.site);
         self.levels.push(t.level);
         let p = t.presence.as_ref();
-        self.online.push(p.is_some_and(|p| p.0));
+        self.online.push(t.online());
+        self.offline.push(t.offline);
         self.version.push(p.map(|p| p.1.as_str()));
         self.started.push(p.map(|p| p.2));
         self.keep_alive.push(p.map(|p| p.3));
@@ -737,7 +758,7 @@ impl<'a> Columns<'a> {
     }
 
     /// The statement's parameters, in the order of [`Columns::ROWS`].
-    fn params(&self) -> [&(dyn ToSql + Sync); 21] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 22] {
         [
             &self.names,
             &self.sites,
@@ -760,6 +781,7 @@ impl<'a> Columns<'a> {
             &self.vals,
             &self.value_bounds.0,
             &self.value_bounds.1,
+            &self.offline,
         ]
     }
 
@@ -768,13 +790,13 @@ impl<'a> Columns<'a> {
         SELECT u.terminal, u.site, u.level, u.online, u.version, u.started, u.keep_alive,
             u.seen, u.revision, u.twm, u.ewm, ($12::bigint[])[u.tlo:u.thi] AS truns,
             ($12::bigint[])[u.elo:u.ehi] AS eruns, u.metrics::text[] AS metrics,
-            ($18::bigint[])[u.vlo:u.vhi] AS ts, ($19::float8[])[u.vlo:u.vhi] AS vals
+            ($18::bigint[])[u.vlo:u.vhi] AS ts, ($19::float8[])[u.vlo:u.vhi] AS vals, u.offline
         FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
             $11::bigint[], $13::int[], $14::int[], $15::int[], $16::int[], $17::text[],
-            $20::int[], $21::int[])
+            $20::int[], $21::int[], $22::bigint[])
             AS u(terminal, site, level, online, version, started, keep_alive, seen, revision,
-                twm, ewm, tlo, thi, elo, ehi, metrics, vlo, vhi)"#;
+                twm, ewm, tlo, thi, elo, ehi, metrics, vlo, vhi, offline)"#;
 }
 
 /// Advances the watermarks of the touched terminals' streams, gives those terminals their
@@ -826,7 +848,9 @@ fn write_terminals(
             tx,
             &format!(
                 "UPDATE terminals AS t SET
-                    online = CASE WHEN u.started IS NULL THEN t.online ELSE u.online END,
+                    online = CASE WHEN u.started IS NOT NULL THEN u.online
+                        ELSE t.online OR coalesce(u.seen, 0) > coalesce(t.offline_ms, 0) END,
+                    offline_ms = greatest(t.offline_ms, u.offline),
                     version = CASE WHEN u.started IS NULL THEN t.version ELSE u.version END,
                     keep_alive_s = CASE WHEN u.started IS NULL THEN t.keep_alive_s
                         ELSE u.keep_alive END,
@@ -859,7 +883,7 @@ fn write_terminals(
             &format!(
                 "INSERT INTO terminals (terminal, site, level, online, version, started_ms,
                     keep_alive_s, last_seen_ms, revision, telemetry_wm, events_wm,
-                    telemetry_runs, events_runs, metrics, ts_ms, vals)
+                    telemetry_runs, events_runs, metrics, ts_ms, vals, offline_ms)
                  {}
                  ON CONFLICT (terminal) DO NOTHING",
                 Columns::ROWS

@@ -258,4 +258,9 @@ DROP TABLE latest;
 ALTER TABLE messages DROP CONSTRAINT messages_pkey;
 CREATE INDEX messages_brin ON messages USING brin (terminal, time_ms) WITH (pages_per_range = 4);
 "#,
+    // 5: when central received a terminal's last offline presence: a message received after it
+    // says the terminal is online again, even if its online presence was lost on the way.
+    r#"
+ALTER TABLE terminals ADD COLUMN offline_ms bigint;
+"#,
 ];
