@@ -40,7 +40,7 @@ fi
 echo "== the arm64 package"
 deb=$(./scripts/package.sh --arch arm64 --profile "$profile" | tail -1)
 case "$profile" in release) dir=release ;; *) dir=debug ;; esac
-terminal=$root/target/aarch64-unknown-linux-gnu/$dir/cuntong-terminal
+terminal=$root/target/cross/aarch64-unknown-linux-gnu/$dir/cuntong-terminal
 file "$terminal" | grep -q "ARM aarch64" || { echo "arm64.sh: $terminal is not an aarch64 binary" >&2; exit 1; }
 dpkg-deb --field "$deb" Architecture | grep -qx arm64
 echo "$deb"

@@ -58,9 +58,11 @@ else
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     export PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_PATH=/usr/lib/aarch64-linux-gnu/pkgconfig
     export PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig
+    # A target directory of its own: another compiler's build scripts and proc macros.
+    export CARGO_TARGET_DIR=$root/target/cross
     RUSTC=/usr/bin/rustc /usr/bin/cargo build --locked --profile "$profile" --target "$triple" \
         -p cuntong-terminal --bins
-    bin_dir=$root/target/$triple/$profile_dir
+    bin_dir=$CARGO_TARGET_DIR/$triple/$profile_dir
     packages=(cuntong-terminal)
 fi
 
@@ -71,8 +73,13 @@ shlibs() {
     mkdir -p "$work/debian"
     printf 'Source: cuntong\n\nPackage: %s\nArchitecture: any\n' "$1" > "$work/debian/control"
     shift
-    (cd "$work" && dpkg-shlibdeps -O -l"/usr/lib/$(dpkg-architecture -a"$arch" -qDEB_HOST_MULTIARCH 2>/dev/null)" \
-        "$@" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+    if ! (cd "$work" && dpkg-shlibdeps -O -l"/usr/lib/$(dpkg-architecture -a"$arch" -qDEB_HOST_MULTIARCH 2>/dev/null)" \
+        "$@" 2>"$work/errors" | sed -n 's/^shlibs:Depends=//p'); then
+        echo "package.sh: dpkg-shlibdeps failed on $*:" >&2
+        cat "$work/errors" >&2
+        rm -rf "$work"
+        return 1
+    fi
     rm -rf "$work"
 }
 

@@ -303,6 +303,47 @@ fn thin(points: &mut Vec<(u64, f64)>, max: usize) {
 struct App {
     db: Arc<Database>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    reader: Arc<Reader>,
+}
+
+/// Reads snapshots of the store: the refresher once a second while a live page is open, a
+/// view asked with none open for itself. A province's store is not read every second for
+/// nobody (54,145 sites, each read a full pass over them).
+struct Reader {
+    db: Database,
+    names: std::sync::Mutex<NamesCache>,
+    /// When the last snapshot was read.
+    read_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Reader {
+    /// A snapshot read now (on the blocking pool).
+    async fn read(self: &Arc<Self>) -> Result<Snapshot, String> {
+        let me = self.clone();
+        let snap = tokio::task::spawn_blocking(move || {
+            let mut names = me
+                .names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Snapshot::read(&me.db, &mut names)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if let Ok(mut at) = self.read_at.lock() {
+            *at = Some(tokio::time::Instant::now());
+        }
+        Ok(snap)
+    }
+
+    /// Whether the last snapshot is at most [`REFRESH`] old.
+    fn fresh(&self) -> bool {
+        self.read_at
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() <= REFRESH)
+    }
 }
 
 #[derive(Deserialize)]
@@ -344,10 +385,16 @@ pub async fn serve_on(
     stop: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    tokio::spawn(refresh(db.clone(), tx, stop.clone()));
+    let reader = Arc::new(Reader {
+        db: db.clone(),
+        names: std::sync::Mutex::new(NamesCache::default()),
+        read_at: std::sync::Mutex::new(None),
+    });
+    tokio::spawn(refresh(reader.clone(), tx, stop.clone()));
     let app = App {
         db: Arc::new(db),
         snapshots: rx,
+        reader,
     };
     let router = Router::new()
         .route("/", get(|| page(INDEX_HTML, "text/html; charset=utf-8")))
@@ -381,9 +428,9 @@ pub async fn serve_on(
     Ok(())
 }
 
-/// Reads the store once a second and hands every changed snapshot to the open pages.
-async fn refresh(db: Database, tx: watch::Sender<Arc<Snapshot>>, stop: CancellationToken) {
-    let names = Arc::new(std::sync::Mutex::new(NamesCache::default()));
+/// Reads the store once a second while a live page is open, and hands every changed snapshot
+/// to the open pages.
+async fn refresh(reader: Arc<Reader>, tx: watch::Sender<Arc<Snapshot>>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
@@ -392,16 +439,12 @@ async fn refresh(db: Database, tx: watch::Sender<Arc<Snapshot>>, stop: Cancellat
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let path = db.clone();
-        let names = names.clone();
-        let read = move || {
-            let mut names = names
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Snapshot::read(&path, &mut names)
-        };
-        match tokio::task::spawn_blocking(read).await {
-            Ok(Ok(snap)) => {
+        // The app's own receiver is always there; a live page holds another.
+        if tx.receiver_count() <= 1 {
+            continue;
+        }
+        match reader.read().await {
+            Ok(snap) => {
                 warned = false;
                 tx.send_if_modified(|old| {
                     let changed = **old != snap;
@@ -411,11 +454,11 @@ async fn refresh(db: Database, tx: watch::Sender<Arc<Snapshot>>, stop: Cancellat
                     changed
                 });
             }
-            Ok(Err(e)) if !warned => {
+            Err(e) if !warned => {
                 warned = true;
                 tracing::warn!(error = %e, "dashboard cannot read the store");
             }
-            _ => {}
+            Err(_) => {}
         }
     }
 }
@@ -441,7 +484,13 @@ async fn view_now(
     Query(q): Query<RegionQuery>,
 ) -> Result<Json<ViewJson>, Refusal> {
     let region = region_param(&q)?;
-    let snap = app.snapshots.borrow().clone();
+    // With a live page open the shared snapshot is at most a second old; else read one now.
+    let snap = if app.reader.fresh() {
+        app.snapshots.borrow().clone()
+    } else {
+        let read = app.reader.read().await;
+        Arc::new(read.map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("the store: {e}")))?)
+    };
     Ok(Json(view(&snap, region.as_ref())))
 }
 
