@@ -9,6 +9,8 @@
 #
 #   ./scripts/arm64.sh [--profile release|dev]
 #
+# Keep the release profile: a debug build under emulation is too slow to be useful (`check`
+# alone took over three minutes).
 # Too slow for the test command (a cross build of the terminal, then an emulated daemon):
 # run it before each release. It needs the amd64 `cuntong` (cargo build -p cuntong).
 set -euo pipefail
