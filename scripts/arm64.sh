@@ -70,10 +70,12 @@ data_dir = "$work/data"
 [telemetry]
 health_interval = "2s"
 TOML
-qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
+# Bounded: an emulated command that does not finish is a failure, not a wait.
+qemu=(timeout 300 qemu-aarch64-static -L /usr/aarch64-linux-gnu)
 "${qemu[@]}" "$terminal" --version
 "${qemu[@]}" "$terminal" --config "$work/terminal.toml" check --timeout 60s
-"${qemu[@]}" "$terminal" --config "$work/terminal.toml" run > "$work/terminal.log" 2>&1 & pids+=($!)
+qemu-aarch64-static -L /usr/aarch64-linux-gnu "$terminal" --config "$work/terminal.toml" run \
+    > "$work/terminal.log" 2>&1 & pids+=($!)
 # Health telemetry from the emulated box, stored by central and confirmed back to it.
 for _ in $(seq 1 120); do
     if "$root/target/debug/cuntong" sites --db "$db" --json 2>/dev/null \
