@@ -486,10 +486,7 @@ pub async fn run(
     };
     // Under systemd: ready now (the store is open, the link started), then a ping from this
     // loop, so that a loop that hangs is restarted.
-    let service = cuntong_terminal::service::Service::from_env();
-    let ping_every = service.ping_every();
-    let mut watchdog_tick = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
-    watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut service = cuntong_terminal::service::Service::from_env();
     service.ready(&format!("central {instance}"));
     loop {
         let msg = tokio::select! {
@@ -497,10 +494,7 @@ pub async fn run(
                 service.stopping();
                 break;
             }
-            _ = watchdog_tick.tick(), if ping_every.is_some() => {
-                service.alive();
-                continue;
-            }
+            () = service.watchdog() => continue,
             changed = link_up.changed() => {
                 if changed.is_err() {
                     break;

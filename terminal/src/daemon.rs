@@ -344,10 +344,7 @@ pub async fn run(
     button_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Under systemd: ready now (the config was valid, the outbox is open), then a ping from
     // this loop, so that a loop that hangs is restarted.
-    let service = crate::service::Service::from_env();
-    let ping_every = service.ping_every();
-    let mut watchdog_tick = tokio::time::interval(ping_every.unwrap_or(Duration::from_secs(3600)));
-    watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut service = crate::service::Service::from_env();
     service.ready(&format!("terminal {}", daemon.cfg.id));
 
     loop {
@@ -375,7 +372,7 @@ pub async fn run(
                 service.stopping();
                 break;
             }
-            _ = watchdog_tick.tick(), if ping_every.is_some() => service.alive(),
+            () = service.watchdog() => {}
             changed = link_up.changed() => {
                 if changed.is_err() {
                     break;

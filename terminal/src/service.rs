@@ -11,6 +11,8 @@ use sd_notify::NotifyState;
 pub struct Service {
     /// How often the main loop pings: half the watchdog's timeout, if systemd set one.
     ping_every: Option<Duration>,
+    /// The pings' clock, made on the first [`Service::watchdog`].
+    tick: Option<tokio::time::Interval>,
 }
 
 impl Service {
@@ -22,12 +24,10 @@ impl Service {
         let ping_every = sd_notify::watchdog_enabled(false, &mut usec)
             .then(|| Duration::from_micros(usec) / 2)
             .filter(|d| !d.is_zero());
-        Service { ping_every }
-    }
-
-    /// How often [`Service::alive`] must be called, if systemd watches this process.
-    pub fn ping_every(&self) -> Option<Duration> {
-        self.ping_every
+        Service {
+            ping_every,
+            tick: None,
+        }
     }
 
     /// The daemon can do its work: its configuration is valid and its state open.
@@ -35,11 +35,19 @@ impl Service {
         send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
-    /// The main loop is turning.
-    pub fn alive(&self) {
-        if self.ping_every.is_some() {
-            send(&[NotifyState::Watchdog]);
-        }
+    /// Pings the watchdog whenever a ping is due; never resolves if systemd does not watch.
+    /// A branch of the main loop's `select!`: a loop that hangs stops pinging.
+    pub async fn watchdog(&mut self) {
+        let Some(every) = self.ping_every else {
+            return std::future::pending().await;
+        };
+        let tick = self.tick.get_or_insert_with(|| {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        tick.tick().await;
+        send(&[NotifyState::Watchdog]);
     }
 
     /// The daemon is shutting down on request.
