@@ -2,9 +2,10 @@
 //! inventory of what was issued, and the broker's ACLs that follow from it.
 //!
 //! A CA directory holds `ca.pem`, `ca-key.pem` (mode 0600), the remote-command signing key
-//! `command-key.pk8` (Ed25519, 0600) with its public half `command.pub`, and `inventory.json`.
+//! `command-key.pk8` (Ed25519, 0600) with its public half `command.pub`, the release signing
+//! key `release-key.pk8` with `release.pub`, and `inventory.json`.
 //! A terminal's bundle holds `ca.pem`, `cert.pem` (CN = terminal id), `key.pem` (0600),
-//! `command.pub` and `terminal.toml`;
+//! `command.pub`, `release.pub` and `terminal.toml`;
 //! it is everything a technician copies onto the box. Broker ACLs are generated from the
 //! inventory: each terminal may write only its own uplink topics and read only its own
 //! downlinks and its ancestors' broadcasts; `central` reads every site and writes the
@@ -140,24 +141,31 @@ pub fn init(dir: &Path) -> Result<(), CaError> {
     )?;
     write_file(&dir.join("ca.pem"), cert.pem().as_bytes(), false)?;
     write_crl(dir, &Inventory::default())?;
-    // The command key signs remote commands; terminals get its public half in their bundle.
+    // The command key signs remote commands, the release key signs releases: two keys, so
+    // that one can be kept apart from the other. Terminals get their public halves.
+    signing_key_pair(dir, "command-key.pk8", "command.pub")?;
+    signing_key_pair(dir, RELEASE_KEY, RELEASE_PUB)?;
+    save_inventory(dir, &Inventory::default())
+}
+
+/// The release signing key in a CA directory, and its public half.
+pub const RELEASE_KEY: &str = "release-key.pk8";
+pub const RELEASE_PUB: &str = "release.pub";
+
+/// Makes an Ed25519 signing key (`secret`, 0600) and its public half (`public`, 64 hex digits).
+fn signing_key_pair(dir: &Path, secret: &str, public: &str) -> Result<(), CaError> {
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
-        .map_err(|_| CaError::Refused("cannot generate the command key".into()))?;
+        .map_err(|_| CaError::Refused(format!("cannot generate {secret}")))?;
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|_| CaError::Refused("cannot read back the command key".into()))?;
-    write_file(&dir.join("command-key.pk8"), pkcs8.as_ref(), true)?;
-    let public: String = ring::signature::KeyPair::public_key(&pair)
+        .map_err(|_| CaError::Refused(format!("cannot read back {secret}")))?;
+    write_file(&dir.join(secret), pkcs8.as_ref(), true)?;
+    let hex: String = ring::signature::KeyPair::public_key(&pair)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    write_file(
-        &dir.join("command.pub"),
-        format!("{public}\n").as_bytes(),
-        false,
-    )?;
-    save_inventory(dir, &Inventory::default())
+    write_file(&dir.join(public), format!("{hex}\n").as_bytes(), false)
 }
 
 /// The CA's inventory.
@@ -419,6 +427,11 @@ pub fn provision(
             "\n[commands]\nkey = \"command.pub\"\n# reboot = [\"systemctl\", \"reboot\"]\n",
         );
     }
+    let release_pub = ca_dir.join(RELEASE_PUB);
+    if kind == "terminal" && release_pub.exists() {
+        std::fs::copy(&release_pub, out.join(RELEASE_PUB)).map_err(io(&release_pub))?;
+        tls.push_str("\n[update]\nkey = \"release.pub\"\n# max_rate = \"64KiB\"\n");
+    }
     if kind == "central" {
         let text = format!("{label}broker = {broker}\n\n{tls}");
         write_file(&out.join("central.toml"), text.as_bytes(), false)?;
@@ -625,6 +638,7 @@ mod tests {
             "cert.pem",
             "key.pem",
             "command.pub",
+            "release.pub",
             "terminal.toml",
         ] {
             assert!(out.join(f).exists(), "{f}");
@@ -637,7 +651,7 @@ mod tests {
         let cfg =
             cuntong_terminal::config::TerminalConfig::load(&out.join("terminal.toml")).unwrap();
         assert_eq!(cfg.id.to_string(), "130102001001-main");
-        assert!(cfg.tls.is_some() && cfg.commands.is_some());
+        assert!(cfg.tls.is_some() && cfg.commands.is_some() && cfg.update.is_some());
         let mut archive =
             tar::Archive::new(std::fs::File::open(dir.path().join("site.tar")).unwrap());
         let key_mode = archive

@@ -31,7 +31,9 @@ pub struct Answer {
     pub output: Option<String>,
 }
 
-/// Parses `ping`, `reboot`, `diag`, `logs` or `config-set KEY=VALUE`.
+/// Parses `ping`, `reboot`, `diag`, `logs`, `readiness`, `config-set KEY=VALUE` or
+/// `update FILE.release URL…` (a release signed by `cuntong release sign`, offered from the
+/// URLs, which must answer HTTP range requests).
 pub fn parse_action(words: &[String]) -> Result<Action, String> {
     match words {
         [a] if a == "ping" => Ok(Action::Ping),
@@ -51,8 +53,25 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
                 value: v.to_owned(),
             })
         }
+        [a, release, sources @ ..] if a == "update" => {
+            if sources.is_empty() {
+                return Err("update FILE.release URL…: name at least one URL to fetch from".into());
+            }
+            if let Some(bad) = sources
+                .iter()
+                .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+            {
+                return Err(format!("update: {bad:?} is not an http:// or https:// URL"));
+            }
+            let release = crate::release::read(Path::new(release))?;
+            Ok(Action::Update(cuntong_core::update::Offer {
+                rollout: 0,
+                release,
+                sources: sources.to_vec(),
+            }))
+        }
         other => Err(format!(
-            "command {:?}: use ping, reboot, diag, logs or config-set KEY=VALUE",
+            "command {:?}: use ping, reboot, diag, logs, readiness, config-set KEY=VALUE or update FILE.release URL…",
             other.join(" ")
         )),
     }

@@ -13,6 +13,7 @@
 //! - [`meetings`]: the meeting host inside `central`.
 //! - [`monitor`]: the live terminal view (`cuntong monitor`).
 //! - [`readiness`]: the pre-meeting self-check of terminals (`cuntong readiness`).
+//! - [`release`]: signed releases of the terminal package (over-the-air updates).
 //! - [`control`]: what `cuntong` commands and `central` say to each other.
 //! - [`store`]: the history store (SQLite, or PostgreSQL).
 //! - [`view`]: fleet tables and their `--json` form.
@@ -33,5 +34,6 @@ pub mod meetings;
 pub mod monitor;
 pub mod names;
 pub mod readiness;
+pub mod release;
 pub mod store;
 pub mod view;

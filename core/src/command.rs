@@ -31,6 +31,9 @@ pub enum Action {
     Logs,
     /// Pre-meeting readiness: camera, microphone, link, clock, disk ([`Readiness`] as JSON).
     Readiness,
+    /// Fetch, verify and install a release, then restart into it on trial
+    /// ([`crate::update`]). The box answers at once and reports each stage as an event.
+    Update(crate::update::Offer),
 }
 
 impl Action {
@@ -42,6 +45,7 @@ impl Action {
             Action::ConfigSet { .. } => "config-set",
             Action::Logs => "logs",
             Action::Readiness => "readiness",
+            Action::Update(_) => "update",
         }
     }
 }

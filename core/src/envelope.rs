@@ -116,6 +116,15 @@ pub enum Event {
     /// `1..first` of the stream as accounted for (not as lost data), so its watermark passes
     /// them. The first events of a new outbox, one per stream.
     NumberingFrom { stream: Stream, first: u64 },
+    /// An over-the-air update moved to `stage` (see [`crate::update`]): `bytes` of the
+    /// artifact fetched so far, `reason` why it failed or was rolled back (empty otherwise).
+    Update {
+        rollout: u64,
+        version: String,
+        stage: crate::update::Stage,
+        bytes: u64,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -134,6 +143,7 @@ impl Event {
             Event::DutyReport { .. } => "duty-report",
             Event::AckRefused { .. } => "ack-refused",
             Event::NumberingFrom { .. } => "numbering-from",
+            Event::Update { .. } => "update",
         }
     }
 
@@ -185,6 +195,22 @@ impl fmt::Display for Event {
             ),
             Event::NumberingFrom { stream, first } => {
                 write!(f, "{} numbered from seq {first}", stream.as_str())
+            }
+            Event::Update {
+                rollout,
+                version,
+                stage,
+                bytes,
+                reason,
+            } => {
+                write!(f, "{version} (rollout {rollout}): {}", stage.as_str())?;
+                if *bytes > 0 {
+                    write!(f, ", {bytes} bytes")?;
+                }
+                if !reason.is_empty() {
+                    write!(f, ": {reason}")?;
+                }
+                Ok(())
             }
         }
     }

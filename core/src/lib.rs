@@ -18,6 +18,7 @@
 //! - [`hj212`]: the HJ 212 frame codec (framing, CRC, fields, readings) for data loggers.
 //! - [`meeting`]: meetings, training broadcasts and calls: host and participant state machines.
 //! - [`media`]: RTP/RTCP headers for forwarding, and a relay's forwarding table.
+//! - [`update`]: signed releases, A/B slots with trial boots, and the pace updates keep.
 //!
 //! ```
 //! use cuntong_core::{site::{Level, SiteCode}, terminal_id::TerminalId, topic::{Channel, Topic}};
@@ -50,3 +51,4 @@ pub mod telemetry;
 pub mod terminal_id;
 pub mod throttle;
 pub mod topic;
+pub mod update;

@@ -382,7 +382,7 @@ pub async fn run_rebooting(
             .duty_button
             .as_ref()
             .map(|b| DutyButton::new(FilePin(cfg.data_dir.join("duty-button")), b));
-        daemon::run(cfg.clone(), hardware, power.run.clone()).await?;
+        let _ = daemon::run(cfg.clone(), hardware, power.run.clone()).await?;
         if stop.is_cancelled() || !power.requested.load(Ordering::Relaxed) {
             return Ok(());
         }

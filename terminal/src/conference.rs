@@ -568,6 +568,20 @@ impl Conference {
             .count()
     }
 
+    /// How hard an update may use the box now: it yields while a session it knows is live,
+    /// and within the hour around one it is invited to.
+    pub fn update_pace(&self, now_ms: u64) -> cuntong_core::update::Pace {
+        use cuntong_core::meeting::Status;
+        let sessions = self.participant.sessions();
+        let live = sessions.values().any(|s| s.state.status == Status::Live);
+        let next = sessions
+            .values()
+            .filter(|s| s.state.status == Status::Scheduled)
+            .filter_map(|s| s.state.spec.starts_ms)
+            .min();
+        cuntong_core::update::Pace::of(live, next, now_ms)
+    }
+
     /// Every session this terminal knows, for the status report.
     pub fn report(&self) -> Vec<MeetingReport> {
         self.participant

@@ -59,6 +59,12 @@
 //! mn = "010000A8900016F000169DC0"
 //! password = "100000"
 //! factors = { "011" = "w01018" }   # factor code -> metric, beyond the built-in mapping
+//!
+//! [update]                  # over-the-air updates (docs/operations.md, "Updates")
+//! key = "release.pub"       # the fleet's release key; without [update] nothing is installed
+//! max_rate = "64KiB"        # download cap per second (an eighth of it during meetings)
+//! health_deadline = "5m"    # a new build must pass its health check within this
+//! max_boots = 3             # starts a new build gets before it counts as a crash loop
 //! ```
 
 use std::collections::BTreeMap;
@@ -138,6 +144,8 @@ pub struct TerminalConfig {
     pub meeting: MeetingConfig,
     /// The duty button, if the box has one.
     pub duty_button: Option<crate::duty_button::DutyButtonConfig>,
+    /// Over-the-air updates; `None` installs nothing.
+    pub update: Option<crate::update::UpdateConfig>,
     /// The file this configuration was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -197,6 +205,7 @@ impl TerminalConfig {
             commands: None,
             meeting: MeetingConfig::default(),
             duty_button: None,
+            update: None,
             source: None,
         }
     }
@@ -408,6 +417,45 @@ impl TerminalConfig {
             key: base.join(c.key),
             reboot: c.reboot.filter(|r| !r.is_empty()),
         });
+        if let Some(u) = raw.update {
+            let max_rate = match &u.max_rate {
+                None => crate::update::DEFAULT_MAX_RATE,
+                Some(r) => parse_size(r).map_err(|p| invalid("update.max_rate", p))?,
+            };
+            if max_rate < 1024 {
+                return Err(invalid(
+                    "update.max_rate",
+                    "must be at least 1KiB (a second)".into(),
+                ));
+            }
+            let mut trial = cuntong_core::update::TrialRules::default();
+            let deadline = duration(
+                "update.health_deadline",
+                &u.health_deadline,
+                Duration::from_millis(trial.deadline_ms),
+            )?;
+            if deadline < Duration::from_secs(10) {
+                return Err(invalid(
+                    "update.health_deadline",
+                    "must be at least 10s".into(),
+                ));
+            }
+            trial.deadline_ms = deadline.as_millis() as u64;
+            if let Some(n) = u.max_boots {
+                if !(1..=20).contains(&n) {
+                    return Err(invalid(
+                        "update.max_boots",
+                        format!("{n} is not between 1 and 20"),
+                    ));
+                }
+                trial.max_boots = n;
+            }
+            cfg.update = Some(crate::update::UpdateConfig {
+                key: base.join(u.key),
+                max_rate,
+                trial,
+            });
+        }
         cfg.meeting = meeting_config(raw.meeting, &invalid)?;
         match (cfg.broker.tls(), cfg.tls.is_some()) {
             (true, false) => {
@@ -685,6 +733,16 @@ struct RawConfig {
     #[serde(default)]
     meeting: RawMeeting,
     duty_button: Option<RawDutyButton>,
+    update: Option<RawUpdate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    key: PathBuf,
+    max_rate: Option<String>,
+    health_deadline: Option<String>,
+    max_boots: Option<u32>,
 }
 
 #[derive(Deserialize)]

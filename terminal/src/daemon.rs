@@ -71,8 +71,25 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The software version terminals report.
+/// The software version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version this box reports: the release it runs from a slot, or this build's own.
+pub fn running_version() -> String {
+    std::env::var(crate::update::launcher::RELEASE_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| VERSION.to_owned())
+}
+
+/// Why [`run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// `stop` fired (or the link's task ended).
+    Asked,
+    /// A new build is installed on trial: start again through the launcher.
+    ForUpdate,
+}
 
 /// How often the meeting clock runs while the terminal is in or invited to a session (status
 /// heartbeats, join retries), and while it knows none (only the link's tier is followed).
@@ -111,13 +128,15 @@ pub enum RunError {
     Tls(#[from] crate::tls::TlsError),
     #[error("command key: {0}")]
     CommandKey(#[from] crate::commands::GuardError),
+    #[error("release key: {0}")]
+    ReleaseKey(crate::commands::GuardError),
 }
 
 /// The presence record of this run; `online: false` is the last will.
 fn presence(cfg: &TerminalConfig, started_ms: u64, online: bool) -> Result<Vec<u8>, RunError> {
     Ok(encode(&Presence {
         online,
-        version: VERSION.to_owned(),
+        version: running_version(),
         started_ms,
         keep_alive_s: cfg.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
     })?)
@@ -160,12 +179,12 @@ struct SensorResult {
     result: Result<Vec<(Metric, f64)>, SensorError>,
 }
 
-/// Runs the terminal until `stop` fires.
+/// Runs the terminal until `stop` fires, or until a new build wants the box.
 pub async fn run(
     cfg: TerminalConfig,
     hardware: Hardware,
     stop: CancellationToken,
-) -> Result<(), RunError> {
+) -> Result<Stopped, RunError> {
     let started_ms = unix_ms();
     let (outbox, opened) = Outbox::open(&cfg.data_dir.join("outbox"), cfg.outbox)?;
     let mut delivery = Delivery::new(cfg.delivery, started_ms);
@@ -188,6 +207,16 @@ pub async fn run(
         ),
         None => None,
     };
+    let (updates, mut update_notes) = match &cfg.update {
+        Some(u) => {
+            let ca = cfg.tls.as_ref().map(|t| t.ca.clone());
+            let (updates, notes) =
+                crate::update::agent::Updates::open(u.clone(), &cfg.data_dir, ca)
+                    .map_err(RunError::ReleaseKey)?;
+            (Some(updates), Some(notes))
+        }
+        None => (None, None),
+    };
     let conference = Conference::new(
         cfg.id,
         cfg.meeting.clone(),
@@ -202,6 +231,8 @@ pub async fn run(
     let mut daemon = Daemon {
         conference,
         guard,
+        updates,
+        trial_started_seq: None,
         power: hardware.power,
         tls_episodes_seen: 0,
         outbox,
@@ -210,7 +241,7 @@ pub async fn run(
         batcher: Batcher::new(cfg.batch_max, cfg.batch_age.as_millis() as u64),
         status: Arc::new(Mutex::new(StatusReport {
             terminal: cfg.id.to_string(),
-            version: VERSION.to_owned(),
+            version: running_version(),
             started_ms,
             broker: cfg.broker.to_string(),
             listening,
@@ -276,9 +307,19 @@ pub async fn run(
             assigned: r.assigned,
         })?;
     }
+    let started_seq = daemon.outbox.next_seq(Stream::Events);
     daemon.event(Event::Started {
-        version: VERSION.to_owned(),
+        version: running_version(),
     })?;
+    if let Some(u) = daemon.updates.as_mut() {
+        if u.on_trial() {
+            // Healthy means: reached the broker and central stored what this build sent.
+            daemon.trial_started_seq = Some(started_seq);
+        }
+        for e in u.on_start() {
+            daemon.event(e)?;
+        }
+    }
     match crate::integrity::on_start(&daemon.cfg) {
         Ok(events) => {
             for e in events {
@@ -347,6 +388,7 @@ pub async fn run(
     let mut service = crate::service::Service::from_env();
     service.ready(&format!("terminal {}", daemon.cfg.id));
 
+    let mut stopped = Stopped::Asked;
     loop {
         // A terminal wakes only when it has something to do: a province's fleet of simulated
         // terminals on one box, and a real box's power budget, both notice.
@@ -468,6 +510,17 @@ pub async fn run(
             }
             Some(batch) = hj_rx.recv() => daemon.logged(batch),
             _ = sleep_until(deadline) => {}
+            Some(note) = next_note(&mut update_notes) => match note {
+                crate::update::agent::Note::Report(e) => daemon.event(e)?,
+                crate::update::agent::Note::Restart => {
+                    tracing::info!("restarting into the new build");
+                    stopped = Stopped::ForUpdate;
+                    service.stopping();
+                    // Everything this run started (status socket, HJ 212 listener) stops too.
+                    stop.cancel();
+                    break;
+                }
+            },
             msg = incoming.recv() => {
                 match msg {
                     Some(m) if m.topic == ack_topic => daemon.confirmed(&m.payload)?,
@@ -486,6 +539,7 @@ pub async fn run(
             health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         daemon.check_tls()?;
+        daemon.update_tick()?;
         daemon.flush(false)?;
         daemon.pump();
     }
@@ -514,7 +568,16 @@ pub async fn run(
     if let Some(t) = status_task {
         let _ = t.await;
     }
-    Ok(())
+    Ok(stopped)
+}
+
+async fn next_note(
+    notes: &mut Option<mpsc::Receiver<crate::update::agent::Note>>,
+) -> Option<crate::update::agent::Note> {
+    match notes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the first sensor whose interval ticks and which is not being read.
@@ -544,6 +607,9 @@ struct Daemon {
     cfg: TerminalConfig,
     conference: Conference,
     guard: Option<crate::commands::CommandGuard>,
+    updates: Option<crate::update::agent::Updates>,
+    /// On trial: the seq of this run's first event; central storing it proves the build.
+    trial_started_seq: Option<u64>,
     power: Box<dyn Power>,
     /// TLS failure episodes of the link already reported.
     tls_episodes_seen: u64,
@@ -558,6 +624,57 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Updates follow the meetings, and a build on trial commits once it is healthy: the
+    /// broker reached and central has stored this run's first event.
+    fn update_tick(&mut self) -> Result<(), RunError> {
+        let Some(u) = self.updates.as_mut() else {
+            return Ok(());
+        };
+        u.set_pace(self.conference.update_pace(unix_ms()));
+        if let Some(seq) = self.trial_started_seq
+            && self.link.is_connected()
+            && self.outbox.confirmed(Stream::Events) >= seq
+        {
+            self.trial_started_seq = None;
+            if let Some(e) = u.healthy() {
+                self.event(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A release offered by central (through a signed command).
+    fn update_offer(
+        &mut self,
+        offer: &cuntong_core::update::Offer,
+    ) -> Result<(bool, String), RunError> {
+        let Some(u) = self.updates.as_mut() else {
+            return Ok((
+                false,
+                "this terminal has no [update] release key".to_owned(),
+            ));
+        };
+        match u.offer(offer.clone()) {
+            Ok(answer) => Ok((true, answer)),
+            Err(reason) => {
+                // The version as the offer names it (not trusted, only to name the report).
+                let version = offer
+                    .release
+                    .manifest()
+                    .map(|m| m.version)
+                    .unwrap_or_default();
+                self.event(Event::Update {
+                    rollout: offer.rollout,
+                    version,
+                    stage: cuntong_core::update::Stage::Failed,
+                    bytes: 0,
+                    reason: reason.clone(),
+                })?;
+                Ok((false, reason))
+            }
+        }
+    }
+
     /// The operator raised a duty report: an event, ahead of all telemetry in the outbox.
     fn duty_report(&mut self, kind: String, text: String) -> Result<String, String> {
         let report = unix_ms();
@@ -898,6 +1015,7 @@ impl Daemon {
                         Ok(summary) => (true, summary),
                         Err(e) => (false, format!("config-set {key}: {e}")),
                     },
+                    Action::Update(offer) => self.update_offer(offer)?,
                     _ => (false, "unknown action".to_owned()),
                 };
                 self.event(Event::CommandRun {

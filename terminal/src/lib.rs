@@ -25,6 +25,7 @@
 //! - [`duty_button`]: the GPIO duty button.
 //! - [`remote_config`]: `config-set` from central, validated and saved in place.
 //! - [`tls`]: mutual TLS for the link.
+//! - [`update`]: over-the-air updates: signed releases, A/B slots, trial starts and rollback.
 
 pub mod atomic;
 pub mod broker_url;
@@ -52,3 +53,4 @@ pub mod status;
 pub mod stdout;
 pub mod throttle;
 pub mod tls;
+pub mod update;

@@ -13,6 +13,7 @@ use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::daemon::{self, Hardware};
 use cuntong_terminal::health::ProcHealth;
 use cuntong_terminal::status::LocalRequest;
+use cuntong_terminal::update::launcher::{self, Launch};
 use cuntong_terminal::{check, hardware, status};
 use tokio_util::sync::CancellationToken;
 
@@ -213,6 +214,11 @@ async fn async_main(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // The build this start runs: a committed release, one on trial, or this one.
+            let rules = cfg.update.as_ref().map(|u| u.trial).unwrap_or_default();
+            if let Launch::Exit(code) = launcher::launch(&cfg.data_dir, rules) {
+                return code;
+            }
             // The same start-up checks as `check`: refuse now, not halfway through.
             let startup = check::startup(&cfg);
             if let Some(why) = startup.refusal() {
@@ -241,7 +247,14 @@ async fn async_main(cli: Cli) -> ExitCode {
             });
             tracing::info!(terminal = %cfg.id, broker = %cfg.broker, "starting");
             match daemon::run(cfg, hardware, stop).await {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(daemon::Stopped::Asked) => ExitCode::SUCCESS,
+                Ok(daemon::Stopped::ForUpdate) => {
+                    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                    let e = launcher::restart(&args);
+                    eprintln!("error: cannot restart into the new build: {e}");
+                    // The service manager starts it again; the launcher picks the trial.
+                    ExitCode::FAILURE
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE

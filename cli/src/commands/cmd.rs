@@ -13,8 +13,8 @@ use super::common::{Failure, Signing, Usage, duration, fail, parse, positive};
 #[derive(Debug, Args)]
 pub struct CmdArgs {
     /// `TERMINAL_ID COMMAND…`, or just `COMMAND…` with --region; COMMAND is ping, reboot,
-    /// diag, logs or config-set KEY=VALUE.
-    #[arg(required = true, num_args = 1..=3)]
+    /// diag, logs, readiness, config-set KEY=VALUE or update FILE.release URL….
+    #[arg(required = true, num_args = 1..)]
     words: Vec<String>,
     /// Every terminal the store knows in this region.
     #[arg(long)]

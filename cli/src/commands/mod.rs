@@ -14,6 +14,7 @@
 //! - [`monitor`]: `monitor`, the live view.
 //! - [`meeting`]: `meeting …`, `call`.
 //! - [`regions`]: `regions`, names of division codes.
+//! - [`release`]: `release sign`, signed terminal packages for over-the-air updates.
 //! - [`hj212`]: `hj212`, frame tools.
 //! - [`backup`]: `backup`, a copy of the SQLite store while central runs.
 //! - [`demo`]: `demo`, everything in one process.
@@ -32,6 +33,7 @@ pub mod meeting;
 pub mod monitor;
 pub mod readiness;
 pub mod regions;
+pub mod release;
 
 use clap::{Parser, Subcommand};
 
@@ -68,8 +70,9 @@ pub enum Command {
     },
     /// Issue a terminal's (or `central`'s) key, certificate and config as one bundle.
     Provision(ca::ProvisionArgs),
-    /// Send a signed command (ping, reboot, diag, logs, config-set KEY=VALUE) to a terminal or
-    /// to every terminal of a region, and print the answers.
+    /// Send a signed command (ping, reboot, diag, logs, readiness, config-set KEY=VALUE,
+    /// update FILE.release URL…) to a terminal or to every terminal of a region, and print
+    /// the answers.
     Cmd(cmd::CmdArgs),
     /// Write the broker's ACL and configuration from the CA's inventory.
     Acl(ca::AclArgs),
@@ -96,6 +99,12 @@ pub enum Command {
         #[command(subcommand)]
         action: hj212::Hj212Action,
     },
+    /// Over-the-air updates: `release sign FILE --version V` signs a terminal package with
+    /// the fleet's release key (boxes install nothing else).
+    Release {
+        #[command(subcommand)]
+        action: release::ReleaseAction,
+    },
     /// A consistent copy of the SQLite store, taken while central runs.
     Backup(backup::BackupArgs),
     /// Broker, central service and a simulated county, in one process, with a live fleet table.
@@ -121,6 +130,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Meeting(a) => meeting::run(a).await,
         Command::Call(a) => meeting::run_call(a).await,
         Command::Hj212 { action } => hj212::run(action),
+        Command::Release { action } => common::off_runtime(|| release::run(action)),
         Command::Backup(a) => common::off_runtime(|| backup::run(a)),
         Command::Demo(a) => demo::run(a).await,
     }
