@@ -167,27 +167,29 @@ pub fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
 
 fn migrate_once(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    loop {
-        // The version is read under the write lock, so two processes opening one store at
-        // once apply each step once.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let at = version(&tx)?;
-        if at > VERSION {
-            return Err(StoreError::NewerSchema {
-                at: path.to_owned(),
-                found: at.into(),
-                known: VERSION.into(),
-            });
-        }
-        if at == VERSION {
-            return Ok(());
-        }
-        tx.execute_batch(MIGRATIONS[at as usize])?;
-        // `user_version` takes no bound parameter; `at + 1` is a number of ours.
-        tx.execute_batch(&format!("PRAGMA user_version = {}", at + 1))?;
-        tx.commit()?;
-        tracing::debug!(version = at + 1, "store migrated");
+    // The version is read under the write lock, so two processes opening one store at once
+    // apply each step once; every missing step is one transaction, so a reader sees the
+    // schema before or after, never between steps.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let at = version(&tx)?;
+    if at > VERSION {
+        return Err(StoreError::NewerSchema {
+            at: path.to_owned(),
+            found: at.into(),
+            known: VERSION.into(),
+        });
     }
+    if at == VERSION {
+        return Ok(());
+    }
+    for step in &MIGRATIONS[at as usize..] {
+        tx.execute_batch(step)?;
+    }
+    // `user_version` takes no bound parameter; `VERSION` is a number of ours.
+    tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))?;
+    tx.commit()?;
+    tracing::debug!(from = at, to = VERSION, "store migrated");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ impl SqliteStore {
             // A missing directory shows up as the open error below.
             let _ = std::fs::create_dir_all(dir);
         }
+        if !path.exists() {
+            create(path)?;
+        }
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
@@ -119,6 +122,35 @@ impl SqliteStore {
             _central: None,
         })
     }
+}
+
+/// Creates a new store at `path` whole: the schema is written in a file beside it, which is
+/// then linked into place. A reader never finds a store file without its tables, and two
+/// processes creating one store at once end with one of them (the other's is dropped).
+fn create(path: &Path) -> Result<(), StoreError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".new-{}", std::process::id()));
+    let staged = path.with_file_name(name);
+    let io_err = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let _ = std::fs::remove_file(&staged);
+    let made = (|| {
+        let mut conn = Connection::open(&staged).map_err(|source| StoreError::Open {
+            path: staged.display().to_string(),
+            source,
+        })?;
+        schema::migrate(&mut conn, &staged.display().to_string())?;
+        // The last connection closing folds the write-ahead log into the file.
+        conn.close().map_err(|(_, e)| StoreError::Sql(e))?;
+        match std::fs::hard_link(&staged, path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err(e)),
+            _ => Ok(()),
+        }
+    })();
+    let _ = std::fs::remove_file(&staged);
+    made
 }
 
 fn touch(seen: &mut HashMap<String, (TerminalId, u64)>, id: &TerminalId, ms: u64) {
@@ -629,5 +661,36 @@ impl SqliteStore {
             )
             .optional()?;
         Ok(n.unwrap_or(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_file_appears_only_with_its_tables_and_leaves_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("central.db");
+        let watch = path.clone();
+        let reader = std::thread::spawn(move || {
+            // Every look at the file while it is being made finds either no file or a store.
+            let mut stores = 0;
+            while stores < 20 {
+                match open_read_only(&watch) {
+                    Ok(_) => stores += 1,
+                    Err(StoreError::Missing { .. }) if !watch.exists() => {}
+                    Err(e) => panic!("a half-made store was visible: {e}"),
+                }
+            }
+        });
+        let _store = SqliteStore::open(&path).unwrap();
+        reader.join().unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".new-"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 }

@@ -297,45 +297,49 @@ impl PgStore {
     /// Applies the steps of [`MIGRATIONS`] not applied yet, each in its own transaction,
     /// one instance at a time.
     fn migrate(&mut self) -> Result<(), StoreError> {
-        for (i, step) in MIGRATIONS.iter().enumerate() {
-            let version = i as i32 + 1;
-            let err = self.err(&format!("applying schema version {version}"));
-            let client = self.client.get_mut();
-            let mut tx = client.transaction().map_err(&err)?;
-            tx.query("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
-                .map_err(&err)?;
-            tx.batch_execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version    integer PRIMARY KEY,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                 )",
-            )
+        // Every missing step in one transaction: a reader sees the schema before or after,
+        // never between steps.
+        let err = self.err("applying the schema");
+        let at = self.at.clone();
+        let client = self.client.get_mut();
+        let mut tx = client.transaction().map_err(&err)?;
+        tx.query("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
             .map_err(&err)?;
-            let newest: i32 = tx
-                .query_one(
-                    "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                    &[],
-                )
-                .map_err(&err)?
-                .get(0);
-            if newest > MIGRATIONS.len() as i32 {
-                return Err(StoreError::NewerSchema {
-                    at: self.at.clone(),
-                    found: newest.into(),
-                    known: MIGRATIONS.len() as i64,
-                });
-            }
-            if newest >= version {
-                continue;
-            }
-            tx.batch_execute(step).map_err(&err)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .map_err(&err)?;
+        let newest: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .map_err(&err)?
+            .get(0);
+        if newest > MIGRATIONS.len() as i32 {
+            return Err(StoreError::NewerSchema {
+                at,
+                found: newest.into(),
+                known: MIGRATIONS.len() as i64,
+            });
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(newest.max(0) as usize) {
+            let version = i as i32 + 1;
+            let err = |source| StoreError::Postgres {
+                at: format!("{at}, applying schema version {version}"),
+                source,
+            };
+            tx.batch_execute(step).map_err(err)?;
             tx.execute(
                 "INSERT INTO schema_migrations (version) VALUES ($1)",
                 &[&version],
             )
-            .map_err(&err)?;
-            tx.commit().map_err(&err)?;
+            .map_err(err)?;
         }
+        tx.commit().map_err(&err)?;
         Ok(())
     }
 
