@@ -22,6 +22,8 @@ pub enum BrokerError {
     },
     #[error("cannot start the broker thread: {0}")]
     Thread(std::io::Error),
+    #[error("the broker did not start answering MQTT on {addr}")]
+    NotReady { addr: SocketAddr },
 }
 
 /// Why a users file was refused. Never quotes a password.
@@ -150,10 +152,24 @@ pub fn config(listen: SocketAddr, max_connections: usize, users: Option<Users>) 
     }
 }
 
-/// Starts the broker on its own threads and returns the address it listens on (port 0 in
-/// `listen` picks a free port). The broker runs until the process exits. With `users` a client
-/// must log in as one of them.
-pub fn start(listen: SocketAddr, users: Option<Users>) -> Result<SocketAddr, BrokerError> {
+/// Starts the broker on its own threads and returns the address it answers MQTT on, once it
+/// does (port 0 in `listen` picks a free port). The broker runs until the process exits. With
+/// `users` a client must log in as one of them.
+pub async fn serve(listen: SocketAddr, users: Option<Users>) -> Result<SocketAddr, BrokerError> {
+    // A free port is found by binding it and handed to the broker, which binds it again: in
+    // between another process may take it. The broker is ready only once it answers MQTT
+    // there; if it does not, a port of our choosing is chosen again.
+    let tries = if listen.port() == 0 { 5 } else { 1 };
+    for _ in 0..tries {
+        let addr = start(listen, users.clone())?;
+        if wait_ready(addr, std::time::Duration::from_secs(10)).await {
+            return Ok(addr);
+        }
+    }
+    Err(BrokerError::NotReady { addr: listen })
+}
+
+fn start(listen: SocketAddr, users: Option<Users>) -> Result<SocketAddr, BrokerError> {
     // rumqttd binds by address and reports a failed bind only in its log: bind here first,
     // which checks the address and resolves port 0, then hand the port over at once.
     let bound = TcpListener::bind(listen)
@@ -174,17 +190,33 @@ pub fn start(listen: SocketAddr, users: Option<Users>) -> Result<SocketAddr, Bro
     Ok(bound)
 }
 
-/// Waits until something accepts TCP connections on `addr`.
+/// Waits until an MQTT broker answers at `addr`: a CONNECT gets a CONNACK (accepted or not),
+/// so a port that merely accepts connections is not taken for a broker.
 pub async fn wait_ready(addr: SocketAddr, timeout: std::time::Duration) -> bool {
     let probe = async {
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let once = tokio::time::timeout(std::time::Duration::from_secs(2), connack(addr));
+            if let Ok(Some(())) = once.await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     };
     tokio::time::timeout(timeout, probe).await.is_ok()
+}
+
+/// One MQTT 3.1.1 CONNECT (clean session, client id "ready-probe") and its CONNACK.
+async fn connack(addr: SocketAddr) -> Option<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let mut connect = vec![
+        0x10, 23, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10, 0, 11,
+    ];
+    connect.extend_from_slice(b"ready-probe");
+    s.write_all(&connect).await.ok()?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.ok()?;
+    (ack[0] == 0x20 && ack[1] == 2).then_some(())
 }
 
 #[cfg(test)]

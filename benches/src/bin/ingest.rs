@@ -225,8 +225,10 @@ fn main() -> anyhow::Result<()> {
     let mut _broker_proc = None;
     let url: BrokerUrl = match args.broker.as_str() {
         "embedded" => {
-            let addr = free_addr()?;
-            cuntong::broker::start(addr, None)?;
+            let addr = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(cuntong::broker::serve(free_addr()?, None))?;
             format!("mqtt://{addr}").parse()?
         }
         "mosquitto" => {

@@ -114,11 +114,7 @@ fn replay(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        cuntong::broker::start(addr, None)?;
-        if !cuntong::broker::wait_ready(addr, Duration::from_secs(10)).await {
-            bail!("broker did not start");
-        }
+        let addr = cuntong::broker::serve("127.0.0.1:0".parse()?, None).await?;
         let url: cuntong_terminal::broker_url::BrokerUrl = format!("mqtt://{addr}").parse()?;
         let db = dir.path().join("central.db");
         let stats = Arc::new(CentralStats::default());

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use cuntong_terminal::daemon::shutdown_signal;
@@ -31,12 +30,7 @@ pub async fn run(args: BrokerArgs) -> Result<(), Failure> {
         Some(u) => format!(" ({} users may log in)", u.len()),
         None => " (open: no authentication)".to_owned(),
     };
-    let addr = broker::start(addr, users).map_err(fail)?;
-    if !broker::wait_ready(addr, Duration::from_secs(10)).await {
-        return Err(fail(format!(
-            "the broker did not start listening on {addr}"
-        )));
-    }
+    let addr = broker::serve(addr, users).await.map_err(fail)?;
     eprintln!("broker listening on mqtt://{addr}{users_note}");
     shutdown_signal().await;
     Ok(())

@@ -80,12 +80,7 @@ async fn demo(
         .tempdir()
         .map_err(fail)?;
     let db = db.unwrap_or_else(|| workdir.path().join("central.db"));
-    let addr = broker::start(addr, None).map_err(fail)?;
-    if !broker::wait_ready(addr, Duration::from_secs(10)).await {
-        return Err(fail(format!(
-            "the broker did not start listening on {addr}"
-        )));
-    }
+    let addr = broker::serve(addr, None).await.map_err(fail)?;
     let broker_url: BrokerUrl = parse("--listen", &format!("mqtt://{addr}"))?;
     eprintln!("broker listening on mqtt://{addr} (embedded, open: no authentication)");
     eprintln!("store    {}", db.display());
