@@ -232,22 +232,8 @@ fn issue(
         cert: cert.pem(),
         key: key.serialize_pem(),
         ca,
-        serial: hex(&serial),
+        serial: cuntong_terminal::hex::encode(&serial),
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Records a new certificate for `name`; one it replaces goes on the CRL.
@@ -335,7 +321,7 @@ fn write_crl(ca_dir: &Path, inv: &Inventory) -> Result<(), CaError> {
     };
     let mut revoked_certs = Vec::new();
     for r in &inv.revoked {
-        let Some(serial) = unhex(&r.serial) else {
+        let Some(serial) = cuntong_terminal::hex::decode(&r.serial) else {
             return Err(CaError::Inventory {
                 path: ca_dir.join("inventory.json"),
                 detail: format!("revoked serial {:?} of {} is not hex", r.serial, r.name),

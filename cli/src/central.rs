@@ -35,6 +35,7 @@ use cuntong_terminal::link::Message;
 use crate::alarms::{AlarmConfig, AlarmService};
 use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody};
 use crate::meetings::MeetingService;
+use crate::rollouts::RolloutService;
 use crate::store::{Database, Record, StoreError, TrySendError, Writer};
 use cuntong_core::lease::{self, Answer, Lease, Tenure};
 
@@ -67,6 +68,9 @@ pub struct CentralOptions {
     /// The shared-subscription group the instances share ingest in (`--share-ingest`), on a
     /// broker with MQTT shared subscriptions; every instance receives everything if `None`.
     pub share_ingest: Option<String>,
+    /// Where release artifacts are cached for serving (`--release-cache`); beside an SQLite
+    /// store, or the user's cache directory, if `None`.
+    pub release_cache: Option<std::path::PathBuf>,
 }
 
 impl CentralOptions {
@@ -88,6 +92,7 @@ impl CentralOptions {
             lease: Lease::default(),
             retain: None,
             share_ingest: None,
+            release_cache: None,
         }
     }
 }
@@ -242,11 +247,27 @@ const RETENTION_EVERY_MS: u64 = 3_600_000;
 const HOST_ROLE: &str = "host";
 
 /// The roles only one central instance plays at a time, played by the one that holds the
-/// lease on them: the meeting host (with its scheduled sessions) and the alarm engine (with its
-/// hooks).
+/// lease on them: the meeting host (with its scheduled sessions), the alarm engine (with its
+/// hooks) and the rollouts.
 struct Roles {
     meetings: MeetingService,
     alarms: AlarmService,
+    rollouts: RolloutService,
+}
+
+impl Roles {
+    /// Hands what the alarms and rollouts have for the boxes to the meeting host's queue,
+    /// which publishes it.
+    fn gather_outbound(&mut self) {
+        for m in self
+            .alarms
+            .take_outbound()
+            .into_iter()
+            .chain(self.rollouts.take_outbound())
+        {
+            self.meetings.push(m);
+        }
+    }
 }
 
 impl Roles {
@@ -269,10 +290,11 @@ impl Roles {
             alarms: AlarmService::open(
                 store,
                 opts.alarms.clone(),
-                state,
+                state.clone(),
                 writer.names.clone(),
                 unix_ms(),
             )?,
+            rollouts: RolloutService::open(store, state, unix_ms())?,
         })
     }
 }
@@ -424,8 +446,12 @@ pub async fn run(
         // One plain line for operators and scripts (port 0 in `--http` picks a free port).
         eprintln!("dashboard: http://{bound}/");
         let (db, stop) = (opts.db.clone(), stop.clone());
+        let artifacts = opts
+            .release_cache
+            .clone()
+            .unwrap_or_else(|| crate::artifacts::default_cache(&db));
         tokio::spawn(async move {
-            if let Err(e) = crate::dashboard::serve_on(listener, db, stop).await {
+            if let Err(e) = crate::dashboard::serve_on(listener, db, artifacts, stop).await {
                 tracing::error!(error = %e, "the dashboard stopped");
             }
         });
@@ -533,6 +559,8 @@ pub async fn run(
                         r.meetings.tick(now);
                         r.alarms.tick(now, link.is_connected());
                     }
+                    r.rollouts.tick(now, false);
+                    r.gather_outbound();
                     // Retention is the host's too: once an hour, and after taking over.
                     if let Some(keep) = opts.retain
                         && now >= last_retention.saturating_add(RETENTION_EVERY_MS)
@@ -611,8 +639,11 @@ pub async fn run(
             stats.rejected.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(r) = roles.as_mut() {
-            r.alarms.record(&record, unix_ms());
+            let now = unix_ms();
+            r.alarms.record(&record, now);
             r.meetings.record(&record);
+            r.rollouts.record(&record, now);
+            r.gather_outbound();
         }
         // Records wait in `ahead` while the store thread is behind, so the loop keeps reading:
         // commands and meeting uplinks behind them are answered at once.
@@ -681,22 +712,14 @@ fn answer_command(
     client: &str,
     payload: &[u8],
 ) {
-    let alarms_before = roles.alarms.handed_over();
-    let answer = control(
-        &mut roles.meetings,
-        &mut roles.alarms,
-        log,
-        client,
-        payload,
-        unix_ms(),
-    );
-    for m in roles.alarms.take_outbound() {
-        roles.meetings.push(m);
-    }
+    let before = (roles.alarms.handed_over(), roles.rollouts.handed_over());
+    let answer = control(roles, log, client, payload, unix_ms());
+    roles.gather_outbound();
     roles.meetings.lay_out();
     roles.meetings.drain(link);
+    let handed = (roles.alarms.handed_over(), roles.rollouts.handed_over());
     let changed = match roles.meetings.save() {
-        Ok(saved) => saved || roles.alarms.handed_over() != alarms_before,
+        Ok(saved) => saved || handed != before,
         Err(e) => {
             tracing::error!(error = %e, "cannot save meetings");
             false
@@ -714,11 +737,10 @@ fn answer_command(
     }
 }
 
-/// The answer to a request of a `cuntong` command (`meeting …`, `alarms ack`), for its
-/// response topic; `None` for a request that cannot be read.
+/// The answer to a request of a `cuntong` command (`meeting …`, `alarms ack`, `rollout …`),
+/// for its response topic; `None` for a request that cannot be read.
 fn control(
-    meetings: &mut MeetingService,
-    alarms: &mut AlarmService,
+    roles: &mut Roles,
     log: &LogLimiter,
     client: &str,
     payload: &[u8],
@@ -734,11 +756,22 @@ fn control(
         }
     };
     let result = match req.body {
-        RequestBody::AckAlarm { id, by } => alarms
+        RequestBody::AckAlarm { id, by } => roles
+            .alarms
             .acknowledge(id, &by, now_ms)
             .map(|()| ResponseBody::None)
             .map_err(ControlError::Alarm),
-        other => meetings.answer(other, now_ms),
+        RequestBody::RolloutStart { plan, command } => roles
+            .rollouts
+            .start(plan, command.0, now_ms)
+            .map(|()| ResponseBody::None)
+            .map_err(ControlError::Refused),
+        RequestBody::Rollout { id, op } => roles
+            .rollouts
+            .apply(id, op, now_ms)
+            .map(|()| ResponseBody::None)
+            .map_err(ControlError::Refused),
+        other => roles.meetings.answer(other, now_ms),
     };
     let (error, body) = match result {
         Ok(body) => (None, body),

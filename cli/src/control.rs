@@ -93,6 +93,36 @@ pub enum RequestBody {
         id: u64,
         by: String,
     },
+    /// Start a staged rollout: the plan, and the signed command that offers the release to
+    /// the plan's region (made with the fleet's command key by `cuntong rollout start`).
+    RolloutStart {
+        plan: cuntong_core::rollout::Plan,
+        command: Hex,
+    },
+    /// Pause, resume or cancel a rollout.
+    Rollout {
+        id: u64,
+        op: cuntong_core::rollout::Op,
+    },
+}
+
+/// Bytes as lower-case hex in JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hex(pub Vec<u8>);
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&cuntong_terminal::hex::encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Hex, D::Error> {
+        let text = String::deserialize(d)?;
+        cuntong_terminal::hex::decode(&text)
+            .map(Hex)
+            .ok_or_else(|| serde::de::Error::custom("not hex"))
+    }
 }
 
 /// The host's answer.

@@ -375,13 +375,16 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, db, stop).await
+    let cache = crate::artifacts::default_cache(&db);
+    serve_on(listener, db, cache, stop).await
 }
 
-/// Serves the dashboard on a bound listener.
+/// Serves the dashboard, and the release artifacts (cached in `artifacts`), on a bound
+/// listener.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     db: Database,
+    artifacts: std::path::PathBuf,
     stop: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -391,6 +394,7 @@ pub async fn serve_on(
         read_at: std::sync::Mutex::new(None),
     });
     tokio::spawn(refresh(reader.clone(), tx, stop.clone()));
+    let releases = crate::artifacts::router(db.clone(), artifacts);
     let app = App {
         db: Arc::new(db),
         snapshots: rx,
@@ -406,7 +410,8 @@ pub async fn serve_on(
         .route("/api/view", get(view_now))
         .route("/api/live", get(live))
         .route("/api/terminal/:id", get(terminal_detail))
-        .with_state(app);
+        .with_state(app)
+        .merge(releases);
     tracing::info!(addr = %listener.local_addr()?, "dashboard listening");
     let descriptors = cuntong_terminal::listen::Descriptors::process();
     let gate = cuntong_terminal::listen::Gate::new("dashboard", MAX_CLIENTS, &descriptors);
@@ -690,6 +695,7 @@ mod tests {
         tokio::spawn(serve_on(
             listener,
             Database::Sqlite(dir.path().join("none.db")),
+            dir.path().join("releases"),
             stop.clone(),
         ));
         let test = async {

@@ -22,6 +22,7 @@
 //! read commands, `ca`, `cmd`, …) with its arguments and its `run`.
 
 pub mod alarms;
+pub mod artifacts;
 pub mod broker;
 pub mod ca;
 pub mod central;
@@ -35,5 +36,6 @@ pub mod monitor;
 pub mod names;
 pub mod readiness;
 pub mod release;
+pub mod rollouts;
 pub mod store;
 pub mod view;

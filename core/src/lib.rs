@@ -45,6 +45,7 @@ pub mod lease;
 pub mod media;
 pub mod meeting;
 pub mod presence;
+pub mod rollout;
 pub mod sampler;
 pub mod site;
 pub mod telemetry;

@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod duty_button;
 pub mod hardware;
 pub mod health;
+pub mod hex;
 pub mod hj212;
 pub mod integrity;
 pub mod link;

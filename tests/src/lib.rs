@@ -17,6 +17,7 @@ use serde::Deserialize;
 pub mod browser;
 pub mod nats;
 pub mod postgres;
+pub mod update;
 
 /// Path of a workspace binary next to the test executable's `deps` directory.
 pub fn bin(name: &str) -> PathBuf {

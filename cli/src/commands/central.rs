@@ -47,6 +47,11 @@ pub struct CentralArgs {
     /// Mosquitto 2, EMQX; not NATS 2.9).
     #[arg(long, value_name = "GROUP", env = "CUNTONG_SHARE_INGEST")]
     share_ingest: Option<String>,
+    /// Where release artifacts are cached to be served to the boxes (`GET
+    /// /releases/SHA256` on the `--http` listener). Default: `releases/` beside an SQLite
+    /// store, else the user's cache directory.
+    #[arg(long, value_name = "DIR", env = "CUNTONG_RELEASE_CACHE")]
+    release_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +143,7 @@ impl CentralArgs {
             http,
             retain,
             share_ingest,
+            release_cache,
         } = self;
         let mut opts = CentralOptions::new(
             broker.with_tls(tls.is_some())?,
@@ -158,6 +164,7 @@ impl CentralArgs {
             return Err(Usage("--meeting-heartbeat: at least 500ms".into()));
         }
         opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
+        opts.release_cache = release_cache;
         opts.http = http.map(|a| parse("--http", &a)).transpose()?;
         if let Some(r) = retain {
             let keep = duration("--retain", &r)?;

@@ -34,6 +34,7 @@ pub mod monitor;
 pub mod readiness;
 pub mod regions;
 pub mod release;
+pub mod rollout;
 
 use clap::{Parser, Subcommand};
 
@@ -99,11 +100,18 @@ pub enum Command {
         #[command(subcommand)]
         action: hj212::Hj212Action,
     },
-    /// Over-the-air updates: `release sign FILE --version V` signs a terminal package with
-    /// the fleet's release key (boxes install nothing else).
+    /// Over-the-air updates: `release add FILE --version V` signs a terminal package with
+    /// the fleet's release key (boxes install nothing else) and records it for rollouts;
+    /// `release sign`, `release list`.
     Release {
         #[command(subcommand)]
         action: release::ReleaseAction,
+    },
+    /// Staged rollouts of a recorded release: `rollout start V --region CODE --from URL`,
+    /// `rollout status ID`, `rollout pause|resume|cancel ID`, `rollout list`.
+    Rollout {
+        #[command(subcommand)]
+        action: rollout::RolloutAction,
     },
     /// A consistent copy of the SQLite store, taken while central runs.
     Backup(backup::BackupArgs),
@@ -131,6 +139,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Call(a) => meeting::run_call(a).await,
         Command::Hj212 { action } => hj212::run(action),
         Command::Release { action } => common::off_runtime(|| release::run(action)),
+        Command::Rollout { action } => rollout::run(action).await,
         Command::Backup(a) => common::off_runtime(|| backup::run(a)),
         Command::Demo(a) => demo::run(a).await,
     }

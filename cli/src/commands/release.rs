@@ -1,4 +1,5 @@
-//! `cuntong release sign`: a signed release for a terminal package.
+//! `cuntong release sign|add|list`: signed releases of the terminal package, and the ones
+//! recorded in the store for rollouts.
 
 use std::path::PathBuf;
 
@@ -6,7 +7,9 @@ use clap::Subcommand;
 use cuntong_core::envelope::encode;
 use cuntong_terminal::println;
 
-use super::common::{Failure, fail};
+use super::common::{Failure, database, fail};
+use crate::store::{Database, ReleaseRow};
+use crate::view::rfc3339_ms;
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseAction {
@@ -25,6 +28,37 @@ pub enum ReleaseAction {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Sign a terminal package and record it, with its artifact, in central's store, from
+    /// where central serves it to the boxes (`GET /releases/SHA256`) and `cuntong rollout
+    /// start V` rolls it out.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// The fleet CA directory (holds `release-key.pk8`).
+        #[arg(long, env = "CUNTONG_CA", default_value = "ca")]
+        ca: PathBuf,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<Database>,
+    },
+    /// The releases recorded in the store.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "CUNTONG_DB")]
+        db: Option<Database>,
+    },
+}
+
+/// `cuntong release list --json`: one object per release.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseJson {
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    /// RFC 3339 with milliseconds, UTC.
+    pub added_at: String,
 }
 
 pub fn run(action: ReleaseAction) -> Result<(), Failure> {
@@ -47,6 +81,62 @@ pub fn run(action: ReleaseAction) -> Result<(), Failure> {
             }
             std::fs::write(&out, bytes).map_err(|e| fail(format!("{}: {e}", out.display())))?;
             println!("{} signed as {version}: {}", file.display(), out.display());
+            Ok(())
+        }
+        ReleaseAction::Add {
+            file,
+            version,
+            ca,
+            db,
+        } => {
+            let signed = crate::release::sign(&ca, &file, &version).map_err(fail)?;
+            let manifest = signed.manifest().map_err(fail)?;
+            let artifact =
+                std::fs::read(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            if artifact.len() as u64 != manifest.size {
+                return Err(fail(format!("{}: changed while read", file.display())));
+            }
+            let row = ReleaseRow {
+                version: version.clone(),
+                sha256: cuntong_terminal::hex::encode(&manifest.sha256),
+                size: manifest.size,
+                signed: encode(&signed).map_err(fail)?,
+                added_ms: cuntong_terminal::link::unix_ms(),
+            };
+            let mut store = database(db).open().map_err(fail)?;
+            let new = store.add_release(&row, &artifact).map_err(fail)?;
+            let how = if new { "recorded" } else { "already recorded" };
+            println!(
+                "release {version} {how}: {} bytes, SHA-256 {}",
+                row.size, row.sha256
+            );
+            Ok(())
+        }
+        ReleaseAction::List { json, db } => {
+            let rows = database(db)
+                .open_read_only()
+                .and_then(|s| s.releases())
+                .map_err(fail)?;
+            let out: Vec<ReleaseJson> = rows
+                .into_iter()
+                .map(|r| ReleaseJson {
+                    version: r.version,
+                    sha256: r.sha256,
+                    size: r.size,
+                    added_at: rfc3339_ms(r.added_ms),
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
+                return Ok(());
+            }
+            println!("{:<16} {:>12} {:<24} SHA-256", "VERSION", "BYTES", "ADDED");
+            for r in &out {
+                println!(
+                    "{:<16} {:>12} {:<24} {}",
+                    r.version, r.size, r.added_at, r.sha256
+                );
+            }
             Ok(())
         }
     }

@@ -684,7 +684,9 @@ impl MeetingService {
                 self.apply(id, Vec::new());
                 Ok(ResponseBody::Sdp(sdp))
             }
-            RequestBody::AckAlarm { .. } => {
+            RequestBody::AckAlarm { .. }
+            | RequestBody::RolloutStart { .. }
+            | RequestBody::Rollout { .. } => {
                 Err(ControlError::Failed("not a meeting request".into()))
             }
         }

@@ -18,11 +18,13 @@ pub struct OpenAlarms {
 }
 
 /// What the store knows of a terminal when central starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownTerminal {
     pub terminal: TerminalId,
     pub online: bool,
     pub last_seen_ms: u64,
+    /// The version its last presence named.
+    pub version: Option<String>,
 }
 
 /// An alarm as stored (JSON), back; both backends read alarms this way.
@@ -146,23 +148,26 @@ impl SqliteStore {
     /// Every terminal heard from, with whether it was online and when it was last seen.
     pub fn known_terminals(&self) -> Result<Vec<KnownTerminal>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT terminal, online, last_seen_ms FROM terminals WHERE last_seen_ms IS NOT NULL",
+            "SELECT terminal, online, last_seen_ms, version FROM terminals
+             WHERE last_seen_ms IS NOT NULL",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, bool>(1)?,
                 r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (t, online, seen) = row?;
+            let (t, online, seen, version) = row?;
             if let Ok(terminal) = t.parse() {
                 out.push(KnownTerminal {
                     terminal,
                     online,
                     last_seen_ms: seen.max(0) as u64,
+                    version,
                 });
             }
         }

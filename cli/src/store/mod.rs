@@ -32,6 +32,7 @@ mod instances;
 mod meetings;
 mod names;
 mod postgres;
+pub(crate) mod rollouts;
 mod schema;
 mod sqlite;
 mod writer;
@@ -41,6 +42,7 @@ pub use instances::{Fence, InstanceRow};
 pub use meetings::{MeetingRow, StoredMeeting};
 pub use names::NamesCache;
 pub use postgres::PgStore;
+pub use rollouts::{ReleaseRow, RolloutRow, RolloutSiteRow};
 use sqlite::has_table;
 pub use sqlite::{BackupSummary, SqliteStore, open_read_only};
 pub use writer::{GROUP, RecordSender, StateWriter, TrySendError, Writer, WriterGone};
@@ -86,6 +88,10 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("the store thread crashed")]
     Crashed,
+    #[error(
+        "release {version} is recorded already with other contents (SHA-256 {sha256}): give the new build a new version"
+    )]
+    ReleaseExists { version: String, sha256: String },
     #[error(
         "no store at {path} yet (`cuntong central` creates it there; --db PATH or CUNTONG_DB for another)"
     )]
@@ -412,6 +418,36 @@ pub trait Store: Send {
     /// SQLite deletes their rows. Returns how many it dropped: days (PostgreSQL), messages
     /// (SQLite). Watermarks stay: what was confirmed stays confirmed.
     fn drop_before(&mut self, cut_ms: u64) -> Result<u64, StoreError>;
+
+    // Releases and rollouts.
+
+    /// Records a release and its artifact; false if this version is recorded already with the
+    /// same contents, [`StoreError::ReleaseExists`] if with others.
+    fn add_release(&mut self, release: &ReleaseRow, artifact: &[u8]) -> Result<bool, StoreError>;
+    /// The releases recorded, oldest first (without their artifacts).
+    fn releases(&self) -> Result<Vec<ReleaseRow>, StoreError>;
+    /// Writes the artifact whose SHA-256 is `sha256` (hex) to `out`, in pieces; false if no
+    /// release has it.
+    fn release_artifact(
+        &self,
+        sha256: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<bool, StoreError>;
+    /// Writes rollouts (their state) and boxes' progress, in one transaction; under `fence`,
+    /// only while its epoch is the role's.
+    fn save_rollouts(
+        &mut self,
+        rollouts: &[RolloutRow],
+        sites: &[RolloutSiteRow],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError>;
+    /// Every rollout stored, oldest first.
+    fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError>;
+    /// The boxes of rollout `id` and their progress.
+    fn rollout_sites(
+        &self,
+        id: u64,
+    ) -> Result<std::collections::BTreeMap<TerminalId, cuntong_core::rollout::Site>, StoreError>;
 
     // Several central instances.
 

@@ -125,6 +125,38 @@ CREATE TABLE instances (
     "
 ALTER TABLE terminals ADD COLUMN offline_ms INTEGER;
 ",
+    // 5: releases (the signed manifest and the artifact) and staged rollouts with each box's
+    // progress.
+    "
+CREATE TABLE releases (
+    version  TEXT PRIMARY KEY,
+    sha256   TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    signed   BLOB NOT NULL,
+    artifact BLOB NOT NULL,
+    added_ms INTEGER NOT NULL
+);
+CREATE INDEX releases_by_sha256 ON releases (sha256);
+CREATE TABLE rollouts (
+    id         INTEGER PRIMARY KEY,
+    version    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    plan       TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    command    BLOB NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE rollout_sites (
+    rollout     INTEGER NOT NULL,
+    terminal    TEXT NOT NULL,
+    stage       TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    notified_ms INTEGER,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (rollout, terminal)
+) WITHOUT ROWID;
+",
 ];
 
 /// The version this build writes.

@@ -50,7 +50,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
 
 /// True if the store has table `name` (a store written by an older central, read-only here,
 /// may not have the newer ones yet).
-pub(super) fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+pub(crate) fn has_table(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     let n: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
         params![name],
@@ -217,6 +217,37 @@ fn advance_watermark(
 }
 
 impl Store for SqliteStore {
+    fn add_release(&mut self, release: &ReleaseRow, artifact: &[u8]) -> Result<bool, StoreError> {
+        SqliteStore::add_release(self, release, artifact)
+    }
+    fn releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
+        SqliteStore::releases(self)
+    }
+    fn release_artifact(
+        &self,
+        sha256: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<bool, StoreError> {
+        SqliteStore::release_artifact(self, sha256, out)
+    }
+    fn save_rollouts(
+        &mut self,
+        rollouts: &[RolloutRow],
+        sites: &[RolloutSiteRow],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        SqliteStore::save_rollouts(self, rollouts, sites, fence)
+    }
+    fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
+        SqliteStore::rollouts(self)
+    }
+    fn rollout_sites(
+        &self,
+        id: u64,
+    ) -> Result<std::collections::BTreeMap<TerminalId, cuntong_core::rollout::Site>, StoreError>
+    {
+        SqliteStore::rollout_sites(self, id)
+    }
     fn drop_before(&mut self, cut_ms: u64) -> Result<u64, StoreError> {
         const DAY_MS: u64 = 86_400_000;
         let day = i64::try_from(cut_ms - cut_ms % DAY_MS).unwrap_or(i64::MAX);

@@ -18,7 +18,9 @@ use cuntong_core::alarm::Alarm;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Applied, Fence, MeetingRow, NamesCache, Record, Store, StoreError};
+use super::{
+    Applied, Fence, MeetingRow, NamesCache, Record, RolloutRow, RolloutSiteRow, Store, StoreError,
+};
 use crate::names::Names;
 
 /// Records applied in one transaction, at most.
@@ -35,6 +37,7 @@ const NAMES_EVERY: Duration = Duration::from_secs(1);
 enum StateWrite {
     Meetings(Vec<MeetingRow>, Option<Fence>),
     Alarms(Vec<Alarm>, Option<Fence>),
+    Rollouts(Vec<RolloutRow>, Vec<RolloutSiteRow>, Option<Fence>),
     RetireMeeting(String),
     /// Forget the history before this time (retention).
     DropBefore(u64),
@@ -94,6 +97,15 @@ impl StateWriter {
     /// Alarm changes to write.
     pub fn alarms(&self, alarms: Vec<Alarm>) -> Result<(), WriterGone> {
         self.send(StateWrite::Alarms(alarms, self.fence))
+    }
+
+    /// Rollouts (their state) and boxes' progress to write.
+    pub fn rollouts(
+        &self,
+        rollouts: Vec<RolloutRow>,
+        sites: Vec<RolloutSiteRow>,
+    ) -> Result<(), WriterGone> {
+        self.send(StateWrite::Rollouts(rollouts, sites, self.fence))
     }
 
     /// A stored session central cannot use, to mark ended.
@@ -334,6 +346,11 @@ fn write_state(
         StateWrite::Alarms(alarms, fence) => fenced(retrying(stop, "alarms", alarms.len(), || {
             store.save_alarms(&alarms, fence.as_ref())
         })),
+        StateWrite::Rollouts(rows, sites, fence) => {
+            fenced(retrying(stop, "rollouts", rows.len() + sites.len(), || {
+                store.save_rollouts(&rows, &sites, fence.as_ref())
+            }))
+        }
         StateWrite::RetireMeeting(id) => {
             retrying(stop, "meetings", 1, || store.retire_meeting(&id))
         }

@@ -59,7 +59,4 @@ impl UpdateError {
     }
 }
 
-/// Lower-case hex of a digest or key.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::hex::encode as hex;

@@ -43,12 +43,14 @@ use cuntong_core::terminal_id::TerminalId;
 
 use super::{
     Applied, EventRow, Fence, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, Record,
-    SampleRow, SiteRow, Store, StoreError, StoredMeeting, event_row, push_samples, stream_id,
+    ReleaseRow, RolloutRow, RolloutSiteRow, SampleRow, SiteRow, Store, StoreError, StoredMeeting,
+    event_row, push_samples, stream_id,
 };
 use crate::names::Names;
 use cuntong_core::alarm::Alarm;
 
 mod ingest;
+mod rollouts;
 mod schema;
 mod state;
 
@@ -494,6 +496,37 @@ impl PgStore {
 }
 
 impl Store for PgStore {
+    fn add_release(&mut self, release: &ReleaseRow, artifact: &[u8]) -> Result<bool, StoreError> {
+        PgStore::add_release(self, release, artifact)
+    }
+    fn releases(&self) -> Result<Vec<ReleaseRow>, StoreError> {
+        PgStore::releases(self)
+    }
+    fn release_artifact(
+        &self,
+        sha256: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<bool, StoreError> {
+        PgStore::release_artifact(self, sha256, out)
+    }
+    fn save_rollouts(
+        &mut self,
+        rollouts: &[RolloutRow],
+        sites: &[RolloutSiteRow],
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        PgStore::save_rollouts(self, rollouts, sites, fence)
+    }
+    fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
+        PgStore::rollouts(self)
+    }
+    fn rollout_sites(
+        &self,
+        id: u64,
+    ) -> Result<std::collections::BTreeMap<TerminalId, cuntong_core::rollout::Site>, StoreError>
+    {
+        PgStore::rollout_sites(self, id)
+    }
     fn drop_before(&mut self, cut_ms: u64) -> Result<u64, StoreError> {
         PgStore::drop_before(self, cut_ms)
     }

@@ -263,4 +263,38 @@ CREATE INDEX messages_brin ON messages USING brin (terminal, time_ms) WITH (page
     r#"
 ALTER TABLE terminals ADD COLUMN offline_ms bigint;
 "#,
+    // 6: releases (the signed manifest and the artifact) and staged rollouts with each box's
+    // progress.
+    r#"
+CREATE TABLE releases (
+    version  text PRIMARY KEY,
+    sha256   text NOT NULL,
+    size     bigint NOT NULL,
+    signed   bytea NOT NULL,
+    artifact bytea NOT NULL,
+    added_ms bigint NOT NULL
+);
+-- Artifacts are read in pieces: kept uncompressed, a piece is read without the whole.
+ALTER TABLE releases ALTER COLUMN artifact SET STORAGE EXTERNAL;
+CREATE INDEX releases_by_sha256 ON releases (sha256);
+CREATE TABLE rollouts (
+    id         bigint PRIMARY KEY,
+    version    text NOT NULL,
+    state      text NOT NULL,
+    plan       text NOT NULL,
+    reason     text NOT NULL,
+    command    bytea NOT NULL,
+    updated_ms bigint NOT NULL
+);
+CREATE TABLE rollout_sites (
+    rollout     bigint NOT NULL,
+    terminal    text NOT NULL,
+    stage       text NOT NULL,
+    bytes       bigint NOT NULL,
+    reason      text NOT NULL,
+    notified_ms bigint,
+    updated_ms  bigint NOT NULL,
+    PRIMARY KEY (rollout, terminal)
+);
+"#,
 ];

@@ -146,7 +146,7 @@ impl PgStore {
             .client
             .borrow_mut()
             .query(
-                "SELECT terminal, online, last_seen_ms FROM terminals
+                "SELECT terminal, online, last_seen_ms, version FROM terminals
                  WHERE last_seen_ms IS NOT NULL",
                 &[],
             )
@@ -158,6 +158,7 @@ impl PgStore {
                     terminal: r.get::<_, &str>(0).parse().ok()?,
                     online: r.get(1),
                     last_seen_ms: r.get::<_, i64>(2).max(0) as u64,
+                    version: r.get(3),
                 })
             })
             .collect())

@@ -1,0 +1,302 @@
+//! Central's rollout role: runs the staged rollouts ([`cuntong_core::rollout`]) as the holder
+//! of the host role. It offers each box the release by sending it the rollout's signed command
+//! (signed once by the operator with the fleet's command key; central holds no key), retained
+//! on the box's command topic so a box that drops off finds it; follows the boxes' `update`
+//! events; and writes what changed through the store thread, so the rollout carries on where
+//! it was after a restart or a takeover.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cuntong_core::command::{Action, SignedCommand};
+use cuntong_core::envelope::Event;
+use cuntong_core::rollout::{Op, Plan, Rollout};
+use cuntong_core::terminal_id::TerminalId;
+use cuntong_core::topic::{Channel, Topic};
+use cuntong_terminal::link::Message;
+
+use crate::store::{Record, RolloutRow, StateWriter, Store, StoreError};
+
+/// How often the rollouts are judged and offers go out.
+const TICK_MS: u64 = 1000;
+
+struct Running {
+    rollout: Rollout,
+    command: Vec<u8>,
+}
+
+/// The rollouts central runs.
+pub struct RolloutService {
+    rollouts: BTreeMap<u64, Running>,
+    /// Every box heard from: online, and the version its presence names.
+    boxes: HashMap<TerminalId, (bool, Option<String>)>,
+    writer: StateWriter,
+    outbound: Vec<Message>,
+    last_tick_ms: u64,
+    /// Writes handed to the store thread so far.
+    handed: u64,
+}
+
+impl std::fmt::Debug for RolloutService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RolloutService")
+            .field("rollouts", &self.rollouts.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RolloutService {
+    /// Carries on with the rollouts in `store` that are not over (read once, before central's
+    /// loop starts); writes through `writer`.
+    pub fn open(
+        store: &dyn Store,
+        writer: StateWriter,
+        now_ms: u64,
+    ) -> Result<RolloutService, StoreError> {
+        let mut rollouts = BTreeMap::new();
+        for row in store.rollouts()? {
+            if row.state.is_over() {
+                continue;
+            }
+            let sites = store.rollout_sites(row.plan.id)?;
+            let id = row.plan.id;
+            let mut rollout = Rollout::stored(row.plan, row.state, row.reason, sites, now_ms);
+            replay(store, &mut rollout)?;
+            rollouts.insert(
+                id,
+                Running {
+                    rollout,
+                    command: row.command,
+                },
+            );
+        }
+        let boxes = store
+            .known_terminals()?
+            .into_iter()
+            .map(|k| (k.terminal, (k.online, k.version)))
+            .collect();
+        Ok(RolloutService {
+            rollouts,
+            boxes,
+            writer,
+            outbound: Vec::new(),
+            last_tick_ms: 0,
+            handed: 0,
+        })
+    }
+
+    /// Feeds what a received record says: who is online on which version, and the boxes'
+    /// progress.
+    pub fn record(&mut self, record: &Record, now_ms: u64) {
+        match record {
+            Record::Presence {
+                terminal, presence, ..
+            } => {
+                self.boxes
+                    .insert(*terminal, (presence.online, Some(presence.version.clone())));
+            }
+            Record::Event {
+                terminal, envelope, ..
+            } => {
+                if let Event::Update {
+                    rollout,
+                    stage,
+                    bytes,
+                    reason,
+                    ..
+                } = &envelope.body
+                    && let Some(r) = self.rollouts.get_mut(rollout)
+                    && r.rollout
+                        .reported(*terminal, *stage, *bytes, reason, now_ms)
+                {
+                    // The offer reached the box: its retained copy has done its job.
+                    self.outbound.push(take_back(terminal));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts rollout `plan` with the operator's signed `command`, which must offer this
+    /// release to this region under this rollout's id (the boxes check the signature).
+    pub fn start(&mut self, mut plan: Plan, command: Vec<u8>, now_ms: u64) -> Result<(), String> {
+        if self.rollouts.contains_key(&plan.id) {
+            return Err(format!("rollout {} exists already", plan.id));
+        }
+        let body = SignedCommand::decode(&command)
+            .and_then(|c| c.body())
+            .map_err(|e| format!("the rollout's command does not decode: {e}"))?;
+        let Action::Update(offer) = &body.action else {
+            return Err(format!(
+                "the rollout's command is {}, not update",
+                body.action.name()
+            ));
+        };
+        let version = offer
+            .release
+            .manifest()
+            .map_err(|e| format!("the rollout's release does not decode: {e}"))?
+            .version;
+        if offer.rollout != plan.id || version != plan.version {
+            return Err(format!(
+                "the command offers {version} as rollout {}, not {} as rollout {}",
+                offer.rollout, plan.version, plan.id
+            ));
+        }
+        if body.target != plan.region.prefix() {
+            return Err(format!(
+                "the command is for {}, not region {}",
+                body.target, plan.region
+            ));
+        }
+        if body.expires_ms <= now_ms {
+            return Err("the rollout's command has expired".into());
+        }
+        plan.expires_ms = body.expires_ms;
+        let boxes = self
+            .boxes
+            .iter()
+            .map(|(id, (_, version))| (*id, version.clone()));
+        let rollout = Rollout::start(plan, boxes, now_ms);
+        tracing::info!(
+            rollout = rollout.plan.id,
+            version = %rollout.plan.version,
+            region = %rollout.plan.region,
+            boxes = rollout.sites().len(),
+            "rollout started"
+        );
+        self.rollouts
+            .insert(rollout.plan.id, Running { rollout, command });
+        self.save(now_ms);
+        Ok(())
+    }
+
+    /// The operator pauses, resumes or cancels rollout `id`.
+    pub fn apply(&mut self, id: u64, op: Op, now_ms: u64) -> Result<(), String> {
+        let r = self
+            .rollouts
+            .get_mut(&id)
+            .ok_or_else(|| format!("no rollout {id} in progress"))?;
+        r.rollout.apply(op)?;
+        tracing::info!(rollout = id, op = op.as_str(), "rollout changed");
+        self.tick(now_ms, true);
+        Ok(())
+    }
+
+    /// Once a second (sooner if `now`): offers what the rollouts allow, judges them, and hands
+    /// what changed to the store thread.
+    pub fn tick(&mut self, now_ms: u64, now: bool) {
+        if !now && now_ms < self.last_tick_ms + TICK_MS {
+            return;
+        }
+        self.last_tick_ms = now_ms;
+        let boxes = &self.boxes;
+        for r in self.rollouts.values_mut() {
+            let was_over = r.rollout.state.is_over();
+            let offers = r
+                .rollout
+                .tick(now_ms, |id| boxes.get(id).is_some_and(|b| b.0));
+            for id in offers {
+                let topic = Topic::terminal(&id, Channel::Command).to_string();
+                self.outbound
+                    .push(Message::new(topic, r.command.clone()).retained());
+            }
+            if !was_over && r.rollout.state.is_over() {
+                tracing::warn!(
+                    rollout = r.rollout.plan.id,
+                    state = r.rollout.state.as_str(),
+                    reason = %r.rollout.reason,
+                    "rollout over"
+                );
+                // Boxes offered the release that have not begun do not begin now.
+                for id in r.rollout.offered_not_begun() {
+                    self.outbound.push(take_back(id));
+                }
+            }
+        }
+        self.save(now_ms);
+        // Finished rollouts stay until their last reports are written, then leave memory.
+        self.rollouts.retain(|_, r| {
+            !(r.rollout.state.is_over()
+                && r.rollout
+                    .sites()
+                    .values()
+                    .all(|s| s.stage.is_final() || s.stage == cuntong_core::update::Stage::Queued))
+        });
+    }
+
+    /// How many writes were handed to the store thread so far.
+    pub fn handed_over(&self) -> u64 {
+        self.handed
+    }
+
+    /// Messages for the boxes waiting to be published.
+    pub fn take_outbound(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outbound)
+    }
+
+    fn save(&mut self, now_ms: u64) {
+        let mut rows = Vec::new();
+        let mut sites = Vec::new();
+        for (id, r) in self.rollouts.iter_mut() {
+            let (itself, changed) = r.rollout.take_changes();
+            if itself || !changed.is_empty() {
+                rows.push(RolloutRow {
+                    plan: r.rollout.plan.clone(),
+                    state: r.rollout.state,
+                    reason: r.rollout.reason.clone(),
+                    command: r.command.clone(),
+                    updated_ms: now_ms,
+                });
+            }
+            sites.extend(changed.into_iter().map(|(t, s)| (*id, t, s)));
+        }
+        if rows.is_empty() && sites.is_empty() {
+            return;
+        }
+        self.handed += 1;
+        if let Err(e) = self.writer.rollouts(rows, sites) {
+            tracing::error!(error = %e, "cannot store rollout changes");
+        }
+    }
+}
+
+/// How far before a rollout's start its boxes' clocks may be: their reports are looked for
+/// from then.
+const CLOCK_SLACK_MS: u64 = 10 * 60 * 1000;
+
+/// Feeds a stored rollout the boxes' reports stored since it started: what central received
+/// but had not yet written into the rollout when it stopped (the store thread writes the
+/// reports with the rest of the history, the rollout's rows a tick later) is not lost.
+fn replay(store: &dyn Store, rollout: &mut Rollout) -> Result<(), StoreError> {
+    let since = rollout.plan.created_ms.saturating_sub(CLOCK_SLACK_MS);
+    let mut reports: Vec<_> = store
+        .events(Some(&rollout.plan.region), Some(since))?
+        .into_iter()
+        .filter(|e| matches!(&e.event, Event::Update { rollout: r, .. } if *r == rollout.plan.id))
+        .collect();
+    reports.sort_by(|a, b| (&a.terminal, a.seq).cmp(&(&b.terminal, b.seq)));
+    for e in reports {
+        if let (
+            Ok(id),
+            Event::Update {
+                stage,
+                bytes,
+                reason,
+                ..
+            },
+        ) = (e.terminal.parse::<TerminalId>(), &e.event)
+        {
+            rollout.reported(id, *stage, *bytes, reason, e.time_ms);
+        }
+    }
+    Ok(())
+}
+
+/// Clears the retained offer on a box's command topic.
+fn take_back(id: &TerminalId) -> Message {
+    Message::new(
+        Topic::terminal(id, Channel::Command).to_string(),
+        Vec::new(),
+    )
+    .retained()
+}
