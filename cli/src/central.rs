@@ -761,9 +761,35 @@ fn control(
             .acknowledge(id, &by, now_ms)
             .map(|()| ResponseBody::None)
             .map_err(ControlError::Alarm),
-        RequestBody::RolloutStart { plan, command } => roles
+        RequestBody::RolloutStart {
+            id,
+            version,
+            region,
+            rate_per_min,
+            abort_failed_percent,
+            min_executed,
+            window,
+            timeout_ms,
+            command,
+        } => roles
             .rollouts
-            .start(plan, command.0, now_ms)
+            .start(
+                cuntong_core::rollout::Plan {
+                    id,
+                    version,
+                    region,
+                    rate_per_min,
+                    abort_failed_percent,
+                    min_executed,
+                    window,
+                    timeout_ms,
+                    // From the signed command.
+                    expires_ms: 0,
+                    created_ms: now_ms,
+                },
+                command.0,
+                now_ms,
+            )
             .map(|()| ResponseBody::None)
             .map_err(ControlError::Refused),
         RequestBody::Rollout { id, op } => roles

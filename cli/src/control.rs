@@ -94,9 +94,18 @@ pub enum RequestBody {
         by: String,
     },
     /// Start a staged rollout: the plan, and the signed command that offers the release to
-    /// the plan's region (made with the fleet's command key by `cuntong rollout start`).
+    /// the region under this id (made with the fleet's command key by `cuntong rollout
+    /// start`), which also says until when the offer holds.
     RolloutStart {
-        plan: cuntong_core::rollout::Plan,
+        id: u64,
+        version: String,
+        #[serde(with = "text")]
+        region: cuntong_core::site::Region,
+        rate_per_min: u32,
+        abort_failed_percent: u8,
+        min_executed: u32,
+        window: Option<cuntong_core::rollout::Window>,
+        timeout_ms: u64,
         command: Hex,
     },
     /// Pause, resume or cancel a rollout.
@@ -633,6 +642,30 @@ mod tests {
                     by: "duty".into(),
                 }),
                 r#"{"id":7,"body":{"ack_alarm":{"id":12,"by":"duty"}}}"#,
+            ),
+            (
+                req(RequestBody::RolloutStart {
+                    id: 482913377,
+                    version: "0.2.0".into(),
+                    region: "1301".parse().unwrap(),
+                    rate_per_min: 50,
+                    abort_failed_percent: 10,
+                    min_executed: 20,
+                    window: Some(cuntong_core::rollout::Window {
+                        start_min: 1020,
+                        end_min: 1260,
+                    }),
+                    timeout_ms: 7_200_000,
+                    command: Hex(vec![0x01, 0xab]),
+                }),
+                r#"{"id":7,"body":{"rollout_start":{"id":482913377,"version":"0.2.0","region":"1301","rate_per_min":50,"abort_failed_percent":10,"min_executed":20,"window":{"start_min":1020,"end_min":1260},"timeout_ms":7200000,"command":"01ab"}}}"#,
+            ),
+            (
+                req(RequestBody::Rollout {
+                    id: 482913377,
+                    op: cuntong_core::rollout::Op::Pause,
+                }),
+                r#"{"id":7,"body":{"rollout":{"id":482913377,"op":"pause"}}}"#,
             ),
         ]);
     }

@@ -410,6 +410,7 @@ pub async fn serve_on(
         .route("/api/view", get(view_now))
         .route("/api/live", get(live))
         .route("/api/terminal/:id", get(terminal_detail))
+        .route("/api/rollouts", get(rollouts))
         .with_state(app)
         .merge(releases);
     tracing::info!(addr = %listener.local_addr()?, "dashboard listening");
@@ -527,6 +528,26 @@ async fn live(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The rollouts, newest first, as `cuntong rollout list --json` gives them.
+async fn rollouts(
+    State(app): State<App>,
+) -> Result<Json<Vec<crate::rollouts::RolloutJson>>, Refusal> {
+    let db = app.db.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = db.open_read_only()?;
+        let mut list = crate::rollouts::list(store.as_ref())?;
+        list.reverse();
+        Ok::<_, crate::store::StoreError>(list)
+    })
+    .await
+    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map(Json)
+    .map_err(|e| match e {
+        crate::store::StoreError::Missing { .. } => (StatusCode::OK, "[]".to_owned()),
+        e => (StatusCode::SERVICE_UNAVAILABLE, format!("the store: {e}")),
+    })
 }
 
 async fn terminal_detail(

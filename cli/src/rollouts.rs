@@ -12,6 +12,9 @@ use cuntong_core::envelope::Event;
 use cuntong_core::rollout::{Op, Plan, Rollout};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic};
+use cuntong_core::update::Stage;
+
+use crate::view::rfc3339_ms;
 use cuntong_terminal::link::Message;
 
 use crate::store::{Record, RolloutRow, StateWriter, Store, StoreError};
@@ -220,7 +223,7 @@ impl RolloutService {
                 && r.rollout
                     .sites()
                     .values()
-                    .all(|s| s.stage.is_final() || s.stage == cuntong_core::update::Stage::Queued))
+                    .all(|s| s.stage.is_final() || s.stage == Stage::Queued))
         });
     }
 
@@ -258,6 +261,73 @@ impl RolloutService {
             tracing::error!(error = %e, "cannot store rollout changes");
         }
     }
+}
+
+/// `cuntong rollout list --json` (and the head of `status --json`): one rollout.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutJson {
+    pub id: u64,
+    pub version: String,
+    pub region: String,
+    /// `running`, `paused`, `done`, `cancelled`, `aborted` or `expired`.
+    pub state: String,
+    pub reason: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Boxes at each stage (every stage named, zeros too).
+    pub counts: std::collections::BTreeMap<String, usize>,
+    /// Each box, in `status --json` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<RolloutSiteJson>,
+}
+
+/// One box in `cuntong rollout status ID --json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSiteJson {
+    pub terminal: String,
+    pub stage: String,
+    pub bytes: u64,
+    pub reason: String,
+    pub notified_at: Option<String>,
+    pub updated_at: String,
+}
+
+/// A rollout as `rollout list` and the dashboard show it, from its row and its boxes.
+pub fn summary(row: &RolloutRow, sites: &[(String, cuntong_core::rollout::Site)]) -> RolloutJson {
+    let mut counts: std::collections::BTreeMap<String, usize> = Stage::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    for (_, s) in sites {
+        *counts.entry(s.stage.as_str().to_owned()).or_default() += 1;
+    }
+    RolloutJson {
+        id: row.plan.id,
+        version: row.plan.version.clone(),
+        region: row.plan.region.to_string(),
+        state: row.state.as_str().to_owned(),
+        reason: row.reason.clone(),
+        created_at: rfc3339_ms(row.plan.created_ms),
+        updated_at: rfc3339_ms(row.updated_ms),
+        counts,
+        sites: Vec::new(),
+    }
+}
+
+/// Every rollout stored, as `rollout list --json` and the dashboard show them.
+pub fn list(store: &dyn Store) -> Result<Vec<RolloutJson>, StoreError> {
+    let mut out = Vec::new();
+    for row in store.rollouts()? {
+        let sites: Vec<_> = store
+            .rollout_sites(row.plan.id)?
+            .into_iter()
+            .map(|(t, s)| (t.to_string(), s))
+            .collect();
+        out.push(summary(&row, &sites));
+    }
+    Ok(out)
 }
 
 /// How far before a rollout's start its boxes' clocks may be: their reports are looked for

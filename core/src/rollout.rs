@@ -129,6 +129,7 @@ impl Site {
 
 /// What an operator may do to a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Op {
     Pause,
     Resume,

@@ -27,6 +27,7 @@ use cuntong_terminal::outbox::OutboxConfig;
 use cuntong_terminal::readiness::CaptureDevices;
 use cuntong_terminal::sensors::Sensor;
 use cuntong_terminal::sensors::sht3x::Sht3x;
+use cuntong_terminal::update::launcher::Launched;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +107,11 @@ pub struct SimOptions {
     pub hj212_listen: Option<std::net::SocketAddr>,
     /// The fleet's public command key; without it, commands are refused.
     pub command_key: Option<PathBuf>,
+    /// The fleet's public release key; with it the terminals take update offers (each
+    /// downloads and unpacks the release into its own slots, then restarts into it in this
+    /// process), at most `update_rate` bytes a second each.
+    pub release_key: Option<PathBuf>,
+    pub update_rate: u64,
     /// Which invitations the terminals accept on their own (all, by default).
     pub meeting_accept: AcceptPolicy,
     /// Share of the terminals (0 to 100) that decline every invitation.
@@ -132,6 +138,8 @@ impl SimOptions {
             outbox_budget: OutboxConfig::default().budget_bytes,
             hj212_listen: None,
             command_key: None,
+            release_key: None,
+            update_rate: cuntong_terminal::update::DEFAULT_MAX_RATE,
             meeting_accept: AcceptPolicy::All,
             decline_percent: 0,
             hands_percent: 0,
@@ -160,6 +168,14 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
         .command_key
         .clone()
         .map(|key| CommandsConfig { key, reboot: None });
+    cfg.update = opts
+        .release_key
+        .clone()
+        .map(|key| cuntong_terminal::update::UpdateConfig {
+            key,
+            max_rate: opts.update_rate,
+            trial: Default::default(),
+        });
     cfg.meeting.accept = opts.meeting_accept;
     cfg.hj212 = opts
         .hj212_listen
@@ -350,9 +366,11 @@ pub fn sim_hardware(
     }
 }
 
-/// Runs one simulated terminal until `stop`, rebooting it whenever central asks.
+/// Runs one simulated terminal until `stop`, rebooting it whenever central asks, and
+/// restarting it into a new release it installed (the same code: the release is what it
+/// reports).
 pub async fn run_rebooting(
-    cfg: TerminalConfig,
+    mut cfg: TerminalConfig,
     seed: u64,
     interval: Duration,
     control: SimSht3xControl,
@@ -382,8 +400,18 @@ pub async fn run_rebooting(
             .duty_button
             .as_ref()
             .map(|b| DutyButton::new(FilePin(cfg.data_dir.join("duty-button")), b));
-        let _ = daemon::run(cfg.clone(), hardware, power.run.clone()).await?;
-        if stop.is_cancelled() || !power.requested.load(Ordering::Relaxed) {
+        if let Some(u) = &cfg.update {
+            cfg.launched = Launched::in_process(&cfg.data_dir, u.trial);
+        }
+        let stopped = daemon::run(cfg.clone(), hardware, power.run.clone()).await?;
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        if stopped == daemon::Stopped::ForUpdate {
+            tracing::info!(terminal = %cfg.id, "simulated restart into a new release");
+            continue;
+        }
+        if !power.requested.load(Ordering::Relaxed) {
             return Ok(());
         }
         tracing::info!(terminal = %cfg.id, "simulated reboot");

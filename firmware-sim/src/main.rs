@@ -66,6 +66,13 @@ struct Common {
     /// The fleet's public command key (`command.pub`); without it commands are refused.
     #[arg(long)]
     command_key: Option<PathBuf>,
+    /// The fleet's public release key (`release.pub`); with it the terminals take update
+    /// offers (each unpacks the release into its own slots and restarts into it).
+    #[arg(long)]
+    release_key: Option<PathBuf>,
+    /// Each terminal's download rate cap for updates (e.g. 64KiB, per second).
+    #[arg(long, default_value = "64KiB")]
+    update_rate: String,
     /// Which meeting invitations the terminals accept on their own: all, scheduled, manual.
     #[arg(long, default_value = "all")]
     accept: String,
@@ -512,6 +519,12 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     opts.outbox_budget =
         parse_size(&common.outbox_budget).map_err(|e| format!("--outbox-budget: {e}"))?;
     opts.command_key = common.command_key.clone();
+    opts.release_key = common.release_key.clone();
+    opts.update_rate =
+        parse_size(&common.update_rate).map_err(|e| format!("--update-rate: {e}"))?;
+    if opts.update_rate == 0 {
+        return Err("--update-rate: more than 0".into());
+    }
     opts.meeting_accept = match common.accept.as_str() {
         "all" => AcceptPolicy::All,
         "scheduled" => AcceptPolicy::Scheduled,

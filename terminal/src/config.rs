@@ -146,6 +146,8 @@ pub struct TerminalConfig {
     pub duty_button: Option<crate::duty_button::DutyButtonConfig>,
     /// Over-the-air updates; `None` installs nothing.
     pub update: Option<crate::update::UpdateConfig>,
+    /// Which build this is (not from the file: the launcher says).
+    pub launched: crate::update::launcher::Launched,
     /// The file this configuration was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -206,6 +208,7 @@ impl TerminalConfig {
             meeting: MeetingConfig::default(),
             duty_button: None,
             update: None,
+            launched: crate::update::launcher::Launched::default(),
             source: None,
         }
     }

@@ -74,14 +74,6 @@ pub async fn shutdown_signal() {
 /// The software version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The version this box reports: the release it runs from a slot, or this build's own.
-pub fn running_version() -> String {
-    std::env::var(crate::update::launcher::RELEASE_ENV)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| VERSION.to_owned())
-}
-
 /// Why [`run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -136,7 +128,7 @@ pub enum RunError {
 fn presence(cfg: &TerminalConfig, started_ms: u64, online: bool) -> Result<Vec<u8>, RunError> {
     Ok(encode(&Presence {
         online,
-        version: running_version(),
+        version: cfg.launched.version(),
         started_ms,
         keep_alive_s: cfg.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
     })?)
@@ -210,9 +202,13 @@ pub async fn run(
     let (updates, mut update_notes) = match &cfg.update {
         Some(u) => {
             let ca = cfg.tls.as_ref().map(|t| t.ca.clone());
-            let (updates, notes) =
-                crate::update::agent::Updates::open(u.clone(), &cfg.data_dir, ca)
-                    .map_err(RunError::ReleaseKey)?;
+            let (updates, notes) = crate::update::agent::Updates::open(
+                u.clone(),
+                &cfg.data_dir,
+                ca,
+                cfg.launched.trial,
+            )
+            .map_err(RunError::ReleaseKey)?;
             (Some(updates), Some(notes))
         }
         None => (None, None),
@@ -241,7 +237,7 @@ pub async fn run(
         batcher: Batcher::new(cfg.batch_max, cfg.batch_age.as_millis() as u64),
         status: Arc::new(Mutex::new(StatusReport {
             terminal: cfg.id.to_string(),
-            version: running_version(),
+            version: cfg.launched.version(),
             started_ms,
             broker: cfg.broker.to_string(),
             listening,
@@ -309,7 +305,7 @@ pub async fn run(
     }
     let started_seq = daemon.outbox.next_seq(Stream::Events);
     daemon.event(Event::Started {
-        version: running_version(),
+        version: daemon.cfg.launched.version(),
     })?;
     if let Some(u) = daemon.updates.as_mut() {
         if u.on_trial() {

@@ -219,6 +219,8 @@ async fn async_main(cli: Cli) -> ExitCode {
             if let Launch::Exit(code) = launcher::launch(&cfg.data_dir, rules) {
                 return code;
             }
+            let mut cfg = cfg;
+            cfg.launched = launcher::Launched::from_env();
             // The same start-up checks as `check`: refuse now, not halfway through.
             let startup = check::startup(&cfg);
             if let Some(why) = startup.refusal() {

@@ -1,11 +1,13 @@
 //! Staged rollouts, end to end: five real `cuntong-terminal run` boxes under supervisors that
-//! restart them like systemd's `Restart=always`, central running the rollouts and serving the
-//! artifacts over HTTP range requests, the release recorded with `cuntong release add` and
-//! rolled out with `cuntong rollout start`.
+//! restart them like systemd's `Restart=always` (township 130102001) and a simulated fleet
+//! (township 130102002), central running the rollouts and serving the artifacts over HTTP
+//! range requests, the release recorded with `cuntong release add` and rolled out with
+//! `cuntong rollout start`.
 //!
-//! A good release reaches every box at the given rate, and the rollout carries on across a
-//! restart of central; a release that crashes at start is rolled back by the box that tried
-//! it and the rollout aborts at its threshold, leaving the boxes still queued untouched.
+//! A good release reaches every box of the county at the given rate, and the rollout carries
+//! on across a restart of central; a release that crashes at start is rolled back by the real
+//! box that tried it and the rollout aborts at its threshold, leaving the boxes still queued
+//! untouched.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -15,6 +17,7 @@ use cuntong_e2e::update::{Supervisor, package};
 use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central_with, ok, run, sites, wait_until};
 
 const BOXES: usize = 5;
+const SIMS: usize = 20;
 
 fn id(n: usize) -> String {
     format!("130102001{n:03}-main")
@@ -67,7 +70,7 @@ fn rollout_start(
     db: &Path,
     ca: &Path,
     broker: &Broker,
-    version: &str,
+    (version, region): (&str, &str),
     from: &str,
     extra: &[&str],
 ) -> String {
@@ -76,7 +79,7 @@ fn rollout_start(
         "start",
         version,
         "--region",
-        "130102",
+        region,
         "--from",
         from,
         "--ca",
@@ -124,18 +127,33 @@ fn a_good_release_reaches_every_box_and_a_crashing_one_aborts_at_its_threshold()
         let log = d.join(format!("terminal-{n}.log"));
         boxes.push((data, Supervisor::start(&config, &log)));
     }
+    let _sims = cuntong_e2e::sim_fleet_with(
+        &broker.url,
+        "130102002",
+        SIMS,
+        d,
+        "sims",
+        &[
+            "--command-key",
+            ca.join("command.pub").to_str().unwrap(),
+            "--release-key",
+            ca.join("release.pub").to_str().unwrap(),
+            "--update-rate",
+            "4MiB",
+        ],
+    );
     assert!(
         wait_until(Duration::from_secs(60), || {
             sites(&db, Some("130102"))
                 .iter()
                 .filter(|s| s.online)
                 .count()
-                == BOXES
+                == BOXES + SIMS
         }),
         "the boxes did not all come online"
     );
 
-    // A good release, 1 MiB, 30 offers a minute: one every 2 s.
+    // A good release, 1 MiB, to the county: 60 offers a minute, one a second.
     let daemon = bin("cuntong-terminal");
     let good = package(
         d,
@@ -161,7 +179,14 @@ fn a_good_release_reaches_every_box_and_a_crashing_one_aborts_at_its_threshold()
         ))
     };
     assert!(add(&good, "0.2.0").contains("recorded"));
-    let good_id = rollout_start(&db, &ca, &broker, "0.2.0", &url, &["--rate", "30/min"]);
+    let good_id = rollout_start(
+        &db,
+        &ca,
+        &broker,
+        ("0.2.0", "130102"),
+        &url,
+        &["--rate", "60/min"],
+    );
     // Once the first box committed, central restarts: the rollout carries on from the store.
     let first = wait_until(Duration::from_secs(90), || {
         status(&db, &good_id)["counts"]["committed"].as_u64() >= Some(1)
@@ -170,21 +195,21 @@ fn a_good_release_reaches_every_box_and_a_crashing_one_aborts_at_its_threshold()
     drop(central);
     let (central, _) = start_central(&broker, &db, d, "central-2", &http);
     let done = wait_state(&db, &good_id, 180, "done");
-    assert_eq!(done["counts"]["committed"], BOXES, "{done:#}");
-    // Offers went out at the rate: the last box was offered at least 4 × 2 s after the first.
+    assert_eq!(done["counts"]["committed"], BOXES + SIMS, "{done:#}");
+    // Offers went out at the rate: the last box was offered at least 24 × 1 s after the first.
     let offered: Vec<String> = done["sites"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|s| s["notified_at"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(offered.len(), BOXES, "{done:#}");
+    assert_eq!(offered.len(), BOXES + SIMS, "{done:#}");
     let span = |v: &[String]| {
         let ms = |t: &str| humantime::parse_rfc3339(t).unwrap();
         let (a, b) = (v.iter().min().unwrap(), v.iter().max().unwrap());
         ms(b).duration_since(ms(a)).unwrap()
     };
-    assert!(span(&offered) >= Duration::from_secs(7), "{offered:?}");
+    assert!(span(&offered) >= Duration::from_secs(23), "{offered:?}");
     assert!(
         wait_until(Duration::from_secs(30), || sites(&db, Some("130102"))
             .iter()
@@ -193,14 +218,15 @@ fn a_good_release_reaches_every_box_and_a_crashing_one_aborts_at_its_threshold()
         sites(&db, Some("130102"))
     );
 
-    // A release that exits at start, one offer every 30 s, abort at the first failure.
+    // A release that exits at start, to the real boxes' township: one offer every 30 s,
+    // abort at the first failure.
     let crash = package(d, "crash", "0.3.0", "echo crashing >&2; exit 3", 1024);
     add(&crash, "0.3.0");
     let crash_id = rollout_start(
         &db,
         &ca,
         &broker,
-        "0.3.0",
+        ("0.3.0", "130102001"),
         &url,
         &[
             "--rate",

@@ -7,15 +7,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use cuntong_core::command::{Action, MAX_LIFETIME_MS};
-use cuntong_core::rollout::{Op, Plan, Window};
+use cuntong_core::rollout::{Op, Window};
 use cuntong_core::update::{Offer, SignedRelease, Stage};
-use cuntong_terminal::link::unix_ms;
 use cuntong_terminal::println;
 use ring::rand::SecureRandom;
 
 use super::common::{Conn, Failure, Usage, database, duration, fail, off_runtime, parse};
 use super::meeting::ANSWER;
 use crate::control::{Hex, RequestBody};
+use crate::rollouts::{RolloutSiteJson, summary};
 use crate::store::Database;
 use crate::view::rfc3339_ms;
 
@@ -98,37 +98,6 @@ pub struct StartArgs {
     conn: Conn,
 }
 
-/// `cuntong rollout list --json` (and the head of `status --json`): one rollout.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutJson {
-    pub id: u64,
-    pub version: String,
-    pub region: String,
-    /// `running`, `paused`, `done`, `cancelled`, `aborted` or `expired`.
-    pub state: String,
-    pub reason: String,
-    pub created_at: String,
-    pub updated_at: String,
-    /// Boxes at each stage (every stage named, zeros too).
-    pub counts: std::collections::BTreeMap<String, usize>,
-    /// Each box, in `status --json` only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sites: Vec<RolloutSiteJson>,
-}
-
-/// One box in `cuntong rollout status ID --json`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutSiteJson {
-    pub terminal: String,
-    pub stage: String,
-    pub bytes: u64,
-    pub reason: String,
-    pub notified_at: Option<String>,
-    pub updated_at: String,
-}
-
 pub async fn run(action: RolloutAction) -> Result<(), Failure> {
     match action {
         RolloutAction::Start(args) => {
@@ -177,23 +146,17 @@ pub async fn run(action: RolloutAction) -> Result<(), Failure> {
             let (_, command) =
                 crate::cmd::sign(&key, &region.prefix(), Action::Update(offer), expires)
                     .map_err(fail)?;
-            let now = unix_ms();
-            let plan = Plan {
-                id,
-                version: version.clone(),
-                region,
-                rate_per_min: rate,
-                abort_failed_percent,
-                min_executed,
-                window,
-                timeout_ms: timeout.as_millis() as u64,
-                expires_ms: now + expires.as_millis() as u64,
-                created_ms: now,
-            };
             ask(
                 &conn,
                 RequestBody::RolloutStart {
-                    plan,
+                    id,
+                    version: version.clone(),
+                    region,
+                    rate_per_min: rate,
+                    abort_failed_percent,
+                    min_executed,
+                    window,
+                    timeout_ms: timeout.as_millis() as u64,
                     command: Hex(command),
                 },
             )
@@ -307,30 +270,6 @@ pub fn parse_window(text: &str) -> Result<Window, Usage> {
     })
 }
 
-fn head(
-    row: &crate::store::RolloutRow,
-    sites: &[(String, cuntong_core::rollout::Site)],
-) -> RolloutJson {
-    let mut counts: std::collections::BTreeMap<String, usize> = Stage::ALL
-        .iter()
-        .map(|s| (s.as_str().to_owned(), 0))
-        .collect();
-    for (_, s) in sites {
-        *counts.entry(s.stage.as_str().to_owned()).or_default() += 1;
-    }
-    RolloutJson {
-        id: row.plan.id,
-        version: row.plan.version.clone(),
-        region: row.plan.region.to_string(),
-        state: row.state.as_str().to_owned(),
-        reason: row.reason.clone(),
-        created_at: rfc3339_ms(row.plan.created_ms),
-        updated_at: rfc3339_ms(row.updated_ms),
-        counts,
-        sites: Vec::new(),
-    }
-}
-
 fn status(id: u64, json: bool, db: Option<Database>) -> Result<(), Failure> {
     let store = database(db).open_read_only().map_err(fail)?;
     let row = store
@@ -345,7 +284,7 @@ fn status(id: u64, json: bool, db: Option<Database>) -> Result<(), Failure> {
         .into_iter()
         .map(|(t, s)| (t.to_string(), s))
         .collect();
-    let mut out = head(&row, &sites);
+    let mut out = summary(&row, &sites);
     out.sites = sites
         .into_iter()
         .map(|(terminal, s)| RolloutSiteJson {
@@ -392,16 +331,7 @@ fn status(id: u64, json: bool, db: Option<Database>) -> Result<(), Failure> {
 
 fn list(json: bool, db: Option<Database>) -> Result<(), Failure> {
     let store = database(db).open_read_only().map_err(fail)?;
-    let mut out = Vec::new();
-    for row in store.rollouts().map_err(fail)? {
-        let sites: Vec<_> = store
-            .rollout_sites(row.plan.id)
-            .map_err(fail)?
-            .into_iter()
-            .map(|(t, s)| (t.to_string(), s))
-            .collect();
-        out.push(head(&row, &sites));
-    }
+    let out = crate::rollouts::list(store.as_ref()).map_err(fail)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);
         return Ok(());

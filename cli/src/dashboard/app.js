@@ -201,9 +201,32 @@ function onPlace() {
   loadDetail();
 }
 
+// Rollouts change slowly: read every 5 s.
+async function loadRollouts() {
+  try {
+    const r = await fetch("api/rollouts");
+    if (!r.ok) return;
+    const list = (await r.json()).slice(0, 10);
+    $("rollouts").replaceChildren(...list.map((o) => {
+      const c = o.counts;
+      const failed = c["failed"] + c["rolled-back"] + c["timed-out"];
+      const total = Object.values(c).reduce((a, b) => a + b, 0);
+      const working = total - c["queued"] - c["committed"] - failed;
+      return el("li", { "data-rollout": o.id, "data-state": o.state, title: o.reason || "" },
+        o.version + " → " + o.region + " ",
+        el("span", { class: o.state === "aborted" ? "alarming" : "muted" }, o.state),
+        el("span", { class: "muted" }, " · " + c["committed"] + "/" + total + " committed · " +
+          working + " at work · " + failed + " failed · #" + o.id));
+    }));
+    if (list.length === 0) $("rollouts").append(el("li", { class: "muted none" }, "none"));
+  } catch (e) { /* the next round tries again */ }
+}
+
 window.addEventListener("hashchange", onPlace);
 document.addEventListener("DOMContentLoaded", () => {
   $("detail-close").addEventListener("click", () => go(place.region, ""));
   $("detail-hours").addEventListener("change", loadDetail);
   onPlace();
+  loadRollouts();
+  setInterval(loadRollouts, 5000);
 });

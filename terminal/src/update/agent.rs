@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::download::{self, Download, Interrupted};
 use super::slots::UpdateDir;
-use super::{UpdateConfig, UpdateError, launcher, release};
+use super::{UpdateConfig, UpdateError, release};
 
 /// How often a download reports its progress, at most.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
@@ -52,16 +52,17 @@ pub struct Updates {
 }
 
 impl Updates {
-    /// Reads the release key. `ca` is the fleet CA for `https://` sources.
+    /// Reads the release key. `ca` is the fleet CA for `https://` sources; `on_trial`: this
+    /// build was started on trial.
     pub fn open(
         cfg: UpdateConfig,
         data_dir: &std::path::Path,
         ca: Option<PathBuf>,
+        on_trial: bool,
     ) -> Result<(Updates, mpsc::Receiver<Note>), crate::commands::GuardError> {
         let key = crate::commands::read_public_key(&cfg.key)?;
         let (notes, rx) = mpsc::channel(64);
         let (pace, _) = watch::channel(Pace::Free);
-        let on_trial = std::env::var_os(launcher::TRIAL_ENV).is_some();
         Ok((
             Updates {
                 cfg,

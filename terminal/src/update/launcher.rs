@@ -31,6 +31,59 @@ pub const TRIAL_ENV: &str = "CUNTONG_TRIAL";
 /// The launcher's own path: a build restarts by running it again.
 pub const LAUNCHER_ENV: &str = "CUNTONG_LAUNCHER";
 
+/// Which build this daemon is, as the launcher started it: the daemon reports its version
+/// from it and, on trial, commits itself once healthy. A daemon in a process of its own reads
+/// it from the environment ([`Launched::from_env`]); simulated boxes sharing a process are
+/// each given theirs ([`Launched::in_process`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Launched {
+    /// The release a slot's build runs; `None` for the packaged build.
+    pub release: Option<String>,
+    /// The build is on trial.
+    pub trial: bool,
+}
+
+impl Launched {
+    /// As the launcher told this process.
+    pub fn from_env() -> Launched {
+        Launched {
+            release: std::env::var(RELEASE_ENV).ok().filter(|v| !v.is_empty()),
+            trial: std::env::var_os(TRIAL_ENV).is_some(),
+        }
+    }
+
+    /// The launcher's decision for a box whose builds all run in this process (a simulated
+    /// box): the start is counted in the slot table as for a real one, and nothing is run.
+    pub fn in_process(data_dir: &Path, rules: TrialRules) -> Launched {
+        let dir = UpdateDir::new(data_dir);
+        let Ok(mut table) = dir.table() else {
+            return Launched::default();
+        };
+        let boot = table.boot(rules, crate::link::unix_ms());
+        if dir.save_table(&table).is_err() {
+            return Launched::default();
+        }
+        match boot {
+            Boot::Base => Launched::default(),
+            Boot::Committed(_) => Launched {
+                release: table.committed.map(|c| c.version),
+                trial: false,
+            },
+            Boot::Trial { .. } => Launched {
+                release: table.trial.map(|t| t.installed.version),
+                trial: true,
+            },
+        }
+    }
+
+    /// The version the box reports: the release, or this build's own.
+    pub fn version(&self) -> String {
+        self.release
+            .clone()
+            .unwrap_or_else(|| crate::daemon::VERSION.to_owned())
+    }
+}
+
 /// What the launcher decided for this process.
 #[derive(Debug)]
 pub enum Launch {
