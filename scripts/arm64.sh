@@ -24,7 +24,7 @@ dpkg --print-foreign-architectures | grep -qx arm64 || add_arch=1
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need_apt+=(qemu-user-static)
 [ -x /usr/bin/rustc ] || need_apt+=(rustc-web cargo-web)
-for p in libstd-rust-web-dev:arm64 libgstreamer1.0-dev:arm64 libgstreamer-plugins-base1.0-dev:arm64; do
+for p in libc6:arm64 libstd-rust-web-dev:arm64 libgstreamer1.0-dev:arm64 libgstreamer-plugins-base1.0-dev:arm64; do
     dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
@@ -70,11 +70,14 @@ data_dir = "$work/data"
 [telemetry]
 health_interval = "2s"
 TOML
+# The arm64 libraries of multiarch (libc6:arm64, GStreamer) are where the binary looks for
+# them, so qemu needs no `-L`. Not the cross toolchain's sysroot: its loader with multiarch's
+# libc hangs at the first thread.
 # Bounded: an emulated command that does not finish is a failure, not a wait.
-qemu=(timeout 300 qemu-aarch64-static -L /usr/aarch64-linux-gnu)
+qemu=(timeout 300 qemu-aarch64-static)
 "${qemu[@]}" "$terminal" --version
 "${qemu[@]}" "$terminal" --config "$work/terminal.toml" check --timeout 60s
-qemu-aarch64-static -L /usr/aarch64-linux-gnu "$terminal" --config "$work/terminal.toml" run \
+qemu-aarch64-static "$terminal" --config "$work/terminal.toml" run \
     > "$work/terminal.log" 2>&1 & pids+=($!)
 # Health telemetry from the emulated box, stored by central and confirmed back to it.
 for _ in $(seq 1 120); do

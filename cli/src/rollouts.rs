@@ -30,6 +30,8 @@ struct Running {
 /// The rollouts central runs.
 pub struct RolloutService {
     rollouts: BTreeMap<u64, Running>,
+    /// Every rollout id ever stored, over ones too: an id is never used twice.
+    ids: std::collections::HashSet<u64>,
     /// Every box heard from: online, and the version its presence names.
     boxes: HashMap<TerminalId, (bool, Option<String>)>,
     writer: StateWriter,
@@ -56,7 +58,9 @@ impl RolloutService {
         now_ms: u64,
     ) -> Result<RolloutService, StoreError> {
         let mut rollouts = BTreeMap::new();
+        let mut ids = std::collections::HashSet::new();
         for row in store.rollouts()? {
+            ids.insert(row.plan.id);
             if row.state.is_over() {
                 continue;
             }
@@ -79,6 +83,7 @@ impl RolloutService {
             .collect();
         Ok(RolloutService {
             rollouts,
+            ids,
             boxes,
             writer,
             outbound: Vec::new(),
@@ -122,7 +127,7 @@ impl RolloutService {
     /// Starts rollout `plan` with the operator's signed `command`, which must offer this
     /// release to this region under this rollout's id (the boxes check the signature).
     pub fn start(&mut self, mut plan: Plan, command: Vec<u8>, now_ms: u64) -> Result<(), String> {
-        if self.rollouts.contains_key(&plan.id) {
+        if self.ids.contains(&plan.id) {
             return Err(format!("rollout {} exists already", plan.id));
         }
         let body = SignedCommand::decode(&command)
@@ -167,6 +172,7 @@ impl RolloutService {
             boxes = rollout.sites().len(),
             "rollout started"
         );
+        self.ids.insert(rollout.plan.id);
         self.rollouts
             .insert(rollout.plan.id, Running { rollout, command });
         self.save(now_ms);
@@ -369,4 +375,151 @@ fn take_back(id: &TerminalId) -> Message {
         Vec::new(),
     )
     .retained()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cuntong_core::envelope::Envelope;
+    use cuntong_core::presence::Presence;
+    use cuntong_core::update::{Artifact, Manifest, Offer, SignedRelease};
+    use ring::signature::Ed25519KeyPair;
+
+    use crate::store::{Database, Writer};
+
+    const BOX: &str = "130102001001-main";
+
+    fn key() -> Ed25519KeyPair {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn command(key: &Ed25519KeyPair, target: &str, rollout: u64, version: &str) -> Vec<u8> {
+        let manifest = cuntong_core::envelope::encode(&Manifest {
+            version: version.into(),
+            artifact: Artifact::Deb,
+            size: 10,
+            sha256: [7; 32],
+            created_ms: 1,
+        })
+        .unwrap();
+        let offer = Offer {
+            rollout,
+            release: SignedRelease {
+                manifest,
+                signature: vec![0; 64],
+            },
+            sources: vec!["http://central/releases/x".into()],
+        };
+        let action = Action::Update(offer);
+        crate::cmd::sign(key, target, action, std::time::Duration::from_secs(3600))
+            .unwrap()
+            .1
+    }
+
+    fn plan(id: u64) -> Plan {
+        Plan {
+            id,
+            version: "0.2.0".into(),
+            region: "130102".parse().unwrap(),
+            rate_per_min: 600,
+            abort_failed_percent: 10,
+            min_executed: 5,
+            window: None,
+            timeout_ms: 3_600_000,
+            expires_ms: 0,
+            created_ms: 0,
+        }
+    }
+
+    fn presence(online: bool) -> Record {
+        Record::Presence {
+            terminal: BOX.parse().unwrap(),
+            received_ms: 1,
+            presence: Presence {
+                online,
+                version: "0.1.0".into(),
+                started_ms: 1,
+                keep_alive_s: 30,
+            },
+        }
+    }
+
+    fn report(rollout: u64, stage: Stage) -> Record {
+        let envelope = Envelope {
+            seq: 5,
+            time_ms: cuntong_terminal::link::unix_ms(),
+            body: Event::Update {
+                rollout,
+                version: "0.2.0".into(),
+                stage,
+                bytes: 10,
+                reason: String::new(),
+            },
+        };
+        let raw = cuntong_core::envelope::encode(&envelope).unwrap().into();
+        Record::Event {
+            terminal: BOX.parse().unwrap(),
+            received_ms: 1,
+            envelope,
+            raw,
+        }
+    }
+
+    #[test]
+    fn a_rollout_starts_only_with_its_own_command_offers_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::Sqlite(dir.path().join("central.db"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = Writer::start(db.open().unwrap(), |_| {}, stop.clone()).unwrap();
+        let now = cuntong_terminal::link::unix_ms();
+        let mut service =
+            RolloutService::open(db.open().unwrap().as_ref(), writer.state.clone(), now).unwrap();
+        service.record(&presence(true), now);
+        let key = key();
+        // Another region's, another rollout's, another release's, or not an update: refused.
+        let refusals = [
+            command(&key, "130103", 1, "0.2.0"),
+            command(&key, "130102", 2, "0.2.0"),
+            command(&key, "130102", 1, "0.3.0"),
+            crate::cmd::sign(
+                &key,
+                "130102",
+                Action::Ping,
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap()
+            .1,
+            b"junk".to_vec(),
+        ];
+        for c in refusals {
+            assert!(service.start(plan(1), c, now).is_err());
+        }
+        let good = command(&key, "130102", 1, "0.2.0");
+        service.start(plan(1), good.clone(), now).unwrap();
+        let e = service.start(plan(1), good.clone(), now).unwrap_err();
+        assert!(e.contains("exists already"), "{e}");
+        // The first offer goes out at once, retained, on the box's command topic.
+        service.tick(now, true);
+        let out = service.take_outbound();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].retain && out[0].payload.as_ref() == good.as_slice());
+        assert!(out[0].topic.ends_with("/cmd"), "{}", out[0].topic);
+        // The box's first report takes the retained offer back.
+        service.record(&report(1, Stage::Downloading), now);
+        let out = service.take_outbound();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].retain && out[0].payload.is_empty());
+        // Written with the next round.
+        service.tick(now + 1000, false);
+        writer.state.flush().unwrap();
+        // Read back: the box is downloading, the id is taken.
+        let mut again =
+            RolloutService::open(db.open().unwrap().as_ref(), writer.state.clone(), now).unwrap();
+        let r = &again.rollouts[&1].rollout;
+        assert_eq!(r.sites()[&BOX.parse().unwrap()].stage, Stage::Downloading);
+        assert!(again.start(plan(1), good, now).is_err());
+        stop.cancel();
+    }
 }
