@@ -124,33 +124,37 @@ impl SqliteStore {
     }
 }
 
-/// Creates a new store at `path` whole: the schema is written in a file beside it, which is
-/// then linked into place. A reader never finds a store file without its tables, and two
-/// processes creating one store at once end with one of them (the other's is dropped).
+/// Creates a new store at `path` whole: the schema is written in a file of its own beside it
+/// (unique to this call: threads and processes may create one store at once), which is then
+/// linked into place. A reader never finds a store file without its tables, and of several
+/// creators one store stands (the others' files are dropped).
 fn create(path: &Path) -> Result<(), StoreError> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".new-{}", std::process::id()));
-    let staged = path.with_file_name(name);
     let io_err = |source| StoreError::Io {
         path: path.display().to_string(),
         source,
     };
-    let _ = std::fs::remove_file(&staged);
-    let made = (|| {
-        let mut conn = Connection::open(&staged).map_err(|source| StoreError::Open {
-            path: staged.display().to_string(),
-            source,
-        })?;
-        schema::migrate(&mut conn, &staged.display().to_string())?;
-        // The last connection closing folds the write-ahead log into the file.
-        conn.close().map_err(|(_, e)| StoreError::Sql(e))?;
-        match std::fs::hard_link(&staged, path) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err(e)),
-            _ => Ok(()),
-        }
-    })();
-    let _ = std::fs::remove_file(&staged);
-    made
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut prefix = path.file_name().unwrap_or_default().to_os_string();
+    prefix.push(".new-");
+    let staged = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempfile_in(dir)
+        .map_err(io_err)?
+        .into_temp_path();
+    let mut conn = Connection::open(&staged).map_err(|source| StoreError::Open {
+        path: staged.display().to_string(),
+        source,
+    })?;
+    schema::migrate(&mut conn, &staged.display().to_string())?;
+    // The last connection closing folds the write-ahead log into the file.
+    conn.close().map_err(|(_, e)| StoreError::Sql(e))?;
+    match std::fs::hard_link(&staged, path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err(e)),
+        _ => Ok(()),
+    }
 }
 
 fn touch(seen: &mut HashMap<String, (TerminalId, u64)>, id: &TerminalId, ms: u64) {
@@ -724,5 +728,29 @@ mod tests {
             .filter(|n| n.contains(".new-"))
             .collect();
         assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn threads_creating_one_store_at_once_all_open_it() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("central.db");
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || SqliteStore::open(&path).map(drop))
+                })
+                .collect();
+            for o in openers {
+                o.join().unwrap().unwrap();
+            }
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.contains(".new-"))
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+            assert!(open_read_only(&path).is_ok());
+        }
     }
 }
