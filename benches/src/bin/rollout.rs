@@ -240,7 +240,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "id = \"130200001001-main\"\nbroker = \"{url}\"\ndata_dir = \"{}\"\nkeep_alive = \"5s\"\n\n[telemetry]\nhealth_interval = \"5s\"\nbatch_age = \"1s\"\n\n[commands]\nkey = \"{}\"\n\n[update]\nkey = \"{}\"\nmax_rate = \"4MiB\"\nmax_boots = 3\n",
+            "id = \"130201001001-main\"\nbroker = \"{url}\"\ndata_dir = \"{}\"\nkeep_alive = \"5s\"\n\n[telemetry]\nhealth_interval = \"5s\"\nbatch_age = \"1s\"\n\n[commands]\nkey = \"{}\"\n\n[update]\nkey = \"{}\"\nmax_rate = \"4MiB\"\nmax_boots = 3\n",
             data.display(),
             key("command.pub")?,
             key("release.pub")?,
@@ -261,7 +261,7 @@ fn main() -> anyhow::Result<()> {
     wait_online(db, args.count + 1, Duration::from_secs(60))?;
     let crash = cuntong_e2e::update::package(d, "crash", "9.1.0", "exit 3", 1024);
     add(&crash, "9.1.0")?;
-    let id = start(db, &ca, &url, ("9.1.0", "1302"), &from, 60)?;
+    let id = start(db, &ca, &url, ("9.1.0", "130201"), &from, 60)?;
     let rolled = wait_for(Duration::from_secs(300), || {
         status(db, &id)["counts"]["rolled-back"] == 1
     });
