@@ -83,7 +83,7 @@ qemu-aarch64-static "$terminal" --config "$work/terminal.toml" run \
 for _ in $(seq 1 120); do
     if "$root/target/debug/cuntong" sites --db "$db" --json 2>/dev/null \
         | python3 -c 'import json,sys; s=[x for x in json.load(sys.stdin) if x["terminal"]=="'"$id"'" and x["online"] and x.get("metrics")]; sys.exit(0 if s else 1)'; then
-        stored=$("$root/target/debug/cuntong" telemetry "$id" --db "$db" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+        stored=$("$root/target/debug/cuntong" telemetry --terminal "$id" --db "$db" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
         confirmed=$("${qemu[@]}" "$terminal" status --json --socket "$work/data/status.sock" \
             | python3 -c 'import json,sys; print(json.load(sys.stdin)["outbox"]["confirmed"])' 2>/dev/null || echo "?")
         echo "aarch64 terminal online; $stored samples stored; outbox confirmed: $confirmed"

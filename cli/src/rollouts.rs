@@ -25,6 +25,8 @@ const TICK_MS: u64 = 1000;
 struct Running {
     rollout: Rollout,
     command: Vec<u8>,
+    /// Its end has been acted on (logged, offers not begun taken back).
+    ended: bool,
 }
 
 /// The rollouts central runs.
@@ -73,6 +75,7 @@ impl RolloutService {
                 Running {
                     rollout,
                     command: row.command,
+                    ended: false,
                 },
             );
         }
@@ -173,8 +176,12 @@ impl RolloutService {
             "rollout started"
         );
         self.ids.insert(rollout.plan.id);
-        self.rollouts
-            .insert(rollout.plan.id, Running { rollout, command });
+        let running = Running {
+            rollout,
+            command,
+            ended: false,
+        };
+        self.rollouts.insert(running.rollout.plan.id, running);
         self.save(now_ms);
         Ok(())
     }
@@ -200,7 +207,6 @@ impl RolloutService {
         self.last_tick_ms = now_ms;
         let boxes = &self.boxes;
         for r in self.rollouts.values_mut() {
-            let was_over = r.rollout.state.is_over();
             let offers = r
                 .rollout
                 .tick(now_ms, |id| boxes.get(id).is_some_and(|b| b.0));
@@ -209,7 +215,8 @@ impl RolloutService {
                 self.outbound
                     .push(Message::new(topic, r.command.clone()).retained());
             }
-            if !was_over && r.rollout.state.is_over() {
+            // Over here, or on a report since the last round.
+            if r.rollout.state.is_over() && !std::mem::replace(&mut r.ended, true) {
                 tracing::warn!(
                     rollout = r.rollout.plan.id,
                     state = r.rollout.state.as_str(),
@@ -520,6 +527,38 @@ mod tests {
         let r = &again.rollouts[&1].rollout;
         assert_eq!(r.sites()[&BOX.parse().unwrap()].stage, Stage::Downloading);
         assert!(again.start(plan(1), good, now).is_err());
+        stop.cancel();
+    }
+
+    #[test]
+    fn a_rollout_aborted_by_a_report_takes_back_the_offers_not_begun() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::Sqlite(dir.path().join("central.db"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = Writer::start(db.open().unwrap(), |_| {}, stop.clone()).unwrap();
+        let now = cuntong_terminal::link::unix_ms();
+        let mut service =
+            RolloutService::open(db.open().unwrap().as_ref(), writer.state.clone(), now).unwrap();
+        let other: TerminalId = "130102001002-main".parse().unwrap();
+        service.record(&presence(true), now);
+        service.boxes.insert(other, (true, None));
+        let mut p = plan(3);
+        p.min_executed = 1;
+        service
+            .start(p, command(&key(), "130102", 3, "0.2.0"), now)
+            .unwrap();
+        service.tick(now, true);
+        service.tick(now + 1000, false);
+        assert_eq!(service.take_outbound().len(), 2, "both offered");
+        service.record(&report(3, Stage::RolledBack), now + 1500);
+        service.tick(now + 2000, false);
+        let out = service.take_outbound();
+        let cmd = Topic::terminal(&other, Channel::Command).to_string();
+        assert!(
+            out.iter()
+                .any(|m| m.topic == cmd && m.retain && m.payload.is_empty()),
+            "{out:?}"
+        );
         stop.cancel();
     }
 }
