@@ -474,12 +474,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_rollout_starts_only_with_its_own_command_offers_and_survives_a_restart() {
+    /// A store in a temporary directory and its store thread (stopped by the token).
+    fn store() -> (
+        tempfile::TempDir,
+        Database,
+        Writer,
+        tokio_util::sync::CancellationToken,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::Sqlite(dir.path().join("central.db"));
         let stop = tokio_util::sync::CancellationToken::new();
         let writer = Writer::start(db.open().unwrap(), |_| {}, stop.clone()).unwrap();
+        (dir, db, writer, stop)
+    }
+
+    #[test]
+    fn a_rollout_starts_only_with_its_own_command_offers_and_survives_a_restart() {
+        let (_dir, db, writer, stop) = store();
         let now = cuntong_terminal::link::unix_ms();
         let mut service =
             RolloutService::open(db.open().unwrap().as_ref(), writer.state.clone(), now).unwrap();
@@ -532,10 +543,7 @@ mod tests {
 
     #[test]
     fn a_rollout_aborted_by_a_report_takes_back_the_offers_not_begun() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::Sqlite(dir.path().join("central.db"));
-        let stop = tokio_util::sync::CancellationToken::new();
-        let writer = Writer::start(db.open().unwrap(), |_| {}, stop.clone()).unwrap();
+        let (_dir, db, writer, stop) = store();
         let now = cuntong_terminal::link::unix_ms();
         let mut service =
             RolloutService::open(db.open().unwrap().as_ref(), writer.state.clone(), now).unwrap();
