@@ -536,7 +536,11 @@ async fn rollouts(
 ) -> Result<Json<Vec<crate::rollouts::RolloutJson>>, Refusal> {
     let db = app.db.clone();
     tokio::task::spawn_blocking(move || {
-        let store = db.open_read_only()?;
+        let store = match db.open_read_only() {
+            // No store yet: no rollouts yet.
+            Err(crate::store::StoreError::Missing { .. }) => return Ok(Vec::new()),
+            other => other?,
+        };
         let mut list = crate::rollouts::list(store.as_ref())?;
         list.reverse();
         Ok::<_, crate::store::StoreError>(list)
@@ -544,10 +548,7 @@ async fn rollouts(
     .await
     .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map(Json)
-    .map_err(|e| match e {
-        crate::store::StoreError::Missing { .. } => (StatusCode::OK, "[]".to_owned()),
-        e => (StatusCode::SERVICE_UNAVAILABLE, format!("the store: {e}")),
-    })
+    .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("the store: {e}")))
 }
 
 async fn terminal_detail(

@@ -122,3 +122,25 @@ impl Drop for Supervisor {
         }
     }
 }
+
+/// The arguments of `cuntong rollout start`: release `version` to `region`, downloaded from
+/// `from`, the command signed with the key in `ca`, through `broker`, the release looked up in
+/// `db`; `extra` flags after them (`--rate 60/min`).
+pub fn rollout_start_args<'a>(
+    (version, region): (&'a str, &'a str),
+    (db, ca, broker): (&'a str, &'a str, &'a str),
+    from: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "rollout", "start", version, "--region", region, "--from", from, "--ca", ca, "--db", db,
+        "--broker", broker,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The rollout id in what `cuntong rollout start` printed ("rollout ID of V to R started").
+pub fn rollout_id(said: &str) -> Option<String> {
+    said.split_whitespace().nth(1).map(str::to_owned)
+}

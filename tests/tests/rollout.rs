@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cuntong_e2e::update::{Supervisor, package};
+use cuntong_e2e::update::{Supervisor, package, rollout_id, rollout_start_args};
 use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central_with, ok, run, sites, wait_until};
 
 const BOXES: usize = 5;
@@ -70,29 +70,13 @@ fn rollout_start(
     db: &Path,
     ca: &Path,
     broker: &Broker,
-    (version, region): (&str, &str),
+    release: (&str, &str),
     from: &str,
     extra: &[&str],
 ) -> String {
-    let mut args = vec![
-        "rollout",
-        "start",
-        version,
-        "--region",
-        region,
-        "--from",
-        from,
-        "--ca",
-        ca.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--broker",
-        &broker.url,
-    ];
-    args.extend_from_slice(extra);
-    let said = ok(run(&bin("cuntong"), &args));
-    // "rollout ID of V to R started"
-    said.split_whitespace().nth(1).unwrap().to_owned()
+    let (db, ca) = (db.to_str().unwrap(), ca.to_str().unwrap());
+    let args = rollout_start_args(release, (db, ca, &broker.url), from, extra);
+    rollout_id(&ok(run(&bin("cuntong"), &args))).unwrap()
 }
 
 #[test]

@@ -98,40 +98,28 @@ fn status(db: &str, id: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// Starts a rollout; its id.
+/// Starts a rollout at `rate` a minute, aborting at the first failure; its id.
 fn start(
     db: &str,
     ca: &Path,
     url: &str,
-    (version, region): (&str, &str),
+    release: (&str, &str),
     from: &str,
     rate: u32,
 ) -> anyhow::Result<String> {
-    let said = cuntong(&[
-        "rollout",
-        "start",
-        version,
-        "--region",
-        region,
-        "--from",
-        from,
+    let rate = format!("{rate}/min");
+    let extra = [
         "--rate",
-        &format!("{rate}/min"),
+        &rate,
         "--abort-failed",
         "50%",
         "--min-executed",
         "1",
-        "--ca",
-        ca.to_str().context("path")?,
-        "--db",
-        db,
-        "--broker",
-        url,
-    ])?;
-    said.split_whitespace()
-        .nth(1)
-        .map(str::to_owned)
-        .context("rollout start said no id")
+    ];
+    let ca = ca.to_str().context("path")?;
+    let args = cuntong_e2e::update::rollout_start_args(release, (db, ca, url), from, &extra);
+    let said = cuntong(&args)?;
+    cuntong_e2e::update::rollout_id(&said).context("rollout start said no id")
 }
 
 fn main() -> anyhow::Result<()> {
