@@ -497,3 +497,16 @@ impl WebhookReceiver {
         self.bodies.lock().unwrap().clone()
     }
 }
+
+/// The `stored=` and `duplicates=` of central's last counters line.
+pub fn ingest_counters(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(" stored=") && l.contains("duplicates="))?;
+    let field = |name: &str| -> Option<u64> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[at..].split_whitespace().next()?.parse().ok()
+    };
+    Some((field("stored")?, field("duplicates")?))
+}

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use cuntong_e2e::{Broker, BrokerKind, Proc, bin, free_port, mosquitto, run, sites, wait_until};
+use cuntong_e2e::{
+    Broker, BrokerKind, Proc, bin, free_port, ingest_counters, mosquitto, run, sites, wait_until,
+};
 
 const A: &str = "130102001001-main";
 const B: &str = "130102002001-main";
@@ -411,7 +413,9 @@ fn a_terminal_cannot_write_or_read_another_terminals_topics() {
     // A command for B: B receives it; A, subscribed to B's command topic (and to its own, to
     // know its subscription is in place), does not.
     let owner = Listener::start(&f, "b", &[B_CMD], "b-sub");
-    let spy = Listener::start(&f, "a", &[B_CMD, A_CMD], "a-sub");
+    // Nor through a shared subscription of the same topic.
+    let shared_spy = format!("$share/spy/{B_CMD}");
+    let spy = Listener::start(&f, "a", &[B_CMD, &shared_spy, A_CMD], "a-sub");
     owner.sync(&f, OPS, B_CMD, "ping-b1");
     spy.sync(&f, OPS, A_CMD, "ping-a1");
     publish(OPS, B_CMD, "reboot");
@@ -428,6 +432,82 @@ fn a_terminal_cannot_write_or_read_another_terminals_topics() {
         "A read B's commands: {}",
         spy.text()
     );
+}
+
+#[test]
+fn two_central_instances_with_their_own_identities_share_ingest_under_tls_and_the_acl() {
+    let f = Fleet::provision();
+    // A second central instance gets an identity of its own; the ACL generated after it
+    // lets both subscribe their shared group.
+    cuntong(&[
+        "provision",
+        "central-b",
+        "--ca",
+        &f.d("ca"),
+        "--broker",
+        &f.url(),
+        "--out",
+        &f.d("central-b"),
+    ]);
+    f.regenerate();
+    f.reload_broker();
+    let pg = cuntong_e2e::postgres::Postgres::shared();
+    let db = pg.fresh_database();
+    let start = |identity: &str| {
+        Proc::spawn(
+            &bin("cuntong"),
+            &[
+                "central",
+                "--broker",
+                &f.url(),
+                "--tls",
+                &f.d(identity),
+                "--db",
+                &db,
+                "--share-ingest",
+                "central",
+            ],
+            f.path(&format!("{identity}.log")),
+        )
+    };
+    let a = start("central");
+    let b = start("central-b");
+    let _ta = f.terminal("a", "a.log");
+    let _tb = f.terminal("b", "b.log");
+    // Each instance stores a part of what the two boxes send.
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            matches!(
+                (ingest_counters(&a.log_text()), ingest_counters(&b.log_text())),
+                (Some((sa, _)), Some((sb, _))) if sa > 0 && sb > 0
+            )
+        }),
+        "{}\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    for p in [&a, &b] {
+        let log = p.log_text();
+        assert!(!log.contains("refused a subscription"), "{log}");
+    }
+    // Shared, not copied: a message given to both would count as a duplicate at one of them.
+    let (sa, da) = ingest_counters(&a.log_text()).unwrap_or_default();
+    let (sb, db_) = ingest_counters(&b.log_text()).unwrap_or_default();
+    assert!(
+        (da + db_) * 2 < sa + sb,
+        "stored {sa} + {sb}, duplicates {da} + {db_}"
+    );
+    // Both boxes are online with their data, whichever instance stored it.
+    let rows = run(&bin("cuntong"), &["sites", "--json", "--db", &db]);
+    let sites: Vec<cuntong_e2e::Site> = serde_json::from_slice(&rows.stdout).unwrap();
+    for id in [A, B] {
+        assert!(
+            sites
+                .iter()
+                .any(|s| s.terminal == id && s.online && s.metrics.contains_key("uptime")),
+            "{id}: {sites:?}"
+        );
+    }
 }
 
 /// `cuntong events --json` rows, strictly.

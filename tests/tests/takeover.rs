@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use cuntong::commands::central::InstanceJson;
 use cuntong::control::RollCallJson;
 use cuntong_e2e::postgres::Postgres;
-use cuntong_e2e::{Broker, BrokerKind, Proc, Sample, Site, bin, ok, run, sim_fleet, wait_until};
+use cuntong_e2e::{
+    Broker, BrokerKind, Proc, Sample, Site, bin, ingest_counters, ok, run, sim_fleet, wait_until,
+};
 
 const COUNTY: &str = "130102";
 const SITES: usize = 30;
@@ -195,19 +197,6 @@ fn a_standby_takes_the_host_role_over_from_a_killed_central_and_nothing_is_lost_
     );
 }
 
-/// The counters a central logs every ten seconds, from its last such line.
-fn counters(log: &str) -> Option<(u64, u64)> {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains(" stored=") && l.contains("duplicates="))?;
-    let field = |name: &str| -> Option<u64> {
-        let at = line.find(&format!(" {name}="))? + name.len() + 2;
-        line[at..].split_whitespace().next()?.parse().ok()
-    };
-    Some((field("stored")?, field("duplicates")?))
-}
-
 #[test]
 fn instances_sharing_ingest_on_mosquitto_store_each_message_once_between_them() {
     let pg = Postgres::shared();
@@ -237,7 +226,10 @@ fn instances_sharing_ingest_on_mosquitto_store_each_message_once_between_them() 
     // given to both).
     assert!(
         wait_until(Duration::from_secs(40), || {
-            match (counters(&a.log_text()), counters(&b.log_text())) {
+            match (
+                ingest_counters(&a.log_text()),
+                ingest_counters(&b.log_text()),
+            ) {
                 (Some((sa, _)), Some((sb, _))) => sa > 0 && sb > 0,
                 _ => false,
             }
@@ -250,8 +242,8 @@ fn instances_sharing_ingest_on_mosquitto_store_each_message_once_between_them() 
     // (as many duplicates as stored). What is left are the terminals' own resends: two
     // instances confirming one terminal may confirm out of order, and a confirmation behind
     // the box's own has it resend what is in flight.
-    let (sa, da) = counters(&a.log_text()).unwrap_or_default();
-    let (sb, db_) = counters(&b.log_text()).unwrap_or_default();
+    let (sa, da) = ingest_counters(&a.log_text()).unwrap_or_default();
+    let (sb, db_) = ingest_counters(&b.log_text()).unwrap_or_default();
     assert!(
         (da + db_) * 2 < sa + sb,
         "stored {sa} + {sb}, duplicates {da} + {db_}"
