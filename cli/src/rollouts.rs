@@ -25,8 +25,8 @@ const TICK_MS: u64 = 1000;
 struct Running {
     rollout: Rollout,
     command: Vec<u8>,
-    /// Its end has been acted on (logged, offers not begun taken back).
-    ended: bool,
+    /// When its end was acted on (logged, offers not begun taken back).
+    ended_ms: Option<u64>,
 }
 
 /// The rollouts central runs.
@@ -75,15 +75,21 @@ impl RolloutService {
                 Running {
                     rollout,
                     command: row.command,
-                    ended: false,
+                    ended_ms: None,
                 },
             );
         }
-        let boxes = store
+        let boxes: HashMap<TerminalId, (bool, Option<String>)> = store
             .known_terminals()?
             .into_iter()
             .map(|k| (k.terminal, (k.online, k.version)))
             .collect();
+        // Boxes first heard from while central was down join the rollouts of their region.
+        for r in rollouts.values_mut() {
+            for (id, (_, version)) in &boxes {
+                r.rollout.admit(*id, version.as_deref(), now_ms);
+            }
+        }
         Ok(RolloutService {
             rollouts,
             ids,
@@ -104,6 +110,10 @@ impl RolloutService {
             } => {
                 self.boxes
                     .insert(*terminal, (presence.online, Some(presence.version.clone())));
+                // A box installed in a region after its rollout started joins it.
+                for r in self.rollouts.values_mut() {
+                    r.rollout.admit(*terminal, Some(&presence.version), now_ms);
+                }
             }
             Record::Event {
                 terminal, envelope, ..
@@ -179,7 +189,7 @@ impl RolloutService {
         let running = Running {
             rollout,
             command,
-            ended: false,
+            ended_ms: None,
         };
         self.rollouts.insert(running.rollout.plan.id, running);
         self.save(now_ms);
@@ -216,7 +226,8 @@ impl RolloutService {
                     .push(Message::new(topic, r.command.clone()).retained());
             }
             // Over here, or on a report since the last round.
-            if r.rollout.state.is_over() && !std::mem::replace(&mut r.ended, true) {
+            if r.rollout.state.is_over() && r.ended_ms.is_none() {
+                r.ended_ms = Some(now_ms);
                 tracing::warn!(
                     rollout = r.rollout.plan.id,
                     state = r.rollout.state.as_str(),
@@ -230,13 +241,18 @@ impl RolloutService {
             }
         }
         self.save(now_ms);
-        // Finished rollouts stay until their last reports are written, then leave memory.
+        // A rollout that is over follows the boxes still at work on it until they finish or
+        // its timeout passes, then leaves memory (later reports stay in the history).
         self.rollouts.retain(|_, r| {
-            !(r.rollout.state.is_over()
-                && r.rollout
-                    .sites()
-                    .values()
-                    .all(|s| s.stage.is_final() || s.stage == Stage::Queued))
+            let Some(ended) = r.ended_ms else {
+                return true;
+            };
+            let at_work = r
+                .rollout
+                .sites()
+                .values()
+                .any(|s| !s.stage.is_final() && s.stage != Stage::Queued);
+            at_work && now_ms < ended.saturating_add(r.rollout.plan.timeout_ms)
         });
     }
 
@@ -307,14 +323,15 @@ pub struct RolloutSiteJson {
     pub updated_at: String,
 }
 
-/// A rollout as `rollout list` and the dashboard show it, from its row and its boxes.
-pub fn summary(row: &RolloutRow, sites: &[(String, cuntong_core::rollout::Site)]) -> RolloutJson {
+/// A rollout as `rollout list` and the dashboard show it, from its row and how many of its
+/// boxes are at each stage.
+pub fn summary(row: &RolloutRow, stages: impl IntoIterator<Item = (Stage, usize)>) -> RolloutJson {
     let mut counts: std::collections::BTreeMap<String, usize> = Stage::ALL
         .iter()
         .map(|s| (s.as_str().to_owned(), 0))
         .collect();
-    for (_, s) in sites {
-        *counts.entry(s.stage.as_str().to_owned()).or_default() += 1;
+    for (stage, n) in stages {
+        *counts.entry(stage.as_str().to_owned()).or_default() += n;
     }
     RolloutJson {
         id: row.plan.id,
@@ -331,16 +348,19 @@ pub fn summary(row: &RolloutRow, sites: &[(String, cuntong_core::rollout::Site)]
 
 /// Every rollout stored, as `rollout list --json` and the dashboard show them.
 pub fn list(store: &dyn Store) -> Result<Vec<RolloutJson>, StoreError> {
-    let mut out = Vec::new();
-    for row in store.rollouts()? {
-        let sites: Vec<_> = store
-            .rollout_sites(row.plan.id)?
-            .into_iter()
-            .map(|(t, s)| (t.to_string(), s))
-            .collect();
-        out.push(summary(&row, &sites));
-    }
-    Ok(out)
+    let counts = store.rollout_counts()?;
+    Ok(store
+        .rollouts()?
+        .iter()
+        .map(|row| {
+            let id = row.plan.id;
+            let stages = counts
+                .iter()
+                .filter(|(r, _, _)| *r == id)
+                .map(|(_, stage, n)| (*stage, *n));
+            summary(row, stages)
+        })
+        .collect())
 }
 
 /// How far before a rollout's start its boxes' clocks may be: their reports are looked for
@@ -542,6 +562,33 @@ mod tests {
     }
 
     #[test]
+    fn a_box_first_heard_from_after_the_start_is_offered_the_release_and_kept_across_a_restart() {
+        let (_dir, db, writer, stop) = store();
+        let now = cuntong_terminal::link::unix_ms();
+        let mut service =
+            RolloutService::open(db.open().unwrap().as_ref(), writer.state.clone(), now).unwrap();
+        // One box of the region known, offline: the rollout waits for it.
+        let other: TerminalId = "130102001002-main".parse().unwrap();
+        service.boxes.insert(other, (false, None));
+        service
+            .start(plan(4), command(&key(), "130102", 4, "0.2.0"), now)
+            .unwrap();
+        service.tick(now, true);
+        assert!(service.take_outbound().is_empty(), "no box online yet");
+        service.record(&presence(true), now + 500);
+        service.tick(now + 1000, false);
+        let out = service.take_outbound();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].retain && out[0].topic.ends_with("/cmd"));
+        writer.state.flush().unwrap();
+        let again =
+            RolloutService::open(db.open().unwrap().as_ref(), writer.state.clone(), now).unwrap();
+        let site = &again.rollouts[&4].rollout.sites()[&BOX.parse().unwrap()];
+        assert_eq!(site.stage, Stage::Notified);
+        stop.cancel();
+    }
+
+    #[test]
     fn a_rollout_aborted_by_a_report_takes_back_the_offers_not_begun() {
         let (_dir, db, writer, stop) = store();
         let now = cuntong_terminal::link::unix_ms();
@@ -567,6 +614,12 @@ mod tests {
                 .any(|m| m.topic == cmd && m.retain && m.payload.is_empty()),
             "{out:?}"
         );
+        // The offer taken back may still have reached the box: the rollout follows it until
+        // its timeout, then leaves memory.
+        service.tick(now + 3_000_000, false);
+        assert!(service.rollouts.contains_key(&3));
+        service.tick(now + 2000 + 3_600_000, false);
+        assert!(service.rollouts.is_empty());
         stop.cancel();
     }
 }

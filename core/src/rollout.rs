@@ -171,24 +171,41 @@ impl Rollout {
         boxes: impl IntoIterator<Item = (TerminalId, Option<String>)>,
         now_ms: u64,
     ) -> Rollout {
-        let mut sites = BTreeMap::new();
+        let mut r = Rollout::resume_stored(
+            plan,
+            State::Running,
+            String::new(),
+            BTreeMap::new(),
+            now_ms,
+            BTreeSet::new(),
+        );
+        r.changed_self = true;
         for (id, version) in boxes {
-            if !plan.region.contains(id.site()) {
-                continue;
-            }
-            let mut site = Site::queued(now_ms);
-            if version.as_deref() == Some(plan.version.as_str()) {
-                site.stage = Stage::Committed;
-                site.reason = format!("already runs {}", plan.version);
-            }
-            sites.insert(id, site);
+            r.admit(id, version.as_deref(), now_ms);
         }
-        let changed = sites.keys().copied().collect();
-        let mut r =
-            Rollout::resume_stored(plan, State::Running, String::new(), sites, now_ms, changed);
         // The first offer goes out at once.
         r.credit = MINUTE_MS;
         r
+    }
+
+    /// Takes in a box of the region that the rollout does not have yet (one installed or
+    /// first heard from after it started), queued, or committed if it already runs the
+    /// release. True if it was taken in; a rollout that is over takes in nothing.
+    pub fn admit(&mut self, id: TerminalId, version: Option<&str>, now_ms: u64) -> bool {
+        if self.state.is_over()
+            || !self.plan.region.contains(id.site())
+            || self.sites.contains_key(&id)
+        {
+            return false;
+        }
+        let mut site = Site::queued(now_ms);
+        if version == Some(self.plan.version.as_str()) {
+            site.stage = Stage::Committed;
+            site.reason = format!("already runs {}", self.plan.version);
+        }
+        self.sites.insert(id, site);
+        self.changed.insert(id);
+        true
     }
 
     /// A rollout as stored, to carry on with: the next offer waits its turn (a restart is
@@ -479,6 +496,29 @@ mod tests {
         assert_eq!(r.sites()[&id(2)].stage, Stage::Committed);
         let offered: Vec<_> = (0..5).flat_map(|t| r.tick(t * 1000, |_| true)).collect();
         assert_eq!(offered, vec![id(1), id(3)]);
+    }
+
+    #[test]
+    fn a_box_of_the_region_heard_from_after_the_start_joins_the_queue_until_the_rollout_is_over() {
+        let mut r = Rollout::start(plan(600), boxes(1), 0);
+        let _ = r.take_changes();
+        assert!(r.admit(id(2), Some("1.0.0"), 10), "a new box of the region");
+        assert!(!r.admit(id(2), Some("1.0.0"), 20), "once");
+        assert!(r.admit(id(3), Some("1.1.0"), 20), "already on the release");
+        assert!(!r.admit("130103001001-main".parse().unwrap(), None, 20));
+        assert_eq!(r.sites()[&id(3)].stage, Stage::Committed);
+        let (_, changed) = r.take_changes();
+        assert_eq!(
+            changed.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![id(2), id(3)]
+        );
+        let offered: Vec<_> = (0..5).flat_map(|t| r.tick(t * 1000, |_| true)).collect();
+        assert_eq!(offered, vec![id(1), id(2)]);
+        r.apply(Op::Cancel).unwrap();
+        assert!(
+            !r.admit(id(4), None, 6000),
+            "a rollout that is over takes in nothing"
+        );
     }
 
     #[test]

@@ -271,6 +271,11 @@ fn a_good_release_reaches_every_box_and_a_crashing_one_aborts_at_its_threshold()
         states.contains(&"done") && states.contains(&"aborted"),
         "{listed:#}"
     );
+    // The list counts the boxes at each stage as the status lists them.
+    for r in listed.as_array().unwrap() {
+        let id = r["id"].to_string();
+        assert_eq!(r["counts"], status(&db, &id)["counts"], "{listed:#}");
+    }
     drop(boxes);
     drop(central);
 }

@@ -262,6 +262,13 @@ fn a_box_installs_only_signed_releases_commits_a_healthy_one_and_rolls_back_bad_
         events.iter().any(|e| e == "started version 0.2.0"),
         "{events:#?}"
     );
+    // The cut was reported with its cause while the box waited to resume.
+    assert!(
+        events.iter().any(|e| e.starts_with("update 0.2.0")
+            && e.contains("downloading")
+            && e.contains("retrying in")),
+        "{events:#?}"
+    );
     let fetched = server.sent.load(Ordering::Relaxed);
     assert!(
         fetched >= size && fetched * 10 <= size * 12,

@@ -284,7 +284,7 @@ fn status(id: u64, json: bool, db: Option<Database>) -> Result<(), Failure> {
         .into_iter()
         .map(|(t, s)| (t.to_string(), s))
         .collect();
-    let mut out = summary(&row, &sites);
+    let mut out = summary(&row, sites.iter().map(|(_, s)| (s.stage, 1)));
     out.sites = sites
         .into_iter()
         .map(|(terminal, s)| RolloutSiteJson {

@@ -443,6 +443,8 @@ pub trait Store: Send {
     ) -> Result<(), StoreError>;
     /// Every rollout stored, oldest first.
     fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError>;
+    /// How many boxes each rollout has at each stage (one query, not the boxes' rows).
+    fn rollout_counts(&self) -> Result<Vec<(u64, cuntong_core::update::Stage, usize)>, StoreError>;
     /// The boxes of rollout `id` and their progress.
     fn rollout_sites(
         &self,

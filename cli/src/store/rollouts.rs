@@ -72,6 +72,13 @@ pub(super) fn rollout_row(
     })
 }
 
+/// A row of the stage counts, back.
+pub(super) fn count_row(id: i64, stage: &str, n: i64) -> Result<(u64, Stage, usize), StoreError> {
+    let stage = Stage::parse(stage)
+        .ok_or_else(|| corrupt("rollout_sites", format!("rollout {id}: stage {stage:?}")))?;
+    Ok((id.max(0) as u64, stage, n.max(0) as usize))
+}
+
 /// A stored box's row, back; `None` for a terminal id that no longer parses.
 pub(super) fn site_row(
     terminal: &str,
@@ -266,6 +273,28 @@ impl SqliteStore {
         for row in rows {
             let (plan, state, reason, command, updated) = row?;
             out.push(rollout_row(&plan, &state, reason, command, updated)?);
+        }
+        Ok(out)
+    }
+
+    pub fn rollout_counts(&self) -> Result<Vec<(u64, Stage, usize)>, StoreError> {
+        if !has_table(&self.conn, "rollout_sites")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT rollout, stage, count(*) FROM rollout_sites GROUP BY rollout, stage",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, stage, n) = row?;
+            out.push(count_row(id, &stage, n)?);
         }
         Ok(out)
     }

@@ -245,6 +245,9 @@ impl Store for SqliteStore {
     fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
         SqliteStore::rollouts(self)
     }
+    fn rollout_counts(&self) -> Result<Vec<(u64, cuntong_core::update::Stage, usize)>, StoreError> {
+        SqliteStore::rollout_counts(self)
+    }
     fn rollout_sites(
         &self,
         id: u64,

@@ -294,6 +294,7 @@ impl Work {
         let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
         self.report(Stage::Downloading, have, String::new()).await;
         let mut attempt = 0u32;
+        let mut last_cause: Option<String> = None;
         loop {
             let (notes, offer, manifest) = (
                 self.notes.clone(),
@@ -338,6 +339,14 @@ impl Work {
                     let wait = RETRY.delay(attempt, rand::random());
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(error = %e, retry_in = ?wait, "update download interrupted");
+                    // Central sees why a download stands still: once a cause, not once a retry.
+                    let reason = format!("retrying in {}s: {e}", wait.as_secs());
+                    let cause = e.to_string();
+                    if last_cause.as_deref() != Some(cause.as_str()) {
+                        let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+                        self.report(Stage::Downloading, have, reason).await;
+                        last_cause = Some(cause);
+                    }
                     tokio::time::sleep(wait).await;
                     if self.stop.load(Ordering::Relaxed) {
                         return Err(None);

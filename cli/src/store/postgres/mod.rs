@@ -520,6 +520,9 @@ impl Store for PgStore {
     fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
         PgStore::rollouts(self)
     }
+    fn rollout_counts(&self) -> Result<Vec<(u64, cuntong_core::update::Stage, usize)>, StoreError> {
+        PgStore::rollout_counts(self)
+    }
     fn rollout_sites(
         &self,
         id: u64,

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use cuntong_core::rollout::Site;
 use cuntong_core::terminal_id::TerminalId;
+use cuntong_core::update::Stage;
 
 use super::PgStore;
 use super::state::check_fence;
-use crate::store::rollouts::{check_same, encode_plan, ms, rollout_row, site_row};
+use crate::store::rollouts::{check_same, count_row, encode_plan, ms, rollout_row, site_row};
 use crate::store::{Fence, ReleaseRow, RolloutRow, RolloutSiteRow, StoreError};
 
 /// The size of the pieces an artifact is read in.
@@ -175,6 +176,20 @@ impl PgStore {
             .map_err(self.err("reading the rollouts"))?;
         rows.iter()
             .map(|r| rollout_row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect()
+    }
+
+    pub fn rollout_counts(&self) -> Result<Vec<(u64, Stage, usize)>, StoreError> {
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(
+                "SELECT rollout, stage, count(*) FROM rollout_sites GROUP BY rollout, stage",
+                &[],
+            )
+            .map_err(self.err("counting the rollouts' boxes"))?;
+        rows.iter()
+            .map(|r| count_row(r.get(0), r.get(1), r.get(2)))
             .collect()
     }
 
