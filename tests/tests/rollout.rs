@@ -5,9 +5,9 @@
 //! `cuntong rollout start`.
 //!
 //! A good release reaches every box of the county at the given rate, and the rollout carries
-//! on across a restart of central; a release that crashes at start is rolled back by the real
-//! box that tried it and the rollout aborts at its threshold, leaving the boxes still queued
-//! untouched.
+//! on across a restart of central; a release that crashes at start and one that starts but
+//! never reaches the broker are each rolled back by the real box that tried it, and their
+//! rollouts abort at their threshold, leaving the boxes still queued untouched.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -80,7 +80,7 @@ fn rollout_start(
 }
 
 #[test]
-fn a_good_release_reaches_every_box_and_a_crashing_one_aborts_at_its_threshold() {
+fn a_good_release_reaches_every_box_and_bad_ones_abort_at_their_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let broker = Broker::start(BrokerKind::Mosquitto, d);
@@ -202,56 +202,71 @@ fn a_good_release_reaches_every_box_and_a_crashing_one_aborts_at_its_threshold()
         sites(&db, Some("130102"))
     );
 
-    // A release that exits at start, to the real boxes' township: one offer every 30 s,
-    // abort at the first failure.
-    let crash = package(d, "crash", "0.3.0", "echo crashing >&2; exit 3", 1024);
-    add(&crash, "0.3.0");
-    let crash_id = rollout_start(
-        &db,
-        &ca,
-        &broker,
-        ("0.3.0", "130102001"),
-        &url,
-        &[
-            "--rate",
-            "2/min",
-            "--abort-failed",
-            "50%",
-            "--min-executed",
-            "1",
-        ],
-    );
-    let aborted = wait_state(&db, &crash_id, 120, "aborted");
-    let counts = &aborted["counts"];
-    let rolled = counts["rolled-back"].as_u64().unwrap();
-    assert!(rolled >= 1, "{aborted:#}");
-    // Every box that was offered it rolled back; the others were never offered it.
-    assert_eq!(
-        rolled + counts["queued"].as_u64().unwrap(),
-        BOXES as u64,
-        "{aborted:#}"
-    );
-    assert!(counts["queued"].as_u64().unwrap() >= 2, "{aborted:#}");
-    for s in aborted["sites"].as_array().unwrap() {
-        if s["stage"] == "rolled-back" {
-            assert!(
-                s["reason"].as_str().unwrap().contains("stopped 3 times"),
-                "{s}"
-            );
+    // Two bad releases, each to the real boxes' township, one offer a minute, abort at the
+    // first failure: one that exits at start, one that starts but never reaches the broker.
+    let bad = [
+        (
+            "crash",
+            "0.3.0",
+            "echo crashing >&2; exit 3",
+            "stopped 3 times",
+        ),
+        (
+            "mute",
+            "0.4.0",
+            "exec sleep 3600",
+            "health check by its deadline",
+        ),
+    ];
+    for (name, version, script, why) in bad {
+        let deb = package(d, name, version, script, 1024);
+        add(&deb, version);
+        let bad_id = rollout_start(
+            &db,
+            &ca,
+            &broker,
+            (version, "130102001"),
+            &url,
+            &[
+                "--rate",
+                "1/min",
+                "--abort-failed",
+                "50%",
+                "--min-executed",
+                "1",
+            ],
+        );
+        let aborted = wait_state(&db, &bad_id, 120, "aborted");
+        let counts = &aborted["counts"];
+        let rolled = counts["rolled-back"].as_u64().unwrap();
+        assert!(rolled >= 1, "{aborted:#}");
+        // Every box that was offered it rolled back; the others were never offered it.
+        assert_eq!(
+            rolled + counts["queued"].as_u64().unwrap(),
+            BOXES as u64,
+            "{aborted:#}"
+        );
+        assert!(counts["queued"].as_u64().unwrap() >= 2, "{aborted:#}");
+        for s in aborted["sites"].as_array().unwrap() {
+            if s["stage"] == "rolled-back" {
+                assert!(s["reason"].as_str().unwrap().contains(why), "{s}");
+            }
         }
+        // Every box runs 0.2.0 committed.
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                boxes.iter().all(|(data, _)| {
+                    std::fs::read(data.join("update/slots.json"))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .is_some_and(|t| {
+                            t["committed"]["version"] == "0.2.0" && t["trial"].is_null()
+                        })
+                })
+            }),
+            "a box did not return to 0.2.0 after {version}"
+        );
     }
-    // Every box runs 0.2.0 committed.
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            boxes.iter().all(|(data, _)| {
-                std::fs::read(data.join("update/slots.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .is_some_and(|t| t["committed"]["version"] == "0.2.0" && t["trial"].is_null())
-            })
-        }),
-        "a box did not return to 0.2.0"
-    );
     let listed: serde_json::Value = serde_json::from_slice(
         &run(
             &bin("cuntong"),
@@ -266,9 +281,10 @@ fn a_good_release_reaches_every_box_and_a_crashing_one_aborts_at_its_threshold()
         .iter()
         .map(|r| r["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states.len(), 2, "{listed:#}");
+    assert_eq!(states.len(), 3, "{listed:#}");
     assert!(
-        states.contains(&"done") && states.contains(&"aborted"),
+        states.iter().filter(|s| **s == "done").count() == 1
+            && states.iter().filter(|s| **s == "aborted").count() == 2,
         "{listed:#}"
     );
     // The list counts the boxes at each stage as the status lists them.
