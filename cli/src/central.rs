@@ -464,6 +464,9 @@ pub async fn run(
         .collect();
     link_opts.subscribe_qos = opts.subscribe_qos;
     link_opts.incoming_capacity = 1024;
+    // A join storm or a replaying fleet may outrun the loop for a while: the link keeps
+    // reading (and answering the broker) into a buffer of its own meanwhile.
+    link_opts.incoming_buffer = 64 << 20;
     link_opts.queue_capacity = 8192;
     // A ping's answer waits behind what the broker sent before it: a province's join storm
     // must not cost central its connection (and the chair its answers).

@@ -22,8 +22,11 @@
 //! - **tell a person why it cannot connect**, once and again only when the cause changes
 //!   ("cannot reach the broker at mqtt://…: connection refused", TLS failures named as such).
 //!
-//! Incoming messages are handed to the owner through a bounded channel; a full channel slows
-//! the poll task down (back-pressure to the broker). The owner must therefore never *await*
+//! Incoming messages are handed to the owner through a bounded channel, behind a buffer of
+//! [`LinkOptions::incoming_buffer`] bytes: an owner slow for a while (central under a join
+//! storm) does not stop the poll task reading, so the broker's answer to a ping, queued behind
+//! a burst, is read in time and the connection lives. Only a full buffer slows the poll task
+//! down (back-pressure to the broker). The owner must therefore never *await*
 //! [`Link::publish`] while it is the only reader of that channel: use [`Link::try_publish`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -127,6 +130,9 @@ pub struct LinkOptions {
     pub queue_capacity: usize,
     /// Received messages waiting for the owner, at most.
     pub incoming_capacity: usize,
+    /// Bytes of received messages the link holds beyond that while the owner is busy, read
+    /// from the broker all the same (each message counted with its topic and an overhead).
+    pub incoming_buffer: usize,
     pub backoff: Backoff,
     /// QoS 1 publishes in flight (sent, not yet acknowledged), at most.
     pub inflight: u16,
@@ -147,6 +153,7 @@ impl LinkOptions {
             subscribe_qos: QoS::AtLeastOnce,
             queue_capacity: 256,
             incoming_capacity: 64,
+            incoming_buffer: 256 * 1024,
             backoff: Backoff::default(),
             inflight: 32,
             tls: None,
@@ -283,16 +290,17 @@ impl Link {
         let (queue_tx, queue_rx) = mpsc::channel(opts.queue_capacity.max(1));
         let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_CAPACITY);
         let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
+        let stop = CancellationToken::new();
+        let inbox = Inbox::start(incoming_tx, opts.incoming_buffer, stop.clone());
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let (up_tx, up_rx) = watch::channel(false);
         let (refused_tx, refused_rx) = watch::channel(0u64);
         let shared = Arc::new(Shared::default());
-        let stop = CancellationToken::new();
         tokio::spawn(poll_task(
             eventloop,
             (opts.brokers.clone(), connect),
             opts.backoff,
-            incoming_tx,
+            inbox,
             Signals {
                 generation: gen_tx,
                 up: up_tx,
@@ -452,11 +460,58 @@ struct Signals {
     stop: CancellationToken,
 }
 
+/// Received messages on their way from the poll task to the owner: the poll task hands each
+/// over at once while the bytes waiting fit the buffer; a task of its own feeds the owner's
+/// channel at the owner's pace.
+struct Inbox {
+    queue: mpsc::UnboundedSender<(Incoming, u32)>,
+    /// Room left in the buffer, in KiB.
+    room: Arc<tokio::sync::Semaphore>,
+    capacity_kib: u32,
+}
+
+impl Inbox {
+    fn start(owner: mpsc::Sender<Incoming>, bytes: usize, stop: CancellationToken) -> Inbox {
+        let capacity_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
+        let room = Arc::new(tokio::sync::Semaphore::new(capacity_kib as usize));
+        let (queue, mut waiting) = mpsc::unbounded_channel::<(Incoming, u32)>();
+        let freed = room.clone();
+        tokio::spawn(async move {
+            while let Some((msg, cost)) = waiting.recv().await {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = owner.send(msg) => if r.is_err() { break },
+                }
+                freed.add_permits(cost as usize);
+            }
+        });
+        Inbox {
+            queue,
+            room,
+            capacity_kib,
+        }
+    }
+
+    /// Hands `msg` on; waits only while the buffer is full.
+    async fn put(&self, msg: Incoming) {
+        let bytes = msg.payload.len() + msg.topic.len() + 64;
+        let cost = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.capacity_kib);
+        if let Ok(permit) = self.room.acquire_many(cost).await {
+            permit.forget();
+            if self.queue.send((msg, cost)).is_err() {
+                tracing::debug!("incoming receiver gone");
+            }
+        }
+    }
+}
+
 async fn poll_task(
     mut eventloop: EventLoop,
     (brokers, connect): (Brokers, Connect),
     backoff: Backoff,
-    incoming: mpsc::Sender<Incoming>,
+    incoming: Inbox,
     signals: Signals,
 ) {
     let Signals {
@@ -539,7 +594,7 @@ async fn poll_task(
                 };
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    r = incoming.send(msg) => if r.is_err() { tracing::debug!("incoming receiver gone") },
+                    () = incoming.put(msg) => {}
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {

@@ -284,15 +284,20 @@ fn main() -> anyhow::Result<()> {
     // The province meeting.
     let rt = tokio::runtime::Runtime::new()?;
     let (cpu_meeting, meeting_started) = (cpu_seconds(&PROCESSES), Instant::now());
-    let m = rt.block_on(region_meeting(&url, &args.region, n))?;
-    println!(
-        "  meeting start → all joined {:>6} ms   ({} of {n} joined; {} state publishes, {} media plans)",
-        m.join_time.as_millis(),
-        m.joined,
-        m.start_states,
-        m.plans
-    );
-    println!("  {}   (target < 5 s)", m.roll_call());
+    // A failed meeting is reported, and the other figures are still measured.
+    match rt.block_on(region_meeting(&url, &args.region, n)) {
+        Ok(m) => {
+            println!(
+                "  meeting start → all joined {:>6} ms   ({} of {n} joined; {} state publishes, {} media plans)",
+                m.join_time.as_millis(),
+                m.joined,
+                m.start_states,
+                m.plans
+            );
+            println!("  {}   (target < 5 s)", m.roll_call());
+        }
+        Err(e) => println!("  meeting                 FAILED: {e:#}"),
+    }
     println!("  {}", cpu_since(&cpu_meeting, meeting_started.elapsed()));
 
     // The store read over the whole province.
