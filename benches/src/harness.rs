@@ -339,6 +339,11 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     let before = states.load(Ordering::Relaxed);
     let started = Instant::now();
     client.op(id, ChairOp::Start).await?;
+    println!(
+        "  meeting started         {:>6} ms after the chair asked",
+        started.elapsed().as_millis()
+    );
+    let mut shown = Instant::now();
     let joined = loop {
         // The session's summary (one answer), not its 54,000 sites page by page.
         let list = client.list().await?;
@@ -348,6 +353,13 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
             .map_or(0, |m| m.joined);
         if j >= n || started.elapsed() > Duration::from_secs(120) {
             break j;
+        }
+        if shown.elapsed() >= Duration::from_secs(10) {
+            shown = Instant::now();
+            println!(
+                "    {j} of {n} joined after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };

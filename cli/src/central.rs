@@ -39,6 +39,9 @@ use crate::rollouts::RolloutService;
 use crate::store::{Database, Record, StoreError, TrySendError, Writer};
 use cuntong_core::lease::{self, Answer, Lease, Tenure};
 
+/// How often an instance records that it is at work (`central status` shows it).
+const INSTANCE_SEEN_EVERY: Duration = Duration::from_secs(5);
+
 /// How long an answer to a command waits for what the command changed to be stored.
 const ANSWER_WAITS_FOR_STORE: Duration = Duration::from_secs(1);
 
@@ -322,6 +325,7 @@ fn lease_loop(
 ) {
     let mut store: Option<Box<dyn crate::store::Store>> = None;
     let log = LogLimiter::default();
+    let mut last_seen = None::<std::time::Instant>;
     while !stop.is_cancelled() {
         let asked = unix_ms();
         if store.is_none() {
@@ -342,14 +346,20 @@ fn lease_loop(
             }
             None => Answer::Failed,
         };
-        if let Some(s) = store.as_mut()
-            && let Err(e) = s.instance_seen(&instance, started_ms)
-            && let Some(more) = log.allow("instance")
-        {
-            tracing::warn!(error = %e, "cannot record this instance{more}");
-        }
+        // The answer first: recording the instance is another commit, and the lease's
+        // margin must not wait for it.
         if answers.send((answer, asked)).is_err() {
             return;
+        }
+        if let Some(s) = store.as_mut()
+            && last_seen.is_none_or(|t| t.elapsed() >= INSTANCE_SEEN_EVERY)
+        {
+            last_seen = Some(std::time::Instant::now());
+            if let Err(e) = s.instance_seen(&instance, started_ms)
+                && let Some(more) = log.allow("instance")
+            {
+                tracing::warn!(error = %e, "cannot record this instance{more}");
+            }
         }
         let next = std::time::Instant::now() + Duration::from_millis(lease.renew_every_ms);
         while std::time::Instant::now() < next && !stop.is_cancelled() {
@@ -553,6 +563,13 @@ pub async fn run(
             _ = meeting_tick.tick() => {
                 // Publish what waits often; run the hosts' clocks once a second.
                 let now = unix_ms();
+                // Renewals that arrived while the loop was busy count before the lease is
+                // judged: a loop late to read them has not lost the lease.
+                while let Ok((answer, asked)) = lease_rx.try_recv() {
+                    if let Some(change) = tenure.answered(answer, asked, now) {
+                        change_roles(change, &mut roles);
+                    }
+                }
                 if let Some(change) = tenure.tick(now) {
                     change_roles(change, &mut roles);
                 }

@@ -24,11 +24,13 @@ pub struct Lease {
 }
 
 impl Default for Lease {
-    /// Taken over within 8 s of the holder's death: 6 s to expire, tried every 2 s.
+    /// Taken over within 7 s of the holder's death: 6 s to expire, tried every second. A
+    /// holder keeps the role through a renewal that takes up to 3.5 s (a store flushing under
+    /// a province's ingest).
     fn default() -> Lease {
         Lease {
             ttl_ms: 6_000,
-            renew_every_ms: 2_000,
+            renew_every_ms: 1_000,
             margin_ms: 1_500,
         }
     }

@@ -13,12 +13,32 @@ pub const BROKEN_PIPE_STATUS: i32 = 141;
 pub fn write(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(BROKEN_PIPE_STATUS);
-        }
-        eprintln!("error: cannot write the output: {e}");
-        std::process::exit(1);
+        failed(e);
     }
+}
+
+/// Writes `items` to standard output as one indented JSON array, each item serialised as it
+/// comes (a province's 54,145 sites are never all held as JSON at once), or ends the process
+/// if it cannot.
+pub fn json_array<T: serde::Serialize>(items: impl IntoIterator<Item = T>) {
+    use serde::Serializer as _;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = serde_json::Serializer::pretty(&mut out)
+        .collect_seq(items)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        failed(e);
+    }
+}
+
+fn failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(BROKEN_PIPE_STATUS);
+    }
+    eprintln!("error: cannot write the output: {e}");
+    std::process::exit(1);
 }
 
 /// `print!` to standard output, ending the process if the reader has gone.

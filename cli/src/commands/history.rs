@@ -6,7 +6,7 @@ use clap::Args;
 use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::link::unix_ms;
-use cuntong_terminal::{print, println};
+use cuntong_terminal::print;
 
 use super::common::{Failure, Usage, database, fail, parse, positive, region};
 use crate::store::Database;
@@ -62,8 +62,8 @@ fn since_ms(since: Option<String>) -> Result<Option<u64>, Usage> {
         .map(|d| unix_ms().saturating_sub(d.as_millis() as u64)))
 }
 
-fn print_json<T: serde::Serialize>(rows: &[T]) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string_pretty(rows).map_err(fail)?);
+fn print_json<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> Result<(), Failure> {
+    cuntong_terminal::stdout::json_array(rows);
     Ok(())
 }
 
@@ -73,8 +73,7 @@ pub fn run_sites(args: SitesArgs) -> Result<(), Failure> {
     let rows = store.sites(region.as_ref()).map_err(fail)?;
     let names = store.names().map_err(fail)?;
     if args.json {
-        let out: Vec<view::SiteJson> = rows.iter().map(|r| view::site_json(r, &names)).collect();
-        print_json(&out)
+        print_json(rows.iter().map(|r| view::site_json(r, &names)))
     } else {
         print!("{}", view::sites_table(&rows, unix_ms(), &names));
         Ok(())
@@ -93,8 +92,7 @@ pub fn run_telemetry(args: TelemetryArgs) -> Result<(), Failure> {
         .telemetry(&id, metric.as_ref(), since_ms)
         .map_err(fail)?;
     if args.json {
-        let out: Vec<view::SampleJson> = rows.iter().map(view::sample_json).collect();
-        print_json(&out)
+        print_json(rows.iter().map(view::sample_json))
     } else {
         print!("{}", view::telemetry_table(&rows));
         Ok(())
@@ -111,8 +109,7 @@ pub fn run_events(args: EventsArgs) -> Result<(), Failure> {
     }
     let names = store.names().map_err(fail)?;
     if args.json {
-        let out: Vec<view::EventJson> = rows.iter().map(|r| view::event_json(r, &names)).collect();
-        print_json(&out)
+        print_json(rows.iter().map(|r| view::event_json(r, &names)))
     } else {
         print!("{}", view::events_table(&rows, &names));
         Ok(())

@@ -65,9 +65,10 @@ impl PgStore {
         ttl_ms: u64,
     ) -> Result<Option<u64>, StoreError> {
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-        let row = self
-            .client
-            .get_mut()
+        let err = self.err("taking a lease");
+        let client = self.client.get_mut();
+        let mut tx = client.transaction().map_err(&err)?;
+        let row = tx
             .query_opt(
                 &format!(
                     "INSERT INTO leases (role, holder, epoch, expires_ms) VALUES ($1, $2, 1, {NOW} + $3)
@@ -81,8 +82,25 @@ impl PgStore {
                 ),
                 &[&role, &holder, &ttl],
             )
-            .map_err(self.err("taking a lease"))?;
-        Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+            .map_err(&err)?;
+        let epoch = row.map(|r| r.get::<_, i64>(0).max(0) as u64);
+        // A renewal of the lease this connection holds does not wait for the WAL to reach
+        // the disk (a busy store's flush can take seconds, and a renewal that late costs the
+        // holder its role). Losing one in a crash of the server only ends the holder's tenure
+        // sooner, as the server sees it, and whatever the holder still writes then is fenced
+        // by its epoch. A lease taken (a new epoch) is always committed durably: two holders
+        // must never share an epoch.
+        let renewal = matches!(
+            (&self.lease, epoch),
+            (Some((r, h, held)), Some(e)) if r == role && h == holder && *held == e
+        );
+        if renewal {
+            tx.batch_execute("SET LOCAL synchronous_commit TO off")
+                .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)?;
+        self.lease = epoch.map(|e| (role.to_owned(), holder.to_owned(), e));
+        Ok(epoch)
     }
 
     pub fn instance_seen(&mut self, instance: &str, started_ms: u64) -> Result<(), StoreError> {
