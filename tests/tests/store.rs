@@ -1839,6 +1839,54 @@ fn a_lease_is_held_by_one_holder_renewed_under_its_epoch_and_taken_over_with_a_n
 }
 
 #[test]
+fn a_renewal_does_not_wait_for_the_holders_fenced_writes_and_a_takeover_does() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let db = postgres();
+    let mut a = db.open();
+    let first = a.take_lease("host", "a", 60_000).unwrap().unwrap();
+    // A fenced write in progress (a long one: a province's meeting saved while the store
+    // flushes a group) holds the lease row as the fence reads it.
+    let mut writer = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    let mut tx = writer.transaction().unwrap();
+    tx.query(
+        "SELECT epoch FROM leases WHERE role = 'host' FOR KEY SHARE",
+        &[],
+    )
+    .unwrap();
+    // The holder renews meanwhile, at once.
+    let (done, renewed) = mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let answer = a.take_lease("host", "a", 0).unwrap();
+        done.send(answer).unwrap();
+    });
+    assert_eq!(
+        renewed.recv_timeout(Duration::from_secs(5)).unwrap(),
+        Some(first),
+        "a renewal waited for the fenced write"
+    );
+    holder.join().unwrap();
+    // The lease (of no time now) has expired, but another instance takes it over only once
+    // the write under the old epoch is committed.
+    let url = db.url().to_owned();
+    let (done, taken) = mpsc::channel();
+    let other = std::thread::spawn(move || {
+        let mut b = Database::Postgres(url).open().unwrap();
+        done.send(take_once_expired(b.as_mut(), "b")).unwrap();
+    });
+    assert!(
+        taken.recv_timeout(Duration::from_millis(500)).is_err(),
+        "taken over under a write of the old epoch"
+    );
+    tx.commit().unwrap();
+    assert_eq!(
+        taken.recv_timeout(Duration::from_secs(5)).unwrap(),
+        first + 1
+    );
+    other.join().unwrap();
+}
+
+#[test]
 fn the_one_central_of_an_sqlite_store_takes_the_lease_at_once_from_a_predecessor_that_died() {
     let db = sqlite();
     let mut before = db.open();

@@ -85,8 +85,6 @@ pub struct PgStore {
     /// the day partitions they wrote.
     unsummarised: u32,
     written: HashSet<String>,
-    /// The lease this connection last took or renewed: role, holder, epoch.
-    lease: Option<(String, String, u64)>,
 }
 
 impl fmt::Debug for PgStore {
@@ -246,7 +244,6 @@ impl PgStore {
             known: KnownRows::new(),
             unsummarised: 0,
             written: HashSet::new(),
-            lease: None,
         };
         // The driver logs the server's notices; warnings and errors are enough.
         store

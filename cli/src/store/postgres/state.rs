@@ -30,8 +30,9 @@ impl FenceError {
     }
 }
 
-/// Refuses the write of `tx` unless `fence`'s epoch is the role's now (the lease row is read
-/// under a share lock: it cannot pass on before `tx` commits).
+/// Refuses the write of `tx` unless `fence`'s epoch is the role's now. The lease row is read
+/// FOR KEY SHARE: a takeover (which locks it FOR UPDATE) cannot pass the role on before `tx`
+/// commits, while the holder's renewals (which change only the expiry) do not wait for it.
 pub(super) fn check_fence(
     tx: &mut Transaction<'_>,
     fence: Option<&Fence>,
@@ -39,7 +40,7 @@ pub(super) fn check_fence(
     let Some(f) = fence else { return Ok(()) };
     let current: Option<i64> = tx
         .query_opt(
-            "SELECT epoch FROM leases WHERE role = $1 FOR SHARE",
+            "SELECT epoch FROM leases WHERE role = $1 FOR KEY SHARE",
             &[&f.role],
         )
         .map_err(FenceError::Db)?
@@ -66,41 +67,60 @@ impl PgStore {
     ) -> Result<Option<u64>, StoreError> {
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let err = self.err("taking a lease");
-        let client = self.client.get_mut();
-        let mut tx = client.transaction().map_err(&err)?;
-        let row = tx
+        let mut tx = self.client.get_mut().transaction().map_err(&err)?;
+        // A renewal changes only the expiry. Its row lock (FOR NO KEY UPDATE) does not wait
+        // for the holder's own fenced writes, which hold the row FOR KEY SHARE for as long as
+        // they take (a province's meeting saved while the store flushes a group): a renewal
+        // blocked behind them cost the holder its role. It also does not wait for the WAL to
+        // reach the disk: losing a renewal in a crash of the server only ends the tenure
+        // sooner, as the server sees it, and the epoch fences what the holder still writes.
+        let renewed = tx
             .query_opt(
                 &format!(
-                    "INSERT INTO leases (role, holder, epoch, expires_ms) VALUES ($1, $2, 1, {NOW} + $3)
-                     ON CONFLICT (role) DO UPDATE SET
-                        epoch = CASE WHEN leases.holder = excluded.holder
-                                THEN leases.epoch ELSE leases.epoch + 1 END,
-                        holder = excluded.holder,
-                        expires_ms = excluded.expires_ms
-                     WHERE leases.holder = excluded.holder OR leases.expires_ms < {NOW}
-                     RETURNING epoch"
+                    "UPDATE leases SET expires_ms = {NOW} + $3
+                     WHERE role = $1 AND holder = $2 RETURNING epoch"
                 ),
                 &[&role, &holder, &ttl],
             )
             .map_err(&err)?;
-        let epoch = row.map(|r| r.get::<_, i64>(0).max(0) as u64);
-        // A renewal of the lease this connection holds does not wait for the WAL to reach
-        // the disk (a busy store's flush can take seconds, and a renewal that late costs the
-        // holder its role). Losing one in a crash of the server only ends the holder's tenure
-        // sooner, as the server sees it, and whatever the holder still writes then is fenced
-        // by its epoch. A lease taken (a new epoch) is always committed durably: two holders
-        // must never share an epoch.
-        let renewal = matches!(
-            (&self.lease, epoch),
-            (Some((r, h, held)), Some(e)) if r == role && h == holder && *held == e
-        );
-        if renewal {
+        if let Some(r) = renewed {
             tx.batch_execute("SET LOCAL synchronous_commit TO off")
                 .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+            return Ok(Some(r.get::<_, i64>(0).max(0) as u64));
         }
+        // Taking it over: FOR UPDATE waits for the fenced writes of the holder before it,
+        // and the new epoch is committed durably (two holders must never share one).
+        let current = tx
+            .query_opt(
+                &format!("SELECT expires_ms < {NOW} FROM leases WHERE role = $1 FOR UPDATE"),
+                &[&role],
+            )
+            .map_err(&err)?;
+        let taken = match current.map(|r| r.get::<_, bool>(0)) {
+            Some(false) => None,
+            Some(true) => tx
+                .query_opt(
+                    &format!(
+                        "UPDATE leases SET holder = $2, epoch = epoch + 1, expires_ms = {NOW} + $3
+                         WHERE role = $1 RETURNING epoch"
+                    ),
+                    &[&role, &holder, &ttl],
+                )
+                .map_err(&err)?,
+            None => tx
+                .query_opt(
+                    &format!(
+                        "INSERT INTO leases (role, holder, epoch, expires_ms)
+                         VALUES ($1, $2, 1, {NOW} + $3)
+                         ON CONFLICT (role) DO NOTHING RETURNING epoch"
+                    ),
+                    &[&role, &holder, &ttl],
+                )
+                .map_err(&err)?,
+        };
         tx.commit().map_err(&err)?;
-        self.lease = epoch.map(|e| (role.to_owned(), holder.to_owned(), e));
-        Ok(epoch)
+        Ok(taken.map(|r| r.get::<_, i64>(0).max(0) as u64))
     }
 
     pub fn instance_seen(&mut self, instance: &str, started_ms: u64) -> Result<(), StoreError> {
