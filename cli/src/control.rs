@@ -11,9 +11,10 @@
 //! `*_pinned_json` tests below hold it.
 //!
 //! The `--json` outputs of the commands ([`SiteJson`], [`RollCallJson`], [`MeetingJson`]) are
-//! a documented contract (`docs/operations.md`). Site lists come in pages of [`PAGE`] sites
-//! (the client asks for the next page after the last terminal it has), so no message grows
-//! with the size of the meeting.
+//! a documented contract (`docs/operations.md`). Site lists come in pages of at most [`PAGE`]
+//! sites and [`PAGE_BYTES`] of rows (the client asks for the next page after the last
+//! terminal it has), so no message grows with the size of the meeting, and none passes the
+//! largest message a link takes whatever the sites' names.
 
 use std::net::SocketAddr;
 
@@ -22,8 +23,11 @@ use cuntong_core::meeting::{Invitee, Kind, MediaProfile, MeetingId};
 use cuntong_core::terminal_id::TerminalId;
 use serde::{Deserialize, Serialize};
 
-/// Sites per page of a status or roll-call answer.
-pub const PAGE: usize = 200;
+/// Sites per page of a status or roll-call answer, at most.
+pub const PAGE: usize = 1000;
+/// The rows of a page, as JSON, at most (a row alone may pass it): room under the largest
+/// message a link takes ([`cuntong_core::envelope::MAX_PAYLOAD`]) for the rest of the answer.
+pub const PAGE_BYTES: usize = 48 * 1024;
 
 /// A command's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,8 +25,8 @@ use ring::rand::SecureRandom;
 use tokio::sync::watch;
 
 use crate::control::{
-    ControlError, MeetingJson, MeetingStatus, PAGE, RequestBody, ResponseBody, RollCallJson,
-    SiteJson,
+    ControlError, MeetingJson, MeetingStatus, PAGE, PAGE_BYTES, RequestBody, ResponseBody,
+    RollCallJson, SiteJson,
 };
 use crate::names::Names;
 use crate::store::{MeetingRow, Record, StateWriter, Store, StoreError, StoredMeeting};
@@ -615,7 +615,7 @@ impl MeetingService {
             }
             RequestBody::Status { meeting, after } => {
                 let id = self.find(meeting)?;
-                let names = self.names.borrow().clone();
+                let names = self.names.borrow();
                 let mut st = status(&self.hosts[&id], after);
                 for site in &mut st.sites {
                     site.name = names.terminal_str(&site.terminal).to_owned();
@@ -623,6 +623,7 @@ impl MeetingService {
                         site.media = site.terminal.parse().ok().and_then(|t| self.media_of(&t));
                     }
                 }
+                fit(&mut st.sites, &mut st.next, |s| &s.terminal);
                 Ok(ResponseBody::Status(Box::new(st)))
             }
             RequestBody::RollCall { meeting, after } => {
@@ -640,23 +641,25 @@ impl MeetingService {
                         present += usize::from(host.roll_call_latency(r).is_some());
                     }
                 }
-                let (page, next) = page(host.sites(), asked, after);
-                let names = self.names.borrow().clone();
+                let (page, mut next) = page(host.sites(), asked, after);
+                let names = self.names.borrow();
+                let mut rows: Vec<RollCallJson> = page
+                    .iter()
+                    .map(|(t, r)| {
+                        let latency_ms = host.roll_call_latency(r);
+                        RollCallJson {
+                            terminal: t.to_string(),
+                            name: names.terminal(t).to_owned(),
+                            present: latency_ms.is_some(),
+                            latency_ms,
+                        }
+                    })
+                    .collect();
+                fit(&mut rows, &mut next, |r| &r.terminal);
                 Ok(ResponseBody::RollCall {
                     present,
                     total,
-                    rows: page
-                        .iter()
-                        .map(|(t, r)| {
-                            let latency_ms = host.roll_call_latency(r);
-                            RollCallJson {
-                                terminal: t.to_string(),
-                                name: names.terminal(t).to_owned(),
-                                present: latency_ms.is_some(),
-                                latency_ms,
-                            }
-                        })
-                        .collect(),
+                    rows,
                     next,
                 })
             }
@@ -874,6 +877,30 @@ fn page<V>(
     (out, next)
 }
 
+/// Cuts a page's `rows` (in terminal order; `terminal` names each) to the first that fit in
+/// [`PAGE_BYTES`] of JSON, one at least; if it cut any, the next page starts after the last
+/// kept. Names and media plans make rows long: a page of short ones holds more sites.
+fn fit<T: serde::Serialize>(
+    rows: &mut Vec<T>,
+    next: &mut Option<TerminalId>,
+    terminal: impl Fn(&T) -> &str,
+) {
+    // The brackets, and a comma after each row but the last.
+    let mut bytes = 1;
+    let keep = rows
+        .iter()
+        .take_while(|r| {
+            bytes += serde_json::to_vec(r).map_or(PAGE_BYTES, |v| v.len() + 1);
+            bytes <= PAGE_BYTES
+        })
+        .count()
+        .max(1);
+    if keep < rows.len() {
+        rows.truncate(keep);
+        *next = rows.last().and_then(|r| terminal(r).parse().ok());
+    }
+}
+
 /// A session with a page of its sites (those after `after`), as `status` shows it.
 pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
     let s = h.state();
@@ -1066,8 +1093,42 @@ mod tests {
     }
 
     #[test]
+    fn a_page_of_long_rows_is_cut_to_fit_a_message_and_the_next_starts_after_its_last_row() {
+        let row = |n: usize, name_chars: usize| RollCallJson {
+            terminal: format!("130102001{n:03}-main"),
+            name: "村".repeat(name_chars),
+            present: true,
+            latency_ms: Some(1234),
+        };
+        // Short rows: the page stays whole.
+        let mut rows: Vec<RollCallJson> = (1..=200).map(|n| row(n, 4)).collect();
+        let mut next = Some("130102001999-main".parse().unwrap());
+        fit(&mut rows, &mut next, |r| &r.terminal);
+        assert_eq!(rows.len(), 200);
+        assert_eq!(next, Some("130102001999-main".parse().unwrap()));
+        // Long names: cut within the budget; the next page starts after the last row kept.
+        let mut rows: Vec<RollCallJson> = (1..=900).map(|n| row(n, 60)).collect();
+        let mut next = None;
+        fit(&mut rows, &mut next, |r| &r.terminal);
+        assert!(rows.len() < 900);
+        let bytes = serde_json::to_vec(&rows).unwrap().len();
+        assert!(bytes <= PAGE_BYTES, "{bytes}");
+        assert!(PAGE_BYTES + 4096 < cuntong_core::envelope::MAX_PAYLOAD);
+        assert_eq!(
+            next.map(|t| t.to_string()),
+            Some(rows.last().unwrap().terminal.clone())
+        );
+        // One row larger than the budget still goes, alone.
+        let mut rows = vec![row(1, 20_000), row(2, 1)];
+        let mut next = None;
+        fit(&mut rows, &mut next, |r| &r.terminal);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(next.map(|t| t.to_string()), Some(rows[0].terminal.clone()));
+    }
+
+    #[test]
     fn pages_cover_every_site_once_in_order() {
-        let ids: BTreeMap<TerminalId, usize> = (1..=450)
+        let ids: BTreeMap<TerminalId, usize> = (1..=2 * PAGE + PAGE / 4)
             .map(|i| {
                 let t = format!("130102{:03}{:03}-main", 1 + i / 999, 1 + i % 999);
                 (t.parse().unwrap(), i)
