@@ -28,6 +28,7 @@ pub const PAGE: usize = 1000;
 /// The rows of a page, as JSON, at most (a row alone may pass it): room under the largest
 /// message a link takes ([`cuntong_core::envelope::MAX_PAYLOAD`]) for the rest of the answer.
 pub const PAGE_BYTES: usize = 48 * 1024;
+const _: () = assert!(PAGE_BYTES + 4096 < cuntong_core::envelope::MAX_PAYLOAD);
 
 /// A command's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
