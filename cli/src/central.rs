@@ -34,13 +34,11 @@ use cuntong_terminal::link::Message;
 
 use crate::alarms::{AlarmConfig, AlarmService};
 use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody};
+use crate::host_lease::{HOST_ROLE, instance_name, lease_loop};
 use crate::meetings::MeetingService;
 use crate::rollouts::RolloutService;
 use crate::store::{Database, Record, StoreError, TrySendError, Writer};
 use cuntong_core::lease::{self, Answer, Lease, Tenure};
-
-/// How often an instance records that it is at work (`central status` shows it).
-const INSTANCE_SEEN_EVERY: Duration = Duration::from_secs(5);
 
 /// How long an answer to a command waits for what the command changed to be stored.
 const ANSWER_WAITS_FOR_STORE: Duration = Duration::from_secs(1);
@@ -246,9 +244,6 @@ const LOOKAHEAD_PRESENCE: usize = 2 * LOOKAHEAD;
 /// How often the host forgets history older than `--retain`.
 const RETENTION_EVERY_MS: u64 = 3_600_000;
 
-/// The lease on the roles only one instance plays at a time.
-const HOST_ROLE: &str = "host";
-
 /// The roles only one central instance plays at a time, played by the one that holds the
 /// lease on them: the meeting host (with its scheduled sessions), the alarm engine (with its
 /// hooks) and the rollouts.
@@ -299,72 +294,6 @@ impl Roles {
             )?,
             rollouts: RolloutService::open(store, state, unix_ms())?,
         })
-    }
-}
-
-/// This instance's name in the store's lease and instance tables: host and process.
-fn instance_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "central".to_owned());
-    format!("{host}/{}", std::process::id())
-}
-
-/// Asks the store for the host lease every renewal period, on a connection of its own (so a
-/// renewal never waits behind ingest), and records this instance as at work; sends each answer
-/// with the time it was asked.
-fn lease_loop(
-    db: Database,
-    instance: String,
-    started_ms: u64,
-    lease: Lease,
-    answers: mpsc::UnboundedSender<(Answer, u64)>,
-    stop: CancellationToken,
-) {
-    let mut store: Option<Box<dyn crate::store::Store>> = None;
-    let log = LogLimiter::default();
-    let mut last_seen = None::<std::time::Instant>;
-    while !stop.is_cancelled() {
-        let asked = unix_ms();
-        if store.is_none() {
-            store = db.open().ok();
-        }
-        let answer = match store
-            .as_mut()
-            .map(|s| s.take_lease(HOST_ROLE, &instance, lease.ttl_ms))
-        {
-            Some(Ok(Some(epoch))) => Answer::Held { epoch },
-            Some(Ok(None)) => Answer::Taken,
-            Some(Err(e)) => {
-                if let Some(more) = log.allow("lease") {
-                    tracing::warn!(error = %e, "cannot renew the host lease{more}");
-                }
-                store = None;
-                Answer::Failed
-            }
-            None => Answer::Failed,
-        };
-        // The answer first: recording the instance is another commit, and the lease's
-        // margin must not wait for it.
-        if answers.send((answer, asked)).is_err() {
-            return;
-        }
-        if let Some(s) = store.as_mut()
-            && last_seen.is_none_or(|t| t.elapsed() >= INSTANCE_SEEN_EVERY)
-        {
-            last_seen = Some(std::time::Instant::now());
-            if let Err(e) = s.instance_seen(&instance, started_ms)
-                && let Some(more) = log.allow("instance")
-            {
-                tracing::warn!(error = %e, "cannot record this instance{more}");
-            }
-        }
-        let next = std::time::Instant::now() + Duration::from_millis(lease.renew_every_ms);
-        while std::time::Instant::now() < next && !stop.is_cancelled() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 
@@ -544,12 +473,6 @@ pub async fn run(
                 }
                 continue;
             }
-            Some((answer, asked)) = lease_rx.recv() => {
-                if let Some(change) = tenure.answered(answer, asked, unix_ms()) {
-                    change_roles(change, &mut roles);
-                }
-                continue;
-            }
             Some((epoch, mut loaded)) = loaded_rx.recv() => {
                 // Only if the role is still ours, under the epoch it was loaded for.
                 if tenure.epoch() == Some(epoch) {
@@ -563,8 +486,8 @@ pub async fn run(
             _ = meeting_tick.tick() => {
                 // Publish what waits often; run the hosts' clocks once a second.
                 let now = unix_ms();
-                // Renewals that arrived while the loop was busy count before the lease is
-                // judged: a loop late to read them has not lost the lease.
+                // The lease's answers, all that arrived, before the lease is judged: a loop
+                // busy for a while has not lost the lease if its renewals came meanwhile.
                 while let Ok((answer, asked)) = lease_rx.try_recv() {
                     if let Some(change) = tenure.answered(answer, asked, now) {
                         change_roles(change, &mut roles);

@@ -31,6 +31,7 @@ pub mod commands;
 pub mod control;
 pub mod dashboard;
 pub mod hj212;
+pub mod host_lease;
 pub mod meetings;
 pub mod monitor;
 pub mod names;

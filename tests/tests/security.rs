@@ -158,6 +158,23 @@ impl Fleet {
         )
     }
 
+    /// `cuntong provision ID` from this fleet's CA into the bundle directory `out`.
+    fn provision_as(&self, id: &str, out: &str, extra: &[&str]) {
+        let (ca, url, out) = (self.d("ca"), self.url(), self.d(out));
+        let mut args = vec![
+            "provision",
+            id,
+            "--ca",
+            &ca,
+            "--broker",
+            &url,
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        cuntong(&args);
+    }
+
     /// Regenerates the broker's ACL and CRL from the CA (after provisioning or revoking).
     fn regenerate(&self) {
         regenerate(self.dir.path(), self.port);
@@ -439,16 +456,7 @@ fn two_central_instances_with_their_own_identities_share_ingest_under_tls_and_th
     let f = Fleet::provision();
     // A second central instance gets an identity of its own; the ACL generated after it
     // lets both subscribe their shared group.
-    cuntong(&[
-        "provision",
-        "central-b",
-        "--ca",
-        &f.d("ca"),
-        "--broker",
-        &f.url(),
-        "--out",
-        &f.d("central-b"),
-    ]);
+    f.provision_as("central-b", "central-b", &[]);
     f.regenerate();
     f.reload_broker();
     let pg = cuntong_e2e::postgres::Postgres::shared();
@@ -680,17 +688,7 @@ fn a_revoked_certificate_is_refused_after_a_reload_and_its_replacement_is_accept
     let a_alive = || f.publish("a", &["-t", A_PRESENCE, "-m", "", "-q", "1"]);
     assert!(a_alive(), "the first certificate works");
     // A is replaced (a new box, the old one stolen); B is taken out of service.
-    cuntong(&[
-        "provision",
-        A,
-        "--ca",
-        &f.d("ca"),
-        "--broker",
-        &f.url(),
-        "--out",
-        &f.d("a-new"),
-        "--force",
-    ]);
+    f.provision_as(A, "a-new", &["--force"]);
     let out = run(&bin("cuntong"), &["ca", "revoke", B, "--ca", &f.d("ca")]);
     assert!(
         out.status.success(),
