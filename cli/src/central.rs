@@ -514,7 +514,7 @@ pub async fn run(
                             break;
                         }
                     }
-                    r.meetings.lay_out();
+                    r.meetings.lay_out(now);
                     r.meetings.drain(&link);
                 }
                 stats.oversized.store(link.status().refused_oversized, Ordering::Relaxed);
@@ -558,7 +558,7 @@ pub async fn run(
                 // Joins are answered by a layout of their session: once nothing more waits
                 // (in a join storm, by the meeting tick, every 200 ms).
                 if incoming.is_empty() {
-                    r.meetings.lay_out();
+                    r.meetings.lay_out(unix_ms());
                 }
                 r.meetings.drain(&link);
             }
@@ -656,9 +656,10 @@ fn answer_command(
     payload: &[u8],
 ) {
     let before = (roles.alarms.handed_over(), roles.rollouts.handed_over());
-    let answer = control(roles, log, client, payload, unix_ms());
+    let now_ms = unix_ms();
+    let answer = control(roles, log, client, payload, now_ms);
     roles.gather_outbound();
-    roles.meetings.lay_out();
+    roles.meetings.lay_out(now_ms);
     roles.meetings.drain(link);
     let handed = (roles.alarms.handed_over(), roles.rollouts.handed_over());
     let changed = match roles.meetings.save() {

@@ -318,6 +318,8 @@ impl Conference {
             rtp_port: cfg.rtp_port,
             media_host: cfg.media_host.clone(),
             relay: advertise,
+            // Drawn at each start, so no joining of this run is taken for one of the last.
+            boot: rand::random(),
         };
         Conference {
             me,

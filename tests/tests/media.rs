@@ -257,6 +257,7 @@ fn lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(broker: &str, id: &s
                 rtp_port: p.base,
                 media_host: Some("127.0.0.1".into()),
                 relay: None,
+                joining: 1,
             },
         )
     };

@@ -226,6 +226,7 @@ fn the_chair_is_answered_at_once_while_sites_join_in_thousands_and_a_replay_floo
             rtp_port: 5004,
             media_host: None,
             relay: None,
+            joining: 1,
         })
         .unwrap();
         loop {

@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
                 rtp_port: 5004,
                 media_host: None,
                 relay: None,
+                joining: 1,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -81,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     host.expect(sites.iter().copied());
     host.op(&Operator::Chair, ChairOp::Start, 1)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    host.media_updates();
+    host.media_updates(1);
     let mut plans = 0usize;
     let mut count_plans = |out: &[HostOutput]| {
         plans += out
@@ -95,10 +96,10 @@ fn main() -> anyhow::Result<()> {
         let out = host.uplink(*id, up, 2);
         count_plans(&out);
         if (k + 1) % args.batch.max(1) == 0 {
-            count_plans(&host.media_updates());
+            count_plans(&host.media_updates(2));
         }
     }
-    count_plans(&host.media_updates());
+    count_plans(&host.media_updates(2));
     let join_storm = t.elapsed();
     if plans != n {
         bail!("{plans} plans for {n} joined sites");

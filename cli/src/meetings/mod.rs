@@ -412,11 +412,11 @@ impl MeetingService {
     /// so the caller calls it when its queue of incoming messages runs empty (and at least on
     /// each tick), not after each message: a province's join storm then costs a layout per
     /// batch, not one per site.
-    pub fn lay_out(&mut self) {
+    pub fn lay_out(&mut self, now_ms: u64) {
         let ids: Vec<MeetingId> = self.hosts.keys().copied().collect();
         for id in ids {
             if let Some(h) = self.hosts.get_mut(&id) {
-                let out = h.media_updates();
+                let out = h.media_updates(now_ms);
                 self.apply(id, out);
             }
         }
@@ -509,7 +509,7 @@ impl MeetingService {
                 tracing::warn!(meeting = %id, error = %e, "scheduled start failed");
             }
         }
-        self.lay_out();
+        self.lay_out(now_ms);
         // Save first: a session leaves memory only once its end is handed to the store thread
         // (which writes what it is handed, in order, retrying until it is written).
         if let Err(e) = self.save() {

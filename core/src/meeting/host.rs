@@ -277,6 +277,18 @@ pub struct RollCallResults {
     pub sites: Vec<(TerminalId, Option<u64>)>,
 }
 
+/// How long a plan sent to a joining site is taken to be on its way: a repeat of the same
+/// joining within that time is not answered again. A storm's plans can queue for seconds, and
+/// answering every repeat would multiply them.
+pub const PLAN_IN_FLIGHT_MS: u64 = 2_000;
+
+/// A joined site's joining: its number, and when its plan last went out.
+#[derive(Clone, Copy, Debug, Default)]
+struct Joining {
+    number: u64,
+    plan_sent_ms: Option<u64>,
+}
+
 /// What the host asks its owner to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostOutput {
@@ -310,6 +322,10 @@ pub struct Host {
     /// sources, views); a restored host lays everything out again.
     #[serde(skip, default = "yes")]
     media_dirty: bool,
+    /// Each joined site's joining, as its join named it, and when its plan last went out.
+    /// Not stored: after a restore, the next join of every site starts afresh.
+    #[serde(skip)]
+    joinings: BTreeMap<TerminalId, Joining>,
     created_ms: u64,
     /// Where admitted sites send their media, if the session has a media point.
     media_point: Option<String>,
@@ -354,6 +370,7 @@ impl Host {
             relay_plans: BTreeMap::new(),
             views: BTreeMap::new(),
             media_dirty: true,
+            joinings: BTreeMap::new(),
             created_ms: now_ms,
             media_point: None,
             delegates: BTreeMap::new(),
@@ -504,7 +521,7 @@ impl Host {
     /// Call after a batch of changes: a join is answered here, so call it soon after (the
     /// central service does whenever its incoming queue runs empty, and at least every 200 ms
     /// while it does not). Its cost grows with the session, not with the changes since.
-    pub fn media_updates(&mut self) -> Vec<HostOutput> {
+    pub fn media_updates(&mut self, now_ms: u64) -> Vec<HostOutput> {
         let mut out = Vec::new();
         if self.state.status == Status::Ended {
             self.admitted.clear();
@@ -539,6 +556,9 @@ impl Host {
             // Changed, or never given (a site back from unreachable missed the changes).
             if self.admitted.get(id) != Some(&plan) {
                 self.admitted.insert(*id, plan.clone());
+                if let Some(j) = self.joinings.get_mut(id) {
+                    j.plan_sent_ms = Some(now_ms);
+                }
                 out.push(HostOutput::Send(*id, Downlink::Admitted { meeting, plan }));
             }
         }
@@ -805,6 +825,7 @@ impl Host {
     /// Handles a site's message.
     pub fn uplink(&mut self, from: TerminalId, msg: Uplink, now_ms: u64) -> Vec<HostOutput> {
         let mut out = Vec::new();
+        let msg = msg.tagged();
         let meeting = self.state.spec.id;
         if msg.meeting() != meeting {
             return out;
@@ -848,9 +869,32 @@ impl Host {
                 rtp_port,
                 media_host,
                 relay,
+                joining,
                 ..
             } => {
                 rec.last_heard_ms = Some(now_ms);
+                let repeat = joining != 0
+                    && rec.phase == SitePhase::Joined
+                    && (rec.tier, rec.rtp_port) == (Some(tier), rtp_port)
+                    && (&rec.media_host, &rec.relay) == (&media_host, &relay)
+                    && self.joinings.get(&from).map(|j| j.number) == Some(joining);
+                if repeat {
+                    // The same joining asking again: its plan is on its way or was lost. It
+                    // keeps its SSRC (its media has not started) and gets the same plan
+                    // again, once the last one has had time to arrive.
+                    let sent = self.joinings.get(&from).and_then(|j| j.plan_sent_ms);
+                    if sent.is_none_or(|t| now_ms.saturating_sub(t) >= PLAN_IN_FLIGHT_MS) {
+                        self.admitted.remove(&from);
+                    }
+                    return out;
+                }
+                self.joinings.insert(
+                    from,
+                    Joining {
+                        number: joining,
+                        plan_sent_ms: None,
+                    },
+                );
                 if rec.phase != SitePhase::Joined {
                     if rec.phase != SitePhase::Unreachable {
                         out.push(HostOutput::Notice(Notice::Joined(from)));
@@ -922,7 +966,8 @@ impl Host {
             }
             // Calls are created by central's meeting service, not by a running session, and
             // a delegate's operations go through `op_by_site`, which answers them.
-            Uplink::Call { .. } | Uplink::Chair { .. } => {}
+            // (`tagged` made an older terminal's join a `Join`.)
+            Uplink::Call { .. } | Uplink::Chair { .. } | Uplink::JoinUntagged { .. } => {}
             Uplink::Leave { .. } => {
                 if rec.phase != SitePhase::Left {
                     rec.phase = SitePhase::Left;

@@ -506,15 +506,14 @@ pub struct Answer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Uplink {
-    /// Joining, with what the site can do. Repeated until the host admits the site.
-    Join {
+    /// An older terminal's join (wire variant 0): [`Uplink::Join`] without its `joining`.
+    /// [`Uplink::decode`] reads it as a `Join` whose `joining` is 0, which the host takes as
+    /// a new joining every time.
+    JoinUntagged {
         meeting: MeetingId,
         tier: Tier,
-        /// Where the site receives media (UDP port), 0 if it receives none yet.
         rtp_port: u16,
-        /// The address its relay reaches it at (the port is `rtp_port`).
         media_host: Option<String>,
-        /// If the site is a relay: where it receives the streams it forwards (`host:port`).
         relay: Option<String>,
     },
     /// The site's facts, sent on every change and repeated on every heartbeat.
@@ -547,16 +546,55 @@ pub enum Uplink {
         meeting: MeetingId,
         op: host::ChairOp,
     },
+    /// Joining, with what the site can do. Repeated until the host admits the site; every
+    /// repeat names the same `joining`, so the host answers it with the plan it already laid
+    /// out (same SSRC) instead of a new one.
+    Join {
+        meeting: MeetingId,
+        tier: Tier,
+        /// Where the site receives media (UDP port), 0 if it receives none yet.
+        rtp_port: u16,
+        /// The address its relay reaches it at (the port is `rtp_port`).
+        media_host: Option<String>,
+        /// If the site is a relay: where it receives the streams it forwards (`host:port`).
+        relay: Option<String>,
+        /// Which joining of the site this is: drawn anew each time it starts joining (and
+        /// never 0), different across restarts of the box.
+        joining: u64,
+    },
 }
 
 impl Uplink {
+    /// Decodes an uplink; an older terminal's join comes out as a [`Uplink::Join`].
     pub fn decode(bytes: &[u8]) -> Result<Uplink, DecodeError> {
-        decode(bytes)
+        decode(bytes).map(Uplink::tagged)
+    }
+
+    /// The message with an older terminal's join as a [`Uplink::Join`] whose `joining` is 0.
+    pub fn tagged(self) -> Uplink {
+        match self {
+            Uplink::JoinUntagged {
+                meeting,
+                tier,
+                rtp_port,
+                media_host,
+                relay,
+            } => Uplink::Join {
+                meeting,
+                tier,
+                rtp_port,
+                media_host,
+                relay,
+                joining: 0,
+            },
+            up => up,
+        }
     }
 
     pub fn meeting(&self) -> MeetingId {
         match self {
             Uplink::Join { meeting, .. }
+            | Uplink::JoinUntagged { meeting, .. }
             | Uplink::Status { meeting, .. }
             | Uplink::Decline { meeting, .. }
             | Uplink::Leave { meeting }

@@ -58,6 +58,10 @@ pub struct ParticipantConfig {
     pub media_host: Option<String>,
     /// Where its relay role receives, if it is a relay.
     pub relay: Option<String>,
+    /// A number that differs at each start of the process (the owner draws it), so that a
+    /// joining after a restart is never taken for a repeat of one from before: the host keeps
+    /// a repeat's SSRC, and a restarted media engine must never reuse one.
+    pub boot: u64,
 }
 
 impl Default for ParticipantConfig {
@@ -70,6 +74,7 @@ impl Default for ParticipantConfig {
             rtp_port: 0,
             media_host: None,
             relay: None,
+            boot: 0,
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct Session {
     pub chair_answer: Option<(String, Option<String>)>,
     /// Joins sent since the site last started joining, and when the next is due.
     joins_sent: u32,
+    /// The number every join of the current joining carries (drawn at its first join).
+    joining: u64,
     next_join_ms: u64,
     last_status_ms: u64,
     /// The state version the last status reported.
@@ -370,6 +377,7 @@ impl Participant {
                         chair_answer: None,
                         joins_sent: 0,
                         next_join_ms: 0,
+                        joining: 0,
                         last_status_ms: 0,
                         reported: 0,
                         confirm_by: None,
@@ -530,6 +538,9 @@ impl Participant {
         };
         match s.phase {
             Phase::Joining => {
+                if s.joins_sent == 0 {
+                    s.joining = spread(&(self.cfg.boot, me, id, now_ms)).max(1);
+                }
                 let wait = self
                     .cfg
                     .join_retry
@@ -543,6 +554,7 @@ impl Participant {
                     rtp_port: self.cfg.rtp_port,
                     media_host: self.cfg.media_host.clone(),
                     relay: self.cfg.relay.clone(),
+                    joining: s.joining,
                 }));
             }
             Phase::Joined => self.send_status(id, now_ms, out),

@@ -6,7 +6,9 @@ use alloc::string::ToString;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::host::{ChairOp, Host, HostConfig, HostOutput, Notice, OpError, Operator, SitePhase};
+use super::host::{
+    ChairOp, Host, HostConfig, HostOutput, Notice, OpError, Operator, PLAN_IN_FLIGHT_MS, SitePhase,
+};
 use super::participant::{
     AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase,
 };
@@ -52,6 +54,7 @@ fn pcfg(accept: AcceptPolicy) -> ParticipantConfig {
         rtp_port: 5004,
         media_host: None,
         relay: None,
+        boot: 0,
     }
 }
 
@@ -87,7 +90,7 @@ impl World {
 
     fn op(&mut self, op: ChairOp) -> Result<(), OpError> {
         let mut out = self.host.op(&Operator::Chair, op, self.now)?;
-        out.extend(self.host.media_updates());
+        out.extend(self.host.media_updates(self.now));
         self.host_out(out);
         Ok(())
     }
@@ -126,7 +129,7 @@ impl World {
                 Output::Send(up) => {
                     // Laid out after each message, as central does when nothing else waits.
                     let mut r = self.host.uplink(me, up, self.now);
-                    r.extend(self.host.media_updates());
+                    r.extend(self.host.media_updates(self.now));
                     self.host_out(r);
                 }
                 Output::Media(m) => self.media.push((me, m)),
@@ -141,7 +144,7 @@ impl World {
     fn advance(&mut self, ms: u64) {
         self.now += ms;
         let mut out = self.host.tick(self.now);
-        out.extend(self.host.media_updates());
+        out.extend(self.host.media_updates(self.now));
         self.host_out(out);
         for i in 0..self.sites.len() {
             self.deliver_to(i, Input::Tick);
@@ -693,7 +696,7 @@ fn unanswered_joins_back_off_to_a_minute_each_site_at_its_own_pace_and_start_ove
         // Asked to join again after being admitted: a join at once, the retries short again.
         let meeting = state.spec.id;
         let mut out = host.uplink(*p.id(), full_join(meeting), 700_000);
-        out.extend(host.media_updates());
+        out.extend(host.media_updates(700_000));
         let plan = out
             .into_iter()
             .find_map(|o| match o {
@@ -715,6 +718,138 @@ fn unanswered_joins_back_off_to_a_minute_each_site_at_its_own_pace_and_start_ove
     first_retries.sort_unstable();
     first_retries.dedup();
     assert!(first_retries.len() >= 12, "{first_retries:?}");
+}
+
+/// The `joining` of every join `p` sends over `ms` of ticks, nothing answering.
+fn joinings_sent(p: &mut Participant, from: u64, ms: u64) -> Vec<u64> {
+    (from..from + ms)
+        .step_by(100)
+        .flat_map(|now| p.handle(Input::Tick, now))
+        .filter_map(|o| match o {
+            Output::Send(Uplink::Join { joining, .. }) => Some(joining),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sites_repeated_joins_name_one_joining_and_a_new_joining_or_a_restart_another() {
+    let (mut host, state) = live(&["130102"]);
+    let meeting = state.spec.id;
+    let start = |boot| {
+        let mut p = Participant::new(
+            t("130102001001-main"),
+            ParticipantConfig {
+                boot,
+                ..pcfg(AcceptPolicy::All)
+            },
+        );
+        let first: Vec<u64> = p
+            .handle(Input::State(state.clone()), 1_000)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send(Uplink::Join { joining, .. }) => Some(joining),
+                _ => None,
+            })
+            .collect();
+        (p, first)
+    };
+    let (mut p, first) = start(1);
+    let repeats = joinings_sent(&mut p, 1_100, 60_000);
+    assert!(repeats.len() >= 4, "{repeats:?}");
+    assert!(
+        first[0] != 0 && repeats.iter().all(|j| *j == first[0]),
+        "{first:?} {repeats:?}"
+    );
+    // Admitted, then asked to join again: a new joining.
+    let mut out = host.uplink(*p.id(), full_join(meeting), 61_000);
+    out.extend(host.media_updates(61_000));
+    for o in out {
+        if let HostOutput::Send(_, d @ Downlink::Admitted { .. }) = o {
+            p.handle(Input::Downlink(d), 61_100);
+        }
+    }
+    assert_eq!(p.session(&meeting).unwrap().phase, Phase::Joined);
+    let again: Vec<u64> = p
+        .handle(Input::Downlink(Downlink::Rejoin { meeting }), 61_200)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send(Uplink::Join { joining, .. }) => Some(joining),
+            _ => None,
+        })
+        .collect();
+    assert!(again.len() == 1 && again[0] != first[0], "{again:?}");
+    let (_, same_boot) = start(1);
+    assert_eq!(
+        same_boot, first,
+        "the number follows from the boot, the site and the time"
+    );
+    // The same box restarted, at the very same clock: another number.
+    let (_, restarted) = start(2);
+    assert_ne!(restarted, first);
+}
+
+#[test]
+fn a_repeated_join_gets_the_same_plan_once_the_last_had_time_to_arrive() {
+    let (mut h, _) = live(&["130102"]);
+    let m = h.state().spec.id;
+    let site = t("130102001001-main");
+    let join = |joining| Uplink::Join {
+        meeting: m,
+        tier: Tier::Full,
+        rtp_port: 5004,
+        media_host: Some("10.0.0.9".into()),
+        relay: None,
+        joining,
+    };
+    let plans = |out: Vec<HostOutput>| -> Vec<MediaPlan> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                HostOutput::Send(_, Downlink::Admitted { plan, .. }) => Some(plan),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut out = h.uplink(site, join(5), 10_000);
+    out.extend(h.media_updates(10_200));
+    let first = plans(out);
+    assert_eq!(first.len(), 1);
+    // The same joining again while its plan is on its way: nothing new is laid out or sent.
+    let mut out = h.uplink(site, join(5), 10_200 + PLAN_IN_FLIGHT_MS - 1);
+    out.extend(h.media_updates(10_200 + PLAN_IN_FLIGHT_MS));
+    assert_eq!(plans(out), vec![]);
+    // Again once the plan had time to arrive: the very same plan (same SSRC), sent again.
+    let mut out = h.uplink(site, join(5), 10_200 + PLAN_IN_FLIGHT_MS);
+    out.extend(h.media_updates(10_300 + PLAN_IN_FLIGHT_MS));
+    assert_eq!(plans(out), first);
+    // A new joining (the box restarted its media): a new SSRC, never one used before.
+    let mut out = h.uplink(site, join(6), 20_000);
+    out.extend(h.media_updates(20_000));
+    let second = plans(out);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].ssrc, first[0].ssrc);
+    // An older terminal's joins name no joining: each is a new one.
+    let untagged = Uplink::JoinUntagged {
+        meeting: m,
+        tier: Tier::Full,
+        rtp_port: 5004,
+        media_host: Some("10.0.0.9".into()),
+        relay: None,
+    };
+    let bytes = crate::envelope::encode(&untagged).unwrap();
+    let decoded = Uplink::decode(&bytes).unwrap();
+    assert_eq!(decoded, join(0));
+    let mut ssrcs = Vec::new();
+    for now in [30_000, 40_000] {
+        let mut out = h.uplink(site, untagged.clone(), now);
+        out.extend(h.media_updates(now));
+        ssrcs.extend(plans(out).iter().map(|p| p.ssrc));
+    }
+    assert_eq!(ssrcs.len(), 2);
+    assert!(
+        ssrcs[0] != ssrcs[1] && !ssrcs.contains(&second[0].ssrc),
+        "{ssrcs:?}"
+    );
 }
 
 #[test]
@@ -806,6 +941,7 @@ fn full_join(meeting: MeetingId) -> Uplink {
         rtp_port: 0,
         media_host: None,
         relay: None,
+        joining: 1,
     }
 }
 
@@ -836,18 +972,19 @@ fn the_county_hall_relays_for_its_villages_and_the_tables_go_out_when_they_chang
     let mut h = host(Kind::Meeting, &["130102"]);
     h.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
     let m: MeetingId = "m1".parse().unwrap();
-    let join = |relay: Option<&str>| Uplink::Join {
+    let join = |relay: Option<&str>, joining| Uplink::Join {
         meeting: m,
         tier: Tier::Full,
         rtp_port: 5004,
         media_host: Some("10.0.0.9".into()),
         relay: relay.map(Into::into),
+        joining,
     };
     let hall = t("130102000000-hall");
     let village = t("130102001001-main");
-    let mut out = h.uplink(hall, join(Some("10.0.0.1:6000")), 2);
-    out.extend(h.uplink(village, join(None), 3));
-    out.extend(h.media_updates());
+    let mut out = h.uplink(hall, join(Some("10.0.0.1:6000"), 1), 2);
+    out.extend(h.uplink(village, join(None, 1), 3));
+    out.extend(h.media_updates(3));
     // The village is told to send to the hall's relay; the hall gets its table.
     let plan = out.iter().find_map(|o| match o {
         HostOutput::Send(to, Downlink::Admitted { plan, .. }) if *to == village => Some(plan),
@@ -886,10 +1023,11 @@ fn the_county_hall_relays_for_its_villages_and_the_tables_go_out_when_they_chang
         answer: None,
     };
     h.uplink(village, status, 4);
-    assert!(h.media_updates().is_empty());
-    // The relay box restarts and joins again: its table is sent again, its SSRC is new.
-    h.uplink(hall, join(Some("10.0.0.1:6000")), 5);
-    let out = h.media_updates();
+    assert!(h.media_updates(4).is_empty());
+    // The relay box restarts and joins again (a new joining): its table is sent again, its
+    // SSRC is new.
+    h.uplink(hall, join(Some("10.0.0.1:6000"), 2), 5);
+    let out = h.media_updates(5);
     assert!(
         out.iter()
             .any(|o| matches!(o, HostOutput::Send(to, Downlink::Forward { .. }) if *to == hall))
@@ -908,16 +1046,17 @@ fn a_thin_link_joins_receive_only_and_gets_no_send_address() {
         rtp_port: 5004,
         media_host: None,
         relay: None,
+        joining: 1,
     };
     let plan = |out: Vec<HostOutput>| match &out[..] {
         [.., HostOutput::Send(_, Downlink::Admitted { plan, .. })] => plan.clone(),
         other => panic!("{other:?}"),
     };
     h.uplink(t("130102001001-main"), join(Tier::Full), 1);
-    let full = plan(h.media_updates());
+    let full = plan(h.media_updates(1));
     assert_eq!(full.send_to.as_deref(), Some("10.0.0.1:5004"));
     h.uplink(t("130102002001-main"), join(Tier::ReceiveOnly), 1);
-    let thin = plan(h.media_updates());
+    let thin = plan(h.media_updates(1));
     assert_eq!(thin.send_to, None);
     assert_ne!(full.ssrc, thin.ssrc);
     assert!(
@@ -1218,7 +1357,7 @@ mod convergence {
             self.now += ms;
             // Joins are answered by a layout, which in a storm comes only with the tick.
             let mut out = self.host.tick(self.now);
-            out.extend(self.host.media_updates());
+            out.extend(self.host.media_updates(self.now));
             self.host_out(out);
             for i in 0..self.sites.len() {
                 self.site_in(i, Input::Tick);
@@ -1399,7 +1538,7 @@ fn every_meeting_message_has_pinned_bytes() {
     let site = t("130102001001-main");
     let county: Region = "130102".parse().unwrap();
     let chair = |op| Uplink::Chair { meeting: m, op };
-    let join = |tier, relay: Option<&str>| Uplink::Join {
+    let join = |tier, relay: Option<&str>| Uplink::JoinUntagged {
         meeting: m,
         tier,
         rtp_port: 5004,
@@ -1407,6 +1546,17 @@ fn every_meeting_message_has_pinned_bytes() {
         relay: relay.map(Into::into),
     };
     assert_pinned(&[
+        (
+            Uplink::Join {
+                meeting: m,
+                tier: Tier::Full,
+                rtp_port: 5004,
+                media_host: Some("10.0.0.1".into()),
+                relay: Some("10.0.0.1:6000".into()),
+                joining: 7,
+            },
+            "0106026d31008c27010831302e302e302e31010d31302e302e302e313a3630303007",
+        ),
         (
             join(Tier::Full, Some("10.0.0.1:6000")),
             "0100026d31008c27010831302e302e302e31010d31302e302e302e313a36303030",
@@ -1647,7 +1797,7 @@ fn a_province_session_slows_its_heartbeat_as_it_grows_and_never_speeds_it_up() {
             h.uplink(site(i), join.clone(), now);
         }
         now += 200;
-        for o in h.media_updates() {
+        for o in h.media_updates(now) {
             if let HostOutput::Publish(s) = o {
                 versions.push((s.version, s.spec.heartbeat_ms));
             }
