@@ -33,7 +33,7 @@ use cuntong_core::terminal_id::TerminalId;
 use cuntong_terminal::link::Message;
 
 use crate::alarms::{AlarmConfig, AlarmService};
-use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody};
+use crate::control::{ControlError, Request, RequestBody, Response, ResponseBody, answer_pages};
 use crate::host_lease::{HOST_ROLE, instance_name, lease_loop};
 use crate::meetings::MeetingService;
 use crate::rollouts::RolloutService;
@@ -406,6 +406,8 @@ pub async fn run(
     // A join storm or a replaying fleet may outrun the loop for a while: the link keeps
     // reading (and answering the broker) into a buffer of its own meanwhile.
     link_opts.incoming_buffer = 64 << 20;
+    // The chair's and the staff's requests go ahead of that buffer.
+    link_opts.urgent_topics = vec![control_request("")];
     link_opts.queue_capacity = 8192;
     // A ping's answer waits behind what the broker sent before it: a province's join storm
     // must not cost central its connection (and the chair its answers).
@@ -552,14 +554,12 @@ pub async fn run(
         // What a terminal may have left retained on its uplink (cleared below if junk).
         let left = (!msg.payload.is_empty()).then(|| (msg.topic.clone(), msg.retain));
         if MeetingService::is_meeting_uplink(&msg) {
+            // Joins are answered by a layout of their session, on the meeting tick (every
+            // 200 ms): a layout costs the whole session, so one for each join would make a
+            // province's join storm quadratic.
             if let Some(r) = roles.as_mut()
                 && r.meetings.on_message(&msg, unix_ms())
             {
-                // Joins are answered by a layout of their session: once nothing more waits
-                // (in a join storm, by the meeting tick, every 200 ms).
-                if incoming.is_empty() {
-                    r.meetings.lay_out(unix_ms());
-                }
                 r.meetings.drain(&link);
             }
             if let Some((topic, retained)) = left {
@@ -612,7 +612,7 @@ pub async fn run(
         }
     }
     if let Some(r) = roles.as_mut()
-        && let Err(e) = r.meetings.save()
+        && let Err(e) = r.meetings.save_all()
     {
         tracing::error!(error = %e, "cannot save meetings at shutdown");
     }
@@ -657,7 +657,7 @@ fn answer_command(
 ) {
     let before = (roles.alarms.handed_over(), roles.rollouts.handed_over());
     let now_ms = unix_ms();
-    let answer = control(roles, log, client, payload, now_ms);
+    let answers = control(roles, log, client, payload, now_ms);
     roles.gather_outbound();
     roles.meetings.lay_out(now_ms);
     roles.meetings.drain(link);
@@ -669,37 +669,70 @@ fn answer_command(
             false
         }
     };
-    if let Some(answer) = answer {
+    if !answers.is_empty() {
         let link = link.clone();
         let written = changed.then(|| state.written());
         tokio::spawn(async move {
             if let Some(written) = written {
                 let _ = tokio::time::timeout(ANSWER_WAITS_FOR_STORE, written).await;
             }
-            let _ = link.publish(answer).await;
+            for answer in answers {
+                if link.publish(answer).await.is_err() {
+                    break;
+                }
+            }
         });
     }
 }
 
-/// The answer to a request of a `cuntong` command (`meeting …`, `alarms ack`, `rollout …`),
-/// for its response topic; `None` for a request that cannot be read.
+/// The answers to a request of a `cuntong` command (`meeting …`, `alarms ack`, `rollout …`),
+/// for its response topic: one, or one a page for a request of every page; none for a request
+/// that cannot be read.
 fn control(
     roles: &mut Roles,
     log: &LogLimiter,
     client: &str,
     payload: &[u8],
     now_ms: u64,
-) -> Option<Message> {
+) -> Vec<Message> {
     let req: Request = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => {
             if let Some(more) = log.allow("malformed request") {
                 tracing::warn!(%client, error = %e, "ignoring a malformed request{more}");
             }
-            return None;
+            return Vec::new();
         }
     };
-    let result = match req.body {
+    let mut answers = Vec::new();
+    for result in answer_pages(req.body, |body| answer_one(roles, body, now_ms)) {
+        let (error, body) = match result {
+            Ok(body) => (None, body),
+            Err(e) => (Some(e), ResponseBody::None),
+        };
+        let resp = Response {
+            id: req.id,
+            error,
+            body,
+        };
+        match serde_json::to_vec(&resp) {
+            Ok(bytes) => answers.push(Message::new(control_response(client), bytes).urgent()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a response");
+                break;
+            }
+        }
+    }
+    answers
+}
+
+/// The answer to one request (one page of a paged one).
+fn answer_one(
+    roles: &mut Roles,
+    body: RequestBody,
+    now_ms: u64,
+) -> Result<ResponseBody, ControlError> {
+    match body {
         RequestBody::AckAlarm { id, by } => roles
             .alarms
             .acknowledge(id, &by, now_ms)
@@ -742,22 +775,6 @@ fn control(
             .map(|()| ResponseBody::None)
             .map_err(ControlError::Refused),
         other => roles.meetings.answer(other, now_ms),
-    };
-    let (error, body) = match result {
-        Ok(body) => (None, body),
-        Err(e) => (Some(e), ResponseBody::None),
-    };
-    let resp = Response {
-        id: req.id,
-        error,
-        body,
-    };
-    match serde_json::to_vec(&resp) {
-        Ok(bytes) => Some(Message::new(control_response(client), bytes).urgent()),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode a response");
-            None
-        }
     }
 }
 

@@ -68,19 +68,25 @@ pub enum RequestBody {
         #[serde(with = "chair_op")]
         op: ChairOp,
     },
-    /// The session and a page of its sites: those after terminal `after`.
+    /// The session and a page of its sites: those after terminal `after`; with `all`, that
+    /// page and every one after it, each its own answer to the request.
     Status {
         #[serde(with = "text")]
         meeting: MeetingId,
         #[serde(with = "text::option")]
         after: Option<TerminalId>,
+        #[serde(default, skip_serializing_if = "no")]
+        all: bool,
     },
-    /// The latest roll call: counts and a page of sites after terminal `after`.
+    /// The latest roll call: counts and a page of sites after terminal `after` (with `all`,
+    /// every page from there, as for `Status`).
     RollCall {
         #[serde(with = "text")]
         meeting: MeetingId,
         #[serde(with = "text::option")]
         after: Option<TerminalId>,
+        #[serde(default, skip_serializing_if = "no")]
+        all: bool,
     },
     List,
     /// A viewer of a site's stream at `to` (`host:port`; audio two ports up), or, with
@@ -201,6 +207,53 @@ impl ControlError {
     }
 }
 
+fn no(b: &bool) -> bool {
+    !b
+}
+
+/// The answers to `body`: one, or one a page for a request of every page, each from
+/// `answer` (a refusal ends them).
+pub fn answer_pages(
+    body: RequestBody,
+    mut answer: impl FnMut(RequestBody) -> Result<ResponseBody, ControlError>,
+) -> Vec<Result<ResponseBody, ControlError>> {
+    let mut answers = Vec::new();
+    let mut next = Some(body);
+    while let Some(body) = next.take() {
+        let result = answer(body.clone());
+        if let Ok(page) = &result {
+            next = body.next_page(page);
+        }
+        answers.push(result);
+    }
+    answers
+}
+
+impl RequestBody {
+    /// For a request of every page, given the answer of one: the request of the next page,
+    /// if there is one.
+    pub fn next_page(&self, answer: &ResponseBody) -> Option<RequestBody> {
+        let after = answer.next_page().copied();
+        match self {
+            RequestBody::Status {
+                meeting, all: true, ..
+            } => after.map(|after| RequestBody::Status {
+                meeting: *meeting,
+                after: Some(after),
+                all: true,
+            }),
+            RequestBody::RollCall {
+                meeting, all: true, ..
+            } => after.map(|after| RequestBody::RollCall {
+                meeting: *meeting,
+                after: Some(after),
+                all: true,
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ResponseBody {
@@ -225,6 +278,18 @@ pub enum ResponseBody {
     List(Vec<MeetingJson>),
     /// The stream's description for a player (SDP).
     Sdp(String),
+}
+
+impl ResponseBody {
+    /// Where the next page of a paged answer starts; `None` for the last page (or an answer
+    /// that is not paged).
+    pub fn next_page(&self) -> Option<&TerminalId> {
+        match self {
+            ResponseBody::Status(s) => s.next.as_ref(),
+            ResponseBody::RollCall { next, .. } => next.as_ref(),
+            _ => None,
+        }
+    }
 }
 /// A session with its sites, as the host knows them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -621,6 +686,7 @@ mod tests {
                 req(RequestBody::Status {
                     meeting: m1,
                     after: Some(site),
+                    all: false,
                 }),
                 r#"{"id":7,"body":{"status":{"meeting":"m1","after":"130102001001-main"}}}"#,
             ),
@@ -628,8 +694,17 @@ mod tests {
                 req(RequestBody::RollCall {
                     meeting: m1,
                     after: None,
+                    all: false,
                 }),
                 r#"{"id":7,"body":{"roll_call":{"meeting":"m1","after":null}}}"#,
+            ),
+            (
+                req(RequestBody::RollCall {
+                    meeting: m1,
+                    after: None,
+                    all: true,
+                }),
+                r#"{"id":7,"body":{"roll_call":{"meeting":"m1","after":null,"all":true}}}"#,
             ),
             (req(RequestBody::List), r#"{"id":7,"body":"list"}"#),
             (

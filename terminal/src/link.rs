@@ -133,6 +133,9 @@ pub struct LinkOptions {
     /// Bytes of received messages the link holds beyond that while the owner is busy, read
     /// from the broker all the same (each message counted with its topic and an overhead).
     pub incoming_buffer: usize,
+    /// Topic prefixes whose messages go to the owner ahead of the others waiting: a person's
+    /// requests are not queued behind a fleet's bulk.
+    pub urgent_topics: Vec<String>,
     pub backoff: Backoff,
     /// QoS 1 publishes in flight (sent, not yet acknowledged), at most.
     pub inflight: u16,
@@ -154,6 +157,7 @@ impl LinkOptions {
             queue_capacity: 256,
             incoming_capacity: 64,
             incoming_buffer: 256 * 1024,
+            urgent_topics: Vec::new(),
             backoff: Backoff::default(),
             inflight: 32,
             tls: None,
@@ -291,7 +295,11 @@ impl Link {
         let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_CAPACITY);
         let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
         let stop = CancellationToken::new();
-        let inbox = Inbox::start(incoming_tx, opts.incoming_buffer, stop.clone());
+        let inbox = Inbox::start(
+            incoming_tx,
+            (opts.incoming_buffer, opts.urgent_topics.clone()),
+            stop.clone(),
+        );
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let (up_tx, up_rx) = watch::channel(false);
         let (refused_tx, refused_rx) = watch::channel(0u64);
@@ -462,22 +470,38 @@ struct Signals {
 
 /// Received messages on their way from the poll task to the owner: the poll task hands each
 /// over at once while the bytes waiting fit the buffer; a task of its own feeds the owner's
-/// channel at the owner's pace.
+/// channel at the owner's pace, messages of the urgent topics first.
 struct Inbox {
     queue: mpsc::UnboundedSender<(Incoming, u32)>,
+    urgent: mpsc::UnboundedSender<(Incoming, u32)>,
+    urgent_topics: Vec<String>,
     /// Room left in the buffer, in KiB.
     room: Arc<tokio::sync::Semaphore>,
     capacity_kib: u32,
 }
 
 impl Inbox {
-    fn start(owner: mpsc::Sender<Incoming>, bytes: usize, stop: CancellationToken) -> Inbox {
+    fn start(
+        owner: mpsc::Sender<Incoming>,
+        (bytes, urgent_topics): (usize, Vec<String>),
+        stop: CancellationToken,
+    ) -> Inbox {
         let capacity_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
         let room = Arc::new(tokio::sync::Semaphore::new(capacity_kib as usize));
         let (queue, mut waiting) = mpsc::unbounded_channel::<(Incoming, u32)>();
+        let (urgent, mut urgent_waiting) = mpsc::unbounded_channel::<(Incoming, u32)>();
         let freed = room.clone();
         tokio::spawn(async move {
-            while let Some((msg, cost)) = waiting.recv().await {
+            loop {
+                let (msg, cost) = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    Some(m) = urgent_waiting.recv() => m,
+                    m = waiting.recv() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     r = owner.send(msg) => if r.is_err() { break },
@@ -487,6 +511,8 @@ impl Inbox {
         });
         Inbox {
             queue,
+            urgent,
+            urgent_topics,
             room,
             capacity_kib,
         }
@@ -500,7 +526,9 @@ impl Inbox {
             .min(self.capacity_kib);
         if let Ok(permit) = self.room.acquire_many(cost).await {
             permit.forget();
-            if self.queue.send((msg, cost)).is_err() {
+            let urgent = self.urgent_topics.iter().any(|p| msg.topic.starts_with(p));
+            let lane = if urgent { &self.urgent } else { &self.queue };
+            if lane.send((msg, cost)).is_err() {
                 tracing::debug!("incoming receiver gone");
             }
         }

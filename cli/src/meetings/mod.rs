@@ -37,6 +37,12 @@ use outbound::Outbound;
 
 /// Ended sessions stay in memory (for `status` and `list`) this long; the store keeps them.
 const ENDED_KEPT_MS: u64 = 24 * 3600 * 1000;
+
+/// How often a session whose site records changed, but not its state, is saved. Sites repeat
+/// those facts (joined, the state they applied, their answer) on every heartbeat, so a host
+/// restored from a copy this old learns them again within a heartbeat; saving them at every
+/// status would rewrite a province session's record (megabytes) every second.
+const RECORDS_SAVED_EVERY_MS: u64 = 10_000;
 /// Calls a terminal may have in progress at once.
 const CALLS_PER_TERMINAL: usize = 4;
 /// Regions and terminals one session invites, at most (each is a state copy per change).
@@ -86,7 +92,11 @@ pub struct MeetingService {
     media: BTreeMap<TerminalId, BTreeMap<String, (u64, f64)>>,
     /// Names of the sites, for the status and roll call answers.
     names: watch::Receiver<Arc<Names>>,
+    /// Sessions to save at the next tick: their state changed.
     dirty: BTreeSet<MeetingId>,
+    /// Sessions whose site records changed since they were saved, and when that last was.
+    records_changed: BTreeSet<MeetingId>,
+    records_saved_ms: u64,
     outbound: Outbound,
 }
 
@@ -173,6 +183,8 @@ impl MeetingService {
             media: BTreeMap::new(),
             names,
             dirty,
+            records_changed: BTreeSet::new(),
+            records_saved_ms: 0,
             outbound: Outbound::default(),
         })
     }
@@ -212,8 +224,13 @@ impl MeetingService {
             Ok(up) => {
                 let mid = up.meeting();
                 if let Some(host) = self.hosts.get_mut(&mid) {
+                    let version = host.state().version;
                     let out = host.uplink(id, up, now_ms);
-                    self.dirty.insert(mid);
+                    if host.state().version != version {
+                        self.dirty.insert(mid);
+                    } else {
+                        self.records_changed.insert(mid);
+                    }
                     self.apply(mid, out);
                 }
             }
@@ -409,9 +426,8 @@ impl MeetingService {
 
     /// Lays out the media of every session something changed in since the last call: the
     /// plans joins are waiting for, new relay tables. One call serves any number of changes,
-    /// so the caller calls it when its queue of incoming messages runs empty (and at least on
-    /// each tick), not after each message: a province's join storm then costs a layout per
-    /// batch, not one per site.
+    /// so the caller calls it on a short tick (and after a chair's operation), never after
+    /// each message: a province's join storm then costs a layout per tick, not one per site.
     pub fn lay_out(&mut self, now_ms: u64) {
         let ids: Vec<MeetingId> = self.hosts.keys().copied().collect();
         for id in ids {
@@ -510,6 +526,10 @@ impl MeetingService {
             }
         }
         self.lay_out(now_ms);
+        if now_ms.saturating_sub(self.records_saved_ms) >= RECORDS_SAVED_EVERY_MS {
+            self.records_saved_ms = now_ms;
+            self.dirty.append(&mut self.records_changed);
+        }
         // Save first: a session leaves memory only once its end is handed to the store thread
         // (which writes what it is handed, in order, retrying until it is written).
         if let Err(e) = self.save() {
@@ -522,9 +542,16 @@ impl MeetingService {
         });
     }
 
-    /// Hands the changed sessions to the store thread, written there in one transaction;
-    /// whether there were any.
+    /// Hands every session changed in any way to the store thread (at shutdown).
+    pub fn save_all(&mut self) -> Result<bool, crate::store::WriterGone> {
+        self.dirty.append(&mut self.records_changed);
+        self.save()
+    }
+
+    /// Hands the sessions whose state changed to the store thread, written there in one
+    /// transaction; whether there were any.
     pub fn save(&mut self) -> Result<bool, crate::store::WriterGone> {
+        self.records_changed.retain(|id| !self.dirty.contains(id));
         if self.dirty.is_empty() {
             return Ok(false);
         }
@@ -613,7 +640,7 @@ impl MeetingService {
                 let version = self.op(id, op, now_ms)?;
                 Ok(ResponseBody::Done { version })
             }
-            RequestBody::Status { meeting, after } => {
+            RequestBody::Status { meeting, after, .. } => {
                 let id = self.find(meeting)?;
                 let names = self.names.borrow();
                 let mut st = status(&self.hosts[&id], after);
@@ -626,7 +653,7 @@ impl MeetingService {
                 fit(&mut st.sites, &mut st.next, |s| &s.terminal);
                 Ok(ResponseBody::Status(Box::new(st)))
             }
-            RequestBody::RollCall { meeting, after } => {
+            RequestBody::RollCall { meeting, after, .. } => {
                 let id = self.find(meeting)?;
                 let host = &self.hosts[&id];
                 if host.state().roll_call.is_none() {
@@ -1017,6 +1044,197 @@ mod tests {
             .expect("the ended session is kept in the store");
         let ended = Host::from_store(&stored).unwrap();
         assert_eq!(ended.state().status, Status::Ended);
+    }
+
+    #[test]
+    fn site_records_are_saved_every_few_seconds_and_a_state_change_at_once() {
+        use cuntong_core::meeting::Uplink;
+        use cuntong_core::meeting::host::SitePhase;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("central.db");
+        let mut svc = open(&db, std::time::Duration::from_secs(10));
+        let t0 = 1_800_000_000_000;
+        let body = RequestBody::Create {
+            title: "t".into(),
+            kind: Kind::Meeting,
+            invite: vec!["130102".parse().unwrap()],
+            at_ms: None,
+            profile: MediaProfile::named("sd").unwrap(),
+            chair: None,
+            floor_mutes_others: true,
+        };
+        let ResponseBody::Created { id } = svc.answer(body, t0).unwrap() else {
+            panic!("not created");
+        };
+        svc.answer(
+            RequestBody::Op {
+                meeting: id,
+                op: ChairOp::Start,
+            },
+            t0,
+        )
+        .unwrap();
+        save(&mut svc);
+        let site: TerminalId = "130102001001-main".parse().unwrap();
+        let send = |svc: &mut MeetingService, up: &Uplink, now| {
+            let msg = Incoming {
+                topic: Topic::terminal(&site, Channel::MeetingUp).to_string(),
+                payload: cuntong_core::envelope::encode(up).unwrap().into(),
+                retain: false,
+            };
+            assert!(svc.on_message(&msg, now));
+        };
+        let stored = |svc: &mut MeetingService| {
+            svc.writer.flush().unwrap();
+            let row = SqliteStore::open_read_only(&db)
+                .unwrap()
+                .meeting(id.as_str())
+                .unwrap()
+                .unwrap();
+            let host = Host::from_store(&row).unwrap();
+            (
+                host.state().version,
+                host.sites().get(&site).map(|r| r.phase),
+            )
+        };
+        let joined_at_start = stored(&mut svc);
+        let join = Uplink::Join {
+            meeting: id,
+            tier: cuntong_core::meeting::Tier::Full,
+            rtp_port: 0,
+            media_host: None,
+            relay: None,
+            joining: 1,
+        };
+        send(&mut svc, &join, t0 + 10);
+        assert!(!svc.save().unwrap(), "a join alone is not saved at once");
+        // The first tick saves the records; the next ones only every few seconds.
+        svc.tick(t0 + 1_000);
+        assert_eq!(stored(&mut svc).1, Some(SitePhase::Joined));
+        send(&mut svc, &Uplink::Leave { meeting: id }, t0 + 1_100);
+        svc.tick(t0 + 2_000);
+        assert_eq!(stored(&mut svc).1, Some(SitePhase::Joined));
+        svc.tick(t0 + 1_000 + RECORDS_SAVED_EVERY_MS);
+        assert_eq!(stored(&mut svc).1, Some(SitePhase::Left));
+        // A change of the state is saved by the next save, records and all.
+        send(&mut svc, &join, t0 + 12_000);
+        svc.answer(
+            RequestBody::Op {
+                meeting: id,
+                op: ChairOp::MuteAll,
+            },
+            t0 + 12_100,
+        )
+        .unwrap();
+        save(&mut svc);
+        let (version, phase) = stored(&mut svc);
+        assert!(version > joined_at_start.0);
+        assert_eq!(phase, Some(SitePhase::Joined));
+    }
+
+    #[test]
+    fn a_request_of_every_page_is_answered_with_each_page_in_order_and_nothing_twice() {
+        use crate::control::answer_pages;
+        use cuntong_core::meeting::Uplink;
+        let dir = tempfile::tempdir().unwrap();
+        let mut svc = open(
+            &dir.path().join("central.db"),
+            std::time::Duration::from_secs(10),
+        );
+        let now = 1_800_000_000_000;
+        let body = RequestBody::Create {
+            title: "t".into(),
+            kind: Kind::Meeting,
+            invite: vec!["130102".parse().unwrap()],
+            at_ms: None,
+            profile: MediaProfile::named("sd").unwrap(),
+            chair: None,
+            floor_mutes_others: true,
+        };
+        let ResponseBody::Created { id } = svc.answer(body, now).unwrap() else {
+            panic!("not created");
+        };
+        let op = |svc: &mut MeetingService, op| {
+            svc.answer(RequestBody::Op { meeting: id, op }, now)
+                .unwrap();
+        };
+        op(&mut svc, ChairOp::Start);
+        let sites: Vec<TerminalId> = (0..2 * PAGE + PAGE / 3)
+            .map(|i| format!("130102{:03}{:03}-main", 1 + i / 999, 1 + i % 999))
+            .map(|t| t.parse().unwrap())
+            .collect();
+        for (k, site) in sites.iter().enumerate() {
+            let join = Uplink::Join {
+                meeting: id,
+                tier: cuntong_core::meeting::Tier::Full,
+                rtp_port: 0,
+                media_host: None,
+                relay: None,
+                joining: k as u64 + 1,
+            };
+            let msg = Incoming {
+                topic: Topic::terminal(site, Channel::MeetingUp).to_string(),
+                payload: cuntong_core::envelope::encode(&join).unwrap().into(),
+                retain: false,
+            };
+            assert!(svc.on_message(&msg, now));
+        }
+        op(&mut svc, ChairOp::RollCall);
+        let ask = |svc: &mut MeetingService, all| {
+            let body = RequestBody::RollCall {
+                meeting: id,
+                after: None,
+                all,
+            };
+            answer_pages(body, |b| svc.answer(b, now))
+        };
+        let pages = ask(&mut svc, true);
+        let last = pages.len() - 1;
+        assert!(last >= 2, "{} pages", pages.len());
+        let mut rows = Vec::new();
+        for (k, page) in pages.into_iter().enumerate() {
+            let Ok(ResponseBody::RollCall {
+                total,
+                rows: r,
+                next,
+                ..
+            }) = page
+            else {
+                panic!("page {k}: {page:?}");
+            };
+            assert_eq!(total, sites.len());
+            assert_eq!(next.is_none(), k == last, "page {k}");
+            rows.extend(r.into_iter().map(|r| r.terminal));
+        }
+        let want: Vec<String> = sites.iter().map(|t| t.to_string()).collect();
+        assert_eq!(rows, want);
+        assert_eq!(
+            ask(&mut svc, false).len(),
+            1,
+            "one page when not asked for all"
+        );
+        let status = RequestBody::Status {
+            meeting: id,
+            after: None,
+            all: true,
+        };
+        let pages = answer_pages(status, |b| svc.answer(b, now));
+        let sites_listed: usize = pages
+            .iter()
+            .map(|p| match p {
+                Ok(ResponseBody::Status(s)) => s.sites.len(),
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(sites_listed, sites.len());
+        // A refusal is the one answer.
+        let gone = RequestBody::RollCall {
+            meeting: "nope".parse().unwrap(),
+            after: None,
+            all: true,
+        };
+        let answers = answer_pages(gone, |b| svc.answer(b, now));
+        assert!(matches!(answers[..], [Err(ControlError::NoSuchMeeting(_))]));
     }
 
     #[test]

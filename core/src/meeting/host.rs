@@ -278,9 +278,11 @@ pub struct RollCallResults {
 }
 
 /// How long a plan sent to a joining site is taken to be on its way: a repeat of the same
-/// joining within that time is not answered again. A storm's plans can queue for seconds, and
-/// answering every repeat would multiply them.
-pub const PLAN_IN_FLIGHT_MS: u64 = 2_000;
+/// joining within that time is not answered again. A province's join storm keeps plans
+/// queued for seconds on the way (brokers, the boxes' own backlog), and answering every repeat
+/// multiplied them; a plan really lost (rare: plans travel at QoS 1) costs a site one more
+/// wait between its joins.
+pub const PLAN_IN_FLIGHT_MS: u64 = 5_000;
 
 /// A joined site's joining: its number, and when its plan last went out.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,13 +1,13 @@
 //! The connection of `cuntong meeting …`, `cuntong call` and `cuntong alarms ack` to the
 //! meeting host inside `cuntong central`: each request is one [`Request`] on the client's
-//! request topic, answered by one [`Response`] on its response topic.
+//! request topic, answered by one [`Response`] on its response topic (one a page, for a
+//! request of every page).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use cuntong_core::meeting::MeetingId;
 use cuntong_core::meeting::host::ChairOp;
-use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{control_request, control_response};
 use cuntong_terminal::broker_url::Brokers;
 use cuntong_terminal::link::{Incoming, Link, LinkOptions, Message};
@@ -91,6 +91,32 @@ impl CentralClient {
         body: RequestBody,
         timeout: Duration,
     ) -> Result<ResponseBody, ClientError> {
+        let id = self.send(body)?;
+        self.answer(id, timeout).await
+    }
+
+    /// Sends a request of every page (`all`) and gathers its answers, waiting up to `timeout`
+    /// for each.
+    async fn ask_pages(
+        &mut self,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> Result<Vec<ResponseBody>, ClientError> {
+        let mut request = body.clone();
+        let id = self.send(body)?;
+        let mut pages = Vec::new();
+        loop {
+            let page = self.answer(id, timeout).await?;
+            let next = request.next_page(&page);
+            pages.push(page);
+            match next {
+                Some(n) => request = n,
+                None => return Ok(pages),
+            }
+        }
+    }
+
+    fn send(&mut self, body: RequestBody) -> Result<u64, ClientError> {
         self.next += 1;
         let req = Request {
             id: self.next,
@@ -100,6 +126,11 @@ impl CentralClient {
         self.link
             .try_publish(Message::new(control_request(&self.client), bytes))
             .map_err(|e| ClientError::Link(e.to_string()))?;
+        Ok(req.id)
+    }
+
+    /// The next answer to request `id`.
+    async fn answer(&mut self, id: u64, timeout: Duration) -> Result<ResponseBody, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = tokio::select! {
@@ -114,7 +145,7 @@ impl CentralClient {
             let Ok(resp) = serde_json::from_slice::<Response>(&msg.payload) else {
                 continue;
             };
-            if resp.id != req.id {
+            if resp.id != id {
                 continue;
             }
             return match resp.error {
@@ -124,25 +155,22 @@ impl CentralClient {
         }
     }
 
-    /// The session with all its sites (fetched page by page).
+    /// The session with all its sites (every page, in answer to one request).
     pub async fn status(&mut self, meeting: MeetingId) -> Result<MeetingStatus, ClientError> {
+        let request = RequestBody::Status {
+            meeting,
+            after: None,
+            all: true,
+        };
         let mut all: Option<MeetingStatus> = None;
-        let mut after = None;
-        loop {
-            let page = match self
-                .ask(RequestBody::Status { meeting, after }, ANSWER)
-                .await?
-            {
+        for page in self.ask_pages(request, ANSWER).await? {
+            let page = match page {
                 ResponseBody::Status(s) => *s,
                 other => return Err(ClientError::Unexpected(Box::new(other))),
             };
-            after = page.next;
             match &mut all {
                 None => all = Some(page),
                 Some(a) => a.sites.extend(page.sites),
-            }
-            if after.is_none() {
-                break;
             }
         }
         let mut s = all.ok_or_else(|| ClientError::Link("no answer".into()))?;
@@ -150,34 +178,35 @@ impl CentralClient {
         Ok(s)
     }
 
-    /// The latest roll call: (present, total) and, with `rows`, every site's answer.
+    /// The latest roll call: (present, total) and, with `rows`, every site's answer (every
+    /// page, in answer to one request).
     async fn roll_call_page(
         &mut self,
         meeting: MeetingId,
         rows: bool,
     ) -> Result<(usize, usize, Vec<RollCallJson>), ClientError> {
-        let mut out = Vec::new();
-        let mut after: Option<TerminalId> = None;
-        loop {
-            match self
-                .ask(RequestBody::RollCall { meeting, after }, ANSWER)
-                .await?
-            {
+        let request = RequestBody::RollCall {
+            meeting,
+            after: None,
+            all: rows,
+        };
+        let (mut out, mut counts) = (Vec::new(), (0, 0));
+        for page in self.ask_pages(request, ANSWER).await? {
+            match page {
                 ResponseBody::RollCall {
                     present,
                     total,
                     rows: page,
-                    next,
+                    ..
                 } => {
+                    // Every page is laid out at once: their counts agree.
+                    counts = (present, total);
                     out.extend(page);
-                    if !rows || next.is_none() {
-                        return Ok((present, total, out));
-                    }
-                    after = next;
                 }
                 other => return Err(ClientError::Unexpected(Box::new(other))),
             }
         }
+        Ok((counts.0, counts.1, out))
     }
 
     /// Opens a roll call and waits until every invited site answered or `timeout` passed.
