@@ -244,8 +244,19 @@ pub struct MeetingRun {
     /// State publishes on the meeting tree for the start, and per-site media plans seen.
     pub start_states: u64,
     pub plans: u64,
-    /// The roll call: sites present of those asked; the host's answer latencies (all, p50,
-    /// p99, ms); when the command saw it complete.
+    /// The roll call opened as soon as every site had joined (the join storm's traffic still
+    /// on its way), and one opened in the settled session, [`SETTLE`] later.
+    pub roll_call: RollCallRun,
+    pub settled: RollCallRun,
+}
+
+/// How long the session runs between its two roll calls.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// What one roll call measured: sites present of those asked; the host's answer latencies
+/// (all, p50, p99, ms); when the command saw it complete.
+#[derive(Debug)]
+pub struct RollCallRun {
     pub present: usize,
     pub asked: usize,
     pub all_ms: u64,
@@ -254,11 +265,11 @@ pub struct MeetingRun {
     pub command: Duration,
 }
 
-impl MeetingRun {
+impl RollCallRun {
     /// The roll call in one line.
-    pub fn roll_call(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
-            "roll call               all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; the command saw it after {} ms)",
+            "all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; the command saw it after {} ms)",
             self.all_ms,
             self.p50_ms,
             self.p99_ms,
@@ -267,6 +278,39 @@ impl MeetingRun {
             self.command.as_millis()
         )
     }
+}
+
+impl MeetingRun {
+    /// The roll calls, a line each.
+    pub fn roll_call(&self) -> String {
+        format!(
+            "roll call at once       {}\n  roll call {:>2} s later   {}",
+            self.roll_call.line(),
+            SETTLE.as_secs(),
+            self.settled.line()
+        )
+    }
+}
+
+/// Opens a roll call through `client` and waits (at most 60 s) until every site answered.
+async fn roll_call(
+    client: &mut cuntong::commands::meeting::CentralClient,
+    id: cuntong_core::meeting::MeetingId,
+) -> anyhow::Result<RollCallRun> {
+    use cuntong::commands::meeting::quantile;
+    let asked = Instant::now();
+    let rows = client.roll_call(id, Duration::from_secs(60)).await?;
+    let command = asked.elapsed();
+    let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
+    lat.sort_unstable();
+    Ok(RollCallRun {
+        present: rows.iter().filter(|r| r.present).count(),
+        asked: rows.len(),
+        all_ms: lat.last().copied().unwrap_or(0),
+        p50_ms: quantile(&lat, 0.5).unwrap_or(0),
+        p99_ms: quantile(&lat, 0.99).unwrap_or(0),
+        command,
+    })
 }
 
 /// Creates a meeting (standard definition, no chair terminal) titled `title` inviting
@@ -304,7 +348,7 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use cuntong::commands::meeting::{CentralClient, quantile};
+    use cuntong::commands::meeting::CentralClient;
     use cuntong_core::meeting::host::ChairOp;
     use rumqttc::{AsyncClient, Event, Packet, QoS};
 
@@ -366,11 +410,10 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     let join_time = started.elapsed();
     let start_states = states.load(Ordering::Relaxed) - before;
 
-    let asked = Instant::now();
-    let rows = client.roll_call(id, Duration::from_secs(60)).await?;
-    let command = asked.elapsed();
-    let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
-    lat.sort_unstable();
+    let first = roll_call(&mut client, id).await?;
+    client.op(id, ChairOp::CloseRollCall).await?;
+    tokio::time::sleep(SETTLE).await;
+    let settled = roll_call(&mut client, id).await?;
     client.op(id, ChairOp::End).await?;
     client.close();
     watching.abort();
@@ -379,11 +422,7 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
         join_time,
         start_states,
         plans: plans.load(Ordering::Relaxed),
-        present: rows.iter().filter(|r| r.present).count(),
-        asked: rows.len(),
-        all_ms: lat.last().copied().unwrap_or(0),
-        p50_ms: quantile(&lat, 0.5).unwrap_or(0),
-        p99_ms: quantile(&lat, 0.99).unwrap_or(0),
-        command,
+        roll_call: first,
+        settled,
     })
 }

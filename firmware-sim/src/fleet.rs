@@ -337,6 +337,10 @@ impl MediaEngine for SimMedia {
         SignallingOnly.stop(meeting);
     }
 
+    fn link_every(&self) -> Option<std::time::Duration> {
+        SignallingOnly.link_every()
+    }
+
     fn capture_devices(&self) -> CaptureDevices {
         CaptureDevices {
             camera: Some("videotestsrc (simulated)".into()),

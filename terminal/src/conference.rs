@@ -78,9 +78,15 @@ pub trait MediaEngine: Send {
         None
     }
     fn close_view(&mut self, _meeting: MeetingId, _ssrc: u32, _to: std::net::SocketAddr) {}
-    /// The link now (keep-alive round trip, ping loss), once a second: adapt the bitrate and
-    /// the jitter buffers.
+    /// The link now (keep-alive round trip, ping loss), every [`MediaEngine::link_every`]
+    /// while in a session: adapt the bitrate and the jitter buffers.
     fn link(&mut self, _rtt_ms: Option<f64>, _loss_percent: f64) {}
+    /// How often it wants [`MediaEngine::link`] while in a session; `None` if it has no use
+    /// for it (no media), and the terminal's meeting clock then runs only when the
+    /// signalling has something due.
+    fn link_every(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(1))
+    }
 }
 
 /// Takes part in meetings without sending or receiving media (boxes without a camera, and
@@ -99,6 +105,10 @@ impl MediaEngine for SignallingOnly {
 
     fn stop(&mut self, meeting: MeetingId) {
         tracing::info!(%meeting, "media stopped");
+    }
+
+    fn link_every(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 
@@ -557,6 +567,27 @@ impl Conference {
     /// second tick.
     pub fn idle(&self) -> bool {
         self.participant.sessions().is_empty()
+    }
+
+    /// When [`Conference::tick`] is next needed, `idle_every` after `last` at the latest (the
+    /// link's tier is followed even with nothing else to do): sooner while a media engine
+    /// adapts to the link in a session, and when the signalling has something due (at unix
+    /// time `now_ms`).
+    pub fn next_tick(
+        &self,
+        last: tokio::time::Instant,
+        idle_every: std::time::Duration,
+        now_ms: u64,
+    ) -> tokio::time::Instant {
+        let every = match self.engine.link_every() {
+            Some(e) if !self.idle() => e.min(idle_every),
+            _ => idle_every,
+        };
+        let due = self.participant.next_due_ms().map(|due| {
+            tokio::time::Instant::now()
+                + std::time::Duration::from_millis(due.saturating_sub(now_ms))
+        });
+        due.map_or(last + every, |d| d.min(last + every))
     }
 
     /// Live sessions this terminal has joined (the `meeting.joined` metric).

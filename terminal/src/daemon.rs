@@ -83,9 +83,9 @@ pub enum Stopped {
     ForUpdate,
 }
 
-/// How often the meeting clock runs while the terminal is in or invited to a session (status
-/// heartbeats, join retries), and while it knows none (only the link's tier is followed).
-const MEETING_TICK: Duration = Duration::from_secs(1);
+/// How often the meeting clock runs at the least (the link's tier is followed); more often
+/// while the signalling has something due (status heartbeats, join retries) and while a media
+/// engine adapts to the link ([`crate::conference::Conference::next_tick`]).
 const MEETING_IDLE_TICK: Duration = Duration::from_secs(5);
 
 /// What the terminal measures with.
@@ -388,14 +388,11 @@ pub async fn run(
     loop {
         // A terminal wakes only when it has something to do: a province's fleet of simulated
         // terminals on one box, and a real box's power budget, both notice.
-        let meeting_at = last_meeting_tick
-            + if daemon.conference.idle() {
-                MEETING_IDLE_TICK
-            } else {
-                MEETING_TICK
-            };
-        let ready: Vec<bool> = idle.iter().map(Option::is_some).collect();
         let now = unix_ms();
+        let meeting_at = daemon
+            .conference
+            .next_tick(last_meeting_tick, MEETING_IDLE_TICK, now);
+        let ready: Vec<bool> = idle.iter().map(Option::is_some).collect();
         let deadline = [daemon.batcher.deadline(), daemon.delivery.next_wakeup(now)]
             .into_iter()
             .flatten()
@@ -437,8 +434,8 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(meeting_at) => {
                 last_meeting_tick = tokio::time::Instant::now();
-                let l = link.status();
-                let msgs = daemon.conference.tick(unix_ms(), l.rtt_ms, l.ping_loss_percent);
+                let (rtt_ms, loss_percent) = link.quality();
+                let msgs = daemon.conference.tick(unix_ms(), rtt_ms, loss_percent);
                 daemon.meeting_out(msgs);
             }
             Some((req, answer)) = requests.recv() => {

@@ -403,19 +403,28 @@ impl Link {
             .is_ok_and(|r| r.is_ok())
     }
 
-    pub fn status(&self) -> LinkStatus {
-        let s = &self.shared;
-        let detail = s.detail.lock().map(|d| {
+    /// The keep-alive round trip and the ping loss (percent), as [`Link::status`] has them,
+    /// without the rest.
+    pub fn quality(&self) -> (Option<f64>, f64) {
+        self.shared.detail.lock().map_or((None, 0.0), |d| {
             let lost = d.pings.iter().filter(|ok| !**ok).count();
             let loss = if d.pings.is_empty() {
                 0.0
             } else {
                 100.0 * lost as f64 / d.pings.len() as f64
             };
-            (d.rtt_ms, loss, d.last_error.clone(), d.broker.clone())
-        });
-        let (rtt_ms, ping_loss_percent, last_error, broker) =
-            detail.unwrap_or((None, 0.0, None, None));
+            (d.rtt_ms, loss)
+        })
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        let s = &self.shared;
+        let (rtt_ms, ping_loss_percent) = self.quality();
+        let (last_error, broker) = s
+            .detail
+            .lock()
+            .map(|d| (d.last_error.clone(), d.broker.clone()))
+            .unwrap_or((None, None));
         let last = s.last_publish_ms.load(Ordering::Relaxed);
         LinkStatus {
             connected: s.connected.load(Ordering::Relaxed),

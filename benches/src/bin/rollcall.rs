@@ -172,8 +172,8 @@ fn main() -> anyhow::Result<()> {
     println!("  {}   (target: all <= 2000, p99 < 1000)", m.roll_call());
     println!(
         "  ratio to the bare round all {:.2}   p99 {:.2}",
-        m.all_ms as f64 / base.0.max(1) as f64,
-        m.p99_ms as f64 / base.1.max(1) as f64
+        m.roll_call.all_ms as f64 / base.0.max(1) as f64,
+        m.roll_call.p99_ms as f64 / base.1.max(1) as f64
     );
     Ok(())
 }

@@ -251,6 +251,24 @@ impl Participant {
         self.sessions.get(id)
     }
 
+    /// When a [`Input::Tick`] next has something to do (a join to repeat, a status due, a
+    /// reconnect's grace over); `None` while nothing is waiting for time.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.sessions
+            .values()
+            .flat_map(|s| {
+                let next = match s.phase {
+                    Phase::Joining => Some(s.next_join_ms),
+                    Phase::Joined => {
+                        Some(s.last_status_ms + u64::from(s.state.spec.heartbeat_ms).max(500))
+                    }
+                    _ => None,
+                };
+                next.into_iter().chain(s.confirm_by)
+            })
+            .min()
+    }
+
     /// Handles one input at `now_ms`.
     pub fn handle(&mut self, input: Input, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();

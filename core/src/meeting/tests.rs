@@ -790,6 +790,43 @@ fn a_sites_repeated_joins_name_one_joining_and_a_new_joining_or_a_restart_anothe
 }
 
 #[test]
+fn a_participant_says_when_its_clock_next_has_something_to_do() {
+    let (mut host, state) = live(&["130102"]);
+    let meeting = state.spec.id;
+    let mut p = Participant::new(t("130102001001-main"), pcfg(AcceptPolicy::All));
+    assert_eq!(p.next_due_ms(), None, "nothing known, nothing due");
+    p.handle(Input::State(state.clone()), 1_000);
+    // Joining: the next repeat of the join, and nothing happens on a tick before it.
+    let due = p.next_due_ms().unwrap();
+    assert!((2_500..=4_000).contains(&due), "{due}");
+    assert!(joinings_sent(&mut p, 1_100, due - 1_100).is_empty());
+    assert_eq!(joinings_sent(&mut p, due, 100).len(), 1);
+    // Joined: the next status, one heartbeat after the last.
+    let mut out = host.uplink(*p.id(), full_join(meeting), 5_000);
+    out.extend(host.media_updates(5_000));
+    for o in out {
+        if let HostOutput::Send(_, d @ Downlink::Admitted { .. }) = o {
+            p.handle(Input::Downlink(d), 5_100);
+        }
+    }
+    assert_eq!(p.session(&meeting).unwrap().phase, Phase::Joined);
+    let hb = u64::from(state.spec.heartbeat_ms);
+    assert_eq!(p.next_due_ms(), Some(5_100 + hb));
+    let statuses = |p: &mut Participant, now| {
+        p.handle(Input::Tick, now)
+            .iter()
+            .filter(|o| matches!(o, Output::Send(Uplink::Status { .. })))
+            .count()
+    };
+    assert_eq!(statuses(&mut p, 5_100 + hb - 1), 0);
+    assert_eq!(statuses(&mut p, 5_100 + hb), 1);
+    assert_eq!(p.next_due_ms(), Some(5_100 + 2 * hb));
+    // After a reconnect: the grace for the retained state, if sooner.
+    p.handle(Input::Reconnected, 6_000 + hb);
+    assert_eq!(p.next_due_ms(), Some(6_000 + hb + HB));
+}
+
+#[test]
 fn a_repeated_join_gets_the_same_plan_once_the_last_had_time_to_arrive() {
     let (mut h, _) = live(&["130102"]);
     let m = h.state().spec.id;
