@@ -1,6 +1,7 @@
 //! Meeting media as the core sees it: RTP and RTCP packets as a relay reads them ([`rtp`]), the
 //! STUN messages that prove an address wants media ([`stun`], [`consent`]), a relay's
-//! forwarding table ([`routes`]) and the standard descriptions of streams ([`sdp`]). Encoding
+//! forwarding table ([`routes`]), the standard descriptions of streams ([`sdp`]) and the
+//! composed picture of a meeting room ([`layout`]). Encoding
 //! and decoding are the terminal's media engine's (GStreamer); forwarding is the relay's
 //! (`cuntong_terminal::relay`).
 
@@ -15,6 +16,7 @@ pub fn audio_ssrc(video_ssrc: u32) -> u32 {
 }
 
 pub mod consent;
+pub mod layout;
 pub mod routes;
 pub mod rtp;
 pub mod sdp;
