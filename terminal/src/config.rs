@@ -48,6 +48,10 @@
 //! # relay = "0.0.0.0:6000"  # a county/city point: relay media for the sites below
 //! # relay_advertise = "10.13.2.21:6000"  # where they send (default media_host and relay's port)
 //!
+//! [media]                   # the meeting room: one composed picture, one mixed sound
+//! display = "auto"          # the screen; "kms" without a window system; "file:PATH" (Matroska)
+//! layout = "1+5"            # single, 1+N (N 1 to 7), 2x2, 3x3, 4x4 or speaker
+//!
 //! [hj212]                   # pollution-source data loggers (HJ 212) connect here
 //! listen = "0.0.0.0:6000"
 //! max_connections = 4       # loggers served at once (1 to 1024); more are closed at once
@@ -142,6 +146,8 @@ pub struct TerminalConfig {
     pub commands: Option<CommandsConfig>,
     /// Taking part in meetings.
     pub meeting: MeetingConfig,
+    /// What the room sees and hears.
+    pub media: MediaConfig,
     /// The duty button, if the box has one.
     pub duty_button: Option<crate::duty_button::DutyButtonConfig>,
     /// Over-the-air updates; `None` installs nothing.
@@ -206,6 +212,7 @@ impl TerminalConfig {
             tls: None,
             commands: None,
             meeting: MeetingConfig::default(),
+            media: MediaConfig::default(),
             duty_button: None,
             update: None,
             launched: crate::update::launcher::Launched::default(),
@@ -460,6 +467,16 @@ impl TerminalConfig {
             });
         }
         cfg.meeting = meeting_config(raw.meeting, &invalid)?;
+        if let Some(d) = raw.media.display {
+            cfg.media.display = d.parse().map_err(|e| invalid("media.display", e))?;
+        }
+        if let Some(l) = raw.media.layout {
+            cfg.media.layout = l
+                .parse()
+                .map_err(|e: cuntong_core::media::layout::BadLayout| {
+                    invalid("media.layout", e.to_string())
+                })?;
+        }
         match (cfg.broker.tls(), cfg.tls.is_some()) {
             (true, false) => {
                 return Err(invalid(
@@ -735,6 +752,8 @@ struct RawConfig {
     commands: Option<RawCommands>,
     #[serde(default)]
     meeting: RawMeeting,
+    #[serde(default)]
+    media: RawMedia,
     duty_button: Option<RawDutyButton>,
     update: Option<RawUpdate>,
 }
@@ -758,6 +777,55 @@ struct RawDutyButton {
     cooldown: Option<String>,
     kind: Option<String>,
     text: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    display: Option<String>,
+    layout: Option<String>,
+}
+
+/// Where the composed picture and the mixed sound go (`[media] display`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Display {
+    /// The screen (`kmssink` on a plain display without a window system, else the system's
+    /// choice) and the speaker.
+    Screen { kms: bool },
+    /// A Matroska file (H.264 and Opus): for tests, and for people to look at.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Display {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Display, String> {
+        match s {
+            "auto" => Ok(Display::Screen { kms: false }),
+            "kms" => Ok(Display::Screen { kms: true }),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Display::File(p.into())),
+                _ => Err(format!("{s:?}: \"auto\", \"kms\" or \"file:PATH\"")),
+            },
+        }
+    }
+}
+
+/// The meeting room's picture and sound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaConfig {
+    pub display: Display,
+    /// The layout until the chair sets one.
+    pub layout: cuntong_core::media::layout::Layout,
+}
+
+impl Default for MediaConfig {
+    fn default() -> MediaConfig {
+        MediaConfig {
+            display: Display::Screen { kms: false },
+            layout: cuntong_core::media::layout::Layout::OnePlus(5),
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -1001,6 +1069,29 @@ mod tests {
         assert_eq!(hj.idle_timeout, Duration::from_secs(600));
         assert_eq!(hj.loggers[0].password.as_deref(), Some("100000"));
         assert_eq!(hj.loggers[0].factors["011"], Metric::W01018);
+        assert_eq!(cfg.media.display, Display::Screen { kms: false });
+        assert_eq!(cfg.media.layout.to_string(), "1+5");
+    }
+
+    #[test]
+    fn the_rooms_display_and_layout_are_read_and_bad_ones_named() {
+        let cfg = parse(&format!(
+            "{BASE}[media]\ndisplay = \"file:/tmp/room.mkv\"\nlayout = \"3x3\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.media.display, Display::File("/tmp/room.mkv".into()));
+        assert_eq!(cfg.media.layout.to_string(), "3x3");
+        for (text, key) in [
+            ("display = \"hdmi\"", "media.display"),
+            ("display = \"file:\"", "media.display"),
+            ("layout = \"5x5\"", "media.layout"),
+            ("layout = \"1+9\"", "media.layout"),
+        ] {
+            let e = parse(&format!("{BASE}[media]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -294,7 +294,11 @@ fn media_engine(cfg: &TerminalConfig) -> Box<dyn cuntong_terminal::conference::M
             camera: None,
             microphone: None,
         };
-        match GstEngine::new(cfg.id, capture, Playback::Play, cfg.meeting.rtp_port) {
+        let room = Playback::Room {
+            display: cfg.media.display.clone(),
+            layout: cfg.media.layout,
+        };
+        match GstEngine::new(cfg.id, capture, room, cfg.meeting.rtp_port) {
             Ok(e) => return Box::new(e),
             Err(e) => {
                 tracing::error!(error = %e, "no media on this box; meetings are signalling only")

@@ -29,6 +29,8 @@ use gstreamer_net::gio::prelude::*;
 
 use cuntong_core::media::{OPUS_PT, PCMA_PT, VIDEO_PT};
 
+pub mod room;
+
 /// Why media could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -91,6 +93,8 @@ fn first_available(factories: &[&str]) -> Result<gst::Element, MediaError> {
 pub enum Capture {
     /// Test patterns and tones (simulator, tests).
     Test,
+    /// A picture of one colour (`0xAARRGGBB`) and a tone: sites told apart on a screen.
+    Colour(u32),
     /// A V4L2 camera and an ALSA microphone (`None`: the system default).
     Devices {
         camera: Option<String>,
@@ -99,12 +103,16 @@ pub enum Capture {
 }
 
 /// What the box does with what it receives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Playback {
     /// Decode and count, show nothing (tests, the simulator, a headless relay).
     Discard,
-    /// The screen and the speaker.
-    Play,
+    /// One picture of every video stream in the tiles of `layout`, one sound of every audio
+    /// stream, to `display` ([`room`]).
+    Room {
+        display: room::Display,
+        layout: cuntong_core::media::layout::Layout,
+    },
 }
 
 /// What a site sends at its tier: video (w, h, fps, kbit/s) and audio (codec, kbit/s).
@@ -246,6 +254,12 @@ impl Sender {
                     .property_from_str("pattern", "ball")
                     .build()
                     .map_err(|_| MediaError::Missing("videotestsrc".into()))?,
+                Capture::Colour(argb) => gst::ElementFactory::make("videotestsrc")
+                    .property("is-live", true)
+                    .property_from_str("pattern", "solid-color")
+                    .property("foreground-color", *argb)
+                    .build()
+                    .map_err(|_| MediaError::Missing("videotestsrc".into()))?,
                 Capture::Devices { camera, .. } => {
                     let s = make("v4l2src")?;
                     if let Some(c) = camera {
@@ -307,7 +321,7 @@ impl Sender {
         let mut volume = None;
         if let Some((codec, kbps)) = settings.audio {
             let src = match capture {
-                Capture::Test => make_with(
+                Capture::Test | Capture::Colour(_) => make_with(
                     "audiotestsrc",
                     &[("is-live", true.to_value()), ("volume", 0.3f64.to_value())],
                 )?,
@@ -514,6 +528,8 @@ pub struct Receiver {
     video_port: u16,
     audio_port: u16,
     log_frames: Arc<std::sync::atomic::AtomicBool>,
+    /// The room's picture and sound, unless the streams are discarded.
+    room: Option<room::Room>,
 }
 
 impl Receiver {
@@ -536,6 +552,12 @@ impl Receiver {
         let mut sources = Vec::with_capacity(2);
         let consent = Arc::new(Mutex::new(Consent::new()));
         let epoch = std::time::Instant::now();
+        let room = match playback {
+            Playback::Discard => None,
+            Playback::Room { display, layout } => {
+                Some(room::Room::build(&pipeline, &display, layout)?)
+            }
+        };
         for (video, port) in [(true, video_port), (false, audio_port)] {
             let (src, dec) = srtp_input(port, video, audio, &key)?;
             answer_consent_probes(&src, consent.clone(), epoch);
@@ -547,12 +569,19 @@ impl Receiver {
             src.link(&dec)?;
             dec.link_pads(Some("rtp_src"), &demux, Some("sink"))?;
             let (pl, br, log) = (pipeline.downgrade(), branches.clone(), log_frames.clone());
+            let room = room.clone();
             demux.connect("new-ssrc-pad", false, move |args| {
                 let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok())?;
                 let pad = args.get(2).and_then(|v| v.get::<gst::Pad>().ok())?;
                 let pipeline = pl.upgrade()?;
                 if let Err(e) = add_branch(
-                    &pipeline, &pad, ssrc, video, playback, latency_ms, audio, &br, &log,
+                    &pipeline,
+                    &pad,
+                    (ssrc, video, audio),
+                    room.as_ref(),
+                    latency_ms,
+                    &br,
+                    &log,
                 ) {
                     tracing::error!(ssrc, error = %e, "cannot decode a new stream");
                 }
@@ -573,7 +602,13 @@ impl Receiver {
             video_port,
             audio_port,
             log_frames,
+            room,
         })
+    }
+
+    /// The room's picture and sound, unless this receiver discards what it receives.
+    pub fn room(&self) -> Option<&room::Room> {
+        self.room.as_ref()
     }
 
     /// Whether `to` (the relay this site sends to) wants its media: probes it (from the video
@@ -698,6 +733,20 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        if self.room.as_ref().is_some_and(|r| r.to_file) {
+            // A file is whole (its index and duration written) once the end of the streams
+            // has gone through the muxer.
+            self.pipeline.send_event(gst::event::Eos::new());
+            if let Some(bus) = self.pipeline.bus() {
+                let ended = bus.timed_pop_filtered(
+                    gst::ClockTime::from_seconds(5),
+                    &[gst::MessageType::Eos, gst::MessageType::Error],
+                );
+                if ended.is_none() {
+                    tracing::warn!("the room's file was not finished within 5 s");
+                }
+            }
+        }
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
@@ -868,47 +917,38 @@ impl Drop for Unwrap {
 
 /// One arriving stream: jitter buffer → depayload → decode → sink, counting decoded buffers.
 #[allow(clippy::too_many_arguments)]
+/// Decodes stream `ssrc` (video or audio, in `codec`) from `pad` into `room`, or discards it.
 fn add_branch(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
-    ssrc: u32,
-    video: bool,
-    playback: Playback,
+    (ssrc, video, codec): (u32, bool, AudioCodec),
+    room: Option<&room::Room>,
     latency_ms: u32,
-    audio: AudioCodec,
     branches: &Branches,
     log_frames: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), MediaError> {
     let jb = make_with("rtpjitterbuffer", &[("latency", latency_ms.to_value())])?;
-    // A sink added to a playing pipeline must not wait for its first buffer (preroll): the
-    // whole pipeline would pause until it came, and a video stream joined mid-way (its first
-    // keyframe withheld until the site consented, or sent before the site was routed) has
-    // no frame to give until its jitter buffer, paused too, lets the next keyframe through.
-    let make_sink = |discard: &str, play: &str| -> Result<gst::Element, MediaError> {
-        match playback {
-            Playback::Discard => make_with(
-                discard,
-                &[("sync", false.to_value()), ("async", false.to_value())],
-            ),
-            Playback::Play => {
-                let s = make(play)?;
-                s.set_property("async-handling", true);
-                Ok(s)
-            }
-        }
-    };
-    let (depay, decoder, sink) = if video {
+    let (depay, decoder) = if video {
         (
             make("rtph264depay")?,
             first_available(&["v4l2h264dec", "avdec_h264", "openh264dec"])?,
-            make_sink("fakesink", "autovideosink")?,
         )
     } else {
-        let (depay, dec) = match audio {
+        match codec {
             AudioCodec::Opus => (make("rtpopusdepay")?, make("opusdec")?),
             AudioCodec::Pcma => (make("rtppcmadepay")?, make("alawdec")?),
-        };
-        (depay, dec, make_sink("fakesink", "autoaudiosink")?)
+        }
+    };
+    // Into the room: converted for the compositor or the mixer. Discarded: a sink that, added
+    // to a playing pipeline, does not wait for its first buffer (preroll), or the whole
+    // pipeline would pause until a stream joined mid-way gave its first keyframe.
+    let tail: Vec<gst::Element> = match (room, video) {
+        (Some(_), true) => vec![make("videoconvert")?],
+        (Some(_), false) => vec![make("audioconvert")?, make("audioresample")?],
+        (None, _) => vec![make_with(
+            "fakesink",
+            &[("sync", false.to_value()), ("async", false.to_value())],
+        )?],
     };
     let branch = Arc::new(Branch::default());
     if let Some(out) = decoder.static_pad("src") {
@@ -925,9 +965,19 @@ fn add_branch(
             gst::PadProbeReturn::Ok
         });
     }
-    let chain = [jb.clone(), depay, decoder, sink];
+    let chain: Vec<gst::Element> = [jb.clone(), depay, decoder]
+        .into_iter()
+        .chain(tail)
+        .collect();
     pipeline.add_many(&chain)?;
     gst::Element::link_many(&chain)?;
+    if let (Some(room), Some(out)) = (room, chain.last()) {
+        if video {
+            room.add_video(ssrc, out)?;
+        } else {
+            room.add_audio(out)?;
+        }
+    }
     for e in &chain {
         e.sync_state_with_parent()?;
     }
@@ -1083,7 +1133,7 @@ impl crate::conference::MediaEngine for GstEngine {
         let receiver = match Receiver::start(
             self.rtp_port,
             &plan.srtp_key,
-            self.playback,
+            self.playback.clone(),
             self.latency_ms,
             profile.audio,
         ) {
@@ -1161,7 +1211,7 @@ impl crate::conference::MediaEngine for GstEngine {
 
     fn capture_devices(&self) -> crate::readiness::CaptureDevices {
         match &self.capture {
-            Capture::Test => crate::readiness::CaptureDevices {
+            Capture::Test | Capture::Colour(_) => crate::readiness::CaptureDevices {
                 camera: Some("videotestsrc (test source)".into()),
                 microphone: Some("audiotestsrc (test source)".into()),
             },

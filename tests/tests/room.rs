@@ -1,0 +1,140 @@
+//! The meeting room on a box, through real GStreamer pipelines: four sites' streams (each a
+//! picture of its own colour and a tone) composed into one picture in the `2x2` layout and
+//! mixed into one sound, written to a Matroska file that ffmpeg then reads: one video stream
+//! of 1280x720 with the four colours in its four quarters, and one audio stream.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cuntong_core::media::layout::Layout;
+use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
+use cuntong_terminal::config::Display;
+use cuntong_terminal::media::{Capture, Playback, Receiver, SendSettings, Sender};
+
+/// The sites' colours (ARGB) and the same as RGB bytes.
+const COLOURS: [(u32, [u8; 3]); 4] = [
+    (0xffff_0000, [255, 0, 0]),
+    (0xff00_ff00, [0, 255, 0]),
+    (0xff00_00ff, [0, 0, 255]),
+    (0xffff_ffff, [255, 255, 255]),
+];
+
+/// The mean colour of a 64x64 square around (`x`, `y`) of an RGB picture `w` wide.
+fn mean(rgb: &[u8], w: usize, x: usize, y: usize) -> [u8; 3] {
+    let mut sum = [0u64; 3];
+    for row in y - 32..y + 32 {
+        for col in x - 32..x + 32 {
+            let p = (row * w + col) * 3;
+            for c in 0..3 {
+                sum[c] += u64::from(rgb[p + c]);
+            }
+        }
+    }
+    sum.map(|s| (s / (64 * 64)) as u8)
+}
+
+fn close(a: [u8; 3], b: [u8; 3]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= 40)
+}
+
+#[test]
+fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("room.mkv");
+    let key = [9u8; 30];
+    let room = Playback::Room {
+        display: Display::File(file.clone()),
+        layout: Layout::Grid(2),
+    };
+    let rx = Receiver::start(0, &key, room, 60, AudioCodec::Opus).unwrap();
+    // Each site's video to the room's video port and its audio to its audio port, as its
+    // relay forwards them.
+    let port = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let full = SendSettings::for_tier(&MediaProfile::named("sd").unwrap(), Tier::Full);
+    let video = SendSettings {
+        audio: None,
+        ..full
+    };
+    let audio = SendSettings {
+        video: None,
+        ..full
+    };
+    let senders: Vec<(u32, [Sender; 2])> = COLOURS
+        .iter()
+        .enumerate()
+        .map(|(i, (argb, _))| {
+            let ssrc = 0x1000 + 2 * i as u32;
+            let capture = Capture::Colour(*argb);
+            let send = |settings, to| {
+                let mut tx = Sender::start(&capture, settings, ssrc, Some(&key), to, None).unwrap();
+                tx.set_active(true);
+                tx
+            };
+            let pair = [
+                send(video, port(rx.video_port())),
+                send(audio, port(rx.audio_port())),
+            ];
+            (ssrc, pair)
+        })
+        .collect();
+    // Every site's picture decoded for a second, and a second more of the room.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while senders
+        .iter()
+        .any(|(ssrc, _)| rx.frames(*ssrc) < 25 || rx.audio_buffers(ssrc | 1) < 25)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every stream decoded: {:?}",
+            rx.streams()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rx.room().map(|r| r.layout()), Some(Layout::Grid(2)));
+    drop(senders);
+    drop(rx);
+
+    // One video stream, the room's size, and one audio stream.
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name,width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .expect("ffprobe (the test command installs ffmpeg)");
+    let streams = String::from_utf8_lossy(&probe.stdout).to_string();
+    let mut lines: Vec<&str> = streams.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["h264,video,1280,720", "opus,audio"], "{streams}");
+
+    // The last picture: each quarter is one site's colour, every site in one quarter.
+    let frame = Command::new("ffmpeg")
+        .args(["-v", "error", "-sseof", "-0.5", "-i"])
+        .arg(&file)
+        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        frame.status.success(),
+        "{}",
+        String::from_utf8_lossy(&frame.stderr)
+    );
+    let rgb = frame.stdout;
+    assert_eq!(rgb.len(), 1280 * 720 * 3);
+    let quarters: Vec<[u8; 3]> = [(320, 180), (960, 180), (320, 540), (960, 540)]
+        .iter()
+        .map(|&(x, y)| mean(&rgb, 1280, x, y))
+        .collect();
+    for (_, want) in COLOURS {
+        let found = quarters.iter().filter(|q| close(**q, want)).count();
+        assert_eq!(found, 1, "colour {want:?} in the quarters {quarters:?}");
+    }
+}
