@@ -39,6 +39,69 @@ fn close(a: [u8; 3], b: [u8; 3]) -> bool {
     a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= 40)
 }
 
+/// A site sending a picture of colour `argb` and a tone as `ssrc` to the room of `rx`: its video
+/// to the room's video port and its audio to its audio port, as its relay forwards them.
+fn site(rx: &Receiver, key: &[u8], ssrc: u32, argb: u32) -> [Sender; 2] {
+    let port = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let full = SendSettings::for_tier(&MediaProfile::named("sd").unwrap(), Tier::Full);
+    let capture = Capture::Colour(argb);
+    let send = |settings, to| {
+        let mut tx = Sender::start(&capture, settings, ssrc, Some(key), to, None).unwrap();
+        tx.set_active(true);
+        tx
+    };
+    [
+        send(
+            SendSettings {
+                audio: None,
+                ..full
+            },
+            port(rx.video_port()),
+        ),
+        send(
+            SendSettings {
+                video: None,
+                ..full
+            },
+            port(rx.audio_port()),
+        ),
+    ]
+}
+
+/// Waits (at most 20 s) until every stream of `ssrcs` has given `rx` a second of pictures and
+/// sound.
+fn wait_decoded(rx: &Receiver, ssrcs: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ssrcs
+        .iter()
+        .any(|ssrc| rx.frames(*ssrc) < 25 || rx.audio_buffers(ssrc | 1) < 25)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every stream decoded: {:?}",
+            rx.streams()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The last picture of the Matroska file at `file`, as RGB.
+fn last_picture(file: &std::path::Path) -> Vec<u8> {
+    let frame = Command::new("ffmpeg")
+        .args(["-v", "error", "-sseof", "-0.5", "-i"])
+        .arg(file)
+        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg (the test command installs it)");
+    assert!(
+        frame.status.success(),
+        "{}",
+        String::from_utf8_lossy(&frame.stderr)
+    );
+    assert_eq!(frame.stdout.len(), 1280 * 720 * 3);
+    frame.stdout
+}
+
 #[test]
 fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,49 +112,14 @@ fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound
         layout: Layout::Grid(2),
     };
     let rx = Receiver::start(0, &key, room, 60, AudioCodec::Opus).unwrap();
-    // Each site's video to the room's video port and its audio to its audio port, as its
-    // relay forwards them.
-    let port = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let full = SendSettings::for_tier(&MediaProfile::named("sd").unwrap(), Tier::Full);
-    let video = SendSettings {
-        audio: None,
-        ..full
-    };
-    let audio = SendSettings {
-        video: None,
-        ..full
-    };
-    let senders: Vec<(u32, [Sender; 2])> = COLOURS
+    let ssrcs: Vec<u32> = (0..COLOURS.len() as u32).map(|i| 0x1000 + 2 * i).collect();
+    let senders: Vec<[Sender; 2]> = ssrcs
         .iter()
-        .enumerate()
-        .map(|(i, (argb, _))| {
-            let ssrc = 0x1000 + 2 * i as u32;
-            let capture = Capture::Colour(*argb);
-            let send = |settings, to| {
-                let mut tx = Sender::start(&capture, settings, ssrc, Some(&key), to, None).unwrap();
-                tx.set_active(true);
-                tx
-            };
-            let pair = [
-                send(video, port(rx.video_port())),
-                send(audio, port(rx.audio_port())),
-            ];
-            (ssrc, pair)
-        })
+        .zip(COLOURS)
+        .map(|(ssrc, (argb, _))| site(&rx, &key, *ssrc, argb))
         .collect();
     // Every site's picture decoded for a second, and a second more of the room.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while senders
-        .iter()
-        .any(|(ssrc, _)| rx.frames(*ssrc) < 25 || rx.audio_buffers(ssrc | 1) < 25)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not every stream decoded: {:?}",
-            rx.streams()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_decoded(&rx, &ssrcs);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(rx.room().map(|r| r.layout()), Some(Layout::Grid(2)));
     drop(senders);
@@ -104,9 +132,8 @@ fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound
             "error",
             "-show_entries",
             "stream=codec_type,codec_name,width,height",
-            "-of",
-            "csv=p=0",
         ])
+        .args(["-of", "csv=p=0"])
         .arg(&file)
         .output()
         .expect("ffprobe (the test command installs ffmpeg)");
@@ -116,19 +143,7 @@ fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound
     assert_eq!(lines, ["h264,video,1280,720", "opus,audio"], "{streams}");
 
     // The last picture: each quarter is one site's colour, every site in one quarter.
-    let frame = Command::new("ffmpeg")
-        .args(["-v", "error", "-sseof", "-0.5", "-i"])
-        .arg(&file)
-        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        frame.status.success(),
-        "{}",
-        String::from_utf8_lossy(&frame.stderr)
-    );
-    let rgb = frame.stdout;
-    assert_eq!(rgb.len(), 1280 * 720 * 3);
+    let rgb = last_picture(&file);
     let quarters: Vec<[u8; 3]> = [(320, 180), (960, 180), (320, 540), (960, 540)]
         .iter()
         .map(|&(x, y)| mean(&rgb, 1280, x, y))
@@ -137,4 +152,59 @@ fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound
         let found = quarters.iter().filter(|q| close(**q, want)).count();
         assert_eq!(found, 1, "colour {want:?} in the quarters {quarters:?}");
     }
+}
+
+#[test]
+fn in_the_speaker_layout_the_site_that_speaks_takes_the_large_tile_and_keeps_it_through_a_cough() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("speaker.mkv");
+    let key = [7u8; 30];
+    let room = Playback::Room {
+        display: Display::File(file.clone()),
+        layout: Layout::Speaker,
+    };
+    let rx = Receiver::start(0, &key, room, 60, AudioCodec::Opus).unwrap();
+    let (red, blue) = (0x2000, 0x2002);
+    let red_site = site(&rx, &key, red, COLOURS[0].0);
+    let blue_site = site(&rx, &key, blue, COLOURS[2].0);
+    blue_site[1].set_muted(true);
+    wait_decoded(&rx, &[red, blue]);
+    let main = |rx: &Receiver| rx.room().and_then(|r| r.main());
+    let until = |rx: &Receiver, want: u32, within: Duration| {
+        let deadline = Instant::now() + within;
+        while main(rx) != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "the main tile is {:?}, not {want:#x}",
+                main(rx)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(&rx, red, Duration::from_secs(5));
+    // Blue speaks up for a moment (shorter than the hold): red keeps the tile.
+    blue_site[1].set_muted(false);
+    red_site[1].set_muted(true);
+    std::thread::sleep(Duration::from_millis(500));
+    blue_site[1].set_muted(true);
+    red_site[1].set_muted(false);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(main(&rx), Some(red), "a short burst moved the main tile");
+    // Blue speaks on, red is quiet: blue takes the tile after the hold.
+    blue_site[1].set_muted(false);
+    red_site[1].set_muted(true);
+    let asked = Instant::now();
+    until(&rx, blue, Duration::from_secs(5));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1_000),
+        "switched within {:?}",
+        asked.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    drop((red_site, blue_site));
+    drop(rx);
+    // The large tile (two thirds of the picture each way) shows blue.
+    let rgb = last_picture(&file);
+    let large = mean(&rgb, 1280, 426, 240);
+    assert!(close(large, COLOURS[2].1), "the large tile is {large:?}");
 }

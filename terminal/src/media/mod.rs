@@ -169,6 +169,12 @@ fn srtp_key(key: &[u8]) -> Result<gst::Buffer, MediaError> {
 
 /// Logs the pipeline's errors and warnings as they come (from GStreamer's own thread).
 fn watch_bus(pipeline: &gst::Pipeline, what: &'static str) {
+    watch_bus_of(pipeline, what, None);
+}
+
+/// Logs `pipeline`'s errors and warnings, hands its room the audio levels measured, and keeps
+/// only its end of stream on the bus (for whoever waits for it).
+fn watch_bus_of(pipeline: &gst::Pipeline, what: &'static str, room: Option<room::Room>) {
     if let Some(bus) = pipeline.bus() {
         bus.set_sync_handler(move |_, msg| {
             match msg.view() {
@@ -177,6 +183,20 @@ fn watch_bus(pipeline: &gst::Pipeline, what: &'static str) {
                 }
                 gst::MessageView::Warning(w) => {
                     tracing::warn!(pipeline = what, warning = %w.error(), "media warning")
+                }
+                gst::MessageView::Eos(_) => return gst::BusSyncReply::Pass,
+                gst::MessageView::Element(e) => {
+                    if let (Some(room), Some(s)) = (&room, e.structure())
+                        && s.name() == "level"
+                        && let Some(ssrc) = msg.src().and_then(|src| room::Room::metered(&src.name()))
+                        && let Ok(rms) = s.get::<gst::glib::ValueArray>("rms")
+                    {
+                        let loudest = rms
+                            .iter()
+                            .filter_map(|v| v.get::<f64>().ok())
+                            .fold(f64::NEG_INFINITY, f64::max);
+                        room.audio_level(ssrc, loudest);
+                    }
                 }
                 _ => {}
             }
@@ -589,7 +609,7 @@ impl Receiver {
             });
             sources.push(src);
         }
-        watch_bus(&pipeline, "receive");
+        watch_bus_of(&pipeline, "receive", room.clone());
         pipeline.set_state(gst::State::Playing)?;
         let (video_port, audio_port) = (bound_port(&sources, 0), bound_port(&sources, 1));
         Ok(Receiver {
@@ -944,7 +964,16 @@ fn add_branch(
     // pipeline would pause until a stream joined mid-way gave its first keyframe.
     let tail: Vec<gst::Element> = match (room, video) {
         (Some(_), true) => vec![make("videoconvert")?],
-        (Some(_), false) => vec![make("audioconvert")?, make("audioresample")?],
+        (Some(_), false) => vec![
+            make("audioconvert")?,
+            make("audioresample")?,
+            gst::ElementFactory::make("level")
+                .name(room::Room::meter_name(ssrc))
+                .property("interval", 100_000_000u64)
+                .property("post-messages", true)
+                .build()
+                .map_err(|_| MediaError::Missing("level".into()))?,
+        ],
         (None, _) => vec![make_with(
             "fakesink",
             &[("sync", false.to_value()), ("async", false.to_value())],

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cuntong_core::media::layout::{Layout, arrange};
+use cuntong_core::media::layout::{Layout, VoiceSwitch, arrange};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
@@ -27,24 +27,36 @@ pub const HEIGHT: u32 = 720;
 pub const FPS: i32 = 25;
 
 /// The tiles as they stand: the layout, the main source, and the video streams in the order
-/// they came, each with its compositor pad.
+/// they came, each with its compositor pad; the sound level of each audio stream, and who the
+/// voice switch gives the main tile in the speaker layout.
 #[derive(Debug)]
 struct Tiles {
     layout: Layout,
     main: Option<u32>,
     order: Vec<u32>,
     pads: BTreeMap<u32, gst::Pad>,
+    levels: BTreeMap<u32, f64>,
+    voice: VoiceSwitch<u32>,
 }
 
 impl Tiles {
+    /// The video stream in the main tile: in the speaker layout the loudest site's, else the
+    /// one named, else the first to come.
+    fn main(&self) -> Option<u32> {
+        let voiced = (self.layout == Layout::Speaker)
+            .then(|| self.voice.holder().map(|audio| audio & !1))
+            .flatten();
+        voiced
+            .or(self.main)
+            .filter(|m| self.pads.contains_key(m))
+            .or_else(|| self.order.first().copied())
+    }
+
     /// Moves every stream's pad to its tile; streams the layout has no tile for are hidden.
     fn apply(&self) {
-        let mut sources: Vec<u32> = self
-            .main
-            .filter(|m| self.pads.contains_key(m))
-            .into_iter()
-            .collect();
-        sources.extend(self.order.iter().filter(|s| Some(**s) != self.main));
+        let main = self.main();
+        let mut sources: Vec<u32> = main.into_iter().collect();
+        sources.extend(self.order.iter().filter(|s| Some(**s) != main));
         let tiles = arrange(self.layout, &sources, WIDTH, HEIGHT);
         for (ssrc, pad) in &self.pads {
             match tiles.iter().find(|t| t.source == *ssrc) {
@@ -67,6 +79,7 @@ pub struct Room {
     compositor: gst::Element,
     mixer: gst::Element,
     tiles: Arc<Mutex<Tiles>>,
+    epoch: std::time::Instant,
     /// Writing a file: the pipeline ends with an end of stream, so that the file is whole.
     pub to_file: bool,
 }
@@ -161,7 +174,10 @@ impl Room {
                 main: None,
                 order: Vec::new(),
                 pads: BTreeMap::new(),
+                levels: BTreeMap::new(),
+                voice: VoiceSwitch::new(),
             })),
+            epoch: std::time::Instant::now(),
             to_file: matches!(display, Display::File(_)),
         })
     }
@@ -186,7 +202,7 @@ impl Room {
         Ok(())
     }
 
-    /// Mixes decoded audio stream (from `out`) into the room's sound.
+    /// Mixes a decoded audio stream (from `out`, its meter) into the room's sound.
     pub fn add_audio(&self, out: &gst::Element) -> Result<(), MediaError> {
         let pad = self
             .mixer
@@ -219,5 +235,36 @@ impl Room {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .layout
+    }
+
+    /// The video stream in the main tile, if any came.
+    pub fn main(&self) -> Option<u32> {
+        self.tiles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .main()
+    }
+
+    /// Audio stream `ssrc` measured `db` (dBov, the loudest channel's RMS) just now: in the
+    /// speaker layout, the voice switch may give its site the main tile.
+    pub fn audio_level(&self, ssrc: u32, db: f64) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let mut tiles = self.tiles.lock().unwrap_or_else(PoisonError::into_inner);
+        tiles.levels.insert(ssrc, db);
+        let before = tiles.main();
+        let levels: Vec<(u32, f64)> = tiles.levels.iter().map(|(s, l)| (*s, *l)).collect();
+        tiles.voice.observe(&levels, now_ms);
+        if tiles.main() != before {
+            tiles.apply();
+        }
+    }
+
+    /// The name of the level meter of audio stream `ssrc`, and the stream a meter's name is of.
+    pub fn meter_name(ssrc: u32) -> String {
+        format!("level-{ssrc}")
+    }
+
+    pub fn metered(name: &str) -> Option<u32> {
+        name.strip_prefix("level-")?.parse().ok()
     }
 }
