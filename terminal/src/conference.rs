@@ -8,6 +8,7 @@
 //! receive-only, and the host and the status report say so.
 
 use cuntong_core::envelope::encode;
+use cuntong_core::media::layout::{BadLayout, Layout};
 use cuntong_core::media::routes::Routes;
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::participant::{
@@ -87,6 +88,10 @@ pub trait MediaEngine: Send {
     fn link_every(&self) -> Option<std::time::Duration> {
         Some(std::time::Duration::from_secs(1))
     }
+    /// Lays the room's picture of `meeting` out in `layout`; false if there is none.
+    fn set_layout(&mut self, _meeting: MeetingId, _layout: Layout) -> bool {
+        false
+    }
 }
 
 /// Takes part in meetings without sending or receiving media (boxes without a camera, and
@@ -149,6 +154,8 @@ pub enum OperatorRequest {
     Call(TerminalId),
     /// A chair operation, for a box the chair made a delegated chair (a county office).
     Chair(MeetingId, ChairOp),
+    /// The room's layout on this box, whatever the chair's.
+    Layout(MeetingId, Layout),
 }
 
 /// The chair operations a delegated chair's box can ask for, by the name the operator types.
@@ -201,6 +208,10 @@ impl OperatorRequest {
             ["meeting", "hand", m] => Ok(OperatorRequest::RaiseHand(id(m)?)),
             ["meeting", "lower", m] => Ok(OperatorRequest::LowerHand(id(m)?)),
             ["meeting", "leave", m] => Ok(OperatorRequest::Leave(id(m)?)),
+            ["meeting", "layout", m, layout] => Ok(OperatorRequest::Layout(
+                id(m)?,
+                layout.parse().map_err(|e: BadLayout| e.to_string())?,
+            )),
             ["meeting", "chair", m, op, rest @ ..] if rest.len() <= 1 => {
                 let target = rest
                     .first()
@@ -213,7 +224,7 @@ impl OperatorRequest {
                 .map(OperatorRequest::Call)
                 .map_err(|e| format!("terminal {t:?}: {e}")),
             _ => Err(format!(
-                "unknown request {line:?} (meeting accept|decline|hand|lower|leave ID, meeting chair ID OP [TERMINAL], call TERMINAL)"
+                "unknown request {line:?} (meeting accept|decline|hand|lower|leave ID, meeting layout ID LAYOUT, meeting chair ID OP [TERMINAL], call TERMINAL)"
             )),
         }
     }
@@ -228,6 +239,7 @@ impl OperatorRequest {
             OperatorRequest::Leave(m) => format!("meeting leave {m}"),
             OperatorRequest::Call(t) => format!("call {t}"),
             OperatorRequest::Chair(m, op) => format!("meeting chair {m} {}", chair_words(op)),
+            OperatorRequest::Layout(m, l) => format!("meeting layout {m} {l}"),
         }
     }
 }
@@ -541,6 +553,16 @@ impl Conference {
                     format!("{words} sent to the host of {m} (its answer shows in status)"),
                 )
             }
+            OperatorRequest::Layout(m, layout) => {
+                known(&m)?;
+                return if self.engine.set_layout(m, layout) {
+                    Ok((format!("layout {layout} on this box for {m}"), Vec::new()))
+                } else {
+                    Err(format!(
+                        "no picture of {m} on this box (no media, or not joined)"
+                    ))
+                };
+            }
             OperatorRequest::Call(to) => {
                 if to == self.me {
                     return Err("a terminal cannot call itself".into());
@@ -772,6 +794,8 @@ mod tests {
             "meeting chair m1 mute 130102001001-main",
             "meeting chair m1 revoke",
             "meeting chair m1 mute-all",
+            "meeting layout m1 3x3",
+            "meeting layout m1 speaker",
             "call 130102000000-hall",
         ] {
             let r = OperatorRequest::parse(line).unwrap();
@@ -788,5 +812,10 @@ mod tests {
                 .contains("terminal")
         );
         assert!(OperatorRequest::parse("dance").is_err());
+        assert!(
+            OperatorRequest::parse("meeting layout m1 5x5")
+                .unwrap_err()
+                .contains("1+N")
+        );
     }
 }

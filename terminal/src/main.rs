@@ -55,14 +55,15 @@ enum Command {
         json: bool,
     },
     /// Take part in a meeting from the box: accept, decline, raise or lower the hand, leave;
-    /// `chair ID OP [TERMINAL]` for a box the chair made a delegated chair.
+    /// `layout ID LAYOUT` for the room's picture on this box; `chair ID OP [TERMINAL]` for a
+    /// box the chair made a delegated chair.
     Meeting {
-        /// accept, decline, hand, lower, leave or chair.
+        /// accept, decline, hand, lower, leave, layout or chair.
         action: String,
         /// The meeting id (as `status` shows it).
         id: String,
-        /// Why (for decline); OP [TERMINAL] for chair (mute, unmute, grant, lower TERMINAL;
-        /// revoke, mute-all, unmute-all).
+        /// Why (for decline); the layout (single, 1+N, 2x2, 3x3, 4x4, speaker); OP [TERMINAL]
+        /// for chair (mute, unmute, grant, lower TERMINAL; revoke, mute-all, unmute-all).
         reason: Vec<String>,
         #[arg(long)]
         socket: Option<PathBuf>,

@@ -208,3 +208,35 @@ fn in_the_speaker_layout_the_site_that_speaks_takes_the_large_tile_and_keeps_it_
     let large = mean(&rgb, 1280, 426, 240);
     assert!(close(large, COLOURS[2].1), "the large tile is {large:?}");
 }
+
+#[test]
+fn a_layout_changed_while_the_room_runs_moves_the_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("changed.mkv");
+    let key = [5u8; 30];
+    let room = Playback::Room {
+        display: Display::File(file.clone()),
+        layout: Layout::Single,
+    };
+    let rx = Receiver::start(0, &key, room, 60, AudioCodec::Opus).unwrap();
+    let sites = [
+        site(&rx, &key, 0x3000, COLOURS[1].0),
+        site(&rx, &key, 0x3002, COLOURS[3].0),
+    ];
+    wait_decoded(&rx, &[0x3000, 0x3002]);
+    rx.room().unwrap().set_layout(Layout::Grid(2));
+    std::thread::sleep(Duration::from_secs(1));
+    drop(sites);
+    drop(rx);
+    let rgb = last_picture(&file);
+    let top = [mean(&rgb, 1280, 320, 180), mean(&rgb, 1280, 960, 180)];
+    for want in [COLOURS[1].1, COLOURS[3].1] {
+        assert_eq!(
+            top.iter().filter(|q| close(**q, want)).count(),
+            1,
+            "{top:?}"
+        );
+    }
+    let empty = mean(&rgb, 1280, 320, 540);
+    assert!(close(empty, [0, 0, 0]), "the empty tile is {empty:?}");
+}

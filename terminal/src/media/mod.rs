@@ -1254,6 +1254,19 @@ impl crate::conference::MediaEngine for GstEngine {
         }
     }
 
+    fn set_layout(
+        &mut self,
+        meeting: cuntong_core::meeting::MeetingId,
+        layout: cuntong_core::media::layout::Layout,
+    ) -> bool {
+        let room = self
+            .sessions
+            .get(&meeting)
+            .and_then(|s| s.receiver.as_ref())
+            .and_then(Receiver::room);
+        room.inspect(|r| r.set_layout(layout)).is_some()
+    }
+
     fn link(&mut self, rtt_ms: Option<f64>, loss_percent: f64) {
         // Consent to the relays sent to: probe again, hold back or go on.
         let sending: Vec<_> = self
