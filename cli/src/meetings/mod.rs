@@ -980,6 +980,23 @@ mod tests {
         .unwrap()
     }
 
+    /// Creates a meeting inviting county 130102 at `now_ms`; its id.
+    fn create_county_meeting(svc: &mut MeetingService, now_ms: u64) -> MeetingId {
+        let body = RequestBody::Create {
+            title: "t".into(),
+            kind: Kind::Meeting,
+            invite: vec!["130102".parse().unwrap()],
+            at_ms: None,
+            profile: MediaProfile::named("sd").unwrap(),
+            chair: None,
+            floor_mutes_others: true,
+        };
+        match svc.answer(body, now_ms).unwrap() {
+            ResponseBody::Created { id } => id,
+            other => panic!("not created: {other:?}"),
+        }
+    }
+
     /// Hands the service's changes to its store thread and waits until they are written.
     fn save(svc: &mut MeetingService) {
         svc.save().unwrap();
@@ -1054,18 +1071,7 @@ mod tests {
         let db = dir.path().join("central.db");
         let mut svc = open(&db, std::time::Duration::from_secs(10));
         let t0 = 1_800_000_000_000;
-        let body = RequestBody::Create {
-            title: "t".into(),
-            kind: Kind::Meeting,
-            invite: vec!["130102".parse().unwrap()],
-            at_ms: None,
-            profile: MediaProfile::named("sd").unwrap(),
-            chair: None,
-            floor_mutes_others: true,
-        };
-        let ResponseBody::Created { id } = svc.answer(body, t0).unwrap() else {
-            panic!("not created");
-        };
+        let id = create_county_meeting(&mut svc, t0);
         svc.answer(
             RequestBody::Op {
                 meeting: id,
@@ -1142,18 +1148,7 @@ mod tests {
             std::time::Duration::from_secs(10),
         );
         let now = 1_800_000_000_000;
-        let body = RequestBody::Create {
-            title: "t".into(),
-            kind: Kind::Meeting,
-            invite: vec!["130102".parse().unwrap()],
-            at_ms: None,
-            profile: MediaProfile::named("sd").unwrap(),
-            chair: None,
-            floor_mutes_others: true,
-        };
-        let ResponseBody::Created { id } = svc.answer(body, now).unwrap() else {
-            panic!("not created");
-        };
+        let id = create_county_meeting(&mut svc, now);
         let op = |svc: &mut MeetingService, op| {
             svc.answer(RequestBody::Op { meeting: id, op }, now)
                 .unwrap();
