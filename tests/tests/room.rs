@@ -39,6 +39,15 @@ fn close(a: [u8; 3], b: [u8; 3]) -> bool {
     a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= 40)
 }
 
+/// A room in `layout`, written to `file`, receiving under `key`.
+fn room(file: &std::path::Path, key: &[u8], layout: Layout) -> Receiver {
+    let playback = Playback::Room {
+        display: Display::File(file.to_path_buf()),
+        layout,
+    };
+    Receiver::start(0, key, playback, 60, AudioCodec::Opus).unwrap()
+}
+
 /// A site sending a picture of colour `argb` and a tone as `ssrc` to the room of `rx`: its video
 /// to the room's video port and its audio to its audio port, as its relay forwards them.
 fn site(rx: &Receiver, key: &[u8], ssrc: u32, argb: u32) -> [Sender; 2] {
@@ -107,11 +116,7 @@ fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("room.mkv");
     let key = [9u8; 30];
-    let room = Playback::Room {
-        display: Display::File(file.clone()),
-        layout: Layout::Grid(2),
-    };
-    let rx = Receiver::start(0, &key, room, 60, AudioCodec::Opus).unwrap();
+    let rx = room(&file, &key, Layout::Grid(2));
     let ssrcs: Vec<u32> = (0..COLOURS.len() as u32).map(|i| 0x1000 + 2 * i).collect();
     let senders: Vec<[Sender; 2]> = ssrcs
         .iter()
@@ -159,11 +164,7 @@ fn in_the_speaker_layout_the_site_that_speaks_takes_the_large_tile_and_keeps_it_
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("speaker.mkv");
     let key = [7u8; 30];
-    let room = Playback::Room {
-        display: Display::File(file.clone()),
-        layout: Layout::Speaker,
-    };
-    let rx = Receiver::start(0, &key, room, 60, AudioCodec::Opus).unwrap();
+    let rx = room(&file, &key, Layout::Speaker);
     let (red, blue) = (0x2000, 0x2002);
     let red_site = site(&rx, &key, red, COLOURS[0].0);
     let blue_site = site(&rx, &key, blue, COLOURS[2].0);
@@ -214,11 +215,7 @@ fn a_layout_changed_while_the_room_runs_moves_the_tiles() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("changed.mkv");
     let key = [5u8; 30];
-    let room = Playback::Room {
-        display: Display::File(file.clone()),
-        layout: Layout::Single,
-    };
-    let rx = Receiver::start(0, &key, room, 60, AudioCodec::Opus).unwrap();
+    let rx = room(&file, &key, Layout::Single);
     let sites = [
         site(&rx, &key, 0x3000, COLOURS[1].0),
         site(&rx, &key, 0x3002, COLOURS[3].0),

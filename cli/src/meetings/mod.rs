@@ -980,10 +980,10 @@ mod tests {
         .unwrap()
     }
 
-    /// Creates a meeting inviting county 130102 at `now_ms`; its id.
-    fn create_county_meeting(svc: &mut MeetingService, now_ms: u64) -> MeetingId {
+    /// Creates a meeting titled `title` inviting county 130102 at `now_ms`; its id.
+    fn create_county_meeting(svc: &mut MeetingService, title: &str, now_ms: u64) -> MeetingId {
         let body = RequestBody::Create {
-            title: "t".into(),
+            title: title.into(),
             kind: Kind::Meeting,
             invite: vec!["130102".parse().unwrap()],
             at_ms: None,
@@ -995,6 +995,33 @@ mod tests {
             ResponseBody::Created { id } => id,
             other => panic!("not created: {other:?}"),
         }
+    }
+
+    /// A join at full tier, receiving no media, relaying nothing.
+    fn full_join(meeting: MeetingId, joining: u64) -> cuntong_core::meeting::Uplink {
+        cuntong_core::meeting::Uplink::Join {
+            meeting,
+            tier: cuntong_core::meeting::Tier::Full,
+            rtp_port: 0,
+            media_host: None,
+            relay: None,
+            joining,
+        }
+    }
+
+    /// `up` from `site`, as central's link hands it over; the service takes it.
+    fn send_uplink(
+        svc: &mut MeetingService,
+        site: &TerminalId,
+        up: &cuntong_core::meeting::Uplink,
+        now_ms: u64,
+    ) {
+        let msg = Incoming {
+            topic: Topic::terminal(site, Channel::MeetingUp).to_string(),
+            payload: cuntong_core::envelope::encode(up).unwrap().into(),
+            retain: false,
+        };
+        assert!(svc.on_message(&msg, now_ms));
     }
 
     /// Hands the service's changes to its store thread and waits until they are written.
@@ -1009,23 +1036,8 @@ mod tests {
         let db = dir.path().join("central.db");
         let hb = std::time::Duration::from_secs(10);
         let mut svc = open(&db, hb);
-        let create = |svc: &mut MeetingService, title: &str| {
-            let body = RequestBody::Create {
-                title: title.into(),
-                kind: Kind::Meeting,
-                invite: vec!["130102".parse().unwrap()],
-                at_ms: None,
-                profile: MediaProfile::named("sd").unwrap(),
-                chair: None,
-                floor_mutes_others: true,
-            };
-            match svc.answer(body, 1_000).unwrap() {
-                ResponseBody::Created { id } => id,
-                other => panic!("{other:?}"),
-            }
-        };
-        let a = create(&mut svc, "a");
-        let b = create(&mut svc, "b");
+        let a = create_county_meeting(&mut svc, "a", 1_000);
+        let b = create_county_meeting(&mut svc, "b", 1_000);
         assert_ne!(a, b);
         let op = |svc: &mut MeetingService, meeting: MeetingId, op: ChairOp| {
             svc.answer(RequestBody::Op { meeting, op }, 2_000)
@@ -1071,7 +1083,7 @@ mod tests {
         let db = dir.path().join("central.db");
         let mut svc = open(&db, std::time::Duration::from_secs(10));
         let t0 = 1_800_000_000_000;
-        let id = create_county_meeting(&mut svc, t0);
+        let id = create_county_meeting(&mut svc, "t", t0);
         svc.answer(
             RequestBody::Op {
                 meeting: id,
@@ -1082,14 +1094,7 @@ mod tests {
         .unwrap();
         save(&mut svc);
         let site: TerminalId = "130102001001-main".parse().unwrap();
-        let send = |svc: &mut MeetingService, up: &Uplink, now| {
-            let msg = Incoming {
-                topic: Topic::terminal(&site, Channel::MeetingUp).to_string(),
-                payload: cuntong_core::envelope::encode(up).unwrap().into(),
-                retain: false,
-            };
-            assert!(svc.on_message(&msg, now));
-        };
+        let send = |svc: &mut MeetingService, up: &Uplink, now| send_uplink(svc, &site, up, now);
         let stored = |svc: &mut MeetingService| {
             svc.writer.flush().unwrap();
             let row = SqliteStore::open_read_only(&db)
@@ -1104,14 +1109,7 @@ mod tests {
             )
         };
         let joined_at_start = stored(&mut svc);
-        let join = Uplink::Join {
-            meeting: id,
-            tier: cuntong_core::meeting::Tier::Full,
-            rtp_port: 0,
-            media_host: None,
-            relay: None,
-            joining: 1,
-        };
+        let join = full_join(id, 1);
         send(&mut svc, &join, t0 + 10);
         assert!(!svc.save().unwrap(), "a join alone is not saved at once");
         // The first tick saves the records; the next ones only every few seconds.
@@ -1141,14 +1139,13 @@ mod tests {
     #[test]
     fn a_request_of_every_page_is_answered_with_each_page_in_order_and_nothing_twice() {
         use crate::control::answer_pages;
-        use cuntong_core::meeting::Uplink;
         let dir = tempfile::tempdir().unwrap();
         let mut svc = open(
             &dir.path().join("central.db"),
             std::time::Duration::from_secs(10),
         );
         let now = 1_800_000_000_000;
-        let id = create_county_meeting(&mut svc, now);
+        let id = create_county_meeting(&mut svc, "t", now);
         let op = |svc: &mut MeetingService, op| {
             svc.answer(RequestBody::Op { meeting: id, op }, now)
                 .unwrap();
@@ -1159,20 +1156,7 @@ mod tests {
             .map(|t| t.parse().unwrap())
             .collect();
         for (k, site) in sites.iter().enumerate() {
-            let join = Uplink::Join {
-                meeting: id,
-                tier: cuntong_core::meeting::Tier::Full,
-                rtp_port: 0,
-                media_host: None,
-                relay: None,
-                joining: k as u64 + 1,
-            };
-            let msg = Incoming {
-                topic: Topic::terminal(site, Channel::MeetingUp).to_string(),
-                payload: cuntong_core::envelope::encode(&join).unwrap().into(),
-                retain: false,
-            };
-            assert!(svc.on_message(&msg, now));
+            send_uplink(&mut svc, site, &full_join(id, k as u64 + 1), now);
         }
         op(&mut svc, ChairOp::RollCall);
         let ask = |svc: &mut MeetingService, all| {

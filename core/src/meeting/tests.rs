@@ -720,16 +720,23 @@ fn unanswered_joins_back_off_to_a_minute_each_site_at_its_own_pace_and_start_ove
     assert!(first_retries.len() >= 12, "{first_retries:?}");
 }
 
-/// The `joining` of every join `p` sends over `ms` of ticks, nothing answering.
-fn joinings_sent(p: &mut Participant, from: u64, ms: u64) -> Vec<u64> {
-    (from..from + ms)
-        .step_by(100)
-        .flat_map(|now| p.handle(Input::Tick, now))
+/// The `joining` of every join among `out`.
+fn joinings(out: impl IntoIterator<Item = Output>) -> Vec<u64> {
+    out.into_iter()
         .filter_map(|o| match o {
             Output::Send(Uplink::Join { joining, .. }) => Some(joining),
             _ => None,
         })
         .collect()
+}
+
+/// The `joining` of every join `p` sends over `ms` of ticks, nothing answering.
+fn joinings_sent(p: &mut Participant, from: u64, ms: u64) -> Vec<u64> {
+    joinings(
+        (from..from + ms)
+            .step_by(100)
+            .flat_map(|now| p.handle(Input::Tick, now)),
+    )
 }
 
 #[test]
@@ -744,14 +751,7 @@ fn a_sites_repeated_joins_name_one_joining_and_a_new_joining_or_a_restart_anothe
                 ..pcfg(AcceptPolicy::All)
             },
         );
-        let first: Vec<u64> = p
-            .handle(Input::State(state.clone()), 1_000)
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Send(Uplink::Join { joining, .. }) => Some(joining),
-                _ => None,
-            })
-            .collect();
+        let first = joinings(p.handle(Input::State(state.clone()), 1_000));
         (p, first)
     };
     let (mut p, first) = start(1);
@@ -770,14 +770,7 @@ fn a_sites_repeated_joins_name_one_joining_and_a_new_joining_or_a_restart_anothe
         }
     }
     assert_eq!(p.session(&meeting).unwrap().phase, Phase::Joined);
-    let again: Vec<u64> = p
-        .handle(Input::Downlink(Downlink::Rejoin { meeting }), 61_200)
-        .into_iter()
-        .filter_map(|o| match o {
-            Output::Send(Uplink::Join { joining, .. }) => Some(joining),
-            _ => None,
-        })
-        .collect();
+    let again = joinings(p.handle(Input::Downlink(Downlink::Rejoin { meeting }), 61_200));
     assert!(again.len() == 1 && again[0] != first[0], "{again:?}");
     let (_, same_boot) = start(1);
     assert_eq!(
