@@ -91,7 +91,7 @@ for pkg in "${packages[@]}"; do
             bins=(cuntong-terminal)
             unit=packaging/terminal/cuntong-terminal.service
             summary="cuntong terminal: a site box's telemetry, presence, commands and meetings"
-            extra="gstreamer1.0-plugins-base, gstreamer1.0-plugins-good, gstreamer1.0-plugins-bad, gstreamer1.0-alsa"
+            extra="gstreamer1.0-plugins-base, gstreamer1.0-plugins-good, gstreamer1.0-plugins-bad, gstreamer1.0-alsa, gstreamer1.0-x, fonts-noto-cjk"
             recommends="gstreamer1.0-plugins-ugly"
             # Enabled at install: it starts once the provisioning bundle is in /etc/cuntong.
             enable=yes other=cuntong

@@ -28,11 +28,11 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # as the `postgres` user).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # Meeting media: GStreamer's libraries (for the build) and plugins (for the pipelines: x264,
-# openh264, libav, SRTP, RTP), and ffmpeg for the interop test.
+# openh264, libav, SRTP, RTP; pango for the room's captions), and ffmpeg for the interop test.
 if command -v dpkg >/dev/null 2>&1; then
     for p in libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base \
         gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-        gstreamer1.0-libav ffmpeg; do
+        gstreamer1.0-libav gstreamer1.0-x ffmpeg; do
         dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
     done
 fi

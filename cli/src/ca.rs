@@ -487,7 +487,7 @@ pub fn mosquitto_acl(inv: &Inventory) -> String {
             out.push_str(&format!("topic readwrite {}\n", all(c)));
         }
         out.push_str(&format!(
-            "topic write {PREFIX}/b/#\ntopic readwrite {PREFIX}/m/#\ntopic readwrite {PREFIX}/c/#\n"
+            "topic write {PREFIX}/b/#\ntopic readwrite {PREFIX}/m/#\ntopic readwrite {PREFIX}/s/#\ntopic readwrite {PREFIX}/c/#\n"
         ));
     }
     for i in inv.issued.iter().filter(|i| i.kind == "terminal") {

@@ -494,6 +494,7 @@ mod profile {
 /// has one: `"start"`, `{"grant": "130102001001-main"}`, `{"broadcast": null}`,
 /// `{"delegate": {"terminal": "130102001001-main", "region": "130102"}}`.
 mod chair_op {
+    use cuntong_core::media::layout::Layout;
     use cuntong_core::meeting::host::ChairOp;
     use cuntong_core::site::Region;
     use cuntong_core::terminal_id::TerminalId;
@@ -520,6 +521,7 @@ mod chair_op {
             #[serde(with = "super::text::option")]
             region: Option<Region>,
         },
+        Layout(Option<Layout>),
     }
 
     pub fn serialize<S: Serializer>(op: &ChairOp, s: S) -> Result<S::Ok, S::Error> {
@@ -537,6 +539,7 @@ mod chair_op {
             ChairOp::Broadcast(t) => Wire::Broadcast(t),
             ChairOp::LowerHand(t) => Wire::LowerHand(t),
             ChairOp::Delegate(terminal, region) => Wire::Delegate { terminal, region },
+            ChairOp::Layout(l) => Wire::Layout(l),
         }
         .serialize(s)
     }
@@ -556,6 +559,7 @@ mod chair_op {
             Wire::Broadcast(t) => ChairOp::Broadcast(t),
             Wire::LowerHand(t) => ChairOp::LowerHand(t),
             Wire::Delegate { terminal, region } => ChairOp::Delegate(terminal, region),
+            Wire::Layout(l) => ChairOp::Layout(l),
         })
     }
 }
@@ -627,6 +631,11 @@ mod tests {
                 r#"{"broadcast":"130102001001-main"}"#,
             ),
             (ChairOp::Broadcast(None), r#"{"broadcast":null}"#),
+            (
+                ChairOp::Layout(Some(cuntong_core::media::layout::Layout::Grid(2))),
+                r#"{"layout":"2x2"}"#,
+            ),
+            (ChairOp::Layout(None), r#"{"layout":null}"#),
             (
                 ChairOp::LowerHand(site),
                 r#"{"lower-hand":"130102001001-main"}"#,

@@ -132,6 +132,9 @@ pub enum Topic {
     /// A session's retained desired state for one invitee: `ct/v1/m/pp[/cc…]/ID` for an
     /// invited region, `ct/v1/m/pp/cc/dd/ttt/vvv/slug/ID` for an invited terminal.
     Meeting { invitee: Invitee, id: MeetingId },
+    /// A session's retained screen ([`crate::meeting::Screen`]) for one invitee:
+    /// `ct/v1/s/…/ID`, the invitee's path as in [`Topic::Meeting`].
+    Screen { invitee: Invitee, id: MeetingId },
 }
 
 impl Topic {
@@ -178,24 +181,13 @@ impl Topic {
                 }
                 Ok(Topic::Broadcast(site))
             }
-            Some("m") => {
-                let n = segs.len();
-                if !(3..=8).contains(&n) {
-                    return Err(TopicError::Segments { found: n });
-                }
-                let id: MeetingId = segs[n - 1].parse().map_err(TopicError::Meeting)?;
-                let invitee = if n == 8 {
-                    let site = parse_site(&segs[1..6])?;
-                    let slug: Slug = segs[6].parse().map_err(TopicError::Slug)?;
-                    Invitee::Terminal(TerminalId::new(site, slug))
+            Some(kind @ ("m" | "s")) => {
+                let (invitee, id) = parse_session(&segs)?;
+                Ok(if kind == "m" {
+                    Topic::Meeting { invitee, id }
                 } else {
-                    let site = parse_site(&segs[1..n - 1])?;
-                    if site.significant_groups().len() != n - 2 {
-                        return Err(TopicError::Segments { found: n });
-                    }
-                    Invitee::Region(Region::of(site))
-                };
-                Ok(Topic::Meeting { invitee, id })
+                    Topic::Screen { invitee, id }
+                })
             }
             _ => Err(TopicError::UnknownKind),
         }
@@ -203,6 +195,28 @@ impl Topic {
 }
 
 const WIDTHS: [usize; 5] = [2, 2, 2, 3, 3];
+
+/// The invitee and the session of a session's topic (`m` or `s`, then the invitee's path, then
+/// the id).
+fn parse_session(segs: &[&str]) -> Result<(Invitee, MeetingId), TopicError> {
+    let n = segs.len();
+    if !(3..=8).contains(&n) {
+        return Err(TopicError::Segments { found: n });
+    }
+    let id: MeetingId = segs[n - 1].parse().map_err(TopicError::Meeting)?;
+    let invitee = if n == 8 {
+        let site = parse_site(&segs[1..6])?;
+        let slug: Slug = segs[6].parse().map_err(TopicError::Slug)?;
+        Invitee::Terminal(TerminalId::new(site, slug))
+    } else {
+        let site = parse_site(&segs[1..n - 1])?;
+        if site.significant_groups().len() != n - 2 {
+            return Err(TopicError::Segments { found: n });
+        }
+        Invitee::Region(Region::of(site))
+    };
+    Ok((invitee, id))
+}
 
 fn parse_site(segs: &[&str]) -> Result<SiteCode, TopicError> {
     let mut groups = [0u16; 5];
@@ -231,8 +245,13 @@ impl fmt::Display for Topic {
                 write!(f, "{PREFIX}/b/")?;
                 site.write_path(f)
             }
-            Topic::Meeting { invitee, id } => {
-                write!(f, "{PREFIX}/m/")?;
+            Topic::Meeting { invitee, id } | Topic::Screen { invitee, id } => {
+                let kind = if matches!(self, Topic::Meeting { .. }) {
+                    "m"
+                } else {
+                    "s"
+                };
+                write!(f, "{PREFIX}/{kind}/")?;
                 match invitee {
                     Invitee::Region(r) => r.root().write_path(f)?,
                     Invitee::Terminal(t) => {
@@ -248,25 +267,27 @@ impl fmt::Display for Topic {
 
 /// The subscription filters through which a terminal receives the sessions it is invited to:
 /// one per ancestor region and its own site (`ct/v1/m/13/+`, …, `ct/v1/m/13/01/02/001/001/+`)
-/// and one for itself (`ct/v1/m/13/01/02/001/001/main/+`). Retained, so a terminal that
-/// (re)connects learns every session in progress at once.
+/// and one for itself (`ct/v1/m/13/01/02/001/001/main/+`), then the same for their screens
+/// (`ct/v1/s/13/+`, …). Retained, so a terminal that (re)connects learns every session in
+/// progress at once.
 pub fn meeting_filters(id: &TerminalId) -> Vec<String> {
-    let mut v: Vec<String> = Topic::broadcasts_for(id.site())
-        .into_iter()
-        .filter_map(|t| match t {
-            Topic::Broadcast(site) => {
-                let mut s = alloc::format!("{PREFIX}/m/");
-                let _ = site.write_path(&mut s);
-                s.push_str("/+");
-                Some(s)
-            }
-            _ => None,
-        })
-        .collect();
-    let mut own = alloc::format!("{PREFIX}/m/");
-    let _ = id.site().write_full_path(&mut own);
-    let _ = write!(own, "/{}/+", id.slug());
-    v.push(own);
+    let mut v = Vec::new();
+    for kind in ["m", "s"] {
+        for site in id.site().ancestors().collect::<Vec<_>>().into_iter().rev() {
+            let mut s = alloc::format!("{PREFIX}/{kind}/");
+            let _ = site.write_path(&mut s);
+            s.push_str("/+");
+            v.push(s);
+        }
+        let mut here = alloc::format!("{PREFIX}/{kind}/");
+        let _ = id.site().write_path(&mut here);
+        here.push_str("/+");
+        v.push(here);
+        let mut own = alloc::format!("{PREFIX}/{kind}/");
+        let _ = id.site().write_full_path(&mut own);
+        let _ = write!(own, "/{}/+", id.slug());
+        v.push(own);
+    }
     v
 }
 
@@ -406,15 +427,25 @@ mod tests {
         for t in [county, hall] {
             assert_eq!(Topic::parse(&t.to_string()), Ok(t));
         }
-        let filters = meeting_filters(&id("130102001001-main"));
-        assert_eq!(filters[2], "ct/v1/m/13/01/02/+");
-        assert_eq!(filters[5], "ct/v1/m/13/01/02/001/001/main/+");
-        assert_eq!(filters.len(), 6);
-        // The hall's own topic is not matched by any village filter (one level per `+`).
         let matches = |f: &str, t: &str| {
             let (fs, ts): (Vec<&str>, Vec<&str>) = (f.split('/').collect(), t.split('/').collect());
             fs.len() == ts.len() && fs.iter().zip(&ts).all(|(a, b)| *a == "+" || a == b)
         };
+        let filters = meeting_filters(&id("130102001001-main"));
+        assert_eq!(filters[2], "ct/v1/m/13/01/02/+");
+        assert_eq!(filters[5], "ct/v1/m/13/01/02/001/001/main/+");
+        // The same again for the screens.
+        assert_eq!(filters[8], "ct/v1/s/13/01/02/+");
+        assert_eq!(filters[11], "ct/v1/s/13/01/02/001/001/main/+");
+        assert_eq!(filters.len(), 12);
+        let screen = Topic::Screen {
+            invitee: Invitee::Region("130102".parse().unwrap()),
+            id: m,
+        };
+        assert_eq!(screen.to_string(), "ct/v1/s/13/01/02/m1");
+        assert_eq!(Topic::parse("ct/v1/s/13/01/02/m1"), Ok(screen));
+        assert!(filters.iter().any(|f| matches(f, "ct/v1/s/13/01/02/m1")));
+        // The hall's own topic is not matched by any village filter (one level per `+`).
         assert!(filters.iter().any(|f| matches(f, "ct/v1/m/13/01/02/m1")));
         assert!(
             !filters

@@ -16,8 +16,8 @@ use cuntong_core::meeting::participant::{
 };
 use cuntong_core::meeting::relays::RelayPlan;
 use cuntong_core::meeting::{
-    Applied, Downlink, MediaPlan, MediaProfile, MeetingId, MeetingState, Tier, TierThresholds,
-    TierTracker,
+    Applied, Downlink, MediaPlan, MediaProfile, MeetingId, MeetingState, Screen, Tier,
+    TierThresholds, TierTracker,
 };
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic, meeting_filters};
@@ -92,6 +92,9 @@ pub trait MediaEngine: Send {
     fn set_layout(&mut self, _meeting: MeetingId, _layout: Layout) -> bool {
         false
     }
+    /// The chair's screen of a session this box is in (after its media started, and on every
+    /// change): lay the room out by it, and send while this site is on it.
+    fn screen(&mut self, _screen: &Screen) {}
 }
 
 /// Takes part in meetings without sending or receiving media (boxes without a camera, and
@@ -286,6 +289,8 @@ pub struct Conference {
     views: std::collections::BTreeMap<ViewKey, (std::net::SocketAddr, std::net::SocketAddr)>,
     /// Lines logged per received message (a flood of bad ones costs a line a minute).
     log: crate::throttle::LogLimiter,
+    /// The newest screen of each session, for its media when it starts.
+    screens: std::collections::BTreeMap<MeetingId, Screen>,
 }
 
 type ViewKey = (MeetingId, u32, std::net::SocketAddr);
@@ -356,6 +361,7 @@ impl Conference {
             relay_plans: std::collections::BTreeMap::new(),
             views: std::collections::BTreeMap::new(),
             log: crate::throttle::LogLimiter::default(),
+            screens: std::collections::BTreeMap::new(),
         }
     }
 
@@ -465,8 +471,13 @@ impl Conference {
                 }
             }
         } else {
-            let Ok(Topic::Meeting { id, .. }) = Topic::parse(topic) else {
-                return None;
+            let id = match Topic::parse(topic) {
+                Ok(Topic::Meeting { id, .. }) => id,
+                Ok(Topic::Screen { id, .. }) => {
+                    self.on_screen(topic, id, payload);
+                    return Some(Vec::new());
+                }
+                _ => return None,
             };
             if payload.is_empty() {
                 Input::Cleared(id)
@@ -489,6 +500,38 @@ impl Conference {
             }
         };
         Some(self.handle(input, now_ms))
+    }
+
+    /// A session's screen arrived (`payload` empty: cleared with the session): keep the
+    /// newest, and hand it to the media.
+    fn on_screen(&mut self, topic: &str, id: MeetingId, payload: &[u8]) {
+        if payload.is_empty() {
+            self.screens.remove(&id);
+            return;
+        }
+        match Screen::decode(payload) {
+            Ok(s) if s.meeting == id => {
+                if self
+                    .screens
+                    .get(&id)
+                    .is_some_and(|old| old.version >= s.version)
+                {
+                    return;
+                }
+                self.engine.screen(&s);
+                self.screens.insert(id, s);
+            }
+            Ok(_) => {
+                if let Some(more) = self.log.allow("screen under another id") {
+                    tracing::warn!(%topic, "ignoring a meeting screen filed under another id{more}");
+                }
+            }
+            Err(e) => {
+                if let Some(more) = self.log.allow("malformed screen") {
+                    tracing::warn!(%topic, error = %e, "ignoring a malformed meeting screen{more}");
+                }
+            }
+        }
     }
 
     /// The link connected again: re-announce, and expect the retained states back.
@@ -668,6 +711,9 @@ impl Conference {
                         profile,
                     }) => {
                         self.engine.start(meeting, &plan, &profile);
+                        if let Some(screen) = self.screens.get(&meeting) {
+                            self.engine.screen(screen);
+                        }
                         // Views wait for the session's media (the key) to be there.
                         if self.relay_plans.contains_key(&meeting) {
                             self.apply_relay_plans();

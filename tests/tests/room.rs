@@ -237,3 +237,68 @@ fn a_layout_changed_while_the_room_runs_moves_the_tiles() {
     let empty = mean(&rgb, 1280, 320, 540);
     assert!(close(empty, [0, 0, 0]), "the empty tile is {empty:?}");
 }
+
+/// How many pixels of the box from (`x0`, `y0`) to (`x1`, `y1`) are near white.
+fn white_pixels(rgb: &[u8], w: usize, (x0, y0): (usize, usize), (x1, y1): (usize, usize)) -> usize {
+    (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| (y * w + x) * 3))
+        .filter(|p| rgb[*p..*p + 3].iter().all(|c| *c > 200))
+        .count()
+}
+
+#[test]
+fn the_chairs_screen_captions_each_tile_with_its_sites_name_and_a_missing_or_frozen_picture_shows_why()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("screen.mkv");
+    let key = [3u8; 30];
+    // The box is configured for 1+5; the chair's screen asks for 2x2.
+    let rx = room(&file, &key, Layout::OnePlus(5));
+    let (red, green, blue, absent) = (0x4000, 0x4002, 0x4004, 0x4006);
+    let names = ["东村", "西村", "南村", "北村"];
+    let screen: Vec<(u32, String)> = [red, green, blue, absent]
+        .into_iter()
+        .zip(names)
+        .map(|(s, n)| (s, n.to_owned()))
+        .collect();
+    rx.room().unwrap().set_screen(Some(Layout::Grid(2)), screen);
+    assert_eq!(rx.room().unwrap().layout(), Layout::Grid(2));
+    let red_site = site(&rx, &key, red, COLOURS[0].0);
+    let green_site = site(&rx, &key, green, COLOURS[1].0);
+    let blue_site = site(&rx, &key, blue, COLOURS[2].0);
+    wait_decoded(&rx, &[red, green, blue]);
+    let captions = |rx: &Receiver| rx.room().unwrap().captions();
+    let until = |rx: &Receiver, want: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while captions(rx) != want {
+            assert!(Instant::now() < deadline, "captions {:?}", captions(rx));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Every site by its name, in the screen's order; the site whose picture never came says so.
+    until(&rx, &["东村", "西村", "南村", "北村  等待图像"]);
+    // The blue site's picture stops: its tile says it froze.
+    drop(blue_site);
+    until(&rx, &["东村", "西村", "南村  图像中断", "北村  等待图像"]);
+    std::thread::sleep(Duration::from_secs(1));
+    drop((red_site, green_site));
+    drop(rx);
+
+    let rgb = last_picture(&file);
+    // The pictures that came are in their tiles, in the screen's order.
+    assert!(close(mean(&rgb, 1280, 320, 180), COLOURS[0].1));
+    assert!(close(mean(&rgb, 1280, 960, 180), COLOURS[1].1));
+    // The frozen and the missing picture are not shown: their tiles are dark.
+    assert!(close(mean(&rgb, 1280, 320, 540), [0, 0, 0]));
+    assert!(close(mean(&rgb, 1280, 960, 540), [0, 0, 0]));
+    // Each tile's caption is drawn at its bottom left: white text where the tile has none.
+    for (x, y) in [(0, 360), (640, 360), (0, 720), (640, 720)] {
+        let text = white_pixels(&rgb, 1280, (x + 12, y - 44), (x + 200, y - 10));
+        assert!(
+            text > 30,
+            "no caption at the tile ending at ({x}, {y}): {text} white pixels"
+        );
+    }
+    // Nowhere else in the red tile is there white.
+    assert_eq!(white_pixels(&rgb, 1280, (100, 60), (540, 300)), 0);
+}

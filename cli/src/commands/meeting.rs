@@ -119,6 +119,15 @@ enum MeetingAction {
         #[arg(long)]
         off: bool,
     },
+    /// Set every site's layout (多画面): single, 1+N (N 1 to 7), 2x2, 3x3, 4x4 or speaker; the
+    /// main tile shows the speaker (or the broadcast site, or the chair), the others the sites
+    /// in the order they joined. --off: each box shows its own layout again.
+    Layout {
+        id: String,
+        layout: Option<String>,
+        #[arg(long)]
+        off: bool,
+    },
     /// Lower a terminal's raised hand.
     Lower {
         id: String,
@@ -342,6 +351,14 @@ impl Plan {
                     None
                 } else {
                     Some(terminal(t, "broadcast")?)
+                }),
+            },
+            A::Layout { id, layout, off } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::Layout(match (layout, off) {
+                    (None, true) => None,
+                    (Some(l), false) => Some(l.parse().map_err(|e| Usage(format!("{e}")))?),
+                    _ => return Err(Usage("layout needs a layout or --off".into()).into()),
                 }),
             },
             A::Lower { id, terminal: t } => Plan::Op {

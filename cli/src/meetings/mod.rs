@@ -16,7 +16,8 @@ use std::sync::Arc;
 use cuntong_core::envelope::encode;
 use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Notice, Operator};
 use cuntong_core::meeting::{
-    Downlink, Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Status, Uplink,
+    Downlink, Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Screen, Status,
+    Uplink,
 };
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic, region_filter};
@@ -113,29 +114,25 @@ impl std::fmt::Debug for MeetingService {
 /// The topics a session's state is published on: one per invitee, and the chair's own if no
 /// invitee covers it.
 pub fn state_topics(spec: &MeetingSpec) -> Vec<String> {
-    let mut topics: Vec<String> = spec
-        .invitees
-        .iter()
-        .map(|i| {
-            Topic::Meeting {
-                invitee: *i,
-                id: spec.id,
-            }
-            .to_string()
-        })
-        .collect();
+    session_topics(spec, |invitee, id| Topic::Meeting { invitee, id })
+}
+
+/// The topics a session's screen is published on: beside each of its state's.
+pub fn screen_topics(spec: &MeetingSpec) -> Vec<String> {
+    session_topics(spec, |invitee, id| Topic::Screen { invitee, id })
+}
+
+fn session_topics(spec: &MeetingSpec, topic: fn(Invitee, MeetingId) -> Topic) -> Vec<String> {
+    let mut audience = spec.invitees.clone();
     if let Some(chair) = spec.chair
         && !spec.invitees.iter().any(|i| i.includes(&chair))
     {
-        topics.push(
-            Topic::Meeting {
-                invitee: Invitee::Terminal(chair),
-                id: spec.id,
-            }
-            .to_string(),
-        );
+        audience.push(Invitee::Terminal(chair));
     }
-    topics
+    audience
+        .into_iter()
+        .map(|i| topic(i, spec.id).to_string())
+        .collect()
 }
 
 impl MeetingService {
@@ -444,11 +441,13 @@ impl MeetingService {
                 HostOutput::Publish(state) => self.publish_state(&state),
                 HostOutput::Clear => {
                     if let Some(h) = self.hosts.get(&id) {
-                        for topic in state_topics(&h.state().spec) {
+                        let spec = &h.state().spec;
+                        for topic in state_topics(spec).into_iter().chain(screen_topics(spec)) {
                             self.push(Message::new(topic, Vec::new()).retained().urgent());
                         }
                     }
                 }
+                HostOutput::Screen(screen) => self.publish_screen(*screen),
                 HostOutput::Send(to, d) => match encode(&d) {
                     Ok(bytes) => {
                         let topic = Topic::terminal(&to, Channel::MeetingDown).to_string();
@@ -484,6 +483,33 @@ impl MeetingService {
         }
     }
 
+    /// Publishes a session's screen with its sites' names for the captions.
+    fn publish_screen(&mut self, mut screen: Screen) {
+        let Some(host) = self.hosts.get(&screen.meeting) else {
+            return;
+        };
+        let topics = screen_topics(&host.state().spec);
+        {
+            let names = self.names.borrow();
+            for tile in &mut screen.tiles {
+                let name = names.terminal(&tile.site);
+                tile.name = if name == crate::names::UNNAMED {
+                    String::new()
+                } else {
+                    name.to_owned()
+                };
+            }
+        }
+        match encode(&screen) {
+            Ok(bytes) => {
+                for topic in topics {
+                    self.push(Message::new(topic, bytes.clone()).retained().urgent());
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a meeting screen"),
+        }
+    }
+
     /// Queues a message on central's outbound queue (drained as the link takes it).
     pub fn push(&mut self, m: Message) {
         self.outbound.push(m);
@@ -504,6 +530,15 @@ impl MeetingService {
             .collect();
         for s in states {
             self.publish_state(&s);
+        }
+        let screens: Vec<Screen> = self
+            .hosts
+            .values()
+            .filter(|h| h.state().status != Status::Ended)
+            .filter_map(|h| h.screen().cloned())
+            .collect();
+        for s in screens {
+            self.publish_screen(s);
         }
     }
 

@@ -11,8 +11,12 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::str::FromStr;
 
-/// How the received pictures share the screen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+use serde::{Deserialize, Serialize};
+
+/// How the received pictures share the screen. On the wire by its name (`"2x2"`), so that a
+/// decoded layout is always one [`FromStr`] accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Layout {
     /// The main source alone, full screen.
     Single,
@@ -48,6 +52,20 @@ impl fmt::Display for Layout {
             Layout::Grid(n) => write!(f, "{n}x{n}"),
             Layout::Speaker => f.write_str("speaker"),
         }
+    }
+}
+
+impl From<Layout> for String {
+    fn from(l: Layout) -> String {
+        alloc::format!("{l}")
+    }
+}
+
+impl TryFrom<String> for Layout {
+    type Error = BadLayout;
+
+    fn try_from(s: String) -> Result<Layout, BadLayout> {
+        s.parse()
     }
 }
 
@@ -294,7 +312,15 @@ mod tests {
         ] {
             let e = bad.parse::<Layout>().unwrap_err();
             assert!(e.to_string().contains("single, 1+N"), "{bad}: {e}");
+            // On the wire too: a layout that is none does not decode.
+            let wire = crate::envelope::encode(&String::from(bad)).unwrap();
+            assert!(crate::envelope::decode::<Layout>(&wire).is_err(), "{bad}");
         }
+        let wire = crate::envelope::encode(&Layout::Grid(3)).unwrap();
+        assert_eq!(
+            crate::envelope::decode::<Layout>(&wire),
+            Ok(Layout::Grid(3))
+        );
     }
 
     /// No two tiles overlap, every tile is on the screen, even-sized and not empty.

@@ -16,9 +16,10 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Answer, Downlink, Hand, Kind, MediaPlan, MeetingSpec, MeetingState, RollCall, Status, Tier,
-    Uplink,
+    Answer, Downlink, Hand, Kind, MediaPlan, MeetingSpec, MeetingState, OnScreen, RollCall, Screen,
+    Status, Tier, Uplink,
 };
+use crate::media::layout::Layout;
 use crate::site::Region;
 use crate::terminal_id::TerminalId;
 
@@ -184,6 +185,9 @@ pub enum ChairOp {
     /// Makes a site's terminal a delegated chair for `region` (a county office's box in a
     /// province meeting), or takes that back (`None`).
     Delegate(TerminalId, Option<Region>),
+    /// Sets every site's layout (多画面), or leaves it to each box again (`None`). The screen
+    /// then lists the main source and as many others, in the order they joined, as it shows.
+    Layout(Option<Layout>),
 }
 
 impl ChairOp {
@@ -202,6 +206,7 @@ impl ChairOp {
             ChairOp::Broadcast(_) => "broadcast",
             ChairOp::LowerHand(_) => "lower-hand",
             ChairOp::Delegate(..) => "delegate",
+            ChairOp::Layout(_) => "layout",
         }
     }
 }
@@ -298,6 +303,9 @@ pub enum HostOutput {
     Publish(alloc::boxed::Box<MeetingState>),
     /// The session ended: clear the retained copies (after publishing the final state).
     Clear,
+    /// Publish this screen, retained, on the screen topic of every invitee (its tiles'
+    /// names are the owner's to fill in).
+    Screen(alloc::boxed::Box<Screen>),
     /// Send a site a message on its own downlink.
     Send(TerminalId, Downlink),
     Notice(Notice),
@@ -337,7 +345,15 @@ pub struct Host {
     roll_calls: u32,
     live_since_ms: Option<u64>,
     ended_ms: Option<u64>,
+    /// The chair's layout for every site, if the chair set one.
+    layout: Option<Layout>,
+    /// The screen last published (its tiles without names).
+    screen: Option<Screen>,
 }
+
+/// What [`Host::from_store`] appends to a host stored before the fields after `ended_ms`
+/// existed: no layout, no screen.
+const STORED_BEFORE_SCREENS: [u8; 2] = [0, 0];
 
 impl Host {
     /// A new session, scheduled: publish its state so the invitations go out. `srtp_key`
@@ -379,6 +395,8 @@ impl Host {
             roll_calls: 0,
             live_since_ms: None,
             ended_ms: None,
+            layout: None,
+            screen: None,
         };
         if let Some(chair) = host.state.spec.chair {
             host.sites.insert(chair, SiteRecord::new());
@@ -409,6 +427,9 @@ impl Host {
     /// ms, which no counted version reaches), so sites take the restored state as newest.
     pub fn restored(&mut self, now_ms: u64) {
         self.state.version = (self.state.version + 1).max(now_ms);
+        if let Some(screen) = &mut self.screen {
+            screen.version = (screen.version + 1).max(now_ms);
+        }
     }
 
     /// The session's state as stored (no size limit: a province meeting's site records
@@ -418,7 +439,11 @@ impl Host {
     }
 
     pub fn from_store(bytes: &[u8]) -> Result<Host, crate::envelope::DecodeError> {
-        crate::envelope::decode_stored(bytes)
+        crate::envelope::decode_stored(bytes).or_else(|e| {
+            let mut older = bytes.to_vec();
+            older.extend_from_slice(&STORED_BEFORE_SCREENS);
+            crate::envelope::decode_stored(&older).map_err(|_| e)
+        })
     }
 
     /// Every site the host knows (expected, joined, declined…), by id.
@@ -442,22 +467,79 @@ impl Host {
                     .filter(|_| r.rtp_port != 0)
                     .map(|h| (h, r.rtp_port)),
                 relay: r.relay.clone(),
+                thin: r.tier.is_some_and(|t| t != Tier::Full),
             })
             .collect();
-        let sources: Vec<TerminalId> = [
+        let sources = self.main_sources();
+        let extra: Vec<TerminalId> = self.screen_tiles().into_iter().map(|t| t.site).collect();
+        let views: Vec<(TerminalId, String)> = self
+            .views
+            .iter()
+            .flat_map(|(t, to)| to.iter().map(|v| (*t, v.clone())))
+            .collect();
+        relays::topology(&sites, &sources, &extra, &views)
+    }
+
+    /// The sources every site receives: the chair, the broadcast site, the speaker.
+    fn main_sources(&self) -> Vec<TerminalId> {
+        [
             self.state.spec.chair,
             self.state.broadcast,
             self.state.floor,
         ]
         .into_iter()
         .flatten()
-        .collect();
-        let views: Vec<(TerminalId, String)> = self
-            .views
-            .iter()
-            .flat_map(|(t, to)| to.iter().map(|v| (*t, v.clone())))
-            .collect();
-        relays::topology(&sites, &sources, &views)
+        .collect()
+    }
+
+    /// The sites on the screen now: the one shown to all first, the other main sources, then
+    /// (with the chair's layout) joined sites that send pictures, in the order they joined
+    /// (their SSRCs increase with each first join); as many as the screen lists.
+    fn screen_tiles(&self) -> Vec<OnScreen> {
+        let joined = |t: &TerminalId| {
+            self.sites
+                .get(t)
+                .filter(|r| r.phase == SitePhase::Joined && r.ssrc != 0)
+                .map(|r| r.ssrc)
+        };
+        let mut order: Vec<TerminalId> = self.state.shown().into_iter().collect();
+        order.extend(self.main_sources());
+        if self.layout.is_some() {
+            let mut others: Vec<(u32, TerminalId)> = self
+                .sites
+                .iter()
+                .filter(|(_, r)| r.tier == Some(Tier::Full))
+                .filter_map(|(t, _)| joined(t).map(|ssrc| (ssrc, *t)))
+                .collect();
+            others.sort_unstable();
+            order.extend(others.into_iter().map(|(_, t)| t));
+        }
+        let mut tiles: Vec<OnScreen> = Vec::new();
+        for site in order {
+            if tiles.len() == Screen::most_tiles(self.layout) {
+                break;
+            }
+            if let Some(ssrc) = joined(&site)
+                && !tiles.iter().any(|t| t.site == site)
+            {
+                tiles.push(OnScreen {
+                    site,
+                    ssrc,
+                    name: String::new(),
+                });
+            }
+        }
+        tiles
+    }
+
+    /// The screen as last published, if it was.
+    pub fn screen(&self) -> Option<&Screen> {
+        self.screen.as_ref()
+    }
+
+    /// The chair's layout, if it set one.
+    pub fn layout(&self) -> Option<Layout> {
+        self.layout
     }
 
     /// A joined site's media plan: its SSRC, the session key, and where it sends (its relay,
@@ -547,6 +629,21 @@ impl Host {
             self.state.spec.heartbeat_ms = paced;
             self.state.version += 1;
             out.push(HostOutput::Publish(self.state.clone().into()));
+        }
+        let tiles = self.screen_tiles();
+        if self
+            .screen
+            .as_ref()
+            .is_none_or(|s| s.layout != self.layout || s.tiles != tiles)
+        {
+            let screen = Screen {
+                meeting,
+                version: self.screen.as_ref().map_or(1, |s| s.version + 1),
+                layout: self.layout,
+                tiles,
+            };
+            out.push(HostOutput::Screen(screen.clone().into()));
+            self.screen = Some(screen);
         }
         let sites = &self.sites;
         self.admitted
@@ -745,6 +842,13 @@ impl Host {
                     Some(r) => self.delegates.insert(t, r),
                     None => self.delegates.remove(&t),
                 };
+            }
+            ChairOp::Layout(layout) => {
+                chair_only()?;
+                if self.layout != layout {
+                    self.layout = layout;
+                    self.media_dirty = true;
+                }
             }
         }
         Ok(())

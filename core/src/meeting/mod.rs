@@ -22,6 +22,7 @@ use core::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{DecodeError, decode};
+use crate::media::layout::Layout;
 use crate::site::Region;
 use crate::terminal_id::{Slug, SlugError, TerminalId};
 
@@ -471,6 +472,52 @@ impl MeetingState {
             shown: self.shown(),
             hand: self.hands.contains(t),
         }
+    }
+}
+
+/// What every site's room shows (多画面): the chair's layout and the sites in its tiles, the
+/// main one first, each with the video SSRC its stream arrives under and its name for the
+/// caption. Published retained beside the state, on one topic per invitee
+/// ([`crate::topic::Topic::Screen`]), so that a terminal which does not know of it still
+/// reads the state unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Screen {
+    pub meeting: MeetingId,
+    /// Increases with every change; a box ignores versions at or below what it has.
+    pub version: u64,
+    /// The chair's layout; `None`: each box shows its own (`[media] layout`).
+    pub layout: Option<Layout>,
+    /// At most [`Screen::most_tiles`] of `layout`: one more than it shows, so that a site in
+    /// the tiles, which does not see itself, still fills them with the others.
+    pub tiles: Vec<OnScreen>,
+}
+
+/// One site on the screen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnScreen {
+    pub site: TerminalId,
+    /// The video SSRC of its stream (its audio is the next one).
+    pub ssrc: u32,
+    /// Its name, as a caption shows it (the official name of its division, or the name it
+    /// was provisioned with); empty if it has none.
+    pub name: String,
+}
+
+impl Screen {
+    pub fn decode(bytes: &[u8]) -> Result<Screen, DecodeError> {
+        decode(bytes)
+    }
+
+    /// How many sites a screen of `layout` lists: one more than it shows (without a layout,
+    /// the sources every site receives anyway: the chair, the broadcast site, the speaker).
+    pub fn most_tiles(layout: Option<Layout>) -> usize {
+        layout.map_or(3, |l| l.tiles() + 1)
+    }
+
+    /// The tiles a site shows: every one but its own, as many as the layout has.
+    pub fn tiles_for(&self, me: &TerminalId) -> impl Iterator<Item = &OnScreen> {
+        let shown = self.layout.map_or(usize::MAX, Layout::tiles);
+        self.tiles.iter().filter(move |t| t.site != *me).take(shown)
     }
 }
 

@@ -53,6 +53,9 @@ pub struct SiteMedia {
     pub receives_at: Option<(String, u16)>,
     /// Its relay's address, if the site is a relay.
     pub relay: Option<String>,
+    /// On a thin link (a tier below full): it gets the main sources only, never the other
+    /// pictures of the screen.
+    pub thin: bool,
 }
 
 /// The media flow of a session.
@@ -84,10 +87,12 @@ pub fn address(host: &str, port: u16) -> String {
 }
 
 /// Lays out the flow of `sources`' streams through the relays among `sites`, and hands each
-/// of `views` (a site, a viewer) to the relay its stream reaches first.
+/// of `views` (a site, a viewer) to the relay its stream reaches first. The streams of
+/// `extra` (the other pictures of the screen) reach every relay and every site but the thin.
 pub fn topology(
     sites: &[SiteMedia],
     sources: &[TerminalId],
+    extra: &[TerminalId],
     views: &[(TerminalId, String)],
 ) -> Topology {
     let by_id: BTreeMap<&TerminalId, &SiteMedia> = sites.iter().map(|s| (&s.id, s)).collect();
@@ -161,12 +166,15 @@ pub fn topology(
             t.send_to.insert(s.id, to);
         }
     }
-    let sources: Vec<&SiteMedia> = {
+    // Each source once, with whether it is one of the extra pictures.
+    let sources: Vec<(&SiteMedia, bool)> = {
         let mut seen = BTreeSet::new();
         sources
             .iter()
-            .filter(|id| seen.insert(**id))
-            .filter_map(|id| by_id.get(id).copied())
+            .map(|id| (id, false))
+            .chain(extra.iter().map(|id| (id, true)))
+            .filter(|(id, _)| seen.insert(**id))
+            .filter_map(|(id, extra)| by_id.get(id).map(|s| (*s, extra)))
             .collect()
     };
     for r in sites.iter().filter(|s| s.relay.is_some()) {
@@ -178,7 +186,7 @@ pub fn topology(
             views: Vec::new(),
             sources: Vec::new(),
         };
-        for src in &sources {
+        for &(src, extra) in &sources {
             let passes = chain(&src.id);
             let from_below = passes.contains(&r.id);
             // Where the stream reaches this relay from: the site itself (the first relay on
@@ -195,11 +203,12 @@ pub fn topology(
             // The relay's own box watches too, then its sites, then its child relays (unless
             // the stream came up through one).
             let mut receivers: Vec<&SiteMedia> = Vec::new();
-            if r.id != src.id {
+            let takes = |s: &SiteMedia| s.id != src.id && !(extra && s.thin);
+            if takes(r) {
                 receivers.push(r);
             }
             let mut relays: Vec<String> = Vec::new();
-            for c in children.iter().filter(|c| c.id != src.id) {
+            for c in children.iter().filter(|c| c.relay.is_some() || takes(c)) {
                 match &c.relay {
                     Some(addr) if !passes.contains(&c.id) => relays.push(addr.clone()),
                     Some(_) => {}
@@ -290,6 +299,7 @@ mod tests {
             ssrc,
             receives_at: Some(("10.0.0.1".to_owned(), port)),
             relay: relay.map(ToOwned::to_owned),
+            thin: false,
         }
     }
 
@@ -325,7 +335,7 @@ mod tests {
     #[test]
     fn a_county_meeting_goes_through_the_county_relay() {
         let chair = t("130102000000-office");
-        let topo = topology(&county(), &[chair], &[]);
+        let topo = topology(&county(), &[chair], &[], &[]);
         // Everyone sends to the relay (the relay box to itself).
         assert!(topo.send_to.values().all(|a| a == "10.0.1.1:6000"));
         assert_eq!(topo.send_to.len(), 4);
@@ -339,6 +349,31 @@ mod tests {
     }
 
     #[test]
+    fn the_screens_other_pictures_reach_every_site_but_the_thin() {
+        let chair = t("130102000000-office");
+        let mut sites = county();
+        for (i, s) in sites.iter_mut().enumerate() {
+            s.receives_at = Some((format!("10.0.0.{i}"), 5004));
+        }
+        // The third village is on a thin link.
+        sites[3].thin = true;
+        let shown = [t("130102001001-main"), t("130102001002-main")];
+        let topo = topology(&sites, &[chair], &shown, &[]);
+        let plan = &topo.relays[&chair];
+        // The chair (a main source) reaches every village, the thin one too.
+        assert_eq!(routes(plan, 100).len(), 3);
+        // The first village's picture reaches the relay's own box and the second village,
+        // not itself and not the thin village; its sound likewise.
+        assert_eq!(routes(plan, 102), ["10.0.0.0:5004", "10.0.0.2:5004"]);
+        assert_eq!(routes(plan, 103), ["10.0.0.0:5006", "10.0.0.2:5006"]);
+        assert_eq!(routes(plan, 104), ["10.0.0.0:5004", "10.0.0.1:5004"]);
+        // The thin village sends nothing anyone is shown: it is not routed.
+        assert!(routes(plan, 106).is_empty());
+        // Each routed picture is taken only from its own site.
+        assert_eq!(source(plan, 102), Some("10.0.0.1:5004"));
+    }
+
+    #[test]
     fn the_floor_holders_stream_reaches_the_others_and_not_itself() {
         let chair = t("130102000000-office");
         let speaker = t("130102001001-main");
@@ -346,7 +381,7 @@ mod tests {
         for (i, s) in sites.iter_mut().enumerate() {
             s.receives_at = Some((format!("10.0.0.{i}"), 5004));
         }
-        let topo = topology(&sites, &[chair, speaker, chair], &[]);
+        let topo = topology(&sites, &[chair, speaker, chair], &[], &[]);
         let plan = &topo.relays[&chair];
         // The speaker's stream: to the relay's own box and the two other villages.
         assert_eq!(
@@ -367,7 +402,7 @@ mod tests {
         ];
         let hall = t("130000000000-hall");
         let village = t("130102001001-main");
-        let topo = topology(&sites, &[hall, village], &[]);
+        let topo = topology(&sites, &[hall, village], &[], &[]);
         // The village sends to its county, the county relay to the city, the city to the hall.
         assert_eq!(topo.send_to[&village], "10.3.0.1:6000");
         let city = &topo.relays[&t("130100000000-relay")];
@@ -406,7 +441,7 @@ mod tests {
             t("130100000000-relay"),
             t("130102000000-relay"),
         );
-        let topo = topology(&sites, &[hall, t("130102001001-main")], &[]);
+        let topo = topology(&sites, &[hall, t("130102001001-main")], &[], &[]);
         // The village's pair: at its county from its own receive ports (it sends from them),
         // at the city from the county relay, at the hall from the city relay.
         let c = &topo.relays[&county];
@@ -429,7 +464,12 @@ mod tests {
     #[test]
     fn a_view_goes_to_the_relay_the_stream_reaches_first() {
         let village = t("130102001002-main");
-        let topo = topology(&county(), &[], &[(village, "10.9.9.9:7000".to_owned())]);
+        let topo = topology(
+            &county(),
+            &[],
+            &[],
+            &[(village, "10.9.9.9:7000".to_owned())],
+        );
         let plan = &topo.relays[&t("130102000000-office")];
         assert_eq!(plan.views, [(104, "10.9.9.9:7000".to_owned())]);
         // The relay takes the viewed site's pair from the site's own ports only.
@@ -449,7 +489,7 @@ mod tests {
             site("130102000000-b", 14, 5004, Some("10.3.0.2:6000")),
             site("130102001001-main", 16, 5004, None),
         ];
-        let topo = topology(&sites, &[t("130100000000-relay")], &[]);
+        let topo = topology(&sites, &[t("130100000000-relay")], &[], &[]);
         let a = &topo.relays[&t("130102000000-a")];
         let b = &topo.relays[&t("130102000000-b")];
         assert_eq!(a.upstream.as_deref(), Some("10.2.0.1:6000"));
@@ -463,7 +503,7 @@ mod tests {
     #[test]
     fn without_relays_nobody_has_a_relay_to_send_to() {
         let sites = vec![site("130102001001-main", 2, 5004, None)];
-        let topo = topology(&sites, &[t("130102001001-main")], &[]);
+        let topo = topology(&sites, &[t("130102001001-main")], &[], &[]);
         assert!(topo.send_to.is_empty() && topo.relays.is_empty());
         assert_eq!(address("fd00::1", 5004), "[fd00::1]:5004");
     }

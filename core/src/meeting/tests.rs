@@ -14,6 +14,7 @@ use super::participant::{
 };
 use super::*;
 use crate::envelope::encode;
+use crate::media::layout::Layout;
 
 const HB: u64 = 10_000;
 
@@ -66,6 +67,7 @@ struct World {
     retained: Option<MeetingState>,
     notices: Vec<Notice>,
     media: Vec<(TerminalId, MediaCommand)>,
+    screens: Vec<Screen>,
 }
 
 impl World {
@@ -80,6 +82,7 @@ impl World {
             now: 1_000,
             notices: Vec::new(),
             media: Vec::new(),
+            screens: Vec::new(),
         };
         let s = w.retained.clone().unwrap();
         for i in 0..w.sites.len() {
@@ -117,6 +120,7 @@ impl World {
                     }
                 }
                 HostOutput::Notice(n) => self.notices.push(n),
+                HostOutput::Screen(s) => self.screens.push(*s),
             }
         }
     }
@@ -1334,7 +1338,7 @@ mod convergence {
                             self.queue.push(Msg::Down(i, Input::Downlink(d)));
                         }
                     }
-                    HostOutput::Notice(_) => {}
+                    HostOutput::Notice(_) | HostOutput::Screen(_) => {}
                 }
             }
         }
@@ -1676,7 +1680,25 @@ fn every_meeting_message_has_pinned_bytes() {
             chair(ChairOp::Delegate(site, None)),
             "0105026d310ce9fabbd5e403046d61696e00",
         ),
+        (
+            chair(ChairOp::Layout(Some(Layout::Grid(2)))),
+            "0105026d310d0103327832",
+        ),
+        (chair(ChairOp::Layout(None)), "0105026d310d00"),
     ]);
+    assert_pinned(&[(
+        Screen {
+            meeting: m,
+            version: 3,
+            layout: Some(Layout::OnePlus(5)),
+            tiles: vec![OnScreen {
+                site,
+                ssrc: 2,
+                name: "东村".into(),
+            }],
+        },
+        "01026d31030103312b3501e9fabbd5e403046d61696e0206e4b89ce69d91",
+    )]);
     assert_pinned(&[
         (
             Downlink::Admitted {
@@ -1871,4 +1893,154 @@ fn a_province_session_slows_its_heartbeat_as_it_grows_and_never_speeds_it_up() {
             .iter()
             .any(|o| matches!(o, HostOutput::Notice(Notice::Unreachable(_))))
     );
+}
+
+/// The screens a world's host published, as (layout, sites on it).
+fn screen_sites(w: &World) -> Vec<(Option<Layout>, Vec<TerminalId>)> {
+    w.screens
+        .iter()
+        .map(|s| (s.layout, s.tiles.iter().map(|t| t.site).collect()))
+        .collect()
+}
+
+#[test]
+fn the_chairs_layout_puts_the_speaker_first_and_the_others_in_the_order_they_joined() {
+    let villages = [
+        "130102001004-main",
+        "130102001002-main",
+        "130102001003-main",
+        "130102001001-main",
+        "130102001005-main",
+    ];
+    let mut ids = vec!["130102000000-hall"];
+    ids.extend(villages);
+    let mut w = World::new(host(Kind::Meeting, &["130102"]), &ids, AcceptPolicy::All);
+    w.op(ChairOp::Start).unwrap();
+    w.advance(HB);
+    let hall = t("130102000000-hall");
+    // Without the chair's layout the screen lists the sources everybody receives: the chair.
+    let last = screen_sites(&w).pop().unwrap();
+    assert_eq!(last, (None, vec![hall]));
+    w.op(ChairOp::Layout(Some(Layout::Grid(2)))).unwrap();
+    let screen = w.screens.last().unwrap().clone();
+    assert_eq!(screen.layout, Some(Layout::Grid(2)));
+    // The chair, then four villages (one more than the 2x2 shows) in the order they joined,
+    // each under the SSRC of its plan.
+    let sites: Vec<TerminalId> = screen.tiles.iter().map(|x| x.site).collect();
+    assert_eq!(
+        sites,
+        [
+            hall,
+            t(villages[0]),
+            t(villages[1]),
+            t(villages[2]),
+            t(villages[3])
+        ]
+    );
+    for tile in &screen.tiles {
+        assert_eq!(tile.ssrc, w.host.sites()[&tile.site].ssrc);
+    }
+    // A site on the screen sees the four others; one that is not sees the first four.
+    let shows =
+        |me: &str| -> Vec<TerminalId> { screen.tiles_for(&t(me)).map(|x| x.site).collect() };
+    assert_eq!(
+        shows(villages[0]),
+        [hall, t(villages[1]), t(villages[2]), t(villages[3])]
+    );
+    assert_eq!(
+        shows(villages[4]),
+        [hall, t(villages[0]), t(villages[1]), t(villages[2])]
+    );
+    // The speaker goes first; the version moves on.
+    w.op(ChairOp::Grant(t(villages[3]))).unwrap();
+    let next = w.screens.last().unwrap();
+    assert_eq!(next.tiles[0].site, t(villages[3]));
+    assert_eq!(next.tiles[1].site, hall);
+    assert!(next.version > screen.version);
+    // Nothing changed, nothing published.
+    let published = w.screens.len();
+    w.op(ChairOp::Layout(Some(Layout::Grid(2)))).unwrap();
+    w.advance(HB);
+    assert_eq!(w.screens.len(), published);
+    // The layout is the chair's alone.
+    assert_eq!(
+        w.host.op(
+            &Operator::Delegate("130102".parse().unwrap()),
+            ChairOp::Layout(None),
+            w.now
+        ),
+        Err(OpError::ChairOnly { op: "layout" })
+    );
+}
+
+#[test]
+fn the_screens_pictures_are_routed_to_full_sites_and_a_thin_site_is_not_on_it() {
+    let (mut h, _) = live(&["130102"]);
+    let m: MeetingId = "m1".parse().unwrap();
+    let relay = t("130102000000-hall");
+    let join = |tier, port, relay: Option<&str>| Uplink::Join {
+        meeting: m,
+        tier,
+        rtp_port: port,
+        media_host: Some("10.0.0.9".into()),
+        relay: relay.map(Into::into),
+        joining: 1,
+    };
+    h.uplink(relay, join(Tier::Full, 5004, Some("10.0.0.1:6000")), 1_100);
+    let (a, b, thin) = (
+        t("130102001001-main"),
+        t("130102001002-main"),
+        t("130102001003-main"),
+    );
+    h.uplink(a, join(Tier::Full, 5010, None), 1_200);
+    h.uplink(thin, join(Tier::ReceiveOnly, 5020, None), 1_300);
+    h.uplink(b, join(Tier::Full, 5030, None), 1_400);
+    h.op(
+        &Operator::Chair,
+        ChairOp::Layout(Some(Layout::Grid(3))),
+        1_500,
+    )
+    .unwrap();
+    let out = h.media_updates(1_600);
+    let table = out
+        .iter()
+        .find_map(|o| match o {
+            HostOutput::Send(to, Downlink::Forward { plan, .. }) if *to == relay => Some(plan),
+            _ => None,
+        })
+        .unwrap();
+    let to = |ssrc: u32| -> Vec<&str> {
+        table
+            .routes
+            .iter()
+            .find(|(s, _)| *s == ssrc)
+            .map(|(_, d)| d.iter().map(String::as_str).collect())
+            .unwrap_or_default()
+    };
+    let ssrc = |x: &TerminalId| h.sites()[x].ssrc;
+    // The village a's picture reaches the hall's own box and village b, not the thin one.
+    assert_eq!(to(ssrc(&a)), ["10.0.0.9:5004", "10.0.0.9:5030"]);
+    // The chair's reaches every village.
+    assert_eq!(to(ssrc(&relay)).len(), 3);
+    // The thin site sends no picture anyone is shown.
+    assert!(to(ssrc(&thin)).is_empty());
+    let screen = h.screen().unwrap();
+    assert!(screen.tiles.iter().all(|x| x.site != thin));
+}
+
+#[test]
+fn a_host_stored_before_screens_existed_is_restored_without_a_layout() {
+    let mut h = host(Kind::Meeting, &["130102"]);
+    h.op(&Operator::Chair, ChairOp::Start, 5).unwrap();
+    let mut saved = h.to_store().unwrap();
+    // The older form ends where the layout and the screen begin.
+    assert_eq!(saved.split_off(saved.len() - 2), [0, 0]);
+    let back = Host::from_store(&saved).unwrap();
+    assert_eq!(back.layout(), None);
+    assert_eq!(back.state(), h.state());
+    // A layout survives a store and a restore.
+    h.op(&Operator::Chair, ChairOp::Layout(Some(Layout::Speaker)), 6)
+        .unwrap();
+    let back = Host::from_store(&h.to_store().unwrap()).unwrap();
+    assert_eq!(back.layout(), Some(Layout::Speaker));
 }

@@ -1034,8 +1034,13 @@ struct Session {
     settings: SendSettings,
     /// Dropped before the receiver, whose sockets it sends from.
     sender: Option<Sender>,
-    /// The site is a source (its role asks it to send), whether or not its relay consents.
+    /// The site is a source (its role or the chair's screen asks it to send), whether or not
+    /// its relay consents.
     sending: bool,
+    /// Its role asks it to send (the chair, the speaker, the site shown, a viewed site).
+    role_sends: bool,
+    /// The chair's screen lists it.
+    on_screen: bool,
     receiver: Option<Receiver>,
     muted: bool,
     audio: AudioCodec,
@@ -1181,6 +1186,8 @@ impl crate::conference::MediaEngine for GstEngine {
                 receiver,
                 sender: None,
                 sending: false,
+                role_sends: false,
+                on_screen: false,
                 muted: true,
                 audio: profile.audio,
             },
@@ -1194,16 +1201,43 @@ impl crate::conference::MediaEngine for GstEngine {
     ) {
         use cuntong_core::meeting::Role;
         let viewed = self.sessions.get(&meeting).is_some_and(|s| s.plan.viewed);
-        let sending = matches!(applied.role, Role::Chair | Role::Speaker)
+        let role_sends = matches!(applied.role, Role::Chair | Role::Speaker)
             || applied.shown == Some(self.me)
             || viewed;
-        if let Some(s) = self.sessions.get_mut(&meeting) {
-            s.muted = applied.muted;
-            if let Some(sender) = &s.sender {
-                sender.set_muted(applied.muted);
-            }
+        let Some(s) = self.sessions.get_mut(&meeting) else {
+            return;
+        };
+        s.muted = applied.muted;
+        if let Some(sender) = &s.sender {
+            sender.set_muted(applied.muted);
         }
+        s.role_sends = role_sends;
+        let sending = s.role_sends || s.on_screen;
         self.update_sender(meeting, sending);
+    }
+
+    fn screen(&mut self, screen: &cuntong_core::meeting::Screen) {
+        let me = self.me;
+        let Some(s) = self.sessions.get_mut(&screen.meeting) else {
+            return;
+        };
+        if let Some(room) = s.receiver.as_ref().and_then(Receiver::room) {
+            let sites = screen
+                .tiles_for(&me)
+                .map(|t| {
+                    let name = if t.name.is_empty() {
+                        t.site.site().to_string()
+                    } else {
+                        t.name.clone()
+                    };
+                    (t.ssrc, name)
+                })
+                .collect();
+            room.set_screen(screen.layout, sites);
+        }
+        s.on_screen = screen.tiles.iter().any(|t| t.site == me);
+        let sending = s.role_sends || s.on_screen;
+        self.update_sender(screen.meeting, sending);
     }
 
     fn open_view(

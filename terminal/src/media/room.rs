@@ -9,6 +9,7 @@
 //! [`Room::set_main`] names) first, the others in the order they came.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cuntong_core::media::layout::{Layout, VoiceSwitch, arrange};
@@ -26,38 +27,118 @@ pub const WIDTH: u32 = 1280;
 pub const HEIGHT: u32 = 720;
 pub const FPS: i32 = 25;
 
-/// The tiles as they stand: the layout, the main source, and the video streams in the order
-/// they came, each with its compositor pad; the sound level of each audio stream, and who the
-/// voice switch gives the main tile in the speaker layout.
+/// The most tiles a layout has (a 4x4 grid), each with its caption.
+const CAPTIONS: usize = 16;
+
+/// A picture that gave no frame for this long is taken for frozen: its tile shows a
+/// placeholder instead of the last frame.
+const FROZEN_AFTER_MS: u64 = 2_000;
+
+/// How often the room looks for frozen pictures.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The captions' font: the CJK font the package depends on, in pixels (the picture is 720p).
+const FONT: &str = "Noto Sans CJK SC 20px";
+
+/// What a tile shows under its caption besides the site's name.
+const WAITING: &str = "等待图像";
+const FROZEN: &str = "图像中断";
+
+/// The tiles as they stand: the layouts (configured, the chair's, the operator's), the main
+/// source, the chair's screen (the sites on it with their names), and the video streams in
+/// the order they came, each with its compositor pad and the time of its last frame; the sound
+/// level of each audio stream, and who the voice switch gives the main tile in the speaker
+/// layout; the captions and what they show.
 #[derive(Debug)]
 struct Tiles {
-    layout: Layout,
+    configured: Layout,
+    chair: Option<Layout>,
+    operator: Option<Layout>,
     main: Option<u32>,
+    screen: Vec<(u32, String)>,
     order: Vec<u32>,
     pads: BTreeMap<u32, gst::Pad>,
+    /// When each stream's last frame reached the compositor, in ms from `epoch` (0: none yet).
+    frames: BTreeMap<u32, Arc<AtomicU64>>,
     levels: BTreeMap<u32, f64>,
     voice: VoiceSwitch<u32>,
+    captions: Vec<gst::Element>,
+    /// What each caption was last told: its text and where.
+    captioned: Vec<(String, i32, i32)>,
+    epoch: std::time::Instant,
 }
 
 impl Tiles {
+    /// The layout in force: the operator's at the box, else the chair's, else the configured.
+    fn layout(&self) -> Layout {
+        self.operator.or(self.chair).unwrap_or(self.configured)
+    }
+
     /// The video stream in the main tile: in the speaker layout the loudest site's, else the
-    /// one named, else the first to come.
+    /// one named, else the first on the chair's screen, else the first to come.
     fn main(&self) -> Option<u32> {
-        let voiced = (self.layout == Layout::Speaker)
+        let voiced = (self.layout() == Layout::Speaker)
             .then(|| self.voice.holder().map(|audio| audio & !1))
             .flatten();
         voiced
             .or(self.main)
             .filter(|m| self.pads.contains_key(m))
+            .or_else(|| self.screen.first().map(|(s, _)| *s))
             .or_else(|| self.order.first().copied())
     }
 
-    /// Moves every stream's pad to its tile; streams the layout has no tile for are hidden.
-    fn apply(&self) {
+    /// Whether stream `ssrc` gave a frame lately.
+    fn live(&self, ssrc: u32, now_ms: u64) -> bool {
+        self.frames.get(&ssrc).is_some_and(|f| {
+            let last = f.load(Ordering::Relaxed);
+            last != 0 && now_ms.saturating_sub(last) < FROZEN_AFTER_MS
+        })
+    }
+
+    /// A tile's caption: the site's name, and what the tile shows instead of a picture it does
+    /// not have (none yet, or frozen).
+    fn caption(&self, ssrc: u32, now_ms: u64) -> String {
+        let name = self
+            .screen
+            .iter()
+            .find(|(s, _)| *s == ssrc)
+            .map_or("", |(_, n)| n.as_str());
+        let missing = if !self.pads.contains_key(&ssrc) {
+            Some(WAITING)
+        } else if !self.live(ssrc, now_ms) {
+            let came = self
+                .frames
+                .get(&ssrc)
+                .is_some_and(|f| f.load(Ordering::Relaxed) != 0);
+            Some(if came { FROZEN } else { WAITING })
+        } else {
+            None
+        };
+        match (name.is_empty(), missing) {
+            (_, None) => name.to_owned(),
+            (true, Some(m)) => m.to_owned(),
+            (false, Some(m)) => format!("{name}  {m}"),
+        }
+    }
+
+    /// Moves every stream's pad to its tile and captions each tile; streams the layout has no
+    /// tile for, and pictures that froze, are hidden (the tile shows the background and says
+    /// why).
+    fn apply(&mut self) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
         let main = self.main();
         let mut sources: Vec<u32> = main.into_iter().collect();
-        sources.extend(self.order.iter().filter(|s| Some(**s) != main));
-        let tiles = arrange(self.layout, &sources, WIDTH, HEIGHT);
+        for s in self
+            .screen
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(self.order.iter().copied())
+        {
+            if !sources.contains(&s) {
+                sources.push(s);
+            }
+        }
+        let tiles = arrange(self.layout(), &sources, WIDTH, HEIGHT);
         for (ssrc, pad) in &self.pads {
             match tiles.iter().find(|t| t.source == *ssrc) {
                 Some(t) => {
@@ -65,9 +146,34 @@ impl Tiles {
                     pad.set_property("ypos", t.rect.y as i32);
                     pad.set_property("width", t.rect.w as i32);
                     pad.set_property("height", t.rect.h as i32);
-                    pad.set_property("alpha", 1.0f64);
+                    let alpha = if self.live(*ssrc, now_ms) {
+                        1.0f64
+                    } else {
+                        0.0
+                    };
+                    pad.set_property("alpha", alpha);
                 }
                 None => pad.set_property("alpha", 0.0f64),
+            }
+        }
+        for i in 0..self.captions.len() {
+            let wanted = match tiles.get(i) {
+                // At the tile's bottom left, clear of its edges.
+                Some(t) => (
+                    self.caption(t.source, now_ms),
+                    t.rect.x as i32 + 12,
+                    (t.rect.y + t.rect.h) as i32 - 44,
+                ),
+                None => (String::new(), 0, 0),
+            };
+            if self.captioned.get(i) != Some(&wanted) {
+                let c = &self.captions[i];
+                c.set_property("text", wanted.0.as_str());
+                c.set_property("deltax", wanted.1);
+                c.set_property("deltay", wanted.2);
+                if let Some(slot) = self.captioned.get_mut(i) {
+                    *slot = wanted;
+                }
             }
         }
     }
@@ -123,10 +229,18 @@ impl Room {
         gst::Element::link_many([&black, &black_caps, &compositor])?;
         silence.link(&mixer)?;
 
+        let captions = (0..CAPTIONS)
+            .map(|_| caption())
+            .collect::<Result<Vec<_>, _>>()?;
         let video_out = [make("videoconvert")?, capsfilter(&picture)?];
         let audio_out = [make("audioconvert")?, make("audioresample")?];
-        pipeline.add_many(video_out.iter().chain(&audio_out))?;
-        compositor.link(&video_out[0])?;
+        pipeline.add_many(captions.iter().chain(&video_out).chain(&audio_out))?;
+        let mut last = compositor.clone();
+        for c in &captions {
+            last.link_pads(Some("src"), c, Some("video_sink"))?;
+            last = c.clone();
+        }
+        last.link(&video_out[0])?;
         video_out[0].link(&video_out[1])?;
         mixer.link(&audio_out[0])?;
         audio_out[0].link(&audio_out[1])?;
@@ -166,18 +280,28 @@ impl Room {
                 mux.link(&file)?;
             }
         }
+        let epoch = std::time::Instant::now();
+        let tiles = Arc::new(Mutex::new(Tiles {
+            configured: layout,
+            chair: None,
+            operator: None,
+            main: None,
+            screen: Vec::new(),
+            order: Vec::new(),
+            pads: BTreeMap::new(),
+            frames: BTreeMap::new(),
+            levels: BTreeMap::new(),
+            voice: VoiceSwitch::new(),
+            captioned: vec![(String::new(), 0, 0); captions.len()],
+            captions,
+            epoch,
+        }));
+        watch_for_frozen(Arc::downgrade(&tiles));
         Ok(Room {
             compositor,
             mixer,
-            tiles: Arc::new(Mutex::new(Tiles {
-                layout,
-                main: None,
-                order: Vec::new(),
-                pads: BTreeMap::new(),
-                levels: BTreeMap::new(),
-                voice: VoiceSwitch::new(),
-            })),
-            epoch: std::time::Instant::now(),
+            tiles,
+            epoch,
             to_file: matches!(display, Display::File(_)),
         })
     }
@@ -195,9 +319,17 @@ impl Room {
             .ok_or_else(|| MediaError::Pipeline("a video branch has no output".into()))?;
         src.link(&pad)
             .map_err(|e| MediaError::Pipeline(format!("compositor: {e:?}")))?;
+        let last_frame = Arc::new(AtomicU64::new(0));
+        let (seen, epoch) = (last_frame.clone(), self.epoch);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let ms = epoch.elapsed().as_millis() as u64;
+            seen.store(ms.max(1), Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
         let mut tiles = self.tiles.lock().unwrap_or_else(PoisonError::into_inner);
         tiles.order.push(ssrc);
         tiles.pads.insert(ssrc, pad);
+        tiles.frames.insert(ssrc, last_frame);
         tiles.apply();
         Ok(())
     }
@@ -216,11 +348,32 @@ impl Room {
         Ok(())
     }
 
-    /// Lays the tiles out anew.
+    /// The operator at the box lays the tiles out anew, whatever the chair's layout.
     pub fn set_layout(&self, layout: Layout) {
         let mut tiles = self.tiles.lock().unwrap_or_else(PoisonError::into_inner);
-        tiles.layout = layout;
+        tiles.operator = Some(layout);
         tiles.apply();
+    }
+
+    /// The chair's screen for this box: its layout (`None`: the box's own) and the sites in its
+    /// tiles, main first, as (video SSRC, name), without this box itself.
+    pub fn set_screen(&self, layout: Option<Layout>, sites: Vec<(u32, String)>) {
+        let mut tiles = self.tiles.lock().unwrap_or_else(PoisonError::into_inner);
+        tiles.chair = layout;
+        tiles.screen = sites;
+        tiles.apply();
+    }
+
+    /// What each tile's caption says now, in the order of the tiles (main first).
+    pub fn captions(&self) -> Vec<String> {
+        let tiles = self.tiles.lock().unwrap_or_else(PoisonError::into_inner);
+        let shown = tiles.layout().tiles();
+        tiles
+            .captioned
+            .iter()
+            .take(shown)
+            .map(|(text, _, _)| text.clone())
+            .collect()
     }
 
     /// Which video stream has the main tile (`None`: the first to come).
@@ -234,7 +387,7 @@ impl Room {
         self.tiles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .layout
+            .layout()
     }
 
     /// The video stream in the main tile, if any came.
@@ -266,5 +419,40 @@ impl Room {
 
     pub fn metered(name: &str) -> Option<u32> {
         name.strip_prefix("level-")?.parse().ok()
+    }
+}
+
+/// A caption over the composed picture: white text on a shaded band, placed in pixels.
+fn caption() -> Result<gst::Element, MediaError> {
+    let c = make_with(
+        "textoverlay",
+        &[
+            ("font-desc", FONT.to_value()),
+            ("auto-resize", false.to_value()),
+            ("shaded-background", true.to_value()),
+            ("xpad", 0i32.to_value()),
+            ("ypad", 0i32.to_value()),
+            ("text", "".to_value()),
+        ],
+    )?;
+    c.set_property_from_str("halignment", "left");
+    c.set_property_from_str("valignment", "top");
+    Ok(c)
+}
+
+/// Every [`WATCH_EVERY`], hides the pictures that froze and shows those that came back, for
+/// as long as the room lives.
+fn watch_for_frozen(tiles: std::sync::Weak<Mutex<Tiles>>) {
+    let spawned = std::thread::Builder::new()
+        .name("room-watch".into())
+        .spawn(move || {
+            while let Some(tiles) = tiles.upgrade() {
+                tiles.lock().unwrap_or_else(PoisonError::into_inner).apply();
+                drop(tiles);
+                std::thread::sleep(WATCH_EVERY);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch the room's pictures; frozen ones stay as they are");
     }
 }
