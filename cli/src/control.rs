@@ -302,6 +302,9 @@ pub struct MeetingStatus {
     pub hands: Vec<String>,
     /// The open roll call's number, if one is open.
     pub roll_call: Option<u32>,
+    /// The chair's layout for every site (`2x2`…), if the chair set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
     /// A page of the sites, by terminal id.
     pub sites: Vec<SiteJson>,
     /// Ask again with `after` = this for the next page.
@@ -850,6 +853,7 @@ mod tests {
             mute_all: false,
             hands: vec!["130102001001-main".into()],
             roll_call: Some(1),
+            layout: Some("2x2".into()),
             sites: vec![SiteJson {
                 terminal: "130102001001-main".into(),
                 name: "Main St".into(),
@@ -888,7 +892,7 @@ mod tests {
             ),
             (
                 res(ResponseBody::Status(Box::new(status))),
-                r#"{"id":7,"error":null,"body":{"status":{"meeting":{"id":"m1","title":"flood","kind":"meeting","status":"live","version":3,"invited":["130102"],"chair":"130102000000-hall","joined":1,"created":"2025-11-22T08:00:00Z","starts":null},"floor":"130102001001-main","broadcast":null,"mute_all":false,"hands":["130102001001-main"],"roll_call":1,"sites":[{"terminal":"130102001001-main","name":"Main St","state":"joined","role":"speaker","muted":false,"last_answer":"2025-11-22T08:00:01Z","converged":true,"media":{"sending":true,"receiving":true,"rx_kbps":600.0,"tx_kbps":632.5,"loss_percent":0.5,"jitter_ms":12.0,"frames":250.0,"streams":1.0}}],"next":null}}}"#,
+                r#"{"id":7,"error":null,"body":{"status":{"meeting":{"id":"m1","title":"flood","kind":"meeting","status":"live","version":3,"invited":["130102"],"chair":"130102000000-hall","joined":1,"created":"2025-11-22T08:00:00Z","starts":null},"floor":"130102001001-main","broadcast":null,"mute_all":false,"hands":["130102001001-main"],"roll_call":1,"layout":"2x2","sites":[{"terminal":"130102001001-main","name":"Main St","state":"joined","role":"speaker","muted":false,"last_answer":"2025-11-22T08:00:01Z","converged":true,"media":{"sending":true,"receiving":true,"rx_kbps":600.0,"tx_kbps":632.5,"loss_percent":0.5,"jitter_ms":12.0,"frames":250.0,"streams":1.0}}],"next":null}}}"#,
             ),
             (
                 res(ResponseBody::RollCall {

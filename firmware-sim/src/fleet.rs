@@ -123,7 +123,23 @@ pub struct SimOptions {
     /// Real media (GStreamer, test sources, nothing shown) on loopback; a fleet of a county or
     /// more gets a relay at each county and at the region's own level.
     pub media: bool,
+    /// With media: each box composes its meeting room into `ROOMS/TERMINAL.mkv`, and its camera
+    /// shows a colour of its own ([`PALETTE`]).
+    pub rooms: Option<PathBuf>,
 }
+
+/// The colours (ARGB) of the simulated cameras of boxes that compose their rooms, by the box's
+/// place in the fleet: eight, each far from the others and from black.
+pub const PALETTE: [u32; 8] = [
+    0xffff_0000,
+    0xff00_ff00,
+    0xff00_00ff,
+    0xffff_ff00,
+    0xffff_00ff,
+    0xff00_ffff,
+    0xffff_8000,
+    0xff80_80ff,
+];
 
 impl SimOptions {
     pub fn new(broker: impl Into<Brokers>, data_root: PathBuf, interval: Duration) -> SimOptions {
@@ -145,6 +161,7 @@ impl SimOptions {
             hands_percent: 0,
             duty_button: false,
             media: false,
+            rooms: None,
         }
     }
 }
@@ -190,6 +207,10 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
             // Port 0: the relay picks its port and advertises the one it bound.
             let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
             cfg.meeting.relay = Some((any, any.to_string()));
+        }
+        if let Some(rooms) = &opts.rooms {
+            cfg.media.display =
+                cuntong_terminal::config::Display::File(rooms.join(format!("{id}.mkv")));
         }
     }
     cfg
@@ -389,13 +410,19 @@ pub async fn run_rebooting(
         let mut hardware = sim_hardware(seed, interval, &control, Box::new(power.clone()), console);
         #[cfg(feature = "media")]
         if cfg.meeting.media_host.is_some() {
+            use cuntong_terminal::config::Display;
             use cuntong_terminal::media::{Capture, GstEngine, Playback};
-            match GstEngine::new(
-                cfg.id,
-                Capture::Test,
-                Playback::Discard,
-                cfg.meeting.rtp_port,
-            ) {
+            let (capture, playback) = match &cfg.media.display {
+                Display::File(_) => (
+                    Capture::Colour(PALETTE[seed as usize % PALETTE.len()]),
+                    Playback::Room {
+                        display: cfg.media.display.clone(),
+                        layout: cfg.media.layout,
+                    },
+                ),
+                Display::Screen { .. } => (Capture::Test, Playback::Discard),
+            };
+            match GstEngine::new(cfg.id, capture, playback, cfg.meeting.rtp_port) {
                 Ok(e) => hardware.media = Box::new(e),
                 Err(e) => tracing::error!(terminal = %cfg.id, error = %e, "no media"),
             }

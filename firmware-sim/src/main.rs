@@ -86,6 +86,11 @@ struct Common {
     /// more includes a relay at each county (and at the region's level).
     #[arg(long)]
     media: bool,
+    /// With --media: each box composes its meeting room (every picture in the tiles of its
+    /// layout, every sound mixed) into DIR/TERMINAL.mkv, and its camera shows a colour of its
+    /// own.
+    #[arg(long, value_name = "DIR", requires = "media")]
+    rooms: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -542,6 +547,7 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     opts.decline_percent = common.decline_percent;
     opts.hands_percent = common.hands_percent;
     opts.media = common.media;
+    opts.rooms = common.rooms.clone();
     if opts.outbox_budget < 4096 {
         return Err(format!(
             "--outbox-budget {:?}: at least 4KiB",

@@ -2,6 +2,10 @@
 //! picture of its own colour and a tone) composed into one picture in the `2x2` layout and
 //! mixed into one sound, written to a Matroska file that ffmpeg then reads: one video stream
 //! of 1280x720 with the four colours in its four quarters, and one audio stream.
+//!
+//! And the whole way: a county meeting of four villages whose chair sets `2x2` for everyone
+//! (`cuntong meeting layout`); central's screen reaches the boxes, the county relay forwards
+//! the pictures on it, and a village's room shows four sites' pictures, each captioned.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -301,4 +305,176 @@ fn the_chairs_screen_captions_each_tile_with_its_sites_name_and_a_missing_or_fro
     }
     // Nowhere else in the red tile is there white.
     assert_eq!(white_pixels(&rgb, 1280, (100, 60), (540, 300)), 0);
+}
+
+/// The mean colours of the four quarters of a 1280x720 picture.
+fn quarters(rgb: &[u8]) -> Vec<[u8; 3]> {
+    [(320, 180), (960, 180), (320, 540), (960, 540)]
+        .iter()
+        .map(|&(x, y)| mean(rgb, 1280, x, y))
+        .collect()
+}
+
+#[test]
+fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_four_captioned_sites()
+ {
+    use cuntong_e2e::{
+        Broker, BrokerKind, bin, central_with, ok, run, sim_fleet_with, sites, wait_until,
+    };
+
+    const CHAIR: &str = "130102000000-relay";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rooms = d.join("rooms");
+    std::fs::create_dir_all(&rooms).unwrap();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let db = d.join("central.db");
+    let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "2s"]);
+    let fleet = sim_fleet_with(
+        &broker.url,
+        "130102",
+        4,
+        d,
+        "fleet",
+        &["--media", "--rooms", rooms.to_str().unwrap()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || sites(&db, None)
+            .iter()
+            .filter(|s| s.online)
+            .count()
+            == 5),
+        "the county relay and four villages: {:?}\n{}",
+        sites(&db, None),
+        fleet.log_text()
+    );
+    let cuntong = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--broker", &broker.url]);
+        run(&bin("cuntong"), &all)
+    };
+    let id = ok(cuntong(&[
+        "meeting",
+        "create",
+        "--title",
+        "县务会",
+        "--invite",
+        "130102",
+        "--profile",
+        "low",
+        "--chair",
+        CHAIR,
+    ]))
+    .trim()
+    .to_owned();
+    ok(cuntong(&["meeting", "start", &id]));
+    let bad = cuntong(&["meeting", "layout", &id, "5x5"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a layout that is none is a usage error"
+    );
+    ok(cuntong(&["meeting", "layout", &id, "2x2"]));
+    let status = ok(cuntong(&["meeting", "status", &id]));
+    assert!(status.contains("layout 2x2"), "{status}");
+
+    // Each village receives and decodes four pictures: the chair's and the three other
+    // villages'.
+    let villages: Vec<String> = sites(&db, None)
+        .into_iter()
+        .map(|s| s.terminal)
+        .filter(|t| t != CHAIR)
+        .collect();
+    assert_eq!(villages.len(), 4);
+    let four = || {
+        let all = sites(&db, None);
+        villages.iter().all(|v| {
+            all.iter().any(|s| {
+                s.terminal == *v
+                    && s.metrics.get("media.streams") == Some(&4.0)
+                    && s.metrics.get("media.frames").is_some_and(|f| *f >= 10.0)
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), four),
+        "not every village decodes four pictures: {:?}\n{}",
+        sites(&db, None)
+            .iter()
+            .map(|s| (s.terminal.clone(), s.metrics.get("media.streams").copied()))
+            .collect::<Vec<_>>(),
+        central.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // The meeting ends: each box stops its room, and its file is whole.
+    ok(cuntong(&["meeting", "end", &id]));
+    let file = rooms.join(format!("{}.mkv", villages[0]));
+    let whole = || {
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_type,codec_name,width,height",
+            ])
+            .args(["-of", "csv=p=0"])
+            .arg(&file)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || whole()
+            .is_some_and(|s| s.lines().count() == 2)),
+        "{:?}\n{}",
+        whole(),
+        fleet.log_text()
+    );
+    let streams = whole().unwrap();
+    let mut lines: Vec<&str> = streams.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["h264,video,1280,720", "opus,audio"], "{streams}");
+    drop(fleet);
+
+    // While the meeting ran, the room showed four distinct pictures in its four quarters, none
+    // of them missing (dark), each captioned.
+    let four_sites = |rgb: &[u8]| -> bool {
+        let q = quarters(rgb);
+        let distinct = q
+            .iter()
+            .enumerate()
+            .all(|(i, a)| !close(*a, [0, 0, 0]) && q[i + 1..].iter().all(|b| !close(*a, *b)));
+        let captioned = [(0, 360), (640, 360), (0, 720), (640, 720)]
+            .iter()
+            .all(|&(x, y)| white_pixels(rgb, 1280, (x + 12, y - 44), (x + 200, y - 10)) > 30);
+        distinct && captioned
+    };
+    let frames = pictures(&file, 8);
+    assert!(
+        frames.iter().any(|f| four_sites(f)),
+        "no picture of four captioned sites among the last {}: {:?}",
+        frames.len(),
+        frames.iter().map(|f| quarters(f)).collect::<Vec<_>>()
+    );
+}
+
+/// The pictures of the last `secs` seconds of the Matroska file at `file`, two a second, as
+/// RGB.
+fn pictures(file: &std::path::Path, secs: u32) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-sseof", &format!("-{secs}"), "-i"])
+        .arg(file)
+        .args(["-vf", "fps=2", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg (the test command installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(1280 * 720 * 3)
+        .map(<[u8]>::to_vec)
+        .collect()
 }

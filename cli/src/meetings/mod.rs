@@ -974,6 +974,7 @@ pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
         mute_all: s.mute_all,
         hands: s.hands.iter().map(|t| t.to_string()).collect(),
         roll_call: s.roll_call.map(|r| r.number),
+        layout: h.layout().map(|l| l.to_string()),
         next,
         sites: sites
             .iter()

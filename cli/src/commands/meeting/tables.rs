@@ -21,7 +21,7 @@ pub fn status_table(s: &MeetingStatus) -> String {
     );
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     out.push_str(&format!(
-        "floor {}  broadcast {}  mute-all {}  hands {}  roll call {}\n",
+        "floor {}  broadcast {}  mute-all {}  hands {}  roll call {}  layout {}\n",
         or_dash(&s.floor),
         or_dash(&s.broadcast),
         if s.mute_all { "on" } else { "off" },
@@ -30,7 +30,8 @@ pub fn status_table(s: &MeetingStatus) -> String {
         } else {
             s.hands.join(",")
         },
-        s.roll_call.map_or("-".to_owned(), |n| format!("#{n}"))
+        s.roll_call.map_or("-".to_owned(), |n| format!("#{n}")),
+        s.layout.as_deref().unwrap_or("each box's own"),
     ));
     out.push_str(&format!(
         "{:<20} {} {:<12} {:<12} {:<6} {:<25} {}\n",
@@ -180,6 +181,7 @@ mod tests {
             mute_all: false,
             hands,
             roll_call: None,
+            layout: None,
             sites,
             next: None,
         }
