@@ -1,5 +1,7 @@
 //! The relay role of a county (or city) point: forwards RTP and RTCP between upstream and the
-//! sites under it without decoding (SRTP stays encrypted end to end: the relay has no keys).
+//! sites under it without decoding (SRTP stays encrypted end to end: the relay has no keys),
+//! and the sites' feedback about a stream back the way the stream came, a little of it
+//! ([`Routes::feedback`]).
 //!
 //! One socket, one dedicated thread: each datagram is classified
 //! ([`cuntong_core::media::rtp::classify`]), looked up in the forwarding table
@@ -20,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cuntong_core::media::routes::{Routes, Verdict};
-use cuntong_core::media::rtp::classify;
+use cuntong_core::media::rtp::{Packet, classify};
 use cuntong_core::media::stun::{self, Message, Responder, TransactionId};
 
 /// Copies of a packet handed to the kernel in one call, at most.
@@ -55,6 +57,8 @@ pub struct RelayStats {
     pub malformed: AtomicU64,
     /// Copies the kernel refused.
     pub send_errors: AtomicU64,
+    /// Feedback not passed on: another about the same stream went its way just before.
+    pub feedback_held: AtomicU64,
 }
 
 impl RelayStats {
@@ -210,8 +214,17 @@ impl Loop {
             };
             dests.clear();
             {
-                let routes = self.routes();
-                match routes.destinations(&packet, from) {
+                let now = self.now_ms();
+                let mut routes = self.routes();
+                let verdict = match packet {
+                    Packet::Rtcp {
+                        about: Some(about),
+                        keyframe,
+                        ..
+                    } => routes.feedback(about, keyframe, from, now),
+                    _ => routes.destinations(&packet, from),
+                };
+                match verdict {
                     Verdict::Forward { to, withheld } => {
                         dests.extend(to.iter());
                         self.count(|s| &s.unconsented, withheld as u64);
@@ -221,6 +234,7 @@ impl Loop {
                     }
                     Verdict::Unrouted => self.count(|s| &s.unrouted, 1),
                     Verdict::Forged => self.count(|s| &s.forged, 1),
+                    Verdict::Held => self.count(|s| &s.feedback_held, 1),
                 }
             }
             if dests.is_empty() {

@@ -116,6 +116,13 @@ fn main() -> anyhow::Result<()> {
 
     let phase = |playback: Playback| -> anyhow::Result<(f64, u64)> {
         let rx = Receiver::start(0, &key, playback, 60, AudioCodec::Opus)?;
+        // Every tile captioned, as the chair's screen names the sites.
+        if let Some(room) = rx.room() {
+            let sites = (0..args.sites)
+                .map(|i| (0x4000 + 2 * i, format!("石家庄市长安区第{i}村")))
+                .collect();
+            room.set_screen(Some(layout), sites);
+        }
         let senders = start_sites(rx.video_port())?;
         let cores = cores_over(args.seconds)?;
         let frames: u64 = (0..args.sites).map(|i| rx.frames(0x4000 + 2 * i)).sum();
@@ -126,7 +133,7 @@ fn main() -> anyhow::Result<()> {
     let (decode, decoded) = phase(Playback::Discard)?;
     println!("  decoding without composing    {decode:.2} cores ({decoded} frames decoded)");
     let (compose, composed) = phase(Playback::Room { display, layout })?;
-    println!("  composing {layout} and mixing  {compose:.2} cores ({composed} frames decoded)");
+    println!("  composing {layout}, captions, mixing  {compose:.2} cores ({composed} frames decoded)");
     println!(
         "  ratio composing / decoding    {:.2}",
         compose / decode.max(0.001)

@@ -1,4 +1,5 @@
 //! Meeting media as the core sees it: RTP and RTCP packets as a relay reads them ([`rtp`]), the
+//! feedback a site sends about a stream ([`rtcp`]) under SRTCP ([`srtcp`]), the
 //! STUN messages that prove an address wants media ([`stun`], [`consent`]), a relay's
 //! forwarding table ([`routes`]), the standard descriptions of streams ([`sdp`]) and the
 //! composed picture of a meeting room ([`layout`]). Encoding
@@ -18,6 +19,8 @@ pub fn audio_ssrc(video_ssrc: u32) -> u32 {
 pub mod consent;
 pub mod layout;
 pub mod routes;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod srtcp;
 pub mod stun;

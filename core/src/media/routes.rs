@@ -52,6 +52,8 @@ pub struct Routes {
     peers: BTreeMap<SocketAddr, usize>,
     /// The time of the latest [`Routes::poll`] or answer.
     now_ms: u64,
+    /// Per stream: when feedback last went to its source (a report, a keyframe request).
+    fed_back: BTreeMap<u32, (Option<u64>, Option<u64>)>,
     /// The set of addresses to watch changed since the last poll.
     rewatch: bool,
 }
@@ -70,7 +72,15 @@ pub enum Verdict<'a> {
     /// A routed SSRC from an address other than its planned source, or a report from an
     /// address the table does not know.
     Forged,
+    /// Feedback about a stream soon after the last that went its way (see [`Routes::feedback`]).
+    Held,
 }
+
+/// A stream's source gets at most one keyframe request through this relay per this long: one
+/// keyframe serves every site that asked.
+pub const KEYFRAME_REQUESTS_EVERY_MS: u64 = 200;
+/// And at most one receiver report per this long (any one stands for the others).
+pub const REPORTS_EVERY_MS: u64 = 1_000;
 
 fn count(peers: &mut BTreeMap<SocketAddr, usize>, a: SocketAddr, up: bool) {
     if up {
@@ -261,6 +271,44 @@ impl Routes {
         true
     }
 
+    /// What becomes of feedback about stream `about` (a receiver report, a keyframe request if
+    /// `keyframe`) that came from `from` at `now_ms`: it goes back the way the stream came, to
+    /// where the stream reaches this relay from, if it came from one of the stream's
+    /// destinations; at most one report per [`REPORTS_EVERY_MS`] and one keyframe request per
+    /// [`KEYFRAME_REQUESTS_EVERY_MS`] per stream (the rest are [`Verdict::Held`]), so a
+    /// thousand sites joining at once cost the sender a few keyframes, not a thousand.
+    pub fn feedback(
+        &mut self,
+        about: u32,
+        keyframe: bool,
+        from: SocketAddr,
+        now_ms: u64,
+    ) -> Verdict<'_> {
+        let Some(s) = self.streams.get(&about) else {
+            return Verdict::Unrouted;
+        };
+        if !s.to.contains(&from) {
+            return Verdict::Forged;
+        }
+        let last = self.fed_back.entry(about).or_default();
+        let (when, every) = if keyframe {
+            (&mut last.1, KEYFRAME_REQUESTS_EVERY_MS)
+        } else {
+            (&mut last.0, REPORTS_EVERY_MS)
+        };
+        if when.is_some_and(|t| now_ms < t + every) {
+            return Verdict::Held;
+        }
+        *when = Some(now_ms);
+        Verdict::Forward {
+            to: Destinations {
+                list: s.from.as_slice(),
+                from,
+            },
+            withheld: 0,
+        }
+    }
+
     /// What becomes of a packet that came from `from`. A packet is never sent back to where
     /// it came from.
     pub fn destinations(&self, packet: &Packet, from: SocketAddr) -> Verdict<'_> {
@@ -339,6 +387,8 @@ mod tests {
         Packet::Rtcp {
             ssrc,
             packet_type: 200,
+            about: None,
+            keyframe: false,
         }
     }
 
@@ -346,9 +396,44 @@ mod tests {
     fn to(r: &Routes, p: Packet, from: u16) -> Option<Vec<u16>> {
         match r.destinations(&p, addr(from)) {
             Verdict::Forward { to, .. } => Some(to.iter().map(|a| a.port()).collect()),
-            Verdict::Unrouted => Some(Vec::new()),
+            Verdict::Unrouted | Verdict::Held => Some(Vec::new()),
             Verdict::Forged => None,
         }
+    }
+
+    #[test]
+    fn feedback_goes_back_the_way_its_stream_came_from_its_destinations_only_and_seldom() {
+        // The chair's stream 10 comes from upstream (9000) and goes to three sites.
+        let mut r = Routes::new(Some(addr(9000)));
+        r.expect(10, addr(9000));
+        r.forward(10, vec![addr(5000), addr(5002), addr(5004)]);
+        let back = |r: &mut Routes, keyframe, from: u16, now| match r.feedback(
+            10,
+            keyframe,
+            addr(from),
+            now,
+        ) {
+            Verdict::Forward { to, .. } => Some(to.iter().map(|a| a.port()).collect::<Vec<_>>()),
+            Verdict::Held => Some(Vec::new()),
+            _ => None,
+        };
+        // A site's keyframe request goes up to where the stream comes from.
+        assert_eq!(back(&mut r, true, 5000, 1_000), Some(vec![9000]));
+        // Another's soon after is held: the keyframe on its way serves both.
+        assert_eq!(back(&mut r, true, 5002, 1_100), Some(vec![]));
+        assert_eq!(back(&mut r, true, 5002, 1_200), Some(vec![9000]));
+        // Reports are paced apart from keyframe requests.
+        assert_eq!(back(&mut r, false, 5004, 1_200), Some(vec![9000]));
+        assert_eq!(back(&mut r, false, 5000, 1_900), Some(vec![]));
+        assert_eq!(back(&mut r, false, 5000, 2_200), Some(vec![9000]));
+        // From an address the stream does not go to (its source, a stranger): forged.
+        assert_eq!(back(&mut r, true, 9000, 5_000), None);
+        assert_eq!(back(&mut r, true, 7777, 5_000), None);
+        // About a stream not routed here: nowhere to go.
+        assert!(matches!(
+            r.feedback(12, true, addr(5000), 5_000),
+            Verdict::Unrouted
+        ));
     }
 
     /// Every probe due at `now` answered by its destination if `answers` says so.

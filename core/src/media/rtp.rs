@@ -13,8 +13,14 @@ pub enum Packet {
         sequence: u16,
         marker: bool,
     },
-    /// An RTCP (compound) packet; `ssrc` is its first packet's sender.
-    Rtcp { ssrc: u32, packet_type: u8 },
+    /// An RTCP (compound) packet; `ssrc` is its first packet's sender. Feedback names the
+    /// stream it is `about` ([`super::rtcp::about`]) and whether it asks for a `keyframe`.
+    Rtcp {
+        ssrc: u32,
+        packet_type: u8,
+        about: Option<u32>,
+        keyframe: bool,
+    },
 }
 
 impl Packet {
@@ -70,6 +76,8 @@ pub fn classify(datagram: &[u8]) -> Result<Packet, RtpError> {
         return Ok(Packet::Rtcp {
             ssrc: word(4),
             packet_type: second,
+            about: super::rtcp::about(datagram),
+            keyframe: super::rtcp::asks_keyframe(datagram),
         });
     }
     if datagram.len() < 12 {
@@ -114,12 +122,22 @@ mod tests {
             classify(&sr),
             Ok(Packet::Rtcp {
                 ssrc: 7,
-                packet_type: 200
+                packet_type: 200,
+                about: None,
+                keyframe: false,
             })
         );
-        // A receiver report with one block (RC = 1).
+        // A receiver report with one block (RC = 1): about the block's stream.
         let rr = [0x81, 201, 0, 7, 0, 0, 0, 9, 1, 2, 3, 4];
         assert_eq!(classify(&rr).map(|p| p.ssrc()), Ok(9));
+        assert!(matches!(
+            classify(&rr),
+            Ok(Packet::Rtcp {
+                about: Some(0x0102_0304),
+                keyframe: false,
+                ..
+            })
+        ));
     }
 
     #[test]

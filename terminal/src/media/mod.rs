@@ -11,6 +11,9 @@
 //!
 //! Video arrives on the site's `rtp_port`, audio on `rtp_port + 2`, and a site sends from those
 //! very sockets (symmetric RTP, RFC 4961): its relay forwards its streams only from there. The
+//! video socket also carries RTCP feedback both ways ([`feedback`]): keyframe requests and
+//! reports about the streams received go out, requests for the site's own video come in; the
+//! periodic keyframe is seldom ([`KEYFRAME_EVERY_S`]). The
 //! receive sockets answer the relay's consent probes (STUN Binding Requests, RFC 7983 demux)
 //! themselves, so media comes only to a site that asked for it.
 
@@ -29,7 +32,10 @@ use gstreamer_net::gio::prelude::*;
 
 use cuntong_core::media::{OPUS_PT, PCMA_PT, VIDEO_PT};
 
+pub mod feedback;
 pub mod room;
+
+use feedback::Feedback;
 
 /// Why media could not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +128,14 @@ pub struct SendSettings {
     pub audio: Option<(AudioCodec, u32)>,
     /// Keep the time each video frame left the camera (for latency measurements).
     pub log_frames: bool,
+    /// A keyframe at least this often, in seconds; receivers ask for one when they need it
+    /// sooner (a site joins, a tile changes, packets were lost).
+    pub keyframe_every_s: u32,
 }
+
+/// The periodic keyframe: seldom, since receivers ask for one when they need it (a keyframe
+/// costs several times a frame on a metered link).
+pub const KEYFRAME_EVERY_S: u32 = 10;
 
 /// Times of video frames, in order.
 pub type FrameLog = Arc<Mutex<Vec<std::time::Instant>>>;
@@ -146,6 +159,7 @@ impl SendSettings {
             video,
             audio,
             log_frames: false,
+            keyframe_every_s: KEYFRAME_EVERY_S,
         }
     }
 }
@@ -294,7 +308,7 @@ impl Sender {
                 .field("framerate", gst::Fraction::new(fps as i32, 1))
                 .field("format", "I420")
                 .build();
-            let (enc, factory) = video_encoder(kbps, fps)?;
+            let (enc, factory) = video_encoder(kbps, fps, settings.keyframe_every_s)?;
             let h264 = gst::Caps::builder("video/x-h264")
                 .field("profile", "constrained-baseline")
                 .build();
@@ -336,6 +350,11 @@ impl Sender {
             ];
             pipeline.add_many(&chain)?;
             gst::Element::link_many(&chain)?;
+            // Keyframes when a receiver of the session asks (its feedback comes in on the
+            // receiver's socket this sends from).
+            if let Some(r) = from {
+                r.feedback.heed(&enc);
+            }
             encoder = Some((enc, factory));
         }
         let mut volume = None;
@@ -425,11 +444,8 @@ impl Sender {
         for g in &self.gates {
             g.set_property("drop", !on);
         }
-        if on && let Some(pad) = self.encoder.as_ref().and_then(|(e, _)| e.static_pad("src")) {
-            let ask = gst::Structure::builder("GstForceKeyUnit")
-                .field("all-headers", true)
-                .build();
-            pad.send_event(gst::event::CustomUpstream::new(ask));
+        if on && let Some((encoder, _)) = &self.encoder {
+            feedback::request_keyframe(encoder);
         }
         true
     }
@@ -469,8 +485,13 @@ fn capsfilter(caps: &gst::Caps) -> Result<gst::Element, MediaError> {
 }
 
 /// The H.264 encoder for this machine: hardware first, then x264 (zero latency), then
-/// openh264; keyframes every two seconds, no B-frames (baseline).
-fn video_encoder(kbps: u32, fps: u32) -> Result<(gst::Element, String), MediaError> {
+/// openh264; a keyframe every `keyframe_s` seconds at least, no B-frames (baseline).
+fn video_encoder(
+    kbps: u32,
+    fps: u32,
+    keyframe_s: u32,
+) -> Result<(gst::Element, String), MediaError> {
+    let gop = fps * keyframe_s.max(1);
     if let Ok(e) = gst::ElementFactory::make("v4l2h264enc").build() {
         return Ok((e, "v4l2h264enc".into()));
     }
@@ -478,7 +499,7 @@ fn video_encoder(kbps: u32, fps: u32) -> Result<(gst::Element, String), MediaErr
         .property("bitrate", kbps)
         .property_from_str("tune", "zerolatency")
         .property_from_str("speed-preset", "ultrafast")
-        .property("key-int-max", fps * 2)
+        .property("key-int-max", gop)
         .property("bframes", 0u32)
         .build()
     {
@@ -486,7 +507,7 @@ fn video_encoder(kbps: u32, fps: u32) -> Result<(gst::Element, String), MediaErr
     }
     let e = gst::ElementFactory::make("openh264enc")
         .property("bitrate", kbps * 1000)
-        .property("gop-size", fps * 2)
+        .property("gop-size", gop)
         .build()
         .map_err(|_| MediaError::Missing("v4l2h264enc, x264enc or openh264enc".into()))?;
     Ok((e, "openh264enc".into()))
@@ -550,6 +571,8 @@ pub struct Receiver {
     log_frames: Arc<std::sync::atomic::AtomicBool>,
     /// The room's picture and sound, unless the streams are discarded.
     room: Option<room::Room>,
+    /// RTCP feedback: keyframe requests and reports out, requests for this site's video in.
+    feedback: Arc<Feedback>,
 }
 
 impl Receiver {
@@ -563,6 +586,7 @@ impl Receiver {
         audio: AudioCodec,
     ) -> Result<Receiver, MediaError> {
         init()?;
+        let feedback = Arc::new(Feedback::new(key)?);
         let key = srtp_key(key)?;
         let pipeline = gst::Pipeline::with_name("receive");
         let branches: Arc<Branches> = Arc::default();
@@ -580,7 +604,11 @@ impl Receiver {
         };
         for (video, port) in [(true, video_port), (false, audio_port)] {
             let (src, dec) = srtp_input(port, video, audio, &key)?;
-            answer_consent_probes(&src, consent.clone(), epoch);
+            let heard = video.then(|| feedback.clone());
+            if video {
+                feedback.send_from(&src);
+            }
+            answer_consent_probes(&src, consent.clone(), epoch, heard);
             if let Some(pad) = src.static_pad("src") {
                 count_bytes(&pad, bytes.clone());
             }
@@ -590,6 +618,7 @@ impl Receiver {
             dec.link_pads(Some("rtp_src"), &demux, Some("sink"))?;
             let (pl, br, log) = (pipeline.downgrade(), branches.clone(), log_frames.clone());
             let room = room.clone();
+            let feedback = feedback.clone();
             demux.connect("new-ssrc-pad", false, move |args| {
                 let ssrc = args.get(1).and_then(|v| v.get::<u32>().ok())?;
                 let pad = args.get(2).and_then(|v| v.get::<gst::Pad>().ok())?;
@@ -602,6 +631,7 @@ impl Receiver {
                     latency_ms,
                     &br,
                     &log,
+                    &feedback,
                 ) {
                     tracing::error!(ssrc, error = %e, "cannot decode a new stream");
                 }
@@ -623,7 +653,26 @@ impl Receiver {
             audio_port,
             log_frames,
             room,
+            feedback,
         })
+    }
+
+    /// This site's video SSRC: its feedback speaks as it, and heeds keyframe requests for it.
+    pub fn identify(&self, ssrc: u32) {
+        self.feedback.set_me(ssrc);
+    }
+
+    /// Reports on every video stream received to where it comes from (call every second or
+    /// so; the relays pass on one report per stream a second).
+    pub fn report(&self) {
+        for s in self.streams().into_iter().filter(|s| s.video) {
+            self.feedback.report(s.ssrc, s.packets, s.lost, s.jitter_us);
+        }
+    }
+
+    /// The worst loss a receiver of this site's video reported lately, in percent.
+    pub fn reported_loss_percent(&self) -> f64 {
+        self.feedback.reported_loss_percent()
     }
 
     /// The room's picture and sound, unless this receiver discards what it receives.
@@ -834,6 +883,7 @@ fn answer_consent_probes(
     src: &gst::Element,
     consent: Arc<Mutex<Consent>>,
     epoch: std::time::Instant,
+    feedback: Option<Arc<Feedback>>,
 ) {
     let Some(pad) = src.static_pad("src") else {
         return;
@@ -847,13 +897,33 @@ fn answer_consent_probes(
         let Ok(data) = buffer.map_readable() else {
             return gst::PadProbeReturn::Ok;
         };
+        let sender = || {
+            buffer
+                .meta::<gstreamer_net::NetAddressMeta>()
+                .and_then(|m| m.addr().downcast::<gio::InetSocketAddress>().ok())
+        };
         if !stun::is_stun(data.as_slice()) {
-            return gst::PadProbeReturn::Ok;
+            let Some(feedback) = &feedback else {
+                return gst::PadProbeReturn::Ok;
+            };
+            return match cuntong_core::media::rtp::classify(data.as_slice()) {
+                // Feedback for this site's own video: never for the SRTP decrypter.
+                Ok(cuntong_core::media::rtp::Packet::Rtcp { .. }) => {
+                    feedback.on_rtcp(data.as_slice());
+                    gst::PadProbeReturn::Drop
+                }
+                Ok(cuntong_core::media::rtp::Packet::Rtp { ssrc, .. }) => {
+                    if !feedback.knows(ssrc)
+                        && let Some(from) = sender()
+                    {
+                        feedback.heard_from(ssrc, SocketAddr::from(from));
+                    }
+                    gst::PadProbeReturn::Ok
+                }
+                Err(_) => gst::PadProbeReturn::Ok,
+            };
         }
-        let Some(from) = buffer
-            .meta::<gstreamer_net::NetAddressMeta>()
-            .and_then(|m| m.addr().downcast::<gio::InetSocketAddress>().ok())
-        else {
+        let Some(from) = sender() else {
             return gst::PadProbeReturn::Drop;
         };
         let now_ms = epoch.elapsed().as_millis() as u64;
@@ -904,7 +974,7 @@ impl Unwrap {
             let (src, dec) = srtp_input(0, video, audio, &key)?;
             // The relay of this box sends here; it needs no consent, but STUN must not reach
             // the decrypter.
-            answer_consent_probes(&src, Arc::default(), std::time::Instant::now());
+            answer_consent_probes(&src, Arc::default(), std::time::Instant::now(), None);
             let sink = make_with(
                 "udpsink",
                 &[
@@ -946,11 +1016,26 @@ fn add_branch(
     latency_ms: u32,
     branches: &Branches,
     log_frames: &Arc<std::sync::atomic::AtomicBool>,
+    feedback: &Arc<Feedback>,
 ) -> Result<(), MediaError> {
     let jb = make_with("rtpjitterbuffer", &[("latency", latency_ms.to_value())])?;
     let (depay, decoder) = if video {
+        // The depayloader asks upstream for a keyframe when packets were lost; the request
+        // goes to the stream's sender as feedback.
+        let depay = make_with("rtph264depay", &[("request-keyframe", true.to_value())])?;
+        if let Some(pad) = jb.static_pad("src") {
+            let feedback = feedback.clone();
+            pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+                if let Some(gst::PadProbeData::Event(e)) = &info.data
+                    && e.structure().is_some_and(|s| s.name() == "GstForceKeyUnit")
+                {
+                    feedback.ask_keyframe(ssrc, Default::default());
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
         (
-            make("rtph264depay")?,
+            depay,
             first_available(&["v4l2h264dec", "avdec_h264", "openh264dec"])?,
         )
     } else {
@@ -1024,6 +1109,11 @@ fn add_branch(
         .unwrap_or_else(PoisonError::into_inner)
         .insert((video, ssrc), branch);
     tracing::info!(ssrc, video, "receiving a new stream");
+    // A stream that starts here needs a keyframe to decode from: ask at once rather than
+    // wait for the sender's next one.
+    if video {
+        feedback.ask_keyframe(ssrc, Default::default());
+    }
     Ok(())
 }
 
@@ -1177,6 +1267,9 @@ impl crate::conference::MediaEngine for GstEngine {
                 None
             }
         };
+        if let Some(r) = &receiver {
+            r.identify(plan.ssrc);
+        }
         tracing::info!(%meeting, ssrc = plan.ssrc, tier = plan.tier.as_str(), profile = %profile.name, "media started");
         self.sessions.insert(
             meeting,
@@ -1312,9 +1405,15 @@ impl crate::conference::MediaEngine for GstEngine {
         for meeting in sending {
             self.update_sender(meeting, true);
         }
+        // What the receivers of this site's video lose counts as much as the link's own loss.
+        let mut loss_percent = loss_percent;
         for s in self.sessions.values() {
             if let Some(r) = &s.receiver {
                 r.fit_latency();
+                r.report();
+                if s.sending {
+                    loss_percent = loss_percent.max(r.reported_loss_percent());
+                }
             }
         }
         let target = video_share(rtt_ms, loss_percent);
