@@ -510,3 +510,124 @@ pub fn ingest_counters(log: &str) -> Option<(u64, u64)> {
     };
     Some((field("stored")?, field("duplicates")?))
 }
+
+/// The streams of the media file at `file` as ffprobe reads them, one
+/// `codec_name,codec_type[,width,height]` each, sorted; `None` if ffprobe cannot read it (yet).
+pub fn media_streams(file: &Path) -> Option<Vec<String>> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name,width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort_unstable();
+    Some(lines)
+}
+
+/// The length of the media file at `file` in seconds, as its container states it; `None` while
+/// it does not (a Matroska file states it once its writer finished it).
+pub fn media_duration(file: &Path) -> Option<f64> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// The county relay of a simulated media fleet of county 130102, which chairs its meetings.
+pub const COUNTY_RELAY: &str = "130102000000-relay";
+
+/// A county meeting with real media: Mosquitto, central (a 2 s meeting heartbeat), a simulated
+/// fleet of county 130102 with `villages` villages and the county relay (`--media` and
+/// `fleet_args`), all online; then a meeting of the county (`low` profile, chaired by the
+/// relay's box) created and started.
+#[derive(Debug)]
+pub struct MediaCounty {
+    pub broker: Broker,
+    pub central: Proc,
+    pub fleet: Proc,
+    /// Central's store.
+    pub db: PathBuf,
+    /// The meeting's id.
+    pub id: String,
+}
+
+impl MediaCounty {
+    pub fn start(dir: &Path, villages: usize, fleet_args: &[&str]) -> MediaCounty {
+        let broker = Broker::start(BrokerKind::Mosquitto, dir);
+        let db = dir.join("central.db");
+        let central = central_with(&broker, &db, dir, &["--meeting-heartbeat", "2s"]);
+        let mut args = vec!["--media"];
+        args.extend_from_slice(fleet_args);
+        let fleet = sim_fleet_with(&broker.url, "130102", villages, dir, "fleet", &args);
+        assert!(
+            wait_until(Duration::from_secs(30), || sites(&db, None)
+                .iter()
+                .filter(|s| s.online)
+                .count()
+                == villages + 1),
+            "the county relay and {villages} villages: {:?}\n{}",
+            sites(&db, None),
+            fleet.log_text()
+        );
+        let mut county = MediaCounty {
+            broker,
+            central,
+            fleet,
+            db,
+            id: String::new(),
+        };
+        county.id = ok(county.cuntong(&[
+            "meeting",
+            "create",
+            "--title",
+            "县务会",
+            "--invite",
+            "130102",
+            "--profile",
+            "low",
+            "--chair",
+            COUNTY_RELAY,
+        ]))
+        .trim()
+        .to_owned();
+        ok(county.cuntong(&["meeting", "start", &county.id]));
+        county
+    }
+
+    /// Runs `cuntong ARGS --broker …` against this county's broker.
+    pub fn cuntong(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--broker", &self.broker.url]);
+        run(&bin("cuntong"), &all)
+    }
+
+    /// The villages (every terminal but the relay).
+    pub fn villages(&self) -> Vec<String> {
+        sites(&self.db, None)
+            .into_iter()
+            .map(|s| s.terminal)
+            .filter(|t| t != COUNTY_RELAY)
+            .collect()
+    }
+}

@@ -16,12 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cuntong_e2e::{
-    Broker, BrokerKind, bin, central_with, ok, run, sim_fleet_with, sites, wait_until,
-};
+use cuntong_e2e::{COUNTY_RELAY, MediaCounty, ok, run, sites, wait_until};
 use cuntong_firmware_sim::fleet::free_udp_pair;
 
-const RELAY: &str = "130102000000-relay";
+const RELAY: &str = COUNTY_RELAY;
 const SPEAKER: &str = "130102001001-main";
 
 /// Each terminal's latest value of `metric`.
@@ -39,51 +37,16 @@ fn latest(db: &Path, metric: &str) -> Vec<(String, f64)> {
 fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switches_the_speaker() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let broker = Broker::start(BrokerKind::Mosquitto, d);
-    let db = d.join("central.db");
-    let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "2s"]);
-    let fleet = sim_fleet_with(&broker.url, "130102", 3, d, "fleet", &["--media"]);
-    assert!(
-        wait_until(Duration::from_secs(30), || sites(&db, None)
-            .iter()
-            .filter(|s| s.online)
-            .count()
-            == 4),
-        "the county relay and three villages: {:?}\n{}",
-        sites(&db, None),
-        fleet.log_text()
-    );
-    let cuntong = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--broker", &broker.url]);
-        run(&bin("cuntong"), &all)
-    };
-    let id = ok(cuntong(&[
-        "meeting",
-        "create",
-        "--title",
-        "县务会",
-        "--invite",
-        "130102",
-        "--profile",
-        "low",
-        "--chair",
-        RELAY,
-    ]))
-    .trim()
-    .to_owned();
-    ok(cuntong(&["meeting", "start", &id]));
+    let county = MediaCounty::start(d, 3, &[]);
+    let (broker, db, id, central) = (&county.broker, &county.db, &county.id, &county.central);
+    let cuntong = |args: &[&str]| county.cuntong(args);
 
     // Every village decodes the chair's stream, and only it; the chair's box sends.
-    let villages: Vec<String> = sites(&db, None)
-        .into_iter()
-        .map(|s| s.terminal)
-        .filter(|t| t != RELAY)
-        .collect();
+    let villages = county.villages();
     assert_eq!(villages.len(), 3);
     let receiving = |want_streams: f64, who: &[String]| {
-        let frames = latest(&db, "media.frames");
-        let streams = latest(&db, "media.streams");
+        let frames = latest(db, "media.frames");
+        let streams = latest(db, "media.streams");
         who.iter().all(|t| {
             frames.iter().any(|(x, v)| x == t && *v >= 10.0)
                 && streams.iter().any(|(x, v)| x == t && *v == want_streams)
@@ -92,14 +55,14 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
     assert!(
         wait_until(Duration::from_secs(40), || receiving(1.0, &villages)),
         "the chair did not reach every village: frames {:?} streams {:?}\n{}",
-        latest(&db, "media.frames"),
-        latest(&db, "media.streams"),
+        latest(db, "media.frames"),
+        latest(db, "media.streams"),
         central.log_text()
     );
     // Terminals report on their own clocks: what one says may come a batch after another.
     let reported = |metric: &str, who: &[String], ok: &dyn Fn(f64) -> bool| {
         wait_until(Duration::from_secs(20), || {
-            let values = latest(&db, metric);
+            let values = latest(db, metric);
             who.iter()
                 .all(|t| values.iter().any(|(x, v)| x == t && ok(*v)))
         })
@@ -108,33 +71,33 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
     assert!(
         reported("media.tx", &relay, &|v| v > 20.0),
         "the chair's box does not send: {:?}",
-        latest(&db, "media.tx")
+        latest(db, "media.tx")
     );
     assert!(
         reported("media.rx", &villages, &|v| v > 20.0),
         "{:?}",
-        latest(&db, "media.rx")
+        latest(db, "media.rx")
     );
 
     // The floor to one village: the two others now decode two streams (chair and speaker),
     // the chair's box the speaker's, the speaker only the chair's.
-    ok(cuntong(&["meeting", "floor", &id, "grant", SPEAKER]));
+    ok(cuntong(&["meeting", "floor", id, "grant", SPEAKER]));
     let others: Vec<String> = villages.iter().filter(|t| *t != SPEAKER).cloned().collect();
     assert!(
         wait_until(Duration::from_secs(40), || receiving(2.0, &others)
             && receiving(1.0, &[SPEAKER.to_owned(), RELAY.to_owned()])),
         "the speaker did not switch: streams {:?} frames {:?}",
-        latest(&db, "media.streams"),
-        latest(&db, "media.frames"),
+        latest(db, "media.streams"),
+        latest(db, "media.frames"),
     );
     assert!(
         reported("media.tx", &[SPEAKER.to_owned()], &|v| v > 20.0),
         "the speaker does not send: {:?}",
-        latest(&db, "media.tx")
+        latest(db, "media.tx")
     );
     // The chair sees it in the meeting's status too.
     let status = || -> Vec<cuntong::control::SiteJson> {
-        serde_json::from_str(&ok(cuntong(&["meeting", "status", &id, "--json"]))).unwrap()
+        serde_json::from_str(&ok(cuntong(&["meeting", "status", id, "--json"]))).unwrap()
     };
     let shows = |s: &[cuntong::control::SiteJson]| {
         s.iter().all(|site| match site.media.as_ref() {
@@ -151,21 +114,21 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
 
     // The floor taken back and given again: the speaker holds its stream back, then resumes it
     // (the same stream going on, starting with a keyframe for the others).
-    ok(cuntong(&["meeting", "floor", &id, "revoke"]));
+    ok(cuntong(&["meeting", "floor", id, "revoke"]));
     assert!(
         wait_until(Duration::from_secs(30), || receiving(1.0, &others)),
         "the speaker's stream did not stop: {:?}",
-        latest(&db, "media.streams")
+        latest(db, "media.streams")
     );
-    ok(cuntong(&["meeting", "floor", &id, "grant", SPEAKER]));
+    ok(cuntong(&["meeting", "floor", id, "grant", SPEAKER]));
     assert!(
         wait_until(Duration::from_secs(30), || receiving(2.0, &others)),
         "the speaker's stream did not resume: {:?}",
-        latest(&db, "media.streams")
+        latest(db, "media.streams")
     );
 
     // Nobody lost media on the way (loopback).
-    for (t, loss) in latest(&db, "media.loss") {
+    for (t, loss) in latest(db, "media.loss") {
         assert!(loss < 5.0, "{t}: {loss} % lost");
     }
 
@@ -174,9 +137,9 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
     let viewed = villages.iter().find(|t| *t != SPEAKER).unwrap();
     let port = free_udp_pair().unwrap();
     let to = format!("127.0.0.1:{port}");
-    let bad = cuntong(&["meeting", "view", &id, viewed, "--to", "console:1"]);
+    let bad = cuntong(&["meeting", "view", id, viewed, "--to", "console:1"]);
     assert_eq!(bad.status.code(), Some(2), "a bad --to is a usage error");
-    let sdp = ok(cuntong(&["meeting", "view", &id, viewed, "--to", &to]));
+    let sdp = ok(cuntong(&["meeting", "view", id, viewed, "--to", &to]));
     assert!(sdp.starts_with("v=0\r\n"), "{sdp}");
     assert!(sdp.contains(&format!("m=video {port} RTP/AVP 96")), "{sdp}");
     let file = d.join("view.sdp");
@@ -204,10 +167,10 @@ fn the_chair_reaches_every_village_through_the_county_relay_and_the_floor_switch
     assert!(text.contains("Audio: opus"), "{text}");
     assert!(text.contains("frame=   30"), "{text}");
     ok(cuntong(&[
-        "meeting", "view", &id, viewed, "--to", &to, "--stop",
+        "meeting", "view", id, viewed, "--to", &to, "--stop",
     ]));
 
-    lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(&broker.url, &id, d);
+    lying_sites_get_no_media_and_forged_rtp_is_not_forwarded(&broker.url, id, d);
 }
 
 /// Two terminals of the county join the live meeting `id` by hand (published as they would):

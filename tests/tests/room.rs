@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use cuntong_core::media::layout::Layout;
 use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
+use cuntong_e2e::{media_duration, media_streams};
 use cuntong_terminal::config::Display;
 use cuntong_terminal::media::{Capture, Playback, Receiver, SendSettings, Sender};
 
@@ -24,6 +25,15 @@ const COLOURS: [(u32, [u8; 3]); 4] = [
     (0xff00_00ff, [0, 0, 255]),
     (0xffff_ffff, [255, 255, 255]),
 ];
+
+/// Each test here runs whole pipelines of several sites and a room (a core or more): one at a
+/// time, or a starved room takes its sites' pictures for frozen.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ROOMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ROOMS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The mean colour of a 64x64 square around (`x`, `y`) of an RGB picture `w` wide.
 fn mean(rgb: &[u8], w: usize, x: usize, y: usize) -> [u8; 3] {
@@ -98,6 +108,20 @@ fn wait_decoded(rx: &Receiver, ssrcs: &[u32]) {
     }
 }
 
+/// Waits (at most 30 s) for the room's file at `file` to be finished: its length written at its
+/// end once the room stopped.
+fn finished(file: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while media_duration(file).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was not finished",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The last picture of the Matroska file at `file`, as RGB.
 fn last_picture(file: &std::path::Path) -> Vec<u8> {
     let frame = Command::new("ffmpeg")
@@ -117,6 +141,7 @@ fn last_picture(file: &std::path::Path) -> Vec<u8> {
 
 #[test]
 fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("room.mkv");
     let key = [9u8; 30];
@@ -131,25 +156,16 @@ fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound
     wait_decoded(&rx, &ssrcs);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(rx.room().map(|r| r.layout()), Some(Layout::Grid(2)));
-    drop(senders);
+    // The room ends while the sites still send: its last pictures are live ones.
     drop(rx);
+    drop(senders);
+    finished(&file);
 
     // One video stream, the room's size, and one audio stream.
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_type,codec_name,width,height",
-        ])
-        .args(["-of", "csv=p=0"])
-        .arg(&file)
-        .output()
-        .expect("ffprobe (the test command installs ffmpeg)");
-    let streams = String::from_utf8_lossy(&probe.stdout).to_string();
-    let mut lines: Vec<&str> = streams.lines().collect();
-    lines.sort_unstable();
-    assert_eq!(lines, ["h264,video,1280,720", "opus,audio"], "{streams}");
+    assert_eq!(
+        media_streams(&file),
+        Some(vec!["h264,video,1280,720".into(), "opus,audio".into()])
+    );
 
     // The last picture: each quarter is one site's colour, every site in one quarter.
     let rgb = last_picture(&file);
@@ -165,6 +181,7 @@ fn four_sites_are_composed_into_the_quarters_of_one_picture_with_one_mixed_sound
 
 #[test]
 fn in_the_speaker_layout_the_site_that_speaks_takes_the_large_tile_and_keeps_it_through_a_cough() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("speaker.mkv");
     let key = [7u8; 30];
@@ -206,8 +223,9 @@ fn in_the_speaker_layout_the_site_that_speaks_takes_the_large_tile_and_keeps_it_
         asked.elapsed()
     );
     std::thread::sleep(Duration::from_secs(1));
-    drop((red_site, blue_site));
     drop(rx);
+    drop((red_site, blue_site));
+    finished(&file);
     // The large tile (two thirds of the picture each way) shows blue.
     let rgb = last_picture(&file);
     let large = mean(&rgb, 1280, 426, 240);
@@ -216,6 +234,7 @@ fn in_the_speaker_layout_the_site_that_speaks_takes_the_large_tile_and_keeps_it_
 
 #[test]
 fn a_layout_changed_while_the_room_runs_moves_the_tiles() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("changed.mkv");
     let key = [5u8; 30];
@@ -227,8 +246,9 @@ fn a_layout_changed_while_the_room_runs_moves_the_tiles() {
     wait_decoded(&rx, &[0x3000, 0x3002]);
     rx.room().unwrap().set_layout(Layout::Grid(2));
     std::thread::sleep(Duration::from_secs(1));
-    drop(sites);
     drop(rx);
+    drop(sites);
+    finished(&file);
     let rgb = last_picture(&file);
     let top = [mean(&rgb, 1280, 320, 180), mean(&rgb, 1280, 960, 180)];
     for want in [COLOURS[1].1, COLOURS[3].1] {
@@ -253,6 +273,7 @@ fn white_pixels(rgb: &[u8], w: usize, (x0, y0): (usize, usize), (x1, y1): (usize
 #[test]
 fn the_chairs_screen_captions_each_tile_with_its_sites_name_and_a_missing_or_frozen_picture_shows_why()
  {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("screen.mkv");
     let key = [3u8; 30];
@@ -285,8 +306,9 @@ fn the_chairs_screen_captions_each_tile_with_its_sites_name_and_a_missing_or_fro
     drop(blue_site);
     until(&rx, &["东村", "西村", "南村  图像中断", "北村  等待图像"]);
     std::thread::sleep(Duration::from_secs(1));
-    drop((red_site, green_site));
     drop(rx);
+    drop((red_site, green_site));
+    finished(&file);
 
     let rgb = last_picture(&file);
     // The pictures that came are in their tiles, in the screen's order.
@@ -318,76 +340,32 @@ fn quarters(rgb: &[u8]) -> Vec<[u8; 3]> {
 #[test]
 fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_four_captioned_sites()
  {
-    use cuntong_e2e::{
-        Broker, BrokerKind, bin, central_with, ok, run, sim_fleet_with, sites, wait_until,
-    };
+    let _one = one_at_a_time();
+    use cuntong_e2e::{MediaCounty, ok, sites, wait_until};
 
-    const CHAIR: &str = "130102000000-relay";
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let rooms = d.join("rooms");
     std::fs::create_dir_all(&rooms).unwrap();
-    let broker = Broker::start(BrokerKind::Mosquitto, d);
-    let db = d.join("central.db");
-    let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "2s"]);
-    let fleet = sim_fleet_with(
-        &broker.url,
-        "130102",
-        4,
-        d,
-        "fleet",
-        &["--media", "--rooms", rooms.to_str().unwrap()],
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || sites(&db, None)
-            .iter()
-            .filter(|s| s.online)
-            .count()
-            == 5),
-        "the county relay and four villages: {:?}\n{}",
-        sites(&db, None),
-        fleet.log_text()
-    );
-    let cuntong = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--broker", &broker.url]);
-        run(&bin("cuntong"), &all)
-    };
-    let id = ok(cuntong(&[
-        "meeting",
-        "create",
-        "--title",
-        "县务会",
-        "--invite",
-        "130102",
-        "--profile",
-        "low",
-        "--chair",
-        CHAIR,
-    ]))
-    .trim()
-    .to_owned();
-    ok(cuntong(&["meeting", "start", &id]));
-    let bad = cuntong(&["meeting", "layout", &id, "5x5"]);
+    let county = MediaCounty::start(d, 4, &["--rooms", rooms.to_str().unwrap()]);
+    let (db, id, fleet) = (&county.db, &county.id, &county.fleet);
+    let cuntong = |args: &[&str]| county.cuntong(args);
+    let bad = cuntong(&["meeting", "layout", id, "5x5"]);
     assert_eq!(
         bad.status.code(),
         Some(2),
         "a layout that is none is a usage error"
     );
-    ok(cuntong(&["meeting", "layout", &id, "2x2"]));
-    let status = ok(cuntong(&["meeting", "status", &id]));
+    ok(cuntong(&["meeting", "layout", id, "2x2"]));
+    let status = ok(cuntong(&["meeting", "status", id]));
     assert!(status.contains("layout 2x2"), "{status}");
 
     // Each village receives and decodes four pictures: the chair's and the three other
     // villages'.
-    let villages: Vec<String> = sites(&db, None)
-        .into_iter()
-        .map(|s| s.terminal)
-        .filter(|t| t != CHAIR)
-        .collect();
+    let villages = county.villages();
     assert_eq!(villages.len(), 4);
     let four = || {
-        let all = sites(&db, None);
+        let all = sites(db, None);
         villages.iter().all(|v| {
             all.iter().any(|s| {
                 s.terminal == *v
@@ -399,43 +377,28 @@ fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_
     assert!(
         wait_until(Duration::from_secs(60), four),
         "not every village decodes four pictures: {:?}\n{}",
-        sites(&db, None)
+        sites(db, None)
             .iter()
             .map(|s| (s.terminal.clone(), s.metrics.get("media.streams").copied()))
             .collect::<Vec<_>>(),
-        central.log_text()
+        county.central.log_text()
     );
     std::thread::sleep(Duration::from_secs(2));
     // The meeting ends: each box stops its room, and its file is whole.
-    ok(cuntong(&["meeting", "end", &id]));
+    ok(cuntong(&["meeting", "end", id]));
     let file = rooms.join(format!("{}.mkv", villages[0]));
-    let whole = || {
-        Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "stream=codec_type,codec_name,width,height",
-            ])
-            .args(["-of", "csv=p=0"])
-            .arg(&file)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-    };
+    // Whole once its box wrote its length at the end.
     assert!(
-        wait_until(Duration::from_secs(30), || whole()
-            .is_some_and(|s| s.lines().count() == 2)),
+        wait_until(Duration::from_secs(40), || media_duration(&file).is_some()),
         "{:?}\n{}",
-        whole(),
+        media_streams(&file),
         fleet.log_text()
     );
-    let streams = whole().unwrap();
-    let mut lines: Vec<&str> = streams.lines().collect();
-    lines.sort_unstable();
-    assert_eq!(lines, ["h264,video,1280,720", "opus,audio"], "{streams}");
-    drop(fleet);
+    assert_eq!(
+        media_streams(&file),
+        Some(vec!["h264,video,1280,720".into(), "opus,audio".into()])
+    );
+    drop(county);
 
     // While the meeting ran, the room showed four distinct pictures in its four quarters, none
     // of them missing (dark), each captioned.
@@ -450,20 +413,19 @@ fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_
             .all(|&(x, y)| white_pixels(rgb, 1280, (x + 12, y - 44), (x + 200, y - 10)) > 30);
         distinct && captioned
     };
-    let frames = pictures(&file, 8);
+    let frames = pictures(&file);
     assert!(
         frames.iter().any(|f| four_sites(f)),
-        "no picture of four captioned sites among the last {}: {:?}",
+        "no picture of four captioned sites among {}: {:?}",
         frames.len(),
         frames.iter().map(|f| quarters(f)).collect::<Vec<_>>()
     );
 }
 
-/// The pictures of the last `secs` seconds of the Matroska file at `file`, two a second, as
-/// RGB.
-fn pictures(file: &std::path::Path, secs: u32) -> Vec<Vec<u8>> {
+/// The pictures of the Matroska file at `file`, two a second, as RGB.
+fn pictures(file: &std::path::Path) -> Vec<Vec<u8>> {
     let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-sseof", &format!("-{secs}"), "-i"])
+        .args(["-v", "error", "-i"])
         .arg(file)
         .args(["-vf", "fps=2", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
         .output()

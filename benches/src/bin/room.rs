@@ -133,7 +133,9 @@ fn main() -> anyhow::Result<()> {
     let (decode, decoded) = phase(Playback::Discard)?;
     println!("  decoding without composing    {decode:.2} cores ({decoded} frames decoded)");
     let (compose, composed) = phase(Playback::Room { display, layout })?;
-    println!("  composing {layout}, captions, mixing  {compose:.2} cores ({composed} frames decoded)");
+    println!(
+        "  composing {layout}, captions, mixing  {compose:.2} cores ({composed} frames decoded)"
+    );
     println!(
         "  ratio composing / decoding    {:.2}",
         compose / decode.max(0.001)

@@ -520,25 +520,19 @@ impl MeetingService {
         self.outbound.drain(link);
     }
 
-    /// Central (re)connected: publish every live state again.
+    /// Central (re)connected: publish every live state and its screen again.
     pub fn republish(&mut self) {
-        let states: Vec<MeetingState> = self
+        let live: Vec<(MeetingState, Option<Screen>)> = self
             .hosts
             .values()
             .filter(|h| h.state().status != Status::Ended)
-            .map(|h| h.state().clone())
+            .map(|h| (h.state().clone(), h.screen().cloned()))
             .collect();
-        for s in states {
-            self.publish_state(&s);
-        }
-        let screens: Vec<Screen> = self
-            .hosts
-            .values()
-            .filter(|h| h.state().status != Status::Ended)
-            .filter_map(|h| h.screen().cloned())
-            .collect();
-        for s in screens {
-            self.publish_screen(s);
+        for (state, screen) in live {
+            self.publish_state(&state);
+            if let Some(screen) = screen {
+                self.publish_screen(screen);
+            }
         }
     }
 

@@ -800,23 +800,42 @@ impl Receiver {
     }
 }
 
+/// How long a room's file may take to be finished after its receiver stopped (the encoder's
+/// backlog on a busy box).
+const FINISH_WITHIN: gst::ClockTime = gst::ClockTime::from_seconds(30);
+
 impl Drop for Receiver {
     fn drop(&mut self) {
-        if self.room.as_ref().is_some_and(|r| r.to_file) {
-            // A file is whole (its index and duration written) once the end of the streams
-            // has gone through the muxer.
-            self.pipeline.send_event(gst::event::Eos::new());
-            if let Some(bus) = self.pipeline.bus() {
-                let ended = bus.timed_pop_filtered(
-                    gst::ClockTime::from_seconds(5),
-                    &[gst::MessageType::Eos, gst::MessageType::Error],
-                );
-                if ended.is_none() {
-                    tracing::warn!("the room's file was not finished within 5 s");
-                }
-            }
+        let Some(room) = self.room.as_ref().filter(|r| r.to_file) else {
+            let _ = self.pipeline.set_state(gst::State::Null);
+            return;
+        };
+        // The receive sockets go at once (a new session may want the port); the room's file
+        // is whole (its index and duration written) once the end of its streams has gone
+        // through the encoder and the muxer, which a thread of its own waits for, so that
+        // neither the caller nor the next session waits.
+        for src in &self.sources {
+            let _ = src.set_state(gst::State::Null);
         }
-        let _ = self.pipeline.set_state(gst::State::Null);
+        room.finish();
+        let pipeline = self.pipeline.clone();
+        let waiting = std::thread::Builder::new()
+            .name("room-finish".into())
+            .spawn(move || {
+                if let Some(bus) = pipeline.bus() {
+                    let ended = bus.timed_pop_filtered(
+                        FINISH_WITHIN,
+                        &[gst::MessageType::Eos, gst::MessageType::Error],
+                    );
+                    if ended.is_none() {
+                        tracing::warn!(within = %FINISH_WITHIN, "the room's file was not finished");
+                    }
+                }
+                let _ = pipeline.set_state(gst::State::Null);
+            });
+        if waiting.is_err() {
+            let _ = self.pipeline.set_state(gst::State::Null);
+        }
     }
 }
 

@@ -348,6 +348,19 @@ impl Room {
         Ok(())
     }
 
+    /// Ends the room's picture and sound: the end of stream on every input of the compositor
+    /// and the mixer, whatever still flows from the sites.
+    pub fn finish(&self) {
+        for pad in self
+            .compositor
+            .sink_pads()
+            .into_iter()
+            .chain(self.mixer.sink_pads())
+        {
+            pad.send_event(gst::event::Eos::new());
+        }
+    }
+
     /// The operator at the box lays the tiles out anew, whatever the chair's layout.
     pub fn set_layout(&self, layout: Layout) {
         let mut tiles = self.tiles.lock().unwrap_or_else(PoisonError::into_inner);
