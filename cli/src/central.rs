@@ -58,6 +58,8 @@ pub struct CentralOptions {
     pub tls: Option<cuntong_terminal::tls::TlsFiles>,
     /// How often the sites of a new session repeat their status.
     pub meeting_heartbeat: Duration,
+    /// Where relays reach central's recorders.
+    pub media_host: std::net::IpAddr,
     /// Alarm rules and notification hooks.
     pub alarms: AlarmConfig,
     /// Where the web dashboard listens, if it is served.
@@ -88,6 +90,7 @@ impl CentralOptions {
             ack_interval: Duration::from_secs(1),
             tls: None,
             meeting_heartbeat: Duration::from_secs(10),
+            media_host: std::net::IpAddr::from([127, 0, 0, 1]),
             alarms: AlarmConfig::default(),
             http: None,
             lease: Lease::default(),
@@ -284,7 +287,8 @@ impl Roles {
                 opts.meeting_heartbeat,
                 state.clone(),
                 writer.names.clone(),
-            )?,
+            )?
+            .recording_at(opts.media_host),
             alarms: AlarmService::open(
                 store,
                 opts.alarms.clone(),

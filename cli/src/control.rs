@@ -17,7 +17,9 @@
 //! largest message a link takes whatever the sites' names.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
+use cuntong_core::media::layout::Layout;
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::{Invitee, Kind, MediaProfile, MeetingId};
 use cuntong_core::terminal_id::TerminalId;
@@ -89,6 +91,15 @@ pub enum RequestBody {
         all: bool,
     },
     List,
+    /// Central records the session (the composed picture and the mixed sound) to `out` on its
+    /// machine, in `layout` (default: the chair's), or, without `out`, stops recording it.
+    Record {
+        #[serde(with = "text")]
+        meeting: MeetingId,
+        out: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layout: Option<Layout>,
+    },
     /// A viewer of a site's stream at `to` (`host:port`; audio two ports up), or, with
     /// `stop`, no longer.
     View {
@@ -305,6 +316,9 @@ pub struct MeetingStatus {
     /// The chair's layout for every site (`2x2`…), if the chair set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
+    /// The file central records the session to, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
     /// A page of the sites, by terminal id.
     pub sites: Vec<SiteJson>,
     /// Ask again with `after` = this for the next page.
@@ -720,6 +734,22 @@ mod tests {
             ),
             (req(RequestBody::List), r#"{"id":7,"body":"list"}"#),
             (
+                req(RequestBody::Record {
+                    meeting: m1,
+                    out: Some("/srv/rec/m1.mkv".into()),
+                    layout: Some(Layout::Grid(3)),
+                }),
+                r#"{"id":7,"body":{"record":{"meeting":"m1","out":"/srv/rec/m1.mkv","layout":"3x3"}}}"#,
+            ),
+            (
+                req(RequestBody::Record {
+                    meeting: m1,
+                    out: None,
+                    layout: None,
+                }),
+                r#"{"id":7,"body":{"record":{"meeting":"m1","out":null}}}"#,
+            ),
+            (
                 req(RequestBody::View {
                     meeting: m1,
                     terminal: site,
@@ -854,6 +884,7 @@ mod tests {
             hands: vec!["130102001001-main".into()],
             roll_call: Some(1),
             layout: Some("2x2".into()),
+            recording: None,
             sites: vec![SiteJson {
                 terminal: "130102001001-main".into(),
                 name: "Main St".into(),

@@ -413,7 +413,7 @@ pub async fn run_rebooting(
             use cuntong_terminal::config::Display;
             use cuntong_terminal::media::{Capture, GstEngine, Playback};
             let (capture, playback) = match &cfg.media.display {
-                Display::File(_) => (
+                Display::File(_) | Display::Recording { .. } => (
                     Capture::Colour(PALETTE[seed as usize % PALETTE.len()]),
                     Playback::Room {
                         display: cfg.media.display.clone(),

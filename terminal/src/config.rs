@@ -794,6 +794,28 @@ pub enum Display {
     Screen { kms: bool },
     /// A Matroska file (H.264 and Opus): for tests, and for people to look at.
     File(PathBuf),
+    /// A meeting's recording: Matroska files of at most `segment` each, the first at `path`,
+    /// the next ones beside it ([`recording_segment`]).
+    Recording {
+        path: PathBuf,
+        segment: std::time::Duration,
+    },
+}
+
+/// Where segment `n` (from 0) of a recording to `path` goes: `path` itself, then
+/// `meeting.001.mkv`, `meeting.002.mkv`… beside it.
+pub fn recording_segment(path: &std::path::Path, n: u32) -> PathBuf {
+    if n == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().map_or_else(
+        || "recording".to_owned(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let ext = path
+        .extension()
+        .map_or_else(|| "mkv".to_owned(), |e| e.to_string_lossy().into_owned());
+    path.with_file_name(format!("{stem}.{n:03}.{ext}"))
 }
 
 impl std::str::FromStr for Display {
@@ -1071,6 +1093,20 @@ mod tests {
         assert_eq!(hj.loggers[0].factors["011"], Metric::W01018);
         assert_eq!(cfg.media.display, Display::Screen { kms: false });
         assert_eq!(cfg.media.layout.to_string(), "1+5");
+    }
+
+    #[test]
+    fn a_recordings_segments_go_beside_its_first_file() {
+        let first = std::path::Path::new("/srv/rec/县务会.mkv");
+        assert_eq!(recording_segment(first, 0), first);
+        assert_eq!(
+            recording_segment(first, 1),
+            std::path::Path::new("/srv/rec/县务会.001.mkv")
+        );
+        assert_eq!(
+            recording_segment(std::path::Path::new("/srv/rec/m1"), 12),
+            std::path::Path::new("/srv/rec/m1.012.mkv")
+        );
     }
 
     #[test]

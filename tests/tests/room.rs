@@ -263,10 +263,21 @@ fn a_layout_changed_while_the_room_runs_moves_the_tiles() {
 }
 
 /// How many pixels of the box from (`x0`, `y0`) to (`x1`, `y1`) are near white.
-fn white_pixels(rgb: &[u8], w: usize, (x0, y0): (usize, usize), (x1, y1): (usize, usize)) -> usize {
+fn white_pixels(rgb: &[u8], w: usize, from: (usize, usize), to: (usize, usize)) -> usize {
+    pixels(rgb, w, from, to, |p| p.iter().all(|c| *c > 200))
+}
+
+/// How many pixels of the box from (`x0`, `y0`) to (`x1`, `y1`) are `like` that.
+fn pixels(
+    rgb: &[u8],
+    w: usize,
+    (x0, y0): (usize, usize),
+    (x1, y1): (usize, usize),
+    like: impl Fn(&[u8]) -> bool,
+) -> usize {
     (y0..y1)
         .flat_map(|y| (x0..x1).map(move |x| (y * w + x) * 3))
-        .filter(|p| rgb[*p..*p + 3].iter().all(|c| *c > 200))
+        .filter(|p| like(&rgb[*p..*p + 3]))
         .count()
 }
 
@@ -439,4 +450,86 @@ fn pictures(file: &std::path::Path) -> Vec<Vec<u8>> {
         .chunks_exact(1280 * 720 * 3)
         .map(<[u8]>::to_vec)
         .collect()
+}
+
+/// The picture at `secs` seconds into the Matroska file at `file`, as RGB.
+fn picture_at(file: &std::path::Path, secs: u64) -> Vec<u8> {
+    let frame = Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &secs.to_string(), "-i"])
+        .arg(file)
+        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg (the test command installs it)");
+    assert!(
+        frame.status.success(),
+        "{}",
+        String::from_utf8_lossy(&frame.stderr)
+    );
+    frame.stdout
+}
+
+#[test]
+fn central_records_two_minutes_of_a_meeting_that_ffmpeg_plays_whole_with_picture_and_sound() {
+    use cuntong_e2e::{MediaCounty, ok};
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let county = MediaCounty::start(d, 2, &[]);
+    let id = county.id.as_str();
+    let cuntong = |args: &[&str]| county.cuntong(args);
+    ok(cuntong(&["meeting", "layout", id, "2x2"]));
+    let file = d.join("recordings").join("县务会.mkv");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let out = file.to_str().unwrap();
+    ok(cuntong(&["meeting", "record", id, "--out", out]));
+    let started = Instant::now();
+    let status = ok(cuntong(&["meeting", "status", id]));
+    assert!(status.contains(&format!("recording to {out}")), "{status}");
+    // One recording of a meeting at a time.
+    let again = cuntong(&["meeting", "record", id, "--out", "/tmp/other.mkv"]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    std::thread::sleep(Duration::from_secs(120));
+    ok(cuntong(&["meeting", "record", id, "--stop"]));
+    let recorded = started.elapsed().as_secs_f64();
+    finished(&file);
+    let status = ok(cuntong(&["meeting", "status", id]));
+    assert!(!status.contains("recording to"), "{status}");
+
+    // H.264 at the room's size and one mixed sound, as long as it was recorded.
+    assert_eq!(
+        media_streams(&file),
+        Some(vec!["h264,video,1280,720".into(), "opus,audio".into()])
+    );
+    let length = media_duration(&file).unwrap();
+    assert!(
+        (recorded - 5.0..=recorded + 1.0).contains(&length),
+        "{length} s of a {recorded} s recording"
+    );
+    // ffmpeg plays it from end to end without an error.
+    let played = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&file)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        played.status.success() && played.stderr.is_empty(),
+        "{played:?}"
+    );
+    // A minute in, the chair's and the two villages' pictures (the test camera's ball on
+    // black) are in three of the quarters, above their captions; the fourth is empty.
+    let rgb = picture_at(&file, 60);
+    let lit: Vec<usize> = [(0, 0), (640, 0), (0, 360), (640, 360)]
+        .iter()
+        .map(|&(x, y)| {
+            pixels(&rgb, 1280, (x + 8, y + 8), (x + 632, y + 300), |p| {
+                p.iter().any(|c| *c > 100)
+            })
+        })
+        .collect();
+    assert_eq!(
+        lit.iter().filter(|n| **n > 50).count(),
+        3,
+        "lit pixels per quarter {lit:?}"
+    );
 }

@@ -31,6 +31,14 @@ pub struct CentralArgs {
     /// How often the sites of a meeting repeat their status (three missed: unreachable).
     #[arg(long, default_value = "10s", env = "CUNTONG_MEETING_HEARTBEAT")]
     meeting_heartbeat: String,
+    /// The address relays reach central's recorders at (`cuntong meeting record`).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1",
+        env = "CUNTONG_MEDIA_HOST"
+    )]
+    media_host: std::net::IpAddr,
     /// Alarm rules and notification hooks (TOML; see docs/operations.md). Without it:
     /// offline after 2 minutes, with root-cause suppression, and dropped data.
     #[arg(long, env = "CUNTONG_ALARMS")]
@@ -139,6 +147,7 @@ impl CentralArgs {
             db,
             tls,
             meeting_heartbeat,
+            media_host,
             alarms,
             http,
             retain,
@@ -164,6 +173,7 @@ impl CentralArgs {
             return Err(Usage("--meeting-heartbeat: at least 500ms".into()));
         }
         opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
+        opts.media_host = media_host;
         opts.release_cache = release_cache;
         opts.http = http.map(|a| parse("--http", &a)).transpose()?;
         if let Some(r) = retain {

@@ -6,9 +6,11 @@ pub mod client;
 pub mod tables;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use cuntong_core::media::layout::Layout;
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::{Invitee, Kind, MediaProfile, MeetingId};
 use cuntong_core::site::Region;
@@ -91,6 +93,20 @@ enum MeetingAction {
         to: String,
         /// Stop the view.
         #[arg(long)]
+        stop: bool,
+    },
+    /// Record the meeting in central: the composed picture and the mixed sound (H.264 and
+    /// Opus, Matroska) to FILE on central's machine, a new file every 30 minutes beside it
+    /// (meeting.001.mkv…), until --stop or the meeting ends.
+    Record {
+        id: String,
+        #[arg(long, value_name = "FILE", required_unless_present = "stop")]
+        out: Option<PathBuf>,
+        /// The recording's layout (default: the chair's, else 1+5).
+        #[arg(long, conflicts_with = "stop")]
+        layout: Option<String>,
+        /// Stop recording.
+        #[arg(long, conflicts_with = "out")]
         stop: bool,
     },
     /// Grant the floor to a terminal, or revoke it.
@@ -226,6 +242,11 @@ enum Plan {
         terminal: TerminalId,
         to: SocketAddr,
         stop: bool,
+    },
+    Record {
+        id: MeetingId,
+        out: Option<PathBuf>,
+        layout: Option<Layout>,
     },
     List {
         json: bool,
@@ -410,6 +431,22 @@ impl Plan {
                 to: parse("--to", &to)?,
                 stop,
             },
+            A::Record {
+                id,
+                out,
+                layout,
+                stop: _,
+            } => Plan::Record {
+                id: meeting(&id)?,
+                // Central's own machine: a relative path is taken from here.
+                out: out
+                    .map(std::path::absolute)
+                    .transpose()
+                    .map_err(|e| Usage(format!("--out: {e}")))?,
+                layout: layout
+                    .map(|l| l.parse().map_err(|e| Usage(format!("--layout: {e}"))))
+                    .transpose()?,
+            },
             A::List { json } => Plan::List { json },
             A::Watch { id } => Plan::Watch { id: meeting(&id)? },
         })
@@ -455,6 +492,18 @@ impl Plan {
                     ResponseBody::Sdp(sdp) if !stop => print!("{sdp}"),
                     ResponseBody::Sdp(_) => {}
                     other => return Err(fail(format!("unexpected answer {other:?}"))),
+                }
+            }
+            Plan::Record { id, out, layout } => {
+                let body = RequestBody::Record {
+                    meeting: id,
+                    out: out.clone(),
+                    layout,
+                };
+                client.ask(body, ANSWER).await?;
+                match out {
+                    Some(out) => println!("{id}: recording to {}", out.display()),
+                    None => println!("{id}: recording stopped"),
                 }
             }
             Plan::List { json } => {

@@ -14,6 +14,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cuntong_core::envelope::encode;
+use cuntong_core::media::layout::Layout;
 use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Notice, Operator};
 use cuntong_core::meeting::{
     Downlink, Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Screen, Status,
@@ -98,6 +99,10 @@ pub struct MeetingService {
     /// Sessions whose site records changed since they were saved, and when that last was.
     records_changed: BTreeSet<MeetingId>,
     records_saved_ms: u64,
+    /// Where relays reach this central's recorders.
+    media_host: std::net::IpAddr,
+    /// The sessions central records, by id.
+    recordings: BTreeMap<MeetingId, Recording>,
     outbound: Outbound,
 }
 
@@ -133,6 +138,61 @@ fn session_topics(spec: &MeetingSpec, topic: fn(Invitee, MeetingId) -> Topic) ->
         .into_iter()
         .map(|i| topic(i, spec.id).to_string())
         .collect()
+}
+
+/// Recordings are cut into files of this length (a long meeting is several files).
+pub const RECORDING_SEGMENT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// A session central records: a receive-only participant in the media flow (the relay of
+/// the session's region sends it every picture on the screen) that decrypts with the session's
+/// key and composes the picture and mixes the sound as a box's room does, into Matroska
+/// segments (H.264 and Opus) beginning at `out`.
+struct Recording {
+    receiver: cuntong_terminal::media::Receiver,
+    out: std::path::PathBuf,
+    /// The layout asked for, over the chair's.
+    layout: Option<Layout>,
+}
+
+impl Recording {
+    fn start(
+        host: &Host,
+        out: std::path::PathBuf,
+        layout: Option<Layout>,
+        at: std::net::IpAddr,
+    ) -> Result<Recording, cuntong_terminal::media::MediaError> {
+        use cuntong_terminal::config::Display;
+        use cuntong_terminal::media::{Playback, Receiver};
+        let playback = Playback::Room {
+            display: Display::Recording {
+                path: out.clone(),
+                segment: RECORDING_SEGMENT,
+            },
+            layout: layout.or(host.layout()).unwrap_or(Layout::OnePlus(5)),
+        };
+        let bind = std::net::SocketAddr::new(at, 0);
+        let receiver = Receiver::start_at(
+            bind,
+            host.media_key(),
+            playback,
+            60,
+            host.state().spec.profile.audio,
+        )?;
+        Ok(Recording {
+            receiver,
+            out,
+            layout,
+        })
+    }
+
+    /// Lays the recording out as `screen` (its tiles named) says: every site on it, in the
+    /// layout asked for or else the chair's.
+    fn show(&self, screen: &Screen) {
+        if let Some(room) = self.receiver.room() {
+            let sites = screen.tiles.iter().map(|t| (t.ssrc, t.caption())).collect();
+            room.set_screen(self.layout.or(screen.layout), sites);
+        }
+    }
 }
 
 impl MeetingService {
@@ -182,8 +242,62 @@ impl MeetingService {
             dirty,
             records_changed: BTreeSet::new(),
             records_saved_ms: 0,
+            media_host: std::net::IpAddr::from([127, 0, 0, 1]),
+            recordings: BTreeMap::new(),
             outbound: Outbound::default(),
         })
+    }
+
+    /// Relays reach this central's recorders at `host`.
+    pub fn recording_at(mut self, host: std::net::IpAddr) -> MeetingService {
+        self.media_host = host;
+        self
+    }
+
+    /// Records session `id` to `out` in `layout` (default: the chair's), or (`out` none) stops
+    /// recording it.
+    fn record_to(
+        &mut self,
+        id: MeetingId,
+        out: Option<std::path::PathBuf>,
+        layout: Option<Layout>,
+    ) -> Result<(), ControlError> {
+        let host = self
+            .hosts
+            .get_mut(&id)
+            .ok_or(ControlError::NoSuchMeeting(id))?;
+        let Some(out) = out else {
+            return match self.recordings.remove(&id) {
+                Some(r) => {
+                    host.set_recorder(None);
+                    tracing::info!(meeting = %id, out = %r.out.display(), "recording stopped");
+                    Ok(())
+                }
+                None => Err(ControlError::Refused(format!("{id} is not being recorded"))),
+            };
+        };
+        if host.state().status != Status::Live {
+            return Err(ControlError::Refused(format!("{id} is not live")));
+        }
+        if let Some(r) = self.recordings.get(&id) {
+            return Err(ControlError::Refused(format!(
+                "{id} is being recorded to {} already",
+                r.out.display()
+            )));
+        }
+        let recording = Recording::start(host, out, layout, self.media_host)
+            .map_err(|e| ControlError::Failed(format!("cannot record {id}: {e}")))?;
+        host.set_recorder(Some((
+            self.media_host.to_string(),
+            recording.receiver.video_port(),
+        )));
+        if let Some(mut screen) = host.screen().cloned() {
+            self.name_tiles(&mut screen);
+            recording.show(&screen);
+        }
+        tracing::info!(meeting = %id, out = %recording.out.display(), "recording started");
+        self.recordings.insert(id, recording);
+        Ok(())
     }
 
     /// What central subscribes to for meetings.
@@ -440,6 +554,9 @@ impl MeetingService {
             match o {
                 HostOutput::Publish(state) => self.publish_state(&state),
                 HostOutput::Clear => {
+                    if let Some(r) = self.recordings.remove(&id) {
+                        tracing::info!(meeting = %id, out = %r.out.display(), "recording stopped: the session ended");
+                    }
                     if let Some(h) = self.hosts.get(&id) {
                         let spec = &h.state().spec;
                         for topic in state_topics(spec).into_iter().chain(screen_topics(spec)) {
@@ -489,16 +606,9 @@ impl MeetingService {
             return;
         };
         let topics = screen_topics(&host.state().spec);
-        {
-            let names = self.names.borrow();
-            for tile in &mut screen.tiles {
-                let name = names.terminal(&tile.site);
-                tile.name = if name == crate::names::UNNAMED {
-                    String::new()
-                } else {
-                    name.to_owned()
-                };
-            }
+        self.name_tiles(&mut screen);
+        if let Some(r) = self.recordings.get(&screen.meeting) {
+            r.show(&screen);
         }
         match encode(&screen) {
             Ok(bytes) => {
@@ -507,6 +617,19 @@ impl MeetingService {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a meeting screen"),
+        }
+    }
+
+    /// Names each site on `screen` for its caption (none for a site without a name).
+    fn name_tiles(&self, screen: &mut Screen) {
+        let names = self.names.borrow();
+        for tile in &mut screen.tiles {
+            let name = names.terminal(&tile.site);
+            tile.name = if name == crate::names::UNNAMED {
+                String::new()
+            } else {
+                name.to_owned()
+            };
         }
     }
 
@@ -673,6 +796,10 @@ impl MeetingService {
                 let id = self.find(meeting)?;
                 let names = self.names.borrow();
                 let mut st = status(&self.hosts[&id], after);
+                st.recording = self
+                    .recordings
+                    .get(&id)
+                    .map(|r| r.out.display().to_string());
                 for site in &mut st.sites {
                     site.name = names.terminal_str(&site.terminal).to_owned();
                     if site.state == "joined" {
@@ -726,6 +853,16 @@ impl MeetingService {
                     .chain(self.unusable.values().cloned())
                     .collect(),
             )),
+            RequestBody::Record {
+                meeting,
+                out,
+                layout,
+            } => {
+                let id = self.find(meeting)?;
+                self.record_to(id, out, layout)?;
+                self.apply(id, Vec::new());
+                Ok(ResponseBody::Done { version: 0 })
+            }
             RequestBody::View {
                 meeting,
                 terminal,
@@ -969,6 +1106,7 @@ pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
         hands: s.hands.iter().map(|t| t.to_string()).collect(),
         roll_call: s.roll_call.map(|r| r.number),
         layout: h.layout().map(|l| l.to_string()),
+        recording: None,
         next,
         sites: sites
             .iter()

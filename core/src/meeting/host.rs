@@ -16,8 +16,8 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Answer, Downlink, Hand, Kind, MediaPlan, MeetingSpec, MeetingState, OnScreen, RollCall, Screen,
-    Status, Tier, Uplink,
+    Answer, Downlink, Hand, Invitee, Kind, MediaPlan, MeetingSpec, MeetingState, OnScreen,
+    RollCall, Screen, Status, Tier, Uplink,
 };
 use crate::media::layout::Layout;
 use crate::site::Region;
@@ -349,6 +349,10 @@ pub struct Host {
     layout: Option<Layout>,
     /// The screen last published (its tiles without names).
     screen: Option<Screen>,
+    /// Where the session's recorder receives (host, port), while one records. Not stored: a
+    /// recording ends with the process that wrote it.
+    #[serde(skip)]
+    recorder: Option<(String, u16)>,
 }
 
 /// What [`Host::from_store`] appends to a host stored before the fields after `ended_ms`
@@ -397,6 +401,7 @@ impl Host {
             ended_ms: None,
             layout: None,
             screen: None,
+            recorder: None,
         };
         if let Some(chair) = host.state.spec.chair {
             host.sites.insert(chair, SiteRecord::new());
@@ -470,6 +475,17 @@ impl Host {
                 thin: r.tier.is_some_and(|t| t != Tier::Full),
             })
             .collect();
+        let mut sites = sites;
+        if let (Some((host, port)), Some(id)) = (&self.recorder, self.recorder_id()) {
+            // The recorder takes every picture on the screen from the relay of its region.
+            sites.push(SiteMedia {
+                id,
+                ssrc: 0,
+                receives_at: Some((host.clone(), *port)),
+                relay: None,
+                thin: false,
+            });
+        }
         let sources = self.main_sources();
         let extra: Vec<TerminalId> = self.screen_tiles().into_iter().map(|t| t.site).collect();
         let views: Vec<(TerminalId, String)> = self
@@ -530,6 +546,35 @@ impl Host {
             }
         }
         tiles
+    }
+
+    /// Who the session's recorder is in the media flow: `recorder` at the site of the first
+    /// invitee (a region's own site, or an invited terminal's), so that the relay of that
+    /// region serves it.
+    pub fn recorder_id(&self) -> Option<TerminalId> {
+        let site = match self.state.spec.invitees.first()? {
+            Invitee::Region(r) => r.root(),
+            Invitee::Terminal(t) => *t.site(),
+        };
+        Some(TerminalId::new(site, "recorder".parse().ok()?))
+    }
+
+    /// A recorder receives the session at `at` (host, port) from now on, or (`None`) no more.
+    pub fn set_recorder(&mut self, at: Option<(String, u16)>) {
+        if self.recorder != at {
+            self.recorder = at;
+            self.media_dirty = true;
+        }
+    }
+
+    /// The session's SRTP master key and salt: for a recorder that decrypts as a participant.
+    pub fn media_key(&self) -> &[u8] {
+        &self.srtp_key
+    }
+
+    /// Where the session's recorder receives, while one records.
+    pub fn recorder(&self) -> Option<&(String, u16)> {
+        self.recorder.as_ref()
     }
 
     /// The screen as last published, if it was.

@@ -503,6 +503,17 @@ pub struct OnScreen {
     pub name: String,
 }
 
+impl OnScreen {
+    /// What its tile's caption says: its name, else its site code.
+    pub fn caption(&self) -> String {
+        if self.name.is_empty() {
+            alloc::format!("{}", self.site.site())
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
 impl Screen {
     pub fn decode(bytes: &[u8]) -> Result<Screen, DecodeError> {
         decode(bytes)

@@ -2044,3 +2044,74 @@ fn a_host_stored_before_screens_existed_is_restored_without_a_layout() {
     let back = Host::from_store(&h.to_store().unwrap()).unwrap();
     assert_eq!(back.layout(), Some(Layout::Speaker));
 }
+
+#[test]
+fn a_recorder_takes_every_picture_on_the_screen_from_its_regions_relay() {
+    let (mut h, _) = live(&["130102"]);
+    let m: MeetingId = "m1".parse().unwrap();
+    let relay = t("130102000000-hall");
+    let join = |port, relay: Option<&str>| Uplink::Join {
+        meeting: m,
+        tier: Tier::Full,
+        rtp_port: port,
+        media_host: Some("10.0.0.9".into()),
+        relay: relay.map(Into::into),
+        joining: 1,
+    };
+    h.uplink(relay, join(5004, Some("10.0.0.1:6000")), 1_100);
+    let village = t("130102001001-main");
+    h.uplink(village, join(5010, None), 1_200);
+    h.op(
+        &Operator::Chair,
+        ChairOp::Layout(Some(Layout::Grid(2))),
+        1_300,
+    )
+    .unwrap();
+    h.media_updates(1_400);
+    assert_eq!(h.recorder_id(), Some(t("130102000000-recorder")));
+    h.set_recorder(Some(("10.0.0.7".into(), 7000)));
+    let table = |out: &[HostOutput]| {
+        out.iter()
+            .find_map(|o| match o {
+                HostOutput::Send(to, Downlink::Forward { plan, .. }) if *to == relay => {
+                    Some(plan.clone())
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let plan = table(&h.media_updates(1_500));
+    let to = |plan: &relays::RelayPlan, ssrc: u32| -> Vec<String> {
+        plan.routes
+            .iter()
+            .find(|(s, _)| *s == ssrc)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default()
+    };
+    let ssrc = |x: &TerminalId| h.sites()[x].ssrc;
+    // The chair's picture and sound, and the village's on the screen, reach the recorder.
+    for s in [ssrc(&relay), ssrc(&village)] {
+        assert!(
+            to(&plan, s).contains(&"10.0.0.7:7000".to_owned()),
+            "{plan:?}"
+        );
+        assert!(to(&plan, s | 1).contains(&"10.0.0.7:7002".to_owned()));
+    }
+    // The recorder is no site: not in the roll call, the status or the screen.
+    assert!(!h.sites().contains_key(&t("130102000000-recorder")));
+    assert!(
+        h.screen()
+            .unwrap()
+            .tiles
+            .iter()
+            .all(|x| x.site.slug().as_str() != "recorder")
+    );
+    // Stopped: its routes go.
+    h.set_recorder(None);
+    let plan = table(&h.media_updates(1_600));
+    assert!(
+        plan.routes
+            .iter()
+            .all(|(_, d)| !d.contains(&"10.0.0.7:7000".to_owned()))
+    );
+}

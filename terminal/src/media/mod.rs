@@ -585,6 +585,19 @@ impl Receiver {
         latency_ms: u32,
         audio: AudioCodec,
     ) -> Result<Receiver, MediaError> {
+        let any = SocketAddr::from(([0, 0, 0, 0], video_port));
+        Receiver::start_at(any, key, playback, latency_ms, audio)
+    }
+
+    /// As [`Receiver::start`], on the address and port of `video` (port 0: any free ports).
+    pub fn start_at(
+        video: SocketAddr,
+        key: &[u8],
+        playback: Playback,
+        latency_ms: u32,
+        audio: AudioCodec,
+    ) -> Result<Receiver, MediaError> {
+        let (video_addr, video_port) = (video, video.port());
         init()?;
         let feedback = Arc::new(Feedback::new(key)?);
         let key = srtp_key(key)?;
@@ -604,6 +617,7 @@ impl Receiver {
         };
         for (video, port) in [(true, video_port), (false, audio_port)] {
             let (src, dec) = srtp_input(port, video, audio, &key)?;
+            src.set_property("address", video_addr.ip().to_string());
             let heard = video.then(|| feedback.clone());
             if video {
                 feedback.send_from(&src);
@@ -1336,14 +1350,7 @@ impl crate::conference::MediaEngine for GstEngine {
         if let Some(room) = s.receiver.as_ref().and_then(Receiver::room) {
             let sites = screen
                 .tiles_for(&me)
-                .map(|t| {
-                    let name = if t.name.is_empty() {
-                        t.site.site().to_string()
-                    } else {
-                        t.name.clone()
-                    };
-                    (t.ssrc, name)
-                })
+                .map(|t| (t.ssrc, t.caption()))
                 .collect();
             room.set_screen(screen.layout, sites);
         }

@@ -253,7 +253,7 @@ impl Room {
                 video_end.link(&screen)?;
                 audio_end.link(&speaker)?;
             }
-            Display::File(path) => {
+            Display::File(_) | Display::Recording { .. } => {
                 let encoder = make_with(
                     "x264enc",
                     &[
@@ -265,19 +265,46 @@ impl Room {
                 encoder.set_property_from_str("speed-preset", "ultrafast");
                 let video = [encoder, make("h264parse")?, make("queue")?];
                 let audio = [make("opusenc")?, make("queue")?];
-                let mux = make("matroskamux")?;
-                let file = make_with(
-                    "filesink",
-                    &[("location", path.to_string_lossy().to_string().to_value())],
-                )?;
-                pipeline.add_many(video.iter().chain(&audio).chain([&mux, &file]))?;
+                pipeline.add_many(video.iter().chain(&audio))?;
                 video_end.link(&video[0])?;
                 gst::Element::link_many(&video)?;
                 audio_end.link(&audio[0])?;
                 gst::Element::link_many(&audio)?;
-                video[2].link(&mux)?;
-                audio[1].link(&mux)?;
-                mux.link(&file)?;
+                let (video_in, audio_in) = match display {
+                    Display::Recording { path, segment } => {
+                        let split = segments(path, *segment)?;
+                        pipeline.add(&split)?;
+                        let pad = |name: &str| {
+                            split.request_pad_simple(name).ok_or_else(|| {
+                                MediaError::Pipeline("the recording takes no input".into())
+                            })
+                        };
+                        (pad("video")?, pad("audio_%u")?)
+                    }
+                    _ => {
+                        let path = match display {
+                            Display::File(p) => p.to_string_lossy().to_string(),
+                            _ => String::new(),
+                        };
+                        let mux = make("matroskamux")?;
+                        let file = make_with("filesink", &[("location", path.to_value())])?;
+                        pipeline.add_many([&mux, &file])?;
+                        mux.link(&file)?;
+                        let pad = |template: &str| {
+                            mux.request_pad_simple(template).ok_or_else(|| {
+                                MediaError::Pipeline("the muxer takes no input".into())
+                            })
+                        };
+                        (pad("video_%u")?, pad("audio_%u")?)
+                    }
+                };
+                for (from, to) in [(&video[2], video_in), (&audio[1], audio_in)] {
+                    let out = from
+                        .static_pad("src")
+                        .ok_or_else(|| MediaError::Pipeline("a queue has no output".into()))?;
+                    out.link(&to)
+                        .map_err(|e| MediaError::Pipeline(format!("muxer: {e:?}")))?;
+                }
             }
         }
         let epoch = std::time::Instant::now();
@@ -302,7 +329,7 @@ impl Room {
             mixer,
             tiles,
             epoch,
-            to_file: matches!(display, Display::File(_)),
+            to_file: matches!(display, Display::File(_) | Display::Recording { .. }),
         })
     }
 
@@ -468,4 +495,27 @@ fn watch_for_frozen(tiles: std::sync::Weak<Mutex<Tiles>>) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot watch the room's pictures; frozen ones stay as they are");
     }
+}
+
+/// Matroska files of at most `every` each, the first at `path` (a new one begins at a
+/// keyframe, which it asks the encoder for).
+fn segments(
+    path: &std::path::Path,
+    every: std::time::Duration,
+) -> Result<gst::Element, MediaError> {
+    let split = make_with(
+        "splitmuxsink",
+        &[
+            ("muxer", make("matroskamux")?.to_value()),
+            ("max-size-time", (every.as_nanos() as u64).to_value()),
+            ("send-keyframe-requests", true.to_value()),
+        ],
+    )?;
+    let path = path.to_path_buf();
+    split.connect("format-location", false, move |args| {
+        let n = args.get(1).and_then(|v| v.get::<u32>().ok()).unwrap_or(0);
+        let file = crate::config::recording_segment(&path, n);
+        Some(file.to_string_lossy().to_string().to_value())
+    });
+    Ok(split)
 }

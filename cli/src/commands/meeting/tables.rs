@@ -33,6 +33,9 @@ pub fn status_table(s: &MeetingStatus) -> String {
         s.roll_call.map_or("-".to_owned(), |n| format!("#{n}")),
         s.layout.as_deref().unwrap_or("each box's own"),
     ));
+    if let Some(r) = &s.recording {
+        out.push_str(&format!("recording to {r}\n"));
+    }
     out.push_str(&format!(
         "{:<20} {} {:<12} {:<12} {:<6} {:<25} {}\n",
         "TERMINAL",
@@ -182,6 +185,7 @@ mod tests {
             hands,
             roll_call: None,
             layout: None,
+            recording: None,
             sites,
             next: None,
         }
