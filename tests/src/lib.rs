@@ -511,26 +511,23 @@ pub fn ingest_counters(log: &str) -> Option<(u64, u64)> {
     Some((field("stored")?, field("duplicates")?))
 }
 
-/// The streams of the media file at `file` as ffprobe reads them, one
-/// `codec_name,codec_type[,width,height]` each, sorted; `None` if ffprobe cannot read it (yet).
-pub fn media_streams(file: &Path) -> Option<Vec<String>> {
+/// What ffprobe says of `entries` (`stream=…` or `format=…`) of the media file at `file`, one
+/// line each; `None` if it cannot read the file (yet).
+fn ffprobe(file: &Path, entries: &str) -> Option<String> {
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_type,codec_name,width,height",
-            "-of",
-            "csv=p=0",
-        ])
+        .args(["-v", "error", "-show_entries", entries, "-of", "csv=p=0"])
         .arg(file)
         .output()
         .ok()
         .filter(|o| o.status.success())?;
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The streams of the media file at `file` as ffprobe reads them, one
+/// `codec_name,codec_type[,width,height]` each, sorted; `None` if ffprobe cannot read it (yet).
+pub fn media_streams(file: &Path) -> Option<Vec<String>> {
+    let text = ffprobe(file, "stream=codec_type,codec_name,width,height")?;
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     lines.sort_unstable();
     Some(lines)
 }
@@ -538,20 +535,7 @@ pub fn media_streams(file: &Path) -> Option<Vec<String>> {
 /// The length of the media file at `file` in seconds, as its container states it; `None` while
 /// it does not (a Matroska file states it once its writer finished it).
 pub fn media_duration(file: &Path) -> Option<f64> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(file)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    ffprobe(file, "format=duration")?.trim().parse().ok()
 }
 
 /// The county relay of a simulated media fleet of county 130102, which chairs its meetings.

@@ -122,21 +122,46 @@ fn finished(file: &std::path::Path) {
     }
 }
 
-/// The last picture of the Matroska file at `file`, as RGB.
-fn last_picture(file: &std::path::Path) -> Vec<u8> {
-    let frame = Command::new("ffmpeg")
-        .args(["-v", "error", "-sseof", "-0.5", "-i"])
+/// The 1280x720 pictures ffmpeg decodes from the file at `file`, as RGB: `seek` goes before
+/// the input (where to start), `pick` after it (which frames).
+fn rgb_pictures(file: &std::path::Path, seek: &[&str], pick: &[&str]) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error"])
+        .args(seek)
+        .arg("-i")
         .arg(file)
-        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .args(pick)
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
         .output()
         .expect("ffmpeg (the test command installs it)");
     assert!(
-        frame.status.success(),
+        out.status.success(),
         "{}",
-        String::from_utf8_lossy(&frame.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(frame.stdout.len(), 1280 * 720 * 3);
-    frame.stdout
+    out.stdout
+        .chunks_exact(1280 * 720 * 3)
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// The last picture of the Matroska file at `file`.
+fn last_picture(file: &std::path::Path) -> Vec<u8> {
+    let mut frames = rgb_pictures(file, &["-sseof", "-0.5"], &["-frames:v", "1"]);
+    assert_eq!(frames.len(), 1, "no last picture");
+    frames.remove(0)
+}
+
+/// The picture at `secs` seconds into the file at `file`.
+fn picture_at(file: &std::path::Path, secs: u64) -> Vec<u8> {
+    let mut frames = rgb_pictures(file, &["-ss", &secs.to_string()], &["-frames:v", "1"]);
+    assert_eq!(frames.len(), 1, "no picture at {secs} s");
+    frames.remove(0)
+}
+
+/// The pictures of the file at `file`, two a second.
+fn pictures(file: &std::path::Path) -> Vec<Vec<u8>> {
+    rgb_pictures(file, &[], &["-vf", "fps=2"])
 }
 
 #[test]
@@ -431,41 +456,6 @@ fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_
         frames.len(),
         frames.iter().map(|f| quarters(f)).collect::<Vec<_>>()
     );
-}
-
-/// The pictures of the Matroska file at `file`, two a second, as RGB.
-fn pictures(file: &std::path::Path) -> Vec<Vec<u8>> {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(file)
-        .args(["-vf", "fps=2", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-        .output()
-        .expect("ffmpeg (the test command installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-        .chunks_exact(1280 * 720 * 3)
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-/// The picture at `secs` seconds into the Matroska file at `file`, as RGB.
-fn picture_at(file: &std::path::Path, secs: u64) -> Vec<u8> {
-    let frame = Command::new("ffmpeg")
-        .args(["-v", "error", "-ss", &secs.to_string(), "-i"])
-        .arg(file)
-        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-        .output()
-        .expect("ffmpeg (the test command installs it)");
-    assert!(
-        frame.status.success(),
-        "{}",
-        String::from_utf8_lossy(&frame.stderr)
-    );
-    frame.stdout
 }
 
 #[test]
