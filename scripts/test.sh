@@ -30,10 +30,12 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # Meeting media: GStreamer's libraries (for the build) and plugins (for the pipelines: x264,
 # openh264, libav, SRTP, RTP; pango for the room's captions), and ffmpeg for the interop test.
 if command -v dpkg >/dev/null 2>&1; then
-    for p in libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base \
+    arch=$(dpkg --print-architecture)
+    for p in libgstreamer1.0-dev gstreamer1.0-plugins-base \
         gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
         gstreamer1.0-libav gstreamer1.0-x ffmpeg; do
-        dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
+        # Installed for this machine's architecture (the arm64 build installs some for arm64 too).
+        dpkg-query -W -f='${Status}\n' "$p:$arch" 2>/dev/null | grep -q "ok installed" || need_apt+=("$p")
     done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then

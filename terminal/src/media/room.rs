@@ -65,7 +65,16 @@ struct Tiles {
     captions: Vec<gst::Element>,
     /// What each caption was last told: its text and where.
     captioned: Vec<(String, i32, i32)>,
+    /// Where each stream's pad was last put, and whether it showed.
+    placed: BTreeMap<u32, Placed>,
     epoch: std::time::Instant,
+}
+
+/// A pad's tile (none: off the layout) and whether its picture shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Placed {
+    rect: Option<cuntong_core::media::layout::Rect>,
+    shown: bool,
 }
 
 impl Tiles {
@@ -140,21 +149,30 @@ impl Tiles {
         }
         let tiles = arrange(self.layout(), &sources, WIDTH, HEIGHT);
         for (ssrc, pad) in &self.pads {
-            match tiles.iter().find(|t| t.source == *ssrc) {
-                Some(t) => {
-                    pad.set_property("xpos", t.rect.x as i32);
-                    pad.set_property("ypos", t.rect.y as i32);
-                    pad.set_property("width", t.rect.w as i32);
-                    pad.set_property("height", t.rect.h as i32);
-                    let alpha = if self.live(*ssrc, now_ms) {
-                        1.0f64
-                    } else {
-                        0.0
-                    };
-                    pad.set_property("alpha", alpha);
-                }
-                None => pad.set_property("alpha", 0.0f64),
+            // Where the pad goes and whether it shows (a pad the layout has no tile for, or
+            // whose picture froze, does not); set only when it changes, since the compositor
+            // sets its scaler up again on every change.
+            let wanted = match tiles.iter().find(|t| t.source == *ssrc) {
+                Some(t) => Placed {
+                    rect: Some(t.rect),
+                    shown: self.live(*ssrc, now_ms),
+                },
+                None => Placed {
+                    rect: None,
+                    shown: false,
+                },
+            };
+            if self.placed.get(ssrc) == Some(&wanted) {
+                continue;
             }
+            if let Some(r) = wanted.rect {
+                pad.set_property("xpos", r.x as i32);
+                pad.set_property("ypos", r.y as i32);
+                pad.set_property("width", r.w as i32);
+                pad.set_property("height", r.h as i32);
+            }
+            pad.set_property("alpha", if wanted.shown { 1.0f64 } else { 0.0 });
+            self.placed.insert(*ssrc, wanted);
         }
         for i in 0..self.captions.len() {
             let wanted = match tiles.get(i) {
@@ -320,6 +338,7 @@ impl Room {
             levels: BTreeMap::new(),
             voice: VoiceSwitch::new(),
             captioned: vec![(String::new(), 0, 0); captions.len()],
+            placed: BTreeMap::new(),
             captions,
             epoch,
         }));
