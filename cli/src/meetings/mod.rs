@@ -14,7 +14,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cuntong_core::envelope::encode;
-use cuntong_core::media::layout::Layout;
 use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Notice, Operator};
 use cuntong_core::meeting::{
     Downlink, Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Screen, Status,
@@ -35,7 +34,10 @@ use crate::store::{MeetingRow, Record, StateWriter, Store, StoreError, StoredMee
 use crate::view::{LAST_MS, rfc3339_ms};
 
 mod outbound;
+mod recording;
+
 use outbound::Outbound;
+use recording::Recording;
 
 /// Ended sessions stay in memory (for `status` and `list`) this long; the store keeps them.
 const ENDED_KEPT_MS: u64 = 24 * 3600 * 1000;
@@ -140,61 +142,6 @@ fn session_topics(spec: &MeetingSpec, topic: fn(Invitee, MeetingId) -> Topic) ->
         .collect()
 }
 
-/// Recordings are cut into files of this length (a long meeting is several files).
-pub const RECORDING_SEGMENT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-
-/// A session central records: a receive-only participant in the media flow (the relay of
-/// the session's region sends it every picture on the screen) that decrypts with the session's
-/// key and composes the picture and mixes the sound as a box's room does, into Matroska
-/// segments (H.264 and Opus) beginning at `out`.
-struct Recording {
-    receiver: cuntong_terminal::media::Receiver,
-    out: std::path::PathBuf,
-    /// The layout asked for, over the chair's.
-    layout: Option<Layout>,
-}
-
-impl Recording {
-    fn start(
-        host: &Host,
-        out: std::path::PathBuf,
-        layout: Option<Layout>,
-        at: std::net::IpAddr,
-    ) -> Result<Recording, cuntong_terminal::media::MediaError> {
-        use cuntong_terminal::config::Display;
-        use cuntong_terminal::media::{Playback, Receiver};
-        let playback = Playback::Room {
-            display: Display::Recording {
-                path: out.clone(),
-                segment: RECORDING_SEGMENT,
-            },
-            layout: layout.or(host.layout()).unwrap_or(Layout::OnePlus(5)),
-        };
-        let bind = std::net::SocketAddr::new(at, 0);
-        let receiver = Receiver::start_at(
-            bind,
-            host.media_key(),
-            playback,
-            60,
-            host.state().spec.profile.audio,
-        )?;
-        Ok(Recording {
-            receiver,
-            out,
-            layout,
-        })
-    }
-
-    /// Lays the recording out as `screen` (its tiles named) says: every site on it, in the
-    /// layout asked for or else the chair's.
-    fn show(&self, screen: &Screen) {
-        if let Some(room) = self.receiver.room() {
-            let sites = screen.tiles.iter().map(|t| (t.ssrc, t.caption())).collect();
-            room.set_screen(self.layout.or(screen.layout), sites);
-        }
-    }
-}
-
 impl MeetingService {
     /// Carries on with the sessions kept in `store` (read once, before central's loop starts);
     /// writes through `writer`; new sessions ask their sites for a status every `heartbeat`.
@@ -246,58 +193,6 @@ impl MeetingService {
             recordings: BTreeMap::new(),
             outbound: Outbound::default(),
         })
-    }
-
-    /// Relays reach this central's recorders at `host`.
-    pub fn recording_at(mut self, host: std::net::IpAddr) -> MeetingService {
-        self.media_host = host;
-        self
-    }
-
-    /// Records session `id` to `out` in `layout` (default: the chair's), or (`out` none) stops
-    /// recording it.
-    fn record_to(
-        &mut self,
-        id: MeetingId,
-        out: Option<std::path::PathBuf>,
-        layout: Option<Layout>,
-    ) -> Result<(), ControlError> {
-        let host = self
-            .hosts
-            .get_mut(&id)
-            .ok_or(ControlError::NoSuchMeeting(id))?;
-        let Some(out) = out else {
-            return match self.recordings.remove(&id) {
-                Some(r) => {
-                    host.set_recorder(None);
-                    tracing::info!(meeting = %id, out = %r.out.display(), "recording stopped");
-                    Ok(())
-                }
-                None => Err(ControlError::Refused(format!("{id} is not being recorded"))),
-            };
-        };
-        if host.state().status != Status::Live {
-            return Err(ControlError::Refused(format!("{id} is not live")));
-        }
-        if let Some(r) = self.recordings.get(&id) {
-            return Err(ControlError::Refused(format!(
-                "{id} is being recorded to {} already",
-                r.out.display()
-            )));
-        }
-        let recording = Recording::start(host, out, layout, self.media_host)
-            .map_err(|e| ControlError::Failed(format!("cannot record {id}: {e}")))?;
-        host.set_recorder(Some((
-            self.media_host.to_string(),
-            recording.receiver.video_port(),
-        )));
-        if let Some(mut screen) = host.screen().cloned() {
-            self.name_tiles(&mut screen);
-            recording.show(&screen);
-        }
-        tracing::info!(meeting = %id, out = %recording.out.display(), "recording started");
-        self.recordings.insert(id, recording);
-        Ok(())
     }
 
     /// What central subscribes to for meetings.
