@@ -1,11 +1,11 @@
-//! Fuzzes the meeting decoders: desired states, site uplinks and host downlinks, and feeds
-//! whatever decodes to the state machines, which must never panic on it.
+//! Fuzzes the meeting decoders: desired states, screens, site uplinks and host downlinks, and
+//! feeds whatever decodes to the state machines, which must never panic on it.
 #![no_main]
 
 use cuntong_core::envelope::encode;
 use cuntong_core::meeting::host::{Host, HostConfig};
 use cuntong_core::meeting::participant::{Input, Participant, ParticipantConfig};
-use cuntong_core::meeting::{Downlink, MeetingState, Uplink};
+use cuntong_core::meeting::{Downlink, MeetingState, Screen, Uplink};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,6 +17,13 @@ fuzz_target!(|data: &[u8]| {
         let (mut host, _) = Host::new(state.spec.clone(), HostConfig::default(), vec![0; 30], 1);
         let _ = host.tick(2);
         let _ = site.handle(Input::State(Box::new(state)), 3);
+    }
+    if let Ok(screen) = Screen::decode(data) {
+        let again = encode(&screen).expect("a decoded screen encodes");
+        assert_eq!(Screen::decode(&again), Ok(screen.clone()));
+        let shown = screen.layout.map_or(usize::MAX, |l| l.tiles());
+        assert!(screen.tiles_for(&me).count() <= shown);
+        let _ = screen.tiles.iter().map(|t| t.caption()).count();
     }
     if let Ok(up) = Uplink::decode(data) {
         let again = encode(&up).expect("a decoded uplink encodes");
