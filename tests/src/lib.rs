@@ -213,7 +213,13 @@ impl Broker {
                 let conf = dir.join("mosquitto.conf");
                 std::fs::write(
                     &conf,
-                    format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+                    // The queues `cuntong acl` configures for Mosquitto (docs/operations.md):
+                    // its defaults (1,000 queued per client) drop the overflow of a reader that
+                    // falls behind, which the product's brokers never do.
+                    format!(
+                        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                         max_queued_messages 100000\nmax_inflight_messages 1000\n"
+                    ),
                 )
                 .unwrap();
                 Proc::spawn(
