@@ -1,7 +1,8 @@
 //! Keyframes on demand through a relay, with real pipelines: a site sends H.264 with a keyframe
 //! only every 10 s; sites join one after another behind the relay, each asks for a keyframe
 //! (SRTCP feedback, back the way the stream came), and decodes its first picture within a
-//! fraction of the period instead of waiting up to ten seconds for the next keyframe.
+//! fraction of the period instead of waiting up to ten seconds for the next keyframe. A relay
+//! box's view of a stream asks for a player, which cannot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -9,19 +10,22 @@ use std::time::{Duration, Instant};
 
 use cuntong_core::media::routes::Routes;
 use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
-use cuntong_terminal::media::{Capture, Playback, Receiver, SendSettings, Sender};
+use cuntong_terminal::media::{Capture, Playback, Receiver, SendSettings, Sender, Unwrap};
 use cuntong_terminal::relay::Relay;
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-#[test]
-fn a_site_that_joins_late_decodes_its_first_picture_long_before_the_next_periodic_keyframe() {
-    let key = [4u8; 30];
-    let ssrc = 0x5000;
-    // The sending site: it sends from its receive sockets, where feedback comes back.
-    let home = Receiver::start(0, &key, Playback::Discard, 60, AudioCodec::Opus).unwrap();
+/// A site sending H.264 (test pictures) with a keyframe every `keyframe_every_s` through a
+/// relay, past the keyframe every sender starts with: (the site's receive side, where feedback
+/// comes back; the relay; its sender).
+fn a_site_sending_through_a_relay(
+    key: &[u8],
+    ssrc: u32,
+    keyframe_every_s: u32,
+) -> (Receiver, Relay, Sender) {
+    let home = Receiver::start(0, key, Playback::Discard, 60, AudioCodec::Opus).unwrap();
     home.identify(ssrc);
     let relay = Relay::start(local(0), Routes::new(None)).unwrap();
     relay.update(|r| {
@@ -29,21 +33,28 @@ fn a_site_that_joins_late_decodes_its_first_picture_long_before_the_next_periodi
         r.expect(ssrc | 1, local(home.audio_port()));
     });
     let settings = SendSettings {
-        keyframe_every_s: 10,
+        keyframe_every_s,
         ..SendSettings::for_tier(&MediaProfile::named("sd").unwrap(), Tier::Full)
     };
     let mut tx = Sender::start(
         &Capture::Test,
         settings,
         ssrc,
-        Some(&key),
+        Some(key),
         relay.local_addr(),
         Some(&home),
     )
     .unwrap();
     tx.set_active(true);
-    // Past the keyframe every sender starts with.
     std::thread::sleep(Duration::from_secs(2));
+    (home, relay, tx)
+}
+
+#[test]
+fn a_site_that_joins_late_decodes_its_first_picture_long_before_the_next_periodic_keyframe() {
+    let key = [4u8; 30];
+    let ssrc = 0x5000;
+    let (_home, relay, _tx) = a_site_sending_through_a_relay(&key, ssrc, 10);
 
     let mut waits = Vec::new();
     for _ in 0..20 {
@@ -77,6 +88,48 @@ fn a_site_that_joins_late_decodes_its_first_picture_long_before_the_next_periodi
     let worst = *waits.last().unwrap();
     assert!(worst < Duration::from_secs(3), "waits {waits:?}");
     // The relay held back requests that came close together, and forged none.
+    assert_eq!(relay.stats().get(|s| &s.forged), 0);
+}
+
+/// A relay box's plain-RTP view of a stream, for a player that cannot ask for keyframes: the
+/// view asks for one as it opens, and a player that starts with it decodes a picture at once,
+/// though the sender's next periodic keyframe is ten minutes away.
+#[test]
+fn a_player_that_views_a_stream_decodes_a_picture_at_once() {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+
+    let key = [5u8; 30];
+    let ssrc = 0x6000;
+    let (_home, relay, _tx) = a_site_sending_through_a_relay(&key, ssrc, 600);
+    // The player: plain RTP on its port, H.264 decoded to an app sink.
+    let port = cuntong_firmware_sim::fleet::free_udp_pair().unwrap();
+    let player = gst::parse::launch(&format!(
+        "udpsrc name=in port={port} caps=\"application/x-rtp,media=video,encoding-name=H264,\
+         clock-rate=90000,payload=96\" ! rtph264depay ! avdec_h264 ! appsink name=out sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    player.set_state(gst::State::Playing).unwrap();
+    let view = Unwrap::start(&key, AudioCodec::Opus, ssrc, local(port)).unwrap();
+    let opened = Instant::now();
+    relay.update(|r| {
+        r.vouch(local(view.video_in));
+        r.add(ssrc, local(view.video_in));
+    });
+    let sample: Option<gst::Sample> = player
+        .by_name("out")
+        .unwrap()
+        .emit_by_name("try-pull-sample", &[&gst::ClockTime::from_seconds(20)]);
+    let waited = opened.elapsed();
+    player.set_state(gst::State::Null).unwrap();
+    assert!(sample.is_some(), "the player decoded no picture in 20 s");
+    // A round trip and an encoded frame, not the next periodic keyframe.
+    assert!(
+        waited < Duration::from_secs(3),
+        "first picture after {waited:?}"
+    );
     assert_eq!(relay.stats().get(|s| &s.forged), 0);
 }
 

@@ -93,9 +93,106 @@ pub fn classify(datagram: &[u8]) -> Result<Packet, RtpError> {
     })
 }
 
+/// The payload of a plain (not SRTP) RTP packet: after its header, its CSRCs and its header
+/// extension, without its padding. `None` if the lengths the header gives do not fit.
+pub fn payload(datagram: &[u8]) -> Option<&[u8]> {
+    let first = *datagram.first()?;
+    if first >> 6 != 2 {
+        return None;
+    }
+    let mut start = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let words = datagram.get(start + 2..start + 4)?;
+        start += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    let mut end = datagram.len();
+    if first & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*datagram.last()?))?;
+    }
+    datagram.get(start..end)
+}
+
+/// Whether an H.264 RTP payload (RFC 6184) carries a sequence parameter set: what a decoder
+/// that starts mid-stream must see first. The senders put the parameter sets before every
+/// keyframe, alone or aggregated (STAP-A); a fragmented one (FU-A) counts at its start.
+pub fn h264_has_parameter_sets(payload: &[u8]) -> bool {
+    const SPS: u8 = 7;
+    const STAP_A: u8 = 24;
+    const FU_A: u8 = 28;
+    let Some(&header) = payload.first() else {
+        return false;
+    };
+    match header & 0x1f {
+        SPS => true,
+        STAP_A => {
+            let mut rest = &payload[1..];
+            while let [hi, lo, units @ ..] = rest {
+                let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+                let Some(unit) = units.get(..len) else {
+                    return false;
+                };
+                if unit.first().is_some_and(|h| h & 0x1f == SPS) {
+                    return true;
+                }
+                rest = &units[len..];
+            }
+            false
+        }
+        FU_A => payload
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == SPS),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rtp(first: u8, tail: &[u8]) -> Vec<u8> {
+        let mut p = vec![first, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+        p.extend_from_slice(tail);
+        p
+    }
+
+    #[test]
+    fn the_payload_follows_the_csrcs_and_the_extension_and_leaves_the_padding_out() {
+        assert_eq!(payload(&rtp(0x80, &[0x67, 1])), Some(&[0x67, 1][..]));
+        // One CSRC, then a one-word extension, then the payload, then 2 bytes of padding.
+        let p = rtp(
+            0x80 | 0x20 | 0x10 | 1,
+            &[0, 0, 0, 9, 0xbe, 0xde, 0, 1, 1, 2, 3, 4, 0x65, 0, 2],
+        );
+        assert_eq!(payload(&p), Some(&[0x65][..]));
+        // Lengths that do not fit: an extension past the end, padding longer than the packet.
+        assert_eq!(payload(&rtp(0x90, &[0xbe, 0xde, 0, 9])), None);
+        assert_eq!(payload(&rtp(0xa0, &[200])), None);
+        assert_eq!(payload(&rtp(0x8f, &[])), None);
+        assert_eq!(payload(&[0x40; 12]), None);
+        assert_eq!(payload(&[]), None);
+    }
+
+    #[test]
+    fn parameter_sets_are_found_alone_aggregated_or_at_a_fragments_start() {
+        // Alone: NAL type 7 (nal_ref_idc 3).
+        assert!(h264_has_parameter_sets(&[0x67, 0x42, 0xc0, 0x1f]));
+        // A slice, a PPS, an IDR slice: no SPS.
+        for nal in [0x41, 0x68, 0x65] {
+            assert!(!h264_has_parameter_sets(&[nal, 0x88]));
+        }
+        // STAP-A: a PPS (2 bytes), then an SPS (3 bytes).
+        assert!(h264_has_parameter_sets(&[
+            0x78, 0, 2, 0x68, 0xce, 0, 3, 0x67, 0x42, 0xc0
+        ]));
+        // STAP-A of a PPS only; one whose length runs past the end.
+        assert!(!h264_has_parameter_sets(&[0x78, 0, 2, 0x68, 0xce]));
+        assert!(!h264_has_parameter_sets(&[0x78, 0, 9, 0x67]));
+        // FU-A: the start of an SPS counts, its middle does not.
+        assert!(h264_has_parameter_sets(&[0x7c, 0x87, 0x42]));
+        assert!(!h264_has_parameter_sets(&[0x7c, 0x07, 0x42]));
+        assert!(!h264_has_parameter_sets(&[0x7c]));
+        assert!(!h264_has_parameter_sets(&[]));
+    }
 
     #[test]
     fn an_rtp_packet_gives_its_ssrc_payload_type_and_sequence() {

@@ -745,7 +745,7 @@ impl crate::conference::MediaEngine for GstEngine {
         to: SocketAddr,
     ) -> Option<(SocketAddr, SocketAddr)> {
         let s = self.sessions.get(&meeting)?;
-        match Unwrap::start(&s.plan.srtp_key, s.audio, to) {
+        match Unwrap::start(&s.plan.srtp_key, s.audio, ssrc, to) {
             Ok(u) => {
                 let local = |p| SocketAddr::from(([127, 0, 0, 1], p));
                 let ports = (local(u.video_in), local(u.audio_in));

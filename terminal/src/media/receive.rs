@@ -482,7 +482,10 @@ fn answer_consent_probes(
 }
 
 /// A view of one stream for a player: SRTP in (the relay routes the stream here), plain RTP
-/// out to the viewer (video to its port, audio two ports up).
+/// out to the viewer (video to its port, audio two ports up). A player cannot ask for a
+/// keyframe, so the view asks the stream's sender until the parameter sets of one have passed:
+/// the player has a picture within a round trip of the view opening, not at the sender's
+/// next periodic keyframe.
 #[derive(Debug)]
 pub struct Unwrap {
     pipeline: gst::Pipeline,
@@ -491,16 +494,27 @@ pub struct Unwrap {
 }
 
 impl Unwrap {
-    pub fn start(key: &[u8], audio: AudioCodec, to: SocketAddr) -> Result<Unwrap, MediaError> {
+    pub fn start(
+        key: &[u8],
+        audio: AudioCodec,
+        ssrc: u32,
+        to: SocketAddr,
+    ) -> Result<Unwrap, MediaError> {
         init()?;
+        let feedback = Arc::new(Feedback::new(key)?);
         let key = srtp_key(key)?;
         let pipeline = gst::Pipeline::with_name("view");
         let mut sources = Vec::new();
         for (video, port) in [(true, to.port()), (false, to.port().saturating_add(2))] {
             let (src, dec) = srtp_input(0, video, audio, &key)?;
-            // The relay of this box sends here; it needs no consent, but STUN must not reach
-            // the decrypter.
-            answer_consent_probes(&src, Arc::default(), std::time::Instant::now(), None);
+            // The relay of this box sends here; it needs no consent, but STUN and the
+            // relay's RTCP must not reach the decrypter.
+            let heard = video.then(|| feedback.clone());
+            if video {
+                feedback.send_from(&src);
+                ask_until_parameter_sets(&dec, ssrc, feedback.clone());
+            }
+            answer_consent_probes(&src, Arc::default(), std::time::Instant::now(), heard);
             let sink = make_with(
                 "udpsink",
                 &[
@@ -529,6 +543,29 @@ impl Drop for Unwrap {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// Asks the sender of video stream `ssrc` for a keyframe with each packet `dec` decrypts
+/// (at most every 500 ms) until one carrying H.264 parameter sets has passed.
+fn ask_until_parameter_sets(dec: &gst::Element, ssrc: u32, feedback: Arc<Feedback>) {
+    let Some(pad) = dec.static_pad("rtp_src") else {
+        return;
+    };
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let starts = buffer.map_readable().is_ok_and(|data| {
+            cuntong_core::media::rtp::payload(data.as_slice())
+                .is_some_and(cuntong_core::media::rtp::h264_has_parameter_sets)
+        });
+        if starts {
+            tracing::debug!(ssrc, "a view has its first keyframe");
+            return gst::PadProbeReturn::Remove;
+        }
+        feedback.ask_keyframe(ssrc, Default::default());
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// One arriving stream: jitter buffer → depayload → decode → sink, counting decoded buffers.
