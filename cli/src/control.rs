@@ -316,6 +316,9 @@ pub struct MeetingStatus {
     /// The chair's layout for every site (`2x2`…), if the chair set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
+    /// The site sharing content (双流), if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
     /// The file central records the session to, while it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<String>,
@@ -539,6 +542,7 @@ mod chair_op {
             region: Option<Region>,
         },
         Layout(Option<Layout>),
+        Content(#[serde(with = "super::text::option")] Option<TerminalId>),
     }
 
     pub fn serialize<S: Serializer>(op: &ChairOp, s: S) -> Result<S::Ok, S::Error> {
@@ -557,6 +561,7 @@ mod chair_op {
             ChairOp::LowerHand(t) => Wire::LowerHand(t),
             ChairOp::Delegate(terminal, region) => Wire::Delegate { terminal, region },
             ChairOp::Layout(l) => Wire::Layout(l),
+            ChairOp::Content(t) => Wire::Content(t),
         }
         .serialize(s)
     }
@@ -577,6 +582,7 @@ mod chair_op {
             Wire::LowerHand(t) => ChairOp::LowerHand(t),
             Wire::Delegate { terminal, region } => ChairOp::Delegate(terminal, region),
             Wire::Layout(l) => ChairOp::Layout(l),
+            Wire::Content(t) => ChairOp::Content(t),
         })
     }
 }
@@ -653,6 +659,11 @@ mod tests {
                 r#"{"layout":"2x2"}"#,
             ),
             (ChairOp::Layout(None), r#"{"layout":null}"#),
+            (
+                ChairOp::Content(Some(site)),
+                r#"{"content":"130102001001-main"}"#,
+            ),
+            (ChairOp::Content(None), r#"{"content":null}"#),
             (
                 ChairOp::LowerHand(site),
                 r#"{"lower-hand":"130102001001-main"}"#,
@@ -884,6 +895,7 @@ mod tests {
             hands: vec!["130102001001-main".into()],
             roll_call: Some(1),
             layout: Some("2x2".into()),
+            content: None,
             recording: None,
             sites: vec![SiteJson {
                 terminal: "130102001001-main".into(),

@@ -84,6 +84,9 @@ pub enum Metric {
     MediaFrames,
     /// Video streams being decoded (the chair's, the speaker's…).
     MediaStreams,
+    /// Lines of the shared content's pictures as decoded (1080 for 1920×1080), while content
+    /// is shared.
+    MediaContent,
 }
 
 /// Unit of a metric.
@@ -107,6 +110,8 @@ pub enum Unit {
     MetrePerSecond,
     MicrosiemensPerCm,
     KilobitPerSecond,
+    /// Picture lines or columns.
+    Pixels,
     /// Not known (metrics outside the registry).
     Unknown,
 }
@@ -130,6 +135,7 @@ impl Unit {
             Unit::MetrePerSecond => "m/s",
             Unit::MicrosiemensPerCm => "µS/cm",
             Unit::KilobitPerSecond => "kbit/s",
+            Unit::Pixels => "px",
             Unit::Unknown => "",
         }
     }
@@ -194,6 +200,7 @@ const REGISTRY: &[(Metric, u32, &str, Unit, u8)] = &[
     (Metric::MediaTx, 42, "media.tx", Unit::KilobitPerSecond, 0),
     (Metric::MediaFrames, 43, "media.frames", Unit::Count, 0),
     (Metric::MediaStreams, 44, "media.streams", Unit::Count, 0),
+    (Metric::MediaContent, 45, "media.content", Unit::Pixels, 0),
 ];
 
 /// Why a metric name was refused.

@@ -123,13 +123,14 @@ pub struct SimOptions {
     /// Real media (GStreamer, test sources, nothing shown) on loopback; a fleet of a county or
     /// more gets a relay at each county and at the region's own level.
     pub media: bool,
-    /// With media: each box composes its meeting room into `ROOMS/TERMINAL.mkv`, and its camera
-    /// shows a colour of its own ([`PALETTE`]).
+    /// With media: each box (or each of `rooms_of`, if any are named) composes its meeting
+    /// room into `ROOMS/TERMINAL.mkv`.
     pub rooms: Option<PathBuf>,
+    pub rooms_of: Vec<TerminalId>,
 }
 
-/// The colours (ARGB) of the simulated cameras of boxes that compose their rooms, by the box's
-/// place in the fleet: eight, each far from the others and from black.
+/// The colours (ARGB) of the simulated cameras, by the box's place in the fleet: eight, each far
+/// from the others and from black.
 pub const PALETTE: [u32; 8] = [
     0xffff_0000,
     0xff00_ff00,
@@ -162,6 +163,7 @@ impl SimOptions {
             duty_button: false,
             media: false,
             rooms: None,
+            rooms_of: Vec::new(),
         }
     }
 }
@@ -208,10 +210,14 @@ pub fn sim_config(id: TerminalId, opts: &SimOptions) -> TerminalConfig {
             let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
             cfg.meeting.relay = Some((any, any.to_string()));
         }
-        if let Some(rooms) = &opts.rooms {
+        if let Some(rooms) = &opts.rooms
+            && (opts.rooms_of.is_empty() || opts.rooms_of.contains(&id))
+        {
             cfg.media.display =
                 cuntong_terminal::config::Display::File(rooms.join(format!("{id}.mkv")));
         }
+        // Every simulated box can share content: colour bars.
+        cfg.media.content = Some(cuntong_terminal::config::ContentSource::Test);
     }
     cfg
 }
@@ -412,18 +418,23 @@ pub async fn run_rebooting(
         if cfg.meeting.media_host.is_some() {
             use cuntong_terminal::config::Display;
             use cuntong_terminal::media::{Capture, GstEngine, Playback};
-            let (capture, playback) = match &cfg.media.display {
-                Display::File(_) | Display::Recording { .. } => (
-                    Capture::Colour(PALETTE[seed as usize % PALETTE.len()]),
-                    Playback::Room {
-                        display: cfg.media.display.clone(),
-                        layout: cfg.media.layout,
-                    },
-                ),
-                Display::Screen { .. } => (Capture::Test, Playback::Discard),
+            // Each camera shows a colour of its own and hears a tone; a box composes its
+            // room only into a file.
+            let capture = Capture::Colour(PALETTE[seed as usize % PALETTE.len()]);
+            let playback = match &cfg.media.display {
+                Display::File(_) | Display::Recording { .. } => Playback::Room {
+                    display: cfg.media.display.clone(),
+                    layout: cfg.media.layout,
+                },
+                Display::Screen { .. } => Playback::Discard,
             };
             match GstEngine::new(cfg.id, capture, playback, cfg.meeting.rtp_port) {
-                Ok(e) => hardware.media = Box::new(e),
+                Ok(e) => {
+                    hardware.media = Box::new(match &cfg.media.content {
+                        Some(c) => e.with_content(Capture::content(c)),
+                        None => e,
+                    })
+                }
                 Err(e) => tracing::error!(terminal = %cfg.id, error = %e, "no media"),
             }
         }

@@ -87,10 +87,18 @@ struct Common {
     #[arg(long)]
     media: bool,
     /// With --media: each box composes its meeting room (every picture in the tiles of its
-    /// layout, every sound mixed) into DIR/TERMINAL.mkv, and its camera shows a colour of its
-    /// own.
+    /// layout, every sound mixed) into DIR/TERMINAL.mkv. (Each simulated camera shows a colour
+    /// of its own.)
     #[arg(long, value_name = "DIR", requires = "media")]
     rooms: Option<PathBuf>,
+    /// With --rooms: only this box composes its room (repeat for more); a room costs a core
+    /// or so, more than a small machine has for every box of a fleet.
+    #[arg(long = "room", value_name = "TERMINAL", requires = "rooms")]
+    rooms_of: Vec<String>,
+    /// Serve each terminal's status socket (DATA-DIR/TERMINAL/status.sock), as a lone
+    /// terminal does: operators' requests (`cuntong-terminal meeting … --socket`) reach it.
+    #[arg(long)]
+    status_sockets: bool,
 }
 
 #[derive(Subcommand)]
@@ -548,6 +556,12 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     opts.hands_percent = common.hands_percent;
     opts.media = common.media;
     opts.rooms = common.rooms.clone();
+    opts.rooms_of = common
+        .rooms_of
+        .iter()
+        .map(|t| t.parse().map_err(|e| format!("--room {t:?}: {e}")))
+        .collect::<Result<_, String>>()?;
+    opts.status_socket = common.status_sockets;
     if opts.outbox_budget < 4096 {
         return Err(format!(
             "--outbox-budget {:?}: at least 4KiB",

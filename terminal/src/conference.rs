@@ -93,8 +93,13 @@ pub trait MediaEngine: Send {
         false
     }
     /// The chair's screen of a session this box is in (after its media started, and on every
-    /// change): lay the room out by it, and send while this site is on it.
+    /// change): lay the room out by it, send while this site is on it, and send content
+    /// while the screen's content is this site's.
     fn screen(&mut self, _screen: &Screen) {}
+    /// Whether the box has a second video source to share as content.
+    fn has_content(&self) -> bool {
+        false
+    }
 }
 
 /// Takes part in meetings without sending or receiving media (boxes without a camera, and
@@ -159,6 +164,8 @@ pub enum OperatorRequest {
     Chair(MeetingId, ChairOp),
     /// The room's layout on this box, whatever the chair's.
     Layout(MeetingId, Layout),
+    /// Share content from this box's second video source (双流), or stop sharing it.
+    Content(MeetingId, bool),
 }
 
 /// The chair operations a delegated chair's box can ask for, by the name the operator types.
@@ -215,6 +222,9 @@ impl OperatorRequest {
                 id(m)?,
                 layout.parse().map_err(|e: BadLayout| e.to_string())?,
             )),
+            ["meeting", "content", m, on @ ("on" | "off")] => {
+                Ok(OperatorRequest::Content(id(m)?, *on == "on"))
+            }
             ["meeting", "chair", m, op, rest @ ..] if rest.len() <= 1 => {
                 let target = rest
                     .first()
@@ -227,7 +237,7 @@ impl OperatorRequest {
                 .map(OperatorRequest::Call)
                 .map_err(|e| format!("terminal {t:?}: {e}")),
             _ => Err(format!(
-                "unknown request {line:?} (meeting accept|decline|hand|lower|leave ID, meeting layout ID LAYOUT, meeting chair ID OP [TERMINAL], call TERMINAL)"
+                "unknown request {line:?} (meeting accept|decline|hand|lower|leave ID, meeting layout ID LAYOUT, meeting content ID on|off, meeting chair ID OP [TERMINAL], call TERMINAL)"
             )),
         }
     }
@@ -243,6 +253,9 @@ impl OperatorRequest {
             OperatorRequest::Call(t) => format!("call {t}"),
             OperatorRequest::Chair(m, op) => format!("meeting chair {m} {}", chair_words(op)),
             OperatorRequest::Layout(m, l) => format!("meeting layout {m} {l}"),
+            OperatorRequest::Content(m, on) => {
+                format!("meeting content {m} {}", if *on { "on" } else { "off" })
+            }
         }
     }
 }
@@ -267,7 +280,8 @@ pub struct MeetingReport {
     pub hand_raised: bool,
     /// The roll call this site answered last.
     pub answered_roll_call: Option<u32>,
-    /// The host's answer to this box's last chair operation (`mute: ok`, `mute: refused: …`).
+    /// The host's answer to this box's last request of it: a chair operation or content
+    /// (`mute: ok`, `content: refused: …`).
     #[serde(default)]
     pub chair_answer: Option<String>,
 }
@@ -596,6 +610,21 @@ impl Conference {
                     format!("{words} sent to the host of {m} (its answer shows in status)"),
                 )
             }
+            OperatorRequest::Content(m, on) => {
+                if known(&m)? != Phase::Joined {
+                    return Err(format!("{m}: not joined"));
+                }
+                if on && !self.engine.has_content() {
+                    return Err("this box has no content source ([media] content)".into());
+                }
+                (
+                    Input::ShareContent(m, on),
+                    format!(
+                        "content {} asked of the host of {m} (its answer shows in status)",
+                        if on { "on" } else { "off" }
+                    ),
+                )
+            }
             OperatorRequest::Layout(m, layout) => {
                 known(&m)?;
                 return if self.engine.set_layout(m, layout) {
@@ -842,6 +871,8 @@ mod tests {
             "meeting chair m1 mute-all",
             "meeting layout m1 3x3",
             "meeting layout m1 speaker",
+            "meeting content m1 on",
+            "meeting content m1 off",
             "call 130102000000-hall",
         ] {
             let r = OperatorRequest::parse(line).unwrap();
@@ -858,6 +889,7 @@ mod tests {
                 .contains("terminal")
         );
         assert!(OperatorRequest::parse("dance").is_err());
+        assert!(OperatorRequest::parse("meeting content m1 maybe").is_err());
         assert!(
             OperatorRequest::parse("meeting layout m1 5x5")
                 .unwrap_err()

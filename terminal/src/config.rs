@@ -51,6 +51,7 @@
 //! [media]                   # the meeting room: one composed picture, one mixed sound
 //! display = "auto"          # the screen; "kms" without a window system; "file:PATH" (Matroska)
 //! layout = "1+5"            # single, 1+N (N 1 to 7), 2x2, 3x3, 4x4 or speaker
+//! # content = "v4l2:/dev/video1"  # a second video source to share (双流): "v4l2:DEVICE", "test"
 //!
 //! [hj212]                   # pollution-source data loggers (HJ 212) connect here
 //! listen = "0.0.0.0:6000"
@@ -470,6 +471,9 @@ impl TerminalConfig {
         if let Some(d) = raw.media.display {
             cfg.media.display = d.parse().map_err(|e| invalid("media.display", e))?;
         }
+        if let Some(c) = raw.media.content {
+            cfg.media.content = Some(c.parse().map_err(|e| invalid("media.content", e))?);
+        }
         if let Some(l) = raw.media.layout {
             cfg.media.layout = l
                 .parse()
@@ -784,6 +788,30 @@ struct RawDutyButton {
 struct RawMedia {
     display: Option<String>,
     layout: Option<String>,
+    content: Option<String>,
+}
+
+/// The second video source a box shares as content (`[media] content`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContentSource {
+    /// A V4L2 device: an HDMI capture of the presenter's laptop, a document camera.
+    Camera(PathBuf),
+    /// Colour bars (the simulator, tests).
+    Test,
+}
+
+impl std::str::FromStr for ContentSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ContentSource, String> {
+        match s {
+            "test" => Ok(ContentSource::Test),
+            _ => match s.strip_prefix("v4l2:") {
+                Some(p) if p.starts_with('/') => Ok(ContentSource::Camera(p.into())),
+                _ => Err(format!("{s:?}: \"v4l2:/dev/videoN\" or \"test\"")),
+            },
+        }
+    }
 }
 
 /// Where the composed picture and the mixed sound go (`[media] display`).
@@ -839,6 +867,8 @@ pub struct MediaConfig {
     pub display: Display,
     /// The layout until the chair sets one.
     pub layout: cuntong_core::media::layout::Layout,
+    /// What it shares as content, if it can.
+    pub content: Option<ContentSource>,
 }
 
 impl Default for MediaConfig {
@@ -846,6 +876,7 @@ impl Default for MediaConfig {
         MediaConfig {
             display: Display::Screen { kms: false },
             layout: cuntong_core::media::layout::Layout::OnePlus(5),
+            content: None,
         }
     }
 }
@@ -1117,7 +1148,18 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.media.display, Display::File("/tmp/room.mkv".into()));
         assert_eq!(cfg.media.layout.to_string(), "3x3");
+        assert_eq!(cfg.media.content, None);
+        let shared = |text: &str| {
+            parse(&format!("{BASE}[media]\ncontent = \"{text}\"\n")).map(|c| c.media.content)
+        };
+        assert_eq!(
+            shared("v4l2:/dev/video1").unwrap(),
+            Some(ContentSource::Camera("/dev/video1".into()))
+        );
+        assert_eq!(shared("test").unwrap(), Some(ContentSource::Test));
         for (text, key) in [
+            ("content = \"hdmi\"", "media.content"),
+            ("content = \"v4l2:video1\"", "media.content"),
             ("display = \"hdmi\"", "media.display"),
             ("display = \"file:\"", "media.display"),
             ("layout = \"5x5\"", "media.layout"),

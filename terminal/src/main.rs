@@ -55,15 +55,17 @@ enum Command {
         json: bool,
     },
     /// Take part in a meeting from the box: accept, decline, raise or lower the hand, leave;
-    /// `layout ID LAYOUT` for the room's picture on this box; `chair ID OP [TERMINAL]` for a
-    /// box the chair made a delegated chair.
+    /// `layout ID LAYOUT` for the room's picture on this box; `content ID on|off` to share
+    /// the box's second video source (双流); `chair ID OP [TERMINAL]` for a box the chair made
+    /// a delegated chair.
     Meeting {
-        /// accept, decline, hand, lower, leave, layout or chair.
+        /// accept, decline, hand, lower, leave, layout, content or chair.
         action: String,
         /// The meeting id (as `status` shows it).
         id: String,
-        /// Why (for decline); the layout (single, 1+N, 2x2, 3x3, 4x4, speaker); OP [TERMINAL]
-        /// for chair (mute, unmute, grant, lower TERMINAL; revoke, mute-all, unmute-all).
+        /// Why (for decline); the layout (single, 1+N, 2x2, 3x3, 4x4, speaker); on or off (for
+        /// content); OP [TERMINAL] for chair (mute, unmute, grant, lower TERMINAL; revoke,
+        /// mute-all, unmute-all).
         reason: Vec<String>,
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -300,7 +302,12 @@ fn media_engine(cfg: &TerminalConfig) -> Box<dyn cuntong_terminal::conference::M
             layout: cfg.media.layout,
         };
         match GstEngine::new(cfg.id, capture, room, cfg.meeting.rtp_port) {
-            Ok(e) => return Box::new(e),
+            Ok(e) => {
+                return Box::new(match &cfg.media.content {
+                    Some(c) => e.with_content(Capture::content(c)),
+                    None => e,
+                });
+            }
             Err(e) => {
                 tracing::error!(error = %e, "no media on this box; meetings are signalling only")
             }

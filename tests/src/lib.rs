@@ -550,7 +550,7 @@ pub const COUNTY_RELAY: &str = "130102000000-relay";
 /// A county meeting with real media: Mosquitto, central (a 2 s meeting heartbeat), a simulated
 /// fleet of county 130102 with `villages` villages and the county relay (`--media` and
 /// `fleet_args`), all online; then a meeting of the county (`low` profile, chaired by the
-/// relay's box) created and started.
+/// relay's box, or by `chair` with [`MediaCounty::chaired_by`]) created and started.
 #[derive(Debug)]
 pub struct MediaCounty {
     pub broker: Broker,
@@ -564,6 +564,15 @@ pub struct MediaCounty {
 
 impl MediaCounty {
     pub fn start(dir: &Path, villages: usize, fleet_args: &[&str]) -> MediaCounty {
+        MediaCounty::chaired_by(dir, villages, fleet_args, COUNTY_RELAY)
+    }
+
+    pub fn chaired_by(
+        dir: &Path,
+        villages: usize,
+        fleet_args: &[&str],
+        chair: &str,
+    ) -> MediaCounty {
         let broker = Broker::start(BrokerKind::Mosquitto, dir);
         let db = dir.join("central.db");
         let central = central_with(&broker, &db, dir, &["--meeting-heartbeat", "2s"]);
@@ -597,7 +606,7 @@ impl MediaCounty {
             "--profile",
             "low",
             "--chair",
-            COUNTY_RELAY,
+            chair,
         ]))
         .trim()
         .to_owned();

@@ -5,7 +5,11 @@
 //!
 //! And the whole way: a county meeting of four villages whose chair sets `2x2` for everyone
 //! (`cuntong meeting layout`); central's screen reaches the boxes, the county relay forwards
-//! the pictures on it, and a village's room shows four sites' pictures, each captioned.
+//! the pictures on it, and a village's room shows four sites' pictures, each captioned. A
+//! village's box shares content (colour bars at 1920x1080): the others decode it at its own
+//! size and show it in their large tile, and a second box's request is refused meanwhile. In
+//! the chair's `speaker` layout, a room shows large the one site the chair lets be heard, and
+//! the next one once the chair lets another be heard instead.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -383,7 +387,17 @@ fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_
     let d = dir.path();
     let rooms = d.join("rooms");
     std::fs::create_dir_all(&rooms).unwrap();
-    let county = MediaCounty::start(d, 4, &["--rooms", rooms.to_str().unwrap()]);
+    // One village composes its room (a room costs about a core).
+    let county = MediaCounty::start(
+        d,
+        4,
+        &[
+            "--rooms",
+            rooms.to_str().unwrap(),
+            "--room",
+            "130102001001-main",
+        ],
+    );
     let (db, id, fleet) = (&county.db, &county.id, &county.fleet);
     let cuntong = |args: &[&str]| county.cuntong(args);
     let bad = cuntong(&["meeting", "layout", id, "5x5"]);
@@ -420,8 +434,12 @@ fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_
         county.central.log_text()
     );
     std::thread::sleep(Duration::from_secs(2));
-    // The meeting ends: each box stops its room, and its file is whole.
+    // The meeting ends: the box stops its room, and its file is whole.
     ok(cuntong(&["meeting", "end", id]));
+    assert_eq!(
+        villages[0], "130102001001-main",
+        "the village that composes its room"
+    );
     let file = rooms.join(format!("{}.mkv", villages[0]));
     // Whole once its box wrote its length at the end.
     assert!(
@@ -522,4 +540,221 @@ fn central_records_two_minutes_of_a_meeting_that_ffmpeg_plays_whole_with_picture
         3,
         "lit pixels per quarter {lit:?}"
     );
+}
+
+/// Whether the large tile of a room in `layout` shows colour bars (content): seven samples
+/// across its upper part, of at least five colours, none of them dark.
+fn bars_in_large_tile(rgb: &[u8], layout: Layout) -> bool {
+    let large = cuntong_core::media::layout::arrange(layout, &[0, 1], 1280, 720)[0].rect;
+    let y = (large.y + large.h / 3) as usize;
+    let samples: Vec<[u8; 3]> = (0..7)
+        .map(|i| {
+            let x = (large.x + large.w * (2 * i + 1) / 14) as usize;
+            let at = (y * 1280 + x) * 3;
+            [rgb[at], rgb[at + 1], rgb[at + 2]]
+        })
+        .collect();
+    let mut colours: Vec<[u8; 3]> = Vec::new();
+    for s in &samples {
+        if !colours.iter().any(|c| close(*c, *s)) {
+            colours.push(*s);
+        }
+    }
+    colours.len() >= 5 && samples.iter().all(|s| !close(*s, [0, 0, 0]))
+}
+
+#[test]
+fn content_shared_from_a_village_box_fills_every_other_rooms_large_tile_at_its_own_resolution() {
+    let _one = one_at_a_time();
+    use cuntong_e2e::{MediaCounty, bin, ok, run, sites, wait_until};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rooms = d.join("rooms");
+    std::fs::create_dir_all(&rooms).unwrap();
+    let county = MediaCounty::start(
+        d,
+        3,
+        &[
+            "--rooms",
+            rooms.to_str().unwrap(),
+            "--room",
+            "130102002001-main",
+            "--status-sockets",
+        ],
+    );
+    let (db, id) = (&county.db, &county.id);
+    let villages = county.villages();
+    let (a, b) = (&villages[0], &villages[1]);
+    assert_eq!(b, "130102002001-main", "the village that composes its room");
+    // The operator at a village's box (the simulator keeps each box's data under fleet/).
+    let operator = |at: &str, args: &[&str]| {
+        let socket = d.join("fleet").join(at).join("status.sock");
+        let mut all = args.to_vec();
+        all.extend(["--socket", socket.to_str().unwrap()]);
+        run(&bin("cuntong-terminal"), &all)
+    };
+    let answer = |at: &str| -> String {
+        let out = operator(at, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["meetings"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == id.as_str()))
+            .and_then(|m| m["chair_answer"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let joined = || {
+        let out = county.cuntong(&["meeting", "status", id]);
+        String::from_utf8_lossy(&out.stdout)
+            .matches(" joined ")
+            .count()
+            >= 4
+    };
+    assert!(wait_until(Duration::from_secs(30), joined));
+
+    // Village a shares from its box; the others decode its content at 1920x1080.
+    ok(operator(a, &["meeting", "content", id, "on"]));
+    assert!(
+        wait_until(Duration::from_secs(15), || answer(a) == "content: ok"),
+        "answer: {}",
+        answer(a)
+    );
+    let at_1080 = || {
+        let all = sites(db, None);
+        villages.iter().filter(|v| *v != a).all(|v| {
+            all.iter()
+                .any(|s| s.terminal == *v && s.metrics.get("media.content") == Some(&1080.0))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), at_1080),
+        "not every other village decodes the content at 1080 lines: {:?}\n{}",
+        sites(db, None)
+            .iter()
+            .map(|s| (s.terminal.clone(), s.metrics.get("media.content").copied()))
+            .collect::<Vec<_>>(),
+        county.fleet.log_text()
+    );
+    let status = ok(county.cuntong(&["meeting", "status", id]));
+    assert!(status.contains(&format!("content from {a}")), "{status}");
+
+    // Village b's request is refused while a shares.
+    ok(operator(b, &["meeting", "content", id, "on"]));
+    assert!(
+        wait_until(Duration::from_secs(15), || answer(b)
+            .contains(&format!("content: refused: {a} is sharing content"))),
+        "answer: {}",
+        answer(b)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    ok(county.cuntong(&["meeting", "end", id]));
+    let file = rooms.join(format!("{b}.mkv"));
+    assert!(
+        wait_until(Duration::from_secs(40), || media_duration(&file).is_some()),
+        "{}",
+        county.fleet.log_text()
+    );
+    drop(county);
+
+    // Village b's room showed the content's colour bars in its large tile.
+    let frames = pictures(&file);
+    assert!(
+        frames
+            .iter()
+            .any(|f| bars_in_large_tile(f, Layout::OnePlus(5).with_content())),
+        "no content in the large tile among {} pictures",
+        frames.len()
+    );
+}
+
+#[test]
+fn in_the_chairs_speaker_layout_every_room_shows_the_site_that_is_heard_large() {
+    let _one = one_at_a_time();
+    use cuntong_e2e::{MediaCounty, ok, sites, wait_until};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rooms = d.join("rooms");
+    std::fs::create_dir_all(&rooms).unwrap();
+    // Chaired from a box that takes no part in the media: the villages alone are heard.
+    let county = MediaCounty::chaired_by(
+        d,
+        3,
+        &[
+            "--rooms",
+            rooms.to_str().unwrap(),
+            "--room",
+            "130102003001-main",
+        ],
+        "130102000000-hall",
+    );
+    let (db, id) = (&county.db, &county.id);
+    let cuntong = |args: &[&str]| county.cuntong(args);
+    let villages = county.villages();
+    let (x, y, watcher) = (&villages[0], &villages[1], &villages[2]);
+    assert_eq!(
+        watcher, "130102003001-main",
+        "the village that composes its room"
+    );
+    ok(cuntong(&["meeting", "layout", id, "speaker"]));
+    ok(cuntong(&["meeting", "mute", id, "--all"]));
+    ok(cuntong(&["meeting", "unmute", id, x]));
+    // Every site on the screen sends: the watcher decodes the three others (and the relay's).
+    let decoding = || {
+        sites(db, None).iter().any(|s| {
+            s.terminal == *watcher
+                && s.metrics.get("media.streams").is_some_and(|n| *n >= 3.0)
+                && s.metrics.get("media.frames").is_some_and(|f| *f >= 10.0)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), decoding),
+        "{:?}\n{}",
+        sites(db, None)
+            .iter()
+            .map(|s| (s.terminal.clone(), s.metrics.get("media.streams").copied()))
+            .collect::<Vec<_>>(),
+        county.fleet.log_text()
+    );
+    // Only x is heard for a while, then only y.
+    std::thread::sleep(Duration::from_secs(8));
+    ok(cuntong(&["meeting", "unmute", id, y]));
+    ok(cuntong(&["meeting", "mute", id, x]));
+    std::thread::sleep(Duration::from_secs(8));
+    ok(cuntong(&["meeting", "end", id]));
+    let file = rooms.join(format!("{watcher}.mkv"));
+    assert!(
+        wait_until(Duration::from_secs(40), || media_duration(&file).is_some()),
+        "{}",
+        county.fleet.log_text()
+    );
+    drop(county);
+
+    // The large tile, twice a second: it settled on one site while x alone was heard, then
+    // on another once y alone was, and stayed there to the end.
+    let large = cuntong_core::media::layout::arrange(Layout::Speaker, &[0, 1], 1280, 720)[0].rect;
+    let (cx, cy) = (
+        (large.x + large.w / 2) as usize,
+        (large.y + large.h / 3) as usize,
+    );
+    let mut held: Vec<([u8; 3], usize)> = Vec::new();
+    for f in pictures(&file) {
+        let c = mean(&f, 1280, cx, cy);
+        match held.last_mut() {
+            Some((last, n)) if close(*last, c) => *n += 1,
+            _ => held.push((c, 1)),
+        }
+    }
+    let settled: Vec<[u8; 3]> = held
+        .iter()
+        .filter(|(c, n)| *n >= 6 && !close(*c, [0, 0, 0]))
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(
+        settled.len() >= 2 && !close(settled[settled.len() - 2], settled[settled.len() - 1]),
+        "the large tile did not move from the site heard first to the one heard next: {held:?}"
+    );
+    let (end, _) = held.last().unwrap();
+    assert!(close(*end, *settled.last().unwrap()), "{held:?}");
 }

@@ -144,6 +144,15 @@ enum MeetingAction {
         #[arg(long)]
         off: bool,
     },
+    /// Give a site the content (双流: the presenter's slides from its second video source,
+    /// shown large in every room with the speaker beside it), taking it from whoever shares
+    /// it. --off: nobody shares.
+    Content {
+        id: String,
+        terminal: Option<String>,
+        #[arg(long)]
+        off: bool,
+    },
     /// Lower a terminal's raised hand.
     Lower {
         id: String,
@@ -380,6 +389,18 @@ impl Plan {
                     (None, true) => None,
                     (Some(l), false) => Some(l.parse().map_err(|e| Usage(format!("{e}")))?),
                     _ => return Err(Usage("layout needs a layout or --off".into()).into()),
+                }),
+            },
+            A::Content {
+                id,
+                terminal: t,
+                off,
+            } => Plan::Op {
+                id: meeting(&id)?,
+                op: ChairOp::Content(if off {
+                    None
+                } else {
+                    Some(terminal(t, "content")?)
                 }),
             },
             A::Lower { id, terminal: t } => Plan::Op {

@@ -14,7 +14,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cuntong_core::envelope::encode;
-use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Notice, Operator};
+use cuntong_core::meeting::host::{
+    ChairOp, Host, HostConfig, HostOutput, Notice, OpError, Operator,
+};
 use cuntong_core::meeting::{
     Downlink, Invitee, Kind, MediaProfile, MeetingId, MeetingSpec, MeetingState, Screen, Status,
     Uplink,
@@ -226,7 +228,16 @@ impl MeetingService {
         };
         match Uplink::decode(&msg.payload) {
             Ok(Uplink::Call { meeting, to }) => self.call(id, meeting, to, now_ms),
-            Ok(Uplink::Chair { meeting, op }) => self.delegated(id, meeting, op, now_ms),
+            Ok(Uplink::Chair { meeting, op }) => {
+                self.answered(id, meeting, op.name(), now_ms, |h| {
+                    h.op_by_site(id, op, now_ms)
+                })
+            }
+            Ok(Uplink::Content { meeting, share }) => {
+                self.answered(id, meeting, "content", now_ms, |h| {
+                    h.share_content(id, share).map(|()| Vec::new())
+                })
+            }
             Ok(up) => {
                 let mid = up.meeting();
                 if let Some(host) = self.hosts.get_mut(&mid) {
@@ -247,23 +258,33 @@ impl MeetingService {
         true
     }
 
-    /// A delegated chair's box asks for an operation; it gets an answer either way.
-    fn delegated(&mut self, from: TerminalId, meeting: MeetingId, op: ChairOp, now_ms: u64) {
+    /// A site's box asks for an operation `op` (a delegated chair's, or to share content),
+    /// which `run` applies to the host; the box gets an answer either way.
+    fn answered(
+        &mut self,
+        from: TerminalId,
+        meeting: MeetingId,
+        op: &str,
+        now_ms: u64,
+        run: impl FnOnce(&mut Host) -> Result<Vec<HostOutput>, OpError>,
+    ) {
         let Some(host) = self.hosts.get_mut(&meeting) else {
             return;
         };
-        let (out, error) = match host.op_by_site(from, op, now_ms) {
+        let (mut out, error) = match run(host) {
             Ok(out) => (out, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
         if let Some(e) = &error {
-            tracing::info!(%meeting, terminal = %from, op = op.name(), error = %e, "delegated operation refused");
+            tracing::info!(%meeting, terminal = %from, op, error = %e, "a site's request refused");
         }
+        // What it changed of the media (the content's streams) goes out at once.
+        out.extend(host.media_updates(now_ms));
         self.dirty.insert(meeting);
         self.apply(meeting, out);
         let answer = cuntong_core::meeting::Downlink::Answer {
             meeting,
-            op: op.name().to_owned(),
+            op: op.to_owned(),
             error,
         };
         self.apply(meeting, vec![HostOutput::Send(from, answer)]);
@@ -505,7 +526,7 @@ impl MeetingService {
         if let Some(r) = self.recordings.get(&screen.meeting) {
             r.show(&screen);
         }
-        match encode(&screen) {
+        match screen.encode() {
             Ok(bytes) => {
                 for topic in topics {
                     self.push(Message::new(topic, bytes.clone()).retained().urgent());
@@ -518,7 +539,7 @@ impl MeetingService {
     /// Names each site on `screen` for its caption (none for a site without a name).
     fn name_tiles(&self, screen: &mut Screen) {
         let names = self.names.borrow();
-        for tile in &mut screen.tiles {
+        for tile in screen.tiles.iter_mut().chain(&mut screen.content) {
             let name = names.terminal(&tile.site);
             tile.name = if name == crate::names::UNNAMED {
                 String::new()
@@ -831,6 +852,7 @@ fn view_sdp(state: &MeetingState, site: &TerminalId, to: std::net::SocketAddr) -
             payload_type: cuntong_core::media::VIDEO_PT,
             // 720p25 at most: level 3.1 covers every profile.
             level: 31,
+            content: false,
         }),
         audio: Some(Audio {
             port: to.port().saturating_add(2),
@@ -1001,6 +1023,7 @@ pub fn status(h: &Host, after: Option<TerminalId>) -> MeetingStatus {
         hands: s.hands.iter().map(|t| t.to_string()).collect(),
         roll_call: s.roll_call.map(|r| r.number),
         layout: h.layout().map(|l| l.to_string()),
+        content: h.content().map(|(t, _)| t.to_string()),
         recording: None,
         next,
         sites: sites

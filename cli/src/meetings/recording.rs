@@ -58,6 +58,7 @@ impl Recording {
         if let Some(room) = self.receiver.room() {
             let sites = screen.tiles.iter().map(|t| (t.ssrc, t.caption())).collect();
             room.set_screen(self.layout.or(screen.layout), sites);
+            room.set_content(screen.content_tile(None));
         }
     }
 }

@@ -19,11 +19,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = site.handle(Input::State(Box::new(state)), 3);
     }
     if let Ok(screen) = Screen::decode(data) {
-        let again = encode(&screen).expect("a decoded screen encodes");
-        assert_eq!(Screen::decode(&again), Ok(screen.clone()));
+        // Either shape, with or without content, reads back the same.
+        for again in [
+            encode(&screen).expect("a decoded screen encodes"),
+            screen.encode().expect("a decoded screen encodes"),
+        ] {
+            assert_eq!(Screen::decode(&again), Ok(screen.clone()));
+        }
         let shown = screen.layout.map_or(usize::MAX, |l| l.tiles());
         assert!(screen.tiles_for(&me).count() <= shown);
-        let _ = screen.tiles.iter().map(|t| t.caption()).count();
+        let _ = screen.tiles.iter().chain(&screen.content).map(|t| t.caption()).count();
     }
     if let Ok(up) = Uplink::decode(data) {
         let again = encode(&up).expect("a decoded uplink encodes");

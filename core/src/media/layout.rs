@@ -33,6 +33,13 @@ pub const MAX_SMALL: u8 = 7;
 pub const MAX_GRID: u8 = 4;
 
 impl Layout {
+    /// The layout a room takes while content is shared (双流): the content large, and beside
+    /// it as many sources as this layout shows besides its main one (at least the main
+    /// source, at most [`MAX_SMALL`]).
+    pub fn with_content(self) -> Layout {
+        Layout::OnePlus((self.tiles() - 1).clamp(1, usize::from(MAX_SMALL)) as u8)
+    }
+
     /// How many sources it shows at most.
     pub fn tiles(self) -> usize {
         match self {
@@ -290,6 +297,17 @@ impl<T: Copy + PartialEq> Default for VoiceSwitch<T> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn content_takes_the_large_tile_with_the_main_source_and_as_many_others_beside_it() {
+        let with = |l: &str| l.parse::<Layout>().unwrap().with_content().to_string();
+        assert_eq!(with("single"), "1+1");
+        assert_eq!(with("1+5"), "1+5");
+        assert_eq!(with("2x2"), "1+3");
+        assert_eq!(with("3x3"), "1+7");
+        assert_eq!(with("4x4"), "1+7");
+        assert_eq!(with("speaker"), "1+5");
+    }
     use alloc::string::ToString;
     use alloc::vec;
 

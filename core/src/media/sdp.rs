@@ -18,6 +18,9 @@ pub struct Video {
     pub payload_type: u8,
     /// H.264 `level_idc` (31 = level 3.1, 720p30; 40 = level 4, 1080p30).
     pub level: u8,
+    /// Content (双流: the presenter's slides), marked `a=content:slides` (RFC 4796) so that a
+    /// room system shows it as a second picture; otherwise the camera's picture.
+    pub content: bool,
 }
 
 /// An audio stream.
@@ -98,6 +101,9 @@ impl Description<'_> {
                 "a=fmtp:{pt} packetization-mode=1;profile-level-id={}",
                 profile_level_id(v.level)
             ));
+            if v.content {
+                line(String::from("a=content:slides"));
+            }
             line(String::from("a=recvonly"));
             if let Some(c) = &crypto {
                 line(c.clone());
@@ -146,6 +152,7 @@ mod tests {
                 port: 5004,
                 payload_type: 96,
                 level: 31,
+                content: false,
             }),
             audio: Some(Audio {
                 port: 5006,
@@ -181,6 +188,26 @@ mod tests {
                 "",
             ]
         );
+    }
+
+    #[test]
+    fn content_is_a_picture_without_sound_marked_as_slides() {
+        let d = Description {
+            video: Some(Video {
+                level: 40,
+                content: true,
+                ..view().video.unwrap()
+            }),
+            audio: None,
+            ..view()
+        };
+        let sdp = d.render();
+        assert!(sdp.contains(
+            "m=video 5004 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n\
+             a=fmtp:96 packetization-mode=1;profile-level-id=42e028\r\n\
+             a=content:slides\r\na=recvonly\r\n"
+        ));
+        assert!(!sdp.contains("m=audio"));
     }
 
     #[test]

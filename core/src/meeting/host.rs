@@ -188,6 +188,9 @@ pub enum ChairOp {
     /// Sets every site's layout (多画面), or leaves it to each box again (`None`). The screen
     /// then lists the main source and as many others, in the order they joined, as it shows.
     Layout(Option<Layout>),
+    /// Gives a site the content (双流: its second picture, the presenter's slides), taking it
+    /// from whoever shared it, or takes it back (`None`).
+    Content(Option<TerminalId>),
 }
 
 impl ChairOp {
@@ -207,6 +210,7 @@ impl ChairOp {
             ChairOp::LowerHand(_) => "lower-hand",
             ChairOp::Delegate(..) => "delegate",
             ChairOp::Layout(_) => "layout",
+            ChairOp::Content(_) => "content",
         }
     }
 }
@@ -236,6 +240,10 @@ pub enum OpError {
         what: &'static str,
         max: usize,
     },
+    /// Another site shares content: one at a time.
+    ContentHeld(TerminalId),
+    /// The site cannot share content: it has not joined, or sends no video at its tier.
+    CannotShare(TerminalId),
 }
 
 impl fmt::Display for OpError {
@@ -250,6 +258,13 @@ impl fmt::Display for OpError {
             OpError::NotLive { op } => write!(f, "{op}: the session has not started"),
             OpError::TooMany { what, max } => write!(f, "more than {max} {what}"),
             OpError::NotDelegate(t) => write!(f, "{t} is not a delegated chair of this session"),
+            OpError::ContentHeld(t) => write!(f, "{t} is sharing content; one site at a time"),
+            OpError::CannotShare(t) => {
+                write!(
+                    f,
+                    "{t} cannot share content: not joined, or no video at its tier"
+                )
+            }
         }
     }
 }
@@ -353,11 +368,14 @@ pub struct Host {
     /// recording ends with the process that wrote it.
     #[serde(skip)]
     recorder: Option<(String, u16)>,
+    /// The site sharing content, and the video SSRC of its content (fresh for every grant and
+    /// every join of the site: a new sender must never reuse an SRTP index under the key).
+    content: Option<(TerminalId, u32)>,
 }
 
 /// What [`Host::from_store`] appends to a host stored before the fields after `ended_ms`
-/// existed: no layout, no screen.
-const STORED_BEFORE_SCREENS: [u8; 2] = [0, 0];
+/// existed (no layout, no screen, no content), and to one stored before content.
+const STORED_BEFORE: [&[u8]; 2] = [&[0], &[0, 0, 0]];
 
 impl Host {
     /// A new session, scheduled: publish its state so the invitations go out. `srtp_key`
@@ -402,6 +420,7 @@ impl Host {
             layout: None,
             screen: None,
             recorder: None,
+            content: None,
         };
         if let Some(chair) = host.state.spec.chair {
             host.sites.insert(chair, SiteRecord::new());
@@ -445,9 +464,14 @@ impl Host {
 
     pub fn from_store(bytes: &[u8]) -> Result<Host, crate::envelope::DecodeError> {
         crate::envelope::decode_stored(bytes).or_else(|e| {
-            let mut older = bytes.to_vec();
-            older.extend_from_slice(&STORED_BEFORE_SCREENS);
-            crate::envelope::decode_stored(&older).map_err(|_| e)
+            STORED_BEFORE
+                .iter()
+                .find_map(|missing| {
+                    let mut older = bytes.to_vec();
+                    older.extend_from_slice(missing);
+                    crate::envelope::decode_stored(&older).ok()
+                })
+                .ok_or(e)
         })
     }
 
@@ -493,7 +517,7 @@ impl Host {
             .iter()
             .flat_map(|(t, to)| to.iter().map(|v| (*t, v.clone())))
             .collect();
-        relays::topology(&sites, &sources, &extra, &views)
+        relays::topology(&sites, &sources, &extra, self.content, &views)
     }
 
     /// The sources every site receives: the chair, the broadcast site, the speaker.
@@ -587,6 +611,60 @@ impl Host {
         self.layout
     }
 
+    /// The site sharing content, and the video SSRC of its content.
+    pub fn content(&self) -> Option<(TerminalId, u32)> {
+        self.content
+    }
+
+    /// Gives `site` the content under a fresh SSRC, or takes it back (`None`).
+    fn set_content(&mut self, site: Option<TerminalId>) {
+        if site == self.content.map(|(t, _)| t) {
+            return;
+        }
+        self.content = site.map(|t| {
+            let ssrc = self.next_ssrc & !1;
+            self.next_ssrc = self.next_ssrc.wrapping_add(2).max(2);
+            (t, ssrc)
+        });
+        self.media_dirty = true;
+    }
+
+    /// A site's own box asks to share content (`on`), or stops sharing it: granted while no
+    /// other site shares, refused while one does (the chair may take it from one and give it
+    /// to another, [`ChairOp::Content`]).
+    pub fn share_content(&mut self, from: TerminalId, on: bool) -> Result<(), OpError> {
+        if self.state.status == Status::Ended {
+            return Err(OpError::Ended);
+        }
+        let holder = self.content.map(|(t, _)| t);
+        if !on {
+            if holder == Some(from) {
+                self.set_content(None);
+            }
+            return Ok(());
+        }
+        if self.state.status != Status::Live {
+            return Err(OpError::NotLive { op: "content" });
+        }
+        match holder {
+            Some(h) if h != from => return Err(OpError::ContentHeld(h)),
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        if !self.can_share(&from) {
+            return Err(OpError::CannotShare(from));
+        }
+        self.set_content(Some(from));
+        Ok(())
+    }
+
+    /// Whether a site can share content now: joined, and sending video at its tier.
+    fn can_share(&self, site: &TerminalId) -> bool {
+        self.sites
+            .get(site)
+            .is_some_and(|r| r.phase == SitePhase::Joined && r.tier == Some(Tier::Full))
+    }
+
     /// A joined site's media plan: its SSRC, the session key, and where it sends (its relay,
     /// else the session's media point; nowhere at the receive-only tier).
     fn plan_for(&self, site: &TerminalId, topology: &Topology) -> Option<MediaPlan> {
@@ -676,16 +754,22 @@ impl Host {
             out.push(HostOutput::Publish(self.state.clone().into()));
         }
         let tiles = self.screen_tiles();
+        let content = self.content.map(|(site, ssrc)| OnScreen {
+            site,
+            ssrc,
+            name: String::new(),
+        });
         if self
             .screen
             .as_ref()
-            .is_none_or(|s| s.layout != self.layout || s.tiles != tiles)
+            .is_none_or(|s| s.layout != self.layout || s.tiles != tiles || s.content != content)
         {
             let screen = Screen {
                 meeting,
                 version: self.screen.as_ref().map_or(1, |s| s.version + 1),
                 layout: self.layout,
                 tiles,
+                content,
             };
             out.push(HostOutput::Screen(screen.clone().into()));
             self.screen = Some(screen);
@@ -895,6 +979,20 @@ impl Host {
                     self.media_dirty = true;
                 }
             }
+            ChairOp::Content(site) => {
+                if let Some(t) = &site {
+                    self.check_target(by, t)?;
+                    live(&self.state)?;
+                    if !self.can_share(t) {
+                        return Err(OpError::CannotShare(*t));
+                    }
+                }
+                // A delegate never takes the content from another region's site.
+                if let (Operator::Delegate(_), Some((h, _))) = (by, self.content) {
+                    self.check_target(by, &h)?;
+                }
+                self.set_content(site);
+            }
         }
         Ok(())
     }
@@ -1064,6 +1162,11 @@ impl Host {
                 // packets must never reuse an SRTP index under the session key.
                 rec.ssrc = self.next_ssrc & !1;
                 self.next_ssrc = self.next_ssrc.wrapping_add(2).max(2);
+                // Its content sender starts again too: under a fresh SSRC as well.
+                if let Some((_, ssrc)) = self.content.as_mut().filter(|(t, _)| *t == from) {
+                    *ssrc = self.next_ssrc & !1;
+                    self.next_ssrc = self.next_ssrc.wrapping_add(2).max(2);
+                }
                 // A relay that joins again has lost its table: it gets it again.
                 self.relay_plans.remove(&from);
                 // Every join is answered with the plan, by the next `media_updates`: the site
@@ -1115,10 +1218,14 @@ impl Host {
                     return out;
                 }
             }
-            // Calls are created by central's meeting service, not by a running session, and
-            // a delegate's operations go through `op_by_site`, which answers them.
+            // Calls are created by central's meeting service, not by a running session, a
+            // delegate's operations go through `op_by_site`, which answers them, and a request
+            // to share content through `share_content`.
             // (`tagged` made an older terminal's join a `Join`.)
-            Uplink::Call { .. } | Uplink::Chair { .. } | Uplink::JoinUntagged { .. } => {}
+            Uplink::Call { .. }
+            | Uplink::Chair { .. }
+            | Uplink::Content { .. }
+            | Uplink::JoinUntagged { .. } => {}
             Uplink::Leave { .. } => {
                 if rec.phase != SitePhase::Left {
                     rec.phase = SitePhase::Left;
@@ -1142,10 +1249,13 @@ impl Host {
         out
     }
 
-    /// A site that left or declined no longer holds the floor or a raised hand.
+    /// A site that left or declined no longer holds the floor, a raised hand or the content.
     fn forget_site_in_state(&mut self, t: &TerminalId) {
         if self.state.floor.as_ref() == Some(t) {
             self.state.floor = None;
+        }
+        if self.content.is_some_and(|(h, _)| h == *t) {
+            self.set_content(None);
         }
         self.state.hands.retain(|h| h != t);
     }

@@ -490,7 +490,14 @@ pub struct Screen {
     /// At most [`Screen::most_tiles`] of `layout`: one more than it shows, so that a site in
     /// the tiles, which does not see itself, still fills them with the others.
     pub tiles: Vec<OnScreen>,
+    /// The content shared (双流), under its own video SSRC: every room shows it large, the
+    /// main source beside it. The site sharing it sends it.
+    pub content: Option<OnScreen>,
 }
+
+/// What [`Screen::decode`] appends to a screen encoded without content (as [`Screen::encode`]
+/// writes one that has none, for boxes that know no content).
+const SCREEN_WITHOUT_CONTENT: [u8; 1] = [0];
 
 /// One site on the screen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -515,14 +522,39 @@ impl OnScreen {
 }
 
 impl Screen {
+    /// A screen without content in the shape boxes that know no content read; with content,
+    /// whole (those boxes ignore it, and keep the screen they had).
+    pub fn encode(&self) -> Result<Vec<u8>, crate::envelope::EncodeError> {
+        let mut bytes = crate::envelope::encode(self)?;
+        if self.content.is_none() {
+            // postcard writes `None` as a single 0 byte, last.
+            bytes.truncate(bytes.len() - SCREEN_WITHOUT_CONTENT.len());
+        }
+        Ok(bytes)
+    }
+
+    /// Reads a screen, with or without content.
     pub fn decode(bytes: &[u8]) -> Result<Screen, DecodeError> {
-        decode(bytes)
+        decode(bytes).or_else(|e| {
+            let mut whole = bytes.to_vec();
+            whole.extend_from_slice(&SCREEN_WITHOUT_CONTENT);
+            decode(&whole).map_err(|_| e)
+        })
     }
 
     /// How many sites a screen of `layout` lists: one more than it shows (without a layout,
     /// the sources every site receives anyway: the chair, the broadcast site, the speaker).
     pub fn most_tiles(layout: Option<Layout>) -> usize {
         layout.map_or(3, |l| l.tiles() + 1)
+    }
+
+    /// The content's tile in the room of `me` (of a recorder: `None`), as its video SSRC and
+    /// caption (`NAME · 共享内容`); none in the room of the site that shares it.
+    pub fn content_tile(&self, me: Option<&TerminalId>) -> Option<(u32, String)> {
+        self.content
+            .as_ref()
+            .filter(|c| Some(&c.site) != me)
+            .map(|c| (c.ssrc, alloc::format!("{} · 共享内容", c.caption())))
     }
 
     /// The tiles a site shows: every one but its own, as many as the layout has.
@@ -620,6 +652,12 @@ pub enum Uplink {
         /// never 0), different across restarts of the box.
         joining: u64,
     },
+    /// The site asks to share content (双流), or (`share` false) stops sharing it; the host
+    /// answers with [`Downlink::Answer`] (`op` "content"), refusing while another site shares.
+    Content {
+        meeting: MeetingId,
+        share: bool,
+    },
 }
 
 impl Uplink {
@@ -657,7 +695,8 @@ impl Uplink {
             | Uplink::Decline { meeting, .. }
             | Uplink::Leave { meeting }
             | Uplink::Call { meeting, .. }
-            | Uplink::Chair { meeting, .. } => *meeting,
+            | Uplink::Chair { meeting, .. }
+            | Uplink::Content { meeting, .. } => *meeting,
         }
     }
 }

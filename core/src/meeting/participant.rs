@@ -166,6 +166,8 @@ pub enum Input {
     Call(MeetingId, TerminalId),
     /// A chair operation from this box, which is a delegated chair of the session.
     Chair(MeetingId, super::host::ChairOp),
+    /// Asks to share content from this box (双流), or stops sharing it.
+    ShareContent(MeetingId, bool),
     /// The link's capacity changed (from link telemetry): later joins use this tier, and
     /// joined sessions join again with it.
     SetTier(Tier),
@@ -342,6 +344,15 @@ impl Participant {
             Input::Chair(meeting, op) => {
                 if self.sessions.contains_key(&meeting) {
                     out.push(Output::Send(Uplink::Chair { meeting, op }));
+                }
+            }
+            Input::ShareContent(meeting, share) => {
+                if self
+                    .sessions
+                    .get(&meeting)
+                    .is_some_and(|s| s.phase == Phase::Joined)
+                {
+                    out.push(Output::Send(Uplink::Content { meeting, share }));
                 }
             }
             Input::SetTier(tier) => {

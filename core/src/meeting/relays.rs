@@ -88,11 +88,14 @@ pub fn address(host: &str, port: u16) -> String {
 
 /// Lays out the flow of `sources`' streams through the relays among `sites`, and hands each
 /// of `views` (a site, a viewer) to the relay its stream reaches first. The streams of
-/// `extra` (the other pictures of the screen) reach every relay and every site but the thin.
+/// `extra` (the other pictures of the screen) reach every relay and every site but the thin;
+/// so does `content` (the site sharing it and the video SSRC of its content, which has no
+/// sound).
 pub fn topology(
     sites: &[SiteMedia],
     sources: &[TerminalId],
     extra: &[TerminalId],
+    content: Option<(TerminalId, u32)>,
     views: &[(TerminalId, String)],
 ) -> Topology {
     let by_id: BTreeMap<&TerminalId, &SiteMedia> = sites.iter().map(|s| (&s.id, s)).collect();
@@ -166,15 +169,24 @@ pub fn topology(
             t.send_to.insert(s.id, to);
         }
     }
-    // Each source once, with whether it is one of the extra pictures.
-    let sources: Vec<(&SiteMedia, bool)> = {
+    // Each stream once: its site (under the stream's SSRC), whether it is one of the extra
+    // pictures, whether it has sound.
+    let sources: Vec<(SiteMedia, bool, bool)> = {
         let mut seen = BTreeSet::new();
+        let content = content.and_then(|(id, ssrc)| {
+            let site = by_id.get(&id)?;
+            Some(SiteMedia {
+                ssrc,
+                ..(*site).clone()
+            })
+        });
         sources
             .iter()
             .map(|id| (id, false))
             .chain(extra.iter().map(|id| (id, true)))
             .filter(|(id, _)| seen.insert(**id))
-            .filter_map(|(id, extra)| by_id.get(id).map(|s| (*s, extra)))
+            .filter_map(|(id, extra)| by_id.get(id).map(|s| ((*s).clone(), extra, true)))
+            .chain(content.map(|c| (c, true, false)))
             .collect()
     };
     for r in sites.iter().filter(|s| s.relay.is_some()) {
@@ -186,7 +198,8 @@ pub fn topology(
             views: Vec::new(),
             sources: Vec::new(),
         };
-        for &(src, extra) in &sources {
+        for (src, extra, sound) in &sources {
+            let (extra, sound) = (*extra, *sound);
             let passes = chain(&src.id);
             let from_below = passes.contains(&r.id);
             // Where the stream reaches this relay from: the site itself (the first relay on
@@ -230,9 +243,13 @@ pub fn topology(
             }
             if !video.is_empty() {
                 plan.routes.push((src.ssrc, video));
-                plan.routes.push((audio_ssrc(src.ssrc), audio));
+                if sound {
+                    plan.routes.push((audio_ssrc(src.ssrc), audio));
+                }
                 if let Some(from) = &came_from {
-                    plan.sources.extend(from.pair(src.ssrc));
+                    let pair = from.pair(src.ssrc);
+                    plan.sources
+                        .extend(pair.into_iter().take(if sound { 2 } else { 1 }));
                 }
             }
         }
@@ -335,7 +352,7 @@ mod tests {
     #[test]
     fn a_county_meeting_goes_through_the_county_relay() {
         let chair = t("130102000000-office");
-        let topo = topology(&county(), &[chair], &[], &[]);
+        let topo = topology(&county(), &[chair], &[], None, &[]);
         // Everyone sends to the relay (the relay box to itself).
         assert!(topo.send_to.values().all(|a| a == "10.0.1.1:6000"));
         assert_eq!(topo.send_to.len(), 4);
@@ -358,7 +375,7 @@ mod tests {
         // The third village is on a thin link.
         sites[3].thin = true;
         let shown = [t("130102001001-main"), t("130102001002-main")];
-        let topo = topology(&sites, &[chair], &shown, &[]);
+        let topo = topology(&sites, &[chair], &shown, None, &[]);
         let plan = &topo.relays[&chair];
         // The chair (a main source) reaches every village, the thin one too.
         assert_eq!(routes(plan, 100).len(), 3);
@@ -381,7 +398,7 @@ mod tests {
         for (i, s) in sites.iter_mut().enumerate() {
             s.receives_at = Some((format!("10.0.0.{i}"), 5004));
         }
-        let topo = topology(&sites, &[chair, speaker, chair], &[], &[]);
+        let topo = topology(&sites, &[chair, speaker, chair], &[], None, &[]);
         let plan = &topo.relays[&chair];
         // The speaker's stream: to the relay's own box and the two other villages.
         assert_eq!(
@@ -402,7 +419,7 @@ mod tests {
         ];
         let hall = t("130000000000-hall");
         let village = t("130102001001-main");
-        let topo = topology(&sites, &[hall, village], &[], &[]);
+        let topo = topology(&sites, &[hall, village], &[], None, &[]);
         // The village sends to its county, the county relay to the city, the city to the hall.
         assert_eq!(topo.send_to[&village], "10.3.0.1:6000");
         let city = &topo.relays[&t("130100000000-relay")];
@@ -441,7 +458,7 @@ mod tests {
             t("130100000000-relay"),
             t("130102000000-relay"),
         );
-        let topo = topology(&sites, &[hall, t("130102001001-main")], &[], &[]);
+        let topo = topology(&sites, &[hall, t("130102001001-main")], &[], None, &[]);
         // The village's pair: at its county from its own receive ports (it sends from them),
         // at the city from the county relay, at the hall from the city relay.
         let c = &topo.relays[&county];
@@ -468,6 +485,7 @@ mod tests {
             &county(),
             &[],
             &[],
+            None,
             &[(village, "10.9.9.9:7000".to_owned())],
         );
         let plan = &topo.relays[&t("130102000000-office")];
@@ -489,7 +507,7 @@ mod tests {
             site("130102000000-b", 14, 5004, Some("10.3.0.2:6000")),
             site("130102001001-main", 16, 5004, None),
         ];
-        let topo = topology(&sites, &[t("130100000000-relay")], &[], &[]);
+        let topo = topology(&sites, &[t("130100000000-relay")], &[], None, &[]);
         let a = &topo.relays[&t("130102000000-a")];
         let b = &topo.relays[&t("130102000000-b")];
         assert_eq!(a.upstream.as_deref(), Some("10.2.0.1:6000"));
@@ -503,7 +521,7 @@ mod tests {
     #[test]
     fn without_relays_nobody_has_a_relay_to_send_to() {
         let sites = vec![site("130102001001-main", 2, 5004, None)];
-        let topo = topology(&sites, &[t("130102001001-main")], &[], &[]);
+        let topo = topology(&sites, &[t("130102001001-main")], &[], None, &[]);
         assert!(topo.send_to.is_empty() && topo.relays.is_empty());
         assert_eq!(address("fd00::1", 5004), "[fd00::1]:5004");
     }

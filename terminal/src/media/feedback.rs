@@ -1,8 +1,9 @@
 //! RTCP feedback on a box, both ways. As a receiver it asks a stream's sender for a keyframe
 //! when the stream starts (a site that joins, or a tile that changes, has a picture at once
 //! instead of at the next periodic keyframe) and whenever its depayloader lost packets, and it
-//! reports what it receives of each stream every [`REPORT_EVERY`]. As a sender it makes its
-//! encoder emit a keyframe when a member of the session asks, and keeps what its receivers
+//! reports what it receives of each stream every [`REPORT_EVERY`]. As a sender it makes the
+//! encoder of the stream asked about (its camera's, its content's) emit a keyframe when a
+//! member of the session asks, and keeps what its receivers
 //! report losing ([`Feedback::reported_loss_percent`]) for the bitrate to follow.
 //!
 //! Feedback is SRTCP under the session's key, authenticated and not encrypted
@@ -35,11 +36,14 @@ const REPORTS_LAST: Duration = Duration::from_secs(6);
 /// Receivers whose reports are kept, at most.
 const MAX_REPORTERS: usize = 4_096;
 
+/// An encoder that heeds keyframe requests, and when it last emitted one on request.
+type Heeded = (gst::glib::WeakRef<gst::Element>, Option<Instant>);
+
 /// One session's feedback on a box.
 pub struct Feedback {
     srtcp: Mutex<Srtcp>,
-    /// This site's video SSRC: what its feedback speaks as, and the stream it heeds requests
-    /// for (0 until the engine says).
+    /// This site's video SSRC: what its feedback speaks as, and the stream whose receivers'
+    /// reports it keeps (0 until the engine says).
     me: AtomicU32,
     /// The video source whose socket feedback goes out of.
     video_src: Mutex<Option<gst::glib::WeakRef<gst::Element>>>,
@@ -47,8 +51,9 @@ pub struct Feedback {
     origins: Mutex<BTreeMap<u32, SocketAddr>>,
     /// When this site last asked for a keyframe of each stream.
     asked: Mutex<BTreeMap<u32, Instant>>,
-    /// The encoder of this site's own video, and when it last emitted a keyframe on request.
-    encoder: Mutex<(Option<gst::glib::WeakRef<gst::Element>>, Option<Instant>)>,
+    /// The encoder of each video stream this site sends, and when it last emitted a keyframe
+    /// on request.
+    encoders: Mutex<BTreeMap<u32, Heeded>>,
     /// Per receiver of this site's video: its latest fraction lost (1/256) and when it came.
     reported: Mutex<BTreeMap<u32, (u8, Instant)>>,
     /// Per received stream: (packets pushed, lost) at the last report.
@@ -83,7 +88,7 @@ impl Feedback {
             video_src: Mutex::new(None),
             origins: Mutex::default(),
             asked: Mutex::default(),
-            encoder: Mutex::new((None, None)),
+            encoders: Mutex::default(),
             reported: Mutex::default(),
             counted: Mutex::default(),
         })
@@ -99,9 +104,12 @@ impl Feedback {
         *lock(&self.video_src) = Some(src.downgrade());
     }
 
-    /// Heeds keyframe requests for this site's video with `encoder`.
-    pub fn heed(&self, encoder: &gst::Element) {
-        *lock(&self.encoder) = (Some(encoder.downgrade()), None);
+    /// Heeds keyframe requests for video stream `ssrc` with `encoder` (encoders gone are
+    /// forgotten).
+    pub fn heed(&self, ssrc: u32, encoder: &gst::Element) {
+        let mut encoders = lock(&self.encoders);
+        encoders.retain(|_, (e, _)| e.upgrade().is_some());
+        encoders.insert(ssrc, (encoder.downgrade(), None));
     }
 
     /// Whether it knows where stream `ssrc` comes from.
@@ -181,9 +189,9 @@ impl Feedback {
         }
     }
 
-    /// Feedback that arrived on the video socket: a keyframe request for this site's video
-    /// makes its encoder emit one; a report is kept. Anything not made under the session's key
-    /// is dropped.
+    /// Feedback that arrived on the video socket: a keyframe request for a stream this site
+    /// sends makes its encoder emit one; a report on its camera's video is kept. Anything not
+    /// made under the session's key is dropped.
     pub fn on_rtcp(&self, datagram: &[u8]) {
         let Ok(plain) = lock(&self.srtcp).unprotect(datagram) else {
             return;
@@ -191,10 +199,13 @@ impl Feedback {
         let Ok(fb) = rtcp::Feedback::decode(&plain) else {
             return;
         };
+        let now = Instant::now();
+        if fb.keyframe {
+            self.force_keyframe(fb.about, now);
+        }
         if fb.about != self.me.load(Ordering::Relaxed) || fb.about == 0 {
             return;
         }
-        let now = Instant::now();
         {
             let mut reported = lock(&self.reported);
             reported.retain(|_, (_, t)| now < *t + REPORTS_LAST);
@@ -202,19 +213,19 @@ impl Feedback {
                 reported.insert(fb.from, (fb.report.fraction_lost, now));
             }
         }
-        if fb.keyframe {
-            self.force_keyframe(now);
-        }
     }
 
-    fn force_keyframe(&self, now: Instant) {
+    fn force_keyframe(&self, ssrc: u32, now: Instant) {
         let encoder = {
-            let mut e = lock(&self.encoder);
-            if e.1.is_some_and(|t| now < t + KEYFRAME_EVERY) {
+            let mut encoders = lock(&self.encoders);
+            let Some((e, last)) = encoders.get_mut(&ssrc) else {
+                return;
+            };
+            if last.is_some_and(|t| now < t + KEYFRAME_EVERY) {
                 return;
             }
-            e.1 = Some(now);
-            e.0.as_ref().and_then(|w| w.upgrade())
+            *last = Some(now);
+            e.upgrade()
         };
         if encoder.is_some_and(|e| request_keyframe(&e)) {
             tracing::debug!("keyframe on request");

@@ -99,11 +99,26 @@ pub enum Capture {
     Test,
     /// A picture of one colour (`0xAARRGGBB`) and a tone: sites told apart on a screen.
     Colour(u32),
+    /// Colour bars and no sound: content (slides) from the simulator and tests.
+    Slides,
     /// A V4L2 camera and an ALSA microphone (`None`: the system default).
     Devices {
         camera: Option<String>,
         microphone: Option<String>,
     },
+}
+
+impl Capture {
+    /// The capture of a content source: its camera alone (content has no sound).
+    pub fn content(source: &crate::config::ContentSource) -> Capture {
+        match source {
+            crate::config::ContentSource::Camera(device) => Capture::Devices {
+                camera: Some(device.display().to_string()),
+                microphone: None,
+            },
+            crate::config::ContentSource::Test => Capture::Slides,
+        }
+    }
 }
 
 /// What the box does with what it receives.
@@ -131,6 +146,9 @@ pub struct SendSettings {
     pub keyframe_every_s: u32,
 }
 
+/// Content (双流): the presenter's slides, sharp and slow, from the box's second video source.
+pub const CONTENT_VIDEO: (u32, u32, u32) = (1920, 1080, 5);
+
 /// The periodic keyframe: seldom, since receivers ask for one when they need it (a keyframe
 /// costs several times a frame on a metered link).
 pub const KEYFRAME_EVERY_S: u32 = 10;
@@ -156,6 +174,18 @@ impl SendSettings {
         SendSettings {
             video,
             audio,
+            log_frames: false,
+            keyframe_every_s: KEYFRAME_EVERY_S,
+        }
+    }
+
+    /// What a site sends of its content ([`CONTENT_VIDEO`], at the bitrate of its profile's
+    /// video): a picture, no sound.
+    pub fn content(profile: &MediaProfile) -> SendSettings {
+        let (w, h, fps) = CONTENT_VIDEO;
+        SendSettings {
+            video: profile.video.as_ref().map(|v| (w, h, fps, v.kbps)),
+            audio: None,
             log_frames: false,
             keyframe_every_s: KEYFRAME_EVERY_S,
         }
@@ -292,6 +322,11 @@ impl Sender {
                     .property("foreground-color", *argb)
                     .build()
                     .map_err(|_| MediaError::Missing("videotestsrc".into()))?,
+                Capture::Slides => gst::ElementFactory::make("videotestsrc")
+                    .property("is-live", true)
+                    .property_from_str("pattern", "smpte")
+                    .build()
+                    .map_err(|_| MediaError::Missing("videotestsrc".into()))?,
                 Capture::Devices { camera, .. } => {
                     let s = make("v4l2src")?;
                     if let Some(c) = camera {
@@ -351,14 +386,14 @@ impl Sender {
             // Keyframes when a receiver of the session asks (its feedback comes in on the
             // receiver's socket this sends from).
             if let Some(r) = from {
-                r.feedback.heed(&enc);
+                r.feedback.heed(ssrc, &enc);
             }
             encoder = Some((enc, factory));
         }
         let mut volume = None;
         if let Some((codec, kbps)) = settings.audio {
             let src = match capture {
-                Capture::Test | Capture::Colour(_) => make_with(
+                Capture::Test | Capture::Colour(_) | Capture::Slides => make_with(
                     "audiotestsrc",
                     &[("is-live", true.to_value()), ("volume", 0.3f64.to_value())],
                 )?,
@@ -534,8 +569,14 @@ pub fn video_share(rtt_ms: Option<f64>, loss_percent: f64) -> f64 {
 struct Session {
     plan: cuntong_core::meeting::MediaPlan,
     settings: SendSettings,
-    /// Dropped before the receiver, whose sockets it sends from.
+    /// Dropped before the receiver, whose sockets it sends from (as is the content's).
     sender: Option<Sender>,
+    /// The content's SSRC and its sender, while the chair's screen says this site shares.
+    content: Option<(u32, Sender)>,
+    /// What it sends of its content.
+    content_settings: SendSettings,
+    /// The video SSRC of the content another site shares, if one does.
+    content_in: Option<u32>,
     /// The site is a source (its role or the chair's screen asks it to send), whether or not
     /// its relay consents.
     sending: bool,
@@ -557,6 +598,8 @@ pub struct GstEngine {
     playback: Playback,
     rtp_port: u16,
     latency_ms: u32,
+    /// The second video source it shares as content, if it has one (`[media] content`).
+    content: Option<Capture>,
     sessions: BTreeMap<cuntong_core::meeting::MeetingId, Session>,
     views: BTreeMap<(cuntong_core::meeting::MeetingId, u32, SocketAddr), Unwrap>,
     /// Share of the profile's video bitrate sent now (the link decides), and since when the
@@ -583,6 +626,7 @@ impl GstEngine {
             playback,
             rtp_port,
             latency_ms: 60,
+            content: None,
             sessions: BTreeMap::new(),
             views: BTreeMap::new(),
             video_share: 1.0,
@@ -590,6 +634,61 @@ impl GstEngine {
             last: (0, 0, BTreeMap::new()),
             last_sample: None,
         })
+    }
+
+    /// Shares `capture` (a second camera, an HDMI capture of the presenter's laptop) as
+    /// content when the chair's screen gives this site the content.
+    pub fn with_content(mut self, capture: Capture) -> GstEngine {
+        self.content = Some(capture);
+        self
+    }
+
+    /// Sends content under `ssrc` while the screen says this site shares (`Some`), to where
+    /// the site sends, from its video socket; stops otherwise. Held back, like the camera's
+    /// streams, while the relay does not consent.
+    fn update_content(&mut self, meeting: cuntong_core::meeting::MeetingId, ssrc: Option<u32>) {
+        let Some(s) = self.sessions.get_mut(&meeting) else {
+            return;
+        };
+        if s.content.as_ref().map(|(c, _)| *c) != ssrc
+            && let Some((c, _)) = s.content.take()
+        {
+            tracing::info!(%meeting, ssrc = c, "content stopped");
+        }
+        let (Some(ssrc), Some(capture)) = (ssrc, &self.content) else {
+            return;
+        };
+        let to = s
+            .plan
+            .send_to
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        let (Some(to), Some(receiver)) = (to, s.receiver.as_ref()) else {
+            return;
+        };
+        if s.content.is_none() {
+            match Sender::start(
+                capture,
+                s.content_settings,
+                ssrc,
+                Some(&s.plan.srtp_key),
+                to,
+                Some(receiver),
+            ) {
+                Ok(sender) => {
+                    tracing::info!(%meeting, ssrc, %to, "sharing content");
+                    s.content = Some((ssrc, sender));
+                }
+                Err(e) => {
+                    tracing::error!(%meeting, error = %e, "cannot share content");
+                    return;
+                }
+            }
+        }
+        let consented = receiver.consented(to);
+        if let Some((_, sender)) = s.content.as_mut() {
+            sender.set_active(consented);
+        }
     }
 
     /// Sends while the site is a source and its relay answers its consent probes; holds the
@@ -695,6 +794,9 @@ impl crate::conference::MediaEngine for GstEngine {
                 on_screen: false,
                 muted: true,
                 audio: profile.audio,
+                content_settings: SendSettings::content(profile),
+                content: None,
+                content_in: None,
             },
         );
     }
@@ -726,16 +828,25 @@ impl crate::conference::MediaEngine for GstEngine {
         let Some(s) = self.sessions.get_mut(&screen.meeting) else {
             return;
         };
+        let content = screen.content.as_ref();
         if let Some(room) = s.receiver.as_ref().and_then(Receiver::room) {
             let sites = screen
                 .tiles_for(&me)
                 .map(|t| (t.ssrc, t.caption()))
                 .collect();
             room.set_screen(screen.layout, sites);
+            room.set_content(screen.content_tile(Some(&me)));
         }
         s.on_screen = screen.tiles.iter().any(|t| t.site == me);
+        s.content_in = screen.content_tile(Some(&me)).map(|(ssrc, _)| ssrc);
         let sending = s.role_sends || s.on_screen;
         self.update_sender(screen.meeting, sending);
+        let mine = content.filter(|c| c.site == me).map(|c| c.ssrc);
+        self.update_content(screen.meeting, mine);
+    }
+
+    fn has_content(&self) -> bool {
+        self.content.is_some()
     }
 
     fn open_view(
@@ -772,10 +883,12 @@ impl crate::conference::MediaEngine for GstEngine {
 
     fn capture_devices(&self) -> crate::readiness::CaptureDevices {
         match &self.capture {
-            Capture::Test | Capture::Colour(_) => crate::readiness::CaptureDevices {
-                camera: Some("videotestsrc (test source)".into()),
-                microphone: Some("audiotestsrc (test source)".into()),
-            },
+            Capture::Test | Capture::Colour(_) | Capture::Slides => {
+                crate::readiness::CaptureDevices {
+                    camera: Some("videotestsrc (test source)".into()),
+                    microphone: Some("audiotestsrc (test source)".into()),
+                }
+            }
             Capture::Devices { camera, microphone } => {
                 let found = crate::readiness::local_devices();
                 crate::readiness::CaptureDevices {
@@ -809,6 +922,14 @@ impl crate::conference::MediaEngine for GstEngine {
             .collect();
         for meeting in sending {
             self.update_sender(meeting, true);
+        }
+        let sharing: Vec<_> = self
+            .sessions
+            .iter()
+            .filter_map(|(m, s)| s.content.as_ref().map(|(c, _)| (*m, *c)))
+            .collect();
+        for (meeting, ssrc) in sharing {
+            self.update_content(meeting, Some(ssrc));
         }
         // What the receivers of this site's video lose counts as much as the link's own loss.
         let mut loss_percent = loss_percent;
@@ -861,10 +982,14 @@ impl crate::conference::MediaEngine for GstEngine {
         let (mut rx, mut tx, mut packets, mut lost, mut jitter) = (0, 0, 0u64, 0u64, 0u64);
         let mut frames = BTreeMap::new();
         let mut streams = 0;
+        let mut content_lines = None;
         for s in self.sessions.values() {
             if let Some(r) = &s.receiver {
                 rx += r.bytes.load(Ordering::Relaxed);
                 for st in r.streams() {
+                    if Some(st.ssrc) == s.content_in && st.video {
+                        content_lines = st.size.map(|(_, h)| h);
+                    }
                     packets += st.packets;
                     lost += st.lost;
                     jitter = jitter.max(st.jitter_us);
@@ -896,7 +1021,7 @@ impl crate::conference::MediaEngine for GstEngine {
                 0.0
             }
         };
-        let out = vec![
+        let mut out = vec![
             (
                 Metric::MediaLoss,
                 if packets + lost > 0 {
@@ -911,6 +1036,7 @@ impl crate::conference::MediaEngine for GstEngine {
             (Metric::MediaFrames, decoded_now as f64),
             (Metric::MediaStreams, f64::from(streams)),
         ];
+        out.extend(content_lines.map(|h| (Metric::MediaContent, f64::from(h))));
         self.last = (rx, tx, frames);
         out
     }

@@ -35,6 +35,8 @@ pub struct StreamStats {
     pub lost: u64,
     /// Mean interarrival jitter, microseconds.
     pub jitter_us: u64,
+    /// The size of its decoded pictures (width, height), once one was decoded.
+    pub size: Option<(u32, u32)>,
 }
 
 /// The branches of a receiver: one per (is video, SSRC).
@@ -46,6 +48,8 @@ struct Branch {
     jitterbuffer: Mutex<Option<gst::Element>>,
     /// When each frame came out of the decoder, if the receiver logs frames.
     times: FrameLog,
+    /// The decoder's output, whose caps say the pictures' size.
+    decoded_out: Mutex<Option<gst::Pad>>,
 }
 
 /// A site's incoming media: every stream the relay sends it, decoded.
@@ -301,6 +305,17 @@ impl Receiver {
                     s.lost = stats.get::<u64>("num-lost").unwrap_or(0);
                     s.jitter_us = stats.get::<u64>("avg-jitter").unwrap_or(0) / 1000;
                 }
+                let out = b.decoded_out.lock().unwrap_or_else(PoisonError::into_inner);
+                s.size = out
+                    .as_ref()
+                    .filter(|_| video)
+                    .and_then(gst::Pad::current_caps)
+                    .and_then(|caps| {
+                        let st = caps.structure(0)?;
+                        let w = st.get::<i32>("width").ok()?;
+                        let h = st.get::<i32>("height").ok()?;
+                        Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
+                    });
                 s
             })
             .collect()
@@ -629,6 +644,10 @@ fn add_branch(
     };
     let branch = Arc::new(Branch::default());
     if let Some(out) = decoder.static_pad("src") {
+        *branch
+            .decoded_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(out.clone());
         let b = branch.clone();
         let log = log_frames.clone();
         out.add_probe(gst::PadProbeType::BUFFER, move |_, _| {

@@ -56,6 +56,8 @@ struct Tiles {
     operator: Option<Layout>,
     main: Option<u32>,
     screen: Vec<(u32, String)>,
+    /// The content shared (its video SSRC and caption): large, the others beside it.
+    content: Option<(u32, String)>,
     order: Vec<u32>,
     pads: BTreeMap<u32, gst::Pad>,
     /// When each stream's last frame reached the compositor, in ms from `epoch` (0: none yet).
@@ -79,21 +81,33 @@ struct Placed {
 
 impl Tiles {
     /// The layout in force: the operator's at the box, else the chair's, else the configured.
+    /// (While content is shared, [`Layout::with_content`] of it.)
     fn layout(&self) -> Layout {
+        if self.content.is_some() {
+            self.chosen().with_content()
+        } else {
+            self.chosen()
+        }
+    }
+
+    /// The layout chosen, content or not.
+    fn chosen(&self) -> Layout {
         self.operator.or(self.chair).unwrap_or(self.configured)
     }
 
     /// The video stream in the main tile: in the speaker layout the loudest site's, else the
     /// one named, else the first on the chair's screen, else the first to come.
+    /// Never the content, which has a tile of its own.
     fn main(&self) -> Option<u32> {
-        let voiced = (self.layout() == Layout::Speaker)
+        let voiced = (self.chosen() == Layout::Speaker)
             .then(|| self.voice.holder().map(|audio| audio & !1))
             .flatten();
+        let content = self.content.as_ref().map(|(c, _)| *c);
         voiced
             .or(self.main)
             .filter(|m| self.pads.contains_key(m))
             .or_else(|| self.screen.first().map(|(s, _)| *s))
-            .or_else(|| self.order.first().copied())
+            .or_else(|| self.order.iter().copied().find(|s| Some(*s) != content))
     }
 
     /// Whether stream `ssrc` gave a frame lately.
@@ -110,6 +124,7 @@ impl Tiles {
         let name = self
             .screen
             .iter()
+            .chain(&self.content)
             .find(|(s, _)| *s == ssrc)
             .map_or("", |(_, n)| n.as_str());
         let missing = if !self.pads.contains_key(&ssrc) {
@@ -136,7 +151,8 @@ impl Tiles {
     fn apply(&mut self) {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         let main = self.main();
-        let mut sources: Vec<u32> = main.into_iter().collect();
+        let content = self.content.as_ref().map(|(c, _)| *c);
+        let mut sources: Vec<u32> = content.into_iter().chain(main).collect();
         for s in self
             .screen
             .iter()
@@ -281,7 +297,19 @@ impl Room {
                 )?;
                 encoder.set_property_from_str("tune", "zerolatency");
                 encoder.set_property_from_str("speed-preset", "ultrafast");
-                let video = [encoder, make("h264parse")?, make("queue")?];
+                // A box or a central too busy to encode every picture drops some, rather than
+                // fall behind the meeting further with every second (and, at its end, lose
+                // what it had not caught up with).
+                let keep_up = make_with(
+                    "queue",
+                    &[
+                        ("max-size-buffers", 2u32.to_value()),
+                        ("max-size-bytes", 0u32.to_value()),
+                        ("max-size-time", 0u64.to_value()),
+                    ],
+                )?;
+                keep_up.set_property_from_str("leaky", "downstream");
+                let video = [keep_up, encoder, make("h264parse")?, make("queue")?];
                 let audio = [make("opusenc")?, make("queue")?];
                 pipeline.add_many(video.iter().chain(&audio))?;
                 video_end.link(&video[0])?;
@@ -316,7 +344,7 @@ impl Room {
                         (pad("video_%u")?, pad("audio_%u")?)
                     }
                 };
-                for (from, to) in [(&video[2], video_in), (&audio[1], audio_in)] {
+                for (from, to) in [(&video[3], video_in), (&audio[1], audio_in)] {
                     let out = from
                         .static_pad("src")
                         .ok_or_else(|| MediaError::Pipeline("a queue has no output".into()))?;
@@ -332,6 +360,7 @@ impl Room {
             operator: None,
             main: None,
             screen: Vec::new(),
+            content: None,
             order: Vec::new(),
             pads: BTreeMap::new(),
             frames: BTreeMap::new(),
@@ -421,6 +450,16 @@ impl Room {
         tiles.chair = layout;
         tiles.screen = sites;
         tiles.apply();
+    }
+
+    /// The content shared, as (video SSRC, caption), or none: while there is, it has the
+    /// large tile and the layout in force is [`Layout::with_content`].
+    pub fn set_content(&self, content: Option<(u32, String)>) {
+        let mut tiles = self.tiles.lock().unwrap_or_else(PoisonError::into_inner);
+        if tiles.content != content {
+            tiles.content = content;
+            tiles.apply();
+        }
     }
 
     /// What each tile's caption says now, in the order of the tiles (main first).

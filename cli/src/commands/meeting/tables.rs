@@ -33,6 +33,9 @@ pub fn status_table(s: &MeetingStatus) -> String {
         s.roll_call.map_or("-".to_owned(), |n| format!("#{n}")),
         s.layout.as_deref().unwrap_or("each box's own"),
     ));
+    if let Some(c) = &s.content {
+        out.push_str(&format!("content from {c}\n"));
+    }
     if let Some(r) = &s.recording {
         out.push_str(&format!("recording to {r}\n"));
     }
@@ -185,6 +188,7 @@ mod tests {
             hands,
             roll_call: None,
             layout: None,
+            content: None,
             recording: None,
             sites,
             next: None,
