@@ -377,28 +377,53 @@ fn quarters(rgb: &[u8]) -> Vec<[u8; 3]> {
         .collect()
 }
 
+/// A county meeting with real media (chaired by `chair`, `villages` villages) in which the
+/// village `watcher` alone composes its room to a file (a room costs about a core); `extra`
+/// more simulator flags. The county's temporary directory, the county, and the file.
+fn watched_county(
+    villages: usize,
+    chair: &str,
+    watcher: &str,
+    extra: &[&str],
+) -> (
+    tempfile::TempDir,
+    cuntong_e2e::MediaCounty,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let rooms = dir.path().join("rooms");
+    std::fs::create_dir_all(&rooms).unwrap();
+    let mut args = vec!["--rooms", rooms.to_str().unwrap(), "--room", watcher];
+    args.extend_from_slice(extra);
+    let county = cuntong_e2e::MediaCounty::chaired_by(dir.path(), villages, &args, chair);
+    assert!(
+        county.villages().iter().any(|v| v == watcher),
+        "{watcher} is not a village of the county"
+    );
+    (dir, county, rooms.join(format!("{watcher}.mkv")))
+}
+
+/// Ends the county's meeting and waits until the watcher's room file is whole (its box wrote
+/// its length at the end).
+fn end_and_finish(county: cuntong_e2e::MediaCounty, file: &std::path::Path) {
+    cuntong_e2e::ok(county.cuntong(&["meeting", "end", &county.id]));
+    assert!(
+        cuntong_e2e::wait_until(Duration::from_secs(40), || media_duration(file).is_some()),
+        "{:?}\n{}",
+        media_streams(file),
+        county.fleet.log_text()
+    );
+}
+
 #[test]
 fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_four_captioned_sites()
  {
     let _one = one_at_a_time();
-    use cuntong_e2e::{MediaCounty, ok, sites, wait_until};
+    use cuntong_e2e::{ok, sites, wait_until};
 
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let rooms = d.join("rooms");
-    std::fs::create_dir_all(&rooms).unwrap();
-    // One village composes its room (a room costs about a core).
-    let county = MediaCounty::start(
-        d,
-        4,
-        &[
-            "--rooms",
-            rooms.to_str().unwrap(),
-            "--room",
-            "130102001001-main",
-        ],
-    );
-    let (db, id, fleet) = (&county.db, &county.id, &county.fleet);
+    let (_dir, county, file) =
+        watched_county(4, cuntong_e2e::COUNTY_RELAY, "130102001001-main", &[]);
+    let (db, id) = (&county.db, &county.id);
     let cuntong = |args: &[&str]| county.cuntong(args);
     let bad = cuntong(&["meeting", "layout", id, "5x5"]);
     assert_eq!(
@@ -435,24 +460,11 @@ fn the_chairs_2x2_reaches_every_village_through_central_and_the_relay_and_shows_
     );
     std::thread::sleep(Duration::from_secs(2));
     // The meeting ends: the box stops its room, and its file is whole.
-    ok(cuntong(&["meeting", "end", id]));
-    assert_eq!(
-        villages[0], "130102001001-main",
-        "the village that composes its room"
-    );
-    let file = rooms.join(format!("{}.mkv", villages[0]));
-    // Whole once its box wrote its length at the end.
-    assert!(
-        wait_until(Duration::from_secs(40), || media_duration(&file).is_some()),
-        "{:?}\n{}",
-        media_streams(&file),
-        fleet.log_text()
-    );
+    end_and_finish(county, &file);
     assert_eq!(
         media_streams(&file),
         Some(vec!["h264,video,1280,720".into(), "opus,audio".into()])
     );
-    drop(county);
 
     // While the meeting ran, the room showed four distinct pictures in its four quarters, none
     // of them missing (dark), each captioned.
@@ -566,27 +578,14 @@ fn bars_in_large_tile(rgb: &[u8], layout: Layout) -> bool {
 #[test]
 fn content_shared_from_a_village_box_fills_every_other_rooms_large_tile_at_its_own_resolution() {
     let _one = one_at_a_time();
-    use cuntong_e2e::{MediaCounty, bin, ok, run, sites, wait_until};
+    use cuntong_e2e::{bin, ok, run, sites, wait_until};
 
-    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = ("130102001001-main", "130102002001-main");
+    let (dir, county, file) =
+        watched_county(3, cuntong_e2e::COUNTY_RELAY, b, &["--status-sockets"]);
     let d = dir.path();
-    let rooms = d.join("rooms");
-    std::fs::create_dir_all(&rooms).unwrap();
-    let county = MediaCounty::start(
-        d,
-        3,
-        &[
-            "--rooms",
-            rooms.to_str().unwrap(),
-            "--room",
-            "130102002001-main",
-            "--status-sockets",
-        ],
-    );
     let (db, id) = (&county.db, &county.id);
     let villages = county.villages();
-    let (a, b) = (&villages[0], &villages[1]);
-    assert_eq!(b, "130102002001-main", "the village that composes its room");
     // The operator at a village's box (the simulator keeps each box's data under fleet/).
     let operator = |at: &str, args: &[&str]| {
         let socket = d.join("fleet").join(at).join("status.sock");
@@ -648,14 +647,7 @@ fn content_shared_from_a_village_box_fills_every_other_rooms_large_tile_at_its_o
         answer(b)
     );
     std::thread::sleep(Duration::from_secs(3));
-    ok(county.cuntong(&["meeting", "end", id]));
-    let file = rooms.join(format!("{b}.mkv"));
-    assert!(
-        wait_until(Duration::from_secs(40), || media_duration(&file).is_some()),
-        "{}",
-        county.fleet.log_text()
-    );
-    drop(county);
+    end_and_finish(county, &file);
 
     // Village b's room showed the content's colour bars in its large tile.
     let frames = pictures(&file);
@@ -671,32 +663,17 @@ fn content_shared_from_a_village_box_fills_every_other_rooms_large_tile_at_its_o
 #[test]
 fn in_the_chairs_speaker_layout_every_room_shows_the_site_that_is_heard_large() {
     let _one = one_at_a_time();
-    use cuntong_e2e::{MediaCounty, ok, sites, wait_until};
+    use cuntong_e2e::{ok, sites, wait_until};
 
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let rooms = d.join("rooms");
-    std::fs::create_dir_all(&rooms).unwrap();
-    // Chaired from a box that takes no part in the media: the villages alone are heard.
-    let county = MediaCounty::chaired_by(
-        d,
-        3,
-        &[
-            "--rooms",
-            rooms.to_str().unwrap(),
-            "--room",
-            "130102003001-main",
-        ],
-        "130102000000-hall",
+    let (x, y, watcher) = (
+        "130102001001-main",
+        "130102002001-main",
+        "130102003001-main",
     );
+    // Chaired from a box that takes no part in the media: the villages alone are heard.
+    let (_dir, county, file) = watched_county(3, "130102000000-hall", watcher, &[]);
     let (db, id) = (&county.db, &county.id);
     let cuntong = |args: &[&str]| county.cuntong(args);
-    let villages = county.villages();
-    let (x, y, watcher) = (&villages[0], &villages[1], &villages[2]);
-    assert_eq!(
-        watcher, "130102003001-main",
-        "the village that composes its room"
-    );
     ok(cuntong(&["meeting", "layout", id, "speaker"]));
     ok(cuntong(&["meeting", "mute", id, "--all"]));
     ok(cuntong(&["meeting", "unmute", id, x]));
@@ -722,14 +699,7 @@ fn in_the_chairs_speaker_layout_every_room_shows_the_site_that_is_heard_large() 
     ok(cuntong(&["meeting", "unmute", id, y]));
     ok(cuntong(&["meeting", "mute", id, x]));
     std::thread::sleep(Duration::from_secs(8));
-    ok(cuntong(&["meeting", "end", id]));
-    let file = rooms.join(format!("{watcher}.mkv"));
-    assert!(
-        wait_until(Duration::from_secs(40), || media_duration(&file).is_some()),
-        "{}",
-        county.fleet.log_text()
-    );
-    drop(county);
+    end_and_finish(county, &file);
 
     // The large tile, twice a second: it settled on one site while x alone was heard, then
     // on another once y alone was, and stayed there to the end.

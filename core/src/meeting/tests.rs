@@ -2102,16 +2102,7 @@ fn a_recorder_takes_every_picture_on_the_screen_from_its_regions_relay() {
     h.media_updates(1_400);
     assert_eq!(h.recorder_id(), Some(t("130102000000-recorder")));
     h.set_recorder(Some(("10.0.0.7".into(), 7000)));
-    let table = |out: &[HostOutput]| {
-        out.iter()
-            .find_map(|o| match o {
-                HostOutput::Send(to, Downlink::Forward { plan, .. }) if *to == relay => {
-                    Some(plan.clone())
-                }
-                _ => None,
-            })
-            .unwrap()
-    };
+    let table = |out: &[HostOutput]| forwarding_to(out, &relay);
     let plan = table(&h.media_updates(1_500));
     let to = |plan: &relays::RelayPlan, ssrc: u32| -> Vec<String> {
         plan.routes
@@ -2148,6 +2139,18 @@ fn a_recorder_takes_every_picture_on_the_screen_from_its_regions_relay() {
     );
 }
 
+/// The forwarding table among `out` for `relay`.
+fn forwarding_to(out: &[HostOutput], relay: &TerminalId) -> relays::RelayPlan {
+    out.iter()
+        .find_map(|o| match o {
+            HostOutput::Send(to, Downlink::Forward { plan, .. }) if to == relay => {
+                Some(plan.clone())
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
 #[test]
 fn content_is_shared_by_one_site_at_a_time_and_reaches_every_full_site_under_its_own_ssrc() {
     let (mut h, _) = live(&["130102"]);
@@ -2175,16 +2178,7 @@ fn content_is_shared_by_one_site_at_a_time_and_reaches_every_full_site_under_its
     h.uplink(thin, join(Tier::AudioOnly, 5020, None, 1), 1_300);
     h.uplink(b, join(Tier::Full, 5030, None, 1), 1_400);
     h.media_updates(1_450);
-    let table = |out: &[HostOutput]| -> relays::RelayPlan {
-        out.iter()
-            .find_map(|o| match o {
-                HostOutput::Send(to, Downlink::Forward { plan, .. }) if *to == relay => {
-                    Some(plan.clone())
-                }
-                _ => None,
-            })
-            .unwrap()
-    };
+    let table = |out: &[HostOutput]| forwarding_to(out, &relay);
     let screen_of = |out: &[HostOutput]| -> Screen {
         out.iter()
             .find_map(|o| match o {
