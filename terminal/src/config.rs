@@ -49,7 +49,8 @@
 //! # relay_advertise = "10.13.2.21:6000"  # where they send (default media_host and relay's port)
 //!
 //! [media]                   # the meeting room: one composed picture, one mixed sound
-//! display = "auto"          # the screen; "kms" without a window system; "file:PATH" (Matroska)
+//! display = "auto"          # the screen; "kms" without a window system; "file:PATH" (Matroska);
+//!                           # "recording:PATH" (Matroska, a new file every 30 minutes)
 //! layout = "1+5"            # single, 1+N (N 1 to 7), 2x2, 3x3, 4x4 or speaker
 //! # content = "v4l2:/dev/video1"  # a second video source to share (双流): "v4l2:DEVICE", "test"
 //!
@@ -830,6 +831,9 @@ pub enum Display {
     },
 }
 
+/// Recordings are cut into files of this length (a long meeting is several files).
+pub const RECORDING_SEGMENT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Where segment `n` (from 0) of a recording to `path` goes: `path` itself, then
 /// `meeting.001.mkv`, `meeting.002.mkv`… beside it.
 pub fn recording_segment(path: &std::path::Path, n: u32) -> PathBuf {
@@ -853,9 +857,15 @@ impl std::str::FromStr for Display {
         match s {
             "auto" => Ok(Display::Screen { kms: false }),
             "kms" => Ok(Display::Screen { kms: true }),
-            _ => match s.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => Ok(Display::File(p.into())),
-                _ => Err(format!("{s:?}: \"auto\", \"kms\" or \"file:PATH\"")),
+            _ => match s.split_once(':') {
+                Some(("file", p)) if !p.is_empty() => Ok(Display::File(p.into())),
+                Some(("recording", p)) if !p.is_empty() => Ok(Display::Recording {
+                    path: p.into(),
+                    segment: RECORDING_SEGMENT,
+                }),
+                _ => Err(format!(
+                    "{s:?}: \"auto\", \"kms\", \"file:PATH\" or \"recording:PATH\""
+                )),
             },
         }
     }
@@ -1157,6 +1167,13 @@ mod tests {
             Some(ContentSource::Camera("/dev/video1".into()))
         );
         assert_eq!(shared("test").unwrap(), Some(ContentSource::Test));
+        assert_eq!(
+            "recording:/srv/rec/room.mkv".parse::<Display>(),
+            Ok(Display::Recording {
+                path: "/srv/rec/room.mkv".into(),
+                segment: RECORDING_SEGMENT
+            })
+        );
         for (text, key) in [
             ("content = \"hdmi\"", "media.content"),
             ("content = \"v4l2:video1\"", "media.content"),

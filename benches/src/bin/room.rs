@@ -26,7 +26,8 @@ struct Args {
     /// Media profile the sites send at: hd (720p25), sd or low.
     #[arg(long, default_value = "hd")]
     profile: String,
-    /// Where the room's picture goes ("file:PATH", or "auto" for the screen).
+    /// Where the room's picture goes ("file:PATH"; "recording:PATH" as central's recorder
+    /// writes a meeting; "auto" for the screen).
     #[arg(long, default_value = "file:/dev/null")]
     display: String,
     #[arg(long, default_value = "3x3")]

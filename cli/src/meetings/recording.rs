@@ -7,8 +7,6 @@ use cuntong_core::meeting::{MeetingId, Screen, Status};
 use super::MeetingService;
 use crate::control::ControlError;
 
-/// Recordings are cut into files of this length (a long meeting is several files).
-pub const RECORDING_SEGMENT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// A session central records: a receive-only participant in the media flow (the relay of
 /// the session's region sends it every picture on the screen) that decrypts with the session's
@@ -33,7 +31,7 @@ impl Recording {
         let playback = Playback::Room {
             display: Display::Recording {
                 path: out.clone(),
-                segment: RECORDING_SEGMENT,
+                segment: cuntong_terminal::config::RECORDING_SEGMENT,
             },
             layout: layout.or(host.layout()).unwrap_or(Layout::OnePlus(5)),
         };
