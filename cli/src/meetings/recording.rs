@@ -7,7 +7,6 @@ use cuntong_core::meeting::{MeetingId, Screen, Status};
 use super::MeetingService;
 use crate::control::ControlError;
 
-
 /// A session central records: a receive-only participant in the media flow (the relay of
 /// the session's region sends it every picture on the screen) that decrypts with the session's
 /// key and composes the picture and mixes the sound as a box's room does, into Matroska

@@ -1,4 +1,5 @@
 //! Meeting media as the core sees it: RTP and RTCP packets as a relay reads them ([`rtp`]), the
+//! share of its bitrate a sending site uses on its link ([`bitrate`]), the
 //! feedback a site sends about a stream ([`rtcp`]) under SRTCP ([`srtcp`]), the
 //! STUN messages that prove an address wants media ([`stun`], [`consent`]), a relay's
 //! forwarding table ([`routes`]), the standard descriptions of streams ([`sdp`]) and the
@@ -16,6 +17,7 @@ pub fn audio_ssrc(video_ssrc: u32) -> u32 {
     video_ssrc | 1
 }
 
+pub mod bitrate;
 pub mod consent;
 pub mod layout;
 pub mod routes;

@@ -546,24 +546,6 @@ fn video_encoder(
     Ok((e, "openh264enc".into()))
 }
 
-/// The share of its profile's video bitrate a site sends on a link with this round trip and
-/// loss: all on a clean link, less as loss and delay grow (the tier takes over beyond).
-pub fn video_share(rtt_ms: Option<f64>, loss_percent: f64) -> f64 {
-    let by_loss = if loss_percent >= 5.0 {
-        0.5
-    } else if loss_percent >= 2.0 {
-        0.75
-    } else {
-        1.0
-    };
-    let by_rtt = match rtt_ms {
-        Some(r) if r >= 300.0 => 0.5,
-        Some(r) if r >= 150.0 => 0.75,
-        _ => 1.0,
-    };
-    f64::min(by_loss, by_rtt)
-}
-
 /// A session's media on this box.
 #[derive(Debug)]
 struct Session {
@@ -602,10 +584,10 @@ pub struct GstEngine {
     content: Option<Capture>,
     sessions: BTreeMap<cuntong_core::meeting::MeetingId, Session>,
     views: BTreeMap<(cuntong_core::meeting::MeetingId, u32, SocketAddr), Unwrap>,
-    /// Share of the profile's video bitrate sent now (the link decides), and since when the
-    /// link has been good enough to raise it.
-    video_share: f64,
-    good_since: Option<std::time::Instant>,
+    /// The share of the profile's video bitrate sent now (the link decides), on the clock of
+    /// `epoch`.
+    bitrate: cuntong_core::media::bitrate::Bitrate,
+    epoch: std::time::Instant,
     /// Counters at the last sample: (rx bytes, tx bytes, decoded frames per stream).
     last: (u64, u64, BTreeMap<u32, u64>),
     last_sample: Option<std::time::Instant>,
@@ -629,8 +611,8 @@ impl GstEngine {
             content: None,
             sessions: BTreeMap::new(),
             views: BTreeMap::new(),
-            video_share: 1.0,
-            good_since: None,
+            bitrate: cuntong_core::media::bitrate::Bitrate::new(),
+            epoch: std::time::Instant::now(),
             last: (0, 0, BTreeMap::new()),
             last_sample: None,
         })
@@ -942,26 +924,10 @@ impl crate::conference::MediaEngine for GstEngine {
                 }
             }
         }
-        let target = video_share(rtt_ms, loss_percent);
-        let now = std::time::Instant::now();
-        // Down at once, up again only after 10 s of a better link (and a step at a time).
-        let share = if target < self.video_share {
-            self.good_since = None;
-            target
-        } else if target > self.video_share {
-            let since = *self.good_since.get_or_insert(now);
-            if now.duration_since(since) >= std::time::Duration::from_secs(10) {
-                self.good_since = None;
-                (self.video_share + 0.25).min(target)
-            } else {
-                self.video_share
-            }
-        } else {
-            self.good_since = None;
-            self.video_share
-        };
-        if share != self.video_share {
-            self.video_share = share;
+        let before = self.bitrate.share();
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let share = self.bitrate.follow(rtt_ms, loss_percent, now_ms);
+        if share != before {
             for (meeting, s) in &self.sessions {
                 if let (Some(sender), Some((_, _, _, kbps))) = (&s.sender, s.settings.video) {
                     let k = (f64::from(kbps) * share).round() as u32;
@@ -1045,15 +1011,6 @@ impl crate::conference::MediaEngine for GstEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_video_bitrate_follows_loss_and_delay() {
-        assert_eq!(video_share(Some(20.0), 0.0), 1.0);
-        assert_eq!(video_share(None, 3.0), 0.75);
-        assert_eq!(video_share(Some(200.0), 0.5), 0.75);
-        assert_eq!(video_share(Some(400.0), 1.0), 0.5);
-        assert_eq!(video_share(Some(20.0), 9.0), 0.5);
-    }
 
     #[test]
     fn the_tier_decides_what_a_site_sends() {
