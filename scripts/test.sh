@@ -58,7 +58,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== core without std"
 cargo build -p cuntong-core --no-default-features --locked
 echo "== fuzz targets compile"
-(cd core/fuzz && cargo check --bins --locked)
+# One target directory for the three: they share most of their dependencies.
+for crate in core terminal cli; do
+    CARGO_TARGET_DIR="$PWD/target/fuzz-check" cargo check --bins --locked \
+        --manifest-path "$crate/fuzz/Cargo.toml"
+done
 echo "== build"
 cargo build --workspace --bins --locked
 echo "== tests"

@@ -362,8 +362,9 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         loop {
             match hj212::next_frame(&buf) {
                 Framing::NeedMore => {
-                    // A frame is at most 1024 data bytes plus framing; anything longer is junk.
-                    if buf.len() > 2048 {
+                    // A frame is at most 1024 data bytes plus framing; anything longer
+                    // without one is junk.
+                    if buf.len() > hj212::MAX_FRAME_LEN {
                         complain(
                             format!("{} bytes without a frame: discarded", buf.len()),
                             stats,
