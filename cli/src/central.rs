@@ -129,6 +129,8 @@ pub struct CentralStats {
     pub oversized: AtomicU64,
     /// Records not kept while the store was too far behind (their terminals send them again).
     pub shed: AtomicU64,
+    /// Meeting messages dropped from a full outbound queue (the oldest; sites repeat).
+    pub meeting_dropped: AtomicU64,
 }
 
 impl CentralStats {
@@ -307,7 +309,8 @@ pub async fn run(
     stats: Arc<CentralStats>,
     stop: CancellationToken,
 ) -> Result<(), CentralError> {
-    let (marks_tx, mut marks_rx) = mpsc::unbounded_channel::<Vec<(TerminalId, Watermarks)>>();
+    let stored_marks = Arc::new(StoredMarks::default());
+    let marks_in = stored_marks.clone();
     let instance = instance_name();
     let started_ms = unix_ms();
     // An SQLite store has one central (its file lock): the role is its own, busy store or not.
@@ -329,9 +332,7 @@ pub async fn run(
         let writer = Writer::start(
             store,
             move |a| {
-                if !a.watermarks.is_empty() {
-                    let _ = marks_tx.send(a.watermarks);
-                }
+                marks_in.put(a.watermarks);
                 writer_stats.stored.fetch_add(a.stored, Ordering::Relaxed);
                 writer_stats
                     .duplicates
@@ -365,7 +366,7 @@ pub async fn run(
         }
         None => tracing::info!(%instance, "another instance holds the host role: standing by"),
     }
-    let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
+    let (lease_tx, mut lease_rx) = mpsc::channel(crate::host_lease::LEASE_ANSWERS);
     {
         let (db, instance, stop) = (opts.db.clone(), instance.clone(), stop.clone());
         std::thread::Builder::new()
@@ -374,7 +375,8 @@ pub async fn run(
             .map_err(StoreError::Thread)?;
     }
     // Roles loaded after a takeover arrive here, with the epoch they were loaded for.
-    let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel::<(u64, Roles)>();
+    // (One at a time: a takeover's loading waits until the loop took the one before.)
+    let (loaded_tx, mut loaded_rx) = mpsc::channel::<(u64, Roles)>(1);
     let records_tx = writer.records.clone();
     let writer_state = writer.state.clone();
     let writer = Arc::new(writer);
@@ -446,7 +448,7 @@ pub async fn run(
                     .and_then(|s| Roles::load(s.as_ref(), &opts, &writer, epoch))
                 {
                     Ok(r) => {
-                        let _ = loaded_tx.send((epoch, r));
+                        let _ = loaded_tx.blocking_send((epoch, r));
                     }
                     Err(e) => tracing::error!(error = %e, "cannot load the host role's state"),
                 }
@@ -522,12 +524,15 @@ pub async fn run(
                     }
                     r.meetings.lay_out(now);
                     r.meetings.drain(&link);
+                    stats
+                        .meeting_dropped
+                        .store(r.meetings.dropped(), Ordering::Relaxed);
                 }
                 stats.oversized.store(link.status().refused_oversized, Ordering::Relaxed);
                 continue;
             }
-            Some(marks) = marks_rx.recv() => {
-                to_confirm.extend(marks);
+            () = stored_marks.ready.notified() => {
+                to_confirm.extend(stored_marks.take());
                 continue;
             }
             _ = ack_tick.tick() => {
@@ -783,6 +788,37 @@ fn answer_one(
 }
 
 /// Publishes the pending confirmations; those the link cannot take now wait for the next tick.
+/// Watermarks the store thread advanced that the loop has not taken yet, the newest a terminal:
+/// at most one entry a terminal however far the loop falls behind the writer.
+#[derive(Debug, Default)]
+struct StoredMarks {
+    marks: std::sync::Mutex<HashMap<TerminalId, Watermarks>>,
+    ready: tokio::sync::Notify,
+}
+
+impl StoredMarks {
+    /// What a group advanced (after what earlier groups did).
+    fn put(&self, advanced: Vec<(TerminalId, Watermarks)>) {
+        if advanced.is_empty() {
+            return;
+        }
+        self.marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(advanced);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> HashMap<TerminalId, Watermarks> {
+        std::mem::take(
+            &mut *self
+                .marks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
 fn confirm(link: &Link, pending: &mut HashMap<TerminalId, Watermarks>, stats: &CentralStats) {
     let mut sent = Vec::new();
     for (id, marks) in pending.iter() {
@@ -806,6 +842,41 @@ fn confirm(link: &Link, pending: &mut HashMap<TerminalId, Watermarks>, stats: &C
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn stored_watermarks_wait_as_one_entry_a_terminal_however_many_groups_pass() {
+        let marks = StoredMarks::default();
+        let ids: Vec<TerminalId> = (1..=3)
+            .map(|v| format!("130102001{v:03}-main").parse().unwrap())
+            .collect();
+        // A thousand groups while the loop is busy: each advances every terminal.
+        for seq in 1..=1_000u64 {
+            let group = ids
+                .iter()
+                .map(|id| {
+                    let w = Watermarks {
+                        telemetry: seq,
+                        events: seq / 2,
+                    };
+                    (*id, w)
+                })
+                .collect();
+            marks.put(group);
+        }
+        marks.put(Vec::new());
+        let taken = marks.take();
+        assert_eq!(taken.len(), 3);
+        for id in &ids {
+            assert_eq!(
+                taken[id],
+                Watermarks {
+                    telemetry: 1_000,
+                    events: 500
+                }
+            );
+        }
+        assert!(marks.take().is_empty());
+    }
     use cuntong_core::envelope::{Envelope, Event};
     use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
 

@@ -28,6 +28,9 @@ pub fn instance_name() -> String {
     format!("{host}/{}", std::process::id())
 }
 
+/// Lease answers waiting for central's loop, at most.
+pub const LEASE_ANSWERS: usize = 64;
+
 /// Asks the store for the host lease every renewal period, on a connection of its own (so a
 /// renewal never waits behind ingest), and records this instance as at work; sends each answer
 /// with the time it was asked.
@@ -36,7 +39,7 @@ pub fn lease_loop(
     instance: String,
     started_ms: u64,
     lease: Lease,
-    answers: mpsc::UnboundedSender<(Answer, u64)>,
+    answers: mpsc::Sender<(Answer, u64)>,
     stop: CancellationToken,
 ) {
     let mut store: Option<Box<dyn crate::store::Store>> = None;
@@ -63,9 +66,16 @@ pub fn lease_loop(
             None => Answer::Failed,
         };
         // The answer first: recording the instance is another commit, and the lease's
-        // margin must not wait for it.
-        if answers.send((answer, asked)).is_err() {
-            return;
+        // margin must not wait for it. A loop that has not taken the answers of the last
+        // [`LEASE_ANSWERS`] renewals is stuck; this one is then dropped (the newest matter).
+        match answers.try_send((answer, asked)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(more) = log.allow("answers") {
+                    tracing::warn!("central's loop takes no lease answers: one dropped{more}");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
         if let Some(s) = store.as_mut()
             && last_seen.is_none_or(|t| t.elapsed() >= INSTANCE_SEEN_EVERY)

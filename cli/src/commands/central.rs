@@ -228,6 +228,7 @@ async fn report_stats(stats: Arc<CentralStats>, stop: CancellationToken) {
                 rejected = stats.get(|s| &s.rejected),
                 oversized = stats.get(|s| &s.oversized),
                 shed = stats.get(|s| &s.shed),
+                meeting_dropped = stats.get(|s| &s.meeting_dropped),
                 "central"
             ),
         }

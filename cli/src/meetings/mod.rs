@@ -559,6 +559,11 @@ impl MeetingService {
         self.outbound.drain(link);
     }
 
+    /// Messages the outbound queue dropped since the start (the oldest, when a lane was full).
+    pub fn dropped(&self) -> u64 {
+        self.outbound.dropped()
+    }
+
     /// Central (re)connected: publish every live state and its screen again.
     pub fn republish(&mut self) {
         let live: Vec<(MeetingState, Option<Screen>)> = self

@@ -18,6 +18,8 @@ pub(super) struct Outbound {
     bulk: Bulk,
     /// Says when a lane overflows, once a minute rather than once a message.
     log: cuntong_terminal::throttle::LogLimiter,
+    /// Messages dropped (the oldest of a full lane) since the start.
+    dropped: u64,
 }
 
 /// The bulk lane, in order. A message pushed with a key (a site's plan or relay table for a
@@ -118,9 +120,17 @@ impl Outbound {
         } else {
             self.bulk.push(key, m)
         };
-        if !kept && let Some(more) = self.log.allow("outbound full") {
-            tracing::warn!("meeting outbound queue full: dropping the oldest message{more}");
+        if !kept {
+            self.dropped += 1;
+            if let Some(more) = self.log.allow("outbound full") {
+                tracing::warn!("meeting outbound queue full: dropping the oldest message{more}");
+            }
         }
+    }
+
+    /// Messages dropped since the start: the oldest of a lane that was full.
+    pub(super) fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     #[cfg(test)]
@@ -155,6 +165,20 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_lane_drops_its_oldest_message_and_counts_it() {
+        let mut out = Outbound::default();
+        for k in 0..OUTBOUND_MAX + 3 {
+            out.push(Message::new(format!("plan/{k}"), Vec::new()));
+        }
+        out.push(Message::new("state/1", Vec::new()).retained().urgent());
+        assert_eq!(out.dropped(), 3);
+        assert_eq!(out.len(), OUTBOUND_MAX + 1);
+        // The state first, then the bulk from the oldest kept.
+        assert_eq!(out.pop_front().map(|m| m.topic), Some("state/1".to_owned()));
+        assert_eq!(out.pop_front().map(|m| m.topic), Some("plan/3".to_owned()));
+    }
 
     #[test]
     fn states_and_answers_go_out_ahead_of_waiting_plans_each_lane_in_order() {
