@@ -498,9 +498,10 @@ fn answer_consent_probes(
 
 /// A view of one stream for a player: SRTP in (the relay routes the stream here), plain RTP
 /// out to the viewer (video to its port, audio two ports up). A player cannot ask for a
-/// keyframe, so the view asks the stream's sender until the parameter sets of one have passed:
-/// the player has a picture within a round trip of the view opening, not at the sender's
-/// next periodic keyframe.
+/// keyframe, and it starts when its operator starts it, after the view opened: so the view
+/// asks the stream's sender for one every second during its first [`VIEW_WARM_UP`], and on
+/// until the parameter sets of one have passed. A player started then has a picture within a
+/// second, not at the sender's next periodic keyframe.
 #[derive(Debug)]
 pub struct Unwrap {
     pipeline: gst::Pipeline,
@@ -560,25 +561,43 @@ impl Drop for Unwrap {
     }
 }
 
-/// Asks the sender of video stream `ssrc` for a keyframe with each packet `dec` decrypts
-/// (at most every 500 ms) until one carrying H.264 parameter sets has passed.
+/// How long a view keeps asking for keyframes, from its first packet: a player is started
+/// within it.
+pub const VIEW_WARM_UP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks the sender of video stream `ssrc`, as packets pass `dec`, for a keyframe every second
+/// during [`VIEW_WARM_UP`] from the first, and after it until one carrying H.264 parameter
+/// sets has passed.
 fn ask_until_parameter_sets(dec: &gst::Element, ssrc: u32, feedback: Arc<Feedback>) {
     let Some(pad) = dec.static_pad("rtp_src") else {
         return;
     };
+    // (first packet, last request, parameter sets seen)
+    let asked = Mutex::new((
+        None::<std::time::Instant>,
+        None::<std::time::Instant>,
+        false,
+    ));
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
             return gst::PadProbeReturn::Ok;
         };
-        let starts = buffer.map_readable().is_ok_and(|data| {
+        let now = std::time::Instant::now();
+        let mut asked = asked.lock().unwrap_or_else(PoisonError::into_inner);
+        let (first, last, seen) = &mut *asked;
+        let first = *first.get_or_insert(now);
+        *seen |= buffer.map_readable().is_ok_and(|data| {
             cuntong_core::media::rtp::payload(data.as_slice())
                 .is_some_and(cuntong_core::media::rtp::h264_has_parameter_sets)
         });
-        if starts {
-            tracing::debug!(ssrc, "a view has its first keyframe");
+        if *seen && now >= first + VIEW_WARM_UP {
+            tracing::debug!(ssrc, "a view has had its keyframes");
             return gst::PadProbeReturn::Remove;
         }
-        feedback.ask_keyframe(ssrc, Default::default());
+        if last.is_none_or(|t| now >= t + std::time::Duration::from_secs(1)) {
+            *last = Some(now);
+            feedback.ask_keyframe(ssrc, Default::default());
+        }
         gst::PadProbeReturn::Ok
     });
 }
