@@ -51,6 +51,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
+# A one-off build: incremental caches would only take disk (gigabytes across the test binaries).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "== format"
 cargo fmt --all -- --check
 echo "== lint"
