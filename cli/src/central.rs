@@ -332,7 +332,7 @@ pub async fn run(
         let writer = Writer::start(
             store,
             move |a| {
-                marks_in.put(a.watermarks);
+                marks_in.put(a.watermarks, a.numbering_clashes);
                 writer_stats.stored.fetch_add(a.stored, Ordering::Relaxed);
                 writer_stats
                     .duplicates
@@ -425,7 +425,7 @@ pub async fn run(
         .transpose()?;
     let (link, mut incoming) = Link::start(link_opts);
 
-    let mut to_confirm: HashMap<TerminalId, Watermarks> = HashMap::new();
+    let mut to_confirm = Confirmations::default();
     let mut ack_tick = tokio::time::interval(opts.ack_interval);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut meeting_tick = tokio::time::interval(Duration::from_millis(200));
@@ -787,41 +787,77 @@ fn answer_one(
     }
 }
 
-/// Publishes the pending confirmations; those the link cannot take now wait for the next tick.
-/// Watermarks the store thread advanced that the loop has not taken yet, the newest a terminal:
-/// at most one entry a terminal however far the loop falls behind the writer.
+/// What central confirms to terminals, the newest a terminal: their watermarks (the retained
+/// `ack`), and, to a terminal whose announced numbering clashes with seqs held under its id,
+/// the highest held (a notice).
+#[derive(Debug, Default)]
+struct Confirmations {
+    marks: HashMap<TerminalId, Watermarks>,
+    held: HashMap<TerminalId, Watermarks>,
+}
+
+impl Confirmations {
+    fn extend(&mut self, more: Confirmations) {
+        self.marks.extend(more.marks);
+        self.held.extend(more.held);
+    }
+}
+
+/// Confirmations of what the store thread wrote that the loop has not taken yet: at most one
+/// entry a terminal however far the loop falls behind the writer.
 #[derive(Debug, Default)]
 struct StoredMarks {
-    marks: std::sync::Mutex<HashMap<TerminalId, Watermarks>>,
+    pending: std::sync::Mutex<Confirmations>,
     ready: tokio::sync::Notify,
 }
 
 impl StoredMarks {
-    /// What a group advanced (after what earlier groups did).
-    fn put(&self, advanced: Vec<(TerminalId, Watermarks)>) {
-        if advanced.is_empty() {
+    /// What a group advanced (after what earlier groups did), and the clashes it found.
+    fn put(&self, advanced: Vec<(TerminalId, Watermarks)>, held: Vec<(TerminalId, Watermarks)>) {
+        if advanced.is_empty() && held.is_empty() {
             return;
         }
-        self.marks
+        let mut pending = self
+            .pending
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(advanced);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending.marks.extend(advanced);
+        pending.held.extend(held);
+        drop(pending);
         self.ready.notify_one();
     }
 
-    fn take(&self) -> HashMap<TerminalId, Watermarks> {
+    fn take(&self) -> Confirmations {
         std::mem::take(
             &mut *self
-                .marks
+                .pending
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
     }
 }
 
-fn confirm(link: &Link, pending: &mut HashMap<TerminalId, Watermarks>, stats: &CentralStats) {
+/// Publishes the pending confirmations, a terminal's notice of what is held before its
+/// watermark (which may release what the notice must stop); those the link cannot take now
+/// wait for the next tick.
+fn confirm(link: &Link, pending: &mut Confirmations, stats: &CentralStats) {
+    let held: Vec<(TerminalId, Watermarks)> = pending.held.iter().map(|(t, h)| (*t, *h)).collect();
+    for (id, highest) in held {
+        let notice = cuntong_core::alarm::TerminalNotice::Held { highest };
+        let Ok(payload) = encode(&notice) else {
+            continue;
+        };
+        let topic = Topic::terminal(&id, Channel::Notice).to_string();
+        if link.try_publish(Message::new(topic, payload)).is_err() {
+            return;
+        }
+        pending.held.remove(&id);
+    }
     let mut sent = Vec::new();
-    for (id, marks) in pending.iter() {
+    for (id, marks) in pending.marks.iter() {
+        if pending.held.contains_key(id) {
+            continue;
+        }
         let Ok(payload) = encode(marks) else { continue };
         let topic = Topic::terminal(id, Channel::Ack).to_string();
         if link
@@ -834,7 +870,7 @@ fn confirm(link: &Link, pending: &mut HashMap<TerminalId, Watermarks>, stats: &C
         stats.acks.fetch_add(1, Ordering::Relaxed);
     }
     for id in sent {
-        pending.remove(&id);
+        pending.marks.remove(&id);
     }
 }
 
@@ -861,10 +897,10 @@ mod tests {
                     (*id, w)
                 })
                 .collect();
-            marks.put(group);
+            marks.put(group, Vec::new());
         }
-        marks.put(Vec::new());
-        let taken = marks.take();
+        marks.put(Vec::new(), Vec::new());
+        let taken = marks.take().marks;
         assert_eq!(taken.len(), 3);
         for id in &ids {
             assert_eq!(
@@ -875,7 +911,7 @@ mod tests {
                 }
             );
         }
-        assert!(marks.take().is_empty());
+        assert!(marks.take().marks.is_empty());
     }
     use cuntong_core::envelope::{Envelope, Event};
     use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};

@@ -153,6 +153,13 @@ pub struct Alarm {
 pub enum TerminalNotice {
     /// The duty office acknowledged the terminal's duty report `report`.
     DutyReportAcknowledged { report: u64, by: String, at_ms: u64 },
+    /// The highest seq of each stream central holds under the terminal's id (stored, or
+    /// reported dropped), sent when the terminal announced a numbering start at or below it:
+    /// a box whose numbering central has not agreed to yet renumbers above it (see
+    /// [`crate::delivery`]).
+    Held {
+        highest: crate::delivery::Watermarks,
+    },
 }
 
 impl TerminalNotice {

@@ -14,6 +14,15 @@
 //! delivery starts with everything below that assigned and confirmed, so the retained
 //! watermark of a box it replaced is stale, not forged.
 //!
+//! A clock can be behind (a box without a battery-backed clock starts in the past), and then
+//! the new numbering runs into seqs central holds under the same id: records sent under them
+//! would be taken for ones stored already and lost. So a new box's numbering is *held*
+//! ([`Delivery::hold`]): only its announcements go out (events up to the hold; telemetry none)
+//! until central's watermark has passed them, which is central agreeing to the numbering. A
+//! watermark beyond the hold ([`Confirmation::Clash`]), or central saying it holds seqs beyond
+//! it ([`Delivery::clashes`]), is a predecessor's: the caller renumbers the stream above it and
+//! announces again, and nothing it holds was sent under a clashing seq.
+//!
 //! A watermark is believed only up to the highest seq this terminal has assigned: central
 //! cannot have stored a record that was never numbered, so a watermark beyond it is forged (or
 //! meant for another box) and is refused ([`Confirmation::Beyond`]) instead of silencing the
@@ -100,6 +109,10 @@ pub enum Confirmation {
     /// It is beyond the highest seq this terminal ever assigned (`assigned`): refused, nothing
     /// changes. Central cannot have stored what was never numbered, so it is forged.
     Beyond { assigned: u64 },
+    /// The stream's numbering is held and this is beyond the hold: central holds seqs under
+    /// this id this box never sent (a predecessor's). Nothing changes; the caller renumbers
+    /// the stream above `watermark`.
+    Clash { watermark: u64 },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -115,9 +128,26 @@ struct StreamState {
     in_flight: BTreeMap<u64, u64>,
     /// (sent at, seq) in send order, for resend deadlines; stale entries are skipped.
     sent_order: VecDeque<(u64, u64)>,
+    /// While a new numbering waits for central's agreement: nothing above this is sent.
+    hold: Option<u64>,
+    /// How often the held announcements were sent again: they go again sooner than records
+    /// (1 s, 2 s, 4 s… up to `resend_after_ms`), since everything waits for them and the first
+    /// may have gone before central was listening.
+    held_resends: u32,
 }
 
 impl StreamState {
+    /// The first record that may go now, in `order`.
+    fn sendable(&self, order: ReplayOrder) -> Option<u64> {
+        let limit = self.hold.unwrap_or(u64::MAX);
+        let mut may = self.unsent.range(..=limit);
+        match order {
+            ReplayOrder::OldestFirst => may.next(),
+            ReplayOrder::NewestFirst => may.next_back(),
+        }
+        .copied()
+    }
+
     /// Everything sent and not confirmed goes back to be sent again.
     fn requeue_in_flight(&mut self) {
         let flying: alloc::vec::Vec<u64> = self.in_flight.keys().copied().collect();
@@ -135,8 +165,18 @@ impl StreamState {
         }
     }
 
+    /// How long a sent record waits for confirmation before it goes again.
+    fn resend_after(&self, resend_after_ms: u64) -> u64 {
+        match self.hold {
+            Some(_) => resend_after_ms.min(1_000 << self.held_resends.min(16)),
+            None => resend_after_ms,
+        }
+    }
+
     /// Moves records whose resend deadline passed back to unsent.
     fn expire(&mut self, now_ms: u64, resend_after_ms: u64) {
+        let resend_after_ms = self.resend_after(resend_after_ms);
+        let mut expired = false;
         while let Some(&(at, seq)) = self.sent_order.front() {
             if at.saturating_add(resend_after_ms) > now_ms {
                 break;
@@ -145,11 +185,16 @@ impl StreamState {
             if self.in_flight.get(&seq) == Some(&at) {
                 self.in_flight.remove(&seq);
                 self.unsent.insert(seq);
+                expired = true;
             }
+        }
+        if expired && self.hold.is_some() {
+            self.held_resends = self.held_resends.saturating_add(1);
         }
     }
 
     fn next_deadline(&self, resend_after_ms: u64) -> Option<u64> {
+        let resend_after_ms = self.resend_after(resend_after_ms);
         self.sent_order
             .iter()
             .find(|(at, seq)| self.in_flight.get(seq) == Some(at))
@@ -215,10 +260,31 @@ impl Delivery {
         self.stream_ref(stream).assigned
     }
 
+    /// Holds `stream`'s numbering: nothing above `upto` is sent (`None`: release it).
+    pub fn hold(&mut self, stream: Stream, upto: Option<u64>) {
+        self.stream(stream).hold = upto;
+    }
+
+    /// Whether `stream`'s numbering is held.
+    pub fn held(&self, stream: Stream) -> bool {
+        self.stream_ref(stream).hold.is_some()
+    }
+
+    /// Whether central holding seqs of `stream` up to `highest` under this id clashes with the
+    /// held numbering: it holds one this box never sent.
+    pub fn clashes(&self, stream: Stream, highest: u64) -> bool {
+        self.stream_ref(stream)
+            .hold
+            .is_some_and(|upto| highest > upto)
+    }
+
     /// Central says everything up to `watermark` is stored. Believed only up to the highest
     /// seq assigned; see [`Confirmation`].
     pub fn confirmed(&mut self, stream: Stream, watermark: u64) -> Confirmation {
         let st = self.stream(stream);
+        if st.hold.is_some_and(|upto| watermark > upto) {
+            return Confirmation::Clash { watermark };
+        }
         if watermark > st.assigned {
             return Confirmation::Beyond {
                 assigned: st.assigned,
@@ -309,14 +375,7 @@ impl Delivery {
         let order = self.cfg.order;
         let (stream, seq) = [Stream::Events, Stream::Telemetry]
             .into_iter()
-            .find_map(|s| {
-                let st = self.stream_ref(s);
-                let seq = match order {
-                    ReplayOrder::OldestFirst => st.unsent.first(),
-                    ReplayOrder::NewestFirst => st.unsent.last(),
-                };
-                seq.map(|&q| (s, q))
-            })?;
+            .find_map(|s| self.stream_ref(s).sendable(order).map(|q| (s, q)))?;
         let st = self.stream(stream);
         st.unsent.remove(&seq);
         st.in_flight.insert(seq, now_ms);
@@ -335,8 +394,9 @@ impl Delivery {
             .iter()
             .filter_map(|s| s.next_deadline(resend))
             .min();
-        let waiting =
-            self.link_up && (!self.telemetry.unsent.is_empty() || !self.events.unsent.is_empty());
+        let order = self.cfg.order;
+        let waiting = self.link_up
+            && (self.telemetry.sendable(order).is_some() || self.events.sendable(order).is_some());
         let token = if waiting && self.cfg.rate_per_s > 0 && self.tokens < 1.0 {
             let missing = 1.0 - self.tokens;
             let wait = missing * 1000.0 / f64::from(self.cfg.rate_per_s);
@@ -587,6 +647,62 @@ mod tests {
             Confirmation::Advanced
         );
         assert_eq!(d.unconfirmed(), 0);
+    }
+
+    #[test]
+    fn a_held_numbering_sends_only_its_announcements_and_takes_a_predecessors_marks_as_clashes() {
+        // A new box whose clock is behind: it numbers from 5_000, its two announcements are
+        // events 5_000 and 5_001, and it has telemetry and more events waiting.
+        let start = 5_000;
+        let mut d = Delivery::new(unpaced(), 0);
+        for s in Stream::ALL {
+            d.assigned_upto(s, start - 1);
+            assert_eq!(d.confirmed(s, start - 1), Confirmation::Advanced);
+        }
+        for seq in start..start + 4 {
+            d.queued(Stream::Events, seq);
+            d.queued(Stream::Telemetry, seq);
+        }
+        d.hold(Stream::Events, Some(start + 1));
+        d.hold(Stream::Telemetry, Some(start - 1));
+        d.link_up(0);
+        assert_eq!(
+            drain(&mut d, 0),
+            [(Stream::Events, start), (Stream::Events, start + 1)]
+        );
+        // They go again after 1 s, 2 s, 4 s… while central does not answer (it may not have
+        // been listening), never later than records do.
+        assert_eq!(d.next_wakeup(0), Some(1_000), "only the resend deadline");
+        assert_eq!(drain(&mut d, 1_000).len(), 2);
+        assert_eq!(d.next_wakeup(1_000), Some(3_000));
+        assert_eq!(drain(&mut d, 3_000).len(), 2);
+        assert_eq!(d.next_wakeup(3_000), Some(7_000));
+        // Central holds a predecessor's records up to 9_000: its watermark, and what it says
+        // it holds, clash; a watermark within the announcements does not.
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, 9_000),
+            Confirmation::Clash { watermark: 9_000 }
+        );
+        assert_eq!(
+            d.confirmed(Stream::Events, start + 2),
+            Confirmation::Clash {
+                watermark: start + 2
+            }
+        );
+        assert!(d.clashes(Stream::Telemetry, start));
+        assert!(!d.clashes(Stream::Events, start + 1));
+        assert!(d.clashes(Stream::Events, start + 2));
+        assert_eq!(d.watermark(Stream::Events), start - 1, "nothing changed");
+        // Central agrees: the announcements are confirmed, the hold is released, the rest goes.
+        assert_eq!(
+            d.confirmed(Stream::Events, start + 1),
+            Confirmation::Advanced
+        );
+        d.hold(Stream::Events, None);
+        d.hold(Stream::Telemetry, None);
+        assert!(!d.clashes(Stream::Telemetry, 9_000));
+        let rest = drain(&mut d, 0);
+        assert_eq!(rest.len(), 6, "{rest:?}");
     }
 
     #[test]

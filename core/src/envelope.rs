@@ -7,7 +7,10 @@
 //! Sequence numbers are per terminal and per [`Stream`], contiguous, so a gap is visible. A box
 //! numbers each stream from the Unix time in milliseconds at which its outbox was created, and
 //! says so with [`Event::NumberingFrom`], so a replacement box under the same id never reuses a
-//! seq its predecessor sent.
+//! seq its predecessor sent. A clock can be wrong (a box without a battery-backed clock starts
+//! in the past), so a new box sends nothing but that announcement until central has agreed to
+//! its numbering, and renumbers above what central holds under its id if it must (see
+//! [`crate::delivery`]).
 //!
 //! Decoding refuses oversize, truncated, trailing or malformed input with a [`DecodeError`]
 //! and never panics.
@@ -111,10 +114,12 @@ pub enum Event {
         assigned: u64,
     },
     /// The box numbers `stream` from `first`: its outbox was created then (a new or replaced
-    /// box, or a wiped data directory) and took the Unix time in milliseconds as its start, so
-    /// none of its seqs collides with one an earlier box under this id sent. Central counts
-    /// `1..first` of the stream as accounted for (not as lost data), so its watermark passes
-    /// them. The first events of a new outbox, one per stream.
+    /// box, or a wiped data directory) and took the Unix time in milliseconds as its start, or
+    /// renumbered above what central holds under its id. Central counts `1..first` of the
+    /// stream as accounted for (an earlier box's, or never used: not lost data), so its
+    /// watermark passes them, and tells the box if it holds seqs at or above `first`
+    /// ([`crate::alarm::TerminalNotice::Held`]). The first two events of a new outbox, events'
+    /// first, then telemetry's; central applies one again whenever it arrives.
     NumberingFrom { stream: Stream, first: u64 },
     /// An over-the-air update moved to `stage` (see [`crate::update`]): `bytes` of the
     /// artifact fetched so far, `reason` why it failed or was rolled back (empty otherwise).
@@ -307,6 +312,29 @@ pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
         return Err(DecodeError::Trailing { count: rest.len() });
     }
     Ok(value)
+}
+
+/// An encoded envelope renumbered to `seq`: the version byte and the body as they were, the seq
+/// (the envelope's first field) replaced. Borrowed when it already says `seq`. The terminal's
+/// outbox renumbers what it holds when a new box's numbering clashes with what central holds
+/// under its id (see [`Event::NumberingFrom`]).
+pub fn with_seq(bytes: &[u8], seq: u64) -> Result<alloc::borrow::Cow<'_, [u8]>, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != VERSION {
+        return Err(DecodeError::Version { found: version });
+    }
+    let (old, rest) = postcard::take_from_bytes::<u64>(body)
+        .map_err(|e| DecodeError::Malformed { what: describe(&e) })?;
+    if old == seq {
+        return Ok(alloc::borrow::Cow::Borrowed(bytes));
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 2);
+    out.push(VERSION);
+    let mut out = postcard::to_extend(&seq, out).map_err(|_| DecodeError::Malformed {
+        what: "unencodable seq",
+    })?;
+    out.extend_from_slice(rest);
+    Ok(alloc::borrow::Cow::Owned(out))
 }
 
 /// Decodes a telemetry envelope and checks its contents.
@@ -590,6 +618,34 @@ mod tests {
             env.body.to_string(),
             "telemetry watermark 18446744073709551615 refused: only seq 1..=300 were ever sent"
         );
+    }
+
+    #[test]
+    fn an_envelope_renumbered_keeps_its_time_and_body_and_refuses_what_is_no_envelope() {
+        let body = Event::Started {
+            version: "1.2.3".into(),
+        };
+        let bytes = encode(&Envelope {
+            seq: 5_000,
+            time_ms: 42,
+            body: body.clone(),
+        })
+        .unwrap();
+        for seq in [0, 127, 128, 5_000, 1_763_798_400_000, u64::MAX] {
+            let renumbered = with_seq(&bytes, seq).unwrap();
+            let env: Envelope<Event> = decode(&renumbered).unwrap();
+            assert_eq!((env.seq, env.time_ms, &env.body), (seq, 42, &body));
+        }
+        assert!(matches!(
+            with_seq(&bytes, 5_000).unwrap(),
+            alloc::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(with_seq(&[], 1), Err(DecodeError::Empty));
+        assert_eq!(with_seq(&[9, 1], 1), Err(DecodeError::Version { found: 9 }));
+        assert!(matches!(
+            with_seq(&[VERSION, 0xff], 1),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::health::HealthSource;
 use crate::hj212::{self, Hj212Stats, HjSample};
 use crate::link::{Link, LinkOptions, Message, unix_ms};
 use crate::listen::Descriptors;
-use crate::outbox::{DroppedRange, Outbox, OutboxError};
+use crate::outbox::{DroppedRange, Numbering, Outbox, OutboxError};
 use crate::sensors::{Sensor, SensorError};
 use crate::status::{self, OutboxReport, RECENT_ERRORS, SensorReport, SharedStatus, StatusReport};
 use crate::throttle::LogLimiter;
@@ -171,6 +171,29 @@ struct SensorResult {
     result: Result<Vec<(Metric, f64)>, SensorError>,
 }
 
+/// The delivery state of what `outbox` holds (at start, and after a renumbering): its
+/// numbering, confirmations, waiting records and hold.
+fn delivery_of(
+    outbox: &Outbox,
+    cfg: cuntong_core::delivery::DeliveryConfig,
+    now_ms: u64,
+) -> Delivery {
+    let mut delivery = Delivery::new(cfg, now_ms);
+    for stream in Stream::ALL {
+        delivery.assigned_upto(stream, outbox.next_seq(stream).saturating_sub(1));
+        delivery.confirmed(stream, outbox.confirmed(stream));
+        for (seq, _) in outbox.pending(stream) {
+            delivery.queued(stream, seq);
+        }
+    }
+    if let Some(events) = outbox.holding() {
+        delivery.hold(Stream::Events, Some(events));
+        let telemetry = outbox.first_seq(Stream::Telemetry).saturating_sub(1);
+        delivery.hold(Stream::Telemetry, Some(telemetry));
+    }
+    delivery
+}
+
 /// Runs the terminal until `stop` fires, or until a new build wants the box.
 pub async fn run(
     cfg: TerminalConfig,
@@ -179,14 +202,7 @@ pub async fn run(
 ) -> Result<Stopped, RunError> {
     let started_ms = unix_ms();
     let (outbox, opened) = Outbox::open(&cfg.data_dir.join("outbox"), cfg.outbox)?;
-    let mut delivery = Delivery::new(cfg.delivery, started_ms);
-    for stream in Stream::ALL {
-        delivery.assigned_upto(stream, outbox.next_seq(stream).saturating_sub(1));
-        delivery.confirmed(stream, outbox.confirmed(stream));
-        for (seq, _) in outbox.pending(stream) {
-            delivery.queued(stream, seq);
-        }
-    }
+    let delivery = delivery_of(&outbox, cfg.delivery, started_ms);
     let (link, mut incoming) = Link::start(link_options(&cfg, started_ms)?);
     let mut link_up = link.watch_connected();
     let ack_topic = Topic::terminal(&cfg.id, Channel::Ack).to_string();
@@ -700,6 +716,16 @@ impl Daemon {
     fn notice(&mut self, payload: &[u8]) {
         use cuntong_core::alarm::TerminalNotice;
         match TerminalNotice::decode(payload) {
+            Ok(TerminalNotice::Held { highest }) => {
+                for stream in Stream::ALL {
+                    let h = highest.get(stream);
+                    if self.delivery.clashes(stream, h)
+                        && let Err(e) = self.renumber(stream, h, "central")
+                    {
+                        tracing::warn!(error = %e, "renumbering failed");
+                    }
+                }
+            }
             Ok(TerminalNotice::DutyReportAcknowledged { report, by, at_ms }) => {
                 tracing::info!(report, %by, "duty report acknowledged");
                 self.with_status(|s| {
@@ -891,8 +917,9 @@ impl Daemon {
     }
 
     /// Central's watermarks arrived: confirmed records leave the outbox. A watermark beyond
-    /// the last seq ever numbered is refused and reported as a security event (one a minute
-    /// per stream at most: a retained forgery comes back at every reconnect).
+    /// the last seq ever numbered is refused and reported; one beyond a held numbering is a
+    /// predecessor's, and the numbering moves above it; one that reaches the held numbering's
+    /// announcements releases it.
     fn confirmed(&mut self, payload: &[u8]) -> Result<(), RunError> {
         let marks = match Watermarks::decode(payload) {
             Ok(m) => m,
@@ -910,25 +937,100 @@ impl Daemon {
                     self.outbox.confirm(stream, watermark)?;
                 }
                 Confirmation::Stale => {}
+                Confirmation::Clash { watermark } => {
+                    // Beyond any numbering there can be: forged, not a predecessor's.
+                    if !self.renumber(stream, watermark, "its watermark")? {
+                        let assigned = self.delivery.assigned(stream);
+                        self.ack_refused(stream, watermark, assigned)?;
+                    }
+                }
                 Confirmation::Beyond { assigned } => {
-                    let Some(more) = self.log.allow(&format!("ack refused {}", stream.as_str()))
-                    else {
-                        continue;
-                    };
-                    let event = Event::AckRefused {
-                        stream,
-                        watermark,
-                        assigned,
-                    };
-                    let msg = format!("acknowledgement refused: {event}");
-                    tracing::warn!("{msg}{more}");
-                    self.with_status(|s| push_error(s, unix_ms(), msg));
-                    self.event(event)?;
+                    self.ack_refused(stream, watermark, assigned)?
                 }
             }
         }
+        // Central has the announcements (after any renumbering they follow): it agreed.
+        if let Some(upto) = self.outbox.holding()
+            && self.delivery.watermark(Stream::Events) >= upto
+        {
+            self.outbox.release()?;
+            self.delivery.hold(Stream::Events, None);
+            self.delivery.hold(Stream::Telemetry, None);
+            tracing::info!("central agreed to the numbering: everything waiting goes");
+        }
         self.refresh_outbox_status();
         Ok(())
+    }
+
+    /// A watermark beyond the last seq ever numbered: refused, and reported as a security
+    /// event (one a minute per stream at most: a retained forgery comes back at every
+    /// reconnect).
+    fn ack_refused(
+        &mut self,
+        stream: Stream,
+        watermark: u64,
+        assigned: u64,
+    ) -> Result<(), RunError> {
+        let Some(more) = self.log.allow(&format!("ack refused {}", stream.as_str())) else {
+            return Ok(());
+        };
+        let event = Event::AckRefused {
+            stream,
+            watermark,
+            assigned,
+        };
+        let msg = format!("acknowledgement refused: {event}");
+        tracing::warn!("{msg}{more}");
+        self.with_status(|s| push_error(s, unix_ms(), msg));
+        self.event(event)
+    }
+
+    /// Central holds seqs of `stream` up to `highest` under this id that this box never sent
+    /// (a predecessor's, when this box's clock was behind): the held numbering moves above
+    /// them (and the events' past every seq given), announced again at the front of the
+    /// events. False if it cannot move (not held, or beyond any numbering there can be).
+    fn renumber(&mut self, stream: Stream, highest: u64, why: &str) -> Result<bool, RunError> {
+        let above = highest.saturating_add(1);
+        let before = Numbering {
+            telemetry: self.outbox.first_seq(Stream::Telemetry),
+            events: self.outbox.first_seq(Stream::Events),
+        };
+        let mut first = Numbering {
+            telemetry: before.telemetry,
+            events: self.outbox.next_seq(Stream::Events),
+        };
+        match stream {
+            Stream::Telemetry => first.telemetry = first.telemetry.max(above),
+            _ => first.events = first.events.max(above),
+        }
+        let time_ms = unix_ms();
+        let announce = |seq, stream, first| {
+            encode(&Envelope {
+                seq,
+                time_ms,
+                body: Event::NumberingFrom { stream, first },
+            })
+        };
+        let announcements = [
+            announce(first.events, Stream::Events, first.events)?,
+            announce(first.events + 1, Stream::Telemetry, first.telemetry)?,
+        ];
+        let [events, telemetry] = &announcements;
+        if !self.outbox.renumber(first, [events, telemetry])? {
+            return Ok(false);
+        }
+        tracing::warn!(
+            stream = stream.as_str(),
+            ?before,
+            ?first,
+            "central holds seqs at or above this box's numbering under its id ({why} says {highest}): renumbered above them"
+        );
+        self.delivery = delivery_of(&self.outbox, self.cfg.delivery, time_ms);
+        if self.link.is_connected() {
+            self.delivery.link_up(time_ms);
+        }
+        self.refresh_outbox_status();
+        Ok(true)
     }
 
     /// A command arrived: check it, run it if it passes, answer on `res`, and report it.
@@ -1048,8 +1150,16 @@ impl Daemon {
             let Some(record) = self.outbox.get(stream, seq) else {
                 continue;
             };
+            // A renumbered record still carries the seq it was written with.
+            let payload = match cuntong_core::envelope::with_seq(&record.payload, seq) {
+                Ok(p) => p.into_owned(),
+                Err(e) => {
+                    tracing::warn!(stream = stream.as_str(), seq, error = %e, "an outbox record is no envelope: sent as it is");
+                    record.payload.clone()
+                }
+            };
             let topic = Topic::terminal(&self.cfg.id, stream.channel()).to_string();
-            let msg = Message::new(topic, record.payload.clone());
+            let msg = Message::new(topic, payload);
             if self.link.try_publish(msg).is_err() {
                 // The link's queue is full: the record stays in the outbox for later.
                 self.delivery.not_sent(stream, seq);

@@ -20,7 +20,11 @@
 //! numbered below that (it would have to number more than one record a millisecond to reach
 //! it), so central never takes the new box's records for ones it stored already. The caller
 //! announces the start ([`OpenReport::numbering_from`]) so central's watermark can pass the
-//! seqs below it.
+//! seqs below it, and holds the new numbering ([`Outbox::holding`]) until central agrees to it.
+//! A clock that was behind makes it clash with what central holds under the id: the stream is
+//! then renumbered above that ([`Outbox::renumber`]). Its records stay where they are on disk;
+//! the state file says by how much the records of the segments written before are moved, so
+//! the renumbering is one atomic write, and the records written after it go to new segments.
 //!
 //! Each record is written with one `write` as soon as it is appended, so a killed process loses
 //! nothing the outbox accepted; `fsync` follows every record or at most every interval
@@ -121,6 +125,13 @@ pub struct OpenReport {
     pub numbering_from: Vec<(Stream, u64)>,
 }
 
+/// Where each stream's numbering starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Numbering {
+    pub telemetry: u64,
+    pub events: u64,
+}
+
 /// A persisted watermark that claimed more than was ever numbered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RepairedWatermark {
@@ -147,7 +158,7 @@ struct Segment {
     live: usize,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct State {
     /// The first seq this outbox numbered, per stream: 1, or the clock when it was created.
     first: [u64; 2],
@@ -159,6 +170,13 @@ struct State {
     /// Highest seq dropped unsent, per stream.
     dropped_upto: [u64; 2],
     dropped_total: u64,
+    /// A new numbering waits for central's agreement: the events up to this (its
+    /// announcements) may go, nothing else (see [`Outbox::holding`]).
+    holding: Option<u64>,
+    /// Renumberings: (stream, last segment written before, offset). A record of the stream in
+    /// a segment up to that one is at its written seq plus the offset (plus those of later
+    /// renumberings).
+    moved: Vec<(usize, u64, u64)>,
 }
 
 impl Default for State {
@@ -170,6 +188,8 @@ impl Default for State {
             assigned_known: false,
             dropped_upto: [0; 2],
             dropped_total: 0,
+            holding: None,
+            moved: Vec::new(),
         }
     }
 }
@@ -184,8 +204,18 @@ impl State {
             confirmed: [first - 1; 2],
             assigned: [first - 1; 2],
             assigned_known: true,
+            // Its first two events are the announcements, of each stream's start.
+            holding: Some(first + 1),
             ..State::default()
         }
+    }
+
+    /// Where a record of stream `s` written as `seq` in `segment` is now.
+    fn moved(&self, s: usize, segment: u64, seq: u64) -> u64 {
+        self.moved
+            .iter()
+            .filter(|&&(m, upto, _)| m == s && segment <= upto)
+            .fold(seq, |q, &(_, _, by)| q.saturating_add(by))
     }
 }
 
@@ -275,7 +305,7 @@ impl Outbox {
             let mut pos = 0usize;
             while let Some((stream, seq, _, _, len)) = parse_record(&data[pos..]) {
                 let s = idx(stream);
-                max_seq[s] = max_seq[s].max(seq);
+                max_seq[s] = max_seq[s].max(ob.state.moved(s, id, seq));
                 pos += len;
             }
             if pos < data.len() {
@@ -317,6 +347,7 @@ impl Outbox {
             let mut live = 0usize;
             while let Some((stream, seq, time_ms, payload, len)) = parse_record(&data[pos..]) {
                 let s = idx(stream);
+                let seq = ob.state.moved(s, id, seq);
                 if seq > ob.state.confirmed[s] && seq > ob.state.dropped_upto[s] {
                     live += 1;
                     let record = Record {
@@ -550,6 +581,89 @@ impl Outbox {
         Ok(())
     }
 
+    /// While the numbering of this (new) outbox waits for central's agreement: the last
+    /// event that may go (its announcements); no telemetry may (see
+    /// [`cuntong_core::delivery`]). `None` once central agreed.
+    pub fn holding(&self) -> Option<u64> {
+        self.state.holding
+    }
+
+    /// Central agreed to the numbering.
+    pub fn release(&mut self) -> Result<(), OutboxError> {
+        if self.state.holding.take().is_some() {
+            self.write_state()?;
+        }
+        Ok(())
+    }
+
+    /// Renumbers the held numbering (above seqs central holds under this id that this box
+    /// never sent): telemetry from `first.telemetry`, events from `first.events`, where the
+    /// two `announcements` of where each starts are written (events' then telemetry's; the
+    /// numbering is held until central has them). Every waiting record of a stream moves up by
+    /// the same offset, after the announcements on the events stream, and what is appended
+    /// after numbers on from there. Records confirmed under the old numbering (announcements
+    /// only: nothing else goes while it is held) are not counted again.
+    ///
+    /// The records stay where they are on disk (their payloads still carry the old seq: the
+    /// sender rewrites it, see [`cuntong_core::envelope::with_seq`]); the announcements are
+    /// written to a new segment, then the state file says what moved, in one atomic write.
+    /// Only a held numbering moves, only up, and events only past every seq they were given;
+    /// otherwise nothing changes and `false` is returned.
+    pub fn renumber(
+        &mut self,
+        first: Numbering,
+        announcements: [&[u8]; 2],
+    ) -> Result<bool, OutboxError> {
+        let (tm, ev) = (idx(Stream::Telemetry), idx(Stream::Events));
+        let plausible = first.telemetry.max(first.events) <= MAX_PLAUSIBLE_SEQ;
+        if self.state.holding.is_none()
+            || !plausible
+            || first.telemetry < self.state.first[tm]
+            || first.events < self.next[ev]
+        {
+            return Ok(false);
+        }
+        let before = self.segments.back().map(|g| g.id);
+        // What is written from here on goes to a segment the renumbering does not move.
+        self.roll()?;
+        for (s, to) in [(tm, first.telemetry), (ev, first.events + 2)] {
+            let from = self.records[s]
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(self.next[s]);
+            let by = to - from;
+            let st = &mut self.state;
+            if let Some(upto) = before.filter(|_| by > 0 && !self.records[s].is_empty()) {
+                st.moved.push((s, upto, by));
+            }
+            st.first[s] = if s == ev { first.events } else { to };
+            st.confirmed[s] = st.first[s] - 1;
+            if st.dropped_upto[s] >= from {
+                st.dropped_upto[s] += by;
+            }
+            self.next[s] += by;
+            st.assigned[s] = self.next[s] - 1;
+            let records = std::mem::take(&mut self.records[s]);
+            self.records[s] = records.into_iter().map(|(q, r)| (q + by, r)).collect();
+            if s == tm {
+                self.sent = std::mem::take(&mut self.sent)
+                    .into_iter()
+                    .map(|q| q + by)
+                    .collect();
+            }
+        }
+        let now = clock_ms();
+        for (seq, payload) in (first.events..).zip(announcements) {
+            self.write_record(Stream::Events, seq, now, payload)?;
+        }
+        self.unsynced = true;
+        self.flush()?;
+        self.state.holding = Some(first.events + 1);
+        self.write_state()?;
+        Ok(true)
+    }
+
     /// Central confirmed `stream` up to `watermark`: those records leave, and segments with
     /// nothing left in them are deleted. Returns how many records left. A watermark beyond the
     /// last seq this outbox numbered changes nothing (it cannot be true; the caller reports it).
@@ -577,7 +691,9 @@ impl Outbox {
 
     fn roll(&mut self) -> Result<(), OutboxError> {
         self.flush()?;
-        let id = self.segments.back().map_or(0, |s| s.id + 1);
+        // Past every segment a renumbering moves, even when those are gone already.
+        let past_moved = self.state.moved.iter().map(|m| m.1 + 1).max().unwrap_or(0);
+        let id = self.segments.back().map_or(0, |s| s.id + 1).max(past_moved);
         let path = self.segment_path(id);
         let file = OpenOptions::new()
             .create(true)
@@ -704,7 +820,7 @@ impl Outbox {
     fn write_state(&self) -> Result<(), OutboxError> {
         let path = self.dir.join("outbox.state");
         let st = &self.state;
-        let text = format!(
+        let mut text = format!(
             "first-telemetry {}\nfirst-events {}\nconfirmed-telemetry {}\nconfirmed-events {}\ndropped-upto-telemetry {}\ndropped-upto-events {}\ndropped-total {}\nassigned-telemetry {}\nassigned-events {}\n",
             st.first[0],
             st.first[1],
@@ -716,6 +832,17 @@ impl Outbox {
             self.next[0] - 1,
             self.next[1] - 1,
         );
+        if let Some(upto) = st.holding {
+            text.push_str(&format!("holding-events-upto {upto}\n"));
+        }
+        // A renumbering is kept while a segment it moves is.
+        let oldest = self.segments.front().map(|g| g.id);
+        for &(s, upto, by) in &st.moved {
+            if oldest.is_some_and(|o| o <= upto) {
+                let name = ["telemetry", "events"][s];
+                text.push_str(&format!("moved-{name} {upto} {by}\n"));
+            }
+        }
         crate::atomic::write(&path, text.as_bytes()).map_err(self.io(&path))
     }
 }
@@ -771,9 +898,23 @@ fn read_state(path: &Path) -> Result<Option<State>, OutboxError> {
         let (key, value) = line
             .split_once(' ')
             .ok_or_else(|| bad(format!("expected \"<key> <number>\", found {line:?}")))?;
-        let n: u64 = value
-            .parse()
-            .map_err(|_| bad(format!("{value:?} is not a number")))?;
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| bad(format!("{v:?} is not a number")))
+        };
+        if let Some(name) = key.strip_prefix("moved-") {
+            let s = match name {
+                "telemetry" => 0,
+                "events" => 1,
+                other => return Err(bad(format!("unknown stream {other:?}"))),
+            };
+            let (upto, by) = value
+                .split_once(' ')
+                .ok_or_else(|| bad(format!("expected \"{key} <segment> <offset>\"")))?;
+            st.moved.push((s, number(upto)?, number(by)?));
+            continue;
+        }
+        let n = number(value)?;
         match key {
             "first-telemetry" => st.first[0] = n.max(1),
             "first-events" => st.first[1] = n.max(1),
@@ -784,6 +925,7 @@ fn read_state(path: &Path) -> Result<Option<State>, OutboxError> {
             "dropped-total" => st.dropped_total = n,
             "assigned-telemetry" => (st.assigned[0], st.assigned_known) = (n, true),
             "assigned-events" => (st.assigned[1], st.assigned_known) = (n, true),
+            "holding-events-upto" => st.holding = Some(n),
             other => return Err(bad(format!("unknown key {other:?}"))),
         }
     }
@@ -871,6 +1013,76 @@ mod tests {
         assert_eq!(ob.first_seq(Stream::Telemetry), base);
         assert_eq!(ob.append(Stream::Telemetry, 0, b"y").unwrap().0, base + 3);
         assert_eq!(ob.append(Stream::Events, 0, b"e").unwrap().0, base + 1);
+    }
+
+    #[test]
+    fn a_held_numbering_moves_above_a_clash_in_one_write_and_stays_moved_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        let base = ob.next_seq(Stream::Events);
+        assert_eq!(report.numbering_from.len(), 2);
+        assert_eq!(ob.holding(), Some(base + 1), "its two announcements may go");
+        for what in [b"from-ev", b"from-tm"] {
+            ob.append(Stream::Events, 0, what).unwrap();
+        }
+        for _ in 0..3 {
+            ob.append(Stream::Telemetry, 0, b"x").unwrap();
+        }
+        ob.append(Stream::Events, 0, b"started").unwrap();
+        // Central had the first announcement (under a seq a predecessor used, as it turns out).
+        assert_eq!(ob.confirm(Stream::Events, base).unwrap(), 1);
+        // It holds a predecessor's telemetry up to base + 1_000: telemetry moves above that,
+        // events past every seq they were given, behind the two new announcements.
+        let to = Numbering {
+            telemetry: base + 1_001,
+            events: base + 3,
+        };
+        let low = Numbering {
+            telemetry: base + 1_001,
+            events: base + 2,
+        };
+        assert!(!ob.renumber(low, [b"a", b"b"]).unwrap(), "events given out");
+        assert!(ob.renumber(to, [b"ev-at", b"tm-at"]).unwrap());
+        assert_eq!(ob.holding(), Some(base + 4), "the new announcements");
+        assert_eq!(seqs(&ob, Stream::Telemetry), run(base + 1_001, 3));
+        assert_eq!(seqs(&ob, Stream::Events), run(base + 3, 4));
+        assert_eq!(ob.get(Stream::Events, base + 3).unwrap().payload, b"ev-at");
+        assert_eq!(ob.get(Stream::Events, base + 4).unwrap().payload, b"tm-at");
+        assert_eq!(
+            ob.get(Stream::Events, base + 5).unwrap().payload,
+            b"from-tm"
+        );
+        assert_eq!(ob.first_seq(Stream::Telemetry), base + 1_001);
+        assert_eq!(ob.confirmed(Stream::Events), base + 2);
+        // What comes after numbers on, into segments the renumbering does not move.
+        assert_eq!(
+            ob.append(Stream::Telemetry, 0, b"y").unwrap().0,
+            base + 1_004
+        );
+        assert_eq!(ob.append(Stream::Events, 0, b"again").unwrap().0, base + 7);
+        drop(ob);
+        let (mut ob, report) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert!(report.numbering_from.is_empty());
+        assert_eq!(seqs(&ob, Stream::Telemetry), run(base + 1_001, 4));
+        assert_eq!(seqs(&ob, Stream::Events), run(base + 3, 5));
+        assert_eq!(
+            ob.get(Stream::Events, base + 6).unwrap().payload,
+            b"started"
+        );
+        assert_eq!(ob.holding(), Some(base + 4));
+        // Central agrees: nothing moves any more; confirmed records leave as ever.
+        ob.release().unwrap();
+        let later = Numbering {
+            telemetry: base + 5_000,
+            events: base + 5_000,
+        };
+        assert!(!ob.renumber(later, [b"a", b"b"]).unwrap());
+        assert_eq!(ob.confirm(Stream::Telemetry, base + 1_002).unwrap(), 2);
+        drop(ob);
+        let (ob, _) = Outbox::open(dir.path(), cfg(1 << 20)).unwrap();
+        assert_eq!(ob.holding(), None);
+        assert_eq!(seqs(&ob, Stream::Telemetry), run(base + 1_003, 2));
+        assert_eq!(ob.next_seq(Stream::Events), base + 8);
     }
 
     #[test]

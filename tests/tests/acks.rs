@@ -3,14 +3,16 @@
 //! is refused by the terminal and reported to central as a security event; telemetry keeps
 //! being delivered and confirmed, also after the terminal restarts. And the true watermark of
 //! a box that was replaced (same id, new data directory) is no forgery to its replacement,
-//! whose records central stores and confirms.
+//! whose records central stores and confirms, also when the replacement's clock was behind and
+//! its numbering ran into what central holds of the box it replaced.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cuntong_core::delivery::Watermarks;
-use cuntong_core::envelope::encode;
+use cuntong_core::envelope::{Envelope, Event, Stream, encode};
+use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
 use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central, run, telemetry, wait_until};
 use serde_json::Value;
 
@@ -208,4 +210,156 @@ fn a_replacement_box_with_the_same_id_is_stored_and_confirmed_and_refuses_no_tru
         refused.is_empty(),
         "a true watermark was refused: {refused:?}"
     );
+}
+
+/// The outbox state a new box writes when its clock reads `clock` (milliseconds since the Unix
+/// epoch): each stream numbers from it, and the numbering waits for central's agreement.
+fn new_outbox_state(clock: u64) -> String {
+    let mut text = String::new();
+    for s in ["telemetry", "events"] {
+        text += &format!("first-{s} {clock}\nconfirmed-{s} {}\n", clock - 1);
+        text += &format!("assigned-{s} {}\ndropped-upto-{s} 0\n", clock - 1);
+    }
+    text + &format!("dropped-total 0\nholding-events-upto {}\n", clock + 1)
+}
+
+/// What the box under `ID` published as `seq` of `stream`, written to a file to publish.
+fn record_file(dir: &Path, stream: Stream, seq: u64) -> std::path::PathBuf {
+    let time_ms = 1_763_798_400_000;
+    let bytes = match stream {
+        Stream::Telemetry => encode(&Envelope {
+            seq,
+            time_ms,
+            body: TelemetryBatch {
+                samples: vec![Sample {
+                    offset_ms: 0,
+                    metric: Metric::AirTemp,
+                    value: "1.00".parse().unwrap(),
+                    quality: None,
+                }],
+            },
+        }),
+        _ => encode(&Envelope {
+            seq,
+            time_ms,
+            body: Event::Started {
+                version: "the box replaced".into(),
+            },
+        }),
+    };
+    let path = dir.join(format!("{}-{seq}", stream.as_str()));
+    std::fs::write(&path, bytes.unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_replacement_box_whose_clock_is_behind_renumbers_above_what_central_holds_and_loses_nothing() {
+    // Its clock read a moment inside the old box's numbering when its outbox was created.
+    replaced_by_a_box_whose_clock_reads(|old_first| old_first + 1, false);
+}
+
+#[test]
+fn a_replacement_box_whose_clock_starts_at_the_epoch_renumbers_and_loses_nothing_on_postgresql() {
+    // A box without a battery-backed clock, before it has the time: 5 s after the epoch.
+    replaced_by_a_box_whose_clock_reads(|_| 5_000, true);
+}
+
+/// The old box reports, its last records reach central beyond a gap, and a box under its id
+/// replaces it whose outbox was created when its clock read `clock(old box's first seq)`;
+/// central stores in SQLite, or in PostgreSQL if `postgres`.
+fn replaced_by_a_box_whose_clock_reads(clock: impl Fn(u64) -> u64, postgres: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = if postgres {
+        PathBuf::from(cuntong_e2e::postgres::Postgres::shared().fresh_database())
+    } else {
+        d.join("central.db")
+    };
+    let data = d.join("terminals");
+    let broker = Broker::start(BrokerKind::Embedded, d);
+    let _central = central(&broker, &db, d);
+    let mut old = terminal(&broker, &data, "old-box.log");
+    assert!(wait_until(Duration::from_secs(20), || outbox(&data).is_some()));
+    let old_first = telemetry_seq(&data, "first_seq").unwrap();
+    confirmed_beyond(&data, &db, old_first + 5, &old);
+    let o = outbox(&data).unwrap();
+    assert!(old.terminate(Duration::from_secs(10)).is_some());
+    // The old box's last records reached central beyond a gap: the ones before them went
+    // with the box. Central's watermark stops at the gap; it holds seqs beyond it.
+    let beyond = |s: &str| o["next_seq"][s].as_u64().unwrap() + 20;
+    let (tm_beyond, ev_beyond) = (beyond("telemetry"), beyond("events"));
+    for (stream, seq) in [(Stream::Telemetry, tm_beyond), (Stream::Events, ev_beyond)] {
+        let topic = format!(
+            "ct/v1/t/13/01/02/001/001/main/{}",
+            stream.channel().as_str()
+        );
+        assert!(broker.publish_file(&topic, &record_file(d, stream, seq), false));
+    }
+    let held = wait_until(Duration::from_secs(20), || {
+        telemetry(&db, ID, None).iter().any(|s| s.seq == tm_beyond)
+            && events(&db, false).iter().any(|e| e.seq == ev_beyond)
+    });
+    assert!(held, "central did not store the old box's last records");
+
+    // The replacement's clock was behind: its seqs run into, or below, ones central holds.
+    std::fs::remove_dir_all(&data).unwrap();
+    let clock = clock(old_first);
+    let state = data.join(ID).join("outbox");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("outbox.state"), new_outbox_state(clock)).unwrap();
+    let new = terminal(&broker, &data, "new-box.log");
+
+    // It renumbers both streams above everything central holds, and everything it produced
+    // (from before the renumbering too) is stored and confirmed.
+    let moved = wait_until(Duration::from_secs(30), || {
+        outbox(&data).is_some_and(|o| {
+            o["first_seq"]["telemetry"].as_u64() > Some(tm_beyond)
+                && o["first_seq"]["events"].as_u64() > Some(ev_beyond)
+        })
+    });
+    assert!(
+        moved,
+        "{:#} {}",
+        outbox(&data).unwrap_or_default(),
+        new.log_text()
+    );
+    let first = telemetry_seq(&data, "first_seq").unwrap();
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        outbox(&data).is_some_and(|o| {
+            let next = |s: &str| o["next_seq"][s].as_u64().unwrap_or(0);
+            let confirmed = |s: &str| o["confirmed"][s].as_u64().unwrap_or(0);
+            next("telemetry") > first + 5
+                && confirmed("telemetry") + 1 >= next("telemetry").saturating_sub(2)
+                && confirmed("events") + 1 >= next("events")
+        })
+    });
+    assert!(
+        caught_up,
+        "{:#} {}",
+        outbox(&data).unwrap_or_default(),
+        new.log_text()
+    );
+    let upto = confirmed(&data);
+    let stored: std::collections::BTreeSet<u64> = telemetry(&db, ID, None)
+        .iter()
+        .map(|s| s.seq)
+        .filter(|&q| q >= first)
+        .collect();
+    let missing: Vec<u64> = (first..=upto).filter(|q| !stored.contains(q)).collect();
+    assert!(
+        missing.is_empty(),
+        "the new box's seqs not stored: {missing:?}"
+    );
+    // Central heard where it starts now, and no watermark was taken for a forgery.
+    let numbering: Vec<u64> = events(&db, false)
+        .iter()
+        .filter(|e| e.kind == "numbering-from" && e.terminal == ID && e.seq > ev_beyond)
+        .map(|e| e.seq)
+        .collect();
+    assert!(numbering.len() >= 2, "{:?}", events(&db, false));
+    let refused: Vec<_> = security_events(&db)
+        .into_iter()
+        .filter(|e| e.kind == "ack-refused")
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
 }

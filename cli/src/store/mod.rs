@@ -274,6 +274,44 @@ impl Record {
             raw,
         })
     }
+
+    /// A numbering start a terminal announced: (terminal, stream, first).
+    fn numbering(&self) -> Option<(TerminalId, Stream, u64)> {
+        match self {
+            Record::Event {
+                terminal,
+                envelope:
+                    Envelope {
+                        body: Event::NumberingFrom { stream, first },
+                        ..
+                    },
+                ..
+            } => Some((*terminal, *stream, *first)),
+            _ => None,
+        }
+    }
+}
+
+/// The terminals of a group that announced a numbering start at or below the highest seq the
+/// store holds of that stream under their id, with those highest seqs: what central tells
+/// them (a box whose clock was behind renumbers above them). `highest` gives the highest seq
+/// held of (terminal, stream).
+fn numbering_clashes<E>(
+    records: &[Record],
+    mut highest: impl FnMut(&TerminalId, Stream) -> Result<u64, E>,
+) -> Result<Vec<(TerminalId, Watermarks)>, E> {
+    let mut clashes: Vec<(TerminalId, Watermarks)> = Vec::new();
+    for (terminal, stream, first) in records.iter().filter_map(Record::numbering) {
+        if clashes.iter().any(|(t, _)| *t == terminal) || highest(&terminal, stream)? < first {
+            continue;
+        }
+        let mut held = Watermarks::default();
+        for s in Stream::ALL {
+            held.set(s, highest(&terminal, s)?);
+        }
+        clashes.push((terminal, held));
+    }
+    Ok(clashes)
 }
 
 /// What one group of writes did.
@@ -288,6 +326,10 @@ pub struct Applied {
     /// Terminals that sent something new or resent something old, with their watermarks
     /// after the group: what central should confirm to them.
     pub watermarks: Vec<(TerminalId, Watermarks)>,
+    /// Terminals whose announced numbering start clashes with seqs held under their id, with
+    /// the highest held of each stream: what central tells them (see
+    /// [`cuntong_core::alarm::TerminalNotice::Held`]).
+    pub numbering_clashes: Vec<(TerminalId, Watermarks)>,
 }
 
 /// One terminal in the fleet view.

@@ -162,6 +162,25 @@ fn touch(seen: &mut HashMap<String, (TerminalId, u64)>, id: &TerminalId, ms: u64
     e.1 = e.1.max(ms);
 }
 
+/// The highest seq of (terminal, stream) the store holds: stored, reported dropped, or passed
+/// by the watermark.
+fn highest_held(
+    tx: &rusqlite::Transaction<'_>,
+    terminal: &str,
+    stream: Stream,
+) -> Result<u64, StoreError> {
+    let highest: Option<i64> = tx
+        .prepare_cached(
+            "SELECT max(h) FROM (
+                SELECT max(seq) AS h FROM messages WHERE terminal = ?1 AND stream = ?2
+                UNION ALL SELECT max(last) FROM dropped WHERE terminal = ?1 AND stream = ?2
+                UNION ALL SELECT watermark FROM watermarks WHERE terminal = ?1 AND stream = ?2
+             )",
+        )?
+        .query_row(params![terminal, stream_id(stream)], |r| r.get(0))?;
+    Ok(highest.map_or(0, |h| h as u64))
+}
+
 /// The stored watermark of (terminal, stream), advanced over stored records, reported drops and
 /// the seqs below where the terminal's numbering starts (`numbering`: an earlier box's, or
 /// never used; not lost) if `advance`; returns it and whether it moved.
@@ -393,10 +412,15 @@ impl Store for SqliteStore {
                         applied.duplicates += 1;
                         // It resent: it may not have our watermark. Send it again.
                         touch_stream(m.terminal, None);
-                        continue;
+                        // An announcement of a numbering start is applied however often it
+                        // comes, also under a seq that a predecessor used.
+                        if r.numbering().is_none() {
+                            continue;
+                        }
+                    } else {
+                        applied.stored += 1;
+                        touch_stream(m.terminal, Some(m.stream));
                     }
-                    applied.stored += 1;
-                    touch_stream(m.terminal, Some(m.stream));
                 }
                 match r {
                     Record::Telemetry {
@@ -517,6 +541,9 @@ impl Store for SqliteStore {
                 }
                 applied.watermarks.push((*terminal, marks));
             }
+            applied.numbering_clashes = super::numbering_clashes(records, |t, stream| {
+                highest_held(&tx, &t.to_string(), stream)
+            })?;
         }
         tx.commit()?;
         Ok(applied)

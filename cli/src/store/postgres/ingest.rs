@@ -407,16 +407,20 @@ impl PgStore {
             };
             let sid = stream_id(m.stream) as usize;
             let t = &mut rows.terminals[i].1;
-            if !t.streams[sid].runs.insert(m.seq as i64) {
+            if t.streams[sid].runs.insert(m.seq as i64) {
+                t.streams[sid].advance = true;
+                t.changed = true;
+                applied.stored += 1;
+                new.push((i, m));
+            } else {
                 // It resent: it may not have our watermark (its terminal is touched: sent
-                // again).
+                // again). An announcement of a numbering start is applied however often it
+                // comes, also under a seq that a predecessor used.
                 applied.duplicates += 1;
-                continue;
+                if r.numbering().is_none() {
+                    continue;
+                }
             }
-            t.streams[sid].advance = true;
-            t.changed = true;
-            applied.stored += 1;
-            new.push((i, m));
             match r {
                 Record::Telemetry { envelope, .. } => {
                     for s in &envelope.body.samples {
@@ -469,6 +473,16 @@ impl PgStore {
             tx.rollback().map_err(&err)?;
             return Ok(None);
         }
+        applied.numbering_clashes = crate::store::numbering_clashes(records, |t, stream| {
+            let held = rows.index.get(t).map(|&i| {
+                let pair = &rows.terminals[i].1.streams[stream_id(stream) as usize];
+                let drops = pair.drops.iter().map(|d| d.1);
+                let runs = pair.runs.0.last().map(|r| r.1);
+                drops.chain(runs).fold(pair.watermark, i64::max)
+            });
+            Ok::<u64, std::convert::Infallible>(held.map_or(0, |h| h.max(0) as u64))
+        })
+        .unwrap_or_else(|never| match never {});
         tx.commit().map_err(&err)?;
         for (name, t) in rows.terminals {
             let revision = if t.changed || t.touched {
