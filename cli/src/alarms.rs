@@ -296,7 +296,7 @@ impl AlarmConfig {
 #[serde(deny_unknown_fields)]
 pub struct AlarmJson {
     pub id: u64,
-    /// `offline`, `stale`, `threshold`, `dropping`, `duty-report` or `media-degraded`.
+    /// `offline`, `stale`, `threshold`, `dropping`, `duty-report`, `media-degraded` or `lost`.
     pub kind: String,
     /// A terminal id, or a region code for a root-cause alarm.
     pub subject: String,
@@ -528,6 +528,17 @@ pub fn observations(record: &Record) -> Vec<Observation> {
                 at_ms: envelope.time_ms.saturating_add(u64::from(s.offset_ms)),
             })
             .collect(),
+        Record::Lost {
+            terminal,
+            stream,
+            first,
+            last,
+        } => vec![Observation::Lost {
+            terminal: *terminal,
+            stream: *stream,
+            first: *first,
+            last: *last,
+        }],
         Record::Presence {
             terminal, presence, ..
         } => vec![Observation::Presence {

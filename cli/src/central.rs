@@ -426,6 +426,7 @@ pub async fn run(
     let (link, mut incoming) = Link::start(link_opts);
 
     let mut to_confirm = Confirmations::default();
+    let mut gaps = crate::gaps::GapWatch::default();
     let mut ack_tick = tokio::time::interval(opts.ack_interval);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut meeting_tick = tokio::time::interval(Duration::from_millis(200));
@@ -532,7 +533,11 @@ pub async fn run(
                 continue;
             }
             () = stored_marks.ready.notified() => {
-                to_confirm.extend(stored_marks.take());
+                let stored = stored_marks.take();
+                for (terminal, marks) in &stored.marks {
+                    gaps.stored(*terminal, *marks);
+                }
+                to_confirm.extend(stored);
                 continue;
             }
             _ = ack_tick.tick() => {
@@ -579,6 +584,30 @@ pub async fn run(
         let Some(record) = to_record(msg, unix_ms()) else {
             continue;
         };
+        // A gap the terminal keeps sending past is declared lost, ahead of what arrived.
+        if let Some((terminal, stream, seq)) = record.numbered()
+            && let Some((first, last)) = gaps.received(terminal, stream, seq)
+        {
+            tracing::warn!(
+                %terminal,
+                stream = stream.as_str(),
+                first,
+                last,
+                "records never arrived though the terminal sent what follows {} more times: declared lost",
+                crate::gaps::GIVE_UP_ROUNDS
+            );
+            let lost = Record::Lost {
+                terminal,
+                stream,
+                first,
+                last,
+            };
+            if let Some(r) = roles.as_mut() {
+                r.alarms.record(&lost, unix_ms());
+                r.gather_outbound();
+            }
+            ahead.push_back(lost);
+        }
         if let Some((topic, retained)) = left {
             let refused = matches!(record, Record::Rejected { .. });
             clear_retained_junk(&link, &log, &topic, retained, refused);
@@ -647,6 +676,8 @@ fn shed(record: &Record, waiting: usize) -> bool {
         Record::Telemetry { .. } | Record::Event { .. } | Record::Rejected { .. } => {
             waiting >= LOOKAHEAD
         }
+        // Central's own declaration: made once, never sent again.
+        Record::Lost { .. } => false,
     }
 }
 

@@ -30,6 +30,7 @@ pub mod cmd;
 pub mod commands;
 pub mod control;
 pub mod dashboard;
+pub mod gaps;
 pub mod hj212;
 pub mod host_lease;
 pub mod meetings;

@@ -34,6 +34,9 @@ pub enum AlarmKind {
     DutyReport,
     /// A site's media is degraded while it is in a meeting.
     MediaDegraded,
+    /// Records of a terminal never reached central though it sent what follows them again and
+    /// again: declared lost, so its watermark moves on.
+    Lost,
 }
 
 impl AlarmKind {
@@ -45,12 +48,16 @@ impl AlarmKind {
             AlarmKind::Dropping => "dropping",
             AlarmKind::DutyReport => "duty-report",
             AlarmKind::MediaDegraded => "media-degraded",
+            AlarmKind::Lost => "lost",
         }
     }
 
     /// Event alarms clear when acknowledged; condition alarms when their condition ends.
     pub fn is_event(self) -> bool {
-        matches!(self, AlarmKind::Dropping | AlarmKind::DutyReport)
+        matches!(
+            self,
+            AlarmKind::Dropping | AlarmKind::DutyReport | AlarmKind::Lost
+        )
     }
 }
 
@@ -142,7 +149,7 @@ pub struct Alarm {
     /// For a threshold alarm: its rule (metric, direction, level, region).
     #[serde(default)]
     pub rule: Option<String>,
-    /// For a dropping alarm: records dropped so far.
+    /// For a dropping or lost alarm: records dropped (or declared lost) so far.
     #[serde(default)]
     pub dropped: u64,
 }
@@ -280,6 +287,14 @@ pub enum Observation {
         terminal: TerminalId,
         count: u64,
     },
+    /// Central declared `first..=last` of the terminal's `stream` lost: they never arrived
+    /// though the terminal sent what follows them again and again.
+    Lost {
+        terminal: TerminalId,
+        stream: crate::envelope::Stream,
+        first: u64,
+        last: u64,
+    },
     /// A duty report from the site.
     DutyReport {
         terminal: TerminalId,
@@ -297,7 +312,9 @@ impl Observation {
             Observation::Sample { terminal, .. }
             | Observation::DutyReport { terminal, .. }
             | Observation::Dropped { terminal, .. } => Some(*terminal),
-            Observation::Known { .. } | Observation::Presence { .. } => None,
+            Observation::Known { .. } | Observation::Presence { .. } | Observation::Lost { .. } => {
+                None
+            }
         }
     }
 }
@@ -550,6 +567,41 @@ impl AlarmEngine {
                 alarm.report = Some(report);
                 self.alarms.insert(alarm.id, alarm.clone());
                 out.push(AlarmChange::Raised(alarm));
+            }
+            Observation::Lost {
+                terminal,
+                stream,
+                first,
+                last,
+            } => {
+                let count = last.saturating_sub(first).saturating_add(1);
+                let what = format!(
+                    "{} seq {first}..={last} never arrived though the terminal sent what follows again and again: declared lost",
+                    stream.as_str()
+                );
+                // One open alarm per terminal, counting up.
+                let open = self.alarms.values_mut().find(|a| {
+                    a.kind == AlarmKind::Lost
+                        && a.subject == Subject::Terminal(terminal)
+                        && a.state != AlarmState::Cleared
+                });
+                if let Some(a) = open {
+                    a.dropped = a.dropped.saturating_add(count);
+                    a.detail = format!("{} records lost in all; last: {what}", a.dropped);
+                    out.push(AlarmChange::Updated(a.clone()));
+                } else {
+                    let mut alarm = self.new_alarm(
+                        AlarmKind::Lost,
+                        Subject::Terminal(terminal),
+                        Severity::Major,
+                        now_ms,
+                        what,
+                        None,
+                    );
+                    alarm.dropped = count;
+                    self.alarms.insert(alarm.id, alarm.clone());
+                    out.push(AlarmChange::Raised(alarm));
+                }
             }
             Observation::Dropped { terminal, count } => {
                 // One open alarm per terminal, counting up, rather than one per report.
@@ -1004,14 +1056,25 @@ mod tests {
 
     #[test]
     fn every_terminal_notice_has_pinned_bytes() {
-        crate::envelope::golden::assert_pinned(&[(
-            TerminalNotice::DutyReportAcknowledged {
-                report: 2,
-                by: "duty".into(),
-                at_ms: 1_763_798_400_000,
-            },
-            "010002046475747980f8ced4aa33",
-        )]);
+        crate::envelope::golden::assert_pinned(&[
+            (
+                TerminalNotice::DutyReportAcknowledged {
+                    report: 2,
+                    by: "duty".into(),
+                    at_ms: 1_763_798_400_000,
+                },
+                "010002046475747980f8ced4aa33",
+            ),
+            (
+                TerminalNotice::Held {
+                    highest: crate::delivery::Watermarks {
+                        telemetry: 300,
+                        events: 1_763_798_400_000,
+                    },
+                },
+                "0101ac0280f8ced4aa33",
+            ),
+        ]);
     }
 
     fn t(s: &str) -> TerminalId {

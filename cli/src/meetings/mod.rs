@@ -408,7 +408,7 @@ impl MeetingService {
             Record::Telemetry { terminal, .. }
             | Record::Event { terminal, .. }
             | Record::Presence { terminal, .. } => terminal,
-            Record::Rejected { .. } => return,
+            Record::Lost { .. } | Record::Rejected { .. } => return,
         };
         if !self.known.contains(terminal) {
             self.known.insert(*terminal);

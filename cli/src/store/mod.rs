@@ -215,6 +215,15 @@ pub enum Record {
         received_ms: u64,
         presence: Presence,
     },
+    /// Central declared `first..=last` of the terminal's `stream` lost: they never arrived
+    /// though the terminal sent what follows them again and again (see [`crate::gaps`]).
+    /// Stored as a dropped range, so the watermark moves on.
+    Lost {
+        terminal: TerminalId,
+        stream: Stream,
+        first: u64,
+        last: u64,
+    },
     /// A payload that did not decode: kept for inspection, never silently discarded.
     Rejected {
         topic: String,
@@ -273,6 +282,11 @@ impl Record {
             received_ms: *received_ms,
             raw,
         })
+    }
+
+    /// The terminal, stream and seq of a sequence-numbered message.
+    pub(crate) fn numbered(&self) -> Option<(TerminalId, Stream, u64)> {
+        self.message().map(|m| (*m.terminal, m.stream, m.seq))
     }
 
     /// A numbering start a terminal announced: (terminal, stream, first).

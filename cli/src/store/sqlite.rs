@@ -442,6 +442,20 @@ impl Store for SqliteStore {
                                 .or_insert((ts, v));
                         }
                     }
+                    Record::Lost {
+                        terminal,
+                        stream,
+                        first,
+                        last,
+                    } if first <= last => {
+                        dropped_stmt.execute(params![
+                            terminal.to_string(),
+                            stream_id(*stream),
+                            *first as i64,
+                            *last as i64
+                        ])?;
+                        touch_stream(terminal, Some(*stream));
+                    }
                     Record::Event {
                         terminal, envelope, ..
                     } => match envelope.body {
@@ -504,6 +518,7 @@ impl Store for SqliteStore {
                             payload.as_ref()
                         ])?;
                     }
+                    Record::Lost { .. } => {}
                 }
             }
             // Heard from after its last offline presence: online, even if the online presence

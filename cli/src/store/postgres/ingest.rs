@@ -249,6 +249,24 @@ struct Rows {
 }
 
 impl Rows {
+    /// `first..=last` of the `i`th terminal's `stream` were dropped (reported by the terminal,
+    /// or declared lost by central): recorded, and the watermark may pass them.
+    fn drop_range(&mut self, i: usize, stream: Stream, first: u64, last: u64) {
+        if first > last {
+            return;
+        }
+        let (name, t) = &mut self.terminals[i];
+        let sid = stream_id(stream) as i16;
+        let pair = &mut t.streams[sid as usize];
+        pair.drops.push((first as i64, last as i64));
+        pair.advance = true;
+        let e = self
+            .dropped
+            .entry((name.clone(), sid, first as i64))
+            .or_insert(last as i64);
+        *e = (*e).max(last as i64);
+    }
+
     /// The terminals of `records`, in terminal order.
     fn new(records: &[Record]) -> Rows {
         let mut by_name: BTreeMap<String, Terminal> = BTreeMap::new();
@@ -257,7 +275,8 @@ impl Rows {
             let t = match r {
                 Record::Telemetry { terminal, .. }
                 | Record::Event { terminal, .. }
-                | Record::Presence { terminal, .. } => terminal,
+                | Record::Presence { terminal, .. }
+                | Record::Lost { terminal, .. } => terminal,
                 Record::Rejected { .. } => continue,
             };
             if !known.contains_key(t) {
@@ -399,6 +418,18 @@ impl PgStore {
         // read before another group's commit is a duplicate still.
         let mut new = Vec::new();
         for r in records {
+            if let Record::Lost {
+                terminal,
+                stream,
+                first,
+                last,
+            } = r
+            {
+                if let Some(&i) = rows.index.get(terminal) {
+                    rows.drop_range(i, *stream, *first, *last);
+                }
+                continue;
+            }
             let Some(m) = r.message() else {
                 continue;
             };
@@ -434,18 +465,7 @@ impl PgStore {
                         stream,
                         first,
                         last,
-                    } if first <= last => {
-                        let (name, t) = &mut rows.terminals[i];
-                        let sid = stream_id(stream) as i16;
-                        let pair = &mut t.streams[sid as usize];
-                        pair.drops.push((first as i64, last as i64));
-                        pair.advance = true;
-                        let e = rows
-                            .dropped
-                            .entry((name.clone(), sid, first as i64))
-                            .or_insert(last as i64);
-                        *e = (*e).max(last as i64);
-                    }
+                    } => rows.drop_range(i, stream, first, last),
                     // Applied before the watermarks below advance, so the events stream
                     // passes the gap the announcement itself follows.
                     Event::NumberingFrom { stream, first } => {
