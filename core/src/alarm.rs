@@ -579,57 +579,70 @@ impl AlarmEngine {
                     "{} seq {first}..={last} never arrived though the terminal sent what follows again and again: declared lost",
                     stream.as_str()
                 );
-                // One open alarm per terminal, counting up.
-                let open = self.alarms.values_mut().find(|a| {
-                    a.kind == AlarmKind::Lost
-                        && a.subject == Subject::Terminal(terminal)
-                        && a.state != AlarmState::Cleared
-                });
-                if let Some(a) = open {
-                    a.dropped = a.dropped.saturating_add(count);
-                    a.detail = format!("{} records lost in all; last: {what}", a.dropped);
-                    out.push(AlarmChange::Updated(a.clone()));
-                } else {
-                    let mut alarm = self.new_alarm(
-                        AlarmKind::Lost,
-                        Subject::Terminal(terminal),
-                        Severity::Major,
-                        now_ms,
-                        what,
-                        None,
-                    );
-                    alarm.dropped = count;
-                    self.alarms.insert(alarm.id, alarm.clone());
-                    out.push(AlarmChange::Raised(alarm));
-                }
+                let detail = |total| format!("{total} records lost in all; last: {what}");
+                let raised = (Severity::Major, what.clone());
+                out.extend(self.count_up(AlarmKind::Lost, terminal, count, detail, raised, now_ms));
             }
             Observation::Dropped { terminal, count } => {
-                // One open alarm per terminal, counting up, rather than one per report.
-                let open = self.alarms.values_mut().find(|a| {
-                    a.kind == AlarmKind::Dropping
-                        && a.subject == Subject::Terminal(terminal)
-                        && a.state != AlarmState::Cleared
-                });
-                if let Some(a) = open {
-                    a.dropped = a.dropped.saturating_add(count);
-                    a.detail = format!("outbox full: {} records dropped unsent", a.dropped);
-                    out.push(AlarmChange::Updated(a.clone()));
-                } else if self.rules.dropping && count > 0 {
-                    let mut alarm = self.new_alarm(
+                let detail = |total| format!("outbox full: {total} records dropped unsent");
+                let raised = (Severity::Warning, detail(count));
+                if self.rules.dropping && count > 0
+                    || self.open_alarm(AlarmKind::Dropping, terminal).is_some()
+                {
+                    out.extend(self.count_up(
                         AlarmKind::Dropping,
-                        Subject::Terminal(terminal),
-                        Severity::Warning,
+                        terminal,
+                        count,
+                        detail,
+                        raised,
                         now_ms,
-                        format!("outbox full: {count} records dropped unsent"),
-                        None,
-                    );
-                    alarm.dropped = count;
-                    self.alarms.insert(alarm.id, alarm.clone());
-                    out.push(AlarmChange::Raised(alarm));
+                    ));
                 }
             }
         }
         out
+    }
+
+    /// The id of `terminal`'s open alarm of `kind`, if it has one.
+    fn open_alarm(&self, kind: AlarmKind, terminal: TerminalId) -> Option<u64> {
+        self.alarms
+            .values()
+            .find(|a| {
+                a.kind == kind
+                    && a.subject == Subject::Terminal(terminal)
+                    && a.state != AlarmState::Cleared
+            })
+            .map(|a| a.id)
+    }
+
+    /// One open alarm of `kind` per terminal, counting records up (`detail` of the total),
+    /// rather than one per report; `raised` is the severity and detail of a new one.
+    fn count_up(
+        &mut self,
+        kind: AlarmKind,
+        terminal: TerminalId,
+        count: u64,
+        detail: impl Fn(u64) -> String,
+        raised: (Severity, String),
+        now_ms: u64,
+    ) -> Option<AlarmChange> {
+        let open = self.open_alarm(kind, terminal);
+        if let Some(a) = open.and_then(|id| self.alarms.get_mut(&id)) {
+            a.dropped = a.dropped.saturating_add(count);
+            a.detail = detail(a.dropped);
+            return Some(AlarmChange::Updated(a.clone()));
+        }
+        let mut alarm = self.new_alarm(
+            kind,
+            Subject::Terminal(terminal),
+            raised.0,
+            now_ms,
+            raised.1,
+            None,
+        );
+        alarm.dropped = count;
+        self.alarms.insert(alarm.id, alarm.clone());
+        Some(AlarmChange::Raised(alarm))
     }
 
     fn threshold(

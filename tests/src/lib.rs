@@ -384,6 +384,16 @@ impl LinkProxy {
     }
 }
 
+/// Where central stores for a test in `dir`: a fresh PostgreSQL database (its URL) if
+/// `postgres`, else an SQLite file.
+pub fn store_db(dir: &Path, postgres: bool) -> PathBuf {
+    if postgres {
+        PathBuf::from(postgres::Postgres::shared().fresh_database())
+    } else {
+        dir.join("central.db")
+    }
+}
+
 /// Starts `cuntong central` against `broker`, storing into `db`.
 pub fn central(broker: &Broker, db: &Path, dir: &Path) -> Proc {
     central_with(broker, db, dir, &[])

@@ -7,7 +7,7 @@
 //! its numbering ran into what central holds of the box it replaced.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use cuntong_core::delivery::Watermarks;
@@ -270,11 +270,7 @@ fn a_replacement_box_whose_clock_starts_at_the_epoch_renumbers_and_loses_nothing
 fn replaced_by_a_box_whose_clock_reads(clock: impl Fn(u64) -> u64, postgres: bool) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let db = if postgres {
-        PathBuf::from(cuntong_e2e::postgres::Postgres::shared().fresh_database())
-    } else {
-        d.join("central.db")
-    };
+    let db = cuntong_e2e::store_db(d, postgres);
     let data = d.join("terminals");
     let broker = Broker::start(BrokerKind::Embedded, d);
     let _central = central(&broker, &db, d);

@@ -85,11 +85,7 @@ fn a_permanent_gap_is_declared_lost_and_passed_on_postgresql() {
 fn declared_lost_and_passed(postgres: bool) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let db = if postgres {
-        PathBuf::from(cuntong_e2e::postgres::Postgres::shared().fresh_database())
-    } else {
-        d.join("central.db")
-    };
+    let db = cuntong_e2e::store_db(d, postgres);
     let broker = Broker::start(BrokerKind::Mosquitto, d);
     let central = central(&broker, &db, d);
     // The first record, until central (subscribing as it starts) has it; then two more.

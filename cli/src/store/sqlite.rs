@@ -162,6 +162,27 @@ fn touch(seen: &mut HashMap<String, (TerminalId, u64)>, id: &TerminalId, ms: u64
     e.1 = e.1.max(ms);
 }
 
+/// Records `first..=last` of (terminal, stream) as dropped (reported by the terminal, or
+/// declared lost by central); nothing for an empty range.
+fn drop_range(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    terminal: &TerminalId,
+    stream: Stream,
+    first: u64,
+    last: u64,
+) -> Result<(), StoreError> {
+    if first > last {
+        return Ok(());
+    }
+    stmt.execute(params![
+        terminal.to_string(),
+        stream_id(stream),
+        first as i64,
+        last as i64
+    ])?;
+    Ok(())
+}
+
 /// The highest seq of (terminal, stream) the store holds: stored, reported dropped, or passed
 /// by the watermark.
 fn highest_held(
@@ -447,13 +468,8 @@ impl Store for SqliteStore {
                         stream,
                         first,
                         last,
-                    } if first <= last => {
-                        dropped_stmt.execute(params![
-                            terminal.to_string(),
-                            stream_id(*stream),
-                            *first as i64,
-                            *last as i64
-                        ])?;
+                    } => {
+                        drop_range(&mut dropped_stmt, terminal, *stream, *first, *last)?;
                         touch_stream(terminal, Some(*stream));
                     }
                     Record::Event {
@@ -463,13 +479,8 @@ impl Store for SqliteStore {
                             stream,
                             first,
                             last,
-                        } if first <= last => {
-                            dropped_stmt.execute(params![
-                                terminal.to_string(),
-                                stream_id(stream),
-                                first as i64,
-                                last as i64
-                            ])?;
+                        } => {
+                            drop_range(&mut dropped_stmt, terminal, stream, first, last)?;
                             touch_stream(terminal, Some(stream));
                         }
                         // Applied before the watermarks below advance, so the events stream
@@ -518,7 +529,6 @@ impl Store for SqliteStore {
                             payload.as_ref()
                         ])?;
                     }
-                    Record::Lost { .. } => {}
                 }
             }
             // Heard from after its last offline presence: online, even if the online presence
