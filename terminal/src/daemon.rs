@@ -557,7 +557,7 @@ pub async fn run(
     // the outbox durable, say goodbye (a clean disconnect sends no will).
     daemon.flush(true)?;
     daemon.pump();
-    daemon.outbox.flush()?;
+    daemon.outbox.settle()?;
     let offline = Message::new(
         Topic::terminal(&daemon.cfg.id, Channel::Presence).to_string(),
         presence(&daemon.cfg, started_ms, false)?,

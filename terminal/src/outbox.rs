@@ -28,7 +28,10 @@
 //!
 //! Each record is written with one `write` as soon as it is appended, so a killed process loses
 //! nothing the outbox accepted; `fsync` follows every record or at most every interval
-//! ([`SyncPolicy`]), which bounds what a power cut can take.
+//! ([`SyncPolicy`]), which bounds what a power cut can take. The fsyncs, the state file's
+//! replacements and the deletion of spent segments are done in order by a thread of the
+//! outbox's own, so a slow SD card never stalls the caller; with [`SyncPolicy::EveryRecord`]
+//! an append waits for its fsync.
 //!
 //! The outbox is bounded by a byte budget. When an append exceeds it, the oldest segments are
 //! dropped: their telemetry is lost and the dropped ranges are returned so the caller can
@@ -42,6 +45,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cuntong_core::envelope::Stream;
+
+mod disk;
 
 const HEADER: usize = 8;
 const BODY_FIXED: usize = 1 + 8 + 8;
@@ -249,6 +254,8 @@ pub struct Outbox {
     sent: std::collections::BTreeSet<u64>,
     unsynced: bool,
     last_sync: Instant,
+    /// The fsyncs, state writes and deletions, off the caller's thread.
+    disk: disk::Disk,
 }
 
 impl Outbox {
@@ -290,6 +297,7 @@ impl Outbox {
             sent: std::collections::BTreeSet::new(),
             unsynced: false,
             last_sync: Instant::now(),
+            disk: disk::Disk::start()?,
         };
         let mut report = OpenReport::default();
         // First the intact length of each segment and the highest seq in it, then (with the
@@ -407,6 +415,8 @@ impl Outbox {
         ob.write_state()?;
         report.records = ob.records.iter().map(BTreeMap::len).sum();
         ob.release_empty_segments()?;
+        // Opened: what the opening wrote is on disk before anything else happens.
+        ob.disk.settle()?;
         Ok((ob, report))
     }
 
@@ -509,7 +519,10 @@ impl Outbox {
         self.write_record(stream, seq, time_ms, payload)?;
         self.next[s] = seq + 1;
         match self.cfg.sync {
-            SyncPolicy::EveryRecord => self.flush()?,
+            SyncPolicy::EveryRecord => {
+                self.flush()?;
+                self.disk.settle()?;
+            }
             SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.flush()?,
             SyncPolicy::Interval(_) => {}
         }
@@ -570,15 +583,22 @@ impl Outbox {
         self.unsynced
     }
 
+    /// Hands the forcing of what was appended to the disk thread (see [`Outbox::settle`]).
     pub fn flush(&mut self) -> Result<(), OutboxError> {
         if self.unsynced {
             if let (Some(f), Some(seg)) = (self.active.as_ref(), self.segments.back()) {
-                f.sync_data().map_err(self.io(&seg.path))?;
+                self.disk.sync(f, &seg.path)?;
             }
             self.unsynced = false;
         }
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// Waits until everything handed to the disk thread is on disk (an orderly stop).
+    pub fn settle(&mut self) -> Result<(), OutboxError> {
+        self.flush()?;
+        self.disk.settle()
     }
 
     /// While the numbering of this (new) outbox waits for central's agreement: the last
@@ -700,9 +720,7 @@ impl Outbox {
             .append(true)
             .open(&path)
             .map_err(self.io(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.io(&self.dir))?;
+        self.disk.sync_dir(&self.dir)?;
         self.active = Some(file);
         self.segments.push_back(Segment {
             id,
@@ -723,7 +741,7 @@ impl Outbox {
         let mut kept = VecDeque::with_capacity(self.segments.len());
         while let Some(seg) = self.segments.pop_front() {
             if seg.live == 0 && Some(seg.id) != active {
-                std::fs::remove_file(&seg.path).map_err(self.io(&seg.path))?;
+                self.disk.remove(seg.path.clone())?;
                 self.bytes -= seg.bytes;
             } else {
                 kept.push_back(seg);
@@ -808,7 +826,7 @@ impl Outbox {
             self.flush()?;
         }
         for seg in doomed {
-            std::fs::remove_file(&seg.path).map_err(self.io(&seg.path))?;
+            self.disk.remove(seg.path.clone())?;
             self.bytes -= seg.bytes;
         }
         if !dropped.is_empty() {
@@ -843,7 +861,7 @@ impl Outbox {
                 text.push_str(&format!("moved-{name} {upto} {by}\n"));
             }
         }
-        crate::atomic::write(&path, text.as_bytes()).map_err(self.io(&path))
+        self.disk.state(path, text.into_bytes())
     }
 }
 
@@ -1083,6 +1101,41 @@ mod tests {
         assert_eq!(ob.holding(), None);
         assert_eq!(seqs(&ob, Stream::Telemetry), run(base + 1_003, 2));
         assert_eq!(ob.next_seq(Stream::Events), base + 8);
+    }
+
+    #[test]
+    fn a_disk_that_hangs_never_holds_up_appends_flushes_or_confirmations() {
+        let dir = tempfile::tempdir().unwrap();
+        let every_second = OutboxConfig {
+            segment_bytes: 256,
+            sync: SyncPolicy::Interval(Duration::from_secs(1)),
+            ..cfg(1 << 20)
+        };
+        let (mut ob, _) = Outbox::open(dir.path(), every_second).unwrap();
+        let first = ob.next_seq(Stream::Telemetry);
+        // A slow SD card: nothing handed to the disk finishes until it is let go.
+        let resume = ob.disk.stall();
+        let (done, finished) = std::sync::mpsc::channel();
+        let caller = std::thread::spawn(move || {
+            for _ in 0..100 {
+                ob.append(Stream::Telemetry, 0, b"a record of telemetry")
+                    .unwrap();
+            }
+            ob.flush().unwrap();
+            assert_eq!(ob.confirm(Stream::Telemetry, first + 49).unwrap(), 50);
+            done.send(()).unwrap();
+            ob
+        });
+        let waited = finished.recv_timeout(Duration::from_secs(20));
+        drop(resume);
+        assert!(waited.is_ok(), "the caller waited for the disk");
+        let mut ob = caller.join().unwrap();
+        ob.settle().unwrap();
+        drop(ob);
+        let (ob, report) = Outbox::open(dir.path(), every_second).unwrap();
+        assert_eq!(report.records, 50);
+        assert_eq!(seqs(&ob, Stream::Telemetry), run(first + 50, 50));
+        assert_eq!(ob.confirmed(Stream::Telemetry), first + 49);
     }
 
     #[test]
