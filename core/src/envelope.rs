@@ -23,7 +23,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::telemetry::{BodyError, TelemetryBatch, WireBatch};
-use crate::topic::Channel;
 
 /// The wire version this crate writes and reads.
 pub const VERSION: u8 = 1;
@@ -41,14 +40,6 @@ pub enum Stream {
 impl Stream {
     pub const ALL: [Stream; 2] = [Stream::Telemetry, Stream::Events];
 
-    /// The channel the stream is published on.
-    pub fn channel(self) -> Channel {
-        match self {
-            Stream::Telemetry => Channel::Telemetry,
-            Stream::Events => Channel::Events,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Stream::Telemetry => "telemetry",
@@ -65,6 +56,83 @@ pub struct Envelope<B> {
     /// Milliseconds since the Unix epoch (UTC) when the body was produced.
     pub time_ms: u64,
     pub body: B,
+}
+
+/// Where a box stands with a release (`update::Stage`, see [`crate::update`]). A rollout
+/// shows one per box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum UpdateStage {
+    /// In the rollout, not yet offered (waiting for the rate, the window, or a meeting).
+    Queued,
+    /// Offered; the box has not started downloading.
+    Notified,
+    Downloading,
+    Downloaded,
+    /// Signature and SHA-256 checked.
+    Verified,
+    Installing,
+    /// Installed in the inactive slot; restarting into it on trial.
+    Restarting,
+    /// The new build passed its health check and is what the box runs from now on.
+    Committed,
+    /// The box could not get or install the release; it still runs the build it had.
+    Failed,
+    /// The new build crashed or stayed unhealthy; the box returned to the build it had.
+    RolledBack,
+    /// The box did not finish within the rollout's timeout.
+    TimedOut,
+}
+
+impl UpdateStage {
+    pub const ALL: [UpdateStage; 11] = [
+        UpdateStage::Queued,
+        UpdateStage::Notified,
+        UpdateStage::Downloading,
+        UpdateStage::Downloaded,
+        UpdateStage::Verified,
+        UpdateStage::Installing,
+        UpdateStage::Restarting,
+        UpdateStage::Committed,
+        UpdateStage::Failed,
+        UpdateStage::RolledBack,
+        UpdateStage::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateStage::Queued => "queued",
+            UpdateStage::Notified => "notified",
+            UpdateStage::Downloading => "downloading",
+            UpdateStage::Downloaded => "downloaded",
+            UpdateStage::Verified => "verified",
+            UpdateStage::Installing => "installing",
+            UpdateStage::Restarting => "restarting",
+            UpdateStage::Committed => "committed",
+            UpdateStage::Failed => "failed",
+            UpdateStage::RolledBack => "rolled-back",
+            UpdateStage::TimedOut => "timed-out",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<UpdateStage> {
+        UpdateStage::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// True once nothing more will happen to this box in this rollout.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            UpdateStage::Committed
+                | UpdateStage::Failed
+                | UpdateStage::RolledBack
+                | UpdateStage::TimedOut
+        )
+    }
+
+    /// True for the outcomes that count against a rollout's failure threshold.
+    pub fn is_failure(self) -> bool {
+        self.is_final() && self != UpdateStage::Committed
+    }
 }
 
 /// Something a terminal reports once, in order, on its event stream.
@@ -126,7 +194,7 @@ pub enum Event {
     Update {
         rollout: u64,
         version: String,
-        stage: crate::update::Stage,
+        stage: UpdateStage,
         bytes: u64,
         reason: String,
     },

@@ -44,6 +44,7 @@ pub mod hj212;
 pub mod lease;
 pub mod media;
 pub mod meeting;
+pub mod meeting_id;
 pub mod presence;
 pub mod rollout;
 pub mod sampler;

@@ -11,7 +11,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
-use crate::meeting::{Invitee, MeetingId, MeetingIdError};
+use crate::envelope::Stream;
+use crate::meeting_id::{Invitee, MeetingId, MeetingIdError};
 use crate::site::{Level, Region, SiteCode, SiteCodeError};
 use crate::terminal_id::{Slug, SlugError, TerminalId};
 
@@ -39,6 +40,16 @@ pub enum Channel {
     MeetingDown,
     /// Central's notices to the terminal: a duty report acknowledged.
     Notice,
+}
+
+impl Stream {
+    /// The channel the stream is published on.
+    pub fn channel(self) -> Channel {
+        match self {
+            Stream::Telemetry => Channel::Telemetry,
+            Stream::Events => Channel::Events,
+        }
+    }
 }
 
 impl Channel {

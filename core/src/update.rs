@@ -17,6 +17,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::envelope::UpdateStage as Stage;
 use crate::envelope::{DecodeError, decode};
 
 /// What kind of file a release is.
@@ -69,79 +70,6 @@ pub struct Offer {
     /// Where the artifact can be fetched (HTTP(S) URLs that answer range requests), tried in
     /// order. The bytes are trusted only through the signed manifest, never through the source.
     pub sources: Vec<String>,
-}
-
-/// Where a box stands with a release. A rollout shows one per box.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Stage {
-    /// In the rollout, not yet offered (waiting for the rate, the window, or a meeting).
-    Queued,
-    /// Offered; the box has not started downloading.
-    Notified,
-    Downloading,
-    Downloaded,
-    /// Signature and SHA-256 checked.
-    Verified,
-    Installing,
-    /// Installed in the inactive slot; restarting into it on trial.
-    Restarting,
-    /// The new build passed its health check and is what the box runs from now on.
-    Committed,
-    /// The box could not get or install the release; it still runs the build it had.
-    Failed,
-    /// The new build crashed or stayed unhealthy; the box returned to the build it had.
-    RolledBack,
-    /// The box did not finish within the rollout's timeout.
-    TimedOut,
-}
-
-impl Stage {
-    pub const ALL: [Stage; 11] = [
-        Stage::Queued,
-        Stage::Notified,
-        Stage::Downloading,
-        Stage::Downloaded,
-        Stage::Verified,
-        Stage::Installing,
-        Stage::Restarting,
-        Stage::Committed,
-        Stage::Failed,
-        Stage::RolledBack,
-        Stage::TimedOut,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Queued => "queued",
-            Stage::Notified => "notified",
-            Stage::Downloading => "downloading",
-            Stage::Downloaded => "downloaded",
-            Stage::Verified => "verified",
-            Stage::Installing => "installing",
-            Stage::Restarting => "restarting",
-            Stage::Committed => "committed",
-            Stage::Failed => "failed",
-            Stage::RolledBack => "rolled-back",
-            Stage::TimedOut => "timed-out",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
-    /// True once nothing more will happen to this box in this rollout.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Stage::Committed | Stage::Failed | Stage::RolledBack | Stage::TimedOut
-        )
-    }
-
-    /// True for the outcomes that count against a rollout's failure threshold.
-    pub fn is_failure(self) -> bool {
-        self.is_final() && self != Stage::Committed
-    }
 }
 
 /// One of a box's two install slots.

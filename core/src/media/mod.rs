@@ -26,3 +26,11 @@ pub mod rtp;
 pub mod sdp;
 pub mod srtcp;
 pub mod stun;
+
+/// The sound's codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AudioCodec {
+    Opus,
+    /// G.711 A-law, the interop fallback.
+    Pcma,
+}

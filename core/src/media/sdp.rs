@@ -9,7 +9,7 @@ use alloc::string::String;
 use base64::Engine;
 use core::net::IpAddr;
 
-pub use crate::meeting::AudioCodec;
+pub use crate::media::AudioCodec;
 
 /// An H.264 video stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

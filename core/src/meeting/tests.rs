@@ -6,6 +6,8 @@ use alloc::string::ToString;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use crate::site::Region;
+
 use super::host::{
     ChairOp, Host, HostConfig, HostOutput, Notice, OpError, Operator, PLAN_IN_FLIGHT_MS, SitePhase,
 };
