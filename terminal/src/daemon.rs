@@ -205,9 +205,7 @@ pub async fn run(
     let delivery = delivery_of(&outbox, cfg.delivery, started_ms);
     let (link, mut incoming) = Link::start(link_options(&cfg, started_ms)?);
     let mut link_up = link.watch_connected();
-    let ack_topic = Topic::terminal(&cfg.id, Channel::Ack).to_string();
-    let cmd_topic = Topic::terminal(&cfg.id, Channel::Command).to_string();
-    let notice_topic = Topic::terminal(&cfg.id, Channel::Notice).to_string();
+    let topics = Downlinks::of(&cfg.id);
     let guard = match &cfg.commands {
         Some(c) => Some(
             crate::commands::read_public_key(&c.key)
@@ -428,64 +426,24 @@ pub async fn run(
                 if changed.is_err() {
                     break;
                 }
-                if *link_up.borrow_and_update() {
-                    daemon.delivery.link_up(unix_ms());
-                    let msgs = daemon.conference.reconnected(unix_ms());
-                    daemon.meeting_out(msgs);
-                } else {
-                    daemon.delivery.link_down();
-                }
+                daemon.on_link(*link_up.borrow_and_update());
             }
             _ = sync_tick.tick(), if daemon.outbox.unsynced() => daemon.outbox.flush()?,
             _ = button_tick.tick(), if button.is_some() => {
                 if let Some(b) = button.as_mut()
                     && b.poll(button_clock.elapsed().as_millis() as u64)
                 {
-                    let (kind, text) = (b.kind.clone(), b.text.clone());
-                    match daemon.duty_report(kind, text) {
-                        Ok(line) => tracing::info!("duty button: {line}"),
-                        Err(e) => tracing::error!("duty button: {e}"),
-                    }
+                    daemon.on_duty_button(b.kind.clone(), b.text.clone());
                 }
             }
             _ = tokio::time::sleep_until(meeting_at) => {
                 last_meeting_tick = tokio::time::Instant::now();
-                let (rtt_ms, loss_percent) = link.quality();
-                let msgs = daemon.conference.tick(unix_ms(), rtt_ms, loss_percent);
-                daemon.meeting_out(msgs);
+                daemon.on_meeting_tick();
             }
             Some((req, answer)) = requests.recv() => {
-                let result = match req {
-                    status::LocalRequest::Conference(r) => {
-                        daemon.conference.operator(r, unix_ms()).map(|(line, msgs)| {
-                            daemon.meeting_out(msgs);
-                            line
-                        })
-                    }
-                    status::LocalRequest::DutyReport { kind, text } => daemon.duty_report(kind, text),
-                };
-                let _ = answer.send(result);
+                let _ = answer.send(daemon.on_request(req));
             }
-            _ = health_tick.tick() => {
-                let now = unix_ms();
-                let mut readings = health.read();
-                let l = link.status();
-                if let Some(rtt) = l.rtt_ms {
-                    readings.push((Metric::LinkRtt, rtt));
-                }
-                readings.push((Metric::LinkLoss, l.ping_loss_percent));
-                readings.push((Metric::OutboxDepth, daemon.outbox.len() as f64));
-                readings.push((Metric::Dropped, daemon.outbox.dropped_total() as f64));
-                readings.extend(daemon.conference.media_sample());
-                readings.push((Metric::MeetingsJoined, daemon.conference.joined() as f64));
-                if daemon.cfg.hj212.is_some() {
-                    let frames = hj_stats.frames.load(std::sync::atomic::Ordering::Relaxed);
-                    let bad = hj_stats.bad_frames.load(std::sync::atomic::Ordering::Relaxed);
-                    readings.push((Metric::Hj212Frames, frames as f64));
-                    readings.push((Metric::Hj212Bad, bad as f64));
-                }
-                daemon.offer(&readings, now);
-            }
+            _ = health_tick.tick() => daemon.on_health(health.read(), &hj_stats),
             i = next_tick(&mut intervals, &ready) => {
                 if let Some(mut sensor) = idle[i].take() {
                     let tx = results_tx.clone();
@@ -496,26 +454,9 @@ pub async fn run(
                 }
             }
             Some(r) = results.recv() => {
-                let now = unix_ms();
                 let name = r.sensor.name().to_owned();
                 idle[r.index] = Some(r.sensor);
-                match r.result {
-                    Ok(readings) => {
-                        let recovered = daemon.sensor_ok(r.index, &readings, now);
-                        daemon.offer(&readings, now);
-                        if recovered {
-                            daemon.event(Event::SensorRecovered { sensor: name })?;
-                        }
-                    }
-                    Err(e) => {
-                        let detail = e.to_string();
-                        let first = daemon.sensor_failed(r.index, &detail, now);
-                        if first {
-                            tracing::warn!(sensor = %name, error = %detail, "sensor fault");
-                            daemon.event(Event::SensorFault { sensor: name, detail })?;
-                        }
-                    }
-                }
+                daemon.on_sensor(r.index, name, r.result)?;
             }
             Some(batch) = hj_rx.recv() => daemon.logged(batch),
             _ = sleep_until(deadline) => {}
@@ -530,27 +471,16 @@ pub async fn run(
                     break;
                 }
             },
-            msg = incoming.recv() => {
-                match msg {
-                    Some(m) if m.topic == ack_topic => daemon.confirmed(&m.payload)?,
-                    Some(m) if m.topic == cmd_topic && !m.payload.is_empty() => {
-                        daemon.command(&m.payload, m.retain)?;
-                    }
-                    Some(m) if m.topic == notice_topic => daemon.notice(&m.payload),
-                    Some(m) if daemon.conference_message(&m) => {}
-                    Some(m) => tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "received"),
-                    None => break,
-                }
-            }
+            msg = incoming.recv() => match msg {
+                Some(m) => daemon.on_message(&m, &topics)?,
+                None => break,
+            },
         }
         if health_tick.period() != daemon.cfg.health_interval {
             health_tick = tokio::time::interval(daemon.cfg.health_interval);
             health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        daemon.check_tls()?;
-        daemon.update_tick()?;
-        daemon.flush(false)?;
-        daemon.pump();
+        daemon.send_due()?;
     }
 
     // Orderly stop: record what is batched (it is sent after the restart if not now), make
@@ -630,6 +560,148 @@ struct Daemon {
     link: Link,
     /// Lines logged per incoming message (a flood of them costs a line a minute).
     log: LogLimiter,
+}
+
+/// The terminal's own downlink topics (meeting topics are the conference's).
+struct Downlinks {
+    ack: String,
+    command: String,
+    notice: String,
+}
+
+impl Downlinks {
+    fn of(id: &cuntong_core::terminal_id::TerminalId) -> Downlinks {
+        let topic = |c| Topic::terminal(id, c).to_string();
+        Downlinks {
+            ack: topic(Channel::Ack),
+            command: topic(Channel::Command),
+            notice: topic(Channel::Notice),
+        }
+    }
+}
+
+/// What the event loop does with each thing that happens: one handler each, and after every
+/// one [`Daemon::send_due`].
+impl Daemon {
+    /// The link came up (everything unconfirmed goes again, the meeting catches up) or went.
+    fn on_link(&mut self, up: bool) {
+        if up {
+            self.delivery.link_up(unix_ms());
+            let msgs = self.conference.reconnected(unix_ms());
+            self.meeting_out(msgs);
+        } else {
+            self.delivery.link_down();
+        }
+    }
+
+    /// The duty button was held: the duty report it stands for.
+    fn on_duty_button(&mut self, kind: String, text: String) {
+        match self.duty_report(kind, text) {
+            Ok(line) => tracing::info!("duty button: {line}"),
+            Err(e) => tracing::error!("duty button: {e}"),
+        }
+    }
+
+    /// The meetings' heartbeat, with the link's quality.
+    fn on_meeting_tick(&mut self) {
+        let (rtt_ms, loss_percent) = self.link.quality();
+        let msgs = self.conference.tick(unix_ms(), rtt_ms, loss_percent);
+        self.meeting_out(msgs);
+    }
+
+    /// A request on the status socket: its answer.
+    fn on_request(&mut self, req: status::LocalRequest) -> Result<String, String> {
+        match req {
+            status::LocalRequest::Conference(r) => {
+                self.conference.operator(r, unix_ms()).map(|(line, msgs)| {
+                    self.meeting_out(msgs);
+                    line
+                })
+            }
+            status::LocalRequest::DutyReport { kind, text } => self.duty_report(kind, text),
+        }
+    }
+
+    /// The health round: the box's `readings` with the link's, the outbox's, the meetings' and
+    /// the HJ 212 listener's figures.
+    fn on_health(&mut self, mut readings: Vec<(Metric, f64)>, hj: &Hj212Stats) {
+        let now = unix_ms();
+        let l = self.link.status();
+        if let Some(rtt) = l.rtt_ms {
+            readings.push((Metric::LinkRtt, rtt));
+        }
+        readings.push((Metric::LinkLoss, l.ping_loss_percent));
+        readings.push((Metric::OutboxDepth, self.outbox.len() as f64));
+        readings.push((Metric::Dropped, self.outbox.dropped_total() as f64));
+        readings.extend(self.conference.media_sample());
+        readings.push((Metric::MeetingsJoined, self.conference.joined() as f64));
+        if self.cfg.hj212.is_some() {
+            let frames = hj.frames.load(std::sync::atomic::Ordering::Relaxed);
+            let bad = hj.bad_frames.load(std::sync::atomic::Ordering::Relaxed);
+            readings.push((Metric::Hj212Frames, frames as f64));
+            readings.push((Metric::Hj212Bad, bad as f64));
+        }
+        self.offer(&readings, now);
+    }
+
+    /// Sensor `index` (`name`) was read: its readings, or the first fault of a run of them and
+    /// the recovery after it as events.
+    fn on_sensor(
+        &mut self,
+        index: usize,
+        name: String,
+        result: Result<Vec<(Metric, f64)>, SensorError>,
+    ) -> Result<(), RunError> {
+        let now = unix_ms();
+        match result {
+            Ok(readings) => {
+                let recovered = self.sensor_ok(index, &readings, now);
+                self.offer(&readings, now);
+                if recovered {
+                    self.event(Event::SensorRecovered { sensor: name })?;
+                }
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                if self.sensor_failed(index, &detail, now) {
+                    tracing::warn!(sensor = %name, error = %detail, "sensor fault");
+                    self.event(Event::SensorFault {
+                        sensor: name,
+                        detail,
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A message from the broker: central's watermarks, a command, a notice, or the meetings'.
+    fn on_message(
+        &mut self,
+        m: &crate::link::Incoming,
+        topics: &Downlinks,
+    ) -> Result<(), RunError> {
+        if m.topic == topics.ack {
+            self.confirmed(&m.payload)?;
+        } else if m.topic == topics.command && !m.payload.is_empty() {
+            self.command(&m.payload, m.retain)?;
+        } else if m.topic == topics.notice {
+            self.notice(&m.payload);
+        } else if !self.conference_message(m) {
+            tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "received");
+        }
+        Ok(())
+    }
+
+    /// After everything that happened: certificate and update checks, then what is due is
+    /// recorded in the outbox and handed to the link.
+    fn send_due(&mut self) -> Result<(), RunError> {
+        self.check_tls()?;
+        self.update_tick()?;
+        self.flush(false)?;
+        self.pump();
+        Ok(())
+    }
 }
 
 impl Daemon {
