@@ -64,6 +64,9 @@ pub struct CentralOptions {
     pub alarms: AlarmConfig,
     /// Where the web dashboard listens, if it is served.
     pub http: Option<std::net::SocketAddr>,
+    /// The staff who must sign in to the dashboard (`--http-users`); open to its network if
+    /// `None`.
+    pub http_users: Option<std::sync::Arc<crate::staff::Users>>,
     /// The lease on the host role (several instances on one PostgreSQL store).
     pub lease: Lease,
     /// How long the history is kept (`--retain`); forever if `None`.
@@ -93,6 +96,7 @@ impl CentralOptions {
             media_host: std::net::IpAddr::from([127, 0, 0, 1]),
             alarms: AlarmConfig::default(),
             http: None,
+            http_users: None,
             lease: Lease::default(),
             retain: None,
             share_ingest: None,
@@ -390,13 +394,13 @@ pub async fn run(
             .map_err(|source| CentralError::Http { addr, source })?;
         // One plain line for operators and scripts (port 0 in `--http` picks a free port).
         eprintln!("dashboard: http://{bound}/");
-        let (db, stop) = (opts.db.clone(), stop.clone());
+        let (db, stop, users) = (opts.db.clone(), stop.clone(), opts.http_users.clone());
         let artifacts = opts
             .release_cache
             .clone()
             .unwrap_or_else(|| crate::artifacts::default_cache(&db));
         tokio::spawn(async move {
-            if let Err(e) = crate::dashboard::serve_on(listener, db, artifacts, stop).await {
+            if let Err(e) = crate::dashboard::serve_on(listener, db, artifacts, users, stop).await {
                 tracing::error!(error = %e, "the dashboard stopped");
             }
         });

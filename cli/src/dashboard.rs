@@ -38,6 +38,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+mod signin;
+
 use crate::alarms::AlarmJson;
 use crate::monitor::{Entry, Snapshot};
 use crate::names::Names;
@@ -376,15 +378,17 @@ pub async fn serve(
 ) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let cache = crate::artifacts::default_cache(&db);
-    serve_on(listener, db, cache, stop).await
+    serve_on(listener, db, cache, None, stop).await
 }
 
 /// Serves the dashboard, and the release artifacts (cached in `artifacts`), on a bound
-/// listener.
+/// listener; with `users`, the dashboard only to staff signed in (the boxes fetch releases
+/// without).
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     db: Database,
     artifacts: std::path::PathBuf,
+    users: Option<Arc<crate::staff::Users>>,
     stop: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -411,8 +415,12 @@ pub async fn serve_on(
         .route("/api/live", get(live))
         .route("/api/terminal/:id", get(terminal_detail))
         .route("/api/rollouts", get(rollouts))
-        .with_state(app)
-        .merge(releases);
+        .with_state(app);
+    let router = match users {
+        Some(users) => signin::guard(router, users),
+        None => router,
+    }
+    .merge(releases);
     tracing::info!(addr = %listener.local_addr()?, "dashboard listening");
     let descriptors = cuntong_terminal::listen::Descriptors::process();
     let gate = cuntong_terminal::listen::Gate::new("dashboard", MAX_CLIENTS, &descriptors);
@@ -718,6 +726,7 @@ mod tests {
             listener,
             Database::Sqlite(dir.path().join("none.db")),
             dir.path().join("releases"),
+            None,
             stop.clone(),
         ));
         let test = async {

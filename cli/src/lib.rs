@@ -39,5 +39,6 @@ pub mod names;
 pub mod readiness;
 pub mod release;
 pub mod rollouts;
+pub mod staff;
 pub mod store;
 pub mod view;

@@ -184,3 +184,98 @@ fn the_dashboard_refuses_a_bad_region_naming_it() {
     let (status, body) = get("/api/terminal/130102001001-main?hours=1000").unwrap();
     assert_eq!(status, 400, "{body}");
 }
+
+/// `cuntong staff add NAME --users FILE` with `password` on stdin.
+fn add_staff(users: &std::path::Path, name: &str, password: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(cuntong_e2e::bin("cuntong"))
+        .args(["staff", "add", name, "--users", users.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Fills the sign-in form with `name` and `password` and sends it.
+fn sign_in(browser: &Browser, name: &str, password: &str) {
+    let script = format!(
+        "document.getElementById('name').value = {name:?};
+         document.getElementById('password').value = {password:?};
+         document.getElementById('go').click(); return null;"
+    );
+    browser.eval(&script);
+}
+
+#[test]
+fn with_a_staff_file_the_dashboard_is_shown_only_after_a_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let users = d.join("staff");
+    add_staff(&users, "duty", "县应急值班-2026");
+    let stored = std::fs::read_to_string(&users).unwrap();
+    assert!(stored.starts_with("duty:pbkdf2-sha256$") && !stored.contains("县应急值班"));
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let db = d.join("central.db");
+    let central = central_with(
+        &broker,
+        &db,
+        d,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--http-users",
+            users.to_str().unwrap(),
+        ],
+    );
+    let addr = central.bound("dashboard: ");
+    let _fleet = sim_fleet(&broker.url, "130102001", 2, d, "township");
+    assert!(wait_until(Duration::from_secs(30), || {
+        sites(&db, None).iter().filter(|s| s.online).count() == 2
+    }));
+
+    // Without a session: the API refuses, a page sends the browser to the sign-in.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let api = agent
+        .get(&format!("http://{addr}/api/view"))
+        .call()
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    // The boxes fetch releases without signing in (404: no such release, not 401 or 303).
+    let release = agent
+        .get(&format!("http://{addr}/releases/{}", "0".repeat(64)))
+        .call()
+        .unwrap();
+    assert_eq!(release.status(), 404);
+    let browser = Browser::start(d);
+    browser.open(&format!("http://{addr}/"));
+    let path = "return location.pathname + location.search;";
+    assert_eq!(browser.eval(path), serde_json::json!("/signin"));
+
+    // A wrong password is refused, and the page says so.
+    sign_in(&browser, "duty", "not-the-password");
+    let refused = browser.wait_for(Duration::from_secs(10), path, |v| {
+        v == &serde_json::json!("/signin?refused=1")
+    });
+    assert!(refused.is_ok(), "{refused:?}");
+    assert!(browser.eval("return document.getElementById('refused') !== null;") == true);
+    assert_eq!(browser.eval(ROWS), serde_json::json!([]));
+
+    // The right one shows the fleet.
+    sign_in(&browser, "duty", "县应急值班-2026");
+    let home = browser.wait_for(Duration::from_secs(10), path, |v| {
+        v == &serde_json::json!("/")
+    });
+    assert!(home.is_ok(), "{home:?}");
+    browser.open(&format!("http://{addr}/#r=130102001"));
+    let shown = browser.wait_for(Duration::from_secs(20), ROWS, |v| rows(v).len() == 2);
+    assert!(shown.is_ok(), "{shown:?} {}", central.log_text());
+    let log = central.log_text();
+    assert!(log.contains("dashboard sign-in refused") && !log.contains("not-the-password"));
+}

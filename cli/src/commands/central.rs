@@ -46,6 +46,15 @@ pub struct CentralArgs {
     /// Serve the web dashboard on this address (`127.0.0.1:8080`; read-only).
     #[arg(long, value_name = "ADDR", env = "CUNTONG_HTTP")]
     http: Option<String>,
+    /// Staff sign in to the dashboard: names and password hashes (`cuntong staff add`), a file
+    /// readable by its owner only. Without it the dashboard is open to whoever reaches it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "CUNTONG_HTTP_USERS",
+        requires = "http"
+    )]
+    http_users: Option<PathBuf>,
     /// Keep the history this long (e.g. `400d`, at least a day); older days are dropped, once
     /// an hour, by the instance holding the host role. Without it: kept forever.
     #[arg(long, value_name = "DURATION", env = "CUNTONG_RETAIN")]
@@ -150,6 +159,7 @@ impl CentralArgs {
             media_host,
             alarms,
             http,
+            http_users,
             retain,
             share_ingest,
             release_cache,
@@ -176,6 +186,11 @@ impl CentralArgs {
         opts.media_host = media_host;
         opts.release_cache = release_cache;
         opts.http = http.map(|a| parse("--http", &a)).transpose()?;
+        if let Some(path) = http_users {
+            let users = crate::staff::Users::load(&path)
+                .map_err(|e| Usage(format!("--http-users: {e}")))?;
+            opts.http_users = Some(std::sync::Arc::new(users));
+        }
         if let Some(r) = retain {
             let keep = duration("--retain", &r)?;
             if keep < Duration::from_secs(24 * 3600) {

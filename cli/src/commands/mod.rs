@@ -17,6 +17,7 @@
 //! - [`release`]: `release sign`, signed terminal packages for over-the-air updates.
 //! - [`hj212`]: `hj212`, frame tools.
 //! - [`backup`]: `backup`, a copy of the SQLite store while central runs.
+//! - [`staff`]: `staff add`, who signs in to the dashboard.
 //! - [`demo`]: `demo`, everything in one process.
 
 pub mod alarms;
@@ -35,6 +36,7 @@ pub mod readiness;
 pub mod regions;
 pub mod release;
 pub mod rollout;
+pub mod staff;
 
 use clap::{Parser, Subcommand};
 
@@ -115,6 +117,11 @@ pub enum Command {
     },
     /// A consistent copy of the SQLite store, taken while central runs.
     Backup(backup::BackupArgs),
+    /// Staff who sign in to the dashboard: `staff add NAME --users FILE` (password on stdin).
+    Staff {
+        #[command(subcommand)]
+        action: staff::StaffAction,
+    },
     /// Broker, central service and a simulated county, in one process, with a live fleet table.
     Demo(demo::DemoArgs),
 }
@@ -141,6 +148,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Release { action } => common::off_runtime(|| release::run(action)),
         Command::Rollout { action } => rollout::run(action).await,
         Command::Backup(a) => common::off_runtime(|| backup::run(a)),
+        Command::Staff { action } => common::off_runtime(|| staff::run(action)),
         Command::Demo(a) => demo::run(a).await,
     }
 }
