@@ -27,6 +27,25 @@ const SALT: usize = 16;
 const HASH: usize = 32;
 const ALGORITHM: ring::pbkdf2::Algorithm = ring::pbkdf2::PBKDF2_HMAC_SHA256;
 
+/// Why a hash in the users file, or a new user, was refused. Never quotes a password.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StaffError {
+    #[error("expected name:pbkdf2-sha256$ITERATIONS$SALT$HASH (cuntong staff add)")]
+    NotAHash,
+    #[error("iterations {0:?} is not a positive number")]
+    Iterations(String),
+    #[error("the {0} is not hex")]
+    NotHex(&'static str),
+    #[error("the salt or hash has the wrong length")]
+    Length,
+    #[error("{0:?}: a name is non-empty, without blanks, controls or ':'")]
+    Name(String),
+    #[error("a password has at least 8 characters")]
+    ShortPassword,
+    #[error("no randomness for the salt")]
+    NoRandomness,
+}
+
 /// One user's stored hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Hash {
@@ -36,7 +55,7 @@ struct Hash {
 }
 
 impl Hash {
-    fn parse(text: &str) -> Result<Hash, String> {
+    fn parse(text: &str) -> Result<Hash, StaffError> {
         let mut parts = text.split('$');
         let (Some("pbkdf2-sha256"), Some(iter), Some(salt), Some(hash), None) = (
             parts.next(),
@@ -45,21 +64,19 @@ impl Hash {
             parts.next(),
             parts.next(),
         ) else {
-            return Err(
-                "expected name:pbkdf2-sha256$ITERATIONS$SALT$HASH (cuntong staff add)".into(),
-            );
+            return Err(StaffError::NotAHash);
         };
         let iterations = iter
             .parse::<u32>()
             .ok()
             .and_then(NonZeroU32::new)
-            .ok_or_else(|| format!("iterations {iter:?} is not a positive number"))?;
-        let hex = |what: &str, s: &str| {
-            cuntong_terminal::hex::decode(s).ok_or_else(|| format!("the {what} is not hex"))
+            .ok_or_else(|| StaffError::Iterations(iter.to_owned()))?;
+        let hex = |what: &'static str, s: &str| {
+            cuntong_terminal::hex::decode(s).ok_or(StaffError::NotHex(what))
         };
         let (salt, hash) = (hex("salt", salt)?, hex("hash", hash)?);
         if hash.len() != HASH || salt.len() < 8 {
-            return Err("the salt or hash has the wrong length".into());
+            return Err(StaffError::Length);
         }
         Ok(Hash {
             iterations,
@@ -130,23 +147,21 @@ impl Users {
 }
 
 /// A users-file line for `name` with a new salted hash of `password`.
-pub fn line(name: &str, password: &str) -> Result<String, String> {
+pub fn line(name: &str, password: &str) -> Result<String, StaffError> {
     if name.is_empty()
         || name
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == ':')
     {
-        return Err(format!(
-            "{name:?}: a name is non-empty, without blanks, controls or ':'"
-        ));
+        return Err(StaffError::Name(name.to_owned()));
     }
     if password.chars().count() < 8 {
-        return Err("a password has at least 8 characters".into());
+        return Err(StaffError::ShortPassword);
     }
     let mut salt = [0u8; SALT];
     SystemRandom::new()
         .fill(&mut salt)
-        .map_err(|_| "no randomness for the salt".to_owned())?;
+        .map_err(|_| StaffError::NoRandomness)?;
     let mut hash = [0u8; HASH];
     let iterations = NonZeroU32::MIN.saturating_add(ITERATIONS - 1);
     ring::pbkdf2::derive(ALGORITHM, iterations, &salt, password.as_bytes(), &mut hash);

@@ -33,7 +33,7 @@ pub fn run(action: StaffAction) -> Result<(), Failure> {
         .read_line(&mut password)
         .map_err(|e| fail(format!("reading the password from stdin: {e}")))?;
     let password = password.trim_end_matches(['\r', '\n']);
-    let line = crate::staff::line(&args.name, password).map_err(Usage)?;
+    let line = crate::staff::line(&args.name, password).map_err(|e| Usage(e.to_string()))?;
     let old = match std::fs::read_to_string(&args.users) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
