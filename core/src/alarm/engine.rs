@@ -114,6 +114,10 @@ struct TerminalState {
     in_meeting: bool,
 }
 
+/// How long after a terminal's offline record what it sent before may still arrive (and is
+/// not taken for the terminal being back).
+pub const LATE_AFTER_GOODBYE_MS: u64 = 5_000;
+
 /// The key of an alarm that a condition owns (at most one active alarm per key).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
@@ -223,10 +227,18 @@ impl AlarmEngine {
         if let Some(terminal) = obs.heard_from() {
             // A terminal heard from is connected, whatever presence said last: its online
             // presence is published once a connect, and a broker may drop it on its way
-            // (to a subscriber it finds slow), while what a terminal sends again arrives.
+            // (to a subscriber it finds slow), while what a terminal sends again arrives. But
+            // not what arrives just after it said goodbye: a broker delivers different topics
+            // in no set order, so the last records a stopping terminal sent can come after its
+            // offline record, and must not bring it back to life.
             let t = self.terminals.entry(terminal).or_default();
-            t.online = true;
-            t.offline_since = None;
+            let just_left = t
+                .offline_since
+                .is_some_and(|since| now_ms < since.saturating_add(LATE_AFTER_GOODBYE_MS));
+            if !just_left {
+                t.online = true;
+                t.offline_since = None;
+            }
         }
         match obs {
             Observation::Known {

@@ -175,7 +175,7 @@ impl TerminalNotice {
 mod engine;
 mod rules;
 
-pub use engine::{AckError, AlarmChange, AlarmEngine, Observation};
+pub use engine::{AckError, AlarmChange, AlarmEngine, LATE_AFTER_GOODBYE_MS, Observation};
 pub use rules::{AlarmRules, StaleRule, ThresholdRule, Uplink};
 
 #[cfg(test)]
@@ -233,6 +233,35 @@ mod tests {
         "130102009002-main",
         "130102009003-main",
     ];
+
+    #[test]
+    fn what_a_terminal_sent_before_its_goodbye_arriving_after_it_does_not_bring_it_back() {
+        let id = "130102001001-main";
+        let mut e = engine(AlarmRules::default(), &[id]);
+        let sample = |at_ms| Observation::Sample {
+            terminal: t(id),
+            metric: Metric::AirTemp,
+            value: 21.0,
+            at_ms,
+        };
+        let offline = Observation::Presence {
+            terminal: t(id),
+            online: false,
+        };
+        e.observe(offline, 1_000);
+        // Its last batch, on another topic, delivered after the offline record.
+        e.observe(sample(990), 1_000 + LATE_AFTER_GOODBYE_MS - 1);
+        let out = e.tick(122_000);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].alarm().kind, AlarmKind::Offline);
+        // Heard from later (its online record lost on the way): back.
+        e.observe(sample(130_000), 130_000);
+        let out = e.tick(130_001);
+        assert!(
+            matches!(out.as_slice(), [AlarmChange::Cleared(_)]),
+            "{out:?}"
+        );
+    }
 
     #[test]
     fn a_township_uplink_failure_is_one_root_cause_alarm_not_a_storm() {
@@ -476,15 +505,17 @@ mod tests {
             },
             0,
         );
-        // It reconnected; its online presence never arrived, but its data does.
+        // It reconnected; its online presence never arrived, but its data does (past the
+        // moments in which what it sent before its goodbye may still arrive).
+        let back = LATE_AFTER_GOODBYE_MS + 1_000;
         e.observe(
             Observation::Sample {
                 terminal: me,
                 metric: Metric::CpuTemp,
                 value: 40.0,
-                at_ms: 1_000,
+                at_ms: back,
             },
-            1_000,
+            back,
         );
         assert!(
             e.tick(600_000).is_empty(),
