@@ -47,6 +47,9 @@ use std::time::{Duration, Instant};
 use cuntong_core::envelope::Stream;
 
 mod disk;
+mod state;
+
+use state::{State, read_state};
 
 const HEADER: usize = 8;
 const BODY_FIXED: usize = 1 + 8 + 8;
@@ -161,67 +164,6 @@ struct Segment {
     bytes: u64,
     /// Records in it not yet confirmed or dropped.
     live: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct State {
-    /// The first seq this outbox numbered, per stream: 1, or the clock when it was created.
-    first: [u64; 2],
-    confirmed: [u64; 2],
-    /// Highest seq ever assigned, per stream: no watermark may pass it.
-    assigned: [u64; 2],
-    /// False for a state file written by a version that did not record `assigned`.
-    assigned_known: bool,
-    /// Highest seq dropped unsent, per stream.
-    dropped_upto: [u64; 2],
-    dropped_total: u64,
-    /// A new numbering waits for central's agreement: the events up to this (its
-    /// announcements) may go, nothing else (see [`Outbox::holding`]).
-    holding: Option<u64>,
-    /// Renumberings: (stream, last segment written before, offset). A record of the stream in
-    /// a segment up to that one is at its written seq plus the offset (plus those of later
-    /// renumberings).
-    moved: Vec<(usize, u64, u64)>,
-}
-
-impl Default for State {
-    fn default() -> State {
-        State {
-            first: [1; 2],
-            confirmed: [0; 2],
-            assigned: [0; 2],
-            assigned_known: false,
-            dropped_upto: [0; 2],
-            dropped_total: 0,
-            holding: None,
-            moved: Vec::new(),
-        }
-    }
-}
-
-impl State {
-    /// The state of a new outbox: each stream numbers from `first`, and nothing below it is
-    /// this box's to send.
-    fn numbering_from(first: u64) -> State {
-        let first = first.max(1);
-        State {
-            first: [first; 2],
-            confirmed: [first - 1; 2],
-            assigned: [first - 1; 2],
-            assigned_known: true,
-            // Its first two events are the announcements, of each stream's start.
-            holding: Some(first + 1),
-            ..State::default()
-        }
-    }
-
-    /// Where a record of stream `s` written as `seq` in `segment` is now.
-    fn moved(&self, s: usize, segment: u64, seq: u64) -> u64 {
-        self.moved
-            .iter()
-            .filter(|&&(m, upto, _)| m == s && segment <= upto)
-            .fold(seq, |q, &(_, _, by)| q.saturating_add(by))
-    }
 }
 
 /// The Unix time in milliseconds (at least 1): where a new outbox starts numbering.
@@ -837,30 +779,10 @@ impl Outbox {
 
     fn write_state(&self) -> Result<(), OutboxError> {
         let path = self.dir.join("outbox.state");
-        let st = &self.state;
-        let mut text = format!(
-            "first-telemetry {}\nfirst-events {}\nconfirmed-telemetry {}\nconfirmed-events {}\ndropped-upto-telemetry {}\ndropped-upto-events {}\ndropped-total {}\nassigned-telemetry {}\nassigned-events {}\n",
-            st.first[0],
-            st.first[1],
-            st.confirmed[0],
-            st.confirmed[1],
-            st.dropped_upto[0],
-            st.dropped_upto[1],
-            st.dropped_total,
-            self.next[0] - 1,
-            self.next[1] - 1,
-        );
-        if let Some(upto) = st.holding {
-            text.push_str(&format!("holding-events-upto {upto}\n"));
-        }
-        // A renumbering is kept while a segment it moves is.
-        let oldest = self.segments.front().map(|g| g.id);
-        for &(s, upto, by) in &st.moved {
-            if oldest.is_some_and(|o| o <= upto) {
-                let name = ["telemetry", "events"][s];
-                text.push_str(&format!("moved-{name} {upto} {by}\n"));
-            }
-        }
+        let assigned = [self.next[0] - 1, self.next[1] - 1];
+        let text = self
+            .state
+            .text(assigned, self.segments.front().map(|g| g.id));
         self.disk.state(path, text.into_bytes())
     }
 }
@@ -892,62 +814,6 @@ fn parse_record(data: &[u8]) -> Option<(Stream, u64, u64, &[u8], usize)> {
     let seq = u64::from_le_bytes(body[1..9].try_into().ok()?);
     let time_ms = u64::from_le_bytes(body[9..17].try_into().ok()?);
     Some((stream, seq, time_ms, &body[BODY_FIXED..], HEADER + len))
-}
-
-/// The state file, or `None` if there is none.
-fn read_state(path: &Path) -> Result<Option<State>, OutboxError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(OutboxError::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut st = State::default();
-    for (i, line) in text.lines().enumerate() {
-        let bad = |problem: String| OutboxError::State {
-            path: path.to_owned(),
-            line: i + 1,
-            problem,
-        };
-        let (key, value) = line
-            .split_once(' ')
-            .ok_or_else(|| bad(format!("expected \"<key> <number>\", found {line:?}")))?;
-        let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| bad(format!("{v:?} is not a number")))
-        };
-        if let Some(name) = key.strip_prefix("moved-") {
-            let s = match name {
-                "telemetry" => 0,
-                "events" => 1,
-                other => return Err(bad(format!("unknown stream {other:?}"))),
-            };
-            let (upto, by) = value
-                .split_once(' ')
-                .ok_or_else(|| bad(format!("expected \"{key} <segment> <offset>\"")))?;
-            st.moved.push((s, number(upto)?, number(by)?));
-            continue;
-        }
-        let n = number(value)?;
-        match key {
-            "first-telemetry" => st.first[0] = n.max(1),
-            "first-events" => st.first[1] = n.max(1),
-            "confirmed-telemetry" => st.confirmed[0] = n,
-            "confirmed-events" => st.confirmed[1] = n,
-            "dropped-upto-telemetry" => st.dropped_upto[0] = n,
-            "dropped-upto-events" => st.dropped_upto[1] = n,
-            "dropped-total" => st.dropped_total = n,
-            "assigned-telemetry" => (st.assigned[0], st.assigned_known) = (n, true),
-            "assigned-events" => (st.assigned[1], st.assigned_known) = (n, true),
-            "holding-events-upto" => st.holding = Some(n),
-            other => return Err(bad(format!("unknown key {other:?}"))),
-        }
-    }
-    Ok(Some(st))
 }
 
 #[cfg(test)]

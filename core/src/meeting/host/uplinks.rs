@@ -12,26 +12,20 @@ impl Host {
         if msg.meeting() != meeting {
             return out;
         }
-        if !self.state.spec.invites(&from) {
+        let refused = if !self.state.spec.invites(&from) {
+            Some("not invited")
+        } else if self.state.status == Status::Ended {
+            Some("the session has ended")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            // Only a join is answered; anything else from such a site is ignored.
             if matches!(msg, Uplink::Join { .. }) {
+                let reason = reason.into();
                 out.push(HostOutput::Send(
                     from,
-                    Downlink::Refused {
-                        meeting,
-                        reason: "not invited".into(),
-                    },
-                ));
-            }
-            return out;
-        }
-        if self.state.status == Status::Ended {
-            if matches!(msg, Uplink::Join { .. }) {
-                out.push(HostOutput::Send(
-                    from,
-                    Downlink::Refused {
-                        meeting,
-                        reason: "the session has ended".into(),
-                    },
+                    Downlink::Refused { meeting, reason },
                 ));
             }
             return out;
