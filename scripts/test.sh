@@ -12,6 +12,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 # The broker cluster test: three NATS nodes (JetStream with its MQTT listener).
 [ -x /usr/sbin/nats-server ] || [ -x /usr/bin/nats-server ] || need_apt+=(nats-server)
+# The rural link test: sites in network namespaces behind rate-limited veth pairs.
+[ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_apt+=(iproute2)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The packages' test: dpkg-shlibdeps finds the libraries the binaries link; systemd-analyze

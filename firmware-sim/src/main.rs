@@ -171,25 +171,34 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// A TCP proxy standing for the link between terminals and the broker, controlled over a
-    /// Unix socket (see `link`).
+    /// A proxy standing for a site's link, controlled over a Unix socket (see `link`): TCP
+    /// between terminals and the broker, or with --udp between sites and their relay (media).
     Proxy {
         #[arg(long)]
         listen: String,
-        /// The broker's address, host:port.
+        /// The broker's address (with --udp: the relay's), host:port.
         #[arg(long)]
         upstream: String,
+        /// Carry UDP: sites send to --listen as to their relay, and reach the relay from an
+        /// address of their own on the proxy.
+        #[arg(long)]
+        udp: bool,
+        /// With --udp: a site's socket (ip:port) the relay reaches before it sends anything,
+        /// at the proxy's address facing it and the same port; repeat for each.
+        #[arg(long, value_name = "ADDR", requires = "udp")]
+        forward: Vec<String>,
         /// Control socket path.
         #[arg(long)]
         control: PathBuf,
     },
-    /// Tell a running proxy to `cut`, `restore`, `delay MS` or `loss PERCENT` the link.
+    /// Tell a running proxy to `cut`, `stall`, `restore`, `delay MS`, `jitter MS` or
+    /// `loss PERCENT` the link, or print its `stats`.
     Link {
         #[arg(long)]
         control: PathBuf,
-        /// cut | restore | delay | loss
+        /// cut | stall | restore | delay | jitter | loss | stats
         action: String,
-        /// Milliseconds for `delay`, percent for `loss`.
+        /// Milliseconds for `delay` and `jitter`, percent for `loss`.
         value: Option<u64>,
     },
 }
@@ -228,6 +237,8 @@ fn main() -> ExitCode {
         Command::Proxy {
             listen,
             upstream,
+            udp,
+            forward,
             control,
         } => {
             let parse = |flag: &str, v: &str| {
@@ -239,7 +250,35 @@ fn main() -> ExitCode {
                     (Ok(l), Ok(u)) => (l, u),
                     (Err(e), _) | (_, Err(e)) => return usage(e),
                 };
-            runtime.block_on(run_proxy(listen, upstream, &control))
+            let forward = match forward
+                .iter()
+                .map(|f| parse("--forward", f))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(f) => f,
+                Err(e) => return usage(e),
+            };
+            runtime.block_on(async {
+                let started = if udp {
+                    proxy::udp::start(listen, upstream, &forward)
+                        .await
+                        .map(|(p, public)| {
+                            for (site, at) in forward.iter().zip(public) {
+                                eprintln!("site {site} reaches {upstream} as {at}");
+                            }
+                            p
+                        })
+                } else {
+                    proxy::start(listen, upstream).await
+                };
+                match started {
+                    Ok(p) => run_proxy(p, upstream, &control).await,
+                    Err(e) => {
+                        eprintln!("error: cannot listen on {listen}: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
         }
         Command::Link {
             control,
@@ -247,10 +286,10 @@ fn main() -> ExitCode {
             value,
         } => {
             let line = match (action.as_str(), value) {
-                ("cut", None) | ("stall", None) | ("restore", None) => action.clone(),
-                ("delay", Some(ms)) if ms <= MAX_DELAY_MS => format!("delay {ms}"),
-                ("delay", Some(ms)) => {
-                    return usage(format!("link delay {ms}: at most {MAX_DELAY_MS} ms"));
+                ("cut" | "stall" | "restore" | "stats", None) => action.clone(),
+                ("delay" | "jitter", Some(ms)) if ms <= MAX_DELAY_MS => format!("{action} {ms}"),
+                ("delay" | "jitter", Some(ms)) => {
+                    return usage(format!("link {action} {ms}: at most {MAX_DELAY_MS} ms"));
                 }
                 ("loss", Some(pct)) if pct <= 100 => format!("loss {pct}"),
                 ("loss", Some(pct)) => {
@@ -258,7 +297,7 @@ fn main() -> ExitCode {
                 }
                 _ => {
                     return usage(format!(
-                        "link action {action:?}: use cut, stall, restore, delay MS or loss PERCENT"
+                        "link action {action:?}: use cut, stall, restore, delay MS, jitter MS, loss PERCENT or stats"
                     ));
                 }
             };
@@ -378,14 +417,8 @@ async fn run_fleet_of(mut fleet: Fleet) -> ExitCode {
     code
 }
 
-async fn run_proxy(listen: SocketAddr, upstream: SocketAddr, control: &Path) -> ExitCode {
-    let p = match proxy::start(listen, upstream).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// Serves the control socket of the started proxy `p` until a signal.
+async fn run_proxy(p: proxy::ProxyControl, upstream: SocketAddr, control: &Path) -> ExitCode {
     let _ = std::fs::remove_file(control);
     let listener = match UnixListener::bind(control) {
         Ok(l) => l,
@@ -445,6 +478,11 @@ async fn run_proxy(listen: SocketAddr, upstream: SocketAddr, control: &Path) -> 
                 p.set_delay(Duration::from_millis(ms));
                 format!("delay {ms} ms")
             }
+            (Some("jitter"), Some(Ok(ms))) => {
+                p.set_jitter(Duration::from_millis(ms));
+                format!("jitter {ms} ms")
+            }
+            (Some("stats"), None) => p.stats.line(),
             (Some("loss"), Some(Ok(pct))) => {
                 p.set_loss(pct);
                 format!("loss {}%", pct.min(100))

@@ -1,12 +1,16 @@
-//! A TCP proxy that stands for the rural link between terminals and the broker, so tests can
-//! cut it, restore it and slow it down on command.
+//! A proxy that stands for a site's rural link, so tests can cut it, restore it and slow it
+//! down on command: over TCP between terminals and the broker (here), over UDP between sites
+//! and their relay for media ([`udp`]).
 //!
 //! While cut, established connections are closed and new ones are accepted and closed at once
 //! (as a dead uplink behind a working local router looks to the terminal). While stalled,
 //! connections stay open but nothing gets through in either direction (a power cut at the far
 //! end, a dead radio link: no FIN, no RST; only keep-alives notice). A delay adds
-//! latency to every chunk forwarded in either direction. Loss, as a lossy radio link shows
-//! itself to TCP, resets a connection with the given probability per forwarded chunk.
+//! latency to every chunk forwarded in either direction, and jitter a random part of up to as
+//! much again either way. Loss, as a lossy radio link shows itself to TCP, resets a connection
+//! with the given probability per forwarded chunk; over UDP it drops that share of datagrams.
+
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Control of a running proxy. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -23,14 +28,87 @@ pub struct ProxyControl {
     cut: Arc<AtomicBool>,
     stalled: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
-    /// Per-chunk probability of a reset, in percent.
+    jitter_ms: Arc<AtomicU64>,
+    /// Per-chunk probability of a reset (per datagram: of a drop), in percent.
     loss_pct: Arc<AtomicU64>,
+    pub stats: Arc<LinkStats>,
     /// Bumped on every cut, so live connections notice and close.
     epoch: watch::Sender<u64>,
     pub addr: SocketAddr,
 }
 
+/// What went through a link, and what it lost.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Chunks (datagrams) passed on.
+    pub passed: AtomicU64,
+    /// Lost to the link's loss rate.
+    pub lost: AtomicU64,
+    /// Swallowed while the link was cut or stalled.
+    pub cut: AtomicU64,
+    /// Dropped because the link's queue was full (a link buffers boundedly, as routers do).
+    pub overflowed: AtomicU64,
+    /// The most held back for delay at once.
+    pub queued_peak: AtomicU64,
+}
+
+impl LinkStats {
+    /// One line: `passed N lost N cut N overflowed N queued_peak N`.
+    pub fn line(&self) -> String {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "passed {} lost {} cut {} overflowed {} queued_peak {}",
+            n(&self.passed),
+            n(&self.lost),
+            n(&self.cut),
+            n(&self.overflowed),
+            n(&self.queued_peak)
+        )
+    }
+}
+
 impl ProxyControl {
+    fn new(addr: SocketAddr) -> ProxyControl {
+        let (epoch, _) = watch::channel(0u64);
+        ProxyControl {
+            cut: Arc::new(AtomicBool::new(false)),
+            stalled: Arc::new(AtomicBool::new(false)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            jitter_ms: Arc::new(AtomicU64::new(0)),
+            loss_pct: Arc::new(AtomicU64::new(0)),
+            stats: Arc::new(LinkStats::default()),
+            epoch,
+            addr,
+        }
+    }
+
+    /// Whether the link passes the next chunk: not cut or stalled, and not lost; counted.
+    fn passes(&self) -> bool {
+        if self.is_cut() || self.stalled.load(Ordering::Relaxed) {
+            self.stats.cut.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let loss = self.loss_pct.load(Ordering::Relaxed);
+        if loss > 0 && rand::random::<u64>() % 100 < loss {
+            self.stats.lost.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.stats.passed.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// How long the next chunk takes: the delay, plus or minus up to the jitter (uniformly).
+    fn latency(&self) -> Duration {
+        let delay = self.delay_ms.load(Ordering::Relaxed) as i64 * 1000;
+        let jitter = self.jitter_ms.load(Ordering::Relaxed) as i64 * 1000;
+        let offset = if jitter > 0 {
+            rand::Rng::gen_range(&mut rand::thread_rng(), -jitter..=jitter)
+        } else {
+            0
+        };
+        Duration::from_micros((delay + offset).max(0) as u64)
+    }
+
     /// Cuts the link: live connections close, new ones are refused.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
@@ -61,20 +139,19 @@ impl ProxyControl {
         self.delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
+
+    /// Varies each chunk's latency by up to this much either way (datagrams then overtake
+    /// one another, as on a real link that spreads them over paths and queues).
+    pub fn set_jitter(&self, jitter: Duration) {
+        self.jitter_ms
+            .store(jitter.as_millis() as u64, Ordering::SeqCst);
+    }
 }
 
 /// Starts a proxy on `listen` forwarding to `upstream`, on the current runtime.
 pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<ProxyControl> {
     let listener = TcpListener::bind(listen).await?;
-    let (epoch, _) = watch::channel(0u64);
-    let control = ProxyControl {
-        cut: Arc::new(AtomicBool::new(false)),
-        stalled: Arc::new(AtomicBool::new(false)),
-        delay_ms: Arc::new(AtomicU64::new(0)),
-        loss_pct: Arc::new(AtomicU64::new(0)),
-        epoch,
-        addr: listener.local_addr()?,
-    };
+    let control = ProxyControl::new(listener.local_addr()?);
     let c = control.clone();
     tokio::spawn(async move {
         let mut errors = 0u32;
@@ -116,33 +193,50 @@ pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<
     Ok(control)
 }
 
+/// One direction of a connection: chunks read are held back for the link's latency, in
+/// order (a stream is not reordered: a chunk is never due before the one ahead of it), then
+/// written. At most [`IN_FLIGHT`] chunks are on the way; beyond, reading waits (TCP's own flow
+/// control then slows the sender, as on a real line).
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     control: ProxyControl,
 ) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if control.stalled.load(Ordering::Relaxed) {
-            continue; // swallowed by the dead link
+    let (line, mut arriving) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT);
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut last_due = Instant::now();
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if control.stalled.load(Ordering::Relaxed) {
+                control.stats.cut.fetch_add(1, Ordering::Relaxed);
+                continue; // swallowed by the dead link
+            }
+            if !control.passes() {
+                return; // lost: the connection resets
+            }
+            last_due = last_due.max(Instant::now() + control.latency());
+            if line.send((last_due, buf[..n].to_vec())).await.is_err() {
+                return;
+            }
         }
-        let loss = control.loss_pct.load(Ordering::Relaxed);
-        if loss > 0 && rand::random::<u64>() % 100 < loss {
-            return;
+    };
+    let write = async move {
+        while let Some((due, chunk)) = arriving.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
         }
-        let delay = control.delay_ms.load(Ordering::Relaxed);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
+    };
+    tokio::join!(read, write);
 }
+
+/// Chunks on their way through one direction of a connection, at most.
+const IN_FLIGHT: usize = 256;
 
 #[cfg(test)]
 mod tests {

@@ -333,54 +333,92 @@ pub fn telemetry(db: &Path, terminal: &str, metric: Option<&str>) -> Vec<Sample>
     serde_json::from_slice(&out.stdout).expect("telemetry --json is an array of samples")
 }
 
-/// The link between terminals and the broker, as a `cuntong-sim proxy` the test controls.
+/// A site's link, as a `cuntong-sim proxy` the test controls: between terminals and the broker
+/// (TCP), or between sites and their relay ([`LinkProxy::udp`]).
 #[derive(Debug)]
 pub struct LinkProxy {
     control: PathBuf,
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
     pub port: u16,
-    _proc: Proc,
+    proc: Proc,
 }
 
 impl LinkProxy {
+    /// A link to the broker on loopback port `broker_port`, listening on loopback.
     pub fn start(dir: &Path, broker_port: u16) -> LinkProxy {
+        LinkProxy::spawn(
+            dir,
+            &["--listen", "127.0.0.1:0"],
+            &format!("127.0.0.1:{broker_port}"),
+        )
+    }
+
+    /// A link to the broker on loopback port `broker_port`, listening on `ip` (an address of
+    /// the sites' side).
+    pub fn start_on(dir: &Path, ip: &str, broker_port: u16) -> LinkProxy {
+        let listen = format!("{ip}:0");
+        LinkProxy::spawn(
+            dir,
+            &["--listen", &listen],
+            &format!("127.0.0.1:{broker_port}"),
+        )
+    }
+
+    /// A media link: sites send to `listen` as to the relay at `relay`; the relay reaches the
+    /// sites' sockets `forward` before they send.
+    pub fn udp(dir: &Path, listen: &str, relay: &str, forward: &[String]) -> LinkProxy {
+        let mut args = vec!["--udp", "--listen", listen];
+        for f in forward {
+            args.extend(["--forward", f]);
+        }
+        LinkProxy::spawn(dir, &args, relay)
+    }
+
+    fn spawn(dir: &Path, args: &[&str], upstream: &str) -> LinkProxy {
         let n = unique();
         let control = dir.join(format!("link-{n}.sock"));
+        let mut all = vec!["proxy", "--upstream", upstream, "--control"];
+        all.push(control.to_str().unwrap());
+        all.extend_from_slice(args);
         let proc = Proc::spawn(
             &bin("cuntong-sim"),
-            &[
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                &format!("127.0.0.1:{broker_port}"),
-                "--control",
-                control.to_str().unwrap(),
-            ],
+            &all,
             dir.join(format!("proxy-{n}.log")),
         );
         // The proxy reports its address once its control socket is up.
-        let port = proc.bound("proxy listening on ").port();
+        let addr = proc.bound("proxy listening on ");
         LinkProxy {
             control,
-            port,
-            _proc: proc,
+            addr,
+            port: addr.port(),
+            proc,
         }
     }
 
-    /// `cut`, `restore`, `delay MS` or `loss PERCENT`.
-    pub fn set(&self, action: &str) {
+    /// `cut`, `stall`, `restore`, `delay MS`, `jitter MS` or `loss PERCENT`; the answer.
+    pub fn set(&self, action: &str) -> String {
         let mut args = vec!["link", "--control", self.control.to_str().unwrap()];
         args.extend(action.split_whitespace());
-        let out = run(&bin("cuntong-sim"), &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(run(&bin("cuntong-sim"), &args))
+    }
+
+    /// What went through: `passed N lost N cut N overflowed N queued_peak N`, as numbers.
+    pub fn stats(&self) -> std::collections::BTreeMap<String, u64> {
+        let line = self.set("stats");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words
+            .chunks(2)
+            .filter_map(|w| Some((w.first()?.to_string(), w.get(1)?.parse().ok()?)))
+            .collect()
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        format!("mqtt://{}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
     }
 }
 
