@@ -2,8 +2,9 @@
 # The whole test suite, from a fresh Debian 12 machine (as root) or a developer's box.
 # Installs what is missing (Mosquitto for the broker tests, NATS for the broker cluster test,
 # PostgreSQL for the store's, Chromium for the dashboard's browser test, GStreamer and ffmpeg
-# for media), then checks formatting, lints, the no_std build of the core, and runs every test
-# against the real binaries and brokers.
+# for media, baresip for the SIP gateway's, iproute2 for the rural link's), then checks
+# formatting, lints, the no_std build of the core, and runs every test against the real
+# binaries and brokers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 # The broker cluster test: three NATS nodes (JetStream with its MQTT listener).
 [ -x /usr/sbin/nats-server ] || [ -x /usr/bin/nats-server ] || need_apt+=(nats-server)
+# The SIP gateway's test: Debian's baresip (with its H.264 module) stands for a room system.
+command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
+[ -e /usr/lib/baresip/modules/avcodec.so ] || need_apt+=(baresip-ffmpeg)
 # The rural link test: sites in network namespaces behind rate-limited veth pairs.
 [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_apt+=(iproute2)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)

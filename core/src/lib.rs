@@ -48,6 +48,7 @@ pub mod meeting_id;
 pub mod presence;
 pub mod rollout;
 pub mod sampler;
+pub mod sip;
 pub mod site;
 pub mod telemetry;
 pub mod terminal_id;

@@ -28,6 +28,7 @@ const ORDER: &[&str] = &[
     "alarm",
     "media",
     "meeting",
+    "sip",
 ];
 
 /// The top-level module a source file belongs to, and the code of it that is not a comment or

@@ -420,10 +420,20 @@ pub async fn run_rebooting(
             use cuntong_terminal::media::{Capture, GstEngine, Playback};
             // Each camera shows a colour of its own and hears a tone; a box composes its
             // room only into a file.
-            let capture = Capture::Colour(PALETTE[seed as usize % PALETTE.len()]);
-            let playback = match &cfg.media.display {
-                Display::File(_) | Display::Recording { .. } => Playback::Room {
-                    display: cfg.media.display.clone(),
+            let (capture, display) = match &cfg.sip {
+                // A SIP gateway's camera and screen are its room system's.
+                Some(sip) => (
+                    Capture::Call(sip.call.clone()),
+                    Display::Call(sip.call.clone()),
+                ),
+                None => (
+                    Capture::Colour(PALETTE[seed as usize % PALETTE.len()]),
+                    cfg.media.display.clone(),
+                ),
+            };
+            let playback = match &display {
+                Display::File(_) | Display::Recording { .. } | Display::Call(_) => Playback::Room {
+                    display: display.clone(),
                     layout: cfg.media.layout,
                 },
                 Display::Screen { .. } => Playback::Discard,

@@ -66,6 +66,11 @@
 //! password = "100000"
 //! factors = { "011" = "w01018" }   # factor code -> metric, beyond the built-in mapping
 //!
+//! # [sip]                   # a SIP gateway: a room system joins meetings as this box's site
+//! # listen = "10.13.2.21:5060"     # where it dials sip:MEETINGID@10.13.2.21:5060
+//! # allow = ["sip:hall@10.13.2.40"] # who is let in (SIP addresses or IP addresses)
+//! # rtp_port = 5070                # where its video arrives (audio at 5072)
+//!
 //! [update]                  # over-the-air updates (docs/operations.md, "Updates")
 //! key = "release.pub"       # the fleet's release key; without [update] nothing is installed
 //! max_rate = "64KiB"        # download cap per second (an eighth of it during meetings)
@@ -154,6 +159,8 @@ pub struct TerminalConfig {
     pub duty_button: Option<crate::duty_button::DutyButtonConfig>,
     /// Over-the-air updates; `None` installs nothing.
     pub update: Option<crate::update::UpdateConfig>,
+    /// The SIP gateway role: a room system joins meetings as this box's site.
+    pub sip: Option<crate::sip::SipConfig>,
     /// Which build this is (not from the file: the launcher says).
     pub launched: crate::update::launcher::Launched,
     /// The file this configuration was read from, if any.
@@ -217,6 +224,7 @@ impl TerminalConfig {
             media: MediaConfig::default(),
             duty_button: None,
             update: None,
+            sip: None,
             launched: crate::update::launcher::Launched::default(),
             source: None,
         }
@@ -579,6 +587,39 @@ impl TerminalConfig {
                 text: text.trim().to_owned(),
             });
         }
+        if let Some(sip) = raw.sip {
+            let listen = sip.listen.parse().map_err(|e| {
+                invalid(
+                    "sip.listen",
+                    format!("{:?} is not ip:port ({e})", sip.listen),
+                )
+            })?;
+            if sip.allow.is_empty() {
+                return Err(invalid(
+                    "sip.allow",
+                    "empty: name the room systems let in (an IP address or sip:user@host)".into(),
+                ));
+            }
+            for (i, a) in sip.allow.iter().enumerate() {
+                let sip_address = a.starts_with("sip:") && a.contains('@');
+                if !sip_address && a.parse::<std::net::IpAddr>().is_err() {
+                    return Err(invalid(
+                        &format!("sip.allow[{i}]"),
+                        format!("{a:?} is neither an IP address nor sip:user@host"),
+                    ));
+                }
+            }
+            let rtp_port = sip.rtp_port.unwrap_or(5070);
+            if rtp_port == 0 || rtp_port > u16::MAX - 2 {
+                return Err(invalid("sip.rtp_port", format!("{rtp_port}: 1 to 65533")));
+            }
+            cfg.sip = Some(crate::sip::SipConfig {
+                listen,
+                allow: sip.allow,
+                rtp_port,
+                call: crate::sip::CallMedia::default(),
+            });
+        }
         Ok(cfg)
     }
 }
@@ -761,6 +802,15 @@ struct RawConfig {
     media: RawMedia,
     duty_button: Option<RawDutyButton>,
     update: Option<RawUpdate>,
+    sip: Option<RawSip>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    listen: String,
+    allow: Vec<String>,
+    rtp_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -829,6 +879,9 @@ pub enum Display {
         path: PathBuf,
         segment: std::time::Duration,
     },
+    /// To a room system in a SIP call ([`crate::sip`]): H.264 and its sound over RTP, as the
+    /// call agreed.
+    Call(crate::sip::CallMedia),
 }
 
 /// Recordings are cut into files of this length (a long meeting is several files).
@@ -1332,6 +1385,18 @@ mod tests {
             err("[telemetry]\nhealth_interval = \"0s\"\n")
                 .contains("telemetry.health_interval: must be more than 0s")
         );
+        let sip = |body: &str| err(&format!("[sip]\nlisten = \"0.0.0.0:5060\"\n{body}"));
+        assert!(sip("allow = []\n").contains("sip.allow: empty"));
+        assert!(sip("allow = [\"10.1.2.3\", \"hall\"]\n").contains("sip.allow[1]: \"hall\""));
+        assert!(sip("allow = [\"10.1.2.3\"]\nrtp_port = 0\n").contains("sip.rtp_port: 0"));
+        assert!(err("[sip]\nlisten = \"x\"\nallow = [\"10.1.2.3\"]\n").contains("sip.listen"));
+        let gateway = parse(&format!(
+            "{BASE}[sip]\nlisten = \"10.0.0.1:5060\"\nallow = [\"sip:hall@10.0.0.9\"]\n"
+        ))
+        .unwrap();
+        let sip = gateway.sip.expect("the [sip] section");
+        assert_eq!((sip.listen.port(), sip.rtp_port), (5060, 5070));
+        assert_eq!(sip.allow, ["sip:hall@10.0.0.9"]);
         let bad_id =
             parse("id = \"13-x\"\nbroker = \"mqtt://h\"\ndata_dir = \"/x\"\n").unwrap_err();
         assert!(

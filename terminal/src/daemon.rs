@@ -251,6 +251,16 @@ pub async fn run(
     let descriptors = Descriptors::process();
 
     let (requests_tx, mut requests) = mpsc::channel::<status::OperatorCall>(8);
+    // A SIP gateway joins and leaves meetings for its room system as an operator would.
+    let sip_task = daemon.cfg.sip.clone().map(|sip| {
+        let (requests, stop) = (requests_tx.clone(), stop.clone());
+        let tag = format!("{:08x}", rand::random::<u32>());
+        tokio::spawn(async move {
+            if let Err(e) = crate::sip::serve(sip, tag, requests, stop).await {
+                tracing::error!(error = %e, "the SIP gateway cannot listen");
+            }
+        })
+    });
     let status_task = daemon.cfg.status_socket.clone().map(|path| {
         let (status, link, stop) = (daemon.status.clone(), link.clone(), stop.clone());
         // Its clients come out of the reserve, so no other listener can starve it.
@@ -490,6 +500,9 @@ pub async fn run(
     crate::integrity::on_clean_stop(&daemon.cfg);
     if let Some(t) = status_task {
         let _ = t.await;
+    }
+    if let Some(t) = sip_task {
+        t.abort();
     }
     Ok(stopped)
 }

@@ -50,6 +50,7 @@ pub mod relay;
 pub mod remote_config;
 pub mod sensors;
 pub mod service;
+pub mod sip;
 pub mod status;
 pub mod stdout;
 pub mod throttle;

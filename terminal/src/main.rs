@@ -292,13 +292,24 @@ async fn operator(path: Result<PathBuf, ExitCode>, req: &LocalRequest) -> ExitCo
 fn media_engine(cfg: &TerminalConfig) -> Box<dyn cuntong_terminal::conference::MediaEngine> {
     #[cfg(feature = "media")]
     {
+        use cuntong_terminal::config::Display;
         use cuntong_terminal::media::{Capture, GstEngine, Playback};
-        let capture = Capture::Devices {
-            camera: None,
-            microphone: None,
+        // A SIP gateway's camera, microphone, screen and speaker are its room system's.
+        let (capture, display) = match &cfg.sip {
+            Some(sip) => (
+                Capture::Call(sip.call.clone()),
+                Display::Call(sip.call.clone()),
+            ),
+            None => (
+                Capture::Devices {
+                    camera: None,
+                    microphone: None,
+                },
+                cfg.media.display.clone(),
+            ),
         };
         let room = Playback::Room {
-            display: cfg.media.display.clone(),
+            display,
             layout: cfg.media.layout,
         };
         match GstEngine::new(cfg.id, capture, room, cfg.meeting.rtp_port) {

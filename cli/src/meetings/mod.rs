@@ -867,6 +867,7 @@ fn view_sdp(state: &MeetingState, site: &TerminalId, to: std::net::SocketAddr) -
         srtp_key: None,
         session_id: u64::from(site.site().groups()[4]) << 16 | u64::from(to.port()),
         version: state.version,
+        direction: cuntong_core::media::sdp::Direction::RecvOnly,
     }
     .render()
 }

@@ -6,8 +6,9 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use base64::Engine;
-use core::net::IpAddr;
+use core::net::{IpAddr, SocketAddr};
 
 pub use crate::media::AudioCodec;
 
@@ -41,6 +42,24 @@ impl Audio {
     }
 }
 
+/// Which way the streams of a description flow, seen from its writer's side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The writer only receives (a viewer, a recorder).
+    RecvOnly,
+    /// Both ways (a room system in a call).
+    SendRecv,
+}
+
+impl Direction {
+    fn attribute(self) -> &'static str {
+        match self {
+            Direction::RecvOnly => "a=recvonly",
+            Direction::SendRecv => "a=sendrecv",
+        }
+    }
+}
+
 /// What a description says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Description<'a> {
@@ -55,6 +74,7 @@ pub struct Description<'a> {
     /// `o=` session id and version (a change of the stream bumps the version).
     pub session_id: u64,
     pub version: u64,
+    pub direction: Direction,
 }
 
 /// Constrained baseline (`profile_idc` 66 with `constraint_set0..2`), at `level`.
@@ -96,15 +116,13 @@ impl Description<'_> {
         if let Some(v) = self.video {
             let pt = v.payload_type;
             line(format!("m=video {} {profile} {pt}", v.port));
-            line(format!("a=rtpmap:{pt} H264/90000"));
-            line(format!(
-                "a=fmtp:{pt} packetization-mode=1;profile-level-id={}",
-                profile_level_id(v.level)
-            ));
+            for l in video_attributes(pt, v.level) {
+                line(l);
+            }
             if v.content {
                 line(String::from("a=content:slides"));
             }
-            line(String::from("a=recvonly"));
+            line(String::from(self.direction.attribute()));
             if let Some(c) = &crypto {
                 line(c.clone());
             }
@@ -112,19 +130,38 @@ impl Description<'_> {
         if let Some(a) = self.audio {
             let pt = a.payload_type();
             line(format!("m=audio {} {profile} {pt}", a.port));
-            match a.codec {
-                AudioCodec::Opus => {
-                    line(format!("a=rtpmap:{pt} opus/48000/2"));
-                    line(format!("a=fmtp:{pt} minptime=10;useinbandfec=1"));
-                }
-                AudioCodec::Pcma => line(format!("a=rtpmap:{pt} PCMA/8000")),
+            for l in audio_attributes(a.codec, pt) {
+                line(l);
             }
-            line(String::from("a=recvonly"));
+            line(String::from(self.direction.attribute()));
             if let Some(c) = &crypto {
                 line(c.clone());
             }
         }
         s
+    }
+}
+
+/// The attributes of an H.264 stream (RFC 6184): constrained baseline at `level`,
+/// packetization mode 1.
+fn video_attributes(pt: u8, level: u8) -> [String; 2] {
+    [
+        format!("a=rtpmap:{pt} H264/90000"),
+        format!(
+            "a=fmtp:{pt} packetization-mode=1;profile-level-id={}",
+            profile_level_id(level)
+        ),
+    ]
+}
+
+/// The attributes of a sound stream: Opus as RFC 7587 has it, or G.711 A-law.
+fn audio_attributes(codec: AudioCodec, pt: u8) -> Vec<String> {
+    match codec {
+        AudioCodec::Opus => alloc::vec![
+            format!("a=rtpmap:{pt} opus/48000/2"),
+            format!("a=fmtp:{pt} minptime=10;useinbandfec=1"),
+        ],
+        AudioCodec::Pcma => alloc::vec![format!("a=rtpmap:{pt} PCMA/8000")],
     }
 }
 
@@ -138,6 +175,264 @@ fn clean(name: &str) -> String {
         out = String::from("-");
     }
     out
+}
+
+/// What a caller's offer (RFC 3264) proposes that a meeting can take: where the caller
+/// receives each stream, and the format chosen from its list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// Where video goes, and the payload type the caller named H.264 in packetization mode 1.
+    pub video: Option<(SocketAddr, u8)>,
+    /// Where sound goes, in which codec (Opus if offered, else G.711 A-law), under which
+    /// payload type.
+    pub audio: Option<(SocketAddr, AudioCodec, u8)>,
+    /// Its `m=` lines in order, each as the answer must give it back.
+    pub lines: Vec<OfferedLine>,
+}
+
+/// One `m=` line of an offer: the answer has one for each, in the same order (RFC 3264 §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfferedLine {
+    /// `video`, `audio`, `application`…
+    pub kind: String,
+    pub proto: String,
+    /// Its first format, for refusing it (`m=KIND 0 PROTO FORMAT`).
+    pub format: String,
+    /// Whether this line carries the stream taken (the video or the sound chosen).
+    pub taken: bool,
+}
+
+/// Why an offer cannot be answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SdpError {
+    /// A line that is not `x=value`, or an `m=` or `c=` line that does not read.
+    Line(String),
+    /// A stream with no `c=` address, at its own level or the session's.
+    NoAddress,
+    /// Only SRTP offered (SDES keys are not taken yet): plain RTP is needed.
+    SrtpOnly,
+    /// Neither H.264 (packetization mode 1) nor Opus or G.711 A-law offered.
+    NothingUsable,
+}
+
+impl core::fmt::Display for SdpError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SdpError::Line(l) => write!(f, "SDP line {l:?} does not read"),
+            SdpError::NoAddress => f.write_str("a stream without a c= address"),
+            SdpError::SrtpOnly => f.write_str("only SRTP offered; plain RTP (RTP/AVP) is needed"),
+            SdpError::NothingUsable => {
+                f.write_str("neither H.264 (packetization-mode=1) nor Opus or PCMA offered")
+            }
+        }
+    }
+}
+
+/// One `m=` section while it is read.
+#[derive(Default)]
+struct Section<'a> {
+    kind: &'a str,
+    port: u16,
+    proto: &'a str,
+    first_format: &'a str,
+    secure: bool,
+    formats: Vec<u8>,
+    address: Option<IpAddr>,
+    /// `a=rtpmap`: payload type → encoding (`H264/90000`).
+    maps: Vec<(u8, &'a str)>,
+    /// `a=fmtp`: payload type → parameters.
+    params: Vec<(u8, &'a str)>,
+}
+
+impl Section<'_> {
+    fn encoding(&self, pt: u8) -> Option<&str> {
+        self.maps.iter().find(|(p, _)| *p == pt).map(|(_, e)| *e)
+    }
+
+    fn video(&self) -> Option<u8> {
+        self.formats.iter().copied().find(|pt| {
+            let h264 = self
+                .encoding(*pt)
+                .is_some_and(|e| e.eq_ignore_ascii_case("H264/90000"));
+            let mode1 = self.params.iter().any(|(p, f)| {
+                *p == *pt
+                    && f.split(';')
+                        .any(|kv| kv.trim().eq_ignore_ascii_case("packetization-mode=1"))
+            });
+            h264 && mode1
+        })
+    }
+
+    fn audio(&self) -> Option<(AudioCodec, u8)> {
+        let named = |pt: u8, name: &str| {
+            self.encoding(pt).is_some_and(|e| {
+                e.split('/')
+                    .next()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+        };
+        let opus = self.formats.iter().find(|pt| named(**pt, "opus"));
+        let pcma = self
+            .formats
+            .iter()
+            .find(|pt| **pt == 8 || named(**pt, "PCMA"));
+        opus.map(|pt| (AudioCodec::Opus, *pt))
+            .or(pcma.map(|pt| (AudioCodec::Pcma, *pt)))
+    }
+}
+
+/// `PT REST` of an `a=rtpmap:` or `a=fmtp:` value.
+fn pt_and(rest: &str) -> Option<(u8, &str)> {
+    let (pt, v) = rest.split_once(' ')?;
+    Some((pt.parse().ok()?, v.trim()))
+}
+
+/// Reads a caller's offer: for video the first H.264 format in packetization mode 1, for sound
+/// Opus or else G.711 A-law, each over plain RTP at its `c=` address.
+pub fn read_offer(text: &str) -> Result<Offer, SdpError> {
+    let mut session_address = None;
+    let mut sections: Vec<Section<'_>> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .filter(|(k, _)| k.len() == 1)
+            .ok_or_else(|| SdpError::Line(line.into()))?;
+        let bad = || SdpError::Line(line.into());
+        match key {
+            "m" => {
+                let mut words = value.split(' ');
+                let kind = words.next().ok_or_else(bad)?;
+                let port = words
+                    .next()
+                    .and_then(|p| p.split('/').next()?.parse().ok())
+                    .ok_or_else(bad)?;
+                let proto = words.next().ok_or_else(bad)?;
+                let formats: Vec<&str> = words.collect();
+                sections.push(Section {
+                    kind,
+                    port,
+                    proto,
+                    first_format: formats.first().copied().unwrap_or("0"),
+                    secure: proto.contains("SAVP"),
+                    formats: formats.iter().filter_map(|f| f.parse().ok()).collect(),
+                    ..Section::default()
+                });
+            }
+            "c" => {
+                let address = value
+                    .split(' ')
+                    .nth(2)
+                    .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
+                    .ok_or_else(bad)?;
+                match sections.last_mut() {
+                    Some(s) => s.address = Some(address),
+                    None => session_address = Some(address),
+                }
+            }
+            "a" => {
+                let Some(s) = sections.last_mut() else {
+                    continue;
+                };
+                if let Some(m) = value.strip_prefix("rtpmap:").and_then(pt_and) {
+                    s.maps.push(m);
+                } else if let Some(f) = value.strip_prefix("fmtp:").and_then(pt_and) {
+                    s.params.push(f);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut offer = Offer {
+        video: None,
+        audio: None,
+        lines: Vec::new(),
+    };
+    let mut srtp = false;
+    for s in &sections {
+        let mut taken = false;
+        let at = |ip: Option<IpAddr>| {
+            ip.or(session_address)
+                .map(|ip| SocketAddr::new(ip, s.port))
+                .ok_or(SdpError::NoAddress)
+        };
+        // A stream refused by the caller itself (port 0), or over SRTP, is not taken.
+        srtp |= s.secure && s.port != 0;
+        if s.port != 0 && !s.secure {
+            match s.kind {
+                "video" if offer.video.is_none() => {
+                    if let Some(pt) = s.video() {
+                        offer.video = Some((at(s.address)?, pt));
+                        taken = true;
+                    }
+                }
+                "audio" if offer.audio.is_none() => {
+                    if let Some((codec, pt)) = s.audio() {
+                        offer.audio = Some((at(s.address)?, codec, pt));
+                        taken = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        offer.lines.push(OfferedLine {
+            kind: s.kind.into(),
+            proto: s.proto.into(),
+            format: s.first_format.into(),
+            taken,
+        });
+    }
+    match (&offer.video, &offer.audio) {
+        (None, None) if srtp => Err(SdpError::SrtpOnly),
+        (None, None) => Err(SdpError::NothingUsable),
+        _ => Ok(offer),
+    }
+}
+
+/// The answer to `offer` (RFC 3264): one `m=` line for each of the offer's, in its order; the
+/// video and sound taken at `here`, on `video_port` and `audio_port`, both ways, in the formats
+/// chosen; every other line refused (port 0).
+pub fn answer(
+    offer: &Offer,
+    here: IpAddr,
+    video_port: u16,
+    audio_port: u16,
+    session_id: u64,
+) -> String {
+    let (net, addr) = match here {
+        IpAddr::V4(a) => ("IP4", format!("{a}")),
+        IpAddr::V6(a) => ("IP6", format!("{a}")),
+    };
+    let mut lines = alloc::vec![
+        String::from("v=0"),
+        format!("o=cuntong {session_id} 1 IN {net} {addr}"),
+        String::from("s=cuntong"),
+        format!("c=IN {net} {addr}"),
+        String::from("t=0 0"),
+    ];
+    for l in &offer.lines {
+        match (l.taken, l.kind.as_str(), offer.video, offer.audio) {
+            (true, "video", Some((_, pt)), _) => {
+                lines.push(format!("m=video {video_port} RTP/AVP {pt}"));
+                lines.extend(video_attributes(pt, 31));
+            }
+            (true, "audio", _, Some((_, codec, pt))) => {
+                lines.push(format!("m=audio {audio_port} RTP/AVP {pt}"));
+                lines.extend(audio_attributes(codec, pt));
+            }
+            _ => {
+                lines.push(format!("m={} 0 {} {}", l.kind, l.proto, l.format));
+                continue;
+            }
+        }
+        lines.push(String::from(Direction::SendRecv.attribute()));
+    }
+    let mut s = lines.join("\r\n");
+    s.push_str("\r\n");
+    s
 }
 
 #[cfg(test)]
@@ -162,6 +457,7 @@ mod tests {
             srtp_key: None,
             session_id: 7,
             version: 1,
+            direction: Direction::RecvOnly,
         }
     }
 
@@ -244,5 +540,57 @@ mod tests {
         ));
         let media_lines = sdp.split("\r\n").filter(|l| l.starts_with("m=")).count();
         assert_eq!(media_lines, 2, "{sdp}");
+    }
+
+    /// What baresip offers with its video and audio modules (H.264 in both packetization
+    /// modes, Opus, G.711), trimmed of attributes that change nothing here.
+    const BARESIP: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=audio 10000 RTP/AVP 96 0 8 101\r\na=rtpmap:96 opus/48000/2\r\na=fmtp:96 stereo=1\r\n\
+        a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=sendrecv\r\n\
+        m=video 10002 RTP/AVP 100 99\r\nc=IN IP4 127.0.0.2\r\n\
+        a=rtpmap:100 H264/90000\r\na=fmtp:100 packetization-mode=0\r\n\
+        a=rtpmap:99 H264/90000\r\na=fmtp:99 profile-level-id=42e01f;packetization-mode=1\r\n";
+
+    #[test]
+    fn an_offer_gives_h264_in_mode_1_and_opus_at_their_addresses() {
+        let o = read_offer(BARESIP).unwrap();
+        assert_eq!(o.video, Some(("127.0.0.2:10002".parse().unwrap(), 99)));
+        assert_eq!(
+            o.audio,
+            Some(("127.0.0.1:10000".parse().unwrap(), AudioCodec::Opus, 96))
+        );
+        // The answer gives back each line in the offer's order.
+        let a = answer(&o, IpAddr::from([10, 0, 0, 1]), 5070, 5072, 9);
+        let media: alloc::vec::Vec<&str> =
+            a.split("\r\n").filter(|l| l.starts_with("m=")).collect();
+        assert_eq!(
+            media,
+            ["m=audio 5072 RTP/AVP 96", "m=video 5070 RTP/AVP 99"]
+        );
+        assert!(a.contains("a=rtpmap:99 H264/90000\r\na=fmtp:99 packetization-mode=1;profile-level-id=42e01f\r\na=sendrecv\r\n"), "{a}");
+        assert!(a.contains("c=IN IP4 10.0.0.1\r\n"), "{a}");
+        let g711 = BARESIP.replace("96 0 8 101", "0 8 101");
+        let o = read_offer(&g711).unwrap();
+        assert_eq!(o.audio.map(|a| (a.1, a.2)), Some((AudioCodec::Pcma, 8)));
+    }
+
+    #[test]
+    fn offers_that_cannot_be_answered_say_why() {
+        let srtp = BARESIP.replace("RTP/AVP", "RTP/SAVP");
+        assert_eq!(read_offer(&srtp), Err(SdpError::SrtpOnly));
+        let pcmu_only = "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0\r\n";
+        assert_eq!(read_offer(pcmu_only), Err(SdpError::NothingUsable));
+        let no_address = "v=0\r\nm=audio 4000 RTP/AVP 8\r\n";
+        assert_eq!(read_offer(no_address), Err(SdpError::NoAddress));
+        assert_eq!(
+            read_offer("v=0\r\nm=audio\r\n"),
+            Err(SdpError::Line("m=audio".into()))
+        );
+        // A stream refused by the caller (port 0) is not taken, and refused in the answer too.
+        let refused = BARESIP.replace("m=video 10002", "m=video 0");
+        let o = read_offer(&refused).unwrap();
+        assert_eq!(o.video, None);
+        let a = answer(&o, IpAddr::from([10, 0, 0, 1]), 5070, 5072, 9);
+        assert!(a.ends_with("m=video 0 RTP/AVP 100\r\n"), "{a}");
     }
 }

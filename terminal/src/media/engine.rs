@@ -328,6 +328,10 @@ impl crate::conference::MediaEngine for GstEngine {
                     microphone: Some("audiotestsrc (test source)".into()),
                 }
             }
+            Capture::Call(_) => crate::readiness::CaptureDevices {
+                camera: Some("a room system's picture (SIP call)".into()),
+                microphone: Some("a room system's voice (SIP call)".into()),
+            },
             Capture::Devices { camera, microphone } => {
                 let found = crate::readiness::local_devices();
                 crate::readiness::CaptureDevices {

@@ -110,6 +110,78 @@ pub enum Capture {
         camera: Option<String>,
         microphone: Option<String>,
     },
+    /// A room system in a SIP call ([`crate::sip`]): its picture and voice as the call agreed.
+    Call(crate::sip::CallMedia),
+}
+
+/// The room system's stream of a SIP call (video, or sound) as a live source: UDP → jitter
+/// buffer → depayload → decode; black or silence if the call carries no such stream.
+fn call_source(call: &crate::sip::CallMedia, video: bool) -> Result<gst::Element, MediaError> {
+    let agreed = call.get();
+    let rtp = |media: &str, rate: i32, name: &str, pt: u8| {
+        gst::Caps::builder("application/x-rtp")
+            .field("media", media)
+            .field("clock-rate", rate)
+            .field("encoding-name", name)
+            .field("payload", i32::from(pt))
+            .build()
+    };
+    let udp = |port: u16, caps: gst::Caps| {
+        make_with(
+            "udpsrc",
+            &[
+                ("port", i32::from(port).to_value()),
+                ("caps", caps.to_value()),
+            ],
+        )
+    };
+    let jitter = || make_with("rtpjitterbuffer", &[("latency", 100u32.to_value())]);
+    let chain = match (video, agreed) {
+        (true, Some(a)) if a.offer.video.is_some() => {
+            let pt = a.offer.video.map_or(0, |v| v.1);
+            vec![
+                udp(a.video_port, rtp("video", 90_000, "H264", pt))?,
+                jitter()?,
+                make("rtph264depay")?,
+                first_available(&["v4l2h264dec", "avdec_h264", "openh264dec"])?,
+            ]
+        }
+        (false, Some(a)) if a.offer.audio.is_some() => {
+            let (codec, pt) = a.offer.audio.map_or((AudioCodec::Pcma, 8), |x| (x.1, x.2));
+            let (caps, depay, decoder) = match codec {
+                AudioCodec::Opus => (rtp("audio", 48_000, "OPUS", pt), "rtpopusdepay", "opusdec"),
+                AudioCodec::Pcma => (rtp("audio", 8_000, "PCMA", pt), "rtppcmadepay", "alawdec"),
+            };
+            vec![
+                udp(a.audio_port, caps)?,
+                jitter()?,
+                make(depay)?,
+                make(decoder)?,
+            ]
+        }
+        (true, _) => {
+            let black = make_with("videotestsrc", &[("is-live", true.to_value())])?;
+            black.set_property_from_str("pattern", "black");
+            return Ok(black);
+        }
+        (false, _) => {
+            let silence = make_with("audiotestsrc", &[("is-live", true.to_value())])?;
+            silence.set_property_from_str("wave", "silence");
+            return Ok(silence);
+        }
+    };
+    let bin = gst::Bin::new();
+    bin.add_many(&chain)?;
+    gst::Element::link_many(&chain)?;
+    let last = chain
+        .last()
+        .and_then(|e| e.static_pad("src"))
+        .ok_or_else(|| MediaError::Pipeline("the call's decoder has no output".into()))?;
+    let ghost = gst::GhostPad::with_target(&last)
+        .map_err(|e| MediaError::Pipeline(format!("the call's source: {e}")))?;
+    bin.add_pad(&ghost)
+        .map_err(|e| MediaError::Pipeline(format!("the call's source: {e}")))?;
+    Ok(bin.upcast())
 }
 
 impl Capture {

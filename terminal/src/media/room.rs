@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cuntong_core::media::AudioCodec;
 use cuntong_core::media::layout::{Layout, VoiceSwitch, arrange};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -224,6 +225,83 @@ pub struct Room {
     pub to_file: bool,
 }
 
+/// Sends the composed picture (H.264 constrained baseline, packetization mode 1) and the mixed
+/// sound to the room system of `call`, where and as its offer asked; what it did not offer is
+/// dropped.
+fn to_call(
+    pipeline: &gst::Pipeline,
+    call: &crate::sip::CallMedia,
+    video_end: &gst::Element,
+    audio_end: &gst::Element,
+) -> Result<(), MediaError> {
+    let agreed = call
+        .get()
+        .ok_or_else(|| MediaError::Pipeline("no call to send the room to".into()))?;
+    let udp = |to: std::net::SocketAddr| {
+        make_with(
+            "udpsink",
+            &[
+                ("host", to.ip().to_string().to_value()),
+                ("port", i32::from(to.port()).to_value()),
+                ("sync", false.to_value()),
+                ("async", false.to_value()),
+            ],
+        )
+    };
+    let video: Vec<gst::Element> = match agreed.offer.video {
+        Some((to, pt)) => {
+            let encoder = make_with(
+                "x264enc",
+                &[
+                    ("bitrate", 1_000u32.to_value()),
+                    ("key-int-max", 50u32.to_value()),
+                ],
+            )?;
+            encoder.set_property_from_str("tune", "zerolatency");
+            encoder.set_property_from_str("speed-preset", "ultrafast");
+            let baseline = gst::Caps::builder("video/x-h264")
+                .field("profile", "constrained-baseline")
+                .build();
+            vec![
+                make("queue")?,
+                encoder,
+                capsfilter(&baseline)?,
+                make_with(
+                    "rtph264pay",
+                    &[
+                        ("pt", u32::from(pt).to_value()),
+                        ("config-interval", (-1i32).to_value()),
+                        ("mtu", 1200u32.to_value()),
+                    ],
+                )?,
+                udp(to)?,
+            ]
+        }
+        None => vec![make("fakesink")?],
+    };
+    let audio: Vec<gst::Element> = match agreed.offer.audio {
+        Some((to, codec, pt)) => {
+            let (encoder, pay) = match codec {
+                AudioCodec::Opus => (make("opusenc")?, "rtpopuspay"),
+                AudioCodec::Pcma => (make("alawenc")?, "rtppcmapay"),
+            };
+            vec![
+                make("queue")?,
+                encoder,
+                make_with(pay, &[("pt", u32::from(pt).to_value())])?,
+                udp(to)?,
+            ]
+        }
+        None => vec![make("fakesink")?],
+    };
+    pipeline.add_many(video.iter().chain(&audio))?;
+    for (end, chain) in [(video_end, &video), (audio_end, &audio)] {
+        end.link(&chain[0])?;
+        gst::Element::link_many(chain.iter())?;
+    }
+    Ok(())
+}
+
 impl Room {
     /// Adds the compositor and the mixer, their live background and silence, and the way out
     /// to `display`, to `pipeline`.
@@ -280,6 +358,7 @@ impl Room {
         audio_out[0].link(&audio_out[1])?;
         let (video_end, audio_end) = (&video_out[1], &audio_out[1]);
         match display {
+            Display::Call(call) => to_call(pipeline, call, video_end, audio_end)?,
             Display::Screen { kms } => {
                 let screen = make(if *kms { "kmssink" } else { "autovideosink" })?;
                 let speaker = make("autoaudiosink")?;

@@ -148,6 +148,7 @@ impl Sender {
                     }
                     s
                 }
+                Capture::Call(call) => call_source(call, true)?,
             };
             let raw = gst::Caps::builder("video/x-raw")
                 .field("width", w as i32)
@@ -218,6 +219,7 @@ impl Sender {
                     }
                     s
                 }
+                Capture::Call(call) => call_source(call, false)?,
             };
             let vol = make("volume")?;
             let audio_ssrc = cuntong_core::media::audio_ssrc(ssrc);

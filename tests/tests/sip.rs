@@ -1,0 +1,276 @@
+//! A SIP room system joins a county meeting through a gateway box: baresip (Debian's, with its
+//! H.264, Opus and test-source modules) dials `sip:MEETINGID@gateway`, is present in the roll
+//! call, decodes the room's picture and sound, and its own picture reaches the villages when
+//! the chair gives it the floor; a room system the gateway does not allow is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cuntong::control::{RollCallJson, SiteJson};
+use cuntong_e2e::{
+    Broker, BrokerKind, COUNTY_RELAY, Proc, bin, central_with, free_port, ok, run, sim_fleet_with,
+    sites, wait_until,
+};
+use cuntong_firmware_sim::fleet::free_udp_pair;
+
+const HALL: &str = "130102000000-hall";
+
+/// baresip's configuration in `dir`: a UA at `sip:USER@127.0.0.1` on `port`, sending a test
+/// picture and a tone, dumping the sound it decodes (`sndfile`) and, asked, a decoded picture
+/// (`snapshot`).
+fn baresip(dir: &Path, user: &str, port: u16) -> PathBuf {
+    let conf = dir.join(format!("baresip-{user}"));
+    std::fs::create_dir_all(&conf).unwrap();
+    let modules = [
+        "g711",
+        "opus",
+        "avcodec",
+        "fakevideo",
+        "ausine",
+        "sndfile",
+        "snapshot",
+        "rtcpsummary",
+    ];
+    let mut text = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:{port}\n\
+         audio_source ausine,440\naudio_player aubridge,nil\naudio_alert aubridge,nil\n\
+         video_source fakevideo,nil\nvideo_display fakevideo,nil\n\
+         video_size 320x240\nvideo_bitrate 300000\nvideo_fps 15\n\
+         avcodec_h264enc libx264\navcodec_h264dec h264\n\
+         snd_path {}\nmodule_path /usr/lib/baresip/modules\nmodule aubridge.so\n",
+        conf.display()
+    );
+    for m in modules {
+        text.push_str(&format!("module {m}.so\n"));
+    }
+    text.push_str("module_app account.so\nmodule_app menu.so\n");
+    std::fs::write(conf.join("config"), text).unwrap();
+    std::fs::write(
+        conf.join("accounts"),
+        format!("<sip:{user}@127.0.0.1>;regint=0\n"),
+    )
+    .unwrap();
+    conf
+}
+
+/// Starts baresip with `conf`, dialling `uri` and asking for the first picture it decodes
+/// into `conf/picture.png`.
+fn dial(conf: &Path, uri: &str) -> Proc {
+    let picture = conf.join("picture.png");
+    Proc::spawn(
+        Path::new("baresip"),
+        &[
+            "-f",
+            conf.to_str().unwrap(),
+            "-e",
+            &format!("/snapshot_recv {}", picture.display()),
+            "-e",
+            &format!("/dial {uri}"),
+        ],
+        conf.join("baresip.log"),
+    )
+}
+
+#[test]
+fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let db = d.join("central.db");
+    let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "2s"]);
+    let fleet = sim_fleet_with(&broker.url, "130102", 2, d, "fleet", &["--media"]);
+
+    // The gateway box of the county hall: it lets in one room system, by its SIP address.
+    let sip_port = free_port();
+    let data = d.join(HALL);
+    std::fs::create_dir_all(&data).unwrap();
+    let config = d.join("hall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = \"{HALL}\"\nbroker = \"{}\"\ndata_dir = \"{}\"\nkeep_alive = \"5s\"\n\n\
+             [telemetry]\nhealth_interval = \"2s\"\nbatch_age = \"2s\"\n\n\
+             [meeting]\naccept = \"manual\"\nrtp_port = {}\nmedia_host = \"127.0.0.1\"\n\n\
+             [sip]\nlisten = \"127.0.0.1:{sip_port}\"\nallow = [\"sip:hall@127.0.0.1\"]\n\
+             rtp_port = {}\n",
+            broker.url,
+            data.display(),
+            free_udp_pair().unwrap(),
+            free_udp_pair().unwrap(),
+        ),
+    )
+    .unwrap();
+    let gateway = Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "terminal",
+            "--config",
+            config.to_str().unwrap(),
+            "--interval",
+            "2s",
+        ],
+        d.join("hall.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || sites(&db, None)
+            .iter()
+            .filter(|s| s.online)
+            .count()
+            == 4),
+        "relay, two villages and the hall online: {:?}\n{}",
+        sites(&db, None),
+        fleet.log_text()
+    );
+    let cuntong = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--broker", &broker.url]);
+        run(&bin("cuntong"), &all)
+    };
+    let id = ok(cuntong(&[
+        "meeting",
+        "create",
+        "--title",
+        "县务会",
+        "--invite",
+        "130102",
+        "--profile",
+        "low",
+        "--chair",
+        COUNTY_RELAY,
+    ]))
+    .trim()
+    .to_owned();
+    ok(cuntong(&["meeting", "start", &id]));
+    let status = || -> Vec<SiteJson> {
+        serde_json::from_str(&ok(cuntong(&["meeting", "status", &id, "--json"]))).unwrap()
+    };
+    let state_of = |who: &str| {
+        status()
+            .into_iter()
+            .find(|s| s.terminal == who)
+            .map(|s| s.state)
+    };
+    assert_eq!(state_of(HALL).as_deref(), Some("invited"), "{:?}", status());
+
+    // A room system the gateway does not let in is refused, and nothing joins.
+    let intruder = baresip(d, "intruder", free_port());
+    let uri = format!("sip:{id}@127.0.0.1:{sip_port}");
+    let mut refused = dial(&intruder, &uri);
+    assert!(
+        wait_until(Duration::from_secs(15), || refused
+            .log_text()
+            .contains("403 Forbidden")),
+        "{}",
+        refused.log_text()
+    );
+    refused.kill();
+    assert_eq!(state_of(HALL).as_deref(), Some("invited"));
+
+    // The hall's room system dials in: the hall joins and answers the roll call.
+    let hall = baresip(d, "hall", free_port());
+    let mut call = dial(&hall, &uri);
+    assert!(
+        wait_until(Duration::from_secs(20), || state_of(HALL).as_deref()
+            == Some("joined")),
+        "the hall did not join: {:?}\nbaresip:\n{}\ngateway:\n{}",
+        status(),
+        call.log_text(),
+        gateway.log_text()
+    );
+    let rows: Vec<RollCallJson> = serde_json::from_str(&ok(cuntong(&[
+        "meeting",
+        "rollcall",
+        &id,
+        "--timeout",
+        "20s",
+        "--json",
+    ])))
+    .unwrap();
+    assert!(
+        rows.iter().any(|r| r.terminal == HALL && r.present),
+        "{rows:?}"
+    );
+
+    // It decodes the room: a picture, and sound.
+    assert!(
+        wait_until(Duration::from_secs(30), || hall
+            .join("picture.png")
+            .metadata()
+            .is_ok_and(|m| m.len() > 100)),
+        "no picture decoded by the room system\n{}",
+        call.log_text()
+    );
+    // The picture is the room's: composed at 1280x720 (PNG's IHDR: width, height).
+    let png = std::fs::read(hall.join("picture.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!(
+        (size(16), size(20)),
+        (1280, 720),
+        "the room system decoded another picture"
+    );
+    let decoded_sound = || {
+        std::fs::read_dir(&hall)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with("-dec.wav"))
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 16_000))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), decoded_sound),
+        "no sound decoded by the room system: {:?}\n{}",
+        std::fs::read_dir(&hall)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>(),
+        call.log_text()
+    );
+
+    for e in std::fs::read_dir(&hall).unwrap().filter_map(Result::ok) {
+        println!(
+            "{}: {} bytes",
+            e.path().display(),
+            e.metadata().map_or(0, |m| m.len())
+        );
+    }
+
+    // The floor to the hall: every village decodes its picture beside the chair's.
+    ok(cuntong(&["meeting", "floor", &id, "grant", HALL]));
+    let villages: Vec<String> = sites(&db, None)
+        .into_iter()
+        .map(|s| s.terminal)
+        .filter(|t| t != COUNTY_RELAY && t != HALL)
+        .collect();
+    assert_eq!(villages.len(), 2);
+    let two_streams = || {
+        let all = sites(&db, None);
+        villages.iter().all(|v| {
+            all.iter().any(|s| {
+                &s.terminal == v
+                    && s.metrics.get("media.streams") == Some(&2.0)
+                    && s.metrics.get("media.frames").is_some_and(|f| *f >= 10.0)
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), two_streams),
+        "the hall's picture did not reach the villages: {:?}\ngateway:\n{}",
+        sites(&db, None)
+            .iter()
+            .map(|s| (s.terminal.clone(), s.metrics.get("media.streams").copied()))
+            .collect::<Vec<_>>(),
+        gateway.log_text()
+    );
+
+    // The room system hangs up: the hall leaves the meeting.
+    call.terminate(Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(20), || state_of(HALL).as_deref()
+            == Some("left")),
+        "{:?}",
+        status()
+    );
+    drop(central);
+}
