@@ -3,8 +3,8 @@
 //!
 //! The room system dials `sip:MEETINGID@box`. The box answers only a room system its
 //! configuration allows, only for a meeting it is invited to, and only with what the meeting
-//! can carry: H.264 (packetization mode 1) and Opus or G.711 A-law over plain RTP, as the
-//! offer proposes ([`cuntong_core::media::sdp::read_offer`]). Answering joins the meeting (as
+//! can carry: H.264 (packetization mode 1) and Opus or G.711 A-law, over SRTP (SDES keys) or
+//! plain RTP, as the offer proposes ([`cuntong_core::media::sdp::read_offer`]). Answering joins the meeting (as
 //! an operator's `accept` would); the room system's picture and voice are then this box's
 //! camera and microphone ([`CallMedia`], read by the media engine's capture), and the box's
 //! composed room and mixed sound go to the room system instead of a screen. A `BYE` leaves the
@@ -41,12 +41,14 @@ pub struct SipConfig {
     pub call: CallMedia,
 }
 
-/// What a call agreed: the room system's offer, and the box's ports for what it sends.
+/// What a call agreed: the room system's offer, the box's ports for what it sends, and the
+/// box's SRTP key for what it sends where the room system offered SRTP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Agreed {
     pub offer: Offer,
     pub video_port: u16,
     pub audio_port: u16,
+    pub key: [u8; 30],
 }
 
 /// The current call's media, if a call is up: set by the gateway when it answers, read by the
@@ -242,14 +244,15 @@ async fn invite(
         offer,
         video_port: cfg.rtp_port,
         audio_port: cfg.rtp_port.saturating_add(2),
+        key: rand::random(),
     };
     let here = facing(from).unwrap_or(cfg.listen.ip());
     let description = sdp::answer(
         &agreed.offer,
         here,
-        agreed.video_port,
-        agreed.audio_port,
+        (agreed.video_port, agreed.audio_port),
         u64::from(rand::random::<u32>()),
+        &agreed.key,
     );
     // The media engine reads the call when the meeting's media start, which joining does.
     cfg.call.set(Some(agreed));

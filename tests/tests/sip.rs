@@ -16,11 +16,12 @@ use cuntong_firmware_sim::fleet::free_udp_pair;
 
 const HALL: &str = "130102000000-hall";
 
-/// baresip's configuration in `dir`: a UA at `sip:USER@127.0.0.1` on `port`, sending a test
-/// picture and a tone, dumping the sound it decodes (`sndfile`) and, asked, a decoded picture
-/// (`snapshot`).
-fn baresip(dir: &Path, user: &str, port: u16) -> PathBuf {
-    let conf = dir.join(format!("baresip-{user}"));
+/// baresip's configuration in `dir` (its `name`): a UA at `sip:USER@127.0.0.1` on `port`
+/// with the account parameters `params` (`;mediaenc=srtp-mand` for SRTP with SDES keys),
+/// sending a test picture and a tone, dumping the sound it decodes (`sndfile`) and, asked, a
+/// decoded picture (`snapshot`).
+fn baresip(dir: &Path, name: &str, user: &str, port: u16, params: &str) -> PathBuf {
+    let conf = dir.join(format!("baresip-{name}"));
     std::fs::create_dir_all(&conf).unwrap();
     let modules = [
         "g711",
@@ -48,7 +49,7 @@ fn baresip(dir: &Path, user: &str, port: u16) -> PathBuf {
     std::fs::write(conf.join("config"), text).unwrap();
     std::fs::write(
         conf.join("accounts"),
-        format!("<sip:{user}@127.0.0.1>;regint=0\n"),
+        format!("<sip:{user}@127.0.0.1>;regint=0{params}\n"),
     )
     .unwrap();
     conf
@@ -154,7 +155,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     assert_eq!(state_of(HALL).as_deref(), Some("invited"), "{:?}", status());
 
     // A room system the gateway does not let in is refused, and nothing joins.
-    let intruder = baresip(d, "intruder", free_port());
+    let intruder = baresip(d, "intruder", "intruder", free_port(), "");
     let uri = format!("sip:{id}@127.0.0.1:{sip_port}");
     let mut refused = dial(&intruder, &uri);
     assert!(
@@ -167,8 +168,9 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     refused.kill();
     assert_eq!(state_of(HALL).as_deref(), Some("invited"));
 
-    // The hall's room system dials in: the hall joins and answers the roll call.
-    let hall = baresip(d, "hall", free_port());
+    // The hall's room system dials in, over SRTP with SDES keys: the hall joins and answers
+    // the roll call.
+    let hall = baresip(d, "srtp", "hall", free_port(), ";mediaenc=srtp-mand");
     let mut call = dial(&hall, &uri);
     assert!(
         wait_until(Duration::from_secs(20), || state_of(HALL).as_deref()

@@ -188,6 +188,38 @@ pub struct Offer {
     pub audio: Option<(SocketAddr, AudioCodec, u8)>,
     /// Its `m=` lines in order, each as the answer must give it back.
     pub lines: Vec<OfferedLine>,
+    /// The caller's SRTP keys (RFC 4568 SDES), for video and for sound, where it offered SRTP;
+    /// plain RTP where `None`.
+    pub video_key: Option<SdesKey>,
+    pub audio_key: Option<SdesKey>,
+}
+
+/// An SRTP master key and salt given in an SDP `crypto` attribute (AES_CM_128_HMAC_SHA1_80,
+/// the suite every SDES endpoint has), with the attribute's tag the answer repeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SdesKey {
+    pub tag: u32,
+    pub key: [u8; 30],
+}
+
+/// The one SDES suite taken.
+const SDES_SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
+
+/// `TAG SUITE inline:KEY[|…]` of an `a=crypto:` value, if it is the suite taken with a key of
+/// its length.
+fn sdes(value: &str) -> Option<SdesKey> {
+    let mut words = value.split_whitespace();
+    let tag = words.next()?.parse().ok()?;
+    if words.next()? != SDES_SUITE {
+        return None;
+    }
+    let inline = words.next()?.strip_prefix("inline:")?;
+    let b64 = inline.split('|').next()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    Some(SdesKey {
+        tag,
+        key: bytes.try_into().ok()?,
+    })
 }
 
 /// One `m=` line of an offer: the answer has one for each, in the same order (RFC 3264 §6).
@@ -200,6 +232,8 @@ pub struct OfferedLine {
     pub format: String,
     /// Whether this line carries the stream taken (the video or the sound chosen).
     pub taken: bool,
+    /// The tag of the caller's key taken for it (SRTP), which the answer's key repeats.
+    pub sdes_tag: Option<u32>,
 }
 
 /// Why an offer cannot be answered.
@@ -209,7 +243,7 @@ pub enum SdpError {
     Line(String),
     /// A stream with no `c=` address, at its own level or the session's.
     NoAddress,
-    /// Only SRTP offered (SDES keys are not taken yet): plain RTP is needed.
+    /// Only SRTP offered, with no key of the suite taken (AES_CM_128_HMAC_SHA1_80).
     SrtpOnly,
     /// Neither H.264 (packetization mode 1) nor Opus or G.711 A-law offered.
     NothingUsable,
@@ -220,7 +254,9 @@ impl core::fmt::Display for SdpError {
         match self {
             SdpError::Line(l) => write!(f, "SDP line {l:?} does not read"),
             SdpError::NoAddress => f.write_str("a stream without a c= address"),
-            SdpError::SrtpOnly => f.write_str("only SRTP offered; plain RTP (RTP/AVP) is needed"),
+            SdpError::SrtpOnly => {
+                f.write_str("SRTP offered without an AES_CM_128_HMAC_SHA1_80 key (RFC 4568)")
+            }
             SdpError::NothingUsable => {
                 f.write_str("neither H.264 (packetization-mode=1) nor Opus or PCMA offered")
             }
@@ -242,6 +278,8 @@ struct Section<'a> {
     maps: Vec<(u8, &'a str)>,
     /// `a=fmtp`: payload type → parameters.
     params: Vec<(u8, &'a str)>,
+    /// The first `a=crypto` of the suite taken.
+    key: Option<SdesKey>,
 }
 
 impl Section<'_> {
@@ -341,6 +379,8 @@ pub fn read_offer(text: &str) -> Result<Offer, SdpError> {
                     s.maps.push(m);
                 } else if let Some(f) = value.strip_prefix("fmtp:").and_then(pt_and) {
                     s.params.push(f);
+                } else if let Some(k) = value.strip_prefix("crypto:").and_then(sdes) {
+                    s.key = s.key.or(Some(k));
                 }
             }
             _ => {}
@@ -350,6 +390,8 @@ pub fn read_offer(text: &str) -> Result<Offer, SdpError> {
         video: None,
         audio: None,
         lines: Vec::new(),
+        video_key: None,
+        audio_key: None,
     };
     let mut srtp = false;
     for s in &sections {
@@ -359,19 +401,24 @@ pub fn read_offer(text: &str) -> Result<Offer, SdpError> {
                 .map(|ip| SocketAddr::new(ip, s.port))
                 .ok_or(SdpError::NoAddress)
         };
-        // A stream refused by the caller itself (port 0), or over SRTP, is not taken.
-        srtp |= s.secure && s.port != 0;
-        if s.port != 0 && !s.secure {
+        // A stream refused by the caller itself (port 0) is not taken, nor one over SRTP
+        // without a key of the suite taken.
+        let usable = s.port != 0 && (!s.secure || s.key.is_some());
+        srtp |= s.secure && s.port != 0 && s.key.is_none();
+        let key = s.key.filter(|_| s.secure);
+        if usable {
             match s.kind {
                 "video" if offer.video.is_none() => {
                     if let Some(pt) = s.video() {
                         offer.video = Some((at(s.address)?, pt));
+                        offer.video_key = key;
                         taken = true;
                     }
                 }
                 "audio" if offer.audio.is_none() => {
                     if let Some((codec, pt)) = s.audio() {
                         offer.audio = Some((at(s.address)?, codec, pt));
+                        offer.audio_key = key;
                         taken = true;
                     }
                 }
@@ -383,6 +430,7 @@ pub fn read_offer(text: &str) -> Result<Offer, SdpError> {
             proto: s.proto.into(),
             format: s.first_format.into(),
             taken,
+            sdes_tag: key.filter(|_| taken).map(|k| k.tag),
         });
     }
     match (&offer.video, &offer.audio) {
@@ -394,13 +442,14 @@ pub fn read_offer(text: &str) -> Result<Offer, SdpError> {
 
 /// The answer to `offer` (RFC 3264): one `m=` line for each of the offer's, in its order; the
 /// video and sound taken at `here`, on `video_port` and `audio_port`, both ways, in the formats
-/// chosen; every other line refused (port 0).
+/// chosen, over SRTP with `key` where the caller offered SRTP (its tag repeated); every other
+/// line refused (port 0).
 pub fn answer(
     offer: &Offer,
     here: IpAddr,
-    video_port: u16,
-    audio_port: u16,
+    (video_port, audio_port): (u16, u16),
     session_id: u64,
+    key: &[u8; 30],
 ) -> String {
     let (net, addr) = match here {
         IpAddr::V4(a) => ("IP4", format!("{a}")),
@@ -416,11 +465,11 @@ pub fn answer(
     for l in &offer.lines {
         match (l.taken, l.kind.as_str(), offer.video, offer.audio) {
             (true, "video", Some((_, pt)), _) => {
-                lines.push(format!("m=video {video_port} RTP/AVP {pt}"));
+                lines.push(format!("m=video {video_port} {} {pt}", l.proto));
                 lines.extend(video_attributes(pt, 31));
             }
             (true, "audio", _, Some((_, codec, pt))) => {
-                lines.push(format!("m=audio {audio_port} RTP/AVP {pt}"));
+                lines.push(format!("m=audio {audio_port} {} {pt}", l.proto));
                 lines.extend(audio_attributes(codec, pt));
             }
             _ => {
@@ -429,6 +478,12 @@ pub fn answer(
             }
         }
         lines.push(String::from(Direction::SendRecv.attribute()));
+        if let Some(tag) = l.sdes_tag {
+            lines.push(format!(
+                "a=crypto:{tag} {SDES_SUITE} inline:{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            ));
+        }
     }
     let mut s = lines.join("\r\n");
     s.push_str("\r\n");
@@ -560,7 +615,8 @@ mod tests {
             Some(("127.0.0.1:10000".parse().unwrap(), AudioCodec::Opus, 96))
         );
         // The answer gives back each line in the offer's order.
-        let a = answer(&o, IpAddr::from([10, 0, 0, 1]), 5070, 5072, 9);
+        let a = answer(&o, IpAddr::from([10, 0, 0, 1]), (5070, 5072), 9, &[7; 30]);
+        assert!(!a.contains("a=crypto"), "{a}");
         let media: alloc::vec::Vec<&str> =
             a.split("\r\n").filter(|l| l.starts_with("m=")).collect();
         assert_eq!(
@@ -572,6 +628,32 @@ mod tests {
         let g711 = BARESIP.replace("96 0 8 101", "0 8 101");
         let o = read_offer(&g711).unwrap();
         assert_eq!(o.audio.map(|a| (a.1, a.2)), Some((AudioCodec::Pcma, 8)));
+    }
+
+    #[test]
+    fn an_srtp_offer_gives_its_keys_and_is_answered_with_ours_under_its_tags() {
+        let key: alloc::vec::Vec<u8> = (0..30).collect();
+        let inline = base64::engine::general_purpose::STANDARD.encode(&key);
+        let srtp = BARESIP.replace("RTP/AVP", "RTP/SAVP").replace(
+            "a=sendrecv\r\n",
+            &format!(
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:{inline}\r\n\
+                 a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{inline}|2^20|1:4\r\n"
+            ),
+        ) + &format!("a=crypto:5 AES_CM_128_HMAC_SHA1_80 inline:{inline}\r\n");
+        let o = read_offer(&srtp).unwrap();
+        let theirs = |tag| {
+            Some(SdesKey {
+                tag,
+                key: key.clone().try_into().unwrap(),
+            })
+        };
+        assert_eq!((o.audio_key, o.video_key), (theirs(2), theirs(5)));
+        let a = answer(&o, IpAddr::from([10, 0, 0, 1]), (5070, 5072), 9, &[0; 30]);
+        assert!(a.contains("m=audio 5072 RTP/SAVP 96\r\n"), "{a}");
+        let ours = "AES_CM_128_HMAC_SHA1_80 inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(a.contains(&format!("a=crypto:2 {ours}\r\n")), "{a}");
+        assert!(a.contains(&format!("a=crypto:5 {ours}\r\n")), "{a}");
     }
 
     #[test]
@@ -590,7 +672,7 @@ mod tests {
         let refused = BARESIP.replace("m=video 10002", "m=video 0");
         let o = read_offer(&refused).unwrap();
         assert_eq!(o.video, None);
-        let a = answer(&o, IpAddr::from([10, 0, 0, 1]), 5070, 5072, 9);
+        let a = answer(&o, IpAddr::from([10, 0, 0, 1]), (5070, 5072), 9, &[7; 30]);
         assert!(a.ends_with("m=video 0 RTP/AVP 100\r\n"), "{a}");
     }
 }

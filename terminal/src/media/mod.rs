@@ -114,12 +114,25 @@ pub enum Capture {
     Call(crate::sip::CallMedia),
 }
 
-/// The room system's stream of a SIP call (video, or sound) as a live source: UDP → jitter
-/// buffer → depayload → decode; black or silence if the call carries no such stream.
+/// The room system's stream of a SIP call (video, or sound) as a live source: UDP → (SRTP, if
+/// the call agreed it) → jitter buffer → depayload → decode; black or silence if the call
+/// carries no such stream.
 fn call_source(call: &crate::sip::CallMedia, video: bool) -> Result<gst::Element, MediaError> {
     let agreed = call.get();
+    let secure = agreed.as_ref().and_then(|a| {
+        if video {
+            a.offer.video_key
+        } else {
+            a.offer.audio_key
+        }
+    });
     let rtp = |media: &str, rate: i32, name: &str, pt: u8| {
-        gst::Caps::builder("application/x-rtp")
+        let kind = if secure.is_some() {
+            "application/x-srtp"
+        } else {
+            "application/x-rtp"
+        };
+        gst::Caps::builder(kind)
             .field("media", media)
             .field("clock-rate", rate)
             .field("encoding-name", name)
@@ -170,6 +183,11 @@ fn call_source(call: &crate::sip::CallMedia, video: bool) -> Result<gst::Element
             return Ok(silence);
         }
     };
+    let mut chain = chain;
+    if let Some(k) = secure {
+        // Decrypted between the socket and the jitter buffer, with the room system's key.
+        chain.insert(1, srtp_decrypter(&srtp_key(&k.key)?)?);
+    }
     let bin = gst::Bin::new();
     bin.add_many(&chain)?;
     gst::Element::link_many(&chain)?;
@@ -229,6 +247,24 @@ fn srtp_key(key: &[u8]) -> Result<gst::Buffer, MediaError> {
         return Err(MediaError::Key(key.len()));
     }
     Ok(gst::Buffer::from_slice(key.to_vec()))
+}
+
+/// An SRTP decrypter for streams under `key` (AES_CM_128_HMAC_SHA1_80, SRTP and SRTCP), for
+/// every SSRC it sees.
+fn srtp_decrypter(key: &gst::Buffer) -> Result<gst::Element, MediaError> {
+    let dec = make("srtpdec")?;
+    let k = key.clone();
+    dec.connect("request-key", false, move |_| {
+        let caps = gst::Caps::builder("application/x-srtp")
+            .field("srtp-key", &k)
+            .field("srtp-cipher", "aes-128-icm")
+            .field("srtp-auth", "hmac-sha1-80")
+            .field("srtcp-cipher", "aes-128-icm")
+            .field("srtcp-auth", "hmac-sha1-80")
+            .build();
+        Some(caps.to_value())
+    });
+    Ok(dec)
 }
 
 /// Logs the pipeline's errors and warnings as they come (from GStreamer's own thread).

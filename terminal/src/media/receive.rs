@@ -21,7 +21,7 @@ use gstreamer_net::gio::prelude::*;
 use super::feedback::Feedback;
 use super::{
     FrameLog, MediaError, Playback, count_bytes, first_available, init, make, make_with, room,
-    srtp_key, watch_bus, watch_bus_of,
+    srtp_decrypter, srtp_key, watch_bus, watch_bus_of,
 };
 
 /// What arrived of one stream.
@@ -402,18 +402,7 @@ fn srtp_input(
             ("caps", caps.to_value()),
         ],
     )?;
-    let dec = make("srtpdec")?;
-    let k = key.clone();
-    dec.connect("request-key", false, move |_| {
-        let caps = gst::Caps::builder("application/x-srtp")
-            .field("srtp-key", &k)
-            .field("srtp-cipher", "aes-128-icm")
-            .field("srtp-auth", "hmac-sha1-80")
-            .field("srtcp-cipher", "aes-128-icm")
-            .field("srtcp-auth", "hmac-sha1-80")
-            .build();
-        Some(caps.to_value())
-    });
+    let dec = srtp_decrypter(key)?;
     Ok((src, dec))
 }
 

@@ -226,8 +226,8 @@ pub struct Room {
 }
 
 /// Sends the composed picture (H.264 constrained baseline, packetization mode 1) and the mixed
-/// sound to the room system of `call`, where and as its offer asked; what it did not offer is
-/// dropped.
+/// sound to the room system of `call`, where and as its offer asked (over SRTP if it offered
+/// SRTP); what it did not offer is dropped.
 fn to_call(
     pipeline: &gst::Pipeline,
     call: &crate::sip::CallMedia,
@@ -247,6 +247,15 @@ fn to_call(
                 ("async", false.to_value()),
             ],
         )
+    };
+    // SRTP under the box's key of the call where the room system offered SRTP.
+    let key = gst::Buffer::from_slice(agreed.key.to_vec());
+    let protect = |secure: bool| {
+        if secure {
+            make_with("srtpenc", &[("key", key.to_value())])
+        } else {
+            make("identity")
+        }
     };
     let video: Vec<gst::Element> = match agreed.offer.video {
         Some((to, pt)) => {
@@ -274,6 +283,7 @@ fn to_call(
                         ("mtu", 1200u32.to_value()),
                     ],
                 )?,
+                protect(agreed.offer.video_key.is_some())?,
                 udp(to)?,
             ]
         }
@@ -289,6 +299,7 @@ fn to_call(
                 make("queue")?,
                 encoder,
                 make_with(pay, &[("pt", u32::from(pt).to_value())])?,
+                protect(agreed.offer.audio_key.is_some())?,
                 udp(to)?,
             ]
         }
