@@ -4,11 +4,11 @@
 //! The room system dials `sip:MEETINGID@box`. The box answers only a room system its
 //! configuration allows, only for a meeting it is invited to, and only with what the meeting
 //! can carry: H.264 (packetization mode 1) and Opus or G.711 A-law, over SRTP (SDES keys) or
-//! plain RTP, as the offer proposes ([`cuntong_core::media::sdp::read_offer`]). Answering joins the meeting (as
-//! an operator's `accept` would); the room system's picture and voice are then this box's
-//! camera and microphone ([`CallMedia`], read by the media engine's capture), and the box's
-//! composed room and mixed sound go to the room system instead of a screen. A `BYE` leaves the
-//! meeting. The site takes part like any other: roll call, floor, mute.
+//! plain RTP, as the offer proposes ([`cuntong_core::media::sdp::read_offer`]). Answering
+//! joins the meeting (as an operator's `accept` would); the room system's picture and voice are
+//! then this box's camera and microphone ([`CallMedia`], read by the media engine's capture),
+//! and the box's composed room and mixed sound go to the room system instead of a screen. A
+//! `BYE` leaves the meeting. The site takes part like any other: roll call, floor, mute.
 //!
 //! Over UDP; a `200 OK` is sent again (0.5 s, 1 s, 2 s, … as RFC 3261's timer G) until its
 //! `ACK` comes, at most seven times.
