@@ -3,7 +3,7 @@
 //!
 //! The room system dials `sip:MEETINGID@box`. The box answers only a room system its
 //! configuration allows, only for a meeting it is invited to, and only with what the meeting
-//! can carry: H.264 (packetization mode 1) and Opus or G.711 A-law, over SRTP (SDES keys) or
+//! can carry: H.264 (packetization mode 1) and Opus or G.711, over SRTP (SDES keys) or
 //! plain RTP, as the offer proposes ([`cuntong_core::media::sdp::read_offer`]). Answering
 //! joins the meeting (as an operator's `accept` would); the room system's picture and voice are
 //! then this box's camera and microphone ([`CallMedia`], read by the media engine's capture),

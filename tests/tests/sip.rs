@@ -73,6 +73,15 @@ fn dial(conf: &Path, uri: &str) -> Proc {
     )
 }
 
+/// Whether the UA of `conf` dumped a second or more of sound it decoded.
+fn decoded_sound(conf: &Path) -> bool {
+    std::fs::read_dir(conf)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-dec.wav"))
+        .any(|e| e.metadata().is_ok_and(|m| m.len() > 16_000))
+}
+
 #[test]
 fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_the_floor() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,15 +221,8 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
         (1280, 720),
         "the room system decoded another picture"
     );
-    let decoded_sound = || {
-        std::fs::read_dir(&hall)
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with("-dec.wav"))
-            .any(|e| e.metadata().is_ok_and(|m| m.len() > 16_000))
-    };
     assert!(
-        wait_until(Duration::from_secs(30), decoded_sound),
+        wait_until(Duration::from_secs(30), || decoded_sound(&hall)),
         "no sound decoded by the room system: {:?}\n{}",
         std::fs::read_dir(&hall)
             .unwrap()

@@ -37,7 +37,7 @@ impl Audio {
     fn payload_type(&self) -> u8 {
         match self.codec {
             AudioCodec::Opus => self.payload_type,
-            AudioCodec::Pcma => 8,
+            static_type => static_type.payload_type(),
         }
     }
 }
@@ -162,6 +162,7 @@ fn audio_attributes(codec: AudioCodec, pt: u8) -> Vec<String> {
             format!("a=fmtp:{pt} minptime=10;useinbandfec=1"),
         ],
         AudioCodec::Pcma => alloc::vec![format!("a=rtpmap:{pt} PCMA/8000")],
+        AudioCodec::Pcmu => alloc::vec![format!("a=rtpmap:{pt} PCMU/8000")],
     }
 }
 
@@ -183,8 +184,8 @@ fn clean(name: &str) -> String {
 pub struct Offer {
     /// Where video goes, and the payload type the caller named H.264 in packetization mode 1.
     pub video: Option<(SocketAddr, u8)>,
-    /// Where sound goes, in which codec (Opus if offered, else G.711 A-law), under which
-    /// payload type.
+    /// Where sound goes, in which codec (Opus if offered, else G.711 A-law, else μ-law), under
+    /// which payload type.
     pub audio: Option<(SocketAddr, AudioCodec, u8)>,
     /// Its `m=` lines in order, each as the answer must give it back.
     pub lines: Vec<OfferedLine>,
@@ -245,7 +246,7 @@ pub enum SdpError {
     NoAddress,
     /// Only SRTP offered, with no key of the suite taken (AES_CM_128_HMAC_SHA1_80).
     SrtpOnly,
-    /// Neither H.264 (packetization mode 1) nor Opus or G.711 A-law offered.
+    /// Neither H.264 (packetization mode 1) nor Opus or G.711 offered.
     NothingUsable,
 }
 
@@ -258,7 +259,7 @@ impl core::fmt::Display for SdpError {
                 f.write_str("SRTP offered without an AES_CM_128_HMAC_SHA1_80 key (RFC 4568)")
             }
             SdpError::NothingUsable => {
-                f.write_str("neither H.264 (packetization-mode=1) nor Opus or PCMA offered")
+                f.write_str("neither H.264 (packetization-mode=1) nor Opus, PCMA or PCMU offered")
             }
         }
     }
@@ -628,6 +629,14 @@ mod tests {
         let g711 = BARESIP.replace("96 0 8 101", "0 8 101");
         let o = read_offer(&g711).unwrap();
         assert_eq!(o.audio.map(|a| (a.1, a.2)), Some((AudioCodec::Pcma, 8)));
+        let mu_law = BARESIP.replace("96 0 8 101", "0 101");
+        let o = read_offer(&mu_law).unwrap();
+        assert_eq!(o.audio.map(|a| (a.1, a.2)), Some((AudioCodec::Pcmu, 0)));
+        let a = answer(&o, IpAddr::from([10, 0, 0, 1]), (5070, 5072), 9, &[7; 30]);
+        assert!(
+            a.contains("m=audio 5072 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"),
+            "{a}"
+        );
     }
 
     #[test]
@@ -660,8 +669,8 @@ mod tests {
     fn offers_that_cannot_be_answered_say_why() {
         let srtp = BARESIP.replace("RTP/AVP", "RTP/SAVP");
         assert_eq!(read_offer(&srtp), Err(SdpError::SrtpOnly));
-        let pcmu_only = "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 0\r\n";
-        assert_eq!(read_offer(pcmu_only), Err(SdpError::NothingUsable));
+        let gsm_only = "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 4000 RTP/AVP 3\r\n";
+        assert_eq!(read_offer(gsm_only), Err(SdpError::NothingUsable));
         let no_address = "v=0\r\nm=audio 4000 RTP/AVP 8\r\n";
         assert_eq!(read_offer(no_address), Err(SdpError::NoAddress));
         assert_eq!(

@@ -27,7 +27,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_net::gio;
 
-use cuntong_core::media::{OPUS_PT, PCMA_PT, VIDEO_PT};
+use cuntong_core::media::VIDEO_PT;
 
 mod engine;
 pub mod feedback;
@@ -96,6 +96,46 @@ fn first_available(factories: &[&str]) -> Result<gst::Element, MediaError> {
         .ok_or_else(|| MediaError::Missing(factories.join(" or ")))
 }
 
+/// How GStreamer carries a sound codec: its RTP clock rate and encoding name, and the elements
+/// that encode, packetize, depacketize and decode it. The one table of them.
+pub(crate) struct Sound {
+    pub rate: i32,
+    pub name: &'static str,
+    pub encoder: &'static str,
+    pub pay: &'static str,
+    pub depay: &'static str,
+    pub decoder: &'static str,
+}
+
+pub(crate) fn sound(codec: AudioCodec) -> Sound {
+    match codec {
+        AudioCodec::Opus => Sound {
+            rate: 48_000,
+            name: "OPUS",
+            encoder: "opusenc",
+            pay: "rtpopuspay",
+            depay: "rtpopusdepay",
+            decoder: "opusdec",
+        },
+        AudioCodec::Pcma => Sound {
+            rate: 8_000,
+            name: "PCMA",
+            encoder: "alawenc",
+            pay: "rtppcmapay",
+            depay: "rtppcmadepay",
+            decoder: "alawdec",
+        },
+        AudioCodec::Pcmu => Sound {
+            rate: 8_000,
+            name: "PCMU",
+            encoder: "mulawenc",
+            pay: "rtppcmupay",
+            depay: "rtppcmudepay",
+            decoder: "mulawdec",
+        },
+    }
+}
+
 /// What the box captures from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Capture {
@@ -161,15 +201,12 @@ fn call_source(call: &crate::sip::CallMedia, video: bool) -> Result<gst::Element
         }
         (false, Some(a)) if a.offer.audio.is_some() => {
             let (codec, pt) = a.offer.audio.map_or((AudioCodec::Pcma, 8), |x| (x.1, x.2));
-            let (caps, depay, decoder) = match codec {
-                AudioCodec::Opus => (rtp("audio", 48_000, "OPUS", pt), "rtpopusdepay", "opusdec"),
-                AudioCodec::Pcma => (rtp("audio", 8_000, "PCMA", pt), "rtppcmadepay", "alawdec"),
-            };
+            let s = sound(codec);
             vec![
-                udp(a.audio_port, caps)?,
+                udp(a.audio_port, rtp("audio", s.rate, s.name, pt))?,
                 jitter()?,
-                make(depay)?,
-                make(decoder)?,
+                make(s.depay)?,
+                make(s.decoder)?,
             ]
         }
         (true, _) => {

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cuntong_core::media::VIDEO_PT;
 use cuntong_core::media::consent::Consent;
 use cuntong_core::media::stun::{self, Message, Responder};
-use cuntong_core::media::{OPUS_PT, PCMA_PT, VIDEO_PT};
 use cuntong_core::meeting::AudioCodec;
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -21,7 +21,7 @@ use gstreamer_net::gio::prelude::*;
 use super::feedback::Feedback;
 use super::{
     FrameLog, MediaError, Playback, count_bytes, first_available, init, make, make_with, room,
-    srtp_decrypter, srtp_key, watch_bus, watch_bus_of,
+    sound, srtp_decrypter, srtp_key, watch_bus, watch_bus_of,
 };
 
 /// What arrived of one stream.
@@ -384,15 +384,12 @@ fn srtp_input(
             .field("payload", i32::from(VIDEO_PT))
             .build()
     } else {
-        let (rate, name, pt) = match audio {
-            AudioCodec::Opus => (48_000i32, "OPUS", OPUS_PT),
-            AudioCodec::Pcma => (8_000, "PCMA", PCMA_PT),
-        };
+        let s = sound(audio);
         gst::Caps::builder("application/x-srtp")
             .field("media", "audio")
-            .field("clock-rate", rate)
-            .field("encoding-name", name)
-            .field("payload", i32::from(pt))
+            .field("clock-rate", s.rate)
+            .field("encoding-name", s.name)
+            .field("payload", i32::from(audio.payload_type()))
             .build()
     };
     let src = make_with(
@@ -625,10 +622,8 @@ fn add_branch(
             first_available(&["v4l2h264dec", "avdec_h264", "openh264dec"])?,
         )
     } else {
-        match codec {
-            AudioCodec::Opus => (make("rtpopusdepay")?, make("opusdec")?),
-            AudioCodec::Pcma => (make("rtppcmadepay")?, make("alawdec")?),
-        }
+        let s = sound(codec);
+        (make(s.depay)?, make(s.decoder)?)
     };
     // Into the room: converted for the compositor or the mixer. Discarded: a sink that, added
     // to a playing pipeline, does not wait for its first buffer (preroll), or the whole

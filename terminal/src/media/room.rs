@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cuntong_core::media::AudioCodec;
 use cuntong_core::media::layout::{Layout, VoiceSwitch, arrange};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -291,14 +290,11 @@ fn to_call(
     };
     let audio: Vec<gst::Element> = match agreed.offer.audio {
         Some((to, codec, pt)) => {
-            let (encoder, pay) = match codec {
-                AudioCodec::Opus => (make("opusenc")?, "rtpopuspay"),
-                AudioCodec::Pcma => (make("alawenc")?, "rtppcmapay"),
-            };
+            let s = super::sound(codec);
             vec![
                 make("queue")?,
-                encoder,
-                make_with(pay, &[("pt", u32::from(pt).to_value())])?,
+                make(s.encoder)?,
+                make_with(s.pay, &[("pt", u32::from(pt).to_value())])?,
                 protect(agreed.offer.audio_key.is_some())?,
                 udp(to)?,
             ]

@@ -223,30 +223,19 @@ impl Sender {
             };
             let vol = make("volume")?;
             let audio_ssrc = cuntong_core::media::audio_ssrc(ssrc);
-            let (rate, enc, pay) = match codec {
-                AudioCodec::Opus => (
-                    48_000,
-                    make_with("opusenc", &[("bitrate", ((kbps * 1000) as i32).to_value())])?,
-                    make_with(
-                        "rtpopuspay",
-                        &[
-                            ("pt", (u32::from(OPUS_PT)).to_value()),
-                            ("ssrc", audio_ssrc.to_value()),
-                        ],
-                    )?,
-                ),
-                AudioCodec::Pcma => (
-                    8_000,
-                    make("alawenc")?,
-                    make_with(
-                        "rtppcmapay",
-                        &[
-                            ("pt", (u32::from(PCMA_PT)).to_value()),
-                            ("ssrc", audio_ssrc.to_value()),
-                        ],
-                    )?,
-                ),
-            };
+            let s = sound(codec);
+            let enc = make(s.encoder)?;
+            if codec == AudioCodec::Opus {
+                enc.set_property("bitrate", (kbps * 1000) as i32);
+            }
+            let pay = make_with(
+                s.pay,
+                &[
+                    ("pt", u32::from(codec.payload_type()).to_value()),
+                    ("ssrc", audio_ssrc.to_value()),
+                ],
+            )?;
+            let rate = s.rate;
             let caps = gst::Caps::builder("audio/x-raw")
                 .field("rate", rate)
                 .field("channels", 1i32)
