@@ -70,8 +70,20 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
                 sources: sources.to_vec(),
             }))
         }
+        [a, meeting, uri] if a == "dial" => {
+            let meeting = meeting
+                .parse()
+                .map_err(|e| format!("dial {meeting:?}: not a meeting id ({e})"))?;
+            if !(uri.starts_with("sip:") && uri.contains('@')) {
+                return Err(format!("dial {uri:?}: not sip:user@host[:port]"));
+            }
+            Ok(Action::Dial {
+                meeting,
+                uri: uri.clone(),
+            })
+        }
         other => Err(format!(
-            "command {:?}: use ping, reboot, diag, logs, readiness, config-set KEY=VALUE or update FILE.release URL…",
+            "command {:?}: use ping, reboot, diag, logs, readiness, config-set KEY=VALUE, update FILE.release URL… or dial MEETING sip:ROOM@HOST",
             other.join(" ")
         )),
     }

@@ -34,6 +34,12 @@ pub enum Action {
     /// Fetch, verify and install a release, then restart into it on trial
     /// ([`crate::update`]). The box answers at once and reports each stage as an event.
     Update(crate::update::Offer),
+    /// A SIP gateway calls a room system it allows (`sip:hall@10.13.2.40`) into a meeting it is
+    /// invited to; the room system joins as the gateway's site once it answers.
+    Dial {
+        meeting: crate::meeting_id::MeetingId,
+        uri: String,
+    },
 }
 
 impl Action {
@@ -46,6 +52,7 @@ impl Action {
             Action::Logs => "logs",
             Action::Readiness => "readiness",
             Action::Update(_) => "update",
+            Action::Dial { .. } => "dial",
         }
     }
 }

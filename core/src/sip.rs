@@ -245,6 +245,44 @@ pub fn response(
     out
 }
 
+/// A request: `METHOD uri SIP/2.0`, then `headers` in order, then `body` (with its content
+/// type) and its length.
+pub fn request(
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> Vec<u8> {
+    let mut s = format!("{method} {uri} SIP/2.0\r\n");
+    for (name, value) in headers {
+        s.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let (kind, bytes) = body.unwrap_or(("", &[]));
+    if !kind.is_empty() {
+        s.push_str(&format!("Content-Type: {kind}\r\n"));
+    }
+    s.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
+    let mut out = s.into_bytes();
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// `user@host` of a SIP address, without scheme, port or parameters (`hall@10.0.0.9` of
+/// `sip:hall@10.0.0.9:5071;transport=udp`), for comparing addresses.
+pub fn user_at_host(address: &str) -> Option<&str> {
+    let rest = address
+        .strip_prefix("sip:")
+        .or_else(|| address.strip_prefix("sips:"))?;
+    let rest = rest.split([';', '?', '>']).next().unwrap_or(rest);
+    let (user, hostport) = rest.split_once('@')?;
+    // An IPv6 host is bracketed: its port follows the bracket.
+    let host_end = match hostport.find(']') {
+        Some(b) => b + 1,
+        None => hostport.find(':').unwrap_or(hostport.len()),
+    };
+    (!user.is_empty() && host_end > 0).then(|| &rest[..user.len() + 1 + host_end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +340,34 @@ mod tests {
         );
         assert_eq!(back.header("CSeq"), Some("314159 INVITE"));
         assert_eq!(back.body, b"v=0\r\n");
+    }
+
+    #[test]
+    fn a_request_reads_back_and_addresses_compare_without_port_or_parameters() {
+        let r = request(
+            "INVITE",
+            "sip:hall@10.0.0.9:5071",
+            &[
+                ("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1"),
+                ("From", "<sip:m1@10.0.0.1>;tag=a"),
+                ("To", "<sip:hall@10.0.0.9:5071>"),
+                ("Call-ID", "c1"),
+                ("CSeq", "1 INVITE"),
+            ],
+            Some(("application/sdp", b"v=0\r\n")),
+        );
+        let m = parse(&r).unwrap();
+        assert_eq!(m.method(), Some("INVITE"));
+        assert_eq!(m.uri_user(), Some("hall"));
+        assert_eq!(m.body, b"v=0\r\n");
+        assert_eq!(
+            user_at_host("sip:hall@10.0.0.9:5071;transport=udp"),
+            Some("hall@10.0.0.9")
+        );
+        assert_eq!(user_at_host("sip:hall@10.0.0.9"), Some("hall@10.0.0.9"));
+        assert_eq!(user_at_host("sips:a@[fd00::1]:5061"), Some("a@[fd00::1]"));
+        assert_eq!(user_at_host("hall@10.0.0.9"), None);
+        assert_eq!(user_at_host("sip:@10.0.0.9"), None);
     }
 
     #[test]

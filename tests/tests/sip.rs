@@ -73,13 +73,20 @@ fn dial(conf: &Path, uri: &str) -> Proc {
     )
 }
 
-/// Whether the UA of `conf` dumped a second or more of sound it decoded.
+/// Whether the UA of `conf` decoded sound that is heard: its dump of what it decoded (16-bit
+/// WAV) holds samples louder than -30 dBFS (the villages' tones, mixed), not only silence.
 fn decoded_sound(conf: &Path) -> bool {
     std::fs::read_dir(conf)
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().ends_with("-dec.wav"))
-        .any(|e| e.metadata().is_ok_and(|m| m.len() > 16_000))
+        .any(|e| {
+            let wav = std::fs::read(e.path()).unwrap_or_default();
+            wav.get(44..)
+                .unwrap_or_default()
+                .chunks_exact(2)
+                .any(|s| i16::from_le_bytes([s[0], s[1]]).unsigned_abs() > 1_000)
+        })
 }
 
 #[test]

@@ -13,7 +13,8 @@ use super::common::{Failure, Signing, Usage, duration, fail, parse, positive};
 #[derive(Debug, Args)]
 pub struct CmdArgs {
     /// `TERMINAL_ID COMMAND…`, or just `COMMAND…` with --region; COMMAND is ping, reboot,
-    /// diag, logs, readiness, config-set KEY=VALUE or update FILE.release URL….
+    /// diag, logs, readiness, config-set KEY=VALUE, update FILE.release URL… or (to a SIP
+    /// gateway) dial MEETING sip:ROOM@HOST.
     #[arg(required = true, num_args = 1..)]
     words: Vec<String>,
     /// Every terminal the store knows in this region.

@@ -166,6 +166,42 @@ fn audio_attributes(codec: AudioCodec, pt: u8) -> Vec<String> {
     }
 }
 
+/// An offer (RFC 3264) to a room system the box calls: H.264 (packetization mode 1) on
+/// `video_port` and sound on `audio_port` in Opus, G.711 A-law or μ-law, over plain RTP, both
+/// ways, at `here`.
+pub fn offer(here: IpAddr, (video_port, audio_port): (u16, u16), session_id: u64) -> String {
+    let (net, addr) = match here {
+        IpAddr::V4(a) => ("IP4", format!("{a}")),
+        IpAddr::V6(a) => ("IP6", format!("{a}")),
+    };
+    let codecs = [AudioCodec::Opus, AudioCodec::Pcma, AudioCodec::Pcmu];
+    let types: Vec<String> = codecs
+        .iter()
+        .map(|c| format!("{}", c.payload_type()))
+        .collect();
+    let mut lines = alloc::vec![
+        String::from("v=0"),
+        format!("o=cuntong {session_id} 1 IN {net} {addr}"),
+        String::from("s=cuntong"),
+        format!("c=IN {net} {addr}"),
+        String::from("t=0 0"),
+        format!("m=audio {audio_port} RTP/AVP {}", types.join(" ")),
+    ];
+    for c in codecs {
+        lines.extend(audio_attributes(c, c.payload_type()));
+    }
+    lines.push(String::from(Direction::SendRecv.attribute()));
+    lines.push(format!(
+        "m=video {video_port} RTP/AVP {}",
+        crate::media::VIDEO_PT
+    ));
+    lines.extend(video_attributes(crate::media::VIDEO_PT, 31));
+    lines.push(String::from(Direction::SendRecv.attribute()));
+    let mut s = lines.join("\r\n");
+    s.push_str("\r\n");
+    s
+}
+
 /// A session name on one line, without characters SDP does not allow.
 fn clean(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -315,8 +351,13 @@ impl Section<'_> {
             .formats
             .iter()
             .find(|pt| **pt == 8 || named(**pt, "PCMA"));
+        let pcmu = self
+            .formats
+            .iter()
+            .find(|pt| **pt == 0 || named(**pt, "PCMU"));
         opus.map(|pt| (AudioCodec::Opus, *pt))
             .or(pcma.map(|pt| (AudioCodec::Pcma, *pt)))
+            .or(pcmu.map(|pt| (AudioCodec::Pcmu, *pt)))
     }
 }
 
@@ -663,6 +704,18 @@ mod tests {
         let ours = "AES_CM_128_HMAC_SHA1_80 inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
         assert!(a.contains(&format!("a=crypto:2 {ours}\r\n")), "{a}");
         assert!(a.contains(&format!("a=crypto:5 {ours}\r\n")), "{a}");
+    }
+
+    #[test]
+    fn the_boxs_offer_reads_as_h264_and_opus_at_its_ports() {
+        let text = offer(IpAddr::from([10, 0, 0, 1]), (5070, 5072), 3);
+        let o = read_offer(&text).unwrap();
+        assert_eq!(o.video, Some(("10.0.0.1:5070".parse().unwrap(), 96)));
+        assert_eq!(
+            o.audio,
+            Some(("10.0.0.1:5072".parse().unwrap(), AudioCodec::Opus, 111))
+        );
+        assert!(text.contains("m=audio 5072 RTP/AVP 111 8 0\r\n"), "{text}");
     }
 
     #[test]
