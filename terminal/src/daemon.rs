@@ -243,6 +243,7 @@ pub async fn run(
         })),
         link: link.clone(),
         log: LogLimiter::default(),
+        dials: None,
         cfg,
     };
     daemon.apply_sampling();
@@ -255,8 +256,10 @@ pub async fn run(
     let sip_task = daemon.cfg.sip.clone().map(|sip| {
         let (requests, stop) = (requests_tx.clone(), stop.clone());
         let tag = format!("{:08x}", rand::random::<u32>());
+        let (dials, to_dial) = mpsc::channel(4);
+        daemon.dials = Some(dials);
         tokio::spawn(async move {
-            if let Err(e) = crate::sip::serve(sip, tag, requests, stop).await {
+            if let Err(e) = crate::sip::serve(sip, tag, requests, to_dial, stop).await {
                 tracing::error!(error = %e, "the SIP gateway cannot listen");
             }
         })
@@ -557,6 +560,8 @@ struct Daemon {
     link: Link,
     /// Lines logged per incoming message (a flood of them costs a line a minute).
     log: LogLimiter,
+    /// A SIP gateway's calls to make (`dial` commands), to its SIP task.
+    dials: Option<mpsc::Sender<crate::sip::Dial>>,
 }
 
 impl Daemon {

@@ -10,8 +10,12 @@
 //! and the box's composed room and mixed sound go to the room system instead of a screen. A
 //! `BYE` leaves the meeting. The site takes part like any other: roll call, floor, mute.
 //!
+//! The box also calls a room system it allows when told to (a signed `dial` command,
+//! [`Dial`]): its INVITE carries an offer of its own ([`cuntong_core::media::sdp::offer`]); the
+//! room system's answer is read as an offer would be, and the call goes on as one that came in.
+//!
 //! Over UDP; a `200 OK` is sent again (0.5 s, 1 s, 2 s, … as RFC 3261's timer G) until its
-//! `ACK` comes, at most seven times.
+//! `ACK` comes, and an INVITE (timer A) until any answer, at most seven times each.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -77,19 +81,41 @@ impl CallMedia {
     }
 }
 
-/// Answers sent again until their `ACK`, at most.
-const ANSWER_TRIES: u32 = 7;
+/// Answers sent again until their `ACK`, and INVITEs until an answer, at most.
+const TRIES: u32 = 7;
+
+/// A call the box is to make (a `dial` command): room system `uri` into `meeting`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dial {
+    pub meeting: MeetingId,
+    pub uri: String,
+}
 
 /// The call in progress.
 struct Call {
     call_id: String,
     meeting: MeetingId,
-    /// The last answer to its INVITE, sent again until the ACK.
+    /// What is sent again until the other side shows it arrived: the answer to its INVITE
+    /// until the ACK (a call in), or the ACK at each repeated 200 OK (a call out).
     answer: Vec<u8>,
     acked: bool,
     tries: u32,
     next_try: tokio::time::Instant,
     to: SocketAddr,
+}
+
+/// A call the box is making, until the room system answers it.
+struct Outgoing {
+    dial: Dial,
+    call_id: String,
+    invite: Vec<u8>,
+    to: SocketAddr,
+    /// A provisional answer (`100 Trying`, `180 Ringing`) came: no more INVITEs.
+    heard: bool,
+    tries: u32,
+    next_try: tokio::time::Instant,
+    /// The gateway's own address toward the room system.
+    me: SocketAddr,
 }
 
 /// Runs the gateway until `stop`: calls come in on `cfg.listen`; joining and leaving go to the
@@ -98,19 +124,50 @@ pub async fn serve(
     cfg: SipConfig,
     tag: String,
     requests: mpsc::Sender<OperatorCall>,
+    mut dials: mpsc::Receiver<Dial>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let socket = UdpSocket::bind(cfg.listen).await?;
+    let port = socket.local_addr()?.port();
     eprintln!("sip gateway listening on {}", socket.local_addr()?);
     let mut call: Option<Call> = None;
+    let mut outgoing: Option<Outgoing> = None;
     let mut buf = vec![0u8; message::MAX_MESSAGE + 1];
     loop {
         let resend_at = call
             .as_ref()
-            .filter(|c| !c.acked && c.tries < ANSWER_TRIES)
+            .filter(|c| !c.acked && c.tries < TRIES)
             .map(|c| c.next_try);
+        let invite_at = outgoing.as_ref().filter(|o| !o.heard).map(|o| o.next_try);
         let (n, from) = tokio::select! {
             _ = stop.cancelled() => break,
+            Some(d) = dials.recv() => {
+                if call.is_some() || outgoing.is_some() {
+                    tracing::warn!(uri = %d.uri, "sip: not calling: this gateway carries one call at a time");
+                } else {
+                    match start_call(&cfg, &tag, port, d) {
+                        Ok(o) => {
+                            let _ = socket.send_to(&o.invite, o.to).await;
+                            outgoing = Some(o);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "sip: not calling"),
+                    }
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(invite_at.unwrap_or_else(tokio::time::Instant::now)), if invite_at.is_some() => {
+                if let Some(o) = outgoing.as_mut() {
+                    o.tries += 1;
+                    if o.tries >= TRIES {
+                        tracing::warn!(uri = %o.dial.uri, "sip: the room system does not answer");
+                        outgoing = None;
+                    } else {
+                        o.next_try += Duration::from_millis(500 << o.tries.min(3));
+                        let _ = socket.send_to(&o.invite, o.to).await;
+                    }
+                }
+                continue;
+            }
             r = socket.recv_from(&mut buf) => match r {
                 Ok(r) => r,
                 Err(e) => {
@@ -135,7 +192,10 @@ pub async fn serve(
             }
         };
         let Some(method) = m.method() else {
-            continue; // a response: the gateway sends no requests
+            if let Some(bytes) = answered(&cfg, &m, &mut outgoing, &mut call, &requests).await {
+                let _ = socket.send_to(&bytes, from).await;
+            }
+            continue;
         };
         let reply = |code: u16, reason: &str| message::response(&m, code, reason, &tag, &[], None);
         let out = match method {
@@ -190,12 +250,170 @@ pub async fn serve(
     Ok(())
 }
 
-/// Whether the caller at `from`, saying it is `caller`, is let in.
+/// Whether the caller at `from`, saying it is `caller`, is let in (or, for a call out, the
+/// room system at `from` whose address is `caller`).
 fn allowed(allow: &[String], from: IpAddr, caller: Option<&str>) -> bool {
+    let caller = caller.and_then(message::user_at_host);
     allow.iter().any(|a| match a.parse::<IpAddr>() {
         Ok(ip) => ip == from,
-        Err(_) => caller.is_some_and(|c| c.eq_ignore_ascii_case(a)),
+        Err(_) => caller
+            .is_some_and(|c| message::user_at_host(a).is_some_and(|a| a.eq_ignore_ascii_case(c))),
     })
+}
+
+/// Starts a call out: the room system of `d` is allowed, and reachable at the address its
+/// URI names (an IP address; port 5060 if none); the INVITE with the box's offer.
+fn start_call(cfg: &SipConfig, tag: &str, port: u16, d: Dial) -> Result<Outgoing, String> {
+    let hostport = d
+        .uri
+        .split_once('@')
+        .map(|(_, h)| h.split([';', '?', '>']).next().unwrap_or(h))
+        .ok_or_else(|| format!("{:?} is not sip:user@host", d.uri))?;
+    let to: SocketAddr = hostport
+        .parse()
+        .or_else(|_| {
+            hostport
+                .parse::<IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 5060))
+        })
+        .map_err(|_| format!("{:?}: the host must be an IP address", d.uri))?;
+    if !allowed(&cfg.allow, to.ip(), Some(&d.uri)) {
+        return Err(format!(
+            "{} is not a room system this gateway allows",
+            d.uri
+        ));
+    }
+    let here = facing(to).unwrap_or(cfg.listen.ip());
+    let me = SocketAddr::new(here, port);
+    let call_id = format!("{:016x}@{here}", rand::random::<u64>());
+    let description = sdp::offer(
+        here,
+        (cfg.rtp_port, cfg.rtp_port.saturating_add(2)),
+        u64::from(rand::random::<u32>()),
+    );
+    let invite = message::request(
+        "INVITE",
+        &d.uri,
+        &[
+            (
+                "Via",
+                &format!(
+                    "SIP/2.0/UDP {me};branch=z9hG4bK{:08x};rport",
+                    rand::random::<u32>()
+                ),
+            ),
+            ("Max-Forwards", "70"),
+            ("From", &format!("<sip:{}@{me}>;tag={tag}", d.meeting)),
+            ("To", &format!("<{}>", d.uri)),
+            ("Call-ID", &call_id),
+            ("CSeq", "1 INVITE"),
+            ("Contact", &format!("<sip:{}@{me}>", d.meeting)),
+        ],
+        Some(("application/sdp", description.as_bytes())),
+    );
+    tracing::info!(uri = %d.uri, meeting = %d.meeting, "sip: calling the room system");
+    Ok(Outgoing {
+        dial: d,
+        call_id,
+        invite,
+        to,
+        heard: false,
+        tries: 0,
+        next_try: tokio::time::Instant::now() + Duration::from_millis(500),
+        me,
+    })
+}
+
+/// A response to the box's INVITE: provisional, or the room system's answer (the call joins
+/// the meeting; the ACK to send), or a refusal (the ACK to send).
+async fn answered(
+    cfg: &SipConfig,
+    m: &Message<'_>,
+    outgoing: &mut Option<Outgoing>,
+    call: &mut Option<Call>,
+    requests: &mpsc::Sender<OperatorCall>,
+) -> Option<Vec<u8>> {
+    let message::Start::Response { code, reason } = m.start else {
+        return None;
+    };
+    let call_id = m.header("Call-ID")?;
+    if m.cseq_method() != Some("INVITE") {
+        return None;
+    }
+    // The answer again (the ACK was lost): the ACK again.
+    if let Some(c) = call
+        .as_ref()
+        .filter(|c| c.call_id == call_id && (200..300).contains(&code))
+    {
+        return Some(c.answer.clone());
+    }
+    let o = outgoing.as_mut().filter(|o| o.call_id == call_id)?;
+    if code < 200 {
+        o.heard = true;
+        return None;
+    }
+    let o = outgoing.take()?;
+    let ack = ack_for(m, &o);
+    if code >= 300 {
+        tracing::warn!(uri = %o.dial.uri, code, reason, "sip: the room system refused the call");
+        return Some(ack);
+    }
+    let agreed = std::str::from_utf8(m.body)
+        .ok()
+        .and_then(|text| sdp::read_offer(text).ok())
+        .map(|answer| Agreed {
+            offer: answer,
+            video_port: cfg.rtp_port,
+            audio_port: cfg.rtp_port.saturating_add(2),
+            key: rand::random(),
+        });
+    let Some(agreed) = agreed else {
+        tracing::warn!(uri = %o.dial.uri, "sip: the room system's answer carries nothing usable");
+        return Some(ack);
+    };
+    cfg.call.set(Some(agreed));
+    match ask(requests, OperatorRequest::Accept(o.dial.meeting)).await {
+        Ok(_) => {
+            tracing::info!(uri = %o.dial.uri, meeting = %o.dial.meeting, "sip: the room system answered and joined the meeting");
+            *call = Some(Call {
+                call_id: o.call_id.clone(),
+                meeting: o.dial.meeting,
+                answer: ack.clone(),
+                acked: true,
+                tries: 0,
+                next_try: tokio::time::Instant::now(),
+                to: o.to,
+            });
+        }
+        Err(e) => {
+            cfg.call.set(None);
+            tracing::warn!(meeting = %o.dial.meeting, error = %e, "sip: the call cannot join the meeting");
+        }
+    }
+    Some(ack)
+}
+
+/// The ACK of a final response `m` to the INVITE of `o`.
+fn ack_for(m: &Message<'_>, o: &Outgoing) -> Vec<u8> {
+    let via = format!(
+        "SIP/2.0/UDP {};branch=z9hG4bK{:08x};rport",
+        o.me,
+        rand::random::<u32>()
+    );
+    let target = m.address_of("Contact").unwrap_or(&o.dial.uri).to_owned();
+    message::request(
+        "ACK",
+        &target,
+        &[
+            ("Via", &via),
+            ("Max-Forwards", "70"),
+            ("From", m.header("From").unwrap_or_default()),
+            ("To", m.header("To").unwrap_or_default()),
+            ("Call-ID", &o.call_id),
+            ("CSeq", "1 ACK"),
+        ],
+        None,
+    )
 }
 
 /// Answers an INVITE: refused, or joined and answered with the box's description.

@@ -22,6 +22,12 @@ const HALL: &str = "130102000000-hall";
 /// decoded picture (`snapshot`).
 fn baresip(dir: &Path, name: &str, user: &str, port: u16, params: &str) -> PathBuf {
     let conf = dir.join(format!("baresip-{name}"));
+    // baresip's tone source sends at 48 kHz only: a G.711 call sends the bridge's silence.
+    let source = if params.contains("PCM") {
+        "aubridge,nil"
+    } else {
+        "ausine,440"
+    };
     std::fs::create_dir_all(&conf).unwrap();
     let modules = [
         "g711",
@@ -31,11 +37,11 @@ fn baresip(dir: &Path, name: &str, user: &str, port: u16, params: &str) -> PathB
         "ausine",
         "sndfile",
         "snapshot",
-        "rtcpsummary",
+        "srtp",
     ];
     let mut text = format!(
         "poll_method epoll\nsip_listen 127.0.0.1:{port}\n\
-         audio_source ausine,440\naudio_player aubridge,nil\naudio_alert aubridge,nil\n\
+         audio_source {source}\naudio_player aubridge,nil\naudio_alert aubridge,nil\n\
          video_source fakevideo,nil\nvideo_display fakevideo,nil\n\
          video_size 320x240\nvideo_bitrate 300000\nvideo_fps 15\n\
          avcodec_h264enc libx264\navcodec_h264dec h264\n\
@@ -55,22 +61,27 @@ fn baresip(dir: &Path, name: &str, user: &str, port: u16, params: &str) -> PathB
     conf
 }
 
-/// Starts baresip with `conf`, dialling `uri` and asking for the first picture it decodes
-/// into `conf/picture.png`.
+/// Starts baresip with `conf`, asking for the first picture it decodes into
+/// `conf/picture.png`, and dialling `uri` if given (else waiting for a call).
+fn start(conf: &Path, uri: Option<&str>) -> Proc {
+    let picture = format!("/snapshot_recv {}", conf.join("picture.png").display());
+    let mut args = vec!["-f", conf.to_str().unwrap(), "-e", &picture];
+    let dial = uri.map(|u| format!("/dial {u}"));
+    if let Some(d) = &dial {
+        args.extend(["-e", d]);
+    }
+    Proc::spawn(Path::new("baresip"), &args, conf.join("baresip.log"))
+}
+
 fn dial(conf: &Path, uri: &str) -> Proc {
-    let picture = conf.join("picture.png");
-    Proc::spawn(
-        Path::new("baresip"),
-        &[
-            "-f",
-            conf.to_str().unwrap(),
-            "-e",
-            &format!("/snapshot_recv {}", picture.display()),
-            "-e",
-            &format!("/dial {uri}"),
-        ],
-        conf.join("baresip.log"),
-    )
+    start(conf, Some(uri))
+}
+
+/// Whether the UA of `conf` decoded a picture.
+fn decoded_picture(conf: &Path) -> bool {
+    conf.join("picture.png")
+        .metadata()
+        .is_ok_and(|m| m.len() > 100)
 }
 
 /// Whether the UA of `conf` decoded sound that is heard: its dump of what it decoded (16-bit
@@ -99,6 +110,11 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     let fleet = sim_fleet_with(&broker.url, "130102", 2, d, "fleet", &["--media"]);
 
     // The gateway box of the county hall: it lets in one room system, by its SIP address.
+    let ca = d.join("ca");
+    ok(run(
+        &bin("cuntong"),
+        &["ca", "init", "--dir", ca.to_str().unwrap()],
+    ));
     let sip_port = free_port();
     let data = d.join(HALL);
     std::fs::create_dir_all(&data).unwrap();
@@ -110,11 +126,12 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
              [telemetry]\nhealth_interval = \"2s\"\nbatch_age = \"2s\"\n\n\
              [meeting]\naccept = \"manual\"\nrtp_port = {}\nmedia_host = \"127.0.0.1\"\n\n\
              [sip]\nlisten = \"127.0.0.1:{sip_port}\"\nallow = [\"sip:hall@127.0.0.1\"]\n\
-             rtp_port = {}\n",
+             rtp_port = {}\n\n[commands]\nkey = \"{}\"\n",
             broker.url,
             data.display(),
             free_udp_pair().unwrap(),
             free_udp_pair().unwrap(),
+            ca.join("command.pub").display(),
         ),
     )
     .unwrap();
@@ -212,10 +229,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
 
     // It decodes the room: a picture, and sound.
     assert!(
-        wait_until(Duration::from_secs(30), || hall
-            .join("picture.png")
-            .metadata()
-            .is_ok_and(|m| m.len() > 100)),
+        wait_until(Duration::from_secs(30), || decoded_picture(&hall)),
         "no picture decoded by the room system\n{}",
         call.log_text()
     );
@@ -275,13 +289,93 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
         gateway.log_text()
     );
 
+    assert!(
+        call.log_text().contains("SRTP is Enabled"),
+        "the call was not encrypted:\n{}",
+        call.log_text()
+    );
+
     // The room system hangs up: the hall leaves the meeting.
     call.terminate(Duration::from_secs(10));
+    let left = || state_of(HALL).as_deref() == Some("left");
+    assert!(wait_until(Duration::from_secs(20), left), "{:?}", status());
+
+    // It calls again over plain RTP, with G.711 μ-law alone: joined again, and the room's
+    // picture and sound decoded.
+    let plain = baresip(d, "plain", "hall", free_port(), ";audio_codecs=PCMU/8000/1");
+    let mut again = dial(&plain, &uri);
+    let joined = || state_of(HALL).as_deref() == Some("joined");
     assert!(
-        wait_until(Duration::from_secs(20), || state_of(HALL).as_deref()
-            == Some("left")),
-        "{:?}",
-        status()
+        wait_until(Duration::from_secs(20), joined),
+        "the hall did not join again: {:?}\ngateway:\n{}\nbaresip:\n{}",
+        status(),
+        gateway.log_text(),
+        again.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || decoded_picture(&plain)),
+        "no picture decoded over plain RTP\n{}",
+        again.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || decoded_sound(&plain)),
+        "no μ-law sound decoded\n{}",
+        again.log_text()
+    );
+    assert!(
+        again.log_text().contains("Set audio decoder: PCMU"),
+        "{}",
+        again.log_text()
+    );
+    again.terminate(Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(20), left), "{:?}", status());
+
+    // The chair has the gateway call the room system (a signed command to the gateway): it
+    // answers, the hall joins, and the room system decodes the room. A room system the
+    // gateway does not allow is not called.
+    let called_port = free_port();
+    let called = baresip(d, "called", "hall", called_port, ";answermode=auto");
+    let answering = start(&called, None);
+    let cmd = |target: &str| {
+        let out = run(
+            &bin("cuntong"),
+            &[
+                "cmd",
+                HALL,
+                "dial",
+                &id,
+                target,
+                "--ca",
+                ca.to_str().unwrap(),
+                "--broker",
+                &broker.url,
+                "--json",
+            ],
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let nobody = "sip:nobody@127.0.0.1:5999";
+    assert_eq!(cmd(nobody)[0]["ok"], true, "the gateway takes the command");
+    let answer = cmd(&format!("sip:hall@127.0.0.1:{called_port}"));
+    assert_eq!(answer[0]["ok"], true, "{answer}");
+    assert!(
+        wait_until(Duration::from_secs(20), joined),
+        "the called room system did not join: {:?}\nbaresip:\n{}\ngateway:\n{}",
+        status(),
+        answering.log_text(),
+        gateway.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || decoded_picture(&called)),
+        "the called room system decoded no picture\n{}",
+        answering.log_text()
+    );
+    assert!(
+        gateway.log_text().contains(&format!(
+            "{nobody} is not a room system this gateway allows"
+        )),
+        "{}",
+        gateway.log_text()
     );
     drop(central);
 }
