@@ -232,15 +232,21 @@ pub fn response(
             s.push_str(&format!("To: {to};tag={to_tag}\r\n"));
         }
     }
-    for (name, value) in extra {
-        s.push_str(&format!("{name}: {value}\r\n"));
+    with_body(s, extra, body)
+}
+
+/// `head` (a start line and headers), then `headers`, then `body` (with its content type) and
+/// its length: the end every message shares.
+fn with_body(mut head: String, headers: &[(&str, &str)], body: Option<(&str, &[u8])>) -> Vec<u8> {
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     let (kind, bytes) = body.unwrap_or(("", &[]));
     if !kind.is_empty() {
-        s.push_str(&format!("Content-Type: {kind}\r\n"));
+        head.push_str(&format!("Content-Type: {kind}\r\n"));
     }
-    s.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
-    let mut out = s.into_bytes();
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
+    let mut out = head.into_bytes();
     out.extend_from_slice(bytes);
     out
 }
@@ -253,18 +259,7 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
 ) -> Vec<u8> {
-    let mut s = format!("{method} {uri} SIP/2.0\r\n");
-    for (name, value) in headers {
-        s.push_str(&format!("{name}: {value}\r\n"));
-    }
-    let (kind, bytes) = body.unwrap_or(("", &[]));
-    if !kind.is_empty() {
-        s.push_str(&format!("Content-Type: {kind}\r\n"));
-    }
-    s.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(bytes);
-    out
+    with_body(format!("{method} {uri} SIP/2.0\r\n"), headers, body)
 }
 
 /// `user@host` of a SIP address, without scheme, port or parameters (`hall@10.0.0.9` of

@@ -422,6 +422,27 @@ impl LinkProxy {
     }
 }
 
+/// Runs `cuntong ARGS --broker BROKER`.
+pub fn cuntong_on(broker: &str, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--broker", broker]);
+    run(&bin("cuntong"), &all)
+}
+
+/// The status report of terminal `id` whose state is under `data` (its daemon's answer on
+/// `data/ID/status.sock`), if it answers.
+pub fn terminal_status(data: &Path, id: &str) -> Option<serde_json::Value> {
+    let socket = data.join(id).join("status.sock");
+    let out = run(
+        &bin("cuntong-terminal"),
+        &["status", "--json", "--socket", socket.to_str()?],
+    );
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
 /// Where central stores for a test in `dir`: a fresh PostgreSQL database (its URL) if
 /// `postgres`, else an SQLite file.
 pub fn store_db(dir: &Path, postgres: bool) -> PathBuf {
@@ -664,9 +685,7 @@ impl MediaCounty {
 
     /// Runs `cuntong ARGS --broker …` against this county's broker.
     pub fn cuntong(&self, args: &[&str]) -> Output {
-        let mut all = args.to_vec();
-        all.extend(["--broker", &self.broker.url]);
-        run(&bin("cuntong"), &all)
+        cuntong_on(&self.broker.url, args)
     }
 
     /// The villages (every terminal but the relay).

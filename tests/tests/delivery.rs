@@ -8,8 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cuntong_e2e::{
-    Broker, BrokerKind, LinkProxy as Link, Proc, bin, central, free_port, run, telemetry,
-    wait_until,
+    Broker, BrokerKind, LinkProxy as Link, Proc, bin, central, free_port, telemetry, wait_until,
 };
 use serde_json::Value;
 
@@ -44,17 +43,7 @@ fn terminal(id: &str, link: &Link, data: &Path, extra: &[&str]) -> Proc {
     Proc::spawn(&bin("cuntong-sim"), &args, log)
 }
 
-/// The terminal's own status report, if its daemon answers.
-fn status(data: &Path, id: &str) -> Option<Value> {
-    let socket = data.join(id).join("status.sock");
-    let out = run(
-        &bin("cuntong-terminal"),
-        &["status", "--json", "--socket", socket.to_str().unwrap()],
-    );
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
+use cuntong_e2e::terminal_status as status;
 
 fn field(data: &Path, id: &str, f: impl Fn(&Value) -> Option<u64>) -> Option<u64> {
     status(data, id).as_ref().and_then(f)

@@ -20,15 +20,7 @@ const ID: &str = "130102001001-main";
 const LOG_LIMIT: u64 = 256 * 1024;
 
 fn status(data: &Path) -> Option<Value> {
-    let socket = data.join(ID).join("status.sock");
-    let out = run(
-        &bin("cuntong-terminal"),
-        &["status", "--json", "--socket", socket.to_str().unwrap()],
-    );
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
+    cuntong_e2e::terminal_status(data, ID)
 }
 
 fn confirmed(data: &Path) -> u64 {

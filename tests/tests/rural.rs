@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cuntong_e2e::{
-    Broker, BrokerKind, LinkProxy, Proc, bin, central_with, ok, run, sites, telemetry, wait_until,
+    Broker, BrokerKind, LinkProxy, Proc, bin, central_with, ok, sites, telemetry, wait_until,
 };
 
 const CHAIR: &str = "130102001001-main";
@@ -211,18 +211,7 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The terminal's own status report, if its daemon answers.
-fn status(dir: &Path, id: &str) -> Option<serde_json::Value> {
-    let socket = dir.join(id).join("status.sock");
-    let out = run(
-        &bin("cuntong-terminal"),
-        &["status", "--json", "--socket", socket.to_str().unwrap()],
-    );
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
+use cuntong_e2e::terminal_status as status;
 
 #[test]
 fn a_meeting_of_three_villages_on_512k_lossy_links_adapts_keeps_decoding_and_loses_no_telemetry() {
@@ -320,11 +309,7 @@ fn a_meeting_of_three_villages_on_512k_lossy_links_adapts_keeps_decoding_and_los
     }
     media.set("loss 3");
 
-    let cuntong = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--broker", &broker.url]);
-        run(&bin("cuntong"), &all)
-    };
+    let cuntong = |args: &[&str]| cuntong_e2e::cuntong_on(&broker.url, args);
     let id = ok(cuntong(&[
         "meeting",
         "create",

@@ -156,11 +156,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
         sites(&db, None),
         fleet.log_text()
     );
-    let cuntong = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--broker", &broker.url]);
-        run(&bin("cuntong"), &all)
-    };
+    let cuntong = |args: &[&str]| cuntong_e2e::cuntong_on(&broker.url, args);
     let id = ok(cuntong(&[
         "meeting",
         "create",

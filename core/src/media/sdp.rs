@@ -166,27 +166,33 @@ fn audio_attributes(codec: AudioCodec, pt: u8) -> Vec<String> {
     }
 }
 
-/// An offer (RFC 3264) to a room system the box calls: H.264 (packetization mode 1) on
-/// `video_port` and sound on `audio_port` in Opus, G.711 A-law or μ-law, over plain RTP, both
-/// ways, at `here`.
-pub fn offer(here: IpAddr, (video_port, audio_port): (u16, u16), session_id: u64) -> String {
+/// The session lines of a call's description: version, origin, name, the address of every
+/// stream, time.
+fn session_lines(here: IpAddr, session_id: u64) -> Vec<String> {
     let (net, addr) = match here {
         IpAddr::V4(a) => ("IP4", format!("{a}")),
         IpAddr::V6(a) => ("IP6", format!("{a}")),
     };
-    let codecs = [AudioCodec::Opus, AudioCodec::Pcma, AudioCodec::Pcmu];
-    let types: Vec<String> = codecs
-        .iter()
-        .map(|c| format!("{}", c.payload_type()))
-        .collect();
-    let mut lines = alloc::vec![
+    alloc::vec![
         String::from("v=0"),
         format!("o=cuntong {session_id} 1 IN {net} {addr}"),
         String::from("s=cuntong"),
         format!("c=IN {net} {addr}"),
         String::from("t=0 0"),
-        format!("m=audio {audio_port} RTP/AVP {}", types.join(" ")),
-    ];
+    ]
+}
+
+/// An offer (RFC 3264) to a room system the box calls: H.264 (packetization mode 1) on
+/// `video_port` and sound on `audio_port` in Opus, G.711 A-law or μ-law, over plain RTP, both
+/// ways, at `here`.
+pub fn offer(here: IpAddr, (video_port, audio_port): (u16, u16), session_id: u64) -> String {
+    let codecs = [AudioCodec::Opus, AudioCodec::Pcma, AudioCodec::Pcmu];
+    let types: Vec<String> = codecs
+        .iter()
+        .map(|c| format!("{}", c.payload_type()))
+        .collect();
+    let mut lines = session_lines(here, session_id);
+    lines.push(format!("m=audio {audio_port} RTP/AVP {}", types.join(" ")));
     for c in codecs {
         lines.extend(audio_attributes(c, c.payload_type()));
     }
@@ -493,17 +499,7 @@ pub fn answer(
     session_id: u64,
     key: &[u8; 30],
 ) -> String {
-    let (net, addr) = match here {
-        IpAddr::V4(a) => ("IP4", format!("{a}")),
-        IpAddr::V6(a) => ("IP6", format!("{a}")),
-    };
-    let mut lines = alloc::vec![
-        String::from("v=0"),
-        format!("o=cuntong {session_id} 1 IN {net} {addr}"),
-        String::from("s=cuntong"),
-        format!("c=IN {net} {addr}"),
-        String::from("t=0 0"),
-    ];
+    let mut lines = session_lines(here, session_id);
     for l in &offer.lines {
         match (l.taken, l.kind.as_str(), offer.video, offer.audio) {
             (true, "video", Some((_, pt)), _) => {
