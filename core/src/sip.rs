@@ -170,10 +170,7 @@ impl<'a> Message<'a> {
         let Start::Request { uri, .. } = self.start else {
             return None;
         };
-        let rest = uri
-            .strip_prefix("sip:")
-            .or_else(|| uri.strip_prefix("sips:"))?;
-        let (user, _) = rest.split_once('@')?;
+        let (user, _) = without_scheme(uri)?.split_once('@')?;
         Some(user.split(';').next().unwrap_or(user))
     }
 
@@ -262,12 +259,21 @@ pub fn request(
     with_body(format!("{method} {uri} SIP/2.0\r\n"), headers, body)
 }
 
+/// A SIP address without its `sip:` or `sips:` (the scheme is case-insensitive, RFC 3261
+/// §19.1.4).
+fn without_scheme(address: &str) -> Option<&str> {
+    ["sip:", "sips:"].iter().find_map(|scheme| {
+        address
+            .get(..scheme.len())
+            .filter(|p| p.eq_ignore_ascii_case(scheme))
+            .and_then(|_| address.get(scheme.len()..))
+    })
+}
+
 /// `user@host` of a SIP address, without scheme, port or parameters (`hall@10.0.0.9` of
 /// `sip:hall@10.0.0.9:5071;transport=udp`), for comparing addresses.
 pub fn user_at_host(address: &str) -> Option<&str> {
-    let rest = address
-        .strip_prefix("sip:")
-        .or_else(|| address.strip_prefix("sips:"))?;
+    let rest = without_scheme(address)?;
     let rest = rest.split([';', '?', '>']).next().unwrap_or(rest);
     let (user, hostport) = rest.split_once('@')?;
     // An IPv6 host is bracketed: its port follows the bracket.
@@ -361,6 +367,7 @@ mod tests {
         );
         assert_eq!(user_at_host("sip:hall@10.0.0.9"), Some("hall@10.0.0.9"));
         assert_eq!(user_at_host("sips:a@[fd00::1]:5061"), Some("a@[fd00::1]"));
+        assert_eq!(user_at_host("SIP:hall@10.0.0.9"), Some("hall@10.0.0.9"));
         assert_eq!(user_at_host("hall@10.0.0.9"), None);
         assert_eq!(user_at_host("sip:@10.0.0.9"), None);
     }

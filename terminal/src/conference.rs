@@ -60,6 +60,9 @@ pub trait MediaEngine: Send {
     /// Mute or unmute the microphone, change role, show another site.
     fn apply(&mut self, meeting: MeetingId, applied: &Applied);
     fn stop(&mut self, meeting: MeetingId);
+    /// The session is over for this box (it left, declined, or the session ended), after its
+    /// media stopped: a SIP gateway hangs up on its room system.
+    fn over(&mut self, _meeting: MeetingId) {}
     /// What it captures with (for the readiness check): by default the box's own devices.
     fn capture_devices(&self) -> crate::readiness::CaptureDevices {
         crate::readiness::local_devices()
@@ -753,7 +756,16 @@ impl Conference {
                     }
                     // A media restart (a new plan) keeps the relay's table: the sites below
                     // still need it. It goes when the session does (below).
-                    Output::Media(MediaCommand::Stop { meeting }) => self.engine.stop(meeting),
+                    Output::Media(MediaCommand::Stop { meeting }) => {
+                        self.engine.stop(meeting);
+                        // Over for this box (not a restart with another plan): said so too.
+                        let over = self.participant.session(&meeting).is_none_or(|s| {
+                            matches!(s.phase, Phase::Left | Phase::Ended | Phase::Declined)
+                        });
+                        if over {
+                            self.engine.over(meeting);
+                        }
+                    }
                     Output::Media(MediaCommand::Relay { meeting, plan }) => {
                         self.relay_plans.insert(meeting, plan);
                         self.apply_relay_plans();

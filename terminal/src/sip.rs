@@ -56,13 +56,27 @@ pub struct Agreed {
 }
 
 /// The current call's media, if a call is up: set by the gateway when it answers, read by the
-/// media engine when the meeting's media start. Clones share one call.
-#[derive(Clone, Debug, Default)]
-pub struct CallMedia(Arc<Mutex<Option<Agreed>>>);
+/// media engine when the meeting's media start; the engine says when the meeting is over for
+/// the box (it ended, or the box left it), and the gateway hangs up. Clones share one call.
+#[derive(Clone, Debug)]
+pub struct CallMedia {
+    agreed: Arc<Mutex<Option<Agreed>>>,
+    /// Counts the times a meeting was over for the box.
+    over: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for CallMedia {
+    fn default() -> CallMedia {
+        CallMedia {
+            agreed: Arc::default(),
+            over: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+}
 
 impl PartialEq for CallMedia {
     fn eq(&self, other: &CallMedia) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.agreed, &other.agreed)
     }
 }
 
@@ -70,14 +84,19 @@ impl Eq for CallMedia {}
 
 impl CallMedia {
     pub fn get(&self) -> Option<Agreed> {
-        self.0
+        self.agreed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
     fn set(&self, agreed: Option<Agreed>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = agreed;
+        *self.agreed.lock().unwrap_or_else(PoisonError::into_inner) = agreed;
+    }
+
+    /// The meeting is over for the box: the call ends with it.
+    pub fn over(&self) {
+        self.over.send_modify(|n| *n += 1);
     }
 }
 
@@ -102,6 +121,8 @@ struct Call {
     tries: u32,
     next_try: tokio::time::Instant,
     to: SocketAddr,
+    /// The BYE that ends it from the gateway's side.
+    bye: Vec<u8>,
 }
 
 /// A call the box is making, until the room system answers it.
@@ -133,6 +154,7 @@ pub async fn serve(
     let mut call: Option<Call> = None;
     let mut outgoing: Option<Outgoing> = None;
     let mut buf = vec![0u8; message::MAX_MESSAGE + 1];
+    let mut overs = cfg.call.over.subscribe();
     loop {
         let resend_at = call
             .as_ref()
@@ -141,6 +163,19 @@ pub async fn serve(
         let invite_at = outgoing.as_ref().filter(|o| !o.heard).map(|o| o.next_try);
         let (n, from) = tokio::select! {
             _ = stop.cancelled() => break,
+            Ok(()) = overs.changed() => {
+                // The meeting is over for the box while the call is up: hang up.
+                if let Some(c) = call.take_if(|c| c.acked) {
+                    cfg.call.set(None);
+                    tracing::info!(meeting = %c.meeting, "sip: the meeting is over for the room system: hanging up");
+                    let _ = socket.send_to(&c.bye, c.to).await;
+                } else if let Some(c) = call.as_ref() {
+                    // Before the call was even acknowledged: the end of an earlier call's
+                    // meeting, nothing of this one.
+                    tracing::debug!(meeting = %c.meeting, "sip: an end before the call was up");
+                }
+                continue;
+            }
             Some(d) = dials.recv() => {
                 if call.is_some() || outgoing.is_some() {
                     tracing::warn!(uri = %d.uri, "sip: not calling: this gateway carries one call at a time");
@@ -375,6 +410,14 @@ async fn answered(
     match ask(requests, OperatorRequest::Accept(o.dial.meeting)).await {
         Ok(_) => {
             tracing::info!(uri = %o.dial.uri, meeting = %o.dial.meeting, "sip: the room system answered and joined the meeting");
+            let bye = in_dialog(
+                "BYE",
+                m.address_of("Contact").unwrap_or(&o.dial.uri),
+                o.me,
+                (m.header("From"), m.header("To")),
+                &o.call_id,
+                2,
+            );
             *call = Some(Call {
                 call_id: o.call_id.clone(),
                 meeting: o.dial.meeting,
@@ -383,6 +426,7 @@ async fn answered(
                 tries: 0,
                 next_try: tokio::time::Instant::now(),
                 to: o.to,
+                bye,
             });
         }
         Err(e) => {
@@ -395,22 +439,40 @@ async fn answered(
 
 /// The ACK of a final response `m` to the INVITE of `o`.
 fn ack_for(m: &Message<'_>, o: &Outgoing) -> Vec<u8> {
-    let via = format!(
-        "SIP/2.0/UDP {};branch=z9hG4bK{:08x};rport",
+    in_dialog(
+        "ACK",
+        m.address_of("Contact").unwrap_or(&o.dial.uri),
         o.me,
+        (m.header("From"), m.header("To")),
+        &o.call_id,
+        1,
+    )
+}
+
+/// A request within a dialog, from the gateway at `me`: `(from, to)` as the gateway's side
+/// and the room system's, tags included; CSeq `seq`.
+fn in_dialog(
+    method: &str,
+    target: &str,
+    me: SocketAddr,
+    (from, to): (Option<&str>, Option<&str>),
+    call_id: &str,
+    seq: u32,
+) -> Vec<u8> {
+    let via = format!(
+        "SIP/2.0/UDP {me};branch=z9hG4bK{:08x};rport",
         rand::random::<u32>()
     );
-    let target = m.address_of("Contact").unwrap_or(&o.dial.uri).to_owned();
     message::request(
-        "ACK",
-        &target,
+        method,
+        target,
         &[
             ("Via", &via),
             ("Max-Forwards", "70"),
-            ("From", m.header("From").unwrap_or_default()),
-            ("To", m.header("To").unwrap_or_default()),
-            ("Call-ID", &o.call_id),
-            ("CSeq", "1 ACK"),
+            ("From", from.unwrap_or_default()),
+            ("To", to.unwrap_or_default()),
+            ("Call-ID", call_id),
+            ("CSeq", &format!("{seq} {method}")),
         ],
         None,
     )
@@ -491,6 +553,18 @@ async fn invite(
         Some(("application/sdp", description.as_bytes())),
     );
     tracing::info!(%meeting, %from, "sip: the room system joined the meeting");
+    // The gateway's side of the dialog: its From is the INVITE's To, tagged as answered.
+    let ours = m.header("To").map(|to| format!("{to};tag={tag}"));
+    let bye = in_dialog(
+        "BYE",
+        m.address_of("Contact")
+            .or(m.address_of("From"))
+            .unwrap_or_default(),
+        SocketAddr::new(here, cfg.listen.port()),
+        (ours.as_deref(), m.header("From")),
+        call_id,
+        1,
+    );
     *call = Some(Call {
         call_id: call_id.to_owned(),
         meeting,
@@ -499,6 +573,7 @@ async fn invite(
         tries: 0,
         next_try: tokio::time::Instant::now() + Duration::from_millis(500),
         to: from,
+        bye,
     });
     bytes
 }

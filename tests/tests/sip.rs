@@ -373,5 +373,17 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
         "{}",
         gateway.log_text()
     );
+
+    // The meeting ends: the gateway hangs up on the room system.
+    ok(cuntong(&["meeting", "end", &id]));
+    assert!(
+        // (baresip says a call the other side ended was reset by it.)
+        wait_until(Duration::from_secs(20), || answering
+            .log_text()
+            .contains("session closed: Connection reset by peer")),
+        "the room system was not hung up on:\n{}\ngateway:\n{}",
+        answering.log_text(),
+        gateway.log_text()
+    );
     drop(central);
 }

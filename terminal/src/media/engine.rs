@@ -320,6 +320,13 @@ impl crate::conference::MediaEngine for GstEngine {
         }
     }
 
+    fn over(&mut self, _meeting: cuntong_core::meeting::MeetingId) {
+        // A SIP gateway's room system is hung up on.
+        if let Capture::Call(call) = &self.capture {
+            call.over();
+        }
+    }
+
     fn capture_devices(&self) -> crate::readiness::CaptureDevices {
         match &self.capture {
             Capture::Test | Capture::Colour(_) | Capture::Slides => {
