@@ -248,48 +248,77 @@ async fn answer(
     w.shutdown().await
 }
 
+/// Why an operator's tool got no answer it could use from the daemon's socket.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot reach the terminal daemon at {}: {source}", path.display())]
+    Unreachable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the terminal daemon at {} went away: {source}", path.display())]
+    Broken {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the terminal daemon at {} did not answer", path.display())]
+    Silent { path: std::path::PathBuf },
+    #[error("bad answer from the daemon: {0}")]
+    BadAnswer(String),
+    /// The daemon refused the request, saying why.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Asks the daemon listening on `path` for its status.
-pub async fn request(path: &Path) -> Result<StatusReport, String> {
+pub async fn request(path: &Path) -> Result<StatusReport, StatusError> {
     let answer = exchange(path, "status", Duration::from_secs(5)).await?;
-    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
+    serde_json::from_str(&answer).map_err(|e| StatusError::BadAnswer(e.to_string()))
 }
 
 /// Sends an operator's request (`meeting hand m1`, `call 130102000000-hall`) to the daemon
 /// listening on `path`; returns its answer.
-pub async fn operator_request(path: &Path, req: &LocalRequest) -> Result<String, String> {
+pub async fn operator_request(path: &Path, req: &LocalRequest) -> Result<String, StatusError> {
     let answer = exchange(path, &req.to_line(), Duration::from_secs(10)).await?;
     let v: serde_json::Value =
-        serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))?;
+        serde_json::from_str(&answer).map_err(|e| StatusError::BadAnswer(e.to_string()))?;
     match (v["ok"].as_str(), v["error"].as_str()) {
         (Some(ok), _) => Ok(ok.to_owned()),
-        (_, Some(e)) => Err(e.to_owned()),
-        _ => Err(format!("bad answer from the daemon: {answer}")),
+        (_, Some(e)) => Err(StatusError::Refused(e.to_owned())),
+        _ => Err(StatusError::BadAnswer(answer)),
     }
 }
 
 /// One request line to the daemon's socket and its one answer line, within `timeout`.
-async fn exchange(path: &Path, line: &str, timeout: Duration) -> Result<String, String> {
+async fn exchange(path: &Path, line: &str, timeout: Duration) -> Result<String, StatusError> {
+    let broken = |source| StatusError::Broken {
+        path: path.to_owned(),
+        source,
+    };
     let run = async {
-        let mut stream = UnixStream::connect(path).await.map_err(|e| {
-            format!(
-                "cannot reach the terminal daemon at {}: {e}",
-                path.display()
-            )
-        })?;
+        let mut stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| StatusError::Unreachable {
+                    path: path.to_owned(),
+                    source,
+                })?;
         stream
             .write_all(format!("{line}\n").as_bytes())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(broken)?;
         let mut answer = String::new();
         BufReader::new(stream)
             .read_line(&mut answer)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(broken)?;
         Ok(answer)
     };
     tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| format!("the terminal daemon at {} did not answer", path.display()))?
+        .map_err(|_| StatusError::Silent {
+            path: path.to_owned(),
+        })?
 }
 
 /// Renders a report for people: one aligned line per topic.
