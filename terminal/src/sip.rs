@@ -232,49 +232,7 @@ pub async fn serve(
             }
             continue;
         };
-        let reply = |code: u16, reason: &str| message::response(&m, code, reason, &tag, &[], None);
-        let out = match method {
-            "INVITE" => Some(invite(&cfg, &m, from, &tag, &mut call, &requests).await),
-            "ACK" => {
-                if let Some(c) = call
-                    .as_mut()
-                    .filter(|c| Some(c.call_id.as_str()) == m.header("Call-ID"))
-                {
-                    c.acked = true;
-                }
-                None
-            }
-            "BYE" => {
-                let ours = call
-                    .as_ref()
-                    .is_some_and(|c| Some(c.call_id.as_str()) == m.header("Call-ID"));
-                if ours && let Some(c) = call.take() {
-                    cfg.call.set(None);
-                    let left = ask(&requests, OperatorRequest::Leave(c.meeting)).await;
-                    tracing::info!(meeting = %c.meeting, ?left, "sip: the room system hung up");
-                    Some(reply(200, "OK"))
-                } else {
-                    Some(reply(481, "Call/Transaction Does Not Exist"))
-                }
-            }
-            "OPTIONS" => Some(message::response(
-                &m,
-                200,
-                "OK",
-                &tag,
-                &[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")],
-                None,
-            )),
-            "CANCEL" => Some(reply(481, "Call/Transaction Does Not Exist")),
-            _ => Some(message::response(
-                &m,
-                405,
-                "Method Not Allowed",
-                &tag,
-                &[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")],
-                None,
-            )),
-        };
+        let out = on_request(&cfg, &m, method, from, &tag, &mut call, &requests).await;
         if let Some(bytes) = out
             && let Err(e) = socket.send_to(&bytes, from).await
         {
@@ -283,6 +241,58 @@ pub async fn serve(
     }
     // Stopping, the box says goodbye to its meetings: the call ends with them.
     Ok(())
+}
+
+/// The methods the gateway takes.
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+
+/// A request from a room system; the answer to send, if any.
+async fn on_request(
+    cfg: &SipConfig,
+    m: &Message<'_>,
+    method: &str,
+    from: SocketAddr,
+    tag: &str,
+    call: &mut Option<Call>,
+    requests: &mpsc::Sender<OperatorCall>,
+) -> Option<Vec<u8>> {
+    let reply = |code: u16, reason: &str| message::response(m, code, reason, tag, &[], None);
+    let in_call = |c: &Call| Some(c.call_id.as_str()) == m.header("Call-ID");
+    match method {
+        "INVITE" => Some(invite(cfg, m, from, tag, call, requests).await),
+        "ACK" => {
+            if let Some(c) = call.as_mut().filter(|c| in_call(c)) {
+                c.acked = true;
+            }
+            None
+        }
+        "BYE" => match call.take_if(|c| in_call(c)) {
+            Some(c) => {
+                cfg.call.set(None);
+                let left = ask(requests, OperatorRequest::Leave(c.meeting)).await;
+                tracing::info!(meeting = %c.meeting, ?left, "sip: the room system hung up");
+                Some(reply(200, "OK"))
+            }
+            None => Some(reply(481, "Call/Transaction Does Not Exist")),
+        },
+        "OPTIONS" => Some(message::response(
+            m,
+            200,
+            "OK",
+            tag,
+            &[("Allow", ALLOW)],
+            None,
+        )),
+        "CANCEL" => Some(reply(481, "Call/Transaction Does Not Exist")),
+        _ => Some(message::response(
+            m,
+            405,
+            "Method Not Allowed",
+            tag,
+            &[("Allow", ALLOW)],
+            None,
+        )),
+    }
 }
 
 /// Whether the caller at `from`, saying it is `caller`, is let in (or, for a call out, the
