@@ -1,6 +1,7 @@
 //! SIP messages (RFC 3261), as much of them as a room system's call into a meeting needs: a
-//! request or response read from one datagram (start line, headers in their long or compact
-//! forms, a body as long as `Content-Length` says), and the responses a called party sends.
+//! request or response read from one datagram or cut from a stream ([`frame`]: start line,
+//! headers in their long or compact forms, a body as long as `Content-Length` says), and the
+//! responses a called party sends.
 //!
 //! What a call does with them (answer an INVITE, take its ACK, end at a BYE) is the gateway's;
 //! this module holds no state: it reads and writes the text, refusing what is malformed with
@@ -135,6 +136,58 @@ pub fn parse(datagram: &[u8]) -> Result<Message<'_>, SipError> {
     Ok(message)
 }
 
+/// What the front of a stream (SIP over TCP or TLS, RFC 3261 §18.3) holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Not a whole message yet: read more.
+    Need,
+    /// Blank lines between messages (keep-alives, RFC 5626): drop this many bytes.
+    Skip(usize),
+    /// A whole message: the first this many bytes, for [`parse`].
+    Message(usize),
+}
+
+/// Where the first message of a stream ends. On a stream `Content-Length` is required, since
+/// nothing else says where the body ends; a message longer than [`MAX_MESSAGE`] is refused
+/// before it is read.
+pub fn frame(stream: &[u8]) -> Result<Framing, SipError> {
+    let blank = stream
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if blank > 0 {
+        return Ok(Framing::Skip(blank));
+    }
+    let window = &stream[..stream.len().min(MAX_MESSAGE)];
+    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if stream.len() > MAX_MESSAGE {
+            Err(SipError::TooLong(stream.len()))
+        } else {
+            Ok(Framing::Need)
+        };
+    };
+    let head = core::str::from_utf8(&stream[..end]).map_err(|_| SipError::NotText)?;
+    let length = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| long_name(name.trim()).eq_ignore_ascii_case("Content-Length"))
+        .map(|(_, v)| v.trim())
+        .ok_or_else(|| SipError::ContentLength("(missing on a stream)".into()))?;
+    let length = length
+        .parse::<usize>()
+        .map_err(|_| SipError::ContentLength(length.into()))?;
+    let total = (end + 4).saturating_add(length);
+    if total > MAX_MESSAGE {
+        return Err(SipError::TooLong(total));
+    }
+    Ok(if stream.len() < total {
+        Framing::Need
+    } else {
+        Framing::Message(total)
+    })
+}
+
 fn start_line(line: &str) -> Option<Start<'_>> {
     if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -261,7 +314,7 @@ pub fn request(
 
 /// A SIP address without its `sip:` or `sips:` (the scheme is case-insensitive, RFC 3261
 /// §19.1.4).
-fn without_scheme(address: &str) -> Option<&str> {
+pub fn without_scheme(address: &str) -> Option<&str> {
     ["sip:", "sips:"].iter().find_map(|scheme| {
         address
             .get(..scheme.len())
@@ -299,6 +352,47 @@ mod tests {
         Contact: <sip:hall@10.0.0.9:5071>\r\n\
         Content-Type: application/sdp\r\n\
         Content-Length: 4\r\n\r\nv=0\n";
+
+    #[test]
+    fn a_stream_is_cut_into_messages_by_their_content_length() {
+        let two = [INVITE.as_bytes(), b"\r\n\r\n", INVITE.as_bytes()].concat();
+        let first = INVITE.len();
+        assert_eq!(frame(&two), Ok(Framing::Message(first)));
+        assert_eq!(parse(&two[..first]).unwrap().body, b"v=0\n");
+        assert_eq!(frame(&two[first..]), Ok(Framing::Skip(4)));
+        assert_eq!(frame(&two[first + 4..]), Ok(Framing::Message(first)));
+        // Cut anywhere before its end, a message is not yet whole.
+        for cut in [1, 40, first - 5, first - 1] {
+            assert_eq!(frame(&two[..cut]), Ok(Framing::Need), "cut at {cut}");
+        }
+        // Compact form and any case.
+        let compact = INVITE.replace("Content-Length: 4", "l: 4");
+        assert_eq!(
+            frame(compact.as_bytes()),
+            Ok(Framing::Message(compact.len()))
+        );
+    }
+
+    #[test]
+    fn a_stream_message_without_a_length_or_too_long_is_refused() {
+        let bare = INVITE.replace("Content-Length: 4\r\n", "");
+        assert!(matches!(
+            frame(bare.as_bytes()),
+            Err(SipError::ContentLength(_))
+        ));
+        let huge = INVITE.replace("Content-Length: 4", "Content-Length: 99999999999999999999");
+        assert!(frame(huge.as_bytes()).is_err());
+        let big = INVITE.replace("Content-Length: 4", "Content-Length: 9000");
+        assert!(matches!(frame(big.as_bytes()), Err(SipError::TooLong(_))));
+        // Headers that never end are refused once past the limit, not buffered for ever.
+        let endless = [
+            b"INVITE sip:a@b SIP/2.0\r\nX: ".as_slice(),
+            &[b'y'; MAX_MESSAGE],
+        ]
+        .concat();
+        assert!(matches!(frame(&endless), Err(SipError::TooLong(_))));
+        assert_eq!(frame(&endless[..100]), Ok(Framing::Need));
+    }
 
     #[test]
     fn an_invite_reads_with_its_compact_headers_and_its_body() {

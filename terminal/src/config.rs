@@ -70,6 +70,7 @@
 //! # listen = "10.13.2.21:5060"     # where it dials sip:MEETINGID@10.13.2.21:5060
 //! # allow = ["sip:hall@10.13.2.40"] # who is let in (SIP addresses or IP addresses)
 //! # rtp_port = 5070                # where its video arrives (audio at 5072)
+//! # tls = { listen = "10.13.2.21:5061", cert = "sip-cert.pem", key = "sip-key.pem" }
 //!
 //! [update]                  # over-the-air updates (docs/operations.md, "Updates")
 //! key = "release.pub"       # the fleet's release key; without [update] nothing is installed
@@ -613,11 +614,25 @@ impl TerminalConfig {
             if rtp_port == 0 || rtp_port > u16::MAX - 2 {
                 return Err(invalid("sip.rtp_port", format!("{rtp_port}: 1 to 65533")));
             }
+            let tls = match sip.tls {
+                Some(t) => Some(crate::sip::SipTls {
+                    listen: t.listen.parse().map_err(|e| {
+                        invalid(
+                            "sip.tls.listen",
+                            format!("{:?} is not ip:port ({e})", t.listen),
+                        )
+                    })?,
+                    cert: base.join(t.cert),
+                    key: base.join(t.key),
+                }),
+                None => None,
+            };
             cfg.sip = Some(crate::sip::SipConfig {
                 listen,
                 allow: sip.allow,
                 rtp_port,
                 call: crate::sip::CallMedia::default(),
+                tls,
             });
         }
         Ok(cfg)
@@ -811,6 +826,15 @@ struct RawSip {
     listen: String,
     allow: Vec<String>,
     rtp_port: Option<u16>,
+    tls: Option<RawSipTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSipTls {
+    listen: String,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]

@@ -260,7 +260,7 @@ pub async fn run(
         daemon.dials = Some(dials);
         tokio::spawn(async move {
             if let Err(e) = crate::sip::serve(sip, tag, requests, to_dial, stop).await {
-                tracing::error!(error = %e, "the SIP gateway cannot listen");
+                tracing::error!(error = %e, "the SIP gateway cannot start");
             }
         })
     });

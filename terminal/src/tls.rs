@@ -56,19 +56,42 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
     if roots.is_empty() {
         return Err(file_err(&files.ca, "no certificate in the CA file"));
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| file_err(&files.cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(&files.cert, e))?;
-    if chain.is_empty() {
-        return Err(file_err(&files.cert, "no certificate in the file"));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|_| file_err(&files.key, "not a readable PEM private key"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let (chain, key) = identity(&files.cert, &files.key)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
     Ok(Arc::new(config))
+}
+
+/// The rustls server configuration of a service that shows the certificate `cert` (its chain,
+/// PEM) with its key `key`, and asks its clients for none (SIP room systems over TLS).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (chain, key) = identity(cert, key)?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its private key, read from PEM files.
+fn identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_err(cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(cert, e))?;
+    if chain.is_empty() {
+        return Err(file_err(cert, "no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|_| file_err(key, "not a readable PEM private key"))?;
+    Ok((chain, key))
 }

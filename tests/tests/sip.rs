@@ -116,6 +116,21 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
         &["ca", "init", "--dir", ca.to_str().unwrap()],
     ));
     let sip_port = free_port();
+    let tls_port = free_port();
+    let tls = d.join("sip-tls");
+    ok(run(
+        &bin("cuntong"),
+        &[
+            "ca",
+            "issue-server",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--name",
+            "127.0.0.1",
+            "--out",
+            tls.to_str().unwrap(),
+        ],
+    ));
     let data = d.join(HALL);
     std::fs::create_dir_all(&data).unwrap();
     let config = d.join("hall.toml");
@@ -126,11 +141,14 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
              [telemetry]\nhealth_interval = \"2s\"\nbatch_age = \"2s\"\n\n\
              [meeting]\naccept = \"manual\"\nrtp_port = {}\nmedia_host = \"127.0.0.1\"\n\n\
              [sip]\nlisten = \"127.0.0.1:{sip_port}\"\nallow = [\"sip:hall@127.0.0.1\"]\n\
-             rtp_port = {}\n\n[commands]\nkey = \"{}\"\n",
+             rtp_port = {}\ntls = {{ listen = \"127.0.0.1:{tls_port}\", cert = \"{}\", key = \"{}\" }}\n\n\
+             [commands]\nkey = \"{}\"\n",
             broker.url,
             data.display(),
             free_udp_pair().unwrap(),
             free_udp_pair().unwrap(),
+            tls.join("server.pem").display(),
+            tls.join("server-key.pem").display(),
             ca.join("command.pub").display(),
         ),
     )
@@ -197,10 +215,13 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     refused.kill();
     assert_eq!(state_of(HALL).as_deref(), Some("invited"));
 
-    // The hall's room system dials in, over SRTP with SDES keys: the hall joins and answers
-    // the roll call.
+    // The hall's room system dials in, over TLS with SRTP (SDES keys): the hall joins and
+    // answers the roll call.
     let hall = baresip(d, "srtp", "hall", free_port(), ";mediaenc=srtp-mand");
-    let mut call = dial(&hall, &uri);
+    let mut call = dial(
+        &hall,
+        &format!("sip:{id}@127.0.0.1:{tls_port};transport=tls"),
+    );
     assert!(
         wait_until(Duration::from_secs(20), || state_of(HALL).as_deref()
             == Some("joined")),
@@ -290,16 +311,24 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
         "the call was not encrypted:\n{}",
         call.log_text()
     );
+    assert!(
+        gateway
+            .log_text()
+            .contains("the room system joined the meeting")
+            && gateway.log_text().contains("over TLS"),
+        "the call did not come over TLS:\n{}",
+        gateway.log_text()
+    );
 
     // The room system hangs up: the hall leaves the meeting.
     call.terminate(Duration::from_secs(10));
     let left = || state_of(HALL).as_deref() == Some("left");
     assert!(wait_until(Duration::from_secs(20), left), "{:?}", status());
 
-    // It calls again over plain RTP, with G.711 μ-law alone: joined again, and the room's
-    // picture and sound decoded.
+    // It calls again over TCP and plain RTP, with G.711 μ-law alone: joined again, and the
+    // room's picture and sound decoded.
     let plain = baresip(d, "plain", "hall", free_port(), ";audio_codecs=PCMU/8000/1");
-    let mut again = dial(&plain, &uri);
+    let mut again = dial(&plain, &format!("{uri};transport=tcp"));
     let joined = || state_of(HALL).as_deref() == Some("joined");
     assert!(
         wait_until(Duration::from_secs(20), joined),
@@ -322,6 +351,11 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
         again.log_text().contains("Set audio decoder: PCMU"),
         "{}",
         again.log_text()
+    );
+    assert!(
+        gateway.log_text().contains("over TCP"),
+        "the call did not come over TCP:\n{}",
+        gateway.log_text()
     );
     again.terminate(Duration::from_secs(10));
     assert!(wait_until(Duration::from_secs(20), left), "{:?}", status());

@@ -1,13 +1,20 @@
-//! Any datagram on the SIP gateway's port: read as a SIP message or refused, never a panic; a
+//! Any datagram on the SIP gateway's port, or the front of a TCP/TLS stream: cut where its
+//! first message ends or refused, read as a SIP message or refused, never a panic; a
 //! request read has the headers a call needs, and any response to it reads back with the same
 //! Call-ID and CSeq. Its body, as an SDP offer: answered at the addresses it names, or refused.
 #![no_main]
 
 use cuntong_core::media::sdp::read_offer;
-use cuntong_core::sip::{Start, parse, response};
+use cuntong_core::sip::{Framing, MAX_MESSAGE, Start, frame, parse, response};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // As the front of a stream: a cut within what was given, or more needed, or refused.
+    match frame(data) {
+        Ok(Framing::Skip(n) | Framing::Message(n)) => assert!(n > 0 && n <= data.len()),
+        Ok(Framing::Need) => assert!(data.len() <= MAX_MESSAGE),
+        Err(_) => {}
+    }
     let Ok(m) = parse(data) else { return };
     if let Start::Request { .. } = m.start {
         let reply = response(&m, 200, "OK", "tag1", &[], Some(("application/sdp", b"v=0\r\n")));

@@ -14,22 +14,33 @@
 //! [`Dial`]): its INVITE carries an offer of its own ([`cuntong_core::media::sdp::offer`]); the
 //! room system's answer is read as an offer would be, and the call goes on as one that came in.
 //!
-//! Over UDP; a `200 OK` is sent again (0.5 s, 1 s, 2 s, … as RFC 3261's timer G) until its
-//! `ACK` comes, and an INVITE (timer A) until any answer, at most seven times each.
+//! Over UDP and TCP on one port, and TLS on another where the box has a certificate
+//! ([`transport`]); a call out goes the way its URI asks (`;transport=tcp`), to the address of
+//! its host (a name is looked up). A `200 OK` is sent again (0.5 s, 1 s, 2 s, … as RFC 3261's
+//! timer G) until its `ACK` comes, and an INVITE over UDP (timer A) until any answer, at most
+//! seven times each.
+//!
+//! A room system is let in by its IP address, or by its SIP address and where it calls from:
+//! a caller's `From` is its own word, so `sip:hall@hall.county` admits only a caller at an
+//! address `hall.county` has.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cuntong_core::media::sdp::{self, Offer};
 use cuntong_core::meeting::MeetingId;
 use cuntong_core::sip::{self as message, Message};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::conference::OperatorRequest;
 use crate::status::{LocalRequest, OperatorCall};
+
+pub mod transport;
+
+use transport::{Kind, Peer, Transports};
 
 /// The `[sip]` section: where the gateway listens, whom it lets in, where the call's media
 /// arrives.
@@ -43,6 +54,18 @@ pub struct SipConfig {
     pub rtp_port: u16,
     /// The call's media, shared with the media engine.
     pub call: CallMedia,
+    /// SIP over TLS, where the box has a certificate for it.
+    pub tls: Option<SipTls>,
+}
+
+/// Where the gateway takes SIP over TLS, and the certificate it shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SipTls {
+    pub listen: SocketAddr,
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
 }
 
 /// What a call agreed: the room system's offer, the box's ports for what it sends, and the
@@ -120,7 +143,7 @@ struct Call {
     acked: bool,
     tries: u32,
     next_try: tokio::time::Instant,
-    to: SocketAddr,
+    to: Peer,
     /// The BYE that ends it from the gateway's side.
     bye: Vec<u8>,
 }
@@ -130,7 +153,7 @@ struct Outgoing {
     dial: Dial,
     call_id: String,
     invite: Vec<u8>,
-    to: SocketAddr,
+    to: Peer,
     /// A provisional answer (`100 Trying`, `180 Ringing`) came: no more INVITEs.
     heard: bool,
     tries: u32,
@@ -147,28 +170,32 @@ pub async fn serve(
     requests: mpsc::Sender<OperatorCall>,
     mut dials: mpsc::Receiver<Dial>,
     stop: CancellationToken,
-) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(cfg.listen).await?;
-    let port = socket.local_addr()?.port();
-    eprintln!("sip gateway listening on {}", socket.local_addr()?);
+) -> Result<(), GatewayError> {
+    let tls = match &cfg.tls {
+        Some(t) => Some((t.listen, crate::tls::server_config(&t.cert, &t.key)?)),
+        None => None,
+    };
+    let mut transports = Transports::bind(cfg.listen, tls, stop.clone()).await?;
     let mut call: Option<Call> = None;
     let mut outgoing: Option<Outgoing> = None;
-    let mut buf = vec![0u8; message::MAX_MESSAGE + 1];
     let mut overs = cfg.call.over.subscribe();
     loop {
         let resend_at = call
             .as_ref()
             .filter(|c| !c.acked && c.tries < TRIES)
             .map(|c| c.next_try);
-        let invite_at = outgoing.as_ref().filter(|o| !o.heard).map(|o| o.next_try);
-        let (n, from) = tokio::select! {
+        let invite_at = outgoing
+            .as_ref()
+            .filter(|o| !o.heard && o.to.kind == Kind::Udp)
+            .map(|o| o.next_try);
+        let (from, bytes) = tokio::select! {
             _ = stop.cancelled() => break,
             Ok(()) = overs.changed() => {
                 // The meeting is over for the box while the call is up: hang up.
                 if let Some(c) = call.take_if(|c| c.acked) {
                     cfg.call.set(None);
                     tracing::info!(meeting = %c.meeting, "sip: the meeting is over for the room system: hanging up");
-                    let _ = socket.send_to(&c.bye, c.to).await;
+                    transports.send(c.to, &c.bye).await;
                 } else if let Some(c) = call.as_ref() {
                     // Before the call was even acknowledged: the end of an earlier call's
                     // meeting, nothing of this one.
@@ -180,9 +207,9 @@ pub async fn serve(
                 if call.is_some() || outgoing.is_some() {
                     tracing::warn!(uri = %d.uri, "sip: not calling: this gateway carries one call at a time");
                 } else {
-                    match start_call(&cfg, &tag, port, d) {
+                    match start_call(&cfg, &tag, &transports, d).await {
                         Ok(o) => {
-                            let _ = socket.send_to(&o.invite, o.to).await;
+                            transports.send(o.to, &o.invite).await;
                             outgoing = Some(o);
                         }
                         Err(e) => tracing::warn!(error = %e, "sip: not calling"),
@@ -198,49 +225,64 @@ pub async fn serve(
                         outgoing = None;
                     } else {
                         o.next_try += Duration::from_millis(500 << o.tries.min(3));
-                        let _ = socket.send_to(&o.invite, o.to).await;
+                        transports.send(o.to, &o.invite).await;
                     }
                 }
                 continue;
             }
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %e, "sip: receive failed");
-                    continue;
-                }
+            m = transports.recv() => match m {
+                Some(m) => m,
+                None => break,
             },
             _ = tokio::time::sleep_until(resend_at.unwrap_or_else(tokio::time::Instant::now)), if resend_at.is_some() => {
                 if let Some(c) = call.as_mut() {
                     c.tries += 1;
                     c.next_try += Duration::from_millis(500 << c.tries.min(3));
-                    let _ = socket.send_to(&c.answer, c.to).await;
+                    transports.send(c.to, &c.answer).await;
                 }
                 continue;
             }
         };
-        let m = match message::parse(&buf[..n]) {
+        let m = match message::parse(&bytes) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(%from, error = %e, "sip: not a SIP message");
                 continue;
             }
         };
-        let Some(method) = m.method() else {
-            if let Some(bytes) = answered(&cfg, &m, &mut outgoing, &mut call, &requests).await {
-                let _ = socket.send_to(&bytes, from).await;
+        let answer = match m.method() {
+            None => answered(&cfg, &m, &mut outgoing, &mut call, &requests).await,
+            Some(method) => {
+                let port = match from.kind {
+                    Kind::Tls => transports.tls_port.unwrap_or(transports.port),
+                    Kind::Udp | Kind::Tcp => transports.port,
+                };
+                let at = Arrival { from, port };
+                on_request(&cfg, &m, method, at, &tag, &mut call, &requests).await
             }
-            continue;
         };
-        let out = on_request(&cfg, &m, method, from, &tag, &mut call, &requests).await;
-        if let Some(bytes) = out
-            && let Err(e) = socket.send_to(&bytes, from).await
-        {
-            tracing::debug!(%from, error = %e, "sip: answer not sent");
+        if let Some(bytes) = answer {
+            transports.send(from, &bytes).await;
         }
     }
     // Stopping, the box says goodbye to its meetings: the call ends with them.
     Ok(())
+}
+
+/// Why the gateway cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+    #[error("SIP over TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Where a request came from, and the gateway's port it came to.
+#[derive(Clone, Copy, Debug)]
+struct Arrival {
+    from: Peer,
+    port: u16,
 }
 
 /// The methods the gateway takes.
@@ -251,7 +293,7 @@ async fn on_request(
     cfg: &SipConfig,
     m: &Message<'_>,
     method: &str,
-    from: SocketAddr,
+    at: Arrival,
     tag: &str,
     call: &mut Option<Call>,
     requests: &mpsc::Sender<OperatorCall>,
@@ -259,7 +301,7 @@ async fn on_request(
     let reply = |code: u16, reason: &str| message::response(m, code, reason, tag, &[], None);
     let in_call = |c: &Call| Some(c.call_id.as_str()) == m.header("Call-ID");
     match method {
-        "INVITE" => Some(invite(cfg, m, from, tag, call, requests).await),
+        "INVITE" => Some(invite(cfg, m, at, tag, call, requests).await),
         "ACK" => {
             if let Some(c) = call.as_mut().filter(|c| in_call(c)) {
                 c.acked = true;
@@ -296,40 +338,121 @@ async fn on_request(
 }
 
 /// Whether the caller at `from`, saying it is `caller`, is let in (or, for a call out, the
-/// room system at `from` whose address is `caller`).
-fn allowed(allow: &[String], from: IpAddr, caller: Option<&str>) -> bool {
-    let caller = caller.and_then(message::user_at_host);
-    allow.iter().any(|a| match a.parse::<IpAddr>() {
-        Ok(ip) => ip == from,
-        Err(_) => caller
-            .is_some_and(|c| message::user_at_host(a).is_some_and(|a| a.eq_ignore_ascii_case(c))),
-    })
+/// room system at `from` whose address is `caller`): its IP address is allowed, or its SIP
+/// address is and `from` is an address of that SIP address's host.
+async fn allowed(allow: &[String], from: IpAddr, caller: Option<&str>) -> bool {
+    let Some(caller) = caller.and_then(message::user_at_host) else {
+        return allow.iter().any(|a| a.parse::<IpAddr>() == Ok(from));
+    };
+    for a in allow {
+        let admitted = match a.parse::<IpAddr>() {
+            Ok(ip) => ip == from,
+            Err(_) => match message::user_at_host(a) {
+                Some(entry) if entry.eq_ignore_ascii_case(caller) => {
+                    let host = entry.rsplit_once('@').map_or(entry, |(_, h)| h);
+                    addresses_of(host, 5060)
+                        .await
+                        .iter()
+                        .any(|s| s.ip() == from)
+                }
+                _ => false,
+            },
+        };
+        if admitted {
+            return true;
+        }
+    }
+    false
 }
 
-/// Starts a call out: the room system of `d` is allowed, and reachable at the address its
-/// URI names (an IP address; port 5060 if none); the INVITE with the box's offer.
-fn start_call(cfg: &SipConfig, tag: &str, port: u16, d: Dial) -> Result<Outgoing, String> {
-    let hostport = d
-        .uri
-        .split_once('@')
-        .map(|(_, h)| h.split([';', '?', '>']).next().unwrap_or(h))
-        .ok_or_else(|| format!("{:?} is not sip:user@host", d.uri))?;
-    let to: SocketAddr = hostport
-        .parse()
-        .or_else(|_| {
-            hostport
-                .parse::<IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 5060))
-        })
-        .map_err(|_| format!("{:?}: the host must be an IP address", d.uri))?;
-    if !allowed(&cfg.allow, to.ip(), Some(&d.uri)) {
-        return Err(format!(
-            "{} is not a room system this gateway allows",
-            d.uri
-        ));
+/// Time a host name has to be looked up.
+const LOOKUP: Duration = Duration::from_secs(5);
+
+/// The addresses of `host` (an IP address, bracketed for IPv6, or a name looked up), with
+/// `port`; none if the name is unknown or does not answer in time.
+async fn addresses_of(host: &str, port: u16) -> Vec<SocketAddr> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return vec![SocketAddr::new(ip, port)];
     }
+    match tokio::time::timeout(LOOKUP, tokio::net::lookup_host((bare, port))).await {
+        Ok(Ok(found)) => found.collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(host, error = %e, "sip: host name not found");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(host, "sip: host name lookup timed out");
+            Vec::new()
+        }
+    }
+}
+
+/// Why a call out is not made.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0:?} is not sip:user@host[:port]")]
+    NotSip(String),
+    #[error("{0}: its host has no address")]
+    NoAddress(String),
+    #[error("{0} is not a room system this gateway allows")]
+    NotAllowed(String),
+    #[error("{uri}: {error}")]
+    Connect { uri: String, error: std::io::Error },
+}
+
+/// The host and port of a SIP URI's `host[:port]` (an IPv6 host bracketed); the port
+/// `default` if none.
+fn host_port(hostport: &str, default: u16) -> Option<(&str, u16)> {
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let end = v6.find(']')?;
+            (&hostport[..end + 2], v6[end + 1..].strip_prefix(':'))
+        }
+        None => match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok().filter(|p| *p != 0)?,
+        None => default,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Starts a call out: the room system of `d` is allowed and reachable at the address its
+/// URI names (its host looked up; port 5060, 5061 over TLS, if none), over the transport the
+/// URI asks for; the INVITE with the box's offer.
+async fn start_call(
+    cfg: &SipConfig,
+    tag: &str,
+    transports: &Transports,
+    d: Dial,
+) -> Result<Outgoing, DialError> {
+    let kind = Kind::of_uri(&d.uri);
+    let default_port = if kind == Kind::Tls { 5061 } else { 5060 };
+    let (host, port) = message::without_scheme(&d.uri)
+        .and_then(|rest| rest.split_once('@'))
+        .map(|(_, h)| h.split([';', '?', '>']).next().unwrap_or(h))
+        .and_then(|hp| host_port(hp, default_port))
+        .ok_or_else(|| DialError::NotSip(d.uri.clone()))?;
+    let to = *addresses_of(host, port)
+        .await
+        .first()
+        .ok_or_else(|| DialError::NoAddress(d.uri.clone()))?;
+    if !allowed(&cfg.allow, to.ip(), Some(&d.uri)).await {
+        return Err(DialError::NotAllowed(d.uri.clone()));
+    }
+    let peer = transports
+        .connect(to, kind)
+        .await
+        .map_err(|error| DialError::Connect {
+            uri: d.uri.clone(),
+            error,
+        })?;
     let here = facing(to).unwrap_or(cfg.listen.ip());
-    let me = SocketAddr::new(here, port);
+    let me = SocketAddr::new(here, transports.port);
     let call_id = format!("{:016x}@{here}", rand::random::<u64>());
     let description = sdp::offer(
         here,
@@ -340,33 +463,39 @@ fn start_call(cfg: &SipConfig, tag: &str, port: u16, d: Dial) -> Result<Outgoing
         "INVITE",
         &d.uri,
         &[
-            (
-                "Via",
-                &format!(
-                    "SIP/2.0/UDP {me};branch=z9hG4bK{:08x};rport",
-                    rand::random::<u32>()
-                ),
-            ),
+            ("Via", &via(kind, me)),
             ("Max-Forwards", "70"),
             ("From", &format!("<sip:{}@{me}>;tag={tag}", d.meeting)),
             ("To", &format!("<{}>", d.uri)),
             ("Call-ID", &call_id),
             ("CSeq", "1 INVITE"),
-            ("Contact", &format!("<sip:{}@{me}>", d.meeting)),
+            (
+                "Contact",
+                &format!("<sip:{}@{me}{}>", d.meeting, kind.uri_param()),
+            ),
         ],
         Some(("application/sdp", description.as_bytes())),
     );
-    tracing::info!(uri = %d.uri, meeting = %d.meeting, "sip: calling the room system");
+    tracing::info!(uri = %d.uri, meeting = %d.meeting, %peer, "sip: calling the room system");
     Ok(Outgoing {
         dial: d,
         call_id,
         invite,
-        to,
+        to: peer,
         heard: false,
         tries: 0,
         next_try: tokio::time::Instant::now() + Duration::from_millis(500),
         me,
     })
+}
+
+/// A `Via` header's value for a request the gateway at `me` sends over `kind`.
+fn via(kind: Kind, me: SocketAddr) -> String {
+    format!(
+        "SIP/2.0/{} {me};branch=z9hG4bK{:08x};rport",
+        kind.via(),
+        rand::random::<u32>()
+    )
 }
 
 /// A response to the box's INVITE: provisional, or the room system's answer (the call joins
@@ -423,7 +552,7 @@ async fn answered(
             let bye = in_dialog(
                 "BYE",
                 m.address_of("Contact").unwrap_or(&o.dial.uri),
-                o.me,
+                (o.me, o.to.kind),
                 (m.header("From"), m.header("To")),
                 &o.call_id,
                 2,
@@ -452,32 +581,28 @@ fn ack_for(m: &Message<'_>, o: &Outgoing) -> Vec<u8> {
     in_dialog(
         "ACK",
         m.address_of("Contact").unwrap_or(&o.dial.uri),
-        o.me,
+        (o.me, o.to.kind),
         (m.header("From"), m.header("To")),
         &o.call_id,
         1,
     )
 }
 
-/// A request within a dialog, from the gateway at `me`: `(from, to)` as the gateway's side
-/// and the room system's, tags included; CSeq `seq`.
+/// A request within a dialog, from the gateway at `me` over `kind`: `(from, to)` as the
+/// gateway's side and the room system's, tags included; CSeq `seq`.
 fn in_dialog(
     method: &str,
     target: &str,
-    me: SocketAddr,
+    (me, kind): (SocketAddr, Kind),
     (from, to): (Option<&str>, Option<&str>),
     call_id: &str,
     seq: u32,
 ) -> Vec<u8> {
-    let via = format!(
-        "SIP/2.0/UDP {me};branch=z9hG4bK{:08x};rport",
-        rand::random::<u32>()
-    );
     message::request(
         method,
         target,
         &[
-            ("Via", &via),
+            ("Via", &via(kind, me)),
             ("Max-Forwards", "70"),
             ("From", from.unwrap_or_default()),
             ("To", to.unwrap_or_default()),
@@ -492,7 +617,7 @@ fn in_dialog(
 async fn invite(
     cfg: &SipConfig,
     m: &Message<'_>,
-    from: SocketAddr,
+    Arrival { from, port }: Arrival,
     tag: &str,
     call: &mut Option<Call>,
     requests: &mpsc::Sender<OperatorCall>,
@@ -517,7 +642,7 @@ async fn invite(
             refuse(486, "Busy Here", "this gateway carries one call at a time")
         };
     }
-    if !allowed(&cfg.allow, from.ip(), m.address_of("From")) {
+    if !allowed(&cfg.allow, from.addr.ip(), m.address_of("From")).await {
         return refuse(403, "Forbidden", "this room system is not allowed in");
     }
     let Some(meeting) = m.uri_user().and_then(|u| u.parse::<MeetingId>().ok()) else {
@@ -536,7 +661,8 @@ async fn invite(
         audio_port: cfg.rtp_port.saturating_add(2),
         key: rand::random(),
     };
-    let here = facing(from).unwrap_or(cfg.listen.ip());
+    let here = facing(from.addr).unwrap_or(cfg.listen.ip());
+    let me = SocketAddr::new(here, port);
     let description = sdp::answer(
         &agreed.offer,
         here,
@@ -550,10 +676,7 @@ async fn invite(
         cfg.call.set(None);
         return refuse(404, "Not Found", &e);
     }
-    let contact = format!(
-        "<sip:{meeting}@{}>",
-        SocketAddr::new(here, cfg.listen.port())
-    );
+    let contact = format!("<sip:{meeting}@{me}{}>", from.kind.uri_param());
     let bytes = message::response(
         m,
         200,
@@ -570,7 +693,7 @@ async fn invite(
         m.address_of("Contact")
             .or(m.address_of("From"))
             .unwrap_or_default(),
-        SocketAddr::new(here, cfg.listen.port()),
+        (me, from.kind),
         (ours.as_deref(), m.header("From")),
         call_id,
         1,
@@ -617,17 +740,39 @@ async fn ask(
 mod tests {
     use super::*;
 
-    #[test]
-    fn room_systems_are_let_in_by_address_or_by_sip_address() {
-        let allow = vec!["10.13.2.40".to_owned(), "sip:hall@10.13.2.41".to_owned()];
+    #[tokio::test]
+    async fn room_systems_are_let_in_by_address_or_by_sip_address_and_where_it_calls_from() {
+        let allow = vec![
+            "10.13.2.40".to_owned(),
+            "sip:hall@10.13.2.41".to_owned(),
+            "sip:room@localhost".to_owned(),
+        ];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(allowed(&allow, ip("10.13.2.40"), None));
-        assert!(allowed(&allow, ip("10.9.9.9"), Some("SIP:hall@10.13.2.41")));
-        assert!(!allowed(
-            &allow,
-            ip("10.9.9.9"),
-            Some("sip:other@10.13.2.41")
-        ));
-        assert!(!allowed(&allow, ip("10.13.2.41"), None));
+        assert!(allowed(&allow, ip("10.13.2.40"), None).await);
+        assert!(allowed(&allow, ip("10.13.2.41"), Some("SIP:hall@10.13.2.41:5071")).await);
+        // A From is the caller's own word: from elsewhere it admits nobody.
+        assert!(!allowed(&allow, ip("10.9.9.9"), Some("sip:hall@10.13.2.41")).await);
+        assert!(!allowed(&allow, ip("10.13.2.41"), Some("sip:other@10.13.2.41")).await);
+        assert!(!allowed(&allow, ip("10.13.2.41"), None).await);
+        // A host name: the caller must be at one of its addresses.
+        assert!(allowed(&allow, ip("127.0.0.1"), Some("sip:room@localhost")).await);
+        assert!(!allowed(&allow, ip("10.9.9.9"), Some("sip:room@localhost")).await);
+    }
+
+    #[test]
+    fn a_uri_names_its_host_its_port_and_its_transport() {
+        assert_eq!(host_port("10.0.0.9", 5060), Some(("10.0.0.9", 5060)));
+        assert_eq!(
+            host_port("hall.county:5080", 5060),
+            Some(("hall.county", 5080))
+        );
+        assert_eq!(host_port("[::1]:5062", 5060), Some(("[::1]", 5062)));
+        assert_eq!(host_port("[::1]", 5061), Some(("[::1]", 5061)));
+        assert_eq!(host_port("h:0", 5060), None);
+        assert_eq!(host_port("h:x", 5060), None);
+        assert_eq!(host_port(":5060", 5060), None);
+        assert_eq!(Kind::of_uri("sip:a@h;transport=TCP"), Kind::Tcp);
+        assert_eq!(Kind::of_uri("sips:a@h"), Kind::Tls);
+        assert_eq!(Kind::of_uri("sip:a@h:5060"), Kind::Udp);
     }
 }
