@@ -74,9 +74,7 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
             let meeting = meeting
                 .parse()
                 .map_err(|e| format!("dial {meeting:?}: not a meeting id ({e})"))?;
-            if !(uri.starts_with("sip:") && uri.contains('@')) {
-                return Err(format!("dial {uri:?}: not sip:user@host[:port]"));
-            }
+            cuntong_core::sip::check_uri(uri).map_err(|e| format!("dial {e}"))?;
             Ok(Action::Dial {
                 meeting,
                 uri: uri.clone(),

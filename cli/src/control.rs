@@ -110,6 +110,15 @@ pub enum RequestBody {
         to: SocketAddr,
         stop: bool,
     },
+    /// The chair has a SIP gateway invited to the session call the room system at `uri`
+    /// into it.
+    Dial {
+        #[serde(with = "text")]
+        meeting: MeetingId,
+        #[serde(with = "text")]
+        gateway: TerminalId,
+        uri: String,
+    },
     /// The duty office acknowledges an alarm.
     AckAlarm {
         id: u64,
@@ -768,6 +777,14 @@ mod tests {
                     stop: false,
                 }),
                 r#"{"id":7,"body":{"view":{"meeting":"m1","terminal":"130102001001-main","to":"127.0.0.1:5000","stop":false}}}"#,
+            ),
+            (
+                req(RequestBody::Dial {
+                    meeting: m1,
+                    gateway: site,
+                    uri: "sip:hall@10.13.2.40".into(),
+                }),
+                r#"{"id":7,"body":{"dial":{"meeting":"m1","gateway":"130102001001-main","uri":"sip:hall@10.13.2.40"}}}"#,
             ),
             (
                 req(RequestBody::AckAlarm {

@@ -323,6 +323,35 @@ pub fn without_scheme(address: &str) -> Option<&str> {
     })
 }
 
+/// Longest SIP address a gateway is told to call.
+pub const MAX_URI: usize = 256;
+
+/// Why a SIP address cannot be called.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UriError(pub String);
+
+impl core::fmt::Display for UriError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{:?}: not a SIP address to call (sip:user@host[:port][;transport=tcp], at most {MAX_URI} characters)",
+            self.0
+        )
+    }
+}
+
+/// A room system's address a gateway may be told to call: `sip:` or `sips:`, a user and a
+/// host, one line of printable text without spaces, at most [`MAX_URI`] characters.
+pub fn check_uri(uri: &str) -> Result<(), UriError> {
+    let printable = uri.chars().all(|c| c.is_ascii_graphic() || !c.is_ascii());
+    if uri.len() <= MAX_URI && printable && !uri.contains(['<', '>']) && user_at_host(uri).is_some()
+    {
+        Ok(())
+    } else {
+        Err(UriError(uri.chars().take(MAX_URI).collect()))
+    }
+}
+
 /// `user@host` of a SIP address, without scheme, port or parameters (`hall@10.0.0.9` of
 /// `sip:hall@10.0.0.9:5071;transport=udp`), for comparing addresses.
 pub fn user_at_host(address: &str) -> Option<&str> {

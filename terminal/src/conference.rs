@@ -308,6 +308,8 @@ pub struct Conference {
     log: crate::throttle::LogLimiter,
     /// The newest screen of each session, for its media when it starts.
     screens: std::collections::BTreeMap<MeetingId, Screen>,
+    /// The box's SIP gateway, if it is one: the calls it is told to make.
+    gateway: Option<tokio::sync::mpsc::Sender<crate::sip::Dial>>,
 }
 
 type ViewKey = (MeetingId, u32, std::net::SocketAddr);
@@ -379,6 +381,7 @@ impl Conference {
             views: std::collections::BTreeMap::new(),
             log: crate::throttle::LogLimiter::default(),
             screens: std::collections::BTreeMap::new(),
+            gateway: None,
         }
     }
 
@@ -468,6 +471,23 @@ impl Conference {
         }
         // Consent already given carries over to the new table.
         relay.update(|r| r.set_table(routes));
+    }
+
+    /// Makes this box the SIP gateway whose calls go to `dials`.
+    pub fn set_gateway(&mut self, dials: tokio::sync::mpsc::Sender<crate::sip::Dial>) {
+        self.gateway = Some(dials);
+    }
+
+    /// Has the box's SIP gateway call the room system at `uri` into `meeting` (the chair's
+    /// `meeting dial`, or a signed `dial` command); why not, if it cannot.
+    pub fn dial(&self, meeting: MeetingId, uri: String) -> Result<(), &'static str> {
+        let gateway = self
+            .gateway
+            .as_ref()
+            .ok_or("this box is not a SIP gateway (no [sip])")?;
+        gateway
+            .try_send(crate::sip::Dial { meeting, uri })
+            .map_err(|_| "the SIP gateway is busy or stopping")
     }
 
     /// The topic filters the link must subscribe to.
@@ -770,6 +790,14 @@ impl Conference {
                         self.relay_plans.insert(meeting, plan);
                         self.apply_relay_plans();
                     }
+                    Output::Dial { meeting, uri } => match self.dial(meeting, uri.clone()) {
+                        Ok(()) => {
+                            tracing::info!(%meeting, %uri, "the chair has the gateway call a room system")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%meeting, %uri, error = e, "not calling the room system")
+                        }
+                    },
                 }
             }
             // The console reacts to new invitations and to joining.

@@ -70,7 +70,8 @@
 //! # listen = "10.13.2.21:5060"     # where it dials sip:MEETINGID@10.13.2.21:5060
 //! # allow = ["sip:hall@10.13.2.40"] # who is let in (SIP addresses or IP addresses)
 //! # rtp_port = 5070                # where its video arrives (audio at 5072)
-//! # tls = { listen = "10.13.2.21:5061", cert = "sip-cert.pem", key = "sip-key.pem" }
+//! # tls = { listen = "10.13.2.21:5061", cert = "sip-cert.pem", key = "sip-key.pem",
+//! #         ca = "rooms-ca.pem" }       # SIP over TLS; ca: to call room systems over TLS
 //!
 //! [update]                  # over-the-air updates (docs/operations.md, "Updates")
 //! key = "release.pub"       # the fleet's release key; without [update] nothing is installed
@@ -624,6 +625,7 @@ impl TerminalConfig {
                     })?,
                     cert: base.join(t.cert),
                     key: base.join(t.key),
+                    ca: t.ca.map(|ca| base.join(ca)),
                 }),
                 None => None,
             };
@@ -835,6 +837,7 @@ struct RawSipTls {
     listen: String,
     cert: PathBuf,
     key: PathBuf,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -243,7 +243,6 @@ pub async fn run(
         })),
         link: link.clone(),
         log: LogLimiter::default(),
-        dials: None,
         cfg,
     };
     daemon.apply_sampling();
@@ -257,7 +256,7 @@ pub async fn run(
         let (requests, stop) = (requests_tx.clone(), stop.clone());
         let tag = format!("{:08x}", rand::random::<u32>());
         let (dials, to_dial) = mpsc::channel(4);
-        daemon.dials = Some(dials);
+        daemon.conference.set_gateway(dials);
         tokio::spawn(async move {
             if let Err(e) = crate::sip::serve(sip, tag, requests, to_dial, stop).await {
                 tracing::error!(error = %e, "the SIP gateway cannot start");
@@ -560,8 +559,6 @@ struct Daemon {
     link: Link,
     /// Lines logged per incoming message (a flood of them costs a line a minute).
     log: LogLimiter,
-    /// A SIP gateway's calls to make (`dial` commands), to its SIP task.
-    dials: Option<mpsc::Sender<crate::sip::Dial>>,
 }
 
 impl Daemon {

@@ -48,20 +48,35 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
 
 /// The rustls client configuration for these files.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&files.ca).map_err(|e| file_err(&files.ca, e))? {
-        let cert = cert.map_err(|e| file_err(&files.ca, e))?;
-        roots.add(cert).map_err(|e| file_err(&files.ca, e))?;
-    }
-    if roots.is_empty() {
-        return Err(file_err(&files.ca, "no certificate in the CA file"));
-    }
     let (chain, key) = identity(&files.cert, &files.key)?;
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(&files.ca)?)
         .with_client_auth_cert(chain, key)?;
     Ok(Arc::new(config))
+}
+
+/// The rustls client configuration that trusts the CAs in `ca` and shows no certificate of
+/// its own (the SIP gateway calling a room system over TLS).
+pub fn verifying_client(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The CA certificates of the PEM file `ca`.
+fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))? {
+        let cert = cert.map_err(|e| file_err(ca, e))?;
+        roots.add(cert).map_err(|e| file_err(ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(ca, "no certificate in the CA file"));
+    }
+    Ok(roots)
 }
 
 /// The rustls server configuration of a service that shows the certificate `cert` (its chain,

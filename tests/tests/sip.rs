@@ -109,7 +109,8 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     let central = central_with(&broker, &db, d, &["--meeting-heartbeat", "2s"]);
     let fleet = sim_fleet_with(&broker.url, "130102", 2, d, "fleet", &["--media"]);
 
-    // The gateway box of the county hall: it lets in one room system, by its SIP address.
+    // The gateway box of the county hall: it lets in one room system, by its SIP address
+    // (by its IP address, and by a host name).
     let ca = d.join("ca");
     ok(run(
         &bin("cuntong"),
@@ -140,8 +141,8 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
             "id = \"{HALL}\"\nbroker = \"{}\"\ndata_dir = \"{}\"\nkeep_alive = \"5s\"\n\n\
              [telemetry]\nhealth_interval = \"2s\"\nbatch_age = \"2s\"\n\n\
              [meeting]\naccept = \"manual\"\nrtp_port = {}\nmedia_host = \"127.0.0.1\"\n\n\
-             [sip]\nlisten = \"127.0.0.1:{sip_port}\"\nallow = [\"sip:hall@127.0.0.1\"]\n\
-             rtp_port = {}\ntls = {{ listen = \"127.0.0.1:{tls_port}\", cert = \"{}\", key = \"{}\" }}\n\n\
+             [sip]\nlisten = \"127.0.0.1:{sip_port}\"\nallow = [\"sip:hall@127.0.0.1\", \"sip:hall@localhost\"]\n\
+             rtp_port = {}\ntls = {{ listen = \"127.0.0.1:{tls_port}\", cert = \"{}\", key = \"{}\", ca = \"{}\" }}\n\n\
              [commands]\nkey = \"{}\"\n",
             broker.url,
             data.display(),
@@ -149,6 +150,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
             free_udp_pair().unwrap(),
             tls.join("server.pem").display(),
             tls.join("server-key.pem").display(),
+            tls.join("ca.pem").display(),
             ca.join("command.pub").display(),
         ),
     )
@@ -360,11 +362,39 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     again.terminate(Duration::from_secs(10));
     assert!(wait_until(Duration::from_secs(20), left), "{:?}", status());
 
-    // The chair has the gateway call the room system (a signed command to the gateway): it
-    // answers, the hall joins, and the room system decodes the room. A room system the
-    // gateway does not allow is not called.
+    // The chair has the gateway call the room system (`meeting dial`, over TLS): it answers,
+    // the hall joins, and the room system decodes the room. A room system the gateway does
+    // not allow is not called (told by a signed command to the gateway).
     let called_port = free_port();
     let called = baresip(d, "called", "hall", called_port, ";answermode=auto");
+    // It takes SIP over TLS too (on its port + 1), with a certificate of the fleet CA's for
+    // its host name, which the gateway checks.
+    let room_tls = d.join("room-tls");
+    ok(run(
+        &bin("cuntong"),
+        &[
+            "ca",
+            "issue-server",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--name",
+            "localhost",
+            "--out",
+            room_tls.to_str().unwrap(),
+        ],
+    ));
+    let pem = [
+        std::fs::read(room_tls.join("server.pem")).unwrap(),
+        std::fs::read(room_tls.join("server-key.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(called.join("room.pem"), pem).unwrap();
+    let mut config = std::fs::read_to_string(called.join("config")).unwrap();
+    config.push_str(&format!(
+        "sip_certificate {}\n",
+        called.join("room.pem").display()
+    ));
+    std::fs::write(called.join("config"), config).unwrap();
     let answering = start(&called, None);
     let cmd = |target: &str| {
         let out = run(
@@ -386,8 +416,38 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     };
     let nobody = "sip:nobody@127.0.0.1:5999";
     assert_eq!(cmd(nobody)[0]["ok"], true, "the gateway takes the command");
-    let answer = cmd(&format!("sip:hall@127.0.0.1:{called_port}"));
-    assert_eq!(answer[0]["ok"], true, "{answer}");
+    // Central refuses a gateway the meeting does not invite, and what is not a SIP address.
+    let refused = cuntong(&[
+        "meeting",
+        "dial",
+        &id,
+        "sip:hall@127.0.0.1",
+        "--via",
+        "130203000000-hall",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not invited"),
+        "{refused:?}"
+    );
+    let bad = cuntong(&["meeting", "dial", &id, "sip:hall 127.0.0.1", "--via", HALL]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a SIP address"),
+        "{bad:?}"
+    );
+    // At an address its certificate does not name, the gateway does not call it.
+    let unnamed = format!("sip:hall@127.0.0.1:{};transport=tls", called_port + 1);
+    ok(cuntong(&["meeting", "dial", &id, &unnamed, "--via", HALL]));
+    assert!(
+        wait_until(Duration::from_secs(20), || gateway
+            .log_text()
+            .contains("invalid peer certificate")),
+        "{}",
+        gateway.log_text()
+    );
+    let room = format!("sip:hall@localhost:{};transport=tls", called_port + 1);
+    ok(cuntong(&["meeting", "dial", &id, &room, "--via", HALL]));
     assert!(
         wait_until(Duration::from_secs(20), joined),
         "the called room system did not join: {:?}\nbaresip:\n{}\ngateway:\n{}",
@@ -399,6 +459,14 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
         wait_until(Duration::from_secs(30), || decoded_picture(&called)),
         "the called room system decoded no picture\n{}",
         answering.log_text()
+    );
+    assert!(
+        gateway.log_text().contains("calling the room system")
+            && gateway
+                .log_text()
+                .contains(&format!("{} over TLS", called_port + 1)),
+        "{}",
+        gateway.log_text()
     );
     assert!(
         gateway.log_text().contains(&format!(

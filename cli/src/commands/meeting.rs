@@ -153,6 +153,17 @@ enum MeetingAction {
         #[arg(long)]
         off: bool,
     },
+    /// Have a SIP gateway invited to the meeting call a room system (sip:hall@10.13.2.40,
+    /// ;transport=tcp for TCP): it joins as the gateway's site once it answers. The gateway
+    /// calls only room systems its [sip] allow list names.
+    Dial {
+        id: String,
+        /// The room system's SIP address.
+        uri: String,
+        /// The gateway's terminal id.
+        #[arg(long, value_name = "TERMINAL")]
+        via: String,
+    },
     /// Lower a terminal's raised hand.
     Lower {
         id: String,
@@ -236,6 +247,11 @@ enum Plan {
     Op {
         id: MeetingId,
         op: ChairOp,
+    },
+    Dial {
+        id: MeetingId,
+        gateway: TerminalId,
+        uri: String,
     },
     Status {
         id: MeetingId,
@@ -403,6 +419,14 @@ impl Plan {
                     Some(terminal(t, "content")?)
                 }),
             },
+            A::Dial { id, uri, via } => {
+                cuntong_core::sip::check_uri(&uri).map_err(|e| Usage(e.to_string()))?;
+                Plan::Dial {
+                    id: meeting(&id)?,
+                    gateway: terminal(Some(via), "dial")?,
+                    uri,
+                }
+            }
             A::Lower { id, terminal: t } => Plan::Op {
                 id: meeting(&id)?,
                 op: ChairOp::LowerHand(terminal(Some(t), "lower")?),
@@ -480,6 +504,15 @@ impl Plan {
             Plan::Op { id, op } => {
                 let version = client.op(id, op).await?;
                 println!("{id}: {} done (state v{version})", op.name());
+            }
+            Plan::Dial { id, gateway, uri } => {
+                let body = RequestBody::Dial {
+                    meeting: id,
+                    gateway,
+                    uri: uri.clone(),
+                };
+                client.ask(body, ANSWER).await?;
+                println!("{id}: {gateway} is calling {uri}");
             }
             Plan::Status { id, json } => {
                 let s = client.status(id).await?;

@@ -801,6 +801,36 @@ impl MeetingService {
                 self.apply(id, Vec::new());
                 Ok(ResponseBody::Sdp(sdp))
             }
+            RequestBody::Dial {
+                meeting,
+                gateway,
+                uri,
+            } => {
+                let id = self.find(meeting)?;
+                cuntong_core::sip::check_uri(&uri)
+                    .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+                let state = self.hosts[&id].state();
+                if state.status != Status::Live {
+                    return Err(ControlError::Refused(format!(
+                        "{id} is {}: a room system is called into a session in progress",
+                        state.status.as_str()
+                    )));
+                }
+                if !state.spec.invites(&gateway) {
+                    return Err(ControlError::Refused(format!(
+                        "{gateway} is not invited to {id}: the gateway joins for the room system it calls"
+                    )));
+                }
+                tracing::info!(meeting = %id, %gateway, %uri, "the chair has a SIP gateway call a room system");
+                self.apply(
+                    id,
+                    vec![HostOutput::Send(
+                        gateway,
+                        Downlink::Dial { meeting: id, uri },
+                    )],
+                );
+                Ok(ResponseBody::Done { version: 0 })
+            }
             RequestBody::AckAlarm { .. }
             | RequestBody::RolloutStart { .. }
             | RequestBody::Rollout { .. } => {

@@ -652,6 +652,8 @@ pub enum Downlink {
         meeting: MeetingId,
         plan: relays::RelayPlan,
     },
+    /// To a SIP gateway: the chair has it call the room system at `uri` into the session.
+    Dial { meeting: MeetingId, uri: String },
 }
 
 impl Downlink {

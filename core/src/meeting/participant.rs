@@ -202,6 +202,12 @@ pub enum Output {
     /// Publish on the terminal's `mt` uplink.
     Send(Uplink),
     Media(MediaCommand),
+    /// The chair has this box (a SIP gateway) call a room system into a session it is
+    /// invited to.
+    Dial {
+        meeting: MeetingId,
+        uri: String,
+    },
 }
 
 /// Whether `policy` accepts the session in `state` without the site's operator. The chair's
@@ -465,6 +471,15 @@ impl Participant {
             Downlink::Answer { meeting, op, error } => {
                 if let Some(s) = self.sessions.get_mut(&meeting) {
                     s.chair_answer = Some((op, error));
+                }
+            }
+            Downlink::Dial { meeting, uri } => {
+                if self
+                    .sessions
+                    .get(&meeting)
+                    .is_some_and(|s| s.state.status != Status::Ended)
+                {
+                    out.push(Output::Dial { meeting, uri });
                 }
             }
             Downlink::Refused { meeting, .. } => {

@@ -70,6 +70,8 @@ struct World {
     notices: Vec<Notice>,
     media: Vec<(TerminalId, MediaCommand)>,
     screens: Vec<Screen>,
+    /// Calls the sites (SIP gateways) were told to make.
+    dials: Vec<(TerminalId, MeetingId, String)>,
 }
 
 impl World {
@@ -85,6 +87,7 @@ impl World {
             notices: Vec::new(),
             media: Vec::new(),
             screens: Vec::new(),
+            dials: Vec::new(),
         };
         let s = w.retained.clone().unwrap();
         for i in 0..w.sites.len() {
@@ -139,6 +142,7 @@ impl World {
                     self.host_out(r);
                 }
                 Output::Media(m) => self.media.push((me, m)),
+                Output::Dial { meeting, uri } => self.dials.push((me, meeting, uri)),
             }
         }
     }
@@ -546,6 +550,31 @@ fn training_audience_is_receive_only_until_given_the_floor() {
     let applied = w.session(0).applied.unwrap();
     assert_eq!(applied.role, Role::Speaker);
     assert!(!applied.muted, "a question from the floor");
+}
+
+#[test]
+fn a_gateway_told_to_dial_calls_only_into_a_session_it_knows_that_has_not_ended() {
+    let gw = t("130102000000-hall");
+    let mut w = World::new(
+        host(Kind::Meeting, &["130102"]),
+        &["130102000000-hall"],
+        AcceptPolicy::Manual,
+    );
+    let m1: MeetingId = "m1".parse().unwrap();
+    let dial = |meeting| {
+        Input::Downlink(Downlink::Dial {
+            meeting,
+            uri: "sip:hall@10.13.2.40".into(),
+        })
+    };
+    w.op(ChairOp::Start).unwrap();
+    w.deliver_to(0, dial(m1));
+    // A session that never reached the box is not one it knows.
+    w.deliver_to(0, dial("m2".parse().unwrap()));
+    assert_eq!(w.dials, vec![(gw, m1, "sip:hall@10.13.2.40".to_owned())]);
+    w.op(ChairOp::End).unwrap();
+    w.deliver_to(0, dial(m1));
+    assert_eq!(w.dials.len(), 1, "no call into an ended session");
 }
 
 #[test]
@@ -1787,6 +1816,13 @@ fn every_meeting_message_has_pinned_bytes() {
                 },
             },
             "0105026d31010d31302e302e302e393a363030300102010d31302e302e302e313a3530303401020d31302e302e302e333a3730303001020d31302e302e302e323a36303030",
+        ),
+        (
+            Downlink::Dial {
+                meeting: m,
+                uri: "sip:hall@10.0.0.9".into(),
+            },
+            "0106026d31117369703a68616c6c4031302e302e302e39",
         ),
     ]);
     let state = |kind, status, profile: MediaProfile| MeetingState {

@@ -86,16 +86,12 @@ impl Daemon {
                         Err(e) => (false, format!("config-set {key}: {e}")),
                     },
                     Action::Update(offer) => self.update_offer(offer)?,
-                    Action::Dial { meeting, uri } => match &self.dials {
-                        None => (false, "this box is not a SIP gateway (no [sip])".to_owned()),
-                        Some(d) => match d.try_send(crate::sip::Dial {
-                            meeting: *meeting,
-                            uri: uri.clone(),
-                        }) {
+                    Action::Dial { meeting, uri } => {
+                        match self.conference.dial(*meeting, uri.clone()) {
                             Ok(()) => (true, format!("calling {uri} into {meeting}")),
-                            Err(_) => (false, "the SIP gateway is busy or stopping".to_owned()),
-                        },
-                    },
+                            Err(e) => (false, e.to_owned()),
+                        }
+                    }
                     _ => (false, "unknown action".to_owned()),
                 };
                 self.event(Event::CommandRun {

@@ -66,6 +66,9 @@ pub struct SipTls {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
+    /// The CAs a room system's certificate must chain to when the gateway calls it over TLS
+    /// (PEM); without it, calls out over TLS are not made.
+    pub ca: Option<PathBuf>,
 }
 
 /// What a call agreed: the room system's offer, the box's ports for what it sends, and the
@@ -171,11 +174,16 @@ pub async fn serve(
     mut dials: mpsc::Receiver<Dial>,
     stop: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let tls = match &cfg.tls {
-        Some(t) => Some((t.listen, crate::tls::server_config(&t.cert, &t.key)?)),
-        None => None,
+    let (tls, calls_out) = match &cfg.tls {
+        Some(t) => (
+            Some((t.listen, crate::tls::server_config(&t.cert, &t.key)?)),
+            t.ca.as_deref()
+                .map(crate::tls::verifying_client)
+                .transpose()?,
+        ),
+        None => (None, None),
     };
-    let mut transports = Transports::bind(cfg.listen, tls, stop.clone()).await?;
+    let mut transports = Transports::bind(cfg.listen, tls, calls_out, stop.clone()).await?;
     let mut call: Option<Call> = None;
     let mut outgoing: Option<Outgoing> = None;
     let mut overs = cfg.call.over.subscribe();
@@ -445,7 +453,7 @@ async fn start_call(
         return Err(DialError::NotAllowed(d.uri.clone()));
     }
     let peer = transports
-        .connect(to, kind)
+        .connect(to, kind, host)
         .await
         .map_err(|error| DialError::Connect {
             uri: d.uri.clone(),

@@ -101,6 +101,8 @@ pub struct Transports {
     streams: Streams,
     next_stream: Arc<AtomicU64>,
     stop: CancellationToken,
+    /// How calls out over TLS check the room system, if they are made.
+    tls_client: Option<tokio_rustls::TlsConnector>,
 }
 
 impl std::fmt::Debug for Transports {
@@ -114,10 +116,12 @@ impl std::fmt::Debug for Transports {
 
 impl Transports {
     /// Listens on UDP and TCP at `listen` (port 0: one the system gives, the same for both)
-    /// and, with a certificate, on TLS at `tls`; until `stop`.
+    /// and, with a certificate, on TLS at `tls`; until `stop`. Calls out over TLS are made
+    /// with `tls_client`, if given.
     pub async fn bind(
         listen: SocketAddr,
         tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+        tls_client: Option<Arc<rustls::ClientConfig>>,
         stop: CancellationToken,
     ) -> std::io::Result<Transports> {
         let udp = Arc::new(UdpSocket::bind(listen).await?);
@@ -141,6 +145,7 @@ impl Transports {
             streams: Arc::default(),
             next_stream: Arc::new(AtomicU64::new(1)),
             stop,
+            tls_client: tls_client.map(tokio_rustls::TlsConnector::from),
         };
         tokio::spawn(datagrams(t.udp.clone(), t.sender.clone(), t.stop.clone()));
         tokio::spawn(t.clone_handle().accept(tcp, None));
@@ -185,30 +190,54 @@ impl Transports {
         }
     }
 
-    /// The peer at `to` over `kind`: for TCP, a connection opened to it.
-    pub async fn connect(&self, to: SocketAddr, kind: Kind) -> std::io::Result<Peer> {
-        match kind {
-            Kind::Udp => Ok(Peer {
+    /// The peer at `to` over `kind`: for TCP, a connection opened to it; for TLS, one whose
+    /// certificate names `host` and chains to the gateway's CAs.
+    pub async fn connect(&self, to: SocketAddr, kind: Kind, host: &str) -> std::io::Result<Peer> {
+        if kind == Kind::Udp {
+            return Ok(Peer {
                 addr: to,
                 kind,
                 stream: 0,
-            }),
-            Kind::Tcp => {
-                let stream = tokio::time::timeout(CONNECT, TcpStream::connect(to))
-                    .await
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-                self.clone_handle()
-                    .open(to, kind)
-                    .map(|(peer, queue)| {
-                        tokio::spawn(self.clone_handle().carry(stream, peer, queue));
-                        peer
-                    })
-                    .ok_or_else(|| std::io::Error::other("too many SIP streams open"))
-            }
-            Kind::Tls => Err(std::io::Error::other(
-                "calls out over TLS are not made: call the room system over TCP or UDP",
-            )),
+            });
         }
+        let tls = match (kind, &self.tls_client) {
+            (Kind::Tls, None) => {
+                return Err(std::io::Error::other(
+                    "calls out over TLS need [sip] tls.ca (the CAs of the room systems' certificates)",
+                ));
+            }
+            (Kind::Tls, Some(connector)) => {
+                let name = rustls::pki_types::ServerName::try_from(
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                )
+                .map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+                Some((connector.clone(), name))
+            }
+            _ => None,
+        };
+        let stream = within(TcpStream::connect(to)).await?;
+        let (peer, queue) = self
+            .clone_handle()
+            .open(to, kind)
+            .ok_or_else(|| std::io::Error::other("too many SIP streams open"))?;
+        let carrier = self.clone_handle();
+        match tls {
+            None => {
+                tokio::spawn(carrier.carry(stream, peer, queue));
+            }
+            Some((connector, name)) => match within(connector.connect(name, stream)).await {
+                Ok(s) => {
+                    tokio::spawn(carrier.carry(s, peer, queue));
+                }
+                Err(e) => {
+                    carrier.close(peer);
+                    return Err(e);
+                }
+            },
+        }
+        Ok(peer)
     }
 
     fn clone_handle(&self) -> Handle {
@@ -346,6 +375,15 @@ impl Handle {
         let _ = writer.shutdown().await;
         tracing::debug!(%peer, why, "sip: stream closed");
     }
+}
+
+/// `step` of opening a stream, given [`CONNECT`] to finish.
+async fn within<T>(
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(CONNECT, step)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Reads datagrams into the queue until stopped.
