@@ -214,6 +214,7 @@ fn usage(msg: String) -> ExitCode {
 
 fn duration(flag: &str, s: &str) -> Result<Duration, String> {
     parse_duration(s)
+        .map_err(|e| e.to_string())
         .and_then(|d| {
             if d.is_zero() {
                 Err(format!("{s:?} must be more than zero"))

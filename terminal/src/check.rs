@@ -110,6 +110,7 @@ pub fn startup(cfg: &TerminalConfig) -> Startup {
                 )
             }
             Err(e) => {
+                let e = e.to_string();
                 let e = e.strip_prefix("duty button: ").unwrap_or(&e).to_owned();
                 line(false, "duty button", e)
             }

@@ -8,7 +8,7 @@
 //! receive-only, and the host and the status report say so.
 
 use cuntong_core::envelope::encode;
-use cuntong_core::media::layout::{BadLayout, Layout};
+use cuntong_core::media::layout::Layout;
 use cuntong_core::media::routes::Routes;
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::participant::{
@@ -24,6 +24,7 @@ use cuntong_core::topic::{Channel, Topic, meeting_filters};
 use serde::{Deserialize, Serialize};
 
 use crate::link::Message;
+use crate::status::{BadRequest, Refusal};
 
 /// How the terminal takes part in meetings (`[meeting]` in the config).
 #[derive(Clone, Debug, PartialEq)]
@@ -172,8 +173,8 @@ pub enum OperatorRequest {
 }
 
 /// The chair operations a delegated chair's box can ask for, by the name the operator types.
-fn chair_op(name: &str, target: Option<TerminalId>) -> Result<ChairOp, String> {
-    let needs = |t: Option<TerminalId>| t.ok_or_else(|| format!("{name} needs a terminal id"));
+fn chair_op(name: &str, target: Option<TerminalId>) -> Result<ChairOp, BadRequest> {
+    let needs = |t: Option<TerminalId>| t.ok_or_else(|| BadRequest::NeedsTerminal(name.into()));
     Ok(match name {
         "mute" => ChairOp::Mute(needs(target)?),
         "unmute" => ChairOp::Unmute(needs(target)?),
@@ -182,11 +183,7 @@ fn chair_op(name: &str, target: Option<TerminalId>) -> Result<ChairOp, String> {
         "revoke" => ChairOp::Revoke,
         "mute-all" => ChairOp::MuteAll,
         "unmute-all" => ChairOp::UnmuteAll,
-        other => {
-            return Err(format!(
-                "chair operation {other:?}: mute|unmute|grant|lower TERMINAL, revoke, mute-all, unmute-all"
-            ));
-        }
+        other => return Err(BadRequest::ChairOp(other.into())),
     })
 }
 
@@ -207,11 +204,21 @@ fn chair_words(op: &ChairOp) -> String {
 impl OperatorRequest {
     /// Parses a status-socket line: `meeting accept|decline|hand|lower|leave ID [REASON]`,
     /// `meeting chair ID OP [TERMINAL]` or `call TERMINAL`.
-    pub fn parse(line: &str) -> Result<OperatorRequest, String> {
+    pub fn parse(line: &str) -> Result<OperatorRequest, BadRequest> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let id = |s: &str| {
             s.parse::<MeetingId>()
-                .map_err(|e| format!("meeting id {s:?}: {e}"))
+                .map_err(|problem| BadRequest::MeetingId {
+                    given: s.into(),
+                    problem,
+                })
+        };
+        let terminal = |s: &str| {
+            s.parse::<TerminalId>()
+                .map_err(|problem| BadRequest::Terminal {
+                    given: s.into(),
+                    problem,
+                })
         };
         match words.as_slice() {
             ["meeting", "accept", m] => Ok(OperatorRequest::Accept(id(m)?)),
@@ -223,25 +230,17 @@ impl OperatorRequest {
             ["meeting", "leave", m] => Ok(OperatorRequest::Leave(id(m)?)),
             ["meeting", "layout", m, layout] => Ok(OperatorRequest::Layout(
                 id(m)?,
-                layout.parse().map_err(|e: BadLayout| e.to_string())?,
+                layout.parse().map_err(BadRequest::Layout)?,
             )),
             ["meeting", "content", m, on @ ("on" | "off")] => {
                 Ok(OperatorRequest::Content(id(m)?, *on == "on"))
             }
             ["meeting", "chair", m, op, rest @ ..] if rest.len() <= 1 => {
-                let target = rest
-                    .first()
-                    .map(|t| t.parse().map_err(|e| format!("terminal {t:?}: {e}")))
-                    .transpose()?;
+                let target = rest.first().map(|t| terminal(t)).transpose()?;
                 Ok(OperatorRequest::Chair(id(m)?, chair_op(op, target)?))
             }
-            ["call", t] => t
-                .parse()
-                .map(OperatorRequest::Call)
-                .map_err(|e| format!("terminal {t:?}: {e}")),
-            _ => Err(format!(
-                "unknown request {line:?} (meeting accept|decline|hand|lower|leave ID, meeting layout ID LAYOUT, meeting content ID on|off, meeting chair ID OP [TERMINAL], call TERMINAL)"
-            )),
+            ["call", t] => terminal(t).map(OperatorRequest::Call),
+            _ => Err(BadRequest::Unknown(line.into())),
         }
     }
 
@@ -595,12 +594,12 @@ impl Conference {
         &mut self,
         req: OperatorRequest,
         now_ms: u64,
-    ) -> Result<(String, Vec<Message>), String> {
+    ) -> Result<(String, Vec<Message>), Refusal> {
         let known = |m: &MeetingId| {
             self.participant
                 .session(m)
                 .map(|s| s.phase)
-                .ok_or_else(|| format!("no session {m} on this terminal"))
+                .ok_or(Refusal::NoSession(*m))
         };
         let (input, answer) = match req {
             OperatorRequest::Accept(m) => {
@@ -613,7 +612,7 @@ impl Conference {
             }
             OperatorRequest::RaiseHand(m) => {
                 if known(&m)? != Phase::Joined {
-                    return Err(format!("{m}: not joined"));
+                    return Err(Refusal::NotJoined(m));
                 }
                 (Input::RaiseHand(m), format!("hand raised in {m}"))
             }
@@ -635,10 +634,10 @@ impl Conference {
             }
             OperatorRequest::Content(m, on) => {
                 if known(&m)? != Phase::Joined {
-                    return Err(format!("{m}: not joined"));
+                    return Err(Refusal::NotJoined(m));
                 }
                 if on && !self.engine.has_content() {
-                    return Err("this box has no content source ([media] content)".into());
+                    return Err(Refusal::NoContentSource);
                 }
                 (
                     Input::ShareContent(m, on),
@@ -653,18 +652,16 @@ impl Conference {
                 return if self.engine.set_layout(m, layout) {
                     Ok((format!("layout {layout} on this box for {m}"), Vec::new()))
                 } else {
-                    Err(format!(
-                        "no picture of {m} on this box (no media, or not joined)"
-                    ))
+                    Err(Refusal::NoPicture(m))
                 };
             }
             OperatorRequest::Call(to) => {
                 if to == self.me {
-                    return Err("a terminal cannot call itself".into());
+                    return Err(Refusal::CallSelf);
                 }
                 let id: MeetingId = format!("c{:08x}", rand::random::<u32>())
                     .parse()
-                    .map_err(|e| format!("call id: {e}"))?;
+                    .map_err(Refusal::CallId)?;
                 (Input::Call(id, to), format!("calling {to} ({id})"))
             }
         };
@@ -921,11 +918,13 @@ mod tests {
         assert!(
             OperatorRequest::parse("meeting hand 1x")
                 .unwrap_err()
+                .to_string()
                 .contains("meeting id")
         );
         assert!(
             OperatorRequest::parse("call nobody")
                 .unwrap_err()
+                .to_string()
                 .contains("terminal")
         );
         assert!(OperatorRequest::parse("dance").is_err());
@@ -933,6 +932,7 @@ mod tests {
         assert!(
             OperatorRequest::parse("meeting layout m1 5x5")
                 .unwrap_err()
+                .to_string()
                 .contains("1+N")
         );
     }

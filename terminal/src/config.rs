@@ -280,7 +280,7 @@ impl TerminalConfig {
         }
         let duration = |key: &str, v: &Option<String>, default: Duration| match v {
             None => Ok(default),
-            Some(s) => parse_duration(s).map_err(|p| invalid(key, p)),
+            Some(s) => parse_duration(s).map_err(|p| invalid(key, p.to_string())),
         };
         cfg.keep_alive = duration("keep_alive", &raw.keep_alive, cfg.keep_alive)?;
         if !(Duration::from_secs(1)..=Duration::from_secs(65_535)).contains(&cfg.keep_alive) {
@@ -381,7 +381,7 @@ impl TerminalConfig {
             cfg.sensors.push(SensorConfig { kind, interval });
         }
         if let Some(b) = raw.outbox.budget {
-            let bytes = parse_size(&b).map_err(|p| invalid("outbox.budget", p))?;
+            let bytes = parse_size(&b).map_err(|p| invalid("outbox.budget", p.to_string()))?;
             if bytes < 4096 {
                 return Err(invalid("outbox.budget", format!("{b:?} is less than 4KiB")));
             }
@@ -442,7 +442,7 @@ impl TerminalConfig {
         if let Some(u) = raw.update {
             let max_rate = match &u.max_rate {
                 None => crate::update::DEFAULT_MAX_RATE,
-                Some(r) => parse_size(r).map_err(|p| invalid("update.max_rate", p))?,
+                Some(r) => parse_size(r).map_err(|p| invalid("update.max_rate", p.to_string()))?,
             };
             if max_rate < 1024 {
                 return Err(invalid(
@@ -480,10 +480,15 @@ impl TerminalConfig {
         }
         cfg.meeting = meeting_config(raw.meeting, &invalid)?;
         if let Some(d) = raw.media.display {
-            cfg.media.display = d.parse().map_err(|e| invalid("media.display", e))?;
+            cfg.media.display = d
+                .parse()
+                .map_err(|e: BadValue| invalid("media.display", e.to_string()))?;
         }
         if let Some(c) = raw.media.content {
-            cfg.media.content = Some(c.parse().map_err(|e| invalid("media.content", e))?);
+            cfg.media.content = Some(
+                c.parse()
+                    .map_err(|e: BadValue| invalid("media.content", e.to_string()))?,
+            );
         }
         if let Some(l) = raw.media.layout {
             cfg.media.layout = l
@@ -570,15 +575,16 @@ impl TerminalConfig {
         if let Some(b) = raw.duty_button {
             let default = crate::duty_button::DutyButtonConfig::default();
             let duration = |key: &str, v: Option<String>, default: Duration| {
-                v.map(|v| parse_duration(&v).map_err(|e| invalid(key, e)))
+                v.map(|v| parse_duration(&v).map_err(|e| invalid(key, e.to_string())))
                     .transpose()
                     .map(|d| d.unwrap_or(default))
             };
             let kind = b.kind.unwrap_or(default.kind);
             let text = b.text.unwrap_or(default.text);
-            crate::status::check_report_kind(&kind).map_err(|e| invalid("duty_button.kind", e))?;
+            crate::status::check_report_kind(&kind)
+                .map_err(|e| invalid("duty_button.kind", e.to_string()))?;
             crate::status::check_report_text(text.trim())
-                .map_err(|e| invalid("duty_button.text", e))?;
+                .map_err(|e| invalid("duty_button.text", e.to_string()))?;
             cfg.duty_button = Some(crate::duty_button::DutyButtonConfig {
                 chip: b.chip.unwrap_or(default.chip),
                 line: b.line,
@@ -732,35 +738,59 @@ pub fn documented_example(source: &str) -> Option<String> {
     Some(text.join("\n"))
 }
 
+/// A setting's value that is not one: a size, a duration, a content source or a display, as
+/// given.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum BadValue {
+    #[error("{0:?} is not a size; use e.g. \"16MiB\"")]
+    NotSize(String),
+    #[error("unknown size unit {unit:?} in {given:?}; use B, KiB, MiB or GiB")]
+    SizeUnit { unit: String, given: String },
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+    #[error("{given:?} is not a duration ({problem}); use e.g. \"30s\", \"5m\"")]
+    NotDuration {
+        given: String,
+        problem: humantime::DurationError,
+    },
+    #[error("{0:?} is longer than 100 years")]
+    TooLong(String),
+    #[error("{0:?}: \"v4l2:/dev/videoN\" or \"test\"")]
+    ContentSource(String),
+    #[error("{0:?}: \"auto\", \"kms\", \"file:PATH\" or \"recording:PATH\"")]
+    Display(String),
+}
+
 /// Parses a size such as `16MiB`, `512KiB`, `1GiB` or a plain number of bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, BadValue> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; use e.g. \"16MiB\""))?;
+    let n: u64 = num.parse().map_err(|_| BadValue::NotSize(s.into()))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "K" | "KiB" | "KB" => 1 << 10,
         "M" | "MiB" | "MB" => 1 << 20,
         "G" | "GiB" | "GB" => 1 << 30,
         other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB or GiB"
-            ));
+            return Err(BadValue::SizeUnit {
+                unit: other.into(),
+                given: s.into(),
+            });
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| BadValue::TooLarge(s.into()))
 }
 
 /// Parses a human duration such as `30s`, `5m` or `1h 30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. \"30s\", \"5m\""))?;
+pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
+    let d = humantime::parse_duration(s).map_err(|problem| BadValue::NotDuration {
+        given: s.into(),
+        problem,
+    })?;
     if d > MAX_DURATION {
-        return Err(format!("{s:?} is longer than 100 years"));
+        return Err(BadValue::TooLong(s.into()));
     }
     Ok(d)
 }
@@ -879,14 +909,14 @@ pub enum ContentSource {
 }
 
 impl std::str::FromStr for ContentSource {
-    type Err = String;
+    type Err = BadValue;
 
-    fn from_str(s: &str) -> Result<ContentSource, String> {
+    fn from_str(s: &str) -> Result<ContentSource, BadValue> {
         match s {
             "test" => Ok(ContentSource::Test),
             _ => match s.strip_prefix("v4l2:") {
                 Some(p) if p.starts_with('/') => Ok(ContentSource::Camera(p.into())),
-                _ => Err(format!("{s:?}: \"v4l2:/dev/videoN\" or \"test\"")),
+                _ => Err(BadValue::ContentSource(s.into())),
             },
         }
     }
@@ -931,9 +961,9 @@ pub fn recording_segment(path: &std::path::Path, n: u32) -> PathBuf {
 }
 
 impl std::str::FromStr for Display {
-    type Err = String;
+    type Err = BadValue;
 
-    fn from_str(s: &str) -> Result<Display, String> {
+    fn from_str(s: &str) -> Result<Display, BadValue> {
         match s {
             "auto" => Ok(Display::Screen { kms: false }),
             "kms" => Ok(Display::Screen { kms: true }),
@@ -943,9 +973,7 @@ impl std::str::FromStr for Display {
                     path: p.into(),
                     segment: RECORDING_SEGMENT,
                 }),
-                _ => Err(format!(
-                    "{s:?}: \"auto\", \"kms\", \"file:PATH\" or \"recording:PATH\""
-                )),
+                _ => Err(BadValue::Display(s.into())),
             },
         }
     }
@@ -1024,7 +1052,7 @@ fn meeting_config(
         v.map_or(Ok(default), |s| {
             parse_duration(&s)
                 .map(|d| d.as_secs_f64() * 1000.0)
-                .map_err(|p| invalid(key, p))
+                .map_err(|p| invalid(key, p.to_string()))
         })
     };
     let percent = |key: &str, v: Option<f64>, default: f64| -> Result<f64, ConfigError> {

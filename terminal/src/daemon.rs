@@ -614,14 +614,14 @@ impl Daemon {
     }
 
     /// The operator raised a duty report: an event, ahead of all telemetry in the outbox.
-    fn duty_report(&mut self, kind: String, text: String) -> Result<String, String> {
+    fn duty_report(&mut self, kind: String, text: String) -> Result<String, status::Refusal> {
         let report = unix_ms();
         self.event(Event::DutyReport {
             report,
             kind: kind.clone(),
             text: text.clone(),
         })
-        .map_err(|e| format!("cannot record the report: {e}"))?;
+        .map_err(status::Refusal::Report)?;
         self.with_status(|s| {
             if s.duty_reports.len() == status::DUTY_REPORTS_KEPT {
                 s.duty_reports.remove(0);

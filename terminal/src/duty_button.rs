@@ -95,9 +95,29 @@ impl PressDetector {
     }
 }
 
+/// Why a duty button's line cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ButtonError {
+    #[error("duty button: {chip}: {problem}")]
+    Chip { chip: String, problem: String },
+    #[error("duty button: {chip} line {line}: {problem}")]
+    Line {
+        chip: String,
+        line: u32,
+        problem: String,
+    },
+    #[error(
+        "duty button: {chip} line {line}: this build has no GPIO support (cargo feature linux-gpio)"
+    )]
+    NoGpio { chip: String, line: u32 },
+    /// The pin's own error, as its driver words it.
+    #[error("{0}")]
+    Read(String),
+}
+
 /// A duty button: its line, its press detector and the report it raises.
 pub struct DutyButton {
-    pin: Box<dyn FnMut() -> Result<bool, String> + Send>,
+    pin: Box<dyn FnMut() -> Result<bool, ButtonError> + Send>,
     detector: PressDetector,
     pub kind: String,
     pub text: String,
@@ -125,7 +145,9 @@ impl DutyButton {
         let active_low = cfg.active_low;
         DutyButton {
             pin: Box::new(move || {
-                let high = pin.is_high().map_err(|e| format!("{e:?}"))?;
+                let high = pin
+                    .is_high()
+                    .map_err(|e| ButtonError::Read(format!("{e:?}")))?;
                 Ok(high != active_low)
             }),
             detector: PressDetector::new(cfg.hold, cfg.cooldown),
@@ -155,27 +177,33 @@ impl DutyButton {
 
 /// Opens the configured GPIO line of a box (Linux GPIO character device).
 #[cfg(all(target_os = "linux", feature = "linux-gpio"))]
-pub fn open(cfg: &DutyButtonConfig) -> Result<DutyButton, String> {
+pub fn open(cfg: &DutyButtonConfig) -> Result<DutyButton, ButtonError> {
     use linux_embedded_hal::gpio_cdev::{Chip, LineRequestFlags};
-    let name = cfg.chip.display();
-    let mut chip = Chip::new(&cfg.chip).map_err(|e| format!("duty button: {name}: {e}"))?;
-    let handle = chip
+    let chip = || cfg.chip.display().to_string();
+    let line = |e: &dyn std::fmt::Display| ButtonError::Line {
+        chip: chip(),
+        line: cfg.line,
+        problem: e.to_string(),
+    };
+    let mut gpio = Chip::new(&cfg.chip).map_err(|e| ButtonError::Chip {
+        chip: chip(),
+        problem: e.to_string(),
+    })?;
+    let handle = gpio
         .get_line(cfg.line)
         .and_then(|l| l.request(LineRequestFlags::INPUT, 0, "cuntong-duty-button"))
-        .map_err(|e| format!("duty button: {name} line {}: {e}", cfg.line))?;
-    let pin = linux_embedded_hal::CdevPin::new(handle)
-        .map_err(|e| format!("duty button: {name} line {}: {e}", cfg.line))?;
+        .map_err(|e| line(&e))?;
+    let pin = linux_embedded_hal::CdevPin::new(handle).map_err(|e| line(&e))?;
     Ok(DutyButton::new(pin, cfg))
 }
 
 /// Without GPIO support in this build, a configured button is an error at start-up.
 #[cfg(not(all(target_os = "linux", feature = "linux-gpio")))]
-pub fn open(cfg: &DutyButtonConfig) -> Result<DutyButton, String> {
-    Err(format!(
-        "duty button: {} line {}: this build has no GPIO support (cargo feature linux-gpio)",
-        cfg.chip.display(),
-        cfg.line
-    ))
+pub fn open(cfg: &DutyButtonConfig) -> Result<DutyButton, ButtonError> {
+    Err(ButtonError::NoGpio {
+        chip: cfg.chip.display().to_string(),
+        line: cfg.line,
+    })
 }
 
 #[cfg(test)]

@@ -120,20 +120,47 @@ fn metric_of(logger: Option<&LoggerConfig>, factor: &str, suffix: &str) -> Metri
     }
 }
 
+/// Why a logger's packet brings no samples.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("{0}")]
+    Packet(hj212::Hj212Error),
+    #[error("data upload without DataTime")]
+    NoDataTime,
+    #[error("factor {factor:?}: {problem}")]
+    Factor {
+        factor: String,
+        problem: cuntong_core::telemetry::MetricError,
+    },
+    #[error("split packet: a new packet began before the last one ended")]
+    SplitRestarted,
+    #[error("split packet: part {pno} of {pnum} without part 1")]
+    SplitWithoutFirst { pno: u16, pnum: u16 },
+    #[error("split packet: part {pno} of {pnum} out of sequence")]
+    SplitOutOfSequence { pno: u16, pnum: u16 },
+    #[error("unexpected logger: MN {0:?} is not configured")]
+    UnexpectedLogger(String),
+    #[error("wrong password: logger {0:?}")]
+    WrongPassword(String),
+}
+
 /// Turns a (reassembled) data upload into samples; `Err` says why it carries none.
-pub fn samples(packet: &Packet, logger: Option<&LoggerConfig>) -> Result<Vec<HjSample>, String> {
+pub fn samples(packet: &Packet, logger: Option<&LoggerConfig>) -> Result<Vec<HjSample>, Unusable> {
     let time_ms = match packet.data_time() {
         Some(Ok(t)) => t,
-        Some(Err(e)) => return Err(e.to_string()),
-        None => return Err("data upload without DataTime".to_owned()),
+        Some(Err(e)) => return Err(Unusable::Packet(e)),
+        None => return Err(Unusable::NoDataTime),
     };
-    let readings = packet.readings().map_err(|e| e.to_string())?;
+    let readings = packet.readings().map_err(Unusable::Packet)?;
     readings
         .into_iter()
         .map(|r| {
             let metric = metric_of(logger, &r.factor, &r.suffix);
             // A factor code that cannot be a metric name would spoil the whole batch.
-            Metric::from_name(metric.name()).map_err(|e| format!("factor {:?}: {e}", r.factor))?;
+            Metric::from_name(metric.name()).map_err(|problem| Unusable::Factor {
+                factor: r.factor.clone(),
+                problem,
+            })?;
             Ok(HjSample {
                 time_ms,
                 metric,
@@ -224,7 +251,7 @@ struct Splits {
 impl Splits {
     /// Adds a part; returns the whole packet once the last part is there. A part out of
     /// sequence discards the incomplete packet (and says so).
-    fn add(&mut self, p: Packet) -> Result<Option<Packet>, String> {
+    fn add(&mut self, p: Packet) -> Result<Option<Packet>, Unusable> {
         let now = tokio::time::Instant::now();
         self.parts
             .retain(|_, (t, _, _)| now.duration_since(*t) < SPLIT_TIMEOUT);
@@ -236,17 +263,15 @@ impl Splits {
         if pno == 1 {
             let lost = self.parts.insert(key.clone(), (now, pnum, vec![p]));
             if lost.is_some() {
-                return Err("split packet: a new packet began before the last one ended".into());
+                return Err(Unusable::SplitRestarted);
             }
         } else {
             let Some(entry) = self.parts.get_mut(&key) else {
-                return Err(format!("split packet: part {pno} of {pnum} without part 1"));
+                return Err(Unusable::SplitWithoutFirst { pno, pnum });
             };
             if entry.1 != pnum || entry.2.len() + 1 != usize::from(pno) {
                 self.parts.remove(&key);
-                return Err(format!(
-                    "split packet: part {pno} of {pnum} out of sequence"
-                ));
+                return Err(Unusable::SplitOutOfSequence { pno, pnum });
             }
             entry.0 = now;
             entry.2.push(p);
@@ -390,7 +415,7 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                     let logger = match expected(cfg, &packet) {
                         Ok(l) => l,
                         Err(why) => {
-                            complain(why, stats);
+                            complain(why.to_string(), stats);
                             continue;
                         }
                     };
@@ -405,7 +430,7 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                             Ok(Some(w)) => w,
                             Ok(None) => continue,
                             Err(why) => {
-                                complain(why, stats);
+                                complain(why.to_string(), stats);
                                 continue;
                             }
                         }
@@ -430,18 +455,18 @@ async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 
 /// The configured logger this packet comes from; an error if it is not expected or its
 /// password is wrong. With no loggers configured, every MN is accepted.
-fn expected<'a>(cfg: &'a Hj212Config, p: &Packet) -> Result<Option<&'a LoggerConfig>, String> {
+fn expected<'a>(cfg: &'a Hj212Config, p: &Packet) -> Result<Option<&'a LoggerConfig>, Unusable> {
     if cfg.loggers.is_empty() {
         return Ok(None);
     }
     let mn = p.mn.as_deref().unwrap_or("");
     let Some(l) = cfg.loggers.iter().find(|l| l.mn == mn) else {
-        return Err(format!("unexpected logger: MN {mn:?} is not configured"));
+        return Err(Unusable::UnexpectedLogger(mn.into()));
     };
     if let Some(pw) = &l.password
         && p.pw.as_deref() != Some(pw.as_str())
     {
-        return Err(format!("wrong password: logger {mn:?}"));
+        return Err(Unusable::WrongPassword(mn.into()));
     }
     Ok(Some(l))
 }
@@ -565,12 +590,16 @@ mod tests {
             ..Hj212Config::new(None, None)
         };
         let p = upload(4);
-        assert!(expected(&cfg, &p).unwrap_err().contains("wrong password"));
+        assert_eq!(
+            expected(&cfg, &p).unwrap_err().to_string(),
+            "wrong password: logger \"010000A8900016F000169DC0\""
+        );
         let mut other = p.clone();
         other.mn = Some("X1".into());
         assert!(
             expected(&cfg, &other)
                 .unwrap_err()
+                .to_string()
                 .contains("not configured")
         );
         other.pw = Some("654321".into());

@@ -79,32 +79,84 @@ pub enum LocalRequest {
     },
 }
 
+/// Why an operator's line is not a request the daemon takes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error("meeting id {given:?}: {problem}")]
+    MeetingId {
+        given: String,
+        problem: cuntong_core::meeting_id::MeetingIdError,
+    },
+    #[error("terminal {given:?}: {problem}")]
+    Terminal {
+        given: String,
+        problem: cuntong_core::terminal_id::TerminalIdError,
+    },
+    #[error("{0}")]
+    Layout(cuntong_core::media::layout::BadLayout),
+    #[error("{0} needs a terminal id")]
+    NeedsTerminal(String),
+    #[error(
+        "chair operation {0:?}: mute|unmute|grant|lower TERMINAL, revoke, mute-all, unmute-all"
+    )]
+    ChairOp(String),
+    #[error(
+        "unknown request {0:?} (meeting accept|decline|hand|lower|leave ID, meeting layout ID LAYOUT, meeting content ID on|off, meeting chair ID OP [TERMINAL], call TERMINAL)"
+    )]
+    Unknown(String),
+    #[error("report kind {0:?}: 1 to 32 of a-z, 0-9 and - (e.g. flood, fire, power)")]
+    ReportKind(String),
+    #[error("report text: 1 to 500 characters")]
+    ReportText,
+}
+
+/// Why the daemon refused an operator's request.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Malformed(#[from] BadRequest),
+    #[error("no session {0} on this terminal")]
+    NoSession(cuntong_core::meeting::MeetingId),
+    #[error("{0}: not joined")]
+    NotJoined(cuntong_core::meeting::MeetingId),
+    #[error("this box has no content source ([media] content)")]
+    NoContentSource,
+    #[error("no picture of {0} on this box (no media, or not joined)")]
+    NoPicture(cuntong_core::meeting::MeetingId),
+    #[error("a terminal cannot call itself")]
+    CallSelf,
+    #[error("call id: {0}")]
+    CallId(cuntong_core::meeting_id::MeetingIdError),
+    #[error("cannot record the report: {0}")]
+    Report(#[source] crate::daemon::RunError),
+    #[error("the daemon is stopping")]
+    Stopping,
+}
+
 /// A duty report's kind (`flood`, `fire`, `power`: 1 to 32 of a-z, 0-9 and -), as the
 /// operator's command and the duty button's configuration give it.
-pub fn check_report_kind(kind: &str) -> Result<(), String> {
+pub fn check_report_kind(kind: &str) -> Result<(), BadRequest> {
     if kind.is_empty()
         || kind.len() > 32
         || !kind
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(format!(
-            "report kind {kind:?}: 1 to 32 of a-z, 0-9 and - (e.g. flood, fire, power)"
-        ));
+        return Err(BadRequest::ReportKind(kind.to_owned()));
     }
     Ok(())
 }
 
 /// A duty report's text: 1 to 500 characters.
-pub fn check_report_text(text: &str) -> Result<(), String> {
+pub fn check_report_text(text: &str) -> Result<(), BadRequest> {
     if text.is_empty() || text.chars().count() > 500 {
-        return Err("report text: 1 to 500 characters".into());
+        return Err(BadRequest::ReportText);
     }
     Ok(())
 }
 
 impl LocalRequest {
-    pub fn parse(line: &str) -> Result<LocalRequest, String> {
+    pub fn parse(line: &str) -> Result<LocalRequest, BadRequest> {
         if let Some(rest) = line.strip_prefix("report ") {
             let (kind, text) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
             let text = text.trim();
@@ -129,7 +181,7 @@ impl LocalRequest {
 /// An operator's request from the socket, and where the daemon answers it.
 pub type OperatorCall = (
     LocalRequest,
-    tokio::sync::oneshot::Sender<Result<String, String>>,
+    tokio::sync::oneshot::Sender<Result<String, Refusal>>,
 );
 
 /// The outbox part of a status report.
@@ -229,17 +281,15 @@ async fn answer(
                 Ok(req) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     match requests.send((req, tx)).await {
-                        Ok(()) => rx
-                            .await
-                            .unwrap_or_else(|_| Err("the daemon is stopping".into())),
-                        Err(_) => Err("the daemon is stopping".into()),
+                        Ok(()) => rx.await.unwrap_or(Err(Refusal::Stopping)),
+                        Err(_) => Err(Refusal::Stopping),
                     }
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(Refusal::Malformed(e)),
             };
             match result {
                 Ok(answer) => serde_json::json!({ "ok": answer }).to_string(),
-                Err(e) => serde_json::json!({ "error": e }).to_string(),
+                Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
             }
         }
     };

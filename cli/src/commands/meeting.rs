@@ -602,7 +602,8 @@ pub async fn run(args: MeetingArgs) -> Result<(), Failure> {
 fn start_time(s: &str, now_ms: u64) -> Result<u64, Usage> {
     let bad = |why: String| Usage(format!("--at {s:?}: {why}"));
     let at_ms = if let Some(rel) = s.strip_prefix('+') {
-        let ahead = cuntong_terminal::config::parse_duration(rel).map_err(bad)?;
+        let ahead =
+            cuntong_terminal::config::parse_duration(rel).map_err(|e| bad(e.to_string()))?;
         if ahead.is_zero() {
             return Err(bad(
                 "must be later than now (to start now, `meeting start ID`)".into(),

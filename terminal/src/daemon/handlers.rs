@@ -57,7 +57,10 @@ impl Daemon {
     }
 
     /// A request on the status socket: its answer.
-    pub(super) fn on_request(&mut self, req: status::LocalRequest) -> Result<String, String> {
+    pub(super) fn on_request(
+        &mut self,
+        req: status::LocalRequest,
+    ) -> Result<String, status::Refusal> {
         match req {
             status::LocalRequest::Conference(r) => {
                 self.conference.operator(r, unix_ms()).map(|(line, msgs)| {

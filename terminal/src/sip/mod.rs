@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::conference::OperatorRequest;
-use crate::status::{LocalRequest, OperatorCall};
+use crate::status::{LocalRequest, OperatorCall, Refusal};
 
 pub mod transport;
 
@@ -682,7 +682,7 @@ async fn invite(
     cfg.call.set(Some(agreed));
     if let Err(e) = ask(requests, OperatorRequest::Accept(meeting)).await {
         cfg.call.set(None);
-        return refuse(404, "Not Found", &e);
+        return refuse(404, "Not Found", &e.to_string());
     }
     let contact = format!("<sip:{meeting}@{me}{}>", from.kind.uri_param());
     let bytes = message::response(
@@ -734,14 +734,13 @@ fn facing(peer: SocketAddr) -> Option<IpAddr> {
 async fn ask(
     requests: &mpsc::Sender<OperatorCall>,
     req: OperatorRequest,
-) -> Result<String, String> {
+) -> Result<String, Refusal> {
     let (tx, rx) = oneshot::channel();
     requests
         .send((LocalRequest::Conference(req), tx))
         .await
-        .map_err(|_| "the daemon is stopping".to_owned())?;
-    rx.await
-        .unwrap_or_else(|_| Err("the daemon is stopping".to_owned()))
+        .map_err(|_| Refusal::Stopping)?;
+    rx.await.unwrap_or(Err(Refusal::Stopping))
 }
 
 #[cfg(test)]
