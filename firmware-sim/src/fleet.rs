@@ -305,7 +305,7 @@ pub struct SimPower {
 }
 
 impl Power for SimPower {
-    fn reboot(&mut self) -> Result<String, String> {
+    fn reboot(&mut self) -> Result<String, cuntong_terminal::hardware::RebootError> {
         self.requested.store(true, Ordering::Relaxed);
         self.run.cancel();
         Ok(format!(

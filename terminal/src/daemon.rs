@@ -43,7 +43,7 @@ use crate::throttle::LogLimiter;
 pub fn process_runtime(
     default_log: &str,
     workers: Option<usize>,
-) -> Result<tokio::runtime::Runtime, String> {
+) -> std::io::Result<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CUNTONG_LOG")
@@ -59,7 +59,7 @@ pub fn process_runtime(
     builder
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start the runtime: {e}")))
 }
 
 /// Resolves on Ctrl-C or SIGTERM: how every cuntong binary is asked to stop.
@@ -606,9 +606,9 @@ impl Daemon {
                     version,
                     stage: cuntong_core::update::Stage::Failed,
                     bytes: 0,
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 })?;
-                Ok((false, reason))
+                Ok((false, reason.to_string()))
             }
         }
     }

@@ -83,7 +83,19 @@ impl Sensor for Reopening {
 pub trait Power: Send {
     /// Starts a restart and says what was done; the daemon answers central with it before
     /// the box goes down.
-    fn reboot(&mut self) -> Result<String, String>;
+    fn reboot(&mut self) -> Result<String, RebootError>;
+}
+
+/// Why the box could not start a restart.
+#[derive(Debug, thiserror::Error)]
+pub enum RebootError {
+    #[error("no reboot command configured ([commands] reboot)")]
+    NotConfigured,
+    #[error("reboot command {program} failed: {source}")]
+    Command {
+        program: String,
+        source: std::io::Error,
+    },
 }
 
 /// Restarts the box with a system command (`[commands] reboot = ["systemctl", "reboot"]`).
@@ -93,15 +105,18 @@ pub struct SystemPower {
 }
 
 impl Power for SystemPower {
-    fn reboot(&mut self) -> Result<String, String> {
+    fn reboot(&mut self) -> Result<String, RebootError> {
         let Some((program, args)) = self.command.as_ref().and_then(|c| c.split_first()) else {
-            return Err("no reboot command configured ([commands] reboot)".to_owned());
+            return Err(RebootError::NotConfigured);
         };
         match std::process::Command::new(program).args(args).spawn() {
             Ok(_) => Ok(format!("reboot started: {program} {}", args.join(" "))
                 .trim_end()
                 .to_owned()),
-            Err(e) => Err(format!("reboot command {program} failed: {e}")),
+            Err(source) => Err(RebootError::Command {
+                program: program.clone(),
+                source,
+            }),
         }
     }
 }
@@ -116,12 +131,18 @@ mod tests {
             SystemPower::default()
                 .reboot()
                 .unwrap_err()
+                .to_string()
                 .contains("no reboot command")
         );
         let mut p = SystemPower {
             command: Some(vec!["/nonexistent/reboot".into()]),
         };
-        assert!(p.reboot().unwrap_err().contains("/nonexistent/reboot"));
+        assert!(
+            p.reboot()
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent/reboot")
+        );
         let mut p = SystemPower {
             command: Some(vec!["true".into(), "now".into()]),
         };

@@ -19,6 +19,45 @@ pub enum Applies {
     AtRestart,
 }
 
+/// Why a key was not set.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("{0:?} is not a TOML key")]
+    NotKey(String),
+    #[error("empty key")]
+    EmptyKey,
+    #[error("{key}: {top} is set by provisioning only, not remotely")]
+    Provisioned { key: String, top: String },
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Toml {
+        path: PathBuf,
+        source: toml_edit::TomlError,
+    },
+    /// The file, or the file with the change, is not a valid configuration.
+    #[error(transparent)]
+    Invalid(#[from] crate::config::ConfigError),
+    #[error("{key}: {here} is not a table")]
+    NotTable { key: String, here: String },
+    #[error("{0}: is a table; set one of its keys")]
+    IsTable(String),
+    #[error("{0}: would change the terminal's identity")]
+    Identity(String),
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("saved, but the change could not be recorded: {0}")]
+    NotRecorded(#[source] std::io::Error),
+    #[error("this terminal runs without a configuration file")]
+    NoFile,
+}
+
 /// A change that was validated and saved.
 #[derive(Clone, Debug)]
 pub struct ConfigChange {
@@ -38,22 +77,27 @@ const PROVISIONED: [&str; 4] = ["id", "data_dir", "tls", "commands"];
 /// `value` is read as a TOML value (`20`, `true`, `"x"`, `[1, 2]`) and otherwise taken as a
 /// string (`30s`, `16MiB`). Nothing is written unless the resulting file is a valid
 /// configuration for the same terminal.
-pub fn set(path: &Path, key: &str, value: &str) -> Result<ConfigChange, String> {
-    let keys = toml_edit::Key::parse(key).map_err(|_| format!("{key:?} is not a TOML key"))?;
+pub fn set(path: &Path, key: &str, value: &str) -> Result<ConfigChange, SetError> {
+    let keys = toml_edit::Key::parse(key).map_err(|_| SetError::NotKey(key.into()))?;
     let Some((last, parents)) = keys.split_last() else {
-        return Err("empty key".to_owned());
+        return Err(SetError::EmptyKey);
     };
     let top = keys[0].get();
     if PROVISIONED.contains(&top) {
-        return Err(format!(
-            "{key}: {top} is set by provisioning only, not remotely"
-        ));
+        return Err(SetError::Provisioned {
+            key: key.into(),
+            top: top.into(),
+        });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let before = TerminalConfig::parse(&text, path).map_err(|e| e.to_string())?;
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| SetError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let before = TerminalConfig::parse(&text, path)?;
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|source| SetError::Toml {
+        path: path.to_owned(),
+        source,
+    })?;
     let parsed: toml_edit::Value = value
         .parse()
         .unwrap_or_else(|_| toml_edit::Value::from(value));
@@ -70,27 +114,30 @@ pub fn set(path: &Path, key: &str, value: &str) -> Result<ConfigChange, String> 
             t.set_implicit(true);
             toml_edit::Item::Table(t)
         });
-        table = item
-            .as_table_like_mut()
-            .ok_or_else(|| format!("{key}: {here} is not a table"))?;
+        table = item.as_table_like_mut().ok_or_else(|| SetError::NotTable {
+            key: key.into(),
+            here,
+        })?;
     }
     if table
         .get(last.get())
         .is_some_and(|i| i.is_table_like() || i.is_array_of_tables())
     {
-        return Err(format!("{key}: is a table; set one of its keys"));
+        return Err(SetError::IsTable(key.into()));
     }
     table.insert(last.get(), toml_edit::Item::Value(parsed));
 
     let new_text = doc.to_string();
-    let mut config = TerminalConfig::parse(&new_text, path).map_err(|e| e.to_string())?;
+    let mut config = TerminalConfig::parse(&new_text, path)?;
     config.source = Some(path.to_owned());
     if config.id != before.id {
-        return Err(format!("{key}: would change the terminal's identity"));
+        return Err(SetError::Identity(key.into()));
     }
-    write_replacing(path, &new_text).map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::integrity::accept_change(&config, path)
-        .map_err(|e| format!("saved, but the change could not be recorded: {e}"))?;
+    write_replacing(path, &new_text).map_err(|source| SetError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    crate::integrity::accept_change(&config, path).map_err(SetError::NotRecorded)?;
 
     let applies = if top == "metric" || key == "telemetry.health_interval" {
         Applies::Now
@@ -161,20 +208,24 @@ mod tests {
     fn invalid_values_and_provisioned_keys_are_refused_and_nothing_is_written() {
         let (_dir, path) = file();
         let before = std::fs::read_to_string(&path).unwrap();
-        let e = set(&path, "telemetry.health_interval", "soon").unwrap_err();
+        let e = set(&path, "telemetry.health_interval", "soon")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("telemetry.health_interval"), "{e}");
         for key in ["id", "data_dir", "tls.cert", "commands.key"] {
-            let e = set(&path, key, "x").unwrap_err();
+            let e = set(&path, key, "x").unwrap_err().to_string();
             assert!(e.contains("provisioning"), "{key}: {e}");
         }
         assert!(
             set(&path, "telemetry", "1")
                 .unwrap_err()
+                .to_string()
                 .contains("is a table")
         );
         assert!(
             set(&path, "broker.host", "1")
                 .unwrap_err()
+                .to_string()
                 .contains("not a table")
         );
         assert!(set(&path, "a..b", "1").is_err());

@@ -79,7 +79,7 @@ impl Daemon {
                     }
                     Action::Reboot => match self.power.reboot() {
                         Ok(done) => (true, done),
-                        Err(e) => (false, e),
+                        Err(e) => (false, e.to_string()),
                     },
                     Action::ConfigSet { key, value } => match self.config_set(key, value) {
                         Ok(summary) => (true, summary),
@@ -110,9 +110,13 @@ impl Daemon {
     }
 
     /// Changes one key of the configuration file; applies it now where the daemon can.
-    pub(super) fn config_set(&mut self, key: &str, value: &str) -> Result<String, String> {
+    pub(super) fn config_set(
+        &mut self,
+        key: &str,
+        value: &str,
+    ) -> Result<String, crate::remote_config::SetError> {
         let Some(path) = self.cfg.source.clone() else {
-            return Err("this terminal runs without a configuration file".to_owned());
+            return Err(crate::remote_config::SetError::NoFile);
         };
         let change = crate::remote_config::set(&path, key, value)?;
         tracing::info!("{}", change.summary);

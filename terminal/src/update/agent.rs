@@ -156,10 +156,10 @@ impl Updates {
 
     /// Starts on an offer (a signed command's): checks its signature now, then works on it in
     /// the background. The answer is what the command result says.
-    pub fn offer(&mut self, offer: Offer) -> Result<String, String> {
-        let manifest = release::verify(&offer.release, &self.key).map_err(|e| e.to_string())?;
+    pub fn offer(&mut self, offer: Offer) -> Result<String, OfferRefused> {
+        let manifest = release::verify(&offer.release, &self.key)?;
         if self.on_trial {
-            return Err("a new build is on trial; offer again once it is committed".into());
+            return Err(OfferRefused::OnTrial);
         }
         if let Some((rollout, stop)) = &self.running {
             if *rollout == offer.rollout && !stop.load(Ordering::Relaxed) {
@@ -168,9 +168,9 @@ impl Updates {
             stop.store(true, Ordering::Relaxed);
         }
         if offer.sources.is_empty() {
-            return Err("the offer names no source".into());
+            return Err(OfferRefused::NoSource);
         }
-        self.dir.save_offer(&offer).map_err(|e| e.to_string())?;
+        self.dir.save_offer(&offer)?;
         let stop = Arc::new(AtomicBool::new(false));
         self.running = Some((offer.rollout, stop.clone()));
         let work = Work {
@@ -189,6 +189,18 @@ impl Updates {
             manifest.version, manifest.size
         ))
     }
+}
+
+/// Why the box does not take an update offer.
+#[derive(Debug, thiserror::Error)]
+pub enum OfferRefused {
+    /// Its signature or manifest does not hold, or it cannot be saved.
+    #[error(transparent)]
+    Release(#[from] UpdateError),
+    #[error("a new build is on trial; offer again once it is committed")]
+    OnTrial,
+    #[error("the offer names no source")]
+    NoSource,
 }
 
 fn update_event(rollout: u64, version: &str, stage: Stage, bytes: u64, reason: String) -> Event {
