@@ -621,6 +621,6 @@ fn start_time(s: &str, now_ms: u64) -> Result<u64, Usage> {
                 ))
             })?
     };
-    crate::meetings::check_start(at_ms, now_ms).map_err(bad)?;
+    crate::meetings::check_start(at_ms, now_ms).map_err(|e| bad(e.to_string()))?;
     Ok(at_ms)
 }

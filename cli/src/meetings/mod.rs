@@ -58,24 +58,37 @@ pub const SCHEDULE_AHEAD_MS: u64 = 366 * 24 * 3600 * 1000;
 /// A session's title, at most (characters): it travels in every state the sites receive.
 pub const TITLE_MAX: usize = 200;
 
+/// A session's title or start that central does not host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadSession {
+    #[error("a session needs a title")]
+    NoTitle,
+    #[error("a title has at most {TITLE_MAX} characters")]
+    LongTitle,
+    #[error("a title is one line of text (no control characters)")]
+    TitleLines,
+    #[error("a session is scheduled at most a year (366 days) ahead")]
+    TooFarAhead,
+}
+
 /// A title central hosts: something to show, and not too long.
-pub fn check_title(title: &str) -> Result<(), String> {
+pub fn check_title(title: &str) -> Result<(), BadSession> {
     if title.trim().is_empty() {
-        return Err("a session needs a title".into());
+        return Err(BadSession::NoTitle);
     }
     if title.chars().count() > TITLE_MAX {
-        return Err(format!("a title has at most {TITLE_MAX} characters"));
+        return Err(BadSession::LongTitle);
     }
     if title.chars().any(char::is_control) {
-        return Err("a title is one line of text (no control characters)".into());
+        return Err(BadSession::TitleLines);
     }
     Ok(())
 }
 
 /// A scheduled start central hosts: at most [`SCHEDULE_AHEAD_MS`] after `now_ms`.
-pub fn check_start(at_ms: u64, now_ms: u64) -> Result<(), String> {
+pub fn check_start(at_ms: u64, now_ms: u64) -> Result<(), BadSession> {
     if at_ms > now_ms.saturating_add(SCHEDULE_AHEAD_MS) {
-        return Err("a session is scheduled at most a year (366 days) ahead".into());
+        return Err(BadSession::TooFarAhead);
     }
     Ok(())
 }
@@ -388,10 +401,10 @@ impl MeetingService {
     }
 
     /// Marks an unusable stored session ended, so it is not loaded again.
-    fn retire(&mut self, id: &str) -> Result<(), String> {
+    fn retire(&mut self, id: &str) -> Result<(), ControlError> {
         self.writer
             .retire_meeting(id.to_owned())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ControlError::Failed(e.to_string()))?;
         self.unusable.remove(id);
         tracing::info!(meeting = %id, "unusable stored session retired");
         Ok(())
@@ -435,20 +448,21 @@ impl MeetingService {
 
     /// A new session id: `m`, the time in seconds and a random suffix (hex), never one in
     /// memory or in the store.
-    fn fresh_id(&self, now_ms: u64) -> Result<MeetingId, String> {
+    fn fresh_id(&self, now_ms: u64) -> Result<MeetingId, ControlError> {
+        let failed = |why: String| ControlError::Failed(why);
         for _ in 0..16 {
             let mut salt = [0u8; 2];
             ring::rand::SystemRandom::new()
                 .fill(&mut salt)
-                .map_err(|_| "no randomness for the meeting id".to_owned())?;
+                .map_err(|_| failed("no randomness for the meeting id".into()))?;
             let id: MeetingId = format!("m{:x}{:04x}", now_ms / 1000, u16::from_le_bytes(salt))
                 .parse()
-                .map_err(|e| format!("meeting id: {e}"))?;
+                .map_err(|e| failed(format!("meeting id: {e}")))?;
             if !self.in_store(&id) && !self.hosts.contains_key(&id) {
                 return Ok(id);
             }
         }
-        Err("cannot find a free meeting id".into())
+        Err(failed("cannot find a free meeting id".into()))
     }
 
     /// Lays out the media of every session something changed in since the last call: the
@@ -663,9 +677,9 @@ impl MeetingService {
                 floor_mutes_others,
             } => {
                 let bad = ControlError::BadRequest;
-                check_title(&title).map_err(bad)?;
+                check_title(&title).map_err(|e| bad(e.to_string()))?;
                 if let Some(at) = at_ms {
-                    check_start(at, now_ms).map_err(bad)?;
+                    check_start(at, now_ms).map_err(|e| bad(e.to_string()))?;
                 }
                 if invite.is_empty() {
                     return Err(bad("invite at least one region or terminal".into()));
@@ -681,7 +695,7 @@ impl MeetingService {
                         "a training needs its lecturer's terminal (--chair)".into()
                     ));
                 }
-                let id = self.fresh_id(now_ms).map_err(ControlError::Failed)?;
+                let id = self.fresh_id(now_ms)?;
                 let spec = MeetingSpec {
                     id,
                     kind,
@@ -704,8 +718,7 @@ impl MeetingService {
                 meeting,
                 op: ChairOp::End,
             } if self.unusable.contains_key(meeting.as_str()) => {
-                self.retire(meeting.as_str())
-                    .map_err(ControlError::Failed)?;
+                self.retire(meeting.as_str())?;
                 Ok(ResponseBody::Done { version: 0 })
             }
             RequestBody::Op { meeting, op } => {
