@@ -134,6 +134,17 @@ pub enum PublishError {
     Closed,
 }
 
+/// Why a link could not be set up.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The link did not connect within the time it was given.
+    #[error("cannot reach the broker at {brokers}: {why}")]
+    Unreachable { brokers: String, why: String },
+    /// A subscription QoS other than 0 or 1.
+    #[error("{0}: must be 0 or 1")]
+    SubscribeQos(u8),
+}
+
 /// A running link. Cheap to clone; the link stops when [`Link::shutdown`] is called.
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -215,7 +226,7 @@ impl Link {
     pub async fn connect(
         opts: LinkOptions,
         timeout: Duration,
-    ) -> Result<(Link, mpsc::Receiver<Incoming>), String> {
+    ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
         let (link, incoming) = Link::start(opts);
         if !link.wait_connected(timeout).await {
             let why = link
@@ -226,10 +237,10 @@ impl Link {
                 .and_then(|d| d.last_cause.clone())
                 .unwrap_or_else(|| "no answer".into());
             link.shutdown();
-            return Err(format!(
-                "cannot reach the broker at {}: {why}",
-                link.brokers
-            ));
+            return Err(LinkError::Unreachable {
+                brokers: link.brokers.to_string(),
+                why,
+            });
         }
         Ok((link, incoming))
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rumqttc::{LastWill, MqttOptions};
 
-use super::{Backoff, MAX_BROKER_PACKET, MAX_RECEIVED_PACKET, Message, QoS};
+use super::{Backoff, LinkError, MAX_BROKER_PACKET, MAX_RECEIVED_PACKET, Message, QoS};
 use crate::broker_url::{BrokerUrl, Brokers};
 
 /// How to connect.
@@ -105,10 +105,25 @@ impl Connect {
 }
 
 /// The subscription QoS a setting or flag gives: 0 or 1.
-pub fn subscribe_qos(n: u8) -> Result<QoS, String> {
+pub fn subscribe_qos(n: u8) -> Result<QoS, LinkError> {
     match n {
         0 => Ok(QoS::AtMostOnce),
         1 => Ok(QoS::AtLeastOnce),
-        n => Err(format!("{n}: must be 0 or 1")),
+        n => Err(LinkError::SubscribeQos(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscription_qos_other_than_0_or_1_is_refused_in_words() {
+        assert_eq!(subscribe_qos(0), Ok(QoS::AtMostOnce));
+        assert_eq!(subscribe_qos(1), Ok(QoS::AtLeastOnce));
+        assert_eq!(
+            subscribe_qos(2).unwrap_err().to_string(),
+            "2: must be 0 or 1"
+        );
     }
 }
