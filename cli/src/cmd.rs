@@ -139,7 +139,9 @@ pub async fn send(
         .map(|t| Topic::terminal(t, Channel::Result).to_string())
         .collect();
     opts.queue_capacity = targets.len() * 2 + 8;
-    let (link, mut incoming) = Link::connect(opts, Duration::from_secs(10)).await?;
+    let (link, mut incoming) = Link::connect(opts, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut pending: BTreeMap<u64, TerminalId> = BTreeMap::new();
     let mut answers: BTreeMap<String, Answer> = BTreeMap::new();
     for t in targets {

@@ -290,8 +290,8 @@ impl TerminalConfig {
             ));
         }
         if let Some(q) = raw.subscribe_qos {
-            cfg.subscribe_qos =
-                crate::link::subscribe_qos(q).map_err(|e| invalid("subscribe_qos", e))?;
+            cfg.subscribe_qos = crate::link::subscribe_qos(q)
+                .map_err(|e| invalid("subscribe_qos", e.to_string()))?;
         }
         let t = raw.telemetry;
         cfg.health_interval = duration(

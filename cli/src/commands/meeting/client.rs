@@ -76,7 +76,9 @@ impl CentralClient {
         opts.tls = tls;
         opts.subscribe_qos = subscribe_qos;
         opts.subscriptions = vec![control_response(&client)];
-        let (link, incoming) = Link::connect(opts, Duration::from_secs(10)).await?;
+        let (link, incoming) = Link::connect(opts, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(CentralClient {
             link,
             incoming,

@@ -1,0 +1,256 @@
+//! The poll task: drives the MQTT connection, hands received messages on, keeps the link's
+//! state, and reconnects with back-off, moving on through a cluster's brokers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rumqttc::{Event, EventLoop, Packet};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::failure::{describe, tls_failure};
+use super::{Backoff, Connect, Inbox, Incoming, MAX_PAYLOAD, PING_WINDOW, Shared, unix_ms};
+use crate::broker_url::{BrokerUrl, Brokers};
+
+/// What the poll task tells the rest of the link.
+pub(super) struct Signals {
+    /// Bumped on every successful connect (the sender task resubscribes).
+    pub(super) generation: watch::Sender<u64>,
+    /// Connected or not, for the owner.
+    pub(super) up: watch::Sender<bool>,
+    /// Bumped when the broker refuses a subscription (the sender task subscribes again).
+    pub(super) refused: watch::Sender<u64>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) stop: CancellationToken,
+}
+
+pub(super) async fn poll_task(
+    mut eventloop: EventLoop,
+    (brokers, connect): (Brokers, Connect),
+    backoff: Backoff,
+    incoming: Inbox,
+    signals: Signals,
+) {
+    let Signals {
+        generation,
+        up,
+        refused,
+        shared,
+        stop,
+    } = signals;
+    let mut rng = rand::rngs::SmallRng::from_entropy();
+    let mut failures: u32 = 0;
+    let mut ping_sent: Option<Instant> = None;
+    let mut generation_no = 0u64;
+    let mut in_tls_episode = false;
+    // The broker connected to, or tried next (an index round `brokers`).
+    let mut current = 0usize;
+    loop {
+        let broker = brokers.get(current).clone();
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let after_failure = shared
+                    .detail
+                    .lock()
+                    .ok()
+                    .and_then(|mut d| d.last_cause.take());
+                failures = 0;
+                in_tls_episode = false;
+                ping_sent = None;
+                shared.connected.store(true, Ordering::Relaxed);
+                shared.connects.fetch_add(1, Ordering::Relaxed);
+                generation_no += 1;
+                generation.send_replace(generation_no);
+                up.send_replace(true);
+                if after_failure.is_some() {
+                    // Said at the level the failure was.
+                    tracing::warn!(
+                        connects = generation_no,
+                        "connected to the broker at {broker}"
+                    );
+                } else {
+                    tracing::info!(connects = generation_no, "link connected");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack)))
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                let n = shared.refused_subscriptions.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        refused = n,
+                        "the broker at {broker} refused a subscription; subscribing again"
+                    );
+                }
+                refused.send_modify(|r| *r += 1);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() > MAX_PAYLOAD => {
+                // Nothing in the protocol is this big: refuse it, keep the link.
+                let n = shared.refused_oversized.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        topic = %p.topic,
+                        bytes = p.payload.len(),
+                        refused = n,
+                        "refused a message larger than the protocol allows ({MAX_PAYLOAD} bytes)"
+                    );
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let msg = Incoming {
+                    topic: p.topic,
+                    payload: p.payload,
+                    retain: p.retain,
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    () = incoming.put(msg) => {}
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
+                shared.published.fetch_add(1, Ordering::Relaxed);
+                shared.last_publish_ms.store(unix_ms(), Ordering::Relaxed);
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::PingReq)) => {
+                if ping_sent.is_some() {
+                    record_ping(&shared, false, None);
+                }
+                ping_sent = Some(Instant::now());
+            }
+            Ok(Event::Incoming(Packet::PingResp)) => {
+                if let Some(t) = ping_sent.take() {
+                    record_ping(&shared, true, Some(t.elapsed().as_secs_f64() * 1000.0));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // rumqttc keeps a publish that collided on its packet id across a reconnect,
+                // although the new clean session will never acknowledge it: the event loop
+                // then stops taking requests and times out on every connection. Forget it;
+                // anything unconfirmed is sent again by the owner (the outbox).
+                eventloop.state.collision = None;
+                let was_connected = shared.connected.swap(false, Ordering::Relaxed);
+                up.send_replace(false);
+                if ping_sent.take().is_some() {
+                    record_ping(&shared, false, None);
+                }
+                let tls = tls_failure(&e);
+                let cause = describe(&e, tls.as_deref());
+                let cause_changed = if let Ok(mut d) = shared.detail.lock() {
+                    d.last_error = Some(e.to_string());
+                    if let Some(t) = &tls {
+                        d.last_tls_error.clone_from(t);
+                    }
+                    let changed = was_connected || d.last_cause.as_deref() != Some(&cause);
+                    d.last_cause = Some(cause.clone());
+                    changed
+                } else {
+                    false
+                };
+                if tls.is_some() && !in_tls_episode {
+                    in_tls_episode = true;
+                    shared.tls_episodes.fetch_add(1, Ordering::Relaxed);
+                }
+                // A whole round of a cluster's failures backs off as one broker's failures do.
+                let round = failures / brokers.len().max(1) as u32;
+                let wait = backoff.delay(round, rng.r#gen());
+                failures = failures.saturating_add(1);
+                if brokers.len() > 1 {
+                    current = (current + 1) % brokers.len();
+                    eventloop.mqtt_options = connect.options(brokers.get(current));
+                    if let Ok(mut d) = shared.detail.lock() {
+                        d.broker = Some(brokers.get(current).to_string());
+                    }
+                }
+                // A person sees each cause once (and again when it changes), not every retry.
+                if was_connected {
+                    tracing::warn!("lost the broker at {broker}: {cause}; reconnecting");
+                } else if cause_changed {
+                    tracing::warn!("cannot reach the broker at {broker}: {cause}; retrying");
+                } else {
+                    tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
+                }
+                // When nothing answered at all (no broker listening, no route), watch for the
+                // uplink to answer again and cut the wait short then. A broker that answered and
+                // then timed out, dropped us or refused us is there but busy (a province
+                // reconnecting at once) or unwilling: retrying the moment its port accepts would
+                // keep it so, so those wait out their jittered back-off.
+                let unreachable = matches!(
+                    &e,
+                    rumqttc::ConnectionError::Io(io) if io.kind() != std::io::ErrorKind::TimedOut
+                );
+                // Within a round of a cluster's nodes, the next is tried at once.
+                if brokers.len() > 1 && !failures.is_multiple_of(brokers.len() as u32) {
+                    continue;
+                }
+                let waiting = Instant::now();
+                let back = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = uplink_back(brokers.get(current)), if unreachable => true,
+                };
+                if back {
+                    // A restarted broker's port answers every terminal of a province in the
+                    // same second: each waits a random part of what is left of its back-off
+                    // (at most HERD_SPREAD), so they come back spread out, not as one storm.
+                    let left = wait.saturating_sub(waiting.elapsed()).min(HERD_SPREAD);
+                    let spread = rng.gen_range(Duration::ZERO..=left);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(spread) => {}
+                    }
+                }
+            }
+        }
+    }
+    shared.connected.store(false, Ordering::Relaxed);
+    up.send_replace(false);
+}
+
+/// The longest a terminal waits, once its broker answers again, before connecting: spreads a
+/// fleet's reconnects after a broker restart.
+const HERD_SPREAD: Duration = Duration::from_secs(10);
+
+/// Returns once the broker answers like a broker again (checked every second): its TCP port
+/// accepts a connection and keeps it open, waiting for a CONNECT. A dead uplink behind a
+/// router that accepts and drops connections does not pass. The terminal's own cheap check
+/// that the uplink is back.
+async fn uplink_back(broker: &BrokerUrl) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let probe = tokio::net::TcpStream::connect((broker.host.as_str(), broker.port));
+        let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(2), probe).await else {
+            continue;
+        };
+        let mut byte = [0u8; 1];
+        // A broker says nothing before CONNECT: silence means it is there and listening.
+        if tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn record_ping(shared: &Shared, answered: bool, rtt_ms: Option<f64>) {
+    if let Ok(mut d) = shared.detail.lock() {
+        if d.pings.len() == PING_WINDOW {
+            d.pings.pop_front();
+        }
+        d.pings.push_back(answered);
+        if rtt_ms.is_some() {
+            d.rtt_ms = rtt_ms;
+        }
+    }
+}
