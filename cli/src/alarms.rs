@@ -51,9 +51,9 @@ use cuntong_core::alarm::{
     Subject, TerminalNotice, ThresholdRule, Uplink,
 };
 use cuntong_core::envelope::Event;
-use cuntong_core::site::Region;
-use cuntong_core::telemetry::Metric;
-use cuntong_core::terminal_id::TerminalId;
+use cuntong_core::site::{Region, SiteCodeError};
+use cuntong_core::telemetry::{Metric, MetricError};
+use cuntong_core::terminal_id::{TerminalId, TerminalIdError};
 use cuntong_core::topic::{Channel, Topic};
 use cuntong_terminal::link::Message;
 use serde::{Deserialize, Serialize};
@@ -165,32 +165,153 @@ struct RawHook {
     url: Option<String>,
 }
 
+/// Why a rules file was refused: each names the key (`threshold[0].clear: …`) and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// Not TOML, or keys the rules do not have (the parser's words on one line).
+    #[error("{}", source.to_string().replace('\n', " "))]
+    Toml {
+        #[from]
+        source: toml::de::Error,
+    },
+    /// Not a duration (the parser's words).
+    #[error("{key}: {problem}")]
+    Duration {
+        key: String,
+        problem: cuntong_terminal::config::BadValue,
+    },
+    /// Not a severity.
+    #[error("{key}: {value:?} is not one of info, warning, major, critical")]
+    Severity { key: String, value: String },
+    /// Not a metric name.
+    #[error("{key}: {value:?}: {source}")]
+    Metric {
+        key: String,
+        value: String,
+        source: MetricError,
+    },
+    /// A rule's `region` is not a region code.
+    #[error("{key}: {value:?}: {source}")]
+    Region {
+        key: String,
+        value: String,
+        source: SiteCodeError,
+    },
+    /// An uplink's `terminal` is not a terminal id.
+    #[error("{key} {value:?}: {source}")]
+    UplinkTerminal {
+        key: String,
+        value: String,
+        source: TerminalIdError,
+    },
+    /// An uplink's `serves` is not a region code.
+    #[error("{key} {value:?}: {source}")]
+    UplinkServes {
+        key: String,
+        value: String,
+        source: SiteCodeError,
+    },
+    /// `offline.root_cause_min` below 2.
+    #[error("offline.root_cause_min: at least 2")]
+    RootCauseMin,
+    /// A threshold with both or neither of `above` and `below`.
+    #[error("{key}: give either above or below")]
+    AboveOrBelow { key: String },
+    /// A threshold's `clear` beyond the limit that raises it.
+    #[error("{key}: {clear} must be on the normal side of {raise}")]
+    ClearSide { key: String, clear: f64, raise: f64 },
+    /// A hook command without a program.
+    #[error("hook[{index}].command: empty")]
+    EmptyCommand { index: usize },
+    /// A web hook whose URL is not http(s).
+    #[error("hook[{index}].url: {url:?} is not an http(s) URL")]
+    NotHttpUrl { index: usize, url: String },
+    /// A hook with both or neither of `command` and `url`.
+    #[error("hook[{index}]: one of command or url")]
+    CommandOrUrl { index: usize },
+}
+
+/// Why one try of an alarm hook failed. Never quotes a web hook's URL (it may hold a token).
+#[derive(Debug, thiserror::Error)]
+enum HookError {
+    /// A hook command without a program.
+    #[error("empty hook")]
+    Empty,
+    /// The program could not be started, fed or waited for.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// No end (or answer) within [`HOOK_TIMEOUT`].
+    #[error("timed out after 30 s")]
+    TimedOut,
+    /// The program failed.
+    #[error("exited with {0}")]
+    Exited(std::process::ExitStatus),
+    /// The web hook's server cannot be reached (only the kind of failure is said).
+    #[error("cannot reach it: {0}")]
+    Unreachable(std::io::ErrorKind),
+    /// TLS with the web hook's server failed.
+    #[error("TLS: {0}")]
+    Tls(&'static str),
+    /// TLS with the web hook's server failed, as rustls says.
+    #[error("TLS: {0}")]
+    Rustls(#[source] rustls::Error),
+    /// The web hook's host name is not known.
+    #[error("host not found")]
+    HostNotFound,
+    /// No connection to the web hook's server.
+    #[error("connection failed")]
+    ConnectionFailed,
+    /// Any other failure of the request.
+    #[error("request failed")]
+    RequestFailed,
+    /// The web hook answered, not with success.
+    #[error("answered {0}")]
+    Answered(ureq::http::StatusCode),
+    /// The request's thread was lost.
+    #[error("{0}")]
+    Joined(#[from] tokio::task::JoinError),
+}
+
 impl AlarmConfig {
     /// Reads a rules file; every problem names the key (`threshold[0].clear: …`).
+    ///
+    /// The error stays text: `cuntong central --alarms` takes it as a usage error.
     pub fn load(path: &Path) -> Result<AlarmConfig, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         AlarmConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    pub fn parse(text: &str) -> Result<AlarmConfig, String> {
-        let raw: RawRules = toml::from_str(text).map_err(|e| e.to_string().replace('\n', " "))?;
+    pub fn parse(text: &str) -> Result<AlarmConfig, RulesError> {
+        let raw: RawRules = toml::from_str(text)?;
         let duration = |key: &str, v: &str| {
             cuntong_terminal::config::parse_duration(v)
                 .map(|d| d.as_millis() as u64)
-                .map_err(|e| format!("{key}: {e}"))
+                .map_err(|problem| RulesError::Duration {
+                    key: key.to_owned(),
+                    problem,
+                })
         };
         let severity = |key: &str, v: Option<String>, default: Severity| match v {
             None => Ok(default),
-            Some(s) => Severity::parse(&s).ok_or_else(|| {
-                format!("{key}: {s:?} is not one of info, warning, major, critical")
+            Some(s) => Severity::parse(&s).ok_or_else(|| RulesError::Severity {
+                key: key.to_owned(),
+                value: s.clone(),
             }),
         };
-        let metric =
-            |key: &str, v: &str| Metric::from_name(v).map_err(|e| format!("{key}: {v:?}: {e}"));
+        let metric = |key: &str, v: &str| {
+            Metric::from_name(v).map_err(|source| RulesError::Metric {
+                key: key.to_owned(),
+                value: v.to_owned(),
+                source,
+            })
+        };
         let region = |key: &str, v: Option<String>| {
             v.map(|r| {
-                r.parse::<Region>()
-                    .map_err(|e| format!("{key}: {r:?}: {e}"))
+                r.parse::<Region>().map_err(|source| RulesError::Region {
+                    key: key.to_owned(),
+                    value: r.clone(),
+                    source,
+                })
             })
             .transpose()
         };
@@ -205,7 +326,7 @@ impl AlarmConfig {
             severity("offline.severity", raw.offline.severity, Severity::Major)?;
         if let Some(n) = raw.offline.root_cause_min {
             if n < 2 {
-                return Err("offline.root_cause_min: at least 2".into());
+                return Err(RulesError::RootCauseMin);
             }
             rules.root_cause_min = n;
         }
@@ -223,14 +344,14 @@ impl AlarmConfig {
                 let (above, raise) = match (t.above, t.below) {
                     (Some(a), None) => (true, a),
                     (None, Some(b)) => (false, b),
-                    _ => return Err(format!("{}: give either above or below", key("above"))),
+                    _ => return Err(RulesError::AboveOrBelow { key: key("above") }),
                 };
                 if (above && t.clear > raise) || (!above && t.clear < raise) {
-                    return Err(format!(
-                        "{}: {} must be on the normal side of {raise}",
-                        key("clear"),
-                        t.clear
-                    ));
+                    return Err(RulesError::ClearSide {
+                        key: key("clear"),
+                        clear: t.clear,
+                        raise,
+                    });
                 }
                 rules.thresholds.push(ThresholdRule {
                     metric: metric(&key("metric"), &t.metric)?,
@@ -249,14 +370,22 @@ impl AlarmConfig {
         }
         for (i, u) in raw.uplink.into_iter().enumerate() {
             let key = |f: &str| format!("uplink[{i}].{f}");
-            let terminal: TerminalId = u
-                .terminal
-                .parse()
-                .map_err(|e| format!("{} {:?}: {e}", key("terminal"), u.terminal))?;
+            let terminal: TerminalId =
+                u.terminal
+                    .parse()
+                    .map_err(|source| RulesError::UplinkTerminal {
+                        key: key("terminal"),
+                        value: u.terminal.clone(),
+                        source,
+                    })?;
             let serves: Region = u
                 .serves
                 .parse()
-                .map_err(|e| format!("{} {:?}: {e}", key("serves"), u.serves))?;
+                .map_err(|source| RulesError::UplinkServes {
+                    key: key("serves"),
+                    value: u.serves.clone(),
+                    source,
+                })?;
             rules.uplinks.push(Uplink { terminal, serves });
         }
         for (i, s) in raw.stale.into_iter().enumerate() {
@@ -269,10 +398,10 @@ impl AlarmConfig {
             });
         }
         let mut hooks = Vec::new();
-        for (i, h) in raw.hook.into_iter().enumerate() {
+        for (index, h) in raw.hook.into_iter().enumerate() {
             hooks.push(match (h.command, h.url) {
                 (Some(c), None) if c.is_empty() => {
-                    return Err(format!("hook[{i}].command: empty"));
+                    return Err(RulesError::EmptyCommand { index });
                 }
                 (Some(c), None) => Hook::Command(c),
                 (None, Some(url)) => {
@@ -280,11 +409,11 @@ impl AlarmConfig {
                     if !(lower.starts_with("http://") || lower.starts_with("https://"))
                         || url.contains(char::is_whitespace)
                     {
-                        return Err(format!("hook[{i}].url: {url:?} is not an http(s) URL"));
+                        return Err(RulesError::NotHttpUrl { index, url });
                     }
                     Hook::Webhook(url)
                 }
-                _ => return Err(format!("hook[{i}]: one of command or url")),
+                _ => return Err(RulesError::CommandOrUrl { index }),
             });
         }
         Ok(AlarmConfig { rules, hooks })
@@ -431,6 +560,8 @@ impl AlarmService {
     }
 
     /// The duty office acknowledges alarm `id`.
+    ///
+    /// The error stays text: central answers it as [`crate::control::ControlError::Alarm`].
     pub fn acknowledge(&mut self, id: u64, by: &str, now_ms: u64) -> Result<(), String> {
         if by.trim().is_empty() {
             return Err("say who acknowledges (--by NAME)".into());
@@ -642,39 +773,38 @@ async fn run_hooks(
 /// How long one try of a hook may take.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn run_command(hook: &[String], json: &[u8]) -> Result<(), String> {
+async fn run_command(hook: &[String], json: &[u8]) -> Result<(), HookError> {
     use tokio::io::AsyncWriteExt;
-    let (program, args) = hook.split_first().ok_or("empty hook")?;
+    let (program, args) = hook.split_first().ok_or(HookError::Empty)?;
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     let stdin = child.stdin.take();
     let run = async {
         if let Some(mut stdin) = stdin {
             // A hook that does not read its input is fine: only its exit status counts.
             match stdin.write_all(json).await {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.to_string()),
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
                 _ => {}
             }
         }
-        child.wait().await.map_err(|e| e.to_string())
+        child.wait().await
     };
     let status = tokio::time::timeout(HOOK_TIMEOUT, run)
         .await
-        .map_err(|_| "timed out after 30 s".to_owned())??;
+        .map_err(|_| HookError::TimedOut)??;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("exited with {status}"))
+        Err(HookError::Exited(status))
     }
 }
 
 /// POSTs the alarm to a web hook (on a blocking thread: the HTTP client is synchronous).
-async fn post(url: &str, json: &[u8]) -> Result<(), String> {
+async fn post(url: &str, json: &[u8]) -> Result<(), HookError> {
     let (url, body) = (url.to_owned(), json.to_vec());
     tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -689,22 +819,21 @@ async fn post(url: &str, json: &[u8]) -> Result<(), String> {
             .send(&body[..])
             // ureq's errors can quote the URL; say only what kind of failure it was.
             .map_err(|e| match e {
-                ureq::Error::Io(e) => format!("cannot reach it: {}", e.kind()),
-                ureq::Error::Timeout(_) => "timed out after 30 s".to_owned(),
-                ureq::Error::Tls(e) => format!("TLS: {e}"),
-                ureq::Error::Rustls(e) => format!("TLS: {e}"),
-                ureq::Error::HostNotFound => "host not found".to_owned(),
-                ureq::Error::ConnectionFailed => "connection failed".to_owned(),
-                _ => "request failed".to_owned(),
+                ureq::Error::Io(e) => HookError::Unreachable(e.kind()),
+                ureq::Error::Timeout(_) => HookError::TimedOut,
+                ureq::Error::Tls(e) => HookError::Tls(e),
+                ureq::Error::Rustls(e) => HookError::Rustls(e),
+                ureq::Error::HostNotFound => HookError::HostNotFound,
+                ureq::Error::ConnectionFailed => HookError::ConnectionFailed,
+                _ => HookError::RequestFailed,
             })?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!("answered {}", resp.status()))
+            Err(HookError::Answered(resp.status()))
         }
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 #[cfg(test)]
@@ -747,7 +876,7 @@ mod tests {
 
     #[test]
     fn bad_rules_name_the_key() {
-        let err = |t: &str| AlarmConfig::parse(t).unwrap_err();
+        let err = |t: &str| AlarmConfig::parse(t).unwrap_err().to_string();
         assert!(err("[offline]\ngrace = \"soon\"\n").contains("offline.grace"));
         assert!(
             err("[[threshold]]\nmetric = \"env.temp\"\nabove = 30.0\nclear = 31.0\n")

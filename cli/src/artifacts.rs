@@ -16,7 +16,7 @@ use axum::routing::get;
 use ring::digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::store::Database;
+use crate::store::{Database, StoreError};
 
 /// The bytes read from the cache file per piece of the response.
 const PIECE: usize = 64 * 1024;
@@ -103,35 +103,55 @@ async fn serve(
     }
 }
 
+/// Why an artifact could not be copied from the store into the cache.
+#[derive(Debug, thiserror::Error)]
+enum FillError {
+    /// The cache directory cannot be made, or a file staged in it.
+    #[error("{}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The store cannot be read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The staged copy cannot be written.
+    #[error("{0}")]
+    Write(#[from] std::io::Error),
+    /// The stored bytes are not the release they are stored as.
+    #[error("the stored artifact's SHA-256 is {got}")]
+    Sha256 { got: String },
+    /// The staged copy cannot be renamed into place.
+    #[error("{0}")]
+    Persist(#[from] tempfile::PersistError),
+}
+
 /// Copies the artifact from the store into the cache; false if the store has no such release.
-fn fill(db: &Database, cache: &Path, sha256: &str) -> Result<bool, String> {
-    std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    let staged =
-        tempfile::NamedTempFile::new_in(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-    let store = db.open_read_only().map_err(|e| e.to_string())?;
-    let file_guard = staged.as_file().try_clone().map_err(|e| e.to_string())?;
+fn fill(db: &Database, cache: &Path, sha256: &str) -> Result<bool, FillError> {
+    let in_cache = |source| FillError::Cache {
+        path: cache.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(cache).map_err(in_cache)?;
+    let staged = tempfile::NamedTempFile::new_in(cache).map_err(in_cache)?;
+    let store = db.open_read_only()?;
+    let file_guard = staged.as_file().try_clone()?;
     let mut out = Hashing {
         file: std::io::BufWriter::new(file_guard),
         digest: digest::Context::new(&digest::SHA256),
     };
-    if !store
-        .release_artifact(sha256, &mut out)
-        .map_err(|e| e.to_string())?
-    {
+    if !store.release_artifact(sha256, &mut out)? {
         return Ok(false);
     }
     let Hashing { file, digest } = out;
     file.into_inner()
-        .map_err(|e| e.to_string())?
-        .sync_all()
-        .map_err(|e| e.to_string())?;
+        .map_err(std::io::IntoInnerError::into_error)?
+        .sync_all()?;
     let got = cuntong_terminal::hex::encode(digest.finish().as_ref());
     if got != sha256 {
-        return Err(format!("the stored artifact's SHA-256 is {got}"));
+        return Err(FillError::Sha256 { got });
     }
-    staged
-        .persist(cache.join(sha256))
-        .map_err(|e| e.to_string())?;
+    staged.persist(cache.join(sha256))?;
     Ok(true)
 }
 

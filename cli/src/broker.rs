@@ -223,8 +223,8 @@ async fn connack(addr: SocketAddr) -> Option<()> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Users, String> {
-        parse_users(Path::new("users.txt"), text).map_err(|e| e.to_string())
+    fn parse(text: &str) -> Result<Users, AuthFileError> {
+        parse_users(Path::new("users.txt"), text)
     }
 
     #[test]
@@ -244,14 +244,19 @@ mod tests {
             ("central:\n", 1),
             ("central:hunter2\n\ncentral:hunter2\n", 3),
         ] {
-            let e = parse(text).unwrap_err();
+            let e = parse(text).unwrap_err().to_string();
             assert!(
                 e.starts_with(&format!("users.txt:{line}: ")),
                 "{text:?}: {e}"
             );
             assert!(!e.contains("hunter2"), "{text:?}: {e}");
         }
-        assert!(parse("# nobody\n").unwrap_err().contains("no users"));
+        assert!(
+            parse("# nobody\n")
+                .unwrap_err()
+                .to_string()
+                .contains("no users")
+        );
     }
 
     #[cfg(unix)]

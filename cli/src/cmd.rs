@@ -7,15 +7,15 @@
 //! command is cleared.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cuntong_core::command::{Action, CommandBody, CommandResult, SignedCommand};
-use cuntong_core::envelope::encode;
+use cuntong_core::envelope::{EncodeError, encode};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic};
 use cuntong_terminal::broker_url::Brokers;
-use cuntong_terminal::link::{Link, LinkOptions, Message, unix_ms};
+use cuntong_terminal::link::{Link, LinkOptions, Message, PublishError, unix_ms};
 use ring::rand::SecureRandom;
 use ring::signature::Ed25519KeyPair;
 use serde::Serialize;
@@ -31,9 +31,37 @@ pub struct Answer {
     pub output: Option<String>,
 }
 
+/// Why a signed command could not be made or sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    /// The command key file cannot be read.
+    #[error("{}: {source}", path.display())]
+    KeyUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The command key file does not hold an Ed25519 key.
+    #[error("{}: not an Ed25519 key", path.display())]
+    NotEd25519 { path: PathBuf },
+    /// The system gave no randomness for the command's nonce.
+    #[error("no randomness for the nonce")]
+    NoRandomness,
+    /// The command could not be encoded.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+    /// The broker link could not be opened.
+    #[error("{0}")]
+    Link(cuntong_terminal::link::LinkError),
+    /// The link took no more messages.
+    #[error("{0}")]
+    Publish(#[from] PublishError),
+}
+
 /// Parses `ping`, `reboot`, `diag`, `logs`, `readiness`, `config-set KEY=VALUE` or
 /// `update FILE.release URL…` (a release signed by `cuntong release sign`, offered from the
 /// URLs, which must answer HTTP range requests).
+///
+/// The error stays text: `cuntong cmd` makes it its usage error (`Usage`).
 pub fn parse_action(words: &[String]) -> Result<Action, String> {
     match words {
         [a] if a == "ping" => Ok(Action::Ping),
@@ -63,7 +91,8 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
             {
                 return Err(format!("update: {bad:?} is not an http:// or https:// URL"));
             }
-            let release = crate::release::read(Path::new(release))?;
+            // The callers take this error as text (a usage error).
+            let release = crate::release::read(Path::new(release)).map_err(|e| e.to_string())?;
             Ok(Action::Update(cuntong_core::update::Offer {
                 rollout: 0,
                 release,
@@ -93,11 +122,11 @@ pub fn sign(
     target: &str,
     action: Action,
     expires: Duration,
-) -> Result<(u64, Vec<u8>), String> {
+) -> Result<(u64, Vec<u8>), CmdError> {
     let mut nonce = [0u8; 8];
     ring::rand::SystemRandom::new()
         .fill(&mut nonce)
-        .map_err(|_| "no randomness for the nonce".to_owned())?;
+        .map_err(|_| CmdError::NoRandomness)?;
     let nonce = u64::from_le_bytes(nonce);
     let now = unix_ms();
     let body = encode(&CommandBody {
@@ -106,19 +135,20 @@ pub fn sign(
         issued_ms: now,
         expires_ms: now.saturating_add(u64::try_from(expires.as_millis()).unwrap_or(u64::MAX)),
         action,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let signature = key.sign(&body).as_ref().to_vec();
-    let bytes = encode(&SignedCommand { body, signature }).map_err(|e| e.to_string())?;
+    let bytes = encode(&SignedCommand { body, signature })?;
     Ok((nonce, bytes))
 }
 
 /// The fleet's command signing key from a CA directory.
-pub fn signing_key(ca_dir: &Path) -> Result<Ed25519KeyPair, String> {
+pub fn signing_key(ca_dir: &Path) -> Result<Ed25519KeyPair, CmdError> {
     let path = ca_dir.join("command-key.pk8");
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ed25519KeyPair::from_pkcs8(&bytes)
-        .map_err(|_| format!("{}: not an Ed25519 key", path.display()))
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(source) => return Err(CmdError::KeyUnreadable { path, source }),
+    };
+    Ed25519KeyPair::from_pkcs8(&bytes).map_err(|_| CmdError::NotEd25519 { path })
 }
 
 /// Sends the command to every target and collects the answers for up to `wait`.
@@ -130,7 +160,7 @@ pub async fn send(
     action: &Action,
     expires: Duration,
     wait: Duration,
-) -> Result<Vec<Answer>, String> {
+) -> Result<Vec<Answer>, CmdError> {
     let mut opts = LinkOptions::new(format!("cuntong-cmd-{}", std::process::id()), broker);
     opts.tls = tls;
     opts.subscribe_qos = subscribe_qos;
@@ -141,15 +171,13 @@ pub async fn send(
     opts.queue_capacity = targets.len() * 2 + 8;
     let (link, mut incoming) = Link::connect(opts, Duration::from_secs(10))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(CmdError::Link)?;
     let mut pending: BTreeMap<u64, TerminalId> = BTreeMap::new();
     let mut answers: BTreeMap<String, Answer> = BTreeMap::new();
     for t in targets {
         let (nonce, bytes) = sign(key, &t.to_string(), action.clone(), expires)?;
         let topic = Topic::terminal(t, Channel::Command).to_string();
-        link.publish(Message::new(topic, bytes).retained())
-            .await
-            .map_err(|e| e.to_string())?;
+        link.publish(Message::new(topic, bytes).retained()).await?;
         pending.insert(nonce, *t);
         answers.insert(
             t.to_string(),

@@ -43,7 +43,7 @@ mod signin;
 use crate::alarms::AlarmJson;
 use crate::monitor::{Entry, Snapshot};
 use crate::names::Names;
-use crate::store::{Database, NamesCache};
+use crate::store::{Database, NamesCache, StoreError};
 use crate::view::rfc3339_ms;
 
 /// Connections served at once.
@@ -247,25 +247,35 @@ fn concerns(alarm: &Alarm, region: Option<&Region>) -> bool {
     }
 }
 
+/// Why the dashboard cannot show what a page asks for.
+#[derive(Debug, thiserror::Error)]
+enum DashboardError {
+    /// The store cannot be read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The read on the blocking pool was lost (it panicked or was cancelled).
+    #[error("{0}")]
+    Reader(#[from] tokio::task::JoinError),
+    /// No terminal of this id in the store.
+    #[error("terminal {0} is not known to central")]
+    UnknownTerminal(TerminalId),
+}
+
 /// The terminal `id` with its samples since `since_ms`.
 fn terminal(
     db: &Database,
     id: &TerminalId,
     since_ms: u64,
     names: &Names,
-) -> Result<TerminalJson, String> {
-    let store = db.open_read_only().map_err(|e| e.to_string())?;
+) -> Result<TerminalJson, DashboardError> {
+    let store = db.open_read_only()?;
     let row = store
-        .sites(Some(&Region::of(*id.site())))
-        .map_err(|e| e.to_string())?
+        .sites(Some(&Region::of(*id.site())))?
         .into_iter()
         .find(|s| s.terminal == id.to_string())
-        .ok_or_else(|| format!("terminal {id} is not known to central"))?;
+        .ok_or(DashboardError::UnknownTerminal(*id))?;
     let mut series: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
-    for s in store
-        .telemetry(id, None, Some(since_ms))
-        .map_err(|e| e.to_string())?
-    {
+    for s in store.telemetry(id, None, Some(since_ms))? {
         series.entry(s.metric).or_default().push((s.ts_ms, s.value));
     }
     for points in series.values_mut() {
@@ -273,8 +283,7 @@ fn terminal(
         thin(points, MAX_POINTS);
     }
     let alarms = store
-        .alarms(Some(&Region::of(*id.site())), false, 200)
-        .map_err(|e| e.to_string())?
+        .alarms(Some(&Region::of(*id.site())), false, 200)?
         .iter()
         .filter(|a| a.subject == Subject::Terminal(*id) || a.suppressed.iter().any(|t| t == id))
         .map(|a| AlarmJson::of(a, names))
@@ -320,7 +329,7 @@ struct Reader {
 
 impl Reader {
     /// A snapshot read now (on the blocking pool).
-    async fn read(self: &Arc<Self>) -> Result<Snapshot, String> {
+    async fn read(self: &Arc<Self>) -> Result<Snapshot, DashboardError> {
         let me = self.clone();
         let snap = tokio::task::spawn_blocking(move || {
             let mut names = me
@@ -329,9 +338,7 @@ impl Reader {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             Snapshot::read(&me.db, &mut names)
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .await??;
         if let Ok(mut at) = self.read_at.lock() {
             *at = Some(tokio::time::Instant::now());
         }
@@ -582,12 +589,11 @@ async fn terminal_detail(
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map(Json)
         .map_err(|e| {
-            let status = if e.contains("not known") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
+            let status = match e {
+                DashboardError::UnknownTerminal(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            (status, e)
+            (status, e.to_string())
         })
 }
 

@@ -46,6 +46,8 @@ impl From<&Packet> for FrameJson {
 
 impl FrameJson {
     /// The packet this JSON describes; errors name the field.
+    ///
+    /// The error stays text: `cuntong hj212 encode` takes it as text into its usage error.
     pub fn to_packet(&self) -> Result<Packet, String> {
         let num = |name: &str, v: &Option<String>| -> Result<Option<u16>, String> {
             v.as_ref()
@@ -81,10 +83,33 @@ impl FrameJson {
     }
 }
 
+/// Why a captured line is not a frame, said in terms of the line (never past its end).
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// The line is shorter than the smallest frame.
+    #[error(
+        "the line has {len} bytes, fewer than the {} of the smallest frame (CR LF not counted)",
+        hj212::OVERHEAD - 2
+    )]
+    TooShort { len: usize },
+    /// The line is shorter than the frame its length field announces.
+    #[error(
+        "the line has {len} bytes, but its length field says {declared} data bytes (a frame of {} bytes before CR LF)",
+        declared + hj212::OVERHEAD - 2
+    )]
+    ShorterThanDeclared { len: usize, declared: usize },
+    /// The line stops before its frame does.
+    #[error("the line ends after {len} bytes, before its frame does")]
+    EndsEarly { len: usize },
+    /// The frame in the line is bad (its CRC, a field, a byte that is not UTF-8, …).
+    #[error("{0}")]
+    Frame(#[source] hj212::Hj212Error),
+}
+
 /// Decodes one captured line, as bytes (the trailing CR LF may be missing; a byte that is not
 /// UTF-8 is an error at its offset, like any other). An error never points past the line: a
 /// line that stops before its frame does says so.
-pub fn decode_line(line: &[u8]) -> Result<Packet, String> {
+pub fn decode_line(line: &[u8]) -> Result<Packet, LineError> {
     let mut end = line.len();
     while end > 0 && matches!(line[end - 1], b'\r' | b'\n') {
         end -= 1;
@@ -92,27 +117,21 @@ pub fn decode_line(line: &[u8]) -> Result<Packet, String> {
     let mut frame = line[..end].to_vec();
     frame.extend_from_slice(b"\r\n");
     hj212::decode(&frame).map_err(|e| match e {
-        hj212::Hj212Error::Truncated { .. } => format!(
-            "the line has {end} bytes, fewer than the {} of the smallest frame (CR LF not counted)",
-            hj212::OVERHEAD - 2
-        ),
+        hj212::Hj212Error::Truncated { .. } => LineError::TooShort { len: end },
         hj212::Hj212Error::LengthMismatch { declared, .. }
             if end < declared + hj212::OVERHEAD - 2 =>
         {
-            format!(
-                "the line has {end} bytes, but its length field says {declared} data bytes (a frame of {} bytes before CR LF)",
-                declared + hj212::OVERHEAD - 2
-            )
+            LineError::ShorterThanDeclared { len: end, declared }
         }
-        e if e.at().is_some_and(|at| at >= end) => {
-            format!("the line ends after {end} bytes, before its frame does")
-        }
-        e => e.to_string(),
+        e if e.at().is_some_and(|at| at >= end) => LineError::EndsEarly { len: end },
+        e => LineError::Frame(e),
     })
 }
 
 /// Encodes a technician's frame, refusing what the decoder would not read back as the same
 /// packet or the standard does not allow (see [`hj212::try_encode`]).
+///
+/// The error stays text: `cuntong hj212 encode` takes it as text into its usage error.
 pub fn encode_checked(p: &Packet) -> Result<Vec<u8>, String> {
     hj212::try_encode(p).map_err(|e| e.to_string())
 }
@@ -180,14 +199,14 @@ mod tests {
     #[test]
     fn a_corrupted_line_gets_a_precise_error() {
         let bad = EXAMPLE.replace("CN=1062", "CN=1063");
-        let err = decode_line(bad.as_bytes()).unwrap_err();
+        let err = decode_line(bad.as_bytes()).unwrap_err().to_string();
         assert!(err.to_lowercase().contains("crc"), "{err}");
     }
 
     #[test]
     fn a_short_line_is_named_as_short_never_by_the_cr_lf_it_lacks() {
         for line in ["##", "##01", "##0101QN=2016", &EXAMPLE[..EXAMPLE.len() - 2]] {
-            let err = decode_line(line.as_bytes()).unwrap_err();
+            let err = decode_line(line.as_bytes()).unwrap_err().to_string();
             assert!(
                 !err.contains("\\r") && !err.contains("CR LF\""),
                 "{line}: {err}"
@@ -200,7 +219,7 @@ mod tests {
     fn a_byte_that_is_not_utf8_is_an_error_at_its_offset() {
         let mut line = EXAMPLE.as_bytes().to_vec();
         line[20] = 0xff;
-        let err = decode_line(&line).unwrap_err();
+        let err = decode_line(&line).unwrap_err().to_string();
         assert!(err.contains("byte"), "{err}");
     }
 }

@@ -503,29 +503,41 @@ fn draw_terminal(
     }
 }
 
+/// Why the monitor stopped other than by `q`.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The terminal (the screen) cannot be taken over.
+    #[error("cannot open the terminal: {0}")]
+    OpenTerminal(#[source] std::io::Error),
+    /// Drawing, or reading the keys, failed.
+    #[error("{0}")]
+    Screen(#[from] std::io::Error),
+    /// The store cannot be read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
 /// Runs the monitor until `q`.
-pub fn run(db: &Database, region: Option<Region>) -> Result<(), String> {
+pub fn run(db: &Database, region: Option<Region>) -> Result<(), MonitorError> {
     use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
     let mut view = View {
         region,
         ..View::default()
     };
-    let mut terminal = ratatui::try_init().map_err(|e| format!("cannot open the terminal: {e}"))?;
+    let mut terminal = ratatui::try_init().map_err(MonitorError::OpenTerminal)?;
     let mut names = NamesCache::default();
-    let result = (|| -> Result<(), String> {
+    let result = (|| -> Result<(), MonitorError> {
         loop {
-            let snap = Snapshot::read(db, &mut names).map_err(|e| e.to_string())?;
+            let snap = Snapshot::read(db, &mut names)?;
             let entries = snap.entries(view.region.as_ref());
-            terminal
-                .draw(|f| draw(f, &snap, &view, cuntong_terminal::link::unix_ms()))
-                .map_err(|e| e.to_string())?;
-            if !event::poll(Duration::from_secs(2)).map_err(|e| e.to_string())? {
+            terminal.draw(|f| draw(f, &snap, &view, cuntong_terminal::link::unix_ms()))?;
+            if !event::poll(Duration::from_secs(2))? {
                 if view.terminal.is_some() {
                     view.load_history(db);
                 }
                 continue;
             }
-            if let Event::Key(k) = event::read().map_err(|e| e.to_string())? {
+            if let Event::Key(k) = event::read()? {
                 if k.kind != KeyEventKind::Press {
                     continue;
                 }

@@ -3,6 +3,7 @@
 //! the answers are shown as a ready / not-ready table and kept in the store (`readiness`).
 
 use cuntong_core::command::{Check, Readiness};
+use cuntong_core::envelope::DecodeError;
 use cuntong_core::meeting::host::Host;
 use cuntong_core::terminal_id::TerminalId;
 use serde::{Deserialize, Serialize};
@@ -20,14 +21,33 @@ pub struct ReadinessJson {
     pub checks: Vec<Check>,
 }
 
+/// Why the terminals of a meeting cannot be found in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadinessError {
+    /// The store cannot be read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The store has no session of that id.
+    #[error("no meeting {0} in the store")]
+    NoMeeting(String),
+    /// The stored session's record does not decode.
+    #[error("meeting {meeting}: {source}")]
+    Record {
+        meeting: String,
+        source: DecodeError,
+    },
+}
+
 /// The terminals a meeting knows (invited and expected, joined or not), from the store.
-pub fn meeting_terminals(db: &Database, meeting: &str) -> Result<Vec<TerminalId>, String> {
+pub fn meeting_terminals(db: &Database, meeting: &str) -> Result<Vec<TerminalId>, ReadinessError> {
     let blob = db
         .open_read_only()
-        .and_then(|s| s.meeting(meeting))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no meeting {meeting} in the store"))?;
-    let host = Host::from_store(&blob).map_err(|e| format!("meeting {meeting}: {e}"))?;
+        .and_then(|s| s.meeting(meeting))?
+        .ok_or_else(|| ReadinessError::NoMeeting(meeting.to_owned()))?;
+    let host = Host::from_store(&blob).map_err(|source| ReadinessError::Record {
+        meeting: meeting.to_owned(),
+        source,
+    })?;
     Ok(host.sites().keys().copied().collect())
 }
 

@@ -139,6 +139,8 @@ impl RolloutService {
 
     /// Starts rollout `plan` with the operator's signed `command`, which must offer this
     /// release to this region under this rollout's id (the boxes check the signature).
+    ///
+    /// The error stays text: central answers it as [`crate::control::ControlError::Refused`].
     pub fn start(&mut self, mut plan: Plan, command: Vec<u8>, now_ms: u64) -> Result<(), String> {
         if self.ids.contains(&plan.id) {
             return Err(format!("rollout {} exists already", plan.id));
@@ -197,6 +199,8 @@ impl RolloutService {
     }
 
     /// The operator pauses, resumes or cancels rollout `id`.
+    ///
+    /// The error stays text: central answers it as [`crate::control::ControlError::Refused`].
     pub fn apply(&mut self, id: u64, op: Op, now_ms: u64) -> Result<(), String> {
         let r = self
             .rollouts

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use cuntong_core::meeting::participant::AcceptPolicy;
-use cuntong_core::site::{Level, Region, SiteCode};
-use cuntong_core::terminal_id::{Slug, TerminalId};
+use cuntong_core::site::{Level, Region, SiteCode, SiteCodeError};
+use cuntong_core::terminal_id::{Slug, SlugError, TerminalId, TerminalIdError};
+use cuntong_firmware_sim::divisions::ImportError;
 use cuntong_firmware_sim::fleet::{
     Fleet, MAX_FLEET, SimOptions, default_data_root, fleet_ids, relay_ids,
 };
 use cuntong_firmware_sim::{datalogger, proxy};
-use cuntong_terminal::broker_url::{Brokers, redact};
+use cuntong_terminal::broker_url::{Brokers, BrokersError, redact};
 use cuntong_terminal::config::{parse_duration, parse_size};
 use cuntong_terminal::daemon::shutdown_signal;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -207,22 +208,133 @@ enum Command {
 const MAX_DELAY_MS: u64 = 60_000;
 
 /// A bad argument: one line naming the value, exit code 2.
-fn usage(msg: String) -> ExitCode {
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(2)
 }
 
-fn duration(flag: &str, s: &str) -> Result<Duration, String> {
-    parse_duration(s)
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            if d.is_zero() {
-                Err(format!("{s:?} must be more than zero"))
-            } else {
-                Ok(d)
-            }
-        })
-        .map_err(|e| format!("{flag}: {e}"))
+/// A command-line value refused: each names its flag, the value and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    /// A value the flag's parser refused (a duration or a size), with its words.
+    #[error("{flag}: {problem}")]
+    Value {
+        flag: &'static str,
+        problem: cuntong_terminal::config::BadValue,
+    },
+    /// A duration of zero where time must pass.
+    #[error("{flag}: {value:?} must be more than zero")]
+    ZeroDuration { flag: &'static str, value: String },
+    /// Not an address (`host:port` as an IP address and a port).
+    #[error("{flag} {value:?}: {source}")]
+    Addr {
+        flag: &'static str,
+        value: String,
+        source: std::net::AddrParseError,
+    },
+    /// Not a terminal id.
+    #[error("{flag} {value:?}: {source}")]
+    TerminalId {
+        flag: &'static str,
+        value: String,
+        source: TerminalIdError,
+    },
+    /// `--region` is not a region code.
+    #[error("--region {value:?}: {source}")]
+    Region {
+        value: String,
+        source: SiteCodeError,
+    },
+    /// `--broker` is not a list of broker URLs (shown without passwords).
+    #[error("--broker {shown:?}: {source}")]
+    Broker { shown: String, source: BrokersError },
+    /// `--subscribe-qos` is not a QoS the terminals subscribe with.
+    #[error("--subscribe-qos {0}")]
+    SubscribeQos(cuntong_terminal::link::LinkError),
+    /// `--keep-alive` is beyond what MQTT can say.
+    #[error("--keep-alive {0:?}: from 1s to 65535s")]
+    KeepAlive(String),
+    /// `--update-rate 0`.
+    #[error("--update-rate: more than 0")]
+    ZeroUpdateRate,
+    /// `--outbox-budget` below the smallest budget.
+    #[error("--outbox-budget {0:?}: at least 4KiB")]
+    SmallOutbox(String),
+    /// `--accept` is not a policy.
+    #[error("--accept {0:?}: use all, scheduled or manual")]
+    Accept(String),
+    /// A share of the fleet above 100 percent.
+    #[error("{flag} {percent}: at most 100")]
+    Percent { flag: &'static str, percent: u8 },
+    /// `--version` is not an edition of HJ 212.
+    #[error("--version {0:?}: use 2017 or 2005")]
+    Edition(String),
+    /// `--mn` or `--password` holds more than letters and digits.
+    #[error("{flag} {value:?}: letters and digits only")]
+    NotAlphanumeric { flag: &'static str, value: String },
+    /// `--count` outside the fleet sizes.
+    #[error("--count {0}: 1 to {max}", max = MAX_FLEET)]
+    Count(usize),
+    /// The `--codes` list could not be read.
+    #[error("--codes {0}")]
+    Codes(#[source] ImportError),
+    /// The `--codes` list (or the part of it) has no village in the region.
+    #[error(
+        "--codes {}: no village of region {region} in the list{}",
+        file.display(),
+        part.map(|p| format!(" (part {}/{})", p.k, p.n)).unwrap_or_default()
+    )]
+    NoVillages {
+        file: PathBuf,
+        region: Region,
+        part: Option<Part>,
+    },
+    /// `terminal` without `--config` needs both.
+    #[error("--id and --data-dir are needed without --config")]
+    NeedIdAndDataDir,
+    /// The slug every fleet terminal has was refused (a bug).
+    #[error("internal: slug main: {0}")]
+    MainSlug(#[source] SlugError),
+    /// A command that runs no terminals was taken for one (a bug).
+    #[error("internal: not a terminal command")]
+    NotTerminalCommand,
+}
+
+fn duration(flag: &'static str, s: &str) -> Result<Duration, ArgError> {
+    let d = parse_duration(s).map_err(|problem| ArgError::Value { flag, problem })?;
+    if d.is_zero() {
+        return Err(ArgError::ZeroDuration {
+            flag,
+            value: s.to_owned(),
+        });
+    }
+    Ok(d)
+}
+
+/// `flag`'s value as a socket address.
+fn socket_addr(flag: &'static str, value: &str) -> Result<SocketAddr, ArgError> {
+    value.parse().map_err(|source| ArgError::Addr {
+        flag,
+        value: value.to_owned(),
+        source,
+    })
+}
+
+/// Why `link` got no answer from the proxy, or an answer that is an error.
+#[derive(Debug, thiserror::Error)]
+enum TellError {
+    /// The control socket cannot be connected to.
+    #[error("cannot reach the proxy at {}: {source}", path.display())]
+    Reach {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Sending the line or reading the answer failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The proxy answered with an error line (shown as it is).
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn main() -> ExitCode {
@@ -242,18 +354,16 @@ fn main() -> ExitCode {
             forward,
             control,
         } => {
-            let parse = |flag: &str, v: &str| {
-                v.parse::<SocketAddr>()
-                    .map_err(|e| format!("{flag} {v:?}: {e}"))
+            let (listen, upstream) = match (
+                socket_addr("--listen", &listen),
+                socket_addr("--upstream", &upstream),
+            ) {
+                (Ok(l), Ok(u)) => (l, u),
+                (Err(e), _) | (_, Err(e)) => return usage(e),
             };
-            let (listen, upstream) =
-                match (parse("--listen", &listen), parse("--upstream", &upstream)) {
-                    (Ok(l), Ok(u)) => (l, u),
-                    (Err(e), _) | (_, Err(e)) => return usage(e),
-                };
             let forward = match forward
                 .iter()
-                .map(|f| parse("--forward", f))
+                .map(|f| socket_addr("--forward", f))
                 .collect::<Result<Vec<_>, _>>()
             {
                 Ok(f) => f,
@@ -326,7 +436,7 @@ fn main() -> ExitCode {
             uploads,
         } => {
             if uploads == Some(0) {
-                return usage("--uploads 0: at least 1 (leave it out to run until stopped)".into());
+                return usage("--uploads 0: at least 1 (leave it out to run until stopped)");
             }
             let opts = match logger_options(connect, mn, password, &interval, &version) {
                 Ok(o) => datalogger::LoggerOptions {
@@ -496,21 +606,19 @@ async fn run_proxy(p: proxy::ProxyControl, upstream: SocketAddr, control: &Path)
     ExitCode::SUCCESS
 }
 
-async fn tell(control: &Path, line: &str) -> Result<String, String> {
+async fn tell(control: &Path, line: &str) -> Result<String, TellError> {
     let mut s = UnixStream::connect(control)
         .await
-        .map_err(|e| format!("cannot reach the proxy at {}: {e}", control.display()))?;
-    s.write_all(format!("{line}\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| TellError::Reach {
+            path: control.to_owned(),
+            source,
+        })?;
+    s.write_all(format!("{line}\n").as_bytes()).await?;
     let mut answer = String::new();
-    BufReader::new(s)
-        .read_line(&mut answer)
-        .await
-        .map_err(|e| e.to_string())?;
+    BufReader::new(s).read_line(&mut answer).await?;
     let answer = answer.trim().to_owned();
     if answer.starts_with("error") {
-        return Err(answer);
+        return Err(TellError::Refused(answer));
     }
     Ok(answer)
 }
@@ -521,20 +629,20 @@ fn logger_options(
     password: String,
     interval: &str,
     version: &str,
-) -> Result<datalogger::LoggerOptions, String> {
-    let connect: SocketAddr = connect
-        .parse()
-        .map_err(|e| format!("--connect {connect:?}: {e}"))?;
+) -> Result<datalogger::LoggerOptions, ArgError> {
+    let connect = socket_addr("--connect", &connect)?;
     let edition = match version {
         "2017" => datalogger::Edition::V2017,
         "2005" => datalogger::Edition::V2005,
-        other => return Err(format!("--version {other:?}: use 2017 or 2005")),
+        other => return Err(ArgError::Edition(other.to_owned())),
     };
-    if mn.is_empty() || !mn.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(format!("--mn {mn:?}: letters and digits only"));
-    }
-    if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(format!("--password {password:?}: letters and digits only"));
+    for (flag, value) in [("--mn", &mn), ("--password", &password)] {
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ArgError::NotAlphanumeric {
+                flag,
+                value: value.clone(),
+            });
+        }
     }
     Ok(datalogger::LoggerOptions {
         connect,
@@ -549,46 +657,45 @@ fn logger_options(
     })
 }
 
-fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
+fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, ArgError> {
     let text = common.broker.join(",");
-    let broker: Brokers = text
-        .parse()
-        .map_err(|e| format!("--broker {:?}: {e}", redact(&text)))?;
+    let broker: Brokers = text.parse().map_err(|source| ArgError::Broker {
+        shown: redact(&text),
+        source,
+    })?;
     let mut opts = SimOptions::new(broker, data_root, duration("--interval", &common.interval)?);
     opts.keep_alive = duration("--keep-alive", &common.keep_alive)?;
     opts.subscribe_qos = cuntong_terminal::link::subscribe_qos(common.subscribe_qos)
-        .map_err(|e| format!("--subscribe-qos {e}"))?;
+        .map_err(ArgError::SubscribeQos)?;
     // What MQTT can say (whole seconds, 16 bits), as a terminal's config allows.
     if !(Duration::from_secs(1)..=Duration::from_secs(65_535)).contains(&opts.keep_alive) {
-        return Err(format!(
-            "--keep-alive {:?}: from 1s to 65535s",
-            common.keep_alive
-        ));
+        return Err(ArgError::KeepAlive(common.keep_alive.clone()));
     }
     opts.delivery.resend_after_ms =
         duration("--resend-after", &common.resend_after)?.as_millis() as u64;
     opts.delivery.rate_per_s = common.rate;
-    opts.outbox_budget =
-        parse_size(&common.outbox_budget).map_err(|e| format!("--outbox-budget: {e}"))?;
+    let size = |flag: &'static str, value: &str| {
+        parse_size(value).map_err(|problem| ArgError::Value { flag, problem })
+    };
+    opts.outbox_budget = size("--outbox-budget", &common.outbox_budget)?;
     opts.command_key = common.command_key.clone();
     opts.release_key = common.release_key.clone();
-    opts.update_rate =
-        parse_size(&common.update_rate).map_err(|e| format!("--update-rate: {e}"))?;
+    opts.update_rate = size("--update-rate", &common.update_rate)?;
     if opts.update_rate == 0 {
-        return Err("--update-rate: more than 0".into());
+        return Err(ArgError::ZeroUpdateRate);
     }
     opts.meeting_accept = match common.accept.as_str() {
         "all" => AcceptPolicy::All,
         "scheduled" => AcceptPolicy::Scheduled,
         "manual" => AcceptPolicy::Manual,
-        other => return Err(format!("--accept {other:?}: use all, scheduled or manual")),
+        other => return Err(ArgError::Accept(other.to_owned())),
     };
-    for (flag, pct) in [
+    for (flag, percent) in [
         ("--decline-percent", common.decline_percent),
         ("--hands-percent", common.hands_percent),
     ] {
-        if pct > 100 {
-            return Err(format!("{flag} {pct}: at most 100"));
+        if percent > 100 {
+            return Err(ArgError::Percent { flag, percent });
         }
     }
     opts.decline_percent = common.decline_percent;
@@ -598,14 +705,17 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, String> {
     opts.rooms_of = common
         .rooms_of
         .iter()
-        .map(|t| t.parse().map_err(|e| format!("--room {t:?}: {e}")))
-        .collect::<Result<_, String>>()?;
+        .map(|t| {
+            t.parse().map_err(|source| ArgError::TerminalId {
+                flag: "--room",
+                value: t.clone(),
+                source,
+            })
+        })
+        .collect::<Result<_, ArgError>>()?;
     opts.status_socket = common.status_sockets;
     if opts.outbox_budget < 4096 {
-        return Err(format!(
-            "--outbox-budget {:?}: at least 4KiB",
-            common.outbox_budget
-        ));
+        return Err(ArgError::SmallOutbox(common.outbox_budget.clone()));
     }
     Ok(opts)
 }
@@ -617,16 +727,21 @@ struct Part {
     n: usize,
 }
 
-impl std::str::FromStr for Part {
-    type Err = String;
+/// A `--part` that is not K/N with 1 ≤ K ≤ N (the value as given).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not K/N with 1 <= K <= N")]
+struct PartError(String);
 
-    fn from_str(s: &str) -> Result<Part, String> {
+impl std::str::FromStr for Part {
+    type Err = PartError;
+
+    fn from_str(s: &str) -> Result<Part, PartError> {
         let parsed = s
             .split_once('/')
             .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)));
         match parsed {
             Some((k, n)) if (1..=n).contains(&k) => Ok(Part { k, n }),
-            _ => Err(format!("{s:?} is not K/N with 1 <= K <= N")),
+            _ => Err(PartError(s.to_owned())),
         }
     }
 }
@@ -649,11 +764,9 @@ fn listed_villages(
     region: &Region,
     part: Option<Part>,
     count: Option<usize>,
-) -> Result<Vec<TerminalId>, String> {
-    let rows = cuntong_firmware_sim::divisions::read(file).map_err(|e| format!("--codes {e}"))?;
-    let main: Slug = "main"
-        .parse()
-        .map_err(|e| format!("internal: slug main: {e}"))?;
+) -> Result<Vec<TerminalId>, ArgError> {
+    let rows = cuntong_firmware_sim::divisions::read(file).map_err(ArgError::Codes)?;
+    let main: Slug = "main".parse().map_err(ArgError::MainSlug)?;
     let mut sites: Vec<SiteCode> = rows
         .rows
         .into_iter()
@@ -666,12 +779,11 @@ fn listed_villages(
         sites = p.of(sites);
     }
     if sites.is_empty() {
-        return Err(format!(
-            "--codes {}: no village of region {region} in the list{}",
-            file.display(),
-            part.map(|p| format!(" (part {}/{})", p.k, p.n))
-                .unwrap_or_default()
-        ));
+        return Err(ArgError::NoVillages {
+            file: file.to_owned(),
+            region: *region,
+            part,
+        });
     }
     sites.truncate(count.unwrap_or(usize::MAX));
     Ok(sites
@@ -680,7 +792,7 @@ fn listed_villages(
         .collect())
 }
 
-fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
+fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), ArgError> {
     match cmd {
         Command::Terminal {
             id,
@@ -691,15 +803,19 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             ..
         } => {
             let (Some(id), Some(data_dir)) = (id, data_dir) else {
-                return Err("--id and --data-dir are needed without --config".to_owned());
+                return Err(ArgError::NeedIdAndDataDir);
             };
-            let id: TerminalId = id.parse().map_err(|e| format!("--id {id:?}: {e}"))?;
+            let id: TerminalId = id.parse().map_err(|source| ArgError::TerminalId {
+                flag: "--id",
+                value: id.clone(),
+                source,
+            })?;
             // The terminal keeps its state in <data-dir>/<id>, the same layout as a fleet's.
             let mut opts = options(&common, data_dir)?;
             opts.status_socket = true;
             opts.duty_button = duty_button;
             opts.hj212_listen = hj212_listen
-                .map(|a| a.parse().map_err(|e| format!("--hj212-listen {a:?}: {e}")))
+                .map(|a| socket_addr("--hj212-listen", &a))
                 .transpose()?;
             Ok((vec![id], opts))
         }
@@ -711,14 +827,12 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             data_dir,
             common,
         } => {
-            let r: Region = region
-                .parse()
-                .map_err(|e| format!("--region {region:?}: {e}"))?;
-            if count.is_some_and(|c| !(1..=MAX_FLEET).contains(&c)) {
-                return Err(format!(
-                    "--count {}: 1 to {MAX_FLEET}",
-                    count.unwrap_or_default()
-                ));
+            let r: Region = region.parse().map_err(|source| ArgError::Region {
+                value: region.clone(),
+                source,
+            })?;
+            if let Some(c) = count.filter(|c| !(1..=MAX_FLEET).contains(c)) {
+                return Err(ArgError::Count(c));
             }
             let opts = options(&common, data_dir.unwrap_or_else(default_data_root))?;
             let ids = match codes {
@@ -731,7 +845,7 @@ fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), String> {
             Ok((ids, opts))
         }
         Command::Proxy { .. } | Command::Link { .. } | Command::Datalogger { .. } => {
-            Err("internal: not a terminal command".to_owned())
+            Err(ArgError::NotTerminalCommand)
         }
     }
 }

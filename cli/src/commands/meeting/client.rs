@@ -35,6 +35,9 @@ pub enum ClientError {
     /// An answer of another kind than the request asks for.
     #[error("unexpected answer {0:?}")]
     Unexpected(Box<ResponseBody>),
+    /// The system gave no randomness for the client id.
+    #[error("no randomness for the client id")]
+    NoRandomness,
 }
 
 impl From<ClientError> for Failure {
@@ -62,11 +65,11 @@ impl CentralClient {
         broker: impl Into<Brokers>,
         tls: Option<Arc<rustls::ClientConfig>>,
         subscribe_qos: cuntong_terminal::link::QoS,
-    ) -> Result<CentralClient, String> {
+    ) -> Result<CentralClient, ClientError> {
         let mut salt = [0u8; 4];
         ring::rand::SystemRandom::new()
             .fill(&mut salt)
-            .map_err(|_| "no randomness for the client id".to_owned())?;
+            .map_err(|_| ClientError::NoRandomness)?;
         let client = format!(
             "cuntong-meeting-{}-{:08x}",
             std::process::id(),
@@ -78,7 +81,7 @@ impl CentralClient {
         opts.subscriptions = vec![control_response(&client)];
         let (link, incoming) = Link::connect(opts, Duration::from_secs(10))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ClientError::Link(e.to_string()))?;
         Ok(CentralClient {
             link,
             incoming,
