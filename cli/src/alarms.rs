@@ -56,6 +56,8 @@ use cuntong_core::telemetry::{Metric, MetricError};
 use cuntong_core::terminal_id::{TerminalId, TerminalIdError};
 use cuntong_core::topic::{Channel, Topic};
 use cuntong_terminal::link::Message;
+
+use crate::control::ControlError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -168,6 +170,9 @@ struct RawHook {
 /// Why a rules file was refused: each names the key (`threshold[0].clear: …`) and the value.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
+    /// The file cannot be read.
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
     /// Not TOML, or keys the rules do not have (the parser's words on one line).
     #[error("{}", source.to_string().replace('\n', " "))]
     Toml {
@@ -272,13 +277,25 @@ enum HookError {
     Joined(#[from] tokio::task::JoinError),
 }
 
+/// A rules file that cannot be used: the file, and what is wrong in it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct RulesFileError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub problem: Box<RulesError>,
+}
+
 impl AlarmConfig {
-    /// Reads a rules file; every problem names the key (`threshold[0].clear: …`).
-    ///
-    /// The error stays text: `cuntong central --alarms` takes it as a usage error.
-    pub fn load(path: &Path) -> Result<AlarmConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        AlarmConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    /// Reads a rules file; every problem names the file and the key
+    /// (`alarms.toml: threshold[0].clear: …`).
+    pub fn load(path: &Path) -> Result<AlarmConfig, RulesFileError> {
+        let in_file = |problem| RulesFileError {
+            path: path.to_owned(),
+            problem: Box::new(problem),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| in_file(RulesError::Read(e)))?;
+        AlarmConfig::parse(&text).map_err(in_file)
     }
 
     pub fn parse(text: &str) -> Result<AlarmConfig, RulesError> {
@@ -559,24 +576,26 @@ impl AlarmService {
         self.changed(changes);
     }
 
-    /// The duty office acknowledges alarm `id`.
-    ///
-    /// The error stays text: central answers it as [`crate::control::ControlError::Alarm`].
-    pub fn acknowledge(&mut self, id: u64, by: &str, now_ms: u64) -> Result<(), String> {
+    /// The duty office acknowledges alarm `id`; why not ([`ControlError::Alarm`]).
+    pub fn acknowledge(&mut self, id: u64, by: &str, now_ms: u64) -> Result<(), ControlError> {
         if by.trim().is_empty() {
-            return Err("say who acknowledges (--by NAME)".into());
+            return Err(ControlError::Alarm(
+                "say who acknowledges (--by NAME)".into(),
+            ));
         }
         let changes = match self.engine.acknowledge(id, by, now_ms) {
             Ok(c) => c,
             // The engine holds every alarm not cleared; ids are given in order.
             Err(cuntong_core::alarm::AckError::NoSuchAlarm(_)) => {
-                return Err(if id >= 1 && id <= self.engine.last_id() {
-                    format!("alarm {id} is already cleared")
-                } else {
-                    format!("no alarm {id}")
-                });
+                return Err(ControlError::Alarm(
+                    if id >= 1 && id <= self.engine.last_id() {
+                        format!("alarm {id} is already cleared")
+                    } else {
+                        format!("no alarm {id}")
+                    },
+                ));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(ControlError::Alarm(e.to_string())),
         };
         // A duty report's site sees who acknowledged it.
         if let Some(AlarmChange::Updated(a)) = changes.first()

@@ -57,12 +57,36 @@ pub enum CmdError {
     Publish(#[from] PublishError),
 }
 
-/// Parses `ping`, `reboot`, `diag`, `logs`, `readiness`, `config-set KEY=VALUE` or
+/// Why the words of a command are not an action a box takes.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("config-set {0:?}: expected KEY=VALUE")]
+    NotKeyValue(String),
+    #[error("config-set {0:?}: the KEY is empty")]
+    EmptyKey(String),
+    #[error("update FILE.release URL…: name at least one URL to fetch from")]
+    NoSource,
+    #[error("update: {0:?} is not an http:// or https:// URL")]
+    NotHttp(String),
+    #[error("{0}")]
+    Release(#[from] crate::release::ReleaseError),
+    #[error("dial {given:?}: not a meeting id ({problem})")]
+    Meeting {
+        given: String,
+        problem: cuntong_core::meeting_id::MeetingIdError,
+    },
+    #[error("dial {0}")]
+    Uri(cuntong_core::sip::UriError),
+    #[error(
+        "command {0:?}: use ping, reboot, diag, logs, readiness, config-set KEY=VALUE, update FILE.release URL… or dial MEETING sip:ROOM@HOST"
+    )]
+    Unknown(String),
+}
+
+/// Parses `ping`, `reboot`, `diag`, `logs`, `readiness`, `config-set KEY=VALUE`,
 /// `update FILE.release URL…` (a release signed by `cuntong release sign`, offered from the
-/// URLs, which must answer HTTP range requests).
-///
-/// The error stays text: `cuntong cmd` makes it its usage error (`Usage`).
-pub fn parse_action(words: &[String]) -> Result<Action, String> {
+/// URLs, which must answer HTTP range requests) or `dial MEETING sip:ROOM@HOST`.
+pub fn parse_action(words: &[String]) -> Result<Action, ActionError> {
     match words {
         [a] if a == "ping" => Ok(Action::Ping),
         [a] if a == "reboot" => Ok(Action::Reboot),
@@ -72,9 +96,9 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
         [a, kv] if a == "config-set" => {
             let (k, v) = kv
                 .split_once('=')
-                .ok_or_else(|| format!("config-set {kv:?}: expected KEY=VALUE"))?;
+                .ok_or_else(|| ActionError::NotKeyValue(kv.clone()))?;
             if k.trim().is_empty() {
-                return Err(format!("config-set {kv:?}: the KEY is empty"));
+                return Err(ActionError::EmptyKey(kv.clone()));
             }
             Ok(Action::ConfigSet {
                 key: k.to_owned(),
@@ -83,16 +107,15 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
         }
         [a, release, sources @ ..] if a == "update" => {
             if sources.is_empty() {
-                return Err("update FILE.release URL…: name at least one URL to fetch from".into());
+                return Err(ActionError::NoSource);
             }
             if let Some(bad) = sources
                 .iter()
                 .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
             {
-                return Err(format!("update: {bad:?} is not an http:// or https:// URL"));
+                return Err(ActionError::NotHttp(bad.clone()));
             }
-            // The callers take this error as text (a usage error).
-            let release = crate::release::read(Path::new(release)).map_err(|e| e.to_string())?;
+            let release = crate::release::read(Path::new(release))?;
             Ok(Action::Update(cuntong_core::update::Offer {
                 rollout: 0,
                 release,
@@ -100,19 +123,17 @@ pub fn parse_action(words: &[String]) -> Result<Action, String> {
             }))
         }
         [a, meeting, uri] if a == "dial" => {
-            let meeting = meeting
-                .parse()
-                .map_err(|e| format!("dial {meeting:?}: not a meeting id ({e})"))?;
-            cuntong_core::sip::check_uri(uri).map_err(|e| format!("dial {e}"))?;
+            let meeting = meeting.parse().map_err(|problem| ActionError::Meeting {
+                given: meeting.clone(),
+                problem,
+            })?;
+            cuntong_core::sip::check_uri(uri).map_err(ActionError::Uri)?;
             Ok(Action::Dial {
                 meeting,
                 uri: uri.clone(),
             })
         }
-        other => Err(format!(
-            "command {:?}: use ping, reboot, diag, logs, readiness, config-set KEY=VALUE, update FILE.release URL… or dial MEETING sip:ROOM@HOST",
-            other.join(" ")
-        )),
+        other => Err(ActionError::Unknown(other.join(" "))),
     }
 }
 

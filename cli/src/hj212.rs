@@ -44,28 +44,47 @@ impl From<&Packet> for FrameJson {
     }
 }
 
+/// A field of a technician's frame that is not one: which, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldError {
+    #[error("{field}: {value:?} is not a number")]
+    NotNumber { field: &'static str, value: String },
+    #[error("flag: {0} is more than 255")]
+    Flag(u16),
+    #[error("cp.{key}: {value} is not a string or number")]
+    Cp {
+        key: String,
+        value: serde_json::Value,
+    },
+}
+
 impl FrameJson {
     /// The packet this JSON describes; errors name the field.
-    ///
-    /// The error stays text: `cuntong hj212 encode` takes it as text into its usage error.
-    pub fn to_packet(&self) -> Result<Packet, String> {
-        let num = |name: &str, v: &Option<String>| -> Result<Option<u16>, String> {
+    pub fn to_packet(&self) -> Result<Packet, FieldError> {
+        let num = |field: &'static str, v: &Option<String>| {
             v.as_ref()
                 .map(|s| {
-                    s.parse::<u16>()
-                        .map_err(|_| format!("{name}: {s:?} is not a number"))
+                    s.parse::<u16>().map_err(|_| FieldError::NotNumber {
+                        field,
+                        value: s.clone(),
+                    })
                 })
                 .transpose()
         };
         let flag = num("flag", &self.flag)?
-            .map(|f| u8::try_from(f).map_err(|_| format!("flag: {f} is more than 255")))
+            .map(|f| u8::try_from(f).map_err(|_| FieldError::Flag(f)))
             .transpose()?;
         let mut cp = Vec::with_capacity(self.cp.len());
         for (k, v) in &self.cp {
             let v = match v {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(n) => n.to_string(),
-                other => return Err(format!("cp.{k}: {other} is not a string or number")),
+                other => {
+                    return Err(FieldError::Cp {
+                        key: k.clone(),
+                        value: other.clone(),
+                    });
+                }
             };
             cp.push((k.clone(), v));
         }
@@ -126,14 +145,6 @@ pub fn decode_line(line: &[u8]) -> Result<Packet, LineError> {
         e if e.at().is_some_and(|at| at >= end) => LineError::EndsEarly { len: end },
         e => LineError::Frame(e),
     })
-}
-
-/// Encodes a technician's frame, refusing what the decoder would not read back as the same
-/// packet or the standard does not allow (see [`hj212::try_encode`]).
-///
-/// The error stays text: `cuntong hj212 encode` takes it as text into its usage error.
-pub fn encode_checked(p: &Packet) -> Result<Vec<u8>, String> {
-    hj212::try_encode(p).map_err(|e| e.to_string())
 }
 
 /// Every field of a packet, for people.

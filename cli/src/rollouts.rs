@@ -14,6 +14,7 @@ use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic};
 use cuntong_core::update::Stage;
 
+use crate::control::ControlError;
 use crate::view::rfc3339_ms;
 use cuntong_terminal::link::Message;
 
@@ -139,40 +140,45 @@ impl RolloutService {
 
     /// Starts rollout `plan` with the operator's signed `command`, which must offer this
     /// release to this region under this rollout's id (the boxes check the signature).
-    ///
-    /// The error stays text: central answers it as [`crate::control::ControlError::Refused`].
-    pub fn start(&mut self, mut plan: Plan, command: Vec<u8>, now_ms: u64) -> Result<(), String> {
+    /// Refused, it says why ([`ControlError::Refused`]).
+    pub fn start(
+        &mut self,
+        mut plan: Plan,
+        command: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(), ControlError> {
+        let refused = ControlError::Refused;
         if self.ids.contains(&plan.id) {
-            return Err(format!("rollout {} exists already", plan.id));
+            return Err(refused(format!("rollout {} exists already", plan.id)));
         }
         let body = SignedCommand::decode(&command)
             .and_then(|c| c.body())
-            .map_err(|e| format!("the rollout's command does not decode: {e}"))?;
+            .map_err(|e| refused(format!("the rollout's command does not decode: {e}")))?;
         let Action::Update(offer) = &body.action else {
-            return Err(format!(
+            return Err(refused(format!(
                 "the rollout's command is {}, not update",
                 body.action.name()
-            ));
+            )));
         };
         let version = offer
             .release
             .manifest()
-            .map_err(|e| format!("the rollout's release does not decode: {e}"))?
+            .map_err(|e| refused(format!("the rollout's release does not decode: {e}")))?
             .version;
         if offer.rollout != plan.id || version != plan.version {
-            return Err(format!(
+            return Err(refused(format!(
                 "the command offers {version} as rollout {}, not {} as rollout {}",
                 offer.rollout, plan.version, plan.id
-            ));
+            )));
         }
         if body.target != plan.region.prefix() {
-            return Err(format!(
+            return Err(refused(format!(
                 "the command is for {}, not region {}",
                 body.target, plan.region
-            ));
+            )));
         }
         if body.expires_ms <= now_ms {
-            return Err("the rollout's command has expired".into());
+            return Err(refused("the rollout's command has expired".into()));
         }
         plan.expires_ms = body.expires_ms;
         let boxes = self
@@ -199,14 +205,13 @@ impl RolloutService {
     }
 
     /// The operator pauses, resumes or cancels rollout `id`.
-    ///
-    /// The error stays text: central answers it as [`crate::control::ControlError::Refused`].
-    pub fn apply(&mut self, id: u64, op: Op, now_ms: u64) -> Result<(), String> {
+    /// Refused, it says why ([`ControlError::Refused`]).
+    pub fn apply(&mut self, id: u64, op: Op, now_ms: u64) -> Result<(), ControlError> {
         let r = self
             .rollouts
             .get_mut(&id)
-            .ok_or_else(|| format!("no rollout {id} in progress"))?;
-        r.rollout.apply(op)?;
+            .ok_or_else(|| ControlError::Refused(format!("no rollout {id} in progress")))?;
+        r.rollout.apply(op).map_err(ControlError::Refused)?;
         tracing::info!(rollout = id, op = op.as_str(), "rollout changed");
         self.tick(now_ms, true);
         Ok(())
@@ -541,7 +546,7 @@ mod tests {
         let good = command(&key, "130102", 1, "0.2.0");
         service.start(plan(1), good.clone(), now).unwrap();
         let e = service.start(plan(1), good.clone(), now).unwrap_err();
-        assert!(e.contains("exists already"), "{e}");
+        assert!(e.to_string().contains("exists already"), "{e}");
         // The first offer goes out at once, retained, on the box's command topic.
         service.tick(now, true);
         let out = service.take_outbound();

@@ -108,8 +108,7 @@ fn answer_one(
         RequestBody::AckAlarm { id, by } => roles
             .alarms
             .acknowledge(id, &by, now_ms)
-            .map(|()| ResponseBody::None)
-            .map_err(ControlError::Alarm),
+            .map(|()| ResponseBody::None),
         RequestBody::RolloutStart {
             id,
             version,
@@ -139,13 +138,11 @@ fn answer_one(
                 command.0,
                 now_ms,
             )
-            .map(|()| ResponseBody::None)
-            .map_err(ControlError::Refused),
+            .map(|()| ResponseBody::None),
         RequestBody::Rollout { id, op } => roles
             .rollouts
             .apply(id, op, now_ms)
-            .map(|()| ResponseBody::None)
-            .map_err(ControlError::Refused),
+            .map(|()| ResponseBody::None),
         other => roles.meetings.answer(other, now_ms),
     }
 }

@@ -177,7 +177,8 @@ impl CentralArgs {
             )));
         }
         if let Some(path) = alarms {
-            opts.alarms = crate::alarms::AlarmConfig::load(&path).map_err(Usage)?;
+            opts.alarms =
+                crate::alarms::AlarmConfig::load(&path).map_err(|e| Usage(e.to_string()))?;
         }
         if opts.meeting_heartbeat < Duration::from_millis(500) {
             return Err(Usage("--meeting-heartbeat: at least 500ms".into()));

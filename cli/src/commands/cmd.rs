@@ -46,7 +46,7 @@ pub async fn run(args: CmdArgs) -> Result<(), Failure> {
         (None, Some((t, rest))) => (Some(t.clone()), rest.to_vec()),
         _ => (None, words.clone()),
     };
-    let action = crate::cmd::parse_action(&command).map_err(Usage)?;
+    let action = crate::cmd::parse_action(&command).map_err(|e| Usage(e.to_string()))?;
     signing.check()?;
     let expires = lifetime(&expires)?;
     let wait = positive("--wait", &wait)?;

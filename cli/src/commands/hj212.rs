@@ -7,7 +7,7 @@ use clap::Subcommand;
 use cuntong_terminal::{print, println};
 
 use super::common::{Failure, Usage, fail};
-use crate::hj212::{FrameJson, decode_line, describe, encode_checked};
+use crate::hj212::{FrameJson, decode_line, describe};
 
 #[derive(Debug, Subcommand)]
 pub enum Hj212Action {
@@ -84,8 +84,10 @@ fn encode(json: &std::path::Path) -> Result<(), Failure> {
     for (i, item) in items.into_iter().enumerate() {
         let bad = |e: String| Usage(format!("--json {} frame {}: {e}", json.display(), i + 1));
         let frame: FrameJson = serde_json::from_value(item).map_err(|e| bad(e.to_string()))?;
-        let packet = frame.to_packet().map_err(bad)?;
-        let frame = encode_checked(&packet).map_err(bad)?;
+        let packet = frame.to_packet().map_err(|e| bad(e.to_string()))?;
+        // Refusing what the decoder would not read back as the same packet, or the standard
+        // does not allow.
+        let frame = cuntong_core::hj212::try_encode(&packet).map_err(|e| bad(e.to_string()))?;
         out.push_str(&String::from_utf8_lossy(&frame));
     }
     print!("{out}");

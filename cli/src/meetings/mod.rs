@@ -32,7 +32,7 @@ use crate::control::{
     RollCallJson, SiteJson,
 };
 use crate::names::Names;
-use crate::store::{MeetingRow, Record, StateWriter, Store, StoreError, StoredMeeting};
+use crate::store::{Column, MeetingRow, Record, StateWriter, Store, StoreError, StoredMeeting};
 use crate::view::{LAST_MS, rfc3339_ms};
 
 mod outbound;
@@ -962,7 +962,7 @@ pub fn meeting_json(h: &Host) -> MeetingJson {
 /// `unusable`, with its problem.
 fn restore(row: StoredMeeting) -> Result<(MeetingId, Host), Box<MeetingJson>> {
     let id_text = match &row.id {
-        Ok(t) | Err(t) => t.clone(),
+        Column::Value(t) | Column::Odd(t) => t.clone(),
     };
     let unusable = |problem: String, host: Option<&Host>| {
         let json = match host {
@@ -977,8 +977,8 @@ fn restore(row: StoredMeeting) -> Result<(MeetingId, Host), Box<MeetingJson>> {
                 chair: None,
                 joined: 0,
                 created: match &row.created_ms {
-                    Ok(ms) => rfc3339_ms(u64::try_from(*ms).unwrap_or(0)),
-                    Err(text) => text.clone(),
+                    Column::Value(ms) => rfc3339_ms(u64::try_from(*ms).unwrap_or(0)),
+                    Column::Odd(text) => text.clone(),
                 },
                 starts: None,
                 problem: None,
@@ -991,11 +991,11 @@ fn restore(row: StoredMeeting) -> Result<(MeetingId, Host), Box<MeetingJson>> {
             ..json
         })
     };
-    let Ok(text) = &row.id else {
+    let Column::Value(text) = &row.id else {
         return Err(unusable("its id is not text".into(), None));
     };
     let mid = MeetingId::from_str(text).map_err(|e| unusable(format!("bad id: {e}"), None))?;
-    let Ok(blob) = &row.record else {
+    let Column::Value(blob) = &row.record else {
         return Err(unusable("no session record".into(), None));
     };
     let host = Host::from_store(blob)

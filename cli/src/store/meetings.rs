@@ -21,13 +21,20 @@ pub struct MeetingRow {
 }
 
 /// A stored session as the row has it: anything may be in any column of a row another program
-/// wrote, and one bad row must not keep central from starting. `Err` holds the odd value as
-/// text, for the message that names it.
+/// wrote, and one bad row must not keep central from starting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMeeting {
-    pub id: Result<String, String>,
-    pub record: Result<Vec<u8>, String>,
-    pub created_ms: Result<i64, String>,
+    pub id: Column<String>,
+    pub record: Column<Vec<u8>>,
+    pub created_ms: Column<i64>,
+}
+
+/// A column of a stored row: a value of its type, or something else, as text for the message
+/// that names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Column<T> {
+    Value(T),
+    Odd(String),
 }
 
 /// A stored value as text, for messages.
@@ -45,16 +52,16 @@ impl StoredMeeting {
     fn of(id: Value, record: Value, created: Value) -> StoredMeeting {
         StoredMeeting {
             id: match id {
-                Value::Text(t) => Ok(t),
-                other => Err(text_of(&other)),
+                Value::Text(t) => Column::Value(t),
+                other => Column::Odd(text_of(&other)),
             },
             record: match record {
-                Value::Blob(b) => Ok(b),
-                other => Err(text_of(&other)),
+                Value::Blob(b) => Column::Value(b),
+                other => Column::Odd(text_of(&other)),
             },
             created_ms: match created {
-                Value::Integer(ms) => Ok(ms),
-                other => Err(text_of(&other)),
+                Value::Integer(ms) => Column::Value(ms),
+                other => Column::Odd(text_of(&other)),
             },
         }
     }

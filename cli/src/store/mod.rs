@@ -39,7 +39,7 @@ mod writer;
 pub use alarms::{KnownTerminal, OpenAlarms};
 use alarms::{decode_alarm, encode_alarm};
 pub use instances::{Fence, InstanceRow};
-pub use meetings::{MeetingRow, StoredMeeting};
+pub use meetings::{Column, MeetingRow, StoredMeeting};
 pub use names::NamesCache;
 pub use postgres::PgStore;
 pub use rollouts::{ReleaseRow, RolloutRow, RolloutSiteRow};

@@ -11,7 +11,7 @@ use cuntong_core::terminal_id::TerminalId;
 use super::PgStore;
 use crate::names::Names;
 use crate::store::{
-    Fence, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, StoreError, StoredMeeting,
+    Column, Fence, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, StoreError, StoredMeeting,
     decode_alarm, encode_alarm, region_range,
 };
 
@@ -214,9 +214,9 @@ impl PgStore {
         Ok(rows
             .iter()
             .map(|r| StoredMeeting {
-                id: Ok(r.get(0)),
-                record: Ok(r.get(1)),
-                created_ms: Ok(r.get(2)),
+                id: Column::Value(r.get(0)),
+                record: Column::Value(r.get(1)),
+                created_ms: Column::Value(r.get(2)),
             })
             .collect())
     }
