@@ -361,6 +361,39 @@ pub fn issue_server(ca_dir: &Path, name: &str, out: &Path) -> Result<(), CaError
     record(ca_dir, name, "server", c.serial)
 }
 
+/// The common name of staff member `name`'s certificate: a terminal id or a central identity
+/// never has a colon, so a box's certificate is never taken for a person's.
+pub fn staff_identity(name: &str) -> String {
+    format!("{STAFF_PREFIX}{name}")
+}
+
+/// What starts the common name of a staff certificate.
+pub const STAFF_PREFIX: &str = "staff:";
+
+/// Issues staff member `name` a client certificate for the dashboard (`cuntong central
+/// --http-tls`) into `out`: `cert.pem`, `key.pem` and the CA's `ca.pem`. The broker's ACL
+/// gives it nothing; `cuntong ca revoke staff:NAME` puts it on the CRL.
+pub fn provision_staff(ca_dir: &Path, name: &str, out: &Path, force: bool) -> Result<(), CaError> {
+    crate::staff::check_name(name).map_err(|e| CaError::Refused(e.to_string()))?;
+    let cn = staff_identity(name);
+    if !force
+        && inventory(ca_dir)?
+            .issued
+            .iter()
+            .any(|i| i.name == cn && i.kind == "staff")
+    {
+        return Err(CaError::Refused(format!(
+            "{cn} was already provisioned (use --force to issue it again)"
+        )));
+    }
+    let c = issue(ca_dir, &cn, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    write_file(&out.join("ca.pem"), c.ca.as_bytes(), false)?;
+    write_file(&out.join("cert.pem"), c.cert.as_bytes(), false)?;
+    write_file(&out.join("key.pem"), c.key.as_bytes(), true)?;
+    record(ca_dir, &cn, "staff", c.serial)
+}
+
 /// Provisions a terminal (or `central`) into the bundle directory `out`; its config names
 /// `broker` (a cluster's nodes as a list).
 pub fn provision(

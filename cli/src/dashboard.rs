@@ -39,6 +39,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 mod signin;
+mod tls;
+
+pub use tls::DashboardTls;
 
 use crate::alarms::AlarmJson;
 use crate::monitor::{Entry, Snapshot};
@@ -385,17 +388,25 @@ pub async fn serve(
 ) -> Result<(), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let cache = crate::artifacts::default_cache(&db);
-    serve_on(listener, db, cache, None, stop).await
+    serve_on(listener, db, cache, Access::default(), stop).await
+}
+
+/// Who may see the dashboard. With neither, anyone who reaches it (read-only); with either,
+/// only staff signed in: by password (`users`, `--http-users`), or over TLS by a staff
+/// certificate of the fleet CA (`tls`, `--http-tls`).
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub users: Option<Arc<crate::staff::Users>>,
+    pub tls: Option<DashboardTls>,
 }
 
 /// Serves the dashboard, and the release artifacts (cached in `artifacts`), on a bound
-/// listener; with `users`, the dashboard only to staff signed in (the boxes fetch releases
-/// without).
+/// listener, to whom `access` lets in (the boxes fetch releases without signing in).
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     db: Database,
     artifacts: std::path::PathBuf,
-    users: Option<Arc<crate::staff::Users>>,
+    access: Access,
     stop: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -423,30 +434,54 @@ pub async fn serve_on(
         .route("/api/terminal/:id", get(terminal_detail))
         .route("/api/rollouts", get(rollouts))
         .with_state(app);
-    let router = match users {
-        Some(users) => signin::guard(router, users),
-        None => router,
+    let router = if access.users.is_some() || access.tls.is_some() {
+        signin::guard(router, access.users)
+    } else {
+        router
     }
     .merge(releases);
-    tracing::info!(addr = %listener.local_addr()?, "dashboard listening");
+    tracing::info!(addr = %listener.local_addr()?, tls = access.tls.is_some(), "dashboard listening");
     let descriptors = cuntong_terminal::listen::Descriptors::process();
     let gate = cuntong_terminal::listen::Gate::new("dashboard", MAX_CLIENTS, &descriptors);
+    let tls = access.tls;
     cuntong_terminal::listen::serve(listener, gate, stop, move |stream, peer| {
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let (router, tls) = (router.clone(), tls.clone());
         async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(io, service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "dashboard connection ended");
+            match tls {
+                None => serve_connection(stream, router, peer).await,
+                Some(tls) => match tls.accept(stream).await {
+                    // The connection's staff member, if its certificate names one, goes with
+                    // each of its requests.
+                    Ok((stream, Some(staff))) => {
+                        tracing::debug!(%peer, name = %staff.0, "staff certificate");
+                        let router = router.layer(axum::Extension(staff));
+                        serve_connection(stream, router, peer).await;
+                    }
+                    Ok((stream, None)) => serve_connection(stream, router, peer).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "dashboard TLS handshake failed"),
+                },
             }
         }
     })
     .await;
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection until it ends.
+async fn serve_connection<S>(stream: S, router: Router, peer: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(io, service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "dashboard connection ended");
+    }
 }
 
 /// Reads the store once a second while a live page is open, and hands every changed snapshot
@@ -732,7 +767,7 @@ mod tests {
             listener,
             Database::Sqlite(dir.path().join("none.db")),
             dir.path().join("releases"),
-            None,
+            Access::default(),
             stop.clone(),
         ));
         let test = async {

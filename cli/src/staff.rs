@@ -146,8 +146,8 @@ impl Users {
     }
 }
 
-/// A users-file line for `name` with a new salted hash of `password`.
-pub fn line(name: &str, password: &str) -> Result<String, StaffError> {
+/// A staff member's name: non-empty, without blanks, controls or `:`.
+pub fn check_name(name: &str) -> Result<(), StaffError> {
     if name.is_empty()
         || name
             .chars()
@@ -155,6 +155,12 @@ pub fn line(name: &str, password: &str) -> Result<String, StaffError> {
     {
         return Err(StaffError::Name(name.to_owned()));
     }
+    Ok(())
+}
+
+/// A users-file line for `name` with a new salted hash of `password`.
+pub fn line(name: &str, password: &str) -> Result<String, StaffError> {
+    check_name(name)?;
     if password.chars().count() < 8 {
         return Err(StaffError::ShortPassword);
     }

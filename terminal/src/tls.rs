@@ -90,6 +90,38 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// The rustls server configuration of a service that shows `cert` with `key` and asks its
+/// clients for a certificate of the CAs in `ca`, not revoked by the CRL at `crl` (PEM); a
+/// client without one is let through the handshake, for the service to decide.
+pub fn server_config_with_clients(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    crl: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (chain, key) = identity(cert, key)?;
+    let crls = match crl {
+        Some(path) => rustls::pki_types::CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| file_err(path, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_err(path, e))?,
+        None => Vec::new(),
+    };
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(ca)?),
+        provider(),
+    )
+    .with_crls(crls)
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| file_err(ca, e))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -279,3 +279,144 @@ fn with_a_staff_file_the_dashboard_is_shown_only_after_a_sign_in() {
     let log = central.log_text();
     assert!(log.contains("dashboard sign-in refused") && !log.contains("not-the-password"));
 }
+
+/// `GET path` over TLS to `addr`, trusting the fleet CA of `ca_dir` and showing the client
+/// certificate of `bundle` (`cert.pem`, `key.pem`) if given: the status code, or the TLS
+/// error that ended the exchange.
+fn https_get(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    bundle: Option<&std::path::Path>,
+    path: &str,
+) -> Result<u16, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match bundle {
+        Some(b) => {
+            let chain = CertificateDer::pem_file_iter(b.join("cert.pem"))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(b.join("key.pem")).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    match tls.read_to_end(&mut answer) {
+        Ok(_) => {}
+        // A server that closes without TLS's close_notify after its answer.
+        Err(e) if !answer.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {text:?}"))
+}
+
+#[test]
+fn over_tls_staff_sign_in_with_their_certificates_and_no_other_certificate_lets_anyone_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = d.join("ca");
+    let cuntong =
+        |args: &[&str]| cuntong_e2e::ok(cuntong_e2e::run(&cuntong_e2e::bin("cuntong"), args));
+    cuntong(&["ca", "init", "--dir", ca.to_str().unwrap()]);
+    let tls = d.join("dashboard-tls");
+    let c = ca.to_str().unwrap();
+    cuntong(&[
+        "ca",
+        "issue-server",
+        "--ca",
+        c,
+        "--name",
+        "127.0.0.1",
+        "--out",
+        tls.to_str().unwrap(),
+    ]);
+    let (wang, li, village) = (d.join("wang"), d.join("li"), d.join("village"));
+    cuntong(&[
+        "provision",
+        "staff",
+        "wang",
+        "--ca",
+        c,
+        "--out",
+        wang.to_str().unwrap(),
+    ]);
+    cuntong(&[
+        "provision",
+        "staff",
+        "li",
+        "--ca",
+        c,
+        "--out",
+        li.to_str().unwrap(),
+    ]);
+    cuntong(&[
+        "provision",
+        "130102001001-main",
+        "--ca",
+        c,
+        "--broker",
+        "mqtts://127.0.0.1:8883",
+        "--out",
+        village.to_str().unwrap(),
+    ]);
+    // Li leaves: the certificate goes on the CRL, which the dashboard reads at start.
+    cuntong(&["ca", "revoke", "staff:li", "--ca", c]);
+    std::fs::copy(ca.join("crl.pem"), tls.join("crl.pem")).unwrap();
+
+    let broker = Broker::start(BrokerKind::Mosquitto, d);
+    let db = d.join("central.db");
+    let central = central_with(
+        &broker,
+        &db,
+        d,
+        &["--http", "127.0.0.1:0", "--http-tls", tls.to_str().unwrap()],
+    );
+    let addr = central.bound("dashboard: ");
+    assert!(
+        central
+            .log_text()
+            .contains(&format!("dashboard: https://{addr}/"))
+    );
+    let ca_pem = tls.join("ca.pem");
+    let get = |bundle: Option<&std::path::Path>, path: &str| https_get(addr, &ca_pem, bundle, path);
+
+    // A staff certificate signs its holder in: the page and the API answer.
+    assert_eq!(get(Some(&wang), "/api/view"), Ok(200));
+    assert_eq!(get(Some(&wang), "/"), Ok(200));
+    // Without a certificate: the API refuses, a page sends to the sign-in, which says how.
+    assert_eq!(get(None, "/api/view"), Ok(401));
+    assert_eq!(get(None, "/"), Ok(303));
+    assert_eq!(get(None, "/signin"), Ok(200));
+    // A box's certificate of the same CA signs nobody in.
+    assert_eq!(get(Some(&village), "/api/view"), Ok(401));
+    // A revoked staff certificate is refused at the handshake.
+    let revoked = get(Some(&li), "/api/view");
+    assert!(
+        revoked.as_ref().is_err_and(|e| e.contains("Revoked")),
+        "{revoked:?}"
+    );
+}

@@ -140,14 +140,20 @@ pub async fn run(
             .local_addr()
             .map_err(|source| CentralError::Http { addr, source })?;
         // One plain line for operators and scripts (port 0 in `--http` picks a free port).
-        eprintln!("dashboard: http://{bound}/");
-        let (db, stop, users) = (opts.db.clone(), stop.clone(), opts.http_users.clone());
+        let scheme = if opts.http_access.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        eprintln!("dashboard: {scheme}://{bound}/");
+        let (db, stop, access) = (opts.db.clone(), stop.clone(), opts.http_access.clone());
         let artifacts = opts
             .release_cache
             .clone()
             .unwrap_or_else(|| crate::artifacts::default_cache(&db));
         tokio::spawn(async move {
-            if let Err(e) = crate::dashboard::serve_on(listener, db, artifacts, users, stop).await {
+            if let Err(e) = crate::dashboard::serve_on(listener, db, artifacts, access, stop).await
+            {
                 tracing::error!(error = %e, "the dashboard stopped");
             }
         });

@@ -31,9 +31,9 @@ pub struct CentralOptions {
     pub alarms: AlarmConfig,
     /// Where the web dashboard listens, if it is served.
     pub http: Option<std::net::SocketAddr>,
-    /// The staff who must sign in to the dashboard (`--http-users`); open to its network if
-    /// `None`.
-    pub http_users: Option<std::sync::Arc<crate::staff::Users>>,
+    /// Who may see the dashboard (`--http-users`, `--http-tls`); open to its network if
+    /// neither.
+    pub http_access: crate::dashboard::Access,
     /// The lease on the host role (several instances on one PostgreSQL store).
     pub lease: Lease,
     /// How long the history is kept (`--retain`); forever if `None`.
@@ -63,7 +63,7 @@ impl CentralOptions {
             media_host: std::net::IpAddr::from([127, 0, 0, 1]),
             alarms: AlarmConfig::default(),
             http: None,
-            http_users: None,
+            http_access: crate::dashboard::Access::default(),
             lease: Lease::default(),
             retain: None,
             share_ingest: None,

@@ -32,7 +32,7 @@ pub enum CaAction {
     /// Revoke a terminal's (or a central identity's) certificates: they go on the CA's CRL
     /// and the identity leaves the ACL. Then run `cuntong acl` and reload the broker.
     Revoke {
-        /// Terminal id, `central` or `central-NAME`.
+        /// Terminal id, `central`, `central-NAME` or `staff:NAME`.
         id: String,
         #[arg(long)]
         ca: PathBuf,
@@ -42,17 +42,22 @@ pub enum CaAction {
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {
     /// Terminal id, `central`, or `central-NAME` for each further process of the central
-    /// office that connects (a second instance, the operator's commands); or use --batch.
+    /// office that connects (a second instance, the operator's commands); `staff NAME` for a
+    /// member of central's staff signing in to the dashboard (`central --http-tls`); or use
+    /// --batch.
     #[arg(required_unless_present = "batch")]
     id: Option<String>,
+    /// After `staff`: the staff member's name.
+    #[arg(value_name = "NAME")]
+    staff: Option<String>,
     /// A CSV of `id,name` rows: one bundle per terminal in `--out/<id>`.
     #[arg(long, conflicts_with = "id")]
     batch: Option<PathBuf>,
     #[arg(long)]
     ca: PathBuf,
     /// The broker the terminal will use (mqtts://host:port); a cluster's nodes: repeat the
-    /// flag or separate URLs by commas, in order of preference.
-    #[arg(long, required = true, value_name = "URL")]
+    /// flag or separate URLs by commas, in order of preference. Not for staff.
+    #[arg(long, value_name = "URL")]
     broker: Vec<String>,
     #[arg(long)]
     out: PathBuf,
@@ -109,7 +114,10 @@ pub fn run_ca(action: CaAction) -> Result<(), Failure> {
             println!("server certificate for {name} in {}", out.display());
         }
         CaAction::Revoke { id, ca: ca_dir } => {
-            identity(&id)?;
+            match id.strip_prefix(ca::STAFF_PREFIX) {
+                Some(name) => crate::staff::check_name(name).map_err(|e| Usage(e.to_string()))?,
+                None => identity(&id)?,
+            }
             ca::revoke(&ca_dir, &id).map_err(fail)?;
             println!(
                 "{id} revoked: {} updated; run `cuntong acl` and reload the broker (SIGHUP)",
@@ -123,6 +131,7 @@ pub fn run_ca(action: CaAction) -> Result<(), Failure> {
 pub fn run_provision(args: ProvisionArgs) -> Result<(), Failure> {
     let ProvisionArgs {
         id,
+        staff,
         batch,
         ca: ca_dir,
         broker,
@@ -131,6 +140,33 @@ pub fn run_provision(args: ProvisionArgs) -> Result<(), Failure> {
         force,
         db,
     } = args;
+    match (id.as_deref(), staff) {
+        (Some("staff"), Some(who)) => {
+            if !broker.is_empty() {
+                return Err(Usage("provision staff: staff need no --broker".into()).into());
+            }
+            ca::provision_staff(&ca_dir, &who, &out, force).map_err(fail)?;
+            println!(
+                "certificate of {} in {}: import cert.pem with key.pem into the browser                  (e.g. `openssl pkcs12 -export -in cert.pem -inkey key.pem -out {who}.p12`)",
+                ca::staff_identity(&who),
+                out.display()
+            );
+            return Ok(());
+        }
+        (Some("staff"), None) => {
+            return Err(Usage("provision staff NAME: name the staff member".into()).into());
+        }
+        (_, Some(extra)) => {
+            return Err(Usage(format!(
+                "provision: unexpected {extra:?} (a second name only after `staff`)"
+            ))
+            .into());
+        }
+        _ => {}
+    }
+    if broker.is_empty() {
+        return Err(Usage("provision: --broker URL is required for a terminal".into()).into());
+    }
     let db = database(db);
     let url: Brokers = parse("--broker", &broker.join(","))?;
     if let Some(n) = &name {

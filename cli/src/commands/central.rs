@@ -55,6 +55,12 @@ pub struct CentralArgs {
         requires = "http"
     )]
     http_users: Option<PathBuf>,
+    /// Serve the dashboard over TLS: DIR holds `server.pem` and `server-key.pem` (`cuntong ca
+    /// issue-server`), the fleet CA's `ca.pem` and, after a revocation, its `crl.pem`. Staff
+    /// then sign in with their certificates (`cuntong provision staff NAME`), or with a
+    /// password if --http-users is given too.
+    #[arg(long, value_name = "DIR", env = "CUNTONG_HTTP_TLS", requires = "http")]
+    http_tls: Option<PathBuf>,
     /// Keep the history this long (e.g. `400d`, at least a day); older days are dropped, once
     /// an hour, by the instance holding the host role. Without it: kept forever.
     #[arg(long, value_name = "DURATION", env = "CUNTONG_RETAIN")]
@@ -160,6 +166,7 @@ impl CentralArgs {
             alarms,
             http,
             http_users,
+            http_tls,
             retain,
             share_ingest,
             release_cache,
@@ -190,7 +197,12 @@ impl CentralArgs {
         if let Some(path) = http_users {
             let users = crate::staff::Users::load(&path)
                 .map_err(|e| Usage(format!("--http-users: {e}")))?;
-            opts.http_users = Some(std::sync::Arc::new(users));
+            opts.http_access.users = Some(std::sync::Arc::new(users));
+        }
+        if let Some(dir) = http_tls {
+            let tls = crate::dashboard::DashboardTls::load(&dir)
+                .map_err(|e| Usage(format!("--http-tls {}: {e}", dir.display())))?;
+            opts.http_access.tls = Some(tls);
         }
         if let Some(r) = retain {
             let keep = duration("--retain", &r)?;

@@ -1,8 +1,9 @@
-//! Staff sign-in in front of the dashboard (`cuntong central --http-users FILE`): every page and
-//! API of the dashboard needs a session; `/signin` takes a name and password (checked off the
-//! runtime: a hash costs a fraction of a second of CPU) and sets the session cookie,
-//! `/signout` ends it. A page asked for without a session is sent to `/signin`, an API call
-//! answered 401. Refusals are logged with the name, never with the password.
+//! Staff sign-in in front of the dashboard: every page and API of the dashboard needs a staff
+//! certificate on the connection (`--http-tls`, see [`super::tls`]) or a session. With a users
+//! file (`--http-users FILE`), `/signin` takes a name and password (checked off the runtime: a
+//! hash costs a fraction of a second of CPU) and sets the session cookie, `/signout` ends it.
+//! A page asked for without either is sent to `/signin`, an API call answered 401. Refusals are
+//! logged with the name, never with the password.
 
 use std::sync::Arc;
 
@@ -21,12 +22,14 @@ const SIGNIN_HTML: &str = include_str!("signin.html");
 
 #[derive(Clone)]
 struct Guard {
-    users: Arc<Users>,
+    /// Who signs in by password, if anyone does.
+    users: Option<Arc<Users>>,
     sessions: Arc<Sessions>,
 }
 
-/// `dashboard` behind a sign-in by `users`, with the sign-in pages beside it.
-pub(super) fn guard(dashboard: Router, users: Arc<Users>) -> Router {
+/// `dashboard` behind a sign-in (by `users`' passwords, or by staff certificates alone), with
+/// the sign-in pages beside it.
+pub(super) fn guard(dashboard: Router, users: Option<Arc<Users>>) -> Router {
     let g = Guard {
         users,
         sessions: Arc::new(Sessions::default()),
@@ -52,7 +55,8 @@ fn token(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn require_session(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    if token(req.headers()).is_some_and(|t| g.sessions.who(&t).is_some()) {
+    let by_certificate = req.extensions().get::<super::tls::StaffCert>().is_some();
+    if by_certificate || token(req.headers()).is_some_and(|t| g.sessions.who(&t).is_some()) {
         return next.run(req).await;
     }
     if req.uri().path().starts_with("/api/") {
@@ -67,11 +71,15 @@ struct Refused {
     refused: Option<String>,
 }
 
-async fn page(Query(q): Query<Refused>) -> Html<String> {
-    let note = if q.refused.is_some() {
-        "<p class=\"refused\" id=\"refused\">用户名或密码不对 (name or password refused)</p>"
-    } else {
-        ""
+async fn page(State(g): State<Guard>, Query(q): Query<Refused>) -> Html<String> {
+    let note = match (&g.users, q.refused.is_some()) {
+        (None, _) => {
+            "<p class=\"refused\" id=\"refused\">请用工作人员证书登录 (sign in with a staff certificate of the fleet CA)</p>"
+        }
+        (Some(_), true) => {
+            "<p class=\"refused\" id=\"refused\">用户名或密码不对 (name or password refused)</p>"
+        }
+        (Some(_), false) => "",
     };
     Html(SIGNIN_HTML.replace("<!--refused-->", note))
 }
@@ -83,7 +91,9 @@ struct SignIn {
 }
 
 async fn sign_in(State(g): State<Guard>, Form(f): Form<SignIn>) -> Response {
-    let users = g.users.clone();
+    let Some(users) = g.users.clone() else {
+        return Redirect::to("/signin").into_response();
+    };
     let name = f.name.clone();
     let ok = tokio::task::spawn_blocking(move || users.verify(&f.name, &f.password))
         .await
