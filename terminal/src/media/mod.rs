@@ -316,10 +316,12 @@ fn watch_bus_of(pipeline: &gst::Pipeline, what: &'static str, room: Option<room:
         bus.set_sync_handler(move |_, msg| {
             match msg.view() {
                 gst::MessageView::Error(e) => {
-                    tracing::error!(pipeline = what, error = %e.error(), debug = ?e.debug(), "media error")
+                    let element = e.src().map(|s| s.path_string().to_string());
+                    tracing::error!(pipeline = what, element = element.as_deref().unwrap_or("?"), error = %e.error(), debug = ?e.debug(), "media error")
                 }
                 gst::MessageView::Warning(w) => {
-                    tracing::warn!(pipeline = what, warning = %w.error(), "media warning")
+                    let element = w.src().map(|s| s.path_string().to_string());
+                    tracing::warn!(pipeline = what, element = element.as_deref().unwrap_or("?"), warning = %w.error(), debug = ?w.debug(), "media warning")
                 }
                 gst::MessageView::Eos(_) => return gst::BusSyncReply::Pass,
                 gst::MessageView::Element(e) => {
