@@ -16,6 +16,12 @@ use alloc::vec::Vec;
 pub const MAX_MESSAGE: usize = 8 * 1024;
 /// Headers a message may carry, at most.
 pub const MAX_HEADERS: usize = 64;
+/// The start line and headers of a message, at most (bytes): what a response copies of a
+/// request (its `Via`s, `From`, `To`, …) then always fits in [`MAX_MESSAGE`] beside its own.
+pub const MAX_HEAD: usize = 4 * 1024;
+/// `Via` headers a message may carry, at most (a hop each): a response copies them all, so
+/// it stays within [`MAX_HEADERS`].
+pub const MAX_VIAS: usize = 16;
 
 /// Why a datagram is not a SIP message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +36,10 @@ pub enum SipError {
     StartLine(String),
     /// A header line without a colon, or more than [`MAX_HEADERS`].
     Header(String),
+    /// Start line and headers longer than [`MAX_HEAD`].
+    HeadTooLong(usize),
+    /// More than [`MAX_VIAS`] `Via` headers.
+    TooManyVias(usize),
     /// A header every request needs is missing.
     Missing(&'static str),
     /// `Content-Length` is not a number, or more than the datagram holds.
@@ -44,6 +54,10 @@ impl core::fmt::Display for SipError {
             SipError::Unterminated => f.write_str("no blank line after the headers"),
             SipError::StartLine(l) => write!(f, "start line {l:?}: not a SIP request or response"),
             SipError::Header(h) => write!(f, "header {h:?}: not NAME: VALUE"),
+            SipError::HeadTooLong(n) => {
+                write!(f, "{n} bytes of headers: at most {MAX_HEAD}")
+            }
+            SipError::TooManyVias(n) => write!(f, "{n} Via headers: at most {MAX_VIAS}"),
             SipError::Missing(h) => write!(f, "no {h} header"),
             SipError::ContentLength(v) => write!(f, "Content-Length {v:?}: not the body's length"),
         }
@@ -90,6 +104,9 @@ pub fn parse(datagram: &[u8]) -> Result<Message<'_>, SipError> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or(SipError::Unterminated)?;
+    if end > MAX_HEAD {
+        return Err(SipError::HeadTooLong(end));
+    }
     let head = core::str::from_utf8(&datagram[..end]).map_err(|_| SipError::NotText)?;
     let rest = &datagram[end + 4..];
     let mut lines = head.split("\r\n");
@@ -110,6 +127,13 @@ pub fn parse(datagram: &[u8]) -> Result<Message<'_>, SipError> {
             return Err(SipError::Header(line.into()));
         }
         headers.push((long_name(name), value.trim()));
+    }
+    let vias = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Via"))
+        .count();
+    if vias > MAX_VIAS {
+        return Err(SipError::TooManyVias(vias));
     }
     let mut message = Message {
         start,
@@ -381,6 +405,40 @@ mod tests {
         Contact: <sip:hall@10.0.0.9:5071>\r\n\
         Content-Type: application/sdp\r\n\
         Content-Length: 4\r\n\r\nv=0\n";
+
+    #[test]
+    fn what_a_response_could_not_carry_back_is_refused_in_the_request() {
+        // A response copies every Via and the request's head: a request with more hops, or a
+        // longer head, than a response can carry back readable is refused as it is read.
+        let vias = "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKx\r\n".repeat(MAX_VIAS + 1);
+        let many = INVITE.replace("Max-Forwards: 70\r\n", &vias);
+        assert_eq!(
+            parse(many.as_bytes()),
+            Err(SipError::TooManyVias(MAX_VIAS + 3))
+        );
+        let long = INVITE.replace("Max-Forwards: 70", &format!("X: {}", "y".repeat(MAX_HEAD)));
+        assert!(matches!(
+            parse(long.as_bytes()),
+            Err(SipError::HeadTooLong(_))
+        ));
+        // At the limits, the answer to it reads back whole.
+        let vias = "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKx\r\n".repeat(MAX_VIAS - 2);
+        let pad = "y".repeat(MAX_HEAD - INVITE.len() - vias.len() - 40);
+        let full = INVITE.replace("Max-Forwards: 70\r\n", &format!("{vias}X: {pad}\r\n"));
+        let m = parse(full.as_bytes()).unwrap();
+        let reply = response(
+            &m,
+            200,
+            "OK",
+            "tag1",
+            &[("Contact", "<sip:m1@10.0.0.1>")],
+            Some(("application/sdp", b"v=0\r\n")),
+        );
+        assert_eq!(
+            parse(&reply).unwrap().header("Call-ID"),
+            m.header("Call-ID")
+        );
+    }
 
     #[test]
     fn a_stream_is_cut_into_messages_by_their_content_length() {
