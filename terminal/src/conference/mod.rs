@@ -8,23 +8,28 @@
 //! receive-only, and the host and the status report say so.
 
 use cuntong_core::envelope::encode;
-use cuntong_core::media::layout::Layout;
 use cuntong_core::media::routes::Routes;
-use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::participant::{
     AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase, Session,
 };
 use cuntong_core::meeting::relays::RelayPlan;
 use cuntong_core::meeting::{
-    Applied, Downlink, MediaPlan, MediaProfile, MeetingId, MeetingState, Screen, Tier,
-    TierThresholds, TierTracker,
+    Downlink, MeetingId, MeetingState, Screen, Tier, TierThresholds, TierTracker,
 };
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic, meeting_filters};
 use serde::{Deserialize, Serialize};
 
 use crate::link::Message;
-use crate::status::{BadRequest, Refusal};
+use crate::status::Refusal;
+
+mod engine;
+mod operator;
+mod relay;
+
+pub use engine::{Console, Invitation, MediaEngine, SignallingOnly, Unattended};
+pub use operator::OperatorRequest;
+use operator::chair_words;
 
 /// How the terminal takes part in meetings (`[meeting]` in the config).
 #[derive(Clone, Debug, PartialEq)]
@@ -50,214 +55,6 @@ impl Default for MeetingConfig {
             thresholds: TierThresholds::default(),
             media_host: None,
             relay: None,
-        }
-    }
-}
-
-/// Sends and receives a session's audio and video. The GStreamer engine implements it with
-/// real pipelines; [`SignallingOnly`] takes part in the signalling without media.
-pub trait MediaEngine: Send {
-    fn start(&mut self, meeting: MeetingId, plan: &MediaPlan, profile: &MediaProfile);
-    /// Mute or unmute the microphone, change role, show another site.
-    fn apply(&mut self, meeting: MeetingId, applied: &Applied);
-    fn stop(&mut self, meeting: MeetingId);
-    /// The session is over for this box (it left, declined, or the session ended), after its
-    /// media stopped: a SIP gateway hangs up on its room system.
-    fn over(&mut self, _meeting: MeetingId) {}
-    /// What it captures with (for the readiness check): by default the box's own devices.
-    fn capture_devices(&self) -> crate::readiness::CaptureDevices {
-        crate::readiness::local_devices()
-    }
-    /// What the media did since the last sample (`media.*` metrics); nothing without media.
-    fn sample(&mut self) -> Vec<(cuntong_core::telemetry::Metric, f64)> {
-        Vec::new()
-    }
-    /// On a relay box: strips SRTP from stream `ssrc` of `meeting` for a viewer at `to`; the
-    /// local addresses (video, audio) the relay routes the stream to. `None` without media.
-    fn open_view(
-        &mut self,
-        _meeting: MeetingId,
-        _ssrc: u32,
-        _to: std::net::SocketAddr,
-    ) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
-        None
-    }
-    fn close_view(&mut self, _meeting: MeetingId, _ssrc: u32, _to: std::net::SocketAddr) {}
-    /// The link now (keep-alive round trip, ping loss), every [`MediaEngine::link_every`]
-    /// while in a session: adapt the bitrate and the jitter buffers.
-    fn link(&mut self, _rtt_ms: Option<f64>, _loss_percent: f64) {}
-    /// How often it wants [`MediaEngine::link`] while in a session; `None` if it has no use
-    /// for it (no media), and the terminal's meeting clock then runs only when the
-    /// signalling has something due.
-    fn link_every(&self) -> Option<std::time::Duration> {
-        Some(std::time::Duration::from_secs(1))
-    }
-    /// Lays the room's picture of `meeting` out in `layout`; false if there is none.
-    fn set_layout(&mut self, _meeting: MeetingId, _layout: Layout) -> bool {
-        false
-    }
-    /// The chair's screen of a session this box is in (after its media started, and on every
-    /// change): lay the room out by it, send while this site is on it, and send content
-    /// while the screen's content is this site's.
-    fn screen(&mut self, _screen: &Screen) {}
-    /// Whether the box has a second video source to share as content.
-    fn has_content(&self) -> bool {
-        false
-    }
-}
-
-/// Takes part in meetings without sending or receiving media (boxes without a camera, and
-/// builds without the media engine).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SignallingOnly;
-
-impl MediaEngine for SignallingOnly {
-    fn start(&mut self, meeting: MeetingId, plan: &MediaPlan, profile: &MediaProfile) {
-        tracing::info!(%meeting, ssrc = plan.ssrc, tier = plan.tier.as_str(), profile = %profile.name, "media plan received (signalling only)");
-    }
-
-    fn apply(&mut self, meeting: MeetingId, applied: &Applied) {
-        tracing::debug!(%meeting, muted = applied.muted, role = applied.role.as_str(), "meeting state applied");
-    }
-
-    fn stop(&mut self, meeting: MeetingId) {
-        tracing::info!(%meeting, "media stopped");
-    }
-
-    fn link_every(&self) -> Option<std::time::Duration> {
-        None
-    }
-}
-
-/// What the people at the box do on their own: a real box leaves everything to its
-/// operator's requests ([`Unattended`]); the simulator declines or raises hands.
-pub trait Console: Send {
-    /// A new invitation arrived: accept, decline, or leave it to the accept policy.
-    fn invited(&mut self, _state: &MeetingState) -> Option<Invitation> {
-        None
-    }
-    /// The site joined a live session: raise the hand?
-    fn joined(&mut self, _state: &MeetingState) -> bool {
-        false
-    }
-}
-
-/// A console's answer to an invitation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Invitation {
-    Accept,
-    Decline(String),
-}
-
-/// Nobody at the box: the accept policy and the operator's requests decide.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Unattended;
-
-impl Console for Unattended {}
-
-/// A request from the box's operator (`cuntong-terminal meeting …`, `cuntong-terminal call`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OperatorRequest {
-    Accept(MeetingId),
-    Decline(MeetingId, String),
-    RaiseHand(MeetingId),
-    LowerHand(MeetingId),
-    Leave(MeetingId),
-    Call(TerminalId),
-    /// A chair operation, for a box the chair made a delegated chair (a county office).
-    Chair(MeetingId, ChairOp),
-    /// The room's layout on this box, whatever the chair's.
-    Layout(MeetingId, Layout),
-    /// Share content from this box's second video source (双流), or stop sharing it.
-    Content(MeetingId, bool),
-}
-
-/// The chair operations a delegated chair's box can ask for, by the name the operator types.
-fn chair_op(name: &str, target: Option<TerminalId>) -> Result<ChairOp, BadRequest> {
-    let needs = |t: Option<TerminalId>| t.ok_or_else(|| BadRequest::NeedsTerminal(name.into()));
-    Ok(match name {
-        "mute" => ChairOp::Mute(needs(target)?),
-        "unmute" => ChairOp::Unmute(needs(target)?),
-        "grant" => ChairOp::Grant(needs(target)?),
-        "lower" => ChairOp::LowerHand(needs(target)?),
-        "revoke" => ChairOp::Revoke,
-        "mute-all" => ChairOp::MuteAll,
-        "unmute-all" => ChairOp::UnmuteAll,
-        other => return Err(BadRequest::ChairOp(other.into())),
-    })
-}
-
-/// The operator's words for a chair operation (what [`chair_op`] reads).
-fn chair_words(op: &ChairOp) -> String {
-    match op {
-        ChairOp::Mute(t) => format!("mute {t}"),
-        ChairOp::Unmute(t) => format!("unmute {t}"),
-        ChairOp::Grant(t) => format!("grant {t}"),
-        ChairOp::LowerHand(t) => format!("lower {t}"),
-        ChairOp::Revoke => "revoke".into(),
-        ChairOp::MuteAll => "mute-all".into(),
-        ChairOp::UnmuteAll => "unmute-all".into(),
-        other => other.name().into(),
-    }
-}
-
-impl OperatorRequest {
-    /// Parses a status-socket line: `meeting accept|decline|hand|lower|leave ID [REASON]`,
-    /// `meeting chair ID OP [TERMINAL]` or `call TERMINAL`.
-    pub fn parse(line: &str) -> Result<OperatorRequest, BadRequest> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let id = |s: &str| {
-            s.parse::<MeetingId>()
-                .map_err(|problem| BadRequest::MeetingId {
-                    given: s.into(),
-                    problem,
-                })
-        };
-        let terminal = |s: &str| {
-            s.parse::<TerminalId>()
-                .map_err(|problem| BadRequest::Terminal {
-                    given: s.into(),
-                    problem,
-                })
-        };
-        match words.as_slice() {
-            ["meeting", "accept", m] => Ok(OperatorRequest::Accept(id(m)?)),
-            ["meeting", "decline", m, reason @ ..] => {
-                Ok(OperatorRequest::Decline(id(m)?, reason.join(" ")))
-            }
-            ["meeting", "hand", m] => Ok(OperatorRequest::RaiseHand(id(m)?)),
-            ["meeting", "lower", m] => Ok(OperatorRequest::LowerHand(id(m)?)),
-            ["meeting", "leave", m] => Ok(OperatorRequest::Leave(id(m)?)),
-            ["meeting", "layout", m, layout] => Ok(OperatorRequest::Layout(
-                id(m)?,
-                layout.parse().map_err(BadRequest::Layout)?,
-            )),
-            ["meeting", "content", m, on @ ("on" | "off")] => {
-                Ok(OperatorRequest::Content(id(m)?, *on == "on"))
-            }
-            ["meeting", "chair", m, op, rest @ ..] if rest.len() <= 1 => {
-                let target = rest.first().map(|t| terminal(t)).transpose()?;
-                Ok(OperatorRequest::Chair(id(m)?, chair_op(op, target)?))
-            }
-            ["call", t] => terminal(t).map(OperatorRequest::Call),
-            _ => Err(BadRequest::Unknown(line.into())),
-        }
-    }
-
-    /// The line [`OperatorRequest::parse`] reads.
-    pub fn to_line(&self) -> String {
-        match self {
-            OperatorRequest::Accept(m) => format!("meeting accept {m}"),
-            OperatorRequest::Decline(m, r) => format!("meeting decline {m} {r}"),
-            OperatorRequest::RaiseHand(m) => format!("meeting hand {m}"),
-            OperatorRequest::LowerHand(m) => format!("meeting lower {m}"),
-            OperatorRequest::Leave(m) => format!("meeting leave {m}"),
-            OperatorRequest::Call(t) => format!("call {t}"),
-            OperatorRequest::Chair(m, op) => format!("meeting chair {m} {}", chair_words(op)),
-            OperatorRequest::Layout(m, l) => format!("meeting layout {m} {l}"),
-            OperatorRequest::Content(m, on) => {
-                format!("meeting content {m} {}", if *on { "on" } else { "off" })
-            }
         }
     }
 }
@@ -387,89 +184,6 @@ impl Conference {
     /// The media's figures since the last call (for telemetry).
     pub fn media_sample(&mut self) -> Vec<(cuntong_core::telemetry::Metric, f64)> {
         self.engine.sample()
-    }
-
-    /// Where the relay listens, if this box relays.
-    pub fn relay_addr(&self) -> Option<std::net::SocketAddr> {
-        self.relay.as_ref().map(crate::relay::Relay::local_addr)
-    }
-
-    /// The relay role's counters, if this box relays.
-    pub fn relay_stats(&self) -> Option<&crate::relay::RelayStats> {
-        self.relay.as_ref().map(crate::relay::Relay::stats)
-    }
-
-    /// Sets the relay's forwarding to what the sessions' plans say together, with the views
-    /// they ask for.
-    fn apply_relay_plans(&mut self) {
-        if self.relay.is_none() {
-            return;
-        }
-        // Views: open the new ones, close those no plan asks for any more.
-        let wanted: Vec<ViewKey> = self
-            .relay_plans
-            .iter()
-            .flat_map(|(m, p)| {
-                p.views
-                    .iter()
-                    .filter_map(move |(ssrc, to)| Some((*m, *ssrc, to.parse().ok()?)))
-            })
-            .collect();
-        let gone: Vec<ViewKey> = self
-            .views
-            .keys()
-            .filter(|k| !wanted.contains(k))
-            .copied()
-            .collect();
-        for k in gone {
-            self.views.remove(&k);
-            self.engine.close_view(k.0, k.1, k.2);
-        }
-        for k in wanted {
-            if !self.views.contains_key(&k) {
-                match self.engine.open_view(k.0, k.1, k.2) {
-                    Some(local) => {
-                        tracing::info!(meeting = %k.0, ssrc = k.1, to = %k.2, "serving a view");
-                        self.views.insert(k, local);
-                    }
-                    None => tracing::warn!(meeting = %k.0, to = %k.2, "cannot serve a view"),
-                }
-            }
-        }
-        let Some(relay) = &self.relay else { return };
-        let addr = |a: &str| match a.parse::<std::net::SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                tracing::warn!(address = a, "a relay destination is not ip:port; skipped");
-                None
-            }
-        };
-        let mut routes = Routes::new(
-            self.relay_plans
-                .values()
-                .find_map(|p| p.upstream.as_deref().and_then(addr)),
-        );
-        for plan in self.relay_plans.values() {
-            for (ssrc, from) in &plan.sources {
-                if let Some(from) = addr(from) {
-                    routes.expect(*ssrc, from);
-                }
-            }
-            for (ssrc, dests) in &plan.routes {
-                for d in dests.iter().filter_map(|d| addr(d)) {
-                    routes.add(*ssrc, d);
-                }
-            }
-        }
-        // The view pipelines are this box's own: they need no consent.
-        for ((_, ssrc, _), (video, audio)) in &self.views {
-            routes.vouch(*video);
-            routes.vouch(*audio);
-            routes.add(*ssrc, *video);
-            routes.add(cuntong_core::media::audio_ssrc(*ssrc), *audio);
-        }
-        // Consent already given carries over to the new table.
-        relay.update(|r| r.set_table(routes));
     }
 
     /// Makes this box the SIP gateway whose calls go to `dials`.
@@ -893,47 +607,5 @@ mod tests {
         let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains("malformed meeting downlink"), "{text}");
-    }
-
-    #[test]
-    fn operator_requests_parse_and_print_back() {
-        for line in [
-            "meeting accept m1",
-            "meeting decline m1 no staff today",
-            "meeting hand m1",
-            "meeting lower m1",
-            "meeting leave m1",
-            "meeting chair m1 mute 130102001001-main",
-            "meeting chair m1 revoke",
-            "meeting chair m1 mute-all",
-            "meeting layout m1 3x3",
-            "meeting layout m1 speaker",
-            "meeting content m1 on",
-            "meeting content m1 off",
-            "call 130102000000-hall",
-        ] {
-            let r = OperatorRequest::parse(line).unwrap();
-            assert_eq!(r.to_line(), line);
-        }
-        assert!(
-            OperatorRequest::parse("meeting hand 1x")
-                .unwrap_err()
-                .to_string()
-                .contains("meeting id")
-        );
-        assert!(
-            OperatorRequest::parse("call nobody")
-                .unwrap_err()
-                .to_string()
-                .contains("terminal")
-        );
-        assert!(OperatorRequest::parse("dance").is_err());
-        assert!(OperatorRequest::parse("meeting content m1 maybe").is_err());
-        assert!(
-            OperatorRequest::parse("meeting layout m1 5x5")
-                .unwrap_err()
-                .to_string()
-                .contains("1+N")
-        );
     }
 }
