@@ -100,6 +100,25 @@ fn decoded_sound(conf: &Path) -> bool {
         })
 }
 
+/// A server certificate of the fleet CA at `ca` for `name`, into `out` (`server.pem`,
+/// `server-key.pem`, `ca.pem`).
+fn issue_server(ca: &Path, name: &str, out: &Path) {
+    let (ca, out) = (ca.to_str().unwrap(), out.to_str().unwrap());
+    ok(run(
+        &bin("cuntong"),
+        &[
+            "ca",
+            "issue-server",
+            "--ca",
+            ca,
+            "--name",
+            name,
+            "--out",
+            out,
+        ],
+    ));
+}
+
 #[test]
 fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_the_floor() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,19 +138,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     let sip_port = free_port();
     let tls_port = free_port();
     let tls = d.join("sip-tls");
-    ok(run(
-        &bin("cuntong"),
-        &[
-            "ca",
-            "issue-server",
-            "--ca",
-            ca.to_str().unwrap(),
-            "--name",
-            "127.0.0.1",
-            "--out",
-            tls.to_str().unwrap(),
-        ],
-    ));
+    issue_server(&ca, "127.0.0.1", &tls);
     let data = d.join(HALL);
     std::fs::create_dir_all(&data).unwrap();
     let config = d.join("hall.toml");
@@ -370,19 +377,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     // It takes SIP over TLS too (on its port + 1), with a certificate of the fleet CA's for
     // its host name, which the gateway checks.
     let room_tls = d.join("room-tls");
-    ok(run(
-        &bin("cuntong"),
-        &[
-            "ca",
-            "issue-server",
-            "--ca",
-            ca.to_str().unwrap(),
-            "--name",
-            "localhost",
-            "--out",
-            room_tls.to_str().unwrap(),
-        ],
-    ));
+    issue_server(&ca, "localhost", &room_tls);
     let pem = [
         std::fs::read(room_tls.join("server.pem")).unwrap(),
         std::fs::read(room_tls.join("server-key.pem")).unwrap(),
