@@ -133,54 +133,9 @@ pub async fn run(
     let writer = Arc::new(writer);
     let log = LogLimiter::default();
     if let Some(addr) = opts.http {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| CentralError::Http { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| CentralError::Http { addr, source })?;
-        // One plain line for operators and scripts (port 0 in `--http` picks a free port).
-        let scheme = if opts.http_access.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        eprintln!("dashboard: {scheme}://{bound}/");
-        let (db, stop, access) = (opts.db.clone(), stop.clone(), opts.http_access.clone());
-        let artifacts = opts
-            .release_cache
-            .clone()
-            .unwrap_or_else(|| crate::artifacts::default_cache(&db));
-        tokio::spawn(async move {
-            if let Err(e) = crate::dashboard::serve_on(listener, db, artifacts, access, stop).await
-            {
-                tracing::error!(error = %e, "the dashboard stopped");
-            }
-        });
+        start_dashboard(addr, &opts, &stop).await?;
     }
-    let mut link_opts = LinkOptions::new(opts.client_id.clone(), opts.broker.clone());
-    link_opts.subscriptions = ingest_subscriptions(opts.share_ingest.as_deref())
-        .into_iter()
-        .chain(MeetingService::subscriptions())
-        .chain([control_request("+")])
-        .collect();
-    link_opts.subscribe_qos = opts.subscribe_qos;
-    link_opts.incoming_capacity = 1024;
-    // A join storm or a replaying fleet may outrun the loop for a while: the link keeps
-    // reading (and answering the broker) into a buffer of its own meanwhile.
-    link_opts.incoming_buffer = 64 << 20;
-    // The chair's and the staff's requests go ahead of that buffer.
-    link_opts.urgent_topics = vec![control_request("")];
-    link_opts.queue_capacity = 8192;
-    // A ping's answer waits behind what the broker sent before it: a province's join storm
-    // must not cost central its connection (and the chair its answers).
-    link_opts.keep_alive = Duration::from_secs(30);
-    link_opts.tls = opts
-        .tls
-        .as_ref()
-        .map(cuntong_terminal::tls::client_config)
-        .transpose()?;
-    let (link, mut incoming) = Link::start(link_opts);
+    let (link, mut incoming) = Link::start(link_options(&opts)?);
 
     let mut to_confirm = Confirmations::default();
     let mut gaps = crate::gaps::GapWatch::default();
@@ -424,6 +379,65 @@ pub async fn run(
         .await
         .map_err(|_| StoreError::Crashed)??;
     Ok(())
+}
+
+/// Serves the dashboard on `addr` (its own task), once bound; the address it bound is said on
+/// stderr in one plain line for operators and scripts (port 0 picks a free port).
+async fn start_dashboard(
+    addr: std::net::SocketAddr,
+    opts: &CentralOptions,
+    stop: &CancellationToken,
+) -> Result<(), CentralError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CentralError::Http { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| CentralError::Http { addr, source })?;
+    let scheme = if opts.http_access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("dashboard: {scheme}://{bound}/");
+    let (db, stop, access) = (opts.db.clone(), stop.clone(), opts.http_access.clone());
+    let artifacts = opts
+        .release_cache
+        .clone()
+        .unwrap_or_else(|| crate::artifacts::default_cache(&db));
+    tokio::spawn(async move {
+        if let Err(e) = crate::dashboard::serve_on(listener, db, artifacts, access, stop).await {
+            tracing::error!(error = %e, "the dashboard stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The link central's loop reads the fleet through.
+fn link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
+    let mut link_opts = LinkOptions::new(opts.client_id.clone(), opts.broker.clone());
+    link_opts.subscriptions = ingest_subscriptions(opts.share_ingest.as_deref())
+        .into_iter()
+        .chain(MeetingService::subscriptions())
+        .chain([control_request("+")])
+        .collect();
+    link_opts.subscribe_qos = opts.subscribe_qos;
+    link_opts.incoming_capacity = 1024;
+    // A join storm or a replaying fleet may outrun the loop for a while: the link keeps
+    // reading (and answering the broker) into a buffer of its own meanwhile.
+    link_opts.incoming_buffer = 64 << 20;
+    // The chair's and the staff's requests go ahead of that buffer.
+    link_opts.urgent_topics = vec![control_request("")];
+    link_opts.queue_capacity = 8192;
+    // A ping's answer waits behind what the broker sent before it: a province's join storm
+    // must not cost central its connection (and the chair its answers).
+    link_opts.keep_alive = Duration::from_secs(30);
+    link_opts.tls = opts
+        .tls
+        .as_ref()
+        .map(cuntong_terminal::tls::client_config)
+        .transpose()?;
+    Ok(link_opts)
 }
 
 /// Whether a record is shed rather than kept, with `waiting` records ahead of it.
