@@ -1389,8 +1389,8 @@ fn two_connections_storing_groups_of_one_terminal_at_once_store_every_seq_once_a
 }
 
 /// Groups of many terminals from several connections at once, each group's terminals in
-/// another order: they wait for each other's row locks but never deadlock, and every
-/// terminal ends confirmed up to its last seq.
+/// another order: they take the journal's lock in turn, never deadlock, and every terminal
+/// ends confirmed up to its last seq.
 #[test]
 fn concurrent_groups_of_many_terminals_in_different_orders_all_commit_and_confirm_everything() {
     let db = postgres();
@@ -1441,23 +1441,26 @@ fn concurrent_groups_of_many_terminals_in_different_orders_all_commit_and_confir
     }
 }
 
-/// Another instance in the middle of a group of terminal `A` (its row written, not committed)
-/// while this one stores `A`'s seq `seq`: waits until this store's group is blocked on that row,
-/// then kills the other instance's connection (`commit` false) or lets it commit its claim that
-/// seqs 1..=2 are stored; returns what this store's group gave.
+/// Another instance in the middle of a group of terminal `A` (holding the ingest journal's
+/// lock, its claim that seqs 1..=2 are stored appended, not committed) while this one stores
+/// `A`'s seq `seq`: waits until this store's group is blocked on that lock, then kills the
+/// other instance's connection (`commit` false) or lets it commit its claim; returns what this
+/// store's group gave.
 fn against_an_instance_mid_group(db: &Db, seq: u64, commit: bool) -> Applied {
     let mut other = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
-    other.batch_execute("BEGIN").unwrap();
+    other
+        .batch_execute("BEGIN; LOCK TABLE ingest_journal IN SHARE ROW EXCLUSIVE MODE")
+        .unwrap();
     other
         .execute(
-            "UPDATE terminals SET revision = revision + 1, telemetry_runs = '{1,2}',
-                telemetry_wm = 2 WHERE terminal = $1",
+            "INSERT INTO ingest_journal (id, instance, terminals, streams, kinds, firsts, lasts)
+             VALUES (nextval('ingest_journal_id'), 42, ARRAY[$1], '{0}', '{0}', '{1}', '{2}')",
             &[&A],
         )
         .unwrap();
     let mut store = db.open();
     let group = std::thread::spawn(move || store.apply(&[temp(A, seq, T0 + seq, "1.00")]).unwrap());
-    // Bounded: until this store's group waits for the other's row lock.
+    // Bounded: until this store's group waits for the other's lock.
     let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while db.scalar(
         "SELECT count(*) FROM pg_stat_activity
@@ -1509,8 +1512,8 @@ fn a_group_waiting_on_an_instance_killed_mid_group_confirms_only_what_is_stored(
     assert_eq!(counts(&a), (0, 1, 0), "the other instance stored 2");
 }
 
-/// Each instance remembers the rows of the terminals it stored; what another instance stored
-/// since is found out when writing: a resend to the first instance is answered with the
+/// Each instance remembers the terminals it stored; what another instance stored since is
+/// found out from the journal before a group decides: a resend to the first instance is answered with the
 /// watermark as it is now, and a seq the other stored is a duplicate, however the groups go.
 #[test]
 fn an_instance_that_remembers_a_terminal_answers_with_what_another_instance_stored_since() {

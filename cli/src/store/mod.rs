@@ -92,6 +92,9 @@ pub enum StoreError {
         "release {version} is recorded already with other contents (SHA-256 {sha256}): give the new build a new version"
     )]
     ReleaseExists { version: String, sha256: String },
+    /// A write through a store opened for reading only.
+    #[error("database {at} is open read-only: nothing is written through it")]
+    ReadOnly { at: String },
     #[error(
         "no store at {path} yet (`cuntong central` creates it there; --db PATH or CUNTONG_DB for another)"
     )]
@@ -394,6 +397,12 @@ pub trait Store: Send {
     /// while telemetry and events are sent again until stored. A broker queues a client's
     /// messages in order, so a message received after the will was sent on a later connection.
     fn apply(&mut self, records: &[Record]) -> Result<Applied, StoreError>;
+    /// Brings what a backend derives from the records applied later up to date (the
+    /// PostgreSQL store's rows of `terminals`: fleet view, presence, newest values). The writer
+    /// calls it whenever its queue runs empty and before it answers a flush.
+    fn settle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The fleet view, optionally limited to a region, ordered by terminal id.
     fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError>;
     /// Stored samples of a terminal, oldest first.

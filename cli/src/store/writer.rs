@@ -323,6 +323,8 @@ fn run(
         if worked {
             continue;
         }
+        // Nothing queued: what the store defers is brought up to date.
+        settle(store);
         if !state_open && !records_open {
             return Ok(());
         }
@@ -363,6 +365,7 @@ fn write_state(
             Ok(())
         }
         StateWrite::Flush(done) => {
+            settle(store);
             let _ = done.send(());
             Ok(())
         }
@@ -370,6 +373,13 @@ fn write_state(
             let _ = done.send(());
             Ok(())
         }
+    }
+}
+
+/// Brings what the store defers up to date; a failure is warned of (the next time tries again).
+fn settle(store: &mut dyn Store) {
+    if let Err(e) = store.settle() {
+        tracing::warn!(error = %e, "cannot bring the fleet view up to date yet");
     }
 }
 

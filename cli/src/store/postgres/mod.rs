@@ -10,18 +10,18 @@
 //!   rows are binary-COPied in terminal order and found through a BRIN index of (terminal,
 //!   time) over ranges of 4 pages, summarised every [`SUMMARISE_EVERY`] groups.
 //! - De-duplication is by runs of seqs: each terminal's row in `terminals` holds, per stream,
-//!   the runs of seqs stored and the watermark, and its newest values. A group reads its
-//!   terminals' rows (those the connection does not remember as of its last read or write),
-//!   decides which of its messages are new (a seq in a stored run is a duplicate), COPies only
-//!   those, and writes each row back under the `revision` it read or remembered, all in one
-//!   transaction: stored and duplicate counts are exact, and a watermark never passes a
-//!   record that is not committed, also with several connections storing one terminal's
-//!   records at once. A group that finds a row written since it read it is rolled back whole
-//!   and tried again holding its terminals' rows (`FOR UPDATE`, in terminal order, after the
-//!   drops and numbering starts, each in key order: groups holding rows wait for each other
-//!   but never deadlock; two optimistic groups that do are rolled back by PostgreSQL and tried
-//!   again like that). Runs outlive retention: a late copy of a dropped day is still a
-//!   duplicate. The bounds of this ingest against a bare COPY are in
+//!   the runs of seqs stored and the watermark, and its newest values; what groups stored
+//!   since the rows were last written is in the ingest journal. A group takes the journal's
+//!   lock (the groups of every instance go one at a time), brings the terminals its
+//!   connection remembers up to date with what other instances appended since, reads the
+//!   others (row and journal), decides which of its messages are new (a seq in a stored run
+//!   is a duplicate), COPies only those and appends its runs to the journal, all in one
+//!   transaction: stored and duplicate counts are exact, and a watermark never passes a record
+//!   that is not committed, also with several instances storing one terminal's records at
+//!   once. The rows are written by folding the journal into them (see `ingest`): at least
+//!   every second while groups come, when the writer has nothing to do, and before a read of
+//!   the fleet view through the same store. Runs outlive retention: a late copy of a dropped
+//!   day is still a duplicate. The bounds of this ingest against a bare COPY are in
 //!   docs/benchmarks.md.
 //! - Text keys use the "C" collation: byte order like SQLite's, and region filters are index
 //!   ranges on the site code.
@@ -54,7 +54,7 @@ mod rollouts;
 mod schema;
 mod state;
 
-use ingest::{KnownRows, Prepared, Take, transient};
+use ingest::{Ingest, transient};
 pub use schema::MIGRATIONS;
 
 /// The key of the advisory lock that serialises schema changes (migrations, partitions
@@ -77,14 +77,21 @@ pub struct PgStore {
     /// another instance drops meanwhile is behind the retention cut, and what still comes for
     /// it goes to the DEFAULT partition).
     days: HashSet<String>,
-    /// The statements of a group, prepared once.
-    prepared: Prepared,
-    /// The rows of `terminals` this connection last read or wrote.
-    known: KnownRows,
+    /// The state of ingest: statements prepared, terminals known, what is left to fold.
+    ingest: RefCell<Ingest>,
+    /// Opened for reading only: records are refused.
+    read_only: bool,
     /// Groups stored since the new ranges of the BRIN index of `messages` were summarised, and
     /// the day partitions they wrote.
     unsummarised: u32,
     written: HashSet<String>,
+}
+
+impl Drop for PgStore {
+    /// What is left to fold is folded: a store closed leaves its rows of `terminals` whole.
+    fn drop(&mut self) {
+        self.fold_quietly();
+    }
 }
 
 impl fmt::Debug for PgStore {
@@ -214,7 +221,8 @@ impl PgStore {
     /// Connects for reading only (every transaction read-only): never changes the schema, and
     /// a database central never set up is [`StoreError::Missing`].
     pub fn open_read_only(url: &str) -> Result<PgStore, StoreError> {
-        let store = PgStore::connect(url)?;
+        let mut store = PgStore::connect(url)?;
+        store.read_only = true;
         let version = store.schema_version()?;
         if version == 0 {
             return Err(StoreError::Missing {
@@ -240,8 +248,8 @@ impl PgStore {
             client: RefCell::new(client),
             at,
             days: HashSet::new(),
-            prepared: Prepared::default(),
-            known: KnownRows::new(),
+            ingest: RefCell::new(Ingest::new()),
+            read_only: false,
             unsummarised: 0,
             written: HashSet::new(),
         };
@@ -552,6 +560,7 @@ impl Store for PgStore {
         PgStore::terminal_ids(self)
     }
     fn known_terminals(&self) -> Result<Vec<KnownTerminal>, StoreError> {
+        self.fold_quietly();
         PgStore::known_terminals(self)
     }
     fn import_names(&mut self, rows: &[(SiteCode, String)]) -> Result<u64, StoreError> {
@@ -611,41 +620,46 @@ impl Store for PgStore {
     }
 
     fn apply(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                at: self.at.clone(),
+            });
+        }
         self.ensure_partitions(
             records
                 .iter()
                 .filter_map(Record::message)
                 .map(|m| m.time_ms as i64),
         )?;
-        // Optimistic first.
-        let mut take = Take::Optimistic;
         let mut attempt = 0;
-        loop {
-            match self.apply_once(records, take) {
-                Ok(Some(applied)) => {
-                    self.unsummarised += 1;
-                    if self.unsummarised >= SUMMARISE_EVERY {
-                        self.unsummarised = 0;
-                        self.summarise();
-                    }
-                    return Ok(applied);
-                }
-                // Lost a race, or a deadlock between optimistic groups: again, holding the
-                // rows in terminal order.
-                Ok(None) if attempt < 8 => take = Take::Locked,
-                Err(e) if transient(&e) && attempt < 8 => take = Take::Locked,
-                Ok(None) => {
-                    return Err(StoreError::Contended {
-                        at: self.at.clone(),
-                    });
-                }
+        let applied = loop {
+            match self.apply_once(records) {
+                Ok(applied) => break applied,
+                Err(e) if transient(&e) && attempt < 8 => attempt += 1,
                 Err(e) => return Err(e),
             }
-            attempt += 1;
+        };
+        self.unsummarised += 1;
+        if self.unsummarised >= SUMMARISE_EVERY {
+            self.unsummarised = 0;
+            self.summarise();
         }
+        if self.ingest.get_mut().fold_due() {
+            self.fold_quietly();
+        }
+        Ok(applied)
+    }
+
+    fn settle(&mut self) -> Result<(), StoreError> {
+        if self.ingest.get_mut().unfolded() {
+            self.fold()?;
+        }
+        Ok(())
     }
 
     fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError> {
+        // What this connection stored is in the view it reads.
+        self.fold_quietly();
         let prefix = region.map_or(String::new(), |r| r.prefix());
         let end = prefix_end(&prefix);
         let (filter, params): (&str, Vec<&(dyn ToSql + Sync)>) = if prefix.is_empty() {

@@ -297,4 +297,30 @@ CREATE TABLE rollout_sites (
     PRIMARY KEY (rollout, terminal)
 );
 "#,
+    // 7: a group no longer rewrites its terminals' rows. It appends what it stored to
+    // `ingest_journal` (the runs of seqs, drops and numbering starts: a row a group) under a
+    // lock that the groups of every instance take in turn, and an instance folds the journal
+    // into the rows of `terminals` now and then (deleting what it folded, noted in
+    // `ingest_folds`).
+    r#"
+CREATE SEQUENCE ingest_journal_id;
+CREATE TABLE ingest_journal (
+    id        bigint PRIMARY KEY,
+    instance  bigint NOT NULL,
+    terminals text[] NOT NULL,
+    streams   smallint[] NOT NULL,
+    kinds     smallint[] NOT NULL,
+    firsts    bigint[] NOT NULL,
+    lasts     bigint[] NOT NULL
+);
+-- Short-lived rows: kept uncompressed (compressing a group's arrays costs more than the WAL).
+ALTER TABLE ingest_journal ALTER COLUMN terminals SET STORAGE EXTERNAL,
+    ALTER COLUMN streams SET STORAGE EXTERNAL, ALTER COLUMN kinds SET STORAGE EXTERNAL,
+    ALTER COLUMN firsts SET STORAGE EXTERNAL, ALTER COLUMN lasts SET STORAGE EXTERNAL;
+CREATE TABLE ingest_folds (
+    one             boolean PRIMARY KEY DEFAULT true CHECK (one),
+    deleted_through bigint NOT NULL
+);
+INSERT INTO ingest_folds VALUES (true, 0);
+"#,
 ];

@@ -1,29 +1,40 @@
-//! Storing a group of records on PostgreSQL. The group takes the rows in `terminals` of its
-//! terminals — the runs of seqs stored and the watermark of each stream, the newest values and
-//! the revision — as the connection remembers them or read (with the drops and numbering starts
-//! ahead of the watermarks), and decides here which of its messages are new: a seq inside a
-//! stored run is a duplicate. Only the new messages are binary-COPied into `messages`; the
-//! drops and numbering starts are upserted, and each terminal's row is written back once, under
-//! the revision taken ([`Take`]), all in the group's one transaction.
+//! Storing a group of records on PostgreSQL. Under the journal's lock (the groups of every
+//! instance go one at a time), the group takes its terminals' streams — the runs of seqs stored,
+//! the watermark, the drops and numbering starts ahead of it — as the connection remembers them
+//! (brought up to date with what other instances appended to the journal since) or reads them
+//! (a terminal's row in `terminals` and its entries in the journal), and decides here which of
+//! its messages are new: a seq inside a stored run is a duplicate. Only the new messages are
+//! binary-COPied into `messages`; the drops and numbering starts are upserted, and what the
+//! group stored is appended to the journal as one row, all in the group's one transaction.
+//!
+//! The rows of `terminals` (runs, watermarks, presence, last reception, newest values) are
+//! written by folding: now and then, when the writer has nothing else to do, before a read of
+//! the fleet view through the same store, and when the store is closed ([`fold`]), an
+//! instance folds the whole journal and what its groups brought since into those rows. A
+//! group's cost is then a COPY of its messages and one row, not a rewrite of a row a terminal.
 
 use std::collections::{BTreeMap, HashMap};
 
 use ::postgres::error::SqlState;
 use ::postgres::{Statement, Transaction};
 use cuntong_core::envelope::{Event, Stream};
+use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 
 use super::PgStore;
 use crate::store::{Applied, Record, StoreError, stream_id};
 
+mod fold;
+mod journal;
 mod read;
 mod runs;
 mod terminals;
 mod writes;
 
+use journal::{Entries, Position};
 use read::read_state;
 use runs::Runs;
-use terminals::write_terminals;
+use terminals::{advance_watermarks, write_terminals};
 use writes::{copy_messages, write_gaps};
 
 /// A (terminal, stream) as the group finds it and leaves it.
@@ -40,27 +51,98 @@ struct Pair {
     advance: bool,
 }
 
-/// The newest values of a terminal: metric → (time, value).
+/// The newest values of a terminal as stored: metric name → (time, value).
 type Latest = BTreeMap<String, (i64, f64)>;
 
-/// What a connection knows of a terminal's row as of the revision it last read or wrote: its
-/// streams (watermark, runs, the drops and numbering start ahead) and newest values. A group
-/// takes it instead of reading the row; its write, under that revision, finds out whether it
-/// was still the row's (if not, the group is tried again reading the row).
-pub(super) struct Known {
-    revision: i64,
-    streams: [Pair; 2],
-    stored: Latest,
+/// The newest value of each metric that groups brought: (metric, time, value), a few a
+/// terminal (scanned, not looked up).
+type Newest = Vec<(Metric, i64, f64)>;
+
+/// Keeps the newer of a metric's values in `newest` (the later one on a tie).
+fn keep_newer(newest: &mut Newest, metric: &Metric, at: i64, value: f64) {
+    match newest.iter_mut().find(|e| e.0 == *metric) {
+        Some(e) if at as u64 >= e.1 as u64 => (e.1, e.2) = (at, value),
+        Some(_) => {}
+        None => newest.push((metric.clone(), at, value)),
+    }
 }
 
-/// The rows a connection knows, by terminal.
-pub(super) type KnownRows = HashMap<String, Known>;
+/// What a connection knows of a terminal's streams (watermark, runs, the drops and numbering
+/// start ahead), exact as of its last group: a group takes it instead of reading the row.
+pub(super) struct Known {
+    streams: [Pair; 2],
+}
+
+/// The terminals a connection knows.
+pub(super) type KnownRows = HashMap<TerminalId, Known>;
+
+/// What this connection's groups brought of a terminal since it last folded: the row takes it
+/// at the next fold.
+#[derive(Default)]
+struct Pending {
+    presence: Option<(bool, String, i64, i64)>,
+    last_seen: Option<i64>,
+    offline: Option<i64>,
+    latest: Newest,
+}
+
+impl Pending {
+    /// Adds what a later group brought.
+    fn add(&mut self, t: Terminal) {
+        if t.presence.is_some() {
+            self.presence = t.presence;
+        }
+        self.last_seen = self.last_seen.max(t.last_seen);
+        self.offline = self.offline.max(t.offline);
+        for (metric, at, value) in &t.latest {
+            keep_newer(&mut self.latest, metric, *at, *value);
+        }
+    }
+}
+
+/// A connection's state of ingest: its prepared statements, the terminals it knows, what its
+/// groups brought since it last folded, and where it stands in the journal.
+pub(super) struct Ingest {
+    prepared: Prepared,
+    known: KnownRows,
+    pending: HashMap<TerminalId, Pending>,
+    position: Position,
+    /// The terminals' names, written once.
+    names: HashMap<TerminalId, String>,
+}
+
+impl Ingest {
+    pub(super) fn new() -> Ingest {
+        Ingest {
+            prepared: Prepared::default(),
+            known: KnownRows::new(),
+            pending: HashMap::new(),
+            position: Position::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// Whether a fold is due while groups keep coming: a second since the last, or that many
+    /// rows appended.
+    pub(super) fn fold_due(&self) -> bool {
+        self.position.appended >= FOLD_ROWS
+            || (self.position.appended > 0 && self.position.folded.elapsed() >= FOLD_EVERY)
+    }
+
+    /// Whether anything is left to fold.
+    pub(super) fn unfolded(&self) -> bool {
+        self.position.appended > 0 || !self.pending.is_empty()
+    }
+}
+
+/// Rows a connection appends to the journal between two of its folds, at most.
+const FOLD_ROWS: u32 = 64;
+/// How long a fold waits at most while groups keep coming.
+const FOLD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A terminal the group brings something of.
 struct Terminal {
     id: TerminalId,
-    site: String,
-    level: &'static str,
     /// The last presence in the group: (online, version, started, keep-alive).
     presence: Option<(bool, String, i64, i64)>,
     /// The latest reception in the group (a message, an online presence).
@@ -77,8 +159,9 @@ struct Terminal {
     streams: [Pair; 2],
     /// Its newest values as read.
     stored: Latest,
-    /// The newest time and value of each metric in the group's new telemetry.
-    latest: Latest,
+    /// The newest time and value of each metric in the group's new telemetry (or since the
+    /// last fold).
+    latest: Newest,
     /// This group changes its runs, watermarks or newest values: its row is written under the
     /// revision read.
     changed: bool,
@@ -88,8 +171,6 @@ impl Terminal {
     fn new(id: TerminalId) -> Terminal {
         Terminal {
             id,
-            site: id.site().to_string(),
-            level: id.site().level().as_str(),
             presence: None,
             last_seen: None,
             offline: None,
@@ -99,7 +180,7 @@ impl Terminal {
             revision: 0,
             streams: Default::default(),
             stored: Latest::new(),
-            latest: Latest::new(),
+            latest: Newest::new(),
             changed: false,
         }
     }
@@ -122,15 +203,9 @@ impl Terminal {
         }
     }
 
-    /// Keeps the newer of a metric's values (the later one of the group on a tie).
-    fn latest(&mut self, metric: &str, ts: i64, v: f64) {
-        match self.latest.get_mut(metric) {
-            Some(e) if ts as u64 >= e.0 as u64 => *e = (ts, v),
-            Some(_) => {}
-            None => {
-                self.latest.insert(metric.to_owned(), (ts, v));
-            }
-        }
+    /// Its site code, as stored.
+    fn site(&self) -> String {
+        self.id.site().to_string()
     }
 }
 
@@ -165,10 +240,10 @@ impl Rows {
         *e = (*e).max(last as i64);
     }
 
-    /// The terminals of `records`, in terminal order.
-    fn new(records: &[Record]) -> Rows {
-        let mut by_name: BTreeMap<String, Terminal> = BTreeMap::new();
-        let mut known: HashMap<TerminalId, String> = HashMap::new();
+    /// The terminals of `records`, in terminal order; `names` holds (or is given) their names.
+    fn new(records: &[Record], names: &mut HashMap<TerminalId, String>) -> Rows {
+        let mut seen: std::collections::HashSet<TerminalId> = std::collections::HashSet::new();
+        let mut ids = Vec::new();
         for r in records {
             let t = match r {
                 Record::Telemetry { terminal, .. }
@@ -177,13 +252,23 @@ impl Rows {
                 | Record::Lost { terminal, .. } => terminal,
                 Record::Rejected { .. } => continue,
             };
-            if !known.contains_key(t) {
-                let name = t.to_string();
-                by_name.insert(name.clone(), Terminal::new(*t));
-                known.insert(*t, name);
+            if seen.insert(*t) {
+                ids.push(*t);
             }
         }
-        let terminals: Vec<(String, Terminal)> = by_name.into_iter().collect();
+        Rows::of(ids.into_iter().map(|id| {
+            let name = names.entry(id).or_insert_with(|| id.to_string());
+            (name.clone(), id)
+        }))
+    }
+
+    /// The terminals given with their names, in terminal order.
+    fn of(terminals: impl Iterator<Item = (String, TerminalId)>) -> Rows {
+        let mut terminals: Vec<(String, Terminal)> = terminals
+            .map(|(name, id)| (name, Terminal::new(id)))
+            .collect();
+        terminals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        terminals.dedup_by(|a, b| a.0 == b.0);
         let index = terminals
             .iter()
             .enumerate()
@@ -199,6 +284,52 @@ impl Rows {
     fn terminal(&mut self, id: &TerminalId) -> Option<&mut (String, Terminal)> {
         let i = *self.index.get(id)?;
         self.terminals.get_mut(i)
+    }
+
+    /// Joins runs stored (from the journal) to the streams of the terminals they are of.
+    fn add_runs(&mut self, runs: Vec<journal::Run>) {
+        for (name, stream, first, last) in runs {
+            let Some(i) = self.position(&name) else {
+                continue;
+            };
+            if let Some(pair) = usize::try_from(stream)
+                .ok()
+                .and_then(|s| self.terminals[i].1.streams.get_mut(s))
+            {
+                journal::apply(pair, 0, first, last);
+            }
+        }
+    }
+
+    /// What the group appends to the journal: the runs of its `new` messages (in terminal
+    /// order), its drops and numbering starts.
+    fn entries<'a>(&'a self, new: &[(usize, crate::store::Message<'_>)]) -> Entries<'a> {
+        let mut entries = Entries::default();
+        let mut seqs: [Vec<i64>; 2] = Default::default();
+        let mut at = 0;
+        while at < new.len() {
+            let i = new[at].0;
+            let end = at + new[at..].iter().take_while(|(j, _)| *j == i).count();
+            for s in &mut seqs {
+                s.clear();
+            }
+            for (_, m) in &new[at..end] {
+                seqs[stream_id(m.stream) as usize].push(m.seq as i64);
+            }
+            let name = self.terminals[i].0.as_str();
+            for (sid, s) in seqs.iter_mut().enumerate() {
+                s.sort_unstable();
+                entries.stored(name, sid as i16, s);
+            }
+            at = end;
+        }
+        for ((name, stream, first), last) in &self.dropped {
+            entries.dropped(name, *stream, *first, *last);
+        }
+        for ((name, stream), first) in &self.numbering {
+            entries.numbering(name, *stream, *first);
+        }
+        entries
     }
 
     fn position(&self, name: &str) -> Option<usize> {
@@ -224,32 +355,34 @@ impl Prepared {
     }
 }
 
-/// How a group takes its terminals' rows.
+/// How terminals' rows are read.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Take {
-    /// Read without locks, written only if no other group wrote them meanwhile (each row's
-    /// revision is still the one read); otherwise the group is rolled back and tried again.
-    Optimistic,
-    /// Read and locked (`FOR UPDATE`, in terminal order) until the commit: the retry after a
-    /// group lost a race, which cannot lose it again.
+    /// As they are (a group: only folds write them, and they take the journal's lock too).
+    Read,
+    /// Created where missing and locked (`FOR UPDATE`, in terminal order) until the commit:
+    /// a fold, which writes them.
     Locked,
 }
 
 impl PgStore {
-    /// One attempt at storing a group (see [`Store::apply`]); `None` if another group wrote
-    /// one of its terminals between its read and its write (nothing was stored: try again).
-    pub(super) fn apply_once(
-        &mut self,
-        records: &[Record],
-        take: Take,
-    ) -> Result<Option<Applied>, StoreError> {
+    /// One attempt at storing a group (see [`Store::apply`]); on an error nothing of it was
+    /// stored.
+    pub(super) fn apply_once(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
         let err = self.err("storing a group");
         let client = self.client.get_mut();
-        let prepared = &mut self.prepared;
-        let known = &mut self.known;
+        let Ingest {
+            prepared,
+            known,
+            pending,
+            position,
+            names,
+        } = self.ingest.get_mut();
         let mut tx = client.transaction().map_err(&err)?;
+        journal::lock(&mut tx).map_err(&err)?;
+        journal::catch_up(&mut tx, prepared, position, known).map_err(&err)?;
         let mut applied = Applied::default();
-        let mut rows = Rows::new(records);
+        let mut rows = Rows::new(records, names);
 
         // What does not depend on which messages are new: receptions, presence, rejections.
         for r in records {
@@ -295,21 +428,25 @@ impl PgStore {
                 _ => {}
             }
         }
-        // The rows this connection knows (taken out: put back only once committed), unless
-        // the group is tried again after a race, which reads them all.
-        for (name, t) in &mut rows.terminals {
-            let Some(k) = known.remove(name) else {
-                continue;
-            };
-            if take == Take::Optimistic {
-                t.exists = true;
+        // The terminals this connection knows (taken out: put back only once committed); the
+        // others are read, with their runs in the journal.
+        for (_, t) in &mut rows.terminals {
+            if let Some(k) = known.remove(&t.id) {
                 t.known = true;
-                t.revision = k.revision;
                 t.streams = k.streams;
-                t.stored = k.stored;
             }
         }
-        read_state(&mut tx, prepared, &mut rows, take).map_err(&err)?;
+        read_state(&mut tx, prepared, &mut rows, Take::Read).map_err(&err)?;
+        let unknown: Vec<&str> = rows
+            .terminals
+            .iter()
+            .filter(|(_, t)| !t.known)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            let runs = journal::runs_of(&mut tx, prepared, &unknown).map_err(&err)?;
+            rows.add_runs(runs);
+        }
 
         // Which messages are new, in the group's order (the first of several copies is the one
         // stored): a seq in a stored run is a duplicate. Runs only grow, so a seq found in one
@@ -355,7 +492,7 @@ impl PgStore {
                     for s in &envelope.body.samples {
                         applied.values += 1;
                         let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
-                        t.latest(s.metric.name(), ts, s.value.to_f64());
+                        keep_newer(&mut t.latest, &s.metric, ts, s.value.to_f64());
                     }
                 }
                 Record::Event { envelope, .. } => match envelope.body {
@@ -387,10 +524,9 @@ impl PgStore {
         // terminal's rows in the few pages of each group that hold them.
         new.sort_by_key(|(i, _)| *i);
         copy_messages(&mut tx, &rows, &new).map_err(&err)?;
-        if !write_terminals(&mut tx, prepared, &mut rows, &mut applied).map_err(&err)? {
-            tx.rollback().map_err(&err)?;
-            return Ok(None);
-        }
+        let appended =
+            journal::append(&mut tx, prepared, position, &rows.entries(&new)).map_err(&err)?;
+        advance_watermarks(&mut rows, &mut applied);
         applied.numbering_clashes = crate::store::numbering_clashes(records, |t, stream| {
             let held = rows.index.get(t).map(|&i| {
                 let pair = &rows.terminals[i].1.streams[stream_id(stream) as usize];
@@ -402,30 +538,29 @@ impl PgStore {
         })
         .unwrap_or_else(|never| match never {});
         tx.commit().map_err(&err)?;
-        for (name, t) in rows.terminals {
-            let revision = if t.changed || t.touched {
-                t.revision + 1
-            } else {
-                t.revision
-            };
-            let mut streams = t.streams;
-            for pair in &mut streams {
-                pair.advance = false;
-                let wm = pair.watermark;
-                pair.drops.retain(|d| d.1 > wm);
-                pair.numbering = pair.numbering.filter(|n| n - 1 > wm);
-            }
-            known.insert(
-                name,
-                Known {
-                    revision,
-                    streams,
-                    stored: t.stored,
-                },
-            );
+        if let Some(id) = appended {
+            position.last = position.last.max(id);
+            position.appended += 1;
         }
-        Ok(Some(applied))
+        for (_, mut t) in rows.terminals {
+            known.insert(t.id, remembered(&mut t));
+            pending.entry(t.id).or_default().add(t);
+        }
+        Ok(applied)
     }
+}
+
+/// What a connection keeps of a terminal once its group or fold committed: its streams, the
+/// drops and numbering starts the watermark passed forgotten.
+fn remembered(t: &mut Terminal) -> Known {
+    let mut streams = std::mem::take(&mut t.streams);
+    for pair in &mut streams {
+        pair.advance = false;
+        let wm = pair.watermark;
+        pair.drops.retain(|d| d.1 > wm);
+        pair.numbering = pair.numbering.filter(|n| n - 1 > wm);
+    }
+    Known { streams }
 }
 
 /// Whether a failed group is worth trying again as a whole (it was rolled back).

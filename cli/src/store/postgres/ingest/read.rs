@@ -36,8 +36,8 @@ pub(super) fn read_state(
     }
     if take == Take::Locked {
         let unknown = rows.terminals.iter().filter(|(_, t)| !t.known);
-        let sites: Vec<&str> = unknown.clone().map(|(_, t)| t.site.as_str()).collect();
-        let levels: Vec<&str> = unknown.map(|(_, t)| t.level).collect();
+        let sites: Vec<String> = unknown.clone().map(|(_, t)| t.site()).collect();
+        let levels: Vec<&str> = unknown.map(|(_, t)| t.id.site().level().as_str()).collect();
         let statement = prepared.get(
             tx,
             "INSERT INTO terminals (terminal, site, level)
@@ -47,7 +47,7 @@ pub(super) fn read_state(
         tx.execute(&statement, &[&names, &sites, &levels])?;
     }
     let lock = match take {
-        Take::Optimistic => "",
+        Take::Read => "",
         Take::Locked => "ORDER BY terminal FOR UPDATE",
     };
     let statement = prepared.get(

@@ -69,6 +69,20 @@ impl Runs {
         true
     }
 
+    /// Adds the seqs `first..=last` (stored elsewhere: another group's run).
+    pub(super) fn add(&mut self, first: i64, last: i64) {
+        if first > last {
+            return;
+        }
+        if self.0.last().is_none_or(|r| first > r.1.saturating_add(1)) {
+            self.0.push((first, last));
+            return;
+        }
+        let mut flat: Vec<i64> = self.flat().collect();
+        flat.extend([first, last]);
+        *self = Runs::from_flat(&flat);
+    }
+
     /// The last seq of the run holding `seq`, if one does.
     pub(super) fn end_of(&self, seq: i64) -> Option<i64> {
         let i = self.0.partition_point(|r| r.1 < seq);
@@ -156,6 +170,22 @@ mod tests {
         }
         assert_eq!(r, want);
         assert_eq!(r.0.len(), 12);
+    }
+
+    #[test]
+    fn a_run_added_joins_the_runs_it_touches_or_overlaps_and_a_reversed_one_is_nothing() {
+        let mut r = runs(&[1, 2, 3, 10, 11]);
+        r.add(20, 25);
+        assert_eq!(r.0, [(1, 3), (10, 11), (20, 25)]);
+        r.add(4, 9);
+        assert_eq!(r.0, [(1, 11), (20, 25)]);
+        r.add(15, 21);
+        assert_eq!(r.0, [(1, 11), (15, 25)]);
+        r.add(5, 4);
+        assert_eq!(r.0, [(1, 11), (15, 25)]);
+        let mut e = Runs::default();
+        e.add(3, 3);
+        assert_eq!(e.0, [(3, 3)]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Writing back a group's terminals' rows in `terminals`: watermarks advanced, newest values
-//! merged, presence and last reception, each row under the revision read, by one update and
-//! one insert of all the group's rows.
+//! The watermarks a group's terminals are given, and writing terminals' rows in `terminals`
+//! (a fold): watermarks advanced, newest values merged, presence and last reception, each row
+//! under the revision read, by one update and one insert of all the rows.
 
 use ::postgres::Transaction;
 use ::postgres::types::ToSql;
@@ -23,7 +23,7 @@ fn push_slice<T>(flat: &mut Vec<T>, items: impl IntoIterator<Item = T>) -> (i32,
 #[derive(Default)]
 struct Columns<'a> {
     names: Vec<&'a str>,
-    sites: Vec<&'a str>,
+    sites: Vec<String>,
     levels: Vec<&'a str>,
     online: Vec<bool>,
     offline: Vec<Option<i64>>,
@@ -46,8 +46,8 @@ struct Columns<'a> {
 impl<'a> Columns<'a> {
     fn push(&mut self, name: &'a str, t: &'a Terminal) {
         self.names.push(name);
-        self.sites.push(&t.site);
-        self.levels.push(t.level);
+        self.sites.push(t.site());
+        self.levels.push(t.id.site().level().as_str());
         let p = t.presence.as_ref();
         self.online.push(t.online());
         self.offline.push(t.offline);
@@ -123,18 +123,9 @@ impl<'a> Columns<'a> {
                 twm, ewm, tlo, thi, elo, ehi, metrics, vlo, vhi, offline)"#;
 }
 
-/// Advances the watermarks of the touched terminals' streams, gives those terminals their
-/// watermarks, merges the newest values (a metric's newer value replaces the older, the
-/// group's on a tie), and writes the row of every terminal of the group: presence and last
-/// reception merged with what is stored; the runs, watermarks and newest values of the
-/// terminals they changed for, under the revision read. An existing row is updated, a new one
-/// inserted. False if another group wrote or created one of the rows since it was read.
-pub(super) fn write_terminals(
-    tx: &mut Transaction<'_>,
-    prepared: &mut Prepared,
-    rows: &mut Rows,
-    applied: &mut Applied,
-) -> Result<bool, ::postgres::Error> {
+/// Advances the watermarks of the streams that may move, and gives the terminals that sent
+/// messages their watermarks.
+pub(super) fn advance_watermarks(rows: &mut Rows, applied: &mut Applied) {
     for (_, t) in &mut rows.terminals {
         let mut wm = Watermarks::default();
         for stream in Stream::ALL {
@@ -149,12 +140,26 @@ pub(super) fn write_terminals(
         if t.touched {
             applied.watermarks.push((t.id, wm));
         }
-        for (metric, &(at, value)) in &t.latest {
-            match t.stored.get_mut(metric) {
-                Some(e) if at >= e.0 => *e = (at, value),
+    }
+}
+
+/// Writes the row of every terminal of `rows` (watermarks advanced): presence and last
+/// reception merged with what is stored; the runs, watermarks and newest values (a metric's
+/// newer value replaces the older, the later one's on a tie) of the terminals they changed
+/// for, under the revision read. An existing row is updated, a new one inserted. False if
+/// something else wrote or created one of the rows since it was read.
+pub(super) fn write_terminals(
+    tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
+    rows: &mut Rows,
+) -> Result<bool, ::postgres::Error> {
+    for (_, t) in &mut rows.terminals {
+        for (metric, at, value) in &t.latest {
+            match t.stored.get_mut(metric.name()) {
+                Some(e) if *at >= e.0 => *e = (*at, *value),
                 Some(_) => {}
                 None => {
-                    t.stored.insert(metric.clone(), (at, value));
+                    t.stored.insert(metric.name().to_owned(), (*at, *value));
                 }
             }
         }
