@@ -1550,6 +1550,99 @@ fn an_instance_that_remembers_a_terminal_answers_with_what_another_instance_stor
     assert_eq!(db.count(A, Stream::Telemetry), 11);
 }
 
+/// Two instances fold the same terminal's row in turn: the one whose remembered row another
+/// wrote since reads it again, so the newest values, presence and watermark merge from both
+/// (a value newer by its time wins, whoever stored it), and nothing is left in the journal.
+#[test]
+fn instances_folding_one_terminal_in_turn_merge_its_newest_values_and_presence() {
+    let db = postgres();
+    let (mut x, mut y) = (db.open(), db.open());
+    x.apply(&[temp(A, 1, T0 + 1_000, "1.00"), presence(A, true, T0)])
+        .unwrap();
+    x.settle().unwrap();
+    y.apply(&[telemetry(
+        A,
+        2,
+        T0 + 3_000,
+        T0 + 3_000,
+        vec![
+            sample(0, Metric::AirTemp, "2.00"),
+            sample(0, Metric::Humidity, "50.00"),
+        ],
+    )])
+    .unwrap();
+    y.settle().unwrap();
+    // `x` remembers the row as it wrote it; `y` wrote it since. An older temperature and a
+    // newer humidity.
+    x.apply(&[telemetry(
+        A,
+        3,
+        T0 + 2_000,
+        T0 + 4_000,
+        vec![
+            sample(0, Metric::AirTemp, "3.00"),
+            sample(2_000, Metric::Humidity, "60.00"),
+        ],
+    )])
+    .unwrap();
+    x.settle().unwrap();
+    let rows = db.open().sites(None).unwrap();
+    let a = site(&rows, A);
+    assert_eq!(metric(a, "env.temp"), Some(2.0));
+    assert_eq!(metric(a, "env.humidity"), Some(60.0));
+    assert!(a.online);
+    assert_eq!(a.last_seen_ms, Some(T0 + 4_000));
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT telemetry_wm FROM terminals WHERE terminal = '{A}'"
+        )),
+        3
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM ingest_journal"), 0);
+}
+
+/// Journal rows an instance left unfolded long ago (it stopped mid-way) count for
+/// de-duplication as they are, and the next fold of another instance folds them into the rows
+/// of their terminals.
+#[test]
+fn journal_rows_an_instance_left_behind_count_at_once_and_are_folded_by_another() {
+    const B: &str = "130102001002-main";
+    let db = postgres();
+    drop(db.open());
+    let mut c = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    c.execute(
+        "INSERT INTO ingest_journal
+            (id, instance, terminals, streams, kinds, firsts, lasts, written_ms)
+         VALUES (nextval('ingest_journal_id'), 42, ARRAY[$1], '{0}', '{0}', '{1}', '{3}', 0)",
+        &[&B],
+    )
+    .unwrap();
+    let mut x = db.open();
+    // What the journal says is stored is a duplicate, and the watermark passes it.
+    let a = x
+        .apply(&[
+            temp(B, 2, T0 + 2_000, "1.00"),
+            temp(B, 4, T0 + 4_000, "1.00"),
+        ])
+        .unwrap();
+    assert_eq!(counts(&a), (1, 1, 1));
+    assert_eq!(marks(&a, B).unwrap().telemetry, 4);
+    x.settle().unwrap();
+    assert_eq!(db.scalar("SELECT count(*) FROM ingest_journal"), 0);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT telemetry_wm FROM terminals WHERE terminal = '{B}'"
+        )),
+        4
+    );
+    // Read afresh by a new instance: still a duplicate.
+    let a = db.open().apply(&[temp(B, 1, T0 + 1_000, "1.00")]).unwrap();
+    assert_eq!(
+        (counts(&a), marks(&a, B).unwrap().telemetry),
+        ((0, 1, 0), 4)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: partitions, retention, migrations.
 

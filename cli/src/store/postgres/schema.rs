@@ -311,7 +311,10 @@ CREATE TABLE ingest_journal (
     streams   smallint[] NOT NULL,
     kinds     smallint[] NOT NULL,
     firsts    bigint[] NOT NULL,
-    lasts     bigint[] NOT NULL
+    lasts     bigint[] NOT NULL,
+    -- When it was appended (ms since the epoch): a row an instance left long ago is folded
+    -- by another.
+    written_ms bigint NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint
 );
 -- Short-lived rows: kept uncompressed (compressing a group's arrays costs more than the WAL).
 ALTER TABLE ingest_journal ALTER COLUMN terminals SET STORAGE EXTERNAL,

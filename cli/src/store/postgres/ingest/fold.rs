@@ -1,13 +1,15 @@
-//! Folding: the whole journal and what this connection's groups brought since its last fold
-//! (presence, receptions, newest values) written into the rows of `terminals`, in one
-//! transaction under the journal's lock; the journal's rows folded are deleted.
+//! Folding: what this connection's groups brought since its last fold (runs and watermarks,
+//! presence, receptions, newest values) written into the rows of `terminals`, in one
+//! transaction under the journal's lock, and the journal's rows folded deleted. Nearly always
+//! from what the connection remembers, its own rows only; the whole journal, reading the rows,
+//! when that cannot be.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use cuntong_core::terminal_id::TerminalId;
 
-use super::{Ingest, Rows, Take, journal, read_state, remembered, write_terminals};
+use super::{Ingest, Pending, Rows, Take, journal, read_state, remembered, write_terminals};
 use crate::store::postgres::PgStore;
 use crate::store::{Applied, StoreError};
 
@@ -22,9 +24,73 @@ impl PgStore {
         }
     }
 
-    /// Folds the journal and this connection's pending state into `terminals`. On an error
-    /// nothing changed (the pending state is kept for the next fold).
+    /// Folds this connection's groups since its last fold into `terminals`: from what it
+    /// remembers where it can, else the whole journal. On an error nothing changed (the pending
+    /// state is kept for the next fold).
     pub(in crate::store::postgres) fn fold(&self) -> Result<(), StoreError> {
+        if self.fold_remembered()? {
+            return Ok(());
+        }
+        self.fold_whole()
+    }
+
+    /// The quick fold: the rows of the terminals this connection's groups brought since its
+    /// last fold, written from what it remembers (no row read), under the revisions it
+    /// remembers; its own journal rows deleted. False (nothing changed) if it cannot: a
+    /// terminal it no longer remembers, a row another instance wrote since, or journal rows
+    /// an instance left long ago (those take [`PgStore::fold_whole`]).
+    fn fold_remembered(&self) -> Result<bool, StoreError> {
+        let err = self.err("folding the ingest journal into the terminals' rows");
+        let mut client = self.client.borrow_mut();
+        let mut ingest = self.ingest.borrow_mut();
+        let Ingest {
+            prepared,
+            known,
+            pending,
+            position,
+            names,
+        } = &mut *ingest;
+        let mut tx = client.transaction().map_err(&err)?;
+        journal::lock(&mut tx).map_err(&err)?;
+        journal::catch_up(&mut tx, prepared, position, known).map_err(&err)?;
+        if journal::left_behind(&mut tx, prepared, position).map_err(&err)?
+            || pending.keys().any(|id| !known.contains_key(id))
+        {
+            return Ok(false);
+        }
+        for id in pending.keys() {
+            names.entry(*id).or_insert_with(|| id.to_string());
+        }
+        let mut rows = Rows::of(
+            pending
+                .keys()
+                .filter_map(|id| names.get(id).map(|n| (n.clone(), *id))),
+        );
+        for (_, t) in &mut rows.terminals {
+            if let Some(k) = known.remove(&t.id) {
+                t.take(k);
+            }
+        }
+        let written = fill_and_write(&mut tx, prepared, &mut rows, pending).map_err(&err)?;
+        if written {
+            journal::delete_own(&mut tx, prepared, position).map_err(&err)?;
+            tx.commit().map_err(&err)?;
+            pending.clear();
+            position.appended = 0;
+            position.folded = Instant::now();
+        }
+        // Rolled back: forgotten (the whole fold reads them again).
+        if written {
+            for (_, mut t) in rows.terminals {
+                known.insert(t.id, remembered(&mut t, true));
+            }
+        }
+        Ok(written)
+    }
+
+    /// The whole fold: every terminal of the journal and those this connection has something
+    /// of, their rows read (created where missing) and locked, the whole journal deleted.
+    fn fold_whole(&self) -> Result<(), StoreError> {
         let err = self.err("folding the ingest journal into the terminals' rows");
         let mut client = self.client.borrow_mut();
         let mut ingest = self.ingest.borrow_mut();
@@ -64,19 +130,7 @@ impl PgStore {
         }
         read_state(&mut tx, prepared, &mut rows, Take::Locked).map_err(&err)?;
         rows.add_runs(runs);
-        for (_, t) in &mut rows.terminals {
-            for pair in &mut t.streams {
-                pair.advance = true;
-            }
-            if let Some(p) = pending.get(&t.id) {
-                t.presence.clone_from(&p.presence);
-                t.last_seen = p.last_seen;
-                t.offline = p.offline;
-                t.latest.clone_from(&p.latest);
-            }
-        }
-        super::advance_watermarks(&mut rows, &mut Applied::default());
-        if !write_terminals(&mut tx, prepared, &mut rows).map_err(&err)? {
+        if !fill_and_write(&mut tx, prepared, &mut rows, pending).map_err(&err)? {
             // Created and locked by the read: nothing else writes them meanwhile.
             return Err(StoreError::Contended {
                 at: self.at.clone(),
@@ -89,8 +143,33 @@ impl PgStore {
         position.appended = 0;
         position.folded = Instant::now();
         for (_, mut t) in rows.terminals {
-            known.insert(t.id, remembered(&mut t));
+            known.insert(t.id, remembered(&mut t, true));
         }
         Ok(())
     }
+}
+
+/// Gives `rows` (their streams and rows taken) what the groups since the last fold brought
+/// (`pending`), advances their watermarks and writes them, each under a new revision; false if
+/// a row was written by another since its revision was taken.
+fn fill_and_write(
+    tx: &mut ::postgres::Transaction<'_>,
+    prepared: &mut super::Prepared,
+    rows: &mut Rows,
+    pending: &HashMap<TerminalId, Pending>,
+) -> Result<bool, ::postgres::Error> {
+    for (_, t) in &mut rows.terminals {
+        t.touched = true;
+        for pair in &mut t.streams {
+            pair.advance = true;
+        }
+        if let Some(p) = pending.get(&t.id) {
+            t.presence.clone_from(&p.presence);
+            t.last_seen = p.last_seen;
+            t.offline = p.offline;
+            t.latest.clone_from(&p.latest);
+        }
+    }
+    super::advance_watermarks(rows, &mut Applied::default());
+    write_terminals(tx, prepared, rows)
 }

@@ -264,6 +264,43 @@ pub(super) fn all_runs(
     Ok((runs, through))
 }
 
+/// How long an instance's journal rows may stay unfolded before another instance folds them:
+/// a live instance folds its own within a second or two.
+const LEFT_BEHIND_MS: i64 = 30_000;
+
+/// Whether the journal holds rows another connection appended longer ago than
+/// [`LEFT_BEHIND_MS`] (an instance that stopped before it folded them).
+pub(super) fn left_behind(
+    tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
+    position: &Position,
+) -> Result<bool, ::postgres::Error> {
+    let statement = prepared.get(
+        tx,
+        "SELECT EXISTS (SELECT 1 FROM ingest_journal WHERE instance <> $1
+            AND written_ms < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $2)",
+    )?;
+    Ok(tx
+        .query_one(&statement, &[&position.instance, &LEFT_BEHIND_MS])?
+        .get(0))
+}
+
+/// Deletes this connection's own journal rows (folded) and notes how far.
+pub(super) fn delete_own(
+    tx: &mut Transaction<'_>,
+    prepared: &mut Prepared,
+    position: &Position,
+) -> Result<(), ::postgres::Error> {
+    let statement = prepared.get(
+        tx,
+        "WITH d AS (DELETE FROM ingest_journal WHERE instance = $1 RETURNING id)
+         UPDATE ingest_folds SET deleted_through = greatest(deleted_through,
+            (SELECT coalesce(max(id), 0) FROM d))",
+    )?;
+    tx.execute(&statement, &[&position.instance])?;
+    Ok(())
+}
+
 /// Deletes the journal's rows up to `through` (folded) and notes it.
 pub(super) fn delete_through(
     tx: &mut Transaction<'_>,

@@ -67,10 +67,15 @@ fn keep_newer(newest: &mut Newest, metric: &Metric, at: i64, value: f64) {
     }
 }
 
-/// What a connection knows of a terminal's streams (watermark, runs, the drops and numbering
-/// start ahead), exact as of its last group: a group takes it instead of reading the row.
+/// What a connection knows of a terminal: its streams (watermark, runs, the drops and numbering
+/// start ahead), exact as of its last group (a group takes them instead of reading the row),
+/// and its row as this connection last read or wrote it (whether it exists, its revision and
+/// newest values): a fold writes it from there, under that revision.
 pub(super) struct Known {
     streams: [Pair; 2],
+    exists: bool,
+    revision: i64,
+    stored: Latest,
 }
 
 /// The terminals a connection knows.
@@ -201,6 +206,15 @@ impl Terminal {
             Some(p) => p.0 || heard_after,
             None => heard_after,
         }
+    }
+
+    /// Takes what the connection knows of it instead of reading its row.
+    fn take(&mut self, k: Known) {
+        self.known = true;
+        self.streams = k.streams;
+        self.exists = k.exists;
+        self.revision = k.revision;
+        self.stored = k.stored;
     }
 
     /// Its site code, as stored.
@@ -432,8 +446,7 @@ impl PgStore {
         // others are read, with their runs in the journal.
         for (_, t) in &mut rows.terminals {
             if let Some(k) = known.remove(&t.id) {
-                t.known = true;
-                t.streams = k.streams;
+                t.take(k);
             }
         }
         read_state(&mut tx, prepared, &mut rows, Take::Read).map_err(&err)?;
@@ -543,16 +556,17 @@ impl PgStore {
             position.appended += 1;
         }
         for (_, mut t) in rows.terminals {
-            known.insert(t.id, remembered(&mut t));
+            known.insert(t.id, remembered(&mut t, false));
             pending.entry(t.id).or_default().add(t);
         }
         Ok(applied)
     }
 }
 
-/// What a connection keeps of a terminal once its group or fold committed: its streams, the
-/// drops and numbering starts the watermark passed forgotten.
-fn remembered(t: &mut Terminal) -> Known {
+/// What a connection keeps of a terminal once its group or fold (`written`: its row was
+/// written, under the next revision) committed: its streams, the drops and numbering starts the
+/// watermark passed forgotten, and its row.
+fn remembered(t: &mut Terminal, written: bool) -> Known {
     let mut streams = std::mem::take(&mut t.streams);
     for pair in &mut streams {
         pair.advance = false;
@@ -560,7 +574,12 @@ fn remembered(t: &mut Terminal) -> Known {
         pair.drops.retain(|d| d.1 > wm);
         pair.numbering = pair.numbering.filter(|n| n - 1 > wm);
     }
-    Known { streams }
+    Known {
+        streams,
+        exists: t.exists || written,
+        revision: t.revision + i64::from(written),
+        stored: std::mem::take(&mut t.stored),
+    }
 }
 
 /// Whether a failed group is worth trying again as a whole (it was rolled back).
