@@ -8,7 +8,7 @@
 //!   is stored, and a DEFAULT partition for times no day partition takes, so nothing is
 //!   refused); [`PgStore::drop_before`] drops whole days. It has no per-message key: a group's
 //!   rows are binary-COPied in terminal order and found through a BRIN index of (terminal,
-//!   time) over ranges of 4 pages, summarised every [`SUMMARISE_EVERY`] groups.
+//!   time) over ranges of 4 pages, the new ranges summarised at each fold (see below).
 //! - De-duplication is by runs of seqs: each terminal's row in `terminals` holds, per stream,
 //!   the runs of seqs stored and the watermark, and its newest values; what groups stored
 //!   since the rows were last written is in the ingest journal. A group takes the journal's
@@ -62,8 +62,6 @@ pub use schema::MIGRATIONS;
 const DDL_LOCK: i64 = 0x6375_6e74_6f6e_6701;
 
 const DAY_MS: i64 = 86_400_000;
-/// Groups stored between two summaries of the new ranges of the BRIN index of `messages`.
-const SUMMARISE_EVERY: u32 = 16;
 /// Days with a partition of their own: 1970-01-01 up to 9999-12-31; any other time (a clock
 /// off by centuries, a wrapped value) goes to the DEFAULT partition.
 const LAST_DAY: i64 = 2_932_896;
@@ -81,9 +79,8 @@ pub struct PgStore {
     ingest: RefCell<Ingest>,
     /// Opened for reading only: records are refused.
     read_only: bool,
-    /// Groups stored since the new ranges of the BRIN index of `messages` were summarised, and
-    /// the day partitions they wrote.
-    unsummarised: u32,
+    /// The day partitions written since the new ranges of the BRIN index of `messages` were
+    /// last summarised (at a fold).
     written: HashSet<String>,
 }
 
@@ -250,7 +247,6 @@ impl PgStore {
             days: HashSet::new(),
             ingest: RefCell::new(Ingest::new()),
             read_only: false,
-            unsummarised: 0,
             written: HashSet::new(),
         };
         // The driver logs the server's notices; warnings and errors are enough.
@@ -639,13 +635,9 @@ impl Store for PgStore {
                 Err(e) => return Err(e),
             }
         };
-        self.unsummarised += 1;
-        if self.unsummarised >= SUMMARISE_EVERY {
-            self.unsummarised = 0;
-            self.summarise();
-        }
         if self.ingest.get_mut().fold_due() {
             self.fold_quietly();
+            self.summarise();
         }
         Ok(applied)
     }
@@ -653,6 +645,9 @@ impl Store for PgStore {
     fn settle(&mut self) -> Result<(), StoreError> {
         if self.ingest.get_mut().unfolded() {
             self.fold()?;
+        }
+        if !self.written.is_empty() {
+            self.summarise();
         }
         Ok(())
     }

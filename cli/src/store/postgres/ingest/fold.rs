@@ -4,7 +4,7 @@
 //! from what the connection remembers, its own rows only; the whole journal, reading the rows,
 //! when that cannot be.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use cuntong_core::terminal_id::TerminalId;
@@ -156,7 +156,7 @@ fn fill_and_write(
     tx: &mut ::postgres::Transaction<'_>,
     prepared: &mut super::Prepared,
     rows: &mut Rows,
-    pending: &HashMap<TerminalId, Pending>,
+    pending: &super::ById<Pending>,
 ) -> Result<bool, ::postgres::Error> {
     for (_, t) in &mut rows.terminals {
         t.touched = true;

@@ -58,9 +58,14 @@ type Latest = BTreeMap<String, (i64, f64)>;
 /// terminal (scanned, not looked up).
 type Newest = Vec<(Metric, i64, f64)>;
 
-/// Keeps the newer of a metric's values in `newest` (the later one on a tie).
-fn keep_newer(newest: &mut Newest, metric: &Metric, at: i64, value: f64) {
-    match newest.iter_mut().find(|e| e.0 == *metric) {
+/// Keeps the newer of a metric's values in `newest` (the later one on a tie). `hint`: where
+/// it is likely to be (batches of a terminal list their metrics in the same order).
+fn keep_newer(newest: &mut Newest, hint: usize, metric: &Metric, at: i64, value: f64) {
+    let found = match newest.get(hint) {
+        Some(e) if e.0 == *metric => Some(hint),
+        _ => newest.iter().position(|e| e.0 == *metric),
+    };
+    match found.and_then(|i| newest.get_mut(i)) {
         Some(e) if at as u64 >= e.1 as u64 => (e.1, e.2) = (at, value),
         Some(_) => {}
         None => newest.push((metric.clone(), at, value)),
@@ -78,8 +83,11 @@ pub(super) struct Known {
     stored: Latest,
 }
 
+/// A map by terminal, with a fast hash (the ids are central's own, checked on the way in).
+pub(super) type ById<V> = HashMap<TerminalId, V, foldhash::fast::RandomState>;
+
 /// The terminals a connection knows.
-pub(super) type KnownRows = HashMap<TerminalId, Known>;
+pub(super) type KnownRows = ById<Known>;
 
 /// What this connection's groups brought of a terminal since it last folded: the row takes it
 /// at the next fold.
@@ -99,8 +107,12 @@ impl Pending {
         }
         self.last_seen = self.last_seen.max(t.last_seen);
         self.offline = self.offline.max(t.offline);
-        for (metric, at, value) in &t.latest {
-            keep_newer(&mut self.latest, metric, *at, *value);
+        if self.latest.is_empty() {
+            self.latest = t.latest;
+            return;
+        }
+        for (i, (metric, at, value)) in t.latest.iter().enumerate() {
+            keep_newer(&mut self.latest, i, metric, *at, *value);
         }
     }
 }
@@ -110,20 +122,20 @@ impl Pending {
 pub(super) struct Ingest {
     prepared: Prepared,
     known: KnownRows,
-    pending: HashMap<TerminalId, Pending>,
+    pending: ById<Pending>,
     position: Position,
     /// The terminals' names, written once.
-    names: HashMap<TerminalId, String>,
+    names: ById<String>,
 }
 
 impl Ingest {
     pub(super) fn new() -> Ingest {
         Ingest {
             prepared: Prepared::default(),
-            known: KnownRows::new(),
-            pending: HashMap::new(),
+            known: KnownRows::default(),
+            pending: ById::default(),
             position: Position::new(),
-            names: HashMap::new(),
+            names: ById::default(),
         }
     }
 
@@ -229,7 +241,7 @@ impl Terminal {
 struct Rows {
     /// The terminals in terminal order (the lock order), and where each is.
     terminals: Vec<(String, Terminal)>,
-    index: HashMap<TerminalId, usize>,
+    index: ById<usize>,
     dropped: BTreeMap<(String, i16, i64), i64>,
     numbering: BTreeMap<(String, i16), i64>,
     rejected: Vec<(String, i64, String, Vec<u8>)>,
@@ -255,8 +267,8 @@ impl Rows {
     }
 
     /// The terminals of `records`, in terminal order; `names` holds (or is given) their names.
-    fn new(records: &[Record], names: &mut HashMap<TerminalId, String>) -> Rows {
-        let mut seen: std::collections::HashSet<TerminalId> = std::collections::HashSet::new();
+    fn new(records: &[Record], names: &mut ById<String>) -> Rows {
+        let mut seen: ById<()> = ById::default();
         let mut ids = Vec::new();
         for r in records {
             let t = match r {
@@ -266,7 +278,7 @@ impl Rows {
                 | Record::Lost { terminal, .. } => terminal,
                 Record::Rejected { .. } => continue,
             };
-            if seen.insert(*t) {
+            if seen.insert(*t, ()).is_none() {
                 ids.push(*t);
             }
         }
@@ -502,10 +514,13 @@ impl PgStore {
             }
             match r {
                 Record::Telemetry { envelope, .. } => {
-                    for s in &envelope.body.samples {
+                    if t.latest.is_empty() {
+                        t.latest.reserve(envelope.body.samples.len());
+                    }
+                    for (k, s) in envelope.body.samples.iter().enumerate() {
                         applied.values += 1;
                         let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
-                        keep_newer(&mut t.latest, &s.metric, ts, s.value.to_f64());
+                        keep_newer(&mut t.latest, k, &s.metric, ts, s.value.to_f64());
                     }
                 }
                 Record::Event { envelope, .. } => match envelope.body {
