@@ -656,6 +656,43 @@ mod tests {
         assert_eq!(ob.next_seq(Stream::Events), base + 8);
     }
 
+    /// A simulator runs thousands of outboxes in one process: their disk work shares a few
+    /// threads (a thread each ran out of threads at a province's 54,145 boxes), and each
+    /// outbox's work is still done, in order, by the time it settles.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn many_outboxes_share_a_few_disk_threads_and_each_settles_its_own_work() {
+        let dirs: Vec<_> = (0..300).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut outboxes: Vec<Outbox> = dirs
+            .iter()
+            .map(|d| Outbox::open(d.path(), cfg(1 << 20)).unwrap().0)
+            .collect();
+        for ob in &mut outboxes {
+            for _ in 0..3 {
+                ob.append(Stream::Telemetry, 0, b"a record").unwrap();
+            }
+            ob.flush().unwrap();
+        }
+        let disk_threads = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "outbox-disk")
+            .count();
+        assert!(
+            (1..=disk::WORKERS).contains(&disk_threads),
+            "{disk_threads} disk threads for 300 outboxes"
+        );
+        for ob in &mut outboxes {
+            ob.settle().unwrap();
+        }
+        drop(outboxes);
+        for d in &dirs {
+            let (ob, report) = Outbox::open(d.path(), cfg(1 << 20)).unwrap();
+            assert_eq!(report.records, 3);
+            drop(ob);
+        }
+    }
+
     #[test]
     fn a_disk_that_hangs_never_holds_up_appends_flushes_or_confirmations() {
         let dir = tempfile::tempdir().unwrap();
