@@ -1601,6 +1601,23 @@ fn instances_folding_one_terminal_in_turn_merge_its_newest_values_and_presence()
     assert_eq!(db.scalar("SELECT count(*) FROM ingest_journal"), 0);
 }
 
+/// While groups keep coming (the writer never idle), what they bring reaches the fleet view
+/// others read within about a second, presence alone too: a group a second past the last fold
+/// folds.
+#[test]
+fn groups_that_keep_coming_fold_at_least_every_second_presence_alone_too() {
+    let db = postgres();
+    let mut writer = db.open();
+    writer.apply(&[presence(A, true, T0)]).unwrap();
+    writer.settle().unwrap();
+    let online = || site(&db.open().sites(None).unwrap(), A).online;
+    assert!(online());
+    writer.apply(&[presence(A, false, T0 + 1_000)]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    writer.apply(&[presence(A, false, T0 + 2_000)]).unwrap();
+    assert!(!online(), "a group a second after the last fold folds");
+}
+
 /// Journal rows an instance left unfolded long ago (it stopped mid-way) count for
 /// de-duplication as they are, and the next fold of another instance folds them into the rows
 /// of their terminals.

@@ -139,11 +139,11 @@ impl Ingest {
         }
     }
 
-    /// Whether a fold is due while groups keep coming: a second since the last, or that many
-    /// rows appended.
+    /// Whether a fold is due while groups keep coming: that many rows appended, or anything
+    /// to fold (presence alone too) and a second since the last.
     pub(super) fn fold_due(&self) -> bool {
         self.position.appended >= FOLD_ROWS
-            || (self.position.appended > 0 && self.position.folded.elapsed() >= FOLD_EVERY)
+            || (self.unfolded() && self.position.folded.elapsed() >= FOLD_EVERY)
     }
 
     /// Whether anything is left to fold.
