@@ -40,112 +40,123 @@ impl PgStore {
     /// terminal it no longer remembers, a row another instance wrote since, or journal rows
     /// an instance left long ago (those take [`PgStore::fold_whole`]).
     fn fold_remembered(&self) -> Result<bool, StoreError> {
-        let err = self.err("folding the ingest journal into the terminals' rows");
-        let mut client = self.client.borrow_mut();
-        let mut ingest = self.ingest.borrow_mut();
-        let Ingest {
-            prepared,
-            known,
-            pending,
-            position,
-            names,
-        } = &mut *ingest;
-        let mut tx = client.transaction().map_err(&err)?;
-        journal::lock(&mut tx).map_err(&err)?;
-        journal::catch_up(&mut tx, prepared, position, known).map_err(&err)?;
-        if journal::left_behind(&mut tx, prepared, position).map_err(&err)?
-            || pending.keys().any(|id| !known.contains_key(id))
-        {
-            return Ok(false);
-        }
-        for id in pending.keys() {
-            names.entry(*id).or_insert_with(|| id.to_string());
-        }
-        let mut rows = Rows::of(
-            pending
-                .keys()
-                .filter_map(|id| names.get(id).map(|n| (n.clone(), *id))),
-        );
-        for (_, t) in &mut rows.terminals {
-            if let Some(k) = known.remove(&t.id) {
-                t.take(k);
+        self.in_fold(|tx, ingest| {
+            let Ingest {
+                prepared,
+                known,
+                pending,
+                position,
+                names,
+            } = ingest;
+            journal::catch_up(tx, prepared, position, known)?;
+            if journal::left_behind(tx, prepared, position)?
+                || pending.keys().any(|id| !known.contains_key(id))
+            {
+                return Ok(None);
             }
-        }
-        let written = fill_and_write(&mut tx, prepared, &mut rows, pending).map_err(&err)?;
-        if written {
-            journal::delete_own(&mut tx, prepared, position).map_err(&err)?;
-            tx.commit().map_err(&err)?;
-            pending.clear();
-            position.appended = 0;
-            position.folded = Instant::now();
-        }
-        // Rolled back: forgotten (the whole fold reads them again).
-        if written {
-            for (_, mut t) in rows.terminals {
-                known.insert(t.id, remembered(&mut t, true));
+            let mut rows = Rows::of(
+                pending
+                    .keys()
+                    .filter_map(|id| names.get(id).map(|n| (n.clone(), *id))),
+            );
+            for (_, t) in &mut rows.terminals {
+                if let Some(k) = known.remove(&t.id) {
+                    t.take(k);
+                }
             }
-        }
-        Ok(written)
+            // Not written: rolled back, and what it took is forgotten (the whole fold reads
+            // those terminals again).
+            if !fill_and_write(tx, prepared, &mut rows, pending)? {
+                return Ok(None);
+            }
+            journal::delete_own(tx, prepared, position)?;
+            Ok(Some(rows))
+        })
     }
 
     /// The whole fold: every terminal of the journal and those this connection has something
     /// of, their rows read (created where missing) and locked, the whole journal deleted.
     fn fold_whole(&self) -> Result<(), StoreError> {
-        let err = self.err("folding the ingest journal into the terminals' rows");
-        let mut client = self.client.borrow_mut();
-        let mut ingest = self.ingest.borrow_mut();
-        let Ingest {
-            prepared,
-            known,
-            pending,
-            position,
-            names,
-        } = &mut *ingest;
-        let mut tx = client.transaction().map_err(&err)?;
-        journal::lock(&mut tx).map_err(&err)?;
-        let (runs, through) = journal::all_runs(&mut tx, prepared).map_err(&err)?;
+        let written = self.in_fold(|tx, ingest| {
+            let Ingest {
+                prepared,
+                pending,
+                position,
+                names,
+                ..
+            } = ingest;
+            let (runs, through) = journal::all_runs(tx, prepared)?;
 
-        // Every terminal of the journal, and those this connection has something of.
-        let mut by_name: BTreeMap<&str, TerminalId> = BTreeMap::new();
-        for (name, ..) in &runs {
-            // Names in the journal are those groups wrote: terminal ids.
-            if !by_name.contains_key(name.as_str())
-                && let Ok(id) = name.parse::<TerminalId>()
-            {
-                by_name.insert(name, id);
+            // Every terminal of the journal, and those this connection has something of.
+            let mut by_name: BTreeMap<&str, TerminalId> = BTreeMap::new();
+            for (name, ..) in &runs {
+                // Names in the journal are those groups wrote: terminal ids.
+                if !by_name.contains_key(name.as_str())
+                    && let Ok(id) = name.parse::<TerminalId>()
+                {
+                    by_name.insert(name, id);
+                }
             }
-        }
-        for id in pending.keys() {
-            names.entry(*id).or_insert_with(|| id.to_string());
-        }
-        for id in pending.keys() {
-            if let Some(name) = names.get(id) {
-                by_name.insert(name, *id);
+            for id in pending.keys() {
+                if let Some(name) = names.get(id) {
+                    by_name.insert(name, *id);
+                }
             }
-        }
-        let mut rows = Rows::of(by_name.into_iter().map(|(n, id)| (n.to_owned(), id)));
-        for (_, t) in &mut rows.terminals {
-            // Read with the drops and numbering starts ahead, and written under a new revision.
-            t.touched = true;
-        }
-        read_state(&mut tx, prepared, &mut rows, Take::Locked).map_err(&err)?;
-        rows.add_runs(runs);
-        if !fill_and_write(&mut tx, prepared, &mut rows, pending).map_err(&err)? {
+            let mut rows = Rows::of(by_name.into_iter().map(|(n, id)| (n.to_owned(), id)));
+            for (_, t) in &mut rows.terminals {
+                // Read with the drops and numbering starts ahead, and written under a new
+                // revision.
+                t.touched = true;
+            }
+            read_state(tx, prepared, &mut rows, Take::Locked)?;
+            rows.add_runs(runs);
             // Created and locked by the read: nothing else writes them meanwhile.
+            if !fill_and_write(tx, prepared, &mut rows, pending)? {
+                return Ok(None);
+            }
+            journal::delete_through(tx, prepared, through)?;
+            position.last = position.last.max(through);
+            Ok(Some(rows))
+        })?;
+        if !written {
             return Err(StoreError::Contended {
                 at: self.at.clone(),
             });
         }
-        journal::delete_through(&mut tx, prepared, through).map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        pending.clear();
-        position.last = position.last.max(through);
-        position.appended = 0;
-        position.folded = Instant::now();
-        for (_, mut t) in rows.terminals {
-            known.insert(t.id, remembered(&mut t, true));
-        }
         Ok(())
+    }
+
+    /// Runs a fold `f` in one transaction under the journal's lock, with the names of the
+    /// terminals pending known, and commits it if `f` gives the rows it wrote (else rolls it
+    /// back); whether it committed. After a commit nothing is pending and the rows written are
+    /// remembered.
+    fn in_fold(
+        &self,
+        f: impl FnOnce(
+            &mut ::postgres::Transaction<'_>,
+            &mut Ingest,
+        ) -> Result<Option<Rows>, ::postgres::Error>,
+    ) -> Result<bool, StoreError> {
+        let err = self.err("folding the ingest journal into the terminals' rows");
+        let mut client = self.client.borrow_mut();
+        let mut ingest = self.ingest.borrow_mut();
+        let mut tx = client.transaction().map_err(&err)?;
+        journal::lock(&mut tx).map_err(&err)?;
+        let Ingest { pending, names, .. } = &mut *ingest;
+        for id in pending.keys() {
+            names.entry(*id).or_insert_with(|| id.to_string());
+        }
+        let Some(rows) = f(&mut tx, &mut ingest).map_err(&err)? else {
+            return Ok(false);
+        };
+        tx.commit().map_err(&err)?;
+        ingest.pending.clear();
+        ingest.position.appended = 0;
+        ingest.position.folded = Instant::now();
+        for (_, mut t) in rows.terminals {
+            ingest.known.insert(t.id, remembered(&mut t, true));
+        }
+        Ok(true)
     }
 }
 
