@@ -79,19 +79,20 @@ fn metric(r: &SiteRow, name: &str) -> Option<f64> {
     r.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
 }
 
-pub fn site_json(r: &SiteRow, names: &Names) -> SiteJson {
+/// A terminal's row as `sites --json` shows it (taken: a province's rows are not copied).
+pub fn site_json(r: SiteRow, names: &Names) -> SiteJson {
     SiteJson {
-        terminal: r.terminal.clone(),
-        site: r.site.clone(),
-        level: r.level.clone(),
         name: names.terminal_str(&r.terminal).to_owned(),
         region_path: names.path_str(&r.site),
-        online: r.online,
-        version: r.version.clone(),
+        outbox_depth: metric(&r, "outbox.depth").map(|v| v as u64),
+        dropped: metric(&r, "outbox.dropped").map(|v| v as u64),
         last_seen: r.last_seen_ms.map(rfc3339_s),
-        outbox_depth: metric(r, "outbox.depth").map(|v| v as u64),
-        dropped: metric(r, "outbox.dropped").map(|v| v as u64),
-        metrics: r.metrics.iter().cloned().collect(),
+        terminal: r.terminal,
+        site: r.site,
+        level: r.level,
+        online: r.online,
+        version: r.version,
+        metrics: r.metrics.into_iter().collect(),
     }
 }
 

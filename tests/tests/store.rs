@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use cuntong::names::NamesScope;
 use cuntong::store::{Applied, Database, PgStore, Record, SiteRow, SqliteStore, Store, StoreError};
 use cuntong_core::delivery::Watermarks;
 use cuntong_core::envelope::{Envelope, Event, Stream, encode};
@@ -1227,11 +1228,65 @@ fn names_imported_and_given_to_terminals_are_read_back_and_bump_the_version() {
     pg.set_terminal_name(&id(A), "村委会").unwrap();
     assert_eq!(lite.names_version().unwrap(), 2);
     assert_eq!(pg.names_version().unwrap(), 2);
-    for names in [lite.names().unwrap(), pg.names().unwrap()] {
+    let all = NamesScope::of(None);
+    for names in [lite.names(&all).unwrap(), pg.names(&all).unwrap()] {
         assert_eq!(names.lookup(&code), Some("东村"));
         assert_eq!(names.lookup(&county), Some("长安区"));
         assert_eq!(names.terminal(&id(A)), "村委会");
-        assert_eq!(names.path(&code), lite.names().unwrap().path(&code));
+        assert_eq!(names.path(&code), lite.names(&all).unwrap().path(&code));
+    }
+}
+
+#[test]
+fn a_regions_reader_gets_the_names_in_it_and_above_it_and_no_others() {
+    use cuntong_core::site::{Region, SiteCode};
+    let code = |s: &str| s.parse::<SiteCode>().unwrap();
+    let (village, town, county) = (
+        code("130102001001"),
+        code("130102001000"),
+        code("130102000000"),
+    );
+    let (next_town, elsewhere) = (code("130102002001"), code("440106001001"));
+    let rows: Vec<(SiteCode, String)> = [
+        (village, "东村"),
+        (town, "建北街道"),
+        (county, "长安区"),
+        (next_town, "西村"),
+        (elsewhere, "南村"),
+    ]
+    .into_iter()
+    .map(|(c, n)| (c, n.to_owned()))
+    .collect();
+    let other = "440106001001-main";
+    let dir = tempfile::tempdir().unwrap();
+    let mut lite = SqliteStore::open(&dir.path().join("central.db")).unwrap();
+    let mut pg = PgStore::open(&Postgres::shared().fresh_database()).unwrap();
+    for store in [&mut lite as &mut dyn Store, &mut pg] {
+        store.import_names(&rows).unwrap();
+        store.set_terminal_name(&id(A), "村委会").unwrap();
+        store.set_terminal_name(&id(other), "南村委").unwrap();
+        let town_scope = NamesScope::of(Some(&"130102001".parse::<Region>().unwrap()));
+        let names = store.names(&town_scope).unwrap();
+        assert_eq!(names.lookup(&village), Some("东村"));
+        assert_eq!(names.lookup(&town), Some("建北街道"));
+        assert_eq!(
+            names.lookup(&county),
+            Some("长安区"),
+            "an ancestor's imported name"
+        );
+        assert_eq!(names.lookup(&next_town), None, "a village of another town");
+        assert_eq!(names.lookup(&elsewhere), None);
+        assert_eq!(names.terminal(&id(A)), "村委会");
+        assert_eq!(names.terminal(&id(other)), "(unnamed)");
+        // The whole province and the whole country.
+        let province = store
+            .names(&NamesScope::of(Some(&"13".parse::<Region>().unwrap())))
+            .unwrap();
+        assert_eq!(province.lookup(&next_town), Some("西村"));
+        assert_eq!(province.lookup(&elsewhere), None);
+        let all = store.names(&NamesScope::of(None)).unwrap();
+        assert_eq!(all.lookup(&elsewhere), Some("南村"));
+        assert_eq!(all.terminal(&id(other)), "南村委");
     }
 }
 

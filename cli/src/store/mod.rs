@@ -25,7 +25,7 @@ use cuntong_core::site::{Region, SiteCode};
 use cuntong_core::telemetry::{Metric, TelemetryBatch};
 use cuntong_core::terminal_id::TerminalId;
 
-use crate::names::Names;
+use crate::names::{Names, NamesScope};
 
 mod alarms;
 mod instances;
@@ -432,8 +432,8 @@ pub trait Store: Send {
     fn set_terminal_name(&mut self, terminal: &TerminalId, name: &str) -> Result<(), StoreError>;
     /// Changes whenever names are imported or a terminal is named.
     fn names_version(&self) -> Result<i64, StoreError>;
-    /// The imported division names and the terminals' own names.
-    fn names(&self) -> Result<Names, StoreError>;
+    /// The imported division names and the terminals' own names, those of `scope`.
+    fn names(&self, scope: &NamesScope) -> Result<Names, StoreError>;
 
     // Meetings.
 

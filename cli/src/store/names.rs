@@ -9,7 +9,7 @@ use cuntong_core::terminal_id::TerminalId;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, Store, StoreError, has_table};
-use crate::names::Names;
+use crate::names::{Names, NamesScope};
 
 impl SqliteStore {
     /// Stores official names of division codes (`cuntong regions import`), replacing earlier
@@ -52,9 +52,9 @@ impl SqliteStore {
         names_version(&self.conn)
     }
 
-    /// The imported division names and the terminals' own names.
-    pub fn names(&self) -> Result<Names, StoreError> {
-        load_names(&self.conn)
+    /// The imported division names and the terminals' own names, of `scope`.
+    pub fn names(&self, scope: &NamesScope) -> Result<Names, StoreError> {
+        load_names(&self.conn, scope)
     }
 }
 
@@ -79,19 +79,35 @@ fn names_version(conn: &Connection) -> Result<i64, StoreError> {
         .unwrap_or(0))
 }
 
-fn load_names(conn: &Connection) -> Result<Names, StoreError> {
+fn load_names(conn: &Connection, scope: &NamesScope) -> Result<Names, StoreError> {
     if !has_table(conn, "division_names")? || !has_table(conn, "terminal_names")? {
         return Ok(Names::shipped());
     }
     let mut imported = HashMap::new();
-    let mut q = conn.prepare_cached("SELECT code, name FROM division_names")?;
-    for row in q.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))? {
+    // A site has at most four ancestors (province to township); the rest is no code.
+    let mut up = [-1i64; 4];
+    for (slot, code) in up.iter_mut().zip(&scope.ancestors) {
+        *slot = *code;
+    }
+    let mut q = conn.prepare_cached(
+        "SELECT code, name FROM division_names
+         WHERE (code >= ?1 AND code < ?2) OR code IN (?3, ?4, ?5, ?6)",
+    )?;
+    let rows = q.query_map(
+        params![scope.first, scope.end, up[0], up[1], up[2], up[3]],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+    )?;
+    for row in rows {
         let (code, name) = row?;
         imported.insert(code as u64, name);
     }
     let mut labels = HashMap::new();
-    let mut q = conn.prepare_cached("SELECT terminal, name FROM terminal_names")?;
-    for row in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+    let mut q = conn.prepare_cached(
+        "SELECT terminal, name FROM terminal_names WHERE substr(terminal, 1, length(?1)) = ?1",
+    )?;
+    for row in q.query_map([&scope.terminals], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
         let (terminal, name) = row?;
         labels.insert(terminal, name);
     }
@@ -110,7 +126,7 @@ impl NamesCache {
     pub fn get(&mut self, store: &dyn Store) -> Result<std::sync::Arc<Names>, StoreError> {
         let version = store.names_version()?;
         if self.version != Some(version) {
-            self.names = std::sync::Arc::new(store.names()?);
+            self.names = std::sync::Arc::new(store.names(&NamesScope::of(None))?);
             self.version = Some(version);
         }
         Ok(self.names.clone())

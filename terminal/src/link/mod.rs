@@ -463,6 +463,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_broker_slower_than_the_connect_timeout_is_given_longer_and_answers_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A busy broker: each CONNECT is answered, 1.5 s after it came.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connects = Arc::new(AtomicU64::new(0));
+        let c = connects.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    c.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    // CONNACK, no session, accepted; then keep the connection open.
+                    if socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.is_ok() {
+                        while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+                    }
+                });
+            }
+        });
+        let mut opts = LinkOptions::new(
+            "slow-test",
+            format!("mqtt://127.0.0.1:{port}")
+                .parse::<Brokers>()
+                .unwrap(),
+        );
+        opts.backoff = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_millis(100),
+        };
+        opts.connect_timeout = Duration::from_secs(1);
+        let link = Link::start(opts).0;
+        // At the same 1 s each time it would never connect. The second attempt waits 2 s.
+        assert!(
+            link.wait_connected(Duration::from_secs(8)).await,
+            "{:?}",
+            link.status()
+        );
+        assert_eq!(connects.load(Ordering::Relaxed), 2);
+        link.shutdown();
+    }
+
+    #[test]
+    fn patience_with_a_busy_broker_doubles_up_to_a_bound() {
+        use super::poll::patience_after_timeout;
+        let mut t = 15;
+        let mut seen = vec![];
+        for _ in 0..5 {
+            t = patience_after_timeout(t, 15);
+            seen.push(t);
+        }
+        assert_eq!(seen, [30, 60, 120, 120, 120]);
+        assert_eq!(patience_after_timeout(0, 1), 1);
+    }
+
+    #[tokio::test]
     async fn an_unreachable_first_broker_is_left_for_the_next_without_backing_off() {
         let up = fake_broker(CancellationToken::new()).await;
         let link = cluster_link(&[closed_port(), up]);

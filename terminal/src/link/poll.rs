@@ -47,6 +47,9 @@ pub(super) async fn poll_task(
     let mut in_tls_episode = false;
     // The broker connected to, or tried next (an index round `brokers`).
     let mut current = 0usize;
+    // How long a connect may take: the configured time, longer after timeouts (see
+    // [`patience_after_timeout`]).
+    let base_timeout = eventloop.network_options.connection_timeout();
     loop {
         let broker = brokers.get(current).clone();
         let event = tokio::select! {
@@ -62,6 +65,9 @@ pub(super) async fn poll_task(
                     .and_then(|mut d| d.last_cause.take());
                 failures = 0;
                 in_tls_episode = false;
+                eventloop
+                    .network_options
+                    .set_connection_timeout(base_timeout);
                 ping_sent = None;
                 shared.connected.store(true, Ordering::Relaxed);
                 shared.connects.fetch_add(1, Ordering::Relaxed);
@@ -143,6 +149,12 @@ pub(super) async fn poll_task(
                 if ping_sent.take().is_some() {
                     record_ping(&shared, false, None);
                 }
+                if !was_connected && matches!(e, rumqttc::ConnectionError::NetworkTimeout) {
+                    let now = eventloop.network_options.connection_timeout();
+                    eventloop
+                        .network_options
+                        .set_connection_timeout(patience_after_timeout(now, base_timeout));
+                }
                 let tls = tls_failure(&e);
                 let cause = describe(&e, tls.as_deref());
                 let cause_changed = if let Ok(mut d) = shared.detail.lock() {
@@ -215,6 +227,21 @@ pub(super) async fn poll_task(
     shared.connected.store(false, Ordering::Relaxed);
     up.send_replace(false);
 }
+
+/// The connect timeout (seconds) after a connect timed out with `now`: twice as long, up to
+/// [`PATIENCE`] times the configured `base`. A broker that does not answer in time is most
+/// often busy, not gone: a county's boxes all powering up at once queue on its listening
+/// socket and its loop. Giving up at the same timeout again would throw away the answer it
+/// is preparing, make it do each connect twice, and keep the herd late; the boxes' TCP and the
+/// broker's backlog wait longer each time instead. Back to `base` once connected.
+pub(super) fn patience_after_timeout(now: u64, base: u64) -> u64 {
+    now.saturating_mul(2)
+        .min(base.saturating_mul(PATIENCE))
+        .max(base)
+}
+
+/// How many times the configured connect timeout a link waits at most for a busy broker.
+const PATIENCE: u64 = 8;
 
 /// The longest a terminal waits, once its broker answers again, before connecting: spreads a
 /// fleet's reconnects after a broker restart.

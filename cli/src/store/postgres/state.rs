@@ -9,7 +9,7 @@ use cuntong_core::site::{Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
 
 use super::PgStore;
-use crate::names::Names;
+use crate::names::{Names, NamesScope};
 use crate::store::{
     Column, Fence, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, StoreError, StoredMeeting,
     decode_alarm, encode_alarm, region_range,
@@ -435,17 +435,24 @@ impl PgStore {
     }
 
     /// The imported division names and the terminals' own names.
-    pub fn names(&self) -> Result<Names, StoreError> {
+    pub fn names(&self, scope: &NamesScope) -> Result<Names, StoreError> {
         let err = self.err("reading names");
         let mut client = self.client.borrow_mut();
         let imported = client
-            .query("SELECT code, name FROM division_names", &[])
+            .query(
+                "SELECT code, name FROM division_names
+                 WHERE (code >= $1 AND code < $2) OR code = ANY($3)",
+                &[&scope.first, &scope.end, &scope.ancestors],
+            )
             .map_err(&err)?
             .iter()
             .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
             .collect();
         let labels = client
-            .query("SELECT terminal, name FROM terminal_names", &[])
+            .query(
+                "SELECT terminal, name FROM terminal_names WHERE left(terminal, length($1)) = $1",
+                &[&scope.terminals],
+            )
             .map_err(&err)?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
