@@ -200,6 +200,7 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, ArgError> 
     }
     opts.decline_percent = common.decline_percent;
     opts.hands_percent = common.hands_percent;
+    opts.power_on = duration("--power-on", &common.power_on)?;
     opts.media = common.media;
     opts.rooms = common.rooms.clone();
     opts.rooms_of = common

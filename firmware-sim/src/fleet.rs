@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use cuntong_core::backoff::spread;
 use cuntong_core::delivery::DeliveryConfig;
 use cuntong_core::meeting::participant::AcceptPolicy;
 use cuntong_core::meeting::{Applied, MediaPlan, MediaProfile, MeetingId, MeetingState};
@@ -127,6 +128,9 @@ pub struct SimOptions {
     /// room into `ROOMS/TERMINAL.mkv`.
     pub rooms: Option<PathBuf>,
     pub rooms_of: Vec<TerminalId>,
+    /// The terminals power on over this long, each at its own moment in it (as a county's
+    /// boxes do when its power comes back); zero starts them all at once.
+    pub power_on: Duration,
 }
 
 /// The colours (ARGB) of the simulated cameras, by the box's place in the fleet: eight, each far
@@ -164,6 +168,7 @@ impl SimOptions {
             media: false,
             rooms: None,
             rooms_of: Vec::new(),
+            power_on: Duration::ZERO,
         }
     }
 }
@@ -474,6 +479,12 @@ pub async fn run_rebooting(
     }
 }
 
+/// When terminal `id` powers on in a power-on that lasts `power_on`: its own moment in it,
+/// the same at every start of the fleet.
+pub fn power_on_at(id: &TerminalId, power_on: Duration) -> Duration {
+    power_on.mul_f64((spread(id) % 1_000_000) as f64 / 1_000_000.0)
+}
+
 /// A running fleet.
 #[derive(Debug)]
 pub struct Fleet {
@@ -490,16 +501,17 @@ impl Fleet {
         let consoles = (0..ids.len())
             .map(|i| SimConsole::for_index(i, opts.decline_percent, opts.hands_percent))
             .collect();
-        Fleet::start_configs(configs, opts.interval, consoles)
+        Fleet::start_configs(configs, opts.interval, consoles, opts.power_on)
     }
 
     /// Starts terminals with the given configurations (e.g. provisioned ones) on simulated
     /// hardware sampled every `interval`, with the given console behaviour each (missing ones:
-    /// nobody declines, nobody raises a hand).
+    /// nobody declines, nobody raises a hand), powered on over `power_on`.
     pub fn start_configs(
         configs: Vec<TerminalConfig>,
         interval: Duration,
         consoles: Vec<SimConsole>,
+        power_on: Duration,
     ) -> Fleet {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -512,7 +524,12 @@ impl Fleet {
             let (stop, id) = (stop.clone(), cfg.id);
             let console = consoles.get(i).copied().unwrap_or_default();
             ids.push(id);
+            let at = power_on_at(&id, power_on);
             tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => return (id, Ok(())),
+                    _ = tokio::time::sleep(at) => {}
+                }
                 let result = run_rebooting(cfg, seed, interval, control, console, stop).await;
                 (id, result)
             });
@@ -569,6 +586,29 @@ mod tests {
             .iter()
             .map(|i| i.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_fleet_powers_on_spread_over_its_power_on_and_at_once_without_one() {
+        let window = Duration::from_secs(20);
+        let fleet = fleet_ids(&"13".parse().unwrap(), 4000);
+        // Each tenth of the window gets about a tenth of the boxes.
+        let mut tenths = [0usize; 10];
+        for id in &fleet {
+            let at = power_on_at(id, window);
+            assert!(at < window, "{id} at {at:?}");
+            assert_eq!(at, power_on_at(id, window), "the same at every start");
+            tenths[(at.as_secs_f64() / 2.0) as usize] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&n| (300..500).contains(&n)),
+            "{tenths:?}"
+        );
+        assert!(
+            fleet
+                .iter()
+                .all(|id| power_on_at(id, Duration::ZERO).is_zero())
+        );
     }
 
     #[test]

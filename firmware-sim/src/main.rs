@@ -78,6 +78,10 @@ struct Common {
     /// Share of the terminals (percent) that raise their hand once joined.
     #[arg(long, default_value_t = 0)]
     hands_percent: u8,
+    /// The terminals power on over this long, each at its own moment in it (as a county's
+    /// boxes do when its power comes back); 0s starts them all at the same instant.
+    #[arg(long, default_value = "0s")]
+    power_on: String,
     /// Real meeting media (GStreamer with test sources) on loopback; a fleet of a county or
     /// more includes a relay at each county (and at the region's level).
     #[arg(long)]
@@ -354,7 +358,13 @@ fn main() -> ExitCode {
                 Err(e) => return usage(e),
             };
             runtime.block_on(async move {
-                run_fleet_of(Fleet::start_configs(vec![cfg], interval, Vec::new())).await
+                run_fleet_of(Fleet::start_configs(
+                    vec![cfg],
+                    interval,
+                    Vec::new(),
+                    Duration::ZERO,
+                ))
+                .await
             })
         }
         Command::Terminal { .. } | Command::Fleet { .. } => {

@@ -53,6 +53,10 @@ struct Args {
     /// Terminals per simulator process, at most.
     #[arg(long, default_value_t = 4000)]
     per_fleet: usize,
+    /// The province's boxes power on over this long, each at its own moment (`0s`: all at
+    /// the same instant, which no power grid does).
+    #[arg(long, default_value = "20s")]
+    power_on: String,
     /// Central's store: a `postgres://` URL (default: a throwaway cluster).
     #[arg(long)]
     db: Option<String>,
@@ -254,6 +258,8 @@ fn main() -> anyhow::Result<()> {
                     &format!("{k}/{parts}"),
                     "--interval",
                     "60s",
+                    "--power-on",
+                    &args.power_on,
                     "--data-dir",
                     data.to_str().context("path")?,
                 ],
@@ -279,8 +285,9 @@ fn main() -> anyhow::Result<()> {
     wait_online(&db, n, Duration::from_secs(600))?;
     let online = started.elapsed();
     println!(
-        "  all {n} online           {:>7.1} s   (target < 120 s)",
-        online.as_secs_f64()
+        "  all {n} online           {:>7.1} s   (target < 120 s; powered on over {})",
+        online.as_secs_f64(),
+        args.power_on
     );
     println!("  {}", cpu_since(&cpu_start, online));
     let rss = |procs: &[Proc]| -> u64 { procs.iter().filter_map(|p| rss_kib(p.0.id()).ok()).sum() };

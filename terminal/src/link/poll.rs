@@ -50,6 +50,9 @@ pub(super) async fn poll_task(
     // How long a connect may take: the configured time, longer after timeouts (see
     // [`patience_after_timeout`]).
     let base_timeout = eventloop.network_options.connection_timeout();
+    // Connects in a row that timed out: a cluster is given longer only once every node of a
+    // round timed out (one unreachable node is left for the next at the same timeout).
+    let mut timeouts: usize = 0;
     loop {
         let broker = brokers.get(current).clone();
         let event = tokio::select! {
@@ -68,6 +71,7 @@ pub(super) async fn poll_task(
                 eventloop
                     .network_options
                     .set_connection_timeout(base_timeout);
+                timeouts = 0;
                 ping_sent = None;
                 shared.connected.store(true, Ordering::Relaxed);
                 shared.connects.fetch_add(1, Ordering::Relaxed);
@@ -150,10 +154,15 @@ pub(super) async fn poll_task(
                     record_ping(&shared, false, None);
                 }
                 if !was_connected && matches!(e, rumqttc::ConnectionError::NetworkTimeout) {
-                    let now = eventloop.network_options.connection_timeout();
-                    eventloop
-                        .network_options
-                        .set_connection_timeout(patience_after_timeout(now, base_timeout));
+                    timeouts += 1;
+                    if timeouts.is_multiple_of(brokers.len().max(1)) {
+                        let now = eventloop.network_options.connection_timeout();
+                        eventloop
+                            .network_options
+                            .set_connection_timeout(patience_after_timeout(now, base_timeout));
+                    }
+                } else {
+                    timeouts = 0;
                 }
                 let tls = tls_failure(&e);
                 let cause = describe(&e, tls.as_deref());
