@@ -200,7 +200,11 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, ArgError> 
     }
     opts.decline_percent = common.decline_percent;
     opts.hands_percent = common.hands_percent;
-    opts.power_on = duration("--power-on", &common.power_on)?;
+    // Zero is a power-on too: every box at the same instant.
+    opts.power_on = parse_duration(&common.power_on).map_err(|problem| ArgError::Value {
+        flag: "--power-on",
+        problem,
+    })?;
     opts.media = common.media;
     opts.rooms = common.rooms.clone();
     opts.rooms_of = common
@@ -354,6 +358,31 @@ pub(crate) fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), A
 #[cfg(test)]
 mod tests {
     use super::Part;
+
+    #[test]
+    fn the_defaults_of_a_terminal_and_a_fleet_are_taken_and_a_power_on_may_be_zero() {
+        use clap::Parser;
+        let fleet = |extra: &[&str]| {
+            let mut argv = vec!["cuntong-sim", "fleet", "--region", "130102", "--count", "3"];
+            argv.extend_from_slice(extra);
+            super::terminals(crate::Cli::try_parse_from(argv).unwrap().command)
+        };
+        let (ids, opts) = fleet(&[]).unwrap();
+        assert_eq!((ids.len(), opts.power_on), (3, std::time::Duration::ZERO));
+        let (_, opts) = fleet(&["--power-on", "20s"]).unwrap();
+        assert_eq!(opts.power_on, std::time::Duration::from_secs(20));
+        assert!(fleet(&["--power-on", "soon"]).is_err());
+        let one = crate::Cli::try_parse_from([
+            "cuntong-sim",
+            "terminal",
+            "--id",
+            "130102001001-main",
+            "--data-dir",
+            "/nonexistent",
+        ])
+        .unwrap();
+        assert_eq!(super::terminals(one.command).unwrap().0.len(), 1);
+    }
 
     #[test]
     fn the_parts_of_a_list_cover_it_once_in_order_and_bad_parts_are_refused() {
