@@ -14,7 +14,7 @@ use cuntong_core::meeting::participant::{
 };
 use cuntong_core::meeting::relays::RelayPlan;
 use cuntong_core::meeting::{
-    Downlink, MeetingId, MeetingState, Screen, Tier, TierThresholds, TierTracker,
+    Downlink, MeetingId, MeetingState, Screen, Tier, TierThresholds, TierTracker, Uplink,
 };
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic, meeting_filters};
@@ -464,8 +464,8 @@ impl Conference {
                 .collect();
             for o in self.participant.handle(input, now_ms) {
                 match o {
-                    Output::Send(up) => match encode(&up) {
-                        Ok(bytes) => out.push(Message::new(self.uplink.clone(), bytes).urgent()),
+                    Output::Send(up) => match uplink_message(&self.uplink, &up) {
+                        Ok(m) => out.push(m),
                         Err(e) => tracing::warn!(error = %e, "cannot encode a meeting uplink"),
                     },
                     Output::Media(MediaCommand::Start {
@@ -543,6 +543,20 @@ impl Conference {
     }
 }
 
+/// What the site says to the host, on `topic`: ahead of bulk work. A status at QoS 0: it is
+/// repeated at every heartbeat and whole in each copy, and a province's roll call (54,000
+/// statuses at once) then costs no acknowledgement at each broker on the way.
+fn uplink_message(
+    topic: &str,
+    up: &Uplink,
+) -> Result<Message, cuntong_core::envelope::EncodeError> {
+    let m = Message::new(topic, encode(up)?).urgent();
+    Ok(match up {
+        Uplink::Status { .. } => m.at_most_once(),
+        _ => m,
+    })
+}
+
 fn report(me: &TerminalId, id: &MeetingId, s: &Session) -> MeetingReport {
     let desired = s.state.desired_for(me);
     MeetingReport {
@@ -580,6 +594,33 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn statuses_go_at_most_once_and_every_other_uplink_at_least_once() {
+        use crate::link::QoS;
+        use cuntong_core::meeting::Hand;
+        let meeting: MeetingId = "m1".parse().unwrap();
+        let status = Uplink::Status {
+            meeting,
+            seen: 3,
+            muted: false,
+            hand: Hand::default(),
+            answer: None,
+        };
+        let m = uplink_message("ct/v1/up", &status).unwrap();
+        assert_eq!((m.qos, m.urgent), (QoS::AtMostOnce, true));
+        assert_eq!(Uplink::decode(&m.payload).unwrap(), status);
+        for up in [
+            Uplink::Leave { meeting },
+            Uplink::Decline {
+                meeting,
+                reason: "busy".into(),
+            },
+        ] {
+            let m = uplink_message("ct/v1/up", &up).unwrap();
+            assert_eq!((m.qos, m.urgent), (QoS::AtLeastOnce, true), "{up:?}");
         }
     }
 

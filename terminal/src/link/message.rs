@@ -36,6 +36,14 @@ impl Message {
         self
     }
 
+    /// The same message at QoS 0: for what is repeated anyway and whole in each copy (a
+    /// clean session loses unacknowledged QoS 1 messages on a reconnect all the same, and TCP
+    /// delivers on a live connection), so that no acknowledgement is sent for it at each hop.
+    pub fn at_most_once(mut self) -> Message {
+        self.qos = QoS::AtMostOnce;
+        self
+    }
+
     /// The same message, retained.
     pub fn retained(mut self) -> Message {
         self.retain = true;
