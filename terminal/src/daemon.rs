@@ -157,18 +157,16 @@ pub fn link_options(cfg: &TerminalConfig, started_ms: u64) -> Result<LinkOptions
         Some(Message::new(presence_topic.clone(), presence(cfg, started_ms, false)?).retained());
     opts.on_connect =
         vec![Message::new(presence_topic, presence(cfg, started_ms, true)?).retained()];
-    opts.subscriptions = [
-        Channel::Command,
-        Channel::Ack,
-        Channel::MeetingDown,
-        Channel::Notice,
-    ]
-    .into_iter()
-    .map(|c| Topic::terminal(&cfg.id, c))
-    .chain(Topic::broadcasts_for(cfg.id.site()))
-    .map(|t| t.to_string())
-    .chain(Conference::subscriptions(&cfg.id))
-    .collect();
+    opts.subscriptions = [Channel::Command, Channel::MeetingDown, Channel::Notice]
+        .into_iter()
+        .map(|c| Topic::terminal(&cfg.id, c))
+        .chain(Topic::broadcasts_for(cfg.id.site()))
+        .map(|t| t.to_string())
+        .collect();
+    // Retained and whole in every copy: the watermarks and the meetings' states and screens.
+    opts.live_subscriptions = std::iter::once(Topic::terminal(&cfg.id, Channel::Ack).to_string())
+        .chain(Conference::subscriptions(&cfg.id))
+        .collect();
     Ok(opts)
 }
 

@@ -55,7 +55,7 @@ pub use options::{LinkOptions, subscribe_qos};
 use inbox::Inbox;
 use options::Connect;
 use poll::{Signals, poll_task};
-use sender::{URGENT_CAPACITY, sender_task};
+use sender::{Subscriptions, URGENT_CAPACITY, sender_task};
 
 /// The largest MQTT packet a broker we configure accepts or delivers (Mosquitto's
 /// `max_packet_size`, the embedded broker's limit): the largest payload of the protocol
@@ -204,7 +204,11 @@ impl Link {
             client,
             (urgent_rx, queue_rx),
             (gen_rx.clone(), refused_rx),
-            (opts.subscriptions, opts.subscribe_qos),
+            Subscriptions {
+                filters: opts.subscriptions,
+                live: opts.live_subscriptions,
+                qos: opts.subscribe_qos,
+            },
             opts.on_connect,
             stop.clone(),
         ));
@@ -551,6 +555,25 @@ mod tests {
         );
         assert_eq!(link.status().connects, 2);
         link.shutdown();
+    }
+
+    #[test]
+    fn live_filters_are_subscribed_at_qos_0_and_the_others_at_the_links_qos() {
+        let s = Subscriptions {
+            filters: vec!["ct/v1/cmd".into()],
+            live: vec!["ct/v1/ack".into(), "ct/v1/m/13/+".into()],
+            qos: QoS::AtLeastOnce,
+        };
+        let got: Vec<(String, rumqttc::QoS)> =
+            s.all().into_iter().map(|f| (f.path, f.qos)).collect();
+        assert_eq!(
+            got,
+            [
+                ("ct/v1/cmd".to_owned(), QoS::AtLeastOnce),
+                ("ct/v1/ack".to_owned(), QoS::AtMostOnce),
+                ("ct/v1/m/13/+".to_owned(), QoS::AtMostOnce),
+            ]
+        );
     }
 
     /// A stand-in broker that speaks just enough MQTT for a link: CONNACK, PINGRESP, and a

@@ -28,6 +28,11 @@ pub struct LinkOptions {
     pub on_connect: Vec<Message>,
     /// Subscribed after every successful connect.
     pub subscriptions: Vec<String>,
+    /// Subscribed after every successful connect at QoS 0: what is retained and whole in every
+    /// copy (a meeting's state, central's watermarks), where a copy missed is replaced by the
+    /// next and a clean session offers no more at QoS 1. A province's roll call then costs no
+    /// acknowledgement from each of its 54,000 sites.
+    pub live_subscriptions: Vec<String>,
     /// The QoS the subscriptions ask for: 1, or 0 for a broker where a QoS 1 subscription is
     /// costly to set up (NATS: a JetStream consumer each). Nothing depends on QoS 1 delivery
     /// from the broker: what must arrive is confirmed end to end (outbox and watermarks,
@@ -60,6 +65,7 @@ impl LinkOptions {
             last_will: None,
             on_connect: Vec::new(),
             subscriptions: Vec::new(),
+            live_subscriptions: Vec::new(),
             subscribe_qos: QoS::AtLeastOnce,
             queue_capacity: 256,
             incoming_capacity: 64,

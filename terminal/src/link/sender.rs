@@ -11,13 +11,30 @@ use tokio_util::sync::CancellationToken;
 use super::{Message, QoS};
 
 /// Subscribes to every filter in one SUBSCRIBE (so a SUBACK's codes follow `filters`).
-async fn subscribe_all(client: &AsyncClient, (filters, qos): &(Vec<String>, QoS)) -> bool {
+/// What a link subscribes to on every connection: `filters` at `qos`, `live` at QoS 0.
+pub(super) struct Subscriptions {
+    pub(super) filters: Vec<String>,
+    pub(super) live: Vec<String>,
+    pub(super) qos: QoS,
+}
+
+impl Subscriptions {
+    /// Every filter with the QoS it is subscribed at.
+    pub(super) fn all(&self) -> Vec<rumqttc::SubscribeFilter> {
+        let at = |qos: QoS| move |t: &String| rumqttc::SubscribeFilter::new(t.clone(), qos);
+        self.filters
+            .iter()
+            .map(at(self.qos))
+            .chain(self.live.iter().map(at(QoS::AtMostOnce)))
+            .collect()
+    }
+}
+
+async fn subscribe_all(client: &AsyncClient, s: &Subscriptions) -> bool {
+    let filters = s.all();
     if filters.is_empty() {
         return true;
     }
-    let filters = filters
-        .iter()
-        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), *qos));
     client.subscribe_many(filters).await.is_ok()
 }
 
@@ -33,7 +50,7 @@ pub(super) async fn sender_task(
     client: AsyncClient,
     (mut urgent, mut queue): (mpsc::Receiver<Message>, mpsc::Receiver<Message>),
     (mut generation, mut refused): (watch::Receiver<u64>, watch::Receiver<u64>),
-    subscriptions: (Vec<String>, QoS),
+    subscriptions: Subscriptions,
     on_connect: Vec<Message>,
     stop: CancellationToken,
 ) {
