@@ -69,7 +69,9 @@ impl StoredMarks {
 
 /// Publishes the pending confirmations, a terminal's notice of what is held before its
 /// watermark (which may release what the notice must stop); those the link cannot take now
-/// wait for the next tick.
+/// wait for the next tick. Both at QoS 0: each is whole and replaced by the next (a terminal
+/// that misses one sends again and is confirmed again), and a province's tens of thousands a
+/// second do not wait for the broker's acknowledgement of each.
 pub(super) fn confirm(link: &Link, pending: &mut Confirmations, stats: &CentralStats) {
     let held: Vec<(TerminalId, Watermarks)> = pending.held.iter().map(|(t, h)| (*t, *h)).collect();
     for (id, highest) in held {
@@ -78,7 +80,10 @@ pub(super) fn confirm(link: &Link, pending: &mut Confirmations, stats: &CentralS
             continue;
         };
         let topic = Topic::terminal(&id, Channel::Notice).to_string();
-        if link.try_publish(Message::new(topic, payload)).is_err() {
+        if link
+            .try_publish(Message::new(topic, payload).at_most_once())
+            .is_err()
+        {
             return;
         }
         pending.held.remove(&id);
@@ -91,7 +96,7 @@ pub(super) fn confirm(link: &Link, pending: &mut Confirmations, stats: &CentralS
         let Ok(payload) = encode(marks) else { continue };
         let topic = Topic::terminal(id, Channel::Ack).to_string();
         if link
-            .try_publish(Message::new(topic, payload).retained())
+            .try_publish(Message::new(topic, payload).retained().at_most_once())
             .is_err()
         {
             break;

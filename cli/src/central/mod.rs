@@ -429,6 +429,9 @@ fn link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
     // The chair's and the staff's requests go ahead of that buffer.
     link_opts.urgent_topics = vec![control_request("")];
     link_opts.queue_capacity = 8192;
+    // What central sends at QoS 1 (a province's media plans, meeting states, commands) does
+    // not wait for the broker's acknowledgement of every 32nd.
+    link_opts.inflight = 1_000;
     // A ping's answer waits behind what the broker sent before it: a province's join storm
     // must not cost central its connection (and the chair its answers).
     link_opts.keep_alive = Duration::from_secs(30);
