@@ -43,43 +43,6 @@ pub struct Names {
     labels: HashMap<String, String>,
 }
 
-/// Which of the store's names a reader of a region needs: the imported names of the codes in
-/// `[first, end)` (the region and all below it) and of its `ancestors`, and the names of the
-/// terminals whose ids start with `terminals`. A province's fleet view does not read the
-/// country's 620,000 village names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NamesScope {
-    pub first: i64,
-    pub end: i64,
-    pub ancestors: Vec<i64>,
-    pub terminals: String,
-}
-
-impl NamesScope {
-    /// The names under `region`; every name without one.
-    pub fn of(region: Option<&Region>) -> NamesScope {
-        let Some(region) = region else {
-            return NamesScope {
-                first: 0,
-                end: i64::MAX,
-                ancestors: Vec::new(),
-                terminals: String::new(),
-            };
-        };
-        let root = region.root();
-        let prefix = region.prefix();
-        // A 12-digit code: the region is every code that starts with its prefix.
-        let span = 10i64.pow(12u32.saturating_sub(prefix.len() as u32));
-        let first = root.as_u64() as i64;
-        NamesScope {
-            first,
-            end: first.saturating_add(span),
-            ancestors: root.ancestors().map(|c| c.as_u64() as i64).collect(),
-            terminals: prefix,
-        }
-    }
-}
-
 /// One code with its name, for `regions show|search` and `--json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use cuntong::names::NamesScope;
 use cuntong::store::{Applied, Database, PgStore, Record, SiteRow, SqliteStore, Store, StoreError};
 use cuntong_core::delivery::Watermarks;
 use cuntong_core::envelope::{Envelope, Event, Stream, encode};
@@ -1228,12 +1227,11 @@ fn names_imported_and_given_to_terminals_are_read_back_and_bump_the_version() {
     pg.set_terminal_name(&id(A), "村委会").unwrap();
     assert_eq!(lite.names_version().unwrap(), 2);
     assert_eq!(pg.names_version().unwrap(), 2);
-    let all = NamesScope::of(None);
-    for names in [lite.names(&all).unwrap(), pg.names(&all).unwrap()] {
+    for names in [lite.names(None).unwrap(), pg.names(None).unwrap()] {
         assert_eq!(names.lookup(&code), Some("东村"));
         assert_eq!(names.lookup(&county), Some("长安区"));
         assert_eq!(names.terminal(&id(A)), "村委会");
-        assert_eq!(names.path(&code), lite.names(&all).unwrap().path(&code));
+        assert_eq!(names.path(&code), lite.names(None).unwrap().path(&code));
     }
 }
 
@@ -1265,8 +1263,8 @@ fn a_regions_reader_gets_the_names_in_it_and_above_it_and_no_others() {
         store.import_names(&rows).unwrap();
         store.set_terminal_name(&id(A), "村委会").unwrap();
         store.set_terminal_name(&id(other), "南村委").unwrap();
-        let town_scope = NamesScope::of(Some(&"130102001".parse::<Region>().unwrap()));
-        let names = store.names(&town_scope).unwrap();
+        let scope = "130102001".parse::<Region>().unwrap();
+        let names = store.names(Some(&scope)).unwrap();
         assert_eq!(names.lookup(&village), Some("东村"));
         assert_eq!(names.lookup(&town), Some("建北街道"));
         assert_eq!(
@@ -1279,12 +1277,10 @@ fn a_regions_reader_gets_the_names_in_it_and_above_it_and_no_others() {
         assert_eq!(names.terminal(&id(A)), "村委会");
         assert_eq!(names.terminal(&id(other)), "(unnamed)");
         // The whole province and the whole country.
-        let province = store
-            .names(&NamesScope::of(Some(&"13".parse::<Region>().unwrap())))
-            .unwrap();
+        let province = store.names(Some(&"13".parse::<Region>().unwrap())).unwrap();
         assert_eq!(province.lookup(&next_town), Some("西村"));
         assert_eq!(province.lookup(&elsewhere), None);
-        let all = store.names(&NamesScope::of(None)).unwrap();
+        let all = store.names(None).unwrap();
         assert_eq!(all.lookup(&elsewhere), Some("南村"));
         assert_eq!(all.terminal(&id(other)), "南村委");
     }

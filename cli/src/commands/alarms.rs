@@ -8,7 +8,6 @@ use super::common::{Conn, Failure, Usage, database, fail, not_empty, off_runtime
 use super::meeting::ANSWER;
 use crate::alarms::{self, AlarmJson};
 use crate::control::RequestBody;
-use crate::names::NamesScope;
 use crate::store::Database;
 
 #[derive(Debug, Args)]
@@ -68,9 +67,7 @@ fn list(args: AlarmsArgs) -> Result<(), Failure> {
     let rows = store
         .alarms(region.as_ref(), args.active, args.limit)
         .map_err(fail)?;
-    let names = store
-        .names(&NamesScope::of(region.as_ref()))
-        .map_err(fail)?;
+    let names = store.names(region.as_ref()).map_err(fail)?;
     if args.json {
         let out: Vec<AlarmJson> = rows.iter().map(|a| AlarmJson::of(a, &names)).collect();
         println!("{}", serde_json::to_string_pretty(&out).map_err(fail)?);

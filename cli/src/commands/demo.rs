@@ -23,7 +23,6 @@ use super::meeting::{ANSWER, CentralClient, quantile};
 use crate::broker;
 use crate::central::{self, CentralOptions, CentralStats};
 use crate::control::{RequestBody, ResponseBody};
-use crate::names::NamesScope;
 use crate::store::{Database, SqliteStore, Store};
 use crate::view;
 
@@ -137,7 +136,7 @@ async fn demo(
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let reader = SqliteStore::open(&db).map_err(fail)?;
-    let names = reader.names(&NamesScope::of(None)).map_err(fail)?;
+    let names = reader.names(None).map_err(fail)?;
     // Central ending on its own (it could not listen, say) ends the demo.
     let mut central_ended = None;
     loop {

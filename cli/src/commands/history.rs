@@ -9,7 +9,6 @@ use cuntong_terminal::link::unix_ms;
 use cuntong_terminal::print;
 
 use super::common::{Failure, Usage, database, fail, parse, positive, region};
-use crate::names::NamesScope;
 use crate::store::Database;
 use crate::view;
 
@@ -72,9 +71,7 @@ pub fn run_sites(args: SitesArgs) -> Result<(), Failure> {
     let region = region(args.region)?;
     let store = database(args.db).open_read_only().map_err(fail)?;
     let rows = store.sites(region.as_ref()).map_err(fail)?;
-    let names = store
-        .names(&NamesScope::of(region.as_ref()))
-        .map_err(fail)?;
+    let names = store.names(region.as_ref()).map_err(fail)?;
     if args.json {
         print_json(rows.into_iter().map(|r| view::site_json(r, &names)))
     } else {
@@ -110,9 +107,7 @@ pub fn run_events(args: EventsArgs) -> Result<(), Failure> {
     if args.security {
         rows.retain(|r| r.event.is_security());
     }
-    let names = store
-        .names(&NamesScope::of(region.as_ref()))
-        .map_err(fail)?;
+    let names = store.names(region.as_ref()).map_err(fail)?;
     if args.json {
         print_json(rows.iter().map(|r| view::event_json(r, &names)))
     } else {

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use cuntong_core::site::Region;
 
 use super::common::{Failure, Usage, database, fail};
-use crate::names::{Division, Names, NamesScope};
+use crate::names::{Division, Names};
 use crate::store::{Database, StoreError};
 use crate::view::pad;
 
@@ -89,10 +89,7 @@ pub fn run(action: RegionsAction) -> Result<(), Failure> {
 
 /// The shipped names, with the store's if there is a store.
 fn names(db: &Database) -> Result<Names, Failure> {
-    match db
-        .open_read_only()
-        .and_then(|s| s.names(&NamesScope::of(None)))
-    {
+    match db.open_read_only().and_then(|s| s.names(None)) {
         Ok(names) => Ok(names),
         Err(StoreError::Missing { .. }) => Ok(Names::shipped()),
         Err(e) => Err(fail(e)),

@@ -25,7 +25,7 @@ use cuntong_core::site::{Region, SiteCode};
 use cuntong_core::telemetry::{Metric, TelemetryBatch};
 use cuntong_core::terminal_id::TerminalId;
 
-use crate::names::{Names, NamesScope};
+use crate::names::Names;
 
 mod alarms;
 mod instances;
@@ -194,6 +194,43 @@ fn region_range(region: Option<&Region>) -> (String, String) {
             (prefix, to)
         }
         None => (String::new(), char::MAX.to_string()),
+    }
+}
+
+/// Which of the store's names a reader of a region needs: the imported names of the codes in
+/// `[first, end)` (the region and all below it) and of its `ancestors`, and the names of the
+/// terminals in the text range `terminals` ([`region_range`]). A province's fleet view does not
+/// read the country's 620,000 village names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NamesScope {
+    first: i64,
+    end: i64,
+    ancestors: Vec<i64>,
+    terminals: (String, String),
+}
+
+impl NamesScope {
+    /// The names under `region`; every name without one.
+    fn of(region: Option<&Region>) -> NamesScope {
+        let terminals = region_range(region);
+        let Some(region) = region else {
+            return NamesScope {
+                first: 0,
+                end: i64::MAX,
+                ancestors: Vec::new(),
+                terminals,
+            };
+        };
+        let root = region.root();
+        // A 12-digit code: the region is every code that starts with its prefix.
+        let span = 10i64.pow(12u32.saturating_sub(region.prefix().len() as u32));
+        let first = root.as_u64() as i64;
+        NamesScope {
+            first,
+            end: first.saturating_add(span),
+            ancestors: root.ancestors().map(|c| c.as_u64() as i64).collect(),
+            terminals,
+        }
     }
 }
 
@@ -432,8 +469,9 @@ pub trait Store: Send {
     fn set_terminal_name(&mut self, terminal: &TerminalId, name: &str) -> Result<(), StoreError>;
     /// Changes whenever names are imported or a terminal is named.
     fn names_version(&self) -> Result<i64, StoreError>;
-    /// The imported division names and the terminals' own names, those of `scope`.
-    fn names(&self, scope: &NamesScope) -> Result<Names, StoreError>;
+    /// The imported division names and the terminals' own names, those in and above `region`
+    /// (all of them without one).
+    fn names(&self, region: Option<&Region>) -> Result<Names, StoreError>;
 
     // Meetings.
 

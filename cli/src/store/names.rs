@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use cuntong_core::site::SiteCode;
+use cuntong_core::site::{Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, Store, StoreError, has_table};
-use crate::names::{Names, NamesScope};
+use super::{NamesScope, SqliteStore, Store, StoreError, has_table};
+use crate::names::Names;
 
 impl SqliteStore {
     /// Stores official names of division codes (`cuntong regions import`), replacing earlier
@@ -52,9 +52,9 @@ impl SqliteStore {
         names_version(&self.conn)
     }
 
-    /// The imported division names and the terminals' own names, of `scope`.
-    pub fn names(&self, scope: &NamesScope) -> Result<Names, StoreError> {
-        load_names(&self.conn, scope)
+    /// The imported division names and the terminals' own names, those in and above `region`.
+    pub fn names(&self, region: Option<&Region>) -> Result<Names, StoreError> {
+        load_names(&self.conn, &NamesScope::of(region))
     }
 }
 
@@ -103,9 +103,9 @@ fn load_names(conn: &Connection, scope: &NamesScope) -> Result<Names, StoreError
     }
     let mut labels = HashMap::new();
     let mut q = conn.prepare_cached(
-        "SELECT terminal, name FROM terminal_names WHERE substr(terminal, 1, length(?1)) = ?1",
+        "SELECT terminal, name FROM terminal_names WHERE terminal >= ?1 AND terminal < ?2",
     )?;
-    for row in q.query_map([&scope.terminals], |r| {
+    for row in q.query_map([&scope.terminals.0, &scope.terminals.1], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
     })? {
         let (terminal, name) = row?;
@@ -126,7 +126,7 @@ impl NamesCache {
     pub fn get(&mut self, store: &dyn Store) -> Result<std::sync::Arc<Names>, StoreError> {
         let version = store.names_version()?;
         if self.version != Some(version) {
-            self.names = std::sync::Arc::new(store.names(&NamesScope::of(None))?);
+            self.names = std::sync::Arc::new(store.names(None)?);
             self.version = Some(version);
         }
         Ok(self.names.clone())

@@ -14,7 +14,7 @@ use cuntong_core::terminal_id::TerminalId;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
-use crate::names::{Names, NamesScope};
+use crate::names::Names;
 
 /// Opens the store at `path` for reading only: the one way every read command (`sites`,
 /// `telemetry`, `events`, `alarms`, `monitor`, `readiness`, the dashboard) opens it, while
@@ -332,8 +332,8 @@ impl Store for SqliteStore {
     fn names_version(&self) -> Result<i64, StoreError> {
         SqliteStore::names_version(self)
     }
-    fn names(&self, scope: &NamesScope) -> Result<Names, StoreError> {
-        SqliteStore::names(self, scope)
+    fn names(&self, region: Option<&Region>) -> Result<Names, StoreError> {
+        SqliteStore::names(self, region)
     }
     fn unended_meetings(&self) -> Result<Vec<StoredMeeting>, StoreError> {
         SqliteStore::unended_meetings(self)

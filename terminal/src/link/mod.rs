@@ -469,7 +469,7 @@ mod tests {
     #[tokio::test]
     async fn a_broker_slower_than_the_connect_timeout_is_given_longer_and_answers_once() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // A busy broker: each CONNECT is answered, 1.5 s after it came.
+        // A busy broker: each CONNECT is answered, 1.2 s after it came.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connects = Arc::new(AtomicU64::new(0));
@@ -483,7 +483,7 @@ mod tests {
                         return;
                     }
                     c.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
                     // CONNACK, no session, accepted; then keep the connection open.
                     if socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.is_ok() {
                         while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
@@ -503,13 +503,15 @@ mod tests {
         };
         opts.connect_timeout = Duration::from_secs(1);
         let link = Link::start(opts).0;
-        // At the same 1 s each time it would never connect. The second attempt waits 2 s.
+        // At the same 1 s each time it would never connect. The second attempt waits 2 s (a
+        // busy machine may need the third, 4 s).
         assert!(
-            link.wait_connected(Duration::from_secs(8)).await,
+            link.wait_connected(Duration::from_secs(10)).await,
             "{:?}",
             link.status()
         );
-        assert_eq!(connects.load(Ordering::Relaxed), 2);
+        let asked = connects.load(Ordering::Relaxed);
+        assert!((2..=3).contains(&asked), "{asked} connects");
         link.shutdown();
     }
 

@@ -46,7 +46,7 @@ use super::{
     ReleaseRow, RolloutRow, RolloutSiteRow, SampleRow, SiteRow, Store, StoreError, StoredMeeting,
     event_row, push_samples, stream_id,
 };
-use crate::names::{Names, NamesScope};
+use crate::names::Names;
 use cuntong_core::alarm::Alarm;
 
 mod ingest;
@@ -568,8 +568,8 @@ impl Store for PgStore {
     fn names_version(&self) -> Result<i64, StoreError> {
         PgStore::names_version(self)
     }
-    fn names(&self, scope: &NamesScope) -> Result<Names, StoreError> {
-        PgStore::names(self, scope)
+    fn names(&self, region: Option<&Region>) -> Result<Names, StoreError> {
+        PgStore::names(self, region)
     }
     fn unended_meetings(&self) -> Result<Vec<StoredMeeting>, StoreError> {
         PgStore::unended_meetings(self)

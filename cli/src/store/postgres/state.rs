@@ -9,10 +9,10 @@ use cuntong_core::site::{Region, SiteCode};
 use cuntong_core::terminal_id::TerminalId;
 
 use super::PgStore;
-use crate::names::{Names, NamesScope};
+use crate::names::Names;
 use crate::store::{
-    Column, Fence, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, StoreError, StoredMeeting,
-    decode_alarm, encode_alarm, region_range,
+    Column, Fence, InstanceRow, KnownTerminal, MeetingRow, NamesScope, OpenAlarms, StoreError,
+    StoredMeeting, decode_alarm, encode_alarm, region_range,
 };
 
 /// Why a fenced write was refused: the role passed on, or the check itself failed.
@@ -434,9 +434,10 @@ impl PgStore {
             .map_or(0, |r| r.get(0)))
     }
 
-    /// The imported division names and the terminals' own names.
-    pub fn names(&self, scope: &NamesScope) -> Result<Names, StoreError> {
+    /// The imported division names and the terminals' own names, those in and above `region`.
+    pub fn names(&self, region: Option<&Region>) -> Result<Names, StoreError> {
         let err = self.err("reading names");
+        let scope = NamesScope::of(region);
         let mut client = self.client.borrow_mut();
         let imported = client
             .query(
@@ -450,8 +451,8 @@ impl PgStore {
             .collect();
         let labels = client
             .query(
-                "SELECT terminal, name FROM terminal_names WHERE left(terminal, length($1)) = $1",
-                &[&scope.terminals],
+                "SELECT terminal, name FROM terminal_names WHERE terminal >= $1 AND terminal < $2",
+                &[&scope.terminals.0, &scope.terminals.1],
             )
             .map_err(&err)?
             .iter()
