@@ -83,6 +83,17 @@ pub enum ReplayOrder {
 /// a province once sent central two and a half duplicates for every record it stored).
 pub const HELD_FIRST_RESEND_MS: u64 = 5_000;
 
+/// The last seq of `stream` a numbering announced from `first` sends while it is held
+/// ([`Delivery::hold`]): of events, its two announcements (the events' own at `first`, then the
+/// telemetry's); of telemetry, nothing. Central holding a seq of the stream beyond it under the
+/// box's id holds a predecessor's: the numbering clashes (the box's own announcements do not).
+pub fn held_upto(stream: Stream, first: u64) -> u64 {
+    match stream {
+        Stream::Events => first.saturating_add(1),
+        Stream::Telemetry => first.saturating_sub(1),
+    }
+}
+
 /// How delivery paces and retries.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DeliveryConfig {
@@ -675,8 +686,8 @@ mod tests {
             d.queued(Stream::Events, seq);
             d.queued(Stream::Telemetry, seq);
         }
-        d.hold(Stream::Events, Some(start + 1));
-        d.hold(Stream::Telemetry, Some(start - 1));
+        d.hold(Stream::Events, Some(held_upto(Stream::Events, start)));
+        d.hold(Stream::Telemetry, Some(held_upto(Stream::Telemetry, start)));
         d.link_up(0);
         assert_eq!(
             drain(&mut d, 0),

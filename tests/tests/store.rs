@@ -340,6 +340,68 @@ fn a_replacement_box_numbering_from_its_start_is_stored_and_confirmed_without_a_
 }
 
 #[test]
+fn a_new_numbering_is_told_of_a_predecessors_seqs_beyond_it_and_never_of_its_own_announcements() {
+    on_both(|db| {
+        let mut store = db.open();
+        // A box's two announcements of a numbering from `first`: the events' at `first`, then
+        // the telemetry's (the only records of a held numbering).
+        let announce = |terminal, first| {
+            let from = |stream| Event::NumberingFrom { stream, first };
+            [
+                event_of(terminal, first, T0 + first, from(Stream::Events)),
+                event_of(terminal, first + 1, T0 + first, from(Stream::Telemetry)),
+            ]
+        };
+        let clashes = |a: Applied| a.numbering_clashes;
+        let predecessor = |store: &mut Box<dyn Store>, terminal, telemetry, events| {
+            let records: Vec<Record> = (1..=telemetry)
+                .map(|q| temp(terminal, q, T0 + q, "1.00"))
+                .chain((1..=events).map(|q| event(terminal, q, T0 + q)))
+                .collect();
+            store.apply(&records).unwrap();
+        };
+
+        // A box numbering from its clock above everything held: its announcements, and every
+        // copy of them that comes again (resent while central was busy), clash with nothing.
+        predecessor(&mut store, A, 3, 2);
+        for _ in 0..3 {
+            assert_eq!(clashes(store.apply(&announce(A, 1_000)).unwrap()), []);
+        }
+
+        // A box whose clock is behind: central holds a predecessor's seqs beyond the
+        // numbering, and says so each time the announcements come (the box may have missed
+        // the first answer).
+        const B: &str = "130102001002-main";
+        predecessor(&mut store, B, 10, 5);
+        let held = vec![(
+            id(B),
+            Watermarks {
+                telemetry: 10,
+                events: 5,
+            },
+        )];
+        for _ in 0..2 {
+            assert_eq!(clashes(store.apply(&announce(B, 3)).unwrap()), held);
+        }
+
+        // Seqs a predecessor used under the announcements themselves, and none beyond them,
+        // are no clash: the box's watermark reaches its hold and nothing it sends later is
+        // taken for a duplicate.
+        const C: &str = "130102001003-main";
+        predecessor(&mut store, C, 2, 4);
+        let applied = store.apply(&announce(C, 3)).unwrap();
+        assert_eq!(applied.numbering_clashes, []);
+        assert_eq!(
+            marks(&applied, C),
+            Some(Watermarks {
+                telemetry: 2,
+                events: 4,
+            })
+        );
+    });
+}
+
+#[test]
 fn a_reported_drop_is_passed_by_the_watermark_and_a_late_copy_of_a_dropped_seq_is_still_stored() {
     on_both(|db| {
         let mut store = db.open();

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use cuntong_core::alarm::Alarm;
-use cuntong_core::delivery::Watermarks;
+use cuntong_core::delivery::{Watermarks, held_upto};
 use cuntong_core::envelope::{Envelope, Event, Stream, decode_event, decode_telemetry};
 use cuntong_core::presence::Presence;
 use cuntong_core::site::{Region, SiteCode};
@@ -346,17 +346,20 @@ impl Record {
     }
 }
 
-/// The terminals of a group that announced a numbering start at or below the highest seq the
-/// store holds of that stream under their id, with those highest seqs: what central tells
-/// them (a box whose clock was behind renumbers above them). `highest` gives the highest seq
-/// held of (terminal, stream).
+/// The terminals of a group that announced a numbering start below the highest seq the store
+/// holds of that stream under their id, beyond what the held numbering itself sends (its
+/// announcements, [`held_upto`]), with those highest seqs: what central tells them (a box
+/// whose clock was behind renumbers above them). A box's own announcements, however often
+/// they come, are no clash. `highest` gives the highest seq held of (terminal, stream).
 fn numbering_clashes<E>(
     records: &[Record],
     mut highest: impl FnMut(&TerminalId, Stream) -> Result<u64, E>,
 ) -> Result<Vec<(TerminalId, Watermarks)>, E> {
     let mut clashes: Vec<(TerminalId, Watermarks)> = Vec::new();
     for (terminal, stream, first) in records.iter().filter_map(Record::numbering) {
-        if clashes.iter().any(|(t, _)| *t == terminal) || highest(&terminal, stream)? < first {
+        if clashes.iter().any(|(t, _)| *t == terminal)
+            || highest(&terminal, stream)? <= held_upto(stream, first)
+        {
             continue;
         }
         let mut held = Watermarks::default();

@@ -2,7 +2,7 @@
 //! delivery allows, confirmed by central's watermarks, and (a new box's held numbering)
 //! renumbered when central holds what it would clash with.
 
-use cuntong_core::delivery::{Confirmation, Delivery, Watermarks};
+use cuntong_core::delivery::{Confirmation, Delivery, Watermarks, held_upto};
 use cuntong_core::envelope::{Envelope, Event, Stream, encode};
 use cuntong_core::topic::Topic;
 
@@ -28,7 +28,7 @@ pub(super) fn delivery_of(
     }
     if let Some(events) = outbox.holding() {
         delivery.hold(Stream::Events, Some(events));
-        let telemetry = outbox.first_seq(Stream::Telemetry).saturating_sub(1);
+        let telemetry = held_upto(Stream::Telemetry, outbox.first_seq(Stream::Telemetry));
         delivery.hold(Stream::Telemetry, Some(telemetry));
     }
     delivery

@@ -44,6 +44,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cuntong_core::delivery::held_upto;
 use cuntong_core::envelope::Stream;
 
 mod disk;
@@ -456,7 +457,7 @@ impl Outbox {
         }
         self.unsynced = true;
         self.flush()?;
-        self.state.holding = Some(first.events + 1);
+        self.state.holding = Some(held_upto(Stream::Events, first.events));
         self.write_state()?;
         Ok(true)
     }

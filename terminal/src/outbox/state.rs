@@ -4,6 +4,9 @@
 
 use std::path::Path;
 
+use cuntong_core::delivery::held_upto;
+use cuntong_core::envelope::Stream;
+
 use super::OutboxError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +56,7 @@ impl State {
             assigned: [first - 1; 2],
             assigned_known: true,
             // Its first two events are the announcements, of each stream's start.
-            holding: Some(first + 1),
+            holding: Some(held_upto(Stream::Events, first)),
             ..State::default()
         }
     }
