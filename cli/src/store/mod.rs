@@ -45,7 +45,9 @@ pub use postgres::PgStore;
 pub use rollouts::{ReleaseRow, RolloutRow, RolloutSiteRow};
 use sqlite::has_table;
 pub use sqlite::{BackupSummary, SqliteStore, open_read_only};
-pub use writer::{GROUP, RecordSender, StateWriter, TrySendError, Writer, WriterGone};
+pub use writer::{
+    GROUP, RecordPermit, RecordSender, StateWriter, TrySendError, Writer, WriterGone,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
