@@ -1,13 +1,14 @@
 //! A whole province on this box: one simulated terminal for each village of the official
 //! division list (Hebei, region 13: 54,145), as a province would deploy it.
 //!
-//! - **Brokers as a tier**: one Mosquitto per prefecture (11 in Hebei), each bridged to the
-//!   province's (`ct/v1/t/<prefecture>/#` both ways: the terminals' uplinks out, their
-//!   downlinks in; the meeting tree in). Central and the chair's commands use the province's.
-//!   No broker holds more than a prefecture's connections, none more than the open-files
-//!   limit (20,000 here).
+//! - **Brokers as a tier**: one Mosquitto for each simulator process's villages (a few
+//!   counties, at most `--per-fleet` terminals: Mosquitto 2.0 adds each subscriber of a topic
+//!   by walking the topic's subscribers, so a broker's connects cost the square of its
+//!   terminals), each bridged to the province's (its counties' `ct/v1/t/<county>/#` both ways:
+//!   the terminals' uplinks out, their downlinks in; the meeting tree in). Central and the
+//!   chair's commands use the province's.
 //! - **The fleet as several processes**: `cuntong-sim fleet --codes FILE --region
-//!   <prefecture> --part K/N`, at most `--per-fleet` terminals each, on its prefecture's broker.
+//!   <prefecture> --part K/N`, at most `--per-fleet` terminals each, on its own broker.
 //! - **The simulators at a lower priority** (`nice -n 10`): in the field every box has its own
 //!   CPU; here they share two cores with the brokers and central.
 //! - **The simulators' outboxes on tmpfs** (`/dev/shm`, `--fleet-data` to move them): in the
@@ -71,44 +72,66 @@ struct Args {
     fleet_data: Option<PathBuf>,
 }
 
-/// The prefectures of `region` in the list, and their villages.
-fn prefectures(args: &Args) -> anyhow::Result<BTreeMap<String, usize>> {
+/// The prefectures of `region` in the list, and their village codes in code order.
+fn prefectures(args: &Args) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let list = cuntong_firmware_sim::divisions::read(&args.codes)
         .map_err(|e| anyhow::anyhow!("--codes {}: {e}", args.codes.display()))?;
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (code, _) in list.rows {
         let code = code.to_string();
         if code.len() == 12 && code.starts_with(&args.region) {
-            *out.entry(code[..4].to_owned()).or_insert(0) += 1;
+            out.entry(code[..4].to_owned()).or_default().push(code);
         }
     }
     if out.is_empty() {
         bail!("no village of region {} in the list", args.region);
     }
+    for villages in out.values_mut() {
+        villages.sort();
+        villages.dedup();
+    }
     Ok(out)
 }
 
-/// A prefecture's broker, bridged to the province's on `province_port`.
-fn prefecture_broker(
-    prefecture: &str,
+/// The villages of simulator process `k` of `n` of a prefecture (`--part k/n`: the list in
+/// code order, cut in `n` runs whose sizes differ by one at most).
+fn part_of(villages: &[String], k: usize, n: usize) -> &[String] {
+    let len = villages.len();
+    &villages[len * (k - 1) / n..len * k / n]
+}
+
+/// The broker of one simulator process's villages (their counties: a few, a few thousand
+/// terminals), bridged to the province's on `province_port`: their counties' terminal trees
+/// both ways, the meeting tree in.
+fn county_broker(
+    name: &str,
+    villages: &[String],
     port: u16,
     province_port: u16,
     dir: &std::path::Path,
 ) -> anyhow::Result<Proc> {
-    let path = prefecture
-        .as_bytes()
-        .chunks(2)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join("/");
+    let mut counties: Vec<&str> = villages.iter().map(|v| &v[..6]).collect();
+    counties.dedup();
+    let topics: String = counties
+        .iter()
+        .map(|county| {
+            let path = county
+                .as_bytes()
+                .chunks(2)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            format!("topic ct/v1/t/{path}/# both 1\n")
+        })
+        .collect();
     let bridge = format!(
-        "connection province-{prefecture}\naddress 127.0.0.1:{province_port}\n\
-         remote_clientid bridge-{prefecture}\ncleansession true\n\
+        "connection province-{name}\naddress 127.0.0.1:{province_port}\n\
+         remote_clientid bridge-{name}\ncleansession true\n\
          try_private true\nnotifications false\nrestart_timeout 1\n\
          max_queued_messages 100000\n\
-         topic ct/v1/t/{path}/# both 1\ntopic ct/v1/m/# in 1\n"
+         {topics}topic ct/v1/m/# in 1\n"
     );
-    mosquitto(&format!("broker-{prefecture}"), port, &bridge, dir)
+    mosquitto(&format!("broker-{name}"), port, &bridge, dir)
 }
 
 /// The processes whose CPU time is reported for each phase.
@@ -173,7 +196,7 @@ fn delivery(url: &str) -> anyhow::Result<(i64, i64, i64, i64)> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let prefectures = prefectures(&args)?;
-    let n: usize = prefectures.values().sum();
+    let n: usize = prefectures.values().map(Vec::len).sum();
     let temp = tempfile::tempdir()?;
     let d = args.dir.as_deref().unwrap_or(temp.path());
     std::fs::create_dir_all(d)?;
@@ -191,16 +214,10 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
-    // The broker tier.
+    // The broker tier: the province's, and one for each simulator process's counties.
     let province_port = free_port()?;
     let mut brokers = vec![mosquitto("broker-province", province_port, "", d)?];
     let url = format!("mqtt://127.0.0.1:{province_port}");
-    let mut prefecture_urls = BTreeMap::new();
-    for p in prefectures.keys() {
-        let port = free_port()?;
-        brokers.push(prefecture_broker(p, port, province_port, d)?);
-        prefecture_urls.insert(p.clone(), format!("mqtt://127.0.0.1:{port}"));
-    }
     let http = format!("127.0.0.1:{}", free_port()?);
     let central_proc = central(&url, &db, &["--http", &http], d)?;
     // The villages' official names, as a province's store has them: what the fleet view reads
@@ -234,8 +251,18 @@ fn main() -> anyhow::Result<()> {
         (None, None) => d.to_owned(),
     };
     for (p, villages) in &prefectures {
-        let parts = villages.div_ceil(args.per_fleet.max(1));
+        let parts = villages.len().div_ceil(args.per_fleet.max(1));
         for k in 1..=parts {
+            let port = free_port()?;
+            let part = part_of(villages, k, parts);
+            brokers.push(county_broker(
+                &format!("{p}-{k}"),
+                part,
+                port,
+                province_port,
+                d,
+            )?);
+            let broker = format!("mqtt://127.0.0.1:{port}");
             let data = fleet_data.join(format!("fleet-{p}-{k}"));
             // The simulated boxes run at a lower priority: in the field each has a CPU of its
             // own, and here 54,145 of them would otherwise take the cores from the brokers
@@ -249,7 +276,7 @@ fn main() -> anyhow::Result<()> {
                     sim.to_str().context("path")?,
                     "fleet",
                     "--broker",
-                    &prefecture_urls[p],
+                    &broker,
                     "--region",
                     p,
                     "--codes",
@@ -277,10 +304,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "  {} brokers (1 province, {} prefectures), {} simulator processes",
+        "  {} brokers (1 province, {} for the counties of each simulator process), {} simulator processes in {} prefectures",
         brokers.len(),
-        prefectures.len(),
-        fleets.len()
+        brokers.len() - 1,
+        fleets.len(),
+        prefectures.len()
     );
     wait_online(&db, n, Duration::from_secs(600))?;
     let online = started.elapsed();
