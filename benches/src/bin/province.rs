@@ -220,36 +220,13 @@ fn main() -> anyhow::Result<()> {
     let url = format!("mqtt://127.0.0.1:{province_port}");
     let http = format!("127.0.0.1:{}", free_port()?);
     let central_proc = central(&url, &db, &["--http", &http], d)?;
-    // The villages' official names, as a province's store has them: what the fleet view reads
-    // beside each terminal.
-    let imported = std::process::Command::new(bin("cuntong")?)
-        .args(["regions", "import"])
-        .arg(&args.codes)
-        .args(["--db", &db])
-        .output()?;
-    if !imported.status.success() {
-        bail!(
-            "regions import: {}",
-            String::from_utf8_lossy(&imported.stderr)
-        );
-    }
+    import_names(&args.codes, &db)?;
 
     // The fleet: several processes per prefecture where it has more villages than one takes.
     let cpu_start = cpu_seconds(&PROCESSES);
     let started = Instant::now();
     let mut fleets = Vec::new();
-    let codes = args.codes.to_str().context("path")?;
-    let shm = std::path::Path::new("/dev/shm");
-    let fleet_temp = match &args.fleet_data {
-        Some(_) => None,
-        None if shm.is_dir() => Some(tempfile::tempdir_in(shm)?),
-        None => None,
-    };
-    let fleet_data = match (&args.fleet_data, &fleet_temp) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(t)) => t.path().to_owned(),
-        (None, None) => d.to_owned(),
-    };
+    let (fleet_data, _fleet_temp) = fleet_data(&args, d)?;
     for (p, villages) in &prefectures {
         let parts = villages.len().div_ceil(args.per_fleet.max(1));
         for k in 1..=parts {
@@ -262,35 +239,13 @@ fn main() -> anyhow::Result<()> {
                 province_port,
                 d,
             )?);
-            let broker = format!("mqtt://127.0.0.1:{port}");
-            let data = fleet_data.join(format!("fleet-{p}-{k}"));
-            // The simulated boxes run at a lower priority: in the field each has a CPU of its
-            // own, and here 54,145 of them would otherwise take the cores from the brokers
-            // and central they are meant to load.
-            let sim = bin("cuntong-sim")?;
-            fleets.push(spawn(
-                std::path::Path::new("nice"),
-                &[
-                    "-n",
-                    "10",
-                    sim.to_str().context("path")?,
-                    "fleet",
-                    "--broker",
-                    &broker,
-                    "--region",
-                    p,
-                    "--codes",
-                    codes,
-                    "--part",
-                    &format!("{k}/{parts}"),
-                    "--interval",
-                    "60s",
-                    "--power-on",
-                    &args.power_on,
-                    "--data-dir",
-                    data.to_str().context("path")?,
-                ],
-                &d.join(format!("fleet-{p}-{k}.log")),
+            fleets.push(simulator(
+                &args,
+                p,
+                (k, parts),
+                port,
+                &fleet_data.join(format!("fleet-{p}-{k}")),
+                d,
             )?);
         }
     }
@@ -329,11 +284,20 @@ fn main() -> anyhow::Result<()> {
         rss_kib(central_proc.0.id()).unwrap_or(0) / 1024
     );
 
-    // The province meeting.
+    meeting(&url, &args.region, n)?;
+    println!(
+        "  right after the meeting {}",
+        read_views(&db, &args.region, &http)?
+    );
+    steady(&db, &args, &http, n)
+}
+
+/// The province meeting (inviting `region`'s `n` sites): from its start until all joined, and
+/// its roll call. A failed meeting is reported, and the other figures are still measured.
+fn meeting(url: &str, region: &str, n: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let (cpu_meeting, meeting_started) = (cpu_seconds(&PROCESSES), Instant::now());
-    // A failed meeting is reported, and the other figures are still measured.
-    match rt.block_on(region_meeting(&url, &args.region, n)) {
+    match rt.block_on(region_meeting(url, region, n)) {
         Ok(m) => {
             println!(
                 "  meeting start → all joined {:>6} ms   ({} of {n} joined; {} state publishes, {} media plans)",
@@ -347,27 +311,25 @@ fn main() -> anyhow::Result<()> {
         Err(e) => println!("  meeting                 FAILED: {e:#}"),
     }
     println!("  {}", cpu_since(&cpu_meeting, meeting_started.elapsed()));
+    Ok(())
+}
 
-    println!(
-        "  right after the meeting {}",
-        read_views(&db, &args.region, &http)?
-    );
-
-    // Steady reporting: every record stored, none missing, the newest confirmed.
-    let (_, before, _, _) = delivery(&db)?;
+/// `--minutes` of steady reporting: every record stored, none missing, the newest confirmed;
+/// the fleet view read halfway, as staff read it while the province reports.
+fn steady(db: &str, args: &Args, http: &str, n: usize) -> anyhow::Result<()> {
+    let (_, before, _, _) = delivery(db)?;
     let (cpu_steady, steady) = (cpu_seconds(&PROCESSES), Instant::now());
-    // Halfway: the fleet view as staff read it while the province reports.
     std::thread::sleep(Duration::from_secs(args.minutes * 30));
-    let views = read_views(&db, &args.region, &http)?;
+    let views = read_views(db, &args.region, http)?;
     std::thread::sleep(Duration::from_secs(args.minutes * 60).saturating_sub(steady.elapsed()));
-    let (terminals, after, gaps, _) = delivery(&db)?;
+    let (terminals, after, gaps, _) = delivery(db)?;
     let window = steady.elapsed();
     let stored = after - before;
     // The last minute's records may still be on their way: wait for their confirmations.
     let confirmed = wait_for(Duration::from_secs(90), || {
-        delivery(&db).is_ok_and(|(_, _, g, unconfirmed)| g == 0 && unconfirmed == 0)
+        delivery(db).is_ok_and(|(_, _, g, unconfirmed)| g == 0 && unconfirmed == 0)
     });
-    let (_, total, gaps_end, unconfirmed) = delivery(&db)?;
+    let (_, total, gaps_end, unconfirmed) = delivery(db)?;
     println!(
         "  {} minutes steady        {stored} records stored ({:.3} a terminal a minute), {terminals} terminals, gaps {gaps} then {gaps_end}, total {total}; every newest record confirmed: {} ({unconfirmed} not)",
         args.minutes,
@@ -379,6 +341,79 @@ fn main() -> anyhow::Result<()> {
     let ingest_s = n as f64 / 60.0;
     println!("  ingest                  {ingest_s:.0} messages/s at one a minute per terminal");
     Ok(())
+}
+
+/// Imports the villages' official names into the store, as a province's store has them: what
+/// the fleet view reads beside each terminal.
+fn import_names(codes: &std::path::Path, db: &str) -> anyhow::Result<()> {
+    let imported = std::process::Command::new(bin("cuntong")?)
+        .args(["regions", "import"])
+        .arg(codes)
+        .args(["--db", db])
+        .output()?;
+    if !imported.status.success() {
+        bail!(
+            "regions import: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Where the simulated boxes keep their outboxes: `--fleet-data`, else a temporary directory in
+/// `/dev/shm` (removed when the second value is dropped), else `dir`.
+fn fleet_data(
+    args: &Args,
+    dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let shm = std::path::Path::new("/dev/shm");
+    Ok(match &args.fleet_data {
+        Some(data) => (data.clone(), None),
+        None if shm.is_dir() => {
+            let temp = tempfile::tempdir_in(shm)?;
+            (temp.path().to_owned(), Some(temp))
+        }
+        None => (dir.to_owned(), None),
+    })
+}
+
+/// Simulator process `k` of `parts` of `prefecture`, on the broker at `port`, its outboxes in
+/// `data`, its log in `dir`. The simulated boxes run at a lower priority: in the field each has
+/// a CPU of its own, and here 54,145 of them would otherwise take the cores from the brokers
+/// and central they are meant to load.
+fn simulator(
+    args: &Args,
+    prefecture: &str,
+    (k, parts): (usize, usize),
+    port: u16,
+    data: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<Proc> {
+    let sim = bin("cuntong-sim")?;
+    spawn(
+        std::path::Path::new("nice"),
+        &[
+            "-n",
+            "10",
+            sim.to_str().context("path")?,
+            "fleet",
+            "--broker",
+            &format!("mqtt://127.0.0.1:{port}"),
+            "--region",
+            prefecture,
+            "--codes",
+            args.codes.to_str().context("path")?,
+            "--part",
+            &format!("{k}/{parts}"),
+            "--interval",
+            "60s",
+            "--power-on",
+            &args.power_on,
+            "--data-dir",
+            data.to_str().context("path")?,
+        ],
+        &dir.join(format!("fleet-{prefecture}-{k}.log")),
+    )
 }
 
 /// The store read over the whole region: `sites --region R --json` (the whole command) and the
