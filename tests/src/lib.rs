@@ -19,6 +19,20 @@ pub mod nats;
 pub mod postgres;
 pub mod update;
 
+/// A sample of `metric` at `offset_ms` into its batch, its value as written (`"20.50"`).
+pub fn sample(
+    offset_ms: u32,
+    metric: cuntong_core::telemetry::Metric,
+    value: &str,
+) -> cuntong_core::telemetry::Sample {
+    cuntong_core::telemetry::Sample {
+        offset_ms,
+        metric,
+        value: value.parse().unwrap(),
+        quality: None,
+    }
+}
+
 /// Path of a workspace binary next to the test executable's `deps` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use cuntong_core::envelope::{Envelope, encode};
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
-use cuntong_e2e::{Broker, BrokerKind, bin, central, run, sim_fleet, sites, telemetry, wait_until};
+use cuntong_e2e::{
+    Broker, BrokerKind, bin, central, run, sample, sim_fleet, sites, telemetry, wait_until,
+};
 
 const TERMINAL: &str = "130102001001-main";
 const TOPIC: &str = "ct/v1/t/13/01/02/001/001/main/tm";
@@ -26,15 +28,6 @@ fn mosquitto_pub() -> PathBuf {
         }
     }
     panic!("mosquitto_pub is not installed (apt-get install mosquitto-clients)");
-}
-
-fn sample(offset_ms: u32, metric: Metric, value: &str) -> Sample {
-    Sample {
-        offset_ms,
-        metric,
-        value: value.parse().unwrap(),
-        quality: None,
-    }
 }
 
 /// Writes a telemetry envelope as its wire payload to `dir/name`.

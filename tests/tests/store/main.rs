@@ -17,6 +17,7 @@ use cuntong_core::site::Region;
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_e2e::postgres::Postgres;
+use cuntong_e2e::sample;
 
 mod backends;
 mod delivery;
@@ -151,15 +152,6 @@ impl Db {
 
 fn id(s: &str) -> TerminalId {
     s.parse().unwrap()
-}
-
-fn sample(offset_ms: u32, metric: Metric, value: &str) -> Sample {
-    Sample {
-        offset_ms,
-        metric,
-        value: value.parse().unwrap(),
-        quality: None,
-    }
 }
 
 fn telemetry(
