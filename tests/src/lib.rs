@@ -2,8 +2,9 @@
 //!
 //! The binaries are the workspace's own build (`cargo build --workspace --bins` first; the
 //! test command does that). Every child process is killed when its handle drops, every wait
-//! polls a condition with a deadline, and every port is picked by the OS: a binary started on
-//! port 0 reports the port it bound on stderr, read back with [`Proc::bound`].
+//! polls a condition with a deadline, and ports are picked by the OS where the program can be
+//! told port 0: a binary started on port 0 reports the port it bound on stderr, read back with
+//! [`Proc::bound`]. What must know its port first gets one from [`free_ports`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -56,16 +57,50 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A TCP port that was free a moment ago. Another process may take it before it is used:
-/// only for what must know its port before it starts (Mosquitto's configuration file, a
-/// broker restarted where its clients expect it, an address that must refuse). Start our own
-/// binaries on port 0 and read the port back with [`Proc::bound`].
+/// A port free for TCP and UDP on loopback, for what must know its port before it starts
+/// (Mosquitto's configuration file, a broker restarted where its clients expect it, an
+/// address that must refuse). Start our own binaries on port 0 and read the port back with
+/// [`Proc::bound`].
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports free for TCP and UDP on loopback (baresip, for one,
+/// listens on its port and takes the next for TLS).
+///
+/// The ports come from below the kernel's ephemeral range, so no connection's source port
+/// can take one between this check and its use; each test process walks the range from its
+/// own starting point and never hands a port out twice.
+pub fn free_ports(n: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let size = ephemeral.saturating_sub(LOWEST);
+    assert!(
+        size > 1_000,
+        "the ephemeral ports start at {ephemeral}: no room below them for test ports"
+    );
+    let start = (std::process::id() * 7_919) % size;
+    let free = |port: u16| {
+        TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    };
+    for _ in 0..size {
+        let at = HANDED_OUT.fetch_add(u32::from(n), Ordering::Relaxed);
+        let first = LOWEST + (start + at) % size;
+        if first + u32::from(n) > ephemeral {
+            continue;
+        }
+        let first = u16::try_from(first).unwrap();
+        if (first..first + n).all(free) {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free ports between {LOWEST} and {ephemeral}")
 }
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes; true if it held.

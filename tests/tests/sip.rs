@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use cuntong::control::{RollCallJson, SiteJson};
 use cuntong_e2e::{
-    Broker, BrokerKind, COUNTY_RELAY, Proc, bin, central_with, free_port, ok, run, sim_fleet_with,
-    sites, wait_until,
+    Broker, BrokerKind, COUNTY_RELAY, Proc, bin, central_with, free_port, free_ports, ok, run,
+    sim_fleet_with, sites, wait_until,
 };
 use cuntong_firmware_sim::fleet::free_udp_pair;
 
@@ -211,7 +211,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     assert_eq!(state_of(HALL).as_deref(), Some("invited"), "{:?}", status());
 
     // A room system the gateway does not let in is refused, and nothing joins.
-    let intruder = baresip(d, "intruder", "intruder", free_port(), "");
+    let intruder = baresip(d, "intruder", "intruder", free_ports(2), "");
     let uri = format!("sip:{id}@127.0.0.1:{sip_port}");
     let mut refused = dial(&intruder, &uri);
     assert!(
@@ -226,7 +226,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
 
     // The hall's room system dials in, over TLS with SRTP (SDES keys): the hall joins and
     // answers the roll call.
-    let hall = baresip(d, "srtp", "hall", free_port(), ";mediaenc=srtp-mand");
+    let hall = baresip(d, "srtp", "hall", free_ports(2), ";mediaenc=srtp-mand");
     let mut call = dial(
         &hall,
         &format!("sip:{id}@127.0.0.1:{tls_port};transport=tls"),
@@ -336,7 +336,13 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
 
     // It calls again over TCP and plain RTP, with G.711 μ-law alone: joined again, and the
     // room's picture and sound decoded.
-    let plain = baresip(d, "plain", "hall", free_port(), ";audio_codecs=PCMU/8000/1");
+    let plain = baresip(
+        d,
+        "plain",
+        "hall",
+        free_ports(2),
+        ";audio_codecs=PCMU/8000/1",
+    );
     let mut again = dial(&plain, &format!("{uri};transport=tcp"));
     let joined = || state_of(HALL).as_deref() == Some("joined");
     assert!(
@@ -372,7 +378,7 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     // The chair has the gateway call the room system (`meeting dial`, over TLS): it answers,
     // the hall joins, and the room system decodes the room. A room system the gateway does
     // not allow is not called (told by a signed command to the gateway).
-    let called_port = free_port();
+    let called_port = free_ports(2);
     let called = baresip(d, "called", "hall", called_port, ";answermode=auto");
     // It takes SIP over TLS too (on its port + 1), with a certificate of the fleet CA's for
     // its host name, which the gateway checks.
