@@ -138,6 +138,14 @@ impl TerminalId {
     pub fn slug(&self) -> &Slug {
         &self.slug
     }
+
+    /// A key that orders ids as their text orders (`130102001001-a` before `130102001001-a0`
+    /// before `130102001002-a`), compared as two numbers: for sorting many ids quickly.
+    pub fn text_order(&self) -> (u64, u128) {
+        // The site's digits have fixed widths; a slug's unused bytes are zero, below any
+        // character a slug may hold.
+        (self.site.as_u64(), u128::from_be_bytes(self.slug.bytes))
+    }
 }
 
 impl FromStr for TerminalId {
@@ -239,6 +247,20 @@ mod tests {
             let s = alloc::format!("130102001{v:03}-{slug}");
             let id: TerminalId = s.parse().unwrap();
             proptest::prop_assert_eq!(id.to_string(), s);
+        }
+
+        #[test]
+        fn the_text_order_key_orders_as_the_text(
+            a in "[a-z0-9]{1,16}", b in "[a-z0-9]{1,16}", x in 1u16..1000, y in 1u16..1000,
+            towns in proptest::sample::select(alloc::vec![1u16, 2, 110]),
+        ) {
+            let a: TerminalId = alloc::format!("130102{towns:03}{x:03}-{a}").parse().unwrap();
+            let b: TerminalId = alloc::format!("1301020{:02}{y:03}-{b}", towns % 100).parse().unwrap();
+            proptest::prop_assert_eq!(
+                a.text_order().cmp(&b.text_order()),
+                a.to_string().cmp(&b.to_string())
+            );
+            proptest::prop_assert_eq!(a.text_order().cmp(&b.text_order()), a.cmp(&b));
         }
 
         #[test]

@@ -286,6 +286,17 @@ struct Message<'a> {
 }
 
 impl Record {
+    /// The terminal it is of (a rejected message is of none known).
+    fn terminal(&self) -> Option<TerminalId> {
+        match self {
+            Record::Telemetry { terminal, .. }
+            | Record::Event { terminal, .. }
+            | Record::Presence { terminal, .. }
+            | Record::Lost { terminal, .. } => Some(*terminal),
+            Record::Rejected { .. } => None,
+        }
+    }
+
     fn message(&self) -> Option<Message<'_>> {
         let (terminal, stream, seq, time_ms, received_ms, raw) = match self {
             Record::Telemetry {

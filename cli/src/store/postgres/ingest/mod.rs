@@ -35,7 +35,7 @@ use journal::{Entries, Position};
 use read::read_state;
 use runs::Runs;
 use terminals::{advance_watermarks, write_terminals};
-use writes::{copy_messages, write_gaps};
+use writes::{MessageCopy, write_gaps};
 
 /// A (terminal, stream) as the group finds it and leaves it.
 #[derive(Default)]
@@ -266,35 +266,38 @@ impl Rows {
         *e = (*e).max(last as i64);
     }
 
-    /// The terminals of `records`, in terminal order; `names` holds (or is given) their names.
-    fn new(records: &[Record], names: &mut ById<String>) -> Rows {
-        let mut seen: ById<()> = ById::default();
-        let mut ids = Vec::new();
-        for r in records {
-            let t = match r {
-                Record::Telemetry { terminal, .. }
-                | Record::Event { terminal, .. }
-                | Record::Presence { terminal, .. }
-                | Record::Lost { terminal, .. } => terminal,
-                Record::Rejected { .. } => continue,
-            };
-            if seen.insert(*t, ()).is_none() {
-                ids.push(*t);
-            }
-        }
-        Rows::of(ids.into_iter().map(|id| {
+    /// The terminals of `records`, in terminal order (`names` holds, or is given, their
+    /// names), and the place of each record's terminal among them.
+    fn new(records: &[Record], names: &mut ById<String>) -> (Rows, Vec<Option<usize>>) {
+        let of: Vec<Option<TerminalId>> = records.iter().map(Record::terminal).collect();
+        let mut ids: Vec<((u64, u128), TerminalId)> = of
+            .iter()
+            .flatten()
+            .map(|id| (id.text_order(), *id))
+            .collect();
+        ids.sort_unstable_by_key(|(key, _)| *key);
+        ids.dedup_by_key(|(key, _)| *key);
+        let rows = Rows::of(ids.into_iter().map(|(_, id)| {
             let name = names.entry(id).or_insert_with(|| id.to_string());
             (name.clone(), id)
-        }))
+        }));
+        let places = of
+            .iter()
+            .map(|id| id.and_then(|id| rows.index.get(&id).copied()))
+            .collect();
+        (rows, places)
     }
 
     /// The terminals given with their names, in terminal order.
     fn of(terminals: impl Iterator<Item = (String, TerminalId)>) -> Rows {
-        let mut terminals: Vec<(String, Terminal)> = terminals
+        // Sorted (by the ids: their text orders as they do) before each gets its large state.
+        let mut named: Vec<(String, TerminalId)> = terminals.collect();
+        named.sort_unstable_by_key(|(_, id)| id.text_order());
+        named.dedup_by_key(|(_, id)| *id);
+        let terminals: Vec<(String, Terminal)> = named
+            .into_iter()
             .map(|(name, id)| (name, Terminal::new(id)))
             .collect();
-        terminals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        terminals.dedup_by(|a, b| a.0 == b.0);
         let index = terminals
             .iter()
             .enumerate()
@@ -305,11 +308,6 @@ impl Rows {
             index,
             ..Rows::default()
         }
-    }
-
-    fn terminal(&mut self, id: &TerminalId) -> Option<&mut (String, Terminal)> {
-        let i = *self.index.get(id)?;
-        self.terminals.get_mut(i)
     }
 
     /// Joins runs stored (from the journal) to the streams of the terminals they are of.
@@ -407,13 +405,13 @@ impl PgStore {
         let mut tx = client.transaction().map_err(&err)?;
         journal::lock(&mut tx).map_err(&err)?;
         journal::catch_up(&mut tx, prepared, position, known).map_err(&err)?;
+        let (mut rows, places) = Rows::new(records, names);
         let mut applied = Applied::default();
-        let mut rows = Rows::new(records, names);
 
         // What does not depend on which messages are new: receptions, presence, rejections.
-        for r in records {
+        for (r, place) in records.iter().zip(&places) {
             if let Some(m) = r.message() {
-                if let Some((_, t)) = rows.terminal(m.terminal) {
+                if let Some((_, t)) = place.and_then(|i| rows.terminals.get_mut(i)) {
                     t.seen(m.received_ms);
                     t.touched = true;
                 }
@@ -421,11 +419,11 @@ impl PgStore {
             }
             match r {
                 Record::Presence {
-                    terminal,
                     received_ms,
                     presence: p,
+                    ..
                 } => {
-                    if let Some((_, t)) = rows.terminal(terminal) {
+                    if let Some((_, t)) = place.and_then(|i| rows.terminals.get_mut(i)) {
                         t.presence = Some((
                             p.online,
                             p.version.clone(),
@@ -473,35 +471,42 @@ impl PgStore {
             rows.add_runs(runs);
         }
 
-        // Which messages are new, in the group's order (the first of several copies is the one
-        // stored): a seq in a stored run is a duplicate. Runs only grow, so a seq found in one
-        // read before another group's commit is a duplicate still.
+        // Which messages are new: a seq in a stored run is a duplicate. Runs only grow, so a
+        // seq found in one read before another group's commit is a duplicate still. The group
+        // is taken a terminal at a time (each terminal's records in the group's order: the
+        // first of several copies is the one stored), and each new message goes into the COPY
+        // as it is found: the server stores one while this decides on the next, and the BRIN
+        // index of a day finds a terminal's rows in the few pages of each group that hold them.
+        let mut order: Vec<(usize, &Record)> = places
+            .iter()
+            .zip(records)
+            .filter(|(_, r)| matches!(r, Record::Lost { .. }) || r.message().is_some())
+            .filter_map(|(i, r)| Some(((*i)?, r)))
+            .collect();
+        order.sort_by_key(|(i, _)| *i);
+        let mut copy = MessageCopy::open(&mut tx, !order.is_empty()).map_err(&err)?;
         let mut new = Vec::new();
-        for r in records {
+        for (i, r) in order {
             if let Record::Lost {
-                terminal,
                 stream,
                 first,
                 last,
+                ..
             } = r
             {
-                if let Some(&i) = rows.index.get(terminal) {
-                    rows.drop_range(i, *stream, *first, *last);
-                }
+                rows.drop_range(i, *stream, *first, *last);
                 continue;
             }
             let Some(m) = r.message() else {
                 continue;
             };
-            let Some(i) = rows.index.get(m.terminal).copied() else {
-                continue;
-            };
             let sid = stream_id(m.stream) as usize;
-            let t = &mut rows.terminals[i].1;
+            let (name, t) = &mut rows.terminals[i];
             if t.streams[sid].runs.insert(m.seq as i64) {
                 t.streams[sid].advance = true;
                 t.changed = true;
                 applied.stored += 1;
+                copy.write(name, &m).map_err(&err)?;
                 new.push((i, m));
             } else {
                 // It resent: it may not have our watermark (its terminal is touched: sent
@@ -547,13 +552,8 @@ impl PgStore {
                 _ => {}
             }
         }
-        write_gaps(&mut tx, prepared, &rows).map_err(&err)?;
-        // In terminal order (each terminal's in the group's): the BRIN index of a day finds a
-        // terminal's rows in the few pages of each group that hold them.
-        new.sort_by_key(|(i, _)| *i);
-        copy_messages(&mut tx, &rows, &new).map_err(&err)?;
-        let appended =
-            journal::append(&mut tx, prepared, position, &rows.entries(&new)).map_err(&err)?;
+        // What the group decides once its messages are known, while the server stores the
+        // last of them.
         advance_watermarks(&mut rows, &mut applied);
         applied.numbering_clashes = crate::store::numbering_clashes(records, |t, stream| {
             let held = rows.index.get(t).map(|&i| {
@@ -565,6 +565,10 @@ impl PgStore {
             Ok::<u64, std::convert::Infallible>(held.map_or(0, |h| h.max(0) as u64))
         })
         .unwrap_or_else(|never| match never {});
+        let entries = rows.entries(&new);
+        copy.finish().map_err(&err)?;
+        write_gaps(&mut tx, prepared, &rows).map_err(&err)?;
+        let appended = journal::append(&mut tx, prepared, position, &entries).map_err(&err)?;
         tx.commit().map_err(&err)?;
         if let Some(id) = appended {
             position.last = position.last.max(id);

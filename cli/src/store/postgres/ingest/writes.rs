@@ -51,39 +51,59 @@ pub(super) fn write_gaps(
     Ok(())
 }
 
-/// Binary-COPies the group's new messages into `messages` (each lands in its day's partition).
-pub(super) fn copy_messages(
-    tx: &mut Transaction<'_>,
-    rows: &Rows,
-    new: &[(usize, crate::store::Message<'_>)],
-) -> Result<(), ::postgres::Error> {
-    if new.is_empty() {
-        return Ok(());
+/// The group's new messages, binary-COPied into `messages` as they are found (each lands in
+/// its day's partition): the server stores one while the group decides on the next.
+pub(super) struct MessageCopy<'a>(Option<BinaryCopyInWriter<'a>>);
+
+impl<'a> MessageCopy<'a> {
+    /// Starts the COPY if the group holds any message (`messages`), else copies nothing.
+    pub(super) fn open(
+        tx: &'a mut Transaction<'_>,
+        messages: bool,
+    ) -> Result<MessageCopy<'a>, ::postgres::Error> {
+        if !messages {
+            return Ok(MessageCopy(None));
+        }
+        let sink = tx.copy_in(
+            "COPY messages (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY",
+        )?;
+        Ok(MessageCopy(Some(BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::TEXT,
+                Type::INT2,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::BYTEA,
+            ],
+        ))))
     }
-    let sink = tx.copy_in(
-        "COPY messages (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY",
-    )?;
-    let mut w = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::TEXT,
-            Type::INT2,
-            Type::INT8,
-            Type::INT8,
-            Type::INT8,
-            Type::BYTEA,
-        ],
-    );
-    for (i, m) in new {
+
+    /// Copies `terminal`'s new message `m`.
+    pub(super) fn write(
+        &mut self,
+        terminal: &str,
+        m: &crate::store::Message<'_>,
+    ) -> Result<(), ::postgres::Error> {
+        let Some(w) = &mut self.0 else {
+            return Ok(());
+        };
         w.write(&[
-            &rows.terminals[*i].0,
+            &terminal,
             &(stream_id(m.stream) as i16),
             &(m.seq as i64),
             &(m.time_ms as i64),
             &(m.received_ms as i64),
             &m.raw,
-        ])?;
+        ])
     }
-    w.finish()?;
-    Ok(())
+
+    /// Ends the COPY once the server has stored every row.
+    pub(super) fn finish(self) -> Result<(), ::postgres::Error> {
+        if let Some(w) = self.0 {
+            w.finish()?;
+        }
+        Ok(())
+    }
 }
