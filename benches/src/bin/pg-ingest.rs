@@ -107,12 +107,22 @@ fn main() -> anyhow::Result<()> {
             PRIMARY KEY (terminal, stream, seq));
          CREATE UNIQUE INDEX two_keys_by_time ON two_keys (terminal, stream, time_ms, seq)",
     )?;
+    let bare_server = Backend::of(&mut bare)?;
     let bare_rate = copy_rate(&mut bare, "bare", &groups)?;
+    let bare_cpu = bare_server.cpu_ms();
     let keyed_rate = copy_rate(&mut bare, "keyed", &groups)?;
     let two_keys_rate = copy_rate(&mut bare, "two_keys", &groups)?;
 
     let mut pg = PgStore::open(&store_url)?;
+    // The store's connection: the only other session on its database.
+    let mut probe = Client::connect(&store_url, NoTls)?;
+    let store_server = Backend::other(&mut probe)?;
+    let client = Backend(
+        Some(std::process::id() as i32),
+        cpu_ticks(std::process::id() as i32),
+    );
     let pg_rate = ingest(&mut pg, &groups)?;
+    let (store_cpu, client_cpu) = (store_server.cpu_ms(), client.cpu_ms());
     // Sanity: everything stored once.
     let stored = pg.count(
         &ids[0].to_string(),
@@ -153,6 +163,11 @@ fn main() -> anyhow::Result<()> {
         pg_rate * 8.0,
         pg_rate / bare_rate
     );
+    if let (Some(bare), Some(store), Some(client)) = (bare_cpu, store_cpu, client_cpu) {
+        println!(
+            "  CPU: server {bare} ms for the bare COPY, {store} ms for PgStore; PgStore's client {client} ms"
+        );
+    }
     println!(
         "  SqliteStore         {lite_rate:>10.0} msg/s  {:>10.0} values/s  PostgreSQL/SQLite {:.2}",
         lite_rate * 8.0,
@@ -266,3 +281,43 @@ fn time_sites(store: &dyn Store, region: &Region) -> anyhow::Result<Duration> {
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000.0
 }
+
+/// A process (a server's backend, or this one) and its CPU time when first seen: where the
+/// time goes, when the server runs on this machine.
+struct Backend(Option<i32>, Option<u64>);
+
+impl Backend {
+    /// The backend serving `client`.
+    fn of(client: &mut Client) -> anyhow::Result<Backend> {
+        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+        Ok(Backend(Some(pid), cpu_ticks(pid)))
+    }
+
+    /// The one other backend on `client`'s database.
+    fn other(client: &mut Client) -> anyhow::Result<Backend> {
+        let pid: Option<i32> = client
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )?
+            .map(|r| r.get(0));
+        Ok(Backend(pid, pid.and_then(cpu_ticks)))
+    }
+
+    /// Milliseconds of CPU since it was first seen.
+    fn cpu_ms(&self) -> Option<u64> {
+        let ticks = cpu_ticks(self.0?)?.checked_sub(self.1?)?;
+        Some(ticks * 1_000 / CLOCK_TICKS)
+    }
+}
+
+/// User and system CPU of process `pid` in clock ticks, from `/proc` (none elsewhere).
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The clock ticks of `/proc/PID/stat` a second (Linux's `USER_HZ`).
+const CLOCK_TICKS: u64 = 100;

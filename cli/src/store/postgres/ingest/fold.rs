@@ -102,7 +102,7 @@ impl PgStore {
                     by_name.insert(name, *id);
                 }
             }
-            let mut rows = Rows::of(by_name.into_iter().map(|(n, id)| (n.to_owned(), id)));
+            let mut rows = Rows::of(by_name.into_iter().map(|(n, id)| (n.into(), id)));
             for (_, t) in &mut rows.terminals {
                 // Read with the drops and numbering starts ahead, and written under a new
                 // revision.
@@ -144,7 +144,7 @@ impl PgStore {
         journal::lock(&mut tx).map_err(&err)?;
         let Ingest { pending, names, .. } = &mut *ingest;
         for id in pending.keys() {
-            names.entry(*id).or_insert_with(|| id.to_string());
+            names.entry(*id).or_insert_with(|| id.to_string().into());
         }
         let Some(rows) = f(&mut tx, &mut ingest).map_err(&err)? else {
             return Ok(false);

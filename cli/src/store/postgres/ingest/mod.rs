@@ -86,6 +86,9 @@ pub(super) struct Known {
 /// A map by terminal, with a fast hash (the ids are central's own, checked on the way in).
 pub(super) type ById<V> = HashMap<TerminalId, V, foldhash::fast::RandomState>;
 
+/// A terminal's name as stored (its id's text), made once and shared.
+pub(super) type Name = std::sync::Arc<str>;
+
 /// The terminals a connection knows.
 pub(super) type KnownRows = ById<Known>;
 
@@ -100,15 +103,15 @@ struct Pending {
 }
 
 impl Pending {
-    /// Adds what a later group brought.
-    fn add(&mut self, t: Terminal) {
+    /// Adds what a later group brought (taken from it).
+    fn add(&mut self, t: &mut Terminal) {
         if t.presence.is_some() {
-            self.presence = t.presence;
+            self.presence = t.presence.take();
         }
         self.last_seen = self.last_seen.max(t.last_seen);
         self.offline = self.offline.max(t.offline);
         if self.latest.is_empty() {
-            self.latest = t.latest;
+            self.latest = std::mem::take(&mut t.latest);
             return;
         }
         for (i, (metric, at, value)) in t.latest.iter().enumerate() {
@@ -125,7 +128,7 @@ pub(super) struct Ingest {
     pending: ById<Pending>,
     position: Position,
     /// The terminals' names, written once.
-    names: ById<String>,
+    names: ById<Name>,
 }
 
 impl Ingest {
@@ -239,9 +242,8 @@ impl Terminal {
 /// in order.
 #[derive(Default)]
 struct Rows {
-    /// The terminals in terminal order (the lock order), and where each is.
-    terminals: Vec<(String, Terminal)>,
-    index: ById<usize>,
+    /// The terminals in terminal order (the lock order).
+    terminals: Vec<(Name, Terminal)>,
     dropped: BTreeMap<(String, i16, i64), i64>,
     numbering: BTreeMap<(String, i16), i64>,
     rejected: Vec<(String, i64, String, Vec<u8>)>,
@@ -261,53 +263,67 @@ impl Rows {
         pair.advance = true;
         let e = self
             .dropped
-            .entry((name.clone(), sid, first as i64))
+            .entry((name.to_string(), sid, first as i64))
             .or_insert(last as i64);
         *e = (*e).max(last as i64);
     }
 
     /// The terminals of `records`, in terminal order (`names` holds, or is given, their
     /// names), and the place of each record's terminal among them.
-    fn new(records: &[Record], names: &mut ById<String>) -> (Rows, Vec<Option<usize>>) {
-        let of: Vec<Option<TerminalId>> = records.iter().map(Record::terminal).collect();
-        let mut ids: Vec<((u64, u128), TerminalId)> = of
+    fn new(records: &[Record], names: &mut ById<Name>) -> (Rows, Vec<Option<usize>>) {
+        // The records by terminal (sorted by a key that orders ids as their text does), the
+        // places counted off.
+        let mut by_terminal: Vec<((u64, u128), u32)> = records
             .iter()
-            .flatten()
-            .map(|id| (id.text_order(), *id))
+            .zip(0u32..)
+            .filter_map(|(r, k)| Some((r.terminal()?.text_order(), k)))
             .collect();
-        ids.sort_unstable_by_key(|(key, _)| *key);
-        ids.dedup_by_key(|(key, _)| *key);
-        let rows = Rows::of(ids.into_iter().map(|(_, id)| {
-            let name = names.entry(id).or_insert_with(|| id.to_string());
-            (name.clone(), id)
-        }));
-        let places = of
-            .iter()
-            .map(|id| id.and_then(|id| rows.index.get(&id).copied()))
-            .collect();
-        (rows, places)
+        by_terminal.sort_unstable();
+        let mut places = vec![None; records.len()];
+        let count = by_terminal.chunk_by(|a, b| a.0 == b.0).count();
+        let mut terminals: Vec<(Name, Terminal)> = Vec::with_capacity(count);
+        let mut last = None;
+        for (key, k) in by_terminal {
+            let Some(id) = records[k as usize].terminal() else {
+                continue;
+            };
+            if last != Some(key) {
+                last = Some(key);
+                let name = names.entry(id).or_insert_with(|| id.to_string().into());
+                terminals.push((name.clone(), Terminal::new(id)));
+            }
+            places[k as usize] = Some(terminals.len() - 1);
+        }
+        (
+            Rows {
+                terminals,
+                ..Rows::default()
+            },
+            places,
+        )
     }
 
     /// The terminals given with their names, in terminal order.
-    fn of(terminals: impl Iterator<Item = (String, TerminalId)>) -> Rows {
+    fn of(terminals: impl Iterator<Item = (Name, TerminalId)>) -> Rows {
         // Sorted (by the ids: their text orders as they do) before each gets its large state.
-        let mut named: Vec<(String, TerminalId)> = terminals.collect();
+        let mut named: Vec<(Name, TerminalId)> = terminals.collect();
         named.sort_unstable_by_key(|(_, id)| id.text_order());
         named.dedup_by_key(|(_, id)| *id);
-        let terminals: Vec<(String, Terminal)> = named
-            .into_iter()
-            .map(|(name, id)| (name, Terminal::new(id)))
-            .collect();
-        let index = terminals
-            .iter()
-            .enumerate()
-            .map(|(i, (_, t))| (t.id, i))
-            .collect();
         Rows {
-            terminals,
-            index,
+            terminals: named
+                .into_iter()
+                .map(|(name, id)| (name, Terminal::new(id)))
+                .collect(),
             ..Rows::default()
         }
+    }
+
+    /// Where terminal `id` is.
+    fn place(&self, id: &TerminalId) -> Option<usize> {
+        let key = id.text_order();
+        self.terminals
+            .binary_search_by_key(&key, |(_, t)| t.id.text_order())
+            .ok()
     }
 
     /// Joins runs stored (from the journal) to the streams of the terminals they are of.
@@ -340,7 +356,7 @@ impl Rows {
             for (_, m) in &new[at..end] {
                 seqs[stream_id(m.stream) as usize].push(m.seq as i64);
             }
-            let name = self.terminals[i].0.as_str();
+            let name = &*self.terminals[i].0;
             for (sid, s) in seqs.iter_mut().enumerate() {
                 s.sort_unstable();
                 entries.stored(name, sid as i16, s);
@@ -358,7 +374,7 @@ impl Rows {
 
     fn position(&self, name: &str) -> Option<usize> {
         self.terminals
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .binary_search_by(|(n, _)| (**n).cmp(name))
             .ok()
     }
 }
@@ -464,7 +480,7 @@ impl PgStore {
             .terminals
             .iter()
             .filter(|(_, t)| !t.known)
-            .map(|(name, _)| name.as_str())
+            .map(|(name, _)| &**name)
             .collect();
         if !unknown.is_empty() {
             let runs = journal::runs_of(&mut tx, prepared, &unknown).map_err(&err)?;
@@ -543,7 +559,10 @@ impl PgStore {
                             let pair = &mut t.streams[sid as usize];
                             pair.numbering = Some(pair.numbering.map_or(first, |n| n.max(first)));
                             pair.advance = true;
-                            let e = rows.numbering.entry((name.clone(), sid)).or_insert(first);
+                            let e = rows
+                                .numbering
+                                .entry((name.to_string(), sid))
+                                .or_insert(first);
                             *e = (*e).max(first);
                         }
                     }
@@ -556,7 +575,7 @@ impl PgStore {
         // last of them.
         advance_watermarks(&mut rows, &mut applied);
         applied.numbering_clashes = crate::store::numbering_clashes(records, |t, stream| {
-            let held = rows.index.get(t).map(|&i| {
+            let held = rows.place(t).map(|i| {
                 let pair = &rows.terminals[i].1.streams[stream_id(stream) as usize];
                 let drops = pair.drops.iter().map(|d| d.1);
                 let runs = pair.runs.0.last().map(|r| r.1);
@@ -574,8 +593,8 @@ impl PgStore {
             position.last = position.last.max(id);
             position.appended += 1;
         }
-        for (_, mut t) in rows.terminals {
-            known.insert(t.id, remembered(&mut t, false));
+        for (_, t) in &mut rows.terminals {
+            known.insert(t.id, remembered(t, false));
             pending.entry(t.id).or_default().add(t);
         }
         Ok(applied)

@@ -29,7 +29,7 @@ pub(super) fn read_state(
         .terminals
         .iter()
         .filter(|(_, t)| !t.known)
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| &**n)
         .collect();
     if names.is_empty() {
         return Ok(());
@@ -63,7 +63,7 @@ pub(super) fn read_state(
         .terminals
         .iter()
         .filter(|(_, t)| t.touched && !t.known)
-        .map(|(name, _)| name.as_str())
+        .map(|(name, _)| &**name)
         .collect();
     let gaps = if touched.is_empty() {
         Vec::new()
