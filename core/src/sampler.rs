@@ -3,7 +3,10 @@
 //! A [`Sampler`] applies each metric's policy to raw readings: a minimum interval between
 //! samples, a deadband (a change smaller than it is not worth the bytes), and a maximum
 //! silence after which a value is sent anyway so central can tell "unchanged" from "stale".
-//! A [`Batcher`] collects samples until a batch is full or its oldest sample is old enough.
+//! A [`Batcher`] collects samples until a batch is full or its oldest sample is old enough; a
+//! batch holds the samples of one window (from its oldest sample, as long as the age allowed),
+//! so a reading taken as the window closes opens the next batch, whichever of the two the
+//! caller's timers deliver first.
 //! Both are pure: the caller passes the time in.
 
 use alloc::collections::BTreeMap;
@@ -139,16 +142,21 @@ impl Batcher {
         self.pending.len() >= self.max_samples || self.deadline().is_some_and(|d| now_ms >= d)
     }
 
-    /// Takes up to `max_samples` pending samples as a batch with its base time (the earliest
-    /// sample's); `None` if nothing is pending.
+    /// Takes a batch with its base time (the earliest sample's): the oldest pending samples,
+    /// up to `max_samples`, of the window that starts at the earliest and lasts the age
+    /// allowed (samples taken at the same instant as the earliest always go with it); `None`
+    /// if nothing is pending.
     pub fn take(&mut self) -> Option<(u64, TelemetryBatch)> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        let n = self.pending.len().min(self.max_samples);
-        let mut taken: Vec<_> = self.pending.drain(..n).collect();
-        taken.sort_by_key(|p| p.0);
-        let base = taken[0].0;
+        let end = self.deadline()?;
+        self.pending.sort_by_key(|p| p.0);
+        let base = self.pending.first()?.0;
+        let n = self
+            .pending
+            .iter()
+            .take(self.max_samples)
+            .take_while(|p| p.0 < end || p.0 == base)
+            .count();
+        let taken: Vec<_> = self.pending.drain(..n).collect();
         let samples = taken
             .into_iter()
             .map(|(t, metric, value, quality)| Sample {
@@ -219,5 +227,60 @@ mod tests {
         assert_eq!(offsets, [0, 50]);
         assert_eq!(b.len(), 1);
         assert_eq!(b.deadline(), Some(1_300));
+    }
+
+    /// A box reads its health every minute and sends a minute's samples together: the reading
+    /// of the next minute, taken as the window closes, goes in the next message, in whichever
+    /// order its timer and the batch's deadline fire.
+    #[test]
+    fn a_reading_taken_as_its_batch_closes_opens_the_next_batch() {
+        let minute = |b: &mut Batcher, at: u64| {
+            for (metric, v) in [
+                (Metric::Uptime, 1),
+                (Metric::CpuLoad, 2),
+                (Metric::CpuTemp, 3),
+            ] {
+                b.push(at, metric, Decimal::from_int(v), None);
+            }
+        };
+        for pushed_first in [false, true] {
+            let mut b = Batcher::new(64, 60_000);
+            minute(&mut b, 1_000);
+            let mut sent = Vec::new();
+            for at in [61_000, 121_000, 181_000] {
+                // The batch's deadline and the next reading fall due at the same instant.
+                if pushed_first {
+                    minute(&mut b, at);
+                }
+                while b.is_due(at) {
+                    let (base, batch) = b.take().unwrap();
+                    sent.push((base, batch.samples.len()));
+                }
+                if !pushed_first {
+                    minute(&mut b, at);
+                }
+            }
+            assert_eq!(
+                sent,
+                [(1_000, 3), (61_000, 3), (121_000, 3)],
+                "reading pushed before the flush: {pushed_first}"
+            );
+            assert_eq!(b.deadline(), Some(241_000));
+        }
+        // A window's samples out of order are still one batch; a later one waits.
+        let mut b = Batcher::new(64, 60_000);
+        b.push(30_000, Metric::Uptime, Decimal::from_int(1), None);
+        b.push(61_000, Metric::Uptime, Decimal::from_int(2), None);
+        b.push(1_000, Metric::CpuLoad, Decimal::from_int(3), None);
+        let (base, batch) = b.take().unwrap();
+        assert_eq!((base, batch.samples.len()), (1_000, 2));
+        assert_eq!(b.take().map(|(base, _)| base), Some(61_000));
+        // With no age allowed, samples of one instant still go together.
+        let mut b = Batcher::new(64, 0);
+        minute(&mut b, 5);
+        b.push(6, Metric::Uptime, Decimal::from_int(1), None);
+        assert_eq!(b.take().map(|(_, batch)| batch.samples.len()), Some(3));
+        assert_eq!(b.take().map(|(base, _)| base), Some(6));
+        assert!(b.take().is_none());
     }
 }
