@@ -88,11 +88,11 @@ pub fn cpu_seconds(names: &[&str]) -> Vec<f64> {
     out
 }
 
-/// A TCP port that was free a moment ago.
+/// A port free for TCP and UDP on loopback, for what must know its port before it starts (see
+/// [`cuntong_firmware_sim::ports`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    cuntong_firmware_sim::ports::free_ports(1, 1)
+        .ok_or_else(|| anyhow::anyhow!("no free port below the ephemeral range"))
 }
 
 /// Polls `cond` every 100 ms; how long it took to hold, or `None` after `timeout`.

@@ -251,17 +251,10 @@ pub fn relay_ids(region: &Region, ids: &[TerminalId]) -> Vec<TerminalId> {
         .collect()
 }
 
-/// An even UDP port free on loopback with the one after next free too (video and audio).
+/// An even port for a simulated box's media (video there, audio at the one after next, each
+/// with the port after it), the four free (see [`crate::ports`]).
 pub fn free_udp_pair() -> Option<u16> {
-    for _ in 0..64 {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-        let p = a.local_addr().ok()?.port();
-        if p % 2 == 0 && p < u16::MAX - 2 && std::net::UdpSocket::bind(("127.0.0.1", p + 2)).is_ok()
-        {
-            return Some(p);
-        }
-    }
-    None
+    crate::ports::free_ports(4, 2)
 }
 
 /// The simulated duty button's line: the file `duty-button` in the terminal's data directory,

@@ -10,10 +10,12 @@
 //! - [`datalogger`]: a simulated HJ 212 data logger.
 //! - [`fleet`]: many simulated terminals in one process, spread over a region.
 //! - [`proxy`]: a TCP proxy standing for the rural link, to cut or slow on command.
+//! - [`ports`]: ports for what must know its port before it starts.
 
 pub mod datalogger;
 pub mod divisions;
 pub mod fleet;
 pub mod health;
+pub mod ports;
 pub mod proxy;
 pub mod sht3x;

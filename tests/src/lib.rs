@@ -66,41 +66,10 @@ pub fn free_port() -> u16 {
 }
 
 /// The first of `n` consecutive ports free for TCP and UDP on loopback (baresip, for one,
-/// listens on its port and takes the next for TLS).
-///
-/// The ports come from below the kernel's ephemeral range, so no connection's source port
-/// can take one between this check and its use; each test process walks the range from its
-/// own starting point and never hands a port out twice.
+/// listens on its port and takes the next for TLS), from below the kernel's ephemeral range
+/// (see [`cuntong_firmware_sim::ports`]).
 pub fn free_ports(n: u16) -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
-    const LOWEST: u32 = 10_000;
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let size = ephemeral.saturating_sub(LOWEST);
-    assert!(
-        size > 1_000,
-        "the ephemeral ports start at {ephemeral}: no room below them for test ports"
-    );
-    let start = (std::process::id() * 7_919) % size;
-    let free = |port: u16| {
-        TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-    };
-    for _ in 0..size {
-        let at = HANDED_OUT.fetch_add(u32::from(n), Ordering::Relaxed);
-        let first = LOWEST + (start + at) % size;
-        if first + u32::from(n) > ephemeral {
-            continue;
-        }
-        let first = u16::try_from(first).unwrap();
-        if (first..first + n).all(free) {
-            return first;
-        }
-    }
-    panic!("no {n} consecutive free ports between {LOWEST} and {ephemeral}")
+    cuntong_firmware_sim::ports::free_ports(n, 1).expect("free ports below the ephemeral range")
 }
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes; true if it held.

@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
-use cuntong::store::{PgStore, Record, SqliteStore, Store};
+use cuntong::store::{MESSAGE_TYPES, PgStore, Record, SqliteStore, Store};
 use cuntong_benches::typical_batch;
 use cuntong_core::envelope::encode;
 use cuntong_core::site::Region;
 use cuntong_e2e::postgres::Postgres;
 use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::Type;
 use postgres::{Client, NoTls};
 
 #[derive(Parser)]
@@ -211,14 +210,6 @@ fn time_history(
 
 /// Binary COPY of every group into `table`, one transaction each; rows per second.
 fn copy_rate(client: &mut Client, table: &str, groups: &[&[Record]]) -> anyhow::Result<f64> {
-    let types = [
-        Type::TEXT,
-        Type::INT2,
-        Type::INT8,
-        Type::INT8,
-        Type::INT8,
-        Type::BYTEA,
-    ];
     let start = Instant::now();
     let mut rows = 0;
     for group in groups {
@@ -226,7 +217,7 @@ fn copy_rate(client: &mut Client, table: &str, groups: &[&[Record]]) -> anyhow::
         let sink = tx.copy_in(&format!(
             "COPY {table} (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY"
         ))?;
-        let mut w = BinaryCopyInWriter::new(sink, &types);
+        let mut w = BinaryCopyInWriter::new(sink, &MESSAGE_TYPES);
         for r in group.iter() {
             if let Record::Telemetry {
                 terminal,

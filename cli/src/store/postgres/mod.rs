@@ -54,6 +54,7 @@ mod rollouts;
 mod schema;
 mod state;
 
+pub use ingest::MESSAGE_TYPES;
 use ingest::{Ingest, transient};
 pub use schema::MIGRATIONS;
 

@@ -35,6 +35,7 @@ use journal::{Entries, Position};
 use read::read_state;
 use runs::Runs;
 use terminals::{advance_watermarks, write_terminals};
+pub use writes::MESSAGE_TYPES;
 use writes::{MessageCopy, write_gaps};
 
 /// A (terminal, stream) as the group finds it and leaves it.

@@ -51,6 +51,17 @@ pub(super) fn write_gaps(
     Ok(())
 }
 
+/// The types of a row of `messages` as it is COPied: terminal, stream, seq, time, reception,
+/// payload.
+pub const MESSAGE_TYPES: [Type; 6] = [
+    Type::TEXT,
+    Type::INT2,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::BYTEA,
+];
+
 /// The group's new messages, binary-COPied into `messages` as they are found (each lands in
 /// its day's partition): the server stores one while the group decides on the next.
 pub(super) struct MessageCopy<'a>(Option<BinaryCopyInWriter<'a>>);
@@ -69,14 +80,7 @@ impl<'a> MessageCopy<'a> {
         )?;
         Ok(MessageCopy(Some(BinaryCopyInWriter::new(
             sink,
-            &[
-                Type::TEXT,
-                Type::INT2,
-                Type::INT8,
-                Type::INT8,
-                Type::INT8,
-                Type::BYTEA,
-            ],
+            &MESSAGE_TYPES,
         ))))
     }
 
