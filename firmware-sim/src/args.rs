@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cuntong_core::meeting::participant::AcceptPolicy;
-use cuntong_core::site::{Level, Region, SiteCode, SiteCodeError};
+use cuntong_core::site::{Region, SiteCodeError};
 use cuntong_core::terminal_id::{Slug, SlugError, TerminalId, TerminalIdError};
 use cuntong_firmware_sim::datalogger;
-use cuntong_firmware_sim::divisions::ImportError;
+use cuntong_firmware_sim::divisions::{ImportError, Part};
 use cuntong_firmware_sim::fleet::{MAX_FLEET, SimOptions, default_data_root, fleet_ids, relay_ids};
 use cuntong_terminal::broker_url::{Brokers, BrokersError, redact};
 use cuntong_terminal::config::{parse_duration, parse_size};
@@ -85,7 +85,7 @@ pub(crate) enum ArgError {
     #[error(
         "--codes {}: no village of region {region} in the list{}",
         file.display(),
-        part.map(|p| format!(" (part {}/{})", p.k, p.n)).unwrap_or_default()
+        part.map(|p| format!(" (part {p})")).unwrap_or_default()
     )]
     NoVillages {
         file: PathBuf,
@@ -225,43 +225,6 @@ fn options(common: &Common, data_root: PathBuf) -> Result<SimOptions, ArgError> 
     Ok(opts)
 }
 
-/// The K-th of N equal parts of a list (`--part K/N`, 1 ≤ K ≤ N).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Part {
-    k: usize,
-    n: usize,
-}
-
-/// A `--part` that is not K/N with 1 ≤ K ≤ N (the value as given).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not K/N with 1 <= K <= N")]
-pub(crate) struct PartError(String);
-
-impl std::str::FromStr for Part {
-    type Err = PartError;
-
-    fn from_str(s: &str) -> Result<Part, PartError> {
-        let parsed = s
-            .split_once('/')
-            .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)));
-        match parsed {
-            Some((k, n)) if (1..=n).contains(&k) => Ok(Part { k, n }),
-            _ => Err(PartError(s.to_owned())),
-        }
-    }
-}
-
-impl Part {
-    /// This part of `items`: the parts of a list cover it once, in order, sizes within one.
-    fn of<T>(self, mut items: Vec<T>) -> Vec<T> {
-        let len = items.len();
-        let (start, end) = (len * (self.k - 1) / self.n, len * self.k / self.n);
-        items.truncate(end);
-        items.drain(..start);
-        items
-    }
-}
-
 /// One terminal for each village code of `file` inside `region` (in code order), only those of
 /// `part` if given, at most `count`.
 fn listed_villages(
@@ -272,17 +235,11 @@ fn listed_villages(
 ) -> Result<Vec<TerminalId>, ArgError> {
     let rows = cuntong_firmware_sim::divisions::read(file).map_err(ArgError::Codes)?;
     let main: Slug = "main".parse().map_err(ArgError::MainSlug)?;
-    let mut sites: Vec<SiteCode> = rows
-        .rows
-        .into_iter()
-        .map(|(code, _)| code)
-        .filter(|c| c.level() == Level::Village && region.contains(c))
-        .collect();
-    sites.sort();
-    sites.dedup();
-    if let Some(p) = part {
-        sites = p.of(sites);
-    }
+    let villages = rows.villages(region);
+    let mut sites = match part {
+        Some(p) => p.of(&villages).to_vec(),
+        None => villages,
+    };
     if sites.is_empty() {
         return Err(ArgError::NoVillages {
             file: file.to_owned(),
@@ -357,8 +314,6 @@ pub(crate) fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), A
 
 #[cfg(test)]
 mod tests {
-    use super::Part;
-
     #[test]
     fn the_defaults_of_a_terminal_and_a_fleet_are_taken_and_a_power_on_may_be_zero() {
         use clap::Parser;
@@ -382,21 +337,5 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(super::terminals(one.command).unwrap().0.len(), 1);
-    }
-
-    #[test]
-    fn the_parts_of_a_list_cover_it_once_in_order_and_bad_parts_are_refused() {
-        for (len, n) in [(54_145, 11), (10, 3), (2, 5), (0, 2), (7, 1)] {
-            let items: Vec<usize> = (0..len).collect();
-            let parts: Vec<Vec<usize>> = (1..=n).map(|k| Part { k, n }.of(items.clone())).collect();
-            assert_eq!(parts.concat(), items, "{len} in {n}");
-            let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
-            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
-            assert!(hi - lo <= 1, "{sizes:?}");
-        }
-        assert_eq!("2/4".parse(), Ok(Part { k: 2, n: 4 }));
-        for bad in ["0/4", "5/4", "1/0", "1", "a/b", "1/2/3", ""] {
-            assert!(bad.parse::<Part>().is_err(), "{bad:?}");
-        }
     }
 }

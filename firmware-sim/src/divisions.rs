@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use cuntong_core::site::{Region, SiteCode, SiteCodeError};
+use cuntong_core::site::{Level, Region, SiteCode, SiteCodeError};
 
 /// What a division list holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -15,6 +15,68 @@ pub struct Divisions {
     /// Rows whose code has a zero group above a set one (东莞, 中山 and 儋州 have townships but
     /// no counties): official, but not addressable as site codes, so left out.
     pub unaddressable: usize,
+}
+
+impl Divisions {
+    /// The village codes of `region` in the list, in code order, each once: the terminals a
+    /// simulated fleet of the region runs.
+    pub fn villages(&self, region: &Region) -> Vec<SiteCode> {
+        let mut sites: Vec<SiteCode> = self
+            .rows
+            .iter()
+            .map(|(code, _)| *code)
+            .filter(|c| c.level() == Level::Village && region.contains(c))
+            .collect();
+        sites.sort();
+        sites.dedup();
+        sites
+    }
+}
+
+/// The K-th of N equal parts of a list (`--part K/N`, 1 ≤ K ≤ N): how a region's villages are
+/// shared out among simulator processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    k: usize,
+    n: usize,
+}
+
+/// A `--part` that is not K/N with 1 ≤ K ≤ N (the value as given).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not K/N with 1 <= K <= N")]
+pub struct PartError(String);
+
+impl std::str::FromStr for Part {
+    type Err = PartError;
+
+    fn from_str(s: &str) -> Result<Part, PartError> {
+        let parsed = s
+            .split_once('/')
+            .and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)));
+        match parsed {
+            Some((k, n)) if (1..=n).contains(&k) => Ok(Part { k, n }),
+            _ => Err(PartError(s.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
+    }
+}
+
+impl Part {
+    /// Part `k` of `n`; `None` unless 1 ≤ K ≤ N.
+    pub fn new(k: usize, n: usize) -> Option<Part> {
+        (1..=n).contains(&k).then_some(Part { k, n })
+    }
+
+    /// This part of `items`: the parts of a list cover it once, in order, sizes within one.
+    pub fn of<T>(self, items: &[T]) -> &[T] {
+        let len = items.len();
+        &items[len * (self.k - 1) / self.n..len * self.k / self.n]
+    }
 }
 
 /// Why a names file could not be read.
@@ -112,6 +174,39 @@ fn parse(path: &str, text: &str) -> Result<Divisions, ImportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parts_of_a_list_cover_it_once_in_order_and_bad_parts_are_refused() {
+        for (len, n) in [(54_145, 11), (10, 3), (2, 5), (0, 2), (7, 1)] {
+            let items: Vec<usize> = (0..len).collect();
+            let parts: Vec<&[usize]> = (1..=n).map(|k| Part { k, n }.of(&items)).collect();
+            assert_eq!(parts.concat(), items, "{len} in {n}");
+            let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{sizes:?}");
+        }
+        assert_eq!("2/4".parse(), Ok(Part { k: 2, n: 4 }));
+        assert_eq!(Part::new(2, 4), Some(Part { k: 2, n: 4 }));
+        assert_eq!(Part { k: 2, n: 4 }.to_string(), "2/4");
+        for bad in ["0/4", "5/4", "1/0", "1", "a/b", "1/2/3", ""] {
+            assert!(bad.parse::<Part>().is_err(), "{bad:?}");
+        }
+        assert_eq!(Part::new(0, 4), None);
+    }
+
+    #[test]
+    fn a_regions_villages_are_its_village_codes_in_order_each_once() {
+        let list = parse(
+            "v.csv",
+            "code,name\n130102002001,乙\n130102000000,县\n130102001001,甲\n130102001001,甲\n130203001001,丙\n",
+        )
+        .unwrap();
+        let region: Region = "1301".parse().unwrap();
+        assert_eq!(
+            list.villages(&region),
+            [code("130102001001"), code("130102002001")]
+        );
+    }
 
     fn code(s: &str) -> SiteCode {
         s.parse::<Region>().unwrap().root()

@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 mod args;
 mod control;
 
-use args::{Part, duration, logger_options, socket_addr, terminals};
+use args::{duration, logger_options, socket_addr, terminals};
 use control::{run_proxy, tell};
+use cuntong_firmware_sim::divisions::Part;
 
 #[derive(Parser)]
 #[command(

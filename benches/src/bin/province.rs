@@ -38,7 +38,9 @@ use cuntong_benches::harness::{
     Proc, bin, central, cpu_seconds, free_port, mosquitto, region_meeting, rss_kib, spawn,
     wait_for, wait_online,
 };
+use cuntong_core::site::{Level, Region, SiteCode};
 use cuntong_e2e::postgres::Postgres;
+use cuntong_firmware_sim::divisions::Part;
 
 #[derive(Parser)]
 struct Args {
@@ -72,32 +74,22 @@ struct Args {
     fleet_data: Option<PathBuf>,
 }
 
-/// The prefectures of `region` in the list, and their village codes in code order.
-fn prefectures(args: &Args) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+/// The prefectures of `region` in the list, and their village codes in code order (as each
+/// prefecture's simulator processes take them).
+fn prefectures(args: &Args) -> anyhow::Result<BTreeMap<SiteCode, Vec<SiteCode>>> {
     let list = cuntong_firmware_sim::divisions::read(&args.codes)
         .map_err(|e| anyhow::anyhow!("--codes {}: {e}", args.codes.display()))?;
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (code, _) in list.rows {
-        let code = code.to_string();
-        if code.len() == 12 && code.starts_with(&args.region) {
-            out.entry(code[..4].to_owned()).or_default().push(code);
+    let region: Region = args.region.parse()?;
+    let mut out: BTreeMap<SiteCode, Vec<SiteCode>> = BTreeMap::new();
+    for village in list.villages(&region) {
+        if let Some(prefecture) = village.at_level(Level::Prefecture) {
+            out.entry(prefecture).or_default().push(village);
         }
     }
     if out.is_empty() {
         bail!("no village of region {} in the list", args.region);
     }
-    for villages in out.values_mut() {
-        villages.sort();
-        villages.dedup();
-    }
     Ok(out)
-}
-
-/// The villages of simulator process `k` of `n` of a prefecture (`--part k/n`: the list in
-/// code order, cut in `n` runs whose sizes differ by one at most).
-fn part_of(villages: &[String], k: usize, n: usize) -> &[String] {
-    let len = villages.len();
-    &villages[len * (k - 1) / n..len * k / n]
 }
 
 /// The broker of one simulator process's villages (their counties: a few, a few thousand
@@ -105,25 +97,22 @@ fn part_of(villages: &[String], k: usize, n: usize) -> &[String] {
 /// both ways, the meeting tree in.
 fn county_broker(
     name: &str,
-    villages: &[String],
+    villages: &[SiteCode],
     port: u16,
     province_port: u16,
     dir: &std::path::Path,
 ) -> anyhow::Result<Proc> {
-    let mut counties: Vec<&str> = villages.iter().map(|v| &v[..6]).collect();
-    counties.dedup();
-    let topics: String = counties
+    let mut counties: Vec<SiteCode> = villages
         .iter()
-        .map(|county| {
-            let path = county
-                .as_bytes()
-                .chunks(2)
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            format!("topic ct/v1/t/{path}/# both 1\n")
-        })
+        .filter_map(|v| v.at_level(Level::County))
         .collect();
+    counties.dedup();
+    let mut topics = String::new();
+    for county in counties {
+        topics.push_str("topic ct/v1/t/");
+        county.write_path(&mut topics)?;
+        topics.push_str("/# both 1\n");
+    }
     let bridge = format!(
         "connection province-{name}\naddress 127.0.0.1:{province_port}\n\
          remote_clientid bridge-{name}\ncleansession true\n\
@@ -228,24 +217,26 @@ fn main() -> anyhow::Result<()> {
     let mut fleets = Vec::new();
     let (fleet_data, _fleet_temp) = fleet_data(&args, d)?;
     for (p, villages) in &prefectures {
+        let prefecture = Region::of(*p).prefix();
         let parts = villages.len().div_ceil(args.per_fleet.max(1));
         for k in 1..=parts {
+            let part = Part::new(k, parts).context("a part of a prefecture")?;
             let port = free_port()?;
-            let part = part_of(villages, k, parts);
+            let name = format!("{prefecture}-{k}");
             brokers.push(county_broker(
-                &format!("{p}-{k}"),
-                part,
+                &name,
+                part.of(villages),
                 port,
                 province_port,
                 d,
             )?);
             fleets.push(simulator(
                 &args,
-                p,
-                (k, parts),
+                &prefecture,
+                part,
                 port,
-                &fleet_data.join(format!("fleet-{p}-{k}")),
-                d,
+                &fleet_data.join(format!("fleet-{name}")),
+                &d.join(format!("fleet-{name}.log")),
             )?);
         }
     }
@@ -377,17 +368,17 @@ fn fleet_data(
     })
 }
 
-/// Simulator process `k` of `parts` of `prefecture`, on the broker at `port`, its outboxes in
-/// `data`, its log in `dir`. The simulated boxes run at a lower priority: in the field each has
+/// Simulator process `part` of `prefecture`'s, on the broker at `port`, its outboxes in `data`,
+/// its output in `log`. The simulated boxes run at a lower priority: in the field each has
 /// a CPU of its own, and here 54,145 of them would otherwise take the cores from the brokers
 /// and central they are meant to load.
 fn simulator(
     args: &Args,
     prefecture: &str,
-    (k, parts): (usize, usize),
+    part: Part,
     port: u16,
     data: &std::path::Path,
-    dir: &std::path::Path,
+    log: &std::path::Path,
 ) -> anyhow::Result<Proc> {
     let sim = bin("cuntong-sim")?;
     spawn(
@@ -404,7 +395,7 @@ fn simulator(
             "--codes",
             args.codes.to_str().context("path")?,
             "--part",
-            &format!("{k}/{parts}"),
+            &part.to_string(),
             "--interval",
             "60s",
             "--power-on",
@@ -412,7 +403,7 @@ fn simulator(
             "--data-dir",
             data.to_str().context("path")?,
         ],
-        &dir.join(format!("fleet-{prefecture}-{k}.log")),
+        log,
     )
 }
 

@@ -373,6 +373,148 @@ impl Rows {
         entries
     }
 
+    /// Notes what does not depend on which messages are new: receptions, presence, rejections
+    /// (`places`: where each record's terminal is).
+    fn receive(&mut self, records: &[Record], places: &[Option<usize>]) {
+        for (r, place) in records.iter().zip(places) {
+            if let Some(m) = r.message() {
+                if let Some((_, t)) = place.and_then(|i| self.terminals.get_mut(i)) {
+                    t.seen(m.received_ms);
+                    t.touched = true;
+                }
+                continue;
+            }
+            match r {
+                Record::Presence {
+                    received_ms,
+                    presence: p,
+                    ..
+                } => {
+                    if let Some((_, t)) = place.and_then(|i| self.terminals.get_mut(i)) {
+                        t.presence = Some((
+                            p.online,
+                            p.version.clone(),
+                            p.started_ms as i64,
+                            i64::from(p.keep_alive_s),
+                        ));
+                        if p.online {
+                            t.seen(*received_ms);
+                        } else {
+                            let at = *received_ms as i64;
+                            t.offline = Some(t.offline.map_or(at, |v| v.max(at)));
+                        }
+                    }
+                }
+                Record::Rejected {
+                    topic,
+                    received_ms,
+                    reason,
+                    payload,
+                } => self.rejected.push((
+                    topic.clone(),
+                    *received_ms as i64,
+                    reason.clone(),
+                    payload.to_vec(),
+                )),
+                _ => {}
+            }
+        }
+    }
+
+    /// Decides which messages of the group are new and copies each as it is found (`places`:
+    /// where each record's terminal is); the new ones, in terminal order. A seq in a stored run
+    /// is a duplicate; runs only grow, so a seq found in one read before another group's
+    /// commit is a duplicate still. The group is taken a terminal at a time (each terminal's
+    /// records in the group's order: the first of several copies is the one stored), so the
+    /// server stores one message while this decides on the next, and the BRIN index of a day
+    /// finds a terminal's rows in the few pages of each group that hold them.
+    fn classify<'r>(
+        &mut self,
+        records: &'r [Record],
+        places: &[Option<usize>],
+        copy: &mut MessageCopy<'_>,
+        applied: &mut Applied,
+    ) -> Result<Vec<(usize, crate::store::Message<'r>)>, ::postgres::Error> {
+        let mut order: Vec<(usize, &Record)> = places
+            .iter()
+            .zip(records)
+            .filter(|(_, r)| matches!(r, Record::Lost { .. }) || r.message().is_some())
+            .filter_map(|(i, r)| Some(((*i)?, r)))
+            .collect();
+        order.sort_by_key(|(i, _)| *i);
+        let mut new = Vec::new();
+        for (i, r) in order {
+            if let Record::Lost {
+                stream,
+                first,
+                last,
+                ..
+            } = r
+            {
+                self.drop_range(i, *stream, *first, *last);
+                continue;
+            }
+            let Some(m) = r.message() else {
+                continue;
+            };
+            let sid = stream_id(m.stream) as usize;
+            let (name, t) = &mut self.terminals[i];
+            if t.streams[sid].runs.insert(m.seq as i64) {
+                t.streams[sid].advance = true;
+                t.changed = true;
+                applied.stored += 1;
+                copy.write(name, &m)?;
+                new.push((i, m));
+            } else {
+                // It resent: it may not have our watermark (its terminal is touched: sent
+                // again). An announcement of a numbering start is applied however often it
+                // comes, also under a seq that a predecessor used.
+                applied.duplicates += 1;
+                if r.numbering().is_none() {
+                    continue;
+                }
+            }
+            match r {
+                Record::Telemetry { envelope, .. } => {
+                    if t.latest.is_empty() {
+                        t.latest.reserve(envelope.body.samples.len());
+                    }
+                    for (k, s) in envelope.body.samples.iter().enumerate() {
+                        applied.values += 1;
+                        let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
+                        keep_newer(&mut t.latest, k, &s.metric, ts, s.value.to_f64());
+                    }
+                }
+                Record::Event { envelope, .. } => match envelope.body {
+                    Event::Dropped {
+                        stream,
+                        first,
+                        last,
+                    } => self.drop_range(i, stream, first, last),
+                    // Applied before the watermarks below advance, so the events stream
+                    // passes the gap the announcement itself follows.
+                    Event::NumberingFrom { stream, first } => {
+                        if let Ok(first) = i64::try_from(first) {
+                            let (name, t) = &mut self.terminals[i];
+                            let sid = stream_id(stream) as i16;
+                            let pair = &mut t.streams[sid as usize];
+                            pair.numbering = Some(pair.numbering.map_or(first, |n| n.max(first)));
+                            pair.advance = true;
+                            let e = self
+                                .numbering
+                                .entry((name.to_string(), sid))
+                                .or_insert(first);
+                            *e = (*e).max(first);
+                        }
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        Ok(new)
+    }
+
     fn position(&self, name: &str) -> Option<usize> {
         self.terminals
             .binary_search_by(|(n, _)| (**n).cmp(name))
@@ -425,50 +567,7 @@ impl PgStore {
         let (mut rows, places) = Rows::new(records, names);
         let mut applied = Applied::default();
 
-        // What does not depend on which messages are new: receptions, presence, rejections.
-        for (r, place) in records.iter().zip(&places) {
-            if let Some(m) = r.message() {
-                if let Some((_, t)) = place.and_then(|i| rows.terminals.get_mut(i)) {
-                    t.seen(m.received_ms);
-                    t.touched = true;
-                }
-                continue;
-            }
-            match r {
-                Record::Presence {
-                    received_ms,
-                    presence: p,
-                    ..
-                } => {
-                    if let Some((_, t)) = place.and_then(|i| rows.terminals.get_mut(i)) {
-                        t.presence = Some((
-                            p.online,
-                            p.version.clone(),
-                            p.started_ms as i64,
-                            i64::from(p.keep_alive_s),
-                        ));
-                        if p.online {
-                            t.seen(*received_ms);
-                        } else {
-                            let at = *received_ms as i64;
-                            t.offline = Some(t.offline.map_or(at, |v| v.max(at)));
-                        }
-                    }
-                }
-                Record::Rejected {
-                    topic,
-                    received_ms,
-                    reason,
-                    payload,
-                } => rows.rejected.push((
-                    topic.clone(),
-                    *received_ms as i64,
-                    reason.clone(),
-                    payload.to_vec(),
-                )),
-                _ => {}
-            }
-        }
+        rows.receive(records, &places);
         // The terminals this connection knows (taken out: put back only once committed); the
         // others are read, with their runs in the journal.
         for (_, t) in &mut rows.terminals {
@@ -488,90 +587,12 @@ impl PgStore {
             rows.add_runs(runs);
         }
 
-        // Which messages are new: a seq in a stored run is a duplicate. Runs only grow, so a
-        // seq found in one read before another group's commit is a duplicate still. The group
-        // is taken a terminal at a time (each terminal's records in the group's order: the
-        // first of several copies is the one stored), and each new message goes into the COPY
-        // as it is found: the server stores one while this decides on the next, and the BRIN
-        // index of a day finds a terminal's rows in the few pages of each group that hold them.
-        let mut order: Vec<(usize, &Record)> = places
-            .iter()
-            .zip(records)
-            .filter(|(_, r)| matches!(r, Record::Lost { .. }) || r.message().is_some())
-            .filter_map(|(i, r)| Some(((*i)?, r)))
-            .collect();
-        order.sort_by_key(|(i, _)| *i);
-        let mut copy = MessageCopy::open(&mut tx, !order.is_empty()).map_err(&err)?;
-        let mut new = Vec::new();
-        for (i, r) in order {
-            if let Record::Lost {
-                stream,
-                first,
-                last,
-                ..
-            } = r
-            {
-                rows.drop_range(i, *stream, *first, *last);
-                continue;
-            }
-            let Some(m) = r.message() else {
-                continue;
-            };
-            let sid = stream_id(m.stream) as usize;
-            let (name, t) = &mut rows.terminals[i];
-            if t.streams[sid].runs.insert(m.seq as i64) {
-                t.streams[sid].advance = true;
-                t.changed = true;
-                applied.stored += 1;
-                copy.write(name, &m).map_err(&err)?;
-                new.push((i, m));
-            } else {
-                // It resent: it may not have our watermark (its terminal is touched: sent
-                // again). An announcement of a numbering start is applied however often it
-                // comes, also under a seq that a predecessor used.
-                applied.duplicates += 1;
-                if r.numbering().is_none() {
-                    continue;
-                }
-            }
-            match r {
-                Record::Telemetry { envelope, .. } => {
-                    if t.latest.is_empty() {
-                        t.latest.reserve(envelope.body.samples.len());
-                    }
-                    for (k, s) in envelope.body.samples.iter().enumerate() {
-                        applied.values += 1;
-                        let ts = (envelope.time_ms + u64::from(s.offset_ms)) as i64;
-                        keep_newer(&mut t.latest, k, &s.metric, ts, s.value.to_f64());
-                    }
-                }
-                Record::Event { envelope, .. } => match envelope.body {
-                    Event::Dropped {
-                        stream,
-                        first,
-                        last,
-                    } => rows.drop_range(i, stream, first, last),
-                    // Applied before the watermarks below advance, so the events stream
-                    // passes the gap the announcement itself follows.
-                    Event::NumberingFrom { stream, first } => {
-                        if let Ok(first) = i64::try_from(first) {
-                            let (name, t) = &mut rows.terminals[i];
-                            let sid = stream_id(stream) as i16;
-                            let pair = &mut t.streams[sid as usize];
-                            pair.numbering = Some(pair.numbering.map_or(first, |n| n.max(first)));
-                            pair.advance = true;
-                            let e = rows
-                                .numbering
-                                .entry((name.to_string(), sid))
-                                .or_insert(first);
-                            *e = (*e).max(first);
-                        }
-                    }
-                    _ => {}
-                },
-                _ => {}
-            }
-        }
+        // Which messages are new, each copied as it is found.
+        let mut copy = MessageCopy::open(&mut tx, records.iter().any(|r| r.message().is_some()))
+            .map_err(&err)?;
+        let new = rows
+            .classify(records, &places, &mut copy, &mut applied)
+            .map_err(&err)?;
         // What the group decides once its messages are known, while the server stores the
         // last of them.
         advance_watermarks(&mut rows, &mut applied);
