@@ -515,6 +515,15 @@ impl Rows {
         Ok(new)
     }
 
+    /// The names of the terminals this connection did not know (their rows are read).
+    fn unknown(&self) -> Vec<&str> {
+        self.terminals
+            .iter()
+            .filter(|(_, t)| !t.known)
+            .map(|(name, _)| &**name)
+            .collect()
+    }
+
     fn position(&self, name: &str) -> Option<usize> {
         self.terminals
             .binary_search_by(|(n, _)| (**n).cmp(name))
@@ -576,12 +585,7 @@ impl PgStore {
             }
         }
         read_state(&mut tx, prepared, &mut rows, Take::Read).map_err(&err)?;
-        let unknown: Vec<&str> = rows
-            .terminals
-            .iter()
-            .filter(|(_, t)| !t.known)
-            .map(|(name, _)| &**name)
-            .collect();
+        let unknown = rows.unknown();
         if !unknown.is_empty() {
             let runs = journal::runs_of(&mut tx, prepared, &unknown).map_err(&err)?;
             rows.add_runs(runs);

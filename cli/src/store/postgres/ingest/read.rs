@@ -25,12 +25,7 @@ pub(super) fn read_state(
     if rows.terminals.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = rows
-        .terminals
-        .iter()
-        .filter(|(_, t)| !t.known)
-        .map(|(n, _)| &**n)
-        .collect();
+    let names = rows.unknown();
     if names.is_empty() {
         return Ok(());
     }
