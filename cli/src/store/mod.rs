@@ -41,7 +41,7 @@ use alarms::{decode_alarm, encode_alarm};
 pub use instances::{Fence, InstanceRow};
 pub use meetings::{Column, MeetingRow, StoredMeeting};
 pub use names::NamesCache;
-pub use postgres::{MESSAGE_TYPES, PgStore};
+pub use postgres::{MessageCopy, PgStore};
 pub use rollouts::{ReleaseRow, RolloutRow, RolloutSiteRow};
 use sqlite::has_table;
 pub use sqlite::{BackupSummary, SqliteStore, open_read_only};

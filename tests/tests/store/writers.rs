@@ -357,3 +357,51 @@ fn journal_rows_an_instance_left_behind_count_at_once_and_are_folded_by_another(
         ((0, 1, 0), 4)
     );
 }
+
+/// A group that fails as it commits (here the journal refuses its row) stores nothing, and
+/// its connection forgets what it had decided of the group's terminals: the same group sent
+/// again is stored whole and confirmed, not taken for duplicates of itself, and what the
+/// groups before it brought (presence, newest values) still reaches the fleet view.
+#[test]
+fn a_group_that_fails_as_it_commits_is_stored_whole_when_sent_again() {
+    let db = postgres();
+    let mut store = db.open();
+    let first = [
+        presence(A, true, T0),
+        temp(A, 1, T0 + 1_000, "1.00"),
+        temp(A, 2, T0 + 2_000, "2.00"),
+    ];
+    assert_eq!(counts(&store.apply(&first).unwrap()), (2, 0, 2));
+
+    let mut admin = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    admin
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql
+                AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON ingest_journal
+                FOR EACH ROW EXECUTE FUNCTION refuse()",
+        )
+        .unwrap();
+    let second = [
+        temp(A, 3, T0 + 3_000, "3.00"),
+        temp(A, 4, T0 + 4_000, "4.00"),
+    ];
+    let refused = store.apply(&second);
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("refused")),
+        "{refused:?}"
+    );
+    assert_eq!(db.count(A, Stream::Telemetry), 2, "nothing of it stored");
+
+    admin
+        .batch_execute("DROP TRIGGER refuse ON ingest_journal")
+        .unwrap();
+    let again = store.apply(&second).unwrap();
+    assert_eq!(counts(&again), (2, 0, 2), "stored whole, no duplicate");
+    assert_eq!(marks(&again, A).unwrap().telemetry, 4);
+    assert_eq!(db.count(A, Stream::Telemetry), 4);
+    let rows = store.sites(None).unwrap();
+    let row = site(&rows, A);
+    assert!(row.online, "the first group's presence is kept");
+    assert_eq!(metric(row, "env.temp"), Some(4.0));
+}

@@ -8,7 +8,8 @@
 //!   is stored, and a DEFAULT partition for times no day partition takes, so nothing is
 //!   refused); [`PgStore::drop_before`] drops whole days. It has no per-message key: a group's
 //!   rows are binary-COPied in terminal order and found through a BRIN index of (terminal,
-//!   time) over ranges of 4 pages, the new ranges summarised at each fold (see below).
+//!   time) over ranges of 4 pages, the new ranges summarised at each fold (on a second
+//!   connection, while the first folds).
 //! - De-duplication is by runs of seqs: each terminal's row in `terminals` holds, per stream,
 //!   the runs of seqs stored and the watermark, and its newest values; what groups stored
 //!   since the rows were last written is in the ingest journal. A group takes the journal's
@@ -54,7 +55,7 @@ mod rollouts;
 mod schema;
 mod state;
 
-pub use ingest::MESSAGE_TYPES;
+pub use ingest::MessageCopy;
 use ingest::{Ingest, transient};
 pub use schema::MIGRATIONS;
 
@@ -83,6 +84,10 @@ pub struct PgStore {
     /// The day partitions written since the new ranges of the BRIN index of `messages` were
     /// last summarised (at a fold).
     written: HashSet<String>,
+    /// The connection that summarises those ranges while this one folds (opened when first
+    /// needed, again after it failed), and where it connects.
+    summariser: Option<Client>,
+    url: String,
 }
 
 impl Drop for PgStore {
@@ -139,6 +144,22 @@ pub(super) fn describe(e: &::postgres::Error) -> String {
         cause = c.source();
     }
     s
+}
+
+/// Summarises the new ranges of the BRIN indexes of partitions `parts` of `messages` (and of
+/// its DEFAULT partition), outside any group's transaction.
+fn summarise(client: &mut Client, mut parts: Vec<String>) -> Result<(), String> {
+    parts.push("messages_default".to_owned());
+    client
+        .query(
+            "SELECT brin_summarize_new_values(x.indexrelid::regclass)
+             FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indexrelid
+             WHERE i.inhparent = 'messages_brin'::regclass
+               AND x.indrelid IN (SELECT to_regclass(n)::oid FROM unnest($1::text[]) n)",
+            &[&parts],
+        )
+        .map(drop)
+        .map_err(|e| describe(&e))
 }
 
 /// The name and time range of the day partition holding `time_ms`, if a day partition does.
@@ -249,6 +270,8 @@ impl PgStore {
             ingest: RefCell::new(Ingest::new()),
             read_only: false,
             written: HashSet::new(),
+            summariser: None,
+            url: url.to_owned(),
         };
         // The driver logs the server's notices; warnings and errors are enough.
         store
@@ -449,23 +472,44 @@ impl PgStore {
         Ok(dropped)
     }
 
-    /// Summarises the ranges of pages of the partitions written since the last time (and the
-    /// DEFAULT one) that their BRIN index has no summary of yet (a range without one is read by
-    /// every query). Outside any group's transaction; a failure only leaves those ranges to be
-    /// read whole.
-    fn summarise(&mut self) {
-        let mut parts: Vec<String> = self.written.drain().collect();
-        parts.push("messages_default".to_owned());
-        let done = self.client.get_mut().query(
-            "SELECT brin_summarize_new_values(x.indexrelid::regclass)
-             FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indexrelid
-             WHERE i.inhparent = 'messages_brin'::regclass
-               AND x.indrelid IN (SELECT to_regclass(n)::oid FROM unnest($1::text[]) n)",
-            &[&parts],
-        );
-        if let Err(e) = done {
-            tracing::warn!(at = %self.at, error = %describe(&e), "cannot summarise the index of messages");
+    /// What the store defers, done: folds the journal (if `fold`), and meanwhile, on a
+    /// connection of its own (two backends at work), summarises the ranges of pages of the
+    /// partitions written since the last time (and the DEFAULT one) that their BRIN index has
+    /// no summary of yet (a range without one is read by every query). A failure to summarise
+    /// only leaves those ranges to be read whole; the fold's is returned.
+    fn fold_and_summarise(&mut self, fold: bool) -> Result<(), StoreError> {
+        let parts: Vec<String> = self.written.drain().collect();
+        if parts.is_empty() {
+            return if fold { self.fold() } else { Ok(()) };
         }
+        let mut summariser = match self.summariser.take() {
+            Some(client) => Some(client),
+            None => Client::connect(&self.url, NoTls)
+                .inspect_err(|e| {
+                    tracing::warn!(at = %self.at, error = %describe(e), "cannot connect to summarise the index of messages");
+                })
+                .ok(),
+        };
+        let this = &*self;
+        let (folded, summarised) = std::thread::scope(|s| {
+            let summary = summariser
+                .as_mut()
+                .map(|client| s.spawn(move || summarise(client, parts)));
+            let folded = if fold { this.fold() } else { Ok(()) };
+            let summarised = match summary.map(|h| h.join()) {
+                Some(Ok(done)) => done,
+                Some(Err(_)) => Err("the summarising thread crashed".to_owned()),
+                None => Err("no connection".to_owned()),
+            };
+            (folded, summarised)
+        });
+        match summarised {
+            Ok(()) => self.summariser = summariser,
+            Err(e) => {
+                tracing::warn!(at = %self.at, error = %e, "cannot summarise the index of messages");
+            }
+        }
+        folded
     }
 
     /// The day partitions of `messages`, oldest first (for tests and operators).
@@ -636,21 +680,17 @@ impl Store for PgStore {
                 Err(e) => return Err(e),
             }
         };
-        if self.ingest.get_mut().fold_due() {
-            self.fold_quietly();
-            self.summarise();
+        if self.ingest.get_mut().fold_due()
+            && let Err(e) = self.fold_and_summarise(true)
+        {
+            tracing::warn!(error = %e, "cannot fold the ingest journal yet; trying again later");
         }
         Ok(applied)
     }
 
     fn settle(&mut self) -> Result<(), StoreError> {
-        if self.ingest.get_mut().unfolded() {
-            self.fold()?;
-        }
-        if !self.written.is_empty() {
-            self.summarise();
-        }
-        Ok(())
+        let fold = self.ingest.get_mut().unfolded();
+        self.fold_and_summarise(fold)
     }
 
     fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError> {

@@ -47,6 +47,7 @@ impl PgStore {
                 pending,
                 position,
                 names,
+                ..
             } = ingest;
             journal::catch_up(tx, prepared, position, known)?;
             if journal::left_behind(tx, prepared, position)?
@@ -132,17 +133,19 @@ impl PgStore {
     /// remembered.
     fn in_fold(
         &self,
-        f: impl FnOnce(
-            &mut ::postgres::Transaction<'_>,
-            &mut Ingest,
-        ) -> Result<Option<Rows>, ::postgres::Error>,
+        f: impl FnOnce(&mut ::postgres::Client, &mut Ingest) -> Result<Option<Rows>, ::postgres::Error>,
     ) -> Result<bool, StoreError> {
         let err = self.err("folding the ingest journal into the terminals' rows");
         let mut client = self.client.borrow_mut();
         let mut ingest = self.ingest.borrow_mut();
-        let mut tx = client.transaction().map_err(&err)?;
-        journal::lock(&mut tx).map_err(&err)?;
-        let Ingest { pending, names, .. } = &mut *ingest;
+        let mut tx = journal::lock(&mut client).map_err(&err)?;
+        let Ingest {
+            pending,
+            brought,
+            names,
+            ..
+        } = &mut *ingest;
+        super::add_brought(pending, brought);
         for id in pending.keys() {
             names.entry(*id).or_insert_with(|| id.to_string().into());
         }
@@ -164,7 +167,7 @@ impl PgStore {
 /// (`pending`), advances their watermarks and writes them, each under a new revision; false if
 /// a row was written by another since its revision was taken.
 fn fill_and_write(
-    tx: &mut ::postgres::Transaction<'_>,
+    tx: &mut ::postgres::Client,
     prepared: &mut super::Prepared,
     rows: &mut Rows,
     pending: &super::ById<Pending>,

@@ -1,15 +1,17 @@
 //! The ingest journal: what each group stored, appended as one row of `ingest_journal` (the
 //! runs of seqs it stored, the drops and numbering starts it brought), instead of rewriting its
 //! terminals' rows in `terminals`. The groups of every instance take the journal's lock in turn
-//! ([`lock`]); a group first reads what other instances appended since its connection's last
-//! group ([`catch_up`]), so the terminals a connection remembers stay exact, and a terminal
-//! read afresh is its row plus its entries in the journal ([`runs_of`]). Folding the journal
-//! into `terminals` (see `fold`) deletes what it folded and notes how far in `ingest_folds`: a
-//! connection that had not read as far forgets what it remembers.
+//! (in the round trip that begins their transaction, [`lock`]); a group first reads what other
+//! instances appended since its connection's last group ([`catch_up`]), so the terminals a
+//! connection remembers stay exact, and a terminal read afresh is its row plus its entries in
+//! the journal ([`runs_of`]). Folding the journal into `terminals` (see `fold`) deletes what it
+//! folded and notes how far in `ingest_folds`: a connection that had not read as far forgets
+//! what it remembers.
 
+use std::ops::{Deref, DerefMut};
 use std::time::Instant;
 
-use ::postgres::Transaction;
+use ::postgres::Client;
 use cuntong_core::terminal_id::TerminalId;
 
 use super::{KnownRows, Pair, Prepared, Runs};
@@ -112,17 +114,56 @@ pub(super) fn apply(pair: &mut Pair, kind: i16, first: i64, last: i64) {
     pair.advance = true;
 }
 
-/// Takes the journal's lock until the transaction ends: the groups and folds of every instance
-/// go one at a time (plain reads go on).
-pub(super) fn lock(tx: &mut Transaction<'_>) -> Result<(), ::postgres::Error> {
-    tx.batch_execute("LOCK TABLE ingest_journal IN SHARE ROW EXCLUSIVE MODE")
+/// A transaction under the journal's lock: the groups and folds of every instance go one at
+/// a time (plain reads go on). Rolled back when dropped uncommitted.
+pub(super) struct Locked<'a> {
+    client: &'a mut Client,
+    open: bool,
+}
+
+impl Locked<'_> {
+    pub(super) fn commit(mut self) -> Result<(), ::postgres::Error> {
+        self.open = false;
+        self.client.batch_execute("COMMIT")
+    }
+}
+
+impl Deref for Locked<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A connection that cannot even roll back is broken: its next statement fails.
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
+}
+
+/// Begins a transaction and takes the journal's lock, in one round trip.
+pub(super) fn lock(client: &mut Client) -> Result<Locked<'_>, ::postgres::Error> {
+    let locked = Locked { client, open: true };
+    locked
+        .client
+        .batch_execute("BEGIN; LOCK TABLE ingest_journal IN SHARE ROW EXCLUSIVE MODE")?;
+    Ok(locked)
 }
 
 /// Brings what `known` holds up to date with the rows other connections appended since this
 /// one's last group (under the lock). If a fold deleted rows this connection had not read,
 /// it forgets every terminal: each is read afresh when next met.
 pub(super) fn catch_up(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     position: &mut Position,
     known: &mut KnownRows,
@@ -181,7 +222,7 @@ pub(super) fn catch_up(
 /// The runs stored of `terminals` that the journal holds, not yet folded into their rows:
 /// (terminal, stream, first, last).
 pub(super) fn runs_of(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     terminals: &[&str],
 ) -> Result<Vec<Run>, ::postgres::Error> {
@@ -202,7 +243,7 @@ pub(super) fn runs_of(
 
 /// Appends a group's entries (none: nothing appended); the row's id.
 pub(super) fn append(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     position: &Position,
     entries: &Entries<'_>,
@@ -232,7 +273,7 @@ pub(super) fn append(
 /// Every run in the journal (for a fold, under the lock), merged where they touch:
 /// (terminal, stream, first, last), and the newest row's id (0: the journal is empty).
 pub(super) fn all_runs(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
 ) -> Result<(Vec<Run>, i64), ::postgres::Error> {
     let statement = prepared.get(tx, "SELECT coalesce(max(id), 0) FROM ingest_journal")?;
@@ -271,7 +312,7 @@ const LEFT_BEHIND_MS: i64 = 30_000;
 /// Whether the journal holds rows another connection appended longer ago than
 /// [`LEFT_BEHIND_MS`] (an instance that stopped before it folded them).
 pub(super) fn left_behind(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     position: &Position,
 ) -> Result<bool, ::postgres::Error> {
@@ -287,7 +328,7 @@ pub(super) fn left_behind(
 
 /// Deletes this connection's own journal rows (folded) and notes how far.
 pub(super) fn delete_own(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     position: &Position,
 ) -> Result<(), ::postgres::Error> {
@@ -303,7 +344,7 @@ pub(super) fn delete_own(
 
 /// Deletes the journal's rows up to `through` (folded) and notes it.
 pub(super) fn delete_through(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     through: i64,
 ) -> Result<(), ::postgres::Error> {

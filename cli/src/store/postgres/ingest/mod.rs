@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ::postgres::error::SqlState;
-use ::postgres::{Statement, Transaction};
+use ::postgres::{Client, Statement};
 use cuntong_core::envelope::{Event, Stream};
 use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
@@ -35,8 +35,8 @@ use journal::{Entries, Position};
 use read::read_state;
 use runs::Runs;
 use terminals::{advance_watermarks, write_terminals};
-pub use writes::MESSAGE_TYPES;
-use writes::{MessageCopy, write_gaps};
+pub use writes::MessageCopy;
+use writes::write_gaps;
 
 /// A (terminal, stream) as the group finds it and leaves it.
 #[derive(Default)]
@@ -104,20 +104,40 @@ struct Pending {
 }
 
 impl Pending {
-    /// Adds what a later group brought (taken from it).
-    fn add(&mut self, t: &mut Terminal) {
-        if t.presence.is_some() {
-            self.presence = t.presence.take();
+    /// What a group brought of a terminal (taken from it).
+    fn take(t: &mut Terminal) -> Pending {
+        Pending {
+            presence: t.presence.take(),
+            last_seen: t.last_seen,
+            offline: t.offline,
+            latest: std::mem::take(&mut t.latest),
         }
-        self.last_seen = self.last_seen.max(t.last_seen);
-        self.offline = self.offline.max(t.offline);
+    }
+
+    /// Adds what a later group brought.
+    fn add(&mut self, later: Pending) {
+        if later.presence.is_some() {
+            self.presence = later.presence;
+        }
+        self.last_seen = self.last_seen.max(later.last_seen);
+        self.offline = self.offline.max(later.offline);
         if self.latest.is_empty() {
-            self.latest = std::mem::take(&mut t.latest);
+            self.latest = later.latest;
             return;
         }
-        for (i, (metric, at, value)) in t.latest.iter().enumerate() {
+        for (i, (metric, at, value)) in later.latest.iter().enumerate() {
             keep_newer(&mut self.latest, i, metric, *at, *value);
         }
+    }
+}
+
+/// What a committed group brought of each of its terminals, not yet added to the pending.
+type Brought = Vec<(TerminalId, Pending)>;
+
+/// Adds what the last group brought to what is pending.
+fn add_brought(pending: &mut ById<Pending>, brought: &mut Brought) {
+    for (id, p) in brought.drain(..) {
+        pending.entry(id).or_default().add(p);
     }
 }
 
@@ -127,6 +147,9 @@ pub(super) struct Ingest {
     prepared: Prepared,
     known: KnownRows,
     pending: ById<Pending>,
+    /// What the last group brought, added to `pending` while the server stores the next
+    /// group's messages (or before a fold).
+    brought: Brought,
     position: Position,
     /// The terminals' names, written once.
     names: ById<Name>,
@@ -138,6 +161,7 @@ impl Ingest {
             prepared: Prepared::default(),
             known: KnownRows::default(),
             pending: ById::default(),
+            brought: Brought::new(),
             position: Position::new(),
             names: ById::default(),
         }
@@ -152,7 +176,7 @@ impl Ingest {
 
     /// Whether anything is left to fold.
     pub(super) fn unfolded(&self) -> bool {
-        self.position.appended > 0 || !self.pending.is_empty()
+        self.position.appended > 0 || !self.pending.is_empty() || !self.brought.is_empty()
     }
 }
 
@@ -434,7 +458,7 @@ impl Rows {
         places: &[Option<usize>],
         copy: &mut MessageCopy<'_>,
         applied: &mut Applied,
-    ) -> Result<Vec<(usize, crate::store::Message<'r>)>, ::postgres::Error> {
+    ) -> std::io::Result<Vec<(usize, crate::store::Message<'r>)>> {
         let mut order: Vec<(usize, &Record)> = places
             .iter()
             .zip(records)
@@ -463,7 +487,14 @@ impl Rows {
                 t.streams[sid].advance = true;
                 t.changed = true;
                 applied.stored += 1;
-                copy.write(name, &m)?;
+                copy.write(
+                    name,
+                    stream_id(m.stream) as i16,
+                    m.seq as i64,
+                    m.time_ms as i64,
+                    m.received_ms as i64,
+                    m.raw,
+                )?;
                 new.push((i, m));
             } else {
                 // It resent: it may not have our watermark (its terminal is touched: sent
@@ -537,7 +568,7 @@ impl Rows {
 pub(super) struct Prepared(HashMap<String, Statement>);
 
 impl Prepared {
-    fn get(&mut self, tx: &mut Transaction<'_>, sql: &str) -> Result<Statement, ::postgres::Error> {
+    fn get(&mut self, tx: &mut Client, sql: &str) -> Result<Statement, ::postgres::Error> {
         if let Some(statement) = self.0.get(sql) {
             return Ok(statement.clone());
         }
@@ -562,16 +593,23 @@ impl PgStore {
     /// stored.
     pub(super) fn apply_once(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
         let err = self.err("storing a group");
+        let copy_err = {
+            let at = format!("{}, storing a group", self.at);
+            move |source| StoreError::Io {
+                path: at.clone(),
+                source,
+            }
+        };
         let client = self.client.get_mut();
         let Ingest {
             prepared,
             known,
             pending,
+            brought,
             position,
             names,
         } = self.ingest.get_mut();
-        let mut tx = client.transaction().map_err(&err)?;
-        journal::lock(&mut tx).map_err(&err)?;
+        let mut tx = journal::lock(client).map_err(&err)?;
         journal::catch_up(&mut tx, prepared, position, known).map_err(&err)?;
         let (mut rows, places) = Rows::new(records, names);
         let mut applied = Applied::default();
@@ -592,13 +630,21 @@ impl PgStore {
         }
 
         // Which messages are new, each copied as it is found.
-        let mut copy = MessageCopy::open(&mut tx, records.iter().any(|r| r.message().is_some()))
-            .map_err(&err)?;
+        let mut copy = if records.iter().any(|r| r.message().is_some()) {
+            let statement = prepared
+                .get(&mut tx, &MessageCopy::statement("messages"))
+                .map_err(&err)?;
+            MessageCopy::open(&mut *tx, &statement).map_err(&err)?
+        } else {
+            MessageCopy::none()
+        };
         let new = rows
             .classify(records, &places, &mut copy, &mut applied)
-            .map_err(&err)?;
+            .map_err(&copy_err)?;
         // What the group decides once its messages are known, while the server stores the
-        // last of them.
+        // last of them: the watermarks; what the connection remembers of its terminals (taken
+        // back if the group fails) and what they brought (pending once committed); the
+        // journal's row.
         advance_watermarks(&mut rows, &mut applied);
         applied.numbering_clashes = crate::store::numbering_clashes(records, |t, stream| {
             let held = rows.place(t).map(|i| {
@@ -610,20 +656,36 @@ impl PgStore {
             Ok::<u64, std::convert::Infallible>(held.map_or(0, |h| h.max(0) as u64))
         })
         .unwrap_or_else(|never| match never {});
-        let entries = rows.entries(&new);
-        copy.finish().map_err(&err)?;
-        write_gaps(&mut tx, prepared, &rows).map_err(&err)?;
-        let appended = journal::append(&mut tx, prepared, position, &entries).map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        if let Some(id) = appended {
-            position.last = position.last.max(id);
-            position.appended += 1;
-        }
+        add_brought(pending, brought);
+        let mut group_brought = Brought::with_capacity(rows.terminals.len());
         for (_, t) in &mut rows.terminals {
             known.insert(t.id, remembered(t, false));
-            pending.entry(t.id).or_default().add(t);
+            group_brought.push((t.id, Pending::take(t)));
         }
-        Ok(applied)
+        let entries = rows.entries(&new);
+        let committed = copy.finish().map_err(&copy_err).and_then(|_| {
+            write_gaps(&mut tx, prepared, &rows).map_err(&err)?;
+            let appended = journal::append(&mut tx, prepared, position, &entries).map_err(&err)?;
+            tx.commit().map_err(&err)?;
+            Ok(appended)
+        });
+        match committed {
+            Ok(appended) => {
+                if let Some(id) = appended {
+                    position.last = position.last.max(id);
+                    position.appended += 1;
+                }
+                *brought = group_brought;
+                Ok(applied)
+            }
+            Err(e) => {
+                // Nothing of the group is stored: its terminals are read afresh when next met.
+                for (_, t) in &rows.terminals {
+                    known.remove(&t.id);
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reading a group's terminals as stored: their rows in `terminals` (runs, watermarks,
 //! newest values, revision) and the drops and numbering starts ahead of their watermarks.
 
-use ::postgres::Transaction;
+use ::postgres::Client;
 
 use super::{Prepared, Rows, Runs, Take};
 
@@ -10,7 +10,7 @@ use super::{Prepared, Rows, Runs, Take};
 /// those watermarks. [`Take::Locked`] first creates the rows missing and locks them all in
 /// terminal order, so that no other group writes them before this one commits.
 pub(super) fn read_state(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     rows: &mut Rows,
     take: Take,

@@ -2,7 +2,7 @@
 //! (a fold): watermarks advanced, newest values merged, presence and last reception, each row
 //! under the revision read, by one update and one insert of all the rows.
 
-use ::postgres::Transaction;
+use ::postgres::Client;
 use ::postgres::types::ToSql;
 use cuntong_core::delivery::Watermarks;
 use cuntong_core::envelope::Stream;
@@ -149,7 +149,7 @@ pub(super) fn advance_watermarks(rows: &mut Rows, applied: &mut Applied) {
 /// for, under the revision read. An existing row is updated, a new one inserted. False if
 /// something else wrote or created one of the rows since it was read.
 pub(super) fn write_terminals(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     rows: &mut Rows,
 ) -> Result<bool, ::postgres::Error> {

@@ -1,17 +1,16 @@
 //! What a group adds besides its terminals' rows: the new messages, binary-COPied into
 //! `messages`, and the drops and numbering starts, upserted.
 
-use ::postgres::Transaction;
-use ::postgres::binary_copy::BinaryCopyInWriter;
-use ::postgres::types::Type;
+use std::io::Write;
+
+use ::postgres::{Client, CopyInWriter, GenericClient, Statement};
 
 use super::{Prepared, Rows};
-use crate::store::stream_id;
 
 /// Writes the drops and numbering starts the group brought, each table by one statement in
 /// key order.
 pub(super) fn write_gaps(
-    tx: &mut Transaction<'_>,
+    tx: &mut Client,
     prepared: &mut Prepared,
     rows: &Rows,
 ) -> Result<(), ::postgres::Error> {
@@ -51,63 +50,99 @@ pub(super) fn write_gaps(
     Ok(())
 }
 
-/// The types of a row of `messages` as it is COPied: terminal, stream, seq, time, reception,
-/// payload.
-pub const MESSAGE_TYPES: [Type; 6] = [
-    Type::TEXT,
-    Type::INT2,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::BYTEA,
-];
+/// Rows of `messages` (or a table shaped like it) in PostgreSQL's binary COPY format: each row
+/// encoded here and handed to the driver's COPY writer, which sends them in pieces of about
+/// 4 KiB (its typed writer waits on the connection for every row instead). Without a COPY
+/// ([`MessageCopy::none`]) nothing is written.
+pub struct MessageCopy<'a> {
+    writer: Option<CopyInWriter<'a>>,
+    row: Vec<u8>,
+}
 
-/// The group's new messages, binary-COPied into `messages` as they are found (each lands in
-/// its day's partition): the server stores one while the group decides on the next.
-pub(super) struct MessageCopy<'a>(Option<BinaryCopyInWriter<'a>>);
+impl std::fmt::Debug for MessageCopy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageCopy")
+            .field("copying", &self.writer.is_some())
+            .finish()
+    }
+}
+
+/// The binary COPY format's signature, flags and header extension length.
+const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 impl<'a> MessageCopy<'a> {
-    /// Starts the COPY if the group holds any message (`messages`), else copies nothing.
-    pub(super) fn open(
-        tx: &'a mut Transaction<'_>,
-        messages: bool,
-    ) -> Result<MessageCopy<'a>, ::postgres::Error> {
-        if !messages {
-            return Ok(MessageCopy(None));
-        }
-        let sink = tx.copy_in(
-            "COPY messages (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY",
-        )?;
-        Ok(MessageCopy(Some(BinaryCopyInWriter::new(
-            sink,
-            &MESSAGE_TYPES,
-        ))))
+    /// The statement of a binary COPY into `table` (terminal, stream, seq, time_ms,
+    /// received_ms, payload): prepared once a connection, each COPY is then one round trip.
+    pub fn statement(table: &str) -> String {
+        format!(
+            "COPY {table} (terminal, stream, seq, time_ms, received_ms, payload) FROM STDIN BINARY"
+        )
     }
 
-    /// Copies `terminal`'s new message `m`.
-    pub(super) fn write(
+    /// Starts a COPY by `statement` (prepared from [`MessageCopy::statement`]).
+    pub fn open(
+        client: &'a mut impl GenericClient,
+        statement: &Statement,
+    ) -> Result<MessageCopy<'a>, ::postgres::Error> {
+        let writer = client.copy_in(statement)?;
+        let mut row = Vec::with_capacity(256);
+        row.extend_from_slice(HEADER);
+        Ok(MessageCopy {
+            writer: Some(writer),
+            row,
+        })
+    }
+
+    /// Copies nothing.
+    pub fn none() -> MessageCopy<'a> {
+        MessageCopy {
+            writer: None,
+            row: Vec::new(),
+        }
+    }
+
+    /// Copies one row.
+    pub fn write(
         &mut self,
         terminal: &str,
-        m: &crate::store::Message<'_>,
-    ) -> Result<(), ::postgres::Error> {
-        let Some(w) = &mut self.0 else {
+        stream: i16,
+        seq: i64,
+        time_ms: i64,
+        received_ms: i64,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let Some(w) = &mut self.writer else {
             return Ok(());
         };
-        w.write(&[
-            &terminal,
-            &(stream_id(m.stream) as i16),
-            &(m.seq as i64),
-            &(m.time_ms as i64),
-            &(m.received_ms as i64),
-            &m.raw,
-        ])
-    }
-
-    /// Ends the COPY once the server has stored every row.
-    pub(super) fn finish(self) -> Result<(), ::postgres::Error> {
-        if let Some(w) = self.0 {
-            w.finish()?;
+        let row = &mut self.row;
+        row.extend_from_slice(&6i16.to_be_bytes());
+        put(row, terminal.as_bytes())?;
+        put(row, &stream.to_be_bytes())?;
+        for n in [seq, time_ms, received_ms] {
+            put(row, &n.to_be_bytes())?;
         }
+        put(row, payload)?;
+        w.write_all(row)?;
+        row.clear();
         Ok(())
     }
+
+    /// Ends the COPY once the server has stored every row; how many it stored.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        let Some(mut w) = self.writer.take() else {
+            return Ok(0);
+        };
+        self.row.extend_from_slice(&(-1i16).to_be_bytes());
+        w.write_all(&self.row)?;
+        w.finish().map_err(std::io::Error::other)
+    }
+}
+
+/// Appends a field: its length, then its bytes (integers big-endian).
+fn put(row: &mut Vec<u8>, value: &[u8]) -> std::io::Result<()> {
+    let len = i32::try_from(value.len())
+        .map_err(|_| std::io::Error::other(format!("a field of {} bytes", value.len())))?;
+    row.extend_from_slice(&len.to_be_bytes());
+    row.extend_from_slice(value);
+    Ok(())
 }
