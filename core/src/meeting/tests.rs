@@ -2334,3 +2334,68 @@ fn a_delegate_gives_content_within_its_region_only() {
     ));
     assert_eq!(h.content().map(|c| c.0), Some(theirs));
 }
+
+/// While relays join, a site that sends nothing keeps the relay it was given: it is told of a
+/// nearer one when it comes to send (here, given the floor). A site that sends is told at once.
+#[test]
+fn a_site_that_sends_nothing_is_told_of_a_nearer_relay_only_when_it_comes_to_send() {
+    let mut h = host(Kind::Meeting, &["1301"]);
+    h.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
+    let m: MeetingId = "m1".parse().unwrap();
+    let join = |relay: Option<&str>, host: &str| Uplink::Join {
+        meeting: m,
+        tier: Tier::Full,
+        rtp_port: 5004,
+        media_host: Some(host.into()),
+        relay: relay.map(Into::into),
+        joining: 1,
+    };
+    let plans_to = |out: &[HostOutput], site: TerminalId| -> Vec<Option<String>> {
+        out.iter()
+            .filter_map(|o| match o {
+                HostOutput::Send(to, Downlink::Admitted { plan, .. }) if *to == site => {
+                    Some(plan.send_to.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let village = t("130103001001-main");
+    // The chair (a source) and the city's relay.
+    let mut out = h.uplink(t("130102000000-hall"), join(None, "10.0.0.5"), 2);
+    out.extend(h.uplink(
+        t("130100000000-city"),
+        join(Some("10.0.0.2:6000"), "10.0.0.2"),
+        2,
+    ));
+    out.extend(h.uplink(village, join(None, "10.0.1.1"), 3));
+    out.extend(h.media_updates(3));
+    assert_eq!(plans_to(&out, village), [Some("10.0.0.2:6000".into())]);
+
+    // Its county's relay joins: the village would send there, but sends nothing.
+    let county = t("130103000000-hall");
+    let mut out = h.uplink(county, join(Some("10.0.0.3:6000"), "10.0.0.3"), 4);
+    out.extend(h.media_updates(4));
+    assert_eq!(plans_to(&out, village), Vec::<Option<String>>::new());
+    assert_eq!(plans_to(&out, county), [Some("10.0.0.3:6000".into())]);
+    // The county's relay forwards the chair's stream down to it all the same.
+    assert!(out.iter().any(|o| matches!(
+        o,
+        HostOutput::Send(to, Downlink::Forward { plan, .. })
+            if *to == county && plan.routes.iter().any(|(_, d)| d.contains(&"10.0.1.1:5004".to_string()))
+    )));
+
+    // Given the floor, it sends: to its county's relay.
+    h.op(&Operator::Chair, ChairOp::Grant(village), 5).unwrap();
+    let out = h.media_updates(5);
+    assert_eq!(plans_to(&out, village), [Some("10.0.0.3:6000".into())]);
+
+    // A relay at its own site joins while it holds the floor: it is told at once.
+    let mut out = h.uplink(
+        t("130103001001-box"),
+        join(Some("10.0.0.4:6000"), "10.0.0.4"),
+        6,
+    );
+    out.extend(h.media_updates(6));
+    assert_eq!(plans_to(&out, village), [Some("10.0.0.4:6000".into())]);
+}

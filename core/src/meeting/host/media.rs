@@ -301,12 +301,41 @@ impl Host {
         let sites = &self.sites;
         self.admitted
             .retain(|id, _| sites.get(id).is_some_and(|r| r.phase == SitePhase::Joined));
+        // The sites that send now, and so go where their plan says: the one shown to all, the
+        // main sources, the pictures on the screen, the content's site, the viewed.
+        let senders: BTreeSet<TerminalId> = self
+            .state
+            .shown()
+            .into_iter()
+            .chain(self.main_sources())
+            .chain(
+                self.screen
+                    .iter()
+                    .flat_map(|s| s.tiles.iter().map(|t| t.site)),
+            )
+            .chain(self.content.map(|(site, _)| site))
+            .chain(self.views.keys().copied())
+            .collect();
         for id in &joined {
             let Some(plan) = self.plan_for(id, &topology) else {
                 continue;
             };
-            // Changed, or never given (a site back from unreachable missed the changes).
-            if self.admitted.get(id) != Some(&plan) {
+            // Changed, or never given (a site back from unreachable missed the changes). A
+            // site that sends nothing is not told of a new relay to send to until it sends:
+            // while a province's relays join, each of their villages' relays would change
+            // once or twice, and the plans would crowd the links for nothing.
+            let stale = match self.admitted.get(id) {
+                None => true,
+                Some(given) if senders.contains(id) => *given != plan,
+                Some(given) => {
+                    *given
+                        != (MediaPlan {
+                            send_to: given.send_to.clone(),
+                            ..plan.clone()
+                        })
+                }
+            };
+            if stale {
                 self.admitted.insert(*id, plan.clone());
                 if let Some(j) = self.joinings.get_mut(id) {
                     j.plan_sent_ms = Some(now_ms);

@@ -10,7 +10,7 @@
 //! in `uplinks.rs`, the media flow (relays, screen, content, recorder, views) in `media.rs`.
 
 use super::relays::{self, RelayPlan, SiteMedia, Topology};
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
