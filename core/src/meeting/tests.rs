@@ -9,7 +9,8 @@ use alloc::vec::Vec;
 use crate::site::Region;
 
 use super::host::{
-    ChairOp, Host, HostConfig, HostOutput, Notice, OpError, Operator, PLAN_IN_FLIGHT_MS, SitePhase,
+    ChairOp, Host, HostConfig, HostOutput, Notice, OpError, Operator, PLAN_IN_FLIGHT_MS,
+    PLANS_PER_S, SitePhase, plan_in_flight_ms,
 };
 use super::participant::{
     AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase,
@@ -2398,4 +2399,46 @@ fn a_site_that_sends_nothing_is_told_of_a_nearer_relay_only_when_it_comes_to_sen
     );
     out.extend(h.media_updates(6));
     assert_eq!(plans_to(&out, village), [Some("10.0.0.4:6000".into())]);
+}
+
+/// In a session of many sites a plan may wait behind the others' on its way: a repeated join
+/// is answered again only once all the session's plans could have crossed the links.
+#[test]
+fn a_repeated_join_in_a_large_session_waits_longer_for_its_plan_again() {
+    assert_eq!(plan_in_flight_ms(1), PLAN_IN_FLIGHT_MS);
+    assert_eq!(plan_in_flight_ms(54_145), 54_145 * 1_000 / PLANS_PER_S);
+    assert!(plan_in_flight_ms(54_145) > 13_000);
+
+    let mut h = host(Kind::Meeting, &["13"]);
+    h.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
+    let m = h.state().spec.id;
+    let join = Uplink::Join {
+        meeting: m,
+        tier: Tier::Full,
+        rtp_port: 5004,
+        media_host: Some("10.0.0.9".into()),
+        relay: None,
+        joining: 1,
+    };
+    // 40,000 sites join and are given their plans.
+    let sites: Vec<TerminalId> = (0..40_000u32)
+        .map(|i| t(&format!("130102{:03}{:03}-main", 1 + i / 500, 1 + i % 500)))
+        .collect();
+    for s in &sites {
+        h.uplink(*s, join.clone(), 10_000);
+    }
+    let plans = |out: &[HostOutput]| {
+        out.iter()
+            .filter(|o| matches!(o, HostOutput::Send(_, Downlink::Admitted { .. })))
+            .count()
+    };
+    assert_eq!(plans(&h.media_updates(10_000)), 40_000);
+    let in_flight = plan_in_flight_ms(40_000);
+    assert_eq!(in_flight, 10_000);
+    // A site repeats its join after the small session's wait: not yet answered again.
+    h.uplink(sites[7], join.clone(), 10_000 + PLAN_IN_FLIGHT_MS);
+    assert_eq!(plans(&h.media_updates(10_000 + PLAN_IN_FLIGHT_MS)), 0);
+    // Once all the session's plans could have crossed: the same plan again.
+    h.uplink(sites[7], join.clone(), 10_000 + in_flight);
+    assert_eq!(plans(&h.media_updates(10_000 + in_flight)), 1);
 }

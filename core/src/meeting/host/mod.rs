@@ -304,12 +304,23 @@ pub struct RollCallResults {
     pub sites: Vec<(TerminalId, Option<u64>)>,
 }
 
-/// How long a plan sent to a joining site is taken to be on its way: a repeat of the same
-/// joining within that time is not answered again. A province's join storm keeps plans
+/// How long a plan sent to a joining site is taken to be on its way, at least: a repeat of the
+/// same joining within that time is not answered again. A province's join storm keeps plans
 /// queued for seconds on the way (brokers, the boxes' own backlog), and answering every repeat
 /// multiplied them; a plan really lost (rare: plans travel at QoS 1) costs a site one more
 /// wait between its joins.
 pub const PLAN_IN_FLIGHT_MS: u64 = 5_000;
+
+/// The plans a second a session's links are taken to carry: a plan may wait behind the plans
+/// of all the session's sites, for a province's 54,000 sites about 14 s.
+pub const PLANS_PER_S: u64 = 4_000;
+
+/// How long a plan sent to one of a session's `sites` (those given a plan) is taken to be on
+/// its way: [`PLAN_IN_FLIGHT_MS`], or as long as the links take to carry all their plans at
+/// [`PLANS_PER_S`].
+pub fn plan_in_flight_ms(sites: usize) -> u64 {
+    PLAN_IN_FLIGHT_MS.max((sites as u64).saturating_mul(1_000) / PLANS_PER_S)
+}
 
 /// A joined site's joining: its number, and when its plan last went out.
 #[derive(Clone, Copy, Debug, Default)]

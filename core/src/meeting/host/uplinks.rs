@@ -59,7 +59,8 @@ impl Host {
                     // keeps its SSRC (its media has not started) and gets the same plan
                     // again, once the last one has had time to arrive.
                     let sent = self.joinings.get(&from).and_then(|j| j.plan_sent_ms);
-                    if sent.is_none_or(|t| now_ms.saturating_sub(t) >= PLAN_IN_FLIGHT_MS) {
+                    let in_flight = plan_in_flight_ms(self.admitted.len());
+                    if sent.is_none_or(|t| now_ms.saturating_sub(t) >= in_flight) {
                         self.admitted.remove(&from);
                     }
                     return out;
