@@ -155,7 +155,7 @@ enum MeetingAction {
     },
     /// Have a SIP gateway invited to the meeting call a room system (sip:hall@10.13.2.40,
     /// ;transport=tcp for TCP): it joins as the gateway's site once it answers. The gateway
-    /// calls only room systems its [sip] allow list names.
+    /// calls only room systems its `[sip]` allow list names.
     Dial {
         id: String,
         /// The room system's SIP address.

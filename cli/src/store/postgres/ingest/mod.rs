@@ -589,8 +589,8 @@ pub(super) enum Take {
 }
 
 impl PgStore {
-    /// One attempt at storing a group (see [`Store::apply`]); on an error nothing of it was
-    /// stored.
+    /// One attempt at storing a group (see [`Store::apply`](crate::store::Store::apply)); on
+    /// an error nothing of it was stored.
     pub(super) fn apply_once(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
         let err = self.err("storing a group");
         let copy_err = {
