@@ -2411,15 +2411,7 @@ fn a_repeated_join_in_a_large_session_waits_longer_for_its_plan_again() {
 
     let mut h = host(Kind::Meeting, &["13"]);
     h.op(&Operator::Chair, ChairOp::Start, 1).unwrap();
-    let m = h.state().spec.id;
-    let join = Uplink::Join {
-        meeting: m,
-        tier: Tier::Full,
-        rtp_port: 5004,
-        media_host: Some("10.0.0.9".into()),
-        relay: None,
-        joining: 1,
-    };
+    let join = full_join(h.state().spec.id);
     // 40,000 sites join and are given their plans.
     let sites: Vec<TerminalId> = (0..40_000u32)
         .map(|i| t(&format!("130102{:03}{:03}-main", 1 + i / 500, 1 + i % 500)))

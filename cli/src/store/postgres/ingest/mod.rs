@@ -615,8 +615,8 @@ impl PgStore {
         let mut applied = Applied::default();
 
         rows.receive(records, &places);
-        // The terminals this connection knows (taken out: put back only once committed); the
-        // others are read, with their runs in the journal.
+        // The terminals this connection knows (taken out: put back as the group ends, and
+        // forgotten if it fails); the others are read, with their runs in the journal.
         for (_, t) in &mut rows.terminals {
             if let Some(k) = known.remove(&t.id) {
                 t.take(k);
