@@ -211,6 +211,23 @@ impl Host {
         })
     }
 
+    /// The sites that send now, and so go where their plan says: the one shown to all, the
+    /// main sources, the pictures on the screen, the content's site, the viewed.
+    fn senders(&self) -> BTreeSet<TerminalId> {
+        let on_screen = self
+            .screen
+            .iter()
+            .flat_map(|s| s.tiles.iter().map(|t| t.site));
+        self.state
+            .shown()
+            .into_iter()
+            .chain(self.main_sources())
+            .chain(on_screen)
+            .chain(self.content.map(|(site, _)| site))
+            .chain(self.views.keys().copied())
+            .collect()
+    }
+
     /// Adds (or, with `on` false, removes) a viewer of `site` at `to` (`host:port`): the relay
     /// its stream reaches first strips SRTP and sends it there as plain RTP. The site must be
     /// in the session and behind a relay.
@@ -301,41 +318,12 @@ impl Host {
         let sites = &self.sites;
         self.admitted
             .retain(|id, _| sites.get(id).is_some_and(|r| r.phase == SitePhase::Joined));
-        // The sites that send now, and so go where their plan says: the one shown to all, the
-        // main sources, the pictures on the screen, the content's site, the viewed.
-        let senders: BTreeSet<TerminalId> = self
-            .state
-            .shown()
-            .into_iter()
-            .chain(self.main_sources())
-            .chain(
-                self.screen
-                    .iter()
-                    .flat_map(|s| s.tiles.iter().map(|t| t.site)),
-            )
-            .chain(self.content.map(|(site, _)| site))
-            .chain(self.views.keys().copied())
-            .collect();
+        let senders = self.senders();
         for id in &joined {
             let Some(plan) = self.plan_for(id, &topology) else {
                 continue;
             };
-            // Changed, or never given (a site back from unreachable missed the changes). A
-            // site that sends nothing is not told of a new relay to send to until it sends:
-            // while a province's relays join, each of their villages' relays would change
-            // once or twice, and the plans would crowd the links for nothing.
-            let stale = match self.admitted.get(id) {
-                None => true,
-                Some(given) if senders.contains(id) => *given != plan,
-                Some(given) => {
-                    *given
-                        != (MediaPlan {
-                            send_to: given.send_to.clone(),
-                            ..plan.clone()
-                        })
-                }
-            };
-            if stale {
+            if outdated(self.admitted.get(id), &plan, senders.contains(id)) {
                 self.admitted.insert(*id, plan.clone());
                 if let Some(j) = self.joinings.get_mut(id) {
                     j.plan_sent_ms = Some(now_ms);
@@ -356,5 +344,24 @@ impl Host {
 
     pub fn set_media_point(&mut self, addr: Option<String>) {
         self.media_point = addr;
+    }
+}
+
+/// Whether a site that was given `given` must be sent `plan`: it was given none (or lost it:
+/// a site back from unreachable missed the changes), or the plan changed. A site that sends
+/// nothing is not told of a new relay to send to until it `sends`: while a province's relays
+/// join, each of their villages' relays would change once or twice, and the plans would crowd
+/// the links for nothing.
+fn outdated(given: Option<&MediaPlan>, plan: &MediaPlan, sends: bool) -> bool {
+    match given {
+        None => true,
+        Some(given) if sends => given != plan,
+        Some(given) => {
+            *given
+                != (MediaPlan {
+                    send_to: given.send_to.clone(),
+                    ..plan.clone()
+                })
+        }
     }
 }

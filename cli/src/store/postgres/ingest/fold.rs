@@ -60,11 +60,7 @@ impl PgStore {
                     .keys()
                     .filter_map(|id| names.get(id).map(|n| (n.clone(), *id))),
             );
-            for (_, t) in &mut rows.terminals {
-                if let Some(k) = known.remove(&t.id) {
-                    t.take(k);
-                }
-            }
+            rows.take_known(known);
             // Not written: rolled back, and what it took is forgotten (the whole fold reads
             // those terminals again).
             if !fill_and_write(tx, prepared, &mut rows, pending)? {

@@ -343,6 +343,39 @@ impl Rows {
         }
     }
 
+    /// The highest seq of `id`'s `stream` the store holds or has passed (0: none, or not in
+    /// the group).
+    fn held(&self, id: &TerminalId, stream: Stream) -> u64 {
+        let held = self.place(id).map(|i| {
+            let pair = &self.terminals[i].1.streams[stream_id(stream) as usize];
+            let drops = pair.drops.iter().map(|d| d.1);
+            let runs = pair.runs.0.last().map(|r| r.1);
+            drops.chain(runs).fold(pair.watermark, i64::max)
+        });
+        held.map_or(0, |h| h.max(0) as u64)
+    }
+
+    /// Takes what the connection knows of these terminals out of `known` (those it does not
+    /// know are read).
+    fn take_known(&mut self, known: &mut KnownRows) {
+        for (_, t) in &mut self.terminals {
+            if let Some(k) = known.remove(&t.id) {
+                t.take(k);
+            }
+        }
+    }
+
+    /// Puts the group's terminals back among those the connection knows (before the group
+    /// commits: the caller forgets them if it fails) and takes what they brought.
+    fn remember(&mut self, known: &mut KnownRows) -> Brought {
+        let mut brought = Brought::with_capacity(self.terminals.len());
+        for (_, t) in &mut self.terminals {
+            known.insert(t.id, remembered(t, false));
+            brought.push((t.id, Pending::take(t)));
+        }
+        brought
+    }
+
     /// Where terminal `id` is.
     fn place(&self, id: &TerminalId) -> Option<usize> {
         let key = id.text_order();
@@ -593,13 +626,7 @@ impl PgStore {
     /// an error nothing of it was stored.
     pub(super) fn apply_once(&mut self, records: &[Record]) -> Result<Applied, StoreError> {
         let err = self.err("storing a group");
-        let copy_err = {
-            let at = format!("{}, storing a group", self.at);
-            move |source| StoreError::Io {
-                path: at.clone(),
-                source,
-            }
-        };
+        let copy_err = self.io_err("storing a group");
         let client = self.client.get_mut();
         let Ingest {
             prepared,
@@ -617,11 +644,7 @@ impl PgStore {
         rows.receive(records, &places);
         // The terminals this connection knows (taken out: put back as the group ends, and
         // forgotten if it fails); the others are read, with their runs in the journal.
-        for (_, t) in &mut rows.terminals {
-            if let Some(k) = known.remove(&t.id) {
-                t.take(k);
-            }
-        }
+        rows.take_known(known);
         read_state(&mut tx, prepared, &mut rows, Take::Read).map_err(&err)?;
         let unknown = rows.unknown();
         if !unknown.is_empty() {
@@ -630,14 +653,8 @@ impl PgStore {
         }
 
         // Which messages are new, each copied as it is found.
-        let mut copy = if records.iter().any(|r| r.message().is_some()) {
-            let statement = prepared
-                .get(&mut tx, &MessageCopy::statement("messages"))
-                .map_err(&err)?;
-            MessageCopy::open(&mut *tx, &statement).map_err(&err)?
-        } else {
-            MessageCopy::none()
-        };
+        let messages = records.iter().any(|r| r.message().is_some());
+        let mut copy = writes::copy_messages(&mut tx, prepared, messages).map_err(&err)?;
         let new = rows
             .classify(records, &places, &mut copy, &mut applied)
             .map_err(&copy_err)?;
@@ -647,21 +664,11 @@ impl PgStore {
         // journal's row.
         advance_watermarks(&mut rows, &mut applied);
         applied.numbering_clashes = crate::store::numbering_clashes(records, |t, stream| {
-            let held = rows.place(t).map(|i| {
-                let pair = &rows.terminals[i].1.streams[stream_id(stream) as usize];
-                let drops = pair.drops.iter().map(|d| d.1);
-                let runs = pair.runs.0.last().map(|r| r.1);
-                drops.chain(runs).fold(pair.watermark, i64::max)
-            });
-            Ok::<u64, std::convert::Infallible>(held.map_or(0, |h| h.max(0) as u64))
+            Ok::<u64, std::convert::Infallible>(rows.held(t, stream))
         })
         .unwrap_or_else(|never| match never {});
         add_brought(pending, brought);
-        let mut group_brought = Brought::with_capacity(rows.terminals.len());
-        for (_, t) in &mut rows.terminals {
-            known.insert(t.id, remembered(t, false));
-            group_brought.push((t.id, Pending::take(t)));
-        }
+        let group_brought = rows.remember(known);
         let entries = rows.entries(&new);
         let committed = copy.finish().map_err(&copy_err).and_then(|_| {
             write_gaps(&mut tx, prepared, &rows).map_err(&err)?;

@@ -67,6 +67,20 @@ impl std::fmt::Debug for MessageCopy<'_> {
     }
 }
 
+/// The group's new messages, binary-COPied into `messages` as they are found (each lands in
+/// its day's partition), if it holds any (`messages`).
+pub(super) fn copy_messages<'a>(
+    tx: &'a mut Client,
+    prepared: &mut Prepared,
+    messages: bool,
+) -> Result<MessageCopy<'a>, ::postgres::Error> {
+    if !messages {
+        return Ok(MessageCopy::none());
+    }
+    let statement = prepared.get(tx, &MessageCopy::statement("messages"))?;
+    MessageCopy::open(tx, &statement)
+}
+
 /// The binary COPY format's signature, flags and header extension length.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
