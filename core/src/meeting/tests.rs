@@ -1893,6 +1893,56 @@ fn a_session_kind_reads_back_from_its_name_and_nothing_else_is_a_kind() {
 }
 
 #[test]
+fn a_session_that_expects_a_province_keeps_the_pace_it_started_with_through_the_join_storm() {
+    let mut h = host(Kind::Meeting, &["13"]);
+    let site = |i: usize| t(&format!("130101{:03}{:03}-main", 1 + i / 999, 1 + i % 999));
+    h.expect((0..12_000).map(site));
+    let started = h.op(&Operator::Chair, ChairOp::Start, 5).unwrap();
+    let paced: Vec<u32> = started
+        .iter()
+        .filter_map(|o| match o {
+            HostOutput::Publish(s) => Some(s.spec.heartbeat_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paced, [20_000], "12,000 expected sites: 10 s → 20 s");
+    let join = full_join("m1".parse().unwrap());
+    let mut now = 10;
+    for batch in 0..6 {
+        for i in batch * 2_000..(batch + 1) * 2_000 {
+            h.uplink(site(i), join.clone(), now);
+        }
+        now += 200;
+        let states = h
+            .media_updates(now)
+            .iter()
+            .filter(|o| matches!(o, HostOutput::Publish(_)))
+            .count();
+        assert_eq!(
+            states,
+            0,
+            "a new state while {} sites joined",
+            (batch + 1) * 2_000
+        );
+    }
+    assert_eq!(h.state().spec.heartbeat_ms, 20_000);
+    // Sites nobody expected still slow it as they join.
+    for i in 12_000..20_000 {
+        let unannounced = format!("131102{:03}{:03}-main", 1 + i / 999, 1 + i % 999);
+        h.uplink(t(&unannounced), join.clone(), now);
+    }
+    let states: Vec<u32> = h
+        .media_updates(now + 200)
+        .iter()
+        .filter_map(|o| match o {
+            HostOutput::Publish(s) => Some(s.spec.heartbeat_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, [40_000]);
+}
+
+#[test]
 fn a_province_session_slows_its_heartbeat_as_it_grows_and_never_speeds_it_up() {
     use super::host::{STATUS_BUDGET_PER_S, paced_heartbeat_ms};
     let mut h = host(Kind::Meeting, &["13"]);

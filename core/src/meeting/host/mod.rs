@@ -37,18 +37,18 @@ pub const CALL_RING_MS: u64 = 60_000;
 /// box from a call they are not on.
 pub const CALLER_ABSENT_MS: u64 = 15_000;
 
-/// The statuses a second a whole session may ask of its sites. A session with more joined
-/// sites than this many heartbeats' worth slows its heartbeat (see [`Host::media_updates`]),
+/// The statuses a second a whole session may ask of its sites. A session counting on more
+/// sites than this many heartbeats' worth slows its heartbeat (see [`Host::counted_sites`]),
 /// so that a province of 54,000 villages does not send central 5,400 statuses a second.
 pub const STATUS_BUDGET_PER_S: u64 = 1_000;
 /// The slowest heartbeat pacing sets.
 pub const MAX_HEARTBEAT_MS: u32 = 300_000;
 
-/// The heartbeat a session of `joined` sites keeps, starting from `heartbeat_ms`: doubled until
-/// the sites' statuses stay within [`STATUS_BUDGET_PER_S`] (at most [`MAX_HEARTBEAT_MS`]). It
-/// grows in steps so that a join storm changes the state a few times, not at every join.
-pub fn paced_heartbeat_ms(heartbeat_ms: u32, joined: usize) -> u32 {
-    let needed = (joined as u64).saturating_mul(1_000) / STATUS_BUDGET_PER_S;
+/// The heartbeat a session of `sites` keeps, starting from `heartbeat_ms`: doubled until the
+/// sites' statuses stay within [`STATUS_BUDGET_PER_S`] (at most [`MAX_HEARTBEAT_MS`]). It grows
+/// in steps so that sites joining unannounced change the state a few times, not at every join.
+pub fn paced_heartbeat_ms(heartbeat_ms: u32, sites: usize) -> u32 {
+    let needed = (sites as u64).saturating_mul(1_000) / STATUS_BUDGET_PER_S;
     let mut hb = heartbeat_ms.max(1);
     while u64::from(hb) < needed && hb < MAX_HEARTBEAT_MS {
         hb = hb.saturating_mul(2).min(MAX_HEARTBEAT_MS);
@@ -496,6 +496,31 @@ impl Host {
     /// Every site the host knows (expected, joined, declined…), by id.
     pub fn sites(&self) -> &BTreeMap<TerminalId, SiteRecord> {
         &self.sites
+    }
+
+    /// The sites the session counts on: those in it (joined, or silent for now) and those
+    /// expected that have not answered. Its heartbeat is paced for all of them
+    /// ([`paced_heartbeat_ms`]), from its start: every site answers a new state with a status,
+    /// so a pace changed as a province's sites join would ask tens of thousands of statuses
+    /// in the middle of the join storm.
+    fn counted_sites(&self) -> usize {
+        self.sites
+            .values()
+            .filter(|r| {
+                matches!(
+                    r.phase,
+                    SitePhase::Invited | SitePhase::Joined | SitePhase::Unreachable
+                )
+            })
+            .count()
+    }
+
+    /// Slows the heartbeat to what [`Host::counted_sites`] asks; whether it changed.
+    fn pace_heartbeat(&mut self) -> bool {
+        let paced = paced_heartbeat_ms(self.state.spec.heartbeat_ms, self.counted_sites());
+        let changed = paced != self.state.spec.heartbeat_ms;
+        self.state.spec.heartbeat_ms = paced;
+        changed
     }
 
     /// Terminals known to be in the invited regions: they are listed as invited until they

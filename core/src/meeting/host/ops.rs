@@ -59,6 +59,8 @@ impl Host {
                     self.live_since_ms = Some(now_ms);
                 }
                 self.state.status = Status::Live;
+                // Sites learn the pace of the session they join from its start.
+                self.pace_heartbeat();
             }
             ChairOp::End => chair_only()?,
             ChairOp::RollCall => {
