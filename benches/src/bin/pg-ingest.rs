@@ -111,28 +111,7 @@ fn main() -> anyhow::Result<()> {
             PRIMARY KEY (terminal, stream, seq));
          CREATE UNIQUE INDEX two_keys_by_time ON two_keys (terminal, stream, time_ms, seq)",
     )?;
-    // The bare COPY and the store take turns, each round into tables of its own: the server's
-    // pace drifts by several percent from one moment to the next, and the median of the rounds'
-    // ratios is what a run says.
-    let mut rounds = Vec::new();
-    let mut pg = None;
-    for (i, store_url) in store_urls.iter().enumerate() {
-        // What a round left behind is dropped before the next, so that no autovacuum of it
-        // runs during another's timing.
-        if let Some(done) = pg.take() {
-            drop(done);
-            let before = &store_urls[i - 1];
-            let name = before.rsplit('/').next().context("database name")?;
-            // Two statements: DROP DATABASE runs outside any transaction.
-            bare.batch_execute(&format!("DROP TABLE bare_{}", i - 1))?;
-            bare.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))?;
-        }
-        let (round, store) = race(&mut bare, store_url, &format!("bare_{i}"), &groups)?;
-        println!("  round {}             {round}", i + 1);
-        rounds.push(round);
-        pg = Some(store);
-    }
-    let pg = pg.context("no round")?;
+    let (mut rounds, pg) = take_turns(&mut bare, &store_urls, &groups)?;
     let keyed_rate = copy_rate(&mut bare, "keyed", &groups)?;
     let two_keys_rate = copy_rate(&mut bare, "two_keys", &groups)?;
     let (bare_rate, pg_rate) = median_round(&mut rounds);
@@ -250,6 +229,36 @@ fn copy_rate(client: &mut Client, table: &str, groups: &[&[Record]]) -> anyhow::
         tx.commit()?;
     }
     Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The bare COPY (on `bare`) and the store (on each database of `store_urls` in turn) take
+/// turns, each round into tables of its own: the server's pace drifts by several percent from
+/// one moment to the next, and the median of the rounds' ratios is what a run says. The
+/// rounds, and the last round's store.
+fn take_turns(
+    bare: &mut Client,
+    store_urls: &[String],
+    groups: &[&[Record]],
+) -> anyhow::Result<(Vec<Round>, PgStore)> {
+    let mut rounds = Vec::new();
+    let mut pg = None;
+    for (i, store_url) in store_urls.iter().enumerate() {
+        // What a round left behind is dropped before the next, so that no autovacuum of it
+        // runs during another's timing.
+        if let Some(done) = pg.take() {
+            drop::<PgStore>(done);
+            let before = &store_urls[i - 1];
+            let name = before.rsplit('/').next().context("database name")?;
+            // Two statements: DROP DATABASE runs outside any transaction.
+            bare.batch_execute(&format!("DROP TABLE bare_{}", i - 1))?;
+            bare.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))?;
+        }
+        let (round, store) = race(bare, store_url, &format!("bare_{i}"), groups)?;
+        println!("  round {}             {round}", i + 1);
+        rounds.push(round);
+        pg = Some(store);
+    }
+    Ok((rounds, pg.context("no round")?))
 }
 
 /// One round: the bare COPY into a new table `table` on `bare`, then `PgStore` on the empty
