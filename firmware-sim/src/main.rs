@@ -112,13 +112,13 @@ enum Command {
         /// Run a provisioned terminal.toml instead (its id, broker, TLS and data dir).
         #[arg(long, conflicts_with_all = ["id", "data_dir"])]
         config: Option<PathBuf>,
-        /// Where the terminal keeps its state (in <data-dir>/<id>).
+        /// Where the terminal keeps its state (in DATA_DIR/ID).
         #[arg(long, required_unless_present = "config")]
         data_dir: Option<PathBuf>,
         /// Accept HJ 212 data loggers on this address (host:port).
         #[arg(long)]
         hj212_listen: Option<String>,
-        /// A duty button: the file <data-dir>/<id>/duty-button stands for its line (write 0
+        /// A duty button: the file DATA_DIR/ID/duty-button stands for its line (write 0
         /// to press it, 1 to release it).
         #[arg(long)]
         duty_button: bool,
