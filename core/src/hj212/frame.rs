@@ -15,7 +15,7 @@ pub enum Framing {
     /// The buffer holds (at most) the beginning of a frame: read more.
     NeedMore,
     /// The buffer starts with a frame of this total length, `##` and CR LF included. It is
-    /// framed (header, length, trailer) but not checked: pass it to [`decode`].
+    /// framed (header, length, trailer) but not checked: pass it to [`super::decode`].
     Frame(usize),
     /// The first `n` bytes (n ≥ 1) cannot start a frame: discard them and look again.
     Skip(usize),

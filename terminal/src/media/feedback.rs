@@ -1,7 +1,8 @@
 //! RTCP feedback on a box, both ways. As a receiver it asks a stream's sender for a keyframe
 //! when the stream starts (a site that joins, or a tile that changes, has a picture at once
 //! instead of at the next periodic keyframe) and whenever its depayloader lost packets, and it
-//! reports what it receives of each stream every [`REPORT_EVERY`]. As a sender it makes the
+//! reports what it receives of each stream whenever the media engine takes in the link's
+//! figures. As a sender it makes the
 //! encoder of the stream asked about (its camera's, its content's) emit a keyframe when a
 //! member of the session asks, and keeps what its receivers
 //! report losing ([`Feedback::reported_loss_percent`]) for the bitrate to follow.

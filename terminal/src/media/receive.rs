@@ -485,7 +485,7 @@ fn answer_consent_probes(
 /// A view of one stream for a player: SRTP in (the relay routes the stream here), plain RTP
 /// out to the viewer (video to its port, audio two ports up). A player cannot ask for a
 /// keyframe, and it starts when its operator starts it, after the view opened: so the view
-/// asks the stream's sender for one every second during its first [`VIEW_WARM_UP`], and on
+/// asks the stream's sender for one every second during its first `VIEW_WARM_UP`, and on
 /// until the parameter sets of one have passed. A player started then has a picture within a
 /// second, not at the sender's next periodic keyframe.
 #[derive(Debug)]

@@ -263,7 +263,7 @@ impl Host {
 
     /// What the media flow's changes ask for: a new plan to each joined site whose relay
     /// changed or who joined since, the forwarding table to each relay whose table changed,
-    /// and a new state when the session outgrew its heartbeat ([`Host::counted_sites`]: the
+    /// and a new state when the session outgrew its heartbeat (the sites it counts on: the
     /// heartbeat only grows during a session, so no site is ever judged by a faster pace than
     /// the one it was given).
     /// Call after a batch of changes: a join is answered here, so call it soon after (the

@@ -38,7 +38,7 @@ pub const CALL_RING_MS: u64 = 60_000;
 pub const CALLER_ABSENT_MS: u64 = 15_000;
 
 /// The statuses a second a whole session may ask of its sites. A session counting on more
-/// sites than this many heartbeats' worth slows its heartbeat (see [`Host::counted_sites`]),
+/// sites than this many heartbeats' worth slows its heartbeat (see `Host::counted_sites`),
 /// so that a province of 54,000 villages does not send central 5,400 statuses a second.
 pub const STATUS_BUDGET_PER_S: u64 = 1_000;
 /// The slowest heartbeat pacing sets.
