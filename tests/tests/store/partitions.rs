@@ -66,37 +66,41 @@ fn each_day_is_a_partition_of_its_own_and_retention_drops_only_whole_days_before
     assert_eq!(db.scalar("SELECT count(*) FROM messages"), 1);
 }
 
+/// Ranges of pages of the day's partition of `messages` that have no BRIN summary yet (the
+/// check summarises them: the next check counts afresh).
+fn unsummarised(db: &Db) -> i64 {
+    db.scalar(
+        "SELECT sum(brin_summarize_new_values(x.indexrelid::regclass))::bigint
+         FROM pg_index x WHERE x.indrelid = 'messages_p20251122'::regclass",
+    )
+}
+
+/// Stores groups `groups` (800 records of 40 terminals each, the seqs following on from one
+/// group to the next).
+fn store_groups(store: &mut dyn Store, groups: std::ops::Range<u64>) {
+    for g in groups {
+        let group: Vec<Record> = (1..=40)
+            .flat_map(|t| {
+                let terminal = format!("130102001{t:03}-main");
+                (0..20).map(move |k| {
+                    let seq = g * 20 + k + 1;
+                    temp(&terminal, seq, T0 + seq * 1_000, "21.50")
+                })
+            })
+            .collect();
+        assert_eq!(store.apply(&group).unwrap().stored, 800);
+    }
+}
+
 /// Ranges of pages of `messages` without a BRIN summary are read by every query: the store
 /// summarises the new ones when it settles (at each fold), so none is left then.
 #[test]
 fn the_store_summarises_the_new_ranges_of_the_index_of_messages_when_it_settles() {
     let db = postgres();
     let mut store = db.open();
-    let unsummarised = || {
-        db.scalar(
-            "SELECT sum(brin_summarize_new_values(x.indexrelid::regclass))::bigint
-             FROM pg_index x WHERE x.indrelid = 'messages_p20251122'::regclass",
-        )
-    };
-    let mut groups = 0..;
-    let mut store_groups = |n: usize, store: &mut Box<dyn Store>| {
-        for g in groups.by_ref().take(n) {
-            let group: Vec<Record> = (1..=40)
-                .flat_map(|t| {
-                    let terminal = format!("130102001{t:03}-main");
-                    (0..20).map(move |k| {
-                        let seq = g * 20 + k + 1;
-                        temp(&terminal, seq, T0 + seq * 1_000, "21.50")
-                    })
-                })
-                .collect();
-            assert_eq!(store.apply(&group).unwrap().stored, 800);
-        }
-    };
-    store_groups(1, &mut store);
+    store_groups(store.as_mut(), 0..1);
     store.settle().unwrap();
-    // Rows written around the store leave ranges without a summary, which the check sees (and
-    // summarises: the next check counts afresh).
+    // Rows written around the store leave ranges without a summary, which the check sees.
     let write_around = || {
         let mut c = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
         c.execute(
@@ -108,11 +112,39 @@ fn the_store_summarises_the_new_ranges_of_the_index_of_messages_when_it_settles(
         .unwrap();
     };
     write_around();
-    assert!(unsummarised() > 0);
+    assert!(unsummarised(&db) > 0);
     write_around();
-    store_groups(15, &mut store);
+    store_groups(store.as_mut(), 1..16);
     store.settle().unwrap();
-    assert_eq!(unsummarised(), 0);
+    assert_eq!(unsummarised(&db), 0);
+}
+
+/// The store summarises on a second connection while it folds; where it may hold only one
+/// (a role limited to one connection), it summarises on its own after the fold.
+#[test]
+fn a_store_that_cannot_open_a_second_connection_summarises_on_its_own() {
+    let db = postgres();
+    let url = db.url().to_owned();
+    let (server, name) = url.rsplit_once('/').unwrap();
+    let role = format!("lone_{name}");
+    let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN CONNECTION LIMIT 1; ALTER DATABASE {name} OWNER TO {role}"
+        ))
+        .unwrap();
+    drop(admin);
+    let lone = server.replacen("postgres@", &format!("{role}@"), 1) + "/" + name;
+    let mut store = PgStore::open(&lone).unwrap();
+    // Its one connection is all it may have.
+    assert!(::postgres::Client::connect(&lone, ::postgres::NoTls).is_err());
+    store_groups(&mut store, 0..16);
+    store.settle().unwrap();
+    assert_eq!(unsummarised(&db), 0);
+    assert_eq!(
+        store.count("130102001007-main", Stream::Telemetry).unwrap(),
+        320
+    );
 }
 
 #[test]
