@@ -54,39 +54,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let region: Region = "13".parse()?;
     let ids = cuntong_firmware_sim::fleet::fleet_ids(&region, args.terminals);
-    // The fleet's minutes in arrival order: every terminal's message of a minute, then the next.
-    let mut records = Vec::with_capacity(ids.len() * args.minutes as usize);
-    for minute in 0..args.minutes {
-        for id in &ids {
-            let time_ms = T0 + minute * 60_000;
-            let envelope = typical_batch(minute + 1, time_ms);
-            let raw = Bytes::from(encode(&envelope)?);
-            records.push(Record::Telemetry {
-                terminal: *id,
-                received_ms: time_ms + 150,
-                envelope,
-                raw,
-            });
-        }
-    }
+    let records = fleet_records(&ids, args.minutes)?;
     let groups: Vec<&[Record]> = records.chunks(args.group).collect();
 
-    let cluster;
-    let (bare_url, store_urls) = match &args.db {
-        Some(url) => (url.clone(), vec![url.clone()]),
-        None => {
-            let settings: &[(&str, &str)] = if args.fast {
-                &[("fsync", "off"), ("synchronous_commit", "off")]
-            } else {
-                &[]
-            };
-            cluster = Postgres::start_with(settings).map_err(anyhow::Error::msg)?;
-            let stores = (0..args.rounds.max(1))
-                .map(|_| cluster.fresh_database())
-                .collect();
-            (cluster.fresh_database(), stores)
-        }
-    };
+    let (_cluster, bare_url, store_urls) = databases(&args)?;
     println!(
         "{} messages of 8 metrics from {} terminals in groups of {} ({} PostgreSQL server), {} rounds",
         records.len(),
@@ -131,7 +102,8 @@ fn main() -> anyhow::Result<()> {
 
     // The statistics autovacuum gathers on a table this size within a minute: without them
     // the planner reads a partition whole instead of through its BRIN index.
-    Client::connect(&store_urls[store_urls.len() - 1], NoTls)?.batch_execute("ANALYZE messages")?;
+    let last_url = store_urls.last().context("no round")?;
+    Client::connect(last_url, NoTls)?.batch_execute("ANALYZE messages")?;
     let pg_sites = time_sites(&pg, &region)?;
     let lite_sites = time_sites(&lite, &region)?;
     // One terminal's history: all of it, and its last hour.
@@ -229,6 +201,48 @@ fn copy_rate(client: &mut Client, table: &str, groups: &[&[Record]]) -> anyhow::
         tx.commit()?;
     }
     Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The fleet's minutes in arrival order: every terminal's message of a minute, then the next.
+fn fleet_records(
+    ids: &[cuntong_core::terminal_id::TerminalId],
+    minutes: u64,
+) -> anyhow::Result<Vec<Record>> {
+    let mut records = Vec::with_capacity(ids.len() * minutes as usize);
+    for minute in 0..minutes {
+        for id in ids {
+            let time_ms = T0 + minute * 60_000;
+            let envelope = typical_batch(minute + 1, time_ms);
+            let raw = Bytes::from(encode(&envelope)?);
+            records.push(Record::Telemetry {
+                terminal: *id,
+                received_ms: time_ms + 150,
+                envelope,
+                raw,
+            });
+        }
+    }
+    Ok(records)
+}
+
+/// Where the run writes: `--db` (the bare tables and one round's store in it), or a throwaway
+/// cluster (kept running while the first value lives) with a database for the bare tables and
+/// one for each round's store.
+fn databases(args: &Args) -> anyhow::Result<(Option<Postgres>, String, Vec<String>)> {
+    if let Some(url) = &args.db {
+        return Ok((None, url.clone(), vec![url.clone()]));
+    }
+    let settings: &[(&str, &str)] = if args.fast {
+        &[("fsync", "off"), ("synchronous_commit", "off")]
+    } else {
+        &[]
+    };
+    let cluster = Postgres::start_with(settings).map_err(anyhow::Error::msg)?;
+    let stores = (0..args.rounds.max(1))
+        .map(|_| cluster.fresh_database())
+        .collect();
+    let bare = cluster.fresh_database();
+    Ok((Some(cluster), bare, stores))
 }
 
 /// The bare COPY (on `bare`) and the store (on each database of `store_urls` in turn) take
