@@ -185,7 +185,7 @@ pub enum BrokerKind {
 pub struct Broker {
     pub url: String,
     pub port: u16,
-    _proc: Proc,
+    proc: Proc,
 }
 
 impl Broker {
@@ -227,26 +227,29 @@ impl Broker {
                 &["broker", "--listen", &format!("127.0.0.1:{port}")],
                 dir.join(format!("broker-{}-{}.log", std::process::id(), unique())),
             ),
-            BrokerKind::Mosquitto => {
-                let conf = dir.join("mosquitto.conf");
-                std::fs::write(
-                    &conf,
-                    // The queues `cuntong acl` configures for Mosquitto (docs/operations.md):
-                    // its defaults (1,000 queued per client) drop the overflow of a reader that
-                    // falls behind, which the product's brokers never do.
-                    format!(
-                        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                         max_queued_messages 100000\nmax_inflight_messages 1000\n"
-                    ),
-                )
-                .unwrap();
-                Proc::spawn(
-                    &mosquitto(),
-                    &["-c", conf.to_str().unwrap()],
-                    dir.join("mosquitto.log"),
-                )
-            }
+            // The queues `cuntong acl` configures for Mosquitto (docs/operations.md): its
+            // defaults (1,000 queued per client) drop the overflow of a reader that falls
+            // behind, which the product's brokers never do.
+            BrokerKind::Mosquitto => spawn_mosquitto(dir, port, (1000, 100_000)),
         };
+        Broker::ready(kind, proc, port)
+    }
+
+    /// A Mosquitto that keeps at most `inflight` messages unacknowledged and `queued` more
+    /// waiting for each client, and drops the rest (saying so in its log).
+    pub fn mosquitto_queuing(dir: &Path, (inflight, queued): (u32, u32)) -> Broker {
+        let port = free_port();
+        let proc = spawn_mosquitto(dir, port, (inflight, queued));
+        Broker::ready(BrokerKind::Mosquitto, proc, port)
+    }
+
+    /// The broker's log so far.
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// The broker `proc` once it accepts connections.
+    fn ready(kind: BrokerKind, proc: Proc, port: u16) -> Broker {
         // The embedded broker reports its address once it accepts connections.
         let port = match kind {
             BrokerKind::Embedded => proc.bound("broker listening on ").port(),
@@ -259,9 +262,28 @@ impl Broker {
         Broker {
             url: format!("mqtt://127.0.0.1:{port}"),
             port,
-            _proc: proc,
+            proc,
         }
     }
+}
+
+/// Mosquitto on loopback port `port`, anonymous, keeping `inflight` unacknowledged and `queued`
+/// more messages for each client; its log in `dir/mosquitto.log`.
+fn spawn_mosquitto(dir: &Path, port: u16, (inflight, queued): (u32, u32)) -> Proc {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages {queued}\nmax_inflight_messages {inflight}\n"
+        ),
+    )
+    .unwrap();
+    Proc::spawn(
+        &mosquitto(),
+        &["-c", conf.to_str().unwrap()],
+        dir.join("mosquitto.log"),
+    )
 }
 
 /// The Mosquitto binary (the test command installs it).

@@ -718,6 +718,45 @@ fn a_revoked_certificate_is_refused_after_a_reload_and_its_replacement_is_accept
 }
 
 #[test]
+fn central_says_when_its_host_identity_is_refused_while_its_ingest_link_works() {
+    let f = Fleet::provision();
+    // Central's bundle carries the host identity of a central that was revoked since.
+    f.provision_as("central-old", "central-old", &[]);
+    let out = run(
+        &bin("cuntong"),
+        &["ca", "revoke", "central-old", "--ca", &f.d("ca")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    f.regenerate();
+    f.reload_broker();
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(
+            f.path(&format!("central-old/host/{file}")),
+            f.path(&format!("central/host/{file}")),
+        )
+        .unwrap();
+    }
+    let db = f.path("central.db");
+    let central = f.central(&db);
+    let _a = f.terminal("a", "a.log");
+    // The fleet's records are stored all the same (the ingest link is central's own identity),
+    // and central says, once, that the host link is refused.
+    let said = "the host link cannot reach the broker at mqtts://";
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            let log = central.log_text();
+            log.contains(said) && ingest_counters(&log).is_some_and(|(stored, _)| stored > 0)
+        }),
+        "{}",
+        central.log_text()
+    );
+    // Said by central, not again by the link.
+    let log = central.log_text();
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert_eq!(log.matches("cannot reach the broker").count(), 1, "{log}");
+}
+
+#[test]
 fn a_command_waiting_for_an_offline_box_survives_a_broker_restart() {
     let mut f = Fleet::provision();
     // A is offline: the command waits, retained, at the broker.

@@ -309,3 +309,112 @@ fn the_chair_is_answered_at_once_while_sites_join_in_thousands_and_a_replay_floo
         assert_eq!(stored.get(&t), Some(&(RECORDS, RECORDS, RECORDS)), "{t}");
     }
 }
+
+/// Sites joining while the broker drops what it has for central's ingest: fewer than the
+/// broker queues for one client, so none of their joins is dropped on central's host link.
+const JOINING_PAST_A_FULL_QUEUE: usize = 50;
+
+#[test]
+fn the_chair_is_answered_and_sites_join_while_the_broker_drops_the_fleets_records_for_central() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A broker that keeps one message unacknowledged and 100 more waiting for each client:
+    // central cannot take a flood as fast as it comes, and the broker drops the overflow.
+    let broker = Broker::mosquitto_queuing(d, (1, 100));
+    let url = broker.url.clone();
+    let central = central(&broker, &d.join("central.db"), d);
+    let mut id = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = cuntong(
+                &url,
+                &["meeting", "create", "--title", "全省会议", "--invite", "13"],
+            );
+            id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            out.status.success()
+        }),
+        "{}",
+        central.log_text()
+    );
+    let meeting: MeetingId = id.parse().unwrap();
+    let ok = cuntong(&url, &["meeting", "start", &id]);
+    assert!(ok.status.success(), "{ok:?}\n{}", central.log_text());
+
+    // The flood: terminals replaying their outboxes, from four connections, until told to stop.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let floods: Vec<_> = (0..4)
+        .map(|f| {
+            let stop = stop.clone();
+            let port = broker.port;
+            rt.spawn(async move {
+                let replayer = client(&format!("flood-{f}"), port, |_, _| {}).await;
+                let mut seq = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seq += 1;
+                    for k in (f..REPLAYING).step_by(4) {
+                        let t = Topic::terminal(&replaying_terminal(k), Channel::Telemetry);
+                        replayer
+                            .publish(t.to_string(), QoS::AtLeastOnce, false, record(seq))
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    // Whether the broker said it dropped messages for one of central's links (by its id).
+    let dropped_for_central = |host_link: bool| {
+        broker.log_text().lines().any(|l| {
+            l.contains("Outgoing messages are being dropped for client central-")
+                && l.ends_with(".host.") == host_link
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || dropped_for_central(false)),
+        "the broker never dropped central's records: {}",
+        broker.log_text()
+    );
+
+    // Sites join, repeating until they have their plan, as a site does.
+    let joiner = rt.block_on(client("joiner", broker.port, |_, _| {}));
+    let join = encode(&Uplink::Join {
+        meeting,
+        tier: Tier::Full,
+        rtp_port: 5004,
+        media_host: None,
+        relay: None,
+        joining: 1,
+    })
+    .unwrap();
+    for k in 0..JOINING_PAST_A_FULL_QUEUE {
+        let topic = Topic::terminal(&joining_site(k), Channel::MeetingUp).to_string();
+        rt.block_on(joiner.publish(topic, QoS::AtLeastOnce, false, join.clone()))
+            .unwrap();
+    }
+    // The chair asks throughout; every answer comes at once, and the sites are all in.
+    let mut answers = Vec::new();
+    let mut joined = 0;
+    let storm = Instant::now();
+    while (joined < JOINING_PAST_A_FULL_QUEUE || answers.len() < 10)
+        && storm.elapsed() < Duration::from_secs(60)
+    {
+        let (took, n) = status(&url, &id);
+        answers.push(took);
+        assert!(
+            took < ANSWER_WITHIN && n.is_some(),
+            "status took {took:?} ({n:?}) {:?} into the flood: {answers:?}\n{}\n{}",
+            storm.elapsed(),
+            central.log_text(),
+            broker.log_text()
+        );
+        joined = n.unwrap_or(0);
+    }
+    assert_eq!(joined, JOINING_PAST_A_FULL_QUEUE, "{}", central.log_text());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in floods {
+        rt.block_on(f).unwrap();
+    }
+    // The broker dropped what it had for central's ingest link, never for its host link.
+    assert!(!dropped_for_central(true), "{}", broker.log_text());
+}

@@ -1,7 +1,7 @@
 //! What central's loop holds between events, and one handler for each kind of event it selects
 //! (`on_*`): the link coming up, the roles loaded after a takeover, the meeting tick, stored
-//! watermarks, the acknowledgement tick, room in the store thread's queue, and a message from
-//! the broker. [`super::run`] sets it up and picks the next event.
+//! watermarks, the acknowledgement tick, room in the store thread's queue, and a message on
+//! either link. [`super::run`] sets it up and picks the next event.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -20,10 +20,12 @@ use super::requests::answer_command;
 use super::roles::Roles;
 use super::{CentralOptions, CentralStats, RETENTION_EVERY_MS, shed, to_record};
 use crate::gaps::GapWatch;
-use crate::meetings::MeetingService;
 use crate::store::{
     Record, RecordPermit, RecordSender, StateWriter, StoreError, TrySendError, Writer,
 };
+
+/// How long the host link may be down while the ingest link is up before central says so.
+const HOST_LINK_DOWN_MS: u64 = 10_000;
 
 /// Central's state between events.
 pub(super) struct Central {
@@ -33,7 +35,11 @@ pub(super) struct Central {
     pub(super) tenure: Tenure,
     /// The roles, while this instance holds the host role.
     pub(super) roles: Option<Roles>,
-    pub(super) link: Link,
+    /// The fleet's records come in here; their confirmations go out here.
+    pub(super) ingest_link: Link,
+    /// The staff's requests and the sites' meeting uplinks come in here; what the roles publish
+    /// goes out here.
+    pub(super) host_link: Link,
     pub(super) writer: Arc<Writer>,
     pub(super) writer_state: StateWriter,
     pub(super) records: RecordSender,
@@ -43,6 +49,8 @@ pub(super) struct Central {
     pub(super) gaps: GapWatch,
     pub(super) last_meeting_tick: u64,
     pub(super) last_retention: u64,
+    /// Since when the host link has been down while the ingest link was up.
+    pub(super) host_link_down_since: Option<u64>,
     /// Received records waiting for room in the store thread's queue (see
     /// [`super::LOOKAHEAD`]).
     pub(super) ahead: VecDeque<Record>,
@@ -83,11 +91,11 @@ impl Central {
         }
     }
 
-    /// The link to the broker came up (`up`) or went down: meetings are published again.
-    pub(super) fn on_link(&mut self, up: bool) {
+    /// The host link came up (`up`) or went down: meetings are published again.
+    pub(super) fn on_host_link(&mut self, up: bool) {
         if up && let Some(r) = self.roles.as_mut() {
             r.meetings.republish();
-            r.meetings.drain(&self.link);
+            r.meetings.drain(&self.host_link);
         }
     }
 
@@ -98,7 +106,7 @@ impl Central {
             let instance = &self.instance;
             tracing::warn!(%instance, epoch, "holding the host role");
             loaded.meetings.republish();
-            loaded.meetings.drain(&self.link);
+            loaded.meetings.drain(&self.host_link);
             self.roles = Some(loaded);
         }
     }
@@ -124,7 +132,8 @@ impl Central {
             if now >= self.last_meeting_tick + 1000 {
                 self.last_meeting_tick = now;
                 r.meetings.tick(now);
-                r.alarms.tick(now, self.link.is_connected());
+                // Offline alarms need the fleet's presence, which the ingest link brings.
+                r.alarms.tick(now, self.ingest_link.is_connected());
             }
             r.rollouts.tick(now, false);
             r.gather_outbound();
@@ -139,15 +148,43 @@ impl Central {
                 }
             }
             r.meetings.lay_out(now);
-            r.meetings.drain(&self.link);
+            r.meetings.drain(&self.host_link);
             self.stats
                 .meeting_dropped
                 .store(r.meetings.dropped(), Ordering::Relaxed);
         }
-        self.stats
-            .oversized
-            .store(self.link.status().refused_oversized, Ordering::Relaxed);
+        self.watch_host_link(now);
+        let oversized = [&self.ingest_link, &self.host_link]
+            .iter()
+            .map(|l| l.status().refused_oversized)
+            .sum();
+        self.stats.oversized.store(oversized, Ordering::Relaxed);
         ControlFlow::Continue(())
+    }
+
+    /// Says so when the host link has been down for [`HOST_LINK_DOWN_MS`] while the ingest
+    /// link is up (the host identity refused, say), once a minute: the ingest link says what
+    /// the broker does to both.
+    fn watch_host_link(&mut self, now: u64) {
+        if self.host_link.is_connected() || !self.ingest_link.is_connected() {
+            self.host_link_down_since = None;
+            return;
+        }
+        let since = *self.host_link_down_since.get_or_insert(now);
+        if now.saturating_sub(since) >= HOST_LINK_DOWN_MS
+            && let Some(more) = self.log.allow("host link down")
+        {
+            let status = self.host_link.status();
+            tracing::warn!(
+                "the host link cannot reach the broker at {}: {}; the staff's requests and the \
+                 meetings wait for it{more}",
+                status
+                    .broker
+                    .as_deref()
+                    .unwrap_or(&self.opts.broker.to_string()),
+                status.last_error.as_deref().unwrap_or("no answer")
+            );
+        }
     }
 
     /// The store thread committed groups: their watermarks (and numbering clashes) wait for
@@ -161,7 +198,7 @@ impl Central {
 
     /// The acknowledgement tick: what was stored is confirmed to its terminals.
     pub(super) fn on_ack_tick(&mut self) {
-        confirm(&self.link, &mut self.to_confirm, &self.stats);
+        confirm(&self.ingest_link, &mut self.to_confirm, &self.stats);
     }
 
     /// Room in the store thread's queue: the oldest record waiting takes it.
@@ -171,47 +208,51 @@ impl Central {
         }
     }
 
-    /// A message from the broker: a command for the host, a meeting uplink, or a record for
-    /// the store. Breaks if the store thread is gone.
-    pub(super) fn on_message(&mut self, msg: Incoming) -> ControlFlow<()> {
+    /// A message on the host link: a command for the host or a meeting uplink.
+    pub(super) fn on_host_message(&mut self, msg: Incoming) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
             // The instance holding the host role answers; the others stand by.
             if let Some(r) = self.roles.as_mut() {
                 answer_command(
                     r,
-                    &self.link,
+                    &self.host_link,
                     &self.writer_state,
                     &self.log,
                     client,
                     &msg.payload,
                 );
             }
-            return ControlFlow::Continue(());
+            return;
         }
         // What a terminal may have left retained on its uplink (cleared below if junk).
         let left = (!msg.payload.is_empty()).then(|| (msg.topic.clone(), msg.retain));
-        if MeetingService::is_meeting_uplink(&msg) {
-            // Joins are answered by a layout of their session, on the meeting tick (every
-            // 200 ms): a layout costs the whole session, so one for each join would make a
-            // province's join storm quadratic.
-            if let Some(r) = self.roles.as_mut()
-                && r.meetings.on_message(&msg, unix_ms())
-            {
-                r.meetings.drain(&self.link);
-            }
-            if let Some((topic, retained)) = left {
-                clear_retained_junk(&self.link, &self.log, &topic, retained, false);
-            }
-            return ControlFlow::Continue(());
+        // Joins are answered by a layout of their session, on the meeting tick (every 200 ms):
+        // a layout costs the whole session, so one for each join would make a province's join
+        // storm quadratic.
+        if let Some(r) = self.roles.as_mut()
+            && r.meetings.on_message(&msg, unix_ms())
+        {
+            r.meetings.drain(&self.host_link);
         }
+        if let Some((topic, retained)) = left {
+            clear_retained_junk(&self.host_link, &self.log, &topic, retained, false);
+        }
+    }
+
+    /// A message on the ingest link: a record for the store. Breaks if the store thread is
+    /// gone.
+    pub(super) fn on_record_message(&mut self, msg: Incoming) -> ControlFlow<()> {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        // What a terminal may have left retained on its uplink (cleared below if junk).
+        let left = (!msg.payload.is_empty()).then(|| (msg.topic.clone(), msg.retain));
         let Some(record) = to_record(msg, unix_ms()) else {
             return ControlFlow::Continue(());
         };
         self.declare_lost_before(&record);
         if let Some((topic, retained)) = left {
             let refused = matches!(record, Record::Rejected { .. });
-            clear_retained_junk(&self.link, &self.log, &topic, retained, refused);
+            clear_retained_junk(&self.ingest_link, &self.log, &topic, retained, refused);
         }
         if let Record::Rejected { reason, .. } = &record {
             // A flood of bad messages costs a line a minute (the counter has them all).
@@ -293,7 +334,8 @@ impl Central {
     pub(super) async fn finish(self) -> Result<(), StoreError> {
         let Central {
             mut roles,
-            link,
+            ingest_link,
+            host_link,
             writer,
             writer_state,
             records,
@@ -306,7 +348,8 @@ impl Central {
         {
             tracing::error!(error = %e, "cannot save meetings at shutdown");
         }
-        link.shutdown();
+        ingest_link.shutdown();
+        host_link.shutdown();
         for r in ahead {
             if records.send(r).await.is_err() {
                 break;

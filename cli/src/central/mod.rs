@@ -8,10 +8,17 @@
 //! per-stream watermarks, published retained on the terminal's `ack` topic, coalesced to at
 //! most one message per terminal per `ack_interval`.
 //!
+//! Central keeps two connections to the broker: the *ingest link* takes the fleet's records and
+//! sends the confirmations; the *host link* takes the staff's requests and the sites' meeting
+//! uplinks and sends what the host role publishes. A broker keeps one queue per connection,
+//! so a province replaying its outboxes fills the ingest link's queue, never the one a chair's
+//! request or a roll call's answers wait in.
+//!
 //! What a terminal may leave retained on its uplinks where the protocol retains nothing (a
 //! refused message, anything retained but a valid presence) is cleared ([`retained_junk`]),
 //! so later subscribers do not receive it: MQTT ACLs cannot deny the retain flag.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,6 +26,7 @@ use std::time::Duration;
 use cuntong_core::topic::control_request;
 use cuntong_terminal::link::{Link, LinkOptions, unix_ms};
 use cuntong_terminal::throttle::LogLimiter;
+use cuntong_terminal::tls::TlsFiles;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +58,10 @@ use roles::Roles;
 /// again, is kept up to [`LOOKAHEAD_PRESENCE`].
 const LOOKAHEAD: usize = 50_000;
 const LOOKAHEAD_PRESENCE: usize = 2 * LOOKAHEAD;
+
+/// What the host link's client id adds to central's (without TLS; with it, the broker takes
+/// the id from the host identity's certificate, [`crate::ca::host_identity`]).
+const HOST_LINK_SUFFIX: &str = ".host";
 
 /// How often the host forgets history older than `--retain`.
 const RETENTION_EVERY_MS: u64 = 3_600_000;
@@ -105,12 +117,13 @@ pub async fn run(
     if let Some(addr) = opts.http {
         start_dashboard(addr, &opts, &stop).await?;
     }
-    let (link, mut incoming) = Link::start(link_options(&opts)?);
+    let (ingest_link, mut incoming) = Link::start(ingest_link_options(&opts)?);
+    let (host_link, mut host_incoming) = Link::start(host_link_options(&opts)?);
     let mut ack_tick = tokio::time::interval(opts.ack_interval);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut meeting_tick = tokio::time::interval(Duration::from_millis(200));
     meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut link_up = link.watch_connected();
+    let mut host_up = host_link.watch_connected();
     let mut central = Central {
         writer_state: writer.state.clone(),
         records: writer.records.clone(),
@@ -120,12 +133,14 @@ pub async fn run(
         instance,
         tenure,
         roles,
-        link,
+        ingest_link,
+        host_link,
         loaded: loaded_tx,
         to_confirm: Default::default(),
         gaps: Default::default(),
         last_meeting_tick: 0,
         last_retention: 0,
+        host_link_down_since: None,
         ahead: Default::default(),
         log: LogLimiter::default(),
     };
@@ -140,11 +155,11 @@ pub async fn run(
                 break;
             }
             () = service.watchdog() => continue,
-            changed = link_up.changed() => {
+            changed = host_up.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                central.on_link(*link_up.borrow_and_update());
+                central.on_host_link(*host_up.borrow_and_update());
                 continue;
             }
             Some((epoch, loaded)) = loaded_rx.recv() => {
@@ -167,8 +182,15 @@ pub async fn run(
                 }
                 Err(_) => break,
             },
+            m = host_incoming.recv() => match m {
+                Some(m) => {
+                    central.on_host_message(m);
+                    continue;
+                }
+                None => break,
+            },
             m = incoming.recv() => match m {
-                Some(m) => central.on_message(m),
+                Some(m) => central.on_record_message(m),
                 None => break,
             },
         };
@@ -256,32 +278,57 @@ async fn start_dashboard(
     Ok(())
 }
 
-/// The link central's loop reads the fleet through.
-fn link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
-    let mut link_opts = LinkOptions::new(opts.client_id.clone(), opts.broker.clone());
-    link_opts.subscriptions = ingest_subscriptions(opts.share_ingest.as_deref())
+/// The link central takes the fleet's records through and confirms them on.
+fn ingest_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
+    let mut link_opts = common_link_options(opts, opts.client_id.clone(), TlsFiles::in_dir)?;
+    link_opts.subscriptions = ingest_subscriptions(opts.share_ingest.as_deref());
+    // A fleet replaying its outboxes may outrun the loop for a while: the link keeps reading
+    // (and answering the broker) into a buffer of its own meanwhile.
+    link_opts.incoming_buffer = 64 << 20;
+    Ok(link_opts)
+}
+
+/// The link the staff's requests and the sites' meeting uplinks come in on, and what the host
+/// role publishes goes out on (meeting states and plans, answers, commands to the boxes).
+fn host_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
+    let id = format!("{}{HOST_LINK_SUFFIX}", opts.client_id);
+    let mut link_opts = common_link_options(opts, id, |dir| {
+        TlsFiles::in_dir(&dir.join(crate::ca::HOST_IDENTITY_DIR))
+    })?;
+    link_opts.subscriptions = MeetingService::subscriptions()
         .into_iter()
-        .chain(MeetingService::subscriptions())
         .chain([control_request("+")])
         .collect();
+    // A province's join storm: 54,000 joins, a few MiB.
+    link_opts.incoming_buffer = 16 << 20;
+    // The chair's and the staff's requests go ahead of the sites' meeting uplinks.
+    link_opts.urgent_topics = vec![control_request("")];
+    // The ingest link says what the broker does to both; central watches this one itself.
+    link_opts.quiet_failures = true;
+    Ok(link_opts)
+}
+
+/// What central's two links have in common; `identity` finds a link's certificate in
+/// central's bundle.
+fn common_link_options(
+    opts: &CentralOptions,
+    client_id: String,
+    identity: impl Fn(&Path) -> TlsFiles,
+) -> Result<LinkOptions, CentralError> {
+    let mut link_opts = LinkOptions::new(client_id, opts.broker.clone());
     link_opts.subscribe_qos = opts.subscribe_qos;
     link_opts.incoming_capacity = 1024;
-    // A join storm or a replaying fleet may outrun the loop for a while: the link keeps
-    // reading (and answering the broker) into a buffer of its own meanwhile.
-    link_opts.incoming_buffer = 64 << 20;
-    // The chair's and the staff's requests go ahead of that buffer.
-    link_opts.urgent_topics = vec![control_request("")];
     link_opts.queue_capacity = 8192;
-    // What central sends at QoS 1 (a province's media plans, meeting states, commands) does
-    // not wait for the broker's acknowledgement of every 32nd.
+    // What central sends at QoS 1 (a province's media plans and confirmations) does not wait
+    // for the broker's acknowledgement of every 32nd.
     link_opts.inflight = 1_000;
-    // A ping's answer waits behind what the broker sent before it: a province's join storm
-    // must not cost central its connection (and the chair its answers).
+    // A ping's answer waits behind what the broker sent before it: a province's storm must
+    // not cost central its connections.
     link_opts.keep_alive = Duration::from_secs(30);
     link_opts.tls = opts
         .tls
-        .as_ref()
-        .map(cuntong_terminal::tls::client_config)
+        .as_deref()
+        .map(|dir| cuntong_terminal::tls::client_config(&identity(dir)))
         .transpose()?;
     Ok(link_opts)
 }

@@ -21,8 +21,9 @@ pub struct CentralOptions {
     pub subscribe_qos: rumqttc::QoS,
     /// How often confirmations go out (coalesced per terminal).
     pub ack_interval: Duration,
-    /// Mutual TLS (central's bundle), for an `mqtts://` broker.
-    pub tls: Option<cuntong_terminal::tls::TlsFiles>,
+    /// Mutual TLS, for an `mqtts://` broker: central's bundle directory (`cert.pem` and
+    /// `key.pem` for the ingest link, the host identity in `host/` for the host link).
+    pub tls: Option<std::path::PathBuf>,
     /// How often the sites of a new session repeat their status.
     pub meeting_heartbeat: Duration,
     /// Where relays reach central's recorders.

@@ -25,7 +25,8 @@ pub struct CentralArgs {
     broker: BrokerArgs,
     #[arg(long, env = "CUNTONG_DB")]
     db: Option<Database>,
-    /// Central's provisioning bundle (ca.pem, cert.pem, key.pem), for an mqtts:// broker.
+    /// Central's provisioning bundle (ca.pem, cert.pem, key.pem and the host identity in
+    /// host/), for an mqtts:// broker.
     #[arg(long, env = "CUNTONG_TLS")]
     tls: Option<PathBuf>,
     /// How often the sites of a meeting repeat their status (three missed: unreachable).
@@ -190,7 +191,10 @@ impl CentralArgs {
         if opts.meeting_heartbeat < Duration::from_millis(500) {
             return Err(Usage("--meeting-heartbeat: at least 500ms".into()));
         }
-        opts.tls = tls.map(|d| cuntong_terminal::tls::TlsFiles::in_dir(&d));
+        if let Some(dir) = &tls {
+            crate::ca::check_central_bundle(dir).map_err(|e| Usage(format!("--tls: {e}")))?;
+        }
+        opts.tls = tls;
         opts.media_host = media_host;
         opts.release_cache = release_cache;
         opts.http = http.map(|a| parse("--http", &a)).transpose()?;

@@ -5,17 +5,6 @@
 use super::*;
 
 impl MeetingService {
-    /// Whether a message is for the meeting host (a site's meeting uplink).
-    pub fn is_meeting_uplink(msg: &Incoming) -> bool {
-        matches!(
-            Topic::parse(&msg.topic),
-            Ok(Topic::Terminal {
-                channel: Channel::MeetingUp,
-                ..
-            })
-        )
-    }
-
     /// Handles a message if it is one for the meeting host; false if it is not.
     pub fn on_message(&mut self, msg: &Incoming, now_ms: u64) -> bool {
         let Ok(Topic::Terminal {

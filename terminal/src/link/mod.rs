@@ -190,7 +190,7 @@ impl Link {
         tokio::spawn(poll_task(
             eventloop,
             (opts.brokers.clone(), connect),
-            opts.backoff,
+            (opts.backoff, opts.quiet_failures),
             inbox,
             Signals {
                 generation: gen_tx,

@@ -53,6 +53,10 @@ pub struct LinkOptions {
     pub inflight: u16,
     /// Mutual TLS; required when the broker URL is `mqtts://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether losing or not reaching the broker goes unsaid but for the retries at debug
+    /// level: for a second link of one owner to the same brokers, whose first link says it, so
+    /// that a person is told once. The owner watches it ([`super::Link::status`]).
+    pub quiet_failures: bool,
 }
 
 impl LinkOptions {
@@ -74,6 +78,7 @@ impl LinkOptions {
             backoff: Backoff::default(),
             inflight: 32,
             tls: None,
+            quiet_failures: false,
         }
     }
 }

@@ -29,7 +29,7 @@ pub(super) struct Signals {
 pub(super) async fn poll_task(
     mut eventloop: EventLoop,
     (brokers, connect): (Brokers, Connect),
-    backoff: Backoff,
+    (backoff, quiet): (Backoff, bool),
     incoming: Inbox,
     signals: Signals,
 ) {
@@ -78,7 +78,7 @@ pub(super) async fn poll_task(
                 generation_no += 1;
                 generation.send_replace(generation_no);
                 up.send_replace(true);
-                if after_failure.is_some() {
+                if after_failure.is_some() && !quiet {
                     // Said at the level the failure was.
                     tracing::warn!(
                         connects = generation_no,
@@ -192,10 +192,12 @@ pub(super) async fn poll_task(
                         d.broker = Some(brokers.get(current).to_string());
                     }
                 }
-                // A person sees each cause once (and again when it changes), not every retry.
-                if was_connected {
+                // A person sees each cause once (and again when it changes), not every retry;
+                // on a quiet link, only the retries are logged (at debug level), and the owner
+                // watches the link ([`super::LinkOptions::quiet_failures`]).
+                if was_connected && !quiet {
                     tracing::warn!("lost the broker at {broker}: {cause}; reconnecting");
-                } else if cause_changed {
+                } else if cause_changed && !quiet {
                     tracing::warn!("cannot reach the broker at {broker}: {cause}; retrying");
                 } else {
                     tracing::debug!(error = %e, "connect failed; retrying in {wait:?}");
