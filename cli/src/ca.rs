@@ -16,9 +16,10 @@
 //! CA's certificate revocation list `crl.pem`, which the generated broker configuration uses.
 //! Each process that connects needs an identity of its own, since the broker takes the client
 //! id from the certificate: `central` for the service, `central-NAME` for each further
-//! instance or operator's workstation. A central connects twice (its ingest link and its host
-//! link, [`crate::central`]), so a central identity's bundle holds a second certificate in
-//! `host/`: its host identity, `NAME.host`, revoked and allowed in the ACL with it.
+//! instance or operator's workstation. A central connects three times (its ingest, meeting and
+//! control links, [`crate::central`]), so a central identity's bundle holds two more
+//! certificates, its link identities `NAME.meeting` in `meeting/` and `NAME.control` in
+//! `control/`, allowed in the ACL and revoked with it.
 
 use std::path::{Path, PathBuf};
 
@@ -35,31 +36,39 @@ use serde::{Deserialize, Serialize};
 /// The reserved identity of the central service.
 pub const CENTRAL: &str = "central";
 
-/// Where a central identity's bundle holds its host identity (`ca.pem`, `cert.pem`, `key.pem`).
-pub const HOST_IDENTITY_DIR: &str = "host";
+/// Central's links beyond the first (ingest), each with an identity of its own: a central
+/// identity's bundle holds each one's `ca.pem`, `cert.pem` and `key.pem` in a directory of
+/// the link's name.
+pub const LINKS: [&str; 2] = ["meeting", "control"];
 
-/// The host identity of central identity `name`: the certificate of its host link. `.` is
-/// never in a central identity or a terminal id, so it names no other identity.
-pub fn host_identity(name: &str) -> String {
-    format!("{name}.host")
+/// The identity of central identity `name`'s link `link` (one of [`LINKS`]). `.` is never in
+/// a central identity or a terminal id, so it names no other identity.
+pub fn link_identity(name: &str, link: &str) -> String {
+    format!("{name}.{link}")
 }
 
-/// Whether `name` is a central identity or the host identity of one.
-fn is_central_or_host(name: &str) -> bool {
-    is_central(name) || name.strip_suffix(".host").is_some_and(is_central)
+/// Whether `name` is a central identity or the identity of one of its links.
+fn is_central_or_link(name: &str) -> bool {
+    is_central(name)
+        || name
+            .rsplit_once('.')
+            .is_some_and(|(c, link)| is_central(c) && LINKS.contains(&link))
 }
 
-/// Checks that central's bundle `dir` holds both of its identities, naming what is missing.
+/// Checks that central's bundle `dir` holds the identities of all its links, naming what is
+/// missing.
 pub fn check_central_bundle(dir: &Path) -> Result<(), CaError> {
-    for file in ["ca.pem", "cert.pem", "key.pem"] {
-        for d in [dir.to_path_buf(), dir.join(HOST_IDENTITY_DIR)] {
+    let dirs = std::iter::once(dir.to_path_buf()).chain(LINKS.map(|l| dir.join(l)));
+    for d in dirs {
+        for file in ["ca.pem", "cert.pem", "key.pem"] {
             let path = d.join(file);
             if !path.is_file() {
                 return Err(CaError::Refused(format!(
-                    "{} is missing: central's bundle holds its ingest identity and, in {HOST_IDENTITY_DIR}/, \
-                     its host identity (a bundle provisioned before central had two links has \
-                     only the first: provision it again with `cuntong provision NAME --force`)",
-                    path.display()
+                    "{} is missing: central's bundle holds an identity for each of its links \
+                     (in {}/ besides its own; a bundle provisioned before central had them \
+                     lacks them): provision it again with `cuntong provision NAME --force`",
+                    path.display(),
+                    LINKS.join("/, ")
                 )));
             }
         }
@@ -302,15 +311,15 @@ fn record(ca_dir: &Path, name: &str, kind: &str, serial: String) -> Result<(), C
 }
 
 /// Revokes every certificate issued to `name` (a terminal id or a central identity, with its
-/// host identity): they go on the CRL, and the identity leaves the inventory (and so the
+/// links' identities): they go on the CRL, and the identity leaves the inventory (and so the
 /// generated ACL).
 pub fn revoke(ca_dir: &Path, name: &str) -> Result<(), CaError> {
     let mut inv = inventory(ca_dir)?;
-    let host = host_identity(name);
+    let links = LINKS.map(|l| link_identity(name, l));
     let (gone, kept): (Vec<Issued>, Vec<Issued>) = inv
         .issued
         .into_iter()
-        .partition(|i| (i.name == name || i.name == host) && i.kind != "server");
+        .partition(|i| (i.name == name || links.contains(&i.name)) && i.kind != "server");
     inv.issued = kept;
     if gone.is_empty() {
         return Err(CaError::Refused(format!(
@@ -460,15 +469,17 @@ pub fn provision(
     let c = issue(ca_dir, id, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
     write_identity(out, &c)?;
     if kind == "central" {
-        let host = host_identity(id);
-        let h = issue(
-            ca_dir,
-            &host,
-            Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )?;
-        write_identity(&out.join(HOST_IDENTITY_DIR), &h)?;
-        record(ca_dir, &host, kind, h.serial)?;
+        for link in LINKS {
+            let name = link_identity(id, link);
+            let l = issue(
+                ca_dir,
+                &name,
+                Vec::new(),
+                ExtendedKeyUsagePurpose::ClientAuth,
+            )?;
+            write_identity(&out.join(link), &l)?;
+            record(ca_dir, &name, kind, l.serial)?;
+        }
     }
     let label = name.map(|n| format!("# {n}\n")).unwrap_or_default();
     let broker = match broker.len() {
@@ -557,9 +568,10 @@ pub fn mosquitto_acl(inv: &Inventory) -> String {
     let all = |c: Channel| region_filter(None, Some(c));
     let mut out =
         String::from("# Generated by `cuntong acl` from the CA inventory. Do not edit.\n");
-    let mut centrals = vec![CENTRAL.to_owned(), host_identity(CENTRAL)];
+    let mut centrals = vec![CENTRAL.to_owned()];
+    centrals.extend(LINKS.map(|l| link_identity(CENTRAL, l)));
     for i in &inv.issued {
-        if i.kind == "central" && is_central_or_host(&i.name) && !centrals.contains(&i.name) {
+        if i.kind == "central" && is_central_or_link(&i.name) && !centrals.contains(&i.name) {
             centrals.push(i.name.clone());
         }
     }
@@ -826,7 +838,7 @@ mod tests {
     }
 
     #[test]
-    fn a_central_bundle_holds_a_host_identity_allowed_and_revoked_with_it() {
+    fn a_central_bundle_holds_its_links_identities_allowed_and_revoked_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
         init(&ca).unwrap();
@@ -834,14 +846,24 @@ mod tests {
         let broker = "mqtts://h:8883".parse().unwrap();
         provision(&ca, "central-ops", &broker, &out, None, false).unwrap();
         check_central_bundle(&out).unwrap();
-        let host = out.join(HOST_IDENTITY_DIR);
-        let cert = std::fs::read(host.join("cert.pem")).unwrap();
-        assert_ne!(cert, std::fs::read(out.join("cert.pem")).unwrap());
+        let certs: std::collections::BTreeSet<Vec<u8>> =
+            ["cert.pem", "meeting/cert.pem", "control/cert.pem"]
+                .iter()
+                .map(|f| std::fs::read(out.join(f)).unwrap())
+                .collect();
+        assert_eq!(certs.len(), 3, "a certificate of its own for each link");
         let inv = inventory(&ca).unwrap();
         let names: Vec<&str> = inv.issued.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["central-ops.host", "central-ops"]);
+        let links = ["central-ops.meeting", "central-ops.control"];
+        assert_eq!(names, [links[0], links[1], "central-ops"]);
         let acl = mosquitto_acl(&inv);
-        for user in ["central", "central.host", "central-ops", "central-ops.host"] {
+        let users = [
+            "central",
+            "central.meeting",
+            "central.control",
+            "central-ops",
+        ];
+        for user in users.into_iter().chain(links) {
             assert_eq!(
                 acl.matches(&format!("user {user}\n")).count(),
                 1,
@@ -852,14 +874,14 @@ mod tests {
         revoke(&ca, "central-ops").unwrap();
         let inv = inventory(&ca).unwrap();
         let revoked: Vec<&str> = inv.revoked.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(revoked, ["central-ops.host", "central-ops"]);
+        assert_eq!(revoked, [links[0], links[1], "central-ops"]);
         let acl = mosquitto_acl(&inv);
         assert!(!acl.contains("central-ops"), "{acl}");
 
-        std::fs::remove_dir_all(&host).unwrap();
+        std::fs::remove_dir_all(out.join("control")).unwrap();
         let err = check_central_bundle(&out).unwrap_err().to_string();
         assert!(
-            err.contains("host/ca.pem is missing") && err.contains("--force"),
+            err.contains("control/ca.pem is missing") && err.contains("--force"),
             "{err}"
         );
     }

@@ -718,9 +718,9 @@ fn a_revoked_certificate_is_refused_after_a_reload_and_its_replacement_is_accept
 }
 
 #[test]
-fn central_says_when_its_host_identity_is_refused_while_its_ingest_link_works() {
+fn central_says_when_a_links_identity_is_refused_while_its_ingest_link_works() {
     let f = Fleet::provision();
-    // Central's bundle carries the host identity of a central that was revoked since.
+    // Central's bundle carries the control link's identity of a central revoked since.
     f.provision_as("central-old", "central-old", &[]);
     let out = run(
         &bin("cuntong"),
@@ -731,8 +731,8 @@ fn central_says_when_its_host_identity_is_refused_while_its_ingest_link_works() 
     f.reload_broker();
     for file in ["cert.pem", "key.pem"] {
         std::fs::copy(
-            f.path(&format!("central-old/host/{file}")),
-            f.path(&format!("central/host/{file}")),
+            f.path(&format!("central-old/control/{file}")),
+            f.path(&format!("central/control/{file}")),
         )
         .unwrap();
     }
@@ -740,8 +740,8 @@ fn central_says_when_its_host_identity_is_refused_while_its_ingest_link_works() 
     let central = f.central(&db);
     let _a = f.terminal("a", "a.log");
     // The fleet's records are stored all the same (the ingest link is central's own identity),
-    // and central says, once, that the host link is refused.
-    let said = "the host link cannot reach the broker at mqtts://";
+    // and central says, once, that the control link is refused.
+    let said = "the control link cannot reach the broker at mqtts://";
     assert!(
         wait_until(Duration::from_secs(40), || {
             let log = central.log_text();

@@ -24,8 +24,9 @@ use crate::store::{
     Record, RecordPermit, RecordSender, StateWriter, StoreError, TrySendError, Writer,
 };
 
-/// How long the host link may be down while the ingest link is up before central says so.
-const HOST_LINK_DOWN_MS: u64 = 10_000;
+/// How long the meeting or control link may be down while the ingest link is up before central
+/// says so.
+const LINK_DOWN_MS: u64 = 10_000;
 
 /// Central's state between events.
 pub(super) struct Central {
@@ -37,9 +38,10 @@ pub(super) struct Central {
     pub(super) roles: Option<Roles>,
     /// The fleet's records come in here; their confirmations go out here.
     pub(super) ingest_link: Link,
-    /// The staff's requests and the sites' meeting uplinks come in here; what the roles publish
-    /// goes out here.
-    pub(super) host_link: Link,
+    /// The sites' meeting uplinks come in here; what the roles publish goes out here.
+    pub(super) meeting_link: Link,
+    /// The staff's requests come in here; their answers go out here.
+    pub(super) control_link: Link,
     pub(super) writer: Arc<Writer>,
     pub(super) writer_state: StateWriter,
     pub(super) records: RecordSender,
@@ -49,8 +51,9 @@ pub(super) struct Central {
     pub(super) gaps: GapWatch,
     pub(super) last_meeting_tick: u64,
     pub(super) last_retention: u64,
-    /// Since when the host link has been down while the ingest link was up.
-    pub(super) host_link_down_since: Option<u64>,
+    /// Since when the meeting and the control link have been down while the ingest link was
+    /// up.
+    pub(super) quiet_link_down_since: [Option<u64>; 2],
     /// Received records waiting for room in the store thread's queue (see
     /// [`super::LOOKAHEAD`]).
     pub(super) ahead: VecDeque<Record>,
@@ -91,11 +94,11 @@ impl Central {
         }
     }
 
-    /// The host link came up (`up`) or went down: meetings are published again.
-    pub(super) fn on_host_link(&mut self, up: bool) {
+    /// The meeting link came up (`up`) or went down: meetings are published again.
+    pub(super) fn on_meeting_link(&mut self, up: bool) {
         if up && let Some(r) = self.roles.as_mut() {
             r.meetings.republish();
-            r.meetings.drain(&self.host_link);
+            r.meetings.drain(&self.meeting_link);
         }
     }
 
@@ -106,7 +109,7 @@ impl Central {
             let instance = &self.instance;
             tracing::warn!(%instance, epoch, "holding the host role");
             loaded.meetings.republish();
-            loaded.meetings.drain(&self.host_link);
+            loaded.meetings.drain(&self.meeting_link);
             self.roles = Some(loaded);
         }
     }
@@ -148,13 +151,13 @@ impl Central {
                 }
             }
             r.meetings.lay_out(now);
-            r.meetings.drain(&self.host_link);
+            r.meetings.drain(&self.meeting_link);
             self.stats
                 .meeting_dropped
                 .store(r.meetings.dropped(), Ordering::Relaxed);
         }
-        self.watch_host_link(now);
-        let oversized = [&self.ingest_link, &self.host_link]
+        self.watch_quiet_links(now);
+        let oversized = [&self.ingest_link, &self.meeting_link, &self.control_link]
             .iter()
             .map(|l| l.status().refused_oversized)
             .sum();
@@ -162,28 +165,36 @@ impl Central {
         ControlFlow::Continue(())
     }
 
-    /// Says so when the host link has been down for [`HOST_LINK_DOWN_MS`] while the ingest
-    /// link is up (the host identity refused, say), once a minute: the ingest link says what
-    /// the broker does to both.
-    fn watch_host_link(&mut self, now: u64) {
-        if self.host_link.is_connected() || !self.ingest_link.is_connected() {
-            self.host_link_down_since = None;
-            return;
-        }
-        let since = *self.host_link_down_since.get_or_insert(now);
-        if now.saturating_sub(since) >= HOST_LINK_DOWN_MS
-            && let Some(more) = self.log.allow("host link down")
-        {
-            let status = self.host_link.status();
-            tracing::warn!(
-                "the host link cannot reach the broker at {}: {}; the staff's requests and the \
-                 meetings wait for it{more}",
-                status
+    /// Says so when the meeting or the control link has been down for [`LINK_DOWN_MS`] while
+    /// the ingest link is up (its identity refused, say), once a minute each: the ingest link
+    /// says what the broker does to all of them.
+    fn watch_quiet_links(&mut self, now: u64) {
+        let links = [
+            ("meeting", &self.meeting_link),
+            ("control", &self.control_link),
+        ];
+        for ((name, link), down_since) in links.into_iter().zip(&mut self.quiet_link_down_since) {
+            if link.is_connected() || !self.ingest_link.is_connected() {
+                *down_since = None;
+                continue;
+            }
+            let since = *down_since.get_or_insert(now);
+            if now.saturating_sub(since) >= LINK_DOWN_MS
+                && let Some(more) = self.log.allow(name)
+            {
+                let status = link.status();
+                let broker = status
                     .broker
-                    .as_deref()
-                    .unwrap_or(&self.opts.broker.to_string()),
-                status.last_error.as_deref().unwrap_or("no answer")
-            );
+                    .unwrap_or_else(|| self.opts.broker.to_string());
+                let why = status.last_error.unwrap_or_else(|| "no answer".into());
+                let waiting = match name {
+                    "meeting" => "the meetings wait for it",
+                    _ => "the staff's requests wait for it",
+                };
+                tracing::warn!(
+                    "the {name} link cannot reach the broker at {broker}: {why}; {waiting}{more}"
+                );
+            }
         }
     }
 
@@ -208,23 +219,28 @@ impl Central {
         }
     }
 
-    /// A message on the host link: a command for the host or a meeting uplink.
-    pub(super) fn on_host_message(&mut self, msg: Incoming) {
+    /// A request on the control link: the instance holding the host role answers; the others
+    /// stand by.
+    pub(super) fn on_request(&mut self, msg: Incoming) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(client) = msg.topic.strip_prefix(&control_request("")) {
-            // The instance holding the host role answers; the others stand by.
-            if let Some(r) = self.roles.as_mut() {
-                answer_command(
-                    r,
-                    &self.host_link,
-                    &self.writer_state,
-                    &self.log,
-                    client,
-                    &msg.payload,
-                );
-            }
+        let Some(client) = msg.topic.strip_prefix(&control_request("")) else {
             return;
+        };
+        if let Some(r) = self.roles.as_mut() {
+            answer_command(
+                r,
+                (&self.meeting_link, &self.control_link),
+                &self.writer_state,
+                &self.log,
+                client,
+                &msg.payload,
+            );
         }
+    }
+
+    /// A site's meeting uplink, on the meeting link.
+    pub(super) fn on_meeting_uplink(&mut self, msg: Incoming) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
         // What a terminal may have left retained on its uplink (cleared below if junk).
         let left = (!msg.payload.is_empty()).then(|| (msg.topic.clone(), msg.retain));
         // Joins are answered by a layout of their session, on the meeting tick (every 200 ms):
@@ -233,10 +249,10 @@ impl Central {
         if let Some(r) = self.roles.as_mut()
             && r.meetings.on_message(&msg, unix_ms())
         {
-            r.meetings.drain(&self.host_link);
+            r.meetings.drain(&self.meeting_link);
         }
         if let Some((topic, retained)) = left {
-            clear_retained_junk(&self.host_link, &self.log, &topic, retained, false);
+            clear_retained_junk(&self.meeting_link, &self.log, &topic, retained, false);
         }
     }
 
@@ -335,7 +351,8 @@ impl Central {
         let Central {
             mut roles,
             ingest_link,
-            host_link,
+            meeting_link,
+            control_link,
             writer,
             writer_state,
             records,
@@ -349,7 +366,8 @@ impl Central {
             tracing::error!(error = %e, "cannot save meetings at shutdown");
         }
         ingest_link.shutdown();
-        host_link.shutdown();
+        meeting_link.shutdown();
+        control_link.shutdown();
         for r in ahead {
             if records.send(r).await.is_err() {
                 break;

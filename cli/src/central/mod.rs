@@ -8,17 +8,17 @@
 //! per-stream watermarks, published retained on the terminal's `ack` topic, coalesced to at
 //! most one message per terminal per `ack_interval`.
 //!
-//! Central keeps two connections to the broker: the *ingest link* takes the fleet's records and
-//! sends the confirmations; the *host link* takes the staff's requests and the sites' meeting
-//! uplinks and sends what the host role publishes. A broker keeps one queue per connection,
-//! so a province replaying its outboxes fills the ingest link's queue, never the one a chair's
-//! request or a roll call's answers wait in.
+//! Central keeps three connections to the broker, since a broker keeps one queue for each: the
+//! *ingest link* takes the fleet's records and sends the confirmations; the *meeting link* takes
+//! the sites' meeting uplinks and sends the meetings' states, plans and the roles' commands to
+//! the boxes; the *control link* takes the staff's requests and sends the answers. A province
+//! replaying its outboxes fills the ingest link's queue, a province joining a meeting the
+//! meeting link's, and a chair's request waits behind neither.
 //!
 //! What a terminal may leave retained on its uplinks where the protocol retains nothing (a
 //! refused message, anything retained but a valid presence) is cleared ([`retained_junk`]),
 //! so later subscribers do not receive it: MQTT ACLs cannot deny the retain flag.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -58,10 +58,6 @@ use roles::Roles;
 /// again, is kept up to [`LOOKAHEAD_PRESENCE`].
 const LOOKAHEAD: usize = 50_000;
 const LOOKAHEAD_PRESENCE: usize = 2 * LOOKAHEAD;
-
-/// What the host link's client id adds to central's (without TLS; with it, the broker takes
-/// the id from the host identity's certificate, [`crate::ca::host_identity`]).
-const HOST_LINK_SUFFIX: &str = ".host";
 
 /// How often the host forgets history older than `--retain`.
 const RETENTION_EVERY_MS: u64 = 3_600_000;
@@ -118,12 +114,13 @@ pub async fn run(
         start_dashboard(addr, &opts, &stop).await?;
     }
     let (ingest_link, mut incoming) = Link::start(ingest_link_options(&opts)?);
-    let (host_link, mut host_incoming) = Link::start(host_link_options(&opts)?);
+    let (meeting_link, mut meeting_incoming) = Link::start(meeting_link_options(&opts)?);
+    let (control_link, mut requests) = Link::start(control_link_options(&opts)?);
     let mut ack_tick = tokio::time::interval(opts.ack_interval);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut meeting_tick = tokio::time::interval(Duration::from_millis(200));
     meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut host_up = host_link.watch_connected();
+    let mut meeting_up = meeting_link.watch_connected();
     let mut central = Central {
         writer_state: writer.state.clone(),
         records: writer.records.clone(),
@@ -134,13 +131,14 @@ pub async fn run(
         tenure,
         roles,
         ingest_link,
-        host_link,
+        meeting_link,
+        control_link,
         loaded: loaded_tx,
         to_confirm: Default::default(),
         gaps: Default::default(),
         last_meeting_tick: 0,
         last_retention: 0,
-        host_link_down_since: None,
+        quiet_link_down_since: Default::default(),
         ahead: Default::default(),
         log: LogLimiter::default(),
     };
@@ -155,11 +153,11 @@ pub async fn run(
                 break;
             }
             () = service.watchdog() => continue,
-            changed = host_up.changed() => {
+            changed = meeting_up.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                central.on_host_link(*host_up.borrow_and_update());
+                central.on_meeting_link(*meeting_up.borrow_and_update());
                 continue;
             }
             Some((epoch, loaded)) = loaded_rx.recv() => {
@@ -182,9 +180,16 @@ pub async fn run(
                 }
                 Err(_) => break,
             },
-            m = host_incoming.recv() => match m {
+            m = requests.recv() => match m {
                 Some(m) => {
-                    central.on_host_message(m);
+                    central.on_request(m);
+                    continue;
+                }
+                None => break,
+            },
+            m = meeting_incoming.recv() => match m {
+                Some(m) => {
+                    central.on_meeting_uplink(m);
                     continue;
                 }
                 None => break,
@@ -280,7 +285,7 @@ async fn start_dashboard(
 
 /// The link central takes the fleet's records through and confirms them on.
 fn ingest_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
-    let mut link_opts = common_link_options(opts, opts.client_id.clone(), TlsFiles::in_dir)?;
+    let mut link_opts = common_link_options(opts, None)?;
     link_opts.subscriptions = ingest_subscriptions(opts.share_ingest.as_deref());
     // A fleet replaying its outboxes may outrun the loop for a while: the link keeps reading
     // (and answering the broker) into a buffer of its own meanwhile.
@@ -288,34 +293,36 @@ fn ingest_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralErro
     Ok(link_opts)
 }
 
-/// The link the staff's requests and the sites' meeting uplinks come in on, and what the host
-/// role publishes goes out on (meeting states and plans, answers, commands to the boxes).
-fn host_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
-    let id = format!("{}{HOST_LINK_SUFFIX}", opts.client_id);
-    let mut link_opts = common_link_options(opts, id, |dir| {
-        TlsFiles::in_dir(&dir.join(crate::ca::HOST_IDENTITY_DIR))
-    })?;
-    link_opts.subscriptions = MeetingService::subscriptions()
-        .into_iter()
-        .chain([control_request("+")])
-        .collect();
+/// The link the sites' meeting uplinks come in on, and what the roles publish goes out on
+/// (meeting states and plans, commands to the boxes).
+fn meeting_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
+    let mut link_opts = common_link_options(opts, Some("meeting"))?;
+    link_opts.subscriptions = MeetingService::subscriptions();
     // A province's join storm: 54,000 joins, a few MiB.
     link_opts.incoming_buffer = 16 << 20;
-    // The chair's and the staff's requests go ahead of the sites' meeting uplinks.
-    link_opts.urgent_topics = vec![control_request("")];
-    // The ingest link says what the broker does to both; central watches this one itself.
-    link_opts.quiet_failures = true;
     Ok(link_opts)
 }
 
-/// What central's two links have in common; `identity` finds a link's certificate in
-/// central's bundle.
+/// The link the staff's requests come in on and their answers go out on.
+fn control_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
+    let mut link_opts = common_link_options(opts, Some("control"))?;
+    link_opts.subscriptions = vec![control_request("+")];
+    Ok(link_opts)
+}
+
+/// What central's links have in common; `link` names one of the links beyond the ingest link
+/// ([`crate::ca::LINKS`]), which connect with identities of their own and say nothing of a
+/// broker the ingest link says it of.
 fn common_link_options(
     opts: &CentralOptions,
-    client_id: String,
-    identity: impl Fn(&Path) -> TlsFiles,
+    link: Option<&str>,
 ) -> Result<LinkOptions, CentralError> {
+    let client_id = match link {
+        Some(l) => crate::ca::link_identity(&opts.client_id, l),
+        None => opts.client_id.clone(),
+    };
     let mut link_opts = LinkOptions::new(client_id, opts.broker.clone());
+    link_opts.quiet_failures = link.is_some();
     link_opts.subscribe_qos = opts.subscribe_qos;
     link_opts.incoming_capacity = 1024;
     link_opts.queue_capacity = 8192;
@@ -328,7 +335,10 @@ fn common_link_options(
     link_opts.tls = opts
         .tls
         .as_deref()
-        .map(|dir| cuntong_terminal::tls::client_config(&identity(dir)))
+        .map(|dir| {
+            let dir = link.map_or(dir.to_path_buf(), |l| dir.join(l));
+            cuntong_terminal::tls::client_config(&TlsFiles::in_dir(&dir))
+        })
         .transpose()?;
     Ok(link_opts)
 }

@@ -22,7 +22,7 @@ pub struct CentralOptions {
     /// How often confirmations go out (coalesced per terminal).
     pub ack_interval: Duration,
     /// Mutual TLS, for an `mqtts://` broker: central's bundle directory (`cert.pem` and
-    /// `key.pem` for the ingest link, the host identity in `host/` for the host link).
+    /// `key.pem` for the ingest link, the other links' identities in `meeting/` and `control/`).
     pub tls: Option<std::path::PathBuf>,
     /// How often the sites of a new session repeat their status.
     pub meeting_heartbeat: Duration,

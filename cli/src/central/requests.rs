@@ -18,10 +18,11 @@ const ANSWER_WAITS_FOR_STORE: Duration = Duration::from_secs(1);
 /// is written: an operation a chair was told is done survives a crash of central (and is there
 /// for the instance that takes over). A store that is slow or away holds the answer up for a
 /// second at most (the operation has taken effect for the sites anyway, and is written when the
-/// store is back); a request that changed nothing is answered at once.
+/// store is back); a request that changed nothing is answered at once. What it changed for the
+/// sites goes out on the meeting link, the answers on the control link.
 pub(super) fn answer_command(
     roles: &mut Roles,
-    link: &Link,
+    (meeting_link, control_link): (&Link, &Link),
     state: &crate::store::StateWriter,
     log: &LogLimiter,
     client: &str,
@@ -32,7 +33,7 @@ pub(super) fn answer_command(
     let answers = control(roles, log, client, payload, now_ms);
     roles.gather_outbound();
     roles.meetings.lay_out(now_ms);
-    roles.meetings.drain(link);
+    roles.meetings.drain(meeting_link);
     let handed = (roles.alarms.handed_over(), roles.rollouts.handed_over());
     let changed = match roles.meetings.save() {
         Ok(saved) => saved || handed != before,
@@ -42,7 +43,7 @@ pub(super) fn answer_command(
         }
     };
     if !answers.is_empty() {
-        let link = link.clone();
+        let link = control_link.clone();
         let written = changed.then(|| state.written());
         tokio::spawn(async move {
             if let Some(written) = written {

@@ -25,8 +25,8 @@ pub struct CentralArgs {
     broker: BrokerArgs,
     #[arg(long, env = "CUNTONG_DB")]
     db: Option<Database>,
-    /// Central's provisioning bundle (ca.pem, cert.pem, key.pem and the host identity in
-    /// host/), for an mqtts:// broker.
+    /// Central's provisioning bundle (ca.pem, cert.pem, key.pem, and its links' identities in
+    /// meeting/ and control/), for an mqtts:// broker.
     #[arg(long, env = "CUNTONG_TLS")]
     tls: Option<PathBuf>,
     /// How often the sites of a meeting repeat their status (three missed: unreachable).
