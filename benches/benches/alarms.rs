@@ -1,7 +1,9 @@
 //! Alarm evaluation cost with a fleet of 2,000 terminals: one incoming sample through the
 //! engine (10 threshold rules, 2 stale rules), beside keeping the latest value of that sample in
 //! a map (the least central does with a sample) in the same run; and one whole-fleet tick
-//! (offline with suppression, stale data), which central runs once a second.
+//! (offline with suppression, stale data), which central runs once a second; and the tick of a
+//! province (54,145 terminals, central's default rules) in steady reporting, against one with a
+//! terminal in fifty offline (the whole evaluation) in the same run.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -125,5 +127,40 @@ fn alarms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, alarms);
+/// An engine with central's default rules knowing `n` terminals of Hebei, every
+/// `down_every`-th offline since the start (none if 0).
+fn province_engine(n: usize, down_every: usize) -> AlarmEngine {
+    let mut e = AlarmEngine::new(AlarmRules::default(), Vec::new(), 0);
+    for (i, id) in fleet_ids(&"13".parse().unwrap(), n).iter().enumerate() {
+        e.observe(
+            Observation::Known {
+                terminal: *id,
+                online: down_every == 0 || i % down_every != 0,
+                since_ms: 0,
+            },
+            0,
+        );
+    }
+    e
+}
+
+fn province(c: &mut Criterion) {
+    let mut g = c.benchmark_group("alarms-province-54145-terminals");
+    g.sample_size(20);
+    for (name, down_every) in [("tick, one in fifty offline", 50), ("tick, all online", 0)] {
+        let mut engine = province_engine(54_145, down_every);
+        // Past the grace period: the first tick raises what is down.
+        let mut t = 1_000_000u64;
+        engine.tick(t);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                t += 1000;
+                black_box(engine.tick(t))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, alarms, province);
 criterion_main!(benches);

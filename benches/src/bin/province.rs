@@ -4,9 +4,10 @@
 //! - **Brokers as a tier**: one Mosquitto for each simulator process's villages (a few
 //!   counties, at most `--per-fleet` terminals: Mosquitto 2.0 adds each subscriber of a topic
 //!   by walking the topic's subscribers, so a broker's connects cost the square of its
-//!   terminals), each bridged to the province's (its counties' `ct/v1/t/<county>/#` both ways:
-//!   the terminals' uplinks out, their downlinks in; the meeting tree in). Central and the
-//!   chair's commands use the province's.
+//!   terminals), each bridged to the province's by two connections: its counties' terminal
+//!   channels (uplinks out, downlinks in) on the records bridge, but the meeting channels, on
+//!   the meeting bridge with the meeting tree. Central and the chair's commands use the
+//!   province's.
 //! - **The fleet as several processes**: `cuntong-sim fleet --codes FILE --region
 //!   <prefecture> --part K/N`, at most `--per-fleet` terminals each, on its own broker.
 //! - **The simulators at a lower priority** (`nice -n 10`): in the field every box has its own
@@ -39,6 +40,7 @@ use cuntong_benches::harness::{
     wait_for, wait_online,
 };
 use cuntong_core::site::{Level, Region, SiteCode};
+use cuntong_core::topic::{Channel, region_filter};
 use cuntong_e2e::postgres::Postgres;
 use cuntong_firmware_sim::divisions::Part;
 
@@ -93,8 +95,12 @@ fn prefectures(args: &Args) -> anyhow::Result<BTreeMap<SiteCode, Vec<SiteCode>>>
 }
 
 /// The broker of one simulator process's villages (their counties: a few, a few thousand
-/// terminals), bridged to the province's on `province_port`: their counties' terminal trees
-/// both ways, the meeting tree in.
+/// terminals), bridged to the province's on `province_port` by two connections, as central
+/// keeps its links apart (a bridge is one queue each way): the records bridge carries their
+/// counties' terminal channels but the meeting ones (uplinks out, downlinks in) and the
+/// broadcasts in; the meeting bridge their meeting uplinks out, their meeting downlinks and the
+/// sessions and screens in. A
+/// province's join storm and roll call do not wait behind its telemetry, nor the other way.
 fn county_broker(
     name: &str,
     villages: &[SiteCode],
@@ -107,20 +113,29 @@ fn county_broker(
         .filter_map(|v| v.at_level(Level::County))
         .collect();
     counties.dedup();
-    let mut topics = String::new();
+    // The broadcasts with the records; the sessions and their screens with the meetings.
+    let mut records = String::from("topic ct/v1/b/# in 1\n");
+    let mut meeting = String::from("topic ct/v1/m/# in 1\ntopic ct/v1/s/# in 1\n");
     for county in counties {
-        topics.push_str("topic ct/v1/t/");
-        county.write_path(&mut topics)?;
-        topics.push_str("/# both 1\n");
+        for c in Channel::ALL {
+            let filter = region_filter(Some(&Region::of(county)), Some(c));
+            let direction = if c.is_uplink() { "out" } else { "in" };
+            let bridge = match c {
+                Channel::MeetingUp | Channel::MeetingDown => &mut meeting,
+                _ => &mut records,
+            };
+            bridge.push_str(&format!("topic {filter} {direction} 1\n"));
+        }
     }
-    let bridge = format!(
-        "connection province-{name}\naddress 127.0.0.1:{province_port}\n\
-         remote_clientid bridge-{name}\ncleansession true\n\
-         try_private true\nnotifications false\nrestart_timeout 1\n\
-         max_queued_messages 100000\n\
-         {topics}topic ct/v1/m/# in 1\n"
-    );
-    mosquitto(&format!("broker-{name}"), port, &bridge, dir)
+    let bridge = |connection: &str, topics: &str| {
+        format!(
+            "connection {connection}-{name}\naddress 127.0.0.1:{province_port}\n\
+             remote_clientid {connection}-{name}\ncleansession true\n\
+             try_private true\nnotifications false\nrestart_timeout 1\n{topics}"
+        )
+    };
+    let bridges = bridge("records", &records) + &bridge("meeting", &meeting);
+    mosquitto(&format!("broker-{name}"), port, &bridges, dir)
 }
 
 /// The processes whose CPU time is reported for each phase.

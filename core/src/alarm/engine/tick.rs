@@ -43,14 +43,24 @@ impl AlarmEngine {
             })
             .map(|(id, _)| *id)
             .collect();
-        // Per region (a terminal's site and every site above it): terminals known and down.
+        // Nothing down and no offline alarm open: nothing to raise, update or clear (a
+        // province in steady reporting costs one pass over its terminals a tick).
+        if down.is_empty() && !self.open.keys().any(|k| matches!(k, Key::Offline(_))) {
+            return;
+        }
+        // A terminal's site and every site above it.
+        let regions = |id: &TerminalId| core::iter::once(*id.site()).chain(id.site().ancestors());
+        // Per region with a terminal down: terminals known and down.
         let mut counts: BTreeMap<SiteCode, (usize, usize)> = BTreeMap::new();
+        for id in &down {
+            for a in regions(id) {
+                counts.entry(a).or_default().1 += 1;
+            }
+        }
         for id in self.terminals.keys() {
-            for a in core::iter::once(*id.site()).chain(id.site().ancestors()) {
-                let c = counts.entry(a).or_default();
-                c.0 += 1;
-                if down.contains(id) {
-                    c.1 += 1;
+            for a in regions(id) {
+                if let Some(c) = counts.get_mut(&a) {
+                    c.0 += 1;
                 }
             }
         }
@@ -59,8 +69,7 @@ impl AlarmEngine {
         let region_root: BTreeMap<TerminalId, SiteCode> = down
             .iter()
             .filter_map(|id| {
-                core::iter::once(*id.site())
-                    .chain(id.site().ancestors())
+                regions(id)
                     .filter(|a| counts.get(a).is_some_and(|&(k, d)| k == d && k >= min))
                     .last()
                     .map(|r| (*id, r))
