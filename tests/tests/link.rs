@@ -1,7 +1,6 @@
 //! The MQTT link against a real Mosquitto: an owner busy for longer than the keep-alive (as
 //! central is under a province's join storm) neither costs the link its connection nor loses
-//! or reorders a message; the link keeps reading and answering the broker meanwhile, and a
-//! message on an urgent topic reaches the owner ahead of the flood waiting.
+//! or reorders a message; the link keeps reading and answering the broker meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -10,11 +9,10 @@ use cuntong_e2e::{Broker, BrokerKind};
 use cuntong_terminal::link::{Link, LinkOptions, Message};
 
 const TOPIC: &str = "ct/v1/test/flood";
-const URGENT: &str = "ct/v1/test/urgent/";
 const MESSAGES: usize = 3000;
 
 #[test]
-fn a_busy_owner_keeps_its_connection_and_every_message_in_order_and_gets_urgent_ones_first() {
+fn a_busy_owner_keeps_its_connection_and_every_message_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(BrokerKind::Mosquitto, dir.path());
     let url = broker.url.clone();
@@ -29,9 +27,7 @@ fn a_busy_owner_keeps_its_connection_and_every_message_in_order_and_gets_urgent_
         opts.keep_alive = Duration::from_secs(1);
         // Room for the whole flood (3,000 messages of 1 KiB).
         opts.incoming_buffer = 8 << 20;
-        opts.subscriptions = vec![TOPIC.into(), format!("{URGENT}#")];
-        opts.urgent_topics = vec![URGENT.into()];
-        let channel = opts.incoming_capacity;
+        opts.subscriptions = vec![TOPIC.into()];
 
         let (owner, mut incoming) = Link::connect(opts, Duration::from_secs(10)).await.unwrap();
         let (sender, _) = Link::connect(
@@ -68,29 +64,15 @@ fn a_busy_owner_keeps_its_connection_and_every_message_in_order_and_gets_urgent_
             payload.resize(1024, b'.');
             sender.publish(Message::new(TOPIC, payload)).await.unwrap();
         }
-        // A person's request, after the flood.
-        sender
-            .publish(Message::new(format!("{URGENT}chair"), b"request".to_vec()))
-            .await
-            .unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
 
         let mut got = Vec::with_capacity(MESSAGES);
-        let mut urgent_at = None;
-        while got.len() < MESSAGES || urgent_at.is_none() {
+        while got.len() < MESSAGES {
             match tokio::time::timeout(Duration::from_secs(20), incoming.recv()).await {
-                Ok(Some(m)) if m.topic.starts_with(URGENT) => urgent_at = Some(got.len()),
                 Ok(Some(m)) => got.push(String::from_utf8_lossy(&m.payload[..8]).into_owned()),
                 _ => break,
             }
         }
-        // Behind at most what had already been handed to the owner's channel (and the one
-        // message on its way there).
-        let urgent_at = urgent_at.expect("the urgent message was lost");
-        assert!(
-            urgent_at <= channel + 1,
-            "the urgent message came after {urgent_at} of the flood"
-        );
         let want: Vec<String> = (0..MESSAGES).map(|n| format!("{n:08}")).collect();
         assert_eq!(got.len(), MESSAGES, "messages lost");
         assert!(got == want, "messages out of order");

@@ -65,6 +65,39 @@ fn record(seq: u64) -> Vec<u8> {
     .unwrap()
 }
 
+/// A meeting inviting the province, created through central once it answers: its id as
+/// given, and parsed.
+fn province_meeting(url: &str, central: &cuntong_e2e::Proc) -> (String, MeetingId) {
+    let mut id = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = cuntong(
+                url,
+                &["meeting", "create", "--title", "全省会议", "--invite", "13"],
+            );
+            id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            out.status.success()
+        }),
+        "{}",
+        central.log_text()
+    );
+    let meeting = id.parse().unwrap();
+    (id, meeting)
+}
+
+/// A site's join of `meeting`, as its box sends it.
+fn join(meeting: MeetingId) -> Vec<u8> {
+    encode(&Uplink::Join {
+        meeting,
+        tier: Tier::Full,
+        rtp_port: 5004,
+        media_host: None,
+        relay: None,
+        joining: 1,
+    })
+    .unwrap()
+}
+
 /// An MQTT client whose event loop runs on its own task, handing publishes to `on_publish`.
 async fn client(
     id: &str,
@@ -134,20 +167,7 @@ fn the_chair_is_answered_at_once_while_sites_join_in_thousands_and_a_replay_floo
     let url = broker.url.clone();
     let db = d.join("central.db");
     let central = central(&broker, &db, d);
-    let mut id = String::new();
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let out = cuntong(
-                &url,
-                &["meeting", "create", "--title", "全省会议", "--invite", "13"],
-            );
-            id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            out.status.success()
-        }),
-        "{}",
-        central.log_text()
-    );
-    let meeting: MeetingId = id.parse().unwrap();
+    let (id, meeting) = province_meeting(&url, &central);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     // What the sites and terminals hear: media plans, and central's confirmations.
@@ -220,15 +240,7 @@ fn the_chair_is_answered_at_once_while_sites_join_in_thousands_and_a_replay_floo
     // The join storm: every site joins until it has its plan, as a site does.
     let (joiner_task, admitted_seen) = (joiner.clone(), admitted.clone());
     let joins = rt.spawn(async move {
-        let join = encode(&Uplink::Join {
-            meeting,
-            tier: Tier::Full,
-            rtp_port: 5004,
-            media_host: None,
-            relay: None,
-            joining: 1,
-        })
-        .unwrap();
+        let join = join(meeting);
         loop {
             let waiting: Vec<TerminalId> = {
                 let admitted = admitted_seen.lock().unwrap();
@@ -323,20 +335,7 @@ fn the_chair_is_answered_and_sites_join_while_the_broker_drops_the_fleets_record
     let broker = Broker::mosquitto_queuing(d, (1, 100));
     let url = broker.url.clone();
     let central = central(&broker, &d.join("central.db"), d);
-    let mut id = String::new();
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let out = cuntong(
-                &url,
-                &["meeting", "create", "--title", "全省会议", "--invite", "13"],
-            );
-            id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            out.status.success()
-        }),
-        "{}",
-        central.log_text()
-    );
-    let meeting: MeetingId = id.parse().unwrap();
+    let (id, meeting) = province_meeting(&url, &central);
     let ok = cuntong(&url, &["meeting", "start", &id]);
     assert!(ok.status.success(), "{ok:?}\n{}", central.log_text());
 
@@ -382,15 +381,7 @@ fn the_chair_is_answered_and_sites_join_while_the_broker_drops_the_fleets_record
 
     // Sites join, repeating until they have their plan, as a site does.
     let joiner = rt.block_on(client("joiner", broker.port, |_, _| {}));
-    let join = encode(&Uplink::Join {
-        meeting,
-        tier: Tier::Full,
-        rtp_port: 5004,
-        media_host: None,
-        relay: None,
-        joining: 1,
-    })
-    .unwrap();
+    let join = join(meeting);
     for k in 0..JOINING_PAST_A_FULL_QUEUE {
         let topic = Topic::terminal(&joining_site(k), Channel::MeetingUp).to_string();
         rt.block_on(joiner.publish(topic, QoS::AtLeastOnce, false, join.clone()))

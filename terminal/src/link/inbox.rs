@@ -1,5 +1,5 @@
 //! Received messages on their way from the link to its owner, buffered so that a busy owner
-//! does not stop the link reading from the broker, the urgent topics first.
+//! does not stop the link reading from the broker.
 
 use std::sync::Arc;
 
@@ -10,11 +10,9 @@ use super::Incoming;
 
 /// Received messages on their way from the poll task to the owner: the poll task hands each
 /// over at once while the bytes waiting fit the buffer; a task of its own feeds the owner's
-/// channel at the owner's pace, messages of the urgent topics first.
+/// channel at the owner's pace, in the order received.
 pub(super) struct Inbox {
     queue: mpsc::UnboundedSender<(Incoming, u32)>,
-    urgent: mpsc::UnboundedSender<(Incoming, u32)>,
-    urgent_topics: Vec<String>,
     /// Room left in the buffer, in KiB.
     room: Arc<tokio::sync::Semaphore>,
     capacity_kib: u32,
@@ -23,20 +21,17 @@ pub(super) struct Inbox {
 impl Inbox {
     pub(super) fn start(
         owner: mpsc::Sender<Incoming>,
-        (bytes, urgent_topics): (usize, Vec<String>),
+        bytes: usize,
         stop: CancellationToken,
     ) -> Inbox {
         let capacity_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
         let room = Arc::new(tokio::sync::Semaphore::new(capacity_kib as usize));
         let (queue, mut waiting) = mpsc::unbounded_channel::<(Incoming, u32)>();
-        let (urgent, mut urgent_waiting) = mpsc::unbounded_channel::<(Incoming, u32)>();
         let freed = room.clone();
         tokio::spawn(async move {
             loop {
                 let (msg, cost) = tokio::select! {
-                    biased;
                     _ = stop.cancelled() => break,
-                    Some(m) = urgent_waiting.recv() => m,
                     m = waiting.recv() => match m {
                         Some(m) => m,
                         None => break,
@@ -51,8 +46,6 @@ impl Inbox {
         });
         Inbox {
             queue,
-            urgent,
-            urgent_topics,
             room,
             capacity_kib,
         }
@@ -66,9 +59,7 @@ impl Inbox {
             .min(self.capacity_kib);
         if let Ok(permit) = self.room.acquire_many(cost).await {
             permit.forget();
-            let urgent = self.urgent_topics.iter().any(|p| msg.topic.starts_with(p));
-            let lane = if urgent { &self.urgent } else { &self.queue };
-            if lane.send((msg, cost)).is_err() {
+            if self.queue.send((msg, cost)).is_err() {
                 tracing::debug!("incoming receiver gone");
             }
         }

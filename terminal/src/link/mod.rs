@@ -178,11 +178,7 @@ impl Link {
         let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_CAPACITY);
         let (incoming_tx, incoming_rx) = mpsc::channel(opts.incoming_capacity.max(1));
         let stop = CancellationToken::new();
-        let inbox = Inbox::start(
-            incoming_tx,
-            (opts.incoming_buffer, opts.urgent_topics.clone()),
-            stop.clone(),
-        );
+        let inbox = Inbox::start(incoming_tx, opts.incoming_buffer, stop.clone());
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let (up_tx, up_rx) = watch::channel(false);
         let (refused_tx, refused_rx) = watch::channel(0u64);

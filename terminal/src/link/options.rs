@@ -45,9 +45,6 @@ pub struct LinkOptions {
     /// Bytes of received messages the link holds beyond that while the owner is busy, read
     /// from the broker all the same (each message counted with its topic and an overhead).
     pub incoming_buffer: usize,
-    /// Topic prefixes whose messages go to the owner ahead of the others waiting: a person's
-    /// requests are not queued behind a fleet's bulk.
-    pub urgent_topics: Vec<String>,
     pub backoff: Backoff,
     /// QoS 1 publishes in flight (sent, not yet acknowledged), at most.
     pub inflight: u16,
@@ -74,7 +71,6 @@ impl LinkOptions {
             queue_capacity: 256,
             incoming_capacity: 64,
             incoming_buffer: 256 * 1024,
-            urgent_topics: Vec::new(),
             backoff: Backoff::default(),
             inflight: 32,
             tls: None,
