@@ -1,7 +1,7 @@
 //! What central's loop holds between events, and one handler for each kind of event it selects
 //! (`on_*`): the link coming up, the roles loaded after a takeover, the meeting tick, stored
 //! watermarks, the acknowledgement tick, room in the store thread's queue, and a message on
-//! either link. [`super::run`] sets it up and picks the next event.
+//! each of its three links. [`super::run`] sets it up and picks the next event.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
