@@ -197,8 +197,37 @@ fn delivery(url: &str) -> anyhow::Result<(i64, i64, i64, i64)> {
     Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
 }
 
+/// Processes of an earlier run still at work: its simulators and its brokers (a Mosquitto run
+/// from a `broker-….conf`). A run beside them measures their exit, and its CPU figures count
+/// them.
+fn leftovers() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| {
+            let cmd = String::from_utf8_lossy(cmd);
+            cmd.contains("cuntong-sim\0fleet")
+                || (cmd.contains("mosquitto") && cmd.contains("/broker-"))
+        })
+        .count()
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if leftovers() > 0 {
+        println!(
+            "waiting (at most 5 min) for {} processes of an earlier run to exit",
+            leftovers()
+        );
+        if wait_for(Duration::from_secs(300), || leftovers() == 0).is_none() {
+            bail!(
+                "{} processes of an earlier run are still running",
+                leftovers()
+            );
+        }
+    }
     let prefectures = prefectures(&args)?;
     let n: usize = prefectures.values().map(Vec::len).sum();
     let temp = tempfile::tempdir()?;
