@@ -1,20 +1,22 @@
 //! What central's loop holds between events, and one handler for each kind of event it selects
 //! (`on_*`): the link coming up, the roles loaded after a takeover, the meeting tick, stored
 //! watermarks, the acknowledgement tick, room in the store thread's queue, and a message on
-//! each of its three links. [`super::run`] sets it up and picks the next event.
+//! each of its three links. [`super::run`] sets it up; [`Central::serve`] picks the next event.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use cuntong_core::lease::{self, Answer, Tenure};
 use cuntong_core::topic::control_request;
 use cuntong_terminal::link::{Incoming, Link, unix_ms};
 use cuntong_terminal::throttle::LogLimiter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
-use super::confirm::{Confirmations, confirm};
+use super::confirm::{Confirmations, StoredMarks, confirm};
 use super::records::clear_retained_junk;
 use super::requests::answer_command;
 use super::roles::Roles;
@@ -27,6 +29,24 @@ use crate::store::{
 /// How long the meeting or control link may be down while the ingest link is up before central
 /// says so.
 const LINK_DOWN_MS: u64 = 10_000;
+
+/// Where central's events come from: what [`Central::serve`] selects on.
+pub(super) struct Events {
+    pub(super) stop: CancellationToken,
+    /// Whether the meeting link is connected.
+    pub(super) meeting_up: watch::Receiver<bool>,
+    /// The roles loaded after a takeover, with the epoch they were loaded for.
+    pub(super) loaded: mpsc::Receiver<(u64, Roles)>,
+    /// The lease thread's answers, with when each was asked.
+    pub(super) lease_answers: mpsc::Receiver<(Answer, u64)>,
+    /// Watermarks of the groups the store thread committed.
+    pub(super) stored_marks: Arc<StoredMarks>,
+    /// The store thread's queue, for room in it while records wait.
+    pub(super) records: RecordSender,
+    pub(super) requests: mpsc::Receiver<Incoming>,
+    pub(super) meeting_uplinks: mpsc::Receiver<Incoming>,
+    pub(super) incoming: mpsc::Receiver<Incoming>,
+}
 
 /// Central's state between events.
 pub(super) struct Central {
@@ -61,6 +81,91 @@ pub(super) struct Central {
 }
 
 impl Central {
+    /// Handles each event as it comes until `events.stop` fires or a link or the store thread
+    /// ends; then flushes and closes (see [`Central::finish`]).
+    pub(super) async fn serve(mut self, events: Events) -> Result<(), StoreError> {
+        let Events {
+            stop,
+            mut meeting_up,
+            mut loaded,
+            mut lease_answers,
+            stored_marks,
+            records,
+            mut requests,
+            mut meeting_uplinks,
+            mut incoming,
+        } = events;
+        let mut ack_tick = tokio::time::interval(self.opts.ack_interval);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut meeting_tick = tokio::time::interval(Duration::from_millis(200));
+        meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Under systemd: ready now (the store is open, the links started), then a ping from
+        // this loop, so that a loop that hangs is restarted.
+        let mut service = cuntong_terminal::service::Service::from_env();
+        service.ready(&format!("central {}", self.instance));
+        loop {
+            let flow = tokio::select! {
+                _ = stop.cancelled() => {
+                    service.stopping();
+                    break;
+                }
+                () = service.watchdog() => continue,
+                changed = meeting_up.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.on_meeting_link(*meeting_up.borrow_and_update());
+                    continue;
+                }
+                Some((epoch, roles)) = loaded.recv() => {
+                    self.on_loaded(epoch, roles);
+                    continue;
+                }
+                _ = meeting_tick.tick() => self.on_meeting_tick(&mut lease_answers),
+                () = stored_marks.ready.notified() => {
+                    self.on_stored(stored_marks.take());
+                    continue;
+                }
+                _ = ack_tick.tick() => {
+                    self.on_ack_tick();
+                    continue;
+                }
+                room = records.room(), if !self.ahead.is_empty() => match room {
+                    Ok(room) => {
+                        self.on_room(room);
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+                m = requests.recv() => match m {
+                    Some(m) => {
+                        self.on_request(m);
+                        continue;
+                    }
+                    None => break,
+                },
+                m = meeting_uplinks.recv() => match m {
+                    Some(m) => {
+                        self.on_meeting_uplink(m);
+                        continue;
+                    }
+                    None => break,
+                },
+                m = incoming.recv() => match m {
+                    Some(m) => self.on_record_message(m),
+                    None => break,
+                },
+            };
+            if flow.is_break() {
+                break;
+            }
+        }
+        // A loader of roles waiting to hand them over gives up, and with it its hold on the
+        // writer.
+        drop((records, loaded));
+        self.finish().await
+    }
+
     /// Does what the tenure says: loads the roles (off the loop; they arrive through
     /// `loaded`) or gives them up.
     fn change_roles(&mut self, change: lease::Change) {

@@ -46,7 +46,7 @@ pub use options::{CentralError, CentralOptions, CentralStats};
 pub use records::{ingest_subscriptions, retained_junk, to_record};
 
 use confirm::StoredMarks;
-use event_loop::Central;
+use event_loop::{Central, Events};
 use roles::Roles;
 
 /// Received records waiting for room in the store thread's queue: while the store is behind
@@ -76,7 +76,6 @@ pub async fn run(
         Database::Sqlite(_) => Lease::sole(),
         Database::Postgres(_) => opts.lease,
     };
-    let mut tenure = Tenure::new(lease);
     let (writer, first, asked) = open_store(
         &opts,
         &instance,
@@ -86,42 +85,29 @@ pub async fn run(
         stop.clone(),
     )
     .await?;
-    let mut roles = None;
-    match first {
-        Some((epoch, loaded)) => {
-            if let Some(lease::Change::Start { .. }) =
-                tenure.answered(Answer::Held { epoch }, asked, unix_ms())
-            {
-                tracing::info!(%instance, epoch, "holding the host role");
-                roles = Some(loaded);
-            }
-        }
-        None => tracing::info!(%instance, "another instance holds the host role: standing by"),
-    }
-    let (lease_tx, mut lease_rx) = mpsc::channel(crate::host_lease::LEASE_ANSWERS);
-    {
-        let (db, instance, stop) = (opts.db.clone(), instance.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("central-lease".to_owned())
-            .spawn(move || lease_loop(db, instance, started_ms, lease, lease_tx, stop))
-            .map_err(StoreError::Thread)?;
-    }
+    let (tenure, roles) = first_tenure(lease, first, asked, &instance);
+    let lease_rx = start_lease_thread(&opts, &instance, started_ms, lease, &stop)?;
     // Roles loaded after a takeover arrive here, with the epoch they were loaded for.
     // (One at a time: a takeover's loading waits until the loop took the one before.)
-    let (loaded_tx, mut loaded_rx) = mpsc::channel::<(u64, Roles)>(1);
-    let records = writer.records.clone();
+    let (loaded_tx, loaded_rx) = mpsc::channel::<(u64, Roles)>(1);
     if let Some(addr) = opts.http {
         start_dashboard(addr, &opts, &stop).await?;
     }
-    let (ingest_link, mut incoming) = Link::start(ingest_link_options(&opts)?);
-    let (meeting_link, mut meeting_incoming) = Link::start(meeting_link_options(&opts)?);
-    let (control_link, mut requests) = Link::start(control_link_options(&opts)?);
-    let mut ack_tick = tokio::time::interval(opts.ack_interval);
-    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut meeting_tick = tokio::time::interval(Duration::from_millis(200));
-    meeting_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut meeting_up = meeting_link.watch_connected();
-    let mut central = Central {
+    let (ingest_link, incoming) = Link::start(ingest_link_options(&opts)?);
+    let (meeting_link, meeting_uplinks) = Link::start(meeting_link_options(&opts)?);
+    let (control_link, requests) = Link::start(control_link_options(&opts)?);
+    let events = Events {
+        stop,
+        meeting_up: meeting_link.watch_connected(),
+        loaded: loaded_rx,
+        lease_answers: lease_rx,
+        stored_marks,
+        records: writer.records.clone(),
+        requests,
+        meeting_uplinks,
+        incoming,
+    };
+    let central = Central {
         writer_state: writer.state.clone(),
         records: writer.records.clone(),
         writer: Arc::new(writer),
@@ -142,71 +128,50 @@ pub async fn run(
         ahead: Default::default(),
         log: LogLimiter::default(),
     };
-    // Under systemd: ready now (the store is open, the link started), then a ping from this
-    // loop, so that a loop that hangs is restarted.
-    let mut service = cuntong_terminal::service::Service::from_env();
-    service.ready(&format!("central {}", central.instance));
-    loop {
-        let flow = tokio::select! {
-            _ = stop.cancelled() => {
-                service.stopping();
-                break;
-            }
-            () = service.watchdog() => continue,
-            changed = meeting_up.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                central.on_meeting_link(*meeting_up.borrow_and_update());
-                continue;
-            }
-            Some((epoch, loaded)) = loaded_rx.recv() => {
-                central.on_loaded(epoch, loaded);
-                continue;
-            }
-            _ = meeting_tick.tick() => central.on_meeting_tick(&mut lease_rx),
-            () = stored_marks.ready.notified() => {
-                central.on_stored(stored_marks.take());
-                continue;
-            }
-            _ = ack_tick.tick() => {
-                central.on_ack_tick();
-                continue;
-            }
-            room = records.room(), if !central.ahead.is_empty() => match room {
-                Ok(room) => {
-                    central.on_room(room);
-                    continue;
-                }
-                Err(_) => break,
-            },
-            m = requests.recv() => match m {
-                Some(m) => {
-                    central.on_request(m);
-                    continue;
-                }
-                None => break,
-            },
-            m = meeting_incoming.recv() => match m {
-                Some(m) => {
-                    central.on_meeting_uplink(m);
-                    continue;
-                }
-                None => break,
-            },
-            m = incoming.recv() => match m {
-                Some(m) => central.on_record_message(m),
-                None => break,
-            },
-        };
-        if flow.is_break() {
-            break;
-        }
-    }
-    // A loader of roles waiting to hand them over gives up, and with it its hold on the writer.
-    drop((records, loaded_rx));
-    central.finish().await?;
+    central.serve(events).await?;
     Ok(())
+}
+
+/// The tenure after the first ask for the host lease (answered `first` when asked at `asked`),
+/// and the roles if it holds them.
+fn first_tenure(
+    lease: Lease,
+    first: Option<(u64, Roles)>,
+    asked: u64,
+    instance: &str,
+) -> (Tenure, Option<Roles>) {
+    let mut tenure = Tenure::new(lease);
+    let mut roles = None;
+    match first {
+        Some((epoch, loaded)) => {
+            if let Some(lease::Change::Start { .. }) =
+                tenure.answered(Answer::Held { epoch }, asked, unix_ms())
+            {
+                tracing::info!(%instance, epoch, "holding the host role");
+                roles = Some(loaded);
+            }
+        }
+        None => tracing::info!(%instance, "another instance holds the host role: standing by"),
+    }
+    (tenure, roles)
+}
+
+/// Starts the thread that renews (or asks for) the host lease on the store; its answers, with
+/// when each was asked, come out of the receiver.
+fn start_lease_thread(
+    opts: &CentralOptions,
+    instance: &str,
+    started_ms: u64,
+    lease: Lease,
+    stop: &CancellationToken,
+) -> Result<mpsc::Receiver<(Answer, u64)>, StoreError> {
+    let (lease_tx, lease_rx) = mpsc::channel(crate::host_lease::LEASE_ANSWERS);
+    let (db, instance, stop) = (opts.db.clone(), instance.to_owned(), stop.clone());
+    std::thread::Builder::new()
+        .name("central-lease".to_owned())
+        .spawn(move || lease_loop(db, instance, started_ms, lease, lease_tx, stop))
+        .map_err(StoreError::Thread)?;
+    Ok(lease_rx)
 }
 
 /// Opens the store and starts its writer thread, which hands each group's watermarks to
