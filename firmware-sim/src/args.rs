@@ -10,7 +10,10 @@ use cuntong_core::site::{Region, SiteCodeError};
 use cuntong_core::terminal_id::{Slug, SlugError, TerminalId, TerminalIdError};
 use cuntong_firmware_sim::datalogger;
 use cuntong_firmware_sim::divisions::{ImportError, Part};
-use cuntong_firmware_sim::fleet::{MAX_FLEET, SimOptions, default_data_root, fleet_ids, relay_ids};
+use cuntong_firmware_sim::fleet::{
+    FILES_PER_TERMINAL, MAX_FLEET, SimOptions, TooManyForOpenFiles, default_data_root, fleet_ids,
+    make_room_for, relay_ids,
+};
 use cuntong_terminal::broker_url::{Brokers, BrokersError, redact};
 use cuntong_terminal::config::{parse_duration, parse_size};
 
@@ -75,6 +78,9 @@ pub(crate) enum ArgError {
     /// `--mn` or `--password` holds more than letters and digits.
     #[error("{flag} {value:?}: letters and digits only")]
     NotAlphanumeric { flag: &'static str, value: String },
+    /// A fleet larger than the process's open files allow.
+    #[error("--count: {0}")]
+    OpenFiles(#[from] TooManyForOpenFiles),
     /// `--count` outside the fleet sizes.
     #[error("--count {0}: 1 to {max}", max = MAX_FLEET)]
     Count(usize),
@@ -301,9 +307,12 @@ pub(crate) fn terminals(cmd: Command) -> Result<(Vec<TerminalId>, SimOptions), A
                 Some(file) => listed_villages(&file, &r, part, count)?,
                 None => fleet_ids(&r, count.unwrap_or(10)),
             };
-            if opts.media {
-                return Ok((relay_ids(&r, &ids).into_iter().chain(ids).collect(), opts));
-            }
+            let ids: Vec<TerminalId> = if opts.media {
+                relay_ids(&r, &ids).into_iter().chain(ids).collect()
+            } else {
+                ids
+            };
+            make_room_for(ids.len(), FILES_PER_TERMINAL)?;
             Ok((ids, opts))
         }
         Command::Proxy { .. } | Command::Link { .. } | Command::Datalogger { .. } => {

@@ -41,6 +41,56 @@ const SPREAD: [u16; 4] = [4, 5, 8, 999];
 /// The most terminals one simulator process runs (`fleet --count`, `cuntong demo --sites`).
 pub const MAX_FLEET: usize = 100_000;
 
+/// Open files a simulated terminal holds: its connection and its outbox's open segment
+/// (a simulator of 2,576 boxes held 2,579 sockets and 2,576 segments).
+pub const FILES_PER_TERMINAL: u64 = 2;
+
+/// A fleet larger than this process's open files allow.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{count} terminals need about {needed} open files and this process may hold {limit} \
+     (`ulimit -Hn`): run the fleet as several processes of at most {most} terminals each"
+)]
+pub struct TooManyForOpenFiles {
+    pub count: usize,
+    pub needed: u64,
+    pub limit: u64,
+    pub most: u64,
+}
+
+/// Makes room for `count` simulated terminals holding `files_each` open files in this process
+/// ([`FILES_PER_TERMINAL`], more where the process also serves their connections): raises its
+/// open-files limit to the hard limit (as a service's `LimitNOFILE` would), and refuses,
+/// before any terminal starts, a fleet that would run out of files (its terminals would fail
+/// one by one, late).
+pub fn make_room_for(count: usize, files_each: u64) -> Result<(), TooManyForOpenFiles> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    if now.current != now.maximum {
+        let raised = Rlimit {
+            current: now.maximum,
+            maximum: now.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "cannot raise the open-files limit");
+        }
+    }
+    let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let reserve = cuntong_terminal::listen::RESERVE;
+    let needed = (count as u64)
+        .saturating_mul(files_each)
+        .saturating_add(reserve);
+    if needed <= limit {
+        return Ok(());
+    }
+    Err(TooManyForOpenFiles {
+        count,
+        needed,
+        limit,
+        most: limit.saturating_sub(reserve) / files_each.max(1),
+    })
+}
+
 /// `count` terminal ids spread over `region`, the same for the same arguments.
 ///
 /// Sites are filled breadth-first: the first terminals land in different prefectures,

@@ -19,6 +19,31 @@ fn assert_usage_error(program: &str, args: &[&str], names: &str) {
 }
 
 #[test]
+fn a_fleet_larger_than_the_processs_open_files_allow_is_refused_before_it_starts() {
+    // Under a limit of 1,000 open files: a simulator holds two a terminal (436 fit beside
+    // the reserve), the demo three a site (its broker holds the other end: 290 fit).
+    for (program, args, most) in [
+        (
+            "cuntong-sim",
+            "fleet --region 1301 --count 600 --broker mqtt://127.0.0.1:9",
+            436,
+        ),
+        ("cuntong", "demo --sites 400 --listen 127.0.0.1:0", 290),
+    ] {
+        let script = format!("ulimit -n 1000 && exec {} {args}", bin(program).display());
+        let out = run(std::path::Path::new("sh"), &["-c", &script]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{program} {args}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("may hold 1000 (`ulimit -Hn`)")
+                && stderr.contains(&format!("at most {most} terminals each")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn bad_arguments_get_one_line_naming_the_value_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("x.db");

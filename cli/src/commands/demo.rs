@@ -11,7 +11,9 @@ use clap::Args;
 use cuntong_core::meeting::host::ChairOp;
 use cuntong_core::meeting::{Invitee, Kind, MediaProfile, MeetingId};
 use cuntong_core::site::Region;
-use cuntong_firmware_sim::fleet::{Fleet, MAX_FLEET, SimOptions, fleet_ids};
+use cuntong_firmware_sim::fleet::{
+    FILES_PER_TERMINAL, Fleet, MAX_FLEET, SimOptions, fleet_ids, make_room_for,
+};
 use cuntong_terminal::broker_url::BrokerUrl;
 use cuntong_terminal::daemon::shutdown_signal;
 use cuntong_terminal::link::unix_ms;
@@ -63,6 +65,9 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     if !(1..=MAX_FLEET).contains(&sites) {
         return Err(Usage(format!("--sites {sites}: 1 to {MAX_FLEET}")).into());
     }
+    // Each site's connection has its other end in this process too, at the embedded broker.
+    make_room_for(sites, FILES_PER_TERMINAL + 1)
+        .map_err(|e| Usage(format!("--sites {sites}: {e}")))?;
     demo(addr, http, region, sites, interval, run_for, args.db).await
 }
 
