@@ -1,5 +1,7 @@
 //! Waits that double after each failure and spread out, so that many boxes failing together
-//! do not retry together: a link's reconnects, a site's joins the host has not answered.
+//! do not retry together: a link's reconnects, a site's joins the host has not answered; and
+//! the slot in its period where each box does its periodic work, so that many boxes powered
+//! on together do not report together.
 
 use core::hash::{Hash, Hasher};
 use core::time::Duration;
@@ -47,6 +49,17 @@ pub fn spread(key: &impl Hash) -> u64 {
     x
 }
 
+/// How long from `now_ms` (Unix ms) until `key`'s next slot in a period of `every_ms`:
+/// between 1 and `every_ms` (a full period when `now_ms` is on the slot). Each key's slot sits
+/// at its own moment of the period on the wall clock (`key` is a [`spread`] of the box's
+/// id), so a county's boxes that report every minute report spread over the minute, also
+/// after its power came back at once, and a box keeps its moment across restarts.
+pub fn slot_delay_ms(key: u64, every_ms: u64, now_ms: u64) -> u64 {
+    let every = every_ms.max(1);
+    let since_slot = (now_ms % every + every - key % every) % every;
+    every - since_slot
+}
+
 struct Fnv(u64);
 
 impl Hasher for Fnv {
@@ -64,6 +77,41 @@ impl Hasher for Fnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_key_waits_for_its_own_moment_of_the_period() {
+        let every = 60_000;
+        for key in [0, 1, 59_999, 60_000, 123_456_789, u64::MAX] {
+            for now in [0, 1, 59_999, 1_796_420_108_123, u64::MAX / 2] {
+                let d = slot_delay_ms(key, every, now);
+                assert!((1..=every).contains(&d), "key {key} now {now}: {d}");
+                // On the slot: the next is a whole period away; the moment is the key's.
+                assert_eq!(slot_delay_ms(key, every, now + d), every);
+                assert_eq!((now + d) % every, key % every);
+            }
+        }
+        assert_eq!(
+            slot_delay_ms(7, 0, 5),
+            1,
+            "a zero period is one millisecond"
+        );
+    }
+
+    #[test]
+    fn a_county_powered_on_at_once_reports_spread_over_the_minute() {
+        // 5,000 villages of a county, every one starting at the same millisecond.
+        let now = 1_796_420_108_000;
+        let mut per_second = [0u32; 60];
+        for village in 1..=5_000u32 {
+            let key = spread(&(130_102_000_000u64 + u64::from(village)));
+            let at = slot_delay_ms(key, 60_000, now) - 1;
+            per_second[(at / 1000) as usize] += 1;
+        }
+        // About 83 a second; none of the seconds has twice that, none is empty.
+        let (least, most) = (per_second.iter().min(), per_second.iter().max());
+        assert!(least.is_some_and(|&n| n > 40), "{per_second:?}");
+        assert!(most.is_some_and(|&n| n < 2 * 5_000 / 60), "{per_second:?}");
+    }
 
     #[test]
     fn waits_double_up_to_the_cap_each_within_its_upper_half() {

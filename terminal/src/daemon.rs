@@ -367,14 +367,13 @@ pub async fn run(
                 ..SensorReport::default()
             })
         });
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        intervals.push(tick);
+        intervals.push(sampling_tick(every));
         idle.push(Some(sensor));
     }
     let mut health = hardware.health;
-    let mut health_tick = tokio::time::interval(daemon.cfg.health_interval);
-    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut health_tick = sampling_tick(daemon.cfg.health_interval);
+    // This box's moment in each sampling period (see `to_slot`).
+    let slot = cuntong_core::backoff::spread(&daemon.cfg.id);
     let sync_every = match daemon.cfg.outbox.sync {
         crate::outbox::SyncPolicy::Interval(d) => d.max(Duration::from_millis(10)),
         crate::outbox::SyncPolicy::EveryRecord => Duration::from_secs(3600),
@@ -437,8 +436,12 @@ pub async fn run(
             Some((req, answer)) = requests.recv() => {
                 let _ = answer.send(daemon.on_request(req));
             }
-            _ = health_tick.tick() => daemon.on_health(health.read(), &hj_stats),
+            _ = health_tick.tick() => {
+                to_slot(&mut health_tick, slot);
+                daemon.on_health(health.read(), &hj_stats);
+            }
             i = next_tick(&mut intervals, &ready) => {
+                to_slot(&mut intervals[i], slot);
                 if let Some(mut sensor) = idle[i].take() {
                     let tx = results_tx.clone();
                     tokio::task::spawn_blocking(move || {
@@ -471,8 +474,7 @@ pub async fn run(
             },
         }
         if health_tick.period() != daemon.cfg.health_interval {
-            health_tick = tokio::time::interval(daemon.cfg.health_interval);
-            health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            health_tick = sampling_tick(daemon.cfg.health_interval);
         }
         daemon.send_due()?;
     }
@@ -517,6 +519,23 @@ async fn next_note(
 }
 
 /// Waits for the first sensor whose interval ticks and which is not being read.
+/// A sampling tick of period `every`: its first tick at once (a box reads its sensors as it
+/// starts), the next ones at the box's slot (see [`to_slot`]).
+fn sampling_tick(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
+}
+
+/// Moves `tick`'s next tick to this box's moment of its period on the wall clock
+/// ([`cuntong_core::backoff::slot_delay_ms`] of `slot`): a county's boxes powered on together
+/// report spread over the period, not all at once for as long as they run.
+fn to_slot(tick: &mut tokio::time::Interval, slot: u64) {
+    let every = u64::try_from(tick.period().as_millis()).unwrap_or(u64::MAX);
+    let delay = cuntong_core::backoff::slot_delay_ms(slot, every, unix_ms());
+    tick.reset_after(Duration::from_millis(delay));
+}
+
 async fn next_tick(intervals: &mut [tokio::time::Interval], ready: &[bool]) -> usize {
     if intervals.is_empty() {
         return std::future::pending().await;
