@@ -141,7 +141,7 @@ pub fn view(snap: &Snapshot, region: Option<&Region>) -> ViewJson {
     let mut totals = Counts::default();
     let mut regions = Vec::new();
     let mut terminals = Vec::new();
-    let metrics: BTreeMap<&str, &[(String, f64)]> = snap
+    let metrics: BTreeMap<&str, &[(std::sync::Arc<str>, f64)]> = snap
         .sites
         .iter()
         .map(|s| (s.terminal.as_str(), s.metrics.as_slice()))
@@ -187,7 +187,7 @@ pub fn view(snap: &Snapshot, region: Option<&Region>) -> ViewJson {
                     name: names.terminal_str(&id).to_owned(),
                     metrics: metrics
                         .get(id.as_str())
-                        .map(|m| m.iter().cloned().collect())
+                        .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
                         .unwrap_or_default(),
                     id,
                     online,
@@ -647,7 +647,7 @@ mod tests {
             online,
             version: None,
             last_seen_ms: Some(1_000),
-            metrics: vec![("env.temp".to_owned(), 21.5)],
+            metrics: vec![("env.temp".into(), 21.5)],
         }
     }
 

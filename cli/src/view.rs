@@ -2,7 +2,7 @@
 //!
 //! The JSON shapes are a contract: [`SiteJson`] and [`SampleJson`] are what scripts parse.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -10,27 +10,37 @@ use serde::{Deserialize, Serialize};
 use crate::names::Names;
 use crate::store::{EventRow, SampleRow, SiteRow};
 
-/// One terminal in `cuntong sites --json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteJson {
-    pub terminal: String,
-    pub site: String,
-    pub level: String,
+/// One terminal in `cuntong sites --json`, written from its stored row as it is (a
+/// province's 54,145 rows are not copied on their way out).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SiteJson<'a> {
+    pub terminal: &'a str,
+    pub site: &'a str,
+    pub level: &'a str,
     /// The terminal's name: given at provisioning, else its site's official name, else
     /// `(unnamed)`.
-    pub name: String,
+    pub name: &'a str,
     /// The official names from the province down to the site, space-separated.
     pub region_path: String,
     pub online: bool,
-    pub version: Option<String>,
+    pub version: Option<&'a str>,
     /// RFC 3339, UTC.
     pub last_seen: Option<String>,
     /// Records the terminal holds that central has not confirmed (as last reported).
     pub outbox_depth: Option<u64>,
     /// Records the terminal dropped unsent because its outbox was full (as last reported).
     pub dropped: Option<u64>,
-    pub metrics: BTreeMap<String, f64>,
+    /// The newest value of each metric: an object by metric name.
+    #[serde(serialize_with = "metrics_object")]
+    pub metrics: &'a [(Arc<str>, f64)],
+}
+
+/// Metrics (sorted by name, as the store gives them) as a JSON object.
+fn metrics_object<S: serde::Serializer>(
+    metrics: &&[(Arc<str>, f64)],
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    out.collect_map(metrics.iter().map(|(name, value)| (&**name, value)))
 }
 
 /// One sample in `cuntong telemetry --json`.
@@ -76,23 +86,26 @@ pub fn pad(text: &str, width: usize) -> String {
 }
 
 fn metric(r: &SiteRow, name: &str) -> Option<f64> {
-    r.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    r.metrics
+        .iter()
+        .find(|(k, _)| &**k == name)
+        .map(|(_, v)| *v)
 }
 
-/// A terminal's row as `sites --json` shows it (taken: a province's rows are not copied).
-pub fn site_json(r: SiteRow, names: &Names) -> SiteJson {
+/// A terminal's row as `sites --json` shows it.
+pub fn site_json<'a>(r: &'a SiteRow, names: &'a Names) -> SiteJson<'a> {
     SiteJson {
-        name: names.terminal_str(&r.terminal).to_owned(),
+        terminal: &r.terminal,
+        site: &r.site,
+        level: &r.level,
+        name: names.terminal_str(&r.terminal),
         region_path: names.path_str(&r.site),
-        outbox_depth: metric(&r, "outbox.depth").map(|v| v as u64),
-        dropped: metric(&r, "outbox.dropped").map(|v| v as u64),
-        last_seen: r.last_seen_ms.map(rfc3339_s),
-        terminal: r.terminal,
-        site: r.site,
-        level: r.level,
         online: r.online,
-        version: r.version,
-        metrics: r.metrics.into_iter().collect(),
+        version: r.version.as_deref(),
+        last_seen: r.last_seen_ms.map(rfc3339_s),
+        outbox_depth: metric(r, "outbox.depth").map(|v| v as u64),
+        dropped: metric(r, "outbox.dropped").map(|v| v as u64),
+        metrics: &r.metrics,
     }
 }
 
@@ -152,8 +165,7 @@ pub fn sites_table(rows: &[SiteRow], now_ms: u64, names: &Names) -> String {
             ago(now_ms, r.last_seen_ms)
         ));
         for (m, _) in COLUMNS {
-            let v = r.metrics.iter().find(|(k, _)| k == m).map(|(_, v)| *v);
-            out.push_str(&match v {
+            out.push_str(&match metric(r, m) {
                 Some(v) => format!(" {v:>7.1}"),
                 None => format!(" {:>7}", "-"),
             });

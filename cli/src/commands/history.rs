@@ -73,7 +73,7 @@ pub fn run_sites(args: SitesArgs) -> Result<(), Failure> {
     let rows = store.sites(region.as_ref()).map_err(fail)?;
     let names = store.names(region.as_ref()).map_err(fail)?;
     if args.json {
-        print_json(rows.into_iter().map(|r| view::site_json(r, &names)))
+        print_json(rows.iter().map(|r| view::site_json(r, &names)))
     } else {
         print!("{}", view::sites_table(&rows, unix_ms(), &names));
         Ok(())

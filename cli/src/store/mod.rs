@@ -12,9 +12,11 @@
 //! message, and the newest value of each metric per terminal is kept in `latest` for the fleet
 //! view. Writes are applied in groups, one transaction per group.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cuntong_core::alarm::Alarm;
@@ -411,8 +413,26 @@ pub struct SiteRow {
     pub online: bool,
     pub version: Option<String>,
     pub last_seen_ms: Option<u64>,
-    /// Newest value of each metric, by name.
-    pub metrics: Vec<(String, f64)>,
+    /// Newest value of each metric, sorted by name (the names shared by the rows of one
+    /// read, see [`MetricNames`]).
+    pub metrics: Vec<(Arc<str>, f64)>,
+}
+
+/// The metric names of one read of the fleet view, each held once: a province's 54,145 rows
+/// name the same dozen metrics.
+#[derive(Debug, Default)]
+pub struct MetricNames(HashSet<Arc<str>>);
+
+impl MetricNames {
+    /// `name`, shared.
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = name.into();
+        self.0.insert(shared.clone());
+        shared
+    }
 }
 
 /// One stored sample.

@@ -584,6 +584,7 @@ impl Store for SqliteStore {
              WHERE t.site >= ?1 AND t.site < ?2 ORDER BY t.terminal, l.metric",
         )?;
         let mut rows: Vec<SiteRow> = Vec::new();
+        let mut metric_names = MetricNames::default();
         let mut q = stmt.query(params![from, to])?;
         while let Some(r) = q.next()? {
             let terminal: String = r.get(0)?;
@@ -603,7 +604,7 @@ impl Store for SqliteStore {
                 r.get::<_, Option<f64>>(7)?,
                 rows.last_mut(),
             ) {
-                site.metrics.push((metric, value));
+                site.metrics.push((metric_names.get(&metric), value));
             }
         }
         Ok(rows)

@@ -233,7 +233,10 @@ fn site<'a>(rows: &'a [SiteRow], terminal: &str) -> &'a SiteRow {
 }
 
 fn metric(row: &SiteRow, name: &str) -> Option<f64> {
-    row.metrics.iter().find(|(m, _)| m == name).map(|(_, v)| *v)
+    row.metrics
+        .iter()
+        .find(|(m, _)| &**m == name)
+        .map(|(_, v)| *v)
 }
 
 /// (seq, ts_ms, metric, exact) of each stored sample.

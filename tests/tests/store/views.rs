@@ -311,12 +311,12 @@ fn sites_gives_each_terminal_its_newest_values_in_metric_order_and_none_to_a_sil
         assert_eq!(
             site(&rows, A).metrics,
             [
-                ("cpu.load".to_owned(), 0.42),
-                ("env.humidity".to_owned(), 55.0),
-                ("env.temp".to_owned(), 20.5),
+                ("cpu.load".into(), 0.42),
+                ("env.humidity".into(), 55.0),
+                ("env.temp".into(), 20.5),
             ]
         );
-        assert_eq!(site(&rows, b).metrics, [("env.temp".to_owned(), 18.25)]);
+        assert_eq!(site(&rows, b).metrics, [("env.temp".into(), 18.25)]);
         assert!(site(&rows, "130102001003-main").metrics.is_empty());
         let region: Region = "130102".parse().unwrap();
         assert_eq!(store.sites(Some(&region)).unwrap(), rows);

@@ -34,6 +34,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 
+use ::postgres::fallible_iterator::FallibleIterator;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls};
 use cuntong_core::envelope::Stream;
@@ -42,9 +43,9 @@ use cuntong_core::telemetry::Metric;
 use cuntong_core::terminal_id::TerminalId;
 
 use super::{
-    Applied, EventRow, Fence, InstanceRow, KnownTerminal, MeetingRow, OpenAlarms, Record,
-    ReleaseRow, RolloutRow, RolloutSiteRow, SampleRow, SiteRow, Store, StoreError, StoredMeeting,
-    event_row, push_samples, stream_id,
+    Applied, EventRow, Fence, InstanceRow, KnownTerminal, MeetingRow, MetricNames, OpenAlarms,
+    Record, ReleaseRow, RolloutRow, RolloutSiteRow, SampleRow, SiteRow, Store, StoreError,
+    StoredMeeting, event_row, push_samples, stream_id,
 };
 use crate::names::Names;
 use cuntong_core::alarm::Alarm;
@@ -484,35 +485,40 @@ impl Store for PgStore {
         } else {
             ("WHERE t.site >= $1 AND t.site < $2", vec![&prefix, &end])
         };
-        // One query: each terminal with its newest values (in metric order).
+        // One query: each terminal with its newest values (by metric name). Sorted here: a
+        // province's rows sorted by the server spill to disk beyond its work_mem.
         let sql = format!(
             "SELECT t.terminal, t.site, t.level, t.online, t.version, t.last_seen_ms,
                 coalesce(t.metrics, '{{}}'), coalesce(t.vals, '{{}}')
              FROM terminals t
-             {filter}
-             ORDER BY t.terminal"
+             {filter}"
         );
-        let rows = self
-            .client
-            .borrow_mut()
-            .query(&sql, &params)
+        // Each row taken as it arrives (a province's rows are never all held twice).
+        let mut client = self.client.borrow_mut();
+        let mut rows = client
+            .query_raw(&sql, params)
             .map_err(self.err("reading the fleet view"))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let names: Vec<String> = r.get(6);
-                let values: Vec<f64> = r.get(7);
-                SiteRow {
-                    terminal: r.get(0),
-                    site: r.get(1),
-                    level: r.get(2),
-                    online: r.get(3),
-                    version: r.get(4),
-                    last_seen_ms: r.get::<_, Option<i64>>(5).map(|v| v as u64),
-                    metrics: names.into_iter().zip(values).collect(),
-                }
-            })
-            .collect())
+        let mut metric_names = MetricNames::default();
+        let mut sites = Vec::with_capacity(rows.size_hint().0);
+        while let Some(r) = rows.next().map_err(self.err("reading the fleet view"))? {
+            let names: Vec<&str> = r.try_get(6).map_err(self.err("reading the fleet view"))?;
+            let values: Vec<f64> = r.try_get(7).map_err(self.err("reading the fleet view"))?;
+            sites.push(SiteRow {
+                terminal: r.get(0),
+                site: r.get(1),
+                level: r.get(2),
+                online: r.get(3),
+                version: r.get(4),
+                last_seen_ms: r.get::<_, Option<i64>>(5).map(|v| v as u64),
+                metrics: names
+                    .into_iter()
+                    .map(|n| metric_names.get(n))
+                    .zip(values)
+                    .collect(),
+            });
+        }
+        sites.sort_unstable_by(|a, b| a.terminal.cmp(&b.terminal));
+        Ok(sites)
     }
 
     fn telemetry(
