@@ -144,12 +144,14 @@ impl Batcher {
 
     /// Takes a batch with its base time (the earliest sample's): the oldest pending samples,
     /// up to `max_samples`, of the window that starts at the earliest and lasts the age
-    /// allowed (samples taken at the same instant as the earliest always go with it); `None`
-    /// if nothing is pending.
+    /// allowed, less its last eighth (samples taken at the same instant as the earliest always
+    /// go with it); `None` if nothing is pending. The last eighth is timer jitter: the next
+    /// period's reading, taken a few milliseconds early as the window closes, opens the next
+    /// batch instead of doubling this one.
     pub fn take(&mut self) -> Option<(u64, TelemetryBatch)> {
-        let end = self.deadline()?;
         self.pending.sort_by_key(|p| p.0);
         let base = self.pending.first()?.0;
+        let end = base.saturating_add(self.max_age_ms - self.max_age_ms / 8);
         let n = self
             .pending
             .iter()
@@ -230,8 +232,9 @@ mod tests {
     }
 
     /// A box reads its health every minute and sends a minute's samples together: the reading
-    /// of the next minute, taken as the window closes, goes in the next message, in whichever
-    /// order its timer and the batch's deadline fire.
+    /// of the next minute, taken as the window closes (a little early or late, its timer
+    /// jittering), goes in the next message, in whichever order its timer and the batch's
+    /// deadline fire.
     #[test]
     fn a_reading_taken_as_its_batch_closes_opens_the_next_batch() {
         let minute = |b: &mut Batcher, at: u64| {
@@ -243,11 +246,11 @@ mod tests {
                 b.push(at, metric, Decimal::from_int(v), None);
             }
         };
-        for pushed_first in [false, true] {
+        for (pushed_first, early) in [(false, 0), (true, 0), (true, 3), (true, 7_000)] {
             let mut b = Batcher::new(64, 60_000);
             minute(&mut b, 1_000);
             let mut sent = Vec::new();
-            for at in [61_000, 121_000, 181_000] {
+            for at in [61_000 - early, 121_000, 181_000] {
                 // The batch's deadline and the next reading fall due at the same instant.
                 if pushed_first {
                     minute(&mut b, at);
@@ -262,8 +265,8 @@ mod tests {
             }
             assert_eq!(
                 sent,
-                [(1_000, 3), (61_000, 3), (121_000, 3)],
-                "reading pushed before the flush: {pushed_first}"
+                [(1_000, 3), (61_000 - early, 3), (121_000, 3)],
+                "reading pushed before the flush: {pushed_first}, {early} ms early"
             );
             assert_eq!(b.deadline(), Some(241_000));
         }
