@@ -324,13 +324,7 @@ impl Listener {
     /// everything published before has been through the broker too.
     pub fn sync(&self, f: &Fleet, bundle: &str, topic: &str, marker: &str) {
         let got = wait_until(Duration::from_secs(10), || {
-            let _ = client(
-                "mosquitto_pub",
-                f.port,
-                &f.ca(),
-                Some(&f.path(bundle)),
-                &["-t", topic, "-m", marker, "-q", "1"],
-            );
+            f.publish(bundle, &["-t", topic, "-m", marker, "-q", "1"]);
             self.text().contains(marker)
         });
         assert!(got, "{marker} never arrived: {}", self.text());

@@ -87,17 +87,9 @@ fn clients_without_a_fleet_certificate_are_refused() {
 fn a_terminal_cannot_write_or_read_another_terminals_topics() {
     let f = Fleet::provision();
     let publish = |bundle: &str, topic: &str, msg: &str| {
-        let out = client(
-            "mosquitto_pub",
-            f.port,
-            &f.ca(),
-            Some(&f.path(bundle)),
-            &["-t", topic, "-m", msg, "-q", "1"],
-        );
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            f.publish(bundle, &["-t", topic, "-m", msg, "-q", "1"]),
+            "{bundle} could not publish on {topic}"
         );
     };
 
