@@ -518,7 +518,6 @@ async fn next_note(
     }
 }
 
-/// Waits for the first sensor whose interval ticks and which is not being read.
 /// A sampling tick of period `every`: its first tick at once (a box reads its sensors as it
 /// starts), the next ones at the box's slot (see [`to_slot`]).
 fn sampling_tick(every: Duration) -> tokio::time::Interval {
@@ -536,6 +535,7 @@ fn to_slot(tick: &mut tokio::time::Interval, slot: u64) {
     tick.reset_after(Duration::from_millis(delay));
 }
 
+/// Waits for the first sensor whose interval ticks and which is not being read.
 async fn next_tick(intervals: &mut [tokio::time::Interval], ready: &[bool]) -> usize {
     if intervals.is_empty() {
         return std::future::pending().await;

@@ -195,3 +195,70 @@ fn region_filter_selects_by_prefix_via_the_embedded_broker() {
 fn region_filter_selects_by_prefix_via_mosquitto() {
     region_filter_selects_by_prefix(BrokerKind::Mosquitto);
 }
+
+/// Boxes started together read their health at once, then each at its own moment of the
+/// interval (from its id, on the wall clock), not in step with each other.
+#[test]
+fn each_box_reads_at_its_own_moment_of_the_interval() {
+    const EVERY_MS: u64 = 2_000;
+    // A late timer under load is allowed this much; by chance a reading lands in its box's
+    // window one time in five, so twelve or more readings all in it are no accident.
+    const LATE_MS: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("central.db");
+    let broker = Broker::start(BrokerKind::Embedded, dir.path());
+    let _central = central(&broker, &db, dir.path());
+    let data = dir.path().join("sim");
+    let _fleet = Proc::spawn(
+        &bin("cuntong-sim"),
+        &[
+            "fleet",
+            "--broker",
+            &broker.url,
+            "--region",
+            "130102",
+            "--count",
+            "4",
+            "--interval",
+            "2s",
+            "--power-on",
+            "0s",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        dir.path().join("fleet.log"),
+    );
+    // Each box's readings after its first (the one it takes as it starts), in Unix ms.
+    let later_readings = |terminal: &str| -> Vec<u64> {
+        let mut at: Vec<u64> = telemetry(&db, terminal, Some("cpu.load"))
+            .iter()
+            .filter_map(|s| humantime::parse_rfc3339(&s.ts).ok())
+            .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        at.sort_unstable();
+        at.into_iter().skip(1).collect()
+    };
+    let enough = wait_until(Duration::from_secs(40), || {
+        let s = sites(&db, None);
+        s.len() == 4 && s.iter().all(|t| later_readings(&t.terminal).len() >= 3)
+    });
+    assert!(enough, "not enough readings: {:#?}", sites(&db, None));
+    let mut moments = Vec::new();
+    for site in sites(&db, None) {
+        let id: cuntong_core::terminal_id::TerminalId = site.terminal.parse().unwrap();
+        let moment = cuntong_core::backoff::spread(&id) % EVERY_MS;
+        moments.push(moment);
+        for at in later_readings(&site.terminal) {
+            let late = (at % EVERY_MS + EVERY_MS - moment) % EVERY_MS;
+            assert!(
+                late < LATE_MS,
+                "{} read at {at}, {late} ms after its moment {moment} of the interval",
+                site.terminal
+            );
+        }
+    }
+    moments.sort_unstable();
+    moments.dedup();
+    assert!(moments.len() > 1, "the boxes share one moment: {moments:?}");
+}
