@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use cuntong_e2e::{Broker, BrokerKind, Proc, bin, central, sites, telemetry, wait_until};
+use cuntong_e2e::{
+    Broker, BrokerKind, Proc, bin, central, sim_fleet_with, sites, telemetry, wait_until,
+};
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -208,25 +210,14 @@ fn each_box_reads_at_its_own_moment_of_the_interval() {
     let db = dir.path().join("central.db");
     let broker = Broker::start(BrokerKind::Embedded, dir.path());
     let _central = central(&broker, &db, dir.path());
-    let data = dir.path().join("sim");
-    let _fleet = Proc::spawn(
-        &bin("cuntong-sim"),
-        &[
-            "fleet",
-            "--broker",
-            &broker.url,
-            "--region",
-            "130102",
-            "--count",
-            "4",
-            "--interval",
-            "2s",
-            "--power-on",
-            "0s",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        dir.path().join("fleet.log"),
+    // Sampling every 2 s, every box powered on in the same instant.
+    let _fleet = sim_fleet_with(
+        &broker.url,
+        "130102",
+        4,
+        dir.path(),
+        "sim",
+        &["--power-on", "0s"],
     );
     // Each box's readings after its first (the one it takes as it starts), in Unix ms.
     let later_readings = |terminal: &str| -> Vec<u64> {
