@@ -737,3 +737,16 @@ impl MediaCounty {
             .collect()
     }
 }
+
+/// A site's first join of `meeting` (full tier, no relay), as its box sends it.
+pub fn join(meeting: cuntong_core::meeting::MeetingId) -> Vec<u8> {
+    cuntong_core::envelope::encode(&cuntong_core::meeting::Uplink::Join {
+        meeting,
+        tier: cuntong_core::meeting::Tier::Full,
+        rtp_port: 5004,
+        media_host: None,
+        relay: None,
+        joining: 1,
+    })
+    .expect("a join encodes")
+}

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use cuntong_core::delivery::Watermarks;
 use cuntong_core::envelope::{Envelope, encode};
-use cuntong_core::meeting::{Downlink, MeetingId, Tier, Uplink};
+use cuntong_core::meeting::{Downlink, MeetingId};
 use cuntong_core::telemetry::{Metric, Sample, TelemetryBatch};
 use cuntong_core::terminal_id::TerminalId;
 use cuntong_core::topic::{Channel, Topic, region_filter};
-use cuntong_e2e::{Broker, BrokerKind, bin, central, run, wait_until};
+use cuntong_e2e::{Broker, BrokerKind, bin, central, join, run, wait_until};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// Sites joining the province meeting.
@@ -83,19 +83,6 @@ fn province_meeting(url: &str, central: &cuntong_e2e::Proc) -> (String, MeetingI
     );
     let meeting = id.parse().unwrap();
     (id, meeting)
-}
-
-/// A site's join of `meeting`, as its box sends it.
-fn join(meeting: MeetingId) -> Vec<u8> {
-    encode(&Uplink::Join {
-        meeting,
-        tier: Tier::Full,
-        rtp_port: 5004,
-        media_host: None,
-        relay: None,
-        joining: 1,
-    })
-    .unwrap()
 }
 
 /// An MQTT client whose event loop runs on its own task, handing publishes to `on_publish`.

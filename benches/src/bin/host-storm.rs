@@ -14,7 +14,7 @@ use clap::Parser;
 use cuntong_core::envelope::{decode, encode};
 use cuntong_core::meeting::host::{ChairOp, Host, HostConfig, HostOutput, Operator};
 use cuntong_core::meeting::{
-    Answer, Downlink, Hand, Kind, MediaProfile, MeetingId, MeetingSpec, Tier, Uplink,
+    Answer, Downlink, Hand, Kind, MediaProfile, MeetingId, MeetingSpec, Uplink,
 };
 use cuntong_core::terminal_id::TerminalId;
 
@@ -55,19 +55,7 @@ fn main() -> anyhow::Result<()> {
         heartbeat_ms: 10_000,
     };
     let sites: Vec<TerminalId> = (0..n).map(site).collect::<Result<_, _>>()?;
-    let joins: Vec<Vec<u8>> = sites
-        .iter()
-        .map(|_| {
-            encode(&Uplink::Join {
-                meeting,
-                tier: Tier::Full,
-                rtp_port: 5004,
-                media_host: None,
-                relay: None,
-                joining: 1,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let joins: Vec<Vec<u8>> = sites.iter().map(|_| cuntong_e2e::join(meeting)).collect();
 
     // Baseline: decoding every join and every answer, nothing else.
     let t = Instant::now();

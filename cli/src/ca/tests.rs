@@ -55,28 +55,13 @@ fn a_bundle_holds_everything_and_keeps_its_key_private() {
         .find(|e| e.path().unwrap().ends_with("key.pem"))
         .map(|e| e.header().mode().unwrap());
     assert_eq!(key_mode.map(|m| m & 0o777), Some(0o600));
-    assert!(
-        provision(
-            &ca,
-            "130102001001-main",
-            &"mqtts://h:8883".parse().unwrap(),
-            &out,
-            None,
-            false
-        )
-        .is_err()
-    );
-    assert!(
-        provision(
-            &ca,
-            "130102001001-main",
-            &"mqtts://h:8883".parse().unwrap(),
-            &out,
-            None,
-            true
-        )
-        .is_ok()
-    );
+    // The same bundle again: refused, unless forced.
+    let again = |force| {
+        let broker = "mqtts://h:8883".parse().unwrap();
+        provision(&ca, "130102001001-main", &broker, &out, None, force)
+    };
+    assert!(again(false).is_err());
+    assert!(again(true).is_ok());
     let acl = mosquitto_acl(&inventory(&ca).unwrap());
     assert!(
         acl.contains("user 130102001001-main\ntopic write ct/v1/t/13/01/02/001/001/main/presence")
