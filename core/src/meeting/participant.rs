@@ -39,6 +39,21 @@ pub const JOIN_RETRY: Backoff = Backoff {
     max: Duration::from_secs(60),
 };
 
+/// The back-off of a site's joins in a session whose heartbeat is `heartbeat_ms`: `retry`,
+/// starting no sooner than an eighth of the heartbeat. The host paces a session's heartbeat to
+/// its size (a province's 54,000 sites: 80 s), and the plans of so large a session take seconds
+/// to cross the brokers: a site repeating its join every few seconds meanwhile only adds joins,
+/// and plans answering them, to the queues its own plan waits in.
+pub fn paced_join_retry(retry: Backoff, heartbeat_ms: u32) -> Backoff {
+    let min = retry
+        .min
+        .max(Duration::from_millis(u64::from(heartbeat_ms) / 8));
+    Backoff {
+        min,
+        max: retry.max.max(min),
+    }
+}
+
 /// How a participant behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParticipantConfig {
@@ -431,7 +446,6 @@ impl Participant {
         if s.phase == Phase::Invited && auto_accepts(accept, &me, &s.state) {
             s.start_joining();
             self.announce(&id, now_ms, out);
-            return;
         }
         self.converge(&id, now_ms, out);
     }
@@ -531,7 +545,7 @@ impl Participant {
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
-        if s.phase != Phase::Joined {
+        if !matches!(s.phase, Phase::Joined | Phase::Joining) {
             return;
         }
         let mut changed = false;
@@ -545,6 +559,14 @@ impl Participant {
                 answered_ms: now_ms,
             });
             changed = true;
+        }
+        if s.phase == Phase::Joining {
+            // Its join sent, its plan still on the way (a province's plans wait seconds behind
+            // each other in the brokers): the site is here, and answers a roll call at once.
+            if changed {
+                self.send_status(id, now_ms, out);
+            }
+            return;
         }
         if s.media_on() {
             let desired = s.state.desired_for(&me);
@@ -585,9 +607,7 @@ impl Participant {
                 if s.joins_sent == 0 {
                     s.joining = spread(&(self.cfg.boot, me, id, now_ms)).max(1);
                 }
-                let wait = self
-                    .cfg
-                    .join_retry
+                let wait = paced_join_retry(self.cfg.join_retry, s.state.spec.heartbeat_ms)
                     .delay(s.joins_sent, spread(&(me, id, s.joins_sent)));
                 s.joins_sent = s.joins_sent.saturating_add(1);
                 s.next_join_ms =
@@ -611,13 +631,20 @@ impl Participant {
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
-        s.last_status_ms = now_ms.max(1);
-        s.reported = s.state.version;
+        // A joining site (its plan on the way) has applied nothing: it says so with `seen` 0,
+        // and its heartbeat starts once it has joined.
+        let seen = if s.phase == Phase::Joined {
+            s.last_status_ms = now_ms.max(1);
+            s.reported = s.state.version;
+            s.state.version
+        } else {
+            0
+        };
         // What the media engine was told, while media runs; the chair's intent otherwise.
         let muted = s.applied.map_or(s.state.is_muted(&me), |a| a.muted);
         out.push(Output::Send(Uplink::Status {
             meeting: *id,
-            seen: s.state.version,
+            seen,
             muted,
             hand: s.hand,
             answer: s.answer,

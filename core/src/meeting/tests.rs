@@ -14,6 +14,7 @@ use super::host::{
 };
 use super::participant::{
     AcceptPolicy, Input, MediaCommand, Output, Participant, ParticipantConfig, Phase,
+    paced_join_retry,
 };
 use super::*;
 use crate::envelope::encode;
@@ -2483,4 +2484,155 @@ fn a_repeated_join_in_a_large_session_waits_longer_for_its_plan_again() {
     // Once all the session's plans could have crossed: the same plan again.
     h.uplink(sites[7], join.clone(), 10_000 + in_flight);
     assert_eq!(plans(&h.media_updates(10_000 + in_flight)), 1);
+}
+
+/// Where plans take longer to arrive than the session's size says (a busy broker tier), a
+/// repeated join is answered again only once its plan has been on its way twice as long as
+/// plans are taking; once they come fast again, a lost plan is answered after the usual wait.
+#[test]
+fn a_repeated_join_waits_as_long_as_plans_are_taking_to_arrive() {
+    let (mut h, state) = live(&["130102"]);
+    let m = state.spec.id;
+    let join = full_join(m);
+    let sites: Vec<TerminalId> = (1..=10)
+        .map(|k| t(&format!("130102001{k:03}-main")))
+        .collect();
+    let plans = |out: &[HostOutput]| {
+        out.iter()
+            .filter(|o| matches!(o, HostOutput::Send(_, Downlink::Admitted { .. })))
+            .count()
+    };
+    for s in &sites {
+        h.uplink(*s, join.clone(), 10_000);
+    }
+    assert_eq!(plans(&h.media_updates(10_000)), 10);
+    // Nine plans take 12 s to arrive: each site's first status after its plan says so.
+    let status = Uplink::Status {
+        meeting: m,
+        seen: state.version,
+        muted: false,
+        hand: Hand::default(),
+        answer: None,
+    };
+    for s in &sites[..9] {
+        h.uplink(*s, status.clone(), 22_000);
+    }
+    // The tenth repeats its join 16 s after its plan went out (three times the small
+    // session's wait): its plan is taken to be still on its way.
+    assert!(16_000 > 3 * plan_in_flight_ms(10));
+    h.uplink(sites[9], join.clone(), 26_000);
+    assert_eq!(plans(&h.media_updates(26_000)), 0);
+    // Later statuses (heartbeats) say nothing of plans: the estimate falls with the clock.
+    for s in &sites[..9] {
+        h.uplink(*s, status.clone(), 40_000);
+    }
+    // A minute on, plans are taken to be as fast as the session's size says: answered.
+    h.uplink(sites[9], join.clone(), 70_000);
+    assert_eq!(plans(&h.media_updates(70_000)), 1);
+}
+
+/// A session paced for a province (its heartbeat 80 s) takes seconds to carry its plans: a
+/// site repeats its join no sooner than 5 s, where a small session's sites repeat after 1.5 s.
+#[test]
+fn a_site_of_a_province_sized_session_repeats_its_join_less_often() {
+    let (_, mut state) = live(&["130102"]);
+    state.spec.heartbeat_ms = 80_000;
+    let mut gaps = Vec::new();
+    for k in 1..=50 {
+        let mut p = Participant::new(t(&format!("130102{k:03}001-main")), pcfg(AcceptPolicy::All));
+        p.handle(Input::State(state.clone()), 1_000);
+        let mut times = vec![1_000];
+        times.extend(join_times(&mut p, 1_100, 120_000));
+        // 10 s doubling to a minute, each wait in the upper half of its step.
+        for (k, pair) in times.windows(2).enumerate() {
+            let full = 10_000u64.saturating_mul(1 << k.min(10)).min(60_000);
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap + 100 >= full / 2 && gap <= full + 100,
+                "retry {k} of {}: {gap} ms ({times:?})",
+                p.id()
+            );
+        }
+        gaps.push(times[1] - times[0]);
+    }
+    assert!(gaps.iter().all(|g| *g >= 5_000), "{gaps:?}");
+    assert_eq!(
+        paced_join_retry(participant::JOIN_RETRY, HB as u32),
+        participant::JOIN_RETRY,
+        "a small session keeps the configured back-off"
+    );
+}
+
+/// A site whose plan is still on its way (a province's plans wait seconds behind each other in
+/// the brokers) answers a roll call at once, saying it has applied nothing yet; that status is
+/// not taken for its plan's arrival.
+#[test]
+fn a_site_waiting_for_its_plan_answers_a_roll_call_at_once() {
+    let (mut h, state) = live(&["130102"]);
+    let m = state.spec.id;
+    let mut p = Participant::new(t("130102001001-main"), pcfg(AcceptPolicy::All));
+    let join = p
+        .handle(Input::State(state.clone()), 1_000)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Send(up @ Uplink::Join { .. }) => Some(up),
+            _ => None,
+        })
+        .unwrap();
+    h.uplink(*p.id(), join.clone(), 1_100);
+    let plans = |out: Vec<HostOutput>| -> Vec<Downlink> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                HostOutput::Send(_, d @ Downlink::Admitted { .. }) => Some(d),
+                _ => None,
+            })
+            .collect()
+    };
+    // The plan goes out, and waits on the way.
+    let plan = plans(h.media_updates(1_100)).pop().unwrap();
+    let out = h.op(&Operator::Chair, ChairOp::RollCall, 21_000).unwrap();
+    let with_roll_call = out
+        .into_iter()
+        .find_map(|o| match o {
+            HostOutput::Publish(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    let statuses: Vec<Uplink> = p
+        .handle(Input::State(with_roll_call), 21_050)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Send(up @ Uplink::Status { .. }) => Some(up),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            &statuses[..],
+            [Uplink::Status {
+                seen: 0,
+                answer: Some(_),
+                ..
+            }]
+        ),
+        "{statuses:?}"
+    );
+    assert_eq!(p.session(&m).unwrap().phase, Phase::Joining);
+    for up in statuses {
+        h.uplink(*p.id(), up, 21_100);
+    }
+    let rows = h.roll_call_results().unwrap().sites;
+    let site = rows.iter().find(|(s, _)| s == p.id()).unwrap();
+    assert_eq!(site.1, Some(50), "answered when it saw the roll call");
+    // The answer is not the plan's arrival (20 s after it went out, which would have the
+    // host wait 40 s for plans): the repeated join 30 s on gets the plan again.
+    h.uplink(*p.id(), join, 31_100);
+    assert_eq!(plans(h.media_updates(31_100)), core::slice::from_ref(&plan));
+    // Its plan arrives at last: it joins, applies the state and reports it.
+    let out = p.handle(Input::Downlink(plan), 31_200);
+    assert_eq!(p.session(&m).unwrap().phase, Phase::Joined);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Send(Uplink::Status { seen, .. }) if *seen != 0
+    )));
 }

@@ -325,6 +325,7 @@ impl Host {
                 self.admitted.insert(*id, plan.clone());
                 if let Some(j) = self.joinings.get_mut(id) {
                     j.plan_sent_ms = Some(now_ms);
+                    j.plan_arrived = false;
                 }
                 out.push(HostOutput::Send(*id, Downlink::Admitted { meeting, plan }));
             }

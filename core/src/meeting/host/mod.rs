@@ -316,17 +316,47 @@ pub const PLAN_IN_FLIGHT_MS: u64 = 5_000;
 pub const PLANS_PER_S: u64 = 4_000;
 
 /// How long a plan sent to one of a session's `sites` (those given a plan) is taken to be on
-/// its way: [`PLAN_IN_FLIGHT_MS`], or as long as the links take to carry all their plans at
-/// [`PLANS_PER_S`].
+/// its way before anything is known of the links: [`PLAN_IN_FLIGHT_MS`], or as long as the
+/// links take to carry all their plans at [`PLANS_PER_S`]. Once plans arrive, the host waits
+/// as long as they are taking ([`PlanDelay`]) if that is longer.
 pub fn plan_in_flight_ms(sites: usize) -> u64 {
     PLAN_IN_FLIGHT_MS.max((sites as u64).saturating_mul(1_000) / PLANS_PER_S)
 }
 
-/// A joined site's joining: its number, and when its plan last went out.
+/// A joined site's joining: its number, when its plan last went out, and whether the site
+/// has been heard from since (it sends a status as soon as it has its plan).
 #[derive(Clone, Copy, Debug, Default)]
 struct Joining {
     number: u64,
     plan_sent_ms: Option<u64>,
+    plan_arrived: bool,
+}
+
+/// How long plans are taking to reach the sites now: the slowest of the recent ones, from a
+/// plan's going out to its site's first status after it. Where the links are slower than
+/// [`PLANS_PER_S`] (a busy broker tier, a slow machine), a site repeats its join while its plan
+/// still waits on the way; answered, every repeat is one more plan on the same links, and the
+/// storm feeds itself. The estimate falls at half the clock's pace once plans come faster, so
+/// a plan really lost is answered sooner again.
+#[derive(Clone, Copy, Debug, Default)]
+struct PlanDelay {
+    slowest_ms: u64,
+    at_ms: u64,
+}
+
+impl PlanDelay {
+    fn observe(&mut self, delay_ms: u64, now_ms: u64) {
+        if delay_ms >= self.now(now_ms) {
+            self.slowest_ms = delay_ms;
+            self.at_ms = now_ms;
+        }
+    }
+
+    /// The delay taken for plans now.
+    fn now(&self, now_ms: u64) -> u64 {
+        self.slowest_ms
+            .saturating_sub(now_ms.saturating_sub(self.at_ms) / 2)
+    }
 }
 
 /// What the host asks its owner to do.
@@ -369,6 +399,9 @@ pub struct Host {
     /// Not stored: after a restore, the next join of every site starts afresh.
     #[serde(skip)]
     joinings: BTreeMap<TerminalId, Joining>,
+    /// How long plans are taking to arrive. Not stored: learnt again after a restore.
+    #[serde(skip)]
+    plan_delay: PlanDelay,
     created_ms: u64,
     /// Where admitted sites send their media, if the session has a media point.
     media_point: Option<String>,
@@ -429,6 +462,7 @@ impl Host {
             views: BTreeMap::new(),
             media_dirty: true,
             joinings: BTreeMap::new(),
+            plan_delay: PlanDelay::default(),
             created_ms: now_ms,
             media_point: None,
             delegates: BTreeMap::new(),

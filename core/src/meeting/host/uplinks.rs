@@ -59,7 +59,8 @@ impl Host {
                     // keeps its SSRC (its media has not started) and gets the same plan
                     // again, once the last one has had time to arrive.
                     let sent = self.joinings.get(&from).and_then(|j| j.plan_sent_ms);
-                    let in_flight = plan_in_flight_ms(self.admitted.len());
+                    let in_flight = plan_in_flight_ms(self.admitted.len())
+                        .max(self.plan_delay.now(now_ms).saturating_mul(2));
                     if sent.is_none_or(|t| now_ms.saturating_sub(t) >= in_flight) {
                         self.admitted.remove(&from);
                     }
@@ -69,7 +70,7 @@ impl Host {
                     from,
                     Joining {
                         number: joining,
-                        plan_sent_ms: None,
+                        ..Joining::default()
                     },
                 );
                 if rec.phase != SitePhase::Joined {
@@ -117,6 +118,14 @@ impl Host {
                     return out;
                 }
                 rec.last_heard_ms = Some(now_ms);
+                // A status with `seen` 0 comes from a site still waiting for its plan (it
+                // answers a roll call meanwhile); any other says the plan arrived.
+                if let Some(j) = self.joinings.get_mut(&from).filter(|_| seen != 0)
+                    && let Some(sent) = j.plan_sent_ms.filter(|_| !j.plan_arrived)
+                {
+                    j.plan_arrived = true;
+                    self.plan_delay.observe(now_ms.saturating_sub(sent), now_ms);
+                }
                 if rec.phase == SitePhase::Unreachable {
                     rec.phase = SitePhase::Joined;
                     out.push(HostOutput::Notice(Notice::Back(from)));
