@@ -241,13 +241,90 @@ pub struct MeetingRun {
     /// Sites joined, and how long from the start until all had.
     pub joined: usize,
     pub join_time: Duration,
-    /// State publishes on the meeting tree for the start, and per-site media plans seen.
+    /// State publishes on the meeting tree for the start.
     pub start_states: u64,
-    pub plans: u64,
+    /// The sites' meeting channels from the start until all had joined, and until the end.
+    pub storm: MeetingTraffic,
+    pub session: MeetingTraffic,
     /// The roll call opened as soon as every site had joined (the join storm's traffic still
     /// on its way), and one opened in the settled session, [`SETTLE`] later.
     pub roll_call: RollCallRun,
     pub settled: RollCallRun,
+}
+
+/// What crossed the sites' meeting channels (their uplinks and downlinks), by kind: where a
+/// join storm's messages come from.
+#[derive(Clone, Debug, Default)]
+pub struct MeetingTraffic {
+    /// Media plans: a site's first, the same plan again (a repeated join answered), and a
+    /// plan other than the site's last (a new joining, a changed plan).
+    pub plans_first: u64,
+    pub plans_again: u64,
+    pub plans_changed: u64,
+    /// Every other downlink (relay tables, answers, rejoins, refusals).
+    pub other_downlinks: u64,
+    /// Joins: a joining's first, its repeats.
+    pub joins: u64,
+    pub joins_repeated: u64,
+    pub statuses: u64,
+    pub other_uplinks: u64,
+    /// The last plan's SSRC and the last joining, by site.
+    ssrcs: std::collections::HashMap<String, u32>,
+    joinings: std::collections::HashMap<String, u64>,
+}
+
+impl MeetingTraffic {
+    /// Counts one message the watcher saw on `topic`.
+    fn count(&mut self, topic: &str, payload: &[u8]) {
+        use cuntong_core::meeting::{Downlink, Uplink};
+        use cuntong_core::topic::Channel;
+        let site = topic.rsplit_once('/').map_or(topic, |(site, _)| site);
+        if topic.ends_with(Channel::MeetingDown.as_str()) {
+            match Downlink::decode(payload) {
+                Ok(Downlink::Admitted { plan, .. }) => {
+                    match self.ssrcs.insert(site.to_owned(), plan.ssrc) {
+                        None => self.plans_first += 1,
+                        Some(s) if s == plan.ssrc => self.plans_again += 1,
+                        Some(_) => self.plans_changed += 1,
+                    }
+                }
+                _ => self.other_downlinks += 1,
+            }
+        } else {
+            match Uplink::decode(payload) {
+                Ok(Uplink::Join { joining, .. }) => {
+                    if self.joinings.insert(site.to_owned(), joining) == Some(joining) {
+                        self.joins_repeated += 1;
+                    } else {
+                        self.joins += 1;
+                    }
+                }
+                Ok(Uplink::Status { .. }) => self.statuses += 1,
+                _ => self.other_uplinks += 1,
+            }
+        }
+    }
+
+    /// Plans of every kind.
+    pub fn plans(&self) -> u64 {
+        self.plans_first + self.plans_again + self.plans_changed
+    }
+
+    /// The traffic in one line.
+    pub fn line(&self) -> String {
+        format!(
+            "media plans {} ({} first, {} again, {} changed), other downlinks {}; joins {} and {} repeated, statuses {}, other uplinks {}",
+            self.plans(),
+            self.plans_first,
+            self.plans_again,
+            self.plans_changed,
+            self.other_downlinks,
+            self.joins,
+            self.joins_repeated,
+            self.statuses,
+            self.other_uplinks
+        )
+    }
 }
 
 /// How long the session runs between its two roll calls.
@@ -345,29 +422,35 @@ pub async fn create_meeting(
 /// Creates and starts a meeting inviting `region` through central on `url`, waits (at most
 /// 120 s) until `n` sites have joined, runs a roll call, and ends the meeting.
 pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result<MeetingRun> {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use cuntong::commands::meeting::CentralClient;
     use cuntong_core::meeting::host::ChairOp;
+    use cuntong_core::topic::Channel;
     use rumqttc::{AsyncClient, Event, Packet, QoS};
 
-    // Counts what central publishes on the meeting tree and the sites' downlinks.
+    // Counts what central publishes on the meeting tree, and the sites' meeting channels.
     let states = Arc::new(AtomicU64::new(0));
-    let plans = Arc::new(AtomicU64::new(0));
+    let traffic = Arc::new(Mutex::new(MeetingTraffic::default()));
     let (watcher, mut wl) = AsyncClient::new(mqtt_options("bench-watcher".into(), url)?, 64);
     watcher.subscribe("ct/v1/m/#", QoS::AtMostOnce).await?;
-    watcher
-        .subscribe("ct/v1/t/+/+/+/+/+/+/md", QoS::AtMostOnce)
-        .await?;
-    let (s2, p2) = (states.clone(), plans.clone());
+    for channel in [Channel::MeetingDown, Channel::MeetingUp] {
+        watcher
+            .subscribe(
+                format!("ct/v1/t/+/+/+/+/+/+/{}", channel.as_str()),
+                QoS::AtMostOnce,
+            )
+            .await?;
+    }
+    let (s2, t2) = (states.clone(), traffic.clone());
     let watching = tokio::spawn(async move {
         while let Ok(ev) = wl.poll().await {
             if let Event::Incoming(Packet::Publish(p)) = ev {
                 if p.topic.starts_with("ct/v1/m/") {
                     s2.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    p2.fetch_add(1, Ordering::Relaxed);
+                } else if let Ok(mut t) = t2.lock() {
+                    t.count(&p.topic, &p.payload);
                 }
             }
         }
@@ -409,6 +492,7 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     };
     let join_time = started.elapsed();
     let start_states = states.load(Ordering::Relaxed) - before;
+    let storm = traffic.lock().map(|t| t.clone()).unwrap_or_default();
 
     let first = roll_call(&mut client, id).await?;
     client.op(id, ChairOp::CloseRollCall).await?;
@@ -416,12 +500,14 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     let settled = roll_call(&mut client, id).await?;
     client.op(id, ChairOp::End).await?;
     client.close();
+    let session = traffic.lock().map(|t| t.clone()).unwrap_or_default();
     watching.abort();
     Ok(MeetingRun {
         joined,
         join_time,
         start_states,
-        plans: plans.load(Ordering::Relaxed),
+        storm,
+        session,
         roll_call: first,
         settled,
     })

@@ -4,10 +4,10 @@
 //! - **Brokers as a tier**: one Mosquitto for each simulator process's villages (a few
 //!   counties, at most `--per-fleet` terminals: Mosquitto 2.0 adds each subscriber of a topic
 //!   by walking the topic's subscribers, so a broker's connects cost the square of its
-//!   terminals), each bridged to the province's by two connections: its counties' terminal
-//!   channels (uplinks out, downlinks in) on the records bridge, but the meeting channels, on
-//!   the meeting bridge with the meeting tree. Central and the chair's commands use the
-//!   province's.
+//!   terminals), each bridged to the province's by three connections: its counties' terminal
+//!   channels (uplinks out, downlinks in) on the records bridge, but the meeting uplinks, on
+//!   the meeting bridge with the meeting tree, and the meeting downlinks (media plans), on the
+//!   plans bridge. Central and the chair's commands use the province's.
 //! - **The fleet as several processes**: `cuntong-sim fleet --codes FILE --region
 //!   <prefecture> --part K/N`, at most `--per-fleet` terminals each, on its own broker.
 //! - **The simulators at a lower priority** (`nice -n 10`): in the field every box has its own
@@ -95,12 +95,13 @@ fn prefectures(args: &Args) -> anyhow::Result<BTreeMap<SiteCode, Vec<SiteCode>>>
 }
 
 /// The broker of one simulator process's villages (their counties: a few, a few thousand
-/// terminals), bridged to the province's on `province_port` by two connections, as central
+/// terminals), bridged to the province's on `province_port` by three connections, as central
 /// keeps its links apart (a bridge is one queue each way): the records bridge carries their
 /// counties' terminal channels but the meeting ones (uplinks out, downlinks in) and the
-/// broadcasts in; the meeting bridge their meeting uplinks out, their meeting downlinks and the
-/// sessions and screens in. A
-/// province's join storm and roll call do not wait behind its telemetry, nor the other way.
+/// broadcasts in; the meeting bridge their meeting uplinks out and the sessions and screens in;
+/// the plans bridge their meeting downlinks in. A province's join storm and roll call do not
+/// wait behind its telemetry, nor the other way; and a roll call reaches the sites while the
+/// storm's 54,000 media plans still wait on their way.
 fn county_broker(
     name: &str,
     villages: &[SiteCode],
@@ -116,12 +117,14 @@ fn county_broker(
     // The broadcasts with the records; the sessions and their screens with the meetings.
     let mut records = String::from("topic ct/v1/b/# in 1\n");
     let mut meeting = String::from("topic ct/v1/m/# in 1\ntopic ct/v1/s/# in 1\n");
+    let mut plans = String::new();
     for county in counties {
         for c in Channel::ALL {
             let filter = region_filter(Some(&Region::of(county)), Some(c));
             let direction = if c.is_uplink() { "out" } else { "in" };
             let bridge = match c {
-                Channel::MeetingUp | Channel::MeetingDown => &mut meeting,
+                Channel::MeetingUp => &mut meeting,
+                Channel::MeetingDown => &mut plans,
                 _ => &mut records,
             };
             bridge.push_str(&format!("topic {filter} {direction} 1\n"));
@@ -134,7 +137,8 @@ fn county_broker(
              try_private true\nnotifications false\nrestart_timeout 1\n{topics}"
         )
     };
-    let bridges = bridge("records", &records) + &bridge("meeting", &meeting);
+    let bridges =
+        bridge("records", &records) + &bridge("meeting", &meeting) + &bridge("plans", &plans);
     mosquitto(&format!("broker-{name}"), port, &bridges, dir)
 }
 
@@ -335,13 +339,14 @@ fn meeting(url: &str, region: &str, n: usize) -> anyhow::Result<()> {
     match rt.block_on(region_meeting(url, region, n)) {
         Ok(m) => {
             println!(
-                "  meeting start → all joined {:>6} ms   ({} of {n} joined; {} state publishes, {} media plans)",
+                "  meeting start → all joined {:>6} ms   ({} of {n} joined; {} state publishes)\n    until then: {}",
                 m.join_time.as_millis(),
                 m.joined,
                 m.start_states,
-                m.plans
+                m.storm.line()
             );
             println!("  {}   (target < 5 s)", m.roll_call());
+            println!("    the whole session: {}", m.session.line());
         }
         Err(e) => println!("  meeting                 FAILED: {e:#}"),
     }

@@ -167,7 +167,9 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "  invite fan-out          {} state publish(es) for the start, one per invited region (1), reaching {} sites; {} per-site media plans (each its own SSRC and key)",
-        m.start_states, m.joined, m.plans
+        m.start_states,
+        m.joined,
+        m.storm.plans()
     );
     println!("  {}   (target: all <= 2000, p99 < 1000)", m.roll_call());
     println!(
