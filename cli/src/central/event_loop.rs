@@ -260,6 +260,9 @@ impl Central {
             self.stats
                 .meeting_dropped
                 .store(r.meetings.dropped(), Ordering::Relaxed);
+            self.stats
+                .meeting_waiting
+                .store(r.meetings.waiting() as u64, Ordering::Relaxed);
         }
         self.watch_quiet_links(now);
         let oversized = [&self.ingest_link, &self.meeting_link, &self.control_link]

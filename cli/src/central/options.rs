@@ -103,6 +103,9 @@ pub struct CentralStats {
     pub shed: AtomicU64,
     /// Meeting messages dropped from a full outbound queue (the oldest; sites repeat).
     pub meeting_dropped: AtomicU64,
+    /// Meeting messages waiting for room in the meeting link (as of the last meeting tick):
+    /// what a join storm's plans queue in central rather than in the brokers.
+    pub meeting_waiting: AtomicU64,
 }
 
 impl CentralStats {

@@ -261,6 +261,7 @@ async fn report_stats(stats: Arc<CentralStats>, stop: CancellationToken) {
                 oversized = stats.get(|s| &s.oversized),
                 shed = stats.get(|s| &s.shed),
                 meeting_dropped = stats.get(|s| &s.meeting_dropped),
+                meeting_waiting = stats.get(|s| &s.meeting_waiting),
                 "central"
             ),
         }

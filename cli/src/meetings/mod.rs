@@ -441,6 +441,11 @@ impl MeetingService {
         self.outbound.drain(link);
     }
 
+    /// Messages waiting for room in the link.
+    pub fn waiting(&self) -> usize {
+        self.outbound.len()
+    }
+
     /// Messages the outbound queue dropped since the start (the oldest, when a lane was full).
     pub fn dropped(&self) -> u64 {
         self.outbound.dropped()

@@ -40,14 +40,16 @@ pub const JOIN_RETRY: Backoff = Backoff {
 };
 
 /// The back-off of a site's joins in a session whose heartbeat is `heartbeat_ms`: `retry`,
-/// starting no sooner than an eighth of the heartbeat. The host paces a session's heartbeat to
+/// starting no sooner than a quarter of the heartbeat. The host paces a session's heartbeat to
 /// its size (a province's 54,000 sites: 80 s), and the plans of so large a session take seconds
 /// to cross the brokers: a site repeating its join every few seconds meanwhile only adds joins,
-/// and plans answering them, to the queues its own plan waits in.
+/// and plans answering them, to the queues its own plan waits in. Joins travel at QoS 1 and a
+/// site joins again at once when its link comes back: a repeat is for the rare join or plan
+/// lost on the way.
 pub fn paced_join_retry(retry: Backoff, heartbeat_ms: u32) -> Backoff {
     let min = retry
         .min
-        .max(Duration::from_millis(u64::from(heartbeat_ms) / 8));
+        .max(Duration::from_millis(u64::from(heartbeat_ms) / 4));
     Backoff {
         min,
         max: retry.max.max(min),

@@ -32,10 +32,8 @@ impl Host {
         }
         let before = self.state.clone();
         let phase_before = self.sites.get(&from).map(|r| r.phase);
-        if matches!(
-            msg,
-            Uplink::Join { .. } | Uplink::Leave { .. } | Uplink::Decline { .. }
-        ) {
+        // A join changes the media unless it repeats one whose plan is on its way (below).
+        if matches!(msg, Uplink::Leave { .. } | Uplink::Decline { .. }) {
             self.media_dirty = true;
         }
         let rec = self.sites.entry(from).or_insert_with(SiteRecord::new);
@@ -63,9 +61,11 @@ impl Host {
                         .max(self.plan_delay.now(now_ms).saturating_mul(2));
                     if sent.is_none_or(|t| now_ms.saturating_sub(t) >= in_flight) {
                         self.admitted.remove(&from);
+                        self.media_dirty = true;
                     }
                     return out;
                 }
+                self.media_dirty = true;
                 self.joinings.insert(
                     from,
                     Joining {
