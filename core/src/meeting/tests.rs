@@ -715,15 +715,7 @@ fn unanswered_joins_back_off_to_a_minute_each_site_at_its_own_pace_and_start_ove
         let mut times = vec![1_000];
         times.extend(join_times(&mut p, 1_100, 600_000));
         // Each wait is within the upper half of its doubling: 3, 6, 12, 24, 48, then 60 s.
-        for (k, pair) in times.windows(2).enumerate() {
-            let full = 3_000u64.saturating_mul(1 << k.min(10)).min(60_000);
-            let gap = pair[1] - pair[0];
-            assert!(
-                gap + 100 >= full / 2 && gap <= full + 100,
-                "retry {k} of {}: {gap} ms ({times:?})",
-                p.id()
-            );
-        }
+        assert_backs_off(&times, 3_000, p.id());
         assert!(
             (13..=22).contains(&times.len()),
             "{} joins in 10 min",
@@ -755,6 +747,19 @@ fn unanswered_joins_back_off_to_a_minute_each_site_at_its_own_pace_and_start_ove
     first_retries.sort_unstable();
     first_retries.dedup();
     assert!(first_retries.len() >= 12, "{first_retries:?}");
+}
+
+/// Asserts that the joins sent at `times` (ms) wait within the upper half of a back-off from
+/// `first_ms`, doubling to a minute (100 ms of tick granularity either way).
+fn assert_backs_off(times: &[u64], first_ms: u64, site: &TerminalId) {
+    for (k, pair) in times.windows(2).enumerate() {
+        let full = first_ms.saturating_mul(1 << k.min(10)).min(60_000);
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap + 100 >= full / 2 && gap <= full + 100,
+            "retry {k} of {site}: {gap} ms ({times:?})"
+        );
+    }
 }
 
 /// The `joining` of every join among `out`.
@@ -2544,15 +2549,7 @@ fn a_site_of_a_province_sized_session_repeats_its_join_less_often() {
         let mut times = vec![1_000];
         times.extend(join_times(&mut p, 1_100, 120_000));
         // 20 s doubling to a minute, each wait in the upper half of its step.
-        for (k, pair) in times.windows(2).enumerate() {
-            let full = 20_000u64.saturating_mul(1 << k.min(10)).min(60_000);
-            let gap = pair[1] - pair[0];
-            assert!(
-                gap + 100 >= full / 2 && gap <= full + 100,
-                "retry {k} of {}: {gap} ms ({times:?})",
-                p.id()
-            );
-        }
+        assert_backs_off(&times, 20_000, p.id());
         gaps.push(times[1] - times[0]);
     }
     assert!(gaps.iter().all(|g| *g >= 10_000), "{gaps:?}");
