@@ -672,15 +672,18 @@ fn a_status_the_host_cannot_place_asks_the_site_to_join_again() {
 /// A started session and its state, as the sites receive it.
 fn live(invite: &[&str]) -> (Host, alloc::boxed::Box<MeetingState>) {
     let mut h = host(Kind::Meeting, invite);
-    let out = h.op(&Operator::Chair, ChairOp::Start, 1_000).unwrap();
-    let state = out
-        .into_iter()
+    let state = published(h.op(&Operator::Chair, ChairOp::Start, 1_000).unwrap());
+    (h, state)
+}
+
+/// The state the host published among `out`.
+fn published(out: Vec<HostOutput>) -> alloc::boxed::Box<MeetingState> {
+    out.into_iter()
         .find_map(|o| match o {
             HostOutput::Publish(s) => Some(s),
             _ => None,
         })
-        .unwrap();
-    (h, state)
+        .unwrap()
 }
 
 /// When a participant sends its joins over `ms` of ticks every 100 ms, nothing answering.
@@ -2587,14 +2590,7 @@ fn a_site_waiting_for_its_plan_answers_a_roll_call_at_once() {
     };
     // The plan goes out, and waits on the way.
     let plan = plans(h.media_updates(1_100)).pop().unwrap();
-    let out = h.op(&Operator::Chair, ChairOp::RollCall, 21_000).unwrap();
-    let with_roll_call = out
-        .into_iter()
-        .find_map(|o| match o {
-            HostOutput::Publish(s) => Some(s),
-            _ => None,
-        })
-        .unwrap();
+    let with_roll_call = published(h.op(&Operator::Chair, ChairOp::RollCall, 21_000).unwrap());
     let statuses: Vec<Uplink> = p
         .handle(Input::State(with_roll_call), 21_050)
         .into_iter()
