@@ -266,6 +266,8 @@ pub struct MeetingTraffic {
     /// Joins: a joining's first, its repeats.
     pub joins: u64,
     pub joins_repeated: u64,
+    /// Joins (first or repeated) asking for less than the full tier: a link judged weak.
+    pub joins_below_full: u64,
     pub statuses: u64,
     pub other_uplinks: u64,
     /// The last plan's SSRC and the last joining, by site.
@@ -292,7 +294,10 @@ impl MeetingTraffic {
             }
         } else {
             match Uplink::decode(payload) {
-                Ok(Uplink::Join { joining, .. }) => {
+                Ok(Uplink::Join { joining, tier, .. }) => {
+                    if tier != cuntong_core::meeting::Tier::Full {
+                        self.joins_below_full += 1;
+                    }
                     if self.joinings.insert(site.to_owned(), joining) == Some(joining) {
                         self.joins_repeated += 1;
                     } else {
@@ -313,7 +318,7 @@ impl MeetingTraffic {
     /// The traffic in one line.
     pub fn line(&self) -> String {
         format!(
-            "media plans {} ({} first, {} again, {} changed), other downlinks {}; joins {} and {} repeated, statuses {}, other uplinks {}",
+            "media plans {} ({} first, {} again, {} changed), other downlinks {}; joins {} and {} repeated ({} below the full tier), statuses {}, other uplinks {}",
             self.plans(),
             self.plans_first,
             self.plans_again,
@@ -321,6 +326,7 @@ impl MeetingTraffic {
             self.other_downlinks,
             self.joins,
             self.joins_repeated,
+            self.joins_below_full,
             self.statuses,
             self.other_uplinks
         )

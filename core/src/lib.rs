@@ -41,6 +41,7 @@ pub mod decimal;
 pub mod delivery;
 pub mod envelope;
 pub mod hj212;
+pub mod keepalive;
 pub mod lease;
 pub mod media;
 pub mod meeting;

@@ -456,8 +456,8 @@ fn a_meeting_of_three_villages_on_512k_lossy_links_adapts_keeps_decoding_and_los
         );
         assert_eq!(s["outbox"]["dropped"], 0, "{who} dropped records");
     }
-    // A box whose line died measured it dead and fell back to receiving only; it takes the
-    // full tier again after 30 s of a good line (TierTracker's recovery), then video again.
+    // The listener decodes again once its line is back: a lower tier it took while the line
+    // was dead gives way to the full tier after 30 s of a good line (TierTracker's recovery).
     let meeting = || ok(cuntong(&["meeting", "status", &id]));
     assert!(
         wait_until(Duration::from_secs(75), || decoding(LISTENER, 2.0)),

@@ -124,7 +124,9 @@ impl Default for TierThresholds {
     fn default() -> TierThresholds {
         TierThresholds {
             audio_only_rtt_ms: 400.0,
-            audio_only_loss_percent: 5.0,
+            // Two keep-alives lost of the last twenty ([`crate::keepalive::LOSS_WINDOW`]): one
+            // is an outage (a reconnect, a broker restarted), not a loss rate.
+            audio_only_loss_percent: 10.0,
             receive_only_rtt_ms: 1_000.0,
             receive_only_loss_percent: 20.0,
         }

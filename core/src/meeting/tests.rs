@@ -1146,7 +1146,7 @@ fn weak_links_join_audio_only_or_receive_only() {
     assert_eq!(th.tier(Some(40.0), 0.0), Tier::Full);
     assert_eq!(th.tier(None, 0.0), Tier::Full, "not measured yet");
     assert_eq!(th.tier(Some(450.0), 0.0), Tier::AudioOnly);
-    assert_eq!(th.tier(Some(40.0), 6.0), Tier::AudioOnly);
+    assert_eq!(th.tier(Some(40.0), 10.0), Tier::AudioOnly);
     assert_eq!(th.tier(Some(1_200.0), 0.0), Tier::ReceiveOnly);
     assert_eq!(th.tier(Some(40.0), 25.0), Tier::ReceiveOnly);
     // A joined site whose link degrades joins again with the lower tier.

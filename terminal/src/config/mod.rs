@@ -41,7 +41,7 @@
 //! rtp_port = 5004           # where this box receives media
 //! # tier = "audio-only"     # fix the tier; otherwise it follows the link:
 //! audio_only_rtt = "400ms"  # round trip at or above which the box joins audio-only
-//! audio_only_loss = 5       # ping loss (%) at or above which it joins audio-only
+//! audio_only_loss = 10      # keep-alives lost (% of the last 20) at or above which it joins audio-only
 //! receive_only_rtt = "1s"
 //! receive_only_loss = 20
 //! media_host = "10.13.2.21"  # the address this box's relay sends its media to

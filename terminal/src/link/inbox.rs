@@ -8,14 +8,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::Incoming;
 
+/// What a buffered message costs beyond its topic and payload: its place in the queue.
+const OVERHEAD: usize = 64;
+
 /// Received messages on their way from the poll task to the owner: the poll task hands each
 /// over at once while the bytes waiting fit the buffer; a task of its own feeds the owner's
 /// channel at the owner's pace, in the order received.
 pub(super) struct Inbox {
     queue: mpsc::UnboundedSender<(Incoming, u32)>,
-    /// Room left in the buffer, in KiB.
+    /// Room left in the buffer, in bytes.
     room: Arc<tokio::sync::Semaphore>,
-    capacity_kib: u32,
+    capacity: u32,
 }
 
 impl Inbox {
@@ -24,8 +27,8 @@ impl Inbox {
         bytes: usize,
         stop: CancellationToken,
     ) -> Inbox {
-        let capacity_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
-        let room = Arc::new(tokio::sync::Semaphore::new(capacity_kib as usize));
+        let capacity = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        let room = Arc::new(tokio::sync::Semaphore::new(capacity as usize));
         let (queue, mut waiting) = mpsc::unbounded_channel::<(Incoming, u32)>();
         let freed = room.clone();
         tokio::spawn(async move {
@@ -47,21 +50,73 @@ impl Inbox {
         Inbox {
             queue,
             room,
-            capacity_kib,
+            capacity,
         }
     }
 
-    /// Hands `msg` on; waits only while the buffer is full.
+    /// Hands `msg` on; waits only while the buffer is full. Each message costs its bytes
+    /// exactly (with [`OVERHEAD`]): a province's joins are a few hundred bytes each, and a
+    /// buffer counted in coarser units holds a fraction of the messages it was sized for.
     pub(super) async fn put(&self, msg: Incoming) {
-        let bytes = msg.payload.len() + msg.topic.len() + 64;
-        let cost = u32::try_from(bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .min(self.capacity_kib);
+        let bytes = msg.payload.len() + msg.topic.len() + OVERHEAD;
+        let cost = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.capacity);
         if let Ok(permit) = self.room.acquire_many(cost).await {
             permit.forget();
             if self.queue.send((msg, cost)).is_err() {
                 tracing::debug!("incoming receiver gone");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(n: usize) -> Incoming {
+        Incoming {
+            topic: format!("ct/v1/site/130102001001/md/up/{n:05}"),
+            payload: bytes::Bytes::from(vec![0u8; 120]),
+            retain: false,
+        }
+    }
+
+    /// A buffer sized for a storm of small messages holds them all while its owner reads
+    /// nothing: the poll task goes on reading from the broker.
+    #[tokio::test]
+    async fn a_buffer_holds_as_many_small_messages_as_its_bytes_allow() {
+        let (owner, mut received) = mpsc::channel(1);
+        let one = join(0).topic.len() + 120 + OVERHEAD;
+        let count = 1_000;
+        let inbox = Inbox::start(owner, one * count, CancellationToken::new());
+        // The owner's channel holds one more.
+        let put_all = async {
+            for n in 0..=count {
+                inbox.put(join(n)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), put_all)
+            .await
+            .expect("the buffer took every message without the owner reading");
+        // One more waits for room, and gets it once the owner reads.
+        let more = inbox.put(join(count + 1));
+        tokio::pin!(more);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut more)
+                .await
+                .is_err(),
+            "a full buffer holds the reader back"
+        );
+        for n in 0..3 {
+            let msg = received.recv().await.expect("a message");
+            assert!(
+                msg.topic.ends_with(&format!("/{n:05}")),
+                "in order: {}",
+                msg.topic
+            );
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), more)
+            .await
+            .expect("room once the owner reads");
     }
 }

@@ -82,9 +82,10 @@ pub struct LinkStatus {
     pub queued: usize,
     /// Unix ms of the last message sent on the socket.
     pub last_publish_ms: Option<u64>,
-    /// Round trip of the last keep-alive ping, in ms.
+    /// The keep-alive round trip, in ms: the median of the last answers
+    /// ([`cuntong_core::keepalive`]).
     pub rtt_ms: Option<f64>,
-    /// Share of the last pings that got no answer, in percent.
+    /// Share of the last keep-alive pings that got no answer, in percent.
     pub ping_loss_percent: f64,
     pub last_error: Option<String>,
     /// Received messages refused for being larger than the protocol allows.
@@ -112,9 +113,8 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct Detail {
-    rtt_ms: Option<f64>,
-    /// Outcome of recent pings, newest last: true = answered.
-    pings: std::collections::VecDeque<bool>,
+    /// What the keep-alive pings said of the link.
+    keepalives: cuntong_core::keepalive::KeepAlives,
     last_error: Option<String>,
     /// The last connection failure as a person reads it ([`describe`](failure::describe)).
     last_cause: Option<String>,
@@ -122,8 +122,6 @@ struct Detail {
     broker: Option<String>,
     last_tls_error: String,
 }
-
-const PING_WINDOW: usize = 20;
 
 /// Why a publish was not queued.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -290,13 +288,7 @@ impl Link {
     /// without the rest.
     pub fn quality(&self) -> (Option<f64>, f64) {
         self.shared.detail.lock().map_or((None, 0.0), |d| {
-            let lost = d.pings.iter().filter(|ok| !**ok).count();
-            let loss = if d.pings.is_empty() {
-                0.0
-            } else {
-                100.0 * lost as f64 / d.pings.len() as f64
-            };
-            (d.rtt_ms, loss)
+            (d.keepalives.round_trip_ms(), d.keepalives.loss_percent())
         })
     }
 

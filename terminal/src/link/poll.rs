@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::failure::{describe, tls_failure};
-use super::{Backoff, Connect, Inbox, Incoming, MAX_PAYLOAD, PING_WINDOW, Shared, unix_ms};
+use super::{Backoff, Connect, Inbox, Incoming, MAX_PAYLOAD, Shared, unix_ms};
 use crate::broker_url::{BrokerUrl, Brokers};
 
 /// What the poll task tells the rest of the link.
@@ -132,13 +132,13 @@ pub(super) async fn poll_task(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::PingReq)) => {
                 if ping_sent.is_some() {
-                    record_ping(&shared, false, None);
+                    record_ping(&shared, None);
                 }
                 ping_sent = Some(Instant::now());
             }
             Ok(Event::Incoming(Packet::PingResp)) => {
                 if let Some(t) = ping_sent.take() {
-                    record_ping(&shared, true, Some(t.elapsed().as_secs_f64() * 1000.0));
+                    record_ping(&shared, Some(t.elapsed().as_secs_f64() * 1000.0));
                 }
             }
             Ok(_) => {}
@@ -151,7 +151,7 @@ pub(super) async fn poll_task(
                 let was_connected = shared.connected.swap(false, Ordering::Relaxed);
                 up.send_replace(false);
                 if ping_sent.take().is_some() {
-                    record_ping(&shared, false, None);
+                    record_ping(&shared, None);
                 }
                 if !was_connected && matches!(e, rumqttc::ConnectionError::NetworkTimeout) {
                     timeouts += 1;
@@ -281,14 +281,12 @@ async fn uplink_back(broker: &BrokerUrl) {
     }
 }
 
-fn record_ping(shared: &Shared, answered: bool, rtt_ms: Option<f64>) {
+/// A ping's outcome: answered after so many ms, or lost.
+fn record_ping(shared: &Shared, rtt_ms: Option<f64>) {
     if let Ok(mut d) = shared.detail.lock() {
-        if d.pings.len() == PING_WINDOW {
-            d.pings.pop_front();
-        }
-        d.pings.push_back(answered);
-        if rtt_ms.is_some() {
-            d.rtt_ms = rtt_ms;
+        match rtt_ms {
+            Some(ms) => d.keepalives.answered(ms),
+            None => d.keepalives.lost(),
         }
     }
 }
