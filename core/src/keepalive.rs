@@ -32,9 +32,15 @@ impl KeepAlives {
         push(&mut self.outcomes, false, LOSS_WINDOW);
     }
 
-    /// The link's round trip: the lower median of the last [`RTT_WINDOW`] answers, so a single
-    /// slow answer (or a minority of them) is not taken for the link; `None` before any answer.
+    /// The link's round trip: the median of the last [`RTT_WINDOW`] answers, so a single slow
+    /// answer (or a minority of them) is not taken for the link; `None` (not known) until a
+    /// majority of the window has answered. A box's first answers come while its broker takes
+    /// the connects of every box that came up with it (a county's power restored, a broker
+    /// restarted): slow because the broker is busy, not because the link is weak.
     pub fn round_trip_ms(&self) -> Option<f64> {
+        if self.round_trips.len() < RTT_WINDOW / 2 + 1 {
+            return None;
+        }
         let mut sorted: alloc::vec::Vec<f64> = self.round_trips.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
         sorted.get(sorted.len().saturating_sub(1) / 2).copied()
@@ -67,16 +73,30 @@ mod tests {
     #[test]
     fn one_slow_answer_is_not_the_links_round_trip() {
         let mut k = KeepAlives::default();
-        assert_eq!(k.round_trip_ms(), None);
         k.answered(30.0);
-        assert_eq!(k.round_trip_ms(), Some(30.0));
+        k.answered(35.0);
+        k.answered(40.0);
+        assert_eq!(k.round_trip_ms(), Some(35.0));
         // A broker busy with a storm answers one ping late: the link is still fast.
         k.answered(1_500.0);
-        assert_eq!(k.round_trip_ms(), Some(30.0));
+        assert_eq!(k.round_trip_ms(), Some(35.0));
         assert_eq!(tier(&k), Tier::Full);
-        k.answered(40.0);
         k.answered(2_000.0);
-        assert_eq!(tier(&k), Tier::Full, "two slow answers of four");
+        assert_eq!(tier(&k), Tier::Full, "two slow answers of five");
+    }
+
+    #[test]
+    fn a_new_links_first_answers_are_not_its_round_trip() {
+        let mut k = KeepAlives::default();
+        assert_eq!(k.round_trip_ms(), None);
+        // Its broker is taking a county's connects at once.
+        k.answered(1_800.0);
+        k.answered(900.0);
+        assert_eq!(k.round_trip_ms(), None, "not known from two answers");
+        assert_eq!(tier(&k), Tier::Full);
+        k.answered(1_200.0);
+        assert_eq!(k.round_trip_ms(), Some(1_200.0), "three answers, all slow");
+        assert_eq!(tier(&k), Tier::ReceiveOnly);
     }
 
     #[test]
