@@ -17,19 +17,61 @@ pub fn write(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Writes `items` to standard output as one indented JSON array, each item serialised as it
-/// comes (a province's 54,145 sites are never all held as JSON at once), or ends the process
-/// if it cannot.
+/// Writes `items` to standard output as one JSON array, or ends the process if it cannot (see
+/// [`JsonArray`]).
 pub fn json_array<T: serde::Serialize>(items: impl IntoIterator<Item = T>) {
-    use serde::Serializer as _;
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let written = serde_json::Serializer::pretty(&mut out)
-        .collect_seq(items)
-        .map_err(std::io::Error::from)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
-    if let Err(e) = written {
-        failed(e);
+    let mut out = JsonArray::start();
+    for item in items {
+        out.push(&item);
+    }
+    out.end();
+}
+
+/// A JSON array written to standard output an item at a time, one item to a line (a
+/// province's 54,145 sites are never all held, as rows or as JSON, and `grep` and `head` see
+/// one item a line). Any write failure ends the process as [`write`] does. An array not
+/// [`end`](JsonArray::end)ed (its source failed half-way) is left unclosed: no reader takes
+/// it for the whole.
+#[derive(Debug)]
+pub struct JsonArray {
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    items: u64,
+}
+
+impl JsonArray {
+    pub fn start() -> JsonArray {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        if let Err(e) = out.write_all(b"[") {
+            failed(e);
+        }
+        JsonArray { out, items: 0 }
+    }
+
+    pub fn push<T: serde::Serialize>(&mut self, item: &T) {
+        let separator: &[u8] = if self.items == 0 { b"\n" } else { b",\n" };
+        self.items += 1;
+        let written = self
+            .out
+            .write_all(separator)
+            .and_then(|()| serde_json::to_writer(&mut self.out, item).map_err(Into::into));
+        if let Err(e) = written {
+            failed(e);
+        }
+    }
+
+    /// Closes the array and flushes it.
+    pub fn end(mut self) {
+        let close: &[u8] = if self.items == 0 { b"]\n" } else { b"\n]\n" };
+        if let Err(e) = self.out.write_all(close).and_then(|()| self.out.flush()) {
+            failed(e);
+        }
+    }
+}
+
+impl Drop for JsonArray {
+    /// What was written reaches the reader even when the array is left unclosed.
+    fn drop(&mut self) {
+        let _ = self.out.flush();
     }
 }
 

@@ -70,14 +70,21 @@ fn print_json<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> Result<
 pub fn run_sites(args: SitesArgs) -> Result<(), Failure> {
     let region = region(args.region)?;
     let store = database(args.db).open_read_only().map_err(fail)?;
-    let rows = store.sites(region.as_ref()).map_err(fail)?;
     let names = store.names(region.as_ref()).map_err(fail)?;
     if args.json {
-        print_json(rows.iter().map(|r| view::site_json(r, &names)))
+        // Written as read: a province's view is never all held.
+        let mut out = cuntong_terminal::stdout::JsonArray::start();
+        store
+            .each_site(region.as_ref(), &mut |r| {
+                out.push(&view::site_json(&r, &names));
+            })
+            .map_err(fail)?;
+        out.end();
     } else {
+        let rows = store.sites(region.as_ref()).map_err(fail)?;
         print!("{}", view::sites_table(&rows, unix_ms(), &names));
-        Ok(())
     }
+    Ok(())
 }
 
 pub fn run_telemetry(args: TelemetryArgs) -> Result<(), Failure> {

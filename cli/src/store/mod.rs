@@ -476,8 +476,19 @@ pub trait Store: Send {
     fn settle(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// The fleet view, optionally limited to a region, in terminal id order: each terminal's
+    /// row handed to `each` as it is read (a province's rows are never all held at once).
+    fn each_site(
+        &self,
+        region: Option<&Region>,
+        each: &mut dyn FnMut(SiteRow),
+    ) -> Result<(), StoreError>;
     /// The fleet view, optionally limited to a region, ordered by terminal id.
-    fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError>;
+    fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError> {
+        let mut rows = Vec::new();
+        self.each_site(region, &mut |r| rows.push(r))?;
+        Ok(rows)
+    }
     /// Stored samples of a terminal, oldest first.
     fn telemetry(
         &self,

@@ -574,7 +574,11 @@ impl Store for SqliteStore {
         Ok(applied)
     }
 
-    fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError> {
+    fn each_site(
+        &self,
+        region: Option<&Region>,
+        each: &mut dyn FnMut(SiteRow),
+    ) -> Result<(), StoreError> {
         let (from, to) = region_range(region);
         // One query: each terminal's row, followed by its metrics (none: one row of NULLs).
         let mut stmt = self.conn.prepare_cached(
@@ -583,13 +587,17 @@ impl Store for SqliteStore {
              FROM terminals t LEFT JOIN latest l ON l.terminal = t.terminal
              WHERE t.site >= ?1 AND t.site < ?2 ORDER BY t.terminal, l.metric",
         )?;
-        let mut rows: Vec<SiteRow> = Vec::new();
+        // The terminal being read, handed on when the next one starts.
+        let mut site: Option<SiteRow> = None;
         let mut metric_names = MetricNames::default();
         let mut q = stmt.query(params![from, to])?;
         while let Some(r) = q.next()? {
             let terminal: String = r.get(0)?;
-            if rows.last().is_none_or(|s| s.terminal != terminal) {
-                rows.push(SiteRow {
+            if site.as_ref().is_none_or(|s| s.terminal != terminal) {
+                if let Some(done) = site.take() {
+                    each(done);
+                }
+                site = Some(SiteRow {
                     terminal,
                     site: r.get(1)?,
                     level: r.get(2)?,
@@ -602,12 +610,15 @@ impl Store for SqliteStore {
             if let (Some(metric), Some(value), Some(site)) = (
                 r.get::<_, Option<String>>(6)?,
                 r.get::<_, Option<f64>>(7)?,
-                rows.last_mut(),
+                site.as_mut(),
             ) {
                 site.metrics.push((metric_names.get(&metric), value));
             }
         }
-        Ok(rows)
+        if let Some(done) = site {
+            each(done);
+        }
+        Ok(())
     }
 
     fn telemetry(

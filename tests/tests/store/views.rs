@@ -284,6 +284,42 @@ fn sites_filters_by_region_prefix_and_orders_by_terminal() {
     });
 }
 
+/// More terminals than the PostgreSQL store reads at a time: every one, once, in id order,
+/// whether handed on one by one or collected.
+#[test]
+fn a_fleet_view_larger_than_a_read_comes_whole_and_in_order() {
+    on_both(|db| {
+        let mut store = db.open();
+        let ids = |county: u32| {
+            (0..2_345u32)
+                .map(move |n| format!("13{county:04}{:03}{:03}-main", n / 100 + 1, n % 100 + 1))
+        };
+        // Applied out of order, and with a county of another region between.
+        let mut records: Vec<Record> = ids(102)
+            .chain(ids(101))
+            .map(|t| presence(&t, true, T0))
+            .collect();
+        records.push(presence("140105001001-main", true, T0));
+        store.apply(&records).unwrap();
+        let region: Region = "13".parse().unwrap();
+        let mut handed = Vec::new();
+        store
+            .each_site(Some(&region), &mut |r| handed.push(r.terminal))
+            .unwrap();
+        let expected: Vec<String> = ids(101).chain(ids(102)).collect();
+        assert_eq!(handed.len(), expected.len());
+        assert!(handed == expected, "not every terminal once, in id order");
+        let collected: Vec<String> = store
+            .sites(Some(&region))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.terminal)
+            .collect();
+        assert!(collected == expected);
+        assert_eq!(store.sites(None).unwrap().len(), expected.len() + 1);
+    });
+}
+
 #[test]
 fn sites_gives_each_terminal_its_newest_values_in_metric_order_and_none_to_a_silent_one() {
     let views = on_both(|db| {

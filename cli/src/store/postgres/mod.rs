@@ -45,7 +45,7 @@ use cuntong_core::terminal_id::TerminalId;
 use super::{
     Applied, EventRow, Fence, InstanceRow, KnownTerminal, MeetingRow, MetricNames, OpenAlarms,
     Record, ReleaseRow, RolloutRow, RolloutSiteRow, SampleRow, SiteRow, Store, StoreError,
-    StoredMeeting, event_row, push_samples, stream_id,
+    StoredMeeting, event_row, push_samples, region_range, stream_id,
 };
 use crate::names::Names;
 use cuntong_core::alarm::Alarm;
@@ -144,13 +144,8 @@ pub(super) fn describe(e: &::postgres::Error) -> String {
 
 /// The exclusive upper bound of the strings starting with `prefix` (in byte order): the
 /// prefix with its last character incremented. Region prefixes are digits.
-fn prefix_end(prefix: &str) -> String {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    if let Some(last) = chars.pop() {
-        chars.push(char::from_u32(u32::from(last) + 1).unwrap_or(char::MAX));
-    }
-    chars.into_iter().collect()
-}
+/// Rows of the fleet view fetched from its cursor at a time.
+const SITES_BATCH: usize = 2_000;
 
 impl PgStore {
     /// The schema version this build writes.
@@ -475,50 +470,62 @@ impl Store for PgStore {
         self.fold_and_summarise(fold)
     }
 
-    fn sites(&self, region: Option<&Region>) -> Result<Vec<SiteRow>, StoreError> {
+    fn each_site(
+        &self,
+        region: Option<&Region>,
+        each: &mut dyn FnMut(SiteRow),
+    ) -> Result<(), StoreError> {
         // What this connection stored is in the view it reads.
         self.fold_quietly();
-        let prefix = region.map_or(String::new(), |r| r.prefix());
-        let end = prefix_end(&prefix);
-        let (filter, params): (&str, Vec<&(dyn ToSql + Sync)>) = if prefix.is_empty() {
-            ("", vec![])
-        } else {
-            ("WHERE t.site >= $1 AND t.site < $2", vec![&prefix, &end])
-        };
-        // One query: each terminal with its newest values (by metric name). Sorted here: a
-        // province's rows sorted by the server spill to disk beyond its work_mem.
-        let sql = format!(
-            "SELECT t.terminal, t.site, t.level, t.online, t.version, t.last_seen_ms,
-                coalesce(t.metrics, '{{}}'), coalesce(t.vals, '{{}}')
-             FROM terminals t
-             {filter}"
-        );
-        // Each row taken as it arrives (a province's rows are never all held twice).
+        let err = || self.err("reading the fleet view");
+        // A terminal id starts with its site code, so a region is a range of ids. Through a
+        // cursor, the server plans for the first rows and reads them in the order of the ids'
+        // index, so neither side sorts a province (the server's sort spilled to disk), and each
+        // batch is handed on as it comes.
+        let (from, to) = region_range(region);
         let mut client = self.client.borrow_mut();
-        let mut rows = client
-            .query_raw(&sql, params)
-            .map_err(self.err("reading the fleet view"))?;
+        let mut tx = client.transaction().map_err(err())?;
+        tx.execute(
+            "DECLARE fleet_view NO SCROLL CURSOR FOR
+             SELECT terminal, site, level, online, version, last_seen_ms,
+                coalesce(metrics, '{}'), coalesce(vals, '{}')
+             FROM terminals WHERE terminal >= $1 AND terminal < $2 ORDER BY terminal",
+            &[&from, &to],
+        )
+        .map_err(err())?;
+        let fetch = format!("FETCH {SITES_BATCH} FROM fleet_view");
         let mut metric_names = MetricNames::default();
-        let mut sites = Vec::with_capacity(rows.size_hint().0);
-        while let Some(r) = rows.next().map_err(self.err("reading the fleet view"))? {
-            let names: Vec<&str> = r.try_get(6).map_err(self.err("reading the fleet view"))?;
-            let values: Vec<f64> = r.try_get(7).map_err(self.err("reading the fleet view"))?;
-            sites.push(SiteRow {
-                terminal: r.get(0),
-                site: r.get(1),
-                level: r.get(2),
-                online: r.get(3),
-                version: r.get(4),
-                last_seen_ms: r.get::<_, Option<i64>>(5).map(|v| v as u64),
-                metrics: names
-                    .into_iter()
-                    .map(|n| metric_names.get(n))
-                    .zip(values)
-                    .collect(),
-            });
+        loop {
+            let mut rows = tx
+                .query_raw(&fetch, std::iter::empty::<i32>())
+                .map_err(err())?;
+            let mut fetched = 0usize;
+            while let Some(r) = rows.next().map_err(err())? {
+                fetched += 1;
+                let names: Vec<&str> = r.try_get(6).map_err(err())?;
+                let values: Vec<f64> = r.try_get(7).map_err(err())?;
+                each(SiteRow {
+                    terminal: r.try_get(0).map_err(err())?,
+                    site: r.try_get(1).map_err(err())?,
+                    level: r.try_get(2).map_err(err())?,
+                    online: r.try_get(3).map_err(err())?,
+                    version: r.try_get(4).map_err(err())?,
+                    last_seen_ms: r
+                        .try_get::<_, Option<i64>>(5)
+                        .map_err(err())?
+                        .map(|v| v as u64),
+                    metrics: names
+                        .into_iter()
+                        .map(|n| metric_names.get(n))
+                        .zip(values)
+                        .collect(),
+                });
+            }
+            if fetched < SITES_BATCH {
+                break;
+            }
         }
-        sites.sort_unstable_by(|a, b| a.terminal.cmp(&b.terminal));
-        Ok(sites)
+        tx.commit().map_err(err())
     }
 
     fn telemetry(
@@ -553,26 +560,16 @@ impl Store for PgStore {
         since_ms: Option<u64>,
     ) -> Result<Vec<EventRow>, StoreError> {
         // A terminal id starts with its site code, so a region is a range of ids.
-        let prefix = region.map_or(String::new(), |r| r.prefix());
-        let end = prefix_end(&prefix);
+        let (from, to) = region_range(region);
         let stream = stream_id(Stream::Events) as i16;
         let since = since_ms.unwrap_or(0) as i64;
-        let (filter, params): (&str, Vec<&(dyn ToSql + Sync)>) = if prefix.is_empty() {
-            ("", vec![&stream, &since])
-        } else {
-            (
-                "AND terminal >= $3 AND terminal < $4",
-                vec![&stream, &since, &prefix, &end],
-            )
-        };
-        let sql = format!(
-            "SELECT terminal, seq, payload FROM messages WHERE stream = $1 AND time_ms >= $2
-             {filter} ORDER BY time_ms, terminal, seq"
-        );
+        let params: [&(dyn ToSql + Sync); 4] = [&stream, &since, &from, &to];
+        let sql = "SELECT terminal, seq, payload FROM messages WHERE stream = $1 AND time_ms >= $2
+             AND terminal >= $3 AND terminal < $4 ORDER BY time_ms, terminal, seq";
         let rows = self
             .client
             .borrow_mut()
-            .query(&sql, &params)
+            .query(sql, &params)
             .map_err(self.err("reading events"))?;
         rows.iter()
             .map(|r| event_row(r.get(0), r.get(1), r.get(2)))
@@ -599,12 +596,5 @@ mod tests {
             "postgres://u@127.0.0.1:5/db"
         );
         assert_eq!(redact("postgres://u:p:q@h@x/db"), "postgres://u:***@x/db");
-    }
-
-    #[test]
-    fn a_region_prefix_ends_where_its_last_digit_is_incremented() {
-        assert_eq!(prefix_end("13"), "14");
-        assert_eq!(prefix_end("1309"), "130:");
-        assert_eq!(prefix_end(""), "");
     }
 }
