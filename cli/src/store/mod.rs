@@ -48,7 +48,7 @@ pub use rollouts::{ReleaseRow, RolloutRow, RolloutSiteRow};
 use sqlite::has_table;
 pub use sqlite::{BackupSummary, SqliteStore, open_read_only};
 pub use writer::{
-    GROUP, RecordPermit, RecordSender, StateWriter, TrySendError, Writer, WriterGone,
+    GROUP, LINGER, RecordPermit, RecordSender, StateWriter, TrySendError, Writer, WriterGone,
 };
 
 /// Why the store failed.

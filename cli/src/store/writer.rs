@@ -26,6 +26,12 @@ use crate::names::Names;
 /// Records applied in one transaction, at most.
 pub const GROUP: usize = 4096;
 
+/// How long the first record of a group waits for others. A province reporting steadily
+/// hands over a record or two at a time: applied at once, each would cost a transaction and a
+/// fold of its own (hundreds a second, for 900 records a second). A record's confirmation
+/// waits this long at most; a storm fills its groups without waiting.
+pub const LINGER: Duration = Duration::from_millis(100);
+
 /// Records waiting for the store thread, at most (then ingest waits: back-pressure).
 const RECORDS_QUEUED: usize = GROUP * 2;
 
@@ -273,13 +279,23 @@ fn run(
     stop: &CancellationToken,
 ) -> Result<(), StoreError> {
     let mut group = Vec::with_capacity(GROUP);
+    // When the group's first record was taken.
+    let mut group_since = Instant::now();
     let mut names_read = Instant::now();
     loop {
         // The services' state first, then one group of records.
         let mut state_open = true;
         loop {
             match q.state.try_recv() {
-                Ok(w) => write_state(store, w, stop)?,
+                Ok(w) => {
+                    if matches!(w, StateWrite::Flush(_) | StateWrite::Written(_))
+                        && !group.is_empty()
+                    {
+                        // What was handed over before the flush is written before it.
+                        apply_group(store, &mut group, applied, stop)?;
+                    }
+                    write_state(store, w, stop)?
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     state_open = false;
@@ -290,7 +306,12 @@ fn run(
         let mut records_open = true;
         while group.len() < GROUP {
             match q.records.try_recv() {
-                Ok(r) => group.push(r),
+                Ok(r) => {
+                    if group.is_empty() {
+                        group_since = Instant::now();
+                    }
+                    group.push(r)
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     records_open = false;
@@ -298,12 +319,11 @@ fn run(
                 }
             }
         }
-        let worked = !group.is_empty();
+        let lingered = group_since.elapsed();
+        let worked =
+            !group.is_empty() && (group.len() >= GROUP || !records_open || lingered >= LINGER);
         if worked {
-            applied(retrying(stop, "records", group.len(), || {
-                store.apply(&group)
-            })?);
-            group.clear();
+            apply_group(store, &mut group, applied, stop)?;
         }
         if names_read.elapsed() >= NAMES_EVERY {
             names_read = Instant::now();
@@ -323,17 +343,36 @@ fn run(
         if worked {
             continue;
         }
-        // Nothing queued: what the store defers is brought up to date.
-        settle(store);
-        if !state_open && !records_open {
-            return Ok(());
-        }
-        // Woken by a hand-over, or to look at the names. Once every sender is gone the bell
-        // no longer waits, and the queues report closed when they are empty.
-        if let Err(RecvTimeoutError::Disconnected) = q.bell.recv_timeout(NAMES_EVERY) {
+        let wait = if group.is_empty() {
+            // Nothing queued: what the store defers is brought up to date.
+            settle(store);
+            if !state_open && !records_open {
+                return Ok(());
+            }
+            NAMES_EVERY
+        } else {
+            LINGER.saturating_sub(lingered)
+        };
+        // Woken by a hand-over, when the group is due, or to look at the names. Once every
+        // sender is gone the bell no longer waits, and the queues report closed when empty.
+        if let Err(RecvTimeoutError::Disconnected) = q.bell.recv_timeout(wait) {
             continue;
         }
     }
+}
+
+/// Applies `group` in one transaction (retried until it is stored) and empties it.
+fn apply_group(
+    store: &mut dyn Store,
+    group: &mut Vec<Record>,
+    applied: &mut impl FnMut(Applied),
+    stop: &CancellationToken,
+) -> Result<(), StoreError> {
+    applied(retrying(stop, "records", group.len(), || {
+        store.apply(group)
+    })?);
+    group.clear();
+    Ok(())
 }
 
 fn write_state(

@@ -405,3 +405,42 @@ fn a_group_that_fails_as_it_commits_is_stored_whole_when_sent_again() {
     assert!(row.online, "the first group's presence is kept");
     assert_eq!(metric(row, "env.temp"), Some(4.0));
 }
+
+/// A province reporting steadily hands the store thread a record or two at a time: the records
+/// that come within [`LINGER`] of a group's first are applied with it, in one transaction, not
+/// each in its own; and every record is applied.
+#[test]
+fn records_handed_over_one_by_one_are_applied_in_groups() {
+    use cuntong::store::{LINGER, Writer};
+    use std::sync::{Arc, Mutex};
+    on_both(|db| {
+        let groups = Arc::new(Mutex::new(Vec::new()));
+        let seen = groups.clone();
+        let writer = Writer::start(
+            db.open(),
+            move |a: Applied| seen.lock().unwrap().push(a.stored),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        // 40 records over about half the linger: applied at once, each would be a group.
+        let spacing = LINGER / 80;
+        for q in 1..=40 {
+            let r = temp(A, q, T0 + q * 1_000, "1.00");
+            assert!(writer.records.try_send(r).is_ok(), "queue has room");
+            std::thread::sleep(spacing);
+        }
+        writer.state.flush().unwrap();
+        let applied = groups.lock().unwrap().clone();
+        assert_eq!(
+            applied.iter().sum::<u64>(),
+            40,
+            "every record stored: {applied:?}"
+        );
+        assert!(
+            applied.len() <= 4,
+            "{} groups for 40 records handed over within the linger: {applied:?}",
+            applied.len()
+        );
+        writer.join().unwrap();
+    });
+}

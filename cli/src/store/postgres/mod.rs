@@ -142,8 +142,6 @@ pub(super) fn describe(e: &::postgres::Error) -> String {
     s
 }
 
-/// The exclusive upper bound of the strings starting with `prefix` (in byte order): the
-/// prefix with its last character incremented. Region prefixes are digits.
 /// Rows of the fleet view fetched from its cursor at a time.
 const SITES_BATCH: usize = 2_000;
 
