@@ -11,6 +11,7 @@ const ORDER: &[&str] = &[
     "decimal",
     "backoff",
     "throttle",
+    "keepalive",
     "lease",
     "site",
     "terminal_id",

@@ -268,9 +268,10 @@ fn a_meeting_of_three_villages_on_512k_lossy_links_adapts_keeps_decoding_and_los
     for (v, id) in net.villages.iter().zip(VILLAGES) {
         let link = LinkProxy::start_on(d, &v.public(), broker.port);
         // The thresholds fit this line: its round trip is 300 ms by design (150 ms each way,
-        // ±30 ms) and a ping crosses the 3 % loss twice (about 6 %), right at the defaults
-        // (400 ms, 5 %), so the listener's recovery to the full tier (30 s of good readings)
-        // came or not by chance; 600 ms and 12 % still tell a dead line from this one.
+        // ±30 ms, a retransmission more) and a ping crosses the 3 % loss twice (about 6 %),
+        // close to the defaults (400 ms, 10 %), so the listener's recovery to the full tier
+        // (30 s of good readings) would come or not by chance; 600 ms and 12 % still tell a
+        // dead line from this one.
         let cfg = config(
             d,
             id,
