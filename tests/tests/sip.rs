@@ -458,8 +458,9 @@ fn a_room_system_dials_in_is_in_the_roll_call_decodes_the_room_and_is_seen_with_
     );
     assert!(
         wait_until(Duration::from_secs(30), || decoded_picture(&called)),
-        "the called room system decoded no picture\n{}",
-        answering.log_text()
+        "the called room system decoded no picture\nbaresip:\n{}\ngateway:\n{}",
+        answering.log_text(),
+        gateway.log_text()
     );
     assert!(
         gateway.log_text().contains("calling the room system")

@@ -284,25 +284,7 @@ fn run(
     let mut names_read = Instant::now();
     loop {
         // The services' state first, then one group of records.
-        let mut state_open = true;
-        loop {
-            match q.state.try_recv() {
-                Ok(w) => {
-                    if matches!(w, StateWrite::Flush(_) | StateWrite::Written(_))
-                        && !group.is_empty()
-                    {
-                        // What was handed over before the flush is written before it.
-                        apply_group(store, &mut group, applied, stop)?;
-                    }
-                    write_state(store, w, stop)?
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    state_open = false;
-                    break;
-                }
-            }
-        }
+        let state_open = write_states(store, &mut q.state, &mut group, applied, stop)?;
         let mut records_open = true;
         while group.len() < GROUP {
             match q.records.try_recv() {
@@ -327,18 +309,7 @@ fn run(
         }
         if names_read.elapsed() >= NAMES_EVERY {
             names_read = Instant::now();
-            match cache.get(store) {
-                Ok(current) => {
-                    names.send_if_modified(|n| {
-                        let changed = !Arc::ptr_eq(n, &current);
-                        *n = current;
-                        changed
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the names; keeping the ones read before")
-                }
-            }
+            read_names(store, cache, names);
         }
         if worked {
             continue;
@@ -357,6 +328,46 @@ fn run(
         // sender is gone the bell no longer waits, and the queues report closed when empty.
         if let Err(RecvTimeoutError::Disconnected) = q.bell.recv_timeout(wait) {
             continue;
+        }
+    }
+}
+
+/// Writes the services' state handed over so far, a waiting group of records first when a
+/// flush asks for everything before it; whether their queue is still open.
+fn write_states(
+    store: &mut dyn Store,
+    state: &mut mpsc::UnboundedReceiver<StateWrite>,
+    group: &mut Vec<Record>,
+    applied: &mut impl FnMut(Applied),
+    stop: &CancellationToken,
+) -> Result<bool, StoreError> {
+    loop {
+        match state.try_recv() {
+            Ok(w) => {
+                if matches!(w, StateWrite::Flush(_) | StateWrite::Written(_)) && !group.is_empty() {
+                    // What was handed over before the flush is written before it.
+                    apply_group(store, group, applied, stop)?;
+                }
+                write_state(store, w, stop)?
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return Ok(true),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(false),
+        }
+    }
+}
+
+/// Hands the services the store's names if they changed since last read.
+fn read_names(store: &dyn Store, cache: &mut NamesCache, names: &watch::Sender<Arc<Names>>) {
+    match cache.get(store) {
+        Ok(current) => {
+            names.send_if_modified(|n| {
+                let changed = !Arc::ptr_eq(n, &current);
+                *n = current;
+                changed
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the names; keeping the ones read before")
         }
     }
 }
