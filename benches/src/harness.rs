@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
@@ -270,9 +270,13 @@ pub struct MeetingTraffic {
     pub joins_below_full: u64,
     pub statuses: u64,
     pub other_uplinks: u64,
-    /// The last plan's SSRC and the last joining, by site.
+    /// The heartbeat of the last meeting state seen (ms).
+    pub heartbeat_ms: u32,
+    /// How long after its first join each repeated joining was first repeated (ms).
+    pub first_repeats_ms: Vec<u64>,
+    /// The last plan's SSRC, and the last joining with when it was first seen, by site.
     ssrcs: std::collections::HashMap<String, u32>,
-    joinings: std::collections::HashMap<String, u64>,
+    joinings: std::collections::HashMap<String, (u64, Instant, bool)>,
 }
 
 impl MeetingTraffic {
@@ -298,15 +302,32 @@ impl MeetingTraffic {
                     if tier != cuntong_core::meeting::Tier::Full {
                         self.joins_below_full += 1;
                     }
-                    if self.joinings.insert(site.to_owned(), joining) == Some(joining) {
-                        self.joins_repeated += 1;
-                    } else {
-                        self.joins += 1;
+                    match self.joinings.get_mut(site) {
+                        Some((j, first, repeated)) if *j == joining => {
+                            self.joins_repeated += 1;
+                            if !*repeated {
+                                *repeated = true;
+                                self.first_repeats_ms
+                                    .push(first.elapsed().as_millis() as u64);
+                            }
+                        }
+                        _ => {
+                            self.joins += 1;
+                            self.joinings
+                                .insert(site.to_owned(), (joining, Instant::now(), false));
+                        }
                     }
                 }
                 Ok(Uplink::Status { .. }) => self.statuses += 1,
                 _ => self.other_uplinks += 1,
             }
+        }
+    }
+
+    /// Counts a meeting state the watcher saw.
+    fn state(&mut self, payload: &[u8]) {
+        if let Ok(s) = cuntong_core::meeting::MeetingState::decode(payload) {
+            self.heartbeat_ms = s.spec.heartbeat_ms;
         }
     }
 
@@ -317,8 +338,14 @@ impl MeetingTraffic {
 
     /// The traffic in one line.
     pub fn line(&self) -> String {
+        let mut gaps = self.first_repeats_ms.clone();
+        gaps.sort_unstable();
+        let q = |p: f64| {
+            cuntong::commands::meeting::quantile(&gaps, p)
+                .map_or("-".to_owned(), |ms| format!("{:.1}", ms as f64 / 1000.0))
+        };
         format!(
-            "media plans {} ({} first, {} again, {} changed), other downlinks {}; joins {} and {} repeated ({} below the full tier), statuses {}, other uplinks {}",
+            "media plans {} ({} first, {} again, {} changed), other downlinks {}; joins {} and {} repeated ({} below the full tier; first repeats after p10 {} s, p50 {} s, p90 {} s; heartbeat {} ms), statuses {}, other uplinks {}",
             self.plans(),
             self.plans_first,
             self.plans_again,
@@ -327,10 +354,41 @@ impl MeetingTraffic {
             self.joins,
             self.joins_repeated,
             self.joins_below_full,
+            q(0.1),
+            q(0.5),
+            q(0.9),
+            self.heartbeat_ms,
             self.statuses,
             self.other_uplinks
         )
     }
+}
+
+/// The processes whose CPU time is reported for each phase.
+pub const PROCESSES: [&str; 5] = [
+    "cuntong-sim",
+    "mosquitto",
+    "cuntong",
+    "postgres",
+    "province",
+];
+
+/// The CPU seconds each of [`PROCESSES`] used since `before`, as one line.
+pub fn cpu_since(before: &[f64], wall: Duration) -> String {
+    let now = cpu_seconds(&PROCESSES);
+    let used: Vec<f64> = now.iter().zip(before).map(|(a, b)| a - b).collect();
+    let total: f64 = used.iter().sum();
+    let parts: Vec<String> = PROCESSES
+        .iter()
+        .zip(&used)
+        .map(|(name, s)| format!("{name} {s:.0} s"))
+        .collect();
+    format!(
+        "CPU {total:.0} s in {:.0} s of wall time ({:.2} cores): {}",
+        wall.as_secs_f64(),
+        total / wall.as_secs_f64().max(0.001),
+        parts.join(", ")
+    )
 }
 
 /// How long the session runs between its two roll calls.
@@ -346,6 +404,8 @@ pub struct RollCallRun {
     pub p50_ms: u64,
     pub p99_ms: u64,
     pub command: Duration,
+    /// The CPU time each of [`PROCESSES`] used while the command waited.
+    pub cpu: String,
 }
 
 impl RollCallRun {
@@ -359,7 +419,7 @@ impl RollCallRun {
             self.present,
             self.asked,
             self.command.as_millis()
-        )
+        ) + &format!("\n      {}", self.cpu)
     }
 }
 
@@ -381,9 +441,17 @@ async fn roll_call(
     id: cuntong_core::meeting::MeetingId,
 ) -> anyhow::Result<RollCallRun> {
     use cuntong::commands::meeting::quantile;
-    let asked = Instant::now();
+    let (cpu, asked) = (cpu_seconds(&PROCESSES), Instant::now());
+    println!(
+        "    roll call asked at {} ms (Unix time)",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
     let rows = client.roll_call(id, Duration::from_secs(60)).await?;
     let command = asked.elapsed();
+    let cpu = cpu_since(&cpu, command);
     let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
     lat.sort_unstable();
     Ok(RollCallRun {
@@ -393,6 +461,7 @@ async fn roll_call(
         p50_ms: quantile(&lat, 0.5).unwrap_or(0),
         p99_ms: quantile(&lat, 0.99).unwrap_or(0),
         command,
+        cpu,
     })
 }
 
@@ -455,6 +524,9 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
             if let Event::Incoming(Packet::Publish(p)) = ev {
                 if p.topic.starts_with("ct/v1/m/") {
                     s2.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut t) = t2.lock() {
+                        t.state(&p.payload);
+                    }
                 } else if let Ok(mut t) = t2.lock() {
                     t.count(&p.topic, &p.payload);
                 }

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use cuntong_benches::harness::{
-    Proc, bin, central, cpu_seconds, free_port, mosquitto, region_meeting, rss_kib, spawn,
-    wait_for, wait_online,
+    PROCESSES, Proc, bin, central, cpu_seconds, cpu_since, free_port, mosquitto, region_meeting,
+    rss_kib, spawn, wait_for, wait_online,
 };
 use cuntong_core::site::{Level, Region, SiteCode};
 use cuntong_core::topic::{Channel, region_filter};
@@ -140,33 +140,6 @@ fn county_broker(
     let bridges =
         bridge("records", &records) + &bridge("meeting", &meeting) + &bridge("plans", &plans);
     mosquitto(&format!("broker-{name}"), port, &bridges, dir)
-}
-
-/// The processes whose CPU time is reported for each phase.
-const PROCESSES: [&str; 5] = [
-    "cuntong-sim",
-    "mosquitto",
-    "cuntong",
-    "postgres",
-    "province",
-];
-
-/// The CPU seconds each of [`PROCESSES`] used since `before`, as one line.
-fn cpu_since(before: &[f64], wall: Duration) -> String {
-    let now = cpu_seconds(&PROCESSES);
-    let used: Vec<f64> = now.iter().zip(before).map(|(a, b)| a - b).collect();
-    let total: f64 = used.iter().sum();
-    let parts: Vec<String> = PROCESSES
-        .iter()
-        .zip(&used)
-        .map(|(name, s)| format!("{name} {s:.0} s"))
-        .collect();
-    format!(
-        "CPU {total:.0} s in {:.0} s of wall time ({:.2} cores): {}",
-        wall.as_secs_f64(),
-        total / wall.as_secs_f64().max(0.001),
-        parts.join(", ")
-    )
 }
 
 /// One GET over HTTP/1.1; the status line and how long the whole answer took.

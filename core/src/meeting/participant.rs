@@ -40,16 +40,17 @@ pub const JOIN_RETRY: Backoff = Backoff {
 };
 
 /// The back-off of a site's joins in a session whose heartbeat is `heartbeat_ms`: `retry`,
-/// starting no sooner than a quarter of the heartbeat. The host paces a session's heartbeat to
-/// its size (a province's 54,000 sites: 80 s), and the plans of so large a session take seconds
-/// to cross the brokers: a site repeating its join every few seconds meanwhile only adds joins,
-/// and plans answering them, to the queues its own plan waits in. Joins travel at QoS 1 and a
-/// site joins again at once when its link comes back: a repeat is for the rare join or plan
-/// lost on the way.
+/// its first repeat no sooner than a quarter of the heartbeat (a back-off's first wait is drawn
+/// from the upper half of its `min`, so `min` is at least half the heartbeat). The host paces a
+/// session's heartbeat to its size (a province's 54,000 sites: 80 s), and the plans of so large
+/// a session take seconds to cross the brokers: a site repeating its join meanwhile only adds a
+/// join to the queues its own plan waits in, and a province's sites repeating together double
+/// the storm that slows the plans. Joins travel at QoS 1 and a site joins again at once when
+/// its link comes back: a repeat is for the rare join or plan lost on the way.
 pub fn paced_join_retry(retry: Backoff, heartbeat_ms: u32) -> Backoff {
     let min = retry
         .min
-        .max(Duration::from_millis(u64::from(heartbeat_ms) / 4));
+        .max(Duration::from_millis(u64::from(heartbeat_ms) / 2));
     Backoff {
         min,
         max: retry.max.max(min),
@@ -63,8 +64,9 @@ pub struct ParticipantConfig {
     /// After a reconnect, how long the retained states have to come back before the sessions
     /// they do not bring back are taken as ended.
     pub reconnect_grace_ms: u64,
-    /// When an unanswered join is repeated: from 3 s, doubling to a minute, each site at its
-    /// own point of the range. A province's 54,000 sites waiting for their plans at a fixed
+    /// When an unanswered join is repeated: from 3 s (or a quarter of the session's heartbeat,
+    /// see [`paced_join_retry`]), doubling to a minute, each site at its own point of the
+    /// range. A province's 54,000 sites waiting for their plans at a fixed
     /// 3 s would send 18,000 joins a second to a host busy laying them out.
     pub join_retry: Backoff,
     /// What the link carries now.
@@ -137,8 +139,10 @@ pub struct Session {
     /// The host's answer to this box's last chair operation: the operation, and why it was
     /// refused if it was.
     pub chair_answer: Option<(String, Option<String>)>,
-    /// Joins sent since the site last started joining, and when the next is due.
+    /// Joins sent since the site last started joining, when the last went, and when the next
+    /// is due.
     joins_sent: u32,
+    last_join_ms: u64,
     /// The number every join of the current joining carries (drawn at its first join).
     joining: u64,
     next_join_ms: u64,
@@ -155,6 +159,19 @@ impl Session {
         self.phase = Phase::Joining;
         self.joins_sent = 0;
         self.next_join_ms = 0;
+    }
+
+    /// When the join sent last is repeated, at the pace of the state known now: a session
+    /// created at the default heartbeat and paced at its start (a province's: 80 s) moves the
+    /// repeat of a join sent before the start out with it, or a province's sites, invited at
+    /// creation, would all repeat their joins seconds into the start's storm.
+    fn schedule_next_join(&mut self, retry: Backoff, me: &TerminalId, id: &MeetingId) {
+        let k = self.joins_sent.saturating_sub(1);
+        let wait =
+            paced_join_retry(retry, self.state.spec.heartbeat_ms).delay(k, spread(&(me, id, k)));
+        self.next_join_ms = self
+            .last_join_ms
+            .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
     }
 
     fn media_on(&self) -> bool {
@@ -410,7 +427,11 @@ impl Participant {
                 if state.version <= s.state.version || s.phase == Phase::Ended {
                     return;
                 }
+                let paced = state.spec.heartbeat_ms != s.state.spec.heartbeat_ms;
                 s.state = state;
+                if paced && s.phase == Phase::Joining && s.joins_sent > 0 {
+                    s.schedule_next_join(self.cfg.join_retry, &self.me, &id);
+                }
             }
             None => {
                 if state.status == Status::Ended {
@@ -428,6 +449,7 @@ impl Participant {
                         hand: Hand::default(),
                         chair_answer: None,
                         joins_sent: 0,
+                        last_join_ms: 0,
                         next_join_ms: 0,
                         joining: 0,
                         last_status_ms: 0,
@@ -609,11 +631,9 @@ impl Participant {
                 if s.joins_sent == 0 {
                     s.joining = spread(&(self.cfg.boot, me, id, now_ms)).max(1);
                 }
-                let wait = paced_join_retry(self.cfg.join_retry, s.state.spec.heartbeat_ms)
-                    .delay(s.joins_sent, spread(&(me, id, s.joins_sent)));
                 s.joins_sent = s.joins_sent.saturating_add(1);
-                s.next_join_ms =
-                    now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                s.last_join_ms = now_ms;
+                s.schedule_next_join(self.cfg.join_retry, &me, id);
                 out.push(Output::Send(Uplink::Join {
                     meeting: *id,
                     tier: self.cfg.tier,

@@ -700,7 +700,9 @@ fn join_times(p: &mut Participant, from: u64, ms: u64) -> Vec<u64> {
 
 #[test]
 fn unanswered_joins_back_off_to_a_minute_each_site_at_its_own_pace_and_start_over_when_asked() {
-    let (mut host, state) = live(&["130102"]);
+    let (mut host, mut state) = live(&["130102"]);
+    // A heartbeat short enough to keep the configured back-off (see `paced_join_retry`).
+    state.spec.heartbeat_ms = 6_000;
     let sites: Vec<Participant> = (1..=200)
         .map(|k| {
             let mut p =
@@ -786,7 +788,8 @@ fn joinings_sent(p: &mut Participant, from: u64, ms: u64) -> Vec<u64> {
 
 #[test]
 fn a_sites_repeated_joins_name_one_joining_and_a_new_joining_or_a_restart_another() {
-    let (mut host, state) = live(&["130102"]);
+    let (mut host, mut state) = live(&["130102"]);
+    state.spec.heartbeat_ms = 6_000;
     let meeting = state.spec.id;
     let start = |boot| {
         let mut p = Participant::new(
@@ -834,34 +837,35 @@ fn a_participant_says_when_its_clock_next_has_something_to_do() {
     let mut p = Participant::new(t("130102001001-main"), pcfg(AcceptPolicy::All));
     assert_eq!(p.next_due_ms(), None, "nothing known, nothing due");
     p.handle(Input::State(state.clone()), 1_000);
-    // Joining: the next repeat of the join, and nothing happens on a tick before it.
+    // Joining: the next repeat of the join (a quarter to half of the heartbeat on), and
+    // nothing happens on a tick before it.
+    let hb = u64::from(state.spec.heartbeat_ms);
     let due = p.next_due_ms().unwrap();
-    assert!((2_500..=4_000).contains(&due), "{due}");
+    assert!((1_000 + hb / 4..=1_000 + hb / 2).contains(&due), "{due}");
     assert!(joinings_sent(&mut p, 1_100, due - 1_100).is_empty());
     assert_eq!(joinings_sent(&mut p, due, 100).len(), 1);
     // Joined: the next status, one heartbeat after the last.
-    let mut out = host.uplink(*p.id(), full_join(meeting), 5_000);
-    out.extend(host.media_updates(5_000));
+    let mut out = host.uplink(*p.id(), full_join(meeting), 7_000);
+    out.extend(host.media_updates(7_000));
     for o in out {
         if let HostOutput::Send(_, d @ Downlink::Admitted { .. }) = o {
-            p.handle(Input::Downlink(d), 5_100);
+            p.handle(Input::Downlink(d), 7_100);
         }
     }
     assert_eq!(p.session(&meeting).unwrap().phase, Phase::Joined);
-    let hb = u64::from(state.spec.heartbeat_ms);
-    assert_eq!(p.next_due_ms(), Some(5_100 + hb));
+    assert_eq!(p.next_due_ms(), Some(7_100 + hb));
     let statuses = |p: &mut Participant, now| {
         p.handle(Input::Tick, now)
             .iter()
             .filter(|o| matches!(o, Output::Send(Uplink::Status { .. })))
             .count()
     };
-    assert_eq!(statuses(&mut p, 5_100 + hb - 1), 0);
-    assert_eq!(statuses(&mut p, 5_100 + hb), 1);
-    assert_eq!(p.next_due_ms(), Some(5_100 + 2 * hb));
+    assert_eq!(statuses(&mut p, 7_100 + hb - 1), 0);
+    assert_eq!(statuses(&mut p, 7_100 + hb), 1);
+    assert_eq!(p.next_due_ms(), Some(7_100 + 2 * hb));
     // After a reconnect: the grace for the retained state, if sooner.
-    p.handle(Input::Reconnected, 6_000 + hb);
-    assert_eq!(p.next_due_ms(), Some(6_000 + hb + HB));
+    p.handle(Input::Reconnected, 8_000 + hb);
+    assert_eq!(p.next_due_ms(), Some(8_000 + hb + HB));
 }
 
 #[test]
@@ -2540,7 +2544,8 @@ fn a_repeated_join_waits_as_long_as_plans_are_taking_to_arrive() {
 }
 
 /// A session paced for a province (its heartbeat 80 s) takes seconds to carry its plans: a
-/// site repeats its join no sooner than 10 s, where a small session's sites repeat after 1.5 s.
+/// site repeats its join no sooner than a quarter of the heartbeat (20 s), where a small
+/// session's sites repeat after 1.5 s.
 #[test]
 fn a_site_of_a_province_sized_session_repeats_its_join_less_often() {
     let (_, mut state) = live(&["130102"]);
@@ -2551,16 +2556,54 @@ fn a_site_of_a_province_sized_session_repeats_its_join_less_often() {
         p.handle(Input::State(state.clone()), 1_000);
         let mut times = vec![1_000];
         times.extend(join_times(&mut p, 1_100, 120_000));
-        // 20 s doubling to a minute, each wait in the upper half of its step.
-        assert_backs_off(&times, 20_000, p.id());
+        // 40 s doubling to a minute, each wait in the upper half of its step.
+        assert_backs_off(&times, 40_000, p.id());
         gaps.push(times[1] - times[0]);
     }
-    assert!(gaps.iter().all(|g| *g >= 10_000), "{gaps:?}");
+    assert!(gaps.iter().all(|g| *g >= 20_000), "{gaps:?}");
+    assert!(gaps.iter().any(|g| *g < 30_000), "{gaps:?}");
     assert_eq!(
-        paced_join_retry(participant::JOIN_RETRY, HB as u32),
+        paced_join_retry(participant::JOIN_RETRY, 6_000),
         participant::JOIN_RETRY,
         "a small session keeps the configured back-off"
     );
+}
+
+/// A province's sites join when they see the session created (at the default heartbeat) and
+/// learn its pace at the start: the repeat of a join sent before the start moves out with the
+/// pace, so the start's storm is not followed by every site's join again seconds later.
+#[test]
+fn a_join_sent_before_the_start_is_repeated_at_the_pace_the_start_sets() {
+    let (_, live_state) = live(&["130102"]);
+    let mut scheduled = (*live_state).clone();
+    scheduled.status = Status::Scheduled;
+    scheduled.version -= 1;
+    scheduled.spec.heartbeat_ms = HB as u32;
+    let mut paced = (*live_state).clone();
+    paced.spec.heartbeat_ms = 80_000;
+    for k in 1..=50 {
+        let mut p = Participant::new(t(&format!("130102{k:03}001-main")), pcfg(AcceptPolicy::All));
+        let first = p.handle(Input::State(Box::new(scheduled.clone())), 1_000);
+        assert_eq!(joinings(first).len(), 1, "joins when invited");
+        p.handle(Input::State(Box::new(paced.clone())), 1_500);
+        let times = join_times(&mut p, 1_600, 60_000);
+        let repeat = times.first().copied();
+        assert!(
+            repeat.is_some_and(|r| (21_000..=41_100).contains(&r)),
+            "{}: repeated at {repeat:?}",
+            p.id()
+        );
+    }
+    // The other way, a slower pace set back: the repeat comes sooner again.
+    let mut p = Participant::new(t("130102001001-main"), pcfg(AcceptPolicy::All));
+    let mut slow = paced.clone();
+    slow.version -= 1;
+    p.handle(Input::State(Box::new(slow)), 1_000);
+    let mut quick = (*live_state).clone();
+    quick.spec.heartbeat_ms = HB as u32;
+    p.handle(Input::State(Box::new(quick)), 1_500);
+    let times = join_times(&mut p, 1_600, 10_000);
+    assert!(times.first().is_some_and(|r| *r <= 6_100), "{times:?}");
 }
 
 /// A site whose plan is still on its way (a province's plans wait seconds behind each other in
