@@ -64,9 +64,9 @@ pub struct ParticipantConfig {
     /// After a reconnect, how long the retained states have to come back before the sessions
     /// they do not bring back are taken as ended.
     pub reconnect_grace_ms: u64,
-    /// When an unanswered join is repeated: from 3 s (or a quarter of the session's heartbeat,
-    /// see [`paced_join_retry`]), doubling to a minute, each site at its own point of the
-    /// range. A province's 54,000 sites waiting for their plans at a fixed
+    /// When an unanswered join is repeated: from 3 s (or half the session's heartbeat where
+    /// that is longer, see [`paced_join_retry`]), doubling to a minute, each site at its own
+    /// point of the range. A province's 54,000 sites waiting for their plans at a fixed
     /// 3 s would send 18,000 joins a second to a host busy laying them out.
     pub join_retry: Backoff,
     /// What the link carries now.
