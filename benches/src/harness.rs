@@ -324,7 +324,7 @@ impl MeetingTraffic {
         }
     }
 
-    /// Counts a meeting state the watcher saw.
+    /// Takes the heartbeat of a meeting state the watcher saw.
     fn state(&mut self, payload: &[u8]) {
         if let Ok(s) = cuntong_core::meeting::MeetingState::decode(payload) {
             self.heartbeat_ms = s.spec.heartbeat_ms;
@@ -409,17 +409,18 @@ pub struct RollCallRun {
 }
 
 impl RollCallRun {
-    /// The roll call in one line.
+    /// The roll call in one line, and the CPU it took in a second.
     pub fn line(&self) -> String {
         format!(
-            "all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; the command saw it after {} ms)",
+            "all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; the command saw it after {} ms)\n      {}",
             self.all_ms,
             self.p50_ms,
             self.p99_ms,
             self.present,
             self.asked,
-            self.command.as_millis()
-        ) + &format!("\n      {}", self.cpu)
+            self.command.as_millis(),
+            self.cpu
+        )
     }
 }
 

@@ -427,9 +427,8 @@ impl Participant {
                 if state.version <= s.state.version || s.phase == Phase::Ended {
                     return;
                 }
-                let paced = state.spec.heartbeat_ms != s.state.spec.heartbeat_ms;
                 s.state = state;
-                if paced && s.phase == Phase::Joining && s.joins_sent > 0 {
+                if s.phase == Phase::Joining && s.joins_sent > 0 {
                     s.schedule_next_join(self.cfg.join_retry, &self.me, &id);
                 }
             }
