@@ -90,11 +90,6 @@ pub enum Stopped {
     ForUpdate,
 }
 
-/// How often the meeting clock runs at the least (the link's tier is followed); more often
-/// while the signalling has something due (status heartbeats, join retries) and while a media
-/// engine adapts to the link ([`crate::conference::Conference::next_tick`]).
-const MEETING_IDLE_TICK: Duration = Duration::from_secs(5);
-
 /// What the terminal measures with.
 pub struct Hardware {
     pub sensors: Vec<(Box<dyn Sensor>, Duration)>,
@@ -187,6 +182,7 @@ pub async fn run(
     let delivery = delivery_of(&outbox, cfg.delivery, started_ms);
     let (link, mut incoming) = Link::start(link_options(&cfg, started_ms)?);
     let mut link_up = link.watch_connected();
+    let mut keepalives = link.watch_keepalives();
     let topics = Downlinks::of(&cfg.id);
     let guard = match &cfg.commands {
         Some(c) => Some(
@@ -241,6 +237,7 @@ pub async fn run(
         })),
         link: link.clone(),
         log: LogLimiter::default(),
+        outbox_reported: None,
         cfg,
     };
     daemon.apply_sampling();
@@ -396,9 +393,7 @@ pub async fn run(
         // A terminal wakes only when it has something to do: a province's fleet of simulated
         // terminals on one box, and a real box's power budget, both notice.
         let now = unix_ms();
-        let meeting_at = daemon
-            .conference
-            .next_tick(last_meeting_tick, MEETING_IDLE_TICK, now);
+        let meeting_at = daemon.conference.next_tick(last_meeting_tick, now);
         let ready: Vec<bool> = idle.iter().map(Option::is_some).collect();
         let deadline = [daemon.batcher.deadline(), daemon.delivery.next_wakeup(now)]
             .into_iter()
@@ -429,7 +424,12 @@ pub async fn run(
                     daemon.on_duty_button(b.kind.clone(), b.text.clone());
                 }
             }
-            _ = tokio::time::sleep_until(meeting_at) => {
+            // The meetings' clock: what is due, and the link's tier after every keep-alive.
+            _ = sleep_until(meeting_at) => {
+                last_meeting_tick = tokio::time::Instant::now();
+                daemon.on_meeting_tick();
+            }
+            Ok(()) = keepalives.changed() => {
                 last_meeting_tick = tokio::time::Instant::now();
                 daemon.on_meeting_tick();
             }
@@ -576,7 +576,13 @@ struct Daemon {
     link: Link,
     /// Lines logged per incoming message (a flood of them costs a line a minute).
     log: LogLimiter,
+    /// The outbox's figures as the status report last had them.
+    outbox_reported: Option<[u64; OUTBOX_FIGURES]>,
 }
+
+/// The outbox's figures in the status report: depth, bytes and dropped, and for each stream
+/// its first, next and confirmed seq.
+const OUTBOX_FIGURES: usize = 3 + 3 * Stream::ALL.len();
 
 impl Daemon {
     /// Updates follow the meetings, and a build on trial commits once it is healthy: the

@@ -185,16 +185,28 @@ impl TierTracker {
                 now_ms
             }
         };
-        let hold = if measured > self.current {
-            self.degrade_ms
-        } else {
-            self.recover_ms
-        };
-        if now_ms.saturating_sub(since) >= hold {
+        if now_ms.saturating_sub(since) >= self.hold(measured) {
             self.current = measured;
             self.candidate = None;
         }
         self.current
+    }
+
+    /// When the tier measured last takes over if nothing changes (unix ms): the moment
+    /// [`TierTracker::observe`] is next needed although no measurement changed. `None` while
+    /// the measurements agree with the current tier.
+    pub fn next_change_ms(&self) -> Option<u64> {
+        self.candidate
+            .map(|(tier, since)| since.saturating_add(self.hold(tier)))
+    }
+
+    /// How long a measured tier must last to take over: worse ones soon, better ones slowly.
+    fn hold(&self, measured: Tier) -> u64 {
+        if measured > self.current {
+            self.degrade_ms
+        } else {
+            self.recover_ms
+        }
     }
 }
 

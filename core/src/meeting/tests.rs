@@ -1169,6 +1169,29 @@ fn weak_links_join_audio_only_or_receive_only() {
     assert_eq!(w.session(0).phase, Phase::Joined);
 }
 
+/// A box follows its link's tier without a clock of its own: it looks again when a keep-alive
+/// changes the measurement, and when a waiting tier would take over.
+#[test]
+fn the_tier_says_when_a_waiting_change_takes_over() {
+    let mut tr = TierTracker::new(Tier::Full);
+    assert_eq!(tr.next_change_ms(), None, "nothing waits");
+    tr.observe(Tier::AudioOnly, 10_000);
+    assert_eq!(tr.next_change_ms(), Some(13_000), "worse: after 3 s");
+    assert_eq!(tr.observe(Tier::AudioOnly, 12_999), Tier::Full);
+    assert_eq!(tr.observe(Tier::AudioOnly, 13_000), Tier::AudioOnly);
+    assert_eq!(tr.next_change_ms(), None, "taken over");
+    tr.observe(Tier::Full, 20_000);
+    assert_eq!(tr.next_change_ms(), Some(50_000), "better: after 30 s");
+    tr.observe(Tier::ReceiveOnly, 25_000);
+    assert_eq!(
+        tr.next_change_ms(),
+        Some(28_000),
+        "another measurement restarts the wait at its own hold"
+    );
+    tr.observe(Tier::AudioOnly, 26_000);
+    assert_eq!(tr.next_change_ms(), None, "the current tier measured again");
+}
+
 #[test]
 fn the_tier_follows_the_link_with_hysteresis() {
     let mut tr = TierTracker::new(Tier::Full);

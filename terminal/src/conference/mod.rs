@@ -397,25 +397,34 @@ impl Conference {
         self.participant.sessions().is_empty()
     }
 
-    /// When [`Conference::tick`] is next needed, `idle_every` after `last` at the latest (the
-    /// link's tier is followed even with nothing else to do): sooner while a media engine
-    /// adapts to the link in a session, and when the signalling has something due (at unix
-    /// time `now_ms`).
+    /// When [`Conference::tick`] is next needed with no new keep-alive (which calls it at
+    /// once): every `link_every` after `last` while a media engine adapts to the link in a
+    /// session, when the signalling has something due, and when a waiting tier would take
+    /// over (unix times against `now_ms`). `None` while nothing waits for time: a box out of
+    /// meetings, and a province's simulated boxes on one machine, sleep.
     pub fn next_tick(
         &self,
         last: tokio::time::Instant,
-        idle_every: std::time::Duration,
         now_ms: u64,
-    ) -> tokio::time::Instant {
-        let every = match self.engine.link_every() {
-            Some(e) if !self.idle() => e.min(idle_every),
-            _ => idle_every,
-        };
-        let due = self.participant.next_due_ms().map(|due| {
+    ) -> Option<tokio::time::Instant> {
+        let at = |due_ms: u64| {
             tokio::time::Instant::now()
-                + std::time::Duration::from_millis(due.saturating_sub(now_ms))
-        });
-        due.map_or(last + every, |d| d.min(last + every))
+                + std::time::Duration::from_millis(due_ms.saturating_sub(now_ms))
+        };
+        let adapting = match self.engine.link_every() {
+            Some(every) if !self.idle() => Some(last + every),
+            _ => None,
+        };
+        let tier = match self.cfg.tier {
+            Some(_) => None,
+            None => self.tiers.next_change_ms(),
+        };
+        [self.participant.next_due_ms(), tier]
+            .into_iter()
+            .flatten()
+            .map(at)
+            .chain(adapting)
+            .min()
     }
 
     /// Live sessions this terminal has joined (the `meeting.joined` metric).
@@ -597,6 +606,16 @@ mod tests {
         }
     }
 
+    /// A village box with no media and nobody at it.
+    fn unattended_box() -> Conference {
+        Conference::new(
+            "130102001001-main".parse().unwrap(),
+            MeetingConfig::default(),
+            Box::new(SignallingOnly),
+            Box::new(Unattended),
+        )
+    }
+
     #[test]
     fn statuses_go_at_most_once_and_every_other_uplink_at_least_once() {
         use crate::link::QoS;
@@ -624,15 +643,38 @@ mod tests {
         }
     }
 
+    /// Out of meetings a box has no clock to keep for them: it wakes for a keep-alive (which
+    /// calls `tick`) and, after one that measured a worse link, when the worse tier takes over.
+    #[test]
+    fn a_box_out_of_meetings_wakes_only_for_a_tier_that_waits() {
+        use std::time::Duration;
+        let mut c = unattended_box();
+        let last = tokio::time::Instant::now();
+        assert_eq!(c.next_tick(last, 1_000), None, "nothing waits for time");
+        assert!(c.tick(1_000, Some(20.0), 0.0).is_empty());
+        assert_eq!(
+            c.next_tick(last, 1_000),
+            None,
+            "a good link changes nothing"
+        );
+        assert!(c.tick(2_000, Some(5_000.0), 50.0).is_empty());
+        let at = c
+            .next_tick(last, 2_000)
+            .expect("a worse tier waits to take over");
+        let wait = at.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            wait > Duration::from_secs(2) && wait <= Duration::from_secs(3),
+            "{wait:?}"
+        );
+        c.tick(5_000, Some(5_000.0), 50.0);
+        assert_ne!(c.tiers.current(), Tier::Full, "taken over");
+        assert_eq!(c.next_tick(last, 5_000), None);
+    }
+
     #[test]
     fn a_flood_of_malformed_meeting_messages_costs_one_log_line_per_kind() {
-        let id: TerminalId = "130102001001-main".parse().unwrap();
-        let mut c = Conference::new(
-            id,
-            MeetingConfig::default(),
-            Box::new(SignallingOnly),
-            Box::new(Unattended),
-        );
+        let mut c = unattended_box();
+        let id = c.me;
         let down = Topic::terminal(&id, Channel::MeetingDown).to_string();
         let log = Captured::default();
         let writer = log.clone();

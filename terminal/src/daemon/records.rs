@@ -6,7 +6,7 @@ use cuntong_core::delivery::{Confirmation, Delivery, Watermarks, held_upto};
 use cuntong_core::envelope::{Envelope, Event, Stream, encode};
 use cuntong_core::topic::Topic;
 
-use super::{Daemon, RunError, push_error, unix_ms};
+use super::{Daemon, OUTBOX_FIGURES, RunError, push_error, unix_ms};
 use crate::link::Message;
 use crate::outbox::{DroppedRange, Numbering, Outbox};
 use crate::status::OutboxReport;
@@ -254,7 +254,29 @@ impl Daemon {
         }
     }
 
-    pub(super) fn refresh_outbox_status(&self) {
+    /// Brings the status report's outbox part up to date. It runs after everything the loop
+    /// handles, so the report is rebuilt only when a figure in it changed.
+    pub(super) fn refresh_outbox_status(&mut self) {
+        let mut figures = [0; OUTBOX_FIGURES];
+        let streams = Stream::ALL.iter().flat_map(|s| {
+            [
+                self.outbox.first_seq(*s),
+                self.outbox.next_seq(*s),
+                self.outbox.confirmed(*s),
+            ]
+        });
+        let totals = [
+            self.outbox.len() as u64,
+            self.outbox.bytes(),
+            self.outbox.dropped_total(),
+        ];
+        for (slot, value) in figures.iter_mut().zip(totals.into_iter().chain(streams)) {
+            *slot = value;
+        }
+        if self.outbox_reported == Some(figures) {
+            return;
+        }
+        self.outbox_reported = Some(figures);
         let report = OutboxReport {
             depth: self.outbox.len(),
             bytes: self.outbox.bytes(),

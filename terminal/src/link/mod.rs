@@ -153,6 +153,7 @@ pub struct Link {
     shared: Arc<Shared>,
     connected: watch::Receiver<u64>,
     up: watch::Receiver<bool>,
+    keepalives: watch::Receiver<u64>,
     stop: CancellationToken,
     brokers: Brokers,
 }
@@ -180,6 +181,7 @@ impl Link {
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let (up_tx, up_rx) = watch::channel(false);
         let (refused_tx, refused_rx) = watch::channel(0u64);
+        let (keepalives_tx, keepalives_rx) = watch::channel(0u64);
         let shared = Arc::new(Shared::default());
         tokio::spawn(poll_task(
             eventloop,
@@ -190,6 +192,7 @@ impl Link {
                 generation: gen_tx,
                 up: up_tx,
                 refused: refused_tx,
+                keepalives: keepalives_tx,
                 shared: shared.clone(),
                 stop: stop.clone(),
             },
@@ -213,6 +216,7 @@ impl Link {
             shared,
             connected: gen_rx,
             up: up_rx,
+            keepalives: keepalives_rx,
             stop,
             brokers: opts.brokers,
         };
@@ -259,7 +263,6 @@ impl Link {
         })
     }
 
-    /// Follows the connection state: `true` while connected.
     fn lane(&self, msg: &Message) -> &mpsc::Sender<Message> {
         if msg.urgent {
             &self.urgent
@@ -268,8 +271,15 @@ impl Link {
         }
     }
 
+    /// Follows the connection state: `true` while connected.
     pub fn watch_connected(&self) -> watch::Receiver<bool> {
         self.up.clone()
+    }
+
+    /// Changes with every keep-alive's outcome, answered or lost: when [`Link::quality`] may
+    /// have changed.
+    pub fn watch_keepalives(&self) -> watch::Receiver<u64> {
+        self.keepalives.clone()
     }
 
     pub fn is_connected(&self) -> bool {

@@ -22,6 +22,8 @@ pub(super) struct Signals {
     pub(super) up: watch::Sender<bool>,
     /// Bumped when the broker refuses a subscription (the sender task subscribes again).
     pub(super) refused: watch::Sender<u64>,
+    /// Bumped on every keep-alive's outcome, answered or lost (the link's quality changed).
+    pub(super) keepalives: watch::Sender<u64>,
     pub(super) shared: Arc<Shared>,
     pub(super) stop: CancellationToken,
 }
@@ -37,9 +39,19 @@ pub(super) async fn poll_task(
         generation,
         up,
         refused,
+        keepalives,
         shared,
         stop,
     } = signals;
+    let record_ping = |rtt_ms: Option<f64>| {
+        if let Ok(mut d) = shared.detail.lock() {
+            match rtt_ms {
+                Some(ms) => d.keepalives.answered(ms),
+                None => d.keepalives.lost(),
+            }
+        }
+        keepalives.send_modify(|n| *n += 1);
+    };
     let mut rng = rand::rngs::SmallRng::from_entropy();
     let mut failures: u32 = 0;
     let mut ping_sent: Option<Instant> = None;
@@ -132,13 +144,13 @@ pub(super) async fn poll_task(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::PingReq)) => {
                 if ping_sent.is_some() {
-                    record_ping(&shared, None);
+                    record_ping(None);
                 }
                 ping_sent = Some(Instant::now());
             }
             Ok(Event::Incoming(Packet::PingResp)) => {
                 if let Some(t) = ping_sent.take() {
-                    record_ping(&shared, Some(t.elapsed().as_secs_f64() * 1000.0));
+                    record_ping(Some(t.elapsed().as_secs_f64() * 1000.0));
                 }
             }
             Ok(_) => {}
@@ -151,7 +163,7 @@ pub(super) async fn poll_task(
                 let was_connected = shared.connected.swap(false, Ordering::Relaxed);
                 up.send_replace(false);
                 if ping_sent.take().is_some() {
-                    record_ping(&shared, None);
+                    record_ping(None);
                 }
                 if !was_connected && matches!(e, rumqttc::ConnectionError::NetworkTimeout) {
                     timeouts += 1;
@@ -277,16 +289,6 @@ async fn uplink_back(broker: &BrokerUrl) {
             .is_err()
         {
             return;
-        }
-    }
-}
-
-/// A ping's outcome: answered after so many ms, or lost.
-fn record_ping(shared: &Shared, rtt_ms: Option<f64>) {
-    if let Ok(mut d) = shared.detail.lock() {
-        match rtt_ms {
-            Some(ms) => d.keepalives.answered(ms),
-            None => d.keepalives.lost(),
         }
     }
 }
