@@ -82,7 +82,7 @@ pub struct LinkStatus {
     pub queued: usize,
     /// Unix ms of the last message sent on the socket.
     pub last_publish_ms: Option<u64>,
-    /// The keep-alive round trip, in ms: the median of the last answers
+    /// The keep-alive round trip, in ms: the fastest of the last answers
     /// ([`cuntong_core::keepalive`]).
     pub rtt_ms: Option<f64>,
     /// Share of the last keep-alive pings that got no answer, in percent.
