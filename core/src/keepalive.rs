@@ -36,10 +36,10 @@ impl KeepAlives {
     /// known) until a majority of the window has answered. Waiting only ever adds to a ping's
     /// time (a broker busy with a province's join storm, a box's CPU busy, a queue on the
     /// way), while the path's own delay is under every answer: a link is judged slow only when
-    /// none of its last answers was fast. How busy the link is from one moment to the next is
-    /// the media engine's to follow (its bitrate), not the tier's. A box's first answers come
-    /// while its broker takes the connects of every box that came up with it (a county's power
-    /// restored, a broker restarted).
+    /// none of its last answers was fast. A link congested from one moment to the next loses
+    /// packets, which the media's receivers report and its bitrate follows. A box's first
+    /// answers come while its broker takes the connects of every box that came up with it (a
+    /// county's power restored, a broker restarted).
     pub fn round_trip_ms(&self) -> Option<f64> {
         if self.round_trips.len() < RTT_WINDOW / 2 + 1 {
             return None;
