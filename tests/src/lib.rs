@@ -626,11 +626,14 @@ pub fn ingest_counters(log: &str) -> Option<(u64, u64)> {
     Some((field("stored")?, field("duplicates")?))
 }
 
-/// What ffprobe says of `entries` (`stream=…` or `format=…`) of the media file at `file`, one
-/// line each; `None` if it cannot read the file (yet).
-fn ffprobe(file: &Path, entries: &str) -> Option<String> {
+/// What ffprobe says of `entries` (`stream=…`, `format=…` or `packet=…`) of the media file at
+/// `file`, one line each, after its `options` (e.g. which streams); `None` if it cannot read
+/// the file (yet).
+fn ffprobe(file: &Path, options: &[&str], entries: &str) -> Option<String> {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", entries, "-of", "csv=p=0"])
+        .args(["-v", "error"])
+        .args(options)
+        .args(["-show_entries", entries, "-of", "csv=p=0"])
         .arg(file)
         .output()
         .ok()
@@ -641,7 +644,7 @@ fn ffprobe(file: &Path, entries: &str) -> Option<String> {
 /// The streams of the media file at `file` as ffprobe reads them, one
 /// `codec_name,codec_type[,width,height]` each, sorted; `None` if ffprobe cannot read it (yet).
 pub fn media_streams(file: &Path) -> Option<Vec<String>> {
-    let text = ffprobe(file, "stream=codec_type,codec_name,width,height")?;
+    let text = ffprobe(file, &[], "stream=codec_type,codec_name,width,height")?;
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     lines.sort_unstable();
     Some(lines)
@@ -650,7 +653,17 @@ pub fn media_streams(file: &Path) -> Option<Vec<String>> {
 /// The length of the media file at `file` in seconds, as its container states it; `None` while
 /// it does not (a Matroska file states it once its writer finished it).
 pub fn media_duration(file: &Path) -> Option<f64> {
-    ffprobe(file, "format=duration")?.trim().parse().ok()
+    ffprobe(file, &[], "format=duration")?.trim().parse().ok()
+}
+
+/// When the last picture of the media file at `file` is shown, in seconds from its start. A
+/// room's sound may run on a little past it: its end cuts the pictures still on their way through
+/// the decoders and the compositor, which take longer than the sound.
+pub fn last_picture_at(file: &Path) -> Option<f64> {
+    ffprobe(file, &["-select_streams", "v:0"], "packet=pts_time")?
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .reduce(f64::max)
 }
 
 /// The county relay of a simulated media fleet of county 130102, which chairs its meetings.

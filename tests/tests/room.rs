@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use cuntong_core::media::layout::Layout;
 use cuntong_core::meeting::{AudioCodec, MediaProfile, Tier};
-use cuntong_e2e::{media_duration, media_streams};
+use cuntong_e2e::{last_picture_at, media_duration, media_streams};
 use cuntong_terminal::config::Display;
+use cuntong_terminal::media::room::FPS;
 use cuntong_terminal::media::{Capture, Playback, Receiver, SendSettings, Sender};
 
 /// The sites' colours (ARGB) and the same as RGB bytes.
@@ -149,9 +150,11 @@ fn rgb_pictures(file: &std::path::Path, seek: &[&str], pick: &[&str]) -> Vec<Vec
         .collect()
 }
 
-/// The last picture of the Matroska file at `file`.
+/// The last picture of the Matroska file at `file` (sought half a frame before its time).
 fn last_picture(file: &std::path::Path) -> Vec<u8> {
-    let mut frames = rgb_pictures(file, &["-sseof", "-0.5"], &["-frames:v", "1"]);
+    let at = last_picture_at(file).expect("the file has pictures");
+    let from = (at - 0.5 / f64::from(FPS)).max(0.0).to_string();
+    let mut frames = rgb_pictures(file, &["-ss", &from], &["-frames:v", "1"]);
     assert_eq!(frames.len(), 1, "no last picture");
     frames.remove(0)
 }

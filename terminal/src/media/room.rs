@@ -327,6 +327,7 @@ impl Room {
             a.set_property("min-upstream-latency", INPUT_LATENCY.nseconds());
         }
         pipeline.add_many([&compositor, &mixer])?;
+        keep_pace(&compositor);
 
         let picture = gst::Caps::builder("video/x-raw")
             .field("width", WIDTH as i32)
@@ -509,16 +510,15 @@ impl Room {
         Ok(())
     }
 
-    /// Ends the room's picture and sound: the end of stream on every input of the compositor
-    /// and the mixer, whatever still flows from the sites.
+    /// Ends the room's picture and sound at one moment, whatever still flows from the sites:
+    /// the end of stream goes in right after the compositor and the mixer, so the last picture
+    /// is a whole one. (Ended input by input, the pictures composed between the first input's
+    /// end and the last's would show the sites that ended first as black tiles.)
     pub fn finish(&self) {
-        for pad in self
-            .compositor
-            .sink_pads()
-            .into_iter()
-            .chain(self.mixer.sink_pads())
-        {
-            pad.send_event(gst::event::Eos::new());
+        for aggregator in [&self.compositor, &self.mixer] {
+            if let Some(next) = aggregator.static_pad("src").and_then(|p| p.peer()) {
+                next.send_event(gst::event::Eos::new());
+            }
         }
     }
 
@@ -639,6 +639,61 @@ fn watch_for_frozen(tiles: std::sync::Weak<Mutex<Tiles>>) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot watch the room's pictures; frozen ones stay as they are");
     }
+}
+
+/// Keeps the composed picture at the meeting's pace on a box or a central too busy to compose
+/// every frame: a picture that leaves the compositor later than its time (its running time and
+/// the compositor's latency) by more than a frame tells the compositor so, as a synchronised
+/// sink would (a QoS event), and the compositor skips the pictures it is already too late for.
+/// Without it, a room short of CPU falls further behind the meeting with every second, and its
+/// end cuts off the pictures it had not caught up with.
+fn keep_pace(compositor: &gst::Element) {
+    let Some(out) = compositor.static_pad("src") else {
+        return;
+    };
+    let frame = gst::ClockTime::SECOND / FPS as u64;
+    // The compositor's latency, asked again every second (sites come and go).
+    let latency: Mutex<Option<(gst::ClockTime, std::time::Instant)>> = Mutex::new(None);
+    out.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(due) = info
+            .buffer()
+            .and_then(|b| b.pts())
+            .and_then(|pts| running_time(pad, pts))
+        else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let now = pad.parent_element().and_then(|e| e.current_running_time());
+        let mut known = latency.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.is_none_or(|(_, asked)| asked.elapsed() >= std::time::Duration::from_secs(1)) {
+            let mut query = gst::query::Latency::new();
+            *known = pad
+                .query(&mut query)
+                .then(|| (query.result().1, std::time::Instant::now()));
+        }
+        let late = now
+            .zip(*known)
+            .and_then(|(now, (latency, _))| now.checked_sub(due + latency));
+        drop(known);
+        if let Some(late) = late.filter(|late| *late > frame) {
+            let diff = i64::try_from(late.nseconds()).unwrap_or(i64::MAX);
+            pad.send_event(gst::event::Qos::new(
+                gst::QOSType::Underflow,
+                1.0,
+                diff,
+                due,
+            ));
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// The running time of `pts` in the segment that `pad` carries.
+fn running_time(pad: &gst::Pad, pts: gst::ClockTime) -> Option<gst::ClockTime> {
+    let event = pad.sticky_event::<gst::event::Segment>(0)?;
+    event
+        .segment()
+        .downcast_ref::<gst::ClockTime>()?
+        .to_running_time(pts)
 }
 
 /// Matroska files of at most `every` each, the first at `path` (a new one begins at a
