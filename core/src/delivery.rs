@@ -6,8 +6,13 @@
 //!
 //! - a record is sent when the link is up, in the configured order, paced by a token bucket so
 //!   a county's hundred terminals coming back after an outage do not flood the broker;
-//! - a record sent but not confirmed within `resend_after_ms`, or sent before a reconnect, is
-//!   sent again (central stores each (terminal, stream, seq) once, so this is harmless);
+//! - a record sent but not confirmed in time, or sent before a reconnect, is sent again
+//!   (central stores each (terminal, stream, seq) once, so this is harmless). In time means
+//!   within `resend_after_ms`, or longer where central has been taking longer to confirm
+//!   (its measured delay, as TCP measures a round trip), and twice as long after each time
+//!   the wait ran out without an answer: in a province's power-on, confirmations take longer
+//!   than usual, and every copy sent meanwhile is more load on the brokers and central that
+//!   are slow already;
 //! - a record leaves when the watermark passes it.
 //!
 //! A new box numbers from the clock (see [`crate::envelope::Event::NumberingFrom`]): its
@@ -94,10 +99,48 @@ pub fn held_upto(stream: Stream, first: u64) -> u64 {
     }
 }
 
+/// The longest a sent record waits for its confirmation before it goes again, however often
+/// the wait ran out (unless central has been taking longer still to confirm): once central is
+/// back from an outage, what it missed comes within this long.
+pub const MAX_RESEND_MS: u64 = 120_000;
+
+/// How long central takes to confirm what this terminal sends: a smoothed delay and its
+/// variation, as TCP keeps for its round trip (RFC 6298), from records confirmed after their
+/// only sending (a record sent twice says nothing of which copy was answered).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ConfirmDelay {
+    /// Smoothed, in ms; `None` before the first measurement.
+    smoothed: Option<u64>,
+    /// Its mean deviation, in ms.
+    variation: u64,
+}
+
+impl ConfirmDelay {
+    fn measured(&mut self, ms: u64) {
+        match self.smoothed {
+            None => {
+                self.smoothed = Some(ms);
+                self.variation = ms / 2;
+            }
+            Some(s) => {
+                self.variation = (3 * self.variation + s.abs_diff(ms)) / 4;
+                self.smoothed = Some((7 * s + ms) / 8);
+            }
+        }
+    }
+
+    /// How long to wait for a confirmation, from what was measured; `None` before anything was.
+    fn wait(&self) -> Option<u64> {
+        self.smoothed
+            .map(|s| s.saturating_add(self.variation.saturating_mul(4)))
+    }
+}
+
 /// How delivery paces and retries.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DeliveryConfig {
-    /// A sent record not confirmed within this long is sent again.
+    /// A sent record not confirmed within this long is sent again (longer where central has
+    /// been taking longer, and after waits that ran out; see the module's documentation).
     pub resend_after_ms: u64,
     /// Records per second at most (0: unlimited).
     pub rate_per_s: u32,
@@ -144,14 +187,17 @@ struct StreamState {
     unsent: BTreeSet<u64>,
     /// Sent, not confirmed: seq → when.
     in_flight: BTreeMap<u64, u64>,
+    /// Sent before and to be sent again, or sent again: their confirmation measures nothing.
+    sent_again: BTreeSet<u64>,
     /// (sent at, seq) in send order, for resend deadlines; stale entries are skipped.
     sent_order: VecDeque<(u64, u64)>,
     /// While a new numbering waits for central's agreement: nothing above this is sent.
     hold: Option<u64>,
-    /// How often the held announcements were sent again: they go again sooner than records
-    /// ([`HELD_FIRST_RESEND_MS`], then twice as long each time up to `resend_after_ms`), since
-    /// everything waits for them and the first may have gone before central was listening.
-    held_resends: u32,
+    /// How often in a row the wait for a confirmation ran out: each time, the next wait is
+    /// twice as long. Held announcements go again sooner ([`HELD_FIRST_RESEND_MS`], then twice
+    /// as long each time, never later than records do at first), since everything waits for
+    /// them and the first may have gone before central was listening.
+    backoff: u32,
 }
 
 impl StreamState {
@@ -169,31 +215,42 @@ impl StreamState {
     /// Everything sent and not confirmed goes back to be sent again.
     fn requeue_in_flight(&mut self) {
         let flying: alloc::vec::Vec<u64> = self.in_flight.keys().copied().collect();
+        self.sent_again.extend(flying.iter().copied());
         self.unsent.extend(flying);
         self.in_flight.clear();
         self.sent_order.clear();
     }
 
-    fn forget_upto(&mut self, seq: u64) {
+    /// Everything up to `seq` is confirmed (or dropped); `now_ms` given, how long the newest of
+    /// them sent only once took to be confirmed.
+    fn forget_upto(&mut self, seq: u64, now_ms: Option<u64>) -> Option<u64> {
         let after = seq.saturating_add(1);
+        let took = now_ms.and_then(|now| {
+            let (sent, at) = self.in_flight.range(..after).next_back()?;
+            (!self.sent_again.contains(sent)).then(|| now.saturating_sub(*at))
+        });
         self.unsent = self.unsent.split_off(&after);
         self.in_flight = self.in_flight.split_off(&after);
+        self.sent_again = self.sent_again.split_off(&after);
         while self.sent_order.front().is_some_and(|&(_, s)| s <= seq) {
             self.sent_order.pop_front();
         }
+        took
     }
 
-    /// How long a sent record waits for confirmation before it goes again.
-    fn resend_after(&self, resend_after_ms: u64) -> u64 {
+    /// How long a sent record waits for confirmation before it goes again, the wait for
+    /// records being `wait` (configured, or longer as measured).
+    fn resend_after(&self, wait: u64) -> u64 {
+        let twice = |ms: u64| ms.saturating_mul(1 << self.backoff.min(16));
         match self.hold {
-            Some(_) => resend_after_ms.min(HELD_FIRST_RESEND_MS << self.held_resends.min(16)),
-            None => resend_after_ms,
+            Some(_) => wait.min(twice(HELD_FIRST_RESEND_MS)),
+            None => twice(wait).min(MAX_RESEND_MS.max(wait)),
         }
     }
 
     /// Moves records whose resend deadline passed back to unsent.
-    fn expire(&mut self, now_ms: u64, resend_after_ms: u64) {
-        let resend_after_ms = self.resend_after(resend_after_ms);
+    fn expire(&mut self, now_ms: u64, wait: u64) {
+        let resend_after_ms = self.resend_after(wait);
         let mut expired = false;
         while let Some(&(at, seq)) = self.sent_order.front() {
             if at.saturating_add(resend_after_ms) > now_ms {
@@ -203,16 +260,17 @@ impl StreamState {
             if self.in_flight.get(&seq) == Some(&at) {
                 self.in_flight.remove(&seq);
                 self.unsent.insert(seq);
+                self.sent_again.insert(seq);
                 expired = true;
             }
         }
-        if expired && self.hold.is_some() {
-            self.held_resends = self.held_resends.saturating_add(1);
+        if expired {
+            self.backoff = self.backoff.saturating_add(1);
         }
     }
 
-    fn next_deadline(&self, resend_after_ms: u64) -> Option<u64> {
-        let resend_after_ms = self.resend_after(resend_after_ms);
+    fn next_deadline(&self, wait: u64) -> Option<u64> {
+        let resend_after_ms = self.resend_after(wait);
         self.sent_order
             .iter()
             .find(|(at, seq)| self.in_flight.get(seq) == Some(at))
@@ -229,6 +287,7 @@ pub struct Delivery {
     link_up: bool,
     tokens: f64,
     refilled_ms: u64,
+    delay: ConfirmDelay,
 }
 
 impl Delivery {
@@ -240,7 +299,14 @@ impl Delivery {
             link_up: false,
             tokens: f64::from(cfg.burst.max(1)),
             refilled_ms: now_ms,
+            delay: ConfirmDelay::default(),
         }
+    }
+
+    /// How long a record waits for its confirmation before it goes again (before waits that
+    /// ran out): the configured time, or longer where central has been taking longer.
+    fn wait(&self) -> u64 {
+        self.cfg.resend_after_ms.max(self.delay.wait().unwrap_or(0))
     }
 
     fn stream(&mut self, s: Stream) -> &mut StreamState {
@@ -296,9 +362,9 @@ impl Delivery {
             .is_some_and(|upto| highest > upto)
     }
 
-    /// Central says everything up to `watermark` is stored. Believed only up to the highest
-    /// seq assigned; see [`Confirmation`].
-    pub fn confirmed(&mut self, stream: Stream, watermark: u64) -> Confirmation {
+    /// Central says, at `now_ms`, everything up to `watermark` is stored. Believed only up to
+    /// the highest seq assigned; see [`Confirmation`].
+    pub fn confirmed(&mut self, stream: Stream, watermark: u64, now_ms: u64) -> Confirmation {
         let st = self.stream(stream);
         if st.hold.is_some_and(|upto| watermark > upto) {
             return Confirmation::Clash { watermark };
@@ -325,7 +391,10 @@ impl Delivery {
             return Confirmation::Stale;
         }
         st.watermark = watermark;
-        st.forget_upto(watermark);
+        st.backoff = 0;
+        if let Some(took) = st.forget_upto(watermark, Some(now_ms)) {
+            self.delay.measured(took);
+        }
         Confirmation::Advanced
     }
 
@@ -333,7 +402,7 @@ impl Delivery {
     pub fn dropped_upto(&mut self, stream: Stream, seq: u64) {
         let st = self.stream(stream);
         st.assigned = st.assigned.max(seq);
-        st.forget_upto(seq);
+        st.forget_upto(seq, None);
     }
 
     /// The link came up: everything not confirmed is sent again.
@@ -384,9 +453,9 @@ impl Delivery {
 
     /// The next record to send now, if any; it counts as sent at `now_ms`.
     pub fn next_send(&mut self, now_ms: u64) -> Option<(Stream, u64)> {
-        let resend = self.cfg.resend_after_ms;
-        self.telemetry.expire(now_ms, resend);
-        self.events.expire(now_ms, resend);
+        let wait = self.wait();
+        self.telemetry.expire(now_ms, wait);
+        self.events.expire(now_ms, wait);
         if !self.link_up {
             return None;
         }
@@ -412,10 +481,10 @@ impl Delivery {
     /// When [`Delivery::next_send`] may have something new to say (a resend deadline, or a
     /// token for a waiting record); `None` if only a new event can change anything.
     pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
-        let resend = self.cfg.resend_after_ms;
+        let wait = self.wait();
         let deadline = [&self.telemetry, &self.events]
             .iter()
-            .filter_map(|s| s.next_deadline(resend))
+            .filter_map(|s| s.next_deadline(wait))
             .min();
         let order = self.cfg.order;
         let waiting = self.link_up
@@ -518,11 +587,80 @@ mod tests {
         d.queued(Stream::Telemetry, 2);
         d.link_up(0);
         assert_eq!(drain(&mut d, 0).len(), 2);
-        assert_eq!(d.confirmed(Stream::Telemetry, 1), Confirmation::Advanced);
+        assert_eq!(d.confirmed(Stream::Telemetry, 1, 0), Confirmation::Advanced);
         assert_eq!(d.next_wakeup(0), Some(30_000));
         assert_eq!(d.next_send(29_999), None);
         assert_eq!(d.next_send(30_000), Some((Stream::Telemetry, 2)));
         assert_eq!(d.unconfirmed(), 1);
+    }
+
+    #[test]
+    fn each_wait_that_runs_out_doubles_the_next_until_central_answers() {
+        let mut d = Delivery::new(unpaced(), 0);
+        d.queued(Stream::Telemetry, 1);
+        d.queued(Stream::Telemetry, 2);
+        d.link_up(0);
+        assert_eq!(drain(&mut d, 0).len(), 2);
+        // Sent at 0, 30 s, 90 s, 210 s, then every 120 s at most.
+        let mut at = 0;
+        for wait in [30_000, 60_000, 120_000, 120_000, 120_000] {
+            assert_eq!(d.next_wakeup(at), Some(at + wait), "after {at} ms");
+            assert_eq!(d.next_send(at + wait - 1), None);
+            at += wait;
+            assert_eq!(drain(&mut d, at).len(), 2, "at {at} ms");
+        }
+        // Central answers one: the next wait is the first again. The answer was to a record
+        // sent five times, so it measured nothing of how long central takes.
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, 1, at + 100),
+            Confirmation::Advanced
+        );
+        d.queued(Stream::Telemetry, 3);
+        assert_eq!(drain(&mut d, at + 100), [(Stream::Telemetry, 3)]);
+        assert_eq!(
+            d.next_wakeup(at + 100),
+            Some(at + 30_000),
+            "seq 2, sent at {at}"
+        );
+        assert_eq!(drain(&mut d, at + 30_000), [(Stream::Telemetry, 2)]);
+        // That wait ran out too: seq 3 waits twice as long.
+        assert_eq!(d.next_wakeup(at + 30_000), Some(at + 100 + 60_000));
+    }
+
+    #[test]
+    fn a_central_slow_to_confirm_is_waited_for_longer_before_records_go_again() {
+        let mut d = Delivery::new(unpaced(), 0);
+        d.link_up(0);
+        // Central confirms each record 40 s after its only sending.
+        for seq in 1..=3 {
+            let sent = seq * 100_000;
+            d.queued(Stream::Telemetry, seq);
+            assert_eq!(drain(&mut d, sent), [(Stream::Telemetry, seq)]);
+            assert_eq!(
+                d.confirmed(Stream::Telemetry, seq, sent + 40_000),
+                Confirmation::Advanced
+            );
+        }
+        // The wait follows: 40 s and four times its variation (20 s, 15 s, 11.25 s) rather
+        // than 30 s.
+        d.queued(Stream::Telemetry, 4);
+        assert_eq!(drain(&mut d, 400_000), [(Stream::Telemetry, 4)]);
+        assert_eq!(d.next_wakeup(400_000), Some(400_000 + 40_000 + 4 * 11_250));
+        assert_eq!(d.next_send(484_999), None);
+        assert_eq!(d.next_send(485_000), Some((Stream::Telemetry, 4)));
+        // Central speeds up again: the wait comes down, never below the configured 30 s.
+        let mut now = 485_000;
+        for seq in 4..=40 {
+            if seq > 4 {
+                d.queued(Stream::Telemetry, seq);
+                assert_eq!(drain(&mut d, now), [(Stream::Telemetry, seq)]);
+            }
+            now += 100;
+            d.confirmed(Stream::Telemetry, seq, now);
+        }
+        d.queued(Stream::Telemetry, 41);
+        assert_eq!(drain(&mut d, now), [(Stream::Telemetry, 41)]);
+        assert_eq!(d.next_wakeup(now), Some(now + 30_000));
     }
 
     #[test]
@@ -533,7 +671,7 @@ mod tests {
         }
         d.link_up(0);
         drain(&mut d, 0);
-        d.confirmed(Stream::Telemetry, 1);
+        d.confirmed(Stream::Telemetry, 1, 0);
         d.link_down();
         d.link_up(10);
         let seqs: Vec<u64> = drain(&mut d, 10).iter().map(|x| x.1).collect();
@@ -546,8 +684,8 @@ mod tests {
         for s in 1..=5 {
             d.queued(Stream::Telemetry, s);
         }
-        assert_eq!(d.confirmed(Stream::Telemetry, 3), Confirmation::Advanced);
-        assert_eq!(d.confirmed(Stream::Telemetry, 2), Confirmation::Stale);
+        assert_eq!(d.confirmed(Stream::Telemetry, 3, 0), Confirmation::Advanced);
+        assert_eq!(d.confirmed(Stream::Telemetry, 2, 0), Confirmation::Stale);
         assert_eq!(d.watermark(Stream::Telemetry), 3);
         d.queued(Stream::Telemetry, 2); // a stale duplicate is ignored
         d.link_up(0);
@@ -590,7 +728,7 @@ mod tests {
         let mut d = Delivery::new(DeliveryConfig::default(), 0);
         for s in Stream::ALL {
             d.assigned_upto(s, 999);
-            assert_eq!(d.confirmed(s, 999), Confirmation::Advanced);
+            assert_eq!(d.confirmed(s, 999, 0), Confirmation::Advanced);
         }
         d.link_up(0);
         d.queued(Stream::Events, 1_000);
@@ -598,7 +736,7 @@ mod tests {
         assert_eq!(d.next_send(10), Some((Stream::Events, 1_000)));
         assert_eq!(d.next_send(10), Some((Stream::Telemetry, 1_000)));
         assert_eq!(d.next_send(20), None, "nothing is due before resend_after");
-        assert_eq!(d.confirmed(Stream::Telemetry, 0), Confirmation::Stale);
+        assert_eq!(d.confirmed(Stream::Telemetry, 0, 0), Confirmation::Stale);
         assert_eq!(
             d.next_send(30),
             Some((Stream::Events, 1_000)),
@@ -610,9 +748,12 @@ mod tests {
             "telemetry central already has is not resent"
         );
         // Central caught up: nothing more.
-        assert_eq!(d.confirmed(Stream::Events, 1_000), Confirmation::Advanced);
         assert_eq!(
-            d.confirmed(Stream::Telemetry, 1_000),
+            d.confirmed(Stream::Events, 1_000, 0),
+            Confirmation::Advanced
+        );
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, 1_000, 0),
             Confirmation::Advanced
         );
         assert_eq!(d.unconfirmed(), 0);
@@ -628,12 +769,12 @@ mod tests {
         d.queued(Stream::Events, 1);
         for forged in [13, 1_000_000, u64::MAX] {
             assert_eq!(
-                d.confirmed(Stream::Telemetry, forged),
+                d.confirmed(Stream::Telemetry, forged, 0),
                 Confirmation::Beyond { assigned: 12 }
             );
         }
         assert_eq!(
-            d.confirmed(Stream::Events, u64::MAX),
+            d.confirmed(Stream::Events, u64::MAX, 0),
             Confirmation::Beyond { assigned: 1 }
         );
         assert_eq!(d.watermark(Stream::Telemetry), 0);
@@ -642,7 +783,10 @@ mod tests {
         // Records numbered after the refusal are sent and confirmed as usual.
         d.queued(Stream::Telemetry, 13);
         assert_eq!(drain(&mut d, 0), [(Stream::Telemetry, 13)]);
-        assert_eq!(d.confirmed(Stream::Telemetry, 13), Confirmation::Advanced);
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, 13, 0),
+            Confirmation::Advanced
+        );
         assert_eq!(d.unconfirmed(), 1, "the event is left");
     }
 
@@ -653,20 +797,23 @@ mod tests {
         let mut d = Delivery::new(unpaced(), 0);
         d.assigned_upto(Stream::Telemetry, start - 1);
         assert_eq!(
-            d.confirmed(Stream::Telemetry, start - 1),
+            d.confirmed(Stream::Telemetry, start - 1, 0),
             Confirmation::Advanced
         );
         d.queued(Stream::Telemetry, start);
         // The retained watermark of the box it replaced: true, old, and no forgery.
-        assert_eq!(d.confirmed(Stream::Telemetry, 5_000), Confirmation::Stale);
         assert_eq!(
-            d.confirmed(Stream::Telemetry, start + 1),
+            d.confirmed(Stream::Telemetry, 5_000, 0),
+            Confirmation::Stale
+        );
+        assert_eq!(
+            d.confirmed(Stream::Telemetry, start + 1, 0),
             Confirmation::Beyond { assigned: start }
         );
         d.link_up(0);
         assert_eq!(drain(&mut d, 0), [(Stream::Telemetry, start)]);
         assert_eq!(
-            d.confirmed(Stream::Telemetry, start),
+            d.confirmed(Stream::Telemetry, start, 0),
             Confirmation::Advanced
         );
         assert_eq!(d.unconfirmed(), 0);
@@ -680,7 +827,7 @@ mod tests {
         let mut d = Delivery::new(unpaced(), 0);
         for s in Stream::ALL {
             d.assigned_upto(s, start - 1);
-            assert_eq!(d.confirmed(s, start - 1), Confirmation::Advanced);
+            assert_eq!(d.confirmed(s, start - 1, 0), Confirmation::Advanced);
         }
         for seq in start..start + 4 {
             d.queued(Stream::Events, seq);
@@ -701,7 +848,7 @@ mod tests {
         assert_eq!(d.next_wakeup(5_000), Some(15_000));
         // Central answers the box's presence before the announcements reach it: a stale
         // watermark, and nothing goes again before its time.
-        assert_eq!(d.confirmed(Stream::Events, 0), Confirmation::Stale);
+        assert_eq!(d.confirmed(Stream::Events, 0, 0), Confirmation::Stale);
         assert_eq!(drain(&mut d, 6_000).len(), 0);
         assert_eq!(drain(&mut d, 15_000).len(), 2);
         assert_eq!(d.next_wakeup(15_000), Some(35_000));
@@ -710,11 +857,11 @@ mod tests {
         // Central holds a predecessor's records up to 9_000: its watermark, and what it says
         // it holds, clash; a watermark within the announcements does not.
         assert_eq!(
-            d.confirmed(Stream::Telemetry, 9_000),
+            d.confirmed(Stream::Telemetry, 9_000, 0),
             Confirmation::Clash { watermark: 9_000 }
         );
         assert_eq!(
-            d.confirmed(Stream::Events, start + 2),
+            d.confirmed(Stream::Events, start + 2, 0),
             Confirmation::Clash {
                 watermark: start + 2
             }
@@ -725,7 +872,7 @@ mod tests {
         assert_eq!(d.watermark(Stream::Events), start - 1, "nothing changed");
         // Central agrees: the announcements are confirmed, the hold is released, the rest goes.
         assert_eq!(
-            d.confirmed(Stream::Events, start + 1),
+            d.confirmed(Stream::Events, start + 1, 0),
             Confirmation::Advanced
         );
         d.hold(Stream::Events, None);
@@ -740,7 +887,7 @@ mod tests {
         let mut d = Delivery::new(unpaced(), 0);
         d.dropped_upto(Stream::Telemetry, 7);
         assert_eq!(d.assigned(Stream::Telemetry), 7);
-        assert_eq!(d.confirmed(Stream::Telemetry, 7), Confirmation::Advanced);
+        assert_eq!(d.confirmed(Stream::Telemetry, 7, 0), Confirmation::Advanced);
     }
 
     proptest::proptest! {
@@ -759,12 +906,12 @@ mod tests {
                     0 | 1 => { d.queued(Stream::Telemetry, next); next += 1; }
                     2 => {
                         let forged = (next - 1).saturating_add(1 + value % 1_000).max(value);
-                        let r = d.confirmed(Stream::Telemetry, forged);
+                        let r = d.confirmed(Stream::Telemetry, forged, 0);
                         proptest::prop_assert_eq!(r, Confirmation::Beyond { assigned: next - 1 });
                     }
                     3 if next > 1 => {
                         let wm = value % next;
-                        let r = d.confirmed(Stream::Telemetry, wm);
+                        let r = d.confirmed(Stream::Telemetry, wm, 0);
                         proptest::prop_assert_eq!(r == Confirmation::Advanced, wm > confirmed);
                         confirmed = confirmed.max(wm);
                     }
@@ -799,7 +946,7 @@ mod tests {
                         // Central confirms a prefix of what was sent.
                         if let Some(&max) = sent_ever.iter().next_back() {
                             let wm: u64 = (confirmed + 1..=max).take_while(|s| sent_ever.contains(s)).last().unwrap_or(confirmed);
-                            if wm > confirmed { d.confirmed(Stream::Telemetry, wm); confirmed = wm; }
+                            if wm > confirmed { d.confirmed(Stream::Telemetry, wm, 0); confirmed = wm; }
                         }
                     }
                     _ => {
@@ -818,7 +965,7 @@ mod tests {
             for s in confirmed + 1..next {
                 proptest::prop_assert!(sent_ever.contains(&s), "seq {} never sent", s);
             }
-            d.confirmed(Stream::Telemetry, next - 1);
+            d.confirmed(Stream::Telemetry, next - 1, 0);
             proptest::prop_assert_eq!(d.unconfirmed(), 0);
         }
     }

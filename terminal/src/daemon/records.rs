@@ -21,7 +21,7 @@ pub(super) fn delivery_of(
     let mut delivery = Delivery::new(cfg, now_ms);
     for stream in Stream::ALL {
         delivery.assigned_upto(stream, outbox.next_seq(stream).saturating_sub(1));
-        delivery.confirmed(stream, outbox.confirmed(stream));
+        delivery.confirmed(stream, outbox.confirmed(stream), now_ms);
         for (seq, _) in outbox.pending(stream) {
             delivery.queued(stream, seq);
         }
@@ -122,7 +122,7 @@ impl Daemon {
         };
         for stream in Stream::ALL {
             let watermark = marks.get(stream);
-            match self.delivery.confirmed(stream, watermark) {
+            match self.delivery.confirmed(stream, watermark, unix_ms()) {
                 Confirmation::Advanced => {
                     self.outbox.confirm(stream, watermark)?;
                 }
