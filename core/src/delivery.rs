@@ -196,7 +196,8 @@ struct StreamState {
     /// How often in a row the wait for a confirmation ran out: each time, the next wait is
     /// twice as long. Held announcements go again sooner ([`HELD_FIRST_RESEND_MS`], then twice
     /// as long each time, never later than records do at first), since everything waits for
-    /// them and the first may have gone before central was listening.
+    /// them and the first may have gone before central was listening; once central answered
+    /// ([`Delivery::central_answered`]), it was, and they wait as records do.
     backoff: u32,
 }
 
@@ -239,18 +240,19 @@ impl StreamState {
     }
 
     /// How long a sent record waits for confirmation before it goes again, the wait for
-    /// records being `wait` (configured, or longer as measured).
-    fn resend_after(&self, wait: u64) -> u64 {
+    /// records being `wait` (configured, or longer as measured); held announcements go again
+    /// sooner unless central is known to be `listening`.
+    fn resend_after(&self, wait: u64, listening: bool) -> u64 {
         let twice = |ms: u64| ms.saturating_mul(1 << self.backoff.min(16));
         match self.hold {
-            Some(_) => wait.min(twice(HELD_FIRST_RESEND_MS)),
-            None => twice(wait).min(MAX_RESEND_MS.max(wait)),
+            Some(_) if !listening => wait.min(twice(HELD_FIRST_RESEND_MS)),
+            _ => twice(wait).min(MAX_RESEND_MS.max(wait)),
         }
     }
 
     /// Moves records whose resend deadline passed back to unsent.
-    fn expire(&mut self, now_ms: u64, wait: u64) {
-        let resend_after_ms = self.resend_after(wait);
+    fn expire(&mut self, now_ms: u64, wait: u64, listening: bool) {
+        let resend_after_ms = self.resend_after(wait, listening);
         let mut expired = false;
         while let Some(&(at, seq)) = self.sent_order.front() {
             if at.saturating_add(resend_after_ms) > now_ms {
@@ -269,8 +271,8 @@ impl StreamState {
         }
     }
 
-    fn next_deadline(&self, wait: u64) -> Option<u64> {
-        let resend_after_ms = self.resend_after(wait);
+    fn next_deadline(&self, wait: u64, listening: bool) -> Option<u64> {
+        let resend_after_ms = self.resend_after(wait, listening);
         self.sent_order
             .iter()
             .find(|(at, seq)| self.in_flight.get(seq) == Some(at))
@@ -288,6 +290,8 @@ pub struct Delivery {
     tokens: f64,
     refilled_ms: u64,
     delay: ConfirmDelay,
+    /// Central answered since the link came up: it is listening.
+    answered: bool,
 }
 
 impl Delivery {
@@ -300,7 +304,15 @@ impl Delivery {
             tokens: f64::from(cfg.burst.max(1)),
             refilled_ms: now_ms,
             delay: ConfirmDelay::default(),
+            answered: false,
         }
+    }
+
+    /// Central itself answered (a watermark it published just now, not the copy a broker
+    /// kept): it is listening, and what this box sent since the link came up reached it or
+    /// is on its way. Held announcements stop going again sooner than records do.
+    pub fn central_answered(&mut self) {
+        self.answered = true;
     }
 
     /// How long a record waits for its confirmation before it goes again (before waits that
@@ -408,6 +420,7 @@ impl Delivery {
     /// The link came up: everything not confirmed is sent again.
     pub fn link_up(&mut self, _now_ms: u64) {
         self.link_up = true;
+        self.answered = false;
         for s in Stream::ALL {
             self.stream(s).requeue_in_flight();
         }
@@ -453,9 +466,9 @@ impl Delivery {
 
     /// The next record to send now, if any; it counts as sent at `now_ms`.
     pub fn next_send(&mut self, now_ms: u64) -> Option<(Stream, u64)> {
-        let wait = self.wait();
-        self.telemetry.expire(now_ms, wait);
-        self.events.expire(now_ms, wait);
+        let (wait, listening) = (self.wait(), self.answered);
+        self.telemetry.expire(now_ms, wait, listening);
+        self.events.expire(now_ms, wait, listening);
         if !self.link_up {
             return None;
         }
@@ -481,10 +494,10 @@ impl Delivery {
     /// When [`Delivery::next_send`] may have something new to say (a resend deadline, or a
     /// token for a waiting record); `None` if only a new event can change anything.
     pub fn next_wakeup(&self, now_ms: u64) -> Option<u64> {
-        let wait = self.wait();
+        let (wait, listening) = (self.wait(), self.answered);
         let deadline = [&self.telemetry, &self.events]
             .iter()
-            .filter_map(|s| s.next_deadline(wait))
+            .filter_map(|s| s.next_deadline(wait, listening))
             .min();
         let order = self.cfg.order;
         let waiting = self.link_up
@@ -846,8 +859,8 @@ mod tests {
         assert_eq!(drain(&mut d, 4_999).len(), 0);
         assert_eq!(drain(&mut d, 5_000).len(), 2);
         assert_eq!(d.next_wakeup(5_000), Some(15_000));
-        // Central answers the box's presence before the announcements reach it: a stale
-        // watermark, and nothing goes again before its time.
+        // A stale watermark (the copy a broker kept of an earlier one): nothing goes again
+        // before its time.
         assert_eq!(d.confirmed(Stream::Events, 0, 0), Confirmation::Stale);
         assert_eq!(drain(&mut d, 6_000).len(), 0);
         assert_eq!(drain(&mut d, 15_000).len(), 2);
@@ -880,6 +893,35 @@ mod tests {
         assert!(!d.clashes(Stream::Telemetry, 9_000));
         let rest = drain(&mut d, 0);
         assert_eq!(rest.len(), 6, "{rest:?}");
+    }
+
+    #[test]
+    fn once_central_answers_the_held_announcements_wait_as_records_do() {
+        let start = 5_000;
+        let mut d = Delivery::new(unpaced(), 0);
+        for s in Stream::ALL {
+            d.assigned_upto(s, start - 1);
+            d.confirmed(s, start - 1, 0);
+        }
+        d.queued(Stream::Events, start);
+        d.queued(Stream::Events, start + 1);
+        d.hold(Stream::Events, Some(held_upto(Stream::Events, start)));
+        d.link_up(0);
+        assert_eq!(drain(&mut d, 0).len(), 2);
+        assert_eq!(d.next_wakeup(0), Some(5_000));
+        // Central answers the box's presence (a province's power-on: it is slow to store the
+        // announcements, but listening): they go again after 30 s, not 5.
+        d.central_answered();
+        assert_eq!(d.next_wakeup(100), Some(30_000));
+        assert_eq!(drain(&mut d, 29_999).len(), 0);
+        assert_eq!(drain(&mut d, 30_000).len(), 2);
+        assert_eq!(d.next_wakeup(30_000), Some(90_000));
+        // A new connection: central may not be listening there (yet). The sooner schedule
+        // again, where it was (5 s, twice).
+        d.link_down();
+        d.link_up(40_000);
+        assert_eq!(drain(&mut d, 40_000).len(), 2);
+        assert_eq!(d.next_wakeup(40_000), Some(40_000 + 10_000));
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Daemon {
         topics: &Downlinks,
     ) -> Result<(), RunError> {
         if m.topic == topics.ack {
-            self.confirmed(&m.payload)?;
+            self.confirmed(&m.payload, m.retain)?;
         } else if m.topic == topics.command && !m.payload.is_empty() {
             self.command(&m.payload, m.retain)?;
         } else if m.topic == topics.notice {

@@ -106,11 +106,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Central's watermarks arrived: confirmed records leave the outbox. A watermark beyond
-    /// the last seq ever numbered is refused and reported; one beyond a held numbering is a
-    /// predecessor's, and the numbering moves above it; one that reaches the held numbering's
-    /// announcements releases it.
-    pub(super) fn confirmed(&mut self, payload: &[u8]) -> Result<(), RunError> {
+    /// Central's watermarks arrived (`retained`: the copy the broker kept, not central's
+    /// answer just now): confirmed records leave the outbox. A watermark beyond the last seq
+    /// ever numbered is refused and reported; one beyond a held numbering is a predecessor's,
+    /// and the numbering moves above it; one that reaches the held numbering's announcements
+    /// releases it.
+    pub(super) fn confirmed(&mut self, payload: &[u8], retained: bool) -> Result<(), RunError> {
         let marks = match Watermarks::decode(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -120,6 +121,9 @@ impl Daemon {
                 return Ok(());
             }
         };
+        if !retained {
+            self.delivery.central_answered();
+        }
         for stream in Stream::ALL {
             let watermark = marks.get(stream);
             match self.delivery.confirmed(stream, watermark, unix_ms()) {
