@@ -203,7 +203,7 @@ impl Central {
     pub(super) fn on_meeting_link(&mut self, up: bool) {
         if up && let Some(r) = self.roles.as_mut() {
             r.meetings.republish();
-            r.meetings.drain(&self.meeting_link);
+            r.meetings.drain(&self.control_link, &self.meeting_link);
         }
     }
 
@@ -214,7 +214,9 @@ impl Central {
             let instance = &self.instance;
             tracing::warn!(%instance, epoch, "holding the host role");
             loaded.meetings.republish();
-            loaded.meetings.drain(&self.meeting_link);
+            loaded
+                .meetings
+                .drain(&self.control_link, &self.meeting_link);
             self.roles = Some(loaded);
         }
     }
@@ -256,7 +258,7 @@ impl Central {
                 }
             }
             r.meetings.lay_out(now);
-            r.meetings.drain(&self.meeting_link);
+            r.meetings.drain(&self.control_link, &self.meeting_link);
             self.stats
                 .meeting_dropped
                 .store(r.meetings.dropped(), Ordering::Relaxed);
@@ -357,7 +359,7 @@ impl Central {
         if let Some(r) = self.roles.as_mut()
             && r.meetings.on_message(&msg, unix_ms())
         {
-            r.meetings.drain(&self.meeting_link);
+            r.meetings.drain(&self.control_link, &self.meeting_link);
         }
         if let Some((topic, retained)) = left {
             clear_retained_junk(&self.meeting_link, &self.log, &topic, retained, false);

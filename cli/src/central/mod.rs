@@ -258,8 +258,9 @@ fn ingest_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralErro
     Ok(link_opts)
 }
 
-/// The link the sites' meeting uplinks come in on, and what the roles publish goes out on
-/// (meeting states and plans, commands to the boxes).
+/// The link the sites' meeting uplinks come in on, and the roles' bulk goes out on (media
+/// plans and relay tables, commands to the boxes); what the sites must hear at once (meeting
+/// states, answers) goes on the control link.
 fn meeting_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
     let mut link_opts = common_link_options(opts, Some("meeting"))?;
     link_opts.subscriptions = MeetingService::subscriptions();
@@ -272,7 +273,10 @@ fn meeting_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralErr
     Ok(link_opts)
 }
 
-/// The link the staff's requests come in on and their answers go out on.
+/// The link the staff's requests come in on and their answers go out on, with what a
+/// meeting's sites must hear at once (states, the roll call, answers): a broker reads a
+/// connection's messages in order, and on the meeting link these would wait behind the
+/// thousands of plans central has in flight there in a province's join storm.
 fn control_link_options(opts: &CentralOptions) -> Result<LinkOptions, CentralError> {
     let mut link_opts = common_link_options(opts, Some("control"))?;
     link_opts.subscriptions = vec![control_request("+")];

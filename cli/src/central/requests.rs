@@ -19,7 +19,8 @@ const ANSWER_WAITS_FOR_STORE: Duration = Duration::from_secs(1);
 /// for the instance that takes over). A store that is slow or away holds the answer up for a
 /// second at most (the operation has taken effect for the sites anyway, and is written when the
 /// store is back); a request that changed nothing is answered at once. What it changed for the
-/// sites goes out on the meeting link, the answers on the control link.
+/// sites goes out on the meeting link (what they must hear at once on the control link), the
+/// answers on the control link.
 pub(super) fn answer_command(
     roles: &mut Roles,
     (meeting_link, control_link): (&Link, &Link),
@@ -33,7 +34,7 @@ pub(super) fn answer_command(
     let answers = control(roles, log, client, payload, now_ms);
     roles.gather_outbound();
     roles.meetings.lay_out(now_ms);
-    roles.meetings.drain(meeting_link);
+    roles.meetings.drain(control_link, meeting_link);
     let handed = (roles.alarms.handed_over(), roles.rollouts.handed_over());
     let changed = match roles.meetings.save() {
         Ok(saved) => saved || handed != before,

@@ -436,9 +436,10 @@ impl MeetingService {
         self.outbound.push(m);
     }
 
-    /// Hands the link as much as it takes now; the rest waits for the next call.
-    pub fn drain(&mut self, link: &Link) {
-        self.outbound.drain(link);
+    /// Hands the links as much as they take now, what sites must hear at once to `urgent`,
+    /// the bulk (media plans, relay tables) to `bulk`; the rest waits for the next call.
+    pub fn drain(&mut self, urgent: &Link, bulk: &Link) {
+        self.outbound.drain(urgent, bulk);
     }
 
     /// Messages waiting for room in the link.

@@ -1,6 +1,6 @@
-//! What the meeting service has to publish, waiting for room in the link's queue: urgent
-//! messages (states, answers) ahead of the bulk (media plans, relay tables), the bulk keeping
-//! only the latest message per topic.
+//! What the meeting service has to publish, waiting for room in the links' queues: urgent
+//! messages (states, answers) on a link of their own, never behind the bulk (media plans,
+//! relay tables), the bulk keeping only the latest message per topic.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -9,9 +9,10 @@ use cuntong_terminal::link::{Link, Message};
 /// Messages waiting for room in the link's queue, at most, in each lane.
 const OUTBOUND_MAX: usize = 200_000;
 
-/// What the meeting service has to publish, in two lanes: the urgent (states, answers) go to
-/// the link's urgent lane ahead of the bulk (media plans, relay tables), so a chair's
-/// operation reaches the sites at once even while thousands of plans wait.
+/// What the meeting service has to publish, in two lanes: the urgent (states, answers) go on
+/// a link of their own, the bulk (media plans, relay tables) on another, so a chair's
+/// operation reaches the sites at once even while thousands of plans wait, in central and in
+/// the broker that reads them one after another from the bulk link's connection.
 #[derive(Default)]
 pub(super) struct Outbound {
     urgent: VecDeque<Message>,
@@ -140,11 +141,12 @@ impl Outbound {
             .or_else(|| self.bulk.pop_front().map(|(_, m)| m))
     }
 
-    /// Hands the link as much as it takes now, each lane in order; the rest waits.
-    pub(super) fn drain(&mut self, link: &Link) {
+    /// Hands each lane's link (`urgent`, `bulk`) as much as it takes now, in order; the rest
+    /// waits.
+    pub(super) fn drain(&mut self, urgent: &Link, bulk: &Link) {
         use cuntong_terminal::link::PublishError;
         while let Some(m) = self.urgent.pop_front() {
-            if let Err(e) = link.try_publish(m.clone()) {
+            if let Err(e) = urgent.try_publish(m.clone()) {
                 if e == PublishError::Full {
                     self.urgent.push_front(m);
                 }
@@ -152,7 +154,7 @@ impl Outbound {
             }
         }
         while let Some((key, m)) = self.bulk.pop_front() {
-            if let Err(e) = link.try_publish(m.clone()) {
+            if let Err(e) = bulk.try_publish(m.clone()) {
                 if e == PublishError::Full {
                     self.bulk.push_front(key, m);
                 }
