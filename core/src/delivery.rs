@@ -550,6 +550,28 @@ mod tests {
         core::iter::from_fn(|| d.next_send(now)).collect()
     }
 
+    /// The unpaced delivery of a new box numbering from `start`: everything below it counts as
+    /// assigned and confirmed.
+    fn numbered_from(start: u64) -> Delivery {
+        let mut d = Delivery::new(unpaced(), 0);
+        for s in Stream::ALL {
+            d.assigned_upto(s, start - 1);
+            assert_eq!(d.confirmed(s, start - 1, 0), Confirmation::Advanced);
+        }
+        d
+    }
+
+    /// An unpaced delivery whose telemetry 1 to `last` was all sent at 0.
+    fn telemetry_sent(last: u64) -> Delivery {
+        let mut d = Delivery::new(unpaced(), 0);
+        for seq in 1..=last {
+            d.queued(Stream::Telemetry, seq);
+        }
+        d.link_up(0);
+        assert_eq!(drain(&mut d, 0).len() as u64, last);
+        d
+    }
+
     #[test]
     fn nothing_is_sent_while_the_link_is_down() {
         let mut d = Delivery::new(unpaced(), 0);
@@ -595,11 +617,7 @@ mod tests {
 
     #[test]
     fn unconfirmed_records_are_sent_again_after_the_timeout() {
-        let mut d = Delivery::new(unpaced(), 0);
-        d.queued(Stream::Telemetry, 1);
-        d.queued(Stream::Telemetry, 2);
-        d.link_up(0);
-        assert_eq!(drain(&mut d, 0).len(), 2);
+        let mut d = telemetry_sent(2);
         assert_eq!(d.confirmed(Stream::Telemetry, 1, 0), Confirmation::Advanced);
         assert_eq!(d.next_wakeup(0), Some(30_000));
         assert_eq!(d.next_send(29_999), None);
@@ -609,11 +627,7 @@ mod tests {
 
     #[test]
     fn each_wait_that_runs_out_doubles_the_next_until_central_answers() {
-        let mut d = Delivery::new(unpaced(), 0);
-        d.queued(Stream::Telemetry, 1);
-        d.queued(Stream::Telemetry, 2);
-        d.link_up(0);
-        assert_eq!(drain(&mut d, 0).len(), 2);
+        let mut d = telemetry_sent(2);
         // Sent at 0, 30 s, 90 s, 210 s, then every 120 s at most.
         let mut at = 0;
         for wait in [30_000, 60_000, 120_000, 120_000, 120_000] {
@@ -678,12 +692,7 @@ mod tests {
 
     #[test]
     fn a_reconnect_resends_everything_unconfirmed() {
-        let mut d = Delivery::new(unpaced(), 0);
-        for s in 1..=3 {
-            d.queued(Stream::Telemetry, s);
-        }
-        d.link_up(0);
-        drain(&mut d, 0);
+        let mut d = telemetry_sent(3);
         d.confirmed(Stream::Telemetry, 1, 0);
         d.link_down();
         d.link_up(10);
@@ -837,11 +846,7 @@ mod tests {
         // A new box whose clock is behind: it numbers from 5_000, its two announcements are
         // events 5_000 and 5_001, and it has telemetry and more events waiting.
         let start = 5_000;
-        let mut d = Delivery::new(unpaced(), 0);
-        for s in Stream::ALL {
-            d.assigned_upto(s, start - 1);
-            assert_eq!(d.confirmed(s, start - 1, 0), Confirmation::Advanced);
-        }
+        let mut d = numbered_from(start);
         for seq in start..start + 4 {
             d.queued(Stream::Events, seq);
             d.queued(Stream::Telemetry, seq);
@@ -898,11 +903,7 @@ mod tests {
     #[test]
     fn once_central_answers_the_held_announcements_wait_as_records_do() {
         let start = 5_000;
-        let mut d = Delivery::new(unpaced(), 0);
-        for s in Stream::ALL {
-            d.assigned_upto(s, start - 1);
-            d.confirmed(s, start - 1, 0);
-        }
+        let mut d = numbered_from(start);
         d.queued(Stream::Events, start);
         d.queued(Stream::Events, start + 1);
         d.hold(Stream::Events, Some(held_upto(Stream::Events, start)));
