@@ -360,8 +360,7 @@ mod tests {
     /// listening (as a killed node does).
     async fn fake_broker(drop_all: CancellationToken) -> u16 {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, port) = loopback_listener().await;
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = tokio::select! {
@@ -422,8 +421,7 @@ mod tests {
     async fn a_broker_that_accepts_and_never_answers_is_retried_after_the_back_off_not_probed() {
         use tokio::io::AsyncReadExt;
         // A busy broker: it accepts connections and answers none of them.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, port) = loopback_listener().await;
         let (connects, silent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (c, q) = (connects.clone(), silent.clone());
         tokio::spawn(async move {
@@ -468,8 +466,7 @@ mod tests {
     async fn a_broker_slower_than_the_connect_timeout_is_given_longer_and_answers_once() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // A busy broker: each CONNECT is answered, 1.2 s after it came.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, port) = loopback_listener().await;
         let connects = Arc::new(AtomicU64::new(0));
         let c = connects.clone();
         tokio::spawn(async move {
@@ -576,53 +573,66 @@ mod tests {
         );
     }
 
+    /// One MQTT packet from `socket`: its type and body; `None` once the client is gone.
+    async fn read_packet(socket: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut header = [0u8; 1];
+        socket.read_exact(&mut header).await.ok()?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            socket.read_exact(&mut b).await.ok()?;
+            len |= usize::from(b[0] & 0x7f) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        socket.read_exact(&mut body).await.ok()?;
+        Some((header[0] >> 4, body))
+    }
+
+    /// A listener on a free loopback port, and the port.
+    async fn loopback_listener() -> (tokio::net::TcpListener, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (listener, port)
+    }
+
+    const CONNACK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+    const PINGRESP: [u8; 2] = [0xd0, 0x00];
+
+    /// A SUBACK for `subscribe` (its body), every filter answered with `code`.
+    fn suback(subscribe: &[u8], code: u8) -> Vec<u8> {
+        // Packet id, then (length-prefixed filter, QoS) pairs.
+        let (mut i, mut filters) = (2, 0u8);
+        while i + 2 <= subscribe.len() {
+            i += 2 + usize::from(u16::from_be_bytes([subscribe[i], subscribe[i + 1]])) + 1;
+            filters += 1;
+        }
+        let mut r = vec![0x90, 2 + filters, subscribe[0], subscribe[1]];
+        r.extend(std::iter::repeat_n(code, usize::from(filters)));
+        r
+    }
+
     /// A stand-in broker that speaks just enough MQTT for a link: CONNACK, PINGRESP, and a
     /// SUBACK refusing every filter of the first `refusals` SUBSCRIBEs, granting the rest.
     /// Counts the SUBSCRIBEs it got.
     async fn refusing_broker(refusals: usize) -> (u16, Arc<AtomicU64>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        use tokio::io::AsyncWriteExt;
+        let (listener, port) = loopback_listener().await;
         let subscribes = Arc::new(AtomicU64::new(0));
         let seen = subscribes.clone();
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
-            loop {
-                let mut header = [0u8; 1];
-                if socket.read_exact(&mut header).await.is_err() {
-                    return;
-                }
-                let (mut len, mut shift) = (0usize, 0);
-                loop {
-                    let mut b = [0u8; 1];
-                    if socket.read_exact(&mut b).await.is_err() {
-                        return;
-                    }
-                    len |= usize::from(b[0] & 0x7f) << shift;
-                    shift += 7;
-                    if b[0] & 0x80 == 0 {
-                        break;
-                    }
-                }
-                let mut body = vec![0u8; len];
-                if socket.read_exact(&mut body).await.is_err() {
-                    return;
-                }
-                let reply = match header[0] >> 4 {
-                    1 => vec![0x20, 0x02, 0x00, 0x00],
-                    12 => vec![0xd0, 0x00],
+            while let Some((kind, body)) = read_packet(&mut socket).await {
+                let reply = match kind {
+                    1 => CONNACK.to_vec(),
+                    12 => PINGRESP.to_vec(),
                     8 => {
-                        // Packet id, then (length-prefixed filter, QoS) pairs.
                         let n = seen.fetch_add(1, Ordering::SeqCst) as usize;
-                        let (mut i, mut filters) = (2, 0u8);
-                        while i + 2 <= body.len() {
-                            i += 2 + usize::from(u16::from_be_bytes([body[i], body[i + 1]])) + 1;
-                            filters += 1;
-                        }
-                        let code = if n < refusals { 0x80 } else { 0x01 };
-                        let mut r = vec![0x90, 2 + filters, body[0], body[1]];
-                        r.extend(std::iter::repeat_n(code, usize::from(filters)));
-                        r
+                        suback(&body, if n < refusals { 0x80 } else { 0x01 })
                     }
                     _ => Vec::new(),
                 };
@@ -632,6 +642,87 @@ mod tests {
             }
         });
         (port, subscribes)
+    }
+
+    /// A stand-in broker that answers a connection's first PINGREQ only after `burst`
+    /// messages on `ct/v1/a/x` (100 bytes each, QoS 0), and every later one at once. Counts
+    /// the connections it took.
+    async fn bursting_broker(burst: usize) -> (u16, Arc<AtomicU64>) {
+        use tokio::io::AsyncWriteExt;
+        let (listener, port) = loopback_listener().await;
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut pinged = false;
+                    while let Some((kind, body)) = read_packet(&mut socket).await {
+                        let reply = match kind {
+                            1 => CONNACK.to_vec(),
+                            8 => suback(&body, 0x00),
+                            12 if !pinged => {
+                                pinged = true;
+                                let topic = b"ct/v1/a/x";
+                                let mut publish = vec![0x30, (2 + topic.len() + 100) as u8, 0];
+                                publish.push(topic.len() as u8);
+                                publish.extend_from_slice(topic);
+                                publish.extend_from_slice(&[7u8; 100]);
+                                let mut r = publish.repeat(burst);
+                                r.extend_from_slice(&PINGRESP);
+                                r
+                            }
+                            12 => PINGRESP.to_vec(),
+                            _ => Vec::new(),
+                        };
+                        if socket.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, connections)
+    }
+
+    /// The broker answers a ping behind a burst the link's owner takes seconds to read, the
+    /// link meanwhile reading nothing: the connection is kept, and the burst delivered.
+    #[tokio::test]
+    async fn a_ping_answered_while_the_owner_held_the_link_back_does_not_cost_the_connection() {
+        let burst = 400;
+        let (port, connections) = bursting_broker(burst).await;
+        let mut opts = LinkOptions::new(
+            "held-back-test",
+            format!("mqtt://127.0.0.1:{port}")
+                .parse::<BrokerUrl>()
+                .unwrap(),
+        );
+        opts.subscriptions = vec!["ct/v1/a/#".into()];
+        opts.keep_alive = Duration::from_secs(1);
+        // Room for a few of the burst: the link stops reading almost at once.
+        opts.incoming_capacity = 1;
+        opts.incoming_buffer = 1024;
+        let (link, mut incoming) = Link::start(opts);
+        // The first ping goes after a second; the owner reads nothing until the link's next
+        // ping was due, a second after that.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            for _ in 0..burst {
+                incoming.recv().await.expect("the link is running");
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the burst read: {:?}", link.status());
+        // Two more keep-alives, answered at once.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let status = link.status();
+        assert!(
+            status.connected && status.connects == 1,
+            "{status:?}, {} connections",
+            connections.load(Ordering::SeqCst)
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        link.shutdown();
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::failure::{describe, tls_failure};
+use super::inbox::Waited;
 use super::{Backoff, Connect, Inbox, Incoming, MAX_PAYLOAD, Shared, unix_ms};
 use crate::broker_url::{BrokerUrl, Brokers};
 
@@ -133,9 +134,15 @@ pub(super) async fn poll_task(
                     payload: p.payload,
                     retain: p.retain,
                 };
-                tokio::select! {
+                let waited = tokio::select! {
                     _ = stop.cancelled() => break,
-                    () = incoming.put(msg) => {}
+                    w = incoming.put(msg) => w,
+                };
+                if waited == Waited::Yes && ping_sent.take().is_some() {
+                    // The link read nothing while its owner caught up, so a ping's answer may
+                    // be waiting unread behind what the broker sent before it: the ping proves
+                    // nothing either way. Its next one will, on a link reading again.
+                    eventloop.state.await_pingresp = false;
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
