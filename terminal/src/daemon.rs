@@ -152,14 +152,18 @@ pub fn link_options(cfg: &TerminalConfig, started_ms: u64) -> Result<LinkOptions
         Some(Message::new(presence_topic.clone(), presence(cfg, started_ms, false)?).retained());
     opts.on_connect =
         vec![Message::new(presence_topic, presence(cfg, started_ms, true)?).retained()];
-    opts.subscriptions = [Channel::Command, Channel::MeetingDown, Channel::Notice]
+    opts.subscriptions = [Channel::Command, Channel::Notice]
         .into_iter()
         .map(|c| Topic::terminal(&cfg.id, c))
         .chain(Topic::broadcasts_for(cfg.id.site()))
         .map(|t| t.to_string())
         .collect();
-    // Retained and whole in every copy: the watermarks and the meetings' states and screens.
-    opts.live_subscriptions = std::iter::once(Topic::terminal(&cfg.id, Channel::Ack).to_string())
+    // Retained and whole in every copy (the watermarks, the meetings' states and screens), or
+    // answered again when asked again (the meeting downlink: a site repeats its join until its
+    // plan comes).
+    opts.live_subscriptions = [Channel::Ack, Channel::MeetingDown]
+        .into_iter()
+        .map(|c| Topic::terminal(&cfg.id, c).to_string())
         .chain(Conference::subscriptions(&cfg.id))
         .collect();
     Ok(opts)

@@ -30,8 +30,9 @@ pub struct LinkOptions {
     pub subscriptions: Vec<String>,
     /// Subscribed after every successful connect at QoS 0: what is retained and whole in every
     /// copy (a meeting's state, central's watermarks), where a copy missed is replaced by the
-    /// next and a clean session offers no more at QoS 1. A province's roll call then costs no
-    /// acknowledgement from each of its 54,000 sites.
+    /// next, or answered again when asked again (a media plan, for a join repeated until it
+    /// comes); a clean session offers no more at QoS 1. A province's roll call and its media
+    /// plans then cost no acknowledgement from each of its 54,000 sites.
     pub live_subscriptions: Vec<String>,
     /// The QoS the subscriptions ask for: 1, or 0 for a broker where a QoS 1 subscription is
     /// costly to set up (NATS: a JetStream consumer each). Nothing depends on QoS 1 delivery
