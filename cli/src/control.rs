@@ -81,7 +81,8 @@ pub enum RequestBody {
         all: bool,
     },
     /// The latest roll call: counts and a page of sites after terminal `after` (with `all`,
-    /// every page from there, as for `Status`).
+    /// every page from there, as for `Status`; with `counts`, the counts alone, as a chair
+    /// waiting for the answers asks them again and again).
     RollCall {
         #[serde(with = "text")]
         meeting: MeetingId,
@@ -89,6 +90,8 @@ pub enum RequestBody {
         after: Option<TerminalId>,
         #[serde(default, skip_serializing_if = "no")]
         all: bool,
+        #[serde(default, skip_serializing_if = "no")]
+        counts: bool,
     },
     List,
     /// Central records the session (the composed picture and the mixed sound) to `out` on its
@@ -263,11 +266,15 @@ impl RequestBody {
                 all: true,
             }),
             RequestBody::RollCall {
-                meeting, all: true, ..
+                meeting,
+                all: true,
+                counts,
+                ..
             } => after.map(|after| RequestBody::RollCall {
                 meeting: *meeting,
                 after: Some(after),
                 all: true,
+                counts: *counts,
             }),
             _ => None,
         }
@@ -741,6 +748,7 @@ mod tests {
                     meeting: m1,
                     after: None,
                     all: false,
+                    counts: false,
                 }),
                 r#"{"id":7,"body":{"roll_call":{"meeting":"m1","after":null}}}"#,
             ),
@@ -749,8 +757,18 @@ mod tests {
                     meeting: m1,
                     after: None,
                     all: true,
+                    counts: false,
                 }),
                 r#"{"id":7,"body":{"roll_call":{"meeting":"m1","after":null,"all":true}}}"#,
+            ),
+            (
+                req(RequestBody::RollCall {
+                    meeting: m1,
+                    after: None,
+                    all: false,
+                    counts: true,
+                }),
+                r#"{"id":7,"body":{"roll_call":{"meeting":"m1","after":null,"counts":true}}}"#,
             ),
             (req(RequestBody::List), r#"{"id":7,"body":"list"}"#),
             (

@@ -84,7 +84,12 @@ impl MeetingService {
                 fit(&mut st.sites, &mut st.next, |s| &s.terminal);
                 Ok(ResponseBody::Status(Box::new(st)))
             }
-            RequestBody::RollCall { meeting, after, .. } => {
+            RequestBody::RollCall {
+                meeting,
+                after,
+                counts,
+                ..
+            } => {
                 let id = self.find(meeting)?;
                 let host = &self.hosts[&id];
                 if host.state().roll_call.is_none() {
@@ -99,7 +104,11 @@ impl MeetingService {
                         present += usize::from(host.roll_call_latency(r).is_some());
                     }
                 }
-                let (page, mut next) = page(host.sites(), asked, after);
+                let (page, mut next) = if counts {
+                    (Vec::new(), None)
+                } else {
+                    page(host.sites(), asked, after)
+                };
                 let names = self.names.borrow();
                 let mut rows: Vec<RollCallJson> = page
                     .iter()

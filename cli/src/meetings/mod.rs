@@ -763,15 +763,16 @@ mod tests {
             send_uplink(&mut svc, site, &full_join(id, k as u64 + 1), now);
         }
         op(&mut svc, ChairOp::RollCall);
-        let ask = |svc: &mut MeetingService, all| {
+        let ask = |svc: &mut MeetingService, all, counts| {
             let body = RequestBody::RollCall {
                 meeting: id,
                 after: None,
                 all,
+                counts,
             };
             answer_pages(body, |b| svc.answer(b, now))
         };
-        let pages = ask(&mut svc, true);
+        let pages = ask(&mut svc, true, false);
         let last = pages.len() - 1;
         assert!(last >= 2, "{} pages", pages.len());
         let mut rows = Vec::new();
@@ -792,9 +793,23 @@ mod tests {
         let want: Vec<String> = sites.iter().map(|t| t.to_string()).collect();
         assert_eq!(rows, want);
         assert_eq!(
-            ask(&mut svc, false).len(),
+            ask(&mut svc, false, false).len(),
             1,
             "one page when not asked for all"
+        );
+        let counted = ask(&mut svc, false, true);
+        let [
+            Ok(ResponseBody::RollCall {
+                total, rows, next, ..
+            }),
+        ] = &counted[..]
+        else {
+            panic!("{counted:?}");
+        };
+        assert_eq!(
+            (*total, rows.len(), *next),
+            (sites.len(), 0, None),
+            "the counts alone"
         );
         let status = RequestBody::Status {
             meeting: id,
@@ -815,6 +830,7 @@ mod tests {
             meeting: "nope".parse().unwrap(),
             after: None,
             all: true,
+            counts: false,
         };
         let answers = answer_pages(gone, |b| svc.answer(b, now));
         assert!(matches!(answers[..], [Err(ControlError::NoSuchMeeting(_))]));

@@ -184,7 +184,7 @@ impl CentralClient {
     }
 
     /// The latest roll call: (present, total) and, with `rows`, every site's answer (every
-    /// page, in answer to one request).
+    /// page, in answer to one request); without, the counts alone.
     async fn roll_call_page(
         &mut self,
         meeting: MeetingId,
@@ -194,6 +194,7 @@ impl CentralClient {
             meeting,
             after: None,
             all: rows,
+            counts: !rows,
         };
         let (mut out, mut counts) = (Vec::new(), (0, 0));
         for page in self.ask_pages(request, ANSWER).await? {
@@ -214,21 +215,41 @@ impl CentralClient {
         Ok((counts.0, counts.1, out))
     }
 
-    /// Opens a roll call and waits until every invited site answered or `timeout` passed.
+    /// Opens a roll call, waits until every invited site answered or `timeout` passed, and
+    /// answers every site's row.
     pub async fn roll_call(
         &mut self,
         meeting: MeetingId,
         timeout: Duration,
     ) -> Result<Vec<RollCallJson>, ClientError> {
         self.op(meeting, ChairOp::RollCall).await?;
+        self.await_answers(meeting, timeout).await?;
+        self.roll_call_rows(meeting).await
+    }
+
+    /// Waits until every site invited to the open roll call answered or `timeout` passed,
+    /// asking for the counts alone every 100 ms; the counts (present, total) last seen.
+    pub async fn await_answers(
+        &mut self,
+        meeting: MeetingId,
+        timeout: Duration,
+    ) -> Result<(usize, usize), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (present, total, _) = self.roll_call_page(meeting, false).await?;
             if present >= total || tokio::time::Instant::now() >= deadline {
-                return Ok(self.roll_call_page(meeting, true).await?.2);
+                return Ok((present, total));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Every site's row of the open roll call.
+    pub async fn roll_call_rows(
+        &mut self,
+        meeting: MeetingId,
+    ) -> Result<Vec<RollCallJson>, ClientError> {
+        Ok(self.roll_call_page(meeting, true).await?.2)
     }
 
     /// A chair operation; answers the state version it produced.
