@@ -243,9 +243,9 @@ pub struct MeetingRun {
     pub join_time: Duration,
     /// State publishes on the meeting tree for the start.
     pub start_states: u64,
-    /// The sites' meeting channels from the start until all had joined, and until the end.
+    /// The sites' meeting channels from the start until all had joined (not watched after:
+    /// the roll calls are measured without the watcher's share of the brokers' work).
     pub storm: MeetingTraffic,
-    pub session: MeetingTraffic,
     /// The roll call opened as soon as every site had joined (the join storm's traffic still
     /// on its way), and one opened in the settled session, [`SETTLE`] later.
     pub roll_call: RollCallRun,
@@ -395,7 +395,8 @@ pub fn cpu_since(before: &[f64], wall: Duration) -> String {
 pub const SETTLE: Duration = Duration::from_secs(20);
 
 /// What one roll call measured: sites present of those asked; the host's answer latencies
-/// (all, p50, p99, ms); when the command saw it complete.
+/// (all, p50, p99, ms), from the opening until each site saw it; when the chair, asking central
+/// for the counts every 100 ms, saw every site present.
 #[derive(Debug)]
 pub struct RollCallRun {
     pub present: usize,
@@ -406,13 +407,15 @@ pub struct RollCallRun {
     pub command: Duration,
     /// The CPU time each of [`PROCESSES`] used while the command waited.
     pub cpu: String,
+    /// Each site's row.
+    pub rows: Vec<cuntong::control::RollCallJson>,
 }
 
 impl RollCallRun {
     /// The roll call in one line, and the CPU it took in a second.
     pub fn line(&self) -> String {
         format!(
-            "all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; the command saw it after {} ms)\n      {}",
+            "all {:>5} ms   p50 {:>5} ms   p99 {:>5} ms   ({} of {} present; the chair saw all present after {} ms)\n      {}",
             self.all_ms,
             self.p50_ms,
             self.p99_ms,
@@ -434,6 +437,19 @@ impl MeetingRun {
             self.settled.line()
         )
     }
+
+    /// Writes every site's answer to both roll calls to `path` as CSV: roll call (1, 2),
+    /// site, ms from the opening until it answered (empty: absent), as central recorded them.
+    pub fn write_answers(&self, path: &Path) -> std::io::Result<()> {
+        let mut csv = String::from("roll_call,site,latency_ms\n");
+        for (number, run) in [(1, &self.roll_call), (2, &self.settled)] {
+            for r in &run.rows {
+                let latency = r.latency_ms.map_or(String::new(), |ms| ms.to_string());
+                csv.push_str(&format!("{number},{},{latency}\n", r.terminal));
+            }
+        }
+        std::fs::write(path, csv)
+    }
 }
 
 /// Opens a roll call through `client` and waits (at most 60 s) until every site answered.
@@ -442,17 +458,14 @@ async fn roll_call(
     id: cuntong_core::meeting::MeetingId,
 ) -> anyhow::Result<RollCallRun> {
     use cuntong::commands::meeting::quantile;
-    let (cpu, asked) = (cpu_seconds(&PROCESSES), Instant::now());
-    println!(
-        "    roll call asked at {} ms (Unix time)",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-    );
-    let rows = client.roll_call(id, Duration::from_secs(60)).await?;
+    use cuntong_core::meeting::host::ChairOp;
+    let (cpu, asked, asked_ms) = (cpu_seconds(&PROCESSES), Instant::now(), unix_ms());
+    println!("    roll call asked at {asked_ms} ms (Unix time)");
+    client.op(id, ChairOp::RollCall).await?;
+    client.await_answers(id, Duration::from_secs(60)).await?;
     let command = asked.elapsed();
     let cpu = cpu_since(&cpu, command);
+    let rows = client.roll_call_rows(id).await?;
     let mut lat: Vec<u64> = rows.iter().filter_map(|r| r.latency_ms).collect();
     lat.sort_unstable();
     Ok(RollCallRun {
@@ -463,7 +476,15 @@ async fn roll_call(
         p99_ms: quantile(&lat, 0.99).unwrap_or(0),
         command,
         cpu,
+        rows,
     })
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Creates a meeting (standard definition, no chair terminal) titled `title` inviting
@@ -511,13 +532,10 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     let traffic = Arc::new(Mutex::new(MeetingTraffic::default()));
     let (watcher, mut wl) = AsyncClient::new(mqtt_options("bench-watcher".into(), url)?, 64);
     watcher.subscribe("ct/v1/m/#", QoS::AtMostOnce).await?;
-    for channel in [Channel::MeetingDown, Channel::MeetingUp] {
-        watcher
-            .subscribe(
-                format!("ct/v1/t/+/+/+/+/+/+/{}", channel.as_str()),
-                QoS::AtMostOnce,
-            )
-            .await?;
+    let site_channels = [Channel::MeetingDown, Channel::MeetingUp]
+        .map(|channel| format!("ct/v1/t/+/+/+/+/+/+/{}", channel.as_str()));
+    for filter in &site_channels {
+        watcher.subscribe(filter, QoS::AtMostOnce).await?;
     }
     let (s2, t2) = (states.clone(), traffic.clone());
     let watching = tokio::spawn(async move {
@@ -572,6 +590,9 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     let join_time = started.elapsed();
     let start_states = states.load(Ordering::Relaxed) - before;
     let storm = traffic.lock().map(|t| t.clone()).unwrap_or_default();
+    for filter in &site_channels {
+        watcher.unsubscribe(filter).await?;
+    }
 
     let first = roll_call(&mut client, id).await?;
     client.op(id, ChairOp::CloseRollCall).await?;
@@ -579,14 +600,12 @@ pub async fn region_meeting(url: &str, region: &str, n: usize) -> anyhow::Result
     let settled = roll_call(&mut client, id).await?;
     client.op(id, ChairOp::End).await?;
     client.close();
-    let session = traffic.lock().map(|t| t.clone()).unwrap_or_default();
     watching.abort();
     Ok(MeetingRun {
         joined,
         join_time,
         start_states,
         storm,
-        session,
         roll_call: first,
         settled,
     })

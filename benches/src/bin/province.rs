@@ -18,7 +18,9 @@
 //!   with its dashboard.
 //!
 //! Figures: all online (from the fleets' start); a meeting inviting the province, from the
-//! start until every site has joined, and its roll call; minutes of one message a minute per
+//! start until every site has joined, and its roll calls (until each site saw one, and until
+//! the chair, asking central for the counts, saw every site present; each site's answer in
+//! `--dir`'s `roll-call-answers.csv`); minutes of one message a minute per
 //! terminal, stored with no gap and confirmed; memory per terminal; `sites --region` and the
 //! dashboard's province view over every terminal.
 //!
@@ -30,7 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -296,7 +298,7 @@ fn main() -> anyhow::Result<()> {
         rss_kib(central_proc.0.id()).unwrap_or(0) / 1024
     );
 
-    meeting(&url, &args.region, n)?;
+    meeting(&url, &args.region, n, d)?;
     println!(
         "  right after the meeting {}",
         read_views(&db, &args.region, &http)?
@@ -306,7 +308,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The province meeting (inviting `region`'s `n` sites): from its start until all joined, and
 /// its roll call. A failed meeting is reported, and the other figures are still measured.
-fn meeting(url: &str, region: &str, n: usize) -> anyhow::Result<()> {
+fn meeting(url: &str, region: &str, n: usize, dir: &Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let (cpu_meeting, meeting_started) = (cpu_seconds(&PROCESSES), Instant::now());
     match rt.block_on(region_meeting(url, region, n)) {
@@ -319,7 +321,14 @@ fn meeting(url: &str, region: &str, n: usize) -> anyhow::Result<()> {
                 m.storm.line()
             );
             println!("  {}   (target < 5 s)", m.roll_call());
-            println!("    the whole session: {}", m.session.line());
+            let answers = dir.join("roll-call-answers.csv");
+            match m.write_answers(&answers) {
+                Ok(()) => println!("    every answer: {}", answers.display()),
+                Err(e) => println!(
+                    "    every answer: not written to {}: {e}",
+                    answers.display()
+                ),
+            }
         }
         Err(e) => println!("  meeting                 FAILED: {e:#}"),
     }

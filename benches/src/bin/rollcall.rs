@@ -173,7 +173,6 @@ fn main() -> anyhow::Result<()> {
     );
     println!("    until then: {}", m.storm.line());
     println!("  {}   (target: all <= 2000, p99 < 1000)", m.roll_call());
-    println!("    the whole session: {}", m.session.line());
     println!(
         "  ratio to the bare round all {:.2}   p99 {:.2}",
         m.roll_call.all_ms as f64 / base.0.max(1) as f64,
