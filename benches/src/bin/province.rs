@@ -57,8 +57,10 @@ struct Args {
     /// Minutes of steady reporting (one message a minute per terminal) to check.
     #[arg(long, default_value_t = 10)]
     minutes: u64,
-    /// Terminals per simulator process, at most.
-    #[arg(long, default_value_t = 4000)]
+    /// Terminals per simulator process (and its county broker), at most: a Mosquitto's
+    /// power-on grows with the square of its terminals (docs/operations.md, "How many
+    /// terminals one Mosquitto takes").
+    #[arg(long, default_value_t = 2000)]
     per_fleet: usize,
     /// The province's boxes power on over this long, each at its own moment (`0s`: all at
     /// the same instant, which no power grid does).
