@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -459,7 +459,11 @@ async fn roll_call(
 ) -> anyhow::Result<RollCallRun> {
     use cuntong::commands::meeting::quantile;
     use cuntong_core::meeting::host::ChairOp;
-    let (cpu, asked, asked_ms) = (cpu_seconds(&PROCESSES), Instant::now(), unix_ms());
+    let (cpu, asked, asked_ms) = (
+        cpu_seconds(&PROCESSES),
+        Instant::now(),
+        cuntong_terminal::link::unix_ms(),
+    );
     println!("    roll call asked at {asked_ms} ms (Unix time)");
     client.op(id, ChairOp::RollCall).await?;
     client.await_answers(id, Duration::from_secs(60)).await?;
@@ -478,13 +482,6 @@ async fn roll_call(
         cpu,
         rows,
     })
-}
-
-/// Now, in milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Creates a meeting (standard definition, no chair terminal) titled `title` inviting

@@ -646,18 +646,22 @@ mod tests {
 
     /// A stand-in broker that answers a connection's first PINGREQ only after `burst`
     /// messages on `ct/v1/a/x` (100 bytes each, QoS 0), and every later one at once. Counts
-    /// the connections it took.
-    async fn bursting_broker(burst: usize) -> (u16, Arc<AtomicU64>) {
+    /// the connections it took and the pings it got.
+    async fn bursting_broker(burst: usize) -> (u16, Arc<AtomicU64>, Arc<AtomicU64>) {
         use tokio::io::AsyncWriteExt;
         let (listener, port) = loopback_listener().await;
-        let connections = Arc::new(AtomicU64::new(0));
-        let counted = connections.clone();
+        let (connections, pings) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (counted, pinged_n) = (connections.clone(), pings.clone());
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
+                let pinged_n = pinged_n.clone();
                 tokio::spawn(async move {
                     let mut pinged = false;
                     while let Some((kind, body)) = read_packet(&mut socket).await {
+                        if kind == 12 {
+                            pinged_n.fetch_add(1, Ordering::SeqCst);
+                        }
                         let reply = match kind {
                             1 => CONNACK.to_vec(),
                             8 => suback(&body, 0x00),
@@ -682,7 +686,7 @@ mod tests {
                 });
             }
         });
-        (port, connections)
+        (port, connections, pings)
     }
 
     /// The broker answers a ping behind a burst the link's owner takes seconds to read, the
@@ -690,7 +694,7 @@ mod tests {
     #[tokio::test]
     async fn a_ping_answered_while_the_owner_held_the_link_back_does_not_cost_the_connection() {
         let burst = 400;
-        let (port, connections) = bursting_broker(burst).await;
+        let (port, connections, pings) = bursting_broker(burst).await;
         let mut opts = LinkOptions::new(
             "held-back-test",
             format!("mqtt://127.0.0.1:{port}")
@@ -706,6 +710,10 @@ mod tests {
         // The first ping goes after a second; the owner reads nothing until the link's next
         // ping was due, a second after that.
         tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            pings.load(Ordering::SeqCst) >= 1,
+            "the link pinged, and got its burst, while its owner held it back"
+        );
         let read = tokio::time::timeout(Duration::from_secs(5), async {
             for _ in 0..burst {
                 incoming.recv().await.expect("the link is running");
