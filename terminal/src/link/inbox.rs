@@ -11,13 +11,6 @@ use super::Incoming;
 /// What a buffered message costs beyond its topic and payload: its place in the queue.
 const OVERHEAD: usize = 64;
 
-/// Whether [`Inbox::put`] waited for room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Waited {
-    No,
-    Yes,
-}
-
 /// Received messages on their way from the poll task to the owner: the poll task hands each
 /// over at once while the bytes waiting fit the buffer; a task of its own feeds the owner's
 /// channel at the owner's pace, in the order received.
@@ -61,24 +54,19 @@ impl Inbox {
         }
     }
 
-    /// Hands `msg` on; waits only while the buffer is full, and says whether it had to (the
-    /// link read nothing from the broker meanwhile). Each message costs its bytes exactly
-    /// (with [`OVERHEAD`]): a province's joins are a few hundred bytes each, and a buffer
-    /// counted in coarser units holds a fraction of the messages it was sized for.
-    pub(super) async fn put(&self, msg: Incoming) -> Waited {
+    /// Hands `msg` on; waits only while the buffer is full (the link reads nothing from the
+    /// broker meanwhile). Each message costs its bytes exactly (with [`OVERHEAD`]): a
+    /// province's joins are a few hundred bytes each, and a buffer counted in coarser units
+    /// holds a fraction of the messages it was sized for.
+    pub(super) async fn put(&self, msg: Incoming) {
         let bytes = msg.payload.len() + msg.topic.len() + OVERHEAD;
         let cost = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.capacity);
-        let (permit, waited) = match self.room.try_acquire_many(cost) {
-            Ok(permit) => (Ok(permit), Waited::No),
-            Err(_) => (self.room.acquire_many(cost).await, Waited::Yes),
-        };
-        if let Ok(permit) = permit {
+        if let Ok(permit) = self.room.acquire_many(cost).await {
             permit.forget();
             if self.queue.send((msg, cost)).is_err() {
                 tracing::debug!("incoming receiver gone");
             }
         }
-        waited
     }
 }
 

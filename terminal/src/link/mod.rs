@@ -574,7 +574,9 @@ mod tests {
     }
 
     /// One MQTT packet from `socket`: its type and body; `None` once the client is gone.
-    async fn read_packet(socket: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    async fn read_packet(
+        socket: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> Option<(u8, Vec<u8>)> {
         use tokio::io::AsyncReadExt;
         let mut header = [0u8; 1];
         socket.read_exact(&mut header).await.ok()?;
@@ -731,6 +733,146 @@ mod tests {
         );
         assert_eq!(connections.load(Ordering::SeqCst), 1);
         link.shutdown();
+    }
+
+    /// A stand-in broker that, once a connection subscribes, sends it three messages on
+    /// `ct/v1/a/x`, then one every `every` (none with `None`), and answers each PINGREQ
+    /// `lag` late (never with `None`), in order. Counts the connections it took.
+    async fn lagging_broker(
+        every: Option<Duration>,
+        lag: Option<Duration>,
+    ) -> (u16, Arc<AtomicU64>) {
+        use tokio::io::AsyncWriteExt;
+        let (listener, port) = loopback_listener().await;
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = connections.clone();
+        let publish = {
+            let topic = b"ct/v1/a/x";
+            let mut p = vec![0x30, (2 + topic.len() + 10) as u8, 0, topic.len() as u8];
+            p.extend_from_slice(topic);
+            p.extend_from_slice(&[7u8; 10]);
+            p
+        };
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (mut from, to) = socket.into_split();
+                let to = Arc::new(tokio::sync::Mutex::new(to));
+                let publish = publish.clone();
+                tokio::spawn(async move {
+                    while let Some((kind, body)) = read_packet(&mut from).await {
+                        let reply = match kind {
+                            1 => CONNACK.to_vec(),
+                            8 => {
+                                let (to, publish) = (to.clone(), publish.clone());
+                                tokio::spawn(async move {
+                                    for n in 0.. {
+                                        if n >= 3 {
+                                            let Some(every) = every else { return };
+                                            tokio::time::sleep(every).await;
+                                        }
+                                        if to.lock().await.write_all(&publish).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                });
+                                suback(&body, 0x00)
+                            }
+                            12 => {
+                                if let Some(lag) = lag {
+                                    let to = to.clone();
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(lag).await;
+                                        let _ = to.lock().await.write_all(&PINGRESP).await;
+                                    });
+                                }
+                                Vec::new()
+                            }
+                            _ => Vec::new(),
+                        };
+                        if to.lock().await.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, connections)
+    }
+
+    fn lagging_link(name: &str, port: u16) -> (Link, mpsc::Receiver<Incoming>) {
+        let mut opts = LinkOptions::new(
+            name,
+            format!("mqtt://127.0.0.1:{port}")
+                .parse::<BrokerUrl>()
+                .unwrap(),
+        );
+        opts.subscriptions = vec!["ct/v1/a/#".into()];
+        opts.keep_alive = Duration::from_secs(1);
+        Link::start(opts)
+    }
+
+    /// A busy broker answers each ping 2.5 keep-alives late while it keeps sending: the
+    /// connection lives (no answer was lost, each is timed from its own ping).
+    #[tokio::test]
+    async fn pings_answered_late_by_a_broker_that_keeps_sending_do_not_cost_the_connection() {
+        let lag = Duration::from_millis(2_500);
+        let (port, connections) = lagging_broker(Some(Duration::from_millis(100)), Some(lag)).await;
+        let (link, mut incoming) = lagging_link("late-pings-test", port);
+        let read = tokio::spawn(async move {
+            let mut n = 0u64;
+            while incoming.recv().await.is_some() {
+                n += 1;
+            }
+            n
+        });
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let status = link.status();
+        assert!(
+            status.connected && status.connects == 1,
+            "{status:?}, {} connections",
+            connections.load(Ordering::SeqCst)
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        let rtt = status.rtt_ms.expect("answers came");
+        assert!(
+            rtt >= lag.as_millis() as f64 && rtt < 2.0 * lag.as_millis() as f64,
+            "each answer timed from its own ping: {status:?}"
+        );
+        assert_eq!(status.ping_loss_percent, 0.0, "{status:?}");
+        link.shutdown();
+        assert!(read.await.unwrap() >= 30, "the messages kept coming");
+    }
+
+    /// A broker that answers no ping costs the connection at the keep-alive after one only
+    /// if nothing else was heard from it since: one that went silent after a burst is left,
+    /// one that keeps sending is kept.
+    #[tokio::test]
+    async fn an_unanswered_ping_costs_the_connection_only_when_the_broker_fell_silent() {
+        for (name, every) in [
+            ("silent-after-a-burst-test", None),
+            (
+                "sending-but-no-pings-test",
+                Some(Duration::from_millis(100)),
+            ),
+        ] {
+            let (port, connections) = lagging_broker(every, None).await;
+            let (link, _incoming) = lagging_link(name, port);
+            tokio::time::sleep(Duration::from_millis(4_500)).await;
+            let status = link.status();
+            let taken = connections.load(Ordering::SeqCst);
+            match every {
+                None => assert!(
+                    taken >= 2 && status.connects >= 2,
+                    "{name}: {status:?}, {taken}"
+                ),
+                Some(_) => assert!(
+                    taken == 1 && status.connects == 1,
+                    "{name}: {status:?}, {taken}"
+                ),
+            }
+            link.shutdown();
+        }
     }
 
     #[tokio::test]

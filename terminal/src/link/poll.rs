@@ -1,6 +1,7 @@
 //! The poll task: drives the MQTT connection, hands received messages on, keeps the link's
 //! state, and reconnects with back-off, moving on through a cluster's brokers.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,7 +12,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::failure::{describe, tls_failure};
-use super::inbox::Waited;
 use super::{Backoff, Connect, Inbox, Incoming, MAX_PAYLOAD, Shared, unix_ms};
 use crate::broker_url::{BrokerUrl, Brokers};
 
@@ -28,6 +28,9 @@ pub(super) struct Signals {
     pub(super) shared: Arc<Shared>,
     pub(super) stop: CancellationToken,
 }
+
+/// How many pings may wait for their answers on a connection the broker is heard from.
+const MAX_PINGS_UNANSWERED: usize = 8;
 
 pub(super) async fn poll_task(
     mut eventloop: EventLoop,
@@ -55,7 +58,8 @@ pub(super) async fn poll_task(
     };
     let mut rng = rand::rngs::SmallRng::from_entropy();
     let mut failures: u32 = 0;
-    let mut ping_sent: Option<Instant> = None;
+    // When each ping not yet answered was sent, oldest first: a broker answers them in order.
+    let mut pings: VecDeque<Instant> = VecDeque::new();
     let mut generation_no = 0u64;
     let mut in_tls_episode = false;
     // The broker connected to, or tried next (an index round `brokers`).
@@ -72,6 +76,16 @@ pub(super) async fn poll_task(
             _ = stop.cancelled() => break,
             e = eventloop.poll() => e,
         };
+        if let Ok(Event::Incoming(packet)) = &event
+            && !pings.is_empty()
+            && !matches!(packet, Packet::PingResp | Packet::ConnAck(_))
+        {
+            // The broker is heard from, so the connection lives: its answer to the ping waits
+            // behind what it sends (a busy broker's queue towards us, or what we had not read
+            // while our owner caught up). The ping is late, not lost; the next keep-alive pings
+            // again, and only one that finds nothing heard since the ping ends the connection.
+            eventloop.state.await_pingresp = false;
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 let after_failure = shared
@@ -85,7 +99,7 @@ pub(super) async fn poll_task(
                     .network_options
                     .set_connection_timeout(base_timeout);
                 timeouts = 0;
-                ping_sent = None;
+                pings.clear();
                 shared.connected.store(true, Ordering::Relaxed);
                 shared.connects.fetch_add(1, Ordering::Relaxed);
                 generation_no += 1;
@@ -94,6 +108,7 @@ pub(super) async fn poll_task(
                 if after_failure.is_some() && !quiet {
                     // Said at the level the failure was.
                     tracing::warn!(
+                        client = %eventloop.mqtt_options.client_id(),
                         connects = generation_no,
                         "connected to the broker at {broker}"
                     );
@@ -134,29 +149,25 @@ pub(super) async fn poll_task(
                     payload: p.payload,
                     retain: p.retain,
                 };
-                let waited = tokio::select! {
+                tokio::select! {
                     _ = stop.cancelled() => break,
-                    w = incoming.put(msg) => w,
+                    () = incoming.put(msg) => {}
                 };
-                if waited == Waited::Yes && ping_sent.take().is_some() {
-                    // The link read nothing while its owner caught up, so a ping's answer may
-                    // be waiting unread behind what the broker sent before it: the ping proves
-                    // nothing either way. Its next one will, on a link reading again.
-                    eventloop.state.await_pingresp = false;
-                }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
                 shared.published.fetch_add(1, Ordering::Relaxed);
                 shared.last_publish_ms.store(unix_ms(), Ordering::Relaxed);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::PingReq)) => {
-                if ping_sent.is_some() {
+                // Pings go on while the broker is heard from (see above), however late its
+                // answers: the oldest of too many is given up.
+                if pings.len() == MAX_PINGS_UNANSWERED && pings.pop_front().is_some() {
                     record_ping(None);
                 }
-                ping_sent = Some(Instant::now());
+                pings.push_back(Instant::now());
             }
             Ok(Event::Incoming(Packet::PingResp)) => {
-                if let Some(t) = ping_sent.take() {
+                if let Some(t) = pings.pop_front() {
                     record_ping(Some(t.elapsed().as_secs_f64() * 1000.0));
                 }
             }
@@ -169,7 +180,7 @@ pub(super) async fn poll_task(
                 eventloop.state.collision = None;
                 let was_connected = shared.connected.swap(false, Ordering::Relaxed);
                 up.send_replace(false);
-                if ping_sent.take().is_some() {
+                for _ in pings.drain(..) {
                     record_ping(None);
                 }
                 if !was_connected && matches!(e, rumqttc::ConnectionError::NetworkTimeout) {
@@ -215,7 +226,11 @@ pub(super) async fn poll_task(
                 // on a quiet link, only the retries are logged (at debug level), and the owner
                 // watches the link ([`super::LinkOptions::quiet_failures`]).
                 if was_connected && !quiet {
-                    tracing::warn!("lost the broker at {broker}: {cause}; reconnecting");
+                    // A process with several links (central) says which.
+                    tracing::warn!(
+                        client = %eventloop.mqtt_options.client_id(),
+                        "lost the broker at {broker}: {cause}; reconnecting"
+                    );
                 } else if cause_changed && !quiet {
                     tracing::warn!("cannot reach the broker at {broker}: {cause}; retrying");
                 } else {
