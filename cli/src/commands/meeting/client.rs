@@ -23,6 +23,9 @@ use crate::control::{
 /// How long a command waits for the host's answer.
 pub const ANSWER: Duration = Duration::from_secs(10);
 
+/// How often a chair waiting for a roll call's answers asks for the counts.
+const ROLL_CALL_POLL: Duration = Duration::from_millis(100);
+
 /// Why a request got no useful answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -227,20 +230,52 @@ impl CentralClient {
         self.roll_call_rows(meeting).await
     }
 
-    /// Waits until every site invited to the open roll call answered or `timeout` passed,
-    /// asking for the counts alone every 100 ms; the counts (present, total) last seen.
+    /// Waits until every site invited to the open roll call answered or `timeout` passed;
+    /// the counts (present, total) last seen. It asks for the counts alone every
+    /// [`ROLL_CALL_POLL`] without waiting for the last answer: through a broker busy with a
+    /// province's answers a request and its answer take a while each way, and a chair asking
+    /// only after each answer would see the last site a round trip late.
     pub async fn await_answers(
         &mut self,
         meeting: MeetingId,
         timeout: Duration,
     ) -> Result<(usize, usize), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut ask = tokio::time::interval(ROLL_CALL_POLL);
+        ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let request = RequestBody::RollCall {
+            meeting,
+            after: None,
+            all: false,
+            counts: true,
+        };
+        let (mut first, mut seen) = (None, (0, 0));
         loop {
-            let (present, total, _) = self.roll_call_page(meeting, false).await?;
-            if present >= total || tokio::time::Instant::now() >= deadline {
-                return Ok((present, total));
+            let msg = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(seen),
+                _ = ask.tick() => {
+                    let id = self.send(request.clone())?;
+                    first.get_or_insert(id);
+                    continue;
+                }
+                m = self.incoming.recv() => m.ok_or_else(|| ClientError::Link("the link closed".into()))?,
+            };
+            let Ok(resp) = serde_json::from_slice::<Response>(&msg.payload) else {
+                continue;
+            };
+            if first.is_none_or(|first| resp.id < first) {
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            match (resp.error, resp.body) {
+                (Some(e), _) => return Err(ClientError::Refused(e)),
+                (None, ResponseBody::RollCall { present, total, .. }) => {
+                    seen = (present, total);
+                    if present >= total {
+                        return Ok(seen);
+                    }
+                }
+                (None, other) => return Err(ClientError::Unexpected(Box::new(other))),
+            }
         }
     }
 
