@@ -16,8 +16,8 @@ const DAY_MS: i64 = 86_400_000;
 const LAST_DAY: i64 = 2_932_896;
 
 /// Summarises the new ranges of the BRIN indexes of partitions `parts` of `messages` (and of
-/// its DEFAULT partition), outside any group's transaction.
-fn summarise(client: &mut Client, mut parts: Vec<String>) -> Result<(), String> {
+/// its DEFAULT partition) in the database `at`, outside any group's transaction.
+fn summarise(client: &mut Client, mut parts: Vec<String>, at: &str) -> Result<(), StoreError> {
     parts.push("messages_default".to_owned());
     client
         .query(
@@ -28,7 +28,10 @@ fn summarise(client: &mut Client, mut parts: Vec<String>) -> Result<(), String> 
             &[&parts],
         )
         .map(drop)
-        .map_err(|e| describe(&e))
+        .map_err(|source| StoreError::Postgres {
+            at: at.to_owned(),
+            source,
+        })
 }
 
 /// The name and time range of the day partition holding `time_ms`, if a day partition does.
@@ -206,15 +209,14 @@ impl PgStore {
                 }
             }
         }
+        let at = self.at.clone();
         let (folded, summarised) = match self.summariser.take() {
             Some(mut client) => {
                 let this = &*self;
                 let done = std::thread::scope(|s| {
-                    let summary = s.spawn(|| summarise(&mut client, parts));
+                    let summary = s.spawn(|| summarise(&mut client, parts, &at));
                     let folded = fold(this);
-                    let summarised = summary
-                        .join()
-                        .unwrap_or_else(|_| Err("the summarising thread crashed".to_owned()));
+                    let summarised = summary.join().unwrap_or(Err(StoreError::Crashed));
                     (folded, summarised)
                 });
                 // A connection that failed is opened again next time.
@@ -225,11 +227,11 @@ impl PgStore {
             }
             None => {
                 let folded = fold(self);
-                (folded, summarise(self.client.get_mut(), parts))
+                (folded, summarise(self.client.get_mut(), parts, &at))
             }
         };
         if let Err(e) = summarised {
-            tracing::warn!(at = %self.at, error = %e, "cannot summarise the index of messages");
+            tracing::warn!(error = %e, "cannot summarise the index of messages");
         }
         folded
     }
