@@ -26,6 +26,10 @@ pub const ANSWER: Duration = Duration::from_secs(10);
 /// How often a chair waiting for a roll call's answers asks for the counts.
 const ROLL_CALL_POLL: Duration = Duration::from_millis(100);
 
+/// How many of those asks may wait for their answers at once (a second's): a central that is
+/// slow to answer, or a link that is down, is not asked more.
+const ROLL_CALL_ASKS_UNANSWERED: u64 = 10;
+
 /// Why a request got no useful answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -232,9 +236,10 @@ impl CentralClient {
 
     /// Waits until every site invited to the open roll call answered or `timeout` passed;
     /// the counts (present, total) last seen. It asks for the counts alone every
-    /// [`ROLL_CALL_POLL`] without waiting for the last answer: through a broker busy with a
-    /// province's answers a request and its answer take a while each way, and a chair asking
-    /// only after each answer would see the last site a round trip late.
+    /// [`ROLL_CALL_POLL`] without waiting for the last answer (up to
+    /// [`ROLL_CALL_ASKS_UNANSWERED`]): through a broker busy with a province's answers a
+    /// request and its answer take a while each way, and a chair asking only after each answer
+    /// would see the last site a round trip late.
     pub async fn await_answers(
         &mut self,
         meeting: MeetingId,
@@ -249,13 +254,17 @@ impl CentralClient {
             all: false,
             counts: true,
         };
-        let (mut first, mut seen) = (None, (0, 0));
+        // Answers to requests from before this wait are not its own; answers come in order, so
+        // one answers every ask before it too.
+        let before = self.next;
+        let (mut answered, mut seen) = (before, (0, 0));
         loop {
             let msg = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return Ok(seen),
                 _ = ask.tick() => {
-                    let id = self.send(request.clone())?;
-                    first.get_or_insert(id);
+                    if self.next.saturating_sub(answered) < ROLL_CALL_ASKS_UNANSWERED {
+                        self.send(request.clone())?;
+                    }
                     continue;
                 }
                 m = self.incoming.recv() => m.ok_or_else(|| ClientError::Link("the link closed".into()))?,
@@ -263,9 +272,10 @@ impl CentralClient {
             let Ok(resp) = serde_json::from_slice::<Response>(&msg.payload) else {
                 continue;
             };
-            if first.is_none_or(|first| resp.id < first) {
+            if resp.id <= before {
                 continue;
             }
+            answered = answered.max(resp.id);
             match (resp.error, resp.body) {
                 (Some(e), _) => return Err(ClientError::Refused(e)),
                 (None, ResponseBody::RollCall { present, total, .. }) => {
@@ -304,5 +314,84 @@ impl CentralClient {
 
     pub fn close(self) {
         self.link.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cuntong_terminal::broker_url::BrokerUrl;
+    use cuntong_terminal::link::QoS;
+
+    /// A stand-in for central on an embedded broker: reads every client's requests and, with
+    /// `total`, answers the roll-call counts with as many present as requests so far (none
+    /// without). Counts the requests.
+    async fn stand_in_central(
+        url: &BrokerUrl,
+        total: Option<usize>,
+    ) -> Arc<std::sync::atomic::AtomicUsize> {
+        let mut opts = LinkOptions::new("stand-in-central", url.clone());
+        opts.subscriptions = vec![control_request("+")];
+        let (link, mut requests) = Link::connect(opts, Duration::from_secs(10)).await.unwrap();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = asked.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = requests.recv().await {
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let (Some(total), Ok(req)) =
+                    (total, serde_json::from_slice::<Request>(&msg.payload))
+                else {
+                    continue;
+                };
+                let client = msg.topic.rsplit('/').next().unwrap_or_default();
+                let answer = Response {
+                    id: req.id,
+                    error: None,
+                    body: ResponseBody::RollCall {
+                        present: n.min(total),
+                        total,
+                        rows: Vec::new(),
+                        next: None,
+                    },
+                };
+                let bytes = serde_json::to_vec(&answer).unwrap();
+                link.try_publish(Message::new(control_response(client), bytes))
+                    .unwrap();
+            }
+        });
+        asked
+    }
+
+    /// A chair waiting for a roll call asks without waiting for each answer, but never leaves
+    /// more than [`ROLL_CALL_ASKS_UNANSWERED`] unanswered: a central that answers is asked as
+    /// long as it takes, one that does not is asked no more.
+    #[tokio::test]
+    async fn a_chair_waiting_for_a_roll_call_leaves_at_most_a_seconds_asks_unanswered() {
+        let meeting: MeetingId = "m1".parse().unwrap();
+        for answering in [true, false] {
+            let addr = crate::broker::serve("127.0.0.1:0".parse().unwrap(), None)
+                .await
+                .unwrap();
+            let url: BrokerUrl = format!("mqtt://{addr}").parse().unwrap();
+            let total = 30;
+            let asked = stand_in_central(&url, answering.then_some(total)).await;
+            let mut chair = CentralClient::connect(url, None, QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            let seen = chair
+                .await_answers(meeting, Duration::from_secs(6))
+                .await
+                .unwrap();
+            let asked = asked.load(std::sync::atomic::Ordering::SeqCst) as u64;
+            if answering {
+                // Every site present once the 30th ask was answered: well before the timeout.
+                assert_eq!(seen, (total, total));
+                assert!(asked >= total as u64, "asked {asked} times");
+            } else {
+                assert_eq!(seen, (0, 0));
+                assert_eq!(asked, ROLL_CALL_ASKS_UNANSWERED);
+            }
+            chair.close();
+        }
     }
 }
